@@ -1,0 +1,154 @@
+"""File-system primitives: locks, durable appends, directory creation, failpoints.
+
+The only module that calls ``fcntl``, ``os.fsync``/``os.fdatasync`` or
+``os.replace``. Locks are ``flock(2)`` locks on the file itself: the kernel
+releases them when the holder dies, so a crash never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+from castore.errors import LockTimeoutError
+
+__all__ = [
+    "LOCK_TIMEOUT_SECONDS",
+    "append",
+    "atomic_write",
+    "failpoint",
+    "fsync_dir",
+    "locked",
+    "makedirs_durable",
+    "read_at",
+]
+
+LOCK_TIMEOUT_SECONDS = 30.0  # 30 s: far above any write's duration
+_POLL_FIRST_SECONDS = 0.00005  # 50 µs first back-off while a lock is busy
+_POLL_MAX_SECONDS = 0.002  # 2 ms longest back-off
+
+# Failpoints for crash tests: CASTORE_FAILPOINTS="name,name" makes the process
+# SIGKILL itself when it reaches a named point (docs/DESIGN.md, "Testing").
+_FAILPOINTS = frozenset(filter(None, os.environ.get("CASTORE_FAILPOINTS", "").split(",")))
+
+
+def failpoint(name: str) -> None:
+    """Kill this process with SIGKILL if ``name`` is an armed failpoint."""
+    if name in _FAILPOINTS:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def locked(
+    fd: int, path: str, *, shared: bool = False, timeout: float = LOCK_TIMEOUT_SECONDS
+) -> Iterator[None]:
+    """Hold an flock on ``fd`` for the ``with`` block.
+
+    Polls with a short exponential back-off, so a waiter starts within about
+    a millisecond of the lock being freed.
+
+    Raises:
+        LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
+    """
+    op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except BlockingIOError:
+        deadline = time.monotonic() + timeout
+        pause = _POLL_FIRST_SECONDS
+        while True:
+            time.sleep(pause)
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(path, timeout) from None
+                pause = min(pause * 2, _POLL_MAX_SECONDS)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def read_at(fd: int, offset: int, size: int) -> bytes:
+    """Read exactly ``size`` bytes at ``offset`` (fewer only at end of file)."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.pread(fd, size - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def append(fd: int, data: bytes, *, durable: bool) -> None:
+    """Append ``data`` to an ``O_APPEND`` file and, if ``durable``, fdatasync it.
+
+    The caller holds the file's exclusive lock, so appends never interleave.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    if durable:
+        os.fdatasync(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Fsync a directory so that entries created in it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: str, *, durable: bool) -> None:
+    """Create ``path`` and missing parents; fsync each parent of a new directory."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    makedirs_durable(parent, durable=durable)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        return
+    if durable:
+        fsync_dir(parent)
+
+
+def atomic_write(path: str, data: bytes, *, durable: bool) -> None:
+    """Write a whole small file atomically: temporary file, fsync, rename, fsync dir.
+
+    The temporary name ends in ``.tmp`` and is never read as data.
+    """
+    tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        append(fd, data, durable=durable)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+def is_missing(exc: OSError) -> bool:
+    """True when ``exc`` says the file or a parent directory does not exist."""
+    return exc.errno in (errno.ENOENT, errno.ENOTDIR)

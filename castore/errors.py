@@ -1,0 +1,159 @@
+"""The castore exception tree.
+
+Every error castore raises on purpose is a :class:`CastoreError`. Real
+``OSError`` (disk full, permissions) propagate unchanged.
+
+::
+
+    CastoreError                         base; never raised directly
+    ├── InvalidRefError      (ValueError)    bad scope / namespace / key / prefix / limit
+    ├── InvalidValueError    (ValueError)    not JSON, or cannot be normalized
+    │   └── ValueTooLargeError               raw or normalized size > MAX_VALUE_BYTES
+    ├── NotFoundError        (LookupError)   ref (or ref at a version) absent
+    ├── ConflictError                        expected_version / create_only failed
+    ├── LockTimeoutError     (TimeoutError)  a ref lock was not taken in time
+    └── CorruptionError                      stored bytes fail verification
+        ├── DigestMismatchError              blob bytes do not hash to their name
+        ├── RecordError                      record unparsable or fails its checksum
+        └── FormatVersionError               store written in an unknown format
+
+Every class survives pickling (multi-process tests send them across
+processes): each passes all of its constructor arguments to
+``super().__init__`` and rebuilds its message from them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CastoreError",
+    "ConflictError",
+    "CorruptionError",
+    "DigestMismatchError",
+    "FormatVersionError",
+    "InvalidRefError",
+    "InvalidValueError",
+    "LockTimeoutError",
+    "NotFoundError",
+    "RecordError",
+    "ValueTooLargeError",
+]
+
+
+class CastoreError(Exception):
+    """Base class of every error castore raises on purpose; never raised directly."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class InvalidRefError(CastoreError, ValueError):
+    """Raised when a scope, namespace, key, prefix or limit is not valid.
+
+    The message follows Dagu's wording, e.g. ``invalid ref: invalid key "../bad"``.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"invalid ref: {self.detail}"
+
+
+class InvalidValueError(CastoreError, ValueError):
+    """Raised when a value is not exactly one JSON value or cannot be normalized."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"invalid value: {self.detail}"
+
+
+class ValueTooLargeError(InvalidValueError):
+    """Raised when a value's raw input or normalized form exceeds the size limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes exceeds {limit}")
+        self.args = (size, limit)
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[type[ValueTooLargeError], tuple[int, int]]:
+        return (self.__class__, (self.size, self.limit))
+
+    def __str__(self) -> str:
+        return f"value too large: {self.size} bytes exceeds {self.limit}"
+
+
+class NotFoundError(CastoreError, LookupError):
+    """Raised when a required ref, or a ref at a given version, does not exist."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"not found: {self.what}"
+
+
+class ConflictError(CastoreError):
+    """Raised when ``expected_version`` or ``create_only`` does not hold.
+
+    Attributes:
+        ref: the ref as ``scope/namespace/key`` text.
+        expected: the version the caller expected (``None`` for create_only).
+        actual: the live version found (0 when the key does not exist).
+        reason: a short phrase saying which condition failed.
+    """
+
+    def __init__(self, ref: str, expected: int | None, actual: int, reason: str = "") -> None:
+        super().__init__(ref, expected, actual, reason)
+        self.ref = ref
+        self.expected = expected
+        self.actual = actual
+        self.reason = reason
+
+    def __str__(self) -> str:
+        if self.expected is None:
+            want = "create_only (key must not exist)"
+        else:
+            want = f"expected version {self.expected}"
+        why = f" ({self.reason})" if self.reason else ""
+        return f"conflict on {self.ref}: {want}, actual version {self.actual}{why}"
+
+
+class LockTimeoutError(CastoreError, TimeoutError):
+    """Raised when a ref or blob lock could not be taken within the timeout."""
+
+    def __init__(self, path: str, timeout_seconds: float) -> None:
+        super().__init__(path, timeout_seconds)
+        self.path = path
+        self.timeout_seconds = timeout_seconds
+
+    def __str__(self) -> str:
+        return f"lock timeout: {self.path} not locked within {self.timeout_seconds:g} s"
+
+
+class CorruptionError(CastoreError):
+    """Raised when stored bytes fail verification (see subclasses)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"corrupt store: {self.detail}"
+
+
+class DigestMismatchError(CorruptionError):
+    """Raised when a blob's bytes do not hash to the digest that names it."""
+
+
+class RecordError(CorruptionError):
+    """Raised when a log record is unparsable or fails its checksum."""
+
+
+class FormatVersionError(CorruptionError):
+    """Raised when a store directory was written in an unknown format."""

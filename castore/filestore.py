@@ -1,0 +1,368 @@
+"""The file backend: ref logs, blob frames and indexes under one directory.
+
+:class:`FileBackend` is what :class:`castore.Store` calls to read the newest
+entry of a ref and to append under the ref's lock; it knows the bytes
+(docs/FORMAT.md) but not Dagu's semantics (those live in ``store.py``). A
+second backend (PostgreSQL, a coordinator) implements the same four calls:
+``current``, ``write``, ``keys`` and ``close``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+from castore import _fs, reflog
+from castore.errors import CorruptionError, FormatVersionError
+from castore.frames import encode_frame, frame_at
+from castore.indexes import BlobIndex, KeyIndex
+from castore.keys import Ref, file_id
+from castore.records import (
+    FORMAT_VERSION,
+    KIND_BLOB,
+    KIND_ENTRY,
+    KIND_HEADER,
+    OP_DELETE,
+    Audit,
+    BlobLoc,
+    Entry,
+    Header,
+    decode_blob,
+    encode_blob,
+    encode_record,
+)
+
+__all__ = ["CACHE_MAX_ENTRIES", "FORMAT_MAGIC", "Current", "Decide", "FileBackend", "Write"]
+
+FORMAT_MAGIC = "castore-store"  # first word of the FORMAT file (docs/FORMAT.md §2)
+CACHE_MAX_ENTRIES = 65536  # per-handle read cache; cleared wholesale when full
+
+
+class Current(NamedTuple):
+    """The newest entry of a ref and, when live, its normalized value."""
+
+    entry: Entry | None
+    value: bytes | None
+
+    @property
+    def live(self) -> Entry | None:
+        """The newest entry unless it is a tombstone (or absent)."""
+        return self.entry if self.entry is not None and self.entry.live else None
+
+
+class Write(NamedTuple):
+    """What a write decided to append: an entry and possibly its blob bytes."""
+
+    op: str
+    normalized: bytes | None
+    digest_hex: str
+    audit: Audit
+
+
+Decide = Callable[[Entry | None, Callable[[], bytes | None]], Write | None]
+"""A write's decision: given the newest entry (and a loader of its value), what to append."""
+
+
+class FileBackend:
+    """Ref logs and blobs in one directory (docs/FORMAT.md).
+
+    Safe for many processes (flock per ref log); not thread-safe (per-handle caches).
+
+    Args:
+        root: the store directory, created with its FORMAT file if absent.
+        durable: fsync so that a returned write survives a power loss.
+        lock_timeout: seconds to wait for a ref's lock.
+
+    Raises:
+        FormatVersionError: the directory holds another format, or is a
+            non-empty directory that is not a castore store.
+    """
+
+    def __init__(self, root: str, *, durable: bool, lock_timeout: float) -> None:
+        self.root = root
+        self.durable = durable
+        self.lock_timeout = lock_timeout
+        self.refs = os.path.join(root, "refs")
+        self._open_format()
+        self._blobs = BlobIndex(root)
+        self._keys: dict[str, KeyIndex] = {}
+        self._cache: dict[str, tuple[tuple[int, int, int, int], Current]] = {}
+        self._paths: dict[Ref, str] = {}
+        self._dirs: set[str] = set()
+
+    def close(self) -> None:
+        """Drop cached state. The backend holds no open files between calls."""
+        self._cache.clear()
+        self._keys.clear()
+
+    def _open_format(self) -> None:
+        marker = os.path.join(self.root, "FORMAT")
+        try:
+            with open(marker, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            if os.path.isdir(self.root) and any(
+                not name.startswith(".") for name in os.listdir(self.root)
+            ):
+                raise FormatVersionError(
+                    f"{self.root} is not empty and has no FORMAT file: not a castore store"
+                ) from None
+            _fs.makedirs_durable(self.refs, durable=self.durable)
+            _fs.atomic_write(marker, f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode(), durable=True)
+            return
+        words = text.split()
+        if len(words) != 2 or words[0] != FORMAT_MAGIC:
+            raise FormatVersionError(f"{marker}: not a castore store (bad magic)")
+        if words[1] != str(FORMAT_VERSION):
+            raise FormatVersionError(
+                f"{marker}: format version {words[1]}, this castore reads {FORMAT_VERSION}"
+            )
+
+    def _ns_dir(self, scope: str, namespace: str) -> str:
+        return os.path.join(self.refs, scope, file_id(namespace))
+
+    def log_path(self, ref: Ref) -> str:
+        """The ref log file of ``ref`` (which may not exist yet)."""
+        path = self._paths.get(ref)
+        if path is None:
+            if len(self._paths) >= CACHE_MAX_ENTRIES:
+                self._paths.clear()
+            path = os.path.join(self._ns_dir(ref.scope, ref.namespace), file_id(ref.key) + ".log")
+            self._paths[ref] = path
+        return path
+
+    def _key_index(self, scope: str, namespace: str) -> KeyIndex:
+        nsdir = self._ns_dir(scope, namespace)
+        index = self._keys.get(nsdir)
+        if index is None:
+            index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"))
+        return index
+
+    def keys(self, scope: str, namespace: str, prefix: str) -> list[str]:
+        """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted."""
+        return self._key_index(scope, namespace).keys(prefix)
+
+    # -- reading ------------------------------------------------------------------
+
+    def current(self, ref: Ref) -> Current:
+        """Newest entry and value of ``ref``; served from cache when the log is unchanged."""
+        path = self.log_path(ref)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return Current(None, None)
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        hit = self._cache.get(path)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            tail = reflog.read_tail(fd, st.st_size)
+            if tail is None:
+                # Torn or still being written: wait for the writer, then re-read.
+                with _fs.locked(fd, path, shared=True, timeout=self.lock_timeout):
+                    st = os.fstat(fd)
+                    sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    tail = reflog.read_tail(fd, st.st_size) or reflog.scan(fd)[0]
+            current = Current(tail.entry, self._value_of(ref, tail.entry, tail.blob, fd))
+        finally:
+            os.close(fd)
+        if tail.valid_end == sig[1]:
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[path] = (sig, current)
+        return current
+
+    def _value_of(self, ref: Ref, entry: Entry | None, blob: bytes | None, fd: int) -> bytes | None:
+        if entry is None or not entry.live:
+            return None
+        try:
+            if blob is not None:
+                return decode_blob(blob, entry.hash)
+            return self._read_blob(entry, fd)
+        except CorruptionError as exc:
+            raise CorruptionError(f"{ref} version {entry.version}: {exc.detail}") from exc
+
+    def _read_blob(self, entry: Entry, fd: int) -> bytes:
+        """Read and verify the blob of ``entry``: its location hint, else the index."""
+        loc = entry.blob
+        if loc is not None:
+            data = self._read_at(loc, fd, entry.hash)
+            if data is not None:
+                return data
+        found = self._blobs.lookup(bytes.fromhex(entry.hash))
+        if found is not None:
+            data = self._read_at(found, -1, entry.hash)
+            if data is not None:
+                return data
+        raise CorruptionError(f"blob {entry.hash} is missing or damaged")
+
+    def _read_at(self, loc: BlobLoc, fd: int, hexdigest: str) -> bytes | None:
+        """The blob at ``loc`` if a valid ``B`` frame is there, else None.
+
+        Raises:
+            CorruptionError: when the frame is intact but its data fails verification.
+        """
+        if loc.log:
+            try:
+                other = os.open(os.path.join(self.refs, loc.log), os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            try:
+                buf = _fs.read_at(other, loc.offset, loc.length)
+            finally:
+                os.close(other)
+        elif fd >= 0:
+            buf = _fs.read_at(fd, loc.offset, loc.length)
+        else:
+            return None
+        frame = frame_at(buf, 0)
+        if frame is None or frame.kind != KIND_BLOB or frame.payload[:32].hex() != hexdigest:
+            return None
+        return decode_blob(frame.payload, hexdigest)
+
+    # -- writing ------------------------------------------------------------------
+
+    def _ensure_dir(self, path: str) -> None:
+        if path not in self._dirs:
+            _fs.makedirs_durable(path, durable=self.durable)
+            self._dirs.add(path)
+
+    def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, Entry | None]:
+        """Run ``decide`` on the newest entry under the ref's lock; append what it returns.
+
+        Write protocol (docs/FORMAT.md §6): lock the log; repair a torn tail;
+        for a new log, make the key durable in KEYS first; append header (new
+        log), blob frame (new content) and entry frame in one write; fdatasync
+        the log (durable); for a new log, fsync its directory. Only then return.
+
+        Returns:
+            (previous newest entry, appended entry or None when nothing was written).
+        """
+        path = self.log_path(ref)
+        nsdir = os.path.dirname(path)
+        self._ensure_dir(nsdir)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            with _fs.locked(fd, path, timeout=self.lock_timeout):
+                size = os.fstat(fd).st_size
+                tail = reflog.read_tail(fd, size)
+                if tail is None or tail.valid_end < size:
+                    tail = reflog.scan(fd)[0]
+                    os.ftruncate(fd, tail.valid_end)  # drop the torn tail (FORMAT.md §7)
+                    size = tail.valid_end
+                previous = tail.entry
+                found = tail
+
+                def load() -> bytes | None:
+                    return self._value_of(ref, found.entry, found.blob, fd)
+
+                plan = decide(previous, load)
+                if plan is None:
+                    return previous, None
+                with self._reuse_guard(plan, ref) as reuse:
+                    data, entry = self._frames(ref, path, size, previous, plan, reuse)
+                    if size == 0:
+                        index = self._key_index(ref.scope, ref.namespace)
+                        index.refresh()
+                        if ref.key not in index:
+                            index.add(ref.key, durable=self.durable)
+                    _fs.failpoint("before-append")
+                    _fs.append(fd, data, durable=self.durable)
+                    _fs.failpoint("after-append")
+                if size == 0 and self.durable:
+                    _fs.fsync_dir(nsdir)
+                if plan.normalized is not None and entry.blob is not None and not reuse:
+                    blob = entry.blob
+                    self._blobs.add(
+                        bytes.fromhex(plan.digest_hex),
+                        BlobLoc(os.path.relpath(path, self.refs), blob.offset, blob.length),
+                    )
+                st = os.fstat(fd)
+                sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                self._cache[path] = (sig, Current(entry, plan.normalized))
+                return previous, entry
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _reuse_guard(self, plan: Write, ref: Ref) -> Iterator[BlobLoc | None]:
+        """Find an existing copy of the plan's blob that may be referenced.
+
+        A copy in another log may only be referenced while holding ``gc.lock``
+        shared, so that gc (which holds it exclusively) never drops a blob that
+        a writer is about to reference. If gc is running, write a new copy.
+        """
+        if plan.normalized is None:
+            yield None
+            return
+        loc = self._blobs.lookup(bytes.fromhex(plan.digest_hex))
+        if loc is None:
+            yield None
+            return
+        lock_path = os.path.join(self.root, "gc.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            try:
+                ok = self._read_at(loc, -1, plan.digest_hex) is not None
+            except CorruptionError:
+                ok = False
+            yield loc if ok else None
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _frames(
+        self,
+        ref: Ref,
+        path: str,
+        size: int,
+        previous: Entry | None,
+        plan: Write,
+        reuse: BlobLoc | None,
+    ) -> tuple[bytes, Entry]:
+        parts = []
+        offset = size
+        if size == 0:
+            header = Header(
+                format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key
+            )
+            parts.append(encode_frame(KIND_HEADER, encode_record(header)))
+            offset += len(parts[0])
+        now = time.time_ns()
+        blob = None
+        size_bytes = 0
+        if plan.normalized is not None:
+            size_bytes = len(plan.normalized)
+            if reuse is not None:
+                own = os.path.relpath(path, self.refs)
+                blob = BlobLoc("" if reuse.log == own else reuse.log, reuse.offset, reuse.length)
+            else:
+                frame = encode_frame(
+                    KIND_BLOB, encode_blob(bytes.fromhex(plan.digest_hex), plan.normalized)
+                )
+                parts.append(frame)
+                blob = BlobLoc("", offset, len(frame))
+        created = 0
+        if plan.op != OP_DELETE:
+            created = previous.created_ns if previous is not None and previous.live else now
+        entry = Entry(
+            version=(previous.version if previous is not None else 0) + 1,
+            op=plan.op,
+            time_ns=now,
+            hash=plan.digest_hex,
+            size=size_bytes,
+            blob=blob,
+            created_ns=created,
+            audit=plan.audit,
+        )
+        parts.append(encode_frame(KIND_ENTRY, encode_record(entry)))
+        return b"".join(parts), entry

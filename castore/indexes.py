@@ -1,0 +1,154 @@
+r"""Derived indexes: digest -> blob location, and the keys of each namespace.
+
+Both are append-only files that can be rebuilt from the ref logs (``check
+--repair``), and both are cached per :class:`~castore.store.Store` handle and
+refreshed incrementally: a reader remembers how far it read and reads only
+what was appended since (docs/FORMAT.md §4, §5).
+
+* Blob index ``index/<xx>.idx`` (``xx`` = first byte of the digest in hex):
+  ``I`` frames ``digest[32] offset:u64le length:u32le log-path``. Written
+  without fsync: losing an entry only loses a chance to deduplicate.
+* Key index ``refs/<scope>/<ns-id>/KEYS``: one line per key,
+  ``hex(utf8(key)) "\n"``. Written with fdatasync *before* the key's log gets
+  its first record, so a listed key set is never smaller than the durable
+  one. Lines that are not lowercase hex, or lack their newline, are ignored.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+
+from castore import _fs
+from castore.frames import encode_frame, scan_frames
+from castore.records import BlobLoc
+
+__all__ = ["KIND_INDEX", "BlobIndex", "KeyIndex"]
+
+KIND_INDEX = ord("I")
+_LOC = struct.Struct("<QI")
+_HEX = frozenset(b"0123456789abcdef")
+
+
+class BlobIndex:
+    """Digest -> :class:`BlobLoc` (``log`` relative to ``refs/``) for one store.
+
+    Not thread-safe; one per Store handle. Safe across processes: appends
+    take the shard file's lock, readers verify every frame.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.dir = os.path.join(root, "index")
+        self._shards: dict[str, tuple[int, int, dict[bytes, BlobLoc]]] = {}
+
+    def _path(self, digest: bytes) -> str:
+        return os.path.join(self.dir, f"{digest[0]:02x}.idx")
+
+    def _refresh(self, path: str) -> dict[bytes, BlobLoc]:
+        ino, pos, table = self._shards.get(path, (0, 0, {}))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return table
+        if st.st_ino != ino or st.st_size < pos:
+            ino, pos, table = st.st_ino, 0, {}
+        if st.st_size > pos:
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                buf = fh.read(st.st_size - pos)
+            for frame in scan_frames(buf, pos):
+                if frame.kind != KIND_INDEX or len(frame.payload) < 44:
+                    continue
+                digest = frame.payload[:32]
+                offset, length = _LOC.unpack_from(frame.payload, 32)
+                table[digest] = BlobLoc(frame.payload[44:].decode("utf-8"), offset, length)
+                pos = frame.end
+        self._shards[path] = (ino, pos, table)
+        return table
+
+    def lookup(self, digest: bytes) -> BlobLoc | None:
+        """The newest recorded location of ``digest``, or None (a hint: verify it)."""
+        return self._refresh(self._path(digest)).get(digest)
+
+    def add(self, digest: bytes, loc: BlobLoc) -> None:
+        """Record that ``digest`` is stored at ``loc`` (no fsync: derived data)."""
+        path = self._path(digest)
+        payload = b"".join((digest, _LOC.pack(loc.offset, loc.length), loc.log.encode("utf-8")))
+        os.makedirs(self.dir, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            with _fs.locked(fd, path):
+                _fs.append(fd, encode_frame(KIND_INDEX, payload), durable=False)
+        finally:
+            os.close(fd)
+
+
+class KeyIndex:
+    """The sorted keys ever created in one namespace directory (cached).
+
+    Not thread-safe; one per namespace per Store handle.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ino = 0
+        self._pos = 0
+        self._sorted: list[str] = []  # hex of each key's UTF-8, sorted = byte order
+        self._known: set[str] = set()
+
+    def refresh(self) -> None:
+        """Read whatever was appended since the last refresh."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if st.st_ino != self._ino or st.st_size < self._pos:
+            self._ino, self._pos, self._sorted, self._known = st.st_ino, 0, [], set()
+        if st.st_size <= self._pos:
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self._pos)
+            buf = fh.read(st.st_size - self._pos)
+        complete = buf.rfind(b"\n") + 1  # a line without its newline is still being written
+        fresh = []
+        for line in buf[:complete].split(b"\n"):
+            if line and len(line) % 2 == 0 and _HEX.issuperset(line):
+                text = line.decode("ascii")
+                if text not in self._known:
+                    self._known.add(text)
+                    fresh.append(text)
+        self._pos += complete
+        if len(fresh) > 64:
+            self._sorted = sorted(self._sorted + fresh)
+        else:
+            for text in fresh:
+                bisect.insort(self._sorted, text)
+
+    def __contains__(self, key: str) -> bool:
+        return key.encode("utf-8").hex() in self._known
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys starting with ``prefix`` (byte-wise), in byte-wise order."""
+        self.refresh()
+        low = prefix.encode("utf-8").hex()
+        start = bisect.bisect_left(self._sorted, low)
+        out = []
+        for text in self._sorted[start:]:
+            if not text.startswith(low):
+                break
+            out.append(bytes.fromhex(text).decode("utf-8"))
+        return out
+
+    def add(self, key: str, *, durable: bool) -> None:
+        """Append ``key`` (fdatasync when ``durable``); fsync the directory if new."""
+        line = key.encode("utf-8").hex().encode("ascii") + b"\n"
+        created = not os.path.exists(self.path)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            with _fs.locked(fd, self.path):
+                _fs.append(fd, line, durable=durable)
+        finally:
+            os.close(fd)
+        if created and durable:
+            _fs.fsync_dir(os.path.dirname(self.path))

@@ -1,0 +1,196 @@
+"""Refs: validate scope, namespace, key and prefix; resolve Dagu scopes; name files.
+
+A :class:`Ref` is ``(scope, namespace, key)``. Validation follows Dagu's
+rules exactly (see docs/DESIGN.md, "Compatibility"), plus a documented length
+limit: keys and namespaces of up to :data:`MAX_NAME_BYTES` UTF-8 bytes work on
+every filesystem because file names are derived from a sha256 of the name,
+never from the name itself (docs/FORMAT.md §1).
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import NamedTuple
+
+from castore.errors import InvalidRefError
+
+__all__ = [
+    "DEFAULT_GLOBAL_NAMESPACE",
+    "MAX_LIMIT",
+    "MAX_NAME_BYTES",
+    "SCOPES",
+    "Ref",
+    "env_or",
+    "file_id",
+    "go_quote",
+    "resolve_namespace",
+    "validate_key",
+    "validate_limit",
+    "validate_namespace",
+    "validate_prefix",
+    "validate_scope",
+]
+
+SCOPES = ("dag", "root_dag", "global", "custom")
+DEFAULT_GLOBAL_NAMESPACE = "_"
+MAX_NAME_BYTES = 4096  # 4 KiB of UTF-8 per key or namespace (Dagu: no limit, ENAMETOOLONG at 118)
+MAX_LIMIT = 2147483647  # Dagu's int32 list limit
+
+
+class Ref(NamedTuple):
+    """One state entry's identity: (scope, namespace, key)."""
+
+    scope: str
+    namespace: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.scope}/{self.namespace}/{self.key}"
+
+
+def go_quote(text: str) -> str:
+    """Quote ``text`` the way Go's ``%q`` does for printable text (used in messages)."""
+    out = ['"']
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
+            out.append(f"\\x{ord(ch) & 0xFF:02x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _utf8_len(text: str, what: str) -> int:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRefError(f"invalid {what} {go_quote(text)}: not valid UTF-8") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidRefError(f"{what} is {size} bytes, longer than the maximum {MAX_NAME_BYTES}")
+    return size
+
+
+def validate_scope(scope: str) -> str:
+    """Return ``scope`` if it is one of :data:`SCOPES` (case-sensitive).
+
+    Raises:
+        InvalidRefError: for any other string.
+    """
+    if scope not in SCOPES:
+        raise InvalidRefError(f"unsupported scope {go_quote(scope)}")
+    return scope
+
+
+def validate_namespace(namespace: str) -> str:
+    r"""Check a namespace with Dagu's rules plus the length limit.
+
+    Rejected: blank (only whitespace), containing ``/`` or ``\\``, exactly
+    ``.`` or ``..``, not encodable as UTF-8, longer than :data:`MAX_NAME_BYTES`.
+
+    Raises:
+        InvalidRefError: naming what was wrong.
+    """
+    if not namespace.strip():
+        raise InvalidRefError("namespace is required")
+    if "/" in namespace or "\\" in namespace or namespace in (".", ".."):
+        raise InvalidRefError(f"invalid namespace {go_quote(namespace)}")
+    _utf8_len(namespace, "namespace")
+    return namespace
+
+
+def validate_key(key: str, what: str = "key") -> str:
+    r"""Check a key with Dagu's rules plus the length limit.
+
+    Rejected: blank, a leading or trailing ``/``, any ``\\``, an empty,
+    ``.`` or ``..`` segment, not encodable as UTF-8, too long.
+
+    Raises:
+        InvalidRefError: naming what was wrong.
+    """
+    if not key.strip():
+        raise InvalidRefError(f"{what} is required")
+    bad = key.startswith("/") or key.endswith("/") or "\\" in key
+    if bad or any(seg in ("", ".", "..") for seg in key.split("/")):
+        raise InvalidRefError(f"invalid {what} {go_quote(key)}")
+    _utf8_len(key, what)
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Check a list prefix with Dagu's rules; return it unchanged.
+
+    Matching stays a plain byte-prefix test, so ``cur`` matches ``cursor``.
+
+    Raises:
+        InvalidRefError: naming what was wrong.
+    """
+    if not prefix:
+        return prefix
+    if prefix.startswith("/") or "\\" in prefix:
+        raise InvalidRefError(f"invalid key prefix {go_quote(prefix)}")
+    rest = prefix[:-1] if prefix.endswith("/") else prefix
+    if rest:
+        validate_key(rest, "key_prefix")
+    return prefix
+
+
+def validate_limit(limit: int) -> int:
+    """Check a list limit: 0 (no limit) up to :data:`MAX_LIMIT`.
+
+    Raises:
+        InvalidRefError: when negative or too large.
+    """
+    if limit < 0:
+        raise InvalidRefError("limit must be greater than or equal to zero")
+    if limit > MAX_LIMIT:
+        raise InvalidRefError(f"limit exceeds {MAX_LIMIT}")
+    return limit
+
+
+def resolve_namespace(
+    scope: str, namespace: str | None, *, dag: str | None, root_dag: str | None
+) -> str:
+    """Resolve a scope's namespace as Dagu's state executor does.
+
+    ``dag`` defaults to the current DAG name, ``root_dag`` to the root DAG
+    name (falling back to the DAG name), ``global`` to ``_``; ``custom`` needs
+    an explicit namespace. An explicit (non-empty) namespace always wins.
+
+    Raises:
+        InvalidRefError: unknown scope, missing or invalid namespace.
+    """
+    validate_scope(scope)
+    if namespace:
+        return validate_namespace(namespace)
+    if scope == "custom":
+        raise InvalidRefError("namespace is required for custom scope")
+    if scope == "global":
+        return DEFAULT_GLOBAL_NAMESPACE
+    if scope == "root_dag":
+        return validate_namespace(root_dag or dag or "")
+    return validate_namespace(dag or "")
+
+
+def file_id(name: str) -> str:
+    """The file-system name of a namespace or key: lowercase hex sha256 of its UTF-8.
+
+    Fixed length (64 characters of ``[0-9a-f]``), so long names, case
+    variants and Windows-invalid characters can never collide or fail.
+    """
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def env_or(value: str | None, variable: str) -> str | None:
+    """Return ``value`` when given, else the environment variable (or None)."""
+    return value if value is not None else (os.environ.get(variable) or None)

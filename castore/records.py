@@ -1,0 +1,194 @@
+"""Record types written to disk and their encodings (docs/FORMAT.md §3).
+
+Pure: structs, encoders and decoders; no I/O.
+
+* ``H`` frame: :class:`Header`, the first frame of every ref log (JSON).
+* ``B`` frame: a blob, ``digest[32] codec:u8 data`` (binary, see
+  :func:`encode_blob`). The digest is the sha256 of the *normalized* JSON,
+  never of the stored (possibly compressed) bytes.
+* ``E`` frame: :class:`Entry`, one version of a ref (JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import msgspec
+import zstandard
+
+from castore.errors import DigestMismatchError, RecordError
+
+__all__ = [
+    "CODEC_RAW",
+    "CODEC_ZSTD",
+    "COMPRESS_MIN_BYTES",
+    "FORMAT_VERSION",
+    "KIND_BLOB",
+    "KIND_ENTRY",
+    "KIND_HEADER",
+    "OP_DELETE",
+    "OP_ROLLBACK",
+    "OP_SET",
+    "ZSTD_LEVEL",
+    "Audit",
+    "BlobLoc",
+    "Entry",
+    "Header",
+    "decode_blob",
+    "decode_entry",
+    "decode_header",
+    "encode_blob",
+    "encode_record",
+]
+
+FORMAT_VERSION = 1  # docs/FORMAT.md §2
+KIND_HEADER = ord("H")
+KIND_BLOB = ord("B")
+KIND_ENTRY = ord("E")
+OP_SET = "set"
+OP_DELETE = "delete"
+OP_ROLLBACK = "rollback"
+CODEC_RAW = 0  # data is the normalized JSON itself
+CODEC_ZSTD = 1  # data is one zstd frame holding the normalized JSON
+COMPRESS_MIN_BYTES = 128  # smaller values are stored raw: zstd's frame overhead wins
+ZSTD_LEVEL = 3  # zstd's default level
+
+
+class Audit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who wrote a version. Empty fields are omitted on disk."""
+
+    dag_name: str = ""
+    run_id: str = ""
+    step_name: str = ""
+    attempt: str = ""
+    user: str = ""
+    host: str = ""
+    pid: int = 0
+    actor: str = ""
+    reason: str = ""
+    rollback_from: int = 0
+
+
+class BlobLoc(msgspec.Struct, frozen=True, array_like=True):
+    """Where a blob frame was written: a location *hint*, verified on read.
+
+    ``log`` is the log's path relative to the store's ``refs/`` directory,
+    or ``""`` for the log that holds this entry.
+    """
+
+    log: str
+    offset: int
+    length: int
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One version of a ref: a set (or rollback) pointing at a blob, or a tombstone."""
+
+    version: int
+    op: str
+    time_ns: int
+    hash: str = ""
+    size: int = 0
+    blob: BlobLoc | None = None
+    created_ns: int = 0
+    audit: Audit = Audit()
+
+    @property
+    def live(self) -> bool:
+        """True unless this entry is a tombstone."""
+        return self.op != OP_DELETE
+
+
+class Header(msgspec.Struct, frozen=True, kw_only=True):
+    """First frame of a ref log: names the ref, so the log is self-describing."""
+
+    format: int
+    scope: str
+    namespace: str
+    key: str
+
+
+_encoder = msgspec.json.Encoder()
+_entry_decoder = msgspec.json.Decoder(Entry)
+_header_decoder = msgspec.json.Decoder(Header)
+_local = threading.local()  # zstd objects are not thread-safe: one pair per thread
+
+
+def encode_record(record: Entry | Header) -> bytes:
+    """JSON payload for an ``E`` or ``H`` frame."""
+    return _encoder.encode(record)
+
+
+def decode_entry(payload: bytes) -> Entry:
+    """Decode an ``E`` frame payload.
+
+    Raises:
+        RecordError: when the payload is not a valid entry.
+    """
+    try:
+        return _entry_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad entry record: {exc}") from exc
+
+
+def decode_header(payload: bytes) -> Header:
+    """Decode an ``H`` frame payload.
+
+    Raises:
+        RecordError: when the payload is not a valid header.
+    """
+    try:
+        return _header_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad header record: {exc}") from exc
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    pair: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None
+    pair = getattr(_local, "pair", None)
+    if pair is None:
+        pair = (zstandard.ZstdCompressor(level=ZSTD_LEVEL), zstandard.ZstdDecompressor())
+        _local.pair = pair
+    return pair
+
+
+def encode_blob(digest: bytes, normalized: bytes) -> bytes:
+    """Payload of a ``B`` frame: digest, codec byte, then raw or zstd data.
+
+    zstd is used when the value is at least :data:`COMPRESS_MIN_BYTES` long
+    and compression makes it smaller.
+    """
+    if len(normalized) >= COMPRESS_MIN_BYTES:
+        packed = _zstd()[0].compress(normalized)
+        if len(packed) < len(normalized):
+            return b"".join((digest, bytes((CODEC_ZSTD,)), packed))
+    return b"".join((digest, bytes((CODEC_RAW,)), normalized))
+
+
+def decode_blob(payload: bytes, expected_hex: str) -> bytes:
+    """Return the normalized JSON held by a ``B`` frame payload, verified.
+
+    Raises:
+        DigestMismatchError: when the digest field or the sha256 of the data
+            is not ``expected_hex``.
+        RecordError: when the codec is unknown or the zstd data is corrupt.
+    """
+    if len(payload) < 33:
+        raise RecordError("blob record too short")
+    digest, codec = payload[:32], payload[32]
+    if digest.hex() != expected_hex:
+        raise DigestMismatchError(f"blob record holds {digest.hex()}, not {expected_hex}")
+    if codec == CODEC_RAW:
+        data = payload[33:]
+    elif codec == CODEC_ZSTD:
+        try:
+            data = _zstd()[1].decompress(payload[33:])
+        except zstandard.ZstdError as exc:
+            raise RecordError(f"blob {expected_hex}: bad zstd data: {exc}") from exc
+    else:
+        raise RecordError(f"blob {expected_hex}: unknown codec {codec}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_hex:
+        raise DigestMismatchError(f"blob {expected_hex}: data hashes to {actual}")
+    return data

@@ -1,0 +1,146 @@
+"""Per-ref append-only logs: read the newest entry, scan, repair a torn tail.
+
+A ref log (docs/FORMAT.md §3-§6) is a sequence of frames: one ``H`` header,
+then, per version, an optional ``B`` blob frame immediately followed by its
+``E`` entry frame, both written by one ``write(2)``. Frames are never
+rewritten in place; only ``compact`` (a later tool) replaces a whole log.
+
+Readers take no lock on the fast path: they read the last frame backwards
+from the file size they observed. A torn or half-visible tail makes them wait
+for the writer's lock (shared) and retry, and only a tail that is still bad
+under the lock (a crash) costs a full forward scan.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from castore import _fs
+from castore.errors import RecordError
+from castore.frames import FRAME_OVERHEAD, Frame, last_frame, scan_frames
+from castore.records import (
+    KIND_BLOB,
+    KIND_ENTRY,
+    KIND_HEADER,
+    Entry,
+    Header,
+    decode_entry,
+    decode_header,
+)
+
+__all__ = ["TAIL_READ_BYTES", "Tail", "read_all", "read_tail", "scan"]
+
+TAIL_READ_BYTES = 4096  # one page: holds the newest entry and, usually, its blob
+
+
+class Tail(NamedTuple):
+    """What a reader learned about a log at one moment.
+
+    Attributes:
+        size: the file size the read was based on.
+        valid_end: end of the last valid frame; ``< size`` means a torn tail.
+        entry: the newest entry, or None when the log has none yet.
+        blob: the payload of the entry's own ``B`` frame when it was in the
+            bytes read (saves a second read), else None.
+        header: the header when it was read (scans only), else None.
+    """
+
+    size: int
+    valid_end: int
+    entry: Entry | None
+    blob: bytes | None
+    header: Header | None
+
+
+def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
+    frame = last_frame(buf, base)
+    if frame is None:
+        return None
+    if frame.kind == KIND_HEADER:
+        return Tail(size, size, None, None, decode_header(frame.payload))
+    if frame.kind != KIND_ENTRY:
+        return None
+    entry = decode_entry(frame.payload)
+    blob = None
+    loc = entry.blob
+    if loc is not None and not loc.log and loc.offset >= base:
+        start = loc.offset - base
+        candidate = last_frame(buf[start : start + loc.length], loc.offset)
+        if candidate is not None and candidate.kind == KIND_BLOB:
+            blob = candidate.payload
+    return Tail(size, size, entry, blob, None)
+
+
+def read_tail(fd: int, size: int) -> Tail | None:
+    """Read the newest entry of the log open on ``fd``, assuming it is ``size`` long.
+
+    Returns:
+        The tail, or None when the bytes before ``size`` do not end with a
+        valid frame (a torn tail, or a write still in progress).
+
+    Raises:
+        RecordError: when a checksummed record does not decode.
+    """
+    if size == 0:
+        return Tail(0, 0, None, None, None)
+    start = max(0, size - TAIL_READ_BYTES)
+    buf = _fs.read_at(fd, start, size - start)
+    if len(buf) != size - start:
+        return None
+    tail = _tail_from_buffer(buf, start, size)
+    if tail is not None or start == 0:
+        return tail
+    # The newest frame may be longer than one page: read exactly its extent.
+    length = int.from_bytes(buf[-4:], "little")
+    begin = size - FRAME_OVERHEAD - length
+    if begin < 0 or begin >= start:
+        return None
+    whole = _fs.read_at(fd, begin, size - begin)
+    return _tail_from_buffer(whole, begin, size)
+
+
+def read_all(fd: int) -> tuple[bytes, int]:
+    """Read a whole log; return its bytes and size."""
+    size = os.fstat(fd).st_size
+    return _fs.read_at(fd, 0, size), size
+
+
+def scan(fd: int) -> tuple[Tail, list[Frame]]:
+    """Read the whole log forwards, skipping damage; return its tail and frames.
+
+    Used after a crash left a torn tail, and by history-style readers.
+
+    Raises:
+        RecordError: when a checksummed record does not decode.
+    """
+    buf, size = read_all(fd)
+    frames = list(scan_frames(buf))
+    header = None
+    entry_frame = None
+    for frame in frames:
+        if frame.kind == KIND_HEADER and header is None:
+            header = decode_header(frame.payload)
+        elif frame.kind == KIND_ENTRY:
+            entry_frame = frame
+    valid_end = frames[-1].end if frames else 0
+    if entry_frame is None:
+        return Tail(size, valid_end, None, None, header), frames
+    entry = decode_entry(entry_frame.payload)
+    blob = None
+    loc = entry.blob
+    if loc is not None and not loc.log:
+        for frame in frames:
+            if frame.start == loc.offset and frame.kind == KIND_BLOB:
+                blob = frame.payload
+    return Tail(size, valid_end, entry, blob, header), frames
+
+
+def check_header(header: Header | None, expected: Header, path: str) -> None:
+    """Verify that a log's header names the ref we opened it for.
+
+    Raises:
+        RecordError: when the header names another ref or format.
+    """
+    if header is not None and header != expected:
+        raise RecordError(f"{path}: header names {header}, expected {expected}")

@@ -1,0 +1,102 @@
+"""Result types returned by :class:`castore.Store` (one per operation).
+
+Attributes are Dagu's output fields in snake_case. Values are given twice:
+``value`` as Python data (decoded from the stored normalized JSON) and
+``value_json`` as the normalized JSON bytes themselves (``None`` when absent),
+which is what the CLI prints so that number literals survive exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "DeleteResult",
+    "DiffResult",
+    "GetResult",
+    "ListEntry",
+    "ListResult",
+    "SetResult",
+    "rfc3339",
+]
+
+
+def rfc3339(time_ns: int) -> str:
+    """Format Unix nanoseconds as Go's RFC 3339 with trimmed fraction, UTC ``Z``."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    text = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    return text + "Z"
+
+
+class _Result(msgspec.Struct, frozen=True, kw_only=True):
+    scope: str
+    namespace: str
+    key: str
+
+
+class GetResult(_Result, frozen=True, kw_only=True):
+    """Result of :meth:`Store.get`. ``value`` is the default when not found."""
+
+    found: bool
+    version: int = 0
+    hash: str = ""
+    value: Any = None
+    value_json: bytes | None = None
+
+
+class SetResult(_Result, frozen=True, kw_only=True):
+    """Result of :meth:`Store.set`: the new version; ``created`` if the key was absent."""
+
+    version: int
+    hash: str
+    created: bool
+
+
+class DiffResult(_Result, frozen=True, kw_only=True):
+    """Result of :meth:`Store.diff`; fields absent in Dagu's output are 0 / "" / None."""
+
+    changed: bool
+    found_previous: bool
+    previous_version: int = 0
+    version: int = 0
+    hash: str = ""
+    previous: Any = None
+    previous_json: bytes | None = None
+    current: Any = None
+    current_json: bytes = b""
+
+
+class DeleteResult(_Result, frozen=True, kw_only=True):
+    """Result of :meth:`Store.delete`: ``deleted`` is False when the key was absent."""
+
+    deleted: bool
+
+
+class ListEntry(_Result, frozen=True, kw_only=True):
+    """One live key in a :class:`ListResult`; times are Go RFC 3339 strings."""
+
+    version: int
+    hash: str
+    created_at: str
+    updated_at: str
+    value: Any = None
+    value_json: bytes | None = None
+
+
+class ListResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of :meth:`Store.list`: live entries in byte-wise key order.
+
+    ``skipped`` names keys whose newest record could not be read (corrupt),
+    which Dagu would have failed the whole list for.
+    """
+
+    scope: str
+    namespace: str
+    prefix: str
+    entries: list[ListEntry]
+    skipped: list[str] = msgspec.field(default_factory=list)

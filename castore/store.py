@@ -1,0 +1,399 @@
+"""The Store: Dagu's five state operations over content-addressed, versioned refs.
+
+``Store`` behaves like a ``Mapping[Ref, list[Entry]]`` whose last entry is
+current: every write appends a version to the ref's log, a delete appends a
+tombstone, and versions never repeat. See docs/DESIGN.md for the contract and
+docs/FORMAT.md for the bytes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, Final, final
+
+from castore import _fs, codec
+from castore.errors import ConflictError, CorruptionError, NotFoundError, RecordError
+from castore.filestore import FileBackend, Write
+from castore.keys import (
+    Ref,
+    env_or,
+    resolve_namespace,
+    validate_key,
+    validate_limit,
+    validate_prefix,
+)
+from castore.records import OP_DELETE, OP_SET, Audit, Entry
+from castore.results import (
+    DeleteResult,
+    DiffResult,
+    GetResult,
+    ListEntry,
+    ListResult,
+    SetResult,
+    rfc3339,
+)
+
+__all__ = ["Store", "default_root"]
+
+_UNSET: Final = object()
+
+
+def default_root() -> str:
+    """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``."""
+    if os.environ.get("CASTORE_DIR"):
+        return os.environ["CASTORE_DIR"]
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "castore")
+
+
+@final
+class Store:
+    """A castore store rooted at one directory.
+
+    Safe for many processes on one machine (file locks); one handle must not
+    be shared between threads without external locking.
+
+    Args:
+        path: store directory; None means :func:`default_root`. Created on
+            first use.
+        dag: the current DAG name (namespace of scope ``dag``); None means
+            ``$DAG_NAME``.
+        root_dag: the root DAG name (namespace of scope ``root_dag``); None
+            means ``$CASTORE_ROOT_DAG``, falling back to ``dag``.
+        durable: when True (default) a returned set/delete survives a power
+            loss; when False the store stays consistent after a process crash
+            but an OS crash may lose recent writes (docs/DESIGN.md).
+        lock_timeout: seconds to wait for a ref's lock before
+            :class:`~castore.errors.LockTimeoutError`.
+
+    Raises:
+        FormatVersionError: the directory holds another format, or is a
+            non-empty directory that is not a castore store.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        dag: str | None = None,
+        root_dag: str | None = None,
+        durable: bool = True,
+        lock_timeout: float = _fs.LOCK_TIMEOUT_SECONDS,
+    ) -> None:
+        self.root = os.path.abspath(os.fspath(path) if path is not None else default_root())
+        self.dag = env_or(dag, "DAG_NAME")
+        self.root_dag = env_or(root_dag, "CASTORE_ROOT_DAG")
+        self.durable = durable
+        self.lock_timeout = lock_timeout
+        self._backend = FileBackend(self.root, durable=durable, lock_timeout=lock_timeout)
+        self._identity: tuple[int, str, str] | None = None
+
+    # -- store directory -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop cached state. The store holds no open files between calls."""
+        self._backend.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- refs and paths ------------------------------------------------------------------
+
+    def ref(self, key: str, scope: str = "dag", namespace: str | None = None) -> Ref:
+        """Validate and resolve ``(scope, namespace, key)`` into a :class:`Ref`.
+
+        Raises:
+            InvalidRefError: bad scope, namespace or key.
+        """
+        ns = resolve_namespace(scope, namespace, dag=self.dag, root_dag=self.root_dag)
+        return Ref(scope, ns, validate_key(key))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(
+        self,
+        key: str,
+        *,
+        scope: str = "dag",
+        namespace: str | None = None,
+        default: Any = _UNSET,
+        required: bool = False,
+    ) -> GetResult:
+        """Read the latest version of a key.
+
+        Lock-free; never sees a partly written version. When the key is absent
+        (never set, or deleted) ``found`` is False and ``value`` is ``default``
+        (normalized) if one was given.
+
+        Raises:
+            InvalidRefError: bad scope, namespace or key.
+            InvalidValueError: ``default`` is not valid JSON data.
+            NotFoundError: the key is absent and ``required`` is True.
+            CorruptionError: the stored value fails verification.
+        """
+        ref = self.ref(key, scope, namespace)
+        current = self._backend.current(ref)
+        entry = current.live
+        if entry is not None and current.value is not None:
+            return GetResult(
+                scope=ref.scope,
+                namespace=ref.namespace,
+                key=ref.key,
+                found=True,
+                version=entry.version,
+                hash=entry.hash,
+                value=codec.decode_value(current.value),
+                value_json=current.value,
+            )
+        if required:
+            raise NotFoundError(str(ref))
+        value_json = None if default is _UNSET else codec.normalize(default)
+        return GetResult(
+            scope=ref.scope,
+            namespace=ref.namespace,
+            key=ref.key,
+            found=False,
+            value=None if value_json is None else codec.decode_value(value_json),
+            value_json=value_json,
+        )
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _audit(self, rollback_from: int = 0) -> Audit:
+        pid = os.getpid()
+        if self._identity is None or self._identity[0] != pid:
+            try:
+                user = getpass.getuser()
+            except (KeyError, OSError):
+                user = ""
+            self._identity = (pid, user, socket.gethostname())
+        env = os.environ
+        return Audit(
+            dag_name=env.get("DAG_NAME", ""),
+            run_id=env.get("DAG_RUN_ID", ""),
+            step_name=env.get("DAG_RUN_STEP_NAME", ""),
+            attempt=env.get("DAG_RUN_ATTEMPT_ID", ""),
+            user=self._identity[1],
+            host=self._identity[2],
+            pid=pid,
+            actor=env.get("CASTORE_ACTOR", ""),
+            rollback_from=rollback_from,
+        )
+
+    def _set_plan(
+        self, ref: Ref, normalized: bytes, expected_version: int | None, create_only: bool
+    ) -> Callable[[Entry | None, Callable[[], bytes | None]], Write | None]:
+        digest_hex = codec.hexdigest(normalized)
+
+        def decide(previous: Entry | None, _load: Callable[[], bytes | None]) -> Write:
+            live = previous.version if previous is not None and previous.live else 0
+            if create_only and live:
+                raise ConflictError(str(ref), None, live, "key exists")
+            if expected_version is not None and expected_version != live:
+                raise ConflictError(str(ref), expected_version, live)
+            return Write(OP_SET, normalized, digest_hex, self._audit())
+
+        return decide
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        *,
+        scope: str = "dag",
+        namespace: str | None = None,
+        expected_version: int | None = None,
+        create_only: bool = False,
+    ) -> SetResult:
+        """Write a new version of a key (even when the value is unchanged).
+
+        Atomic and serialized per key. ``expected_version`` must equal the
+        live version (0 = the key must not exist); ``create_only`` requires the
+        key to be absent. Versions keep increasing across deletes. When
+        ``durable``, the version survives a power loss once this returns.
+
+        Args:
+            key: the key.
+            value: Python data (dict, list, str, int, float, bool, None) or
+                ``bytes`` holding JSON text.
+            scope: ``dag``, ``root_dag``, ``global`` or ``custom``.
+            namespace: overrides the scope's default namespace.
+            expected_version: optimistic-concurrency guard.
+            create_only: fail if the key exists.
+
+        Raises:
+            InvalidRefError: bad scope, namespace or key.
+            InvalidValueError: the value is not one JSON value.
+            ValueTooLargeError: raw or normalized value over 1 MiB.
+            ConflictError: a guard failed; carries expected and actual versions.
+            LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
+        """
+        ref = self.ref(key, scope, namespace)
+        normalized = codec.normalize(value)
+        previous, entry = self._backend.write(
+            ref, self._set_plan(ref, normalized, expected_version, create_only)
+        )
+        if entry is None:  # pragma: no cover - a set plan always writes
+            raise RecordError(f"{ref}: set wrote nothing")
+        return SetResult(
+            scope=ref.scope,
+            namespace=ref.namespace,
+            key=ref.key,
+            version=entry.version,
+            hash=entry.hash,
+            created=previous is None or not previous.live,
+        )
+
+    def delete(self, key: str, *, scope: str = "dag", namespace: str | None = None) -> DeleteResult:
+        """Delete a key by appending a tombstone version.
+
+        ``deleted`` is False (and nothing is written) when the key is absent.
+
+        Raises:
+            InvalidRefError: bad scope, namespace or key.
+            LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
+        """
+        ref = self.ref(key, scope, namespace)
+        if not os.path.exists(self._backend.log_path(ref)):
+            return DeleteResult(
+                scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=False
+            )
+
+        def decide(previous: Entry | None, _load: Callable[[], bytes | None]) -> Write | None:
+            if previous is None or not previous.live:
+                return None
+            return Write(OP_DELETE, None, "", self._audit())
+
+        _, entry = self._backend.write(ref, decide)
+        return DeleteResult(
+            scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=entry is not None
+        )
+
+    def diff(
+        self,
+        key: str,
+        value: Any,
+        *,
+        scope: str = "dag",
+        namespace: str | None = None,
+        update: bool = True,
+        expected_version: int | None = None,
+    ) -> DiffResult:
+        """Compare ``value`` with the stored one and, if changed and ``update``, write it.
+
+        Dagu's semantics: the ``expected_version`` check comes first (a
+        conflict even when unchanged); unchanged writes nothing; with
+        ``update=False`` a changed value reports the *stored* hash. With
+        ``update=True`` the compare and the write happen under the key's
+        lock, so no concurrent write can slip between them.
+
+        Raises:
+            InvalidRefError: bad scope, namespace or key.
+            InvalidValueError: the value is not one JSON value.
+            ValueTooLargeError: raw or normalized value over 1 MiB.
+            ConflictError: ``expected_version`` did not match.
+            CorruptionError: the stored value fails verification.
+            LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
+        """
+        ref = self.ref(key, scope, namespace)
+        current = codec.normalize(value)
+        digest_hex = codec.hexdigest(current)
+        seen: list[bytes | None] = []
+
+        def decide(previous: Entry | None, load: Callable[[], bytes | None]) -> Write | None:
+            live = previous if previous is not None and previous.live else None
+            actual = live.version if live is not None else 0
+            if expected_version is not None and expected_version != actual:
+                raise ConflictError(str(ref), expected_version, actual)
+            if live is not None:
+                seen.append(load())
+                if live.hash == digest_hex:
+                    return None
+            return Write(OP_SET, current, digest_hex, self._audit()) if update else None
+
+        if update:
+            previous, written = self._backend.write(ref, decide)
+        else:
+            now = self._backend.current(ref)
+            previous, written = now.entry, None
+            decide(previous, lambda: now.value)
+        live = previous if previous is not None and previous.live else None
+        prev_json = seen[0] if seen else None
+        return DiffResult(
+            scope=ref.scope,
+            namespace=ref.namespace,
+            key=ref.key,
+            changed=live is None or live.hash != digest_hex,
+            found_previous=live is not None,
+            previous_version=live.version if live else 0,
+            version=written.version if written else (live.version if live else 0),
+            hash=written.hash if written else (live.hash if live else ""),
+            previous=None if prev_json is None else codec.decode_value(prev_json),
+            previous_json=prev_json,
+            current=codec.decode_value(current),
+            current_json=current,
+        )
+
+    # -- listing -------------------------------------------------------------------------
+
+    def list(
+        self,
+        prefix: str = "",
+        *,
+        scope: str = "dag",
+        namespace: str | None = None,
+        limit: int = 0,
+        include_values: bool = False,
+    ) -> ListResult:
+        """List live keys of one namespace whose key starts with ``prefix`` (bytes).
+
+        Entries come in byte-wise key order; ``limit`` (0 = all) caps the
+        number of live entries. A key whose newest record cannot be read is
+        left out and named in ``skipped`` instead of failing the whole list.
+
+        Raises:
+            InvalidRefError: bad scope, namespace, prefix or limit.
+        """
+        ns = resolve_namespace(scope, namespace, dag=self.dag, root_dag=self.root_dag)
+        validate_prefix(prefix)
+        validate_limit(limit)
+        entries: list[ListEntry] = []
+        skipped: list[str] = []
+        for key in self._backend.keys(scope, ns, prefix):
+            ref = Ref(scope, ns, key)
+            try:
+                current = self._backend.current(ref)
+            except (CorruptionError, RecordError):
+                skipped.append(key)
+                continue
+            entry = current.live
+            if entry is None:
+                continue
+            entries.append(
+                ListEntry(
+                    scope=scope,
+                    namespace=ns,
+                    key=key,
+                    version=entry.version,
+                    hash=entry.hash,
+                    created_at=rfc3339(entry.created_ns),
+                    updated_at=rfc3339(entry.time_ns),
+                    value=codec.decode_value(current.value)
+                    if include_values and current.value is not None
+                    else None,
+                    value_json=current.value if include_values else None,
+                )
+            )
+            if limit and len(entries) >= limit:
+                break
+        return ListResult(
+            scope=scope, namespace=ns, prefix=prefix, entries=entries, skipped=skipped
+        )
