@@ -146,8 +146,12 @@ def _parser() -> _Parser:
         "--no-sync", action="store_true", default=argparse.SUPPRESS, help="skip fsync"
     )
     ref = _Parser(add_help=False)
-    ref.add_argument("--scope", default="dag", help="dag (default), root_dag, global or custom")
-    ref.add_argument("--namespace", default=None, help="namespace (overrides the scope default)")
+    ref.add_argument(
+        "--scope", default=argparse.SUPPRESS, help="dag (default), root_dag, global or custom"
+    )
+    ref.add_argument(
+        "--namespace", default=argparse.SUPPRESS, help="namespace (overrides the scope default)"
+    )
 
     parser = _Parser(
         prog="castore",
@@ -160,6 +164,8 @@ def _parser() -> _Parser:
     parser.add_argument(
         "--no-sync", action="store_true", help="do not fsync: faster, may lose the last writes"
     )
+    parser.add_argument("--scope", default="dag", help="dag (default), root_dag, global or custom")
+    parser.add_argument("--namespace", default=None, help="namespace (overrides the scope default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parents = [common, ref]
 

@@ -177,9 +177,12 @@ def resolve_namespace(
         raise InvalidRefError("namespace is required for custom scope")
     if scope == "global":
         return DEFAULT_GLOBAL_NAMESPACE
-    if scope == "root_dag":
-        return validate_namespace(root_dag or dag or "")
-    return validate_namespace(dag or "")
+    name = (root_dag or dag) if scope == "root_dag" else dag
+    if not name:
+        raise InvalidRefError(
+            f"namespace is required (scope {scope} needs the DAG name: --dag or $DAG_NAME)"
+        )
+    return validate_namespace(name)
 
 
 def file_id(name: str) -> str:

@@ -98,13 +98,15 @@ def corrupt(path: str | os.PathLike[str], offset: int, xor: int = 0x01) -> None:
 def reap_processes(timeout: float = JOIN_TIMEOUT_SECONDS) -> Iterator[list[BaseProcess]]:
     """Yield a list to put started processes in; on exit join each, killing stragglers."""
     procs: list[BaseProcess] = []
+    failed = True
     try:
         yield procs
+        failed = False
     finally:
         for proc in procs:
             if proc.pid is None:
                 continue
-            proc.join(timeout)
+            proc.join(1.0 if failed else timeout)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)

@@ -1,0 +1,344 @@
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from castore import Store, codec
+from castore.errors import CastoreError, ConflictError
+from castore.keys import Ref
+
+T = TypeVar("T")
+
+DAG: Final = "flow"
+TOMBSTONE: Final = None  # a history entry is normalized JSON bytes, or None for a delete
+
+# (scope, namespace argument): ("dag", None) and ("dag", "flow") are the same namespace;
+# "other" and "Other" are distinct custom namespaces.
+TARGETS: Final = [("dag", None), ("dag", DAG), ("custom", "other"), ("custom", "Other")]
+NAMESPACES: Final = [("dag", DAG), ("custom", "other"), ("custom", "Other")]
+LONG_KEY: Final = "a" + "x" * 1099  # 1,100 bytes: far past any file-name limit
+KEYS: Final = ["a", "a/b", "ab", "b", "é", LONG_KEY]
+PREFIXES: Final = ["", "a", "a/", "a/b", "ab", "ax", "b", "é", "\u00e9x", "z"]
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+# A small pool makes repeated values (unchanged diffs, blob reuse across logs) common;
+# long strings take the zstd path (>= 128 bytes).
+POOL: Final = [0, 1, "x", None, {"a": 1}, [1, 2], "<&>", "y" * 300, {"z": ["w" * 200]}]
+values = st.one_of(
+    st.sampled_from(POOL),
+    json_values,
+    st.text(min_size=130, max_size=600),
+    st.lists(st.integers(), min_size=40, max_size=80),
+)
+targets = st.sampled_from(TARGETS)
+keys = st.sampled_from(KEYS)
+handles = st.integers(min_value=0, max_value=1)
+
+
+def escaped(fn: Callable[[], T]) -> T:
+    """Run ``fn``; any exception other than CastoreError or OSError is a failure."""
+    try:
+        return fn()
+    except (CastoreError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
+        raise AssertionError(f"non-castore exception escaped: {exc!r}") from exc
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = tempfile.mkdtemp(prefix="castore-model-")
+        self.stores = [self._open(), self._open()]
+        self.history: dict[Ref, list[bytes | None]] = {}
+        self.python: dict[tuple[Ref, int], Any] = {}  # (ref, version) -> value as given
+        self.steps = 0
+
+    def _open(self) -> Store:
+        return Store(self.root, dag=DAG, durable=False)
+
+    def teardown(self) -> None:
+        for store in self.stores:
+            store.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- model -----------------------------------------------------------------------
+
+    @staticmethod
+    def _ref(where: tuple[str, str | None], key: str) -> Ref:
+        scope, namespace = where
+        return Ref(scope, namespace or DAG, key)
+
+    def _live(self, ref: Ref) -> int:
+        versions = self.history.get(ref, [])
+        return len(versions) if versions and versions[-1] is not TOMBSTONE else 0
+
+    def _next(self, ref: Ref) -> int:
+        return len(self.history.get(ref, [])) + 1
+
+    def _append(self, ref: Ref, normalized: bytes | None, value: Any = None) -> int:
+        versions = self.history.setdefault(ref, [])
+        versions.append(normalized)
+        if normalized is not None:
+            self.python[ref, len(versions)] = value
+        return len(versions)
+
+    def _value(self, ref: Ref, version: int) -> bytes:
+        normalized = self.history[ref][version - 1]
+        assert normalized is not None
+        return normalized
+
+    # -- rules -----------------------------------------------------------------------
+
+    @rule(h=handles, where=targets, key=keys, value=values)
+    def set(self, h, where, key, value):
+        ref = self._ref(where, key)
+        normalized = codec.normalize(value)
+        want, created = self._next(ref), self._live(ref) == 0
+        res = escaped(lambda: self.stores[h].set(key, value, scope=where[0], namespace=where[1]))
+        assert (res.scope, res.namespace, res.key) == ref
+        assert res.version == want, f"{ref}: set gave version {res.version}, want {want}"
+        assert res.hash == codec.hexdigest(normalized)
+        assert res.created is created
+        self._append(ref, normalized, value)
+
+    @rule(h=handles, where=targets, key=keys, value=values, data=st.data())
+    def set_expected(self, h, where, key, value, data):
+        ref = self._ref(where, key)
+        live = self._live(ref)
+        total = len(self.history.get(ref, []))
+        expected = data.draw(
+            st.sampled_from(sorted({live, max(live - 1, 0), live + 1, 0, total, total + 1})),
+            label="expected_version",
+        )
+        store = self.stores[h]
+
+        def call():
+            return store.set(
+                key, value, scope=where[0], namespace=where[1], expected_version=expected
+            )
+
+        if expected != live:
+            with pytest.raises(ConflictError) as info:
+                escaped(call)
+            assert info.value.expected == expected
+            assert info.value.actual == live
+            return
+        normalized = codec.normalize(value)
+        res = escaped(call)
+        assert res.version == self._next(ref)
+        assert res.hash == codec.hexdigest(normalized)
+        assert res.created is (live == 0)
+        self._append(ref, normalized, value)
+
+    @rule(h=handles, where=targets, key=keys, value=values)
+    def create_only(self, h, where, key, value):
+        ref = self._ref(where, key)
+        live = self._live(ref)
+        store = self.stores[h]
+
+        def call():
+            return store.set(key, value, scope=where[0], namespace=where[1], create_only=True)
+
+        if live:
+            with pytest.raises(ConflictError) as info:
+                escaped(call)
+            assert info.value.expected is None
+            assert info.value.actual == live
+            return
+        res = escaped(call)
+        assert res.version == self._next(ref)
+        assert res.created is True
+        self._append(ref, codec.normalize(value), value)
+
+    @rule(h=handles, where=targets, key=keys)
+    def delete(self, h, where, key):
+        ref = self._ref(where, key)
+        live = self._live(ref)
+        res = escaped(lambda: self.stores[h].delete(key, scope=where[0], namespace=where[1]))
+        assert res.deleted is bool(live), f"{ref}: deleted={res.deleted}, live version {live}"
+        if live:
+            self._append(ref, TOMBSTONE)
+
+    @rule(h=handles, where=targets, key=keys)
+    def get(self, h, where, key):
+        ref = self._ref(where, key)
+        res = escaped(lambda: self.stores[h].get(key, scope=where[0], namespace=where[1]))
+        self._check_get(ref, res)
+
+    def _check_get(self, ref, res):
+        assert (res.scope, res.namespace, res.key) == ref
+        live = self._live(ref)
+        assert res.found is bool(live), f"{ref}: found={res.found}, live version {live}"
+        if not live:
+            assert res.version == 0
+            assert res.value is None
+            assert res.value_json is None
+            return
+        normalized = self._value(ref, live)
+        assert res.version == live
+        assert res.hash == codec.hexdigest(normalized)
+        assert res.value_json == normalized
+        assert res.value == self.python[ref, live]
+
+    @rule(
+        h=handles,
+        where=targets,
+        key=keys,
+        value=values,
+        update=st.booleans(),
+        data=st.data(),
+    )
+    def diff(self, h, where, key, value, update, data):
+        ref = self._ref(where, key)
+        live = self._live(ref)
+        # Sometimes diff against the stored value itself (the unchanged path).
+        if live and data.draw(st.booleans(), label="same value"):
+            value = self.python[ref, live]
+        expected = data.draw(
+            st.none() | st.sampled_from(sorted({live, live + 1, max(live - 1, 0), 0})),
+            label="expected_version",
+        )
+        normalized = codec.normalize(value)
+        digest = codec.hexdigest(normalized)
+        store = self.stores[h]
+
+        def call():
+            return store.diff(
+                key,
+                value,
+                scope=where[0],
+                namespace=where[1],
+                update=update,
+                expected_version=expected,
+            )
+
+        if expected is not None and expected != live:
+            with pytest.raises(ConflictError) as info:
+                escaped(call)
+            assert info.value.expected == expected
+            assert info.value.actual == live
+            return
+        res = escaped(call)
+        assert (res.scope, res.namespace, res.key) == ref
+        assert res.current_json == normalized
+        assert res.current == value
+        assert res.found_previous is bool(live)
+        assert res.previous_version == live
+        if live:
+            old = self._value(ref, live)
+            assert res.previous_json == old
+            assert res.previous == self.python[ref, live]
+            changed = codec.hexdigest(old) != digest
+        else:
+            assert res.previous_json is None
+            assert res.previous is None
+            changed = True
+        assert res.changed is changed
+        if changed and update:
+            version = self._append(ref, normalized, value)
+            assert res.version == version
+            assert res.hash == digest
+        elif live:  # unchanged, or changed without update: the OLD version and hash
+            assert res.version == live
+            assert res.hash == codec.hexdigest(self._value(ref, live))
+        else:
+            assert res.version == 0
+            assert res.hash == ""
+
+    @rule(
+        h=handles,
+        ns=st.sampled_from(TARGETS),
+        prefix=st.sampled_from(PREFIXES),
+        limit=st.sampled_from([0, 0, 1, 2, 3, 100]),
+        include_values=st.booleans(),
+    )
+    def list(self, h, ns, prefix, limit, include_values):
+        scope, namespace = ns
+        res = escaped(
+            lambda: self.stores[h].list(
+                prefix,
+                scope=scope,
+                namespace=namespace,
+                limit=limit,
+                include_values=include_values,
+            )
+        )
+        self._check_list(res, scope, namespace or DAG, prefix, limit, include_values)
+
+    def _check_list(self, res, scope, namespace, prefix, limit, include_values):
+        live = sorted(
+            (ref.key.encode("utf-8"), ref)
+            for ref in self.history
+            if (ref.scope, ref.namespace) == (scope, namespace)
+            and ref.key.encode("utf-8").startswith(prefix.encode("utf-8"))
+            and self._live(ref)
+        )
+        want = [ref for _, ref in live]
+        if limit:
+            want = want[:limit]
+        assert res.skipped == []
+        assert (res.scope, res.namespace, res.prefix) == (scope, namespace, prefix)
+        got = [Ref(e.scope, e.namespace, e.key) for e in res.entries]
+        assert got == want
+        for entry, ref in zip(res.entries, want, strict=True):
+            version = self._live(ref)
+            normalized = self._value(ref, version)
+            assert entry.version == version
+            assert entry.hash == codec.hexdigest(normalized)
+            assert entry.created_at.endswith("Z")
+            assert entry.updated_at.endswith("Z")
+            if include_values:
+                assert entry.value_json == normalized
+                assert entry.value == self.python[ref, version]
+            else:
+                assert entry.value_json is None
+                assert entry.value is None
+
+    @rule(h=handles)
+    def reopen(self, h):
+        self.stores[h].close()
+        self.stores[h] = escaped(self._open)
+
+    @precondition(lambda self: self.history)
+    @rule(h=handles, data=st.data())
+    def get_written(self, h, data):
+        # Bias reads towards refs that have a history (incl. tombstones).
+        ref = data.draw(st.sampled_from(sorted(self.history)), label="ref")
+        res = escaped(lambda: self.stores[h].get(ref.key, scope=ref.scope, namespace=ref.namespace))
+        self._check_get(ref, res)
+
+    # -- invariants ------------------------------------------------------------------
+
+    @invariant()
+    def listing_matches_model(self):
+        # Every step: the full listing of each namespace, through alternating handles.
+        self.steps += 1
+        store = self.stores[self.steps % 2]
+        for scope, namespace in NAMESPACES:
+            res = escaped(lambda s=scope, n=namespace: store.list(scope=s, namespace=n))
+            self._check_list(res, scope, namespace, "", 0, False)
+
+
+TestStoreModel = StoreMachine.TestCase
+TestStoreModel.settings = settings(deadline=None)

@@ -1,0 +1,62 @@
+"""Modules import only from lower layers (docs/DESIGN.md, "Layers")."""
+
+import ast
+import pathlib
+
+import castore
+
+LAYERS = {
+    "errors": 0,
+    "keys": 1,
+    "codec": 1,
+    "frames": 1,
+    "records": 1,
+    "results": 1,
+    "_fs": 1,
+    "reflog": 2,
+    "indexes": 2,
+    "filestore": 3,
+    "store": 4,
+    "cli": 5,
+    "__init__": 6,
+    "__main__": 6,
+}
+
+
+def castore_imports(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("castore"):
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                yield parts[1]
+            else:
+                yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("castore."):
+                    yield alias.name.split(".")[1]
+
+
+def test_every_module_has_a_layer():
+    package = pathlib.Path(castore.__file__).parent
+    assert {p.stem for p in package.glob("*.py")} == set(LAYERS)
+
+
+def test_imports_go_downward_only():
+    package = pathlib.Path(castore.__file__).parent
+    for path in package.glob("*.py"):
+        mine = LAYERS[path.stem]
+        for imported in castore_imports(path):
+            if path.stem in ("__init__", "__main__"):
+                continue
+            assert LAYERS[imported] < mine, (
+                f"{path.stem} (layer {mine}) imports {imported} (layer {LAYERS[imported]})"
+            )
+
+
+def test_nothing_imports_cli():
+    package = pathlib.Path(castore.__file__).parent
+    for path in package.glob("*.py"):
+        if path.stem not in ("__main__", "cli"):
+            assert "cli" not in set(castore_imports(path)), path.stem

@@ -1,0 +1,312 @@
+"""Behaviour of Store: a backend-independent contract (parametrize `store` for new backends)."""
+
+import glob
+import os
+
+import pytest
+
+from castore import (
+    ConflictError,
+    CorruptionError,
+    InvalidRefError,
+    InvalidValueError,
+    NotFoundError,
+    Store,
+    ValueTooLargeError,
+)
+from castore.errors import FormatVersionError
+from castore.frames import scan_frames
+from castore.records import KIND_ENTRY, decode_entry
+
+HASH_123 = "c475a5436a1e85bfcf9edbcefb55dd6389d937e60d8e8ba17fb5791e61a5c689"
+HASH_456 = "b4b805a36ca1d984f359a9f8f73c69cf194d31ae14a0538150cb52f0479acfc5"
+
+
+@pytest.fixture(params=["file"])
+def store(request, tmp_path):
+    s = Store(tmp_path / "store", dag="daily-agent", durable=False)
+    yield s
+    s.close()
+
+
+def entries_of(store, key):
+    path = store._backend.log_path(store.ref(key))
+    with open(path, "rb") as fh:
+        return [decode_entry(f.payload) for f in scan_frames(fh.read()) if f.kind == KIND_ENTRY]
+
+
+def test_dagu_store_contract(store):
+    r = store.set("cursor", {"last_id": 123})
+    assert (r.version, r.hash, r.created) == (1, HASH_123, True)
+    g = store.get("cursor")
+    assert (g.found, g.version, g.hash, g.value) == (True, 1, HASH_123, {"last_id": 123})
+    assert g.value_json == b'{"last_id":123}'
+    r = store.set("cursor", {"last_id": 456}, expected_version=1)
+    assert (r.version, r.hash, r.created) == (2, HASH_456, False)
+    with pytest.raises(ConflictError) as exc:
+        store.set("cursor", 2, expected_version=99)
+    assert (exc.value.expected, exc.value.actual) == (99, 2)
+    assert "99" in str(exc.value) and "2" in str(exc.value)
+
+
+def test_create_only(store):
+    assert store.set("k", "first", create_only=True).version == 1
+    with pytest.raises(ConflictError) as exc:
+        store.set("k", "second", create_only=True)
+    assert exc.value.actual == 1
+    with pytest.raises(ConflictError):
+        store.set("missing", 1, create_only=True, expected_version=5)
+
+
+def test_expected_version_zero_means_absent(store):
+    assert store.set("k", 1, expected_version=0).version == 1
+    with pytest.raises(ConflictError):
+        store.set("k", 2, expected_version=0)
+    with pytest.raises(ConflictError):
+        store.set("other", 1, expected_version=-1)
+
+
+def test_identical_value_still_makes_a_version(store):
+    a = store.set("k", [1, 2])
+    b = store.set("k", [1, 2])
+    assert (b.version, b.hash, b.created) == (2, a.hash, False)
+
+
+def test_versions_never_repeat_after_delete(store):
+    store.set("k", 1)
+    assert store.delete("k").deleted is True
+    assert store.delete("k").deleted is False
+    assert store.get("k").found is False
+    with pytest.raises(ConflictError) as exc:
+        store.set("k", 2, expected_version=1)  # stale version from before the delete
+    assert exc.value.actual == 0
+    r = store.set("k", 2, expected_version=0)
+    assert (r.version, r.created) == (3, True)
+    assert [(e.version, e.op) for e in entries_of(store, "k")] == [
+        (1, "set"),
+        (2, "delete"),
+        (3, "set"),
+    ]
+
+
+def test_delete_of_never_set_key_writes_nothing(store):
+    assert store.delete("ghost").deleted is False
+    assert not os.path.exists(store._backend.log_path(store.ref("ghost")))
+
+
+def test_get_default_and_required(store):
+    g = store.get("nope", default={"b": 1, "a": [1.0]})
+    assert (g.found, g.value, g.value_json) == (False, {"a": [1], "b": 1}, b'{"a":[1],"b":1}')
+    assert store.get("nope").value_json is None
+    assert store.get("nope", default=None).value_json == b"null"
+    with pytest.raises(NotFoundError):
+        store.get("nope", required=True, default=1)
+
+
+def test_bytes_are_json_text_and_keep_number_literals(store):
+    store.set("n", b'{"id":9007199254740993,"decimal":1.2300}')
+    g = store.get("n")
+    assert g.value_json == b'{"decimal":1.2300,"id":9007199254740993}'
+    assert g.hash == "be073068aa3b3ebf4a125582b47b14d7c999e1c5e06c770be035e5d9fb40c0a7"
+    store.set("p", {"x": 1.0, "y": "<a&b>"})
+    assert store.get("p").value_json == b'{"x":1,"y":"\\u003ca\\u0026b\\u003e"}'
+
+
+def test_invalid_values_store_nothing(store):
+    store.set("k", 1)
+    for bad in (b"{", b"1 2", b"", b"NaN"):
+        with pytest.raises(InvalidValueError):
+            store.set("k", bad)
+    with pytest.raises(ValueTooLargeError):
+        store.set("k", "<" * 174_763)
+    with pytest.raises(InvalidValueError):
+        store.set("k", {1: "non-string key"})
+    assert store.get("k").version == 1
+
+
+def test_invalid_refs(store):
+    for key in ("../bad", "/a", "a/", "a//b", "a\\b", "  ", "a/./b"):
+        with pytest.raises(InvalidRefError):
+            store.set(key, 1)
+    with pytest.raises(InvalidRefError):
+        store.get("k", scope="custom")
+    with pytest.raises(InvalidRefError):
+        store.get("k", scope="Dag")
+    with pytest.raises(InvalidRefError):
+        store.list("a//")
+    with pytest.raises(InvalidRefError):
+        store.list(limit=-1)
+    assert store.list().entries == []
+
+
+def test_scopes_resolve_namespaces(tmp_path):
+    s = Store(tmp_path, dag="child", root_dag="parent", durable=False)
+    assert s.set("k", 1).namespace == "child"
+    assert s.set("k", 1, scope="root_dag").namespace == "parent"
+    assert s.set("k", 1, scope="global").namespace == "_"
+    assert s.set("k", 1, scope="custom", namespace="shared").namespace == "shared"
+    assert s.get("k", scope="dag", namespace="parent").found is False
+    assert s.get("k", scope="root_dag").version == 1
+    assert s.get("k", scope="custom", namespace="_").found is False  # scopes are separate
+    assert Store(tmp_path, dag="only", durable=False).ref("k", "root_dag").namespace == "only"
+
+
+def test_dag_name_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAG_NAME", "from-env")
+    monkeypatch.setenv("DAG_RUN_ID", "run-7")
+    monkeypatch.setenv("DAG_RUN_STEP_NAME", "save")
+    s = Store(tmp_path, durable=False)
+    assert s.set("k", 1).namespace == "from-env"
+    audit = entries_of(s, "k")[0].audit
+    assert (audit.dag_name, audit.run_id, audit.step_name, audit.pid) == (
+        "from-env",
+        "run-7",
+        "save",
+        os.getpid(),
+    )
+
+
+def test_diff_semantics(store):
+    d = store.diff("snap", {"n": 1}, update=False)
+    assert (d.changed, d.found_previous, d.version, d.hash, d.previous_json) == (
+        True,
+        False,
+        0,
+        "",
+        None,
+    )
+    assert store.get("snap").found is False
+    d = store.diff("snap", {"n": 1})
+    assert (d.changed, d.found_previous, d.version, d.previous_version) == (True, False, 1, 0)
+    first_hash = d.hash
+    d = store.diff("snap", {"n": 1})
+    assert (d.changed, d.version, d.previous_version, d.hash) == (False, 1, 1, first_hash)
+    assert d.previous == {"n": 1}
+    d = store.diff("snap", {"n": 2}, update=False)
+    assert (d.changed, d.version, d.hash, d.current) == (True, 1, first_hash, {"n": 2})
+    d = store.diff("snap", {"n": 2})
+    assert (d.changed, d.previous_version, d.version, d.previous) == (True, 1, 2, {"n": 1})
+    with pytest.raises(ConflictError):
+        store.diff("snap", {"n": 2}, expected_version=1)  # checked before "unchanged"
+    with pytest.raises(ConflictError):
+        store.diff("fresh", 1, expected_version=3)
+    store.set("nul", None)
+    d = store.diff("nul", 1)
+    assert (d.previous_json, d.previous) == (b"null", None)
+
+
+def test_list_order_prefix_limit_values(store):
+    for key in ("b", "ab", "a/b", "a", "cursors/db", "cursors/api", "tokens/api", "curb"):
+        store.set(key, {"k": key})
+    store.delete("ab")
+    keys = [e.key for e in store.list().entries]
+    assert keys == ["a", "a/b", "b", "curb", "cursors/api", "cursors/db", "tokens/api"]
+    assert [e.key for e in store.list("cursors/").entries] == ["cursors/api", "cursors/db"]
+    assert [e.key for e in store.list("cur").entries] == ["curb", "cursors/api", "cursors/db"]
+    assert [e.key for e in store.list("a", limit=1).entries] == ["a"]
+    listed = store.list("cursors/", include_values=True).entries
+    assert [e.value for e in listed] == [{"k": "cursors/api"}, {"k": "cursors/db"}]
+    entry = store.list("tokens/").entries[0]
+    assert entry.created_at.endswith("Z") and entry.updated_at >= entry.created_at
+    assert store.list("cursors/").entries[0].value_json is None
+
+
+def test_created_at_survives_updates_and_resets_after_delete(store):
+    store.set("k", 1)
+    created = store.list().entries[0].created_at
+    store.set("k", 2)
+    assert store.list().entries[0].created_at == created
+    store.delete("k")
+    store.set("k", 3)
+    assert store.list().entries[0].created_at > created
+
+
+def test_long_and_awkward_names(store):
+    long_key = "k" * 1024 + "/é" * 100
+    long_ns = "n" * 1100
+    assert store.set(long_key, 1, scope="custom", namespace=long_ns).version == 1
+    assert store.get(long_key, scope="custom", namespace=long_ns).value == 1
+    for key in ("Cursor", "cursor", "CON", "a:b<c>|d?*", "nul\x00byte"):
+        store.set(key, key)
+    for key in ("Cursor", "cursor", "CON", "a:b<c>|d?*", "nul\x00byte"):
+        assert store.get(key).value == key
+    with pytest.raises(InvalidRefError, match="4096"):
+        store.set("x" * 4097, 1)
+
+
+def test_blobs_are_deduplicated_across_keys_and_versions(store):
+    big = {"payload": "x" * 5000}
+    store.set("one", big)
+    store.set("two", big)
+    store.set("one", big)
+    size_one = os.path.getsize(store._backend.log_path(store.ref("one")))
+    size_two = os.path.getsize(store._backend.log_path(store.ref("two")))
+    assert size_two < 1000  # only header + entry: the blob lives in "one"'s log
+    assert size_one < 2000  # compressed once, referenced twice
+    assert store.get("two").value == big
+    assert Store(store.root, dag="daily-agent").get("two").value == big
+
+
+def test_second_handle_sees_writes_immediately(tmp_path):
+    a = Store(tmp_path, dag="d", durable=False)
+    b = Store(tmp_path, dag="d", durable=False)
+    a.set("k", 1)
+    assert b.get("k").value == 1
+    a.set("k", 2)
+    assert b.get("k").value == 2
+    b.delete("k")
+    assert a.get("k").found is False
+    a.set("new", 1)
+    assert [e.key for e in b.list().entries] == ["new"]
+
+
+def test_corrupt_blob_is_an_error_not_a_wrong_value(store):
+    store.set("k", {"v": 1})
+    path = store._backend.log_path(store.ref("k"))
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    at = data.index(b'{"v":1}')
+    data[at + 5] = ord("2")  # same length, different value: the checksum no longer matches
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    fresh = Store(store.root, dag="daily-agent")
+    with pytest.raises(CorruptionError, match="daily-agent/k version 1"):
+        fresh.get("k")
+    fresh.set("other", 1)
+    listed = fresh.list()
+    assert [e.key for e in listed.entries] == ["other"]
+    assert listed.skipped == ["k"]
+
+
+def test_format_file_is_checked(tmp_path):
+    Store(tmp_path / "s")
+    (tmp_path / "s" / "FORMAT").write_text("castore-store 99\n")
+    with pytest.raises(FormatVersionError, match="99"):
+        Store(tmp_path / "s")
+    (tmp_path / "s" / "FORMAT").write_text("something else\n")
+    with pytest.raises(FormatVersionError, match="magic"):
+        Store(tmp_path / "s")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with pytest.raises(FormatVersionError, match="not empty"):
+        Store(tmp_path / "home")
+    assert os.listdir(tmp_path / "home") == ["notes.txt"]
+
+
+def test_default_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("CASTORE_DIR", str(tmp_path / "a"))
+    assert Store().root == str(tmp_path / "a")
+    monkeypatch.delenv("CASTORE_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Store().root == str(tmp_path / "xdg" / "castore")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Store().root == str(tmp_path / "home" / ".local" / "share" / "castore")
+
+
+def test_no_temporary_files_are_left(store):
+    for i in range(5):
+        store.set(f"k{i}", i)
+    root = store.root
+    leftovers = glob.glob(os.path.join(root, "**", "*.tmp"), recursive=True)
+    assert leftovers == []
