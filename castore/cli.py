@@ -22,6 +22,7 @@ from castore.errors import (
     InvalidValueError,
     NotFoundError,
 )
+from castore.keys import go_trim_space
 from castore.results import DeleteResult, DiffResult, GetResult, ListResult, SetResult
 from castore.store import Store
 
@@ -223,11 +224,11 @@ def _run(args: argparse.Namespace) -> bytes:
         root_dag=args.root_dag,
         durable=not args.no_sync,
     )
-    scope = args.scope.strip() or "dag"
-    ns = (args.namespace or "").strip() or None
+    scope = go_trim_space(args.scope) or "dag"
+    ns = go_trim_space(args.namespace or "") or None
     command = args.command
     if command == "get":
-        key = args.key.strip()
+        key = go_trim_space(args.key)
         if args.default is None:
             return render(store.get(key, scope=scope, namespace=ns, required=args.required))
         default = os.fsencode(args.default)
@@ -238,7 +239,7 @@ def _run(args: argparse.Namespace) -> bytes:
         if command == "set":
             return render(
                 store.set(
-                    args.key.strip(),
+                    go_trim_space(args.key),
                     value,
                     scope=scope,
                     namespace=ns,
@@ -248,7 +249,7 @@ def _run(args: argparse.Namespace) -> bytes:
             )
         return render(
             store.diff(
-                args.key.strip(),
+                go_trim_space(args.key),
                 value,
                 scope=scope,
                 namespace=ns,
@@ -257,9 +258,9 @@ def _run(args: argparse.Namespace) -> bytes:
             )
         )
     if command == "delete":
-        return render(store.delete(args.key.strip(), scope=scope, namespace=ns))
+        return render(store.delete(go_trim_space(args.key), scope=scope, namespace=ns))
     result = store.list(
-        args.prefix.strip(),
+        go_trim_space(args.prefix),
         scope=scope,
         namespace=ns,
         limit=args.limit,

@@ -80,9 +80,6 @@ class ValueTooLargeError(InvalidValueError):
         self.size = size
         self.limit = limit
 
-    def __reduce__(self) -> tuple[type[ValueTooLargeError], tuple[int, int]]:
-        return (self.__class__, (self.size, self.limit))
-
     def __str__(self) -> str:
         return f"value too large: {self.size} bytes exceeds {self.limit}"
 

@@ -19,6 +19,7 @@ from castore.errors import InvalidRefError
 
 __all__ = [
     "DEFAULT_GLOBAL_NAMESPACE",
+    "GO_SPACE",
     "MAX_LIMIT",
     "MAX_NAME_BYTES",
     "SCOPES",
@@ -26,6 +27,7 @@ __all__ = [
     "env_or",
     "file_id",
     "go_quote",
+    "go_trim_space",
     "resolve_namespace",
     "validate_key",
     "validate_limit",
@@ -38,6 +40,17 @@ SCOPES = ("dag", "root_dag", "global", "custom")
 DEFAULT_GLOBAL_NAMESPACE = "_"
 MAX_NAME_BYTES = 4096  # 4 KiB of UTF-8 per key or namespace (Dagu: no limit, ENAMETOOLONG at 118)
 MAX_LIMIT = 2147483647  # Dagu's int32 list limit
+# Go's unicode.IsSpace set (strings.TrimSpace). Python's str.isspace also counts U+001C-U+001F.
+GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
+)
+
+
+def go_trim_space(text: str) -> str:
+    """``text`` without leading and trailing white space as Go's ``strings.TrimSpace``."""
+    return text.strip(GO_SPACE)
 
 
 class Ref(NamedTuple):
@@ -101,7 +114,7 @@ def validate_namespace(namespace: str) -> str:
     Raises:
         InvalidRefError: naming what was wrong.
     """
-    if not namespace.strip():
+    if not go_trim_space(namespace):
         raise InvalidRefError("namespace is required")
     if "/" in namespace or "\\" in namespace or namespace in (".", ".."):
         raise InvalidRefError(f"invalid namespace {go_quote(namespace)}")
@@ -118,7 +131,7 @@ def validate_key(key: str, what: str = "key") -> str:
     Raises:
         InvalidRefError: naming what was wrong.
     """
-    if not key.strip():
+    if not go_trim_space(key):
         raise InvalidRefError(f"{what} is required")
     bad = key.startswith("/") or key.endswith("/") or "\\" in key
     if bad or any(seg in ("", ".", "..") for seg in key.split("/")):

@@ -61,7 +61,7 @@ def escaped(fn: Callable[[], T]) -> T:
         return fn()
     except (CastoreError, OSError):
         raise
-    except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
+    except Exception as exc:
         raise AssertionError(f"non-castore exception escaped: {exc!r}") from exc
 
 

@@ -19,7 +19,8 @@ def test_every_command_has_a_section_and_help():
     headings = set(re.findall(r"^## (\w+)$", text, re.M))
     for name, parser in commands().items():
         assert name in headings, f"docs/CLI.md lacks '## {name}'"
-        assert parser.description and "example:" in parser.description
+        assert parser.description
+        assert "example:" in parser.description
 
 
 def test_exit_code_table_matches_cli():

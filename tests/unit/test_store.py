@@ -46,7 +46,8 @@ def test_dagu_store_contract(store):
     with pytest.raises(ConflictError) as exc:
         store.set("cursor", 2, expected_version=99)
     assert (exc.value.expected, exc.value.actual) == (99, 2)
-    assert "99" in str(exc.value) and "2" in str(exc.value)
+    assert "99" in str(exc.value)
+    assert "2" in str(exc.value)
 
 
 def test_create_only(store):
@@ -207,7 +208,8 @@ def test_list_order_prefix_limit_values(store):
     listed = store.list("cursors/", include_values=True).entries
     assert [e.value for e in listed] == [{"k": "cursors/api"}, {"k": "cursors/db"}]
     entry = store.list("tokens/").entries[0]
-    assert entry.created_at.endswith("Z") and entry.updated_at >= entry.created_at
+    assert entry.created_at.endswith("Z")
+    assert entry.updated_at >= entry.created_at
     assert store.list("cursors/").entries[0].value_json is None
 
 
