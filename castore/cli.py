@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -40,6 +41,9 @@ EXIT_CODES = {
     "conflict": EXIT_CONFLICT,
     "not found": EXIT_NOT_FOUND,
 }
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
 
 
 class UsageError(Exception):
@@ -178,6 +182,8 @@ def _parser() -> _Parser:
             description=f"{summary}\n\nexample: {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        # JSON numbers such as -1e5 are values, not options (Python 3.13's rule).
+        made._negative_number_matcher = _NEGATIVE_NUMBER  # argparse internal; stable since 3.2
         return made
 
     cmd = add("get", "read the latest value of a key", "castore --dag feed get cursors/feed")

@@ -65,8 +65,7 @@ _BRACKET_STEP: Final = [0] * 256
 _BRACKET_STEP[ord("[")] = _BRACKET_STEP[ord("{")] = 1
 _BRACKET_STEP[ord("]")] = _BRACKET_STEP[ord("}")] = -1
 _HTML_ESCAPES: Final = ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"))
-_LINE_SEPARATOR: Final = "\u2028".encode()
-_PARAGRAPH_SEPARATOR: Final = "\u2029".encode()
+_JS_ESCAPES: Final = (("\u2028".encode(), b"\\u2028"), ("\u2029".encode(), b"\\u2029"))
 _GO_REPLACE: Final = "castore.go_utf8_replace"
 _GO_CONTEXT: Final = {  # Python json message -> Go scanner wording
     "Expecting value": "looking for beginning of value",
@@ -117,20 +116,18 @@ def _fixed_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return {_fix_str(key): value for key, value in pairs}
 
 
-# Numbers become msgspec.Raw so the encoder writes the literal text back verbatim.
-_RAW: Final = json.JSONDecoder(
-    parse_int=msgspec.Raw, parse_float=msgspec.Raw, parse_constant=_reject_constant
-)
-_RAW_FIXING: Final = json.JSONDecoder(
-    parse_int=msgspec.Raw,
-    parse_float=msgspec.Raw,
-    parse_constant=_reject_constant,
-    object_pairs_hook=_fixed_object,
-)
-_PLAIN: Final = json.JSONDecoder(parse_int=_parse_int, parse_constant=_reject_constant)
-_PLAIN_FIXING: Final = json.JSONDecoder(
-    parse_int=_parse_int, parse_constant=_reject_constant, object_pairs_hook=_fixed_object
-)
+# Keyed by (literal_numbers, fixing). Literal numbers become msgspec.Raw, which the encoder
+# writes back verbatim; "fixing" decoders replace lone surrogates in object keys.
+_DECODERS: Final = {
+    (literal, fixing): json.JSONDecoder(
+        parse_int=msgspec.Raw if literal else _parse_int,
+        parse_float=msgspec.Raw if literal else float,
+        parse_constant=_reject_constant,
+        object_pairs_hook=_fixed_object if fixing else None,
+    )
+    for literal in (False, True)
+    for fixing in (False, True)
+}
 _ENCODER: Final = msgspec.json.Encoder(order="sorted")
 
 
@@ -223,8 +220,8 @@ def _parse_value(text: str, pos: int, decoder: json.JSONDecoder) -> tuple[Any, i
 
 def _fix_strings(root: Any) -> Any:
     """Replace lone surrogates in every string value (keys were fixed by the hook)."""
-    if isinstance(root, str):
-        return _fix_str(root)
+    if not isinstance(root, (dict, list)):
+        return _fix_str(root) if isinstance(root, str) else root
     stack = [root]
     while stack:
         node = stack.pop()
@@ -239,10 +236,7 @@ def _fix_strings(root: Any) -> Any:
 def _parse_document(text: str, raw: bytes, *, literal_numbers: bool) -> Any:
     """Decode exactly one JSON value the way Dagu's Decoder loop does."""
     fixing = b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
-    if literal_numbers:
-        decoder = _RAW_FIXING if fixing else _RAW
-    else:
-        decoder = _PLAIN_FIXING if fixing else _PLAIN
+    decoder = _DECODERS[literal_numbers, fixing]
     pos = _skip_ws(text, 0)
     if pos == len(text):
         raise InvalidValueError("EOF")
@@ -309,12 +303,9 @@ def _finish(tree: Any) -> bytes:
 
 def _escape(out: bytes, *, html: bool) -> bytes:
     # msgspec already escapes like Go except for these; outside strings they cannot occur.
-    if html:
-        for char, escaped in _HTML_ESCAPES:
-            if char in out:
-                out = out.replace(char, escaped)
-    if b"\xe2\x80" in out:
-        out = out.replace(_LINE_SEPARATOR, b"\\u2028").replace(_PARAGRAPH_SEPARATOR, b"\\u2029")
+    for char, escaped in (_HTML_ESCAPES + _JS_ESCAPES) if html else _JS_ESCAPES:
+        if char in out:
+            out = out.replace(char, escaped)
     return out
 
 

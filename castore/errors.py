@@ -24,6 +24,9 @@ processes): each passes all of its constructor arguments to
 
 from __future__ import annotations
 
+import errno
+from typing import Any
+
 __all__ = [
     "CastoreError",
     "ConflictError",
@@ -125,9 +128,13 @@ class LockTimeoutError(CastoreError, TimeoutError):
     """Raised when a ref or blob lock could not be taken within the timeout."""
 
     def __init__(self, path: str, timeout_seconds: float) -> None:
-        super().__init__(path, timeout_seconds)
+        # OSError's two-argument form: errno and strerror stay meaningful.
+        super().__init__(errno.ETIMEDOUT, f"{path} not locked within {timeout_seconds:g} s")
         self.path = path
         self.timeout_seconds = timeout_seconds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.path, self.timeout_seconds), self.__dict__)
 
     def __str__(self) -> str:
         return f"lock timeout: {self.path} not locked within {self.timeout_seconds:g} s"

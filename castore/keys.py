@@ -64,6 +64,9 @@ class Ref(NamedTuple):
         return f"{self.scope}/{self.namespace}/{self.key}"
 
 
+_GO_SHORT_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\v": "\\v"}
+
+
 def go_quote(text: str) -> str:
     """Quote ``text`` the way Go's ``%q`` does for printable text (used in messages)."""
     out = ['"']
@@ -76,6 +79,8 @@ def go_quote(text: str) -> str:
             out.append("\\t")
         elif ch == "\r":
             out.append("\\r")
+        elif ch in _GO_SHORT_ESCAPES:
+            out.append(_GO_SHORT_ESCAPES[ch])
         elif ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
             out.append(f"\\x{ord(ch) & 0xFF:02x}")
         else:

@@ -85,7 +85,7 @@ class Store:
         durable: bool = True,
         lock_timeout: float = _fs.LOCK_TIMEOUT_SECONDS,
     ) -> None:
-        self.root = os.path.abspath(os.fspath(path) if path is not None else default_root())
+        self.root = os.path.abspath(os.fspath(path) if path else default_root())
         self.dag = env_or(dag, "DAG_NAME")
         self.root_dag = env_or(root_dag, "CASTORE_ROOT_DAG")
         self.durable = durable

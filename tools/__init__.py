@@ -1,0 +1,1 @@
+"""Developer tools: benchmarks and probes (not part of the castore package)."""

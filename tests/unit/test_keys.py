@@ -13,6 +13,7 @@ from castore.keys import (
     env_or,
     file_id,
     go_quote,
+    go_trim_space,
     resolve_namespace,
     validate_key,
     validate_limit,
@@ -116,6 +117,23 @@ GO_NOT_SPACE = ["\x1c", "\x1d", "\x1e", "\x1f", " \x1f "]
 def test_blank_means_go_trimspace(name):
     assert validate_key(name) == name
     assert validate_namespace(name) == name
+
+
+@pytest.mark.parametrize(
+    ("text", "trimmed"),
+    [
+        ("  a b  ", "a b"),
+        ("\t\n\v\f\r k \x85\xa0", "k"),
+        ("\u1680\u2000\u200a k\u2028\u2029\u202f\u205f\u3000", "k"),
+        ("\x1ck\x1f", "\x1ck\x1f"),  # Python's str.strip would drop these
+        ("\u200bk\ufeff", "\u200bk\ufeff"),  # not white space in Go either
+        ("\u180ek", "\u180ek"),
+        ("", ""),
+        (" \t ", ""),
+    ],
+)
+def test_go_trim_space(text, trimmed):
+    assert go_trim_space(text) == trimmed
 
 
 VALID_NAMESPACES = [
@@ -380,6 +398,7 @@ def test_ref_tuple_and_str():
         ("a\\b", '"a\\\\b"'),
         ("a\nb\tc\rd", '"a\\nb\\tc\\rd"'),
         ("\x00\x01\x7f", '"\\x00\\x01\\x7f"'),
+        ("\a\b\f\v", '"\\a\\b\\f\\v"'),  # strconv.Quote's short escapes
         ("é日🎉", '"é日🎉"'),
         ("\udcff", '"\\xff"'),
     ],
