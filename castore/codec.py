@@ -1,18 +1,15 @@
 r"""Dagu-compatible JSON normalization, the value size limit, and the content digest.
 
-A value's canonical form is byte-for-byte what Go produces when it decodes exactly one
-JSON value with ``json.Decoder`` (``UseNumber``) and re-encodes it with ``json.Marshal``:
-compact, object keys sorted by UTF-8 bytes at every level (last duplicate wins), numbers
-kept as their literal text, HTML-safe string escapes. The content digest is the lowercase
-hex sha256 of those bytes. The rules, the size limit and the golden vectors are in
-``dagu-state-semantics.md`` section 2 (the reference) and ``docs/FORMAT.md``.
+The canonical form of a value is byte-for-byte what Go gives when it decodes one JSON
+value with ``json.Decoder`` (``UseNumber``) and re-encodes it with ``json.Marshal``:
+compact, keys sorted by UTF-8 bytes (last duplicate wins), numbers kept as their literal
+text, HTML-safe escapes. The digest is the hex sha256 of those bytes. Specified in the
+Dagu reference, section 2, and ``docs/FORMAT.md``.
 
-Invariants: every output of :func:`normalize_json`, :func:`normalize_python` and
-:func:`normalize` is valid UTF-8, at most :data:`MAX_VALUE_BYTES` long, nested at most
-:data:`MAX_DEPTH` deep, and a fixed point of :func:`normalize_json`. Nothing here
-recurses on the value's depth (or it falls back to an iterative path on
-``RecursionError``), so depth 10,000 works at the default recursion limit. Pure, no I/O,
-thread-safe.
+Invariant: every output of a ``normalize*`` function is valid UTF-8, at most
+:data:`MAX_VALUE_BYTES` long, at most :data:`MAX_DEPTH` deep, and a fixed point of
+:func:`normalize_json`. Nothing recurses on the depth of a value without an iterative
+fallback on ``RecursionError``. Pure, no I/O, thread-safe.
 
 >>> normalize_json(b'{ "b": 2, "a": 1.50 }')
 b'{"a":1.50,"b":2}'
@@ -312,15 +309,12 @@ def _escape(out: bytes, *, html: bool) -> bytes:
 def normalize_json(data: bytes | bytearray | memoryview | str) -> bytes:
     """Normalize JSON text into its canonical (Dagu-compatible) bytes.
 
-    Byte-for-byte what Go's ``json.Decoder`` (``UseNumber``) followed by ``json.Marshal``
-    gives: exactly one value, surrounding JSON whitespace allowed; numbers verbatim;
-    object keys sorted by UTF-8 bytes (last duplicate wins); each invalid UTF-8 byte in a
-    string and each lone surrogate escape becomes U+FFFD. Idempotent. A 1 MiB input takes
-    tens of milliseconds.
+    Exactly one value, with JSON whitespace around it; numbers verbatim; keys sorted by
+    UTF-8 bytes, last duplicate wins; each invalid UTF-8 byte in a string, and each lone
+    surrogate escape, becomes U+FFFD. Idempotent. 1 MiB takes tens of milliseconds.
 
     Args:
-        data: the JSON text. A ``str`` is UTF-8 encoded first (a lone surrogate in it
-            counts as U+FFFD).
+        data: the JSON text; a ``str`` is UTF-8 encoded first (lone surrogates as U+FFFD).
 
     Returns:
         The normalized bytes.
@@ -333,20 +327,17 @@ def normalize_json(data: bytes | bytearray | memoryview | str) -> bytes:
             deeper than :data:`MAX_DEPTH`.
     """
     if isinstance(data, str):
-        try:
-            raw = data.encode()
-        except UnicodeEncodeError:
-            data = _fix_str(data)
-            raw = data.encode()
-        text = data
+        fixed = _fix_str(data)
+        text: str | None = fixed
+        raw = fixed.encode()
     else:
+        text = None
         raw = data if isinstance(data, bytes) else bytes(data)
-        text = ""
     if len(raw) > MAX_VALUE_BYTES:
         raise ValueTooLargeError(len(raw), MAX_VALUE_BYTES)
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
         _check_depth(raw)
-    if not isinstance(data, str):
+    if text is None:
         try:
             text = raw.decode()
         except UnicodeDecodeError:
@@ -411,40 +402,39 @@ def _from_python(value: object) -> Any:
     """Check a Python value and convert it to an encodable tree, without recursion."""
     root: list[Any] = [None]
     todo: list[tuple[object, Any, Any, int]] = [(value, root, 0, 0)]
-    nodes = 0
+    node: Any
+    size = 0  # a lower bound on the output length: stops runaway values (shared refs) early
     while todo:
         item, parent, slot, depth = todo.pop()
-        nodes += 1
-        if nodes > MAX_VALUE_BYTES:  # every node adds at least one byte to the output
-            raise ValueTooLargeError(nodes, MAX_VALUE_BYTES)
         if isinstance(item, str):
             parent[slot] = _fix_str(str.__str__(item))
-            continue
-        if not isinstance(item, (dict, list, tuple)):
+            size += len(item) + 2
+        elif not isinstance(item, (dict, list, tuple)):
             parent[slot] = _scalar(item)
-            continue
-        if depth >= MAX_DEPTH:  # also ends reference cycles
+            size += 1
+        elif depth >= MAX_DEPTH:  # also ends reference cycles
             raise InvalidValueError(f"exceeded max nesting depth {MAX_DEPTH}")
-        node: Any
-        if isinstance(item, dict):
+        elif isinstance(item, dict):
             children = _object_items(item)
-            node = dict.fromkeys(children)
+            parent[slot] = node = dict.fromkeys(children)
             todo.extend((child, node, key, depth + 1) for key, child in children.items())
+            size += 1 + 4 * len(children) + sum(map(len, children))  # {"k":v,"k":v}
         else:
-            node = [None] * len(item)
+            parent[slot] = node = [None] * len(item)
             todo.extend((child, node, index, depth + 1) for index, child in enumerate(item))
-        parent[slot] = node
+            size += 1 + len(item)  # [v,v]
+        if size > MAX_VALUE_BYTES:
+            raise ValueTooLargeError(size, MAX_VALUE_BYTES)
     return root[0]
 
 
 def normalize_python(value: object) -> bytes:
     """Normalize a Python value into the bytes Go's ``json.Marshal`` gives for it.
 
-    ``dict`` (``str`` keys), ``list``, ``tuple``, ``str``, ``int``, ``float``, ``bool``
-    and ``None`` are accepted, subclasses included. Keys are sorted and strings escaped
-    as in :func:`normalize_json`; floats use Go's float64 form (``1.0`` -> ``1``,
-    ``1e21`` -> ``1e+21``, ``1e-7`` -> ``1e-7``, ``-0.0`` -> ``-0``); a lone surrogate
-    becomes U+FFFD. The result is a fixed point of :func:`normalize_json`.
+    Accepts ``dict`` (``str`` keys), ``list``, ``tuple``, ``str``, ``int``, ``float``,
+    ``bool``, ``None`` and their subclasses. Floats take Go's float64 form (``1.0`` ->
+    ``1``, ``1e21`` -> ``1e+21``, ``1e-7`` -> ``1e-7``, ``-0.0`` -> ``-0``); a lone
+    surrogate becomes U+FFFD; if two keys then collide, the one sorting last wins.
 
     Args:
         value: the value to encode.
@@ -455,8 +445,8 @@ def normalize_python(value: object) -> bytes:
     Raises:
         InvalidValueError: for NaN or an infinity, a non-``str`` key, an unsupported
             type, or nesting deeper than :data:`MAX_DEPTH` (including a cycle).
-        ValueTooLargeError: when the result exceeds :data:`MAX_VALUE_BYTES` (for a value
-            with more nodes than that, ``size`` is the node count, a lower bound).
+        ValueTooLargeError: when the result exceeds :data:`MAX_VALUE_BYTES` (``size`` may
+            be a lower bound, found before encoding).
     """
     return _finish(_from_python(value))
 
@@ -494,10 +484,9 @@ def hexdigest(normalized: bytes) -> str:
 
 
 def decode_value(normalized: bytes) -> JSONValue:
-    """Decode normalized JSON bytes into plain Python values.
+    """Decode normalized JSON bytes into plain Python values, at any depth.
 
-    Integers become ``int`` (any size), other numbers ``float`` (``1e400`` becomes
-    ``inf``), objects ``dict``, arrays ``list``. Works at any depth.
+    Integers become ``int`` (any size), other numbers ``float`` (``1e400`` is ``inf``).
 
     Args:
         normalized: bytes from one of the ``normalize`` functions.
@@ -525,9 +514,8 @@ def decode_value(normalized: bytes) -> JSONValue:
 def encode_string(text: str, *, html: bool) -> bytes:
     r"""Encode a string as a Go JSON string literal, quotes included.
 
-    Escapes ``"``, ``\``, control characters (``\n``, ``\r``, ``\t``, ``\b``,
-    ``\f``, else ``\u00XX``), U+2028 and U+2029; everything else is raw UTF-8 and a
-    lone surrogate becomes U+FFFD.
+    Escapes ``"``, ``\``, control characters (``\n``, ``\r``, ``\t``, ``\b``, ``\f``,
+    else ``\u00xx``), U+2028 and U+2029; a lone surrogate becomes U+FFFD.
 
     Args:
         text: the string.

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from castore import _fs, reflog
+from castore import _fs, reflog, versions
 from castore.errors import CorruptionError, FormatVersionError
 from castore.frames import encode_frame, frame_at
 from castore.indexes import BlobIndex, KeyIndex
@@ -32,11 +32,20 @@ from castore.records import (
     Entry,
     Header,
     decode_blob,
+    decode_entry,
     encode_blob,
     encode_record,
 )
 
-__all__ = ["CACHE_MAX_ENTRIES", "FORMAT_MAGIC", "Current", "Decide", "FileBackend", "Write"]
+__all__ = [
+    "CACHE_MAX_ENTRIES",
+    "FORMAT_MAGIC",
+    "Current",
+    "Decide",
+    "FileBackend",
+    "LogView",
+    "Write",
+]
 
 FORMAT_MAGIC = "castore-store"  # first word of the FORMAT file (docs/FORMAT.md §2)
 CACHE_MAX_ENTRIES = 65536  # per-handle read cache; cleared wholesale when full
@@ -55,16 +64,53 @@ class Current(NamedTuple):
 
 
 class Write(NamedTuple):
-    """What a write decided to append: an entry and possibly its blob bytes."""
+    """One version a write decided to append.
+
+    ``normalized`` is None for a tombstone. ``hint`` is a known location of
+    the blob (path relative to ``refs/``), tried before the blob index.
+    ``version``, ``time_ns`` and ``created_ns`` are set only by imports that
+    reproduce a history; otherwise they are the next version and now.
+    """
 
     op: str
     normalized: bytes | None
     digest_hex: str
     audit: Audit
+    hint: BlobLoc | None = None
+    version: int = 0
+    time_ns: int = 0
+    created_ns: int = 0
 
 
-Decide = Callable[[Entry | None, Callable[[], bytes | None]], Write | None]
-"""A write's decision: given the newest entry (and a loader of its value), what to append."""
+class LogView:
+    """What a decision may read from the locked log: the newest value, older entries."""
+
+    def __init__(self, backend: FileBackend, ref: Ref, fd: int, tail: reflog.Tail) -> None:
+        self._backend = backend
+        self._ref = ref
+        self._fd = fd
+        self._tail = tail
+
+    def value(self) -> bytes | None:
+        """The newest entry's value (None for a tombstone or an empty log)."""
+        return self._backend._value_of(self._ref, self._tail.entry, self._tail.blob, self._fd)
+
+    def entry_at(self, version: int) -> Entry | None:
+        """The entry of ``version`` in this log, or None."""
+        return self._backend._entry_at(self._ref, self._fd, version)
+
+    def value_at(self, entry: Entry) -> bytes | None:
+        """The value of an entry of this log (verified)."""
+        return self._backend._value_of(self._ref, entry, None, self._fd)
+
+    def absolute(self, loc: BlobLoc) -> BlobLoc:
+        """``loc`` with its log path made relative to ``refs/`` (never ``""``)."""
+        own = os.path.relpath(self._backend.log_path(self._ref), self._backend.refs)
+        return BlobLoc(loc.log or own, loc.offset, loc.length)
+
+
+Decide = Callable[[Entry | None, LogView], "Write | list[Write] | None"]
+"""A write's decision: given the newest entry and a view of the log, what to append."""
 
 
 class FileBackend:
@@ -177,6 +223,87 @@ class FileBackend:
             self._cache[path] = (sig, current)
         return current
 
+    def _entry_at(self, ref: Ref, fd: int, version: int) -> Entry | None:
+        """Entry of ``version`` in the log open on ``fd``: via the version index, else a scan."""
+        try:
+            vfd = os.open(versions.vix_path(self.log_path(ref)), os.O_RDONLY)
+        except FileNotFoundError:
+            vfd = -1
+        if vfd >= 0:
+            try:
+                offset = versions.lookup(vfd, version)
+            finally:
+                os.close(vfd)
+            if offset is not None:
+                found = reflog.entry_at(fd, offset)
+                if found is not None and found[0].version == version:
+                    return found[0]
+        for frame in reflog.scan(fd)[1]:
+            if frame.kind == KIND_ENTRY:
+                entry = decode_entry(frame.payload)
+                if entry.version == version:
+                    return entry
+        return None
+
+    def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
+        """The entry of ``version`` and its value (None for a tombstone); (None, None) if absent.
+
+        Raises:
+            CorruptionError: the value fails verification.
+        """
+        try:
+            fd = os.open(self.log_path(ref), os.O_RDONLY)
+        except FileNotFoundError:
+            return None, None
+        try:
+            entry = self._entry_at(ref, fd, version)
+            return entry, self._value_of(ref, entry, None, fd)
+        finally:
+            os.close(fd)
+
+    def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
+        """Entries with version < ``before``, newest first, at most ``limit`` (0 = all).
+
+        Cost is proportional to the page, not to the length of the history,
+        while the version index is in step (FORMAT.md §5).
+        """
+        path = self.log_path(ref)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return []
+        try:
+            newest = self.current(ref).entry
+            if newest is None:
+                return []
+            high = min(before - 1, newest.version)
+            low = max(1, high - limit + 1) if limit else 1
+            try:
+                vfd = os.open(versions.vix_path(path), os.O_RDONLY)
+            except FileNotFoundError:
+                vfd = -1
+            offsets: dict[int, int] = {}
+            if vfd >= 0:
+                try:
+                    offsets = versions.lookup_range(vfd, low, high)
+                finally:
+                    os.close(vfd)
+            out: list[Entry] = []
+            for version in range(high, low - 1, -1):
+                offset = offsets.get(version)
+                found = reflog.entry_at(fd, offset) if offset is not None else None
+                if found is None or found[0].version != version:
+                    return self._history_by_scan(fd, before, limit)
+                out.append(found[0])
+            return out
+        finally:
+            os.close(fd)
+
+    def _history_by_scan(self, fd: int, before: int, limit: int) -> list[Entry]:
+        entries = [decode_entry(f.payload) for f in reflog.scan(fd)[1] if f.kind == KIND_ENTRY]
+        newest_first = [e for e in reversed(entries) if e.version < before]
+        return newest_first[:limit] if limit else newest_first
+
     def _value_of(self, ref: Ref, entry: Entry | None, blob: bytes | None, fd: int) -> bytes | None:
         if entry is None or not entry.live:
             return None
@@ -232,16 +359,17 @@ class FileBackend:
             _fs.makedirs_durable(path, durable=self.durable)
             self._dirs.add(path)
 
-    def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, Entry | None]:
+    def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         """Run ``decide`` on the newest entry under the ref's lock; append what it returns.
 
         Write protocol (docs/FORMAT.md §6): lock the log; repair a torn tail;
         for a new log, make the key durable in KEYS first; append header (new
-        log), blob frame (new content) and entry frame in one write; fdatasync
-        the log (durable); for a new log, fsync its directory. Only then return.
+        log), blob frames (new content) and entry frames in one write;
+        fdatasync the log (durable); for a new log, fsync its directory; then
+        update the derived indexes. Only then return.
 
         Returns:
-            (previous newest entry, appended entry or None when nothing was written).
+            (previous newest entry, appended entries; empty when nothing was written).
         """
         path = self.log_path(ref)
         nsdir = os.path.dirname(path)
@@ -256,16 +384,14 @@ class FileBackend:
                     os.ftruncate(fd, tail.valid_end)  # drop the torn tail (FORMAT.md §7)
                     size = tail.valid_end
                 previous = tail.entry
-                found = tail
-
-                def load() -> bytes | None:
-                    return self._value_of(ref, found.entry, found.blob, fd)
-
-                plan = decide(previous, load)
-                if plan is None:
-                    return previous, None
-                with self._reuse_guard(plan, ref) as reuse:
-                    data, entry = self._frames(ref, path, size, previous, plan, reuse)
+                decided = decide(previous, LogView(self, ref, fd, tail))
+                if not decided:
+                    return previous, []
+                plans = decided if isinstance(decided, list) else [decided]
+                with self._gc_shared() as may_share:
+                    data, entries, starts, new_blobs = self._frames(
+                        ref, path, size, previous, plans, may_share
+                    )
                     if size == 0:
                         index = self._key_index(ref.scope, ref.namespace)
                         index.refresh()
@@ -276,49 +402,54 @@ class FileBackend:
                     _fs.failpoint("after-append")
                 if size == 0 and self.durable:
                     _fs.fsync_dir(nsdir)
-                if plan.normalized is not None and entry.blob is not None and not reuse:
-                    blob = entry.blob
-                    self._blobs.add(
-                        bytes.fromhex(plan.digest_hex),
-                        BlobLoc(os.path.relpath(path, self.refs), blob.offset, blob.length),
-                    )
+                own = os.path.relpath(path, self.refs)
+                for digest_hex, loc in new_blobs:
+                    self._blobs.add(bytes.fromhex(digest_hex), BlobLoc(own, loc.offset, loc.length))
+                before = (previous.version, tail.entry_start) if previous is not None else None
+                versions.record(
+                    versions.vix_path(path),
+                    before,
+                    [(e.version, start) for e, start in zip(entries, starts, strict=True)],
+                    fd,
+                )
                 st = os.fstat(fd)
                 sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                self._cache[path] = (sig, Current(entry, plan.normalized))
-                return previous, entry
+                self._cache[path] = (sig, Current(entries[-1], plans[-1].normalized))
+                return previous, entries
         finally:
             os.close(fd)
 
     @contextlib.contextmanager
-    def _reuse_guard(self, plan: Write, ref: Ref) -> Iterator[BlobLoc | None]:
-        """Find an existing copy of the plan's blob that may be referenced.
+    def _gc_shared(self) -> Iterator[bool]:
+        """Hold ``gc.lock`` shared if it is free; yield whether we hold it.
 
-        A copy in another log may only be referenced while holding ``gc.lock``
-        shared, so that gc (which holds it exclusively) never drops a blob that
-        a writer is about to reference. If gc is running, write a new copy.
+        A blob frame in another log may only be referenced while holding it,
+        so that gc (which holds it exclusively) never drops a blob that a
+        writer is about to reference (FORMAT.md §8). Never waits for gc.
         """
-        if plan.normalized is None:
-            yield None
-            return
-        loc = self._blobs.lookup(bytes.fromhex(plan.digest_hex))
-        if loc is None:
-            yield None
-            return
-        lock_path = os.path.join(self.root, "gc.lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield None
+                yield False
                 return
-            try:
-                ok = self._read_at(loc, -1, plan.digest_hex) is not None
-            except CorruptionError:
-                ok = False
-            yield loc if ok else None
+            yield True
         finally:
             os.close(fd)  # closing releases the flock
+
+    def _existing(self, plan: Write, own: str, may_share: bool) -> BlobLoc | None:
+        """A verified ``B`` frame holding the plan's value that this write may point at."""
+        candidates = [plan.hint, self._blobs.lookup(bytes.fromhex(plan.digest_hex))]
+        for loc in candidates:
+            if loc is None or (loc.log != own and not may_share):
+                continue
+            try:
+                if self._read_at(loc, -1, plan.digest_hex) is not None:
+                    return BlobLoc("" if loc.log == own else loc.log, loc.offset, loc.length)
+            except CorruptionError:
+                continue
+        return None
 
     def _frames(
         self,
@@ -326,43 +457,55 @@ class FileBackend:
         path: str,
         size: int,
         previous: Entry | None,
-        plan: Write,
-        reuse: BlobLoc | None,
-    ) -> tuple[bytes, Entry]:
-        parts = []
+        plans: list[Write],
+        may_share: bool,
+    ) -> tuple[bytes, list[Entry], list[int], list[tuple[str, BlobLoc]]]:
+        """Encode the frames of one write; return bytes, entries, their offsets, new blobs."""
+        parts: list[bytes] = []
         offset = size
         if size == 0:
             header = Header(
                 format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key
             )
             parts.append(encode_frame(KIND_HEADER, encode_record(header)))
-            offset += len(parts[0])
+            offset += len(parts[-1])
+        own = os.path.relpath(path, self.refs)
         now = time.time_ns()
-        blob = None
-        size_bytes = 0
-        if plan.normalized is not None:
-            size_bytes = len(plan.normalized)
-            if reuse is not None:
-                own = os.path.relpath(path, self.refs)
-                blob = BlobLoc("" if reuse.log == own else reuse.log, reuse.offset, reuse.length)
-            else:
-                frame = encode_frame(
-                    KIND_BLOB, encode_blob(bytes.fromhex(plan.digest_hex), plan.normalized)
+        entries: list[Entry] = []
+        starts: list[int] = []
+        new_blobs: list[tuple[str, BlobLoc]] = []
+        written: dict[str, BlobLoc] = {}
+        for plan in plans:
+            blob = None
+            if plan.normalized is not None:
+                blob = written.get(plan.digest_hex) or self._existing(plan, own, may_share)
+                if blob is None:
+                    payload = encode_blob(bytes.fromhex(plan.digest_hex), plan.normalized)
+                    parts.append(encode_frame(KIND_BLOB, payload))
+                    blob = BlobLoc("", offset, len(parts[-1]))
+                    offset += len(parts[-1])
+                    written[plan.digest_hex] = blob
+                    new_blobs.append((plan.digest_hex, blob))
+            version = plan.version or (previous.version if previous is not None else 0) + 1
+            stamp = plan.time_ns or now
+            created = 0
+            if plan.op != OP_DELETE:
+                created = plan.created_ns or (
+                    previous.created_ns if previous is not None and previous.live else stamp
                 )
-                parts.append(frame)
-                blob = BlobLoc("", offset, len(frame))
-        created = 0
-        if plan.op != OP_DELETE:
-            created = previous.created_ns if previous is not None and previous.live else now
-        entry = Entry(
-            version=(previous.version if previous is not None else 0) + 1,
-            op=plan.op,
-            time_ns=now,
-            hash=plan.digest_hex,
-            size=size_bytes,
-            blob=blob,
-            created_ns=created,
-            audit=plan.audit,
-        )
-        parts.append(encode_frame(KIND_ENTRY, encode_record(entry)))
-        return b"".join(parts), entry
+            entry = Entry(
+                version=version,
+                op=plan.op,
+                time_ns=stamp,
+                hash=plan.digest_hex,
+                size=len(plan.normalized) if plan.normalized is not None else 0,
+                blob=blob,
+                created_ns=created,
+                audit=plan.audit,
+            )
+            parts.append(encode_frame(KIND_ENTRY, encode_record(entry)))
+            starts.append(offset)
+            offset += len(parts[-1])
+            entries.append(entry)
+            previous = entry
+        return b"".join(parts), entries, starts, new_blobs

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from castore import _fs
 from castore.errors import RecordError
-from castore.frames import FRAME_OVERHEAD, Frame, last_frame, scan_frames
+from castore.frames import FRAME_OVERHEAD, Frame, frame_at, last_frame, scan_frames
 from castore.records import (
     KIND_BLOB,
     KIND_ENTRY,
@@ -29,7 +29,7 @@ from castore.records import (
     decode_header,
 )
 
-__all__ = ["TAIL_READ_BYTES", "Tail", "read_all", "read_tail", "scan"]
+__all__ = ["TAIL_READ_BYTES", "Tail", "check_header", "entry_at", "read_all", "read_tail", "scan"]
 
 TAIL_READ_BYTES = 4096  # one page: holds the newest entry and, usually, its blob
 
@@ -44,6 +44,7 @@ class Tail(NamedTuple):
         blob: the payload of the entry's own ``B`` frame when it was in the
             bytes read (saves a second read), else None.
         header: the header when it was read (scans only), else None.
+        entry_start: file offset of the newest entry's frame (0 when none).
     """
 
     size: int
@@ -51,6 +52,7 @@ class Tail(NamedTuple):
     entry: Entry | None
     blob: bytes | None
     header: Header | None
+    entry_start: int = 0
 
 
 def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
@@ -69,7 +71,7 @@ def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
         candidate = last_frame(buf[start : start + loc.length], loc.offset)
         if candidate is not None and candidate.kind == KIND_BLOB:
             blob = candidate.payload
-    return Tail(size, size, entry, blob, None)
+    return Tail(size, size, entry, blob, None, frame.start)
 
 
 def read_tail(fd: int, size: int) -> Tail | None:
@@ -133,7 +135,7 @@ def scan(fd: int) -> tuple[Tail, list[Frame]]:
         for frame in frames:
             if frame.start == loc.offset and frame.kind == KIND_BLOB:
                 blob = frame.payload
-    return Tail(size, valid_end, entry, blob, header), frames
+    return Tail(size, valid_end, entry, blob, header, entry_frame.start), frames
 
 
 def check_header(header: Header | None, expected: Header, path: str) -> None:
@@ -144,3 +146,21 @@ def check_header(header: Header | None, expected: Header, path: str) -> None:
     """
     if header is not None and header != expected:
         raise RecordError(f"{path}: header names {header}, expected {expected}")
+
+
+def entry_at(fd: int, offset: int) -> tuple[Entry, int] | None:
+    """The entry whose ``E`` frame starts at ``offset``, with the frame's end; None if not one.
+
+    Raises:
+        RecordError: when a checksummed record does not decode.
+    """
+    buf = _fs.read_at(fd, offset, TAIL_READ_BYTES)
+    if len(buf) < FRAME_OVERHEAD:
+        return None
+    length = int.from_bytes(buf[:4], "little")
+    if length + FRAME_OVERHEAD > len(buf):
+        buf = _fs.read_at(fd, offset, length + FRAME_OVERHEAD)
+    frame = frame_at(buf, 0, offset)
+    if frame is None or frame.kind != KIND_ENTRY:
+        return None
+    return decode_entry(frame.payload), frame.end

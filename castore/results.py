@@ -100,3 +100,63 @@ class ListResult(msgspec.Struct, frozen=True, kw_only=True):
     prefix: str
     entries: list[ListEntry]
     skipped: list[str] = msgspec.field(default_factory=list)
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One version in a key's history: what happened, when, and who did it.
+
+    ``operation`` is ``set``, ``delete`` or ``rollback``; ``time`` is Go RFC 3339.
+    Audit fields that were not recorded are empty (omitted in JSON).
+    """
+
+    version: int
+    operation: str
+    hash: str = ""
+    time: str
+    dag_name: str = ""
+    run_id: str = ""
+    step_name: str = ""
+    attempt: str = ""
+    user: str = ""
+    host: str = ""
+    pid: int = 0
+    actor: str = ""
+    reason: str = ""
+    rollback_from: int = 0
+
+
+class HistoryResult(_Result, frozen=True, kw_only=True):
+    """Result of :meth:`Store.history`: entries newest first.
+
+    ``next_before_version`` is the ``before_version`` of the next page (0 when
+    this page reached version 1).
+    """
+
+    entries: list[HistoryEntry]
+    next_before_version: int = 0
+
+
+class RollbackResult(_Result, frozen=True, kw_only=True):
+    """Result of :meth:`Store.rollback`: the new version that restores ``to_version``.
+
+    ``deleted`` is True when ``to_version`` was a tombstone (the rollback deleted the key).
+    """
+
+    version: int
+    hash: str
+    to_version: int
+    deleted: bool
+    created: bool
+
+
+class VersionDiff(_Result, frozen=True, kw_only=True):
+    """Result of :meth:`Store.diff_versions`: an RFC 6902 JSON Patch from one version to another.
+
+    A tombstone compares as JSON ``null``.
+    """
+
+    from_version: int
+    to_version: int
+    from_hash: str
+    to_hash: str
+    patch: list[dict[str, Any]]

@@ -16,7 +16,8 @@ from typing import Any, Final, final
 
 from castore import _fs, codec
 from castore.errors import ConflictError, CorruptionError, NotFoundError, RecordError
-from castore.filestore import FileBackend, Write
+from castore.filestore import Decide, FileBackend, LogView, Write
+from castore.history import History
 from castore.keys import (
     Ref,
     env_or,
@@ -52,7 +53,7 @@ def default_root() -> str:
 
 
 @final
-class Store:
+class Store(History):
     """A castore store rooted at one directory.
 
     Safe for many processes on one machine (file locks); one handle must not
@@ -70,6 +71,9 @@ class Store:
             but an OS crash may lose recent writes (docs/DESIGN.md).
         lock_timeout: seconds to wait for a ref's lock before
             :class:`~castore.errors.LockTimeoutError`.
+        actor: who writes, recorded in the audit; None means ``$CASTORE_ACTOR``.
+        run_id: run id for the audit; None means ``$DAG_RUN_ID``.
+        step: step name for the audit; None means ``$DAG_RUN_STEP_NAME``.
 
     Raises:
         FormatVersionError: the directory holds another format, or is a
@@ -84,6 +88,9 @@ class Store:
         root_dag: str | None = None,
         durable: bool = True,
         lock_timeout: float = _fs.LOCK_TIMEOUT_SECONDS,
+        actor: str | None = None,
+        run_id: str | None = None,
+        step: str | None = None,
     ) -> None:
         self.root = os.path.abspath(os.fspath(path) if path else default_root())
         self.dag = env_or(dag, "DAG_NAME")
@@ -91,6 +98,9 @@ class Store:
         self.durable = durable
         self.lock_timeout = lock_timeout
         self._backend = FileBackend(self.root, durable=durable, lock_timeout=lock_timeout)
+        self.actor = actor
+        self.run_id = run_id
+        self.step = step
         self._identity: tuple[int, str, str] | None = None
 
     # -- store directory -----------------------------------------------------------------
@@ -126,20 +136,25 @@ class Store:
         namespace: str | None = None,
         default: Any = _UNSET,
         required: bool = False,
+        version: int | None = None,
     ) -> GetResult:
-        """Read the latest version of a key.
+        """Read the latest version of a key, or the given ``version``.
 
         Lock-free; never sees a partly written version. When the key is absent
         (never set, or deleted) ``found`` is False and ``value`` is ``default``
-        (normalized) if one was given.
+        (normalized) if one was given. A ``version`` that is a tombstone reads
+        as not found; one that does not exist raises NotFoundError.
 
         Raises:
             InvalidRefError: bad scope, namespace or key.
             InvalidValueError: ``default`` is not valid JSON data.
-            NotFoundError: the key is absent and ``required`` is True.
+            NotFoundError: the key is absent and ``required`` is True, or
+                ``version`` does not exist (never written, or compacted).
             CorruptionError: the stored value fails verification.
         """
         ref = self.ref(key, scope, namespace)
+        if version is not None:
+            return self._get_version(ref, version, required)
         current = self._backend.current(ref)
         entry = current.live
         if entry is not None and current.value is not None:
@@ -167,7 +182,7 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------
 
-    def _audit(self, rollback_from: int = 0) -> Audit:
+    def _audit(self, reason: str = "", rollback_from: int = 0) -> Audit:
         pid = os.getpid()
         if self._identity is None or self._identity[0] != pid:
             try:
@@ -178,28 +193,37 @@ class Store:
         env = os.environ
         return Audit(
             dag_name=env.get("DAG_NAME", ""),
-            run_id=env.get("DAG_RUN_ID", ""),
-            step_name=env.get("DAG_RUN_STEP_NAME", ""),
+            run_id=self.run_id if self.run_id is not None else env.get("DAG_RUN_ID", ""),
+            step_name=self.step if self.step is not None else env.get("DAG_RUN_STEP_NAME", ""),
             attempt=env.get("DAG_RUN_ATTEMPT_ID", ""),
             user=self._identity[1],
             host=self._identity[2],
             pid=pid,
-            actor=env.get("CASTORE_ACTOR", ""),
+            actor=self.actor if self.actor is not None else env.get("CASTORE_ACTOR", ""),
+            reason=reason,
             rollback_from=rollback_from,
         )
 
     def _set_plan(
-        self, ref: Ref, normalized: bytes, expected_version: int | None, create_only: bool
-    ) -> Callable[[Entry | None, Callable[[], bytes | None]], Write | None]:
+        self,
+        ref: Ref,
+        normalized: bytes,
+        expected_version: int | None,
+        create_only: bool,
+        reason: str,
+    ) -> Decide:
         digest_hex = codec.hexdigest(normalized)
 
-        def decide(previous: Entry | None, _load: Callable[[], bytes | None]) -> Write:
+        def decide(previous: Entry | None, view: LogView) -> Write:
             live = previous.version if previous is not None and previous.live else 0
             if create_only and live:
                 raise ConflictError(str(ref), None, live, "key exists")
             if expected_version is not None and expected_version != live:
                 raise ConflictError(str(ref), expected_version, live)
-            return Write(OP_SET, normalized, digest_hex, self._audit())
+            hint = None
+            if previous is not None and previous.hash == digest_hex and previous.blob is not None:
+                hint = view.absolute(previous.blob)
+            return Write(OP_SET, normalized, digest_hex, self._audit(reason), hint)
 
         return decide
 
@@ -212,6 +236,7 @@ class Store:
         namespace: str | None = None,
         expected_version: int | None = None,
         create_only: bool = False,
+        reason: str = "",
     ) -> SetResult:
         """Write a new version of a key (even when the value is unchanged).
 
@@ -228,6 +253,7 @@ class Store:
             namespace: overrides the scope's default namespace.
             expected_version: optimistic-concurrency guard.
             create_only: fail if the key exists.
+            reason: free text recorded in the audit record.
 
         Raises:
             InvalidRefError: bad scope, namespace or key.
@@ -238,11 +264,10 @@ class Store:
         """
         ref = self.ref(key, scope, namespace)
         normalized = codec.normalize(value)
-        previous, entry = self._backend.write(
-            ref, self._set_plan(ref, normalized, expected_version, create_only)
+        previous, written = self._backend.write(
+            ref, self._set_plan(ref, normalized, expected_version, create_only, reason)
         )
-        if entry is None:  # pragma: no cover - a set plan always writes
-            raise RecordError(f"{ref}: set wrote nothing")
+        entry = written[-1]
         return SetResult(
             scope=ref.scope,
             namespace=ref.namespace,
@@ -252,7 +277,9 @@ class Store:
             created=previous is None or not previous.live,
         )
 
-    def delete(self, key: str, *, scope: str = "dag", namespace: str | None = None) -> DeleteResult:
+    def delete(
+        self, key: str, *, scope: str = "dag", namespace: str | None = None, reason: str = ""
+    ) -> DeleteResult:
         """Delete a key by appending a tombstone version.
 
         ``deleted`` is False (and nothing is written) when the key is absent.
@@ -267,14 +294,14 @@ class Store:
                 scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=False
             )
 
-        def decide(previous: Entry | None, _load: Callable[[], bytes | None]) -> Write | None:
+        def decide(previous: Entry | None, _view: LogView) -> Write | None:
             if previous is None or not previous.live:
                 return None
-            return Write(OP_DELETE, None, "", self._audit())
+            return Write(OP_DELETE, None, "", self._audit(reason))
 
-        _, entry = self._backend.write(ref, decide)
+        _, written = self._backend.write(ref, decide)
         return DeleteResult(
-            scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=entry is not None
+            scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=bool(written)
         )
 
     def diff(
@@ -286,6 +313,7 @@ class Store:
         namespace: str | None = None,
         update: bool = True,
         expected_version: int | None = None,
+        reason: str = "",
     ) -> DiffResult:
         """Compare ``value`` with the stored one and, if changed and ``update``, write it.
 
@@ -308,23 +336,28 @@ class Store:
         digest_hex = codec.hexdigest(current)
         seen: list[bytes | None] = []
 
-        def decide(previous: Entry | None, load: Callable[[], bytes | None]) -> Write | None:
+        def compare(previous: Entry | None, load: Callable[[], bytes | None]) -> bool:
             live = previous if previous is not None and previous.live else None
             actual = live.version if live is not None else 0
             if expected_version is not None and expected_version != actual:
                 raise ConflictError(str(ref), expected_version, actual)
             if live is not None:
                 seen.append(load())
-                if live.hash == digest_hex:
-                    return None
-            return Write(OP_SET, current, digest_hex, self._audit()) if update else None
+                return live.hash != digest_hex
+            return True
 
+        def decide(previous: Entry | None, view: LogView) -> Write | None:
+            if compare(previous, view.value) and update:
+                return Write(OP_SET, current, digest_hex, self._audit(reason))
+            return None
+
+        written: list[Entry] = []
         if update:
             previous, written = self._backend.write(ref, decide)
         else:
             now = self._backend.current(ref)
-            previous, written = now.entry, None
-            decide(previous, lambda: now.value)
+            previous = now.entry
+            compare(previous, lambda: now.value)
         live = previous if previous is not None and previous.live else None
         prev_json = seen[0] if seen else None
         return DiffResult(
@@ -334,8 +367,8 @@ class Store:
             changed=live is None or live.hash != digest_hex,
             found_previous=live is not None,
             previous_version=live.version if live else 0,
-            version=written.version if written else (live.version if live else 0),
-            hash=written.hash if written else (live.hash if live else ""),
+            version=written[-1].version if written else (live.version if live else 0),
+            hash=written[-1].hash if written else (live.hash if live else ""),
             previous=None if prev_json is None else codec.decode_value(prev_json),
             previous_json=prev_json,
             current=codec.decode_value(current),

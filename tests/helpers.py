@@ -113,6 +113,3 @@ def reap_processes(timeout: float = JOIN_TIMEOUT_SECONDS) -> Iterator[list[BaseP
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-        for proc in procs:
-            if proc.pid is not None:
-                proc.close()

@@ -43,6 +43,12 @@ call) with the min-max, and pooled per-op latency percentiles. Ratios are
 ratios of medians; the bracket after a ratio is the range of the per-repetition
 ratios (variants of one repetition ran close together in time).
 
+Durable rows on the shared 2-core VM are bimodal: with the cores free an fsync
+costs ~0.15 ms, but while other processes keep both cores busy every blocking
+wait costs about one 4 ms scheduler tick, so durable rows then count blocking
+points rather than disk work. The header prints the load average; compare runs
+made in the same state.
+
 Bulk data (N versions, N keys) is built before any timed workload and deleted
 only at the end: ext4 without a journal makes file creation slow for minutes
 after many deletions (see /work/shared/bench/README.md), so wait a few minutes
@@ -1276,6 +1282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workdir": workdir,
         "fs": fs,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_start": os.getloadavg(),
     }
     print(
         f"castore bench, mode {cfg.mode}: reps {cfg.reps}, batch {cfg.batch_s} s, durable "
@@ -1286,6 +1293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{meta['cpus']} cpus"
     )
     print(f"workdir {workdir} on {fs}")
+    load = meta["loadavg_start"]
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", end="")
+    print(" (other processes are busy: expect noise, compare ratios)" if load[0] > 0.5 else "")
     if trash:
         print(
             f"WARNING: {len(trash)} earlier scratch dir(s) still being deleted in {parent} "
@@ -1314,7 +1324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if num in cfg.workloads:
                 t0 = time.monotonic()
                 step()
-                print(f"(workload {num}: {time.monotonic() - t0:.1f} s)")
+                la = os.getloadavg()[0]
+                meta[f"loadavg_after_w{num}"] = la
+                print(f"(workload {num}: {time.monotonic() - t0:.1f} s; load average {la:.2f})")
         meta["create_probe_us_end"] = probe_create_us(workdir)
     finally:
         meta["elapsed_s"] = time.monotonic() - started

@@ -15,11 +15,13 @@ LAYERS = {
     "_fs": 1,
     "reflog": 2,
     "indexes": 2,
-    "filestore": 3,
-    "store": 4,
-    "cli": 5,
-    "__init__": 6,
-    "__main__": 6,
+    "versions": 3,
+    "filestore": 4,
+    "history": 5,
+    "store": 6,
+    "cli": 7,
+    "__init__": 8,
+    "__main__": 8,
 }
 
 

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import time
+import traceback
+from typing import Any, Final
+
+import pytest
+
+from castore import ConflictError, Store
+from tests.helpers import assert_clean_log, log_path, reap_processes, read_versions
+
+pytestmark = pytest.mark.integration
+
+DAG: Final = "counter-dag"
+KEY: Final = "counter"
+WRITERS: Final = 4
+INCREMENTS: Final = 250
+READERS: Final = 2
+TOTAL: Final = WRITERS * INCREMENTS
+DEADLINE_SECONDS: Final = 240.0
+
+
+def _writer(root: str, durable: bool, start: Any, results: Any) -> None:
+    conflicts = 0
+    try:
+        store = Store(root, dag=DAG, durable=durable)
+        start.wait(60)
+        for _ in range(INCREMENTS):
+            while True:
+                cur = store.get(KEY)
+                value = cur.value if cur.found else 0
+                if value != cur.version:
+                    raise AssertionError(f"read version {cur.version} holding value {value}")
+                try:
+                    res = store.set(KEY, value + 1, expected_version=cur.version)
+                except ConflictError as exc:
+                    if exc.expected != cur.version or exc.actual <= cur.version:
+                        raise AssertionError(f"bad conflict {exc!r} after reading {cur}") from exc
+                    conflicts += 1
+                    continue
+                if res.version != value + 1:
+                    raise AssertionError(f"set {value + 1} gave version {res.version}")
+                break
+        results.put(("writer", os.getpid(), conflicts, None))
+    except BaseException:  # noqa: BLE001 - report everything to the parent
+        results.put(("writer", os.getpid(), conflicts, traceback.format_exc()))
+
+
+def _reader(root: str, start: Any, stop: Any, results: Any) -> None:
+    reads = 0
+    last = 0
+    try:
+        cached = Store(root, dag=DAG)
+        start.wait(60)
+        while not stop.is_set():
+            # Mostly one handle (its read cache), sometimes a fresh one (no cache).
+            store = cached if reads % 16 else Store(root, dag=DAG)
+            cur = store.get(KEY)
+            value = cur.value if cur.found else 0
+            if type(value) is not int or not 0 <= value <= TOTAL:
+                raise AssertionError(f"read {value!r}")
+            if value != cur.version:
+                raise AssertionError(f"version {cur.version} holds {value}")
+            if value < last:
+                raise AssertionError(f"went backwards: {last} then {value}")
+            last = value
+            reads += 1
+        results.put(("reader", os.getpid(), reads, None))
+    except BaseException:  # noqa: BLE001 - report everything to the parent
+        results.put(("reader", os.getpid(), reads, traceback.format_exc()))
+
+
+def _collect(results: Any, count: int, deadline: float) -> list[tuple[str, int, int, str | None]]:
+    out = []
+    while len(out) < count:
+        try:
+            out.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
+        except queue.Empty:
+            break
+    return out
+
+
+def test_cas_increments_lose_no_update(store_dir):
+    durable = True
+    root = str(store_dir)
+    Store(root, dag=DAG).close()  # create the store before the race
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    stop = ctx.Event()
+    results = ctx.Queue()
+    began = time.monotonic()
+    deadline = began + DEADLINE_SECONDS
+    with reap_processes() as procs:
+        writers = [
+            ctx.Process(target=_writer, args=(root, durable, start, results), daemon=True)
+            for _ in range(WRITERS)
+        ]
+        readers = [
+            ctx.Process(target=_reader, args=(root, start, stop, results), daemon=True)
+            for _ in range(READERS)
+        ]
+        for proc in writers + readers:
+            proc.start()
+            procs.append(proc)
+        start.set()
+        done = _collect(results, WRITERS, deadline)
+        stop.set()
+        done += _collect(results, READERS, time.monotonic() + 30)
+    elapsed = time.monotonic() - began
+
+    errors = [err for _, _, _, err in done if err]
+    assert not errors, "\n".join(errors)
+    assert sorted(kind for kind, *_ in done) == ["reader"] * READERS + ["writer"] * WRITERS
+    assert all(proc.exitcode == 0 for proc in writers + readers)
+    conflicts = sum(n for kind, _, n, _ in done if kind == "writer")
+    reads = sum(n for kind, _, n, _ in done if kind == "reader")
+    print(f"{TOTAL} CAS increments in {elapsed:.1f}s: {conflicts} conflicts, {reads} reads")
+    assert reads > 0
+
+    final = Store(root, dag=DAG).get(KEY)
+    assert (final.found, final.value, final.version) == (True, TOTAL, TOTAL)
+
+    path = log_path(root, "dag", DAG, KEY)
+    assert_clean_log(path)
+    versions = read_versions(root, path)
+    assert [v.entry.version for v in versions] == list(range(1, TOTAL + 1))
+    assert {v.entry.op for v in versions} == {"set"}
+    assert [v.value for v in versions] == [str(n).encode() for n in range(1, TOTAL + 1)]
