@@ -19,7 +19,7 @@ from typing import NamedTuple
 from castore import _fs, reflog, versions
 from castore.errors import CorruptionError, FormatVersionError
 from castore.frames import encode_frame, frame_at
-from castore.indexes import BlobIndex, KeyIndex
+from castore.indexes import BlobIndex, KeyIndex, namespace_of
 from castore.keys import Ref, file_id
 from castore.records import (
     FORMAT_VERSION,
@@ -191,6 +191,58 @@ class FileBackend:
     def keys(self, scope: str, namespace: str, prefix: str) -> list[str]:
         """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted."""
         return self._key_index(scope, namespace).keys(prefix)
+
+    def namespaces(self, scope: str) -> list[str]:
+        """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
+        try:
+            names = os.listdir(os.path.join(self.refs, scope))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            namespace = namespace_of(os.path.join(self.refs, scope, name, "KEYS"))
+            if namespace is not None and file_id(namespace) == name:
+                found.append(namespace)
+        return sorted(found, key=lambda n: n.encode("utf-8"))
+
+    def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
+        """Every entry of a ref, oldest first, with its verified value (None for tombstones).
+
+        Raises:
+            CorruptionError: a value fails verification.
+        """
+        try:
+            fd = os.open(self.log_path(ref), os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            frames = reflog.scan(fd)[1]
+            blobs = {f.start: f.payload for f in frames if f.kind == KIND_BLOB}
+            for frame in frames:
+                if frame.kind != KIND_ENTRY:
+                    continue
+                entry = decode_entry(frame.payload)
+                own = blobs.get(entry.blob.offset) if entry.blob and not entry.blob.log else None
+                yield entry, self._value_of(ref, entry, own, fd)
+        finally:
+            os.close(fd)
+
+    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
+        """Every entry of a ref, newest first, reading backwards a page at a time.
+
+        Pages grow (1, 16, 256 entries), so many refs walked side by side (an
+        audit merge) hold little memory each until they are actually consumed.
+        """
+        newest = self.current(ref).entry
+        high = newest.version if newest is not None else 0
+        size = 1
+        while high > 0:
+            page = self.history(ref, high + 1, size)
+            yield from page
+            if not page:
+                return
+            high = page[-1].version - 1
+            size = min(size * 16, 256)
 
     # -- reading ------------------------------------------------------------------
 
@@ -396,15 +448,20 @@ class FileBackend:
                         index = self._key_index(ref.scope, ref.namespace)
                         index.refresh()
                         if ref.key not in index:
-                            index.add(ref.key, durable=self.durable)
+                            index.add(ref.key, ref.namespace, durable=self.durable)
                     _fs.failpoint("before-append")
                     _fs.append(fd, data, durable=self.durable)
                     _fs.failpoint("after-append")
                 if size == 0 and self.durable:
                     _fs.fsync_dir(nsdir)
                 own = os.path.relpath(path, self.refs)
-                for digest_hex, loc in new_blobs:
-                    self._blobs.add(bytes.fromhex(digest_hex), BlobLoc(own, loc.offset, loc.length))
+                self._blobs.add_many(
+                    [
+                        (bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length))
+                        for h, loc in new_blobs
+                    ],
+                    durable=False,
+                )
                 before = (previous.version, tail.entry_start) if previous is not None else None
                 versions.record(
                     versions.vix_path(path),
@@ -416,6 +473,77 @@ class FileBackend:
                 sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 self._cache[path] = (sig, Current(entries[-1], plans[-1].normalized))
                 return previous, entries
+        finally:
+            os.close(fd)
+
+    def replace(self, ref: Ref, plans: list[Write]) -> list[Entry]:
+        """Replace a ref's whole history with ``plans`` (an import's overwrite).
+
+        Blob frames of the old log are carried into the new one (other logs
+        may point at them) and indexed at their new offsets before the
+        atomic rename, so every stale location hint falls back to the index.
+        The new log is written to ``<key-id>.log.<pid>.tmp``, fsynced, renamed
+        over the old one, and the directory fsynced, all under the ref's lock.
+        """
+        path = self.log_path(ref)
+        nsdir = os.path.dirname(path)
+        self._ensure_dir(nsdir)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            with _fs.locked(fd, path, timeout=self.lock_timeout):
+                carried = [f for f in reflog.scan(fd)[1] if f.kind == KIND_BLOB]
+                header = Header(
+                    format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key
+                )
+                head = encode_frame(KIND_HEADER, encode_record(header))
+                parts = [head]
+                offset = len(head)
+                moved: list[tuple[bytes, BlobLoc]] = []
+                for frame in carried:
+                    raw = encode_frame(KIND_BLOB, frame.payload)
+                    moved.append((frame.payload[:32], BlobLoc("", offset, len(raw))))
+                    parts.append(raw)
+                    offset += len(raw)
+                own = os.path.relpath(path, self.refs)
+                self._blobs.add_many(
+                    [(d, BlobLoc(own, loc.offset, loc.length)) for d, loc in moved],
+                    durable=self.durable,  # before the rename: stale hints must find them
+                )
+                known = {d.hex(): loc for d, loc in moved}
+                data, _, _, new_blobs = self._frames(
+                    ref, path, offset, None, plans, may_share=False, known=known
+                )
+                tmp = f"{path}.{os.getpid()}.tmp"
+                tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    _fs.append(tfd, b"".join(parts) + data, durable=self.durable)
+                finally:
+                    os.close(tfd)
+                _fs.failpoint("before-replace")
+                os.replace(tmp, path)
+                if self.durable:
+                    _fs.fsync_dir(nsdir)
+                self._blobs.add_many(
+                    [
+                        (bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length))
+                        for h, loc in new_blobs
+                    ],
+                    durable=False,
+                )
+                nfd = os.open(path, os.O_RDONLY)
+                try:
+                    frames = reflog.scan(nfd)[1]
+                finally:
+                    os.close(nfd)
+                with open(versions.vix_path(path), "wb") as fh:
+                    fh.write(versions.rebuild(frames))
+                entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
+                index = self._key_index(ref.scope, ref.namespace)
+                index.refresh()
+                if ref.key not in index:
+                    index.add(ref.key, ref.namespace, durable=self.durable)
+                self._cache.pop(path, None)
+                return entries
         finally:
             os.close(fd)
 
@@ -459,6 +587,7 @@ class FileBackend:
         previous: Entry | None,
         plans: list[Write],
         may_share: bool,
+        known: dict[str, BlobLoc] | None = None,
     ) -> tuple[bytes, list[Entry], list[int], list[tuple[str, BlobLoc]]]:
         """Encode the frames of one write; return bytes, entries, their offsets, new blobs."""
         parts: list[bytes] = []
@@ -474,7 +603,7 @@ class FileBackend:
         entries: list[Entry] = []
         starts: list[int] = []
         new_blobs: list[tuple[str, BlobLoc]] = []
-        written: dict[str, BlobLoc] = {}
+        written: dict[str, BlobLoc] = dict(known or {})
         for plan in plans:
             blob = None
             if plan.normalized is not None:

@@ -24,11 +24,12 @@ from castore import _fs
 from castore.frames import encode_frame, scan_frames
 from castore.records import BlobLoc
 
-__all__ = ["KIND_INDEX", "BlobIndex", "KeyIndex"]
+__all__ = ["KIND_INDEX", "BlobIndex", "KeyIndex", "namespace_of"]
 
 KIND_INDEX = ord("I")
 _LOC = struct.Struct("<QI")
 _HEX = frozenset(b"0123456789abcdef")
+_NS_PREFIX = b"namespace "  # first line of a KEYS file
 
 
 class BlobIndex:
@@ -71,17 +72,25 @@ class BlobIndex:
         """The newest recorded location of ``digest``, or None (a hint: verify it)."""
         return self._refresh(self._path(digest)).get(digest)
 
-    def add(self, digest: bytes, loc: BlobLoc) -> None:
-        """Record that ``digest`` is stored at ``loc`` (no fsync: derived data)."""
-        path = self._path(digest)
-        payload = b"".join((digest, _LOC.pack(loc.offset, loc.length), loc.log.encode("utf-8")))
-        os.makedirs(self.dir, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            with _fs.locked(fd, path):
-                _fs.append(fd, encode_frame(KIND_INDEX, payload), durable=False)
-        finally:
-            os.close(fd)
+    def add_many(self, items: list[tuple[bytes, BlobLoc]], *, durable: bool) -> None:
+        """Record that each digest is stored at its location (later records win).
+
+        Normal writes pass ``durable=False`` (derived data); a log rewrite
+        passes True so the new locations are on disk before the old log goes.
+        """
+        shards: dict[str, list[bytes]] = {}
+        for digest, loc in items:
+            payload = b"".join((digest, _LOC.pack(loc.offset, loc.length), loc.log.encode()))
+            shards.setdefault(self._path(digest), []).append(encode_frame(KIND_INDEX, payload))
+        if shards:
+            os.makedirs(self.dir, exist_ok=True)
+        for path, frames in shards.items():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                with _fs.locked(fd, path):
+                    _fs.append(fd, b"".join(frames), durable=durable)
+            finally:
+                os.close(fd)
 
 
 class KeyIndex:
@@ -140,15 +149,37 @@ class KeyIndex:
             out.append(bytes.fromhex(text).decode("utf-8"))
         return out
 
-    def add(self, key: str, *, durable: bool) -> None:
-        """Append ``key`` (fdatasync when ``durable``); fsync the directory if new."""
+    def add(self, key: str, namespace: str, *, durable: bool) -> None:
+        """Append ``key`` (fdatasync when ``durable``); fsync the directory if new.
+
+        The first line of a new file names the namespace: ``namespace <hex>``.
+        """
         line = key.encode("utf-8").hex().encode("ascii") + b"\n"
         created = not os.path.exists(self.path)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             with _fs.locked(fd, self.path):
+                if os.fstat(fd).st_size == 0:
+                    line = (
+                        _NS_PREFIX + namespace.encode("utf-8").hex().encode("ascii") + b"\n" + line
+                    )
                 _fs.append(fd, line, durable=durable)
         finally:
             os.close(fd)
         if created and durable:
             _fs.fsync_dir(os.path.dirname(self.path))
+
+
+def namespace_of(keys_path: str) -> str | None:
+    """The namespace named by the first line of a ``KEYS`` file, or None."""
+    try:
+        with open(keys_path, "rb") as fh:
+            first = fh.readline(2 * 4096 + 32)
+    except FileNotFoundError:
+        return None
+    if not first.startswith(_NS_PREFIX) or not first.endswith(b"\n"):
+        return None
+    try:
+        return bytes.fromhex(first[len(_NS_PREFIX) : -1].decode("ascii")).decode("utf-8")
+    except ValueError:
+        return None

@@ -105,6 +105,11 @@ class Store(History):
 
     # -- store directory -----------------------------------------------------------------
 
+    @property
+    def backend(self) -> FileBackend:
+        """The storage backend (internal API, for castore's own tools)."""
+        return self._backend
+
     def close(self) -> None:
         """Drop cached state. The store holds no open files between calls."""
         self._backend.close()

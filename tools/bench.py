@@ -39,9 +39,10 @@ repetition, so machine drift hits all of them alike. Before every timed batch
 ``os.sync()`` flushes other variants' dirty pages and ``gc.collect()`` runs;
 gc is disabled inside the batch. A batch runs until its op count or its time
 budget is reached. Tables show the median over repetitions of ops/s (or ms per
-call) with the min-max, and pooled per-op latency percentiles. Ratios are
-ratios of medians; the bracket after a ratio is the range of the per-repetition
-ratios (variants of one repetition ran close together in time).
+call) with the min-max, and pooled per-op latency percentiles. A ratio is the
+median over repetitions of the per-repetition ratio (variants of one repetition
+ran close together in time, so drift cancels), with the range of those ratios
+in brackets; the ratio of the medians is in the JSON.
 
 Durable rows on the shared 2-core VM are bimodal: with the cores free an fsync
 costs ~0.15 ms, but while other processes keep both cores busy every blocking
@@ -110,6 +111,7 @@ class Config:
     mode: str
     reps: int
     batch_s: float  # time budget of one fast batch
+    durable_reps: int  # durable sets switch between machine states: more, shorter batches
     durable_batch_s: float  # time budget of one durable-set batch
     history_n: int  # versions of the deep key (workload 2)
     list_n: int  # keys in the list namespace (workload 4)
@@ -120,26 +122,22 @@ class Config:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    if args.quick:
-        cfg = Config("quick", 3, 0.1, 0.2, 10_000, 10_000, 50, 2, args.start_method, frozenset())
-    else:
-        cfg = Config(
-            "default", 5, 0.2, 0.5, 100_000, 100_000, 250, 3, args.start_method, frozenset()
-        )
+    quick = bool(args.quick)
     chosen = frozenset(int(w) for w in args.workloads.split(",") if w.strip())
     bad = chosen - {1, 2, 3, 4, 5}
     if bad:
         raise SystemExit(f"unknown workload(s): {sorted(bad)}")
     return Config(
-        mode=cfg.mode,
-        reps=args.reps or cfg.reps,
-        batch_s=args.batch_time or cfg.batch_s,
-        durable_batch_s=args.durable_batch_time or cfg.durable_batch_s,
-        history_n=args.history_n or cfg.history_n,
-        list_n=args.list_n or cfg.list_n,
-        cas_each=args.cas_each or cfg.cas_each,
-        cas_reps=args.cas_reps or cfg.cas_reps,
-        start_method=cfg.start_method,
+        mode="quick" if quick else "default",
+        reps=args.reps or (3 if quick else 5),
+        batch_s=args.batch_time or (0.1 if quick else 0.2),
+        durable_reps=args.durable_reps or (5 if quick else 15),
+        durable_batch_s=args.durable_batch_time or (0.1 if quick else 0.2),
+        history_n=args.history_n or (10_000 if quick else 100_000),
+        list_n=args.list_n or (10_000 if quick else 100_000),
+        cas_each=args.cas_each or (50 if quick else 250),
+        cas_reps=args.cas_reps or (3 if quick else 5),
+        start_method=args.start_method,
         workloads=chosen or frozenset({1, 2, 3, 4, 5}),
     )
 
@@ -480,10 +478,17 @@ class Target:
     value: float
 
 
-def _ratio(a: Row, b: Row) -> tuple[float, float, float]:
-    """Median(a)/median(b) and the min/max of per-repetition a/b rate ratios."""
+Ratio = tuple[float, float, float, float]  # per-rep median, min, max; ratio of medians
+
+
+def _ratio(a: Row, b: Row) -> Ratio:
+    """Rate ratio a/b: median, min and max over repetitions, and median(a)/median(b).
+
+    Variants of one repetition ran close together in time, so the per-repetition
+    ratio cancels most machine drift; its median is the headline number.
+    """
     per_rep = [x / y for x, y in zip(a.rates, b.rates, strict=True) if y > 0]
-    return a.median / b.median, min(per_rep), max(per_rep)
+    return statistics.median(per_rep), min(per_rep), max(per_rep), a.median / b.median
 
 
 def _p50_ratio(a: Row, b: Row) -> float:
@@ -491,7 +496,7 @@ def _p50_ratio(a: Row, b: Row) -> float:
     return b.p50_us / a.p50_us if a.p50_us > 0 else float("nan")
 
 
-def _fmt_ratio(r: tuple[float, float, float]) -> str:
+def _fmt_ratio(r: Ratio) -> str:
     return f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]"
 
 
@@ -829,7 +834,7 @@ class Bench:
                 last[(pname, keys[i % nk])] = vals[i]
             return batch
 
-        batches = interleaved(names, one, cfg.reps)
+        batches = interleaved(names, one, cfg.durable_reps if durable else cfg.reps)
         for (pname, key), value in last.items():
             self.check(f"w3 {tag} {pname} {key} read-back", peers[pname].get(key) == value)
         for p in peers.values():
@@ -1223,10 +1228,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds per timed batch (default 0.2, quick 0.1)",
     )
     ap.add_argument(
+        "--durable-reps",
+        type=int,
+        default=0,
+        help="repetitions of the durable-set rows (default 15, quick 5)",
+    )
+    ap.add_argument(
         "--durable-batch-time",
         type=float,
         default=0.0,
-        help="seconds per durable-set batch (default 0.5, quick 0.2)",
+        help="seconds per durable-set batch (default 0.2, quick 0.1)",
     )
     ap.add_argument(
         "--history-n",
@@ -1247,7 +1258,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="successful increments per CAS process (default 250, quick 50)",
     )
     ap.add_argument(
-        "--cas-reps", type=int, default=0, help="repetitions of workload 5 (default 3, quick 2)"
+        "--cas-reps", type=int, default=0, help="repetitions of workload 5 (default 5, quick 3)"
     )
     ap.add_argument(
         "--start-method",
@@ -1274,6 +1285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reps": cfg.reps,
         "batch_s": cfg.batch_s,
         "durable_batch_s": cfg.durable_batch_s,
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "workloads"},
         "workloads": sorted(cfg.workloads),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
@@ -1285,8 +1297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loadavg_start": os.getloadavg(),
     }
     print(
-        f"castore bench, mode {cfg.mode}: reps {cfg.reps}, batch {cfg.batch_s} s, durable "
-        f"batch {cfg.durable_batch_s} s, workloads {','.join(map(str, sorted(cfg.workloads)))}"
+        f"castore bench, mode {cfg.mode}: reps {cfg.reps} x {cfg.batch_s} s batches, durable "
+        f"sets {cfg.durable_reps} x {cfg.durable_batch_s} s, CAS {cfg.cas_reps} reps, "
+        f"workloads {','.join(map(str, sorted(cfg.workloads)))}"
     )
     print(
         f"python {meta['python']}, sqlite {meta['sqlite']}, castore {meta['castore']}, "

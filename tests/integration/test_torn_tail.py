@@ -24,8 +24,8 @@ pytestmark = pytest.mark.integration
 DAG: Final = "torn"
 KEY: Final = "k"
 _RNG = random.Random(20240601)
-# ~6 bits of entropy per character: still > 4096 bytes after zstd.
-BIG: Final = {"blob": "".join(_RNG.choice(string.ascii_letters + string.digits) for _ in range(7000))}
+# ~6 bits of entropy per character: its B frame is still > 4096 bytes after zstd.
+BIG: Final = {"blob": "".join(_RNG.choice(string.ascii_letters + string.digits) for _ in range(5600))}
 VALUES: Final[list[Any]] = [
     1,
     {"small": "x"},
@@ -46,13 +46,19 @@ def snapshot(root: str) -> dict[str, bytes]:
 
 
 def restore(root: str, saved: dict[str, bytes], **override: bytes) -> None:
-    """Put every file back as saved (``override`` maps a path to other contents)."""
+    """Put every file back as saved (``override`` maps a path to other contents).
+
+    castore only appends to (or truncates) existing files, so a file whose size
+    is unchanged is unchanged, except the overridden ones, which are always written.
+    """
     wanted = {**saved, **override}
     for base, _dirs, files in os.walk(root):
         for name in files:
             path = os.path.join(base, name)
             if path not in wanted:
                 os.unlink(path)
+            elif path not in override and os.path.getsize(path) == len(wanted[path]):
+                del wanted[path]
     for path, data in wanted.items():
         with open(path, "wb") as fh:
             fh.write(data)
@@ -104,11 +110,12 @@ def _torn_last_write(root: str, values: list[Any], previous: int, prev_value: An
         restore(root, saved, **{path: full[:cut]})
         # Readers: the previous version, whole.
         check_get(root, KEY, previous, prev_value)
-        listed = open_store(root).list()
-        assert [(e.key, e.version) for e in listed.entries] == (
-            [(KEY, previous)] if previous else []
-        ), cut
-        assert listed.skipped == []
+        if cut % 5 == 0:  # list reads the same tail; a sample of cuts is enough
+            listed = open_store(root).list()
+            assert [(e.key, e.version) for e in listed.entries] == (
+                [(KEY, previous)] if previous else []
+            ), cut
+            assert listed.skipped == []
         # The next writer repairs the tail and appends the next version.
         repair = REPAIRS[cut % len(REPAIRS)]
         res = open_store(root).set(KEY, repair)
@@ -127,7 +134,7 @@ def test_every_cut_of_the_last_set_reads_previous_and_is_repaired(tmp_path):
 
 def test_every_cut_of_the_first_set(tmp_path):
     root = str(tmp_path / "s")
-    path, before, after = build(root, [BIG])
+    path, before, after = build(root, [VALUES[2]])
     assert before == 0
     saved = snapshot(root)
     full = saved[path]
