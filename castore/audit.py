@@ -21,7 +21,7 @@ from castore.store import Store
 __all__ = ["AuditRecord", "audit"]
 
 
-class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
     """One write or delete of one ref, with its audit fields (empty ones omitted)."""
 
     scope: str

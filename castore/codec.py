@@ -25,7 +25,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import Context, Decimal
 from itertools import accumulate
 from typing import Any, Final, TypeAlias
 
@@ -126,6 +126,7 @@ _DECODERS: Final = {
     for fixing in (False, True)
 }
 _ENCODER: Final = msgspec.json.Encoder(order="sorted")
+_DECIMAL_CONTEXT: Final = Context(prec=40)  # ours, whatever the thread's context is
 
 
 def _describe(msg: str, text: str, pos: int) -> str:
@@ -350,27 +351,11 @@ def _format_float(number: float) -> str:
     if math.isnan(number) or math.isinf(number):
         shown = "NaN" if math.isnan(number) else ("+Inf" if number > 0 else "-Inf")
         raise InvalidValueError(f"json: unsupported value: {shown}")
-    if number == 0:
-        return "-0" if math.copysign(1.0, number) < 0 else "0"
-    sign = "-" if number < 0 else ""
-    # repr gives the shortest round-tripping digits, as strconv's precision -1 does.
-    mantissa, _, exponent_text = float.__repr__(abs(number)).partition("e")
-    whole, _, fraction = mantissa.partition(".")
-    digits = (whole + fraction).lstrip("0")
-    point = len(whole) + int(exponent_text or 0) - (len(whole + fraction) - len(digits))
-    digits = digits.rstrip("0")  # value == 0.<digits> * 10**point
-    if abs(number) < 1e-6 or abs(number) >= 1e21:
-        exponent = point - 1
-        head = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        # Go prints e+21, e-7 (it trims "e-07"), e-10, e+300.
-        return f"{sign}{head}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}".replace(
-            "e-0", "e-"
-        )
-    if point <= 0:
-        return f"{sign}0.{'0' * -point}{digits}"
-    if point >= len(digits):
-        return sign + digits + "0" * (point - len(digits))
-    return f"{sign}{digits[:point]}.{digits[point:]}"
+    # repr has the shortest round-tripping digits, as strconv's precision -1 does; Go
+    # uses 'e' form (exponent without a leading zero) outside [1e-6, 1e21), else 'f'.
+    shortest = Decimal(float.__repr__(number)).normalize(_DECIMAL_CONTEXT)
+    fixed = number == 0 or 1e-6 <= abs(number) < 1e21
+    return format(shortest, "f" if fixed else "e")
 
 
 def _scalar(item: object) -> Any:

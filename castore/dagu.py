@@ -53,7 +53,7 @@ class DaguRecord(msgspec.Struct, frozen=True):
     updated_by: DaguUpdatedBy | None = None
 
 
-class DaguImport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class DaguImport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
     """The outcome for one file: imported (with the ref and version) or skipped (with why)."""
 
     file: str

@@ -102,7 +102,7 @@ class ListResult(msgspec.Struct, frozen=True, kw_only=True):
     skipped: list[str] = msgspec.field(default_factory=list)
 
 
-class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
     """One version in a key's history: what happened, when, and who did it.
 
     ``operation`` is ``set``, ``delete`` or ``rollback``; ``time`` is Go RFC 3339.

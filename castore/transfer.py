@@ -67,7 +67,7 @@ class ExportRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     value: msgspec.Raw = _NO_VALUE  # a delete carries no value
 
 
-class ImportReport(msgspec.Struct, frozen=True, kw_only=True):
+class ImportReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """What an import did: counts of refs and versions written, refs skipped."""
 
     refs: int
@@ -190,7 +190,7 @@ def import_lines(
     read: Callable[[], Iterable[bytes]],
     *,
     on_conflict: OnConflict = "refuse",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> ImportReport:
     """Import an export into ``store``, reproducing versions, hashes, times and audits.
 

@@ -31,7 +31,7 @@ def keys_path(root: str | os.PathLike[str], scope: str, namespace: str) -> str:
 
 
 def tree(root: str | os.PathLike[str]) -> list[str]:
-    out = []
+    out: list[str] = []
     for base, _dirs, files in os.walk(root):
         out.extend(os.path.relpath(os.path.join(base, name), root) for name in files)
     return sorted(out)

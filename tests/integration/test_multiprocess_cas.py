@@ -10,7 +10,7 @@ from typing import Any, Final
 import pytest
 
 from castore import ConflictError, Store
-from tests.helpers import assert_clean_log, log_path, reap_processes, read_versions
+from tests.helpers import assert_clean_log, log_path, read_versions, reap_processes
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +73,11 @@ def _reader(root: str, start: Any, stop: Any, results: Any) -> None:
         results.put(("reader", os.getpid(), reads, traceback.format_exc()))
 
 
-def _collect(results: Any, count: int, deadline: float) -> list[tuple[str, int, int, str | None]]:
-    out = []
+Report = tuple[str, int, int, str | None]  # kind, pid, conflicts or reads, traceback
+
+
+def _collect(results: Any, count: int, deadline: float) -> list[Report]:
+    out: list[Report] = []
     while len(out) < count:
         try:
             out.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
@@ -83,7 +86,7 @@ def _collect(results: Any, count: int, deadline: float) -> list[tuple[str, int, 
     return out
 
 
-def test_cas_increments_lose_no_update(store_dir):
+def test_cas_increments_lose_no_update(store_dir, record_property):
     durable = True
     root = str(store_dir)
     Store(root, dag=DAG).close()  # create the store before the race
@@ -117,7 +120,9 @@ def test_cas_increments_lose_no_update(store_dir):
     assert all(proc.exitcode == 0 for proc in writers + readers)
     conflicts = sum(n for kind, _, n, _ in done if kind == "writer")
     reads = sum(n for kind, _, n, _ in done if kind == "reader")
-    print(f"{TOTAL} CAS increments in {elapsed:.1f}s: {conflicts} conflicts, {reads} reads")
+    record_property("seconds", round(elapsed, 2))
+    record_property("conflicts", conflicts)
+    record_property("reads", reads)
     assert reads > 0
 
     final = Store(root, dag=DAG).get(KEY)

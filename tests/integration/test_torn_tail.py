@@ -25,7 +25,8 @@ DAG: Final = "torn"
 KEY: Final = "k"
 _RNG = random.Random(20240601)
 # ~6 bits of entropy per character: its B frame is still > 4096 bytes after zstd.
-BIG: Final = {"blob": "".join(_RNG.choice(string.ascii_letters + string.digits) for _ in range(5600))}
+_ALNUM: Final = string.ascii_letters + string.digits
+BIG: Final = {"blob": "".join(_RNG.choice(_ALNUM) for _ in range(5600))}
 VALUES: Final[list[Any]] = [
     1,
     {"small": "x"},
@@ -231,6 +232,16 @@ def test_bit_flip_in_an_older_record(tmp_path, which, torn):
 
 
 NS_KEYS: Final = ["a", "ab", "b", "é"]
+_HEX: Final = frozenset(b"0123456789abcdef")
+
+
+def key_lines(data: bytes) -> list[str]:
+    """Keys named by the complete, lowercase-hex lines of a KEYS file (FORMAT.md §5)."""
+    out = []
+    for line in data.split(b"\n")[:-1]:
+        if line and len(line) % 2 == 0 and _HEX.issuperset(line):
+            out.append(bytes.fromhex(line.decode()).decode())
+    return sorted(out)
 
 
 def test_every_cut_of_keys(tmp_path):
@@ -241,15 +252,13 @@ def test_every_cut_of_keys(tmp_path):
     kpath = keys_path(root, "dag", DAG)
     saved = snapshot(root)
     full = saved[kpath]
-    lines = full.split(b"\n")[:-1]
-    assert sorted(bytes.fromhex(line.decode()).decode() for line in lines) == sorted(NS_KEYS)
-    failures = []
+    assert key_lines(full) == sorted(NS_KEYS)
+    failures: list[tuple[int, bytes, object]] = []
     for cut in range(len(full)):
         restore(root, saved, **{kpath: full[:cut]})
-        # A KEYS line without its newline is ignored (castore/indexes.py): those keys may
-        # drop out of list until the index is rebuilt, but nothing fails.
-        whole = full[:cut].split(b"\n")[:-1]
-        survivors = sorted(bytes.fromhex(line.decode()).decode() for line in whole)
+        # A KEYS line without its newline is ignored (castore/indexes.py): its key drops
+        # out of list until the index is rebuilt, but get, set and list keep working.
+        survivors = key_lines(full[:cut])
         for n, key in enumerate(NS_KEYS):
             check_get(root, key, 1, n)
         listed = open_store(root).list()
@@ -260,12 +269,16 @@ def test_every_cut_of_keys(tmp_path):
         # A key created after the damage must be listed.
         assert open_store(root).set("new", "fresh").created
         check_get(root, "new", 1, "fresh")
-        after = [e.key for e in open_store(root).list().entries]
-        if "new" not in after:
+        try:
+            after = [e.key for e in open_store(root).list().entries]
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            failures.append((cut, full[:cut], repr(exc)))
+            continue
+        if after != sorted([*survivors, "new"]):
             failures.append((cut, full[:cut], after))
     assert not failures, (
-        f"{len(failures)} of {len(full)} KEYS cuts lose the next new key from list; "
-        f"first: cut={failures[0][0]} KEYS={failures[0][1]!r} list={failures[0][2]}"
+        f"{len(failures)} of {len(full)} cuts of KEYS break listing the next new key:\n"
+        + "\n".join(f"  cut={cut} KEYS={data!r}: list -> {got}" for cut, data, got in failures)
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from castore import Store, codec
+from castore import GetResult, ListResult, Store, codec
 from castore.errors import CastoreError, ConflictError
 from castore.keys import Ref
 
@@ -116,7 +117,7 @@ class StoreMachine(RuleBasedStateMachine):
         normalized = codec.normalize(value)
         want, created = self._next(ref), self._live(ref) == 0
         res = escaped(lambda: self.stores[h].set(key, value, scope=where[0], namespace=where[1]))
-        assert (res.scope, res.namespace, res.key) == ref
+        assert Ref(res.scope, res.namespace, res.key) == ref
         assert res.version == want, f"{ref}: set gave version {res.version}, want {want}"
         assert res.hash == codec.hexdigest(normalized)
         assert res.created is created
@@ -186,8 +187,8 @@ class StoreMachine(RuleBasedStateMachine):
         res = escaped(lambda: self.stores[h].get(key, scope=where[0], namespace=where[1]))
         self._check_get(ref, res)
 
-    def _check_get(self, ref, res):
-        assert (res.scope, res.namespace, res.key) == ref
+    def _check_get(self, ref: Ref, res: GetResult) -> None:
+        assert Ref(res.scope, res.namespace, res.key) == ref
         live = self._live(ref)
         assert res.found is bool(live), f"{ref}: found={res.found}, live version {live}"
         if not live:
@@ -240,7 +241,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert info.value.actual == live
             return
         res = escaped(call)
-        assert (res.scope, res.namespace, res.key) == ref
+        assert Ref(res.scope, res.namespace, res.key) == ref
         assert res.current_json == normalized
         assert res.current == value
         assert res.found_previous is bool(live)
@@ -286,7 +287,15 @@ class StoreMachine(RuleBasedStateMachine):
         )
         self._check_list(res, scope, namespace or DAG, prefix, limit, include_values)
 
-    def _check_list(self, res, scope, namespace, prefix, limit, include_values):
+    def _check_list(
+        self,
+        res: ListResult,
+        scope: str,
+        namespace: str,
+        prefix: str,
+        limit: int,
+        include_values: bool,
+    ) -> None:
         live = sorted(
             (ref.key.encode("utf-8"), ref)
             for ref in self.history
@@ -336,7 +345,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.steps += 1
         store = self.stores[self.steps % 2]
         for scope, namespace in NAMESPACES:
-            res = escaped(lambda s=scope, n=namespace: store.list(scope=s, namespace=n))
+            res = escaped(functools.partial(store.list, scope=scope, namespace=namespace))
             self._check_list(res, scope, namespace, "", 0, False)
 
 

@@ -19,9 +19,13 @@ LAYERS = {
     "filestore": 4,
     "history": 5,
     "store": 6,
-    "cli": 7,
-    "__init__": 8,
-    "__main__": 8,
+    "audit": 7,
+    "transfer": 7,
+    "dagu": 7,
+    "render": 7,
+    "cli": 8,
+    "__init__": 9,
+    "__main__": 9,
 }
 
 
