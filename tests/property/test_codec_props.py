@@ -1,7 +1,6 @@
 import json
 import math
 import random
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -80,11 +79,26 @@ def go_decode_utf8(data: bytes) -> str:
 
 
 def go_float(number: float) -> str:
-    """strconv.FormatFloat(f, 'f' or 'e', -1, 64) as encoding/json picks it."""
+    """strconv.FormatFloat(f, 'f' or 'e', -1, 64) as encoding/json picks it, digit by digit."""
     if number == 0:
         return "-0" if math.copysign(1.0, number) < 0 else "0"
-    shortest = Decimal(repr(number)).normalize()
-    return format(shortest, "f" if 1e-6 <= abs(number) < 1e21 else "e")
+    sign = "-" if number < 0 else ""
+    mantissa, _, exponent_text = repr(abs(number)).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("0")
+    point = len(whole) + int(exponent_text or 0) - (len(whole + fraction) - len(digits))
+    digits = digits.rstrip("0")  # abs(number) == 0.<digits> * 10**point
+    if abs(number) < 1e-6 or abs(number) >= 1e21:
+        exponent = point - 1
+        head = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{sign}{head}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}".replace(
+            "e-0", "e-"
+        )
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return f"{sign}{digits[:point]}.{digits[point:]}"
 
 
 # --- strategies ----------------------------------------------------------------------------

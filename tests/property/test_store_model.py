@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from castore import GetResult, ListResult, Store, codec
-from castore.errors import CastoreError, ConflictError
+from castore.errors import CastoreError, ConflictError, NotFoundError
 from castore.keys import Ref
 
 T = TypeVar("T")
@@ -72,6 +72,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.root = tempfile.mkdtemp(prefix="castore-model-")
         self.stores = [self._open(), self._open()]
         self.history: dict[Ref, list[bytes | None]] = {}
+        self.audit: dict[Ref, list[tuple[str, int]]] = {}  # (operation, rollback_from)
         self.python: dict[tuple[Ref, int], Any] = {}  # (ref, version) -> value as given
         self.steps = 0
 
@@ -97,9 +98,16 @@ class StoreMachine(RuleBasedStateMachine):
     def _next(self, ref: Ref) -> int:
         return len(self.history.get(ref, [])) + 1
 
-    def _append(self, ref: Ref, normalized: bytes | None, value: Any = None) -> int:
+    def _append(
+        self, ref: Ref, normalized: bytes | None, value: Any = None, rollback_from: int = 0
+    ) -> int:
         versions = self.history.setdefault(ref, [])
         versions.append(normalized)
+        if rollback_from:
+            op = "rollback" if normalized is not None else "delete"
+        else:
+            op = "set" if normalized is not None else "delete"
+        self.audit.setdefault(ref, []).append((op, rollback_from))
         if normalized is not None:
             self.python[ref, len(versions)] = value
         return len(versions)
@@ -323,6 +331,102 @@ class StoreMachine(RuleBasedStateMachine):
             else:
                 assert entry.value_json is None
                 assert entry.value is None
+
+    @rule(h=handles, where=targets, key=keys, data=st.data())
+    def get_at_version(self, h, where, key, data):
+        ref = self._ref(where, key)
+        total = len(self.history.get(ref, []))
+        version = data.draw(st.integers(min_value=1, max_value=total + 1), label="version")
+        store = self.stores[h]
+
+        def call():
+            return store.get(key, scope=where[0], namespace=where[1], version=version)
+
+        if version > total:
+            with pytest.raises(NotFoundError):
+                escaped(call)
+            return
+        res = escaped(call)
+        normalized = self.history[ref][version - 1]
+        if normalized is TOMBSTONE:
+            assert (res.found, res.value_json) == (False, None)
+            return
+        assert (res.found, res.version) == (True, version)
+        assert res.hash == codec.hexdigest(normalized)
+        assert res.value_json == normalized
+        assert res.value == self.python[ref, version]
+
+    @rule(h=handles, where=targets, key=keys, data=st.data())
+    def history_page(self, h, where, key, data):
+        ref = self._ref(where, key)
+        total = len(self.history.get(ref, []))
+        limit = data.draw(st.sampled_from([0, 1, 2, 5]), label="limit")
+        before = data.draw(
+            st.none() | st.integers(min_value=1, max_value=total + 2), label="before_version"
+        )
+        res = escaped(
+            lambda: self.stores[h].history(
+                key, scope=where[0], namespace=where[1], limit=limit, before_version=before
+            )
+        )
+        top = total if before is None else min(total, before - 1)
+        want = list(range(top, 0, -1))
+        if limit:
+            want = want[:limit]
+        assert [e.version for e in res.entries] == want
+        for entry in res.entries:
+            normalized = self.history[ref][entry.version - 1]
+            op, rollback_from = self.audit[ref][entry.version - 1]
+            assert entry.operation == op
+            assert entry.rollback_from == rollback_from
+            assert entry.hash == ("" if normalized is None else codec.hexdigest(normalized))
+        more = bool(limit) and len(want) == limit and want[-1] > 1
+        assert res.next_before_version == (want[-1] if more else 0)
+
+    @rule(h=handles, where=targets, key=keys, data=st.data())
+    def rollback(self, h, where, key, data):
+        ref = self._ref(where, key)
+        versions = self.history.get(ref, [])
+        live = self._live(ref)
+        # Rolling an absent key back to a tombstone is left out: whether that appends a
+        # second tombstone is not specified.
+        choices = [v for v in range(1, len(versions) + 2)]
+        if not live:
+            choices = [v for v in choices if v > len(versions) or versions[v - 1] is not None]
+        to_version = data.draw(st.sampled_from(choices), label="to_version")
+        expected = data.draw(
+            st.none() | st.sampled_from(sorted({live, live + 1, 0})), label="expected_version"
+        )
+        store = self.stores[h]
+
+        def call():
+            return store.rollback(
+                key,
+                to_version=to_version,
+                scope=where[0],
+                namespace=where[1],
+                expected_version=expected,
+            )
+
+        if expected is not None and expected != live:
+            with pytest.raises(ConflictError) as info:
+                escaped(call)
+            assert (info.value.expected, info.value.actual) == (expected, live)
+            return
+        if to_version > len(versions):
+            with pytest.raises(NotFoundError):
+                escaped(call)
+            return
+        res = escaped(call)
+        target = versions[to_version - 1]
+        version = self._append(
+            ref, target, self.python.get((ref, to_version)), rollback_from=to_version
+        )
+        assert Ref(res.scope, res.namespace, res.key) == ref
+        assert (res.version, res.to_version) == (version, to_version)
+        assert res.deleted is (target is None)
+        assert res.created is (target is not None and not live)
+        assert res.hash == ("" if target is None else codec.hexdigest(target))
 
     @rule(h=handles)
     def reopen(self, h):
