@@ -50,7 +50,7 @@ MAX_VALUE_BYTES: Final = 1 << 20  # 1 MiB, checked on raw input and on normalize
 MAX_DEPTH: Final = 10_000  # Go encoding/json maxNestingDepth: 10,000 ok, 10,001 rejected
 DIGEST_ALGO: Final = "sha256"  # content address of the normalized bytes
 
-JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
+JSONValue: TypeAlias = bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"] | None
 
 _WS: Final = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as Go's isSpace
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")  # can decode to a lone surrogate
@@ -58,11 +58,10 @@ _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _ESCAPE_PAIR: Final = re.compile(rb"\\.", re.DOTALL)
 _STRING_BODY: Final = re.compile(rb'"[^"]*(?:"|\Z)')  # after escape pairs are gone
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
-_BRACKET_STEP: Final = [0] * 256
-_BRACKET_STEP[ord("[")] = _BRACKET_STEP[ord("{")] = 1
-_BRACKET_STEP[ord("]")] = _BRACKET_STEP[ord("}")] = -1
+_BRACKET_STEP: Final = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 _HTML_ESCAPES: Final = ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"))
 _JS_ESCAPES: Final = (("\u2028".encode(), b"\\u2028"), ("\u2029".encode(), b"\\u2029"))
+_HEX: Final = "0123456789abcdefABCDEF"
 _GO_REPLACE: Final = "castore.go_utf8_replace"
 _GO_CONTEXT: Final = {  # Python json message -> Go scanner wording
     "Expecting value": "looking for beginning of value",
@@ -135,6 +134,11 @@ def _describe(msg: str, text: str, pos: int) -> str:
         return "unexpected EOF"
     if msg == "Invalid \\escape":
         pos += 1
+    elif msg == "Invalid \\uXXXX escape":  # pos is at the "u"; Go names the bad digit
+        digits = text[pos + 1 : pos + 5]
+        pos += 1 + len(digits) - len(digits.lstrip(_HEX))
+        if pos >= len(text):
+            return "unexpected EOF"
     elif msg == "Expecting value" and text[pos] == "-":
         if pos + 1 >= len(text):
             return "unexpected EOF"

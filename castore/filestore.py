@@ -2,9 +2,10 @@
 
 :class:`FileBackend` is what :class:`castore.Store` calls to read the newest
 entry of a ref and to append under the ref's lock; it knows the bytes
-(docs/FORMAT.md) but not Dagu's semantics (those live in ``store.py``). A
-second backend (PostgreSQL, a coordinator) implements the same four calls:
-``current``, ``write``, ``keys`` and ``close``.
+(docs/FORMAT.md) but not Dagu's semantics (those live in ``store.py``).
+Reading lives in ``fileread.py``. A second backend (PostgreSQL, a
+coordinator) implements the same calls: ``current``, ``write``, ``keys``,
+``version``, ``history`` and ``close``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from castore import _fs, reflog, versions
-from castore.errors import CorruptionError, FormatVersionError
-from castore.frames import encode_frame, frame_at
-from castore.indexes import BlobIndex, KeyIndex, namespace_of
-from castore.keys import Ref, file_id
+from castore.errors import CorruptionError
+from castore.fileread import Current, FileReader
+from castore.frames import encode_frame
+from castore.keys import Ref
 from castore.records import (
     FORMAT_VERSION,
     KIND_BLOB,
@@ -31,36 +32,12 @@ from castore.records import (
     BlobLoc,
     Entry,
     Header,
-    decode_blob,
     decode_entry,
     encode_blob,
     encode_record,
 )
 
-__all__ = [
-    "CACHE_MAX_ENTRIES",
-    "FORMAT_MAGIC",
-    "Current",
-    "Decide",
-    "FileBackend",
-    "LogView",
-    "Write",
-]
-
-FORMAT_MAGIC = "castore-store"  # first word of the FORMAT file (docs/FORMAT.md §2)
-CACHE_MAX_ENTRIES = 65536  # per-handle read cache; cleared wholesale when full
-
-
-class Current(NamedTuple):
-    """The newest entry of a ref and, when live, its normalized value."""
-
-    entry: Entry | None
-    value: bytes | None
-
-    @property
-    def live(self) -> Entry | None:
-        """The newest entry unless it is a tombstone (or absent)."""
-        return self.entry if self.entry is not None and self.entry.live else None
+__all__ = ["Current", "Decide", "FileBackend", "LogView", "Write"]
 
 
 class Write(NamedTuple):
@@ -113,8 +90,8 @@ Decide = Callable[[Entry | None, LogView], "Write | list[Write] | None"]
 """A write's decision: given the newest entry and a view of the log, what to append."""
 
 
-class FileBackend:
-    """Ref logs and blobs in one directory (docs/FORMAT.md).
+class FileBackend(FileReader):
+    """Ref logs and blobs in one directory: reads (FileReader) plus the write protocol.
 
     Safe for many processes (flock per ref log); not thread-safe (per-handle caches).
 
@@ -127,282 +104,6 @@ class FileBackend:
         FormatVersionError: the directory holds another format, or is a
             non-empty directory that is not a castore store.
     """
-
-    def __init__(self, root: str, *, durable: bool, lock_timeout: float) -> None:
-        self.root = root
-        self.durable = durable
-        self.lock_timeout = lock_timeout
-        self.refs = os.path.join(root, "refs")
-        self._open_format()
-        self._blobs = BlobIndex(root)
-        self._keys: dict[str, KeyIndex] = {}
-        self._cache: dict[str, tuple[tuple[int, int, int, int], Current]] = {}
-        self._paths: dict[Ref, str] = {}
-        self._dirs: set[str] = set()
-
-    def close(self) -> None:
-        """Drop cached state. The backend holds no open files between calls."""
-        self._cache.clear()
-        self._keys.clear()
-
-    def _open_format(self) -> None:
-        marker = os.path.join(self.root, "FORMAT")
-        try:
-            with open(marker, encoding="utf-8") as fh:
-                text = fh.read()
-        except FileNotFoundError:
-            if os.path.isdir(self.root) and any(
-                not name.startswith(".") for name in os.listdir(self.root)
-            ):
-                raise FormatVersionError(
-                    f"{self.root} is not empty and has no FORMAT file: not a castore store"
-                ) from None
-            _fs.makedirs_durable(self.refs, durable=self.durable)
-            _fs.atomic_write(marker, f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode(), durable=True)
-            return
-        words = text.split()
-        if len(words) != 2 or words[0] != FORMAT_MAGIC:
-            raise FormatVersionError(f"{marker}: not a castore store (bad magic)")
-        if words[1] != str(FORMAT_VERSION):
-            raise FormatVersionError(
-                f"{marker}: format version {words[1]}, this castore reads {FORMAT_VERSION}"
-            )
-
-    def _ns_dir(self, scope: str, namespace: str) -> str:
-        return os.path.join(self.refs, scope, file_id(namespace))
-
-    def log_path(self, ref: Ref) -> str:
-        """The ref log file of ``ref`` (which may not exist yet)."""
-        path = self._paths.get(ref)
-        if path is None:
-            if len(self._paths) >= CACHE_MAX_ENTRIES:
-                self._paths.clear()
-            path = os.path.join(self._ns_dir(ref.scope, ref.namespace), file_id(ref.key) + ".log")
-            self._paths[ref] = path
-        return path
-
-    def _key_index(self, scope: str, namespace: str) -> KeyIndex:
-        nsdir = self._ns_dir(scope, namespace)
-        index = self._keys.get(nsdir)
-        if index is None:
-            index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"))
-        return index
-
-    def keys(self, scope: str, namespace: str, prefix: str) -> list[str]:
-        """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted."""
-        return self._key_index(scope, namespace).keys(prefix)
-
-    def namespaces(self, scope: str) -> list[str]:
-        """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
-        try:
-            names = os.listdir(os.path.join(self.refs, scope))
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            namespace = namespace_of(os.path.join(self.refs, scope, name, "KEYS"))
-            if namespace is not None and file_id(namespace) == name:
-                found.append(namespace)
-        return sorted(found, key=lambda n: n.encode("utf-8"))
-
-    def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
-        """Every entry of a ref, oldest first, with its verified value (None for tombstones).
-
-        Raises:
-            CorruptionError: a value fails verification.
-        """
-        try:
-            fd = os.open(self.log_path(ref), os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            frames = reflog.scan(fd)[1]
-            blobs = {f.start: f.payload for f in frames if f.kind == KIND_BLOB}
-            for frame in frames:
-                if frame.kind != KIND_ENTRY:
-                    continue
-                entry = decode_entry(frame.payload)
-                own = blobs.get(entry.blob.offset) if entry.blob and not entry.blob.log else None
-                yield entry, self._value_of(ref, entry, own, fd)
-        finally:
-            os.close(fd)
-
-    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
-        """Every entry of a ref, newest first, reading backwards a page at a time.
-
-        Pages grow (1, 16, 256 entries), so many refs walked side by side (an
-        audit merge) hold little memory each until they are actually consumed.
-        """
-        newest = self.current(ref).entry
-        high = newest.version if newest is not None else 0
-        size = 1
-        while high > 0:
-            page = self.history(ref, high + 1, size)
-            yield from page
-            if not page:
-                return
-            high = page[-1].version - 1
-            size = min(size * 16, 256)
-
-    # -- reading ------------------------------------------------------------------
-
-    def current(self, ref: Ref) -> Current:
-        """Newest entry and value of ``ref``; served from cache when the log is unchanged."""
-        path = self.log_path(ref)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return Current(None, None)
-        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        hit = self._cache.get(path)
-        if hit is not None and hit[0] == sig:
-            return hit[1]
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            tail = reflog.read_tail(fd, st.st_size)
-            if tail is None:
-                # Torn or still being written: wait for the writer, then re-read.
-                with _fs.locked(fd, path, shared=True, timeout=self.lock_timeout):
-                    st = os.fstat(fd)
-                    sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    tail = reflog.read_tail(fd, st.st_size) or reflog.scan(fd)[0]
-            current = Current(tail.entry, self._value_of(ref, tail.entry, tail.blob, fd))
-        finally:
-            os.close(fd)
-        if tail.valid_end == sig[1]:
-            if len(self._cache) >= CACHE_MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[path] = (sig, current)
-        return current
-
-    def _entry_at(self, ref: Ref, fd: int, version: int) -> Entry | None:
-        """Entry of ``version`` in the log open on ``fd``: via the version index, else a scan."""
-        try:
-            vfd = os.open(versions.vix_path(self.log_path(ref)), os.O_RDONLY)
-        except FileNotFoundError:
-            vfd = -1
-        if vfd >= 0:
-            try:
-                offset = versions.lookup(vfd, version)
-            finally:
-                os.close(vfd)
-            if offset is not None:
-                found = reflog.entry_at(fd, offset)
-                if found is not None and found[0].version == version:
-                    return found[0]
-        for frame in reflog.scan(fd)[1]:
-            if frame.kind == KIND_ENTRY:
-                entry = decode_entry(frame.payload)
-                if entry.version == version:
-                    return entry
-        return None
-
-    def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
-        """The entry of ``version`` and its value (None for a tombstone); (None, None) if absent.
-
-        Raises:
-            CorruptionError: the value fails verification.
-        """
-        try:
-            fd = os.open(self.log_path(ref), os.O_RDONLY)
-        except FileNotFoundError:
-            return None, None
-        try:
-            entry = self._entry_at(ref, fd, version)
-            return entry, self._value_of(ref, entry, None, fd)
-        finally:
-            os.close(fd)
-
-    def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
-        """Entries with version < ``before``, newest first, at most ``limit`` (0 = all).
-
-        Cost is proportional to the page, not to the length of the history,
-        while the version index is in step (FORMAT.md §5).
-        """
-        path = self.log_path(ref)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return []
-        try:
-            newest = self.current(ref).entry
-            if newest is None:
-                return []
-            high = min(before - 1, newest.version)
-            low = max(1, high - limit + 1) if limit else 1
-            try:
-                vfd = os.open(versions.vix_path(path), os.O_RDONLY)
-            except FileNotFoundError:
-                vfd = -1
-            offsets: dict[int, int] = {}
-            if vfd >= 0:
-                try:
-                    offsets = versions.lookup_range(vfd, low, high)
-                finally:
-                    os.close(vfd)
-            out: list[Entry] = []
-            for version in range(high, low - 1, -1):
-                offset = offsets.get(version)
-                found = reflog.entry_at(fd, offset) if offset is not None else None
-                if found is None or found[0].version != version:
-                    return self._history_by_scan(fd, before, limit)
-                out.append(found[0])
-            return out
-        finally:
-            os.close(fd)
-
-    def _history_by_scan(self, fd: int, before: int, limit: int) -> list[Entry]:
-        entries = [decode_entry(f.payload) for f in reflog.scan(fd)[1] if f.kind == KIND_ENTRY]
-        newest_first = [e for e in reversed(entries) if e.version < before]
-        return newest_first[:limit] if limit else newest_first
-
-    def _value_of(self, ref: Ref, entry: Entry | None, blob: bytes | None, fd: int) -> bytes | None:
-        if entry is None or not entry.live:
-            return None
-        try:
-            if blob is not None:
-                return decode_blob(blob, entry.hash)
-            return self._read_blob(entry, fd)
-        except CorruptionError as exc:
-            raise CorruptionError(f"{ref} version {entry.version}: {exc.detail}") from exc
-
-    def _read_blob(self, entry: Entry, fd: int) -> bytes:
-        """Read and verify the blob of ``entry``: its location hint, else the index."""
-        loc = entry.blob
-        if loc is not None:
-            data = self._read_at(loc, fd, entry.hash)
-            if data is not None:
-                return data
-        found = self._blobs.lookup(bytes.fromhex(entry.hash))
-        if found is not None:
-            data = self._read_at(found, -1, entry.hash)
-            if data is not None:
-                return data
-        raise CorruptionError(f"blob {entry.hash} is missing or damaged")
-
-    def _read_at(self, loc: BlobLoc, fd: int, hexdigest: str) -> bytes | None:
-        """The blob at ``loc`` if a valid ``B`` frame is there, else None.
-
-        Raises:
-            CorruptionError: when the frame is intact but its data fails verification.
-        """
-        if loc.log:
-            try:
-                other = os.open(os.path.join(self.refs, loc.log), os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            try:
-                buf = _fs.read_at(other, loc.offset, loc.length)
-            finally:
-                os.close(other)
-        elif fd >= 0:
-            buf = _fs.read_at(fd, loc.offset, loc.length)
-        else:
-            return None
-        frame = frame_at(buf, 0)
-        if frame is None or frame.kind != KIND_BLOB or frame.payload[:32].hex() != hexdigest:
-            return None
-        return decode_blob(frame.payload, hexdigest)
 
     # -- writing ------------------------------------------------------------------
 

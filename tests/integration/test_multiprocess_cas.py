@@ -125,8 +125,12 @@ def test_cas_increments_lose_no_update(store_dir, record_property):
     record_property("reads", reads)
     assert reads > 0
 
-    final = Store(root, dag=DAG).get(KEY)
+    store = Store(root, dag=DAG)
+    final = store.get(KEY)
     assert (final.found, final.value, final.version) == (True, TOTAL, TOTAL)
+    for version in range(1, TOTAL + 1):
+        old = store.get(KEY, version=version)
+        assert (old.found, old.version, old.value) == (True, version, version)
 
     path = log_path(root, "dag", DAG, KEY)
     assert_clean_log(path)

@@ -390,7 +390,7 @@ class StoreMachine(RuleBasedStateMachine):
         live = self._live(ref)
         # Rolling an absent key back to a tombstone is left out: whether that appends a
         # second tombstone is not specified.
-        choices = [v for v in range(1, len(versions) + 2)]
+        choices = list(range(1, len(versions) + 2))
         if not live:
             choices = [v for v in choices if v > len(versions) or versions[v - 1] is not None]
         to_version = data.draw(st.sampled_from(choices), label="to_version")
