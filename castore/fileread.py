@@ -112,6 +112,10 @@ class FileReader:
             self._paths[ref] = path
         return path
 
+    def rel(self, path: str) -> str:
+        """A log path relative to ``refs/`` (as stored in blob locations)."""
+        return path[len(self.refs) + 1 :]
+
     def _key_index(self, scope: str, namespace: str) -> KeyIndex:
         nsdir = self._ns_dir(scope, namespace)
         index = self._keys.get(nsdir)

@@ -82,7 +82,7 @@ class LogView:
 
     def absolute(self, loc: BlobLoc) -> BlobLoc:
         """``loc`` with its log path made relative to ``refs/`` (never ``""``)."""
-        own = os.path.relpath(self._backend.log_path(self._ref), self._backend.refs)
+        own = self._backend.rel(self._backend.log_path(self._ref))
         return BlobLoc(loc.log or own, loc.offset, loc.length)
 
 
@@ -141,9 +141,9 @@ class FileBackend(FileReader):
                 if not decided:
                     return previous, []
                 plans = decided if isinstance(decided, list) else [decided]
-                with self._gc_shared() as may_share:
+                with self._gc_shared() as share:
                     data, entries, starts, new_blobs = self._frames(
-                        ref, path, size, previous, plans, may_share
+                        ref, path, size, previous, plans, share
                     )
                     if size == 0:
                         index = self._key_index(ref.scope, ref.namespace)
@@ -155,7 +155,7 @@ class FileBackend(FileReader):
                     _fs.failpoint("after-append")
                 if size == 0 and self.durable:
                     _fs.fsync_dir(nsdir)
-                own = os.path.relpath(path, self.refs)
+                own = self.rel(path)
                 self._blobs.add_many(
                     [
                         (bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length))
@@ -205,14 +205,14 @@ class FileBackend(FileReader):
                     moved.append((frame.payload[:32], BlobLoc("", offset, len(raw))))
                     parts.append(raw)
                     offset += len(raw)
-                own = os.path.relpath(path, self.refs)
+                own = self.rel(path)
                 self._blobs.add_many(
                     [(d, BlobLoc(own, loc.offset, loc.length)) for d, loc in moved],
                     durable=self.durable,  # before the rename: stale hints must find them
                 )
                 known = {d.hex(): loc for d, loc in moved}
                 data, _, _, new_blobs = self._frames(
-                    ref, path, offset, None, plans, may_share=False, known=known
+                    ref, path, offset, None, plans, lambda: False, known=known
                 )
                 tmp = f"{path}.{os.getpid()}.tmp"
                 tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -249,29 +249,40 @@ class FileBackend(FileReader):
             os.close(fd)
 
     @contextlib.contextmanager
-    def _gc_shared(self) -> Iterator[bool]:
-        """Hold ``gc.lock`` shared if it is free; yield whether we hold it.
+    def _gc_shared(self) -> Iterator[Callable[[], bool]]:
+        """Yield a function that takes ``gc.lock`` shared on first call, if it is free.
 
         A blob frame in another log may only be referenced while holding it,
         so that gc (which holds it exclusively) never drops a blob that a
-        writer is about to reference (FORMAT.md §8). Never waits for gc.
+        writer is about to reference (FORMAT.md §8). Never waits for gc: if
+        gc holds the lock, the function returns False and the writer stores
+        a fresh copy. Only writes that reuse another log's blob pay for it.
         """
-        fd = os.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        state: list[int] = []  # [fd] once taken
+
+        def share() -> bool:
+            if state:
+                return state[0] >= 0
+            fd = os.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)  # closing releases the flock
+                os.close(fd)
+                fd = -1
+            state.append(fd)
+            return fd >= 0
 
-    def _existing(self, plan: Write, own: str, may_share: bool) -> BlobLoc | None:
+        try:
+            yield share
+        finally:
+            if state and state[0] >= 0:
+                os.close(state[0])  # closing releases the flock
+
+    def _existing(self, plan: Write, own: str, share: Callable[[], bool]) -> BlobLoc | None:
         """A verified ``B`` frame holding the plan's value that this write may point at."""
         candidates = [plan.hint, self._blobs.lookup(bytes.fromhex(plan.digest_hex))]
         for loc in candidates:
-            if loc is None or (loc.log != own and not may_share):
+            if loc is None or (loc.log != own and not share()):
                 continue
             try:
                 if self._read_at(loc, -1, plan.digest_hex) is not None:
@@ -287,7 +298,7 @@ class FileBackend(FileReader):
         size: int,
         previous: Entry | None,
         plans: list[Write],
-        may_share: bool,
+        share: Callable[[], bool],
         known: dict[str, BlobLoc] | None = None,
     ) -> tuple[bytes, list[Entry], list[int], list[tuple[str, BlobLoc]]]:
         """Encode the frames of one write; return bytes, entries, their offsets, new blobs."""
@@ -299,7 +310,7 @@ class FileBackend(FileReader):
             )
             parts.append(encode_frame(KIND_HEADER, encode_record(header)))
             offset += len(parts[-1])
-        own = os.path.relpath(path, self.refs)
+        own = self.rel(path)
         now = time.time_ns()
         entries: list[Entry] = []
         starts: list[int] = []
@@ -308,7 +319,7 @@ class FileBackend(FileReader):
         for plan in plans:
             blob = None
             if plan.normalized is not None:
-                blob = written.get(plan.digest_hex) or self._existing(plan, own, may_share)
+                blob = written.get(plan.digest_hex) or self._existing(plan, own, share)
                 if blob is None:
                     payload = encode_blob(bytes.fromhex(plan.digest_hex), plan.normalized)
                     parts.append(encode_frame(KIND_BLOB, payload))

@@ -32,6 +32,11 @@ _HEX = frozenset(b"0123456789abcdef")
 _NS_PREFIX = b"namespace "  # first line of a KEYS file
 
 
+def _loc(payload: bytes) -> BlobLoc:
+    offset, length = _LOC.unpack_from(payload, 32)
+    return BlobLoc(payload[44:].decode("utf-8"), offset, length)
+
+
 class BlobIndex:
     """Digest -> :class:`BlobLoc` (``log`` relative to ``refs/``) for one store.
 
@@ -61,9 +66,7 @@ class BlobIndex:
             for frame in scan_frames(buf, pos):
                 if frame.kind != KIND_INDEX or len(frame.payload) < 44:
                     continue
-                digest = frame.payload[:32]
-                offset, length = _LOC.unpack_from(frame.payload, 32)
-                table[digest] = BlobLoc(frame.payload[44:].decode("utf-8"), offset, length)
+                table[frame.payload[:32]] = _loc(frame.payload)
                 pos = frame.end
         self._shards[path] = (ino, pos, table)
         return table
@@ -85,12 +88,19 @@ class BlobIndex:
         if shards:
             os.makedirs(self.dir, exist_ok=True)
         for path, frames in shards.items():
+            data = b"".join(frames)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:
                 with _fs.locked(fd, path):
-                    _fs.append(fd, b"".join(frames), durable=durable)
+                    st = os.fstat(fd)
+                    _fs.append(fd, data, durable=durable)
             finally:
                 os.close(fd)
+            ino, pos, table = self._shards.get(path, (0, 0, {}))
+            if st.st_ino == ino and st.st_size == pos:  # nobody else appended: skip a re-read
+                for frame in scan_frames(data, pos):
+                    table[frame.payload[:32]] = _loc(frame.payload)
+                self._shards[path] = (ino, pos + len(data), table)
 
 
 class KeyIndex:

@@ -24,6 +24,7 @@ __all__ = ["VIX_RECORD_BYTES", "lookup", "lookup_range", "rebuild", "record", "v
 
 VIX_RECORD_BYTES = 8  # one u64le offset per version
 _REC = struct.Struct("<Q")
+_MAX_OFFSET = 1 << 62  # larger offsets are damage (pread takes a signed 64-bit offset)
 
 
 def vix_path(log_path: str) -> str:
@@ -39,7 +40,7 @@ def lookup(vix_fd: int, version: int) -> int | None:
     if len(raw) != VIX_RECORD_BYTES:
         return None
     offset: int = _REC.unpack(raw)[0]
-    return offset or None
+    return offset if 0 < offset < _MAX_OFFSET else None
 
 
 def lookup_range(vix_fd: int, low: int, high: int) -> dict[int, int]:
@@ -51,7 +52,7 @@ def lookup_range(vix_fd: int, low: int, high: int) -> dict[int, int]:
     out = {}
     for i in range(len(raw) // VIX_RECORD_BYTES):
         offset = _REC.unpack_from(raw, i * VIX_RECORD_BYTES)[0]
-        if offset:
+        if 0 < offset < _MAX_OFFSET:
             out[low + i] = offset
     return out
 

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import pytest
 
-from castore import Store, codec
+from castore import NotFoundError, Store, codec
 from castore.frames import FRAME_OVERHEAD
 from castore.records import CODEC_RAW, CODEC_ZSTD, KIND_BLOB, KIND_ENTRY, decode_entry
 from tests.helpers import (
@@ -69,6 +69,20 @@ def open_store(root: str) -> Store:
     return Store(root, dag=DAG, durable=False)
 
 
+def check_versions(root: str, key: str, values: list[Any]) -> None:
+    """get(version=v) gives each value (None = tombstone); the next version is absent."""
+    store = open_store(root)
+    for version, value in enumerate(values, 1):
+        res = store.get(key, version=version)
+        assert res.found is (value is not None), version
+        if value is not None:
+            assert (res.version, res.value) == (version, value)
+    with pytest.raises(NotFoundError):
+        store.get(key, version=len(values) + 1)
+    history = store.history(key)
+    assert [e.version for e in history.entries] == list(range(len(values), 0, -1))
+
+
 def check_get(root: str, key: str, version: int, value: Any) -> None:
     res = open_store(root).get(key)
     if version == 0:
@@ -109,8 +123,10 @@ def _torn_last_write(root: str, values: list[Any], previous: int, prev_value: An
     assert after - before > 4096
     for cut in range(before, after):
         restore(root, saved, **{path: full[:cut]})
-        # Readers: the previous version, whole.
+        # Readers: the previous version, whole; the torn one does not exist.
         check_get(root, KEY, previous, prev_value)
+        if cut % 5 == 1:
+            check_versions(root, KEY, values[:-1])
         if cut % 5 == 0:  # list reads the same tail; a sample of cuts is enough
             listed = open_store(root).list()
             assert [(e.key, e.version) for e in listed.entries] == (
@@ -127,6 +143,8 @@ def _torn_last_write(root: str, values: list[Any], previous: int, prev_value: An
         versions = read_versions(root, path)
         assert [v.entry.version for v in versions] == list(range(1, len(values) + 1))
         assert versions[-1].value == codec.normalize(repair)
+        if cut % 5 == 2:
+            check_versions(root, KEY, [*values[:-1], repair])
 
 
 def test_every_cut_of_the_last_set_reads_previous_and_is_repaired(tmp_path):
@@ -321,3 +339,37 @@ def test_every_cut_of_blob_index(tmp_path):
             assert f_entry.blob.log == os.path.relpath(
                 log_path(root, "dag", DAG, "e"), os.path.join(root, "refs")
             ), (shard, cut)
+
+
+def test_damaged_version_index(tmp_path):
+    # <key-id>.vix is derived (castore/versions.py): any cut or scramble of it must
+    # still give every version, and the next write must put it back in step.
+    root = str(tmp_path / "s")
+    build(root, VALUES)
+    assert open_store(root).delete(KEY).deleted
+    history = [*VALUES, None]
+    vix = log_path(root, "dag", DAG, KEY)[: -len(".log")] + ".vix"
+    saved = snapshot(root)
+    assert vix in saved
+    full = saved[vix]
+    records = [full[i : i + 8] for i in range(0, len(full), 8)]
+    variants = {f"cut-{cut}": full[:cut] for cut in range(len(full))}
+    variants["reversed"] = b"".join(reversed(records))
+    variants["shifted"] = records[-1] + b"".join(records[:-1])
+    variants["zeros"] = bytes(len(full))
+    variants["past-end"] = (1 << 40).to_bytes(8, "little") * len(records)
+    variants["ones"] = b"\xff" * len(full)
+    variants["longer"] = full + records[0] * 3
+    failures = []
+    for name, data in variants.items():
+        restore(root, saved, **{vix: data})
+        try:
+            check_versions(root, KEY, history)
+            res = open_store(root).set(KEY, name)
+            assert res.version == len(history) + 1, name
+            check_versions(root, KEY, [*history, name])
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            failures.append(f"  {name} ({data.hex()}): {exc!r}")
+    assert not failures, f"{len(failures)} of {len(variants)} damaged .vix files fail:\n" + (
+        "\n".join(failures)
+    )

@@ -1,0 +1,180 @@
+"""The cross-key audit query (castore/audit.py)."""
+
+import os
+import types
+
+import msgspec
+import pytest
+
+from castore import InvalidRefError, Store
+from castore.audit import AuditRecord, audit
+from castore.results import rfc3339
+
+ENV_VARS = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def handle(root, run_id="", actor=None):
+    return Store(root, dag="d", durable=False, run_id=run_id, actor=actor, step="st")
+
+
+@pytest.fixture
+def populated(tmp_path):
+    """Writes across scopes, namespaces and run ids; returns the root and the writes in order."""
+    root = tmp_path / "store"
+    r1, r2 = handle(root, "run-1", actor="alice"), handle(root, "run-2")
+    writes = []  # (scope, namespace, key, version, operation, run id)
+
+    def log(scope, ns, key, version, op, run):
+        writes.append((scope, ns, key, version, op, run))
+
+    r1.set("a", 1)
+    log("dag", "d", "a", 1, "set", "run-1")
+    r2.set("b", 2, scope="global")
+    log("global", "_", "b", 1, "set", "run-2")
+    r1.set("c", 3, scope="custom", namespace="n1")
+    log("custom", "n1", "c", 1, "set", "run-1")
+    r2.set("c", 4, scope="custom", namespace="n2")
+    log("custom", "n2", "c", 1, "set", "run-2")
+    r1.set("a", 5, reason="why")
+    log("dag", "d", "a", 2, "set", "run-1")
+    r2.delete("a")
+    log("dag", "d", "a", 3, "delete", "run-2")
+    r1.rollback("a", to_version=2)
+    log("dag", "d", "a", 4, "rollback", "run-1")
+    r2.set("x", 6, scope="root_dag", namespace="d")
+    log("root_dag", "d", "x", 1, "set", "run-2")
+    r1.set("a", 7, scope="custom", namespace="d")
+    log("custom", "d", "a", 1, "set", "run-1")
+    return root, writes
+
+
+def ident(record):
+    return (
+        record.scope,
+        record.namespace,
+        record.key,
+        record.version,
+        record.operation,
+        record.run_id,
+    )
+
+
+def test_audit_lists_every_write_newest_first(populated):
+    root, writes = populated
+    records = list(audit(handle(root)))
+    assert [ident(r) for r in records] == writes[::-1]
+    times = [r.time_ns for r in records]
+    assert times == sorted(times, reverse=True)
+    for r in records:
+        assert r.time == rfc3339(r.time_ns)
+        assert r.pid == os.getpid()
+        assert r.step_name == "st"
+    by = {(r.scope, r.namespace, r.key, r.version): r for r in records}
+    assert by["dag", "d", "a", 2].reason == "why"
+    assert by["dag", "d", "a", 2].actor == "alice"
+    assert by["dag", "d", "a", 3].hash == ""
+    assert by["dag", "d", "a", 4].rollback_from == 2
+    assert by["dag", "d", "a", 4].hash == by["dag", "d", "a", 2].hash != ""
+
+
+def test_audit_record_json_omits_empty_fields(populated):
+    root, _ = populated
+    records = list(audit(handle(root), scope="dag"))
+    delete = next(r for r in records if r.operation == "delete")
+    line = msgspec.json.decode(msgspec.json.encode(delete))
+    assert list(line)[:7] == ["scope", "namespace", "key", "version", "operation", "time", "timeNs"]
+    assert "hash" not in line
+    assert "rollbackFrom" not in line
+    assert line["runId"] == "run-2"
+    assert line["stepName"] == "st"
+
+
+def test_audit_is_lazy(populated):
+    root, _ = populated
+    it = audit(handle(root))
+    assert isinstance(it, types.GeneratorType)
+    first = next(it)
+    assert isinstance(first, AuditRecord)
+    assert (first.scope, first.key) == ("custom", "a")
+
+
+@pytest.mark.parametrize(
+    ("filters", "pick"),
+    [
+        ({"scope": "dag"}, lambda w: w[0] == "dag"),
+        ({"scope": "custom"}, lambda w: w[0] == "custom"),
+        ({"scope": "global"}, lambda w: w[0] == "global"),
+        ({"namespace": "d"}, lambda w: w[1] == "d"),
+        ({"namespace": "n2"}, lambda w: w[1] == "n2"),
+        ({"scope": "custom", "namespace": "d"}, lambda w: w[:2] == ("custom", "d")),
+        ({"run_id": "run-1"}, lambda w: w[5] == "run-1"),
+        ({"run_id": "nobody"}, lambda w: False),
+        ({"scope": "dag", "run_id": "run-2"}, lambda w: w[0] == "dag" and w[5] == "run-2"),
+        ({"namespace": "d", "run_id": "run-1"}, lambda w: w[1] == "d" and w[5] == "run-1"),
+        ({"namespace": "nothing"}, lambda w: False),
+    ],
+)
+def test_audit_filters(populated, filters, pick):
+    root, writes = populated
+    got = [ident(r) for r in audit(handle(root), **filters)]
+    assert got == [w for w in writes[::-1] if pick(w)]
+
+
+def test_audit_time_bounds_are_inclusive(populated):
+    root, writes = populated
+    s = handle(root)
+    records = list(audit(s))
+    times = [r.time_ns for r in records]  # newest first
+    assert len(set(times)) == len(times), "writes got equal timestamps"
+    middle = times[4]
+    since = [ident(r) for r in audit(s, since_ns=middle)]
+    assert since == [ident(r) for r in records[:5]]
+    until = [ident(r) for r in audit(s, until_ns=middle)]
+    assert until == [ident(r) for r in records[4:]]
+    both = [ident(r) for r in audit(s, since_ns=times[6], until_ns=times[2])]
+    assert both == [ident(r) for r in records[2:7]]
+    assert [ident(r) for r in audit(s, since_ns=middle, until_ns=middle)] == [ident(records[4])]
+    assert list(audit(s, since_ns=times[0] + 1)) == []
+    assert list(audit(s, until_ns=times[-1] - 1)) == []
+    assert list(audit(s, since_ns=times[2], until_ns=times[6])) == []
+    combined = [ident(r) for r in audit(s, since_ns=times[6], run_id="run-1", scope="dag")]
+    assert combined == [
+        ident(r)
+        for r in records[:7]
+        if r.scope == "dag" and r.run_id == "run-1"
+    ]
+    assert len(combined) == 2
+
+
+def test_audit_of_an_empty_store(tmp_path):
+    assert list(audit(handle(tmp_path / "store"))) == []
+
+
+def test_audit_merges_many_keys_with_long_histories(tmp_path):
+    s = handle(tmp_path / "store")
+    order = []
+    for i in range(60):
+        key = f"k{i % 7}"
+        s.set(key, i)
+        order.append((key, i))
+    got = [(r.key, r.version) for r in audit(s)]
+    expected_versions = {}
+    expected = []
+    for key, _ in order:
+        expected_versions[key] = expected_versions.get(key, 0) + 1
+        expected.append((key, expected_versions[key]))
+    assert got == expected[::-1]
+
+
+def test_audit_rejects_bad_filters(tmp_path):
+    s = handle(tmp_path / "store")
+    with pytest.raises(InvalidRefError):
+        list(audit(s, scope="nope"))
+    with pytest.raises(InvalidRefError):
+        list(audit(s, namespace="a/b"))

@@ -1,0 +1,330 @@
+"""Importing a Dagu dag-state directory (castore/dagu.py)."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from castore import ConflictError, Store
+from castore.codec import normalize_json
+from castore.dagu import DaguImport, import_dagu, parse_go_time
+
+T0 = "2026-05-25T10:00:00.123456789Z"
+T1 = "2026-05-26T11:30:00.5Z"
+LONG_KEY = "k" * 125  # the longest key whose file name (2 * 125 + 5 = 255 bytes) Linux allows
+LONG_UTF8_KEY = "\u00e9" * 62 + "x"  # 125 UTF-8 bytes in 63 characters
+LONG_NAMESPACE = "n" * 127  # a 254-byte directory name
+TEMP_REASON = "temporary file left by an interrupted Dagu write"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def hexname(text):
+    return text.encode("utf-8").hex()
+
+
+def rel_path(scope, namespace, key, suffix=".json"):
+    return f"v1/{scope}/{hexname(namespace)}/{hexname(key)}{suffix}"
+
+
+def write_file(root, rel, data):
+    path = Path(root, rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return rel
+
+
+def dagu_record(
+    scope,
+    namespace,
+    key,
+    value,
+    version,
+    *,
+    created=T0,
+    updated=T1,
+    by=None,
+    hash_=None,
+    body_key=None,
+):
+    """The bytes Dagu writes: compact JSON, fields in Dagu's order, value embedded normalized."""
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    normalized = normalize_json(raw)
+    digest = hash_ or hashlib.sha256(normalized).hexdigest()
+    head = json.dumps(
+        {"scope": scope, "namespace": namespace, "key": body_key or key}, separators=(",", ":")
+    )[:-1].encode()
+    tail = {"version": version, "hash": digest, "created_at": created, "updated_at": updated}
+    if by is not None:
+        tail["updated_by"] = by
+    rest = json.dumps(tail, separators=(",", ":"), ensure_ascii=False)[1:].encode()
+    return head + b',"value":' + raw + b"," + rest
+
+
+class DaguDir:
+    """A Dagu dag-state directory built file by file, with the expected import outcome."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.imported = {}  # rel -> (scope, namespace, key, version, normalized value)
+        self.skipped = {}  # rel -> reason fragment
+
+    def record(self, scope, namespace, key, value, version, **kw):
+        data = dagu_record(scope, namespace, key, value, version, **kw)
+        rel = write_file(self.root, rel_path(scope, namespace, key), data)
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        self.imported[rel] = (scope, namespace, key, version, normalize_json(raw))
+        return rel
+
+    def bad(self, rel, data, reason):
+        write_file(self.root, rel, data)
+        self.skipped[rel] = reason
+        return rel
+
+
+BY = {"dag_name": "daily", "dag_run_id": "run-9", "attempt_id": "att-2", "step_name": "save"}
+
+
+def build_dagu_dir(root):
+    d = DaguDir(root)
+    d.record("dag", "daily", "cursor", {"last_id": 3}, 3, by=BY)
+    d.record("dag", "daily", "Cursor", "upper case twin", 1)
+    d.record("dag", "daily", "a:b<c>", {"windows": "a:b<c>?*|"}, 2, by={"dag_run_id": "r2"})
+    d.record("dag", "daily", "cursors/feed", b'{"n":1.2300,"h":"\\u003cb\\u003e"}', 5)
+    d.record("dag", "daily", LONG_KEY, [1, 2, 3], 7)
+    d.record("dag", "daily", LONG_UTF8_KEY, "long utf-8", 1)
+    d.record("dag", "daily", "spaced", b'{ "b" : 1,  "a" : [ 2 ] }', 4)  # hash is of normalized
+    d.record("dag", "daily", "null", None, 1)
+    d.record("dag", "daily", "file-name-wins", 1, 1, body_key="the body says otherwise")
+    d.record("custom", LONG_NAMESPACE, "k", "long namespace", 2)
+    d.record("global", "_", "g", True, 9, created="2026-01-01T00:00:00Z", updated=T0)
+    d.record(
+        "root_dag",
+        "root",
+        "offset",
+        1,
+        1,
+        created="2026-05-25T12:00:00.5+02:00",
+        updated="2026-05-25T12:00:00.5+02:00",
+    )
+    daily = hexname("daily")
+    d.bad(rel_path("dag", "daily", "cursor", ".json.tmp.12345"), b'{"partial', TEMP_REASON)
+    d.bad(rel_path("dag", "daily", "broken"), b"not json {", "corrupt record")
+    d.bad(rel_path("dag", "daily", "empty"), b"", "corrupt record")
+    d.bad(
+        rel_path("dag", "daily", "tampered"),
+        dagu_record("dag", "daily", "tampered", {"x": 1}, 2, hash_="0" * 64),
+        "hash mismatch",
+    )
+    d.bad(
+        rel_path("dag", "daily", "zero"),
+        dagu_record("dag", "daily", "zero", 1, 0),
+        "bad version",
+    )
+    d.bad(
+        rel_path("dag", "daily", "badtime"),
+        dagu_record("dag", "daily", "badtime", 1, 1, updated="yesterday"),
+        "corrupt record",
+    )
+    d.bad(
+        rel_path("dag", "daily", "../escape"),
+        dagu_record("dag", "daily", "../escape", 1, 1),
+        "valid namespace and key",
+    )
+    d.bad(f"v1/dag/{daily}/zz.json", b"{}", "valid namespace and key")
+    d.bad(f"v1/dag/{daily}/notes.txt", b"hello", "not a Dagu state record")
+    d.bad(rel_path("weird", "daily", "k"), dagu_record("weird", "daily", "k", 1, 1), "scope")
+    # Dagu's lock directory sits beside v1/ and is not state.
+    write_file(root, ".dagu_record_locks/ab/.dagu_lock/owner", b"host-1-abc")
+    return d
+
+
+def digest_tree(root):
+    out = {}
+    for base, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(base, name), root) + "/"] = "dir"
+        for name in files:
+            with open(os.path.join(base, name), "rb") as fh:
+                out[os.path.relpath(os.path.join(base, name), root)] = hashlib.sha256(
+                    fh.read()
+                ).hexdigest()
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "store", dag="daily", durable=False)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def dagu(tmp_path):
+    return build_dagu_dir(tmp_path / "dag-state")
+
+
+def run_import(store, root):
+    outcomes = list(import_dagu(store, str(root)))
+    for o in outcomes:
+        assert isinstance(o, DaguImport)
+    return {o.file: o for o in outcomes}
+
+
+def test_parse_go_time():
+    assert parse_go_time("1970-01-01T00:00:00Z") == 0
+    assert parse_go_time("1970-01-01T00:00:01.5Z") == 1_500_000_000
+    assert parse_go_time("2026-05-25T10:00:00.123456789Z") == 1779703200_123456789
+    assert parse_go_time("2026-05-25T12:00:00.123456789+02:00") == 1779703200_123456789
+    assert parse_go_time("2026-05-25T07:30:00.123456789-02:30") == 1779703200_123456789
+    assert parse_go_time("1969-12-31T23:59:59.5Z") == -500_000_000
+    for bad in ("2026-05-25", "2026-05-25T10:00:00", "yesterday", "2026-13-01T00:00:00Z", ""):
+        with pytest.raises(ValueError):
+            parse_go_time(bad)
+
+
+def test_import_dagu_outcomes(store, dagu):
+    store.set("existing", "castore wins")
+    existing = dagu.record("dag", "daily", "existing", "dagu loses", 4)
+    del dagu.imported[existing]
+    dagu.skipped[existing] = "key exists in castore"
+    got = run_import(store, dagu.root)
+    assert set(got) == set(dagu.imported) | set(dagu.skipped)
+    for rel, (scope, namespace, key, version, _) in dagu.imported.items():
+        o = got[rel]
+        assert (o.status, o.reason) == ("imported", ""), (rel, o)
+        assert (o.scope, o.namespace, o.key, o.version) == (scope, namespace, key, version)
+    for rel, reason in dagu.skipped.items():
+        assert got[rel].status == "skipped", rel
+        assert reason in got[rel].reason, (rel, got[rel].reason)
+    assert got[existing].key == "existing"
+    assert store.get("existing").value == "castore wins"
+    assert store.get("existing").version == 1
+
+
+def test_imported_records_read_back(store, dagu):
+    run_import(store, dagu.root)
+    for scope, namespace, key, version, normalized in dagu.imported.values():
+        g = store.get(key, scope=scope, namespace=namespace)
+        assert (g.found, g.version, g.value_json) == (True, version, normalized), key
+        assert g.hash == hashlib.sha256(normalized).hexdigest()
+        assert store.get(key, scope=scope, namespace=namespace, version=version).found
+        (entry,) = store.history(key, scope=scope, namespace=namespace).entries
+        assert (entry.version, entry.operation) == (version, "set")
+        assert entry.reason == "imported from Dagu"
+    assert store.get("Cursor").value == "upper case twin"
+    assert store.get("cursor").value == {"last_id": 3}
+    assert store.get("file-name-wins").value == 1
+    assert store.get("spaced").value_json == b'{"a":[2],"b":1}'
+    assert store.get("cursors/feed").value_json == b'{"h":"\\u003cb\\u003e","n":1.2300}'
+    assert store.get("null").value_json == b"null"
+
+
+def test_imported_times_and_updated_by(store, dagu):
+    run_import(store, dagu.root)
+    (entry,) = store.history("cursor").entries
+    assert entry.time == T1
+    assert (entry.dag_name, entry.run_id, entry.attempt, entry.step_name) == (
+        "daily",
+        "run-9",
+        "att-2",
+        "save",
+    )
+    assert store.history("a:b<c>").entries[0].run_id == "r2"
+    assert store.history("Cursor").entries[0].run_id == ""
+    listed = {e.key: e for e in store.list().entries}
+    assert (listed["cursor"].created_at, listed["cursor"].updated_at) == (T0, T1)
+    assert listed[LONG_KEY].version == 7
+    g = store.list(scope="global").entries[0]
+    assert (g.created_at, g.updated_at, g.version) == ("2026-01-01T00:00:00Z", T0, 9)
+    r = store.list(scope="root_dag", namespace="root").entries[0]
+    assert (r.created_at, r.updated_at) == ("2026-05-25T10:00:00.5Z", "2026-05-25T10:00:00.5Z")
+    assert "file-name-wins" in listed
+    assert "the body says otherwise" not in listed
+    assert set(listed) == {
+        "Cursor",
+        "a:b<c>",
+        "cursor",
+        "cursors/feed",
+        "file-name-wins",
+        LONG_KEY,
+        LONG_UTF8_KEY,
+        "null",
+        "spaced",
+    }
+
+
+def test_expected_version_keeps_working_after_import(store, dagu):
+    run_import(store, dagu.root)
+    with pytest.raises(ConflictError) as exc:
+        store.set("cursor", {"last_id": 4}, expected_version=1)
+    assert exc.value.actual == 3
+    r = store.set("cursor", {"last_id": 4}, expected_version=3)
+    assert (r.version, r.created) == (4, False)
+    assert [e.version for e in store.history("cursor").entries] == [4, 3]
+    assert store.list().entries[1].created_at == T0  # the incarnation Dagu created
+    assert store.diff("cursors/feed", {"n": 2}, expected_version=5).version == 6
+    assert store.set("k", 1, scope="custom", namespace=LONG_NAMESPACE, expected_version=2).version == 3
+    with pytest.raises(Exception, match="no version 1"):
+        store.get("cursor", version=1)
+    with pytest.raises(Exception, match="no version 2"):
+        store.rollback("cursor", to_version=2)
+    assert store.rollback("cursor", to_version=3).hash == hashlib.sha256(b'{"last_id":3}').hexdigest()
+
+
+def test_import_dagu_history_paging_with_a_gap(store, dagu):
+    run_import(store, dagu.root)
+    for i in range(3):
+        store.set("cursor", i)
+    first = store.history("cursor", limit=2)
+    assert [e.version for e in first.entries] == [6, 5]
+    second = store.history("cursor", limit=2, before_version=first.next_before_version)
+    assert [e.version for e in second.entries] == [4, 3]
+    rest = store.history("cursor", limit=2, before_version=second.next_before_version)
+    assert rest.entries == []
+    assert rest.next_before_version == 0
+
+
+def test_import_dagu_never_modifies_the_source(store, dagu):
+    before = digest_tree(dagu.root)
+    stat_before = {
+        p: os.stat(os.path.join(dagu.root, p)).st_mtime_ns for p in before if not p.endswith("/")
+    }
+    run_import(store, dagu.root)
+    run_import(store, dagu.root)
+    assert digest_tree(dagu.root) == before
+    for p, mtime in stat_before.items():
+        assert os.stat(os.path.join(dagu.root, p)).st_mtime_ns == mtime
+
+
+def test_second_import_skips_what_exists(store, dagu):
+    run_import(store, dagu.root)
+    again = run_import(store, dagu.root)
+    for rel in dagu.imported:
+        assert (again[rel].status, again[rel].reason) == ("skipped", "key exists in castore")
+    for rel in dagu.skipped:
+        assert again[rel].status == "skipped"
+    assert store.get("cursor").version == 3
+    assert len(store.history("cursor").entries) == 1
+
+
+def test_import_dagu_accepts_the_v1_directory_itself(store, dagu):
+    got = run_import(store, dagu.root / "v1")
+    assert store.get("cursor").version == 3
+    assert any(o.status == "imported" for o in got.values())
+
+
+def test_import_dagu_of_an_empty_or_missing_directory(store, tmp_path):
+    (tmp_path / "empty" / "v1").mkdir(parents=True)
+    assert run_import(store, tmp_path / "empty") == {}
+    with pytest.raises(OSError):
+        list(import_dagu(store, str(tmp_path / "missing")))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError):
+        list(import_dagu(store, str(tmp_path / "file")))

@@ -1,0 +1,361 @@
+"""Export and import of a store's full history (castore/transfer.py)."""
+
+import json
+import os
+
+import pytest
+
+from castore import ConflictError, InvalidValueError, Store
+from castore.codec import hexdigest, normalize_json
+from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
+from castore.records import KIND_BLOB
+from tests.helpers import frames_of, tree
+
+HEADER = b'{"format":"castore-export","version":1}\n'
+LONG_KEY = "long/" + "\u00e9" * 2045  # 4,095 UTF-8 bytes (limit 4,096)
+UNICODE_KEY = "caf\u00e9/\U0001f600/\u65e5\u672c"
+BIG = {"text": "lorem ipsum dolor " * 30_000, "rows": [{"id": i, "tags": ["a"]} for i in range(200)]}
+
+
+ENV_VARS = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def new_store(path, **kw):
+    return Store(path, dag="d", durable=False, **kw)
+
+
+def populate(s):
+    """A store with tombstones, rollbacks, several scopes, odd keys and values."""
+    s.set("cursor", {"last_id": 1})
+    s.set("cursor", {"last_id": 2}, reason="bump")
+    s.delete("cursor", reason="reset")
+    s.rollback("cursor", to_version=1)
+    s.rollback("cursor", to_version=3)  # rolls back to the tombstone: a delete
+    s.set("cursor", {"last_id": 3})
+    s.set("null", None)
+    s.set("numbers", b'{"x":1.2300,"y":-0.0,"z":1e400,"big":123456789012345678901234567890}')
+    s.set("html", "<&>\u2028")
+    s.set(UNICODE_KEY, "\u00e9\U0001f600")
+    s.set(LONG_KEY, [1, 2])
+    s.set("Cursor", "case variant")
+    s.set("big", BIG)
+    s.set("big-twin", BIG)  # deduplicated against big's blob
+    s.set("gone", 1)
+    s.delete("gone")
+    s.set("k", "global", scope="global")
+    s.set("k", "custom a", scope="custom", namespace="a")
+    s.set("k", "custom \u00e9", scope="custom", namespace="\u00e9")
+    s.set("k", "root", scope="root_dag", namespace="root")
+    s.set("a:b<c>", "windows", scope="custom", namespace="a")
+
+
+def blob_count(path):
+    return sum(1 for f in frames_of(path)[0] if f.kind == KIND_BLOB)
+
+
+def snapshot(root):
+    out = {}
+    for rel in tree(root):
+        with open(os.path.join(root, rel), "rb") as fh:
+            out[rel] = fh.read()
+    return out
+
+
+def export_bytes(s, **kw):
+    return b"".join(export_lines(s, **kw))
+
+
+def lines_reader(data):
+    return lambda: iter(data.splitlines(keepends=True))
+
+
+def records(data):
+    return [json.loads(line) for line in data.splitlines()[1:]]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Built once: tests only read it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ENV_VARS:
+            mp.delenv(name, raising=False)
+        s = new_store(tmp_path_factory.mktemp("src"), actor="alice", run_id="run-1", step="save")
+        populate(s)
+    return s
+
+
+def test_export_format(source):
+    data = export_bytes(source)
+    assert data.startswith(HEADER)
+    assert json.loads(data.splitlines()[0]) == {"format": EXPORT_FORMAT, "version": EXPORT_VERSION}
+    assert data.endswith(b"\n")
+    recs = records(data)
+    refs = [(r["scope"], r["namespace"], r["key"]) for r in recs]
+    # Refs come in byte-wise order, each ref's versions oldest first and contiguous.
+    order = []
+    for ref in refs:
+        if not order or order[-1] != ref:
+            order.append(ref)
+    assert len(order) == len(set(order))
+    assert order == sorted(order, key=lambda r: tuple(part.encode() for part in r))
+    cursor = [r for r in recs if r["key"] == "cursor" and r["scope"] == "dag"]
+    assert [r["version"] for r in cursor] == [1, 2, 3, 4, 5, 6]
+    assert [r["op"] for r in cursor] == ["set", "set", "delete", "rollback", "delete", "set"]
+    assert "value" not in cursor[2]
+    assert "hash" not in cursor[2]
+    assert cursor[3]["audit"]["rollback_from"] == 1
+    assert cursor[4]["audit"]["rollback_from"] == 3
+    assert cursor[1]["audit"]["reason"] == "bump"
+    assert cursor[0]["audit"]["actor"] == "alice"
+    assert cursor[0]["audit"]["run_id"] == "run-1"
+    assert cursor[0]["created_ns"] == cursor[1]["created_ns"] > 0
+    for r in recs:
+        assert set(r) <= {
+            "scope",
+            "namespace",
+            "key",
+            "version",
+            "op",
+            "time_ns",
+            "created_ns",
+            "hash",
+            "audit",
+            "value",
+        }
+        if r["op"] != "delete" and r["key"] != "numbers":  # json would turn 1e400 into inf
+            assert hexdigest(normalize_json(json.dumps(r["value"]))) == r["hash"]
+    # Number literals survive verbatim.
+    numbers = next(line for line in data.splitlines() if b'"key":"numbers"' in line)
+    assert b'"value":{"big":123456789012345678901234567890,"x":1.2300,"y":-0.0,"z":1e400}' in (
+        numbers
+    )
+    null = next(line for line in data.splitlines() if b'"key":"null"' in line)
+    assert null.endswith(b'"value":null}')
+
+
+def test_round_trip_is_byte_identical(source, tmp_path):
+    data = export_bytes(source)
+    copy = new_store(tmp_path / "copy")
+    report = import_lines(copy, lines_reader(data))
+    n_refs = len({(r["scope"], r["namespace"], r["key"]) for r in records(data)})
+    assert (report.refs, report.versions) == (n_refs, len(records(data)))
+    assert (report.skipped_refs, report.overwritten_refs) == ([], [])
+    assert export_bytes(copy) == data
+    assert export_bytes(new_store(copy.root)) == data  # a fresh handle too
+    # And a third generation.
+    third = new_store(tmp_path / "third")
+    import_lines(third, lines_reader(export_bytes(copy)))
+    assert export_bytes(third) == data
+
+
+def test_imported_store_behaves_like_the_source(source, tmp_path):
+    copy = new_store(tmp_path / "copy")
+    import_lines(copy, lines_reader(export_bytes(source)))
+    for key in ("cursor", "null", "numbers", UNICODE_KEY, LONG_KEY, "big", "big-twin", "Cursor"):
+        a, b = source.get(key), copy.get(key)
+        assert (a.found, a.version, a.hash, a.value_json) == (b.found, b.version, b.hash, b.value_json)
+    assert copy.get("gone").found is False
+    assert copy.get("gone", version=1).value == 1
+    assert copy.get("cursor", version=2).value == {"last_id": 2}
+    assert copy.history("cursor") == source.history("cursor")
+    assert copy.list() == source.list()
+    assert copy.list(scope="custom", namespace="a") == source.list(scope="custom", namespace="a")
+    # The history continues after the import.
+    assert copy.set("cursor", 9, expected_version=6).version == 7
+    assert copy.rollback("cursor", to_version=2).hash == source.get("cursor", version=2).hash
+    # A big value is stored once in the copy too.
+    big_log = copy.backend.log_path(copy.ref("big"))
+    twin_log = copy.backend.log_path(copy.ref("big-twin"))
+    assert (blob_count(big_log), blob_count(twin_log)) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pick"),
+    [
+        ({"scope": "custom"}, lambda r: r["scope"] == "custom"),
+        ({"scope": "dag"}, lambda r: r["scope"] == "dag"),
+        ({"namespace": "a"}, lambda r: r["namespace"] == "a"),
+        ({"scope": "custom", "namespace": "\u00e9"}, lambda r: r["namespace"] == "\u00e9"),
+        ({"scope": "global", "namespace": "a"}, lambda r: False),
+    ],
+)
+def test_export_filters(source, kwargs, pick):
+    full = records(export_bytes(source))
+    part = export_bytes(source, **kwargs)
+    assert part.startswith(HEADER)
+    assert records(part) == [r for r in full if pick(r)]
+
+
+def test_export_rejects_bad_filters(source):
+    with pytest.raises(ValueError, match="scope"):
+        export_bytes(source, scope="nope")
+    with pytest.raises(ValueError, match="namespace"):
+        export_bytes(source, namespace="a/b")
+
+
+def test_import_refuses_existing_keys_and_imports_nothing(source, tmp_path):
+    data = export_bytes(source)
+    target = new_store(tmp_path / "target")
+    target.set("null", "mine")  # conflicts
+    before = snapshot(target.root)
+    with pytest.raises(ConflictError) as exc:
+        import_lines(target, lines_reader(data))
+    assert "null" in str(exc.value)
+    assert snapshot(target.root) == before
+    assert target.get("cursor").found is False
+    assert target.history("cursor").entries == []
+    assert target.get("null").value == "mine"
+
+
+def test_import_conflicts_with_a_deleted_key(source, tmp_path):
+    target = new_store(tmp_path / "target")
+    target.set("cursor", 1)
+    target.delete("cursor")
+    with pytest.raises(ConflictError):
+        import_lines(target, lines_reader(export_bytes(source)))
+    assert target.get("big").found is False
+
+
+def test_import_skip_leaves_existing_keys(source, tmp_path):
+    data = export_bytes(source)
+    target = new_store(tmp_path / "target")
+    target.set("null", "mine")
+    target.set("k", "mine too", scope="global")
+    report = import_lines(target, lines_reader(data), on_conflict="skip")
+    assert sorted(report.skipped_refs) == ["dag/d/null", "global/_/k"]
+    assert report.overwritten_refs == []
+    assert target.get("null").value == "mine"
+    assert [e.version for e in target.history("null").entries] == [1]
+    assert target.get("k", scope="global").value == "mine too"
+    assert target.get("big").value == BIG
+    assert target.get("cursor").version == 6
+
+
+def test_import_overwrite_replaces_history_and_keeps_shared_blobs(tmp_path):
+    big = {"blob": ["shared value"] * 20_000}
+    target = new_store(tmp_path / "target")
+    target.set("a", big)  # the blob lives in a's log
+    target.set("b", big)  # b points at a's log
+    target.set("a", 1)
+    src = new_store(tmp_path / "src")
+    src.set("a", "new history")
+    src.set("a", [2])
+    src.set("c", 3)
+    report = import_lines(target, lines_reader(export_bytes(src)), on_conflict="overwrite")
+    assert (report.refs, report.versions) == (2, 3)
+    assert report.overwritten_refs == ["dag/d/a"]
+    assert report.skipped_refs == []
+    for s in (target, new_store(target.root)):
+        assert [e.version for e in s.history("a").entries] == [2, 1]
+        assert s.get("a").value == [2]
+        assert s.get("a", version=1).value == "new history"
+        assert s.get("b").value == big  # deduplicated against a's old blob
+        assert s.get("c").value == 3
+        assert export_bytes(s, namespace="d").count(b'"key":"a"') == 2
+    fresh = new_store(target.root)
+    assert fresh.set("a", 4, expected_version=2).version == 3
+    assert fresh.set("b", big).version == 2
+    assert new_store(target.root).get("b", version=1).value == big
+
+
+def test_import_overwrite_of_the_key_holding_a_rollback_source(tmp_path):
+    """A value shared by another key is still readable after the overwrite, then re-deduplicated."""
+    target = new_store(tmp_path / "target")
+    value = {"text": "x" * 5000}
+    target.set("a", value)
+    target.set("b", value)
+    target.set("b", 0)
+    src = new_store(tmp_path / "src")
+    src.set("a", "other")
+    import_lines(target, lines_reader(export_bytes(src)), on_conflict="overwrite")
+    fresh = new_store(target.root)
+    assert fresh.rollback("b", to_version=1).hash == hexdigest(normalize_json(b'{"text":"' + b"x" * 5000 + b'"}'))
+    assert new_store(target.root).get("b").value == value
+
+
+def bad(data_lines):
+    return b"\n".join(data_lines) + b"\n"
+
+
+GOOD_1 = (
+    b'{"scope":"dag","namespace":"d","key":"ok","version":1,"op":"set","time_ns":1,'
+    b'"created_ns":1,"hash":"' + hexdigest(b"1").encode() + b'","value":1}'
+)
+GOOD_2 = (
+    b'{"scope":"dag","namespace":"d","key":"ok","version":2,"op":"set","time_ns":2,'
+    b'"created_ns":1,"hash":"' + hexdigest(b"2").encode() + b'","value":2}'
+)
+OTHER = (
+    b'{"scope":"dag","namespace":"d","key":"other","version":1,"op":"set","time_ns":3,'
+    b'"created_ns":3,"hash":"' + hexdigest(b"3").encode() + b'","value":3}'
+)
+
+
+def replace_in(line, old, new):
+    assert old in line
+    return line.replace(old, new)
+
+
+MALFORMED = {
+    "empty file": b"",
+    "header not json": bad([b"castore-export 1", GOOD_1]),
+    "wrong format": bad([b'{"format":"other","version":1}', GOOD_1]),
+    "wrong version": bad([b'{"format":"castore-export","version":2}', GOOD_1]),
+    "header missing": bad([GOOD_1, OTHER]),
+    "bad json line": bad([HEADER.strip(), GOOD_1, b'{"scope":"dag",', OTHER]),
+    "hash mismatch": bad([HEADER.strip(), GOOD_1, replace_in(GOOD_2, b'"value":2', b'"value":7')]),
+    "same version twice": bad([HEADER.strip(), GOOD_1, GOOD_1]),
+    "versions decreasing": bad([HEADER.strip(), GOOD_2, GOOD_1]),
+    "ref not contiguous": bad([HEADER.strip(), GOOD_1, OTHER, GOOD_2]),
+    "unknown op": bad([HEADER.strip(), replace_in(GOOD_1, b'"op":"set"', b'"op":"put"')]),
+    "delete with value": bad(
+        [HEADER.strip(), GOOD_1, replace_in(GOOD_2, b'"op":"set"', b'"op":"delete"')]
+    ),
+    "set without value": bad([HEADER.strip(), replace_in(GOOD_1, b',"value":1', b"")]),
+    "bad key": bad([HEADER.strip(), GOOD_1, replace_in(OTHER, b'"key":"other"', b'"key":"../x"')]),
+    "bad scope": bad([HEADER.strip(), replace_in(OTHER, b'"scope":"dag"', b'"scope":"DAG"')]),
+    "missing field": bad([HEADER.strip(), replace_in(OTHER, b'"version":1,', b"")]),
+    "version zero": bad([HEADER.strip(), replace_in(OTHER, b'"version":1', b'"version":0')]),
+    "value not json": bad([HEADER.strip(), GOOD_1, replace_in(OTHER, b'"value":3', b'"value":03')]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_exports_import_nothing(tmp_path, name):
+    target = new_store(tmp_path / "target")
+    with pytest.raises(InvalidValueError):
+        import_lines(target, lines_reader(MALFORMED[name]))
+    assert target.get("ok").found is False
+    assert target.get("other").found is False
+    assert not os.path.exists(os.path.join(target.root, "refs", "dag"))
+
+
+def test_valid_hand_written_export_imports(tmp_path):
+    target = new_store(tmp_path / "target")
+    report = import_lines(target, lines_reader(bad([HEADER.strip(), GOOD_1, GOOD_2, b"", OTHER])))
+    assert (report.refs, report.versions) == (2, 3)
+    assert target.get("ok").value == 2
+    assert [e.time for e in target.history("ok").entries] == [
+        "1970-01-01T00:00:00.000000002Z",
+        "1970-01-01T00:00:00.000000001Z",
+    ]
+
+
+def test_import_calls_read_twice_and_validates_before_writing(tmp_path):
+    calls = []
+    data = bad([HEADER.strip(), GOOD_1, OTHER])
+
+    def read():
+        calls.append(1)
+        return iter(data.splitlines(keepends=True))
+
+    target = new_store(tmp_path / "target")
+    import_lines(target, read)
+    assert len(calls) == 2
+    assert target.get("other").value == 3
