@@ -47,6 +47,7 @@ class BlobIndex:
     def __init__(self, root: str) -> None:
         self.dir = os.path.join(root, "index")
         self._shards: dict[str, tuple[int, int, dict[bytes, BlobLoc]]] = {}
+        self._dir_made = False
 
     def _path(self, digest: bytes) -> str:
         return os.path.join(self.dir, f"{digest[0]:02x}.idx")
@@ -85,8 +86,9 @@ class BlobIndex:
         for digest, loc in items:
             payload = b"".join((digest, _LOC.pack(loc.offset, loc.length), loc.log.encode()))
             shards.setdefault(self._path(digest), []).append(encode_frame(KIND_INDEX, payload))
-        if shards:
+        if shards and not self._dir_made:
             os.makedirs(self.dir, exist_ok=True)
+            self._dir_made = True
         for path, frames in shards.items():
             data = b"".join(frames)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
