@@ -25,6 +25,7 @@ __all__ = [
     "fsync_dir",
     "locked",
     "makedirs_durable",
+    "open_locked",
     "read_at",
 ]
 
@@ -74,6 +75,34 @@ def locked(
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def open_locked(path: str, flags: int, *, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[int]:
+    """Open ``path`` and hold its exclusive flock, on the file the path names *now*.
+
+    A log may be replaced by rename (compaction, repair, import) while we
+    wait for its lock; then our descriptor points at the old, unlinked file
+    and anything appended to it would be lost. So after taking the lock we
+    check that the path still names our file, and otherwise start again.
+
+    Raises:
+        LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, flags, 0o644)
+        try:
+            with locked(fd, path, timeout=max(0.0, deadline - time.monotonic())):
+                try:
+                    same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    yield fd
+                    return
+        finally:
+            os.close(fd)
 
 
 def read_at(fd: int, offset: int, size: int) -> bytes:

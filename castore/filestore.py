@@ -127,55 +127,49 @@ class FileBackend(FileReader):
         path = self.log_path(ref)
         nsdir = os.path.dirname(path)
         self._ensure_dir(nsdir)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            with _fs.locked(fd, path, timeout=self.lock_timeout):
-                size = os.fstat(fd).st_size
-                tail = reflog.read_tail(fd, size)
-                if tail is None or tail.valid_end < size:
-                    tail = reflog.scan(fd)[0]
-                    os.ftruncate(fd, tail.valid_end)  # drop the torn tail (FORMAT.md §7)
-                    size = tail.valid_end
-                previous = tail.entry
-                decided = decide(previous, LogView(self, ref, fd, tail))
-                if not decided:
-                    return previous, []
-                plans = decided if isinstance(decided, list) else [decided]
-                with self._gc_shared() as share:
-                    data, entries, starts, new_blobs = self._frames(
-                        ref, path, size, previous, plans, share
-                    )
-                    if size == 0:
-                        index = self._key_index(ref.scope, ref.namespace)
-                        index.refresh()
-                        if ref.key not in index:
-                            index.add(ref.key, ref.namespace, durable=self.durable)
-                    _fs.failpoint("before-append")
-                    _fs.append(fd, data, durable=self.durable)
-                    _fs.failpoint("after-append")
-                if size == 0 and self.durable:
-                    _fs.fsync_dir(nsdir)
-                own = self.rel(path)
-                self._blobs.add_many(
-                    [
-                        (bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length))
-                        for h, loc in new_blobs
-                    ],
-                    durable=False,
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+        with _fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
+            size = os.fstat(fd).st_size
+            tail = reflog.read_tail(fd, size)
+            if tail is None or tail.valid_end < size:
+                tail = reflog.scan(fd)[0]
+                os.ftruncate(fd, tail.valid_end)  # drop the torn tail (FORMAT.md §7)
+                size = tail.valid_end
+            previous = tail.entry
+            decided = decide(previous, LogView(self, ref, fd, tail))
+            if not decided:
+                return previous, []
+            plans = decided if isinstance(decided, list) else [decided]
+            with self._gc_shared() as share:
+                data, entries, starts, new_blobs = self._frames(
+                    ref, path, size, previous, plans, share
                 )
-                before = (previous.version, tail.entry_start) if previous is not None else None
-                versions.record(
-                    versions.vix_path(path),
-                    before,
-                    [(e.version, start) for e, start in zip(entries, starts, strict=True)],
-                    fd,
-                )
-                st = os.fstat(fd)
-                sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                self._cache[path] = (sig, Current(entries[-1], plans[-1].normalized))
-                return previous, entries
-        finally:
-            os.close(fd)
+                if size == 0:
+                    index = self._key_index(ref.scope, ref.namespace)
+                    index.refresh()
+                    if ref.key not in index:
+                        index.add(ref.key, ref.namespace, durable=self.durable)
+                _fs.failpoint("before-append")
+                _fs.append(fd, data, durable=self.durable)
+                _fs.failpoint("after-append")
+            if size == 0 and self.durable:
+                _fs.fsync_dir(nsdir)
+            own = self.rel(path)
+            self._blobs.add_many(
+                [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs],
+                durable=False,
+            )
+            before = (previous.version, tail.entry_start) if previous is not None else None
+            versions.record(
+                versions.vix_path(path),
+                before,
+                [(e.version, start) for e, start in zip(entries, starts, strict=True)],
+                fd,
+            )
+            st = os.fstat(fd)
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            self._cache[path] = (sig, Current(entries[-1], plans[-1].normalized))
+            return previous, entries
 
     def replace(self, ref: Ref, plans: list[Write]) -> list[Entry]:
         """Replace a ref's whole history with ``plans`` (an import's overwrite).
@@ -189,64 +183,58 @@ class FileBackend(FileReader):
         path = self.log_path(ref)
         nsdir = os.path.dirname(path)
         self._ensure_dir(nsdir)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            with _fs.locked(fd, path, timeout=self.lock_timeout):
-                carried = [f for f in reflog.scan(fd)[1] if f.kind == KIND_BLOB]
-                header = Header(
-                    format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key
-                )
-                head = encode_frame(KIND_HEADER, encode_record(header))
-                parts = [head]
-                offset = len(head)
-                moved: list[tuple[bytes, BlobLoc]] = []
-                for frame in carried:
-                    raw = encode_frame(KIND_BLOB, frame.payload)
-                    moved.append((frame.payload[:32], BlobLoc("", offset, len(raw))))
-                    parts.append(raw)
-                    offset += len(raw)
-                own = self.rel(path)
-                self._blobs.add_many(
-                    [(d, BlobLoc(own, loc.offset, loc.length)) for d, loc in moved],
-                    durable=self.durable,  # before the rename: stale hints must find them
-                )
-                known = {d.hex(): loc for d, loc in moved}
-                data, _, _, new_blobs = self._frames(
-                    ref, path, offset, None, plans, lambda: False, known=known
-                )
-                tmp = f"{path}.{os.getpid()}.tmp"
-                tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    _fs.append(tfd, b"".join(parts) + data, durable=self.durable)
-                finally:
-                    os.close(tfd)
-                _fs.failpoint("before-replace")
-                os.replace(tmp, path)
-                if self.durable:
-                    _fs.fsync_dir(nsdir)
-                self._blobs.add_many(
-                    [
-                        (bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length))
-                        for h, loc in new_blobs
-                    ],
-                    durable=False,
-                )
-                nfd = os.open(path, os.O_RDONLY)
-                try:
-                    frames = reflog.scan(nfd)[1]
-                finally:
-                    os.close(nfd)
-                with open(versions.vix_path(path), "wb") as fh:
-                    fh.write(versions.rebuild(frames))
-                entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
-                index = self._key_index(ref.scope, ref.namespace)
-                index.refresh()
-                if ref.key not in index:
-                    index.add(ref.key, ref.namespace, durable=self.durable)
-                self._cache.pop(path, None)
-                return entries
-        finally:
-            os.close(fd)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+        with _fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
+            carried = [f for f in reflog.scan(fd)[1] if f.kind == KIND_BLOB]
+            header = Header(
+                format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key
+            )
+            head = encode_frame(KIND_HEADER, encode_record(header))
+            parts = [head]
+            offset = len(head)
+            moved: list[tuple[bytes, BlobLoc]] = []
+            for frame in carried:
+                raw = encode_frame(KIND_BLOB, frame.payload)
+                moved.append((frame.payload[:32], BlobLoc("", offset, len(raw))))
+                parts.append(raw)
+                offset += len(raw)
+            own = self.rel(path)
+            self._blobs.add_many(
+                [(d, BlobLoc(own, loc.offset, loc.length)) for d, loc in moved],
+                durable=self.durable,  # before the rename: stale hints must find them
+            )
+            known = {d.hex(): loc for d, loc in moved}
+            data, _, _, new_blobs = self._frames(
+                ref, path, offset, None, plans, lambda: False, known=known
+            )
+            tmp = f"{path}.{os.getpid()}.tmp"
+            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _fs.append(tfd, b"".join(parts) + data, durable=self.durable)
+            finally:
+                os.close(tfd)
+            _fs.failpoint("before-replace")
+            os.replace(tmp, path)
+            if self.durable:
+                _fs.fsync_dir(nsdir)
+            self._blobs.add_many(
+                [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs],
+                durable=False,
+            )
+            nfd = os.open(path, os.O_RDONLY)
+            try:
+                frames = reflog.scan(nfd)[1]
+            finally:
+                os.close(nfd)
+            with open(versions.vix_path(path), "wb") as fh:
+                fh.write(versions.rebuild(frames))
+            entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
+            index = self._key_index(ref.scope, ref.namespace)
+            index.refresh()
+            if ref.key not in index:
+                index.add(ref.key, ref.namespace, durable=self.durable)
+            self._cache.pop(path, None)
+            return entries
 
     @contextlib.contextmanager
     def _gc_shared(self) -> Iterator[Callable[[], bool]]:
@@ -328,7 +316,10 @@ class FileBackend(FileReader):
                     written[plan.digest_hex] = blob
                     new_blobs.append((plan.digest_hex, blob))
             version = plan.version or (previous.version if previous is not None else 0) + 1
-            stamp = plan.time_ns or now
+            # Times never decrease within a ref, even if the wall clock steps back,
+            # so history and audit order by time equals version order.
+            floor = previous.time_ns + 1 if previous is not None else 0
+            stamp = plan.time_ns or max(now, floor)
             created = 0
             if plan.op != OP_DELETE:
                 created = plan.created_ns or (

@@ -150,6 +150,8 @@ def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[Write]]]:
                 raise InvalidValueError(f"line {number}: versions of {ref} are not contiguous")
             seen.add(ref)
             current, plans = ref, []
+        if plans and rec.time_ns < plans[-1].time_ns:
+            raise InvalidValueError(f"line {number}: time_ns goes back within {ref}")
         plans.append(_plan(rec, number, plans[-1].version if plans else 0))
     if current is not None:
         yield current, plans

@@ -20,10 +20,19 @@ from castore import _fs, reflog
 from castore.frames import Frame
 from castore.records import KIND_ENTRY, decode_entry
 
-__all__ = ["VIX_RECORD_BYTES", "lookup", "lookup_range", "rebuild", "record", "vix_path"]
+__all__ = [
+    "MAX_INDEXED_VERSION",
+    "VIX_RECORD_BYTES",
+    "lookup",
+    "lookup_range",
+    "rebuild",
+    "record",
+    "vix_path",
+]
 
 VIX_RECORD_BYTES = 8  # one u64le offset per version
 _REC = struct.Struct("<Q")
+MAX_INDEXED_VERSION = 1 << 24  # 128 MiB of index at most; higher versions are found by a scan
 _MAX_OFFSET = 1 << 62  # larger offsets are damage (pread takes a signed 64-bit offset)
 
 
@@ -34,7 +43,7 @@ def vix_path(log_path: str) -> str:
 
 def lookup(vix_fd: int, version: int) -> int | None:
     """Offset of version ``version``'s entry frame, or None when unknown (a hint)."""
-    if version < 1:
+    if not 1 <= version <= MAX_INDEXED_VERSION:
         return None
     raw = os.pread(vix_fd, VIX_RECORD_BYTES, (version - 1) * VIX_RECORD_BYTES)
     if len(raw) != VIX_RECORD_BYTES:
@@ -45,7 +54,7 @@ def lookup(vix_fd: int, version: int) -> int | None:
 
 def lookup_range(vix_fd: int, low: int, high: int) -> dict[int, int]:
     """Offsets of versions ``low..high`` (inclusive) that the index knows, in one read."""
-    low = max(low, 1)
+    low, high = max(low, 1), min(high, MAX_INDEXED_VERSION)
     if high < low:
         return {}
     raw = _fs.read_at(vix_fd, (low - 1) * VIX_RECORD_BYTES, (high - low + 1) * VIX_RECORD_BYTES)
@@ -62,7 +71,9 @@ def rebuild(frames: Iterable[Frame]) -> bytes:
     offsets: dict[int, int] = {}
     for frame in frames:
         if frame.kind == KIND_ENTRY:
-            offsets[decode_entry(frame.payload).version] = frame.start
+            version = decode_entry(frame.payload).version
+            if 1 <= version <= MAX_INDEXED_VERSION:
+                offsets[version] = frame.start
     if not offsets:
         return b""
     table = bytearray(VIX_RECORD_BYTES * max(offsets))
@@ -85,7 +96,7 @@ def record(
     fd = os.open(vix, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
-        expected = previous[0] * VIX_RECORD_BYTES if previous else 0
+        expected = min(previous[0], MAX_INDEXED_VERSION) * VIX_RECORD_BYTES if previous else 0
         in_step = size == expected and (previous is None or lookup(fd, previous[0]) == previous[1])
         if not in_step:
             os.ftruncate(fd, 0)
@@ -93,6 +104,7 @@ def record(
             os.pwrite(fd, table, 0)
             return  # the scan already saw the new entries
         for version, offset in new:
-            os.pwrite(fd, _REC.pack(offset), (version - 1) * VIX_RECORD_BYTES)
+            if version <= MAX_INDEXED_VERSION:
+                os.pwrite(fd, _REC.pack(offset), (version - 1) * VIX_RECORD_BYTES)
     finally:
         os.close(fd)

@@ -455,3 +455,18 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreModel = StoreMachine.TestCase
 TestStoreModel.settings = settings(deadline=None)
+
+
+@pytest.mark.parametrize("version", [2**60 + 1, 2**63, 2**64])
+def test_versions_past_any_log_are_not_found(tmp_path, version):
+    # The machine draws versions near the history; far past it, reads must still say
+    # "no such version" (NotFoundError), never leak an OverflowError from pread.
+    store = Store(tmp_path / "s", dag=DAG, durable=False)
+    store.set("k", 1)
+    store.set("k", 2)
+    with pytest.raises(NotFoundError):
+        escaped(lambda: store.get("k", version=version))
+    with pytest.raises(NotFoundError):
+        escaped(lambda: store.rollback("k", to_version=version))
+    assert [e.version for e in store.history("k", before_version=version).entries] == [2, 1]
+    assert store.get("k").version == 2

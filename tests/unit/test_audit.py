@@ -2,14 +2,17 @@
 
 import os
 import types
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from castore import InvalidRefError, Store
 from castore.audit import AuditRecord, audit
+from castore.codec import hexdigest
 from castore.results import rfc3339
 
+Ident = tuple[str, str, str, int, str, str]
 ENV_VARS = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
 
 
@@ -19,7 +22,7 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def handle(root, run_id="", actor=None):
+def handle(root: Path, run_id: str = "", actor: str | None = None) -> Store:
     return Store(root, dag="d", durable=False, run_id=run_id, actor=actor, step="st")
 
 
@@ -28,9 +31,9 @@ def populated(tmp_path):
     """Writes across scopes, namespaces and run ids; returns the root and the writes in order."""
     root = tmp_path / "store"
     r1, r2 = handle(root, "run-1", actor="alice"), handle(root, "run-2")
-    writes = []  # (scope, namespace, key, version, operation, run id)
+    writes: list[Ident] = []  # (scope, namespace, key, version, operation, run id)
 
-    def log(scope, ns, key, version, op, run):
+    def log(scope: str, ns: str, key: str, version: int, op: str, run: str) -> None:
         writes.append((scope, ns, key, version, op, run))
 
     r1.set("a", 1)
@@ -54,7 +57,7 @@ def populated(tmp_path):
     return root, writes
 
 
-def ident(record):
+def ident(record: AuditRecord) -> Ident:
     return (
         record.scope,
         record.namespace,
@@ -127,7 +130,7 @@ def test_audit_filters(populated, filters, pick):
 
 
 def test_audit_time_bounds_are_inclusive(populated):
-    root, writes = populated
+    root, _ = populated
     s = handle(root)
     records = list(audit(s))
     times = [r.time_ns for r in records]  # newest first
@@ -144,11 +147,7 @@ def test_audit_time_bounds_are_inclusive(populated):
     assert list(audit(s, until_ns=times[-1] - 1)) == []
     assert list(audit(s, since_ns=times[2], until_ns=times[6])) == []
     combined = [ident(r) for r in audit(s, since_ns=times[6], run_id="run-1", scope="dag")]
-    assert combined == [
-        ident(r)
-        for r in records[:7]
-        if r.scope == "dag" and r.run_id == "run-1"
-    ]
+    assert combined == [ident(r) for r in records[:7] if r.scope == "dag" and r.run_id == "run-1"]
     assert len(combined) == 2
 
 
@@ -164,7 +163,7 @@ def test_audit_merges_many_keys_with_long_histories(tmp_path):
         s.set(key, i)
         order.append((key, i))
     got = [(r.key, r.version) for r in audit(s)]
-    expected_versions = {}
+    expected_versions: dict[str, int] = {}
     expected = []
     for key, _ in order:
         expected_versions[key] = expected_versions.get(key, 0) + 1
@@ -178,3 +177,32 @@ def test_audit_rejects_bad_filters(tmp_path):
         list(audit(s, scope="nope"))
     with pytest.raises(InvalidRefError):
         list(audit(s, namespace="a/b"))
+
+
+def test_audit_with_times_that_go_backwards_within_a_key(tmp_path):
+    """Wall clocks step back (NTP) and imports carry foreign times: audit must still be right.
+
+    Key a: version 1 at t=300, version 2 at t=100 (the clock went back); key b at t=200.
+    """
+    from castore.transfer import import_lines
+
+    def line(key: str, version: int, time_ns: int) -> bytes:
+        digest = hexdigest(b"1")
+        return (
+            f'{{"scope":"dag","namespace":"d","key":"{key}","version":{version},"op":"set",'
+            f'"time_ns":{time_ns},"created_ns":1,"hash":"{digest}","value":1}}\n'
+        ).encode()
+
+    data = [
+        b'{"format":"castore-export","version":1}\n',
+        line("a", 1, 300),
+        line("a", 2, 100),
+        line("b", 1, 200),
+    ]
+    s = handle(tmp_path / "store")
+    import_lines(s, lambda: iter(data))
+    got = [(r.key, r.version, r.time_ns) for r in audit(s)]
+    assert sorted(got) == [("a", 1, 300), ("a", 2, 100), ("b", 1, 200)]
+    assert got == [("a", 1, 300), ("b", 1, 200), ("a", 2, 100)]  # newest first
+    since = [(r.key, r.version) for r in audit(s, since_ns=150)]
+    assert sorted(since) == [("a", 1), ("b", 1)]

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,15 +26,15 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def hexname(text):
+def hexname(text: str) -> str:
     return text.encode("utf-8").hex()
 
 
-def rel_path(scope, namespace, key, suffix=".json"):
+def rel_path(scope: str, namespace: str, key: str, suffix: str = ".json") -> str:
     return f"v1/{scope}/{hexname(namespace)}/{hexname(key)}{suffix}"
 
 
-def write_file(root, rel, data):
+def write_file(root: str | os.PathLike[str], rel: str, data: bytes) -> str:
     path = Path(root, rel)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -41,18 +42,18 @@ def write_file(root, rel, data):
 
 
 def dagu_record(
-    scope,
-    namespace,
-    key,
-    value,
-    version,
+    scope: str,
+    namespace: str,
+    key: str,
+    value: Any,
+    version: int,
     *,
-    created=T0,
-    updated=T1,
-    by=None,
-    hash_=None,
-    body_key=None,
-):
+    created: str = T0,
+    updated: str = T1,
+    by: dict[str, str] | None = None,
+    hash_: str | None = None,
+    body_key: str | None = None,
+) -> bytes:
     """The bytes Dagu writes: compact JSON, fields in Dagu's order, value embedded normalized."""
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
     normalized = normalize_json(raw)
@@ -60,7 +61,12 @@ def dagu_record(
     head = json.dumps(
         {"scope": scope, "namespace": namespace, "key": body_key or key}, separators=(",", ":")
     )[:-1].encode()
-    tail = {"version": version, "hash": digest, "created_at": created, "updated_at": updated}
+    tail: dict[str, Any] = {
+        "version": version,
+        "hash": digest,
+        "created_at": created,
+        "updated_at": updated,
+    }
     if by is not None:
         tail["updated_by"] = by
     rest = json.dumps(tail, separators=(",", ":"), ensure_ascii=False)[1:].encode()
@@ -70,19 +76,23 @@ def dagu_record(
 class DaguDir:
     """A Dagu dag-state directory built file by file, with the expected import outcome."""
 
-    def __init__(self, root):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.imported = {}  # rel -> (scope, namespace, key, version, normalized value)
-        self.skipped = {}  # rel -> reason fragment
+        self.imported: dict[
+            str, tuple[str, str, str, int, bytes]
+        ] = {}  # rel -> ref, version, value
+        self.skipped: dict[str, str] = {}  # rel -> reason fragment
 
-    def record(self, scope, namespace, key, value, version, **kw):
+    def record(
+        self, scope: str, namespace: str, key: str, value: Any, version: int, **kw: Any
+    ) -> str:
         data = dagu_record(scope, namespace, key, value, version, **kw)
         rel = write_file(self.root, rel_path(scope, namespace, key), data)
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
         self.imported[rel] = (scope, namespace, key, version, normalize_json(raw))
         return rel
 
-    def bad(self, rel, data, reason):
+    def bad(self, rel: str, data: bytes, reason: str) -> str:
         write_file(self.root, rel, data)
         self.skipped[rel] = reason
         return rel
@@ -91,7 +101,7 @@ class DaguDir:
 BY = {"dag_name": "daily", "dag_run_id": "run-9", "attempt_id": "att-2", "step_name": "save"}
 
 
-def build_dagu_dir(root):
+def build_dagu_dir(root: str | os.PathLike[str]) -> DaguDir:
     d = DaguDir(root)
     d.record("dag", "daily", "cursor", {"last_id": 3}, 3, by=BY)
     d.record("dag", "daily", "Cursor", "upper case twin", 1)
@@ -145,7 +155,7 @@ def build_dagu_dir(root):
     return d
 
 
-def digest_tree(root):
+def digest_tree(root: str | os.PathLike[str]) -> dict[str, str]:
     out = {}
     for base, dirs, files in os.walk(root):
         for name in dirs:
@@ -170,7 +180,7 @@ def dagu(tmp_path):
     return build_dagu_dir(tmp_path / "dag-state")
 
 
-def run_import(store, root):
+def run_import(store: Store, root: str | os.PathLike[str]) -> dict[str, DaguImport]:
     outcomes = list(import_dagu(store, str(root)))
     for o in outcomes:
         assert isinstance(o, DaguImport)
@@ -185,7 +195,7 @@ def test_parse_go_time():
     assert parse_go_time("2026-05-25T07:30:00.123456789-02:30") == 1779703200_123456789
     assert parse_go_time("1969-12-31T23:59:59.5Z") == -500_000_000
     for bad in ("2026-05-25", "2026-05-25T10:00:00", "yesterday", "2026-13-01T00:00:00Z", ""):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"time|month|day|hour|range"):
             parse_go_time(bad)
 
 
@@ -270,12 +280,16 @@ def test_expected_version_keeps_working_after_import(store, dagu):
     assert [e.version for e in store.history("cursor").entries] == [4, 3]
     assert store.list().entries[1].created_at == T0  # the incarnation Dagu created
     assert store.diff("cursors/feed", {"n": 2}, expected_version=5).version == 6
-    assert store.set("k", 1, scope="custom", namespace=LONG_NAMESPACE, expected_version=2).version == 3
+    assert (
+        store.set("k", 1, scope="custom", namespace=LONG_NAMESPACE, expected_version=2).version == 3
+    )
     with pytest.raises(Exception, match="no version 1"):
         store.get("cursor", version=1)
     with pytest.raises(Exception, match="no version 2"):
         store.rollback("cursor", to_version=2)
-    assert store.rollback("cursor", to_version=3).hash == hashlib.sha256(b'{"last_id":3}').hexdigest()
+    assert (
+        store.rollback("cursor", to_version=3).hash == hashlib.sha256(b'{"last_id":3}').hexdigest()
+    )
 
 
 def test_import_dagu_history_paging_with_a_gap(store, dagu):
@@ -323,8 +337,24 @@ def test_import_dagu_accepts_the_v1_directory_itself(store, dagu):
 def test_import_dagu_of_an_empty_or_missing_directory(store, tmp_path):
     (tmp_path / "empty" / "v1").mkdir(parents=True)
     assert run_import(store, tmp_path / "empty") == {}
-    with pytest.raises(OSError):
+    with pytest.raises(NotADirectoryError):
         list(import_dagu(store, str(tmp_path / "missing")))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OSError):
+    with pytest.raises(NotADirectoryError):
         list(import_dagu(store, str(tmp_path / "file")))
+
+
+def test_import_dagu_of_a_huge_version_does_not_crash(store, tmp_path):
+    """Dagu versions are int64: a record at version 2**62 is imported or skipped, never a crash."""
+    d = DaguDir(tmp_path / "dag-state")
+    rel = d.record("dag", "daily", "huge", 1, 2**62)
+    d.record("dag", "daily", "zz-after", 2, 1)
+    got = run_import(store, d.root)
+    assert got[rel].status in ("imported", "skipped")
+    assert got[rel_path("dag", "daily", "zz-after")].status == "imported"
+    if got[rel].status == "imported":
+        assert store.get("huge").version == 2**62
+        assert [e.version for e in store.history("huge").entries] == [2**62]
+        assert store.set("huge", 2, expected_version=2**62).version == 2**62 + 1
+    else:
+        assert store.get("huge").found is False

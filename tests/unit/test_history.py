@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from castore import ConflictError, InvalidRefError, NotFoundError, Store
+from castore import ConflictError, InvalidRefError, NotFoundError, Store, reflog
 from castore.codec import hexdigest, normalize
+from castore.dagu import parse_go_time
 from castore.records import KIND_BLOB, OP_DELETE, OP_ROLLBACK, OP_SET
 from tests.helpers import frames_of, read_versions
 
@@ -42,15 +43,15 @@ def store(tmp_path):
     s.close()
 
 
-def log_of(store, key, scope="dag", namespace=None):
+def log_of(store: Store, key: str, scope: str = "dag", namespace: str | None = None) -> str:
     return store.backend.log_path(store.ref(key, scope, namespace))
 
 
-def blob_frames(path):
+def blob_frames(path: str) -> int:
     return sum(1 for f in frames_of(path)[0] if f.kind == KIND_BLOB)
 
 
-def random_text(size, seed=7):
+def random_text(size: int, seed: int = 7) -> str:
     """Incompressible printable text (base64 of random bytes) of about ``size`` chars."""
     rng = random.Random(seed)
     return base64.b64encode(rng.randbytes(size * 3 // 4)).decode("ascii")
@@ -88,7 +89,8 @@ def test_history_lists_every_version_newest_first_with_audit(tmp_path, monkeypat
         assert (e.dag_name, e.attempt, e.pid) == ("daily", "attempt-1", os.getpid())
         assert e.host == socket.gethostname()
         assert e.user == getpass.getuser()
-    assert [e.time for e in entries] == sorted((e.time for e in entries), reverse=True)
+    times = [parse_go_time(e.time) for e in entries]  # trimmed fractions do not sort as text
+    assert times == sorted(times, reverse=True)
     # The environment gives run id, step and actor unless the Store overrides them.
     by_version = {e.version: e for e in entries}
     for v in (1, 3, 5):
@@ -142,9 +144,26 @@ def test_history_paging(store):
     assert len(store.history("k", limit=100).entries) == 10
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"limit": -1}, {"before_version": 0}, {"before_version": -5}]
-)
+def test_history_pages_and_old_versions_do_not_scan_the_log(store, monkeypatch):
+    """FORMAT.md §5: with the version index in step, a page never reads the whole log."""
+    for i in range(300):
+        store.set("k", {"i": i})
+    fresh = Store(store.root, dag="d", durable=False)
+
+    def no_scan(fd):
+        raise AssertionError("scanned the whole log")
+
+    monkeypatch.setattr(reflog, "scan", no_scan)
+    page = fresh.history("k", limit=5, before_version=120)
+    assert [e.version for e in page.entries] == [119, 118, 117, 116, 115]
+    assert page.next_before_version == 115
+    assert fresh.get("k", version=37).value == {"i": 36}
+    assert fresh.diff_versions("k", from_version=1, to_version=2).patch == [
+        {"op": "replace", "path": "/i", "value": 1}
+    ]
+
+
+@pytest.mark.parametrize("kwargs", [{"limit": -1}, {"before_version": 0}, {"before_version": -5}])
 def test_history_rejects_bad_paging(store, kwargs):
     store.set("k", 1)
     with pytest.raises(InvalidRefError):
@@ -239,6 +258,19 @@ def test_get_version_that_does_not_exist(store):
         store.get("k", version=2, default=5)
 
 
+@pytest.mark.parametrize("version", [2**61, 10**20])
+def test_huge_version_numbers_are_simply_not_found(store, version):
+    """A version far past the end is NotFoundError, whatever its size (not OverflowError)."""
+    store.set("k", 1)
+    with pytest.raises(NotFoundError):
+        store.get("k", version=version)
+    with pytest.raises(NotFoundError):
+        store.rollback("k", to_version=version)
+    with pytest.raises(NotFoundError):
+        store.diff_versions("k", from_version=1, to_version=version)
+    assert [e.version for e in store.history("k", before_version=version).entries] == [1]
+
+
 # -- rollback ---------------------------------------------------------------------------
 
 
@@ -280,7 +312,7 @@ def test_rollback_to_a_tombstone_deletes_and_back_recreates(store):
     assert (r.version, r.deleted, r.created) == (5, False, True)
     assert store.get("k").value == 1
     # A rollback after a delete starts a new incarnation: created_at is new.
-    assert store.list().entries[0].created_at >= created_at
+    assert parse_go_time(store.list().entries[0].created_at) > parse_go_time(created_at)
 
 
 def test_rollback_keeps_created_at_of_a_live_key(store):
@@ -290,7 +322,7 @@ def test_rollback_keeps_created_at_of_a_live_key(store):
     store.rollback("k", to_version=1)
     entry = store.list().entries[0]
     assert entry.created_at == created
-    assert entry.updated_at >= created
+    assert parse_go_time(entry.updated_at) > parse_go_time(created)
 
 
 def test_rollback_expected_version(store):
@@ -460,7 +492,9 @@ json_values = st.recursive(
     | st.integers(-(10**6), 10**6)
     | st.floats(allow_nan=False, allow_infinity=False, width=32)
     | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=3), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=3), inner, max_size=5)
+    ),
     max_leaves=20,
 )
 

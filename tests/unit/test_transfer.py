@@ -2,19 +2,24 @@
 
 import json
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from castore import ConflictError, InvalidValueError, Store
 from castore.codec import hexdigest, normalize_json
-from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
 from castore.records import KIND_BLOB
+from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
 from tests.helpers import frames_of, tree
 
 HEADER = b'{"format":"castore-export","version":1}\n'
 LONG_KEY = "long/" + "\u00e9" * 2045  # 4,095 UTF-8 bytes (limit 4,096)
 UNICODE_KEY = "caf\u00e9/\U0001f600/\u65e5\u672c"
-BIG = {"text": "lorem ipsum dolor " * 30_000, "rows": [{"id": i, "tags": ["a"]} for i in range(200)]}
+BIG = {
+    "text": "lorem ipsum dolor " * 30_000,
+    "rows": [{"id": i, "tags": ["a"]} for i in range(200)],
+}
 
 
 ENV_VARS = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
@@ -26,11 +31,11 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def new_store(path, **kw):
+def new_store(path: str | os.PathLike[str], **kw: Any) -> Store:
     return Store(path, dag="d", durable=False, **kw)
 
 
-def populate(s):
+def populate(s: Store) -> None:
     """A store with tombstones, rollbacks, several scopes, odd keys and values."""
     s.set("cursor", {"last_id": 1})
     s.set("cursor", {"last_id": 2}, reason="bump")
@@ -55,11 +60,11 @@ def populate(s):
     s.set("a:b<c>", "windows", scope="custom", namespace="a")
 
 
-def blob_count(path):
+def blob_count(path: str) -> int:
     return sum(1 for f in frames_of(path)[0] if f.kind == KIND_BLOB)
 
 
-def snapshot(root):
+def snapshot(root: str) -> dict[str, bytes]:
     out = {}
     for rel in tree(root):
         with open(os.path.join(root, rel), "rb") as fh:
@@ -67,15 +72,15 @@ def snapshot(root):
     return out
 
 
-def export_bytes(s, **kw):
+def export_bytes(s: Store, **kw: Any) -> bytes:
     return b"".join(export_lines(s, **kw))
 
 
-def lines_reader(data):
+def lines_reader(data: bytes) -> Callable[[], Iterator[bytes]]:
     return lambda: iter(data.splitlines(keepends=True))
 
 
-def records(data):
+def records(data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.splitlines()[1:]]
 
 
@@ -98,7 +103,7 @@ def test_export_format(source):
     recs = records(data)
     refs = [(r["scope"], r["namespace"], r["key"]) for r in recs]
     # Refs come in byte-wise order, each ref's versions oldest first and contiguous.
-    order = []
+    order: list[tuple[str, str, str]] = []
     for ref in refs:
         if not order or order[-1] != ref:
             order.append(ref)
@@ -159,7 +164,12 @@ def test_imported_store_behaves_like_the_source(source, tmp_path):
     import_lines(copy, lines_reader(export_bytes(source)))
     for key in ("cursor", "null", "numbers", UNICODE_KEY, LONG_KEY, "big", "big-twin", "Cursor"):
         a, b = source.get(key), copy.get(key)
-        assert (a.found, a.version, a.hash, a.value_json) == (b.found, b.version, b.hash, b.value_json)
+        assert (a.found, a.version, a.hash, a.value_json) == (
+            b.found,
+            b.version,
+            b.hash,
+            b.value_json,
+        )
     assert copy.get("gone").found is False
     assert copy.get("gone", version=1).value == 1
     assert copy.get("cursor", version=2).value == {"last_id": 2}
@@ -275,11 +285,13 @@ def test_import_overwrite_of_the_key_holding_a_rollback_source(tmp_path):
     src.set("a", "other")
     import_lines(target, lines_reader(export_bytes(src)), on_conflict="overwrite")
     fresh = new_store(target.root)
-    assert fresh.rollback("b", to_version=1).hash == hexdigest(normalize_json(b'{"text":"' + b"x" * 5000 + b'"}'))
+    assert fresh.rollback("b", to_version=1).hash == hexdigest(
+        normalize_json(b'{"text":"' + b"x" * 5000 + b'"}')
+    )
     assert new_store(target.root).get("b").value == value
 
 
-def bad(data_lines):
+def bad(data_lines: list[bytes]) -> bytes:
     return b"\n".join(data_lines) + b"\n"
 
 
@@ -297,7 +309,7 @@ OTHER = (
 )
 
 
-def replace_in(line, old, new):
+def replace_in(line: bytes, old: bytes, new: bytes) -> bytes:
     assert old in line
     return line.replace(old, new)
 

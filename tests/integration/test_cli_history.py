@@ -1,0 +1,653 @@
+"""CLI: history, get --version, rollback, version diff, audit, export/import, import-dagu."""
+
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from castore import Store
+from castore.codec import normalize
+from castore.dagu import parse_go_time
+from tests.helpers import log_path
+from tests.unit.test_dagu import T0, T1, build_dagu_dir, digest_tree, hexname, rel_path
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_SECONDS = 60
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
+HASH_V1 = "8baa73198470c7bb4c3ce142a8fd651affc0310d878bb9bd159e37a573fb4874"  # docs/CLI.md
+V1 = '{"a":1,"b":[1,2]}'
+V2 = '{"a":2,"b":[1,3],"c":"<x>"}'
+HISTORY_FIELDS = [
+    "version",
+    "operation",
+    "hash",
+    "time",
+    "dagName",
+    "runId",
+    "stepName",
+    "attempt",
+    "user",
+    "host",
+    "pid",
+    "actor",
+    "reason",
+    "rollbackFrom",
+]
+HEADER = b'{"format":"castore-export","version":1}\n'
+
+pytestmark = pytest.mark.integration
+
+Arg = str | bytes | Path
+
+
+class CLI:
+    """Runs ``python -m castore`` against stores in ``tmp_path``, isolated from the host."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.dir = tmp_path / "store"
+        home = tmp_path / "home"
+        home.mkdir()
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "PYTHONPATH": str(ROOT),
+            "LC_ALL": "C.UTF-8",
+        }
+        self.calls = 0
+
+    def run(
+        self,
+        *args: Arg,
+        store: Path | None = None,
+        dag: str | None = "d",
+        stdin: bytes = b"",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        head: list[Arg] = ["--dir", store or self.dir]
+        if dag is not None:
+            head += ["--dag", dag]
+        self.calls += 1
+        return subprocess.run(
+            [sys.executable, "-m", "castore", *head, *args],
+            input=stdin,
+            capture_output=True,
+            env={**self.env, **(env or {})},
+            cwd=self.tmp,
+            timeout=TIMEOUT_SECONDS,
+            check=False,
+        )
+
+    def ok(self, *args: Arg, **kw: Any) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.line(*args, **kw))
+        return out
+
+    def line(self, *args: Arg, **kw: Any) -> str:
+        lines = self.lines(*args, **kw)
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    def lines(self, *args: Arg, **kw: Any) -> list[str]:
+        proc = self.run(*args, **kw)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        assert proc.stderr == b""  # no progress bar or warning when stderr is not a terminal
+        out = proc.stdout.decode("utf-8")
+        assert out == "" or out.endswith("\n")
+        return out.splitlines()
+
+    def raw_ok(self, *args: Arg, **kw: Any) -> bytes:
+        proc = self.run(*args, **kw)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        assert proc.stderr == b""
+        return proc.stdout
+
+    def fail(self, code: int, *args: Arg, **kw: Any) -> str:
+        proc = self.run(*args, **kw)
+        err = proc.stderr.decode("utf-8", errors="replace")
+        assert proc.returncode == code, (args, proc.returncode, err, proc.stdout)
+        assert proc.stdout == b""
+        assert "Traceback" not in err
+        assert err.startswith("castore: ")
+        assert err.endswith("\n")
+        assert err.count("\n") == 1
+        return err[len("castore: ") : -1]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return CLI(tmp_path)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def store_at(path: Path) -> Store:
+    return Store(path, dag="d", durable=False, actor="", run_id="", step="")
+
+
+# -- history, get --version, rollback, version diff --------------------------------------
+
+
+def test_history_versions_rollback_and_diff(cli):
+    env_identity = {
+        "DAG_NAME": "daily",
+        "DAG_RUN_ID": "env-run",
+        "DAG_RUN_STEP_NAME": "env-step",
+        "DAG_RUN_ATTEMPT_ID": "att-1",
+        "CASTORE_ACTOR": "env-actor",
+    }
+    assert cli.ok("set", "k", V1, env=env_identity)["hash"] == HASH_V1
+    flags = ["--actor", "alice", "--reason", "bump", "--run-id", "cli-run", "--step", "cli-step"]
+    h2 = cli.ok("set", "k", V2, *flags, env=env_identity)["hash"]
+    assert h2 == sha256(normalize(V2.encode()))
+    before = ["--actor", "bob", "--run-id", "pre-run", "--step", "pre-step"]
+    assert cli.ok(*before, "delete", "k", "--reason", "gone", env=env_identity)["deleted"]
+
+    hist = cli.ok("history", "k")
+    assert list(hist) == ["operation", "scope", "namespace", "key", "entries"]
+    assert (hist["operation"], hist["scope"], hist["namespace"], hist["key"]) == (
+        "history",
+        "dag",
+        "d",
+        "k",
+    )
+    e3, e2, e1 = hist["entries"]
+    for e in (e1, e2, e3):
+        assert list(e) == [f for f in HISTORY_FIELDS if f in e]  # order; empty fields left out
+        assert RFC3339.fullmatch(e["time"])
+        assert isinstance(e["pid"], int)
+        assert e["pid"] > 0
+        assert e["host"]
+        assert (e["dagName"], e["attempt"]) == ("daily", "att-1")
+        assert "rollbackFrom" not in e
+    assert [e["version"] for e in (e3, e2, e1)] == [3, 2, 1]
+    assert [e["operation"] for e in (e3, e2, e1)] == ["delete", "set", "set"]
+    assert (e1["hash"], e2["hash"]) == (HASH_V1, h2)
+    assert "hash" not in e3
+    assert (e1["runId"], e1["stepName"], e1["actor"]) == ("env-run", "env-step", "env-actor")
+    assert "reason" not in e1
+    assert (e2["runId"], e2["stepName"], e2["actor"], e2["reason"]) == (
+        "cli-run",
+        "cli-step",
+        "alice",
+        "bump",
+    )
+    assert (e3["runId"], e3["stepName"], e3["actor"], e3["reason"]) == (
+        "pre-run",
+        "pre-step",
+        "bob",
+        "gone",
+    )
+    times = [parse_go_time(e["time"]) for e in (e3, e2, e1)]  # trimmed fractions: not text order
+    assert times == sorted(times, reverse=True)
+
+    # get --version
+    assert cli.line("get", "k", "--version", "1") == (
+        '{"operation":"get","scope":"dag","namespace":"d","key":"k","found":true,"version":1,'
+        f'"hash":"{HASH_V1}","value":{V1}}}'
+    )
+    assert cli.line("get", "k", "--version", "2").endswith(
+        f'"version":2,"hash":"{h2}","value":{{"a":2,"b":[1,3],"c":"\\u003cx\\u003e"}}}}'
+    )
+    assert cli.line("get", "k", "--version", "3") == (
+        '{"operation":"get","scope":"dag","namespace":"d","key":"k","found":false}'
+    )
+    assert "4" in cli.fail(4, "get", "k", "--version", "4")
+    cli.fail(4, "get", "k", "--version", "3", "--required")
+    cli.fail(4, "get", "never", "--version", "1")
+    cli.fail(2, "get", "k", "--version", "0")
+    cli.fail(2, "get", "k", "--version", "-1")
+    cli.fail(2, "get", "k", "--version", "one")
+
+    # rollback
+    assert cli.line("rollback", "k", "--to-version", "1", "--reason", "undo") == (
+        '{"operation":"rollback","scope":"dag","namespace":"d","key":"k","version":4,'
+        f'"hash":"{HASH_V1}","toVersion":1,"deleted":false,"created":true}}'
+    )
+    assert cli.ok("get", "k")["value"] == json.loads(V1)
+    back = cli.ok("rollback", "k", "--to-version", "3", "--expected-version", "4")
+    assert (back["version"], back["hash"], back["deleted"], back["created"]) == (5, "", True, False)
+    assert cli.ok("get", "k")["found"] is False
+    assert "99" in cli.fail(4, "rollback", "k", "--to-version", "99")
+    conflict = cli.fail(3, "rollback", "k", "--to-version", "2", "--expected-version", "4")
+    assert "expected version 4" in conflict
+    assert "actual version 0" in conflict
+    cli.fail(2, "rollback", "k", "--to-version", "0")
+    cli.fail(2, "rollback", "k")  # --to-version is required
+    cli.fail(4, "rollback", "never", "--to-version", "1")
+    again = cli.ok("rollback", "k", "--to-version", "2", "--expected-version", "0")
+    assert (again["version"], again["hash"], again["created"]) == (6, h2, True)
+
+    # paging
+    page = cli.ok("history", "k", "--limit", "2")
+    assert [e["version"] for e in page["entries"]] == [6, 5]
+    assert page["nextBeforeVersion"] == 5
+    assert list(page)[-1] == "nextBeforeVersion"
+    page = cli.ok("history", "k", "--limit", "2", "--before-version", "5")
+    assert [e["version"] for e in page["entries"]] == [4, 3]
+    assert page["nextBeforeVersion"] == 3
+    page = cli.ok("history", "k", "--limit", "3", "--before-version", "4")
+    assert [e["version"] for e in page["entries"]] == [3, 2, 1]
+    assert "nextBeforeVersion" not in page
+    full = cli.ok("history", "k")["entries"]
+    assert [(e["version"], e["operation"], e.get("rollbackFrom")) for e in full] == [
+        (6, "rollback", 2),
+        (5, "delete", 3),
+        (4, "rollback", 1),
+        (3, "delete", None),
+        (2, "set", None),
+        (1, "set", None),
+    ]
+    assert full[2]["reason"] == "undo"
+    assert full[0]["hash"] == h2
+    cli.fail(2, "history", "k", "--limit", "-1")
+    cli.fail(2, "history", "k", "--before-version", "0")
+    assert cli.ok("history", "never")["entries"] == []
+
+    # version diffs
+    diff = cli.ok("diff", "k", "--from-version", "1", "--to-version", "2")
+    assert list(diff) == [
+        "operation",
+        "scope",
+        "namespace",
+        "key",
+        "fromVersion",
+        "toVersion",
+        "fromHash",
+        "toHash",
+        "patch",
+    ]
+    assert (diff["operation"], diff["fromVersion"], diff["toVersion"]) == ("diff", 1, 2)
+    assert (diff["fromHash"], diff["toHash"]) == (HASH_V1, h2)
+    assert jsonpatch.apply_patch(json.loads(V1), diff["patch"]) == json.loads(V2)
+    assert sorted(op["path"] for op in diff["patch"]) == ["/a", "/b/1", "/c"]
+    text = cli.lines("diff", "k", "--from-version", "1", "--to-version", "2", "--format", "text")
+    assert text[0] == "dag/d/k: version 1 -> 2"
+    assert sorted(text[1:]) == sorted(['+ /c: "<x>"', "~ /a: 1 -> 2", "~ /b/1: 2 -> 3"])
+    latest = cli.ok("diff", "k", "--from-version", "1")
+    assert (latest["toVersion"], latest["toHash"]) == (6, h2)
+    assert jsonpatch.apply_patch(json.loads(V1), latest["patch"]) == json.loads(V2)
+    from_delete = cli.ok("diff", "k", "--from-version", "3", "--to-version", "4")
+    assert "fromHash" in from_delete
+    assert jsonpatch.apply_patch(None, from_delete["patch"]) == json.loads(V1)
+    to_delete = cli.lines(
+        "diff", "k", "--from-version", "2", "--to-version", "3", "--format", "text"
+    )
+    assert to_delete[0] == "dag/d/k: version 2 -> 3"
+    assert len(to_delete) == 2
+    same = cli.lines("diff", "k", "--from-version", "2", "--to-version", "6", "--format", "text")
+    assert same == ["dag/d/k: version 2 -> 6", "  (no changes)"]
+    cli.fail(2, "diff", "k", "--to-version", "2")
+    cli.fail(2, "diff", "k", '{"x":1}', "--from-version", "1")
+    cli.fail(2, "diff", "k", "--from-version", "0")
+    cli.fail(2, "diff", "k", "--from-version", "1", "--format", "yaml")
+    cli.fail(4, "diff", "k", "--from-version", "99")
+    cli.fail(4, "diff", "k", "--from-version", "1", "--to-version", "99")
+    cli.fail(4, "diff", "never", "--from-version", "1")
+    # Nothing above wrote a version.
+    assert len(store_at(cli.dir).history("k").entries) == 6
+
+
+def test_huge_version_arguments_exit_4(cli):
+    """A version past the end exits 4 whatever its size, never with a traceback."""
+    cli.ok("set", "k", "1")
+    huge = str(10**20)
+    cli.fail(4, "get", "k", "--version", huge)
+    cli.fail(4, "rollback", "k", "--to-version", huge)
+    cli.fail(4, "diff", "k", "--from-version", huge)
+
+
+def test_rollback_of_a_big_value_copies_no_blob(cli):
+    rng = random.Random(5)
+    big = json.dumps({"data": base64.b64encode(rng.randbytes(600_000)).decode()}).encode()
+    assert len(big) > 800_000
+    first = cli.ok("set", "k", stdin=big)
+    cli.ok("set", "k", "0")
+    path = log_path(cli.dir, "dag", "d", "k")
+    size = os.path.getsize(path)
+    rolled = cli.ok("rollback", "k", "--to-version", "1")
+    assert rolled["hash"] == first["hash"]
+    growth = os.path.getsize(path) - size
+    assert growth < 4096, growth  # a copy would add ~800 kB
+    assert cli.raw_ok("get", "k").endswith(b',"value":' + normalize(big) + b"}\n")
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+def populate_for_audit(root: Path) -> None:
+    one = Store(root, dag="d", durable=False, run_id="run-1", actor="alice", step="s")
+    two = Store(root, dag="d", durable=False, run_id="run-2", step="s")
+    one.set("a", 1)
+    two.set("b", 2, scope="global")
+    one.set("c", 3, scope="custom", namespace="n1")
+    two.set("c", 4, scope="custom", namespace="n2")
+    one.set("a", 5, reason="why")
+    two.delete("a")
+    one.rollback("a", to_version=2)
+    two.set("x", 6, scope="root_dag", namespace="d")
+
+
+def ids(records: Iterable[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
+    return [(r["scope"], r["namespace"], r["key"], r["version"]) for r in records]
+
+
+def test_audit(cli):
+    populate_for_audit(cli.dir)
+    every = [json.loads(line) for line in cli.lines("audit")]
+    assert ids(every) == [
+        ("root_dag", "d", "x", 1),
+        ("dag", "d", "a", 4),
+        ("dag", "d", "a", 3),
+        ("dag", "d", "a", 2),
+        ("custom", "n2", "c", 1),
+        ("custom", "n1", "c", 1),
+        ("global", "_", "b", 1),
+        ("dag", "d", "a", 1),
+    ]
+    assert [r["operation"] for r in every[1:4]] == ["rollback", "delete", "set"]
+    assert every[1]["rollbackFrom"] == 2
+    assert "hash" not in every[2]
+    assert (every[3]["reason"], every[3]["actor"], every[3]["runId"]) == ("why", "alice", "run-1")
+    assert [r["timeNs"] for r in every] == sorted((r["timeNs"] for r in every), reverse=True)
+    for r in every:
+        assert RFC3339.fullmatch(r["time"])
+        head = ["scope", "namespace", "key", "version", "operation", "hash", "time", "timeNs"]
+        assert list(r)[: len(head) - ("hash" not in r)] == [k for k in head if k in r]
+
+    def query(*args: str) -> list[tuple[str, str, str, int]]:
+        return ids(json.loads(line) for line in cli.lines("audit", *args))
+
+    assert query("--scope", "custom") == ids(every[4:6])
+    assert query("--namespace", "n1") == [("custom", "n1", "c", 1)]
+    assert query("--namespace", "d") == ids(every[:4] + every[7:])
+    assert query("--scope", "dag", "--namespace", "d") == ids(every[1:4] + every[7:])
+    assert query("--run-id", "run-1") == ids([r for r in every if r["runId"] == "run-1"])
+    # Options may come before the command too.
+    proc = cli.run("--scope", "global", "audit")
+    assert ids(json.loads(line) for line in proc.stdout.splitlines()) == ids(every[6:7])
+    middle = every[3]["time"]  # exact RFC 3339 with nanoseconds: inclusive bounds
+    assert query("--since", middle) == ids(every[:4])
+    assert query("--until", middle) == ids(every[3:])
+    assert query("--since", every[5]["time"], "--until", every[1]["time"], "--run-id", "run-2") == (
+        ids([r for r in every[1:6] if r["runId"] == "run-2"])
+    )
+    assert query("--since", "2999-01-01") == []
+    assert query("--until", "2000-01-01") == []
+    day = every[0]["time"][:10]
+    assert query("--since", day) == ids(every)
+    cli.fail(2, "audit", "--since", "yesterday")
+    cli.fail(2, "audit", "--until", "2026-13-45")
+    cli.fail(2, "audit", "--scope", "nope")
+    assert cli.lines("audit", store=cli.tmp / "empty") == []
+
+
+def test_audit_until_a_date_includes_that_day(cli):
+    """docs/CLI.md: "Times are RFC 3339 or YYYY-MM-DD, inclusive"."""
+    populate_for_audit(cli.dir)
+    every = [json.loads(line) for line in cli.lines("audit")]
+    days = {r["time"][:10] for r in every}
+    if len(days) != 1:
+        pytest.skip("the writes straddle midnight UTC")
+    (day,) = days
+    assert ids(json.loads(line) for line in cli.lines("audit", "--until", day)) == ids(every)
+    assert len(cli.lines("audit", "--since", day, "--until", day)) == len(every)
+
+
+# -- export / import --------------------------------------------------------------------
+
+
+LONG_KEY = "long/" + "\u00e9" * 2045  # 4,095 UTF-8 bytes
+BIG = {"text": "lorem ipsum dolor sit amet " * 30_000}
+
+
+def populate_for_export(root: Path) -> None:
+    s = Store(root, dag="d", durable=False, actor="alice", run_id="run-1", step="save")
+    s.set("cursor", {"last_id": 1})
+    s.set("cursor", {"last_id": 2}, reason="bump")
+    s.delete("cursor")
+    s.rollback("cursor", to_version=1)
+    s.set("null", None)
+    s.set("numbers", b'{"x":1.2300,"y":-0.0,"z":1E5}')
+    s.set("caf\u00e9/\U0001f600", "\u65e5\u672c\u2028<&>")
+    s.set(LONG_KEY, [1])
+    s.set("big", BIG)
+    s.set("big-twin", BIG)
+    s.set("gone", 1)
+    s.delete("gone")
+    s.set("k", "global", scope="global")
+    s.set("k", "a", scope="custom", namespace="a")
+    s.set("a:b<c>", "b", scope="custom", namespace="\u00e9quipe")
+    s.set("r", "root", scope="root_dag", namespace="root")
+
+
+def test_export_import_round_trip(cli, tmp_path):
+    populate_for_export(cli.dir)
+    dump = cli.raw_ok("export")
+    assert dump.startswith(HEADER)
+    recs = [json.loads(line) for line in dump.splitlines()[1:]]
+    assert len(recs) == 16
+    assert {r["scope"] for r in recs} == {"dag", "global", "custom", "root_dag"}
+    assert b'"value":{"x":1.2300,"y":-0.0,"z":1E5}' in dump
+    assert sum(1 for r in recs if r["op"] == "delete") == 2
+    assert sum(1 for r in recs if r["op"] == "rollback") == 1
+    (tmp_path / "dump.jsonl").write_bytes(dump)
+
+    copy = tmp_path / "copy"
+    report = cli.line("import", "dump.jsonl", store=copy)
+    assert report == (
+        '{"operation":"import","refs":12,"versions":16,"skippedRefs":[],"overwrittenRefs":[]}'
+    )
+    assert cli.raw_ok("export", store=copy) == dump
+    piped = tmp_path / "piped"
+    assert json.loads(cli.line("import", "-", store=piped, stdin=dump))["versions"] == 16
+    assert cli.raw_ok("export", store=piped) == dump
+
+    # The copy reads like the source.
+    got = cli.ok("get", "big-twin", store=copy)
+    assert got["value"] == BIG
+    assert cli.ok("history", "cursor", store=copy) == cli.ok("history", "cursor")
+
+    def part(pick: Callable[[dict[str, Any]], bool]) -> bytes:
+        return HEADER + b"".join(
+            line + b"\n" for line in dump.splitlines()[1:] if pick(json.loads(line))
+        )
+
+    assert cli.raw_ok("export", "--scope", "custom", store=copy) == part(
+        lambda r: r["scope"] == "custom"
+    )
+    assert cli.raw_ok("export", "--namespace", "d", store=copy) == part(
+        lambda r: r["namespace"] == "d"
+    )
+    assert cli.raw_ok("export", "--scope", "custom", "--namespace", "a", store=copy) == part(
+        lambda r: r["scope"] == "custom" and r["namespace"] == "a"
+    )
+    assert cli.raw_ok("export", store=tmp_path / "empty") == HEADER
+    cli.fail(2, "export", "--scope", "nope")
+
+
+def test_import_conflicts(cli, tmp_path):
+    populate_for_export(cli.dir)
+    (tmp_path / "dump.jsonl").write_bytes(cli.raw_ok("export"))
+    target = tmp_path / "target"
+    mine = store_at(target)
+    mine.set("null", "mine")
+    mine.set("k", "mine too", scope="global")
+    mine.set("own", "untouched")
+
+    message = cli.fail(3, "import", "dump.jsonl", store=target)
+    assert "already exist" in message
+    fresh = store_at(target)
+    assert fresh.get("cursor").found is False  # a non-conflicting key was not imported
+    assert fresh.history("big").entries == []
+    assert fresh.get("null").value == "mine"
+
+    skip = cli.ok("import", "dump.jsonl", "--on-conflict", "skip", store=target)
+    assert (skip["refs"], skip["versions"]) == (10, 14)
+    assert sorted(skip["skippedRefs"]) == ["dag/d/null", "global/_/k"]
+    assert skip["overwrittenRefs"] == []
+    fresh = store_at(target)
+    assert fresh.get("null").value == "mine"
+    assert fresh.get("k", scope="global").value == "mine too"
+    assert fresh.get("own").value == "untouched"
+    assert fresh.get("cursor").version == 4
+    cli.fail(2, "import", "dump.jsonl", "--on-conflict", "merge", store=target)
+    cli.fail(2, "import", "missing.jsonl", store=target)
+    cli.fail(2, "import", tmp_path, store=target)
+
+
+def test_import_overwrite_keeps_values_deduplicated_against_the_old_history(cli, tmp_path):
+    target = tmp_path / "target"
+    mine = store_at(target)
+    mine.set("a", BIG)  # a's log holds the blob
+    mine.set("b", BIG)  # b points at a's blob
+    mine.set("a", "changed")
+    other = tmp_path / "other"
+    theirs = store_at(other)
+    theirs.set("a", {"from": "export"})
+    theirs.set("c", 1)
+    (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=other))
+
+    report = cli.ok("import", "theirs.jsonl", "--on-conflict", "overwrite", store=target)
+    assert (report["refs"], report["versions"]) == (2, 2)
+    assert report["overwrittenRefs"] == ["dag/d/a"]
+    assert cli.ok("get", "b", store=target)["value"] == BIG
+    hist = cli.ok("history", "a", store=target)["entries"]
+    assert [(e["version"], e["hash"]) for e in hist] == [
+        (1, sha256(b'{"from":"export"}')),
+    ]
+    assert cli.ok("get", "a", store=target)["value"] == {"from": "export"}
+    assert cli.ok("set", "a", "2", "--expected-version", "1", store=target)["version"] == 2
+
+
+HASH_1 = sha256(b"1")
+GOOD = (
+    b'{"scope":"dag","namespace":"d","key":"ok","version":1,"op":"set","time_ns":1,'
+    b'"created_ns":1,"hash":"' + HASH_1.encode() + b'","value":1}'
+)
+
+
+def good_line(key: str, version: int) -> bytes:
+    return GOOD.replace(b'"key":"ok"', f'"key":"{key}"'.encode()).replace(
+        b'"version":1', f'"version":{version}'.encode()
+    )
+
+
+MALFORMED = {
+    "bad header": [b'{"format":"castore-export","version":9}', good_line("first", 1)],
+    "no header": [good_line("first", 1)],
+    "bad json line": [HEADER.strip(), good_line("first", 1), b'{"scope":"dag","namespace'],
+    "hash mismatch": [
+        HEADER.strip(),
+        good_line("first", 1),
+        good_line("x", 1).replace(b"1}", b"2}"),
+    ],
+    "versions not increasing": [
+        HEADER.strip(),
+        good_line("first", 1),
+        good_line("x", 2),
+        good_line("x", 2),
+    ],
+    "ref not contiguous": [
+        HEADER.strip(),
+        good_line("first", 1),
+        good_line("x", 1),
+        good_line("first", 2),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_import_of_a_malformed_file_imports_nothing(cli, tmp_path, name):
+    (tmp_path / "bad.jsonl").write_bytes(b"\n".join(MALFORMED[name]) + b"\n")
+    message = cli.fail(2, "import", "bad.jsonl")
+    if name != "bad header":
+        assert "line" in message
+    s = store_at(cli.dir)
+    assert s.history("first").entries == []
+    assert s.history("x").entries == []
+    assert s.list().entries == []
+
+
+# -- import-dagu -----------------------------------------------------------------------
+
+
+def test_import_dagu(cli, tmp_path):
+    dagu = build_dagu_dir(tmp_path / "dag-state")
+    before = digest_tree(dagu.root)
+    lines = [json.loads(line) for line in cli.lines("import-dagu", dagu.root)]
+    summary = lines.pop()
+    assert summary == {
+        "operation": "import-dagu",
+        "imported": len(dagu.imported),
+        "skipped": len(dagu.skipped),
+    }
+    by_file = {o["file"]: o for o in lines}
+    assert len(by_file) == len(lines) == len(dagu.imported) + len(dagu.skipped)
+    for rel, (scope, namespace, key, version, _) in dagu.imported.items():
+        o = by_file[rel]
+        assert list(o) == ["file", "status", "scope", "namespace", "key", "version"]
+        assert (o["status"], o["scope"], o["namespace"], o["key"], o["version"]) == (
+            "imported",
+            scope,
+            namespace,
+            key,
+            version,
+        )
+    for rel, reason in dagu.skipped.items():
+        o = by_file[rel]
+        assert (o["status"], list(o)[:3]) == ("skipped", ["file", "status", "reason"]), o
+        assert reason in o["reason"]
+    tmp_file = rel_path("dag", "daily", "cursor", ".json.tmp.12345")
+    assert by_file[tmp_file]["reason"] == "temporary file left by an interrupted Dagu write"
+    assert digest_tree(dagu.root) == before  # the source is never modified
+
+    got = cli.ok("get", "cursor", dag="daily")
+    assert (got["version"], got["value"]) == (3, {"last_id": 3})
+    assert cli.ok("get", "Cursor", dag="daily")["value"] == "upper case twin"
+    assert cli.ok("get", "a:b<c>", dag="daily")["version"] == 2
+    assert cli.line("get", "cursors/feed", dag="daily").endswith(
+        '"version":5,"hash":"' + sha256(b'{"h":"\\u003cb\\u003e","n":1.2300}') + '",'
+        '"value":{"h":"\\u003cb\\u003e","n":1.2300}}'
+    )
+    (entry,) = cli.ok("history", "cursor", dag="daily")["entries"]
+    assert (entry["version"], entry["time"], entry["runId"], entry["dagName"]) == (
+        3,
+        T1,
+        "run-9",
+        "daily",
+    )
+    assert (entry["stepName"], entry["attempt"]) == ("save", "att-2")
+    listed = {e["key"]: e for e in cli.ok("list", dag="daily")["entries"]}
+    assert (listed["cursor"]["createdAt"], listed["cursor"]["updatedAt"]) == (T0, T1)
+    assert listed["k" * 125]["version"] == 7
+    written = cli.ok("set", "cursor", '{"last_id":4}', "--expected-version", "3", dag="daily")
+    assert (written["version"], written["created"]) == (4, False)
+    cli.fail(3, "set", "Cursor", "1", "--expected-version", "2", dag="daily")
+
+    again = [json.loads(line) for line in cli.lines("import-dagu", dagu.root)]
+    assert again[-1] == {
+        "operation": "import-dagu",
+        "imported": 0,
+        "skipped": len(dagu.imported) + len(dagu.skipped),
+    }
+    assert {o["reason"] for o in again[:-1] if o["file"] in dagu.imported} == {
+        "key exists in castore"
+    }
+    assert digest_tree(dagu.root) == before
+    assert cli.ok("get", "cursor", dag="daily")["version"] == 4
+
+    cli.fail(2, "import-dagu", tmp_path / "missing")
+    cli.fail(2, "import-dagu", dagu.root / rel_path("dag", "daily", "cursor"))
+    assert hexname("daily") in tmp_file
