@@ -12,19 +12,22 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from castore import _fs, reflog, versions
-from castore.errors import CorruptionError, FormatVersionError
+from castore.errors import CorruptionError, FormatVersionError, NotFoundError
 from castore.frames import frame_at
-from castore.indexes import BlobIndex, KeyIndex, namespace_of
+from castore.indexes import BlobIndex, Graveyard, KeyIndex, namespace_of
 from castore.keys import Ref, file_id
 from castore.records import (
     FORMAT_VERSION,
     KIND_BLOB,
+    KIND_COMPACTED,
     KIND_ENTRY,
     BlobLoc,
     Entry,
     decode_blob,
+    decode_compaction,
     decode_entry,
 )
+from castore.results import rfc3339
 
 __all__ = ["CACHE_MAX_ENTRIES", "FORMAT_MAGIC", "Current", "FileReader"]
 
@@ -67,6 +70,7 @@ class FileReader:
         self._open_format()
         self._blobs = BlobIndex(root)
         self._keys: dict[str, KeyIndex] = {}
+        self._graves: dict[str, Graveyard] = {}
         self._cache: dict[str, tuple[tuple[int, int, int, int], Current]] = {}
         self._paths: dict[Ref, str] = {}
         self._dirs: set[str] = set()
@@ -75,6 +79,7 @@ class FileReader:
         """Drop cached state. The backend holds no open files between calls."""
         self._cache.clear()
         self._keys.clear()
+        self._graves.clear()
 
     def _open_format(self) -> None:
         marker = os.path.join(self.root, "FORMAT")
@@ -122,6 +127,14 @@ class FileReader:
         if index is None:
             index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"))
         return index
+
+    def graveyard(self, scope: str, namespace: str) -> Graveyard:
+        """The graveyard of a namespace (last versions of removed keys)."""
+        nsdir = self._ns_dir(scope, namespace)
+        graves = self._graves.get(nsdir)
+        if graves is None:
+            graves = self._graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"))
+        return graves
 
     def keys(self, scope: str, namespace: str, prefix: str) -> list[str]:
         """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted."""
@@ -210,32 +223,50 @@ class FileReader:
             self._cache[path] = (sig, current)
         return current
 
-    def _entry_at(self, ref: Ref, fd: int, version: int) -> Entry | None:
-        """Entry of ``version`` in the log open on ``fd``: via the version index, else a scan."""
+    def _vix(self, path: str) -> int:
         try:
-            vfd = os.open(versions.vix_path(self.log_path(ref)), os.O_RDONLY)
+            return os.open(versions.vix_path(path), os.O_RDONLY)
         except FileNotFoundError:
-            vfd = -1
+            return -1
+
+    def _entry_at(self, ref: Ref, fd: int, version: int) -> Entry | None:
+        """Entry of ``version`` in the log open on ``fd``: via the version index, else a scan.
+
+        Raises:
+            NotFoundError: the version was dropped by compaction (names the policy).
+        """
+        vfd = self._vix(self.log_path(ref))
+        offset = None
         if vfd >= 0:
             try:
                 offset = versions.lookup(vfd, version)
             finally:
                 os.close(vfd)
-            if offset is not None:
-                found = reflog.entry_at(fd, offset)
-                if found is not None and found[0].version == version:
-                    return found[0]
+        if offset == versions.ABSENT:
+            return None
+        if offset is not None and offset != versions.COMPACTED:
+            found = reflog.entry_at(fd, offset)
+            if found is not None and found[0].version == version:
+                return found[0]
         for frame in reflog.scan(fd)[1]:
             if frame.kind == KIND_ENTRY:
                 entry = decode_entry(frame.payload)
                 if entry.version == version:
                     return entry
+            elif frame.kind == KIND_COMPACTED:
+                done = decode_compaction(frame.payload)
+                if any(low <= version <= high for low, high in done.versions):
+                    raise NotFoundError(
+                        f"{ref} version {version} was compacted ({done.policy}, "
+                        f"{rfc3339(done.time_ns)})"
+                    )
         return None
 
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
         """The entry of ``version`` and its value (None for a tombstone); (None, None) if absent.
 
         Raises:
+            NotFoundError: the version was dropped by compaction.
             CorruptionError: the value fails verification.
         """
         try:
@@ -251,40 +282,43 @@ class FileReader:
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
         """Entries with version < ``before``, newest first, at most ``limit`` (0 = all).
 
-        Cost is proportional to the page, not to the length of the history,
-        while the version index is in step (FORMAT.md §5).
+        Compacted versions are skipped. Cost is proportional to the page, not
+        to the length of the history, while the version index is in step
+        (FORMAT.md §5); otherwise the log is scanned.
         """
         path = self.log_path(ref)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return []
+        vfd = self._vix(path)
         try:
             newest = self.current(ref).entry
             if newest is None:
                 return []
-            high = min(before - 1, newest.version)
-            low = max(1, high - limit + 1) if limit else 1
-            try:
-                vfd = os.open(versions.vix_path(path), os.O_RDONLY)
-            except FileNotFoundError:
-                vfd = -1
-            offsets: dict[int, int] = {}
-            if vfd >= 0:
-                try:
-                    offsets = versions.lookup_range(vfd, low, high)
-                finally:
-                    os.close(vfd)
+            if vfd < 0:
+                return self._history_by_scan(fd, before, limit)
             out: list[Entry] = []
-            for version in range(high, low - 1, -1):
-                offset = offsets.get(version)
-                found = reflog.entry_at(fd, offset) if offset is not None else None
-                if found is None or found[0].version != version:
-                    return self._history_by_scan(fd, before, limit)
-                out.append(found[0])
+            high = min(before - 1, newest.version)
+            while high >= 1 and not (limit and len(out) >= limit):
+                low = max(1, high - max(limit, 64) + 1)
+                offsets = versions.lookup_range(vfd, low, high)
+                for version in range(high, low - 1, -1):
+                    offset = offsets.get(version)
+                    if offset in (versions.COMPACTED, versions.ABSENT):
+                        continue
+                    found = reflog.entry_at(fd, offset) if offset is not None else None
+                    if found is None or found[0].version != version:
+                        return self._history_by_scan(fd, before, limit)
+                    out.append(found[0])
+                    if limit and len(out) >= limit:
+                        break
+                high = low - 1
             return out
         finally:
             os.close(fd)
+            if vfd >= 0:
+                os.close(vfd)
 
     def _history_by_scan(self, fd: int, before: int, limit: int) -> list[Entry]:
         entries = [decode_entry(f.payload) for f in reflog.scan(fd)[1] if f.kind == KIND_ENTRY]

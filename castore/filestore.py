@@ -140,9 +140,12 @@ class FileBackend(FileReader):
             if not decided:
                 return previous, []
             plans = decided if isinstance(decided, list) else [decided]
+            base = 0
+            if previous is None:  # a new key, or one whose log compaction removed
+                base = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
             with self._gc_shared() as share:
                 data, entries, starts, new_blobs = self._frames(
-                    ref, path, size, previous, plans, share
+                    ref, path, size, previous, plans, share, base=base
                 )
                 if size == 0:
                     index = self._key_index(ref.scope, ref.namespace)
@@ -288,6 +291,7 @@ class FileBackend(FileReader):
         plans: list[Write],
         share: Callable[[], bool],
         known: dict[str, BlobLoc] | None = None,
+        base: int = 0,
     ) -> tuple[bytes, list[Entry], list[int], list[tuple[str, BlobLoc]]]:
         """Encode the frames of one write; return bytes, entries, their offsets, new blobs."""
         parts: list[bytes] = []
@@ -315,7 +319,7 @@ class FileBackend(FileReader):
                     offset += len(parts[-1])
                     written[plan.digest_hex] = blob
                     new_blobs.append((plan.digest_hex, blob))
-            version = plan.version or (previous.version if previous is not None else 0) + 1
+            version = plan.version or (previous.version if previous is not None else base) + 1
             # Times never decrease within a ref, even if the wall clock steps back,
             # so history and audit order by time equals version order.
             floor = previous.time_ns + 1 if previous is not None else 0

@@ -24,7 +24,7 @@ from castore import _fs
 from castore.frames import encode_frame, scan_frames
 from castore.records import BlobLoc
 
-__all__ = ["KIND_INDEX", "BlobIndex", "KeyIndex", "namespace_of"]
+__all__ = ["KIND_INDEX", "BlobIndex", "Graveyard", "KeyIndex", "namespace_of"]
 
 KIND_INDEX = ord("I")
 _LOC = struct.Struct("<QI")
@@ -168,18 +168,62 @@ class KeyIndex:
         """
         line = key.encode("utf-8").hex().encode("ascii") + b"\n"
         created = not os.path.exists(self.path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            with _fs.locked(fd, self.path):
-                if os.fstat(fd).st_size == 0:
-                    line = (
-                        _NS_PREFIX + namespace.encode("utf-8").hex().encode("ascii") + b"\n" + line
-                    )
-                _fs.append(fd, line, durable=durable)
-        finally:
-            os.close(fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        with _fs.open_locked(self.path, flags) as fd:
+            if os.fstat(fd).st_size == 0:
+                line = _NS_PREFIX + namespace.encode("utf-8").hex().encode("ascii") + b"\n" + line
+            _fs.append(fd, line, durable=durable)
         if created and durable:
             _fs.fsync_dir(os.path.dirname(self.path))
+
+    def remove(self, keys: set[str], *, durable: bool) -> None:
+        """Rewrite the file without ``keys`` (atomically: temporary file, fsync, rename)."""
+        drop = {k.encode("utf-8").hex().encode("ascii") for k in keys}
+        with _fs.open_locked(self.path, os.O_RDWR) as fd:
+            data = _fs.read_at(fd, 0, os.fstat(fd).st_size)
+            complete = data[: data.rfind(b"\n") + 1]
+            kept = [line for line in complete.split(b"\n") if line and line not in drop]
+            _fs.atomic_write(self.path, b"".join(x + b"\n" for x in kept), durable=durable)
+
+
+class Graveyard:
+    r"""Last versions of keys whose logs compaction removed: ``GRAVES`` in a namespace dir.
+
+    One line per removed key, ``hex(utf8(key)) " " version "\n"``, fdatasynced
+    before the log is removed, so a re-created key continues after its old
+    versions (versions never repeat). Cached and read incrementally.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pos = 0
+        self._versions: dict[str, int] = {}
+
+    def version_of(self, key: str) -> int:
+        """The last version ``key`` had before its log was removed (0 if never)."""
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+        if size > self._pos:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._pos)
+                buf = fh.read(size - self._pos)
+            complete = buf.rfind(b"\n") + 1
+            for line in buf[:complete].split(b"\n"):
+                parts = line.split(b" ")
+                if len(parts) == 2 and _HEX.issuperset(parts[0]) and parts[1].isdigit():
+                    text = parts[0].decode("ascii")
+                    self._versions[text] = max(self._versions.get(text, 0), int(parts[1]))
+            self._pos += complete
+        return self._versions.get(key.encode("utf-8").hex(), 0)
+
+    def bury(self, items: list[tuple[str, int]], *, durable: bool) -> None:
+        """Record the last version of each removed key (fdatasync when ``durable``)."""
+        lines = b"".join(b"%s %d\n" % (k.encode("utf-8").hex().encode(), v) for k, v in items)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        with _fs.open_locked(self.path, flags) as fd:
+            _fs.append(fd, lines, durable=durable)
 
 
 def namespace_of(keys_path: str) -> str | None:

@@ -7,6 +7,7 @@ Pure: structs, encoders and decoders; no I/O.
   :func:`encode_blob`). The digest is the sha256 of the *normalized* JSON,
   never of the stored (possibly compressed) bytes.
 * ``E`` frame: :class:`Entry`, one version of a ref (JSON).
+* ``C`` frame: :class:`Compaction`, versions dropped by ``compact`` (JSON).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "COMPRESS_MIN_BYTES",
     "FORMAT_VERSION",
     "KIND_BLOB",
+    "KIND_COMPACTED",
     "KIND_ENTRY",
     "KIND_HEADER",
     "OP_DELETE",
@@ -33,9 +35,11 @@ __all__ = [
     "ZSTD_LEVEL",
     "Audit",
     "BlobLoc",
+    "Compaction",
     "Entry",
     "Header",
     "decode_blob",
+    "decode_compaction",
     "decode_entry",
     "decode_header",
     "encode_blob",
@@ -46,6 +50,7 @@ FORMAT_VERSION = 1  # docs/FORMAT.md §2
 KIND_HEADER = ord("H")
 KIND_BLOB = ord("B")
 KIND_ENTRY = ord("E")
+KIND_COMPACTED = ord("C")
 OP_SET = "set"
 OP_DELETE = "delete"
 OP_ROLLBACK = "rollback"
@@ -100,6 +105,14 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return self.op != OP_DELETE
 
 
+class Compaction(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``C`` frame: versions a compaction dropped, and the policy that dropped them."""
+
+    versions: list[tuple[int, int]]  # inclusive ranges
+    policy: str
+    time_ns: int
+
+
 class Header(msgspec.Struct, frozen=True, kw_only=True):
     """First frame of a ref log: names the ref, so the log is self-describing."""
 
@@ -112,11 +125,12 @@ class Header(msgspec.Struct, frozen=True, kw_only=True):
 _encoder = msgspec.json.Encoder()
 _entry_decoder = msgspec.json.Decoder(Entry)
 _header_decoder = msgspec.json.Decoder(Header)
+_compaction_decoder = msgspec.json.Decoder(Compaction)
 _local = threading.local()  # zstd objects are not thread-safe: one pair per thread
 
 
-def encode_record(record: Entry | Header) -> bytes:
-    """JSON payload for an ``E`` or ``H`` frame."""
+def encode_record(record: Entry | Header | Compaction) -> bytes:
+    """JSON payload for an ``E``, ``H`` or ``C`` frame."""
     return _encoder.encode(record)
 
 
@@ -130,6 +144,18 @@ def decode_entry(payload: bytes) -> Entry:
         return _entry_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise RecordError(f"bad entry record: {exc}") from exc
+
+
+def decode_compaction(payload: bytes) -> Compaction:
+    """Decode a ``C`` frame payload.
+
+    Raises:
+        RecordError: when the payload is not a valid compaction record.
+    """
+    try:
+        return _compaction_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad compaction record: {exc}") from exc
 
 
 def decode_header(payload: bytes) -> Header:

@@ -1,13 +1,15 @@
 """Version index: ``<key-id>.vix`` maps each version of a ref to its entry frame.
 
-Derived data (docs/FORMAT.md §5): ``u64le`` file offset of the ``E`` frame of
-version v at byte ``8 * (v - 1)``; 0 means "no such version here" (a gap
-left by an import or by compaction). Written after the log append, under
-the ref's lock, without fsync. A writer that finds the index out of step with
-the log rebuilds it from a scan; a reader verifies every offset it uses (the
-frame there must be an ``E`` frame of that version) and falls back to a scan.
-This makes get-at-version and history pages cost the same for the 100th and
-the 100,000th version.
+Derived data (docs/FORMAT.md §5): one ``u64le`` per version, version v at
+byte ``8 * (v - 1)``. The value is the file offset of the ``E`` frame, or a
+marker: :data:`COMPACTED` (the version was dropped by compaction),
+:data:`ABSENT` (this log never held that version: an import started higher,
+or the key's earlier life was compacted away), or 0 (unknown: look it up by
+scanning). Written after the log append, under the ref's lock, without
+fsync. A writer that finds the index out of step with the log rebuilds it
+from a scan; a reader verifies every offset it uses (the frame there must be
+the ``E`` frame of that version) and falls back to a scan. This makes
+get-at-version and history pages cost the same at version 100 and 100,000.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from collections.abc import Iterable
 
 from castore import _fs, reflog
 from castore.frames import Frame
-from castore.records import KIND_ENTRY, decode_entry
+from castore.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 
 __all__ = [
+    "ABSENT",
+    "COMPACTED",
     "MAX_INDEXED_VERSION",
     "VIX_RECORD_BYTES",
     "lookup",
@@ -30,10 +34,12 @@ __all__ = [
     "vix_path",
 ]
 
-VIX_RECORD_BYTES = 8  # one u64le offset per version
-_REC = struct.Struct("<Q")
+VIX_RECORD_BYTES = 8  # one u64le per version
+COMPACTED = 1  # marker: version dropped by compaction (no frame can start at offset 1)
+ABSENT = 2  # marker: this log never held the version
 MAX_INDEXED_VERSION = 1 << 24  # 128 MiB of index at most; higher versions are found by a scan
-_MAX_OFFSET = 1 << 62  # larger offsets are damage (pread takes a signed 64-bit offset)
+_REC = struct.Struct("<Q")
+_MAX_OFFSET = 1 << 62  # larger values are damage (pread takes a signed 64-bit offset)
 
 
 def vix_path(log_path: str) -> str:
@@ -41,28 +47,31 @@ def vix_path(log_path: str) -> str:
     return log_path[: -len(".log")] + ".vix"
 
 
+def _value(raw: int) -> int | None:
+    return raw if 0 < raw < _MAX_OFFSET else None
+
+
 def lookup(vix_fd: int, version: int) -> int | None:
-    """Offset of version ``version``'s entry frame, or None when unknown (a hint)."""
+    """Offset (or marker) of ``version``, or None when unknown (an offset is a hint)."""
     if not 1 <= version <= MAX_INDEXED_VERSION:
         return None
     raw = os.pread(vix_fd, VIX_RECORD_BYTES, (version - 1) * VIX_RECORD_BYTES)
     if len(raw) != VIX_RECORD_BYTES:
         return None
-    offset: int = _REC.unpack(raw)[0]
-    return offset if 0 < offset < _MAX_OFFSET else None
+    return _value(_REC.unpack(raw)[0])
 
 
 def lookup_range(vix_fd: int, low: int, high: int) -> dict[int, int]:
-    """Offsets of versions ``low..high`` (inclusive) that the index knows, in one read."""
+    """Offsets (or markers) of versions ``low..high`` (inclusive) that are known, in one read."""
     low, high = max(low, 1), min(high, MAX_INDEXED_VERSION)
     if high < low:
         return {}
     raw = _fs.read_at(vix_fd, (low - 1) * VIX_RECORD_BYTES, (high - low + 1) * VIX_RECORD_BYTES)
     out = {}
     for i in range(len(raw) // VIX_RECORD_BYTES):
-        offset = _REC.unpack_from(raw, i * VIX_RECORD_BYTES)[0]
-        if 0 < offset < _MAX_OFFSET:
-            out[low + i] = offset
+        value = _value(_REC.unpack_from(raw, i * VIX_RECORD_BYTES)[0])
+        if value is not None:
+            out[low + i] = value
     return out
 
 
@@ -74,12 +83,14 @@ def rebuild(frames: Iterable[Frame]) -> bytes:
             version = decode_entry(frame.payload).version
             if 1 <= version <= MAX_INDEXED_VERSION:
                 offsets[version] = frame.start
+        elif frame.kind == KIND_COMPACTED:
+            for low, high in decode_compaction(frame.payload).versions:
+                for version in range(max(low, 1), min(high, MAX_INDEXED_VERSION) + 1):
+                    offsets.setdefault(version, COMPACTED)
     if not offsets:
         return b""
-    table = bytearray(VIX_RECORD_BYTES * max(offsets))
-    for version, start in offsets.items():
-        _REC.pack_into(table, (version - 1) * VIX_RECORD_BYTES, start)
-    return bytes(table)
+    top = max(offsets)
+    return b"".join(_REC.pack(offsets.get(v, ABSENT)) for v in range(1, top + 1))
 
 
 def record(
@@ -96,15 +107,18 @@ def record(
     fd = os.open(vix, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
-        expected = min(previous[0], MAX_INDEXED_VERSION) * VIX_RECORD_BYTES if previous else 0
-        in_step = size == expected and (previous is None or lookup(fd, previous[0]) == previous[1])
+        last = min(previous[0], MAX_INDEXED_VERSION) if previous else 0
+        in_step = size == last * VIX_RECORD_BYTES and (
+            previous is None or previous[0] > last or lookup(fd, previous[0]) == previous[1]
+        )
         if not in_step:
             os.ftruncate(fd, 0)
-            table = rebuild(reflog.scan(log_fd)[1])
-            os.pwrite(fd, table, 0)
+            os.pwrite(fd, rebuild(reflog.scan(log_fd)[1]), 0)
             return  # the scan already saw the new entries
         for version, offset in new:
-            if version <= MAX_INDEXED_VERSION:
-                os.pwrite(fd, _REC.pack(offset), (version - 1) * VIX_RECORD_BYTES)
+            if last < version <= MAX_INDEXED_VERSION:
+                gap = b"".join(_REC.pack(ABSENT) for _ in range(version - last - 1))
+                os.pwrite(fd, gap + _REC.pack(offset), last * VIX_RECORD_BYTES)
+                last = version
     finally:
         os.close(fd)
