@@ -128,6 +128,23 @@ class FileReader:
             index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"))
         return index
 
+    def iter_logs(self) -> Iterator[str]:
+        """Paths of every ref log in the store (scopes and namespace directories sorted)."""
+        for scope in sorted(os.listdir(self.refs)):
+            scope_dir = os.path.join(self.refs, scope)
+            if not os.path.isdir(scope_dir):
+                continue
+            for name in sorted(os.listdir(scope_dir)):
+                nsdir = os.path.join(scope_dir, name)
+                if os.path.isdir(nsdir):
+                    for file in sorted(os.listdir(nsdir)):
+                        if file.endswith(".log"):
+                            yield os.path.join(nsdir, file)
+
+    def key_index(self, scope: str, namespace: str) -> KeyIndex:
+        """The key index of a namespace."""
+        return self._key_index(scope, namespace)
+
     def graveyard(self, scope: str, namespace: str) -> Graveyard:
         """The graveyard of a namespace (last versions of removed keys)."""
         nsdir = self._ns_dir(scope, namespace)

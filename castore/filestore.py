@@ -20,7 +20,7 @@ from typing import NamedTuple
 from castore import _fs, reflog, versions
 from castore.errors import CorruptionError
 from castore.fileread import Current, FileReader
-from castore.frames import encode_frame
+from castore.frames import Frame, encode_frame, scan_frames
 from castore.keys import Ref
 from castore.records import (
     FORMAT_VERSION,
@@ -147,7 +147,7 @@ class FileBackend(FileReader):
                 data, entries, starts, new_blobs = self._frames(
                     ref, path, size, previous, plans, share, base=base
                 )
-                if size == 0:
+                if previous is None:  # the key's first entry: KEYS first (FORMAT.md §6)
                     index = self._key_index(ref.scope, ref.namespace)
                     index.refresh()
                     if ref.key not in index:
@@ -238,6 +238,120 @@ class FileBackend(FileReader):
                 index.add(ref.key, ref.namespace, durable=self.durable)
             self._cache.pop(path, None)
             return entries
+
+    def rewrite(
+        self,
+        path: str,
+        transform: Callable[[list[Frame]], list[tuple[int, bytes]] | None],
+        *,
+        keep_copy: str | None = None,
+    ) -> list[Frame] | None:
+        """Atomically replace the log at ``path`` with ``transform(frames)``, under its lock.
+
+        ``transform`` gets the log's valid frames and returns the new
+        ``(kind, payload)`` list, or None to leave the log alone; an empty
+        list removes the log and its version index. Blob frames that move get
+        index entries (fsynced) before the rename, so stale location hints
+        in other logs fall back to the index. With ``keep_copy``, the old
+        bytes are copied there first (quarantine). Order: write the new log
+        to ``<log>.<pid>.tmp``, fsync, rename over the log, fsync the
+        directory, rebuild the version index (FORMAT.md §8).
+
+        Returns:
+            The new log's frames, or None when nothing was changed.
+        """
+        try:
+            with _fs.open_locked(path, os.O_RDWR, timeout=self.lock_timeout) as fd:
+                return self._rewrite_locked(fd, path, transform, keep_copy)
+        except FileNotFoundError:
+            if os.path.exists(path):
+                raise
+            return None
+
+    def _rewrite_locked(
+        self,
+        fd: int,
+        path: str,
+        transform: Callable[[list[Frame]], list[tuple[int, bytes]] | None],
+        keep_copy: str | None,
+    ) -> list[Frame] | None:
+        frames = reflog.scan(fd)[1]
+        wanted = transform(frames)
+        if wanted is None:
+            return None
+        if keep_copy is not None:
+            size = os.fstat(fd).st_size
+            _fs.makedirs_durable(os.path.dirname(keep_copy), durable=self.durable)
+            _fs.atomic_write(keep_copy, _fs.read_at(fd, 0, size), durable=self.durable)
+        nsdir = os.path.dirname(path)
+        self._cache.pop(path, None)
+        if not wanted:
+            _fs.failpoint("rewrite-before-remove")
+            os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(versions.vix_path(path))
+            if self.durable:
+                _fs.fsync_dir(nsdir)
+            return []
+        own = self.rel(path)
+        data = b"".join(encode_frame(kind, payload) for kind, payload in wanted)
+        new = list(scan_frames(data))
+        moved = [
+            (f.payload[:32], BlobLoc(own, f.start, f.end - f.start))
+            for f in new
+            if f.kind == KIND_BLOB
+        ]
+        self._blobs.add_many(moved, durable=self.durable)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _fs.append(tfd, data, durable=self.durable)
+        finally:
+            os.close(tfd)
+        _fs.failpoint("rewrite-before-rename")
+        os.replace(tmp, path)
+        if self.durable:
+            _fs.fsync_dir(nsdir)
+        _fs.failpoint("rewrite-after-rename")
+        with open(versions.vix_path(path), "wb") as fh:
+            fh.write(versions.rebuild(new))
+        return new
+
+    def rebuild_blob_index(self) -> int:
+        """Rewrite the blob index from the blob frames of every log; return their number.
+
+        Each shard is replaced atomically. An entry a writer appends to the old
+        shard meanwhile may be lost, which only costs a chance to deduplicate.
+        """
+        shards: dict[str, list[bytes]] = {}
+        count = 0
+        for path in self.iter_logs():
+            own = self.rel(path)
+            try:
+                with open(path, "rb") as fh:
+                    frames = list(scan_frames(fh.read()))
+            except FileNotFoundError:
+                continue
+            for f in frames:
+                if f.kind == KIND_BLOB:
+                    count += 1
+                    payload = self._blobs.payload(
+                        f.payload[:32], BlobLoc(own, f.start, f.end - f.start)
+                    )
+                    shards.setdefault(f"{f.payload[0]:02x}", []).append(payload)
+        os.makedirs(self._blobs.dir, exist_ok=True)
+        for name in os.listdir(self._blobs.dir):
+            if name.endswith(".idx") and name[:-4] not in shards:
+                shards[name[:-4]] = []
+        for shard, records in shards.items():
+            path = os.path.join(self._blobs.dir, shard + ".idx")
+            if records:
+                _fs.atomic_write(path, b"".join(records), durable=self.durable)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._blobs.forget()
+        return count
 
     @contextlib.contextmanager
     def _gc_shared(self) -> Iterator[Callable[[], bool]]:

@@ -76,6 +76,16 @@ class BlobIndex:
         """The newest recorded location of ``digest``, or None (a hint: verify it)."""
         return self._refresh(self._path(digest)).get(digest)
 
+    @staticmethod
+    def payload(digest: bytes, loc: BlobLoc) -> bytes:
+        """The ``I`` frame recording that ``digest`` is stored at ``loc``."""
+        body = b"".join((digest, _LOC.pack(loc.offset, loc.length), loc.log.encode("utf-8")))
+        return encode_frame(KIND_INDEX, body)
+
+    def forget(self) -> None:
+        """Drop the cached shards (after they were rewritten)."""
+        self._shards.clear()
+
     def add_many(self, items: list[tuple[bytes, BlobLoc]], *, durable: bool) -> None:
         """Record that each digest is stored at its location (later records win).
 
@@ -84,20 +94,15 @@ class BlobIndex:
         """
         shards: dict[str, list[bytes]] = {}
         for digest, loc in items:
-            payload = b"".join((digest, _LOC.pack(loc.offset, loc.length), loc.log.encode()))
-            shards.setdefault(self._path(digest), []).append(encode_frame(KIND_INDEX, payload))
+            shards.setdefault(self._path(digest), []).append(self.payload(digest, loc))
         if shards and not self._dir_made:
             os.makedirs(self.dir, exist_ok=True)
             self._dir_made = True
         for path, frames in shards.items():
             data = b"".join(frames)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                with _fs.locked(fd, path):
-                    st = os.fstat(fd)
-                    _fs.append(fd, data, durable=durable)
-            finally:
-                os.close(fd)
+            with _fs.open_locked(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND) as fd:
+                st = os.fstat(fd)
+                _fs.append(fd, data, durable=durable)
             ino, pos, table = self._shards.get(path, (0, 0, {}))
             if st.st_ino == ino and st.st_size == pos:  # nobody else appended: skip a re-read
                 for frame in scan_frames(data, pos):

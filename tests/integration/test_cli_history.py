@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import pty
 import random
 import re
 import subprocess
@@ -651,3 +652,28 @@ def test_import_dagu(cli, tmp_path):
     cli.fail(2, "import-dagu", tmp_path / "missing")
     cli.fail(2, "import-dagu", dagu.root / rel_path("dag", "daily", "cursor"))
     assert hexname("daily") in tmp_file
+
+
+def test_progress_on_a_terminal_never_reaches_stdout(cli):
+    """With stderr on a terminal a progress bar may be drawn there; stdout stays the same bytes."""
+    populate_for_export(cli.dir)
+    plain_export = cli.raw_ok("export")
+    plain_audit = cli.raw_ok("audit")
+    for args, expected in ((["export"], plain_export), (["audit"], plain_audit)):
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "castore", "--dir", cli.dir, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=slave,
+                env=cli.env,
+                cwd=cli.tmp,
+                timeout=TIMEOUT_SECONDS,
+                check=False,
+            )
+        finally:
+            os.close(slave)
+            os.close(master)
+        assert proc.returncode == 0
+        assert proc.stdout == expected

@@ -7,9 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from castore import InvalidRefError, Store
+from castore import InvalidRefError, Store, filestore
 from castore.audit import AuditRecord, audit
-from castore.codec import hexdigest
 from castore.results import rfc3339
 
 Ident = tuple[str, str, str, int, str, str]
@@ -179,30 +178,26 @@ def test_audit_rejects_bad_filters(tmp_path):
         list(audit(s, namespace="a/b"))
 
 
-def test_audit_with_times_that_go_backwards_within_a_key(tmp_path):
-    """Wall clocks step back (NTP) and imports carry foreign times: audit must still be right.
-
-    Key a: version 1 at t=300, version 2 at t=100 (the clock went back); key b at t=200.
-    """
-    from castore.transfer import import_lines
-
-    def line(key: str, version: int, time_ns: int) -> bytes:
-        digest = hexdigest(b"1")
-        return (
-            f'{{"scope":"dag","namespace":"d","key":"{key}","version":{version},"op":"set",'
-            f'"time_ns":{time_ns},"created_ns":1,"hash":"{digest}","value":1}}\n'
-        ).encode()
-
-    data = [
-        b'{"format":"castore-export","version":1}\n',
-        line("a", 1, 300),
-        line("a", 2, 100),
-        line("b", 1, 200),
-    ]
+def test_audit_when_the_wall_clock_steps_back(tmp_path, monkeypatch):
+    """FORMAT.md §3: time_ns never decreases within a ref, so audit stays ordered and complete."""
+    clock = iter([300, 200, 100, 50])
+    monkeypatch.setattr(filestore, "time", types.SimpleNamespace(time_ns=lambda: next(clock)))
     s = handle(tmp_path / "store")
-    import_lines(s, lambda: iter(data))
+    s.set("a", 1)  # t=300
+    s.set("b", 1)  # t=200
+    s.set("a", 2)  # the clock says 100: a's version 2 must not be older than its version 1
+    s.delete("b")  # the clock says 50
+    history = [e.version for e in s.history("a").entries]
+    assert history == [2, 1]
     got = [(r.key, r.version, r.time_ns) for r in audit(s)]
-    assert sorted(got) == [("a", 1, 300), ("a", 2, 100), ("b", 1, 200)]
-    assert got == [("a", 1, 300), ("b", 1, 200), ("a", 2, 100)]  # newest first
-    since = [(r.key, r.version) for r in audit(s, since_ns=150)]
-    assert sorted(since) == [("a", 1), ("b", 1)]
+    assert sorted((k, v) for k, v, _ in got) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    times = [t for _, _, t in got]
+    assert times == sorted(times, reverse=True)
+    per_key = {k: [t for kk, _, t in sorted(got) if kk == k] for k in ("a", "b")}
+    for key, key_times in per_key.items():
+        assert key_times == sorted(key_times), key
+    for bound in (0, 150, 250, 300, 301, 1000):
+        expect = [(k, v) for k, v, t in got if t >= bound]
+        assert [(r.key, r.version) for r in audit(s, since_ns=bound)] == expect, bound
+        expect = [(k, v) for k, v, t in got if t <= bound]
+        assert [(r.key, r.version) for r in audit(s, until_ns=bound)] == expect, bound

@@ -1,7 +1,11 @@
 """Export and import of a store's full history (castore/transfer.py)."""
 
+import fcntl
 import json
 import os
+import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -333,6 +337,9 @@ MALFORMED = {
     "bad key": bad([HEADER.strip(), GOOD_1, replace_in(OTHER, b'"key":"other"', b'"key":"../x"')]),
     "bad scope": bad([HEADER.strip(), replace_in(OTHER, b'"scope":"dag"', b'"scope":"DAG"')]),
     "missing field": bad([HEADER.strip(), replace_in(OTHER, b'"version":1,', b"")]),
+    "time goes back within a ref": bad(
+        [HEADER.strip(), replace_in(GOOD_1, b'"time_ns":1', b'"time_ns":5'), GOOD_2]
+    ),
     "version zero": bad([HEADER.strip(), replace_in(OTHER, b'"version":1', b'"version":0')]),
     "value not json": bad([HEADER.strip(), GOOD_1, replace_in(OTHER, b'"value":3', b'"value":03')]),
 }
@@ -371,3 +378,38 @@ def test_import_calls_read_twice_and_validates_before_writing(tmp_path):
     import_lines(target, read)
     assert len(calls) == 2
     assert target.get("other").value == 3
+
+
+def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_path):
+    """An overwrite import renames a new log over the old one; a waiting writer must follow it."""
+    target = new_store(tmp_path / "target")
+    target.set("k", "old")
+    theirs = new_store(tmp_path / "theirs")
+    for value in ("n1", "n2", "n3"):
+        theirs.set("k", value)
+    path = target.backend.log_path(target.ref("k"))
+    done: dict[str, Any] = {}
+
+    def write() -> None:
+        try:
+            done["result"] = new_store(target.root).set("k", "after")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            done["error"] = exc
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.3)  # the writer opens the old log and waits for its lock
+        staged = path + ".staged.tmp"
+        shutil.copyfile(theirs.backend.log_path(theirs.ref("k")), staged)
+        os.replace(staged, path)  # what an overwrite does, under the old log's lock
+    finally:
+        os.close(fd)  # releases the lock
+    writer.join(30)
+    assert "error" not in done, done
+    assert done["result"].version == 4
+    fresh = new_store(target.root)
+    assert [e.version for e in fresh.history("k").entries] == [4, 3, 2, 1]
+    assert [fresh.get("k", version=v).value for v in (1, 2, 3, 4)] == ["n1", "n2", "n3", "after"]

@@ -1,0 +1,230 @@
+"""Retention and compaction: drop old versions of ref logs under a policy.
+
+Per ref, the newest version is always kept; among the others, a version is
+kept when it is one of the last ``keep_last`` or younger than
+``keep_within`` (the union, as restic's ``--keep-last``/``--keep-within``).
+Dropped versions leave a ``C`` frame naming them and the policy, so reading
+one says it was compacted and by what; kept entries keep their version
+numbers and audit records. Blob frames stay (other versions or other logs may
+use them): ``gc`` frees the unreferenced ones afterwards.
+
+A key whose newest version is a delete older than ``keep_within`` goes away:
+its last version is recorded in the namespace's ``GRAVES`` file (so a
+re-created key continues after it: versions never repeat), its entries are
+dropped, and it leaves ``KEYS``. Its log survives only as a holder of blob
+frames, which gc removes once nothing uses them.
+
+Each log is rewritten atomically under its own lock (FORMAT.md §8), so
+readers and writers carry on while compaction runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+from castore import _fs
+from castore.errors import InvalidRefError
+from castore.frames import FRAME_OVERHEAD, Frame, scan_frames
+from castore.keys import SCOPES, Ref, validate_namespace, validate_prefix, validate_scope
+from castore.records import (
+    KIND_BLOB,
+    KIND_COMPACTED,
+    KIND_ENTRY,
+    KIND_HEADER,
+    Compaction,
+    Entry,
+    decode_compaction,
+    decode_entry,
+    encode_record,
+)
+from castore.store import Store
+
+__all__ = ["CompactReport", "compact", "describe_policy"]
+
+
+class CompactReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What a compaction did (or, with ``dry_run``, would do)."""
+
+    policy: str
+    dry_run: bool
+    refs_examined: int
+    refs_compacted: int
+    versions_dropped: int
+    keys_removed: int
+    bytes_before: int
+    bytes_after: int
+
+
+def describe_policy(keep_last: int | None, keep_within_seconds: float | None) -> str:
+    """The policy as text, e.g. ``keep-last 5, keep-within 86400s``."""
+    parts = []
+    if keep_last is not None:
+        parts.append(f"keep-last {keep_last}")
+    if keep_within_seconds is not None:
+        parts.append(f"keep-within {keep_within_seconds:g}s")
+    return ", ".join(parts)
+
+
+def _ranges(versions: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for v in sorted(set(versions)):
+        if out and out[-1][1] == v - 1:
+            out[-1] = (out[-1][0], v)
+        else:
+            out.append((v, v))
+    return out
+
+
+def _refs(store: Store, scope: str | None, namespace: str | None, prefix: str) -> Iterator[Ref]:
+    backend = store.backend
+    for sc in [scope] if scope else sorted(SCOPES):
+        for ns in backend.namespaces(sc):
+            if namespace is None or ns == namespace:
+                for key in backend.keys(sc, ns, prefix):
+                    yield Ref(sc, ns, key)
+
+
+class _Plan:
+    """The decision for one log, made under its lock by :meth:`transform`."""
+
+    def __init__(self, keep_last: int | None, cutoff_ns: int | None, policy: str) -> None:
+        self.keep_last = keep_last
+        self.cutoff_ns = cutoff_ns
+        self.policy = policy
+        self.dropped = 0
+        self.removed: Entry | None = None  # the tombstone of a key that goes away
+
+    def transform(self, frames: list[Frame]) -> list[tuple[int, bytes]] | None:
+        entries = [(f, decode_entry(f.payload)) for f in frames if f.kind == KIND_ENTRY]
+        if not entries:
+            return None
+        newest = entries[-1][1]
+        old_ranges = [
+            r
+            for f in frames
+            if f.kind == KIND_COMPACTED
+            for r in decode_compaction(f.payload).versions
+        ]
+        gone = not newest.live and self.cutoff_ns is not None and newest.time_ns < self.cutoff_ns
+        if gone:
+            self.removed = newest
+            self.dropped = len(entries)
+            # Only the header and the blob frames stay: other logs may point at them.
+            return [(f.kind, f.payload) for f in frames if f.kind in (KIND_HEADER, KIND_BLOB)]
+        keep = {newest.version}
+        if self.keep_last is not None:
+            keep.update(e.version for _, e in entries[-self.keep_last :] if self.keep_last)
+        if self.cutoff_ns is not None:
+            keep.update(e.version for _, e in entries if e.time_ns >= self.cutoff_ns)
+        drop = [e.version for _, e in entries if e.version not in keep]
+        if not drop:
+            return None
+        self.dropped = len(drop)
+        expanded = [v for low, high in old_ranges for v in range(low, high + 1)]
+        marker = Compaction(
+            versions=_ranges(expanded + drop), policy=self.policy, time_ns=time.time_ns()
+        )
+        out: list[tuple[int, bytes]] = []
+        for f in frames:
+            if f.kind == KIND_HEADER:
+                out.append((f.kind, f.payload))
+                out.append((KIND_COMPACTED, encode_record(marker)))
+            elif f.kind == KIND_BLOB or (
+                f.kind == KIND_ENTRY and decode_entry(f.payload).version in keep
+            ):
+                out.append((f.kind, f.payload))
+        return out
+
+
+def compact(
+    store: Store,
+    *,
+    keep_last: int | None = None,
+    keep_within_seconds: float | None = None,
+    scope: str | None = None,
+    namespace: str | None = None,
+    prefix: str = "",
+    dry_run: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> CompactReport:
+    """Apply a retention policy to every selected ref.
+
+    Raises:
+        InvalidRefError: no policy given, a negative one, or bad filters.
+        LockTimeoutError: a ref stayed locked for the lock timeout.
+    """
+    if keep_last is None and keep_within_seconds is None:
+        raise InvalidRefError("give a retention policy: keep_last and/or keep_within")
+    if (keep_last is not None and keep_last < 1) or (
+        keep_within_seconds is not None and keep_within_seconds < 0
+    ):
+        raise InvalidRefError("keep_last must be at least 1 and keep_within not negative")
+    if scope is not None:
+        validate_scope(scope)
+    if namespace is not None:
+        validate_namespace(namespace)
+    validate_prefix(prefix)
+    policy = describe_policy(keep_last, keep_within_seconds)
+    cutoff = None
+    if keep_within_seconds is not None:
+        cutoff = time.time_ns() - int(keep_within_seconds * 1e9)
+    backend = store.backend
+    examined = compacted = dropped = removed = before = after = 0
+    for ref in list(_refs(store, scope, namespace, prefix)):
+        path = backend.log_path(ref)
+        examined += 1
+        plan = _Plan(keep_last, cutoff, policy)
+        size = _size(path)
+        before += size
+        if dry_run:
+            with open(path, "rb") as fh:
+                result = plan.transform(list(scan_frames(fh.read())))
+            after += size if result is None else sum(len(p) + FRAME_OVERHEAD for _, p in result)
+        else:
+            new = backend.rewrite(path, _bury_first(store, ref, plan))
+            after += _size(path)
+            if new is not None and plan.removed is not None:
+                backend.key_index(ref.scope, ref.namespace).remove({ref.key}, durable=store.durable)
+        if plan.dropped:
+            compacted += 1
+            dropped += plan.dropped
+            removed += plan.removed is not None
+        if progress is not None:
+            progress(1)
+    return CompactReport(
+        policy=policy,
+        dry_run=dry_run,
+        refs_examined=examined,
+        refs_compacted=compacted,
+        versions_dropped=dropped,
+        keys_removed=removed,
+        bytes_before=before,
+        bytes_after=after,
+    )
+
+
+def _bury_first(
+    store: Store, ref: Ref, plan: _Plan
+) -> Callable[[list[Frame]], list[tuple[int, bytes]] | None]:
+    """Wrap ``plan.transform``: a key that goes away is recorded in GRAVES (durably) first."""
+
+    def transform(frames: list[Frame]) -> list[tuple[int, bytes]] | None:
+        wanted = plan.transform(frames)
+        if plan.removed is not None:
+            graves = store.backend.graveyard(ref.scope, ref.namespace)
+            graves.bury([(ref.key, plan.removed.version)], durable=store.durable)
+            _fs.failpoint("compact-after-bury")
+        return wanted
+
+    return transform
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,184 @@
+"""Garbage collection: free blob frames nothing references, and crash leftovers.
+
+Safety argument (FORMAT.md §8):
+
+* A writer stores a new blob frame and the entry that references it in one
+  ``write(2)``, so there is never an unreferenced blob "in flight" in its
+  own log.
+* A writer may point at a blob frame in *another* log only while holding
+  ``gc.lock`` shared, taken without waiting. gc holds ``gc.lock``
+  exclusively from before its mark until after its sweep, so no new
+  cross-log reference can appear while it runs (such writers store a fresh
+  copy instead).
+* Each log is swept under its own lock, and the references *from that log*
+  are re-read under that lock, so an entry a writer appended after the mark
+  still protects its blob.
+
+Hence a blob is dropped only if no entry anywhere references its digest.
+The grace period applies to what has no such protocol: ``*.tmp`` files and
+empty logs left by crashed writers are removed only when older than it.
+Namespace directories are never removed (a writer may be creating a log in
+one). The blob index is rewritten at the end from the surviving frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from castore import _fs
+from castore.frames import Frame, scan_frames
+from castore.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.store import Store
+
+__all__ = ["GC_GRACE_SECONDS", "GCReport", "collect_garbage"]
+
+GC_GRACE_SECONDS = 3600.0  # 1 hour: far above any write's duration
+
+
+class GCReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What gc found, kept and freed (or, with ``dry_run``, would free)."""
+
+    dry_run: bool
+    grace_seconds: float
+    blobs_found: int
+    blobs_kept: int
+    blobs_freed: int
+    bytes_found: int
+    bytes_kept: int
+    bytes_freed: int
+    logs_rewritten: int
+    logs_removed: int
+    leftovers_removed: int
+
+
+def _live_digests(frames: list[Frame]) -> set[bytes]:
+    live = set()
+    for f in frames:
+        if f.kind == KIND_ENTRY:
+            entry = decode_entry(f.payload)
+            if entry.hash:
+                live.add(bytes.fromhex(entry.hash))
+    return live
+
+
+def _read_frames(path: str) -> list[Frame]:
+    try:
+        with open(path, "rb") as fh:
+            return list(scan_frames(fh.read()))
+    except FileNotFoundError:
+        return []
+
+
+def collect_garbage(
+    store: Store,
+    *,
+    grace_seconds: float = GC_GRACE_SECONDS,
+    dry_run: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> GCReport:
+    """Free unreferenced blob frames and old crash leftovers; rebuild the blob index.
+
+    Safe while other processes read and write (see the module docstring).
+
+    Raises:
+        LockTimeoutError: gc.lock or a ref log stayed locked for the lock timeout.
+    """
+    backend = store.backend
+    lock_path = os.path.join(store.root, "gc.lock")
+    counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0, "rewritten": 0}
+    removed_logs = leftovers = 0
+    with _fs.open_locked(lock_path, os.O_RDWR | os.O_CREAT, timeout=store.lock_timeout):
+        logs = list(backend.iter_logs())
+        live: set[bytes] = set()
+        for path in logs:  # mark
+            live |= _live_digests(_read_frames(path))
+        _fs.failpoint("gc-after-mark")
+        cutoff = time.time() - grace_seconds
+        for path in logs:  # sweep, each log under its own lock
+            sweep = _Sweep(path, live, cutoff, dry_run)
+            result = backend.rewrite(path, sweep.transform)
+            for name, value in sweep.counts.items():
+                counts[name] += value
+            if result == []:
+                removed_logs += 1
+            elif result is not None:
+                counts["rewritten"] += 1
+            if progress is not None:
+                progress(1)
+        leftovers = _remove_leftovers(store.root, cutoff, dry_run)
+        if not dry_run:
+            backend.rebuild_blob_index()
+    return GCReport(
+        dry_run=dry_run,
+        grace_seconds=grace_seconds,
+        blobs_found=counts["found"],
+        blobs_kept=counts["kept"],
+        blobs_freed=counts["found"] - counts["kept"],
+        bytes_found=counts["bytes_found"],
+        bytes_kept=counts["bytes_kept"],
+        bytes_freed=counts["bytes_found"] - counts["bytes_kept"],
+        logs_rewritten=counts["rewritten"],
+        logs_removed=removed_logs,
+        leftovers_removed=leftovers,
+    )
+
+
+class _Sweep:
+    """The sweep of one log, decided under its lock (references re-read there)."""
+
+    def __init__(self, path: str, live: set[bytes], cutoff: float, dry_run: bool) -> None:
+        self.path = path
+        self.live = live
+        self.cutoff = cutoff
+        self.dry_run = dry_run
+        self.counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0}
+
+    def transform(self, frames: list[Frame]) -> list[tuple[int, bytes]] | None:
+        keep = self.live | _live_digests(frames)
+        seen: set[bytes] = set()
+        out: list[tuple[int, bytes]] = []
+        freed = 0
+        for f in frames:
+            if f.kind == KIND_BLOB:
+                self.counts["found"] += 1
+                self.counts["bytes_found"] += f.end - f.start
+                digest = f.payload[:32]
+                if digest not in keep or digest in seen:
+                    freed += 1
+                    continue
+                seen.add(digest)
+                self.counts["kept"] += 1
+                self.counts["bytes_kept"] += f.end - f.start
+            out.append((f.kind, f.payload))
+        if self.dry_run:
+            return None
+        if not seen and not any(f.kind == KIND_ENTRY for f in frames):
+            # An emptied holder of blobs, or a log whose creation crashed.
+            return [] if _old(self.path, self.cutoff) or frames else None
+        return out if freed else None
+
+
+def _old(path: str, cutoff: float) -> bool:
+    try:
+        return os.stat(path).st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
+def _remove_leftovers(root: str, cutoff: float, dry_run: bool) -> int:
+    """Delete ``*.tmp`` files older than the grace period (crashed writes and rewrites)."""
+    count = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if name.endswith(".tmp") and _old(path, cutoff):
+                count += 1
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+    return count
