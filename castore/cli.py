@@ -18,9 +18,12 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Never, NoReturn
 
+import msgspec
 from tqdm import tqdm
 
 from castore.audit import audit
+from castore.check import check, stats
+from castore.compact import compact
 from castore.dagu import import_dagu, parse_go_time
 from castore.errors import (
     CastoreError,
@@ -29,6 +32,7 @@ from castore.errors import (
     InvalidValueError,
     NotFoundError,
 )
+from castore.gc import collect_garbage
 from castore.keys import go_trim_space
 from castore.render import encode_line, render, render_patch_text
 from castore.store import Store
@@ -53,6 +57,14 @@ _NEGATIVE_NUMBER = re.compile(r"^-\.?\d")  # JSON numbers such as -1e5 are value
 
 class UsageError(Exception):
     """A command-line usage error (exit 2)."""
+
+
+class _UnhealthyError(Exception):
+    """``check`` found problems: its report is printed, then exit 1."""
+
+
+def _op(operation: str, report: msgspec.Struct) -> bytes:
+    return b'{"operation":"%s",' % operation.encode() + encode_line(report)[1:]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,6 +198,23 @@ def _parser() -> _Parser:
         help="what to do with keys that already exist (default: refuse, nothing imported)",
     )
 
+    cmd = add("gc", "free unreferenced blobs and crash leftovers", "castore gc --dry-run")
+    cmd.add_argument("--grace", default="1h", help="keep leftovers younger than this (1h)")
+    cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+
+    cmd = add(
+        "compact", "drop old versions by a retention policy", "castore compact --keep-last 10"
+    )
+    cmd.add_argument("--keep-last", type=int, help="keep the newest N versions of each key")
+    cmd.add_argument("--keep-within", help="keep versions younger than this (e.g. 7d, 12h)")
+    cmd.add_argument("--prefix", default="", help="only keys with this byte prefix")
+    cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+
+    cmd = add("check", "verify every record and blob; --repair fixes", "castore check --repair")
+    cmd.add_argument("--repair", action="store_true", help="truncate, quarantine, rebuild")
+
+    add("stats", "keys, versions, blobs and bytes per scope", "castore stats")
+
     cmd = add(
         "import-dagu",
         "import a Dagu dag-state directory",
@@ -202,6 +231,19 @@ def _value(text: str) -> bytes:
     if text == "-":
         return sys.stdin.buffer.read()
     return os.fsencode(text)  # argv bytes as given: invalid UTF-8 is normalized as Go does
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str | None) -> float | None:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w``."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    if m is None:
+        raise UsageError(f"bad duration {text!r}: use e.g. 90s, 15m, 12h, 7d, 2w")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
 def _time(text: str | None) -> int | None:
@@ -389,7 +431,45 @@ class _Command:
 
             bar = stack.enter_context(_progress("versions"))
             report = import_lines(self.store, read, on_conflict=a.on_conflict, progress=bar.update)
-        yield b'{"operation":"import",' + encode_line(report)[1:]
+        yield _op("import", report)
+
+    def do_gc(self) -> Iterator[bytes]:
+        grace = _duration(self.args.grace)
+        with _progress("logs") as bar:
+            report = collect_garbage(
+                self.store,
+                grace_seconds=grace or 0.0,
+                dry_run=self.args.dry_run,
+                progress=bar.update,
+            )
+        yield _op("gc", report)
+
+    def do_compact(self) -> Iterator[bytes]:
+        a = self.args
+        if a.keep_last is None and a.keep_within is None:
+            raise UsageError("compact needs a policy: --keep-last N and/or --keep-within DURATION")
+        with _progress("keys") as bar:
+            report = compact(
+                self.store,
+                keep_last=a.keep_last,
+                keep_within_seconds=_duration(a.keep_within),
+                scope=self.scope_given,
+                namespace=self.namespace,
+                prefix=go_trim_space(a.prefix),
+                dry_run=a.dry_run,
+                progress=bar.update,
+            )
+        yield _op("compact", report)
+
+    def do_check(self) -> Iterator[bytes]:
+        with _progress("logs") as bar:
+            report = check(self.store, repair=self.args.repair, progress=bar.update)
+        yield _op("check", report)
+        if not report.ok:
+            raise _UnhealthyError(f"{len(report.findings)} problem(s) found; see the report")
+
+    def do_stats(self) -> Iterator[bytes]:
+        yield _op("stats", stats(self.store))
 
     def do_import_dagu(self) -> Iterator[bytes]:
         directory = self.args.directory
@@ -416,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.flush()
     except UsageError as exc:
         return _fail(str(exc), EXIT_INVALID)
+    except _UnhealthyError as exc:
+        out.flush()
+        return _fail(str(exc), EXIT_FAILURE)
     except (InvalidRefError, InvalidValueError) as exc:
         return _fail(str(exc), EXIT_INVALID)
     except ConflictError as exc:

@@ -24,7 +24,7 @@ from castore import _fs
 from castore.frames import encode_frame, scan_frames
 from castore.records import BlobLoc
 
-__all__ = ["KIND_INDEX", "BlobIndex", "Graveyard", "KeyIndex", "namespace_of"]
+__all__ = ["KIND_INDEX", "BlobIndex", "Graveyard", "KeyIndex", "decode_loc", "namespace_of"]
 
 KIND_INDEX = ord("I")
 _LOC = struct.Struct("<QI")
@@ -32,7 +32,8 @@ _HEX = frozenset(b"0123456789abcdef")
 _NS_PREFIX = b"namespace "  # first line of a KEYS file
 
 
-def _loc(payload: bytes) -> BlobLoc:
+def decode_loc(payload: bytes) -> BlobLoc:
+    """The location recorded by an ``I`` frame payload."""
     offset, length = _LOC.unpack_from(payload, 32)
     return BlobLoc(payload[44:].decode("utf-8"), offset, length)
 
@@ -67,7 +68,7 @@ class BlobIndex:
             for frame in scan_frames(buf, pos):
                 if frame.kind != KIND_INDEX or len(frame.payload) < 44:
                     continue
-                table[frame.payload[:32]] = _loc(frame.payload)
+                table[frame.payload[:32]] = decode_loc(frame.payload)
                 pos = frame.end
         self._shards[path] = (ino, pos, table)
         return table
@@ -106,7 +107,7 @@ class BlobIndex:
             ino, pos, table = self._shards.get(path, (0, 0, {}))
             if st.st_ino == ino and st.st_size == pos:  # nobody else appended: skip a re-read
                 for frame in scan_frames(data, pos):
-                    table[frame.payload[:32]] = _loc(frame.payload)
+                    table[frame.payload[:32]] = decode_loc(frame.payload)
                 self._shards[path] = (ino, pos + len(data), table)
 
 

@@ -1,0 +1,297 @@
+"""Integrity check, repair and statistics over a whole store.
+
+``check`` verifies every frame's checksum and framing, every blob against its
+digest, that every live entry's value can be found and verified, that headers
+name the refs their file names encode, that versions increase, and that the
+derived files (``.vix``, ``KEYS``, the blob index) agree with the logs. Each
+problem is a :class:`Finding` naming the file, what is wrong, and what repair
+does. ``repair=True`` truncates torn tails, moves damaged logs' original
+bytes to ``quarantine/<time>/`` before rewriting them with only their intact
+frames (never deleting anything silently), and rebuilds derived files. A
+value whose every copy is damaged cannot be repaired: its version stays in
+the history and reading it keeps failing with a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from castore import versions
+from castore.errors import CastoreError
+from castore.frames import Frame, scan_frames
+from castore.indexes import KeyIndex, decode_loc
+from castore.keys import file_id
+from castore.records import (
+    KIND_BLOB,
+    KIND_ENTRY,
+    KIND_HEADER,
+    Entry,
+    decode_blob,
+    decode_entry,
+    decode_header,
+)
+from castore.store import Store
+
+__all__ = ["CheckReport", "Finding", "ScopeStats", "StoreStats", "check", "stats"]
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One problem: the file, what is wrong, what repair does (and whether it did)."""
+
+    path: str
+    problem: str
+    repair: str
+    repaired: bool = False
+
+
+class CheckReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Result of :func:`check`. ``ok`` means nothing is (still) wrong."""
+
+    ok: bool
+    logs: int
+    entries: int
+    blobs: int
+    findings: list[Finding]
+
+
+class ScopeStats(msgspec.Struct, kw_only=True, rename="camel"):
+    """Counts for one scope (see :func:`stats`)."""
+
+    keys: int = 0
+    deleted_keys: int = 0
+    versions: int = 0
+    blobs: int = 0
+    stored_bytes: int = 0
+    logical_bytes: int = 0
+    reclaimable_bytes: int = 0
+
+
+class StoreStats(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Result of :func:`stats`: per scope and in total."""
+
+    scopes: dict[str, ScopeStats]
+    total: ScopeStats
+
+
+def _frames(path: str) -> tuple[bytes, list[Frame]]:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return data, list(scan_frames(data))
+
+
+def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
+    gaps, pos = [], 0
+    for f in frames:
+        if f.start > pos:
+            gaps.append((pos, f.start))
+        pos = f.end
+    if pos < size:
+        gaps.append((pos, size))
+    return gaps
+
+
+class _Checker:
+    def __init__(self, store: Store, repair: bool) -> None:
+        self.store = store
+        self.backend = store.backend
+        self.repair = repair
+        self.findings: list[Finding] = []
+        self.stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.entries = self.blobs = 0
+
+    def rel(self, path: str) -> str:
+        return os.path.relpath(path, self.store.root)
+
+    def found(self, path: str, problem: str, repair: str, repaired: bool = False) -> None:
+        self.findings.append(
+            Finding(path=self.rel(path), problem=problem, repair=repair, repaired=repaired)
+        )
+
+    def quarantine(self, path: str) -> str:
+        return os.path.join(self.store.root, "quarantine", self.stamp, self.rel(path))
+
+    def check_log(self, path: str, scope: str, keys: set[str]) -> None:
+        data, frames = _frames(path)
+        damaged = _gaps(len(data), frames)
+        problems = []
+        for start, end in damaged:
+            where = "torn tail" if end == len(data) else "damaged bytes"
+            problems.append(f"{where}: {end - start} bytes at offset {start}")
+        bad_blobs = []
+        for f in frames:
+            if f.kind == KIND_BLOB:
+                self.blobs += 1
+                try:
+                    decode_blob(f.payload, f.payload[:32].hex())
+                except CastoreError as exc:
+                    bad_blobs.append(f.start)
+                    problems.append(f"blob at offset {f.start} fails verification: {exc}")
+        header = next((f for f in frames if f.kind == KIND_HEADER), None)
+        ref_text = self.check_header(path, scope, header)
+        entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
+        self.entries += len(entries)
+        self.check_entries(path, ref_text, entries, frames, bad_blobs)
+        if header is not None and entries and decode_header(header.payload).key not in keys:
+            self.found(path, "key missing from KEYS", "add it to KEYS", self.repair)
+            if self.repair:
+                h = decode_header(header.payload)
+                self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)
+        if problems:
+            action = "copy the log to quarantine, rewrite it with its intact frames only"
+            for problem in problems:
+                self.found(path, problem, action, self.repair)
+            if self.repair:
+                drop = set(bad_blobs)
+                self.backend.rewrite(
+                    path,
+                    lambda fs: [(f.kind, f.payload) for f in fs if f.start not in drop],
+                    keep_copy=self.quarantine(path),
+                )
+        elif self.vix_out_of_step(path, frames):
+            self.found(path, "version index out of step", "rebuild it", self.repair)
+            if self.repair:
+                self.backend.rewrite(path, lambda fs: [(f.kind, f.payload) for f in fs])
+
+    def check_header(self, path: str, scope: str, header: Frame | None) -> str:
+        if header is None:
+            self.found(path, "no header frame", "none: the log's ref is unknown")
+            return self.rel(path)
+        h = decode_header(header.payload)
+        expected = os.path.join(self.backend.refs, h.scope, file_id(h.namespace), file_id(h.key))
+        if h.scope != scope or expected + ".log" != path:
+            self.found(path, f"header names {h.scope}/{h.namespace}/{h.key}", "none")
+        return f"{h.scope}/{h.namespace}/{h.key}"
+
+    def check_entries(
+        self, path: str, ref: str, entries: list[Entry], frames: list[Frame], bad: list[int]
+    ) -> None:
+        last = 0
+        own = {f.start: f.payload for f in frames if f.kind == KIND_BLOB and f.start not in bad}
+        for entry in entries:
+            if entry.version <= last:
+                self.found(path, f"{ref}: version {entry.version} after {last}", "none")
+            last = max(last, entry.version)
+            if not entry.live:
+                continue
+            loc = entry.blob
+            payload = own.get(loc.offset) if loc is not None and not loc.log else None
+            try:
+                if payload is not None:
+                    decode_blob(payload, entry.hash)
+                else:
+                    self.backend._read_blob(entry, -1)  # other log, or the index
+            except CastoreError as exc:
+                self.found(
+                    path,
+                    f"{ref} version {entry.version}: value unreadable ({exc})",
+                    "none: no intact copy of blob " + entry.hash,
+                )
+
+    def vix_out_of_step(self, path: str, frames: list[Frame]) -> bool:
+        try:
+            with open(versions.vix_path(path), "rb") as fh:
+                actual = fh.read()
+        except FileNotFoundError:
+            actual = b""
+        return actual != versions.rebuild(frames)
+
+
+def check(
+    store: Store, *, repair: bool = False, progress: Callable[[int], object] | None = None
+) -> CheckReport:
+    """Verify the whole store; with ``repair``, fix what can be fixed (see module docstring).
+
+    Safe while other processes read and write: repairs happen under each
+    log's lock.
+
+    Raises:
+        LockTimeoutError: a ref log stayed locked for the lock timeout (repair only).
+    """
+    checker = _Checker(store, repair)
+    backend = store.backend
+    logs = 0
+    for scope in sorted(os.listdir(backend.refs)):
+        scope_dir = os.path.join(backend.refs, scope)
+        for name in sorted(os.listdir(scope_dir)) if os.path.isdir(scope_dir) else []:
+            nsdir = os.path.join(scope_dir, name)
+            keys = set(KeyIndex(os.path.join(nsdir, "KEYS")).keys(""))
+            for file in sorted(os.listdir(nsdir)):
+                path = os.path.join(nsdir, file)
+                if file.endswith(".log"):
+                    logs += 1
+                    checker.check_log(path, scope, keys)
+                    if progress is not None:
+                        progress(1)
+                elif file.endswith(".tmp"):
+                    checker.found(path, "leftover temporary file", "gc removes it")
+    _check_index(checker)
+    return CheckReport(
+        ok=all(f.repaired for f in checker.findings if not f.repair.startswith("gc")),
+        logs=logs,
+        entries=checker.entries,
+        blobs=checker.blobs,
+        findings=checker.findings,
+    )
+
+
+def _check_index(checker: _Checker) -> None:
+    backend = checker.backend
+    stale = 0
+    folder = os.path.join(checker.store.root, "index")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        data, frames = _frames(os.path.join(folder, name))
+        if _gaps(len(data), frames):
+            stale += 1
+        for f in frames:
+            digest = f.payload[:32]
+            try:
+                ok = backend._read_at(decode_loc(f.payload), -1, digest.hex()) is not None
+            except CastoreError:
+                ok = False
+            stale += not ok
+    if stale:
+        checker.found(
+            folder,
+            f"{stale} stale or damaged blob index records",
+            "rebuild the index",
+            checker.repair,
+        )
+        if checker.repair:
+            backend.rebuild_blob_index()
+
+
+def stats(store: Store) -> StoreStats:
+    """Keys, versions, blobs, stored / logical / reclaimable bytes per scope (reads everything)."""
+    backend = store.backend
+    per: dict[str, ScopeStats] = {}
+    live: set[bytes] = set()
+    blob_sizes: list[tuple[str, bytes, int]] = []
+    for path in backend.iter_logs():
+        scope = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        st = per.setdefault(scope, ScopeStats())
+        data, frames = _frames(path)
+        st.stored_bytes += len(data)
+        entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
+        st.versions += len(entries)
+        st.logical_bytes += sum(e.size for e in entries)
+        if entries:
+            st.keys += entries[-1].live
+            st.deleted_keys += not entries[-1].live
+        live.update(bytes.fromhex(e.hash) for e in entries if e.hash)
+        for f in frames:
+            if f.kind == KIND_BLOB:
+                st.blobs += 1
+                blob_sizes.append((scope, f.payload[:32], f.end - f.start))
+        st.reclaimable_bytes += sum(end - start for start, end in _gaps(len(data), frames))
+    for scope, digest, size in blob_sizes:
+        if digest not in live:
+            per[scope].reclaimable_bytes += size
+    total = ScopeStats()
+    for st in per.values():
+        for field in msgspec.structs.fields(ScopeStats):
+            setattr(total, field.name, getattr(total, field.name) + getattr(st, field.name))
+    return StoreStats(scopes=dict(sorted(per.items())), total=total)
