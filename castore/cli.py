@@ -246,15 +246,18 @@ def _duration(text: str | None) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
-def _time(text: str | None) -> int | None:
+def _time(text: str | None, *, end_of_day: bool = False) -> int | None:
+    """Unix ns of an RFC 3339 time or a date (its start, or with ``end_of_day`` its last ns)."""
     if text is None:
         return None
-    if re.fullmatch(r"\d{4}-\d\d-\d\d", text):
-        text += "T00:00:00Z"
+    date_only = re.fullmatch(r"\d{4}-\d\d-\d\d", text) is not None
     try:
-        return parse_go_time(text)
+        moment = parse_go_time(text + "T00:00:00Z" if date_only else text)
     except ValueError:
         raise UsageError(f"bad time {text!r}: use RFC 3339 or YYYY-MM-DD") from None
+    if date_only and end_of_day:
+        moment += 86_400_000_000_000 - 1
+    return moment
 
 
 class _Command:
@@ -394,7 +397,7 @@ class _Command:
 
     def do_audit(self) -> Iterator[bytes]:
         a = self.args
-        since, until = _time(a.since), _time(a.until)
+        since, until = _time(a.since), _time(a.until, end_of_day=True)
         with _progress("records") as bar:
             for record in audit(
                 self.store,

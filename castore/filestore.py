@@ -136,7 +136,12 @@ class FileBackend(FileReader):
                 os.ftruncate(fd, tail.valid_end)  # drop the torn tail (FORMAT.md §7)
                 size = tail.valid_end
             previous = tail.entry
-            decided = decide(previous, LogView(self, ref, fd, tail))
+            decided: Write | list[Write] | None = None
+            try:
+                decided = decide(previous, LogView(self, ref, fd, tail))
+            finally:
+                if size == 0 and not decided:
+                    os.unlink(path)  # leave no empty log behind a write that did not happen
             if not decided:
                 return previous, []
             plans = decided if isinstance(decided, list) else [decided]

@@ -33,6 +33,23 @@ def _time_per_call(fn: Callable[[int], object], args: list[int]) -> float:
         gc.enable()
 
 
+def _calls(store: Store, key: str) -> dict[str, Callable[[int], object]]:
+    def get_version(version: int) -> object:
+        return store.get(key, version=version)
+
+    def page(before: int) -> object:
+        return store.history(key, limit=20, before_version=before)
+
+    def newest(_before: int) -> object:
+        return store.history(key, limit=20)
+
+    return {
+        "get --version (random)": get_version,
+        "history page of 20": page,
+        "history newest page of 20": newest,
+    }
+
+
 def main() -> None:
     """Build the two histories, time the calls, print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -49,7 +66,9 @@ def main() -> None:
         for n, key in ((args.short, "short"), (args.versions, "long")):
             for i in range(n):
                 store.set(key, {"i": i, "pad": "x" * 60})
-        print(f"built {args.short} + {args.versions} versions in {time.perf_counter() - built:.1f} s")
+        print(
+            f"built {args.short} + {args.versions} versions in {time.perf_counter() - built:.1f} s"
+        )
         rng = random.Random(7)
         rows: dict[str, list[float]] = {}
         for _ in range(args.reps):
@@ -57,17 +76,12 @@ def main() -> None:
                 fresh = Store(work, dag="bench", durable=False)
                 versions = [rng.randint(1, n) for _ in range(args.calls)]
                 befores = [rng.randint(21, n + 1) for _ in range(args.calls // 4)]
-                tests: dict[str, Callable[[int], object]] = {
-                    "get --version (random)": lambda v, s=fresh, k=key: s.get(k, version=v),
-                    "history page of 20": lambda b, s=fresh, k=key: s.history(
-                        k, limit=20, before_version=b
-                    ),
-                    "history newest page of 20": lambda _b, s=fresh, k=key: s.history(k, limit=20),
-                }
+                tests = _calls(fresh, key)
                 for name, fn in tests.items():
                     calls = versions if name.startswith("get") else befores
                     rows.setdefault(f"{name}|{key}", []).append(_time_per_call(fn, calls))
-        print(f"\n{'call':32} {'100 versions':>14} {f'{args.versions:,} versions':>18} {'ratio':>7}  target")
+        long_title = f"{args.versions:,} versions"
+        print(f"\n{'call':32} {'100 versions':>14} {long_title:>18} {'ratio':>7}  target")
         for name in ("get --version (random)", "history page of 20", "history newest page of 20"):
             short = statistics.median(rows[f"{name}|short"])
             long = statistics.median(rows[f"{name}|long"])

@@ -7,7 +7,7 @@ import re
 DOC = pathlib.Path(__file__).parents[2] / "docs" / "FORMAT.md"
 
 
-def constants_table():
+def constants_table() -> list[tuple[str, str, str]]:
     rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \| `castore/(\w+)\.py` \|", DOC.read_text(), re.M)
     assert len(rows) >= 10
     return rows

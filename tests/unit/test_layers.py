@@ -2,6 +2,7 @@
 
 import ast
 import pathlib
+from collections.abc import Iterator
 
 import castore
 
@@ -33,7 +34,7 @@ LAYERS = {
 }
 
 
-def castore_imports(path):
+def castore_imports(path: pathlib.Path) -> Iterator[str]:
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("castore"):

@@ -16,7 +16,7 @@ from castore import (
 )
 from castore.errors import FormatVersionError
 from castore.frames import scan_frames
-from castore.records import KIND_ENTRY, decode_entry
+from castore.records import KIND_ENTRY, Entry, decode_entry
 
 HASH_123 = "c475a5436a1e85bfcf9edbcefb55dd6389d937e60d8e8ba17fb5791e61a5c689"
 HASH_456 = "b4b805a36ca1d984f359a9f8f73c69cf194d31ae14a0538150cb52f0479acfc5"
@@ -29,7 +29,7 @@ def store(request, tmp_path):
     s.close()
 
 
-def entries_of(store, key):
+def entries_of(store: Store, key: str) -> list[Entry]:
     path = store._backend.log_path(store.ref(key))
     with open(path, "rb") as fh:
         return [decode_entry(f.payload) for f in scan_frames(fh.read()) if f.kind == KIND_ENTRY]
