@@ -164,7 +164,10 @@ class KeyIndex:
         for text in self._sorted[start:]:
             if not text.startswith(low):
                 break
-            out.append(bytes.fromhex(text).decode("utf-8"))
+            try:
+                out.append(bytes.fromhex(text).decode("utf-8"))
+            except UnicodeDecodeError:
+                continue  # a damaged line; check --repair rebuilds KEYS
         return out
 
     def add(self, key: str, namespace: str, *, durable: bool) -> None:
@@ -174,10 +177,13 @@ class KeyIndex:
         """
         line = key.encode("utf-8").hex().encode("ascii") + b"\n"
         created = not os.path.exists(self.path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
         with _fs.open_locked(self.path, flags) as fd:
-            if os.fstat(fd).st_size == 0:
+            size = os.fstat(fd).st_size
+            if size == 0:
                 line = _NS_PREFIX + namespace.encode("utf-8").hex().encode("ascii") + b"\n" + line
+            elif _fs.read_at(fd, size - 1, 1) != b"\n":
+                line = b"\n" + line  # a torn last line stays alone on its line
             _fs.append(fd, line, durable=durable)
         if created and durable:
             _fs.fsync_dir(os.path.dirname(self.path))

@@ -292,7 +292,11 @@ def test_every_cut_of_keys(tmp_path):
         except Exception as exc:  # noqa: BLE001 - collected and reported below
             failures.append((cut, full[:cut], repr(exc)))
             continue
-        if after != sorted([*survivors, "new"]):
+        # The next writer puts a newline after a torn last line, which can make it whole
+        # again: that key may then be listed too (only keys with live logs ever are).
+        if after != sorted(after) or not (
+            set(survivors) | {"new"} <= set(after) <= set(NS_KEYS) | {"new"}
+        ):
             failures.append((cut, full[:cut], after))
     assert not failures, (
         f"{len(failures)} of {len(full)} cuts of KEYS break listing the next new key:\n"
