@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from castore.errors import LockTimeoutError
 
 __all__ = [
+    "FAILPOINTS",
     "LOCK_TIMEOUT_SECONDS",
     "append",
     "atomic_write",
@@ -33,15 +34,30 @@ LOCK_TIMEOUT_SECONDS = 30.0  # 30 s: far above any write's duration
 _POLL_FIRST_SECONDS = 0.00005  # 50 µs first back-off while a lock is busy
 _POLL_MAX_SECONDS = 0.002  # 2 ms longest back-off
 
-# Failpoints for crash tests: CASTORE_FAILPOINTS="name,name" makes the process
-# SIGKILL itself when it reaches a named point (docs/DESIGN.md, "Testing").
-_FAILPOINTS = frozenset(filter(None, os.environ.get("CASTORE_FAILPOINTS", "").split(",")))
+# Failpoints for crash tests (docs/DESIGN.md, "Testing"): CASTORE_FAILPOINTS is a comma
+# list of ``name`` or ``name:action``; at a named point the process kills itself with
+# SIGKILL (action ``kill``, the default) or stops itself with SIGSTOP (``stop``: a test
+# can pause it there and continue it with SIGCONT).
+_FAILPOINTS = {
+    item.partition(":")[0]: item.partition(":")[2] or "kill"
+    for item in filter(None, os.environ.get("CASTORE_FAILPOINTS", "").split(","))
+}
+FAILPOINTS = (
+    "before-append",  # the ref log is locked and repaired; nothing of this write is on disk
+    "after-append",  # the write (blob + entry frames) is appended and fdatasynced
+    "rewrite-before-rename",  # a rewritten log (compact, gc, repair) is durable, not yet in place
+    "rewrite-after-rename",  # the rewritten log replaced the old one; its index is not rebuilt
+    "rewrite-before-remove",  # a log that gc or compaction empties is about to be removed
+    "compact-after-bury",  # a removed key's last version is in GRAVES; its log is unchanged
+    "gc-after-mark",  # gc holds gc.lock and has marked; nothing is swept yet
+)
 
 
 def failpoint(name: str) -> None:
-    """Kill this process with SIGKILL if ``name`` is an armed failpoint."""
-    if name in _FAILPOINTS:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Kill (or stop) this process if ``name`` is an armed failpoint."""
+    action = _FAILPOINTS.get(name)
+    if action is not None:
+        os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -221,7 +221,7 @@ class FileBackend(FileReader):
                 _fs.append(tfd, b"".join(parts) + data, durable=self.durable)
             finally:
                 os.close(tfd)
-            _fs.failpoint("before-replace")
+            _fs.failpoint("rewrite-before-rename")
             os.replace(tmp, path)
             if self.durable:
                 _fs.fsync_dir(nsdir)
