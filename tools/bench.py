@@ -77,6 +77,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from queue import Empty
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
@@ -85,6 +86,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 import castore
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue
     from multiprocessing.synchronize import Barrier
 
@@ -488,6 +490,9 @@ def _ratio(a: Row, b: Row) -> Ratio:
     ratio cancels most machine drift; its median is the headline number.
     """
     per_rep = [x / y for x, y in zip(a.rates, b.rates, strict=True) if y > 0]
+    if not per_rep or b.median <= 0:
+        nan = float("nan")
+        return nan, nan, nan, nan
     return statistics.median(per_rep), min(per_rep), max(per_rep), a.median / b.median
 
 
@@ -973,14 +978,12 @@ class Bench:
             os.sync()
             for proc in procs:
                 proc.start()
-            results = [queue.get(timeout=600) for _ in procs]
-            for proc in procs:
-                proc.join(timeout=60)
+            results = _collect(procs, queue, barrier)
             errors = [r[5] for r in results if r[5]]
             ok = sum(r[1] for r in results)
             retries = sum(r[2] for r in results)
-            t0 = min(r[3] for r in results)
-            t1 = max(r[4] for r in results)
+            t0 = min((r[3] for r in results if r[3]), default=0)
+            t1 = max((r[4] for r in results if r[3]), default=0)
             final_n, final_version = _cas_final(name, roots[name], key)
             exact = final_n == total and final_version == total + 1 and not errors
             details[name].append(
@@ -1062,6 +1065,48 @@ def _list_prefix(n: int) -> tuple[str, list[str]]:
     prefix = _list_key(block * LIST_MATCHES)[: -len(str(LIST_MATCHES - 1))]
     expected = [_list_key(i) for i in range(n) if _list_key(i).startswith(prefix)]
     return prefix, expected
+
+
+def _collect(
+    procs: Sequence[BaseProcess],
+    queue: Queue[WorkerResult],
+    barrier: Barrier,
+    timeout_s: float = 600.0,
+) -> list[WorkerResult]:
+    """Gather one result per worker; a worker that dies first gets an error result.
+
+    When a worker is dead without a result (e.g. it failed to import castore) or the
+    timeout passes, the barrier is aborted so that the others stop waiting and report.
+    """
+    results: dict[int, WorkerResult] = {}
+    deadline = time.monotonic() + timeout_s
+    aborted = False
+    while len(results) < len(procs):
+        try:
+            got = queue.get(timeout=0.5)
+            results[got[0]] = got
+            continue
+        except Empty:
+            pass
+        missing = [w for w in range(len(procs)) if w not in results]
+        dead = [w for w in missing if procs[w].exitcode is not None]
+        if dead and len(dead) == len(missing):
+            break  # nobody left to report (the queue was drained for 0.5 s above)
+        if (dead or time.monotonic() > deadline) and not aborted:
+            barrier.abort()
+            aborted = True
+            deadline = time.monotonic() + 30.0
+        elif aborted and time.monotonic() > deadline:
+            break
+    for w, proc in enumerate(procs):
+        proc.join(timeout=10 if w in results else 1)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=10)
+        if w not in results:
+            why = f"worker {w} exited with code {proc.exitcode} without a result"
+            results[w] = (w, 0, 0, 0, 0, why)
+    return [results[w] for w in sorted(results)]
 
 
 def _cas_final(name: str, root: str, key: str) -> tuple[int, int]:

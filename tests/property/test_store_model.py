@@ -6,13 +6,16 @@ import tempfile
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
+import jsonpatch
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from castore import GetResult, ListResult, Store, codec
+from castore.compact import compact
 from castore.errors import CastoreError, ConflictError, NotFoundError
+from castore.gc import collect_garbage
 from castore.keys import Ref
 
 T = TypeVar("T")
@@ -74,6 +77,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.history: dict[Ref, list[bytes | None]] = {}
         self.audit: dict[Ref, list[tuple[str, int]]] = {}  # (operation, rollback_from)
         self.python: dict[tuple[Ref, int], Any] = {}  # (ref, version) -> value as given
+        self.compacted: set[tuple[Ref, int]] = set()  # versions dropped by compaction
         self.steps = 0
 
     def _open(self) -> Store:
@@ -346,6 +350,10 @@ class StoreMachine(RuleBasedStateMachine):
             with pytest.raises(NotFoundError):
                 escaped(call)
             return
+        if (ref, version) in self.compacted:
+            with pytest.raises(NotFoundError, match="compacted"):
+                escaped(call)
+            return
         res = escaped(call)
         normalized = self.history[ref][version - 1]
         if normalized is TOMBSTONE:
@@ -370,7 +378,7 @@ class StoreMachine(RuleBasedStateMachine):
             )
         )
         top = total if before is None else min(total, before - 1)
-        want = list(range(top, 0, -1))
+        want = [v for v in range(top, 0, -1) if (ref, v) not in self.compacted]
         if limit:
             want = want[:limit]
         assert [e.version for e in res.entries] == want
@@ -413,7 +421,7 @@ class StoreMachine(RuleBasedStateMachine):
                 escaped(call)
             assert (info.value.expected, info.value.actual) == (expected, live)
             return
-        if to_version > len(versions):
+        if to_version > len(versions) or (ref, to_version) in self.compacted:
             with pytest.raises(NotFoundError):
                 escaped(call)
             return
@@ -427,6 +435,49 @@ class StoreMachine(RuleBasedStateMachine):
         assert res.deleted is (target is None)
         assert res.created is (target is not None and not live)
         assert res.hash == ("" if target is None else codec.hexdigest(target))
+
+    @rule(h=handles, where=targets, key=keys, data=st.data())
+    def diff_versions(self, h, where, key, data):
+        ref = self._ref(where, key)
+        total = len(self.history.get(ref, []))
+        old = data.draw(st.integers(min_value=1, max_value=total + 1), label="from_version")
+        new = data.draw(st.none() | st.integers(min_value=1, max_value=total + 1), label="to")
+
+        def call():
+            return self.stores[h].diff_versions(
+                key, from_version=old, to_version=new, scope=where[0], namespace=where[1]
+            )
+
+        target = total if new is None else new
+        if (
+            not total
+            or old > total
+            or target > total
+            or {(ref, old), (ref, target)} & (self.compacted)
+        ):
+            with pytest.raises(NotFoundError):
+                escaped(call)
+            return
+        res = escaped(call)
+        before = self.history[ref][old - 1]
+        after = self.history[ref][target - 1]
+        start = None if before is None else codec.decode_value(before)
+        end = None if after is None else codec.decode_value(after)
+        assert (res.from_version, res.to_version) == (old, target)
+        assert jsonpatch.apply_patch(start, res.patch) == end
+        assert res.from_hash == ("" if before is None else codec.hexdigest(before))
+
+    @rule(h=handles, keep_last=st.integers(min_value=1, max_value=3))
+    def compact(self, h, keep_last):
+        escaped(lambda: compact(self.stores[h], keep_last=keep_last))
+        for ref, versions in self.history.items():
+            for version in range(1, len(versions) - keep_last + 1):
+                self.compacted.add((ref, version))
+
+    @rule(h=handles)
+    def gc(self, h):
+        report = escaped(lambda: collect_garbage(self.stores[h], grace_seconds=0))
+        assert report.blobs_kept <= report.blobs_found
 
     @rule(h=handles)
     def reopen(self, h):
