@@ -36,10 +36,11 @@ CACHE_MAX_ENTRIES = 65536  # per-handle read cache; cleared wholesale when full
 
 
 class Current(NamedTuple):
-    """The newest entry of a ref and, when live, its normalized value."""
+    """The newest entry of a ref, its value when live, and where its frame starts."""
 
     entry: Entry | None
     value: bytes | None
+    entry_start: int = -1
 
     @property
     def live(self) -> Entry | None:
@@ -231,7 +232,8 @@ class FileReader:
                     st = os.fstat(fd)
                     sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                     tail = reflog.read_tail(fd, st.st_size) or reflog.scan(fd)[0]
-            current = Current(tail.entry, self._value_of(ref, tail.entry, tail.blob, fd))
+            value = self._value_of(ref, tail.entry, tail.blob, fd)
+            current = Current(tail.entry, value, tail.entry_start)
         finally:
             os.close(fd)
         if tail.valid_end == sig[1]:

@@ -37,7 +37,9 @@ from castore.records import (
     encode_record,
 )
 
-__all__ = ["Current", "Decide", "FileBackend", "LogView", "Write"]
+__all__ = ["DEDUP_MIN_BYTES", "Current", "Decide", "FileBackend", "LogView", "Write"]
+
+DEDUP_MIN_BYTES = 256  # smaller values are not deduplicated across logs (FORMAT.md §5)
 
 
 class Write(NamedTuple):
@@ -59,17 +61,26 @@ class Write(NamedTuple):
     created_ns: int = 0
 
 
+def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class LogView:
     """What a decision may read from the locked log: the newest value, older entries."""
 
-    def __init__(self, backend: FileBackend, ref: Ref, fd: int, tail: reflog.Tail) -> None:
+    def __init__(
+        self, backend: FileBackend, ref: Ref, fd: int, tail: reflog.Tail, known: Current | None
+    ) -> None:
         self._backend = backend
         self._ref = ref
         self._fd = fd
         self._tail = tail
+        self._known = known
 
     def value(self) -> bytes | None:
         """The newest entry's value (None for a tombstone or an empty log)."""
+        if self._known is not None:
+            return self._known.value
         return self._backend._value_of(self._ref, self._tail.entry, self._tail.blob, self._fd)
 
     def entry_at(self, version: int) -> Entry | None:
@@ -129,16 +140,24 @@ class FileBackend(FileReader):
         self._ensure_dir(nsdir)
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
         with _fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
-            size = os.fstat(fd).st_size
-            tail = reflog.read_tail(fd, size)
-            if tail is None or tail.valid_end < size:
-                tail = reflog.scan(fd)[0]
-                os.ftruncate(fd, tail.valid_end)  # drop the torn tail (FORMAT.md §7)
-                size = tail.valid_end
+            st = os.fstat(fd)
+            size = st.st_size
+            hit = self._cache.get(path)
+            known = None
+            if hit is not None and hit[0] == _sig(st) and hit[1].entry_start >= 0:
+                known = hit[1]  # this handle wrote or read exactly this file last: no re-read
+                tail = reflog.Tail(size, size, known.entry, None, None, known.entry_start)
+            else:
+                found = reflog.read_tail(fd, size)
+                if found is None or found.valid_end < size:
+                    found = reflog.scan(fd)[0]
+                    os.ftruncate(fd, found.valid_end)  # drop the torn tail (FORMAT.md §7)
+                    size = found.valid_end
+                tail = found
             previous = tail.entry
             decided: Write | list[Write] | None = None
             try:
-                decided = decide(previous, LogView(self, ref, fd, tail))
+                decided = decide(previous, LogView(self, ref, fd, tail, known))
             finally:
                 if size == 0 and not decided:
                     os.unlink(path)  # leave no empty log behind a write that did not happen
@@ -150,7 +169,7 @@ class FileBackend(FileReader):
                 base = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
             with self._gc_shared() as share:
                 data, entries, starts, new_blobs = self._frames(
-                    ref, path, size, previous, plans, share, base=base
+                    ref, path, size, previous, plans, share, base=base, fd=fd
                 )
                 if previous is None:  # the key's first entry: KEYS first (FORMAT.md §6)
                     index = self._key_index(ref.scope, ref.namespace)
@@ -163,10 +182,11 @@ class FileBackend(FileReader):
             if size == 0 and self.durable:
                 _fs.fsync_dir(nsdir)
             own = self.rel(path)
-            self._blobs.add_many(
-                [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs],
-                durable=False,
-            )
+            indexed = [
+                (bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs
+            ]
+            if indexed:
+                self._blobs.add_many(indexed, durable=False)
             before = (previous.version, tail.entry_start) if previous is not None else None
             versions.record(
                 versions.vix_path(path),
@@ -174,9 +194,8 @@ class FileBackend(FileReader):
                 [(e.version, start) for e, start in zip(entries, starts, strict=True)],
                 fd,
             )
-            st = os.fstat(fd)
-            sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            self._cache[path] = (sig, Current(entries[-1], plans[-1].normalized))
+            current = Current(entries[-1], plans[-1].normalized, starts[-1])
+            self._cache[path] = (_sig(os.fstat(fd)), current)
             return previous, entries
 
     def replace(self, ref: Ref, plans: list[Write]) -> list[Entry]:
@@ -388,15 +407,25 @@ class FileBackend(FileReader):
             if state and state[0] >= 0:
                 os.close(state[0])  # closing releases the flock
 
-    def _existing(self, plan: Write, own: str, share: Callable[[], bool]) -> BlobLoc | None:
-        """A verified ``B`` frame holding the plan's value that this write may point at."""
-        candidates = [plan.hint, self._blobs.lookup(bytes.fromhex(plan.digest_hex))]
+    def _existing(
+        self, plan: Write, own: str, share: Callable[[], bool], fd: int
+    ) -> BlobLoc | None:
+        """A verified ``B`` frame holding the plan's value that this write may point at.
+
+        The hint (the previous version's blob, or a rollback target) comes
+        first. Values under :data:`DEDUP_MIN_BYTES` are not looked up in the
+        blob index: an index record would cost more than the copy it saves.
+        """
+        candidates = [plan.hint]
+        if plan.normalized is not None and len(plan.normalized) >= DEDUP_MIN_BYTES:
+            candidates.append(self._blobs.lookup(bytes.fromhex(plan.digest_hex)))
         for loc in candidates:
             if loc is None or (loc.log != own and not share()):
                 continue
+            here = BlobLoc("" if loc.log == own else loc.log, loc.offset, loc.length)
             try:
-                if self._read_at(loc, -1, plan.digest_hex) is not None:
-                    return BlobLoc("" if loc.log == own else loc.log, loc.offset, loc.length)
+                if self._read_at(here, fd, plan.digest_hex) is not None:
+                    return here
             except CorruptionError:
                 continue
         return None
@@ -411,6 +440,7 @@ class FileBackend(FileReader):
         share: Callable[[], bool],
         known: dict[str, BlobLoc] | None = None,
         base: int = 0,
+        fd: int = -1,
     ) -> tuple[bytes, list[Entry], list[int], list[tuple[str, BlobLoc]]]:
         """Encode the frames of one write; return bytes, entries, their offsets, new blobs."""
         parts: list[bytes] = []
@@ -430,14 +460,15 @@ class FileBackend(FileReader):
         for plan in plans:
             blob = None
             if plan.normalized is not None:
-                blob = written.get(plan.digest_hex) or self._existing(plan, own, share)
+                blob = written.get(plan.digest_hex) or self._existing(plan, own, share, fd)
                 if blob is None:
                     payload = encode_blob(bytes.fromhex(plan.digest_hex), plan.normalized)
                     parts.append(encode_frame(KIND_BLOB, payload))
                     blob = BlobLoc("", offset, len(parts[-1]))
                     offset += len(parts[-1])
                     written[plan.digest_hex] = blob
-                    new_blobs.append((plan.digest_hex, blob))
+                    if len(plan.normalized) >= DEDUP_MIN_BYTES:
+                        new_blobs.append((plan.digest_hex, blob))
             version = plan.version or (previous.version if previous is not None else base) + 1
             # Times never decrease within a ref, even if the wall clock steps back,
             # so history and audit order by time equals version order.
