@@ -23,7 +23,8 @@ import msgspec
 from castore import versions
 from castore.errors import CastoreError
 from castore.frames import Frame, scan_frames
-from castore.indexes import KeyIndex, decode_loc
+from castore.indexes import decode_loc
+from castore.keyindex import KeyIndex
 from castore.keys import file_id
 from castore.records import (
     KIND_BLOB,

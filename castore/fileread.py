@@ -14,7 +14,8 @@ from typing import NamedTuple
 from castore import _fs, reflog, versions
 from castore.errors import CorruptionError, FormatVersionError, NotFoundError
 from castore.frames import frame_at
-from castore.indexes import BlobIndex, Graveyard, KeyIndex, namespace_of
+from castore.indexes import BlobIndex, Graveyard
+from castore.keyindex import KeyIndex, namespace_of
 from castore.keys import Ref, file_id
 from castore.records import (
     FORMAT_VERSION,

@@ -173,7 +173,6 @@ class FileBackend(FileReader):
                 )
                 if previous is None:  # the key's first entry: KEYS first (FORMAT.md §6)
                     index = self._key_index(ref.scope, ref.namespace)
-                    index.refresh()
                     if ref.key not in index:
                         index.add(ref.key, ref.namespace, durable=self.durable)
                 _fs.failpoint("before-append")
@@ -257,7 +256,6 @@ class FileBackend(FileReader):
                 fh.write(versions.rebuild(frames))
             entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
             index = self._key_index(ref.scope, ref.namespace)
-            index.refresh()
             if ref.key not in index:
                 index.add(ref.key, ref.namespace, durable=self.durable)
             self._cache.pop(path, None)

@@ -16,7 +16,6 @@ what was appended since (docs/FORMAT.md §4, §5).
 
 from __future__ import annotations
 
-import bisect
 import os
 import struct
 
@@ -24,7 +23,7 @@ from castore import _fs
 from castore.frames import encode_frame, scan_frames
 from castore.records import BlobLoc
 
-__all__ = ["KIND_INDEX", "BlobIndex", "Graveyard", "KeyIndex", "decode_loc", "namespace_of"]
+__all__ = ["KIND_INDEX", "BlobIndex", "Graveyard", "decode_loc"]
 
 KIND_INDEX = ord("I")
 _LOC = struct.Struct("<QI")
@@ -111,93 +110,6 @@ class BlobIndex:
                 self._shards[path] = (ino, pos + len(data), table)
 
 
-class KeyIndex:
-    """The sorted keys ever created in one namespace directory (cached).
-
-    Not thread-safe; one per namespace per Store handle.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._ino = 0
-        self._pos = 0
-        self._sorted: list[str] = []  # hex of each key's UTF-8, sorted = byte order
-        self._known: set[str] = set()
-
-    def refresh(self) -> None:
-        """Read whatever was appended since the last refresh."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return
-        if st.st_ino != self._ino or st.st_size < self._pos:
-            self._ino, self._pos, self._sorted, self._known = st.st_ino, 0, [], set()
-        if st.st_size <= self._pos:
-            return
-        with open(self.path, "rb") as fh:
-            fh.seek(self._pos)
-            buf = fh.read(st.st_size - self._pos)
-        complete = buf.rfind(b"\n") + 1  # a line without its newline is still being written
-        fresh = []
-        for line in buf[:complete].split(b"\n"):
-            if line and len(line) % 2 == 0 and _HEX.issuperset(line):
-                text = line.decode("ascii")
-                if text not in self._known:
-                    self._known.add(text)
-                    fresh.append(text)
-        self._pos += complete
-        if len(fresh) > 64:
-            self._sorted = sorted(self._sorted + fresh)
-        else:
-            for text in fresh:
-                bisect.insort(self._sorted, text)
-
-    def __contains__(self, key: str) -> bool:
-        return key.encode("utf-8").hex() in self._known
-
-    def keys(self, prefix: str = "") -> list[str]:
-        """Keys starting with ``prefix`` (byte-wise), in byte-wise order."""
-        self.refresh()
-        low = prefix.encode("utf-8").hex()
-        start = bisect.bisect_left(self._sorted, low)
-        out = []
-        for text in self._sorted[start:]:
-            if not text.startswith(low):
-                break
-            try:
-                out.append(bytes.fromhex(text).decode("utf-8"))
-            except UnicodeDecodeError:
-                continue  # a damaged line; check --repair rebuilds KEYS
-        return out
-
-    def add(self, key: str, namespace: str, *, durable: bool) -> None:
-        """Append ``key`` (fdatasync when ``durable``); fsync the directory if new.
-
-        The first line of a new file names the namespace: ``namespace <hex>``.
-        """
-        line = key.encode("utf-8").hex().encode("ascii") + b"\n"
-        created = not os.path.exists(self.path)
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-        with _fs.open_locked(self.path, flags) as fd:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                line = _NS_PREFIX + namespace.encode("utf-8").hex().encode("ascii") + b"\n" + line
-            elif _fs.read_at(fd, size - 1, 1) != b"\n":
-                line = b"\n" + line  # a torn last line stays alone on its line
-            _fs.append(fd, line, durable=durable)
-        if created and durable:
-            _fs.fsync_dir(os.path.dirname(self.path))
-
-    def remove(self, keys: set[str], *, durable: bool) -> None:
-        """Rewrite the file without ``keys`` (atomically: temporary file, fsync, rename)."""
-        drop = {k.encode("utf-8").hex().encode("ascii") for k in keys}
-        with _fs.open_locked(self.path, os.O_RDWR) as fd:
-            data = _fs.read_at(fd, 0, os.fstat(fd).st_size)
-            complete = data[: data.rfind(b"\n") + 1]
-            kept = [line for line in complete.split(b"\n") if line and line not in drop]
-            _fs.atomic_write(self.path, b"".join(x + b"\n" for x in kept), durable=durable)
-
-
 class Graveyard:
     r"""Last versions of keys whose logs compaction removed: ``GRAVES`` in a namespace dir.
 
@@ -236,18 +148,3 @@ class Graveyard:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         with _fs.open_locked(self.path, flags) as fd:
             _fs.append(fd, lines, durable=durable)
-
-
-def namespace_of(keys_path: str) -> str | None:
-    """The namespace named by the first line of a ``KEYS`` file, or None."""
-    try:
-        with open(keys_path, "rb") as fh:
-            first = fh.readline(2 * 4096 + 32)
-    except FileNotFoundError:
-        return None
-    if not first.startswith(_NS_PREFIX) or not first.endswith(b"\n"):
-        return None
-    try:
-        return bytes.fromhex(first[len(_NS_PREFIX) : -1].decode("ascii")).decode("utf-8")
-    except ValueError:
-        return None

@@ -157,9 +157,13 @@ class Workload:
                             self.values[key].append(got.value)
 
     def new_value(self, key: str) -> dict[str, Any]:
-        """A fresh value; sizes vary (raw, zstd, incompressible) and often coincide."""
+        """A fresh value; sizes vary (raw, zstd, incompressible) and often coincide.
+
+        About half are over ``DEDUP_MIN_BYTES`` (256): only those are deduplicated
+        across logs and recorded in the blob index.
+        """
         rng = self.rng
-        size = rng.choice((0, 0, 4, 12, 40, 200, 300))
+        size = rng.choice((0, 4, 12, 40, 260, 300, 300, 500))
         letters = string.ascii_letters if rng.random() < 0.5 else "ab"
         return {
             "k": key,
@@ -385,13 +389,14 @@ class Children:
                 os.kill(proc.pid, signal.SIGKILL)
         return self.wait(proc)
 
-    def error_text(self, proc: subprocess.Popen[bytes], limit: int = 2000) -> str:
-        """The tail of a child's stderr."""
+    def error_text(self, proc: subprocess.Popen[bytes], lines: int = 4) -> str:
+        """The last lines of a child's stderr (the end of its traceback), on one line."""
         try:
             with open(self.stderr[proc.pid], "rb") as fh:
-                return fh.read()[-limit:].decode("utf-8", "replace")
+                text = fh.read()[-8192:].decode("utf-8", "replace")
         except (KeyError, FileNotFoundError):
             return ""
+        return " | ".join(line.strip() for line in text.splitlines()[-lines:])
 
     def reap_all(self) -> None:
         """Kill every child still running (stopped ones too) and reap them all."""

@@ -16,6 +16,7 @@ LAYERS = {
     "_fs": 1,
     "reflog": 2,
     "indexes": 2,
+    "keyindex": 2,
     "versions": 3,
     "fileread": 4,
     "filestore": 5,

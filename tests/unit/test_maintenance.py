@@ -80,6 +80,11 @@ def random_text(size: int, seed: int) -> str:
     return base64.b64encode(rng.randbytes(size * 3 // 4)).decode("ascii")
 
 
+def shareable(n: int) -> dict[str, Any]:
+    """A value large enough to be shared across keys (filestore.DEDUP_MIN_BYTES)."""
+    return {"n": n, "pad": "." * 300}
+
+
 def snapshot(root: str) -> dict[str, bytes]:
     out = {}
     for base, _dirs, files in os.walk(root):
@@ -463,6 +468,7 @@ def test_gc_removes_old_tmp_leftovers_only(store, root):
         os.path.join(root, "FORMAT.9.9.tmp"),
         os.path.join(nsdir, "cd" * 32 + ".log.777.tmp"),
     ]
+    os.makedirs(os.path.join(root, "index"), exist_ok=True)
     for path in old:
         _make_tmp(path, 7200)
     for path in young:
@@ -500,8 +506,8 @@ def test_gc_removes_an_old_empty_log_but_not_a_young_one(store, root):
 
 
 def test_gc_dry_run_changes_nothing(store, root):
-    write_versions(store, "k", [{"n": n} for n in range(4)])
-    write_versions(store, "shared", [{"n": 0}])
+    write_versions(store, "k", [shareable(n) for n in range(4)])
+    write_versions(store, "shared", [shareable(0)])
     compact(store, keep_last=1)
     saved = snapshot(root)
     dry = collect_garbage(store, grace_seconds=0, dry_run=True)
@@ -521,10 +527,10 @@ def test_gc_dry_run_changes_nothing(store, root):
 
 def test_gc_twice_is_idempotent(store, root, clock):
     clock.ago(2)
-    write_versions(store, "k", [{"n": n} for n in range(4)])
+    write_versions(store, "k", [shareable(n) for n in range(4)])
     write_versions(store, "gone", ["x", None])
     clock.now()
-    write_versions(store, "shared", [{"n": 0}, {"n": 3}])
+    write_versions(store, "shared", [shareable(0), shareable(3)])
     compact(store, keep_last=1, keep_within_seconds=3600)
     first = collect_garbage(store, grace_seconds=0)
     assert first.blobs_freed > 0
@@ -535,9 +541,9 @@ def test_gc_twice_is_idempotent(store, root, clock):
     assert (second.blobs_found, second.bytes_found) == (first.blobs_kept, first.bytes_kept)
     assert snapshot(root) == saved
     fresh = Store(root, dag=DAG)
-    assert fresh.get("k").value == {"n": 3}
-    assert fresh.get("shared").value == {"n": 3}
-    assert fresh.get("shared", version=1).value == {"n": 0}
+    assert fresh.get("k").value == shareable(3)
+    assert fresh.get("shared").value == shareable(3)
+    assert fresh.get("shared", version=1).value == shareable(0)
     assert not fresh.get("gone").found
     assert check(fresh).ok
 
@@ -548,7 +554,8 @@ def test_gc_on_a_store_with_nothing_to_free_rewrites_nothing(store, root):
     logs = {k: v for k, v in snapshot(root).items() if k.endswith(".log")}
     report = collect_garbage(store, grace_seconds=0)
     assert (report.blobs_freed, report.logs_rewritten, report.logs_removed) == (0, 0, 0)
-    assert report.blobs_found == report.blobs_kept == 2
+    blobs = sum(f.kind == KIND_BLOB for rel in logs for f in frames_of(os.path.join(root, rel))[0])
+    assert report.blobs_found == report.blobs_kept == blobs == 3
     assert {k: v for k, v in snapshot(root).items() if k.endswith(".log")} == logs
 
 
@@ -616,8 +623,12 @@ def test_check_is_ok_after_compact_and_gc(store, clock):
 
 
 def test_stats_exact(store, root):
-    one = {"a": 1}  # normalized: 7 bytes
-    two = {"a": 2}
+    # Values of at least 256 bytes (filestore.DEDUP_MIN_BYTES) are shared across
+    # versions and keys; smaller ones get a blob frame per write.
+    one = {"a": "1" * 300}
+    two = {"a": "2" * 300}
+    size = len(codec.normalize(one))
+    assert size == len(codec.normalize(two)) >= 256
     write_versions(store, "a", [one, two, one])  # 3 versions, 2 blobs (v3 reuses v1's)
     write_versions(store, "b", [one])  # reuses a's blob: no blob of its own
     write_versions(store, "c", ["x", None])  # deleted key: 1 blob, 2 versions
@@ -629,7 +640,7 @@ def test_stats_exact(store, root):
     dag, glob, custom = result.scopes["dag"], result.scopes["global"], result.scopes["custom"]
     assert sorted(result.scopes) == ["custom", "dag", "global"]
     assert (dag.keys, dag.deleted_keys, dag.versions, dag.blobs) == (2, 1, 6, 3)
-    assert dag.logical_bytes == 7 + 7 + 7 + 7 + 3 + 0
+    assert dag.logical_bytes == 4 * size + 3 + 0
     assert (glob.keys, glob.deleted_keys, glob.versions, glob.blobs) == (1, 0, 1, 1)
     assert glob.logical_bytes == 5
     assert (custom.keys, custom.versions, custom.blobs, custom.logical_bytes) == (1, 1, 1, 1002)
@@ -649,7 +660,7 @@ def test_stats_exact(store, root):
         assert st.reclaimable_bytes == 0
     total = result.total
     assert (total.keys, total.deleted_keys, total.versions, total.blobs) == (4, 1, 8, 5)
-    assert total.logical_bytes == 31 + 5 + 1002
+    assert total.logical_bytes == 4 * size + 3 + 5 + 1002
     assert total.stored_bytes == dag.stored_bytes + glob.stored_bytes + custom.stored_bytes
     # logical bytes = the normalized size of every version, before dedup and compression
     sizes = [
@@ -660,7 +671,7 @@ def test_stats_exact(store, root):
         if v.value is not None
     ]
     assert sum(sizes) == total.logical_bytes
-    assert sizes.count(len(codec.normalize(one))) == 3 + 1
+    assert sizes.count(size) == 3 + 1
 
 
 def test_stats_reclaimable_after_compact(store, root):

@@ -1,0 +1,208 @@
+r"""The key index of one namespace: ``KEYS``, a sorted region plus an appended tail.
+
+Format (docs/FORMAT.md §5)::
+
+    "namespace " hex(utf8(namespace)) "\n"
+    "sorted " end-offset (20 decimal digits) "\n"
+    sorted region: hex(utf8(key)) "\n" lines in byte order, up to end-offset
+    tail: hex(utf8(key)) "\n" lines in creation order
+
+Sorting hex lines sorts keys byte-wise, and a key's byte prefix is a prefix of
+its hex, so a prefix is found by binary search in the sorted region (a few
+reads, whatever the number of keys) plus a scan of the short tail. When the
+tail outgrows :data:`TAIL_MAX_BYTES`, the writer that appends rewrites the
+file with everything sorted (atomically, under the file's lock). Lines that
+lack their newline or are not lowercase hex are ignored; duplicates are
+harmless. A file without a ``sorted`` line is all tail.
+"""
+
+from __future__ import annotations
+
+import os
+
+from castore import _fs
+
+__all__ = ["TAIL_MAX_BYTES", "KeyIndex", "namespace_of"]
+
+TAIL_MAX_BYTES = 64 << 10  # 64 KiB of unsorted tail before the file is re-sorted
+_NS_PREFIX = b"namespace "
+_SORTED_PREFIX = b"sorted "
+_OFFSET_DIGITS = 20
+_MAX_LINE = 2 * 4096 + 1  # hex of the longest key, and its newline
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _valid(line: bytes) -> bool:
+    return bool(line) and len(line) % 2 == 0 and _HEX.issuperset(line)
+
+
+def _decode(hexkey: bytes) -> str | None:
+    try:
+        return bytes.fromhex(hexkey.decode("ascii")).decode("utf-8")
+    except ValueError:
+        return None  # a damaged line; check --repair rebuilds KEYS
+
+
+def _header(namespace: str, end: int) -> bytes:
+    ns = _NS_PREFIX + namespace.encode("utf-8").hex().encode("ascii") + b"\n"
+    if not end:
+        end = len(ns) + len(_SORTED_PREFIX) + _OFFSET_DIGITS + 1
+    return ns + _SORTED_PREFIX + b"%0*d\n" % (_OFFSET_DIGITS, end)
+
+
+class _Layout:
+    """Where the regions of one KEYS file are."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        head = _fs.read_at(fd, 0, min(size, len(_NS_PREFIX) + _MAX_LINE + 64))
+        first = head.find(b"\n") + 1
+        self.namespace_hex = head[len(_NS_PREFIX) : first - 1] if first else b""
+        self.start = self.end = first
+        second = head[first : first + len(_SORTED_PREFIX) + _OFFSET_DIGITS + 1]
+        if second.startswith(_SORTED_PREFIX) and second.endswith(b"\n"):
+            digits = second[len(_SORTED_PREFIX) : -1]
+            self.start = first + len(second)
+            self.end = int(digits) if digits.isdigit() else self.start
+            self.end = min(max(self.end, self.start), size)
+
+
+def _first_at_or_after(fd: int, lo: int, hi: int, target: bytes) -> int:
+    """Offset of the first line in the sorted region ``[lo, hi)`` that is >= ``target``."""
+    while hi - lo > 2 * _MAX_LINE:  # invariant: lo is a line start, the answer is in [lo, hi]
+        mid = (lo + hi) // 2
+        buf = _fs.read_at(fd, mid, 2 * _MAX_LINE + 1)
+        nl = buf.find(b"\n")
+        start = mid + nl + 1
+        end = buf.find(b"\n", nl + 1)
+        if nl < 0 or end < 0 or start >= hi:
+            break
+        if buf[nl + 1 : end] < target:
+            lo = mid + end + 1
+        else:
+            hi = start
+    buf = _fs.read_at(fd, lo, hi - lo)
+    pos = 0
+    for line in buf.split(b"\n")[:-1]:
+        if line >= target:
+            return lo + pos
+        pos += len(line) + 1
+    return hi
+
+
+class KeyIndex:
+    """The keys ever created in one namespace directory.
+
+    Not thread-safe; one per namespace per Store handle. Safe across
+    processes: appends and re-sorts hold the file's lock; readers parse only
+    whole lines.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ino = 0
+        self._tail_pos = 0
+        self._tail: set[bytes] = set()  # hex lines seen in the tail
+
+    def _refresh_tail(self, fd: int, layout: _Layout, st: os.stat_result) -> None:
+        if st.st_ino != self._ino or self._tail_pos < layout.end or st.st_size < self._tail_pos:
+            self._ino, self._tail_pos, self._tail = st.st_ino, layout.end, set()
+        if st.st_size > self._tail_pos:
+            buf = _fs.read_at(fd, self._tail_pos, st.st_size - self._tail_pos)
+            complete = buf.rfind(b"\n") + 1  # a line without its newline is still being written
+            self._tail.update(line for line in buf[:complete].split(b"\n") if _valid(line))
+            self._tail_pos += complete
+
+    def _scan(self, prefix_hex: bytes, exact: bool) -> set[bytes]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return set()
+        try:
+            st = os.fstat(fd)
+            layout = _Layout(fd, st.st_size)
+            found: set[bytes] = set()
+            pos = _first_at_or_after(fd, layout.start, layout.end, prefix_hex)
+            while pos < layout.end:
+                buf = _fs.read_at(fd, pos, min(layout.end - pos, 1 << 16))
+                lines = buf.split(b"\n")
+                if len(lines) == 1:
+                    break
+                for line in lines[:-1]:
+                    if not line.startswith(prefix_hex) or (exact and line != prefix_hex):
+                        pos = layout.end
+                        break
+                    if _valid(line):
+                        found.add(line)
+                else:
+                    pos += len(buf) - len(lines[-1])
+            self._refresh_tail(fd, layout, st)
+        finally:
+            os.close(fd)
+        if exact:
+            return found | ({prefix_hex} & self._tail)
+        return found | {line for line in self._tail if line.startswith(prefix_hex)}
+
+    def __contains__(self, key: str) -> bool:
+        return bool(self._scan(key.encode("utf-8").hex().encode("ascii"), exact=True))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys starting with ``prefix`` (byte-wise), in byte-wise order."""
+        found = sorted(self._scan(prefix.encode("utf-8").hex().encode("ascii"), exact=False))
+        return [key for key in map(_decode, found) if key is not None]
+
+    def add(self, key: str, namespace: str, *, durable: bool) -> None:
+        """Append ``key`` (fdatasync when ``durable``); fsync the directory if new.
+
+        Re-sorts the whole file when the tail has grown past TAIL_MAX_BYTES.
+        """
+        line = key.encode("utf-8").hex().encode("ascii") + b"\n"
+        created = not os.path.exists(self.path)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+        with _fs.open_locked(self.path, flags) as fd:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                line = _header(namespace, 0) + line
+            elif _fs.read_at(fd, size - 1, 1) != b"\n":
+                line = b"\n" + line  # a torn last line stays alone on its line
+            _fs.append(fd, line, durable=durable)
+            layout = _Layout(fd, size + len(line))
+            if size + len(line) - layout.end > TAIL_MAX_BYTES:
+                self._rewrite(fd, namespace, set(), durable=durable)
+        if created and durable:
+            _fs.fsync_dir(os.path.dirname(self.path))
+
+    def remove(self, keys: set[str], *, durable: bool) -> None:
+        """Rewrite the file, sorted, without ``keys``."""
+        drop = {k.encode("utf-8").hex().encode("ascii") for k in keys}
+        with _fs.open_locked(self.path, os.O_RDWR) as fd:
+            namespace = namespace_of(self.path) or ""
+            self._rewrite(fd, namespace, drop, durable=durable)
+
+    def _rewrite(self, fd: int, namespace: str, drop: set[bytes], *, durable: bool) -> None:
+        """Replace the locked file by a fully sorted one (temporary file, fsync, rename)."""
+        size = os.fstat(fd).st_size
+        layout = _Layout(fd, size)
+        data = _fs.read_at(fd, layout.start, size - layout.start)
+        complete = data[: data.rfind(b"\n") + 1]
+        lines = sorted({x for x in complete.split(b"\n") if _valid(x)} - drop)
+        body = b"".join(x + b"\n" for x in lines)
+        head_len = len(_header(namespace, 0))
+        _fs.atomic_write(
+            self.path, _header(namespace, head_len + len(body)) + body, durable=durable
+        )
+        self._ino = 0  # re-read on next use
+
+
+def namespace_of(keys_path: str) -> str | None:
+    """The namespace named by the first line of a ``KEYS`` file, or None."""
+    try:
+        with open(keys_path, "rb") as fh:
+            first = fh.readline(len(_NS_PREFIX) + _MAX_LINE + 1)
+    except FileNotFoundError:
+        return None
+    if not first.startswith(_NS_PREFIX) or not first.endswith(b"\n"):
+        return None
+    try:
+        return bytes.fromhex(first[len(_NS_PREFIX) : -1].decode("ascii")).decode("utf-8")
+    except ValueError:
+        return None

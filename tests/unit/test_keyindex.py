@@ -1,0 +1,57 @@
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from castore import keyindex
+from castore.keyindex import KeyIndex, namespace_of
+
+
+def brute(keys, prefix):
+    pb = prefix.encode()
+    return sorted({k for k in keys if k.encode().startswith(pb)}, key=lambda k: k.encode())
+
+
+def test_sorted_region_and_tail_answer_every_prefix(tmp_path, monkeypatch):
+    monkeypatch.setattr(keyindex, "TAIL_MAX_BYTES", 2000)  # force several re-sorts
+    rng = random.Random(3)
+    alphabet = "ab/é\x00Z"
+    keys = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(1500)]
+    keys += ["k" * 4096, "k" * 4095 + "a"]
+    index = KeyIndex(str(tmp_path / "KEYS"))
+    for n, key in enumerate(keys):
+        index.add(key, "ns/é", durable=False)
+        if n % 97 == 0:
+            probe = key[: rng.randint(0, len(key))]
+            assert index.keys(probe) == brute(keys[: n + 1], probe)
+    prefixes = ["", "a", "ab", "b/", "é", "\x00", "Z", "zz", "k" * 4000, "k" * 4095]
+    prefixes += [k[:2] for k in keys[:50]]
+    fresh = KeyIndex(str(tmp_path / "KEYS"))
+    for prefix in prefixes:
+        assert fresh.keys(prefix) == brute(keys, prefix), prefix
+    assert all(k in fresh for k in keys[:200])
+    assert "never-added" not in fresh
+    assert namespace_of(str(tmp_path / "KEYS")) == "ns/é"
+
+
+def test_remove_rewrites_sorted(tmp_path):
+    index = KeyIndex(str(tmp_path / "KEYS"))
+    for key in ["b", "a", "c", "ab"]:
+        index.add(key, "ns", durable=False)
+    index.remove({"a", "c"}, durable=False)
+    assert index.keys() == ["ab", "b"]
+    index.add("aa", "ns", durable=False)
+    assert index.keys("a") == ["aa", "ab"]
+    assert namespace_of(str(tmp_path / "KEYS")) == "ns"
+
+
+utf8_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=5)
+
+
+@given(st.lists(utf8_text.filter(bool), max_size=60), utf8_text)
+def test_prefix_listing_matches_brute_force(tmp_path_factory, keys, prefix):
+    path = tmp_path_factory.mktemp("k") / "KEYS"
+    index = KeyIndex(str(path))
+    for key in keys:
+        index.add(key, "n", durable=False)
+    assert index.keys(prefix) == brute(keys, prefix)
