@@ -59,11 +59,10 @@ class _Layout:
         self.namespace_hex = head[len(_NS_PREFIX) : first - 1] if first else b""
         self.start = self.end = first
         second = head[first : first + len(_SORTED_PREFIX) + _OFFSET_DIGITS + 1]
-        if second.startswith(_SORTED_PREFIX) and second.endswith(b"\n"):
-            digits = second[len(_SORTED_PREFIX) : -1]
+        digits = second[len(_SORTED_PREFIX) : -1]
+        if second.startswith(_SORTED_PREFIX) and second.endswith(b"\n") and digits.isdigit():
             self.start = first + len(second)
-            self.end = int(digits) if digits.isdigit() else self.start
-            self.end = min(max(self.end, self.start), size)
+            self.end = min(max(int(digits), self.start), size)
 
 
 def _first_at_or_after(fd: int, lo: int, hi: int, target: bytes) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -32,7 +33,7 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ __all__ = [
     "Lane",
     "Verdict",
     "Workload",
+    "classify",
     "main",
     "proc_state",
     "read_records",
@@ -435,7 +437,8 @@ class Verdict:
 
 @dataclass
 class _Key:
-    acked: list[tuple[int, int, str, str]] = field(default_factory=list)  # index, version, value, op
+    # (record index, version, canonical value, op) of each acknowledged write
+    acked: list[tuple[int, int, str, str]] = field(default_factory=list)
     intents: list[tuple[int, str]] = field(default_factory=list)  # index, value
 
 
@@ -526,7 +529,7 @@ def _check_history(store: Store, model: _Model) -> list[str]:
             out.append(f"unreadable: {key} history/current: {type(exc).__name__}: {exc}")
             continue
         versions = [e.version for e in entries]
-        if any(a <= b for a, b in zip(versions, versions[1:], strict=False)):
+        if any(a <= b for a, b in itertools.pairwise(versions)):
             out.append(f"history-order: {key} history versions {versions}")
         newest = versions[0] if versions else 0
         acked = {v: value for _, v, value, _ in info.acked}
@@ -601,6 +604,22 @@ def verify(root: str, records: list[Record], *, repair: bool = True) -> Verdict:
 
 
 # -- the parent side: cycles ------------------------------------------------------------
+
+_CAUSES: Final = (
+    ("no header frame", "empty log left by a killed first write"),
+    ("blob record holds", "location hint names another blob frame (digest mismatch)"),
+    ("is missing or damaged", "blob found neither at its hint nor through the index"),
+    ("has no version", "no 'compacted' in the message"),
+)
+
+
+def classify(violation: str) -> str:
+    """A violation's kind and, when known, its cause (to count alike ones together)."""
+    kind = violation.partition(":")[0]
+    for needle, cause in _CAUSES:
+        if needle in violation:
+            return f"{kind} ({cause})"
+    return kind
 
 
 @dataclass
@@ -697,7 +716,7 @@ class Lane:
         if violations:
             fig.violations += 1
             for v in violations:
-                kind = v.partition(":")[0]
+                kind = classify(v)
                 fig.kinds[kind] += 1
                 fig.examples.setdefault(kind, v[:400])
         self.in_epoch += 1

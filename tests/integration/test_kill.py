@@ -53,9 +53,7 @@ def children(tmp_path):
 def test_random_moment_kills_lose_no_acknowledged_write(tmp_path, children, record_property):
     lane = Lane(str(tmp_path), children, seed=20240611)
     for cycle in range(RANDOM_CYCLES):
-        lane.random_cycle(
-            durable=cycle % 4 == 0, max_delay=MAX_DELAY_SECONDS, allow_remove=False
-        )
+        lane.random_cycle(durable=cycle % 4 == 0, max_delay=MAX_DELAY_SECONDS, allow_remove=False)
     fig = lane.figures
     for name in ("cycles", "kills", "repairs", "acked", "violations"):
         record_property(name, getattr(fig, name))

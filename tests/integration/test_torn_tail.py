@@ -307,7 +307,7 @@ def test_every_cut_of_keys(tmp_path):
 def test_every_cut_of_blob_index(tmp_path):
     root = str(tmp_path / "s")
     store = open_store(root)
-    shared = {"shared": "value" * 40}
+    shared = {"shared": "value" * 80}  # >= DEDUP_MIN_BYTES: shared across logs
     store.set("a", shared)
     store.set("b", shared)  # reuses a's blob through the index
     b_entry = read_versions(root, log_path(root, "dag", DAG, "b"))[0].entry
@@ -333,7 +333,7 @@ def test_every_cut_of_blob_index(tmp_path):
             # Writers still work: the same content again, then new content twice.
             assert open_store(root).set("d", shared).version == 1
             check_get(root, "d", 1, shared)
-            fresh = {"fresh": cut}
+            fresh = {"fresh": cut, "pad": "p" * 300}  # >= DEDUP_MIN_BYTES: deduplicated
             assert open_store(root).set("e", fresh).version == 1
             assert open_store(root).set("f", fresh).version == 1
             check_get(root, "f", 1, fresh)

@@ -1,0 +1,515 @@
+"""I/O faults: ENOSPC and EIO from the file-system calls castore makes, at every call.
+
+In-process fault injection: ``os.write`` (what ``castore._fs.append`` uses),
+``os.fdatasync``, ``os.fsync``, ``os.replace`` and ``os.open`` are wrapped; an
+armed fault makes the n-th call inside one operation raise ``OSError`` (or, for
+a partial write, write half of the bytes and make the next write raise
+ENOSPC). For every operation (set, delete, rollback, compact, gc, import) and
+every n until the operation makes fewer than n such calls:
+
+* the operation raises OSError with the injected errno (nothing else);
+* nothing acknowledged before is lost: every key's history is the one before
+  the operation, or the one the operation would have produced (a write whose
+  commit landed before the fault is visible; compaction is per key);
+* once the fault is removed, the same handle's next set gets the next version
+  (versions never repeat), and ``check()`` is ok, or ``check(repair=True)``
+  makes it ok without losing acknowledged data.
+
+Then the CLI: an OSError is exit 1 and one line ``castore: ...`` on stderr.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from castore import CastoreError, NotFoundError, Store
+from castore.check import check
+from castore.compact import compact
+from castore.gc import collect_garbage
+from castore.transfer import export_lines, import_lines
+
+pytestmark = pytest.mark.integration
+
+DAG: Final = "faults"
+MAX_CALLS: Final = 40  # more than any operation here makes of one kind
+BIG: Final = {"big": "shared value " * 30}  # >= 256 bytes: deduplicated across keys
+ROOT: Final = Path(__file__).resolve().parents[2]
+
+History = dict[int, Any]  # version -> value (None: a delete)
+
+
+# -- the fault injector ---------------------------------------------------------------------
+
+
+class Faults:
+    """Wraps ``os`` functions once; ``arm`` makes the n-th matching call fail."""
+
+    CALLS: Final = ("write", "fdatasync", "fsync", "replace", "open")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real: dict[str, Callable[..., Any]] = {name: getattr(os, name) for name in self.CALLS}
+        self.call = ""
+        self.nth = 0
+        self.errno = 0
+        self.partial = False
+        self.match: Callable[[tuple[Any, ...]], bool] | None = None
+        self.seen = 0
+        self.fired = False
+        self.pending = False  # a partial write happened: the next write fails
+        for name in self.CALLS:
+            monkeypatch.setattr(os, name, self._wrap(name))
+
+    def _wrap(self, name: str) -> Callable[..., Any]:
+        real = self.real[name]
+
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            if name == "write" and self.pending:
+                self.pending = False
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self.call == name and not self.fired and (self.match is None or self.match(args)):
+                self.seen += 1
+                if self.seen == self.nth:
+                    self.fired = True
+                    if self.partial and len(args[1]) >= 2:
+                        self.pending = True
+                        return real(args[0], bytes(args[1][: len(args[1]) // 2]))
+                    raise OSError(self.errno, os.strerror(self.errno))
+            return real(*args, **kw)
+
+        return wrapper
+
+    def arm(self, call: str, nth: int, code: int, *, partial: bool = False, match=None) -> None:
+        self.call, self.nth, self.errno, self.partial, self.match = call, nth, code, partial, match
+        self.seen, self.fired, self.pending = 0, False, False
+
+    def disarm(self) -> None:
+        self.call, self.pending = "", False
+
+
+@pytest.fixture
+def faults(monkeypatch):
+    injector = Faults(monkeypatch)
+    yield injector
+    injector.disarm()
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    call: str
+    errno: int
+    partial: bool = False
+    log_only: bool = False
+
+
+FAULTS: Final = [
+    Fault("write-ENOSPC", "write", errno.ENOSPC),
+    Fault("write-EIO", "write", errno.EIO),
+    Fault("write-partial", "write", errno.ENOSPC, partial=True),
+    Fault("fdatasync-EIO", "fdatasync", errno.EIO),
+    Fault("fdatasync-ENOSPC", "fdatasync", errno.ENOSPC),
+    Fault("fsync-EIO", "fsync", errno.EIO),
+    Fault("replace-EIO", "replace", errno.EIO),
+    Fault("replace-ENOSPC", "replace", errno.ENOSPC),
+    Fault("open-ENOSPC", "open", errno.ENOSPC),
+    Fault("open-EIO", "open", errno.EIO),
+    Fault("open-log-EIO", "open", errno.EIO, log_only=True),
+]
+
+
+def _is_log(args: tuple[Any, ...]) -> bool:
+    return bool(args) and isinstance(args[0], str) and args[0].endswith(".log")
+
+
+# -- the store and the operations -------------------------------------------------------------
+
+
+def open_store(root: str, *, durable: bool = False) -> Store:
+    return Store(root, dag=DAG, durable=durable)
+
+
+BASE: Final[dict[str, list[Any]]] = {
+    "k": [{"a": 1}, BIG, {"a": 3}, {"a": 4}],
+    "gone": [{"g": 1}, None],
+    "other": [{"o": 1}],
+}
+SOURCE: Final[dict[str, list[Any]]] = {  # the import file's keys
+    "imp": [{"i": 1}, {"i": 2}],
+    "k": [{"from": "import"}, None, {"from": "import", "n": 3}],
+}
+
+
+def write_histories(store: Store, histories: dict[str, list[Any]]) -> None:
+    for key, values in histories.items():
+        for value in values:
+            if value is None:
+                assert store.delete(key).deleted
+            else:
+                store.set(key, value)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("faults") / "base")
+    write_histories(open_store(root, durable=True), BASE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> list[bytes]:
+    root = str(tmp_path_factory.mktemp("faults") / "source")
+    store = open_store(root)
+    write_histories(store, SOURCE)
+    return list(export_lines(store))
+
+
+def read_history(store: Store, key: str) -> History:
+    """Every readable version of ``key`` with its value; raises on anything unexpected."""
+    out: History = {}
+    for entry in store.history(key).entries:
+        res = store.get(key, version=entry.version)
+        out[entry.version] = res.value if res.found else None
+    return out
+
+
+def read_all(store: Store, keys: list[str]) -> dict[str, History]:
+    return {key: read_history(store, key) for key in keys}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation under test, and the histories it may leave per key."""
+
+    name: str
+    run: Callable[[Store, list[bytes]], object]
+    allowed: Callable[[dict[str, History]], dict[str, list[History]]]
+    prepare: Callable[[Store], object] | None = None
+
+
+def _newest_only(h: History) -> History:
+    return {max(h): h[max(h)]} if h else {}
+
+
+def _plus(h: History, value: Any) -> History:
+    return {**h, max(h, default=0) + 1: value}
+
+
+def _source(key: str) -> History:
+    out: History = {}
+    for n, value in enumerate(SOURCE[key], 1):
+        out[n] = value
+    return out
+
+
+def _same(before: dict[str, History]) -> dict[str, list[History]]:
+    return {key: [h] for key, h in before.items()}
+
+
+def _one_changed(key: str, after: Callable[[History], History]):
+    def allowed(before: dict[str, History]) -> dict[str, list[History]]:
+        out = _same(before)
+        out[key] = [before.get(key, {}), after(before.get(key, {}))]
+        return out
+
+    return allowed
+
+
+def _compacted(before: dict[str, History]) -> dict[str, list[History]]:
+    # Per key: untouched, or only the newest version kept; a key whose newest
+    # version is a delete may go away entirely (keep-within 0).
+    out = {}
+    for key, h in before.items():
+        options = [h, _newest_only(h)]
+        if h and h[max(h)] is None:
+            options.append({})
+        out[key] = options
+    return out
+
+
+def _imported(overwrite: bool):
+    def allowed(before: dict[str, History]) -> dict[str, list[History]]:
+        out = _same(before)
+        out["imp"] = [{}, _source("imp")]
+        if overwrite:
+            out["k"] = [before["k"], _source("k")]
+        return out
+
+    return allowed
+
+
+OPERATIONS: Final = [
+    Operation(
+        "set",
+        lambda s, _: s.set("k", {"new": 1}),
+        _one_changed("k", lambda h: _plus(h, {"new": 1})),
+    ),
+    Operation(
+        "set-new-key",
+        lambda s, _: s.set("fresh", {"f": 1}),
+        _one_changed("fresh", lambda h: {1: {"f": 1}}),
+    ),
+    Operation(
+        "set-shared-blob", lambda s, _: s.set("copy", BIG), _one_changed("copy", lambda h: {1: BIG})
+    ),
+    Operation(
+        "set-after-delete",
+        lambda s, _: s.set("gone", {"back": 1}),
+        _one_changed("gone", lambda h: _plus(h, {"back": 1})),
+    ),
+    Operation("delete", lambda s, _: s.delete("k"), _one_changed("k", lambda h: _plus(h, None))),
+    Operation(
+        "rollback",
+        lambda s, _: s.rollback("k", to_version=2),
+        _one_changed("k", lambda h: _plus(h, BIG)),
+    ),
+    Operation("compact", lambda s, _: compact(s, keep_last=1), _compacted),
+    Operation("compact-remove", lambda s, _: compact(s, keep_within_seconds=0), _compacted),
+    Operation(
+        "gc",
+        lambda s, _: collect_garbage(s, grace_seconds=0),
+        _same,
+        prepare=lambda s: compact(s, keep_last=1, keep_within_seconds=0),
+    ),
+    Operation(
+        "import",
+        lambda s, lines: import_lines(s, lambda: lines, on_conflict="skip"),
+        _imported(False),
+    ),
+    Operation(
+        "import-overwrite",
+        lambda s, lines: import_lines(s, lambda: lines, on_conflict="overwrite"),
+        _imported(True),
+    ),
+]
+KEYS: Final = ["k", "gone", "other", "fresh", "copy", "imp"]
+
+
+# -- the test ----------------------------------------------------------------------------
+
+
+def _describe(histories: dict[str, History]) -> str:
+    return ", ".join(f"{k}={dict(sorted(h.items()))}" for k, h in histories.items() if h)
+
+
+def _run_one(
+    root: str, op: Operation, fault: Fault, nth: int, faults: Faults, lines: list[bytes]
+) -> tuple[bool, list[str]]:
+    """One case; returns (the fault fired, problems found)."""
+    problems: list[str] = []
+    store = open_store(root, durable=True)
+    ever = read_all(open_store(root), KEYS)  # before prepare: keys compaction removes
+    if op.prepare is not None:
+        op.prepare(store)
+    before = read_all(open_store(root), KEYS)
+    allowed = op.allowed(before)
+    match = _is_log if fault.log_only else None
+    faults.arm(fault.call, nth, fault.errno, partial=fault.partial, match=match)
+    raised: BaseException | None = None
+    try:
+        op.run(store, lines)
+    except BaseException as exc:  # noqa: BLE001 - classified below
+        raised = exc
+    finally:
+        fired = faults.fired
+        faults.disarm()
+    if not fired:
+        if raised is not None:
+            problems.append(f"failed without a fault: {raised!r}")
+        return False, problems
+    if raised is None:
+        problems.append("the fault was swallowed: the operation returned normally")
+    elif not isinstance(raised, OSError) or isinstance(raised, CastoreError):
+        problems.append(f"raised {raised!r}, not OSError")
+    elif raised.errno != fault.errno:
+        problems.append(f"raised errno {raised.errno}, injected {fault.errno}")
+
+    def verify(phase: str) -> dict[str, History] | None:
+        try:
+            now = read_all(open_store(root), KEYS)
+        except Exception as exc:  # noqa: BLE001 - reported
+            problems.append(f"{phase}: reading raised {exc!r}")
+            return None
+        for key in KEYS:
+            if now[key] not in allowed[key]:
+                problems.append(
+                    f"{phase}: {key} has {now[key]}, allowed {allowed[key]} "
+                    f"(before: {_describe(before)})"
+                )
+        return now
+
+    after = verify("after the fault")
+    report = check(open_store(root))
+    if not report.ok:
+        repaired = check(open_store(root), repair=True)
+        final = check(open_store(root))
+        if not final.ok:
+            problems.append(
+                "check(repair=True) did not make the store ok: "
+                f"{[(f.path, f.problem, f.repair) for f in repaired.findings if not f.repaired]}"
+            )
+        repaired_state = verify("after repair")
+        if after is not None and repaired_state is not None and repaired_state != after:
+            problems.append(f"repair changed the data: {after} -> {repaired_state}")
+    # The same handle carries on: the next version follows the newest one (a removed
+    # key's follows its last one: versions never repeat).
+    for key in ("k", "gone", "fresh"):
+        now = (after or {}).get(key) or before.get(key) or ever.get(key) or {}
+        try:
+            res = store.set(key, {"next": key})
+        except Exception as exc:  # noqa: BLE001 - reported
+            problems.append(f"set({key}) after the fault: {exc!r}")
+            continue
+        if res.version != max(now, default=0) + 1:
+            problems.append(f"set({key}) after the fault: version {res.version} after {now}")
+        got = open_store(root).get(key)
+        if (got.version, got.value) != (res.version, {"next": key}):
+            problems.append(f"get({key}) after the next set: {got!r}")
+    if not check(open_store(root)).ok:
+        problems.append("check() not ok after the next sets")
+    return True, problems
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+@pytest.mark.parametrize("op", OPERATIONS, ids=[o.name for o in OPERATIONS])
+def test_fault_at_every_call(tmp_path, faults, baseline, export, op, fault, record_property):
+    problems: list[str] = []
+    injected = 0
+    for nth in range(1, MAX_CALLS + 1):
+        root = str(tmp_path / f"case-{nth}")
+        shutil.copytree(baseline, root)
+        fired, found = _run_one(root, op, fault, nth, faults, export)
+        problems += [f"[{op.name} {fault.name} call #{nth}] {p}" for p in found]
+        if not fired:
+            break
+        injected += 1
+        shutil.rmtree(root)
+    else:
+        pytest.fail(f"{op.name} made {MAX_CALLS} or more {fault.call} calls")
+    record_property("faults_injected", injected)
+    assert not problems, f"{len(problems)} problems in {injected} injected faults:\n" + "\n".join(
+        problems[:15]
+    )
+
+
+def test_every_operation_meets_every_kind_of_call(tmp_path, faults, baseline, export):
+    # The harness itself: each operation makes the calls the faults target, so the
+    # matrix above does inject faults (count the calls with a fault that never fires).
+    made: dict[str, dict[str, int]] = {}
+    for op in OPERATIONS:
+        made[op.name] = {}
+        for call in Faults.CALLS:
+            root = str(tmp_path / f"{op.name}-{call}")
+            shutil.copytree(baseline, root)
+            store = open_store(root, durable=True)
+            if op.prepare is not None:
+                op.prepare(store)
+            faults.arm(call, 10**9, errno.EIO)
+            try:
+                op.run(store, export)
+            finally:
+                made[op.name][call] = faults.seen
+                faults.disarm()
+    for name, calls in made.items():
+        assert calls["open"] > 0, (name, calls)
+        if name not in ("gc",):
+            assert calls["write"] > 0, (name, calls)
+            assert calls["fdatasync"] > 0, (name, calls)
+    for name in ("compact", "gc", "import-overwrite", "set-new-key"):
+        assert made[name]["replace"] + made[name]["fsync"] > 0, (name, made[name])
+
+
+def test_no_temporary_file_is_left_behind_by_a_failed_rewrite(tmp_path, faults, baseline):
+    # A compaction that fails with ENOSPC while writing the new log must not leave
+    # the partial copy behind: on a full disk that is exactly the space it was meant
+    # to free, and only gc --grace (default 1 h) would remove it.
+    root = str(tmp_path / "s")
+    shutil.copytree(baseline, root)
+    store = open_store(root, durable=True)
+    faults.arm("write", 1, errno.ENOSPC, partial=True)
+    with pytest.raises(OSError, match="No space left"):
+        compact(store, keep_last=1)
+    faults.disarm()
+    leftovers = [
+        os.path.relpath(os.path.join(base, name), root)
+        for base, _dirs, names in os.walk(root)
+        for name in names
+        if name.endswith(".tmp")
+    ]
+    assert leftovers == []
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def _cli(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[bytes]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "LC_ALL": "C.UTF-8",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "castore", *map(str, args)],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["get", "k"],
+        ["set", "k", "1"],
+        ["delete", "k"],
+        ["list"],
+        ["history", "k"],
+        ["gc"],
+        ["compact", "--keep-last", "1"],
+        ["check"],
+        ["stats"],
+        ["export"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_cli_os_error_is_exit_1_and_one_line(tmp_path, command):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_bytes(b"a regular file")
+    proc = _cli(tmp_path, "--dir", blocker / "store", "--dag", "d", *command)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, (proc.returncode, err)
+    assert proc.stdout == b""
+    assert err.endswith("\n")
+    assert err.count("\n") == 1, err
+    assert err.startswith("castore: "), err
+    assert "Traceback" not in err
+    assert "Not a directory" in err, err
+
+
+def test_cli_unwritable_store_file_is_exit_1(tmp_path):
+    # A FORMAT path that is a directory: reading it fails with EISDIR.
+    root = tmp_path / "store"
+    (root / "FORMAT").mkdir(parents=True)
+    proc = _cli(tmp_path, "--dir", root, "--dag", "d", "get", "k")
+    err = proc.stderr.decode()
+    assert (proc.returncode, proc.stdout) == (1, b""), err
+    assert err.startswith("castore: "), err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_not_found_error_is_not_an_os_error():
+    # The fault tests rely on telling castore's errors from real OSErrors.
+    assert not issubclass(NotFoundError, OSError)
