@@ -117,6 +117,16 @@ class _Checker:
 
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         data, frames = _frames(path)
+        if not frames:
+            # A first write killed before (or while) writing its frames: nothing was
+            # acknowledged. Removed under the log's lock if it is still empty then.
+            problem = f"log without a valid frame ({len(data)} bytes)"
+            self.found(path, problem, "copy to quarantine, remove", self.repair)
+            if self.repair:
+                self.backend.rewrite(
+                    path, lambda fs: None if fs else [], keep_copy=self.quarantine(path)
+                )
+            return
         damaged = _gaps(len(data), frames)
         problems = []
         for start, end in damaged:

@@ -292,12 +292,19 @@ class FileReader:
         try:
             fd = os.open(self.log_path(ref), os.O_RDONLY)
         except FileNotFoundError:
-            return None, None
+            fd = -1
         try:
-            entry = self._entry_at(ref, fd, version)
+            entry = self._entry_at(ref, fd, version) if fd >= 0 else None
+            if entry is None and version <= self.graveyard(ref.scope, ref.namespace).version_of(
+                ref.key
+            ):
+                raise NotFoundError(
+                    f"{ref} version {version} was compacted (the key was removed as deleted)"
+                )
             return entry, self._value_of(ref, entry, None, fd)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
         """Entries with version < ``before``, newest first, at most ``limit`` (0 = all).
@@ -350,24 +357,33 @@ class FileReader:
             return None
         try:
             if blob is not None:
-                return decode_blob(blob, entry.hash)
+                try:
+                    return decode_blob(blob, entry.hash)
+                except CorruptionError:
+                    pass  # damaged in place: another copy may exist
             return self._read_blob(entry, fd)
         except CorruptionError as exc:
             raise CorruptionError(f"{ref} version {entry.version}: {exc.detail}") from exc
 
     def _read_blob(self, entry: Entry, fd: int) -> bytes:
-        """Read and verify the blob of ``entry``: its location hint, else the index."""
-        loc = entry.blob
-        if loc is not None:
-            data = self._read_at(loc, fd, entry.hash)
+        """Read and verify the blob of ``entry``: at its location hint, else via the index.
+
+        Raises:
+            CorruptionError: no intact copy was found.
+        """
+        damage = ""
+        candidates = [entry.blob, self._blobs.lookup(bytes.fromhex(entry.hash))]
+        for n, loc in enumerate(candidates):
+            if loc is None:
+                continue
+            try:
+                data = self._read_at(loc, fd if n == 0 else -1, entry.hash)
+            except CorruptionError as exc:
+                damage = f" ({exc.detail})"
+                continue
             if data is not None:
                 return data
-        found = self._blobs.lookup(bytes.fromhex(entry.hash))
-        if found is not None:
-            data = self._read_at(found, -1, entry.hash)
-            if data is not None:
-                return data
-        raise CorruptionError(f"blob {entry.hash} is missing or damaged")
+        raise CorruptionError(f"blob {entry.hash} is missing or damaged{damage}")
 
     def _read_at(self, loc: BlobLoc, fd: int, hexdigest: str) -> bytes | None:
         """The blob at ``loc`` if a valid ``B`` frame is there, else None.

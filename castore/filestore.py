@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+import msgspec
+
 from castore import _fs, reflog, versions
 from castore.errors import CorruptionError
 from castore.fileread import Current, FileReader
@@ -25,6 +27,7 @@ from castore.keys import Ref
 from castore.records import (
     FORMAT_VERSION,
     KIND_BLOB,
+    KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
     OP_DELETE,
@@ -59,6 +62,37 @@ class Write(NamedTuple):
     version: int = 0
     time_ns: int = 0
     created_ns: int = 0
+
+
+def _relaid(frames: list[tuple[int, bytes]]) -> bytes:
+    """Lay out a rewritten log: header and compaction frames, blob frames, then entries.
+
+    Blob frames move, so every entry that points at a blob frame of this log
+    is re-encoded with the frame's new offset: location hints stay exact and
+    nothing depends on the (unsynced) blob index to find them. The newest
+    entry stays last, where readers look for it.
+    """
+    first = [encode_frame(k, p) for k, p in frames if k in (KIND_HEADER, KIND_COMPACTED)]
+    offset = sum(map(len, first))
+    blobs: list[bytes] = []
+    where: dict[str, BlobLoc] = {}
+    for kind, payload in frames:
+        if kind == KIND_BLOB:
+            raw = encode_frame(kind, payload)
+            where.setdefault(payload[:32].hex(), BlobLoc("", offset, len(raw)))
+            blobs.append(raw)
+            offset += len(raw)
+    rest = []
+    for kind, payload in frames:
+        if kind == KIND_ENTRY:
+            entry = decode_entry(payload)
+            if entry.blob is not None and not entry.blob.log and entry.hash in where:
+                moved = msgspec.structs.replace(entry, blob=where[entry.hash])
+                rest.append(encode_frame(kind, encode_record(moved)))
+                continue
+        if kind not in (KIND_HEADER, KIND_COMPACTED, KIND_BLOB):
+            rest.append(encode_frame(kind, payload))
+    return b"".join(first + blobs + rest)
 
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -316,7 +350,7 @@ class FileBackend(FileReader):
                 _fs.fsync_dir(nsdir)
             return []
         own = self.rel(path)
-        data = b"".join(encode_frame(kind, payload) for kind, payload in wanted)
+        data = _relaid(wanted)
         new = list(scan_frames(data))
         moved = [
             (f.payload[:32], BlobLoc(own, f.start, f.end - f.start))

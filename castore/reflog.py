@@ -69,7 +69,8 @@ def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
     if loc is not None and not loc.log and loc.offset >= base:
         start = loc.offset - base
         candidate = last_frame(buf[start : start + loc.length], loc.offset)
-        if candidate is not None and candidate.kind == KIND_BLOB:
+        digest_ok = candidate is not None and candidate.payload[:32].hex() == entry.hash
+        if candidate is not None and candidate.kind == KIND_BLOB and digest_ok:
             blob = candidate.payload
     return Tail(size, size, entry, blob, None, frame.start)
 
@@ -134,7 +135,7 @@ def scan(fd: int) -> tuple[Tail, list[Frame]]:
     if loc is not None and not loc.log:
         for frame in frames:
             if frame.start == loc.offset and frame.kind == KIND_BLOB:
-                blob = frame.payload
+                blob = frame.payload if frame.payload[:32].hex() == entry.hash else None
     return Tail(size, valid_end, entry, blob, header, entry_frame.start), frames
 
 

@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -427,6 +428,7 @@ class Verdict:
 
     violations: list[str] = field(default_factory=list)
     repaired: bool = False
+    repaired_problems: list[str] = field(default_factory=list)  # what the repair was for
     acked: int = 0
 
     @property
@@ -475,6 +477,13 @@ class _Model:
             if sum(1 for i, _ in intents if index < i < at) >= keep_last:
                 return True
         return False
+
+
+def _pattern(problem: str) -> str:
+    """A check finding without its numbers, digests and ref names (to count alike ones)."""
+    text = re.sub(r"[0-9a-f]{32,}", "<hex>", problem)
+    text = re.sub(r"dag/crash/\S+", "<ref>", text)
+    return re.sub(r"\d+", "N", text)
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -535,8 +544,16 @@ def _check_history(store: Store, model: _Model) -> list[str]:
         acked = {v: value for _, v, value, _ in info.acked}
         last_index, last_version = max(((i, v) for i, v, _, _ in info.acked), default=(-1, 0))
         if newest < last_version:
-            removed = acked[last_version] == canon(None) and any(
-                at > last_index and within is not None for at, _, within in model.compactions
+            # A compaction with keep_within removes a key whose newest version is a
+            # tombstone: the acknowledged one, or a delete tried after it.
+            removed = any(
+                at > last_index
+                and within is not None
+                and (
+                    acked[last_version] == canon(None)
+                    or any(last_index < i < at and v == canon(None) for i, v in info.intents)
+                )
+                for at, _, within in model.compactions
             )
             if not removed:
                 out.append(f"newest-behind: {key} newest {newest} < acked {last_version}")
@@ -582,6 +599,9 @@ def verify(root: str, records: list[Record], *, repair: bool = True) -> Verdict:
     report = check(store)
     if not report.ok and repair:
         verdict.repaired = True
+        verdict.repaired_problems = sorted(
+            {_pattern(f.problem) for f in report.findings if not f.repair.startswith("gc")}
+        )
         check(store, repair=True)
         store = Store(root, dag=DAG, durable=False)
         report = check(store)
@@ -636,6 +656,7 @@ class Figures:
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     examples: dict[str, str] = field(default_factory=dict)
     points: collections.Counter[str] = field(default_factory=collections.Counter)
+    repaired: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def add(self, other: Figures) -> None:
         """Add another run's counts to these."""
@@ -643,6 +664,7 @@ class Figures:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.kinds.update(other.kinds)
         self.points.update(other.points)
+        self.repaired.update(other.repaired)
         for kind, text in other.examples.items():
             self.examples.setdefault(kind, text)
 
@@ -712,6 +734,7 @@ class Lane:
         fig = self.figures
         fig.cycles += 1
         fig.repairs += verdict.repaired
+        fig.repaired.update(verdict.repaired_problems)
         fig.acked += verdict.acked
         if violations:
             fig.violations += 1

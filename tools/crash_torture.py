@@ -175,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(total.summary())
     points = ", ".join(f"{name} {n}" for name, n in sorted(total.points.items()))
     print(f"  kills by point: {points}")
+    print("  findings that needed check(repair=True), by cycles:")
+    for problem, n in total.repaired.most_common():
+        print(f"    {n:6d}  {problem}")
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as fh:
             json.dump(
@@ -190,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "completed_before_kill": total.completed,
                     "missed_failpoints": total.missed,
                     "kills_by_point": dict(total.points),
+                    "repaired_findings": dict(total.repaired),
                 },
                 fh,
                 indent=2,

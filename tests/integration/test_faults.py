@@ -23,8 +23,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +276,12 @@ OPERATIONS: Final = [
     ),
     Operation("compact", lambda s, _: compact(s, keep_last=1), _compacted),
     Operation("compact-remove", lambda s, _: compact(s, keep_within_seconds=0), _compacted),
+    Operation(  # the second compaction of a log: its entries' blob hints are stale
+        "compact-again",
+        lambda s, _: compact(s, keep_last=1),
+        _compacted,
+        prepare=lambda s: compact(s, keep_last=3),
+    ),
     Operation(
         "gc",
         lambda s, _: collect_garbage(s, grace_seconds=0),
@@ -428,16 +436,35 @@ def test_every_operation_meets_every_kind_of_call(tmp_path, faults, baseline, ex
         assert made[name]["replace"] + made[name]["fsync"] > 0, (name, made[name])
 
 
-def test_no_temporary_file_is_left_behind_by_a_failed_rewrite(tmp_path, faults, baseline):
-    # A compaction that fails with ENOSPC while writing the new log must not leave
-    # the partial copy behind: on a full disk that is exactly the space it was meant
-    # to free, and only gc --grace (default 1 h) would remove it.
+def _fd_is_tmp(args: tuple[Any, ...]) -> bool:
+    """True when the first argument is a descriptor of a ``*.tmp`` file."""
+    try:
+        return os.readlink(f"/proc/self/fd/{args[0]}").endswith(".tmp")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("operation", ["compact", "gc"])
+def test_no_temporary_file_is_left_behind_by_a_failed_rewrite(
+    tmp_path, faults, baseline, operation
+):
+    # A rewrite that fails with ENOSPC while writing the new log must not leave the
+    # partial copy behind: on a full disk that is exactly the space it was meant to
+    # free, and only gc --grace (default 1 h) would remove it.
     root = str(tmp_path / "s")
     shutil.copytree(baseline, root)
     store = open_store(root, durable=True)
-    faults.arm("write", 1, errno.ENOSPC, partial=True)
-    with pytest.raises(OSError, match="No space left"):
+    if operation == "gc":
         compact(store, keep_last=1)
+    run: Callable[[], object] = (
+        (lambda: collect_garbage(store, grace_seconds=0))
+        if operation == "gc"
+        else (lambda: compact(store, keep_last=1))
+    )
+    faults.arm("write", 1, errno.ENOSPC, partial=True, match=_fd_is_tmp)
+    with pytest.raises(OSError, match="No space left"):
+        run()
+    assert faults.fired
     faults.disarm()
     leftovers = [
         os.path.relpath(os.path.join(base, name), root)
@@ -446,6 +473,89 @@ def test_no_temporary_file_is_left_behind_by_a_failed_rewrite(tmp_path, faults, 
         if name.endswith(".tmp")
     ]
     assert leftovers == []
+
+
+def test_failed_gc_rewrite_leaves_every_value_readable(tmp_path, faults):
+    # gc records the new offsets of the blob frames it moves in the blob index (fsynced)
+    # before it renames the new log into place (FORMAT.md §8). If the rename never
+    # happens (ENOSPC writing the new log, EIO on rename, a crash), the index's newest
+    # records point into a log that does not exist, and an entry whose own location
+    # hint is stale (every entry a compaction kept) can no longer find its value.
+    root = str(tmp_path / "s")
+    store = open_store(root)
+    values = [{"v": n, "pad": "x" * 300} for n in range(4)]
+    for value in values:
+        store.set("k", value)
+    compact(store, keep_last=1)
+    assert open_store(root).get("k").value == values[-1]
+    faults.arm("replace", 1, errno.EIO)
+    with pytest.raises(OSError, match="Input/output error"):
+        collect_garbage(store, grace_seconds=0)
+    faults.disarm()
+    res = open_store(root).get("k")  # CorruptionError here is the bug
+    assert (res.version, res.value) == (4, values[-1])
+    assert open_store(root).get("k", version=4).value == values[-1]
+
+
+@pytest.mark.parametrize("tool", ["gc", "compact"])
+def test_reader_during_a_rewrite_sees_every_value(tmp_path, tool):
+    # "gc/compact ... while readers and writers continue" (docs/CLI.md): stop the
+    # tool's process just before it renames a rewritten log into place (the
+    # rewrite-before-rename failpoint) and read meanwhile from this process.
+    root = str(tmp_path / "s")
+    store = open_store(root)
+    values = [{"v": n, "pad": "x" * 300} for n in range(5)]
+    for value in values:
+        store.set("k", value)
+    compact(store, keep_last=3)  # the kept entries' location hints are now stale
+    assert open_store(root).get("k").value == values[-1]
+    command = ["gc", "--grace", "0"] if tool == "gc" else ["compact", "--keep-last", "1"]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "LC_ALL": "C.UTF-8",
+        "CASTORE_FAILPOINTS": "rewrite-before-rename:stop",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "castore", "--dir", root, "--dag", DAG, *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_stopped(proc.pid, timeout=60)
+        reads = []
+        for version in (None, 5, 4):
+            try:
+                got = open_store(root).get("k", version=version)
+                reads.append((version, got.version, got.value == values[got.version - 1]))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                reads.append((version, 0, repr(exc)))
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert reads == [(None, 5, True), (5, 5, True), (4, 4, True)]
+    assert open_store(root).get("k").value == values[-1]
+
+
+def _wait_stopped(pid: int, timeout: float) -> None:
+    """Wait until the child stopped itself (SIGSTOP at a failpoint)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waited, status = os.waitpid(pid, os.WUNTRACED | os.WNOHANG)
+        if waited == pid and os.WIFSTOPPED(status):
+            return
+        if waited == pid:
+            raise AssertionError(f"the child ended before the failpoint: status {status}")
+        time.sleep(0.01)
+    raise AssertionError("the child did not reach the failpoint in time")
 
 
 # -- the CLI -------------------------------------------------------------------------------------

@@ -291,35 +291,8 @@ def test_gc_index_rebuild_racing_a_compaction_keeps_blobs_findable(tmp_path, chi
     assert problems == []
 
 
-def test_a_stale_location_hint_that_names_another_blob_frame_falls_back(tmp_path):
-    """A hint is only a hint: a valid ``B`` frame of another digest there is not the value.
-
-    gc and compaction move blob frames, so an entry's ``blob`` location can come
-    to name the start of another blob's frame (the kill cycles found this after
-    compaction and gc: ``k1`` version 14's hint named the frame of version 15's
-    value). The rewrite below (the primitive gc and compaction use; every frame
-    intact, every moved blob indexed) produces that directly: versions 2 and 3
-    of "k" have hints naming each other's frames, of the same length.
-    FORMAT.md §3: the reader verifies the frame at the hint and, when it is
-    stale, looks the digest up in the blob index. Reads, export and check
-    must all find the values.
-    """
-    root = str(tmp_path / "store")
-    store = Store(root, dag=DAG, durable=False)
-    values = [value(name * 3) for name in ("a", "b", "c")]
-    for v in values:
-        store.set("k", v)
-
-    def swap_blobs(frames):
-        header, blob_a, entry_1, blob_b, entry_2, blob_c, entry_3 = frames
-        assert [f.kind for f in (blob_a, blob_b, blob_c)] == [KIND_BLOB] * 3
-        swapped = (header, blob_a, entry_1, blob_c, entry_2, blob_b, entry_3)
-        return [(f.kind, f.payload) for f in swapped]
-
-    store.backend.rewrite(log_path(root, "dag", DAG, "k"), swap_blobs)
-
+def _reads(reader: Store, values: list[Any]) -> list[str]:
     problems = []
-    reader = Store(root, dag=DAG)
     for version, want in enumerate(values, 1):
         try:
             got = reader.get("k", version=version).value
@@ -333,6 +306,40 @@ def test_a_stale_location_hint_that_names_another_blob_frame_falls_back(tmp_path
         got = f"{type(exc).__name__}: {exc}"
     if got != values[-1]:
         problems.append(f"get(): {got}")
+    return problems
+
+
+def test_a_stale_location_hint_that_names_another_blob_frame_falls_back(tmp_path):
+    """A hint is only a hint: a valid ``B`` frame of another digest there is not the value.
+
+    gc and compaction move blob frames, so an entry's ``blob`` location can come
+    to name the start of another blob's frame: the kill cycles found logs where
+    (after compaction and gc) ``k1`` version 14's hint named the frame of version
+    15's value. Here the log is laid out that way directly: the blob frames of
+    versions 2 and 3 (same length) trade places, every frame stays intact and
+    the blob index is rebuilt. FORMAT.md §3: the reader verifies the frame at
+    the hint and, when it is stale, looks the digest up in the blob index.
+    Reads (also of a log with a torn tail), export and check must find the values.
+    """
+    root = str(tmp_path / "store")
+    store = Store(root, dag=DAG, durable=False)
+    values = [value(name * 3) for name in ("a", "b", "c")]
+    for v in values:
+        store.set("k", v)
+    path = log_path(root, "dag", DAG, "k")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    frames, _size = frames_of(path)
+    header, blob_a, entry_1, blob_b, entry_2, blob_c, entry_3 = frames
+    assert [f.kind for f in (blob_a, blob_b, blob_c)] == [KIND_BLOB] * 3
+    assert blob_b.end - blob_b.start == blob_c.end - blob_c.start
+    swapped = (header, blob_a, entry_1, blob_c, entry_2, blob_b, entry_3)
+    with open(path, "wb") as fh:
+        fh.write(b"".join(data[f.start : f.end] for f in swapped))
+    store.backend.rebuild_blob_index()  # the index knows where each blob is now
+
+    reader = Store(root, dag=DAG)
+    problems = _reads(reader, values)
     try:
         exported = [v for _e, v in reader.backend.iter_versions(reader.ref("k"))]
         if exported != [codec.normalize(v) for v in values]:
@@ -341,4 +348,7 @@ def test_a_stale_location_hint_that_names_another_blob_frame_falls_back(tmp_path
         problems.append(f"iter_versions (export): {type(exc).__name__}: {exc}")
     report = check(reader)
     problems += [f"check: {f.problem}" for f in report.findings]
+    with open(path, "ab") as fh:
+        fh.write(b"\x07torn")  # a killed write's torn tail: readers scan the log
+    problems += [f"torn tail: {p}" for p in _reads(Store(root, dag=DAG), values)]
     assert problems == []
