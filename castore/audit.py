@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import msgspec
 
-from castore.keys import SCOPES, Ref, validate_namespace, validate_scope
+from castore.keys import SCOPES, Ref, validate_filters
 from castore.records import Entry
 from castore.results import rfc3339
 from castore.store import Store
@@ -85,10 +85,7 @@ def audit(
         InvalidRefError: bad scope or namespace filter.
         CorruptionError: a log record fails verification.
     """
-    if scope is not None:
-        validate_scope(scope)
-    if namespace is not None:
-        validate_namespace(namespace)
+    validate_filters(scope, namespace)
     walks: list[tuple[int, int, Ref, Entry, Iterator[Entry]]] = []
     order = 0
 

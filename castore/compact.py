@@ -29,7 +29,7 @@ import msgspec
 from castore import _fs
 from castore.errors import InvalidRefError
 from castore.frames import FRAME_OVERHEAD, Frame, scan_frames
-from castore.keys import SCOPES, Ref, validate_namespace, validate_prefix, validate_scope
+from castore.keys import SCOPES, Ref, validate_filters, validate_prefix
 from castore.records import (
     KIND_BLOB,
     KIND_COMPACTED,
@@ -163,10 +163,7 @@ def compact(
         keep_within_seconds is not None and keep_within_seconds < 0
     ):
         raise InvalidRefError("keep_last must be at least 1 and keep_within not negative")
-    if scope is not None:
-        validate_scope(scope)
-    if namespace is not None:
-        validate_namespace(namespace)
+    validate_filters(scope, namespace)
     validate_prefix(prefix)
     policy = describe_policy(keep_last, keep_within_seconds)
     cutoff = None

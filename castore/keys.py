@@ -29,6 +29,7 @@ __all__ = [
     "go_quote",
     "go_trim_space",
     "resolve_namespace",
+    "validate_filters",
     "validate_key",
     "validate_limit",
     "validate_namespace",
@@ -174,6 +175,18 @@ def validate_limit(limit: int) -> int:
     if limit > MAX_LIMIT:
         raise InvalidRefError(f"limit exceeds {MAX_LIMIT}")
     return limit
+
+
+def validate_filters(scope: str | None, namespace: str | None) -> None:
+    """Check optional scope and namespace filters (of audit, export, compact).
+
+    Raises:
+        InvalidRefError: a bad scope or namespace.
+    """
+    if scope is not None:
+        validate_scope(scope)
+    if namespace is not None:
+        validate_namespace(namespace)
 
 
 def resolve_namespace(

@@ -24,7 +24,14 @@ import msgspec
 from castore import codec
 from castore.errors import ConflictError, InvalidValueError
 from castore.filestore import Decide, LogView, Write
-from castore.keys import SCOPES, Ref, validate_key, validate_namespace, validate_scope
+from castore.keys import (
+    SCOPES,
+    Ref,
+    validate_filters,
+    validate_key,
+    validate_namespace,
+    validate_scope,
+)
 from castore.records import OP_DELETE, OP_ROLLBACK, OP_SET, Audit, Entry
 from castore.store import Store
 
@@ -98,10 +105,7 @@ def export_lines(
         InvalidRefError: bad scope or namespace filter.
         CorruptionError: a stored value fails verification.
     """
-    if scope is not None:
-        validate_scope(scope)
-    if namespace is not None:
-        validate_namespace(namespace)
+    validate_filters(scope, namespace)
     yield _encoder.encode(ExportHeader(format=EXPORT_FORMAT, version=EXPORT_VERSION)) + b"\n"
     for ref in _refs(store, scope, namespace):
         for entry, value in store.backend.iter_versions(ref):

@@ -728,6 +728,15 @@ class Lane:
         seed = self.rng.randrange(1 << 30)
         return Workload(store, log, random.Random(seed), tag=f"p{seed}")
 
+    def _reused(self, work: Workload, key: str) -> Any:
+        """A value of ``key`` to set on another key: its newest, or an older one."""
+        entries = work.store.history(key, limit=3).entries
+        for entry in self.rng.sample(entries, len(entries)):
+            got = work.store.get(key, version=entry.version)
+            if got.found:
+                return got.value
+        return work.new_value(key)
+
     def _finish(self, problems: list[str]) -> list[str]:
         verdict = verify(self.root, read_records(self.ack))
         violations = problems + verdict.violations
@@ -813,6 +822,10 @@ class Lane:
             else:  # rewrite-before-rename, rewrite-after-rename, gc-after-mark
                 for _ in range(3):  # versions for compaction to drop, blobs for gc to free
                     work.set_value(key, work.new_value(key))
+                # Another key reuses a blob of this log (a cross-log reference, when the
+                # value is large enough): a later rewrite of this log moves that blob.
+                other = rng.choice([k for k in KEYS if k != key])
+                work.set_value(other, self._reused(work, key))
                 use_gc = point == "gc-after-mark" or rng.random() < 0.5
                 if use_gc:  # compaction leaves unreferenced blobs for gc to sweep
                     work.compact(1, None)

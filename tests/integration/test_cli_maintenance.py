@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import pytest
 
+from castore import Store
 from tests.helpers import frames_of, log_path
 
 pytestmark = pytest.mark.integration
@@ -120,15 +121,18 @@ class CLI:
 
 
 @pytest.fixture
-def cli(tmp_path) -> CLI:
+def cli(tmp_path: Path) -> CLI:
     return CLI(tmp_path)
 
 
 def _fill(cli: CLI) -> None:
+    """Key k (5 versions of 300+ bytes), other, and g in scope global; in-process (fast)."""
+    store = Store(cli.dir, dag=DAG, durable=False)
     for n in range(5):
-        cli.ok("set", "k", json.dumps({"n": n, "pad": "x" * 300}))
-    cli.ok("set", "other", '{"o":1}')
-    cli.ok("set", "g", "1", "--scope", "global")
+        store.set("k", {"n": n, "pad": "x" * 300})
+    store.set("other", {"o": 1})
+    store.set("g", 1, scope="global")
+    store.close()
 
 
 # -- gc -----------------------------------------------------------------------------------
@@ -173,13 +177,13 @@ def test_gc_output_fields_and_dry_run(cli):
     [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("12h", 43200.0), ("7d", 604800.0)],
 )
 def test_gc_grace_durations(cli, grace, seconds):
-    cli.ok("set", "k", "1")
+    Store(cli.dir, dag=DAG).set("k", 1)
     assert cli.ok("gc", "--grace", grace)["graceSeconds"] == seconds
 
 
 @pytest.mark.parametrize("grace", ["abc", "-1", "5x", "", "1h30m", "--1"])
 def test_gc_bad_grace_is_exit_2(cli, grace):
-    cli.ok("set", "k", "1")
+    Store(cli.dir, dag=DAG).set("k", 1)
     saved = cli.snapshot()
     err = cli.fail(2, "gc", f"--grace={grace}")
     assert "duration" in err or "grace" in err, err

@@ -24,8 +24,12 @@ import base64
 import glob
 import os
 import random
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -143,8 +147,23 @@ def build(root: str, history: dict[str, list[Any]]) -> Truth:
     return out
 
 
+@pytest.fixture
+def work(tmp_path: Path) -> Iterator[Path]:
+    """Scratch space for damaged copies: tmpfs when there is one (the sweeps rewrite
+    thousands of small files), else the test's tmp_path."""
+    shm = "/dev/shm"  # a private mkdtemp inside it, removed afterwards
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    path = tempfile.mkdtemp(prefix="castore-corruption-", dir=shm)
+    try:
+        yield Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def truth(tmp_path_factory) -> Truth:
+def truth(tmp_path_factory: pytest.TempPathFactory) -> Truth:
     out = build(str(tmp_path_factory.mktemp("corruption") / "orig"), HISTORY)
     # The layout the cases rely on.
     k_frames = list(scan_frames(out.files[out.log_rel("k")]))
@@ -249,7 +268,7 @@ def verify_reads(
         intact = an.entries[key]
         # Latest: the newest intact entry.
         newest = an.newest(key)
-        kind, res = _outcome(lambda key=key: store.get(key))
+        kind, res = _outcome(partial(store.get, key))
         where = f"{phase} get({key})"
         if kind != "ok":
             problems.expect(
@@ -266,7 +285,7 @@ def verify_reads(
             )
         # Every version written, and the next one.
         for version in [*written, max(written) + 1]:
-            kind, res = _outcome(lambda key=key, v=version: store.get(key, version=v))
+            kind, res = _outcome(partial(store.get, key, version=version))
             where = f"{phase} get({key}, version={version})"
             entry = intact.get(version)
             if kind == "error":
@@ -288,7 +307,7 @@ def verify_reads(
             elif entry is not None:
                 problems.expect(kind == "corrupt", f"{where}: damaged blob raised {res!r}")
         # History: exactly the intact entries, with their hashes.
-        kind, res = _outcome(lambda key=key: store.history(key))
+        kind, res = _outcome(partial(store.history, key))
         if kind != "ok":
             problems.expect(kind == "corrupt", f"{phase} history({key}): {res!r}")
         else:
@@ -300,15 +319,15 @@ def verify_reads(
     if kind != "ok":
         problems.append(f"{phase} list: {listed!r}")
         return
-    got = {e.key: (e.version, e.value_json) for e in listed.entries}
+    shown = {e.key: (e.version, e.value_json) for e in listed.entries}
     for key in truth.keys:
         newest = an.newest(key)
         if newest is None or not newest.live:
-            problems.expect(key not in got, f"{phase} list: {key} listed but absent")
-        elif key in got:
+            problems.expect(key not in shown, f"{phase} list: {key} listed but absent")
+        elif key in shown:
             problems.expect(
-                got[key] == (newest.version, truth.versions[key][newest.version][1]),
-                f"{phase} list: {key} -> {got[key]}, expected v{newest.version}",
+                shown[key] == (newest.version, truth.versions[key][newest.version][1]),
+                f"{phase} list: {key} -> {shown[key]}, expected v{newest.version}",
             )
         elif keys_ok:
             problems.expect(
@@ -375,7 +394,7 @@ def run_case(
     store = open_store(root)
     for key in truth.keys:
         newest = an.newest(key)
-        kind, res = _outcome(lambda key=key: store.set(key, {"after": label}))
+        kind, res = _outcome(partial(store.set, key, {"after": label}))
         if kind != "ok":
             problems.append(f"set({key}) after repair: {res!r}")
             continue
@@ -421,12 +440,12 @@ def frames(truth: Truth, key: str) -> list[Frame]:
 
 
 def sweep(
-    tmp_path, truth: Truth, cases: Iterator[tuple[str, str, bytes]], *, logs: bool = True
+    work: Path, truth: Truth, cases: Iterator[tuple[str, str, bytes]], *, logs: bool = True
 ) -> None:
     """Run one case per (label, relative path, new bytes)."""
     problems = Problems()
     count = 0
-    root = str(tmp_path / "copy")
+    root = str(work / "copy")
     for label, rel, data in cases:
         count += 1
         damaged = dict(truth.files)
@@ -439,7 +458,7 @@ def sweep(
 
 
 @pytest.mark.parametrize("key", KEYS)
-def test_truncate_at_every_offset_of_the_last_two_records(tmp_path, truth, key):
+def test_truncate_at_every_offset_of_the_last_two_records(work, truth, key):
     rel = truth.log_rel(key)
     full = truth.files[rel]
     first = frames(truth, key)[-2].start
@@ -448,22 +467,22 @@ def test_truncate_at_every_offset_of_the_last_two_records(tmp_path, truth, key):
         for cut in range(max(first, 1), len(full)):  # cut 0: test_truncated_to_empty_log
             yield f"{key} cut {cut}", rel, full[:cut]
 
-    sweep(tmp_path, truth, cases())
+    sweep(work, truth, cases())
 
 
 @pytest.mark.parametrize("key", KEYS)
-def test_truncated_to_empty_log(tmp_path, truth, key):
+def test_truncated_to_empty_log(work, truth, key):
     # An empty log is a documented crash state (FORMAT.md §7: "crash between create
     # and step 6"): readers and writers treat it as a new key, and repair must leave
     # a store that check finds ok.
-    sweep(tmp_path, truth, iter([(f"{key} cut 0", truth.log_rel(key), b"")]))
+    sweep(work, truth, iter([(f"{key} cut 0", truth.log_rel(key), b"")]))
 
 
 # -- bit flips ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("key", KEYS)
-def test_flip_every_byte_of_the_last_two_records(tmp_path, truth, key):
+def test_flip_every_byte_of_the_last_two_records(work, truth, key):
     rel = truth.log_rel(key)
     full = truth.files[rel]
     first = frames(truth, key)[-2].start
@@ -472,7 +491,7 @@ def test_flip_every_byte_of_the_last_two_records(tmp_path, truth, key):
         for offset in range(first, len(full)):
             yield f"{key} flip {offset}", rel, flip(full, offset)
 
-    sweep(tmp_path, truth, cases())
+    sweep(work, truth, cases())
 
 
 def _sample(frame: Frame, step: int) -> list[int]:
@@ -482,7 +501,7 @@ def _sample(frame: Frame, step: int) -> list[int]:
 
 
 @pytest.mark.parametrize("key", ["k", "other"])
-def test_flip_sampled_bytes_of_older_records(tmp_path, truth, key):
+def test_flip_sampled_bytes_of_older_records(work, truth, key):
     rel = truth.log_rel(key)
     full = truth.files[rel]
     older = [f for f in frames(truth, key)[:-2] if f.kind != KIND_HEADER]
@@ -493,10 +512,10 @@ def test_flip_sampled_bytes_of_older_records(tmp_path, truth, key):
             for offset in _sample(f, 23):
                 yield f"{key} {chr(f.kind)}@{f.start} flip {offset}", rel, flip(full, offset)
 
-    sweep(tmp_path, truth, cases())
+    sweep(work, truth, cases())
 
 
-def test_flip_sampled_bytes_of_every_blob_frame(tmp_path, truth):
+def test_flip_sampled_bytes_of_every_blob_frame(work, truth):
     def cases() -> Iterator[tuple[str, str, bytes]]:
         for key in truth.keys:
             rel = truth.log_rel(key)
@@ -515,11 +534,11 @@ def test_flip_sampled_bytes_of_every_blob_frame(tmp_path, truth):
         if f.kind == KIND_BLOB and f.payload[32] == CODEC_ZSTD and len(f.payload) > 33
     ]
     assert len(zstd) >= 2
-    sweep(tmp_path, truth, cases())
+    sweep(work, truth, cases())
 
 
 @pytest.mark.parametrize("key", KEYS)
-def test_flip_in_a_header_frame(tmp_path, truth, key):
+def test_flip_in_a_header_frame(work, truth, key):
     # A damaged H frame is recoverable: scope and namespace are in the path and KEYS,
     # the key is the KEYS line whose sha256 is the file name. The entries after it are
     # intact and must stay readable; repair must leave a store that check finds ok.
@@ -532,19 +551,19 @@ def test_flip_in_a_header_frame(tmp_path, truth, key):
         for offset in (header.start + 4, (header.start + header.end) // 2, header.end - 1):
             yield f"{key} H flip {offset}", rel, flip(full, offset)
 
-    sweep(tmp_path, truth, cases())
+    sweep(work, truth, cases())
 
 
 # -- a small value stored twice in one log -------------------------------------------------
 
 
-def test_damaged_blob_of_a_small_value_that_has_a_second_copy(tmp_path):
+def test_damaged_blob_of_a_small_value_that_has_a_second_copy(work):
     # Values under 256 bytes are not in the blob index (FORMAT.md §5), so repeating one
     # that is not the previous version stores a second B frame in the same log. When
     # one copy rots, the other is intact: nothing is lost, so check(repair=True) must
     # end ok (and every version must read afterwards).
     history: dict[str, list[Any]] = {"dup": [{"small": 1}, {"x": 2}, {"small": 1}]}
-    local = build(str(tmp_path / "orig"), history)
+    local = build(str(work / "orig"), history)
     blobs = [f for f in frames(local, "dup") if f.kind == KIND_BLOB]
     digests = [f.payload[:32] for f in blobs]
     assert len(blobs) == 3
@@ -557,7 +576,7 @@ def test_damaged_blob_of_a_small_value_that_has_a_second_copy(tmp_path):
             middle = (f.start + f.end) // 2
             yield f"dup B@{f.start} flip {middle}", rel, flip(full, middle)
 
-    sweep(tmp_path, local, cases())
+    sweep(work, local, cases())
 
 
 # -- blobs whose checksum is valid but whose data is wrong -------------------------------
@@ -567,7 +586,7 @@ def _rewrap(payload: bytes) -> bytes:
     return encode_frame(KIND_BLOB, payload)
 
 
-def test_blob_with_valid_checksum_but_wrong_content_is_never_returned(tmp_path, truth):
+def test_blob_with_valid_checksum_but_wrong_content_is_never_returned(work, truth):
     # Bit rot cannot make these (the frame checksum is valid), a bug or a hostile
     # writer could: the reader must verify the digest after decompressing.
     rel = truth.log_rel("k")
@@ -593,7 +612,7 @@ def test_blob_with_valid_checksum_but_wrong_content_is_never_returned(tmp_path, 
             yield name, rel, full[: zblob.start] + _rewrap(payload) + full[zblob.end :]
 
     problems = Problems()
-    root = str(tmp_path / "copy")
+    root = str(work / "copy")
     count = 0
     for label, path, data in cases():
         count += 1
@@ -602,7 +621,7 @@ def test_blob_with_valid_checksum_but_wrong_content_is_never_returned(tmp_path, 
         write_tree(root, damaged)
         store = open_store(root)
         for key, version in (("k", 2), ("other", 1)):
-            kind, res = _outcome(lambda s=store, k=key, v=version: s.get(k, version=v))
+            kind, res = _outcome(partial(store.get, key, version=version))
             problems.expect(
                 kind == "corrupt" or (kind == "ok" and res.value == ZTEXT),
                 f"[{label}] get({key}, version={version}): {kind} {res!r}",
@@ -614,7 +633,7 @@ def test_blob_with_valid_checksum_but_wrong_content_is_never_returned(tmp_path, 
 # -- derived data -------------------------------------------------------------------------
 
 
-def test_damaged_version_index(tmp_path, truth):
+def test_damaged_version_index(work, truth):
     rel = truth.log_rel("k")[: -len(".log")] + ".vix"
     full = truth.files[rel]
     assert len(full) == 8 * len(HISTORY["k"])
@@ -622,14 +641,20 @@ def test_damaged_version_index(tmp_path, truth):
     def cases() -> Iterator[tuple[str, str, bytes]]:
         for offset in range(len(full)):
             yield f"vix flip {offset}", rel, flip(full, offset)
+        # A record that reads as a marker (1 = compacted, 2 = absent, versions.py) while
+        # the log has no compaction record: readers must not trust it blindly.
+        for index in range(0, len(full), 8):
+            for marker in (1, 2):
+                data = full[:index] + marker.to_bytes(8, "little") + full[index + 8 :]
+                yield f"vix version {index // 8 + 1} marker {marker}", rel, data
         for cut in range(0, len(full), 3):
             yield f"vix cut {cut}", rel, full[:cut]
         yield "vix garbage", rel, b"\xff" * len(full) * 2
 
-    sweep(tmp_path, truth, cases(), logs=False)
+    sweep(work, truth, cases(), logs=False)
 
 
-def test_damaged_blob_index(tmp_path, truth):
+def test_damaged_blob_index(work, truth):
     shards = sorted(rel for rel in truth.files if rel.startswith("index" + os.sep))
     assert shards
 
@@ -641,10 +666,10 @@ def test_damaged_blob_index(tmp_path, truth):
             for cut in (0, 1, len(full) // 2, len(full) - 1):
                 yield f"{rel} cut {cut}", rel, full[:cut]
 
-    sweep(tmp_path, truth, cases(), logs=False)
+    sweep(work, truth, cases(), logs=False)
 
 
-def test_damaged_key_lines_of_keys(tmp_path, truth):
+def test_damaged_key_lines_of_keys(work, truth):
     rel = os.path.relpath(keys_path("", "dag", DAG), "")
     full = truth.files[rel]
     first_line = full.index(b"\n") + 1
@@ -655,10 +680,10 @@ def test_damaged_key_lines_of_keys(tmp_path, truth):
         for cut in range(first_line, len(full)):
             yield f"KEYS cut {cut}", rel, full[:cut]
 
-    sweep(tmp_path, truth, cases(), logs=False)
+    sweep(work, truth, cases(), logs=False)
 
 
-def test_damaged_namespace_line_of_keys(tmp_path, truth):
+def test_damaged_namespace_line_of_keys(work, truth):
     # The first line of KEYS names the namespace; compact, export and audit find a
     # namespace's keys through it. check must notice (and repair must restore) it, or
     # at least every tool must still see every key: here export must hold every version.
@@ -670,16 +695,16 @@ def test_damaged_namespace_line_of_keys(tmp_path, truth):
         for offset in range(0, first_line, 3):
             yield f"KEYS namespace line flip {offset}", rel, flip(full, offset)
 
-    sweep(tmp_path, truth, cases(), logs=False)
+    sweep(work, truth, cases(), logs=False)
 
 
-def test_damage_to_two_logs_at_once(tmp_path, truth):
+def test_damage_to_two_logs_at_once(work, truth):
     # The shared blob's home (k) and the log pointing at it (other) both damaged.
     k_rel, o_rel = truth.log_rel("k"), truth.log_rel("other")
     k_frames, o_frames = frames(truth, "k"), frames(truth, "other")
     problems = Problems()
     count = 0
-    root = str(tmp_path / "copy")
+    root = str(work / "copy")
     for kf in k_frames[1:]:
         for of in o_frames[1:]:
             count += 1
@@ -691,10 +716,10 @@ def test_damage_to_two_logs_at_once(tmp_path, truth):
     assert_no_problems(problems, count)
 
 
-def test_clean_copy_passes_every_check(tmp_path, truth):
+def test_clean_copy_passes_every_check(work, truth):
     # The harness itself: an undamaged copy has no problems and check is ok.
     problems = Problems()
-    root = str(tmp_path / "copy")
+    root = str(work / "copy")
     run_case(root, truth, dict(truth.files), logs_damaged=False, problems=problems, label="clean")
     assert_no_problems(problems, 1)
     write_tree(root, truth.files)

@@ -20,6 +20,7 @@ Then the CLI: an OSError is exit 1 and one line ``castore: ...`` on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -39,6 +40,7 @@ from castore.check import check
 from castore.compact import compact
 from castore.gc import collect_garbage
 from castore.transfer import export_lines, import_lines
+from tests.helpers import log_path, read_versions
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +92,15 @@ class Faults:
 
         return wrapper
 
-    def arm(self, call: str, nth: int, code: int, *, partial: bool = False, match=None) -> None:
+    def arm(
+        self,
+        call: str,
+        nth: int,
+        code: int,
+        *,
+        partial: bool = False,
+        match: Callable[[tuple[Any, ...]], bool] | None = None,
+    ) -> None:
         self.call, self.nth, self.errno, self.partial, self.match = call, nth, code, partial, match
         self.seen, self.fired, self.pending = 0, False, False
 
@@ -144,6 +154,7 @@ BASE: Final[dict[str, list[Any]]] = {
     "k": [{"a": 1}, BIG, {"a": 3}, {"a": 4}],
     "gone": [{"g": 1}, None],
     "other": [{"o": 1}],
+    "twin": [BIG],  # points at k's blob frame of BIG (cross-log dedup)
 }
 SOURCE: Final[dict[str, list[Any]]] = {  # the import file's keys
     "imp": [{"i": 1}, {"i": 2}],
@@ -161,14 +172,17 @@ def write_histories(store: Store, histories: dict[str, list[Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> str:
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = str(tmp_path_factory.mktemp("faults") / "base")
     write_histories(open_store(root, durable=True), BASE)
+    (twin,) = [v.entry for v in read_versions(root, log_path(root, "dag", DAG, "twin"))]
+    assert twin.blob is not None
+    assert twin.blob.log, "twin should point into k's log"
     return root
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory) -> list[bytes]:
+def export(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     root = str(tmp_path_factory.mktemp("faults") / "source")
     store = open_store(root)
     write_histories(store, SOURCE)
@@ -217,7 +231,10 @@ def _same(before: dict[str, History]) -> dict[str, list[History]]:
     return {key: [h] for key, h in before.items()}
 
 
-def _one_changed(key: str, after: Callable[[History], History]):
+Allowed = Callable[[dict[str, History]], dict[str, list[History]]]
+
+
+def _one_changed(key: str, after: Callable[[History], History]) -> Allowed:
     def allowed(before: dict[str, History]) -> dict[str, list[History]]:
         out = _same(before)
         out[key] = [before.get(key, {}), after(before.get(key, {}))]
@@ -238,7 +255,7 @@ def _compacted(before: dict[str, History]) -> dict[str, list[History]]:
     return out
 
 
-def _imported(overwrite: bool):
+def _imported(overwrite: bool) -> Allowed:
     def allowed(before: dict[str, History]) -> dict[str, list[History]]:
         out = _same(before)
         out["imp"] = [{}, _source("imp")]
@@ -299,7 +316,7 @@ OPERATIONS: Final = [
         _imported(True),
     ),
 ]
-KEYS: Final = ["k", "gone", "other", "fresh", "copy", "imp"]
+KEYS: Final = ["k", "gone", "other", "twin", "fresh", "copy", "imp"]
 
 
 # -- the test ----------------------------------------------------------------------------
@@ -475,26 +492,54 @@ def test_no_temporary_file_is_left_behind_by_a_failed_rewrite(
     assert leftovers == []
 
 
-def test_failed_gc_rewrite_leaves_every_value_readable(tmp_path, faults):
-    # gc records the new offsets of the blob frames it moves in the blob index (fsynced)
-    # before it renames the new log into place (FORMAT.md §8). If the rename never
-    # happens (ENOSPC writing the new log, EIO on rename, a crash), the index's newest
-    # records point into a log that does not exist, and an entry whose own location
-    # hint is stale (every entry a compaction kept) can no longer find its value.
-    root = str(tmp_path / "s")
+PADDED: Final = [{"v": n, "pad": "x" * 300} for n in range(3)]
+SHARED: Final = {"shared": "y" * 400}
+LAST: Final = {"after": 1, "pad": "z" * 300}
+
+
+def _shared_store(root: str) -> None:
+    """Key a (versions PADDED, SHARED, LAST) and key b = SHARED stored as a pointer into
+    a's log; then a is compacted once, so b's location hint into a's log is stale."""
     store = open_store(root)
-    values = [{"v": n, "pad": "x" * 300} for n in range(4)]
-    for value in values:
-        store.set("k", value)
-    compact(store, keep_last=1)
-    assert open_store(root).get("k").value == values[-1]
-    faults.arm("replace", 1, errno.EIO)
+    for value in [*PADDED, SHARED]:
+        store.set("a", value)
+    store.set("b", SHARED)
+    store.set("a", LAST)
+    (b_entry,) = _entries(root, "b")
+    assert b_entry.blob is not None
+    assert b_entry.blob.log, "b should point into a's log"
+    compact(store, keep_last=2, prefix="a")
+    _assert_reads(root)
+
+
+def _entries(root: str, key: str) -> list[Any]:
+    return [v.entry for v in read_versions(root, log_path(root, "dag", DAG, key))]
+
+
+def _assert_reads(root: str) -> None:
+    fresh = open_store(root)
+    assert (fresh.get("a").version, fresh.get("a").value) == (5, LAST)
+    assert fresh.get("a", version=4).value == SHARED
+    assert (fresh.get("b").version, fresh.get("b").value) == (1, SHARED)
+
+
+@pytest.mark.parametrize("call", ["write", "fdatasync", "replace"])
+def test_failed_gc_rewrite_leaves_every_value_readable(tmp_path, faults, call):
+    # gc records the new offsets of the blob frames it moves in the blob index
+    # (fsynced) before it renames the new log into place (FORMAT.md §8). If the rename
+    # never happens (ENOSPC or EIO writing the new log, EIO on rename, a crash there),
+    # the index's newest record for a moved blob points into a log that does not
+    # exist, and an entry of another log that points at that blob (b here) can no
+    # longer find its value until check --repair rebuilds the index.
+    root = str(tmp_path / "s")
+    _shared_store(root)
+    match = _fd_is_tmp if call != "replace" else None
+    faults.arm(call, 1, errno.EIO, match=match)
     with pytest.raises(OSError, match="Input/output error"):
-        collect_garbage(store, grace_seconds=0)
+        collect_garbage(open_store(root, durable=True), grace_seconds=0)
+    assert faults.fired
     faults.disarm()
-    res = open_store(root).get("k")  # CorruptionError here is the bug
-    assert (res.version, res.value) == (4, values[-1])
-    assert open_store(root).get("k", version=4).value == values[-1]
+    _assert_reads(root)  # CorruptionError for b here is the bug
 
 
 @pytest.mark.parametrize("tool", ["gc", "compact"])
@@ -503,12 +548,7 @@ def test_reader_during_a_rewrite_sees_every_value(tmp_path, tool):
     # tool's process just before it renames a rewritten log into place (the
     # rewrite-before-rename failpoint) and read meanwhile from this process.
     root = str(tmp_path / "s")
-    store = open_store(root)
-    values = [{"v": n, "pad": "x" * 300} for n in range(5)]
-    for value in values:
-        store.set("k", value)
-    compact(store, keep_last=3)  # the kept entries' location hints are now stale
-    assert open_store(root).get("k").value == values[-1]
+    _shared_store(root)
     command = ["gc", "--grace", "0"] if tool == "gc" else ["compact", "--keep-last", "1"]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -526,14 +566,15 @@ def test_reader_during_a_rewrite_sees_every_value(tmp_path, tool):
     try:
         _wait_stopped(proc.pid, timeout=60)
         reads = []
-        for version in (None, 5, 4):
+        for key, version in (("a", None), ("a", 5), ("b", None), ("b", 1)):
             try:
-                got = open_store(root).get("k", version=version)
-                reads.append((version, got.version, got.value == values[got.version - 1]))
+                got = open_store(root).get(key, version=version)
+                reads.append((key, version, got.version, got.value))
             except Exception as exc:  # noqa: BLE001 - reported below
-                reads.append((version, 0, repr(exc)))
+                reads.append((key, version, 0, repr(exc)))
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
         try:
             proc.communicate(timeout=60)
         finally:
@@ -541,8 +582,14 @@ def test_reader_during_a_rewrite_sees_every_value(tmp_path, tool):
                 proc.kill()
                 proc.communicate(timeout=10)
     assert proc.returncode == 0
-    assert reads == [(None, 5, True), (5, 5, True), (4, 4, True)]
-    assert open_store(root).get("k").value == values[-1]
+    assert reads == [
+        ("a", None, 5, LAST),
+        ("a", 5, 5, LAST),
+        ("b", None, 1, SHARED),
+        ("b", 1, 1, SHARED),
+    ]
+    fresh = open_store(root)
+    assert (fresh.get("a").value, fresh.get("b").value) == (LAST, SHARED)
 
 
 def _wait_stopped(pid: int, timeout: float) -> None:

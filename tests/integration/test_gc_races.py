@@ -24,7 +24,6 @@ import pytest
 
 from castore import NotFoundError, Store, codec
 from castore.check import check
-from castore.compact import compact
 from castore.records import KIND_BLOB, KIND_COMPACTED, KIND_ENTRY, Entry, decode_entry
 from tests.crash_worker import (
     DAG,
@@ -118,8 +117,7 @@ def test_writers_racing_a_gc_paused_after_mark_keep_every_blob(tmp_path, childre
     s.set("b", value("b-current"))
     s.set("c", value("c-old"))
     s.set("c", value("c-current"))
-    compact(s.store, keep_last=1)  # dropped, dropped-too and c-old: blobs nobody references
-    s.log.write(t="try", op="compact", keep_last=1, keep_within=None)
+    s.work.compact(1, None)  # dropped, dropped-too and c-old: blobs nobody references
 
     gc = s.paused("gc", "gc-after-mark")
     # New values, in this process and in another one.
@@ -164,8 +162,7 @@ def test_gc_paused_after_mark_then_killed_leaves_writers_intact(tmp_path, childr
     s = Setup(tmp_path, children)
     s.set("a", value("old"))
     s.set("a", value("kept"))
-    compact(s.store, keep_last=1)
-    s.log.write(t="try", op="compact", keep_last=1, keep_within=None)
+    s.work.compact(1, None)
     gc = s.paused("gc", "gc-after-mark")
     s.set("b", value("old"))  # its blob was unreferenced at mark
     s.set("a", value("old"))
@@ -178,15 +175,17 @@ def test_gc_paused_after_mark_then_killed_leaves_writers_intact(tmp_path, childr
 
 
 def _prepare_key(s: Setup, compacted_before: bool) -> dict[int, Any]:
-    """Key "k" with versions (and a key "j" pointing at one of k's blobs); the expected values."""
+    """Key "k" with versions, key "j" pointing at a blob in k's log; k's values by version."""
     for i in range(4):
         s.set("k", value(f"k{i}", BIG + 40 * i))
-    if compacted_before:  # a first compaction moves k's blob frames: location hints go stale
-        compact(s.store, keep_last=3)
-        s.log.write(t="try", op="compact", keep_last=3, keep_within=None)
-        for i in range(4, 7):
+    s.set("j", s.store.get("k", version=3).value)
+    blob = newest_entry(s.root, "j").blob
+    assert blob is not None
+    assert blob.log != "", "j should point into k's log (a deduplicated value)"
+    if compacted_before:  # moves k's blob frames: j's location hint goes stale
+        s.work.compact(2, None)
+        for i in range(4, 12):  # the paused compaction's record names more versions (longer)
             s.set("k", value(f"k{i}", BIG + 10 * i))
-    s.set("j", s.store.get("k", version=s.store.get("k").version - 1).value)
     return read_all(s.store, "k")
 
 

@@ -13,6 +13,7 @@ so that it cannot pass vacuously.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -39,40 +40,61 @@ JOIN_TIMEOUT_SECONDS: Final = 60.0
 # -- the checker on hand-made histories --------------------------------------------------
 
 
+Span = tuple[int, int]  # (start, end)
+
+
 class History:
     """Builds a history op by op; times are plain integers."""
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
 
-    def _add(self, kind, key, args, result, t, p):
+    def _add(
+        self,
+        kind: str,
+        key: str,
+        args: dict[str, Any],
+        result: dict[str, Any],
+        t: Span,
+        p: int,
+    ) -> History:
         self.ops.append(Op(p, len(self.ops), kind, key, args, result, t[0], t[1]))
-
-    def set(self, t, version, value, *, created=None, key="k", p=0):
-        if created is None:
-            created = version == 1
-        self._add("set", key, {"value": value}, {"version": version, "created": created}, t, p)
         return self
 
-    def cas_ok(self, t, expected, version, value, *, key="k", p=0):
+    def set(
+        self,
+        t: Span,
+        version: int,
+        value: Any,
+        *,
+        created: bool | None = None,
+        key: str = "k",
+        p: int = 0,
+    ) -> History:
+        made = version == 1 if created is None else created
+        return self._add("set", key, {"value": value}, {"version": version, "created": made}, t, p)
+
+    def cas_ok(
+        self, t: Span, expected: int, version: int, value: Any, *, key: str = "k", p: int = 0
+    ) -> History:
         args = {"value": value, "expected": expected}
-        self._add("cas", key, args, {"ok": True, "version": version}, t, p)
-        return self
+        return self._add("cas", key, args, {"ok": True, "version": version}, t, p)
 
-    def cas_conflict(self, t, expected, actual, value="x", *, key="k", p=0):
+    def cas_conflict(
+        self, t: Span, expected: int, actual: int, value: Any = "x", *, key: str = "k", p: int = 0
+    ) -> History:
         args = {"value": value, "expected": expected}
-        self._add("cas", key, args, {"ok": False, "actual": actual}, t, p)
-        return self
+        return self._add("cas", key, args, {"ok": False, "actual": actual}, t, p)
 
-    def get(self, t, version, value=None, *, key="k", p=0):
+    def get(
+        self, t: Span, version: int, value: Any = None, *, key: str = "k", p: int = 0
+    ) -> History:
         result = {"found": version > 0, "version": version, "value": value}
-        self._add("get", key, {}, result, t, p)
-        return self
+        return self._add("get", key, {}, result, t, p)
 
-    def delete(self, t, version, *, key="k", p=0):
+    def delete(self, t: Span, version: int | None, *, key: str = "k", p: int = 0) -> History:
         result = {"deleted": version is not None, "version": version}
-        self._add("delete", key, {}, result, t, p)
-        return self
+        return self._add("delete", key, {}, result, t, p)
 
     def check(self) -> Report:
         return check_history(self.ops)
@@ -271,7 +293,7 @@ def _worker(root: str, proc: int, seed: int, start_at: float, out: str) -> None:
                 {"seq": seq, "kind": kind, "key": key, "args": args, "result": result,
                  "start": t0, "end": t1, "reason": reason}
             )  # fmt: skip
-        payload = {"ops": ops, "error": None}
+        payload: dict[str, Any] = {"ops": ops, "error": None}
     except BaseException:  # noqa: BLE001 - the parent reports it
         payload = {"ops": [], "error": traceback.format_exc()}
     with open(out + ".tmp", "w", encoding="utf-8") as fh:
@@ -328,25 +350,31 @@ def test_concurrent_history_is_linearizable(tmp_path, record_property):
             worker.start()
             procs.append(worker)
         deadline = time.monotonic() + JOIN_TIMEOUT_SECONDS
-        for worker in procs:
-            worker.join(max(0.1, deadline - time.monotonic()))
-        codes = [worker.exitcode for worker in procs]
+        for started in procs:
+            started.join(max(0.1, deadline - time.monotonic()))
+        codes = [started.exitcode for started in procs]
     assert codes == [0] * PROCESSES, codes
     ops, errors = _load(root, outs)
     assert not errors, "\n".join(errors)
     report = check_history(ops)
     kinds = {kind: sum(op.kind == kind for op in ops) for kind in ("get", "set", "cas", "delete")}
     conflicts = sum(op.kind == "cas" and not op.result["ok"] for op in ops)
+    by_start = sorted(ops, key=lambda op: op.start)
+    overlaps = sum(
+        b.start < a.end and a.process != b.process for a, b in itertools.pairwise(by_start)
+    )
     record_property("ops_checked", report.ops)
     record_property("writes", report.writes)
     record_property("reads", report.reads)
     record_property("cas_conflicts", conflicts)
+    record_property("overlapping_neighbours", overlaps)
     record_property("violations", len(report.violations))
     for kind, count in kinds.items():
         record_property(f"ops_{kind}", count)
     assert report.ops > 1000, report
     assert all(count > 0 for count in kinds.values()), kinds
-    assert conflicts > 0, "no CAS conflict: the processes did not race"
+    assert conflicts > 0, "no CAS conflict"
+    assert overlaps > 100, "the processes hardly ran at the same time"
     assert report.ok, f"{len(report.violations)} violations in {report.ops} ops:\n" + "\n".join(
         report.violations[:20]
     )
