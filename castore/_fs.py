@@ -28,6 +28,7 @@ __all__ = [
     "makedirs_durable",
     "open_locked",
     "read_at",
+    "write_new",
 ]
 
 LOCK_TIMEOUT_SECONDS = 30.0  # 30 s: far above any write's duration
@@ -150,6 +151,19 @@ def append(fd: int, data: bytes, *, durable: bool) -> None:
         os.fdatasync(fd)
 
 
+def write_new(path: str, data: bytes, *, durable: bool) -> None:
+    """Create ``path`` (a temporary file) holding ``data``; remove it again on failure."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        append(fd, data, durable=durable)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
 def fsync_dir(path: str) -> None:
     """Fsync a directory so that entries created in it survive a power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -179,14 +193,10 @@ def atomic_write(path: str, data: bytes, *, durable: bool) -> None:
     The temporary name ends in ``.tmp`` and is never read as data.
     """
     tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        append(fd, data, durable=durable)
-    finally:
-        os.close(fd)
+    write_new(tmp, data, durable=durable)
     try:
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

@@ -24,16 +24,19 @@ from castore import versions
 from castore.errors import CastoreError
 from castore.frames import Frame, scan_frames
 from castore.indexes import decode_loc
-from castore.keyindex import KeyIndex
+from castore.keyindex import KeyIndex, namespace_of
 from castore.keys import file_id
 from castore.records import (
+    FORMAT_VERSION,
     KIND_BLOB,
     KIND_ENTRY,
     KIND_HEADER,
     Entry,
+    Header,
     decode_blob,
     decode_entry,
     decode_header,
+    encode_record,
 )
 from castore.store import Store
 
@@ -128,7 +131,7 @@ class _Checker:
                 )
             return
         damaged = _gaps(len(data), frames)
-        problems = []
+        problems: list[str] = []
         for start, end in damaged:
             where = "torn tail" if end == len(data) else "damaged bytes"
             problems.append(f"{where}: {end - start} bytes at offset {start}")
@@ -142,10 +145,21 @@ class _Checker:
                     bad_blobs.append(f.start)
                     problems.append(f"blob at offset {f.start} fails verification: {exc}")
         header = next((f for f in frames if f.kind == KIND_HEADER), None)
-        ref_text = self.check_header(path, scope, header)
+        new_header = None
+        if header is None:
+            new_header = self.recover_header(path, scope, keys)
+            repair = "rebuild it from KEYS" if new_header else "none: the log's ref is unknown"
+            self.found(path, "no header frame", repair, self.repair and new_header is not None)
+            ref_text = self.rel(path)
+            if new_header is not None:
+                problems.append("no header frame")
+                ref_text = f"{new_header.scope}/{new_header.namespace}/{new_header.key}"
+        else:
+            ref_text = self.check_header(path, scope, header)
         entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
         self.entries += len(entries)
-        self.check_entries(path, ref_text, entries, frames, bad_blobs)
+        if self.check_entries(path, ref_text, entries, frames, bad_blobs):
+            problems.append("an entry points at a damaged copy; an intact copy is in this log")
         if header is not None and entries and decode_header(header.payload).key not in keys:
             self.found(path, "key missing from KEYS", "add it to KEYS", self.repair)
             if self.repair:
@@ -154,12 +168,14 @@ class _Checker:
         if problems:
             action = "copy the log to quarantine, rewrite it with its intact frames only"
             for problem in problems:
-                self.found(path, problem, action, self.repair)
+                if problem != "no header frame":  # already reported with its own repair
+                    self.found(path, problem, action, self.repair)
             if self.repair:
                 drop = set(bad_blobs)
+                head = [] if new_header is None else [(KIND_HEADER, encode_record(new_header))]
                 self.backend.rewrite(
                     path,
-                    lambda fs: [(f.kind, f.payload) for f in fs if f.start not in drop],
+                    lambda fs: head + [(f.kind, f.payload) for f in fs if f.start not in drop],
                     keep_copy=self.quarantine(path),
                 )
         elif self.vix_out_of_step(path, frames):
@@ -177,11 +193,27 @@ class _Checker:
             self.found(path, f"header names {h.scope}/{h.namespace}/{h.key}", "none")
         return f"{h.scope}/{h.namespace}/{h.key}"
 
+    def recover_header(self, path: str, scope: str, keys: set[str]) -> Header | None:
+        """The header a log lost, from KEYS: the key whose sha256 names the file."""
+        nsdir = os.path.dirname(path)
+        namespace = namespace_of(os.path.join(nsdir, "KEYS"))
+        if namespace is None or file_id(namespace) != os.path.basename(nsdir):
+            return None
+        name = os.path.basename(path)
+        for key in keys:
+            if file_id(key) + ".log" == name:
+                return Header(format=FORMAT_VERSION, scope=scope, namespace=namespace, key=key)
+        return None
+
     def check_entries(
         self, path: str, ref: str, entries: list[Entry], frames: list[Frame], bad: list[int]
-    ) -> None:
+    ) -> bool:
+        """Report unreadable values; return True if a rewrite of this log would fix some."""
         last = 0
-        own = {f.start: f.payload for f in frames if f.kind == KIND_BLOB and f.start not in bad}
+        good = [f for f in frames if f.kind == KIND_BLOB and f.start not in bad]
+        own = {f.start: f.payload for f in good}
+        intact = {f.payload[:32].hex() for f in good}
+        fixable = False
         for entry in entries:
             if entry.version <= last:
                 self.found(path, f"{ref}: version {entry.version} after {last}", "none")
@@ -196,11 +228,15 @@ class _Checker:
                 else:
                     self.backend._read_blob(entry, -1)  # other log, or the index
             except CastoreError as exc:
+                if entry.hash in intact:
+                    fixable = True  # the rewrite re-points the entry at the intact copy
+                    continue
                 self.found(
                     path,
                     f"{ref} version {entry.version}: value unreadable ({exc})",
                     "none: no intact copy of blob " + entry.hash,
                 )
+        return fixable
 
     def vix_out_of_step(self, path: str, frames: list[Frame]) -> bool:
         try:
@@ -230,6 +266,7 @@ def check(
         for name in sorted(os.listdir(scope_dir)) if os.path.isdir(scope_dir) else []:
             nsdir = os.path.join(scope_dir, name)
             keys = set(KeyIndex(os.path.join(nsdir, "KEYS")).keys(""))
+            _check_keys_header(checker, scope, nsdir)
             for file in sorted(os.listdir(nsdir)):
                 path = os.path.join(nsdir, file)
                 if file.endswith(".log"):
@@ -247,6 +284,27 @@ def check(
         blobs=checker.blobs,
         findings=checker.findings,
     )
+
+
+def _check_keys_header(checker: _Checker, scope: str, nsdir: str) -> None:
+    """KEYS must name the namespace its directory is named after (export, audit need it)."""
+    keys_path = os.path.join(nsdir, "KEYS")
+    namespace = namespace_of(keys_path)
+    if namespace is not None and file_id(namespace) == os.path.basename(nsdir):
+        return
+    recovered = None
+    for file in sorted(os.listdir(nsdir)):
+        if file.endswith(".log"):
+            _, frames = _frames(os.path.join(nsdir, file))
+            header = next((f for f in frames if f.kind == KIND_HEADER), None)
+            if header is not None:
+                recovered = decode_header(header.payload).namespace
+                break
+    ok = recovered is not None and file_id(recovered) == os.path.basename(nsdir)
+    repair = "rewrite KEYS naming it (from a log header)" if ok else "none: no log names it"
+    checker.found(keys_path, "KEYS does not name its namespace", repair, checker.repair and ok)
+    if checker.repair and ok and recovered is not None:
+        KeyIndex(keys_path).rename_namespace(recovered, durable=checker.store.durable)
 
 
 def _check_index(checker: _Checker) -> None:

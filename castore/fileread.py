@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from castore import _fs, reflog, versions
 from castore.errors import CorruptionError, FormatVersionError, NotFoundError
-from castore.frames import frame_at
+from castore.frames import FRAME_OVERHEAD, frame_at
 from castore.indexes import BlobIndex, Graveyard
 from castore.keyindex import KeyIndex, namespace_of
 from castore.keys import Ref, file_id
@@ -262,9 +262,8 @@ class FileReader:
                 offset = versions.lookup(vfd, version)
             finally:
                 os.close(vfd)
-        if offset == versions.ABSENT:
-            return None
-        if offset is not None and offset != versions.COMPACTED:
+        # Markers (compacted, absent) come from derived data: the scan below confirms them.
+        if offset is not None and offset not in (versions.COMPACTED, versions.ABSENT):
             found = reflog.entry_at(fd, offset)
             if found is not None and found[0].version == version:
                 return found[0]
@@ -327,13 +326,20 @@ class FileReader:
                 return self._history_by_scan(fd, before, limit)
             out: list[Entry] = []
             high = min(before - 1, newest.version)
+            compacted: set[int] | None = None
             while high >= 1 and not (limit and len(out) >= limit):
                 low = max(1, high - max(limit, 64) + 1)
                 offsets = versions.lookup_range(vfd, low, high)
                 for version in range(high, low - 1, -1):
                     offset = offsets.get(version)
-                    if offset in (versions.COMPACTED, versions.ABSENT):
-                        continue
+                    if offset == versions.COMPACTED:
+                        if compacted is None:
+                            compacted = self._compacted(fd)
+                        if version in compacted:  # confirmed by the log's C frame
+                            continue
+                        return self._history_by_scan(fd, before, limit)
+                    if offset == versions.ABSENT:  # rare (imports): let the log decide
+                        return self._history_by_scan(fd, before, limit)
                     found = reflog.entry_at(fd, offset) if offset is not None else None
                     if found is None or found[0].version != version:
                         return self._history_by_scan(fd, before, limit)
@@ -346,6 +352,21 @@ class FileReader:
             os.close(fd)
             if vfd >= 0:
                 os.close(vfd)
+
+    def _compacted(self, fd: int) -> set[int]:
+        """Versions named by the log's compaction frame (it follows the header)."""
+        head = _fs.read_at(fd, 0, reflog.TAIL_READ_BYTES)
+        header = frame_at(head, 0)
+        if header is None:
+            return set()
+        frame = frame_at(head, header.end)
+        if frame is None:  # longer than the first read
+            length = int.from_bytes(head[header.end : header.end + 4], "little")
+            frame = frame_at(_fs.read_at(fd, header.end, length + FRAME_OVERHEAD), 0, header.end)
+        if frame is None or frame.kind != KIND_COMPACTED:
+            return set()
+        done = decode_compaction(frame.payload)
+        return {v for low, high in done.versions for v in range(low, high + 1)}
 
     def _history_by_scan(self, fd: int, before: int, limit: int) -> list[Entry]:
         entries = [decode_entry(f.payload) for f in reflog.scan(fd)[1] if f.kind == KIND_ENTRY]
@@ -372,7 +393,7 @@ class FileReader:
             CorruptionError: no intact copy was found.
         """
         damage = ""
-        candidates = [entry.blob, self._blobs.lookup(bytes.fromhex(entry.hash))]
+        candidates = [entry.blob, *self._blobs.lookup(bytes.fromhex(entry.hash))]
         for n, loc in enumerate(candidates):
             if loc is None:
                 continue

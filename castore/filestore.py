@@ -95,6 +95,22 @@ def _relaid(frames: list[tuple[int, bytes]]) -> bytes:
     return b"".join(first + blobs + rest)
 
 
+def _replace_with(path: str, data: bytes, *, durable: bool) -> None:
+    """Write ``<path>.<pid>.tmp`` (fdatasync) and rename it over ``path``; no leftover on failure.
+
+    The caller holds the log's lock and fsyncs the directory afterwards.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    _fs.write_new(tmp, data, durable=durable)
+    try:
+        _fs.failpoint("rewrite-before-rename")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -267,14 +283,7 @@ class FileBackend(FileReader):
             data, _, _, new_blobs = self._frames(
                 ref, path, offset, None, plans, lambda: False, known=known
             )
-            tmp = f"{path}.{os.getpid()}.tmp"
-            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                _fs.append(tfd, b"".join(parts) + data, durable=self.durable)
-            finally:
-                os.close(tfd)
-            _fs.failpoint("rewrite-before-rename")
-            os.replace(tmp, path)
+            _replace_with(path, b"".join(parts) + data, durable=self.durable)
             if self.durable:
                 _fs.fsync_dir(nsdir)
             self._blobs.add_many(
@@ -358,14 +367,7 @@ class FileBackend(FileReader):
             if f.kind == KIND_BLOB
         ]
         self._blobs.add_many(moved, durable=self.durable)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _fs.append(tfd, data, durable=self.durable)
-        finally:
-            os.close(tfd)
-        _fs.failpoint("rewrite-before-rename")
-        os.replace(tmp, path)
+        _replace_with(path, data, durable=self.durable)
         if self.durable:
             _fs.fsync_dir(nsdir)
         _fs.failpoint("rewrite-after-rename")
@@ -450,7 +452,7 @@ class FileBackend(FileReader):
         """
         candidates = [plan.hint]
         if plan.normalized is not None and len(plan.normalized) >= DEDUP_MIN_BYTES:
-            candidates.append(self._blobs.lookup(bytes.fromhex(plan.digest_hex)))
+            candidates.extend(self._blobs.lookup(bytes.fromhex(plan.digest_hex)))
         for loc in candidates:
             if loc is None or (loc.log != own and not share()):
                 continue

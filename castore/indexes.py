@@ -37,6 +37,18 @@ def decode_loc(payload: bytes) -> BlobLoc:
     return BlobLoc(payload[44:].decode("utf-8"), offset, length)
 
 
+_KEEP_LOCATIONS = 4  # per digest: a rewrite in progress or interrupted leaves the old one valid
+
+
+def _remember(table: dict[bytes, list[BlobLoc]], payload: bytes) -> None:
+    locs = table.setdefault(payload[:32], [])
+    loc = decode_loc(payload)
+    if loc in locs:
+        locs.remove(loc)
+    locs.insert(0, loc)
+    del locs[_KEEP_LOCATIONS:]
+
+
 class BlobIndex:
     """Digest -> :class:`BlobLoc` (``log`` relative to ``refs/``) for one store.
 
@@ -46,13 +58,14 @@ class BlobIndex:
 
     def __init__(self, root: str) -> None:
         self.dir = os.path.join(root, "index")
-        self._shards: dict[str, tuple[int, int, dict[bytes, BlobLoc]]] = {}
+        # shard path -> (inode, bytes read, digest -> locations newest first)
+        self._shards: dict[str, tuple[int, int, dict[bytes, list[BlobLoc]]]] = {}
         self._dir_made = False
 
     def _path(self, digest: bytes) -> str:
         return os.path.join(self.dir, f"{digest[0]:02x}.idx")
 
-    def _refresh(self, path: str) -> dict[bytes, BlobLoc]:
+    def _refresh(self, path: str) -> dict[bytes, list[BlobLoc]]:
         ino, pos, table = self._shards.get(path, (0, 0, {}))
         try:
             st = os.stat(path)
@@ -67,14 +80,18 @@ class BlobIndex:
             for frame in scan_frames(buf, pos):
                 if frame.kind != KIND_INDEX or len(frame.payload) < 44:
                     continue
-                table[frame.payload[:32]] = decode_loc(frame.payload)
+                _remember(table, frame.payload)
                 pos = frame.end
         self._shards[path] = (ino, pos, table)
         return table
 
-    def lookup(self, digest: bytes) -> BlobLoc | None:
-        """The newest recorded location of ``digest``, or None (a hint: verify it)."""
-        return self._refresh(self._path(digest)).get(digest)
+    def lookup(self, digest: bytes) -> list[BlobLoc]:
+        """Recorded locations of ``digest``, newest first (hints: verify them).
+
+        Older ones matter while a log is being rewritten: the new locations
+        are recorded before the new log is renamed into place.
+        """
+        return list(self._refresh(self._path(digest)).get(digest, ()))
 
     @staticmethod
     def payload(digest: bytes, loc: BlobLoc) -> bytes:
@@ -106,7 +123,7 @@ class BlobIndex:
             ino, pos, table = self._shards.get(path, (0, 0, {}))
             if st.st_ino == ino and st.st_size == pos:  # nobody else appended: skip a re-read
                 for frame in scan_frames(data, pos):
-                    table[frame.payload[:32]] = decode_loc(frame.payload)
+                    _remember(table, frame.payload)
                 self._shards[path] = (ino, pos + len(data), table)
 
 

@@ -177,6 +177,11 @@ class KeyIndex:
             namespace = namespace_of(self.path) or ""
             self._rewrite(fd, namespace, drop, durable=durable)
 
+    def rename_namespace(self, namespace: str, *, durable: bool) -> None:
+        """Rewrite the file, sorted, with ``namespace`` in its first line (a repair)."""
+        with _fs.open_locked(self.path, os.O_RDWR) as fd:
+            self._rewrite(fd, namespace, set(), durable=durable)
+
     def _rewrite(self, fd: int, namespace: str, drop: set[bytes], *, durable: bool) -> None:
         """Replace the locked file by a fully sorted one (temporary file, fsync, rename)."""
         size = os.fstat(fd).st_size
