@@ -21,7 +21,7 @@ from collections.abc import Callable
 import msgspec
 
 from castore import versions
-from castore.errors import CastoreError
+from castore.errors import CastoreError, CorruptionError
 from castore.frames import Frame, scan_frames
 from castore.indexes import decode_loc
 from castore.keyindex import KeyIndex, namespace_of
@@ -50,6 +50,7 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     problem: str
     repair: str
     repaired: bool = False
+    severity: str = "error"  # "info": harmless (derived data, leftovers); ok stays true
 
 
 class CheckReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -110,9 +111,17 @@ class _Checker:
     def rel(self, path: str) -> str:
         return os.path.relpath(path, self.store.root)
 
-    def found(self, path: str, problem: str, repair: str, repaired: bool = False) -> None:
+    def found(
+        self, path: str, problem: str, repair: str, repaired: bool = False, severity: str = "error"
+    ) -> None:
         self.findings.append(
-            Finding(path=self.rel(path), problem=problem, repair=repair, repaired=repaired)
+            Finding(
+                path=self.rel(path),
+                problem=problem,
+                repair=repair,
+                repaired=repaired,
+                severity=severity,
+            )
         )
 
     def quarantine(self, path: str) -> str:
@@ -223,10 +232,12 @@ class _Checker:
             loc = entry.blob
             payload = own.get(loc.offset) if loc is not None and not loc.log else None
             try:
-                if payload is not None:
+                try:
+                    if payload is None:
+                        raise CorruptionError("no blob frame at the location hint")
                     decode_blob(payload, entry.hash)
-                else:
-                    self.backend._read_blob(entry, -1)  # other log, or the index
+                except CastoreError:
+                    self.backend._read_blob(entry, -1)  # another log, or the index
             except CastoreError as exc:
                 if entry.hash in intact:
                     fixable = True  # the rewrite re-points the entry at the intact copy
@@ -275,10 +286,10 @@ def check(
                     if progress is not None:
                         progress(1)
                 elif file.endswith(".tmp"):
-                    checker.found(path, "leftover temporary file", "gc removes it")
+                    checker.found(path, "leftover temporary file", "gc removes it", severity="info")
     _check_index(checker)
     return CheckReport(
-        ok=all(f.repaired for f in checker.findings if not f.repair.startswith("gc")),
+        ok=all(f.repaired or f.severity == "info" for f in checker.findings),
         logs=logs,
         entries=checker.entries,
         blobs=checker.blobs,
@@ -329,11 +340,14 @@ def _check_index(checker: _Checker) -> None:
                 ok = False
             stale += not ok
     if stale:
+        # Harmless (every location is verified before use; a stale one only costs a
+        # chance to deduplicate), so reported as information.
         checker.found(
             folder,
             f"{stale} stale or damaged blob index records",
             "rebuild the index",
             checker.repair,
+            severity="info",
         )
         if checker.repair:
             backend.rebuild_blob_index()
