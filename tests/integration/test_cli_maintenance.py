@@ -46,7 +46,7 @@ COMPACT_FIELDS: Final = [
     "bytesAfter",
 ]
 CHECK_FIELDS: Final = ["operation", "ok", "logs", "entries", "blobs", "findings"]
-FINDING_FIELDS: Final = ["path", "problem", "repair", "repaired"]
+FINDING_FIELDS: Final = ["path", "problem", "repair", "repaired", "severity"]
 SCOPE_FIELDS: Final = [
     "keys",
     "deletedKeys",
