@@ -600,7 +600,7 @@ def verify(root: str, records: list[Record], *, repair: bool = True) -> Verdict:
     if not report.ok and repair:
         verdict.repaired = True
         verdict.repaired_problems = sorted(
-            {_pattern(f.problem) for f in report.findings if not f.repair.startswith("gc")}
+            {_pattern(f.problem) for f in report.findings if f.severity != "info"}
         )
         check(store, repair=True)
         store = Store(root, dag=DAG, durable=False)
@@ -616,7 +616,7 @@ def verify(root: str, records: list[Record], *, repair: bool = True) -> Verdict:
             {
                 f"{f.path}: {f.problem} (repair: {f.repair})"
                 for f in report.findings
-                if not f.repaired and not f.repair.startswith("gc")
+                if not f.repaired and f.severity != "info"
             }
         )
         verdict.violations.append("check-unrepairable: " + " | ".join(problems))

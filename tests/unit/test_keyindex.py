@@ -7,7 +7,7 @@ from castore import keyindex
 from castore.keyindex import KeyIndex, namespace_of
 
 
-def brute(keys, prefix):
+def brute(keys: list[str], prefix: str) -> list[str]:
     pb = prefix.encode()
     return sorted({k for k in keys if k.encode().startswith(pb)}, key=lambda k: k.encode())
 
@@ -45,7 +45,7 @@ def test_remove_rewrites_sorted(tmp_path):
     assert namespace_of(str(tmp_path / "KEYS")) == "ns"
 
 
-utf8_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=5)
+utf8_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=5)
 
 
 @given(st.lists(utf8_text.filter(bool), max_size=60), utf8_text)
