@@ -17,17 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-import msgspec
-
 from castore import _fs, reflog, versions
 from castore.errors import CorruptionError
-from castore.fileread import Current, FileReader
-from castore.frames import Frame, encode_frame, scan_frames
+from castore.fileread import Current
+from castore.frames import encode_frame
 from castore.keys import Ref
 from castore.records import (
     FORMAT_VERSION,
     KIND_BLOB,
-    KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
     OP_DELETE,
@@ -39,6 +36,7 @@ from castore.records import (
     encode_blob,
     encode_record,
 )
+from castore.rewrite import Rewriter, replace_with
 
 __all__ = ["DEDUP_MIN_BYTES", "Current", "Decide", "FileBackend", "LogView", "Write"]
 
@@ -62,53 +60,6 @@ class Write(NamedTuple):
     version: int = 0
     time_ns: int = 0
     created_ns: int = 0
-
-
-def _relaid(frames: list[tuple[int, bytes]]) -> bytes:
-    """Lay out a rewritten log: header and compaction frames, blob frames, then entries.
-
-    Blob frames move, so every entry that points at a blob frame of this log
-    is re-encoded with the frame's new offset: location hints stay exact and
-    nothing depends on the (unsynced) blob index to find them. The newest
-    entry stays last, where readers look for it.
-    """
-    first = [encode_frame(k, p) for k, p in frames if k in (KIND_HEADER, KIND_COMPACTED)]
-    offset = sum(map(len, first))
-    blobs: list[bytes] = []
-    where: dict[str, BlobLoc] = {}
-    for kind, payload in frames:
-        if kind == KIND_BLOB:
-            raw = encode_frame(kind, payload)
-            where.setdefault(payload[:32].hex(), BlobLoc("", offset, len(raw)))
-            blobs.append(raw)
-            offset += len(raw)
-    rest = []
-    for kind, payload in frames:
-        if kind == KIND_ENTRY:
-            entry = decode_entry(payload)
-            if entry.blob is not None and not entry.blob.log and entry.hash in where:
-                moved = msgspec.structs.replace(entry, blob=where[entry.hash])
-                rest.append(encode_frame(kind, encode_record(moved)))
-                continue
-        if kind not in (KIND_HEADER, KIND_COMPACTED, KIND_BLOB):
-            rest.append(encode_frame(kind, payload))
-    return b"".join(first + blobs + rest)
-
-
-def _replace_with(path: str, data: bytes, *, durable: bool) -> None:
-    """Write ``<path>.<pid>.tmp`` (fdatasync) and rename it over ``path``; no leftover on failure.
-
-    The caller holds the log's lock and fsyncs the directory afterwards.
-    """
-    tmp = f"{path}.{os.getpid()}.tmp"
-    _fs.write_new(tmp, data, durable=durable)
-    try:
-        _fs.failpoint("rewrite-before-rename")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -151,7 +102,7 @@ Decide = Callable[[Entry | None, LogView], "Write | list[Write] | None"]
 """A write's decision: given the newest entry and a view of the log, what to append."""
 
 
-class FileBackend(FileReader):
+class FileBackend(Rewriter):
     """Ref logs and blobs in one directory: reads (FileReader) plus the write protocol.
 
     Safe for many processes (flock per ref log); not thread-safe (per-handle caches).
@@ -283,7 +234,7 @@ class FileBackend(FileReader):
             data, _, _, new_blobs = self._frames(
                 ref, path, offset, None, plans, lambda: False, known=known
             )
-            _replace_with(path, b"".join(parts) + data, durable=self.durable)
+            replace_with(path, b"".join(parts) + data, durable=self.durable)
             if self.durable:
                 _fs.fsync_dir(nsdir)
             self._blobs.add_many(
@@ -303,113 +254,6 @@ class FileBackend(FileReader):
                 index.add(ref.key, ref.namespace, durable=self.durable)
             self._cache.pop(path, None)
             return entries
-
-    def rewrite(
-        self,
-        path: str,
-        transform: Callable[[list[Frame]], list[tuple[int, bytes]] | None],
-        *,
-        keep_copy: str | None = None,
-    ) -> list[Frame] | None:
-        """Atomically replace the log at ``path`` with ``transform(frames)``, under its lock.
-
-        ``transform`` gets the log's valid frames and returns the new
-        ``(kind, payload)`` list, or None to leave the log alone; an empty
-        list removes the log and its version index. Blob frames that move get
-        index entries (fsynced) before the rename, so stale location hints
-        in other logs fall back to the index. With ``keep_copy``, the old
-        bytes are copied there first (quarantine). Order: write the new log
-        to ``<log>.<pid>.tmp``, fsync, rename over the log, fsync the
-        directory, rebuild the version index (FORMAT.md §8).
-
-        Returns:
-            The new log's frames, or None when nothing was changed.
-        """
-        try:
-            with _fs.open_locked(path, os.O_RDWR, timeout=self.lock_timeout) as fd:
-                return self._rewrite_locked(fd, path, transform, keep_copy)
-        except FileNotFoundError:
-            if os.path.exists(path):
-                raise
-            return None
-
-    def _rewrite_locked(
-        self,
-        fd: int,
-        path: str,
-        transform: Callable[[list[Frame]], list[tuple[int, bytes]] | None],
-        keep_copy: str | None,
-    ) -> list[Frame] | None:
-        frames = reflog.scan(fd)[1]
-        wanted = transform(frames)
-        if wanted is None:
-            return None
-        if keep_copy is not None:
-            size = os.fstat(fd).st_size
-            _fs.makedirs_durable(os.path.dirname(keep_copy), durable=self.durable)
-            _fs.atomic_write(keep_copy, _fs.read_at(fd, 0, size), durable=self.durable)
-        nsdir = os.path.dirname(path)
-        self._cache.pop(path, None)
-        if not wanted:
-            _fs.failpoint("rewrite-before-remove")
-            os.unlink(path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(versions.vix_path(path))
-            if self.durable:
-                _fs.fsync_dir(nsdir)
-            return []
-        own = self.rel(path)
-        data = _relaid(wanted)
-        new = list(scan_frames(data))
-        moved = [
-            (f.payload[:32], BlobLoc(own, f.start, f.end - f.start))
-            for f in new
-            if f.kind == KIND_BLOB
-        ]
-        self._blobs.add_many(moved, durable=self.durable)
-        _replace_with(path, data, durable=self.durable)
-        if self.durable:
-            _fs.fsync_dir(nsdir)
-        _fs.failpoint("rewrite-after-rename")
-        with open(versions.vix_path(path), "wb") as fh:
-            fh.write(versions.rebuild(new))
-        return new
-
-    def rebuild_blob_index(self) -> int:
-        """Rewrite the blob index from the blob frames of every log; return their number.
-
-        Each shard is replaced atomically. An entry a writer appends to the old
-        shard meanwhile may be lost, which only costs a chance to deduplicate.
-        """
-        shards: dict[str, list[bytes]] = {}
-        count = 0
-        for path in self.iter_logs():
-            own = self.rel(path)
-            try:
-                with open(path, "rb") as fh:
-                    frames = list(scan_frames(fh.read()))
-            except FileNotFoundError:
-                continue
-            for f in frames:
-                if f.kind == KIND_BLOB:
-                    count += 1
-                    payload = self._blobs.payload(
-                        f.payload[:32], BlobLoc(own, f.start, f.end - f.start)
-                    )
-                    shards.setdefault(f"{f.payload[0]:02x}", []).append(payload)
-        os.makedirs(self._blobs.dir, exist_ok=True)
-        for name in os.listdir(self._blobs.dir):
-            if name.endswith(".idx") and name[:-4] not in shards:
-                shards[name[:-4]] = []
-        for shard, records in shards.items():
-            path = os.path.join(self._blobs.dir, shard + ".idx")
-            if records:
-                _fs.atomic_write(path, b"".join(records), durable=self.durable)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-        self._blobs.forget()
-        return count
 
     @contextlib.contextmanager
     def _gc_shared(self) -> Iterator[Callable[[], bool]]:

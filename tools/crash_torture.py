@@ -192,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "acked": total.acked,
                     "completed_before_kill": total.completed,
                     "missed_failpoints": total.missed,
+                    "missed_failpoints_by_point": dict(total.missed_at),
                     "kills_by_point": dict(total.points),
                     "repaired_findings": dict(total.repaired),
                 },

@@ -5,12 +5,13 @@ import pathlib
 import re
 
 from castore import cli
+from castore.args import build_parser
 
 ROOT = pathlib.Path(__file__).parents[2]
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
-    parser = cli._parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     choices: dict[str, argparse.ArgumentParser] = sub.choices  # type: ignore[assignment]  # subparsers
     return choices
