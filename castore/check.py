@@ -188,7 +188,8 @@ class _Checker:
                     keep_copy=self.quarantine(path),
                 )
         elif self.vix_out_of_step(path, frames):
-            self.found(path, "version index out of step", "rebuild it", self.repair)
+            # Derived data a crash may leave behind; readers verify it, writers rebuild it.
+            self.found(path, "version index out of step", "rebuild it", self.repair, "info")
             if self.repair:
                 self.backend.rewrite(path, lambda fs: [(f.kind, f.payload) for f in fs])
 
