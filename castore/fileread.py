@@ -7,6 +7,7 @@ docs/FORMAT.md for the bytes.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -47,6 +48,12 @@ class Current(NamedTuple):
     def live(self) -> Entry | None:
         """The newest entry unless it is a tombstone (or absent)."""
         return self.entry if self.entry is not None and self.entry.live else None
+
+
+def _newest_entry(fd: int) -> Entry | None:
+    """The newest entry of the log open on ``fd`` (its value is not read)."""
+    tail = reflog.read_tail(fd, os.fstat(fd).st_size) or reflog.scan(fd)[0]
+    return tail.entry
 
 
 class FileReader:
@@ -243,9 +250,20 @@ class FileReader:
             self._cache[path] = (sig, current)
         return current
 
-    def _vix(self, path: str) -> int:
+    def _vix(self, ref: Ref, fd: int) -> int:
+        """The version index of ``ref``'s log, caught up with its newest version; -1 if none."""
+        newest = _newest_entry(fd)
+        if newest is None:
+            return -1
+        vix = versions.vix_path(self.log_path(ref))
         try:
-            return os.open(versions.vix_path(path), os.O_RDONLY)
+            versions.catch_up(vix, fd, newest.version)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # a read-only store falls back to scans; real I/O errors surface
+
+        try:
+            return os.open(vix, os.O_RDONLY)
         except FileNotFoundError:
             return -1
 
@@ -255,7 +273,7 @@ class FileReader:
         Raises:
             NotFoundError: the version was dropped by compaction (names the policy).
         """
-        vfd = self._vix(self.log_path(ref))
+        vfd = self._vix(ref, fd)
         offset = None
         if vfd >= 0:
             try:
@@ -309,17 +327,17 @@ class FileReader:
         """Entries with version < ``before``, newest first, at most ``limit`` (0 = all).
 
         Compacted versions are skipped. Cost is proportional to the page, not
-        to the length of the history, while the version index is in step
-        (FORMAT.md §5); otherwise the log is scanned.
+        to the length of the history, once the version index has caught up
+        with the log (FORMAT.md §5); otherwise the log is scanned.
         """
         path = self.log_path(ref)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return []
-        vfd = self._vix(path)
+        vfd = self._vix(ref, fd)
         try:
-            newest = self.current(ref).entry
+            newest = _newest_entry(fd)  # not current(): its value may be the damaged one
             if newest is None:
                 return []
             if vfd < 0:

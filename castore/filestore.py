@@ -187,13 +187,6 @@ class FileBackend(Rewriter):
             ]
             if indexed:
                 self._blobs.add_many(indexed, durable=False)
-            before = (previous.version, tail.entry_start) if previous is not None else None
-            versions.record(
-                versions.vix_path(path),
-                before,
-                [(e.version, start) for e, start in zip(entries, starts, strict=True)],
-                fd,
-            )
             current = Current(entries[-1], plans[-1].normalized, starts[-1])
             self._cache[path] = (_sig(os.fstat(fd)), current)
             return previous, entries
@@ -246,8 +239,7 @@ class FileBackend(Rewriter):
                 frames = reflog.scan(nfd)[1]
             finally:
                 os.close(nfd)
-            with open(versions.vix_path(path), "wb") as fh:
-                fh.write(versions.rebuild(frames))
+            _fs.atomic_write(versions.vix_path(path), versions.rebuild(frames), durable=False)
             entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
             index = self._key_index(ref.scope, ref.namespace)
             if ref.key not in index:

@@ -146,8 +146,7 @@ class Rewriter(FileReader):
         if self.durable:
             _fs.fsync_dir(nsdir)
         _fs.failpoint("rewrite-after-rename")
-        with open(versions.vix_path(path), "wb") as fh:
-            fh.write(versions.rebuild(new))
+        _fs.atomic_write(versions.vix_path(path), versions.rebuild(new), durable=False)
         return new
 
     def rebuild_blob_index(self) -> int:

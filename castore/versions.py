@@ -5,10 +5,10 @@ byte ``8 * (v - 1)``. The value is the file offset of the ``E`` frame, or a
 marker: :data:`COMPACTED` (the version was dropped by compaction),
 :data:`ABSENT` (this log never held that version: an import started higher,
 or the key's earlier life was compacted away), or 0 (unknown: look it up by
-scanning). Written after the log append, under the ref's lock, without
-fsync. A writer that finds the index out of step with the log rebuilds it
-from a scan; a reader verifies every offset it uses (the frame there must be
-the ``E`` frame of that version) and falls back to a scan. This makes
+scanning). Writers never touch it: the first reader that needs a version
+the index lacks appends what is missing (:func:`catch_up`), without fsync;
+rewrites rebuild it whole. A reader verifies every offset it uses (the frame
+there must be the ``E`` frame of that version) and falls back to a scan. This makes
 get-at-version and history pages cost the same at version 100 and 100,000.
 """
 
@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterable
 
 from castore import _fs, reflog
-from castore.frames import Frame
+from castore.frames import Frame, scan_frames
 from castore.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 
 __all__ = [
@@ -27,10 +27,10 @@ __all__ = [
     "COMPACTED",
     "MAX_INDEXED_VERSION",
     "VIX_RECORD_BYTES",
+    "catch_up",
     "lookup",
     "lookup_range",
     "rebuild",
-    "record",
     "vix_path",
 ]
 
@@ -93,32 +93,47 @@ def rebuild(frames: Iterable[Frame]) -> bytes:
     return b"".join(_REC.pack(offsets.get(v, ABSENT)) for v in range(1, top + 1))
 
 
-def record(
-    vix: str, previous: tuple[int, int] | None, new: list[tuple[int, int]], log_fd: int
-) -> None:
-    """Add ``new`` (version, offset) pairs; rebuild first if the index is out of step.
+def catch_up(vix: str, log_fd: int, newest: int) -> None:
+    """Extend the index so that it covers versions up to ``newest``.
+
+    Writers never touch the index; the first reader that needs a version it
+    lacks scans only the log bytes after the last indexed entry (or the whole
+    log if the index does not match it) and appends the missing records, under
+    the index file's lock.
 
     Args:
         vix: path of the index.
-        previous: (version, offset) of the log's newest entry before the write, or None.
-        new: the entries just appended.
-        log_fd: the locked log, scanned when a rebuild is needed.
+        log_fd: the log, open for reading.
+        newest: the newest version the reader saw in the log.
     """
+    newest = min(newest, MAX_INDEXED_VERSION)
     fd = os.open(vix, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        size = os.fstat(fd).st_size
-        last = min(previous[0], MAX_INDEXED_VERSION) if previous else 0
-        in_step = size == last * VIX_RECORD_BYTES and (
-            previous is None or previous[0] > last or lookup(fd, previous[0]) == previous[1]
-        )
-        if not in_step:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, rebuild(reflog.scan(log_fd)[1]), 0)
-            return  # the scan already saw the new entries
-        for version, offset in new:
-            if last < version <= MAX_INDEXED_VERSION:
-                gap = b"".join(_REC.pack(ABSENT) for _ in range(version - last - 1))
-                os.pwrite(fd, gap + _REC.pack(offset), last * VIX_RECORD_BYTES)
-                last = version
+        with _fs.locked(fd, vix):
+            top = os.fstat(fd).st_size // VIX_RECORD_BYTES
+            if top >= newest:
+                return
+            start = -1
+            offset = lookup(fd, top) if top else None
+            if offset is not None and offset not in (COMPACTED, ABSENT):
+                found = reflog.entry_at(log_fd, offset)
+                if found is not None and found[0].version == top:
+                    start = found[1]
+            if start < 0:  # empty or out of step: rebuild from a full scan
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, rebuild(reflog.scan(log_fd)[1]), 0)
+                return
+            size = os.fstat(log_fd).st_size
+            table = bytearray()
+            last = top
+            for frame in scan_frames(_fs.read_at(log_fd, start, size - start), start):
+                if frame.kind != KIND_ENTRY:
+                    continue
+                version = decode_entry(frame.payload).version
+                if last < version <= MAX_INDEXED_VERSION:
+                    table += _REC.pack(ABSENT) * (version - last - 1) + _REC.pack(frame.start)
+                    last = version
+            if table:
+                os.pwrite(fd, bytes(table), top * VIX_RECORD_BYTES)
     finally:
         os.close(fd)

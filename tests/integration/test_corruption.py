@@ -142,6 +142,7 @@ def build(root: str, history: dict[str, list[Any]]) -> Truth:
             else:
                 res = store.set(key, value)
                 out.versions[key][res.version] = (res.hash, codec.normalize(value))
+        store.history(key)  # the first reader of old versions builds the version index
     store.close()
     out.files = read_tree(root)
     return out
