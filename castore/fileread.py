@@ -250,18 +250,14 @@ class FileReader:
             self._cache[path] = (sig, current)
         return current
 
-    def _vix(self, ref: Ref, fd: int) -> int:
-        """The version index of ``ref``'s log, caught up with its newest version; -1 if none."""
-        newest = _newest_entry(fd)
-        if newest is None:
-            return -1
+    def _vix(self, ref: Ref, fd: int, want: int) -> int:
+        """The version index of ``ref``'s log covering version ``want``; -1 if unusable."""
         vix = versions.vix_path(self.log_path(ref))
         try:
-            versions.catch_up(vix, fd, newest.version)
+            return versions.open_caught_up(vix, fd, want)
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise  # a read-only store falls back to scans; real I/O errors surface
-
         try:
             return os.open(vix, os.O_RDONLY)
         except FileNotFoundError:
@@ -273,7 +269,7 @@ class FileReader:
         Raises:
             NotFoundError: the version was dropped by compaction (names the policy).
         """
-        vfd = self._vix(ref, fd)
+        vfd = self._vix(ref, fd, version)
         offset = None
         if vfd >= 0:
             try:
@@ -335,11 +331,12 @@ class FileReader:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return []
-        vfd = self._vix(ref, fd)
+        vfd = -1
         try:
             newest = _newest_entry(fd)  # not current(): its value may be the damaged one
             if newest is None:
                 return []
+            vfd = self._vix(ref, fd, min(before - 1, newest.version))
             if vfd < 0:
                 return self._history_by_scan(fd, before, limit)
             out: list[Entry] = []

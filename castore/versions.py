@@ -6,7 +6,7 @@ marker: :data:`COMPACTED` (the version was dropped by compaction),
 :data:`ABSENT` (this log never held that version: an import started higher,
 or the key's earlier life was compacted away), or 0 (unknown: look it up by
 scanning). Writers never touch it: the first reader that needs a version
-the index lacks appends what is missing (:func:`catch_up`), without fsync;
+the index lacks appends what is missing (:func:`open_caught_up`), without fsync;
 rewrites rebuild it whole. A reader verifies every offset it uses (the frame
 there must be the ``E`` frame of that version) and falls back to a scan. This makes
 get-at-version and history pages cost the same at version 100 and 100,000.
@@ -27,9 +27,9 @@ __all__ = [
     "COMPACTED",
     "MAX_INDEXED_VERSION",
     "VIX_RECORD_BYTES",
-    "catch_up",
     "lookup",
     "lookup_range",
+    "open_caught_up",
     "rebuild",
     "vix_path",
 ]
@@ -93,47 +93,53 @@ def rebuild(frames: Iterable[Frame]) -> bytes:
     return b"".join(_REC.pack(offsets.get(v, ABSENT)) for v in range(1, top + 1))
 
 
-def catch_up(vix: str, log_fd: int, newest: int) -> None:
-    """Extend the index so that it covers versions up to ``newest``.
+def open_caught_up(vix: str, log_fd: int, want: int) -> int:
+    """Open the index, extended if needed so that it covers version ``want``; return its fd.
 
     Writers never touch the index; the first reader that needs a version it
     lacks scans only the log bytes after the last indexed entry (or the whole
     log if the index does not match it) and appends the missing records, under
-    the index file's lock.
+    the index file's lock. An index that already covers ``want`` costs one
+    ``open`` and one ``fstat``. The caller closes the descriptor.
 
-    Args:
-        vix: path of the index.
-        log_fd: the log, open for reading.
-        newest: the newest version the reader saw in the log.
+    Raises:
+        OSError: the index cannot be opened or written (a read-only store).
     """
-    newest = min(newest, MAX_INDEXED_VERSION)
+    want = min(want, MAX_INDEXED_VERSION)
     fd = os.open(vix, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        with _fs.locked(fd, vix):
-            top = os.fstat(fd).st_size // VIX_RECORD_BYTES
-            if top >= newest:
-                return
-            start = -1
-            offset = lookup(fd, top) if top else None
-            if offset is not None and offset not in (COMPACTED, ABSENT):
-                found = reflog.entry_at(log_fd, offset)
-                if found is not None and found[0].version == top:
-                    start = found[1]
-            if start < 0:  # empty or out of step: rebuild from a full scan
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, rebuild(reflog.scan(log_fd)[1]), 0)
-                return
-            size = os.fstat(log_fd).st_size
-            table = bytearray()
-            last = top
-            for frame in scan_frames(_fs.read_at(log_fd, start, size - start), start):
-                if frame.kind != KIND_ENTRY:
-                    continue
-                version = decode_entry(frame.payload).version
-                if last < version <= MAX_INDEXED_VERSION:
-                    table += _REC.pack(ABSENT) * (version - last - 1) + _REC.pack(frame.start)
-                    last = version
-            if table:
-                os.pwrite(fd, bytes(table), top * VIX_RECORD_BYTES)
-    finally:
+        if os.fstat(fd).st_size // VIX_RECORD_BYTES < want:
+            with _fs.locked(fd, vix):
+                _extend(fd, log_fd, want)
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def _extend(fd: int, log_fd: int, want: int) -> None:
+    top = os.fstat(fd).st_size // VIX_RECORD_BYTES
+    if top >= want:
+        return  # another reader extended it while we waited for the lock
+    start = -1
+    offset = lookup(fd, top) if top else None
+    if offset is not None and offset not in (COMPACTED, ABSENT):
+        found = reflog.entry_at(log_fd, offset)
+        if found is not None and found[0].version == top:
+            start = found[1]
+    if start < 0:  # empty or out of step: rebuild from a full scan
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, rebuild(reflog.scan(log_fd)[1]), 0)
+        return
+    size = os.fstat(log_fd).st_size
+    table = bytearray()
+    last = top
+    for frame in scan_frames(_fs.read_at(log_fd, start, size - start), start):
+        if frame.kind != KIND_ENTRY:
+            continue
+        version = decode_entry(frame.payload).version
+        if last < version <= MAX_INDEXED_VERSION:
+            table += _REC.pack(ABSENT) * (version - last - 1) + _REC.pack(frame.start)
+            last = version
+    if table:
+        os.pwrite(fd, bytes(table), top * VIX_RECORD_BYTES)
