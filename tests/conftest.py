@@ -32,6 +32,25 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+# Environment variables castore reads (docs/CLI.md): no test sees the caller's values.
+CASTORE_ENV = (
+    "DAG_NAME",
+    "DAG_RUN_ID",
+    "DAG_RUN_STEP_NAME",
+    "DAG_RUN_ATTEMPT_ID",
+    "CASTORE_ACTOR",
+    "CASTORE_ROOT_DAG",
+    "CASTORE_DIR",
+    "CASTORE_FAILPOINTS",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CASTORE_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def store_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "store"

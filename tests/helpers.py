@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from typing import NamedTuple
@@ -11,6 +12,18 @@ from castore.frames import Frame, scan_frames
 from castore.records import KIND_BLOB, KIND_ENTRY, Entry, decode_blob, decode_entry
 
 JOIN_TIMEOUT_SECONDS = 120.0
+
+
+def one_line_error(proc: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """Assert a CLI failure: exit ``code``, empty stdout, one ``castore: ...`` stderr line."""
+    err = proc.stderr.decode("utf-8", errors="replace")
+    assert proc.returncode == code, (proc.args, proc.returncode, err, proc.stdout)
+    assert proc.stdout == b""
+    assert "Traceback" not in err
+    assert err.startswith("castore: ")
+    assert err.endswith("\n")
+    assert err.count("\n") == 1
+    return err[len("castore: ") : -1]
 
 
 def file_id(name: str) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import one_line_error
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 60
 
@@ -91,14 +93,7 @@ def ok(proc: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
 
 
 def fail(proc: subprocess.CompletedProcess[bytes], code: int) -> str:
-    err = proc.stderr.decode("utf-8", errors="replace")
-    assert proc.returncode == code, (proc.returncode, err, proc.stdout)
-    assert proc.stdout == b""
-    assert "Traceback" not in err
-    assert err.startswith("castore: ")
-    assert err.endswith("\n")
-    assert err.count("\n") == 1
-    return err[len("castore: ") : -1]
+    return one_line_error(proc, code)
 
 
 @pytest.fixture

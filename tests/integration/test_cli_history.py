@@ -19,7 +19,7 @@ import pytest
 from castore import Store
 from castore.codec import normalize
 from castore.dagu import parse_go_time
-from tests.helpers import log_path
+from tests.helpers import log_path, one_line_error
 from tests.unit.test_dagu import T0, T1, build_dagu_dir, digest_tree, hexname, rel_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,15 +113,7 @@ class CLI:
         return proc.stdout
 
     def fail(self, code: int, *args: Arg, **kw: Any) -> str:
-        proc = self.run(*args, **kw)
-        err = proc.stderr.decode("utf-8", errors="replace")
-        assert proc.returncode == code, (args, proc.returncode, err, proc.stdout)
-        assert proc.stdout == b""
-        assert "Traceback" not in err
-        assert err.startswith("castore: ")
-        assert err.endswith("\n")
-        assert err.count("\n") == 1
-        return err[len("castore: ") : -1]
+        return one_line_error(self.run(*args, **kw), code)
 
 
 @pytest.fixture

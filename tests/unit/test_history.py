@@ -20,20 +20,6 @@ from castore.records import KIND_BLOB, OP_DELETE, OP_ROLLBACK, OP_SET
 from tests.helpers import frames_of, read_versions
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
-ENV_VARS = (
-    "DAG_NAME",
-    "DAG_RUN_ID",
-    "DAG_RUN_STEP_NAME",
-    "DAG_RUN_ATTEMPT_ID",
-    "CASTORE_ACTOR",
-    "CASTORE_ROOT_DAG",
-)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -27,20 +27,6 @@ from tests.helpers import assert_clean_log, frames_of, log_path, read_versions
 
 DAG = "d"
 HOUR_NS = 3600 * 10**9
-ENV_VARS = (
-    "DAG_NAME",
-    "DAG_RUN_ID",
-    "DAG_RUN_STEP_NAME",
-    "DAG_RUN_ATTEMPT_ID",
-    "CASTORE_ACTOR",
-    "CASTORE_ROOT_DAG",
-)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
