@@ -133,7 +133,7 @@ class _Checker:
             # A first write killed before (or while) writing its frames: nothing was
             # acknowledged. Removed under the log's lock if it is still empty then.
             problem = f"log without a valid frame ({len(data)} bytes)"
-            self.found(path, problem, "copy to quarantine, remove", self.repair)
+            self.found(path, problem, "copy to quarantine, remove", self.repair, "info")
             if self.repair:
                 self.backend.rewrite(
                     path, lambda fs: None if fs else [], keep_copy=self.quarantine(path)
