@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import msgspec
 
+from castore.history import history_entry
 from castore.keys import SCOPES, Ref, validate_filters
 from castore.records import Entry
-from castore.results import rfc3339
 from castore.store import Store
 
 __all__ = ["AuditRecord", "audit"]
@@ -45,26 +45,9 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
 
 
 def _record(ref: Ref, entry: Entry) -> AuditRecord:
-    a = entry.audit
+    fields = msgspec.structs.asdict(history_entry(entry))
     return AuditRecord(
-        scope=ref.scope,
-        namespace=ref.namespace,
-        key=ref.key,
-        version=entry.version,
-        operation=entry.op,
-        hash=entry.hash,
-        time=rfc3339(entry.time_ns),
-        time_ns=entry.time_ns,
-        dag_name=a.dag_name,
-        run_id=a.run_id,
-        step_name=a.step_name,
-        attempt=a.attempt,
-        user=a.user,
-        host=a.host,
-        pid=a.pid,
-        actor=a.actor,
-        reason=a.reason,
-        rollback_from=a.rollback_from,
+        scope=ref.scope, namespace=ref.namespace, key=ref.key, time_ns=entry.time_ns, **fields
     )
 
 

@@ -103,18 +103,10 @@ Decide = Callable[[Entry | None, LogView], "Write | list[Write] | None"]
 
 
 class FileBackend(Rewriter):
-    """Ref logs and blobs in one directory: reads (FileReader) plus the write protocol.
+    """The file backend: reads and rewrites (base classes) plus the write protocol.
 
-    Safe for many processes (flock per ref log); not thread-safe (per-handle caches).
-
-    Args:
-        root: the store directory, created with its FORMAT file if absent.
-        durable: fsync so that a returned write survives a power loss.
-        lock_timeout: seconds to wait for a ref's lock.
-
-    Raises:
-        FormatVersionError: the directory holds another format, or is a
-            non-empty directory that is not a castore store.
+    Constructed like :class:`castore.fileread.FileReader`. Safe for many
+    processes (flock per ref log); not thread-safe (per-handle caches).
     """
 
     # -- writing ------------------------------------------------------------------
