@@ -1,8 +1,14 @@
-"""File-system primitives: locks, durable appends, directory creation, failpoints.
+"""File-system primitives: confinement, locks, durable appends, atomic files, failpoints.
 
-The only module that calls ``fcntl``, ``os.fsync``/``os.fdatasync`` or
-``os.replace``. Locks are ``flock(2)`` locks on the file itself: the kernel
-releases them when the holder dies, so a crash never leaves a stale lock.
+Every file a store touches is reached through a :class:`Tree`: directories
+below the store root are opened one component at a time with
+``O_NOFOLLOW|O_DIRECTORY`` relative to their parent's descriptor (cached),
+and files with ``O_NOFOLLOW`` relative to their directory's descriptor, so a
+symbolic link planted anywhere below the root is refused
+(:class:`~castore.errors.UnsafePathError`), never followed, even if it
+appears after a directory was checked (docs/RELIABILITY.md, "Security").
+Locks are ``flock(2)`` locks on the file itself: the kernel releases them
+when the holder dies, so a crash never leaves a stale lock.
 """
 
 from __future__ import annotations
@@ -12,23 +18,22 @@ import errno
 import fcntl
 import os
 import signal
+import stat
+import threading
 import time
 from collections.abc import Iterator
 
-from castore.errors import LockTimeoutError
+from castore.errors import LockTimeoutError, UnsafePathError
 
 __all__ = [
     "FAILPOINTS",
     "LOCK_TIMEOUT_SECONDS",
+    "UNCONFINED",
+    "Tree",
     "append",
-    "atomic_write",
     "failpoint",
-    "fsync_dir",
     "locked",
-    "makedirs_durable",
-    "open_locked",
     "read_at",
-    "write_new",
 ]
 
 LOCK_TIMEOUT_SECONDS = 30.0  # 30 s: far above any write's duration
@@ -94,34 +99,6 @@ def locked(
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def open_locked(path: str, flags: int, *, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[int]:
-    """Open ``path`` and hold its exclusive flock, on the file the path names *now*.
-
-    A log may be replaced by rename (compaction, repair, import) while we
-    wait for its lock; then our descriptor points at the old, unlinked file
-    and anything appended to it would be lost. So after taking the lock we
-    check that the path still names our file, and otherwise start again.
-
-    Raises:
-        LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        fd = os.open(path, flags, 0o644)
-        try:
-            with locked(fd, path, timeout=max(0.0, deadline - time.monotonic())):
-                try:
-                    same = os.stat(path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    yield fd
-                    return
-        finally:
-            os.close(fd)
-
-
 def read_at(fd: int, offset: int, size: int) -> bytes:
     """Read exactly ``size`` bytes at ``offset`` (fewer only at end of file)."""
     data = os.pread(fd, size, offset)
@@ -151,59 +128,320 @@ def append(fd: int, data: bytes, *, durable: bool) -> None:
         os.fdatasync(fd)
 
 
-def write_new(path: str, data: bytes, *, durable: bool) -> None:
-    """Create ``path`` (a temporary file) holding ``data``; remove it again on failure."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        append(fd, data, durable=durable)
-    except BaseException:
+def _tmp_name(path: str, hidden: bool = False) -> str:
+    folder, _, name = path.rpartition("/")
+    dot = "." if hidden else ""
+    return f"{folder}/{dot}{name}.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}.tmp"
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_CACHED_DIRS = 256  # directory descriptors a Tree keeps open; more are opened per call
+
+
+class Tree:
+    """The file operations of one store, confined to its root (or to nothing).
+
+    Paths are absolute strings, as the rest of castore builds them. A path
+    below ``root`` is resolved component by component from the root's
+    descriptor without following symbolic links; any link (or ``..``) below
+    the root raises :class:`~castore.errors.UnsafePathError`. Paths outside
+    the root, and every path of :data:`UNCONFINED`, use plain system calls.
+    Thread-safe; the root itself may be a link the user chose.
+
+    Args:
+        root: the store's root directory (absolute, existing), or None.
+    """
+
+    def __init__(self, root: str | None) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._dirs: dict[str, int] = {}
+        self._prefix = root.rstrip("/") + "/" if root else "\0"
+        if root is not None:
+            self._dirs[root.rstrip("/")] = os.open(
+                root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            )
+
+    def close(self) -> None:
+        """Close the cached directory descriptors (the tree stays usable)."""
+        with self._lock:
+            keep = self._dirs.pop(self.root.rstrip("/"), None) if self.root else None
+            for fd in self._dirs.values():
+                os.close(fd)
+            self._dirs.clear()
+            if keep is not None and self.root is not None:
+                self._dirs[self.root.rstrip("/")] = keep
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_dirs", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- resolution -----------------------------------------------------------------
+
+    def _dir_fd(
+        self, folder: str, *, create: bool = False, durable: bool = False
+    ) -> tuple[int, bool]:
+        """A descriptor of ``folder`` (below or at the root) and whether the caller closes it."""
+        fd = self._dirs.get(folder)
+        if fd is not None:
+            return fd, False
+        root = self._prefix[:-1]
+        rel = folder[len(self._prefix) :]
+        parent, owned = self._dirs[root], False
+        path = root
+        for part in rel.split("/"):
+            if part in ("", ".", ".."):
+                raise UnsafePathError(f"{folder}: not a plain path inside the store")
+            path = f"{path}/{part}"
+            cached = self._dirs.get(path)
+            if cached is not None:
+                child, child_owned = cached, False
+            else:
+                child = self._open_dir(parent, part, path, create=create, durable=durable)
+                child_owned = not self._cache(path, child)
+            if owned:
+                os.close(parent)
+            parent, owned = child, child_owned
+        return parent, owned
+
+    def _open_dir(self, parent: int, part: str, path: str, *, create: bool, durable: bool) -> int:
+        try:
+            return os.open(part, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+        except OSError as exc:
+            raise self._unsafe(exc, parent, part, path) from None
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, 0o755, dir_fd=parent)
+            if durable:
+                os.fsync(parent)
+        try:
+            return os.open(part, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise self._unsafe(exc, parent, part, path) from None
+
+    @staticmethod
+    def _unsafe(exc: OSError, parent: int, name: str, path: str) -> Exception:
+        """Turn ELOOP/ENOTDIR on a name that is a symbolic link into UnsafePathError."""
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                    return UnsafePathError(f"{path} is a symbolic link; castore never follows one")
+        return exc
+
+    def _cache(self, path: str, fd: int) -> bool:
+        with self._lock:
+            if path in self._dirs or len(self._dirs) >= _MAX_CACHED_DIRS:
+                return False
+            self._dirs[path] = fd
+            return True
+
+    @contextlib.contextmanager
+    def _at(
+        self, path: str, *, create: bool = False, durable: bool = False
+    ) -> Iterator[tuple[int | None, str]]:
+        """Yield ``(dir_fd, name)`` for ``path`` (``(None, path)`` outside the root)."""
+        if not path.startswith(self._prefix):
+            yield None, path
+            return
+        folder, _, name = path.rpartition("/")
+        if name in ("", ".", ".."):
+            raise UnsafePathError(f"{path}: not a plain path inside the store")
+        fd, owned = self._dir_fd(folder, create=create, durable=durable)
+        try:
+            yield fd, name
+        finally:
+            if owned:
+                os.close(fd)
+
+    # -- operations -----------------------------------------------------------------
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        """``os.open`` that never follows a symbolic link inside the root."""
+        with self._at(path) as (fd, name):
+            if fd is None:
+                return os.open(path, flags | os.O_CLOEXEC, mode)
+            try:
+                return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+            except OSError as exc:
+                raise self._unsafe(exc, fd, name, path) from None
+
+    def read_file(self, path: str, limit: int = -1) -> bytes:
+        """The bytes of a regular file (at most ``limit`` when given)."""
+        fd = self.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size if limit < 0 else limit
+            return read_at(fd, 0, size)
+        finally:
+            os.close(fd)
+
+    def stat(self, path: str) -> os.stat_result:
+        """``lstat``: a symbolic link is reported as one, never followed."""
+        with self._at(path) as (fd, name):
+            if fd is None:
+                return os.stat(path, follow_symlinks=False)
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+    def exists(self, path: str) -> bool:
+        """True if ``path`` names anything (a symbolic link included)."""
+        try:
+            self.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def isdir(self, path: str) -> bool:
+        """True if ``path`` is a directory (not a link to one)."""
+        try:
+            return stat.S_ISDIR(self.stat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a directory below the root (never through a link)."""
+        if not (path + "/").startswith(self._prefix):
+            return os.listdir(path)
+        fd, owned = self._dir_fd(path.rstrip("/"))
+        try:
+            return os.listdir(fd)
+        finally:
+            if owned:
+                os.close(fd)
+
+    def unlink(self, path: str) -> None:
+        """Remove a file (a link itself, never its target)."""
+        with self._at(path) as (fd, name):
+            os.unlink(name, dir_fd=fd)
+
+    def replace(self, src: str, dst: str) -> None:
+        """Atomically rename ``src`` over ``dst`` (both in the same directory tree)."""
+        with self._at(src) as (sfd, sname), self._at(dst) as (dfd, dname):
+            os.replace(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+
+    def link(self, src: str, dst: str) -> None:
+        """Hard-link ``src`` as ``dst`` (fails if ``dst`` exists)."""
+        with self._at(src) as (sfd, sname), self._at(dst) as (dfd, dname):
+            os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+
+    def fsync_dir(self, path: str) -> None:
+        """Fsync a directory so that entries created in it survive a power loss."""
+        if not (path + "/").startswith(self._prefix):
+            fd, owned = os.open(path, os.O_RDONLY | os.O_DIRECTORY), True
+        else:
+            fd, owned = self._dir_fd(path.rstrip("/"))
+        try:
+            os.fsync(fd)
+        finally:
+            if owned:
+                os.close(fd)
+
+    def makedirs(self, path: str, *, durable: bool) -> None:
+        """Create ``path`` and missing parents; fsync each parent of a new directory."""
+        if not (path + "/").startswith(self._prefix):
+            _makedirs_plain(path, durable=durable)
+            return
+        if path.rstrip("/") + "/" == self._prefix:
+            return
+        fd, owned = self._dir_fd(path.rstrip("/"), create=True, durable=durable)
+        if owned:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def open_locked(
+        self, path: str, flags: int, *, timeout: float = LOCK_TIMEOUT_SECONDS
+    ) -> Iterator[int]:
+        """Open ``path`` and hold its exclusive flock, on the file the path names *now*.
+
+        A log may be replaced by rename (compaction, repair, import) while we
+        wait for its lock; then our descriptor points at the old, unlinked file
+        and anything appended to it would be lost. So after taking the lock we
+        check that the path still names our file, and otherwise start again.
+
+        Raises:
+            LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = self.open(path, flags)
+            try:
+                with locked(fd, path, timeout=max(0.0, deadline - time.monotonic())):
+                    try:
+                        same = self.stat(path).st_ino == os.fstat(fd).st_ino
+                    except FileNotFoundError:
+                        same = False
+                    if same:
+                        yield fd
+                        return
+            finally:
+                os.close(fd)
+
+    def write_new(self, path: str, data: bytes, *, durable: bool) -> None:
+        """Create ``path`` (a temporary file) holding ``data``; remove it again on failure."""
+        fd = self.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            append(fd, data, durable=durable)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.unlink(path)
+            raise
         os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    os.close(fd)
+
+    def atomic_write(self, path: str, data: bytes, *, durable: bool) -> None:
+        """Write a whole small file atomically: temporary file, fsync, rename, fsync dir.
+
+        The temporary name ends in ``.tmp`` and is never read as data.
+        """
+        tmp = _tmp_name(path)
+        self.write_new(tmp, data, durable=durable)
+        try:
+            self.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.unlink(tmp)
+            raise
+        if durable:
+            self.fsync_dir(os.path.dirname(path) or ".")
+
+    def create_once(self, path: str, data: bytes) -> bool:
+        """Create ``path`` holding ``data`` unless it exists; durable; True if this call made it.
+
+        The content is written to a hidden temporary file first and hard-linked
+        into place, so ``path`` never exists half-written and of many concurrent
+        callers exactly one creates it; the others leave it as they find it.
+        """
+        tmp = _tmp_name(path, hidden=True)
+        self.write_new(tmp, data, durable=True)
+        try:
+            self.link(tmp, path)
+            made = True
+        except FileExistsError:
+            made = False
+        finally:
+            with contextlib.suppress(OSError):
+                self.unlink(tmp)
+        self.fsync_dir(os.path.dirname(path) or ".")
+        return made
 
 
-def fsync_dir(path: str) -> None:
-    """Fsync a directory so that entries created in it survive a power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def makedirs_durable(path: str, *, durable: bool) -> None:
-    """Create ``path`` and missing parents; fsync each parent of a new directory."""
+def _makedirs_plain(path: str, *, durable: bool) -> None:
     if os.path.isdir(path):
         return
     parent = os.path.dirname(path)
-    makedirs_durable(parent, durable=durable)
+    _makedirs_plain(parent, durable=durable)
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:
         return
     if durable:
-        fsync_dir(parent)
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, *, durable: bool) -> None:
-    """Write a whole small file atomically: temporary file, fsync, rename, fsync dir.
-
-    The temporary name ends in ``.tmp`` and is never read as data.
-    """
-    tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    write_new(tmp, data, durable=durable)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(os.path.dirname(path) or ".")
-
-
-def is_missing(exc: OSError) -> bool:
-    """True when ``exc`` says the file or a parent directory does not exist."""
-    return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+UNCONFINED = Tree(None)
+"""File operations on paths outside any store (plain system calls)."""

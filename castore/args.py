@@ -42,7 +42,7 @@ def build_parser() -> _Parser:
     parser = _Parser(
         prog="castore",
         description="Content-addressed, versioned JSON state store (Dagu-compatible).",
-        epilog="Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found, 5 damaged.",
     )
     parser.add_argument("--dir", help="store directory (default: $CASTORE_DIR, else XDG data dir)")
     parser.add_argument("--dag", help="current DAG name (default: $DAG_NAME)")
@@ -161,6 +161,8 @@ def build_parser() -> _Parser:
     cmd.add_argument("--repair", action="store_true", help="truncate, quarantine, rebuild")
 
     add("stats", "keys, versions, blobs and bytes per scope", "castore stats")
+
+    add("upgrade", "convert a store of an older format (run it alone)", "castore upgrade")
 
     cmd = add(
         "import-dagu",

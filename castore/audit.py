@@ -42,6 +42,7 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     actor: str = ""
     reason: str = ""
     rollback_from: int = 0
+    damaged_from: int = 0
 
 
 def _record(ref: Ref, entry: Entry) -> AuditRecord:

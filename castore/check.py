@@ -14,16 +14,20 @@ the history and reading it keeps failing with a clear error.
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import stat
 import time
 from collections.abc import Callable
 
 import msgspec
 
-from castore import versions
-from castore.errors import CastoreError, CorruptionError
-from castore.frames import Frame, scan_frames
-from castore.indexes import decode_loc
+from castore import _fs, versions
+from castore.errors import CastoreError, CorruptionError, UnsafePathError
+from castore.fileread import damage_windows
+from castore.frames import FRAME_OVERHEAD, Frame, LogBytes, classify, scan_frames
+from castore.indexes import Graveyard, decode_loc, floor_after_damage
 from castore.keyindex import KeyIndex, namespace_of
 from castore.keys import file_id
 from castore.records import (
@@ -31,6 +35,8 @@ from castore.records import (
     KIND_BLOB,
     KIND_ENTRY,
     KIND_HEADER,
+    OP_DAMAGED,
+    Audit,
     Entry,
     Header,
     decode_blob,
@@ -82,10 +88,67 @@ class StoreStats(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     total: ScopeStats
 
 
-def _frames(path: str) -> tuple[bytes, list[Frame]]:
-    with open(path, "rb") as fh:
-        data = fh.read()
+def _frames(fs: _fs.Tree, path: str) -> tuple[bytes, list[Frame]]:
+    data = fs.read_file(path)
     return data, list(scan_frames(data))
+
+
+def _classified(fs: _fs.Tree, path: str) -> tuple[bytes, LogBytes]:
+    data = fs.read_file(path)
+    return data, classify(data)
+
+
+def _with_markers(
+    log: LogBytes, data: bytes, drop: set[int], reason: str, lost_by_index: int
+) -> list[tuple[int, bytes]]:
+    """The intact frames of a damaged log, with an ``OP_DAMAGED`` entry per lost range.
+
+    A marker takes the place of the damaged bytes, so the version line
+    continues above every version they may have held.
+    """
+    markers: dict[int, Entry] = {}
+    now = time.time_ns()
+    newest = 0
+    for start, end, before, after in damage_windows(log):
+        top = _lost_top(before, data[start:end]) if after is None else after - 1
+        if top > before:
+            markers[start] = _marker(
+                before + 1, top, now, f"damaged bytes at offset {start}; {reason}"
+            )
+    entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
+    newest = max([e.version for e in entries] + [m.version for m in markers.values()] + [0])
+    if lost_by_index > newest:
+        markers[log.size] = _marker(newest + 1, lost_by_index, now, f"log cut short; {reason}")
+    out: list[tuple[int, bytes]] = []
+    pending = sorted(markers.items())
+    for f in log.frames:
+        while pending and pending[0][0] < f.start:
+            out.append((KIND_ENTRY, encode_record(pending.pop(0)[1])))
+        if f.start not in drop:
+            out.append((f.kind, f.payload))
+    out.extend((KIND_ENTRY, encode_record(m)) for _, m in pending)
+    return out
+
+
+def _marker(first: int, last: int, now: int, reason: str) -> Entry:
+    return Entry(
+        version=last,
+        op=OP_DAMAGED,
+        time_ns=now,
+        damaged_from=first if first < last else 0,
+        audit=Audit(actor="castore check --repair", reason=reason),
+    )
+
+
+# The smallest E frame: a lost range at the end of a log holds at most this many bytes per version.
+_MIN_ENTRY_FRAME = FRAME_OVERHEAD + len(b'{"version":1,"op":"set","time_ns":0}')
+_VERSION_FIELD = re.compile(rb'"version":([0-9]{1,18})')
+
+
+def _lost_top(before: int, damaged: bytes) -> int:
+    """The highest version damaged bytes after version ``before`` may have held."""
+    parsed = [int(m) for m in _VERSION_FIELD.findall(damaged)]
+    return max([before + math.ceil(len(damaged) / _MIN_ENTRY_FRAME), *parsed])
 
 
 def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
@@ -103,10 +166,12 @@ class _Checker:
     def __init__(self, store: Store, repair: bool) -> None:
         self.store = store
         self.backend = store.backend
+        self.fs = store.backend.fs
         self.repair = repair
         self.findings: list[Finding] = []
         self.stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.entries = self.blobs = 0
+        self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
 
     def rel(self, path: str) -> str:
         return os.path.relpath(path, self.store.root)
@@ -124,26 +189,69 @@ class _Checker:
             )
         )
 
+    def planted(self, path: str) -> bool:
+        """Report (and with repair, remove) a symbolic link planted in the store."""
+        try:
+            st = self.fs.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not stat.S_ISLNK(st.st_mode):
+            return False
+        self.found(
+            path,
+            "a symbolic link planted in the store (castore never follows one)",
+            "remove the link (its target is not touched)",
+            self.repair,
+        )
+        if self.repair:
+            self.fs.unlink(path)
+        return True
+
     def quarantine(self, path: str) -> str:
         return os.path.join(self.store.root, "quarantine", self.stamp, self.rel(path))
 
+    def check_graves(self, nsdir: str) -> None:
+        """GRAVES records must be intact (or covered by their twin); a repair sets a floor."""
+        path = os.path.join(nsdir, "GRAVES")
+        graves = Graveyard(path, self.fs)
+        damage = graves.damage()
+        if graves.floor:
+            self.found(
+                path,
+                f"a damaged grave record was replaced by a floor: keys re-created here "
+                f"start above version {graves.floor}",
+                "none: nothing left to recover",
+                severity="info",
+            )
+        if not damage:
+            return
+        start, end = damage[0]
+        self.found(
+            path,
+            f"damaged bytes: {end - start} bytes at offset {start} (last versions of removed keys)",
+            "copy to quarantine, keep the intact records, add a floor above every version",
+            self.repair,
+        )
+        if self.repair:
+            data = self.fs.read_file(path)
+            known = max(graves.highest(), self.top.get(nsdir, 0))
+            damaged = b"".join(data[s:e] for s, e in damage)
+            graves.repair(floor_after_damage(known, damaged), self.quarantine(path), durable=True)
+
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
-        data, frames = _frames(path)
-        if not frames:
+        data, log = _classified(self.fs, path)
+        frames = log.frames
+        if not frames and not log.damage:
             # A first write killed before (or while) writing its frames: nothing was
             # acknowledged. Removed under the log's lock if it is still empty then.
             problem = f"log without a valid frame ({len(data)} bytes)"
             self.found(path, problem, "copy to quarantine, remove", self.repair, "info")
             if self.repair:
                 self.backend.rewrite(
-                    path, lambda fs: None if fs else [], keep_copy=self.quarantine(path)
+                    path, lambda lg: None if lg.frames else [], keep_copy=self.quarantine(path)
                 )
             return
-        damaged = _gaps(len(data), frames)
-        problems: list[str] = []
-        for start, end in damaged:
-            where = "torn tail" if end == len(data) else "damaged bytes"
-            problems.append(f"{where}: {end - start} bytes at offset {start}")
+        problems = self.damage_problems(data, log)
         bad_blobs = []
         for f in frames:
             if f.kind == KIND_BLOB:
@@ -167,31 +275,86 @@ class _Checker:
             ref_text = self.check_header(path, scope, header)
         entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
         self.entries += len(entries)
+        nsdir = os.path.dirname(path)
+        self.top[nsdir] = max([self.top.get(nsdir, 0), *(e.version for e in entries)])
+        self.report_lost(path, ref_text, entries)
         if self.check_entries(path, ref_text, entries, frames, bad_blobs):
             problems.append("an entry points at a damaged copy; an intact copy is in this log")
+        lost_by_index = self.lost_by_index(path, frames)
+        if lost_by_index:
+            problems.append(
+                f"the version index records versions up to {lost_by_index}, "
+                "which the log no longer holds (it lost acknowledged bytes)"
+            )
         if header is not None and entries and decode_header(header.payload).key not in keys:
             self.found(path, "key missing from KEYS", "add it to KEYS", self.repair)
             if self.repair:
                 h = decode_header(header.payload)
                 self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)
         if problems:
-            action = "copy the log to quarantine, rewrite it with its intact frames only"
-            for problem in problems:
-                if problem != "no header frame":  # already reported with its own repair
-                    self.found(path, problem, action, self.repair)
-            if self.repair:
-                drop = set(bad_blobs)
-                head = [] if new_header is None else [(KIND_HEADER, encode_record(new_header))]
-                self.backend.rewrite(
-                    path,
-                    lambda fs: head + [(f.kind, f.payload) for f in fs if f.start not in drop],
-                    keep_copy=self.quarantine(path),
-                )
+            self.repair_log(path, problems, bad_blobs, new_header, header, lost_by_index)
         elif self.vix_out_of_step(path, frames):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
             self.found(path, "version index out of step", "rebuild it", self.repair, "info")
             if self.repair:
-                self.backend.rewrite(path, lambda fs: [(f.kind, f.payload) for f in fs])
+                self.backend.rewrite(path, lambda lg: [(f.kind, f.payload) for f in lg.frames])
+
+    def damage_problems(self, data: bytes, log: LogBytes) -> list[str]:
+        """One line per damaged range and for a torn tail."""
+        problems = []
+        for start, end, before, after in damage_windows(log):
+            top = _lost_top(before, data[start:end]) if after is None else after - 1
+            held = f" (versions {before + 1}-{top} may be there)" if top > before else ""
+            problems.append(f"damaged bytes: {end - start} bytes at offset {start}{held}")
+        if log.torn < log.size:
+            problems.append(
+                f"torn tail: {log.size - log.torn} bytes at offset {log.torn} "
+                "(an append a crash cut short, never acknowledged)"
+            )
+        return problems
+
+    def report_lost(self, path: str, ref: str, entries: list[Entry]) -> None:
+        """Versions an earlier repair recorded as lost stay reported (as information)."""
+        for entry in entries:
+            if entry.op == OP_DAMAGED:
+                self.found(
+                    path,
+                    f"{ref} versions {entry.first}-{entry.version} were lost to damage "
+                    f"({entry.audit.reason})",
+                    "none: nothing left to recover",
+                    severity="info",
+                )
+
+    def repair_log(
+        self,
+        path: str,
+        problems: list[str],
+        bad_blobs: list[int],
+        new_header: Header | None,
+        header: Frame | None,
+        lost_by_index: int,
+    ) -> None:
+        keep = self.quarantine(path)
+        action = (
+            "copy the log to quarantine, rewrite it with its intact frames, "
+            "record the versions damage may hold as lost"
+        )
+        for problem in problems:
+            if problem != "no header frame":  # already reported with its own repair
+                self.found(path, problem, action, self.repair)
+        if not self.repair:
+            return
+        if header is None and new_header is None:
+            return  # the ref is unknown: nothing can be rewritten
+        drop = set(bad_blobs)
+        head = [] if new_header is None else [(KIND_HEADER, encode_record(new_header))]
+        reason = f"original bytes in {self.rel(keep)}"
+
+        def transform(lg: LogBytes) -> list[tuple[int, bytes]]:
+            data = self.fs.read_file(path)
+            return head + _with_markers(lg, data, drop, reason, lost_by_index)
+
+        self.backend.rewrite(path, transform, keep_copy=keep)
 
     def check_header(self, path: str, scope: str, header: Frame | None) -> str:
         if header is None:
@@ -206,7 +369,7 @@ class _Checker:
     def recover_header(self, path: str, scope: str, keys: set[str]) -> Header | None:
         """The header a log lost, from KEYS: the key whose sha256 names the file."""
         nsdir = os.path.dirname(path)
-        namespace = namespace_of(os.path.join(nsdir, "KEYS"))
+        namespace = namespace_of(os.path.join(nsdir, "KEYS"), self.fs)
         if namespace is None or file_id(namespace) != os.path.basename(nsdir):
             return None
         name = os.path.basename(path)
@@ -228,7 +391,7 @@ class _Checker:
             if entry.version <= last:
                 self.found(path, f"{ref}: version {entry.version} after {last}", "none")
             last = max(last, entry.version)
-            if not entry.live:
+            if not entry.live or entry.op == OP_DAMAGED:
                 continue
             loc = entry.blob
             payload = own.get(loc.offset) if loc is not None and not loc.log else None
@@ -250,13 +413,35 @@ class _Checker:
                 )
         return fixable
 
+    def lost_by_index(self, path: str, frames: list[Frame]) -> int:
+        """The highest version the version index records beyond the log's newest, or 0.
+
+        The index is only ever built from the log, so versions it records
+        that the log lacks were acknowledged and then lost (a truncation).
+        """
+        try:
+            actual = self.fs.read_file(versions.vix_path(path))
+        except (FileNotFoundError, UnsafePathError):
+            return 0  # a planted link is reported on its own
+        if not any(f.kind == KIND_ENTRY for f in frames):
+            return 0  # compaction removed the key: GRAVES carries its last version
+        expected = versions.rebuild(frames)
+        if len(actual) <= len(expected) or not actual.startswith(expected):
+            return 0
+        tail = actual[len(expected) :]
+        recorded = [
+            len(expected) // 8 + 1 + i
+            for i in range(len(tail) // 8)
+            if int.from_bytes(tail[8 * i : 8 * i + 8], "little") > versions.ABSENT
+        ]
+        return max(recorded, default=0)
+
     def vix_out_of_step(self, path: str, frames: list[Frame]) -> bool:
         """True if the version index says something the log does not (lagging is fine)."""
         try:
-            with open(versions.vix_path(path), "rb") as fh:
-                actual = fh.read()
-        except FileNotFoundError:
-            return False  # built by the first reader that needs it
+            actual = self.fs.read_file(versions.vix_path(path))
+        except (FileNotFoundError, UnsafePathError):
+            return False  # a planted link is reported on its own  # built by the first reader that needs it
         return not versions.rebuild(frames).startswith(actual)
 
 
@@ -273,15 +458,27 @@ def check(
     """
     checker = _Checker(store, repair)
     backend = store.backend
+    fs = backend.fs
     logs = 0
-    for scope in sorted(os.listdir(backend.refs)):
+    for name in ("FORMAT", "gc.lock", "index", "quarantine", "refs"):
+        checker.planted(os.path.join(store.root, name))
+    for scope in sorted(fs.listdir(backend.refs)):
         scope_dir = os.path.join(backend.refs, scope)
-        for name in sorted(os.listdir(scope_dir)) if os.path.isdir(scope_dir) else []:
+        if checker.planted(scope_dir) or not fs.isdir(scope_dir):
+            continue
+        for name in sorted(fs.listdir(scope_dir)):
             nsdir = os.path.join(scope_dir, name)
-            keys = set(KeyIndex(os.path.join(nsdir, "KEYS")).keys(""))
-            _check_keys_header(checker, scope, nsdir)
-            for file in sorted(os.listdir(nsdir)):
+            if checker.planted(nsdir) or not fs.isdir(nsdir):
+                continue
+            keys_file = os.path.join(nsdir, "KEYS")
+            keys: set[str] = set()
+            if not checker.planted(keys_file):
+                keys = set(KeyIndex(keys_file, fs).keys(""))
+                _check_keys_header(checker, scope, nsdir)
+            for file in sorted(fs.listdir(nsdir)):
                 path = os.path.join(nsdir, file)
+                if file == "KEYS" or checker.planted(path):
+                    continue
                 if file.endswith(".log"):
                     logs += 1
                     checker.check_log(path, scope, keys)
@@ -289,6 +486,7 @@ def check(
                         progress(1)
                 elif file.endswith(".tmp"):
                     checker.found(path, "leftover temporary file", "gc removes it", severity="info")
+            checker.check_graves(nsdir)
     _check_index(checker)
     return CheckReport(
         ok=all(f.repaired or f.severity == "info" for f in checker.findings),
@@ -302,13 +500,15 @@ def check(
 def _check_keys_header(checker: _Checker, scope: str, nsdir: str) -> None:
     """KEYS must name the namespace its directory is named after (export, audit need it)."""
     keys_path = os.path.join(nsdir, "KEYS")
-    namespace = namespace_of(keys_path)
+    namespace = namespace_of(keys_path, checker.fs)
     if namespace is not None and file_id(namespace) == os.path.basename(nsdir):
         return
     recovered = None
-    for file in sorted(os.listdir(nsdir)):
-        if file.endswith(".log"):
-            _, frames = _frames(os.path.join(nsdir, file))
+    for file in sorted(checker.fs.listdir(nsdir)):
+        if file.endswith(".log") and stat.S_ISREG(
+            checker.fs.stat(os.path.join(nsdir, file)).st_mode
+        ):
+            _, frames = _frames(checker.fs, os.path.join(nsdir, file))
             header = next((f for f in frames if f.kind == KIND_HEADER), None)
             if header is not None:
                 recovered = decode_header(header.payload).namespace
@@ -317,7 +517,7 @@ def _check_keys_header(checker: _Checker, scope: str, nsdir: str) -> None:
     repair = "rewrite KEYS naming it (from a log header)" if ok else "none: no log names it"
     checker.found(keys_path, "KEYS does not name its namespace", repair, checker.repair and ok)
     if checker.repair and ok and recovered is not None:
-        KeyIndex(keys_path).rename_namespace(recovered, durable=checker.store.durable)
+        KeyIndex(keys_path, checker.fs).rename_namespace(recovered, durable=checker.store.durable)
 
 
 def _check_index(checker: _Checker) -> None:
@@ -329,10 +529,11 @@ def _check_index(checker: _Checker) -> None:
     backend = checker.backend
     stale = 0
     folder = os.path.join(checker.store.root, "index")
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if not name.endswith(".idx"):
+    fs = checker.fs
+    for name in sorted(fs.listdir(folder)) if fs.isdir(folder) else []:
+        if not name.endswith(".idx") or checker.planted(os.path.join(folder, name)):
             continue
-        data, frames = _frames(os.path.join(folder, name))
+        data, frames = _frames(fs, os.path.join(folder, name))
         stale += bool(_gaps(len(data), frames))
         newest = {f.payload[:32]: f.payload for f in frames}
         for digest, payload in newest.items():
@@ -364,7 +565,7 @@ def stats(store: Store) -> StoreStats:
     for path in backend.iter_logs():
         scope = os.path.basename(os.path.dirname(os.path.dirname(path)))
         st = per.setdefault(scope, ScopeStats())
-        data, frames = _frames(path)
+        data, frames = _frames(backend.fs, path)
         st.stored_bytes += len(data)
         entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
         st.versions += len(entries)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -29,6 +30,8 @@ from castore.dagu import import_dagu, parse_go_time
 from castore.errors import (
     CastoreError,
     ConflictError,
+    CorruptionError,
+    FormatVersionError,
     InvalidRefError,
     InvalidValueError,
     NotFoundError,
@@ -36,22 +39,25 @@ from castore.errors import (
 from castore.gc import collect_garbage
 from castore.keys import go_trim_space
 from castore.render import encode_line, render, render_patch_text
-from castore.store import Store
-from castore.transfer import export_lines, import_lines
+from castore.store import Store, default_root
+from castore.transfer import export_lines, import_lines, read_lines
+from castore.upgrade import upgrade
 
 __all__ = ["EXIT_CODES", "main"]
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # I/O error, corruption, lock timeout
+EXIT_FAILURE = 1  # I/O error, lock timeout, check found problems
 EXIT_INVALID = 2  # bad key, scope, namespace, JSON, too large, usage
 EXIT_CONFLICT = 3  # expected_version / create_only failed; import conflicts
 EXIT_NOT_FOUND = 4  # --required and the key is absent; a version that does not exist
+EXIT_DAMAGED = 5  # the store holds damage that hides the answer: run check --repair
 EXIT_CODES = {
     "ok": EXIT_OK,
     "failure": EXIT_FAILURE,
     "invalid input": EXIT_INVALID,
     "conflict": EXIT_CONFLICT,
     "not found": EXIT_NOT_FOUND,
+    "damaged": EXIT_DAMAGED,
 }
 
 
@@ -108,7 +114,15 @@ class _Command:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.store = Store(
+        self.scope_given = go_trim_space(args.scope or "") or None
+        self.scope = self.scope_given or "dag"
+        self.namespace = go_trim_space(args.namespace or "") or None
+
+    @functools.cached_property
+    def store(self) -> Store:
+        """The store, opened on first use (``upgrade`` works on the directory itself)."""
+        args = self.args
+        return Store(
             args.dir,
             dag=args.dag,
             root_dag=args.root_dag,
@@ -117,9 +131,6 @@ class _Command:
             run_id=args.run_id,
             step=args.step,
         )
-        self.scope_given = go_trim_space(args.scope or "") or None
-        self.scope = self.scope_given or "dag"
-        self.namespace = go_trim_space(args.namespace or "") or None
 
     def key(self) -> str:
         return go_trim_space(self.args.key)
@@ -265,7 +276,8 @@ class _Command:
             path = a.file
             if path == "-":  # two passes: spool stdin to a temporary file first
                 spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="castore-import-"))
-                spool.write(sys.stdin.buffer.read())
+                for line in read_lines(sys.stdin.buffer):  # bounded: a long line is refused
+                    spool.write(line)
                 spool.flush()
                 path = spool.name
             if not os.path.isfile(path):
@@ -273,7 +285,7 @@ class _Command:
 
             def read() -> Iterator[bytes]:
                 with open(path, "rb") as fh:
-                    yield from fh
+                    yield from read_lines(fh)
 
             bar = stack.enter_context(_progress("versions"))
             report = import_lines(self.store, read, on_conflict=a.on_conflict, progress=bar.update)
@@ -314,6 +326,9 @@ class _Command:
         if not report.ok:
             raise _UnhealthyError(f"{len(report.findings)} problem(s) found; see the report")
 
+    def do_upgrade(self) -> Iterator[bytes]:
+        yield _op("upgrade", upgrade(os.path.abspath(self.args.dir or default_root())))
+
     def do_stats(self) -> Iterator[bytes]:
         yield _op("stats", stats(self.store))
 
@@ -351,6 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_CONFLICT)
     except NotFoundError as exc:
         return _fail(str(exc), EXIT_NOT_FOUND)
+    except FormatVersionError as exc:
+        return _fail(str(exc), EXIT_FAILURE)  # not a (current) castore store
+    except CorruptionError as exc:
+        return _fail(str(exc), EXIT_DAMAGED)
     except CastoreError as exc:
         return _fail(str(exc), EXIT_FAILURE)
     except BrokenPipeError:

@@ -20,7 +20,6 @@ readers and writers carry on while compaction runs.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -28,7 +27,7 @@ import msgspec
 
 from castore import _fs
 from castore.errors import InvalidRefError
-from castore.frames import FRAME_OVERHEAD, Frame, scan_frames
+from castore.frames import FRAME_OVERHEAD, LogBytes, classify
 from castore.keys import SCOPES, Ref, validate_filters, validate_prefix
 from castore.records import (
     KIND_BLOB,
@@ -41,6 +40,7 @@ from castore.records import (
     decode_entry,
     encode_record,
 )
+from castore.rewrite import Transform
 from castore.store import Store
 
 __all__ = ["CompactReport", "compact", "describe_policy"]
@@ -98,7 +98,8 @@ class _Plan:
         self.dropped = 0
         self.removed: Entry | None = None  # the tombstone of a key that goes away
 
-    def transform(self, frames: list[Frame]) -> list[tuple[int, bytes]] | None:
+    def transform(self, log: LogBytes) -> list[tuple[int, bytes]] | None:
+        frames = log.frames
         entries = [(f, decode_entry(f.payload)) for f in frames if f.kind == KIND_ENTRY]
         if not entries:
             return None
@@ -175,15 +176,17 @@ def compact(
         path = backend.log_path(ref)
         examined += 1
         plan = _Plan(keep_last, cutoff, policy)
-        size = _size(path)
+        size = _size(backend.fs, path)
         before += size
         if dry_run:
-            with open(path, "rb") as fh:
-                result = plan.transform(list(scan_frames(fh.read())))
+            try:
+                result = plan.transform(classify(backend.fs.read_file(path)))
+            except FileNotFoundError:
+                result = None
             after += size if result is None else sum(len(p) + FRAME_OVERHEAD for _, p in result)
         else:
             new = backend.rewrite(path, _bury_first(store, ref, plan))
-            after += _size(path)
+            after += _size(backend.fs, path)
             if new is not None and plan.removed is not None:
                 backend.key_index(ref.scope, ref.namespace).remove({ref.key}, durable=store.durable)
         if plan.dropped:
@@ -204,13 +207,11 @@ def compact(
     )
 
 
-def _bury_first(
-    store: Store, ref: Ref, plan: _Plan
-) -> Callable[[list[Frame]], list[tuple[int, bytes]] | None]:
+def _bury_first(store: Store, ref: Ref, plan: _Plan) -> Transform:
     """Wrap ``plan.transform``: a key that goes away is recorded in GRAVES (durably) first."""
 
-    def transform(frames: list[Frame]) -> list[tuple[int, bytes]] | None:
-        wanted = plan.transform(frames)
+    def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
+        wanted = plan.transform(log)
         if plan.removed is not None:
             graves = store.backend.graveyard(ref.scope, ref.namespace)
             graves.bury([(ref.key, plan.removed.version)], durable=store.durable)
@@ -220,8 +221,8 @@ def _bury_first(
     return transform
 
 
-def _size(path: str) -> int:
+def _size(fs: _fs.Tree, path: str) -> int:
     try:
-        return os.path.getsize(path)
+        return fs.stat(path).st_size
     except FileNotFoundError:
         return 0

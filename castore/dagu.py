@@ -5,14 +5,26 @@ hash (verified by re-normalizing the value and re-hashing it), created and
 updated times and ``updated_by`` audit fields, so workflows that pass
 ``expected_version`` keep working after the move. The source is only read.
 Files that cannot be imported are reported with a reason, never guessed at.
+
+The source is treated as hostile. Only regular files are read: an entry is
+typed with ``lstat`` before it is opened, opened with ``O_NOFOLLOW |
+O_NONBLOCK`` (so a FIFO swapped in meanwhile cannot block the import) and
+typed again with ``fstat``. Symbolic links, to files or to directories, are
+never followed, so nothing outside the source directory is read. A record
+file over :data:`MAX_RECORD_BYTES` is skipped without being read, and no
+more than that is ever read of one file: memory holds one record at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import os
 import re
+import stat
 from collections.abc import Iterator
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -23,8 +35,23 @@ from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
 from castore.store import Store
 
-__all__ = ["DaguImport", "DaguRecord", "import_dagu", "parse_go_time"]
+__all__ = ["MAX_RECORD_BYTES", "DaguImport", "DaguRecord", "import_dagu", "parse_go_time"]
 
+# One record file: the value counts against MAX_VALUE_BYTES on its raw bytes
+# (codec.normalize_json), the same again covers the other fields (names,
+# hash, times, updated_by) and 64 KiB the JSON around them: 2 MiB + 64 KiB.
+MAX_RECORD_BYTES: Final = 2 * codec.MAX_VALUE_BYTES + (64 << 10)
+
+_SYMLINK = "symbolic link, not followed"
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_KINDS = {
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "named pipe",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 _TIME = re.compile(
     r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)$"
 )
@@ -88,19 +115,88 @@ def parse_go_time(text: str) -> int:
     return int(moment.timestamp()) * 1_000_000_000 + nanos
 
 
-def _files(root: str) -> Iterator[tuple[str, str, str, str]]:
-    """(path relative to root, scope, hex namespace dir, file name) of every file under v1/."""
-    base = os.path.join(root, "v1") if os.path.isdir(os.path.join(root, "v1")) else root
-    for scope in sorted(os.listdir(base)):
-        scope_dir = os.path.join(base, scope)
-        if not os.path.isdir(scope_dir):
+class _Found(NamedTuple):
+    """A directory entry in a namespace directory, with the open directory it is in."""
+
+    rel: str  # path relative to the source directory, as reported
+    scope: str
+    ns_hex: str
+    entry: os.DirEntry[str]
+    dir_fd: int
+
+
+def _skip(rel: str, reason: str) -> DaguImport:
+    return DaguImport(file=rel, status="skipped", reason=reason)
+
+
+def _open_failure(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:  # replaced by a symbolic link since it was listed
+        return _SYMLINK
+    return f"cannot open: {exc.strerror or exc}"
+
+
+def _entries(dir_fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(dir_fd) as it:
+        return sorted(it, key=lambda entry: entry.name)
+
+
+def _subdirs(dir_fd: int, rel: str) -> Iterator[tuple[str, int] | DaguImport]:
+    """Each real subdirectory as (name, open fd), closed on resume; a skip for each symlink.
+
+    Other entries are not scope or namespace directories and are passed over, as Dagu does.
+    """
+    for entry in _entries(dir_fd):
+        path = os.path.join(rel, entry.name)
+        if entry.is_symlink():
+            yield _skip(path, _SYMLINK)
             continue
-        for ns_hex in sorted(os.listdir(scope_dir)):
-            ns_dir = os.path.join(scope_dir, ns_hex)
-            if not os.path.isdir(ns_dir):
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            yield _skip(path, _open_failure(exc))
+            continue
+        try:
+            yield entry.name, fd
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _base(root: str) -> Iterator[tuple[int, str]]:
+    """The open directory holding the scopes (``root/v1`` if a real directory, else root)."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            base_fd, prefix = os.open("v1", _DIR_FLAGS, dir_fd=root_fd), "v1"
+        except OSError:  # absent, or not a directory we follow: root holds the scopes
+            base_fd, prefix = os.dup(root_fd), ""
+    finally:
+        os.close(root_fd)
+    try:
+        yield base_fd, prefix
+    finally:
+        os.close(base_fd)
+
+
+def _files(root: str) -> Iterator[_Found | DaguImport]:
+    """Every entry of every namespace directory under v1/, or a skip for a symlinked directory."""
+    with _base(root) as (base_fd, prefix):
+        for scope_dir in _subdirs(base_fd, prefix):
+            if isinstance(scope_dir, DaguImport):
+                yield scope_dir
                 continue
-            for name in sorted(os.listdir(ns_dir)):
-                yield os.path.relpath(os.path.join(ns_dir, name), root), scope, ns_hex, name
+            scope, scope_fd = scope_dir
+            scope_rel = os.path.join(prefix, scope)
+            for ns_dir in _subdirs(scope_fd, scope_rel):
+                if isinstance(ns_dir, DaguImport):
+                    yield ns_dir
+                    continue
+                ns_hex, ns_fd = ns_dir
+                for entry in _entries(ns_fd):
+                    rel = os.path.join(scope_rel, ns_hex, entry.name)
+                    yield _Found(rel, scope, ns_hex, entry, ns_fd)
 
 
 def _only_if_absent(plan: Write) -> Decide:
@@ -110,8 +206,50 @@ def _only_if_absent(plan: Write) -> Decide:
     return decide
 
 
-def _record(root: str, rel: str, scope: str, ns_hex: str, name: str) -> tuple[Ref, Write] | str:
-    """The ref and write plan for one Dagu file, or the reason it is skipped."""
+def _not_regular(mode: int) -> str:
+    """Why an entry of this ``st_mode`` is not read, or "" for a regular file."""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISLNK(mode):
+        return _SYMLINK
+    return f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'unknown type')})"
+
+
+def _too_large(size: int) -> str:
+    return f"record file is {size} bytes, over the {MAX_RECORD_BYTES}-byte limit"
+
+
+def _read_record(dir_fd: int, name: str) -> bytes | str:
+    """The bytes of a regular record file of at most MAX_RECORD_BYTES, or why it is skipped.
+
+    Never blocks and never follows a link, even if the entry changed since it
+    was listed: the open does not follow or wait, and fstat types what was opened.
+    """
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        return _open_failure(exc)
+    try:
+        info = os.fstat(fd)
+        why = _not_regular(info.st_mode)
+        if why or info.st_size > MAX_RECORD_BYTES:
+            return why or _too_large(info.st_size)
+        chunks: list[bytes] = []
+        left = MAX_RECORD_BYTES + 1  # one byte more shows that the file grew past the limit
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+    if left <= 0:
+        return f"record file grew past the {MAX_RECORD_BYTES}-byte limit while read"
+    return b"".join(chunks)
+
+
+def _ref(scope: str, ns_hex: str, name: str) -> Ref | str:
+    """The ref a record file name encodes, or why the file is not a record."""
     if ".json.tmp." in name or name.endswith(".tmp"):
         return "temporary file left by an interrupted Dagu write"
     if not name.endswith(".json"):
@@ -125,16 +263,17 @@ def _record(root: str, rel: str, scope: str, ns_hex: str, name: str) -> tuple[Re
         validate_key(key)
     except (ValueError, CastoreError) as exc:
         return f"file name does not encode a valid namespace and key: {exc}"
+    return Ref(scope, namespace, key)
+
+
+def _plan(data: bytes) -> Write | str:
+    """The write plan for one record's bytes, or why the record is skipped."""
     try:
-        with open(os.path.join(root, rel), "rb") as fh:
-            record = _decoder.decode(fh.read())
-    except (OSError, msgspec.DecodeError) as exc:
-        return f"corrupt record: {exc}"
-    try:
+        record = _decoder.decode(data)
         normalized = codec.normalize_json(bytes(record.value))
         updated = parse_go_time(record.updated_at)
         created = parse_go_time(record.created_at)
-    except (CastoreError, ValueError) as exc:
+    except (msgspec.DecodeError, CastoreError, ValueError) as exc:
         return f"corrupt record: {exc}"
     digest = codec.hexdigest(normalized)
     if digest != record.hash:
@@ -149,30 +288,54 @@ def _record(root: str, rel: str, scope: str, ns_hex: str, name: str) -> tuple[Re
         step_name=by.step_name,
         reason="imported from Dagu",
     )
-    plan = Write(OP_SET, normalized, digest, audit, None, record.version, updated, created)
-    return Ref(scope, namespace, key), plan
+    return Write(OP_SET, normalized, digest, audit, None, record.version, updated, created)
+
+
+def _record(found: _Found) -> tuple[Ref, Write] | str:
+    """The ref and write plan for one entry, or the reason it is skipped."""
+    try:
+        why = _not_regular(found.entry.stat(follow_symlinks=False).st_mode)
+    except OSError as exc:  # removed since it was listed
+        why = f"cannot stat: {exc.strerror or exc}"
+    if why:
+        return why
+    ref = _ref(found.scope, found.ns_hex, found.entry.name)
+    if isinstance(ref, str):
+        return ref
+    data = _read_record(found.dir_fd, found.entry.name)
+    if isinstance(data, str):
+        return data
+    plan = _plan(data)
+    return plan if isinstance(plan, str) else (ref, plan)
 
 
 def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
     """Import every record under a Dagu dag-state directory; yield one outcome per file.
 
     A key that already has history in castore is skipped (never merged).
-    The source directory is only read.
+    The source directory is only read, and only its regular files: FIFOs,
+    sockets, devices and symbolic links (to files or directories, which are
+    reported as one skipped entry) are skipped without being opened for
+    reading, and a file over :data:`MAX_RECORD_BYTES` without being read.
+    Memory holds one record at a time.
 
     Raises:
         NotADirectoryError / FileNotFoundError: ``root`` is not a directory.
     """
     if not os.path.isdir(root):
         raise NotADirectoryError(root)
-    for rel, scope, ns_hex, name in _files(root):
-        made = _record(root, rel, scope, ns_hex, name)
+    for found in _files(root):
+        if isinstance(found, DaguImport):
+            yield found
+            continue
+        made = _record(found)
         if isinstance(made, str):
-            yield DaguImport(file=rel, status="skipped", reason=made)
+            yield _skip(found.rel, made)
             continue
         ref, plan = made
         _, written = store.backend.write(ref, _only_if_absent(plan))
         yield DaguImport(
-            file=rel,
+            file=found.rel,
             status="imported" if written else "skipped",
             reason="" if written else "key exists in castore",
             scope=ref.scope,

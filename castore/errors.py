@@ -15,7 +15,8 @@ Every error castore raises on purpose is a :class:`CastoreError`. Real
     └── CorruptionError                      stored bytes fail verification
         ├── DigestMismatchError              blob bytes do not hash to their name
         ├── RecordError                      record unparsable or fails its checksum
-        └── FormatVersionError               store written in an unknown format
+        ├── FormatVersionError               store written in an unknown format
+        └── UnsafePathError                  a store path is a symlink or leaves the root
 
 Every class survives pickling (multi-process tests send them across
 processes): each passes all of its constructor arguments to
@@ -38,6 +39,7 @@ __all__ = [
     "LockTimeoutError",
     "NotFoundError",
     "RecordError",
+    "UnsafePathError",
     "ValueTooLargeError",
 ]
 
@@ -161,3 +163,10 @@ class RecordError(CorruptionError):
 
 class FormatVersionError(CorruptionError):
     """Raised when a store directory was written in an unknown format."""
+
+
+class UnsafePathError(CorruptionError):
+    """Raised when a path inside the store is a symbolic link, or a name would leave the root.
+
+    castore never follows a link inside its root (docs/RELIABILITY.md, "Security").
+    """

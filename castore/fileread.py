@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from typing import NamedTuple
 
 from castore import _fs, reflog, versions
 from castore.errors import CorruptionError, FormatVersionError, NotFoundError
-from castore.frames import FRAME_OVERHEAD, frame_at
+from castore.frames import FRAME_OVERHEAD, LogBytes, frame_at
 from castore.indexes import BlobIndex, Graveyard
 from castore.keyindex import KeyIndex, namespace_of
-from castore.keys import Ref, file_id
+from castore.keys import Ref, file_id, is_log_name
 from castore.records import (
     FORMAT_VERSION,
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
+    OP_DAMAGED,
+    Audit,
     BlobLoc,
     Entry,
     decode_blob,
@@ -31,10 +34,19 @@ from castore.records import (
 )
 from castore.results import rfc3339
 
-__all__ = ["CACHE_MAX_ENTRIES", "FORMAT_MAGIC", "Current", "FileReader"]
+__all__ = [
+    "CACHE_MAX_ENTRIES",
+    "FORMAT_MAGIC",
+    "Current",
+    "FileReader",
+    "damage_windows",
+]
 
 FORMAT_MAGIC = "castore-store"  # first word of the FORMAT file (docs/FORMAT.md §2)
 CACHE_MAX_ENTRIES = 65536  # per-handle read cache; cleared wholesale when full
+_FORMAT_MAX_BYTES = 64  # a longer FORMAT file is not one castore wrote
+_REPAIR_HINT = "run castore check --repair"
+_READ_ROUNDS = 2  # blob lookups: a second round sees a rewrite that raced the first
 
 
 class Current(NamedTuple):
@@ -50,10 +62,80 @@ class Current(NamedTuple):
         return self.entry if self.entry is not None and self.entry.live else None
 
 
-def _newest_entry(fd: int) -> Entry | None:
-    """The newest entry of the log open on ``fd`` (its value is not read)."""
-    tail = reflog.read_tail(fd, os.fstat(fd).st_size) or reflog.scan(fd)[0]
+def damage_windows(log: LogBytes) -> list[tuple[int, int, int, int | None]]:
+    """Each damaged range with the versions of the intact entries around it.
+
+    Returns ``(start, end, before, after)``: ``before`` is the version of the
+    last intact entry ahead of the damage (0 if none), ``after`` that of the
+    first one behind it, or None when the damage follows every entry (the
+    newest version is then unknown). Versions strictly between the two may
+    have been in the damaged bytes.
+    """
+    out: list[tuple[int, int, int, int | None]] = []
+    entries = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
+    for start, end in log.damage:
+        before = max((e.version for s, e in entries if s < start), default=0)
+        after = min((e.first for s, e in entries if s >= end), default=None)
+        out.append((start, end, before, after))
+    return out
+
+
+def _damaged(path: str, start: int, end: int, what: str) -> CorruptionError:
+    return CorruptionError(
+        f"{what}: {path} has damaged bytes at offset {start} ({end - start} bytes); " + _REPAIR_HINT
+    )
+
+
+def _newest_entry(fd: int, path: str, what: str) -> Entry | None:
+    """The newest entry of the log open on ``fd`` (its value is not read).
+
+    Raises:
+        CorruptionError: damage follows the newest intact entry.
+    """
+    tail = reflog.read_tail(fd, os.fstat(fd).st_size)
+    if tail is None:
+        tail, log = reflog.scan(fd)
+        bad = reflog.damage_after(log, tail)
+        if bad is not None:
+            raise _damaged(path, *bad, what)
     return tail.entry
+
+
+def _read_format(fs: _fs.Tree, marker: str) -> str | None:
+    """The FORMAT file's text, or None when it does not exist.
+
+    Raises:
+        FormatVersionError: it is not a short ASCII text file.
+    """
+    try:
+        fd = fs.open(marker, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatVersionError(f"{marker}: not a castore store (FORMAT is not a file)")
+        raw = _fs.read_at(fd, 0, _FORMAT_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > _FORMAT_MAX_BYTES or not raw.isascii():
+        raise FormatVersionError(f"{marker}: damaged or not a castore store (not a FORMAT file)")
+    return raw.decode("ascii")
+
+
+def _check_format(marker: str, text: str) -> None:
+    words = text.split()
+    if len(words) != 2 or words[0] != FORMAT_MAGIC:
+        raise FormatVersionError(f"{marker}: damaged or not a castore store (bad magic)")
+    if words[1] == "1":
+        raise FormatVersionError(
+            f"{marker}: format version 1 (written by an older castore); "
+            "run `castore upgrade` once to convert it to version "
+            f"{FORMAT_VERSION}"
+        )
+    if words[1] != str(FORMAT_VERSION):
+        raise FormatVersionError(
+            f"{marker}: format version {words[1]!r}, this castore reads {FORMAT_VERSION}"
+        )
 
 
 class FileReader:
@@ -76,8 +158,9 @@ class FileReader:
         self.durable = durable
         self.lock_timeout = lock_timeout
         self.refs = os.path.join(root, "refs")
+        self.fs = _fs.UNCONFINED
         self._open_format()
-        self._blobs = BlobIndex(root)
+        self._blobs = BlobIndex(root, self.fs)
         self._keys: dict[str, KeyIndex] = {}
         self._graves: dict[str, Graveyard] = {}
         self._cache: dict[str, tuple[tuple[int, int, int, int], Current]] = {}
@@ -89,29 +172,33 @@ class FileReader:
         self._cache.clear()
         self._keys.clear()
         self._graves.clear()
+        self.fs.close()
 
     def _open_format(self) -> None:
+        """Check the FORMAT file, or create the store: FORMAT first, atomically.
+
+        Any number of processes may create the same store at once: each
+        writes a hidden temporary file and links it to ``FORMAT`` (only the
+        first link wins), and ``refs/`` is made only after ``FORMAT`` exists,
+        so nobody ever sees a store directory without its ``FORMAT``.
+        """
         marker = os.path.join(self.root, "FORMAT")
-        try:
-            with open(marker, encoding="utf-8") as fh:
-                text = fh.read()
-        except FileNotFoundError:
-            if os.path.isdir(self.root) and any(
-                not name.startswith(".") for name in os.listdir(self.root)
-            ):
-                raise FormatVersionError(
-                    f"{self.root} is not empty and has no FORMAT file: not a castore store"
-                ) from None
-            _fs.makedirs_durable(self.refs, durable=self.durable)
-            _fs.atomic_write(marker, f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode(), durable=True)
-            return
-        words = text.split()
-        if len(words) != 2 or words[0] != FORMAT_MAGIC:
-            raise FormatVersionError(f"{marker}: not a castore store (bad magic)")
-        if words[1] != str(FORMAT_VERSION):
-            raise FormatVersionError(
-                f"{marker}: format version {words[1]}, this castore reads {FORMAT_VERSION}"
-            )
+        if not os.path.isdir(self.root):
+            _fs.UNCONFINED.makedirs(self.root, durable=self.durable)  # the user chose this path
+        fs = self.fs = _fs.Tree(self.root)
+        text = _read_format(fs, marker)
+        if text is None:
+            if any(not name.startswith(".") for name in fs.listdir(self.root)):
+                text = _read_format(fs, marker)  # another process may have just created it
+                if text is None:
+                    raise FormatVersionError(
+                        f"{self.root} is not empty and has no FORMAT file: not a castore store"
+                    )
+            else:
+                fs.create_once(marker, f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode())
+                fs.makedirs(self.refs, durable=self.durable)
+                text = _read_format(fs, marker)
+        _check_format(marker, text or "")
 
     def _ns_dir(self, scope: str, namespace: str) -> str:
         return os.path.join(self.refs, scope, file_id(namespace))
@@ -134,19 +221,19 @@ class FileReader:
         nsdir = self._ns_dir(scope, namespace)
         index = self._keys.get(nsdir)
         if index is None:
-            index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"))
+            index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"), self.fs)
         return index
 
     def iter_logs(self) -> Iterator[str]:
         """Paths of every ref log in the store (scopes and namespace directories sorted)."""
-        for scope in sorted(os.listdir(self.refs)):
+        for scope in sorted(self.fs.listdir(self.refs)):
             scope_dir = os.path.join(self.refs, scope)
-            if not os.path.isdir(scope_dir):
+            if not self.fs.isdir(scope_dir):
                 continue
-            for name in sorted(os.listdir(scope_dir)):
+            for name in sorted(self.fs.listdir(scope_dir)):
                 nsdir = os.path.join(scope_dir, name)
-                if os.path.isdir(nsdir):
-                    for file in sorted(os.listdir(nsdir)):
+                if self.fs.isdir(nsdir):
+                    for file in sorted(self.fs.listdir(nsdir)):
                         if file.endswith(".log"):
                             yield os.path.join(nsdir, file)
 
@@ -159,22 +246,59 @@ class FileReader:
         nsdir = self._ns_dir(scope, namespace)
         graves = self._graves.get(nsdir)
         if graves is None:
-            graves = self._graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"))
+            graves = self._graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"), self.fs)
         return graves
 
-    def keys(self, scope: str, namespace: str, prefix: str) -> list[str]:
-        """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted."""
-        return self._key_index(scope, namespace).keys(prefix)
+    def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
+        """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted.
+
+        The key index answers; when it shows damage, or with ``verify`` (the
+        caller found it inconsistent), the keys named by the logs' headers
+        are added, so damage to ``KEYS`` never hides a key (FORMAT.md §5).
+        """
+        index = self._key_index(scope, namespace)
+        found = index.keys(prefix)
+        if not (verify or index.damaged):
+            return found
+        from_logs = self._keys_from_logs(self._ns_dir(scope, namespace), namespace, prefix)
+        return sorted(set(found) | from_logs, key=lambda k: k.encode("utf-8"))
+
+    def _keys_from_logs(self, nsdir: str, namespace: str, prefix: str) -> set[str]:
+        """Keys named by the header frames of a namespace's logs (a full directory read)."""
+        try:
+            names = self.fs.listdir(nsdir)
+        except FileNotFoundError:
+            return set()
+        out = set()
+        for name in names:
+            if not name.endswith(".log"):
+                continue
+            try:
+                fd = self.fs.open(os.path.join(nsdir, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                head = reflog.header_of(fd)
+            finally:
+                os.close(fd)
+            if (
+                head is not None
+                and head.namespace == namespace
+                and file_id(head.key) + ".log" == name
+                and head.key.startswith(prefix)
+            ):
+                out.add(head.key)
+        return out
 
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
         try:
-            names = os.listdir(os.path.join(self.refs, scope))
+            names = self.fs.listdir(os.path.join(self.refs, scope))
         except FileNotFoundError:
             return []
         found = []
         for name in names:
-            namespace = namespace_of(os.path.join(self.refs, scope, name, "KEYS"))
+            namespace = namespace_of(os.path.join(self.refs, scope, name, "KEYS"), self.fs)
             if namespace is not None and file_id(namespace) == name:
                 found.append(namespace)
         return sorted(found, key=lambda n: n.encode("utf-8"))
@@ -186,16 +310,22 @@ class FileReader:
             CorruptionError: a value fails verification.
         """
         try:
-            fd = os.open(self.log_path(ref), os.O_RDONLY)
+            fd = self.fs.open(self.log_path(ref), os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
-            frames = reflog.scan(fd)[1]
+            log = reflog.scan(fd)[1]
+            if log.damage:
+                raise _damaged(self.log_path(ref), *log.damage[0], str(ref))
+            frames = log.frames
             blobs = {f.start: f.payload for f in frames if f.kind == KIND_BLOB}
             for frame in frames:
                 if frame.kind != KIND_ENTRY:
                     continue
                 entry = decode_entry(frame.payload)
+                if entry.op == OP_DAMAGED:
+                    yield entry, None  # versions a repair recorded as lost: no value
+                    continue
                 own = blobs.get(entry.blob.offset) if entry.blob and not entry.blob.log else None
                 yield entry, self._value_of(ref, entry, own, fd)
         finally:
@@ -224,14 +354,14 @@ class FileReader:
         """Newest entry and value of ``ref``; served from cache when the log is unchanged."""
         path = self.log_path(ref)
         try:
-            st = os.stat(path)
+            st = self.fs.stat(path)
         except FileNotFoundError:
             return Current(None, None)
         sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         hit = self._cache.get(path)
         if hit is not None and hit[0] == sig:
             return hit[1]
-        fd = os.open(path, os.O_RDONLY)
+        fd = self.fs.open(path, os.O_RDONLY)
         try:
             tail = reflog.read_tail(fd, st.st_size)
             if tail is None:
@@ -239,7 +369,12 @@ class FileReader:
                 with _fs.locked(fd, path, shared=True, timeout=self.lock_timeout):
                     st = os.fstat(fd)
                     sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    tail = reflog.read_tail(fd, st.st_size) or reflog.scan(fd)[0]
+                    tail = reflog.read_tail(fd, st.st_size)
+                    if tail is None:
+                        tail, log = reflog.scan(fd)
+                        bad = reflog.damage_after(log, tail)
+                        if bad is not None:  # the newest version is unknown: never guess
+                            raise _damaged(path, *bad, str(ref))
             value = self._value_of(ref, tail.entry, tail.blob, fd)
             current = Current(tail.entry, value, tail.entry_start)
         finally:
@@ -254,12 +389,12 @@ class FileReader:
         """The version index of ``ref``'s log covering version ``want``; -1 if unusable."""
         vix = versions.vix_path(self.log_path(ref))
         try:
-            return versions.open_caught_up(vix, fd, want)
+            return versions.open_caught_up(self.fs, vix, fd, want)
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise  # a read-only store falls back to scans; real I/O errors surface
         try:
-            return os.open(vix, os.O_RDONLY)
+            return self.fs.open(vix, os.O_RDONLY)
         except FileNotFoundError:
             return -1
 
@@ -281,11 +416,12 @@ class FileReader:
             found = reflog.entry_at(fd, offset)
             if found is not None and found[0].version == version:
                 return found[0]
-        for frame in reflog.scan(fd)[1]:
+        log = reflog.scan(fd)[1]
+        for frame in log.frames:
             if frame.kind == KIND_ENTRY:
                 entry = decode_entry(frame.payload)
-                if entry.version == version:
-                    return entry
+                if entry.first <= version <= entry.version:
+                    return entry  # a damaged range raises when its value is read
             elif frame.kind == KIND_COMPACTED:
                 done = decode_compaction(frame.payload)
                 if any(low <= version <= high for low, high in done.versions):
@@ -293,6 +429,9 @@ class FileReader:
                         f"{ref} version {version} was compacted ({done.policy}, "
                         f"{rfc3339(done.time_ns)})"
                     )
+        for start, end, before, after in damage_windows(log):
+            if before < version and (after is None or version < after):
+                raise _damaged(self.log_path(ref), start, end, f"{ref} version {version}")
         return None
 
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
@@ -303,7 +442,7 @@ class FileReader:
             CorruptionError: the value fails verification.
         """
         try:
-            fd = os.open(self.log_path(ref), os.O_RDONLY)
+            fd = self.fs.open(self.log_path(ref), os.O_RDONLY)
         except FileNotFoundError:
             fd = -1
         try:
@@ -328,12 +467,12 @@ class FileReader:
         """
         path = self.log_path(ref)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = self.fs.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return []
         vfd = -1
         try:
-            newest = _newest_entry(fd)  # not current(): its value may be the damaged one
+            newest = _newest_entry(fd, path, str(ref))  # not current(): it reads the value
             if newest is None:
                 return []
             vfd = self._vix(ref, fd, min(before - 1, newest.version))
@@ -384,13 +523,32 @@ class FileReader:
         return {v for low, high in done.versions for v in range(low, high + 1)}
 
     def _history_by_scan(self, fd: int, before: int, limit: int) -> list[Entry]:
-        entries = [decode_entry(f.payload) for f in reflog.scan(fd)[1] if f.kind == KIND_ENTRY]
+        """History from a full scan; a damaged range becomes an ``OP_DAMAGED`` marker."""
+        log = reflog.scan(fd)[1]
+        entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
+        for start, end, low, high in damage_windows(log):
+            if high is not None and high - low > 1:
+                reason = f"damaged bytes at offset {start} ({end - start} bytes); {_REPAIR_HINT}"
+                marker = Entry(
+                    version=high - 1,
+                    op=OP_DAMAGED,
+                    time_ns=0,
+                    damaged_from=low + 1,
+                    audit=Audit(reason=reason),
+                )
+                entries.append(marker)
+        entries.sort(key=lambda e: e.version)
         newest_first = [e for e in reversed(entries) if e.version < before]
         return newest_first[:limit] if limit else newest_first
 
     def _value_of(self, ref: Ref, entry: Entry | None, blob: bytes | None, fd: int) -> bytes | None:
         if entry is None or not entry.live:
             return None
+        if entry.op == OP_DAMAGED:
+            versions_text = (
+                f"{entry.first}-{entry.version}" if entry.damaged_from else entry.version
+            )
+            raise CorruptionError(f"{ref} version {versions_text} lost: {entry.audit.reason}")
         try:
             if blob is not None:
                 try:
@@ -404,22 +562,58 @@ class FileReader:
     def _read_blob(self, entry: Entry, fd: int) -> bytes:
         """Read and verify the blob of ``entry``: at its location hint, else via the index.
 
+        Every recorded location of one log is tried on *one* open descriptor:
+        a rewrite (compaction, gc, repair) may rename a new log over the old
+        one at any moment, and the index holds the locations of both, so the
+        file that was opened always matches one of them. A rewrite that both
+        recorded and renamed between the lookup and the open is caught by a
+        second round with a fresh lookup.
+
         Raises:
             CorruptionError: no intact copy was found.
         """
         damage = ""
-        candidates = [entry.blob, *self._blobs.lookup(bytes.fromhex(entry.hash))]
-        for n, loc in enumerate(candidates):
-            if loc is None:
-                continue
-            try:
-                data = self._read_at(loc, fd if n == 0 else -1, entry.hash)
-            except CorruptionError as exc:
-                damage = f" ({exc.detail})"
-                continue
-            if data is not None:
-                return data
+        for _round in range(_READ_ROUNDS):
+            groups: dict[str, list[BlobLoc]] = {}
+            for loc in [entry.blob, *self._blobs.lookup(bytes.fromhex(entry.hash))]:
+                if loc is not None:
+                    groups.setdefault(loc.log, []).append(loc)
+            for log, locs in groups.items():
+                try:
+                    data = self._read_in_log(log, locs, fd, entry.hash)
+                except CorruptionError as exc:
+                    damage = f" ({exc.detail})"
+                    continue
+                if data is not None:
+                    return data
         raise CorruptionError(f"blob {entry.hash} is missing or damaged{damage}")
+
+    def _read_in_log(self, log: str, locs: list[BlobLoc], fd: int, hexdigest: str) -> bytes | None:
+        """The blob at the first of ``locs`` (all in ``log``; "" = ``fd``) that holds it.
+
+        Raises:
+            CorruptionError: an intact frame there fails verification.
+        """
+        if not log:
+            return (
+                next((d for d in (self._frame_blob(fd, loc, hexdigest) for loc in locs) if d), None)
+                if fd >= 0
+                else None
+            )
+        if not is_log_name(log):
+            return None  # stored data never names a path: only a log of this store
+        try:
+            other = self.fs.open(os.path.join(self.refs, log), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            for loc in locs:
+                data = self._frame_blob(other, loc, hexdigest)
+                if data is not None:
+                    return data
+            return None
+        finally:
+            os.close(other)
 
     def _read_at(self, loc: BlobLoc, fd: int, hexdigest: str) -> bytes | None:
         """The blob at ``loc`` if a valid ``B`` frame is there, else None.
@@ -427,19 +621,11 @@ class FileReader:
         Raises:
             CorruptionError: when the frame is intact but its data fails verification.
         """
-        if loc.log:
-            try:
-                other = os.open(os.path.join(self.refs, loc.log), os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            try:
-                buf = _fs.read_at(other, loc.offset, loc.length)
-            finally:
-                os.close(other)
-        elif fd >= 0:
-            buf = _fs.read_at(fd, loc.offset, loc.length)
-        else:
-            return None
+        return self._read_in_log(loc.log, [loc], fd, hexdigest)
+
+    @staticmethod
+    def _frame_blob(fd: int, loc: BlobLoc, hexdigest: str) -> bytes | None:
+        buf = _fs.read_at(fd, loc.offset, loc.length)
         frame = frame_at(buf, 0)
         if frame is None or frame.kind != KIND_BLOB or frame.payload[:32].hex() != hexdigest:
             return None

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from castore import _fs, reflog, versions
-from castore.errors import CorruptionError
+from castore.errors import ConflictError, CorruptionError
 from castore.fileread import Current
-from castore.frames import encode_frame
+from castore.frames import LogBytes, encode_frame
 from castore.keys import Ref
 from castore.records import (
     FORMAT_VERSION,
@@ -64,6 +64,21 @@ class Write(NamedTuple):
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _refuse_lower(ref: Ref, old: LogBytes, plans: list[Write]) -> None:
+    """An overwrite may not take a key's versions back: the next one must be new.
+
+    Raises:
+        ConflictError: the replacement's newest version is below the old one's.
+    """
+    entries = [decode_entry(f.payload) for f in old.frames if f.kind == KIND_ENTRY]
+    newest = max((e.version for e in entries), default=0)
+    top = max((p.version for p in plans), default=0)
+    if top < newest:
+        raise ConflictError(
+            str(ref), None, newest, f"the import's newest version {top} is below it"
+        )
 
 
 class LogView:
@@ -113,7 +128,7 @@ class FileBackend(Rewriter):
 
     def _ensure_dir(self, path: str) -> None:
         if path not in self._dirs:
-            _fs.makedirs_durable(path, durable=self.durable)
+            self.fs.makedirs(path, durable=self.durable)
             self._dirs.add(path)
 
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
@@ -132,7 +147,7 @@ class FileBackend(Rewriter):
         nsdir = os.path.dirname(path)
         self._ensure_dir(nsdir)
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-        with _fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
+        with self.fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
             st = os.fstat(fd)
             size = st.st_size
             hit = self._cache.get(path)
@@ -141,19 +156,15 @@ class FileBackend(Rewriter):
                 known = hit[1]  # this handle wrote or read exactly this file last: no re-read
                 tail = reflog.Tail(size, size, known.entry, None, None, known.entry_start)
             else:
-                found = reflog.read_tail(fd, size)
-                if found is None or found.valid_end < size:
-                    found = reflog.scan(fd)[0]
-                    os.ftruncate(fd, found.valid_end)  # drop the torn tail (FORMAT.md §7)
-                    size = found.valid_end
-                tail = found
+                tail = self._locked_tail(ref, fd, path, size)
+                size = tail.size
             previous = tail.entry
             decided: Write | list[Write] | None = None
             try:
                 decided = decide(previous, LogView(self, ref, fd, tail, known))
             finally:
                 if size == 0 and not decided:
-                    os.unlink(path)  # leave no empty log behind a write that did not happen
+                    self.fs.unlink(path)  # leave no empty log behind a write that did not happen
             if not decided:
                 return previous, []
             plans = decided if isinstance(decided, list) else [decided]
@@ -169,19 +180,59 @@ class FileBackend(Rewriter):
                     if ref.key not in index:
                         index.add(ref.key, ref.namespace, durable=self.durable)
                 _fs.failpoint("before-append")
-                _fs.append(fd, data, durable=self.durable)
+                try:
+                    _fs.append(fd, data, durable=self.durable)
+                except BaseException:
+                    # Not acknowledged: take back what may have landed, so no reader
+                    # ever sees a version whose call failed (the bytes are ours alone).
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)
+                    raise
                 _fs.failpoint("after-append")
+            # Committed. A new log's directory entry must be durable too; what follows
+            # it is derived data that may be lost quietly and is rebuilt on demand.
             if size == 0 and self.durable:
-                _fs.fsync_dir(nsdir)
-            own = self.rel(path)
-            indexed = [
-                (bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs
-            ]
-            if indexed:
-                self._blobs.add_many(indexed, durable=False)
-            current = Current(entries[-1], plans[-1].normalized, starts[-1])
-            self._cache[path] = (_sig(os.fstat(fd)), current)
+                self.fs.fsync_dir(nsdir)
+            with contextlib.suppress(OSError):
+                self._after_commit(
+                    path, fd, new_blobs, Current(entries[-1], plans[-1].normalized, starts[-1])
+                )
             return previous, entries
+
+    def _after_commit(
+        self, path: str, fd: int, new_blobs: list[tuple[str, BlobLoc]], current: Current
+    ) -> None:
+        """Record derived data of a committed write (blob index, read cache)."""
+        self._cache.pop(path, None)
+        own = self.rel(path)
+        indexed = [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs]
+        if indexed:
+            self._blobs.add_many(indexed, durable=False)
+        self._cache[path] = (_sig(os.fstat(fd)), current)
+
+    def _locked_tail(self, ref: Ref, fd: int, path: str, size: int) -> reflog.Tail:
+        """The newest entry of the locked log; a torn tail is quarantined, then cut.
+
+        Raises:
+            CorruptionError: damage follows the newest intact entry: the
+                newest version is unknown, so nothing is written or cut.
+        """
+        found = reflog.read_tail(fd, size)
+        if found is not None and found.valid_end == size:
+            return found
+        tail, log = reflog.scan(fd)
+        bad = reflog.damage_after(log, tail)
+        if bad is not None:
+            raise CorruptionError(
+                f"{ref}: {path} has damaged bytes at offset {bad[0]} ({bad[1] - bad[0]} bytes) "
+                "after its newest intact version; nothing was written; "
+                "run castore check --repair"
+            )
+        if tail.valid_end < size:  # a crash cut an append short (FORMAT.md §7)
+            torn = _fs.read_at(fd, tail.valid_end, size - tail.valid_end)
+            self.quarantine_bytes(path, tail.valid_end, torn)
+            os.ftruncate(fd, tail.valid_end)
+        return tail._replace(size=tail.valid_end)
 
     def replace(self, ref: Ref, plans: list[Write]) -> list[Entry]:
         """Replace a ref's whole history with ``plans`` (an import's overwrite).
@@ -196,8 +247,16 @@ class FileBackend(Rewriter):
         nsdir = os.path.dirname(path)
         self._ensure_dir(nsdir)
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-        with _fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
-            carried = [f for f in reflog.scan(fd)[1] if f.kind == KIND_BLOB]
+        with self.fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
+            old = reflog.scan(fd)[1]
+            if old.damage:
+                start, end = old.damage[0]
+                raise CorruptionError(
+                    f"{ref}: {path} has damaged bytes at offset {start} ({end - start} bytes); "
+                    "nothing was replaced; run castore check --repair"
+                )
+            _refuse_lower(ref, old, plans)
+            carried = [f for f in old.frames if f.kind == KIND_BLOB]
             header = Header(
                 format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key
             )
@@ -216,22 +275,23 @@ class FileBackend(Rewriter):
                 durable=self.durable,  # before the rename: stale hints must find them
             )
             known = {d.hex(): loc for d, loc in moved}
+            grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
             data, _, _, new_blobs = self._frames(
-                ref, path, offset, None, plans, lambda: False, known=known
+                ref, path, offset, None, plans, lambda: False, known=known, base=grave
             )
-            replace_with(path, b"".join(parts) + data, durable=self.durable)
+            replace_with(self.fs, path, b"".join(parts) + data, durable=self.durable)
             if self.durable:
-                _fs.fsync_dir(nsdir)
+                self.fs.fsync_dir(nsdir)
             self._blobs.add_many(
                 [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs],
                 durable=False,
             )
-            nfd = os.open(path, os.O_RDONLY)
+            nfd = self.fs.open(path, os.O_RDONLY)
             try:
-                frames = reflog.scan(nfd)[1]
+                frames = reflog.scan(nfd)[1].frames
             finally:
                 os.close(nfd)
-            _fs.atomic_write(versions.vix_path(path), versions.rebuild(frames), durable=False)
+            self.fs.atomic_write(versions.vix_path(path), versions.rebuild(frames), durable=False)
             entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
             index = self._key_index(ref.scope, ref.namespace)
             if ref.key not in index:
@@ -254,7 +314,7 @@ class FileBackend(Rewriter):
         def share() -> bool:
             if state:
                 return state[0] >= 0
-            fd = os.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self.fs.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -331,11 +391,16 @@ class FileBackend(Rewriter):
                     written[plan.digest_hex] = blob
                     if len(plan.normalized) >= DEDUP_MIN_BYTES:
                         new_blobs.append((plan.digest_hex, blob))
-            version = plan.version or (previous.version if previous is not None else base) + 1
+            floor = previous.version if previous is not None else base
+            if plan.version and plan.version <= floor:
+                raise ConflictError(
+                    str(ref), None, floor, f"version {plan.version} would repeat a version"
+                )
+            version = plan.version or floor + 1
             # Times never decrease within a ref, even if the wall clock steps back,
             # so history and audit order by time equals version order.
-            floor = previous.time_ns + 1 if previous is not None else 0
-            stamp = plan.time_ns or max(now, floor)
+            not_before = previous.time_ns + 1 if previous is not None else 0
+            stamp = plan.time_ns or max(now, not_before)
             created = 0
             if plan.op != OP_DELETE:
                 created = plan.created_ns or (

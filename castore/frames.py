@@ -7,14 +7,17 @@ A frame (docs/FORMAT.md §3) is::
 
 The length appears at both ends, so a log can be read backwards from its end
 (the newest record) in O(1), and forwards from its start. A frame whose two
-lengths disagree or whose checksum fails is not a frame: readers skip it,
-writers truncate a torn tail before appending.
+lengths disagree or whose checksum fails is not a frame. :func:`classify`
+tells the two kinds of invalid bytes apart (docs/FORMAT.md §7): a *torn
+tail*, which only an interrupted, never acknowledged append can leave, and
+*damage*, which nothing but a fault after the fact can.
 
 Pure: works on ``bytes``; no I/O.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -27,6 +30,8 @@ __all__ = [
     "FRAME_OVERHEAD",
     "MAX_PAYLOAD_BYTES",
     "Frame",
+    "LogBytes",
+    "classify",
     "encode_frame",
     "frame_at",
     "last_frame",
@@ -40,6 +45,9 @@ MAX_PAYLOAD_BYTES = 64 << 20  # 64 MiB: anything larger is a corrupt length fiel
 
 _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<IB")
+
+
+_KINDS = frozenset(range(ord("A"), ord("Z") + 1))  # frame kinds are ASCII capitals
 
 
 class Frame(NamedTuple):
@@ -119,9 +127,99 @@ def scan_frames(buf: bytes | memoryview, base: int = 0) -> Iterator[Frame]:
     pos = 0
     size = len(buf)
     while pos + FRAME_OVERHEAD <= size:
+        frame = frame_at(buf, pos, base) or _next_frame(buf, pos + 1, base)
+        if frame is None:
+            return
+        yield frame
+        pos = frame.end - base
+
+
+class LogBytes(NamedTuple):
+    """A log file's bytes sorted into intact frames, damage and a torn tail.
+
+    Attributes:
+        frames: every intact frame, in file order.
+        damage: ``(start, end)`` byte ranges that are neither frames nor a
+            torn tail: a fault changed bytes that were written completely.
+        torn: start of the torn tail (``size`` when there is none).
+        size: the number of bytes examined.
+    """
+
+    frames: list[Frame]
+    damage: list[tuple[int, int]]
+    torn: int
+    size: int
+
+
+# Where a frame may start: its length's high byte is at most 3 (<= 64 MiB) and its kind
+# is an ASCII capital; the match is 3 bytes after the frame's start.
+_CANDIDATE = re.compile(rb"[\x00-\x03][A-Z]")
+
+
+def _next_frame(buf: bytes | memoryview, pos: int, base: int) -> Frame | None:
+    """The first valid frame starting at or after ``pos``.
+
+    Only positions whose header is plausible are verified, so a search
+    through megabytes of text or compressed data costs a regex scan, not a
+    checksum per byte.
+    """
+    size = len(buf)
+    for match in _CANDIDATE.finditer(buf, pos + 3, max(pos + 3, size - FRAME_OVERHEAD + 5)):
+        frame = frame_at(buf, match.start() - 3, base)
+        if frame is not None:
+            return frame
+    return None
+
+
+def _torn(buf: bytes | memoryview, pos: int) -> bool:
+    """True if the bytes from ``pos`` to the end can only be a cut-short append.
+
+    An interrupted append leaves a *prefix* of its frames: the frame that
+    begins at ``pos`` declares (with a plausible kind and length) an end
+    beyond the end of the file, and no frame follows. A frame whose extent
+    fits in the file but fails its check is damage, and so is a frame whose
+    trailing length, read from the end of the file, points back at ``pos``
+    (its leading length was changed). Zero-filled bytes are damage too: no
+    frame kind is 0 (FORMAT.md §7 explains why that is the safe reading).
+    """
+    size = len(buf)
+    if size - pos < FRAME_OVERHEAD:
+        return True  # too short to have been a whole frame: never acknowledged
+    length, kind = _HEAD.unpack_from(buf, pos)
+    if kind not in _KINDS or length > MAX_PAYLOAD_BYTES:
+        return False
+    if pos + FRAME_OVERHEAD + length <= size:
+        return False
+    if size - pos >= FRAME_OVERHEAD:
+        trailing = _U32.unpack_from(buf, size - 4)[0]
+        if size - FRAME_OVERHEAD - trailing == pos:
+            return False
+    return _next_frame(buf, pos + 1, 0) is None
+
+
+def classify(buf: bytes | memoryview, base: int = 0) -> LogBytes:
+    """Sort a whole log's bytes into intact frames, damage ranges and a torn tail.
+
+    Frames are chained by their lengths from the start. Where the chain
+    breaks, the rest of the file is a torn tail if :func:`_torn` says only
+    an interrupted append explains it; otherwise the bytes up to the next
+    valid frame are damage and the chain resumes there, so one damaged
+    record never hides the records after it. Linear in ``len(buf)``.
+    """
+    frames: list[Frame] = []
+    damage: list[tuple[int, int]] = []
+    size = len(buf)
+    pos = 0
+    while pos < size:
         frame = frame_at(buf, pos, base)
         if frame is not None:
-            yield frame
+            frames.append(frame)
             pos = frame.end - base
-        else:
-            pos += 1
+            continue
+        if _torn(buf, pos):
+            return LogBytes(frames, damage, base + pos, base + size)
+        following = _next_frame(buf, pos + 1, base)
+        end = size if following is None else following.start - base
+        damage.append((base + pos, base + end))
+        pos = end
+    return LogBytes(frames, damage, base + size, base + size)

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Callable
 
 import msgspec
 
 from castore import _fs
-from castore.frames import Frame, scan_frames
+from castore.errors import CorruptionError
+from castore.frames import Frame, LogBytes, classify
 from castore.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.store import Store
 
@@ -66,12 +68,24 @@ def _live_digests(frames: list[Frame]) -> set[bytes]:
     return live
 
 
-def _read_frames(path: str) -> list[Frame]:
+def _read_frames(fs: _fs.Tree, path: str) -> list[Frame]:
+    """The intact frames of a log, for the mark.
+
+    Raises:
+        CorruptionError: the log is damaged: a damaged entry may be the only
+            reference to a blob, so gc refuses to sweep until a repair.
+    """
     try:
-        with open(path, "rb") as fh:
-            return list(scan_frames(fh.read()))
+        log = classify(fs.read_file(path))
     except FileNotFoundError:
         return []
+    if log.damage:
+        start, end = log.damage[0]
+        raise CorruptionError(
+            f"{path} has damaged bytes at offset {start} ({end - start} bytes): "
+            "gc cannot know which blobs it referenced; run castore check --repair first"
+        )
+    return log.frames
 
 
 def collect_garbage(
@@ -92,11 +106,11 @@ def collect_garbage(
     lock_path = os.path.join(store.root, "gc.lock")
     counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0, "rewritten": 0}
     removed_logs = leftovers = 0
-    with _fs.open_locked(lock_path, os.O_RDWR | os.O_CREAT, timeout=store.lock_timeout):
+    with backend.fs.open_locked(lock_path, os.O_RDWR | os.O_CREAT, timeout=store.lock_timeout):
         logs = list(backend.iter_logs())
         live: set[bytes] = set()
         for path in logs:  # mark
-            live |= _live_digests(_read_frames(path))
+            live |= _live_digests(_read_frames(backend.fs, path))
         _fs.failpoint("gc-after-mark")
         cutoff = time.time() - grace_seconds
         for path in logs:  # sweep, each log under its own lock
@@ -110,7 +124,7 @@ def collect_garbage(
                 counts["rewritten"] += 1
             if progress is not None:
                 progress(1)
-        leftovers = _remove_leftovers(store.root, cutoff, dry_run)
+        leftovers = _remove_leftovers(backend.fs, store.root, cutoff, dry_run)
         if not dry_run:
             backend.rebuild_blob_index()
     return GCReport(
@@ -138,7 +152,8 @@ class _Sweep:
         self.dry_run = dry_run
         self.counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0}
 
-    def transform(self, frames: list[Frame]) -> list[tuple[int, bytes]] | None:
+    def transform(self, log: LogBytes) -> list[tuple[int, bytes]] | None:
+        frames = log.frames
         keep = self.live | _live_digests(frames)
         seen: set[bytes] = set()
         out: list[tuple[int, bytes]] = []
@@ -165,20 +180,28 @@ class _Sweep:
 
 def _old(path: str, cutoff: float) -> bool:
     try:
-        return os.stat(path).st_mtime < cutoff
+        return os.stat(path, follow_symlinks=False).st_mtime < cutoff
     except FileNotFoundError:
         return False
 
 
-def _remove_leftovers(root: str, cutoff: float, dry_run: bool) -> int:
-    """Delete ``*.tmp`` files older than the grace period (crashed writes and rewrites)."""
+def _remove_leftovers(fs: _fs.Tree, folder: str, cutoff: float, dry_run: bool) -> int:
+    """Delete ``*.tmp`` files older than the grace period (crashed writes and rewrites).
+
+    Walks real directories only (a symbolic link is neither entered nor removed).
+    """
     count = 0
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            if name.endswith(".tmp") and _old(path, cutoff):
-                count += 1
-                if not dry_run:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+    for name in fs.listdir(folder):
+        path = os.path.join(folder, name)
+        try:
+            st = fs.stat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            count += _remove_leftovers(fs, path, cutoff, dry_run)
+        elif stat.S_ISREG(st.st_mode) and name.endswith(".tmp") and st.st_mtime < cutoff:
+            count += 1
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.unlink(path)
     return count

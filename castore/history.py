@@ -50,6 +50,7 @@ def history_entry(entry: Entry) -> HistoryEntry:
         actor=audit.actor,
         reason=audit.reason,
         rollback_from=audit.rollback_from,
+        damaged_from=entry.damaged_from,
     )
 
 

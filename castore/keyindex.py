@@ -19,6 +19,7 @@ harmless. A file without a ``sorted`` line is all tail.
 from __future__ import annotations
 
 import os
+import threading
 
 from castore import _fs
 
@@ -91,16 +92,19 @@ def _first_at_or_after(fd: int, lo: int, hi: int, target: bytes) -> int:
 class KeyIndex:
     """The keys ever created in one namespace directory.
 
-    Not thread-safe; one per namespace per Store handle. Safe across
-    processes: appends and re-sorts hold the file's lock; readers parse only
-    whole lines.
+    Thread-safe (one lock guards the cached tail); one per namespace per
+    Store handle. Safe across processes: appends and re-sorts hold the
+    file's lock; readers parse only whole lines.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fs: _fs.Tree) -> None:
         self.path = path
+        self.fs = fs
         self._ino = 0
         self._tail_pos = 0
         self._tail: set[bytes] = set()  # hex lines seen in the tail
+        self.damaged = False  # a complete line that no writer could have written was read
+        self._lock = threading.RLock()
 
     def _refresh_tail(self, fd: int, layout: _Layout, st: os.stat_result) -> None:
         if st.st_ino != self._ino or self._tail_pos < layout.end or st.st_size < self._tail_pos:
@@ -108,12 +112,20 @@ class KeyIndex:
         if st.st_size > self._tail_pos:
             buf = _fs.read_at(fd, self._tail_pos, st.st_size - self._tail_pos)
             complete = buf.rfind(b"\n") + 1  # a line without its newline is still being written
-            self._tail.update(line for line in buf[:complete].split(b"\n") if _valid(line))
+            lines = buf[:complete].split(b"\n")[:-1]
+            # A writer that found a torn last line starts on a new line: one empty
+            # line may follow a torn one; anything else invalid is damage.
+            self.damaged |= any(line and not _valid(line) for line in lines)
+            self._tail.update(line for line in lines if _valid(line))
             self._tail_pos += complete
 
     def _scan(self, prefix_hex: bytes, exact: bool) -> set[bytes]:
+        with self._lock:
+            return self._scan_locked(prefix_hex, exact)
+
+    def _scan_locked(self, prefix_hex: bytes, exact: bool) -> set[bytes]:
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = self.fs.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return set()
         try:
@@ -132,6 +144,8 @@ class KeyIndex:
                         break
                     if _valid(line):
                         found.add(line)
+                    else:
+                        self.damaged = True
                 else:
                     pos += len(buf) - len(lines[-1])
             self._refresh_tail(fd, layout, st)
@@ -147,17 +161,23 @@ class KeyIndex:
     def keys(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix`` (byte-wise), in byte-wise order."""
         found = sorted(self._scan(prefix.encode("utf-8").hex().encode("ascii"), exact=False))
-        return [key for key in map(_decode, found) if key is not None]
+        keys = [key for key in map(_decode, found) if key is not None]
+        self.damaged |= len(keys) < len(found)
+        return keys
 
     def add(self, key: str, namespace: str, *, durable: bool) -> None:
         """Append ``key`` (fdatasync when ``durable``); fsync the directory if new.
 
         Re-sorts the whole file when the tail has grown past TAIL_MAX_BYTES.
         """
+        with self._lock:
+            self._add(key, namespace, durable=durable)
+
+    def _add(self, key: str, namespace: str, *, durable: bool) -> None:
         line = key.encode("utf-8").hex().encode("ascii") + b"\n"
-        created = not os.path.exists(self.path)
+        created = not self.fs.exists(self.path)
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-        with _fs.open_locked(self.path, flags) as fd:
+        with self.fs.open_locked(self.path, flags) as fd:
             size = os.fstat(fd).st_size
             if size == 0:
                 line = _header(namespace, 0) + line
@@ -168,18 +188,18 @@ class KeyIndex:
             if size + len(line) - layout.end > TAIL_MAX_BYTES:
                 self._rewrite(fd, namespace, set(), durable=durable)
         if created and durable:
-            _fs.fsync_dir(os.path.dirname(self.path))
+            self.fs.fsync_dir(os.path.dirname(self.path))
 
     def remove(self, keys: set[str], *, durable: bool) -> None:
         """Rewrite the file, sorted, without ``keys``."""
         drop = {k.encode("utf-8").hex().encode("ascii") for k in keys}
-        with _fs.open_locked(self.path, os.O_RDWR) as fd:
-            namespace = namespace_of(self.path) or ""
+        with self._lock, self.fs.open_locked(self.path, os.O_RDWR) as fd:
+            namespace = namespace_of(self.path, self.fs) or ""
             self._rewrite(fd, namespace, drop, durable=durable)
 
     def rename_namespace(self, namespace: str, *, durable: bool) -> None:
         """Rewrite the file, sorted, with ``namespace`` in its first line (a repair)."""
-        with _fs.open_locked(self.path, os.O_RDWR) as fd:
+        with self._lock, self.fs.open_locked(self.path, os.O_RDWR | os.O_CREAT) as fd:
             self._rewrite(fd, namespace, set(), durable=durable)
 
     def _rewrite(self, fd: int, namespace: str, drop: set[bytes], *, durable: bool) -> None:
@@ -191,19 +211,19 @@ class KeyIndex:
         lines = sorted({x for x in complete.split(b"\n") if _valid(x)} - drop)
         body = b"".join(x + b"\n" for x in lines)
         head_len = len(_header(namespace, 0))
-        _fs.atomic_write(
+        self.fs.atomic_write(
             self.path, _header(namespace, head_len + len(body)) + body, durable=durable
         )
         self._ino = 0  # re-read on next use
 
 
-def namespace_of(keys_path: str) -> str | None:
+def namespace_of(keys_path: str, fs: _fs.Tree) -> str | None:
     """The namespace named by the first line of a ``KEYS`` file, or None."""
     try:
-        with open(keys_path, "rb") as fh:
-            first = fh.readline(len(_NS_PREFIX) + _MAX_LINE + 1)
+        head = fs.read_file(keys_path, len(_NS_PREFIX) + _MAX_LINE + 1)
     except FileNotFoundError:
         return None
+    first = head[: head.find(b"\n") + 1]
     if not first.startswith(_NS_PREFIX) or not first.endswith(b"\n"):
         return None
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import NamedTuple
 
 from castore.errors import InvalidRefError
@@ -28,6 +29,7 @@ __all__ = [
     "file_id",
     "go_quote",
     "go_trim_space",
+    "is_log_name",
     "resolve_namespace",
     "validate_filters",
     "validate_key",
@@ -38,6 +40,17 @@ __all__ = [
 ]
 
 SCOPES = ("dag", "root_dag", "global", "custom")
+_LOG_NAME = re.compile(r"(dag|root_dag|global|custom)/[0-9a-f]{64}/[0-9a-f]{64}\.log")
+
+
+def is_log_name(rel: str) -> bool:
+    """True if ``rel`` (relative to ``refs/``) has the shape of a ref log's path (FORMAT.md §1).
+
+    Blob locations come from stored data; only such names are ever opened.
+    """
+    return _LOG_NAME.fullmatch(rel) is not None
+
+
 DEFAULT_GLOBAL_NAMESPACE = "_"
 MAX_NAME_BYTES = 4096  # 4 KiB of UTF-8 per key or namespace (Dagu: no limit, ENAMETOOLONG at 118)
 MAX_LIMIT = 2147483647  # Dagu's int32 list limit

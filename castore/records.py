@@ -8,6 +8,8 @@ Pure: structs, encoders and decoders; no I/O.
   never of the stored (possibly compressed) bytes.
 * ``E`` frame: :class:`Entry`, one version of a ref (JSON).
 * ``C`` frame: :class:`Compaction`, versions dropped by ``compact`` (JSON).
+* ``G`` frame: :class:`Grave`, in a namespace's ``GRAVES`` file: the last
+  version of a key compaction removed, or a floor for every such key (JSON).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ __all__ = [
     "KIND_BLOB",
     "KIND_COMPACTED",
     "KIND_ENTRY",
+    "KIND_GRAVE",
     "KIND_HEADER",
+    "OP_DAMAGED",
     "OP_DELETE",
     "OP_ROLLBACK",
     "OP_SET",
@@ -37,23 +41,27 @@ __all__ = [
     "BlobLoc",
     "Compaction",
     "Entry",
+    "Grave",
     "Header",
     "decode_blob",
     "decode_compaction",
     "decode_entry",
+    "decode_grave",
     "decode_header",
     "encode_blob",
     "encode_record",
 ]
 
-FORMAT_VERSION = 1  # docs/FORMAT.md §2
+FORMAT_VERSION = 2  # docs/FORMAT.md §2; 1 had GRAVES as unchecked text lines
 KIND_HEADER = ord("H")
 KIND_BLOB = ord("B")
 KIND_ENTRY = ord("E")
 KIND_COMPACTED = ord("C")
+KIND_GRAVE = ord("G")
 OP_SET = "set"
 OP_DELETE = "delete"
 OP_ROLLBACK = "rollback"
+OP_DAMAGED = "damaged"  # versions lost to damage; written by check --repair (FORMAT.md §7)
 CODEC_RAW = 0  # data is the normalized JSON itself
 CODEC_ZSTD = 1  # data is one zstd frame holding the normalized JSON
 COMPRESS_MIN_BYTES = 128  # smaller values are stored raw: zstd's frame overhead wins
@@ -98,11 +106,17 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     blob: BlobLoc | None = None
     created_ns: int = 0
     audit: Audit = Audit()
+    damaged_from: int = 0  # OP_DAMAGED: the versions damaged_from..version were lost
 
     @property
     def live(self) -> bool:
-        """True unless this entry is a tombstone."""
+        """True unless this entry is a tombstone (a damaged version counts as existing)."""
         return self.op != OP_DELETE
+
+    @property
+    def first(self) -> int:
+        """The lowest version this entry stands for (several for a damaged range)."""
+        return self.damaged_from or self.version
 
 
 class Compaction(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,6 +125,18 @@ class Compaction(msgspec.Struct, frozen=True, kw_only=True):
     versions: list[tuple[int, int]]  # inclusive ranges
     policy: str
     time_ns: int
+
+
+class Grave(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A ``G`` frame: ``key``'s last version before compaction removed its log.
+
+    A record without a key is a *floor*: every removed key of the namespace
+    had a version at most ``version`` (written by a repair that could not
+    read a damaged record).
+    """
+
+    version: int
+    key: str | None = None
 
 
 class Header(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,11 +152,12 @@ _encoder = msgspec.json.Encoder()
 _entry_decoder = msgspec.json.Decoder(Entry)
 _header_decoder = msgspec.json.Decoder(Header)
 _compaction_decoder = msgspec.json.Decoder(Compaction)
+_grave_decoder = msgspec.json.Decoder(Grave)
 _local = threading.local()  # zstd objects are not thread-safe: one pair per thread
 
 
-def encode_record(record: Entry | Header | Compaction) -> bytes:
-    """JSON payload for an ``E``, ``H`` or ``C`` frame."""
+def encode_record(record: Entry | Header | Compaction | Grave) -> bytes:
+    """JSON payload for an ``E``, ``H``, ``C`` or ``G`` frame."""
     return _encoder.encode(record)
 
 
@@ -156,6 +183,18 @@ def decode_compaction(payload: bytes) -> Compaction:
         return _compaction_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise RecordError(f"bad compaction record: {exc}") from exc
+
+
+def decode_grave(payload: bytes) -> Grave:
+    """Decode a ``G`` frame payload.
+
+    Raises:
+        RecordError: when the payload is not a valid grave record.
+    """
+    try:
+        return _grave_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad grave record: {exc}") from exc
 
 
 def decode_header(payload: bytes) -> Header:

@@ -3,12 +3,14 @@
 A ref log (docs/FORMAT.md §3-§6) is a sequence of frames: one ``H`` header,
 then, per version, an optional ``B`` blob frame immediately followed by its
 ``E`` entry frame, both written by one ``write(2)``. Frames are never
-rewritten in place; only ``compact`` (a later tool) replaces a whole log.
+rewritten in place; compaction, gc and repair replace a whole log.
 
 Readers take no lock on the fast path: they read the last frame backwards
 from the file size they observed. A torn or half-visible tail makes them wait
 for the writer's lock (shared) and retry, and only a tail that is still bad
-under the lock (a crash) costs a full forward scan.
+under the lock costs a full forward scan, which tells a torn tail (a crash:
+the previous version is current) from damage (:func:`damage_after`: nothing
+can be said about the newest version).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import NamedTuple
 
 from castore import _fs
 from castore.errors import RecordError
-from castore.frames import FRAME_OVERHEAD, Frame, frame_at, last_frame, scan_frames
+from castore.frames import FRAME_OVERHEAD, LogBytes, classify, frame_at, last_frame
 from castore.records import (
     KIND_BLOB,
     KIND_ENTRY,
@@ -29,7 +31,16 @@ from castore.records import (
     decode_header,
 )
 
-__all__ = ["TAIL_READ_BYTES", "Tail", "check_header", "entry_at", "read_all", "read_tail", "scan"]
+__all__ = [
+    "TAIL_READ_BYTES",
+    "Tail",
+    "damage_after",
+    "entry_at",
+    "header_of",
+    "read_all",
+    "read_tail",
+    "scan",
+]
 
 TAIL_READ_BYTES = 4096  # one page: holds the newest entry and, usually, its blob
 
@@ -59,7 +70,7 @@ def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
     frame = last_frame(buf, base)
     if frame is None:
         return None
-    if frame.kind == KIND_HEADER:
+    if frame.kind == KIND_HEADER and frame.start == 0:
         return Tail(size, size, None, None, decode_header(frame.payload))
     if frame.kind != KIND_ENTRY:
         return None
@@ -109,44 +120,61 @@ def read_all(fd: int) -> tuple[bytes, int]:
     return _fs.read_at(fd, 0, size), size
 
 
-def scan(fd: int) -> tuple[Tail, list[Frame]]:
-    """Read the whole log forwards, skipping damage; return its tail and frames.
+def scan(fd: int) -> tuple[Tail, LogBytes]:
+    """Read the whole log forwards; return its tail and its bytes sorted (frames, damage).
 
-    Used after a crash left a torn tail, and by history-style readers.
+    ``Tail.valid_end`` is where a torn tail starts (the size when none).
+    Damage does not stop the scan: later frames are found past it, and
+    :func:`damage_after` says whether it may hide the newest version.
 
     Raises:
         RecordError: when a checksummed record does not decode.
     """
     buf, size = read_all(fd)
-    frames = list(scan_frames(buf))
+    log = classify(buf)
     header = None
     entry_frame = None
-    for frame in frames:
+    for frame in log.frames:
         if frame.kind == KIND_HEADER and header is None:
             header = decode_header(frame.payload)
         elif frame.kind == KIND_ENTRY:
             entry_frame = frame
-    valid_end = frames[-1].end if frames else 0
     if entry_frame is None:
-        return Tail(size, valid_end, None, None, header), frames
+        return Tail(size, log.torn, None, None, header), log
     entry = decode_entry(entry_frame.payload)
     blob = None
     loc = entry.blob
     if loc is not None and not loc.log:
-        for frame in frames:
+        for frame in log.frames:
             if frame.start == loc.offset and frame.kind == KIND_BLOB:
                 blob = frame.payload if frame.payload[:32].hex() == entry.hash else None
-    return Tail(size, valid_end, entry, blob, header, entry_frame.start), frames
+    return Tail(size, log.torn, entry, blob, header, entry_frame.start), log
 
 
-def check_header(header: Header | None, expected: Header, path: str) -> None:
-    """Verify that a log's header names the ref we opened it for.
+def damage_after(log: LogBytes, tail: Tail) -> tuple[int, int] | None:
+    """The first damaged range after the newest intact entry (anywhere, if there is none).
 
-    Raises:
-        RecordError: when the header names another ref or format.
+    Such damage may be a newer version's entry: the log's newest version is
+    then unknown, and neither readers nor writers may act on ``tail.entry``.
     """
-    if header is not None and header != expected:
-        raise RecordError(f"{path}: header names {header}, expected {expected}")
+    after = tail.entry_start if tail.entry is not None else -1
+    return next(((s, e) for s, e in log.damage if s > after), None)
+
+
+def header_of(fd: int) -> Header | None:
+    """The header frame at the start of the log open on ``fd``, or None if it is not intact."""
+    buf = _fs.read_at(fd, 0, TAIL_READ_BYTES)
+    if len(buf) >= FRAME_OVERHEAD:
+        length = int.from_bytes(buf[:4], "little")
+        if length + FRAME_OVERHEAD > len(buf):
+            buf = _fs.read_at(fd, 0, length + FRAME_OVERHEAD)
+    frame = frame_at(buf, 0)
+    if frame is None or frame.kind != KIND_HEADER:
+        return None
+    try:
+        return decode_header(frame.payload)
+    except RecordError:
+        return None
 
 
 def entry_at(fd: int, offset: int) -> tuple[Entry, int] | None:

@@ -105,8 +105,12 @@ class ListResult(msgspec.Struct, frozen=True, kw_only=True):
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
     """One version in a key's history: what happened, when, and who did it.
 
-    ``operation`` is ``set``, ``delete`` or ``rollback``; ``time`` is Go RFC 3339.
-    Audit fields that were not recorded are empty (omitted in JSON).
+    ``operation`` is ``set``, ``delete``, ``rollback`` or ``damaged``; ``time``
+    is Go RFC 3339. Audit fields that were not recorded are empty (omitted in
+    JSON). A ``damaged`` entry marks versions ``damaged_from`` (when set)
+    through ``version`` that damage made unreadable: before a repair it
+    stands for the damaged bytes (``reason`` names the offset), after
+    ``check --repair`` for the versions the repair recorded as lost.
     """
 
     version: int
@@ -123,6 +127,7 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     actor: str = ""
     reason: str = ""
     rollback_from: int = 0
+    damaged_from: int = 0
 
 
 class HistoryResult(_Result, frozen=True, kw_only=True):

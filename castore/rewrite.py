@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 
 import msgspec
 
 from castore import _fs, reflog, versions
+from castore.errors import CorruptionError
 from castore.fileread import FileReader
-from castore.frames import Frame, encode_frame, scan_frames
+from castore.frames import Frame, LogBytes, encode_frame, scan_frames
 from castore.records import (
     KIND_BLOB,
     KIND_COMPACTED,
@@ -26,7 +28,16 @@ from castore.records import (
     encode_record,
 )
 
-__all__ = ["Rewriter", "replace_with"]
+__all__ = ["Rewriter", "Transform", "replace_with", "utc_stamp"]
+
+Transform = Callable[[LogBytes], "list[tuple[int, bytes]] | None"]
+"""Given a log's bytes sorted into frames and damage, the frames of its replacement."""
+
+
+def utc_stamp() -> str:
+    """A UTC time for quarantine folder names, to the microsecond."""
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
 def _relaid(frames: list[tuple[int, bytes]]) -> bytes:
@@ -60,37 +71,56 @@ def _relaid(frames: list[tuple[int, bytes]]) -> bytes:
     return b"".join(first + blobs + rest)
 
 
-def replace_with(path: str, data: bytes, *, durable: bool) -> None:
-    """Write ``<path>.<pid>.tmp`` (fdatasync) and rename it over ``path``; no leftover on failure.
+def replace_with(fs: _fs.Tree, path: str, data: bytes, *, durable: bool) -> None:
+    """Write ``<path>.<pid>.<n>.tmp`` (fdatasync), rename it over ``path``; no leftover on failure.
 
     The caller holds the log's lock and fsyncs the directory afterwards.
     """
-    tmp = f"{path}.{os.getpid()}.tmp"
-    _fs.write_new(tmp, data, durable=durable)
+    tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    fs.write_new(tmp, data, durable=durable)
     try:
         _fs.failpoint("rewrite-before-rename")
-        os.replace(tmp, path)
+        fs.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            fs.unlink(tmp)
         raise
 
 
 class Rewriter(FileReader):
     """Log rewrites and the index rebuild, on top of the reader's paths and caches."""
 
+    def quarantine_path(self, path: str, stamp: str) -> str:
+        """Where ``quarantine/<stamp>/`` keeps a copy of the store file ``path``."""
+        return os.path.join(self.root, "quarantine", stamp, os.path.relpath(path, self.root))
+
+    def quarantine_bytes(self, path: str, offset: int, data: bytes) -> str:
+        """Keep ``data``, cut from ``path`` at ``offset``, in quarantine (durably); return where.
+
+        One flat folder, ``quarantine/torn/``, named after the log's path, so
+        recoveries never multiply directories.
+        """
+        flat = os.path.relpath(path, self.refs).replace("/", ".")
+        keep = os.path.join(self.root, "quarantine", "torn", f"{flat}.{offset}.{utc_stamp()}")
+        self.fs.makedirs(os.path.dirname(keep), durable=self.durable)
+        self.fs.atomic_write(keep, data, durable=self.durable)
+        return keep
+
     def rewrite(
         self,
         path: str,
-        transform: Callable[[list[Frame]], list[tuple[int, bytes]] | None],
+        transform: Transform,
         *,
         keep_copy: str | None = None,
     ) -> list[Frame] | None:
-        """Atomically replace the log at ``path`` with ``transform(frames)``, under its lock.
+        """Atomically replace the log at ``path`` with ``transform(log)``, under its lock.
 
-        ``transform`` gets the log's valid frames and returns the new
+        ``transform`` gets the log's bytes sorted into intact frames and
+        damage (:class:`~castore.frames.LogBytes`) and returns the new
         ``(kind, payload)`` list, or None to leave the log alone; an empty
-        list removes the log and its version index. Blob frames that move get
+        list removes the log and its version index. Only a repair
+        (``keep_copy`` given) may rewrite a damaged log; a torn tail is
+        quarantined before it is dropped. Blob frames that move get
         index entries (fsynced) before the rename, so stale location hints
         in other logs fall back to the index. With ``keep_copy``, the old
         bytes are copied there first (quarantine). Order: write the new log
@@ -99,12 +129,15 @@ class Rewriter(FileReader):
 
         Returns:
             The new log's frames, or None when nothing was changed.
+
+        Raises:
+            CorruptionError: the log is damaged and this is not a repair.
         """
         try:
-            with _fs.open_locked(path, os.O_RDWR, timeout=self.lock_timeout) as fd:
+            with self.fs.open_locked(path, os.O_RDWR, timeout=self.lock_timeout) as fd:
                 return self._rewrite_locked(fd, path, transform, keep_copy)
         except FileNotFoundError:
-            if os.path.exists(path):
+            if self.fs.exists(path):
                 raise
             return None
 
@@ -112,26 +145,35 @@ class Rewriter(FileReader):
         self,
         fd: int,
         path: str,
-        transform: Callable[[list[Frame]], list[tuple[int, bytes]] | None],
+        transform: Transform,
         keep_copy: str | None,
     ) -> list[Frame] | None:
-        frames = reflog.scan(fd)[1]
-        wanted = transform(frames)
+        log = reflog.scan(fd)[1]
+        if log.damage and keep_copy is None:
+            start, end = log.damage[0]
+            raise CorruptionError(
+                f"{path} has damaged bytes at offset {start} ({end - start} bytes); "
+                "left unchanged; run castore check --repair"
+            )
+        wanted = transform(log)
         if wanted is None:
             return None
+        if keep_copy is None and log.torn < log.size:
+            torn = _fs.read_at(fd, log.torn, log.size - log.torn)
+            self.quarantine_bytes(path, log.torn, torn)
         if keep_copy is not None:
             size = os.fstat(fd).st_size
-            _fs.makedirs_durable(os.path.dirname(keep_copy), durable=self.durable)
-            _fs.atomic_write(keep_copy, _fs.read_at(fd, 0, size), durable=self.durable)
+            self.fs.makedirs(os.path.dirname(keep_copy), durable=self.durable)
+            self.fs.atomic_write(keep_copy, _fs.read_at(fd, 0, size), durable=self.durable)
         nsdir = os.path.dirname(path)
         self._cache.pop(path, None)
         if not wanted:
             _fs.failpoint("rewrite-before-remove")
-            os.unlink(path)
+            self.fs.unlink(path)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(versions.vix_path(path))
+                self.fs.unlink(versions.vix_path(path))
             if self.durable:
-                _fs.fsync_dir(nsdir)
+                self.fs.fsync_dir(nsdir)
             return []
         own = self.rel(path)
         data = _relaid(wanted)
@@ -142,11 +184,11 @@ class Rewriter(FileReader):
             if f.kind == KIND_BLOB
         ]
         self._blobs.add_many(moved, durable=self.durable)
-        replace_with(path, data, durable=self.durable)
+        replace_with(self.fs, path, data, durable=self.durable)
         if self.durable:
-            _fs.fsync_dir(nsdir)
+            self.fs.fsync_dir(nsdir)
         _fs.failpoint("rewrite-after-rename")
-        _fs.atomic_write(versions.vix_path(path), versions.rebuild(new), durable=False)
+        self.fs.atomic_write(versions.vix_path(path), versions.rebuild(new), durable=False)
         return new
 
     def rebuild_blob_index(self) -> int:
@@ -160,8 +202,7 @@ class Rewriter(FileReader):
         for path in self.iter_logs():
             own = self.rel(path)
             try:
-                with open(path, "rb") as fh:
-                    frames = list(scan_frames(fh.read()))
+                frames = list(scan_frames(self.fs.read_file(path)))
             except FileNotFoundError:
                 continue
             for f in frames:
@@ -171,16 +212,16 @@ class Rewriter(FileReader):
                         f.payload[:32], BlobLoc(own, f.start, f.end - f.start)
                     )
                     shards.setdefault(f"{f.payload[0]:02x}", []).append(payload)
-        os.makedirs(self._blobs.dir, exist_ok=True)
-        for name in os.listdir(self._blobs.dir):
+        self.fs.makedirs(self._blobs.dir, durable=False)
+        for name in self.fs.listdir(self._blobs.dir):
             if name.endswith(".idx") and name[:-4] not in shards:
                 shards[name[:-4]] = []
         for shard, records in shards.items():
             path = os.path.join(self._blobs.dir, shard + ".idx")
             if records:
-                _fs.atomic_write(path, b"".join(records), durable=self.durable)
+                self.fs.atomic_write(path, b"".join(records), durable=self.durable)
             else:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                    self.fs.unlink(path)
         self._blobs.forget()
         return count

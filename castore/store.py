@@ -16,7 +16,7 @@ from typing import Any, Final, final
 
 from castore import _fs, codec
 from castore.errors import ConflictError, CorruptionError, NotFoundError, RecordError
-from castore.filestore import Decide, FileBackend, LogView, Write
+from castore.filestore import Current, Decide, FileBackend, LogView, Write
 from castore.history import History
 from castore.keys import (
     Ref,
@@ -294,7 +294,7 @@ class Store(History):
             LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
         """
         ref = self.ref(key, scope, namespace)
-        if not os.path.exists(self._backend.log_path(ref)):
+        if not self._backend.fs.exists(self._backend.log_path(ref)):
             return DeleteResult(
                 scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=False
             )
@@ -382,6 +382,24 @@ class Store(History):
 
     # -- listing -------------------------------------------------------------------------
 
+    @staticmethod
+    def _list_entry(
+        scope: str, ns: str, key: str, entry: Entry, current: Current, include_values: bool
+    ) -> ListEntry:
+        return ListEntry(
+            scope=scope,
+            namespace=ns,
+            key=key,
+            version=entry.version,
+            hash=entry.hash,
+            created_at=rfc3339(entry.created_ns),
+            updated_at=rfc3339(entry.time_ns),
+            value=codec.decode_value(current.value)
+            if include_values and current.value is not None
+            else None,
+            value_json=current.value if include_values else None,
+        )
+
     def list(
         self,
         prefix: str = "",
@@ -395,43 +413,51 @@ class Store(History):
 
         Entries come in byte-wise key order; ``limit`` (0 = all) caps the
         number of live entries. A key whose newest record cannot be read is
-        left out and named in ``skipped`` instead of failing the whole list.
+        left out and named in ``skipped`` instead of failing the whole list
+        (with ``include_values``, the list fails). Damage to the key index
+        never hides a key: a key it names without an entry makes the list
+        read the keys the logs name.
 
         Raises:
             InvalidRefError: bad scope, namespace, prefix or limit.
+            CorruptionError: ``include_values`` and a key's newest value is unreadable.
         """
         ns = resolve_namespace(scope, namespace, dag=self.dag, root_dag=self.root_dag)
         validate_prefix(prefix)
         validate_limit(limit)
         entries: list[ListEntry] = []
         skipped: list[str] = []
-        for key in self._backend.keys(scope, ns, prefix):
-            ref = Ref(scope, ns, key)
-            try:
-                current = self._backend.current(ref)
-            except (CorruptionError, RecordError):
-                skipped.append(key)
-                continue
-            entry = current.live
-            if entry is None:
-                continue
-            entries.append(
-                ListEntry(
-                    scope=scope,
-                    namespace=ns,
-                    key=key,
-                    version=entry.version,
-                    hash=entry.hash,
-                    created_at=rfc3339(entry.created_ns),
-                    updated_at=rfc3339(entry.time_ns),
-                    value=codec.decode_value(current.value)
-                    if include_values and current.value is not None
-                    else None,
-                    value_json=current.value if include_values else None,
-                )
-            )
-            if limit and len(entries) >= limit:
+        candidates = self._backend.keys(scope, ns, prefix)
+        done: set[str] = set()
+        while candidates:
+            inconsistent = False
+            for key in candidates:
+                if key in done:
+                    continue
+                done.add(key)
+                try:
+                    current = self._backend.current(Ref(scope, ns, key))
+                except (CorruptionError, RecordError):
+                    if include_values:
+                        raise  # a value cannot be listed: never a partial answer
+                    skipped.append(key)
+                    continue
+                inconsistent |= current.entry is None  # KEYS names a key with no entry
+                entry = current.live
+                if entry is None:
+                    continue
+                entries.append(self._list_entry(scope, ns, key, entry, current, include_values))
+                if limit and len(entries) >= limit:
+                    break
+            if not inconsistent or (limit and len(entries) >= limit):
                 break
+            # The key index may be damaged: read the keys the logs name, once.
+            candidates = [
+                k for k in self._backend.keys(scope, ns, prefix, verify=True) if k not in done
+            ]
+        entries.sort(key=lambda e: e.key.encode("utf-8"))
+        if limit:
+            del entries[limit:]
         return ListResult(
             scope=scope, namespace=ns, prefix=prefix, entries=entries, skipped=skipped
         )

@@ -12,12 +12,17 @@ Format ``castore-export`` version 1 (one JSON object per line, UTF-8):
 Exporting, importing into an empty store and exporting again gives the same
 bytes: versions, hashes, times and audit records are reproduced exactly.
 Both directions stream: memory holds one ref's versions at a time.
+
+Input is bounded: a line may hold at most :data:`MAX_RECORD_BYTES` (its newline
+not counted). :func:`read_lines` refuses a longer line after reading one byte
+past the limit, so a hostile file costs at most one line of memory, never
+the whole line; :func:`import_lines` refuses such a line from any reader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from typing import IO, Final, Literal
 
 import msgspec
 
@@ -38,16 +43,23 @@ from castore.store import Store
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
+    "MAX_RECORD_BYTES",
     "ExportHeader",
     "ExportRecord",
     "ImportReport",
     "OnConflict",
     "export_lines",
     "import_lines",
+    "read_lines",
 ]
 
 EXPORT_FORMAT = "castore-export"
 EXPORT_VERSION = 1
+# One export line: the value is embedded as its normalized JSON, unescaped, so it
+# takes at most MAX_VALUE_BYTES; the same again covers the rest (scope, namespace
+# and key of at most 4 KiB each, 6x when JSON-escaped, and free-text audit fields),
+# and 64 KiB the fixed fields. 2 MiB + 64 KiB = 2,162,688 bytes.
+MAX_RECORD_BYTES: Final = 2 * codec.MAX_VALUE_BYTES + (64 << 10)
 OnConflict = Literal["refuse", "skip", "overwrite"]
 _NO_VALUE = msgspec.Raw(b"")  # the default of ExportRecord.value: omitted when encoding
 
@@ -124,11 +136,44 @@ def export_lines(
             yield _encoder.encode(record) + b"\n"
 
 
+def _too_long(number: int) -> InvalidValueError:
+    return InvalidValueError(
+        f"line {number}: longer than {MAX_RECORD_BYTES} bytes, the limit of one export line"
+    )
+
+
+def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """Yield the lines of a binary stream, each with its newline, in bounded memory.
+
+    At most ``MAX_RECORD_BYTES + 1`` bytes of one line are ever held: a longer
+    line is refused as soon as its first byte past the limit is read, and the
+    rest of it is never read.
+
+    Raises:
+        InvalidValueError: a line holds more than :data:`MAX_RECORD_BYTES` bytes,
+            its newline not counted (the message names the line and the limit).
+    """
+    number = 0
+    while line := stream.readline(MAX_RECORD_BYTES + 1):
+        number += 1
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            raise _too_long(number)
+        yield line
+
+
+def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Number lines from 1, refusing one over the limit from whatever reader gave it."""
+    for number, line in enumerate(lines, start=1):
+        if len(line) - (1 if line.endswith(b"\n") else 0) > MAX_RECORD_BYTES:
+            raise _too_long(number)
+        yield number, line
+
+
 def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[Write]]]:
     """Validate an export and yield each ref's versions as write plans."""
-    it = iter(lines)
+    it = _numbered(lines)
     try:
-        header = _header_decoder.decode(next(it))
+        header = _header_decoder.decode(next(it)[1])
     except (StopIteration, msgspec.DecodeError) as exc:
         raise InvalidValueError(f"line 1: not a castore export header ({exc})") from None
     if header.format != EXPORT_FORMAT or header.version != EXPORT_VERSION:
@@ -138,7 +183,7 @@ def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[Write]]]:
     current: Ref | None = None
     plans: list[Write] = []
     seen: set[Ref] = set()
-    for number, line in enumerate(it, start=2):
+    for number, line in it:
         if not line.strip():
             continue
         try:
@@ -201,13 +246,14 @@ def import_lines(
     """Import an export into ``store``, reproducing versions, hashes, times and audits.
 
     ``read`` is called twice (a validating pass, then the writing pass), so
-    a bad line or a refused conflict changes nothing. A ref that already has
-    history in the store is a conflict: ``refuse`` (default) fails before
-    writing anything, ``skip`` leaves it as it is, ``overwrite`` replaces its
-    history with the imported one.
+    a bad line, a line over :data:`MAX_RECORD_BYTES` or a refused conflict
+    changes nothing; have it yield :func:`read_lines` of a file to keep memory
+    bounded. A ref that already has history in the store is a conflict:
+    ``refuse`` (default) fails before writing anything, ``skip`` leaves it as
+    it is, ``overwrite`` replaces its history with the imported one.
 
     Raises:
-        InvalidValueError: a malformed line (the message names it).
+        InvalidValueError: a malformed or over-long line (the message names it).
         ConflictError: ``refuse`` and some refs already exist.
     """
     conflicts: dict[Ref, int] = {}

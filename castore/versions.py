@@ -93,7 +93,7 @@ def rebuild(frames: Iterable[Frame]) -> bytes:
     return b"".join(_REC.pack(offsets.get(v, ABSENT)) for v in range(1, top + 1))
 
 
-def open_caught_up(vix: str, log_fd: int, want: int) -> int:
+def open_caught_up(fs: _fs.Tree, vix: str, log_fd: int, want: int) -> int:
     """Open the index, extended if needed so that it covers version ``want``; return its fd.
 
     Writers never touch the index; the first reader that needs a version it
@@ -106,7 +106,7 @@ def open_caught_up(vix: str, log_fd: int, want: int) -> int:
         OSError: the index cannot be opened or written (a read-only store).
     """
     want = min(want, MAX_INDEXED_VERSION)
-    fd = os.open(vix, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
     try:
         if os.fstat(fd).st_size // VIX_RECORD_BYTES < want:
             with _fs.locked(fd, vix):
@@ -129,7 +129,7 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
             start = found[1]
     if start < 0:  # empty or out of step: rebuild from a full scan
         os.ftruncate(fd, 0)
-        os.pwrite(fd, rebuild(reflog.scan(log_fd)[1]), 0)
+        os.pwrite(fd, rebuild(reflog.scan(log_fd)[1].frames), 0)
         return
     size = os.fstat(log_fd).st_size
     table = bytearray()

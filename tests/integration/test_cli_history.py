@@ -508,20 +508,36 @@ def test_import_overwrite_keeps_values_deduplicated_against_the_old_history(cli,
     mine.set("a", "changed")
     other = tmp_path / "other"
     theirs = store_at(other)
+    theirs.set("a", {"x": 0})
     theirs.set("a", {"from": "export"})
     theirs.set("c", 1)
     (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=other))
 
     report = cli.ok("import", "theirs.jsonl", "--on-conflict", "overwrite", store=target)
-    assert (report["refs"], report["versions"]) == (2, 2)
+    assert (report["refs"], report["versions"]) == (2, 3)
     assert report["overwrittenRefs"] == ["dag/d/a"]
     assert cli.ok("get", "b", store=target)["value"] == BIG
     hist = cli.ok("history", "a", store=target)["entries"]
     assert [(e["version"], e["hash"]) for e in hist] == [
-        (1, sha256(b'{"from":"export"}')),
+        (2, sha256(b'{"from":"export"}')),
+        (1, sha256(b'{"x":0}')),
     ]
     assert cli.ok("get", "a", store=target)["value"] == {"from": "export"}
-    assert cli.ok("set", "a", "2", "--expected-version", "1", store=target)["version"] == 2
+    assert cli.ok("set", "a", "2", "--expected-version", "2", store=target)["version"] == 3
+
+
+def test_import_overwrite_never_takes_versions_back(cli, tmp_path):
+    target = tmp_path / "target"
+    mine = store_at(target)
+    for n in range(3):
+        mine.set("a", n)
+    other = tmp_path / "other"
+    store_at(other).set("a", {"older": True})
+    (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=other))
+    proc = cli.run("import", "theirs.jsonl", "--on-conflict", "overwrite", store=target)
+    assert proc.returncode == 3, proc.stderr
+    assert b"below" in proc.stderr
+    assert cli.ok("get", "a", store=target)["version"] == 3
 
 
 HASH_1 = sha256(b"1")

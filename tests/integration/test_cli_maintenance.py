@@ -339,12 +339,26 @@ def test_check_damaged_store_exits_1_with_its_report_then_repair(cli):
     quarantined = list((cli.dir / "quarantine").rglob(os.path.basename(path)))
     assert len(quarantined) == 1
     after = cli.ok("check")
-    assert (after["ok"], after["findings"]) == (True, [])
-    # The damaged entry is gone; every other version reads.
-    cli.fail(4, "get", "k", "--version", "2")
+    assert after["ok"] is True
+    # The lost version stays reported (as information), never plain ok.
+    (lost,) = after["findings"]
+    assert (lost["severity"], "versions 2-2 were lost to damage" in lost["problem"]) == (
+        "info",
+        True,
+    )
+    assert "quarantine/" in lost["problem"]
+    # The damaged entry reads as damaged, never as "not found"; every other version reads.
+    assert "lost" in cli.fail(5, "get", "k", "--version", "2")
     for version in (1, 3, 4, 5):
         assert cli.ok("get", "k", "--version", str(version))["value"]["n"] == version - 1
-    assert [e["version"] for e in cli.ok("history", "k")["entries"]] == [5, 4, 3, 1]
+    history = cli.ok("history", "k")["entries"]
+    assert [(e["version"], e["operation"]) for e in history] == [
+        (5, "set"),
+        (4, "set"),
+        (3, "set"),
+        (2, "damaged"),
+        (1, "set"),
+    ]
     assert cli.ok("set", "k", "6")["version"] == 6
 
 
@@ -362,7 +376,7 @@ def test_check_repair_of_a_lost_value_still_exits_1(cli):
     unrepaired = [f for f in report["findings"] if not f["repaired"]]
     assert unrepaired
     assert all("version 2" in f["problem"] for f in unrepaired), unrepaired
-    err = cli.fail(1, "get", "k", "--version", "2")
+    err = cli.fail(5, "get", "k", "--version", "2")
     assert "corrupt store" in err, err
     assert cli.ok("get", "k")["value"]["n"] == 4
     assert cli.ok("get", "k", "--version", "3")["value"]["n"] == 2
@@ -377,7 +391,8 @@ def test_check_torn_tail_then_repair(cli):
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert [f["problem"] for f in report["findings"]] == [
-        f"torn tail: 5 bytes at offset {os.path.getsize(path) - 5}"
+        f"torn tail: 5 bytes at offset {os.path.getsize(path) - 5} "
+        "(an append a crash cut short, never acknowledged)"
     ]
     assert cli.ok("check", "--repair")["ok"] is True
     assert cli.ok("check")["findings"] == []

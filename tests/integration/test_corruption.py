@@ -36,7 +36,7 @@ import pytest
 
 from castore import CorruptionError, NotFoundError, Store, codec
 from castore.check import check
-from castore.frames import Frame, encode_frame, scan_frames
+from castore.frames import Frame, classify, encode_frame, scan_frames
 from castore.records import (
     CODEC_RAW,
     CODEC_ZSTD,
@@ -190,6 +190,16 @@ class Analysis:
     blobs: dict[tuple[str, int], Frame]  # (log path relative to refs/, start) -> intact B
     digests: set[str]  # digests with at least one intact, verifying B frame
     gaps: dict[str, bool]  # key -> its log has bytes outside intact frames
+    # key -> damage follows its newest intact entry (FORMAT.md §7): the newest is unknown
+    tail_damaged: dict[str, bool] = field(default_factory=dict)
+    # key -> (version before, version after or None) around each damaged range
+    windows: dict[str, list[tuple[int, int | None]]] = field(default_factory=dict)
+
+    def in_damage(self, key: str, version: int) -> bool:
+        """True when ``version`` may have been in damaged bytes of ``key``'s log."""
+        return any(
+            low < version and (high is None or version < high) for low, high in self.windows[key]
+        )
 
     def blob_intact(self, key: str, entry: Entry) -> bool:
         loc = entry.blob
@@ -216,11 +226,24 @@ def analyze(files: dict[str, bytes], truth: Truth) -> Analysis:
     blobs: dict[tuple[str, int], Frame] = {}
     digests: set[str] = set()
     gaps = {}
+    tail_damaged = {}
+    windows: dict[str, list[tuple[int, int | None]]] = {}
     for key in truth.keys:
         rel = truth.log_rel(key)
         data = files.get(rel, b"")
-        frames = list(scan_frames(data))
+        log = classify(data)
+        frames = log.frames
         gaps[key] = sum(f.end - f.start for f in frames) != len(data)
+        placed = [(f.start, decode_entry(f.payload)) for f in frames if f.kind == KIND_ENTRY]
+        last_start = placed[-1][0] if placed else -1
+        tail_damaged[key] = any(start > last_start for start, _ in log.damage)
+        windows[key] = [
+            (
+                max((e.version for at, e in placed if at < start), default=0),
+                min((e.version for at, e in placed if at >= end), default=None),
+            )
+            for start, end in log.damage
+        ]
         entries[key] = {}
         for f in frames:
             if f.kind == KIND_ENTRY:
@@ -233,7 +256,7 @@ def analyze(files: dict[str, bytes], truth: Truth) -> Analysis:
                 except CorruptionError:
                     continue
                 digests.add(f.payload[:32].hex())
-    return Analysis(entries, blobs, digests, gaps)
+    return Analysis(entries, blobs, digests, gaps, tail_damaged, windows)
 
 
 # -- the checks -------------------------------------------------------------------------
@@ -271,7 +294,11 @@ def verify_reads(
         newest = an.newest(key)
         kind, res = _outcome(partial(store.get, key))
         where = f"{phase} get({key})"
-        if kind != "ok":
+        if an.tail_damaged[key] and repaired_already(phase):
+            problems.expect(kind == "corrupt", f"{where}: lost newest version read as {res!r}")
+        elif an.tail_damaged[key]:
+            problems.expect(kind == "corrupt", f"{where}: damaged tail read as {kind} {res!r}")
+        elif kind != "ok":
             problems.expect(
                 kind == "corrupt" and newest is not None and not an.blob_intact(key, newest),
                 f"{where}: {kind} {res!r}",
@@ -293,6 +320,8 @@ def verify_reads(
                 problems.append(f"{where}: {res!r}")
             elif kind == "ok" and entry is None:
                 problems.append(f"{where}: read {res!r} but no intact entry")
+            elif entry is None and version in written and an.in_damage(key, version):
+                problems.expect(kind == "corrupt", f"{where}: damaged version read as {res!r}")
             elif kind == "ok" and entry is not None:
                 hash_, value = written[version]
                 if value is None:
@@ -309,25 +338,53 @@ def verify_reads(
                 problems.expect(kind == "corrupt", f"{where}: damaged blob raised {res!r}")
         # History: exactly the intact entries, with their hashes.
         kind, res = _outcome(partial(store.history, key))
-        if kind != "ok":
+        if an.tail_damaged[key] and not repaired_already(phase):
+            problems.expect(kind == "corrupt", f"{phase} history({key}): {kind} {res!r}")
+        elif kind != "ok":
             problems.expect(kind == "corrupt", f"{phase} history({key}): {res!r}")
         else:
-            got = [(e.version, e.hash) for e in res.entries]
+            got = [(e.version, e.hash) for e in res.entries if e.operation != "damaged"]
             want = [(v, written[v][0]) for v in sorted(intact, reverse=True)]
             problems.expect(got == want, f"{phase} history({key}): {got} != {want}")
+            marked = {
+                v
+                for e in res.entries
+                if e.operation == "damaged"
+                for v in range(e.damaged_from or e.version, e.version + 1)
+            }
+            for version in written:
+                if version not in intact and an.in_damage(key, version):
+                    problems.expect(
+                        version in marked, f"{phase} history({key}): v{version} not marked"
+                    )
     # List: live keys whose newest intact entry reads, with the right value.
+    unreadable = []
+    for k in truth.keys:
+        top = an.newest(k)
+        if an.tail_damaged[k] or (top is not None and top.live and not an.blob_intact(k, top)):
+            unreadable.append(k)
     kind, listed = _outcome(lambda: store.list(include_values=True))
+    with_values = kind != "corrupt"
+    if kind == "corrupt":
+        problems.expect(bool(unreadable), f"{phase} list with values: {listed!r}")
+        kind, listed = _outcome(store.list)  # without values: unreadable keys are skipped
     if kind != "ok":
         problems.append(f"{phase} list: {listed!r}")
         return
     shown = {e.key: (e.version, e.value_json) for e in listed.entries}
     for key in truth.keys:
         newest = an.newest(key)
-        if newest is None or not newest.live:
+        if an.tail_damaged[key]:
+            problems.expect(
+                key not in shown and key in listed.skipped,
+                f"{phase} list: {key} with a damaged tail: {shown.get(key)}",
+            )
+        elif newest is None or not newest.live:
             problems.expect(key not in shown, f"{phase} list: {key} listed but absent")
         elif key in shown:
+            value = truth.versions[key][newest.version][1] if with_values else None
             problems.expect(
-                shown[key] == (newest.version, truth.versions[key][newest.version][1]),
+                shown[key] == (newest.version, value),
                 f"{phase} list: {key} -> {shown[key]}, expected v{newest.version}",
             )
         elif keys_ok:
@@ -336,6 +393,10 @@ def verify_reads(
                 f"{phase} list: {key} missing (skipped={listed.skipped})",
             )
     store.close()
+
+
+def repaired_already(phase: str) -> bool:
+    return phase == "after repair"
 
 
 def unreadable_after_repair(an: Analysis) -> set[tuple[str, int]]:
@@ -365,7 +426,11 @@ def run_case(
     after = check(open_store(root))
     lost = unreadable_after_repair(an)
     if lost:
-        bad = {f.problem for f in after.findings if not f.repair.startswith("gc")}
+        bad = {
+            f.problem
+            for f in after.findings
+            if not f.repair.startswith("gc") and "lost to damage" not in f.problem
+        }
         want = {
             f"{ref_text(k)} version {v}: value unreadable" for k, v in sorted(lost)
         }  # compare prefixes: the message goes on with the cause
@@ -378,6 +443,14 @@ def run_case(
         problems.expect(
             after.ok, f"check after repair is not ok: {[f.problem for f in after.findings]}"
         )
+        damaged_logs = [k for k in truth.keys if an.windows[k] or an.tail_damaged[k]]
+        if (
+            logs_damaged
+            and damaged_logs
+            and not any("lost to damage" in f.problem for f in after.findings)
+            and any(an.in_damage(k, v) for k in damaged_logs for v in truth.versions[k])
+        ):
+            problems.append("check after repair is plain ok although versions were lost")
         unrepaired = [f"{f.problem} -> {f.repair}" for f in repaired.findings if not f.repaired]
         problems.expect(
             repaired.ok, f"check(repair=True) is not ok, though nothing is lost: {unrepaired}"
@@ -399,9 +472,14 @@ def run_case(
         if kind != "ok":
             problems.append(f"set({key}) after repair: {res!r}")
             continue
+        # A cut removes acknowledged bytes and looks like a crash's torn tail: what
+        # it removed cannot be known (FORMAT.md §7). Any other damage can be.
+        floor = newest.version if " cut " in label and newest is not None else 0
+        if " cut " not in label:
+            floor = max(truth.versions[key])
         problems.expect(
-            newest is None or res.version > newest.version,
-            f"set({key}) after repair gave version {res.version}",
+            res.version > floor,
+            f"set({key}) after repair gave version {res.version}: versions repeat",
         )
         got = store.get(key)
         problems.expect(got.value == {"after": label}, f"get({key}) after the set: {got!r}")
@@ -411,7 +489,8 @@ def run_case(
             problems.append(f"export after repair: {lines!r}")
         else:
             exported = len(lines) - 1
-            expected = sum(len(an.entries[k]) + 1 for k in truth.keys)
+            markers = sum(b'"op":"damaged"' in line for line in lines)
+            expected = sum(len(an.entries[k]) + 1 for k in truth.keys) + markers
             problems.expect(
                 exported == expected, f"export after repair: {exported} versions, {expected}"
             )

@@ -158,7 +158,8 @@ BASE: Final[dict[str, list[Any]]] = {
 }
 SOURCE: Final[dict[str, list[Any]]] = {  # the import file's keys
     "imp": [{"i": 1}, {"i": 2}],
-    "k": [{"from": "import"}, None, {"from": "import", "n": 3}],
+    # As many versions as BASE's k at least: an overwrite never takes versions back.
+    "k": [{"from": "import"}, None, {"from": "import", "n": 3}, {"n": 4}, {"n": 5}],
 }
 
 

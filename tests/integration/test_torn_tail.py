@@ -7,7 +7,8 @@ from typing import Any, Final
 
 import pytest
 
-from castore import NotFoundError, Store, codec
+from castore import CorruptionError, NotFoundError, Store, codec
+from castore.check import check
 from castore.frames import FRAME_OVERHEAD
 from castore.records import CODEC_RAW, CODEC_ZSTD, KIND_BLOB, KIND_ENTRY, decode_entry
 from tests.helpers import (
@@ -193,12 +194,17 @@ def test_every_cut_of_a_tombstone(tmp_path):
         assert_clean_log(path)
 
 
-GARBAGE: Final = {
+# Bytes an interrupted append can leave: too short to have been a whole frame.
+TORN_GARBAGE: Final = {
     "zeros-1": bytes(1),
     "zeros-24": bytes(24),
+    "random-7": random.Random(1).randbytes(7),
+    "prefix-of-a-frame": (4000).to_bytes(4, "little") + b"E" + b'{"version":9',
+}
+# Bytes no interrupted append can leave (FORMAT.md §7): damage, never a torn tail.
+DAMAGE_GARBAGE: Final = {
     "zeros-25": bytes(25),
     "zeros-5000": bytes(5000),
-    "random-7": random.Random(1).randbytes(7),
     "random-100": random.Random(2).randbytes(100),
     "random-5000": random.Random(3).randbytes(5000),
     "ff-30": b"\xff" * 30,
@@ -207,8 +213,8 @@ GARBAGE: Final = {
 }
 
 
-@pytest.mark.parametrize("garbage", list(GARBAGE.values()), ids=list(GARBAGE))
-def test_garbage_after_a_valid_log(tmp_path, garbage):
+@pytest.mark.parametrize("garbage", list(TORN_GARBAGE.values()), ids=list(TORN_GARBAGE))
+def test_torn_garbage_after_a_valid_log_is_quarantined_and_cut(tmp_path, garbage):
     root = str(tmp_path / "s")
     path, _, size = build(root, VALUES)
     with open(path, "ab") as fh:
@@ -220,6 +226,47 @@ def test_garbage_after_a_valid_log(tmp_path, garbage):
     frames = assert_clean_log(path)
     assert frames[-2].start == size  # garbage gone: the new B frame starts where the log ended
     check_get(root, KEY, len(VALUES) + 1, {"after": "garbage"})
+    kept = [
+        os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, "quarantine")) for f in fs
+    ]
+    assert len(kept) == 1
+    assert f".log.{size}." in os.path.basename(kept[0])
+    assert os.path.basename(os.path.dirname(kept[0])) == "torn"
+    with open(kept[0], "rb") as fh:
+        assert fh.read() == garbage  # the cut bytes are kept, not destroyed
+
+
+@pytest.mark.parametrize("garbage", list(DAMAGE_GARBAGE.values()), ids=list(DAMAGE_GARBAGE))
+def test_damage_after_a_valid_log_is_never_read_past(tmp_path, garbage):
+    root = str(tmp_path / "s")
+    path, _, size = build(root, VALUES)
+    with open(path, "ab") as fh:
+        fh.write(garbage)
+    with open(path, "rb") as fh:
+        damaged = fh.read()
+    store = open_store(root)
+    with pytest.raises(CorruptionError, match=f"offset {size}"):
+        store.get(KEY)
+    with pytest.raises(CorruptionError):
+        store.history(KEY)
+    assert open_store(root).list().skipped == [KEY]
+    with pytest.raises(CorruptionError, match="nothing was written"):
+        open_store(root).set(KEY, {"after": "garbage"}, expected_version=len(VALUES))
+    with open(path, "rb") as fh:
+        assert fh.read() == damaged  # the writer neither appended nor cut
+    report = check(open_store(root))
+    assert not report.ok
+    assert any("damaged bytes" in f.problem for f in report.findings)
+    repaired = check(open_store(root), repair=True)
+    assert all(f.repaired or f.severity == "info" for f in repaired.findings)
+    after = check(open_store(root))
+    assert after.ok
+    assert any("lost to damage" in f.problem and f.severity == "info" for f in after.findings)
+    res = open_store(root).set(KEY, {"after": "repair"})
+    assert res.version > len(VALUES) + 1  # above every version the damage may have held
+    check_get(root, KEY, res.version, {"after": "repair"})
+    for version, value in enumerate(VALUES, 1):
+        assert open_store(root).get(KEY, version=version).value == value
 
 
 def _frame_middles(path: str) -> list[tuple[str, int]]:

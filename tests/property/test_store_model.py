@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import shutil
 import tempfile
@@ -134,6 +135,32 @@ class StoreMachine(RuleBasedStateMachine):
         assert res.hash == codec.hexdigest(normalized)
         assert res.created is created
         self._append(ref, normalized, value)
+
+    @rule(h=handles, where=targets, keys_=st.lists(keys, min_size=2, max_size=3), value=values)
+    def set_from_threads(self, h, where, keys_, value):
+        # One handle shared by threads: each sets a key (maybe the same one) while
+        # another lists; every result must fit the model in the order of its version.
+        store = self.stores[h]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(keys_) + 1) as pool:
+            listing = pool.submit(
+                escaped,
+                functools.partial(store.list, scope=where[0], namespace=where[1]),
+            )
+            sets = [
+                pool.submit(
+                    escaped,
+                    functools.partial(store.set, k, value, scope=where[0], namespace=where[1]),
+                )
+                for k in keys_
+            ]
+            results = [f.result() for f in sets]
+            listing.result()
+        normalized = codec.normalize(value)
+        for res in sorted(results, key=lambda r: r.version):
+            ref = self._ref(where, res.key)
+            assert res.version == self._next(ref), f"{ref}: threaded set gave {res.version}"
+            assert res.created is (self._live(ref) == 0)
+            self._append(ref, normalized, value)
 
     @rule(h=handles, where=targets, key=keys, value=values, data=st.data())
     def set_expected(self, h, where, key, value, data):

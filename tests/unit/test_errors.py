@@ -16,6 +16,7 @@ from castore.errors import (
     LockTimeoutError,
     NotFoundError,
     RecordError,
+    UnsafePathError,
     ValueTooLargeError,
 )
 
@@ -35,6 +36,7 @@ SAMPLES = [
     DigestMismatchError("blob abc hashes to def"),
     RecordError("bad checksum at offset 12"),
     FormatVersionError("/store/FORMAT: format version 9, this castore reads 1"),
+    UnsafePathError("/store/refs/dag/ab/cd.log is a symbolic link; castore never follows one"),
 ]
 
 IDS = [f"{type(exc).__name__}-{i}" for i, exc in enumerate(SAMPLES)]

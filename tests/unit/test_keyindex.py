@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from castore import keyindex
+from castore._fs import UNCONFINED
 from castore.keyindex import KeyIndex, namespace_of
 
 
@@ -18,7 +19,7 @@ def test_sorted_region_and_tail_answer_every_prefix(tmp_path, monkeypatch):
     alphabet = "ab/é\x00Z"
     keys = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(1500)]
     keys += ["k" * 4096, "k" * 4095 + "a"]
-    index = KeyIndex(str(tmp_path / "KEYS"))
+    index = KeyIndex(str(tmp_path / "KEYS"), UNCONFINED)
     for n, key in enumerate(keys):
         index.add(key, "ns/é", durable=False)
         if n % 97 == 0:
@@ -26,23 +27,23 @@ def test_sorted_region_and_tail_answer_every_prefix(tmp_path, monkeypatch):
             assert index.keys(probe) == brute(keys[: n + 1], probe)
     prefixes = ["", "a", "ab", "b/", "é", "\x00", "Z", "zz", "k" * 4000, "k" * 4095]
     prefixes += [k[:2] for k in keys[:50]]
-    fresh = KeyIndex(str(tmp_path / "KEYS"))
+    fresh = KeyIndex(str(tmp_path / "KEYS"), UNCONFINED)
     for prefix in prefixes:
         assert fresh.keys(prefix) == brute(keys, prefix), prefix
     assert all(k in fresh for k in keys[:200])
     assert "never-added" not in fresh
-    assert namespace_of(str(tmp_path / "KEYS")) == "ns/é"
+    assert namespace_of(str(tmp_path / "KEYS"), UNCONFINED) == "ns/é"
 
 
 def test_remove_rewrites_sorted(tmp_path):
-    index = KeyIndex(str(tmp_path / "KEYS"))
+    index = KeyIndex(str(tmp_path / "KEYS"), UNCONFINED)
     for key in ["b", "a", "c", "ab"]:
         index.add(key, "ns", durable=False)
     index.remove({"a", "c"}, durable=False)
     assert index.keys() == ["ab", "b"]
     index.add("aa", "ns", durable=False)
     assert index.keys("a") == ["aa", "ab"]
-    assert namespace_of(str(tmp_path / "KEYS")) == "ns"
+    assert namespace_of(str(tmp_path / "KEYS"), UNCONFINED) == "ns"
 
 
 utf8_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=5)
@@ -51,7 +52,7 @@ utf8_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=
 @given(st.lists(utf8_text.filter(bool), max_size=60), utf8_text)
 def test_prefix_listing_matches_brute_force(tmp_path_factory, keys, prefix):
     path = tmp_path_factory.mktemp("k") / "KEYS"
-    index = KeyIndex(str(path))
+    index = KeyIndex(str(path), UNCONFINED)
     for key in keys:
         index.add(key, "n", durable=False)
     assert index.keys(prefix) == brute(keys, prefix)

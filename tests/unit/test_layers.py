@@ -29,6 +29,7 @@ LAYERS = {
     "compact": 9,
     "gc": 9,
     "check": 9,
+    "upgrade": 9,
     "render": 9,
     "args": 9,
     "cli": 10,

@@ -1,0 +1,214 @@
+"""Many threads on one Store handle, and many processes creating the same stores.
+
+Issue 8: a handle is shared by a server's or a pool's threads, and parallel
+DAG steps create a store on first use at the same moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from castore import ConflictError, Store
+from castore.check import check
+from castore.compact import compact
+from castore.errors import CastoreError, NotFoundError
+
+THREADS = 8
+INCREMENTS = 250
+READERS = 3
+
+
+def _increment(store: Store, key: str, times: int) -> int:
+    """Compare-and-swap ``times`` increments of a counter; return the conflicts seen."""
+    conflicts = 0
+    done = 0
+    while done < times:
+        current = store.get(key)
+        value = current.value if current.found else 0
+        try:
+            store.set(key, value + 1, expected_version=current.version if current.found else 0)
+        except ConflictError:
+            conflicts += 1
+            continue
+        done += 1
+    return conflicts
+
+
+def _reader(store: Store, key: str, stop: threading.Event, problems: list[str]) -> int:
+    """List, page history and read versions while writers run; every answer must fit."""
+    reads = 0
+    rng = random.Random(threading.get_ident())
+    while not stop.is_set():
+        listed = store.list()
+        if listed.skipped:
+            problems.append(f"list skipped {listed.skipped}")
+        for entry in listed.entries:
+            if entry.key == key:
+                got = store.get(key, version=entry.version)
+                if got.value != entry.version:  # the counter's value equals its version
+                    problems.append(f"version {entry.version} holds {got.value}")
+        page = store.history(key, limit=20).entries
+        versions = [e.version for e in page]
+        if versions != sorted(versions, reverse=True) or (
+            versions and versions != list(range(versions[0], versions[0] - len(versions), -1))
+        ):
+            problems.append(f"history page not dense: {versions}")
+        if versions:
+            pick = rng.randint(1, versions[0])
+            if store.get(key, version=pick).value != pick:
+                problems.append(f"get(version={pick}) wrong")
+        reads += 1
+    return reads
+
+
+def _run_threads(handles: Callable[[int], Store], key: str) -> tuple[int, int, list[str]]:
+    problems: list[str] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    conflicts: list[int] = []
+    reads: list[int] = []
+
+    def guarded(fn: Callable[[], Any], out: list[Any]) -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - every exception is a finding
+            errors.append(exc)
+
+    writers = [
+        threading.Thread(
+            target=guarded, args=(lambda n=n: _increment(handles(n), key, INCREMENTS), conflicts)
+        )
+        for n in range(THREADS)
+    ]
+    readers = [
+        threading.Thread(
+            target=guarded,
+            args=(lambda n=n: _reader(handles(THREADS + n), key, stop, problems), reads),
+        )
+        for n in range(READERS)
+    ]
+    for thread in writers + readers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    for thread in readers:
+        thread.join()
+    assert not errors, errors[:3]
+    return sum(conflicts), sum(reads), problems
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sharing", ["one-shared-handle", "a-handle-per-thread"])
+def test_threads_never_lose_an_update(tmp_path: Path, sharing: str) -> None:
+    root = tmp_path / "s"
+    shared = Store(root, dag="d", durable=False)
+    own = [Store(root, dag="d", durable=False) for _ in range(THREADS + READERS)]
+
+    def handles(n: int) -> Store:
+        return shared if sharing == "one-shared-handle" else own[n]
+
+    conflicts, reads, problems = _run_threads(handles, "counter")
+    print(f"{sharing}: {THREADS}x{INCREMENTS} increments, {conflicts} conflicts, {reads} reads")  # noqa: T201
+    assert not problems, problems[:5]
+    assert reads > 0
+    final = Store(root, dag="d").get("counter")
+    assert (final.value, final.version) == (THREADS * INCREMENTS, THREADS * INCREMENTS)
+    history = Store(root, dag="d").history("counter").entries
+    assert [e.version for e in history] == list(range(THREADS * INCREMENTS, 0, -1))
+    assert check(Store(root, dag="d")).ok
+
+
+@pytest.mark.integration
+def test_maintenance_from_threads_while_writers_run(tmp_path: Path) -> None:
+    # compact and check on the shared handle while other threads write and read.
+    store = Store(tmp_path / "s", dag="d", durable=False)
+    for n in range(20):
+        store.set(f"k{n}", {"n": 0, "pad": "x" * 300})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop(fn: Callable[[], object]) -> None:
+        try:
+            while not stop.is_set():
+                fn()
+        except BaseException as exc:  # noqa: BLE001 - every exception is a finding
+            errors.append(exc)
+
+    def write() -> None:
+        key = f"k{random.randrange(20)}"
+        store.set(key, {"n": random.randrange(1000), "pad": "x" * 300})
+
+    def read() -> None:
+        for entry in store.list().entries:
+            # A write and a compaction may drop the listed version meanwhile.
+            with contextlib.suppress(NotFoundError):
+                store.get(entry.key, version=entry.version)
+        store.history(f"k{random.randrange(20)}", limit=5)
+
+    threads = [
+        threading.Thread(target=loop, args=(fn,))
+        for fn in (
+            write,
+            write,
+            read,
+            lambda: compact(store, keep_last=2),
+            lambda: check(store),
+        )
+    ]
+    for thread in threads:
+        thread.start()
+    stop.wait(3.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    assert check(Store(tmp_path / "s", dag="d")).ok
+
+
+def _first_use(roots: list[str], barrier: Any, out: Any) -> None:
+    failures = []
+    pid = os.getpid()
+    for root in roots:
+        barrier.wait()
+        try:
+            store = Store(root, dag="d")
+            store.set(f"p{pid}", pid)
+            if store.get(f"p{pid}").value != pid:
+                failures.append(f"{root}: read back wrong")
+        except (CastoreError, OSError) as exc:
+            failures.append(f"{root}: {exc}")
+    out.put(failures)
+
+
+@pytest.mark.integration
+def test_concurrent_first_use_of_fresh_stores(tmp_path: Path) -> None:
+    # 8 processes x 50 fresh store directories, every process starting on the same
+    # directory at the same moment (a barrier per store): all succeed.
+    procs_n, stores_n = 8, 50
+    roots = [str(tmp_path / f"s{n}") for n in range(stores_n)]
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(procs_n)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_first_use, args=(roots, barrier, out)) for _ in range(procs_n)]
+    for proc in procs:
+        proc.start()
+    failures = [f for _ in procs for f in out.get(timeout=120)]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert not failures, failures[:5]
+    for root in roots:
+        listed = Store(root, dag="d").list()
+        assert len(listed.entries) == procs_n
+        assert sorted(os.listdir(root)) == ["FORMAT", "index", "refs"] or sorted(
+            os.listdir(root)
+        ) == ["FORMAT", "refs"]

@@ -1,0 +1,270 @@
+"""Damage is never absence, staleness or a repeated version (issue 7; FORMAT.md §7).
+
+Each test builds a small store, damages it the way the issue found, and
+compares every answer with what the undamaged store said.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from castore import ConflictError, CorruptionError, Store
+from castore.check import check
+from castore.compact import compact
+from castore.errors import FormatVersionError
+from castore.frames import scan_frames
+from castore.records import KIND_ENTRY
+from castore.transfer import export_lines, import_lines
+from castore.upgrade import upgrade
+from tests.helpers import corrupt, file_id, keys_path, log_path, ns_dir, one_line_error
+
+DAG = "d"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def store_at(root: Path, **kw: Any) -> Store:
+    return Store(root, dag=DAG, **kw)
+
+
+def five_keys(root: Path) -> None:
+    store = store_at(root)
+    for n in range(1, 6):
+        store.set(f"k{n}", {"i": n})
+
+
+def newest_entry_middle(path: str) -> int:
+    with open(path, "rb") as fh:
+        frames = list(scan_frames(fh.read()))
+    last = [f for f in frames if f.kind == KIND_ENTRY][-1]
+    return (last.start + last.end) // 2
+
+
+def test_the_issue_scenario_answers_damage_everywhere(tmp_path: Path) -> None:
+    # Five keys set once; one byte flipped in the middle of k1's (only, newest) entry.
+    root = tmp_path / "s"
+    five_keys(root)
+    path = log_path(root, "dag", DAG, "k1")
+    corrupt(path, newest_entry_middle(path))
+    with open(path, "rb") as fh:
+        damaged = fh.read()
+    with pytest.raises(CorruptionError, match=r"k1.*damaged bytes at offset"):
+        store_at(root).get("k1")
+    with pytest.raises(CorruptionError, match="nothing was written"):
+        store_at(root).set("k1", {"i": 100}, expected_version=0)
+    with open(path, "rb") as fh:
+        assert fh.read() == damaged  # nothing appended, nothing cut
+    for n in range(2, 6):  # other keys are never blocked
+        assert store_at(root).get(f"k{n}").value == {"i": n}
+    report = check(store_at(root))
+    assert not report.ok
+    assert any("damaged bytes" in f.problem for f in report.findings)
+    repaired = check(store_at(root), repair=True)
+    assert repaired.ok
+    kept = glob.glob(str(root / "quarantine" / "*" / "refs" / "dag" / "*" / "*.log"))
+    assert [Path(k).read_bytes() for k in kept] == [damaged]
+    after = check(store_at(root))
+    assert after.ok
+    lost = [f for f in after.findings if "lost to damage" in f.problem]
+    assert [f.severity for f in lost] == ["info"]  # kept reported, never plain ok
+    entries = store_at(root).history("k1").entries
+    assert [(e.operation, e.damaged_from or e.version) for e in entries] == [("damaged", 1)]
+    with pytest.raises(CorruptionError, match="lost"):
+        store_at(root).get("k1")
+    res = store_at(root).set("k1", {"i": 100})
+    assert res.version > 1  # above every version that existed
+    assert store_at(root).get("k1").value == {"i": 100}
+
+
+def test_cli_names_key_file_and_offset_with_exit_5(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    five_keys(root)
+    path = log_path(root, "dag", DAG, "k3")
+    corrupt(path, newest_entry_middle(path))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    for args in (["get", "k3"], ["set", "k3", "1", "--expected-version", "1"], ["history", "k3"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "castore", "--dir", str(root), "--dag", DAG, *args],
+            capture_output=True,
+            env=env,
+            check=False,
+        )
+        message = one_line_error(proc, 5)
+        assert "dag/d/k3" in message
+        assert os.path.basename(path) in message
+        assert "offset" in message
+
+
+def test_older_damaged_version_is_damaged_not_absent(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = store_at(root)
+    for n in range(1, 5):
+        store.set("k", {"n": n})
+    path = log_path(root, "dag", DAG, "k")
+    with open(path, "rb") as fh:
+        frames = list(scan_frames(fh.read()))
+    second = [f for f in frames if f.kind == KIND_ENTRY][1]
+    corrupt(path, (second.start + second.end) // 2)
+    store = store_at(root)
+    assert store.get("k").version == 4  # the newest is intact: reads and writes go on
+    with pytest.raises(CorruptionError):
+        store.get("k", version=2)
+    marked = [(e.version, e.operation) for e in store.history("k").entries]
+    assert marked == [(4, "set"), (3, "set"), (2, "damaged"), (1, "set")]
+    assert store.set("k", {"n": 5}, expected_version=4).version == 5
+    check(store, repair=True)
+    with pytest.raises(CorruptionError, match="lost"):
+        store_at(root).get("k", version=2)
+    assert store_at(root).get("k", version=3).value == {"n": 3}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe castore", b"", b"castore-store\n", b"x" * 100_000, b"castore-store 9\n"],
+    ids=["not-utf8", "empty", "no-version", "huge", "future"],
+)
+def test_damaged_format_is_one_clean_error(tmp_path: Path, content: bytes) -> None:
+    root = tmp_path / "s"
+    five_keys(root)
+    (root / "FORMAT").write_bytes(content)
+    with pytest.raises(FormatVersionError):
+        store_at(root)
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "castore", "--dir", str(root), "--dag", DAG, "get", "k1"],
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    assert "FORMAT" in one_line_error(proc, 1)
+
+
+def removed_key(root: Path) -> int:
+    """``gone`` reaches version 3, is deleted (4) and removed by compaction."""
+    store = store_at(root)
+    for n in range(3):
+        store.set("gone", n)
+    store.delete("gone")
+    compact(store, keep_within_seconds=0)
+    assert (
+        not os.path.exists(log_path(root, "dag", DAG, "gone")) or not store.history("gone").entries
+    )
+    return 4
+
+
+def test_graves_record_survives_one_damaged_copy(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    last = removed_key(root)
+    graves = os.path.join(ns_dir(root, "dag", DAG), "GRAVES")
+    size = os.path.getsize(graves)
+    corrupt(graves, size // 4)  # inside the first copy
+    assert store_at(root).set("gone", "back").version == last + 1
+    assert check(store_at(root)).ok
+
+
+def test_graves_lost_entirely_keeps_versions_above_a_floor(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    last = removed_key(root)
+    graves = os.path.join(ns_dir(root, "dag", DAG), "GRAVES")
+    with open(graves, "r+b") as fh:
+        fh.write(bytes(os.path.getsize(graves)))  # both copies zeroed
+    with pytest.raises(CorruptionError, match="GRAVES"):
+        store_at(root).set("gone", "back")
+    assert not check(store_at(root)).ok
+    assert check(store_at(root), repair=True).ok
+    floor = [f for f in check(store_at(root)).findings if "floor" in f.problem]
+    assert [f.severity for f in floor] == ["info"]
+    assert store_at(root).set("gone", "back").version > last
+
+
+def test_import_never_reuses_a_removed_keys_versions(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    removed_key(root)
+    source = store_at(tmp_path / "src")
+    source.set("gone", "imported")
+    lines = list(export_lines(source))
+    with pytest.raises(ConflictError, match="repeat"):
+        import_lines(store_at(root), lambda: lines)
+    assert store_at(root).set("gone", "later").version == 5
+
+
+def test_a_write_whose_fdatasync_fails_is_never_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "s"
+    store = store_at(root)
+    store.set("k", 1)
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError, match="injected"):
+        store.set("k", 2)
+    monkeypatch.setattr(os, "fdatasync", real)
+    assert store_at(root).get("k").version == 1  # the failed version is not visible
+    assert store.set("k", 3).version == 2  # and its number is free: it never existed
+
+
+def test_blob_index_failure_after_the_commit_is_not_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "s"
+    store = store_at(root)
+    big = {"pad": "x" * 400}  # indexed for deduplication (>= 256 bytes)
+    real_open = os.open
+
+    def no_space_for_the_index(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if str(path).endswith(".idx"):
+            raise OSError(errno.ENOSPC, "injected")
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", no_space_for_the_index)
+    res = store.set("k", big)  # committed: must succeed, not raise
+    monkeypatch.setattr(os, "open", real_open)
+    assert res.version == 1
+    assert store_at(root).get("k").value == big
+    assert store_at(root).set("k", big).version == 2
+
+
+def test_keys_damage_never_hides_a_key(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = store_at(root)
+    for key in ("alpha", "beta", "gamma"):
+        store.set(key, 1)
+    path = keys_path(root, "dag", DAG)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    line = b"beta".hex().encode()
+    at = data.index(line)
+    # '6' -> '7' keeps the line valid hex: it now names another key.
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        fh.write(bytes([line[0] ^ 0x01]))
+    listed = [e.key for e in store_at(root).list().entries]
+    assert listed == ["alpha", "beta", "gamma"]
+    assert not check(store_at(root)).ok  # the key missing from KEYS is reported
+
+
+def test_upgrade_converts_a_format_1_store(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    nsdir = Path(ns_dir(root, "dag", DAG))
+    nsdir.mkdir(parents=True)
+    (root / "FORMAT").write_text("castore-store 1\n")
+    (nsdir / "GRAVES").write_bytes(b"%s 7\n%s 3\n" % (b"gone".hex().encode(), b"x".hex().encode()))
+    with pytest.raises(FormatVersionError, match="castore upgrade"):
+        store_at(root)
+    report = upgrade(str(root))
+    assert (report.from_version, report.to_version, report.graves_converted) == (1, 2, 1)
+    assert store_at(root).set("gone", 1).version == 8
+    assert store_at(root).set("x", 1).version == 4
+    assert upgrade(str(root)).graves_converted == 0  # idempotent
+    assert file_id("gone") + ".log" in os.listdir(nsdir)
