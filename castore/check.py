@@ -14,9 +14,7 @@ the history and reading it keeps failing with a clear error.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import stat
 import time
 from collections.abc import Callable
@@ -24,9 +22,9 @@ from collections.abc import Callable
 import msgspec
 
 from castore import _fs, versions
+from castore.damage import damage_windows, lost_top, with_markers
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
-from castore.fileread import damage_windows
-from castore.frames import FRAME_OVERHEAD, Frame, LogBytes, classify, scan_frames
+from castore.frames import Frame, LogBytes, classify, scan_frames
 from castore.indexes import Graveyard, decode_loc, floor_after_damage
 from castore.keyindex import KeyIndex, namespace_of
 from castore.keys import file_id
@@ -36,7 +34,6 @@ from castore.records import (
     KIND_ENTRY,
     KIND_HEADER,
     OP_DAMAGED,
-    Audit,
     Entry,
     Header,
     decode_blob,
@@ -46,7 +43,7 @@ from castore.records import (
 )
 from castore.store import Store
 
-__all__ = ["CheckReport", "Finding", "ScopeStats", "StoreStats", "check", "stats"]
+__all__ = ["CheckReport", "Finding", "check"]
 
 
 class Finding(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -69,25 +66,6 @@ class CheckReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     findings: list[Finding]
 
 
-class ScopeStats(msgspec.Struct, kw_only=True, rename="camel"):
-    """Counts for one scope (see :func:`stats`)."""
-
-    keys: int = 0
-    deleted_keys: int = 0
-    versions: int = 0
-    blobs: int = 0
-    stored_bytes: int = 0
-    logical_bytes: int = 0
-    reclaimable_bytes: int = 0
-
-
-class StoreStats(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Result of :func:`stats`: per scope and in total."""
-
-    scopes: dict[str, ScopeStats]
-    total: ScopeStats
-
-
 def _frames(fs: _fs.Tree, path: str) -> tuple[bytes, list[Frame]]:
     data = fs.read_file(path)
     return data, list(scan_frames(data))
@@ -96,59 +74,6 @@ def _frames(fs: _fs.Tree, path: str) -> tuple[bytes, list[Frame]]:
 def _classified(fs: _fs.Tree, path: str) -> tuple[bytes, LogBytes]:
     data = fs.read_file(path)
     return data, classify(data)
-
-
-def _with_markers(
-    log: LogBytes, data: bytes, drop: set[int], reason: str, lost_by_index: int
-) -> list[tuple[int, bytes]]:
-    """The intact frames of a damaged log, with an ``OP_DAMAGED`` entry per lost range.
-
-    A marker takes the place of the damaged bytes, so the version line
-    continues above every version they may have held.
-    """
-    markers: dict[int, Entry] = {}
-    now = time.time_ns()
-    newest = 0
-    for start, end, before, after in damage_windows(log):
-        top = _lost_top(before, data[start:end]) if after is None else after - 1
-        if top > before:
-            markers[start] = _marker(
-                before + 1, top, now, f"damaged bytes at offset {start}; {reason}"
-            )
-    entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
-    newest = max([e.version for e in entries] + [m.version for m in markers.values()] + [0])
-    if lost_by_index > newest:
-        markers[log.size] = _marker(newest + 1, lost_by_index, now, f"log cut short; {reason}")
-    out: list[tuple[int, bytes]] = []
-    pending = sorted(markers.items())
-    for f in log.frames:
-        while pending and pending[0][0] < f.start:
-            out.append((KIND_ENTRY, encode_record(pending.pop(0)[1])))
-        if f.start not in drop:
-            out.append((f.kind, f.payload))
-    out.extend((KIND_ENTRY, encode_record(m)) for _, m in pending)
-    return out
-
-
-def _marker(first: int, last: int, now: int, reason: str) -> Entry:
-    return Entry(
-        version=last,
-        op=OP_DAMAGED,
-        time_ns=now,
-        damaged_from=first if first < last else 0,
-        audit=Audit(actor="castore check --repair", reason=reason),
-    )
-
-
-# The smallest E frame: a lost range at the end of a log holds at most this many bytes per version.
-_MIN_ENTRY_FRAME = FRAME_OVERHEAD + len(b'{"version":1,"op":"set","time_ns":0}')
-_VERSION_FIELD = re.compile(rb'"version":([0-9]{1,18})')
-
-
-def _lost_top(before: int, damaged: bytes) -> int:
-    """The highest version damaged bytes after version ``before`` may have held."""
-    parsed = [int(m) for m in _VERSION_FIELD.findall(damaged)]
-    return max([before + math.ceil(len(damaged) / _MIN_ENTRY_FRAME), *parsed])
 
 
 def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
@@ -189,6 +114,25 @@ class _Checker:
             )
         )
 
+    def check_graves_against_logs(self, nsdir: str, records: dict[str, int]) -> None:
+        """A re-created key's versions must all be above its grave (versions never repeat)."""
+        for key, last in sorted(records.items()):
+            path = os.path.join(nsdir, file_id(key) + ".log")
+            try:
+                _, frames = _frames(self.fs, path)
+            except (FileNotFoundError, UnsafePathError):
+                continue
+            low = min(
+                (decode_entry(f.payload).first for f in frames if f.kind == KIND_ENTRY),
+                default=last + 1,
+            )
+            if low <= last:
+                self.found(
+                    path,
+                    f"version {low} repeats a version of the key's removed life (GRAVES: {last})",
+                    "none: the versions are already stored",
+                )
+
     def planted(self, path: str) -> bool:
         """Report (and with repair, remove) a symbolic link planted in the store."""
         try:
@@ -223,6 +167,7 @@ class _Checker:
                 "none: nothing left to recover",
                 severity="info",
             )
+        self.check_graves_against_logs(nsdir, graves.records())
         if not damage:
             return
         start, end = damage[0]
@@ -303,7 +248,7 @@ class _Checker:
         """One line per damaged range and for a torn tail."""
         problems = []
         for start, end, before, after in damage_windows(log):
-            top = _lost_top(before, data[start:end]) if after is None else after - 1
+            top = lost_top(before, data[start:end]) if after is None else after - 1
             held = f" (versions {before + 1}-{top} may be there)" if top > before else ""
             problems.append(f"damaged bytes: {end - start} bytes at offset {start}{held}")
         if log.torn < log.size:
@@ -352,7 +297,7 @@ class _Checker:
 
         def transform(lg: LogBytes) -> list[tuple[int, bytes]]:
             data = self.fs.read_file(path)
-            return head + _with_markers(lg, data, drop, reason, lost_by_index)
+            return head + with_markers(lg, data, drop, reason, lost_by_index)
 
         self.backend.rewrite(path, transform, keep_copy=keep)
 
@@ -401,7 +346,7 @@ class _Checker:
                         raise CorruptionError("no blob frame at the location hint")
                     decode_blob(payload, entry.hash)
                 except CastoreError:
-                    self.backend._read_blob(entry, -1)  # another log, or the index
+                    self.backend.blob_reader.read(entry, -1)  # another log, or the index
             except CastoreError as exc:
                 if entry.hash in intact:
                     fixable = True  # the rewrite re-points the entry at the intact copy
@@ -441,7 +386,7 @@ class _Checker:
         try:
             actual = self.fs.read_file(versions.vix_path(path))
         except (FileNotFoundError, UnsafePathError):
-            return False  # a planted link is reported on its own  # built by the first reader that needs it
+            return False  # built by the first reader that needs it; a link is reported apart
         return not versions.rebuild(frames).startswith(actual)
 
 
@@ -538,7 +483,7 @@ def _check_index(checker: _Checker) -> None:
         newest = {f.payload[:32]: f.payload for f in frames}
         for digest, payload in newest.items():
             try:
-                ok = backend._read_at(decode_loc(payload), -1, digest.hex()) is not None
+                ok = backend.blob_reader.read_at(decode_loc(payload), -1, digest.hex()) is not None
             except CastoreError:
                 ok = False
             stale += not ok
@@ -554,36 +499,3 @@ def _check_index(checker: _Checker) -> None:
         )
         if checker.repair:
             backend.rebuild_blob_index()
-
-
-def stats(store: Store) -> StoreStats:
-    """Keys, versions, blobs, stored / logical / reclaimable bytes per scope (reads everything)."""
-    backend = store.backend
-    per: dict[str, ScopeStats] = {}
-    live: set[bytes] = set()
-    blob_sizes: list[tuple[str, bytes, int]] = []
-    for path in backend.iter_logs():
-        scope = os.path.basename(os.path.dirname(os.path.dirname(path)))
-        st = per.setdefault(scope, ScopeStats())
-        data, frames = _frames(backend.fs, path)
-        st.stored_bytes += len(data)
-        entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
-        st.versions += len(entries)
-        st.logical_bytes += sum(e.size for e in entries)
-        if entries:
-            st.keys += entries[-1].live
-            st.deleted_keys += not entries[-1].live
-        live.update(bytes.fromhex(e.hash) for e in entries if e.hash)
-        for f in frames:
-            if f.kind == KIND_BLOB:
-                st.blobs += 1
-                blob_sizes.append((scope, f.payload[:32], f.end - f.start))
-        st.reclaimable_bytes += sum(end - start for start, end in _gaps(len(data), frames))
-    for scope, digest, size in blob_sizes:
-        if digest not in live:
-            per[scope].reclaimable_bytes += size
-    total = ScopeStats()
-    for st in per.values():
-        for field in msgspec.structs.fields(ScopeStats):
-            setattr(total, field.name, getattr(total, field.name) + getattr(st, field.name))
-    return StoreStats(scopes=dict(sorted(per.items())), total=total)

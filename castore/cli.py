@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from castore.args import UsageError, build_parser
 from castore.audit import audit
-from castore.check import check, stats
+from castore.check import check
 from castore.compact import compact
 from castore.dagu import import_dagu, parse_go_time
 from castore.errors import (
@@ -39,6 +39,7 @@ from castore.errors import (
 from castore.gc import collect_garbage
 from castore.keys import go_trim_space
 from castore.render import encode_line, render, render_patch_text
+from castore.stats import stats
 from castore.store import Store, default_root
 from castore.transfer import export_lines, import_lines, read_lines
 from castore.upgrade import upgrade

@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Iterator
 from typing import NamedTuple
 
 from castore import _fs, reflog, versions
-from castore.errors import CorruptionError, FormatVersionError, NotFoundError
-from castore.frames import FRAME_OVERHEAD, LogBytes, frame_at
+from castore.blobread import BlobReader
+from castore.damage import REPAIR_HINT, damage_windows, damaged_error
+from castore.errors import FormatVersionError, NotFoundError
+from castore.formatfile import check_format, format_line, read_format
+from castore.frames import FRAME_OVERHEAD, frame_at
 from castore.indexes import BlobIndex, Graveyard
 from castore.keyindex import KeyIndex, namespace_of
-from castore.keys import Ref, file_id, is_log_name
+from castore.keys import Ref, file_id
 from castore.records import (
-    FORMAT_VERSION,
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
     OP_DAMAGED,
     Audit,
-    BlobLoc,
     Entry,
-    decode_blob,
     decode_compaction,
     decode_entry,
 )
@@ -36,17 +35,11 @@ from castore.results import rfc3339
 
 __all__ = [
     "CACHE_MAX_ENTRIES",
-    "FORMAT_MAGIC",
     "Current",
     "FileReader",
-    "damage_windows",
 ]
 
-FORMAT_MAGIC = "castore-store"  # first word of the FORMAT file (docs/FORMAT.md §2)
 CACHE_MAX_ENTRIES = 65536  # per-handle read cache; cleared wholesale when full
-_FORMAT_MAX_BYTES = 64  # a longer FORMAT file is not one castore wrote
-_REPAIR_HINT = "run castore check --repair"
-_READ_ROUNDS = 2  # blob lookups: a second round sees a rewrite that raced the first
 
 
 class Current(NamedTuple):
@@ -62,30 +55,6 @@ class Current(NamedTuple):
         return self.entry if self.entry is not None and self.entry.live else None
 
 
-def damage_windows(log: LogBytes) -> list[tuple[int, int, int, int | None]]:
-    """Each damaged range with the versions of the intact entries around it.
-
-    Returns ``(start, end, before, after)``: ``before`` is the version of the
-    last intact entry ahead of the damage (0 if none), ``after`` that of the
-    first one behind it, or None when the damage follows every entry (the
-    newest version is then unknown). Versions strictly between the two may
-    have been in the damaged bytes.
-    """
-    out: list[tuple[int, int, int, int | None]] = []
-    entries = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
-    for start, end in log.damage:
-        before = max((e.version for s, e in entries if s < start), default=0)
-        after = min((e.first for s, e in entries if s >= end), default=None)
-        out.append((start, end, before, after))
-    return out
-
-
-def _damaged(path: str, start: int, end: int, what: str) -> CorruptionError:
-    return CorruptionError(
-        f"{what}: {path} has damaged bytes at offset {start} ({end - start} bytes); " + _REPAIR_HINT
-    )
-
-
 def _newest_entry(fd: int, path: str, what: str) -> Entry | None:
     """The newest entry of the log open on ``fd`` (its value is not read).
 
@@ -97,45 +66,8 @@ def _newest_entry(fd: int, path: str, what: str) -> Entry | None:
         tail, log = reflog.scan(fd)
         bad = reflog.damage_after(log, tail)
         if bad is not None:
-            raise _damaged(path, *bad, what)
+            raise damaged_error(path, *bad, what)
     return tail.entry
-
-
-def _read_format(fs: _fs.Tree, marker: str) -> str | None:
-    """The FORMAT file's text, or None when it does not exist.
-
-    Raises:
-        FormatVersionError: it is not a short ASCII text file.
-    """
-    try:
-        fd = fs.open(marker, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FormatVersionError(f"{marker}: not a castore store (FORMAT is not a file)")
-        raw = _fs.read_at(fd, 0, _FORMAT_MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > _FORMAT_MAX_BYTES or not raw.isascii():
-        raise FormatVersionError(f"{marker}: damaged or not a castore store (not a FORMAT file)")
-    return raw.decode("ascii")
-
-
-def _check_format(marker: str, text: str) -> None:
-    words = text.split()
-    if len(words) != 2 or words[0] != FORMAT_MAGIC:
-        raise FormatVersionError(f"{marker}: damaged or not a castore store (bad magic)")
-    if words[1] == "1":
-        raise FormatVersionError(
-            f"{marker}: format version 1 (written by an older castore); "
-            "run `castore upgrade` once to convert it to version "
-            f"{FORMAT_VERSION}"
-        )
-    if words[1] != str(FORMAT_VERSION):
-        raise FormatVersionError(
-            f"{marker}: format version {words[1]!r}, this castore reads {FORMAT_VERSION}"
-        )
 
 
 class FileReader:
@@ -161,6 +93,7 @@ class FileReader:
         self.fs = _fs.UNCONFINED
         self._open_format()
         self._blobs = BlobIndex(root, self.fs)
+        self.blob_reader = BlobReader(self.fs, self.refs, self._blobs)
         self._keys: dict[str, KeyIndex] = {}
         self._graves: dict[str, Graveyard] = {}
         self._cache: dict[str, tuple[tuple[int, int, int, int], Current]] = {}
@@ -186,19 +119,19 @@ class FileReader:
         if not os.path.isdir(self.root):
             _fs.UNCONFINED.makedirs(self.root, durable=self.durable)  # the user chose this path
         fs = self.fs = _fs.Tree(self.root)
-        text = _read_format(fs, marker)
+        text = read_format(fs, marker)
         if text is None:
             if any(not name.startswith(".") for name in fs.listdir(self.root)):
-                text = _read_format(fs, marker)  # another process may have just created it
+                text = read_format(fs, marker)  # another process may have just created it
                 if text is None:
                     raise FormatVersionError(
                         f"{self.root} is not empty and has no FORMAT file: not a castore store"
                     )
             else:
-                fs.create_once(marker, f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode())
+                fs.create_once(marker, format_line())
                 fs.makedirs(self.refs, durable=self.durable)
-                text = _read_format(fs, marker)
-        _check_format(marker, text or "")
+                text = read_format(fs, marker)
+        check_format(marker, text or "")
 
     def _ns_dir(self, scope: str, namespace: str) -> str:
         return os.path.join(self.refs, scope, file_id(namespace))
@@ -316,7 +249,7 @@ class FileReader:
         try:
             log = reflog.scan(fd)[1]
             if log.damage:
-                raise _damaged(self.log_path(ref), *log.damage[0], str(ref))
+                raise damaged_error(self.log_path(ref), *log.damage[0], str(ref))
             frames = log.frames
             blobs = {f.start: f.payload for f in frames if f.kind == KIND_BLOB}
             for frame in frames:
@@ -327,7 +260,7 @@ class FileReader:
                     yield entry, None  # versions a repair recorded as lost: no value
                     continue
                 own = blobs.get(entry.blob.offset) if entry.blob and not entry.blob.log else None
-                yield entry, self._value_of(ref, entry, own, fd)
+                yield entry, self.blob_reader.value_of(ref, entry, own, fd)
         finally:
             os.close(fd)
 
@@ -374,8 +307,8 @@ class FileReader:
                         tail, log = reflog.scan(fd)
                         bad = reflog.damage_after(log, tail)
                         if bad is not None:  # the newest version is unknown: never guess
-                            raise _damaged(path, *bad, str(ref))
-            value = self._value_of(ref, tail.entry, tail.blob, fd)
+                            raise damaged_error(path, *bad, str(ref))
+            value = self.blob_reader.value_of(ref, tail.entry, tail.blob, fd)
             current = Current(tail.entry, value, tail.entry_start)
         finally:
             os.close(fd)
@@ -431,7 +364,7 @@ class FileReader:
                     )
         for start, end, before, after in damage_windows(log):
             if before < version and (after is None or version < after):
-                raise _damaged(self.log_path(ref), start, end, f"{ref} version {version}")
+                raise damaged_error(self.log_path(ref), start, end, f"{ref} version {version}")
         return None
 
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
@@ -453,7 +386,7 @@ class FileReader:
                 raise NotFoundError(
                     f"{ref} version {version} was compacted (the key was removed as deleted)"
                 )
-            return entry, self._value_of(ref, entry, None, fd)
+            return entry, self.blob_reader.value_of(ref, entry, None, fd)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -528,7 +461,7 @@ class FileReader:
         entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
         for start, end, low, high in damage_windows(log):
             if high is not None and high - low > 1:
-                reason = f"damaged bytes at offset {start} ({end - start} bytes); {_REPAIR_HINT}"
+                reason = f"damaged bytes at offset {start} ({end - start} bytes); {REPAIR_HINT}"
                 marker = Entry(
                     version=high - 1,
                     op=OP_DAMAGED,
@@ -540,93 +473,3 @@ class FileReader:
         entries.sort(key=lambda e: e.version)
         newest_first = [e for e in reversed(entries) if e.version < before]
         return newest_first[:limit] if limit else newest_first
-
-    def _value_of(self, ref: Ref, entry: Entry | None, blob: bytes | None, fd: int) -> bytes | None:
-        if entry is None or not entry.live:
-            return None
-        if entry.op == OP_DAMAGED:
-            versions_text = (
-                f"{entry.first}-{entry.version}" if entry.damaged_from else entry.version
-            )
-            raise CorruptionError(f"{ref} version {versions_text} lost: {entry.audit.reason}")
-        try:
-            if blob is not None:
-                try:
-                    return decode_blob(blob, entry.hash)
-                except CorruptionError:
-                    pass  # damaged in place: another copy may exist
-            return self._read_blob(entry, fd)
-        except CorruptionError as exc:
-            raise CorruptionError(f"{ref} version {entry.version}: {exc.detail}") from exc
-
-    def _read_blob(self, entry: Entry, fd: int) -> bytes:
-        """Read and verify the blob of ``entry``: at its location hint, else via the index.
-
-        Every recorded location of one log is tried on *one* open descriptor:
-        a rewrite (compaction, gc, repair) may rename a new log over the old
-        one at any moment, and the index holds the locations of both, so the
-        file that was opened always matches one of them. A rewrite that both
-        recorded and renamed between the lookup and the open is caught by a
-        second round with a fresh lookup.
-
-        Raises:
-            CorruptionError: no intact copy was found.
-        """
-        damage = ""
-        for _round in range(_READ_ROUNDS):
-            groups: dict[str, list[BlobLoc]] = {}
-            for loc in [entry.blob, *self._blobs.lookup(bytes.fromhex(entry.hash))]:
-                if loc is not None:
-                    groups.setdefault(loc.log, []).append(loc)
-            for log, locs in groups.items():
-                try:
-                    data = self._read_in_log(log, locs, fd, entry.hash)
-                except CorruptionError as exc:
-                    damage = f" ({exc.detail})"
-                    continue
-                if data is not None:
-                    return data
-        raise CorruptionError(f"blob {entry.hash} is missing or damaged{damage}")
-
-    def _read_in_log(self, log: str, locs: list[BlobLoc], fd: int, hexdigest: str) -> bytes | None:
-        """The blob at the first of ``locs`` (all in ``log``; "" = ``fd``) that holds it.
-
-        Raises:
-            CorruptionError: an intact frame there fails verification.
-        """
-        if not log:
-            return (
-                next((d for d in (self._frame_blob(fd, loc, hexdigest) for loc in locs) if d), None)
-                if fd >= 0
-                else None
-            )
-        if not is_log_name(log):
-            return None  # stored data never names a path: only a log of this store
-        try:
-            other = self.fs.open(os.path.join(self.refs, log), os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            for loc in locs:
-                data = self._frame_blob(other, loc, hexdigest)
-                if data is not None:
-                    return data
-            return None
-        finally:
-            os.close(other)
-
-    def _read_at(self, loc: BlobLoc, fd: int, hexdigest: str) -> bytes | None:
-        """The blob at ``loc`` if a valid ``B`` frame is there, else None.
-
-        Raises:
-            CorruptionError: when the frame is intact but its data fails verification.
-        """
-        return self._read_in_log(loc.log, [loc], fd, hexdigest)
-
-    @staticmethod
-    def _frame_blob(fd: int, loc: BlobLoc, hexdigest: str) -> bytes | None:
-        buf = _fs.read_at(fd, loc.offset, loc.length)
-        frame = frame_at(buf, 0)
-        if frame is None or frame.kind != KIND_BLOB or frame.payload[:32].hex() != hexdigest:
-            return None
-        return decode_blob(frame.payload, hexdigest)

@@ -97,7 +97,9 @@ class LogView:
         """The newest entry's value (None for a tombstone or an empty log)."""
         if self._known is not None:
             return self._known.value
-        return self._backend._value_of(self._ref, self._tail.entry, self._tail.blob, self._fd)
+        return self._backend.blob_reader.value_of(
+            self._ref, self._tail.entry, self._tail.blob, self._fd
+        )
 
     def entry_at(self, version: int) -> Entry | None:
         """The entry of ``version`` in this log, or None."""
@@ -105,7 +107,7 @@ class LogView:
 
     def value_at(self, entry: Entry) -> bytes | None:
         """The value of an entry of this log (verified)."""
-        return self._backend._value_of(self._ref, entry, None, self._fd)
+        return self._backend.blob_reader.value_of(self._ref, entry, None, self._fd)
 
     def absolute(self, loc: BlobLoc) -> BlobLoc:
         """``loc`` with its log path made relative to ``refs/`` (never ``""``)."""
@@ -346,7 +348,7 @@ class FileBackend(Rewriter):
                 continue
             here = BlobLoc("" if loc.log == own else loc.log, loc.offset, loc.length)
             try:
-                if self._read_at(here, fd, plan.digest_hex) is not None:
+                if self.blob_reader.read_at(here, fd, plan.digest_hex) is not None:
                     return here
             except CorruptionError:
                 continue

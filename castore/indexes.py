@@ -229,6 +229,12 @@ class Graveyard:
         self._refresh()
         return self._floor
 
+    def records(self) -> dict[str, int]:
+        """Every removed key's last version (re-read first)."""
+        with self._lock:
+            self._refresh_locked()
+            return dict(self._versions)
+
     def highest(self) -> int:
         """The highest version recorded for any key, or as the floor."""
         with self._lock:

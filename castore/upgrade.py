@@ -16,7 +16,7 @@ import msgspec
 
 from castore import _fs
 from castore.errors import FormatVersionError
-from castore.fileread import FORMAT_MAGIC
+from castore.formatfile import FORMAT_MAGIC
 from castore.frames import classify, encode_frame
 from castore.records import FORMAT_VERSION, KIND_GRAVE, Grave, encode_record
 from castore.rewrite import utc_stamp

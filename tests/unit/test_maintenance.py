@@ -18,11 +18,12 @@ import msgspec
 import pytest
 
 from castore import NotFoundError, Store, codec
-from castore.check import check, stats
+from castore.check import check
 from castore.compact import compact
 from castore.errors import InvalidRefError
 from castore.gc import collect_garbage
 from castore.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.stats import stats
 from tests.helpers import assert_clean_log, frames_of, log_path, read_versions
 
 DAG = "d"

@@ -1,0 +1,77 @@
+"""Store statistics: keys, versions, blobs and bytes per scope (docs/CLI.md, stats)."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+from castore.frames import Frame, scan_frames
+from castore.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.store import Store
+
+__all__ = ["ScopeStats", "StoreStats", "stats"]
+
+
+class ScopeStats(msgspec.Struct, kw_only=True, rename="camel"):
+    """Counts for one scope (see :func:`stats`)."""
+
+    keys: int = 0
+    deleted_keys: int = 0
+    versions: int = 0
+    blobs: int = 0
+    stored_bytes: int = 0
+    logical_bytes: int = 0
+    reclaimable_bytes: int = 0
+
+
+class StoreStats(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Result of :func:`stats`: per scope and in total."""
+
+    scopes: dict[str, ScopeStats]
+    total: ScopeStats
+
+
+def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
+    gaps, pos = [], 0
+    for f in frames:
+        if f.start > pos:
+            gaps.append((pos, f.start))
+        pos = f.end
+    if pos < size:
+        gaps.append((pos, size))
+    return gaps
+
+
+def stats(store: Store) -> StoreStats:
+    """Keys, versions, blobs, stored / logical / reclaimable bytes per scope (reads everything)."""
+    backend = store.backend
+    per: dict[str, ScopeStats] = {}
+    live: set[bytes] = set()
+    blob_sizes: list[tuple[str, bytes, int]] = []
+    for path in backend.iter_logs():
+        scope = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        st = per.setdefault(scope, ScopeStats())
+        data = backend.fs.read_file(path)
+        frames = list(scan_frames(data))
+        st.stored_bytes += len(data)
+        entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
+        st.versions += len(entries)
+        st.logical_bytes += sum(e.size for e in entries)
+        if entries:
+            st.keys += entries[-1].live
+            st.deleted_keys += not entries[-1].live
+        live.update(bytes.fromhex(e.hash) for e in entries if e.hash)
+        for f in frames:
+            if f.kind == KIND_BLOB:
+                st.blobs += 1
+                blob_sizes.append((scope, f.payload[:32], f.end - f.start))
+        st.reclaimable_bytes += sum(end - start for start, end in _gaps(len(data), frames))
+    for scope, digest, size in blob_sizes:
+        if digest not in live:
+            per[scope].reclaimable_bytes += size
+    total = ScopeStats()
+    for st in per.values():
+        for field in msgspec.structs.fields(ScopeStats):
+            setattr(total, field.name, getattr(total, field.name) + getattr(st, field.name))
+    return StoreStats(scopes=dict(sorted(per.items())), total=total)
