@@ -18,11 +18,12 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 
 from castore import _fs, versions
-from castore.damage import damage_windows, lost_top, with_markers
+from castore.damage import damage_windows, hides_nothing, with_markers
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.frames import Frame, LogBytes, classify, scan_frames
 from castore.indexes import Graveyard, decode_loc, floor_after_damage
@@ -31,12 +32,14 @@ from castore.keys import file_id
 from castore.records import (
     FORMAT_VERSION,
     KIND_BLOB,
+    KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
     OP_DAMAGED,
     Entry,
     Header,
     decode_blob,
+    decode_compaction,
     decode_entry,
     decode_header,
     encode_record,
@@ -64,6 +67,17 @@ class CheckReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     entries: int
     blobs: int
     findings: list[Finding]
+
+
+class _RepairPlan(NamedTuple):
+    """What the rewrite of one damaged log keeps, drops and records."""
+
+    drop: set[int]  # offsets of blob frames that fail verification
+    header: Header | None  # a header recovered from KEYS, if the log lost its own
+    lost_by_index: int  # versions up to this were in the log (its version index says)
+    lost_values: set[int]  # versions whose value has no intact copy
+    grave: int  # the key's last version before compaction removed it
+    known: Header | None = None  # the log's own header, when intact
 
 
 def _frames(fs: _fs.Tree, path: str) -> tuple[bytes, list[Frame]]:
@@ -115,21 +129,42 @@ class _Checker:
         )
 
     def check_graves_against_logs(self, nsdir: str, records: dict[str, int]) -> None:
-        """A re-created key's versions must all be above its grave (versions never repeat)."""
+        """A re-created key's versions must all be above its grave (versions never repeat).
+
+        Versions at or below the grave are fine only as the removed life itself,
+        still in the log when compaction stopped between GRAVES and the rewrite
+        (its tombstone is the grave version); one that the log's ``C`` frame
+        names as dropped is always a repeat.
+        """
         for key, last in sorted(records.items()):
             path = os.path.join(nsdir, file_id(key) + ".log")
             try:
                 _, frames = _frames(self.fs, path)
             except (FileNotFoundError, UnsafePathError):
                 continue
-            low = min(
-                (decode_entry(f.payload).first for f in frames if f.kind == KIND_ENTRY),
-                default=last + 1,
-            )
-            if low <= last:
+            entries = [
+                e
+                for e in (decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY)
+                if e.op != OP_DAMAGED  # a lost range is a bound, not a stored version
+            ]
+            dropped = {
+                v
+                for f in frames
+                if f.kind == KIND_COMPACTED
+                for low, high in decode_compaction(f.payload).versions
+                for v in range(low, high + 1)
+            }
+            old_life = any(e.version == last and not e.live for e in entries)
+            repeats = [
+                e.version
+                for e in entries
+                if e.version in dropped or (e.version <= last and not old_life)
+            ]
+            if repeats:
                 self.found(
                     path,
-                    f"version {low} repeats a version of the key's removed life (GRAVES: {last})",
+                    f"version {repeats[0]} repeats a version of the key's removed life "
+                    f"(GRAVES: {last})",
                     "none: the versions are already stored",
                 )
 
@@ -186,7 +221,10 @@ class _Checker:
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         data, log = _classified(self.fs, path)
         frames = log.frames
-        if not frames and not log.damage:
+        nsdir = os.path.dirname(path)
+        grave = self.grave_of(path, frames, keys)
+        lost_by_index = self.lost_by_index(path, frames, grave)
+        if not frames and not log.damage and not lost_by_index:
             # A first write killed before (or while) writing its frames: nothing was
             # acknowledged. Removed under the log's lock if it is still empty then.
             problem = f"log without a valid frame ({len(data)} bytes)"
@@ -196,16 +234,8 @@ class _Checker:
                     path, lambda lg: None if lg.frames else [], keep_copy=self.quarantine(path)
                 )
             return
-        problems = self.damage_problems(data, log)
-        bad_blobs = []
-        for f in frames:
-            if f.kind == KIND_BLOB:
-                self.blobs += 1
-                try:
-                    decode_blob(f.payload, f.payload[:32].hex())
-                except CastoreError as exc:
-                    bad_blobs.append(f.start)
-                    problems.append(f"blob at offset {f.start} fails verification: {exc}")
+        problems = self.damage_problems(log, grave)
+        bad_blobs = self.bad_blobs(frames, problems)
         header = next((f for f in frames if f.kind == KIND_HEADER), None)
         new_header = None
         if header is None:
@@ -220,36 +250,94 @@ class _Checker:
             ref_text = self.check_header(path, scope, header)
         entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
         self.entries += len(entries)
-        nsdir = os.path.dirname(path)
         self.top[nsdir] = max([self.top.get(nsdir, 0), *(e.version for e in entries)])
         self.report_lost(path, ref_text, entries)
-        if self.check_entries(path, ref_text, entries, frames, bad_blobs):
+        fixable, lost_values = self.check_entries(path, ref_text, entries, frames, bad_blobs)
+        if fixable:
             problems.append("an entry points at a damaged copy; an intact copy is in this log")
-        lost_by_index = self.lost_by_index(path, frames)
         if lost_by_index:
             problems.append(
                 f"the version index records versions up to {lost_by_index}, "
                 "which the log no longer holds (it lost acknowledged bytes)"
             )
+        if header is not None and not entries and not problems and not lost_by_index:
+            self.check_removed(path, decode_header(header.payload), frames, grave)
         if header is not None and entries and decode_header(header.payload).key not in keys:
             self.found(path, "key missing from KEYS", "add it to KEYS", self.repair)
             if self.repair:
                 h = decode_header(header.payload)
                 self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)
-        if problems:
-            self.repair_log(path, problems, bad_blobs, new_header, header, lost_by_index)
+        if problems or lost_values:
+            own = decode_header(header.payload) if header is not None else None
+            plan = _RepairPlan(set(bad_blobs), new_header, lost_by_index, lost_values, grave, own)
+            self.repair_log(path, problems, plan, known_ref=header is not None)
         elif self.vix_out_of_step(path, frames):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
             self.found(path, "version index out of step", "rebuild it", self.repair, "info")
             if self.repair:
                 self.backend.rewrite(path, lambda lg: [(f.kind, f.payload) for f in lg.frames])
 
-    def damage_problems(self, data: bytes, log: LogBytes) -> list[str]:
-        """One line per damaged range and for a torn tail."""
+    def check_removed(self, path: str, header: Header, frames: list[Frame], grave: int) -> None:
+        """A log compaction emptied names the key's versions: GRAVES must hold the last one."""
+        done = next((f for f in frames if f.kind == KIND_COMPACTED), None)
+        if done is None:
+            return
+        top = max((high for _, high in decode_compaction(done.payload).versions), default=0)
+        if top <= grave:
+            return
+        ref = f"{header.scope}/{header.namespace}/{header.key}"
+        self.found(
+            path,
+            f"GRAVES lacks the last version ({top}) of {ref}, which compaction removed",
+            "record it in GRAVES",
+            self.repair,
+        )
+        if self.repair:
+            self.backend.graveyard(header.scope, header.namespace).bury(
+                [(header.key, top)], durable=self.store.durable
+            )
+
+    def grave_of(self, path: str, frames: list[Frame], keys: set[str]) -> int:
+        """The last version the key of this log had before compaction removed it (0 if none)."""
+        header = next((f for f in frames if f.kind == KIND_HEADER), None)
+        key = decode_header(header.payload).key if header is not None else None
+        graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), self.fs)
+        if key is None:
+            name = os.path.basename(path)
+            known = keys | set(graves.records())
+            key = next((k for k in known if file_id(k) + ".log" == name), None)
+        if key is None:
+            return 0
+        try:
+            return graves.version_of(key)
+        except CorruptionError:
+            return graves.highest()  # the damage itself is reported with GRAVES
+
+    def bad_blobs(self, frames: list[Frame], problems: list[str]) -> list[int]:
+        """Offsets of intact blob frames whose data fails verification (reported)."""
+        bad = []
+        for f in frames:
+            if f.kind == KIND_BLOB:
+                self.blobs += 1
+                try:
+                    decode_blob(f.payload, f.payload[:32].hex())
+                except CastoreError as exc:
+                    bad.append(f.start)
+                    problems.append(f"blob at offset {f.start} fails verification: {exc}")
+        return bad
+
+    def damage_problems(self, log: LogBytes, grave: int) -> list[str]:
+        """One line per damaged range (with the versions it may hold) and for a torn tail."""
+        windows = {w.start: w for w in damage_windows(log, grave)}
         problems = []
-        for start, end, before, after in damage_windows(log):
-            top = lost_top(before, data[start:end]) if after is None else after - 1
-            held = f" (versions {before + 1}-{top} may be there)" if top > before else ""
+        for start, end in log.damage:
+            window = windows.get(start)
+            held = ""
+            if window is not None:
+                top = "" if window.high is None else str(window.high)
+                held = f" (versions {window.low}-{top or '?'} may be there)"
+            elif hides_nothing(log, start, end):
+                held = " (a blob frame)"
             problems.append(f"damaged bytes: {end - start} bytes at offset {start}{held}")
         if log.torn < log.size:
             problems.append(
@@ -271,13 +359,7 @@ class _Checker:
                 )
 
     def repair_log(
-        self,
-        path: str,
-        problems: list[str],
-        bad_blobs: list[int],
-        new_header: Header | None,
-        header: Frame | None,
-        lost_by_index: int,
+        self, path: str, problems: list[str], plan: _RepairPlan, *, known_ref: bool
     ) -> None:
         keep = self.quarantine(path)
         action = (
@@ -289,17 +371,22 @@ class _Checker:
                 self.found(path, problem, action, self.repair)
         if not self.repair:
             return
-        if header is None and new_header is None:
+        if not known_ref and plan.header is None:
             return  # the ref is unknown: nothing can be rewritten
-        drop = set(bad_blobs)
-        head = [] if new_header is None else [(KIND_HEADER, encode_record(new_header))]
+        head = [] if plan.header is None else [(KIND_HEADER, encode_record(plan.header))]
         reason = f"original bytes in {self.rel(keep)}"
 
         def transform(lg: LogBytes) -> list[tuple[int, bytes]]:
-            data = self.fs.read_file(path)
-            return head + with_markers(lg, data, drop, reason, lost_by_index)
+            return head + with_markers(
+                lg, plan.drop, reason, plan.lost_by_index, plan.lost_values, plan.grave
+            )
 
-        self.backend.rewrite(path, transform, keep_copy=keep)
+        new = self.backend.rewrite(path, transform, keep_copy=keep)
+        ref = plan.header or plan.known
+        if new and ref is not None and any(f.kind == KIND_ENTRY for f in new):
+            index = self.backend.key_index(ref.scope, ref.namespace)
+            if ref.key not in index:  # lost versions make a removed key exist again
+                index.add(ref.key, ref.namespace, durable=True)
 
     def check_header(self, path: str, scope: str, header: Frame | None) -> str:
         if header is None:
@@ -312,26 +399,34 @@ class _Checker:
         return f"{h.scope}/{h.namespace}/{h.key}"
 
     def recover_header(self, path: str, scope: str, keys: set[str]) -> Header | None:
-        """The header a log lost, from KEYS: the key whose sha256 names the file."""
+        """The header a log lost: the key (from KEYS or GRAVES) whose sha256 names the file."""
         nsdir = os.path.dirname(path)
         namespace = namespace_of(os.path.join(nsdir, "KEYS"), self.fs)
         if namespace is None or file_id(namespace) != os.path.basename(nsdir):
             return None
         name = os.path.basename(path)
-        for key in keys:
+        removed = Graveyard(os.path.join(nsdir, "GRAVES"), self.fs).records()
+        for key in keys | set(removed):
             if file_id(key) + ".log" == name:
                 return Header(format=FORMAT_VERSION, scope=scope, namespace=namespace, key=key)
         return None
 
     def check_entries(
         self, path: str, ref: str, entries: list[Entry], frames: list[Frame], bad: list[int]
-    ) -> bool:
-        """Report unreadable values; return True if a rewrite of this log would fix some."""
+    ) -> tuple[bool, set[int]]:
+        """Report unreadable values.
+
+        Returns:
+            Whether a rewrite of this log re-points some entry at an intact copy
+            in it, and the versions whose value has no intact copy anywhere
+            (a repair records them as lost).
+        """
         last = 0
         good = [f for f in frames if f.kind == KIND_BLOB and f.start not in bad]
         own = {f.start: f.payload for f in good}
         intact = {f.payload[:32].hex() for f in good}
         fixable = False
+        lost: set[int] = set()
         for entry in entries:
             if entry.version <= last:
                 self.found(path, f"{ref}: version {entry.version} after {last}", "none")
@@ -351,25 +446,27 @@ class _Checker:
                 if entry.hash in intact:
                     fixable = True  # the rewrite re-points the entry at the intact copy
                     continue
+                lost.add(entry.version)
                 self.found(
                     path,
                     f"{ref} version {entry.version}: value unreadable ({exc})",
-                    "none: no intact copy of blob " + entry.hash,
+                    "record the value as lost (the entry stays, as 'damaged'); "
+                    f"no intact copy of blob {entry.hash}",
+                    self.repair,
                 )
-        return fixable
+        return fixable, lost
 
-    def lost_by_index(self, path: str, frames: list[Frame]) -> int:
+    def lost_by_index(self, path: str, frames: list[Frame], grave: int) -> int:
         """The highest version the version index records beyond the log's newest, or 0.
 
         The index is only ever built from the log, so versions it records
-        that the log lacks were acknowledged and then lost (a truncation).
+        that the log lacks, compaction did not drop (its ``C`` frame) and the
+        key's grave does not cover, were acknowledged and then lost (a cut).
         """
         try:
             actual = self.fs.read_file(versions.vix_path(path))
         except (FileNotFoundError, UnsafePathError):
             return 0  # a planted link is reported on its own
-        if not any(f.kind == KIND_ENTRY for f in frames):
-            return 0  # compaction removed the key: GRAVES carries its last version
         expected = versions.rebuild(frames)
         if len(actual) <= len(expected) or not actual.startswith(expected):
             return 0
@@ -379,7 +476,8 @@ class _Checker:
             for i in range(len(tail) // 8)
             if int.from_bytes(tail[8 * i : 8 * i + 8], "little") > versions.ABSENT
         ]
-        return max(recorded, default=0)
+        top = max(recorded, default=0)
+        return top if top > grave else 0
 
     def vix_out_of_step(self, path: str, frames: list[Frame]) -> bool:
         """True if the version index says something the log does not (lagging is fine)."""

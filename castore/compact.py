@@ -114,8 +114,15 @@ class _Plan:
         if gone:
             self.removed = newest
             self.dropped = len(entries)
-            # Only the header and the blob frames stay: other logs may point at them.
-            return [(f.kind, f.payload) for f in frames if f.kind in (KIND_HEADER, KIND_BLOB)]
+            # The header, a compaction frame naming every version (a second record of
+            # the key's last version, besides GRAVES) and the blob frames (other logs
+            # may point at them) stay until gc removes the log.
+            every = [v for low, high in old_ranges for v in range(low, high + 1)]
+            every += [e.version for _, e in entries]
+            marker = Compaction(versions=_ranges(every), policy=self.policy, time_ns=time.time_ns())
+            head = [(f.kind, f.payload) for f in frames if f.kind == KIND_HEADER]
+            blobs = [(f.kind, f.payload) for f in frames if f.kind == KIND_BLOB]
+            return [*head, (KIND_COMPACTED, encode_record(marker)), *blobs]
         keep = {newest.version}
         if self.keep_last is not None:
             keep.update(e.version for _, e in entries[-self.keep_last :] if self.keep_last)

@@ -13,12 +13,36 @@ from __future__ import annotations
 import math
 import re
 import time
+from typing import NamedTuple
+
+import msgspec
 
 from castore.errors import CorruptionError
 from castore.frames import FRAME_OVERHEAD, LogBytes
-from castore.records import KIND_ENTRY, OP_DAMAGED, Audit, Entry, decode_entry, encode_record
+from castore.records import (
+    KIND_BLOB,
+    KIND_COMPACTED,
+    KIND_ENTRY,
+    KIND_HEADER,
+    OP_DAMAGED,
+    Audit,
+    Entry,
+    decode_compaction,
+    decode_entry,
+    encode_record,
+)
 
-__all__ = ["REPAIR_HINT", "damage_windows", "damaged_error", "lost_top", "marker", "with_markers"]
+__all__ = [
+    "REPAIR_HINT",
+    "Window",
+    "damage_windows",
+    "damaged_error",
+    "hides_nothing",
+    "lost_top",
+    "marker",
+    "value_lost",
+    "with_markers",
+]
 
 REPAIR_HINT = "run castore check --repair"
 # The smallest E frame: a lost range at the end of a log holds at most this many bytes per version.
@@ -26,21 +50,62 @@ _MIN_ENTRY_FRAME = FRAME_OVERHEAD + len(b'{"version":1,"op":"set","time_ns":0}')
 _VERSION_FIELD = re.compile(rb'"version":([0-9]{1,18})')
 
 
-def damage_windows(log: LogBytes) -> list[tuple[int, int, int, int | None]]:
-    """Each damaged range with the versions of the intact entries around it.
+class Window(NamedTuple):
+    """A damaged byte range and the versions it may have held (``low``..``high``).
 
-    Returns ``(start, end, before, after)``: ``before`` is the version of the
-    last intact entry ahead of the damage (0 if none), ``after`` that of the
-    first one behind it, or None when the damage follows every entry (the
-    newest version is then unknown). Versions strictly between the two may
-    have been in the damaged bytes.
+    ``high`` is None when the range follows every intact entry: how many
+    versions it held is unknown (:func:`lost_top` bounds it for a repair).
     """
-    out: list[tuple[int, int, int, int | None]] = []
+
+    start: int
+    end: int
+    low: int
+    high: int | None
+
+
+def hides_nothing(log: LogBytes, start: int, end: int) -> bool:
+    """True if a damaged range is exactly one blob, header or compaction frame.
+
+    Both its length fields and its kind byte survived, so it held that frame
+    and no entry: no version can be lost in it.
+    """
+    return any(
+        log.one_frame_of_kind(start, end, k) for k in (KIND_BLOB, KIND_HEADER, KIND_COMPACTED)
+    )
+
+
+def damage_windows(log: LogBytes, floor: int = 0) -> list[Window]:
+    """Each damaged range that may hide versions, with the versions it may hide.
+
+    Between intact entries ``a`` and ``b`` the candidates are ``a+1``..``b-1``,
+    less versions an intact ``C`` frame names as compacted; after the newest
+    intact entry they are open-ended. ``floor`` is a version below which
+    nothing can be lost (the key's grave). A range that is exactly one damaged
+    blob frame hides no version.
+    """
     entries = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
+    compacted = {
+        v
+        for f in log.frames
+        if f.kind == KIND_COMPACTED
+        for low, high in decode_compaction(f.payload).versions
+        for v in range(low, high + 1)
+    }
+    out: list[Window] = []
     for start, end in log.damage:
-        before = max((e.version for s, e in entries if s < start), default=0)
+        if hides_nothing(log, start, end):
+            continue
+        before = max([floor, *(e.version for s, e in entries if s < start)])
         after = min((e.first for s, e in entries if s >= end), default=None)
-        out.append((start, end, before, after))
+        if after is None:
+            low = before + 1
+            while low in compacted:
+                low += 1
+            out.append(Window(start, end, low, None))
+            continue
+        candidates = [v for v in range(before + 1, after) if v not in compacted]
+        if candidates:
+            out.append(Window(start, end, candidates[0], candidates[-1]))
     return out
 
 
@@ -58,23 +123,38 @@ def lost_top(before: int, damaged: bytes) -> int:
 
 
 def with_markers(
-    log: LogBytes, data: bytes, drop: set[int], reason: str, lost_by_index: int
+    log: LogBytes,
+    drop: set[int],
+    reason: str,
+    lost_by_index: int,
+    lost_values: set[int],
+    grave: int = 0,
 ) -> list[tuple[int, bytes]]:
     """The intact frames of a damaged log, with an ``OP_DAMAGED`` entry per lost range.
 
     A marker takes the place of the damaged bytes, so the version line
-    continues above every version they may have held.
+    continues above every version they may have held. Blob frames at the
+    offsets in ``drop`` (they fail verification) are left out, and the
+    entries of ``lost_values`` (their value has no intact copy) become
+    ``OP_DAMAGED`` entries that keep their hash, time and audit.
     """
     markers: dict[int, Entry] = {}
     now = time.time_ns()
-    for start, end, before, after in damage_windows(log):
-        top = lost_top(before, data[start:end]) if after is None else after - 1
-        if top > before:
-            markers[start] = marker(
-                before + 1, top, now, f"damaged bytes at offset {start}; {reason}"
-            )
+    for window in damage_windows(log, grave):
+        damaged = log.data[window.start - (log.size - len(log.data)) :][: window.end - window.start]
+        top = lost_top(window.low - 1, damaged) if window.high is None else window.high
+        if top >= window.low:
+            where = f"damaged bytes at offset {window.start}; {reason}"
+            markers[window.start] = marker(window.low, top, now, where)
     entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
-    newest = max([e.version for e in entries] + [m.version for m in markers.values()] + [0])
+    newest = max([grave, *(e.version for e in entries), *(m.version for m in markers.values())])
+    done = [
+        high
+        for f in log.frames
+        if f.kind == KIND_COMPACTED
+        for _, high in decode_compaction(f.payload).versions
+    ]
+    newest = max([newest, *done])  # compaction dropped those: not lost
     if lost_by_index > newest:
         markers[log.size] = marker(newest + 1, lost_by_index, now, f"log cut short; {reason}")
     out: list[tuple[int, bytes]] = []
@@ -82,10 +162,24 @@ def with_markers(
     for f in log.frames:
         while pending and pending[0][0] < f.start:
             out.append((KIND_ENTRY, encode_record(pending.pop(0)[1])))
-        if f.start not in drop:
-            out.append((f.kind, f.payload))
+        if f.start in drop:
+            continue
+        payload = f.payload
+        if f.kind == KIND_ENTRY:
+            entry = decode_entry(payload)
+            if entry.version in lost_values and entry.op != OP_DAMAGED:
+                payload = encode_record(value_lost(entry, reason))
+        out.append((f.kind, payload))
     out.extend((KIND_ENTRY, encode_record(m)) for _, m in pending)
     return out
+
+
+def value_lost(entry: Entry, reason: str) -> Entry:
+    """``entry`` recorded as damaged: its value has no intact copy left."""
+    audit = msgspec.structs.replace(
+        entry.audit, reason=f"value lost (no intact copy of blob {entry.hash}); {reason}"
+    )
+    return msgspec.structs.replace(entry, op=OP_DAMAGED, blob=None, audit=audit)
 
 
 def marker(first: int, last: int, now: int, reason: str) -> Entry:

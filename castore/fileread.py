@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 from castore import _fs, reflog, versions
 from castore.blobread import BlobReader
-from castore.damage import REPAIR_HINT, damage_windows, damaged_error
-from castore.errors import FormatVersionError, NotFoundError
+from castore.damage import REPAIR_HINT, damage_windows, damaged_error, marker
+from castore.errors import CorruptionError, FormatVersionError, NotFoundError, UnsafePathError
 from castore.formatfile import check_format, format_line, read_format
 from castore.frames import FRAME_OVERHEAD, frame_at
 from castore.indexes import BlobIndex, Graveyard
@@ -26,7 +26,7 @@ from castore.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
     OP_DAMAGED,
-    Audit,
+    Compaction,
     Entry,
     decode_compaction,
     decode_entry,
@@ -53,21 +53,6 @@ class Current(NamedTuple):
     def live(self) -> Entry | None:
         """The newest entry unless it is a tombstone (or absent)."""
         return self.entry if self.entry is not None and self.entry.live else None
-
-
-def _newest_entry(fd: int, path: str, what: str) -> Entry | None:
-    """The newest entry of the log open on ``fd`` (its value is not read).
-
-    Raises:
-        CorruptionError: damage follows the newest intact entry.
-    """
-    tail = reflog.read_tail(fd, os.fstat(fd).st_size)
-    if tail is None:
-        tail, log = reflog.scan(fd)
-        bad = reflog.damage_after(log, tail)
-        if bad is not None:
-            raise damaged_error(path, *bad, what)
-    return tail.entry
 
 
 class FileReader:
@@ -297,17 +282,13 @@ class FileReader:
         fd = self.fs.open(path, os.O_RDONLY)
         try:
             tail = reflog.read_tail(fd, st.st_size)
-            if tail is None:
-                # Torn or still being written: wait for the writer, then re-read.
+            if tail is None or tail.entry is None:
+                # Torn, still being written, or no entry yet: wait for the writer, then
+                # re-read, and make sure nothing hides a newer version.
                 with _fs.locked(fd, path, shared=True, timeout=self.lock_timeout):
                     st = os.fstat(fd)
                     sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    tail = reflog.read_tail(fd, st.st_size)
-                    if tail is None:
-                        tail, log = reflog.scan(fd)
-                        bad = reflog.damage_after(log, tail)
-                        if bad is not None:  # the newest version is unknown: never guess
-                            raise damaged_error(path, *bad, str(ref))
+                    tail = self.settled_tail(fd, path, str(ref), st.st_size)
             value = self.blob_reader.value_of(ref, tail.entry, tail.blob, fd)
             current = Current(tail.entry, value, tail.entry_start)
         finally:
@@ -317,6 +298,53 @@ class FileReader:
                 self._cache.clear()
             self._cache[path] = (sig, current)
         return current
+
+    def settled_tail(self, fd: int, path: str, what: str, size: int = -1) -> reflog.Tail:
+        """The newest intact entry of the log on ``fd``, once nothing can hide a newer one.
+
+        The common case is one read of the tail. A tail that is not an entry
+        costs a scan: damage after the newest intact entry, or a version
+        index that records versions the log no longer holds (acknowledged
+        bytes were cut off), means the newest version is unknown.
+
+        Raises:
+            CorruptionError: the newest version is unknown (FORMAT.md §7).
+        """
+        size = os.fstat(fd).st_size if size < 0 else size
+        tail = reflog.read_tail(fd, size)
+        if tail is not None and tail.entry is not None:
+            return tail
+        if tail is None:
+            tail, log = reflog.scan(fd)
+            bad = reflog.damage_after(log, tail)
+            if bad is not None:
+                raise damaged_error(path, *bad, what)
+        newest = tail.entry.version if tail.entry is not None else 0
+        cut = self._cut_evidence(path, fd, newest)
+        if cut:
+            raise CorruptionError(
+                f"{what}: {path} no longer holds versions up to {cut}, which its version "
+                f"index records (acknowledged bytes were cut off); {REPAIR_HINT}"
+            )
+        return tail
+
+    def _cut_evidence(self, path: str, fd: int, newest: int) -> int:
+        """The highest version the version index records above ``newest`` (0 if none).
+
+        The index is built from the log only, so such a version was in the log;
+        versions a compaction dropped (its ``C`` frame) do not count.
+        """
+        try:
+            data = self.fs.read_file(versions.vix_path(path))
+        except (FileNotFoundError, UnsafePathError):
+            return 0
+        top = versions.highest_recorded(data)
+        if top <= newest:
+            return 0
+        done = self.compaction_of(fd)
+        if done is not None and top <= max((high for _, high in done.versions), default=0):
+            return 0
+        return top
 
     def _vix(self, ref: Ref, fd: int, want: int) -> int:
         """The version index of ``ref``'s log covering version ``want``; -1 if unusable."""
@@ -362,9 +390,10 @@ class FileReader:
                         f"{ref} version {version} was compacted ({done.policy}, "
                         f"{rfc3339(done.time_ns)})"
                     )
-        for start, end, before, after in damage_windows(log):
-            if before < version and (after is None or version < after):
-                raise damaged_error(self.log_path(ref), start, end, f"{ref} version {version}")
+        for window in damage_windows(log):
+            if window.low <= version and (window.high is None or version <= window.high):
+                where = f"{ref} version {version}"
+                raise damaged_error(self.log_path(ref), window.start, window.end, where)
         return None
 
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
@@ -405,7 +434,7 @@ class FileReader:
             return []
         vfd = -1
         try:
-            newest = _newest_entry(fd, path, str(ref))  # not current(): it reads the value
+            newest = self.settled_tail(fd, path, str(ref)).entry  # current() reads the value
             if newest is None:
                 return []
             vfd = self._vix(ref, fd, min(before - 1, newest.version))
@@ -440,36 +469,37 @@ class FileReader:
             if vfd >= 0:
                 os.close(vfd)
 
-    def _compacted(self, fd: int) -> set[int]:
-        """Versions named by the log's compaction frame (it follows the header)."""
+    @staticmethod
+    def compaction_of(fd: int) -> Compaction | None:
+        """The log's compaction frame (it follows the header), if it has an intact one."""
         head = _fs.read_at(fd, 0, reflog.TAIL_READ_BYTES)
         header = frame_at(head, 0)
         if header is None:
-            return set()
+            return None
         frame = frame_at(head, header.end)
         if frame is None:  # longer than the first read
             length = int.from_bytes(head[header.end : header.end + 4], "little")
             frame = frame_at(_fs.read_at(fd, header.end, length + FRAME_OVERHEAD), 0, header.end)
         if frame is None or frame.kind != KIND_COMPACTED:
+            return None
+        return decode_compaction(frame.payload)
+
+    def _compacted(self, fd: int) -> set[int]:
+        """Versions named by the log's compaction frame."""
+        done = self.compaction_of(fd)
+        if done is None:
             return set()
-        done = decode_compaction(frame.payload)
         return {v for low, high in done.versions for v in range(low, high + 1)}
 
     def _history_by_scan(self, fd: int, before: int, limit: int) -> list[Entry]:
         """History from a full scan; a damaged range becomes an ``OP_DAMAGED`` marker."""
         log = reflog.scan(fd)[1]
         entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
-        for start, end, low, high in damage_windows(log):
-            if high is not None and high - low > 1:
-                reason = f"damaged bytes at offset {start} ({end - start} bytes); {REPAIR_HINT}"
-                marker = Entry(
-                    version=high - 1,
-                    op=OP_DAMAGED,
-                    time_ns=0,
-                    damaged_from=low + 1,
-                    audit=Audit(reason=reason),
-                )
-                entries.append(marker)
+        for window in damage_windows(log):
+            if window.high is not None:
+                size = window.end - window.start
+                reason = f"damaged bytes at offset {window.start} ({size} bytes); {REPAIR_HINT}"
+                entries.append(marker(window.low, window.high, 0, reason))
         entries.sort(key=lambda e: e.version)
         newest_first = [e for e in reversed(entries) if e.version < before]
         return newest_first[:limit] if limit else newest_first

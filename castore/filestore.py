@@ -173,6 +173,9 @@ class FileBackend(Rewriter):
             base = 0
             if previous is None:  # a new key, or one whose log compaction removed
                 base = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+                done = self.compaction_of(fd) if size else None
+                if done is not None:  # the removed key's log still names its versions
+                    base = max([base, *(high for _, high in done.versions)])
             with self._gc_shared() as share:
                 data, entries, starts, new_blobs = self._frames(
                     ref, path, size, previous, plans, share, base=base, fd=fd
@@ -220,16 +223,12 @@ class FileBackend(Rewriter):
                 newest version is unknown, so nothing is written or cut.
         """
         found = reflog.read_tail(fd, size)
-        if found is not None and found.valid_end == size:
+        if found is not None and found.valid_end == size and found.entry is not None:
             return found
-        tail, log = reflog.scan(fd)
-        bad = reflog.damage_after(log, tail)
-        if bad is not None:
-            raise CorruptionError(
-                f"{ref}: {path} has damaged bytes at offset {bad[0]} ({bad[1] - bad[0]} bytes) "
-                "after its newest intact version; nothing was written; "
-                "run castore check --repair"
-            )
+        try:
+            tail = self.settled_tail(fd, path, str(ref), size)
+        except CorruptionError as exc:
+            raise CorruptionError(f"{exc.detail}; nothing was written") from None
         if tail.valid_end < size:  # a crash cut an append short (FORMAT.md §7)
             torn = _fs.read_at(fd, tail.valid_end, size - tail.valid_end)
             self.quarantine_bytes(path, tail.valid_end, torn)

@@ -143,12 +143,29 @@ class LogBytes(NamedTuple):
             torn tail: a fault changed bytes that were written completely.
         torn: start of the torn tail (``size`` when there is none).
         size: the number of bytes examined.
+        data: the bytes examined (``data[0]`` is at file offset ``size - len(data)``).
     """
 
     frames: list[Frame]
     damage: list[tuple[int, int]]
     torn: int
     size: int
+    data: bytes = b""
+
+    def one_frame_of_kind(self, start: int, end: int, kind: int) -> bool:
+        """True if the damaged range ``[start, end)`` is exactly one frame of ``kind``.
+
+        Both length fields and the kind byte survived (only the payload or
+        checksum changed), so the range was that frame and nothing else.
+        """
+        base = self.size - len(self.data)
+        if end - start < FRAME_OVERHEAD or start < base:
+            return False
+        length: int
+        found: int
+        length, found = _HEAD.unpack_from(self.data, start - base)
+        trailing: int = _U32.unpack_from(self.data, end - base - 4)[0]
+        return found == kind and trailing == length and end - start == FRAME_OVERHEAD + length
 
 
 # Where a frame may start: its length's high byte is at most 3 (<= 64 MiB) and its kind
@@ -217,9 +234,9 @@ def classify(buf: bytes | memoryview, base: int = 0) -> LogBytes:
             pos = frame.end - base
             continue
         if _torn(buf, pos):
-            return LogBytes(frames, damage, base + pos, base + size)
+            return LogBytes(frames, damage, base + pos, base + size, bytes(buf))
         following = _next_frame(buf, pos + 1, base)
         end = size if following is None else following.start - base
         damage.append((base + pos, base + end))
         pos = end
-    return LogBytes(frames, damage, base + size, base + size)
+    return LogBytes(frames, damage, base + size, base + size, bytes(buf))

@@ -58,12 +58,21 @@ class _Layout:
         head = _fs.read_at(fd, 0, min(size, len(_NS_PREFIX) + _MAX_LINE + 64))
         first = head.find(b"\n") + 1
         self.namespace_hex = head[len(_NS_PREFIX) : first - 1] if first else b""
+        # A file a writer made always starts with its namespace line (FORMAT.md §5).
+        self.valid = size == 0 or (
+            head.startswith(_NS_PREFIX) and first > 0 and _valid(self.namespace_hex)
+        )
         self.start = self.end = first
         second = head[first : first + len(_SORTED_PREFIX) + _OFFSET_DIGITS + 1]
         digits = second[len(_SORTED_PREFIX) : -1]
         if second.startswith(_SORTED_PREFIX) and second.endswith(b"\n") and digits.isdigit():
             self.start = first + len(second)
             self.end = min(max(int(digits), self.start), size)
+            if self.end > self.start and _fs.read_at(fd, self.end - 1, 1) != b"\n":
+                # The sorted region always ends a line: a damaged offset. Read it all
+                # as tail (a full scan finds every key) and report the damage.
+                self.valid = False
+                self.start = self.end = first
 
 
 def _first_at_or_after(fd: int, lo: int, hi: int, target: bytes) -> int:
@@ -114,8 +123,12 @@ class KeyIndex:
             complete = buf.rfind(b"\n") + 1  # a line without its newline is still being written
             lines = buf[:complete].split(b"\n")[:-1]
             # A writer that found a torn last line starts on a new line: one empty
-            # line may follow a torn one; anything else invalid is damage.
-            self.damaged |= any(line and not _valid(line) for line in lines)
+            # line may follow a torn one; anything else invalid is damage, and so is
+            # an unfinished last line that is not the start of a hex line.
+            rest = buf[complete:]
+            self.damaged |= any(line and not _valid(line) for line in lines) or not (
+                _HEX.issuperset(rest)
+            )
             self._tail.update(line for line in lines if _valid(line))
             self._tail_pos += complete
 
@@ -131,6 +144,7 @@ class KeyIndex:
         try:
             st = os.fstat(fd)
             layout = _Layout(fd, st.st_size)
+            self.damaged |= not layout.valid
             found: set[bytes] = set()
             pos = _first_at_or_after(fd, layout.start, layout.end, prefix_hex)
             while pos < layout.end:

@@ -23,6 +23,7 @@ from castore.errors import RecordError
 from castore.frames import FRAME_OVERHEAD, LogBytes, classify, frame_at, last_frame
 from castore.records import (
     KIND_BLOB,
+    KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
     Entry,
@@ -42,6 +43,7 @@ __all__ = [
     "scan",
 ]
 
+_NOT_ENTRIES = (KIND_BLOB, KIND_HEADER, KIND_COMPACTED)
 TAIL_READ_BYTES = 4096  # one page: holds the newest entry and, usually, its blob
 
 
@@ -158,7 +160,16 @@ def damage_after(log: LogBytes, tail: Tail) -> tuple[int, int] | None:
     then unknown, and neither readers nor writers may act on ``tail.entry``.
     """
     after = tail.entry_start if tail.entry is not None else -1
-    return next(((s, e) for s, e in log.damage if s > after), None)
+    return next(
+        (
+            (s, e)
+            for s, e in log.damage
+            # exactly one blob, header or compaction frame (its lengths and kind
+            # intact) cannot hide an entry
+            if s > after and not any(log.one_frame_of_kind(s, e, k) for k in _NOT_ENTRIES)
+        ),
+        None,
+    )
 
 
 def header_of(fd: int) -> Header | None:

@@ -27,6 +27,7 @@ __all__ = [
     "COMPACTED",
     "MAX_INDEXED_VERSION",
     "VIX_RECORD_BYTES",
+    "highest_recorded",
     "lookup",
     "lookup_range",
     "open_caught_up",
@@ -73,6 +74,15 @@ def lookup_range(vix_fd: int, low: int, high: int) -> dict[int, int]:
         if value is not None:
             out[low + i] = value
     return out
+
+
+def highest_recorded(data: bytes) -> int:
+    """The highest version an index's bytes give an entry offset for (0 if none)."""
+    for version in range(len(data) // VIX_RECORD_BYTES, 0, -1):
+        value = _value(_REC.unpack_from(data, (version - 1) * VIX_RECORD_BYTES)[0])
+        if value is not None and value not in (COMPACTED, ABSENT):
+            return version
+    return 0
 
 
 def rebuild(frames: Iterable[Frame]) -> bytes:
@@ -127,8 +137,11 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
         found = reflog.entry_at(log_fd, offset)
         if found is not None and found[0].version == top:
             start = found[1]
-    if start < 0:  # empty or out of step: rebuild from a full scan
-        os.ftruncate(fd, 0)
+    if start < 0 and top:
+        # Out of step with the log: leave it for check, which reads an index that names
+        # versions the log lost as evidence of a cut (FORMAT.md §7); lookups scan.
+        return
+    if start < 0:  # empty: build it from a full scan
         os.pwrite(fd, rebuild(reflog.scan(log_fd)[1].frames), 0)
         return
     size = os.fstat(log_fd).st_size

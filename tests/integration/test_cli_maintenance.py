@@ -362,24 +362,30 @@ def test_check_damaged_store_exits_1_with_its_report_then_repair(cli):
     assert cli.ok("set", "k", "6")["version"] == 6
 
 
-def test_check_repair_of_a_lost_value_still_exits_1(cli):
-    # A blob whose only copy is damaged cannot be repaired: check --repair prints its
-    # report and exits 1, and reading that version fails with a clear error.
+def test_check_repair_records_a_lost_value(cli):
+    # A blob whose only copy is damaged cannot be recovered: check --repair records
+    # the version as lost (its entry stays, as "damaged", with its hash and audit),
+    # every later check reports it as information, and reading it fails clearly.
     _fill(cli)
     path = log_path(cli.dir, "dag", DAG, "k")
     _flip_middle(path, 3)  # H B1 E1 [B2]: the second version's only copy
-    proc = cli.run("check", "--repair")
-    assert proc.returncode == 1
-    assert proc.stderr.decode().startswith("castore: ")
-    report = json.loads(proc.stdout)
-    assert report["ok"] is False
-    unrepaired = [f for f in report["findings"] if not f["repaired"]]
-    assert unrepaired
-    assert all("version 2" in f["problem"] for f in unrepaired), unrepaired
+    before = json.loads(cli.run("check").stdout)
+    assert before["ok"] is False
+    assert any("version 2: value unreadable" in f["problem"] for f in before["findings"])
+    report = cli.ok("check", "--repair")
+    assert report["ok"] is True
+    after = cli.ok("check")
+    assert after["ok"] is True
+    (lost,) = [f for f in after["findings"] if "lost to damage" in f["problem"]]
+    assert lost["severity"] == "info"
+    assert "versions 2-2" in lost["problem"]
+    assert "quarantine/" in lost["problem"]
     err = cli.fail(5, "get", "k", "--version", "2")
-    assert "corrupt store" in err, err
+    assert "lost" in err, err
     assert cli.ok("get", "k")["value"]["n"] == 4
     assert cli.ok("get", "k", "--version", "3")["value"]["n"] == 2
+    (second,) = [e for e in cli.ok("history", "k")["entries"] if e["version"] == 2]
+    assert (second["operation"], len(second["hash"])) == ("damaged", 64)
 
 
 def test_check_torn_tail_then_repair(cli):

@@ -321,13 +321,17 @@ def test_every_cut_of_keys(tmp_path):
     failures: list[tuple[int, bytes, object]] = []
     for cut in range(len(full)):
         restore(root, saved, **{kpath: full[:cut]})
-        # A KEYS line without its newline is ignored (castore/indexes.py): its key drops
-        # out of list until the index is rebuilt, but get, set and list keep working.
+        # A KEYS line without its newline is ignored (a torn append): its key drops out
+        # of list until the index is rebuilt, unless the cut left KEYS visibly damaged
+        # (no namespace line, a sorted region that does not end a line, an unfinished
+        # line that is not hex), when list reads the keys from the logs: never fewer.
         survivors = key_lines(full[:cut])
         for n, key in enumerate(NS_KEYS):
             check_get(root, key, 1, n)
         listed = open_store(root).list()
-        assert [e.key for e in listed.entries] == survivors, cut
+        shown = [e.key for e in listed.entries]
+        assert shown == sorted(shown, key=str.encode), cut
+        assert set(survivors) <= set(shown) <= set(NS_KEYS), cut
         assert listed.skipped == []
         for n, key in enumerate(NS_KEYS):
             assert open_store(root).set(key, n + 10).version == 2
