@@ -135,6 +135,8 @@ def _tmp_name(path: str, hidden: bool = False) -> str:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_NAMES = frozenset(("", ".", ".."))  # a final component that is no file's name
 _MAX_CACHED_DIRS = 256  # directory descriptors a Tree keeps open; more are opened per call
 
 
@@ -258,15 +260,43 @@ class Tree:
 
     # -- operations -----------------------------------------------------------------
 
+    def _where(self, path: str) -> tuple[int, str, bool] | None:
+        """``(dir_fd, name, caller closes dir_fd)`` for a path below the root, else None.
+
+        The hot paths (``open``, ``stat``) use this instead of :meth:`_at`: a
+        cached directory costs one dictionary lookup.
+        """
+        if not path.startswith(self._prefix):
+            return None
+        folder, _, name = path.rpartition("/")
+        if name in _NOT_NAMES:
+            raise UnsafePathError(f"{path}: not a plain path inside the store")
+        fd = self._dirs.get(folder)
+        if fd is not None:
+            return fd, name, False
+        fd, owned = self._dir_fd(folder)
+        return fd, name, owned
+
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
         """``os.open`` that never follows a symbolic link inside the root."""
-        with self._at(path) as (fd, name):
-            if fd is None:
-                return os.open(path, flags | os.O_CLOEXEC, mode)
+        folder, _, name = path.rpartition("/")
+        cached = self._dirs.get(folder)  # only directories at or below the root are cached
+        if cached is not None and name not in _NOT_NAMES:
             try:
-                return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+                return os.open(name, flags | _FILE_FLAGS, mode, dir_fd=cached)
             except OSError as exc:
-                raise self._unsafe(exc, fd, name, path) from None
+                raise self._unsafe(exc, cached, name, path) from None
+        where = self._where(path)
+        if where is None:
+            return os.open(path, flags | os.O_CLOEXEC, mode)
+        fd, name, owned = where
+        try:
+            return os.open(name, flags | _FILE_FLAGS, mode, dir_fd=fd)
+        except OSError as exc:
+            raise self._unsafe(exc, fd, name, path) from None
+        finally:
+            if owned:
+                os.close(fd)
 
     def read_file(self, path: str, limit: int = -1) -> bytes:
         """The bytes of a regular file (at most ``limit`` when given)."""
@@ -279,10 +309,19 @@ class Tree:
 
     def stat(self, path: str) -> os.stat_result:
         """``lstat``: a symbolic link is reported as one, never followed."""
-        with self._at(path) as (fd, name):
-            if fd is None:
-                return os.stat(path, follow_symlinks=False)
+        folder, _, name = path.rpartition("/")
+        cached = self._dirs.get(folder)  # only directories at or below the root are cached
+        if cached is not None and name not in _NOT_NAMES:
+            return os.stat(name, dir_fd=cached, follow_symlinks=False)
+        where = self._where(path)
+        if where is None:
+            return os.stat(path, follow_symlinks=False)
+        fd, name, owned = where
+        try:
             return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        finally:
+            if owned:
+                os.close(fd)
 
     def exists(self, path: str) -> bool:
         """True if ``path`` names anything (a symbolic link included)."""

@@ -90,17 +90,6 @@ def _classified(fs: _fs.Tree, path: str) -> tuple[bytes, LogBytes]:
     return data, classify(data)
 
 
-def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
-    gaps, pos = [], 0
-    for f in frames:
-        if f.start > pos:
-            gaps.append((pos, f.start))
-        pos = f.end
-    if pos < size:
-        gaps.append((pos, size))
-    return gaps
-
-
 class _Checker:
     def __init__(self, store: Store, repair: bool) -> None:
         self.store = store
@@ -576,8 +565,9 @@ def _check_index(checker: _Checker) -> None:
     for name in sorted(fs.listdir(folder)) if fs.isdir(folder) else []:
         if not name.endswith(".idx") or checker.planted(os.path.join(folder, name)):
             continue
-        data, frames = _frames(fs, os.path.join(folder, name))
-        stale += bool(_gaps(len(data), frames))
+        shard = classify(fs.read_file(os.path.join(folder, name)))
+        frames = shard.frames
+        stale += bool(shard.damage) or shard.torn < shard.size
         newest = {f.payload[:32]: f.payload for f in frames}
         for digest, payload in newest.items():
             try:

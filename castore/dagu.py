@@ -29,7 +29,7 @@ from typing import Final, NamedTuple
 import msgspec
 
 from castore import codec
-from castore.errors import CastoreError
+from castore.errors import CastoreError, ConflictError, CorruptionError
 from castore.filestore import Decide, LogView, Write
 from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
@@ -333,7 +333,12 @@ def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
             yield _skip(found.rel, made)
             continue
         ref, plan = made
-        _, written = store.backend.write(ref, _only_if_absent(plan))
+        try:
+            _, written = store.backend.write(ref, _only_if_absent(plan))
+        except (ConflictError, CorruptionError) as exc:
+            # A version at or below the key's removed life (GRAVES), or a damaged log.
+            yield _skip(found.rel, str(exc))
+            continue
         yield DaguImport(
             file=found.rel,
             status="imported" if written else "skipped",

@@ -58,7 +58,7 @@ class Current(NamedTuple):
 class FileReader:
     """Reads ref logs and blobs in one directory (docs/FORMAT.md).
 
-    Safe for many processes (readers take no lock); not thread-safe (per-handle caches).
+    Safe for many processes (readers take no lock) and threads (guarded caches).
 
     Args:
         root: the store directory, created with its FORMAT file if absent.
@@ -86,7 +86,7 @@ class FileReader:
         self._dirs: set[str] = set()
 
     def close(self) -> None:
-        """Drop cached state. The backend holds no open files between calls."""
+        """Drop cached state; close the cached directory descriptors (see ``Store.close``)."""
         self._cache.clear()
         self._keys.clear()
         self._graves.clear()

@@ -123,7 +123,7 @@ class FileBackend(Rewriter):
     """The file backend: reads and rewrites (base classes) plus the write protocol.
 
     Constructed like :class:`castore.fileread.FileReader`. Safe for many
-    processes (flock per ref log); not thread-safe (per-handle caches).
+    processes and threads (flock per ref log, on a descriptor per call).
     """
 
     # -- writing ------------------------------------------------------------------
@@ -198,22 +198,29 @@ class FileBackend(Rewriter):
             # it is derived data that may be lost quietly and is rebuilt on demand.
             if size == 0 and self.durable:
                 self.fs.fsync_dir(nsdir)
-            with contextlib.suppress(OSError):
-                self._after_commit(
-                    path, fd, new_blobs, Current(entries[-1], plans[-1].normalized, starts[-1])
-                )
+            self._after_commit(
+                path, fd, new_blobs, Current(entries[-1], plans[-1].normalized, starts[-1])
+            )
             return previous, entries
 
     def _after_commit(
         self, path: str, fd: int, new_blobs: list[tuple[str, BlobLoc]], current: Current
     ) -> None:
-        """Record derived data of a committed write (blob index, read cache)."""
+        """Record derived data of a committed write (blob index, read cache).
+
+        Errors are ignored: the write is committed, and this data is rebuilt
+        when needed (FORMAT.md §6 step 8); a failed call would invite a retry
+        that writes the version twice.
+        """
         self._cache.pop(path, None)
         own = self.rel(path)
         indexed = [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs]
-        if indexed:
-            self._blobs.add_many(indexed, durable=False)
-        self._cache[path] = (_sig(os.fstat(fd)), current)
+        try:
+            if indexed:
+                self._blobs.add_many(indexed, durable=False)
+            self._cache[path] = (_sig(os.fstat(fd)), current)
+        except OSError:
+            return
 
     def _locked_tail(self, ref: Ref, fd: int, path: str, size: int) -> reflog.Tail:
         """The newest entry of the locked log; a torn tail is quarantined, then cut.

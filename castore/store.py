@@ -56,8 +56,10 @@ def default_root() -> str:
 class Store(History):
     """A castore store rooted at one directory.
 
-    Safe for many processes on one machine (file locks); one handle must not
-    be shared between threads without external locking.
+    Safe for many processes on one machine (file locks) and for many threads
+    sharing one handle (each call opens its own descriptors; the caches are
+    guarded). Nothing outside the store root is ever touched, whatever links
+    the directory holds (docs/RELIABILITY.md, "Security").
 
     Args:
         path: store directory; None means :func:`default_root`. Created on
@@ -111,7 +113,11 @@ class Store(History):
         return self._backend
 
     def close(self) -> None:
-        """Drop cached state. The store holds no open files between calls."""
+        """Drop cached state and close the cached directory descriptors.
+
+        The handle stays usable (they are opened again on use), but ``close``
+        must not run while other threads use the handle.
+        """
         self._backend.close()
 
     def __enter__(self) -> Store:

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from castore import ConflictError, CorruptionError, Store
+from castore import ConflictError, CorruptionError, Store, codec
 from castore.check import check
 from castore.compact import compact
+from castore.dagu import import_dagu
 from castore.errors import FormatVersionError
 from castore.frames import scan_frames
 from castore.records import KIND_ENTRY
@@ -268,3 +269,19 @@ def test_upgrade_converts_a_format_1_store(tmp_path: Path) -> None:
     assert store_at(root).set("x", 1).version == 4
     assert upgrade(str(root)).graves_converted == 0  # idempotent
     assert file_id("gone") + ".log" in os.listdir(nsdir)
+
+
+def test_import_dagu_skips_a_record_that_would_repeat_a_removed_version(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    removed_key(root)  # "gone" reached version 4 and was removed
+    ns = tmp_path / "dagu" / "v1" / "dag" / DAG.encode().hex()
+    ns.mkdir(parents=True)
+    record = (
+        b'{"version":2,"hash":"%s","value":1,"created_at":"2026-01-01T00:00:00Z",'
+        b'"updated_at":"2026-01-01T00:00:00Z"}'
+    )
+    (ns / (b"gone".hex() + ".json")).write_bytes(record % codec.hexdigest(b"1").encode())
+    outcomes = list(import_dagu(store_at(root), str(tmp_path / "dagu")))
+    assert [o.status for o in outcomes] == ["skipped"]
+    assert "repeat" in outcomes[0].reason
+    assert store_at(root).set("gone", 2).version == 5
