@@ -97,12 +97,12 @@ class BlobReader:
         Raises:
             CorruptionError: an intact frame there fails verification.
         """
-        if not log:
-            return (
-                next((d for d in (self._frame_blob(fd, loc, hexdigest) for loc in locs) if d), None)
-                if fd >= 0
-                else None
-            )
+        if not log:  # the entry's own log, already open
+            for loc in locs if fd >= 0 else ():
+                data = self._frame_blob(fd, loc, hexdigest)
+                if data is not None:
+                    return data
+            return None
         if not is_log_name(log):
             return None  # stored data never names a path: only a log of this store
         try:

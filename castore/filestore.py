@@ -197,7 +197,14 @@ class FileBackend(Rewriter):
             # Committed. A new log's directory entry must be durable too; what follows
             # it is derived data that may be lost quietly and is rebuilt on demand.
             if size == 0 and self.durable:
-                self.fs.fsync_dir(nsdir)
+                try:
+                    self.fs.fsync_dir(nsdir)
+                except OSError as exc:  # after the commit point: say so, never "failed"
+                    raise OSError(
+                        exc.errno,
+                        f"{ref} version {entries[-1].version} was written and is visible, "
+                        f"but syncing its new log's directory failed: {exc.strerror}",
+                    ) from exc
             self._after_commit(
                 path, fd, new_blobs, Current(entries[-1], plans[-1].normalized, starts[-1])
             )

@@ -40,6 +40,7 @@ from castore.results import (
 __all__ = ["Store", "default_root"]
 
 _UNSET: Final = object()
+_REFS_CACHED: Final = 4096  # resolved refs a handle remembers
 
 
 def default_root() -> str:
@@ -104,6 +105,7 @@ class Store(History):
         self.run_id = run_id
         self.step = step
         self._identity: tuple[int, str, str] | None = None
+        self._refs: dict[tuple[str, str, str | None, str | None, str | None], Ref] = {}
 
     # -- store directory -----------------------------------------------------------------
 
@@ -134,8 +136,18 @@ class Store(History):
         Raises:
             InvalidRefError: bad scope, namespace or key.
         """
-        ns = resolve_namespace(scope, namespace, dag=self.dag, root_dag=self.root_dag)
-        return Ref(scope, ns, validate_key(key))
+        asked = (key, scope, namespace, self.dag, self.root_dag)
+        try:
+            ref = self._refs.get(asked)
+        except TypeError:  # an unhashable argument: validation below names it
+            ref = None
+        if ref is None:  # validation is pure: a handle remembers the refs it resolved
+            ns = resolve_namespace(scope, namespace, dag=self.dag, root_dag=self.root_dag)
+            ref = Ref(scope, ns, validate_key(key))
+            if len(self._refs) >= _REFS_CACHED:
+                self._refs.clear()
+            self._refs[asked] = ref
+        return ref
 
     # -- reading -------------------------------------------------------------------------
 
