@@ -48,10 +48,12 @@ class BlobReader:
         if entry is None or not entry.live:
             return None
         if entry.op == OP_DAMAGED:
-            versions_text = (
-                f"{entry.first}-{entry.version}" if entry.damaged_from else entry.version
+            lost = (
+                f"versions {entry.first}-{entry.version}"
+                if entry.damaged_from
+                else f"version {entry.version}"
             )
-            raise CorruptionError(f"{ref} version {versions_text} lost: {entry.audit.reason}")
+            raise CorruptionError(f"{ref} {lost} lost: {entry.audit.reason}")
         try:
             if blob is not None:
                 try:

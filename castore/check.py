@@ -23,7 +23,7 @@ from typing import NamedTuple
 import msgspec
 
 from castore import _fs, versions
-from castore.damage import damage_windows, hides_nothing, with_markers
+from castore.damage import damage_windows, hides_nothing, window_top, with_markers
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.frames import Frame, LogBytes, classify, scan_frames
 from castore.indexes import Graveyard, decode_loc, floor_after_damage
@@ -323,8 +323,7 @@ class _Checker:
             window = windows.get(start)
             held = ""
             if window is not None:
-                top = "" if window.high is None else str(window.high)
-                held = f" (versions {window.low}-{top or '?'} may be there)"
+                held = f" (versions {window.low}-{window_top(log, window)} may be there)"
             elif hides_nothing(log, start, end):
                 held = " (a blob frame)"
             problems.append(f"damaged bytes: {end - start} bytes at offset {start}{held}")

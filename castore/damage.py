@@ -41,6 +41,7 @@ __all__ = [
     "lost_top",
     "marker",
     "value_lost",
+    "window_top",
     "with_markers",
 ]
 
@@ -116,10 +117,27 @@ def damaged_error(path: str, start: int, end: int, what: str) -> CorruptionError
     )
 
 
-def lost_top(before: int, damaged: bytes) -> int:
-    """The highest version damaged bytes after version ``before`` may have held."""
+def lost_top(before: int, damaged: bytes, *, one_entry: bool = False) -> int:
+    """The highest version damaged bytes after version ``before`` may have held.
+
+    Each entry frame holds at least ``_MIN_ENTRY_FRAME`` bytes and a version
+    above the one before it, and a legible ``"version":N`` counts too. When
+    the range is exactly one entry frame (``one_entry``: lengths and kind
+    byte intact), it held exactly one version.
+    """
     parsed = [int(m) for m in _VERSION_FIELD.findall(damaged)]
-    return max([before + math.ceil(len(damaged) / _MIN_ENTRY_FRAME), *parsed])
+    count = 1 if one_entry else math.ceil(len(damaged) / _MIN_ENTRY_FRAME)
+    return max([before + count, *parsed])
+
+
+def window_top(log: LogBytes, window: Window) -> int:
+    """The highest version ``window`` may hide (bounded by :func:`lost_top` at the tail)."""
+    if window.high is not None:
+        return window.high
+    base = log.size - len(log.data)
+    damaged = log.data[window.start - base : window.end - base]
+    one = log.one_frame_of_kind(window.start, window.end, KIND_ENTRY)
+    return lost_top(window.low - 1, damaged, one_entry=one)
 
 
 def with_markers(
@@ -141,8 +159,7 @@ def with_markers(
     markers: dict[int, Entry] = {}
     now = time.time_ns()
     for window in damage_windows(log, grave):
-        damaged = log.data[window.start - (log.size - len(log.data)) :][: window.end - window.start]
-        top = lost_top(window.low - 1, damaged) if window.high is None else window.high
+        top = window_top(log, window)
         if top >= window.low:
             where = f"damaged bytes at offset {window.start}; {reason}"
             markers[window.start] = marker(window.low, top, now, where)
