@@ -10,6 +10,7 @@ import contextlib
 import multiprocessing
 import os
 import random
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +127,45 @@ def test_threads_never_lose_an_update(tmp_path: Path, sharing: str) -> None:
     history = Store(root, dag="d").history("counter").entries
     assert [e.version for e in history] == list(range(THREADS * INCREMENTS, 0, -1))
     assert check(Store(root, dag="d")).ok
+
+
+@pytest.mark.integration
+def test_list_while_threads_create_keys(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # Issue 8: with 8 threads on one handle, list raised "Set changed size during
+    # iteration" while other threads added keys (the key index's cached tail).
+    store = Store(tmp_path / "s", dag="d", durable=False)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    request.addfinalizer(lambda: sys.setswitchinterval(switch))
+
+    def create(n: int) -> None:
+        try:
+            for i in range(300):
+                store.set(f"t{n}/k{i:04d}", i)
+        except BaseException as exc:  # noqa: BLE001 - every exception is a finding
+            errors.append(exc)
+
+    def lister() -> None:
+        try:
+            while not done.is_set():
+                keys = [e.key for e in store.list().entries]
+                assert keys == sorted(keys, key=str.encode)
+        except BaseException as exc:  # noqa: BLE001 - every exception is a finding
+            errors.append(exc)
+
+    creators = [threading.Thread(target=create, args=(n,)) for n in range(4)]
+    listers = [threading.Thread(target=lister) for _ in range(4)]
+    for thread in creators + listers:
+        thread.start()
+    for thread in creators:
+        thread.join()
+    done.set()
+    for thread in listers:
+        thread.join()
+    assert not errors, errors[:3]
+    assert len(store.list().entries) == 4 * 300
 
 
 @pytest.mark.integration
