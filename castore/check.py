@@ -93,8 +93,8 @@ def _classified(fs: _fs.Tree, path: str) -> tuple[bytes, LogBytes]:
 class _Checker:
     def __init__(self, store: Store, repair: bool) -> None:
         self.store = store
-        self.backend = store.backend
-        self.fs = store.backend.fs
+        self.backend = store.file_backend
+        self.fs = store.file_backend.fs
         self.repair = repair
         self.findings: list[Finding] = []
         self.stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -488,7 +488,7 @@ def check(
         LockTimeoutError: a ref log stayed locked for the lock timeout (repair only).
     """
     checker = _Checker(store, repair)
-    backend = store.backend
+    backend = store.file_backend
     fs = backend.fs
     logs = 0
     for name in ("FORMAT", "gc.lock", "index", "quarantine", "refs"):

@@ -80,7 +80,7 @@ def _ranges(versions: list[int]) -> list[tuple[int, int]]:
 
 
 def _refs(store: Store, scope: str | None, namespace: str | None, prefix: str) -> Iterator[Ref]:
-    backend = store.backend
+    backend = store.file_backend
     for sc in [scope] if scope else sorted(SCOPES):
         for ns in backend.namespaces(sc):
             if namespace is None or ns == namespace:
@@ -177,7 +177,7 @@ def compact(
     cutoff = None
     if keep_within_seconds is not None:
         cutoff = time.time_ns() - int(keep_within_seconds * 1e9)
-    backend = store.backend
+    backend = store.file_backend
     examined = compacted = dropped = removed = before = after = 0
     for ref in list(_refs(store, scope, namespace, prefix)):
         path = backend.log_path(ref)
@@ -220,7 +220,7 @@ def _bury_first(store: Store, ref: Ref, plan: _Plan) -> Transform:
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
         wanted = plan.transform(log)
         if plan.removed is not None:
-            graves = store.backend.graveyard(ref.scope, ref.namespace)
+            graves = store.file_backend.graveyard(ref.scope, ref.namespace)
             graves.bury([(ref.key, plan.removed.version)], durable=store.durable)
             _fs.failpoint("compact-after-bury")
         return wanted

@@ -29,8 +29,8 @@ from typing import Final, NamedTuple
 import msgspec
 
 from castore import codec
+from castore.backend import Decide, LogView, Write
 from castore.errors import CastoreError, ConflictError, CorruptionError
-from castore.filestore import Decide, LogView, Write
 from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
 from castore.store import Store

@@ -10,9 +10,9 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from castore import _fs, reflog, versions
+from castore.backend import Current
 from castore.blobread import BlobReader
 from castore.damage import REPAIR_HINT, damage_windows, damaged_error, marker
 from castore.errors import CorruptionError, FormatVersionError, NotFoundError, UnsafePathError
@@ -40,19 +40,6 @@ __all__ = [
 ]
 
 CACHE_MAX_ENTRIES = 65536  # per-handle read cache; cleared wholesale when full
-
-
-class Current(NamedTuple):
-    """The newest entry of a ref, its value when live, and where its frame starts."""
-
-    entry: Entry | None
-    value: bytes | None
-    entry_start: int = -1
-
-    @property
-    def live(self) -> Entry | None:
-        """The newest entry unless it is a tombstone (or absent)."""
-        return self.entry if self.entry is not None and self.entry.live else None
 
 
 class FileReader:
@@ -135,7 +122,8 @@ class FileReader:
         """A log path relative to ``refs/`` (as stored in blob locations)."""
         return path[len(self.refs) + 1 :]
 
-    def _key_index(self, scope: str, namespace: str) -> KeyIndex:
+    def key_index(self, scope: str, namespace: str) -> KeyIndex:
+        """The key index of a namespace (cached per handle)."""
         nsdir = self._ns_dir(scope, namespace)
         index = self._keys.get(nsdir)
         if index is None:
@@ -155,10 +143,6 @@ class FileReader:
                         if file.endswith(".log"):
                             yield os.path.join(nsdir, file)
 
-    def key_index(self, scope: str, namespace: str) -> KeyIndex:
-        """The key index of a namespace."""
-        return self._key_index(scope, namespace)
-
     def graveyard(self, scope: str, namespace: str) -> Graveyard:
         """The graveyard of a namespace (last versions of removed keys)."""
         nsdir = self._ns_dir(scope, namespace)
@@ -167,6 +151,10 @@ class FileReader:
             graves = self._graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"), self.fs)
         return graves
 
+    def exists(self, ref: Ref) -> bool:
+        """True if ``ref``'s log exists (it may hold only a tombstone)."""
+        return self.fs.exists(self.log_path(ref))
+
     def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
         """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted.
 
@@ -174,7 +162,7 @@ class FileReader:
         caller found it inconsistent), the keys named by the logs' headers
         are added, so damage to ``KEYS`` never hides a key (FORMAT.md §5).
         """
-        index = self._key_index(scope, namespace)
+        index = self.key_index(scope, namespace)
         found = index.keys(prefix)
         if not (verify or index.damaged):
             return found

@@ -15,11 +15,10 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 from castore import _fs, reflog, versions
+from castore.backend import Current, Decide, Write
 from castore.errors import ConflictError, CorruptionError
-from castore.fileread import Current
 from castore.frames import LogBytes, encode_frame
 from castore.keys import Ref
 from castore.records import (
@@ -28,7 +27,6 @@ from castore.records import (
     KIND_ENTRY,
     KIND_HEADER,
     OP_DELETE,
-    Audit,
     BlobLoc,
     Entry,
     Header,
@@ -38,28 +36,9 @@ from castore.records import (
 )
 from castore.rewrite import Rewriter, replace_with
 
-__all__ = ["DEDUP_MIN_BYTES", "Current", "Decide", "FileBackend", "LogView", "Write"]
+__all__ = ["DEDUP_MIN_BYTES", "FileBackend", "FileLogView"]
 
 DEDUP_MIN_BYTES = 256  # smaller values are not deduplicated across logs (FORMAT.md §5)
-
-
-class Write(NamedTuple):
-    """One version a write decided to append.
-
-    ``normalized`` is None for a tombstone. ``hint`` is a known location of
-    the blob (path relative to ``refs/``), tried before the blob index.
-    ``version``, ``time_ns`` and ``created_ns`` are set only by imports that
-    reproduce a history; otherwise they are the next version and now.
-    """
-
-    op: str
-    normalized: bytes | None
-    digest_hex: str
-    audit: Audit
-    hint: BlobLoc | None = None
-    version: int = 0
-    time_ns: int = 0
-    created_ns: int = 0
 
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -81,7 +60,7 @@ def _refuse_lower(ref: Ref, old: LogBytes, plans: list[Write]) -> None:
         )
 
 
-class LogView:
+class FileLogView:
     """What a decision may read from the locked log: the newest value, older entries."""
 
     def __init__(
@@ -113,10 +92,6 @@ class LogView:
         """``loc`` with its log path made relative to ``refs/`` (never ``""``)."""
         own = self._backend.rel(self._backend.log_path(self._ref))
         return BlobLoc(loc.log or own, loc.offset, loc.length)
-
-
-Decide = Callable[[Entry | None, LogView], "Write | list[Write] | None"]
-"""A write's decision: given the newest entry and a view of the log, what to append."""
 
 
 class FileBackend(Rewriter):
@@ -163,7 +138,7 @@ class FileBackend(Rewriter):
             previous = tail.entry
             decided: Write | list[Write] | None = None
             try:
-                decided = decide(previous, LogView(self, ref, fd, tail, known))
+                decided = decide(previous, FileLogView(self, ref, fd, tail, known))
             finally:
                 if size == 0 and not decided:
                     self.fs.unlink(path)  # leave no empty log behind a write that did not happen
@@ -181,7 +156,7 @@ class FileBackend(Rewriter):
                     ref, path, size, previous, plans, share, base=base, fd=fd
                 )
                 if previous is None:  # the key's first entry: KEYS first (FORMAT.md §6)
-                    index = self._key_index(ref.scope, ref.namespace)
+                    index = self.key_index(ref.scope, ref.namespace)
                     if ref.key not in index:
                         index.add(ref.key, ref.namespace, durable=self.durable)
                 _fs.failpoint("before-append")
@@ -308,7 +283,7 @@ class FileBackend(Rewriter):
                 os.close(nfd)
             self.fs.atomic_write(versions.vix_path(path), versions.rebuild(frames), durable=False)
             entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
-            index = self._key_index(ref.scope, ref.namespace)
+            index = self.key_index(ref.scope, ref.namespace)
             if ref.key not in index:
                 index.add(ref.key, ref.namespace, durable=self.durable)
             self._cache.pop(path, None)

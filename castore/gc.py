@@ -102,7 +102,7 @@ def collect_garbage(
     Raises:
         LockTimeoutError: gc.lock or a ref log stayed locked for the lock timeout.
     """
-    backend = store.backend
+    backend = store.file_backend
     lock_path = os.path.join(store.root, "gc.lock")
     counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0, "rewritten": 0}
     removed_logs = leftovers = 0

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import jsonpatch
 
 from castore import codec
+from castore.backend import LogView, Write
 from castore.errors import ConflictError, InvalidRefError, NotFoundError
-from castore.filestore import LogView, Write
 from castore.keys import Ref
 from castore.records import OP_DELETE, OP_ROLLBACK, Entry
 from castore.results import (
@@ -26,7 +26,7 @@ from castore.results import (
 )
 
 if TYPE_CHECKING:
-    from castore.filestore import FileBackend
+    from castore.backend import Backend
     from castore.records import Audit
 
 __all__ = ["History", "history_entry"]
@@ -62,7 +62,7 @@ def _check_version(version: int, what: str) -> None:
 class History:
     """Version-aware reads and writes; mixed into :class:`castore.Store`."""
 
-    _backend: FileBackend
+    _backend: Backend
 
     def ref(self, key: str, scope: str = "dag", namespace: str | None = None) -> Ref:
         """Validate and resolve a ref (implemented by Store)."""

@@ -1,17 +1,17 @@
-r"""Derived indexes: digest -> blob location, and the keys of each namespace.
+r"""The blob index (digest -> blob locations) and the graveyard of removed keys.
 
-Both are append-only files that can be rebuilt from the ref logs (``check
---repair``), and both are cached per :class:`~castore.store.Store` handle and
+Both are frame files cached per :class:`~castore.store.Store` handle and
 refreshed incrementally: a reader remembers how far it read and reads only
-what was appended since (docs/FORMAT.md §4, §5).
+what was appended since (docs/FORMAT.md §5). The key index of a namespace
+lives in ``keyindex.py``.
 
 * Blob index ``index/<xx>.idx`` (``xx`` = first byte of the digest in hex):
-  ``I`` frames ``digest[32] offset:u64le length:u32le log-path``. Written
-  without fsync: losing an entry only loses a chance to deduplicate.
-* Key index ``refs/<scope>/<ns-id>/KEYS``: one line per key,
-  ``hex(utf8(key)) "\n"``. Written with fdatasync *before* the key's log gets
-  its first record, so a listed key set is never smaller than the durable
-  one. Lines that are not lowercase hex, or lack their newline, are ignored.
+  ``I`` frames ``digest[32] offset:u64le length:u32le log-path``. Derived,
+  written without fsync: losing an entry only loses a chance to deduplicate;
+  a record naming anything but a log of this store is ignored.
+* Graveyard ``refs/<scope>/<ns-id>/GRAVES``: ``G`` frames, each record twice,
+  fdatasynced before compaction removes a key's log; not derived (with the
+  removed log's ``C`` frame, it is what keeps versions from repeating).
 """
 
 from __future__ import annotations

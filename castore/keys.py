@@ -1,7 +1,8 @@
 """Refs: validate scope, namespace, key and prefix; resolve Dagu scopes; name files.
 
 A :class:`Ref` is ``(scope, namespace, key)``. Validation follows Dagu's
-rules exactly (see docs/DESIGN.md, "Compatibility"), plus a documented length
+rules exactly (``../shared/reference/dagu-state-semantics.md``; docs/DESIGN.md,
+"Decisions where the issue was silent"), plus a documented length
 limit: keys and namespaces of up to :data:`MAX_NAME_BYTES` UTF-8 bytes work on
 every filesystem because file names are derived from a sha256 of the name,
 never from the name itself (docs/FORMAT.md §1).

@@ -45,7 +45,7 @@ def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
 
 def stats(store: Store) -> StoreStats:
     """Keys, versions, blobs, stored / logical / reclaimable bytes per scope (reads everything)."""
-    backend = store.backend
+    backend = store.file_backend
     per: dict[str, ScopeStats] = {}
     live: set[bytes] = set()
     blob_sizes: list[tuple[str, bytes, int]] = []

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any, Final, final
 
 from castore import _fs, codec
+from castore.backend import Backend, Current, Decide, LogView, Write
 from castore.errors import ConflictError, CorruptionError, NotFoundError, RecordError
-from castore.filestore import Current, Decide, FileBackend, LogView, Write
+from castore.filestore import FileBackend
 from castore.history import History
 from castore.keys import (
     Ref,
@@ -100,7 +101,8 @@ class Store(History):
         self.root_dag = env_or(root_dag, "CASTORE_ROOT_DAG")
         self.durable = durable
         self.lock_timeout = lock_timeout
-        self._backend = FileBackend(self.root, durable=durable, lock_timeout=lock_timeout)
+        self._files = FileBackend(self.root, durable=durable, lock_timeout=lock_timeout)
+        self._backend: Backend = self._files
         self.actor = actor
         self.run_id = run_id
         self.step = step
@@ -110,9 +112,14 @@ class Store(History):
     # -- store directory -----------------------------------------------------------------
 
     @property
-    def backend(self) -> FileBackend:
-        """The storage backend (internal API, for castore's own tools)."""
+    def backend(self) -> Backend:
+        """The storage behind this store, through the backend contract (castore's own tools)."""
         return self._backend
+
+    @property
+    def file_backend(self) -> FileBackend:
+        """The file backend itself, for its format maintenance (check, gc, compact, stats)."""
+        return self._files
 
     def close(self) -> None:
         """Drop cached state and close the cached directory descriptors.
@@ -312,7 +319,7 @@ class Store(History):
             LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
         """
         ref = self.ref(key, scope, namespace)
-        if not self._backend.fs.exists(self._backend.log_path(ref)):
+        if not self._backend.exists(ref):
             return DeleteResult(
                 scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=False
             )

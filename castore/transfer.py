@@ -27,8 +27,8 @@ from typing import IO, Final, Literal
 import msgspec
 
 from castore import codec
+from castore.backend import Decide, LogView, Write
 from castore.errors import ConflictError, InvalidValueError
-from castore.filestore import Decide, LogView, Write
 from castore.keys import (
     SCOPES,
     Ref,

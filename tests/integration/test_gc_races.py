@@ -335,7 +335,7 @@ def test_a_stale_location_hint_that_names_another_blob_frame_falls_back(tmp_path
     swapped = (header, blob_a, entry_1, blob_c, entry_2, blob_b, entry_3)
     with open(path, "wb") as fh:
         fh.write(b"".join(data[f.start : f.end] for f in swapped))
-    store.backend.rebuild_blob_index()  # the index knows where each blob is now
+    store.file_backend.rebuild_blob_index()  # the index knows where each blob is now
 
     reader = Store(root, dag=DAG)
     problems = _reads(reader, values)

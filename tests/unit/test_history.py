@@ -30,7 +30,7 @@ def store(tmp_path):
 
 
 def log_of(store: Store, key: str, scope: str = "dag", namespace: str | None = None) -> str:
-    return store.backend.log_path(store.ref(key, scope, namespace))
+    return store.file_backend.log_path(store.ref(key, scope, namespace))
 
 
 def blob_frames(path: str) -> int:

@@ -33,6 +33,7 @@ LAYERS = {
     "stats": 9,
     "blobread": 3,
     "damage": 2,
+    "backend": 2,
     "formatfile": 2,
     "render": 9,
     "args": 9,

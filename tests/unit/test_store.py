@@ -30,7 +30,7 @@ def store(request, tmp_path):
 
 
 def entries_of(store: Store, key: str) -> list[Entry]:
-    path = store._backend.log_path(store.ref(key))
+    path = store.file_backend.log_path(store.ref(key))
     with open(path, "rb") as fh:
         return [decode_entry(f.payload) for f in scan_frames(fh.read()) if f.kind == KIND_ENTRY]
 
@@ -92,7 +92,7 @@ def test_versions_never_repeat_after_delete(store):
 
 def test_delete_of_never_set_key_writes_nothing(store):
     assert store.delete("ghost").deleted is False
-    assert not os.path.exists(store._backend.log_path(store.ref("ghost")))
+    assert not os.path.exists(store.file_backend.log_path(store.ref("ghost")))
 
 
 def test_get_default_and_required(store):
@@ -241,8 +241,8 @@ def test_blobs_are_deduplicated_across_keys_and_versions(store):
     store.set("one", big)
     store.set("two", big)
     store.set("one", big)
-    size_one = os.path.getsize(store._backend.log_path(store.ref("one")))
-    size_two = os.path.getsize(store._backend.log_path(store.ref("two")))
+    size_one = os.path.getsize(store.file_backend.log_path(store.ref("one")))
+    size_two = os.path.getsize(store.file_backend.log_path(store.ref("two")))
     assert size_two < 1000  # only header + entry: the blob lives in "one"'s log
     assert size_one < 2000  # compressed once, referenced twice
     assert store.get("two").value == big
@@ -264,7 +264,7 @@ def test_second_handle_sees_writes_immediately(tmp_path):
 
 def test_corrupt_blob_is_an_error_not_a_wrong_value(store):
     store.set("k", {"v": 1})
-    path = store._backend.log_path(store.ref("k"))
+    path = store.file_backend.log_path(store.ref("k"))
     with open(path, "rb") as fh:
         data = bytearray(fh.read())
     at = data.index(b'{"v":1}')

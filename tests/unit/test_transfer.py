@@ -184,8 +184,8 @@ def test_imported_store_behaves_like_the_source(source, tmp_path):
     assert copy.set("cursor", 9, expected_version=6).version == 7
     assert copy.rollback("cursor", to_version=2).hash == source.get("cursor", version=2).hash
     # A big value is stored once in the copy too.
-    big_log = copy.backend.log_path(copy.ref("big"))
-    twin_log = copy.backend.log_path(copy.ref("big-twin"))
+    big_log = copy.file_backend.log_path(copy.ref("big"))
+    twin_log = copy.file_backend.log_path(copy.ref("big-twin"))
     assert (blob_count(big_log), blob_count(twin_log)) == (1, 0)
 
 
@@ -387,7 +387,7 @@ def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_pa
     theirs = new_store(tmp_path / "theirs")
     for value in ("n1", "n2", "n3"):
         theirs.set("k", value)
-    path = target.backend.log_path(target.ref("k"))
+    path = target.file_backend.log_path(target.ref("k"))
     done: dict[str, Any] = {}
 
     def write() -> None:
@@ -403,7 +403,7 @@ def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_pa
         writer.start()
         time.sleep(0.3)  # the writer opens the old log and waits for its lock
         staged = path + ".staged.tmp"
-        shutil.copyfile(theirs.backend.log_path(theirs.ref("k")), staged)
+        shutil.copyfile(theirs.file_backend.log_path(theirs.ref("k")), staged)
         os.replace(staged, path)  # what an overwrite does, under the old log's lock
     finally:
         os.close(fd)  # releases the lock

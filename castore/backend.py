@@ -1,0 +1,119 @@
+"""The contract between :class:`~castore.store.Store` and a storage backend.
+
+``Store`` and every backend-independent feature (history, rollback, version
+diffs, audit, export/import, import-dagu) talk to storage only through
+:class:`Backend` (docs/DESIGN.md, "The backend contract"). A write is a
+*decision* run inside the backend's atomic section for one ref (the log's
+``flock`` in the file backend; a row lock or a serializable transaction in a
+database): given the newest entry and a :class:`LogView`, it returns what to
+append, or nothing. File-format maintenance (check, gc, compaction, stats)
+is the file backend's own business and is not part of this contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, Protocol
+
+from castore.keys import Ref
+from castore.records import Audit, BlobLoc, Entry
+
+__all__ = ["Backend", "Current", "Decide", "LogView", "Write"]
+
+
+class Current(NamedTuple):
+    """The newest entry of a ref, its value when live, and where its frame starts."""
+
+    entry: Entry | None
+    value: bytes | None
+    entry_start: int = -1
+
+    @property
+    def live(self) -> Entry | None:
+        """The newest entry unless it is a tombstone (or absent)."""
+        return self.entry if self.entry is not None and self.entry.live else None
+
+
+class Write(NamedTuple):
+    """One version a decision asks to append.
+
+    ``normalized`` is None for a tombstone. ``hint`` is a known location of
+    the blob (from :meth:`LogView.absolute`), tried before any lookup.
+    ``version``, ``time_ns`` and ``created_ns`` are set only by imports that
+    reproduce a history; otherwise they are the next version and now.
+    """
+
+    op: str
+    normalized: bytes | None
+    digest_hex: str
+    audit: Audit
+    hint: BlobLoc | None = None
+    version: int = 0
+    time_ns: int = 0
+    created_ns: int = 0
+
+
+class LogView(Protocol):
+    """What a decision may read of its ref, inside the backend's atomic section."""
+
+    def value(self) -> bytes | None:
+        """The newest entry's value (None for a tombstone or no entry)."""
+
+    def entry_at(self, version: int) -> Entry | None:
+        """The entry of ``version``, or None."""
+
+    def value_at(self, entry: Entry) -> bytes | None:
+        """The verified value of an entry of this ref."""
+
+    def absolute(self, loc: BlobLoc) -> BlobLoc:
+        """A blob location of this ref, usable as a :attr:`Write.hint` elsewhere."""
+
+
+Decide = Callable[[Entry | None, LogView], "Write | list[Write] | None"]
+"""A write's decision: given the newest entry and a view of the ref, what to append."""
+
+
+class Backend(Protocol):
+    """Storage of versioned refs: the whole contract ``Store`` relies on.
+
+    Every method is safe for many processes and threads. Reads never guess:
+    damage that hides an answer raises
+    :class:`~castore.errors.CorruptionError`.
+    """
+
+    def current(self, ref: Ref) -> Current:
+        """Newest entry of ``ref`` and its value."""
+
+    def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
+        """Run ``decide`` atomically for ``ref``; append what it returns.
+
+        Returns:
+            The newest entry before, and the appended entries (empty: nothing written).
+        """
+
+    def replace(self, ref: Ref, plans: list[Write]) -> list[Entry]:
+        """Replace ``ref``'s whole history (an import's overwrite); never lowers versions."""
+
+    def exists(self, ref: Ref) -> bool:
+        """True if ``ref`` has any stored record (even a tombstone)."""
+
+    def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
+        """Keys ever created in a namespace starting with ``prefix``, byte-wise sorted."""
+
+    def namespaces(self, scope: str) -> list[str]:
+        """Namespaces of ``scope`` that hold at least one key, byte-wise sorted."""
+
+    def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
+        """The entry of ``version`` and its value; (None, None) if it never existed."""
+
+    def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
+        """Entries below version ``before``, newest first, at most ``limit`` (0 = all)."""
+
+    def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
+        """Every entry, oldest first, with its verified value (None: tombstone or lost)."""
+
+    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
+        """Every entry, newest first, read lazily (an audit merges many refs)."""
+
+    def close(self) -> None:
+        """Drop cached state (must not race with other calls)."""
