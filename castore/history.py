@@ -1,21 +1,23 @@
-"""History operations of :class:`castore.Store`: versions, audit, rollback, version diffs.
+"""History operations, as plain functions over the backend contract.
 
-A mixin so that ``store.py`` stays the home of Dagu's five operations; both
-act on the same backend. Every version ever written stays readable until a
-maintenance tool compacts it (docs/DESIGN.md).
+:class:`castore.Store` exposes them as ``get(version=)``, ``history``,
+``rollback`` and ``diff_versions``; they need nothing but a
+:class:`~castore.backend.Backend` and a ref. Every version ever written stays
+readable until a maintenance tool compacts it (docs/DESIGN.md).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import jsonpatch
 
 from castore import codec
-from castore.backend import LogView, Write
+from castore.backend import Backend, LogView, Write
 from castore.errors import ConflictError, InvalidRefError, NotFoundError
 from castore.keys import Ref
-from castore.records import OP_DELETE, OP_ROLLBACK, Entry
+from castore.records import OP_DELETE, OP_ROLLBACK, Audit, Entry
 from castore.results import (
     GetResult,
     HistoryEntry,
@@ -25,11 +27,7 @@ from castore.results import (
     rfc3339,
 )
 
-if TYPE_CHECKING:
-    from castore.backend import Backend
-    from castore.records import Audit
-
-__all__ = ["History", "history_entry"]
+__all__ = ["diff_versions", "get_version", "history_entry", "history_page", "rollback"]
 
 
 def history_entry(entry: Entry) -> HistoryEntry:
@@ -59,167 +57,117 @@ def _check_version(version: int, what: str) -> None:
         raise InvalidRefError(f"{what} must be 1 or more, not {version}")
 
 
-class History:
-    """Version-aware reads and writes; mixed into :class:`castore.Store`."""
+def _version(backend: Backend, ref: Ref, version: int) -> tuple[Entry, bytes | None]:
+    """The entry of ``version`` and its value, or NotFoundError naming the version."""
+    _check_version(version, "version")
+    entry, value = backend.version(ref, version)
+    if entry is None:
+        raise NotFoundError(f"{ref} has no version {version}")
+    return entry, value
 
-    _backend: Backend
 
-    def ref(self, key: str, scope: str = "dag", namespace: str | None = None) -> Ref:
-        """Validate and resolve a ref (implemented by Store)."""
-        raise NotImplementedError
+def get_version(backend: Backend, ref: Ref, version: int, required: bool) -> GetResult:
+    """``Store.get(version=...)``: a tombstone reads as not found."""
+    entry, value = _version(backend, ref, version)
+    if value is None:  # a tombstone
+        if required:
+            raise NotFoundError(f"{ref} version {version} is a delete")
+        return GetResult(scope=ref.scope, namespace=ref.namespace, key=ref.key, found=False)
+    return GetResult(
+        scope=ref.scope,
+        namespace=ref.namespace,
+        key=ref.key,
+        found=True,
+        version=entry.version,
+        hash=entry.hash,
+        value=codec.decode_value(value),
+        value_json=value,
+    )
 
-    def _audit(self, reason: str = "", rollback_from: int = 0) -> Audit:
-        raise NotImplementedError
 
-    def _version(self, ref: Ref, version: int) -> tuple[Entry, bytes | None]:
-        """The entry of ``version`` and its value, or NotFoundError naming the version."""
-        _check_version(version, "version")
-        entry, value = self._backend.version(ref, version)
-        if entry is None:
-            raise NotFoundError(f"{ref} has no version {version}")
-        return entry, value
+def history_page(
+    backend: Backend, ref: Ref, limit: int, before_version: int | None
+) -> HistoryResult:
+    """``Store.history``: one page of versions, newest first."""
+    if limit < 0:
+        raise InvalidRefError("limit must be greater than or equal to zero")
+    if before_version is not None:
+        _check_version(before_version, "before_version")
+    before = before_version if before_version is not None else 2**63
+    entries = backend.history(ref, before, limit)
+    lowest = entries[-1].version if entries else 0
+    more = bool(limit) and len(entries) == limit and lowest > 1
+    return HistoryResult(
+        scope=ref.scope,
+        namespace=ref.namespace,
+        key=ref.key,
+        entries=[history_entry(e) for e in entries],
+        next_before_version=lowest if more else 0,
+    )
 
-    def _get_version(self, ref: Ref, version: int, required: bool) -> GetResult:
-        entry, value = self._version(ref, version)
-        if value is None:  # a tombstone
-            if required:
-                raise NotFoundError(f"{ref} version {version} is a delete")
-            return GetResult(scope=ref.scope, namespace=ref.namespace, key=ref.key, found=False)
-        return GetResult(
-            scope=ref.scope,
-            namespace=ref.namespace,
-            key=ref.key,
-            found=True,
-            version=entry.version,
-            hash=entry.hash,
-            value=codec.decode_value(value),
-            value_json=value,
-        )
 
-    def history(
-        self,
-        key: str,
-        *,
-        scope: str = "dag",
-        namespace: str | None = None,
-        limit: int = 0,
-        before_version: int | None = None,
-    ) -> HistoryResult:
-        """Versions of a key, newest first, with their audit records.
+def rollback(
+    backend: Backend,
+    ref: Ref,
+    to_version: int,
+    expected_version: int | None,
+    audit: Callable[[int], Audit],
+) -> RollbackResult:
+    """``Store.rollback``: a new version whose value is ``to_version``'s.
 
-        Page with ``limit`` and ``before_version`` (versions strictly below it);
-        the cost of a page does not grow with the length of the history.
+    ``audit(to_version)`` makes the audit record of the new version.
+    """
+    _check_version(to_version, "to_version")
 
-        Raises:
-            InvalidRefError: bad scope, namespace, key, limit or before_version.
-        """
-        ref = self.ref(key, scope, namespace)
-        if limit < 0:
-            raise InvalidRefError("limit must be greater than or equal to zero")
-        if before_version is not None:
-            _check_version(before_version, "before_version")
-        before = before_version if before_version is not None else 2**63
-        entries = self._backend.history(ref, before, limit)
-        lowest = entries[-1].version if entries else 0
-        more = bool(limit) and len(entries) == limit and lowest > 1
-        return HistoryResult(
-            scope=ref.scope,
-            namespace=ref.namespace,
-            key=ref.key,
-            entries=[history_entry(e) for e in entries],
-            next_before_version=lowest if more else 0,
-        )
+    def decide(previous: Entry | None, view: LogView) -> Write:
+        live = previous.version if previous is not None and previous.live else 0
+        if expected_version is not None and expected_version != live:
+            raise ConflictError(str(ref), expected_version, live)
+        target = view.entry_at(to_version)
+        if target is None:
+            raise NotFoundError(f"{ref} has no version {to_version}")
+        record = audit(to_version)
+        if not target.live:
+            return Write(OP_DELETE, None, "", record)
+        value = view.value_at(target)
+        hint = view.absolute(target.blob) if target.blob is not None else None
+        return Write(OP_ROLLBACK, value, target.hash, record, hint)
 
-    def rollback(
-        self,
-        key: str,
-        *,
-        to_version: int,
-        scope: str = "dag",
-        namespace: str | None = None,
-        expected_version: int | None = None,
-        reason: str = "",
-    ) -> RollbackResult:
-        """Append a new version whose value is version ``to_version``'s.
+    previous, written = backend.write(ref, decide)
+    entry = written[-1]
+    return RollbackResult(
+        scope=ref.scope,
+        namespace=ref.namespace,
+        key=ref.key,
+        version=entry.version,
+        hash=entry.hash,
+        to_version=to_version,
+        deleted=not entry.live,
+        created=entry.live and (previous is None or not previous.live),
+    )
 
-        The new entry points at the same blob (same hash, nothing copied) and
-        its audit records ``rollback_from``. Rolling back to a tombstone
-        deletes the key. ``expected_version`` works as in :meth:`set`.
 
-        Raises:
-            InvalidRefError: bad scope, namespace, key or version.
-            NotFoundError: ``to_version`` does not exist (never written, or compacted).
-            ConflictError: ``expected_version`` did not match.
-            CorruptionError: the old value fails verification.
-            LockTimeoutError: the key stayed locked for the lock timeout.
-        """
-        ref = self.ref(key, scope, namespace)
-        _check_version(to_version, "to_version")
-
-        def decide(previous: Entry | None, view: LogView) -> Write:
-            live = previous.version if previous is not None and previous.live else 0
-            if expected_version is not None and expected_version != live:
-                raise ConflictError(str(ref), expected_version, live)
-            target = view.entry_at(to_version)
-            if target is None:
-                raise NotFoundError(f"{ref} has no version {to_version}")
-            audit = self._audit(reason, rollback_from=to_version)
-            if not target.live:
-                return Write(OP_DELETE, None, "", audit)
-            value = view.value_at(target)
-            hint = view.absolute(target.blob) if target.blob is not None else None
-            return Write(OP_ROLLBACK, value, target.hash, audit, hint)
-
-        previous, written = self._backend.write(ref, decide)
-        entry = written[-1]
-        return RollbackResult(
-            scope=ref.scope,
-            namespace=ref.namespace,
-            key=ref.key,
-            version=entry.version,
-            hash=entry.hash,
-            to_version=to_version,
-            deleted=not entry.live,
-            created=entry.live and (previous is None or not previous.live),
-        )
-
-    def diff_versions(
-        self,
-        key: str,
-        *,
-        from_version: int,
-        to_version: int | None = None,
-        scope: str = "dag",
-        namespace: str | None = None,
-    ) -> VersionDiff:
-        """A structural diff between two stored versions, as an RFC 6902 JSON Patch.
-
-        ``to_version`` defaults to the newest version. Tombstones compare as
-        ``null``. Applying ``patch`` to the old value gives the new one.
-
-        Raises:
-            InvalidRefError: bad scope, namespace, key or version.
-            NotFoundError: a version does not exist.
-            CorruptionError: a value fails verification.
-        """
-        ref = self.ref(key, scope, namespace)
-        if to_version is None:
-            newest = self._backend.current(ref).entry
-            if newest is None:
-                raise NotFoundError(str(ref))
-            to_version = newest.version
-        old_entry, old = self._version(ref, from_version)
-        new_entry, new = self._version(ref, to_version)
-        before: Any = codec.decode_value(old) if old is not None else None
-        after: Any = codec.decode_value(new) if new is not None else None
-        patch = jsonpatch.make_patch(before, after).patch
-        return VersionDiff(
-            scope=ref.scope,
-            namespace=ref.namespace,
-            key=ref.key,
-            from_version=from_version,
-            to_version=to_version,
-            from_hash=old_entry.hash,
-            to_hash=new_entry.hash,
-            patch=list(patch),
-        )
+def diff_versions(
+    backend: Backend, ref: Ref, from_version: int, to_version: int | None
+) -> VersionDiff:
+    """``Store.diff_versions``: an RFC 6902 JSON Patch between two stored versions."""
+    if to_version is None:
+        newest = backend.current(ref).entry
+        if newest is None:
+            raise NotFoundError(str(ref))
+        to_version = newest.version
+    old_entry, old = _version(backend, ref, from_version)
+    new_entry, new = _version(backend, ref, to_version)
+    before: Any = codec.decode_value(old) if old is not None else None
+    after: Any = codec.decode_value(new) if new is not None else None
+    patch = jsonpatch.make_patch(before, after).patch
+    return VersionDiff(
+        scope=ref.scope,
+        namespace=ref.namespace,
+        key=ref.key,
+        from_version=from_version,
+        to_version=to_version,
+        from_hash=old_entry.hash,
+        to_hash=new_entry.hash,
+        patch=list(patch),
+    )

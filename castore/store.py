@@ -14,11 +14,10 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from castore import _fs, codec
-from castore.backend import Backend, Current, Decide, LogView, Write
-from castore.errors import ConflictError, CorruptionError, NotFoundError, RecordError
+from castore import _fs, codec, history
+from castore.backend import Backend, Decide, LogView, Write
+from castore.errors import ConflictError, NotFoundError
 from castore.filestore import FileBackend
-from castore.history import History
 from castore.keys import (
     Ref,
     env_or,
@@ -27,15 +26,17 @@ from castore.keys import (
     validate_limit,
     validate_prefix,
 )
+from castore.listing import list_live
 from castore.records import OP_DELETE, OP_SET, Audit, Entry
 from castore.results import (
     DeleteResult,
     DiffResult,
     GetResult,
-    ListEntry,
+    HistoryResult,
     ListResult,
+    RollbackResult,
     SetResult,
-    rfc3339,
+    VersionDiff,
 )
 
 __all__ = ["Store", "default_root"]
@@ -55,7 +56,7 @@ def default_root() -> str:
 
 
 @final
-class Store(History):
+class Store:
     """A castore store rooted at one directory.
 
     Safe for many processes on one machine (file locks) and for many threads
@@ -184,7 +185,7 @@ class Store(History):
         """
         ref = self.ref(key, scope, namespace)
         if version is not None:
-            return self._get_version(ref, version, required)
+            return history.get_version(self._backend, ref, version, required)
         current = self._backend.current(ref)
         entry = current.live
         if entry is not None and current.value is not None:
@@ -407,24 +408,6 @@ class Store(History):
 
     # -- listing -------------------------------------------------------------------------
 
-    @staticmethod
-    def _list_entry(
-        scope: str, ns: str, key: str, entry: Entry, current: Current, include_values: bool
-    ) -> ListEntry:
-        return ListEntry(
-            scope=scope,
-            namespace=ns,
-            key=key,
-            version=entry.version,
-            hash=entry.hash,
-            created_at=rfc3339(entry.created_ns),
-            updated_at=rfc3339(entry.time_ns),
-            value=codec.decode_value(current.value)
-            if include_values and current.value is not None
-            else None,
-            value_json=current.value if include_values else None,
-        )
-
     def list(
         self,
         prefix: str = "",
@@ -450,39 +433,80 @@ class Store(History):
         ns = resolve_namespace(scope, namespace, dag=self.dag, root_dag=self.root_dag)
         validate_prefix(prefix)
         validate_limit(limit)
-        entries: list[ListEntry] = []
-        skipped: list[str] = []
-        candidates = self._backend.keys(scope, ns, prefix)
-        done: set[str] = set()
-        while candidates:
-            inconsistent = False
-            for key in candidates:
-                if key in done:
-                    continue
-                done.add(key)
-                try:
-                    current = self._backend.current(Ref(scope, ns, key))
-                except (CorruptionError, RecordError):
-                    if include_values:
-                        raise  # a value cannot be listed: never a partial answer
-                    skipped.append(key)
-                    continue
-                inconsistent |= current.entry is None  # KEYS names a key with no entry
-                entry = current.live
-                if entry is None:
-                    continue
-                entries.append(self._list_entry(scope, ns, key, entry, current, include_values))
-                if limit and len(entries) >= limit:
-                    break
-            if not inconsistent or (limit and len(entries) >= limit):
-                break
-            # The key index may be damaged: read the keys the logs name, once.
-            candidates = [
-                k for k in self._backend.keys(scope, ns, prefix, verify=True) if k not in done
-            ]
-        entries.sort(key=lambda e: e.key.encode("utf-8"))
-        if limit:
-            del entries[limit:]
-        return ListResult(
-            scope=scope, namespace=ns, prefix=prefix, entries=entries, skipped=skipped
-        )
+        return list_live(self._backend, scope, ns, prefix, limit, include_values)
+
+    # -- history -------------------------------------------------------------------------
+
+    def history(
+        self,
+        key: str,
+        *,
+        scope: str = "dag",
+        namespace: str | None = None,
+        limit: int = 0,
+        before_version: int | None = None,
+    ) -> HistoryResult:
+        """Versions of a key, newest first, with their audit records.
+
+        Page with ``limit`` and ``before_version`` (versions strictly below it);
+        the cost of a page does not grow with the length of the history. A
+        ``damaged`` entry marks versions damage made unreadable.
+
+        Raises:
+            InvalidRefError: bad scope, namespace, key, limit or before_version.
+            CorruptionError: damage follows the newest intact version.
+        """
+        ref = self.ref(key, scope, namespace)
+        return history.history_page(self._backend, ref, limit, before_version)
+
+    def rollback(
+        self,
+        key: str,
+        *,
+        to_version: int,
+        scope: str = "dag",
+        namespace: str | None = None,
+        expected_version: int | None = None,
+        reason: str = "",
+    ) -> RollbackResult:
+        """Append a new version whose value is version ``to_version``'s.
+
+        The new entry points at the same blob (same hash, nothing copied) and
+        its audit records ``rollback_from``. Rolling back to a tombstone
+        deletes the key. ``expected_version`` works as in :meth:`set`.
+
+        Raises:
+            InvalidRefError: bad scope, namespace, key or version.
+            NotFoundError: ``to_version`` does not exist (never written, or compacted).
+            ConflictError: ``expected_version`` did not match.
+            CorruptionError: the old value fails verification.
+            LockTimeoutError: the key stayed locked for the lock timeout.
+        """
+        ref = self.ref(key, scope, namespace)
+
+        def audit(to: int) -> Audit:
+            return self._audit(reason, rollback_from=to)
+
+        return history.rollback(self._backend, ref, to_version, expected_version, audit)
+
+    def diff_versions(
+        self,
+        key: str,
+        *,
+        from_version: int,
+        to_version: int | None = None,
+        scope: str = "dag",
+        namespace: str | None = None,
+    ) -> VersionDiff:
+        """A structural diff between two stored versions, as an RFC 6902 JSON Patch.
+
+        ``to_version`` defaults to the newest version. Tombstones compare as
+        ``null``. Applying ``patch`` to the old value gives the new one.
+
+        Raises:
+            InvalidRefError: bad scope, namespace, key or version.
+            NotFoundError: a version does not exist.
+            CorruptionError: a value fails verification.
+        """
+        ref = self.ref(key, scope, namespace)
+        return history.diff_versions(self._backend, ref, from_version, to_version)

@@ -34,6 +34,7 @@ LAYERS = {
     "blobread": 3,
     "damage": 2,
     "backend": 2,
+    "listing": 7,
     "formatfile": 2,
     "render": 9,
     "args": 9,
