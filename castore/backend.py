@@ -51,6 +51,7 @@ class Write(NamedTuple):
     version: int = 0
     time_ns: int = 0
     created_ns: int = 0
+    damaged_from: int = 0  # an import reproducing a ``damaged`` entry's range
 
 
 class LogView(Protocol):

@@ -158,12 +158,17 @@ def with_markers(
     """
     markers: dict[int, Entry] = {}
     now = time.time_ns()
+    placed = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
     for window in damage_windows(log, grave):
         top = window_top(log, window)
         if top >= window.low:
             where = f"damaged bytes at offset {window.start}; {reason}"
-            markers[window.start] = marker(window.low, top, now, where)
-    entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
+            # Times never decrease along a log: a marker takes its neighbour's time.
+            before = [e.time_ns for at, e in placed if at < window.start]
+            after = [e.time_ns for at, e in placed if at >= window.end]
+            stamp = before[-1] if before else after[0] if after else now
+            markers[window.start] = marker(window.low, top, stamp, where)
+    entries = [e for _, e in placed]
     newest = max([grave, *(e.version for e in entries), *(m.version for m in markers.values())])
     done = [
         high
@@ -173,7 +178,8 @@ def with_markers(
     ]
     newest = max([newest, *done])  # compaction dropped those: not lost
     if lost_by_index > newest:
-        markers[log.size] = marker(newest + 1, lost_by_index, now, f"log cut short; {reason}")
+        stamp = max([now, *(e.time_ns for e in entries)])
+        markers[log.size] = marker(newest + 1, lost_by_index, stamp, f"log cut short; {reason}")
     out: list[tuple[int, bytes]] = []
     pending = sorted(markers.items())
     for f in log.frames:

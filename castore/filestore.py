@@ -26,6 +26,7 @@ from castore.records import (
     KIND_BLOB,
     KIND_ENTRY,
     KIND_HEADER,
+    OP_DAMAGED,
     OP_DELETE,
     BlobLoc,
     Entry,
@@ -392,7 +393,9 @@ class FileBackend(Rewriter):
             not_before = previous.time_ns + 1 if previous is not None else 0
             stamp = plan.time_ns or max(now, not_before)
             created = 0
-            if plan.op != OP_DELETE:
+            if plan.op == OP_DAMAGED:
+                created = plan.created_ns  # as recorded (an import of a lost version)
+            elif plan.op != OP_DELETE:
                 created = plan.created_ns or (
                     previous.created_ns if previous is not None and previous.live else stamp
                 )
@@ -405,6 +408,7 @@ class FileBackend(Rewriter):
                 blob=blob,
                 created_ns=created,
                 audit=plan.audit,
+                damaged_from=plan.damaged_from,
             )
             parts.append(encode_frame(KIND_ENTRY, encode_record(entry)))
             starts.append(offset)

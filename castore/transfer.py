@@ -5,9 +5,10 @@ Format ``castore-export`` version 1 (one JSON object per line, UTF-8):
 * line 1: ``{"format":"castore-export","version":1}``;
 * then one line per version, refs in byte-wise (scope, namespace, key)
   order and each ref's versions oldest first: ``scope``, ``namespace``, ``key``,
-  ``version``, ``op`` (``set``/``delete``/``rollback``), ``time_ns``,
-  ``created_ns``, ``hash``, ``audit`` (the audit record, empty fields
-  omitted) and ``value`` (the normalized JSON, absent for deletes).
+  ``version``, ``op`` (``set``/``delete``/``rollback``/``damaged``),
+  ``time_ns``, ``created_ns``, ``hash``, ``audit`` (the audit record, empty
+  fields omitted), ``value`` (the normalized JSON, absent for deletes and
+  damaged entries) and ``damaged_from`` (a damaged entry's lowest version).
 
 Exporting, importing into an empty store and exporting again gives the same
 bytes: versions, hashes, times and audit records are reproduced exactly.
@@ -37,7 +38,7 @@ from castore.keys import (
     validate_namespace,
     validate_scope,
 )
-from castore.records import OP_DELETE, OP_ROLLBACK, OP_SET, Audit, Entry
+from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Audit, Entry
 from castore.store import Store
 
 __all__ = [
@@ -83,7 +84,8 @@ class ExportRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     created_ns: int = 0
     hash: str = ""
     audit: Audit = Audit()
-    value: msgspec.Raw = _NO_VALUE  # a delete carries no value
+    value: msgspec.Raw = _NO_VALUE  # a delete or a damaged entry carries no value
+    damaged_from: int = 0  # a ``damaged`` entry: the versions damaged_from..version were lost
 
 
 class ImportReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -132,6 +134,7 @@ def export_lines(
                 hash=entry.hash,
                 audit=entry.audit,
                 value=_NO_VALUE if value is None else msgspec.Raw(value),
+                damaged_from=entry.damaged_from,
             )
             yield _encoder.encode(record) + b"\n"
 
@@ -209,8 +212,24 @@ def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[Write]]]:
 def _plan(rec: ExportRecord, number: int, last_version: int) -> Write:
     if rec.version <= last_version:
         raise InvalidValueError(f"line {number}: version {rec.version} after {last_version}")
-    if rec.op not in (OP_SET, OP_DELETE, OP_ROLLBACK):
+    if rec.op not in (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED):
         raise InvalidValueError(f"line {number}: unknown op {rec.op!r}")
+    if rec.op == OP_DAMAGED:  # versions a repair recorded as lost: kept as lost
+        if len(rec.value) or rec.damaged_from > rec.version or rec.damaged_from < 0:
+            raise InvalidValueError(f"line {number}: a damaged entry carries no value")
+        if rec.damaged_from and rec.damaged_from <= last_version:
+            raise InvalidValueError(f"line {number}: damaged range overlaps version {last_version}")
+        return Write(
+            OP_DAMAGED,
+            None,
+            rec.hash,
+            rec.audit,
+            None,
+            rec.version,
+            rec.time_ns,
+            rec.created_ns,
+            rec.damaged_from,
+        )
     if rec.op == OP_DELETE:
         if len(rec.value) or rec.hash:
             raise InvalidValueError(f"line {number}: a delete carries no value")

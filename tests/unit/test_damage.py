@@ -285,3 +285,24 @@ def test_import_dagu_skips_a_record_that_would_repeat_a_removed_version(tmp_path
     assert [o.status for o in outcomes] == ["skipped"]
     assert "repeat" in outcomes[0].reason
     assert store_at(root).set("gone", 2).version == 5
+
+
+def test_recorded_losses_survive_export_and_import(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = store_at(root)
+    for n in range(1, 5):
+        store.set("k", {"n": n})
+    path = log_path(root, "dag", DAG, "k")
+    with open(path, "rb") as fh:
+        frames = list(scan_frames(fh.read()))
+    second = [f for f in frames if f.kind == KIND_ENTRY][1]
+    corrupt(path, (second.start + second.end) // 2)
+    check(store_at(root), repair=True)
+    lines = list(export_lines(store_at(root)))
+    assert any(b'"op":"damaged"' in line for line in lines)
+    copy = store_at(tmp_path / "copy")
+    import_lines(copy, lambda: lines)
+    assert list(export_lines(store_at(tmp_path / "copy"))) == lines  # byte-identical
+    with pytest.raises(CorruptionError, match="lost"):
+        store_at(tmp_path / "copy").get("k", version=2)
+    assert store_at(tmp_path / "copy").set("k", {"n": 5}).version == 5
