@@ -4,22 +4,45 @@ Attributes are Dagu's output fields in snake_case. Values are given twice:
 ``value`` as Python data (decoded from the stored normalized JSON) and
 ``value_json`` as the normalized JSON bytes themselves (``None`` when absent),
 which is what the CLI prints so that number literals survive exactly.
+
+Each result has a *line* (``GetLine`` for :class:`GetResult`, ...): the one
+declaration of its JSON output, Dagu's field names in Dagu's order with
+``operation`` first, which the CLI prints (``castore.cli.render``). A line
+field takes the result attribute of the same name; a field left at its
+default is not written. Strings are :class:`GoString` and values
+:class:`RawJSON`, as Go's output struct has ``string`` and ``json.RawMessage``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Final, final
 
 import msgspec
 
 __all__ = [
+    "LINE_TYPES",
+    "DeleteLine",
     "DeleteResult",
+    "DiffLine",
     "DiffResult",
+    "GetLine",
     "GetResult",
+    "GoString",
+    "HistoryEntry",
+    "HistoryLine",
+    "HistoryResult",
     "ListEntry",
+    "ListEntryLine",
+    "ListLine",
     "ListResult",
+    "RawJSON",
+    "RollbackLine",
+    "RollbackResult",
+    "SetLine",
     "SetResult",
+    "VersionDiff",
+    "VersionDiffLine",
     "rfc3339",
 ]
 
@@ -165,3 +188,138 @@ class VersionDiff(_Result, frozen=True, kw_only=True):
     from_hash: str
     to_hash: str
     patch: list[dict[str, Any]]
+
+
+@final
+class GoString(str):
+    """Text written as Go's ``encoding/json`` writes a string (HTML escaping off).
+
+    msgspec writes strings as Go does except U+2028 and U+2029, which Go
+    escapes; the CLI writes a ``GoString`` with ``codec.encode_string``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, text: str = "") -> GoString:
+        """``text`` as a GoString; every empty one is the same object.
+
+        msgspec leaves out a field that holds its default *object* (an identity
+        test), so an empty string left at a line field's default is not written.
+        """
+        if not text:
+            return _EMPTY
+        return super().__new__(cls, text)
+
+
+_EMPTY: Final = str.__new__(GoString)
+
+
+@final
+class RawJSON(bytes):
+    """Normalized JSON bytes, written verbatim (Go's ``json.RawMessage``)."""
+
+    __slots__ = ()
+
+
+class _Line(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
+    """A result as JSON: camelCase names, a field at its default left out."""
+
+
+class _RefLine(_Line, frozen=True, kw_only=True):
+    scope: GoString
+    namespace: GoString
+    key: GoString
+
+
+class GetLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="get"):
+    """:class:`GetResult`: ``version`` and ``hash`` only if found, ``value`` if any."""
+
+    found: bool
+    version: int = 0
+    hash: GoString = GoString()
+    value_json: RawJSON | None = msgspec.field(default=None, name="value")
+
+
+class SetLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="set"):
+    """:class:`SetResult`."""
+
+    version: int
+    hash: GoString
+    created: bool
+
+
+class DiffLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="diff"):
+    """:class:`DiffResult`: Dagu leaves out what did not happen (no previous, no write)."""
+
+    changed: bool
+    found_previous: bool
+    previous_version: int = 0
+    version: int = 0
+    hash: GoString = GoString()
+    previous_json: RawJSON | None = msgspec.field(default=None, name="previous")
+    current_json: RawJSON = msgspec.field(name="current")
+
+
+class DeleteLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="delete"):
+    """:class:`DeleteResult`."""
+
+    deleted: bool
+
+
+class ListEntryLine(_RefLine, frozen=True, kw_only=True):
+    """:class:`ListEntry`: one element of a :class:`ListLine`'s ``entries``."""
+
+    version: int
+    hash: GoString
+    created_at: GoString
+    updated_at: GoString
+    value_json: RawJSON | None = msgspec.field(default=None, name="value")
+
+
+class ListLine(_Line, frozen=True, kw_only=True, tag_field="operation", tag="list"):
+    """:class:`ListResult`: ``prefix`` only if one was given; ``skipped`` is not written."""
+
+    scope: GoString
+    namespace: GoString
+    prefix: GoString = GoString()
+    entries: list[ListEntryLine]
+
+
+class HistoryLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="history"):
+    """:class:`HistoryResult`: ``nextBeforeVersion`` only if there is a next page."""
+
+    entries: list[HistoryEntry]
+    next_before_version: int = 0
+
+
+class RollbackLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="rollback"):
+    """:class:`RollbackResult`."""
+
+    version: int
+    hash: GoString
+    to_version: int
+    deleted: bool
+    created: bool
+
+
+class VersionDiffLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="diff"):
+    """:class:`VersionDiff`."""
+
+    from_version: int
+    to_version: int
+    from_hash: GoString
+    to_hash: GoString
+    patch: list[dict[str, Any]]
+
+
+LINE_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
+    GetResult: GetLine,
+    SetResult: SetLine,
+    DiffResult: DiffLine,
+    DeleteResult: DeleteLine,
+    ListEntry: ListEntryLine,
+    ListResult: ListLine,
+    HistoryResult: HistoryLine,
+    RollbackResult: RollbackLine,
+    VersionDiff: VersionDiffLine,
+}

@@ -5,7 +5,7 @@ import pathlib
 import re
 
 from castore import cli
-from castore.args import build_parser
+from castore.cli.args import build_parser
 
 ROOT = pathlib.Path(__file__).parents[2]
 

@@ -1,7 +1,7 @@
 """The command line's arguments: one argparse parser, every command and option.
 
-Kept apart from ``cli.py`` (which runs the commands) so each stays small;
-docs/CLI.md describes the same commands and ``tests/unit/test_docs.py``
+Kept apart from the commands (``castore.cli.state`` and its siblings) so each
+stays small; docs/CLI.md describes the same commands and ``tests/unit/test_docs.py``
 checks that every one of them is documented.
 """
 

@@ -1,0 +1,90 @@
+"""The ``castore`` command line: a thin layer over :class:`castore.Store` and its tools.
+
+Dagu's five operations and castore's own single-key commands print exactly
+one line of JSON on stdout; ``audit``, ``export`` and ``import-dagu`` stream
+JSON lines. Errors print one line ``castore: <what was wrong>`` on stderr,
+nothing on stdout, and exit with a code from :data:`EXIT_CODES` (mirrored in
+docs/CLI.md). Progress bars go to stderr, only when it is a terminal.
+
+The package: ``args`` (the parser), ``render`` (the JSON lines), ``invocation``
+(what every command shares), and the commands by group in ``state``, ``history``
+and ``maintenance``; this module runs one of them and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+from castore.cli import history, maintenance, state
+from castore.cli.args import UsageError, build_parser
+from castore.cli.invocation import Command, Invocation, UnhealthyError
+from castore.errors import (
+    CastoreError,
+    ConflictError,
+    CorruptionError,
+    FormatVersionError,
+    InvalidRefError,
+    InvalidValueError,
+    NotFoundError,
+)
+
+__all__ = ["COMMANDS", "EXIT_CODES", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # I/O error, lock timeout, check found problems
+EXIT_INVALID = 2  # bad key, scope, namespace, JSON, too large, usage
+EXIT_CONFLICT = 3  # expected_version / create_only failed; import conflicts
+EXIT_NOT_FOUND = 4  # --required and the key is absent; a version that does not exist
+EXIT_DAMAGED = 5  # the store holds damage that hides the answer: run check --repair
+EXIT_CODES = {
+    "ok": EXIT_OK,
+    "failure": EXIT_FAILURE,
+    "invalid input": EXIT_INVALID,
+    "conflict": EXIT_CONFLICT,
+    "not found": EXIT_NOT_FOUND,
+    "damaged": EXIT_DAMAGED,
+}
+
+
+COMMANDS: Final[dict[str, Command]] = {**state.COMMANDS, **history.COMMANDS, **maintenance.COMMANDS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (see :data:`EXIT_CODES`)."""
+    out = sys.stdout.buffer
+    try:
+        args = build_parser().parse_args(argv)
+        for line in COMMANDS[args.command](Invocation(args)):
+            out.write(line + b"\n")
+        out.flush()
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    except UnhealthyError as exc:
+        out.flush()
+        return _fail(str(exc), EXIT_FAILURE)
+    except (InvalidRefError, InvalidValueError) as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    except ConflictError as exc:
+        return _fail(str(exc), EXIT_CONFLICT)
+    except NotFoundError as exc:
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    except FormatVersionError as exc:
+        return _fail(str(exc), EXIT_FAILURE)  # not a (current) castore store
+    except CorruptionError as exc:
+        return _fail(str(exc), EXIT_DAMAGED)
+    except CastoreError as exc:
+        return _fail(str(exc), EXIT_FAILURE)
+    except BrokenPipeError:
+        return EXIT_OK  # the reader went away (e.g. `castore export | head`)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    return EXIT_OK
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"castore: {message}\n")
+    return code

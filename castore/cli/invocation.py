@@ -1,0 +1,62 @@
+"""One parsed command line: the store it names and the options every command shares.
+
+A command is a function ``(Invocation) -> Iterator[bytes]`` that yields JSON
+lines (without newlines); ``castore.cli.main`` writes them and maps errors to
+exit codes. The command modules (``state``, ``history``, ``maintenance``)
+each export a ``COMMANDS`` table from command name to function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from typing import Never, TypeAlias
+
+from tqdm import tqdm
+
+from castore.keys import go_trim_space
+from castore.store import Store
+
+__all__ = ["Command", "Invocation", "UnhealthyError", "progress"]
+
+
+class UnhealthyError(Exception):
+    """``check`` found problems: its report is printed, then exit 1."""
+
+
+class Invocation:
+    """One parsed invocation: the store and the arguments, resolved once."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.scope_given = go_trim_space(args.scope or "") or None
+        self.scope = self.scope_given or "dag"
+        self.namespace = go_trim_space(args.namespace or "") or None
+
+    @functools.cached_property
+    def store(self) -> Store:
+        """The store, opened on first use (``upgrade`` works on the directory itself)."""
+        args = self.args
+        return Store(
+            args.dir,
+            dag=args.dag,
+            root_dag=args.root_dag,
+            durable=not args.no_sync,
+            actor=args.actor,
+            run_id=args.run_id,
+            step=args.step,
+        )
+
+    def key(self) -> str:
+        """The KEY argument, trimmed as Dagu's executor trims it."""
+        return go_trim_space(self.args.key)
+
+
+Command: TypeAlias = Callable[[Invocation], Iterator[bytes]]
+
+
+def progress(unit: str) -> tqdm[Never]:
+    """A progress bar on stderr, shown only when stderr is a terminal."""
+    return tqdm(unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)

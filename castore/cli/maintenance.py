@@ -1,0 +1,139 @@
+"""The whole-store commands: export/import, ``import-dagu``, gc, compact, check, upgrade, stats.
+
+Each prints its report as one JSON line with ``operation`` first; ``export``
+and ``import-dagu`` stream JSON lines (docs/CLI.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Final
+
+from castore.check import check
+from castore.cli.args import UsageError
+from castore.cli.invocation import Command, Invocation, UnhealthyError, progress
+from castore.cli.render import DaguImportSummary, encode_line, render
+from castore.compact import compact
+from castore.dagu import import_dagu
+from castore.gc import collect_garbage
+from castore.keys import go_trim_space
+from castore.stats import stats
+from castore.store import default_root
+from castore.transfer import export_lines, import_lines, read_lines
+from castore.upgrade import upgrade
+
+__all__ = ["COMMANDS"]
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}  # seconds per unit
+
+
+def _duration(text: str | None) -> float | None:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w``."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    if m is None:
+        raise UsageError(f"bad duration {text!r}: use e.g. 90s, 15m, 12h, 7d, 2w")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _export(cmd: Invocation) -> Iterator[bytes]:
+    with progress("versions") as bar:
+        for line in export_lines(cmd.store, scope=cmd.scope_given, namespace=cmd.namespace):
+            bar.update()
+            yield line.rstrip(b"\n")
+
+
+def _import(cmd: Invocation) -> Iterator[bytes]:
+    a = cmd.args
+    with contextlib.ExitStack() as stack:
+        path = a.file
+        if path == "-":  # two passes: spool stdin to a temporary file first
+            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="castore-import-"))
+            for line in read_lines(sys.stdin.buffer):  # bounded: a long line is refused
+                spool.write(line)
+            spool.flush()
+            path = spool.name
+        if not os.path.isfile(path):
+            raise UsageError(f"no such file: {path}")
+
+        def read() -> Iterator[bytes]:
+            with open(path, "rb") as fh:
+                yield from read_lines(fh)
+
+        bar = stack.enter_context(progress("versions"))
+        report = import_lines(cmd.store, read, on_conflict=a.on_conflict, progress=bar.update)
+    yield render(report)
+
+
+def _import_dagu(cmd: Invocation) -> Iterator[bytes]:
+    directory = cmd.args.directory
+    if not os.path.isdir(directory):
+        raise UsageError(f"not a directory: {directory}")
+    counts = {"imported": 0, "skipped": 0}
+    with progress("files") as bar:
+        for outcome in import_dagu(cmd.store, directory):
+            bar.update()
+            counts[outcome.status] += 1
+            yield encode_line(outcome)
+    yield encode_line(DaguImportSummary(imported=counts["imported"], skipped=counts["skipped"]))
+
+
+def _gc(cmd: Invocation) -> Iterator[bytes]:
+    grace = _duration(cmd.args.grace)
+    with progress("logs") as bar:
+        report = collect_garbage(
+            cmd.store, grace_seconds=grace or 0.0, dry_run=cmd.args.dry_run, progress=bar.update
+        )
+    yield render(report)
+
+
+def _compact(cmd: Invocation) -> Iterator[bytes]:
+    a = cmd.args
+    if a.keep_last is None and a.keep_within is None:
+        raise UsageError("compact needs a policy: --keep-last N and/or --keep-within DURATION")
+    with progress("keys") as bar:
+        report = compact(
+            cmd.store,
+            keep_last=a.keep_last,
+            keep_within_seconds=_duration(a.keep_within),
+            scope=cmd.scope_given,
+            namespace=cmd.namespace,
+            prefix=go_trim_space(a.prefix),
+            dry_run=a.dry_run,
+            progress=bar.update,
+        )
+    yield render(report)
+
+
+def _check(cmd: Invocation) -> Iterator[bytes]:
+    with progress("logs") as bar:
+        report = check(cmd.store, repair=cmd.args.repair, progress=bar.update)
+    yield render(report)
+    if not report.ok:
+        raise UnhealthyError(f"{len(report.findings)} problem(s) found; see the report")
+
+
+def _upgrade(cmd: Invocation) -> Iterator[bytes]:
+    yield render(upgrade(os.path.abspath(cmd.args.dir or default_root())))
+
+
+def _stats(cmd: Invocation) -> Iterator[bytes]:
+    yield render(stats(cmd.store))
+
+
+COMMANDS: Final[dict[str, Command]] = {
+    "export": _export,
+    "import": _import,
+    "import-dagu": _import_dagu,
+    "gc": _gc,
+    "compact": _compact,
+    "check": _check,
+    "upgrade": _upgrade,
+    "stats": _stats,
+}

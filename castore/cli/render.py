@@ -1,0 +1,164 @@
+"""Results as the CLI's JSON lines: one msgspec encoder, the field order declared once.
+
+The lines of Dagu's five operations and of castore's single-key commands are
+declared in :mod:`castore.results` (``GetLine`` ...); each maintenance report
+is printed as itself with ``operation`` first (a tagged subclass, below).
+Strings of a declared line are written as Go writes them and values verbatim,
+so the bytes match Dagu's; history entries, patches and reports are castore's
+own and written by msgspec as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import jsonpatch
+import jsonpointer
+import msgspec
+
+from castore import codec
+from castore.check import CheckReport
+from castore.compact import CompactReport
+from castore.gc import GCReport
+from castore.results import (
+    LINE_TYPES,
+    DeleteResult,
+    DiffResult,
+    GetResult,
+    GoString,
+    HistoryResult,
+    ListResult,
+    RawJSON,
+    RollbackResult,
+    SetResult,
+    VersionDiff,
+)
+from castore.stats import StoreStats
+from castore.transfer import ImportReport
+from castore.upgrade import UpgradeReport
+
+__all__ = ["DaguImportSummary", "encode_line", "render", "render_patch_text"]
+
+
+class _GCLine(GCReport, frozen=True, kw_only=True, tag_field="operation", tag="gc"):
+    """``castore gc``'s line."""
+
+
+class _CompactLine(CompactReport, frozen=True, kw_only=True, tag_field="operation", tag="compact"):
+    """``castore compact``'s line."""
+
+
+class _CheckLine(CheckReport, frozen=True, kw_only=True, tag_field="operation", tag="check"):
+    """``castore check``'s line."""
+
+
+class _ImportLine(ImportReport, frozen=True, kw_only=True, tag_field="operation", tag="import"):
+    """``castore import``'s line."""
+
+
+class _UpgradeLine(UpgradeReport, frozen=True, kw_only=True, tag_field="operation", tag="upgrade"):
+    """``castore upgrade``'s line."""
+
+
+class _StatsLine(StoreStats, frozen=True, kw_only=True, tag_field="operation", tag="stats"):
+    """``castore stats``'s line."""
+
+
+class DaguImportSummary(msgspec.Struct, frozen=True, tag_field="operation", tag="import-dagu"):
+    """The last line of ``castore import-dagu``: how many files were imported and skipped."""
+
+    imported: int
+    skipped: int
+
+
+Renderable = (
+    GetResult
+    | SetResult
+    | DiffResult
+    | DeleteResult
+    | ListResult
+    | HistoryResult
+    | RollbackResult
+    | VersionDiff
+    | GCReport
+    | CompactReport
+    | CheckReport
+    | ImportReport
+    | UpgradeReport
+    | StoreStats
+)
+_LINE_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
+    **LINE_TYPES,
+    GCReport: _GCLine,
+    CompactReport: _CompactLine,
+    CheckReport: _CheckLine,
+    ImportReport: _ImportLine,
+    UpgradeReport: _UpgradeLine,
+    StoreStats: _StatsLine,
+}
+
+
+def _to_field(kind: type, value: Any) -> Any:
+    """Give a result attribute the type its line field declares."""
+    if kind is GoString or kind is RawJSON:
+        return kind(value)
+    raise NotImplementedError(kind)
+
+
+def _write_field(value: Any) -> msgspec.Raw:
+    """Write a line field of a type msgspec does not know."""
+    if isinstance(value, GoString):
+        return msgspec.Raw(codec.encode_string(value, html=False))
+    if isinstance(value, RawJSON):
+        return msgspec.Raw(value)
+    raise NotImplementedError(type(value))
+
+
+_encoder: Final = msgspec.json.Encoder(enc_hook=_write_field)
+
+
+def encode_line(record: msgspec.Struct) -> bytes:
+    """One JSON line (without newline) for a record struct, written as it is."""
+    return _encoder.encode(record)
+
+
+def render(result: Renderable) -> bytes:
+    """One JSON line (without newline): ``result`` as its line, ``operation`` first."""
+    line_type = _LINE_TYPES[type(result)]
+    return _encoder.encode(
+        msgspec.convert(result, line_type, from_attributes=True, dec_hook=_to_field)
+    )
+
+
+def _show(value: Any) -> str:
+    return _encoder.encode(value).decode("utf-8")
+
+
+def render_patch_text(diff: VersionDiff, before: Any) -> str:
+    """A readable form of a version diff: one line per change, ``-``/``+``/``~``.
+
+    Args:
+        diff: the version diff.
+        before: the old value (to show what was removed or replaced).
+    """
+    ref = f"{diff.scope}/{diff.namespace}/{diff.key}"
+    lines = [f"{ref}: version {diff.from_version} -> {diff.to_version}"]
+    if not diff.patch:
+        lines.append("  (no changes)")
+    doc = before
+    for op in diff.patch:
+        path = op["path"] or "(whole value)"
+        kind = op["op"]
+        old = jsonpointer.resolve_pointer(doc, op.get("from", op["path"]), None)
+        if kind == "add":
+            lines.append(f"+ {path}: {_show(op['value'])}")
+        elif kind == "remove":
+            lines.append(f"- {path}: {_show(old)}")
+        elif kind == "replace":
+            lines.append(f"~ {path}: {_show(old)} -> {_show(op['value'])}")
+        elif kind == "move":
+            lines.append(f"> {op['from']} -> {path}")
+        else:
+            lines.append(f"+ {path}: copy of {op['from']}")
+        doc = jsonpatch.apply_patch(doc, [op])
+    return "\n".join(lines)

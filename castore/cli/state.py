@@ -1,0 +1,124 @@
+"""Dagu's five state commands: ``get``, ``set``, ``diff``, ``delete``, ``list``.
+
+Each prints one JSON line with Dagu's field names and order (docs/CLI.md);
+``diff --from-version`` compares two stored versions instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from typing import Final
+
+from castore.cli.args import UsageError
+from castore.cli.invocation import Command, Invocation
+from castore.cli.render import render, render_patch_text
+from castore.keys import go_trim_space
+
+__all__ = ["COMMANDS"]
+
+
+def _value(text: str) -> bytes:
+    if text == "-":
+        return sys.stdin.buffer.read()
+    return os.fsencode(text)  # argv bytes as given: invalid UTF-8 is normalized as Go does
+
+
+def _get(cmd: Invocation) -> Iterator[bytes]:
+    a = cmd.args
+    extra = {} if a.default is None else {"default": os.fsencode(a.default)}
+    yield render(
+        cmd.store.get(
+            cmd.key(),
+            scope=cmd.scope,
+            namespace=cmd.namespace,
+            required=a.required,
+            version=a.version,
+            **extra,
+        )
+    )
+
+
+def _set(cmd: Invocation) -> Iterator[bytes]:
+    a = cmd.args
+    yield render(
+        cmd.store.set(
+            cmd.key(),
+            _value(a.value),
+            scope=cmd.scope,
+            namespace=cmd.namespace,
+            expected_version=a.expected_version,
+            create_only=a.create_only,
+            reason=a.reason,
+        )
+    )
+
+
+def _diff(cmd: Invocation) -> Iterator[bytes]:
+    a = cmd.args
+    if a.from_version is not None:
+        yield from _diff_versions(cmd)
+        return
+    if a.to_version is not None:
+        raise UsageError("--to-version needs --from-version")
+    yield render(
+        cmd.store.diff(
+            cmd.key(),
+            _value(a.value),
+            scope=cmd.scope,
+            namespace=cmd.namespace,
+            update=not a.no_update,
+            expected_version=a.expected_version,
+            reason=a.reason,
+        )
+    )
+
+
+def _diff_versions(cmd: Invocation) -> Iterator[bytes]:
+    a, s = cmd.args, cmd.store
+    if a.value != "-":
+        raise UsageError("a version diff takes no VALUE")
+    diff = s.diff_versions(
+        cmd.key(),
+        from_version=a.from_version,
+        to_version=a.to_version,
+        scope=cmd.scope,
+        namespace=cmd.namespace,
+    )
+    if a.format == "json":
+        yield render(diff)
+        return
+    before = s.get(cmd.key(), scope=cmd.scope, namespace=cmd.namespace, version=a.from_version)
+    yield render_patch_text(diff, before.value).encode("utf-8")
+
+
+def _delete(cmd: Invocation) -> Iterator[bytes]:
+    yield render(
+        cmd.store.delete(
+            cmd.key(), scope=cmd.scope, namespace=cmd.namespace, reason=cmd.args.reason
+        )
+    )
+
+
+def _list(cmd: Invocation) -> Iterator[bytes]:
+    a = cmd.args
+    result = cmd.store.list(
+        go_trim_space(a.prefix),
+        scope=cmd.scope,
+        namespace=cmd.namespace,
+        limit=a.limit,
+        include_values=a.include_values,
+    )
+    for key in result.skipped:
+        sys.stderr.write(f"castore: warning: skipped unreadable key {key!r}\n")
+    yield render(result)
+
+
+COMMANDS: Final[dict[str, Command]] = {
+    "get": _get,
+    "set": _set,
+    "diff": _diff,
+    "delete": _delete,
+    "list": _list,
+}
