@@ -146,12 +146,7 @@ class FileBackend(Rewriter):
             if not decided:
                 return previous, []
             plans = decided if isinstance(decided, list) else [decided]
-            base = 0
-            if previous is None:  # a new key, or one whose log compaction removed
-                base = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
-                done = self.compaction_of(fd) if size else None
-                if done is not None:  # the removed key's log still names its versions
-                    base = max([base, *(high for _, high in done.versions)])
+            base = self._first_floor(ref, fd, size) if previous is None else 0
             with self._gc_shared() as share:
                 data, entries, starts, new_blobs = self._frames(
                     ref, path, size, previous, plans, share, base=base, fd=fd
@@ -160,31 +155,53 @@ class FileBackend(Rewriter):
                     index = self.key_index(ref.scope, ref.namespace)
                     if ref.key not in index:
                         index.add(ref.key, ref.namespace, durable=self.durable)
-                _fs.failpoint("before-append")
-                try:
-                    _fs.append(fd, data, durable=self.durable)
-                except BaseException:
-                    # Not acknowledged: take back what may have landed, so no reader
-                    # ever sees a version whose call failed (the bytes are ours alone).
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, size)
-                    raise
-                _fs.failpoint("after-append")
+                self._commit(fd, data, size)
             # Committed. A new log's directory entry must be durable too; what follows
             # it is derived data that may be lost quietly and is rebuilt on demand.
             if size == 0 and self.durable:
-                try:
-                    self.fs.fsync_dir(nsdir)
-                except OSError as exc:  # after the commit point: say so, never "failed"
-                    raise OSError(
-                        exc.errno,
-                        f"{ref} version {entries[-1].version} was written and is visible, "
-                        f"but syncing its new log's directory failed: {exc.strerror}",
-                    ) from exc
+                self._sync_new_log_dir(ref, nsdir, entries[-1].version)
             self._after_commit(
                 path, fd, new_blobs, Current(entries[-1], plans[-1].normalized, starts[-1])
             )
             return previous, entries
+
+    def _first_floor(self, ref: Ref, fd: int, size: int) -> int:
+        """The version a key without entries continues after (its removed life, if any).
+
+        Raises:
+            CorruptionError: its ``GRAVES`` record is damaged beyond its twin.
+        """
+        base = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+        done = self.compaction_of(fd) if size else None
+        if done is not None:  # the removed key's log still names its versions
+            base = max([base, *(high for _, high in done.versions)])
+        return base
+
+    def _commit(self, fd: int, data: bytes, size: int) -> None:
+        """Append the frames of one write and fdatasync them: the commit point (§6 step 6).
+
+        On failure the appended bytes are cut again before the error is raised:
+        the write was not acknowledged, and no reader may see it.
+        """
+        _fs.failpoint("before-append")
+        try:
+            _fs.append(fd, data, durable=self.durable)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # the bytes after ``size`` are ours alone (locked)
+            raise
+        _fs.failpoint("after-append")
+
+    def _sync_new_log_dir(self, ref: Ref, nsdir: str, version: int) -> None:
+        """Fsync the directory of a new log; a failure says the version was written."""
+        try:
+            self.fs.fsync_dir(nsdir)
+        except OSError as exc:  # after the commit point: say so, never "failed"
+            raise OSError(
+                exc.errno,
+                f"{ref} version {version} was written and is visible, "
+                f"but syncing its new log's directory failed: {exc.strerror}",
+            ) from exc
 
     def _after_commit(
         self, path: str, fd: int, new_blobs: list[tuple[str, BlobLoc]], current: Current
