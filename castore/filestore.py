@@ -61,6 +61,40 @@ def _refuse_lower(ref: Ref, old: LogBytes, plans: list[Write]) -> None:
         )
 
 
+def _next_entry(
+    ref: Ref, plan: Write, previous: Entry | None, base: int, blob: BlobLoc | None, now: int
+) -> Entry:
+    """The entry ``plan`` becomes after ``previous`` (``base``: the floor of a new key).
+
+    Raises:
+        ConflictError: an import's explicit version would repeat a version.
+    """
+    floor = previous.version if previous is not None else base
+    if plan.version and plan.version <= floor:
+        raise ConflictError(str(ref), None, floor, f"version {plan.version} would repeat a version")
+    # Times never decrease within a ref, even if the wall clock steps back,
+    # so history and audit order by time equals version order.
+    not_before = previous.time_ns + 1 if previous is not None else 0
+    stamp = plan.time_ns or max(now, not_before)
+    created = 0
+    if plan.op == OP_DAMAGED:
+        created = plan.created_ns  # as recorded (an import of a lost version)
+    elif plan.op != OP_DELETE:
+        live_before = previous is not None and previous.live
+        created = plan.created_ns or (previous.created_ns if previous and live_before else stamp)
+    return Entry(
+        version=plan.version or floor + 1,
+        op=plan.op,
+        time_ns=stamp,
+        hash=plan.digest_hex,
+        size=len(plan.normalized) if plan.normalized is not None else 0,
+        blob=blob,
+        created_ns=created,
+        audit=plan.audit,
+        damaged_from=plan.damaged_from,
+    )
+
+
 class FileLogView:
     """What a decision may read from the locked log: the newest value, older entries."""
 
@@ -399,34 +433,7 @@ class FileBackend(Rewriter):
                     written[plan.digest_hex] = blob
                     if len(plan.normalized) >= DEDUP_MIN_BYTES:
                         new_blobs.append((plan.digest_hex, blob))
-            floor = previous.version if previous is not None else base
-            if plan.version and plan.version <= floor:
-                raise ConflictError(
-                    str(ref), None, floor, f"version {plan.version} would repeat a version"
-                )
-            version = plan.version or floor + 1
-            # Times never decrease within a ref, even if the wall clock steps back,
-            # so history and audit order by time equals version order.
-            not_before = previous.time_ns + 1 if previous is not None else 0
-            stamp = plan.time_ns or max(now, not_before)
-            created = 0
-            if plan.op == OP_DAMAGED:
-                created = plan.created_ns  # as recorded (an import of a lost version)
-            elif plan.op != OP_DELETE:
-                created = plan.created_ns or (
-                    previous.created_ns if previous is not None and previous.live else stamp
-                )
-            entry = Entry(
-                version=version,
-                op=plan.op,
-                time_ns=stamp,
-                hash=plan.digest_hex,
-                size=len(plan.normalized) if plan.normalized is not None else 0,
-                blob=blob,
-                created_ns=created,
-                audit=plan.audit,
-                damaged_from=plan.damaged_from,
-            )
+            entry = _next_entry(ref, plan, previous, base, blob, now)
             parts.append(encode_frame(KIND_ENTRY, encode_record(entry)))
             starts.append(offset)
             offset += len(parts[-1])

@@ -45,6 +45,28 @@ _UNSET: Final = object()
 _REFS_CACHED: Final = 4096  # resolved refs a handle remembers
 
 
+def _diff_result(
+    ref: Ref, previous: Entry | None, written: list[Entry], prev_json: bytes | None, current: bytes
+) -> DiffResult:
+    """Dagu's diff output: the stored hash when nothing was written (``update=False``)."""
+    live = previous if previous is not None and previous.live else None
+    digest_hex = codec.hexdigest(current)
+    return DiffResult(
+        scope=ref.scope,
+        namespace=ref.namespace,
+        key=ref.key,
+        changed=live is None or live.hash != digest_hex,
+        found_previous=live is not None,
+        previous_version=live.version if live else 0,
+        version=written[-1].version if written else (live.version if live else 0),
+        hash=written[-1].hash if written else (live.hash if live else ""),
+        previous=None if prev_json is None else codec.decode_value(prev_json),
+        previous_json=prev_json,
+        current=codec.decode_value(current),
+        current_json=current,
+    )
+
+
 def default_root() -> str:
     """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``."""
     if os.environ.get("CASTORE_DIR"):
@@ -389,22 +411,7 @@ class Store:
             now = self._backend.current(ref)
             previous = now.entry
             compare(previous, lambda: now.value)
-        live = previous if previous is not None and previous.live else None
-        prev_json = seen[0] if seen else None
-        return DiffResult(
-            scope=ref.scope,
-            namespace=ref.namespace,
-            key=ref.key,
-            changed=live is None or live.hash != digest_hex,
-            found_previous=live is not None,
-            previous_version=live.version if live else 0,
-            version=written[-1].version if written else (live.version if live else 0),
-            hash=written[-1].hash if written else (live.hash if live else ""),
-            previous=None if prev_json is None else codec.decode_value(prev_json),
-            previous_json=prev_json,
-            current=codec.decode_value(current),
-            current_json=current,
-        )
+        return _diff_result(ref, previous, written, seen[0] if seen else None, current)
 
     # -- listing -------------------------------------------------------------------------
 
