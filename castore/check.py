@@ -23,10 +23,11 @@ from typing import NamedTuple
 import msgspec
 
 from castore import _fs, versions
+from castore.checktree import check_graves, check_index, check_keys_header
 from castore.damage import damage_windows, hides_nothing, window_top, with_markers
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.frames import Frame, LogBytes, classify, scan_frames
-from castore.indexes import Graveyard, decode_loc, floor_after_damage
+from castore.indexes import Graveyard
 from castore.keyindex import KeyIndex, namespace_of
 from castore.keys import file_id
 from castore.records import (
@@ -117,46 +118,6 @@ class _Checker:
             )
         )
 
-    def check_graves_against_logs(self, nsdir: str, records: dict[str, int]) -> None:
-        """A re-created key's versions must all be above its grave (versions never repeat).
-
-        Versions at or below the grave are fine only as the removed life itself,
-        still in the log when compaction stopped between GRAVES and the rewrite
-        (its tombstone is the grave version); one that the log's ``C`` frame
-        names as dropped is always a repeat.
-        """
-        for key, last in sorted(records.items()):
-            path = os.path.join(nsdir, file_id(key) + ".log")
-            try:
-                _, frames = _frames(self.fs, path)
-            except (FileNotFoundError, UnsafePathError):
-                continue
-            entries = [
-                e
-                for e in (decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY)
-                if e.op != OP_DAMAGED  # a lost range is a bound, not a stored version
-            ]
-            dropped = {
-                v
-                for f in frames
-                if f.kind == KIND_COMPACTED
-                for low, high in decode_compaction(f.payload).versions
-                for v in range(low, high + 1)
-            }
-            old_life = any(e.version == last and not e.live for e in entries)
-            repeats = [
-                e.version
-                for e in entries
-                if e.version in dropped or (e.version <= last and not old_life)
-            ]
-            if repeats:
-                self.found(
-                    path,
-                    f"version {repeats[0]} repeats a version of the key's removed life "
-                    f"(GRAVES: {last})",
-                    "none: the versions are already stored",
-                )
-
     def planted(self, path: str) -> bool:
         """Report (and with repair, remove) a symbolic link planted in the store."""
         try:
@@ -177,35 +138,6 @@ class _Checker:
 
     def quarantine(self, path: str) -> str:
         return os.path.join(self.store.root, "quarantine", self.stamp, self.rel(path))
-
-    def check_graves(self, nsdir: str) -> None:
-        """GRAVES records must be intact (or covered by their twin); a repair sets a floor."""
-        path = os.path.join(nsdir, "GRAVES")
-        graves = Graveyard(path, self.fs)
-        damage = graves.damage()
-        if graves.floor:
-            self.found(
-                path,
-                f"a damaged grave record was replaced by a floor: keys re-created here "
-                f"start above version {graves.floor}",
-                "none: nothing left to recover",
-                severity="info",
-            )
-        self.check_graves_against_logs(nsdir, graves.records())
-        if not damage:
-            return
-        start, end = damage[0]
-        self.found(
-            path,
-            f"damaged bytes: {end - start} bytes at offset {start} (last versions of removed keys)",
-            "copy to quarantine, keep the intact records, add a floor above every version",
-            self.repair,
-        )
-        if self.repair:
-            data = self.fs.read_file(path)
-            known = max(graves.highest(), self.top.get(nsdir, 0))
-            damaged = b"".join(data[s:e] for s, e in damage)
-            graves.repair(floor_after_damage(known, damaged), self.quarantine(path), durable=True)
 
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         data, log = _classified(self.fs, path)
@@ -505,7 +437,7 @@ def check(
             keys: set[str] = set()
             if not checker.planted(keys_file):
                 keys = set(KeyIndex(keys_file, fs).keys(""))
-                _check_keys_header(checker, scope, nsdir)
+                check_keys_header(checker, scope, nsdir)
             for file in sorted(fs.listdir(nsdir)):
                 path = os.path.join(nsdir, file)
                 if file == "KEYS" or checker.planted(path):
@@ -517,8 +449,8 @@ def check(
                         progress(1)
                 elif file.endswith(".tmp"):
                     checker.found(path, "leftover temporary file", "gc removes it", severity="info")
-            checker.check_graves(nsdir)
-    _check_index(checker)
+            check_graves(checker, nsdir)
+    check_index(checker)
     return CheckReport(
         ok=all(f.repaired or f.severity == "info" for f in checker.findings),
         logs=logs,
@@ -526,63 +458,3 @@ def check(
         blobs=checker.blobs,
         findings=checker.findings,
     )
-
-
-def _check_keys_header(checker: _Checker, scope: str, nsdir: str) -> None:
-    """KEYS must name the namespace its directory is named after (export, audit need it)."""
-    keys_path = os.path.join(nsdir, "KEYS")
-    namespace = namespace_of(keys_path, checker.fs)
-    if namespace is not None and file_id(namespace) == os.path.basename(nsdir):
-        return
-    recovered = None
-    for file in sorted(checker.fs.listdir(nsdir)):
-        if file.endswith(".log") and stat.S_ISREG(
-            checker.fs.stat(os.path.join(nsdir, file)).st_mode
-        ):
-            _, frames = _frames(checker.fs, os.path.join(nsdir, file))
-            header = next((f for f in frames if f.kind == KIND_HEADER), None)
-            if header is not None:
-                recovered = decode_header(header.payload).namespace
-                break
-    ok = recovered is not None and file_id(recovered) == os.path.basename(nsdir)
-    repair = "rewrite KEYS naming it (from a log header)" if ok else "none: no log names it"
-    checker.found(keys_path, "KEYS does not name its namespace", repair, checker.repair and ok)
-    if checker.repair and ok and recovered is not None:
-        KeyIndex(keys_path, checker.fs).rename_namespace(recovered, durable=checker.store.durable)
-
-
-def _check_index(checker: _Checker) -> None:
-    """The newest index record of each digest must point at a valid copy.
-
-    Older records that a later one supersedes (after a log rewrite) are
-    harmless hints and are not reported.
-    """
-    backend = checker.backend
-    stale = 0
-    folder = os.path.join(checker.store.root, "index")
-    fs = checker.fs
-    for name in sorted(fs.listdir(folder)) if fs.isdir(folder) else []:
-        if not name.endswith(".idx") or checker.planted(os.path.join(folder, name)):
-            continue
-        shard = classify(fs.read_file(os.path.join(folder, name)))
-        frames = shard.frames
-        stale += bool(shard.damage) or shard.torn < shard.size
-        newest = {f.payload[:32]: f.payload for f in frames}
-        for digest, payload in newest.items():
-            try:
-                ok = backend.blob_reader.read_at(decode_loc(payload), -1, digest.hex()) is not None
-            except CastoreError:
-                ok = False
-            stale += not ok
-    if stale:
-        # Harmless (every location is verified before use; a stale one only costs a
-        # chance to deduplicate), so reported as information.
-        checker.found(
-            folder,
-            f"{stale} stale or damaged blob index records",
-            "rebuild the index",
-            checker.repair,
-            severity="info",
-        )
-        if checker.repair:
-            backend.rebuild_blob_index()

@@ -38,6 +38,7 @@ LAYERS = {
     "check": 9,
     "upgrade": 9,
     "stats": 9,
+    "checktree": 8,
     "blobread": 3,
     "damage": 2,
     "backend": 2,
