@@ -177,25 +177,13 @@ def compact(
     cutoff = None
     if keep_within_seconds is not None:
         cutoff = time.time_ns() - int(keep_within_seconds * 1e9)
-    backend = store.file_backend
     examined = compacted = dropped = removed = before = after = 0
     for ref in list(_refs(store, scope, namespace, prefix)):
-        path = backend.log_path(ref)
         examined += 1
         plan = _Plan(keep_last, cutoff, policy)
-        size = _size(backend.fs, path)
+        size, size_after = _compact_one(store, ref, plan, dry_run)
         before += size
-        if dry_run:
-            try:
-                result = plan.transform(classify(backend.fs.read_file(path)))
-            except FileNotFoundError:
-                result = None
-            after += size if result is None else sum(len(p) + FRAME_OVERHEAD for _, p in result)
-        else:
-            new = backend.rewrite(path, _bury_first(store, ref, plan))
-            after += _size(backend.fs, path)
-            if new is not None and plan.removed is not None:
-                backend.key_index(ref.scope, ref.namespace).remove({ref.key}, durable=store.durable)
+        after += size_after
         if plan.dropped:
             compacted += 1
             dropped += plan.dropped
@@ -212,6 +200,23 @@ def compact(
         bytes_before=before,
         bytes_after=after,
     )
+
+
+def _compact_one(store: Store, ref: Ref, plan: _Plan, dry_run: bool) -> tuple[int, int]:
+    """Apply ``plan`` to one ref's log (or only size it up); return its size before and after."""
+    backend = store.file_backend
+    path = backend.log_path(ref)
+    size = _size(backend.fs, path)
+    if dry_run:
+        try:
+            result = plan.transform(classify(backend.fs.read_file(path)))
+        except FileNotFoundError:
+            result = None
+        return size, size if result is None else sum(len(p) + FRAME_OVERHEAD for _, p in result)
+    new = backend.rewrite(path, _bury_first(store, ref, plan))
+    if new is not None and plan.removed is not None:
+        backend.key_index(ref.scope, ref.namespace).remove({ref.key}, durable=store.durable)
+    return size, _size(backend.fs, path)
 
 
 def _bury_first(store: Store, ref: Ref, plan: _Plan) -> Transform:

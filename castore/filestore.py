@@ -46,6 +46,25 @@ def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _carried(ref: Ref, old: LogBytes) -> tuple[bytes, list[tuple[bytes, BlobLoc]]]:
+    """A replacement log's start: a header, then every blob frame of the old log.
+
+    Other logs may point at those blobs. Returns the bytes and each blob's
+    digest with its new location in this log.
+    """
+    header = Header(format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key)
+    parts = [encode_frame(KIND_HEADER, encode_record(header))]
+    offset = len(parts[0])
+    moved: list[tuple[bytes, BlobLoc]] = []
+    for frame in old.frames:
+        if frame.kind == KIND_BLOB:
+            raw = encode_frame(KIND_BLOB, frame.payload)
+            moved.append((frame.payload[:32], BlobLoc("", offset, len(raw))))
+            parts.append(raw)
+            offset += len(raw)
+    return b"".join(parts), moved
+
+
 def _refuse_lower(ref: Ref, old: LogBytes, plans: list[Write]) -> None:
     """An overwrite may not take a key's versions back: the next one must be new.
 
@@ -298,19 +317,7 @@ class FileBackend(Rewriter):
                     "nothing was replaced; run castore check --repair"
                 )
             _refuse_lower(ref, old, plans)
-            carried = [f for f in old.frames if f.kind == KIND_BLOB]
-            header = Header(
-                format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key
-            )
-            head = encode_frame(KIND_HEADER, encode_record(header))
-            parts = [head]
-            offset = len(head)
-            moved: list[tuple[bytes, BlobLoc]] = []
-            for frame in carried:
-                raw = encode_frame(KIND_BLOB, frame.payload)
-                moved.append((frame.payload[:32], BlobLoc("", offset, len(raw))))
-                parts.append(raw)
-                offset += len(raw)
+            head, moved = _carried(ref, old)
             own = self.rel(path)
             self._blobs.add_many(
                 [(d, BlobLoc(own, loc.offset, loc.length)) for d, loc in moved],
@@ -319,9 +326,11 @@ class FileBackend(Rewriter):
             known = {d.hex(): loc for d, loc in moved}
             grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
             data, _, _, new_blobs = self._frames(
-                ref, path, offset, None, plans, lambda: False, known=known, base=grave
+                ref, path, len(head), None, plans, lambda: False, known=known, base=grave
             )
-            replace_with(self.fs, path, b"".join(parts) + data, durable=self.durable)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.unlink(versions.vix_path(path))  # never outlives the old log
+            replace_with(self.fs, path, head + data, durable=self.durable)
             if self.durable:
                 self.fs.fsync_dir(nsdir)
             self._blobs.add_many(
