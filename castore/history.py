@@ -27,7 +27,14 @@ from castore.results import (
     rfc3339,
 )
 
-__all__ = ["diff_versions", "get_version", "history_entry", "history_page", "rollback"]
+__all__ = [
+    "diff_versions",
+    "found_result",
+    "get_version",
+    "history_entry",
+    "history_page",
+    "rollback",
+]
 
 
 def history_entry(entry: Entry) -> HistoryEntry:
@@ -73,6 +80,11 @@ def get_version(backend: Backend, ref: Ref, version: int, required: bool) -> Get
         if required:
             raise NotFoundError(f"{ref} version {version} is a delete")
         return GetResult(scope=ref.scope, namespace=ref.namespace, key=ref.key, found=False)
+    return found_result(ref, entry, value)
+
+
+def found_result(ref: Ref, entry: Entry, value: bytes) -> GetResult:
+    """The ``get`` answer for a live version and its (verified) value."""
     return GetResult(
         scope=ref.scope,
         namespace=ref.namespace,

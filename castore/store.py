@@ -211,16 +211,7 @@ class Store:
         current = self._backend.current(ref)
         entry = current.live
         if entry is not None and current.value is not None:
-            return GetResult(
-                scope=ref.scope,
-                namespace=ref.namespace,
-                key=ref.key,
-                found=True,
-                version=entry.version,
-                hash=entry.hash,
-                value=codec.decode_value(current.value),
-                value_json=current.value,
-            )
+            return history.found_result(ref, entry, current.value)
         if required:
             raise NotFoundError(str(ref))
         value_json = None if default is _UNSET else codec.normalize(default)

@@ -41,6 +41,15 @@ def five_keys(root: Path) -> None:
         store.set(f"k{n}", {"i": n})
 
 
+def flip_entry(root: Path, key: str, index: int) -> None:
+    """Flip a bit in the middle of ``key``'s ``index``-th entry frame (0 = the first)."""
+    path = log_path(root, "dag", DAG, key)
+    with open(path, "rb") as fh:
+        frames = list(scan_frames(fh.read()))
+    entry = [f for f in frames if f.kind == KIND_ENTRY][index]
+    corrupt(path, (entry.start + entry.end) // 2)
+
+
 def newest_entry_middle(path: str) -> int:
     with open(path, "rb") as fh:
         frames = list(scan_frames(fh.read()))
@@ -108,11 +117,7 @@ def test_older_damaged_version_is_damaged_not_absent(tmp_path: Path) -> None:
     store = store_at(root)
     for n in range(1, 5):
         store.set("k", {"n": n})
-    path = log_path(root, "dag", DAG, "k")
-    with open(path, "rb") as fh:
-        frames = list(scan_frames(fh.read()))
-    second = [f for f in frames if f.kind == KIND_ENTRY][1]
-    corrupt(path, (second.start + second.end) // 2)
+    flip_entry(root, "k", 1)
     store = store_at(root)
     assert store.get("k").version == 4  # the newest is intact: reads and writes go on
     with pytest.raises(CorruptionError):
@@ -292,11 +297,7 @@ def test_recorded_losses_survive_export_and_import(tmp_path: Path) -> None:
     store = store_at(root)
     for n in range(1, 5):
         store.set("k", {"n": n})
-    path = log_path(root, "dag", DAG, "k")
-    with open(path, "rb") as fh:
-        frames = list(scan_frames(fh.read()))
-    second = [f for f in frames if f.kind == KIND_ENTRY][1]
-    corrupt(path, (second.start + second.end) // 2)
+    flip_entry(root, "k", 1)
     check(store_at(root), repair=True)
     lines = list(export_lines(store_at(root)))
     assert any(b'"op":"damaged"' in line for line in lines)
