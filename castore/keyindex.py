@@ -126,10 +126,10 @@ class KeyIndex:
             # line may follow a torn one; anything else invalid is damage, and so is
             # an unfinished last line that is not the start of a hex line.
             rest = buf[complete:]
-            self.damaged |= any(line and not _valid(line) for line in lines) or not (
-                _HEX.issuperset(rest)
-            )
-            self._tail.update(line for line in lines if _valid(line))
+            good = [line for line in lines if _valid(line)]
+            blank = lines.count(b"")
+            self.damaged |= len(good) + blank != len(lines) or not _HEX.issuperset(rest)
+            self._tail.update(good)
             self._tail_pos += complete
 
     def _scan(self, prefix_hex: bytes, exact: bool) -> set[bytes]:
