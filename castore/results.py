@@ -16,6 +16,8 @@ default is not written. Strings are :class:`GoString` and values
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import time
 from typing import Any, Final, final
 
 import msgspec
@@ -47,10 +49,21 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)  # times of one listing share their seconds
+def _utc_seconds(seconds: int) -> str:
+    t = time.gmtime(seconds)
+    if not 1 <= t.tm_year <= 9999:  # datetime's range: it raises the same error as before
+        return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
+
+
 def rfc3339(time_ns: int) -> str:
     """Format Unix nanoseconds as Go's RFC 3339 with trimmed fraction, UTC ``Z``."""
     seconds, nanos = divmod(time_ns, 1_000_000_000)
-    text = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    text = _utc_seconds(seconds)
     if nanos:
         text += "." + f"{nanos:09d}".rstrip("0")
     return text + "Z"
