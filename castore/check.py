@@ -26,7 +26,7 @@ from castore import _fs, versions
 from castore.checktree import check_graves, check_index, check_keys_header
 from castore.damage import damage_windows, hides_nothing, window_top, with_markers
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
-from castore.frames import Frame, LogBytes, classify, scan_frames
+from castore.frames import Frame, LogBytes, classify
 from castore.indexes import Graveyard
 from castore.keyindex import KeyIndex, namespace_of
 from castore.keys import file_id
@@ -79,11 +79,6 @@ class _RepairPlan(NamedTuple):
     lost_values: set[int]  # versions whose value has no intact copy
     grave: int  # the key's last version before compaction removed it
     known: Header | None = None  # the log's own header, when intact
-
-
-def _frames(fs: _fs.Tree, path: str) -> tuple[bytes, list[Frame]]:
-    data = fs.read_file(path)
-    return data, list(scan_frames(data))
 
 
 def _classified(fs: _fs.Tree, path: str) -> tuple[bytes, LogBytes]:

@@ -27,7 +27,7 @@ from castore.records import (
     decode_header,
 )
 
-__all__ = ["Checking", "check_graves", "check_index", "check_keys_header"]
+__all__ = ["Checking", "check_graves", "check_index", "check_keys_header", "frames_of"]
 
 
 class Checking(Protocol):
@@ -50,7 +50,8 @@ class Checking(Protocol):
         """Report a planted symbolic link (True if ``path`` is one)."""
 
 
-def _frames(fs: _fs.Tree, path: str) -> tuple[bytes, list[Frame]]:
+def frames_of(fs: _fs.Tree, path: str) -> tuple[bytes, list[Frame]]:
+    """A file's bytes and its intact frames."""
     data = fs.read_file(path)
     return data, list(scan_frames(data))
 
@@ -96,7 +97,7 @@ def check_graves_against_logs(checker: Checking, nsdir: str, records: dict[str, 
     for key, last in sorted(records.items()):
         path = os.path.join(nsdir, file_id(key) + ".log")
         try:
-            _, frames = _frames(checker.fs, path)
+            _, frames = frames_of(checker.fs, path)
         except (FileNotFoundError, UnsafePathError):
             continue
         entries = [
@@ -137,7 +138,7 @@ def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:
         if file.endswith(".log") and stat.S_ISREG(
             checker.fs.stat(os.path.join(nsdir, file)).st_mode
         ):
-            _, frames = _frames(checker.fs, os.path.join(nsdir, file))
+            _, frames = frames_of(checker.fs, os.path.join(nsdir, file))
             header = next((f for f in frames if f.kind == KIND_HEADER), None)
             if header is not None:
                 recovered = decode_header(header.payload).namespace

@@ -299,7 +299,14 @@ class FileReader:
             CorruptionError: the newest version is unknown (FORMAT.md §7).
         """
         size = os.fstat(fd).st_size if size < 0 else size
-        tail = reflog.read_tail(fd, size)
+        return self.settle(fd, path, what, reflog.read_tail(fd, size))
+
+    def settle(self, fd: int, path: str, what: str, tail: reflog.Tail | None) -> reflog.Tail:
+        """:meth:`settled_tail` given the tail already read (None: not an intact frame).
+
+        Raises:
+            CorruptionError: the newest version is unknown (FORMAT.md §7).
+        """
         if tail is not None and tail.entry is not None:
             return tail
         if tail is None:

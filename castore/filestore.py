@@ -286,7 +286,7 @@ class FileBackend(Rewriter):
         if found is not None and found.valid_end == size and found.entry is not None:
             return found
         try:
-            tail = self.settled_tail(fd, path, str(ref), size)
+            tail = self.settle(fd, path, str(ref), found)
         except CorruptionError as exc:
             raise CorruptionError(f"{exc.detail}; nothing was written") from None
         if tail.valid_end < size:  # a crash cut an append short (FORMAT.md §7)

@@ -191,17 +191,17 @@ class Graveyard:
 
     def _refresh_locked(self) -> None:
         try:
-            fd = self.fs.open(self.path, os.O_RDONLY)
+            st = self.fs.stat(self.path)  # one call when nothing changed (every new key)
         except FileNotFoundError:
             self._forget(0)
             return
+        if st.st_ino != self._ino or st.st_size < self._pos:
+            self._forget(st.st_ino)
+        if st.st_size <= self._pos:
+            return
+        fd = self.fs.open(self.path, os.O_RDONLY)
         try:
-            st = os.fstat(fd)
-            if st.st_ino != self._ino or st.st_size < self._pos:
-                self._forget(st.st_ino)
-            if st.st_size <= self._pos:
-                return
-            buf = _fs.read_at(fd, self._pos, st.st_size - self._pos)
+            buf = _fs.read_at(fd, self._pos, os.fstat(fd).st_size - self._pos)
         finally:
             os.close(fd)
         log = classify(buf, self._pos)
