@@ -6,8 +6,9 @@ diffs, audit, export/import, import-dagu) talk to storage only through
 *decision* run inside the backend's atomic section for one ref (the log's
 ``flock`` in the file backend; a row lock or a serializable transaction in a
 database): given the newest entry and a :class:`LogView`, it returns what to
-append, or nothing. File-format maintenance (check, gc, compaction, stats)
-is the file backend's own business and is not part of this contract.
+append, or nothing. Maintenance (check/repair, gc, compaction, stats) is
+part of the contract too: every backend offers it, each in its own way, and
+reports it in the shared types of :mod:`castore.reports`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import NamedTuple, Protocol
 
 from castore.keys import Ref
 from castore.records import Audit, BlobLoc, Entry
+from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 
-__all__ = ["Backend", "Current", "Decide", "LogView", "Write"]
+__all__ = ["Backend", "Current", "Decide", "LogView", "NewVersion", "Progress"]
 
 
 class Current(NamedTuple):
@@ -34,7 +36,7 @@ class Current(NamedTuple):
         return self.entry if self.entry is not None and self.entry.live else None
 
 
-class Write(NamedTuple):
+class NewVersion(NamedTuple):
     """One version a decision asks to append.
 
     ``normalized`` is None for a tombstone. ``hint`` is a known location of
@@ -67,10 +69,13 @@ class LogView(Protocol):
         """The verified value of an entry of this ref."""
 
     def absolute(self, loc: BlobLoc) -> BlobLoc:
-        """A blob location of this ref, usable as a :attr:`Write.hint` elsewhere."""
+        """A blob location of this ref, usable as a :attr:`NewVersion.hint` elsewhere."""
 
 
-Decide = Callable[[Entry | None, LogView], "Write | list[Write] | None"]
+Progress = Callable[[int], object]
+"""Told how many more items (logs, keys) a long operation has done."""
+
+Decide = Callable[[Entry | None, LogView], "NewVersion | list[NewVersion] | None"]
 """A write's decision: given the newest entry and a view of the ref, what to append."""
 
 
@@ -92,7 +97,7 @@ class Backend(Protocol):
             The newest entry before, and the appended entries (empty: nothing written).
         """
 
-    def replace(self, ref: Ref, plans: list[Write]) -> list[Entry]:
+    def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
         """Replace ``ref``'s whole history (an import's overwrite); never lowers versions."""
 
     def exists(self, ref: Ref) -> bool:
@@ -115,6 +120,22 @@ class Backend(Protocol):
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
         """Every entry, newest first, read lazily (an audit merges many refs)."""
+
+    def check(self, *, repair: bool, progress: Progress | None) -> CheckReport:
+        """Verify every stored record; with ``repair``, fix what can be fixed."""
+
+    def collect_garbage(
+        self, *, grace_seconds: float, dry_run: bool, progress: Progress | None
+    ) -> GCReport:
+        """Free stored values no version references (never one a writer may be using)."""
+
+    def compact(
+        self, retention: Retention, *, dry_run: bool, progress: Progress | None
+    ) -> CompactReport:
+        """Drop the versions ``retention`` does not keep; versions never repeat afterwards."""
+
+    def stats(self) -> StoreStats:
+        """Counts of keys, versions, values and bytes per scope."""
 
     def close(self) -> None:
         """Drop cached state (must not race with other calls)."""

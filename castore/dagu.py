@@ -29,7 +29,7 @@ from typing import Final, NamedTuple
 import msgspec
 
 from castore import codec
-from castore.backend import Decide, LogView, Write
+from castore.backend import Decide, LogView, NewVersion
 from castore.errors import CastoreError, ConflictError, CorruptionError
 from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
@@ -199,9 +199,9 @@ def _files(root: str) -> Iterator[_Found | DaguImport]:
                     yield _Found(rel, scope, ns_hex, entry, ns_fd)
 
 
-def _only_if_absent(plan: Write) -> Decide:
-    def decide(previous: Entry | None, _view: LogView) -> Write | None:
-        return plan if previous is None else None
+def _only_if_absent(new: NewVersion) -> Decide:
+    def decide(previous: Entry | None, _view: LogView) -> NewVersion | None:
+        return new if previous is None else None
 
     return decide
 
@@ -266,8 +266,8 @@ def _ref(scope: str, ns_hex: str, name: str) -> Ref | str:
     return Ref(scope, namespace, key)
 
 
-def _plan(data: bytes) -> Write | str:
-    """The write plan for one record's bytes, or why the record is skipped."""
+def _new_version(data: bytes) -> NewVersion | str:
+    """The new version for one record's bytes, or why the record is skipped."""
     try:
         record = _decoder.decode(data)
         normalized = codec.normalize_json(bytes(record.value))
@@ -288,11 +288,11 @@ def _plan(data: bytes) -> Write | str:
         step_name=by.step_name,
         reason="imported from Dagu",
     )
-    return Write(OP_SET, normalized, digest, audit, None, record.version, updated, created)
+    return NewVersion(OP_SET, normalized, digest, audit, None, record.version, updated, created)
 
 
-def _record(found: _Found) -> tuple[Ref, Write] | str:
-    """The ref and write plan for one entry, or the reason it is skipped."""
+def _record(found: _Found) -> tuple[Ref, NewVersion] | str:
+    """The ref and new version for one entry, or the reason it is skipped."""
     try:
         why = _not_regular(found.entry.stat(follow_symlinks=False).st_mode)
     except OSError as exc:  # removed since it was listed
@@ -305,8 +305,8 @@ def _record(found: _Found) -> tuple[Ref, Write] | str:
     data = _read_record(found.dir_fd, found.entry.name)
     if isinstance(data, str):
         return data
-    plan = _plan(data)
-    return plan if isinstance(plan, str) else (ref, plan)
+    new = _new_version(data)
+    return new if isinstance(new, str) else (ref, new)
 
 
 def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
@@ -332,9 +332,9 @@ def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
         if isinstance(made, str):
             yield _skip(found.rel, made)
             continue
-        ref, plan = made
+        ref, new = made
         try:
-            _, written = store.backend.write(ref, _only_if_absent(plan))
+            _, written = store.backend.write(ref, _only_if_absent(new))
         except (ConflictError, CorruptionError) as exc:
             # A version at or below the key's removed life (GRAVES), or a damaged log.
             yield _skip(found.rel, str(exc))
@@ -346,5 +346,5 @@ def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
             scope=ref.scope,
             namespace=ref.namespace,
             key=ref.key,
-            version=plan.version,
+            version=new.version,
         )

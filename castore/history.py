@@ -14,7 +14,7 @@ from typing import Any
 import jsonpatch
 
 from castore import codec
-from castore.backend import Backend, LogView, Write
+from castore.backend import Backend, LogView, NewVersion
 from castore.errors import ConflictError, InvalidRefError, NotFoundError
 from castore.keys import Ref
 from castore.records import OP_DELETE, OP_ROLLBACK, Audit, Entry
@@ -131,7 +131,7 @@ def rollback(
     """
     _check_version(to_version, "to_version")
 
-    def decide(previous: Entry | None, view: LogView) -> Write:
+    def decide(previous: Entry | None, view: LogView) -> NewVersion:
         live = previous.version if previous is not None and previous.live else 0
         if expected_version is not None and expected_version != live:
             raise ConflictError(str(ref), expected_version, live)
@@ -140,10 +140,10 @@ def rollback(
             raise NotFoundError(f"{ref} has no version {to_version}")
         record = audit(to_version)
         if not target.live:
-            return Write(OP_DELETE, None, "", record)
+            return NewVersion(OP_DELETE, None, "", record)
         value = view.value_at(target)
         hint = view.absolute(target.blob) if target.blob is not None else None
-        return Write(OP_ROLLBACK, value, target.hash, record, hint)
+        return NewVersion(OP_ROLLBACK, value, target.hash, record, hint)
 
     previous, written = backend.write(ref, decide)
     entry = written[-1]

@@ -14,10 +14,11 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from castore import _fs, codec, history
-from castore.backend import Backend, Decide, LogView, Write
+from castore import codec, history
+from castore.backend import Backend, Decide, LogView, NewVersion
 from castore.errors import ConflictError, NotFoundError
-from castore.filestore import FileBackend
+from castore.file import fileio
+from castore.file.backend import FileBackend
 from castore.keys import (
     Ref,
     env_or,
@@ -114,7 +115,7 @@ class Store:
         dag: str | None = None,
         root_dag: str | None = None,
         durable: bool = True,
-        lock_timeout: float = _fs.LOCK_TIMEOUT_SECONDS,
+        lock_timeout: float = fileio.LOCK_TIMEOUT_SECONDS,
         actor: str | None = None,
         run_id: str | None = None,
         step: str | None = None,
@@ -258,7 +259,7 @@ class Store:
     ) -> Decide:
         digest_hex = codec.hexdigest(normalized)
 
-        def decide(previous: Entry | None, view: LogView) -> Write:
+        def decide(previous: Entry | None, view: LogView) -> NewVersion:
             live = previous.version if previous is not None and previous.live else 0
             if create_only and live:
                 raise ConflictError(str(ref), None, live, "key exists")
@@ -267,7 +268,7 @@ class Store:
             hint = None
             if previous is not None and previous.hash == digest_hex and previous.blob is not None:
                 hint = view.absolute(previous.blob)
-            return Write(OP_SET, normalized, digest_hex, self._audit(reason), hint)
+            return NewVersion(OP_SET, normalized, digest_hex, self._audit(reason), hint)
 
         return decide
 
@@ -338,10 +339,10 @@ class Store:
                 scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=False
             )
 
-        def decide(previous: Entry | None, _view: LogView) -> Write | None:
+        def decide(previous: Entry | None, _view: LogView) -> NewVersion | None:
             if previous is None or not previous.live:
                 return None
-            return Write(OP_DELETE, None, "", self._audit(reason))
+            return NewVersion(OP_DELETE, None, "", self._audit(reason))
 
         _, written = self._backend.write(ref, decide)
         return DeleteResult(
@@ -390,9 +391,9 @@ class Store:
                 return live.hash != digest_hex
             return True
 
-        def decide(previous: Entry | None, view: LogView) -> Write | None:
+        def decide(previous: Entry | None, view: LogView) -> NewVersion | None:
             if compare(previous, view.value) and update:
-                return Write(OP_SET, current, digest_hex, self._audit(reason))
+                return NewVersion(OP_SET, current, digest_hex, self._audit(reason))
             return None
 
         written: list[Entry] = []

@@ -28,7 +28,7 @@ from typing import IO, Final, Literal
 import msgspec
 
 from castore import codec
-from castore.backend import Decide, LogView, Write
+from castore.backend import Decide, LogView, NewVersion
 from castore.errors import ConflictError, InvalidValueError
 from castore.keys import (
     SCOPES,
@@ -172,8 +172,8 @@ def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
         yield number, line
 
 
-def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[Write]]]:
-    """Validate an export and yield each ref's versions as write plans."""
+def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]]]:
+    """Validate an export and yield each ref's versions as new versions."""
     it = _numbered(lines)
     try:
         header = _header_decoder.decode(next(it)[1])
@@ -184,7 +184,7 @@ def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[Write]]]:
             f"line 1: export {header.format} version {header.version} is not supported"
         )
     current: Ref | None = None
-    plans: list[Write] = []
+    new_versions: list[NewVersion] = []
     seen: set[Ref] = set()
     for number, line in it:
         if not line.strip():
@@ -197,19 +197,21 @@ def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[Write]]]:
             raise InvalidValueError(f"line {number}: {exc}") from None
         if ref != current:
             if current is not None:
-                yield current, plans
+                yield current, new_versions
             if ref in seen:
                 raise InvalidValueError(f"line {number}: versions of {ref} are not contiguous")
             seen.add(ref)
-            current, plans = ref, []
-        if plans and rec.time_ns < plans[-1].time_ns:
+            current, new_versions = ref, []
+        if new_versions and rec.time_ns < new_versions[-1].time_ns:
             raise InvalidValueError(f"line {number}: time_ns goes back within {ref}")
-        plans.append(_plan(rec, number, plans[-1].version if plans else 0))
+        new_versions.append(
+            _new_version(rec, number, new_versions[-1].version if new_versions else 0)
+        )
     if current is not None:
-        yield current, plans
+        yield current, new_versions
 
 
-def _plan(rec: ExportRecord, number: int, last_version: int) -> Write:
+def _new_version(rec: ExportRecord, number: int, last_version: int) -> NewVersion:
     if rec.version <= last_version:
         raise InvalidValueError(f"line {number}: version {rec.version} after {last_version}")
     if rec.op not in (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED):
@@ -219,7 +221,7 @@ def _plan(rec: ExportRecord, number: int, last_version: int) -> Write:
             raise InvalidValueError(f"line {number}: a damaged entry carries no value")
         if rec.damaged_from and rec.damaged_from <= last_version:
             raise InvalidValueError(f"line {number}: damaged range overlaps version {last_version}")
-        return Write(
+        return NewVersion(
             OP_DAMAGED,
             None,
             rec.hash,
@@ -233,7 +235,7 @@ def _plan(rec: ExportRecord, number: int, last_version: int) -> Write:
     if rec.op == OP_DELETE:
         if len(rec.value) or rec.hash:
             raise InvalidValueError(f"line {number}: a delete carries no value")
-        return Write(OP_DELETE, None, "", rec.audit, None, rec.version, rec.time_ns, 0)
+        return NewVersion(OP_DELETE, None, "", rec.audit, None, rec.version, rec.time_ns, 0)
     if not len(rec.value):
         raise InvalidValueError(f"line {number}: {rec.op} without a value")
     try:
@@ -243,14 +245,14 @@ def _plan(rec: ExportRecord, number: int, last_version: int) -> Write:
     digest = codec.hexdigest(normalized)
     if digest != rec.hash:
         raise InvalidValueError(f"line {number}: value hashes to {digest}, line says {rec.hash}")
-    return Write(
+    return NewVersion(
         rec.op, normalized, digest, rec.audit, None, rec.version, rec.time_ns, rec.created_ns
     )
 
 
-def _only_if_empty(plans: list[Write]) -> Decide:
-    def decide(previous: Entry | None, _view: LogView) -> list[Write] | None:
-        return plans if previous is None else None
+def _only_if_empty(new_versions: list[NewVersion]) -> Decide:
+    def decide(previous: Entry | None, _view: LogView) -> list[NewVersion] | None:
+        return new_versions if previous is None else None
 
     return decide
 
@@ -292,22 +294,22 @@ def import_lines(
     refs = versions = 0
     skipped: list[str] = []
     overwritten: list[str] = []
-    for ref, plans in _parse(read()):
+    for ref, new_versions in _parse(read()):
         if ref in clash and on_conflict == "skip":
             skipped.append(str(ref))
             continue
         if ref in clash:
-            store.backend.replace(ref, plans)
+            store.backend.replace(ref, new_versions)
             overwritten.append(str(ref))
         else:
-            _, written = store.backend.write(ref, _only_if_empty(plans))
+            _, written = store.backend.write(ref, _only_if_empty(new_versions))
             if not written:  # created concurrently since the first pass
                 skipped.append(str(ref))
                 continue
         refs += 1
-        versions += len(plans)
+        versions += len(new_versions)
         if progress is not None:
-            progress(len(plans))
+            progress(len(new_versions))
     return ImportReport(
         refs=refs, versions=versions, skipped_refs=skipped, overwritten_refs=overwritten
     )

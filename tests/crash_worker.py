@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from castore import Store
-from castore.check import check
-from castore.compact import compact
 from castore.errors import CastoreError, NotFoundError
-from castore.gc import collect_garbage
+from castore.file.check import check
+from castore.file.compact import compact
+from castore.file.gc import collect_garbage
 
 __all__ = [
     "DAG",
@@ -68,7 +68,7 @@ DAG: Final = "crash"
 KEYS: Final = tuple(f"k{i}" for i in range(5))
 WAIT_SECONDS: Final = 30.0  # every wait on a child ends within this
 WRITE_OPS: Final = ("set", "delete", "rollback")
-# The named points of castore/_fs.py this harness kills at, in protocol order.
+# The named points of castore/py this harness kills at, in protocol order.
 NAMED_POINTS: Final = (
     "before-append",
     "after-append",

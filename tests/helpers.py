@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from typing import NamedTuple
 
-from castore.frames import Frame, scan_frames
-from castore.records import KIND_BLOB, KIND_ENTRY, Entry, decode_blob, decode_entry
+from castore.file.frames import Frame, scan_frames
+from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_blob, decode_entry
+from castore.records import Entry
 
 JOIN_TIMEOUT_SECONDS = 120.0
 

@@ -14,18 +14,18 @@ import tempfile
 from collections.abc import Iterator
 from typing import Final
 
-from castore.check import check
 from castore.cli.args import UsageError
 from castore.cli.invocation import Command, Invocation, UnhealthyError, progress
 from castore.cli.render import DaguImportSummary, encode_line, render
-from castore.compact import compact
 from castore.dagu import import_dagu
-from castore.gc import collect_garbage
+from castore.file.check import check
+from castore.file.compact import compact
+from castore.file.gc import collect_garbage
+from castore.file.stats import stats
+from castore.file.upgrade import upgrade
 from castore.keys import go_trim_space
-from castore.stats import stats
 from castore.store import default_root
 from castore.transfer import export_lines, import_lines, read_lines
-from castore.upgrade import upgrade
 
 __all__ = ["COMMANDS"]
 

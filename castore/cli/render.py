@@ -17,9 +17,11 @@ import jsonpointer
 import msgspec
 
 from castore import codec
-from castore.check import CheckReport
-from castore.compact import CompactReport
-from castore.gc import GCReport
+from castore.file.check import CheckReport
+from castore.file.compact import CompactReport
+from castore.file.gc import GCReport
+from castore.file.stats import StoreStats
+from castore.file.upgrade import UpgradeReport
 from castore.results import (
     LINE_TYPES,
     DeleteResult,
@@ -33,9 +35,7 @@ from castore.results import (
     SetResult,
     VersionDiff,
 )
-from castore.stats import StoreStats
 from castore.transfer import ImportReport
-from castore.upgrade import UpgradeReport
 
 __all__ = ["DaguImportSummary", "encode_line", "render", "render_patch_text"]
 

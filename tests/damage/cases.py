@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from castore import codec
-from castore.frames import scan_frames
+from castore.file.frames import scan_frames
 from tests.damage.answers import (
     BAD,
     INDISTINGUISHABLE,

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from castore import CastoreError, CorruptionError, Store
-from castore.check import CheckReport, check
-from castore.compact import compact
 from castore.errors import FormatVersionError
+from castore.file.check import CheckReport, check
+from castore.file.compact import compact
 from castore.results import GetResult, HistoryEntry, HistoryResult, ListResult, SetResult
 from tests.damage.answers import (
     DAMAGED_OP,

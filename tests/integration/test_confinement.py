@@ -36,22 +36,14 @@ import pytest
 
 import castore
 from castore import CastoreError, CorruptionError, Store, codec
-from castore.check import check
 from castore.cli import EXIT_DAMAGED, EXIT_FAILURE
-from castore.compact import compact
-from castore.frames import encode_frame
-from castore.gc import collect_garbage
-from castore.indexes import BlobIndex
-from castore.records import (
-    KIND_BLOB,
-    KIND_ENTRY,
-    OP_SET,
-    BlobLoc,
-    Entry,
-    decode_entry,
-    encode_blob,
-    encode_record,
-)
+from castore.file.blobindex import BlobIndex
+from castore.file.check import check
+from castore.file.compact import compact
+from castore.file.frames import encode_frame
+from castore.file.gc import collect_garbage
+from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry, encode_blob, encode_record
+from castore.records import OP_SET, BlobLoc, Entry
 from tests.helpers import frames_of, keys_path, log_path, ns_dir, one_line_error
 
 pytestmark = pytest.mark.integration

@@ -35,21 +35,21 @@ from typing import Any, Final
 import pytest
 
 from castore import CorruptionError, NotFoundError, Store, codec
-from castore.check import check
-from castore.frames import Frame, classify, encode_frame, scan_frames
-from castore.records import (
+from castore.file.check import check
+from castore.file.frames import Frame, classify, encode_frame, scan_frames
+from castore.file.records import (
     CODEC_RAW,
     CODEC_ZSTD,
     KIND_BLOB,
     KIND_ENTRY,
     KIND_HEADER,
-    Entry,
     decode_blob,
     decode_entry,
     encode_blob,
 )
+from castore.file.versionindex import highest_recorded
+from castore.records import Entry
 from castore.transfer import export_lines
-from castore.versions import highest_recorded
 from tests.helpers import file_id, keys_path, log_path
 
 pytestmark = pytest.mark.integration

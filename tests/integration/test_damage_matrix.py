@@ -20,8 +20,8 @@ from typing import Final
 import pytest
 
 from castore import codec
-from castore.frames import scan_frames
-from castore.records import CODEC_ZSTD, KIND_BLOB
+from castore.file.frames import scan_frames
+from castore.file.records import CODEC_ZSTD, KIND_BLOB
 from tests.damage.answers import (
     BAD,
     DETECTED,

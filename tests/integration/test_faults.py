@@ -1,6 +1,6 @@
 """I/O faults: ENOSPC and EIO from the file-system calls castore makes, at every call.
 
-In-process fault injection: ``os.write`` (what ``castore._fs.append`` uses),
+In-process fault injection: ``os.write`` (what ``castore.file.tree.append`` uses),
 ``os.fdatasync``, ``os.fsync``, ``os.replace`` and ``os.open`` are wrapped; an
 armed fault makes the n-th call inside one operation raise ``OSError`` (or, for
 a partial write, write half of the bytes and make the next write raise
@@ -36,9 +36,9 @@ from typing import Any, Final
 import pytest
 
 from castore import CastoreError, NotFoundError, Store
-from castore.check import check
-from castore.compact import compact
-from castore.gc import collect_garbage
+from castore.file.check import check
+from castore.file.compact import compact
+from castore.file.gc import collect_garbage
 from castore.transfer import export_lines, import_lines
 from tests.helpers import log_path, read_versions
 

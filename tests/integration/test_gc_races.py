@@ -23,8 +23,9 @@ from typing import Any, Final
 import pytest
 
 from castore import NotFoundError, Store, codec
-from castore.check import check
-from castore.records import KIND_BLOB, KIND_COMPACTED, KIND_ENTRY, Entry, decode_entry
+from castore.file.check import check
+from castore.file.records import KIND_BLOB, KIND_COMPACTED, KIND_ENTRY, decode_entry
+from castore.records import Entry
 from tests.crash_worker import (
     DAG,
     AckLog,

@@ -26,8 +26,8 @@ from typing import Final
 import pytest
 
 from castore import NotFoundError, Store
-from castore.check import check
-from castore.compact import compact
+from castore.file.check import check
+from castore.file.compact import compact
 from tests.crash_worker import (
     DAG,
     NAMED_POINTS,

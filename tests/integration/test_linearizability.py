@@ -25,7 +25,7 @@ from typing import Any, Final
 import pytest
 
 from castore import ConflictError, Store
-from castore.check import check
+from castore.file.check import check
 from tests.helpers import reap_processes
 from tests.linearizability import Op, Report, check_history
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from castore import ConflictError, Store
-from castore.check import check
-from castore.compact import compact
 from castore.errors import CastoreError, NotFoundError
+from castore.file.check import check
+from castore.file.compact import compact
 
 THREADS = 8
 INCREMENTS = 250

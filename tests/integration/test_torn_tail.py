@@ -8,9 +8,9 @@ from typing import Any, Final
 import pytest
 
 from castore import CorruptionError, NotFoundError, Store, codec
-from castore.check import check
-from castore.frames import FRAME_OVERHEAD
-from castore.records import CODEC_RAW, CODEC_ZSTD, KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.file.check import check
+from castore.file.frames import FRAME_OVERHEAD
+from castore.file.records import CODEC_RAW, CODEC_ZSTD, KIND_BLOB, KIND_ENTRY, decode_entry
 from tests.helpers import (
     assert_clean_log,
     corrupt,

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from castore import GetResult, ListResult, Store, codec
-from castore.compact import compact
 from castore.errors import CastoreError, ConflictError, NotFoundError
-from castore.gc import collect_garbage
+from castore.file.compact import compact
+from castore.file.gc import collect_garbage
 from castore.keys import Ref
 
 T = TypeVar("T")

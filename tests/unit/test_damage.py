@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from castore import ConflictError, CorruptionError, Store, codec
-from castore.check import check
-from castore.compact import compact
 from castore.dagu import import_dagu
 from castore.errors import FormatVersionError
-from castore.frames import scan_frames
-from castore.records import KIND_ENTRY
+from castore.file.check import check
+from castore.file.compact import compact
+from castore.file.frames import scan_frames
+from castore.file.records import KIND_ENTRY
+from castore.file.upgrade import upgrade
 from castore.transfer import export_lines, import_lines
-from castore.upgrade import upgrade
 from tests.helpers import corrupt, file_id, keys_path, log_path, ns_dir, one_line_error
 
 DAG = "d"

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from castore.frames import FRAME_OVERHEAD, encode_frame, frame_at, last_frame, scan_frames
+from castore.file.frames import FRAME_OVERHEAD, encode_frame, frame_at, last_frame, scan_frames
 
 payloads = st.binary(max_size=300)
 kinds = st.sampled_from([ord("H"), ord("B"), ord("E"), ord("I")])

@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from castore import ConflictError, InvalidRefError, NotFoundError, Store, reflog
+from castore import ConflictError, InvalidRefError, NotFoundError, Store
 from castore.codec import hexdigest, normalize
 from castore.dagu import parse_go_time
-from castore.records import KIND_BLOB, OP_DELETE, OP_ROLLBACK, OP_SET
+from castore.file import reflog
+from castore.file.records import KIND_BLOB
+from castore.records import OP_DELETE, OP_ROLLBACK, OP_SET
 from tests.helpers import frames_of, read_versions
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")

@@ -3,9 +3,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from castore import keyindex
-from castore._fs import UNCONFINED
-from castore.keyindex import KeyIndex, namespace_of
+from castore.file import keyindex
+from castore.file.keyindex import KeyIndex, namespace_of
+from castore.file.tree import UNCONFINED
 
 
 def brute(keys: list[str], prefix: str) -> list[str]:

@@ -18,12 +18,12 @@ import msgspec
 import pytest
 
 from castore import NotFoundError, Store, codec
-from castore.check import check
-from castore.compact import compact
 from castore.errors import InvalidRefError
-from castore.gc import collect_garbage
-from castore.records import KIND_BLOB, KIND_ENTRY, decode_entry
-from castore.stats import stats
+from castore.file.check import check
+from castore.file.compact import compact
+from castore.file.gc import collect_garbage
+from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.file.stats import stats
 from tests.helpers import assert_clean_log, frames_of, log_path, read_versions
 
 DAG = "d"
@@ -48,7 +48,7 @@ class Clock:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.offset_ns = 0
         fake = types.SimpleNamespace(time_ns=lambda: time.time_ns() + self.offset_ns)
-        monkeypatch.setattr("castore.filestore.time", fake)
+        monkeypatch.setattr("castore.file.backend.time", fake)
 
     def ago(self, hours: float) -> None:
         self.offset_ns = -int(hours * HOUR_NS)

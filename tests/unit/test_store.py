@@ -15,8 +15,9 @@ from castore import (
     ValueTooLargeError,
 )
 from castore.errors import FormatVersionError
-from castore.frames import scan_frames
-from castore.records import KIND_ENTRY, Entry, decode_entry
+from castore.file.frames import scan_frames
+from castore.file.records import KIND_ENTRY, decode_entry
+from castore.records import Entry
 
 HASH_123 = "c475a5436a1e85bfcf9edbcefb55dd6389d937e60d8e8ba17fb5791e61a5c689"
 HASH_456 = "b4b805a36ca1d984f359a9f8f73c69cf194d31ae14a0538150cb52f0479acfc5"

@@ -13,7 +13,7 @@ import pytest
 
 from castore import ConflictError, InvalidValueError, Store
 from castore.codec import hexdigest, normalize_json
-from castore.records import KIND_BLOB
+from castore.file.records import KIND_BLOB
 from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
 from tests.helpers import frames_of, tree
 

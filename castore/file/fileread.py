@@ -11,26 +11,27 @@ import errno
 import os
 from collections.abc import Iterator
 
-from castore import _fs, reflog, versions
 from castore.backend import Current
-from castore.blobread import BlobReader
-from castore.damage import REPAIR_HINT, damage_windows, damaged_error, marker
 from castore.errors import CorruptionError, FormatVersionError, NotFoundError, UnsafePathError
-from castore.formatfile import check_format, format_line, read_format
-from castore.frames import FRAME_OVERHEAD, frame_at
-from castore.indexes import BlobIndex, Graveyard
-from castore.keyindex import KeyIndex, namespace_of
-from castore.keys import Ref, file_id
-from castore.records import (
+from castore.file import fileio, reflog, versionindex
+from castore.file.blobindex import BlobIndex
+from castore.file.blobs import BlobReader
+from castore.file.damage import REPAIR_HINT, damage_windows, damaged_error, marker
+from castore.file.formatfile import check_format, format_line, read_format
+from castore.file.frames import FRAME_OVERHEAD, frame_at
+from castore.file.graves import Graveyard
+from castore.file.keyindex import KeyIndex, namespace_of
+from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
-    OP_DAMAGED,
     Compaction,
-    Entry,
     decode_compaction,
     decode_entry,
 )
+from castore.file.tree import UNCONFINED, Tree
+from castore.keys import Ref, file_id
+from castore.records import OP_DAMAGED, Entry
 from castore.results import rfc3339
 
 __all__ = [
@@ -62,7 +63,7 @@ class FileReader:
         self.durable = durable
         self.lock_timeout = lock_timeout
         self.refs = os.path.join(root, "refs")
-        self.fs = _fs.UNCONFINED
+        self.fs = UNCONFINED
         self._open_format()
         self._blobs = BlobIndex(root, self.fs)
         self.blob_reader = BlobReader(self.fs, self.refs, self._blobs)
@@ -89,8 +90,8 @@ class FileReader:
         """
         marker = os.path.join(self.root, "FORMAT")
         if not os.path.isdir(self.root):
-            _fs.UNCONFINED.makedirs(self.root, durable=self.durable)  # the user chose this path
-        fs = self.fs = _fs.Tree(self.root)
+            UNCONFINED.makedirs(self.root, durable=self.durable)  # the user chose this path
+        fs = self.fs = Tree(self.root)
         text = read_format(fs, marker)
         if text is None:
             if any(not name.startswith(".") for name in fs.listdir(self.root)):
@@ -273,7 +274,7 @@ class FileReader:
             if tail is None or tail.entry is None:
                 # Torn, still being written, or no entry yet: wait for the writer, then
                 # re-read, and make sure nothing hides a newer version.
-                with _fs.locked(fd, path, shared=True, timeout=self.lock_timeout):
+                with fileio.locked(fd, path, shared=True, timeout=self.lock_timeout):
                     st = os.fstat(fd)
                     sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                     tail = self.settled_tail(fd, path, str(ref), st.st_size)
@@ -330,10 +331,10 @@ class FileReader:
         versions a compaction dropped (its ``C`` frame) do not count.
         """
         try:
-            data = self.fs.read_file(versions.vix_path(path))
+            data = self.fs.read_file(versionindex.vix_path(path))
         except (FileNotFoundError, UnsafePathError):
             return 0
-        top = versions.highest_recorded(data)
+        top = versionindex.highest_recorded(data)
         if top <= newest:
             return 0
         done = self.compaction_of(fd)
@@ -343,9 +344,9 @@ class FileReader:
 
     def _vix(self, ref: Ref, fd: int, want: int) -> int:
         """The version index of ``ref``'s log covering version ``want``; -1 if unusable."""
-        vix = versions.vix_path(self.log_path(ref))
+        vix = versionindex.vix_path(self.log_path(ref))
         try:
-            return versions.open_caught_up(self.fs, vix, fd, want)
+            return versionindex.open_caught_up(self.fs, vix, fd, want)
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise  # a read-only store falls back to scans; real I/O errors surface
@@ -364,11 +365,11 @@ class FileReader:
         offset = None
         if vfd >= 0:
             try:
-                offset = versions.lookup(vfd, version)
+                offset = versionindex.lookup(vfd, version)
             finally:
                 os.close(vfd)
         # Markers (compacted, absent) come from derived data: the scan below confirms them.
-        if offset is not None and offset not in (versions.COMPACTED, versions.ABSENT):
+        if offset is not None and offset not in (versionindex.COMPACTED, versionindex.ABSENT):
             found = reflog.entry_at(fd, offset)
             if found is not None and found[0].version == version:
                 return found[0]
@@ -440,16 +441,16 @@ class FileReader:
             compacted: set[int] | None = None
             while high >= 1 and not (limit and len(out) >= limit):
                 low = max(1, high - max(limit, 64) + 1)
-                offsets = versions.lookup_range(vfd, low, high)
+                offsets = versionindex.lookup_range(vfd, low, high)
                 for version in range(high, low - 1, -1):
                     offset = offsets.get(version)
-                    if offset == versions.COMPACTED:
+                    if offset == versionindex.COMPACTED:
                         if compacted is None:
                             compacted = self._compacted(fd)
                         if version in compacted:  # confirmed by the log's C frame
                             continue
                         return self._history_by_scan(fd, before, limit)
-                    if offset == versions.ABSENT:  # rare (imports): let the log decide
+                    if offset == versionindex.ABSENT:  # rare (imports): let the log decide
                         return self._history_by_scan(fd, before, limit)
                     found = reflog.entry_at(fd, offset) if offset is not None else None
                     if found is None or found[0].version != version:
@@ -467,14 +468,14 @@ class FileReader:
     @staticmethod
     def compaction_of(fd: int) -> Compaction | None:
         """The log's compaction frame (it follows the header), if it has an intact one."""
-        head = _fs.read_at(fd, 0, reflog.TAIL_READ_BYTES)
+        head = fileio.read_at(fd, 0, reflog.TAIL_READ_BYTES)
         header = frame_at(head, 0)
         if header is None:
             return None
         frame = frame_at(head, header.end)
         if frame is None:  # longer than the first read
             length = int.from_bytes(head[header.end : header.end + 4], "little")
-            frame = frame_at(_fs.read_at(fd, header.end, length + FRAME_OVERHEAD), 0, header.end)
+            frame = frame_at(fileio.read_at(fd, header.end, length + FRAME_OVERHEAD), 0, header.end)
         if frame is None or frame.kind != KIND_COMPACTED:
             return None
         return decode_compaction(frame.payload)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 
-from castore import _fs
 from castore.errors import CorruptionError
-from castore.frames import frame_at
-from castore.indexes import BlobIndex
+from castore.file import fileio
+from castore.file.blobindex import BlobIndex
+from castore.file.frames import frame_at
+from castore.file.records import KIND_BLOB, decode_blob
+from castore.file.tree import Tree
 from castore.keys import Ref, is_log_name
-from castore.records import KIND_BLOB, OP_DAMAGED, BlobLoc, Entry, decode_blob
+from castore.records import OP_DAMAGED, BlobLoc, Entry
 
 __all__ = ["BlobReader"]
 
@@ -31,7 +33,7 @@ class BlobReader:
         index: the store's blob index.
     """
 
-    def __init__(self, fs: _fs.Tree, refs: str, index: BlobIndex) -> None:
+    def __init__(self, fs: Tree, refs: str, index: BlobIndex) -> None:
         self.fs = fs
         self.refs = refs
         self.index = index
@@ -130,7 +132,7 @@ class BlobReader:
 
     @staticmethod
     def _frame_blob(fd: int, loc: BlobLoc, hexdigest: str) -> bytes | None:
-        buf = _fs.read_at(fd, loc.offset, loc.length)
+        buf = fileio.read_at(fd, loc.offset, loc.length)
         frame = frame_at(buf, 0)
         if frame is None or frame.kind != KIND_BLOB or frame.payload[:32].hex() != hexdigest:
             return None

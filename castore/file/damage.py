@@ -18,19 +18,17 @@ from typing import NamedTuple
 import msgspec
 
 from castore.errors import CorruptionError
-from castore.frames import FRAME_OVERHEAD, LogBytes
-from castore.records import (
+from castore.file.frames import FRAME_OVERHEAD, LogBytes
+from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
-    OP_DAMAGED,
-    Audit,
-    Entry,
     decode_compaction,
     decode_entry,
     encode_record,
 )
+from castore.records import OP_DAMAGED, Audit, Entry
 
 __all__ = [
     "REPAIR_HINT",

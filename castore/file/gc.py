@@ -31,10 +31,11 @@ from collections.abc import Callable
 
 import msgspec
 
-from castore import _fs
 from castore.errors import CorruptionError
-from castore.frames import Frame, LogBytes, classify
-from castore.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.file import fileio
+from castore.file.frames import Frame, LogBytes, classify
+from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.file.tree import Tree
 from castore.store import Store
 
 __all__ = ["GC_GRACE_SECONDS", "GCReport", "collect_garbage"]
@@ -68,7 +69,7 @@ def _live_digests(frames: list[Frame]) -> set[bytes]:
     return live
 
 
-def _read_frames(fs: _fs.Tree, path: str) -> list[Frame]:
+def _read_frames(fs: Tree, path: str) -> list[Frame]:
     """The intact frames of a log, for the mark.
 
     Raises:
@@ -111,7 +112,7 @@ def collect_garbage(
         live: set[bytes] = set()
         for path in logs:  # mark
             live |= _live_digests(_read_frames(backend.fs, path))
-        _fs.failpoint("gc-after-mark")
+        fileio.failpoint("gc-after-mark")
         cutoff = time.time() - grace_seconds
         for path in logs:  # sweep, each log under its own lock
             sweep = _Sweep(path, live, cutoff, dry_run)
@@ -185,7 +186,7 @@ def _old(path: str, cutoff: float) -> bool:
         return False
 
 
-def _remove_leftovers(fs: _fs.Tree, folder: str, cutoff: float, dry_run: bool) -> int:
+def _remove_leftovers(fs: Tree, folder: str, cutoff: float, dry_run: bool) -> int:
     """Delete ``*.tmp`` files older than the grace period (crashed writes and rewrites).
 
     Walks real directories only (a symbolic link is neither entered nor removed).

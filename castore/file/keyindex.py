@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import threading
 
-from castore import _fs
+from castore.file import fileio
+from castore.file.tree import Tree
 
 __all__ = ["TAIL_MAX_BYTES", "KeyIndex", "namespace_of"]
 
@@ -55,7 +56,7 @@ class _Layout:
     """Where the regions of one KEYS file are."""
 
     def __init__(self, fd: int, size: int) -> None:
-        head = _fs.read_at(fd, 0, min(size, len(_NS_PREFIX) + _MAX_LINE + 64))
+        head = fileio.read_at(fd, 0, min(size, len(_NS_PREFIX) + _MAX_LINE + 64))
         first = head.find(b"\n") + 1
         self.namespace_hex = head[len(_NS_PREFIX) : first - 1] if first else b""
         # A file a writer made always starts with its namespace line (FORMAT.md §5).
@@ -68,7 +69,7 @@ class _Layout:
         if second.startswith(_SORTED_PREFIX) and second.endswith(b"\n") and digits.isdigit():
             self.start = first + len(second)
             self.end = min(max(int(digits), self.start), size)
-            if self.end > self.start and _fs.read_at(fd, self.end - 1, 1) != b"\n":
+            if self.end > self.start and fileio.read_at(fd, self.end - 1, 1) != b"\n":
                 # The sorted region always ends a line: a damaged offset. Read it all
                 # as tail (a full scan finds every key) and report the damage.
                 self.valid = False
@@ -79,7 +80,7 @@ def _first_at_or_after(fd: int, lo: int, hi: int, target: bytes) -> int:
     """Offset of the first line in the sorted region ``[lo, hi)`` that is >= ``target``."""
     while hi - lo > 2 * _MAX_LINE:  # invariant: lo is a line start, the answer is in [lo, hi]
         mid = (lo + hi) // 2
-        buf = _fs.read_at(fd, mid, 2 * _MAX_LINE + 1)
+        buf = fileio.read_at(fd, mid, 2 * _MAX_LINE + 1)
         nl = buf.find(b"\n")
         start = mid + nl + 1
         end = buf.find(b"\n", nl + 1)
@@ -89,7 +90,7 @@ def _first_at_or_after(fd: int, lo: int, hi: int, target: bytes) -> int:
             lo = mid + end + 1
         else:
             hi = start
-    buf = _fs.read_at(fd, lo, hi - lo)
+    buf = fileio.read_at(fd, lo, hi - lo)
     pos = 0
     for line in buf.split(b"\n")[:-1]:
         if line >= target:
@@ -106,7 +107,7 @@ class KeyIndex:
     file's lock; readers parse only whole lines.
     """
 
-    def __init__(self, path: str, fs: _fs.Tree) -> None:
+    def __init__(self, path: str, fs: Tree) -> None:
         self.path = path
         self.fs = fs
         self._ino = 0
@@ -119,7 +120,7 @@ class KeyIndex:
         if st.st_ino != self._ino or self._tail_pos < layout.end or st.st_size < self._tail_pos:
             self._ino, self._tail_pos, self._tail = st.st_ino, layout.end, set()
         if st.st_size > self._tail_pos:
-            buf = _fs.read_at(fd, self._tail_pos, st.st_size - self._tail_pos)
+            buf = fileio.read_at(fd, self._tail_pos, st.st_size - self._tail_pos)
             complete = buf.rfind(b"\n") + 1  # a line without its newline is still being written
             lines = buf[:complete].split(b"\n")[:-1]
             # A writer that found a torn last line starts on a new line: one empty
@@ -148,7 +149,7 @@ class KeyIndex:
             found: set[bytes] = set()
             pos = _first_at_or_after(fd, layout.start, layout.end, prefix_hex)
             while pos < layout.end:
-                buf = _fs.read_at(fd, pos, min(layout.end - pos, 1 << 16))
+                buf = fileio.read_at(fd, pos, min(layout.end - pos, 1 << 16))
                 lines = buf.split(b"\n")
                 if len(lines) == 1:
                     break
@@ -195,9 +196,9 @@ class KeyIndex:
             size = os.fstat(fd).st_size
             if size == 0:
                 line = _header(namespace, 0) + line
-            elif _fs.read_at(fd, size - 1, 1) != b"\n":
+            elif fileio.read_at(fd, size - 1, 1) != b"\n":
                 line = b"\n" + line  # a torn last line stays alone on its line
-            _fs.append(fd, line, durable=durable)
+            fileio.append(fd, line, durable=durable)
             layout = _Layout(fd, size + len(line))
             if size + len(line) - layout.end > TAIL_MAX_BYTES:
                 self._rewrite(fd, namespace, set(), durable=durable)
@@ -220,7 +221,7 @@ class KeyIndex:
         """Replace the locked file by a fully sorted one (temporary file, fsync, rename)."""
         size = os.fstat(fd).st_size
         layout = _Layout(fd, size)
-        data = _fs.read_at(fd, layout.start, size - layout.start)
+        data = fileio.read_at(fd, layout.start, size - layout.start)
         complete = data[: data.rfind(b"\n") + 1]
         lines = sorted({x for x in complete.split(b"\n") if _valid(x)} - drop)
         body = b"".join(x + b"\n" for x in lines)
@@ -231,7 +232,7 @@ class KeyIndex:
         self._ino = 0  # re-read on next use
 
 
-def namespace_of(keys_path: str, fs: _fs.Tree) -> str | None:
+def namespace_of(keys_path: str, fs: Tree) -> str | None:
     """The namespace named by the first line of a ``KEYS`` file, or None."""
     try:
         head = fs.read_file(keys_path, len(_NS_PREFIX) + _MAX_LINE + 1)

@@ -10,22 +10,23 @@ import os
 import stat
 from typing import Protocol
 
-from castore import _fs
 from castore.errors import CastoreError, UnsafePathError
-from castore.filestore import FileBackend
-from castore.frames import Frame, classify, scan_frames
-from castore.indexes import Graveyard, decode_loc, floor_after_damage
-from castore.keyindex import KeyIndex, namespace_of
-from castore.keys import file_id
-from castore.records import (
+from castore.file.backend import FileBackend
+from castore.file.blobindex import decode_loc
+from castore.file.frames import Frame, classify, scan_frames
+from castore.file.graves import Graveyard, floor_after_damage
+from castore.file.keyindex import KeyIndex, namespace_of
+from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
-    OP_DAMAGED,
     decode_compaction,
     decode_entry,
     decode_header,
 )
+from castore.file.tree import Tree
+from castore.keys import file_id
+from castore.records import OP_DAMAGED
 
 __all__ = ["Checking", "check_graves", "check_index", "check_keys_header", "frames_of"]
 
@@ -33,7 +34,7 @@ __all__ = ["Checking", "check_graves", "check_index", "check_keys_header", "fram
 class Checking(Protocol):
     """What these checks need of the checker that runs them."""
 
-    fs: _fs.Tree
+    fs: Tree
     backend: FileBackend
     repair: bool
     top: dict[str, int]
@@ -50,7 +51,7 @@ class Checking(Protocol):
         """Report a planted symbolic link (True if ``path`` is one)."""
 
 
-def frames_of(fs: _fs.Tree, path: str) -> tuple[bytes, list[Frame]]:
+def frames_of(fs: Tree, path: str) -> tuple[bytes, list[Frame]]:
     """A file's bytes and its intact frames."""
     data = fs.read_file(path)
     return data, list(scan_frames(data))

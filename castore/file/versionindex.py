@@ -18,9 +18,10 @@ import os
 import struct
 from collections.abc import Iterable
 
-from castore import _fs, reflog
-from castore.frames import Frame, scan_frames
-from castore.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
+from castore.file import fileio, reflog
+from castore.file.frames import Frame, scan_frames
+from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
+from castore.file.tree import Tree
 
 __all__ = [
     "ABSENT",
@@ -67,7 +68,7 @@ def lookup_range(vix_fd: int, low: int, high: int) -> dict[int, int]:
     low, high = max(low, 1), min(high, MAX_INDEXED_VERSION)
     if high < low:
         return {}
-    raw = _fs.read_at(vix_fd, (low - 1) * VIX_RECORD_BYTES, (high - low + 1) * VIX_RECORD_BYTES)
+    raw = fileio.read_at(vix_fd, (low - 1) * VIX_RECORD_BYTES, (high - low + 1) * VIX_RECORD_BYTES)
     out = {}
     for i in range(len(raw) // VIX_RECORD_BYTES):
         value = _value(_REC.unpack_from(raw, i * VIX_RECORD_BYTES)[0])
@@ -103,7 +104,7 @@ def rebuild(frames: Iterable[Frame]) -> bytes:
     return b"".join(_REC.pack(offsets.get(v, ABSENT)) for v in range(1, top + 1))
 
 
-def open_caught_up(fs: _fs.Tree, vix: str, log_fd: int, want: int) -> int:
+def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
     """Open the index, extended if needed so that it covers version ``want``; return its fd.
 
     Writers never touch the index; the first reader that needs a version it
@@ -119,7 +120,7 @@ def open_caught_up(fs: _fs.Tree, vix: str, log_fd: int, want: int) -> int:
     fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
     try:
         if os.fstat(fd).st_size // VIX_RECORD_BYTES < want:
-            with _fs.locked(fd, vix):
+            with fileio.locked(fd, vix):
                 _extend(fd, log_fd, want)
     except BaseException:
         os.close(fd)
@@ -147,7 +148,7 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
     size = os.fstat(log_fd).st_size
     table = bytearray()
     last = top
-    for frame in scan_frames(_fs.read_at(log_fd, start, size - start), start):
+    for frame in scan_frames(fileio.read_at(log_fd, start, size - start), start):
         if frame.kind != KIND_ENTRY:
             continue
         version = decode_entry(frame.payload).version

@@ -25,22 +25,23 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
-from castore import _fs
 from castore.errors import InvalidRefError
-from castore.frames import FRAME_OVERHEAD, LogBytes, classify
-from castore.keys import SCOPES, Ref, validate_filters, validate_prefix
-from castore.records import (
+from castore.file import fileio
+from castore.file.frames import FRAME_OVERHEAD, LogBytes, classify
+from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
     Compaction,
-    Entry,
     decode_compaction,
     decode_entry,
     encode_record,
 )
-from castore.rewrite import Transform
+from castore.file.rewrite import Transform
+from castore.file.tree import Tree
+from castore.keys import SCOPES, Ref, validate_filters, validate_prefix
+from castore.records import Entry
 from castore.store import Store
 
 __all__ = ["CompactReport", "compact", "describe_policy"]
@@ -227,13 +228,13 @@ def _bury_first(store: Store, ref: Ref, plan: _Plan) -> Transform:
         if plan.removed is not None:
             graves = store.file_backend.graveyard(ref.scope, ref.namespace)
             graves.bury([(ref.key, plan.removed.version)], durable=store.durable)
-            _fs.failpoint("compact-after-bury")
+            fileio.failpoint("compact-after-bury")
         return wanted
 
     return transform
 
 
-def _size(fs: _fs.Tree, path: str) -> int:
+def _size(fs: Tree, path: str) -> int:
     try:
         return fs.stat(path).st_size
     except FileNotFoundError:

@@ -14,12 +14,12 @@ import os
 
 import msgspec
 
-from castore import _fs
 from castore.errors import FormatVersionError
-from castore.formatfile import FORMAT_MAGIC
-from castore.frames import classify, encode_frame
-from castore.records import FORMAT_VERSION, KIND_GRAVE, Grave, encode_record
-from castore.rewrite import utc_stamp
+from castore.file.formatfile import FORMAT_MAGIC
+from castore.file.frames import classify, encode_frame
+from castore.file.records import FORMAT_VERSION, KIND_GRAVE, Grave, encode_record
+from castore.file.rewrite import utc_stamp
+from castore.file.tree import Tree
 
 __all__ = ["UpgradeReport", "upgrade"]
 
@@ -34,7 +34,7 @@ class UpgradeReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     graves_converted: int
 
 
-def _version_of(fs: _fs.Tree, root: str) -> int:
+def _version_of(fs: Tree, root: str) -> int:
     marker = os.path.join(root, "FORMAT")
     try:
         words = fs.read_file(marker, 64).split()
@@ -59,7 +59,7 @@ def _graves_v1(data: bytes) -> dict[str, int]:
     return out
 
 
-def _convert(fs: _fs.Tree, path: str, keep: str) -> None:
+def _convert(fs: Tree, path: str, keep: str) -> None:
     data = fs.read_file(path)
     if data and not classify(data).damage and classify(data).frames:
         return  # already converted by an interrupted earlier run
@@ -72,7 +72,7 @@ def _convert(fs: _fs.Tree, path: str, keep: str) -> None:
     fs.atomic_write(path, b"".join(f + f for f in frames), durable=True)
 
 
-def _graves_files(fs: _fs.Tree, refs: str) -> list[str]:
+def _graves_files(fs: Tree, refs: str) -> list[str]:
     """Every ``refs/<scope>/<ns-id>/GRAVES`` (real directories and files only)."""
     found = []
     for scope in fs.listdir(refs) if fs.isdir(refs) else []:
@@ -92,7 +92,7 @@ def upgrade(root: str) -> UpgradeReport:
     """
     if not os.path.isdir(root):
         raise FormatVersionError(f"{root}: no such directory: not a castore store")
-    fs = _fs.Tree(root)
+    fs = Tree(root)
     before = _version_of(fs, root)
     if before > FORMAT_VERSION:
         raise FormatVersionError(f"{root}: format {before} is newer than this castore's")

@@ -6,8 +6,8 @@ import os
 
 import msgspec
 
-from castore.frames import Frame, scan_frames
-from castore.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.file.frames import Frame, scan_frames
+from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.store import Store
 
 __all__ = ["ScopeStats", "StoreStats", "stats"]

@@ -16,26 +16,24 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-from castore import _fs, reflog, versions
-from castore.backend import Current, Decide, Write
+from castore.backend import Current, Decide, NewVersion, Progress
 from castore.errors import ConflictError, CorruptionError
-from castore.frames import LogBytes, encode_frame
-from castore.keys import Ref
-from castore.records import (
+from castore.file import fileio, reflog, versionindex
+from castore.file.frames import LogBytes, encode_frame
+from castore.file.records import (
     FORMAT_VERSION,
     KIND_BLOB,
     KIND_ENTRY,
     KIND_HEADER,
-    OP_DAMAGED,
-    OP_DELETE,
-    BlobLoc,
-    Entry,
     Header,
     decode_entry,
     encode_blob,
     encode_record,
 )
-from castore.rewrite import Rewriter, replace_with
+from castore.file.rewrite import Rewriter, replace_with
+from castore.keys import Ref
+from castore.records import OP_DAMAGED, OP_DELETE, BlobLoc, Entry
+from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 
 __all__ = ["DEDUP_MIN_BYTES", "FileBackend", "FileLogView"]
 
@@ -65,7 +63,7 @@ def _carried(ref: Ref, old: LogBytes) -> tuple[bytes, list[tuple[bytes, BlobLoc]
     return b"".join(parts), moved
 
 
-def _refuse_lower(ref: Ref, old: LogBytes, plans: list[Write]) -> None:
+def _refuse_lower(ref: Ref, old: LogBytes, new_versions: list[NewVersion]) -> None:
     """An overwrite may not take a key's versions back: the next one must be new.
 
     Raises:
@@ -73,7 +71,7 @@ def _refuse_lower(ref: Ref, old: LogBytes, plans: list[Write]) -> None:
     """
     entries = [decode_entry(f.payload) for f in old.frames if f.kind == KIND_ENTRY]
     newest = max((e.version for e in entries), default=0)
-    top = max((p.version for p in plans), default=0)
+    top = max((p.version for p in new_versions), default=0)
     if top < newest:
         raise ConflictError(
             str(ref), None, newest, f"the import's newest version {top} is below it"
@@ -81,36 +79,36 @@ def _refuse_lower(ref: Ref, old: LogBytes, plans: list[Write]) -> None:
 
 
 def _next_entry(
-    ref: Ref, plan: Write, previous: Entry | None, base: int, blob: BlobLoc | None, now: int
+    ref: Ref, new: NewVersion, previous: Entry | None, base: int, blob: BlobLoc | None, now: int
 ) -> Entry:
-    """The entry ``plan`` becomes after ``previous`` (``base``: the floor of a new key).
+    """The entry ``new`` becomes after ``previous`` (``base``: the floor of a new key).
 
     Raises:
         ConflictError: an import's explicit version would repeat a version.
     """
     floor = previous.version if previous is not None else base
-    if plan.version and plan.version <= floor:
-        raise ConflictError(str(ref), None, floor, f"version {plan.version} would repeat a version")
+    if new.version and new.version <= floor:
+        raise ConflictError(str(ref), None, floor, f"version {new.version} would repeat a version")
     # Times never decrease within a ref, even if the wall clock steps back,
     # so history and audit order by time equals version order.
     not_before = previous.time_ns + 1 if previous is not None else 0
-    stamp = plan.time_ns or max(now, not_before)
+    stamp = new.time_ns or max(now, not_before)
     created = 0
-    if plan.op == OP_DAMAGED:
-        created = plan.created_ns  # as recorded (an import of a lost version)
-    elif plan.op != OP_DELETE:
+    if new.op == OP_DAMAGED:
+        created = new.created_ns  # as recorded (an import of a lost version)
+    elif new.op != OP_DELETE:
         live_before = previous is not None and previous.live
-        created = plan.created_ns or (previous.created_ns if previous and live_before else stamp)
+        created = new.created_ns or (previous.created_ns if previous and live_before else stamp)
     return Entry(
-        version=plan.version or floor + 1,
-        op=plan.op,
+        version=new.version or floor + 1,
+        op=new.op,
         time_ns=stamp,
-        hash=plan.digest_hex,
-        size=len(plan.normalized) if plan.normalized is not None else 0,
+        hash=new.digest_hex,
+        size=len(new.normalized) if new.normalized is not None else 0,
         blob=blob,
         created_ns=created,
-        audit=plan.audit,
-        damaged_from=plan.damaged_from,
+        audit=new.audit,
+        damaged_from=new.damaged_from,
     )
 
 
@@ -190,7 +188,7 @@ class FileBackend(Rewriter):
                 tail = self._locked_tail(ref, fd, path, size)
                 size = tail.size
             previous = tail.entry
-            decided: Write | list[Write] | None = None
+            decided: NewVersion | list[NewVersion] | None = None
             try:
                 decided = decide(previous, FileLogView(self, ref, fd, tail, known))
             finally:
@@ -198,11 +196,11 @@ class FileBackend(Rewriter):
                     self.fs.unlink(path)  # leave no empty log behind a write that did not happen
             if not decided:
                 return previous, []
-            plans = decided if isinstance(decided, list) else [decided]
+            new_versions = decided if isinstance(decided, list) else [decided]
             base = self._first_floor(ref, fd, size) if previous is None else 0
             with self._gc_shared() as share:
                 data, entries, starts, new_blobs = self._frames(
-                    ref, path, size, previous, plans, share, base=base, fd=fd
+                    ref, path, size, previous, new_versions, share, base=base, fd=fd
                 )
                 if previous is None:  # the key's first entry: KEYS first (FORMAT.md §6)
                     index = self.key_index(ref.scope, ref.namespace)
@@ -214,7 +212,7 @@ class FileBackend(Rewriter):
             if size == 0 and self.durable:
                 self._sync_new_log_dir(ref, nsdir, entries[-1].version)
             self._after_commit(
-                path, fd, new_blobs, Current(entries[-1], plans[-1].normalized, starts[-1])
+                path, fd, new_blobs, Current(entries[-1], new_versions[-1].normalized, starts[-1])
             )
             return previous, entries
 
@@ -236,14 +234,14 @@ class FileBackend(Rewriter):
         On failure the appended bytes are cut again before the error is raised:
         the write was not acknowledged, and no reader may see it.
         """
-        _fs.failpoint("before-append")
+        fileio.failpoint("before-append")
         try:
-            _fs.append(fd, data, durable=self.durable)
+            fileio.append(fd, data, durable=self.durable)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)  # the bytes after ``size`` are ours alone (locked)
             raise
-        _fs.failpoint("after-append")
+        fileio.failpoint("after-append")
 
     def _sync_new_log_dir(self, ref: Ref, nsdir: str, version: int) -> None:
         """Fsync the directory of a new log; a failure says the version was written."""
@@ -290,13 +288,13 @@ class FileBackend(Rewriter):
         except CorruptionError as exc:
             raise CorruptionError(f"{exc.detail}; nothing was written") from None
         if tail.valid_end < size:  # a crash cut an append short (FORMAT.md §7)
-            torn = _fs.read_at(fd, tail.valid_end, size - tail.valid_end)
+            torn = fileio.read_at(fd, tail.valid_end, size - tail.valid_end)
             self.quarantine_bytes(path, tail.valid_end, torn)
             os.ftruncate(fd, tail.valid_end)
         return tail._replace(size=tail.valid_end)
 
-    def replace(self, ref: Ref, plans: list[Write]) -> list[Entry]:
-        """Replace a ref's whole history with ``plans`` (an import's overwrite).
+    def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
+        """Replace a ref's whole history with ``new_versions`` (an import's overwrite).
 
         Blob frames of the old log are carried into the new one (other logs
         may point at them) and indexed at their new offsets before the
@@ -316,7 +314,7 @@ class FileBackend(Rewriter):
                     f"{ref}: {path} has damaged bytes at offset {start} ({end - start} bytes); "
                     "nothing was replaced; run castore check --repair"
                 )
-            _refuse_lower(ref, old, plans)
+            _refuse_lower(ref, old, new_versions)
             head, moved = _carried(ref, old)
             own = self.rel(path)
             self._blobs.add_many(
@@ -326,10 +324,10 @@ class FileBackend(Rewriter):
             known = {d.hex(): loc for d, loc in moved}
             grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
             data, _, _, new_blobs = self._frames(
-                ref, path, len(head), None, plans, lambda: False, known=known, base=grave
+                ref, path, len(head), None, new_versions, lambda: False, known=known, base=grave
             )
             with contextlib.suppress(FileNotFoundError):
-                self.fs.unlink(versions.vix_path(path))  # never outlives the old log
+                self.fs.unlink(versionindex.vix_path(path))  # never outlives the old log
             replace_with(self.fs, path, head + data, durable=self.durable)
             if self.durable:
                 self.fs.fsync_dir(nsdir)
@@ -342,7 +340,9 @@ class FileBackend(Rewriter):
                 frames = reflog.scan(nfd)[1].frames
             finally:
                 os.close(nfd)
-            self.fs.atomic_write(versions.vix_path(path), versions.rebuild(frames), durable=False)
+            self.fs.atomic_write(
+                versionindex.vix_path(path), versionindex.rebuild(frames), durable=False
+            )
             entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
             index = self.key_index(ref.scope, ref.namespace)
             if ref.key not in index:
@@ -381,23 +381,23 @@ class FileBackend(Rewriter):
                 os.close(state[0])  # closing releases the flock
 
     def _existing(
-        self, plan: Write, own: str, share: Callable[[], bool], fd: int
+        self, new: NewVersion, own: str, share: Callable[[], bool], fd: int
     ) -> BlobLoc | None:
-        """A verified ``B`` frame holding the plan's value that this write may point at.
+        """A verified ``B`` frame holding the new version's value that this write may point at.
 
         The hint (the previous version's blob, or a rollback target) comes
         first. Values under :data:`DEDUP_MIN_BYTES` are not looked up in the
         blob index: an index record would cost more than the copy it saves.
         """
-        candidates = [plan.hint]
-        if plan.normalized is not None and len(plan.normalized) >= DEDUP_MIN_BYTES:
-            candidates.extend(self._blobs.lookup(bytes.fromhex(plan.digest_hex)))
+        candidates = [new.hint]
+        if new.normalized is not None and len(new.normalized) >= DEDUP_MIN_BYTES:
+            candidates.extend(self._blobs.lookup(bytes.fromhex(new.digest_hex)))
         for loc in candidates:
             if loc is None or (loc.log != own and not share()):
                 continue
             here = BlobLoc("" if loc.log == own else loc.log, loc.offset, loc.length)
             try:
-                if self.blob_reader.read_at(here, fd, plan.digest_hex) is not None:
+                if self.blob_reader.read_at(here, fd, new.digest_hex) is not None:
                     return here
             except CorruptionError:
                 continue
@@ -409,7 +409,7 @@ class FileBackend(Rewriter):
         path: str,
         size: int,
         previous: Entry | None,
-        plans: list[Write],
+        new_versions: list[NewVersion],
         share: Callable[[], bool],
         known: dict[str, BlobLoc] | None = None,
         base: int = 0,
@@ -430,22 +430,54 @@ class FileBackend(Rewriter):
         starts: list[int] = []
         new_blobs: list[tuple[str, BlobLoc]] = []
         written: dict[str, BlobLoc] = dict(known or {})
-        for plan in plans:
+        for new in new_versions:
             blob = None
-            if plan.normalized is not None:
-                blob = written.get(plan.digest_hex) or self._existing(plan, own, share, fd)
+            if new.normalized is not None:
+                blob = written.get(new.digest_hex) or self._existing(new, own, share, fd)
                 if blob is None:
-                    payload = encode_blob(bytes.fromhex(plan.digest_hex), plan.normalized)
+                    payload = encode_blob(bytes.fromhex(new.digest_hex), new.normalized)
                     parts.append(encode_frame(KIND_BLOB, payload))
                     blob = BlobLoc("", offset, len(parts[-1]))
                     offset += len(parts[-1])
-                    written[plan.digest_hex] = blob
-                    if len(plan.normalized) >= DEDUP_MIN_BYTES:
-                        new_blobs.append((plan.digest_hex, blob))
-            entry = _next_entry(ref, plan, previous, base, blob, now)
+                    written[new.digest_hex] = blob
+                    if len(new.normalized) >= DEDUP_MIN_BYTES:
+                        new_blobs.append((new.digest_hex, blob))
+            entry = _next_entry(ref, new, previous, base, blob, now)
             parts.append(encode_frame(KIND_ENTRY, encode_record(entry)))
             starts.append(offset)
             offset += len(parts[-1])
             entries.append(entry)
             previous = entry
         return b"".join(parts), entries, starts, new_blobs
+
+    # -- maintenance (castore/file/check.py, gc.py, compact.py, stats.py) ---------------
+
+    def check(self, *, repair: bool, progress: Progress | None) -> CheckReport:
+        """Verify every log, blob and index; with ``repair``, fix what can be fixed."""
+        from castore.file.check import check
+
+        return check(self, repair=repair, progress=progress)
+
+    def collect_garbage(
+        self, *, grace_seconds: float, dry_run: bool, progress: Progress | None
+    ) -> GCReport:
+        """Free unreferenced blob frames and old crash leftovers; rebuild the blob index."""
+        from castore.file.gc import collect_garbage
+
+        return collect_garbage(
+            self, grace_seconds=grace_seconds, dry_run=dry_run, progress=progress
+        )
+
+    def compact(
+        self, retention: Retention, *, dry_run: bool, progress: Progress | None
+    ) -> CompactReport:
+        """Rewrite every selected log without the versions ``retention`` drops."""
+        from castore.file.compact import compact
+
+        return compact(self, retention, dry_run=dry_run, progress=progress)
+
+    def stats(self) -> StoreStats:
+        """Counts per scope, read from every log."""
+        from castore.file.stats import stats
+
+        return stats(self)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import stat
 
-from castore import _fs
 from castore.errors import FormatVersionError
-from castore.records import FORMAT_VERSION
+from castore.file import fileio
+from castore.file.records import FORMAT_VERSION
+from castore.file.tree import Tree
 
 __all__ = ["FORMAT_MAGIC", "check_format", "format_line", "read_format"]
 
@@ -20,7 +21,7 @@ def format_line() -> bytes:
     return f"{FORMAT_MAGIC} {FORMAT_VERSION}\n".encode()
 
 
-def read_format(fs: _fs.Tree, marker: str) -> str | None:
+def read_format(fs: Tree, marker: str) -> str | None:
     """The FORMAT file's text, or None when it does not exist.
 
     Raises:
@@ -33,7 +34,7 @@ def read_format(fs: _fs.Tree, marker: str) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise FormatVersionError(f"{marker}: not a castore store (FORMAT is not a file)")
-        raw = _fs.read_at(fd, 0, _FORMAT_MAX_BYTES + 1)
+        raw = fileio.read_at(fd, 0, _FORMAT_MAX_BYTES + 1)
     finally:
         os.close(fd)
     if len(raw) > _FORMAT_MAX_BYTES or not raw.isascii():

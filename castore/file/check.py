@@ -22,22 +22,19 @@ from typing import NamedTuple
 
 import msgspec
 
-from castore import _fs, versions
-from castore.checktree import check_graves, check_index, check_keys_header
-from castore.damage import damage_windows, hides_nothing, window_top, with_markers
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
-from castore.frames import Frame, LogBytes, classify
-from castore.indexes import Graveyard
-from castore.keyindex import KeyIndex, namespace_of
-from castore.keys import file_id
-from castore.records import (
+from castore.file import versionindex
+from castore.file.checktree import check_graves, check_index, check_keys_header
+from castore.file.damage import damage_windows, hides_nothing, window_top, with_markers
+from castore.file.frames import Frame, LogBytes, classify
+from castore.file.graves import Graveyard
+from castore.file.keyindex import KeyIndex, namespace_of
+from castore.file.records import (
     FORMAT_VERSION,
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
-    OP_DAMAGED,
-    Entry,
     Header,
     decode_blob,
     decode_compaction,
@@ -45,6 +42,9 @@ from castore.records import (
     decode_header,
     encode_record,
 )
+from castore.file.tree import Tree
+from castore.keys import file_id
+from castore.records import OP_DAMAGED, Entry
 from castore.store import Store
 
 __all__ = ["CheckReport", "Finding", "check"]
@@ -81,7 +81,7 @@ class _RepairPlan(NamedTuple):
     known: Header | None = None  # the log's own header, when intact
 
 
-def _classified(fs: _fs.Tree, path: str) -> tuple[bytes, LogBytes]:
+def _classified(fs: Tree, path: str) -> tuple[bytes, LogBytes]:
     data = fs.read_file(path)
     return data, classify(data)
 
@@ -379,17 +379,17 @@ class _Checker:
         key's grave does not cover, were acknowledged and then lost (a cut).
         """
         try:
-            actual = self.fs.read_file(versions.vix_path(path))
+            actual = self.fs.read_file(versionindex.vix_path(path))
         except (FileNotFoundError, UnsafePathError):
             return 0  # a planted link is reported on its own
-        expected = versions.rebuild(frames)
+        expected = versionindex.rebuild(frames)
         if len(actual) <= len(expected) or not actual.startswith(expected):
             return 0
         tail = actual[len(expected) :]
         recorded = [
             len(expected) // 8 + 1 + i
             for i in range(len(tail) // 8)
-            if int.from_bytes(tail[8 * i : 8 * i + 8], "little") > versions.ABSENT
+            if int.from_bytes(tail[8 * i : 8 * i + 8], "little") > versionindex.ABSENT
         ]
         top = max(recorded, default=0)
         return top if top > grave else 0
@@ -397,10 +397,10 @@ class _Checker:
     def vix_out_of_step(self, path: str, frames: list[Frame]) -> bool:
         """True if the version index says something the log does not (lagging is fine)."""
         try:
-            actual = self.fs.read_file(versions.vix_path(path))
+            actual = self.fs.read_file(versionindex.vix_path(path))
         except (FileNotFoundError, UnsafePathError):
             return False  # built by the first reader that needs it; a link is reported apart
-        return not versions.rebuild(frames).startswith(actual)
+        return not versionindex.rebuild(frames).startswith(actual)
 
 
 def check(

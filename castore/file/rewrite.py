@@ -14,19 +14,20 @@ from collections.abc import Callable
 
 import msgspec
 
-from castore import _fs, reflog, versions
 from castore.errors import CorruptionError
-from castore.fileread import FileReader
-from castore.frames import Frame, LogBytes, encode_frame, scan_frames
-from castore.records import (
+from castore.file import fileio, reflog, versionindex
+from castore.file.fileread import FileReader
+from castore.file.frames import Frame, LogBytes, encode_frame, scan_frames
+from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
-    BlobLoc,
     decode_entry,
     encode_record,
 )
+from castore.file.tree import Tree
+from castore.records import BlobLoc
 
 __all__ = ["Rewriter", "Transform", "replace_with", "utc_stamp"]
 
@@ -71,7 +72,7 @@ def _relaid(frames: list[tuple[int, bytes]]) -> bytes:
     return b"".join(first + blobs + rest)
 
 
-def replace_with(fs: _fs.Tree, path: str, data: bytes, *, durable: bool) -> None:
+def replace_with(fs: Tree, path: str, data: bytes, *, durable: bool) -> None:
     """Write ``<path>.<pid>.<n>.tmp`` (fdatasync), rename it over ``path``; no leftover on failure.
 
     The caller holds the log's lock and fsyncs the directory afterwards.
@@ -79,7 +80,7 @@ def replace_with(fs: _fs.Tree, path: str, data: bytes, *, durable: bool) -> None
     tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
     fs.write_new(tmp, data, durable=durable)
     try:
-        _fs.failpoint("rewrite-before-rename")
+        fileio.failpoint("rewrite-before-rename")
         fs.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -159,19 +160,19 @@ class Rewriter(FileReader):
         if wanted is None:
             return None
         if keep_copy is None and log.torn < log.size:
-            torn = _fs.read_at(fd, log.torn, log.size - log.torn)
+            torn = fileio.read_at(fd, log.torn, log.size - log.torn)
             self.quarantine_bytes(path, log.torn, torn)
         if keep_copy is not None:
             size = os.fstat(fd).st_size
             self.fs.makedirs(os.path.dirname(keep_copy), durable=self.durable)
-            self.fs.atomic_write(keep_copy, _fs.read_at(fd, 0, size), durable=self.durable)
+            self.fs.atomic_write(keep_copy, fileio.read_at(fd, 0, size), durable=self.durable)
         nsdir = os.path.dirname(path)
         self._cache.pop(path, None)
         if not wanted:
-            _fs.failpoint("rewrite-before-remove")
+            fileio.failpoint("rewrite-before-remove")
             self.fs.unlink(path)
             with contextlib.suppress(FileNotFoundError):
-                self.fs.unlink(versions.vix_path(path))
+                self.fs.unlink(versionindex.vix_path(path))
             if self.durable:
                 self.fs.fsync_dir(nsdir)
             return []
@@ -180,7 +181,7 @@ class Rewriter(FileReader):
         # The old version index goes first: one that outlived a crash after the rename
         # would name versions the new log dropped (check reads that as lost bytes).
         with contextlib.suppress(FileNotFoundError):
-            self.fs.unlink(versions.vix_path(path))
+            self.fs.unlink(versionindex.vix_path(path))
         new = list(scan_frames(data))
         moved = [
             (f.payload[:32], BlobLoc(own, f.start, f.end - f.start))
@@ -191,8 +192,8 @@ class Rewriter(FileReader):
         replace_with(self.fs, path, data, durable=self.durable)
         if self.durable:
             self.fs.fsync_dir(nsdir)
-        _fs.failpoint("rewrite-after-rename")
-        self.fs.atomic_write(versions.vix_path(path), versions.rebuild(new), durable=False)
+        fileio.failpoint("rewrite-after-rename")
+        self.fs.atomic_write(versionindex.vix_path(path), versionindex.rebuild(new), durable=False)
         return new
 
     def rebuild_blob_index(self) -> int:

@@ -18,19 +18,19 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from castore import _fs
 from castore.errors import RecordError
-from castore.frames import FRAME_OVERHEAD, LogBytes, classify, frame_at, last_frame
-from castore.records import (
+from castore.file import fileio
+from castore.file.frames import FRAME_OVERHEAD, LogBytes, classify, frame_at, last_frame
+from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
-    Entry,
     Header,
     decode_entry,
     decode_header,
 )
+from castore.records import Entry
 
 __all__ = [
     "TAIL_READ_BYTES",
@@ -101,7 +101,7 @@ def read_tail(fd: int, size: int) -> Tail | None:
     if size == 0:
         return Tail(0, 0, None, None, None)
     start = max(0, size - TAIL_READ_BYTES)
-    buf = _fs.read_at(fd, start, size - start)
+    buf = fileio.read_at(fd, start, size - start)
     if len(buf) != size - start:
         return None
     tail = _tail_from_buffer(buf, start, size)
@@ -112,14 +112,14 @@ def read_tail(fd: int, size: int) -> Tail | None:
     begin = size - FRAME_OVERHEAD - length
     if begin < 0 or begin >= start:
         return None
-    whole = _fs.read_at(fd, begin, size - begin)
+    whole = fileio.read_at(fd, begin, size - begin)
     return _tail_from_buffer(whole, begin, size)
 
 
 def read_all(fd: int) -> tuple[bytes, int]:
     """Read a whole log; return its bytes and size."""
     size = os.fstat(fd).st_size
-    return _fs.read_at(fd, 0, size), size
+    return fileio.read_at(fd, 0, size), size
 
 
 def scan(fd: int) -> tuple[Tail, LogBytes]:
@@ -174,11 +174,11 @@ def damage_after(log: LogBytes, tail: Tail) -> tuple[int, int] | None:
 
 def header_of(fd: int) -> Header | None:
     """The header frame at the start of the log open on ``fd``, or None if it is not intact."""
-    buf = _fs.read_at(fd, 0, TAIL_READ_BYTES)
+    buf = fileio.read_at(fd, 0, TAIL_READ_BYTES)
     if len(buf) >= FRAME_OVERHEAD:
         length = int.from_bytes(buf[:4], "little")
         if length + FRAME_OVERHEAD > len(buf):
-            buf = _fs.read_at(fd, 0, length + FRAME_OVERHEAD)
+            buf = fileio.read_at(fd, 0, length + FRAME_OVERHEAD)
     frame = frame_at(buf, 0)
     if frame is None or frame.kind != KIND_HEADER:
         return None
@@ -194,12 +194,12 @@ def entry_at(fd: int, offset: int) -> tuple[Entry, int] | None:
     Raises:
         RecordError: when a checksummed record does not decode.
     """
-    buf = _fs.read_at(fd, offset, TAIL_READ_BYTES)
+    buf = fileio.read_at(fd, offset, TAIL_READ_BYTES)
     if len(buf) < FRAME_OVERHEAD:
         return None
     length = int.from_bytes(buf[:4], "little")
     if length + FRAME_OVERHEAD > len(buf):
-        buf = _fs.read_at(fd, offset, length + FRAME_OVERHEAD)
+        buf = fileio.read_at(fd, offset, length + FRAME_OVERHEAD)
     frame = frame_at(buf, 0, offset)
     if frame is None or frame.kind != KIND_ENTRY:
         return None

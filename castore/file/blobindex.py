@@ -1,0 +1,134 @@
+"""The blob index ``index/<xx>.idx``: digest -> blob locations (docs/FORMAT.md §5).
+
+``xx`` is the first byte of the digest in hex; each shard holds ``I`` frames
+``digest[32] offset:u64le length:u32le log-path``. Derived, written without
+fsync: losing an entry only loses a chance to deduplicate; a record naming
+anything but a log of this store is ignored. Shards are cached per handle
+and refreshed incrementally (only what was appended since is read).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+from castore.file import fileio
+from castore.file.frames import encode_frame, scan_frames
+from castore.file.tree import Tree
+from castore.keys import is_log_name
+from castore.records import BlobLoc
+
+__all__ = ["KIND_INDEX", "BlobIndex", "decode_loc"]
+
+KIND_INDEX = ord("I")
+_LOC = struct.Struct("<QI")
+
+
+def decode_loc(payload: bytes) -> BlobLoc:
+    """The location recorded by an ``I`` frame payload."""
+    offset, length = _LOC.unpack_from(payload, 32)
+    return BlobLoc(payload[44:].decode("utf-8"), offset, length)
+
+
+_KEEP_LOCATIONS = 4  # per digest: a rewrite in progress or interrupted leaves the old one valid
+
+
+def _remember(table: dict[bytes, list[BlobLoc]], payload: bytes) -> None:
+    try:
+        loc = decode_loc(payload)
+    except UnicodeDecodeError:
+        return
+    if not is_log_name(loc.log):
+        return  # a record naming anything but a log of this store is never used
+    locs = table.setdefault(payload[:32], [])
+    if loc in locs:
+        locs.remove(loc)
+    locs.insert(0, loc)
+    del locs[_KEEP_LOCATIONS:]
+
+
+class BlobIndex:
+    """Digest -> :class:`BlobLoc` (``log`` relative to ``refs/``) for one store.
+
+    Thread-safe (one lock guards the cached shards); one per Store handle.
+    Safe across processes: appends take the shard file's lock, readers
+    verify every frame.
+    """
+
+    def __init__(self, root: str, fs: Tree) -> None:
+        self.fs = fs
+        self.dir = os.path.join(root, "index")
+        # shard path -> (inode, bytes read, digest -> locations newest first)
+        self._shards: dict[str, tuple[int, int, dict[bytes, list[BlobLoc]]]] = {}
+        self._dir_made = False
+        self._lock = threading.Lock()
+
+    def _path(self, digest: bytes) -> str:
+        return os.path.join(self.dir, f"{digest[0]:02x}.idx")
+
+    def _refresh(self, path: str) -> dict[bytes, list[BlobLoc]]:
+        ino, pos, table = self._shards.get(path, (0, 0, {}))
+        try:
+            st = self.fs.stat(path)
+        except FileNotFoundError:
+            return table
+        if st.st_ino != ino or st.st_size < pos:
+            ino, pos, table = st.st_ino, 0, {}
+        if st.st_size > pos:
+            fd = self.fs.open(path, os.O_RDONLY)
+            try:
+                buf = fileio.read_at(fd, pos, os.fstat(fd).st_size - pos)
+            finally:
+                os.close(fd)
+            for frame in scan_frames(buf, pos):
+                if frame.kind != KIND_INDEX or len(frame.payload) < 44:
+                    continue
+                _remember(table, frame.payload)
+                pos = frame.end
+        self._shards[path] = (ino, pos, table)
+        return table
+
+    def lookup(self, digest: bytes) -> list[BlobLoc]:
+        """Recorded locations of ``digest``, newest first (hints: verify them).
+
+        Older ones matter while a log is being rewritten: the new locations
+        are recorded before the new log is renamed into place.
+        """
+        with self._lock:
+            return list(self._refresh(self._path(digest)).get(digest, ()))
+
+    @staticmethod
+    def payload(digest: bytes, loc: BlobLoc) -> bytes:
+        """The ``I`` frame recording that ``digest`` is stored at ``loc``."""
+        body = b"".join((digest, _LOC.pack(loc.offset, loc.length), loc.log.encode("utf-8")))
+        return encode_frame(KIND_INDEX, body)
+
+    def forget(self) -> None:
+        """Drop the cached shards (after they were rewritten)."""
+        with self._lock:
+            self._shards.clear()
+
+    def add_many(self, items: list[tuple[bytes, BlobLoc]], *, durable: bool) -> None:
+        """Record that each digest is stored at its location (later records win).
+
+        Normal writes pass ``durable=False`` (derived data); a log rewrite
+        passes True so the new locations are on disk before the old log goes.
+        """
+        shards: dict[str, list[bytes]] = {}
+        for digest, loc in items:
+            shards.setdefault(self._path(digest), []).append(self.payload(digest, loc))
+        if shards and not self._dir_made:
+            self.fs.makedirs(self.dir, durable=False)
+            self._dir_made = True
+        for path, frames in shards.items():
+            data = b"".join(frames)
+            with self.fs.open_locked(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND) as fd:
+                st = os.fstat(fd)
+                fileio.append(fd, data, durable=durable)
+            with self._lock:
+                ino, pos, table = self._shards.get(path, (0, 0, {}))
+                if st.st_ino == ino and st.st_size == pos:  # nobody else appended: no re-read
+                    for frame in scan_frames(data, pos):
+                        _remember(table, frame.payload)
+                    self._shards[path] = (ino, pos + len(data), table)

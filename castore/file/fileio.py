@@ -1,0 +1,117 @@
+"""Descriptor-level primitives: flock with back-off, exact reads, durable appends, failpoints.
+
+Locks are ``flock(2)`` locks on the file itself: the kernel releases them
+when the holder dies, so a crash never leaves a stale lock. Paths are
+:mod:`castore.file.tree`'s business; these functions take descriptors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+from castore.errors import LockTimeoutError
+
+__all__ = [
+    "FAILPOINTS",
+    "LOCK_TIMEOUT_SECONDS",
+    "append",
+    "failpoint",
+    "locked",
+    "read_at",
+]
+
+LOCK_TIMEOUT_SECONDS = 30.0  # 30 s: far above any write's duration
+_POLL_FIRST_SECONDS = 0.00005  # 50 µs first back-off while a lock is busy
+_POLL_MAX_SECONDS = 0.002  # 2 ms longest back-off
+
+# Failpoints for crash tests (docs/DESIGN.md, "Testing"): CASTORE_FAILPOINTS is a comma
+# list of ``name`` or ``name:action``; at a named point the process kills itself with
+# SIGKILL (action ``kill``, the default) or stops itself with SIGSTOP (``stop``: a test
+# can pause it there and continue it with SIGCONT).
+_FAILPOINTS = {
+    item.partition(":")[0]: item.partition(":")[2] or "kill"
+    for item in filter(None, os.environ.get("CASTORE_FAILPOINTS", "").split(","))
+}
+FAILPOINTS = (
+    "before-append",  # the ref log is locked and repaired; nothing of this write is on disk
+    "after-append",  # the write (blob + entry frames) is appended and fdatasynced
+    "rewrite-before-rename",  # a rewritten log (compact, gc, repair) is durable, not yet in place
+    "rewrite-after-rename",  # the rewritten log replaced the old one; its index is not rebuilt
+    "rewrite-before-remove",  # a log that gc or compaction empties is about to be removed
+    "compact-after-bury",  # a removed key's last version is in GRAVES; its log is unchanged
+    "gc-after-mark",  # gc holds gc.lock and has marked; nothing is swept yet
+)
+
+
+def failpoint(name: str) -> None:
+    """Kill (or stop) this process if ``name`` is an armed failpoint."""
+    action = _FAILPOINTS.get(name)
+    if action is not None:
+        os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def locked(
+    fd: int, path: str, *, shared: bool = False, timeout: float = LOCK_TIMEOUT_SECONDS
+) -> Iterator[None]:
+    """Hold an flock on ``fd`` for the ``with`` block.
+
+    Polls with a short exponential back-off, so a waiter starts within about
+    a millisecond of the lock being freed.
+
+    Raises:
+        LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
+    """
+    op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except BlockingIOError:
+        deadline = time.monotonic() + timeout
+        pause = _POLL_FIRST_SECONDS
+        while True:
+            time.sleep(pause)
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(path, timeout) from None
+                pause = min(pause * 2, _POLL_MAX_SECONDS)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def read_at(fd: int, offset: int, size: int) -> bytes:
+    """Read exactly ``size`` bytes at ``offset`` (fewer only at end of file)."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.pread(fd, size - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def append(fd: int, data: bytes, *, durable: bool) -> None:
+    """Append ``data`` to an ``O_APPEND`` file and, if ``durable``, fdatasync it.
+
+    The caller holds the file's exclusive lock, so appends never interleave.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    if durable:
+        os.fdatasync(fd)

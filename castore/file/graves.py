@@ -1,0 +1,162 @@
+"""The graveyard ``refs/<scope>/<ns-id>/GRAVES``: last versions of removed keys (FORMAT.md §5).
+
+``G`` frames, each record twice, fdatasynced before compaction removes a
+key's log; not derived (with the removed log's ``C`` frame, it is what keeps
+versions from repeating). Cached per handle and refreshed incrementally.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+from castore.errors import CorruptionError
+from castore.file import fileio
+from castore.file.frames import classify, encode_frame
+from castore.file.records import KIND_GRAVE, Grave, decode_grave, encode_record
+from castore.file.tree import Tree
+
+__all__ = ["Graveyard", "floor_after_damage"]
+
+
+def _covered(damage: tuple[int, int], extents: set[tuple[int, int]]) -> bool:
+    """True if an intact twin of the same size sits right before or after ``damage``."""
+    start, end = damage
+    size = end - start
+    return (start - size, start) in extents or (end, end + size) in extents
+
+
+def floor_after_damage(known: int, damaged: bytes) -> int:
+    """A version above every version a lost grave record may have held (both copies damaged).
+
+    The damaged bytes may still show digits; ``known`` is the highest version
+    seen anywhere in the namespace. Without redundancy the true value cannot
+    be known, so the floor is generous (docs/FORMAT.md §7).
+    """
+    digits = [int(run) for run in re.findall(rb"[0-9]{1,18}", damaged)]
+    return max([known, *digits]) * 2 + 1_000_000
+
+
+class Graveyard:
+    """Last versions of keys whose logs compaction removed: ``GRAVES`` in a namespace dir.
+
+    ``G`` frames (:class:`~castore.records.Grave`), each record written twice
+    in one append and fdatasynced before the log is removed, so a re-created
+    key continues after its old versions (versions never repeat) and one
+    damaged copy is covered by its twin. Cached and read incrementally.
+    Damage that no twin covers makes :meth:`version_of` raise until
+    ``check --repair`` has replaced it by a floor (FORMAT.md §5, §7).
+    """
+
+    def __init__(self, path: str, fs: Tree) -> None:
+        self.path = path
+        self.fs = fs
+        self._lock = threading.RLock()
+        self._forget(0)
+
+    def _forget(self, ino: int) -> None:
+        self._ino = ino
+        self._pos = 0
+        self._versions: dict[str, int] = {}
+        self._floor = 0
+        self._extents: set[tuple[int, int]] = set()
+        self._damage: list[tuple[int, int]] = []
+
+    def _refresh(self) -> None:
+        with self._lock:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        try:
+            st = self.fs.stat(self.path)  # one call when nothing changed (every new key)
+        except FileNotFoundError:
+            self._forget(0)
+            return
+        if st.st_ino != self._ino or st.st_size < self._pos:
+            self._forget(st.st_ino)
+        if st.st_size <= self._pos:
+            return
+        fd = self.fs.open(self.path, os.O_RDONLY)
+        try:
+            buf = fileio.read_at(fd, self._pos, os.fstat(fd).st_size - self._pos)
+        finally:
+            os.close(fd)
+        log = classify(buf, self._pos)
+        for frame in log.frames:
+            self._extents.add((frame.start, frame.end))
+            if frame.kind != KIND_GRAVE:
+                continue
+            grave = decode_grave(frame.payload)
+            if grave.key is None:
+                self._floor = max(self._floor, grave.version)
+            else:
+                self._versions[grave.key] = max(self._versions.get(grave.key, 0), grave.version)
+        self._damage.extend(log.damage)
+        self._pos = log.torn  # a torn record is re-read once its writer finishes
+
+    def damage(self) -> list[tuple[int, int]]:
+        """Damaged byte ranges that no intact twin covers (re-read first)."""
+        with self._lock:
+            self._refresh_locked()
+            return [d for d in self._damage if not _covered(d, self._extents)]
+
+    @property
+    def floor(self) -> int:
+        """The floor a repair recorded (0 if none)."""
+        self._refresh()
+        return self._floor
+
+    def records(self) -> dict[str, int]:
+        """Every removed key's last version (re-read first)."""
+        with self._lock:
+            self._refresh_locked()
+            return dict(self._versions)
+
+    def highest(self) -> int:
+        """The highest version recorded for any key, or as the floor."""
+        with self._lock:
+            self._refresh_locked()
+            return max([self._floor, *self._versions.values()])
+
+    def version_of(self, key: str) -> int:
+        """The last version ``key`` had before its log was removed (0 if never).
+
+        Raises:
+            CorruptionError: a record no twin covers is damaged, so the
+                answer is unknown until ``check --repair``.
+        """
+        with self._lock:
+            damage = self.damage()
+            if damage:
+                start, end = damage[0]
+                raise CorruptionError(
+                    f"{self.path}: damaged bytes at offset {start} ({end - start} bytes): "
+                    "the last versions of removed keys are unknown; run castore check --repair"
+                )
+            return max(self._floor, self._versions.get(key, 0))
+
+    def bury(self, items: list[tuple[str, int]], *, durable: bool) -> None:
+        """Record the last version of each removed key, twice (fdatasync when ``durable``)."""
+        records = [
+            encode_frame(KIND_GRAVE, encode_record(Grave(key=k, version=v))) for k, v in items
+        ]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        with self.fs.open_locked(self.path, flags) as fd:
+            fileio.append(fd, b"".join(r + r for r in records), durable=durable)
+
+    def repair(self, floor: int, keep_copy: str, *, durable: bool) -> None:
+        """Rewrite the file with its intact records and a ``floor``; keep the old bytes.
+
+        The original is first copied to ``keep_copy`` (quarantine).
+        """
+        with self.fs.open_locked(self.path, os.O_RDWR) as fd:
+            data = fileio.read_at(fd, 0, os.fstat(fd).st_size)
+            self.fs.makedirs(os.path.dirname(keep_copy), durable=durable)
+            self.fs.atomic_write(keep_copy, data, durable=durable)
+            records = [f.payload for f in classify(data).frames if f.kind == KIND_GRAVE]
+            records.append(encode_record(Grave(version=floor)))
+            frames = [encode_frame(KIND_GRAVE, p) for p in dict.fromkeys(records)]
+            self.fs.atomic_write(self.path, b"".join(f + f for f in frames), durable=durable)
+        with self._lock:
+            self._forget(0)

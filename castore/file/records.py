@@ -1,0 +1,198 @@
+"""Record types of the file backend's frames and their encodings (docs/FORMAT.md §3).
+
+Pure: structs, encoders and decoders; no I/O.
+
+* ``H`` frame: :class:`Header`, the first frame of every ref log (JSON).
+* ``B`` frame: a blob, ``digest[32] codec:u8 data`` (binary, see
+  :func:`encode_blob`). The digest is the sha256 of the *normalized* JSON,
+  never of the stored (possibly compressed) bytes.
+* ``E`` frame: :class:`~castore.records.Entry`, one version of a ref (JSON).
+* ``C`` frame: :class:`Compaction`, versions dropped by ``compact`` (JSON).
+* ``G`` frame: :class:`Grave`, in a namespace's ``GRAVES`` file: the last
+  version of a key compaction removed, or a floor for every such key (JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import msgspec
+import zstandard
+
+from castore.errors import DigestMismatchError, RecordError
+from castore.records import Entry
+
+__all__ = [
+    "CODEC_RAW",
+    "CODEC_ZSTD",
+    "COMPRESS_MIN_BYTES",
+    "FORMAT_VERSION",
+    "KIND_BLOB",
+    "KIND_COMPACTED",
+    "KIND_ENTRY",
+    "KIND_GRAVE",
+    "KIND_HEADER",
+    "ZSTD_LEVEL",
+    "Compaction",
+    "Grave",
+    "Header",
+    "decode_blob",
+    "decode_compaction",
+    "decode_entry",
+    "decode_grave",
+    "decode_header",
+    "encode_blob",
+    "encode_record",
+]
+
+FORMAT_VERSION = 2  # docs/FORMAT.md §2; 1 had GRAVES as unchecked text lines
+KIND_HEADER = ord("H")
+KIND_BLOB = ord("B")
+KIND_ENTRY = ord("E")
+KIND_COMPACTED = ord("C")
+KIND_GRAVE = ord("G")
+CODEC_RAW = 0  # data is the normalized JSON itself
+CODEC_ZSTD = 1  # data is one zstd frame holding the normalized JSON
+COMPRESS_MIN_BYTES = 128  # smaller values are stored raw: zstd's frame overhead wins
+ZSTD_LEVEL = 3  # zstd's default level
+
+
+class Compaction(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``C`` frame: versions a compaction dropped, and the policy that dropped them."""
+
+    versions: list[tuple[int, int]]  # inclusive ranges
+    policy: str
+    time_ns: int
+
+
+class Grave(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A ``G`` frame: ``key``'s last version before compaction removed its log.
+
+    A record without a key is a *floor*: every removed key of the namespace
+    had a version at most ``version`` (written by a repair that could not
+    read a damaged record).
+    """
+
+    version: int
+    key: str | None = None
+
+
+class Header(msgspec.Struct, frozen=True, kw_only=True):
+    """First frame of a ref log: names the ref, so the log is self-describing."""
+
+    format: int
+    scope: str
+    namespace: str
+    key: str
+
+
+_encoder = msgspec.json.Encoder()
+_entry_decoder = msgspec.json.Decoder(Entry)
+_header_decoder = msgspec.json.Decoder(Header)
+_compaction_decoder = msgspec.json.Decoder(Compaction)
+_grave_decoder = msgspec.json.Decoder(Grave)
+_local = threading.local()  # zstd objects are not thread-safe: one pair per thread
+
+
+def encode_record(record: Entry | Header | Compaction | Grave) -> bytes:
+    """JSON payload for an ``E``, ``H``, ``C`` or ``G`` frame."""
+    return _encoder.encode(record)
+
+
+def decode_entry(payload: bytes) -> Entry:
+    """Decode an ``E`` frame payload.
+
+    Raises:
+        RecordError: when the payload is not a valid entry.
+    """
+    try:
+        return _entry_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad entry record: {exc}") from exc
+
+
+def decode_compaction(payload: bytes) -> Compaction:
+    """Decode a ``C`` frame payload.
+
+    Raises:
+        RecordError: when the payload is not a valid compaction record.
+    """
+    try:
+        return _compaction_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad compaction record: {exc}") from exc
+
+
+def decode_grave(payload: bytes) -> Grave:
+    """Decode a ``G`` frame payload.
+
+    Raises:
+        RecordError: when the payload is not a valid grave record.
+    """
+    try:
+        return _grave_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad grave record: {exc}") from exc
+
+
+def decode_header(payload: bytes) -> Header:
+    """Decode an ``H`` frame payload.
+
+    Raises:
+        RecordError: when the payload is not a valid header.
+    """
+    try:
+        return _header_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad header record: {exc}") from exc
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    pair: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None
+    pair = getattr(_local, "pair", None)
+    if pair is None:
+        pair = (zstandard.ZstdCompressor(level=ZSTD_LEVEL), zstandard.ZstdDecompressor())
+        _local.pair = pair
+    return pair
+
+
+def encode_blob(digest: bytes, normalized: bytes) -> bytes:
+    """Payload of a ``B`` frame: digest, codec byte, then raw or zstd data.
+
+    zstd is used when the value is at least :data:`COMPRESS_MIN_BYTES` long
+    and compression makes it smaller.
+    """
+    if len(normalized) >= COMPRESS_MIN_BYTES:
+        packed = _zstd()[0].compress(normalized)
+        if len(packed) < len(normalized):
+            return b"".join((digest, bytes((CODEC_ZSTD,)), packed))
+    return b"".join((digest, bytes((CODEC_RAW,)), normalized))
+
+
+def decode_blob(payload: bytes, expected_hex: str) -> bytes:
+    """Return the normalized JSON held by a ``B`` frame payload, verified.
+
+    Raises:
+        DigestMismatchError: when the digest field or the sha256 of the data
+            is not ``expected_hex``.
+        RecordError: when the codec is unknown or the zstd data is corrupt.
+    """
+    if len(payload) < 33:
+        raise RecordError("blob record too short")
+    digest, codec = payload[:32], payload[32]
+    if digest.hex() != expected_hex:
+        raise DigestMismatchError(f"blob record holds {digest.hex()}, not {expected_hex}")
+    if codec == CODEC_RAW:
+        data = payload[33:]
+    elif codec == CODEC_ZSTD:
+        try:
+            data = _zstd()[1].decompress(payload[33:])
+        except zstandard.ZstdError as exc:
+            raise RecordError(f"blob {expected_hex}: bad zstd data: {exc}") from exc
+    else:
+        raise RecordError(f"blob {expected_hex}: unknown codec {codec}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_hex:
+        raise DigestMismatchError(f"blob {expected_hex}: data hashes to {actual}")
+    return data

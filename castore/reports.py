@@ -1,0 +1,142 @@
+"""What the maintenance operations report, whatever backend ran them (docs/CLI.md).
+
+Field names and order are the JSON the CLI prints (``rename="camel"``);
+every backend returns these types from the maintenance calls of
+:class:`~castore.backend.Backend`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from castore.errors import InvalidRefError
+from castore.keys import validate_filters, validate_prefix
+
+__all__ = [
+    "GC_GRACE_SECONDS",
+    "CheckReport",
+    "CompactReport",
+    "Finding",
+    "GCReport",
+    "Retention",
+    "ScopeStats",
+    "StoreStats",
+    "UpgradeReport",
+]
+
+GC_GRACE_SECONDS = 3600.0  # 1 hour: far above any write's duration
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One problem: the file, what is wrong, what repair does (and whether it did)."""
+
+    path: str
+    problem: str
+    repair: str
+    repaired: bool = False
+    severity: str = "error"  # "info": harmless (derived data, leftovers); ok stays true
+
+
+class CheckReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Result of a check. ``ok`` means nothing is (still) wrong."""
+
+    ok: bool
+    logs: int
+    entries: int
+    blobs: int
+    findings: list[Finding]
+
+
+class GCReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What gc found, kept and freed (or, with ``dry_run``, would free)."""
+
+    dry_run: bool
+    grace_seconds: float
+    blobs_found: int
+    blobs_kept: int
+    blobs_freed: int
+    bytes_found: int
+    bytes_kept: int
+    bytes_freed: int
+    logs_rewritten: int
+    logs_removed: int
+    leftovers_removed: int
+
+
+class CompactReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What a compaction did (or, with ``dry_run``, would do)."""
+
+    policy: str
+    dry_run: bool
+    refs_examined: int
+    refs_compacted: int
+    versions_dropped: int
+    keys_removed: int
+    bytes_before: int
+    bytes_after: int
+
+
+class ScopeStats(msgspec.Struct, kw_only=True, rename="camel"):
+    """Counts for one scope (see :class:`StoreStats`)."""
+
+    keys: int = 0
+    deleted_keys: int = 0
+    versions: int = 0
+    blobs: int = 0
+    stored_bytes: int = 0
+    logical_bytes: int = 0
+    reclaimable_bytes: int = 0
+
+
+class StoreStats(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Statistics of a store: per scope and in total."""
+
+    scopes: dict[str, ScopeStats]
+    total: ScopeStats
+
+
+class UpgradeReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Result of an upgrade: the formats before and after, files converted."""
+
+    from_version: int
+    to_version: int
+    graves_converted: int
+
+
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """A compaction policy and the refs it applies to (validated on construction).
+
+    Keeps the newest ``keep_last`` versions and/or every version younger
+    than ``keep_within_seconds``; a version either rule keeps is kept, and
+    so is the newest. A key whose tombstone is older than
+    ``keep_within_seconds`` is removed; its versions stay reserved.
+
+    Raises:
+        InvalidRefError: no policy, a negative one, or bad filters.
+    """
+
+    keep_last: int | None = None
+    keep_within_seconds: float | None = None
+    scope: str | None = None
+    namespace: str | None = None
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.keep_last is None and self.keep_within_seconds is None:
+            raise InvalidRefError("give a retention policy: keep_last and/or keep_within")
+        if (self.keep_last is not None and self.keep_last < 1) or (
+            self.keep_within_seconds is not None and self.keep_within_seconds < 0
+        ):
+            raise InvalidRefError("keep_last must be at least 1 and keep_within not negative")
+        validate_filters(self.scope, self.namespace)
+        validate_prefix(self.prefix)
+
+    @property
+    def policy(self) -> str:
+        """The policy as text, e.g. ``keep-last 5, keep-within 86400s``."""
+        parts = []
+        if self.keep_last is not None:
+            parts.append(f"keep-last {self.keep_last}")
+        if self.keep_within_seconds is not None:
+            parts.append(f"keep-within {self.keep_within_seconds:g}s")
+        return ", ".join(parts)
