@@ -4,6 +4,7 @@ Only the names in ``__all__`` (and ``castore.errors``) are the stable API.
 """
 
 from castore.errors import (
+    BackendUnavailableError,
     CastoreError,
     ConflictError,
     CorruptionError,
@@ -13,32 +14,61 @@ from castore.errors import (
     NotFoundError,
     ValueTooLargeError,
 )
+from castore.keys import Ref
+from castore.reports import (
+    CheckReport,
+    CompactReport,
+    Finding,
+    GCReport,
+    Retention,
+    ScopeStats,
+    StoreStats,
+    UpgradeReport,
+)
 from castore.results import (
     DeleteResult,
     DiffResult,
     GetResult,
+    HistoryEntry,
+    HistoryResult,
     ListEntry,
     ListResult,
+    RollbackResult,
     SetResult,
+    VersionDiff,
 )
 from castore.store import Store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendUnavailableError",
     "CastoreError",
+    "CheckReport",
+    "CompactReport",
     "ConflictError",
     "CorruptionError",
     "DeleteResult",
     "DiffResult",
+    "Finding",
+    "GCReport",
     "GetResult",
+    "HistoryEntry",
+    "HistoryResult",
     "InvalidRefError",
     "InvalidValueError",
     "ListEntry",
     "ListResult",
     "LockTimeoutError",
     "NotFoundError",
+    "Ref",
+    "Retention",
+    "RollbackResult",
+    "ScopeStats",
     "SetResult",
     "Store",
+    "StoreStats",
+    "UpgradeReport",
     "ValueTooLargeError",
+    "VersionDiff",
 ]

@@ -20,7 +20,18 @@ from castore.keys import Ref
 from castore.records import Audit, BlobLoc, Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 
-__all__ = ["Backend", "Current", "Decide", "LogView", "NewVersion", "Progress"]
+__all__ = [
+    "LOCK_TIMEOUT_SECONDS",
+    "Backend",
+    "Current",
+    "Decide",
+    "LogView",
+    "NewVersion",
+    "Progress",
+]
+
+
+LOCK_TIMEOUT_SECONDS = 30.0  # how long a write waits for its ref by default: far above any write
 
 
 class Current(NamedTuple):

@@ -29,6 +29,7 @@ import errno
 from typing import Any
 
 __all__ = [
+    "BackendUnavailableError",
     "CastoreError",
     "ConflictError",
     "CorruptionError",
@@ -124,6 +125,10 @@ class ConflictError(CastoreError):
             want = f"expected version {self.expected}"
         why = f" ({self.reason})" if self.reason else ""
         return f"conflict on {self.ref}: {want}, actual version {self.actual}{why}"
+
+
+class BackendUnavailableError(CastoreError, NotImplementedError):
+    """Raised when a store location names a backend this castore does not provide (yet)."""
 
 
 class LockTimeoutError(CastoreError, TimeoutError):

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import Any, Final, final
 
 from castore import codec, history
-from castore.backend import Backend, Decide, LogView, NewVersion
+from castore.backend import LOCK_TIMEOUT_SECONDS, Backend, Decide, LogView, NewVersion, Progress
+from castore.backends import open_backend
 from castore.errors import ConflictError, NotFoundError
-from castore.file import fileio
-from castore.file.backend import FileBackend
 from castore.keys import (
     Ref,
     env_or,
@@ -29,6 +28,14 @@ from castore.keys import (
 )
 from castore.listing import list_live
 from castore.records import OP_DELETE, OP_SET, Audit, Entry
+from castore.reports import (
+    GC_GRACE_SECONDS,
+    CheckReport,
+    CompactReport,
+    GCReport,
+    Retention,
+    StoreStats,
+)
 from castore.results import (
     DeleteResult,
     DiffResult,
@@ -106,6 +113,9 @@ class Store:
     Raises:
         FormatVersionError: the directory holds another format, or is a
             non-empty directory that is not a castore store.
+        BackendUnavailableError: ``path`` is a ``postgresql://``,
+            ``postgres://``, ``http://`` or ``https://`` location, whose
+            backends are not available yet (:mod:`castore.backends`).
     """
 
     def __init__(
@@ -115,18 +125,18 @@ class Store:
         dag: str | None = None,
         root_dag: str | None = None,
         durable: bool = True,
-        lock_timeout: float = fileio.LOCK_TIMEOUT_SECONDS,
+        lock_timeout: float = LOCK_TIMEOUT_SECONDS,
         actor: str | None = None,
         run_id: str | None = None,
         step: str | None = None,
     ) -> None:
-        self.root = os.path.abspath(os.fspath(path) if path else default_root())
+        location = os.fspath(path) if path else default_root()
+        self._backend = open_backend(location, durable=durable, lock_timeout=lock_timeout)
+        self.root = os.path.abspath(location)
         self.dag = env_or(dag, "DAG_NAME")
         self.root_dag = env_or(root_dag, "CASTORE_ROOT_DAG")
         self.durable = durable
         self.lock_timeout = lock_timeout
-        self._files = FileBackend(self.root, durable=durable, lock_timeout=lock_timeout)
-        self._backend: Backend = self._files
         self.actor = actor
         self.run_id = run_id
         self.step = step
@@ -139,11 +149,6 @@ class Store:
     def backend(self) -> Backend:
         """The storage behind this store, through the backend contract (castore's own tools)."""
         return self._backend
-
-    @property
-    def file_backend(self) -> FileBackend:
-        """The file backend itself, for its format maintenance (check, gc, compact, stats)."""
-        return self._files
 
     def close(self) -> None:
         """Drop cached state and close the cached directory descriptors.
@@ -509,3 +514,103 @@ class Store:
         """
         ref = self.ref(key, scope, namespace)
         return history.diff_versions(self._backend, ref, from_version, to_version)
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def check(self, *, repair: bool = False, progress: Progress | None = None) -> CheckReport:
+        """Verify every stored record; with ``repair``, fix what can be fixed.
+
+        Safe while other processes read and write: repairs happen under each
+        ref's lock. Damaged originals are kept (in the file backend, under
+        ``quarantine/``), never deleted silently.
+
+        Args:
+            repair: fix what can be fixed (torn tails, damaged logs, derived files).
+            progress: told how many more logs have been checked.
+
+        Returns:
+            The findings; ``ok`` is True when nothing is (still) wrong.
+
+        Raises:
+            LockTimeoutError: a ref stayed locked for the lock timeout (repair only).
+        """
+        return self._backend.check(repair=repair, progress=progress)
+
+    def gc(
+        self,
+        *,
+        grace_seconds: float = GC_GRACE_SECONDS,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> GCReport:
+        """Free stored values no version references, and old crash leftovers.
+
+        Safe while other processes read and write.
+
+        Args:
+            grace_seconds: leftovers of crashed writes younger than this are kept.
+            dry_run: only count what would be freed.
+            progress: told how many more logs have been swept.
+
+        Returns:
+            What was found, kept and freed (or, with ``dry_run``, would be).
+
+        Raises:
+            CorruptionError: a log is damaged; run :meth:`check` with ``repair`` first.
+            LockTimeoutError: gc or a ref stayed locked for the lock timeout.
+        """
+        return self._backend.collect_garbage(
+            grace_seconds=grace_seconds, dry_run=dry_run, progress=progress
+        )
+
+    def compact(
+        self,
+        *,
+        keep_last: int | None = None,
+        keep_within_seconds: float | None = None,
+        scope: str | None = None,
+        namespace: str | None = None,
+        prefix: str = "",
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> CompactReport:
+        """Drop old versions by a retention policy (see :class:`~castore.reports.Retention`).
+
+        Per key the newest version is always kept; among the others, a version
+        is kept when it is one of the last ``keep_last`` or younger than
+        ``keep_within_seconds``. A key whose tombstone is older than
+        ``keep_within_seconds`` is removed. Versions never repeat afterwards;
+        :meth:`gc` frees the values nothing references any more.
+
+        Args:
+            keep_last: keep the newest N versions of each key.
+            keep_within_seconds: keep versions younger than this.
+            scope: only this scope (None: every scope).
+            namespace: only this namespace (None: every namespace).
+            prefix: only keys starting with this.
+            dry_run: only count what would be dropped.
+            progress: told how many more keys have been examined.
+
+        Returns:
+            What was (or, with ``dry_run``, would be) dropped.
+
+        Raises:
+            InvalidRefError: no policy given, a negative one, or bad filters.
+            LockTimeoutError: a ref stayed locked for the lock timeout.
+        """
+        retention = Retention(
+            keep_last=keep_last,
+            keep_within_seconds=keep_within_seconds,
+            scope=scope,
+            namespace=namespace,
+            prefix=prefix,
+        )
+        return self._backend.compact(retention, dry_run=dry_run, progress=progress)
+
+    def stats(self) -> StoreStats:
+        """Counts of keys, versions, values and bytes, per scope and in total.
+
+        Returns:
+            The statistics (the file backend reads every log to count them).
+        """
+        return self._backend.stats()

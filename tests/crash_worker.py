@@ -40,9 +40,6 @@ from typing import Any, Final
 
 from castore import Store
 from castore.errors import CastoreError, NotFoundError
-from castore.file.check import check
-from castore.file.compact import compact
-from castore.file.gc import collect_garbage
 
 __all__ = [
     "DAG",
@@ -210,13 +207,13 @@ class Workload:
     def compact(self, keep_last: int, keep_within: float | None) -> None:
         """Compact the store; record the policy first (it explains dropped versions)."""
         self.log.write(t="try", op="compact", keep_last=keep_last, keep_within=keep_within)
-        compact(self.store, keep_last=keep_last, keep_within_seconds=keep_within)
+        self.store.compact(keep_last=keep_last, keep_within_seconds=keep_within)
         self.log.write(t="ack", op="compact", keep_last=keep_last, keep_within=keep_within)
 
     def gc(self, grace: float = 0.0) -> None:
         """Collect garbage."""
         self.log.write(t="try", op="gc", grace=grace)
-        collect_garbage(self.store, grace_seconds=grace)
+        self.store.gc(grace_seconds=grace)
         self.log.write(t="ack", op="gc", grace=grace)
 
     def step(self) -> None:
@@ -609,15 +606,15 @@ def verify(root: str, records: list[Record], *, repair: bool = True) -> Verdict:
         return verdict
     verdict.violations += _check_acked(store, model)
     verdict.violations += _check_history(store, model)
-    report = check(store)
+    report = store.check()
     if not report.ok and repair:
         verdict.repaired = True
         verdict.repaired_problems = sorted(
             {_pattern(f.problem) for f in report.findings if f.severity != "info"}
         )
-        check(store, repair=True)
+        store.check(repair=True)
         store = Store(root, dag=DAG, durable=False)
-        report = check(store)
+        report = store.check()
         before = {v.partition(":")[2] for v in verdict.violations}
         verdict.violations += [
             v

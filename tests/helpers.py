@@ -6,11 +6,15 @@ import os
 import subprocess
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_blob, decode_entry
 from castore.records import Entry
+
+if TYPE_CHECKING:
+    from castore import Store
+    from castore.file.backend import FileBackend
 
 JOIN_TIMEOUT_SECONDS = 120.0
 
@@ -38,6 +42,16 @@ def ns_dir(root: str | os.PathLike[str], scope: str, namespace: str) -> str:
 
 def log_path(root: str | os.PathLike[str], scope: str, namespace: str, key: str) -> str:
     return os.path.join(ns_dir(root, scope, namespace), file_id(key) + ".log")
+
+
+def file_backend(store: Store) -> FileBackend:
+    """The file backend behind ``store``, for tests of the file format and its internals."""
+    return cast("FileBackend", store.backend)
+
+
+def ref_log_path(store: Store, key: str, scope: str = "dag", namespace: str | None = None) -> str:
+    """The ref log file of ``key`` in ``store`` (a file store), resolved as ``store.ref`` does."""
+    return file_backend(store).log_path(store.ref(key, scope, namespace))
 
 
 def keys_path(root: str | os.PathLike[str], scope: str, namespace: str) -> str:

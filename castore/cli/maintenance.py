@@ -14,15 +14,11 @@ import tempfile
 from collections.abc import Iterator
 from typing import Final
 
+from castore.backends import upgrade
 from castore.cli.args import UsageError
 from castore.cli.invocation import Command, Invocation, UnhealthyError, progress
 from castore.cli.render import DaguImportSummary, encode_line, render
 from castore.dagu import import_dagu
-from castore.file.check import check
-from castore.file.compact import compact
-from castore.file.gc import collect_garbage
-from castore.file.stats import stats
-from castore.file.upgrade import upgrade
 from castore.keys import go_trim_space
 from castore.store import default_root
 from castore.transfer import export_lines, import_lines, read_lines
@@ -87,8 +83,8 @@ def _import_dagu(cmd: Invocation) -> Iterator[bytes]:
 def _gc(cmd: Invocation) -> Iterator[bytes]:
     grace = _duration(cmd.args.grace)
     with progress("logs") as bar:
-        report = collect_garbage(
-            cmd.store, grace_seconds=grace or 0.0, dry_run=cmd.args.dry_run, progress=bar.update
+        report = cmd.store.gc(
+            grace_seconds=grace or 0.0, dry_run=cmd.args.dry_run, progress=bar.update
         )
     yield render(report)
 
@@ -98,8 +94,7 @@ def _compact(cmd: Invocation) -> Iterator[bytes]:
     if a.keep_last is None and a.keep_within is None:
         raise UsageError("compact needs a policy: --keep-last N and/or --keep-within DURATION")
     with progress("keys") as bar:
-        report = compact(
-            cmd.store,
+        report = cmd.store.compact(
             keep_last=a.keep_last,
             keep_within_seconds=_duration(a.keep_within),
             scope=cmd.scope_given,
@@ -113,18 +108,18 @@ def _compact(cmd: Invocation) -> Iterator[bytes]:
 
 def _check(cmd: Invocation) -> Iterator[bytes]:
     with progress("logs") as bar:
-        report = check(cmd.store, repair=cmd.args.repair, progress=bar.update)
+        report = cmd.store.check(repair=cmd.args.repair, progress=bar.update)
     yield render(report)
     if not report.ok:
         raise UnhealthyError(f"{len(report.findings)} problem(s) found; see the report")
 
 
 def _upgrade(cmd: Invocation) -> Iterator[bytes]:
-    yield render(upgrade(os.path.abspath(cmd.args.dir or default_root())))
+    yield render(upgrade(cmd.args.dir or default_root()))
 
 
 def _stats(cmd: Invocation) -> Iterator[bytes]:
-    yield render(stats(cmd.store))
+    yield render(cmd.store.stats())
 
 
 COMMANDS: Final[dict[str, Command]] = {

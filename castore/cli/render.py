@@ -17,11 +17,7 @@ import jsonpointer
 import msgspec
 
 from castore import codec
-from castore.file.check import CheckReport
-from castore.file.compact import CompactReport
-from castore.file.gc import GCReport
-from castore.file.stats import StoreStats
-from castore.file.upgrade import UpgradeReport
+from castore.reports import CheckReport, CompactReport, GCReport, StoreStats, UpgradeReport
 from castore.results import (
     LINE_TYPES,
     DeleteResult,

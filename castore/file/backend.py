@@ -1,454 +1,280 @@
-"""The file backend: ref logs, blob frames and indexes under one directory.
+"""The file backend: the parts of castore/file/ behind the :class:`~castore.backend.Backend` API.
 
-:class:`FileBackend` is what :class:`castore.Store` calls to read the newest
-entry of a ref and to append under the ref's lock; it knows the bytes
-(docs/FORMAT.md) but not Dagu's semantics (those live in ``store.py``).
-Reading lives in ``fileread.py``. A second backend (PostgreSQL, a
-coordinator) implements the same calls: ``current``, ``write``, ``keys``,
-``version``, ``history`` and ``close``.
+:class:`FileBackend` combines, for one store directory: its
+:class:`~castore.file.layout.Layout` (paths, ``FORMAT``), one
+:class:`~castore.file.reflog.RefLog` per ref (read, lock, append, rewrite),
+the :class:`~castore.file.namespaces.Namespaces` (``KEYS``, ``GRAVES``),
+the blob index and blob reader, and a read cache of each log's newest
+entry. It knows the bytes (docs/FORMAT.md) but not Dagu's semantics (those
+live in ``castore/store.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from castore.backend import Current, Decide, NewVersion, Progress
-from castore.errors import ConflictError, CorruptionError
-from castore.file import fileio, reflog, versionindex
-from castore.file.frames import LogBytes, encode_frame
-from castore.file.records import (
-    FORMAT_VERSION,
-    KIND_BLOB,
-    KIND_ENTRY,
-    KIND_HEADER,
-    Header,
-    decode_entry,
-    encode_blob,
-    encode_record,
-)
-from castore.file.rewrite import Rewriter, replace_with
+from castore.errors import NotFoundError
+from castore.file import logread
+from castore.file.blobindex import BlobIndex
+from castore.file.blobs import BlobReader
+from castore.file.damage import damaged_error
+from castore.file.frames import Frame
+from castore.file.graves import Graveyard
+from castore.file.keyindex import KeyIndex
+from castore.file.layout import Layout
+from castore.file.namespaces import Namespaces
+from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.file.reflog import RefLog
+from castore.file.rewrite import Transform
+from castore.file.tree import Tree
+from castore.file.writer import ReadCache, Writer, stat_sig
 from castore.keys import Ref
-from castore.records import OP_DAMAGED, OP_DELETE, BlobLoc, Entry
+from castore.records import OP_DAMAGED, Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 
-__all__ = ["DEDUP_MIN_BYTES", "FileBackend", "FileLogView"]
+__all__ = ["CACHE_MAX_ENTRIES", "FileBackend"]
 
-DEDUP_MIN_BYTES = 256  # smaller values are not deduplicated across logs (FORMAT.md §5)
-
-
-def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+CACHE_MAX_ENTRIES = 65536  # per-handle read cache and ref logs; cleared wholesale when full
 
 
-def _carried(ref: Ref, old: LogBytes) -> tuple[bytes, list[tuple[bytes, BlobLoc]]]:
-    """A replacement log's start: a header, then every blob frame of the old log.
+class FileBackend:
+    """Versioned refs in one store directory (docs/FORMAT.md).
 
-    Other logs may point at those blobs. Returns the bytes and each blob's
-    digest with its new location in this log.
-    """
-    header = Header(format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key)
-    parts = [encode_frame(KIND_HEADER, encode_record(header))]
-    offset = len(parts[0])
-    moved: list[tuple[bytes, BlobLoc]] = []
-    for frame in old.frames:
-        if frame.kind == KIND_BLOB:
-            raw = encode_frame(KIND_BLOB, frame.payload)
-            moved.append((frame.payload[:32], BlobLoc("", offset, len(raw))))
-            parts.append(raw)
-            offset += len(raw)
-    return b"".join(parts), moved
+    Safe for many processes (readers take no lock; writers hold a ``flock``
+    per ref log) and threads (each call opens its own descriptors).
 
-
-def _refuse_lower(ref: Ref, old: LogBytes, new_versions: list[NewVersion]) -> None:
-    """An overwrite may not take a key's versions back: the next one must be new.
+    Args:
+        root: the store directory, created with its FORMAT file if absent.
+        durable: fsync so that a returned write survives a power loss.
+        lock_timeout: seconds to wait for a ref's lock.
 
     Raises:
-        ConflictError: the replacement's newest version is below the old one's.
-    """
-    entries = [decode_entry(f.payload) for f in old.frames if f.kind == KIND_ENTRY]
-    newest = max((e.version for e in entries), default=0)
-    top = max((p.version for p in new_versions), default=0)
-    if top < newest:
-        raise ConflictError(
-            str(ref), None, newest, f"the import's newest version {top} is below it"
-        )
-
-
-def _next_entry(
-    ref: Ref, new: NewVersion, previous: Entry | None, base: int, blob: BlobLoc | None, now: int
-) -> Entry:
-    """The entry ``new`` becomes after ``previous`` (``base``: the floor of a new key).
-
-    Raises:
-        ConflictError: an import's explicit version would repeat a version.
-    """
-    floor = previous.version if previous is not None else base
-    if new.version and new.version <= floor:
-        raise ConflictError(str(ref), None, floor, f"version {new.version} would repeat a version")
-    # Times never decrease within a ref, even if the wall clock steps back,
-    # so history and audit order by time equals version order.
-    not_before = previous.time_ns + 1 if previous is not None else 0
-    stamp = new.time_ns or max(now, not_before)
-    created = 0
-    if new.op == OP_DAMAGED:
-        created = new.created_ns  # as recorded (an import of a lost version)
-    elif new.op != OP_DELETE:
-        live_before = previous is not None and previous.live
-        created = new.created_ns or (previous.created_ns if previous and live_before else stamp)
-    return Entry(
-        version=new.version or floor + 1,
-        op=new.op,
-        time_ns=stamp,
-        hash=new.digest_hex,
-        size=len(new.normalized) if new.normalized is not None else 0,
-        blob=blob,
-        created_ns=created,
-        audit=new.audit,
-        damaged_from=new.damaged_from,
-    )
-
-
-class FileLogView:
-    """What a decision may read from the locked log: the newest value, older entries."""
-
-    def __init__(
-        self, backend: FileBackend, ref: Ref, fd: int, tail: reflog.Tail, known: Current | None
-    ) -> None:
-        self._backend = backend
-        self._ref = ref
-        self._fd = fd
-        self._tail = tail
-        self._known = known
-
-    def value(self) -> bytes | None:
-        """The newest entry's value (None for a tombstone or an empty log)."""
-        if self._known is not None:
-            return self._known.value
-        return self._backend.blob_reader.value_of(
-            self._ref, self._tail.entry, self._tail.blob, self._fd
-        )
-
-    def entry_at(self, version: int) -> Entry | None:
-        """The entry of ``version`` in this log, or None."""
-        return self._backend._entry_at(self._ref, self._fd, version)
-
-    def value_at(self, entry: Entry) -> bytes | None:
-        """The value of an entry of this log (verified)."""
-        return self._backend.blob_reader.value_of(self._ref, entry, None, self._fd)
-
-    def absolute(self, loc: BlobLoc) -> BlobLoc:
-        """``loc`` with its log path made relative to ``refs/`` (never ``""``)."""
-        own = self._backend.rel(self._backend.log_path(self._ref))
-        return BlobLoc(loc.log or own, loc.offset, loc.length)
-
-
-class FileBackend(Rewriter):
-    """The file backend: reads and rewrites (base classes) plus the write protocol.
-
-    Constructed like :class:`castore.fileread.FileReader`. Safe for many
-    processes and threads (flock per ref log, on a descriptor per call).
+        FormatVersionError: the directory holds another format, or is a
+            non-empty directory that is not a castore store.
     """
 
-    # -- writing ------------------------------------------------------------------
+    def __init__(self, root: str, *, durable: bool, lock_timeout: float) -> None:
+        self.layout = Layout(root, durable=durable, lock_timeout=lock_timeout)
+        self._blobs = BlobIndex(root, self.layout.fs)
+        self.blob_reader = BlobReader(self.layout.fs, self.layout.refs, self._blobs)
+        self.names = Namespaces(self.layout)
+        self._logs: dict[Ref, RefLog] = {}
+        self._cache: ReadCache = {}
+        self._writer = Writer(self.layout, self.names, self._blobs, self.blob_reader, self._cache)
 
-    def _ensure_dir(self, path: str) -> None:
-        if path not in self._dirs:
-            self.fs.makedirs(path, durable=self.durable)
-            self._dirs.add(path)
+    # -- the parts, as maintenance reaches them ----------------------------------------
+
+    @property
+    def root(self) -> str:
+        """The store directory."""
+        return self.layout.root
+
+    @property
+    def refs(self) -> str:
+        """The ``refs/`` directory."""
+        return self.layout.refs
+
+    @property
+    def fs(self) -> Tree:
+        """The confined file operations below the root."""
+        return self.layout.fs
+
+    @property
+    def durable(self) -> bool:
+        """Whether writes are fsynced before they return."""
+        return self.layout.durable
+
+    @property
+    def lock_timeout(self) -> float:
+        """Seconds to wait for a lock."""
+        return self.layout.lock_timeout
+
+    def close(self) -> None:
+        """Drop cached state; close the cached directory descriptors (see ``Store.close``)."""
+        self._cache.clear()
+        self._logs.clear()
+        self.names.close()
+        self.layout.close()
+
+    def log(self, ref: Ref) -> RefLog:
+        """The ref log of ``ref`` (which may not exist yet)."""
+        log = self._logs.get(ref)
+        if log is None:
+            if len(self._logs) >= CACHE_MAX_ENTRIES:
+                self._logs.clear()
+            log = self._logs[ref] = RefLog(self.layout, self._blobs, self.layout.log_path(ref), ref)
+        return log
+
+    def log_path(self, ref: Ref) -> str:
+        """The ref log file of ``ref`` (which may not exist yet)."""
+        return self.log(ref).path
+
+    def rel(self, path: str) -> str:
+        """A log path relative to ``refs/`` (as stored in blob locations)."""
+        return self.layout.rel(path)
+
+    def iter_logs(self) -> Iterator[str]:
+        """Paths of every ref log in the store, sorted."""
+        return self.layout.iter_logs()
+
+    def key_index(self, scope: str, namespace: str) -> KeyIndex:
+        """The key index of a namespace."""
+        return self.names.key_index(scope, namespace)
+
+    def graveyard(self, scope: str, namespace: str) -> Graveyard:
+        """The graveyard of a namespace."""
+        return self.names.graveyard(scope, namespace)
+
+    def quarantine_path(self, path: str, stamp: str) -> str:
+        """Where ``quarantine/<stamp>/`` keeps a copy of the store file ``path``."""
+        return self.layout.quarantine_path(path, stamp)
+
+    def rewrite(
+        self, path: str, transform: Transform, *, keep_copy: str | None = None
+    ) -> list[Frame] | None:
+        """Replace the log at ``path`` with ``transform(log)`` (:meth:`RefLog.rewrite`)."""
+        self._cache.pop(path, None)
+        return RefLog(self.layout, self._blobs, path).rewrite(transform, keep_copy=keep_copy)
+
+    def rebuild_blob_index(self) -> int:
+        """Rewrite the blob index from the blob frames of every log; return their number."""
+        logs = ((path, self.rel(path)) for path in self.iter_logs())
+        return self._blobs.rebuild(logs, durable=self.durable)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def exists(self, ref: Ref) -> bool:
+        """True if ``ref``'s log exists (it may hold only a tombstone)."""
+        return self.fs.exists(self.log(ref).path)
+
+    def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
+        """Keys ever created in a namespace starting with ``prefix``, byte-wise sorted."""
+        return self.names.keys(scope, namespace, prefix, verify=verify)
+
+    def namespaces(self, scope: str) -> list[str]:
+        """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
+        return self.names.namespaces(scope)
+
+    def current(self, ref: Ref) -> Current:
+        """Newest entry and value of ``ref``; served from cache when the log is unchanged."""
+        log = self.log(ref)
+        try:
+            st = self.fs.stat(log.path)
+        except FileNotFoundError:
+            return Current(None, None)
+        hit = self._cache.get(log.path)
+        if hit is not None and hit[0] == stat_sig(st):
+            return hit[1]
+        fd = log.open()
+        try:
+            tail, st = log.newest(fd, st)
+            value = self.blob_reader.value_of(ref, tail.entry, tail.blob, fd)
+            current = Current(tail.entry, value, tail.entry_start)
+        finally:
+            os.close(fd)
+        if tail.valid_end == st.st_size:
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[log.path] = (stat_sig(st), current)
+        return current
+
+    def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
+        """The entry of ``version`` and its value (None for a tombstone); (None, None) if absent.
+
+        Raises:
+            NotFoundError: the version was dropped by compaction.
+            CorruptionError: the value fails verification.
+        """
+        log = self.log(ref)
+        try:
+            fd = log.open()
+        except FileNotFoundError:
+            fd = -1
+        try:
+            entry = log.entry_of(fd, version) if fd >= 0 else None
+            if entry is None and version <= self.graveyard(ref.scope, ref.namespace).version_of(
+                ref.key
+            ):
+                raise NotFoundError(
+                    f"{ref} version {version} was compacted (the key was removed as deleted)"
+                )
+            return entry, self.blob_reader.value_of(ref, entry, None, fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
+        """Entries with version < ``before``, newest first, at most ``limit`` (0 = all)."""
+        log = self.log(ref)
+        try:
+            fd = log.open()
+        except FileNotFoundError:
+            return []
+        try:
+            return log.history(fd, before, limit)
+        finally:
+            os.close(fd)
+
+    def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
+        """Every entry of a ref, oldest first, with its verified value (None for tombstones).
+
+        Raises:
+            CorruptionError: a value fails verification.
+        """
+        log = self.log(ref)
+        try:
+            fd = log.open()
+        except FileNotFoundError:
+            return
+        try:
+            scanned = logread.scan(fd)[1]
+            if scanned.damage:
+                raise damaged_error(log.path, *scanned.damage[0], str(ref))
+            blobs = {f.start: f.payload for f in scanned.frames if f.kind == KIND_BLOB}
+            for frame in scanned.frames:
+                if frame.kind != KIND_ENTRY:
+                    continue
+                entry = decode_entry(frame.payload)
+                if entry.op == OP_DAMAGED:
+                    yield entry, None  # versions a repair recorded as lost: no value
+                    continue
+                own = blobs.get(entry.blob.offset) if entry.blob and not entry.blob.log else None
+                yield entry, self.blob_reader.value_of(ref, entry, own, fd)
+        finally:
+            os.close(fd)
+
+    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
+        """Every entry of a ref, newest first, reading backwards a page at a time.
+
+        Pages grow (1, 16, 256 entries), so many refs walked side by side (an
+        audit merge) hold little memory each until they are actually consumed.
+        """
+        newest = self.current(ref).entry
+        high = newest.version if newest is not None else 0
+        size = 1
+        while high > 0:
+            page = self.history(ref, high + 1, size)
+            yield from page
+            if not page:
+                return
+            high = page[-1].version - 1
+            size = min(size * 16, 256)
+
+    # -- writing (castore/file/writer.py) -----------------------------------------------
 
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         """Run ``decide`` on the newest entry under the ref's lock; append what it returns.
 
-        Write protocol (docs/FORMAT.md §6): lock the log; repair a torn tail;
-        for a new log, make the key durable in KEYS first; append header (new
-        log), blob frames (new content) and entry frames in one write;
-        fdatasync the log (durable); for a new log, fsync its directory; then
-        update the derived indexes. Only then return.
-
         Returns:
             (previous newest entry, appended entries; empty when nothing was written).
         """
-        path = self.log_path(ref)
-        nsdir = os.path.dirname(path)
-        self._ensure_dir(nsdir)
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-        with self.fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
-            st = os.fstat(fd)
-            size = st.st_size
-            hit = self._cache.get(path)
-            known = None
-            if hit is not None and hit[0] == _sig(st) and hit[1].entry_start >= 0:
-                known = hit[1]  # this handle wrote or read exactly this file last: no re-read
-                tail = reflog.Tail(size, size, known.entry, None, None, known.entry_start)
-            else:
-                tail = self._locked_tail(ref, fd, path, size)
-                size = tail.size
-            previous = tail.entry
-            decided: NewVersion | list[NewVersion] | None = None
-            try:
-                decided = decide(previous, FileLogView(self, ref, fd, tail, known))
-            finally:
-                if size == 0 and not decided:
-                    self.fs.unlink(path)  # leave no empty log behind a write that did not happen
-            if not decided:
-                return previous, []
-            new_versions = decided if isinstance(decided, list) else [decided]
-            base = self._first_floor(ref, fd, size) if previous is None else 0
-            with self._gc_shared() as share:
-                data, entries, starts, new_blobs = self._frames(
-                    ref, path, size, previous, new_versions, share, base=base, fd=fd
-                )
-                if previous is None:  # the key's first entry: KEYS first (FORMAT.md §6)
-                    index = self.key_index(ref.scope, ref.namespace)
-                    if ref.key not in index:
-                        index.add(ref.key, ref.namespace, durable=self.durable)
-                self._commit(fd, data, size)
-            # Committed. A new log's directory entry must be durable too; what follows
-            # it is derived data that may be lost quietly and is rebuilt on demand.
-            if size == 0 and self.durable:
-                self._sync_new_log_dir(ref, nsdir, entries[-1].version)
-            self._after_commit(
-                path, fd, new_blobs, Current(entries[-1], new_versions[-1].normalized, starts[-1])
-            )
-            return previous, entries
-
-    def _first_floor(self, ref: Ref, fd: int, size: int) -> int:
-        """The version a key without entries continues after (its removed life, if any).
-
-        Raises:
-            CorruptionError: its ``GRAVES`` record is damaged beyond its twin.
-        """
-        base = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
-        done = self.compaction_of(fd) if size else None
-        if done is not None:  # the removed key's log still names its versions
-            base = max([base, *(high for _, high in done.versions)])
-        return base
-
-    def _commit(self, fd: int, data: bytes, size: int) -> None:
-        """Append the frames of one write and fdatasync them: the commit point (§6 step 6).
-
-        On failure the appended bytes are cut again before the error is raised:
-        the write was not acknowledged, and no reader may see it.
-        """
-        fileio.failpoint("before-append")
-        try:
-            fileio.append(fd, data, durable=self.durable)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)  # the bytes after ``size`` are ours alone (locked)
-            raise
-        fileio.failpoint("after-append")
-
-    def _sync_new_log_dir(self, ref: Ref, nsdir: str, version: int) -> None:
-        """Fsync the directory of a new log; a failure says the version was written."""
-        try:
-            self.fs.fsync_dir(nsdir)
-        except OSError as exc:  # after the commit point: say so, never "failed"
-            raise OSError(
-                exc.errno,
-                f"{ref} version {version} was written and is visible, "
-                f"but syncing its new log's directory failed: {exc.strerror}",
-            ) from exc
-
-    def _after_commit(
-        self, path: str, fd: int, new_blobs: list[tuple[str, BlobLoc]], current: Current
-    ) -> None:
-        """Record derived data of a committed write (blob index, read cache).
-
-        Errors are ignored: the write is committed, and this data is rebuilt
-        when needed (FORMAT.md §6 step 8); a failed call would invite a retry
-        that writes the version twice.
-        """
-        self._cache.pop(path, None)
-        own = self.rel(path)
-        indexed = [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs]
-        try:
-            if indexed:
-                self._blobs.add_many(indexed, durable=False)
-            self._cache[path] = (_sig(os.fstat(fd)), current)
-        except OSError:
-            return
-
-    def _locked_tail(self, ref: Ref, fd: int, path: str, size: int) -> reflog.Tail:
-        """The newest entry of the locked log; a torn tail is quarantined, then cut.
-
-        Raises:
-            CorruptionError: damage follows the newest intact entry: the
-                newest version is unknown, so nothing is written or cut.
-        """
-        found = reflog.read_tail(fd, size)
-        if found is not None and found.valid_end == size and found.entry is not None:
-            return found
-        try:
-            tail = self.settle(fd, path, str(ref), found)
-        except CorruptionError as exc:
-            raise CorruptionError(f"{exc.detail}; nothing was written") from None
-        if tail.valid_end < size:  # a crash cut an append short (FORMAT.md §7)
-            torn = fileio.read_at(fd, tail.valid_end, size - tail.valid_end)
-            self.quarantine_bytes(path, tail.valid_end, torn)
-            os.ftruncate(fd, tail.valid_end)
-        return tail._replace(size=tail.valid_end)
+        return self._writer.write(self.log(ref), decide)
 
     def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
-        """Replace a ref's whole history with ``new_versions`` (an import's overwrite).
-
-        Blob frames of the old log are carried into the new one (other logs
-        may point at them) and indexed at their new offsets before the
-        atomic rename, so every stale location hint falls back to the index.
-        The new log is written to ``<key-id>.log.<pid>.tmp``, fsynced, renamed
-        over the old one, and the directory fsynced, all under the ref's lock.
-        """
-        path = self.log_path(ref)
-        nsdir = os.path.dirname(path)
-        self._ensure_dir(nsdir)
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-        with self.fs.open_locked(path, flags, timeout=self.lock_timeout) as fd:
-            old = reflog.scan(fd)[1]
-            if old.damage:
-                start, end = old.damage[0]
-                raise CorruptionError(
-                    f"{ref}: {path} has damaged bytes at offset {start} ({end - start} bytes); "
-                    "nothing was replaced; run castore check --repair"
-                )
-            _refuse_lower(ref, old, new_versions)
-            head, moved = _carried(ref, old)
-            own = self.rel(path)
-            self._blobs.add_many(
-                [(d, BlobLoc(own, loc.offset, loc.length)) for d, loc in moved],
-                durable=self.durable,  # before the rename: stale hints must find them
-            )
-            known = {d.hex(): loc for d, loc in moved}
-            grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
-            data, _, _, new_blobs = self._frames(
-                ref, path, len(head), None, new_versions, lambda: False, known=known, base=grave
-            )
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.unlink(versionindex.vix_path(path))  # never outlives the old log
-            replace_with(self.fs, path, head + data, durable=self.durable)
-            if self.durable:
-                self.fs.fsync_dir(nsdir)
-            self._blobs.add_many(
-                [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs],
-                durable=False,
-            )
-            nfd = self.fs.open(path, os.O_RDONLY)
-            try:
-                frames = reflog.scan(nfd)[1].frames
-            finally:
-                os.close(nfd)
-            self.fs.atomic_write(
-                versionindex.vix_path(path), versionindex.rebuild(frames), durable=False
-            )
-            entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
-            index = self.key_index(ref.scope, ref.namespace)
-            if ref.key not in index:
-                index.add(ref.key, ref.namespace, durable=self.durable)
-            self._cache.pop(path, None)
-            return entries
-
-    @contextlib.contextmanager
-    def _gc_shared(self) -> Iterator[Callable[[], bool]]:
-        """Yield a function that takes ``gc.lock`` shared on first call, if it is free.
-
-        A blob frame in another log may only be referenced while holding it,
-        so that gc (which holds it exclusively) never drops a blob that a
-        writer is about to reference (FORMAT.md §8). Never waits for gc: if
-        gc holds the lock, the function returns False and the writer stores
-        a fresh copy. Only writes that reuse another log's blob pay for it.
-        """
-        state: list[int] = []  # [fd] once taken
-
-        def share() -> bool:
-            if state:
-                return state[0] >= 0
-            fd = self.fs.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                fd = -1
-            state.append(fd)
-            return fd >= 0
-
-        try:
-            yield share
-        finally:
-            if state and state[0] >= 0:
-                os.close(state[0])  # closing releases the flock
-
-    def _existing(
-        self, new: NewVersion, own: str, share: Callable[[], bool], fd: int
-    ) -> BlobLoc | None:
-        """A verified ``B`` frame holding the new version's value that this write may point at.
-
-        The hint (the previous version's blob, or a rollback target) comes
-        first. Values under :data:`DEDUP_MIN_BYTES` are not looked up in the
-        blob index: an index record would cost more than the copy it saves.
-        """
-        candidates = [new.hint]
-        if new.normalized is not None and len(new.normalized) >= DEDUP_MIN_BYTES:
-            candidates.extend(self._blobs.lookup(bytes.fromhex(new.digest_hex)))
-        for loc in candidates:
-            if loc is None or (loc.log != own and not share()):
-                continue
-            here = BlobLoc("" if loc.log == own else loc.log, loc.offset, loc.length)
-            try:
-                if self.blob_reader.read_at(here, fd, new.digest_hex) is not None:
-                    return here
-            except CorruptionError:
-                continue
-        return None
-
-    def _frames(
-        self,
-        ref: Ref,
-        path: str,
-        size: int,
-        previous: Entry | None,
-        new_versions: list[NewVersion],
-        share: Callable[[], bool],
-        known: dict[str, BlobLoc] | None = None,
-        base: int = 0,
-        fd: int = -1,
-    ) -> tuple[bytes, list[Entry], list[int], list[tuple[str, BlobLoc]]]:
-        """Encode the frames of one write; return bytes, entries, their offsets, new blobs."""
-        parts: list[bytes] = []
-        offset = size
-        if size == 0:
-            header = Header(
-                format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key
-            )
-            parts.append(encode_frame(KIND_HEADER, encode_record(header)))
-            offset += len(parts[-1])
-        own = self.rel(path)
-        now = time.time_ns()
-        entries: list[Entry] = []
-        starts: list[int] = []
-        new_blobs: list[tuple[str, BlobLoc]] = []
-        written: dict[str, BlobLoc] = dict(known or {})
-        for new in new_versions:
-            blob = None
-            if new.normalized is not None:
-                blob = written.get(new.digest_hex) or self._existing(new, own, share, fd)
-                if blob is None:
-                    payload = encode_blob(bytes.fromhex(new.digest_hex), new.normalized)
-                    parts.append(encode_frame(KIND_BLOB, payload))
-                    blob = BlobLoc("", offset, len(parts[-1]))
-                    offset += len(parts[-1])
-                    written[new.digest_hex] = blob
-                    if len(new.normalized) >= DEDUP_MIN_BYTES:
-                        new_blobs.append((new.digest_hex, blob))
-            entry = _next_entry(ref, new, previous, base, blob, now)
-            parts.append(encode_frame(KIND_ENTRY, encode_record(entry)))
-            starts.append(offset)
-            offset += len(parts[-1])
-            entries.append(entry)
-            previous = entry
-        return b"".join(parts), entries, starts, new_blobs
+        """Replace a ref's whole history with ``new_versions`` (an import's overwrite)."""
+        return self._writer.replace(self.log(ref), new_versions)
 
     # -- maintenance (castore/file/check.py, gc.py, compact.py, stats.py) ---------------
 

@@ -9,12 +9,15 @@ and refreshed incrementally (only what was appended since is read).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import threading
+from collections.abc import Iterable
 
 from castore.file import fileio
 from castore.file.frames import encode_frame, scan_frames
+from castore.file.records import KIND_BLOB
 from castore.file.tree import Tree
 from castore.keys import is_log_name
 from castore.records import BlobLoc
@@ -132,3 +135,38 @@ class BlobIndex:
                     for frame in scan_frames(data, pos):
                         _remember(table, frame.payload)
                     self._shards[path] = (ino, pos + len(data), table)
+
+    def rebuild(self, logs: Iterable[tuple[str, str]], *, durable: bool) -> int:
+        """Rewrite every shard from the blob frames of ``logs`` (path, path below ``refs/``).
+
+        Returns the number of blob frames. Each shard is replaced atomically;
+        an entry a writer appends to the old shard meanwhile may be lost,
+        which only costs a chance to deduplicate.
+        """
+        shards: dict[str, list[bytes]] = {}
+        count = 0
+        for path, own in logs:
+            try:
+                frames = list(scan_frames(self.fs.read_file(path)))
+            except FileNotFoundError:
+                continue
+            for f in frames:
+                if f.kind == KIND_BLOB:
+                    count += 1
+                    loc = BlobLoc(own, f.start, f.end - f.start)
+                    shards.setdefault(f"{f.payload[0]:02x}", []).append(
+                        self.payload(f.payload[:32], loc)
+                    )
+        self.fs.makedirs(self.dir, durable=False)
+        for name in self.fs.listdir(self.dir):
+            if name.endswith(".idx") and name[:-4] not in shards:
+                shards[name[:-4]] = []
+        for shard, records in shards.items():
+            path = os.path.join(self.dir, shard + ".idx")
+            if records:
+                self.fs.atomic_write(path, b"".join(records), durable=durable)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.unlink(path)
+        self.forget()
+        return count

@@ -17,11 +17,9 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import msgspec
-
+from castore.backend import Progress
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import versionindex
 from castore.file.checktree import check_graves, check_index, check_keys_header
@@ -45,29 +43,12 @@ from castore.file.records import (
 from castore.file.tree import Tree
 from castore.keys import file_id
 from castore.records import OP_DAMAGED, Entry
-from castore.store import Store
+from castore.reports import CheckReport, Finding
 
-__all__ = ["CheckReport", "Finding", "check"]
+if TYPE_CHECKING:
+    from castore.file.backend import FileBackend
 
-
-class Finding(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """One problem: the file, what is wrong, what repair does (and whether it did)."""
-
-    path: str
-    problem: str
-    repair: str
-    repaired: bool = False
-    severity: str = "error"  # "info": harmless (derived data, leftovers); ok stays true
-
-
-class CheckReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Result of :func:`check`. ``ok`` means nothing is (still) wrong."""
-
-    ok: bool
-    logs: int
-    entries: int
-    blobs: int
-    findings: list[Finding]
+__all__ = ["check"]
 
 
 class _RepairPlan(NamedTuple):
@@ -87,10 +68,9 @@ def _classified(fs: Tree, path: str) -> tuple[bytes, LogBytes]:
 
 
 class _Checker:
-    def __init__(self, store: Store, repair: bool) -> None:
-        self.store = store
-        self.backend = store.file_backend
-        self.fs = store.file_backend.fs
+    def __init__(self, backend: FileBackend, repair: bool) -> None:
+        self.backend = backend
+        self.fs = backend.fs
         self.repair = repair
         self.findings: list[Finding] = []
         self.stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -98,7 +78,7 @@ class _Checker:
         self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
 
     def rel(self, path: str) -> str:
-        return os.path.relpath(path, self.store.root)
+        return os.path.relpath(path, self.backend.root)
 
     def found(
         self, path: str, problem: str, repair: str, repaired: bool = False, severity: str = "error"
@@ -132,7 +112,7 @@ class _Checker:
         return True
 
     def quarantine(self, path: str) -> str:
-        return os.path.join(self.store.root, "quarantine", self.stamp, self.rel(path))
+        return os.path.join(self.backend.root, "quarantine", self.stamp, self.rel(path))
 
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         data, log = _classified(self.fs, path)
@@ -210,7 +190,7 @@ class _Checker:
         )
         if self.repair:
             self.backend.graveyard(header.scope, header.namespace).bury(
-                [(header.key, top)], durable=self.store.durable
+                [(header.key, top)], durable=self.backend.durable
             )
 
     def grave_of(self, path: str, frames: list[Frame], keys: set[str]) -> int:
@@ -404,7 +384,7 @@ class _Checker:
 
 
 def check(
-    store: Store, *, repair: bool = False, progress: Callable[[int], object] | None = None
+    backend: FileBackend, *, repair: bool = False, progress: Progress | None = None
 ) -> CheckReport:
     """Verify the whole store; with ``repair``, fix what can be fixed (see module docstring).
 
@@ -414,12 +394,11 @@ def check(
     Raises:
         LockTimeoutError: a ref log stayed locked for the lock timeout (repair only).
     """
-    checker = _Checker(store, repair)
-    backend = store.file_backend
+    checker = _Checker(backend, repair)
     fs = backend.fs
     logs = 0
     for name in ("FORMAT", "gc.lock", "index", "quarantine", "refs"):
-        checker.planted(os.path.join(store.root, name))
+        checker.planted(os.path.join(backend.root, name))
     for scope in sorted(fs.listdir(backend.refs)):
         scope_dir = os.path.join(backend.refs, scope)
         if checker.planted(scope_dir) or not fs.isdir(scope_dir):

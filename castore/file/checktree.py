@@ -1,6 +1,6 @@
 """The checks of a store's tree outside the logs: GRAVES, KEYS headers, the blob index.
 
-Part of ``check`` (castore/check.py), which passes its checker in: findings
+Part of ``check`` (castore/file/check.py), which passes its checker in: findings
 and repairs follow the same rules (docs/FORMAT.md §5, §7).
 """
 
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from castore.errors import CastoreError, UnsafePathError
-from castore.file.backend import FileBackend
 from castore.file.blobindex import decode_loc
 from castore.file.frames import Frame, classify, scan_frames
 from castore.file.graves import Graveyard, floor_after_damage
@@ -27,6 +26,9 @@ from castore.file.records import (
 from castore.file.tree import Tree
 from castore.keys import file_id
 from castore.records import OP_DAMAGED
+
+if TYPE_CHECKING:
+    from castore.file.backend import FileBackend
 
 __all__ = ["Checking", "check_graves", "check_index", "check_keys_header", "frames_of"]
 

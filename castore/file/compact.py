@@ -21,11 +21,10 @@ readers and writers carry on while compaction runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import msgspec
-
-from castore.errors import InvalidRefError
+from castore.backend import Progress
 from castore.file import fileio
 from castore.file.frames import FRAME_OVERHEAD, LogBytes, classify
 from castore.file.records import (
@@ -40,34 +39,14 @@ from castore.file.records import (
 )
 from castore.file.rewrite import Transform
 from castore.file.tree import Tree
-from castore.keys import SCOPES, Ref, validate_filters, validate_prefix
+from castore.keys import SCOPES, Ref
 from castore.records import Entry
-from castore.store import Store
+from castore.reports import CompactReport, Retention
 
-__all__ = ["CompactReport", "compact", "describe_policy"]
+if TYPE_CHECKING:
+    from castore.file.backend import FileBackend
 
-
-class CompactReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """What a compaction did (or, with ``dry_run``, would do)."""
-
-    policy: str
-    dry_run: bool
-    refs_examined: int
-    refs_compacted: int
-    versions_dropped: int
-    keys_removed: int
-    bytes_before: int
-    bytes_after: int
-
-
-def describe_policy(keep_last: int | None, keep_within_seconds: float | None) -> str:
-    """The policy as text, e.g. ``keep-last 5, keep-within 86400s``."""
-    parts = []
-    if keep_last is not None:
-        parts.append(f"keep-last {keep_last}")
-    if keep_within_seconds is not None:
-        parts.append(f"keep-within {keep_within_seconds:g}s")
-    return ", ".join(parts)
+__all__ = ["compact"]
 
 
 def _ranges(versions: list[int]) -> list[tuple[int, int]]:
@@ -80,12 +59,13 @@ def _ranges(versions: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _refs(store: Store, scope: str | None, namespace: str | None, prefix: str) -> Iterator[Ref]:
-    backend = store.file_backend
+def _refs(backend: FileBackend, retention: Retention) -> Iterator[Ref]:
+    """The refs ``retention`` selects: every key ever created, scopes and namespaces sorted."""
+    scope, namespace = retention.scope, retention.namespace
     for sc in [scope] if scope else sorted(SCOPES):
         for ns in backend.namespaces(sc):
             if namespace is None or ns == namespace:
-                for key in backend.keys(sc, ns, prefix):
+                for key in backend.keys(sc, ns, retention.prefix):
                     yield Ref(sc, ns, key)
 
 
@@ -150,39 +130,27 @@ class _Plan:
 
 
 def compact(
-    store: Store,
+    backend: FileBackend,
+    retention: Retention,
     *,
-    keep_last: int | None = None,
-    keep_within_seconds: float | None = None,
-    scope: str | None = None,
-    namespace: str | None = None,
-    prefix: str = "",
     dry_run: bool = False,
-    progress: Callable[[int], object] | None = None,
+    progress: Progress | None = None,
 ) -> CompactReport:
-    """Apply a retention policy to every selected ref.
+    """Apply a retention policy to every ref it selects.
 
     Raises:
-        InvalidRefError: no policy given, a negative one, or bad filters.
         LockTimeoutError: a ref stayed locked for the lock timeout.
     """
-    if keep_last is None and keep_within_seconds is None:
-        raise InvalidRefError("give a retention policy: keep_last and/or keep_within")
-    if (keep_last is not None and keep_last < 1) or (
-        keep_within_seconds is not None and keep_within_seconds < 0
-    ):
-        raise InvalidRefError("keep_last must be at least 1 and keep_within not negative")
-    validate_filters(scope, namespace)
-    validate_prefix(prefix)
-    policy = describe_policy(keep_last, keep_within_seconds)
+    keep_last, keep_within_seconds = retention.keep_last, retention.keep_within_seconds
+    policy = retention.policy
     cutoff = None
     if keep_within_seconds is not None:
         cutoff = time.time_ns() - int(keep_within_seconds * 1e9)
     examined = compacted = dropped = removed = before = after = 0
-    for ref in list(_refs(store, scope, namespace, prefix)):
+    for ref in list(_refs(backend, retention)):
         examined += 1
         plan = _Plan(keep_last, cutoff, policy)
-        size, size_after = _compact_one(store, ref, plan, dry_run)
+        size, size_after = _compact_one(backend, ref, plan, dry_run)
         before += size
         after += size_after
         if plan.dropped:
@@ -203,9 +171,8 @@ def compact(
     )
 
 
-def _compact_one(store: Store, ref: Ref, plan: _Plan, dry_run: bool) -> tuple[int, int]:
+def _compact_one(backend: FileBackend, ref: Ref, plan: _Plan, dry_run: bool) -> tuple[int, int]:
     """Apply ``plan`` to one ref's log (or only size it up); return its size before and after."""
-    backend = store.file_backend
     path = backend.log_path(ref)
     size = _size(backend.fs, path)
     if dry_run:
@@ -214,20 +181,20 @@ def _compact_one(store: Store, ref: Ref, plan: _Plan, dry_run: bool) -> tuple[in
         except FileNotFoundError:
             result = None
         return size, size if result is None else sum(len(p) + FRAME_OVERHEAD for _, p in result)
-    new = backend.rewrite(path, _bury_first(store, ref, plan))
+    new = backend.rewrite(path, _bury_first(backend, ref, plan))
     if new is not None and plan.removed is not None:
-        backend.key_index(ref.scope, ref.namespace).remove({ref.key}, durable=store.durable)
+        backend.key_index(ref.scope, ref.namespace).remove({ref.key}, durable=backend.durable)
     return size, _size(backend.fs, path)
 
 
-def _bury_first(store: Store, ref: Ref, plan: _Plan) -> Transform:
+def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
     """Wrap ``plan.transform``: a key that goes away is recorded in GRAVES (durably) first."""
 
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
         wanted = plan.transform(log)
         if plan.removed is not None:
-            graves = store.file_backend.graveyard(ref.scope, ref.namespace)
-            graves.bury([(ref.key, plan.removed.version)], durable=store.durable)
+            graves = backend.graveyard(ref.scope, ref.namespace)
+            graves.bury([(ref.key, plan.removed.version)], durable=backend.durable)
             fileio.failpoint("compact-after-bury")
         return wanted
 

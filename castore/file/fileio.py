@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+from castore.backend import LOCK_TIMEOUT_SECONDS
 from castore.errors import LockTimeoutError
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "read_at",
 ]
 
-LOCK_TIMEOUT_SECONDS = 30.0  # 30 s: far above any write's duration
 _POLL_FIRST_SECONDS = 0.00005  # 50 µs first back-off while a lock is busy
 _POLL_MAX_SECONDS = 0.002  # 2 ms longest back-off
 

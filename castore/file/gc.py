@@ -27,36 +27,20 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import msgspec
-
+from castore.backend import Progress
 from castore.errors import CorruptionError
 from castore.file import fileio
 from castore.file.frames import Frame, LogBytes, classify
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.file.tree import Tree
-from castore.store import Store
+from castore.reports import GC_GRACE_SECONDS, GCReport
 
-__all__ = ["GC_GRACE_SECONDS", "GCReport", "collect_garbage"]
+if TYPE_CHECKING:
+    from castore.file.backend import FileBackend
 
-GC_GRACE_SECONDS = 3600.0  # 1 hour: far above any write's duration
-
-
-class GCReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """What gc found, kept and freed (or, with ``dry_run``, would free)."""
-
-    dry_run: bool
-    grace_seconds: float
-    blobs_found: int
-    blobs_kept: int
-    blobs_freed: int
-    bytes_found: int
-    bytes_kept: int
-    bytes_freed: int
-    logs_rewritten: int
-    logs_removed: int
-    leftovers_removed: int
+__all__ = ["collect_garbage"]
 
 
 def _live_digests(frames: list[Frame]) -> set[bytes]:
@@ -90,11 +74,11 @@ def _read_frames(fs: Tree, path: str) -> list[Frame]:
 
 
 def collect_garbage(
-    store: Store,
+    backend: FileBackend,
     *,
     grace_seconds: float = GC_GRACE_SECONDS,
     dry_run: bool = False,
-    progress: Callable[[int], object] | None = None,
+    progress: Progress | None = None,
 ) -> GCReport:
     """Free unreferenced blob frames and old crash leftovers; rebuild the blob index.
 
@@ -103,11 +87,10 @@ def collect_garbage(
     Raises:
         LockTimeoutError: gc.lock or a ref log stayed locked for the lock timeout.
     """
-    backend = store.file_backend
-    lock_path = os.path.join(store.root, "gc.lock")
+    lock_path = os.path.join(backend.root, "gc.lock")
     counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0, "rewritten": 0}
     removed_logs = leftovers = 0
-    with backend.fs.open_locked(lock_path, os.O_RDWR | os.O_CREAT, timeout=store.lock_timeout):
+    with backend.fs.open_locked(lock_path, os.O_RDWR | os.O_CREAT, timeout=backend.lock_timeout):
         logs = list(backend.iter_logs())
         live: set[bytes] = set()
         for path in logs:  # mark
@@ -125,7 +108,7 @@ def collect_garbage(
                 counts["rewritten"] += 1
             if progress is not None:
                 progress(1)
-        leftovers = _remove_leftovers(backend.fs, store.root, cutoff, dry_run)
+        leftovers = _remove_leftovers(backend.fs, backend.root, cutoff, dry_run)
         if not dry_run:
             backend.rebuild_blob_index()
     return GCReport(

@@ -1,206 +1,390 @@
-"""Per-ref append-only logs: read the newest entry, scan, repair a torn tail.
+"""One ref log: its lock, its tail, scans, appends, rewrites and its version index.
 
-A ref log (docs/FORMAT.md §3-§6) is a sequence of frames: one ``H`` header,
-then, per version, an optional ``B`` blob frame immediately followed by its
-``E`` entry frame, both written by one ``write(2)``. Frames are never
-rewritten in place; compaction, gc and repair replace a whole log.
+A :class:`RefLog` is one ``<key-id>.log`` file of a store (docs/FORMAT.md
+§3-§8), with reading and writing side by side:
 
-Readers take no lock on the fast path: they read the last frame backwards
-from the file size they observed. A torn or half-visible tail makes them wait
-for the writer's lock (shared) and retry, and only a tail that is still bad
-under the lock costs a full forward scan, which tells a torn tail (a crash:
-the previous version is current) from damage (:func:`damage_after`: nothing
-can be said about the newest version).
+* Readers take no lock on the fast path: they read the last frame backwards
+  from the size they observed (:mod:`castore.file.logread`). A torn or
+  half-visible tail makes them wait for the writer's lock (shared) and
+  retry; only a tail still bad under the lock costs a full scan, which
+  tells a torn tail (a crash: the previous version is current) from damage
+  (the newest version is unknown: :class:`~castore.errors.CorruptionError`).
+* Writers hold the log's ``flock``: a torn tail is quarantined, then cut;
+  the frames of one write are appended and fdatasynced (the commit point),
+  or cut again if that fails.
+* Rewrites (compaction, gc, repair, an import's overwrite) replace the whole
+  file atomically under the lock.
+* ``<key-id>.vix``, the log's version index (:mod:`castore.file.versionindex`),
+  is derived: it makes history pages and old versions cost a page, not a scan.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from typing import NamedTuple
+from collections.abc import Iterator
 
-from castore.errors import RecordError
-from castore.file import fileio
-from castore.file.frames import FRAME_OVERHEAD, LogBytes, classify, frame_at, last_frame
+from castore.errors import CorruptionError, NotFoundError, UnsafePathError
+from castore.file import fileio, logread, versionindex
+from castore.file.blobindex import BlobIndex
+from castore.file.damage import REPAIR_HINT, damage_windows, damaged_error
+from castore.file.frames import Frame, scan_frames
+from castore.file.layout import Layout
+from castore.file.logread import Tail
 from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
-    KIND_HEADER,
-    Header,
+    decode_compaction,
     decode_entry,
-    decode_header,
 )
-from castore.records import Entry
+from castore.file.rewrite import Transform, relaid, replace_with
+from castore.keys import Ref
+from castore.records import BlobLoc, Entry
+from castore.results import rfc3339
 
-__all__ = [
-    "TAIL_READ_BYTES",
-    "Tail",
-    "damage_after",
-    "entry_at",
-    "header_of",
-    "read_all",
-    "read_tail",
-    "scan",
-]
+__all__ = ["RefLog"]
 
-_NOT_ENTRIES = (KIND_BLOB, KIND_HEADER, KIND_COMPACTED)
-TAIL_READ_BYTES = 4096  # one page: holds the newest entry and, usually, its blob
+_APPEND = os.O_RDWR | os.O_CREAT | os.O_APPEND
 
 
-class Tail(NamedTuple):
-    """What a reader learned about a log at one moment.
+class RefLog:
+    """One ref log file of a store, read without a lock and written under its ``flock``.
 
-    Attributes:
-        size: the file size the read was based on.
-        valid_end: end of the last valid frame; ``< size`` means a torn tail.
-        entry: the newest entry, or None when the log has none yet.
-        blob: the payload of the entry's own ``B`` frame when it was in the
-            bytes read (saves a second read), else None.
-        header: the header when it was read (scans only), else None.
-        entry_start: file offset of the newest entry's frame (0 when none).
+    Cheap to make (a handle caches one per ref). ``ref`` is None for a log
+    found by walking the store (check, gc); errors then name its path.
     """
 
-    size: int
-    valid_end: int
-    entry: Entry | None
-    blob: bytes | None
-    header: Header | None
-    entry_start: int = 0
+    __slots__ = ("blobs", "layout", "path", "ref")
 
+    def __init__(self, layout: Layout, blobs: BlobIndex, path: str, ref: Ref | None = None) -> None:
+        self.layout = layout
+        self.blobs = blobs
+        self.path = path
+        self.ref = ref
 
-def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
-    frame = last_frame(buf, base)
-    if frame is None:
-        return None
-    if frame.kind == KIND_HEADER and frame.start == 0:
-        return Tail(size, size, None, None, decode_header(frame.payload))
-    if frame.kind != KIND_ENTRY:
-        return None
-    entry = decode_entry(frame.payload)
-    blob = None
-    loc = entry.blob
-    if loc is not None and not loc.log and loc.offset >= base:
-        start = loc.offset - base
-        candidate = last_frame(buf[start : start + loc.length], loc.offset)
-        digest_ok = candidate is not None and candidate.payload[:32].hex() == entry.hash
-        if candidate is not None and candidate.kind == KIND_BLOB and digest_ok:
-            blob = candidate.payload
-    return Tail(size, size, entry, blob, None, frame.start)
+    @property
+    def what(self) -> str:
+        """What errors call this log: its ref, else its path."""
+        return str(self.ref) if self.ref is not None else self.path
 
+    @property
+    def vix_path(self) -> str:
+        """The path of this log's version index."""
+        return versionindex.vix_path(self.path)
 
-def read_tail(fd: int, size: int) -> Tail | None:
-    """Read the newest entry of the log open on ``fd``, assuming it is ``size`` long.
+    # -- reading (no lock) ---------------------------------------------------------------
 
-    Returns:
-        The tail, or None when the bytes before ``size`` do not end with a
-        valid frame (a torn tail, or a write still in progress).
+    def open(self) -> int:
+        """A read-only descriptor on the log.
 
-    Raises:
-        RecordError: when a checksummed record does not decode.
-    """
-    if size == 0:
-        return Tail(0, 0, None, None, None)
-    start = max(0, size - TAIL_READ_BYTES)
-    buf = fileio.read_at(fd, start, size - start)
-    if len(buf) != size - start:
-        return None
-    tail = _tail_from_buffer(buf, start, size)
-    if tail is not None or start == 0:
+        Raises:
+            FileNotFoundError: the log does not exist.
+        """
+        return self.layout.fs.open(self.path, os.O_RDONLY)
+
+    def newest(self, fd: int, st: os.stat_result) -> tuple[Tail, os.stat_result]:
+        """The newest intact entry, waiting for a writer if the tail is not one yet.
+
+        Returns:
+            The tail and the file status it was read at.
+
+        Raises:
+            CorruptionError: the newest version is unknown (FORMAT.md §7).
+        """
+        tail = logread.read_tail(fd, st.st_size)
+        if tail is not None and tail.entry is not None:
+            return tail, st
+        # Torn, still being written, or no entry yet: wait for the writer, then
+        # re-read, and make sure nothing hides a newer version.
+        with fileio.locked(fd, self.path, shared=True, timeout=self.layout.lock_timeout):
+            st = os.fstat(fd)
+            return self.settled_tail(fd, st.st_size), st
+
+    def settled_tail(self, fd: int, size: int = -1) -> Tail:
+        """The newest intact entry of the log on ``fd``, once nothing can hide a newer one.
+
+        The common case is one read of the tail. A tail that is not an entry
+        costs a scan: damage after the newest intact entry, or a version
+        index that records versions the log no longer holds (acknowledged
+        bytes were cut off), means the newest version is unknown.
+
+        Raises:
+            CorruptionError: the newest version is unknown (FORMAT.md §7).
+        """
+        size = os.fstat(fd).st_size if size < 0 else size
+        return self.settle(fd, logread.read_tail(fd, size))
+
+    def settle(self, fd: int, tail: Tail | None) -> Tail:
+        """:meth:`settled_tail` given the tail already read (None: not an intact frame).
+
+        Raises:
+            CorruptionError: the newest version is unknown (FORMAT.md §7).
+        """
+        if tail is not None and tail.entry is not None:
+            return tail
+        if tail is None:
+            tail, log = logread.scan(fd)
+            bad = logread.damage_after(log, tail)
+            if bad is not None:
+                raise damaged_error(self.path, *bad, self.what)
+        newest = tail.entry.version if tail.entry is not None else 0
+        cut = self._cut_evidence(fd, newest)
+        if cut:
+            raise CorruptionError(
+                f"{self.what}: {self.path} no longer holds versions up to {cut}, which its "
+                f"version index records (acknowledged bytes were cut off); {REPAIR_HINT}"
+            )
         return tail
-    # The newest frame may be longer than one page: read exactly its extent.
-    length = int.from_bytes(buf[-4:], "little")
-    begin = size - FRAME_OVERHEAD - length
-    if begin < 0 or begin >= start:
-        return None
-    whole = fileio.read_at(fd, begin, size - begin)
-    return _tail_from_buffer(whole, begin, size)
 
+    def _cut_evidence(self, fd: int, newest: int) -> int:
+        """The highest version the version index records above ``newest`` (0 if none).
 
-def read_all(fd: int) -> tuple[bytes, int]:
-    """Read a whole log; return its bytes and size."""
-    size = os.fstat(fd).st_size
-    return fileio.read_at(fd, 0, size), size
+        The index is built from the log only, so such a version was in the log;
+        versions a compaction dropped (its ``C`` frame) do not count.
+        """
+        try:
+            data = self.layout.fs.read_file(self.vix_path)
+        except (FileNotFoundError, UnsafePathError):
+            return 0
+        top = versionindex.highest_recorded(data)
+        if top <= newest:
+            return 0
+        done = logread.compaction_of(fd)
+        if done is not None and top <= max((high for _, high in done.versions), default=0):
+            return 0
+        return top
 
+    def version_index(self, fd: int, want: int) -> int:
+        """A descriptor on the version index, caught up to ``want``; -1 if unusable."""
+        try:
+            return versionindex.open_caught_up(self.layout.fs, self.vix_path, fd, want)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # a read-only store falls back to scans; real I/O errors surface
+        try:
+            return self.layout.fs.open(self.vix_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return -1
 
-def scan(fd: int) -> tuple[Tail, LogBytes]:
-    """Read the whole log forwards; return its tail and its bytes sorted (frames, damage).
+    def entry_of(self, fd: int, version: int) -> Entry | None:
+        """The entry of ``version`` (or of a damaged range holding it): index, else scan.
 
-    ``Tail.valid_end`` is where a torn tail starts (the size when none).
-    Damage does not stop the scan: later frames are found past it, and
-    :func:`damage_after` says whether it may hide the newest version.
+        Raises:
+            NotFoundError: the version was dropped by compaction (names the policy).
+            CorruptionError: the version lies in damaged bytes.
+        """
+        vfd = self.version_index(fd, version)
+        offset = None
+        if vfd >= 0:
+            try:
+                offset = versionindex.lookup(vfd, version)
+            finally:
+                os.close(vfd)
+        # Markers (compacted, absent) come from derived data: the scan below confirms them.
+        if offset is not None and offset not in (versionindex.COMPACTED, versionindex.ABSENT):
+            found = logread.entry_at(fd, offset)
+            if found is not None and found[0].version == version:
+                return found[0]
+        return self._entry_by_scan(fd, version)
 
-    Raises:
-        RecordError: when a checksummed record does not decode.
-    """
-    buf, size = read_all(fd)
-    log = classify(buf)
-    header = None
-    entry_frame = None
-    for frame in log.frames:
-        if frame.kind == KIND_HEADER and header is None:
-            header = decode_header(frame.payload)
-        elif frame.kind == KIND_ENTRY:
-            entry_frame = frame
-    if entry_frame is None:
-        return Tail(size, log.torn, None, None, header), log
-    entry = decode_entry(entry_frame.payload)
-    blob = None
-    loc = entry.blob
-    if loc is not None and not loc.log:
+    def _entry_by_scan(self, fd: int, version: int) -> Entry | None:
+        log = logread.scan(fd)[1]
         for frame in log.frames:
-            if frame.start == loc.offset and frame.kind == KIND_BLOB:
-                blob = frame.payload if frame.payload[:32].hex() == entry.hash else None
-    return Tail(size, log.torn, entry, blob, header, entry_frame.start), log
-
-
-def damage_after(log: LogBytes, tail: Tail) -> tuple[int, int] | None:
-    """The first damaged range after the newest intact entry (anywhere, if there is none).
-
-    Such damage may be a newer version's entry: the log's newest version is
-    then unknown, and neither readers nor writers may act on ``tail.entry``.
-    """
-    after = tail.entry_start if tail.entry is not None else -1
-    return next(
-        (
-            (s, e)
-            for s, e in log.damage
-            # exactly one blob, header or compaction frame (its lengths and kind
-            # intact) cannot hide an entry
-            if s > after and not any(log.one_frame_of_kind(s, e, k) for k in _NOT_ENTRIES)
-        ),
-        None,
-    )
-
-
-def header_of(fd: int) -> Header | None:
-    """The header frame at the start of the log open on ``fd``, or None if it is not intact."""
-    buf = fileio.read_at(fd, 0, TAIL_READ_BYTES)
-    if len(buf) >= FRAME_OVERHEAD:
-        length = int.from_bytes(buf[:4], "little")
-        if length + FRAME_OVERHEAD > len(buf):
-            buf = fileio.read_at(fd, 0, length + FRAME_OVERHEAD)
-    frame = frame_at(buf, 0)
-    if frame is None or frame.kind != KIND_HEADER:
-        return None
-    try:
-        return decode_header(frame.payload)
-    except RecordError:
+            if frame.kind == KIND_ENTRY:
+                entry = decode_entry(frame.payload)
+                if entry.first <= version <= entry.version:
+                    return entry  # a damaged range raises when its value is read
+            elif frame.kind == KIND_COMPACTED:
+                done = decode_compaction(frame.payload)
+                if any(low <= version <= high for low, high in done.versions):
+                    raise NotFoundError(
+                        f"{self.what} version {version} was compacted ({done.policy}, "
+                        f"{rfc3339(done.time_ns)})"
+                    )
+        for window in damage_windows(log):
+            if window.low <= version and (window.high is None or version <= window.high):
+                where = f"{self.what} version {version}"
+                raise damaged_error(self.path, window.start, window.end, where)
         return None
 
+    def history(self, fd: int, before: int, limit: int) -> list[Entry]:
+        """Entries with version < ``before``, newest first, at most ``limit`` (0 = all).
 
-def entry_at(fd: int, offset: int) -> tuple[Entry, int] | None:
-    """The entry whose ``E`` frame starts at ``offset``, with the frame's end; None if not one.
+        Compacted versions are skipped. Cost is proportional to the page, not
+        to the length of the history, once the version index has caught up
+        with the log (FORMAT.md §5); otherwise the log is scanned.
+        """
+        newest = self.settled_tail(fd).entry
+        if newest is None:
+            return []
+        high = min(before - 1, newest.version)
+        vfd = self.version_index(fd, high)
+        if vfd < 0:
+            return logread.history_by_scan(fd, before, limit)
+        try:
+            found = self._history_by_index(fd, vfd, high, limit)
+        finally:
+            os.close(vfd)
+        return logread.history_by_scan(fd, before, limit) if found is None else found
 
-    Raises:
-        RecordError: when a checksummed record does not decode.
-    """
-    buf = fileio.read_at(fd, offset, TAIL_READ_BYTES)
-    if len(buf) < FRAME_OVERHEAD:
-        return None
-    length = int.from_bytes(buf[:4], "little")
-    if length + FRAME_OVERHEAD > len(buf):
-        buf = fileio.read_at(fd, offset, length + FRAME_OVERHEAD)
-    frame = frame_at(buf, 0, offset)
-    if frame is None or frame.kind != KIND_ENTRY:
-        return None
-    return decode_entry(frame.payload), frame.end
+    def _history_by_index(self, fd: int, vfd: int, high: int, limit: int) -> list[Entry] | None:
+        """Entries from ``high`` down through the version index; None: the log must decide."""
+        out: list[Entry] = []
+        compacted: set[int] | None = None
+        while high >= 1 and not (limit and len(out) >= limit):
+            low = max(1, high - max(limit, 64) + 1)
+            offsets = versionindex.lookup_range(vfd, low, high)
+            for version in range(high, low - 1, -1):
+                offset = offsets.get(version)
+                if offset == versionindex.COMPACTED:
+                    if compacted is None:
+                        compacted = logread.compacted_versions(fd)
+                    if version in compacted:  # confirmed by the log's C frame
+                        continue
+                    return None
+                if offset == versionindex.ABSENT:  # rare (imports): let the log decide
+                    return None
+                found = logread.entry_at(fd, offset) if offset is not None else None
+                if found is None or found[0].version != version:
+                    return None
+                out.append(found[0])
+                if limit and len(out) >= limit:
+                    break
+            high = low - 1
+        return out
+
+    # -- writing (under the lock) --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, flags: int = _APPEND) -> Iterator[int]:
+        """Hold the log's exclusive lock on a descriptor opened with ``flags``.
+
+        Raises:
+            LockTimeoutError: the lock stayed taken for the lock timeout.
+        """
+        with self.layout.fs.open_locked(self.path, flags, timeout=self.layout.lock_timeout) as fd:
+            yield fd
+
+    def locked_tail(self, fd: int, size: int) -> Tail:
+        """The newest entry of the locked log; a torn tail is quarantined, then cut.
+
+        Raises:
+            CorruptionError: damage follows the newest intact entry: the
+                newest version is unknown, so nothing is written or cut.
+        """
+        found = logread.read_tail(fd, size)
+        if found is not None and found.valid_end == size and found.entry is not None:
+            return found
+        try:
+            tail = self.settle(fd, found)
+        except CorruptionError as exc:
+            raise CorruptionError(f"{exc.detail}; nothing was written") from None
+        if tail.valid_end < size:  # a crash cut an append short (FORMAT.md §7)
+            torn = fileio.read_at(fd, tail.valid_end, size - tail.valid_end)
+            self.layout.quarantine_bytes(self.path, tail.valid_end, torn)
+            os.ftruncate(fd, tail.valid_end)
+        return tail._replace(size=tail.valid_end)
+
+    def commit(self, fd: int, data: bytes, size: int) -> None:
+        """Append the frames of one write and fdatasync them: the commit point (§6 step 6).
+
+        On failure the appended bytes are cut again before the error is raised:
+        the write was not acknowledged, and no reader may see it.
+        """
+        fileio.failpoint("before-append")
+        try:
+            fileio.append(fd, data, durable=self.layout.durable)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # the bytes after ``size`` are ours alone (locked)
+            raise
+        fileio.failpoint("after-append")
+
+    def replace_locked(self, data: bytes) -> list[Frame]:
+        """Put ``data`` in place of the locked log atomically; rebuild the version index.
+
+        The old index goes first: one that outlived a crash after the rename
+        would name versions the new log dropped (check reads that as lost bytes).
+        """
+        fs = self.layout.fs
+        with contextlib.suppress(FileNotFoundError):
+            fs.unlink(self.vix_path)
+        replace_with(fs, self.path, data, durable=self.layout.durable)
+        if self.layout.durable:
+            fs.fsync_dir(os.path.dirname(self.path))
+        fileio.failpoint("rewrite-after-rename")
+        frames = list(scan_frames(data))
+        fs.atomic_write(self.vix_path, versionindex.rebuild(frames), durable=False)
+        return frames
+
+    def rewrite(self, transform: Transform, *, keep_copy: str | None = None) -> list[Frame] | None:
+        """Atomically replace the log with ``transform(log)``, under its lock.
+
+        ``transform`` gets the log's bytes sorted into intact frames and
+        damage (:class:`~castore.file.frames.LogBytes`) and returns the new
+        ``(kind, payload)`` list, or None to leave the log alone; an empty
+        list removes the log and its version index. Only a repair
+        (``keep_copy`` given) may rewrite a damaged log; a torn tail is
+        quarantined before it is dropped. Blob frames that move get index
+        entries (fsynced) before the rename, so stale location hints in
+        other logs fall back to the index. With ``keep_copy``, the old bytes
+        are copied there first (quarantine). Order: write the new log to a
+        temporary file, fsync, rename over the log, fsync the directory,
+        rebuild the version index (FORMAT.md §8).
+
+        Returns:
+            The new log's frames, or None when nothing was changed.
+
+        Raises:
+            CorruptionError: the log is damaged and this is not a repair.
+        """
+        try:
+            with self.locked(os.O_RDWR) as fd:
+                return self._rewrite_locked(fd, transform, keep_copy)
+        except FileNotFoundError:
+            if self.layout.fs.exists(self.path):
+                raise
+            return None
+
+    def _rewrite_locked(
+        self, fd: int, transform: Transform, keep_copy: str | None
+    ) -> list[Frame] | None:
+        log = logread.scan(fd)[1]
+        if log.damage and keep_copy is None:
+            start, end = log.damage[0]
+            raise CorruptionError(
+                f"{self.path} has damaged bytes at offset {start} ({end - start} bytes); "
+                "left unchanged; run castore check --repair"
+            )
+        wanted = transform(log)
+        if wanted is None:
+            return None
+        if keep_copy is None and log.torn < log.size:
+            torn = fileio.read_at(fd, log.torn, log.size - log.torn)
+            self.layout.quarantine_bytes(self.path, log.torn, torn)
+        if keep_copy is not None:
+            self.layout.keep_copy(fd, os.fstat(fd).st_size, keep_copy)
+        if not wanted:
+            self._remove()
+            return []
+        data = relaid(wanted)
+        own = self.layout.rel(self.path)
+        moved = [
+            (f.payload[:32], BlobLoc(own, f.start, f.end - f.start))
+            for f in scan_frames(data)
+            if f.kind == KIND_BLOB
+        ]
+        self.blobs.add_many(moved, durable=self.layout.durable)
+        return self.replace_locked(data)
+
+    def _remove(self) -> None:
+        """Remove the locked log and its version index (gc or compaction emptied it)."""
+        fs = self.layout.fs
+        fileio.failpoint("rewrite-before-remove")
+        fs.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):
+            fs.unlink(self.vix_path)
+        if self.layout.durable:
+            fs.fsync_dir(os.path.dirname(self.path))

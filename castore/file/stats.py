@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
-from castore.store import Store
+from castore.reports import ScopeStats, StoreStats
 
-__all__ = ["ScopeStats", "StoreStats", "stats"]
+if TYPE_CHECKING:
+    from castore.file.backend import FileBackend
 
-
-class ScopeStats(msgspec.Struct, kw_only=True, rename="camel"):
-    """Counts for one scope (see :func:`stats`)."""
-
-    keys: int = 0
-    deleted_keys: int = 0
-    versions: int = 0
-    blobs: int = 0
-    stored_bytes: int = 0
-    logical_bytes: int = 0
-    reclaimable_bytes: int = 0
-
-
-class StoreStats(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Result of :func:`stats`: per scope and in total."""
-
-    scopes: dict[str, ScopeStats]
-    total: ScopeStats
+__all__ = ["stats"]
 
 
 def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
@@ -43,9 +28,8 @@ def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
     return gaps
 
 
-def stats(store: Store) -> StoreStats:
+def stats(backend: FileBackend) -> StoreStats:
     """Keys, versions, blobs, stored / logical / reclaimable bytes per scope (reads everything)."""
-    backend = store.file_backend
     per: dict[str, ScopeStats] = {}
     live: set[bytes] = set()
     blob_sizes: list[tuple[str, bytes, int]] = []

@@ -12,26 +12,17 @@ from __future__ import annotations
 
 import os
 
-import msgspec
-
 from castore.errors import FormatVersionError
 from castore.file.formatfile import FORMAT_MAGIC
 from castore.file.frames import classify, encode_frame
 from castore.file.records import FORMAT_VERSION, KIND_GRAVE, Grave, encode_record
 from castore.file.rewrite import utc_stamp
 from castore.file.tree import Tree
+from castore.reports import UpgradeReport
 
-__all__ = ["UpgradeReport", "upgrade"]
+__all__ = ["upgrade"]
 
 _HEX = frozenset(b"0123456789abcdef")
-
-
-class UpgradeReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Result of :func:`upgrade`: the formats before and after, files converted."""
-
-    from_version: int
-    to_version: int
-    graves_converted: int
 
 
 def _version_of(fs: Tree, root: str) -> int:
@@ -85,7 +76,7 @@ def _graves_files(fs: Tree, refs: str) -> list[str]:
 
 
 def upgrade(root: str) -> UpgradeReport:
-    """Convert the store at ``root`` to :data:`~castore.records.FORMAT_VERSION`.
+    """Convert the store at ``root`` to :data:`~castore.file.records.FORMAT_VERSION`.
 
     Raises:
         FormatVersionError: ``root`` is not a castore store, or is newer.

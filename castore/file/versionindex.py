@@ -18,7 +18,7 @@ import os
 import struct
 from collections.abc import Iterable
 
-from castore.file import fileio, reflog
+from castore.file import fileio, logread
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 from castore.file.tree import Tree
@@ -87,7 +87,7 @@ def highest_recorded(data: bytes) -> int:
 
 
 def rebuild(frames: Iterable[Frame]) -> bytes:
-    """The whole index content for a log's frames (from :func:`castore.reflog.scan`)."""
+    """The whole index content for a log's frames (from :func:`castore.file.logread.scan`)."""
     offsets: dict[int, int] = {}
     for frame in frames:
         if frame.kind == KIND_ENTRY:
@@ -135,7 +135,7 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
     start = -1
     offset = lookup(fd, top) if top else None
     if offset is not None and offset not in (COMPACTED, ABSENT):
-        found = reflog.entry_at(log_fd, offset)
+        found = logread.entry_at(log_fd, offset)
         if found is not None and found[0].version == top:
             start = found[1]
     if start < 0 and top:
@@ -143,7 +143,7 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
         # versions the log lost as evidence of a cut (FORMAT.md §7); lookups scan.
         return
     if start < 0:  # empty: build it from a full scan
-        os.pwrite(fd, rebuild(reflog.scan(log_fd)[1].frames), 0)
+        os.pwrite(fd, rebuild(logread.scan(log_fd)[1].frames), 0)
         return
     size = os.fstat(log_fd).st_size
     table = bytearray()

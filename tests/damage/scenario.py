@@ -21,10 +21,8 @@ import random
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from castore import CastoreError, CorruptionError, Store
+from castore import CastoreError, CheckReport, CorruptionError, Store
 from castore.errors import FormatVersionError
-from castore.file.check import CheckReport, check
-from castore.file.compact import compact
 from castore.results import GetResult, HistoryEntry, HistoryResult, ListResult, SetResult
 from tests.damage.answers import (
     DAMAGED_OP,
@@ -105,8 +103,8 @@ def build_store(root: str) -> dict[str, int]:
     store.set("removed", {"x": 1})
     store.delete("removed")
     highest = {key: store.history(key).entries[0].version for key in KEYS}
-    compact(store, keep_last=2, prefix="compacted")
-    compact(store, keep_within_seconds=0, prefix="removed")  # into GRAVES
+    store.compact(keep_last=2, prefix="compacted")
+    store.compact(keep_within_seconds=0, prefix="removed")  # into GRAVES
     for key in KEYS:  # the first reader of old versions builds the version index
         store.history(key)
         for version in range(1, highest[key] + 2):
@@ -223,7 +221,7 @@ def _set(key: str, value: Any, expected: int | None) -> Callable[[Store], SetAns
 
 
 def _check(repair: bool) -> Callable[[Store], CheckAnswer]:
-    return lambda store: check_answer(check(store, repair=repair))
+    return lambda store: check_answer(store.check(repair=repair))
 
 
 def read_all(root: str, versions: dict[str, list[int]], *, listing: bool) -> Reads:

@@ -38,10 +38,7 @@ import castore
 from castore import CastoreError, CorruptionError, Store, codec
 from castore.cli import EXIT_DAMAGED, EXIT_FAILURE
 from castore.file.blobindex import BlobIndex
-from castore.file.check import check
-from castore.file.compact import compact
 from castore.file.frames import encode_frame
-from castore.file.gc import collect_garbage
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry, encode_blob, encode_record
 from castore.records import OP_SET, BlobLoc, Entry
 from tests.helpers import frames_of, keys_path, log_path, ns_dir, one_line_error
@@ -283,13 +280,13 @@ CASES: Final[dict[str, Case]] = {
     "keys-set-new-key": Case(plant_keys, lambda s: s.set("new", 1), refuses=True),
     "shard-set": Case(plant_shard, lambda s: s.set("k", BIG), refuses=False),
     "shard-compact": Case(
-        plant_shard_of_rewritten_log, lambda s: compact(s, keep_last=1), refuses=False
+        plant_shard_of_rewritten_log, lambda s: s.compact(keep_last=1), refuses=False
     ),
     "vix-history": Case(plant_vix, lambda s: s.history("k"), refuses=False, writer=False),
     "vix-get-version": Case(
         plant_vix, lambda s: s.get("k", version=3), refuses=False, writer=False
     ),
-    "gc.lock-gc": Case(plant_gc_lock, lambda s: collect_garbage(s, grace_seconds=0), refuses=True),
+    "gc.lock-gc": Case(plant_gc_lock, lambda s: s.gc(grace_seconds=0), refuses=True),
     "gc.lock-set-reusing-blob": Case(
         plant_gc_lock_after_big, lambda s: s.set("k2", BIG), refuses=False
     ),
@@ -297,13 +294,13 @@ CASES: Final[dict[str, Case]] = {
         plant_quarantine_torn, lambda s: s.set("k", 2), refuses=False
     ),
     "quarantine-check-repair": Case(
-        plant_quarantine_torn, lambda s: check(s, repair=True), refuses=False
+        plant_quarantine_torn, lambda s: s.check(repair=True), refuses=False
     ),
     "namespace-set": Case(plant_namespace, lambda s: s.set("k", 3), refuses=True),
     "namespace-set-new-key": Case(plant_namespace, lambda s: s.set("new", 1), refuses=True),
-    "namespace-compact": Case(plant_namespace, lambda s: compact(s, keep_last=1), refuses=False),
+    "namespace-compact": Case(plant_namespace, lambda s: s.compact(keep_last=1), refuses=False),
     "namespace-check-repair": Case(
-        plant_namespace_torn, lambda s: check(s, repair=True), refuses=False
+        plant_namespace_torn, lambda s: s.check(repair=True), refuses=False
     ),
 }
 
@@ -363,7 +360,7 @@ def test_check_reports_planted_symlink(tmp_path: Path, kind: str) -> None:
     scene = Scene(tmp_path)
     link = CHECKED[kind](scene)
     before = scene.freeze()
-    report = check(scene.reopen())
+    report = scene.reopen().check()
     scene.assert_untouched(before)
     assert not report.ok, report
     naming = [f for f in report.findings if names(f.path, scene.root, link)]

@@ -35,7 +35,6 @@ from typing import Any, Final
 import pytest
 
 from castore import CorruptionError, NotFoundError, Store, codec
-from castore.file.check import check
 from castore.file.frames import Frame, classify, encode_frame, scan_frames
 from castore.file.records import (
     CODEC_RAW,
@@ -441,11 +440,11 @@ def run_case(
     keys_rel = os.path.relpath(keys_path("", "dag", DAG), "")
     keys_ok = damaged.get(keys_rel) == truth.files[keys_rel]
     verify_reads(root, truth, an, problems, "before repair", keys_ok=keys_ok)
-    report = check(open_store(root))
+    report = open_store(root).check()
     if logs_damaged and any(an.gaps.values()):
         problems.expect(not report.ok, "check() is ok on a damaged log")
-    repaired = check(open_store(root), repair=True)
-    after = check(open_store(root))
+    repaired = open_store(root).check(repair=True)
+    after = open_store(root).check()
     lost = unreadable_after_repair(an)
     if lost:
         # A value with no intact copy is recorded as lost by the repair: its entry stays
@@ -724,7 +723,7 @@ def test_blob_with_valid_checksum_but_wrong_content_is_never_returned(work, trut
                 kind == "corrupt" or (kind == "ok" and res.value == ZTEXT),
                 f"[{label}] get({key}, version={version}): {kind} {res!r}",
             )
-        problems.expect(not check(open_store(root)).ok, f"[{label}] check() is ok")
+        problems.expect(not open_store(root).check().ok, f"[{label}] check() is ok")
     assert_no_problems(problems, count)
 
 
@@ -821,5 +820,5 @@ def test_clean_copy_passes_every_check(work, truth):
     run_case(root, truth, dict(truth.files), logs_damaged=False, problems=problems, label="clean")
     assert_no_problems(problems, 1)
     write_tree(root, truth.files)
-    assert check(open_store(root)).ok
+    assert open_store(root).check().ok
     assert log_path(root, "dag", DAG, "k").endswith(truth.log_rel("k"))

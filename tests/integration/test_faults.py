@@ -36,9 +36,6 @@ from typing import Any, Final
 import pytest
 
 from castore import CastoreError, NotFoundError, Store
-from castore.file.check import check
-from castore.file.compact import compact
-from castore.file.gc import collect_garbage
 from castore.transfer import export_lines, import_lines
 from tests.helpers import log_path, read_versions
 
@@ -292,19 +289,19 @@ OPERATIONS: Final = [
         lambda s, _: s.rollback("k", to_version=2),
         _one_changed("k", lambda h: _plus(h, BIG)),
     ),
-    Operation("compact", lambda s, _: compact(s, keep_last=1), _compacted),
-    Operation("compact-remove", lambda s, _: compact(s, keep_within_seconds=0), _compacted),
+    Operation("compact", lambda s, _: s.compact(keep_last=1), _compacted),
+    Operation("compact-remove", lambda s, _: s.compact(keep_within_seconds=0), _compacted),
     Operation(  # the second compaction of a log: its entries' blob hints are stale
         "compact-again",
-        lambda s, _: compact(s, keep_last=1),
+        lambda s, _: s.compact(keep_last=1),
         _compacted,
-        prepare=lambda s: compact(s, keep_last=3),
+        prepare=lambda s: s.compact(keep_last=3),
     ),
     Operation(
         "gc",
-        lambda s, _: collect_garbage(s, grace_seconds=0),
+        lambda s, _: s.gc(grace_seconds=0),
         _same,
-        prepare=lambda s: compact(s, keep_last=1, keep_within_seconds=0),
+        prepare=lambda s: s.compact(keep_last=1, keep_within_seconds=0),
     ),
     Operation(
         "import",
@@ -374,10 +371,10 @@ def _run_one(
         return now
 
     after = verify("after the fault")
-    report = check(open_store(root))
+    report = open_store(root).check()
     if not report.ok:
-        repaired = check(open_store(root), repair=True)
-        final = check(open_store(root))
+        repaired = open_store(root).check(repair=True)
+        final = open_store(root).check()
         if not final.ok:
             problems.append(
                 "check(repair=True) did not make the store ok: "
@@ -400,7 +397,7 @@ def _run_one(
         got = open_store(root).get(key)
         if (got.version, got.value) != (res.version, {"next": key}):
             problems.append(f"get({key}) after the next set: {got!r}")
-    if not check(open_store(root)).ok:
+    if not open_store(root).check().ok:
         problems.append("check() not ok after the next sets")
     return True, problems
 
@@ -473,11 +470,11 @@ def test_no_temporary_file_is_left_behind_by_a_failed_rewrite(
     shutil.copytree(baseline, root)
     store = open_store(root, durable=True)
     if operation == "gc":
-        compact(store, keep_last=1)
+        store.compact(keep_last=1)
     run: Callable[[], object] = (
-        (lambda: collect_garbage(store, grace_seconds=0))
+        (lambda: store.gc(grace_seconds=0))
         if operation == "gc"
-        else (lambda: compact(store, keep_last=1))
+        else (lambda: store.compact(keep_last=1))
     )
     faults.arm("write", 1, errno.ENOSPC, partial=True, match=_fd_is_tmp)
     with pytest.raises(OSError, match="No space left"):
@@ -509,7 +506,7 @@ def _shared_store(root: str) -> None:
     (b_entry,) = _entries(root, "b")
     assert b_entry.blob is not None
     assert b_entry.blob.log, "b should point into a's log"
-    compact(store, keep_last=2, prefix="a")
+    store.compact(keep_last=2, prefix="a")
     _assert_reads(root)
 
 
@@ -537,7 +534,7 @@ def test_failed_gc_rewrite_leaves_every_value_readable(tmp_path, faults, call):
     match = _fd_is_tmp if call != "replace" else None
     faults.arm(call, 1, errno.EIO, match=match)
     with pytest.raises(OSError, match="Input/output error"):
-        collect_garbage(open_store(root, durable=True), grace_seconds=0)
+        open_store(root, durable=True).gc(grace_seconds=0)
     assert faults.fired
     faults.disarm()
     _assert_reads(root)  # CorruptionError for b here is the bug

@@ -23,7 +23,6 @@ from typing import Any, Final
 import pytest
 
 from castore import NotFoundError, Store, codec
-from castore.file.check import check
 from castore.file.records import KIND_BLOB, KIND_COMPACTED, KIND_ENTRY, decode_entry
 from castore.records import Entry
 from tests.crash_worker import (
@@ -36,7 +35,7 @@ from tests.crash_worker import (
     verify,
     wait_stopped,
 )
-from tests.helpers import frames_of, log_path
+from tests.helpers import file_backend, frames_of, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +153,7 @@ def test_writers_racing_a_gc_paused_after_mark_keep_every_blob(tmp_path, childre
     assert store.get("d").value == dropped
     assert store.get("e").value == value("c-old")
     assert store.get("f").value == value("b-current")
-    report = check(store)
+    report = store.check()
     assert report.ok, report.findings
     assert s.verify(repair=False) == []
 
@@ -336,7 +335,7 @@ def test_a_stale_location_hint_that_names_another_blob_frame_falls_back(tmp_path
     swapped = (header, blob_a, entry_1, blob_c, entry_2, blob_b, entry_3)
     with open(path, "wb") as fh:
         fh.write(b"".join(data[f.start : f.end] for f in swapped))
-    store.file_backend.rebuild_blob_index()  # the index knows where each blob is now
+    file_backend(store).rebuild_blob_index()  # the index knows where each blob is now
 
     reader = Store(root, dag=DAG)
     problems = _reads(reader, values)
@@ -346,7 +345,7 @@ def test_a_stale_location_hint_that_names_another_blob_frame_falls_back(tmp_path
             problems.append(f"iter_versions (export): {exported}")
     except Exception as exc:  # noqa: BLE001
         problems.append(f"iter_versions (export): {type(exc).__name__}: {exc}")
-    report = check(reader)
+    report = reader.check()
     problems += [f"check: {f.problem}" for f in report.findings]
     with open(path, "ab") as fh:
         fh.write(b"\x07torn")  # a killed write's torn tail: readers scan the log

@@ -26,8 +26,6 @@ from typing import Final
 import pytest
 
 from castore import NotFoundError, Store
-from castore.file.check import check
-from castore.file.compact import compact
 from tests.crash_worker import (
     DAG,
     NAMED_POINTS,
@@ -93,7 +91,7 @@ def test_workload_that_is_not_killed_leaves_check_clean(tmp_path, children):
     assert children.wait(compactor) == 0, children.error_text(compactor)
     verdict = verify(lane.root, read_records(lane.ack), repair=False)
     assert verdict.violations == []
-    report = check(Store(lane.root, dag=DAG))
+    report = Store(lane.root, dag=DAG).check()
     assert report.ok, report.findings
 
 
@@ -103,7 +101,7 @@ def test_versions_of_a_key_compaction_removed_read_as_compacted(tmp_path):
     store.set("gone", {"n": 1})
     store.set("gone", {"n": 2})
     store.delete("gone")
-    report = compact(store, keep_last=1, keep_within_seconds=0)
+    report = store.compact(keep_last=1, keep_within_seconds=0)
     assert report.keys_removed == 1
     for version in (1, 2, 3):
         with pytest.raises(NotFoundError, match=re.compile("compacted")):

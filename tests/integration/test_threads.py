@@ -20,8 +20,6 @@ import pytest
 
 from castore import ConflictError, Store
 from castore.errors import CastoreError, NotFoundError
-from castore.file.check import check
-from castore.file.compact import compact
 
 THREADS = 8
 INCREMENTS = 250
@@ -126,7 +124,7 @@ def test_threads_never_lose_an_update(tmp_path: Path, sharing: str) -> None:
     assert (final.value, final.version) == (THREADS * INCREMENTS, THREADS * INCREMENTS)
     history = Store(root, dag="d").history("counter").entries
     assert [e.version for e in history] == list(range(THREADS * INCREMENTS, 0, -1))
-    assert check(Store(root, dag="d")).ok
+    assert Store(root, dag="d").check().ok
 
 
 @pytest.mark.integration
@@ -201,8 +199,8 @@ def test_maintenance_from_threads_while_writers_run(tmp_path: Path) -> None:
             write,
             write,
             read,
-            lambda: compact(store, keep_last=2),
-            lambda: check(store),
+            lambda: store.compact(keep_last=2),
+            store.check,
         )
     ]
     for thread in threads:
@@ -212,7 +210,7 @@ def test_maintenance_from_threads_while_writers_run(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert not errors, errors[:3]
-    assert check(Store(tmp_path / "s", dag="d")).ok
+    assert Store(tmp_path / "s", dag="d").check().ok
 
 
 def _first_use(roots: list[str], barrier: Any, out: Any) -> None:

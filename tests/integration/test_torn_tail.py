@@ -8,7 +8,6 @@ from typing import Any, Final
 import pytest
 
 from castore import CorruptionError, NotFoundError, Store, codec
-from castore.file.check import check
 from castore.file.frames import FRAME_OVERHEAD
 from castore.file.records import CODEC_RAW, CODEC_ZSTD, KIND_BLOB, KIND_ENTRY, decode_entry
 from tests.helpers import (
@@ -254,12 +253,12 @@ def test_damage_after_a_valid_log_is_never_read_past(tmp_path, garbage):
         open_store(root).set(KEY, {"after": "garbage"}, expected_version=len(VALUES))
     with open(path, "rb") as fh:
         assert fh.read() == damaged  # the writer neither appended nor cut
-    report = check(open_store(root))
+    report = open_store(root).check()
     assert not report.ok
     assert any("damaged bytes" in f.problem for f in report.findings)
-    repaired = check(open_store(root), repair=True)
+    repaired = open_store(root).check(repair=True)
     assert all(f.repaired or f.severity == "info" for f in repaired.findings)
-    after = check(open_store(root))
+    after = open_store(root).check()
     assert after.ok
     assert any("lost to damage" in f.problem and f.severity == "info" for f in after.findings)
     res = open_store(root).set(KEY, {"after": "repair"})

@@ -15,8 +15,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from castore import GetResult, ListResult, Store, codec
 from castore.errors import CastoreError, ConflictError, NotFoundError
-from castore.file.compact import compact
-from castore.file.gc import collect_garbage
 from castore.keys import Ref
 
 T = TypeVar("T")
@@ -496,14 +494,14 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(h=handles, keep_last=st.integers(min_value=1, max_value=3))
     def compact(self, h, keep_last):
-        escaped(lambda: compact(self.stores[h], keep_last=keep_last))
+        escaped(lambda: self.stores[h].compact(keep_last=keep_last))
         for ref, versions in self.history.items():
             for version in range(1, len(versions) - keep_last + 1):
                 self.compacted.add((ref, version))
 
     @rule(h=handles)
     def gc(self, h):
-        report = escaped(lambda: collect_garbage(self.stores[h], grace_seconds=0))
+        report = escaped(lambda: self.stores[h].gc(grace_seconds=0))
         assert report.blobs_kept <= report.blobs_found
 
     @rule(h=handles)

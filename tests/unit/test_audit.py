@@ -9,7 +9,7 @@ import pytest
 
 from castore import InvalidRefError, Store
 from castore.audit import AuditRecord, audit
-from castore.file import backend as file_backend
+from castore.file import writer as file_writer
 from castore.results import rfc3339
 
 Ident = tuple[str, str, str, int, str, str]
@@ -182,7 +182,7 @@ def test_audit_rejects_bad_filters(tmp_path):
 def test_audit_when_the_wall_clock_steps_back(tmp_path, monkeypatch):
     """FORMAT.md §3: time_ns never decreases within a ref, so audit stays ordered and complete."""
     clock = iter([300, 200, 100, 50])
-    monkeypatch.setattr(file_backend, "time", types.SimpleNamespace(time_ns=lambda: next(clock)))
+    monkeypatch.setattr(file_writer, "time", types.SimpleNamespace(time_ns=lambda: next(clock)))
     s = handle(tmp_path / "store")
     s.set("a", 1)  # t=300
     s.set("b", 1)  # t=200

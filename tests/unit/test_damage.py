@@ -17,13 +17,11 @@ from typing import Any
 import pytest
 
 from castore import ConflictError, CorruptionError, Store, codec
+from castore.backends import upgrade
 from castore.dagu import import_dagu
 from castore.errors import FormatVersionError
-from castore.file.check import check
-from castore.file.compact import compact
 from castore.file.frames import scan_frames
 from castore.file.records import KIND_ENTRY
-from castore.file.upgrade import upgrade
 from castore.transfer import export_lines, import_lines
 from tests.helpers import corrupt, file_id, keys_path, log_path, ns_dir, one_line_error
 
@@ -73,14 +71,14 @@ def test_the_issue_scenario_answers_damage_everywhere(tmp_path: Path) -> None:
         assert fh.read() == damaged  # nothing appended, nothing cut
     for n in range(2, 6):  # other keys are never blocked
         assert store_at(root).get(f"k{n}").value == {"i": n}
-    report = check(store_at(root))
+    report = store_at(root).check()
     assert not report.ok
     assert any("damaged bytes" in f.problem for f in report.findings)
-    repaired = check(store_at(root), repair=True)
+    repaired = store_at(root).check(repair=True)
     assert repaired.ok
     kept = glob.glob(str(root / "quarantine" / "*" / "refs" / "dag" / "*" / "*.log"))
     assert [Path(k).read_bytes() for k in kept] == [damaged]
-    after = check(store_at(root))
+    after = store_at(root).check()
     assert after.ok
     lost = [f for f in after.findings if "lost to damage" in f.problem]
     assert [f.severity for f in lost] == ["info"]  # kept reported, never plain ok
@@ -125,7 +123,7 @@ def test_older_damaged_version_is_damaged_not_absent(tmp_path: Path) -> None:
     marked = [(e.version, e.operation) for e in store.history("k").entries]
     assert marked == [(4, "set"), (3, "set"), (2, "damaged"), (1, "set")]
     assert store.set("k", {"n": 5}, expected_version=4).version == 5
-    check(store, repair=True)
+    store.check(repair=True)
     with pytest.raises(CorruptionError, match="lost"):
         store_at(root).get("k", version=2)
     assert store_at(root).get("k", version=3).value == {"n": 3}
@@ -158,7 +156,7 @@ def removed_key(root: Path) -> int:
     for n in range(3):
         store.set("gone", n)
     store.delete("gone")
-    compact(store, keep_within_seconds=0)
+    store.compact(keep_within_seconds=0)
     assert (
         not os.path.exists(log_path(root, "dag", DAG, "gone")) or not store.history("gone").entries
     )
@@ -172,7 +170,7 @@ def test_graves_record_survives_one_damaged_copy(tmp_path: Path) -> None:
     size = os.path.getsize(graves)
     corrupt(graves, size // 4)  # inside the first copy
     assert store_at(root).set("gone", "back").version == last + 1
-    assert check(store_at(root)).ok
+    assert store_at(root).check().ok
 
 
 def test_graves_lost_entirely_keeps_versions_above_a_floor(tmp_path: Path) -> None:
@@ -183,9 +181,9 @@ def test_graves_lost_entirely_keeps_versions_above_a_floor(tmp_path: Path) -> No
         fh.write(bytes(os.path.getsize(graves)))  # both copies zeroed
     with pytest.raises(CorruptionError, match="GRAVES"):
         store_at(root).set("gone", "back")
-    assert not check(store_at(root)).ok
-    assert check(store_at(root), repair=True).ok
-    floor = [f for f in check(store_at(root)).findings if "floor" in f.problem]
+    assert not store_at(root).check().ok
+    assert store_at(root).check(repair=True).ok
+    floor = [f for f in store_at(root).check().findings if "floor" in f.problem]
     assert [f.severity for f in floor] == ["info"]
     assert store_at(root).set("gone", "back").version > last
 
@@ -257,7 +255,7 @@ def test_keys_damage_never_hides_a_key(tmp_path: Path) -> None:
         fh.write(bytes([line[0] ^ 0x01]))
     listed = [e.key for e in store_at(root).list().entries]
     assert listed == ["alpha", "beta", "gamma"]
-    assert not check(store_at(root)).ok  # the key missing from KEYS is reported
+    assert not store_at(root).check().ok  # the key missing from KEYS is reported
 
 
 def test_upgrade_converts_a_format_1_store(tmp_path: Path) -> None:
@@ -298,7 +296,7 @@ def test_recorded_losses_survive_export_and_import(tmp_path: Path) -> None:
     for n in range(1, 5):
         store.set("k", {"n": n})
     flip_entry(root, "k", 1)
-    check(store_at(root), repair=True)
+    store_at(root).check(repair=True)
     lines = list(export_lines(store_at(root)))
     assert any(b'"op":"damaged"' in line for line in lines)
     copy = store_at(tmp_path / "copy")

@@ -6,6 +6,7 @@ import pytest
 import castore
 from castore import errors
 from castore.errors import (
+    BackendUnavailableError,
     CastoreError,
     ConflictError,
     CorruptionError,
@@ -37,6 +38,7 @@ SAMPLES = [
     RecordError("bad checksum at offset 12"),
     FormatVersionError("/store/FORMAT: format version 9, this castore reads 1"),
     UnsafePathError("/store/refs/dag/ab/cd.log is a symbolic link; castore never follows one"),
+    BackendUnavailableError("postgresql://h/db: the PostgreSQL backend is not available yet"),
 ]
 
 IDS = [f"{type(exc).__name__}-{i}" for i, exc in enumerate(SAMPLES)]

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from castore import ConflictError, InvalidRefError, NotFoundError, Store
 from castore.codec import hexdigest, normalize
 from castore.dagu import parse_go_time
-from castore.file import reflog
+from castore.file import logread
 from castore.file.records import KIND_BLOB
 from castore.records import OP_DELETE, OP_ROLLBACK, OP_SET
-from tests.helpers import frames_of, read_versions
+from tests.helpers import frames_of, read_versions, ref_log_path
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
@@ -32,7 +32,7 @@ def store(tmp_path):
 
 
 def log_of(store: Store, key: str, scope: str = "dag", namespace: str | None = None) -> str:
-    return store.file_backend.log_path(store.ref(key, scope, namespace))
+    return ref_log_path(store, key, scope, namespace)
 
 
 def blob_frames(path: str) -> int:
@@ -142,7 +142,7 @@ def test_history_pages_and_old_versions_do_not_scan_the_log(store, monkeypatch):
     def no_scan(fd):
         raise AssertionError("scanned the whole log")
 
-    monkeypatch.setattr(reflog, "scan", no_scan)
+    monkeypatch.setattr(logread, "scan", no_scan)
     page = fresh.history("k", limit=5, before_version=120)
     assert [e.version for e in page.entries] == [119, 118, 117, 116, 115]
     assert page.next_before_version == 115

@@ -2,12 +2,22 @@
 
 Modules are named by their dotted path below ``castore``: ``store`` is
 castore/store.py, ``cli.state`` is castore/cli/state.py, ``cli`` is
-castore/cli/__init__.py and ``__init__`` is castore/__init__.py.
+castore/cli/__init__.py, ``file.tree`` is castore/file/tree.py, ``file`` is
+castore/file/__init__.py and ``__init__`` is castore/__init__.py.
+
+The file backend (castore/file/) is one band of layers: each of its modules
+has a layer inside the band from :data:`FILE_LAYERS`. Imports under
+``if TYPE_CHECKING:`` do not count for the layers (they never run: a
+maintenance module names the ``FileBackend`` that calls it only for its
+types), but every other rule checks them too.
 """
 
 import ast
+import functools
 import pathlib
 from collections.abc import Iterator
+
+import pytest
 
 import castore
 
@@ -16,45 +26,72 @@ PACKAGE = pathlib.Path(castore.__file__).parent
 LAYERS = {
     "errors": 0,
     "keys": 1,
-    "codec": 1,
-    "frames": 1,
-    "records": 1,
+    "records": 1,  # what every backend shares
     "results": 1,
-    "_fs": 1,
-    "reflog": 2,
-    "indexes": 2,
-    "keyindex": 2,
-    "versions": 3,
-    "fileread": 4,
-    "rewrite": 5,
-    "filestore": 6,
-    "history": 7,
-    "store": 8,
-    "audit": 9,
-    "transfer": 9,
-    "dagu": 9,
-    "compact": 9,
-    "gc": 9,
-    "check": 9,
-    "upgrade": 9,
-    "stats": 9,
-    "checktree": 8,
-    "blobread": 3,
-    "damage": 2,
-    "backend": 2,
-    "listing": 7,
-    "formatfile": 2,
-    "__init__": 10,  # the public API; the CLI uses the modules themselves
+    "jsonrules": 1,
+    "jsonparse": 2,
+    "pyvalues": 2,
+    "reports": 2,
+    "codec": 3,
+    "backend": 3,  # the contract between Store and a backend
+    # castore/file/: layers FILE_BASE + FILE_LAYERS[...] (10 to 19), below.
+    "backends": 20,  # the registry: the only module above the band that imports it
+    "history": 20,
+    "listing": 20,
+    "store": 21,
+    "audit": 22,
+    "transfer": 22,
+    "dagu": 22,
+    "__init__": 23,  # the public API; the CLI uses the modules themselves
     # castore/cli/: the top, above every library module; nothing below imports it.
-    "cli.args": 10,
-    "cli.render": 10,
-    "cli.invocation": 10,
-    "cli.state": 11,
-    "cli.history": 11,
-    "cli.maintenance": 11,
-    "cli": 12,
-    "__main__": 13,
+    "cli.args": 23,
+    "cli.render": 23,
+    "cli.invocation": 23,
+    "cli.state": 24,
+    "cli.history": 24,
+    "cli.maintenance": 24,
+    "cli": 25,
+    "__main__": 26,
 }
+
+FILE_BASE = 10
+FILE_LAYERS = {
+    # primitives: descriptors, frames, the file backend's records
+    "file": 0,  # the package itself
+    "fileio": 0,
+    "frames": 0,
+    "records": 0,
+    # confined paths; damage in one log
+    "tree": 1,
+    "damage": 1,
+    # the files of the format, each on its own
+    "logread": 2,
+    "formatfile": 2,
+    "rewrite": 2,
+    "keyindex": 2,
+    "graves": 2,
+    "blobindex": 2,
+    # the version index; the store's layout; blobs across logs; encoding new versions
+    "versionindex": 3,
+    "layout": 3,
+    "blobs": 3,
+    "encode": 3,
+    # a namespace's keys; one ref's log; the tree checks
+    "namespaces": 4,
+    "reflog": 4,
+    "checktree": 4,
+    # reading and writing; maintenance (handed the FileBackend that calls it)
+    "fileread": 5,
+    "writer": 5,
+    "check": 5,
+    "gc": 5,
+    "compact": 5,
+    "stats": 5,
+    "upgrade": 5,
+    # the backend, through the contract
+    "backend": 6,
+}
+assert max(FILE_LAYERS.values()) < 10  # the band stays between "backend" and "backends"
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -64,6 +101,7 @@ def module_name(path: pathlib.Path) -> str:
     return ".".join(parts)
 
 
+@functools.cache
 def modules() -> dict[str, pathlib.Path]:
     return {
         module_name(path): path
@@ -72,19 +110,63 @@ def modules() -> dict[str, pathlib.Path]:
     }
 
 
+def in_file_backend(name: str) -> bool:
+    return name == "file" or name.startswith("file.")
+
+
+def layer(name: str) -> int:
+    """The layer of a module; a clear failure for a module no table names."""
+    if in_file_backend(name):
+        short = name.removeprefix("file.")
+        if short not in FILE_LAYERS:
+            pytest.fail(
+                f"castore/file/ module {name!r} has no layer: add {short!r} to FILE_LAYERS "
+                "in tests/unit/test_layers.py (above every module it imports, below backend)"
+            )
+        return FILE_BASE + FILE_LAYERS[short]
+    if name not in LAYERS:
+        pytest.fail(f"module {name!r} has no layer: add it to LAYERS in tests/unit/test_layers.py")
+    return LAYERS[name]
+
+
 def _package_of(name: str, path: pathlib.Path) -> list[str]:
     parts = [] if name == "__init__" else name.split(".")
     return parts if path.name == "__init__.py" else parts[:-1]
 
 
-def castore_imports(name: str, path: pathlib.Path) -> Iterator[str]:
-    """The castore modules that ``name`` imports, as names of :data:`LAYERS`."""
-    for node in ast.walk(ast.parse(path.read_text())):
+def _is_type_checking(node: ast.stmt) -> bool:
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _import_nodes(tree: ast.AST, typing_only: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement, at any depth; ``typing_only``: with ``if TYPE_CHECKING:`` ones."""
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        for child in ast.iter_child_nodes(node):
+            if not typing_only and isinstance(child, ast.stmt) and _is_type_checking(child):
+                stack.extend(getattr(child, "orelse", []))  # the else branch runs
+                continue
+            stack.append(child)
+
+
+def _targets(
+    name: str, path: pathlib.Path, *, typing_only: bool
+) -> Iterator[tuple[str, ast.alias]]:
+    """Each castore module an import statement names, with the imported alias."""
+    for node in _import_nodes(ast.parse(path.read_text()), typing_only):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == "castore" or alias.name.startswith("castore."):
-                    yield alias.name.removeprefix("castore").lstrip(".") or "__init__"
-        elif isinstance(node, ast.ImportFrom):
+                    yield alias.name.removeprefix("castore").lstrip(".") or "__init__", alias
+        else:
             module = node.module or ""
             if node.level:  # relative: resolved against the importing module's package
                 package = _package_of(name, path)
@@ -93,13 +175,24 @@ def castore_imports(name: str, path: pathlib.Path) -> Iterator[str]:
                 target = module.removeprefix("castore").lstrip(".")
             else:
                 continue
+            known = modules()
             for alias in node.names:
                 submodule = f"{target}.{alias.name}" if target else alias.name
-                yield submodule if submodule in LAYERS else target or "__init__"
+                yield submodule if submodule in known else target or "__init__", alias
+
+
+def castore_imports(name: str, path: pathlib.Path, *, typing_only: bool = True) -> Iterator[str]:
+    """The castore modules that ``name`` imports (module names as :func:`module_name` gives)."""
+    for target, _alias in _targets(name, path, typing_only=typing_only):
+        yield target
 
 
 def test_every_module_has_a_layer():
-    assert set(modules()) == set(LAYERS)
+    found = modules()
+    for name in found:
+        layer(name)
+    stale = {name for name in LAYERS if name not in found}
+    assert not stale, f"LAYERS names modules that do not exist: {sorted(stale)}"
 
 
 def test_the_cli_subpackage_is_checked():
@@ -107,14 +200,20 @@ def test_the_cli_subpackage_is_checked():
     assert "cli.args" in set(castore_imports("cli", modules()["cli"]))
 
 
+def test_the_file_backend_is_checked():
+    assert {"file", "file.backend", "file.check", "file.tree"} <= set(modules())
+    assert "file.tree" in set(castore_imports("file.check", modules()["file.check"]))
+    typing_only = set(castore_imports("file.check", modules()["file.check"]))
+    at_run_time = set(castore_imports("file.check", modules()["file.check"], typing_only=False))
+    assert "file.backend" in typing_only - at_run_time
+
+
 def test_imports_go_downward_only():
     for name, path in modules().items():
-        mine = LAYERS[name]
-        for imported in castore_imports(name, path):
-            assert imported in LAYERS, f"{name} imports unknown module {imported}"
-            assert LAYERS[imported] < mine, (
-                f"{name} (layer {mine}) imports {imported} (layer {LAYERS[imported]})"
-            )
+        mine = layer(name)
+        for imported in castore_imports(name, path, typing_only=False):
+            theirs = layer(imported)
+            assert theirs < mine, f"{name} (layer {mine}) imports {imported} (layer {theirs})"
 
 
 def test_nothing_imports_cli():
@@ -122,3 +221,20 @@ def test_nothing_imports_cli():
         if name != "__main__" and name != "cli" and not name.startswith("cli."):
             imported = set(castore_imports(name, path))
             assert not {m for m in imported if m == "cli" or m.startswith("cli.")}, name
+
+
+def test_only_the_registry_imports_the_file_backend():
+    """Outside castore/file/, only ``backends`` knows the file backend (tests aside)."""
+    for name, path in modules().items():
+        if in_file_backend(name) or name == "backends":
+            continue
+        imported = {m for m in castore_imports(name, path) if in_file_backend(m)}
+        assert not imported, f"{name} imports {sorted(imported)}: go through castore.backends"
+
+
+def test_no_private_names_cross_modules():
+    """A name starting with ``_`` stays in its module: nothing imports one from another."""
+    for name, path in modules().items():
+        for target, alias in _targets(name, path, typing_only=True):
+            private = [part for part in alias.name.split(".") if part.startswith("_")]
+            assert not private, f"{name} imports the private name {alias.name} from {target}"

@@ -1,7 +1,7 @@
-"""Maintenance tools: compact (castore/compact.py), gc (castore/gc.py), check and stats.
+"""Maintenance through Store: compact, gc, check and stats (castore/file/compact.py, gc.py, ...).
 
 Times of old versions are made by giving the write path a clock in the past
-(``castore.filestore.time``), so retention by age needs no sleeping.
+(``castore.file.writer.time``), so retention by age needs no sleeping.
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ import pytest
 
 from castore import NotFoundError, Store, codec
 from castore.errors import InvalidRefError
-from castore.file.check import check
-from castore.file.compact import compact
-from castore.file.gc import collect_garbage
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
-from castore.file.stats import stats
 from tests.helpers import assert_clean_log, frames_of, log_path, read_versions
 
 DAG = "d"
@@ -48,7 +44,7 @@ class Clock:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.offset_ns = 0
         fake = types.SimpleNamespace(time_ns=lambda: time.time_ns() + self.offset_ns)
-        monkeypatch.setattr("castore.file.backend.time", fake)
+        monkeypatch.setattr("castore.file.writer.time", fake)
 
     def ago(self, hours: float) -> None:
         self.offset_ns = -int(hours * HOUR_NS)
@@ -123,7 +119,7 @@ def test_keep_last(store):
     values = [{"n": n} for n in range(1, 7)]
     write_versions(store, "k", values)
     before = {e.version: e for e in store.history("k").entries}
-    report = compact(store, keep_last=2)
+    report = store.compact(keep_last=2)
     assert (report.refs_examined, report.refs_compacted, report.versions_dropped) == (1, 1, 4)
     assert (report.keys_removed, report.dry_run, report.policy) == (0, False, "keep-last 2")
     assert report.bytes_after < report.bytes_before
@@ -138,7 +134,7 @@ def test_keep_last(store):
 
 def test_keep_last_counts_tombstones_and_keeps_them(store):
     write_versions(store, "k", [1, None, 3, None, 5])
-    compact(store, keep_last=3)
+    store.compact(keep_last=3)
     assert history_versions(store, "k") == [5, 4, 3]
     assert [e.operation for e in store.history("k").entries] == ["set", "delete", "set"]
     assert_versions(store, "k", {3: 3, 4: None, 5: 5})
@@ -150,7 +146,7 @@ def test_keep_within(store, clock):
     write_versions(store, "k", ["old1", "old2", "old3"])
     clock.now()
     write_versions(store, "k", ["new4", "new5"])
-    report = compact(store, keep_within_seconds=3600)
+    report = store.compact(keep_within_seconds=3600)
     assert report.policy == "keep-within 3600s"
     assert report.versions_dropped == 3
     assert history_versions(store, "k") == [5, 4]
@@ -175,7 +171,7 @@ def test_keep_last_and_keep_within_union(store, clock, keep_last, keep_within, k
     clock.now()
     write_versions(store, "k", ["v6", "v7"])
     before = {e.version: e for e in store.history("k").entries}
-    report = compact(store, keep_last=keep_last, keep_within_seconds=keep_within)
+    report = store.compact(keep_last=keep_last, keep_within_seconds=keep_within)
     assert report.versions_dropped == 7 - len(kept)
     assert report.refs_compacted == (1 if len(kept) < 7 else 0)
     assert history_versions(store, "k") == kept
@@ -191,23 +187,23 @@ def test_latest_is_always_kept(store, clock):
     write_versions(store, "live", ["a", "b", "c"])
     write_versions(store, "one", ["only"])
     clock.now()
-    report = compact(store, keep_within_seconds=0)
+    report = store.compact(keep_within_seconds=0)
     assert report.versions_dropped == 2
     assert report.keys_removed == 0
     assert history_versions(store, "live") == [3]
     assert history_versions(store, "one") == [1]
     assert store.get("live").value == "c"
     assert store.get("one").value == "only"
-    compact(store, keep_last=1)
+    store.compact(keep_last=1)
     assert history_versions(store, "live") == [3]
     assert [e.key for e in store.list().entries] == ["live", "one"]
 
 
 def test_compacting_twice_remembers_every_dropped_version(store):
     write_versions(store, "k", list(range(1, 6)))
-    compact(store, keep_last=3)
+    store.compact(keep_last=3)
     write_versions(store, "k", [6, 7])
-    report = compact(store, keep_last=1)
+    report = store.compact(keep_last=1)
     assert report.versions_dropped == 4  # 3, 4, 5, 6
     assert history_versions(store, "k") == [7]
     assert_compacted(store, "k", [1, 2], "keep-last")
@@ -216,7 +212,7 @@ def test_compacting_twice_remembers_every_dropped_version(store):
 
 def test_rollback_to_a_compacted_version_is_not_found(store):
     write_versions(store, "k", [1, 2, 3])
-    compact(store, keep_last=1)
+    store.compact(keep_last=1)
     with pytest.raises(NotFoundError, match="compacted"):
         store.rollback("k", to_version=1)
     assert store.rollback("k", to_version=3).version == 4
@@ -228,7 +224,7 @@ def test_deleted_key_older_than_keep_within_goes_away(store, clock):
     write_versions(store, "old-live", ["stays"])
     clock.now()
     write_versions(store, "fresh-delete", [1, None])
-    report = compact(store, keep_within_seconds=3600)
+    report = store.compact(keep_within_seconds=3600)
     assert report.keys_removed == 1
     assert report.versions_dropped == 3
     assert [e.key for e in store.list().entries] == ["old-live"]
@@ -251,15 +247,15 @@ def test_removed_key_continues_after_gc_removed_its_log(store, clock, root):
     clock.ago(3)
     write_versions(store, "k", ["a", "b", None])
     clock.now()
-    compact(store, keep_within_seconds=60)
-    report = collect_garbage(store, grace_seconds=0)
+    store.compact(keep_within_seconds=60)
+    report = store.gc(grace_seconds=0)
     assert report.logs_removed == 1
     assert not os.path.exists(log_path(root, "dag", DAG, "k"))
     fresh = Store(root, dag=DAG, durable=False)  # no cached state
     assert fresh.set("k", "c").version == 4
     assert fresh.delete("k").deleted
     # Buried twice: the second life continues after the first, too.
-    compact(fresh, keep_within_seconds=0)
+    fresh.compact(keep_within_seconds=0)
     assert fresh.set("k", "d").version == 6
     assert history_versions(fresh, "k") == [6]
 
@@ -268,7 +264,7 @@ def test_delete_of_a_removed_key_is_a_no_op(store, clock):
     clock.ago(3)
     write_versions(store, "k", ["a", None])
     clock.now()
-    compact(store, keep_within_seconds=60)
+    store.compact(keep_within_seconds=60)
     assert not store.delete("k").deleted
     assert store.set("k", 1).version == 3
 
@@ -283,11 +279,11 @@ def test_dry_run_changes_nothing_and_predicts_the_real_run(store, clock, root, p
     clock.now()
     write_versions(store, "c", [{"c": 1}, {"c": 2}])
     saved = snapshot(root)
-    dry = compact(store, dry_run=True, **policy)
+    dry = store.compact(dry_run=True, **policy)
     assert dry.dry_run
     assert dry.versions_dropped > 0
     assert snapshot(root) == saved
-    real = compact(store, **policy)
+    real = store.compact(**policy)
     for field in ("refs_examined", "refs_compacted", "versions_dropped", "keys_removed"):
         assert getattr(dry, field) == getattr(real, field), field
     assert dry.bytes_before == real.bytes_before
@@ -319,7 +315,7 @@ def test_filters_scope_namespace_prefix(store):
             for sc, ns, key in refs
         }
 
-    report = compact(store, keep_last=1, prefix="p/", scope="dag")
+    report = store.compact(keep_last=1, prefix="p/", scope="dag")
     assert (report.refs_examined, report.versions_dropped) == (2, 4)
     assert counts() == {
         ("dag", None, "p/1"): 1,
@@ -329,11 +325,11 @@ def test_filters_scope_namespace_prefix(store):
         ("custom", "other", "p/1"): 3,
         ("custom", "third", "p/1"): 3,
     }
-    report = compact(store, keep_last=1, scope="global")
+    report = store.compact(keep_last=1, scope="global")
     assert (report.refs_examined, report.versions_dropped) == (1, 2)
-    report = compact(store, keep_last=2, scope="custom", namespace="other")
+    report = store.compact(keep_last=2, scope="custom", namespace="other")
     assert (report.refs_examined, report.versions_dropped) == (1, 1)
-    report = compact(store, keep_last=1, namespace="third")  # every scope, that namespace
+    report = store.compact(keep_last=1, namespace="third")  # every scope, that namespace
     assert (report.refs_examined, report.versions_dropped) == (1, 2)
     assert counts() == {
         ("dag", None, "p/1"): 1,
@@ -343,7 +339,7 @@ def test_filters_scope_namespace_prefix(store):
         ("custom", "other", "p/1"): 2,
         ("custom", "third", "p/1"): 1,
     }
-    report = compact(store, keep_last=1, prefix="nothing")
+    report = store.compact(keep_last=1, prefix="nothing")
     assert (report.refs_examined, report.versions_dropped) == (0, 0)
 
 
@@ -362,7 +358,7 @@ def test_bad_policy_or_filter_is_rejected(store, root, kw):
     write_versions(store, "k", [1, 2])
     saved = snapshot(root)
     with pytest.raises(InvalidRefError):
-        compact(store, **kw)
+        store.compact(**kw)
     assert snapshot(root) == saved
 
 
@@ -374,11 +370,11 @@ def test_gc_frees_blobs_of_compacted_versions(store, root):
     write_versions(store, "k", values)
     path = log_path(root, "dag", DAG, "k")
     assert sum(f.kind == KIND_BLOB for f in frames_of(path)[0]) == 5
-    compact(store, keep_last=1)
+    store.compact(keep_last=1)
     compacted_size = os.path.getsize(path)
-    before = stats(store).total
+    before = store.stats().total
     assert before.reclaimable_bytes > 0
-    report = collect_garbage(store, grace_seconds=0)
+    report = store.gc(grace_seconds=0)
     assert (report.blobs_found, report.blobs_kept, report.blobs_freed) == (5, 1, 4)
     assert report.bytes_freed > 0
     assert report.bytes_found == report.bytes_kept + report.bytes_freed
@@ -389,10 +385,10 @@ def test_gc_frees_blobs_of_compacted_versions(store, root):
     assert sum(f.kind == KIND_BLOB for f in frames_of(path)[0]) == 1
     assert store.get("k").value == values[-1]
     assert Store(root, dag=DAG).get("k", version=5).value == values[-1]
-    after = stats(store).total
+    after = store.stats().total
     assert after.reclaimable_bytes == 0
     assert after.stored_bytes == before.stored_bytes - shrunk
-    assert check(store).ok
+    assert store.check().ok
 
 
 def test_gc_never_frees_a_blob_another_key_uses(store, root, clock):
@@ -407,37 +403,37 @@ def test_gc_never_frees_a_blob_another_key_uses(store, root, clock):
     assert b_v1.entry.blob.log == os.path.relpath(a_log, os.path.join(root, "refs")), (
         "b should share a's blob (dedup), or this test does not test sharing"
     )
-    compact(store, keep_last=1, prefix="a")
+    store.compact(keep_last=1, prefix="a")
     with pytest.raises(NotFoundError, match="compacted"):
         store.get("a", version=1)
-    report = collect_garbage(store, grace_seconds=0)
+    report = store.gc(grace_seconds=0)
     assert report.blobs_freed == 0
     for s in (store, Store(root, dag=DAG)):
         assert s.get("b").value == big
         assert s.get("b", version=1).value == big
         assert s.get("a").value == {"small": 1}
-    assert check(store).ok
+    assert store.check().ok
 
     # Remove key a entirely: its log keeps only the blob b uses.
     assert store.delete("a").deleted
-    compact(store, keep_within_seconds=0, prefix="a")
-    report = collect_garbage(store, grace_seconds=0)
+    store.compact(keep_within_seconds=0, prefix="a")
+    report = store.gc(grace_seconds=0)
     assert report.logs_removed == 0
     assert report.blobs_freed == 1  # {"small": 1}
     assert os.path.exists(a_log)
     assert Store(root, dag=DAG).get("b").value == big
-    assert check(store).ok
+    assert store.check().ok
 
     # Once b no longer uses it either, the holder log goes away.
     store.set("b", {"b": 2})
-    compact(store, keep_last=1)
-    report = collect_garbage(store, grace_seconds=0)
+    store.compact(keep_last=1)
+    report = store.gc(grace_seconds=0)
     assert report.logs_removed == 1
     assert not os.path.exists(a_log)
     fresh = Store(root, dag=DAG)
     assert fresh.get("b").value == {"b": 2}
     assert [e.key for e in fresh.list().entries] == ["b"]
-    assert check(fresh).ok
+    assert fresh.check().ok
 
 
 def _make_tmp(path: str, age_seconds: float) -> None:
@@ -465,16 +461,16 @@ def test_gc_removes_old_tmp_leftovers_only(store, root):
     for path in young:
         _make_tmp(path, 60)
     saved = snapshot(root)
-    dry = collect_garbage(store, grace_seconds=3600, dry_run=True)
+    dry = store.gc(grace_seconds=3600, dry_run=True)
     assert dry.leftovers_removed == len(old)
     assert all(os.path.exists(p) for p in old + young)
     assert {k: v for k, v in snapshot(root).items() if k != "gc.lock"} == saved
-    report = collect_garbage(store, grace_seconds=3600)
+    report = store.gc(grace_seconds=3600)
     assert report.leftovers_removed == len(old)
     assert [os.path.exists(p) for p in old] == [False] * len(old)
     assert [os.path.exists(p) for p in young] == [True] * len(young)
     # A young leftover is reported by check but is not a failure (gc removes it later).
-    result = check(store)
+    result = store.check()
     assert result.ok
     assert any(f.problem == "leftover temporary file" for f in result.findings)
     assert store.get("k").value == 1
@@ -489,7 +485,7 @@ def test_gc_removes_an_old_empty_log_but_not_a_young_one(store, root):
         open(path, "wb").close()
     when = os.stat(old_empty).st_mtime - 7200
     os.utime(old_empty, (when, when))
-    report = collect_garbage(store, grace_seconds=3600)
+    report = store.gc(grace_seconds=3600)
     assert report.logs_removed == 1
     assert not os.path.exists(old_empty)
     assert os.path.exists(young_empty)
@@ -499,9 +495,9 @@ def test_gc_removes_an_old_empty_log_but_not_a_young_one(store, root):
 def test_gc_dry_run_changes_nothing(store, root):
     write_versions(store, "k", [shareable(n) for n in range(4)])
     write_versions(store, "shared", [shareable(0)])
-    compact(store, keep_last=1)
+    store.compact(keep_last=1)
     saved = snapshot(root)
-    dry = collect_garbage(store, grace_seconds=0, dry_run=True)
+    dry = store.gc(grace_seconds=0, dry_run=True)
     assert dry.dry_run
     assert dry.blobs_freed > 0
     assert dry.bytes_freed > 0
@@ -510,7 +506,7 @@ def test_gc_dry_run_changes_nothing(store, root):
     assert now.pop("gc.lock", b"") == b""
     saved.pop("gc.lock", None)
     assert now == saved
-    real = collect_garbage(store, grace_seconds=0)
+    real = store.gc(grace_seconds=0)
     assert not real.dry_run
     for field in ("blobs_found", "blobs_kept", "blobs_freed", "bytes_found", "bytes_freed"):
         assert getattr(dry, field) == getattr(real, field), field
@@ -522,11 +518,11 @@ def test_gc_twice_is_idempotent(store, root, clock):
     write_versions(store, "gone", ["x", None])
     clock.now()
     write_versions(store, "shared", [shareable(0), shareable(3)])
-    compact(store, keep_last=1, keep_within_seconds=3600)
-    first = collect_garbage(store, grace_seconds=0)
+    store.compact(keep_last=1, keep_within_seconds=3600)
+    first = store.gc(grace_seconds=0)
     assert first.blobs_freed > 0
     saved = snapshot(root)
-    second = collect_garbage(store, grace_seconds=0)
+    second = store.gc(grace_seconds=0)
     assert (second.blobs_freed, second.bytes_freed) == (0, 0)
     assert (second.logs_rewritten, second.logs_removed, second.leftovers_removed) == (0, 0, 0)
     assert (second.blobs_found, second.bytes_found) == (first.blobs_kept, first.bytes_kept)
@@ -536,14 +532,14 @@ def test_gc_twice_is_idempotent(store, root, clock):
     assert fresh.get("shared").value == shareable(3)
     assert fresh.get("shared", version=1).value == shareable(0)
     assert not fresh.get("gone").found
-    assert check(fresh).ok
+    assert fresh.check().ok
 
 
 def test_gc_on_a_store_with_nothing_to_free_rewrites_nothing(store, root):
     write_versions(store, "k", [1, 2])
     write_versions(store, "j", [1])
     logs = {k: v for k, v in snapshot(root).items() if k.endswith(".log")}
-    report = collect_garbage(store, grace_seconds=0)
+    report = store.gc(grace_seconds=0)
     assert (report.blobs_freed, report.logs_rewritten, report.logs_removed) == (0, 0, 0)
     blobs = sum(f.kind == KIND_BLOB for rel in logs for f in frames_of(os.path.join(root, rel))[0])
     assert report.blobs_found == report.blobs_kept == blobs == 3
@@ -565,7 +561,7 @@ def build_varied(store: Store) -> None:
 
 def test_check_clean_store_is_ok(store, root):
     build_varied(store)
-    report = check(store)
+    report = store.check()
     assert report.ok, report.findings
     assert report.findings == []
     logs = [p for p in snapshot(root) if p.endswith(".log")]
@@ -579,12 +575,12 @@ def test_check_clean_store_is_ok(store, root):
     assert report.entries == 5 + 3 + 1 + 1 + 2
     # Repair of a clean store changes no log.
     saved = {k: v for k, v in snapshot(root).items() if k.endswith(".log")}
-    assert check(store, repair=True).findings == []
+    assert store.check(repair=True).findings == []
     assert {k: v for k, v in snapshot(root).items() if k.endswith(".log")} == saved
 
 
 def test_check_empty_store_is_ok(store):
-    report = check(store)
+    report = store.check()
     assert (report.ok, report.logs, report.entries, report.blobs) == (True, 0, 0, 0)
 
 
@@ -592,8 +588,8 @@ def test_check_is_ok_right_after_compact(store):
     # compact rewrites logs and appends new blob-index records for the moved blob
     # frames; the superseded records ("later frames win", FORMAT.md §5) are not damage.
     build_varied(store)
-    compact(store, keep_last=1)
-    report = check(store)
+    store.compact(keep_last=1)
+    report = store.check()
     assert report.ok, report.findings
 
 
@@ -602,12 +598,12 @@ def test_check_is_ok_after_compact_and_gc(store, clock):
     build_varied(store)
     clock.now()
     write_versions(store, "a", ["latest"])
-    compact(store, keep_last=1, keep_within_seconds=60)
-    collect_garbage(store, grace_seconds=0)
-    report = check(store)
+    store.compact(keep_last=1, keep_within_seconds=60)
+    store.gc(grace_seconds=0)
+    report = store.check()
     assert report.ok, report.findings
     assert store.set("c", "re-created", scope="custom", namespace="feeds").version == 3
-    assert check(store).ok
+    assert store.check().ok
 
 
 # -- stats -----------------------------------------------------------------------------
@@ -627,7 +623,7 @@ def test_stats_exact(store, root):
     big = "y" * 1000  # normalized: 1002 bytes, stored compressed
     write_versions(store, "z", [big], scope="custom", namespace="n")
 
-    result = stats(store)
+    result = store.stats()
     dag, glob, custom = result.scopes["dag"], result.scopes["global"], result.scopes["custom"]
     assert sorted(result.scopes) == ["custom", "dag", "global"]
     assert (dag.keys, dag.deleted_keys, dag.versions, dag.blobs) == (2, 1, 6, 3)
@@ -669,13 +665,13 @@ def test_stats_reclaimable_after_compact(store, root):
     write_versions(store, "k", [{"n": n} for n in range(3)])  # 3 blobs
     path = log_path(root, "dag", DAG, "k")
     blob_sizes = [f.end - f.start for f in frames_of(path)[0] if f.kind == KIND_BLOB]
-    compact(store, keep_last=1)
-    st = stats(store).total
+    store.compact(keep_last=1)
+    st = store.stats().total
     assert st.versions == 1
     assert st.blobs == 3
     assert st.reclaimable_bytes == sum(blob_sizes[:2])
-    assert collect_garbage(store, grace_seconds=0).bytes_freed == st.reclaimable_bytes
-    assert stats(store).total.reclaimable_bytes == 0
+    assert store.gc(grace_seconds=0).bytes_freed == st.reclaimable_bytes
+    assert store.stats().total.reclaimable_bytes == 0
 
 
 def test_stats_counts_damaged_bytes_as_reclaimable(store, root, tmp_path):
@@ -683,10 +679,10 @@ def test_stats_counts_damaged_bytes_as_reclaimable(store, root, tmp_path):
     path = log_path(root, "dag", DAG, "k")
     with open(path, "ab") as fh:
         fh.write(b"\x00" * 10)
-    assert stats(store).total.reclaimable_bytes == 10
+    assert store.stats().total.reclaimable_bytes == 10
     copy = str(tmp_path / "copy")
     shutil.copytree(root, copy)
-    assert stats(Store(copy, dag=DAG)).total.reclaimable_bytes == 10
+    assert Store(copy, dag=DAG).stats().total.reclaimable_bytes == 10
 
 
 def test_entries_of_kept_versions_are_unchanged(store, root):
@@ -701,8 +697,8 @@ def test_entries_of_kept_versions_are_unchanged(store, root):
         }
 
     before = entries()
-    compact(store, keep_last=2)
-    collect_garbage(store, grace_seconds=0)
+    store.compact(keep_last=2)
+    store.gc(grace_seconds=0)
     assert entries() == {3: before[3], 4: before[4]}
     for version in (3, 4):
         assert store.get("k", version=version).value == version

@@ -1,5 +1,8 @@
+import typing
+
 import castore
 import castore.errors
+import castore.reports
 
 
 def test_all_is_exactly_the_public_names_sorted():
@@ -16,3 +19,24 @@ def test_issue_names_are_exported():
 def test_every_error_is_a_castore_error():
     for name in castore.errors.__all__:
         assert issubclass(getattr(castore.errors, name), castore.errors.CastoreError)
+
+
+def test_every_result_type_a_store_method_returns_is_exported():
+    for name, member in vars(castore.Store).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        returned = typing.get_type_hints(member)["return"]
+        if returned is type(None) or isinstance(returned, typing.TypeVar):
+            continue
+        assert returned.__module__.startswith("castore."), (name, returned)
+        assert returned.__name__ in castore.__all__, (
+            f"Store.{name} returns {returned.__name__}, which castore does not export"
+        )
+        assert getattr(castore, returned.__name__) is returned
+
+
+def test_the_maintenance_reports_and_retention_are_exported():
+    for name in castore.reports.__all__:
+        if name[0].isupper() and not name.isupper():
+            assert name in castore.__all__
+            assert getattr(castore, name) is getattr(castore.reports, name)

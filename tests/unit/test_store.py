@@ -6,6 +6,7 @@ import os
 import pytest
 
 from castore import (
+    CastoreError,
     ConflictError,
     CorruptionError,
     InvalidRefError,
@@ -14,10 +15,12 @@ from castore import (
     Store,
     ValueTooLargeError,
 )
+from castore.backends import upgrade
 from castore.errors import FormatVersionError
 from castore.file.frames import scan_frames
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.records import Entry
+from tests.helpers import ref_log_path
 
 HASH_123 = "c475a5436a1e85bfcf9edbcefb55dd6389d937e60d8e8ba17fb5791e61a5c689"
 HASH_456 = "b4b805a36ca1d984f359a9f8f73c69cf194d31ae14a0538150cb52f0479acfc5"
@@ -31,7 +34,7 @@ def store(request, tmp_path):
 
 
 def entries_of(store: Store, key: str) -> list[Entry]:
-    path = store.file_backend.log_path(store.ref(key))
+    path = ref_log_path(store, key)
     with open(path, "rb") as fh:
         return [decode_entry(f.payload) for f in scan_frames(fh.read()) if f.kind == KIND_ENTRY]
 
@@ -93,7 +96,7 @@ def test_versions_never_repeat_after_delete(store):
 
 def test_delete_of_never_set_key_writes_nothing(store):
     assert store.delete("ghost").deleted is False
-    assert not os.path.exists(store.file_backend.log_path(store.ref("ghost")))
+    assert not os.path.exists(ref_log_path(store, "ghost"))
 
 
 def test_get_default_and_required(store):
@@ -242,8 +245,8 @@ def test_blobs_are_deduplicated_across_keys_and_versions(store):
     store.set("one", big)
     store.set("two", big)
     store.set("one", big)
-    size_one = os.path.getsize(store.file_backend.log_path(store.ref("one")))
-    size_two = os.path.getsize(store.file_backend.log_path(store.ref("two")))
+    size_one = os.path.getsize(ref_log_path(store, "one"))
+    size_two = os.path.getsize(ref_log_path(store, "two"))
     assert size_two < 1000  # only header + entry: the blob lives in "one"'s log
     assert size_one < 2000  # compressed once, referenced twice
     assert store.get("two").value == big
@@ -265,7 +268,7 @@ def test_second_handle_sees_writes_immediately(tmp_path):
 
 def test_corrupt_blob_is_an_error_not_a_wrong_value(store):
     store.set("k", {"v": 1})
-    path = store.file_backend.log_path(store.ref("k"))
+    path = ref_log_path(store, "k")
     with open(path, "rb") as fh:
         data = bytearray(fh.read())
     at = data.index(b'{"v":1}')
@@ -313,3 +316,15 @@ def test_no_temporary_files_are_left(store):
     root = store.root
     leftovers = glob.glob(os.path.join(root, "**", "*.tmp"), recursive=True)
     assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    "location", ["postgresql://db/castore", "postgres://db/castore", "http://c", "https://c"]
+)
+def test_a_backend_that_is_not_available_yet_is_refused(location, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CastoreError, match="not available yet"):
+        Store(location, dag="d")
+    with pytest.raises(CastoreError, match="not available yet"):
+        upgrade(location)
+    assert os.listdir(tmp_path) == []  # nothing was created for it

@@ -15,7 +15,7 @@ from castore import ConflictError, InvalidValueError, Store
 from castore.codec import hexdigest, normalize_json
 from castore.file.records import KIND_BLOB
 from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
-from tests.helpers import frames_of, tree
+from tests.helpers import frames_of, ref_log_path, tree
 
 HEADER = b'{"format":"castore-export","version":1}\n'
 LONG_KEY = "long/" + "\u00e9" * 2045  # 4,095 UTF-8 bytes (limit 4,096)
@@ -184,8 +184,8 @@ def test_imported_store_behaves_like_the_source(source, tmp_path):
     assert copy.set("cursor", 9, expected_version=6).version == 7
     assert copy.rollback("cursor", to_version=2).hash == source.get("cursor", version=2).hash
     # A big value is stored once in the copy too.
-    big_log = copy.file_backend.log_path(copy.ref("big"))
-    twin_log = copy.file_backend.log_path(copy.ref("big-twin"))
+    big_log = ref_log_path(copy, "big")
+    twin_log = ref_log_path(copy, "big-twin")
     assert (blob_count(big_log), blob_count(twin_log)) == (1, 0)
 
 
@@ -387,7 +387,7 @@ def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_pa
     theirs = new_store(tmp_path / "theirs")
     for value in ("n1", "n2", "n3"):
         theirs.set("k", value)
-    path = target.file_backend.log_path(target.ref("k"))
+    path = ref_log_path(target, "k")
     done: dict[str, Any] = {}
 
     def write() -> None:
@@ -403,7 +403,7 @@ def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_pa
         writer.start()
         time.sleep(0.3)  # the writer opens the old log and waits for its lock
         staged = path + ".staged.tmp"
-        shutil.copyfile(theirs.file_backend.log_path(theirs.ref("k")), staged)
+        shutil.copyfile(ref_log_path(theirs, "k"), staged)
         os.replace(staged, path)  # what an overwrite does, under the old log's lock
     finally:
         os.close(fd)  # releases the lock

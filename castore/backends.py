@@ -1,0 +1,88 @@
+"""Which storage backend a store location names, and how to open it.
+
+:class:`~castore.store.Store` opens its storage here, through
+:func:`open_backend`, and talks to it only through the
+:class:`~castore.backend.Backend` contract. This is the one module outside
+``castore/file/`` that knows the file backend exists; it imports it only
+when a location names a directory.
+
+Locations:
+
+* a directory path (the only kind available today): the file backend
+  (docs/FORMAT.md);
+* ``postgresql://``, ``postgres://``, ``http://``, ``https://``: reserved for
+  the PostgreSQL backend and a coordinator; refused with
+  :class:`BackendUnavailableError` until they exist.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from castore.backend import Backend
+from castore.errors import BackendUnavailableError
+from castore.reports import UpgradeReport
+
+__all__ = ["open_backend", "upgrade"]
+
+_UNAVAILABLE: Final = {
+    "postgresql://": "PostgreSQL",
+    "postgres://": "PostgreSQL",
+    "http://": "coordinator (HTTP)",
+    "https://": "coordinator (HTTP)",
+}
+
+
+def _refuse_unavailable(location: str) -> None:
+    """Raise if ``location`` names a backend that is not available.
+
+    Raises:
+        BackendUnavailableError: the location starts with a reserved scheme.
+    """
+    lowered = location.lower()
+    for prefix, name in _UNAVAILABLE.items():
+        if lowered.startswith(prefix):
+            raise BackendUnavailableError(
+                f"{location}: the {name} backend is not available yet "
+                "(give a store directory instead)"
+            )
+
+
+def open_backend(location: str, *, durable: bool, lock_timeout: float) -> Backend:
+    """Open the storage a store location names.
+
+    Args:
+        location: a store directory (created on first use), or a URL.
+        durable: when True a returned write survives a power loss.
+        lock_timeout: seconds to wait for a ref's lock.
+
+    Returns:
+        The backend, behind the :class:`~castore.backend.Backend` contract.
+
+    Raises:
+        BackendUnavailableError: ``location`` names a backend that is not
+            available yet (``postgresql://``, ``postgres://``, ``http://``,
+            ``https://``).
+        FormatVersionError: the directory holds another format, or is a
+            non-empty directory that is not a castore store.
+    """
+    _refuse_unavailable(location)
+    from castore.file.backend import FileBackend
+
+    return FileBackend(os.path.abspath(location), durable=durable, lock_timeout=lock_timeout)
+
+
+def upgrade(location: str) -> UpgradeReport:
+    """Convert the store at ``location`` to the current format (docs/FORMAT.md §10).
+
+    Run it while no other castore process uses the store; it is idempotent.
+
+    Raises:
+        BackendUnavailableError: ``location`` names a backend that is not available yet.
+        FormatVersionError: ``location`` is not a castore store, or is newer.
+    """
+    _refuse_unavailable(location)
+    from castore.file.upgrade import upgrade as upgrade_files
+
+    return upgrade_files(os.path.abspath(location))

@@ -1,0 +1,248 @@
+"""Reading a ref log open on a descriptor: its tail, a full scan, single frames.
+
+A ref log (docs/FORMAT.md §3-§6) is a sequence of frames: one ``H`` header,
+an optional ``C`` frame, then, per version, an optional ``B`` blob frame
+immediately followed by its ``E`` entry frame, both written by one
+``write(2)``. These functions read; :class:`castore.file.reflog.RefLog`
+decides what a reading means (settled, torn, damaged) and writes.
+
+The fast path reads the last frame backwards from the size the reader
+observed. A full forward scan tells a torn tail (a crash: the previous
+version is current) from damage (:func:`damage_after`: nothing can be said
+about the newest version).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from castore.errors import RecordError
+from castore.file import fileio
+from castore.file.damage import REPAIR_HINT, damage_windows, marker
+from castore.file.frames import FRAME_OVERHEAD, LogBytes, classify, frame_at, last_frame
+from castore.file.records import (
+    KIND_BLOB,
+    KIND_COMPACTED,
+    KIND_ENTRY,
+    KIND_HEADER,
+    Compaction,
+    Header,
+    decode_compaction,
+    decode_entry,
+    decode_header,
+)
+from castore.records import Entry
+
+__all__ = [
+    "TAIL_READ_BYTES",
+    "Tail",
+    "compacted_versions",
+    "compaction_of",
+    "damage_after",
+    "entry_at",
+    "header_of",
+    "history_by_scan",
+    "read_all",
+    "read_tail",
+    "scan",
+]
+
+_NOT_ENTRIES = (KIND_BLOB, KIND_HEADER, KIND_COMPACTED)
+TAIL_READ_BYTES = 4096  # one page: holds the newest entry and, usually, its blob
+
+
+class Tail(NamedTuple):
+    """What a reader learned about a log at one moment.
+
+    Attributes:
+        size: the file size the read was based on.
+        valid_end: end of the last valid frame; ``< size`` means a torn tail.
+        entry: the newest entry, or None when the log has none yet.
+        blob: the payload of the entry's own ``B`` frame when it was in the
+            bytes read (saves a second read), else None.
+        header: the header when it was read (scans only), else None.
+        entry_start: file offset of the newest entry's frame (0 when none).
+    """
+
+    size: int
+    valid_end: int
+    entry: Entry | None
+    blob: bytes | None
+    header: Header | None
+    entry_start: int = 0
+
+
+def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
+    frame = last_frame(buf, base)
+    if frame is None:
+        return None
+    if frame.kind == KIND_HEADER and frame.start == 0:
+        return Tail(size, size, None, None, decode_header(frame.payload))
+    if frame.kind != KIND_ENTRY:
+        return None
+    entry = decode_entry(frame.payload)
+    blob = None
+    loc = entry.blob
+    if loc is not None and not loc.log and loc.offset >= base:
+        start = loc.offset - base
+        candidate = last_frame(buf[start : start + loc.length], loc.offset)
+        digest_ok = candidate is not None and candidate.payload[:32].hex() == entry.hash
+        if candidate is not None and candidate.kind == KIND_BLOB and digest_ok:
+            blob = candidate.payload
+    return Tail(size, size, entry, blob, None, frame.start)
+
+
+def read_tail(fd: int, size: int) -> Tail | None:
+    """Read the newest entry of the log open on ``fd``, assuming it is ``size`` long.
+
+    Returns:
+        The tail, or None when the bytes before ``size`` do not end with a
+        valid frame (a torn tail, or a write still in progress).
+
+    Raises:
+        RecordError: when a checksummed record does not decode.
+    """
+    if size == 0:
+        return Tail(0, 0, None, None, None)
+    start = max(0, size - TAIL_READ_BYTES)
+    buf = fileio.read_at(fd, start, size - start)
+    if len(buf) != size - start:
+        return None
+    tail = _tail_from_buffer(buf, start, size)
+    if tail is not None or start == 0:
+        return tail
+    # The newest frame may be longer than one page: read exactly its extent.
+    length = int.from_bytes(buf[-4:], "little")
+    begin = size - FRAME_OVERHEAD - length
+    if begin < 0 or begin >= start:
+        return None
+    whole = fileio.read_at(fd, begin, size - begin)
+    return _tail_from_buffer(whole, begin, size)
+
+
+def read_all(fd: int) -> tuple[bytes, int]:
+    """Read a whole log; return its bytes and size."""
+    size = os.fstat(fd).st_size
+    return fileio.read_at(fd, 0, size), size
+
+
+def scan(fd: int) -> tuple[Tail, LogBytes]:
+    """Read the whole log forwards; return its tail and its bytes sorted (frames, damage).
+
+    ``Tail.valid_end`` is where a torn tail starts (the size when none).
+    Damage does not stop the scan: later frames are found past it, and
+    :func:`damage_after` says whether it may hide the newest version.
+
+    Raises:
+        RecordError: when a checksummed record does not decode.
+    """
+    buf, size = read_all(fd)
+    log = classify(buf)
+    header = None
+    entry_frame = None
+    for frame in log.frames:
+        if frame.kind == KIND_HEADER and header is None:
+            header = decode_header(frame.payload)
+        elif frame.kind == KIND_ENTRY:
+            entry_frame = frame
+    if entry_frame is None:
+        return Tail(size, log.torn, None, None, header), log
+    entry = decode_entry(entry_frame.payload)
+    blob = None
+    loc = entry.blob
+    if loc is not None and not loc.log:
+        for frame in log.frames:
+            if frame.start == loc.offset and frame.kind == KIND_BLOB:
+                blob = frame.payload if frame.payload[:32].hex() == entry.hash else None
+    return Tail(size, log.torn, entry, blob, header, entry_frame.start), log
+
+
+def damage_after(log: LogBytes, tail: Tail) -> tuple[int, int] | None:
+    """The first damaged range after the newest intact entry (anywhere, if there is none).
+
+    Such damage may be a newer version's entry: the log's newest version is
+    then unknown, and neither readers nor writers may act on ``tail.entry``.
+    """
+    after = tail.entry_start if tail.entry is not None else -1
+    return next(
+        (
+            (s, e)
+            for s, e in log.damage
+            # exactly one blob, header or compaction frame (its lengths and kind
+            # intact) cannot hide an entry
+            if s > after and not any(log.one_frame_of_kind(s, e, k) for k in _NOT_ENTRIES)
+        ),
+        None,
+    )
+
+
+def header_of(fd: int) -> Header | None:
+    """The header frame at the start of the log open on ``fd``, or None if it is not intact."""
+    buf = fileio.read_at(fd, 0, TAIL_READ_BYTES)
+    if len(buf) >= FRAME_OVERHEAD:
+        length = int.from_bytes(buf[:4], "little")
+        if length + FRAME_OVERHEAD > len(buf):
+            buf = fileio.read_at(fd, 0, length + FRAME_OVERHEAD)
+    frame = frame_at(buf, 0)
+    if frame is None or frame.kind != KIND_HEADER:
+        return None
+    try:
+        return decode_header(frame.payload)
+    except RecordError:
+        return None
+
+
+def entry_at(fd: int, offset: int) -> tuple[Entry, int] | None:
+    """The entry whose ``E`` frame starts at ``offset``, with the frame's end; None if not one.
+
+    Raises:
+        RecordError: when a checksummed record does not decode.
+    """
+    buf = fileio.read_at(fd, offset, TAIL_READ_BYTES)
+    if len(buf) < FRAME_OVERHEAD:
+        return None
+    length = int.from_bytes(buf[:4], "little")
+    if length + FRAME_OVERHEAD > len(buf):
+        buf = fileio.read_at(fd, offset, length + FRAME_OVERHEAD)
+    frame = frame_at(buf, 0, offset)
+    if frame is None or frame.kind != KIND_ENTRY:
+        return None
+    return decode_entry(frame.payload), frame.end
+
+
+def compaction_of(fd: int) -> Compaction | None:
+    """The log's compaction frame (it follows the header), if it has an intact one."""
+    head = fileio.read_at(fd, 0, TAIL_READ_BYTES)
+    header = frame_at(head, 0)
+    if header is None:
+        return None
+    frame = frame_at(head, header.end)
+    if frame is None:  # longer than the first read
+        length = int.from_bytes(head[header.end : header.end + 4], "little")
+        frame = frame_at(fileio.read_at(fd, header.end, length + FRAME_OVERHEAD), 0, header.end)
+    if frame is None or frame.kind != KIND_COMPACTED:
+        return None
+    return decode_compaction(frame.payload)
+
+
+def compacted_versions(fd: int) -> set[int]:
+    """Versions named by the log's compaction frame."""
+    done = compaction_of(fd)
+    if done is None:
+        return set()
+    return {v for low, high in done.versions for v in range(low, high + 1)}
+
+
+def history_by_scan(fd: int, before: int, limit: int) -> list[Entry]:
+    """History from a full scan, newest first; a damaged range becomes an ``OP_DAMAGED`` marker."""
+    log = scan(fd)[1]
+    entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
+    for window in damage_windows(log):
+        if window.high is not None:
+            size = window.end - window.start
+            reason = f"damaged bytes at offset {window.start} ({size} bytes); {REPAIR_HINT}"
+            entries.append(marker(window.low, window.high, 0, reason))
+    entries.sort(key=lambda e: e.version)
+    newest_first = [e for e in reversed(entries) if e.version < before]
+    return newest_first[:limit] if limit else newest_first

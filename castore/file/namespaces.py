@@ -1,0 +1,106 @@
+"""A store's namespaces: each one's ``KEYS`` and ``GRAVES``, and the keys they list.
+
+:class:`Namespaces` keeps one :class:`~castore.file.keyindex.KeyIndex` and
+one :class:`~castore.file.graves.Graveyard` per namespace directory
+(cached per handle) and answers which keys and namespaces exist. Damage to
+``KEYS`` never hides a key: the logs' headers are read instead
+(docs/FORMAT.md §5).
+"""
+
+from __future__ import annotations
+
+import os
+
+from castore.file import logread
+from castore.file.graves import Graveyard
+from castore.file.keyindex import KeyIndex, namespace_of
+from castore.file.layout import Layout
+from castore.keys import file_id
+
+__all__ = ["Namespaces"]
+
+
+class Namespaces:
+    """The per-namespace files of one store directory (cached per handle)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._keys: dict[str, KeyIndex] = {}
+        self._graves: dict[str, Graveyard] = {}
+
+    def close(self) -> None:
+        """Forget the cached files."""
+        self._keys.clear()
+        self._graves.clear()
+
+    def key_index(self, scope: str, namespace: str) -> KeyIndex:
+        """The key index of a namespace."""
+        nsdir = self.layout.ns_dir(scope, namespace)
+        index = self._keys.get(nsdir)
+        if index is None:
+            index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"), self.layout.fs)
+        return index
+
+    def graveyard(self, scope: str, namespace: str) -> Graveyard:
+        """The graveyard of a namespace (last versions of removed keys)."""
+        nsdir = self.layout.ns_dir(scope, namespace)
+        graves = self._graves.get(nsdir)
+        if graves is None:
+            graves = self._graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"), self.layout.fs)
+        return graves
+
+    def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
+        """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted.
+
+        The key index answers; when it shows damage, or with ``verify`` (the
+        caller found it inconsistent), the keys named by the logs' headers
+        are added, so damage to ``KEYS`` never hides a key (FORMAT.md §5).
+        """
+        index = self.key_index(scope, namespace)
+        found = index.keys(prefix)
+        if not (verify or index.damaged):
+            return found
+        from_logs = self._keys_from_logs(self.layout.ns_dir(scope, namespace), namespace, prefix)
+        return sorted(set(found) | from_logs, key=lambda k: k.encode("utf-8"))
+
+    def _keys_from_logs(self, nsdir: str, namespace: str, prefix: str) -> set[str]:
+        """Keys named by the header frames of a namespace's logs (a full directory read)."""
+        fs = self.layout.fs
+        try:
+            names = fs.listdir(nsdir)
+        except FileNotFoundError:
+            return set()
+        out = set()
+        for name in names:
+            if not name.endswith(".log"):
+                continue
+            try:
+                fd = fs.open(os.path.join(nsdir, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                head = logread.header_of(fd)
+            finally:
+                os.close(fd)
+            if (
+                head is not None
+                and head.namespace == namespace
+                and file_id(head.key) + ".log" == name
+                and head.key.startswith(prefix)
+            ):
+                out.add(head.key)
+        return out
+
+    def namespaces(self, scope: str) -> list[str]:
+        """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
+        scope_dir = os.path.join(self.layout.refs, scope)
+        try:
+            names = self.layout.fs.listdir(scope_dir)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            namespace = namespace_of(os.path.join(scope_dir, name, "KEYS"), self.layout.fs)
+            if namespace is not None and file_id(namespace) == name:
+                found.append(namespace)
+        return sorted(found, key=lambda n: n.encode("utf-8"))

@@ -1,0 +1,327 @@
+"""The write protocol of the file backend: lock, decide, encode, commit (docs/FORMAT.md §6).
+
+:class:`Writer` runs a decision under a ref log's lock and appends what it
+returns; :class:`FileLogView` is what the decision may read meanwhile. A
+write is acknowledged only after its frames are appended and fdatasynced
+(and, for a new log, its directory fsynced); derived data (blob index, the
+read cache) is updated afterwards and may be lost quietly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+
+from castore.backend import Current, Decide, NewVersion
+from castore.errors import CorruptionError
+from castore.file import logread
+from castore.file.blobindex import BlobIndex
+from castore.file.blobs import BlobReader
+from castore.file.encode import DEDUP_MIN_BYTES, carried, encode_versions, refuse_lower
+from castore.file.layout import Layout
+from castore.file.namespaces import Namespaces
+from castore.file.records import KIND_ENTRY, decode_entry
+from castore.file.reflog import RefLog
+from castore.keys import Ref
+from castore.records import BlobLoc, Entry
+
+__all__ = ["FileLogView", "ReadCache", "Writer", "stat_sig"]
+
+Sig = tuple[int, int, int, int]
+ReadCache = dict[str, tuple[Sig, Current]]
+"""Log path -> (its status when read or written, its newest entry and value)."""
+
+
+def stat_sig(st: os.stat_result) -> Sig:
+    """What identifies one state of a log file: inode, size, mtime, ctime."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class FileLogView:
+    """What a decision may read from the locked log: the newest value, older entries."""
+
+    def __init__(
+        self,
+        reader: BlobReader,
+        layout: Layout,
+        log: RefLog,
+        fd: int,
+        tail: logread.Tail,
+        known: Current | None,
+    ) -> None:
+        self._reader = reader
+        self._layout = layout
+        self._ref = log.ref or Ref("", "", "")
+        self._log = log
+        self._fd = fd
+        self._tail = tail
+        self._known = known
+
+    def value(self) -> bytes | None:
+        """The newest entry's value (None for a tombstone or an empty log)."""
+        if self._known is not None:
+            return self._known.value
+        return self._reader.value_of(self._ref, self._tail.entry, self._tail.blob, self._fd)
+
+    def entry_at(self, version: int) -> Entry | None:
+        """The entry of ``version`` in this log, or None."""
+        return self._log.entry_of(self._fd, version)
+
+    def value_at(self, entry: Entry) -> bytes | None:
+        """The value of an entry of this log (verified)."""
+        return self._reader.value_of(self._ref, entry, None, self._fd)
+
+    def absolute(self, loc: BlobLoc) -> BlobLoc:
+        """``loc`` with its log path made relative to ``refs/`` (never ``""``)."""
+        return BlobLoc(loc.log or self._layout.rel(self._log.path), loc.offset, loc.length)
+
+
+class Writer:
+    """Appends to ref logs under their locks; shares the backend's read cache."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        names: Namespaces,
+        blobs: BlobIndex,
+        reader: BlobReader,
+        cache: ReadCache,
+    ) -> None:
+        self.layout = layout
+        self.names = names
+        self._blobs = blobs
+        self.reader = reader
+        self._cache = cache
+        self._dirs: set[str] = set()
+
+    @staticmethod
+    def _ref(log: RefLog) -> Ref:
+        if log.ref is None:
+            raise ValueError(f"{log.path}: a write needs the log's ref")
+        return log.ref
+
+    def _ensure_dir(self, path: str) -> None:
+        if path not in self._dirs:
+            self.layout.fs.makedirs(path, durable=self.layout.durable)
+            self._dirs.add(path)
+
+    def write(self, log: RefLog, decide: Decide) -> tuple[Entry | None, list[Entry]]:
+        """Run ``decide`` on the newest entry under the ref's lock; append what it returns.
+
+        Write protocol (docs/FORMAT.md §6): lock the log; repair a torn tail;
+        for a new log, make the key durable in KEYS first; append header (new
+        log), blob frames (new content) and entry frames in one write;
+        fdatasync the log (durable); for a new log, fsync its directory; then
+        update the derived indexes. Only then return.
+
+        Returns:
+            (previous newest entry, appended entries; empty when nothing was written).
+        """
+        ref = self._ref(log)
+        nsdir = os.path.dirname(log.path)
+        self._ensure_dir(nsdir)
+        with log.locked() as fd:
+            st = os.fstat(fd)
+            size = st.st_size
+            hit = self._cache.get(log.path)
+            known = None
+            if hit is not None and hit[0] == stat_sig(st) and hit[1].entry_start >= 0:
+                known = hit[1]  # this handle wrote or read exactly this file last: no re-read
+                tail = logread.Tail(size, size, known.entry, None, None, known.entry_start)
+            else:
+                tail = log.locked_tail(fd, size)
+                size = tail.size
+            previous = tail.entry
+            decided: NewVersion | list[NewVersion] | None = None
+            try:
+                decided = decide(
+                    previous, FileLogView(self.reader, self.layout, log, fd, tail, known)
+                )
+            finally:
+                if size == 0 and not decided:
+                    self.layout.fs.unlink(
+                        log.path
+                    )  # leave no empty log behind a write that did not happen
+            if not decided:
+                return previous, []
+            new_versions = decided if isinstance(decided, list) else [decided]
+            base = self._first_floor(ref, fd, size) if previous is None else 0
+            with self._gc_shared() as share:
+                own = self.layout.rel(log.path)
+                out = encode_versions(
+                    ref,
+                    size,
+                    previous,
+                    new_versions,
+                    lambda new: self._existing(new, own, share, fd),
+                    now=time.time_ns(),
+                    base=base,
+                )
+                if previous is None:  # the key's first entry: KEYS first (FORMAT.md §6)
+                    index = self.names.key_index(ref.scope, ref.namespace)
+                    if ref.key not in index:
+                        index.add(ref.key, ref.namespace, durable=self.layout.durable)
+                log.commit(fd, out.data, size)
+            # Committed. A new log's directory entry must be durable too; what follows
+            # it is derived data that may be lost quietly and is rebuilt on demand.
+            if size == 0 and self.layout.durable:
+                self._sync_new_log_dir(ref, nsdir, out.entries[-1].version)
+            newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
+            self._after_commit(log.path, fd, out.new_blobs, newest)
+            return previous, out.entries
+
+    def _first_floor(self, ref: Ref, fd: int, size: int) -> int:
+        """The version a key without entries continues after (its removed life, if any).
+
+        Raises:
+            CorruptionError: its ``GRAVES`` record is damaged beyond its twin.
+        """
+        base = self.names.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+        done = logread.compaction_of(fd) if size else None
+        if done is not None:  # the removed key's log still names its versions
+            base = max([base, *(high for _, high in done.versions)])
+        return base
+
+    def _sync_new_log_dir(self, ref: Ref, nsdir: str, version: int) -> None:
+        """Fsync the directory of a new log; a failure says the version was written."""
+        try:
+            self.layout.fs.fsync_dir(nsdir)
+        except OSError as exc:  # after the commit point: say so, never "failed"
+            raise OSError(
+                exc.errno,
+                f"{ref} version {version} was written and is visible, "
+                f"but syncing its new log's directory failed: {exc.strerror}",
+            ) from exc
+
+    def _after_commit(
+        self, path: str, fd: int, new_blobs: list[tuple[str, BlobLoc]], current: Current
+    ) -> None:
+        """Record derived data of a committed write (blob index, read cache).
+
+        Errors are ignored: the write is committed, and this data is rebuilt
+        when needed (FORMAT.md §6 step 8); a failed call would invite a retry
+        that writes the version twice.
+        """
+        self._cache.pop(path, None)
+        own = self.layout.rel(path)
+        indexed = [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs]
+        try:
+            if indexed:
+                self._blobs.add_many(indexed, durable=False)
+            self._cache[path] = (stat_sig(os.fstat(fd)), current)
+        except OSError:
+            return
+
+    def replace(self, log: RefLog, new_versions: list[NewVersion]) -> list[Entry]:
+        """Replace a ref's whole history with ``new_versions`` (an import's overwrite).
+
+        Blob frames of the old log are carried into the new one (other logs
+        may point at them) and indexed at their new offsets before the
+        atomic rename, so every stale location hint falls back to the index.
+        The new log is written to a temporary file, fsynced, renamed over
+        the old one, and the directory fsynced, all under the ref's lock.
+
+        Raises:
+            CorruptionError: the old log is damaged (nothing is replaced).
+            ConflictError: the new history would take versions back.
+        """
+        ref = self._ref(log)
+        self._ensure_dir(os.path.dirname(log.path))
+        with log.locked() as fd:
+            old = logread.scan(fd)[1]
+            if old.damage:
+                start, end = old.damage[0]
+                raise CorruptionError(
+                    f"{ref}: {log.path} has damaged bytes at offset {start} "
+                    f"({end - start} bytes); nothing was replaced; run castore check --repair"
+                )
+            refuse_lower(ref, old, new_versions)
+            head, moved = carried(ref, old)
+            own = self.layout.rel(log.path)
+            self._blobs.add_many(
+                [(d, BlobLoc(own, loc.offset, loc.length)) for d, loc in moved],
+                durable=self.layout.durable,  # before the rename: stale hints must find them
+            )
+            known = {d.hex(): loc for d, loc in moved}
+            grave = self.names.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+            out = encode_versions(
+                ref,
+                len(head),
+                None,
+                new_versions,
+                lambda _: None,
+                now=time.time_ns(),
+                base=grave,
+                known=known,
+            )
+            frames = log.replace_locked(head + out.data)
+            self._blobs.add_many(
+                [
+                    (bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length))
+                    for h, loc in out.new_blobs
+                ],
+                durable=False,
+            )
+            index = self.names.key_index(ref.scope, ref.namespace)
+            if ref.key not in index:
+                index.add(ref.key, ref.namespace, durable=self.layout.durable)
+            self._cache.pop(log.path, None)
+            return [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
+
+    @contextlib.contextmanager
+    def _gc_shared(self) -> Iterator[Callable[[], bool]]:
+        """Yield a function that takes ``gc.lock`` shared on first call, if it is free.
+
+        A blob frame in another log may only be referenced while holding it,
+        so that gc (which holds it exclusively) never drops a blob that a
+        writer is about to reference (FORMAT.md §8). Never waits for gc: if
+        gc holds the lock, the function returns False and the writer stores
+        a fresh copy. Only writes that reuse another log's blob pay for it.
+        """
+        state: list[int] = []  # [fd] once taken
+
+        def share() -> bool:
+            if state:
+                return state[0] >= 0
+            fd = self.layout.fs.open(
+                os.path.join(self.layout.root, "gc.lock"), os.O_RDWR | os.O_CREAT
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                fd = -1
+            state.append(fd)
+            return fd >= 0
+
+        try:
+            yield share
+        finally:
+            if state and state[0] >= 0:
+                os.close(state[0])  # closing releases the flock
+
+    def _existing(
+        self, new: NewVersion, own: str, share: Callable[[], bool], fd: int
+    ) -> BlobLoc | None:
+        """A verified ``B`` frame holding the new version's value that this write may point at.
+
+        The hint (the previous version's blob, or a rollback target) comes
+        first. Values under :data:`DEDUP_MIN_BYTES` are not looked up in the
+        blob index: an index record would cost more than the copy it saves.
+        """
+        candidates = [new.hint]
+        if new.normalized is not None and len(new.normalized) >= DEDUP_MIN_BYTES:
+            candidates.extend(self._blobs.lookup(bytes.fromhex(new.digest_hex)))
+        for loc in candidates:
+            if loc is None or (loc.log != own and not share()):
+                continue
+            here = BlobLoc("" if loc.log == own else loc.log, loc.offset, loc.length)
+            try:
+                if self.reader.read_at(here, fd, new.digest_hex) is not None:
+                    return here
+            except CorruptionError:
+                continue
+        return None
