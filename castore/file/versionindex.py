@@ -33,6 +33,7 @@ __all__ = [
     "lookup_range",
     "open_caught_up",
     "rebuild",
+    "recorded_beyond",
     "vix_path",
 ]
 
@@ -157,3 +158,20 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
             last = version
     if table:
         os.pwrite(fd, bytes(table), top * VIX_RECORD_BYTES)
+
+
+def recorded_beyond(actual: bytes, frames: list[Frame]) -> int:
+    """The highest version index content ``actual`` records beyond the log's ``frames``, or 0.
+
+    Only an index that starts with what the frames give and goes on counts.
+    """
+    expected = rebuild(frames)
+    if len(actual) <= len(expected) or not actual.startswith(expected):
+        return 0
+    tail = actual[len(expected) :]
+    recorded = [
+        len(expected) // 8 + 1 + i
+        for i in range(len(tail) // 8)
+        if int.from_bytes(tail[8 * i : 8 * i + 8], "little") > ABSENT
+    ]
+    return max(recorded, default=0)

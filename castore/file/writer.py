@@ -124,16 +124,8 @@ class Writer:
         nsdir = os.path.dirname(log.path)
         self._ensure_dir(nsdir)
         with log.locked() as fd:
-            st = os.fstat(fd)
-            size = st.st_size
-            hit = self._cache.get(log.path)
-            known = None
-            if hit is not None and hit[0] == stat_sig(st) and hit[1].entry_start >= 0:
-                known = hit[1]  # this handle wrote or read exactly this file last: no re-read
-                tail = logread.Tail(size, size, known.entry, None, None, known.entry_start)
-            else:
-                tail = log.locked_tail(fd, size)
-                size = tail.size
+            tail, known = self._locked_newest(log, fd)
+            size = tail.size
             previous = tail.entry
             decided: NewVersion | list[NewVersion] | None = None
             try:
@@ -172,6 +164,20 @@ class Writer:
             newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
             self._after_commit(log.path, fd, out.new_blobs, newest)
             return previous, out.entries
+
+    def _locked_newest(self, log: RefLog, fd: int) -> tuple[logread.Tail, Current | None]:
+        """The locked log's newest entry, and what this handle knows of it if still exact.
+
+        Raises:
+            CorruptionError: damage hides the newest version (nothing is written).
+        """
+        st = os.fstat(fd)
+        size = st.st_size
+        hit = self._cache.get(log.path)
+        if hit is not None and hit[0] == stat_sig(st) and hit[1].entry_start >= 0:
+            known = hit[1]  # this handle wrote or read exactly this file last: no re-read
+            return logread.Tail(size, size, known.entry, None, None, known.entry_start), known
+        return log.locked_tail(fd, size), None
 
     def _first_floor(self, ref: Ref, fd: int, size: int) -> int:
         """The version a key without entries continues after (its removed life, if any).

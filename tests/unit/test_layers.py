@@ -81,15 +81,15 @@ FILE_LAYERS = {
     "reflog": 4,
     "checktree": 4,
     # reading and writing; maintenance (handed the FileBackend that calls it)
-    "fileread": 5,
     "writer": 5,
-    "check": 5,
+    "checklog": 5,
+    "check": 6,
     "gc": 5,
     "compact": 5,
     "stats": 5,
     "upgrade": 5,
     # the backend, through the contract
-    "backend": 6,
+    "backend": 7,
 }
 assert max(FILE_LAYERS.values()) < 10  # the band stays between "backend" and "backends"
 
@@ -202,9 +202,9 @@ def test_the_cli_subpackage_is_checked():
 
 def test_the_file_backend_is_checked():
     assert {"file", "file.backend", "file.check", "file.tree"} <= set(modules())
-    assert "file.tree" in set(castore_imports("file.check", modules()["file.check"]))
-    typing_only = set(castore_imports("file.check", modules()["file.check"]))
-    at_run_time = set(castore_imports("file.check", modules()["file.check"], typing_only=False))
+    assert "file.tree" in set(castore_imports("file.checklog", modules()["file.checklog"]))
+    typing_only = set(castore_imports("file.checklog", modules()["file.checklog"]))
+    at_run_time = set(castore_imports("file.checklog", modules()["file.checklog"], typing_only=False))
     assert "file.backend" in typing_only - at_run_time
 
 

@@ -1,0 +1,381 @@
+"""The checks and repairs of one ref log (part of ``check``, castore/file/check.py).
+
+``check`` verifies every frame's checksum and framing, every blob against its
+digest, that every live entry's value can be found and verified, that headers
+name the refs their file names encode, that versions increase, and that the
+derived files (``.vix``, ``KEYS``, the blob index) agree with the logs. Each
+problem is a :class:`Finding` naming the file, what is wrong, and what repair
+does. ``repair=True`` truncates torn tails, moves damaged logs' original
+bytes to ``quarantine/<time>/`` before rewriting them with only their intact
+frames (never deleting anything silently), and rebuilds derived files. A
+value whose every copy is damaged cannot be repaired: its version stays in
+the history and reading it keeps failing with a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+from castore.errors import CastoreError, CorruptionError, UnsafePathError
+from castore.file import versionindex
+from castore.file.damage import damage_windows, hides_nothing, window_top, with_markers
+from castore.file.frames import Frame, LogBytes, classify
+from castore.file.graves import Graveyard
+from castore.file.keyindex import namespace_of
+from castore.file.records import (
+    FORMAT_VERSION,
+    KIND_BLOB,
+    KIND_COMPACTED,
+    KIND_ENTRY,
+    KIND_HEADER,
+    Header,
+    decode_blob,
+    decode_compaction,
+    decode_entry,
+    decode_header,
+    encode_record,
+)
+from castore.file.tree import Tree
+from castore.keys import file_id
+from castore.records import OP_DAMAGED, Entry
+from castore.reports import Finding
+
+if TYPE_CHECKING:
+    from castore.file.backend import FileBackend
+
+__all__ = ["LogChecker"]
+
+
+class _RepairPlan(NamedTuple):
+    """What the rewrite of one damaged log keeps, drops and records."""
+
+    drop: set[int]  # offsets of blob frames that fail verification
+    header: Header | None  # a header recovered from KEYS, if the log lost its own
+    lost_by_index: int  # versions up to this were in the log (its version index says)
+    lost_values: set[int]  # versions whose value has no intact copy
+    grave: int  # the key's last version before compaction removed it
+    known: Header | None = None  # the log's own header, when intact
+
+
+def _classified(fs: Tree, path: str) -> tuple[bytes, LogBytes]:
+    data = fs.read_file(path)
+    return data, classify(data)
+
+
+class LogChecker:
+    """Checks (and with ``repair``, repairs) logs one at a time; collects the findings."""
+
+    def __init__(self, backend: FileBackend, repair: bool) -> None:
+        self.backend = backend
+        self.fs = backend.fs
+        self.repair = repair
+        self.findings: list[Finding] = []
+        self.stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.entries = self.blobs = 0
+        self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
+
+    def rel(self, path: str) -> str:
+        """``path`` relative to the store root, as findings name files."""
+        return os.path.relpath(path, self.backend.root)
+
+    def found(
+        self, path: str, problem: str, repair: str, repaired: bool = False, severity: str = "error"
+    ) -> None:
+        """Record a finding about ``path``."""
+        self.findings.append(
+            Finding(
+                path=self.rel(path),
+                problem=problem,
+                repair=repair,
+                repaired=repaired,
+                severity=severity,
+            )
+        )
+
+    def planted(self, path: str) -> bool:
+        """Report (and with repair, remove) a symbolic link planted in the store."""
+        try:
+            st = self.fs.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not stat.S_ISLNK(st.st_mode):
+            return False
+        self.found(
+            path,
+            "a symbolic link planted in the store (castore never follows one)",
+            "remove the link (its target is not touched)",
+            self.repair,
+        )
+        if self.repair:
+            self.fs.unlink(path)
+        return True
+
+    def quarantine(self, path: str) -> str:
+        """Where this run keeps the original bytes of ``path`` before repairing it."""
+        return os.path.join(self.backend.root, "quarantine", self.stamp, self.rel(path))
+
+    def check_log(self, path: str, scope: str, keys: set[str]) -> None:
+        """Check one log of ``scope`` (``keys``: its namespace's KEYS); repair if asked."""
+        data, log = _classified(self.fs, path)
+        frames = log.frames
+        nsdir = os.path.dirname(path)
+        grave = self.grave_of(path, frames, keys)
+        lost_by_index = self.lost_by_index(path, frames, grave)
+        if not frames and not log.damage and not lost_by_index:
+            # A first write killed before (or while) writing its frames: nothing was
+            # acknowledged. Removed under the log's lock if it is still empty then.
+            problem = f"log without a valid frame ({len(data)} bytes)"
+            self.found(path, problem, "copy to quarantine, remove", self.repair, "info")
+            if self.repair:
+                self.backend.rewrite(
+                    path, lambda lg: None if lg.frames else [], keep_copy=self.quarantine(path)
+                )
+            return
+        problems = self.damage_problems(log, grave)
+        bad_blobs = self.bad_blobs(frames, problems)
+        header = next((f for f in frames if f.kind == KIND_HEADER), None)
+        new_header = None
+        if header is None:
+            new_header = self.recover_header(path, scope, keys)
+            repair = "rebuild it from KEYS" if new_header else "none: the log's ref is unknown"
+            self.found(path, "no header frame", repair, self.repair and new_header is not None)
+            ref_text = self.rel(path)
+            if new_header is not None:
+                problems.append("no header frame")
+                ref_text = f"{new_header.scope}/{new_header.namespace}/{new_header.key}"
+        else:
+            ref_text = self.check_header(path, scope, header)
+        entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
+        self.entries += len(entries)
+        self.top[nsdir] = max([self.top.get(nsdir, 0), *(e.version for e in entries)])
+        self.report_lost(path, ref_text, entries)
+        fixable, lost_values = self.check_entries(path, ref_text, entries, frames, bad_blobs)
+        if fixable:
+            problems.append("an entry points at a damaged copy; an intact copy is in this log")
+        if lost_by_index:
+            problems.append(
+                f"the version index records versions up to {lost_by_index}, "
+                "which the log no longer holds (it lost acknowledged bytes)"
+            )
+        if header is not None and not entries and not problems and not lost_by_index:
+            self.check_removed(path, decode_header(header.payload), frames, grave)
+        if header is not None and entries and decode_header(header.payload).key not in keys:
+            self.found(path, "key missing from KEYS", "add it to KEYS", self.repair)
+            if self.repair:
+                h = decode_header(header.payload)
+                self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)
+        if problems or lost_values:
+            own = decode_header(header.payload) if header is not None else None
+            plan = _RepairPlan(set(bad_blobs), new_header, lost_by_index, lost_values, grave, own)
+            self.repair_log(path, problems, plan, known_ref=header is not None)
+        elif self.vix_out_of_step(path, frames):
+            # Derived data a crash may leave behind; readers verify it, writers rebuild it.
+            self.found(path, "version index out of step", "rebuild it", self.repair, "info")
+            if self.repair:
+                self.backend.rewrite(path, lambda lg: [(f.kind, f.payload) for f in lg.frames])
+
+    def check_removed(self, path: str, header: Header, frames: list[Frame], grave: int) -> None:
+        """A log compaction emptied names the key's versions: GRAVES must hold the last one."""
+        done = next((f for f in frames if f.kind == KIND_COMPACTED), None)
+        if done is None:
+            return
+        top = max((high for _, high in decode_compaction(done.payload).versions), default=0)
+        if top <= grave:
+            return
+        ref = f"{header.scope}/{header.namespace}/{header.key}"
+        self.found(
+            path,
+            f"GRAVES lacks the last version ({top}) of {ref}, which compaction removed",
+            "record it in GRAVES",
+            self.repair,
+        )
+        if self.repair:
+            self.backend.graveyard(header.scope, header.namespace).bury(
+                [(header.key, top)], durable=self.backend.durable
+            )
+
+    def grave_of(self, path: str, frames: list[Frame], keys: set[str]) -> int:
+        """The last version the key of this log had before compaction removed it (0 if none)."""
+        header = next((f for f in frames if f.kind == KIND_HEADER), None)
+        key = decode_header(header.payload).key if header is not None else None
+        graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), self.fs)
+        if key is None:
+            name = os.path.basename(path)
+            known = keys | set(graves.records())
+            key = next((k for k in known if file_id(k) + ".log" == name), None)
+        if key is None:
+            return 0
+        try:
+            return graves.version_of(key)
+        except CorruptionError:
+            return graves.highest()  # the damage itself is reported with GRAVES
+
+    def bad_blobs(self, frames: list[Frame], problems: list[str]) -> list[int]:
+        """Offsets of intact blob frames whose data fails verification (reported)."""
+        bad = []
+        for f in frames:
+            if f.kind == KIND_BLOB:
+                self.blobs += 1
+                try:
+                    decode_blob(f.payload, f.payload[:32].hex())
+                except CastoreError as exc:
+                    bad.append(f.start)
+                    problems.append(f"blob at offset {f.start} fails verification: {exc}")
+        return bad
+
+    def damage_problems(self, log: LogBytes, grave: int) -> list[str]:
+        """One line per damaged range (with the versions it may hold) and for a torn tail."""
+        windows = {w.start: w for w in damage_windows(log, grave)}
+        problems = []
+        for start, end in log.damage:
+            window = windows.get(start)
+            held = ""
+            if window is not None:
+                held = f" (versions {window.low}-{window_top(log, window)} may be there)"
+            elif hides_nothing(log, start, end):
+                held = " (a blob frame)"
+            problems.append(f"damaged bytes: {end - start} bytes at offset {start}{held}")
+        if log.torn < log.size:
+            problems.append(
+                f"torn tail: {log.size - log.torn} bytes at offset {log.torn} "
+                "(an append a crash cut short, never acknowledged)"
+            )
+        return problems
+
+    def report_lost(self, path: str, ref: str, entries: list[Entry]) -> None:
+        """Versions an earlier repair recorded as lost stay reported (as information)."""
+        for entry in entries:
+            if entry.op == OP_DAMAGED:
+                self.found(
+                    path,
+                    f"{ref} versions {entry.first}-{entry.version} were lost to damage "
+                    f"({entry.audit.reason})",
+                    "none: nothing left to recover",
+                    severity="info",
+                )
+
+    def repair_log(
+        self, path: str, problems: list[str], plan: _RepairPlan, *, known_ref: bool
+    ) -> None:
+        """Rewrite a damaged log from its intact frames (original kept in quarantine)."""
+        keep = self.quarantine(path)
+        action = (
+            "copy the log to quarantine, rewrite it with its intact frames, "
+            "record the versions damage may hold as lost"
+        )
+        for problem in problems:
+            if problem != "no header frame":  # already reported with its own repair
+                self.found(path, problem, action, self.repair)
+        if not self.repair:
+            return
+        if not known_ref and plan.header is None:
+            return  # the ref is unknown: nothing can be rewritten
+        head = [] if plan.header is None else [(KIND_HEADER, encode_record(plan.header))]
+        reason = f"original bytes in {self.rel(keep)}"
+
+        def transform(lg: LogBytes) -> list[tuple[int, bytes]]:
+            return head + with_markers(
+                lg, plan.drop, reason, plan.lost_by_index, plan.lost_values, plan.grave
+            )
+
+        new = self.backend.rewrite(path, transform, keep_copy=keep)
+        ref = plan.header or plan.known
+        if new and ref is not None and any(f.kind == KIND_ENTRY for f in new):
+            index = self.backend.key_index(ref.scope, ref.namespace)
+            if ref.key not in index:  # lost versions make a removed key exist again
+                index.add(ref.key, ref.namespace, durable=True)
+
+    def check_header(self, path: str, scope: str, header: Frame | None) -> str:
+        """Check the log's header names the ref its file name encodes; return the ref text."""
+        if header is None:
+            self.found(path, "no header frame", "none: the log's ref is unknown")
+            return self.rel(path)
+        h = decode_header(header.payload)
+        expected = os.path.join(self.backend.refs, h.scope, file_id(h.namespace), file_id(h.key))
+        if h.scope != scope or expected + ".log" != path:
+            self.found(path, f"header names {h.scope}/{h.namespace}/{h.key}", "none")
+        return f"{h.scope}/{h.namespace}/{h.key}"
+
+    def recover_header(self, path: str, scope: str, keys: set[str]) -> Header | None:
+        """The header a log lost: the key (from KEYS or GRAVES) whose sha256 names the file."""
+        nsdir = os.path.dirname(path)
+        namespace = namespace_of(os.path.join(nsdir, "KEYS"), self.fs)
+        if namespace is None or file_id(namespace) != os.path.basename(nsdir):
+            return None
+        name = os.path.basename(path)
+        removed = Graveyard(os.path.join(nsdir, "GRAVES"), self.fs).records()
+        for key in keys | set(removed):
+            if file_id(key) + ".log" == name:
+                return Header(format=FORMAT_VERSION, scope=scope, namespace=namespace, key=key)
+        return None
+
+    def check_entries(
+        self, path: str, ref: str, entries: list[Entry], frames: list[Frame], bad: list[int]
+    ) -> tuple[bool, set[int]]:
+        """Report unreadable values.
+
+        Returns:
+            Whether a rewrite of this log re-points some entry at an intact copy
+            in it, and the versions whose value has no intact copy anywhere
+            (a repair records them as lost).
+        """
+        last = 0
+        good = [f for f in frames if f.kind == KIND_BLOB and f.start not in bad]
+        own = {f.start: f.payload for f in good}
+        intact = {f.payload[:32].hex() for f in good}
+        fixable = False
+        lost: set[int] = set()
+        for entry in entries:
+            if entry.version <= last:
+                self.found(path, f"{ref}: version {entry.version} after {last}", "none")
+            last = max(last, entry.version)
+            if not entry.live or entry.op == OP_DAMAGED:
+                continue
+            loc = entry.blob
+            payload = own.get(loc.offset) if loc is not None and not loc.log else None
+            try:
+                try:
+                    if payload is None:
+                        raise CorruptionError("no blob frame at the location hint")
+                    decode_blob(payload, entry.hash)
+                except CastoreError:
+                    self.backend.blob_reader.read(entry, -1)  # another log, or the index
+            except CastoreError as exc:
+                if entry.hash in intact:
+                    fixable = True  # the rewrite re-points the entry at the intact copy
+                    continue
+                lost.add(entry.version)
+                self.found(
+                    path,
+                    f"{ref} version {entry.version}: value unreadable ({exc})",
+                    "record the value as lost (the entry stays, as 'damaged'); "
+                    f"no intact copy of blob {entry.hash}",
+                    self.repair,
+                )
+        return fixable, lost
+
+    def vix_bytes(self, path: str) -> bytes | None:
+        """The version index of the log at ``path``; None if absent (a link is reported apart)."""
+        try:
+            return self.fs.read_file(versionindex.vix_path(path))
+        except (FileNotFoundError, UnsafePathError):
+            return None
+
+    def lost_by_index(self, path: str, frames: list[Frame], grave: int) -> int:
+        """The highest version the version index records beyond the log's newest, or 0.
+
+        The index is only ever built from the log, so versions it records
+        that the log lacks, compaction did not drop (its ``C`` frame) and the
+        key's grave does not cover, were acknowledged and then lost (a cut).
+        """
+        actual = self.vix_bytes(path)
+        top = versionindex.recorded_beyond(actual, frames) if actual is not None else 0
+        return top if top > grave else 0
+
+    def vix_out_of_step(self, path: str, frames: list[Frame]) -> bool:
+        """True if the version index says something the log does not (lagging is fine)."""
+        actual = self.vix_bytes(path)
+        return actual is not None and not versionindex.rebuild(frames).startswith(actual)

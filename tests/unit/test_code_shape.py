@@ -1,0 +1,49 @@
+"""Small modules and short functions (docs/DESIGN.md, "Layers"; STYLE.md).
+
+Every module of the package stays under :data:`MODULE_MAX_LINES` lines and
+every function under :data:`FUNCTION_MAX_LINES`; the only exception is the
+argparse table, which reads as a table.
+"""
+
+import ast
+import pathlib
+
+import castore
+
+PACKAGE = pathlib.Path(castore.__file__).parent
+MODULE_MAX_LINES = 400
+FUNCTION_MAX_LINES = 60
+TABLES = {("cli/args.py", "build_parser")}  # one add_argument call per line: a table
+
+
+def sources() -> dict[str, str]:
+    return {
+        path.relative_to(PACKAGE).as_posix(): path.read_text()
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "__pycache__" not in path.parts
+    }
+
+
+def test_the_package_is_walked():
+    assert {"store.py", "file/backend.py", "file/reflog.py", "cli/args.py"} <= set(sources())
+
+
+def test_every_module_is_small():
+    long = {
+        name: len(text.splitlines())
+        for name, text in sources().items()
+        if len(text.splitlines()) > MODULE_MAX_LINES
+    }
+    assert not long, f"modules over {MODULE_MAX_LINES} lines: {long}"
+
+
+def test_every_function_is_short():
+    long = {}
+    for name, text in sources().items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None
+                size = node.end_lineno - node.lineno + 1
+                if size > FUNCTION_MAX_LINES and (name, node.name) not in TABLES:
+                    long[f"{name}:{node.name}"] = size
+    assert not long, f"functions over {FUNCTION_MAX_LINES} lines: {long}"
