@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castore import codec
+from castore import codec, jsonparse
 from castore.codec import (
     decode_value,
     encode_string,
@@ -234,14 +234,14 @@ json_ish = st.text(alphabet='[]{}",:0123456789.-eE+ tfrulnsaN\\', max_size=30)
 
 @given(json_ish | with_floats.map(json.dumps), st.booleans())
 def test_iterative_parser_matches_the_c_scanner(text, fixing):
-    decoder = codec._DECODERS[False, fixing]
+    decoder = jsonparse.DECODERS[False, fixing]
     start = len(text) - len(text.lstrip(" \t\n\r"))  # callers start at a non-space
     try:
         expected: Any = decoder.raw_decode(text, start)
     except (json.JSONDecodeError, InvalidValueError):
         expected = "error"
     try:
-        actual: Any = codec._parse_iterative(text, start, decoder)
+        actual: Any = jsonparse.parse_iterative(text, start, decoder)
     except (json.JSONDecodeError, InvalidValueError):
         actual = "error"
     assert actual == expected

@@ -1,0 +1,108 @@
+r"""Check a Python value and convert it to the tree the codec encodes as Go's ``json.Marshal``.
+
+Accepts ``dict`` (``str`` keys), ``list``, ``tuple``, ``str``, ``int``, ``float``, ``bool``,
+``None`` and their subclasses; numbers become ``msgspec.Raw`` in Go's float64 and integer
+forms, strings have lone surrogates replaced by U+FFFD. Enforces the depth limit (which
+also ends reference cycles) and stops runaway sizes early, all without recursion. Pure, no
+I/O, thread-safe.
+
+>>> one, big, text = from_python({"x": (1.0, 1e21, "\ud800")})["x"]
+>>> bytes(one), bytes(big), text == "\ufffd"
+(b'1', b'1e+21', True)
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Context, Decimal
+from typing import Any, Final
+
+import msgspec
+
+from castore.errors import InvalidValueError, ValueTooLargeError
+from castore.jsonrules import MAX_DEPTH, MAX_VALUE_BYTES, fix_str
+
+__all__ = ["from_python"]
+
+_DECIMAL_CONTEXT: Final = Context(prec=40)  # ours, whatever the thread's context is
+
+
+def _format_float(number: float) -> str:
+    """Format a float as Go's encoding/json does for a float64."""
+    if math.isnan(number) or math.isinf(number):
+        shown = "NaN" if math.isnan(number) else ("+Inf" if number > 0 else "-Inf")
+        raise InvalidValueError(f"json: unsupported value: {shown}")
+    # repr has the shortest round-tripping digits, as strconv's precision -1 does; Go
+    # uses 'e' form (exponent without a leading zero) outside [1e-6, 1e21), else 'f'.
+    shortest = Decimal(float.__repr__(number)).normalize(_DECIMAL_CONTEXT)
+    fixed = number == 0 or 1e-6 <= abs(number) < 1e21
+    return format(shortest, "f" if fixed else "e")
+
+
+def _scalar(item: object) -> Any:
+    if item is None or item is True or item is False:
+        return item
+    if isinstance(item, int):
+        try:
+            return msgspec.Raw(int.__repr__(item))
+        except ValueError:  # past sys.get_int_max_str_digits()
+            return msgspec.Raw(str(Decimal(item)))
+    if isinstance(item, float):
+        return msgspec.Raw(_format_float(item))
+    raise InvalidValueError(f"json: unsupported type: {type(item).__qualname__}")
+
+
+def _object_items(item: dict[Any, Any]) -> dict[str, Any]:
+    for key in item:
+        if not isinstance(key, str):
+            kind = type(key).__qualname__
+            raise InvalidValueError(f"json: unsupported key type: {kind} (keys must be str)")
+    fixed = {str.__str__(key): value for key, value in item.items()}
+    if any(fix_str(key) is not key for key in fixed):
+        # Keys that collide once fixed: the one sorting last wins, whatever the dict order.
+        fixed = {fix_str(key): fixed[key] for key in sorted(fixed)}
+    return fixed
+
+
+def from_python(value: object) -> Any:
+    """Check a Python value and convert it to an encodable tree, without recursion.
+
+    Args:
+        value: the value to convert.
+
+    Returns:
+        A tree of ``dict`` (``str`` keys), ``list``, ``str``, ``msgspec.Raw`` (numbers),
+        ``bool`` and ``None``, new containers throughout (subclasses become their base).
+
+    Raises:
+        InvalidValueError: for NaN or an infinity, a non-``str`` key, an unsupported type,
+            or nesting deeper than :data:`MAX_DEPTH` (including a cycle).
+        ValueTooLargeError: when a lower bound on the encoded size exceeds
+            :data:`MAX_VALUE_BYTES`.
+    """
+    root: list[Any] = [None]
+    todo: list[tuple[object, Any, Any, int]] = [(value, root, 0, 0)]
+    node: Any
+    size = 0  # a lower bound on the output length: stops runaway values (shared refs) early
+    while todo:
+        item, parent, slot, depth = todo.pop()
+        if isinstance(item, str):
+            parent[slot] = fix_str(str.__str__(item))
+            size += len(item) + 2
+        elif not isinstance(item, (dict, list, tuple)):
+            parent[slot] = _scalar(item)
+            size += 1
+        elif depth >= MAX_DEPTH:  # also ends reference cycles
+            raise InvalidValueError(f"exceeded max nesting depth {MAX_DEPTH}")
+        elif isinstance(item, dict):
+            children = _object_items(item)
+            parent[slot] = node = dict.fromkeys(children)
+            todo.extend((child, node, key, depth + 1) for key, child in children.items())
+            size += 1 + 4 * len(children) + sum(map(len, children))  # {"k":v,"k":v}
+        else:
+            parent[slot] = node = [None] * len(item)
+            todo.extend((child, node, index, depth + 1) for index, child in enumerate(item))
+            size += 1 + len(item)  # [v,v]
+        if size > MAX_VALUE_BYTES:
+            raise ValueTooLargeError(size, MAX_VALUE_BYTES)
+    return root[0]
