@@ -100,9 +100,9 @@ class RefLog:
         # re-read, and make sure nothing hides a newer version.
         with fileio.locked(fd, self.path, shared=True, timeout=self.layout.lock_timeout):
             st = os.fstat(fd)
-            return self.settled_tail(fd, st.st_size), st
+            return self.settled_tail(fd, st.st_size, locked=True), st
 
-    def settled_tail(self, fd: int, size: int = -1) -> Tail:
+    def settled_tail(self, fd: int, size: int = -1, *, locked: bool = False) -> Tail:
         """The newest intact entry of the log on ``fd``, once nothing can hide a newer one.
 
         The common case is one read of the tail. A tail that is not an entry
@@ -114,10 +114,15 @@ class RefLog:
             CorruptionError: the newest version is unknown (FORMAT.md §7).
         """
         size = os.fstat(fd).st_size if size < 0 else size
-        return self.settle(fd, logread.read_tail(fd, size))
+        return self.settle(fd, logread.read_tail(fd, size), locked=locked)
 
-    def settle(self, fd: int, tail: Tail | None) -> Tail:
+    def settle(self, fd: int, tail: Tail | None, *, locked: bool = False) -> Tail:
         """:meth:`settled_tail` given the tail already read (None: not an intact frame).
+
+        ``locked``: the caller holds the log's lock (shared or exclusive).
+        Without it, evidence of cut bytes is confirmed under the shared lock
+        first: a write that completed after this read, and was indexed by
+        another reader meanwhile, is not a cut.
 
         Raises:
             CorruptionError: the newest version is unknown (FORMAT.md §7).
@@ -131,6 +136,9 @@ class RefLog:
                 raise damaged_error(self.path, *bad, self.what)
         newest = tail.entry.version if tail.entry is not None else 0
         cut = self._cut_evidence(fd, newest)
+        if cut and not locked:
+            with fileio.locked(fd, self.path, shared=True, timeout=self.layout.lock_timeout):
+                return self.settled_tail(fd, locked=True)
         if cut:
             raise CorruptionError(
                 f"{self.what}: {self.path} no longer holds versions up to {cut}, which its "
@@ -278,7 +286,7 @@ class RefLog:
         if found is not None and found.valid_end == size and found.entry is not None:
             return found
         try:
-            tail = self.settle(fd, found)
+            tail = self.settle(fd, found, locked=True)
         except CorruptionError as exc:
             raise CorruptionError(f"{exc.detail}; nothing was written") from None
         if tail.valid_end < size:  # a crash cut an append short (FORMAT.md §7)
@@ -299,6 +307,8 @@ class RefLog:
         except BaseException:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)  # the bytes after ``size`` are ours alone (locked)
+            with contextlib.suppress(OSError):
+                self.layout.fs.unlink(self.vix_path)  # a reader may have indexed them meanwhile
             raise
         fileio.failpoint("after-append")
 

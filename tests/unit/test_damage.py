@@ -305,3 +305,31 @@ def test_recorded_losses_survive_export_and_import(tmp_path: Path) -> None:
     with pytest.raises(CorruptionError, match="lost"):
         store_at(tmp_path / "copy").get("k", version=2)
     assert store_at(tmp_path / "copy").set("k", {"n": 5}).version == 5
+
+
+def test_a_write_completed_and_indexed_during_a_scan_is_not_a_cut(tmp_path, monkeypatch):
+    """A lock-free reader that found a half-written tail, then an index naming that version,
+    confirms under the log's lock before calling it cut: the writer finished meanwhile and
+    another reader indexed its version (threads found this as a false CorruptionError)."""
+    from castore.file import logread, versionindex
+
+    store = store_at(tmp_path, durable=False)
+    for n in range(1, 4):
+        store.set("k", {"n": n})
+    path = log_path(tmp_path, "dag", DAG, "k")
+    before = os.path.getsize(path)
+    store.set("k", {"n": 4})
+    whole = Path(path).read_bytes()
+    os.truncate(path, before + 10)  # v4's frames half-written, as a reader may see them
+    real_scan = logread.scan
+
+    def scan_while_the_writer_finishes(fd: int) -> Any:
+        found = real_scan(fd)
+        Path(path).write_bytes(whole)  # the append completes ...
+        vix = versionindex.vix_path(path)  # ... and another reader indexes version 4
+        Path(vix).write_bytes(versionindex.rebuild(list(scan_frames(whole))))
+        return found
+
+    monkeypatch.setattr(logread, "scan", scan_while_the_writer_finishes)
+    fresh = store_at(tmp_path, durable=False)
+    assert [e.version for e in fresh.history("k").entries] == [4, 3, 2, 1]
