@@ -28,6 +28,7 @@ from typing import Any, Final, TypeAlias
 import msgspec
 
 from castore.errors import InvalidValueError, ValueTooLargeError
+from castore.fastjson import plain_json, plain_python
 from castore.jsonparse import check_depth, parse_document
 from castore.jsonrules import GO_REPLACE, MAX_DEPTH, MAX_VALUE_BYTES, fix_str
 from castore.pyvalues import from_python
@@ -87,6 +88,11 @@ def _finish(tree: Any) -> bytes:
         out = _ENCODER.encode(tree)
     except RecursionError:
         out = _encode_iterative(tree)
+    return _checked(out)
+
+
+def _checked(out: bytes) -> bytes:
+    """Escape an encoding as Go does and check its size."""
     out = _escape(out, html=True)
     if len(out) > MAX_VALUE_BYTES:
         raise ValueTooLargeError(len(out), MAX_VALUE_BYTES)
@@ -133,6 +139,15 @@ def normalize_json(data: bytes | bytearray | memoryview | str) -> bytes:
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
         check_depth(raw)
     if text is None:
+        plain = plain_json(raw)
+        if plain is not None:
+            return _checked(plain)
+    return _exact_json(raw, text)
+
+
+def _exact_json(raw: bytes, text: str | None = None) -> bytes:
+    """:func:`normalize_json` without the fast path (the reference for it)."""
+    if text is None:
         try:
             text = raw.decode()
         except UnicodeDecodeError:
@@ -160,6 +175,12 @@ def normalize_python(value: object) -> bytes:
         ValueTooLargeError: when the result exceeds :data:`MAX_VALUE_BYTES` (``size`` may
             be a lower bound, found before encoding).
     """
+    plain = plain_python(value)
+    return _checked(plain) if plain is not None else _exact_python(value)
+
+
+def _exact_python(value: object) -> bytes:
+    """:func:`normalize_python` without the fast path (the reference for it)."""
     return _finish(from_python(value))
 
 

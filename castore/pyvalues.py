@@ -22,12 +22,12 @@ import msgspec
 from castore.errors import InvalidValueError, ValueTooLargeError
 from castore.jsonrules import MAX_DEPTH, MAX_VALUE_BYTES, fix_str
 
-__all__ = ["from_python"]
+__all__ = ["format_float", "from_python"]
 
 _DECIMAL_CONTEXT: Final = Context(prec=40)  # ours, whatever the thread's context is
 
 
-def _format_float(number: float) -> str:
+def format_float(number: float) -> str:
     """Format a float as Go's encoding/json does for a float64."""
     if math.isnan(number) or math.isinf(number):
         shown = "NaN" if math.isnan(number) else ("+Inf" if number > 0 else "-Inf")
@@ -48,7 +48,7 @@ def _scalar(item: object) -> Any:
         except ValueError:  # past sys.get_int_max_str_digits()
             return msgspec.Raw(str(Decimal(item)))
     if isinstance(item, float):
-        return msgspec.Raw(_format_float(item))
+        return msgspec.Raw(format_float(item))
     raise InvalidValueError(f"json: unsupported type: {type(item).__qualname__}")
 
 

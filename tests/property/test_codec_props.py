@@ -15,7 +15,7 @@ from castore.codec import (
     normalize_json,
     normalize_python,
 )
-from castore.errors import InvalidValueError
+from castore.errors import InvalidValueError, ValueTooLargeError
 
 # --- independent reference models --------------------------------------------------------
 
@@ -270,3 +270,40 @@ def test_depth_limit_counts_only_brackets_outside_strings(depth):
             normalize_json(text)
     else:
         assert normalize_json(normalize_json(text)) == normalize_json(text)
+
+
+# --- the fast path (castore/fastjson.py) against the exact path ------------------------------
+
+odd_python = (
+    st.floats()  # NaN and infinities included
+    | st.sets(st.integers(), max_size=3)
+    | st.tuples(st.integers())
+    | st.binary(max_size=4)
+    | st.integers(min_value=2**63, max_value=2**200)
+    | st.text(any_chars, max_size=6)  # lone surrogates
+    | st.dictionaries(st.integers(), st.integers(), max_size=2)
+    | st.sampled_from([1.0, -0.0, 1e16, 1e20, 1e21, 1e-5, 1e-6, 1e-7, 5e-324, 0.1])
+)
+any_python = json_values(plain_scalars | finite_floats | odd_python)
+
+
+def outcome(call: Any, value: Any) -> bytes | type[Exception]:
+    try:
+        out: bytes = call(value)
+    except (InvalidValueError, ValueTooLargeError) as exc:
+        return type(exc)
+    return out
+
+
+@given(any_python)
+def test_the_fast_python_path_gives_the_exact_paths_bytes(value):
+    assert outcome(normalize_python, value) == outcome(codec._exact_python, value)
+
+
+@given(any_python)
+def test_the_fast_json_path_gives_the_exact_paths_bytes(value):
+    try:
+        text = json.dumps(value, default=repr).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError):
+        return  # not JSON text
+    assert outcome(normalize_json, text) == outcome(codec._exact_json, text)

@@ -32,12 +32,15 @@ LAYERS = {
     "jsonparse": 2,
     "pyvalues": 2,
     "reports": 2,
-    "codec": 3,
+    "identity": 2,  # who writes: the audit record
+    "fastjson": 3,
+    "codec": 4,
     "backend": 3,  # the contract between Store and a backend
     # castore/file/: layers FILE_BASE + FILE_LAYERS[...] (10 to 19), below.
     "backends": 20,  # the registry: the only module above the band that imports it
     "history": 20,
     "listing": 20,
+    "decisions": 20,  # Store's write decisions: guards, what set/delete/diff append
     "store": 21,
     "audit": 22,
     "transfer": 22,
