@@ -8,6 +8,7 @@ when a location names a directory.
 
 Locations:
 
+* none given: :func:`default_root`, a directory;
 * a directory path (the only kind available today): the file backend
   (docs/FORMAT.md);
 * ``postgresql://``, ``postgres://``, ``http://``, ``https://``: reserved for
@@ -24,7 +25,7 @@ from castore.backend import Backend
 from castore.errors import BackendUnavailableError
 from castore.reports import UpgradeReport
 
-__all__ = ["open_backend", "upgrade"]
+__all__ = ["default_root", "location_of", "open_backend", "upgrade"]
 
 _UNAVAILABLE: Final = {
     "postgresql://": "PostgreSQL",
@@ -32,6 +33,21 @@ _UNAVAILABLE: Final = {
     "http://": "coordinator (HTTP)",
     "https://": "coordinator (HTTP)",
 }
+
+
+def default_root() -> str:
+    """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``."""
+    if os.environ.get("CASTORE_DIR"):
+        return os.environ["CASTORE_DIR"]
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "castore")
+
+
+def location_of(path: str | os.PathLike[str] | None) -> str:
+    """The store location ``path`` names; None (or empty) means :func:`default_root`."""
+    return os.fspath(path) if path else default_root()
 
 
 def _refuse_unavailable(location: str) -> None:

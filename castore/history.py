@@ -30,6 +30,7 @@ from castore.results import (
 __all__ = [
     "diff_versions",
     "found_result",
+    "get_latest",
     "get_version",
     "history_entry",
     "history_page",
@@ -94,6 +95,32 @@ def found_result(ref: Ref, entry: Entry, value: bytes) -> GetResult:
         hash=entry.hash,
         value=codec.decode_value(value),
         value_json=value,
+    )
+
+
+def get_latest(
+    backend: Backend, ref: Ref, required: bool, default: Any, has_default: bool
+) -> GetResult:
+    """``Store.get``: the newest live version, else not found with ``default`` (normalized).
+
+    Raises:
+        NotFoundError: the key is absent and ``required`` is True.
+        InvalidValueError: the key is absent and ``default`` is not valid JSON data.
+    """
+    current = backend.current(ref)
+    entry = current.live
+    if entry is not None and current.value is not None:
+        return found_result(ref, entry, current.value)
+    if required:
+        raise NotFoundError(str(ref))
+    value_json = codec.normalize(default) if has_default else None
+    return GetResult(
+        scope=ref.scope,
+        namespace=ref.namespace,
+        key=ref.key,
+        found=False,
+        value=None if value_json is None else codec.decode_value(value_json),
+        value_json=value_json,
     )
 
 

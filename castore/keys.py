@@ -26,6 +26,7 @@ __all__ = [
     "MAX_NAME_BYTES",
     "SCOPES",
     "Ref",
+    "RefCache",
     "env_or",
     "file_id",
     "go_quote",
@@ -228,6 +229,38 @@ def resolve_namespace(
             f"namespace is required (scope {scope} needs the DAG name: --dag or $DAG_NAME)"
         )
     return validate_namespace(name)
+
+
+class RefCache:
+    """Refs already resolved: validation is pure, so a store handle remembers its answers.
+
+    Safe for threads sharing it: each step is one dictionary operation.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._refs: dict[tuple[str, str, str | None, str | None, str | None], Ref] = {}
+
+    def resolve(
+        self, key: str, scope: str, namespace: str | None, dag: str | None, root_dag: str | None
+    ) -> Ref:
+        """Validate and resolve ``(scope, namespace, key)`` as :func:`resolve_namespace` does.
+
+        Raises:
+            InvalidRefError: bad scope, namespace or key.
+        """
+        asked = (key, scope, namespace, dag, root_dag)
+        try:
+            ref = self._refs.get(asked)
+        except TypeError:  # an unhashable argument: validation below names it
+            ref = None
+        if ref is None:
+            ns = resolve_namespace(scope, namespace, dag=dag, root_dag=root_dag)
+            ref = Ref(scope, ns, validate_key(key))
+            if len(self._refs) >= self._size:
+                self._refs.clear()
+            self._refs[asked] = ref
+        return ref
 
 
 def file_id(name: str) -> str:

@@ -111,6 +111,13 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     so is the newest. A key whose tombstone is older than
     ``keep_within_seconds`` is removed; its versions stay reserved.
 
+    Attributes:
+        keep_last: keep the newest N versions of each key.
+        keep_within_seconds: keep versions younger than this.
+        scope: only this scope (None: every scope).
+        namespace: only this namespace (None: every namespace).
+        prefix: only keys starting with this.
+
     Raises:
         InvalidRefError: no policy, a negative one, or bad filters.
     """

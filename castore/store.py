@@ -8,81 +8,22 @@ docs/FORMAT.md for the bytes.
 
 from __future__ import annotations
 
-import getpass
+import functools
 import os
-import socket
-from collections.abc import Callable
 from typing import Any, Final, final
 
-from castore import codec, history
-from castore.backend import LOCK_TIMEOUT_SECONDS, Backend, Decide, LogView, NewVersion, Progress
-from castore.backends import open_backend
-from castore.errors import ConflictError, NotFoundError
-from castore.keys import (
-    Ref,
-    env_or,
-    resolve_namespace,
-    validate_key,
-    validate_limit,
-    validate_prefix,
-)
+from castore import codec, history, reports, results
+from castore.backend import LOCK_TIMEOUT_SECONDS, Backend, Progress
+from castore.backends import default_root, location_of, open_backend
+from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
+from castore.identity import ProcessIdentity, audit_record
+from castore.keys import Ref, RefCache, env_or, resolve_namespace, validate_limit, validate_prefix
 from castore.listing import list_live
-from castore.records import OP_DELETE, OP_SET, Audit, Entry
-from castore.reports import (
-    GC_GRACE_SECONDS,
-    CheckReport,
-    CompactReport,
-    GCReport,
-    Retention,
-    StoreStats,
-)
-from castore.results import (
-    DeleteResult,
-    DiffResult,
-    GetResult,
-    HistoryResult,
-    ListResult,
-    RollbackResult,
-    SetResult,
-    VersionDiff,
-)
+from castore.records import Audit
 
 __all__ = ["Store", "default_root"]
 
 _UNSET: Final = object()
-_REFS_CACHED: Final = 4096  # resolved refs a handle remembers
-
-
-def _diff_result(
-    ref: Ref, previous: Entry | None, written: list[Entry], prev_json: bytes | None, current: bytes
-) -> DiffResult:
-    """Dagu's diff output: the stored hash when nothing was written (``update=False``)."""
-    live = previous if previous is not None and previous.live else None
-    digest_hex = codec.hexdigest(current)
-    return DiffResult(
-        scope=ref.scope,
-        namespace=ref.namespace,
-        key=ref.key,
-        changed=live is None or live.hash != digest_hex,
-        found_previous=live is not None,
-        previous_version=live.version if live else 0,
-        version=written[-1].version if written else (live.version if live else 0),
-        hash=written[-1].hash if written else (live.hash if live else ""),
-        previous=None if prev_json is None else codec.decode_value(prev_json),
-        previous_json=prev_json,
-        current=codec.decode_value(current),
-        current_json=current,
-    )
-
-
-def default_root() -> str:
-    """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``."""
-    if os.environ.get("CASTORE_DIR"):
-        return os.environ["CASTORE_DIR"]
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return os.path.join(base, "castore")
 
 
 @final
@@ -130,7 +71,7 @@ class Store:
         run_id: str | None = None,
         step: str | None = None,
     ) -> None:
-        location = os.fspath(path) if path else default_root()
+        location = location_of(path)
         self._backend = open_backend(location, durable=durable, lock_timeout=lock_timeout)
         self.root = os.path.abspath(location)
         self.dag = env_or(dag, "DAG_NAME")
@@ -140,10 +81,8 @@ class Store:
         self.actor = actor
         self.run_id = run_id
         self.step = step
-        self._identity: tuple[int, str, str] | None = None
-        self._refs: dict[tuple[str, str, str | None, str | None, str | None], Ref] = {}
-
-    # -- store directory -----------------------------------------------------------------
+        self._identity = ProcessIdentity()
+        self._refs = RefCache()
 
     @property
     def backend(self) -> Backend:
@@ -164,28 +103,13 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- refs and paths ------------------------------------------------------------------
-
     def ref(self, key: str, scope: str = "dag", namespace: str | None = None) -> Ref:
         """Validate and resolve ``(scope, namespace, key)`` into a :class:`Ref`.
 
         Raises:
             InvalidRefError: bad scope, namespace or key.
         """
-        asked = (key, scope, namespace, self.dag, self.root_dag)
-        try:
-            ref = self._refs.get(asked)
-        except TypeError:  # an unhashable argument: validation below names it
-            ref = None
-        if ref is None:  # validation is pure: a handle remembers the refs it resolved
-            ns = resolve_namespace(scope, namespace, dag=self.dag, root_dag=self.root_dag)
-            ref = Ref(scope, ns, validate_key(key))
-            if len(self._refs) >= _REFS_CACHED:
-                self._refs.clear()
-            self._refs[asked] = ref
-        return ref
-
-    # -- reading -------------------------------------------------------------------------
+        return self._refs.resolve(key, scope, namespace, self.dag, self.root_dag)
 
     def get(
         self,
@@ -196,7 +120,7 @@ class Store:
         default: Any = _UNSET,
         required: bool = False,
         version: int | None = None,
-    ) -> GetResult:
+    ) -> results.GetResult:
         """Read the latest version of a key, or the given ``version``.
 
         Lock-free; never sees a partly written version. When the key is absent
@@ -214,68 +138,10 @@ class Store:
         ref = self.ref(key, scope, namespace)
         if version is not None:
             return history.get_version(self._backend, ref, version, required)
-        current = self._backend.current(ref)
-        entry = current.live
-        if entry is not None and current.value is not None:
-            return history.found_result(ref, entry, current.value)
-        if required:
-            raise NotFoundError(str(ref))
-        value_json = None if default is _UNSET else codec.normalize(default)
-        return GetResult(
-            scope=ref.scope,
-            namespace=ref.namespace,
-            key=ref.key,
-            found=False,
-            value=None if value_json is None else codec.decode_value(value_json),
-            value_json=value_json,
-        )
+        return history.get_latest(self._backend, ref, required, default, default is not _UNSET)
 
-    # -- writing -------------------------------------------------------------------------
-
-    def _audit(self, reason: str = "", rollback_from: int = 0) -> Audit:
-        pid = os.getpid()
-        if self._identity is None or self._identity[0] != pid:
-            try:
-                user = getpass.getuser()
-            except (KeyError, OSError):
-                user = ""
-            self._identity = (pid, user, socket.gethostname())
-        env = os.environ
-        return Audit(
-            dag_name=env.get("DAG_NAME", ""),
-            run_id=self.run_id if self.run_id is not None else env.get("DAG_RUN_ID", ""),
-            step_name=self.step if self.step is not None else env.get("DAG_RUN_STEP_NAME", ""),
-            attempt=env.get("DAG_RUN_ATTEMPT_ID", ""),
-            user=self._identity[1],
-            host=self._identity[2],
-            pid=pid,
-            actor=self.actor if self.actor is not None else env.get("CASTORE_ACTOR", ""),
-            reason=reason,
-            rollback_from=rollback_from,
-        )
-
-    def _set_plan(
-        self,
-        ref: Ref,
-        normalized: bytes,
-        expected_version: int | None,
-        create_only: bool,
-        reason: str,
-    ) -> Decide:
-        digest_hex = codec.hexdigest(normalized)
-
-        def decide(previous: Entry | None, view: LogView) -> NewVersion:
-            live = previous.version if previous is not None and previous.live else 0
-            if create_only and live:
-                raise ConflictError(str(ref), None, live, "key exists")
-            if expected_version is not None and expected_version != live:
-                raise ConflictError(str(ref), expected_version, live)
-            hint = None
-            if previous is not None and previous.hash == digest_hex and previous.blob is not None:
-                hint = view.absolute(previous.blob)
-            return NewVersion(OP_SET, normalized, digest_hex, self._audit(reason), hint)
-
-        return decide
+    def _audit(self, reason: str = "", rollback: int = 0) -> Audit:
+        return audit_record(self._identity, self.actor, self.run_id, self.step, reason, rollback)
 
     def set(
         self,
@@ -287,7 +153,7 @@ class Store:
         expected_version: int | None = None,
         create_only: bool = False,
         reason: str = "",
-    ) -> SetResult:
+    ) -> results.SetResult:
         """Write a new version of a key (even when the value is unchanged).
 
         Atomic and serialized per key. ``expected_version`` must equal the
@@ -313,23 +179,13 @@ class Store:
             LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
         """
         ref = self.ref(key, scope, namespace)
-        normalized = codec.normalize(value)
-        previous, written = self._backend.write(
-            ref, self._set_plan(ref, normalized, expected_version, create_only, reason)
-        )
-        entry = written[-1]
-        return SetResult(
-            scope=ref.scope,
-            namespace=ref.namespace,
-            key=ref.key,
-            version=entry.version,
-            hash=entry.hash,
-            created=previous is None or not previous.live,
-        )
+        audit = functools.partial(self._audit, reason)
+        decide = set_decision(ref, codec.normalize(value), expected_version, create_only, audit)
+        return set_result(ref, *self._backend.write(ref, decide))
 
     def delete(
         self, key: str, *, scope: str = "dag", namespace: str | None = None, reason: str = ""
-    ) -> DeleteResult:
+    ) -> results.DeleteResult:
         """Delete a key by appending a tombstone version.
 
         ``deleted`` is False (and nothing is written) when the key is absent.
@@ -340,19 +196,10 @@ class Store:
         """
         ref = self.ref(key, scope, namespace)
         if not self._backend.exists(ref):
-            return DeleteResult(
-                scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=False
-            )
-
-        def decide(previous: Entry | None, _view: LogView) -> NewVersion | None:
-            if previous is None or not previous.live:
-                return None
-            return NewVersion(OP_DELETE, None, "", self._audit(reason))
-
+            return delete_result(ref, False)
+        decide = delete_decision(functools.partial(self._audit, reason))
         _, written = self._backend.write(ref, decide)
-        return DeleteResult(
-            scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=bool(written)
-        )
+        return delete_result(ref, bool(written))
 
     def diff(
         self,
@@ -364,7 +211,7 @@ class Store:
         update: bool = True,
         expected_version: int | None = None,
         reason: str = "",
-    ) -> DiffResult:
+    ) -> results.DiffResult:
         """Compare ``value`` with the stored one and, if changed and ``update``, write it.
 
         Dagu's semantics: the ``expected_version`` check comes first (a
@@ -382,35 +229,13 @@ class Store:
             LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
         """
         ref = self.ref(key, scope, namespace)
-        current = codec.normalize(value)
-        digest_hex = codec.hexdigest(current)
-        seen: list[bytes | None] = []
-
-        def compare(previous: Entry | None, load: Callable[[], bytes | None]) -> bool:
-            live = previous if previous is not None and previous.live else None
-            actual = live.version if live is not None else 0
-            if expected_version is not None and expected_version != actual:
-                raise ConflictError(str(ref), expected_version, actual)
-            if live is not None:
-                seen.append(load())
-                return live.hash != digest_hex
-            return True
-
-        def decide(previous: Entry | None, view: LogView) -> NewVersion | None:
-            if compare(previous, view.value) and update:
-                return NewVersion(OP_SET, current, digest_hex, self._audit(reason))
-            return None
-
-        written: list[Entry] = []
+        audit = functools.partial(self._audit, reason)
+        plan = DiffDecision(ref, codec.normalize(value), expected_version, update, audit)
         if update:
-            previous, written = self._backend.write(ref, decide)
-        else:
-            now = self._backend.current(ref)
-            previous = now.entry
-            compare(previous, lambda: now.value)
-        return _diff_result(ref, previous, written, seen[0] if seen else None, current)
-
-    # -- listing -------------------------------------------------------------------------
+            return plan.result(*self._backend.write(ref, plan.decide))
+        now = self._backend.current(ref)
+        plan.compare(now.entry, lambda: now.value)
+        return plan.result(now.entry, [])
 
     def list(
         self,
@@ -420,7 +245,7 @@ class Store:
         namespace: str | None = None,
         limit: int = 0,
         include_values: bool = False,
-    ) -> ListResult:
+    ) -> results.ListResult:
         """List live keys of one namespace whose key starts with ``prefix`` (bytes).
 
         Entries come in byte-wise key order; ``limit`` (0 = all) caps the
@@ -439,8 +264,6 @@ class Store:
         validate_limit(limit)
         return list_live(self._backend, scope, ns, prefix, limit, include_values)
 
-    # -- history -------------------------------------------------------------------------
-
     def history(
         self,
         key: str,
@@ -449,7 +272,7 @@ class Store:
         namespace: str | None = None,
         limit: int = 0,
         before_version: int | None = None,
-    ) -> HistoryResult:
+    ) -> results.HistoryResult:
         """Versions of a key, newest first, with their audit records.
 
         Page with ``limit`` and ``before_version`` (versions strictly below it);
@@ -472,7 +295,7 @@ class Store:
         namespace: str | None = None,
         expected_version: int | None = None,
         reason: str = "",
-    ) -> RollbackResult:
+    ) -> results.RollbackResult:
         """Append a new version whose value is version ``to_version``'s.
 
         The new entry points at the same blob (same hash, nothing copied) and
@@ -487,10 +310,7 @@ class Store:
             LockTimeoutError: the key stayed locked for the lock timeout.
         """
         ref = self.ref(key, scope, namespace)
-
-        def audit(to: int) -> Audit:
-            return self._audit(reason, rollback_from=to)
-
+        audit = lambda to: self._audit(reason, rollback=to)  # noqa: E731
         return history.rollback(self._backend, ref, to_version, expected_version, audit)
 
     def diff_versions(
@@ -501,7 +321,7 @@ class Store:
         to_version: int | None = None,
         scope: str = "dag",
         namespace: str | None = None,
-    ) -> VersionDiff:
+    ) -> results.VersionDiff:
         """A structural diff between two stored versions, as an RFC 6902 JSON Patch.
 
         ``to_version`` defaults to the newest version. Tombstones compare as
@@ -515,21 +335,10 @@ class Store:
         ref = self.ref(key, scope, namespace)
         return history.diff_versions(self._backend, ref, from_version, to_version)
 
-    # -- maintenance ---------------------------------------------------------------------
-
-    def check(self, *, repair: bool = False, progress: Progress | None = None) -> CheckReport:
-        """Verify every stored record; with ``repair``, fix what can be fixed.
-
-        Safe while other processes read and write: repairs happen under each
-        ref's lock. Damaged originals are kept (in the file backend, under
-        ``quarantine/``), never deleted silently.
-
-        Args:
-            repair: fix what can be fixed (torn tails, damaged logs, derived files).
-            progress: told how many more logs have been checked.
-
-        Returns:
-            The findings; ``ok`` is True when nothing is (still) wrong.
+    def check(
+        self, *, repair: bool = False, progress: Progress | None = None
+    ) -> reports.CheckReport:
+        """Verify every stored record; with ``repair``, fix what can be fixed, keeping originals.
 
         Raises:
             LockTimeoutError: a ref stayed locked for the lock timeout (repair only).
@@ -539,21 +348,11 @@ class Store:
     def gc(
         self,
         *,
-        grace_seconds: float = GC_GRACE_SECONDS,
+        grace_seconds: float = reports.GC_GRACE_SECONDS,
         dry_run: bool = False,
         progress: Progress | None = None,
-    ) -> GCReport:
-        """Free stored values no version references, and old crash leftovers.
-
-        Safe while other processes read and write.
-
-        Args:
-            grace_seconds: leftovers of crashed writes younger than this are kept.
-            dry_run: only count what would be freed.
-            progress: told how many more logs have been swept.
-
-        Returns:
-            What was found, kept and freed (or, with ``dry_run``, would be).
+    ) -> reports.GCReport:
+        """Free values no version references, and crash leftovers older than ``grace_seconds``.
 
         Raises:
             CorruptionError: a log is damaged; run :meth:`check` with ``repair`` first.
@@ -573,32 +372,14 @@ class Store:
         prefix: str = "",
         dry_run: bool = False,
         progress: Progress | None = None,
-    ) -> CompactReport:
-        """Drop old versions by a retention policy (see :class:`~castore.reports.Retention`).
-
-        Per key the newest version is always kept; among the others, a version
-        is kept when it is one of the last ``keep_last`` or younger than
-        ``keep_within_seconds``. A key whose tombstone is older than
-        ``keep_within_seconds`` is removed. Versions never repeat afterwards;
-        :meth:`gc` frees the values nothing references any more.
-
-        Args:
-            keep_last: keep the newest N versions of each key.
-            keep_within_seconds: keep versions younger than this.
-            scope: only this scope (None: every scope).
-            namespace: only this namespace (None: every namespace).
-            prefix: only keys starting with this.
-            dry_run: only count what would be dropped.
-            progress: told how many more keys have been examined.
-
-        Returns:
-            What was (or, with ``dry_run``, would be) dropped.
+    ) -> reports.CompactReport:
+        """Drop the versions a :class:`~castore.reports.Retention` of these arguments does not keep.
 
         Raises:
             InvalidRefError: no policy given, a negative one, or bad filters.
             LockTimeoutError: a ref stayed locked for the lock timeout.
         """
-        retention = Retention(
+        retention = reports.Retention(
             keep_last=keep_last,
             keep_within_seconds=keep_within_seconds,
             scope=scope,
@@ -607,10 +388,6 @@ class Store:
         )
         return self._backend.compact(retention, dry_run=dry_run, progress=progress)
 
-    def stats(self) -> StoreStats:
-        """Counts of keys, versions, values and bytes, per scope and in total.
-
-        Returns:
-            The statistics (the file backend reads every log to count them).
-        """
+    def stats(self) -> reports.StoreStats:
+        """Counts of keys, versions, values and bytes, per scope and in total."""
         return self._backend.stats()

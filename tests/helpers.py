@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import pathlib
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, NamedTuple, cast
+from types import EllipsisType
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, cast
 
+import castore
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_blob, decode_entry
 from castore.records import Entry
@@ -17,6 +22,138 @@ if TYPE_CHECKING:
     from castore.file.backend import FileBackend
 
 JOIN_TIMEOUT_SECONDS = 120.0
+CLI_TIMEOUT_SECONDS: Final = 60.0
+# The castore under test, for subprocesses: the one this process imported.
+CASTORE_PATH: Final = str(pathlib.Path(castore.__file__).resolve().parents[1])
+# Environment variables castore reads (docs/CLI.md): no test sees the caller's values.
+CASTORE_ENV: Final = (
+    "DAG_NAME",
+    "DAG_RUN_ID",
+    "DAG_RUN_STEP_NAME",
+    "DAG_RUN_ATTEMPT_ID",
+    "CASTORE_ACTOR",
+    "CASTORE_ROOT_DAG",
+    "CASTORE_DIR",
+    "CASTORE_FAILPOINTS",
+)
+
+
+# -- the command line ---------------------------------------------------------------------
+
+Arg = str | bytes | os.PathLike[str]
+
+
+class Cli:
+    """Runs castore's command line in a subprocess, isolated from the host.
+
+    The environment holds only ``PATH``, ``HOME`` (``cwd/home``), ``PYTHONPATH``
+    (the castore under test) and ``LC_ALL``; :meth:`run` adds the global options
+    ``--dir`` (``location``) and ``--dag``. ``entry`` is what runs after the
+    interpreter (``-m castore``, or ``-c`` and a script).
+    """
+
+    def __init__(
+        self,
+        cwd: pathlib.Path,
+        location: str | os.PathLike[str] | None = None,
+        *,
+        dag: str | None = "d",
+        entry: Sequence[str] = ("-m", "castore"),
+        timeout: float = CLI_TIMEOUT_SECONDS,
+    ) -> None:
+        self.cwd = cwd
+        self.dir = location
+        self.dag = dag
+        self.entry = list(entry)
+        self.timeout = timeout
+        self.home = cwd / "home"
+        self.home.mkdir(exist_ok=True)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "PYTHONPATH": CASTORE_PATH,
+            "LC_ALL": "C.UTF-8",
+        }
+
+    def argv(self, *args: Arg) -> list[Arg]:
+        """The command line of ``castore ARGS`` (no global options added)."""
+        return [sys.executable, *self.entry, *args]
+
+    def options(self, store: Arg | None = None, dag: str | EllipsisType | None = ...) -> list[Arg]:
+        """``--dir`` (``store``, else this location) and ``--dag`` (``dag``; ``...``: this one)."""
+        where = store if store is not None else self.dir
+        assert where is not None, "no store location: give one, or use raw()"
+        head: list[Arg] = ["--dir", where]
+        name = self.dag if dag is ... else dag
+        if name is not None:
+            head += ["--dag", name]
+        return head
+
+    def raw(
+        self,
+        *args: Arg,
+        stdin: bytes | IO[bytes] | int | None = b"",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``castore ARGS`` as given; ``stdin`` is its input bytes, or a file for it."""
+        feed, source = (stdin, None) if isinstance(stdin, bytes) else (None, stdin)
+        return subprocess.run(
+            self.argv(*args),
+            input=feed,
+            stdin=source,
+            capture_output=True,
+            env={**self.env, **(env or {})},
+            cwd=self.cwd,
+            timeout=self.timeout,
+            check=False,
+        )
+
+    def run(
+        self,
+        *args: Arg,
+        store: Arg | None = None,
+        dag: str | EllipsisType | None = ...,
+        **kw: Any,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``castore --dir STORE [--dag DAG] ARGS``; ``kw`` as for :meth:`raw`."""
+        return self.raw(*self.options(store, dag), *args, **kw)
+
+    def ok(self, *args: Arg, **kw: Any) -> dict[str, Any]:
+        """Run a command that must succeed with one JSON line; that line, parsed."""
+        return json_line(self.run(*args, **kw))
+
+    def line(self, *args: Arg, **kw: Any) -> str:
+        """Run a command that must succeed with one line; that line."""
+        lines = self.lines(*args, **kw)
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    def lines(self, *args: Arg, **kw: Any) -> list[str]:
+        """Run a command that must succeed, silent on stderr; its output lines."""
+        out = self.raw_ok(*args, **kw).decode("utf-8")
+        assert out == "" or out.endswith("\n")
+        return out.splitlines()
+
+    def raw_ok(self, *args: Arg, **kw: Any) -> bytes:
+        """Run a command that must succeed, silent on stderr; its output bytes."""
+        proc = self.run(*args, **kw)
+        assert proc.returncode == 0, (proc.args, proc.returncode, proc.stderr)
+        assert proc.stderr == b"", proc.stderr  # not a terminal: no progress bar, no warning
+        return proc.stdout
+
+    def fail(self, code: int, *args: Arg, **kw: Any) -> str:
+        """Run a command that must fail with exit ``code`` and one error line; its message."""
+        return one_line_error(self.run(*args, **kw), code)
+
+
+def json_line(proc: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    """Assert a CLI success: exit 0, nothing on stderr, one JSON line; that line, parsed."""
+    assert proc.returncode == 0, (proc.args, proc.returncode, proc.stderr)
+    assert proc.stderr == b"", proc.stderr
+    assert proc.stdout.endswith(b"\n"), proc.stdout
+    assert proc.stdout.count(b"\n") == 1, proc.stdout
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def one_line_error(proc: subprocess.CompletedProcess[bytes], code: int) -> str:
@@ -63,6 +200,15 @@ def tree(root: str | os.PathLike[str]) -> list[str]:
     for base, _dirs, files in os.walk(root):
         out.extend(os.path.relpath(os.path.join(base, name), root) for name in files)
     return sorted(out)
+
+
+def snapshot(root: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Every file below a store directory: its path relative to ``root`` -> its bytes."""
+    out = {}
+    for rel in tree(root):
+        with open(os.path.join(root, rel), "rb") as fh:
+            out[rel] = fh.read()
+    return out
 
 
 def frames_of(path: str | os.PathLike[str]) -> tuple[list[Frame], int]:

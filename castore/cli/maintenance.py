@@ -14,13 +14,12 @@ import tempfile
 from collections.abc import Iterator
 from typing import Final
 
-from castore.backends import upgrade
+from castore.backends import default_root, upgrade
 from castore.cli.args import UsageError
 from castore.cli.invocation import Command, Invocation, UnhealthyError, progress
 from castore.cli.render import DaguImportSummary, encode_line, render
 from castore.dagu import import_dagu
 from castore.keys import go_trim_space
-from castore.store import default_root
 from castore.transfer import export_lines, import_lines, read_lines
 
 __all__ = ["COMMANDS"]

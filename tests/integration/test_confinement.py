@@ -27,21 +27,19 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import pytest
 
-import castore
 from castore import CastoreError, CorruptionError, Store, codec
 from castore.cli import EXIT_DAMAGED, EXIT_FAILURE
 from castore.file.blobindex import BlobIndex
 from castore.file.frames import encode_frame
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry, encode_blob, encode_record
 from castore.records import OP_SET, BlobLoc, Entry
-from tests.helpers import frames_of, keys_path, log_path, ns_dir, one_line_error
+from tests.helpers import Cli, frames_of, keys_path, log_path, ns_dir, one_line_error
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +51,6 @@ TORN: Final = b"\x10\x00\x00"  # the start of a frame header: a crash cut an app
 BIG: Final = {"big": "x" * 300}  # >= 256 bytes: deduplicated through the blob index
 BIG2: Final = {"big": "y" * 300}
 SYMLINK_WORDS: Final = re.compile(r"symbolic link|symlink", re.IGNORECASE)
-CLI_TIMEOUT_SECONDS: Final = 60
-# The castore under test, for subprocesses: the one this process imported.
-CASTORE_PATH: Final = str(Path(castore.__file__).resolve().parents[1])
 
 Snapshot = dict[str, tuple[str, int, int, bytes]]
 
@@ -86,7 +81,7 @@ class Scene:
         self.outside.mkdir()
         self.victim = self.outside / "victim.txt"
         self.victim.write_bytes(VICTIM_BYTES)
-        (self.tmp / "home").mkdir()  # HOME of CLI runs
+        self.cli = Cli(self.tmp, self.root, dag=DAG)  # makes tmp/home, its HOME
         self.store = self.reopen()
         self.store.set("other", 1)
         self.ns = Path(ns_dir(self.root, "dag", DAG))
@@ -135,9 +130,9 @@ class Scene:
                 path = os.path.join(base, name)
                 if not self._in_store(path):
                     os.utime(path, ns=(OLD_NS, OLD_NS), follow_symlinks=False)
-        return self.snapshot()
+        return self.outside_state()
 
-    def snapshot(self) -> Snapshot:
+    def outside_state(self) -> Snapshot:
         """Everything in ``tmp`` but the store: kind, size, mtime, content or link target."""
         out: Snapshot = {}
         for base, dirs, files in os.walk(self.tmp):
@@ -159,7 +154,7 @@ class Scene:
         return Path(path) == self.root or self.root in Path(path).parents
 
     def assert_untouched(self, before: Snapshot) -> None:
-        after = self.snapshot()
+        after = self.outside_state()
         changed = [
             f"{name}: {_show(before.get(name))} -> {_show(after.get(name))}"
             for name in sorted(set(before) | set(after))
@@ -464,24 +459,6 @@ def test_entry_blob_location_naming_a_file_outside_is_never_read(tmp_path: Path,
 # -- the command line ------------------------------------------------------------------------
 
 
-def run_cli(scene: Scene, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(scene.tmp / "home"),
-        "PYTHONPATH": CASTORE_PATH,
-        "LC_ALL": "C.UTF-8",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "castore", "--dir", str(scene.root), "--dag", DAG, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=env,
-        cwd=scene.tmp,
-        timeout=CLI_TIMEOUT_SECONDS,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("plant", "args"),
     [
@@ -496,7 +473,7 @@ def test_cli_refuses_planted_symlink(
     scene = Scene(tmp_path)
     link = plant(scene)
     before = scene.freeze()
-    proc = run_cli(scene, *args)
+    proc = scene.cli.run(*args, stdin=subprocess.DEVNULL)
     scene.assert_untouched(before)
     assert_names_symlink(one_line_error(proc, EXIT_DAMAGED), scene, link)
 
@@ -505,7 +482,7 @@ def test_cli_check_reports_planted_symlink(tmp_path: Path) -> None:
     scene = Scene(tmp_path)
     link = moved_keys(scene)
     before = scene.freeze()
-    proc = run_cli(scene, "check")
+    proc = scene.cli.run("check", stdin=subprocess.DEVNULL)
     scene.assert_untouched(before)
     err = proc.stderr.decode("utf-8", errors="replace")
     assert proc.returncode == EXIT_FAILURE, (proc.returncode, err, proc.stdout)

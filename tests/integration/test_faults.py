@@ -26,25 +26,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
 from castore import CastoreError, NotFoundError, Store
 from castore.transfer import export_lines, import_lines
-from tests.helpers import log_path, read_versions
+from tests.helpers import Cli, log_path, read_versions
 
 pytestmark = pytest.mark.integration
 
 DAG: Final = "faults"
 MAX_CALLS: Final = 40  # more than any operation here makes of one kind
 BIG: Final = {"big": "shared value " * 30}  # >= 256 bytes: deduplicated across keys
-ROOT: Final = Path(__file__).resolve().parents[2]
 
 History = dict[int, Any]  # version -> value (None: a delete)
 
@@ -548,16 +545,10 @@ def test_reader_during_a_rewrite_sees_every_value(tmp_path, tool):
     root = str(tmp_path / "s")
     _shared_store(root)
     command = ["gc", "--grace", "0"] if tool == "gc" else ["compact", "--keep-last", "1"]
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
-        "LC_ALL": "C.UTF-8",
-        "CASTORE_FAILPOINTS": "rewrite-before-rename:stop",
-    }
+    cli = Cli(tmp_path, root, dag=DAG)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "castore", "--dir", root, "--dag", DAG, *command],
-        env=env,
+        cli.argv(*cli.options(), *command),
+        env={**cli.env, "CASTORE_FAILPOINTS": "rewrite-before-rename:stop"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -606,23 +597,6 @@ def _wait_stopped(pid: int, timeout: float) -> None:
 # -- the CLI -------------------------------------------------------------------------------------
 
 
-def _cli(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[bytes]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
-        "LC_ALL": "C.UTF-8",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "castore", *map(str, args)],
-        capture_output=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -642,7 +616,7 @@ def _cli(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[bytes
 def test_cli_os_error_is_exit_1_and_one_line(tmp_path, command):
     blocker = tmp_path / "not-a-dir"
     blocker.write_bytes(b"a regular file")
-    proc = _cli(tmp_path, "--dir", blocker / "store", "--dag", "d", *command)
+    proc = Cli(tmp_path, blocker / "store").run(*command)
     err = proc.stderr.decode()
     assert proc.returncode == 1, (proc.returncode, err)
     assert proc.stdout == b""
@@ -657,7 +631,7 @@ def test_cli_unwritable_store_file_is_exit_1(tmp_path):
     # A FORMAT path that is a directory: reading it fails with EISDIR.
     root = tmp_path / "store"
     (root / "FORMAT").mkdir(parents=True)
-    proc = _cli(tmp_path, "--dir", root, "--dag", "d", "get", "k")
+    proc = Cli(tmp_path, root).run("get", "k")
     err = proc.stderr.decode()
     assert (proc.returncode, proc.stdout) == (1, b""), err
     assert err.startswith("castore: "), err

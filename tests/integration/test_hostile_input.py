@@ -22,12 +22,11 @@ import pytest
 
 from castore import InvalidValueError, Store
 from castore.codec import MAX_VALUE_BYTES
-from tests.helpers import one_line_error
+from tests.helpers import Cli, one_line_error
 from tests.unit.test_dagu import dagu_record, hexname, rel_path, write_file
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 20  # a reader blocked on a FIFO is killed and the test fails, never hangs
 MIB = 1 << 20
 LIMIT_BYTES = 2 * MAX_VALUE_BYTES + (64 << 10)  # MAX_RECORD_BYTES of transfer.py and dagu.py
@@ -65,21 +64,11 @@ class Run(NamedTuple):
 def castore(tmp_path: Path, *args: str | Path, stdin: IO[bytes] | None = None) -> Run:
     """Run ``castore ARGS`` in a subprocess (killed after TIMEOUT_SECONDS) with its peak RSS."""
     peak_file = tmp_path / f"peak-rss-{len(list(tmp_path.glob('peak-rss-*')))}"
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
-        "LC_ALL": "C.UTF-8",
-        "PEAK_RSS_FILE": str(peak_file),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, *(str(a) for a in args)],
+    cli = Cli(tmp_path, entry=("-c", RUNNER), timeout=TIMEOUT_SECONDS)
+    proc = cli.raw(
+        *args,
         stdin=stdin if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=TIMEOUT_SECONDS,
-        check=False,
+        env={"PEAK_RSS_FILE": str(peak_file)},
     )
     return Run(proc.returncode, proc.stdout, proc.stderr, int(peak_file.read_text()), proc)
 

@@ -17,6 +17,7 @@ from tests.helpers import (
     keys_path,
     log_path,
     read_versions,
+    snapshot,
 )
 
 pytestmark = pytest.mark.integration
@@ -36,23 +37,13 @@ VALUES: Final[list[Any]] = [
 REPAIRS: Final[list[Any]] = [{"repaired": True}, BIG, "x" * 500]
 
 
-def snapshot(root: str) -> dict[str, bytes]:
-    out = {}
-    for base, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as fh:
-                out[path] = fh.read()
-    return out
-
-
 def restore(root: str, saved: dict[str, bytes], **override: bytes) -> None:
-    """Put every file back as saved (``override`` maps a path to other contents).
+    """Put every file back as :func:`snapshot` saved it (``override``: path -> other bytes).
 
     castore only appends to (or truncates) existing files, so a file whose size
     is unchanged is unchanged, except the overridden ones, which are always written.
     """
-    wanted = {**saved, **override}
+    wanted = {os.path.join(root, rel): data for rel, data in saved.items()} | override
     for base, _dirs, files in os.walk(root):
         for name in files:
             path = os.path.join(base, name)
@@ -119,7 +110,7 @@ def test_layout_is_what_the_torn_tests_assume(tmp_path):
 def _torn_last_write(root: str, values: list[Any], previous: int, prev_value: Any) -> None:
     path, before, after = build(root, values)
     saved = snapshot(root)
-    full = saved[path]
+    full = saved[os.path.relpath(path, root)]
     assert after - before > 4096
     for cut in range(before, after):
         restore(root, saved, **{path: full[:cut]})
@@ -156,7 +147,7 @@ def test_every_cut_of_the_first_set(tmp_path):
     path, before, after = build(root, [VALUES[2]])
     assert before == 0
     saved = snapshot(root)
-    full = saved[path]
+    full = saved[os.path.relpath(path, root)]
     for cut in range(before, after):
         restore(root, saved, **{path: full[:cut]})
         check_get(root, KEY, 0, None)
@@ -177,7 +168,7 @@ def test_every_cut_of_a_tombstone(tmp_path):
     assert store.delete(KEY).deleted
     after = os.path.getsize(path)
     saved = snapshot(root)
-    full = saved[path]
+    full = saved[os.path.relpath(path, root)]
     for cut in range(before, after):
         restore(root, saved, **{path: full[:cut]})
         check_get(root, KEY, len(VALUES), BIG)
@@ -315,7 +306,7 @@ def test_every_cut_of_keys(tmp_path):
         store.set(key, n)
     kpath = keys_path(root, "dag", DAG)
     saved = snapshot(root)
-    full = saved[kpath]
+    full = saved[os.path.relpath(kpath, root)]
     assert key_lines(full) == sorted(NS_KEYS)
     failures: list[tuple[int, bytes, object]] = []
     for cut in range(len(full)):
@@ -365,10 +356,10 @@ def test_every_cut_of_blob_index(tmp_path):
     assert b_entry.blob.log, "the second copy should point into a's log"
     store.set("c", VALUES[2])
     saved = snapshot(root)
-    shards = sorted(p for p in saved if p.endswith(".idx"))
+    shards = sorted(os.path.join(root, p) for p in saved if p.endswith(".idx"))
     assert shards
     for shard in shards:
-        full = saved[shard]
+        full = saved[os.path.relpath(shard, root)]
         for cut in range(len(full)):
             restore(root, saved, **{shard: full[:cut]})
             check_get(root, "a", 1, shared)
@@ -405,8 +396,8 @@ def test_damaged_version_index(tmp_path):
     open_store(root).history(KEY)  # the first reader of old versions builds the index
     vix = log_path(root, "dag", DAG, KEY)[: -len(".log")] + ".vix"
     saved = snapshot(root)
-    assert vix in saved
-    full = saved[vix]
+    assert os.path.relpath(vix, root) in saved
+    full = saved[os.path.relpath(vix, root)]
     records = [full[i : i + 8] for i in range(0, len(full), 8)]
     variants = {f"cut-{cut}": full[:cut] for cut in range(len(full))}
     variants["reversed"] = b"".join(reversed(records))

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -11,7 +10,13 @@ import jsonpatch
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from castore import GetResult, ListResult, Store, codec
 from castore.errors import CastoreError, ConflictError, NotFoundError
@@ -69,9 +74,14 @@ def escaped(fn: Callable[[], T]) -> T:
 
 
 class StoreMachine(RuleBasedStateMachine):
-    def __init__(self) -> None:
+    """Two handles on one fresh store against a dict-with-history model."""
+
+    def __init__(
+        self, fresh_location: Callable[[], contextlib.AbstractContextManager[str]]
+    ) -> None:
         super().__init__()
-        self.root = tempfile.mkdtemp(prefix="castore-model-")
+        self._dropped = contextlib.ExitStack()  # the store is dropped after the run
+        self.root = self._dropped.enter_context(fresh_location())
         self.stores = [self._open(), self._open()]
         self.history: dict[Ref, list[bytes | None]] = {}
         self.audit: dict[Ref, list[tuple[str, int]]] = {}  # (operation, rollback_from)
@@ -85,7 +95,7 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         for store in self.stores:
             store.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._dropped.close()
 
     # -- model -----------------------------------------------------------------------
 
@@ -529,15 +539,21 @@ class StoreMachine(RuleBasedStateMachine):
             self._check_list(res, scope, namespace, "", 0, False)
 
 
-TestStoreModel = StoreMachine.TestCase
-TestStoreModel.settings = settings(deadline=None)
+def test_store_model(fresh_store_location):
+    class OnThisBackend(StoreMachine):
+        """Each example starts from a fresh store of the backend under test."""
+
+        def __init__(self) -> None:
+            super().__init__(fresh_store_location)
+
+    run_state_machine_as_test(OnThisBackend, settings=settings(deadline=None))
 
 
 @pytest.mark.parametrize("version", [2**60 + 1, 2**63, 2**64])
-def test_versions_past_any_log_are_not_found(tmp_path, version):
+def test_versions_past_any_log_are_not_found(store_location, version):
     # The machine draws versions near the history; far past it, reads must still say
     # "no such version" (NotFoundError), never leak an OverflowError from pread.
-    store = Store(tmp_path / "s", dag=DAG, durable=False)
+    store = Store(store_location, dag=DAG, durable=False)
     store.set("k", 1)
     store.set("k", 2)
     with pytest.raises(NotFoundError):

@@ -13,13 +13,6 @@ from castore.file import writer as file_writer
 from castore.results import rfc3339
 
 Ident = tuple[str, str, str, int, str, str]
-ENV_VARS = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def handle(root: Path, run_id: str = "", actor: str | None = None) -> Store:

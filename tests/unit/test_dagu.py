@@ -20,12 +20,6 @@ LONG_NAMESPACE = "n" * 127  # a 254-byte directory name
 TEMP_REASON = "temporary file left by an interrupted Dagu write"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def hexname(text: str) -> str:
     return text.encode("utf-8").hex()
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import errno
 import glob
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,9 @@ from castore.errors import FormatVersionError
 from castore.file.frames import scan_frames
 from castore.file.records import KIND_ENTRY
 from castore.transfer import export_lines, import_lines
-from tests.helpers import corrupt, file_id, keys_path, log_path, ns_dir, one_line_error
+from tests.helpers import Cli, corrupt, file_id, keys_path, log_path, ns_dir
 
 DAG = "d"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def store_at(root: Path, **kw: Any) -> Store:
@@ -96,15 +93,9 @@ def test_cli_names_key_file_and_offset_with_exit_5(tmp_path: Path) -> None:
     five_keys(root)
     path = log_path(root, "dag", DAG, "k3")
     corrupt(path, newest_entry_middle(path))
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    cli = Cli(tmp_path, root, dag=DAG)
     for args in (["get", "k3"], ["set", "k3", "1", "--expected-version", "1"], ["history", "k3"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "castore", "--dir", str(root), "--dag", DAG, *args],
-            capture_output=True,
-            env=env,
-            check=False,
-        )
-        message = one_line_error(proc, 5)
+        message = cli.fail(5, *args)
         assert "dag/d/k3" in message
         assert os.path.basename(path) in message
         assert "offset" in message
@@ -140,14 +131,7 @@ def test_damaged_format_is_one_clean_error(tmp_path: Path, content: bytes) -> No
     (root / "FORMAT").write_bytes(content)
     with pytest.raises(FormatVersionError):
         store_at(root)
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "castore", "--dir", str(root), "--dag", DAG, "get", "k1"],
-        capture_output=True,
-        env=env,
-        check=False,
-    )
-    assert "FORMAT" in one_line_error(proc, 1)
+    assert "FORMAT" in Cli(tmp_path, root, dag=DAG).fail(1, "get", "k1")
 
 
 def removed_key(root: Path) -> int:

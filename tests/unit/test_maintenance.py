@@ -20,7 +20,7 @@ import pytest
 from castore import NotFoundError, Store, codec
 from castore.errors import InvalidRefError
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
-from tests.helpers import assert_clean_log, frames_of, log_path, read_versions
+from tests.helpers import assert_clean_log, frames_of, log_path, read_versions, snapshot
 
 DAG = "d"
 HOUR_NS = 3600 * 10**9
@@ -67,16 +67,6 @@ def random_text(size: int, seed: int) -> str:
 def shareable(n: int) -> dict[str, Any]:
     """A value large enough to be shared across keys (filestore.DEDUP_MIN_BYTES)."""
     return {"n": n, "pad": "." * 300}
-
-
-def snapshot(root: str) -> dict[str, bytes]:
-    out = {}
-    for base, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = fh.read()
-    return out
 
 
 def write_versions(store: Store, key: str, values: list[Any], **kw: Any) -> None:

@@ -15,7 +15,7 @@ from castore import ConflictError, InvalidValueError, Store
 from castore.codec import hexdigest, normalize_json
 from castore.file.records import KIND_BLOB
 from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
-from tests.helpers import frames_of, ref_log_path, tree
+from tests.helpers import CASTORE_ENV, frames_of, ref_log_path, snapshot
 
 HEADER = b'{"format":"castore-export","version":1}\n'
 LONG_KEY = "long/" + "\u00e9" * 2045  # 4,095 UTF-8 bytes (limit 4,096)
@@ -24,15 +24,6 @@ BIG = {
     "text": "lorem ipsum dolor " * 30_000,
     "rows": [{"id": i, "tags": ["a"]} for i in range(200)],
 }
-
-
-ENV_VARS = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def new_store(path: str | os.PathLike[str], **kw: Any) -> Store:
@@ -68,14 +59,6 @@ def blob_count(path: str) -> int:
     return sum(1 for f in frames_of(path)[0] if f.kind == KIND_BLOB)
 
 
-def snapshot(root: str) -> dict[str, bytes]:
-    out = {}
-    for rel in tree(root):
-        with open(os.path.join(root, rel), "rb") as fh:
-            out[rel] = fh.read()
-    return out
-
-
 def export_bytes(s: Store, **kw: Any) -> bytes:
     return b"".join(export_lines(s, **kw))
 
@@ -92,7 +75,7 @@ def records(data: bytes) -> list[dict[str, Any]]:
 def source(tmp_path_factory):
     """Built once: tests only read it."""
     with pytest.MonkeyPatch.context() as mp:
-        for name in ENV_VARS:
+        for name in CASTORE_ENV:
             mp.delenv(name, raising=False)
         s = new_store(tmp_path_factory.mktemp("src"), actor="alice", run_id="run-1", step="save")
         populate(s)

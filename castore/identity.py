@@ -1,0 +1,73 @@
+"""Who writes: the audit record every new version carries.
+
+The audit fields come from the writing ``Store`` (``actor``, ``run_id``,
+``step``), else from Dagu's environment variables (``DAG_NAME``,
+``DAG_RUN_ID``, ``DAG_RUN_STEP_NAME``, ``DAG_RUN_ATTEMPT_ID``) and
+``CASTORE_ACTOR``, plus the user, host and pid of the writing process
+(docs/DESIGN.md, "Decisions where the issue was silent").
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+
+from castore.records import Audit
+
+__all__ = ["ProcessIdentity", "audit_record"]
+
+
+class ProcessIdentity:
+    """The pid, user and host of the current process, looked up once per process.
+
+    A forked child looks them up again (its pid differs).
+    """
+
+    def __init__(self) -> None:
+        self._cached: tuple[int, str, str] | None = None
+
+    def current(self) -> tuple[int, str, str]:
+        """``(pid, user, host)``; the user is empty when it cannot be looked up."""
+        pid = os.getpid()
+        if self._cached is None or self._cached[0] != pid:
+            try:
+                user = getpass.getuser()
+            except (KeyError, OSError):
+                user = ""
+            self._cached = (pid, user, socket.gethostname())
+        return self._cached
+
+
+def audit_record(
+    identity: ProcessIdentity,
+    actor: str | None,
+    run_id: str | None,
+    step: str | None,
+    reason: str = "",
+    rollback_from: int = 0,
+) -> Audit:
+    """The audit record of a write made now by this process.
+
+    Args:
+        identity: the process's pid, user and host.
+        actor: who writes; None means ``$CASTORE_ACTOR``.
+        run_id: the run id; None means ``$DAG_RUN_ID``.
+        step: the step name; None means ``$DAG_RUN_STEP_NAME``.
+        reason: free text.
+        rollback_from: the version a rollback restores (0: not a rollback).
+    """
+    pid, user, host = identity.current()
+    env = os.environ
+    return Audit(
+        dag_name=env.get("DAG_NAME", ""),
+        run_id=run_id if run_id is not None else env.get("DAG_RUN_ID", ""),
+        step_name=step if step is not None else env.get("DAG_RUN_STEP_NAME", ""),
+        attempt=env.get("DAG_RUN_ATTEMPT_ID", ""),
+        user=user,
+        host=host,
+        pid=pid,
+        actor=actor if actor is not None else env.get("CASTORE_ACTOR", ""),
+        reason=reason,
+        rollback_from=rollback_from,
+    )
