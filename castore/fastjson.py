@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import gc
+import math
 import re
 from typing import Final
 
@@ -33,7 +34,9 @@ _LITERAL_DECODER: Final = msgspec.json.Decoder(float_hook=lambda text: msgspec.R
 # on the rest leaves the numbers alone.
 _NOT_NUMBERS: Final = re.compile(rb'((?:"[^"\\]*(?:\\.[^"\\]*)*"|true|false|[^"0-9.eE+\-tf]+)+)')
 _NEGATIVE_ZERO: Final = re.compile(rb"-0(?![.0-9eE])")  # an integer -0: msgspec reads 0
-_SCALARS: Final = (str, int, float, type(None))  # bool is an int
+_CONTAINERS: Final = frozenset((dict, list, tuple))
+_PLAIN: Final = _CONTAINERS | {str, int, float, bool, type(None)}
+_STR: Final = frozenset((str,))
 _ERRORS: Final = (TypeError, ValueError, OverflowError, RecursionError, msgspec.DecodeError)
 
 
@@ -54,54 +57,67 @@ def _too_big(out: bytes) -> bool:
     return len(out) > MAX_VALUE_BYTES or out.count(b"[") + out.count(b"{") > MAX_DEPTH
 
 
-def _bounded(value: object) -> bool:
-    """True unless ``value`` may pass the depth or size limit once expanded.
+def _float_kind(number: float) -> int:
+    """-1 for NaN or an infinity (Go refuses them); 1 if msgspec writes it unlike Go, else 0.
 
-    An object referenced many times is encoded every time (``[v, v]`` nested 40
-    deep is 2**40 elements): walk everything ``value`` refers to, level by level,
-    counting every reference (each is at least one byte of output), and stop as
-    soon as that lower bound on the size, or the depth, passes its limit.
+    msgspec writes ``X.0`` for integral floats and an exponent outside roughly
+    [1e-5, 1e16); Go writes ``X`` and an exponent outside [1e-6, 1e21). A margin
+    on both sides only costs a rewrite that changes nothing.
     """
+    if not math.isfinite(number):
+        return -1
+    magnitude = abs(number)
+    return int(number.is_integer() or magnitude >= 1e16 or magnitude < 1e-4)
+
+
+def _walk(value: object) -> int:
+    """-1 if ``value`` is not plain; else 1 if some float needs Go's form, else 0.
+
+    Plain: only ``dict`` with ``str`` keys, ``list``, ``tuple``, ``str``, ``int``,
+    finite ``float``, ``bool`` and ``None`` (exact types), within the depth and
+    size limits. An object referenced many times is encoded every time (``[v, v]``
+    nested 40 deep is 2**40 elements), so every reference is counted, level by
+    level, as at least one byte of output, and the walk stops as soon as that
+    lower bound, or the depth, passes its limit.
+    """
+    if type(value) not in _PLAIN:
+        return -1
+    odd = _float_kind(value) if type(value) is float else 0
     level: list[object] = [value]
     size = depth = 0
-    while level:
+    while level and odd >= 0:
         depth += 1
         references = gc.get_referents(*level)
         size += len(references)
-        if depth > MAX_DEPTH or size > MAX_VALUE_BYTES:
-            return False
-        level = [r for r in references if not isinstance(r, _SCALARS)]
-    return True
+        types = set(map(type, references))
+        if depth > MAX_DEPTH or size > MAX_VALUE_BYTES or not types <= _PLAIN:
+            return -1
+        if float in types:
+            kinds = {_float_kind(r) for r in references if type(r) is float}
+            if -1 in kinds:
+                return -1
+            odd |= 1 in kinds
+        level = [r for r in references if type(r) in _CONTAINERS]
+        if any(type(r) is dict and not set(map(type, r)) <= _STR for r in level):
+            return -1  # a key that is not a str: msgspec would write it, Go would not
+    return odd
 
 
 def plain_python(value: object) -> bytes | None:
     """Go's ``json.Marshal`` bytes of ``value`` before HTML escaping; None if not plain.
 
-    msgspec's encoding is kept only if decoding it gives back a value equal to
-    ``value``: a set, tuple, bytes, NaN, a non-``str`` key or any other type that
-    msgspec would write differently from Go fails that test. The same decoding
-    finds the floats msgspec writes in another form than Go (``1.0``, ``1e21``).
+    For a plain value (see :func:`_walk`) msgspec's sorted encoding is Go's, but
+    for the floats that :func:`_go_floats` rewrites; a lone surrogate makes
+    msgspec refuse, and the exact path replaces it as Go does.
     """
-    if not _bounded(value):
+    odd = _walk(value)
+    if odd < 0:
         return None
     try:
         out = _ENCODER.encode(value)
     except (*_ERRORS, UnicodeEncodeError):
         return None
     if _too_big(out):
-        return None
-    odd: list[str] = []
-
-    def note_float(text: str) -> float:
-        if "e" in text or text.endswith(".0"):
-            odd.append(text)
-        return float(text)
-
-    try:
-        same = bool(msgspec.json.Decoder(float_hook=note_float).decode(out) == value)
-    except Exception:  # noqa: BLE001  (an exotic __eq__: the exact path decides)
-        return None
-    if not same:
         return None
     return _go_floats(out) if odd else out
 

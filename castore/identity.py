@@ -15,7 +15,18 @@ import socket
 
 from castore.records import Audit
 
-__all__ = ["ProcessIdentity", "audit_record"]
+__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_record"]
+
+ENVIRONMENT = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
+_RAW_NAMES = tuple(os.fsencode(name) for name in ENVIRONMENT)
+
+
+def _environment() -> tuple[str, ...]:
+    """The values of :data:`ENVIRONMENT` now ("" when unset), as ``os.environ`` has them."""
+    data = getattr(os.environ, "_data", None)  # POSIX CPython: the encoded mapping itself
+    if os.name != "posix" or not isinstance(data, dict):
+        return tuple(os.environ.get(name, "") for name in ENVIRONMENT)
+    return tuple(os.fsdecode(data[raw]) if raw in data else "" for raw in _RAW_NAMES)
 
 
 class ProcessIdentity:
@@ -49,6 +60,9 @@ def audit_record(
 ) -> Audit:
     """The audit record of a write made now by this process.
 
+    The environment is read on every call (a long-running process may change
+    it between writes), straight from ``os.environ``'s encoded mapping.
+
     Args:
         identity: the process's pid, user and host.
         actor: who writes; None means ``$CASTORE_ACTOR``.
@@ -58,16 +72,16 @@ def audit_record(
         rollback_from: the version a rollback restores (0: not a rollback).
     """
     pid, user, host = identity.current()
-    env = os.environ
+    dag_name, env_run_id, env_step, attempt, env_actor = _environment()
     return Audit(
-        dag_name=env.get("DAG_NAME", ""),
-        run_id=run_id if run_id is not None else env.get("DAG_RUN_ID", ""),
-        step_name=step if step is not None else env.get("DAG_RUN_STEP_NAME", ""),
-        attempt=env.get("DAG_RUN_ATTEMPT_ID", ""),
+        dag_name=dag_name,
+        run_id=run_id if run_id is not None else env_run_id,
+        step_name=step if step is not None else env_step,
+        attempt=attempt,
         user=user,
         host=host,
         pid=pid,
-        actor=actor if actor is not None else env.get("CASTORE_ACTOR", ""),
+        actor=actor if actor is not None else env_actor,
         reason=reason,
         rollback_from=rollback_from,
     )

@@ -723,7 +723,17 @@ def test_plain_values_take_the_fast_path_and_others_do_not():
     plain = {"b": [1, 2.5, "x<y", None, True], "a": {"n": -3, "f": 0.125}}
     assert fastjson.plain_python(plain) == b'{"a":{"f":0.125,"n":-3},"b":[1,2.5,"x<y",null,true]}'
     assert fastjson.plain_python({"x": 1.0, "y": 1e21}) == b'{"x":1,"y":1e+21}'  # floats fixed
-    for odd in ({1, 2}, (1,), b"x", float("nan"), {1: 2}, "\ud800", [[0, 0]] * 600_000):
+    assert fastjson.plain_python((1, [2.0])) == b"[1,[2]]"  # tuples are arrays on both paths
+    for odd in (
+        {1, 2},
+        b"x",
+        float("nan"),
+        [1e400],
+        {1: 2},
+        "\ud800",
+        [[0, 0]] * 600_000,
+        True.__class__,
+    ):
         assert fastjson.plain_python(odd) is None, odd
     assert fastjson.plain_json(b'{"b": 1.50, "a": [1E5, 2]}') == b'{"a":[1E5,2],"b":1.50}'
     for odd_text in (b"-0", b"[1, -0]", b'"\xff"', b"[1] [2]", b""):
