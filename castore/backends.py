@@ -25,7 +25,7 @@ from castore.backend import Backend
 from castore.errors import BackendUnavailableError
 from castore.reports import UpgradeReport
 
-__all__ = ["default_root", "location_of", "open_backend", "upgrade"]
+__all__ = ["default_root", "location_of", "open_backend", "redacted", "upgrade"]
 
 _UNAVAILABLE: Final = {
     "postgresql://": "PostgreSQL",
@@ -50,6 +50,20 @@ def location_of(path: str | os.PathLike[str] | None) -> str:
     return os.fspath(path) if path else default_root()
 
 
+def redacted(location: str) -> str:
+    """``location`` as errors and logs may show it: a URL without user or password.
+
+    >>> redacted("postgresql://alice:s3cret@db.example:5432/state?sslmode=require")
+    'postgresql://db.example:5432/state'
+    """
+    if "://" not in location:
+        return location
+    scheme, _, rest = location.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    path = rest[len(rest.split("/", 1)[0]) :].split("?", 1)[0].split("#", 1)[0]
+    return f"{scheme}://{host}{path}"
+
+
 def _refuse_unavailable(location: str) -> None:
     """Raise if ``location`` names a backend that is not available.
 
@@ -60,7 +74,7 @@ def _refuse_unavailable(location: str) -> None:
     for prefix, name in _UNAVAILABLE.items():
         if lowered.startswith(prefix):
             raise BackendUnavailableError(
-                f"{location}: the {name} backend is not available yet "
+                f"{redacted(location)}: the {name} backend is not available yet "
                 "(give a store directory instead)"
             )
 

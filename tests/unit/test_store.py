@@ -256,3 +256,13 @@ def test_a_backend_that_is_not_available_yet_is_refused(location, tmp_path, monk
     with pytest.raises(CastoreError, match="not available yet"):
         upgrade(location)
     assert os.listdir(tmp_path) == []  # nothing was created for it
+
+
+def test_credentials_in_a_location_never_reach_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    location = "postgresql://alice:s3cret@db.example:5432/state?password=hunter2&sslmode=require"
+    with pytest.raises(CastoreError) as caught:
+        Store(location, dag="d")
+    for shown in (str(caught.value), repr(caught.value)):
+        assert "s3cret" not in shown and "hunter2" not in shown and "alice" not in shown
+        assert "db.example:5432/state" in shown
