@@ -2,9 +2,10 @@
 
 Run from the checkout root::
 
-    .venv/bin/python tools/bench.py --quick          # smoke run, < 60 s
-    .venv/bin/python tools/bench.py                  # default run, < 5 min
+    .venv/bin/python tools/bench.py --quick          # smoke run, < 90 s (6,7 alone < 30 s)
+    .venv/bin/python tools/bench.py                  # default run, < 6 min
     .venv/bin/python tools/bench.py --json out.json  # also save every number
+    .venv/bin/python tools/bench.py --workloads 6,7  # the issue-10 table only
 
 This is a measurement, not a test: every workload prints medians, ratios and a
 target row marked PASS or FAIL, and a FAIL is information (the exit status is 0
@@ -12,9 +13,15 @@ unless something crashed or read back a wrong value).
 
 Where things are (``tools/benchkit/``):
 
-* ``workloads.py``: the table of workloads 1-5, their peers and targets.
-* ``reads.py``, ``writes.py``: the workloads themselves; ``cas.py`` the CAS workers.
-* ``peers.py``: castore, sqlite3 (WAL) and the naive file-per-key store.
+* ``workloads.py``: the table of workloads 1-7, their peers and targets.
+* ``reads.py``, ``writes.py``: workloads 1-5; ``cas.py`` the worker processes.
+* ``issue10.py``, ``parallel.py``: workloads 6 and 7, issue 10's table of castore
+  against sqlite and sqlite with a history table (rows, values and statements of
+  ../shared/bench/run.py); printed as one table, castore ops/s, peer ops/s, ratio,
+  target, PASS/FAIL, and saved under ``comparisons`` by ``--json``.
+* ``peers.py``: castore, sqlite3 (WAL), the naive file-per-key store, and for
+  workloads 6-7 ``sqlite3+history`` and the shared harness's ``sqlite`` and
+  ``sqlite+hist``.
 * ``measure.py``: the method (rotated repetitions, ``os.sync()`` + gc before each
   batch, medians, per-repetition ratios, latency percentiles).
 * ``report.py``: the printed tables; ``machine.py``: probes, scratch, cleanup.
@@ -53,6 +60,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 import castore
 from tools.benchkit import machine, report
 from tools.benchkit.context import Bench, Config
+from tools.benchkit.peers import HISTORY_PEERS
 from tools.benchkit.workloads import NUMBERS, WORKLOADS
 
 __all__ = ["main", "parse_args"]
@@ -63,10 +71,20 @@ _SIZE_OPTIONS: tuple[tuple[str, type[int] | type[float], str], ...] = (
     ("--batch-time", float, "seconds per timed batch (default 0.2, quick 0.1)"),
     ("--durable-reps", int, "repetitions of the durable-set rows (default 15, quick 5)"),
     ("--durable-batch-time", float, "seconds per durable-set batch (default 0.2, quick 0.1)"),
-    ("--history-n", int, "versions of the deep key in workload 2 (default 100000, quick 10000)"),
-    ("--list-n", int, "keys in the namespace of workload 4 (default 100000, quick 10000)"),
+    (
+        "--history-n",
+        int,
+        "versions of the deep key, workloads 2 and 6 (default 100000, quick 10000)",
+    ),
+    ("--list-n", int, "keys listed by prefix, workloads 4 and 6 (default 100000, quick 10000)"),
+    (
+        "--keys-n",
+        int,
+        "keys of workload 6's get-random and list-all rows (default 10000, quick 2000)",
+    ),
     ("--cas-each", int, "successful increments per CAS process (default 250, quick 50)"),
-    ("--cas-reps", int, "repetitions of workload 5 (default 5, quick 3)"),
+    ("--cas-reps", int, "repetitions of workload 5, 6's CAS row and 7 (default 5, quick 3)"),
+    ("--par-each", int, "durable sets per writer in workload 7 (default 1000, quick 200)"),
 )
 
 
@@ -80,7 +98,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run (< 60 s): 3 reps, short batches, 10,000 versions/keys",
+        help="smoke run (< 90 s; workloads 6,7 alone < 30 s): 3 reps, short batches, "
+        "10,000 versions/keys",
     )
     ap.add_argument(
         "--workdir",
@@ -97,14 +116,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "or keep it",
     )
     ap.add_argument("--json", metavar="OUT", default=None, help="write every number to OUT")
-    ap.add_argument("--workloads", default="", help="comma list of 1-5 (default all)")
+    ap.add_argument(
+        "--workloads",
+        default="",
+        help="comma list of 1-7 (default all); 6 = the issue-10 table, 7 = parallel writers",
+    )
     for flag, kind, text in _SIZE_OPTIONS:
         ap.add_argument(flag, type=kind, default=kind(0), help=text)
     ap.add_argument(
         "--start-method",
         choices=["spawn", "fork"],
         default="spawn",
-        help="multiprocessing start method for workload 5 (default spawn)",
+        help="multiprocessing start method for workloads 5-7 (default spawn)",
+    )
+    ap.add_argument(
+        "--history-peer",
+        choices=HISTORY_PEERS,
+        default=HISTORY_PEERS[0],
+        help="peer of workload 6's '+ history table' rows: sqlite3+history (current row + "
+        "versions table in one transaction, default) or sqlite+hist (the shared harness's: "
+        "versions only, one INSERT ... MAX(version) + 1 per set)",
     )
     return ap.parse_args(argv)
 
@@ -132,6 +163,9 @@ def config(args: argparse.Namespace) -> Config:
         cas_reps=args.cas_reps or (3 if quick else 5),
         start_method=args.start_method,
         workloads=chosen or NUMBERS,
+        keys_n=args.keys_n or (2_000 if quick else 10_000),
+        par_each=args.par_each or (200 if quick else 1_000),
+        history_peer=args.history_peer,
     )
 
 
@@ -179,6 +213,7 @@ def _write_json(path: str, bench: Bench, meta: dict[str, Any]) -> None:
         "meta": meta,
         "results": bench.results,
         "targets": [t.__dict__ for t in bench.targets],
+        "comparisons": [c.to_json() for c in bench.comparisons],
         "problems": bench.problems,
     }
     with open(path, "w", encoding="utf-8") as fh:
@@ -208,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         meta["elapsed_s"] = time.monotonic() - started
         meta["cleanup"] = machine.cleanup(workdir, args.cleanup)
+    report.print_comparisons(bench.comparisons)
     report.print_targets(bench.targets)
     report.print_footer(meta, bench.problems)
     if args.json:

@@ -1,10 +1,13 @@
-"""Worker processes of the compare-and-swap workload, and how the parent collects them.
+"""Worker processes of the multi-process workloads, and how the parent starts and collects them.
 
-Each worker makes a fixed number of successful increments of one counter:
+Each CAS worker makes a fixed number of successful increments of one counter:
 
 * castore: get, then ``set(expected_version=version)``, retry on ConflictError.
 * sqlite3: BEGIN IMMEDIATE; read; update; COMMIT (busy_timeout 60 s); a
   "database is locked" error counts as a retry.
+* ``peer_cas_worker`` (workload 6, the shared harness's CAS loop): any peer of
+  ``peers.make_peer``: ``read_versioned`` without a lock, then ``cas(key, version,
+  {"n": n + 1, "by": worker})``; a False return counts as a retry.
 
 Workers wait on a barrier so that all start together, and report one
 ``WorkerResult`` through a queue; the timed span is from the first worker's start
@@ -15,23 +18,32 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from queue import Empty
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import castore
 
-from .peers import make_value, sqlite_connect
+from .peers import make_peer, make_value, sqlite_connect
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue
     from multiprocessing.synchronize import Barrier
 
-__all__ = ["CAS_DAG", "WorkerResult", "cas_final", "cas_worker", "collect"]
+__all__ = [
+    "CAS_DAG",
+    "WorkerResult",
+    "cas_final",
+    "cas_worker",
+    "collect",
+    "peer_cas_worker",
+    "run_workers",
+]
 
 WorkerResult = tuple[int, int, int, int, int, str]  # id, ok, retries, t0, t1, error
 CAS_DAG = "bench-cas"
@@ -188,3 +200,80 @@ def _sqlite_cas_step(db: sqlite3.Connection, key: str) -> Callable[[], bool]:
         return True
 
     return step
+
+
+def run_workers(
+    start_method: str, target: Callable[..., None], args: Sequence[tuple[Any, ...]]
+) -> list[WorkerResult]:
+    """Start one process per ``args`` item and collect one result from each.
+
+    Worker ``i`` is called as ``target(*args[i], i, barrier, queue)``; all wait on
+    the barrier before their timed part and put one ``WorkerResult`` on the queue.
+
+    Args:
+        start_method: ``spawn`` or ``fork``.
+        target: The worker function (importable, for ``spawn``).
+        args: Each worker's leading arguments.
+
+    Returns:
+        One result per worker, in worker order (see ``collect``).
+    """
+    ctx = (
+        multiprocessing.get_context("fork")
+        if start_method == "fork"
+        else multiprocessing.get_context("spawn")
+    )
+    barrier = ctx.Barrier(len(args))
+    queue: Queue[WorkerResult] = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, i, barrier, queue)) for i, a in enumerate(args)]
+    os.sync()
+    for proc in procs:
+        proc.start()
+    return collect(procs, queue, barrier)
+
+
+def peer_cas_worker(
+    name: str,
+    root: str,
+    dag: str,
+    key: str,
+    n_success: int,
+    worker_id: int,
+    barrier: Barrier,
+    queue: Queue[WorkerResult],
+) -> None:
+    """The shared harness's CAS loop: ``n_success`` increments of ``{"n": ...}`` at ``key``.
+
+    Args:
+        name: A peer of ``peers.make_peer`` with ``read_versioned`` and ``cas``.
+        root: The peer's scratch directory.
+        dag: castore's DAG (other peers ignore it).
+        key: The counter's key.
+        n_success: Successful increments to make.
+        worker_id: This worker's index, first field of its result.
+        barrier: Start barrier shared with the other workers.
+        queue: Where the result goes, errors included.
+    """
+    ok = retries = 0
+    t0 = t1 = 0
+    error = ""
+    try:
+        peer = make_peer(name, root, durable=True, dag=dag)
+        barrier.wait(timeout=BARRIER_TIMEOUT_SECONDS)
+        gc.collect()
+        gc.disable()
+        t0 = time.monotonic_ns()
+        while ok < n_success:
+            version, value = peer.read_versioned(key)
+            if peer.cas(key, version, {"n": value["n"] + 1, "by": worker_id}):
+                ok += 1
+            else:
+                retries += 1
+        t1 = time.monotonic_ns()
+        peer.close()
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints it
+        error = f"{type(exc).__name__}: {exc}"
+        t1 = t1 or time.monotonic_ns()
+    finally:
+        gc.enable()
+    queue.put((worker_id, ok, retries, t0, t1, error))

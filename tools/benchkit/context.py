@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .measure import Ratio
+from .measure import Ratio, Row, ratio
 from .peers import Values
-from .targets import Goal, Target
+from .targets import Comparison, Goal, Target
 
 __all__ = ["Bench", "Config", "Workload"]
 
@@ -25,10 +25,13 @@ class Config:
     durable_batch_s: float  # time budget of one durable-set batch
     history_n: int  # versions of the deep key (workload 2)
     list_n: int  # keys in the list namespace (workload 4)
-    cas_each: int  # successful increments per process (workload 5)
-    cas_reps: int
+    cas_each: int  # successful increments per process (workloads 5 and 6)
+    cas_reps: int  # repetitions of the multi-process workloads (5, 6's CAS row, 7)
     start_method: str
     workloads: frozenset[int]
+    keys_n: int = 10_000  # keys of the get-random and list-all rows (workload 6)
+    par_each: int = 1_000  # durable sets per parallel writer (workload 7)
+    history_peer: str = "sqlite3+history"  # peer of workload 6's "+ history table" rows
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Bench:
         self.workdir = workdir
         self.values = Values()
         self.targets: list[Target] = []
+        self.comparisons: list[Comparison] = []
         self.results: dict[str, Any] = {}
         self.problems: list[str] = []
 
@@ -80,3 +84,28 @@ class Bench:
             **fields: Values for the goal's ``{fields}``.
         """
         self.targets.append(w.goals[goal].score(w.number, measured, **fields))
+
+    def compare(
+        self, w: Workload, goal: int, castore: Row, peer: str, other: Row, **fields: Any
+    ) -> Comparison:
+        """Record a castore-vs-peer row: its target row and its line in the comparison table.
+
+        Args:
+            w: The workload.
+            goal: Index of the goal in ``w.goals``: its ``what`` names the row.
+            castore: castore's rates, one per repetition.
+            peer: The peer's name.
+            other: The peer's rates, one per repetition (interleaved with castore's).
+            **fields: Values for the goal's ``{fields}``.
+
+        Returns:
+            The comparison row (also kept in ``comparisons``).
+        """
+        measured = ratio(castore, other)
+        t = w.goals[goal].score(w.number, measured, **fields)
+        self.targets.append(replace(t, what=f"{t.what}: castore / {peer}"))
+        row = Comparison(
+            w.number, t.what, castore.median, peer, other.median, measured, t.target, t.passed
+        )
+        self.comparisons.append(row)
+        return row

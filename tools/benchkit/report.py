@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .measure import Row
-from .targets import Target
+from .targets import Comparison, Target
 
 __all__ = [
     "fmt_rate",
     "print_cas_table",
+    "print_comparisons",
     "print_footer",
     "print_header",
     "print_probes",
@@ -118,6 +119,33 @@ def print_cas_table(
         )
     headers = [*CAS_HEADERS, "final count per rep", f"exact ({total})"]
     print_table(title, headers, table)
+
+
+def print_comparisons(rows: Sequence[Comparison]) -> None:
+    """The castore-vs-peer table (workloads 6 and 7): ops/s of each, ratio, target, result."""
+    if not rows:
+        return
+    table = [
+        [
+            str(r.workload),
+            r.row,
+            fmt_rate(r.castore_ops),
+            r.peer,
+            fmt_rate(r.peer_ops),
+            f"{r.ratio[0]:.2f}x",
+            f"{r.ratio[1]:.2f}-{r.ratio[2]:.2f}",
+            r.target,
+            "PASS" if r.passed else "FAIL",
+        ]
+        for r in rows
+    ]
+    print_table(
+        "castore vs its peer (issue 10): ops/s are medians over interleaved repetitions; "
+        "ratio = castore / peer, median [min-max] of the per-repetition ratios",
+        ["#", "row", "castore ops/s", "peer", "peer ops/s", "ratio", "min-max", "target", "result"],
+        table,
+        left=2,
+    )
 
 
 def print_header(meta: Mapping[str, Any], trash: Sequence[str], parent: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .measure import Ratio
 
-__all__ = ["Goal", "Target", "fmt_ratio"]
+__all__ = ["Comparison", "Goal", "Target", "fmt_ratio"]
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,
@@ -74,3 +74,37 @@ class Target:
     measured: str
     passed: bool
     value: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One castore-vs-peer row: median ops/s of each over interleaved repetitions, and the ratio.
+
+    ``ratio`` is castore / peer: the median of the per-repetition ratios, their min
+    and max, and the ratio of the two medians (``measure.ratio``).
+    """
+
+    workload: int
+    row: str
+    castore_ops: float
+    peer: str
+    peer_ops: float
+    ratio: Ratio
+    target: str = ""
+    passed: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """The row for --json."""
+        return {
+            "workload": self.workload,
+            "row": self.row,
+            "castore_ops_per_s": self.castore_ops,
+            "peer": self.peer,
+            "peer_ops_per_s": self.peer_ops,
+            "ratio": self.ratio[0],
+            "ratio_min": self.ratio[1],
+            "ratio_max": self.ratio[2],
+            "ratio_of_medians": self.ratio[3],
+            "target": self.target,
+            "result": "PASS" if self.passed else "FAIL",
+        }

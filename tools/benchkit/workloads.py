@@ -3,12 +3,17 @@
 Every timed workload runs its variants in rotated repetitions (see ``measure``);
 ``setup`` functions build bulk data before any workload is timed. Goal labels take
 ``{fields}`` that the workload fills in (``n`` keys or versions, ``kind`` warm or
-cold, ``keys`` the key set, ``procs`` the process count).
+cold, ``keys`` the key set, ``procs`` the process count, ``workers`` the writers).
+
+Workloads 6 and 7 are issue 10's table: one goal per row, in the table's order, each
+a castore / peer ratio (``Bench.compare``; the peer's name is added to the label).
 """
 
 from __future__ import annotations
 
 from .context import Workload
+from .issue10 import CAS_PROCS, setup_issue10, w6_issue10
+from .parallel import w7_parallel
 from .peers import PEER_NAMES
 from .reads import setup_history, setup_list, w1_get, w2_history, w4_list
 from .targets import Goal
@@ -61,6 +66,39 @@ WORKLOADS: tuple[Workload, ...] = (
         peers=("castore", "sqlite3"),
         run=w5_cas,
         goals=(Goal("CAS increments/s, {procs} procs: castore / sqlite3", ">=", 1.0),),
+    ),
+    Workload(
+        number=6,
+        key="w6_issue10",
+        measures="issue-10 table: sets, gets, get version k, lists and CAS, castore vs "
+        "sqlite (WAL) and sqlite with a history table",
+        peers=("castore", "sqlite", "sqlite3+history"),
+        setup=setup_issue10,
+        run=w6_issue10,
+        goals=(
+            Goal("durable set, 100 B", ">=", 1.0),
+            Goal("durable set, 10 KB", ">=", 1.0),
+            Goal("set without sync, 100 B", ">=", 1.0),
+            Goal("set without sync, 10 KB", ">=", 1.0),
+            Goal("warm get, 100 B", ">=", 1.0),
+            Goal("get random of {n:,} keys", ">=", 1.0),
+            Goal("get version k after {n:,} versions", ">=", 0.67),
+            Goal("list prefix (100 of {n:,} keys)", ">=", 0.5),
+            Goal("list all {n:,} keys", ">=", 0.5),
+            Goal(f"{CAS_PROCS}-process compare-and-swap on one key", ">=", 1.0),
+        ),
+    ),
+    Workload(
+        number=7,
+        key="w7_parallel",
+        measures="parallel durable writers on distinct keys: 4 processes, 4 threads on one "
+        "handle; castore vs sqlite (WAL, synchronous=FULL)",
+        peers=("castore", "sqlite"),
+        run=w7_parallel,
+        goals=(
+            Goal("parallel durable writers on distinct keys: {workers} processes", ">=", 2.0),
+            Goal("{workers} threads on one shared handle doing durable sets", ">=", 2.0),
+        ),
     ),
 )
 
