@@ -95,6 +95,7 @@ class FileBackend:
         """Drop cached state; close the cached directory descriptors (see ``Store.close``)."""
         self._cache.clear()
         self._logs.clear()
+        self._writer.close()
         self.names.close()
         self.layout.close()
 

@@ -22,6 +22,7 @@ __all__ = [
     "LOCK_TIMEOUT_SECONDS",
     "append",
     "failpoint",
+    "lock",
     "locked",
     "read_at",
 ]
@@ -55,11 +56,10 @@ def failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def locked(
+def lock(
     fd: int, path: str, *, shared: bool = False, timeout: float = LOCK_TIMEOUT_SECONDS
-) -> Iterator[None]:
-    """Hold an flock on ``fd`` for the ``with`` block.
+) -> None:
+    """Take an flock on ``fd`` (the caller releases it with ``LOCK_UN`` or by closing).
 
     Polls with a short exponential back-off, so a waiter starts within about
     a millisecond of the lock being freed.
@@ -82,6 +82,18 @@ def locked(
                 if time.monotonic() >= deadline:
                     raise LockTimeoutError(path, timeout) from None
                 pause = min(pause * 2, _POLL_MAX_SECONDS)
+
+
+@contextlib.contextmanager
+def locked(
+    fd: int, path: str, *, shared: bool = False, timeout: float = LOCK_TIMEOUT_SECONDS
+) -> Iterator[None]:
+    """Hold an flock on ``fd`` for the ``with`` block (see :func:`lock`).
+
+    Raises:
+        LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
+    """
+    lock(fd, path, shared=shared, timeout=timeout)
     try:
         yield
     finally:

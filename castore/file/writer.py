@@ -21,6 +21,7 @@ from castore.file import logread
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.encode import DEDUP_MIN_BYTES, carried, encode_versions, refuse_lower
+from castore.file.kept import KeptLogs
 from castore.file.layout import Layout
 from castore.file.namespaces import Namespaces
 from castore.file.records import KIND_ENTRY, decode_entry
@@ -96,6 +97,11 @@ class Writer:
         self.reader = reader
         self._cache = cache
         self._dirs: set[str] = set()
+        self._kept = KeptLogs()
+
+    def close(self) -> None:
+        """Close the log descriptors kept between writes."""
+        self._kept.close()
 
     @staticmethod
     def _ref(log: RefLog) -> Ref:
@@ -123,7 +129,7 @@ class Writer:
         ref = self._ref(log)
         nsdir = os.path.dirname(log.path)
         self._ensure_dir(nsdir)
-        with log.locked() as fd:
+        with self._kept.locked(log) as fd:
             tail, known = self._locked_newest(log, fd)
             size = tail.size
             previous = tail.entry

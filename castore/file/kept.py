@@ -1,0 +1,106 @@
+"""Ref logs kept open between writes: a write locks a kept descriptor instead of opening one.
+
+Opening a log below the root costs a confined open (``O_NOFOLLOW`` relative
+to its directory) and a close; relocking a descriptor this handle already
+has costs an ``flock`` and a ``stat``. A kept descriptor is used only if,
+under its lock, the path still names the same file (a rewrite renames a new
+log over the old one; gc may remove it). One thread at a time uses a
+descriptor (it is taken out of the pool for the write), and a forked child
+never uses its parent's: their ``flock`` would be shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+
+from castore.file import fileio
+from castore.file.reflog import RefLog
+
+__all__ = ["KEPT_MAX", "KeptLogs"]
+
+KEPT_MAX = 8  # descriptors a handle keeps open (its most recently written logs)
+
+
+class KeptLogs:
+    """A small pool of log descriptors, by path, for the writes of one handle."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+        self._guard = threading.Lock()
+
+    def __del__(self) -> None:
+        self.close()  # a handle that is never closed does not hold descriptors forever
+
+    def close(self) -> None:
+        """Close every kept descriptor."""
+        with self._guard:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _take(self, path: str) -> int | None:
+        if self._pid != os.getpid():  # inherited from the parent: never used
+            self._pid = os.getpid()
+            self.close()
+        with self._guard:
+            return self._fds.pop(path, None)
+
+    def _give(self, path: str, fd: int) -> None:
+        """Keep ``fd`` for ``path``, in place of the least recently kept one if full."""
+        evicted = fd
+        with self._guard:
+            if path not in self._fds and self._pid == os.getpid():
+                evicted = -1
+                if len(self._fds) >= KEPT_MAX:
+                    evicted = self._fds.pop(next(iter(self._fds)))
+                self._fds[path] = fd
+        if evicted >= 0:
+            os.close(evicted)
+
+    def _relock(self, log: RefLog, fd: int) -> bool:
+        """Lock ``fd``; True if its path still names it, else unlock (the caller closes)."""
+        fileio.lock(fd, log.path, timeout=log.layout.lock_timeout)
+        try:
+            mine, now = os.fstat(fd), log.layout.fs.stat(log.path)
+            current = (mine.st_ino, mine.st_dev) == (now.st_ino, now.st_dev)
+        except FileNotFoundError:
+            current = False
+        if not current:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return current
+
+    @contextlib.contextmanager
+    def locked(self, log: RefLog) -> Iterator[int]:
+        """``log`` locked exclusively, on a kept descriptor if one is still current.
+
+        Raises:
+            LockTimeoutError: the lock stayed taken for the lock timeout.
+        """
+        fd = self._take(log.path)
+        if fd is not None:
+            try:
+                current = self._relock(log, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                try:
+                    yield fd
+                except BaseException:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                    raise
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._give(log.path, fd)
+                return
+            os.close(fd)
+        with log.locked() as fresh:
+            yield fresh
+            kept = os.dup(fresh)  # the same open file: its flock goes with the unlock below
+        self._give(log.path, kept)
