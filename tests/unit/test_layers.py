@@ -84,7 +84,8 @@ FILE_LAYERS = {
     "reflog": 4,
     "checktree": 4,
     # reading and writing; maintenance (handed the FileBackend that calls it)
-    "writer": 5,
+    "kept": 5,
+    "writer": 6,
     "checklog": 5,
     "check": 6,
     "gc": 5,
