@@ -7,7 +7,9 @@ text, HTML-safe escapes. The digest is the hex sha256 of those bytes. Specified 
 Dagu reference, section 2, and ``docs/FORMAT.md``. This module holds the entry points and
 the encoder; parsing JSON text is :mod:`castore.jsonparse`, converting Python values
 :mod:`castore.pyvalues`, and the limits and Unicode repair they share
-:mod:`castore.jsonrules`.
+:mod:`castore.jsonrules`. ``jsonparse`` (and the stdlib ``json`` under it) is imported
+only when a value leaves the fast path (:mod:`castore.fastjson`): a CLI ``get`` or a
+``set`` of a plain value never loads it (docs/PERFORMANCE.md, "CLI start-up").
 
 Invariant: every output of a ``normalize*`` function is valid UTF-8, at most
 :data:`MAX_VALUE_BYTES` long, at most :data:`MAX_DEPTH` deep, and a fixed point of
@@ -29,7 +31,6 @@ import msgspec
 
 from castore.errors import InvalidValueError, ValueTooLargeError
 from castore.fastjson import plain_json, plain_python
-from castore.jsonparse import check_depth, parse_document
 from castore.jsonrules import GO_REPLACE, MAX_DEPTH, MAX_VALUE_BYTES, fix_str
 from castore.pyvalues import from_python
 
@@ -137,6 +138,8 @@ def normalize_json(data: bytes | bytearray | memoryview | str) -> bytes:
     if len(raw) > MAX_VALUE_BYTES:
         raise ValueTooLargeError(len(raw), MAX_VALUE_BYTES)
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        from castore.jsonparse import check_depth
+
         check_depth(raw)
     if text is None:
         plain = plain_json(raw)
@@ -152,6 +155,8 @@ def _exact_json(raw: bytes, text: str | None = None) -> bytes:
             text = raw.decode()
         except UnicodeDecodeError:
             text = raw.decode("utf-8", GO_REPLACE)
+    from castore.jsonparse import parse_document
+
     return _finish(parse_document(text, raw, literal_numbers=True))
 
 
@@ -240,6 +245,8 @@ def decode_value(normalized: bytes) -> JSONValue:
         text = raw.decode()
     except UnicodeDecodeError as exc:
         raise InvalidValueError(f"not UTF-8: {exc.reason}") from exc
+    from castore.jsonparse import parse_document
+
     slow: JSONValue = parse_document(text, raw, literal_numbers=False)
     return slow
 

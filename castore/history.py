@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jsonpatch
-
 from castore import codec
 from castore.backend import Backend, LogView, NewVersion
 from castore.errors import ConflictError, InvalidRefError, NotFoundError
@@ -199,6 +197,8 @@ def diff_versions(
     new_entry, new = _version(backend, ref, to_version)
     before: Any = codec.decode_value(old) if old is not None else None
     after: Any = codec.decode_value(new) if new is not None else None
+    import jsonpatch  # only version diffs use it: not loaded by get/set (CLI start-up)
+
     patch = jsonpatch.make_patch(before, after).patch
     return VersionDiff(
         scope=ref.scope,

@@ -9,9 +9,7 @@ The audit fields come from the writing ``Store`` (``actor``, ``run_id``,
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 
 from castore.records import Audit
 
@@ -42,11 +40,15 @@ class ProcessIdentity:
         """``(pid, user, host)``; the user is empty when it cannot be looked up."""
         pid = os.getpid()
         if self._cached is None or self._cached[0] != pid:
+            import getpass  # on the first write only: a CLI get never loads it
+
             try:
                 user = getpass.getuser()
             except (KeyError, OSError):
                 user = ""
-            self._cached = (pid, user, socket.gethostname())
+            # The host name as socket.gethostname() gives it (POSIX gethostname(2) is
+            # uname's nodename), without importing socket (CLI start-up).
+            self._cached = (pid, user, os.uname().nodename)
         return self._cached
 
 

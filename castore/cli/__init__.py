@@ -8,16 +8,16 @@ docs/CLI.md). Progress bars go to stderr, only when it is a terminal.
 
 The package: ``args`` (the parser), ``render`` (the JSON lines), ``invocation``
 (what every command shares), and the commands by group in ``state``, ``history``
-and ``maintenance``; this module runs one of them and maps errors to exit codes.
+and ``maintenance``; this module runs one of them, importing only that command's
+module (:data:`COMMANDS` imports on lookup), and maps errors to exit codes.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Final
 
-from castore.cli import history, maintenance, state
 from castore.cli.args import UsageError, build_parser
 from castore.cli.invocation import Command, Invocation, UnhealthyError
 from castore.errors import (
@@ -48,7 +48,51 @@ EXIT_CODES = {
 }
 
 
-COMMANDS: Final[dict[str, Command]] = {**state.COMMANDS, **history.COMMANDS, **maintenance.COMMANDS}
+# The module of each command: a run imports only its command's module (CLI start-up,
+# docs/PERFORMANCE.md), so that a `get` never loads tqdm, audit or the transfer code.
+_GROUPS: Final = {
+    **dict.fromkeys(("get", "set", "diff", "delete", "list"), "state"),
+    **dict.fromkeys(("history", "rollback", "audit"), "history"),
+    **dict.fromkeys(
+        ("export", "import", "import-dagu", "gc", "compact", "check", "upgrade", "stats"),
+        "maintenance",
+    ),
+}
+
+
+def _handler(name: str) -> Command:
+    """The function of command ``name``, importing its module (and only it) on first use."""
+    group = _GROUPS[name]
+    if group == "state":
+        from castore.cli import state
+
+        return state.COMMANDS[name]
+    if group == "history":
+        from castore.cli import history
+
+        return history.COMMANDS[name]
+    from castore.cli import maintenance
+
+    return maintenance.COMMANDS[name]
+
+
+class _Commands(Mapping[str, Command]):
+    """Command name -> function; a lookup imports only that command's module."""
+
+    def __getitem__(self, name: str) -> Command:
+        return _handler(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_GROUPS)
+
+    def __len__(self) -> int:
+        return len(_GROUPS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in _GROUPS
+
+
+COMMANDS: Final[Mapping[str, Command]] = _Commands()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,17 +1,27 @@
-"""The command line's arguments: one argparse parser, every command and option.
+"""The command line's arguments: the global options, then one command and its options.
 
 Kept apart from the commands (``castore.cli.state`` and its siblings) so each
 stays small; docs/CLI.md describes the same commands and ``tests/unit/test_docs.py``
 checks that every one of them is documented.
+
+Start-up cost (docs/PERFORMANCE.md, "CLI start-up"): :data:`SPECS` is a
+table of each command's summary, example and a function adding its options;
+:func:`build_parser` builds the global parser only, and the parser of a
+command is built when argparse selects that command (:class:`_CommandParsers`),
+so one run builds two parsers, not one per command. ``castore --help`` lists
+the commands from the table; ``castore CMD --help`` builds CMD's parser.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
-from typing import NoReturn
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, NoReturn
 
-__all__ = ["UsageError", "build_parser"]
+__all__ = ["SPECS", "Spec", "UsageError", "build_parser"]
 
 _NEGATIVE_NUMBER = re.compile(r"^-\.?\d")  # JSON numbers such as -1e5 are values, not options
 
@@ -25,8 +35,199 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> _Parser:
-    """The parser of ``castore``: global options, then one subcommand."""
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size()`` finds it, without shutil.
+
+    ``$COLUMNS``, else the width of the terminal on stdout, else 80. argparse
+    asks for it whenever it makes a formatter (each ``add_argument`` does),
+    and importing shutil (with its compression modules) costs ~2 ms a run.
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Help(argparse.HelpFormatter):
+    """argparse's help formatter, its default width found by :func:`_columns`."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        width = _columns() - 2 if width is None else width  # argparse's own default
+        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
+
+
+class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
+    """:class:`_Help` keeping the description's line breaks (the command's example)."""
+
+
+def _value(cmd: _Parser) -> None:
+    cmd.add_argument("value", nargs="?", default="-", help="JSON text; omitted or - is stdin")
+
+
+def _version(cmd: _Parser, flag: str, what: str, required: bool = False) -> None:
+    cmd.add_argument(flag, type=int, required=required, help=what)
+
+
+def _reason(cmd: _Parser) -> None:
+    cmd.add_argument("--reason", default="", help="why, recorded in the audit")
+
+
+def _get(cmd: _Parser) -> None:
+    cmd.add_argument("key")
+    cmd.add_argument("--default", help="JSON value printed when the key is missing")
+    cmd.add_argument("--required", action="store_true", help="exit 4 when the key is missing")
+    _version(cmd, "--version", "read this version instead of the latest")
+
+
+def _set(cmd: _Parser) -> None:
+    cmd.add_argument("key")
+    _value(cmd)
+    _version(cmd, "--expected-version", "fail unless this is the live version (0 = absent)")
+    cmd.add_argument("--create-only", action="store_true", help="fail if the key exists")
+    _reason(cmd)
+
+
+def _diff(cmd: _Parser) -> None:
+    cmd.add_argument("key")
+    _value(cmd)
+    cmd.add_argument("--no-update", action="store_true", help="compare only, never write")
+    _version(cmd, "--expected-version", "fail unless this is the live version")
+    _version(cmd, "--from-version", "diff two stored versions: the old one")
+    _version(cmd, "--to-version", "diff two stored versions: the new one (default latest)")
+    cmd.add_argument("--format", choices=("json", "text"), default="json", help="version diff")
+    _reason(cmd)
+
+
+def _key_and_reason(cmd: _Parser) -> None:
+    cmd.add_argument("key")
+    _reason(cmd)
+
+
+def _list(cmd: _Parser) -> None:
+    cmd.add_argument("--prefix", default="", help="byte prefix of the keys")
+    cmd.add_argument("--limit", type=int, default=0, help="at most N entries (0 = all)")
+    cmd.add_argument("--include-values", action="store_true", help="include each value")
+
+
+def _history(cmd: _Parser) -> None:
+    cmd.add_argument("key")
+    cmd.add_argument("--limit", type=int, default=0, help="at most N versions (0 = all)")
+    _version(cmd, "--before-version", "only versions below this one (paging)")
+
+
+def _rollback(cmd: _Parser) -> None:
+    cmd.add_argument("key")
+    _version(cmd, "--to-version", "the version to restore", required=True)
+    _version(cmd, "--expected-version", "fail unless this is the live version")
+    _reason(cmd)
+
+
+def _audit(cmd: _Parser) -> None:
+    cmd.add_argument("--since", help="RFC 3339 time or YYYY-MM-DD (inclusive)")
+    cmd.add_argument("--until", help="RFC 3339 time or YYYY-MM-DD (inclusive)")
+
+
+def _none(cmd: _Parser) -> None:
+    """A command without options of its own."""
+
+
+def _import(cmd: _Parser) -> None:
+    cmd.add_argument("file", help="export file, or - for stdin")
+    cmd.add_argument(
+        "--on-conflict",
+        choices=("refuse", "skip", "overwrite"),
+        default="refuse",
+        help="what to do with keys that already exist (default: refuse, nothing imported)",
+    )
+
+
+def _gc(cmd: _Parser) -> None:
+    cmd.add_argument("--grace", default="1h", help="keep leftovers younger than this (1h)")
+    cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+
+
+def _compact(cmd: _Parser) -> None:
+    cmd.add_argument("--keep-last", type=int, help="keep the newest N versions of each key")
+    cmd.add_argument("--keep-within", help="keep versions younger than this (e.g. 7d, 12h)")
+    cmd.add_argument("--prefix", default="", help="only keys with this byte prefix")
+    cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+
+
+def _check(cmd: _Parser) -> None:
+    cmd.add_argument("--repair", action="store_true", help="truncate, quarantine, rebuild")
+
+
+def _import_dagu(cmd: _Parser) -> None:
+    cmd.add_argument("directory", help="Dagu's paths.dag_state_dir (holding v1/)")
+
+
+class Spec(NamedTuple):
+    """One command: its one-line summary, an example, and what adds its own options."""
+
+    summary: str
+    example: str
+    options: Callable[[_Parser], None]
+
+
+SPECS: Final[dict[str, Spec]] = {  # in the order `castore --help` lists them
+    "get": Spec("read the latest value of a key", "castore --dag feed get cursors/feed", _get),
+    "set": Spec("write a new version of a key", "castore --dag feed set cursors/feed '[1]'", _set),
+    "diff": Spec(
+        "compare a value with the stored one, or two stored versions",
+        "castore --dag feed diff snap '[1]'  |  castore --dag feed diff snap --from-version 1",
+        _diff,
+    ),
+    "delete": Spec(
+        "delete a key (keeps its history)",
+        "castore --dag feed delete cursors/feed",
+        _key_and_reason,
+    ),
+    "list": Spec(
+        "list the live keys of a namespace", "castore --dag feed list --prefix cur", _list
+    ),
+    "history": Spec(
+        "versions of a key, newest first", "castore --dag feed history cursors/feed", _history
+    ),
+    "rollback": Spec(
+        "restore an old version as a new one",
+        "castore --dag f rollback k --to-version 3",
+        _rollback,
+    ),
+    "audit": Spec(
+        "writes and deletes across keys, newest first", "castore audit --run-id r1", _audit
+    ),
+    "export": Spec("write every version as JSON lines", "castore export > dump.jsonl", _none),
+    "import": Spec("import an export (JSON lines)", "castore import dump.jsonl", _import),
+    "gc": Spec("free unreferenced blobs and crash leftovers", "castore gc --dry-run", _gc),
+    "compact": Spec(
+        "drop old versions by a retention policy", "castore compact --keep-last 10", _compact
+    ),
+    "check": Spec("verify every record and blob; --repair fixes", "castore check --repair", _check),
+    "stats": Spec("keys, versions, blobs and bytes per scope", "castore stats", _none),
+    "upgrade": Spec("convert a store of an older format (run it alone)", "castore upgrade", _none),
+    "import-dagu": Spec(
+        "import a Dagu dag-state directory",
+        "castore import-dagu /var/lib/dagu/dag-state",
+        _import_dagu,
+    ),
+}
+
+
+def _store_options() -> _Parser:
+    """The global options again, for after the command (their defaults come from before it)."""
     common = _Parser(add_help=False)
     opts = common.add_argument_group("store options (also accepted before the command)")
     opts.add_argument("--dir", default=argparse.SUPPRESS, help="store directory")
@@ -38,11 +239,92 @@ def build_parser() -> _Parser:
     opts.add_argument("--actor", default=argparse.SUPPRESS, help="who writes (audit)")
     opts.add_argument("--run-id", default=argparse.SUPPRESS, help="run id (audit)")
     opts.add_argument("--step", default=argparse.SUPPRESS, help="step name (audit)")
+    return common
 
+
+def command_parser(prog: str, name: str) -> _Parser:
+    """The parser of command ``name`` (``prog``: ``castore NAME``).
+
+    Raises:
+        KeyError: no such command.
+    """
+    spec = SPECS[name]
+    made = _Parser(
+        prog=prog,
+        parents=[_store_options()],
+        description=f"{spec.summary}\n\nexample: {spec.example}",
+        formatter_class=_RawHelp,
+    )
+    made._negative_number_matcher = _NEGATIVE_NUMBER  # argparse internal; stable since 3.2
+    spec.options(made)
+    return made
+
+
+class _LazyParsers(Mapping[str, _Parser]):
+    """Command name -> its parser, built on first lookup (argparse looks up only the one run)."""
+
+    def __init__(self, prog_prefix: str) -> None:
+        self._prefix = prog_prefix
+        self._built: dict[str, _Parser] = {}
+
+    def __getitem__(self, name: str) -> _Parser:
+        if name not in self._built:
+            self._built[name] = command_parser(f"{self._prefix} {name}", name)
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SPECS)
+
+    def __len__(self) -> int:
+        return len(SPECS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in SPECS
+
+
+if TYPE_CHECKING:
+    _SubParsersAction = argparse._SubParsersAction[_Parser]
+else:  # not subscriptable at run time
+    _SubParsersAction = argparse._SubParsersAction
+
+
+class _CommandParsers(_SubParsersAction):
+    """The COMMAND argument: argparse's subcommands, each parser built only when it runs.
+
+    ``choices`` (what argparse checks COMMAND against and lists in its error)
+    is a :class:`_LazyParsers`; the help lists the commands from the table.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = _LazyParsers(self._prog_prefix)
+        self.choices = self.lazy  # type: ignore[assignment]  # a Mapping, not a dict
+
+    def _get_subactions(self) -> list[argparse.Action]:
+        return [
+            argparse.Action(option_strings=[], dest=name, help=spec.summary, metavar=name)
+            for name, spec in SPECS.items()
+        ]
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if isinstance(values, list) and values and values[0] in self.lazy:  # nargs=PARSER
+            self._name_parser_map[values[0]] = self.lazy[values[0]]  # the command's own parser
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser() -> _Parser:
+    """The parser of ``castore``: global options, then one command (parsed by its own parser)."""
     parser = _Parser(
         prog="castore",
         description="Content-addressed, versioned JSON state store (Dagu-compatible).",
         epilog="Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found, 5 damaged.",
+        formatter_class=_Help,
     )
     parser.add_argument("--dir", help="store directory (default: $CASTORE_DIR, else XDG data dir)")
     parser.add_argument("--dag", help="current DAG name (default: $DAG_NAME)")
@@ -53,121 +335,5 @@ def build_parser() -> _Parser:
     parser.add_argument("--actor", help="who writes, for the audit (default: $CASTORE_ACTOR)")
     parser.add_argument("--run-id", help="run id for the audit (default: $DAG_RUN_ID)")
     parser.add_argument("--step", help="step name for the audit (default: $DAG_RUN_STEP_NAME)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add(name: str, summary: str, example: str) -> _Parser:
-        made: _Parser = sub.add_parser(
-            name,
-            parents=[common],
-            help=summary,
-            description=f"{summary}\n\nexample: {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        made._negative_number_matcher = _NEGATIVE_NUMBER  # argparse internal; stable since 3.2
-        return made
-
-    def value_arg(cmd: _Parser) -> None:
-        cmd.add_argument("value", nargs="?", default="-", help="JSON text; omitted or - is stdin")
-
-    def version_arg(cmd: _Parser, flag: str, what: str, required: bool = False) -> None:
-        cmd.add_argument(flag, type=int, required=required, help=what)
-
-    def reason_arg(cmd: _Parser) -> None:
-        cmd.add_argument("--reason", default="", help="why, recorded in the audit")
-
-    cmd = add("get", "read the latest value of a key", "castore --dag feed get cursors/feed")
-    cmd.add_argument("key")
-    cmd.add_argument("--default", help="JSON value printed when the key is missing")
-    cmd.add_argument("--required", action="store_true", help="exit 4 when the key is missing")
-    version_arg(cmd, "--version", "read this version instead of the latest")
-
-    cmd = add("set", "write a new version of a key", "castore --dag feed set cursors/feed '[1]'")
-    cmd.add_argument("key")
-    value_arg(cmd)
-    version_arg(cmd, "--expected-version", "fail unless this is the live version (0 = absent)")
-    cmd.add_argument("--create-only", action="store_true", help="fail if the key exists")
-    reason_arg(cmd)
-
-    cmd = add(
-        "diff",
-        "compare a value with the stored one, or two stored versions",
-        "castore --dag feed diff snap '[1]'  |  castore --dag feed diff snap --from-version 1",
-    )
-    cmd.add_argument("key")
-    value_arg(cmd)
-    cmd.add_argument("--no-update", action="store_true", help="compare only, never write")
-    version_arg(cmd, "--expected-version", "fail unless this is the live version")
-    version_arg(cmd, "--from-version", "diff two stored versions: the old one")
-    version_arg(cmd, "--to-version", "diff two stored versions: the new one (default latest)")
-    cmd.add_argument("--format", choices=("json", "text"), default="json", help="version diff")
-    reason_arg(cmd)
-
-    cmd = add(
-        "delete", "delete a key (keeps its history)", "castore --dag feed delete cursors/feed"
-    )
-    cmd.add_argument("key")
-    reason_arg(cmd)
-
-    cmd = add("list", "list the live keys of a namespace", "castore --dag feed list --prefix cur")
-    cmd.add_argument("--prefix", default="", help="byte prefix of the keys")
-    cmd.add_argument("--limit", type=int, default=0, help="at most N entries (0 = all)")
-    cmd.add_argument("--include-values", action="store_true", help="include each value")
-
-    cmd = add(
-        "history", "versions of a key, newest first", "castore --dag feed history cursors/feed"
-    )
-    cmd.add_argument("key")
-    cmd.add_argument("--limit", type=int, default=0, help="at most N versions (0 = all)")
-    version_arg(cmd, "--before-version", "only versions below this one (paging)")
-
-    cmd = add(
-        "rollback",
-        "restore an old version as a new one",
-        "castore --dag f rollback k --to-version 3",
-    )
-    cmd.add_argument("key")
-    version_arg(cmd, "--to-version", "the version to restore", required=True)
-    version_arg(cmd, "--expected-version", "fail unless this is the live version")
-    reason_arg(cmd)
-
-    cmd = add("audit", "writes and deletes across keys, newest first", "castore audit --run-id r1")
-    cmd.add_argument("--since", help="RFC 3339 time or YYYY-MM-DD (inclusive)")
-    cmd.add_argument("--until", help="RFC 3339 time or YYYY-MM-DD (inclusive)")
-
-    add("export", "write every version as JSON lines", "castore export > dump.jsonl")
-
-    cmd = add("import", "import an export (JSON lines)", "castore import dump.jsonl")
-    cmd.add_argument("file", help="export file, or - for stdin")
-    cmd.add_argument(
-        "--on-conflict",
-        choices=("refuse", "skip", "overwrite"),
-        default="refuse",
-        help="what to do with keys that already exist (default: refuse, nothing imported)",
-    )
-
-    cmd = add("gc", "free unreferenced blobs and crash leftovers", "castore gc --dry-run")
-    cmd.add_argument("--grace", default="1h", help="keep leftovers younger than this (1h)")
-    cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
-
-    cmd = add(
-        "compact", "drop old versions by a retention policy", "castore compact --keep-last 10"
-    )
-    cmd.add_argument("--keep-last", type=int, help="keep the newest N versions of each key")
-    cmd.add_argument("--keep-within", help="keep versions younger than this (e.g. 7d, 12h)")
-    cmd.add_argument("--prefix", default="", help="only keys with this byte prefix")
-    cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
-
-    cmd = add("check", "verify every record and blob; --repair fixes", "castore check --repair")
-    cmd.add_argument("--repair", action="store_true", help="truncate, quarantine, rebuild")
-
-    add("stats", "keys, versions, blobs and bytes per scope", "castore stats")
-
-    add("upgrade", "convert a store of an older format (run it alone)", "castore upgrade")
-
-    cmd = add(
-        "import-dagu",
-        "import a Dagu dag-state directory",
-        "castore import-dagu /var/lib/dagu/dag-state",
-    )
-    cmd.add_argument("directory", help="Dagu's paths.dag_state_dir (holding v1/)")
+    parser.add_subparsers(dest="command", metavar="COMMAND", required=True, action=_CommandParsers)
     return parser

@@ -12,12 +12,13 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable, Iterator
-from typing import Never, TypeAlias
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Never, TypeAlias
 
 from castore.keys import go_trim_space
 from castore.store import Store
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["Command", "Invocation", "UnhealthyError", "progress"]
 
@@ -58,5 +59,11 @@ Command: TypeAlias = Callable[[Invocation], Iterator[bytes]]
 
 
 def progress(unit: str) -> tqdm[Never]:
-    """A progress bar on stderr, shown only when stderr is a terminal."""
+    """A progress bar on stderr, shown only when stderr is a terminal.
+
+    tqdm is imported here: only the commands that show a bar (audit, export,
+    import, maintenance) load it, not the state commands (CLI start-up).
+    """
+    from tqdm import tqdm
+
     return tqdm(unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)

@@ -1,7 +1,8 @@
 """The whole-store commands: export/import, ``import-dagu``, gc, compact, check, upgrade, stats.
 
-Each prints its report as one JSON line with ``operation`` first; ``export``
-and ``import-dagu`` stream JSON lines (docs/CLI.md).
+Each prints its report as one JSON line with ``operation`` first (the tagged
+line types below, kept here so that the state commands never load them);
+``export`` and ``import-dagu`` stream JSON lines (docs/CLI.md).
 """
 
 from __future__ import annotations
@@ -14,17 +15,67 @@ import tempfile
 from collections.abc import Iterator
 from typing import Final
 
+import msgspec
+
 from castore.backends import default_root, upgrade
 from castore.cli.args import UsageError
 from castore.cli.invocation import Command, Invocation, UnhealthyError, progress
-from castore.cli.render import DaguImportSummary, encode_line, render
+from castore.cli.render import encode_line, render_as
 from castore.dagu import import_dagu
 from castore.keys import go_trim_space
-from castore.transfer import export_lines, import_lines, read_lines
+from castore.reports import CheckReport, CompactReport, GCReport, StoreStats, UpgradeReport
+from castore.transfer import ImportReport, export_lines, import_lines, read_lines
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "DaguImportSummary"]
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}  # seconds per unit
+
+
+class _GCLine(GCReport, frozen=True, kw_only=True, tag_field="operation", tag="gc"):
+    """``castore gc``'s line."""
+
+
+class _CompactLine(CompactReport, frozen=True, kw_only=True, tag_field="operation", tag="compact"):
+    """``castore compact``'s line."""
+
+
+class _CheckLine(CheckReport, frozen=True, kw_only=True, tag_field="operation", tag="check"):
+    """``castore check``'s line."""
+
+
+class _ImportLine(ImportReport, frozen=True, kw_only=True, tag_field="operation", tag="import"):
+    """``castore import``'s line."""
+
+
+class _UpgradeLine(UpgradeReport, frozen=True, kw_only=True, tag_field="operation", tag="upgrade"):
+    """``castore upgrade``'s line."""
+
+
+class _StatsLine(StoreStats, frozen=True, kw_only=True, tag_field="operation", tag="stats"):
+    """``castore stats``'s line."""
+
+
+class DaguImportSummary(msgspec.Struct, frozen=True, tag_field="operation", tag="import-dagu"):
+    """The last line of ``castore import-dagu``: how many files were imported and skipped."""
+
+    imported: int
+    skipped: int
+
+
+Report = GCReport | CompactReport | CheckReport | ImportReport | UpgradeReport | StoreStats
+_LINE_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
+    GCReport: _GCLine,
+    CompactReport: _CompactLine,
+    CheckReport: _CheckLine,
+    ImportReport: _ImportLine,
+    UpgradeReport: _UpgradeLine,
+    StoreStats: _StatsLine,
+}
+
+
+def render(report: Report) -> bytes:
+    """One JSON line (without newline): the report itself, ``operation`` first."""
+    return render_as(report, _LINE_TYPES[type(report)])
 
 
 def _duration(text: str | None) -> float | None:

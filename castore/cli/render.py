@@ -2,7 +2,9 @@
 
 The lines of Dagu's five operations and of castore's single-key commands are
 declared in :mod:`castore.results` (``GetLine`` ...); each maintenance report
-is printed as itself with ``operation`` first (a tagged subclass, below).
+is printed as itself with ``operation`` first (a tagged subclass declared in
+:mod:`castore.cli.maintenance`, which renders it with :func:`render_as`, so a
+state command never loads the maintenance and transfer code).
 Strings of a declared line are written as Go writes them and values verbatim,
 so the bytes match Dagu's; history entries, patches and reports are castore's
 own and written by msgspec as they are.
@@ -12,12 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import jsonpatch
-import jsonpointer
 import msgspec
 
 from castore import codec
-from castore.reports import CheckReport, CompactReport, GCReport, StoreStats, UpgradeReport
 from castore.results import (
     LINE_TYPES,
     DeleteResult,
@@ -31,40 +30,8 @@ from castore.results import (
     SetResult,
     VersionDiff,
 )
-from castore.transfer import ImportReport
 
-__all__ = ["DaguImportSummary", "encode_line", "render", "render_patch_text"]
-
-
-class _GCLine(GCReport, frozen=True, kw_only=True, tag_field="operation", tag="gc"):
-    """``castore gc``'s line."""
-
-
-class _CompactLine(CompactReport, frozen=True, kw_only=True, tag_field="operation", tag="compact"):
-    """``castore compact``'s line."""
-
-
-class _CheckLine(CheckReport, frozen=True, kw_only=True, tag_field="operation", tag="check"):
-    """``castore check``'s line."""
-
-
-class _ImportLine(ImportReport, frozen=True, kw_only=True, tag_field="operation", tag="import"):
-    """``castore import``'s line."""
-
-
-class _UpgradeLine(UpgradeReport, frozen=True, kw_only=True, tag_field="operation", tag="upgrade"):
-    """``castore upgrade``'s line."""
-
-
-class _StatsLine(StoreStats, frozen=True, kw_only=True, tag_field="operation", tag="stats"):
-    """``castore stats``'s line."""
-
-
-class DaguImportSummary(msgspec.Struct, frozen=True, tag_field="operation", tag="import-dagu"):
-    """The last line of ``castore import-dagu``: how many files were imported and skipped."""
-
-    imported: int
-    skipped: int
+__all__ = ["encode_line", "render", "render_as", "render_patch_text"]
 
 
 Renderable = (
@@ -76,22 +43,7 @@ Renderable = (
     | HistoryResult
     | RollbackResult
     | VersionDiff
-    | GCReport
-    | CompactReport
-    | CheckReport
-    | ImportReport
-    | UpgradeReport
-    | StoreStats
 )
-_LINE_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
-    **LINE_TYPES,
-    GCReport: _GCLine,
-    CompactReport: _CompactLine,
-    CheckReport: _CheckLine,
-    ImportReport: _ImportLine,
-    UpgradeReport: _UpgradeLine,
-    StoreStats: _StatsLine,
-}
 
 
 def _to_field(kind: type, value: Any) -> Any:
@@ -118,12 +70,16 @@ def encode_line(record: msgspec.Struct) -> bytes:
     return _encoder.encode(record)
 
 
-def render(result: Renderable) -> bytes:
-    """One JSON line (without newline): ``result`` as its line, ``operation`` first."""
-    line_type = _LINE_TYPES[type(result)]
+def render_as(result: msgspec.Struct, line_type: type[msgspec.Struct]) -> bytes:
+    """One JSON line (without newline): ``result`` converted to ``line_type``, then written."""
     return _encoder.encode(
         msgspec.convert(result, line_type, from_attributes=True, dec_hook=_to_field)
     )
+
+
+def render(result: Renderable) -> bytes:
+    """One JSON line (without newline): ``result`` as its line, ``operation`` first."""
+    return render_as(result, LINE_TYPES[type(result)])
 
 
 def _show(value: Any) -> str:
@@ -137,6 +93,9 @@ def render_patch_text(diff: VersionDiff, before: Any) -> str:
         diff: the version diff.
         before: the old value (to show what was removed or replaced).
     """
+    import jsonpatch  # only here: the state commands do not load it (CLI start-up)
+    import jsonpointer
+
     ref = f"{diff.scope}/{diff.namespace}/{diff.key}"
     lines = [f"{ref}: version {diff.from_version} -> {diff.to_version}"]
     if not diff.patch:

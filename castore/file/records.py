@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from typing import TYPE_CHECKING
 
 import msgspec
-import zstandard
 
 from castore.errors import DigestMismatchError, RecordError
 from castore.records import Entry
+
+if TYPE_CHECKING:
+    from zstandard import ZstdCompressor, ZstdDecompressor
 
 __all__ = [
     "CODEC_RAW",
@@ -148,10 +151,18 @@ def decode_header(payload: bytes) -> Header:
         raise RecordError(f"bad header record: {exc}") from exc
 
 
-def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-    pair: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None
-    pair = getattr(_local, "pair", None)
+def _zstd() -> tuple[ZstdCompressor, ZstdDecompressor]:
+    """This thread's zstd compressor and decompressor, made on first use.
+
+    zstandard is imported here, not at start: a process that never meets a
+    value of :data:`COMPRESS_MIN_BYTES` or more never loads it (a CLI ``get``
+    of a small value). The import is thread-safe (the import lock) and the
+    pair is per thread, as zstd objects are not thread-safe.
+    """
+    pair: tuple[ZstdCompressor, ZstdDecompressor] | None = getattr(_local, "pair", None)
     if pair is None:
+        import zstandard
+
         pair = (zstandard.ZstdCompressor(level=ZSTD_LEVEL), zstandard.ZstdDecompressor())
         _local.pair = pair
     return pair
@@ -186,8 +197,11 @@ def decode_blob(payload: bytes, expected_hex: str) -> bytes:
     if codec == CODEC_RAW:
         data = payload[33:]
     elif codec == CODEC_ZSTD:
+        decompressor = _zstd()[1]
+        import zstandard  # loaded by _zstd(): a dictionary lookup
+
         try:
-            data = _zstd()[1].decompress(payload[33:])
+            data = decompressor.decompress(payload[33:])
         except zstandard.ZstdError as exc:
             raise RecordError(f"blob {expected_hex}: bad zstd data: {exc}") from exc
     else:

@@ -1,9 +1,12 @@
 """The CLI's lines are declared once: each line field is an attribute of its result."""
 
-import msgspec
+import argparse
 
-from castore.cli import COMMANDS
-from castore.cli.args import build_parser
+import msgspec
+import pytest
+
+from castore.cli import COMMANDS, history, maintenance, state
+from castore.cli.args import SPECS, UsageError, build_parser
 from castore.results import LINE_TYPES
 
 
@@ -14,6 +17,46 @@ def test_every_line_field_is_a_result_field():
             assert field.name in result_fields, f"{line_type.__name__}.{field.name}"
 
 
+def commands_action(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    action = next(a for a in parser._actions if a.dest == "command")
+    assert isinstance(action, argparse._SubParsersAction)
+    return action
+
+
 def test_every_command_has_a_handler():
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == set(COMMANDS)  # type: ignore[arg-type]  # subparsers' choices
+    sub = commands_action(build_parser())
+    assert set(sub.choices) == set(COMMANDS) == set(SPECS)
+    tables = {**state.COMMANDS, **history.COMMANDS, **maintenance.COMMANDS}
+    assert set(tables) == set(COMMANDS)
+    for name in COMMANDS:
+        assert COMMANDS[name] is tables[name], name  # each name's group is its module
+
+
+def test_a_run_builds_only_the_parser_of_its_command():
+    parser = build_parser()
+    sub = commands_action(parser)
+    args = parser.parse_args(["--dag", "get", "set", "k", "1", "--no-sync"])
+    assert (args.command, args.dag, args.key, args.value, args.no_sync) == (
+        "set",
+        "get",
+        "k",
+        "1",
+        True,
+    )
+    assert set(sub._name_parser_map) == {"set"}
+
+
+def test_the_help_lists_every_command_without_building_it(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per command
+    parser = build_parser()
+    lines = parser.format_help().splitlines()
+    for name, spec in SPECS.items():
+        assert any(line.split() == [name, *spec.summary.split()] for line in lines), name
+    assert not commands_action(parser)._name_parser_map
+
+
+def test_usage_errors_name_the_commands():
+    with pytest.raises(UsageError, match=r"invalid choice: 'nope' \(choose from 'get', 'set', "):
+        build_parser().parse_args(["nope"])
+    with pytest.raises(UsageError, match="the following arguments are required: COMMAND"):
+        build_parser().parse_args([])

@@ -1,8 +1,9 @@
 """Small modules and short functions (docs/DESIGN.md, "Layers"; STYLE.md).
 
 Every module of the package stays under :data:`MODULE_MAX_LINES` lines and
-every function under :data:`FUNCTION_MAX_LINES`; the only exception is the
-argparse table, which reads as a table.
+every function under :data:`FUNCTION_MAX_LINES`; :data:`TABLES` may name a
+function that reads as a table (none today: the argparse table is
+``castore.cli.args.SPECS``, one small function per command).
 """
 
 import ast
@@ -13,7 +14,7 @@ import castore
 PACKAGE = pathlib.Path(castore.__file__).parent
 MODULE_MAX_LINES = 400
 FUNCTION_MAX_LINES = 60
-TABLES = {("cli/args.py", "build_parser")}  # one add_argument call per line: a table
+TABLES: set[tuple[str, str]] = set()  # (module, function): one call per line, a table
 
 
 def sources() -> dict[str, str]:

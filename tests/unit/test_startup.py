@@ -1,0 +1,179 @@
+"""CLI start-up imports only what the command uses (issue 14; docs/PERFORMANCE.md).
+
+Each command runs in a subprocess through a small wrapper that calls
+``castore.cli.main`` (what the ``castore`` script runs) and then writes the
+names in ``sys.modules`` to a file; the store is named by ``CASTORE_DIR`` and
+``DAG_NAME``, as in a Dagu step. The state commands must not load progress
+bars, JSON Patch, zstd, the maintenance code, package metadata, or a server
+or database stack; the commands that use them must load them (so the check
+can fail). ``python -X importtime -m castore get k`` is checked the same way.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from tests.helpers import Cli, json_line
+
+pytestmark = pytest.mark.integration
+
+# What no state command and no plain `import castore` may load.
+NEVER_AT_START = frozenset(
+    {
+        "tqdm",  # progress bars: audit, export, import, maintenance
+        "jsonpatch",  # version diffs
+        "jsonpointer",
+        "zstandard",  # compressed values only
+        "importlib.metadata",  # package scans (tqdm loaded it)
+        "psycopg",  # database drivers and the server stack (none exist yet)
+        "psycopg2",
+        "httpx",
+        "uvicorn",
+        "starlette",
+        "castore.file.check",  # maintenance of the file format
+        "castore.file.checklog",
+        "castore.file.gc",
+        "castore.file.compact",
+        "castore.file.stats",
+        "castore.file.upgrade",
+        "castore.cli.history",  # the other commands' modules
+        "castore.cli.maintenance",
+        "castore.audit",
+        "castore.transfer",
+        "castore.dagu",
+        "castore.jsonparse",  # the exact JSON path: only values that leave the fast path
+        "socket",  # the audit's host name comes from os.uname()
+        "shutil",  # argparse's terminal width is found without it
+    }
+)
+
+# Writes the module names after main() to $MODULES_OUT (imports nothing but os and sys,
+# which every interpreter has loaded at start).
+_RUN = """\
+import os, sys
+from castore.cli import main
+code = main(sys.argv[1:])
+sys.stdout.flush()
+with open(os.environ["MODULES_OUT"], "w") as fh:
+    fh.write("\\n".join(sorted(sys.modules)))
+sys.exit(code)
+"""
+BIG = '{"rows": [' + ", ".join(['"a repeated row of text"'] * 40) + "]}"  # zstd-compressed
+
+
+@pytest.fixture
+def step(tmp_path: pathlib.Path) -> Cli:
+    """The CLI as a workflow step runs it: store and DAG from the environment."""
+    runner = Cli(tmp_path, entry=("-c", _RUN))
+    runner.env.update(
+        CASTORE_DIR=str(tmp_path / "store"),
+        DAG_NAME="d",
+        MODULES_OUT=str(tmp_path / "modules.txt"),
+    )
+    return runner
+
+
+def modules_after(step: Cli, *args: str, code: int = 0) -> set[str]:
+    """Run ``castore ARGS`` in ``step``; the modules loaded when it finished."""
+    proc = step.raw(*args)
+    assert proc.returncode == code, (args, proc.returncode, proc.stderr)
+    return set(pathlib.Path(step.env["MODULES_OUT"]).read_text().split("\n"))
+
+
+def assert_lean(loaded: set[str], what: str) -> None:
+    assert "castore.cli" in loaded or what == "import castore", loaded  # the list is real
+    extra = sorted(NEVER_AT_START & loaded)
+    assert not extra, f"{what} loads {extra}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("get", "k"),
+        ("get", "missing"),
+        ("set", "k", '{"cursor": 2}'),
+        ("--no-sync", "set", "k", "3"),
+        ("diff", "k", '{"cursor": 3}'),
+        ("diff", "k", "4", "--no-update"),
+        ("list",),
+        ("list", "--include-values"),
+        ("delete", "k"),
+    ],
+    ids=" ".join,
+)
+def test_a_state_command_loads_only_what_it_uses(step, args):
+    json_line(step.raw("set", "k", '{"cursor": 1}'))
+    assert_lean(modules_after(step, *args), f"castore {' '.join(args)}")
+
+
+def test_a_missing_required_key_fails_lean(step):
+    assert_lean(modules_after(step, "get", "k", "--required", code=4), "get --required")
+
+
+def test_the_commands_that_need_them_load_them(step):
+    """The negative checks can fail: each module is loaded where it is used."""
+    json_line(step.raw("set", "k", "[1]"))
+    json_line(step.raw("set", "k", "[2]"))
+    assert {"tqdm", "castore.transfer"} <= modules_after(step, "export")
+    assert "jsonpatch" in modules_after(step, "diff", "k", "--from-version", "1")
+    assert "castore.cli.history" in modules_after(step, "history", "k")
+    assert "castore.file.check" in modules_after(step, "check")
+    assert "castore.file.gc" in modules_after(step, "gc", "--dry-run")
+    assert "castore.file.compact" in modules_after(step, "compact", "--keep-last", "1")
+    assert "castore.file.stats" in modules_after(step, "stats")
+    assert "castore.file.upgrade" in modules_after(step, "upgrade")
+    assert "castore.jsonparse" in modules_after(step, "set", "z", "-0")  # the exact path
+
+
+def test_zstandard_only_for_a_compressed_value(step):
+    assert "zstandard" in modules_after(step, "set", "big", BIG)
+    assert "zstandard" in modules_after(step, "get", "big")
+    json_line(step.raw("set", "small", '"x"'))
+    assert "zstandard" not in modules_after(step, "get", "small")
+
+
+def test_python_m_castore_get_under_importtime(step):
+    json_line(step.raw("set", "k", "1"))
+    runner = Cli(step.cwd, entry=("-X", "importtime", "-m", "castore"))
+    runner.env.update(CASTORE_DIR=step.env["CASTORE_DIR"], DAG_NAME="d")
+    proc = runner.raw("get", "k")
+    assert proc.returncode == 0, proc.stderr
+    names = {
+        line.split("|")[-1].strip()
+        for line in proc.stderr.decode().splitlines()
+        if line.startswith("import time:") and not line.endswith("imported package")
+    }
+    assert {"castore.cli", "castore.cli.state", "msgspec"} <= names  # the profile is real
+    extra = sorted(NEVER_AT_START & names)
+    assert not extra, f"python -X importtime -m castore get k loads {extra}"
+
+
+def loaded_by(cwd: pathlib.Path, code: str, *args: str) -> set[str]:
+    """The modules loaded after ``python -c CODE ARGS``, which prints them."""
+    proc = Cli(cwd, entry=("-c", code + "\nprint('\\n'.join(sorted(sys.modules)))")).raw(*args)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.decode().split("\n"))
+
+
+def test_import_castore_alone_is_the_library(tmp_path):
+    only = loaded_by(tmp_path, "import sys, castore")
+    assert "castore.store" in only
+    cli_parts = sorted(m for m in only if m == "castore.cli" or m.startswith("castore.cli."))
+    assert not cli_parts, cli_parts
+    assert "argparse" not in only  # the CLI's parser
+    assert not sorted(NEVER_AT_START & only)
+
+
+def test_the_library_stays_lean_through_a_set_and_a_get(tmp_path):
+    code = (
+        "import sys\n"
+        "from castore import Store\n"
+        "s = Store(sys.argv[1], dag='d')\n"
+        "s.set('k', {'cursor': 1})\n"
+        "assert s.get('k').value == {'cursor': 1}"
+    )
+    loaded = loaded_by(tmp_path, code, str(tmp_path / "store"))
+    assert "castore.file.backend" in loaded
+    assert not sorted(NEVER_AT_START & loaded)
