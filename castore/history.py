@@ -28,10 +28,10 @@ from castore.results import (
 __all__ = [
     "diff_versions",
     "found_result",
-    "get_latest",
     "get_version",
     "history_entry",
     "history_page",
+    "not_found",
     "rollback",
 ]
 
@@ -96,19 +96,13 @@ def found_result(ref: Ref, entry: Entry, value: bytes) -> GetResult:
     )
 
 
-def get_latest(
-    backend: Backend, ref: Ref, required: bool, default: Any, has_default: bool
-) -> GetResult:
-    """``Store.get``: the newest live version, else not found with ``default`` (normalized).
+def not_found(ref: Ref, required: bool, default: Any, has_default: bool) -> GetResult:
+    """``Store.get`` of a key without a live version: not found, with ``default`` (normalized).
 
     Raises:
-        NotFoundError: the key is absent and ``required`` is True.
-        InvalidValueError: the key is absent and ``default`` is not valid JSON data.
+        NotFoundError: ``required`` is True.
+        InvalidValueError: ``default`` is not valid JSON data.
     """
-    current = backend.current(ref)
-    entry = current.live
-    if entry is not None and current.value is not None:
-        return found_result(ref, entry, current.value)
     if required:
         raise NotFoundError(str(ref))
     value_json = codec.normalize(default) if has_default else None

@@ -135,10 +135,14 @@ class Store:
                 ``version`` does not exist (never written, or compacted).
             CorruptionError: the stored value fails verification.
         """
-        ref = self.ref(key, scope, namespace)
+        ref = self._refs.resolve(key, scope, namespace, self.dag, self.root_dag)
         if version is not None:
             return history.get_version(self._backend, ref, version, required)
-        return history.get_latest(self._backend, ref, required, default, default is not _UNSET)
+        current = self._backend.current(ref)
+        entry = current.live
+        if entry is not None and current.value is not None:  # the hot path, inline
+            return history.found_result(ref, entry, current.value)
+        return history.not_found(ref, required, default, default is not _UNSET)
 
     def _audit(self, reason: str = "", rollback: int = 0) -> Audit:
         return audit_record(self._identity, self.actor, self.run_id, self.step, reason, rollback)

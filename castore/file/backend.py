@@ -160,13 +160,13 @@ class FileBackend:
 
     def current(self, ref: Ref) -> Current:
         """Newest entry and value of ``ref``; served from cache when the log is unchanged."""
-        log = self.log(ref)
+        log = self._logs.get(ref) or self.log(ref)  # the hot path: every get
         try:
-            st = self.fs.stat(log.path)
+            st = self.layout.fs.stat(log.path)
         except FileNotFoundError:
             return Current(None, None)
         hit = self._cache.get(log.path)
-        if hit is not None and hit[0] == stat_sig(st):
+        if hit is not None and hit[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return hit[1]
         fd = log.open()
         try:
