@@ -237,7 +237,7 @@ class RefCache:
     Safe for threads sharing it: each step is one dictionary operation.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 65536) -> None:  # as the backend's caches: a working set fits
         self._size = size
         self._refs: dict[tuple[str, str, str | None, str | None, str | None], Ref] = {}
 
