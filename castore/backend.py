@@ -87,7 +87,13 @@ Progress = Callable[[int], object]
 """Told how many more items (logs, keys) a long operation has done."""
 
 Decide = Callable[[Entry | None, LogView], "NewVersion | list[NewVersion] | None"]
-"""A write's decision: given the newest entry and a view of the ref, what to append."""
+"""A write's decision: given the newest entry and a view of the ref, what to append.
+
+A backend may also run it once on nothing (no entry, an empty view) before
+its atomic section, to learn whether a write to a location that holds no
+store yet appends anything (a read never creates a store); so a decision
+has no effect besides its result and its errors.
+"""
 
 
 class Backend(Protocol):
@@ -103,6 +109,8 @@ class Backend(Protocol):
 
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         """Run ``decide`` atomically for ``ref``; append what it returns.
+
+        Only a write that appends something may create the store.
 
         Returns:
             The newest entry before, and the appended entries (empty: nothing written).

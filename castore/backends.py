@@ -25,7 +25,17 @@ from castore.backend import Backend
 from castore.errors import BackendUnavailableError
 from castore.reports import UpgradeReport
 
-__all__ = ["default_root", "location_of", "open_backend", "redacted", "upgrade"]
+__all__ = [
+    "STORE_MODES",
+    "default_root",
+    "location_of",
+    "open_backend",
+    "redacted",
+    "store_mode",
+    "upgrade",
+]
+
+STORE_MODES: Final = ("private", "group")  # what castore creates: 0600/0700, 0660/2770
 
 _UNAVAILABLE: Final = {
     "postgresql://": "PostgreSQL",
@@ -48,6 +58,24 @@ def default_root() -> str:
 def location_of(path: str | os.PathLike[str] | None) -> str:
     """The store location ``path`` names; None (or empty) means :func:`default_root`."""
     return os.fspath(path) if path else default_root()
+
+
+def store_mode(mode: str | None) -> str | None:
+    """``mode``, else ``$CASTORE_MODE``; None (neither given) follows the store directory.
+
+    ``private`` makes files 0600 and directories 0700, ``group`` files 0660
+    and directories 2770 (setgid); with neither, a store follows its root
+    directory: ``group`` when it is setgid and group-writable, else
+    ``private`` (docs/FORMAT.md §1).
+
+    Raises:
+        ValueError: not one of :data:`STORE_MODES`.
+    """
+    given = mode if mode is not None else os.environ.get("CASTORE_MODE") or None
+    if given is not None and given not in STORE_MODES:
+        where = "" if mode is not None else " ($CASTORE_MODE)"
+        raise ValueError(f"invalid mode {given!r}{where}: use private or group")
+    return given
 
 
 def redacted(location: str) -> str:
@@ -79,40 +107,50 @@ def _refuse_unavailable(location: str) -> None:
             )
 
 
-def open_backend(location: str, *, durable: bool, lock_timeout: float) -> Backend:
-    """Open the storage a store location names.
+def open_backend(
+    location: str, *, durable: bool, lock_timeout: float, mode: str | None = None
+) -> Backend:
+    """Open the storage a store location names; opening creates nothing.
 
     Args:
-        location: a store directory (created on first use), or a URL.
+        location: a store directory (created by the first write), or a URL.
         durable: when True a returned write survives a power loss.
         lock_timeout: seconds to wait for a ref's lock.
+        mode: the permissions of what a file store creates (:func:`store_mode`).
 
     Returns:
         The backend, behind the :class:`~castore.backend.Backend` contract.
 
     Raises:
+        ValueError: ``mode`` (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
         BackendUnavailableError: ``location`` names a backend that is not
             available yet (``postgresql://``, ``postgres://``, ``http://``,
             ``https://``).
-        FormatVersionError: the directory holds another format, or is a
-            non-empty directory that is not a castore store.
+        FormatVersionError: the directory holds another format, is a
+            non-empty directory that is not a castore store, or is not a directory.
     """
+    mode = store_mode(mode)
     _refuse_unavailable(location)
     from castore.file.backend import FileBackend
 
-    return FileBackend(os.path.abspath(location), durable=durable, lock_timeout=lock_timeout)
+    return FileBackend(
+        os.path.abspath(location), durable=durable, lock_timeout=lock_timeout, mode=mode
+    )
 
 
-def upgrade(location: str) -> UpgradeReport:
+def upgrade(location: str, mode: str | None = None) -> UpgradeReport:
     """Convert the store at ``location`` to the current format (docs/FORMAT.md §10).
 
     Run it while no other castore process uses the store; it is idempotent.
+    ``mode`` is what the files it writes get, as for :func:`open_backend`.
 
     Raises:
+        ValueError: ``mode`` (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
         BackendUnavailableError: ``location`` names a backend that is not available yet.
         FormatVersionError: ``location`` is not a castore store, or is newer.
     """
+    mode = store_mode(mode)
     _refuse_unavailable(location)
     from castore.file.upgrade import upgrade as upgrade_files
 
-    return upgrade_files(os.path.abspath(location))
+    return upgrade_files(os.path.abspath(location), mode)

@@ -20,9 +20,11 @@ from castore.results import DeleteResult, DiffResult, SetResult
 
 __all__ = [
     "DiffDecision",
+    "EditFn",
     "delete_decision",
     "delete_result",
     "diff_result",
+    "edit_decision",
     "set_decision",
     "set_result",
 ]
@@ -30,9 +32,28 @@ __all__ = [
 AuditOf = Callable[[], Audit]
 """Makes the audit record of a write, when its decision appends a version."""
 
+EditFn = Callable[[bytes | None, int], bytes]
+"""A read-modify-write's edit: (live value or None, live version or 0) -> new normalized value."""
+
 
 def _live_version(previous: Entry | None) -> int:
     return previous.version if previous is not None and previous.live else 0
+
+
+def _check_guards(
+    ref: Ref, previous: Entry | None, expected_version: int | None, create_only: bool
+) -> int:
+    """The live version (0: absent), once ``create_only`` and ``expected_version`` hold.
+
+    Raises:
+        ConflictError: a guard failed.
+    """
+    live = _live_version(previous)
+    if create_only and live:
+        raise ConflictError(str(ref), None, live, "key exists")
+    if expected_version is not None and expected_version != live:
+        raise ConflictError(str(ref), expected_version, live)
+    return live
 
 
 def set_decision(
@@ -50,15 +71,35 @@ def set_decision(
     digest_hex = codec.hexdigest(normalized)
 
     def decide(previous: Entry | None, view: LogView) -> NewVersion:
-        live = _live_version(previous)
-        if create_only and live:
-            raise ConflictError(str(ref), None, live, "key exists")
-        if expected_version is not None and expected_version != live:
-            raise ConflictError(str(ref), expected_version, live)
-        hint = None
-        if previous is not None and previous.hash == digest_hex and previous.blob is not None:
-            hint = view.absolute(previous.blob)
-        return NewVersion(OP_SET, normalized, digest_hex, audit(), hint)
+        _check_guards(ref, previous, expected_version, create_only)
+        return _set_version(normalized, digest_hex, previous, view, audit)
+
+    return decide
+
+
+def _set_version(
+    normalized: bytes, digest_hex: str, previous: Entry | None, view: LogView, audit: AuditOf
+) -> NewVersion:
+    """The version a set appends: its blob is the previous version's when the value is the same."""
+    hint = None
+    if previous is not None and previous.hash == digest_hex and previous.blob is not None:
+        hint = view.absolute(previous.blob)
+    return NewVersion(OP_SET, normalized, digest_hex, audit(), hint)
+
+
+def edit_decision(
+    ref: Ref, edit: EditFn, expected_version: int | None, create_only: bool, audit: AuditOf
+) -> Decide:
+    """A read-modify-write's decision: set's guards, then ``edit`` of the live value, appended.
+
+    The edit reads the value inside the backend's atomic section, so no other
+    write can come between the read and the write (``patch``, ``incr``).
+    """
+
+    def decide(previous: Entry | None, view: LogView) -> NewVersion:
+        live = _check_guards(ref, previous, expected_version, create_only)
+        normalized = edit(view.value() if live else None, live)
+        return _set_version(normalized, codec.hexdigest(normalized), previous, view, audit)
 
     return decide
 

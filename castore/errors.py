@@ -11,6 +11,7 @@ Every error castore raises on purpose is a :class:`CastoreError`. Real
     │   └── ValueTooLargeError               raw or normalized size > MAX_VALUE_BYTES
     ├── NotFoundError        (LookupError)   ref (or ref at a version) absent
     ├── ConflictError                        expected_version / create_only failed
+    │   └── PatchTestError                   a JSON Patch ``test`` operation failed
     ├── LockTimeoutError     (TimeoutError)  a ref lock was not taken in time
     └── CorruptionError                      stored bytes fail verification
         ├── DigestMismatchError              blob bytes do not hash to their name
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidValueError",
     "LockTimeoutError",
     "NotFoundError",
+    "PatchTestError",
     "RecordError",
     "UnsafePathError",
     "ValueTooLargeError",
@@ -125,6 +127,18 @@ class ConflictError(CastoreError):
             want = f"expected version {self.expected}"
         why = f" ({self.reason})" if self.reason else ""
         return f"conflict on {self.ref}: {want}, actual version {self.actual}{why}"
+
+
+class PatchTestError(ConflictError):
+    """Raised when a ``test`` operation of a JSON Patch fails: nothing is written.
+
+    ``actual`` is the live version the patch was tested against (0: the key is
+    absent); ``reason`` says which test failed.
+    """
+
+    def __str__(self) -> str:
+        at = f"at version {self.actual}"
+        return f"conflict on {self.ref}: JSON Patch test failed {at}: {self.reason}"
 
 
 class BackendUnavailableError(CastoreError, NotImplementedError):

@@ -2,7 +2,8 @@ r"""Check a Python value and convert it to the tree the codec encodes as Go's ``
 
 Accepts ``dict`` (``str`` keys), ``list``, ``tuple``, ``str``, ``int``, ``float``, ``bool``,
 ``None`` and their subclasses; numbers become ``msgspec.Raw`` in Go's float64 and integer
-forms, strings have lone surrogates replaced by U+FFFD. Enforces the depth limit (which
+forms (a :class:`NumberLiteral` keeps its literal text, as Go's ``json.Number`` does),
+strings have lone surrogates replaced by U+FFFD. Enforces the depth limit (which
 also ends reference cycles) and stops runaway sizes early, all without recursion. Pure, no
 I/O, thread-safe.
 
@@ -14,6 +15,7 @@ I/O, thread-safe.
 from __future__ import annotations
 
 import math
+import re
 from decimal import Context, Decimal
 from typing import Any, Final
 
@@ -22,9 +24,46 @@ import msgspec
 from castore.errors import InvalidValueError, ValueTooLargeError
 from castore.jsonrules import MAX_DEPTH, MAX_VALUE_BYTES, fix_str
 
-__all__ = ["format_float", "from_python"]
+__all__ = ["NumberLiteral", "format_float", "from_python"]
 
 _DECIMAL_CONTEXT: Final = Context(prec=40)  # ours, whatever the thread's context is
+_JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+class NumberLiteral(float):
+    """A JSON number that keeps its literal text (``1.50``, ``1E2``, ``-0``, ``1e400``).
+
+    It compares and computes as its float value, and is normalized as its text,
+    as Go's ``json.Number`` is (and as :func:`castore.codec.normalize_json` keeps
+    every literal), so a value decoded into literals and encoded again keeps
+    every number byte for byte (:mod:`castore.edits`). Immutable: copies are itself.
+
+    Raises:
+        InvalidValueError: ``text`` is not a JSON number.
+    """
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> NumberLiteral:
+        """The number written ``text``."""
+        if _JSON_NUMBER.fullmatch(text) is None:
+            raise InvalidValueError(f"not a JSON number: {text[:40]!r}")
+        made = super().__new__(cls, float(text))
+        made.text = text
+        return made
+
+    def __copy__(self) -> NumberLiteral:
+        return self
+
+    def __deepcopy__(self, memo: object) -> NumberLiteral:
+        return self
+
+    def __reduce__(self) -> tuple[type[NumberLiteral], tuple[str]]:
+        return (NumberLiteral, (self.text,))
+
+    def __repr__(self) -> str:
+        return f"NumberLiteral({self.text!r})"
 
 
 def format_float(number: float) -> str:
@@ -48,6 +87,8 @@ def _scalar(item: object) -> Any:
         except ValueError:  # past sys.get_int_max_str_digits()
             return msgspec.Raw(str(Decimal(item)))
     if isinstance(item, float):
+        if type(item) is NumberLiteral:
+            return msgspec.Raw(item.text)
         return msgspec.Raw(format_float(item))
     raise InvalidValueError(f"json: unsupported type: {type(item).__qualname__}")
 

@@ -34,10 +34,14 @@ __all__ = [
     "HistoryEntry",
     "HistoryLine",
     "HistoryResult",
+    "IncrLine",
+    "IncrResult",
     "ListEntry",
     "ListEntryLine",
     "ListLine",
     "ListResult",
+    "PatchLine",
+    "PatchResult",
     "RawJSON",
     "RollbackLine",
     "RollbackResult",
@@ -91,6 +95,20 @@ class SetResult(_Result, frozen=True, kw_only=True):
     version: int
     hash: str
     created: bool
+
+
+class PatchResult(SetResult, frozen=True, kw_only=True):
+    """Result of :meth:`Store.patch`: the set's fields and the new value."""
+
+    value: Any = None
+    value_json: bytes | None = None
+
+
+class IncrResult(SetResult, frozen=True, kw_only=True):
+    """Result of :meth:`Store.incr`: the set's fields and the new number (``int`` or ``float``)."""
+
+    number: int | float
+    number_json: bytes
 
 
 class DiffResult(_Result, frozen=True, kw_only=True):
@@ -261,6 +279,24 @@ class SetLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="s
     created: bool
 
 
+class PatchLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="patch"):
+    """:class:`PatchResult`: a set's line; ``value`` only when asked for (``--include-value``)."""
+
+    version: int
+    hash: GoString
+    created: bool
+    value_json: RawJSON | None = msgspec.field(default=None, name="value")
+
+
+class IncrLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="incr"):
+    """:class:`IncrResult`: a set's line and the new number."""
+
+    version: int
+    hash: GoString
+    created: bool
+    number_json: RawJSON = msgspec.field(name="number")
+
+
 class DiffLine(_RefLine, frozen=True, kw_only=True, tag_field="operation", tag="diff"):
     """:class:`DiffResult`: Dagu leaves out what did not happen (no previous, no write)."""
 
@@ -328,6 +364,8 @@ class VersionDiffLine(_RefLine, frozen=True, kw_only=True, tag_field="operation"
 LINE_TYPES: Final[dict[type[msgspec.Struct], type[msgspec.Struct]]] = {
     GetResult: GetLine,
     SetResult: SetLine,
+    PatchResult: PatchLine,
+    IncrResult: IncrLine,
     DiffResult: DiffLine,
     DeleteResult: DeleteLine,
     ListEntry: ListEntryLine,

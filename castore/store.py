@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any, Final, final
 
-from castore import codec, history, reports, results
+from castore import codec, history, modify, reports, results
 from castore.backend import LOCK_TIMEOUT_SECONDS, Backend, Progress
 from castore.backends import default_root, location_of, open_backend
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
@@ -36,8 +37,7 @@ class Store:
     the directory holds (docs/RELIABILITY.md, "Security").
 
     Args:
-        path: store directory; None means :func:`default_root`. Created on
-            first use.
+        path: store directory; None means :func:`default_root`; made by the first write.
         dag: the current DAG name (namespace of scope ``dag``); None means
             ``$DAG_NAME``.
         root_dag: the root DAG name (namespace of scope ``root_dag``); None
@@ -50,13 +50,13 @@ class Store:
         actor: who writes, recorded in the audit; None means ``$CASTORE_ACTOR``.
         run_id: run id for the audit; None means ``$DAG_RUN_ID``.
         step: step name for the audit; None means ``$DAG_RUN_STEP_NAME``.
+        mode: ``private`` or ``group`` (FORMAT.md §1); None means ``$CASTORE_MODE``.
 
     Raises:
-        FormatVersionError: the directory holds another format, or is a
-            non-empty directory that is not a castore store.
-        BackendUnavailableError: ``path`` is a ``postgresql://``,
-            ``postgres://``, ``http://`` or ``https://`` location, whose
-            backends are not available yet (:mod:`castore.backends`).
+        ValueError: ``mode`` (or ``$CASTORE_MODE``) is not private or group.
+        FormatVersionError: another format, or not a directory or a castore store.
+        BackendUnavailableError: ``path`` is a ``postgresql://``, ``postgres://``,
+            ``http://`` or ``https://`` location (not available yet: :mod:`castore.backends`).
     """
 
     def __init__(
@@ -70,9 +70,12 @@ class Store:
         actor: str | None = None,
         run_id: str | None = None,
         step: str | None = None,
+        mode: str | None = None,
     ) -> None:
         location = location_of(path)
-        self._backend = open_backend(location, durable=durable, lock_timeout=lock_timeout)
+        self._backend = open_backend(
+            location, durable=durable, lock_timeout=lock_timeout, mode=mode
+        )
         self.root = os.path.abspath(location)
         self.dag = env_or(dag, "DAG_NAME")
         self.root_dag = env_or(root_dag, "CASTORE_ROOT_DAG")
@@ -338,6 +341,88 @@ class Store:
         """
         ref = self.ref(key, scope, namespace)
         return history.diff_versions(self._backend, ref, from_version, to_version)
+
+    def update(
+        self,
+        key: str,
+        fn: Callable[[Any], Any],
+        *,
+        scope: str = "dag",
+        namespace: str | None = None,
+        retries: int = modify.UPDATE_RETRIES,
+        reason: str = "",
+    ) -> results.SetResult:
+        """Write ``fn(value)`` over the live value by compare-and-swap, retrying on conflict.
+
+        ``fn`` gets the value as :meth:`get` gives it (None when absent); its
+        result is set with ``expected_version`` the version read. After a
+        conflict ``fn`` runs again on the new value, after a jittered back-off,
+        at most ``retries`` more times, so it must have no side effects.
+
+        Raises:
+            ConflictError: still conflicting after ``retries`` retries.
+            InvalidRefError, InvalidValueError, ValueTooLargeError, CorruptionError,
+            LockTimeoutError: as :meth:`set`.
+        """
+        ref = self.ref(key, scope, namespace)
+        return modify.update(
+            self._backend, ref, fn, retries, functools.partial(self._audit, reason)
+        )
+
+    def patch(
+        self,
+        key: str,
+        patch: Any,
+        *,
+        merge: bool = False,
+        scope: str = "dag",
+        namespace: str | None = None,
+        expected_version: int | None = None,
+        create_only: bool = False,
+        reason: str = "",
+    ) -> results.PatchResult:
+        """Apply a JSON Patch (RFC 6902), or with ``merge`` a merge patch (RFC 7396), atomically.
+
+        Applied to the live value under the key's lock (an absent key patches
+        as ``{}``), so it never conflicts with other writers. ``patch`` is JSON
+        text as ``bytes``, or Python data. Untouched members keep their bytes;
+        the result is stored as :meth:`set` of its JSON text would store it.
+
+        Raises:
+            PatchTestError: a ``test`` operation failed (a ConflictError); nothing written.
+            ConflictError: ``expected_version`` or ``create_only`` did not hold.
+            InvalidValueError: not a patch, or it does not apply to the value.
+            InvalidRefError, ValueTooLargeError, CorruptionError, LockTimeoutError: as :meth:`set`.
+        """
+        ref = self.ref(key, scope, namespace)
+        guards = (expected_version, create_only)
+        return modify.patch(self._backend, ref, patch, merge, guards, self._audit, reason)
+
+    def incr(
+        self,
+        key: str,
+        by: int | float = 1,
+        path: str | None = None,
+        *,
+        scope: str = "dag",
+        namespace: str | None = None,
+        expected_version: int | None = None,
+        reason: str = "",
+    ) -> results.IncrResult:
+        """Add ``by`` atomically to the number that is the value, or the member at ``path``.
+
+        ``path`` is a JSON Pointer (RFC 6901). Runs under the key's lock, so
+        increments never conflict or get lost. An absent key or member counts
+        as 0; integers stay exact at any size; floats take Go's float64 form.
+
+        Raises:
+            InvalidValueError: the target is not a number, or ``by`` or ``path`` is bad.
+            ConflictError: ``expected_version`` did not hold.
+            InvalidRefError, CorruptionError, LockTimeoutError: as :meth:`set`.
+        """
+        ref = self.ref(key, scope, namespace)
+        guards = (expected_version, False)
+        return modify.incr(self._backend, ref, by, path, guards, self._audit, reason)
 
     def check(
         self, *, repair: bool = False, progress: Progress | None = None

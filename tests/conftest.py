@@ -100,3 +100,11 @@ def cli(request: pytest.FixtureRequest, tmp_path: pathlib.Path, store_location: 
 def store_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     """A file store's directory (tests of the file backend)."""
     return tmp_path / "store"
+
+
+@pytest.fixture(params=[0o022, 0o000], ids=["umask022", "umask000"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The process's umask (inherited by the CLI's subprocesses) for the test."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)

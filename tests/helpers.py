@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -200,6 +201,35 @@ def tree(root: str | os.PathLike[str]) -> list[str]:
     for base, _dirs, files in os.walk(root):
         out.extend(os.path.relpath(os.path.join(base, name), root) for name in files)
     return sorted(out)
+
+
+def paths_below(root: str | os.PathLike[str]) -> dict[str, int]:
+    """Every path below ``root``, directories included: path relative to ``root`` -> lstat mode."""
+    out = {}
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            out[os.path.relpath(path, root)] = os.lstat(path).st_mode
+    return out
+
+
+def assert_modes_below(root: str | os.PathLike[str], file_mode: int, dir_mode: int) -> None:
+    """Every path below ``root`` is a directory of ``dir_mode`` or a file of ``file_mode``."""
+    for rel, mode in paths_below(root).items():
+        assert stat.S_ISDIR(mode) or stat.S_ISREG(mode), rel
+        want = dir_mode if stat.S_ISDIR(mode) else file_mode
+        assert stat.S_IMODE(mode) == want, (rel, oct(mode))
+
+
+def assert_modes(root: str | os.PathLike[str], file_mode: int, dir_mode: int) -> None:
+    """:func:`assert_modes_below`, of a store holding every kind of file; the root too."""
+    found = paths_below(root)
+    kinds = {"quarantine", "torn", "index", "gc.lock", "FORMAT", "GRAVES", "KEYS"}
+    assert kinds <= {part for rel in found for part in rel.split("/")}, sorted(found)
+    assert any(rel.endswith(".vix") for rel in found), sorted(found)
+    assert any(rel.startswith("quarantine/2") for rel in found), sorted(found)
+    assert stat.S_IMODE(os.stat(root).st_mode) == dir_mode
+    assert_modes_below(root, file_mode, dir_mode)
 
 
 def snapshot(root: str | os.PathLike[str]) -> dict[str, bytes]:

@@ -7,9 +7,9 @@ nothing on stdout, and exit with a code from :data:`EXIT_CODES` (mirrored in
 docs/CLI.md). Progress bars go to stderr, only when it is a terminal.
 
 The package: ``args`` (the parser), ``render`` (the JSON lines), ``invocation``
-(what every command shares), and the commands by group in ``state``, ``history``
-and ``maintenance``; this module runs one of them, importing only that command's
-module (:data:`COMMANDS` imports on lookup), and maps errors to exit codes.
+(what every command shares), and the commands by group in ``state``, ``modify``,
+``history`` and ``maintenance``; this module runs one of them, importing only that
+command's module (:data:`COMMANDS` imports on lookup), and maps errors to exit codes.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Final
 
+import castore
 from castore.cli.args import UsageError, build_parser
-from castore.cli.invocation import Command, Invocation, UnhealthyError
+from castore.cli.invocation import Command, Invocation, OptionError, UnhealthyError
 from castore.errors import (
     CastoreError,
     ConflictError,
@@ -52,6 +53,7 @@ EXIT_CODES = {
 # docs/PERFORMANCE.md), so that a `get` never loads tqdm, audit or the transfer code.
 _GROUPS: Final = {
     **dict.fromkeys(("get", "set", "diff", "delete", "list"), "state"),
+    **dict.fromkeys(("patch", "incr"), "modify"),
     **dict.fromkeys(("history", "rollback", "audit"), "history"),
     **dict.fromkeys(
         ("export", "import", "import-dagu", "gc", "compact", "check", "upgrade", "stats"),
@@ -67,6 +69,10 @@ def _handler(name: str) -> Command:
         from castore.cli import state
 
         return state.COMMANDS[name]
+    if group == "modify":
+        from castore.cli import modify
+
+        return modify.COMMANDS[name]
     if group == "history":
         from castore.cli import history
 
@@ -99,11 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (see :data:`EXIT_CODES`)."""
     out = sys.stdout.buffer
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(castore.__version__).parse_args(argv)
         for line in COMMANDS[args.command](Invocation(args)):
             out.write(line + b"\n")
         out.flush()
-    except UsageError as exc:
+    except (UsageError, OptionError) as exc:
         return _fail(str(exc), EXIT_INVALID)
     except UnhealthyError as exc:
         out.flush()

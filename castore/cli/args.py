@@ -111,6 +111,24 @@ def _diff(cmd: _Parser) -> None:
     _reason(cmd)
 
 
+def _patch(cmd: _Parser) -> None:
+    cmd.add_argument("key")
+    cmd.add_argument("patch", nargs="?", default="-", help="JSON Patch text; omitted or - is stdin")
+    cmd.add_argument("--merge", action="store_true", help="PATCH is a JSON Merge Patch (RFC 7396)")
+    _version(cmd, "--expected-version", "fail unless this is the live version (0 = absent)")
+    cmd.add_argument("--create-only", action="store_true", help="fail if the key exists")
+    cmd.add_argument("--include-value", action="store_true", help="print the new value")
+    _reason(cmd)
+
+
+def _incr(cmd: _Parser) -> None:
+    cmd.add_argument("key")
+    cmd.add_argument("--by", default="1", help="the number to add (default 1; -1 subtracts)")
+    cmd.add_argument("--path", help="JSON Pointer of the member to add to (default: the value)")
+    _version(cmd, "--expected-version", "fail unless this is the live version (0 = absent)")
+    _reason(cmd)
+
+
 def _key_and_reason(cmd: _Parser) -> None:
     cmd.add_argument("key")
     _reason(cmd)
@@ -198,6 +216,14 @@ SPECS: Final[dict[str, Spec]] = {  # in the order `castore --help` lists them
     "list": Spec(
         "list the live keys of a namespace", "castore --dag feed list --prefix cur", _list
     ),
+    "patch": Spec(
+        "apply a JSON Patch or merge patch atomically",
+        """castore --dag feed patch state '[{"op": "add", "path": "/seen/-", "value": 7}]'""",
+        _patch,
+    ),
+    "incr": Spec(
+        "add to a number atomically", "castore --dag feed incr counters --path /runs", _incr
+    ),
     "history": Spec(
         "versions of a key, newest first", "castore --dag feed history cursors/feed", _history
     ),
@@ -234,6 +260,7 @@ def _store_options() -> _Parser:
     opts.add_argument("--dag", default=argparse.SUPPRESS, help="current DAG name")
     opts.add_argument("--root-dag", default=argparse.SUPPRESS, help="root DAG name")
     opts.add_argument("--no-sync", action="store_true", default=argparse.SUPPRESS, help="no fsync")
+    opts.add_argument("--mode", default=argparse.SUPPRESS, help="private or group (new files)")
     opts.add_argument("--scope", default=argparse.SUPPRESS, help="dag, root_dag, global, custom")
     opts.add_argument("--namespace", default=argparse.SUPPRESS, help="explicit namespace")
     opts.add_argument("--actor", default=argparse.SUPPRESS, help="who writes (audit)")
@@ -318,22 +345,37 @@ class _CommandParsers(_SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def build_parser() -> _Parser:
-    """The parser of ``castore``: global options, then one command (parsed by its own parser)."""
+def build_parser(version: str = "") -> _Parser:
+    """The parser of ``castore``: global options, then one command (parsed by its own parser).
+
+    ``version`` is what ``castore --version`` prints after ``castore``
+    (``castore.__version__``, which this module is below).
+    """
     parser = _Parser(
         prog="castore",
         description="Content-addressed, versioned JSON state store (Dagu-compatible).",
         epilog="Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found, 5 damaged.",
         formatter_class=_Help,
     )
-    parser.add_argument("--dir", help="store directory (default: $CASTORE_DIR, else XDG data dir)")
+    parser.add_argument(
+        "--dir",
+        help="store directory, made by the first write (default: $CASTORE_DIR, else XDG data dir)",
+    )
     parser.add_argument("--dag", help="current DAG name (default: $DAG_NAME)")
     parser.add_argument("--root-dag", help="root DAG name (default: $CASTORE_ROOT_DAG)")
     parser.add_argument("--no-sync", action="store_true", help="do not fsync (faster, less safe)")
+    parser.add_argument(
+        "--mode",
+        help="permissions of what castore creates: private (files 0600, directories 0700) or "
+        "group (0660, 2770) (default: $CASTORE_MODE, else as the store directory, else private)",
+    )
     parser.add_argument("--scope", help="dag (default), root_dag, global or custom")
     parser.add_argument("--namespace", help="namespace (overrides the scope default)")
     parser.add_argument("--actor", help="who writes, for the audit (default: $CASTORE_ACTOR)")
     parser.add_argument("--run-id", help="run id for the audit (default: $DAG_RUN_ID)")
     parser.add_argument("--step", help="step name for the audit (default: $DAG_RUN_STEP_NAME)")
+    parser.add_argument(
+        "--version", action="version", version=f"castore {version}", help="print the version"
+    )
     parser.add_subparsers(dest="command", metavar="COMMAND", required=True, action=_CommandParsers)
     return parser

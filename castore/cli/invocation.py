@@ -14,17 +14,22 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Never, TypeAlias
 
+from castore.backends import store_mode
 from castore.keys import go_trim_space
 from castore.store import Store
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["Command", "Invocation", "UnhealthyError", "progress"]
+__all__ = ["Command", "Invocation", "OptionError", "UnhealthyError", "progress"]
 
 
 class UnhealthyError(Exception):
     """``check`` found problems: its report is printed, then exit 1."""
+
+
+class OptionError(Exception):
+    """An option (or the variable behind it) has a value it cannot have: exit 2."""
 
 
 class Invocation:
@@ -35,6 +40,19 @@ class Invocation:
         self.scope_given = go_trim_space(args.scope or "") or None
         self.scope = self.scope_given or "dag"
         self.namespace = go_trim_space(args.namespace or "") or None
+
+    @functools.cached_property
+    def mode(self) -> str | None:
+        """``--mode``, else ``$CASTORE_MODE`` (None: as the store directory).
+
+        Raises:
+            OptionError: neither private nor group.
+        """
+        try:
+            return store_mode(self.args.mode)
+        except ValueError as exc:
+            where = "--mode: " if self.args.mode is not None else ""
+            raise OptionError(f"{where}{exc}") from None
 
     @functools.cached_property
     def store(self) -> Store:
@@ -48,6 +66,7 @@ class Invocation:
             actor=args.actor,
             run_id=args.run_id,
             step=args.step,
+            mode=self.mode,
         )
 
     def key(self) -> str:

@@ -165,7 +165,7 @@ def _check(cmd: Invocation) -> Iterator[bytes]:
 
 
 def _upgrade(cmd: Invocation) -> Iterator[bytes]:
-    yield render(upgrade(cmd.args.dir or default_root()))
+    yield render(upgrade(cmd.args.dir or default_root(), cmd.mode))
 
 
 def _stats(cmd: Invocation) -> Iterator[bytes]:

@@ -24,7 +24,9 @@ from castore.results import (
     GetResult,
     GoString,
     HistoryResult,
+    IncrResult,
     ListResult,
+    PatchResult,
     RawJSON,
     RollbackResult,
     SetResult,
@@ -37,6 +39,8 @@ __all__ = ["encode_line", "render", "render_as", "render_patch_text"]
 Renderable = (
     GetResult
     | SetResult
+    | PatchResult
+    | IncrResult
     | DiffResult
     | DeleteResult
     | ListResult

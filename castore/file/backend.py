@@ -7,6 +7,11 @@ the :class:`~castore.file.namespaces.Namespaces` (``KEYS``, ``GRAVES``),
 the blob index and blob reader, and a read cache of each log's newest
 entry. It knows the bytes (docs/FORMAT.md) but not Dagu's semantics (those
 live in ``castore/store.py``).
+
+A read never creates a store: on a location that holds none (a missing or
+empty directory) every read finds nothing, as in an empty store, and
+leaves the location exactly as it was. The first write that appends
+something creates the store (:meth:`Layout.create`).
 """
 
 from __future__ import annotations
@@ -31,12 +36,35 @@ from castore.file.rewrite import Transform
 from castore.file.tree import Tree
 from castore.file.writer import ReadCache, Writer, stat_sig
 from castore.keys import Ref
-from castore.records import OP_DAMAGED, Entry
-from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
+from castore.records import OP_DAMAGED, BlobLoc, Entry
+from castore.reports import (
+    CheckReport,
+    CompactReport,
+    GCReport,
+    Retention,
+    ScopeStats,
+    StoreStats,
+)
 
 __all__ = ["CACHE_MAX_ENTRIES", "FileBackend"]
 
 CACHE_MAX_ENTRIES = 65536  # per-handle read cache and ref logs; cleared wholesale when full
+
+
+class _NothingView:
+    """The view of a ref in a location without a store: no entry, no value."""
+
+    def value(self) -> bytes | None:
+        return None
+
+    def entry_at(self, version: int) -> Entry | None:
+        return None
+
+    def value_at(self, entry: Entry) -> bytes | None:
+        return None
+
+    def absolute(self, loc: BlobLoc) -> BlobLoc:
+        return loc
 
 
 class FileBackend:
@@ -46,17 +74,20 @@ class FileBackend:
     per ref log) and threads (each call opens its own descriptors).
 
     Args:
-        root: the store directory, created with its FORMAT file if absent.
+        root: the store directory, created with its FORMAT file by the first write.
         durable: fsync so that a returned write survives a power loss.
         lock_timeout: seconds to wait for a ref's lock.
+        mode: ``private`` or ``group``; None follows the directory (docs/FORMAT.md §1).
 
     Raises:
-        FormatVersionError: the directory holds another format, or is a
-            non-empty directory that is not a castore store.
+        FormatVersionError: the directory holds another format, is a
+            non-empty directory that is not a castore store, or is not a directory.
     """
 
-    def __init__(self, root: str, *, durable: bool, lock_timeout: float) -> None:
-        self.layout = Layout(root, durable=durable, lock_timeout=lock_timeout)
+    def __init__(
+        self, root: str, *, durable: bool, lock_timeout: float, mode: str | None = None
+    ) -> None:
+        self.layout = Layout(root, durable=durable, lock_timeout=lock_timeout, mode=mode)
         self._blobs = BlobIndex(root, self.layout.fs)
         self.blob_reader = BlobReader(self.layout.fs, self.layout.refs, self._blobs)
         self.names = Namespaces(self.layout)
@@ -268,19 +299,33 @@ class FileBackend:
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         """Run ``decide`` on the newest entry under the ref's lock; append what it returns.
 
+        Where there is no store yet, ``decide`` first runs on nothing: a write
+        that would append nothing, or fails its guard, creates nothing;
+        otherwise the store is created and the write runs as usual.
+
         Returns:
             (previous newest entry, appended entries; empty when nothing was written).
         """
+        if not self.layout.present and not self.layout.exists():
+            if not decide(None, _NothingView()):
+                return None, []
+            self.layout.create()
         return self._writer.write(self.log(ref), decide)
 
     def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
         """Replace a ref's whole history with ``new_versions`` (an import's overwrite)."""
+        self.layout.create()
         return self._writer.replace(self.log(ref), new_versions)
 
     # -- maintenance (castore/file/check.py, gc.py, compact.py, stats.py) ---------------
 
     def check(self, *, repair: bool, progress: Progress | None) -> CheckReport:
-        """Verify every log, blob and index; with ``repair``, fix what can be fixed."""
+        """Verify every log, blob and index; with ``repair``, fix what can be fixed.
+
+        No store here: an empty store's report, and nothing is created.
+        """
+        if not self.layout.exists():
+            return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
         from castore.file.check import check
 
         return check(self, repair=repair, progress=progress)
@@ -288,7 +333,10 @@ class FileBackend:
     def collect_garbage(
         self, *, grace_seconds: float, dry_run: bool, progress: Progress | None
     ) -> GCReport:
-        """Free unreferenced blob frames and old crash leftovers; rebuild the blob index."""
+        """Free unreferenced blob frames and old crash leftovers; rebuild the blob index.
+
+        No store here: nothing to free, and nothing (not even ``gc.lock``) is created.
+        """
         from castore.file.gc import collect_garbage
 
         return collect_garbage(
@@ -298,13 +346,18 @@ class FileBackend:
     def compact(
         self, retention: Retention, *, dry_run: bool, progress: Progress | None
     ) -> CompactReport:
-        """Rewrite every selected log without the versions ``retention`` drops."""
+        """Rewrite every selected log without the versions ``retention`` drops.
+
+        No store here: no namespaces, so nothing is examined or created.
+        """
         from castore.file.compact import compact
 
         return compact(self, retention, dry_run=dry_run, progress=progress)
 
     def stats(self) -> StoreStats:
-        """Counts per scope, read from every log."""
+        """Counts per scope, read from every log (none where there is no store)."""
+        if not self.layout.exists():
+            return StoreStats(scopes={}, total=ScopeStats())
         from castore.file.stats import stats
 
         return stats(self)

@@ -87,30 +87,15 @@ def collect_garbage(
     Raises:
         LockTimeoutError: gc.lock or a ref log stayed locked for the lock timeout.
     """
-    lock_path = os.path.join(backend.root, "gc.lock")
     counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0, "rewritten": 0}
     removed_logs = leftovers = 0
-    with backend.fs.open_locked(lock_path, os.O_RDWR | os.O_CREAT, timeout=backend.lock_timeout):
-        logs = list(backend.iter_logs())
-        live: set[bytes] = set()
-        for path in logs:  # mark
-            live |= _live_digests(_read_frames(backend.fs, path))
-        fileio.failpoint("gc-after-mark")
-        cutoff = time.time() - grace_seconds
-        for path in logs:  # sweep, each log under its own lock
-            sweep = _Sweep(path, live, cutoff, dry_run)
-            result = backend.rewrite(path, sweep.transform)
-            for name, value in sweep.counts.items():
-                counts[name] += value
-            if result == []:
-                removed_logs += 1
-            elif result is not None:
-                counts["rewritten"] += 1
-            if progress is not None:
-                progress(1)
-        leftovers = _remove_leftovers(backend.fs, backend.root, cutoff, dry_run)
-        if not dry_run:
-            backend.rebuild_blob_index()
+    if backend.layout.exists():  # no store here: nothing to free, and no gc.lock is made
+        lock_path = os.path.join(backend.root, "gc.lock")
+        flags = os.O_RDWR | os.O_CREAT
+        with backend.fs.open_locked(lock_path, flags, timeout=backend.lock_timeout):
+            removed_logs, leftovers = _mark_and_sweep(
+                backend, counts, grace_seconds, dry_run, progress
+            )
     return GCReport(
         dry_run=dry_run,
         grace_seconds=grace_seconds,
@@ -124,6 +109,42 @@ def collect_garbage(
         logs_removed=removed_logs,
         leftovers_removed=leftovers,
     )
+
+
+def _mark_and_sweep(
+    backend: FileBackend,
+    counts: dict[str, int],
+    grace_seconds: float,
+    dry_run: bool,
+    progress: Progress | None,
+) -> tuple[int, int]:
+    """Mark, sweep each log, remove old leftovers (``gc.lock`` held); add to ``counts``.
+
+    Returns:
+        (logs removed, leftovers removed).
+    """
+    removed_logs = 0
+    logs = list(backend.iter_logs())
+    live: set[bytes] = set()
+    for path in logs:  # mark
+        live |= _live_digests(_read_frames(backend.fs, path))
+    fileio.failpoint("gc-after-mark")
+    cutoff = time.time() - grace_seconds
+    for path in logs:  # sweep, each log under its own lock
+        sweep = _Sweep(path, live, cutoff, dry_run)
+        result = backend.rewrite(path, sweep.transform)
+        for name, value in sweep.counts.items():
+            counts[name] += value
+        if result == []:
+            removed_logs += 1
+        elif result is not None:
+            counts["rewritten"] += 1
+        if progress is not None:
+            progress(1)
+    leftovers = _remove_leftovers(backend.fs, backend.root, cutoff, dry_run)
+    if not dry_run:
+        backend.rebuild_blob_index()
+    return removed_logs, leftovers
 
 
 class _Sweep:

@@ -1,22 +1,25 @@
 """Where everything lives in one store directory, and the ``FORMAT`` file that marks it.
 
-:class:`Layout` opens (or creates) a store directory, checks its
-``FORMAT``, and names every path below it (docs/FORMAT.md §1): the ref log
-of a ref, namespace directories, every log in the store, quarantine
-copies. It holds the confined :class:`~castore.file.tree.Tree` every other
-part uses to touch those paths.
+:class:`Layout` checks a store directory's ``FORMAT``, creates the store on
+the first write (never on a read: a location without a store reads as an
+empty store and is left exactly as it was), and names every path below it
+(docs/FORMAT.md §1): the ref log of a ref, namespace directories, every log
+in the store, quarantine copies. It holds the confined
+:class:`~castore.file.tree.Tree` every other part uses to touch those paths.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 
 from castore.errors import FormatVersionError
 from castore.file import fileio
 from castore.file.formatfile import check_format, format_line, read_format
+from castore.file.modes import MODES, PRIVATE, makedirs_plain, modes_of_dir
 from castore.file.rewrite import utc_stamp
-from castore.file.tree import UNCONFINED, Tree
+from castore.file.tree import Tree
 from castore.keys import Ref, file_id
 
 __all__ = ["PATHS_CACHED", "Layout"]
@@ -27,55 +30,107 @@ PATHS_CACHED = 65536  # ref -> log path entries a handle remembers; cleared whol
 class Layout:
     """One store directory: its settings, its confined tree, and the path of every file.
 
+    Opening one creates nothing: :attr:`present` says whether a store is
+    there (its FORMAT checked), :meth:`exists` looks again, and only
+    :meth:`create` (run by the first write) makes the directory and FORMAT.
+
     Args:
-        root: the store directory, created with its FORMAT file if absent.
+        root: the store directory; it need not exist.
         durable: fsync so that a returned write survives a power loss.
         lock_timeout: seconds to wait for a log's lock.
+        mode: ``private`` or ``group`` (:data:`~castore.file.modes.MODES`);
+            None follows the root directory (private for a new one).
 
     Raises:
-        FormatVersionError: the directory holds another format, or is a
-            non-empty directory that is not a castore store.
+        FormatVersionError: the directory holds another format, is a
+            non-empty directory that is not a castore store, or is not a directory.
     """
 
-    def __init__(self, root: str, *, durable: bool, lock_timeout: float) -> None:
+    def __init__(
+        self, root: str, *, durable: bool, lock_timeout: float, mode: str | None = None
+    ) -> None:
         self.root = root
         self.durable = durable
         self.lock_timeout = lock_timeout
         self.refs = os.path.join(root, "refs")
-        self.fs: Tree = UNCONFINED
-        self._open_format()
+        self._chosen = mode is not None
+        self.fs = Tree(root, MODES[mode] if mode is not None else PRIVATE)
+        self.present = False  # a store is here and its FORMAT was checked
         self._paths: dict[Ref, str] = {}
+        self._probe(refuse_foreign=True)
 
     def close(self) -> None:
         """Close the cached directory descriptors."""
         self._paths.clear()
         self.fs.close()
 
-    def _open_format(self) -> None:
-        """Check the FORMAT file, or create the store: FORMAT first, atomically.
+    def exists(self) -> bool:
+        """True if a store is here (looked for again until one is); creates nothing."""
+        return self.present or self._probe(refuse_foreign=False)
+
+    def _probe(self, *, refuse_foreign: bool) -> bool:
+        """Check the store here, if any, creating nothing; True if there is one.
+
+        Raises:
+            FormatVersionError: another format, not a directory, or (with
+                ``refuse_foreign``) a non-empty directory without FORMAT.
+        """
+        try:
+            st = os.stat(self.root)  # the root may be a link the user chose
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            raise FormatVersionError(f"{self.root} is not a directory: not a castore store")
+        if not self._chosen:
+            self.fs.modes = modes_of_dir(st.st_mode)
+        marker = os.path.join(self.root, "FORMAT")
+        text = read_format(self.fs, marker)
+        if text is None and refuse_foreign:
+            self._refuse_foreign(marker)
+            text = read_format(self.fs, marker)  # another process may have just created it
+        if text is None:
+            return False
+        check_format(marker, text)
+        self.present = True
+        return True
+
+    def _refuse_foreign(self, marker: str) -> None:
+        """Refuse a non-empty directory without FORMAT: never scatter files into it.
+
+        Raises:
+            FormatVersionError: the directory holds names that do not start with a dot.
+        """
+        names = self.fs.listdir(self.root)
+        # A store another process made meanwhile has FORMAT before any other name.
+        if any(not n.startswith(".") for n in names) and read_format(self.fs, marker) is None:
+            raise FormatVersionError(
+                f"{self.root} is not empty and has no FORMAT file: not a castore store"
+            )
+
+    def create(self) -> None:
+        """Make the store if there is none yet (the first write): FORMAT first, atomically.
 
         Any number of processes may create the same store at once: each
         writes a hidden temporary file and links it to ``FORMAT`` (only the
         first link wins), and ``refs/`` is made only after ``FORMAT`` exists,
-        so nobody ever sees a store directory without its ``FORMAT``.
+        so nobody ever sees a store directory without its ``FORMAT``. The
+        directory and missing parents get the store's directory mode.
+
+        Raises:
+            FormatVersionError: the directory is not empty and not a castore
+                store, or holds another format.
         """
+        if self.exists():
+            return
+        if not os.path.isdir(self.root):  # the user chose this path
+            makedirs_plain(self.root, self.fs.modes.dir, durable=self.durable)
+        if self._probe(refuse_foreign=True):
+            return
         marker = os.path.join(self.root, "FORMAT")
-        if not os.path.isdir(self.root):
-            UNCONFINED.makedirs(self.root, durable=self.durable)  # the user chose this path
-        fs = self.fs = Tree(self.root)
-        text = read_format(fs, marker)
-        if text is None:
-            if any(not name.startswith(".") for name in fs.listdir(self.root)):
-                text = read_format(fs, marker)  # another process may have just created it
-                if text is None:
-                    raise FormatVersionError(
-                        f"{self.root} is not empty and has no FORMAT file: not a castore store"
-                    )
-            else:
-                fs.create_once(marker, format_line())
-                fs.makedirs(self.refs, durable=self.durable)
-                text = read_format(fs, marker)
-        check_format(marker, text or "")
+        self.fs.create_once(marker, format_line())
+        self.fs.makedirs(self.refs, durable=self.durable)
+        check_format(marker, read_format(self.fs, marker) or "")
+        self.present = True
 
     def ns_dir(self, scope: str, namespace: str) -> str:
         """The directory of a namespace's logs, ``KEYS`` and ``GRAVES``."""

@@ -7,6 +7,10 @@ and files with ``O_NOFOLLOW`` relative to their directory's descriptor, so a
 symbolic link planted anywhere below the root is refused
 (:class:`~castore.errors.UnsafePathError`), never followed, even if it
 appears after a directory was checked (docs/RELIABILITY.md, "Security").
+
+What a tree creates gets exactly its :class:`~castore.file.modes.Modes`,
+whatever the umask; its root is opened on first use, so it creates nothing
+until asked to.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Iterator
 
 from castore.errors import UnsafePathError
 from castore.file.fileio import LOCK_TIMEOUT_SECONDS, append, locked, read_at
+from castore.file.modes import PRIVATE, Modes, create_file, makedirs_plain, set_mode
 
 __all__ = ["UNCONFINED", "Tree"]
 
@@ -45,21 +50,20 @@ class Tree:
     descriptor without following symbolic links; any link (or ``..``) below
     the root raises :class:`~castore.errors.UnsafePathError`. Paths outside
     the root, and every path of :data:`UNCONFINED`, use plain system calls.
-    Thread-safe; the root itself may be a link the user chose.
+    Thread-safe; the root itself may be a link the user chose, and is opened
+    on first use (until it exists, every path below it is missing).
 
     Args:
-        root: the store's root directory (absolute, existing), or None.
+        root: the store's root directory (absolute), or None.
+        modes: the permission bits of the files and directories it creates.
     """
 
-    def __init__(self, root: str | None) -> None:
+    def __init__(self, root: str | None, modes: Modes = PRIVATE) -> None:
         self.root = root
+        self.modes = modes
         self._lock = threading.Lock()
         self._dirs: dict[str, int] = {}
         self._prefix = root.rstrip("/") + "/" if root else "\0"
-        if root is not None:
-            self._dirs[root.rstrip("/")] = os.open(
-                root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-            )
 
     def close(self) -> None:
         """Close the cached directory descriptors (the tree stays usable)."""
@@ -78,6 +82,20 @@ class Tree:
 
     # -- resolution -----------------------------------------------------------------
 
+    def _root_fd(self) -> int:
+        """The root's descriptor, opened on first use (FileNotFoundError while it is missing)."""
+        root = self._prefix[:-1]
+        fd = self._dirs.get(root)
+        if fd is None:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            with self._lock:
+                if root in self._dirs:
+                    os.close(fd)
+                else:
+                    self._dirs[root] = fd
+                fd = self._dirs[root]
+        return fd
+
     def _dir_fd(
         self, folder: str, *, create: bool = False, durable: bool = False
     ) -> tuple[int, bool]:
@@ -86,8 +104,10 @@ class Tree:
         if fd is not None:
             return fd, False
         root = self._prefix[:-1]
+        if folder == root:
+            return self._root_fd(), False
         rel = folder[len(self._prefix) :]
-        parent, owned = self._dirs[root], False
+        parent, owned = self._root_fd(), False
         path = root
         for part in rel.split("/"):
             if part in ("", ".", ".."):
@@ -112,14 +132,20 @@ class Tree:
                 raise
         except OSError as exc:
             raise self._unsafe(exc, parent, part, path) from None
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(part, 0o755, dir_fd=parent)
-            if durable:
-                os.fsync(parent)
+        made = True
         try:
-            return os.open(part, _DIR_FLAGS, dir_fd=parent)
+            os.mkdir(part, self.modes.dir, dir_fd=parent)
+        except FileExistsError:
+            made = False
+        try:
+            fd = os.open(part, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             raise self._unsafe(exc, parent, part, path) from None
+        if made:
+            set_mode(fd, self.modes.dir)  # exactly, umask or not (setgid too)
+            if durable:
+                os.fsync(parent)
+        return fd
 
     @staticmethod
     def _unsafe(exc: OSError, parent: int, name: str, path: str) -> Exception:
@@ -174,26 +200,34 @@ class Tree:
         fd, owned = self._dir_fd(folder)
         return fd, name, owned
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        """``os.open`` that never follows a symbolic link inside the root."""
+    def open(self, path: str, flags: int) -> int:
+        """``os.open`` that never follows a symbolic link inside the root.
+
+        A file it creates (``O_CREAT``) gets exactly the file mode of :attr:`modes`.
+        """
         folder, _, name = path.rpartition("/")
         cached = self._dirs.get(folder)  # only directories at or below the root are cached
-        if cached is not None and name not in _NOT_NAMES:
+        if cached is not None and name not in _NOT_NAMES and not flags & os.O_CREAT:
             try:
-                return os.open(name, flags | _FILE_FLAGS, mode, dir_fd=cached)
+                return os.open(name, flags | _FILE_FLAGS, dir_fd=cached)
             except OSError as exc:
                 raise self._unsafe(exc, cached, name, path) from None
         where = self._where(path)
         if where is None:
-            return os.open(path, flags | os.O_CLOEXEC, mode)
+            return self._open_at(None, path, flags | os.O_CLOEXEC)
         fd, name, owned = where
         try:
-            return os.open(name, flags | _FILE_FLAGS, mode, dir_fd=fd)
+            return self._open_at(fd, name, flags | _FILE_FLAGS)
         except OSError as exc:
             raise self._unsafe(exc, fd, name, path) from None
         finally:
             if owned:
                 os.close(fd)
+
+    def _open_at(self, dir_fd: int | None, name: str, flags: int) -> int:
+        if not flags & os.O_CREAT:
+            return os.open(name, flags, dir_fd=dir_fd)
+        return create_file(dir_fd, name, flags, self.modes.file)  # exactly its mode
 
     def read_file(self, path: str, limit: int = -1) -> bytes:
         """The bytes of a regular file (at most ``limit`` when given)."""
@@ -276,7 +310,7 @@ class Tree:
     def makedirs(self, path: str, *, durable: bool) -> None:
         """Create ``path`` and missing parents; fsync each parent of a new directory."""
         if not (path + "/").startswith(self._prefix):
-            _makedirs_plain(path, durable=durable)
+            makedirs_plain(path, self.modes.dir, durable=durable)
             return
         if path.rstrip("/") + "/" == self._prefix:
             return
@@ -360,23 +394,6 @@ class Tree:
                 self.unlink(tmp)
         self.fsync_dir(os.path.dirname(path) or ".")
         return made
-
-
-def _makedirs_plain(path: str, *, durable: bool) -> None:
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    _makedirs_plain(parent, durable=durable)
-    try:
-        os.mkdir(path, 0o755)
-    except FileExistsError:
-        return
-    if durable:
-        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 UNCONFINED = Tree(None)

@@ -15,6 +15,7 @@ import os
 from castore.errors import FormatVersionError
 from castore.file.formatfile import FORMAT_MAGIC
 from castore.file.frames import classify, encode_frame
+from castore.file.modes import MODES, modes_of_dir
 from castore.file.records import FORMAT_VERSION, KIND_GRAVE, Grave, encode_record
 from castore.file.rewrite import utc_stamp
 from castore.file.tree import Tree
@@ -75,15 +76,18 @@ def _graves_files(fs: Tree, refs: str) -> list[str]:
     return sorted(found)
 
 
-def upgrade(root: str) -> UpgradeReport:
+def upgrade(root: str, mode: str | None = None) -> UpgradeReport:
     """Convert the store at ``root`` to :data:`~castore.file.records.FORMAT_VERSION`.
+
+    ``mode`` (``private``, ``group``; None follows the root) is what the
+    files it writes get (docs/FORMAT.md §1).
 
     Raises:
         FormatVersionError: ``root`` is not a castore store, or is newer.
     """
     if not os.path.isdir(root):
         raise FormatVersionError(f"{root}: no such directory: not a castore store")
-    fs = Tree(root)
+    fs = Tree(root, MODES[mode] if mode is not None else modes_of_dir(os.stat(root).st_mode))
     before = _version_of(fs, root)
     if before > FORMAT_VERSION:
         raise FormatVersionError(f"{root}: format {before} is newer than this castore's")

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+import castore
 from tests.helpers import json_line
 
 DAG = "daily-agent"  # the cli fixture's --dag
@@ -417,6 +418,31 @@ def test_scopes_and_namespaces(cli):
     assert "namespace is required" in message
     message = cli.fail(2, "set", "k", "1", "--scope", "DAG")
     assert 'unsupported scope "DAG"' in message
+
+
+@pytest.mark.integration
+def test_version(cli):
+    want = (0, f"castore {castore.__version__}\n".encode(), b"")
+    proc = cli.raw("--version")
+    assert (proc.returncode, proc.stdout, proc.stderr) == want
+    proc = cli.run("--version")  # after other global options too
+    assert (proc.returncode, proc.stdout, proc.stderr) == want
+    cli.ok("set", "k", "1")
+    cli.ok("set", "k", "2")
+    assert cli.ok("get", "k", "--version", "1")["value"] == 1  # get --version N keeps its meaning
+    assert cli.ok("--no-sync", "get", "k", "--version", "2")["value"] == 2
+    cli.fail(2, "get", "k", "--version")
+
+
+@pytest.mark.integration
+def test_a_fresh_location_reads_as_an_empty_store_until_a_write(cli):
+    assert cli.ok("get", "k")["found"] is False
+    assert cli.ok("list")["entries"] == []
+    assert cli.ok("check")["ok"] is True
+    assert cli.ok("stats")["total"]["keys"] == 0
+    cli.fail(3, "set", "k", "1", "--expected-version", "1")
+    assert cli.ok("set", "k", "1", "--mode", "group")["version"] == 1
+    assert cli.ok("get", "k")["value"] == 1
 
 
 @pytest.mark.integration

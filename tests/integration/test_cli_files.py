@@ -3,7 +3,8 @@
 The behaviour of the commands, on every backend, is in test_cli.py,
 test_cli_history.py and test_cli_maintenance.py; these tests look at the
 files of the file backend (docs/FORMAT.md): default directories, what is not
-a store, logs, leftovers, damage, and that failed or dry runs change no byte.
+a store, that reads create none, permissions, logs, leftovers, damage, and
+that failed or dry runs change no byte.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from typing import Final
 import pytest
 
 from castore.codec import normalize
-from tests.helpers import frames_of, json_line, log_path, one_line_error, snapshot
+from tests.helpers import (
+    Cli,
+    assert_modes,
+    corrupt,
+    frames_of,
+    json_line,
+    log_path,
+    one_line_error,
+    paths_below,
+    snapshot,
+)
 from tests.integration.test_cli import INVALID_INPUT
 from tests.integration.test_cli_maintenance import (
     BAD_GRACES,
@@ -91,6 +102,109 @@ def test_not_a_store_exits_1(cli, tmp_path):
     hidden.mkdir()
     (hidden / ".keep").write_text("")
     assert json_line(cli.raw("--dir", str(hidden), "--dag", "d", "set", "k", "1"))["version"] == 1
+
+
+# Every read, and every write that writes nothing, with its exit code on a location
+# without a store: each answers as an empty store would, or fails, and creates nothing.
+NOTHING_WRITTEN: Final = [
+    (("get", "k"), 0),
+    (("get", "k", "--default", '{"a":1}'), 0),
+    (("get", "k", "--required"), 4),
+    (("get", "k", "--version", "1"), 4),
+    (("list",), 0),
+    (("list", "--include-values", "--scope", "global"), 0),
+    (("history", "k"), 0),
+    (("diff", "k", "1", "--no-update"), 0),
+    (("diff", "k", "--from-version", "1"), 4),
+    (("audit",), 0),
+    (("export",), 0),
+    (("stats",), 0),
+    (("check",), 0),
+    (("check", "--repair"), 0),
+    (("gc", "--grace", "0"), 0),
+    (("compact", "--keep-last", "1"), 0),
+    (("compact", "--keep-within", "0s", "--dry-run"), 0),
+    (("delete", "k"), 0),
+    (("set", "k", "1", "--expected-version", "2"), 3),
+    (("diff", "k", "1", "--expected-version", "2"), 3),
+    (("rollback", "k", "--to-version", "1"), 4),
+    (("import", "INPUTS/header.jsonl"), 0),
+    (("import-dagu", "INPUTS/dagu"), 0),
+    (("upgrade",), 1),
+]
+
+
+@pytest.mark.parametrize("where", ["--dir missing/store", "CASTORE_DIR", "--dir empty"])
+def test_reads_create_no_store(cli, tmp_path, where):
+    inputs = tmp_path / "inputs"
+    (inputs / "dagu").mkdir(parents=True)
+    (inputs / "header.jsonl").write_bytes(b'{"format":"castore-export","version":1}\n')
+    (tmp_path / "empty").mkdir()
+    target = tmp_path / ("empty" if "empty" in where else "missing/store")
+    env = {"CASTORE_DIR": str(target)} if where == "CASTORE_DIR" else {}
+    head = [] if env else ["--dir", str(target)]
+    before = paths_below(tmp_path)
+    for args, code in NOTHING_WRITTEN:
+        argv = [a.replace("INPUTS", str(inputs)) for a in args]
+        proc = cli.raw(*head, "--dag", DAG, *argv, env=env)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert paths_below(tmp_path) == before, args  # the parent gets no new entry either
+    assert json_line(cli.raw(*head, "--dag", DAG, "set", "k", "1", env=env))["version"] == 1
+    assert {"FORMAT", "refs"} <= set(os.listdir(target))  # the first write made the store
+    assert json_line(cli.raw(*head, "--dag", DAG, "get", "k", env=env))["value"] == 1
+
+
+def make_every_kind_of_file(cli: Cli, env: dict[str, str], *head: str) -> None:
+    """Logs, KEYS, GRAVES, .vix, index shards, gc.lock, quarantine copies, rewrites."""
+    assert cli.dir is not None
+
+    def ok(*args: str) -> None:
+        proc = cli.run(*head, *args, env=env)
+        assert proc.returncode == 0, (args, proc.stderr)
+
+    big = json.dumps({"payload": "x" * 5000})
+    ok("set", "a", big)
+    ok("set", "b", big)  # points at a's blob: gc.lock, an index shard
+    ok("set", "a", "2")
+    ok("get", "a", "--version", "1")  # the version index
+    ok("set", "g", "1", "--scope", "global")
+    ok("delete", "b")
+    ok("compact", "--keep-within", "0s")  # GRAVES, rewritten logs
+    ok("gc", "--grace", "0")  # the blob index rebuilt
+    with open(log_path(cli.dir, "dag", DAG, "a"), "ab") as fh:
+        fh.write(b"\x07torn")
+    ok("set", "a", "3")  # quarantine/torn/
+    for n in range(3):
+        ok("set", "c", json.dumps({"n": n, "pad": "y" * 300}))
+    path = log_path(cli.dir, "dag", DAG, "c")
+    corrupt(path, os.path.getsize(path) // 2)
+    ok("check", "--repair")  # quarantine/<time>/
+
+
+@pytest.mark.parametrize(
+    ("how", "file_mode", "dir_mode"),
+    [
+        ("default", 0o600, 0o700),
+        ("--mode private", 0o600, 0o700),
+        ("--mode group", 0o660, 0o2770),
+        ("CASTORE_MODE=group", 0o660, 0o2770),
+    ],
+    ids=["default", "--mode private", "--mode group", "CASTORE_MODE=group"],
+)
+def test_permissions_of_everything_castore_creates(cli, umask, how, file_mode, dir_mode):
+    assert cli.dir is not None
+    cli.dir = cli.dir.parent / "new-parent" / "store"  # parents it makes get the mode too
+    env = dict([how.split("=")]) if "=" in how else {}
+    make_every_kind_of_file(cli, env, *(how.split() if how.startswith("--") else []))
+    assert_modes(cli.dir, file_mode, dir_mode)
+    assert oct(cli.dir.parent.stat().st_mode & 0o7777) == oct(dir_mode)
+
+
+def test_a_bad_mode_is_exit_2_and_creates_nothing(cli):
+    assert "--mode: invalid mode 'public'" in cli.fail(2, "--mode", "public", "set", "k", "1")
+    message = one_line_error(cli.run("set", "k", "1", env={"CASTORE_MODE": "0644"}), 2)
+    assert message == "invalid mode '0644' ($CASTORE_MODE): use private or group"
+    assert not cli.dir.exists()
 
 
 def test_invalid_input_exits_2_and_writes_no_log(cli):

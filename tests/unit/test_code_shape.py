@@ -1,6 +1,7 @@
 """Small modules and short functions (docs/DESIGN.md, "Layers"; STYLE.md).
 
-Every module of the package stays under :data:`MODULE_MAX_LINES` lines and
+Every module of the package stays under :data:`MODULE_MAX_LINES` lines (the
+:data:`FACADES` a little more) and
 every function under :data:`FUNCTION_MAX_LINES`; :data:`TABLES` may name a
 function that reads as a table (none today: the argparse table is
 ``castore.cli.args.SPECS``, one small function per command).
@@ -15,6 +16,9 @@ PACKAGE = pathlib.Path(castore.__file__).parent
 MODULE_MAX_LINES = 400
 FUNCTION_MAX_LINES = 60
 TABLES: set[tuple[str, str]] = set()  # (module, function): one call per line, a table
+# The public facade: one thin method per operation, each with its whole docstring. Split
+# by a mixin it would be one class posing as two (issue 9); 500 is the general rule.
+FACADES = {"store.py": 500}
 
 
 def sources() -> dict[str, str]:
@@ -33,7 +37,7 @@ def test_every_module_is_small():
     long = {
         name: len(text.splitlines())
         for name, text in sources().items()
-        if len(text.splitlines()) > MODULE_MAX_LINES
+        if len(text.splitlines()) > FACADES.get(name, MODULE_MAX_LINES)
     }
     assert not long, f"modules over {MODULE_MAX_LINES} lines: {long}"
 

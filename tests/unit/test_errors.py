@@ -16,6 +16,7 @@ from castore.errors import (
     InvalidValueError,
     LockTimeoutError,
     NotFoundError,
+    PatchTestError,
     RecordError,
     UnsafePathError,
     ValueTooLargeError,
@@ -31,6 +32,7 @@ SAMPLES = [
     ConflictError("dag/daily/k", 5, 1),
     ConflictError("dag/daily/k", None, 3, "key exists"),
     ConflictError("global/_/k", 0, 7, "raced"),
+    PatchTestError("dag/daily/k", None, 3, "operation 1 (test /a): the value is 1, not 2"),
     LockTimeoutError("/store/refs/dag/ab/cd.log", 30.0),
     LockTimeoutError("/store/gc.lock", 0.25),
     CorruptionError("blob abc is missing or damaged"),
@@ -124,6 +126,13 @@ def test_messages_and_attributes():
     assert "expected version 0" in str(zero)
     assert "actual version 2" in str(zero)
 
+    failed = PatchTestError("dag/daily/k", None, 3, "operation 1 (test /a): the value is 1, not 2")
+    assert (failed.expected, failed.actual) == (None, 3)
+    assert str(failed) == (
+        "conflict on dag/daily/k: JSON Patch test failed at version 3: "
+        "operation 1 (test /a): the value is 1, not 2"
+    )
+
     lock = LockTimeoutError("/s/x.log", 30.0)
     assert (lock.path, lock.timeout_seconds) == ("/s/x.log", 30.0)
     assert "/s/x.log" in str(lock)
@@ -146,6 +155,7 @@ def test_messages_and_attributes():
         (ValueTooLargeError, (InvalidValueError, CastoreError, ValueError)),
         (NotFoundError, (CastoreError, LookupError)),
         (ConflictError, (CastoreError,)),
+        (PatchTestError, (ConflictError, CastoreError)),
         (LockTimeoutError, (CastoreError, TimeoutError)),
         (CorruptionError, (CastoreError,)),
         (DigestMismatchError, (CorruptionError, CastoreError)),

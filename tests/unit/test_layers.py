@@ -41,20 +41,23 @@ LAYERS = {
     "history": 20,
     "listing": 20,
     "decisions": 20,  # Store's write decisions: guards, what set/delete/diff append
-    "store": 21,
-    "audit": 22,
-    "transfer": 22,
-    "dagu": 22,
-    "__init__": 23,  # the public API; the CLI uses the modules themselves
+    "edits": 20,  # read-modify-write's value edits: JSON Patch, merge patch, incr
+    "modify": 21,  # read-modify-write over the contract (Store.update/patch/incr call it)
+    "store": 22,
+    "audit": 23,
+    "transfer": 23,
+    "dagu": 23,
+    "__init__": 24,  # the public API; the CLI uses the modules themselves
     # castore/cli/: the top, above every library module; nothing below imports it.
-    "cli.args": 23,
-    "cli.render": 23,
-    "cli.invocation": 23,
-    "cli.state": 24,
-    "cli.history": 24,
-    "cli.maintenance": 24,
-    "cli": 25,
-    "__main__": 26,
+    "cli.args": 24,
+    "cli.render": 24,
+    "cli.invocation": 24,
+    "cli.state": 25,
+    "cli.history": 25,
+    "cli.maintenance": 25,
+    "cli.modify": 25,
+    "cli": 26,
+    "__main__": 27,
 }
 
 FILE_BASE = 10
@@ -64,6 +67,7 @@ FILE_LAYERS = {
     "fileio": 0,
     "frames": 0,
     "records": 0,
+    "modes": 0,  # the permission bits of what a store creates
     # confined paths; damage in one log
     "tree": 1,
     "damage": 1,

@@ -22,7 +22,10 @@ def test_every_error_is_a_castore_error():
 
 
 def test_every_result_type_a_store_method_returns_is_exported():
-    for name, member in vars(castore.Store).items():
+    inherited = [vars(cls) for cls in reversed(castore.Store.__mro__[:-1])]  # base classes too
+    methods = {name: member for members in inherited for name, member in members.items()}
+    assert {"update", "patch", "incr"} <= set(methods)
+    for name, member in methods.items():
         if name.startswith("_") or not callable(member):
             continue
         returned = typing.get_type_hints(member)["return"]

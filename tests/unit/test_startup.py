@@ -177,3 +177,20 @@ def test_the_library_stays_lean_through_a_set_and_a_get(tmp_path):
     loaded = loaded_by(tmp_path, code, str(tmp_path / "store"))
     assert "castore.file.backend" in loaded
     assert not sorted(NEVER_AT_START & loaded)
+
+
+def test_incr_and_a_merge_patch_stay_lean_and_a_json_patch_loads_jsonpatch(step):
+    """patch and incr (issue 11) load their own modules; only an RFC 6902 patch loads jsonpatch."""
+    json_line(step.raw("set", "k", '{"cursor": 1}'))
+    lean = NEVER_AT_START - {"castore.cli.history"}  # sibling modules: none of these either
+    for args in (
+        ("incr", "n"),
+        ("incr", "k", "--path", "/cursor"),
+        ("patch", "k", "{}", "--merge"),
+    ):
+        loaded = modules_after(step, *args)
+        assert {"castore.cli.modify", "castore.edits"} <= loaded, args
+        extra = sorted(lean & loaded)
+        assert not extra, f"castore {' '.join(args)} loads {extra}"
+    assert "jsonpatch" in modules_after(step, "patch", "k", "[]")
+    assert "castore.edits" not in modules_after(step, "set", "k", "2")

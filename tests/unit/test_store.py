@@ -267,3 +267,27 @@ def test_credentials_in_a_location_never_reach_an_error(tmp_path, monkeypatch):
         for secret in ("s3cret", "hunter2", "alice"):
             assert secret not in shown
         assert "db.example:5432/state" in shown
+
+
+def test_a_fresh_location_reads_as_an_empty_store_until_a_write(store_location):
+    s = Store(store_location, dag="d")
+    assert s.get("k").found is False
+    assert s.list().entries == []
+    assert s.history("k").entries == []
+    assert s.check().ok
+    assert s.stats().total.keys == 0
+    with pytest.raises(ConflictError):
+        s.set("k", 1, expected_version=1)
+    assert s.set("k", 1).version == 1
+    assert Store(store_location, dag="d").get("k").value == 1
+
+
+def test_the_mode_is_private_or_group(store_location, monkeypatch):
+    with pytest.raises(ValueError, match="invalid mode 'world': use private or group"):
+        Store(store_location, dag="d", mode="world")
+    monkeypatch.setenv("CASTORE_MODE", "shared")
+    with pytest.raises(ValueError, match=r"invalid mode 'shared' \(\$CASTORE_MODE\)"):
+        Store(store_location, dag="d")
+    assert Store(store_location, dag="d", mode="group").set("k", 1).version == 1
+    monkeypatch.setenv("CASTORE_MODE", "private")
+    assert Store(store_location, dag="d").get("k").value == 1

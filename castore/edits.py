@@ -1,0 +1,364 @@
+r"""The value edits of read-modify-write: JSON Patch, merge patch, and adding to a number.
+
+An edit turns a key's live value (normalized JSON bytes, or None when the key
+is absent) into the new normalized value. It runs inside a write's decision,
+under the key's lock (:func:`castore.decisions.edit_decision`), so nothing
+can change the value between the read and the write. Pure, no I/O.
+
+The value is decoded with every number kept as its literal text
+(:class:`~castore.pyvalues.NumberLiteral`; integers as ``int``), edited, and
+normalized again, so the members an edit does not touch keep their bytes
+(``1.50`` stays ``1.50``) and the result is exactly what ``set`` of the
+resulting JSON text stores, hash included.
+
+- :class:`JsonPatch`: RFC 6902, applied by the ``jsonpatch`` library
+  (imported when a patch is first applied). A failed ``test`` operation is a
+  :class:`~castore.errors.PatchTestError` (a ``ConflictError``); a patch that is not one, or that
+  does not apply to the value (a missing member, an index out of range), is
+  an :class:`~castore.errors.InvalidValueError`.
+- :class:`MergePatch`: RFC 7396 (``null`` removes a member; arrays and
+  scalars replace), the RFC's algorithm without recursion.
+- :class:`Increment`: adds a number to the value or to the member a JSON
+  Pointer names, created as 0 when absent; integers stay exact at any size,
+  a float result takes Go's float64 form.
+
+An absent key edits as ``{}`` for both patches, and as 0 (or, with a pointer,
+as ``{}`` whose missing objects are created) for an increment.
+
+>>> MergePatch(b'{"a": null, "b": {"c": 1.50}}')(b'{"a":1,"z":2.0}')
+b'{"b":{"c":1.50},"z":2.0}'
+>>> Increment(10**20, "/n")(b'{"n":1}')
+b'{"n":100000000000000000001}'
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from castore import codec
+from castore.errors import InvalidValueError, PatchTestError
+from castore.pyvalues import NumberLiteral
+
+if TYPE_CHECKING:
+    import json
+
+__all__ = [
+    "Edit",
+    "Increment",
+    "JsonPatch",
+    "MergePatch",
+    "decode_literal",
+    "parse_number",
+    "pointer_parts",
+]
+
+_FAST: Final = msgspec.json.Decoder(float_hook=NumberLiteral)
+_NEGATIVE_ZERO: Final = re.compile(rb"-0(?![.0-9eE])")  # an integer -0: msgspec reads 0
+_INDEX: Final = re.compile(r"0|[1-9][0-9]*")  # RFC 6901 array index
+_OPERATIONS: Final = frozenset(("add", "remove", "replace", "move", "copy", "test"))
+
+
+def _integer(literal: str) -> int | NumberLiteral:
+    if literal == "-0":
+        return NumberLiteral(literal)
+    try:
+        return int(literal)
+    except ValueError:  # past sys.get_int_max_str_digits(): keep the text
+        return NumberLiteral(literal)
+
+
+def _exact_int(literal: str) -> int:
+    try:
+        return int(literal)
+    except ValueError:  # past sys.get_int_max_str_digits(); Decimal has no such limit
+        return int(Decimal(literal))
+
+
+@functools.cache
+def _slow_decoder() -> json.JSONDecoder:
+    """Python's decoder, numbers as literals: for ``-0``, huge integers and deep values."""
+    import json  # only then: the fast path needs msgspec alone
+
+    return json.JSONDecoder(parse_float=NumberLiteral, parse_int=_integer)
+
+
+def decode_literal(normalized: bytes) -> Any:
+    """Decode normalized JSON bytes, numbers as literals (:class:`NumberLiteral`, or ``int``).
+
+    Encoding the result with :func:`castore.codec.normalize_python` gives
+    ``normalized`` back, byte for byte.
+    """
+    if _NEGATIVE_ZERO.search(normalized) is None:
+        try:
+            return _FAST.decode(normalized)
+        except (msgspec.DecodeError, RecursionError, ValueError):
+            pass  # deep nesting, or integers msgspec cannot hold
+    text = normalized.decode()
+    try:
+        return _slow_decoder().raw_decode(text)[0]
+    except RecursionError:
+        from castore.jsonparse import parse_iterative
+
+        return parse_iterative(text, 0, _slow_decoder())[0]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integral(literal: str) -> bool:
+    """True for a JSON number literal without fraction or exponent."""
+    return not any(char in literal for char in ".eE")
+
+
+def parse_number(text: str) -> int | float:
+    """A JSON number given as text (``--by``): ``int`` for an integer literal, else ``float``.
+
+    Raises:
+        InvalidValueError: ``text`` is not a finite JSON number.
+    """
+    literal = text.strip()
+    try:
+        number = NumberLiteral(literal)
+        if _integral(literal):
+            return _exact_int(literal)
+    except InvalidValueError:
+        raise InvalidValueError(f"not a JSON number: {text[:40]!r}") from None
+    if not math.isfinite(number):
+        raise InvalidValueError(f"number out of a float64's range: {text[:40]!r}")
+    return float(number)
+
+
+def pointer_parts(pointer: str) -> list[str]:
+    """The reference tokens of an RFC 6901 JSON Pointer (``""`` is the whole value).
+
+    Raises:
+        InvalidValueError: ``pointer`` is neither empty nor starts with ``/``, or
+            has a ``~`` not followed by ``0`` or ``1``.
+    """
+    if pointer and not pointer.startswith("/"):
+        raise InvalidValueError(f"JSON pointer must be empty or start with '/': {pointer!r}")
+    if re.search("~(?![01])", pointer):
+        raise InvalidValueError(f"JSON pointer has a '~' not followed by 0 or 1: {pointer!r}")
+    return [part.replace("~1", "/").replace("~0", "~") for part in pointer.split("/")[1:]]
+
+
+class Edit:
+    """An edit of a key's live value (None: absent) into its new normalized value.
+
+    Called inside the write's decision; :attr:`value` is the last value it
+    made (the new value once the write returns).
+    """
+
+    note: str = ""  # what the edit does, for the audit record
+    value: bytes = b""
+    version: int = 0  # the live version being edited (0: absent), for errors
+
+    def __call__(self, current: bytes | None, version: int = 0) -> bytes:
+        """The new normalized value, given the live one and its version (a decision's edit)."""
+        self.version = version
+        self.value = codec.normalize_python(self.edit(current))
+        return self.value
+
+    def edit(self, current: bytes | None) -> Any:
+        """The new value as a tree of literals (see :func:`decode_literal`)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def document(current: bytes | None) -> Any:
+        """The live value as a tree of literals; ``{}`` for an absent key."""
+        return {} if current is None else decode_literal(current)
+
+
+_MISSING: Final = object()
+
+
+def _show(value: Any) -> str:
+    """A value in an error message: its JSON, cut short."""
+    if value is _MISSING:
+        return "absent"
+    try:
+        text = codec.normalize_python(value).decode()
+    except InvalidValueError:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _found(document: Any, pointer: str) -> str:
+    """What a failed ``test`` found at ``pointer``, for its message."""
+    import jsonpointer
+
+    try:
+        return _show(jsonpointer.resolve_pointer(document, pointer, _MISSING))
+    except (jsonpointer.JsonPointerException, TypeError, KeyError, IndexError):
+        return "not readable"
+
+
+def _patch_bytes(patch: Any) -> bytes:
+    """A patch given as JSON text (bytes) or Python data, normalized (validated) once."""
+    return codec.normalize(patch)
+
+
+class MergePatch(Edit):
+    """An RFC 7396 JSON Merge Patch: objects merge member by member, ``null`` removes one.
+
+    Raises (when built):
+        InvalidValueError: ``patch`` is not one JSON value.
+    """
+
+    note = "merge patch"
+
+    def __init__(self, patch: Any) -> None:
+        self.patch = _patch_bytes(patch)
+
+    def edit(self, current: bytes | None) -> Any:
+        """The live value merged with the patch (RFC 7396, section 2)."""
+        patch = decode_literal(self.patch)
+        if not isinstance(patch, dict):
+            return patch
+        target = self.document(current)
+        root = target if isinstance(target, dict) else {}
+        todo: list[tuple[dict[str, Any], dict[str, Any]]] = [(root, patch)]
+        while todo:  # RFC 7396 section 2, one object at a time instead of recursing
+            node, changes = todo.pop()
+            for name, value in changes.items():
+                if value is None:
+                    node.pop(name, None)
+                elif isinstance(value, dict):
+                    child = node.get(name)
+                    if not isinstance(child, dict):
+                        child = node[name] = {}
+                    todo.append((child, value))
+                else:
+                    node[name] = value
+        return root
+
+
+class JsonPatch(Edit):
+    """An RFC 6902 JSON Patch, applied by ``jsonpatch``; a failed ``test`` is a conflict.
+
+    Raises (when built):
+        InvalidValueError: ``patch`` is not a JSON array of operation objects
+            with one of the six operations of RFC 6902.
+    """
+
+    note = "patch"
+
+    def __init__(self, patch: Any, ref: str = "") -> None:
+        self.patch = _patch_bytes(patch)
+        self.ref = ref
+        operations = decode_literal(self.patch)
+        if not isinstance(operations, list):
+            raise InvalidValueError("a JSON Patch is an array of operations")
+        for index, op in enumerate(operations, 1):
+            if not isinstance(op, dict) or op.get("op") not in _OPERATIONS:
+                shown = _show(op.get("op") if isinstance(op, dict) else op)
+                raise InvalidValueError(f"JSON Patch operation {index} is not one: {shown}")
+            for member in ("path", "from") if op["op"] in ("move", "copy") else ("path",):
+                if not isinstance(op.get(member), str):
+                    what = f"operation {index} ({op['op']})"
+                    raise InvalidValueError(f"JSON Patch {what} needs a string {member!r}")
+
+    def edit(self, current: bytes | None) -> Any:
+        """The live value with each operation applied in turn.
+
+        Raises:
+            PatchTestError: a ``test`` operation failed.
+            InvalidValueError: an operation is invalid or does not apply.
+        """
+        import jsonpatch  # only here: the other commands do not load it (CLI start-up)
+
+        document = self.document(current)
+        for index, op in enumerate(decode_literal(self.patch), 1):
+            what = f"operation {index} ({op['op']} {op['path']})"
+            try:  # one operation at a time, so that an error can name it
+                document = jsonpatch.apply_patch(document, [op], in_place=True)
+            except jsonpatch.JsonPatchTestFailed:
+                detail = f"{what}: the value is {_found(document, op['path'])}, "
+                detail += f"not {_show(op.get('value'))}"
+                raise PatchTestError(self.ref, None, self.version, detail) from None
+            except jsonpatch.InvalidJsonPatch as exc:
+                raise InvalidValueError(f"invalid JSON Patch: {what}: {exc}") from None
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise InvalidValueError(f"JSON Patch does not apply: {what}: {exc}") from None
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise InvalidValueError(f"JSON Patch does not apply: {what}: {exc!r}") from None
+        return document
+
+
+class Increment(Edit):
+    """Adds ``by`` to the number at ``pointer`` (``""``: the whole value); 0 when absent.
+
+    ``number`` is the new number's normalized JSON once applied.
+
+    Raises (when built):
+        InvalidValueError: ``by`` is not a finite number, or ``pointer`` is not a JSON Pointer.
+    """
+
+    def __init__(self, by: int | float = 1, pointer: str | None = None) -> None:
+        if not _is_number(by) or by != by or by in (float("inf"), float("-inf")):
+            raise InvalidValueError(f"incr needs a finite number to add, not {by!r}")
+        self.by = by
+        self.pointer = pointer or ""
+        self.parts = pointer_parts(self.pointer)
+        self.number = b""
+        at = f" at {self.pointer}" if self.pointer else ""
+        self.note = f"incr by {codec.normalize_python(by).decode()}{at}"
+
+    def edit(self, current: bytes | None) -> Any:
+        """The live value with the number at the pointer increased (0 when absent)."""
+        if not self.parts:
+            new = self._add(0 if current is None else decode_literal(current))
+            self.number = codec.normalize_python(new)
+            return new
+        root = self.document(current)
+        node, slot = self._parent(root)
+        node[slot] = new = self._add(node[slot])
+        self.number = codec.normalize_python(new)
+        return root
+
+    def _parent(self, root: Any) -> tuple[Any, str | int]:
+        """The container holding the pointer's target, and its slot there.
+
+        Members missing from objects are created on the way: objects, and 0
+        for the target. An array index must exist.
+        """
+        node: Any = root
+        for depth, part in enumerate(self.parts):
+            slot: str | int = part
+            if isinstance(node, dict):
+                if part not in node:
+                    node[part] = {} if depth < len(self.parts) - 1 else 0
+            elif isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
+                slot = int(part)
+            else:
+                where = "/" + "/".join(self.parts[:depth])
+                kind = "an array" if isinstance(node, list) else "not an object or array"
+                raise InvalidValueError(f"incr: {self.pointer}: {where} is {kind} without {part!r}")
+            if depth == len(self.parts) - 1:
+                return node, slot
+            node = node[slot]
+        raise AssertionError("unreachable: parts is not empty")
+
+    def _add(self, old: Any) -> int | float:
+        if not _is_number(old):
+            kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+            kind = kinds.get(type(old), "null")
+            raise InvalidValueError(f"incr: {self.pointer or 'the value'} is {kind}, not a number")
+        if isinstance(old, NumberLiteral) and _integral(old.text):
+            old = _exact_int(old.text)  # an integer literal kept as text (-0, or very long)
+        if isinstance(old, int) and isinstance(self.by, int):
+            return old + self.by  # exact, any size
+        try:
+            new = float(old) + float(self.by)
+        except OverflowError:
+            raise InvalidValueError("incr: the sum is out of a float64's range") from None
+        if new in (float("inf"), float("-inf")):
+            raise InvalidValueError("incr: the sum is out of a float64's range")
+        return new

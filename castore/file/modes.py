@@ -1,0 +1,98 @@
+"""The permission bits of what a store creates, set exactly whatever the umask.
+
+``private`` (the default): files 0600, directories 0700. ``group``: files
+0660, directories 2770 (setgid, so everything below keeps the directory's
+group), for a team that shares a store through a group. A store without a
+chosen mode follows its root directory: ``group`` when the root is setgid
+and group-writable, else ``private`` (docs/FORMAT.md §1). Each file or
+directory castore creates is ``fchmod``-ed on its own descriptor right after
+it was made, so the umask never widens or narrows it, and nothing castore
+did not create is ever changed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Final, NamedTuple
+
+__all__ = ["MODES", "PRIVATE", "Modes", "create_file", "makedirs_plain", "modes_of_dir", "set_mode"]
+
+
+class Modes(NamedTuple):
+    """The permission bits of the files and directories a store creates."""
+
+    file: int
+    dir: int
+
+
+PRIVATE: Final = Modes(0o600, 0o700)
+MODES: Final = {  # by name: Store(mode=), --mode, $CASTORE_MODE
+    "private": PRIVATE,
+    "group": Modes(0o660, 0o2770),
+}
+_CREATE_ATTEMPTS = 8  # open-or-create rounds while other processes create and remove a file
+
+
+def modes_of_dir(st_mode: int) -> Modes:
+    """The modes of a store whose root has ``st_mode`` and no chosen mode."""
+    shared = st_mode & stat.S_ISGID and st_mode & stat.S_IWGRP
+    return MODES["group"] if shared else PRIVATE
+
+
+def set_mode(fd: int, mode: int) -> None:
+    """``fchmod`` what this process just created; ``fd`` is closed if that fails."""
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def create_file(dir_fd: int | None, name: str, flags: int, mode: int) -> int:
+    """``os.open`` with ``O_CREAT``: a file this call creates gets ``mode`` exactly.
+
+    An existing file is opened without ``O_CREAT`` (its mode is left alone);
+    a missing one is created with ``O_EXCL``, so this call knows it made it.
+    With ``O_EXCL`` in ``flags``, an existing file raises FileExistsError.
+    """
+    for _ in range(_CREATE_ATTEMPTS):
+        if not flags & os.O_EXCL:
+            try:
+                return os.open(name, flags & ~os.O_CREAT, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+        try:
+            fd = os.open(name, flags | os.O_EXCL, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            continue  # another process made it just now: open theirs
+        set_mode(fd, mode)
+        return fd
+    return os.open(name, flags & ~os.O_CREAT, dir_fd=dir_fd)
+
+
+def makedirs_plain(path: str, mode: int, *, durable: bool) -> None:
+    """``mkdir -p`` outside any store (the store directory the user chose, its parents).
+
+    Each directory it makes gets ``mode`` exactly; with ``durable``, its
+    parent is fsynced.
+    """
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    makedirs_plain(parent, mode, durable=durable)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    set_mode(fd, mode)
+    os.close(fd)
+    if durable:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,436 @@
+"""Read-modify-write in the library: Store.patch, Store.incr, Store.update (issue 11).
+
+The store comes from the ``store_location`` fixture (tests/conftest.py), so
+every backend runs these; the edits themselves (castore.edits) are tested on
+bytes below.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from castore import (
+    ConflictError,
+    IncrResult,
+    InvalidRefError,
+    InvalidValueError,
+    PatchResult,
+    PatchTestError,
+    SetResult,
+    Store,
+    codec,
+)
+from castore.edits import Increment, MergePatch, decode_literal, parse_number, pointer_parts
+from castore.pyvalues import NumberLiteral
+
+# Literals that a decode to Python floats and back would change.
+LITERALS = b'{"a":1.50,"b":1E2,"big":1e400,"n":-0,"z":[0.10,-2.5e-3]}'
+
+
+@pytest.fixture
+def store(store_location):
+    s = Store(store_location, dag="d", durable=False)
+    yield s
+    s.close()
+
+
+def versions(store: Store, key: str) -> int:
+    return len(store.history(key).entries)
+
+
+# -- patch (RFC 6902) ----------------------------------------------------------------------
+
+
+def test_patch_applies_and_keeps_untouched_literals(store):
+    store.set("k", LITERALS)
+    r = store.patch(
+        "k", [{"op": "add", "path": "/c", "value": True}, {"op": "remove", "path": "/b"}]
+    )
+    expected = b'{"a":1.50,"big":1e400,"c":true,"n":-0,"z":[0.10,-2.5e-3]}'
+    assert isinstance(r, PatchResult)
+    assert isinstance(r, SetResult)
+    assert (r.version, r.created, r.value_json) == (2, False, expected)
+    assert store.get("k").value_json == expected
+    assert r.hash == codec.hexdigest(expected) == store.set("same", expected).hash
+
+
+def test_patch_values_are_normalized_as_set_normalizes_them(store):
+    text = b'[{"op": "add", "path": "/v", "value": {"y": 1.0, "x": "<&>", "w": 1e2}}]'
+    r = store.patch("k", text)
+    assert r.value_json == b'{"v":{"w":1e2,"x":"\\u003c\\u0026\\u003e","y":1.0}}'
+    assert r.value == {"v": {"w": 100.0, "x": "<&>", "y": 1.0}}
+    assert r.hash == store.set("other", b'{"v": {"y": 1.0, "x": "<&>", "w": 1e2}}').hash
+
+
+def test_patch_of_an_absent_key_starts_from_an_empty_object(store):
+    r = store.patch("new", [{"op": "add", "path": "/a", "value": 1}])
+    assert (r.version, r.created, r.value) == (1, True, {"a": 1})
+    store.delete("new")
+    r = store.patch("new", [{"op": "test", "path": "", "value": {}}])
+    assert (r.version, r.created, r.value) == (3, True, {})
+
+
+def test_patch_can_replace_the_whole_value(store):
+    store.set("k", [1, 2])
+    assert store.patch("k", [{"op": "replace", "path": "", "value": "x"}]).value == "x"
+
+
+def test_a_failed_test_operation_is_a_conflict_and_writes_nothing(store):
+    store.set("k", {"owner": "a", "n": 1})
+    patch = [
+        {"op": "replace", "path": "/n", "value": 2},
+        {"op": "test", "path": "/owner", "value": "b"},
+    ]
+    with pytest.raises(PatchTestError) as exc:
+        store.patch("k", patch)
+    assert isinstance(exc.value, ConflictError)
+    assert exc.value.actual == 1
+    assert "operation 2 (test /owner)" in str(exc.value)
+    assert '"a"' in str(exc.value)
+    assert store.get("k").value == {"owner": "a", "n": 1}
+    assert versions(store, "k") == 1
+    with pytest.raises(PatchTestError):  # a missing member fails its test too
+        store.patch("k", [{"op": "test", "path": "/missing", "value": None}])
+    good = [{"op": "test", "path": "/n", "value": 1.0}, {"op": "replace", "path": "/n", "value": 2}]
+    assert store.patch("k", good).value == {"owner": "a", "n": 2}  # numbers compare by value
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"op": "add", "path": "/a", "value": 1},  # not an array
+        [{"op": "append", "path": "/a", "value": 1}],  # not an RFC 6902 operation
+        [{"path": "/a"}],
+        [{"op": "add", "value": 1}],
+        [{"op": "move", "path": "/a"}],
+        [{"op": "replace", "path": "/a"}],  # no value
+        [{"op": "add", "path": "a", "value": 1}],  # not a pointer
+        [{"op": "remove", "path": "/missing"}],  # does not apply
+        [{"op": "add", "path": "/l/7", "value": 1}],
+        [{"op": "add", "path": "/a/b/c", "value": 1}],
+        b"[{",
+    ],
+)
+def test_an_invalid_or_inapplicable_patch_writes_nothing(store, patch):
+    store.set("k", {"a": 1, "l": [1]})
+    with pytest.raises(InvalidValueError):
+        store.patch("k", patch)
+    assert versions(store, "k") == 1
+
+
+def test_patch_guards(store):
+    with pytest.raises(ConflictError) as exc:
+        store.patch("k", [], expected_version=3)
+    assert (exc.value.expected, exc.value.actual) == (3, 0)
+    assert store.patch("k", [], create_only=True).version == 1
+    with pytest.raises(ConflictError) as exc:
+        store.patch("k", [], create_only=True)
+    assert (exc.value.expected, exc.value.actual) == (None, 1)
+    with pytest.raises(ConflictError):
+        store.patch("k", [], expected_version=0)
+    assert store.patch("k", [], expected_version=1).version == 2
+    assert versions(store, "k") == 2
+
+
+# -- merge patch (RFC 7396) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "patch", "result"),
+    [  # RFC 7396, appendix A, plus absent keys
+        (b'{"a":"b"}', b'{"a":"c"}', b'{"a":"c"}'),
+        (b'{"a":"b"}', b'{"b":"c"}', b'{"a":"b","b":"c"}'),
+        (b'{"a":"b"}', b'{"a":null}', b"{}"),
+        (b'{"a":"b","b":"c"}', b'{"a":null}', b'{"b":"c"}'),
+        (b'{"a":["b"]}', b'{"a":"c"}', b'{"a":"c"}'),
+        (b'{"a":"c"}', b'{"a":["b"]}', b'{"a":["b"]}'),
+        (b'{"a":{"b":"c"}}', b'{"a":{"b":"d","c":null}}', b'{"a":{"b":"d"}}'),
+        (b'{"a":[{"b":"c"}]}', b'{"a":[1]}', b'{"a":[1]}'),
+        (b'["a","b"]', b'["c","d"]', b'["c","d"]'),
+        (b'{"a":"b"}', b'["c"]', b'["c"]'),
+        (b'{"a":"foo"}', b"null", b"null"),
+        (b'{"a":"foo"}', b'"bar"', b'"bar"'),
+        (b'{"e":null}', b'{"a":1}', b'{"a":1,"e":null}'),
+        (b"[1,2]", b'{"a":"b","c":null}', b'{"a":"b"}'),
+        (b"{}", b'{"a":{"bb":{"ccc":null}}}', b'{"a":{"bb":{}}}'),
+        (None, b'{"a":{"b":null,"c":[null]}}', b'{"a":{"c":[null]}}'),
+        (None, b"7", b"7"),
+    ],
+)
+def test_merge_patch_follows_rfc_7396(store, target, patch, result):
+    if target is not None:
+        store.set("k", target)
+    r = store.patch("k", patch, merge=True)
+    assert r.value_json == result
+    assert r.created == (target is None)
+    assert r.hash == store.set("same", result).hash
+
+
+def test_merge_patch_keeps_literals_and_guards(store):
+    store.set("k", LITERALS)
+    r = store.patch("k", b'{"b": null, "z": {"q": 2.50}}', merge=True, expected_version=1)
+    assert r.value_json == b'{"a":1.50,"big":1e400,"n":-0,"z":{"q":2.50}}'
+    with pytest.raises(ConflictError):
+        store.patch("k", b"{}", merge=True, create_only=True)
+    with pytest.raises(InvalidValueError):
+        store.patch("k", b"{", merge=True)
+    assert versions(store, "k") == 2
+
+
+# -- incr ---------------------------------------------------------------------------------------
+
+
+def test_incr_counts_from_zero(store):
+    r = store.incr("runs")
+    assert isinstance(r, IncrResult)
+    assert (r.version, r.created, r.number, r.number_json) == (1, True, 1, b"1")
+    assert store.incr("runs", 4).number == 5
+    assert store.incr("runs", by=-10).number == -5
+    assert store.get("runs").value_json == b"-5"
+    assert store.incr("runs").hash == store.set("same", -4).hash
+
+
+def test_incr_big_integers_stay_exact(store):
+    store.set("big", 2**200)
+    r = store.incr("big", 1)
+    assert r.number == 2**200 + 1
+    assert store.get("big").value_json == str(2**200 + 1).encode()
+    assert store.incr("c", 10**30, "/n").number == 10**30
+    assert store.incr("c", 10**30 + 7, "/n").number_json == str(2 * 10**30 + 7).encode()
+    huge = "9" * 5000  # past Python's default int-to-str digit limit
+    store.set("huge", huge.encode())
+    assert store.incr("huge").number_json == b"1" + b"0" * 5000
+
+
+def test_incr_floats_take_gos_form(store):
+    assert store.incr("f", 0.1).number_json == b"0.1"
+    assert store.incr("f", 0.2).number_json == b"0.30000000000000004"
+    store.set("g", b"1.50")
+    assert store.incr("g").number_json == b"2.5"
+    store.set("h", b"1E2")
+    assert store.incr("h", 1).number_json == b"101"
+    assert store.incr("h", 1e21).number_json == b"1e+21"
+    store.set("z", b"-0")
+    assert store.incr("z").number_json == b"1"
+
+
+def test_incr_at_a_pointer_creates_what_is_missing(store):
+    store.set("s", LITERALS)
+    r = store.incr("s", 2, "/runs/daily~1x")
+    assert r.number == 2
+    after = store.get("s").value_json
+    assert after == b'{"a":1.50,"b":1E2,"big":1e400,"n":-0,"runs":{"daily/x":2},"z":[0.10,-2.5e-3]}'
+    assert store.incr("s", 1, "/z/1").number_json == b"0.9975"
+    assert store.incr("s", 1, "/n").number_json == b"1"
+    assert store.incr("fresh", 1, "/a/b").number == 1
+    assert store.get("fresh").value == {"a": {"b": 1}}
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        (b'"text"', None),
+        (b"true", None),
+        (b"null", None),
+        (b'{"a":1}', None),
+        (b"[1]", ""),
+        (b'{"a":"1"}', "/a"),
+        (b'{"a":false}', "/a"),
+        (b'{"a":null}', "/a"),
+        (b'{"a":[1]}', "/a/5"),  # an index must exist
+        (b'{"a":[1]}', "/a/-"),
+        (b'{"a":[1]}', "/a/01"),
+        (b'{"a":7}', "/a/b"),  # through a number
+        (b"[1]", "/x"),
+        (b"5", "/x"),
+    ],
+)
+def test_incr_of_a_non_number_is_invalid_and_writes_nothing(store, value, path):
+    store.set("k", value)
+    with pytest.raises(InvalidValueError):
+        store.incr("k", 1, path)
+    assert store.get("k").value_json == value
+    assert versions(store, "k") == 1
+
+
+@pytest.mark.parametrize("by", [True, "1", None, float("nan"), float("inf"), [1]])
+def test_incr_needs_a_finite_number_to_add(store, by):
+    with pytest.raises(InvalidValueError):
+        store.incr("k", by)
+    assert not store.get("k").found
+
+
+def test_incr_rejects_bad_pointers_and_overflow(store):
+    with pytest.raises(InvalidValueError):
+        store.incr("k", 1, "a")
+    with pytest.raises(InvalidValueError):
+        store.incr("k", 1, "/a~2")
+    store.set("f", 1.7e308)
+    with pytest.raises(InvalidValueError, match="float64"):
+        store.incr("f", 1.7e308)
+    store.set("i", 10**400)
+    with pytest.raises(InvalidValueError, match="float64"):
+        store.incr("i", 0.5)
+    assert versions(store, "f") == 1
+    assert versions(store, "i") == 1
+
+
+def test_incr_expected_version(store):
+    store.incr("k")
+    with pytest.raises(ConflictError) as exc:
+        store.incr("k", expected_version=2)
+    assert (exc.value.expected, exc.value.actual) == (2, 1)
+    assert store.incr("k", expected_version=1).number == 2
+
+
+def test_the_audit_says_what_an_edit_did(store):
+    store.incr("k", 2, "/n")
+    store.incr("k", reason="nightly", path="/n")
+    store.patch("k", [{"op": "add", "path": "/x", "value": 1}])
+    store.patch("k", b'{"x": null}', merge=True, reason="cleanup")
+    reasons = [e.reason for e in store.history("k").entries]
+    assert reasons == [
+        "merge patch: cleanup",
+        "patch",
+        "incr by 1 at /n: nightly",
+        "incr by 2 at /n",
+    ]
+    assert {e.operation for e in store.history("k").entries} == {"set"}
+
+
+def test_incr_from_threads_on_one_handle_is_exact(store):
+    def work() -> None:
+        for _ in range(25):
+            store.incr("n", path="/count")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get("n").value == {"count": 100}
+    assert store.get("n").version == 100
+
+
+# -- update ---------------------------------------------------------------------------------
+
+
+def test_update_reads_calls_and_writes(store):
+    r = store.update("k", lambda v: {"n": 1} if v is None else {"n": v["n"] + 1})
+    assert isinstance(r, SetResult)
+    assert (r.version, r.created) == (1, True)
+    r = store.update("k", lambda v: {"n": v["n"] + 1}, reason="why")
+    assert (r.version, r.created) == (2, False)
+    assert store.get("k").value == {"n": 2}
+    assert store.history("k").entries[0].reason == "why"
+
+
+def test_update_retries_after_a_concurrent_write(store):
+    store.set("k", 1)
+    seen = []
+
+    def fn(value):
+        seen.append(value)
+        if len(seen) == 1:
+            store.set("k", 10)  # another writer comes in between the read and the write
+        return value + 1
+
+    assert store.update("k", fn).version == 3
+    assert seen == [1, 10]
+    assert store.get("k").value == 11
+
+
+def test_update_gives_up_after_its_retries(store):
+    store.set("k", 0)
+    calls = []
+
+    def fn(value):
+        calls.append(value)
+        store.set("k", value + 100)  # always raced
+        return value + 1
+
+    with pytest.raises(ConflictError):
+        store.update("k", fn, retries=2)
+    assert len(calls) == 3
+    with pytest.raises(InvalidRefError):
+        store.update("k", fn, retries=-1)
+
+
+def test_update_errors_write_nothing(store):
+    store.set("k", 1)
+    with pytest.raises(InvalidValueError):
+        store.update("k", lambda v: {1, 2})
+    with pytest.raises(ZeroDivisionError):
+        store.update("k", lambda v: v / 0)
+    assert versions(store, "k") == 1
+
+
+def test_update_from_threads_on_one_handle_is_exact(store):
+    def work() -> None:
+        for _ in range(25):
+            store.update("n", lambda v: (v or 0) + 1, retries=10_000)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get("n").value == 100
+
+
+# -- the edits on bytes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "normalized",
+    [
+        LITERALS,
+        b"-0",
+        b"[-0,-0.0,0]",
+        b'{"k":"-0"}',
+        b"1" + b"0" * 5000,
+        b"[" * 5000 + b"1.50" + b"]" * 5000,
+        b'{"a":' * 3000 + b"-0" + b"}" * 3000,
+        b'"\\u003c\\u2028"',
+    ],
+    ids=["literals", "neg-zero", "zeros", "string", "huge-int", "deep", "deep-neg-zero", "escapes"],
+)
+def test_decoding_with_literals_gives_the_bytes_back(normalized):
+    assert codec.normalize_python(decode_literal(normalized)) == normalized
+
+
+def test_number_literals():
+    assert NumberLiteral("1.50") == 1.5
+    assert NumberLiteral("1.50").text == "1.50"
+    with pytest.raises(InvalidValueError):
+        NumberLiteral("01")
+    with pytest.raises(InvalidValueError):
+        NumberLiteral("1.")
+    assert parse_number("5") == 5
+    assert isinstance(parse_number("5"), int)
+    assert parse_number("-2.5e1") == -25.0
+    assert parse_number(" 3 ") == 3
+    for bad in ("x", "1e400", "", "+1", "0x10", "NaN"):
+        with pytest.raises(InvalidValueError):
+            parse_number(bad)
+    assert pointer_parts("") == []
+    assert pointer_parts("/a~1b/~0/") == ["a/b", "~", ""]
+
+
+def test_deep_merge_patches_do_not_recurse():
+    patch = b'{"a":' * 4000 + b"null" + b"}" * 3999 + b"}"
+    result = MergePatch(patch)(None)
+    assert result == b'{"a":' * 3999 + b"{}" + b"}" * 3999
+
+
+def test_an_edit_remembers_its_results():
+    edit = Increment(3, "/x")
+    assert edit(b'{"x":1,"y":2.0}', 4) == b'{"x":4,"y":2.0}'
+    assert (edit.value, edit.number, edit.version, edit.note) == (
+        b'{"x":4,"y":2.0}',
+        b"4",
+        4,
+        "incr by 3 at /x",
+    )
