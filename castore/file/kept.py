@@ -22,7 +22,7 @@ from castore.file.reflog import RefLog
 
 __all__ = ["KEPT_MAX", "KeptLogs"]
 
-KEPT_MAX = 8  # descriptors a handle keeps open (its most recently written logs)
+KEPT_MAX = 32  # descriptors a handle keeps open: its first 32 logs written and still valid
 
 
 class KeptLogs:
@@ -51,17 +51,16 @@ class KeptLogs:
         with self._guard:
             return self._fds.pop(path, None)
 
+    def _room(self) -> bool:
+        return len(self._fds) < KEPT_MAX
+
     def _give(self, path: str, fd: int) -> None:
-        """Keep ``fd`` for ``path``, in place of the least recently kept one if full."""
-        evicted = fd
+        """Keep ``fd`` for ``path`` if there is room (a full pool keeps what it has)."""
         with self._guard:
-            if path not in self._fds and self._pid == os.getpid():
-                evicted = -1
-                if len(self._fds) >= KEPT_MAX:
-                    evicted = self._fds.pop(next(iter(self._fds)))
+            if self._room() and path not in self._fds and self._pid == os.getpid():
                 self._fds[path] = fd
-        if evicted >= 0:
-            os.close(evicted)
+                return
+        os.close(fd)
 
     def _relock(self, log: RefLog, fd: int) -> bool:
         """Lock ``fd``; True if its path still names it, else unlock (the caller closes)."""
@@ -102,5 +101,8 @@ class KeptLogs:
             os.close(fd)
         with log.locked() as fresh:
             yield fresh
-            kept = os.dup(fresh)  # the same open file: its flock goes with the unlock below
-        self._give(log.path, kept)
+            # The same open file: its flock goes with the unlock below. A full pool
+            # keeps its logs (a round robin over more keys would only churn it).
+            kept = os.dup(fresh) if self._room() else -1
+        if kept >= 0:
+            self._give(log.path, kept)
