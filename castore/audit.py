@@ -52,18 +52,32 @@ def _record(ref: Ref, entry: Entry) -> AuditRecord:
     )
 
 
+def _matches(entry: Entry, run_id: str | None, actor: str | None, step: str | None) -> bool:
+    """True if the entry's audit record has each of the values given (None: any)."""
+    record = entry.audit
+    return (
+        (run_id is None or record.run_id == run_id)
+        and (actor is None or record.actor == actor)
+        and (step is None or record.step_name == step)
+    )
+
+
 def audit(
     store: Store,
     *,
     scope: str | None = None,
     namespace: str | None = None,
     run_id: str | None = None,
+    actor: str | None = None,
+    step: str | None = None,
     since_ns: int | None = None,
     until_ns: int | None = None,
 ) -> Iterator[AuditRecord]:
     """Yield matching writes and deletes of all refs, newest first.
 
-    ``since_ns`` and ``until_ns`` bound the write time (inclusive, Unix ns).
+    ``run_id``, ``actor`` and ``step`` keep only the records with exactly that
+    value (None: any); ``since_ns`` and ``until_ns`` bound the write time
+    (inclusive, Unix ns).
 
     Raises:
         InvalidRefError: bad scope or namespace filter.
@@ -94,6 +108,6 @@ def audit(
         push(ref, it)
         if until_ns is not None and entry.time_ns > until_ns:
             continue
-        if run_id is not None and entry.audit.run_id != run_id:
+        if not _matches(entry, run_id, actor, step):
             continue
         yield _record(ref, entry)

@@ -27,6 +27,7 @@ from castore.reports import UpgradeReport
 
 __all__ = [
     "STORE_MODES",
+    "backend_kind",
     "default_root",
     "location_of",
     "open_backend",
@@ -90,6 +91,14 @@ def redacted(location: str) -> str:
     host = rest.split("/", 1)[0].rpartition("@")[2]
     path = rest[len(rest.split("/", 1)[0]) :].split("?", 1)[0].split("#", 1)[0]
     return f"{scheme}://{host}{path}"
+
+
+def backend_kind(backend: Backend) -> str:
+    """The kind of storage behind a backend, as ``repr(store)`` shows it: ``file`` today.
+
+    It is the castore package that implements it (``castore.file``).
+    """
+    return type(backend).__module__.split(".")[1]
 
 
 def _refuse_unavailable(location: str) -> None:

@@ -124,7 +124,7 @@ def normalize_json(data: bytes | bytearray | memoryview | str) -> bytes:
     Raises:
         ValueTooLargeError: when the input or the normalized bytes exceed
             :data:`MAX_VALUE_BYTES`.
-        InvalidValueError: when ``data`` is not exactly one JSON value (``EOF`` when it
+        InvalidValueError: when ``data`` is not exactly one JSON value (``empty ...`` when it
             is empty, ``multiple JSON values`` when a second value follows) or nests
             deeper than :data:`MAX_DEPTH`.
     """

@@ -43,6 +43,11 @@ __all__ = ["MAX_RECORD_BYTES", "DaguImport", "DaguRecord", "import_dagu", "parse
 MAX_RECORD_BYTES: Final = 2 * codec.MAX_VALUE_BYTES + (64 << 10)
 
 _SYMLINK = "symbolic link, not followed"
+_TEMPORARY = "temporary file left by an interrupted Dagu write"
+_NOT_A_RECORD = "not a Dagu state record (*.json)"
+_KEY_EXISTS = "key exists in castore"
+# Skips that lose nothing: every other skip is a record castore could not import.
+_HARMLESS: Final = frozenset({_TEMPORARY, _NOT_A_RECORD, _KEY_EXISTS})
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _KINDS = {
@@ -90,6 +95,14 @@ class DaguImport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     namespace: str = ""
     key: str = ""
     version: int = 0
+
+    @property
+    def problem(self) -> bool:
+        """True for a skipped record that was not imported: corrupt, mismatched, unreadable.
+
+        Not for a temporary file, a file that is no record, or a key castore already has.
+        """
+        return self.status == "skipped" and self.reason not in _HARMLESS
 
 
 _decoder = msgspec.json.Decoder(DaguRecord)
@@ -251,9 +264,9 @@ def _read_record(dir_fd: int, name: str) -> bytes | str:
 def _ref(scope: str, ns_hex: str, name: str) -> Ref | str:
     """The ref a record file name encodes, or why the file is not a record."""
     if ".json.tmp." in name or name.endswith(".tmp"):
-        return "temporary file left by an interrupted Dagu write"
+        return _TEMPORARY
     if not name.endswith(".json"):
-        return "not a Dagu state record (*.json)"
+        return _NOT_A_RECORD
     if scope not in SCOPES:
         return f"unknown scope {scope!r}"
     try:
@@ -342,7 +355,7 @@ def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
         yield DaguImport(
             file=found.rel,
             status="imported" if written else "skipped",
-            reason="" if written else "key exists in castore",
+            reason="" if written else _KEY_EXISTS,
             scope=ref.scope,
             namespace=ref.namespace,
             key=ref.key,

@@ -16,7 +16,7 @@ Every error castore raises on purpose is a :class:`CastoreError`. Real
     └── CorruptionError                      stored bytes fail verification
         ├── DigestMismatchError              blob bytes do not hash to their name
         ├── RecordError                      record unparsable or fails its checksum
-        ├── FormatVersionError               store written in an unknown format
+        ├── FormatVersionError               not a castore store, or another format
         └── UnsafePathError                  a store path is a symlink or leaves the root
 
 Every class survives pickling (multi-process tests send them across
@@ -181,7 +181,15 @@ class RecordError(CorruptionError):
 
 
 class FormatVersionError(CorruptionError):
-    """Raised when a store directory was written in an unknown format."""
+    """Raised when a location is not a castore store, or one written in another format.
+
+    The message names the path and what it holds (``... not a castore store``,
+    ``format version 1 ... run castore upgrade``); it does not say "corrupt store":
+    most often the path is simply wrong.
+    """
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class UnsafePathError(CorruptionError):

@@ -72,13 +72,15 @@ def _version(backend: Backend, ref: Ref, version: int) -> tuple[Entry, bytes | N
     return entry, value
 
 
-def get_version(backend: Backend, ref: Ref, version: int, required: bool) -> GetResult:
-    """``Store.get(version=...)``: a tombstone reads as not found."""
+def get_version(
+    backend: Backend, ref: Ref, version: int, required: bool, default: Any, has_default: bool
+) -> GetResult:
+    """``Store.get(version=...)``: a tombstone reads as not found, with ``default`` if given."""
     entry, value = _version(backend, ref, version)
     if value is None:  # a tombstone
         if required:
             raise NotFoundError(f"{ref} version {version} is a delete")
-        return GetResult(scope=ref.scope, namespace=ref.namespace, key=ref.key, found=False)
+        return not_found(ref, False, default, has_default)
     return found_result(ref, entry, value)
 
 
@@ -150,21 +152,31 @@ def rollback(
     """
     _check_version(to_version, "to_version")
 
-    def decide(previous: Entry | None, view: LogView) -> NewVersion:
+    def decide(previous: Entry | None, view: LogView) -> NewVersion | None:
         live = previous.version if previous is not None and previous.live else 0
         if expected_version is not None and expected_version != live:
             raise ConflictError(str(ref), expected_version, live)
         target = view.entry_at(to_version)
         if target is None:
             raise NotFoundError(f"{ref} has no version {to_version}")
-        record = audit(to_version)
         if not target.live:
-            return NewVersion(OP_DELETE, None, "", record)
+            return NewVersion(OP_DELETE, None, "", audit(to_version)) if live else None
         value = view.value_at(target)
         hint = view.absolute(target.blob) if target.blob is not None else None
-        return NewVersion(OP_ROLLBACK, value, target.hash, record, hint)
+        return NewVersion(OP_ROLLBACK, value, target.hash, audit(to_version), hint)
 
     previous, written = backend.write(ref, decide)
+    if not written:  # a rollback to a delete of a key already absent: nothing to write
+        return RollbackResult(
+            scope=ref.scope,
+            namespace=ref.namespace,
+            key=ref.key,
+            version=previous.version if previous is not None else 0,
+            hash="",
+            to_version=to_version,
+            deleted=False,
+            created=False,
+        )
     entry = written[-1]
     return RollbackResult(
         scope=ref.scope,

@@ -1,7 +1,7 @@
 """Who writes: the audit record every new version carries.
 
-The audit fields come from the writing ``Store`` (``actor``, ``run_id``,
-``step``), else from Dagu's environment variables (``DAG_NAME``,
+The audit fields come from the writing ``Store`` (``dag``, ``actor``,
+``run_id``, ``step``), else from Dagu's environment variables (``DAG_NAME``,
 ``DAG_RUN_ID``, ``DAG_RUN_STEP_NAME``, ``DAG_RUN_ATTEMPT_ID``) and
 ``CASTORE_ACTOR``, plus the user, host and pid of the writing process
 (docs/DESIGN.md, "Decisions where the issue was silent").
@@ -59,6 +59,7 @@ def audit_record(
     step: str | None,
     reason: str = "",
     rollback_from: int = 0,
+    dag: str | None = None,
 ) -> Audit:
     """The audit record of a write made now by this process.
 
@@ -72,11 +73,12 @@ def audit_record(
         step: the step name; None means ``$DAG_RUN_STEP_NAME``.
         reason: free text.
         rollback_from: the version a rollback restores (0: not a rollback).
+        dag: the DAG name the store was given (``--dag``); None means ``$DAG_NAME``.
     """
     pid, user, host = identity.current()
     dag_name, env_run_id, env_step, attempt, env_actor = _environment()
     return Audit(
-        dag_name=dag_name,
+        dag_name=dag if dag is not None else dag_name,
         run_id=run_id if run_id is not None else env_run_id,
         step_name=step if step is not None else env_step,
         attempt=attempt,

@@ -26,7 +26,11 @@ import msgspec
 from castore.errors import InvalidValueError
 from castore.jsonrules import MAX_DEPTH, fix_str
 
-__all__ = ["DECODERS", "check_depth", "parse_document", "parse_iterative"]
+__all__ = ["DECODERS", "EMPTY_VALUE", "check_depth", "parse_document", "parse_iterative"]
+
+# Empty (or only whitespace) input. Dagu says ``invalid value: EOF`` (Go's decoder); the
+# exit code is the same, the words say what to do.
+EMPTY_VALUE: Final = 'empty input: give one JSON value (for an empty string, give "")'
 
 _WS: Final = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as Go's isSpace
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")  # can decode to a lone surrogate
@@ -213,14 +217,14 @@ def parse_document(text: str, raw: bytes, *, literal_numbers: bool) -> Any:
         ``None``.
 
     Raises:
-        InvalidValueError: when ``text`` is not exactly one JSON value (``EOF`` when it is
-            only whitespace, ``multiple JSON values`` when a second value follows).
+        InvalidValueError: when ``text`` is not exactly one JSON value (:data:`EMPTY_VALUE`
+            when it is only whitespace, ``multiple JSON values`` when a second value follows).
     """
     fixing = b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
     decoder = DECODERS[literal_numbers, fixing]
     pos = _skip_ws(text, 0)
     if pos == len(text):
-        raise InvalidValueError("EOF")
+        raise InvalidValueError(EMPTY_VALUE)
     value, pos = _parse_value(text, pos, decoder)
     pos = _skip_ws(text, pos)
     if pos != len(text):

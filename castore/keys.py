@@ -224,9 +224,11 @@ def resolve_namespace(
     if scope == "global":
         return DEFAULT_GLOBAL_NAMESPACE
     name = (root_dag or dag) if scope == "root_dag" else dag
-    if not name:
+    if not name or not go_trim_space(name):
         raise InvalidRefError(
-            f"namespace is required (scope {scope} needs the DAG name: --dag or $DAG_NAME)"
+            f"namespace is required: scope {scope} takes the DAG name, which is "
+            f"{'blank' if name else 'not set'}; give --dag NAME, set $DAG_NAME, "
+            "or give --namespace NAME (library: dag= or namespace=)"
         )
     return validate_namespace(name)
 

@@ -7,9 +7,11 @@ every backend returns these types from the maintenance calls of
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import msgspec
 
-from castore.errors import InvalidRefError
+from castore.errors import InvalidValueError
 from castore.keys import validate_filters, validate_prefix
 
 __all__ = [
@@ -27,7 +29,22 @@ __all__ = [
 GC_GRACE_SECONDS = 3600.0  # 1 hour: far above any write's duration
 
 
-class Finding(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class _Report(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A report that converts to plain data: the CLI's line (``operation`` first, if any)."""
+
+    _operation: ClassVar[str] = ""  # the command that prints it ("" for a part of one)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-able data, in the CLI's field order and names."""
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        return {"operation": self._operation, **data} if self._operation else data
+
+    def to_json(self) -> bytes:
+        """The JSON line the CLI prints for this report (without newline)."""
+        return msgspec.json.encode(self.to_dict())
+
+
+class Finding(_Report, frozen=True, kw_only=True):
     """One problem: the file, what is wrong, what repair does (and whether it did)."""
 
     path: str
@@ -37,8 +54,10 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     severity: str = "error"  # "info": harmless (derived data, leftovers); ok stays true
 
 
-class CheckReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class CheckReport(_Report, frozen=True, kw_only=True):
     """Result of a check. ``ok`` means nothing is (still) wrong."""
+
+    _operation: ClassVar[str] = "check"
 
     ok: bool
     logs: int
@@ -47,8 +66,10 @@ class CheckReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     findings: list[Finding]
 
 
-class GCReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class GCReport(_Report, frozen=True, kw_only=True):
     """What gc found, kept and freed (or, with ``dry_run``, would free)."""
+
+    _operation: ClassVar[str] = "gc"
 
     dry_run: bool
     grace_seconds: float
@@ -63,8 +84,10 @@ class GCReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     leftovers_removed: int
 
 
-class CompactReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class CompactReport(_Report, frozen=True, kw_only=True):
     """What a compaction did (or, with ``dry_run``, would do)."""
+
+    _operation: ClassVar[str] = "compact"
 
     policy: str
     dry_run: bool
@@ -88,15 +111,19 @@ class ScopeStats(msgspec.Struct, kw_only=True, rename="camel"):
     reclaimable_bytes: int = 0
 
 
-class StoreStats(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class StoreStats(_Report, frozen=True, kw_only=True):
     """Statistics of a store: per scope and in total."""
+
+    _operation: ClassVar[str] = "stats"
 
     scopes: dict[str, ScopeStats]
     total: ScopeStats
 
 
-class UpgradeReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class UpgradeReport(_Report, frozen=True, kw_only=True):
     """Result of an upgrade: the formats before and after, files converted."""
+
+    _operation: ClassVar[str] = "upgrade"
 
     from_version: int
     to_version: int
@@ -117,9 +144,12 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
         scope: only this scope (None: every scope).
         namespace: only this namespace (None: every namespace).
         prefix: only keys starting with this.
+        keep_within_text: ``keep_within_seconds`` as the user wrote it (``30d``),
+            for :attr:`policy`; "" prints the seconds.
 
     Raises:
-        InvalidRefError: no policy, a negative one, or bad filters.
+        InvalidValueError: no policy, or a policy out of range (keep_last < 1).
+        InvalidRefError: bad scope, namespace or prefix filters.
     """
 
     keep_last: int | None = None
@@ -127,23 +157,31 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     scope: str | None = None
     namespace: str | None = None
     prefix: str = ""
+    keep_within_text: str = ""
 
     def __post_init__(self) -> None:
         if self.keep_last is None and self.keep_within_seconds is None:
-            raise InvalidRefError("give a retention policy: keep_last and/or keep_within")
-        if (self.keep_last is not None and self.keep_last < 1) or (
-            self.keep_within_seconds is not None and self.keep_within_seconds < 0
-        ):
-            raise InvalidRefError("keep_last must be at least 1 and keep_within not negative")
+            raise InvalidValueError("give a retention policy: keep_last and/or keep_within")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise InvalidValueError(f"keep_last must be at least 1 (got {self.keep_last})")
+        if self.keep_within_seconds is not None and self.keep_within_seconds < 0:
+            raise InvalidValueError(
+                f"keep_within must not be negative (got {self.keep_within_seconds:g} s)"
+            )
         validate_filters(self.scope, self.namespace)
         validate_prefix(self.prefix)
 
     @property
     def policy(self) -> str:
-        """The policy as text, e.g. ``keep-last 5, keep-within 86400s``."""
+        """The policy as text, e.g. ``keep-last 5, keep-within 30d`` (as the user wrote it).
+
+        Without ``keep_within_text``, the seconds in full: ``keep-within 86400s``.
+        """
         parts = []
         if self.keep_last is not None:
             parts.append(f"keep-last {self.keep_last}")
         if self.keep_within_seconds is not None:
-            parts.append(f"keep-within {self.keep_within_seconds:g}s")
+            seconds = self.keep_within_seconds
+            whole = int(seconds) if seconds == int(seconds) else seconds
+            parts.append(f"keep-within {self.keep_within_text or f'{whole}s'}")
         return ", ".join(parts)

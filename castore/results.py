@@ -18,9 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from typing import Any, Final, final
+from typing import Any, Final
 
 import msgspec
+
+from castore.lines import GoString, RawJSON, render_as
 
 __all__ = [
     "LINE_TYPES",
@@ -73,7 +75,27 @@ def rfc3339(time_ns: int) -> str:
     return text + "Z"
 
 
-class _Result(msgspec.Struct, frozen=True, kw_only=True):
+class _Plain(msgspec.Struct, frozen=True, kw_only=True):
+    """A result that converts to plain data: its CLI line, as bytes or as Python data."""
+
+    def to_json(self) -> bytes:
+        """The JSON the CLI prints for this result (its line: same fields, same order).
+
+        Values are the stored normalized JSON, written verbatim (number literals exact).
+        """
+        line = LINE_TYPES.get(type(self))
+        return render_as(self, line) if line is not None else _encoder.encode(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """:meth:`to_json` decoded: dicts, lists, strings, numbers, bools and None."""
+        data: dict[str, Any] = msgspec.json.decode(self.to_json())
+        return data
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+class _Result(_Plain, frozen=True, kw_only=True):
     scope: str
     namespace: str
     key: str
@@ -142,7 +164,7 @@ class ListEntry(_Result, frozen=True, kw_only=True):
     value_json: bytes | None = None
 
 
-class ListResult(msgspec.Struct, frozen=True, kw_only=True):
+class ListResult(_Plain, frozen=True, kw_only=True):
     """Result of :meth:`Store.list`: live entries in byte-wise key order.
 
     ``skipped`` names keys whose newest record could not be read (corrupt),
@@ -156,7 +178,7 @@ class ListResult(msgspec.Struct, frozen=True, kw_only=True):
     skipped: list[str] = msgspec.field(default_factory=list)
 
 
-class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
+class HistoryEntry(_Plain, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
     """One version in a key's history: what happened, when, and who did it.
 
     ``operation`` is ``set``, ``delete``, ``rollback`` or ``damaged``; ``time``
@@ -199,6 +221,8 @@ class RollbackResult(_Result, frozen=True, kw_only=True):
     """Result of :meth:`Store.rollback`: the new version that restores ``to_version``.
 
     ``deleted`` is True when ``to_version`` was a tombstone (the rollback deleted the key).
+    A rollback to a tombstone of a key already absent writes nothing: ``deleted``
+    and ``created`` are False and ``version`` is the key's newest version (unchanged).
     """
 
     version: int
@@ -219,37 +243,6 @@ class VersionDiff(_Result, frozen=True, kw_only=True):
     from_hash: str
     to_hash: str
     patch: list[dict[str, Any]]
-
-
-@final
-class GoString(str):
-    """Text written as Go's ``encoding/json`` writes a string (HTML escaping off).
-
-    msgspec writes strings as Go does except U+2028 and U+2029, which Go
-    escapes; the CLI writes a ``GoString`` with ``codec.encode_string``.
-    """
-
-    __slots__ = ()
-
-    def __new__(cls, text: str = "") -> GoString:
-        """``text`` as a GoString; every empty one is the same object.
-
-        msgspec leaves out a field that holds its default *object* (an identity
-        test), so an empty string left at a line field's default is not written.
-        """
-        if not text:
-            return _EMPTY
-        return super().__new__(cls, text)
-
-
-_EMPTY: Final = str.__new__(GoString)
-
-
-@final
-class RawJSON(bytes):
-    """Normalized JSON bytes, written verbatim (Go's ``json.RawMessage``)."""
-
-    __slots__ = ()
 
 
 class _Line(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):

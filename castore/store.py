@@ -15,7 +15,7 @@ from typing import Any, Final, final
 
 from castore import codec, history, modify, reports, results
 from castore.backend import LOCK_TIMEOUT_SECONDS, Backend, Progress
-from castore.backends import default_root, location_of, open_backend
+from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
 from castore.identity import ProcessIdentity, audit_record
 from castore.keys import Ref, RefCache, env_or, resolve_namespace, validate_limit, validate_prefix
@@ -78,6 +78,7 @@ class Store:
         )
         self.root = os.path.abspath(location)
         self.dag = env_or(dag, "DAG_NAME")
+        self._dag_given = dag  # recorded in the audit (None: $DAG_NAME at the write)
         self.root_dag = env_or(root_dag, "CASTORE_ROOT_DAG")
         self.durable = durable
         self.lock_timeout = lock_timeout
@@ -106,6 +107,10 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:  # never a credential: the location is redacted
+        kind = backend_kind(self._backend)
+        return f"Store({redacted(self.root)!r}, backend={kind!r}, dag={self.dag!r})"
+
     def ref(self, key: str, scope: str = "dag", namespace: str | None = None) -> Ref:
         """Validate and resolve ``(scope, namespace, key)`` into a :class:`Ref`.
 
@@ -129,7 +134,8 @@ class Store:
         Lock-free; never sees a partly written version. When the key is absent
         (never set, or deleted) ``found`` is False and ``value`` is ``default``
         (normalized) if one was given. A ``version`` that is a tombstone reads
-        as not found; one that does not exist raises NotFoundError.
+        as not found (with ``default``, as a deleted key); one that does not
+        exist raises NotFoundError.
 
         Raises:
             InvalidRefError: bad scope, namespace or key.
@@ -140,7 +146,8 @@ class Store:
         """
         ref = self._refs.resolve(key, scope, namespace, self.dag, self.root_dag)
         if version is not None:
-            return history.get_version(self._backend, ref, version, required)
+            has_default = default is not _UNSET
+            return history.get_version(self._backend, ref, version, required, default, has_default)
         current = self._backend.current(ref)
         entry = current.live
         if entry is not None and current.value is not None:  # the hot path, inline
@@ -148,7 +155,8 @@ class Store:
         return history.not_found(ref, required, default, default is not _UNSET)
 
     def _audit(self, reason: str = "", rollback: int = 0) -> Audit:
-        return audit_record(self._identity, self.actor, self.run_id, self.step, reason, rollback)
+        who = (self.actor, self.run_id, self.step)
+        return audit_record(self._identity, *who, reason, rollback, dag=self._dag_given)
 
     def set(
         self,
@@ -307,7 +315,9 @@ class Store:
 
         The new entry points at the same blob (same hash, nothing copied) and
         its audit records ``rollback_from``. Rolling back to a tombstone
-        deletes the key. ``expected_version`` works as in :meth:`set`.
+        deletes the key; when the key is already absent, nothing is written
+        (``deleted`` False, as :meth:`delete` of an absent key).
+        ``expected_version`` works as in :meth:`set`.
 
         Raises:
             InvalidRefError: bad scope, namespace, key or version.
@@ -461,8 +471,11 @@ class Store:
         prefix: str = "",
         dry_run: bool = False,
         progress: Progress | None = None,
+        keep_within_text: str = "",
     ) -> reports.CompactReport:
         """Drop the versions a :class:`~castore.reports.Retention` of these arguments does not keep.
+
+        ``keep_within_text`` is the duration as the user wrote it, for the report's policy.
 
         Raises:
             InvalidRefError: no policy given, a negative one, or bad filters.
@@ -474,6 +487,7 @@ class Store:
             scope=scope,
             namespace=namespace,
             prefix=prefix,
+            keep_within_text=keep_within_text,
         )
         return self._backend.compact(retention, dry_run=dry_run, progress=progress)
 

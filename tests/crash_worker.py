@@ -199,6 +199,9 @@ class Workload:
         target = self.rng.choice(entries[1:]).version
         got = self.store.get(key, version=target)
         value = got.value if got.found else None
+        if value is None and entries[0].operation == "delete":
+            # The key is absent and the target a delete: a rollback writes nothing.
+            return self.set_value(key, self.new_value(key))
         self.log.write(t="try", op="rollback", key=key, value=value, to=target)
         res = self.store.rollback(key, to_version=target)
         self.log.write(t="ack", op="rollback", key=key, version=res.version, value=value)

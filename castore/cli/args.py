@@ -15,11 +15,11 @@ the commands from the table; ``castore CMD --help`` builds CMD's parser.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, NoReturn
+
+from castore.cli.options import KEY, SELECT, WHO, WRITE, Help, RawHelp, add_store_options
 
 __all__ = ["SPECS", "Spec", "UsageError", "build_parser"]
 
@@ -33,44 +33,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def _columns() -> int:
-    """The terminal's width as ``shutil.get_terminal_size()`` finds it, without shutil.
-
-    ``$COLUMNS``, else the width of the terminal on stdout, else 80. argparse
-    asks for it whenever it makes a formatter (each ``add_argument`` does),
-    and importing shutil (with its compression modules) costs ~2 ms a run.
-    """
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
-class _Help(argparse.HelpFormatter):
-    """argparse's help formatter, its default width found by :func:`_columns`."""
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        width = _columns() - 2 if width is None else width  # argparse's own default
-        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
-
-
-class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
-    """:class:`_Help` keeping the description's line breaks (the command's example)."""
 
 
 def _value(cmd: _Parser) -> None:
@@ -107,7 +69,9 @@ def _diff(cmd: _Parser) -> None:
     _version(cmd, "--expected-version", "fail unless this is the live version")
     _version(cmd, "--from-version", "diff two stored versions: the old one")
     _version(cmd, "--to-version", "diff two stored versions: the new one (default latest)")
-    cmd.add_argument("--format", choices=("json", "text"), default="json", help="version diff")
+    cmd.add_argument(
+        "--format", choices=("json", "text"), help="version diff output (default json)"
+    )
     _reason(cmd)
 
 
@@ -193,80 +157,108 @@ def _import_dagu(cmd: _Parser) -> None:
 
 
 class Spec(NamedTuple):
-    """One command: its one-line summary, an example, and what adds its own options."""
+    """One command: its summary, an example, what adds its options, its store options, filters.
+
+    ``store`` and ``filters`` name the global options the command accepts
+    after its name too (:mod:`castore.cli.options`); every one is accepted before it.
+    """
 
     summary: str
     example: str
     options: Callable[[_Parser], None]
+    store: tuple[str, ...] = ("--dir",)
+    filters: tuple[str, ...] = ()
 
+
+_READ: Final = KEY  # a command on one namespace's keys
+_WRITES: Final = (*KEY, *WRITE, *WHO)  # ... that writes, recording who writes
+_MAINTAIN: Final = ("--dir", *WRITE)  # a whole-store command that may write
 
 SPECS: Final[dict[str, Spec]] = {  # in the order `castore --help` lists them
-    "get": Spec("read the latest value of a key", "castore --dag feed get cursors/feed", _get),
-    "set": Spec("write a new version of a key", "castore --dag feed set cursors/feed '[1]'", _set),
+    "get": Spec(
+        "read the latest value of a key", "castore --dag feed get cursors/feed", _get, _READ
+    ),
+    "set": Spec(
+        "write a new version of a key", "castore --dag feed set cursors/feed '[1]'", _set, _WRITES
+    ),
     "diff": Spec(
         "compare a value with the stored one, or two stored versions",
         "castore --dag feed diff snap '[1]'  |  castore --dag feed diff snap --from-version 1",
         _diff,
+        _WRITES,
     ),
     "delete": Spec(
         "delete a key (keeps its history)",
         "castore --dag feed delete cursors/feed",
         _key_and_reason,
+        _WRITES,
     ),
     "list": Spec(
-        "list the live keys of a namespace", "castore --dag feed list --prefix cur", _list
+        "list the live keys of a namespace", "castore --dag feed list --prefix cur", _list, _READ
     ),
     "patch": Spec(
         "apply a JSON Patch or merge patch atomically",
         """castore --dag feed patch state '[{"op": "add", "path": "/seen/-", "value": 7}]'""",
         _patch,
+        _WRITES,
     ),
     "incr": Spec(
-        "add to a number atomically", "castore --dag feed incr counters --path /runs", _incr
+        "add to a number atomically",
+        "castore --dag feed incr counters --path /runs",
+        _incr,
+        _WRITES,
     ),
     "history": Spec(
-        "versions of a key, newest first", "castore --dag feed history cursors/feed", _history
+        "versions of a key, newest first",
+        "castore --dag feed history cursors/feed",
+        _history,
+        _READ,
     ),
     "rollback": Spec(
         "restore an old version as a new one",
         "castore --dag f rollback k --to-version 3",
         _rollback,
+        _WRITES,
     ),
     "audit": Spec(
-        "writes and deletes across keys, newest first", "castore audit --run-id r1", _audit
+        "writes and deletes across keys, newest first",
+        "castore audit --run-id r1",
+        _audit,
+        filters=(*SELECT, *WHO),
     ),
-    "export": Spec("write every version as JSON lines", "castore export > dump.jsonl", _none),
-    "import": Spec("import an export (JSON lines)", "castore import dump.jsonl", _import),
-    "gc": Spec("free unreferenced blobs and crash leftovers", "castore gc --dry-run", _gc),
+    "export": Spec(
+        "write every version as JSON lines", "castore export > dump.jsonl", _none, filters=SELECT
+    ),
+    "import": Spec(
+        "import an export (JSON lines)", "castore import dump.jsonl", _import, _MAINTAIN
+    ),
+    "gc": Spec(
+        "free unreferenced blobs and crash leftovers", "castore gc --dry-run", _gc, _MAINTAIN
+    ),
     "compact": Spec(
-        "drop old versions by a retention policy", "castore compact --keep-last 10", _compact
+        "drop old versions by a retention policy",
+        "castore compact --keep-last 10",
+        _compact,
+        _MAINTAIN,
+        SELECT,
     ),
-    "check": Spec("verify every record and blob; --repair fixes", "castore check --repair", _check),
+    "check": Spec(
+        "verify every record and blob; --repair fixes", "castore check --repair", _check, _MAINTAIN
+    ),
     "stats": Spec("keys, versions, blobs and bytes per scope", "castore stats", _none),
-    "upgrade": Spec("convert a store of an older format (run it alone)", "castore upgrade", _none),
+    "upgrade": Spec(
+        "convert a store of an older format (run it alone)",
+        "castore upgrade",
+        _none,
+        ("--dir", "--mode"),
+    ),
     "import-dagu": Spec(
         "import a Dagu dag-state directory",
         "castore import-dagu /var/lib/dagu/dag-state",
         _import_dagu,
+        _MAINTAIN,
     ),
 }
-
-
-def _store_options() -> _Parser:
-    """The global options again, for after the command (their defaults come from before it)."""
-    common = _Parser(add_help=False)
-    opts = common.add_argument_group("store options (also accepted before the command)")
-    opts.add_argument("--dir", default=argparse.SUPPRESS, help="store directory")
-    opts.add_argument("--dag", default=argparse.SUPPRESS, help="current DAG name")
-    opts.add_argument("--root-dag", default=argparse.SUPPRESS, help="root DAG name")
-    opts.add_argument("--no-sync", action="store_true", default=argparse.SUPPRESS, help="no fsync")
-    opts.add_argument("--mode", default=argparse.SUPPRESS, help="private or group (new files)")
-    opts.add_argument("--scope", default=argparse.SUPPRESS, help="dag, root_dag, global, custom")
-    opts.add_argument("--namespace", default=argparse.SUPPRESS, help="explicit namespace")
-    opts.add_argument("--actor", default=argparse.SUPPRESS, help="who writes (audit)")
-    opts.add_argument("--run-id", default=argparse.SUPPRESS, help="run id (audit)")
-    opts.add_argument("--step", default=argparse.SUPPRESS, help="step name (audit)")
-    return common
 
 
 def command_parser(prog: str, name: str) -> _Parser:
@@ -278,12 +270,12 @@ def command_parser(prog: str, name: str) -> _Parser:
     spec = SPECS[name]
     made = _Parser(
         prog=prog,
-        parents=[_store_options()],
         description=f"{spec.summary}\n\nexample: {spec.example}",
-        formatter_class=_RawHelp,
+        formatter_class=RawHelp,
     )
     made._negative_number_matcher = _NEGATIVE_NUMBER  # argparse internal; stable since 3.2
     spec.options(made)
+    add_store_options(made, spec.store, spec.filters)
     return made
 
 
@@ -355,7 +347,7 @@ def build_parser(version: str = "") -> _Parser:
         prog="castore",
         description="Content-addressed, versioned JSON state store (Dagu-compatible).",
         epilog="Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found, 5 damaged.",
-        formatter_class=_Help,
+        formatter_class=Help,
     )
     parser.add_argument(
         "--dir",

@@ -69,8 +69,10 @@ def _audit(cmd: Invocation) -> Iterator[bytes]:
         for record in audit(
             cmd.store,
             scope=cmd.scope_given,
-            namespace=cmd.namespace,
+            namespace=cmd.filter_namespace(),
             run_id=a.run_id,
+            actor=a.actor,
+            step=a.step,
             since_ns=since,
             until_ns=until,
         ):

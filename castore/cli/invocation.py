@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Never, TypeAlias
 
 from castore.backends import store_mode
-from castore.keys import go_trim_space
+from castore.keys import go_trim_space, resolve_namespace
 from castore.store import Store
 
 if TYPE_CHECKING:
@@ -68,6 +68,24 @@ class Invocation:
             step=args.step,
             mode=self.mode,
         )
+
+    def filter_namespace(self) -> str | None:
+        """The namespace filter of ``audit``, ``export`` and ``compact`` (None: every one).
+
+        ``--namespace`` if given; with ``--scope dag``, the namespace of
+        ``--dag``/``$DAG_NAME`` when one is set (with ``root_dag``, of the root
+        DAG, else the DAG), as ``get`` resolves it; neither set: every namespace.
+
+        Raises:
+            InvalidRefError: the DAG name given is blank or not a valid namespace.
+        """
+        scope = self.scope_given
+        if self.namespace is not None or scope not in ("dag", "root_dag"):
+            return self.namespace
+        dag, root_dag = self.store.dag, self.store.root_dag
+        if dag is None and (scope == "dag" or root_dag is None):
+            return None
+        return resolve_namespace(scope, None, dag=dag, root_dag=root_dag)
 
     def key(self) -> str:
         """The KEY argument, trimmed as Dagu's executor trims it."""

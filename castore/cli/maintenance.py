@@ -90,7 +90,9 @@ def _duration(text: str | None) -> float | None:
 
 def _export(cmd: Invocation) -> Iterator[bytes]:
     with progress("versions") as bar:
-        for line in export_lines(cmd.store, scope=cmd.scope_given, namespace=cmd.namespace):
+        for line in export_lines(
+            cmd.store, scope=cmd.scope_given, namespace=cmd.filter_namespace()
+        ):
             bar.update()
             yield line.rstrip(b"\n")
 
@@ -122,12 +124,19 @@ def _import_dagu(cmd: Invocation) -> Iterator[bytes]:
     if not os.path.isdir(directory):
         raise UsageError(f"not a directory: {directory}")
     counts = {"imported": 0, "skipped": 0}
+    problems = 0
     with progress("files") as bar:
         for outcome in import_dagu(cmd.store, directory):
             bar.update()
             counts[outcome.status] += 1
+            problems += outcome.problem
             yield encode_line(outcome)
     yield encode_line(DaguImportSummary(imported=counts["imported"], skipped=counts["skipped"]))
+    if problems:  # exit 1, as check's problems: a migration script must notice
+        raise UnhealthyError(
+            f"{problems} record(s) not imported (corrupt, mismatched or unreadable); "
+            "see the skipped lines"
+        )
 
 
 def _gc(cmd: Invocation) -> Iterator[bytes]:
@@ -147,8 +156,9 @@ def _compact(cmd: Invocation) -> Iterator[bytes]:
         report = cmd.store.compact(
             keep_last=a.keep_last,
             keep_within_seconds=_duration(a.keep_within),
+            keep_within_text=(a.keep_within or "").strip(),
             scope=cmd.scope_given,
-            namespace=cmd.namespace,
+            namespace=cmd.filter_namespace(),
             prefix=go_trim_space(a.prefix),
             dry_run=a.dry_run,
             progress=bar.update,

@@ -1,4 +1,4 @@
-"""Results as the CLI's JSON lines: one msgspec encoder, the field order declared once.
+"""Results as the CLI's JSON lines: the field order declared once, written by :mod:`castore.lines`.
 
 The lines of Dagu's five operations and of castore's single-key commands are
 declared in :mod:`castore.results` (``GetLine`` ...); each maintenance report
@@ -12,22 +12,20 @@ own and written by msgspec as they are.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
-from castore import codec
+from castore.lines import encode_line, render_as
 from castore.results import (
     LINE_TYPES,
     DeleteResult,
     DiffResult,
     GetResult,
-    GoString,
     HistoryResult,
     IncrResult,
     ListResult,
     PatchResult,
-    RawJSON,
     RollbackResult,
     SetResult,
     VersionDiff,
@@ -50,44 +48,13 @@ Renderable = (
 )
 
 
-def _to_field(kind: type, value: Any) -> Any:
-    """Give a result attribute the type its line field declares."""
-    if kind is GoString or kind is RawJSON:
-        return kind(value)
-    raise NotImplementedError(kind)
-
-
-def _write_field(value: Any) -> msgspec.Raw:
-    """Write a line field of a type msgspec does not know."""
-    if isinstance(value, GoString):
-        return msgspec.Raw(codec.encode_string(value, html=False))
-    if isinstance(value, RawJSON):
-        return msgspec.Raw(value)
-    raise NotImplementedError(type(value))
-
-
-_encoder: Final = msgspec.json.Encoder(enc_hook=_write_field)
-
-
-def encode_line(record: msgspec.Struct) -> bytes:
-    """One JSON line (without newline) for a record struct, written as it is."""
-    return _encoder.encode(record)
-
-
-def render_as(result: msgspec.Struct, line_type: type[msgspec.Struct]) -> bytes:
-    """One JSON line (without newline): ``result`` converted to ``line_type``, then written."""
-    return _encoder.encode(
-        msgspec.convert(result, line_type, from_attributes=True, dec_hook=_to_field)
-    )
-
-
 def render(result: Renderable) -> bytes:
     """One JSON line (without newline): ``result`` as its line, ``operation`` first."""
     return render_as(result, LINE_TYPES[type(result)])
 
 
 def _show(value: Any) -> str:
-    return _encoder.encode(value).decode("utf-8")
+    return msgspec.json.encode(value).decode("utf-8")
 
 
 def render_patch_text(diff: VersionDiff, before: Any) -> str:

@@ -60,8 +60,9 @@ def _diff(cmd: Invocation) -> Iterator[bytes]:
     if a.from_version is not None:
         yield from _diff_versions(cmd)
         return
-    if a.to_version is not None:
-        raise UsageError("--to-version needs --from-version")
+    for given, option in ((a.to_version is not None, "--to-version"), (a.format, "--format")):
+        if given:
+            raise UsageError(f"{option} needs --from-version (a version diff)")
     yield render(
         cmd.store.diff(
             cmd.key(),
@@ -79,6 +80,14 @@ def _diff_versions(cmd: Invocation) -> Iterator[bytes]:
     a, s = cmd.args, cmd.store
     if a.value != "-":
         raise UsageError("a version diff takes no VALUE")
+    misplaced = (
+        (a.no_update, "--no-update"),
+        (a.expected_version is not None, "--expected-version"),
+        (a.reason, "--reason"),
+    )
+    for given, option in misplaced:
+        if given:
+            raise UsageError(f"a version diff writes nothing: {option} does not apply")
     diff = s.diff_versions(
         cmd.key(),
         from_version=a.from_version,
@@ -86,7 +95,7 @@ def _diff_versions(cmd: Invocation) -> Iterator[bytes]:
         scope=cmd.scope,
         namespace=cmd.namespace,
     )
-    if a.format == "json":
+    if a.format in (None, "json"):
         yield render(diff)
         return
     before = s.get(cmd.key(), scope=cmd.scope, namespace=cmd.namespace, version=a.from_version)

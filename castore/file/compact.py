@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from castore.backend import Progress
 from castore.file import fileio
-from castore.file.frames import FRAME_OVERHEAD, LogBytes, classify
+from castore.file.frames import LogBytes, classify
 from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
@@ -37,7 +37,7 @@ from castore.file.records import (
     decode_entry,
     encode_record,
 )
-from castore.file.rewrite import Transform
+from castore.file.rewrite import Transform, relaid
 from castore.file.tree import Tree
 from castore.keys import SCOPES, Ref
 from castore.records import Entry
@@ -180,7 +180,8 @@ def _compact_one(backend: FileBackend, ref: Ref, plan: _Plan, dry_run: bool) -> 
             result = plan.transform(classify(backend.fs.read_file(path)))
         except FileNotFoundError:
             result = None
-        return size, size if result is None else sum(len(p) + FRAME_OVERHEAD for _, p in result)
+        # sized as the real run lays the log out (relaid re-encodes moved blob locations)
+        return size, size if result is None else len(relaid(result))
     new = backend.rewrite(path, _bury_first(backend, ref, plan))
     if new is not None and plan.removed is not None:
         backend.key_index(ref.scope, ref.namespace).remove({ref.key}, durable=backend.durable)

@@ -86,7 +86,7 @@ def test_history_versions_rollback_and_diff(cli):
         assert isinstance(e["pid"], int)
         assert e["pid"] > 0
         assert e["host"]
-        assert (e["dagName"], e["attempt"]) == ("daily", "att-1")
+        assert (e["dagName"], e["attempt"]) == ("d", "att-1")  # --dag wins over $DAG_NAME
         assert "rollbackFrom" not in e
     assert [e["version"] for e in (e3, e2, e1)] == [3, 2, 1]
     assert [e["operation"] for e in (e3, e2, e1)] == ["delete", "set", "set"]
@@ -517,7 +517,11 @@ def test_import_of_a_malformed_file_imports_nothing(cli, tmp_path, name):
 def test_import_dagu(cli, tmp_path):
     dagu = build_dagu_dir(tmp_path / "dag-state")
     before = digest_tree(dagu.root)
-    lines = [json.loads(line) for line in cli.lines("import-dagu", dagu.root)]
+    run = cli.run("import-dagu", dagu.root)  # corrupt and mismatched records: exit 1
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith(b"castore: ")
+    assert b"not imported" in run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
     summary = lines.pop()
     assert summary == {
         "operation": "import-dagu",
@@ -567,7 +571,7 @@ def test_import_dagu(cli, tmp_path):
     assert (written["version"], written["created"]) == (4, False)
     cli.fail(3, "set", "Cursor", "1", "--expected-version", "2", dag="daily")
 
-    again = [json.loads(line) for line in cli.lines("import-dagu", dagu.root)]
+    again = [json.loads(line) for line in cli.run("import-dagu", dagu.root).stdout.splitlines()]
     assert again[-1] == {
         "operation": "import-dagu",
         "imported": 0,

@@ -154,7 +154,7 @@ def test_compact_policies_and_filters(cli):
     fill(cli)
     cli.ok("set", "g", "2", "--scope", "global")
     within = cli.ok("compact", "--keep-within", "1h")
-    assert within["policy"] == "keep-within 3600s"
+    assert within["policy"] == "keep-within 1h"
     assert within["versionsDropped"] == 0
     both = cli.ok("compact", "--keep-last", "3", "--keep-within", "0s", "--prefix", "k")
     assert both["policy"] == "keep-last 3, keep-within 0s"

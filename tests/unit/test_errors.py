@@ -141,7 +141,9 @@ def test_messages_and_attributes():
     for cls in (CorruptionError, DigestMismatchError, RecordError, FormatVersionError):
         corrupt = cls("details here")
         assert corrupt.detail == "details here"
-        assert str(corrupt) == "corrupt store: details here"
+        # Not a store (or another format) is said as it is, with the path: not "corrupt".
+        want = "details here" if cls is FormatVersionError else "corrupt store: details here"
+        assert str(corrupt) == want
 
     assert str(CastoreError("plain")) == "plain"
     assert str(CastoreError()) == "CastoreError"

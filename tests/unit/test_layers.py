@@ -27,7 +27,6 @@ LAYERS = {
     "errors": 0,
     "keys": 1,
     "records": 1,  # what every backend shares
-    "results": 1,
     "jsonrules": 1,
     "jsonparse": 2,
     "pyvalues": 2,
@@ -35,6 +34,8 @@ LAYERS = {
     "identity": 2,  # who writes: the audit record
     "fastjson": 3,
     "codec": 4,
+    "lines": 5,  # how results are written as JSON (Go strings, raw values)
+    "results": 6,  # the result types and their lines (to_json: the CLI's bytes)
     "backend": 3,  # the contract between Store and a backend
     # castore/file/: layers FILE_BASE + FILE_LAYERS[...] (10 to 19), below.
     "backends": 20,  # the registry: the only module above the band that imports it
@@ -49,6 +50,7 @@ LAYERS = {
     "dagu": 23,
     "__init__": 24,  # the public API; the CLI uses the modules themselves
     # castore/cli/: the top, above every library module; nothing below imports it.
+    "cli.options": 23,  # the help formatter and the store options (argparse only)
     "cli.args": 24,
     "cli.render": 24,
     "cli.invocation": 24,

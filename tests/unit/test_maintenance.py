@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from castore import NotFoundError, Store, codec
-from castore.errors import InvalidRefError
+from castore.errors import InvalidRefError, InvalidValueError
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from tests.helpers import assert_clean_log, frames_of, log_path, read_versions, snapshot
 
@@ -334,20 +334,20 @@ def test_filters_scope_namespace_prefix(store):
 
 
 @pytest.mark.parametrize(
-    "kw",
+    ("kw", "error"),
     [
-        {},
-        {"keep_last": 0},
-        {"keep_last": -1},
-        {"keep_within_seconds": -1.0},
-        {"keep_last": 1, "scope": "nope"},
-        {"keep_last": 1, "prefix": "../x"},
+        ({}, InvalidValueError),  # a policy is a value, not a ref (issue 11)
+        ({"keep_last": 0}, InvalidValueError),
+        ({"keep_last": -1}, InvalidValueError),
+        ({"keep_within_seconds": -1.0}, InvalidValueError),
+        ({"keep_last": 1, "scope": "nope"}, InvalidRefError),
+        ({"keep_last": 1, "prefix": "../x"}, InvalidRefError),
     ],
 )
-def test_bad_policy_or_filter_is_rejected(store, root, kw):
+def test_bad_policy_or_filter_is_rejected(store, root, kw, error):
     write_versions(store, "k", [1, 2])
     saved = snapshot(root)
-    with pytest.raises(InvalidRefError):
+    with pytest.raises(error):
         store.compact(**kw)
     assert snapshot(root) == saved
 

@@ -1,0 +1,113 @@
+"""The help formatter, and the store options a command accepts after its name.
+
+Every global option (``castore --dir D --dag N ... COMMAND``) is accepted
+before any command. After the command, only those that apply to it are
+(:data:`castore.cli.args.SPECS` names them), and ``castore CMD --help``
+lists only those: the *store options* (where the store is, which namespace a
+key is in, how a write is made and who makes it) and the *filters* of the
+commands that select records across keys (``audit``, ``export``, ``compact``).
+Their defaults come from the global options (``SUPPRESS``: unset after the
+command leaves the value given before it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Final
+
+__all__ = ["KEY", "SELECT", "WHO", "WRITE", "Help", "RawHelp", "add_store_options"]
+
+KEY: Final = ("--dir", "--dag", "--root-dag", "--scope", "--namespace")  # where a key is
+WRITE: Final = ("--no-sync", "--mode")  # how a write is made
+WHO: Final = ("--actor", "--run-id", "--step")  # recorded in the audit record of a write
+SELECT: Final = ("--scope", "--namespace", "--dag", "--root-dag")  # a filter across keys
+
+
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size()`` finds it, without shutil.
+
+    ``$COLUMNS``, else the width of the terminal on stdout, else 80. argparse
+    asks for it whenever it makes a formatter (each ``add_argument`` does),
+    and importing shutil (with its compression modules) costs ~2 ms a run.
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class Help(argparse.HelpFormatter):
+    """argparse's help formatter, its default width found by :func:`_columns`."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        width = _columns() - 2 if width is None else width  # argparse's own default
+        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
+
+
+class RawHelp(Help, argparse.RawDescriptionHelpFormatter):
+    """:class:`Help` keeping the description's line breaks (the command's example)."""
+
+
+_STORE_HELP: Final = {
+    "--dir": "store directory",
+    "--dag": "current DAG name (scope dag)",
+    "--root-dag": "root DAG name (scope root_dag)",
+    "--scope": "dag (default), root_dag, global or custom",
+    "--namespace": "explicit namespace",
+    "--no-sync": "do not fsync",
+    "--mode": "private or group (permissions of what is created)",
+    "--actor": "who writes (recorded in the audit)",
+    "--run-id": "run id (recorded in the audit)",
+    "--step": "step name (recorded in the audit)",
+}
+_FILTER_HELP: Final = {
+    "--scope": "only this scope (default: every scope)",
+    "--namespace": "only this namespace",
+    "--dag": "with --scope dag: only this DAG's namespace "
+    "(default: $DAG_NAME; neither: every DAG namespace)",
+    "--root-dag": "with --scope root_dag: only this root DAG's namespace "
+    "(default: $CASTORE_ROOT_DAG, else the DAG name; none: every one)",
+    "--actor": "only records written by this actor",
+    "--run-id": "only records written with this run id",
+    "--step": "only records written by this step",
+}
+
+
+def add_store_options(
+    parser: argparse.ArgumentParser, store: tuple[str, ...], filters: tuple[str, ...]
+) -> None:
+    """Add the store options ``store`` and the filters ``filters`` to a command's parser."""
+    groups = (
+        ("store options (also accepted before the command)", store, _STORE_HELP),
+        (
+            "filters (also accepted before the command; a record must match all)",
+            filters,
+            _FILTER_HELP,
+        ),
+    )
+    for title, flags, helps in groups:
+        if not flags:
+            continue
+        group = parser.add_argument_group(title)
+        for flag in flags:
+            if flag == "--no-sync":
+                group.add_argument(
+                    flag, action="store_true", default=argparse.SUPPRESS, help=helps[flag]
+                )
+            else:
+                group.add_argument(flag, default=argparse.SUPPRESS, help=helps[flag])

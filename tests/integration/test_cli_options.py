@@ -1,0 +1,188 @@
+"""CLI: options that mean one thing (issue 11): filters, misplaced options, per-command help."""
+
+import json
+from typing import Any
+
+import pytest
+
+from castore import Store
+from castore.audit import audit
+from tests.helpers import Cli
+from tests.unit.test_dagu import DaguDir, dagu_record, rel_path
+
+
+def records(cli: Cli, *args: str, **kw: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in cli.lines("audit", *args, **kw)]
+
+
+def test_audit_filters_by_actor_and_step(cli):
+    cli.ok("set", "a", "1", "--actor", "alice", "--step", "fetch")
+    cli.ok("set", "b", "2", "--actor", "bob", "--step", "fetch")
+    cli.ok("set", "c", "3", "--actor", "alice", "--step", "save")
+    assert [r["key"] for r in records(cli, "--actor", "alice")] == ["c", "a"]
+    assert [r["key"] for r in records(cli, "--step", "fetch")] == ["b", "a"]
+    assert [r["key"] for r in records(cli, "--actor", "alice", "--step", "fetch")] == ["a"]
+    assert records(cli, "--actor", "nobody") == []
+
+
+def test_library_audit_filters_by_actor_and_step(store_location):
+    Store(store_location, dag="d", actor="alice", step="s1").set("a", 1)
+    Store(store_location, dag="d", actor="bob", step="s2").set("b", 2)
+    store = Store(store_location, dag="d")
+    assert [r.key for r in audit(store, actor="alice")] == ["a"]
+    assert [r.key for r in audit(store, step="s2")] == ["b"]
+    assert [r.key for r in audit(store, actor="alice", step="s2")] == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("diff", "k", "[2]", "--format", "text"),
+        ("diff", "k", "[2]", "--format", "json"),
+        ("diff", "k", "--from-version", "1", "--no-update"),
+        ("diff", "k", "--from-version", "1", "--expected-version", "1"),
+        ("diff", "k", "--from-version", "1", "--reason", "why"),
+    ],
+)
+def test_diff_options_that_do_not_apply_are_usage_errors(cli, args):
+    cli.ok("set", "k", "[1]")
+    message = cli.fail(2, *args)
+    assert "--" in message
+    assert cli.ok("get", "k")["version"] == 1  # nothing written
+
+
+def test_rollback_to_a_delete_of_an_absent_key_writes_nothing(cli):
+    cli.ok("set", "k", "1")
+    cli.ok("delete", "k")
+    line = cli.ok("rollback", "k", "--to-version", "2")
+    assert line == {
+        "operation": "rollback",
+        "scope": "dag",
+        "namespace": "d",
+        "key": "k",
+        "version": 2,
+        "hash": "",
+        "toVersion": 2,
+        "deleted": False,
+        "created": False,
+    }
+    cli.ok("rollback", "k", "--to-version", "2")
+    assert [e["version"] for e in cli.ok("history", "k")["entries"]] == [2, 1]
+    cli.ok("set", "k", "3")
+    assert cli.ok("rollback", "k", "--to-version", "2")["deleted"] is True  # live: deletes
+
+
+def test_library_rollback_to_a_delete_of_an_absent_key_writes_nothing(store_location):
+    store = Store(store_location, dag="d")
+    store.set("k", 1)
+    store.delete("k")
+    result = store.rollback("k", to_version=2)
+    assert (result.version, result.deleted, result.created) == (2, False, False)
+    assert [e.version for e in store.history("k").entries] == [2, 1]
+
+
+def test_the_dag_flag_is_recorded_in_the_audit_record(cli, store_location):
+    cli.ok("set", "k", "1", dag="from-flag", env={"DAG_NAME": "from-env"})
+    cli.ok("set", "k", "1", dag=None, env={"DAG_NAME": "from-env"})
+    names = [r["dagName"] for r in records(cli, "--scope", "dag", "--dag", "from-flag")]
+    assert names == ["from-flag"]
+    names = [r["dagName"] for r in records(cli, "--scope", "dag", "--dag", "from-env")]
+    assert names == ["from-env"]
+    Store(store_location, dag="lib").set("k", 1)
+    assert Store(store_location, dag="lib").history("k").entries[0].dag_name == "lib"
+
+
+def test_get_version_of_a_delete_applies_the_default(cli, store_location):
+    cli.ok("set", "k", "1")
+    cli.ok("delete", "k")
+    line = cli.ok("get", "k", "--version", "2", "--default", '{"a":0}')
+    assert line == {
+        "operation": "get",
+        "scope": "dag",
+        "namespace": "d",
+        "key": "k",
+        "found": False,
+        "value": {"a": 0},
+    }
+    cli.fail(4, "get", "k", "--version", "2", "--default", "0", "--required")
+    assert Store(store_location, dag="d").get("k", version=2, default=5).value == 5
+
+
+def test_help_shows_only_the_options_that_apply(cli):
+    def help_of(command: str) -> str:
+        return str(cli.raw_ok(command, "--help").decode())
+
+    get = help_of("get")
+    assert "--dag" in get
+    assert "--no-sync" not in get
+    assert "--actor" not in get
+    assert "--no-sync" in help_of("set")
+    assert "--actor" in help_of("set")
+    audit_help = help_of("audit")
+    assert "filters" in audit_help
+    assert "--run-id" in audit_help.split("filters")[1]
+    assert "--no-sync" not in audit_help
+    export_help = help_of("export")
+    assert "--scope" in export_help.split("filters")[1]
+    assert "--namespace" in export_help.split("filters")[1]
+    assert "--dag" not in help_of("stats")
+
+
+def test_store_options_after_the_command_only_where_they_apply(cli):
+    cli.ok("set", "k", "1", "--no-sync")
+    assert "--no-sync" in cli.fail(2, "get", "k", "--no-sync")
+    assert cli.ok("--no-sync", "get", "k")["found"] is True  # before the command: always
+
+
+def test_scope_dag_filters_follow_the_dag_name(cli):
+    cli.ok("set", "k", "1", dag="one")
+    cli.ok("set", "k", "2", dag="two")
+    assert [r["namespace"] for r in records(cli, "--scope", "dag", dag="one")] == ["one"]
+    assert [r["namespace"] for r in records(cli, "--scope", "dag", dag=None)] == ["two", "one"]
+    env = {"DAG_NAME": "two"}
+    assert [r["namespace"] for r in records(cli, "--scope", "dag", dag=None, env=env)] == ["two"]
+    export = cli.lines("export", "--scope", "dag", dag="two")
+    assert [json.loads(line)["namespace"] for line in export[1:]] == ["two"]
+    for _ in range(3):
+        cli.ok("set", "k", "3", dag="one")
+    compacted = cli.ok("compact", "--scope", "dag", "--keep-last", "1", dag="two")
+    assert compacted["refsExamined"] == 1
+    assert compacted["versionsDropped"] == 0
+    compacted = cli.ok("compact", "--scope", "dag", "--keep-last", "1", dag=None)
+    assert compacted["refsExamined"] == 2
+    assert compacted["versionsDropped"] == 3
+
+
+def test_import_dagu_exits_1_when_it_skipped_corrupt_records(cli, tmp_path):
+    source = DaguDir(tmp_path / "dag-state")
+    source.record("dag", "daily", "good", 1, 1)
+    source.bad(rel_path("dag", "daily", "broken"), b"{not json", "corrupt")
+    proc = cli.run("import-dagu", str(source.root))
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[-1] == {"operation": "import-dagu", "imported": 1, "skipped": 1}
+    assert proc.stderr.decode().startswith("castore: 1 record(s) not imported")
+    again = DaguDir(tmp_path / "clean")
+    again.record("dag", "daily", "other", 2, 1)
+    (again.root / "v1" / "dag").mkdir(parents=True, exist_ok=True)
+    tmp = rel_path("dag", "daily", "other") + ".tmp.1"
+    again.bad(tmp, dagu_record("dag", "daily", "other", 2, 1), "temporary")
+    assert cli.lines("import-dagu", str(again.root))[-1].endswith('"imported":1,"skipped":1}')
+    assert cli.run("import-dagu", str(again.root)).returncode == 0  # keys exist: harmless
+
+
+def test_compact_dry_run_reports_the_bytes_of_the_real_run(cli):
+    for i in range(6):
+        cli.ok("set", "k", json.dumps([i, "x" * 40]))
+    dry = cli.ok("compact", "--keep-last", "2", "--dry-run")
+    real = cli.ok("compact", "--keep-last", "2")
+    assert dry["bytesAfter"] == real["bytesAfter"]
+    assert real["bytesAfter"] < real["bytesBefore"]
+
+
+def test_compact_prints_the_policy_as_written(cli, store_location):
+    cli.ok("set", "k", "1")
+    line = cli.ok("compact", "--keep-within", "30d", "--keep-last", "3", "--dry-run")
+    assert line["policy"] == "keep-last 3, keep-within 30d"
+    report = Store(store_location, dag="d").compact(keep_within_seconds=2592000, dry_run=True)
+    assert report.policy == "keep-within 2592000s"
