@@ -478,7 +478,8 @@ class Store:
         ``keep_within_text`` is the duration as the user wrote it, for the report's policy.
 
         Raises:
-            InvalidRefError: no policy given, a negative one, or bad filters.
+            InvalidValueError: no policy given, or a negative one.
+            InvalidRefError: bad filters.
             LockTimeoutError: a ref stayed locked for the lock timeout.
         """
         retention = reports.Retention(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Never, TypeAlias
@@ -21,7 +22,7 @@ from castore.store import Store
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["Command", "Invocation", "OptionError", "UnhealthyError", "progress"]
+__all__ = ["Command", "Invocation", "OptionError", "UnhealthyError", "argv_bytes", "progress"]
 
 
 class UnhealthyError(Exception):
@@ -93,6 +94,16 @@ class Invocation:
 
 
 Command: TypeAlias = Callable[[Invocation], Iterator[bytes]]
+
+
+def argv_bytes(text: str) -> bytes:
+    """A JSON argument as its bytes: ``-`` reads stdin; otherwise argv as given.
+
+    Invalid UTF-8 in argv stays as bytes, and the codec replaces it as Go does.
+    """
+    if text == "-":
+        return sys.stdin.buffer.read()
+    return os.fsencode(text)
 
 
 def progress(unit: str) -> tqdm[Never]:

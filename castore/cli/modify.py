@@ -8,31 +8,23 @@ a set's fields with ``operation`` ``patch`` or ``incr``, plus the new value
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from typing import Final
 
 import msgspec
 
-from castore.cli.invocation import Command, Invocation
+from castore.cli.invocation import Command, Invocation, argv_bytes
 from castore.cli.render import render
 from castore.edits import parse_number
 
 __all__ = ["COMMANDS"]
 
 
-def _text(arg: str) -> bytes:
-    if arg == "-":
-        return sys.stdin.buffer.read()
-    return os.fsencode(arg)  # argv bytes as given, as `set` reads its VALUE
-
-
 def _patch(cmd: Invocation) -> Iterator[bytes]:
     a = cmd.args
     result = cmd.store.patch(
         cmd.key(),
-        _text(a.patch),
+        argv_bytes(a.patch),
         merge=a.merge,
         scope=cmd.scope,
         namespace=cmd.namespace,

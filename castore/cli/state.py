@@ -12,17 +12,11 @@ from collections.abc import Iterator
 from typing import Final
 
 from castore.cli.args import UsageError
-from castore.cli.invocation import Command, Invocation
+from castore.cli.invocation import Command, Invocation, argv_bytes
 from castore.cli.render import render, render_patch_text
 from castore.keys import go_trim_space
 
 __all__ = ["COMMANDS"]
-
-
-def _value(text: str) -> bytes:
-    if text == "-":
-        return sys.stdin.buffer.read()
-    return os.fsencode(text)  # argv bytes as given: invalid UTF-8 is normalized as Go does
 
 
 def _get(cmd: Invocation) -> Iterator[bytes]:
@@ -45,7 +39,7 @@ def _set(cmd: Invocation) -> Iterator[bytes]:
     yield render(
         cmd.store.set(
             cmd.key(),
-            _value(a.value),
+            argv_bytes(a.value),
             scope=cmd.scope,
             namespace=cmd.namespace,
             expected_version=a.expected_version,
@@ -66,7 +60,7 @@ def _diff(cmd: Invocation) -> Iterator[bytes]:
     yield render(
         cmd.store.diff(
             cmd.key(),
-            _value(a.value),
+            argv_bytes(a.value),
             scope=cmd.scope,
             namespace=cmd.namespace,
             update=not a.no_update,

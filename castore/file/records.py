@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -59,6 +59,8 @@ CODEC_RAW = 0  # data is the normalized JSON itself
 CODEC_ZSTD = 1  # data is one zstd frame holding the normalized JSON
 COMPRESS_MIN_BYTES = 128  # smaller values are stored raw: zstd's frame overhead wins
 ZSTD_LEVEL = 3  # zstd's default level
+
+T = TypeVar("T")
 
 
 class Compaction(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,16 +105,20 @@ def encode_record(record: Entry | Header | Compaction | Grave) -> bytes:
     return _encoder.encode(record)
 
 
+def _decoded(decoder: msgspec.json.Decoder[T], payload: bytes, what: str) -> T:
+    try:
+        return decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"bad {what} record: {exc}") from exc
+
+
 def decode_entry(payload: bytes) -> Entry:
     """Decode an ``E`` frame payload.
 
     Raises:
         RecordError: when the payload is not a valid entry.
     """
-    try:
-        return _entry_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise RecordError(f"bad entry record: {exc}") from exc
+    return _decoded(_entry_decoder, payload, "entry")
 
 
 def decode_compaction(payload: bytes) -> Compaction:
@@ -121,10 +127,7 @@ def decode_compaction(payload: bytes) -> Compaction:
     Raises:
         RecordError: when the payload is not a valid compaction record.
     """
-    try:
-        return _compaction_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise RecordError(f"bad compaction record: {exc}") from exc
+    return _decoded(_compaction_decoder, payload, "compaction")
 
 
 def decode_grave(payload: bytes) -> Grave:
@@ -133,10 +136,7 @@ def decode_grave(payload: bytes) -> Grave:
     Raises:
         RecordError: when the payload is not a valid grave record.
     """
-    try:
-        return _grave_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise RecordError(f"bad grave record: {exc}") from exc
+    return _decoded(_grave_decoder, payload, "grave")
 
 
 def decode_header(payload: bytes) -> Header:
@@ -145,10 +145,7 @@ def decode_header(payload: bytes) -> Header:
     Raises:
         RecordError: when the payload is not a valid header.
     """
-    try:
-        return _header_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise RecordError(f"bad header record: {exc}") from exc
+    return _decoded(_header_decoder, payload, "header")
 
 
 def _zstd() -> tuple[ZstdCompressor, ZstdDecompressor]:

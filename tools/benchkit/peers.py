@@ -448,15 +448,12 @@ class SqliteHistoryPeer(Peer):
     def set(self, key: str, value: Json) -> None:
         """New version: current row and versions row in one transaction."""
         data = _ENCODE(value)
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+
+        def write() -> bool:
             self._write(key, data)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            return True
+
+        self._transaction(write)
 
     def get(self, key: str) -> Any:
         """Latest value from the current row (KeyError if absent)."""
