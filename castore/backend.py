@@ -13,12 +13,13 @@ reports it in the shared types of :mod:`castore.reports`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple, Protocol
 
 from castore.keys import Ref
 from castore.records import Audit, BlobLoc, Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
+from castore.results import ListEntry
 
 __all__ = [
     "LOCK_TIMEOUT_SECONDS",
@@ -127,6 +128,16 @@ class Backend(Protocol):
 
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` that hold at least one key, byte-wise sorted."""
+
+    def listing(self, scope: str, namespace: str) -> Mapping[str, ListEntry | None]:
+        """What the backend knows of keys' newest versions without reading each one.
+
+        A live key maps to its list entry, a deleted one to None; a key that
+        is absent must be read with :meth:`current`. Look keys up only.
+        """
+
+    def remember(self, scope: str, namespace: str, keys: list[str]) -> None:
+        """A hint: ``list`` had to read ``keys`` one by one (the backend may index them)."""
 
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
         """The entry of ``version`` and its value; (None, None) if it never existed."""

@@ -16,16 +16,18 @@ something creates the store (:meth:`Layout.create`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, Progress
-from castore.errors import NotFoundError
+from castore.errors import CorruptionError, NotFoundError
 from castore.file import logread
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.damage import damaged_error
-from castore.file.frames import Frame
+from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex
 from castore.file.layout import Layout
@@ -33,6 +35,7 @@ from castore.file.namespaces import Namespaces
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
 from castore.file.rewrite import Transform
+from castore.file.statefile import pending_rewrite
 from castore.file.tree import Tree
 from castore.file.writer import ReadCache, Writer, stat_sig
 from castore.keys import Ref
@@ -45,6 +48,7 @@ from castore.reports import (
     ScopeStats,
     StoreStats,
 )
+from castore.results import ListEntry
 
 __all__ = ["CACHE_MAX_ENTRIES", "FileBackend"]
 
@@ -168,7 +172,14 @@ class FileBackend:
     ) -> list[Frame] | None:
         """Replace the log at ``path`` with ``transform(log)`` (:meth:`RefLog.rewrite`)."""
         self._cache.pop(path, None)
-        return RefLog(self.layout, self._blobs, path).rewrite(transform, keep_copy=keep_copy)
+
+        def marked(log: LogBytes) -> list[tuple[int, bytes]] | None:
+            wanted = transform(log)
+            if wanted is not None:  # the log changes: its key's STATE row is pending
+                pending_rewrite(self.fs, path, log)
+            return wanted
+
+        return RefLog(self.layout, self._blobs, path).rewrite(marked, keep_copy=keep_copy)
 
     def rebuild_blob_index(self) -> int:
         """Rewrite the blob index from the blob frames of every log; return their number."""
@@ -188,6 +199,29 @@ class FileBackend:
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
         return self.names.namespaces(scope)
+
+    def listing(self, scope: str, namespace: str) -> Mapping[str, ListEntry | None]:
+        """The newest version of each key ``STATE`` knows (:meth:`Namespaces.known`)."""
+        return self.names.known(scope, namespace)
+
+    def remember(self, scope: str, namespace: str, keys: list[str]) -> None:
+        """Record in ``STATE`` the newest version of ``keys``, read under their logs' locks.
+
+        A log that a writer holds, or that is damaged, is left out: its
+        key stays unknown, and the next list reads its log again.
+        """
+        state = self.names.state(scope, namespace)
+        if state.known() is None:
+            return
+        for key in keys:
+            log = self.log(Ref(scope, namespace, key))
+            with contextlib.suppress(OSError, CorruptionError):
+                fd = log.open()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # no writer in flight
+                    state.settled(key, log.settled_tail(fd, locked=True).entry)
+                finally:
+                    os.close(fd)
 
     def current(self, ref: Ref) -> Current:
         """Newest entry and value of ``ref``; served from cache when the log is unchanged."""

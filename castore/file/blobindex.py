@@ -92,14 +92,22 @@ class BlobIndex:
         self._shards[path] = (ino, pos, table)
         return table
 
-    def lookup(self, digest: bytes) -> list[BlobLoc]:
+    def lookup(self, digest: bytes, *, fresh: bool = False) -> list[BlobLoc]:
         """Recorded locations of ``digest``, newest first (hints: verify them).
 
         Older ones matter while a log is being rewritten: the new locations
-        are recorded before the new log is renamed into place.
+        are recorded before the new log is renamed into place. ``fresh``
+        re-reads the digest's shard whole instead of trusting this handle's
+        cache of it: a rebuild replaces a shard by rename, and the new file
+        may get the inode number of the one cached (file systems reuse freed
+        inode numbers at once), so an incremental refresh would take it for
+        the same file and keep locations the rebuild dropped.
         """
+        path = self._path(digest)
         with self._lock:
-            return list(self._refresh(self._path(digest)).get(digest, ()))
+            if fresh:
+                self._shards.pop(path, None)
+            return list(self._refresh(path).get(digest, ()))
 
     @staticmethod
     def payload(digest: bytes, loc: BlobLoc) -> bytes:

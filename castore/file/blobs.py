@@ -21,7 +21,7 @@ from castore.records import OP_DAMAGED, BlobLoc, Entry
 
 __all__ = ["BlobReader"]
 
-_READ_ROUNDS = 2  # blob lookups: a second round sees a rewrite that raced the first
+_READ_ROUNDS = 2  # blob lookups: a second round, from a re-read shard, sees what raced the first
 
 
 class BlobReader:
@@ -73,8 +73,9 @@ class BlobReader:
         a rewrite (compaction, gc, repair) may rename a new log over the old
         one at any moment, and the index holds the locations of both, so the
         file that was opened always matches one of them. A rewrite that both
-        recorded and renamed between the lookup and the open is caught by a
-        second round with a fresh lookup.
+        recorded and renamed between the lookup and the open, or a shard
+        rebuilt since this handle cached it, is caught by a second round
+        that re-reads the shard whole (:meth:`BlobIndex.lookup`, ``fresh``).
 
         Raises:
             CorruptionError: no intact copy was found.
@@ -88,9 +89,10 @@ class BlobReader:
                 data, damage = None, f" ({exc.detail})"
             if data is not None:
                 return data
-        for _round in range(_READ_ROUNDS):
+        for round_ in range(_READ_ROUNDS):
             groups: dict[str, list[BlobLoc]] = {}
-            for loc in [entry.blob, *self.index.lookup(bytes.fromhex(entry.hash))]:
+            found = self.index.lookup(bytes.fromhex(entry.hash), fresh=round_ > 0)
+            for loc in [entry.blob, *found]:
                 if loc is not None:
                     groups.setdefault(loc.log, []).append(loc)
             for log, locs in groups.items():

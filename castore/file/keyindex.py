@@ -18,6 +18,7 @@ harmless. A file without a ``sorted`` line is all tail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -114,6 +115,7 @@ class KeyIndex:
         self._tail_pos = 0
         self._tail: set[bytes] = set()  # hex lines seen in the tail
         self.damaged = False  # a complete line that no writer could have written was read
+        self._every: tuple[tuple[int, int, int, int], list[str]] | None = None  # all keys
         self._lock = threading.RLock()
 
     def _refresh_tail(self, fd: int, layout: _Layout, st: os.stat_result) -> None:
@@ -174,11 +176,25 @@ class KeyIndex:
         return bool(self._scan(key.encode("utf-8").hex().encode("ascii"), exact=True))
 
     def keys(self, prefix: str = "") -> list[str]:
-        """Keys starting with ``prefix`` (byte-wise), in byte-wise order."""
+        """Keys starting with ``prefix`` (byte-wise), in byte-wise order.
+
+        Every key (no prefix) is answered from this handle's copy while the
+        file's inode, size and times are unchanged.
+        """
+        sig = None
+        if not prefix:
+            with contextlib.suppress(FileNotFoundError):
+                st = self.fs.stat(self.path)
+                sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            every = self._every
+            if sig is not None and every is not None and every[0] == sig:
+                return list(every[1])
         found = sorted(self._scan(prefix.encode("utf-8").hex().encode("ascii"), exact=False))
         keys = [key for key in map(_decode, found) if key is not None]
         self.damaged |= len(keys) < len(found)
-        return keys
+        if sig is not None:
+            self._every = (sig, keys)  # read after the stat: a later change shows in it
+        return list(keys)
 
     def add(self, key: str, namespace: str, *, durable: bool) -> None:
         """Append ``key`` (fdatasync when ``durable``); fsync the directory if new.

@@ -15,6 +15,7 @@ from castore.file import logread
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex, namespace_of
 from castore.file.layout import Layout
+from castore.file.statefile import STATE_NAME, Known, StateIndex
 from castore.keys import file_id
 
 __all__ = ["Namespaces"]
@@ -27,11 +28,15 @@ class Namespaces:
         self.layout = layout
         self._keys: dict[str, KeyIndex] = {}
         self._graves: dict[str, Graveyard] = {}
+        self._states: dict[str, StateIndex] = {}
 
     def close(self) -> None:
         """Forget the cached files."""
         self._keys.clear()
         self._graves.clear()
+        for state in self._states.values():
+            state.close()
+        self._states.clear()
 
     def key_index(self, scope: str, namespace: str) -> KeyIndex:
         """The key index of a namespace."""
@@ -48,6 +53,32 @@ class Namespaces:
         if graves is None:
             graves = self._graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"), self.layout.fs)
         return graves
+
+    def state(self, scope: str, namespace: str) -> StateIndex:
+        """The state index of a namespace (each key's newest version, for list)."""
+        nsdir = self.layout.ns_dir(scope, namespace)
+        state = self._states.get(nsdir)
+        if state is None:
+            path = os.path.join(nsdir, STATE_NAME)
+            state = self._states[nsdir] = StateIndex(path, self.layout.fs, scope, namespace)
+        return state
+
+    def known(self, scope: str, namespace: str) -> Known:
+        """The newest version of each key a namespace's ``STATE`` knows (absent: read the log).
+
+        An untrusted ``STATE`` (damaged, from another boot) is replaced with
+        an empty one, a missing one created (in an existing namespace), and
+        one with many appended records rewritten as a snapshot.
+        """
+        state = self.state(scope, namespace)
+        known = state.known()
+        if known is None:
+            state.reset()
+            state.create()
+            return {}
+        if state.crowded():
+            state.snapshot()
+        return known
 
     def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
         """Keys ever created in a namespace that start with ``prefix``, byte-wise sorted.

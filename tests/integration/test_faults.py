@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import shutil
 import signal
@@ -63,6 +64,7 @@ class Faults:
         self.match: Callable[[tuple[Any, ...]], bool] | None = None
         self.seen = 0
         self.fired = False
+        self.target = ""  # the file the fault hit (a path, or the one an fd names)
         self.pending = False  # a partial write happened: the next write fails
         for name in self.CALLS:
             monkeypatch.setattr(os, name, self._wrap(name))
@@ -78,6 +80,7 @@ class Faults:
                 self.seen += 1
                 if self.seen == self.nth:
                     self.fired = True
+                    self.target = _target(args)
                     if self.partial and len(args[1]) >= 2:
                         self.pending = True
                         return real(args[0], bytes(args[1][: len(args[1]) // 2]))
@@ -96,7 +99,7 @@ class Faults:
         match: Callable[[tuple[Any, ...]], bool] | None = None,
     ) -> None:
         self.call, self.nth, self.errno, self.partial, self.match = call, nth, code, partial, match
-        self.seen, self.fired, self.pending = 0, False, False
+        self.seen, self.fired, self.pending, self.target = 0, False, False, ""
 
     def disarm(self) -> None:
         self.call, self.pending = "", False
@@ -131,6 +134,31 @@ FAULTS: Final = [
     Fault("open-EIO", "open", errno.EIO),
     Fault("open-log-EIO", "open", errno.EIO, log_only=True),
 ]
+
+
+def _target(args: tuple[Any, ...]) -> str:
+    if args and isinstance(args[0], str):
+        return args[0]
+    if args and isinstance(args[0], int):
+        with contextlib.suppress(OSError):
+            return os.readlink(f"/proc/self/fd/{args[0]}")
+    return ""
+
+
+def _listing(root: str) -> list[tuple[str, int, str]]:
+    return [(e.key, e.version, e.hash) for e in open_store(root).list().entries]
+
+
+def _listing_from_logs(root: str) -> list[tuple[str, int, str]]:
+    """The list of a copy of ``root`` without its namespace's STATE (every log read)."""
+    copy = root + "-logs"
+    shutil.copytree(root, copy)
+    for state in glob.glob(os.path.join(copy, "refs", "*", "*", "STATE")):
+        os.unlink(state)
+    try:
+        return _listing(copy)
+    finally:
+        shutil.rmtree(copy)
 
 
 def _is_log(args: tuple[Any, ...]) -> bool:
@@ -322,7 +350,14 @@ def _describe(histories: dict[str, History]) -> str:
 
 
 def _run_one(
-    root: str, op: Operation, fault: Fault, nth: int, faults: Faults, lines: list[bytes]
+    root: str,
+    op: Operation,
+    fault: Fault,
+    nth: int,
+    faults: Faults,
+    lines: list[bytes],
+    *,
+    with_state: bool = False,
 ) -> tuple[bool, list[str]]:
     """One case; returns (the fault fired, problems found)."""
     problems: list[str] = []
@@ -330,6 +365,8 @@ def _run_one(
     ever = read_all(open_store(root), KEYS)  # before prepare: keys compaction removes
     if op.prepare is not None:
         op.prepare(store)
+    if with_state:
+        _listing(root)  # makes and fills the namespace's STATE
     before = read_all(open_store(root), KEYS)
     allowed = op.allowed(before)
     match = _is_log if fault.log_only else None
@@ -347,7 +384,9 @@ def _run_one(
             problems.append(f"failed without a fault: {raised!r}")
         return False, problems
     if raised is None:
-        problems.append("the fault was swallowed: the operation returned normally")
+        if not faults.target.endswith("STATE"):
+            # (a fault in STATE after the commit point is quiet: derived data, checked below)
+            problems.append("the fault was swallowed: the operation returned normally")
     elif not isinstance(raised, OSError) or isinstance(raised, CastoreError):
         problems.append(f"raised {raised!r}, not OSError")
     elif raised.errno != fault.errno:
@@ -368,6 +407,8 @@ def _run_one(
         return now
 
     after = verify("after the fault")
+    if with_state and _listing(root) != _listing_from_logs(root):
+        problems.append(f"list: {_listing(root)}, from the logs: {_listing_from_logs(root)}")
     report = open_store(root).check()
     if not report.ok:
         repaired = open_store(root).check(repair=True)
@@ -419,6 +460,29 @@ def test_fault_at_every_call(tmp_path, faults, baseline, export, op, fault, reco
     assert not problems, f"{len(problems)} problems in {injected} injected faults:\n" + "\n".join(
         problems[:15]
     )
+
+
+STATE_FAULTS: Final = [f for f in FAULTS if f.name in ("write-partial", "open-EIO", "replace-EIO")]
+
+
+@pytest.mark.parametrize("fault", STATE_FAULTS, ids=[f.name for f in STATE_FAULTS])
+@pytest.mark.parametrize("op", OPERATIONS, ids=[o.name for o in OPERATIONS])
+def test_fault_at_every_call_with_a_state_index(tmp_path, faults, baseline, export, op, fault):
+    # The same with the namespace's STATE in place (a list ran first): its P before
+    # the commit point fails the operation, its S after is quiet, and the list it
+    # answers afterwards is the one every key's log gives.
+    problems: list[str] = []
+    for nth in range(1, MAX_CALLS + 1):
+        root = str(tmp_path / f"case-{nth}")
+        shutil.copytree(baseline, root)
+        fired, found = _run_one(root, op, fault, nth, faults, export, with_state=True)
+        problems += [f"[{op.name} {fault.name} call #{nth}] {p}" for p in found]
+        if not fired:
+            break
+        shutil.rmtree(root)
+    else:
+        pytest.fail(f"{op.name} made {MAX_CALLS} or more {fault.call} calls")
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:15])
 
 
 def test_every_operation_meets_every_kind_of_call(tmp_path, faults, baseline, export):

@@ -36,7 +36,7 @@ LAYERS = {
     "codec": 4,
     "lines": 5,  # how results are written as JSON (Go strings, raw values)
     "results": 6,  # the result types and their lines (to_json: the CLI's bytes)
-    "backend": 3,  # the contract between Store and a backend
+    "backend": 7,  # the contract between Store and a backend (its records, results)
     # castore/file/: layers FILE_BASE + FILE_LAYERS[...] (10 to 19), below.
     "backends": 20,  # the registry: the only module above the band that imports it
     "history": 20,
@@ -80,6 +80,7 @@ FILE_LAYERS = {
     "keyindex": 2,
     "graves": 2,
     "blobindex": 2,
+    "statefile": 2,
     # the version index; the store's layout; blobs across logs; encoding new versions
     "versionindex": 3,
     "layout": 3,

@@ -1,0 +1,398 @@
+"""The state index of one namespace, ``STATE``: each key's newest version, for ``list``.
+
+Derived data (docs/FORMAT.md §5): a frames file that says, per key, what its
+newest version is, so that listing reads one file instead of every key's
+log. It is never fsynced and is trusted only under these rules:
+
+* Its first frame, ``T``, names the boot it was written in
+  (``/proc/sys/kernel/random/boot_id``). After a reboot, unsynced records
+  may have been lost, so a reader trusts nothing of a file from another boot.
+* A writer appends ``P`` (pending: key) before it commits to a key's log and
+  ``S`` (settled: the key's newest entry) after, both under the log's lock.
+  A key whose last record is ``P`` (a write in flight, or a writer that
+  died) or that has no record is read from its log. A process crash keeps
+  every record it appended (the page cache survives it).
+* A reader that reads a key's log while holding the log's *shared* lock (no
+  writer in flight) may append ``S`` for it: that is how the file fills.
+* Appends take the file's shared ``flock`` and check that the file is
+  still linked; a rewrite (a ``L`` snapshot of the settled rows, or an empty
+  file after damage or another boot) takes it exclusively and renames. So no
+  ``P`` is ever lost to a rewrite, and a rewrite drops pending keys (they
+  become unknown, which is safe).
+* Bytes that are not a frame make the whole file untrusted once they are
+  still there under the exclusive lock (an append in flight is not damage);
+  the next reader replaces it with an empty file.
+
+Every failure to maintain the file is quiet (a reader then reads the logs),
+except a ``P`` that cannot be appended to a file that exists: that write
+fails before its commit point, with nothing written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+from typing import Final
+
+import msgspec
+
+from castore.errors import RecordError
+from castore.file import fileio
+from castore.file.frames import LogBytes, encode_frame, frame_at
+from castore.file.records import KIND_HEADER, decode_header
+from castore.file.tree import Tree
+from castore.keys import file_id
+from castore.records import OP_DAMAGED, Entry
+from castore.results import ListEntry, rfc3339
+
+__all__ = ["STATE_NAME", "Known", "StateIndex", "boot_id", "pending_rewrite"]
+
+STATE_NAME: Final = "STATE"
+KIND_EPOCH: Final = ord("T")
+KIND_SNAPSHOT: Final = ord("L")
+KIND_PENDING: Final = ord("P")
+KIND_SETTLED: Final = ord("S")
+SNAPSHOT_AFTER: Final = 1024  # appended frames beyond max(this, rows) trigger a snapshot
+_BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
+_LOCK_SECONDS: Final = 5.0  # appends and damage checks wait this long for a rewrite
+
+
+class Row(msgspec.Struct, array_like=True, frozen=True):
+    """A key's newest version as ``STATE`` records it; ``hash`` is "" for a delete."""
+
+    key: str
+    version: int
+    hash: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+
+
+_ROW: Final = msgspec.msgpack.Decoder(Row)
+_ROWS: Final = msgspec.msgpack.Decoder(list[Row])
+_EPOCH: Final = msgspec.msgpack.Decoder(tuple[str, str])
+_ENCODE: Final = msgspec.msgpack.Encoder().encode
+
+_boot: list[str] = []
+
+
+def boot_id() -> str:
+    """This machine's boot id ("" where the system has none: then nothing is trusted)."""
+    if not _boot:
+        try:
+            with open(_BOOT_ID_PATH, encoding="ascii") as f:
+                _boot.append(f.read().strip())
+        except (OSError, ValueError):
+            _boot.append("")
+    return _boot[0]
+
+
+def row_of(key: str, entry: Entry | None) -> Row | None:
+    """The row of ``key`` whose newest entry is ``entry`` (None: no entry, nothing to say)."""
+    if entry is None or entry.op == OP_DAMAGED:
+        return None  # nothing to say, or lost versions: the log says why
+    if not entry.live:
+        return Row(key, entry.version)
+    return Row(key, entry.version, entry.hash, rfc3339(entry.created_ns), rfc3339(entry.time_ns))
+
+
+Known = dict[str, ListEntry | None]
+"""Key -> its list entry, or None for a key whose newest version is a delete."""
+
+
+class _DamagedError(Exception):
+    """Bytes in ``STATE`` that are not a frame, still there under the exclusive lock."""
+
+
+class StateIndex:
+    """The ``STATE`` file of one namespace directory; one per handle. Thread-safe.
+
+    Args:
+        path: the file's path.
+        fs: the store's confined tree.
+        scope, namespace: what the list entries it yields name.
+    """
+
+    def __init__(self, path: str, fs: Tree, scope: str, namespace: str) -> None:
+        self.path = path
+        self.fs = fs
+        self.scope = scope
+        self.namespace = namespace
+        self._lock = threading.Lock()
+        self._fd = -1  # append descriptor, kept between writes
+        self._pid = os.getpid()
+        # The parsed file: inode, bytes parsed, rows, frames since the snapshot.
+        self._ino = 0
+        self._pos = 0
+        self._known: Known = {}
+        self._trusted = False
+        self._appended = 0
+        self._head = b""  # the parsed file's first frame
+
+    def __del__(self) -> None:
+        if self._fd >= 0 and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # a handle never closed does not hold it forever
+
+    def close(self) -> None:
+        """Close the kept append descriptor and forget the parsed file."""
+        with self._lock:
+            if self._fd >= 0 and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = -1
+            self._ino = self._pos = 0
+            self._known = {}
+
+    # -- writers (under the key's log lock) ---------------------------------------------
+
+    def pending(self, key: str) -> bool:
+        """Record that ``key``'s log is about to change; False if there is no ``STATE``.
+
+        Raises:
+            OSError: the record could not be appended (the caller must not commit).
+        """
+        return self._append(encode_frame(KIND_PENDING, key.encode("utf-8")))
+
+    def discard(self) -> None:
+        """Remove the file: a log changed whose key is unknown, so every key must be read.
+
+        Raises:
+            OSError: the file exists and could not be removed (change nothing).
+        """
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.unlink(self.path)
+        self._drop_fd()
+
+    def settled(self, key: str, entry: Entry | None) -> None:
+        """Record ``key``'s newest entry after a commit (quietly; losing it is safe)."""
+        row = row_of(key, entry)
+        if row is not None:
+            with contextlib.suppress(OSError):
+                self._append(encode_frame(KIND_SETTLED, _ENCODE(row)))
+
+    def _append(self, frame: bytes) -> bool:
+        with self._lock:
+            for _attempt in range(3):
+                fd = self._append_fd()
+                if fd < 0:
+                    return False
+                fileio.lock(fd, self.path, shared=True, timeout=_LOCK_SECONDS)
+                try:
+                    if os.fstat(fd).st_nlink:  # still the file the path names
+                        fileio.append(fd, frame, durable=False)
+                        return True
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                self._drop_fd_locked()  # replaced by a rewrite: append to the new file
+            raise OSError(errno.EAGAIN, f"{self.path} kept being replaced")
+
+    def _append_fd(self) -> int:
+        if self._pid != os.getpid():  # forked: the parent's descriptor shares its locks
+            self._fd, self._pid = -1, os.getpid()
+        if self._fd < 0:
+            try:
+                self._fd = self.fs.open(self.path, os.O_WRONLY | os.O_APPEND)
+            except FileNotFoundError:
+                return -1
+        return self._fd
+
+    def _drop_fd(self) -> None:
+        with self._lock:
+            self._drop_fd_locked()
+
+    def _drop_fd_locked(self) -> None:
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = -1
+
+    # -- readers -------------------------------------------------------------------------
+
+    def known(self) -> Known | None:
+        """What the file says of each key it trusts; None if there is no trusted file.
+
+        A key absent from the mapping must be read from its log. The mapping
+        is this handle's parsed copy: look keys up, do not keep or change it.
+        """
+        me = boot_id()
+        if not me:
+            return None
+        with self._lock:
+            try:
+                fd = self.fs.open(self.path, os.O_RDONLY)
+            except OSError:  # none (or unreadable): the logs answer
+                self._trusted = False
+                return None
+            try:
+                self._read(fd, me)
+            except (_DamagedError, OSError):  # damage, or a rewrite held the lock too long
+                self._trusted = False
+            finally:
+                os.close(fd)
+            return self._known if self._trusted else None
+
+    def _read(self, fd: int, me: str, *, locked: bool = False) -> None:
+        """Bring the parsed copy up to the end of the file on ``fd``.
+
+        Raises:
+            _DamagedError: bytes that are not a frame, still there under the exclusive lock.
+        """
+        st = os.fstat(fd)
+        head = self._head
+        if (
+            st.st_ino != self._ino
+            or st.st_size < self._pos
+            # A rewrite renames a new file over this one, and the new file may get
+            # the inode number of the one parsed (numbers are reused at once): its
+            # first frame, unique to each file, tells them apart.
+            or (head and fileio.read_at(fd, 0, len(head)) != head)
+        ):
+            self._ino, self._pos, self._known, self._appended = st.st_ino, 0, {}, 0
+            self._trusted, self._head = False, b""
+        if st.st_size == self._pos:
+            return
+        pos = self._parse(fileio.read_at(fd, self._pos, st.st_size - self._pos), self._pos, me)
+        if pos == st.st_size:
+            return
+        if locked:
+            raise _DamagedError(self.path)
+        with fileio.locked(fd, self.path, timeout=_LOCK_SECONDS):  # an append in flight?
+            size = os.fstat(fd).st_size
+            if self._parse(fileio.read_at(fd, pos, size - pos), pos, me) < size:
+                raise _DamagedError(self.path)
+
+    def _parse(self, data: bytes, base: int, me: str) -> int:
+        """Apply the frames of ``data`` (at file offset ``base``); return where they stop."""
+        at = 0
+        while True:
+            frame = frame_at(data, at, base)
+            if frame is None:
+                break
+            at = frame.end - base
+            try:
+                self._apply(frame.kind, frame.payload, frame.start, me)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+                raise _DamagedError(self.path) from exc  # checksummed, yet not ours
+            if frame.kind == KIND_EPOCH:
+                self._head = data[: frame.end]
+            self._pos = frame.end
+        return base + at
+
+    def _apply(self, kind: int, payload: bytes, start: int, me: str) -> None:
+        """Apply one frame to the parsed copy.
+
+        Raises:
+            _DamagedError: a frame out of place (not a file castore wrote).
+        """
+        if kind == KIND_SETTLED:
+            self._settle(_ROW.decode(payload))
+            self._appended += 1
+        elif kind == KIND_PENDING:
+            self._known.pop(payload.decode("utf-8"), None)
+            self._appended += 1
+        elif kind == KIND_SNAPSHOT and start > 0:
+            for row in _ROWS.decode(payload):
+                self._settle(row)
+        elif kind == KIND_EPOCH and start == 0:
+            self._trusted = _EPOCH.decode(payload)[0] == me
+        else:
+            raise _DamagedError(self.path)
+
+    def _settle(self, row: Row) -> None:
+        if row.hash:
+            self._known[row.key] = ListEntry(
+                scope=self.scope,
+                namespace=self.namespace,
+                key=row.key,
+                version=row.version,
+                hash=row.hash,
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+        else:
+            self._known[row.key] = None
+
+    # -- rewrites ------------------------------------------------------------------------
+
+    def crowded(self) -> bool:
+        """True when appended records outnumber the rows enough to call for a snapshot."""
+        return self._appended > max(SNAPSHOT_AFTER, 2 * len(self._known))
+
+    def create(self) -> None:
+        """Make an empty, trusted ``STATE`` if there is none (quietly; the directory must exist)."""
+        me = boot_id()
+        if me:
+            with contextlib.suppress(OSError):
+                self.fs.create_once(self.path, self._epoch(me))
+
+    def reset(self) -> None:
+        """Replace the file with an empty one (after damage, or from another boot)."""
+        self._rewrite(snapshot=False)
+
+    def snapshot(self) -> None:
+        """Rewrite the file as one snapshot of its settled rows (pending keys are dropped)."""
+        self._rewrite(snapshot=True)
+
+    def _rewrite(self, *, snapshot: bool) -> None:
+        """Rename a new file over this one under its exclusive lock (quietly, if it is free)."""
+        me = boot_id()
+        if not me:
+            return
+        with self._lock, contextlib.suppress(OSError):
+            fd = self.fs.open(self.path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not os.fstat(fd).st_nlink:
+                    return  # replaced meanwhile: that rewrite did the job
+                data = self._epoch(me)
+                if snapshot:
+                    try:
+                        self._read(fd, me, locked=True)  # every append so far, none to come
+                    except _DamagedError:
+                        self._trusted = False
+                    if self._trusted:
+                        data += encode_frame(KIND_SNAPSHOT, _ENCODE(self._rows()))
+                self.fs.atomic_write(self.path, data, durable=False)
+            finally:
+                os.close(fd)  # releases the lock, after the rename
+
+    @staticmethod
+    def _epoch(me: str) -> bytes:
+        """The first frame of a new file: this boot's id, and a nonce naming this file."""
+        return encode_frame(KIND_EPOCH, _ENCODE((me, os.urandom(8).hex())))
+
+    def _rows(self) -> list[Row]:
+        rows = [
+            Row(k, e.version, e.hash, e.created_at, e.updated_at) if e is not None else Row(k, 0)
+            for k, e in self._known.items()
+        ]
+        rows.sort(key=lambda r: r.key.encode("utf-8"))
+        return rows
+
+
+def pending_rewrite(fs: Tree, path: str, log: LogBytes) -> None:
+    """Mark the key of the log at ``path``, about to be rewritten, pending in ``STATE``.
+
+    A log whose header does not name its key (damage) makes the namespace's
+    whole ``STATE`` go away instead.
+
+    Raises:
+        OSError: neither could be done (the rewrite must not happen).
+    """
+    key = None
+    for frame in log.frames:
+        if frame.kind == KIND_HEADER:
+            with contextlib.suppress(RecordError):
+                head = decode_header(frame.payload)
+                if file_id(head.key) + ".log" == os.path.basename(path):
+                    key = head.key
+            break
+    state = StateIndex(os.path.join(os.path.dirname(path), STATE_NAME), fs, "", "")
+    try:
+        if key is None:
+            state.discard()
+        else:
+            state.pending(key)
+    finally:
+        state.close()

@@ -1,0 +1,244 @@
+"""The namespace state index ``STATE`` (docs/FORMAT.md §5): list answers from it, never wrongly.
+
+The oracle of every test is the same list on the same store without ``STATE``
+(every key read from its log), or the versions the test wrote.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+from castore import Store
+from castore.file import statefile
+from castore.file.frames import encode_frame, scan_frames
+from tests.helpers import corrupt, log_path, ns_dir
+
+NS = "daily-agent"
+
+
+def state_path(root) -> str:
+    return os.path.join(ns_dir(root, "dag", NS), "STATE")
+
+
+def records(root) -> list[tuple[str, object]]:
+    """(kind, payload decoded) of every frame of STATE."""
+    with open(state_path(root), "rb") as fh:
+        data = fh.read()
+    out = []
+    for frame in scan_frames(data):
+        kind = chr(frame.kind)
+        if kind == "P":
+            out.append((kind, frame.payload.decode()))
+        else:
+            out.append((kind, msgspec.msgpack.decode(frame.payload)))
+    return out
+
+
+def listed(root) -> list[tuple[str, int, str, str, str]]:
+    with Store(root, dag=NS, durable=False) as s:
+        res = s.list()
+    assert res.skipped == []
+    return [(e.key, e.version, e.hash, e.created_at, e.updated_at) for e in res.entries]
+
+
+def from_logs(root, tmp_path) -> list[tuple[str, int, str, str, str]]:
+    """The list of a copy of the store without STATE: every key read from its log."""
+    copy = tmp_path / "oracle"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(root, copy)
+    os.unlink(state_path(copy))
+    with Store(copy, dag=NS, durable=False) as s:
+        return [(e.key, e.version, e.hash, e.created_at, e.updated_at) for e in s.list().entries]
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "store"
+    with Store(r, dag=NS, durable=False) as s:
+        s.set("a", 1)
+        s.set("b", 2)
+        s.set("c", 3)
+        s.delete("b")
+    return r
+
+
+def test_the_first_list_creates_and_fills_state_and_writers_keep_it(root, tmp_path):
+    assert not os.path.exists(state_path(root))  # no list yet: writers do not create it
+    first = listed(root)
+    assert [k for k, *_ in first] == ["a", "c"]
+    kinds = [kind for kind, _ in records(root)]
+    assert kinds[0] == "T"
+    assert sorted(p[0] for k, p in records(root) if k == "S") == ["a", "b", "c"]
+    with Store(root, dag=NS, durable=False) as s:
+        s.set("a", 10)
+        s.delete("c")
+        s.set("d", 4)
+    tail = records(root)[-6:]
+    assert [k for k, _ in tail] == ["P", "S", "P", "S", "P", "S"]
+    assert tail[0] == ("P", "a")
+    assert tail[1][1][:2] == ["a", 2]
+    assert tail[3][1] == ["c", 2, "", "", ""]  # a delete: no hash
+    assert listed(root) == from_logs(root, tmp_path)
+    assert [k for k, *_ in listed(root)] == ["a", "d"]
+
+
+def test_a_writer_killed_between_commit_and_settled_leaves_pending(root, tmp_path):
+    listed(root)
+    code = (
+        "import sys; from castore import Store; "
+        "Store(sys.argv[1], dag=sys.argv[2], durable=False).set('a', 99)"
+    )
+    env = dict(os.environ, CASTORE_FAILPOINTS="after-append")
+    proc = subprocess.run([sys.executable, "-c", code, str(root), NS], env=env, check=False)
+    assert proc.returncode == -9  # killed after its commit point, before STATE's S
+    assert records(root)[-1] == ("P", "a")
+    answer = listed(root)
+    assert answer[0][:2] == ("a", 2)  # the committed version, read from the log
+    assert answer == from_logs(root, tmp_path)
+    assert records(root)[-1][0] == "S"  # the reader filled it, under the log's lock
+
+
+def test_a_list_cached_by_one_handle_sees_another_handles_writes(root):
+    with Store(root, dag=NS, durable=False) as reader, Store(root, dag=NS, durable=False) as w:
+        assert [e.key for e in reader.list().entries] == ["a", "c"]
+        w.set("b", 5)
+        w.delete("a")
+        assert [(e.key, e.version) for e in reader.list().entries] == [("b", 3), ("c", 1)]
+
+
+def test_a_state_from_another_boot_is_not_trusted(root, tmp_path):
+    listed(root)
+    with Store(root, dag=NS, durable=False) as s:
+        s.set("a", 7)
+    # The S of a's version 2 "lost" in a crash: STATE says version 1, from a boot long gone.
+    stale = encode_frame(statefile.KIND_EPOCH, msgspec.msgpack.encode(["another-boot", "0"]))
+    stale += encode_frame(
+        statefile.KIND_SETTLED, msgspec.msgpack.encode(["a", 1, "0" * 64, "x", "y"])
+    )
+    with open(state_path(root), "wb") as fh:
+        fh.write(stale)
+    answer = listed(root)
+    assert answer[0][:2] == ("a", 2)
+    assert answer == from_logs(root, tmp_path)
+    assert records(root)[0][1][0] == statefile.boot_id()  # replaced by this boot's
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_damaged_state_is_replaced_and_lists_from_the_logs(root, tmp_path, where):
+    listed(root)
+    with Store(root, dag=NS, durable=False) as s:
+        s.set("a", 8)  # P a, S a at the end
+    size = os.path.getsize(state_path(root))
+    offset = {"first": 3, "middle": size // 2, "last": size - 30}[where]
+    corrupt(state_path(root), offset)
+    assert listed(root) == from_logs(root, tmp_path)
+    assert next(k for k, _ in records(root)) == "T"
+    assert listed(root) == from_logs(root, tmp_path)  # and again, from the rebuilt file
+
+
+def test_a_damaged_pending_record_never_leaves_an_older_version_listed(root, tmp_path):
+    listed(root)
+    with Store(root, dag=NS, durable=False) as s:
+        s.set("a", 8)
+    with open(state_path(root), "rb") as fh:
+        data = fh.read()
+    frames = list(scan_frames(data))
+    pending = [f for f in frames if f.kind == statefile.KIND_PENDING][-1]
+    # cut the file after the P frame and flip a byte in it: the S is gone too
+    with open(state_path(root), "r+b") as fh:
+        fh.truncate(pending.end)
+    corrupt(state_path(root), pending.start + 6)
+    answer = listed(root)
+    assert answer[0][:2] == ("a", 2)
+    assert answer == from_logs(root, tmp_path)
+
+
+def test_many_writes_are_rewritten_as_one_snapshot(root, tmp_path, monkeypatch):
+    monkeypatch.setattr(statefile, "SNAPSHOT_AFTER", 8)
+    listed(root)
+    with Store(root, dag=NS, durable=False) as s:
+        for i in range(20):
+            s.set(f"k{i % 5}", i)
+        s.delete("k3")
+    before = os.path.getsize(state_path(root))
+    answer = listed(root)  # notices the crowd and rewrites
+    assert os.path.getsize(state_path(root)) < before
+    assert [k for k, _ in records(root)] == ["T", "L"]
+    snapshot = records(root)[1][1]
+    assert [row[0] for row in snapshot] == ["a", "b", "c", "k0", "k1", "k2", "k3", "k4"]
+    assert answer == listed(root) == from_logs(root, tmp_path)
+
+
+def test_compaction_and_gc_mark_their_keys_pending(root, tmp_path):
+    listed(root)
+    with Store(root, dag=NS, durable=False) as s:
+        s.set("a", 2)
+        s.set("a", 3)
+        s.compact(keep_last=1)
+        assert ("P", "a") in records(root)[-3:]
+        assert listed(root) == from_logs(root, tmp_path)
+        s.compact(keep_within_seconds=0)  # b's delete goes away: b leaves KEYS
+        s.gc(grace_seconds=0)
+    assert [k for k, *_ in listed(root)] == ["a", "c"]
+    assert listed(root) == from_logs(root, tmp_path)
+
+
+def test_a_rewrite_of_a_log_without_a_readable_header_removes_state(root):
+    listed(root)
+    path = log_path(root, "dag", NS, "c")
+    corrupt(path, 8)  # the H frame: the key is unknown to a rewrite
+    with Store(root, dag=NS, durable=False) as s:
+        s.check(repair=True)
+    assert not os.path.exists(state_path(root))
+    with Store(root, dag=NS, durable=False) as s:
+        assert [e.key for e in s.list().entries] == ["a", "c"]
+
+
+def test_list_with_values_reads_every_value_from_its_log(root):
+    listed(root)
+    with Store(root, dag=NS, durable=False) as s:
+        res = s.list(include_values=True)
+    assert [(e.key, e.value) for e in res.entries] == [("a", 1), ("c", 3)]
+
+
+def test_list_of_a_namespace_that_does_not_exist_creates_nothing(tmp_path):
+    root = tmp_path / "store"
+    with Store(root, dag=NS, durable=False) as s:
+        s.set("a", 1)
+        assert s.list(namespace="other").entries == []
+    assert not os.path.exists(ns_dir(root, "dag", "other"))
+
+
+def test_a_rewritten_state_with_the_parsed_files_inode_number_is_read_again(root):
+    """A rename may hand the new file the old one's inode number: the T frame tells."""
+    with Store(root, dag=NS, durable=False) as reader:
+        assert [e.key for e in reader.list().entries] == ["a", "c"]  # fills STATE
+        assert [e.key for e in reader.list().entries] == ["a", "c"]  # parses the fill
+        parsed = os.path.getsize(state_path(root))  # where the reader will go on from
+        with Store(root, dag=NS, durable=False) as w:
+            w.delete("a")
+            hash_b = w.set("b", 9).hash
+        # Same inode, bytes replaced in place: a new T and a snapshot (a deleted) that
+        # end exactly where the reader stopped, then an S for b. Read from there on
+        # only, it would keep a as live.
+        epoch = encode_frame(
+            statefile.KIND_EPOCH, msgspec.msgpack.encode([statefile.boot_id(), "new"])
+        )
+        for pad in range(parsed):
+            rows = [["a", 2], ["p" * pad, 0]]
+            snap = encode_frame(statefile.KIND_SNAPSHOT, msgspec.msgpack.encode(rows))
+            if len(epoch) + len(snap) == parsed:
+                break
+        else:
+            pytest.fail("no padding fits")
+        settled = encode_frame(
+            statefile.KIND_SETTLED, msgspec.msgpack.encode(["b", 3, hash_b, "t0", "t1"])
+        )
+        with open(state_path(root), "r+b") as fh:
+            fh.truncate(0)
+            fh.write(epoch + snap + settled)
+        assert [(e.key, e.version) for e in reader.list().entries] == [("b", 3), ("c", 1)]
