@@ -220,8 +220,10 @@ class Workload:
         self.log.write(t="ack", op="gc", grace=grace)
 
     def step(self) -> None:
-        """One random operation."""
+        """One random operation (and now and then a list: STATE exists when writers die)."""
         rng = self.rng
+        if rng.random() < 0.05:
+            self.store.list()
         key = rng.choice(KEYS)
         roll = rng.random()
         if self.writes_only:
@@ -540,6 +542,25 @@ def _check_acked(store: Store, model: _Model, kind_prefix: str = "") -> list[str
     return out
 
 
+def _check_list(store: Store, model: _Model) -> list[str]:
+    """``list`` (answered from STATE where it is trusted) names what ``get`` reads."""
+    try:
+        res = store.list()
+    except CastoreError as exc:
+        return [f"unreadable: list: {type(exc).__name__}: {exc}"]
+    listed = {e.key: (e.version, e.hash) for e in res.entries}
+    out = []
+    for key in sorted(set(model.keys) | set(listed)):
+        try:
+            current = store.get(key)
+        except CastoreError:
+            continue  # damage: get reports it; list names the version last recorded
+        want = (current.version, current.hash) if current.found else None
+        if listed.get(key) != want and key not in res.skipped:
+            out.append(f"list-wrong: {key} listed as {listed.get(key)}, get reads {want}")
+    return out
+
+
 def _check_history(store: Store, model: _Model) -> list[str]:
     out = []
     for key, info in sorted(model.keys.items()):
@@ -609,6 +630,7 @@ def verify(root: str, records: list[Record], *, repair: bool = True) -> Verdict:
         return verdict
     verdict.violations += _check_acked(store, model)
     verdict.violations += _check_history(store, model)
+    verdict.violations += _check_list(store, model)
     report = store.check()
     if not report.ok and repair:
         verdict.repaired = True

@@ -28,7 +28,7 @@ class Namespaces:
         self.layout = layout
         self._keys: dict[str, KeyIndex] = {}
         self._graves: dict[str, Graveyard] = {}
-        self._states: dict[str, StateIndex] = {}
+        self._states: dict[tuple[str, str], StateIndex] = {}
 
     def close(self) -> None:
         """Forget the cached files."""
@@ -56,11 +56,11 @@ class Namespaces:
 
     def state(self, scope: str, namespace: str) -> StateIndex:
         """The state index of a namespace (each key's newest version, for list)."""
-        nsdir = self.layout.ns_dir(scope, namespace)
-        state = self._states.get(nsdir)
+        state = self._states.get((scope, namespace))  # every write: no hashing
         if state is None:
-            path = os.path.join(nsdir, STATE_NAME)
-            state = self._states[nsdir] = StateIndex(path, self.layout.fs, scope, namespace)
+            path = os.path.join(self.layout.ns_dir(scope, namespace), STATE_NAME)
+            state = StateIndex(path, self.layout.fs, scope, namespace)
+            self._states[scope, namespace] = state
         return state
 
     def known(self, scope: str, namespace: str) -> Known:

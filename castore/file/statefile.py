@@ -7,21 +7,26 @@ log. It is never fsynced and is trusted only under these rules:
 * Its first frame, ``T``, names the boot it was written in
   (``/proc/sys/kernel/random/boot_id``). After a reboot, unsynced records
   may have been lost, so a reader trusts nothing of a file from another boot.
-* A writer appends ``P`` (pending: key) before it commits to a key's log and
-  ``S`` (settled: the key's newest entry) after, both under the log's lock.
-  A key whose last record is ``P`` (a write in flight, or a writer that
-  died) or that has no record is read from its log. A process crash keeps
-  every record it appended (the page cache survives it).
-* A reader that reads a key's log while holding the log's *shared* lock (no
-  writer in flight) may append ``S`` for it: that is how the file fills.
-* Appends take the file's shared ``flock`` and check that the file is
-  still linked; a rewrite (a ``L`` snapshot of the settled rows, or an empty
-  file after damage or another boot) takes it exclusively and renames. So no
-  ``P`` is ever lost to a rewrite, and a rewrite drops pending keys (they
-  become unknown, which is safe).
-* Bytes that are not a frame make the whole file untrusted once they are
-  still there under the exclusive lock (an append in flight is not damage);
-  the next reader replaces it with an empty file.
+* Every change to a key's log appends ``P`` (pending: the key) first, under
+  the log's lock. A key whose last record is ``P`` (changed since it was
+  last recorded, or a change in flight) or that has no record is read from
+  its log. A process crash keeps every record it appended (the page cache
+  survives it).
+* A reader that read a key's log while holding the log's *shared* lock (no
+  change in flight) appends ``S`` (settled: the key's newest entry): that is
+  how the file fills. Writers do not (it would cost every write a second
+  append); the next ``list`` after a write reads that key's log once.
+* ``P`` appends hold the file's shared ``flock`` and then check that the
+  file is still linked (``st_nlink``), else append again to the file the
+  path names now; a rewrite (a ``L`` snapshot of the settled rows, or an
+  empty file after damage or another boot) holds it exclusively from its
+  read to its rename. So no ``P`` is lost to a rewrite, and no writer
+  commits while a rewrite could still hide its ``P``; a rewrite drops keys
+  whose last record is ``P`` (they become unknown, which is safe). An ``S``
+  takes no lock: one lost to a rewrite only leaves its key unknown.
+* Bytes that are not a frame, still there after a few re-reads (not an
+  append in flight), or a frame out of place, make the whole file
+  untrusted; the next reader replaces it with an empty file.
 
 Every failure to maintain the file is quiet (a reader then reads the logs),
 except a ``P`` that cannot be appended to a file that exists: that write
@@ -35,6 +40,7 @@ import errno
 import fcntl
 import os
 import threading
+import time
 from typing import Final
 
 import msgspec
@@ -57,7 +63,10 @@ KIND_PENDING: Final = ord("P")
 KIND_SETTLED: Final = ord("S")
 SNAPSHOT_AFTER: Final = 1024  # appended frames beyond max(this, rows) trigger a snapshot
 _BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
-_LOCK_SECONDS: Final = 5.0  # appends and damage checks wait this long for a rewrite
+_LOCK_SECONDS: Final = 5.0  # a P waits this long for a rewrite to finish
+_FRAMES_KEPT: Final = 4096  # P frames a handle keeps encoded
+_RETRIES: Final = 3  # a reader re-reads bytes that are not a frame this often ...
+_RETRY_SECONDS: Final = 0.001  # ... this long apart: an append in flight completes by then
 
 
 class Row(msgspec.Struct, array_like=True, frozen=True):
@@ -70,7 +79,17 @@ class Row(msgspec.Struct, array_like=True, frozen=True):
     updated_at: str = ""
 
 
-_ROW: Final = msgspec.msgpack.Decoder(Row)
+class Settled(msgspec.Struct, array_like=True, frozen=True):
+    """An ``S`` record: a key's newest entry (times in Unix ns; ``hash`` "" for a delete)."""
+
+    key: str
+    version: int
+    hash: str = ""
+    created_ns: int = 0
+    time_ns: int = 0
+
+
+_SETTLED: Final = msgspec.msgpack.Decoder(Settled)
 _ROWS: Final = msgspec.msgpack.Decoder(list[Row])
 _EPOCH: Final = msgspec.msgpack.Decoder(tuple[str, str])
 _ENCODE: Final = msgspec.msgpack.Encoder().encode
@@ -89,13 +108,13 @@ def boot_id() -> str:
     return _boot[0]
 
 
-def row_of(key: str, entry: Entry | None) -> Row | None:
-    """The row of ``key`` whose newest entry is ``entry`` (None: no entry, nothing to say)."""
+def settled_of(key: str, entry: Entry | None) -> Settled | None:
+    """The ``S`` record of ``key`` whose newest entry is ``entry`` (None: nothing to say)."""
     if entry is None or entry.op == OP_DAMAGED:
         return None  # nothing to say, or lost versions: the log says why
     if not entry.live:
-        return Row(key, entry.version)
-    return Row(key, entry.version, entry.hash, rfc3339(entry.created_ns), rfc3339(entry.time_ns))
+        return Settled(key, entry.version)
+    return Settled(key, entry.version, entry.hash, entry.created_ns, entry.time_ns)
 
 
 Known = dict[str, ListEntry | None]
@@ -130,6 +149,7 @@ class StateIndex:
         self._trusted = False
         self._appended = 0
         self._head = b""  # the parsed file's first frame
+        self._pending_frames: dict[str, bytes] = {}  # key -> its P frame
 
     def __del__(self) -> None:
         if self._fd >= 0 and self._pid == os.getpid():
@@ -153,7 +173,12 @@ class StateIndex:
         Raises:
             OSError: the record could not be appended (the caller must not commit).
         """
-        return self._append(encode_frame(KIND_PENDING, key.encode("utf-8")))
+        frame = self._pending_frames.get(key)
+        if frame is None:
+            if len(self._pending_frames) >= _FRAMES_KEPT:
+                self._pending_frames.clear()
+            frame = self._pending_frames[key] = encode_frame(KIND_PENDING, key.encode("utf-8"))
+        return self._append(frame, shared=True)
 
     def discard(self) -> None:
         """Remove the file: a log changed whose key is unknown, so every key must be read.
@@ -166,26 +191,40 @@ class StateIndex:
         self._drop_fd()
 
     def settled(self, key: str, entry: Entry | None) -> None:
-        """Record ``key``'s newest entry after a commit (quietly; losing it is safe)."""
-        row = row_of(key, entry)
+        """Record ``key``'s newest entry, read under its log's shared lock (quietly)."""
+        row = settled_of(key, entry)
         if row is not None:
             with contextlib.suppress(OSError):
-                self._append(encode_frame(KIND_SETTLED, _ENCODE(row)))
+                self._append(encode_frame(KIND_SETTLED, _ENCODE(row)), shared=False)
 
-    def _append(self, frame: bytes) -> bool:
+    def _append(self, frame: bytes, *, shared: bool) -> bool:
+        """Append ``frame`` to the file the path names; False if there is none.
+
+        With ``shared`` (a ``P``), under the file's shared ``flock``, so that
+        it never lands between a rewrite's read and its rename, and checked
+        afterwards: a file no longer linked (a rewrite renamed a new one
+        over it) means: append to the new one. An ``S`` is not checked: one
+        lost with a replaced file only leaves its key unknown.
+        """
         with self._lock:
             for _attempt in range(3):
                 fd = self._append_fd()
                 if fd < 0:
                     return False
-                fileio.lock(fd, self.path, shared=True, timeout=_LOCK_SECONDS)
+                if not shared:
+                    fileio.append(fd, frame, durable=False)
+                    return True
                 try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:  # a rewrite holds it: wait for its rename
+                    fileio.lock(fd, self.path, shared=True, timeout=_LOCK_SECONDS)
+                try:
+                    fileio.append(fd, frame, durable=False)
                     if os.fstat(fd).st_nlink:  # still the file the path names
-                        fileio.append(fd, frame, durable=False)
                         return True
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
-                self._drop_fd_locked()  # replaced by a rewrite: append to the new file
+                self._drop_fd_locked()
             raise OSError(errno.EAGAIN, f"{self.path} kept being replaced")
 
     def _append_fd(self) -> int:
@@ -232,11 +271,12 @@ class StateIndex:
                 os.close(fd)
             return self._known if self._trusted else None
 
-    def _read(self, fd: int, me: str, *, locked: bool = False) -> None:
+    def _read(self, fd: int, me: str, *, patient: bool = True) -> None:
         """Bring the parsed copy up to the end of the file on ``fd``.
 
         Raises:
-            _DamagedError: bytes that are not a frame, still there under the exclusive lock.
+            _DamagedError: bytes that are not a frame (still there after a few
+                re-reads when ``patient``: not an append in flight).
         """
         st = os.fstat(fd)
         head = self._head
@@ -255,12 +295,13 @@ class StateIndex:
         pos = self._parse(fileio.read_at(fd, self._pos, st.st_size - self._pos), self._pos, me)
         if pos == st.st_size:
             return
-        if locked:
-            raise _DamagedError(self.path)
-        with fileio.locked(fd, self.path, timeout=_LOCK_SECONDS):  # an append in flight?
+        for _attempt in range(_RETRIES if patient else 0):  # an append in flight?
+            time.sleep(_RETRY_SECONDS)
             size = os.fstat(fd).st_size
-            if self._parse(fileio.read_at(fd, pos, size - pos), pos, me) < size:
-                raise _DamagedError(self.path)
+            pos = self._parse(fileio.read_at(fd, pos, size - pos), pos, me)
+            if pos == size:
+                return
+        raise _DamagedError(self.path)
 
     def _parse(self, data: bytes, base: int, me: str) -> int:
         """Apply the frames of ``data`` (at file offset ``base``); return where they stop."""
@@ -286,7 +327,12 @@ class StateIndex:
             _DamagedError: a frame out of place (not a file castore wrote).
         """
         if kind == KIND_SETTLED:
-            self._settle(_ROW.decode(payload))
+            got = _SETTLED.decode(payload)
+            if got.hash:
+                created, updated = rfc3339(got.created_ns), rfc3339(got.time_ns)
+                self._settle(Row(got.key, got.version, got.hash, created, updated))
+            else:
+                self._known[got.key] = None
             self._appended += 1
         elif kind == KIND_PENDING:
             self._known.pop(payload.decode("utf-8"), None)
@@ -335,7 +381,12 @@ class StateIndex:
         self._rewrite(snapshot=True)
 
     def _rewrite(self, *, snapshot: bool) -> None:
-        """Rename a new file over this one under its exclusive lock (quietly, if it is free)."""
+        """Rename a new file over this one under its exclusive ``flock`` (quietly, if free).
+
+        The lock, held from the last read to the rename, keeps every ``P``
+        either in what was read or out of the old file (its appender then
+        finds the old file unlinked and appends to the new one).
+        """
         me = boot_id()
         if not me:
             return
@@ -348,7 +399,7 @@ class StateIndex:
                 data = self._epoch(me)
                 if snapshot:
                     try:
-                        self._read(fd, me, locked=True)  # every append so far, none to come
+                        self._read(fd, me, patient=False)
                     except _DamagedError:
                         self._trusted = False
                     if self._trusted:
@@ -356,6 +407,7 @@ class StateIndex:
                 self.fs.atomic_write(self.path, data, durable=False)
             finally:
                 os.close(fd)  # releases the lock, after the rename
+            self._drop_fd_locked()
 
     @staticmethod
     def _epoch(me: str) -> bytes:

@@ -162,16 +162,15 @@ class Writer:
                     index = self.names.key_index(ref.scope, ref.namespace)
                     if ref.key not in index:
                         index.add(ref.key, ref.namespace, durable=self.layout.durable)
-                state = self.names.state(ref.scope, ref.namespace)
-                indexed = state.pending(ref.key)  # before the commit point: may fail it
+                # STATE's P before the commit point (it may fail the write); list reads
+                # the key's log until a reader records its newest version (FORMAT.md §5).
+                self.names.state(ref.scope, ref.namespace).pending(ref.key)
                 log.commit(fd, out.data, size)
             # Committed. A new log's directory entry must be durable too; what follows
             # it is derived data that may be lost quietly and is rebuilt on demand.
             if size == 0 and self.layout.durable:
                 self._sync_new_log_dir(ref, nsdir, out.entries[-1].version)
             newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
-            if indexed:
-                state.settled(ref.key, newest.entry)
             self._after_commit(log.path, fd, out.new_blobs, newest)
             return previous, out.entries
 
@@ -273,8 +272,7 @@ class Writer:
                 base=grave,
                 known=known,
             )
-            state = self.names.state(ref.scope, ref.namespace)
-            indexed = state.pending(ref.key)
+            self.names.state(ref.scope, ref.namespace).pending(ref.key)
             frames = log.replace_locked(head + out.data)
             self._blobs.add_many(
                 [
@@ -287,10 +285,7 @@ class Writer:
             if ref.key not in index:
                 index.add(ref.key, ref.namespace, durable=self.layout.durable)
             self._cache.pop(log.path, None)
-            entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
-            if indexed:
-                state.settled(ref.key, entries[-1] if entries else None)
-            return entries
+            return [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
 
     @contextlib.contextmanager
     def _gc_shared(self) -> Iterator[Callable[[], bool]]:

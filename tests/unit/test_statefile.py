@@ -66,27 +66,26 @@ def root(tmp_path):
     return r
 
 
-def test_the_first_list_creates_and_fills_state_and_writers_keep_it(root, tmp_path):
+def test_the_first_list_creates_and_fills_state_and_writers_mark_their_keys(root, tmp_path):
     assert not os.path.exists(state_path(root))  # no list yet: writers do not create it
     first = listed(root)
     assert [k for k, *_ in first] == ["a", "c"]
-    kinds = [kind for kind, _ in records(root)]
-    assert kinds[0] == "T"
+    assert records(root)[0][0] == "T"
     assert sorted(p[0] for k, p in records(root) if k == "S") == ["a", "b", "c"]
     with Store(root, dag=NS, durable=False) as s:
         s.set("a", 10)
         s.delete("c")
         s.set("d", 4)
-    tail = records(root)[-6:]
-    assert [k for k, _ in tail] == ["P", "S", "P", "S", "P", "S"]
-    assert tail[0] == ("P", "a")
-    assert tail[1][1][:2] == ["a", 2]
-    assert tail[3][1] == ["c", 2, "", "", ""]  # a delete: no hash
+    assert records(root)[-3:] == [("P", "a"), ("P", "c"), ("P", "d")]
     assert listed(root) == from_logs(root, tmp_path)
+    tail = records(root)[-3:]  # the list read those three logs, and recorded them
+    assert [(k, p[:2]) for k, p in tail] == [("S", ["a", 2]), ("S", ["c", 2]), ("S", ["d", 1])]
+    assert tail[1][1] == ["c", 2, "", 0, 0]  # a delete: no hash
     assert [k for k, *_ in listed(root)] == ["a", "d"]
+    assert listed(root) == from_logs(root, tmp_path)
 
 
-def test_a_writer_killed_between_commit_and_settled_leaves_pending(root, tmp_path):
+def test_a_writer_killed_after_its_commit_point_leaves_its_key_pending(root, tmp_path):
     listed(root)
     code = (
         "import sys; from castore import Store; "
@@ -94,12 +93,26 @@ def test_a_writer_killed_between_commit_and_settled_leaves_pending(root, tmp_pat
     )
     env = dict(os.environ, CASTORE_FAILPOINTS="after-append")
     proc = subprocess.run([sys.executable, "-c", code, str(root), NS], env=env, check=False)
-    assert proc.returncode == -9  # killed after its commit point, before STATE's S
+    assert proc.returncode == -9  # killed after its commit point
     assert records(root)[-1] == ("P", "a")
     answer = listed(root)
     assert answer[0][:2] == ("a", 2)  # the committed version, read from the log
     assert answer == from_logs(root, tmp_path)
-    assert records(root)[-1][0] == "S"  # the reader filled it, under the log's lock
+    assert records(root)[-1][0] == "S"  # the reader recorded it, under the log's lock
+
+
+def test_a_writer_killed_before_its_commit_point_leaves_the_old_version(root, tmp_path):
+    listed(root)
+    code = (
+        "import sys; from castore import Store; "
+        "Store(sys.argv[1], dag=sys.argv[2], durable=False).set('a', 99)"
+    )
+    env = dict(os.environ, CASTORE_FAILPOINTS="before-append")
+    proc = subprocess.run([sys.executable, "-c", code, str(root), NS], env=env, check=False)
+    assert proc.returncode == -9
+    answer = listed(root)
+    assert answer[0][:2] == ("a", 1)
+    assert answer == from_logs(root, tmp_path)
 
 
 def test_a_list_cached_by_one_handle_sees_another_handles_writes(root):
@@ -116,9 +129,7 @@ def test_a_state_from_another_boot_is_not_trusted(root, tmp_path):
         s.set("a", 7)
     # The S of a's version 2 "lost" in a crash: STATE says version 1, from a boot long gone.
     stale = encode_frame(statefile.KIND_EPOCH, msgspec.msgpack.encode(["another-boot", "0"]))
-    stale += encode_frame(
-        statefile.KIND_SETTLED, msgspec.msgpack.encode(["a", 1, "0" * 64, "x", "y"])
-    )
+    stale += encode_frame(statefile.KIND_SETTLED, msgspec.msgpack.encode(["a", 1, "0" * 64, 1, 2]))
     with open(state_path(root), "wb") as fh:
         fh.write(stale)
     answer = listed(root)
@@ -131,7 +142,7 @@ def test_a_state_from_another_boot_is_not_trusted(root, tmp_path):
 def test_damaged_state_is_replaced_and_lists_from_the_logs(root, tmp_path, where):
     listed(root)
     with Store(root, dag=NS, durable=False) as s:
-        s.set("a", 8)  # P a, S a at the end
+        s.set("a", 8)  # P a at the end
     size = os.path.getsize(state_path(root))
     offset = {"first": 3, "middle": size // 2, "last": size - 30}[where]
     corrupt(state_path(root), offset)
@@ -167,9 +178,12 @@ def test_many_writes_are_rewritten_as_one_snapshot(root, tmp_path, monkeypatch):
     before = os.path.getsize(state_path(root))
     answer = listed(root)  # notices the crowd and rewrites
     assert os.path.getsize(state_path(root)) < before
-    assert [k for k, _ in records(root)] == ["T", "L"]
-    snapshot = records(root)[1][1]
-    assert [row[0] for row in snapshot] == ["a", "b", "c", "k0", "k1", "k2", "k3", "k4"]
+    kinds = [k for k, _ in records(root)]
+    assert kinds[:2] == ["T", "L"]
+    assert set(kinds[2:]) == {"S"}  # the keys pending at the snapshot, read and recorded
+    snapshot = [row[0] for row in records(root)[1][1]]
+    assert snapshot == ["a", "b", "c"]  # sorted; k0-k4 were pending: dropped, not guessed
+    assert sorted(p[0] for k, p in records(root)[2:]) == ["k0", "k1", "k2", "k3", "k4"]
     assert answer == listed(root) == from_logs(root, tmp_path)
 
 
@@ -236,7 +250,7 @@ def test_a_rewritten_state_with_the_parsed_files_inode_number_is_read_again(root
         else:
             pytest.fail("no padding fits")
         settled = encode_frame(
-            statefile.KIND_SETTLED, msgspec.msgpack.encode(["b", 3, hash_b, "t0", "t1"])
+            statefile.KIND_SETTLED, msgspec.msgpack.encode(["b", 3, hash_b, 1, 2])
         )
         with open(state_path(root), "r+b") as fh:
             fh.truncate(0)
