@@ -9,16 +9,22 @@ one :class:`~castore.file.graves.Graveyard` per namespace directory
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+from castore.errors import RecordError
 from castore.file import logread
+from castore.file.frames import LogBytes
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex, namespace_of
 from castore.file.layout import Layout
-from castore.file.statefile import STATE_NAME, Known, StateIndex
+from castore.file.records import KIND_HEADER, decode_header
+from castore.file.statefile import StateIndex
+from castore.file.staterecords import STATE_NAME, Known
+from castore.file.tree import Tree
 from castore.keys import file_id
 
-__all__ = ["Namespaces"]
+__all__ = ["Namespaces", "pending_rewrite"]
 
 
 class Namespaces:
@@ -135,3 +141,30 @@ class Namespaces:
             if namespace is not None and file_id(namespace) == name:
                 found.append(namespace)
         return sorted(found, key=lambda n: n.encode("utf-8"))
+
+
+def pending_rewrite(fs: Tree, path: str, log: LogBytes) -> None:
+    """Mark the key of the log at ``path``, about to be rewritten, pending in ``STATE``.
+
+    A log whose header does not name its key (damage) makes the namespace's
+    whole ``STATE`` go away instead.
+
+    Raises:
+        OSError: neither could be done (the rewrite must not happen).
+    """
+    key = None
+    for frame in log.frames:
+        if frame.kind == KIND_HEADER:
+            with contextlib.suppress(RecordError):
+                head = decode_header(frame.payload)
+                if file_id(head.key) + ".log" == os.path.basename(path):
+                    key = head.key
+            break
+    state = StateIndex(os.path.join(os.path.dirname(path), STATE_NAME), fs, "", "")
+    try:
+        if key is None:
+            state.discard()
+        else:
+            state.pending(key)
+    finally:
+        state.close()

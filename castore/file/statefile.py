@@ -45,80 +45,33 @@ from typing import Final
 
 import msgspec
 
-from castore.errors import RecordError
 from castore.file import fileio
-from castore.file.frames import LogBytes, encode_frame, frame_at
-from castore.file.records import KIND_HEADER, decode_header
+from castore.file.frames import encode_frame, frame_at
+from castore.file.staterecords import (
+    ENCODE,
+    EPOCH,
+    KIND_EPOCH,
+    KIND_PENDING,
+    KIND_SETTLED,
+    KIND_SNAPSHOT,
+    ROWS,
+    SETTLED,
+    Known,
+    Row,
+    boot_id,
+    settled_of,
+)
 from castore.file.tree import Tree
-from castore.keys import file_id
-from castore.records import OP_DAMAGED, Entry
+from castore.records import Entry
 from castore.results import ListEntry, rfc3339
 
-__all__ = ["STATE_NAME", "Known", "StateIndex", "boot_id", "pending_rewrite"]
+__all__ = ["SNAPSHOT_AFTER", "StateIndex"]
 
-STATE_NAME: Final = "STATE"
-KIND_EPOCH: Final = ord("T")
-KIND_SNAPSHOT: Final = ord("L")
-KIND_PENDING: Final = ord("P")
-KIND_SETTLED: Final = ord("S")
 SNAPSHOT_AFTER: Final = 1024  # appended frames beyond max(this, rows) trigger a snapshot
-_BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
 _LOCK_SECONDS: Final = 5.0  # a P waits this long for a rewrite to finish
 _FRAMES_KEPT: Final = 4096  # P frames a handle keeps encoded
 _RETRIES: Final = 3  # a reader re-reads bytes that are not a frame this often ...
 _RETRY_SECONDS: Final = 0.001  # ... this long apart: an append in flight completes by then
-
-
-class Row(msgspec.Struct, array_like=True, frozen=True):
-    """A key's newest version as ``STATE`` records it; ``hash`` is "" for a delete."""
-
-    key: str
-    version: int
-    hash: str = ""
-    created_at: str = ""
-    updated_at: str = ""
-
-
-class Settled(msgspec.Struct, array_like=True, frozen=True):
-    """An ``S`` record: a key's newest entry (times in Unix ns; ``hash`` "" for a delete)."""
-
-    key: str
-    version: int
-    hash: str = ""
-    created_ns: int = 0
-    time_ns: int = 0
-
-
-_SETTLED: Final = msgspec.msgpack.Decoder(Settled)
-_ROWS: Final = msgspec.msgpack.Decoder(list[Row])
-_EPOCH: Final = msgspec.msgpack.Decoder(tuple[str, str])
-_ENCODE: Final = msgspec.msgpack.Encoder().encode
-
-_boot: list[str] = []
-
-
-def boot_id() -> str:
-    """This machine's boot id ("" where the system has none: then nothing is trusted)."""
-    if not _boot:
-        try:
-            with open(_BOOT_ID_PATH, encoding="ascii") as f:
-                _boot.append(f.read().strip())
-        except (OSError, ValueError):
-            _boot.append("")
-    return _boot[0]
-
-
-def settled_of(key: str, entry: Entry | None) -> Settled | None:
-    """The ``S`` record of ``key`` whose newest entry is ``entry`` (None: nothing to say)."""
-    if entry is None or entry.op == OP_DAMAGED:
-        return None  # nothing to say, or lost versions: the log says why
-    if not entry.live:
-        return Settled(key, entry.version)
-    return Settled(key, entry.version, entry.hash, entry.created_ns, entry.time_ns)
-
-
-Known = dict[str, ListEntry | None]
-"""Key -> its list entry, or None for a key whose newest version is a delete."""
 
 
 class _DamagedError(Exception):
@@ -195,7 +148,7 @@ class StateIndex:
         row = settled_of(key, entry)
         if row is not None:
             with contextlib.suppress(OSError):
-                self._append(encode_frame(KIND_SETTLED, _ENCODE(row)), shared=False)
+                self._append(encode_frame(KIND_SETTLED, ENCODE(row)), shared=False)
 
     def _append(self, frame: bytes, *, shared: bool) -> bool:
         """Append ``frame`` to the file the path names; False if there is none.
@@ -327,7 +280,7 @@ class StateIndex:
             _DamagedError: a frame out of place (not a file castore wrote).
         """
         if kind == KIND_SETTLED:
-            got = _SETTLED.decode(payload)
+            got = SETTLED.decode(payload)
             if got.hash:
                 created, updated = rfc3339(got.created_ns), rfc3339(got.time_ns)
                 self._settle(Row(got.key, got.version, got.hash, created, updated))
@@ -338,10 +291,10 @@ class StateIndex:
             self._known.pop(payload.decode("utf-8"), None)
             self._appended += 1
         elif kind == KIND_SNAPSHOT and start > 0:
-            for row in _ROWS.decode(payload):
+            for row in ROWS.decode(payload):
                 self._settle(row)
         elif kind == KIND_EPOCH and start == 0:
-            self._trusted = _EPOCH.decode(payload)[0] == me
+            self._trusted = EPOCH.decode(payload)[0] == me
         else:
             raise _DamagedError(self.path)
 
@@ -403,7 +356,7 @@ class StateIndex:
                     except _DamagedError:
                         self._trusted = False
                     if self._trusted:
-                        data += encode_frame(KIND_SNAPSHOT, _ENCODE(self._rows()))
+                        data += encode_frame(KIND_SNAPSHOT, ENCODE(self._rows()))
                 self.fs.atomic_write(self.path, data, durable=False)
             finally:
                 os.close(fd)  # releases the lock, after the rename
@@ -412,7 +365,7 @@ class StateIndex:
     @staticmethod
     def _epoch(me: str) -> bytes:
         """The first frame of a new file: this boot's id, and a nonce naming this file."""
-        return encode_frame(KIND_EPOCH, _ENCODE((me, os.urandom(8).hex())))
+        return encode_frame(KIND_EPOCH, ENCODE((me, os.urandom(8).hex())))
 
     def _rows(self) -> list[Row]:
         rows = [
@@ -421,30 +374,3 @@ class StateIndex:
         ]
         rows.sort(key=lambda r: r.key.encode("utf-8"))
         return rows
-
-
-def pending_rewrite(fs: Tree, path: str, log: LogBytes) -> None:
-    """Mark the key of the log at ``path``, about to be rewritten, pending in ``STATE``.
-
-    A log whose header does not name its key (damage) makes the namespace's
-    whole ``STATE`` go away instead.
-
-    Raises:
-        OSError: neither could be done (the rewrite must not happen).
-    """
-    key = None
-    for frame in log.frames:
-        if frame.kind == KIND_HEADER:
-            with contextlib.suppress(RecordError):
-                head = decode_header(frame.payload)
-                if file_id(head.key) + ".log" == os.path.basename(path):
-                    key = head.key
-            break
-    state = StateIndex(os.path.join(os.path.dirname(path), STATE_NAME), fs, "", "")
-    try:
-        if key is None:
-            state.discard()
-        else:
-            state.pending(key)
-    finally:
-        state.close()

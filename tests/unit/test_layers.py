@@ -80,6 +80,7 @@ FILE_LAYERS = {
     "keyindex": 2,
     "graves": 2,
     "blobindex": 2,
+    "staterecords": 1,
     "statefile": 2,
     # the version index; the store's layout; blobs across logs; encoding new versions
     "versionindex": 3,

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from castore import Store
-from castore.file import statefile
+from castore.file import statefile, staterecords
 from castore.file.frames import encode_frame, scan_frames
 from tests.helpers import corrupt, log_path, ns_dir
 
@@ -128,14 +128,16 @@ def test_a_state_from_another_boot_is_not_trusted(root, tmp_path):
     with Store(root, dag=NS, durable=False) as s:
         s.set("a", 7)
     # The S of a's version 2 "lost" in a crash: STATE says version 1, from a boot long gone.
-    stale = encode_frame(statefile.KIND_EPOCH, msgspec.msgpack.encode(["another-boot", "0"]))
-    stale += encode_frame(statefile.KIND_SETTLED, msgspec.msgpack.encode(["a", 1, "0" * 64, 1, 2]))
+    stale = encode_frame(staterecords.KIND_EPOCH, msgspec.msgpack.encode(["another-boot", "0"]))
+    stale += encode_frame(
+        staterecords.KIND_SETTLED, msgspec.msgpack.encode(["a", 1, "0" * 64, 1, 2])
+    )
     with open(state_path(root), "wb") as fh:
         fh.write(stale)
     answer = listed(root)
     assert answer[0][:2] == ("a", 2)
     assert answer == from_logs(root, tmp_path)
-    assert records(root)[0][1][0] == statefile.boot_id()  # replaced by this boot's
+    assert records(root)[0][1][0] == staterecords.boot_id()  # replaced by this boot's
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
@@ -158,7 +160,7 @@ def test_a_damaged_pending_record_never_leaves_an_older_version_listed(root, tmp
     with open(state_path(root), "rb") as fh:
         data = fh.read()
     frames = list(scan_frames(data))
-    pending = [f for f in frames if f.kind == statefile.KIND_PENDING][-1]
+    pending = [f for f in frames if f.kind == staterecords.KIND_PENDING][-1]
     # cut the file after the P frame and flip a byte in it: the S is gone too
     with open(state_path(root), "r+b") as fh:
         fh.truncate(pending.end)
@@ -240,17 +242,17 @@ def test_a_rewritten_state_with_the_parsed_files_inode_number_is_read_again(root
         # end exactly where the reader stopped, then an S for b. Read from there on
         # only, it would keep a as live.
         epoch = encode_frame(
-            statefile.KIND_EPOCH, msgspec.msgpack.encode([statefile.boot_id(), "new"])
+            staterecords.KIND_EPOCH, msgspec.msgpack.encode([staterecords.boot_id(), "new"])
         )
         for pad in range(parsed):
             rows = [["a", 2], ["p" * pad, 0]]
-            snap = encode_frame(statefile.KIND_SNAPSHOT, msgspec.msgpack.encode(rows))
+            snap = encode_frame(staterecords.KIND_SNAPSHOT, msgspec.msgpack.encode(rows))
             if len(epoch) + len(snap) == parsed:
                 break
         else:
             pytest.fail("no padding fits")
         settled = encode_frame(
-            statefile.KIND_SETTLED, msgspec.msgpack.encode(["b", 3, hash_b, 1, 2])
+            staterecords.KIND_SETTLED, msgspec.msgpack.encode(["b", 3, hash_b, 1, 2])
         )
         with open(state_path(root), "r+b") as fh:
             fh.truncate(0)

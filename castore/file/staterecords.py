@@ -1,0 +1,92 @@
+"""The records of a namespace's ``STATE`` file (docs/FORMAT.md §5), and this boot's id.
+
+Frames (:mod:`castore.file.frames`) of four kinds: ``T`` (the boot and a
+nonce naming the file), ``L`` (a snapshot: rows sorted by key), ``P`` (a key
+whose log is about to change) and ``S`` (a key's newest entry). Pure but for
+reading the boot id once per process.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from castore.records import OP_DAMAGED, Entry
+from castore.results import ListEntry
+
+__all__ = [
+    "ENCODE",
+    "EPOCH",
+    "KIND_EPOCH",
+    "KIND_PENDING",
+    "KIND_SETTLED",
+    "KIND_SNAPSHOT",
+    "ROWS",
+    "SETTLED",
+    "STATE_NAME",
+    "Known",
+    "Row",
+    "Settled",
+    "boot_id",
+    "settled_of",
+]
+
+STATE_NAME: Final = "STATE"
+KIND_EPOCH: Final = ord("T")
+KIND_SNAPSHOT: Final = ord("L")
+KIND_PENDING: Final = ord("P")
+KIND_SETTLED: Final = ord("S")
+_BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
+
+
+class Row(msgspec.Struct, array_like=True, frozen=True):
+    """A key's newest version as ``STATE`` records it; ``hash`` is "" for a delete."""
+
+    key: str
+    version: int
+    hash: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+
+
+class Settled(msgspec.Struct, array_like=True, frozen=True):
+    """An ``S`` record: a key's newest entry (times in Unix ns; ``hash`` "" for a delete)."""
+
+    key: str
+    version: int
+    hash: str = ""
+    created_ns: int = 0
+    time_ns: int = 0
+
+
+SETTLED: Final = msgspec.msgpack.Decoder(Settled)
+ROWS: Final = msgspec.msgpack.Decoder(list[Row])
+EPOCH: Final = msgspec.msgpack.Decoder(tuple[str, str])
+ENCODE: Final = msgspec.msgpack.Encoder().encode
+
+_boot: list[str] = []
+
+
+def boot_id() -> str:
+    """This machine's boot id ("" where the system has none: then nothing is trusted)."""
+    if not _boot:
+        try:
+            with open(_BOOT_ID_PATH, encoding="ascii") as f:
+                _boot.append(f.read().strip())
+        except (OSError, ValueError):
+            _boot.append("")
+    return _boot[0]
+
+
+def settled_of(key: str, entry: Entry | None) -> Settled | None:
+    """The ``S`` record of ``key`` whose newest entry is ``entry`` (None: nothing to say)."""
+    if entry is None or entry.op == OP_DAMAGED:
+        return None  # nothing to say, or lost versions: the log says why
+    if not entry.live:
+        return Settled(key, entry.version)
+    return Settled(key, entry.version, entry.hash, entry.created_ns, entry.time_ns)
+
+
+Known = dict[str, ListEntry | None]
+"""Key -> its list entry, or None for a key whose newest version is a delete."""
