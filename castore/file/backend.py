@@ -31,11 +31,10 @@ from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex
 from castore.file.layout import Layout
-from castore.file.namespaces import Namespaces
+from castore.file.namespaces import Namespaces, pending_rewrite
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
 from castore.file.rewrite import Transform
-from castore.file.statefile import pending_rewrite
 from castore.file.tree import Tree
 from castore.file.writer import ReadCache, Writer, stat_sig
 from castore.keys import Ref
