@@ -218,7 +218,11 @@ class FileBackend:
                 fd = log.open()
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # no writer in flight
-                    state.settled(key, log.settled_tail(fd, locked=True).entry)
+                    hit = self._cache.get(log.path)  # list's read, if nothing changed since
+                    if hit is not None and hit[0] == stat_sig(os.fstat(fd)):
+                        state.settled(key, hit[1].entry)
+                    else:
+                        state.settled(key, log.settled_tail(fd, locked=True).entry)
                 finally:
                     os.close(fd)
 

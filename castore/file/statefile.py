@@ -67,7 +67,7 @@ from castore.results import ListEntry, rfc3339
 
 __all__ = ["SNAPSHOT_AFTER", "StateIndex"]
 
-SNAPSHOT_AFTER: Final = 1024  # appended frames beyond max(this, rows) trigger a snapshot
+SNAPSHOT_AFTER: Final = 256  # appended frames beyond max(this, rows / 4) call for a snapshot
 _LOCK_SECONDS: Final = 5.0  # a P waits this long for a rewrite to finish
 _FRAMES_KEPT: Final = 4096  # P frames a handle keeps encoded
 _RETRIES: Final = 3  # a reader re-reads bytes that are not a frame this often ...
@@ -316,7 +316,7 @@ class StateIndex:
 
     def crowded(self) -> bool:
         """True when appended records outnumber the rows enough to call for a snapshot."""
-        return self._appended > max(SNAPSHOT_AFTER, 2 * len(self._known))
+        return self._appended > max(SNAPSHOT_AFTER, len(self._known) // 4)
 
     def create(self) -> None:
         """Make an empty, trusted ``STATE`` if there is none (quietly; the directory must exist)."""
