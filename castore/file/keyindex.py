@@ -18,7 +18,7 @@ harmless. A file without a ``sorted`` line is all tail.
 
 from __future__ import annotations
 
-import contextlib
+import bisect
 import os
 import threading
 
@@ -33,6 +33,7 @@ _SORTED_PREFIX = b"sorted "
 _OFFSET_DIGITS = 20
 _MAX_LINE = 2 * 4096 + 1  # hex of the longest key, and its newline
 _HEX = frozenset(b"0123456789abcdef")
+_SIG_BYTES = 128  # the first bytes of KEYS, part of a handle's check that it is unchanged
 
 
 def _valid(line: bytes) -> bool:
@@ -58,6 +59,7 @@ class _Layout:
 
     def __init__(self, fd: int, size: int) -> None:
         head = fileio.read_at(fd, 0, min(size, len(_NS_PREFIX) + _MAX_LINE + 64))
+        self.head = head[:_SIG_BYTES]  # tells a rewritten file from the one parsed
         first = head.find(b"\n") + 1
         self.namespace_hex = head[len(_NS_PREFIX) : first - 1] if first else b""
         # A file a writer made always starts with its namespace line (FORMAT.md §5).
@@ -114,13 +116,22 @@ class KeyIndex:
         self._ino = 0
         self._tail_pos = 0
         self._tail: set[bytes] = set()  # hex lines seen in the tail
+        self._head = b""  # the first bytes of the file the tail was read from
         self.damaged = False  # a complete line that no writer could have written was read
-        self._every: tuple[tuple[int, int, int, int], list[str]] | None = None  # all keys
+        # every key, with their UTF-8, while the file has this signature
+        self._every: tuple[tuple[int, int, int, int, bytes], list[str], list[bytes]] | None = None
+        self._asked: tuple[tuple[int, int, int, int, bytes], int] | None = None  # a prefix
         self._lock = threading.RLock()
 
     def _refresh_tail(self, fd: int, layout: _Layout, st: os.stat_result) -> None:
-        if st.st_ino != self._ino or self._tail_pos < layout.end or st.st_size < self._tail_pos:
+        if (
+            st.st_ino != self._ino
+            or layout.head != self._head  # a rewrite that got the parsed file's inode number
+            or self._tail_pos < layout.end
+            or st.st_size < self._tail_pos
+        ):
             self._ino, self._tail_pos, self._tail = st.st_ino, layout.end, set()
+            self._head = layout.head
         if st.st_size > self._tail_pos:
             buf = fileio.read_at(fd, self._tail_pos, st.st_size - self._tail_pos)
             complete = buf.rfind(b"\n") + 1  # a line without its newline is still being written
@@ -178,23 +189,41 @@ class KeyIndex:
     def keys(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix`` (byte-wise), in byte-wise order.
 
-        Every key (no prefix) is answered from this handle's copy while the
-        file's inode, size and times are unchanged.
+        A handle keeps the list of every key while the file's inode, size,
+        times and first bytes are unchanged (a rewrite's new file may get
+        the old one's inode number); it answers every list from it, and a
+        prefix from it once the same file was asked for a prefix twice (a
+        one-off prefix reads a few pages of the file instead).
         """
-        sig = None
-        if not prefix:
-            with contextlib.suppress(FileNotFoundError):
-                st = self.fs.stat(self.path)
-                sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            every = self._every
-            if sig is not None and every is not None and every[0] == sig:
-                return list(every[1])
-        found = sorted(self._scan(prefix.encode("utf-8").hex().encode("ascii"), exact=False))
+        sig = self._signature()
+        every = self._every
+        if sig is not None and every is not None and every[0] == sig:
+            return _with_prefix(every[1], every[2], prefix) if prefix else list(every[1])
+        if prefix and (sig is None or self._asked != (sig, 1)):
+            self._asked = (sig, 1) if sig is not None else None
+            found = sorted(self._scan(prefix.encode("utf-8").hex().encode("ascii"), exact=False))
+            keys = [key for key in map(_decode, found) if key is not None]
+            self.damaged |= len(keys) < len(found)
+            return keys
+        found = sorted(self._scan(b"", exact=False))
         keys = [key for key in map(_decode, found) if key is not None]
         self.damaged |= len(keys) < len(found)
-        if sig is not None:
-            self._every = (sig, keys)  # read after the stat: a later change shows in it
-        return list(keys)
+        encoded = [key.encode("utf-8") for key in keys]
+        if sig is not None:  # read after the signature: a later change shows in it
+            self._every = (sig, keys, encoded)
+        return _with_prefix(keys, encoded, prefix) if prefix else list(keys)
+
+    def _signature(self) -> tuple[int, int, int, int, bytes] | None:
+        try:
+            fd = self.fs.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            head = fileio.read_at(fd, 0, _SIG_BYTES)
+        finally:
+            os.close(fd)
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, head)
 
     def add(self, key: str, namespace: str, *, durable: bool) -> None:
         """Append ``key`` (fdatasync when ``durable``); fsync the directory if new.
@@ -246,6 +275,15 @@ class KeyIndex:
             self.path, _header(namespace, head_len + len(body)) + body, durable=durable
         )
         self._ino = 0  # re-read on next use
+
+
+def _with_prefix(keys: list[str], encoded: list[bytes], prefix: str) -> list[str]:
+    """The keys (sorted byte-wise, with their UTF-8) that start with ``prefix``."""
+    want = prefix.encode("utf-8")
+    start = end = bisect.bisect_left(encoded, want)
+    while end < len(encoded) and encoded[end].startswith(want):
+        end += 1
+    return keys[start:end]
 
 
 def namespace_of(keys_path: str, fs: Tree) -> str | None:

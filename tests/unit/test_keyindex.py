@@ -1,3 +1,4 @@
+import os
 import random
 
 from hypothesis import given
@@ -56,3 +57,38 @@ def test_prefix_listing_matches_brute_force(tmp_path_factory, keys, prefix):
     for key in keys:
         index.add(key, "n", durable=False)
     assert index.keys(prefix) == brute(keys, prefix)
+
+
+def test_a_handles_copy_of_every_key_follows_other_handles_changes(tmp_path):
+    path = str(tmp_path / "KEYS")
+    mine, other = KeyIndex(path, UNCONFINED), KeyIndex(path, UNCONFINED)
+    for key in ["a1", "a2", "b1"]:
+        other.add(key, "ns", durable=False)
+    for _ in range(3):  # the second prefix asked of one file builds the copy
+        assert mine.keys("a") == ["a1", "a2"]
+    assert mine.keys() == ["a1", "a2", "b1"]
+    other.add("a0", "ns", durable=False)
+    assert mine.keys("a") == ["a0", "a1", "a2"]
+    other.remove({"a1"}, durable=False)  # a rewrite: a new file
+    assert mine.keys("a") == ["a0", "a2"]
+    assert mine.keys() == ["a0", "a2", "b1"]
+    assert mine.keys("zz") == []
+
+
+def test_a_rewrite_with_the_same_size_and_inode_is_read_again(tmp_path):
+    # A rewrite's new file may get the old one's inode number; with the same size
+    # and times (one clock tick), only the bytes tell them apart.
+    path = tmp_path / "KEYS"
+    index = KeyIndex(str(path), UNCONFINED)
+    for key in ["aa", "ab"]:
+        index.add(key, "ns", durable=False)
+    assert index.keys() == ["aa", "ab"]
+    before = path.stat()
+    data = path.read_bytes()
+    with open(path, "r+b") as fh:  # same inode, same size: "ab" becomes "ac"
+        fh.write(data.replace(b"6162", b"6163"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    signature = index._signature()
+    assert signature is not None
+    assert signature[:3] == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert index.keys() == ["aa", "ac"]
