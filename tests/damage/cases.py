@@ -49,7 +49,7 @@ __all__ = [
     "sample_cases",
 ]
 
-FILE_KINDS: Final = ("FORMAT", "KEYS", "GRAVES", "log", "vix", "idx")
+FILE_KINDS: Final = ("FORMAT", "KEYS", "GRAVES", "STATE", "log", "vix", "idx")
 SHAPES: Final = ("xor01", "xorff", "zero", "trunc")
 CASE_TIMEOUT_SECONDS: Final = 60.0  # a case takes well under a second: longer is a hang
 
@@ -70,7 +70,7 @@ def file_label(rel: str) -> tuple[str, str]:
         return ext[1:], f"{ext[1:]}:{owner}"
     if ext == ".idx":
         return "idx", f"idx:{stem}"
-    if name in ("FORMAT", "KEYS", "GRAVES"):
+    if name in ("FORMAT", "KEYS", "GRAVES", "STATE"):
         return name, name
     return "other", rel
 
