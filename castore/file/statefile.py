@@ -16,14 +16,16 @@ log. It is never fsynced and is trusted only under these rules:
   change in flight) appends ``S`` (settled: the key's newest entry): that is
   how the file fills. Writers do not (it would cost every write a second
   append); the next ``list`` after a write reads that key's log once.
-* ``P`` appends hold the file's shared ``flock`` and then check that the
-  file is still linked (``st_nlink``), else append again to the file the
-  path names now; a rewrite (a ``L`` snapshot of the settled rows, or an
-  empty file after damage or another boot) holds it exclusively from its
-  read to its rename. So no ``P`` is lost to a rewrite, and no writer
-  commits while a rewrite could still hide its ``P``; a rewrite drops keys
-  whose last record is ``P`` (they become unknown, which is safe). An ``S``
-  takes no lock: one lost to a rewrite only leaves its key unknown.
+* Appends hold the file's exclusive ``flock`` (a few µs), check that the
+  file is still linked (``st_nlink``, else append to the file the path
+  names now), write the frame at the end, then the new length into the
+  first 8 bytes. A rewrite (a ``L`` snapshot of the settled rows, or an
+  empty file after damage or another boot) holds the lock from its read to
+  its rename. So no ``P`` is lost to a rewrite, and no change commits while
+  a rewrite could still hide its ``P``; a rewrite drops keys whose last
+  record is ``P`` (they become unknown, which is safe).
+* A file shorter than the length its first 8 bytes record lost appended
+  records (a cut, which could have removed a ``P``): it is not trusted.
 * Bytes that are not a frame, still there after a few re-reads (not an
   append in flight), or a frame out of place, make the whole file
   untrusted; the next reader replaces it with an empty file.
@@ -39,6 +41,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import struct
 import threading
 import time
 from typing import Final
@@ -70,6 +73,7 @@ __all__ = ["SNAPSHOT_AFTER", "StateIndex"]
 SNAPSHOT_AFTER: Final = 256  # appended frames beyond max(this, rows / 4) call for a snapshot
 _LOCK_SECONDS: Final = 5.0  # a P waits this long for a rewrite to finish
 _FRAMES_KEPT: Final = 4096  # P frames a handle keeps encoded
+LENGTH: Final = struct.Struct("<Q")  # the first 8 bytes: the length after the last append
 _RETRIES: Final = 3  # a reader re-reads bytes that are not a frame this often ...
 _RETRY_SECONDS: Final = 0.001  # ... this long apart: an append in flight completes by then
 
@@ -131,7 +135,7 @@ class StateIndex:
             if len(self._pending_frames) >= _FRAMES_KEPT:
                 self._pending_frames.clear()
             frame = self._pending_frames[key] = encode_frame(KIND_PENDING, key.encode("utf-8"))
-        return self._append(frame, shared=True)
+        return self._append(frame)
 
     def discard(self) -> None:
         """Remove the file: a log changed whose key is unknown, so every key must be read.
@@ -148,32 +152,31 @@ class StateIndex:
         row = settled_of(key, entry)
         if row is not None:
             with contextlib.suppress(OSError):
-                self._append(encode_frame(KIND_SETTLED, ENCODE(row)), shared=False)
+                self._append(encode_frame(KIND_SETTLED, ENCODE(row)))
 
-    def _append(self, frame: bytes, *, shared: bool) -> bool:
+    def _append(self, frame: bytes) -> bool:
         """Append ``frame`` to the file the path names; False if there is none.
 
-        With ``shared`` (a ``P``), under the file's shared ``flock``, so that
-        it never lands between a rewrite's read and its rename, and checked
-        afterwards: a file no longer linked (a rewrite renamed a new one
-        over it) means: append to the new one. An ``S`` is not checked: one
-        lost with a replaced file only leaves its key unknown.
+        Under the file's exclusive ``flock`` (appends are a few µs; a rewrite
+        holds it from its read to its rename, so nothing lands in between),
+        on the file the path still names (a replaced one is unlinked: then
+        the new one), and followed by the new length in the first 8 bytes:
+        a file shorter than that lost appended records (a cut).
         """
         with self._lock:
             for _attempt in range(3):
                 fd = self._append_fd()
                 if fd < 0:
                     return False
-                if not shared:
-                    fileio.append(fd, frame, durable=False)
-                    return True
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:  # a rewrite holds it: wait for its rename
-                    fileio.lock(fd, self.path, shared=True, timeout=_LOCK_SECONDS)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another append, or a rewrite: wait for it
+                    fileio.lock(fd, self.path, timeout=_LOCK_SECONDS)
                 try:
-                    fileio.append(fd, frame, durable=False)
-                    if os.fstat(fd).st_nlink:  # still the file the path names
+                    st = os.fstat(fd)
+                    if st.st_nlink:  # still the file the path names
+                        _pwrite_all(fd, frame, st.st_size)
+                        os.pwrite(fd, LENGTH.pack(st.st_size + len(frame)), 0)
                         return True
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -185,7 +188,7 @@ class StateIndex:
             self._fd, self._pid = -1, os.getpid()
         if self._fd < 0:
             try:
-                self._fd = self.fs.open(self.path, os.O_WRONLY | os.O_APPEND)
+                self._fd = self.fs.open(self.path, os.O_WRONLY)
             except FileNotFoundError:
                 return -1
         return self._fd
@@ -231,17 +234,19 @@ class StateIndex:
             _DamagedError: bytes that are not a frame (still there after a few
                 re-reads when ``patient``: not an append in flight).
         """
-        st = os.fstat(fd)
-        head = self._head
+        top = fileio.read_at(fd, 0, LENGTH.size + len(self._head))
+        st = os.fstat(fd)  # after the length: an append in flight only makes the file longer
+        if len(top) < LENGTH.size or LENGTH.unpack_from(top)[0] > st.st_size:
+            raise _DamagedError(self.path)  # appended records were cut off
         if (
             st.st_ino != self._ino
             or st.st_size < self._pos
             # A rewrite renames a new file over this one, and the new file may get
             # the inode number of the one parsed (numbers are reused at once): its
             # first frame, unique to each file, tells them apart.
-            or (head and fileio.read_at(fd, 0, len(head)) != head)
+            or top[LENGTH.size :] != self._head
         ):
-            self._ino, self._pos, self._known, self._appended = st.st_ino, 0, {}, 0
+            self._ino, self._pos, self._known, self._appended = st.st_ino, LENGTH.size, {}, 0
             self._trusted, self._head = False, b""
         if st.st_size == self._pos:
             return
@@ -269,7 +274,7 @@ class StateIndex:
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
                 raise _DamagedError(self.path) from exc  # checksummed, yet not ours
             if frame.kind == KIND_EPOCH:
-                self._head = data[: frame.end]
+                self._head = data[frame.start - base : frame.end - base]
             self._pos = frame.end
         return base + at
 
@@ -290,10 +295,10 @@ class StateIndex:
         elif kind == KIND_PENDING:
             self._known.pop(payload.decode("utf-8"), None)
             self._appended += 1
-        elif kind == KIND_SNAPSHOT and start > 0:
+        elif kind == KIND_SNAPSHOT and start > LENGTH.size:
             for row in ROWS.decode(payload):
                 self._settle(row)
-        elif kind == KIND_EPOCH and start == 0:
+        elif kind == KIND_EPOCH and start == LENGTH.size:
             self._trusted = EPOCH.decode(payload)[0] == me
         else:
             raise _DamagedError(self.path)
@@ -323,7 +328,7 @@ class StateIndex:
         me = boot_id()
         if me:
             with contextlib.suppress(OSError):
-                self.fs.create_once(self.path, self._epoch(me))
+                self.fs.create_once(self.path, _whole(self._epoch(me)))
 
     def reset(self) -> None:
         """Replace the file with an empty one (after damage, or from another boot)."""
@@ -357,7 +362,7 @@ class StateIndex:
                         self._trusted = False
                     if self._trusted:
                         data += encode_frame(KIND_SNAPSHOT, ENCODE(self._rows()))
-                self.fs.atomic_write(self.path, data, durable=False)
+                self.fs.atomic_write(self.path, _whole(data), durable=False)
             finally:
                 os.close(fd)  # releases the lock, after the rename
             self._drop_fd_locked()
@@ -374,3 +379,15 @@ class StateIndex:
         ]
         rows.sort(key=lambda r: r.key.encode("utf-8"))
         return rows
+
+
+def _whole(body: bytes) -> bytes:
+    """A new file's bytes: its length, then ``body``."""
+    return LENGTH.pack(LENGTH.size + len(body)) + body
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

@@ -133,7 +133,7 @@ def test_a_state_from_another_boot_is_not_trusted(root, tmp_path):
         staterecords.KIND_SETTLED, msgspec.msgpack.encode(["a", 1, "0" * 64, 1, 2])
     )
     with open(state_path(root), "wb") as fh:
-        fh.write(stale)
+        fh.write(statefile.LENGTH.pack(8 + len(stale)) + stale)
     answer = listed(root)
     assert answer[0][:2] == ("a", 2)
     assert answer == from_logs(root, tmp_path)
@@ -167,6 +167,23 @@ def test_a_damaged_pending_record_never_leaves_an_older_version_listed(root, tmp
     corrupt(state_path(root), pending.start + 6)
     answer = listed(root)
     assert answer[0][:2] == ("a", 2)
+    assert answer == from_logs(root, tmp_path)
+
+
+@pytest.mark.parametrize("cut", ["pending", "all appended"])
+def test_a_state_cut_at_a_frame_boundary_is_not_trusted(root, tmp_path, cut):
+    """A cut that removes a P leaves intact frames only: the recorded length tells."""
+    listed(root)
+    listed(root)  # fills, then a snapshot-free file of T and S frames
+    with Store(root, dag=NS, durable=False) as s:
+        s.set("a", 8)  # P a at the end
+    with open(state_path(root), "rb") as fh:
+        frames = list(scan_frames(fh.read()))
+    end = frames[-2].end if cut == "pending" else frames[0].end
+    with open(state_path(root), "r+b") as fh:
+        fh.truncate(end)
+    answer = listed(root)
+    assert answer[0][:2] == ("a", 2)  # not the version the cut-off P hid
     assert answer == from_logs(root, tmp_path)
 
 
@@ -247,14 +264,15 @@ def test_a_rewritten_state_with_the_parsed_files_inode_number_is_read_again(root
         for pad in range(parsed):
             rows = [["a", 2], ["p" * pad, 0]]
             snap = encode_frame(staterecords.KIND_SNAPSHOT, msgspec.msgpack.encode(rows))
-            if len(epoch) + len(snap) == parsed:
+            if 8 + len(epoch) + len(snap) == parsed:
                 break
         else:
             pytest.fail("no padding fits")
         settled = encode_frame(
             staterecords.KIND_SETTLED, msgspec.msgpack.encode(["b", 3, hash_b, 1, 2])
         )
+        body = epoch + snap + settled
         with open(state_path(root), "r+b") as fh:
             fh.truncate(0)
-            fh.write(epoch + snap + settled)
+            fh.write(statefile.LENGTH.pack(8 + len(body)) + body)
         assert [(e.key, e.version) for e in reader.list().entries] == [("b", 3), ("c", 1)]
