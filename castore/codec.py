@@ -102,9 +102,13 @@ def _checked(out: bytes) -> bytes:
 
 def _escape(out: bytes, *, html: bool) -> bytes:
     # msgspec already escapes like Go except for these; outside strings they cannot occur.
-    for char, escaped in (_HTML_ESCAPES + _JS_ESCAPES) if html else _JS_ESCAPES:
+    for char, escaped in _HTML_ESCAPES if html else ():
         if char in out:
             out = out.replace(char, escaped)
+    if b"\xe2" in out:  # U+2028 and U+2029 start with it: one search, not two, when absent
+        for char, escaped in _JS_ESCAPES:
+            if char in out:
+                out = out.replace(char, escaped)
     return out
 
 

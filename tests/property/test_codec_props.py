@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castore import codec, jsonparse
+from castore import codec, fastjson, jsonparse
 from castore.codec import (
     decode_value,
     encode_string,
@@ -16,6 +16,7 @@ from castore.codec import (
     normalize_python,
 )
 from castore.errors import InvalidValueError, ValueTooLargeError
+from castore.pyvalues import NumberLiteral
 
 # --- independent reference models --------------------------------------------------------
 
@@ -274,6 +275,52 @@ def test_depth_limit_counts_only_brackets_outside_strings(depth):
 
 # --- the fast path (castore/fastjson.py) against the exact path ------------------------------
 
+
+class Text(str):
+    pass
+
+
+class Whole(int):
+    pass
+
+
+class Real(float):
+    pass
+
+
+class Mapping(dict[Any, Any]):
+    pass
+
+
+class Items(list[Any]):
+    pass
+
+
+class Holder:
+    pass
+
+
+def general_table(items: dict[Any, Any]) -> dict[Any, Any]:
+    """The same items in a dict that once held a non-str key (CPython's general table)."""
+    made: dict[Any, Any] = {0: None}
+    del made[0]
+    made.update(items)
+    return made
+
+
+def instance_dict(items: dict[Any, Any]) -> dict[Any, Any]:
+    """The same items in an instance ``__dict__`` (a split table while its keys are str)."""
+    holder = Holder()
+    holder.__dict__.update(items)
+    return holder.__dict__
+
+
+go_floats = st.sampled_from(
+    [
+        *(1.0, -1.0, 0.0, -0.0, 1e15, 123456789012345.0, 1e15 + 2, 2.0**53, 1e16 - 2, 1e16),
+        *(1e20, 1e21, 1e300, 1e-4, -1e-4, 9.99e-5, 1e-5, 1e-6, 1e-7, 5e-324, 2.5e-300, 0.1),
+    ]
+)
 odd_python = (
     st.floats()  # NaN and infinities included
     | st.sets(st.integers(), max_size=3)
@@ -282,9 +329,59 @@ odd_python = (
     | st.integers(min_value=2**63, max_value=2**200)
     | st.text(any_chars, max_size=6)  # lone surrogates
     | st.dictionaries(st.integers(), st.integers(), max_size=2)
-    | st.sampled_from([1.0, -0.0, 1e16, 1e20, 1e21, 1e-5, 1e-6, 1e-7, 5e-324, 0.1])
+    | go_floats
+    | st.integers(-(2**60), 2**60).map(float)  # integral, some past 1e15
+    | st.builds(Text, keys)
+    | st.builds(Whole, st.integers())
+    | st.builds(Real, finite_floats)
+    | number_literals.map(NumberLiteral)
+    | st.sampled_from([b"x", 1j, Ellipsis, frozenset(), Holder(), "\u2028<&>", '"\\"1.0'])
 )
-any_python = json_values(plain_scalars | finite_floats | odd_python)
+any_keys = keys | st.integers() | st.builds(Text, keys) | st.sampled_from([None, 1.5, True, ()])
+
+
+def any_containers(kids: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    str_keyed = st.dictionaries(keys, kids, max_size=4)
+    return (
+        st.lists(kids, max_size=4)
+        | st.lists(kids, max_size=4).map(tuple)
+        | str_keyed
+        | str_keyed.map(general_table)
+        | str_keyed.map(instance_dict)
+        | st.dictionaries(any_keys, kids, max_size=3)
+        | st.dictionaries(any_keys, kids, max_size=3).map(general_table)
+        | st.dictionaries(any_keys, kids, max_size=3).map(instance_dict)
+        | str_keyed.map(Mapping)
+        | st.lists(kids, max_size=3).map(Items)
+        | st.builds(lambda kid, count: [kid] * count, kids, st.integers(0, 3))  # shared
+        | st.builds(lambda kid: {"a": kid, "b": (kid, [kid])}, kids)
+    )
+
+
+any_python = st.recursive(plain_scalars | finite_floats | odd_python, any_containers, max_leaves=20)
+plain_python_values = st.recursive(
+    plain_scalars | finite_floats | go_floats,
+    lambda kids: st.one_of(
+        st.lists(kids, max_size=4),
+        st.lists(kids, max_size=4).map(tuple),
+        st.dictionaries(keys, kids, max_size=4),
+        st.dictionaries(keys, kids, max_size=4).map(general_table),
+        st.dictionaries(keys, kids, max_size=4).map(instance_dict),
+        st.builds(lambda kid, count: [kid] * count, kids, st.integers(0, 3)),
+    ),
+    max_leaves=30,
+)
+
+
+def is_plain(value: Any) -> bool:
+    """The reference: exact types, str keys, finite floats (small values: no limits)."""
+    if type(value) is float:
+        return math.isfinite(value)
+    if type(value) in (str, int, bool, type(None)):
+        return True
+    if type(value) is dict:
+        return all(type(key) is str for key in value) and all(map(is_plain, value.values()))
+    return type(value) in (list, tuple) and all(map(is_plain, value))
 
 
 def outcome(call: Any, value: Any) -> bytes | type[Exception]:
@@ -307,3 +404,101 @@ def test_the_fast_json_path_gives_the_exact_paths_bytes(value):
     except (TypeError, ValueError):
         return  # not JSON text
     assert outcome(normalize_json, text) == outcome(codec._exact_json, text)
+
+
+@given(any_python)
+def test_the_fast_python_path_takes_only_plain_values(value):
+    if not is_plain(value):
+        assert fastjson._walk(value)[0] == -1
+        assert fastjson.plain_python(value) is None
+
+
+@given(plain_python_values)
+def test_the_fast_python_path_takes_every_small_plain_value(value):
+    out = fastjson.plain_python(value)
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        assert out is None  # a lone surrogate: the exact path replaces it
+        return
+    assert out is not None
+    assert codec._checked(out) == codec._exact_python(value)
+    odd, references = fastjson._walk(value)
+    assert odd in (0, 1)
+    if not odd:
+        assert out == fastjson._ENCODER.encode(value)
+    assert out.count(b"[") + out.count(b"{") <= len(out) - references - 1  # _too_big's bound
+
+
+odd_keys = st.builds(Text, keys) | st.sampled_from([0, None, 1.5, True, (), ("t", 1)])
+
+
+@given(plain_python_values, odd_keys, st.sampled_from([dict, general_table, instance_dict]))
+def test_a_key_that_is_not_a_str_anywhere_leaves_the_fast_path(value, key, table):
+    # msgspec refuses most (sorting needs str keys) and writes a str subclass as its str,
+    # as the exact path does; the walk turns them all away itself.
+    odd = table({key: value})
+    for _ in range(3):
+        assert fastjson._walk(odd)[0] == -1
+        assert fastjson.plain_python(odd) is None
+        assert outcome(normalize_python, odd) == outcome(codec._exact_python, odd)
+        odd = [value, {"k": odd, "v": value}]
+
+
+@given(any_python)
+def test_go_floats_rewrites_only_the_numbers(value):
+    try:
+        out = fastjson._ENCODER.encode(value)
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+        return
+    if b"NaN" in out or b"Infinity" in out:
+        return  # not from a plain value
+    assert fastjson._go_floats(out) == fastjson._go_floats_by_tokens(out)
+
+
+@pytest.mark.parametrize(
+    ("opener", "closer"), [(b"", b""), (b"[" * 100, b"]" * 100), (b"[" * 3000, b"]" * 3000)]
+)
+def test_go_floats_on_deep_values_and_long_integers(opener, closer):
+    long = b"9" * 5000  # past sys.get_int_max_str_digits()
+    out = opener + b'[1.0,"1.0",1e16,[-0.0],' + long + b"]" + closer
+    expected = opener + b'[1,"1.0",10000000000000000,[-0],' + long + b"]" + closer
+    assert fastjson._go_floats(out) == expected == fastjson._go_floats_by_tokens(out)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [{"a": 1}, general_table({1: 2})],
+        [[{"a": 1, "b": [1.5]}], {"k": {Text("s"): 1}}],
+        {"x": [0, instance_dict({"a": 1, 2: 3})]},
+        [general_table({"a": 1, "b": {None: 1}})],
+        [{"a": 1}, 2, "s", [3], general_table({"a": 1}), {"b": (1, {1.5: 2})}],
+        [[[[[[float("nan")]]]]]],
+        [[[[[[float("-inf")]]]]]],
+        [1e308, 1e308],  # a sum that overflows: still finite
+        [0.5, Real(0.5)],
+        {"a": [Whole(1)]},
+        {"a": (1, [NumberLiteral("1.50")])},
+        Mapping(a=1),
+        [Items([1])],
+    ],
+)
+def test_the_fast_path_on_odd_tables_and_types(value):
+    assert outcome(normalize_python, value) == outcome(codec._exact_python, value)
+    assert (fastjson.plain_python(value) is None) == (not is_plain(value))
+
+
+@pytest.mark.parametrize(
+    ("value", "fast"),
+    [
+        (["[" * codec.MAX_DEPTH], False),  # brackets in strings count: the exact path decides
+        (["[" * (codec.MAX_DEPTH - 1)], True),
+        ([[]] * 9_000 + ["{" * 999], True),
+        ([[]] * 9_000 + ["{" * 1_000], False),
+        ("[" * 20_000, False),
+    ],
+)
+def test_the_bracket_count_of_the_fast_path(value, fast):
+    assert (fastjson.plain_python(value) is not None) == fast
+    assert outcome(normalize_python, value) == outcome(codec._exact_python, value)
