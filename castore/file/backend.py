@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, Progress
 from castore.errors import CorruptionError, NotFoundError
-from castore.file import logread
+from castore.file import logread, versionindex
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.damage import damaged_error
@@ -97,6 +97,7 @@ class FileBackend:
         self._logs: dict[Ref, RefLog] = {}
         self._cache: ReadCache = {}
         self._writer = Writer(self.layout, self.names, self._blobs, self.blob_reader, self._cache)
+        self.kept_readers = versionindex.KeptReaders()  # logs kept open for version reads
 
     # -- the parts, as maintenance reaches them ----------------------------------------
 
@@ -129,6 +130,7 @@ class FileBackend:
         """Drop cached state; close the cached directory descriptors (see ``Store.close``)."""
         self._cache.clear()
         self._logs.clear()
+        self.kept_readers.close()
         self._writer.close()
         self.names.close()
         self.layout.close()
@@ -256,23 +258,19 @@ class FileBackend:
             NotFoundError: the version was dropped by compaction.
             CorruptionError: the value fails verification.
         """
-        log = self.log(ref)
-        try:
-            fd = log.open()
-        except FileNotFoundError:
-            fd = -1
-        try:
-            entry = log.entry_of(fd, version) if fd >= 0 else None
-            if entry is None and version <= self.graveyard(ref.scope, ref.namespace).version_of(
-                ref.key
-            ):
-                raise NotFoundError(
-                    f"{ref} version {version} was compacted (the key was removed as deleted)"
-                )
-            return entry, self.blob_reader.value_of(ref, entry, None, fd)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        log = self._logs.get(ref) or self.log(ref)
+        kept, found = self.kept_readers.entry(self.layout.fs, log.path, version)
+        fd = kept.fd if kept is not None else -1  # open while ``kept`` is referenced
+        if found is not None:
+            return found[0], self.blob_reader.value_of(ref, found[0], found[1], fd)
+        entry = log.entry_of(fd, version) if fd >= 0 else None
+        if entry is None and version <= self.graveyard(ref.scope, ref.namespace).version_of(
+            ref.key
+        ):
+            raise NotFoundError(
+                f"{ref} version {version} was compacted (the key was removed as deleted)"
+            )
+        return entry, self.blob_reader.value_of(ref, entry, None, fd)
 
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
         """Entries with version < ``before``, newest first, at most ``limit`` (0 = all)."""

@@ -15,12 +15,23 @@ about the newest version).
 from __future__ import annotations
 
 import os
+import struct
+import threading
 from typing import NamedTuple
+
+from blake3 import blake3
 
 from castore.errors import RecordError
 from castore.file import fileio
 from castore.file.damage import REPAIR_HINT, damage_windows, marker
-from castore.file.frames import FRAME_OVERHEAD, LogBytes, classify, frame_at, last_frame
+from castore.file.frames import (
+    CHECKSUM_BYTES,
+    FRAME_OVERHEAD,
+    LogBytes,
+    classify,
+    frame_at,
+    last_frame,
+)
 from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
@@ -40,6 +51,7 @@ __all__ = [
     "compacted_versions",
     "compaction_of",
     "damage_after",
+    "entry_and_blob",
     "entry_at",
     "header_of",
     "history_by_scan",
@@ -50,6 +62,9 @@ __all__ = [
 
 _NOT_ENTRIES = (KIND_BLOB, KIND_HEADER, KIND_COMPACTED)
 TAIL_READ_BYTES = 4096  # one page: holds the newest entry and, usually, its blob
+_HEAD = struct.Struct("<IB")  # a frame's length and kind
+_U32 = struct.Struct("<I")
+_hashers = threading.local()  # ``blake3``: one hasher per thread, reset before each use
 
 
 class Tail(NamedTuple):
@@ -209,6 +224,71 @@ def entry_at(fd: int, offset: int) -> tuple[Entry, int] | None:
     if frame is None or frame.kind != KIND_ENTRY:
         return None
     return decode_entry(frame.payload), frame.end
+
+
+def entry_and_blob(
+    fd: int, offset: int, version: int, start: int, end: int
+) -> tuple[Entry, bytes | None] | None:
+    """The entry of ``version`` whose ``E`` frame starts at ``offset``, and its blob's payload.
+
+    One read takes the bytes from ``start`` to ``end``: the caller's guess at
+    where the entry's ``B`` frame begins (they are written together, FORMAT.md
+    §6) and the entry frame ends. Both frames are verified as
+    :func:`~castore.file.frames.frame_at` does (lengths, checksum), then their
+    kind, the entry's version and the blob frame's extent; the blob's payload
+    still has to pass :func:`~castore.file.records.decode_blob` (digest field,
+    sha256). The blob is None when it is not in the bytes read (a value seen
+    before, a larger frame): the blob reader then reads it.
+
+    Returns:
+        None when no intact ``E`` frame of ``version`` starts at ``offset``.
+
+    Raises:
+        RecordError: when a checksummed record does not decode.
+    """
+    buf = os.pread(fd, end - start, start)  # a short read fails the checks below
+    frame = _frame_in(buf, offset - start)
+    if frame is None:  # longer than the read, or not a frame
+        found = entry_at(fd, offset)
+        return (found[0], None) if found is not None and found[0].version == version else None
+    if frame[0] != KIND_ENTRY:
+        return None
+    entry = decode_entry(frame[1])
+    if entry.version != version:
+        return None
+    loc = entry.blob
+    if loc is None or loc.log or loc.offset < start:
+        return entry, None
+    at = loc.offset - start
+    blob = _frame_in(buf, at)
+    if blob is None or blob[0] != KIND_BLOB or blob[2] != at + loc.length:
+        return entry, None  # the blob reader looks further (and reports damage)
+    return entry, blob[1]
+
+
+def _frame_in(buf: bytes, at: int) -> tuple[int, bytes, int] | None:
+    """``(kind, payload, end)`` of the frame at ``at`` in ``buf`` if it is intact, else None.
+
+    :func:`~castore.file.frames.frame_at`'s checks (both lengths, the
+    checksum) with fewer copies, on this thread's reused hasher (a new one
+    costs more than hashing a small frame): the warm get at a version.
+    """
+    if at < 0 or at + FRAME_OVERHEAD > len(buf):
+        return None
+    length, kind = _HEAD.unpack_from(buf, at)
+    end = at + FRAME_OVERHEAD + length
+    if end > len(buf) or _U32.unpack_from(buf, end - 4)[0] != length:
+        return None
+    body = buf[at : at + 5 + length]
+    try:
+        hasher = _hashers.blake3
+    except AttributeError:
+        hasher = _hashers.blake3 = blake3()
+    hasher.reset()  # first: a call interrupted mid-way leaves nothing behind
+    hasher.update(body)
+    if hasher.digest(CHECKSUM_BYTES) != buf[end - 4 - CHECKSUM_BYTES : end - 4]:
+        return None
+    return kind, body[5:], end
 
 
 def compaction_of(fd: int) -> Compaction | None:
