@@ -14,13 +14,14 @@ import random
 import shutil
 import threading
 import weakref
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from castore import CorruptionError, NotFoundError, Store
-from castore.file import blobs, logread, versionindex
+from castore.file import blobs, logread, records, versionindex
 from castore.file.frames import encode_frame, frame_at
 from castore.file.records import CODEC_ZSTD, KIND_BLOB, KIND_ENTRY, decode_entry
 from tests.helpers import file_backend, frames_of, ref_log_path
@@ -53,29 +54,29 @@ def kept_paths(store: Store) -> list[str]:
     return sorted(readers(store)._kept)
 
 
-def open_below(root) -> list[str]:
+def open_below(root: str | os.PathLike[str]) -> list[str]:
     """Files and directories below ``root`` this process has descriptors on.
 
     The root itself is left out: a handle keeps it open until it is dropped.
     """
-    root = os.path.realpath(root)
+    real = os.path.realpath(root)
     out = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(root + "/"):
+        if target.startswith(real + "/"):
             out.append(target)
     return out
 
 
-def open_store_files(root) -> list[str]:
+def open_store_files(root: str | os.PathLike[str]) -> list[str]:
     """Logs and version indexes below ``root`` this process has descriptors on."""
     return [path for path in open_below(root) if path.endswith((".log", ".vix"))]
 
 
-def frames_of_version(path: str, version: int):
+def frames_of_version(path: str, version: int) -> tuple[Any, Any]:
     """The ``E`` frame of ``version`` and its ``B`` frame (None if elsewhere)."""
     frames = frames_of(path)[0]
     for frame in frames:
@@ -98,11 +99,14 @@ def test_warm_gets_read_through_one_kept_log(store, monkeypatch):
     fill(store, "k", 300)
     warm(store, "k", 7)
     kept = readers(store)._kept[ref_log_path(store, "k")]
-    opened = []
+    opened: list[str] = []
     real_open = file_backend(store).fs.open
-    monkeypatch.setattr(
-        file_backend(store).fs, "open", lambda p, f: opened.append(p) or real_open(p, f)
-    )
+
+    def spying_open(path: str, flags: int) -> int:
+        opened.append(path)
+        return real_open(path, flags)
+
+    monkeypatch.setattr(file_backend(store).fs, "open", spying_open)
     for version in random.Random(1).sample(range(1, 301), 100):
         assert store.get("k", version=version).value == {"v": version, "tag": "v"}
     assert opened == []
@@ -173,16 +177,16 @@ def test_damage_after_a_warm_get_is_found_on_the_next(store):
 
 
 @pytest.fixture
-def decoded(monkeypatch) -> list[bytes]:
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """The blob payloads handed to ``decode_blob`` (zstd runs there)."""
     seen: list[bytes] = []
-    real = blobs.decode_blob
+    real = records.decode_blob
 
     def spy(payload: bytes, expected_hex: str) -> bytes:
         seen.append(payload)
         return real(payload, expected_hex)
 
-    monkeypatch.setattr(blobs, "decode_blob", spy)
+    monkeypatch.setattr(blobs, "decode_blob", spy)  # the name blobs.py calls
     return seen
 
 

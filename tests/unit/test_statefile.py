@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import msgspec
 import pytest
@@ -20,15 +21,15 @@ from tests.helpers import corrupt, log_path, ns_dir
 NS = "daily-agent"
 
 
-def state_path(root) -> str:
+def state_path(root: str | os.PathLike[str]) -> str:
     return os.path.join(ns_dir(root, "dag", NS), "STATE")
 
 
-def records(root) -> list[tuple[str, object]]:
+def records(root: str | os.PathLike[str]) -> list[tuple[str, Any]]:
     """(kind, payload decoded) of every frame of STATE."""
     with open(state_path(root), "rb") as fh:
         data = fh.read()
-    out = []
+    out: list[tuple[str, Any]] = []
     for frame in scan_frames(data):
         kind = chr(frame.kind)
         if kind == "P":
@@ -38,14 +39,14 @@ def records(root) -> list[tuple[str, object]]:
     return out
 
 
-def listed(root) -> list[tuple[str, int, str, str, str]]:
+def listed(root: str | os.PathLike[str]) -> list[tuple[str, int, str, str, str]]:
     with Store(root, dag=NS, durable=False) as s:
         res = s.list()
     assert res.skipped == []
     return [(e.key, e.version, e.hash, e.created_at, e.updated_at) for e in res.entries]
 
 
-def from_logs(root, tmp_path) -> list[tuple[str, int, str, str, str]]:
+def from_logs(root: str | os.PathLike[str], tmp_path: Any) -> list[tuple[str, int, str, str, str]]:
     """The list of a copy of the store without STATE: every key read from its log."""
     copy = tmp_path / "oracle"
     shutil.rmtree(copy, ignore_errors=True)
