@@ -38,6 +38,9 @@ def floor_after_damage(known: int, damaged: bytes) -> int:
     return max([known, *digits]) * 2 + 1_000_000
 
 
+_HEAD_BYTES = 64  # the first bytes of GRAVES a handle compares before reading on
+
+
 class Graveyard:
     """Last versions of keys whose logs compaction removed: ``GRAVES`` in a namespace dir.
 
@@ -57,6 +60,8 @@ class Graveyard:
 
     def _forget(self, ino: int) -> None:
         self._ino = ino
+        self._sig: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._head = b""  # the first bytes of the file parsed
         self._pos = 0
         self._versions: dict[str, int] = {}
         self._floor = 0
@@ -73,15 +78,25 @@ class Graveyard:
         except FileNotFoundError:
             self._forget(0)
             return
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if sig == self._sig:
+            return
         if st.st_ino != self._ino or st.st_size < self._pos:
             self._forget(st.st_ino)
-        if st.st_size <= self._pos:
-            return
         fd = self.fs.open(self.path, os.O_RDONLY)
         try:
-            buf = fileio.read_at(fd, self._pos, os.fstat(fd).st_size - self._pos)
+            # A repair renames a new file over this one, and the new file may get the
+            # inode number of the one parsed (numbers are reused at once): its first
+            # bytes tell them apart.
+            if self._head and fileio.read_at(fd, 0, len(self._head)) != self._head:
+                self._forget(st.st_ino)
+            size = os.fstat(fd).st_size
+            buf = fileio.read_at(fd, self._pos, size - self._pos)
+            if not self._pos:
+                self._head = buf[:_HEAD_BYTES]
         finally:
             os.close(fd)
+        self._sig = sig
         log = classify(buf, self._pos)
         for frame in log.frames:
             self._extents.add((frame.start, frame.end))
