@@ -86,34 +86,24 @@ def test_the_first_list_creates_and_fills_state_and_writers_mark_their_keys(root
     assert listed(root) == from_logs(root, tmp_path)
 
 
-def test_a_writer_killed_after_its_commit_point_leaves_its_key_pending(root, tmp_path):
+@pytest.mark.parametrize(
+    ("failpoint", "newest"),
+    [("after-append", 2), ("before-append", 1)],  # killed after / before its commit point
+)
+def test_a_writer_killed_mid_write_leaves_its_key_pending(root, tmp_path, failpoint, newest):
     listed(root)
     code = (
         "import sys; from castore import Store; "
         "Store(sys.argv[1], dag=sys.argv[2], durable=False).set('a', 99)"
     )
-    env = dict(os.environ, CASTORE_FAILPOINTS="after-append")
-    proc = subprocess.run([sys.executable, "-c", code, str(root), NS], env=env, check=False)
-    assert proc.returncode == -9  # killed after its commit point
-    assert records(root)[-1] == ("P", "a")
-    answer = listed(root)
-    assert answer[0][:2] == ("a", 2)  # the committed version, read from the log
-    assert answer == from_logs(root, tmp_path)
-    assert records(root)[-1][0] == "S"  # the reader recorded it, under the log's lock
-
-
-def test_a_writer_killed_before_its_commit_point_leaves_the_old_version(root, tmp_path):
-    listed(root)
-    code = (
-        "import sys; from castore import Store; "
-        "Store(sys.argv[1], dag=sys.argv[2], durable=False).set('a', 99)"
-    )
-    env = dict(os.environ, CASTORE_FAILPOINTS="before-append")
+    env = dict(os.environ, CASTORE_FAILPOINTS=failpoint)
     proc = subprocess.run([sys.executable, "-c", code, str(root), NS], env=env, check=False)
     assert proc.returncode == -9
+    assert records(root)[-1] == ("P", "a")  # appended before the commit point
     answer = listed(root)
-    assert answer[0][:2] == ("a", 1)
+    assert answer[0][:2] == ("a", newest)  # what the log holds, read from it
     assert answer == from_logs(root, tmp_path)
+    assert records(root)[-1][0] == "S"  # the reader recorded it, under the log's lock
 
 
 def test_a_list_cached_by_one_handle_sees_another_handles_writes(root):
