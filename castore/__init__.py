@@ -23,6 +23,7 @@ from castore.errors import (
     NotFoundError,
     PatchTestError,
     RecordError,
+    StoreUnavailableError,
     UnsafePathError,
     ValueTooLargeError,
 )
@@ -126,6 +127,7 @@ __all__ = [
     "SetResult",
     "Store",
     "StoreStats",
+    "StoreUnavailableError",
     "UnsafePathError",
     "UpgradeReport",
     "ValueTooLargeError",

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple, Protocol
 
+from castore.errors import ConflictError
 from castore.keys import Ref
-from castore.records import Audit, BlobLoc, Entry
+from castore.records import OP_DAMAGED, OP_DELETE, Audit, BlobLoc, Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 from castore.results import ListEntry
 
@@ -29,6 +30,7 @@ __all__ = [
     "LogView",
     "NewVersion",
     "Progress",
+    "next_entry",
 ]
 
 
@@ -129,11 +131,12 @@ class Backend(Protocol):
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` that hold at least one key, byte-wise sorted."""
 
-    def listing(self, scope: str, namespace: str) -> Mapping[str, ListEntry | None]:
+    def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
         """What the backend knows of keys' newest versions without reading each one.
 
         A live key maps to its list entry, a deleted one to None; a key that
-        is absent must be read with :meth:`current`. Look keys up only.
+        is absent must be read with :meth:`current`. Look keys up only; keys
+        outside ``prefix`` may be left out.
         """
 
     def remember(self, scope: str, namespace: str, keys: list[str]) -> None:
@@ -169,3 +172,47 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Drop cached state (must not race with other calls)."""
+
+
+def next_entry(
+    ref: Ref,
+    new: NewVersion,
+    previous: Entry | None,
+    base: int,
+    now: int,
+    blob: BlobLoc | None = None,
+) -> Entry:
+    """The entry ``new`` becomes after ``previous`` (``base``: the floor of a new key).
+
+    Every backend numbers and stamps versions by this one rule: the next
+    version (or an import's explicit one, never a repeat), a time never before
+    the previous version's, ``created_ns`` carried while the key stays live.
+    ``blob`` is the file backend's location hint (None elsewhere).
+
+    Raises:
+        ConflictError: an import's explicit version would repeat a version.
+    """
+    floor = previous.version if previous is not None else base
+    if new.version and new.version <= floor:
+        raise ConflictError(str(ref), None, floor, f"version {new.version} would repeat a version")
+    # Times never decrease within a ref, even if the wall clock steps back,
+    # so history and audit order by time equals version order.
+    not_before = previous.time_ns + 1 if previous is not None else 0
+    stamp = new.time_ns or max(now, not_before)
+    created = 0
+    if new.op == OP_DAMAGED:
+        created = new.created_ns  # as recorded (an import of a lost version)
+    elif new.op != OP_DELETE:
+        live_before = previous is not None and previous.live
+        created = new.created_ns or (previous.created_ns if previous and live_before else stamp)
+    return Entry(
+        version=new.version or floor + 1,
+        op=new.op,
+        time_ns=stamp,
+        hash=new.digest_hex,
+        size=len(new.normalized) if new.normalized is not None else 0,
+        blob=blob,
+        created_ns=created,
+        audit=new.audit,
+        damaged_from=new.damaged_from,
+    )

@@ -9,11 +9,11 @@ when a location names a directory.
 Locations:
 
 * none given: :func:`default_root`, a directory;
-* a directory path (the only kind available today): the file backend
-  (docs/FORMAT.md);
-* ``postgresql://``, ``postgres://``, ``http://``, ``https://``: reserved for
-  the PostgreSQL backend and a coordinator; refused with
-  :class:`BackendUnavailableError` until they exist.
+* a directory path: the file backend (docs/FORMAT.md);
+* ``postgresql://…``, ``postgres://…``: the PostgreSQL backend
+  (``castore/postgres/``; ``pip install 'castore[postgres]'``);
+* ``http://``, ``https://``: reserved for a coordinator; refused with
+  :class:`BackendUnavailableError` until it exists.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from typing import Final
 from castore.backend import Backend
 from castore.errors import BackendUnavailableError
 from castore.reports import UpgradeReport
+from castore.urls import redacted
 
 __all__ = [
     "STORE_MODES",
     "backend_kind",
     "default_root",
+    "is_postgres",
     "location_of",
     "open_backend",
     "redacted",
@@ -39,11 +41,10 @@ __all__ = [
 STORE_MODES: Final = ("private", "group")  # what castore creates: 0600/0700, 0660/2770
 
 _UNAVAILABLE: Final = {
-    "postgresql://": "PostgreSQL",
-    "postgres://": "PostgreSQL",
     "http://": "coordinator (HTTP)",
     "https://": "coordinator (HTTP)",
 }
+_POSTGRES: Final = ("postgresql://", "postgres://")
 
 
 def default_root() -> str:
@@ -79,22 +80,8 @@ def store_mode(mode: str | None) -> str | None:
     return given
 
 
-def redacted(location: str) -> str:
-    """``location`` as errors and logs may show it: a URL without user or password.
-
-    >>> redacted("postgresql://alice:s3cret@db.example:5432/state?sslmode=require")
-    'postgresql://db.example:5432/state'
-    """
-    if "://" not in location:
-        return location
-    scheme, _, rest = location.partition("://")
-    host = rest.split("/", 1)[0].rpartition("@")[2]
-    path = rest[len(rest.split("/", 1)[0]) :].split("?", 1)[0].split("#", 1)[0]
-    return f"{scheme}://{host}{path}"
-
-
 def backend_kind(backend: Backend) -> str:
-    """The kind of storage behind a backend, as ``repr(store)`` shows it: ``file`` today.
+    """The kind of storage behind a backend, as ``repr(store)`` shows it: ``file``, ``postgres``.
 
     It is the castore package that implements it (``castore.file``).
     """
@@ -116,16 +103,37 @@ def _refuse_unavailable(location: str) -> None:
             )
 
 
+def is_postgres(location: str) -> bool:
+    """True when ``location`` is a PostgreSQL URL."""
+    return location.lower().startswith(_POSTGRES)
+
+
+def _require_driver() -> None:
+    """Make sure the PostgreSQL driver is installed.
+
+    Raises:
+        BackendUnavailableError: psycopg is not installed (one line: what to install).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
+        raise BackendUnavailableError(
+            "a postgresql:// location needs the PostgreSQL driver: pip install 'castore[postgres]'"
+        )
+
+
 def open_backend(
     location: str, *, durable: bool, lock_timeout: float, mode: str | None = None
 ) -> Backend:
     """Open the storage a store location names; opening creates nothing.
 
     Args:
-        location: a store directory (created by the first write), or a URL.
+        location: a store directory (created by the first write), or a
+            ``postgresql://`` URL (the store's tables are made by the first write).
         durable: when True a returned write survives a power loss.
         lock_timeout: seconds to wait for a ref's lock.
-        mode: the permissions of what a file store creates (:func:`store_mode`).
+        mode: the permissions of what a file store creates (:func:`store_mode`;
+            a database store ignores it).
 
     Returns:
         The backend, behind the :class:`~castore.backend.Backend` contract.
@@ -133,13 +141,18 @@ def open_backend(
     Raises:
         ValueError: ``mode`` (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
         BackendUnavailableError: ``location`` names a backend that is not
-            available yet (``postgresql://``, ``postgres://``, ``http://``,
-            ``https://``).
+            available (``http://``, ``https://``; ``postgresql://`` without psycopg).
+        InvalidValueError: a ``postgresql://`` location's schema is not valid.
         FormatVersionError: the directory holds another format, is a
             non-empty directory that is not a castore store, or is not a directory.
     """
     mode = store_mode(mode)
     _refuse_unavailable(location)
+    if is_postgres(location):
+        _require_driver()
+        from castore.postgres.backend import PostgresBackend
+
+        return PostgresBackend(location, durable=durable, lock_timeout=lock_timeout)
     from castore.file.backend import FileBackend
 
     return FileBackend(
@@ -160,6 +173,11 @@ def upgrade(location: str, mode: str | None = None) -> UpgradeReport:
     """
     mode = store_mode(mode)
     _refuse_unavailable(location)
+    if is_postgres(location):
+        _require_driver()
+        from castore.postgres.backend import upgrade as upgrade_schema
+
+        return upgrade_schema(location)
     from castore.file.upgrade import upgrade as upgrade_files
 
     return upgrade_files(os.path.abspath(location), mode)

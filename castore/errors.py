@@ -13,6 +13,8 @@ Every error castore raises on purpose is a :class:`CastoreError`. Real
     ├── ConflictError                        expected_version / create_only failed
     │   └── PatchTestError                   a JSON Patch ``test`` operation failed
     ├── LockTimeoutError     (TimeoutError)  a ref lock was not taken in time
+    ├── BackendUnavailableError              a location names a backend not installed here
+    ├── StoreUnavailableError (ConnectionError) the store's server cannot be reached
     └── CorruptionError                      stored bytes fail verification
         ├── DigestMismatchError              blob bytes do not hash to their name
         ├── RecordError                      record unparsable or fails its checksum
@@ -42,6 +44,7 @@ __all__ = [
     "NotFoundError",
     "PatchTestError",
     "RecordError",
+    "StoreUnavailableError",
     "UnsafePathError",
     "ValueTooLargeError",
 ]
@@ -143,6 +146,22 @@ class PatchTestError(ConflictError):
 
 class BackendUnavailableError(CastoreError, NotImplementedError):
     """Raised when a store location names a backend this castore does not provide (yet)."""
+
+
+class StoreUnavailableError(CastoreError, ConnectionError):
+    """Raised when the server behind a store location cannot be reached or fails.
+
+    The message names the location without credentials and says what
+    failed; for a write it also says whether the write may have been applied
+    (a connection lost after the commit was sent: read the key to find out).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class LockTimeoutError(CastoreError, TimeoutError):

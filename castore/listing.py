@@ -47,7 +47,8 @@ def list_live(
     Raises:
         CorruptionError: ``include_values`` and a key's newest value is unreadable.
     """
-    known: Mapping[str, ListEntry | None] = {} if include_values else backend.listing(scope, ns)
+    known: Mapping[str, ListEntry | None] = {}
+    known = known if include_values else backend.listing(scope, ns, prefix)
     entries: list[ListEntry] = []
     skipped: list[str] = []
     unknown: list[str] = []

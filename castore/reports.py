@@ -7,12 +7,14 @@ every backend returns these types from the maintenance calls of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import msgspec
 
 from castore.errors import InvalidValueError
 from castore.keys import validate_filters, validate_prefix
+from castore.records import Entry
 
 __all__ = [
     "GC_GRACE_SECONDS",
@@ -24,6 +26,7 @@ __all__ = [
     "ScopeStats",
     "StoreStats",
     "UpgradeReport",
+    "retained",
 ]
 
 GC_GRACE_SECONDS = 3600.0  # 1 hour: far above any write's duration
@@ -185,3 +188,24 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
             whole = int(seconds) if seconds == int(seconds) else seconds
             parts.append(f"keep-within {self.keep_within_text or f'{whole}s'}")
         return ", ".join(parts)
+
+
+def retained(
+    entries: Sequence[Entry], keep_last: int | None, cutoff_ns: int | None
+) -> set[int] | None:
+    """The versions of one key a retention policy keeps (every backend's one rule).
+
+    ``entries`` are the key's entries, oldest first (at least one);
+    ``cutoff_ns`` is the time before which ``keep_within`` keeps nothing.
+    The newest version is always kept. None: the key goes away (its newest
+    entry is a delete older than the cutoff).
+    """
+    newest = entries[-1]
+    if not newest.live and cutoff_ns is not None and newest.time_ns < cutoff_ns:
+        return None
+    keep = {newest.version}
+    if keep_last is not None:
+        keep.update(e.version for e in entries[-keep_last:])
+    if cutoff_ns is not None:
+        keep.update(e.version for e in entries if e.time_ns >= cutoff_ns)
+    return keep

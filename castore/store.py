@@ -21,6 +21,7 @@ from castore.identity import ProcessIdentity, audit_record
 from castore.keys import Ref, RefCache, env_or, resolve_namespace, validate_limit, validate_prefix
 from castore.listing import list_live
 from castore.records import Audit
+from castore.urls import is_url
 
 __all__ = ["Store", "default_root"]
 
@@ -76,7 +77,7 @@ class Store:
         self._backend = open_backend(
             location, durable=durable, lock_timeout=lock_timeout, mode=mode
         )
-        self.root = os.path.abspath(location)
+        self.root = location if is_url(location) else os.path.abspath(location)
         self.dag = env_or(dag, "DAG_NAME")
         self._dag_given = dag  # recorded in the audit (None: $DAG_NAME at the write)
         self.root_dag = env_or(root_dag, "CASTORE_ROOT_DAG")

@@ -4,6 +4,7 @@ import contextlib
 import functools
 import os
 import pathlib
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -59,11 +60,53 @@ def file_store_location(base: pathlib.Path) -> Iterator[str]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
+# A PostgreSQL server's URL for the "postgresql" backend (tools/pgserver.py starts one).
+# Read at import: the autouse fixture ``clean_env`` runs before any test reads the env.
+POSTGRES_URL = os.environ.get("CASTORE_TEST_POSTGRES", "")
+# CI sets CASTORE_REQUIRE_POSTGRES=1: the PostgreSQL tests must run there, never skip.
+REQUIRE_POSTGRES = os.environ.get("CASTORE_REQUIRE_POSTGRES", "") == "1"
+POSTGRES_DROP_TIMEOUT = "30s"  # a leaked connection's lock fails the drop, not hangs it
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if REQUIRE_POSTGRES and not POSTGRES_URL:
+        raise pytest.UsageError(
+            "CASTORE_REQUIRE_POSTGRES=1 but CASTORE_TEST_POSTGRES is not set: start a server"
+            " with `python3 tools/pgserver.py start` and export its URL (see README)"
+        )
+
+
+@contextlib.contextmanager
+def postgres_store_location(base: pathlib.Path) -> Iterator[str]:
+    """A schema of the test server that does not exist yet; dropped afterwards.
+
+    ``base`` is unused: the location is ``CASTORE_TEST_POSTGRES`` with ``schema=t_<hex>``.
+    """
+    import psycopg
+    from psycopg import sql
+
+    schema = f"t_{secrets.token_hex(8)}"
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}schema={schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=30) as conn:
+            conn.execute(
+                sql.SQL("SET lock_timeout = {}").format(sql.Literal(POSTGRES_DROP_TIMEOUT))
+            )
+            with contextlib.suppress(psycopg.errors.InvalidSchemaName):
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
+
+
 # Each backend: a fresh, empty store location of it below a directory, dropped on exit.
 # A second backend is one more entry here (docs/DESIGN.md, "The backend contract").
 STORE_BACKENDS: dict[str, Callable[[pathlib.Path], contextlib.AbstractContextManager[str]]] = {
     "file": file_store_location,
 }
+if POSTGRES_URL:
+    STORE_BACKENDS["postgresql"] = postgres_store_location
 
 
 @pytest.fixture(params=list(STORE_BACKENDS), ids=list(STORE_BACKENDS))
@@ -108,3 +151,16 @@ def umask(request: pytest.FixtureRequest) -> Iterator[int]:
     old = os.umask(request.param)
     yield request.param
     os.umask(old)
+
+
+@pytest.fixture(scope="module", params=list(STORE_BACKENDS), ids=list(STORE_BACKENDS))
+def module_fresh_store_location(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[], contextlib.AbstractContextManager[str]]:
+    """Opens fresh store locations of one backend for a whole module (data built once).
+
+    A module that builds a store once per backend overrides ``fresh_store_location``
+    with this, so that its tests' other stores are of the same backend.
+    """
+    backend: str = request.param
+    return functools.partial(STORE_BACKENDS[backend], tmp_path_factory.mktemp("stores"))

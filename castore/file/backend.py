@@ -201,8 +201,8 @@ class FileBackend:
         """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
         return self.names.namespaces(scope)
 
-    def listing(self, scope: str, namespace: str) -> Mapping[str, ListEntry | None]:
-        """The newest version of each key ``STATE`` knows (:meth:`Namespaces.known`)."""
+    def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
+        """The newest version of each key ``STATE`` knows, whatever ``prefix`` (one file)."""
         return self.names.known(scope, namespace)
 
     def remember(self, scope: str, namespace: str, keys: list[str]) -> None:

@@ -41,7 +41,7 @@ from castore.file.rewrite import Transform, relaid
 from castore.file.tree import Tree
 from castore.keys import SCOPES, Ref
 from castore.records import Entry
-from castore.reports import CompactReport, Retention
+from castore.reports import CompactReport, Retention, retained
 
 if TYPE_CHECKING:
     from castore.file.backend import FileBackend
@@ -91,8 +91,8 @@ class _Plan:
             if f.kind == KIND_COMPACTED
             for r in decode_compaction(f.payload).versions
         ]
-        gone = not newest.live and self.cutoff_ns is not None and newest.time_ns < self.cutoff_ns
-        if gone:
+        keep = retained([e for _, e in entries], self.keep_last, self.cutoff_ns)
+        if keep is None:
             self.removed = newest
             self.dropped = len(entries)
             # The header, a compaction frame naming every version (a second record of
@@ -104,11 +104,6 @@ class _Plan:
             head = [(f.kind, f.payload) for f in frames if f.kind == KIND_HEADER]
             blobs = [(f.kind, f.payload) for f in frames if f.kind == KIND_BLOB]
             return [*head, (KIND_COMPACTED, encode_record(marker)), *blobs]
-        keep = {newest.version}
-        if self.keep_last is not None:
-            keep.update(e.version for _, e in entries[-self.keep_last :] if self.keep_last)
-        if self.cutoff_ns is not None:
-            keep.update(e.version for _, e in entries if e.time_ns >= self.cutoff_ns)
         drop = [e.version for _, e in entries if e.version not in keep]
         if not drop:
             return None

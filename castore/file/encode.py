@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from castore.backend import NewVersion
+from castore.backend import NewVersion, next_entry
 from castore.errors import ConflictError
 from castore.file.frames import LogBytes, encode_frame
 from castore.file.records import (
@@ -25,7 +25,7 @@ from castore.file.records import (
     encode_record,
 )
 from castore.keys import Ref
-from castore.records import OP_DAMAGED, OP_DELETE, BlobLoc, Entry
+from castore.records import BlobLoc, Entry
 
 __all__ = ["DEDUP_MIN_BYTES", "Encoded", "carried", "encode_versions", "refuse_lower"]
 
@@ -83,40 +83,6 @@ def refuse_lower(ref: Ref, old: LogBytes, new_versions: list[NewVersion]) -> Non
         )
 
 
-def _next_entry(
-    ref: Ref, new: NewVersion, previous: Entry | None, base: int, blob: BlobLoc | None, now: int
-) -> Entry:
-    """The entry ``new`` becomes after ``previous`` (``base``: the floor of a new key).
-
-    Raises:
-        ConflictError: an import's explicit version would repeat a version.
-    """
-    floor = previous.version if previous is not None else base
-    if new.version and new.version <= floor:
-        raise ConflictError(str(ref), None, floor, f"version {new.version} would repeat a version")
-    # Times never decrease within a ref, even if the wall clock steps back,
-    # so history and audit order by time equals version order.
-    not_before = previous.time_ns + 1 if previous is not None else 0
-    stamp = new.time_ns or max(now, not_before)
-    created = 0
-    if new.op == OP_DAMAGED:
-        created = new.created_ns  # as recorded (an import of a lost version)
-    elif new.op != OP_DELETE:
-        live_before = previous is not None and previous.live
-        created = new.created_ns or (previous.created_ns if previous and live_before else stamp)
-    return Entry(
-        version=new.version or floor + 1,
-        op=new.op,
-        time_ns=stamp,
-        hash=new.digest_hex,
-        size=len(new.normalized) if new.normalized is not None else 0,
-        blob=blob,
-        created_ns=created,
-        audit=new.audit,
-        damaged_from=new.damaged_from,
-    )
-
-
 def encode_versions(
     ref: Ref,
     size: int,
@@ -159,7 +125,7 @@ def encode_versions(
                 written[new.digest_hex] = blob
                 if len(new.normalized) >= DEDUP_MIN_BYTES:
                     out.new_blobs.append((new.digest_hex, blob))
-        entry = _next_entry(ref, new, previous, base, blob, now)
+        entry = next_entry(ref, new, previous, base, now, blob)
         parts.append(encode_frame(KIND_ENTRY, encode_record(entry)))
         out.starts.append(offset)
         offset += len(parts[-1])

@@ -14,17 +14,14 @@ Pure: structs, encoders and decoders; no I/O.
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import msgspec
 
+from castore import valuecodec
 from castore.errors import DigestMismatchError, RecordError
 from castore.records import Entry
-
-if TYPE_CHECKING:
-    from zstandard import ZstdCompressor, ZstdDecompressor
+from castore.valuecodec import CODEC_RAW, CODEC_ZSTD, COMPRESS_MIN_BYTES, ZSTD_LEVEL
 
 __all__ = [
     "CODEC_RAW",
@@ -55,10 +52,6 @@ KIND_BLOB = ord("B")
 KIND_ENTRY = ord("E")
 KIND_COMPACTED = ord("C")
 KIND_GRAVE = ord("G")
-CODEC_RAW = 0  # data is the normalized JSON itself
-CODEC_ZSTD = 1  # data is one zstd frame holding the normalized JSON
-COMPRESS_MIN_BYTES = 128  # smaller values are stored raw: zstd's frame overhead wins
-ZSTD_LEVEL = 3  # zstd's default level
 
 T = TypeVar("T")
 
@@ -97,7 +90,6 @@ _entry_decoder = msgspec.json.Decoder(Entry)
 _header_decoder = msgspec.json.Decoder(Header)
 _compaction_decoder = msgspec.json.Decoder(Compaction)
 _grave_decoder = msgspec.json.Decoder(Grave)
-_local = threading.local()  # zstd objects are not thread-safe: one pair per thread
 
 
 def encode_record(record: Entry | Header | Compaction | Grave) -> bytes:
@@ -148,34 +140,14 @@ def decode_header(payload: bytes) -> Header:
     return _decoded(_header_decoder, payload, "header")
 
 
-def _zstd() -> tuple[ZstdCompressor, ZstdDecompressor]:
-    """This thread's zstd compressor and decompressor, made on first use.
-
-    zstandard is imported here, not at start: a process that never meets a
-    value of :data:`COMPRESS_MIN_BYTES` or more never loads it (a CLI ``get``
-    of a small value). The import is thread-safe (the import lock) and the
-    pair is per thread, as zstd objects are not thread-safe.
-    """
-    pair: tuple[ZstdCompressor, ZstdDecompressor] | None = getattr(_local, "pair", None)
-    if pair is None:
-        import zstandard
-
-        pair = (zstandard.ZstdCompressor(level=ZSTD_LEVEL), zstandard.ZstdDecompressor())
-        _local.pair = pair
-    return pair
-
-
 def encode_blob(digest: bytes, normalized: bytes) -> bytes:
     """Payload of a ``B`` frame: digest, codec byte, then raw or zstd data.
 
     zstd is used when the value is at least :data:`COMPRESS_MIN_BYTES` long
-    and compression makes it smaller.
+    and compression makes it smaller (:func:`castore.valuecodec.pack`).
     """
-    if len(normalized) >= COMPRESS_MIN_BYTES:
-        packed = _zstd()[0].compress(normalized)
-        if len(packed) < len(normalized):
-            return b"".join((digest, bytes((CODEC_ZSTD,)), packed))
-    return b"".join((digest, bytes((CODEC_RAW,)), normalized))
+    codec, data = valuecodec.pack(normalized)
+    return b"".join((digest, bytes((codec,)), data))
 
 
 def decode_blob(payload: bytes, expected_hex: str) -> bytes:
@@ -188,22 +160,7 @@ def decode_blob(payload: bytes, expected_hex: str) -> bytes:
     """
     if len(payload) < 33:
         raise RecordError("blob record too short")
-    digest, codec = payload[:32], payload[32]
+    digest = payload[:32]
     if digest.hex() != expected_hex:
         raise DigestMismatchError(f"blob record holds {digest.hex()}, not {expected_hex}")
-    if codec == CODEC_RAW:
-        data = payload[33:]
-    elif codec == CODEC_ZSTD:
-        decompressor = _zstd()[1]
-        import zstandard  # loaded by _zstd(): a dictionary lookup
-
-        try:
-            data = decompressor.decompress(payload[33:])
-        except zstandard.ZstdError as exc:
-            raise RecordError(f"blob {expected_hex}: bad zstd data: {exc}") from exc
-    else:
-        raise RecordError(f"blob {expected_hex}: unknown codec {codec}")
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected_hex:
-        raise DigestMismatchError(f"blob {expected_hex}: data hashes to {actual}")
-    return data
+    return valuecodec.unpack(payload[32], payload[33:], expected_hex)

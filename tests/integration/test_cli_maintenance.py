@@ -100,7 +100,8 @@ def test_gc_output_fields_and_dry_run(cli):
         assert real[name] == dry[name], name
     assert real["bytesFound"] == real["bytesKept"] + real["bytesFreed"]
     assert real["blobsFound"] == real["blobsKept"] + real["blobsFreed"]
-    assert real["logsRewritten"] == 1
+    # the file store rewrites the one log holding the freed blobs; a database has no logs
+    assert real["logsRewritten"] == (0 if str(cli.dir).startswith("postgresql://") else 1)
     again = cli.ok("gc", "--grace", "0")
     assert (again["blobsFreed"], again["logsRewritten"], again["logsRemoved"]) == (0, 0, 0)
     got = cli.ok("get", "k")

@@ -11,6 +11,7 @@ import pytest
 
 import castore
 from castore.errors import InvalidValueError
+from castore.urls import redacted
 from tests.helpers import Cli
 
 pytestmark = pytest.mark.integration
@@ -167,16 +168,25 @@ def store_check_json(location: str) -> bytes:
         return store.check().to_json() + b"\n"
 
 
+def backend_kind(location: str) -> str:
+    return "postgres" if location.startswith("postgresql://") else "file"
+
+
 def test_a_store_repr_shows_location_backend_and_dag(store_location: str) -> None:
     store = castore.Store(store_location, dag="daily")
     text = repr(store)
-    assert text == f"Store({store_location!r}, backend='file', dag='daily')"
+    shown = redacted(store_location)
+    assert text == f"Store({shown!r}, backend={backend_kind(store_location)!r}, dag='daily')"
+    if store_location.startswith("postgresql://"):  # the schema tells stores apart; no password
+        assert shown.endswith(store_location[store_location.index("?schema=") :])
+        assert "@" not in text
 
 
 def test_a_store_repr_never_shows_credentials(store_location: str) -> None:
     store = castore.Store(store_location, dag="d")
     store.root = "postgresql://alice:s3cret@db.example:5432/state?sslmode=require"
     text = repr(store)
-    assert text == "Store('postgresql://db.example:5432/state', backend='file', dag='d')"
+    kind = backend_kind(store_location)
+    assert text == f"Store('postgresql://db.example:5432/state', backend={kind!r}, dag='d')"
     assert "s3cret" not in text
     assert "alice" not in text

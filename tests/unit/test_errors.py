@@ -18,6 +18,7 @@ from castore.errors import (
     NotFoundError,
     PatchTestError,
     RecordError,
+    StoreUnavailableError,
     UnsafePathError,
     ValueTooLargeError,
 )
@@ -41,6 +42,7 @@ SAMPLES = [
     FormatVersionError("/store/FORMAT: format version 9, this castore reads 1"),
     UnsafePathError("/store/refs/dag/ab/cd.log is a symbolic link; castore never follows one"),
     BackendUnavailableError("postgresql://h/db: the PostgreSQL backend is not available yet"),
+    StoreUnavailableError("postgresql://h:5432/db: cannot connect: connection refused"),
 ]
 
 IDS = [f"{type(exc).__name__}-{i}" for i, exc in enumerate(SAMPLES)]

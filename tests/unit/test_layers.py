@@ -27,6 +27,8 @@ LAYERS = {
     "errors": 0,
     "keys": 1,
     "records": 1,  # what every backend shares
+    "urls": 0,  # store locations that are URLs: redaction
+    "valuecodec": 1,  # how every backend packs a value (raw or zstd), verified on read
     "jsonrules": 1,
     "jsonparse": 2,
     "pyvalues": 2,
@@ -105,6 +107,21 @@ FILE_LAYERS = {
 }
 assert max(FILE_LAYERS.values()) < 10  # the band stays between "backend" and "backends"
 
+# castore/postgres/: the PostgreSQL backend, a band of its own in the same layers (10 to 19).
+POSTGRES_LAYERS = {
+    "postgres": 0,  # the package itself
+    "postgres.location": 0,  # the URL: schema, what errors show
+    "postgres.schema": 1,  # the tables, their version, creation and upgrade
+    "postgres.connection": 2,  # one connection per handle: errors, reconnects, transactions
+    "postgres.rows": 2,  # rows <-> entries, values
+    "postgres.statements": 3,  # the SQL of reads and writes; what a decision reads
+    "postgres.maintenance": 3,  # check, gc, stats
+    "postgres.compaction": 3,  # retention, one key per transaction
+    "postgres.backend": 4,
+}
+assert max(POSTGRES_LAYERS.values()) < 10
+BANDS = {"file": FILE_LAYERS, "postgres": POSTGRES_LAYERS}  # each backend's own modules
+
 
 def module_name(path: pathlib.Path) -> str:
     parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
@@ -126,6 +143,12 @@ def in_file_backend(name: str) -> bool:
     return name == "file" or name.startswith("file.")
 
 
+def band_of(name: str) -> str | None:
+    """The backend package ``name`` belongs to (``file``, ``postgres``), if any."""
+    top = name.split(".", 1)[0]
+    return top if top in BANDS else None
+
+
 def layer(name: str) -> int:
     """The layer of a module; a clear failure for a module no table names."""
     if in_file_backend(name):
@@ -136,6 +159,12 @@ def layer(name: str) -> int:
                 "in tests/unit/test_layers.py (above every module it imports, below backend)"
             )
         return FILE_BASE + FILE_LAYERS[short]
+    if band_of(name) == "postgres":
+        if name not in POSTGRES_LAYERS:
+            pytest.fail(
+                f"castore/postgres/ module {name!r} has no layer: add it to POSTGRES_LAYERS"
+            )
+        return FILE_BASE + POSTGRES_LAYERS[name]
     if name not in LAYERS:
         pytest.fail(f"module {name!r} has no layer: add it to LAYERS in tests/unit/test_layers.py")
     return LAYERS[name]
@@ -237,12 +266,13 @@ def test_nothing_imports_cli():
             assert not {m for m in imported if m == "cli" or m.startswith("cli.")}, name
 
 
-def test_only_the_registry_imports_the_file_backend():
-    """Outside castore/file/, only ``backends`` knows the file backend (tests aside)."""
+def test_only_the_registry_imports_a_backend():
+    """Outside a backend's package, only ``backends`` knows it; no backend imports another."""
     for name, path in modules().items():
-        if in_file_backend(name) or name == "backends":
+        if name == "backends":
             continue
-        imported = {m for m in castore_imports(name, path) if in_file_backend(m)}
+        mine = band_of(name)
+        imported = {m for m in castore_imports(name, path) if band_of(m) not in (None, mine)}
         assert not imported, f"{name} imports {sorted(imported)}: go through castore.backends"
 
 

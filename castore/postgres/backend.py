@@ -1,0 +1,386 @@
+"""The PostgreSQL backend: :class:`PostgresBackend`, the contract over one schema.
+
+Each operation is one transaction on the handle's connection (reads: one
+statement). A write locks its key's ``refs`` row (``SELECT … FOR UPDATE``;
+a new key's row is inserted first), runs the decision on the newest entry
+(the row's copy, current once the lock is held), then inserts each version,
+its blob (or refreshes the blob's ``touched_ns``) and the new copy of the
+newest entry in one statement per version, and commits. Writes of one key
+are therefore serialized by the row lock, and every read sees a committed
+state: each key is linearizable (docs/DESIGN.md, "The PostgreSQL backend").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from castore.backend import LOCK_TIMEOUT_SECONDS, Current, Decide, NewVersion, Progress, next_entry
+from castore.errors import ConflictError
+from castore.keys import Ref
+from castore.postgres import compaction, maintenance, rows, schema
+from castore.postgres import statements as q
+from castore.postgres.connection import Abandon, Cursor, Database
+from castore.postgres.location import parse
+from castore.records import OP_DAMAGED, Entry
+from castore.reports import (
+    CheckReport,
+    CompactReport,
+    GCReport,
+    Retention,
+    StoreStats,
+    UpgradeReport,
+)
+from castore.results import ListEntry
+from castore.valuecodec import pack
+
+__all__ = ["PostgresBackend", "upgrade"]
+
+
+class PostgresBackend:
+    """Versioned refs in one schema of a PostgreSQL database (docs/DESIGN.md).
+
+    Safe for many processes and hosts (row locks, transactions) and for
+    threads sharing the handle (they take turns on its one connection).
+
+    Args:
+        location: a ``postgresql://`` or ``postgres://`` URL, with an optional
+            ``schema`` parameter (:mod:`castore.postgres.location`).
+        durable: when False, commits do not wait for the server's WAL flush
+            (``synchronous_commit = off``): a server crash may lose the last
+            writes, never make a store inconsistent.
+        lock_timeout: seconds a write waits for its key's row lock.
+
+    Raises:
+        InvalidValueError: the location's schema parameter is not valid.
+    """
+
+    def __init__(self, location: str, *, durable: bool, lock_timeout: float) -> None:
+        self.location = parse(location)
+        self.durable = durable
+        self.lock_timeout = lock_timeout
+        self.db = Database(self.location, lock_timeout)
+
+    def close(self) -> None:
+        """Close the connection (the next call opens a new one)."""
+        self.db.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read(self, work: Any, what: str, default: Any) -> Any:
+        """``work(cur)`` in autocommit, or ``default`` where there is no store yet."""
+
+        def run(cur: Cursor) -> Any:
+            return work(cur) if self.db.present(cur) else default
+
+        return self.db.run(run, what, transaction=False)
+
+    def current(self, ref: Ref) -> Current:
+        """Newest entry of ``ref`` and its verified value (one indexed query)."""
+
+        def work(cur: Cursor) -> Current:
+            cur.execute(q.CURRENT, rows.ref_params(ref))
+            row = cur.fetchone()
+            found = rows.entry(row) if row is not None else None
+            if row is None or found is None:
+                return Current(None, None)
+            return Current(found, rows.value(ref, found, row[8], row[9]))
+
+        result: Current = self._read(work, f"reading {ref}", Current(None, None))
+        return result
+
+    def exists(self, ref: Ref) -> bool:
+        """True if ``ref`` has a version (a delete counts)."""
+
+        def work(cur: Cursor) -> bool:
+            cur.execute(
+                f"SELECT 1 FROM refs WHERE {q.REF} AND version IS NOT NULL", rows.ref_params(ref)
+            )
+            return cur.fetchone() is not None
+
+        result: bool = self._read(work, f"reading {ref}", False)
+        return result
+
+    def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
+        """Keys of a namespace with a version (a delete counts), byte-wise sorted."""
+        low, high = rows.key_range(prefix)
+        bound = "" if high is None else " AND key < %s"
+
+        def work(cur: Cursor) -> list[str]:
+            cur.execute(
+                "SELECT key FROM refs WHERE scope = %s AND namespace = %s AND key >= %s"
+                f"{bound} AND version IS NOT NULL ORDER BY key",
+                (scope, namespace.encode("utf-8"), low, *([high] if high else [])),
+            )
+            return [bytes(k).decode("utf-8") for (k,) in cur.fetchall()]
+
+        result: list[str] = self._read(work, f"listing {scope}/{namespace}", [])
+        return result
+
+    def namespaces(self, scope: str) -> list[str]:
+        """Namespaces of ``scope`` with at least one key, byte-wise sorted."""
+
+        def work(cur: Cursor) -> list[str]:
+            cur.execute(
+                "SELECT DISTINCT namespace FROM refs WHERE scope = %s AND version IS NOT NULL "
+                "ORDER BY namespace",
+                (scope,),
+            )
+            return [bytes(n).decode("utf-8") for (n,) in cur.fetchall()]
+
+        result: list[str] = self._read(work, f"listing {scope}", [])
+        return result
+
+    def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
+        """The newest version of every key starting with ``prefix`` (one indexed query)."""
+        low, high = rows.key_range(prefix)
+        bound = "" if high is None else " AND key < %s"
+
+        def work(cur: Cursor) -> dict[str, ListEntry | None]:
+            cur.execute(
+                f"SELECT key, {rows.ENTRY} FROM refs WHERE scope = %s AND namespace = %s "
+                f"AND key >= %s{bound} AND version IS NOT NULL",
+                (scope, namespace.encode("utf-8"), low, *([high] if high else [])),
+            )
+            out: dict[str, ListEntry | None] = {}
+            for row in cur.fetchall():
+                key = bytes(row[0]).decode("utf-8")
+                found = rows.entry(row, 1)
+                live = found is not None and found.live
+                out[key] = rows.list_entry(scope, namespace, key, found) if live else None  # type: ignore[arg-type]
+            return out
+
+        result: dict[str, ListEntry | None] = self._read(work, f"listing {scope}/{namespace}", {})
+        return result
+
+    def remember(self, scope: str, namespace: str, keys: list[str]) -> None:
+        """Nothing to do: ``refs`` always holds every key's newest version."""
+
+    def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
+        """The entry of ``version`` and its value; (None, None) if it never existed.
+
+        Raises:
+            NotFoundError: the version was dropped by compaction.
+            CorruptionError: the value fails verification.
+        """
+        result: tuple[Entry | None, bytes | None] = self._read(
+            lambda cur: q.entry_at(cur, ref, version), f"reading {ref}", (None, None)
+        )
+        return result
+
+    def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
+        """Entries below version ``before``, newest first, at most ``limit`` (0 = all)."""
+
+        def work(cur: Cursor) -> list[Entry]:
+            cur.execute(
+                f"SELECT {rows.ENTRY} FROM versions WHERE {q.REF} AND version < %s "
+                "ORDER BY version DESC LIMIT %s",
+                (*rows.ref_params(ref), before, limit or None),
+            )
+            return [e for row in cur.fetchall() if (e := rows.entry(row)) is not None]
+
+        result: list[Entry] = self._read(work, f"reading {ref}", [])
+        return result
+
+    def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
+        """Every entry, oldest first, with its verified value (None: a delete or lost).
+
+        Raises:
+            CorruptionError: a value fails verification.
+        """
+        after = 1
+        while True:
+            page: list[tuple[Any, ...]] = self._read(
+                lambda cur, at=after: cur.execute(
+                    q.VERSION, (*rows.ref_params(ref), at, q.PAGE)
+                ).fetchall(),
+                f"reading {ref}",
+                [],
+            )
+            for row in page:
+                found = rows.entry(row)
+                if found is None:
+                    continue
+                lost = found.op == OP_DAMAGED
+                yield found, None if lost else rows.value(ref, found, row[8], row[9])
+            if len(page) < q.PAGE:
+                return
+            after = page[-1][0] + 1
+
+    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
+        """Every entry, newest first, a page at a time (pages grow: 1, 16, 256)."""
+        newest = self.current(ref).entry
+        high = newest.version if newest is not None else 0
+        size = 1
+        while high > 0:
+            page = self.history(ref, high + 1, size)
+            yield from page
+            if not page:
+                return
+            high = page[-1].version - 1
+            size = min(size * 16, q.PAGE)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _ready_for(self, decide: Decide) -> bool:
+        """Whether the store exists or a write to it appends something (then create it)."""
+        present = self.db.run(self.db.present, "opening the store", transaction=False)
+        if present:
+            return True
+        if not decide(None, q.NothingView()):
+            return False
+        self.db.create()
+        return True
+
+    def _lock(self, cur: Cursor, key: tuple[str, bytes, bytes]) -> tuple[int, Entry | None]:
+        """Lock a ref's row (inserting it first if new): its floor and newest entry."""
+        cur.execute(q.LOCK, key)
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(
+                "INSERT INTO refs (scope, namespace, key) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                key,
+            )
+            cur.execute(q.LOCK, key)
+            row = cur.fetchone()
+        assert row is not None  # noqa: S101 - inserted or found above, under the lock
+        return int(row[0]), rows.entry(row, 1)
+
+    def _append(
+        self,
+        cur: Cursor,
+        key: tuple[str, bytes, bytes],
+        entry: Entry,
+        normalized: bytes | None,
+        known: set[str],
+        now: int,
+    ) -> None:
+        """Insert ``entry`` (and its blob, unless ``known`` holds it) as the ref's newest."""
+        params = q.params(key, entry)
+        if normalized is None or entry.op == OP_DAMAGED:
+            cur.execute(q.APPEND_NO_BLOB, params)
+        elif entry.hash in known:
+            cur.execute(q.APPEND_KNOWN_BLOB, {**params, "now": now})
+        else:
+            codec, data = pack(normalized)
+            cur.execute(q.APPEND_NEW_BLOB, {**params, "codec": codec, "data": data, "now": now})
+            known.add(entry.hash)
+
+    def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
+        """Run ``decide`` on the newest entry under the ref's row lock; append what it returns.
+
+        Returns:
+            (previous newest entry, appended entries; empty when nothing was written).
+        """
+        if not self._ready_for(decide):
+            return None, []
+        key = rows.ref_params(ref)
+
+        def work(cur: Cursor) -> tuple[Entry | None, list[Entry]]:
+            if not self.durable:
+                cur.execute("SET LOCAL synchronous_commit TO off")
+            floor, previous = self._lock(cur, key)
+            decided = decide(previous, q.RowView(cur, ref, previous))
+            if not decided:
+                raise Abandon((previous, []))
+            news = decided if isinstance(decided, list) else [decided]
+            return previous, self._append_all(cur, ref, key, previous, floor, news)
+
+        result: tuple[Entry | None, list[Entry]] = self.db.run(work, f"the write of {ref}")
+        return result
+
+    def _append_all(
+        self,
+        cur: Cursor,
+        ref: Ref,
+        key: tuple[str, bytes, bytes],
+        previous: Entry | None,
+        floor: int,
+        news: list[NewVersion],
+    ) -> list[Entry]:
+        now = time.time_ns()
+        known = {previous.hash} if previous is not None and previous.hash else set()
+        written: list[Entry] = []
+        last = previous
+        for new in news:
+            entry = next_entry(ref, new, last, floor, now)
+            self._append(cur, key, entry, new.normalized, known, now)
+            written.append(entry)
+            last = entry
+        return written
+
+    def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
+        """Replace ``ref``'s whole history with ``new_versions`` (an import's overwrite).
+
+        Raises:
+            ConflictError: the new history would take versions back.
+        """
+        if not self._ready_for(lambda *_: new_versions):
+            return []
+        key = rows.ref_params(ref)
+
+        def work(cur: Cursor) -> list[Entry]:
+            floor, previous = self._lock(cur, key)
+            newest = previous.version if previous is not None else 0
+            top = max((p.version for p in new_versions), default=0)
+            if top < newest:
+                raise ConflictError(
+                    str(ref), None, newest, f"the import's newest version {top} is below it"
+                )
+            cur.execute(f"DELETE FROM versions WHERE {q.REF}", key)
+            cur.execute(f"DELETE FROM compactions WHERE {q.REF}", key)
+            cur.execute(
+                "UPDATE refs SET version = NULL, op = NULL, time_ns = NULL, digest = NULL, "
+                f"size = NULL, created_ns = NULL, audit = NULL, damaged_from = NULL WHERE {q.REF}",
+                key,
+            )
+            return self._append_all(cur, ref, key, None, floor, new_versions)
+
+        result: list[Entry] = self.db.run(work, f"the import of {ref}")
+        return result
+
+    # -- maintenance (castore/postgres/maintenance.py) -----------------------------------
+
+    def check(self, *, repair: bool, progress: Progress | None) -> CheckReport:
+        """Re-hash every blob; check every version's blob and every key's newest copy."""
+        return maintenance.check(self.db, repair=repair, progress=progress)
+
+    def collect_garbage(
+        self, *, grace_seconds: float, dry_run: bool, progress: Progress | None
+    ) -> GCReport:
+        """Delete blobs no version references and no write used within ``grace_seconds``."""
+        return maintenance.collect_garbage(
+            self.db, grace_seconds=grace_seconds, dry_run=dry_run, progress=progress
+        )
+
+    def compact(
+        self, retention: Retention, *, dry_run: bool, progress: Progress | None
+    ) -> CompactReport:
+        """Drop the versions ``retention`` does not keep, one key per transaction."""
+        return compaction.compact(self.db, retention, dry_run=dry_run, progress=progress)
+
+    def stats(self) -> StoreStats:
+        """Keys, versions, blobs and bytes per scope (a few aggregate queries)."""
+        return maintenance.stats(self.db)
+
+
+def upgrade(location: str) -> UpgradeReport:
+    """Create or upgrade the store's tables at ``location`` to this castore's schema version.
+
+    Idempotent, and safe beside running clients (an advisory lock serializes it).
+
+    Raises:
+        FormatVersionError: the schema holds something else, or a newer store.
+        StoreUnavailableError: the server cannot be reached.
+    """
+    where = parse(location)
+    db = Database(where, LOCK_TIMEOUT_SECONDS)
+    try:
+        before, after = db.run(
+            lambda cur: schema.upgrade_schema(cur, where.schema), "upgrading the schema"
+        )
+    finally:
+        db.close()
+    return UpgradeReport(from_version=before, to_version=after, graves_converted=0)

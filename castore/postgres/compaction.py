@@ -1,0 +1,137 @@
+"""Compaction of a PostgreSQL store: a retention policy, one key per transaction.
+
+Under the key's row lock, the versions the policy drops (``reports.retained``,
+the rule the file store uses) are deleted and their ranges recorded in
+``compactions`` (reading one says it was compacted, and by what); a key
+whose newest version is an old enough delete goes away but keeps its
+``refs`` row, with ``floor`` its last version, so versions never repeat.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from castore.backend import Progress
+from castore.keys import SCOPES, Ref
+from castore.postgres import rows
+from castore.postgres.connection import Abandon, Cursor, Database
+from castore.reports import CompactReport, Retention, retained
+
+__all__ = ["compact"]
+
+_REF = "scope = %s AND namespace = %s AND key = %s"
+
+
+def _ref_name(scope: str, namespace: bytes, key: bytes) -> str:
+    return str(Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8")))
+
+
+def _selected(db: Database, retention: Retention) -> list[tuple[str, bytes, bytes]]:
+    """The refs ``retention`` selects, with a version, in scope/namespace/key order."""
+    low, high = rows.key_range(retention.prefix)
+    where = ["version IS NOT NULL", "key >= %s"]
+    params: list[Any] = [low]
+    if high is not None:
+        where.append("key < %s")
+        params.append(high)
+    if retention.scope:
+        where.append("scope = %s")
+        params.append(retention.scope)
+    if retention.namespace is not None:
+        where.append("namespace = %s")
+        params.append(retention.namespace.encode("utf-8"))
+    found = db.fetch(
+        f"SELECT scope, namespace, key FROM refs WHERE {' AND '.join(where)}", params, "compaction"
+    )
+    order = {scope: i for i, scope in enumerate(sorted(SCOPES))}
+    return sorted(
+        ((s, bytes(n), bytes(k)) for s, n, k in found), key=lambda r: (order.get(r[0], 99), r)
+    )
+
+
+def _ranges(versions: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for v in sorted(versions):
+        if out and out[-1][1] == v - 1:
+            out[-1] = (out[-1][0], v)
+        else:
+            out.append((v, v))
+    return out
+
+
+def compact(
+    db: Database, retention: Retention, *, dry_run: bool, progress: Progress | None
+) -> CompactReport:
+    """Apply a retention policy to every key it selects, one transaction per key."""
+    cutoff = None
+    if retention.keep_within_seconds is not None:
+        cutoff = time.time_ns() - int(retention.keep_within_seconds * 1e9)
+    examined = compacted = dropped = removed = before = after = 0
+    for key in (
+        _selected(db, retention)
+        if db.run(db.present, "opening the store", transaction=False)
+        else []
+    ):
+        examined += 1
+
+        def one(cur: Cursor, ref: tuple[str, bytes, bytes] = key) -> tuple[int, int, int, bool]:
+            return _compact_one(cur, ref, retention, cutoff, dry_run)
+
+        size, size_after, gone, was_removed = db.run(one, f"compacting {_ref_name(*key)}")
+        before += size
+        after += size_after
+        if gone:
+            compacted += 1
+            dropped += gone
+            removed += was_removed
+        if progress is not None:
+            progress(1)
+    return CompactReport(
+        policy=retention.policy,
+        dry_run=dry_run,
+        refs_examined=examined,
+        refs_compacted=compacted,
+        versions_dropped=dropped,
+        keys_removed=removed,
+        bytes_before=before,
+        bytes_after=after,
+    )
+
+
+def _compact_one(
+    cur: Cursor,
+    key: tuple[str, bytes, bytes],
+    retention: Retention,
+    cutoff: int | None,
+    dry_run: bool,
+) -> tuple[int, int, int, bool]:
+    """Compact one key under its row lock: (bytes before, after, versions dropped, removed)."""
+    cur.execute(f"SELECT 1 FROM refs WHERE {_REF} FOR UPDATE", key)
+    cur.execute(f"SELECT {rows.ENTRY} FROM versions WHERE {_REF} ORDER BY version", key)
+    entries = [e for row in cur.fetchall() if (e := rows.entry(row)) is not None]
+    if not entries:
+        return 0, 0, 0, False
+    size = sum(e.size for e in entries)
+    keep = retained(entries, retention.keep_last, cutoff)
+    drop = [e.version for e in entries if keep is None or e.version not in keep]
+    if not drop:
+        return size, size, 0, False
+    left = sum(e.size for e in entries if keep is not None and e.version in keep)
+    if dry_run:
+        raise Abandon((size, left, len(drop), keep is None))
+    now = time.time_ns()
+    cur.executemany(
+        "INSERT INTO compactions (scope, namespace, key, low, high, policy, time_ns) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        [(*key, low, high, retention.policy, now) for low, high in _ranges(drop)],
+    )
+    cur.execute(f"DELETE FROM versions WHERE {_REF} AND version = ANY(%s)", (*key, drop))
+    if keep is None:  # the key goes away; its last version stays reserved
+        cur.execute(
+            "UPDATE refs SET floor = GREATEST(floor, version), version = NULL, op = NULL, "
+            "time_ns = NULL, digest = NULL, size = NULL, created_ns = NULL, audit = NULL, "
+            f"damaged_from = NULL WHERE {_REF}",
+            key,
+        )
+    return size, left, len(drop), keep is None

@@ -1,0 +1,187 @@
+"""One PostgreSQL connection per store handle: transactions, errors, reconnects.
+
+:class:`Database` runs each operation as one function on a cursor, inside
+one transaction (or as one autocommit statement), holding the handle's
+lock: threads sharing a handle take turns; for parallel work open one
+handle per thread or process. It maps the driver's errors to castore's:
+
+* a connection that cannot be made, or is lost:
+  :class:`~castore.errors.StoreUnavailableError`, with the location but
+  never its credentials. A connection found broken before the transaction's
+  ``COMMIT`` was sent (a server restart while the handle was idle) is made
+  again and the operation run once more: nothing of it was applied. A
+  connection lost while ``COMMIT`` was in flight is reported as such: the
+  write may or may not have been applied (read the key to know; a retried
+  ``set`` writes a new version, a retried conditional write reports a
+  conflict if the first one was applied);
+* a lock not taken within the handle's ``lock_timeout``:
+  :class:`~castore.errors.LockTimeoutError`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from castore.errors import FormatVersionError, LockTimeoutError, StoreUnavailableError
+from castore.postgres import schema as tables
+from castore.postgres.location import Location
+
+__all__ = ["Abandon", "Cursor", "Database", "Row"]
+
+T = TypeVar("T")
+Cursor = psycopg.Cursor[Any]
+Row = tuple[Any, ...]
+
+
+class Abandon(Exception, Generic[T]):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by an operation to roll its transaction back and return ``result``."""
+
+    def __init__(self, result: T) -> None:
+        super().__init__()
+        self.result = result
+
+
+class Database:
+    """The connection of one store handle (made on first use) and its schema's state.
+
+    Args:
+        location: the parsed store location.
+        lock_timeout: seconds a write waits for its key's row lock.
+    """
+
+    def __init__(self, location: Location, lock_timeout: float) -> None:
+        self.location = location
+        self.lock_timeout = lock_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.RLock()
+        self._present = False  # the store's tables were found (they are never dropped)
+        self._closer: weakref.finalize[Any, Any] | None = None
+
+    def close(self) -> None:
+        """Close the connection (a later call opens a new one)."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        self._conn = None
+        if self._closer is not None:
+            self._closer()  # closes the connection (once)
+            self._closer = None
+
+    def clean(self, exc: BaseException) -> str:
+        """The driver's message for ``exc``, first line, without the URL's password."""
+        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        for secret in self.location.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(
+                self.location.conninfo, autocommit=True, application_name="castore"
+            )
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"{self.location.shown}: cannot connect: {self.clean(exc)}"
+            ) from None
+        try:
+            conn.execute(
+                sql.SQL("SET search_path TO {}").format(sql.Identifier(self.location.schema))
+            )
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false)",
+                (f"{max(1, int(self.lock_timeout * 1000))}ms",),
+            )
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreUnavailableError(
+                f"{self.location.shown}: cannot set up the session: {self.clean(exc)}"
+            ) from None
+        # A handle dropped without close() closes its connection when collected.
+        self._closer = weakref.finalize(self, conn.close)
+        return conn
+
+    def present(self, cur: Cursor) -> bool:
+        """Whether the store's tables exist (checked until they are found).
+
+        Raises:
+            FormatVersionError: the schema holds something else, or a newer store.
+        """
+        if not self._present:
+            self._present = tables.version_of(cur, self.location.schema) > 0
+        return self._present
+
+    def create(self) -> None:
+        """Create the store's tables if they are absent (one transaction, advisory lock)."""
+        self.run(lambda cur: tables.create(cur, self.location.schema), "creating the store")
+        self._present = True
+
+    def fetch(self, query: str, params: Sequence[Any] = (), what: str = "reading") -> list[Row]:
+        """The rows of one query, run alone (autocommit)."""
+        return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
+
+    def run(self, work: Callable[[Cursor], T], what: str, *, transaction: bool = True) -> T:
+        """Run ``work`` in one transaction (or, ``transaction=False``, in autocommit).
+
+        ``what`` names the operation in errors (``the write of dag/d/k``).
+
+        Raises:
+            StoreUnavailableError: the server cannot be reached, or the connection was lost.
+            LockTimeoutError: a row lock was not taken within ``lock_timeout``.
+        """
+        with self._lock:
+            for attempt in (1, 2):
+                fresh = self._conn is None
+                conn = self._conn = self._conn or self._connect()
+                committing = False
+                try:
+                    if not transaction:
+                        with conn.cursor() as cur:
+                            return work(cur)
+                    conn.execute("BEGIN")
+                    try:
+                        with conn.cursor() as cur:
+                            result = work(cur)
+                    except Abandon as stop:
+                        conn.execute("ROLLBACK")
+                        return stop.result  # type: ignore[no-any-return]
+                    except BaseException:
+                        if not conn.broken:
+                            conn.execute("ROLLBACK")
+                        raise
+                    committing = True
+                    conn.execute("COMMIT")
+                    return result
+                except pg_errors.LockNotAvailable:
+                    raise LockTimeoutError(
+                        f"{self.location.shown}: {what}", self.lock_timeout
+                    ) from None
+                except FormatVersionError:
+                    raise
+                except psycopg.OperationalError as exc:
+                    broken = conn.broken or conn.closed
+                    if broken:
+                        self._drop()
+                        if attempt == 1 and not fresh and not committing:
+                            continue  # a stale connection: nothing was applied; once more
+                    if committing:
+                        raise StoreUnavailableError(
+                            f"{self.location.shown}: the connection was lost while committing "
+                            f"{what}: it may or may not have been applied (read it to know): "
+                            f"{self.clean(exc)}"
+                        ) from None
+                    raise StoreUnavailableError(
+                        f"{self.location.shown}: {what} failed: {self.clean(exc)}"
+                    ) from None
+                except psycopg.Error as exc:
+                    raise StoreUnavailableError(
+                        f"{self.location.shown}: {what} failed: {self.clean(exc)}"
+                    ) from None
+            raise AssertionError("unreachable")  # pragma: no cover

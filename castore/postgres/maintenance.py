@@ -1,0 +1,292 @@
+"""Maintenance of a PostgreSQL store: check (and repair), gc, compaction, stats.
+
+Each works in short transactions beside running readers and writers:
+
+* **check** re-hashes every blob, and checks that every version's blob is
+  present and that each key's ``refs`` row holds a copy of its newest
+  version; ``--repair`` rewrites a wrong copy from ``versions`` (under the
+  key's row lock). A blob that fails its hash cannot be repaired here: the
+  versions that use it read as damaged, never as another value.
+* **gc** deletes blobs that no version references and that no write used
+  within the grace period. A write that reuses a blob refreshes its
+  ``touched_ns`` in its own transaction (a row lock gc waits for), and the
+  foreign key from ``versions`` makes deleting a referenced blob fail rather
+  than lose it: a blob that a write raced into use is skipped.
+* **compact** (:mod:`castore.postgres.compaction`) applies a retention policy.
+* **stats** counts with aggregate queries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+
+from psycopg import errors as pg_errors
+
+from castore import valuecodec
+from castore.backend import Progress
+from castore.errors import CorruptionError
+from castore.keys import Ref
+from castore.postgres import rows
+from castore.postgres.connection import Cursor, Database, Row
+from castore.reports import (
+    CheckReport,
+    Finding,
+    GCReport,
+    ScopeStats,
+    StoreStats,
+)
+
+__all__ = ["check", "collect_garbage", "stats"]
+
+_BATCH: Final = 500  # blobs per query when every blob is read or deleted
+_REF: Final = "scope = %s AND namespace = %s AND key = %s"
+_NEWEST_COPY_WRONG: Final = f"""
+    SELECT r.scope, r.namespace, r.key FROM refs r
+    LEFT JOIN LATERAL (
+        SELECT {rows.ENTRY.replace("audit::text", "audit")} FROM versions v
+        WHERE v.scope = r.scope AND v.namespace = r.namespace AND v.key = r.key
+        ORDER BY v.version DESC LIMIT 1
+    ) n ON true
+    WHERE (r.version, r.op, r.time_ns, r.digest, r.size, r.created_ns, r.audit, r.damaged_from)
+        IS DISTINCT FROM
+        (n.version, n.op, n.time_ns, n.digest, n.size, n.created_ns, n.audit, n.damaged_from)
+    ORDER BY r.scope, r.namespace, r.key
+"""
+_COPY_NEWEST: Final = f"""
+    UPDATE refs r SET (version, op, time_ns, digest, size, created_ns, audit, damaged_from) = (
+        SELECT {rows.ENTRY.replace("audit::text", "audit")} FROM versions v
+        WHERE v.scope = r.scope AND v.namespace = r.namespace AND v.key = r.key
+        ORDER BY v.version DESC LIMIT 1
+    )
+    WHERE r.scope = %s AND r.namespace = %s AND r.key = %s
+"""
+
+
+def _ref_name(scope: str, namespace: bytes, key: bytes) -> str:
+    return str(Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8")))
+
+
+def _present(db: Database) -> bool:
+    return db.run(db.present, "opening the store", transaction=False)
+
+
+def _blobs(db: Database) -> Iterator[list[tuple[Any, ...]]]:
+    """Every blob row (digest, codec, size, data), in batches by digest."""
+    after = b""
+    while True:
+        batch = db.fetch(
+            "SELECT digest, codec, size, data FROM blobs WHERE digest > %s "
+            "ORDER BY digest LIMIT %s",
+            (after, _BATCH),
+            "reading blobs",
+        )
+        if not batch:
+            return
+        yield batch
+        after = bytes(batch[-1][0])
+
+
+def _bad_blobs(db: Database, progress: Progress | None) -> tuple[int, list[Finding]]:
+    """Re-hash every blob: how many there are, and a finding per one that fails."""
+    findings: list[Finding] = []
+    blobs = 0
+    for batch in _blobs(db):
+        for digest, codec, size, data in batch:
+            blobs += 1
+            name = bytes(digest).hex()
+            try:
+                value = valuecodec.unpack(codec, bytes(data), name)
+                if len(value) != size:
+                    raise CorruptionError(f"blob {name}: {len(value)} bytes, recorded {size}")
+            except CorruptionError as exc:
+                findings.append(
+                    Finding(
+                        path=f"blobs/{name}",
+                        problem=exc.detail,
+                        repair="none: the versions that use it read as damaged",
+                    )
+                )
+        if progress is not None:
+            progress(len(batch))
+    return blobs, findings
+
+
+def _missing_blobs(db: Database) -> list[Finding]:
+    """A finding per version whose blob is missing (the foreign key should prevent it)."""
+    missing = db.fetch(
+        "SELECT v.scope, v.namespace, v.key, v.version, v.digest FROM versions v "
+        "WHERE v.digest IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM blobs b WHERE b.digest = v.digest) ORDER BY 1, 2, 3, 4",
+        (),
+        "checking",
+    )
+    return [
+        Finding(
+            path=f"versions/{_ref_name(scope, namespace, key)}@{version}",
+            problem=f"blob {bytes(digest).hex()} is missing",
+            repair="none: the version reads as damaged",
+        )
+        for scope, namespace, key, version, digest in missing
+    ]
+
+
+def _wrong_copies(db: Database, repair: bool) -> list[Finding]:
+    """A finding per key whose ``refs`` row is not a copy of its newest version (repaired)."""
+    findings: list[Finding] = []
+    for scope, namespace, key in db.fetch(_NEWEST_COPY_WRONG, (), "checking"):
+        name = _ref_name(scope, namespace, key)
+        if repair:
+
+            def fix(cur: Cursor, params: tuple[Any, ...] = (scope, namespace, key)) -> None:
+                cur.execute(f"SELECT 1 FROM refs WHERE {_REF} FOR UPDATE", params)
+                cur.execute(_COPY_NEWEST, params)
+
+            db.run(fix, f"repairing {name}")
+        findings.append(
+            Finding(
+                path=f"refs/{name}",
+                problem="the copy of the newest version differs from the versions table",
+                repair="copy the newest version again",
+                repaired=repair,
+            )
+        )
+    return findings
+
+
+def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckReport:
+    """Verify every blob, every version's blob and every key's newest copy; repair the copies."""
+    if not _present(db):
+        return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
+    blobs, findings = _bad_blobs(db, progress)
+    findings += _missing_blobs(db) + _wrong_copies(db, repair)
+    ((refs, entries),) = db.fetch(
+        "SELECT (SELECT count(*) FROM refs WHERE version IS NOT NULL), "
+        "(SELECT count(*) FROM versions)",
+        (),
+        "checking",
+    )
+    ok = all(f.repaired or f.severity != "error" for f in findings)
+    return CheckReport(ok=ok, logs=refs, entries=entries, blobs=blobs, findings=findings)
+
+
+def collect_garbage(
+    db: Database, *, grace_seconds: float, dry_run: bool, progress: Progress | None
+) -> GCReport:
+    """Delete unreferenced blobs older than the grace period (never one in use)."""
+    present = _present(db)
+    cutoff = time.time_ns() - int(grace_seconds * 1e9)
+    unused = (
+        "FROM blobs b WHERE b.touched_ns < %s AND NOT EXISTS "
+        "(SELECT 1 FROM versions v WHERE v.digest = b.digest)"
+    )
+    blobs_found = bytes_found = 0
+    candidates: list[Row] = []
+    if present:
+        ((blobs_found, bytes_found),) = db.fetch(
+            "SELECT count(*), coalesce(sum(octet_length(data)), 0) FROM blobs", (), "gc"
+        )
+        candidates = db.fetch(f"SELECT b.digest, octet_length(b.data) {unused}", (cutoff,), "gc")
+    freed = freed_bytes = 0
+    if dry_run:
+        freed, freed_bytes = len(candidates), sum(n for _, n in candidates)
+    for start in range(0, 0 if dry_run else len(candidates), _BATCH):
+        digests = [bytes(d) for d, _ in candidates[start : start + _BATCH]]
+
+        def delete(cur: Cursor, batch: list[bytes] = digests) -> tuple[int, int]:
+            return _delete(cur, batch, unused, cutoff)
+
+        count, size = db.run(delete, "gc")
+        freed += count
+        freed_bytes += size
+        if progress is not None:
+            progress(len(digests))
+    return GCReport(
+        dry_run=dry_run,
+        grace_seconds=grace_seconds,
+        blobs_found=blobs_found,
+        blobs_kept=blobs_found - freed,
+        blobs_freed=freed,
+        bytes_found=bytes_found,
+        bytes_kept=bytes_found - freed_bytes,
+        bytes_freed=freed_bytes,
+        logs_rewritten=0,
+        logs_removed=0,
+        leftovers_removed=0,
+    )
+
+
+def _delete(cur: Cursor, digests: list[bytes], unused: str, cutoff: int) -> tuple[int, int]:
+    """Delete the still unused blobs among ``digests``; one at a time if a write raced one."""
+    statement = f"DELETE {unused} AND b.digest = ANY(%s) RETURNING octet_length(b.data)"
+    cur.execute("SAVEPOINT gc_batch")
+    try:
+        freed = cur.execute(statement, (cutoff, digests)).fetchall()
+        cur.execute("RELEASE SAVEPOINT gc_batch")
+    except pg_errors.ForeignKeyViolation:  # a write took one into use meanwhile
+        cur.execute("ROLLBACK TO SAVEPOINT gc_batch")
+        freed = []
+        for digest in digests:
+            cur.execute("SAVEPOINT gc_one")
+            try:
+                freed += cur.execute(statement, (cutoff, [digest])).fetchall()
+                cur.execute("RELEASE SAVEPOINT gc_one")
+            except pg_errors.ForeignKeyViolation:
+                cur.execute("ROLLBACK TO SAVEPOINT gc_one")
+    return len(freed), sum(n for (n,) in freed)
+
+
+def stats(db: Database) -> StoreStats:
+    """Keys, versions, blobs and bytes per scope; unreferenced blobs count in the total only."""
+    if not _present(db):
+        return StoreStats(scopes={}, total=ScopeStats())
+
+    def work(cur: Cursor) -> StoreStats:
+        per: dict[str, ScopeStats] = {}
+        cur.execute(
+            "SELECT scope, count(*) FILTER (WHERE op <> 'delete'), "
+            "count(*) FILTER (WHERE op = 'delete') FROM refs WHERE version IS NOT NULL "
+            "GROUP BY scope"
+        )
+        for scope, keys, deleted in cur.fetchall():
+            per[scope] = ScopeStats(keys=keys, deleted_keys=deleted)
+        cur.execute(
+            "SELECT v.scope, count(*), coalesce(sum(v.size), 0) FROM versions v GROUP BY v.scope"
+        )
+        for scope, versions, logical in cur.fetchall():
+            st = per.setdefault(scope, ScopeStats())
+            st.versions, st.logical_bytes = versions, logical
+        cur.execute(
+            "SELECT u.scope, count(*), coalesce(sum(octet_length(b.data)), 0) FROM "
+            "(SELECT DISTINCT scope, digest FROM versions WHERE digest IS NOT NULL) u "
+            "JOIN blobs b ON b.digest = u.digest GROUP BY u.scope"
+        )
+        for scope, blobs, stored in cur.fetchall():
+            st = per.setdefault(scope, ScopeStats())
+            st.blobs, st.stored_bytes = blobs, stored
+        cur.execute(
+            "SELECT (SELECT count(*) FROM refs WHERE version IS NOT NULL AND op <> 'delete'), "
+            "(SELECT count(*) FROM refs WHERE op = 'delete'), (SELECT count(*) FROM versions), "
+            "(SELECT count(*) FROM blobs), "
+            "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs), "
+            "(SELECT coalesce(sum(size), 0) FROM versions), "
+            "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs b WHERE NOT EXISTS "
+            "(SELECT 1 FROM versions v WHERE v.digest = b.digest))"
+        )
+        row = cur.fetchone()
+        assert row is not None  # noqa: S101 - an aggregate row
+        keys, deleted, versions, blobs, stored, logical, reclaimable = row
+        total = ScopeStats(
+            keys=keys,
+            deleted_keys=deleted,
+            versions=versions,
+            blobs=blobs,
+            stored_bytes=stored,
+            logical_bytes=logical,
+            reclaimable_bytes=reclaimable,
+        )
+        return StoreStats(scopes=dict(sorted(per.items())), total=total)
+
+    result: StoreStats = db.run(work, "stats", transaction=False)
+    return result

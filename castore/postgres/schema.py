@@ -1,0 +1,165 @@
+"""The tables of a PostgreSQL store, their version, and how they are created and upgraded.
+
+One schema per store (the location's ``schema`` parameter). Version 1:
+
+* ``castore_meta``: ``schema_version`` (a store refuses a newer one);
+* ``blobs``: one row per value, named by the sha256 of its normalized JSON
+  (``digest``), packed raw or as zstd (:mod:`castore.valuecodec`), shared by
+  every key and version; ``touched_ns`` is the last time a write used it
+  (gc's grace period);
+* ``versions``: one row per version: the ref (``scope``, ``namespace`` and
+  ``key``; the latter two as UTF-8 ``bytea``, so that order is byte-wise,
+  as Dagu's, and any key castore accepts fits), ``version``, ``op``, times,
+  ``digest`` (null for a delete), ``size``, the full ``audit`` (jsonb);
+* ``refs``: one row per key ever written: a copy of its newest version (for
+  ``get`` and ``list``, one indexed query each; null columns once compaction
+  removed the key) and ``floor``, the last version of a removed life (so
+  versions never repeat). Every write locks its key's row;
+* ``compactions``: the version ranges compaction dropped, with the policy.
+
+docs/DESIGN.md, "The PostgreSQL backend", has the transactions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from castore.errors import FormatVersionError
+
+__all__ = ["SCHEMA_VERSION", "create", "upgrade_schema", "version_of"]
+
+SCHEMA_VERSION: Final = 1
+
+_TABLES: Final = (
+    "CREATE TABLE castore_meta (name text PRIMARY KEY, value text NOT NULL)",
+    """CREATE TABLE blobs (
+        digest bytea PRIMARY KEY CHECK (length(digest) = 32),
+        codec smallint NOT NULL,
+        size integer NOT NULL,
+        data bytea NOT NULL,
+        touched_ns bigint NOT NULL
+    )""",
+    # zstd already compressed what helps: no second compression by TOAST
+    "ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL",
+    """CREATE TABLE refs (
+        scope text NOT NULL,
+        namespace bytea NOT NULL,
+        key bytea NOT NULL,
+        floor bigint NOT NULL DEFAULT 0,
+        version bigint,
+        op text,
+        time_ns bigint,
+        digest bytea,
+        size integer,
+        created_ns bigint,
+        audit jsonb,
+        damaged_from bigint,
+        PRIMARY KEY (scope, namespace, key)
+    )""",
+    """CREATE TABLE versions (
+        scope text NOT NULL,
+        namespace bytea NOT NULL,
+        key bytea NOT NULL,
+        version bigint NOT NULL CHECK (version > 0),
+        op text NOT NULL,
+        time_ns bigint NOT NULL,
+        digest bytea REFERENCES blobs (digest),
+        size integer NOT NULL,
+        created_ns bigint NOT NULL,
+        audit jsonb NOT NULL,
+        damaged_from bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (scope, namespace, key, version)
+    )""",
+    "CREATE INDEX versions_digest ON versions (digest)",
+    """CREATE TABLE compactions (
+        scope text NOT NULL,
+        namespace bytea NOT NULL,
+        key bytea NOT NULL,
+        low bigint NOT NULL,
+        high bigint NOT NULL,
+        policy text NOT NULL,
+        time_ns bigint NOT NULL
+    )""",
+    "CREATE INDEX compactions_ref ON compactions (scope, namespace, key)",
+)
+
+
+def version_of(cur: psycopg.Cursor[Any], schema: str) -> int:
+    """The schema's version: 0 when it holds no store (absent, or empty).
+
+    Raises:
+        FormatVersionError: the schema holds tables that are not a castore
+            store, or a store newer than this castore knows.
+    """
+    cur.execute(
+        "SELECT to_regclass(format('%%I.castore_meta', %s::text)) IS NOT NULL, "
+        "(SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s::text)",
+        (schema, schema),
+    )
+    row = cur.fetchone()
+    assert row is not None  # noqa: S101 - one row by construction
+    has_meta, relations = row
+    if not has_meta:
+        if relations:
+            raise FormatVersionError(
+                f"schema {schema} holds tables but no castore store: give another ?schema="
+            )
+        return 0
+    cur.execute(
+        sql.SQL("SELECT value FROM {}.castore_meta WHERE name = 'schema_version'").format(
+            sql.Identifier(schema)
+        )
+    )
+    found = cur.fetchone()
+    version = int(found[0]) if found is not None and str(found[0]).isdigit() else -1
+    if version < 1:
+        raise FormatVersionError(f"schema {schema}: castore_meta holds no schema version")
+    if version > SCHEMA_VERSION:
+        raise FormatVersionError(
+            f"schema {schema} holds a castore store of schema version {version}; "
+            f"this castore knows {SCHEMA_VERSION}: upgrade castore"
+        )
+    return version
+
+
+def _lock(cur: psycopg.Cursor[Any], schema: str) -> None:
+    """Serialize creation and upgrades of ``schema`` (until the transaction ends)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('castore schema ' || %s::text))", (schema,))
+
+
+def create(cur: psycopg.Cursor[Any], schema: str) -> bool:
+    """Create the store's tables in ``schema`` unless present; True if this call made them.
+
+    Run inside a transaction: two first users serialize on an advisory lock,
+    and the second finds the tables the first committed.
+    """
+    _lock(cur, schema)
+    if version_of(cur, schema):
+        return False
+    ident = sql.Identifier(schema)
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+    cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+    for statement in _TABLES:
+        cur.execute(statement)
+    cur.execute(
+        sql.SQL("INSERT INTO {}.castore_meta VALUES ('schema_version', %s)").format(ident),
+        (str(SCHEMA_VERSION),),
+    )
+    return True
+
+
+def upgrade_schema(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, int]:
+    """Bring ``schema`` to :data:`SCHEMA_VERSION`; return the versions before and after.
+
+    Version 1 is the first: an upgrade creates a missing store and leaves a
+    current one as it is. A later version adds its steps here.
+    """
+    _lock(cur, schema)
+    before = version_of(cur, schema)
+    if before == 0:
+        create(cur, schema)
+    return before, SCHEMA_VERSION

@@ -1,0 +1,160 @@
+"""The statements of the PostgreSQL backend and what a write's decision may read.
+
+SQL text is built here from constants only; every value is a parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from castore.errors import NotFoundError
+from castore.keys import Ref
+from castore.postgres import rows
+from castore.postgres.connection import Cursor
+from castore.records import OP_DAMAGED, BlobLoc, Entry
+from castore.results import rfc3339
+
+__all__ = [
+    "APPEND_KNOWN_BLOB",
+    "APPEND_NEW_BLOB",
+    "APPEND_NO_BLOB",
+    "BLOB",
+    "CURRENT",
+    "LOCK",
+    "PAGE",
+    "REF",
+    "VERSION",
+    "NothingView",
+    "RowView",
+    "entry_at",
+    "params",
+]
+
+PAGE: Final = 256  # versions per query when a whole history is walked
+REF: Final = "scope = %s AND namespace = %s AND key = %s"
+CURRENT: Final = (
+    f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, b.codec, b.data "
+    f"FROM refs r LEFT JOIN blobs b ON b.digest = r.digest "
+    f"WHERE r.scope = %s AND r.namespace = %s AND r.key = %s"
+)
+LOCK: Final = f"SELECT floor, {rows.ENTRY} FROM refs WHERE {REF} FOR UPDATE"
+VERSION: Final = (
+    f"SELECT {', '.join('v.' + c for c in rows.ENTRY.split(', '))}, b.codec, b.data "
+    f"FROM versions v LEFT JOIN blobs b ON b.digest = v.digest "
+    f"WHERE v.scope = %s AND v.namespace = %s AND v.key = %s AND v.version >= %s "
+    f"ORDER BY v.version LIMIT %s"
+)
+_SET_HEAD: Final = (
+    "UPDATE refs SET version = %(v)s, op = %(op)s, time_ns = %(t)s, digest = %(d)s, "
+    "size = %(sz)s, created_ns = %(cr)s, audit = %(a)s::jsonb, damaged_from = %(df)s "
+    "WHERE scope = %(s)s AND namespace = %(n)s AND key = %(k)s"
+)
+_INSERT_VERSION: Final = (
+    "INSERT INTO versions (scope, namespace, key, version, op, time_ns, digest, size, "
+    "created_ns, audit, damaged_from) VALUES (%(s)s, %(n)s, %(k)s, %(v)s, %(op)s, %(t)s, "
+    "%(d)s, %(sz)s, %(cr)s, %(a)s::jsonb, %(df)s)"
+)
+# One statement per version: its blob (new, or refreshed for gc), its row, the newest copy.
+APPEND_NEW_BLOB: Final = (
+    "WITH b AS (INSERT INTO blobs (digest, codec, size, data, touched_ns) "
+    "VALUES (%(d)s, %(codec)s, %(sz)s, %(data)s, %(now)s) "
+    "ON CONFLICT (digest) DO UPDATE SET touched_ns = EXCLUDED.touched_ns), "
+    f"v AS ({_INSERT_VERSION}) {_SET_HEAD}"
+)
+APPEND_KNOWN_BLOB: Final = (
+    "WITH b AS (UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(d)s), "
+    f"v AS ({_INSERT_VERSION}) {_SET_HEAD}"
+)
+APPEND_NO_BLOB: Final = f"WITH v AS ({_INSERT_VERSION}) {_SET_HEAD}"
+BLOB: Final = "SELECT codec, data FROM blobs WHERE digest = %s"
+
+
+class NothingView:
+    """The view of a ref where there is no store: no entry, no value."""
+
+    def value(self) -> bytes | None:
+        """None: there is no entry."""
+        return None
+
+    def entry_at(self, version: int) -> Entry | None:
+        """None: there is no entry."""
+        return None
+
+    def value_at(self, entry: Entry) -> bytes | None:
+        """None: there is no entry."""
+        return None
+
+    def absolute(self, loc: BlobLoc) -> BlobLoc:
+        """``loc`` itself."""
+        return loc
+
+
+class RowView:
+    """What a decision reads of its locked ref, in the write's transaction."""
+
+    def __init__(self, cur: Cursor, ref: Ref, newest: Entry | None) -> None:
+        self._cur = cur
+        self._ref = ref
+        self._newest = newest
+
+    def value(self) -> bytes | None:
+        """The newest entry's verified value (None for a delete or no entry)."""
+        return self.value_at(self._newest) if self._newest is not None else None
+
+    def entry_at(self, version: int) -> Entry | None:
+        """The entry of ``version``, or None."""
+        return entry_at(self._cur, self._ref, version)[0]
+
+    def value_at(self, entry: Entry) -> bytes | None:
+        """The verified value of an entry of this ref."""
+        if not entry.live or entry.op == OP_DAMAGED:
+            return rows.value(self._ref, entry, None, None)
+        self._cur.execute(BLOB, (bytes.fromhex(entry.hash),))
+        found = self._cur.fetchone()
+        return rows.value(self._ref, entry, *(found if found is not None else (None, None)))
+
+    def absolute(self, loc: BlobLoc) -> BlobLoc:
+        """``loc`` itself: no location hints here, values are found by digest."""
+        return loc  # no location hints here: values are found by their digest
+
+
+def entry_at(cur: Cursor, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
+    """The entry holding ``version`` (or a damaged range over it) and its value.
+
+    Raises:
+        NotFoundError: compaction dropped the version.
+        CorruptionError: its value fails verification.
+    """
+    cur.execute(VERSION, (*rows.ref_params(ref), version, 1))
+    row = cur.fetchone()
+    found = rows.entry(row) if row is not None else None
+    if found is not None and found.first <= version:
+        return found, rows.value(ref, found, row[8], row[9]) if row is not None else None
+    cur.execute(
+        f"SELECT policy, time_ns FROM compactions WHERE {REF} AND low <= %s AND high >= %s LIMIT 1",
+        (*rows.ref_params(ref), version, version),
+    )
+    dropped = cur.fetchone()
+    if dropped is not None:
+        raise NotFoundError(
+            f"{ref} version {version} was compacted ({dropped[0]}, {rfc3339(dropped[1])})"
+        )
+    return None, None
+
+
+def params(key: tuple[str, bytes, bytes], entry: Entry) -> dict[str, Any]:
+    """The parameters of an append statement: the ref's row key and the entry's columns."""
+    scope, namespace, name = key
+    return {
+        "s": scope,
+        "n": namespace,
+        "k": name,
+        "v": entry.version,
+        "op": entry.op,
+        "t": entry.time_ns,
+        "d": bytes.fromhex(entry.hash) if entry.hash else None,
+        "sz": entry.size,
+        "cr": entry.created_ns,
+        "a": rows.audit_json(entry.audit),
+        "df": entry.damaged_from,
+    }

@@ -1,0 +1,28 @@
+"""Store locations that are URLs: what errors, logs and reprs may show of them."""
+
+from __future__ import annotations
+
+__all__ = ["is_url", "redacted"]
+
+
+def is_url(location: str) -> bool:
+    """True when ``location`` is a URL (``scheme://…``), not a directory."""
+    scheme, sep, _ = location.partition("://")
+    return bool(sep) and scheme.isascii() and scheme.replace("+", "").isalnum()
+
+
+def redacted(location: str) -> str:
+    """``location`` as errors and logs may show it: a URL without user, password or query.
+
+    Of the query, only castore's own ``schema`` parameter stays (it tells stores apart).
+
+    >>> redacted("postgresql://alice:s3cret@db.example:5432/state?sslmode=require&schema=ci")
+    'postgresql://db.example:5432/state?schema=ci'
+    """
+    if "://" not in location:
+        return location
+    scheme, _, rest = location.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    path, _, query = rest[len(rest.split("/", 1)[0]) :].split("#", 1)[0].partition("?")
+    kept = [item for item in query.split("&") if item.startswith("schema=")][-1:]
+    return f"{scheme}://{host}{path}" + (f"?{kept[0]}" if kept else "")
