@@ -75,6 +75,11 @@ class Database:
             self._closer()  # closes the connection (once)
             self._closer = None
 
+    def backend_pid(self) -> int | None:
+        """The server process of this handle's connection (None: not connected)."""
+        conn = self._conn
+        return conn.info.backend_pid if conn is not None and not conn.closed else None
+
     def clean(self, exc: BaseException) -> str:
         """The driver's message for ``exc``, first line, without the URL's password."""
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0]

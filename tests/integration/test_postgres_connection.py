@@ -1,0 +1,118 @@
+"""The PostgreSQL backend's connection faults: a lost connection, before and during COMMIT.
+
+docs/DESIGN.md, "The PostgreSQL backend": a connection found broken before
+``COMMIT`` was sent is made again and the operation runs once more (nothing
+of it was applied); a connection lost while ``COMMIT`` was in flight raises
+``StoreUnavailableError`` saying the write may or may not have been applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import castore
+from castore import Store, StoreUnavailableError
+from castore.postgres.backend import PostgresBackend
+from tests.conftest import POSTGRES_URL, REQUIRE_POSTGRES, postgres_store_location
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pg_location(tmp_path: Any) -> Iterator[str]:
+    """A fresh PostgreSQL store location (skipped without a server, unless CI requires one)."""
+    if not POSTGRES_URL:
+        assert not REQUIRE_POSTGRES, "CASTORE_REQUIRE_POSTGRES=1 without CASTORE_TEST_POSTGRES"
+        pytest.skip("no PostgreSQL server: set CASTORE_TEST_POSTGRES (README, Development)")
+    with postgres_store_location(tmp_path) as location:
+        yield location
+
+
+def terminate_session(store: Store) -> None:
+    """Kill the server side of ``store``'s connection (as a server restart would)."""
+    backend = store.backend
+    assert isinstance(backend, PostgresBackend)
+    pid = backend.db.backend_pid()
+    assert pid is not None, "the store has no connection yet"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        row = admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
+    assert row == (True,)
+
+
+def test_an_idle_connection_killed_by_the_server_is_made_again(pg_location: str) -> None:
+    store = Store(pg_location, dag="d")
+    store.set("k", 1)
+    terminate_session(store)
+    assert store.get("k").value == 1  # a read: reconnected transparently
+    terminate_session(store)
+    written = store.set("k", 2)  # a write before COMMIT was sent: run once more, once
+    assert written.version == 2
+    assert [e.version for e in store.history("k").entries] == [2, 1]
+
+
+class CommitFails:
+    """Patches psycopg so that the next ``COMMIT`` loses the connection, before or after it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, applied: bool) -> None:
+        self.fired = False
+        real = psycopg.Connection.execute
+
+        def execute(conn: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+            if query == "COMMIT" and not self.fired:
+                self.fired = True
+                if applied:
+                    real(conn, query, *args, **kw)
+                conn.close()  # the socket is gone: libpq reports a lost connection
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return real(conn, query, *args, **kw)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", execute)
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+def test_a_connection_lost_during_commit_says_the_write_may_have_been_applied(
+    pg_location: str, monkeypatch: pytest.MonkeyPatch, applied: bool
+) -> None:
+    store = Store(pg_location, dag="d")
+    store.set("k", 1)
+    fault = CommitFails(monkeypatch, applied=applied)
+    with pytest.raises(StoreUnavailableError) as caught:
+        store.set("k", 2)
+    assert fault.fired
+    message = str(caught.value)
+    assert "may or may not have been applied" in message
+    assert "dag/d/k" in message
+    assert "@" not in message  # no credentials
+    # The caller reads the key to know; the handle reconnects by itself.
+    now = store.get("k")
+    assert (now.version, now.value) == ((2, 2) if applied else (1, 1))
+    # A retried conditional write reports a conflict if the first one was applied.
+    if applied:
+        with pytest.raises(castore.ConflictError):
+            store.set("k", 2, expected_version=1)
+    else:
+        assert store.set("k", 2, expected_version=1).version == 2
+    assert store.check().ok
+
+
+def test_a_killed_client_leaves_no_partial_version(pg_location: str) -> None:
+    store = Store(pg_location, dag="d")
+    store.set("k", 1)
+    schema = pg_location.rpartition("schema=")[2]
+    conn = psycopg.connect(pg_location.partition("?")[0], autocommit=False)
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    conn.execute("SELECT 1 FROM refs FOR UPDATE")  # a writer holding the key's lock...
+    conn.execute(
+        "INSERT INTO versions SELECT scope, namespace, key, 2, op, time_ns, digest, size, "
+        "created_ns, audit, damaged_from FROM versions"
+    )
+    conn.pgconn.finish()  # ...dies before COMMIT (no rollback sent): the server drops it all
+    assert store.get("k").version == 1
+    assert store.set("k", 2).version == 2
+    assert [e.version for e in store.history("k").entries] == [2, 1]
+    assert store.check().ok
