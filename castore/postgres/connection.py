@@ -16,10 +16,14 @@ handle per thread or process. It maps the driver's errors to castore's:
   conflict if the first one was applied);
 * a lock not taken within the handle's ``lock_timeout``:
   :class:`~castore.errors.LockTimeoutError`.
+
+A handle used in a forked child makes its own connection there, and leaves
+the parent's alone.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -38,6 +42,7 @@ __all__ = ["Abandon", "Cursor", "Database", "Row"]
 T = TypeVar("T")
 Cursor = psycopg.Cursor[Any]
 Row = tuple[Any, ...]
+_INHERITED: list[psycopg.Connection[Any]] = []  # a parent's connections, in a forked child
 
 
 class Abandon(Exception, Generic[T]):  # noqa: N818 - a control-flow signal, not an error
@@ -63,6 +68,7 @@ class Database:
         self._lock = threading.RLock()
         self._present = False  # the store's tables were found (they are never dropped)
         self._closer: weakref.finalize[Any, Any] | None = None
+        self._pid = 0  # the process that made the connection
 
     def close(self) -> None:
         """Close the connection (a later call opens a new one)."""
@@ -111,7 +117,20 @@ class Database:
             ) from None
         # A handle dropped without close() closes its connection when collected.
         self._closer = weakref.finalize(self, conn.close)
+        self._pid = os.getpid()
         return conn
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: never use nor close the parent's connection (its socket).
+
+        Closing (or freeing) it here would end the parent's session, so it is
+        kept, unused, for the life of this process.
+        """
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
+        if self._closer is not None:
+            self._closer.detach()
+        self._conn, self._closer = None, None
 
     def present(self, cur: Cursor) -> bool:
         """Whether the store's tables exist (checked until they are found).
@@ -142,6 +161,8 @@ class Database:
             LockTimeoutError: a row lock was not taken within ``lock_timeout``.
         """
         with self._lock:
+            if self._pid != os.getpid():
+                self._forget_inherited()
             for attempt in (1, 2):
                 fresh = self._conn is None
                 conn = self._conn = self._conn or self._connect()

@@ -8,6 +8,7 @@ of it was applied); a connection lost while ``COMMIT`` was in flight raises
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,3 +117,23 @@ def test_a_killed_client_leaves_no_partial_version(pg_location: str) -> None:
     assert store.set("k", 2).version == 2
     assert [e.version for e in store.history("k").entries] == [2, 1]
     assert store.check().ok
+
+
+def test_a_handle_used_in_a_forked_child_leaves_the_parents_connection_alone(
+    pg_location: str,
+) -> None:
+    store = Store(pg_location, dag="d")
+    store.set("k", 1)
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection; exits without touching the parent's
+        code = 0
+        try:
+            code = 0 if store.set("k", 2).version == 2 and store.get("k").value == 2 else 3
+        except Exception:  # noqa: BLE001 - any failure is the child's exit code
+            code = 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get("k").value == 2  # the parent's connection still works
+    assert store.set("k", 3).version == 3
