@@ -60,7 +60,7 @@ class PostgresBackend:
         self.location = parse(location)
         self.durable = durable
         self.lock_timeout = lock_timeout
-        self.db = Database(self.location, lock_timeout)
+        self.db = Database(self.location, lock_timeout, durable)
 
     def close(self) -> None:
         """Close the connection (the next call opens a new one)."""
@@ -279,8 +279,6 @@ class PostgresBackend:
         key = rows.ref_params(ref)
 
         def work(cur: Cursor) -> tuple[Entry | None, list[Entry]]:
-            if not self.durable:
-                cur.execute("SET LOCAL synchronous_commit TO off")
             floor, previous = self._lock(cur, key)
             decided = decide(previous, q.RowView(cur, ref, previous))
             if not decided:

@@ -59,12 +59,15 @@ class Database:
     Args:
         location: the parsed store location.
         lock_timeout: seconds a write waits for its key's row lock.
+        durable: False: commits do not wait for the WAL flush (``synchronous_commit``).
     """
 
-    def __init__(self, location: Location, lock_timeout: float) -> None:
+    def __init__(self, location: Location, lock_timeout: float, durable: bool = True) -> None:
         self.location = location
         self.lock_timeout = lock_timeout
+        self.durable = durable
         self._conn: psycopg.Connection[Any] | None = None
+        self._cur: Cursor | None = None  # the connection's one cursor (used under the lock)
         self._lock = threading.RLock()
         self._present = False  # the store's tables were found (they are never dropped)
         self._closer: weakref.finalize[Any, Any] | None = None
@@ -76,7 +79,7 @@ class Database:
             self._drop()
 
     def _drop(self) -> None:
-        self._conn = None
+        self._conn = self._cur = None
         if self._closer is not None:
             self._closer()  # closes the connection (once)
             self._closer = None
@@ -104,11 +107,14 @@ class Database:
             ) from None
         try:
             conn.execute(
-                sql.SQL("SET search_path TO {}").format(sql.Identifier(self.location.schema))
-            )
-            conn.execute(
-                "SELECT set_config('lock_timeout', %s, false)",
-                (f"{max(1, int(self.lock_timeout * 1000))}ms",),
+                "SELECT set_config('search_path', %s, false), "
+                "set_config('lock_timeout', %s, false), "
+                "set_config('synchronous_commit', %s, false)",
+                (
+                    sql.Identifier(self.location.schema).as_string(conn),
+                    f"{max(1, int(self.lock_timeout * 1000))}ms",
+                    "on" if self.durable else "off",
+                ),
             )
         except psycopg.Error as exc:
             conn.close()
@@ -118,6 +124,7 @@ class Database:
         # A handle dropped without close() closes its connection when collected.
         self._closer = weakref.finalize(self, conn.close)
         self._pid = os.getpid()
+        self._cur = conn.cursor()
         return conn
 
     def _forget_inherited(self) -> None:
@@ -130,7 +137,7 @@ class Database:
             _INHERITED.append(self._conn)
         if self._closer is not None:
             self._closer.detach()
-        self._conn, self._closer = None, None
+        self._conn, self._cur, self._closer = None, None, None
 
     def present(self, cur: Cursor) -> bool:
         """Whether the store's tables exist (checked until they are found).
@@ -166,15 +173,14 @@ class Database:
             for attempt in (1, 2):
                 fresh = self._conn is None
                 conn = self._conn = self._conn or self._connect()
+                cur = self._cur or conn.cursor()
                 committing = False
                 try:
                     if not transaction:
-                        with conn.cursor() as cur:
-                            return work(cur)
+                        return work(cur)
                     conn.execute("BEGIN")
                     try:
-                        with conn.cursor() as cur:
-                            result = work(cur)
+                        result = work(cur)
                     except Abandon as stop:
                         conn.execute("ROLLBACK")
                         return stop.result  # type: ignore[no-any-return]
