@@ -6,10 +6,25 @@ Run from the checkout root::
     .venv/bin/python tools/bench.py                  # default run, < 6 min
     .venv/bin/python tools/bench.py --json out.json  # also save every number
     .venv/bin/python tools/bench.py --workloads 6,7  # the issue-10 table only
+    .venv/bin/python tools/bench.py --backend "postgresql://user:pw@host:5432/db" [--quick]
 
 This is a measurement, not a test: every workload prints medians, ratios and a
 target row marked PASS or FAIL, and a FAIL is information (the exit status is 0
 unless something crashed or read back a wrong value).
+
+``--backend postgresql://…`` (issue 12) runs a PostgreSQL comparison instead of
+the workloads: castore's PostgreSQL backend (a fresh schema ``bench_<random>``,
+dropped at the end), a minimal hand-written psycopg baseline doing the same
+transactions (its own fresh schema, tables ``cur`` and ``ver``), and castore on a
+file store for reference, interleaved in one run: durable set 100 B and 10 KB, set
+without sync, warm get, get version k of 1,000, list 100 of 2,000 keys, and 1 vs
+4 writer processes. It prints ops/s, the cost ratio baseline / castore-pg (> 1:
+castore slower) and PASS/FAIL for the targets (set and get cost <= 1.25x; 4
+processes scale above 1); quick < 60 s, default < 4 min. ``--reps``,
+``--batch-time``, ``--durable-reps``, ``--durable-batch-time``, ``--par-each``,
+``--cas-reps`` (parallel repetitions), ``--start-method``, ``--workdir``,
+``--cleanup`` and ``--json`` apply; the URL's own ``schema`` parameter is ignored.
+See ``tools/benchkit/postgres.py``.
 
 Where things are (``tools/benchkit/``):
 
@@ -19,6 +34,7 @@ Where things are (``tools/benchkit/``):
   against sqlite and sqlite with a history table (rows, values and statements of
   ../shared/bench/run.py); printed as one table, castore ops/s, peer ops/s, ratio,
   target, PASS/FAIL, and saved under ``comparisons`` by ``--json``.
+* ``postgres.py``: the ``--backend`` comparison (issue 12).
 * ``peers.py``: castore, sqlite3 (WAL), the naive file-per-key store, and for
   workloads 6-7 ``sqlite3+history`` and the shared harness's ``sqlite`` and
   ``sqlite+hist``.
@@ -116,6 +132,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "or keep it",
     )
     ap.add_argument("--json", metavar="OUT", default=None, help="write every number to OUT")
+    ap.add_argument(
+        "--backend",
+        metavar="URL",
+        default=None,
+        help="postgresql://… : instead of the workloads, compare castore's PostgreSQL backend "
+        "with a hand-written psycopg baseline and the file store (issue 12; fresh schemas, "
+        "dropped at the end)",
+    )
     ap.add_argument(
         "--workloads",
         default="",
@@ -224,6 +248,12 @@ def _write_json(path: str, bench: Bench, meta: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return 0, or 1 when a read-back check failed."""
     args = parse_args(argv)
+    if args.backend:
+        if not args.backend.startswith(("postgresql://", "postgres://")):
+            raise SystemExit("--backend: give a postgresql:// or postgres:// URL")
+        from tools.benchkit import postgres  # here: psycopg only when asked for
+
+        return postgres.run(args, args.backend)
     cfg = config(args)
     parent = os.path.abspath(args.workdir or machine.default_workdir_parent())
     os.makedirs(parent, exist_ok=True)
