@@ -286,7 +286,9 @@ class PostgresBackend:
             news = decided if isinstance(decided, list) else [decided]
             return previous, self._append_all(cur, ref, key, previous, floor, news)
 
-        result: tuple[Entry | None, list[Entry]] = self.db.run(work, f"the write of {ref}")
+        result: tuple[Entry | None, list[Entry]] = self.db.run(
+            work, f"the write of {ref}", pipeline=True
+        )
         return result
 
     def _append_all(
@@ -336,7 +338,7 @@ class PostgresBackend:
             )
             return self._append_all(cur, ref, key, None, floor, new_versions)
 
-        result: list[Entry] = self.db.run(work, f"the import of {ref}")
+        result: list[Entry] = self.db.run(work, f"the import of {ref}", pipeline=True)
         return result
 
     # -- maintenance (castore/postgres/maintenance.py) -----------------------------------

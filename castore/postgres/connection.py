@@ -23,6 +23,7 @@ the parent's alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -32,6 +33,7 @@ from typing import Any, Generic, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from castore.errors import FormatVersionError, LockTimeoutError, StoreUnavailableError
 from castore.postgres import schema as tables
@@ -51,6 +53,33 @@ class Abandon(Exception, Generic[T]):  # noqa: N818 - a control-flow signal, not
     def __init__(self, result: T) -> None:
         super().__init__()
         self.result = result
+
+
+def _transaction(
+    conn: psycopg.Connection[Any],
+    cur: Cursor,
+    work: Callable[[Cursor], T],
+    state: list[bool],
+    pipeline: bool,
+) -> T:
+    """``BEGIN``, ``work``, ``COMMIT``; pipelined: two round trips for a typical write.
+
+    In pipeline mode the ``BEGIN`` travels with ``work``'s first statement
+    (sent when ``work`` first reads a result) and the ``COMMIT`` with its last
+    statements. ``state`` gets a value once the ``COMMIT`` is queued: from
+    then on a lost connection may have committed. Anything raised rolls back.
+    """
+    try:
+        with conn.pipeline() if pipeline else contextlib.nullcontext():
+            cur.execute("BEGIN")
+            result = work(cur)
+            state.append(True)
+            cur.execute("COMMIT")
+        return result
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class Database:
@@ -158,10 +187,19 @@ class Database:
         """The rows of one query, run alone (autocommit)."""
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
 
-    def run(self, work: Callable[[Cursor], T], what: str, *, transaction: bool = True) -> T:
+    def run(
+        self,
+        work: Callable[[Cursor], T],
+        what: str,
+        *,
+        transaction: bool = True,
+        pipeline: bool = False,
+    ) -> T:
         """Run ``work`` in one transaction (or, ``transaction=False``, in autocommit).
 
         ``what`` names the operation in errors (``the write of dag/d/k``).
+        ``pipeline``: send statements without waiting for results until ``work``
+        reads one (a write; not for work that recovers from a failed statement).
 
         Raises:
             StoreUnavailableError: the server cannot be reached, or the connection was lost.
@@ -178,19 +216,13 @@ class Database:
                 try:
                     if not transaction:
                         return work(cur)
-                    conn.execute("BEGIN")
+                    state: list[bool] = []
                     try:
-                        result = work(cur)
+                        return _transaction(conn, cur, work, state, pipeline)
                     except Abandon as stop:
-                        conn.execute("ROLLBACK")
                         return stop.result  # type: ignore[no-any-return]
-                    except BaseException:
-                        if not conn.broken:
-                            conn.execute("ROLLBACK")
-                        raise
-                    committing = True
-                    conn.execute("COMMIT")
-                    return result
+                    finally:
+                        committing = bool(state)
                 except pg_errors.LockNotAvailable:
                     raise LockTimeoutError(
                         f"{self.location.shown}: {what}", self.lock_timeout

@@ -9,6 +9,7 @@ of it was applied); a connection lost while ``COMMIT`` was in flight raises
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,22 +58,39 @@ def test_an_idle_connection_killed_by_the_server_is_made_again(pg_location: str)
 
 
 class CommitFails:
-    """Patches psycopg so that the next ``COMMIT`` loses the connection, before or after it."""
+    """Patches psycopg so that the next write loses its connection around its COMMIT.
+
+    ``applied``: the server commits, then the connection goes before the answer
+    arrives. Else the connection is cut just as the COMMIT is queued, so the
+    server never gets it (and rolls the transaction back).
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, applied: bool) -> None:
         self.fired = False
-        real = psycopg.Connection.execute
+        if applied:
+            real_exit = psycopg.Pipeline.__exit__
 
-        def execute(conn: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+            def exit_(pipeline: psycopg.Pipeline, *exc: Any) -> None:
+                if self.fired or exc[0] is not None:
+                    return real_exit(pipeline, *exc)
+                self.fired = True
+                real_exit(pipeline, *exc)  # sends COMMIT, reads its answer
+                pipeline._conn.close()
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+            monkeypatch.setattr(psycopg.Pipeline, "__exit__", exit_)
+            return
+        real_execute = psycopg.Cursor.execute
+
+        def execute(cur: psycopg.Cursor[Any], query: Any, *args: Any, **kw: Any) -> Any:
             if query == "COMMIT" and not self.fired:
                 self.fired = True
-                if applied:
-                    real(conn, query, *args, **kw)
-                conn.close()  # the socket is gone: libpq reports a lost connection
-                raise psycopg.OperationalError("server closed the connection unexpectedly")
-            return real(conn, query, *args, **kw)
+                cut = socket.socket(fileno=os.dup(cur.connection.fileno()))
+                cut.shutdown(socket.SHUT_RDWR)  # the connection is gone; the fd stays libpq's
+                cut.close()
+            return real_execute(cur, query, *args, **kw)
 
-        monkeypatch.setattr(psycopg.Connection, "execute", execute)
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
 
 
 @pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
