@@ -8,18 +8,22 @@ docs/FORMAT.md for the bytes.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from castore import codec, history, modify, reports, results
-from castore.backend import LOCK_TIMEOUT_SECONDS, Backend, Progress
+import msgspec
+
+from castore import codec, history, modify, results
+from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
 from castore.identity import ProcessIdentity, audit_record
 from castore.keys import Ref, RefCache, env_or, resolve_namespace, validate_limit, validate_prefix
 from castore.listing import list_live
+from castore.maintenance import Maintenance
 from castore.records import Audit
 from castore.urls import is_url
 
@@ -29,7 +33,7 @@ _UNSET: Final = object()
 
 
 @final
-class Store:
+class Store(Maintenance):
     """A castore store rooted at one directory.
 
     Safe for many processes on one machine (file locks) and for many threads
@@ -88,6 +92,21 @@ class Store:
         self.step = step
         self._identity = ProcessIdentity()
         self._refs = RefCache()
+        self._caller: Audit | None = None  # set by for_caller: who writes, as given
+
+    def for_caller(self, caller: Audit, *, dag: str, root_dag: str = "") -> Store:
+        """A handle on the same storage that writes as ``caller`` (a server serving workers).
+
+        Writes record ``caller``'s audit fields as given (the environment and
+        this process's user, host and pid are not read); ``dag`` and ``root_dag``
+        resolve the ``dag`` and ``root_dag`` scopes. The handle shares this
+        one's backend and caches: closing either closes both.
+        """
+        other = copy.copy(self)
+        other._caller = caller
+        other.dag, other.root_dag = dag, root_dag or dag
+        other._dag_given = dag
+        return other
 
     @property
     def backend(self) -> Backend:
@@ -156,6 +175,8 @@ class Store:
         return history.not_found(ref, required, default, default is not _UNSET)
 
     def _audit(self, reason: str = "", rollback: int = 0) -> Audit:
+        if self._caller is not None:
+            return msgspec.structs.replace(self._caller, reason=reason, rollback_from=rollback)
         who = (self.actor, self.run_id, self.step)
         return audit_record(self._identity, *who, reason, rollback, dag=self._dag_given)
 
@@ -434,65 +455,3 @@ class Store:
         ref = self.ref(key, scope, namespace)
         guards = (expected_version, False)
         return modify.incr(self._backend, ref, by, path, guards, self._audit, reason)
-
-    def check(
-        self, *, repair: bool = False, progress: Progress | None = None
-    ) -> reports.CheckReport:
-        """Verify every stored record; with ``repair``, fix what can be fixed, keeping originals.
-
-        Raises:
-            LockTimeoutError: a ref stayed locked for the lock timeout (repair only).
-        """
-        return self._backend.check(repair=repair, progress=progress)
-
-    def gc(
-        self,
-        *,
-        grace_seconds: float = reports.GC_GRACE_SECONDS,
-        dry_run: bool = False,
-        progress: Progress | None = None,
-    ) -> reports.GCReport:
-        """Free values no version references, and crash leftovers older than ``grace_seconds``.
-
-        Raises:
-            CorruptionError: a log is damaged; run :meth:`check` with ``repair`` first.
-            LockTimeoutError: gc or a ref stayed locked for the lock timeout.
-        """
-        return self._backend.collect_garbage(
-            grace_seconds=grace_seconds, dry_run=dry_run, progress=progress
-        )
-
-    def compact(
-        self,
-        *,
-        keep_last: int | None = None,
-        keep_within_seconds: float | None = None,
-        scope: str | None = None,
-        namespace: str | None = None,
-        prefix: str = "",
-        dry_run: bool = False,
-        progress: Progress | None = None,
-        keep_within_text: str = "",
-    ) -> reports.CompactReport:
-        """Drop the versions a :class:`~castore.reports.Retention` of these arguments does not keep.
-
-        ``keep_within_text`` is the duration as the user wrote it, for the report's policy.
-
-        Raises:
-            InvalidValueError: no policy given, or a negative one.
-            InvalidRefError: bad filters.
-            LockTimeoutError: a ref stayed locked for the lock timeout.
-        """
-        retention = reports.Retention(
-            keep_last=keep_last,
-            keep_within_seconds=keep_within_seconds,
-            scope=scope,
-            namespace=namespace,
-            prefix=prefix,
-            keep_within_text=keep_within_text,
-        )
-        return self._backend.compact(retention, dry_run=dry_run, progress=progress)
-
-    def stats(self) -> reports.StoreStats:
-        """Counts of keys, versions, values and bytes, per scope and in total."""
-        return self._backend.stats()

@@ -183,6 +183,17 @@ class Database:
         self.run(lambda cur: tables.create(cur, self.location.schema), "creating the store")
         self._present = True
 
+    def _unavailable(
+        self, exc: psycopg.Error, what: str, committing: bool
+    ) -> StoreUnavailableError:
+        """The error for a failed operation; after ``COMMIT`` was sent, say it may be applied."""
+        if committing:
+            return StoreUnavailableError(
+                f"{self.location.shown}: the connection was lost while committing {what}: "
+                f"it may or may not have been applied (read it to know): {self.clean(exc)}"
+            )
+        return StoreUnavailableError(f"{self.location.shown}: {what} failed: {self.clean(exc)}")
+
     def fetch(self, query: str, params: Sequence[Any] = (), what: str = "reading") -> list[Row]:
         """The rows of one query, run alone (autocommit)."""
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
@@ -230,22 +241,11 @@ class Database:
                 except FormatVersionError:
                     raise
                 except psycopg.OperationalError as exc:
-                    broken = conn.broken or conn.closed
-                    if broken:
+                    if conn.broken or conn.closed:
                         self._drop()
                         if attempt == 1 and not fresh and not committing:
                             continue  # a stale connection: nothing was applied; once more
-                    if committing:
-                        raise StoreUnavailableError(
-                            f"{self.location.shown}: the connection was lost while committing "
-                            f"{what}: it may or may not have been applied (read it to know): "
-                            f"{self.clean(exc)}"
-                        ) from None
-                    raise StoreUnavailableError(
-                        f"{self.location.shown}: {what} failed: {self.clean(exc)}"
-                    ) from None
+                    raise self._unavailable(exc, what, committing) from None
                 except psycopg.Error as exc:
-                    raise StoreUnavailableError(
-                        f"{self.location.shown}: {what} failed: {self.clean(exc)}"
-                    ) from None
+                    raise self._unavailable(exc, what, False) from None
             raise AssertionError("unreachable")  # pragma: no cover

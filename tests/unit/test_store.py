@@ -21,6 +21,7 @@ from castore import (
     ValueTooLargeError,
 )
 from castore.backends import upgrade
+from castore.records import Audit
 
 HASH_123 = "c475a5436a1e85bfcf9edbcefb55dd6389d937e60d8e8ba17fb5791e61a5c689"
 HASH_456 = "b4b805a36ca1d984f359a9f8f73c69cf194d31ae14a0538150cb52f0479acfc5"
@@ -312,3 +313,30 @@ def test_the_mode_is_private_or_group(store_location, monkeypatch):
     assert Store(store_location, dag="d", mode="group").set("k", 1).version == 1
     monkeypatch.setenv("CASTORE_MODE", "private")
     assert Store(store_location, dag="d").get("k").value == 1
+
+
+def test_for_caller_writes_as_the_caller_and_shares_the_storage(store_location, monkeypatch):
+    monkeypatch.setenv("DAG_RUN_ID", "the-servers-run")  # a server's own environment: not used
+    monkeypatch.setenv("CASTORE_ACTOR", "the-server")
+    server = Store(store_location, dag="server-dag")
+    caller = Audit(
+        dag_name="daily",
+        run_id="r7",
+        step_name="s",
+        attempt="2",
+        user="bob",
+        host="worker-1",
+        pid=4242,
+        actor="worker",
+    )
+    worker = server.for_caller(caller, dag="daily")
+    assert worker.set("k", 1).namespace == "daily"  # the caller's DAG names the namespace
+    worker.delete("k", reason="done")
+    entries = server.history("k", namespace="daily").entries
+    assert [(e.operation, e.reason) for e in entries] == [("delete", "done"), ("set", "")]
+    for e in entries:
+        assert (e.dag_name, e.run_id, e.step_name, e.attempt) == ("daily", "r7", "s", "2")
+        assert (e.user, e.host, e.pid, e.actor) == ("bob", "worker-1", 4242, "worker")
+    assert server.get("k", namespace="daily").found is False
+    assert server.set("mine", 1).namespace == "server-dag"  # the original handle is unchanged
+    assert server.history("mine").entries[0].run_id == "the-servers-run"
