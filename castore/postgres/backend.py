@@ -23,6 +23,7 @@ from castore.postgres import compaction, maintenance, rows, schema
 from castore.postgres import statements as q
 from castore.postgres.connection import Abandon, Cursor, Database
 from castore.postgres.location import parse
+from castore.postgres.schema import INLINE_MAX_BYTES
 from castore.records import OP_DAMAGED, Entry
 from castore.reports import (
     CheckReport,
@@ -85,7 +86,7 @@ class PostgresBackend:
             found = rows.entry(row) if row is not None else None
             if row is None or found is None:
                 return Current(None, None)
-            return Current(found, rows.value(ref, found, row[8], row[9]))
+            return Current(found, rows.value(ref, found, *row[8:11]))
 
         result: Current = self._read(work, f"reading {ref}", Current(None, None))
         return result
@@ -203,7 +204,7 @@ class PostgresBackend:
                 if found is None:
                     continue
                 lost = found.op == OP_DAMAGED
-                yield found, None if lost else rows.value(ref, found, row[8], row[9])
+                yield found, None if lost else rows.value(ref, found, *row[8:11])
             if len(page) < q.PAGE:
                 return
             after = page[-1][0] + 1
@@ -260,12 +261,15 @@ class PostgresBackend:
         """Insert ``entry`` (and its blob, unless ``known`` holds it) as the ref's newest."""
         params = q.params(key, entry)
         if normalized is None or entry.op == OP_DAMAGED:
-            cur.execute(q.APPEND_NO_BLOB, params)
+            cur.execute(q.APPEND_ROW, params)
+        elif len(normalized) < INLINE_MAX_BYTES:
+            cur.execute(q.APPEND_ROW, {**params, "in": normalized})
         elif entry.hash in known:
-            cur.execute(q.APPEND_KNOWN_BLOB, {**params, "now": now})
+            cur.execute(q.APPEND_KNOWN_BLOB, {**params, "bl": params["d"], "now": now})
         else:
             codec, data = pack(normalized)
-            cur.execute(q.APPEND_NEW_BLOB, {**params, "codec": codec, "data": data, "now": now})
+            blob = {"bl": params["d"], "codec": codec, "data": data, "now": now}
+            cur.execute(q.APPEND_NEW_BLOB, {**params, **blob})
             known.add(entry.hash)
 
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:

@@ -42,21 +42,24 @@ __all__ = ["check", "collect_garbage", "stats"]
 
 _BATCH: Final = 500  # blobs per query when every blob is read or deleted
 _REF: Final = "scope = %s AND namespace = %s AND key = %s"
+_COLUMNS: Final = f"{rows.ENTRY.replace('audit::text', 'audit')}, {rows.VALUE}"
 _NEWEST_COPY_WRONG: Final = f"""
     SELECT r.scope, r.namespace, r.key FROM refs r
     LEFT JOIN LATERAL (
-        SELECT {rows.ENTRY.replace("audit::text", "audit")} FROM versions v
+        SELECT {_COLUMNS} FROM versions v
         WHERE v.scope = r.scope AND v.namespace = r.namespace AND v.key = r.key
         ORDER BY v.version DESC LIMIT 1
     ) n ON true
-    WHERE (r.version, r.op, r.time_ns, r.digest, r.size, r.created_ns, r.audit, r.damaged_from)
+    WHERE (r.version, r.op, r.time_ns, r.digest, r.size, r.created_ns, r.audit, r.damaged_from,
+           r.blob, r.inline)
         IS DISTINCT FROM
-        (n.version, n.op, n.time_ns, n.digest, n.size, n.created_ns, n.audit, n.damaged_from)
+        (n.version, n.op, n.time_ns, n.digest, n.size, n.created_ns, n.audit, n.damaged_from,
+         n.blob, n.inline)
     ORDER BY r.scope, r.namespace, r.key
 """
 _COPY_NEWEST: Final = f"""
-    UPDATE refs r SET (version, op, time_ns, digest, size, created_ns, audit, damaged_from) = (
-        SELECT {rows.ENTRY.replace("audit::text", "audit")} FROM versions v
+    UPDATE refs r SET ({_COLUMNS}) = (
+        SELECT {_COLUMNS} FROM versions v
         WHERE v.scope = r.scope AND v.namespace = r.namespace AND v.key = r.key
         ORDER BY v.version DESC LIMIT 1
     )
@@ -113,12 +116,45 @@ def _bad_blobs(db: Database, progress: Progress | None) -> tuple[int, list[Findi
     return blobs, findings
 
 
+def _bad_inline(db: Database) -> tuple[int, list[Finding]]:
+    """Re-hash every value kept in its version row: how many, and a finding per one that fails."""
+    findings: list[Finding] = []
+    count = 0
+    after: tuple[Any, ...] = ("", b"", b"", 0)
+    while True:
+        batch = db.fetch(
+            "SELECT scope, namespace, key, version, digest, size, inline FROM versions "
+            "WHERE inline IS NOT NULL AND (scope, namespace, key, version) > (%s, %s, %s, %s) "
+            "ORDER BY scope, namespace, key, version LIMIT %s",
+            (*after, _BATCH),
+            "checking",
+        )
+        count += len(batch)
+        for scope, namespace, key, version, digest, size, inline in batch:
+            name = bytes(digest).hex() if digest is not None else ""
+            try:
+                value = valuecodec.unpack(valuecodec.CODEC_RAW, bytes(inline), name)
+                if len(value) != size:
+                    raise CorruptionError(f"value {name}: {len(value)} bytes, recorded {size}")
+            except CorruptionError as exc:
+                findings.append(
+                    Finding(
+                        path=f"versions/{_ref_name(scope, namespace, key)}@{version}",
+                        problem=exc.detail,
+                        repair="none: the version reads as damaged",
+                    )
+                )
+        if len(batch) < _BATCH:
+            return count, findings
+        after = tuple(batch[-1][:4])
+
+
 def _missing_blobs(db: Database) -> list[Finding]:
     """A finding per version whose blob is missing (the foreign key should prevent it)."""
     missing = db.fetch(
-        "SELECT v.scope, v.namespace, v.key, v.version, v.digest FROM versions v "
-        "WHERE v.digest IS NOT NULL AND NOT EXISTS "
-        "(SELECT 1 FROM blobs b WHERE b.digest = v.digest) ORDER BY 1, 2, 3, 4",
+        "SELECT v.scope, v.namespace, v.key, v.version, v.blob FROM versions v "
+        "WHERE v.blob IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM blobs b WHERE b.digest = v.blob) ORDER BY 1, 2, 3, 4",
         (),
         "checking",
     )
@@ -160,7 +196,8 @@ def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckRepo
     if not _present(db):
         return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
     blobs, findings = _bad_blobs(db, progress)
-    findings += _missing_blobs(db) + _wrong_copies(db, repair)
+    inline, bad = _bad_inline(db)
+    findings += bad + _missing_blobs(db) + _wrong_copies(db, repair)
     ((refs, entries),) = db.fetch(
         "SELECT (SELECT count(*) FROM refs WHERE version IS NOT NULL), "
         "(SELECT count(*) FROM versions)",
@@ -168,7 +205,8 @@ def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckRepo
         "checking",
     )
     ok = all(f.repaired or f.severity != "error" for f in findings)
-    return CheckReport(ok=ok, logs=refs, entries=entries, blobs=blobs, findings=findings)
+    report = {"logs": refs, "entries": entries, "blobs": blobs + inline}
+    return CheckReport(ok=ok, findings=findings, **report)
 
 
 def collect_garbage(
@@ -179,7 +217,7 @@ def collect_garbage(
     cutoff = time.time_ns() - int(grace_seconds * 1e9)
     unused = (
         "FROM blobs b WHERE b.touched_ns < %s AND NOT EXISTS "
-        "(SELECT 1 FROM versions v WHERE v.digest = b.digest)"
+        "(SELECT 1 FROM versions v WHERE v.blob = b.digest)"
     )
     blobs_found = bytes_found = 0
     candidates: list[Row] = []
@@ -252,27 +290,31 @@ def stats(db: Database) -> StoreStats:
         for scope, keys, deleted in cur.fetchall():
             per[scope] = ScopeStats(keys=keys, deleted_keys=deleted)
         cur.execute(
-            "SELECT v.scope, count(*), coalesce(sum(v.size), 0) FROM versions v GROUP BY v.scope"
+            "SELECT scope, count(*), coalesce(sum(size), 0), count(inline), "
+            "coalesce(sum(octet_length(inline)), 0) FROM versions GROUP BY scope"
         )
-        for scope, versions, logical in cur.fetchall():
+        for scope, versions, logical, inline, inline_bytes in cur.fetchall():
             st = per.setdefault(scope, ScopeStats())
             st.versions, st.logical_bytes = versions, logical
+            st.blobs, st.stored_bytes = inline, inline_bytes  # values kept in their rows
         cur.execute(
             "SELECT u.scope, count(*), coalesce(sum(octet_length(b.data)), 0) FROM "
-            "(SELECT DISTINCT scope, digest FROM versions WHERE digest IS NOT NULL) u "
-            "JOIN blobs b ON b.digest = u.digest GROUP BY u.scope"
+            "(SELECT DISTINCT scope, blob FROM versions WHERE blob IS NOT NULL) u "
+            "JOIN blobs b ON b.digest = u.blob GROUP BY u.scope"
         )
         for scope, blobs, stored in cur.fetchall():
             st = per.setdefault(scope, ScopeStats())
-            st.blobs, st.stored_bytes = blobs, stored
+            st.blobs += blobs
+            st.stored_bytes += stored
         cur.execute(
             "SELECT (SELECT count(*) FROM refs WHERE version IS NOT NULL AND op <> 'delete'), "
             "(SELECT count(*) FROM refs WHERE op = 'delete'), (SELECT count(*) FROM versions), "
-            "(SELECT count(*) FROM blobs), "
-            "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs), "
+            "(SELECT count(*) FROM blobs) + (SELECT count(inline) FROM versions), "
+            "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs) "
+            "+ (SELECT coalesce(sum(octet_length(inline)), 0) FROM versions), "
             "(SELECT coalesce(sum(size), 0) FROM versions), "
             "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs b WHERE NOT EXISTS "
-            "(SELECT 1 FROM versions v WHERE v.digest = b.digest))"
+            "(SELECT 1 FROM versions v WHERE v.blob = b.digest))"
         )
         row = cur.fetchone()
         assert row is not None  # noqa: S101 - an aggregate row

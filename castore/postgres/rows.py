@@ -20,6 +20,7 @@ from castore.results import ListEntry, rfc3339
 
 __all__ = [
     "ENTRY",
+    "VALUE",
     "audit_json",
     "entry",
     "key_range",
@@ -30,6 +31,8 @@ __all__ = [
 
 ENTRY: Final = "version, op, time_ns, digest, size, created_ns, audit::text, damaged_from"
 """The columns of an entry, in :func:`entry`'s order (prefix them with a table alias as needed)."""
+VALUE: Final = "inline, blob"
+"""The columns of a version's value: inline bytes, else the digest of its ``blobs`` row."""
 
 _audit_decoder = msgspec.json.Decoder(Audit)
 _audit_encoder = msgspec.json.Encoder()
@@ -74,8 +77,10 @@ def entry(row: tuple[Any, ...], at: int = 0) -> Entry | None:
     )
 
 
-def value(ref: Ref, found: Entry, codec: int | None, data: bytes | None) -> bytes | None:
-    """The verified value of ``found`` from its blob row's ``codec`` and ``data``.
+def value(
+    ref: Ref, found: Entry, inline: bytes | None, codec: int | None, data: bytes | None
+) -> bytes | None:
+    """The verified value of ``found``: ``inline`` bytes, else its blob's ``codec`` and ``data``.
 
     None for a delete.
 
@@ -92,6 +97,8 @@ def value(ref: Ref, found: Entry, codec: int | None, data: bytes | None) -> byte
             else f"version {found.version}"
         )
         raise CorruptionError(f"{ref} {lost} lost: {found.audit.reason}")
+    if inline is not None:
+        codec, data = valuecodec.CODEC_RAW, inline
     if codec is None or data is None:
         raise CorruptionError(f"{ref} version {found.version}: blob {found.hash} is missing")
     try:

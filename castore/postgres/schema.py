@@ -3,14 +3,18 @@
 One schema per store (the location's ``schema`` parameter). Version 1:
 
 * ``castore_meta``: ``schema_version`` (a store refuses a newer one);
-* ``blobs``: one row per value, named by the sha256 of its normalized JSON
-  (``digest``), packed raw or as zstd (:mod:`castore.valuecodec`), shared by
-  every key and version; ``touched_ns`` is the last time a write used it
-  (gc's grace period);
+* ``blobs``: one row per value of :data:`INLINE_MAX_BYTES` or more, named by
+  the sha256 of its normalized JSON (``digest``), packed raw or as zstd
+  (:mod:`castore.valuecodec`), shared by every key and version;
+  ``touched_ns`` is the last time a write used it (gc's grace period);
 * ``versions``: one row per version: the ref (``scope``, ``namespace`` and
   ``key``; the latter two as UTF-8 ``bytea``, so that order is byte-wise,
   as Dagu's, and any key castore accepts fits), ``version``, ``op``, times,
-  ``digest`` (null for a delete), ``size``, the full ``audit`` (jsonb);
+  ``digest`` (the value's sha256; null for a delete), ``size``, the full
+  ``audit`` (jsonb), and the value: ``blob`` (its ``blobs`` row, a foreign
+  key) or, for a value shorter than :data:`INLINE_MAX_BYTES`, ``inline``
+  (the normalized JSON itself: a row in ``blobs`` would cost more than the
+  copy it saves, as in the file store);
 * ``refs``: one row per key ever written: a copy of its newest version (for
   ``get`` and ``list``, one indexed query each; null columns once compaction
   removed the key) and ``floor``, the last version of a removed life (so
@@ -29,9 +33,10 @@ from psycopg import sql
 
 from castore.errors import FormatVersionError
 
-__all__ = ["SCHEMA_VERSION", "create", "upgrade_schema", "version_of"]
+__all__ = ["INLINE_MAX_BYTES", "SCHEMA_VERSION", "create", "upgrade_schema", "version_of"]
 
 SCHEMA_VERSION: Final = 1
+INLINE_MAX_BYTES: Final = 256  # shorter values live in their version row, not in blobs
 
 _TABLES: Final = (
     "CREATE TABLE castore_meta (name text PRIMARY KEY, value text NOT NULL)",
@@ -57,6 +62,8 @@ _TABLES: Final = (
         created_ns bigint,
         audit jsonb,
         damaged_from bigint,
+        blob bytea,
+        inline bytea,
         PRIMARY KEY (scope, namespace, key)
     )""",
     """CREATE TABLE versions (
@@ -66,14 +73,18 @@ _TABLES: Final = (
         version bigint NOT NULL CHECK (version > 0),
         op text NOT NULL,
         time_ns bigint NOT NULL,
-        digest bytea REFERENCES blobs (digest),
+        digest bytea,
         size integer NOT NULL,
         created_ns bigint NOT NULL,
         audit jsonb NOT NULL,
         damaged_from bigint NOT NULL DEFAULT 0,
-        PRIMARY KEY (scope, namespace, key, version)
+        blob bytea REFERENCES blobs (digest),
+        inline bytea,
+        PRIMARY KEY (scope, namespace, key, version),
+        CHECK (blob IS NULL OR blob = digest),
+        CHECK (blob IS NULL OR inline IS NULL)
     )""",
-    "CREATE INDEX versions_digest ON versions (digest)",
+    "CREATE INDEX versions_blob ON versions (blob) WHERE blob IS NOT NULL",
     """CREATE TABLE compactions (
         scope text NOT NULL,
         namespace bytea NOT NULL,

@@ -17,12 +17,12 @@ from castore.results import rfc3339
 __all__ = [
     "APPEND_KNOWN_BLOB",
     "APPEND_NEW_BLOB",
-    "APPEND_NO_BLOB",
-    "BLOB",
+    "APPEND_ROW",
     "CURRENT",
     "LOCK",
     "PAGE",
     "REF",
+    "VALUE_OF",
     "VERSION",
     "NothingView",
     "RowView",
@@ -32,41 +32,45 @@ __all__ = [
 
 PAGE: Final = 256  # versions per query when a whole history is walked
 REF: Final = "scope = %s AND namespace = %s AND key = %s"
+# A row's entry, then its value: inline bytes, or the codec and data of its blob.
 CURRENT: Final = (
-    f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, b.codec, b.data "
-    f"FROM refs r LEFT JOIN blobs b ON b.digest = r.digest "
-    f"WHERE r.scope = %s AND r.namespace = %s AND r.key = %s"
+    f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, r.inline, b.codec, b.data "
+    "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob "
+    "WHERE r.scope = %s AND r.namespace = %s AND r.key = %s"
 )
 LOCK: Final = f"SELECT floor, {rows.ENTRY} FROM refs WHERE {REF} FOR UPDATE"
 VERSION: Final = (
-    f"SELECT {', '.join('v.' + c for c in rows.ENTRY.split(', '))}, b.codec, b.data "
-    f"FROM versions v LEFT JOIN blobs b ON b.digest = v.digest "
-    f"WHERE v.scope = %s AND v.namespace = %s AND v.key = %s AND v.version >= %s "
-    f"ORDER BY v.version LIMIT %s"
+    f"SELECT {', '.join('v.' + c for c in rows.ENTRY.split(', '))}, v.inline, b.codec, b.data "
+    "FROM versions v LEFT JOIN blobs b ON b.digest = v.blob "
+    "WHERE v.scope = %s AND v.namespace = %s AND v.key = %s AND v.version >= %s "
+    "ORDER BY v.version LIMIT %s"
+)
+VALUE_OF: Final = (
+    "SELECT v.inline, b.codec, b.data FROM versions v LEFT JOIN blobs b ON b.digest = v.blob "
+    "WHERE v.scope = %s AND v.namespace = %s AND v.key = %s AND v.version = %s"
 )
 _SET_HEAD: Final = (
     "UPDATE refs SET version = %(v)s, op = %(op)s, time_ns = %(t)s, digest = %(d)s, "
-    "size = %(sz)s, created_ns = %(cr)s, audit = %(a)s::jsonb, damaged_from = %(df)s "
-    "WHERE scope = %(s)s AND namespace = %(n)s AND key = %(k)s"
+    "size = %(sz)s, created_ns = %(cr)s, audit = %(a)s::jsonb, damaged_from = %(df)s, "
+    "blob = %(bl)s, inline = %(in)s WHERE scope = %(s)s AND namespace = %(n)s AND key = %(k)s"
 )
 _INSERT_VERSION: Final = (
     "INSERT INTO versions (scope, namespace, key, version, op, time_ns, digest, size, "
-    "created_ns, audit, damaged_from) VALUES (%(s)s, %(n)s, %(k)s, %(v)s, %(op)s, %(t)s, "
-    "%(d)s, %(sz)s, %(cr)s, %(a)s::jsonb, %(df)s)"
+    "created_ns, audit, damaged_from, blob, inline) VALUES (%(s)s, %(n)s, %(k)s, %(v)s, "
+    "%(op)s, %(t)s, %(d)s, %(sz)s, %(cr)s, %(a)s::jsonb, %(df)s, %(bl)s, %(in)s)"
 )
 # One statement per version: its blob (new, or refreshed for gc), its row, the newest copy.
 APPEND_NEW_BLOB: Final = (
     "WITH b AS (INSERT INTO blobs (digest, codec, size, data, touched_ns) "
-    "VALUES (%(d)s, %(codec)s, %(sz)s, %(data)s, %(now)s) "
+    "VALUES (%(bl)s, %(codec)s, %(sz)s, %(data)s, %(now)s) "
     "ON CONFLICT (digest) DO UPDATE SET touched_ns = EXCLUDED.touched_ns), "
     f"v AS ({_INSERT_VERSION}) {_SET_HEAD}"
 )
 APPEND_KNOWN_BLOB: Final = (
-    "WITH b AS (UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(d)s), "
+    "WITH b AS (UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(bl)s), "
     f"v AS ({_INSERT_VERSION}) {_SET_HEAD}"
 )
-APPEND_NO_BLOB: Final = f"WITH v AS ({_INSERT_VERSION}) {_SET_HEAD}"
-BLOB: Final = "SELECT codec, data FROM blobs WHERE digest = %s"
+APPEND_ROW: Final = f"WITH v AS ({_INSERT_VERSION}) {_SET_HEAD}"  # inline value, or none
 
 
 class NothingView:
@@ -108,10 +112,10 @@ class RowView:
     def value_at(self, entry: Entry) -> bytes | None:
         """The verified value of an entry of this ref."""
         if not entry.live or entry.op == OP_DAMAGED:
-            return rows.value(self._ref, entry, None, None)
-        self._cur.execute(BLOB, (bytes.fromhex(entry.hash),))
+            return rows.value(self._ref, entry, None, None, None)
+        self._cur.execute(VALUE_OF, (*rows.ref_params(self._ref), entry.version))
         found = self._cur.fetchone()
-        return rows.value(self._ref, entry, *(found if found is not None else (None, None)))
+        return rows.value(self._ref, entry, *(found if found is not None else (None, None, None)))
 
     def absolute(self, loc: BlobLoc) -> BlobLoc:
         """``loc`` itself: no location hints here, values are found by digest."""
@@ -129,7 +133,7 @@ def entry_at(cur: Cursor, ref: Ref, version: int) -> tuple[Entry | None, bytes |
     row = cur.fetchone()
     found = rows.entry(row) if row is not None else None
     if found is not None and found.first <= version:
-        return found, rows.value(ref, found, row[8], row[9]) if row is not None else None
+        return found, rows.value(ref, found, *row[8:11]) if row is not None else None
     cur.execute(
         f"SELECT policy, time_ns FROM compactions WHERE {REF} AND low <= %s AND high >= %s LIMIT 1",
         (*rows.ref_params(ref), version, version),
@@ -153,6 +157,8 @@ def params(key: tuple[str, bytes, bytes], entry: Entry) -> dict[str, Any]:
         "op": entry.op,
         "t": entry.time_ns,
         "d": bytes.fromhex(entry.hash) if entry.hash else None,
+        "bl": None,
+        "in": None,
         "sz": entry.size,
         "cr": entry.created_ns,
         "a": rows.audit_json(entry.audit),

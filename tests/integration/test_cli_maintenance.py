@@ -84,7 +84,10 @@ def test_gc_output_fields_and_dry_run(cli):
     assert empty["operation"] == "gc"
     assert (empty["dryRun"], empty["graceSeconds"]) == (False, 3600.0)
     assert (empty["blobsFreed"], empty["bytesFreed"], empty["logsRewritten"]) == (0, 0, 0)
-    assert empty["blobsFound"] == empty["blobsKept"] == 7
+    # a database keeps values under 256 bytes in their version rows: only the 5 large ones
+    # are blobs that gc can free; the file store has a blob frame for each of the 7 values
+    on_postgres = str(cli.dir).startswith("postgresql://")
+    assert empty["blobsFound"] == empty["blobsKept"] == (5 if on_postgres else 7)
 
     cli.ok("compact", "--keep-last", "1")
     dry = cli.ok("gc", "--grace", "0", "--dry-run")
@@ -101,7 +104,7 @@ def test_gc_output_fields_and_dry_run(cli):
     assert real["bytesFound"] == real["bytesKept"] + real["bytesFreed"]
     assert real["blobsFound"] == real["blobsKept"] + real["blobsFreed"]
     # the file store rewrites the one log holding the freed blobs; a database has no logs
-    assert real["logsRewritten"] == (0 if str(cli.dir).startswith("postgresql://") else 1)
+    assert real["logsRewritten"] == (0 if on_postgres else 1)
     again = cli.ok("gc", "--grace", "0")
     assert (again["blobsFreed"], again["logsRewritten"], again["logsRemoved"]) == (0, 0, 0)
     got = cli.ok("get", "k")
