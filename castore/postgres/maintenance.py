@@ -8,10 +8,12 @@ Each works in short transactions beside running readers and writers:
   key's row lock). A blob that fails its hash cannot be repaired here: the
   versions that use it read as damaged, never as another value.
 * **gc** deletes blobs that no version references and that no write used
-  within the grace period. A write that reuses a blob refreshes its
-  ``touched_ns`` in its own transaction (a row lock gc waits for), and the
-  foreign key from ``versions`` makes deleting a referenced blob fail rather
-  than lose it: a blob that a write raced into use is skipped.
+  within the grace period. Every write that stores a version with a blob
+  either upserts the blob row or refreshes its ``touched_ns`` in its own
+  transaction, which locks that row: gc's ``DELETE`` waits for such a write,
+  then re-checks ``touched_ns`` on the new row version and skips the blob;
+  a write that comes after gc deleted a blob inserts it again. So gc never
+  removes a blob a committed version uses.
 * **compact** (:mod:`castore.postgres.compaction`) applies a retention policy.
 * **stats** counts with aggregate queries.
 """
@@ -21,8 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import Any, Final
-
-from psycopg import errors as pg_errors
 
 from castore import valuecodec
 from castore.backend import Progress
@@ -150,7 +150,7 @@ def _bad_inline(db: Database) -> tuple[int, list[Finding]]:
 
 
 def _missing_blobs(db: Database) -> list[Finding]:
-    """A finding per version whose blob is missing (the foreign key should prevent it)."""
+    """A finding per version whose blob is missing (gc never deletes a used one)."""
     missing = db.fetch(
         "SELECT v.scope, v.namespace, v.key, v.version, v.blob FROM versions v "
         "WHERE v.blob IS NOT NULL AND NOT EXISTS "
@@ -256,22 +256,9 @@ def collect_garbage(
 
 
 def _delete(cur: Cursor, digests: list[bytes], unused: str, cutoff: int) -> tuple[int, int]:
-    """Delete the still unused blobs among ``digests``; one at a time if a write raced one."""
+    """Delete the blobs among ``digests`` that are still unused: their count and bytes."""
     statement = f"DELETE {unused} AND b.digest = ANY(%s) RETURNING octet_length(b.data)"
-    cur.execute("SAVEPOINT gc_batch")
-    try:
-        freed = cur.execute(statement, (cutoff, digests)).fetchall()
-        cur.execute("RELEASE SAVEPOINT gc_batch")
-    except pg_errors.ForeignKeyViolation:  # a write took one into use meanwhile
-        cur.execute("ROLLBACK TO SAVEPOINT gc_batch")
-        freed = []
-        for digest in digests:
-            cur.execute("SAVEPOINT gc_one")
-            try:
-                freed += cur.execute(statement, (cutoff, [digest])).fetchall()
-                cur.execute("RELEASE SAVEPOINT gc_one")
-            except pg_errors.ForeignKeyViolation:
-                cur.execute("ROLLBACK TO SAVEPOINT gc_one")
+    freed = cur.execute(statement, (cutoff, digests)).fetchall()
     return len(freed), sum(n for (n,) in freed)
 
 

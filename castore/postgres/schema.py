@@ -11,10 +11,11 @@ One schema per store (the location's ``schema`` parameter). Version 1:
   ``key``; the latter two as UTF-8 ``bytea``, so that order is byte-wise,
   as Dagu's, and any key castore accepts fits), ``version``, ``op``, times,
   ``digest`` (the value's sha256; null for a delete), ``size``, the full
-  ``audit`` (jsonb), and the value: ``blob`` (its ``blobs`` row, a foreign
-  key) or, for a value shorter than :data:`INLINE_MAX_BYTES`, ``inline``
-  (the normalized JSON itself: a row in ``blobs`` would cost more than the
-  copy it saves, as in the file store);
+  ``audit`` (jsonb), and the value: ``blob`` (the digest of its ``blobs``
+  row; no foreign key: it costs every insert, and gc's safety comes from row
+  locks, :mod:`castore.postgres.maintenance`) or, for a value shorter than
+  :data:`INLINE_MAX_BYTES`, ``inline`` (the normalized JSON itself: a row in
+  ``blobs`` would cost more than the copy it saves, as in the file store);
 * ``refs``: one row per key ever written: a copy of its newest version (for
   ``get`` and ``list``, one indexed query each; null columns once compaction
   removed the key) and ``floor``, the last version of a removed life (so
@@ -78,7 +79,7 @@ _TABLES: Final = (
         created_ns bigint NOT NULL,
         audit jsonb NOT NULL,
         damaged_from bigint NOT NULL DEFAULT 0,
-        blob bytea REFERENCES blobs (digest),
+        blob bytea,
         inline bytea,
         PRIMARY KEY (scope, namespace, key, version),
         CHECK (blob IS NULL OR blob = digest),
