@@ -81,7 +81,7 @@ class PostgresBackend:
         """Newest entry of ``ref`` and its verified value (one indexed query)."""
 
         def work(cur: Cursor) -> Current:
-            cur.execute(q.CURRENT, rows.ref_params(ref))
+            cur.execute(q.CURRENT, rows.ref_params(ref), binary=True)  # no hex round trip
             row = cur.fetchone()
             found = rows.entry(row) if row is not None else None
             if row is None or found is None:

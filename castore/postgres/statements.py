@@ -19,6 +19,7 @@ __all__ = [
     "APPEND_NEW_BLOB",
     "APPEND_ROW",
     "CURRENT",
+    "EXACT_VERSION",
     "LOCK",
     "PAGE",
     "REF",
@@ -44,6 +45,9 @@ VERSION: Final = (
     "FROM versions v LEFT JOIN blobs b ON b.digest = v.blob "
     "WHERE v.scope = %s AND v.namespace = %s AND v.key = %s AND v.version >= %s "
     "ORDER BY v.version LIMIT %s"
+)
+EXACT_VERSION: Final = VERSION.replace("v.version >= %s", "v.version = %s").replace(
+    "ORDER BY v.version LIMIT %s", ""
 )
 VALUE_OF: Final = (
     "SELECT v.inline, b.codec, b.data FROM versions v LEFT JOIN blobs b ON b.digest = v.blob "
@@ -129,8 +133,10 @@ def entry_at(cur: Cursor, ref: Ref, version: int) -> tuple[Entry | None, bytes |
         NotFoundError: compaction dropped the version.
         CorruptionError: its value fails verification.
     """
-    cur.execute(VERSION, (*rows.ref_params(ref), version, 1))
-    row = cur.fetchone()
+    key = rows.ref_params(ref)
+    row = cur.execute(EXACT_VERSION, (*key, version), binary=True).fetchone()  # the common case
+    if row is None:  # a damaged range over it, if any (imported from a file store)
+        row = cur.execute(VERSION, (*key, version, 1)).fetchone()
     found = rows.entry(row) if row is not None else None
     if found is not None and found.first <= version:
         return found, rows.value(ref, found, *row[8:11]) if row is not None else None
