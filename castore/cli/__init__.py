@@ -59,6 +59,7 @@ _GROUPS: Final = {
         ("export", "import", "import-dagu", "gc", "compact", "check", "upgrade", "stats"),
         "maintenance",
     ),
+    "serve": "serve",  # the only command that loads the server stack
 }
 
 
@@ -77,6 +78,10 @@ def _handler(name: str) -> Command:
         from castore.cli import history
 
         return history.COMMANDS[name]
+    if group == "serve":
+        from castore.cli import serve
+
+        return serve.COMMANDS[name]
     from castore.cli import maintenance
 
     return maintenance.COMMANDS[name]

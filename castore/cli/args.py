@@ -156,6 +156,15 @@ def _import_dagu(cmd: _Parser) -> None:
     cmd.add_argument("directory", help="Dagu's paths.dag_state_dir (holding v1/)")
 
 
+def _serve(cmd: _Parser) -> None:
+    cmd.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:7070)")
+    cmd.add_argument("--token-file", help="bearer token file (default: $CASTORE_TOKEN)")
+    cmd.add_argument("--request-timeout", type=float, help="seconds per request (default 30)")
+    cmd.add_argument("--shutdown-timeout", type=float, help="seconds to finish on SIGTERM (60)")
+    cmd.add_argument("--access-log", help="append the JSON-lines access log here (stderr)")
+    cmd.add_argument("--openapi", action="store_true", help="print the OpenAPI document")
+
+
 class Spec(NamedTuple):
     """One command: its summary, an example, what adds its options, its store options, filters.
 
@@ -256,6 +265,12 @@ SPECS: Final[dict[str, Spec]] = {  # in the order `castore --help` lists them
         "import a Dagu dag-state directory",
         "castore import-dagu /var/lib/dagu/dag-state",
         _import_dagu,
+        _MAINTAIN,
+    ),
+    "serve": Spec(
+        "serve the store over HTTP/JSON (pip install 'castore[server]')",
+        "castore --dir /srv/state serve --listen 127.0.0.1:7070 --token-file token",
+        _serve,
         _MAINTAIN,
     ),
 }

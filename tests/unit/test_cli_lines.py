@@ -5,7 +5,7 @@ import argparse
 import msgspec
 import pytest
 
-from castore.cli import COMMANDS, history, maintenance, modify, state
+from castore.cli import COMMANDS, history, maintenance, modify, serve, state
 from castore.cli.args import SPECS, UsageError, build_parser
 from castore.results import LINE_TYPES
 
@@ -26,7 +26,13 @@ def commands_action(parser: argparse.ArgumentParser) -> argparse._SubParsersActi
 def test_every_command_has_a_handler():
     sub = commands_action(build_parser())
     assert set(sub.choices) == set(COMMANDS) == set(SPECS)
-    tables = {**state.COMMANDS, **modify.COMMANDS, **history.COMMANDS, **maintenance.COMMANDS}
+    tables = {
+        **state.COMMANDS,
+        **modify.COMMANDS,
+        **history.COMMANDS,
+        **maintenance.COMMANDS,
+        **serve.COMMANDS,
+    }
     assert set(tables) == set(COMMANDS)
     for name in COMMANDS:
         assert COMMANDS[name] is tables[name], name  # each name's group is its module

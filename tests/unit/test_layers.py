@@ -61,8 +61,16 @@ LAYERS = {
     "cli.history": 25,
     "cli.maintenance": 25,
     "cli.modify": 25,
-    "cli": 26,
-    "__main__": 27,
+    # castore/server/: `castore serve`, above the library; only cli.serve imports it.
+    "server": 23,  # the package: a docstring
+    "server.errors": 23,  # exceptions -> statuses and stable codes
+    "server.operations": 24,  # the operation table (imports audit)
+    "server.app": 25,
+    "server.openapi": 25,
+    "server.run": 26,  # token, listening checks, uvicorn
+    "cli.serve": 27,
+    "cli": 28,
+    "__main__": 29,
 }
 
 FILE_BASE = 10

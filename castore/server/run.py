@@ -1,0 +1,197 @@
+"""Run the server: the token, the listening socket and its checks, uvicorn.
+
+:func:`run_server` is what ``castore serve`` runs. Before anything is served:
+the token comes from ``--token-file`` or ``$CASTORE_TOKEN`` (refused when
+empty, short or not printable ASCII, or when the file is writable by others),
+and an address that is not loopback is refused without a token. The socket
+is bound here, so the start line on stderr names the real port (``:0`` picks
+a free one). uvicorn serves the app; on SIGTERM it stops accepting, finishes
+the requests in flight, and the app closes the store; then the process exits 0
+(docs/SERVER.md, "Shutdown").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from types import FrameType
+from typing import Final, TextIO
+
+import msgspec
+import uvicorn
+
+from castore.results import rfc3339
+from castore.server.app import REQUEST_TIMEOUT_SECONDS, create_app
+from castore.store import Store
+from castore.urls import redacted
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "MIN_TOKEN_CHARS",
+    "ServeError",
+    "bind",
+    "load_token",
+    "parse_listen",
+    "run_server",
+]
+
+DEFAULT_LISTEN: Final = "127.0.0.1:7070"
+MIN_TOKEN_CHARS: Final = 16
+SHUTDOWN_TIMEOUT_SECONDS: Final = 60.0
+_TOKEN_FILE_MAX: Final = 4096
+
+
+class ServeError(Exception):
+    """A server setting that cannot be used (``castore serve`` exits 2 with its message)."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:7070`` for IPv6) as a host and a port.
+
+    Raises:
+        ServeError: not HOST:PORT, or the port is not 0-65535.
+    """
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ServeError(f"--listen {text!r}: give HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    return host, int(port)
+
+
+def _check_token(token: str, source: str) -> str:
+    if not token:
+        raise ServeError(f"{source}: the token is empty")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ServeError(
+            f"{source}: the token has {len(token)} characters; use at least "
+            f"{MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"
+        )
+    if not all("!" <= char <= "~" for char in token):
+        raise ServeError(f"{source}: the token must be printable ASCII without spaces")
+    return token
+
+
+def _read_token_file(path: str) -> str:
+    source = f"--token-file {path}"
+    try:
+        with open(path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            data = fh.read(_TOKEN_FILE_MAX + 1)
+    except OSError as exc:
+        raise ServeError(f"{source}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ServeError(f"{source}: not a regular file")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ServeError(f"{source}: writable by group or others; chmod 600 it")
+    if len(data) > _TOKEN_FILE_MAX:
+        raise ServeError(f"{source}: larger than {_TOKEN_FILE_MAX} bytes: not a token")
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ServeError(f"{source}: the token must be printable ASCII without spaces") from None
+    return _check_token(text, source)
+
+
+def load_token(token_file: str | None) -> str | None:
+    """The bearer token: the file's content (trailing newline stripped), else ``$CASTORE_TOKEN``.
+
+    Returns None when neither is given (no authentication).
+
+    Raises:
+        ServeError: the file cannot be read or is writable by others; the token is
+            empty, shorter than :data:`MIN_TOKEN_CHARS` or not printable ASCII.
+    """
+    if token_file is not None:
+        return _read_token_file(token_file)
+    value = os.environ.get("CASTORE_TOKEN")
+    return None if value is None else _check_token(value, "$CASTORE_TOKEN")
+
+
+def bind(host: str, port: int, token: str | None) -> socket.socket:
+    """A socket listening on ``host:port``; a non-loopback address needs a token.
+
+    Raises:
+        ServeError: the host does not resolve, or is not loopback and ``token`` is None.
+        OSError: the address cannot be bound (in use, not local).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServeError(f"--listen {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])
+    if token is None and not ip.is_loopback:
+        raise ServeError(
+            f"refusing to listen on {ip} (not a loopback address) without a token: "
+            "give --token-file FILE or set $CASTORE_TOKEN"
+        )
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, exc.strerror, f"{host}:{port}") from None
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM after uvicorn's graceful shutdown (it raises the signal again): exit 0."""
+    raise SystemExit(0)
+
+
+def run_server(
+    store: Store,
+    *,
+    listen: str = DEFAULT_LISTEN,
+    token_file: str | None = None,
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+    access_log: str | None = None,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT_SECONDS,
+) -> None:
+    """Serve ``store`` until SIGTERM or SIGINT (what ``castore serve`` runs).
+
+    Writes one JSON line to stderr when listening (``{"event":"listening","url":…}``),
+    then the access log (to ``access_log``, a file appended to, else stderr).
+
+    Raises:
+        ServeError: a setting that cannot be used (see :func:`load_token`, :func:`bind`).
+        OSError: the address cannot be bound, or the access log cannot be opened.
+    """
+    if request_timeout <= 0 or shutdown_timeout <= 0:
+        raise ServeError("--request-timeout and --shutdown-timeout must be positive")
+    token = load_token(token_file)
+    sock = bind(*parse_listen(listen), token)
+    log: TextIO = open(access_log, "a", encoding="utf-8") if access_log else sys.stderr  # noqa: SIM115
+    app = create_app(store, token, request_timeout=request_timeout, access_log=log)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
+    )
+    start = {
+        "time": rfc3339(time.time_ns()),
+        "event": "listening",
+        "url": _url(sock),
+        "store": redacted(store.root),
+        "auth": token is not None,
+    }
+    sys.stderr.write(msgspec.json.encode(start).decode("utf-8") + "\n")
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, _stop)
+    uvicorn.Server(config).run(sockets=[sock])

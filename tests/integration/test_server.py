@@ -1,0 +1,622 @@
+"""``castore serve`` (issue 13, part 1): real server processes, compared with the CLI.
+
+Each server is ``python -m castore --dir LOCATION serve --listen 127.0.0.1:0``
+in a subprocess (the start line on stderr names its port), stopped by SIGTERM.
+The behaviour tests run once per backend (``store_location``): every
+operation's response body is the very line the CLI prints for it. The HTTP
+layer (auth, limits, log, metrics) is the same whatever the backend, and is
+tested on a file store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hmac
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.routing import Route
+
+from castore import Store
+from castore.server.app import MAX_BODY_BYTES, create_app
+from castore.server.openapi import openapi, openapi_json
+from tests.helpers import CASTORE_PATH, Cli, ref_log_path
+
+pytestmark = pytest.mark.integration
+
+ROOT = pathlib.Path(__file__).parents[2]
+TOKEN = "s3cret-token-0123456789abcdef"  # noqa: S105  # a test token
+START_TIMEOUT = 30.0
+
+
+class Server:
+    """One ``castore serve`` process; its stderr and access log are files below ``tmp``."""
+
+    def __init__(self, tmp: pathlib.Path, location: str, *args: str, env: dict[str, str]) -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.stderr_path = tmp / "stderr"
+        self.log_path = tmp / "access.log"
+        argv = [sys.executable, "-m", "castore", "--dir", location, "serve"]
+        argv += ["--listen", "127.0.0.1:0", "--access-log", str(self.log_path), *args]
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        self.url = self._wait_listening()
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def _wait_listening(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            first = self.stderr_path.read_bytes().split(b"\n", 1)
+            if len(first) == 2:
+                url: str = json.loads(first[0])["url"]
+                return url
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.proc.kill()
+        pytest.fail(f"server did not start: {self.stderr_path.read_text()}")
+
+    def wait_healthy(self, headers: dict[str, str] | None = None) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while httpx.get(f"{self.url}/healthz", headers=headers).status_code != 200:
+            assert time.monotonic() < deadline, "never healthy"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (killed after 20 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines()]
+
+
+def base_env(tmp: pathlib.Path, **extra: str) -> dict[str, str]:
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "PYTHONPATH": CASTORE_PATH,
+        "LC_ALL": "C.UTF-8",
+    }
+    return {**env, **extra}
+
+
+@pytest.fixture
+def start(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
+    """Starts servers (``start(location, *serve_args, **env)``), stopped at the end."""
+    servers: list[Server] = []
+
+    def make(location: str, *args: str, **env: str) -> Server:
+        server = Server(
+            tmp_path / f"server{len(servers)}", location, *args, env=base_env(tmp_path, **env)
+        )
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def served(start: Callable[..., Server], store_location: str) -> Server:
+    server = start(store_location)
+    server.wait_healthy()
+    return server
+
+
+@pytest.fixture
+def file_server(start: Callable[..., Server], tmp_path: pathlib.Path) -> Server:
+    """A server with a token on a file store (the HTTP layer is the same for every backend)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    server = start(str(tmp_path / "store"), "--token-file", str(token_file))
+    server.wait_healthy()
+    return server
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def body(fields: dict[str, Any], **raw: str) -> bytes:
+    """A request body: ``fields`` as JSON, plus members given as raw JSON text (kept exactly)."""
+    members = [json.dumps(fields)[1:-1]] if fields else []
+    members += [f"{json.dumps(name)}:{text}" for name, text in raw.items()]
+    return ("{" + ",".join(members) + "}").encode()
+
+
+def post(
+    server: Server, op: str, data: bytes, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/{op}", content=data, headers=headers, timeout=30)
+
+
+# -- remote results equal local results ---------------------------------------------------
+
+# (operation, fields, raw members, the CLI's arguments): writes, in order.
+WRITES: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
+    (
+        "set",
+        {"key": "k"},
+        {"value": '{"a": 1.50, "b": [1, 2]}'},
+        ["set", "k", '{"a": 1.50, "b": [1, 2]}'],
+    ),
+    (
+        "set",
+        {"key": "k", "expected_version": 1},
+        {"value": '{"a":2}'},
+        ["set", "k", '{"a":2}', "--expected-version", "1"],
+    ),
+    ("diff", {"key": "k"}, {"value": '{"a": 2}'}, ["diff", "k", '{"a": 2}']),
+    (
+        "diff",
+        {"key": "k", "update": False},
+        {"value": '{"a":3}'},
+        ["diff", "k", '{"a":3}', "--no-update"],
+    ),
+    (
+        "diff",
+        {"key": "k", "reason": "r"},
+        {"value": '{"a":3e0}'},
+        ["diff", "k", '{"a":3e0}', "--reason", "r"],
+    ),
+    (
+        "patch",
+        {"key": "k"},
+        {"patch": '[{"op":"add","path":"/c","value":1e2}]'},
+        ["patch", "k", '[{"op":"add","path":"/c","value":1e2}]'],
+    ),
+    (
+        "patch",
+        {"key": "k", "merge": True, "include_value": True},
+        {"patch": '{"a":null,"d":"\\u2028<>"}'},
+        ["patch", "k", '{"a":null,"d":"\\u2028<>"}', "--merge", "--include-value"],
+    ),
+    ("incr", {"key": "n"}, {}, ["incr", "n"]),
+    (
+        "incr",
+        {"key": "n"},
+        {"by": "100000000000000000000000"},
+        ["incr", "n", "--by", "100000000000000000000000"],
+    ),
+    (
+        "incr",
+        {"key": "k", "path": "/c"},
+        {"by": "-0.5"},
+        ["incr", "k", "--path", "/c", "--by", "-0.5"],
+    ),
+    ("rollback", {"key": "k", "to_version": 1}, {}, ["rollback", "k", "--to-version", "1"]),
+    (
+        "set",
+        {"key": "x", "scope": "custom", "namespace": "ns", "create_only": True},
+        {"value": '"\\u2028 <b>"'},
+        ["--scope", "custom", "--namespace", "ns", "set", "x", '"\\u2028 <b>"', "--create-only"],
+    ),
+    (
+        "set",
+        {"key": "g", "scope": "global"},
+        {"value": "[]"},
+        ["--scope", "global", "set", "g", "[]"],
+    ),
+    ("delete", {"key": "n"}, {}, ["delete", "n"]),
+    ("delete", {"key": "n"}, {}, ["delete", "n"]),
+]
+
+# Reads of the served store, by HTTP and by the CLI.
+READS: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
+    ("get", {"key": "k"}, {}, ["get", "k"]),
+    ("get", {"key": "n"}, {"default": '{"x": 1.0}'}, ["get", "n", "--default", '{"x": 1.0}']),
+    ("get", {"key": "n", "version": 3}, {}, ["get", "n", "--version", "3"]),
+    ("get", {"key": "k", "version": 2}, {}, ["get", "k", "--version", "2"]),
+    (
+        "get",
+        {"key": "x", "scope": "custom", "namespace": "ns"},
+        {},
+        ["--scope", "custom", "--namespace", "ns", "get", "x"],
+    ),
+    ("list", {}, {}, ["list"]),
+    (
+        "list",
+        {"prefix": "k", "include_values": True, "limit": 1},
+        {},
+        ["list", "--prefix", "k", "--include-values", "--limit", "1"],
+    ),
+    ("history", {"key": "k"}, {}, ["history", "k"]),
+    (
+        "history",
+        {"key": "k", "limit": 2, "before_version": 5},
+        {},
+        ["history", "k", "--limit", "2", "--before-version", "5"],
+    ),
+    (
+        "diff-versions",
+        {"key": "k", "from_version": 1, "to_version": 5},
+        {},
+        ["diff", "k", "--from-version", "1", "--to-version", "5"],
+    ),
+    ("diff-versions", {"key": "k", "from_version": 2}, {}, ["diff", "k", "--from-version", "2"]),
+    ("audit", {}, {}, ["audit"]),
+    ("audit", {"scope": "dag", "run_id": "r1"}, {}, ["audit", "--scope", "dag", "--run-id", "r1"]),
+]
+
+
+def test_every_operation_answers_the_cli_line(served, tmp_path, new_store_location):
+    """Writes through the server and through the CLI (on another store) print the same bytes;
+    reads of the served store by both are the same bytes too."""
+    mirror = Cli(tmp_path, new_store_location(), dag="d")
+    caller = {"run_id": "r1", "step_name": "s"}
+    for op, fields, raw, args in WRITES:
+        response = post(served, op, body({**fields, "dag": "d", "caller": caller}, **raw))
+        assert response.status_code == 200, (op, fields, response.text)
+        assert response.headers["content-type"] == "application/json"
+        local = mirror.raw_ok(*args, "--run-id", "r1", "--step", "s")
+        assert response.content + b"\n" == local, (op, fields)
+    here = Cli(tmp_path, served_location(served), dag="d")
+    for op, fields, raw, args in READS:
+        response = post(served, op, body({**fields, "dag": "d"}, **raw))
+        assert response.status_code == 200, (op, fields, response.text)
+        expected = here.raw_ok(*args)
+        got = response.content if op == "audit" else response.content + b"\n"
+        assert got == expected, (op, fields)
+    assert len(post(served, "audit", b"{}").content.splitlines()) == 12  # versions written
+
+
+def served_location(server: Server) -> str:
+    argv = server.proc.args
+    assert isinstance(argv, list)
+    return str(argv[argv.index("--dir") + 1])
+
+
+# (operation, body, status, code, the CLI's arguments, its exit code)
+ErrorCase = tuple[str, dict[str, Any], int, str, list[str], int]
+
+
+def test_errors_carry_the_cli_message_and_a_stable_code(served, tmp_path):
+    here = Cli(tmp_path, served_location(served), dag="d")
+    here.raw_ok("set", "k", "1")
+    cases: list[ErrorCase] = [
+        (
+            "get",
+            {"key": "nope", "required": True},
+            404,
+            "not_found",
+            ["get", "nope", "--required"],
+            4,
+        ),
+        ("get", {"key": "k", "version": 9}, 404, "not_found", ["get", "k", "--version", "9"], 4),
+        (
+            "set",
+            {"key": "k", "expected_version": 7, "value": 2},
+            409,
+            "conflict",
+            ["set", "k", "2", "--expected-version", "7"],
+            3,
+        ),
+        (
+            "set",
+            {"key": "k", "create_only": True, "value": 2},
+            409,
+            "conflict",
+            ["set", "k", "2", "--create-only"],
+            3,
+        ),
+        (
+            "patch",
+            {"key": "k", "patch": [{"op": "test", "path": "", "value": 5}]},
+            409,
+            "patch_test_failed",
+            ["patch", "k", '[{"op":"test","path":"","value":5}]'],
+            3,
+        ),
+        (
+            "get",
+            {"key": "k", "scope": "bogus"},
+            400,
+            "invalid_ref",
+            ["--scope", "bogus", "get", "k"],
+            2,
+        ),
+        (
+            "incr",
+            {"key": "k", "path": "/a"},
+            400,
+            "invalid_value",
+            ["incr", "k", "--path", "/a"],
+            2,
+        ),
+        (
+            "rollback",
+            {"key": "k", "to_version": 5},
+            404,
+            "not_found",
+            ["rollback", "k", "--to-version", "5"],
+            4,
+        ),
+    ]
+    for op, fields, status, code, args, exit_code in cases:
+        response = post(served, op, json.dumps({**fields, "dag": "d"}).encode())
+        assert response.status_code == status, (op, response.text)
+        error = response.json()["error"]
+        assert error["code"] == code
+        assert error["message"] == here.fail(exit_code, *args), op
+    conflict = post(served, "set", b'{"key":"k","dag":"d","value":3,"expected_version":7}').json()
+    assert conflict["error"]["expected_version"] == 7
+    assert conflict["error"]["actual_version"] == 1
+    created = post(served, "set", b'{"key":"k","dag":"d","value":3,"create_only":true}').json()
+    assert (created["error"]["expected_version"], created["error"]["actual_version"]) == (None, 1)
+    no_dag = post(served, "get", b'{"key":"k"}').json()["error"]
+    assert no_dag["code"] == "invalid_ref"
+    assert "namespace is required" in no_dag["message"]
+
+
+def test_concurrent_increments_lose_nothing(served, tmp_path):
+    def work() -> None:
+        with httpx.Client(base_url=served.url, timeout=30) as client:
+            for _ in range(50):
+                response = client.post("/v1/incr", content=b'{"key":"c","dag":"d"}')
+                assert response.status_code == 200, response.text
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    got = post(served, "get", b'{"key":"c","dag":"d"}').json()
+    assert (got["version"], got["value"]) == (200, 200)
+    history = post(served, "history", b'{"key":"c","dag":"d"}').json()
+    assert [entry["version"] for entry in history["entries"]] == list(range(200, 0, -1))
+    audit = post(served, "audit", b"{}").content  # streamed in batches of 100 lines
+    assert audit == Cli(tmp_path, served_location(served), dag="d").raw_ok("audit")
+
+
+def test_sigterm_finishes_the_request_in_flight(start, store_location, tmp_path):
+    """A request whose body is still arriving when SIGTERM comes is answered, then exit 0."""
+    server = start(store_location)
+    server.wait_healthy()
+    data = body({"key": "late", "dag": "d"}, value='{"in": "flight"}')
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+        head = f"POST /v1/set HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
+        conn.sendall(head.encode() + data[:10])
+        time.sleep(0.5)  # the server reads the head and starts the request
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.proc.poll() is None  # still serving the request
+        conn.sendall(data[10:])
+        status, answer = read_response(conn)
+    assert status == 200, answer
+    assert json.loads(answer)["version"] == 1
+    assert server.stop() == 0
+    line = Cli(tmp_path, store_location, dag="d").line("get", "late")
+    assert json.loads(line)["value"] == {"in": "flight"}
+
+
+def read_response(conn: socket.socket) -> tuple[int, bytes]:
+    """The status and body of one HTTP/1.1 response (Content-Length, or read to the close)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    length = int(headers.get("content-length", "-1"))
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        assert chunk
+        rest += chunk
+    return int(lines[0].split()[1]), rest
+
+
+# -- the HTTP layer: auth, limits, log, metrics ------------------------------------------
+
+
+def test_every_path_but_healthz_needs_the_token(file_server):
+    url = file_server.url
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": TOKEN},
+    ):
+        response = post(file_server, "get", b'{"key":"k","dag":"d"}', headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert httpx.get(f"{url}/metrics", headers=headers).status_code == 401
+        assert post(file_server, "nope", b"{}", headers).status_code == 401
+    assert post(file_server, "get", b'{"key":"k","dag":"d"}', AUTH).json()["found"] is False
+    assert httpx.get(f"{url}/metrics", headers=AUTH).status_code == 200
+
+
+def test_the_token_is_compared_in_constant_time(tmp_path, monkeypatch):
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # what castore.server.app calls
+    app = create_app(Store(str(tmp_path / "s")), TOKEN)
+
+    async def requests() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            right = await client.post("/v1/get", content=b'{"key":"k","dag":"d"}', headers=AUTH)
+            wrong = await client.post(
+                "/v1/get", content=b"{}", headers={"Authorization": "Bearer x"}
+            )
+            return [right.status_code, wrong.status_code]
+
+    assert anyio.run(requests) == [200, 401]
+    assert calls == [(TOKEN.encode(), TOKEN.encode()), (b"x", TOKEN.encode())]
+
+
+def test_a_token_is_needed_off_loopback_and_must_be_sound(tmp_path):
+    cli = Cli(tmp_path, str(tmp_path / "store"))
+    message = cli.fail(2, "serve", "--listen", "0.0.0.0:0")
+    assert message.startswith(
+        "refusing to listen on 0.0.0.0 (not a loopback address) without a token"
+    )
+    token_file = tmp_path / "token"
+    for text, mode, what in (
+        ("\n", 0o600, "the token is empty"),
+        ("short\n", 0o600, "use at least 16"),
+        (TOKEN, 0o666, "writable by group or others"),
+        ("with a space in the token\n", 0o600, "printable ASCII without spaces"),
+    ):
+        token_file.write_text(text)
+        token_file.chmod(mode)
+        message = cli.fail(2, "serve", "--token-file", str(token_file))
+        assert what in message
+        assert text.strip() not in message or not text.strip()
+    assert "$CASTORE_TOKEN" in cli.fail(2, "serve", env={"CASTORE_TOKEN": "short"})
+    assert "HOST:PORT" in cli.fail(2, "serve", "--listen", "7070")
+    assert not (tmp_path / "store").exists()
+
+
+def test_bodies_are_bounded(file_server):
+    limit = MAX_BODY_BYTES
+    with socket.create_connection(("127.0.0.1", file_server.port), timeout=20) as conn:
+        head = f"POST /v1/set HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        conn.sendall(f"{head}Content-Length: {limit + 1}\r\n\r\n".encode())
+        status, answer = read_response(conn)  # answered before any of the body is sent
+    assert (status, json.loads(answer)["error"]["code"]) == (413, "body_too_large")
+    with socket.create_connection(("127.0.0.1", file_server.port), timeout=20) as conn:
+        conn.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"[" + b" " * 65534 + b"\n"
+        for _ in range(limit // len(chunk) + 1):
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        status, answer = read_response(conn)
+    assert (status, json.loads(answer)["error"]["code"]) == (413, "body_too_large")
+    big = body({"key": "big", "dag": "d"}, value=json.dumps("x" * (1 << 20)))
+    response = post(file_server, "set", big, AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (413, "value_too_large")
+
+
+def test_bad_requests_answer_400(file_server):
+    for data, fragment in (
+        (b"{not json", "malformed"),
+        (b"", "truncated"),
+        (b"[1]", "Expected `object`"),
+        (b'{"key":"k","dag":"d","bogus":1}', "unknown field `bogus`"),
+        (b'{"key":"k","dag":"d","version":"1"}', "Expected `int | null`, got `str`"),
+        (b'{"dag":"d"}', "missing required field `key`"),
+        (b'{"key":"k","caller":{"pid":"1"}}', "$.caller.pid"),
+    ):
+        response = post(file_server, "get", data, AUTH)
+        assert response.status_code == 400, data
+        error = response.json()["error"]
+        assert error["code"] == "bad_request"
+        assert fragment in error["message"], (data, error)
+    response = post(file_server, "nope", b"{}", AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found_route")
+    response = httpx.get(f"{file_server.url}/v1/get", headers=AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
+
+
+def test_a_slow_request_times_out(start, tmp_path):
+    server = start(str(tmp_path / "store"), "--request-timeout", "0.5")
+    server.wait_healthy()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+        conn.sendall(b"POST /v1/set HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        status, answer = read_response(conn)
+    assert (status, json.loads(answer)["error"]["code"]) == (503, "timeout")
+
+
+def test_a_timed_out_write_still_lands_and_shutdown_waits_for_it(start, tmp_path):
+    """A write stuck on its key's lock past the timeout answers 503; it runs on, and a
+    SIGTERM meanwhile waits for it before the store is closed."""
+    location = str(tmp_path / "store")
+    server = start(location, "--request-timeout", "0.5")
+    server.wait_healthy()
+    assert post(server, "set", b'{"key":"k","dag":"d","value":1}').status_code == 200
+    with open(ref_log_path(Store(location, dag="d"), "k"), "rb") as log:
+        fcntl.flock(log.fileno(), fcntl.LOCK_EX)
+        response = post(server, "set", b'{"key":"k","dag":"d","value":2}')
+        assert (response.status_code, response.json()["error"]["code"]) == (503, "timeout")
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.proc.poll() is None  # waiting for the write
+    assert server.stop() == 0
+    got = json.loads(Cli(tmp_path, location, dag="d").line("get", "k"))
+    assert (got["version"], got["value"]) == (2, 2)
+
+
+def test_the_access_log_holds_no_token_and_no_value(file_server):
+    secret_value = "a-value-nobody-may-log"  # noqa: S105  # not a password
+    data = body({"key": "k", "dag": "d"}, value=json.dumps(secret_value))
+    response = post(file_server, "set", data, {**AUTH, "X-Request-Id": "req-42"})
+    assert response.headers["x-request-id"] == "req-42"
+    generated = post(file_server, "get", b'{"key":"k","dag":"d"}', AUTH).headers["x-request-id"]
+    post(file_server, "get", b"{}", {"Authorization": f"Bearer {TOKEN}x"})
+    text = file_server.log_path.read_text()
+    assert TOKEN not in text
+    assert secret_value not in text
+    lines = file_server.log_lines()
+    assert all(
+        list(line) == ["time", "method", "path", "status", "duration_ms", "request_id"]
+        for line in lines
+    )
+    mine = [line for line in lines if line["path"] != "/healthz"]
+    assert [(line["method"], line["path"], line["status"]) for line in mine] == [
+        ("POST", "/v1/set", 200),
+        ("POST", "/v1/get", 200),
+        ("POST", "/v1/get", 401),
+    ]
+    assert [mine[0]["request_id"], mine[1]["request_id"]] == ["req-42", generated]
+
+
+def test_metrics_count_requests_per_operation(file_server):
+    for _ in range(3):
+        post(file_server, "get", b'{"key":"k","dag":"d"}', AUTH)
+    post(file_server, "set", b'{"key":"k","dag":"d","value":1,"expected_version":5}', AUTH)
+    text = httpx.get(f"{file_server.url}/metrics", headers=AUTH).text
+    assert 'castore_requests_total{operation="get",status="200"} 3.0' in text
+    assert 'castore_requests_total{operation="set",status="409"} 1.0' in text
+    assert 'castore_request_seconds_count{operation="get"} 3.0' in text
+    assert 'castore_request_seconds_bucket{le="+Inf",operation="get"} 3.0' in text
+
+
+# -- the OpenAPI document ---------------------------------------------------------------
+
+
+def test_docs_openapi_json_is_the_generated_document(tmp_path):
+    assert (ROOT / "docs" / "openapi.json").read_text() == openapi_json() + "\n"
+    printed = Cli(tmp_path, str(tmp_path / "store")).raw_ok("serve", "--openapi")
+    assert printed.decode() == openapi_json() + "\n"
+
+
+def test_the_openapi_document_describes_every_route(tmp_path):
+    app = create_app(Store(str(tmp_path / "s")))
+    routes = {
+        route.path: {method.lower() for method in route.methods or ()} - {"head"}
+        for route in app.routes
+        if isinstance(route, Route)
+    }
+    described = {path: set(item) for path, item in openapi()["paths"].items()}
+    assert routes == described
+    assert "/v1/diff-versions" in routes
