@@ -81,7 +81,7 @@ class PostgresBackend:
         """Newest entry of ``ref`` and its verified value (one indexed query)."""
 
         def work(cur: Cursor) -> Current:
-            cur.execute(q.CURRENT, rows.ref_params(ref), binary=True)  # no hex round trip
+            cur.execute(q.CURRENT, (rows.ref_id(ref),), binary=True)  # no hex round trip
             row = cur.fetchone()
             found = rows.entry(row) if row is not None else None
             if row is None or found is None:
@@ -96,7 +96,7 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> bool:
             cur.execute(
-                f"SELECT 1 FROM refs WHERE {q.REF} AND version IS NOT NULL", rows.ref_params(ref)
+                f"SELECT 1 FROM refs WHERE {q.REF} AND version IS NOT NULL", (rows.ref_id(ref),)
             )
             return cur.fetchone() is not None
 
@@ -105,14 +105,11 @@ class PostgresBackend:
 
     def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
         """Keys of a namespace with a version (a delete counts), byte-wise sorted."""
-        low, high = rows.key_range(prefix)
-        bound = "" if high is None else " AND key < %s"
+        where, params = rows.prefix_filter(scope, namespace, prefix)
 
         def work(cur: Cursor) -> list[str]:
             cur.execute(
-                "SELECT key FROM refs WHERE scope = %s AND namespace = %s AND key >= %s"
-                f"{bound} AND version IS NOT NULL ORDER BY key",
-                (scope, namespace.encode("utf-8"), low, *([high] if high else [])),
+                f"SELECT key FROM refs WHERE {where} AND version IS NOT NULL ORDER BY key", params
             )
             return [bytes(k).decode("utf-8") for (k,) in cur.fetchall()]
 
@@ -135,14 +132,12 @@ class PostgresBackend:
 
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
         """The newest version of every key starting with ``prefix`` (one indexed query)."""
-        low, high = rows.key_range(prefix)
-        bound = "" if high is None else " AND key < %s"
+        where, params = rows.prefix_filter(scope, namespace, prefix)
 
         def work(cur: Cursor) -> dict[str, ListEntry | None]:
             cur.execute(
-                f"SELECT key, {rows.ENTRY} FROM refs WHERE scope = %s AND namespace = %s "
-                f"AND key >= %s{bound} AND version IS NOT NULL",
-                (scope, namespace.encode("utf-8"), low, *([high] if high else [])),
+                f"SELECT key, {rows.ENTRY} FROM refs WHERE {where} AND version IS NOT NULL",
+                params,
             )
             out: dict[str, ListEntry | None] = {}
             for row in cur.fetchall():
@@ -177,7 +172,7 @@ class PostgresBackend:
             cur.execute(
                 f"SELECT {rows.ENTRY} FROM versions WHERE {q.REF} AND version < %s "
                 "ORDER BY version DESC LIMIT %s",
-                (*rows.ref_params(ref), before, limit or None),
+                (rows.ref_id(ref), before, limit or None),
             )
             return [e for row in cur.fetchall() if (e := rows.entry(row)) is not None]
 
@@ -194,7 +189,7 @@ class PostgresBackend:
         while True:
             page: list[tuple[Any, ...]] = self._read(
                 lambda cur, at=after: cur.execute(
-                    q.VERSION, (*rows.ref_params(ref), at, q.PAGE)
+                    q.VERSION, (rows.ref_id(ref), at, q.PAGE)
                 ).fetchall(),
                 f"reading {ref}",
                 [],
@@ -234,32 +229,27 @@ class PostgresBackend:
         self.db.create()
         return True
 
-    def _lock(self, cur: Cursor, key: tuple[str, bytes, bytes]) -> tuple[int, Entry | None]:
+    def _lock(self, cur: Cursor, ref: Ref) -> tuple[int, Entry | None]:
         """Lock a ref's row (inserting it first if new): its floor and newest entry."""
-        cur.execute(q.LOCK, key)
-        row = cur.fetchone()
+        key = (rows.ref_id(ref),)
+        row = cur.execute(q.LOCK, key).fetchone()
         if row is None:
-            cur.execute(
-                "INSERT INTO refs (scope, namespace, key) VALUES (%s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                key,
-            )
-            cur.execute(q.LOCK, key)
-            row = cur.fetchone()
+            cur.execute(q.NEW_REF, rows.ref_row(ref))
+            row = cur.execute(q.LOCK, key).fetchone()
         assert row is not None  # noqa: S101 - inserted or found above, under the lock
         return int(row[0]), rows.entry(row, 1)
 
     def _append(
         self,
         cur: Cursor,
-        key: tuple[str, bytes, bytes],
+        ref: Ref,
         entry: Entry,
         normalized: bytes | None,
         known: set[str],
         now: int,
     ) -> None:
         """Insert ``entry`` (and its blob, unless ``known`` holds it) as the ref's newest."""
-        params = q.params(key, entry)
+        params = q.params(ref, entry)
         if normalized is None or entry.op == OP_DAMAGED:
             cur.execute(q.APPEND_ROW, params)
         elif len(normalized) < INLINE_MAX_BYTES:
@@ -280,15 +270,14 @@ class PostgresBackend:
         """
         if not self._ready_for(decide):
             return None, []
-        key = rows.ref_params(ref)
 
         def work(cur: Cursor) -> tuple[Entry | None, list[Entry]]:
-            floor, previous = self._lock(cur, key)
+            floor, previous = self._lock(cur, ref)
             decided = decide(previous, q.RowView(cur, ref, previous))
             if not decided:
                 raise Abandon((previous, []))
             news = decided if isinstance(decided, list) else [decided]
-            return previous, self._append_all(cur, ref, key, previous, floor, news)
+            return previous, self._append_all(cur, ref, previous, floor, news)
 
         result: tuple[Entry | None, list[Entry]] = self.db.run(
             work, f"the write of {ref}", pipeline=True
@@ -299,7 +288,6 @@ class PostgresBackend:
         self,
         cur: Cursor,
         ref: Ref,
-        key: tuple[str, bytes, bytes],
         previous: Entry | None,
         floor: int,
         news: list[NewVersion],
@@ -310,7 +298,7 @@ class PostgresBackend:
         last = previous
         for new in news:
             entry = next_entry(ref, new, last, floor, now)
-            self._append(cur, key, entry, new.normalized, known, now)
+            self._append(cur, ref, entry, new.normalized, known, now)
             written.append(entry)
             last = entry
         return written
@@ -323,10 +311,10 @@ class PostgresBackend:
         """
         if not self._ready_for(lambda *_: new_versions):
             return []
-        key = rows.ref_params(ref)
+        key = (rows.ref_id(ref),)
 
         def work(cur: Cursor) -> list[Entry]:
-            floor, previous = self._lock(cur, key)
+            floor, previous = self._lock(cur, ref)
             newest = previous.version if previous is not None else 0
             top = max((p.version for p in new_versions), default=0)
             if top < newest:
@@ -335,12 +323,8 @@ class PostgresBackend:
                 )
             cur.execute(f"DELETE FROM versions WHERE {q.REF}", key)
             cur.execute(f"DELETE FROM compactions WHERE {q.REF}", key)
-            cur.execute(
-                "UPDATE refs SET version = NULL, op = NULL, time_ns = NULL, digest = NULL, "
-                f"size = NULL, created_ns = NULL, audit = NULL, damaged_from = NULL WHERE {q.REF}",
-                key,
-            )
-            return self._append_all(cur, ref, key, None, floor, new_versions)
+            cur.execute(f"UPDATE refs SET {q.NO_NEWEST} WHERE {q.REF}", key)
+            return self._append_all(cur, ref, None, floor, new_versions)
 
         result: list[Entry] = self.db.run(work, f"the import of {ref}", pipeline=True)
         return result

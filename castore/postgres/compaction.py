@@ -16,18 +16,22 @@ from castore.backend import Progress
 from castore.keys import SCOPES, Ref
 from castore.postgres import rows
 from castore.postgres.connection import Abandon, Cursor, Database
+from castore.postgres.statements import NO_NEWEST
 from castore.reports import CompactReport, Retention, retained
 
 __all__ = ["compact"]
 
-_REF = "scope = %s AND namespace = %s AND key = %s"
+_REF = "ref_id = %s"
 
 
 def _ref_name(scope: str, namespace: bytes, key: bytes) -> str:
     return str(Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8")))
 
 
-def _selected(db: Database, retention: Retention) -> list[tuple[str, bytes, bytes]]:
+Selected = tuple[str, bytes, bytes, bytes]  # scope, namespace, key, ref_id
+
+
+def _selected(db: Database, retention: Retention) -> list[Selected]:
     """The refs ``retention`` selects, with a version, in scope/namespace/key order."""
     low, high = rows.key_range(retention.prefix)
     where = ["version IS NOT NULL", "key >= %s"]
@@ -42,11 +46,14 @@ def _selected(db: Database, retention: Retention) -> list[tuple[str, bytes, byte
         where.append("namespace = %s")
         params.append(retention.namespace.encode("utf-8"))
     found = db.fetch(
-        f"SELECT scope, namespace, key FROM refs WHERE {' AND '.join(where)}", params, "compaction"
+        f"SELECT scope, namespace, key, ref_id FROM refs WHERE {' AND '.join(where)}",
+        params,
+        "compaction",
     )
     order = {scope: i for i, scope in enumerate(sorted(SCOPES))}
     return sorted(
-        ((s, bytes(n), bytes(k)) for s, n, k in found), key=lambda r: (order.get(r[0], 99), r)
+        ((s, bytes(n), bytes(k), bytes(i)) for s, n, k, i in found),
+        key=lambda r: (order.get(r[0], 99), r),
     )
 
 
@@ -75,10 +82,10 @@ def compact(
     ):
         examined += 1
 
-        def one(cur: Cursor, ref: tuple[str, bytes, bytes] = key) -> tuple[int, int, int, bool]:
-            return _compact_one(cur, ref, retention, cutoff, dry_run)
+        def one(cur: Cursor, ref_id: bytes = key[3]) -> tuple[int, int, int, bool]:
+            return _compact_one(cur, ref_id, retention, cutoff, dry_run)
 
-        size, size_after, gone, was_removed = db.run(one, f"compacting {_ref_name(*key)}")
+        size, size_after, gone, was_removed = db.run(one, f"compacting {_ref_name(*key[:3])}")
         before += size
         after += size_after
         if gone:
@@ -101,12 +108,13 @@ def compact(
 
 def _compact_one(
     cur: Cursor,
-    key: tuple[str, bytes, bytes],
+    ref_id: bytes,
     retention: Retention,
     cutoff: int | None,
     dry_run: bool,
 ) -> tuple[int, int, int, bool]:
     """Compact one key under its row lock: (bytes before, after, versions dropped, removed)."""
+    key = (ref_id,)
     cur.execute(f"SELECT 1 FROM refs WHERE {_REF} FOR UPDATE", key)
     cur.execute(f"SELECT {rows.ENTRY} FROM versions WHERE {_REF} ORDER BY version", key)
     entries = [e for row in cur.fetchall() if (e := rows.entry(row)) is not None]
@@ -122,16 +130,12 @@ def _compact_one(
         raise Abandon((size, left, len(drop), keep is None))
     now = time.time_ns()
     cur.executemany(
-        "INSERT INTO compactions (scope, namespace, key, low, high, policy, time_ns) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        [(*key, low, high, retention.policy, now) for low, high in _ranges(drop)],
+        "INSERT INTO compactions (ref_id, low, high, policy, time_ns) VALUES (%s, %s, %s, %s, %s)",
+        [(ref_id, low, high, retention.policy, now) for low, high in _ranges(drop)],
     )
-    cur.execute(f"DELETE FROM versions WHERE {_REF} AND version = ANY(%s)", (*key, drop))
+    cur.execute(f"DELETE FROM versions WHERE {_REF} AND version = ANY(%s)", (ref_id, drop))
     if keep is None:  # the key goes away; its last version stays reserved
         cur.execute(
-            "UPDATE refs SET floor = GREATEST(floor, version), version = NULL, op = NULL, "
-            "time_ns = NULL, digest = NULL, size = NULL, created_ns = NULL, audit = NULL, "
-            f"damaged_from = NULL WHERE {_REF}",
-            key,
+            f"UPDATE refs SET floor = GREATEST(floor, version), {NO_NEWEST} WHERE {_REF}", key
         )
     return size, left, len(drop), keep is None

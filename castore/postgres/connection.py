@@ -44,7 +44,16 @@ __all__ = ["Abandon", "Cursor", "Database", "Row"]
 T = TypeVar("T")
 Cursor = psycopg.Cursor[Any]
 Row = tuple[Any, ...]
-_INHERITED: list[psycopg.Connection[Any]] = []  # a parent's connections, in a forked child
+_HANDLES: weakref.WeakSet[Database] = weakref.WeakSet()  # every Database of this process
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits its parent's connections: let go of them without closing."""
+    for db in list(_HANDLES):
+        db.disown()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Abandon(Exception, Generic[T]):  # noqa: N818 - a control-flow signal, not an error
@@ -69,17 +78,23 @@ def _transaction(
     statements. ``state`` gets a value once the ``COMMIT`` is queued: from
     then on a lost connection may have committed. Anything raised rolls back.
     """
+    block = conn.pipeline() if pipeline else contextlib.nullcontext()
+    block.__enter__()
     try:
-        with conn.pipeline() if pipeline else contextlib.nullcontext():
-            cur.execute("BEGIN")
-            result = work(cur)
-            state.append(True)
-            cur.execute("COMMIT")
-        return result
+        cur.execute("BEGIN")
+        result = work(cur)
+        state.append(True)
+        cur.execute("COMMIT")
     except BaseException:
+        # Leave the pipeline as after a normal block (psycopg would log the lost
+        # connection of a stale handle, which the caller retries quietly).
+        with contextlib.suppress(psycopg.Error):
+            block.__exit__(None, None, None)
         if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
         raise
+    block.__exit__(None, None, None)  # sends what is queued; a failure propagates
+    return result
 
 
 class Database:
@@ -101,6 +116,7 @@ class Database:
         self._present = False  # the store's tables were found (they are never dropped)
         self._closer: weakref.finalize[Any, Any] | None = None
         self._pid = 0  # the process that made the connection
+        _HANDLES.add(self)
 
     def close(self) -> None:
         """Close the connection (a later call opens a new one)."""
@@ -156,17 +172,25 @@ class Database:
         self._cur = conn.cursor()
         return conn
 
-    def _forget_inherited(self) -> None:
-        """In a forked child: never use nor close the parent's connection (its socket).
+    def disown(self) -> None:
+        """In a forked child: drop the parent's connection without ending its session.
 
-        Closing (or freeing) it here would end the parent's session, so it is
-        kept, unused, for the life of this process.
+        Closing it here (or freeing it: libpq then says goodbye on the shared
+        socket) would end the parent's session, so this process's copy of the
+        socket is pointed at ``/dev/null`` first, then forgotten.
         """
-        if self._conn is not None:
-            _INHERITED.append(self._conn)
+        self._lock = threading.RLock()  # another thread may have held it at the fork
+        conn, self._conn, self._cur = self._conn, None, None
         if self._closer is not None:
             self._closer.detach()
-        self._conn, self._cur, self._closer = None, None, None
+            self._closer = None
+        if conn is not None and not conn.closed:
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, conn.fileno())
+            finally:
+                os.close(null)
+        self._pid = os.getpid()
 
     def present(self, cur: Cursor) -> bool:
         """Whether the store's tables exist (checked until they are found).
@@ -217,8 +241,8 @@ class Database:
             LockTimeoutError: a row lock was not taken within ``lock_timeout``.
         """
         with self._lock:
-            if self._pid != os.getpid():
-                self._forget_inherited()
+            if self._conn is not None and self._pid != os.getpid():
+                self.disown()  # forked without os.fork's hooks
             for attempt in (1, 2):
                 fresh = self._conn is None
                 conn = self._conn = self._conn or self._connect()

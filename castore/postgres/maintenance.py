@@ -41,13 +41,12 @@ from castore.reports import (
 __all__ = ["check", "collect_garbage", "stats"]
 
 _BATCH: Final = 500  # blobs per query when every blob is read or deleted
-_REF: Final = "scope = %s AND namespace = %s AND key = %s"
-_COLUMNS: Final = f"{rows.ENTRY.replace('audit::text', 'audit')}, {rows.VALUE}"
+_REF: Final = "ref_id = %s"
+_COLUMNS: Final = f"{rows.ENTRY}, {rows.VALUE}"
 _NEWEST_COPY_WRONG: Final = f"""
-    SELECT r.scope, r.namespace, r.key FROM refs r
+    SELECT r.scope, r.namespace, r.key, r.ref_id FROM refs r
     LEFT JOIN LATERAL (
-        SELECT {_COLUMNS} FROM versions v
-        WHERE v.scope = r.scope AND v.namespace = r.namespace AND v.key = r.key
+        SELECT {_COLUMNS} FROM versions v WHERE v.ref_id = r.ref_id
         ORDER BY v.version DESC LIMIT 1
     ) n ON true
     WHERE (r.version, r.op, r.time_ns, r.digest, r.size, r.created_ns, r.audit, r.damaged_from,
@@ -59,11 +58,10 @@ _NEWEST_COPY_WRONG: Final = f"""
 """
 _COPY_NEWEST: Final = f"""
     UPDATE refs r SET ({_COLUMNS}) = (
-        SELECT {_COLUMNS} FROM versions v
-        WHERE v.scope = r.scope AND v.namespace = r.namespace AND v.key = r.key
+        SELECT {_COLUMNS} FROM versions v WHERE v.ref_id = r.ref_id
         ORDER BY v.version DESC LIMIT 1
     )
-    WHERE r.scope = %s AND r.namespace = %s AND r.key = %s
+    WHERE r.ref_id = %s
 """
 
 
@@ -120,17 +118,18 @@ def _bad_inline(db: Database) -> tuple[int, list[Finding]]:
     """Re-hash every value kept in its version row: how many, and a finding per one that fails."""
     findings: list[Finding] = []
     count = 0
-    after: tuple[Any, ...] = ("", b"", b"", 0)
+    after: tuple[Any, ...] = (b"", 0)
     while True:
         batch = db.fetch(
-            "SELECT scope, namespace, key, version, digest, size, inline FROM versions "
-            "WHERE inline IS NOT NULL AND (scope, namespace, key, version) > (%s, %s, %s, %s) "
-            "ORDER BY scope, namespace, key, version LIMIT %s",
+            "SELECT v.ref_id, v.version, r.scope, r.namespace, r.key, v.digest, v.size, "
+            "v.inline FROM versions v JOIN refs r ON r.ref_id = v.ref_id "
+            "WHERE v.inline IS NOT NULL AND (v.ref_id, v.version) > (%s, %s) "
+            "ORDER BY v.ref_id, v.version LIMIT %s",
             (*after, _BATCH),
             "checking",
         )
         count += len(batch)
-        for scope, namespace, key, version, digest, size, inline in batch:
+        for _, version, scope, namespace, key, digest, size, inline in batch:
             name = bytes(digest).hex() if digest is not None else ""
             try:
                 value = valuecodec.unpack(valuecodec.CODEC_RAW, bytes(inline), name)
@@ -146,14 +145,14 @@ def _bad_inline(db: Database) -> tuple[int, list[Finding]]:
                 )
         if len(batch) < _BATCH:
             return count, findings
-        after = tuple(batch[-1][:4])
+        after = (bytes(batch[-1][0]), batch[-1][1])
 
 
 def _missing_blobs(db: Database) -> list[Finding]:
     """A finding per version whose blob is missing (gc never deletes a used one)."""
     missing = db.fetch(
-        "SELECT v.scope, v.namespace, v.key, v.version, v.blob FROM versions v "
-        "WHERE v.blob IS NOT NULL AND NOT EXISTS "
+        "SELECT r.scope, r.namespace, r.key, v.version, v.blob FROM versions v "
+        "JOIN refs r ON r.ref_id = v.ref_id WHERE v.blob IS NOT NULL AND NOT EXISTS "
         "(SELECT 1 FROM blobs b WHERE b.digest = v.blob) ORDER BY 1, 2, 3, 4",
         (),
         "checking",
@@ -171,11 +170,11 @@ def _missing_blobs(db: Database) -> list[Finding]:
 def _wrong_copies(db: Database, repair: bool) -> list[Finding]:
     """A finding per key whose ``refs`` row is not a copy of its newest version (repaired)."""
     findings: list[Finding] = []
-    for scope, namespace, key in db.fetch(_NEWEST_COPY_WRONG, (), "checking"):
+    for scope, namespace, key, ref_id in db.fetch(_NEWEST_COPY_WRONG, (), "checking"):
         name = _ref_name(scope, namespace, key)
         if repair:
 
-            def fix(cur: Cursor, params: tuple[Any, ...] = (scope, namespace, key)) -> None:
+            def fix(cur: Cursor, params: tuple[Any, ...] = (ref_id,)) -> None:
                 cur.execute(f"SELECT 1 FROM refs WHERE {_REF} FOR UPDATE", params)
                 cur.execute(_COPY_NEWEST, params)
 

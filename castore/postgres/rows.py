@@ -1,13 +1,14 @@
 """Rows of the PostgreSQL store and the records they become: entries, values, list entries.
 
-A ref's row key is ``(scope, namespace, key)`` with namespace and key as
-UTF-8 bytes (byte-wise order, as Dagu's). :data:`ENTRY` selects the columns
-of an entry, from ``versions`` or from the copy of the newest one in
-``refs``, in the order :func:`entry` reads them.
+A ref's rows are found by its ``ref_id`` (:func:`ref_id`), a namespace's by
+its ``ns_id``; names are kept as UTF-8 bytes (byte-wise order, as Dagu's).
+:data:`ENTRY` selects the columns of an entry, from ``versions`` or from the
+copy of the newest one in ``refs``, in the order :func:`entry` reads them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 import msgspec
@@ -15,6 +16,7 @@ import msgspec
 from castore import valuecodec
 from castore.errors import CorruptionError
 from castore.keys import Ref
+from castore.postgres.schema import KEY_HEAD_BYTES
 from castore.records import OP_DAMAGED, Audit, Entry
 from castore.results import ListEntry, rfc3339
 
@@ -25,11 +27,14 @@ __all__ = [
     "entry",
     "key_range",
     "list_entry",
-    "ref_params",
+    "ns_id",
+    "prefix_filter",
+    "ref_id",
+    "ref_row",
     "value",
 ]
 
-ENTRY: Final = "version, op, time_ns, digest, size, created_ns, audit::text, damaged_from"
+ENTRY: Final = "version, op, time_ns, digest, size, created_ns, audit, damaged_from"
 """The columns of an entry, in :func:`entry`'s order (prefix them with a table alias as needed)."""
 VALUE: Final = "inline, blob"
 """The columns of a version's value: inline bytes, else the digest of its ``blobs`` row."""
@@ -38,9 +43,22 @@ _audit_decoder = msgspec.json.Decoder(Audit)
 _audit_encoder = msgspec.json.Encoder()
 
 
-def ref_params(ref: Ref) -> tuple[str, bytes, bytes]:
-    """The row key of ``ref``: scope, namespace and key as UTF-8."""
-    return ref.scope, ref.namespace.encode("utf-8"), ref.key.encode("utf-8")
+def ns_id(scope: str, namespace: str) -> bytes:
+    """The id of a namespace's rows: sha256 of its scope, a NUL, and its name."""
+    return hashlib.sha256(b"%s\0%s" % (scope.encode(), namespace.encode("utf-8"))).digest()
+
+
+def ref_id(ref: Ref) -> bytes:
+    """The id of a ref's rows: sha256 of its namespace id and key (names may hold NUL)."""
+    return hashlib.sha256(ns_id(ref.scope, ref.namespace) + ref.key.encode("utf-8")).digest()
+
+
+def ref_row(ref: Ref) -> tuple[bytes, str, bytes, bytes, bytes, bytes]:
+    """A new ``refs`` row's identity: ref_id, scope, namespace, key, ns_id, key_head."""
+    key = ref.key.encode("utf-8")
+    scope, namespace = ref.scope, ref.namespace
+    ids = (ref_id(ref), scope, namespace.encode("utf-8"), key, ns_id(scope, namespace))
+    return (*ids, key[:KEY_HEAD_BYTES])
 
 
 def key_range(prefix: str) -> tuple[bytes, bytes | None]:
@@ -51,9 +69,32 @@ def key_range(prefix: str) -> tuple[bytes, bytes | None]:
     return low, high
 
 
-def audit_json(audit: Audit) -> str:
-    """An audit record as the JSON text its ``jsonb`` column takes."""
-    return _audit_encoder.encode(audit).decode("utf-8")
+def prefix_filter(scope: str, namespace: str, prefix: str) -> tuple[str, list[Any]]:
+    """The ``WHERE`` condition (and its parameters) of a namespace's keys starting with ``prefix``.
+
+    ``refs_list`` orders ``(ns_id, key_head)``: a prefix no longer than the
+    head bounds the head as it bounds the key; a longer one fixes the head.
+    """
+    low, high = key_range(prefix)
+    where, params = ["ns_id = %s", "key >= %s"], [ns_id(scope, namespace), low]
+    if high is not None:
+        where.append("key < %s")
+        params.append(high)
+    if len(low) > KEY_HEAD_BYTES:
+        where.append("key_head = %s")
+        params.append(low[:KEY_HEAD_BYTES])
+    else:
+        where.append("key_head >= %s")
+        params.append(low)
+        if high is not None:
+            where.append("key_head < %s")
+            params.append(high)
+    return " AND ".join(where), params
+
+
+def audit_json(audit: Audit) -> bytes:
+    """An audit record as the JSON bytes its column holds (empty fields omitted)."""
+    return _audit_encoder.encode(audit)
 
 
 def entry(row: tuple[Any, ...], at: int = 0) -> Entry | None:
@@ -62,7 +103,7 @@ def entry(row: tuple[Any, ...], at: int = 0) -> Entry | None:
     if version is None:
         return None
     try:
-        who = _audit_decoder.decode(audit) if audit and audit != "{}" else Audit()
+        who = _audit_decoder.decode(bytes(audit)) if audit and audit != b"{}" else Audit()
     except msgspec.DecodeError as exc:
         raise CorruptionError(f"version {version}: bad audit record: {exc}") from None
     return Entry(

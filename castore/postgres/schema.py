@@ -7,20 +7,25 @@ One schema per store (the location's ``schema`` parameter). Version 1:
   the sha256 of its normalized JSON (``digest``), packed raw or as zstd
   (:mod:`castore.valuecodec`), shared by every key and version;
   ``touched_ns`` is the last time a write used it (gc's grace period);
-* ``versions``: one row per version: the ref (``scope``, ``namespace`` and
-  ``key``; the latter two as UTF-8 ``bytea``, so that order is byte-wise,
-  as Dagu's, and any key castore accepts fits), ``version``, ``op``, times,
-  ``digest`` (the value's sha256; null for a delete), ``size``, the full
-  ``audit`` (jsonb), and the value: ``blob`` (the digest of its ``blobs``
-  row; no foreign key: it costs every insert, and gc's safety comes from row
-  locks, :mod:`castore.postgres.maintenance`) or, for a value shorter than
-  :data:`INLINE_MAX_BYTES`, ``inline`` (the normalized JSON itself: a row in
-  ``blobs`` would cost more than the copy it saves, as in the file store);
-* ``refs``: one row per key ever written: a copy of its newest version (for
-  ``get`` and ``list``, one indexed query each; null columns once compaction
-  removed the key) and ``floor``, the last version of a removed life (so
-  versions never repeat). Every write locks its key's row;
-* ``compactions``: the version ranges compaction dropped, with the policy.
+* ``refs``: one row per key ever written, named by ``ref_id`` (the sha256
+  of its scope, namespace and key: a key castore accepts may be 4 KiB, more
+  than a btree entry holds). It keeps the names (``scope``, and
+  ``namespace`` and ``key`` as UTF-8 ``bytea``: byte-wise order, as Dagu's,
+  and NUL fits), ``ns_id`` and ``key_head`` (the key's first
+  :data:`KEY_HEAD_BYTES`) for ``list``'s index, a copy of the key's newest
+  version (for ``get`` and ``list``, one indexed query each; null columns
+  once compaction removed the key) and ``floor``, the last version of a
+  removed life (so versions never repeat). Every write locks its key's row;
+* ``versions``: one row per version: ``ref_id``, ``version``, ``scope``
+  (for per-scope statistics), ``op``, times, ``digest`` (the value's sha256;
+  null for a delete), ``size``, ``audit`` (the audit record as JSON bytes:
+  exact, and NUL-safe where ``jsonb`` is not), and the value: ``blob`` (the
+  digest of its ``blobs`` row; no foreign key: it costs every insert, and
+  gc's safety comes from row locks, :mod:`castore.postgres.maintenance`) or,
+  for a value shorter than :data:`INLINE_MAX_BYTES`, ``inline`` (the
+  normalized JSON itself: a row in ``blobs`` would cost more than the copy
+  it saves, as in the file store);
+* ``compactions``: the version ranges compaction dropped, with the policy (by ``ref_id``).
 
 docs/DESIGN.md, "The PostgreSQL backend", has the transactions.
 """
@@ -34,10 +39,18 @@ from psycopg import sql
 
 from castore.errors import FormatVersionError
 
-__all__ = ["INLINE_MAX_BYTES", "SCHEMA_VERSION", "create", "upgrade_schema", "version_of"]
+__all__ = [
+    "INLINE_MAX_BYTES",
+    "KEY_HEAD_BYTES",
+    "SCHEMA_VERSION",
+    "create",
+    "upgrade_schema",
+    "version_of",
+]
 
 SCHEMA_VERSION: Final = 1
 INLINE_MAX_BYTES: Final = 256  # shorter values live in their version row, not in blobs
+KEY_HEAD_BYTES: Final = 256  # the part of a key list's index orders by
 
 _TABLES: Final = (
     "CREATE TABLE castore_meta (name text PRIMARY KEY, value text NOT NULL)",
@@ -51,9 +64,12 @@ _TABLES: Final = (
     # zstd already compressed what helps: no second compression by TOAST
     "ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL",
     """CREATE TABLE refs (
+        ref_id bytea PRIMARY KEY,
         scope text NOT NULL,
         namespace bytea NOT NULL,
         key bytea NOT NULL,
+        ns_id bytea NOT NULL,
+        key_head bytea NOT NULL,
         floor bigint NOT NULL DEFAULT 0,
         version bigint,
         op text,
@@ -61,41 +77,38 @@ _TABLES: Final = (
         digest bytea,
         size integer,
         created_ns bigint,
-        audit jsonb,
+        audit bytea,
         damaged_from bigint,
         blob bytea,
-        inline bytea,
-        PRIMARY KEY (scope, namespace, key)
+        inline bytea
     )""",
+    "CREATE INDEX refs_list ON refs (ns_id, key_head)",
     """CREATE TABLE versions (
-        scope text NOT NULL,
-        namespace bytea NOT NULL,
-        key bytea NOT NULL,
+        ref_id bytea NOT NULL,
         version bigint NOT NULL CHECK (version > 0),
+        scope text NOT NULL,
         op text NOT NULL,
         time_ns bigint NOT NULL,
         digest bytea,
         size integer NOT NULL,
         created_ns bigint NOT NULL,
-        audit jsonb NOT NULL,
+        audit bytea NOT NULL,
         damaged_from bigint NOT NULL DEFAULT 0,
         blob bytea,
         inline bytea,
-        PRIMARY KEY (scope, namespace, key, version),
+        PRIMARY KEY (ref_id, version),
         CHECK (blob IS NULL OR blob = digest),
         CHECK (blob IS NULL OR inline IS NULL)
     )""",
     "CREATE INDEX versions_blob ON versions (blob) WHERE blob IS NOT NULL",
     """CREATE TABLE compactions (
-        scope text NOT NULL,
-        namespace bytea NOT NULL,
-        key bytea NOT NULL,
+        ref_id bytea NOT NULL,
         low bigint NOT NULL,
         high bigint NOT NULL,
         policy text NOT NULL,
         time_ns bigint NOT NULL
     )""",
-    "CREATE INDEX compactions_ref ON compactions (scope, namespace, key)",
+    "CREATE INDEX compactions_ref ON compactions (ref_id)",
 )
 
 

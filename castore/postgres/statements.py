@@ -21,6 +21,8 @@ __all__ = [
     "CURRENT",
     "EXACT_VERSION",
     "LOCK",
+    "NEW_REF",
+    "NO_NEWEST",
     "PAGE",
     "REF",
     "VALUE_OF",
@@ -32,36 +34,42 @@ __all__ = [
 ]
 
 PAGE: Final = 256  # versions per query when a whole history is walked
-REF: Final = "scope = %s AND namespace = %s AND key = %s"
+REF: Final = "ref_id = %s"
+NO_NEWEST: Final = (  # a refs row's copy of the newest version, emptied
+    "version = NULL, op = NULL, time_ns = NULL, digest = NULL, size = NULL, "
+    "created_ns = NULL, audit = NULL, damaged_from = NULL, blob = NULL, inline = NULL"
+)
 # A row's entry, then its value: inline bytes, or the codec and data of its blob.
 CURRENT: Final = (
     f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, r.inline, b.codec, b.data "
-    "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob "
-    "WHERE r.scope = %s AND r.namespace = %s AND r.key = %s"
+    "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob WHERE r.ref_id = %s"
 )
-LOCK: Final = f"SELECT floor, {rows.ENTRY} FROM refs WHERE {REF} FOR UPDATE"
+LOCK: Final = f"SELECT floor, {rows.ENTRY} FROM refs WHERE ref_id = %s FOR UPDATE"
+NEW_REF: Final = (
+    "INSERT INTO refs (ref_id, scope, namespace, key, ns_id, key_head) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
 VERSION: Final = (
     f"SELECT {', '.join('v.' + c for c in rows.ENTRY.split(', '))}, v.inline, b.codec, b.data "
     "FROM versions v LEFT JOIN blobs b ON b.digest = v.blob "
-    "WHERE v.scope = %s AND v.namespace = %s AND v.key = %s AND v.version >= %s "
-    "ORDER BY v.version LIMIT %s"
+    "WHERE v.ref_id = %s AND v.version >= %s ORDER BY v.version LIMIT %s"
 )
 EXACT_VERSION: Final = VERSION.replace("v.version >= %s", "v.version = %s").replace(
-    "ORDER BY v.version LIMIT %s", ""
+    " ORDER BY v.version LIMIT %s", ""
 )
 VALUE_OF: Final = (
     "SELECT v.inline, b.codec, b.data FROM versions v LEFT JOIN blobs b ON b.digest = v.blob "
-    "WHERE v.scope = %s AND v.namespace = %s AND v.key = %s AND v.version = %s"
+    "WHERE v.ref_id = %s AND v.version = %s"
 )
 _SET_HEAD: Final = (
     "UPDATE refs SET version = %(v)s, op = %(op)s, time_ns = %(t)s, digest = %(d)s, "
-    "size = %(sz)s, created_ns = %(cr)s, audit = %(a)s::jsonb, damaged_from = %(df)s, "
-    "blob = %(bl)s, inline = %(in)s WHERE scope = %(s)s AND namespace = %(n)s AND key = %(k)s"
+    "size = %(sz)s, created_ns = %(cr)s, audit = %(a)s, damaged_from = %(df)s, "
+    "blob = %(bl)s, inline = %(in)s WHERE ref_id = %(id)s"
 )
 _INSERT_VERSION: Final = (
-    "INSERT INTO versions (scope, namespace, key, version, op, time_ns, digest, size, "
-    "created_ns, audit, damaged_from, blob, inline) VALUES (%(s)s, %(n)s, %(k)s, %(v)s, "
-    "%(op)s, %(t)s, %(d)s, %(sz)s, %(cr)s, %(a)s::jsonb, %(df)s, %(bl)s, %(in)s)"
+    "INSERT INTO versions (ref_id, version, scope, op, time_ns, digest, size, created_ns, "
+    "audit, damaged_from, blob, inline) VALUES (%(id)s, %(v)s, %(s)s, %(op)s, %(t)s, %(d)s, "
+    "%(sz)s, %(cr)s, %(a)s, %(df)s, %(bl)s, %(in)s)"
 )
 # One statement per version: its blob (new, or refreshed for gc), its row, the newest copy.
 APPEND_NEW_BLOB: Final = (
@@ -117,7 +125,7 @@ class RowView:
         """The verified value of an entry of this ref."""
         if not entry.live or entry.op == OP_DAMAGED:
             return rows.value(self._ref, entry, None, None, None)
-        self._cur.execute(VALUE_OF, (*rows.ref_params(self._ref), entry.version))
+        self._cur.execute(VALUE_OF, (rows.ref_id(self._ref), entry.version))
         found = self._cur.fetchone()
         return rows.value(self._ref, entry, *(found if found is not None else (None, None, None)))
 
@@ -133,16 +141,16 @@ def entry_at(cur: Cursor, ref: Ref, version: int) -> tuple[Entry | None, bytes |
         NotFoundError: compaction dropped the version.
         CorruptionError: its value fails verification.
     """
-    key = rows.ref_params(ref)
-    row = cur.execute(EXACT_VERSION, (*key, version), binary=True).fetchone()  # the common case
+    key = rows.ref_id(ref)
+    row = cur.execute(EXACT_VERSION, (key, version), binary=True).fetchone()  # the common case
     if row is None:  # a damaged range over it, if any (imported from a file store)
-        row = cur.execute(VERSION, (*key, version, 1)).fetchone()
+        row = cur.execute(VERSION, (key, version, 1)).fetchone()
     found = rows.entry(row) if row is not None else None
     if found is not None and found.first <= version:
         return found, rows.value(ref, found, *row[8:11]) if row is not None else None
     cur.execute(
         f"SELECT policy, time_ns FROM compactions WHERE {REF} AND low <= %s AND high >= %s LIMIT 1",
-        (*rows.ref_params(ref), version, version),
+        (key, version, version),
     )
     dropped = cur.fetchone()
     if dropped is not None:
@@ -152,13 +160,11 @@ def entry_at(cur: Cursor, ref: Ref, version: int) -> tuple[Entry | None, bytes |
     return None, None
 
 
-def params(key: tuple[str, bytes, bytes], entry: Entry) -> dict[str, Any]:
-    """The parameters of an append statement: the ref's row key and the entry's columns."""
-    scope, namespace, name = key
+def params(ref: Ref, entry: Entry) -> dict[str, Any]:
+    """The parameters of an append statement: the ref's id and scope, the entry's columns."""
     return {
-        "s": scope,
-        "n": namespace,
-        "k": name,
+        "id": rows.ref_id(ref),
+        "s": ref.scope,
         "v": entry.version,
         "op": entry.op,
         "t": entry.time_ns,

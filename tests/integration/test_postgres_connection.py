@@ -127,8 +127,8 @@ def test_a_killed_client_leaves_no_partial_version(pg_location: str) -> None:
     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
     conn.execute("SELECT 1 FROM refs FOR UPDATE")  # a writer holding the key's lock...
     conn.execute(
-        "INSERT INTO versions SELECT scope, namespace, key, 2, op, time_ns, digest, size, "
-        "created_ns, audit, damaged_from FROM versions"
+        "INSERT INTO versions SELECT ref_id, 2, scope, op, time_ns, digest, size, created_ns, "
+        "audit, damaged_from, blob, inline FROM versions"
     )
     conn.pgconn.finish()  # ...dies before COMMIT (no rollback sent): the server drops it all
     assert store.get("k").version == 1
