@@ -10,10 +10,11 @@ Each works in short transactions beside running readers and writers:
 * **gc** deletes blobs that no version references and that no write used
   within the grace period. Every write that stores a version with a blob
   either upserts the blob row or refreshes its ``touched_ns`` in its own
-  transaction, which locks that row: gc's ``DELETE`` waits for such a write,
-  then re-checks ``touched_ns`` on the new row version and skips the blob;
-  a write that comes after gc deleted a blob inserts it again. So gc never
-  removes a blob a committed version uses.
+  transaction, which locks that row. gc locks its candidates first (waiting
+  for such writes to commit), then deletes those still unreferenced in a
+  second statement, whose snapshot sees those writes' versions; a write that
+  comes after gc deleted a blob inserts it again. So gc never removes a blob
+  a committed version uses.
 * **compact** (:mod:`castore.postgres.compaction`) applies a retention policy.
 * **stats** counts with aggregate queries.
 """
@@ -255,9 +256,20 @@ def collect_garbage(
 
 
 def _delete(cur: Cursor, digests: list[bytes], unused: str, cutoff: int) -> tuple[int, int]:
-    """Delete the blobs among ``digests`` that are still unused: their count and bytes."""
+    """Delete the blobs among ``digests`` that are still unused: their count and bytes.
+
+    The rows are locked first, in their own statement: that waits for every
+    write that took one into use (its upsert or refresh holds the row lock),
+    and the ``DELETE`` that follows reads the versions table with a snapshot
+    taken after those writes committed. (In one ``DELETE``, a row re-checked
+    after a lock wait is checked against the statement's older snapshot of
+    ``versions``: it would miss the version that now uses it.)
+    """
+    locked = cur.execute(
+        "SELECT digest FROM blobs WHERE digest = ANY(%s) FOR UPDATE", (digests,)
+    ).fetchall()
     statement = f"DELETE {unused} AND b.digest = ANY(%s) RETURNING octet_length(b.data)"
-    freed = cur.execute(statement, (cutoff, digests)).fetchall()
+    freed = cur.execute(statement, (cutoff, [bytes(d) for (d,) in locked])).fetchall()
     return len(freed), sum(n for (n,) in freed)
 
 

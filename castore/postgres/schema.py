@@ -119,11 +119,11 @@ def version_of(cur: psycopg.Cursor[Any], schema: str) -> int:
         FormatVersionError: the schema holds tables that are not a castore
             store, or a store newer than this castore knows.
     """
+    # One snapshot for both counts: a store being created is seen whole or not at all.
     cur.execute(
-        "SELECT to_regclass(format('%%I.castore_meta', %s::text)) IS NOT NULL, "
-        "(SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s::text)",
-        (schema, schema),
+        "SELECT count(*) FILTER (WHERE c.relname = 'castore_meta'), count(*) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s",
+        (schema,),
     )
     row = cur.fetchone()
     assert row is not None  # noqa: S101 - one row by construction
