@@ -164,3 +164,66 @@ def module_fresh_store_location(
     """
     backend: str = request.param
     return functools.partial(STORE_BACKENDS[backend], tmp_path_factory.mktemp("stores"))
+
+
+# -- tests that need the PostgreSQL backend itself (tests/integration/test_postgres.py) ----
+
+# The directory tools/pgserver.py started that server in (CI exports it): tests that
+# restart the server need it; without it they skip (fail when PostgreSQL is required).
+POSTGRES_DIR = os.environ.get("CASTORE_TEST_POSTGRES_DIR", "")
+
+
+def _need_postgres(what: str) -> None:
+    """Skip the test for lack of ``what``, or fail it where PostgreSQL is required."""
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"CASTORE_REQUIRE_POSTGRES=1 but {what}")
+    pytest.skip(what)
+
+
+@pytest.fixture
+def new_postgres_location(tmp_path: pathlib.Path) -> Iterator[Callable[[], str]]:
+    """Makes fresh PostgreSQL store locations (one schema each), dropped after the test.
+
+    Skips without a server (``CASTORE_TEST_POSTGRES``) unless CASTORE_REQUIRE_POSTGRES=1.
+    """
+    if not POSTGRES_URL:
+        _need_postgres("CASTORE_TEST_POSTGRES is not set (tools/pgserver.py start gives one)")
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(postgres_store_location(tmp_path))
+
+
+@pytest.fixture
+def postgres_location(new_postgres_location: Callable[[], str]) -> str:
+    """A fresh PostgreSQL store location: ``CASTORE_TEST_POSTGRES`` with its own schema."""
+    return new_postgres_location()
+
+
+@pytest.fixture
+def restart_postgres(new_postgres_location: Callable[[], str]) -> Callable[[], None]:
+    """Restarts the test server abruptly (tools/pgserver.py restart, as a crash would).
+
+    Needs ``CASTORE_TEST_POSTGRES_DIR``, the directory the server of
+    ``CASTORE_TEST_POSTGRES`` was started in: skips without it (fails where
+    PostgreSQL is required), and never restarts a server of another URL.
+    """
+    if not POSTGRES_DIR:
+        _need_postgres(
+            "CASTORE_TEST_POSTGRES_DIR is not set: the test restarts the server and needs "
+            "the directory tools/pgserver.py started it in"
+        )
+    try:
+        url = (pathlib.Path(POSTGRES_DIR) / "url").read_text().strip()
+    except OSError as exc:
+        url = f"unreadable ({exc.strerror})"
+    if url != POSTGRES_URL:
+        _need_postgres(
+            f"CASTORE_TEST_POSTGRES_DIR={POSTGRES_DIR} holds another server than "
+            "CASTORE_TEST_POSTGRES: not restarting it"
+        )
+
+    def restart() -> None:
+        from tools import pgserver
+
+        pgserver.restart(POSTGRES_DIR)
+
+    return restart

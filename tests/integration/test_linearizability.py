@@ -8,7 +8,8 @@ delete is found in the key's history afterwards. The checker then verifies
 that one sequential order, consistent with real time, explains every result.
 
 The first half of this file tests the checker itself on hand-made histories,
-so that it cannot pass vacuously.
+so that it cannot pass vacuously. The store comes from the ``store_location``
+fixture (tests/conftest.py): every backend runs the real thing.
 """
 
 from __future__ import annotations
@@ -335,8 +336,8 @@ def _load(root: str, outs: list[str]) -> tuple[list[Op], list[str]]:
 
 
 @pytest.mark.integration
-def test_concurrent_history_is_linearizable(tmp_path, record_property):
-    root = str(tmp_path / "store")
+def test_concurrent_history_is_linearizable(store_location, tmp_path, record_property):
+    root = store_location
     Store(root, dag=DAG).close()
     ctx = multiprocessing.get_context("spawn")
     outs = [str(tmp_path / f"ops-{proc}.json") for proc in range(PROCESSES)]

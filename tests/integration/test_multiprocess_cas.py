@@ -1,3 +1,11 @@
+"""Compare-and-swap increments from separate processes lose no update (issue 12).
+
+4 processes x 250 increments, each through its own handle (a connection of its
+own on PostgreSQL), while readers check that every value equals its version;
+once more while another process runs compaction and gc in a loop. The store
+comes from the ``store_location`` fixture (tests/conftest.py): every backend.
+"""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -9,7 +17,8 @@ from typing import Any, Final
 
 import pytest
 
-from castore import ConflictError, Store
+from castore import ConflictError, NotFoundError, Store
+from castore.backends import is_postgres
 from tests.helpers import assert_clean_log, log_path, read_versions, reap_processes
 
 pytestmark = pytest.mark.integration
@@ -21,6 +30,10 @@ INCREMENTS: Final = 250
 READERS: Final = 2
 TOTAL: Final = WRITERS * INCREMENTS
 DEADLINE_SECONDS: Final = 240.0
+KEEP_LAST: Final = 5  # what the maintenance loop's compaction keeps of the counter
+# gc's grace period in the loop: far above a write's duration (with 0, a file store's gc
+# may remove a writer's temporary file in flight), yet gc frees what compaction dropped.
+GC_GRACE_SECONDS: Final = 1.0
 
 
 def _writer(root: str, durable: bool, start: Any, results: Any) -> None:
@@ -73,7 +86,22 @@ def _reader(root: str, start: Any, stop: Any, results: Any) -> None:
         results.put(("reader", os.getpid(), reads, traceback.format_exc()))
 
 
-Report = tuple[str, int, int, str | None]  # kind, pid, conflicts or reads, traceback
+def _maintainer(root: str, start: Any, stop: Any, results: Any) -> None:
+    """Compact the counter to its last versions and collect garbage, in a loop."""
+    rounds = 0
+    try:
+        store = Store(root, dag=DAG)
+        start.wait(60)
+        while not stop.is_set():
+            store.compact(keep_last=KEEP_LAST)
+            store.gc(grace_seconds=GC_GRACE_SECONDS)
+            rounds += 1
+        results.put(("maintainer", os.getpid(), rounds, None))
+    except BaseException:  # noqa: BLE001 - report everything to the parent
+        results.put(("maintainer", os.getpid(), rounds, traceback.format_exc()))
+
+
+Report = tuple[str, int, int, str | None]  # kind, pid, conflicts, reads or rounds, traceback
 
 
 def _collect(results: Any, count: int, deadline: float) -> list[Report]:
@@ -86,10 +114,11 @@ def _collect(results: Any, count: int, deadline: float) -> list[Report]:
     return out
 
 
-def test_cas_increments_lose_no_update(store_dir, record_property):
+@pytest.mark.parametrize("maintenance", [False, True], ids=["alone", "with-compact-and-gc"])
+def test_cas_increments_lose_no_update(store_location, maintenance, record_property):
     durable = True
-    root = str(store_dir)
-    Store(root, dag=DAG).close()  # create the store before the race
+    root = store_location
+    Store(root, dag=DAG).set("before", 0)  # create the store before the race
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
     stop = ctx.Event()
@@ -105,32 +134,49 @@ def test_cas_increments_lose_no_update(store_dir, record_property):
             ctx.Process(target=_reader, args=(root, start, stop, results), daemon=True)
             for _ in range(READERS)
         ]
+        if maintenance:
+            readers.append(
+                ctx.Process(target=_maintainer, args=(root, start, stop, results), daemon=True)
+            )
         for proc in writers + readers:
             proc.start()
             procs.append(proc)
         start.set()
         done = _collect(results, WRITERS, deadline)
         stop.set()
-        done += _collect(results, READERS, time.monotonic() + 30)
+        done += _collect(results, len(readers), time.monotonic() + 30)
     elapsed = time.monotonic() - began
 
     errors = [err for _, _, _, err in done if err]
     assert not errors, "\n".join(errors)
-    assert sorted(kind for kind, *_ in done) == ["reader"] * READERS + ["writer"] * WRITERS
+    maintainers = ["maintainer"] if maintenance else []
+    assert sorted(kind for kind, *_ in done) == (
+        maintainers + ["reader"] * READERS + ["writer"] * WRITERS
+    )
     assert all(proc.exitcode == 0 for proc in writers + readers)
     conflicts = sum(n for kind, _, n, _ in done if kind == "writer")
     reads = sum(n for kind, _, n, _ in done if kind == "reader")
+    rounds = sum(n for kind, _, n, _ in done if kind == "maintainer")
     record_property("seconds", round(elapsed, 2))
     record_property("conflicts", conflicts)
     record_property("reads", reads)
+    record_property("maintenance_rounds", rounds)
     assert reads > 0
+    assert rounds > 0 or not maintenance
 
     store = Store(root, dag=DAG)
     final = store.get(KEY)
     assert (final.found, final.value, final.version) == (True, TOTAL, TOTAL)
+    if maintenance:
+        _assert_compacted_history(store)
+        return
     for version in range(1, TOTAL + 1):
         old = store.get(KEY, version=version)
         assert (old.found, old.version, old.value) == (True, version, version)
+    if is_postgres(root):
+        assert [e.version for e in store.history(KEY).entries] == list(range(TOTAL, 0, -1))
+        assert store.check().ok
+        return
 
     path = log_path(root, "dag", DAG, KEY)
     assert_clean_log(path)
@@ -138,3 +184,27 @@ def test_cas_increments_lose_no_update(store_dir, record_property):
     assert [v.entry.version for v in versions] == list(range(1, TOTAL + 1))
     assert {v.entry.op for v in versions} == {"set"}
     assert [v.value for v in versions] == [str(n).encode() for n in range(1, TOTAL + 1)]
+
+
+def _assert_compacted_history(store: Store) -> None:
+    """After compaction ran beside the writers: the kept versions are the newest, dense, right."""
+    kept = [e.version for e in store.history(KEY).entries]
+    assert kept == list(range(TOTAL, TOTAL - len(kept), -1)), kept[:20]
+    assert len(kept) >= KEEP_LAST
+    for version in range(1, TOTAL + 1):
+        if version in kept:
+            old = store.get(KEY, version=version)
+            assert (old.found, old.version, old.value) == (True, version, version)
+        else:
+            with pytest.raises(NotFoundError):
+                store.get(KEY, version=version)
+    assert store.check().ok
+    # Versions never repeat after compaction: the counter goes on at TOTAL + 1.
+    with pytest.raises(ConflictError):
+        store.set(KEY, 0, expected_version=KEEP_LAST)
+    assert store.set(KEY, TOTAL + 1, expected_version=TOTAL).version == TOTAL + 1
+    store.compact(keep_last=1)
+    store.gc(grace_seconds=0)
+    assert [e.version for e in store.history(KEY).entries] == [TOTAL + 1]
+    assert store.set(KEY, TOTAL + 2).version == TOTAL + 2
+    assert store.check().ok

@@ -1,8 +1,12 @@
-"""The cross-key audit query (castore/audit.py)."""
+"""The cross-key audit query (castore/audit.py).
 
+The store comes from the ``store_location`` fixture (tests/conftest.py), so every
+backend runs these.
+"""
+
+import importlib.util
 import os
 import types
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -15,14 +19,14 @@ from castore.results import rfc3339
 Ident = tuple[str, str, str, int, str, str]
 
 
-def handle(root: Path, run_id: str = "", actor: str | None = None) -> Store:
+def handle(root: str, run_id: str = "", actor: str | None = None) -> Store:
     return Store(root, dag="d", durable=False, run_id=run_id, actor=actor, step="st")
 
 
 @pytest.fixture
-def populated(tmp_path):
+def populated(store_location):
     """Writes across scopes, namespaces and run ids; returns the root and the writes in order."""
-    root = tmp_path / "store"
+    root = store_location
     r1, r2 = handle(root, "run-1", actor="alice"), handle(root, "run-2")
     writes: list[Ident] = []  # (scope, namespace, key, version, operation, run id)
 
@@ -144,12 +148,12 @@ def test_audit_time_bounds_are_inclusive(populated):
     assert len(combined) == 2
 
 
-def test_audit_of_an_empty_store(tmp_path):
-    assert list(audit(handle(tmp_path / "store"))) == []
+def test_audit_of_an_empty_store(store_location):
+    assert list(audit(handle(store_location))) == []
 
 
-def test_audit_merges_many_keys_with_long_histories(tmp_path):
-    s = handle(tmp_path / "store")
+def test_audit_merges_many_keys_with_long_histories(store_location):
+    s = handle(store_location)
     order = []
     for i in range(60):
         key = f"k{i % 7}"
@@ -164,19 +168,24 @@ def test_audit_merges_many_keys_with_long_histories(tmp_path):
     assert got == expected[::-1]
 
 
-def test_audit_rejects_bad_filters(tmp_path):
-    s = handle(tmp_path / "store")
+def test_audit_rejects_bad_filters(store_location):
+    s = handle(store_location)
     with pytest.raises(InvalidRefError):
         list(audit(s, scope="nope"))
     with pytest.raises(InvalidRefError):
         list(audit(s, namespace="a/b"))
 
 
-def test_audit_when_the_wall_clock_steps_back(tmp_path, monkeypatch):
+def test_audit_when_the_wall_clock_steps_back(store_location, monkeypatch):
     """FORMAT.md §3: time_ns never decreases within a ref, so audit stays ordered and complete."""
     clock = iter([300, 200, 100, 50])
-    monkeypatch.setattr(file_writer, "time", types.SimpleNamespace(time_ns=lambda: next(clock)))
-    s = handle(tmp_path / "store")
+    stepping = types.SimpleNamespace(time_ns=lambda: next(clock))
+    monkeypatch.setattr(file_writer, "time", stepping)  # the clock each backend stamps with
+    if importlib.util.find_spec("psycopg") is not None:
+        from castore.postgres import backend as postgres_backend
+
+        monkeypatch.setattr(postgres_backend, "time", stepping)
+    s = handle(store_location)
     s.set("a", 1)  # t=300
     s.set("b", 1)  # t=200
     s.set("a", 2)  # the clock says 100: a's version 2 must not be older than its version 1

@@ -1,4 +1,8 @@
-"""Importing a Dagu dag-state directory (castore/dagu.py)."""
+"""Importing a Dagu dag-state directory (castore/dagu.py).
+
+The store comes from the ``store_location`` fixture (tests/conftest.py), so every
+backend imports; the Dagu directories are files below ``tmp_path``.
+"""
 
 import hashlib
 import json
@@ -163,8 +167,8 @@ def digest_tree(root: str | os.PathLike[str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store", dag="daily", durable=False)
+def store(store_location):
+    s = Store(store_location, dag="daily", durable=False)
     yield s
     s.close()
 

@@ -1,7 +1,13 @@
-"""History, get at a version, rollback and version diffs of Store (castore/history.py)."""
+"""History, get at a version, rollback and version diffs of Store (castore/history.py).
+
+The store comes from the ``store_location`` fixture (tests/conftest.py), so every
+backend runs these; the tests that look at the file backend's logs and version
+index take ``file_store`` instead.
+"""
 
 import base64
 import getpass
+import itertools
 import os
 import random
 import re
@@ -25,7 +31,15 @@ RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(store_location):
+    s = Store(store_location, dag="d", durable=False)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def file_store(tmp_path):
+    """A store of the file backend (tests of its logs and version index)."""
     s = Store(tmp_path / "store", dag="d", durable=False)
     yield s
     s.close()
@@ -48,15 +62,15 @@ def random_text(size: int, seed: int = 7) -> str:
 # -- history -------------------------------------------------------------------------
 
 
-def test_history_lists_every_version_newest_first_with_audit(tmp_path, monkeypatch):
+def test_history_lists_every_version_newest_first_with_audit(store_location, monkeypatch):
     monkeypatch.setenv("DAG_NAME", "daily")
     monkeypatch.setenv("DAG_RUN_ID", "env-run")
     monkeypatch.setenv("DAG_RUN_STEP_NAME", "env-step")
     monkeypatch.setenv("DAG_RUN_ATTEMPT_ID", "attempt-1")
     monkeypatch.setenv("CASTORE_ACTOR", "env-actor")
-    plain = Store(tmp_path / "s", dag="d", durable=False)
+    plain = Store(store_location, dag="d", durable=False)
     named = Store(
-        tmp_path / "s", dag="d", durable=False, actor="alice", run_id="run-7", step="save"
+        store_location, dag="d", durable=False, actor="alice", run_id="run-7", step="save"
     )
     h1 = plain.set("k", {"a": 1}).hash
     h2 = named.set("k", {"a": 2}, reason="bump").hash
@@ -133,12 +147,12 @@ def test_history_paging(store):
     assert len(store.history("k", limit=100).entries) == 10
 
 
-def test_history_pages_and_old_versions_do_not_scan_the_log(store, monkeypatch):
+def test_history_pages_and_old_versions_do_not_scan_the_log(file_store, monkeypatch):
     """FORMAT.md §5: with the version index in step, a page never reads the whole log."""
     for i in range(300):
-        store.set("k", {"i": i})
-    store.get("k", version=1)  # the first reader that needs the index builds it
-    fresh = Store(store.root, dag="d", durable=False)
+        file_store.set("k", {"i": i})
+    file_store.get("k", version=1)  # the first reader that needs the index builds it
+    fresh = Store(file_store.root, dag="d", durable=False)
 
     def no_scan(fd):
         raise AssertionError("scanned the whole log")
@@ -168,12 +182,12 @@ def test_history_rejects_bad_refs(store):
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "short", "shuffled", "past-end"])
-def test_history_and_versions_survive_a_damaged_version_index(store, damage):
+def test_history_and_versions_survive_a_damaged_version_index(file_store, damage):
     for i in range(1, 8):
-        store.set("k", {"i": i})
-    store.delete("k")
-    store.get("k", version=1)  # the first reader that needs the index builds it
-    vix = log_of(store, "k")[: -len(".log")] + ".vix"
+        file_store.set("k", {"i": i})
+    file_store.delete("k")
+    file_store.get("k", version=1)  # the first reader that needs the index builds it
+    vix = log_of(file_store, "k")[: -len(".log")] + ".vix"
     assert os.path.exists(vix)
     if damage == "missing":
         os.unlink(vix)
@@ -191,7 +205,7 @@ def test_history_and_versions_survive_a_damaged_version_index(store, damage):
             fh.write(b"".join((10**9 + i).to_bytes(8, "little") for i in range(8)))
     else:
         os.truncate(vix, 12)
-    fresh = Store(store.root, dag="d", durable=False)
+    fresh = Store(file_store.root, dag="d", durable=False)
     assert [e.version for e in fresh.history("k").entries] == list(range(8, 0, -1))
     assert [e.version for e in fresh.history("k", limit=2, before_version=5).entries] == [4, 3]
     assert fresh.get("k", version=3).value == {"i": 3}
@@ -362,40 +376,58 @@ def test_rollback_of_a_missing_key_writes_nothing(store):
     assert store.set("never", 1, expected_version=0).version == 1
 
 
-def test_rollback_copies_no_blob(store):
+def test_rollback_copies_no_blob(file_store):
     big = {"payload": random_text(300_000)}
-    first = store.set("k", big)
-    store.set("k", {"small": True})
-    path = log_of(store, "k")
+    first = file_store.set("k", big)
+    file_store.set("k", {"small": True})
+    path = log_of(file_store, "k")
     size_before = os.path.getsize(path)
     blobs_before = blob_frames(path)
-    r = store.rollback("k", to_version=1)
+    r = file_store.rollback("k", to_version=1)
     assert r.hash == first.hash
     growth = os.path.getsize(path) - size_before
     assert growth < 4096, growth
     assert blob_frames(path) == blobs_before
-    fresh = Store(store.root, dag="d", durable=False)
+    fresh = Store(file_store.root, dag="d", durable=False)
     assert fresh.get("k").value == big
-    versions = read_versions(store.root, path)
+    versions = read_versions(file_store.root, path)
     assert versions[-1].entry.blob == versions[0].entry.blob
     assert versions[-1].value == versions[0].value
 
 
-def test_rollback_to_a_value_stored_in_another_keys_log(store):
+def test_rollback_to_a_value_stored_in_another_keys_log(file_store):
     big = {"payload": random_text(200_000, seed=3)}
-    store.set("a", big)
-    store.set("b", big)  # deduplicated against a's blob
-    store.set("b", 0)
-    path = log_of(store, "b")
+    file_store.set("a", big)
+    file_store.set("b", big)  # deduplicated against a's blob
+    file_store.set("b", 0)
+    path = log_of(file_store, "b")
     size_before = os.path.getsize(path)
-    r = store.rollback("b", to_version=1)
+    r = file_store.rollback("b", to_version=1)
     assert os.path.getsize(path) - size_before < 4096
-    assert r.hash == hexdigest(store.get("a").value_json or b"")
-    assert Store(store.root, dag="d", durable=False).get("b").value == big
+    assert r.hash == hexdigest(file_store.get("a").value_json or b"")
+    assert Store(file_store.root, dag="d", durable=False).get("b").value == big
 
 
-def test_concurrent_rollbacks_with_expected_version_let_one_win(tmp_path):
-    root = tmp_path / "store"
+def test_rollback_to_a_big_value_another_key_shares(store):
+    """On every backend: a rollback to a large (compressed) value shared by two keys."""
+    big = {"payload": random_text(200_000, seed=5), "text": "lorem ipsum " * 10_000}
+    first = store.set("a", big)
+    assert store.set("b", big).hash == first.hash
+    store.set("b", 0)
+    store.delete("a")
+    r = store.rollback("b", to_version=1)
+    assert (r.version, r.hash, r.created) == (3, first.hash, False)
+    fresh = Store(store.root, dag="d", durable=False)
+    got = fresh.get("b")
+    assert (got.version, got.hash, got.value) == (3, first.hash, big)
+    assert fresh.get("a", version=1).value == big
+    assert fresh.rollback("a", to_version=1).created is True
+    assert fresh.get("a").value == big
+    assert fresh.check().ok
+
+
+def test_concurrent_rollbacks_with_expected_version_let_one_win(store_location):
+    root = store_location
     Store(root, dag="d", durable=False).set("k", 1)
     Store(root, dag="d", durable=False).set("k", 2)
     workers = 8
@@ -490,12 +522,17 @@ json_values = st.recursive(
 )
 
 
-@given(old=json_values, new=json_values)
-def test_diff_versions_patch_always_applies(tmp_path_factory, old, new):
-    s = Store(tmp_path_factory.mktemp("p"), dag="d", durable=False)
-    s.set("k", old)
-    s.set("k", new)
-    a, b = s.get("k", version=1).value, s.get("k", version=2).value
-    patch = s.diff_versions("k", from_version=1, to_version=2).patch
-    # Compare as normalized JSON: Python's == would take 1 for True.
-    assert normalize(jsonpatch.apply_patch(a, patch)) == normalize(b)
+def test_diff_versions_patch_always_applies(store):
+    keys = (f"k{n}" for n in itertools.count())  # a fresh key per example, one store
+
+    @given(old=json_values, new=json_values)
+    def check(old, new):
+        key = next(keys)
+        store.set(key, old)
+        store.set(key, new)
+        a, b = store.get(key, version=1).value, store.get(key, version=2).value
+        patch = store.diff_versions(key, from_version=1, to_version=2).patch
+        # Compare as normalized JSON: Python's == would take 1 for True.
+        assert normalize(jsonpatch.apply_patch(a, patch)) == normalize(b)
+
+    check()

@@ -1,4 +1,10 @@
-"""Export and import of a store's full history (castore/transfer.py)."""
+"""Export and import of a store's full history (castore/transfer.py).
+
+The stores come from the backend under test: the source is built once per
+backend (``module_fresh_store_location``, tests/conftest.py) and every copy and
+target of a test is of the same backend (``fresh_store_location`` below). The
+tests that look at the file backend's logs use plain directories.
+"""
 
 import fcntl
 import json
@@ -12,6 +18,7 @@ from typing import Any
 import pytest
 
 from castore import ConflictError, InvalidValueError, Store
+from castore.backends import backend_kind
 from castore.codec import hexdigest, normalize_json
 from castore.file.records import KIND_BLOB
 from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
@@ -71,15 +78,48 @@ def records(data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.splitlines()[1:]]
 
 
+def is_file_store(s: Store) -> bool:
+    return backend_kind(s.backend) == "file"
+
+
+def stored_anything(s: Store) -> bool:
+    """Whether the backend holds any trace of a store at ``s`` (a directory, a schema)."""
+    if is_file_store(s):
+        return os.path.exists(os.path.join(s.root, "refs", "dag"))
+    import psycopg
+
+    from castore.postgres.location import parse
+
+    where = parse(s.root)
+    with psycopg.connect(where.conninfo, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (where.schema,)
+        ).fetchone()
+    return found is not None
+
+
+def state_of(s: Store) -> tuple[bytes, Any, dict[str, bytes] | None]:
+    """Everything a failed import must leave as it was: the export, stats, a file store's bytes."""
+    return export_bytes(s), s.stats(), snapshot(s.root) if is_file_store(s) else None
+
+
+@pytest.fixture
+def fresh_store_location(module_fresh_store_location):
+    """Every store of a test is of the backend of the module's source."""
+    return module_fresh_store_location
+
+
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """Built once: tests only read it."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in CASTORE_ENV:
-            mp.delenv(name, raising=False)
-        s = new_store(tmp_path_factory.mktemp("src"), actor="alice", run_id="run-1", step="save")
-        populate(s)
-    return s
+def source(module_fresh_store_location):
+    """Built once per backend: tests only read it."""
+    with module_fresh_store_location() as location:
+        with pytest.MonkeyPatch.context() as mp:
+            for name in CASTORE_ENV:
+                mp.delenv(name, raising=False)
+            s = new_store(location, actor="alice", run_id="run-1", step="save")
+            populate(s)
+        yield s
+        s.close()
 
 
 def test_export_format(source):
@@ -131,9 +171,9 @@ def test_export_format(source):
     assert null.endswith(b'"value":null}')
 
 
-def test_round_trip_is_byte_identical(source, tmp_path):
+def test_round_trip_is_byte_identical(source, new_store_location):
     data = export_bytes(source)
-    copy = new_store(tmp_path / "copy")
+    copy = new_store(new_store_location())
     report = import_lines(copy, lines_reader(data))
     n_refs = len({(r["scope"], r["namespace"], r["key"]) for r in records(data)})
     assert (report.refs, report.versions) == (n_refs, len(records(data)))
@@ -141,13 +181,13 @@ def test_round_trip_is_byte_identical(source, tmp_path):
     assert export_bytes(copy) == data
     assert export_bytes(new_store(copy.root)) == data  # a fresh handle too
     # And a third generation.
-    third = new_store(tmp_path / "third")
+    third = new_store(new_store_location())
     import_lines(third, lines_reader(export_bytes(copy)))
     assert export_bytes(third) == data
 
 
-def test_imported_store_behaves_like_the_source(source, tmp_path):
-    copy = new_store(tmp_path / "copy")
+def test_imported_store_behaves_like_the_source(source, new_store_location):
+    copy = new_store(new_store_location())
     import_lines(copy, lines_reader(export_bytes(source)))
     for key in ("cursor", "null", "numbers", UNICODE_KEY, LONG_KEY, "big", "big-twin", "Cursor"):
         a, b = source.get(key), copy.get(key)
@@ -166,6 +206,13 @@ def test_imported_store_behaves_like_the_source(source, tmp_path):
     # The history continues after the import.
     assert copy.set("cursor", 9, expected_version=6).version == 7
     assert copy.rollback("cursor", to_version=2).hash == source.get("cursor", version=2).hash
+    assert copy.get("big-twin").value == BIG
+    assert copy.check().ok
+
+
+def test_a_big_value_is_stored_once_in_a_file_copy(source, tmp_path):
+    copy = new_store(tmp_path / "copy")
+    import_lines(copy, lines_reader(export_bytes(source)))
     # A big value is stored once in the copy too.
     big_log = ref_log_path(copy, "big")
     twin_log = ref_log_path(copy, "big-twin")
@@ -196,22 +243,22 @@ def test_export_rejects_bad_filters(source):
         export_bytes(source, namespace="a/b")
 
 
-def test_import_refuses_existing_keys_and_imports_nothing(source, tmp_path):
+def test_import_refuses_existing_keys_and_imports_nothing(source, store_location):
     data = export_bytes(source)
-    target = new_store(tmp_path / "target")
+    target = new_store(store_location)
     target.set("null", "mine")  # conflicts
-    before = snapshot(target.root)
+    before = state_of(target)
     with pytest.raises(ConflictError) as exc:
         import_lines(target, lines_reader(data))
     assert "null" in str(exc.value)
-    assert snapshot(target.root) == before
+    assert state_of(target) == before
     assert target.get("cursor").found is False
     assert target.history("cursor").entries == []
     assert target.get("null").value == "mine"
 
 
-def test_import_conflicts_with_a_deleted_key(source, tmp_path):
-    target = new_store(tmp_path / "target")
+def test_import_conflicts_with_a_deleted_key(source, store_location):
+    target = new_store(store_location)
     target.set("cursor", 1)
     target.delete("cursor")
     with pytest.raises(ConflictError):
@@ -219,9 +266,9 @@ def test_import_conflicts_with_a_deleted_key(source, tmp_path):
     assert target.get("big").found is False
 
 
-def test_import_skip_leaves_existing_keys(source, tmp_path):
+def test_import_skip_leaves_existing_keys(source, store_location):
     data = export_bytes(source)
-    target = new_store(tmp_path / "target")
+    target = new_store(store_location)
     target.set("null", "mine")
     target.set("k", "mine too", scope="global")
     report = import_lines(target, lines_reader(data), on_conflict="skip")
@@ -234,13 +281,13 @@ def test_import_skip_leaves_existing_keys(source, tmp_path):
     assert target.get("cursor").version == 6
 
 
-def test_import_overwrite_replaces_history_and_keeps_shared_blobs(tmp_path):
+def test_import_overwrite_replaces_history_and_keeps_shared_blobs(new_store_location):
     big = {"blob": ["shared value"] * 20_000}
-    target = new_store(tmp_path / "target")
+    target = new_store(new_store_location())
     target.set("a", big)  # the blob lives in a's log
     target.set("b", big)  # b points at a's log
     target.set("a", 1)
-    src = new_store(tmp_path / "src")
+    src = new_store(new_store_location())
     src.set("a", "new history")
     src.set("a", [2])
     src.set("c", 3)
@@ -259,16 +306,17 @@ def test_import_overwrite_replaces_history_and_keeps_shared_blobs(tmp_path):
     assert fresh.set("a", 4, expected_version=2).version == 3
     assert fresh.set("b", big).version == 2
     assert new_store(target.root).get("b", version=1).value == big
+    assert new_store(target.root).check().ok
 
 
-def test_import_overwrite_of_the_key_holding_a_rollback_source(tmp_path):
+def test_import_overwrite_of_the_key_holding_a_rollback_source(new_store_location):
     """A value shared by another key is still readable after the overwrite, then re-deduplicated."""
-    target = new_store(tmp_path / "target")
+    target = new_store(new_store_location())
     value = {"text": "x" * 5000}
     target.set("a", value)
     target.set("b", value)
     target.set("b", 0)
-    src = new_store(tmp_path / "src")
+    src = new_store(new_store_location())
     src.set("a", "other")
     import_lines(target, lines_reader(export_bytes(src)), on_conflict="overwrite")
     fresh = new_store(target.root)
@@ -329,17 +377,17 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
-def test_malformed_exports_import_nothing(tmp_path, name):
-    target = new_store(tmp_path / "target")
+def test_malformed_exports_import_nothing(store_location, name):
+    target = new_store(store_location)
     with pytest.raises(InvalidValueError):
         import_lines(target, lines_reader(MALFORMED[name]))
     assert target.get("ok").found is False
     assert target.get("other").found is False
-    assert not os.path.exists(os.path.join(target.root, "refs", "dag"))
+    assert not stored_anything(target)
 
 
-def test_valid_hand_written_export_imports(tmp_path):
-    target = new_store(tmp_path / "target")
+def test_valid_hand_written_export_imports(store_location):
+    target = new_store(store_location)
     report = import_lines(target, lines_reader(bad([HEADER.strip(), GOOD_1, GOOD_2, b"", OTHER])))
     assert (report.refs, report.versions) == (2, 3)
     assert target.get("ok").value == 2
@@ -349,7 +397,7 @@ def test_valid_hand_written_export_imports(tmp_path):
     ]
 
 
-def test_import_calls_read_twice_and_validates_before_writing(tmp_path):
+def test_import_calls_read_twice_and_validates_before_writing(store_location):
     calls = []
     data = bad([HEADER.strip(), GOOD_1, OTHER])
 
@@ -357,7 +405,7 @@ def test_import_calls_read_twice_and_validates_before_writing(tmp_path):
         calls.append(1)
         return iter(data.splitlines(keepends=True))
 
-    target = new_store(tmp_path / "target")
+    target = new_store(store_location)
     import_lines(target, read)
     assert len(calls) == 2
     assert target.get("other").value == 3
