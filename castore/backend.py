@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple, Protocol
 
-from castore.errors import ConflictError
+from castore.errors import ConflictError, CorruptionError
 from castore.keys import Ref
 from castore.records import OP_DAMAGED, OP_DELETE, Audit, BlobLoc, Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
@@ -29,7 +29,10 @@ __all__ = [
     "Decide",
     "LogView",
     "NewVersion",
+    "NothingView",
     "Progress",
+    "lost_error",
+    "newest_first",
     "next_entry",
 ]
 
@@ -216,3 +219,52 @@ def next_entry(
         audit=new.audit,
         damaged_from=new.damaged_from,
     )
+
+
+class NothingView:
+    """The view of a ref where there is no store yet: no entry, no value."""
+
+    def value(self) -> bytes | None:
+        """None: there is no entry."""
+        return None
+
+    def entry_at(self, version: int) -> Entry | None:
+        """None: there is no entry."""
+        return None
+
+    def value_at(self, entry: Entry) -> bytes | None:
+        """None: there is no entry."""
+        return None
+
+    def absolute(self, loc: BlobLoc) -> BlobLoc:
+        """``loc`` itself."""
+        return loc
+
+
+def lost_error(ref: Ref, entry: Entry) -> CorruptionError:
+    """The error a read of a ``damaged`` entry raises: its versions were lost (a repair said so)."""
+    lost = (
+        f"versions {entry.first}-{entry.version}"
+        if entry.damaged_from
+        else f"version {entry.version}"
+    )
+    return CorruptionError(f"{ref} {lost} lost: {entry.audit.reason}")
+
+
+def newest_first(
+    newest: Entry | None, history: Callable[[int, int], list[Entry]], largest: int = 256
+) -> Iterator[Entry]:
+    """Every entry of a ref, newest first, read a page at a time (``history(before, limit)``).
+
+    Pages grow (1, 16, 256 entries), so many refs walked side by side (an
+    audit merge) hold little memory each until they are actually consumed.
+    """
+    high = newest.version if newest is not None else 0
+    size = 1
+    while high > 0:
+        page = history(high + 1, size)
+        yield from page
+        if not page:
+            return
+        high = page[-1].version - 1
+        size = min(size * 16, largest)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Iterator, Mapping
 
-from castore.backend import Current, Decide, NewVersion, Progress
+from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
 from castore.errors import CorruptionError, NotFoundError
 from castore.file import logread, versionindex
 from castore.file.blobindex import BlobIndex
@@ -38,7 +39,7 @@ from castore.file.rewrite import Transform
 from castore.file.tree import Tree
 from castore.file.writer import ReadCache, Writer, stat_sig
 from castore.keys import Ref
-from castore.records import OP_DAMAGED, BlobLoc, Entry
+from castore.records import OP_DAMAGED, Entry
 from castore.reports import (
     CheckReport,
     CompactReport,
@@ -52,22 +53,6 @@ from castore.results import ListEntry
 __all__ = ["CACHE_MAX_ENTRIES", "FileBackend"]
 
 CACHE_MAX_ENTRIES = 65536  # per-handle read cache and ref logs; cleared wholesale when full
-
-
-class _NothingView:
-    """The view of a ref in a location without a store: no entry, no value."""
-
-    def value(self) -> bytes | None:
-        return None
-
-    def entry_at(self, version: int) -> Entry | None:
-        return None
-
-    def value_at(self, entry: Entry) -> bytes | None:
-        return None
-
-    def absolute(self, loc: BlobLoc) -> BlobLoc:
-        return loc
 
 
 class FileBackend:
@@ -313,21 +298,8 @@ class FileBackend:
             os.close(fd)
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
-        """Every entry of a ref, newest first, reading backwards a page at a time.
-
-        Pages grow (1, 16, 256 entries), so many refs walked side by side (an
-        audit merge) hold little memory each until they are actually consumed.
-        """
-        newest = self.current(ref).entry
-        high = newest.version if newest is not None else 0
-        size = 1
-        while high > 0:
-            page = self.history(ref, high + 1, size)
-            yield from page
-            if not page:
-                return
-            high = page[-1].version - 1
-            size = min(size * 16, 256)
+        """Every entry of a ref, newest first, a page at a time (:func:`backend.newest_first`)."""
+        return newest_first(self.current(ref).entry, functools.partial(self.history, ref))
 
     # -- writing (castore/file/writer.py) -----------------------------------------------
 
@@ -342,7 +314,7 @@ class FileBackend:
             (previous newest entry, appended entries; empty when nothing was written).
         """
         if not self.layout.present and not self.layout.exists():
-            if not decide(None, _NothingView()):
+            if not decide(None, NothingView()):
                 return None, []
             self.layout.create()
         return self._writer.write(self.log(ref), decide)

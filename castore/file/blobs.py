@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from castore.backend import lost_error
 from castore.errors import CorruptionError
 from castore.file import fileio
 from castore.file.blobindex import BlobIndex
@@ -50,12 +51,7 @@ class BlobReader:
         if entry is None or not entry.live:
             return None
         if entry.op == OP_DAMAGED:
-            lost = (
-                f"versions {entry.first}-{entry.version}"
-                if entry.damaged_from
-                else f"version {entry.version}"
-            )
-            raise CorruptionError(f"{ref} {lost} lost: {entry.audit.reason}")
+            raise lost_error(ref, entry)
         try:
             if blob is not None:
                 try:

@@ -12,11 +12,21 @@ state: each key is linearizable (docs/DESIGN.md, "The PostgreSQL backend").
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from castore.backend import LOCK_TIMEOUT_SECONDS, Current, Decide, NewVersion, Progress, next_entry
+from castore.backend import (
+    LOCK_TIMEOUT_SECONDS,
+    Current,
+    Decide,
+    NewVersion,
+    NothingView,
+    Progress,
+    newest_first,
+    next_entry,
+)
 from castore.errors import ConflictError
 from castore.keys import Ref
 from castore.postgres import compaction, maintenance, rows, schema
@@ -205,17 +215,9 @@ class PostgresBackend:
             after = page[-1][0] + 1
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
-        """Every entry, newest first, a page at a time (pages grow: 1, 16, 256)."""
-        newest = self.current(ref).entry
-        high = newest.version if newest is not None else 0
-        size = 1
-        while high > 0:
-            page = self.history(ref, high + 1, size)
-            yield from page
-            if not page:
-                return
-            high = page[-1].version - 1
-            size = min(size * 16, q.PAGE)
+        """Every entry, newest first, a page at a time (:func:`~castore.backend.newest_first`)."""
+        history = functools.partial(self.history, ref)
+        return newest_first(self.current(ref).entry, history, q.PAGE)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -224,7 +226,7 @@ class PostgresBackend:
         present = self.db.run(self.db.present, "opening the store", transaction=False)
         if present:
             return True
-        if not decide(None, q.NothingView()):
+        if not decide(None, NothingView()):
             return False
         self.db.create()
         return True

@@ -14,6 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from castore import valuecodec
+from castore.backend import lost_error
 from castore.errors import CorruptionError
 from castore.keys import Ref
 from castore.postgres.schema import KEY_HEAD_BYTES
@@ -132,12 +133,7 @@ def value(
     if not found.live:
         return None
     if found.op == OP_DAMAGED:
-        lost = (
-            f"versions {found.first}-{found.version}"
-            if found.damaged_from
-            else f"version {found.version}"
-        )
-        raise CorruptionError(f"{ref} {lost} lost: {found.audit.reason}")
+        raise lost_error(ref, found)
     if inline is not None:
         codec, data = valuecodec.CODEC_RAW, inline
     if codec is None or data is None:

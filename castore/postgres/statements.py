@@ -27,7 +27,6 @@ __all__ = [
     "REF",
     "VALUE_OF",
     "VERSION",
-    "NothingView",
     "RowView",
     "entry_at",
     "params",
@@ -83,26 +82,6 @@ APPEND_KNOWN_BLOB: Final = (
     f"v AS ({_INSERT_VERSION}) {_SET_HEAD}"
 )
 APPEND_ROW: Final = f"WITH v AS ({_INSERT_VERSION}) {_SET_HEAD}"  # inline value, or none
-
-
-class NothingView:
-    """The view of a ref where there is no store: no entry, no value."""
-
-    def value(self) -> bytes | None:
-        """None: there is no entry."""
-        return None
-
-    def entry_at(self, version: int) -> Entry | None:
-        """None: there is no entry."""
-        return None
-
-    def value_at(self, entry: Entry) -> bytes | None:
-        """None: there is no entry."""
-        return None
-
-    def absolute(self, loc: BlobLoc) -> BlobLoc:
-        """``loc`` itself."""
-        return loc
 
 
 class RowView:

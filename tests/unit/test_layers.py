@@ -125,8 +125,8 @@ POSTGRES_LAYERS = {
     "postgres.rows": 2,  # rows <-> entries, values
     "postgres.statements": 3,  # the SQL of reads and writes; what a decision reads
     "postgres.maintenance": 3,  # check, gc, stats
-    "postgres.compaction": 3,  # retention, one key per transaction
-    "postgres.backend": 4,
+    "postgres.compaction": 4,  # retention, one key per transaction
+    "postgres.backend": 5,
 }
 assert max(POSTGRES_LAYERS.values()) < 10
 BANDS = {"file": FILE_LAYERS, "postgres": POSTGRES_LAYERS}  # each backend's own modules
