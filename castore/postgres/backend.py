@@ -223,23 +223,22 @@ class PostgresBackend:
 
     def _ready_for(self, decide: Decide) -> bool:
         """Whether the store exists or a write to it appends something (then create it)."""
-        present = self.db.run(self.db.present, "opening the store", transaction=False)
-        if present:
+        if self.db.store_exists():  # no query once the store was found
             return True
         if not decide(None, NothingView()):
             return False
         self.db.create()
         return True
 
-    def _lock(self, cur: Cursor, ref: Ref) -> tuple[int, Entry | None]:
-        """Lock a ref's row (inserting it first if new): its floor and newest entry."""
+    def _lock(self, cur: Cursor, ref: Ref) -> tuple[int, Entry | None, bytes | None]:
+        """Lock a ref's row (inserting it first if new): floor, newest entry, its small value."""
         key = (rows.ref_id(ref),)
         row = cur.execute(q.LOCK, key).fetchone()
         if row is None:
             cur.execute(q.NEW_REF, rows.ref_row(ref))
             row = cur.execute(q.LOCK, key).fetchone()
         assert row is not None  # noqa: S101 - inserted or found above, under the lock
-        return int(row[0]), rows.entry(row, 1)
+        return int(row[0]), rows.entry(row, 1), row[9]
 
     def _append(
         self,
@@ -274,8 +273,8 @@ class PostgresBackend:
             return None, []
 
         def work(cur: Cursor) -> tuple[Entry | None, list[Entry]]:
-            floor, previous = self._lock(cur, ref)
-            decided = decide(previous, q.RowView(cur, ref, previous))
+            floor, previous, inline = self._lock(cur, ref)
+            decided = decide(previous, q.RowView(cur, ref, previous, inline))
             if not decided:
                 raise Abandon((previous, []))
             news = decided if isinstance(decided, list) else [decided]
@@ -316,7 +315,7 @@ class PostgresBackend:
         key = (rows.ref_id(ref),)
 
         def work(cur: Cursor) -> list[Entry]:
-            floor, previous = self._lock(cur, ref)
+            floor, previous, _ = self._lock(cur, ref)
             newest = previous.version if previous is not None else 0
             top = max((p.version for p in new_versions), default=0)
             if top < newest:

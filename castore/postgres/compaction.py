@@ -13,19 +13,13 @@ import time
 from typing import Any
 
 from castore.backend import Progress
-from castore.keys import SCOPES, Ref
+from castore.keys import SCOPES
 from castore.postgres import rows
 from castore.postgres.connection import Abandon, Cursor, Database
 from castore.postgres.statements import NO_NEWEST
 from castore.reports import CompactReport, Retention, retained
 
 __all__ = ["compact"]
-
-_REF = "ref_id = %s"
-
-
-def _ref_name(scope: str, namespace: bytes, key: bytes) -> str:
-    return str(Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8")))
 
 
 Selected = tuple[str, bytes, bytes, bytes]  # scope, namespace, key, ref_id
@@ -75,17 +69,13 @@ def compact(
     if retention.keep_within_seconds is not None:
         cutoff = time.time_ns() - int(retention.keep_within_seconds * 1e9)
     examined = compacted = dropped = removed = before = after = 0
-    for key in (
-        _selected(db, retention)
-        if db.run(db.present, "opening the store", transaction=False)
-        else []
-    ):
+    for key in _selected(db, retention) if db.store_exists() else []:
         examined += 1
 
         def one(cur: Cursor, ref_id: bytes = key[3]) -> tuple[int, int, int, bool]:
             return _compact_one(cur, ref_id, retention, cutoff, dry_run)
 
-        size, size_after, gone, was_removed = db.run(one, f"compacting {_ref_name(*key[:3])}")
+        size, size_after, gone, was_removed = db.run(one, f"compacting {rows.ref_name(*key[:3])}")
         before += size
         after += size_after
         if gone:
@@ -115,8 +105,8 @@ def _compact_one(
 ) -> tuple[int, int, int, bool]:
     """Compact one key under its row lock: (bytes before, after, versions dropped, removed)."""
     key = (ref_id,)
-    cur.execute(f"SELECT 1 FROM refs WHERE {_REF} FOR UPDATE", key)
-    cur.execute(f"SELECT {rows.ENTRY} FROM versions WHERE {_REF} ORDER BY version", key)
+    cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", key)
+    cur.execute(f"SELECT {rows.ENTRY} FROM versions WHERE {rows.REF} ORDER BY version", key)
     entries = [e for row in cur.fetchall() if (e := rows.entry(row)) is not None]
     if not entries:
         return 0, 0, 0, False
@@ -133,9 +123,9 @@ def _compact_one(
         "INSERT INTO compactions (ref_id, low, high, policy, time_ns) VALUES (%s, %s, %s, %s, %s)",
         [(ref_id, low, high, retention.policy, now) for low, high in _ranges(drop)],
     )
-    cur.execute(f"DELETE FROM versions WHERE {_REF} AND version = ANY(%s)", (ref_id, drop))
+    cur.execute(f"DELETE FROM versions WHERE {rows.REF} AND version = ANY(%s)", (ref_id, drop))
     if keep is None:  # the key goes away; its last version stays reserved
         cur.execute(
-            f"UPDATE refs SET floor = GREATEST(floor, version), {NO_NEWEST} WHERE {_REF}", key
+            f"UPDATE refs SET floor = GREATEST(floor, version), {NO_NEWEST} WHERE {rows.REF}", key
         )
     return size, left, len(drop), keep is None

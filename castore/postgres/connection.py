@@ -202,6 +202,14 @@ class Database:
             self._present = tables.version_of(cur, self.location.schema) > 0
         return self._present
 
+    def store_exists(self) -> bool:
+        """Whether the store's tables exist: no query once they were found (never dropped).
+
+        Raises:
+            FormatVersionError: the schema holds something else, or a newer store.
+        """
+        return self._present or self.run(self.present, "opening the store", transaction=False)
+
     def create(self) -> None:
         """Create the store's tables if they are absent (one transaction, advisory lock)."""
         self.run(lambda cur: tables.create(cur, self.location.schema), "creating the store")

@@ -28,7 +28,6 @@ from typing import Any, Final
 from castore import valuecodec
 from castore.backend import Progress
 from castore.errors import CorruptionError
-from castore.keys import Ref
 from castore.postgres import rows
 from castore.postgres.connection import Cursor, Database, Row
 from castore.reports import (
@@ -42,7 +41,6 @@ from castore.reports import (
 __all__ = ["check", "collect_garbage", "stats"]
 
 _BATCH: Final = 500  # blobs per query when every blob is read or deleted
-_REF: Final = "ref_id = %s"
 _COLUMNS: Final = f"{rows.ENTRY}, {rows.VALUE}"
 _NEWEST_COPY_WRONG: Final = f"""
     SELECT r.scope, r.namespace, r.key, r.ref_id FROM refs r
@@ -64,14 +62,6 @@ _COPY_NEWEST: Final = f"""
     )
     WHERE r.ref_id = %s
 """
-
-
-def _ref_name(scope: str, namespace: bytes, key: bytes) -> str:
-    return str(Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8")))
-
-
-def _present(db: Database) -> bool:
-    return db.run(db.present, "opening the store", transaction=False)
 
 
 def _blobs(db: Database) -> Iterator[list[tuple[Any, ...]]]:
@@ -139,7 +129,7 @@ def _bad_inline(db: Database) -> tuple[int, list[Finding]]:
             except CorruptionError as exc:
                 findings.append(
                     Finding(
-                        path=f"versions/{_ref_name(scope, namespace, key)}@{version}",
+                        path=f"versions/{rows.ref_name(scope, namespace, key)}@{version}",
                         problem=exc.detail,
                         repair="none: the version reads as damaged",
                     )
@@ -160,7 +150,7 @@ def _missing_blobs(db: Database) -> list[Finding]:
     )
     return [
         Finding(
-            path=f"versions/{_ref_name(scope, namespace, key)}@{version}",
+            path=f"versions/{rows.ref_name(scope, namespace, key)}@{version}",
             problem=f"blob {bytes(digest).hex()} is missing",
             repair="none: the version reads as damaged",
         )
@@ -172,11 +162,11 @@ def _wrong_copies(db: Database, repair: bool) -> list[Finding]:
     """A finding per key whose ``refs`` row is not a copy of its newest version (repaired)."""
     findings: list[Finding] = []
     for scope, namespace, key, ref_id in db.fetch(_NEWEST_COPY_WRONG, (), "checking"):
-        name = _ref_name(scope, namespace, key)
+        name = rows.ref_name(scope, namespace, key)
         if repair:
 
             def fix(cur: Cursor, params: tuple[Any, ...] = (ref_id,)) -> None:
-                cur.execute(f"SELECT 1 FROM refs WHERE {_REF} FOR UPDATE", params)
+                cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", params)
                 cur.execute(_COPY_NEWEST, params)
 
             db.run(fix, f"repairing {name}")
@@ -193,7 +183,7 @@ def _wrong_copies(db: Database, repair: bool) -> list[Finding]:
 
 def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckReport:
     """Verify every blob, every version's blob and every key's newest copy; repair the copies."""
-    if not _present(db):
+    if not db.store_exists():
         return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
     blobs, findings = _bad_blobs(db, progress)
     inline, bad = _bad_inline(db)
@@ -213,7 +203,7 @@ def collect_garbage(
     db: Database, *, grace_seconds: float, dry_run: bool, progress: Progress | None
 ) -> GCReport:
     """Delete unreferenced blobs older than the grace period (never one in use)."""
-    present = _present(db)
+    present = db.store_exists()
     cutoff = time.time_ns() - int(grace_seconds * 1e9)
     unused = (
         "FROM blobs b WHERE b.touched_ns < %s AND NOT EXISTS "
@@ -275,7 +265,7 @@ def _delete(cur: Cursor, digests: list[bytes], unused: str, cutoff: int) -> tupl
 
 def stats(db: Database) -> StoreStats:
     """Keys, versions, blobs and bytes per scope; unreferenced blobs count in the total only."""
-    if not _present(db):
+    if not db.store_exists():
         return StoreStats(scopes={}, total=ScopeStats())
 
     def work(cur: Cursor) -> StoreStats:

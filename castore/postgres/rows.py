@@ -24,6 +24,7 @@ from castore.results import ListEntry, rfc3339
 
 __all__ = [
     "ENTRY",
+    "REF",
     "VALUE",
     "audit_json",
     "entry",
@@ -32,10 +33,13 @@ __all__ = [
     "ns_id",
     "prefix_filter",
     "ref_id",
+    "ref_name",
     "ref_row",
     "value",
 ]
 
+REF: Final = "ref_id = %s"
+"""The condition that picks one ref's rows (parameter: :func:`ref_id`)."""
 ENTRY: Final = "version, op, time_ns, digest, size, created_ns, audit, damaged_from"
 """The columns of an entry, in :func:`entry`'s order (prefix them with a table alias as needed)."""
 VALUE: Final = "inline, blob"
@@ -63,6 +67,11 @@ def ref_row(ref: Ref) -> tuple[bytes, str, bytes, bytes, bytes, bytes]:
     scope, namespace = ref.scope, ref.namespace
     ids = (ref_id(ref), scope, namespace.encode("utf-8"), key, ns_id(scope, namespace))
     return (*ids, key[:KEY_HEAD_BYTES])
+
+
+def ref_name(scope: str, namespace: bytes, key: bytes) -> str:
+    """A ref, as errors and findings name it, from its stored names."""
+    return str(Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8")))
 
 
 def key_range(prefix: str) -> tuple[bytes, bytes | None]:

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 PAGE: Final = 256  # versions per query when a whole history is walked
-REF: Final = "ref_id = %s"
+REF: Final = rows.REF
 NO_NEWEST: Final = (  # a refs row's copy of the newest version, emptied
     "version = NULL, op = NULL, time_ns = NULL, digest = NULL, size = NULL, "
     "created_ns = NULL, audit = NULL, damaged_from = NULL, blob = NULL, inline = NULL"
@@ -43,7 +43,7 @@ CURRENT: Final = (
     f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, r.inline, b.codec, b.data "
     "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob WHERE r.ref_id = %s"
 )
-LOCK: Final = f"SELECT floor, {rows.ENTRY} FROM refs WHERE ref_id = %s FOR UPDATE"
+LOCK: Final = f"SELECT floor, {rows.ENTRY}, inline FROM refs WHERE ref_id = %s FOR UPDATE"
 NEW_REF: Final = (
     "INSERT INTO refs (ref_id, scope, namespace, key, ns_id, key_head) "
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
@@ -87,13 +87,18 @@ APPEND_ROW: Final = f"WITH v AS ({_INSERT_VERSION}) {_SET_HEAD}"  # inline value
 class RowView:
     """What a decision reads of its locked ref, in the write's transaction."""
 
-    def __init__(self, cur: Cursor, ref: Ref, newest: Entry | None) -> None:
+    def __init__(
+        self, cur: Cursor, ref: Ref, newest: Entry | None, inline: bytes | None = None
+    ) -> None:
         self._cur = cur
         self._ref = ref
         self._newest = newest
+        self._inline = inline  # the newest value, when small: read with the row lock
 
     def value(self) -> bytes | None:
         """The newest entry's verified value (None for a delete or no entry)."""
+        if self._newest is not None and self._inline is not None:
+            return rows.value(self._ref, self._newest, self._inline, None, None)
         return self.value_at(self._newest) if self._newest is not None else None
 
     def entry_at(self, version: int) -> Entry | None:
