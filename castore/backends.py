@@ -12,8 +12,9 @@ Locations:
 * a directory path: the file backend (docs/FORMAT.md);
 * ``postgresql://…``, ``postgres://…``: the PostgreSQL backend
   (``castore/postgres/``; ``pip install 'castore[postgres]'``);
-* ``http://``, ``https://``: reserved for a coordinator; refused with
-  :class:`BackendUnavailableError` until it exists.
+* ``http://host:port``, ``https://…``: a coordinator (``castore serve``),
+  through the backend protocol (``castore/remote/``); several URLs,
+  comma-separated, are a cluster that routes each keyspace to its owner.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "backend_kind",
     "default_root",
     "is_postgres",
+    "is_remote",
     "location_of",
     "open_backend",
     "redacted",
@@ -40,11 +42,8 @@ __all__ = [
 
 STORE_MODES: Final = ("private", "group")  # what castore creates: 0600/0700, 0660/2770
 
-_UNAVAILABLE: Final = {
-    "http://": "coordinator (HTTP)",
-    "https://": "coordinator (HTTP)",
-}
 _POSTGRES: Final = ("postgresql://", "postgres://")
+_HTTP: Final = ("http://", "https://")
 
 
 def default_root() -> str:
@@ -88,24 +87,14 @@ def backend_kind(backend: Backend) -> str:
     return type(backend).__module__.split(".")[1]
 
 
-def _refuse_unavailable(location: str) -> None:
-    """Raise if ``location`` names a backend that is not available.
-
-    Raises:
-        BackendUnavailableError: the location starts with a reserved scheme.
-    """
-    lowered = location.lower()
-    for prefix, name in _UNAVAILABLE.items():
-        if lowered.startswith(prefix):
-            raise BackendUnavailableError(
-                f"{redacted(location)}: the {name} backend is not available yet "
-                "(give a store directory instead)"
-            )
-
-
 def is_postgres(location: str) -> bool:
     """True when ``location`` is a PostgreSQL URL."""
     return location.lower().startswith(_POSTGRES)
+
+
+def is_remote(location: str) -> bool:
+    """True when ``location`` names a coordinator (or a cluster of them) by URL."""
+    return location.lower().startswith(_HTTP)
 
 
 def _require_driver() -> None:
@@ -140,14 +129,16 @@ def open_backend(
 
     Raises:
         ValueError: ``mode`` (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
-        BackendUnavailableError: ``location`` names a backend that is not
-            available (``http://``, ``https://``; ``postgresql://`` without psycopg).
+        BackendUnavailableError: ``postgresql://`` without psycopg.
         InvalidValueError: a ``postgresql://`` location's schema is not valid.
         FormatVersionError: the directory holds another format, is a
             non-empty directory that is not a castore store, or is not a directory.
     """
     mode = store_mode(mode)
-    _refuse_unavailable(location)
+    if is_remote(location):
+        from castore.remote.backend import RemoteBackend
+
+        return RemoteBackend(location, lock_timeout=lock_timeout)
     if is_postgres(location):
         _require_driver()
         from castore.postgres.backend import PostgresBackend
@@ -168,11 +159,15 @@ def upgrade(location: str, mode: str | None = None) -> UpgradeReport:
 
     Raises:
         ValueError: ``mode`` (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
-        BackendUnavailableError: ``location`` names a backend that is not available yet.
+        BackendUnavailableError: ``location`` is a coordinator (upgrade on the server),
+            or ``postgresql://`` without psycopg.
         FormatVersionError: ``location`` is not a castore store, or is newer.
     """
     mode = store_mode(mode)
-    _refuse_unavailable(location)
+    if is_remote(location):
+        raise BackendUnavailableError(
+            f"{redacted(location)}: upgrade the server's store on the server (castore upgrade)"
+        )
     if is_postgres(location):
         _require_driver()
         from castore.postgres.backend import upgrade as upgrade_schema

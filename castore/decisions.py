@@ -168,10 +168,9 @@ class DiffDecision:
         actual = live.version if live is not None else 0
         if self.expected_version is not None and self.expected_version != actual:
             raise ConflictError(str(self.ref), self.expected_version, actual)
-        if live is not None:
-            self._seen.append(load())
-            return live.hash != self.digest_hex
-        return True
+        # A backend may decide again (a remote store's retry): only the last comparison counts.
+        self._seen = [load()] if live is not None else []
+        return live is None or live.hash != self.digest_hex
 
     def decide(self, previous: Entry | None, view: LogView) -> NewVersion | None:
         """The decision (a :data:`~castore.backend.Decide`): the new value if it changed."""

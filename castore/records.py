@@ -29,6 +29,7 @@ class Audit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     actor: str = ""
     reason: str = ""
     rollback_from: int = 0
+    request_id: str = ""  # the client's id of the write (an http:// store): a retry is applied once
 
 
 class BlobLoc(msgspec.Struct, frozen=True, array_like=True):

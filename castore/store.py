@@ -34,7 +34,7 @@ _UNSET: Final = object()
 
 @final
 class Store(Maintenance):
-    """A castore store rooted at one directory.
+    """A castore store: a directory, a PostgreSQL database, or a coordinator's URL.
 
     Safe for many processes on one machine (file locks) and for many threads
     sharing one handle (each call opens its own descriptors; the caches are
@@ -42,7 +42,9 @@ class Store(Maintenance):
     the directory holds (docs/RELIABILITY.md, "Security").
 
     Args:
-        path: store directory; None means :func:`default_root`; made by the first write.
+        path: store directory (made by the first write), ``postgresql://…`` URL, or
+            ``http://host:port`` of ``castore serve`` (several, comma-separated:
+            a cluster; the token is ``$CASTORE_TOKEN``); None means :func:`default_root`.
         dag: the current DAG name (namespace of scope ``dag``); None means
             ``$DAG_NAME``.
         root_dag: the root DAG name (namespace of scope ``root_dag``); None
@@ -60,8 +62,10 @@ class Store(Maintenance):
     Raises:
         ValueError: ``mode`` (or ``$CASTORE_MODE``) is not private or group.
         FormatVersionError: another format, or not a directory or a castore store.
-        BackendUnavailableError: ``path`` is a ``postgresql://``, ``postgres://``,
-            ``http://`` or ``https://`` location (not available yet: :mod:`castore.backends`).
+        BackendUnavailableError: ``path`` is a ``postgresql://`` location and the
+            PostgreSQL driver is not installed (:mod:`castore.backends`).
+        InvalidValueError: ``path`` is an ``http://`` location that is not a list
+            of coordinator URLs.
     """
 
     def __init__(

@@ -5,9 +5,11 @@
 handle serves every request: each store call runs in a worker thread (the
 handle is thread-safe), on a per-request handle that writes as the caller.
 
-Around the routes: :class:`_Observe` (request id, the JSON-lines access log,
-the Prometheus metrics) and :class:`_Guard` (the bearer token, compared in
-constant time). A request body is bounded before it is read whole, and each
+``POST /v1/backend/<call>`` serves the backend protocol of ``http://`` stores
+(:mod:`castore.server.rpc`). Around the routes, :mod:`castore.server.middleware`:
+the request id, the access log, the metrics and the bearer token. A clustered
+server checks every request's member list and keyspace first
+(:mod:`castore.server.membership`). A request body is bounded before it is read whole, and each
 request has a time limit; a call abandoned by the limit runs to its end, and
 shutdown waits for it before closing the store.
 """
@@ -15,50 +17,49 @@ shutdown waits for it before closing the store.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
-import re
-import secrets
+import math
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Final, TextIO, TypeVar
 
 import anyio
 import anyio.to_thread
 import msgspec
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from castore.jsonrules import MAX_VALUE_BYTES
-from castore.results import rfc3339
-from castore.server.errors import ApiError, api_error, error_body
-from castore.server.operations import OPERATIONS, Operation, decode_request, handle_for
+from castore.server.errors import ApiError, api_error, error_response
+from castore.server.membership import Membership
+from castore.server.middleware import Guard, Metrics, Observe
+from castore.server.operations import OPERATIONS, Operation, decode_request, handle_for, keyspace
+from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
 from castore.store import Store
+from castore.wire import CLUSTER_HEADER
 
-__all__ = ["ENVELOPE_BYTES", "MAX_BODY_BYTES", "REQUEST_TIMEOUT_SECONDS", "create_app"]
+__all__ = [
+    "BACKEND_BODY_BYTES",
+    "ENVELOPE_BYTES",
+    "MAX_BODY_BYTES",
+    "REQUEST_TIMEOUT_SECONDS",
+    "create_app",
+]
 
 ENVELOPE_BYTES: Final = 64 * 1024  # the request's other members, around a value
 MAX_BODY_BYTES: Final = MAX_VALUE_BYTES + ENVELOPE_BYTES
+BACKEND_BODY_BYTES: Final = 64 * 1024 * 1024  # a backend call: an import's whole history of a key
 REQUEST_TIMEOUT_SECONDS: Final = 30.0
 DRAIN_TIMEOUT_SECONDS: Final = 120.0  # shutdown waits this long for abandoned store calls
 _HEALTH_TIMEOUT_SECONDS: Final = 5.0
 _STREAM_BATCH: Final = 100  # audit lines read per worker-thread hop
-_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
-_PUBLIC: Final = frozenset({"/healthz"})  # the paths that need no token
+_MSGPACK: Final = "application/msgpack"
 _JSON: Final = "application/json"
 
 _log = logging.getLogger("castore.server")
@@ -87,115 +88,6 @@ class _Calls:
         """Wait until no call runs (at most ``timeout`` seconds); True if none does."""
         with self._idle:
             return self._idle.wait_for(lambda: self._running == 0, timeout)
-
-
-class _Metrics:
-    """Request counts and latencies per operation, in a registry of their own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "castore_requests",
-            "HTTP requests answered, by operation and status",
-            ("operation", "status"),
-            registry=self.registry,
-        )
-        self.seconds = Histogram(
-            "castore_request_seconds",
-            "Time to answer an HTTP request, by operation",
-            ("operation",),
-            registry=self.registry,
-        )
-
-    def observe(self, path: str, status: int, seconds: float) -> None:
-        """Count one answered request of ``path``."""
-        operation = operation_of(path)
-        self.requests.labels(operation, str(status)).inc()
-        self.seconds.labels(operation).observe(seconds)
-
-
-def operation_of(path: str) -> str:
-    """The metrics label of a path: the operation, ``healthz``, ``metrics`` or ``other``."""
-    name = path.removeprefix("/v1/")
-    if name != path and name in OPERATIONS:
-        return name
-    return {"/healthz": "healthz", "/metrics": "metrics"}.get(path, "other")
-
-
-class _Observe:
-    """ASGI middleware: the request id, one access-log line and the metrics of each request.
-
-    The line holds the time, method, path, status, duration and request id:
-    never a header (the token), a query string or a body (a value).
-    """
-
-    def __init__(self, app: ASGIApp, log: TextIO, metrics: _Metrics) -> None:
-        self.app, self.log, self.metrics = app, log, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status = time.perf_counter(), 500
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            seconds = time.perf_counter() - start
-            path = str(scope["path"])[:256]
-            self.metrics.observe(path, status, seconds)
-            self._write(str(scope["method"])[:16], path, status, seconds, request_id)
-
-    def _write(self, method: str, path: str, status: int, seconds: float, rid: str) -> None:
-        line = {
-            "time": rfc3339(time.time_ns()),
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "request_id": rid,
-        }
-        try:
-            self.log.write(msgspec.json.encode(line).decode("utf-8") + "\n")
-            self.log.flush()
-        except (OSError, ValueError):  # a closed or full log never fails a request
-            pass
-
-
-class _Guard:
-    """ASGI middleware: every path but ``/healthz`` needs ``Authorization: Bearer <token>``."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app, self.token = app, token.encode("utf-8")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _PUBLIC or self._allowed(scope):
-            await self.app(scope, receive, send)
-            return
-        err = ApiError("unauthorized", "missing or wrong bearer token")
-        response = _error(err, {"WWW-Authenticate": 'Bearer realm="castore"'})
-        await response(scope, receive, send)
-
-    def _allowed(self, scope: Scope) -> bool:
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        return hmac.compare_digest(given.strip(), self.token)
-
-
-def _error(err: ApiError, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(err), err.status, headers, media_type=_JSON)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -230,8 +122,9 @@ def _take(lines: Iterator[bytes]) -> bytes:
 class _Api:
     """What the endpoints share: the store, the limits and the running calls."""
 
-    def __init__(self, store: Store, timeout: float, max_body: int) -> None:
+    def __init__(self, store: Store, timeout: float, max_body: int, membership: Membership) -> None:
         self.store, self.timeout, self.max_body = store, timeout, max_body
+        self.membership = membership
         self.calls = _Calls()
         self.health_ref = store.ref("castore-healthz", scope="global")
 
@@ -240,26 +133,34 @@ class _Api:
         return await anyio.to_thread.run_sync(self.calls.run, fn, abandon_on_cancel=True)
 
     async def guarded(
-        self, work: Callable[[], Awaitable[Response]], timeout: float | None = None
+        self,
+        work: Callable[[], Awaitable[Response]],
+        timeout: float | None = None,
+        *,
+        exception: bool = False,
     ) -> Response:
-        """The response of ``work``, or the error response of what it raised, or of the timeout."""
+        """The response of ``work``, or the error response of what it raised, or of the timeout.
+
+        With ``exception`` the error names the exception to raise (the backend protocol).
+        """
         timeout = self.timeout if timeout is None else timeout
         try:
             with anyio.move_on_after(timeout):
                 return await work()
         except Exception as exc:  # noqa: BLE001  # every failure is an error response
-            err = api_error(exc)
+            err = api_error(exc, exception=exception)
             if err.code == "internal":
                 _log.error("internal error", exc_info=exc)
-            return _error(err)
+            return error_response(err)
         message = f"no answer within {timeout:g} s (a write may still be applied)"
-        return _error(ApiError("timeout", message))
+        return error_response(ApiError("timeout", message))
 
     def endpoint(self, name: str, op: Operation) -> Callable[[Request], Awaitable[Response]]:
         """The endpoint of operation ``name``."""
 
         async def work(request: Request) -> Response:
             req = _decode(name, await _read_body(request, self.max_body))
+            self.membership.check(request.headers.get(CLUSTER_HEADER), keyspace(req))
             handle = handle_for(self.store, req)
             if op.stream:
                 return await self._stream(op, handle, req)
@@ -271,6 +172,35 @@ class _Api:
             return await self.guarded(lambda: work(request))
 
         return endpoint
+
+    def backend_endpoint(
+        self, name: str, call: BackendCall
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint of backend call ``name``: MessagePack in and out, errors as JSON."""
+
+        async def work(request: Request) -> Response:
+            body = await _read_body(request, BACKEND_BODY_BYTES)
+            try:
+                req = decode_call(name, body)
+            except msgspec.DecodeError as exc:
+                raise ApiError("bad_request", f"bad request body: {exc}") from None
+            self.membership.check(request.headers.get(CLUSTER_HEADER), keyspace_of(req))
+            if call.stream:
+                items = await self.call(lambda: framed(call.run(self.store, req)))
+                return StreamingResponse(self._batches(items), media_type=_MSGPACK)
+            reply = await self.call(lambda: call.run(self.store, req))
+            return Response(msgspec.msgpack.encode(reply), media_type=_MSGPACK)
+
+        async def endpoint(request: Request) -> Response:
+            timeout = math.inf if call.maintenance else None
+            return await self.guarded(lambda: work(request), timeout, exception=True)
+
+        return endpoint
+
+    async def _batches(self, batches: Iterator[bytes]) -> AsyncIterator[bytes]:
+        """The batches of a stream, each read in a worker thread."""
+        while batch := await self.call(lambda: next(batches, b"")):
+            yield batch
 
     async def _stream(self, op: Operation, handle: Store, req: Any) -> Response:
         """A streamed answer (JSON lines): the first line read before the status is sent."""
@@ -303,15 +233,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Routing errors as JSON: no such path (404), a method it does not take (405)."""
     assert isinstance(exc, HTTPException)  # noqa: S101  # registered for HTTPException
     if exc.status_code == 404:
-        return _error(ApiError("not_found_route", f"no such path: {request.url.path}"))
+        return error_response(ApiError("not_found_route", f"no such path: {request.url.path}"))
     if exc.status_code == 405:
         err = ApiError("method_not_allowed", f"{request.method} not allowed here")
-        return _error(err, dict(exc.headers or {}))
-    return _error(ApiError("bad_request", str(exc.detail)))
+        return error_response(err, dict(exc.headers or {}))
+    return error_response(ApiError("bad_request", str(exc.detail)))
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
-    return _error(ApiError("internal", "internal server error (see the server's log)"))
+    return error_response(ApiError("internal", "internal server error (see the server's log)"))
 
 
 def create_app(
@@ -321,6 +251,7 @@ def create_app(
     request_timeout: float = REQUEST_TIMEOUT_SECONDS,
     access_log: TextIO | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    membership: Membership | None = None,
 ) -> Starlette:
     """The API over ``store``; it closes the store when it shuts down.
 
@@ -330,9 +261,10 @@ def create_app(
         request_timeout: seconds a request may take before it answers 503 ``timeout``.
         access_log: where the JSON-lines access log goes (default: stderr).
         max_body_bytes: the largest request body read (413 ``body_too_large`` above).
+        membership: the cluster this server is a member of (None: a lone server).
     """
-    api = _Api(store, request_timeout, max_body_bytes)
-    metrics = _Metrics()
+    api = _Api(store, request_timeout, max_body_bytes, membership or Membership())
+    metrics = Metrics()
 
     async def serve_metrics(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -345,12 +277,16 @@ def create_app(
 
     routes = [
         *(Route(f"/v1/{n}", api.endpoint(n, op), methods=["POST"]) for n, op in OPERATIONS.items()),
+        *(
+            Route(f"/v1/backend/{name}", api.backend_endpoint(name, call), methods=["POST"])
+            for name, call in BACKEND_CALLS.items()
+        ),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", serve_metrics, methods=["GET"]),
     ]
-    middleware = [Middleware(_Observe, log=access_log or sys.stderr, metrics=metrics)]
+    middleware = [Middleware(Observe, log=access_log or sys.stderr, metrics=metrics)]
     if token is not None:
-        middleware.append(Middleware(_Guard, token=token))
+        middleware.append(Middleware(Guard, token=token))
     handlers = {HTTPException: _http_error, Exception: _internal}
     return Starlette(
         routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan

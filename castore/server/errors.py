@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import msgspec
+from starlette.responses import Response
 
 from castore.errors import (
     ConflictError,
@@ -25,8 +26,9 @@ from castore.errors import (
     StoreUnavailableError,
     ValueTooLargeError,
 )
+from castore.wire import exception_args
 
-__all__ = ["CODES", "ApiError", "api_error", "error_body"]
+__all__ = ["CODES", "ApiError", "api_error", "error_body", "error_response"]
 
 # Every code a response may carry -> its HTTP status (docs/SERVER.md and the OpenAPI document).
 CODES: Final[dict[str, int]] = {
@@ -39,6 +41,7 @@ CODES: Final[dict[str, int]] = {
     "method_not_allowed": 405,  # e.g. GET on /v1/get
     "conflict": 409,  # expected_version or create_only did not hold
     "patch_test_failed": 409,  # a JSON Patch ``test`` operation failed
+    "misdirected": 421,  # a clustered server: another member list, or another owner
     "value_too_large": 413,  # the value is over 1 MiB (raw or normalized)
     "body_too_large": 413,  # the request body is over the limit
     "damaged": 500,  # the store holds damage that hides the answer: castore check --repair
@@ -92,13 +95,23 @@ _MAPPING: Final[tuple[tuple[type[BaseException], str], ...]] = (
 )
 
 
-def api_error(exc: BaseException) -> ApiError:
+def api_error(exc: BaseException, *, exception: bool = False) -> ApiError:
     """The error response of an exception a store call raised.
 
     castore's own errors keep their message; an ``OSError`` says only its
     ``strerror`` (no path); anything else is ``internal`` with a fixed
-    message (the server logs the exception, never the response).
+    message (the server logs the exception, never the response). With
+    ``exception``, one of castore's exceptions is also named with its
+    arguments (``exception``, ``args``), so a client raises the same one.
     """
+    err = _api_error(exc)
+    name, args = exception_args(exc) if exception else ("", [])
+    if name:
+        return ApiError(err.code, err.message, {**err.extra, "exception": name, "args": args})
+    return err
+
+
+def _api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ConflictError):
@@ -118,3 +131,8 @@ class _Body(msgspec.Struct, frozen=True):
 def error_body(err: ApiError) -> bytes:
     """The JSON body of an error response: ``{"error": {"code", "message", ...}}``."""
     return msgspec.json.encode(_Body({"code": err.code, "message": err.message, **err.extra}))
+
+
+def error_response(err: ApiError, headers: dict[str, str] | None = None) -> Response:
+    """The error response of ``err``: its status and JSON body."""
+    return Response(error_body(err), err.status, headers, media_type="application/json")

@@ -21,6 +21,8 @@ import castore
 from castore.lines import GoString, RawJSON
 from castore.server.errors import CODES
 from castore.server.operations import OPERATIONS
+from castore.server.rpc import BACKEND_CALLS
+from castore.wire import CALLS
 
 __all__ = ["openapi", "openapi_json"]
 
@@ -32,7 +34,8 @@ _SIMPLE: Final[dict[type, str]] = {
     mi.StrType: "string",
     mi.NoneType: "null",
 }
-_ERROR_STATUSES: Final = (400, 401, 404, 409, 413, 500, 503)
+_ERROR_STATUSES: Final = (400, 401, 404, 409, 413, 421, 500, 503)
+_BACKEND_STATUSES: Final = (400, 401, 409, 413, 421, 500, 503)
 
 
 def _summary(doc: str | None) -> str:
@@ -51,6 +54,8 @@ class _Schemas:
         """The schema of one type (a ``$ref`` for a struct)."""
         if type(kind) in _SIMPLE:
             return {"type": _SIMPLE[type(kind)]}
+        if isinstance(kind, mi.BytesType):
+            return {"type": "string", "contentMediaType": "application/octet-stream"}
         if isinstance(kind, mi.CustomType) and kind.cls is GoString:
             return {"type": "string"}
         if isinstance(kind, mi.AnyType | mi.RawType) or (
@@ -82,6 +87,13 @@ class _Schemas:
 
     def _object(self, info: mi.Type) -> dict[str, Any]:
         assert isinstance(info, mi.StructType)  # noqa: S101  # type_info of a struct
+        if info.array_like:  # its fields in order, as an array
+            items = [self.of(field.type) for field in info.fields]
+            return {
+                "type": "array",
+                "prefixItems": items,
+                "description": _summary(info.cls.__doc__),
+            }
         request = info.forbid_unknown_fields  # requests refuse unknown fields, lines do not
         properties: dict[str, Any] = {}
         required: list[str] = []
@@ -109,6 +121,10 @@ def _error_schema() -> dict[str, Any]:
     versions = {
         "expected_version": {"type": ["integer", "null"], "description": "conflict only"},
         "actual_version": {"type": "integer", "description": "conflict only"},
+        "cluster": {"type": "array", "items": {"type": "string"}, "description": "421 only"},
+        "owner": {"type": "string", "description": "421 only: the keyspace's owner"},
+        "exception": {"type": "string", "description": "backend protocol: the exception"},
+        "args": {"type": "array", "description": "backend protocol: its arguments"},
     }
     detail = {
         "type": "object",
@@ -151,6 +167,27 @@ def _operation(name: str, schemas: _Schemas) -> dict[str, Any]:
     }
 
 
+def _backend_operation(name: str, schemas: _Schemas) -> dict[str, Any]:
+    request, reply = CALLS[name]
+    stream = BACKEND_CALLS[name].stream
+    what = "frames, each an item of this array (castore.wire)" if stream else "the reply"
+    return {
+        "operationId": f"backend_{name}",
+        "summary": f"Backend protocol: `{name}` (an http:// store's call; MessagePack)",
+        "requestBody": {
+            "required": True,
+            "content": {"application/msgpack": {"schema": schemas.struct(request)}},
+        },
+        "responses": {
+            "200": {
+                "description": what,
+                "content": {"application/msgpack": {"schema": schemas.of(mi.type_info(reply))}},
+            },
+            **{str(s): {"$ref": f"#/components/responses/Error{s}"} for s in _BACKEND_STATUSES},
+        },
+    }
+
+
 def _plain_paths() -> dict[str, Any]:
     ok = {"application/json": {"schema": {"const": {"status": "ok"}}}}
     health = {
@@ -178,6 +215,8 @@ def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the server's routes."""
     schemas = _Schemas()
     paths = {f"/v1/{name}": {"post": _operation(name, schemas)} for name in OPERATIONS}
+    for name in CALLS:
+        paths[f"/v1/backend/{name}"] = {"post": _backend_operation(name, schemas)}
     components = {
         "schemas": {**schemas.components, "Error": _error_schema()},
         "responses": _error_responses(),

@@ -25,6 +25,7 @@ import msgspec
 
 from castore.audit import AuditRecord, audit
 from castore.edits import parse_number
+from castore.errors import InvalidRefError
 from castore.keys import resolve_namespace
 from castore.lines import encode_line
 from castore.records import Audit
@@ -42,7 +43,15 @@ from castore.results import (
 )
 from castore.store import Store
 
-__all__ = ["OPERATIONS", "Caller", "Operation", "Request", "decode_request", "handle_for"]
+__all__ = [
+    "OPERATIONS",
+    "Caller",
+    "Operation",
+    "Request",
+    "decode_request",
+    "handle_for",
+    "keyspace",
+]
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -178,6 +187,23 @@ def handle_for(store: Store, req: Request) -> Store:
     if not fields["dag_name"]:
         fields["dag_name"] = dag
     return store.for_caller(Audit(**fields), dag=dag, root_dag=req.root_dag or "")
+
+
+def keyspace(req: Request) -> tuple[str, str] | None:
+    """The (scope, namespace) a request is about; None for ``audit`` or an invalid one.
+
+    An invalid scope or namespace is refused by the call itself (``invalid_ref``).
+    """
+    if not isinstance(req, _Key | ListRequest):
+        return None
+    dag = req.dag or None
+    try:
+        namespace = resolve_namespace(
+            req.scope, req.namespace, dag=dag, root_dag=req.root_dag or dag
+        )
+    except InvalidRefError:
+        return None
+    return req.scope, namespace
 
 
 def _get(s: Store, r: GetRequest) -> bytes:

@@ -28,6 +28,7 @@ LAYERS = {
     "keys": 1,
     "records": 1,  # what every backend shares
     "urls": 0,  # store locations that are URLs: redaction
+    "cluster": 1,  # who owns a keyspace: rendezvous hashing over a member list
     "valuecodec": 1,  # how every backend packs a value (raw or zstd), verified on read
     "jsonrules": 1,
     "jsonparse": 2,
@@ -39,6 +40,7 @@ LAYERS = {
     "lines": 5,  # how results are written as JSON (Go strings, raw values)
     "results": 6,  # the result types and their lines (to_json: the CLI's bytes)
     "backend": 7,  # the contract between Store and a backend (its records, results)
+    "wire": 8,  # the backend protocol's messages (an http:// store and castore serve)
     # castore/file/: layers FILE_BASE + FILE_LAYERS[...] (10 to 19), below.
     "backends": 20,  # the registry: the only module above the band that imports it
     "history": 20,
@@ -64,13 +66,16 @@ LAYERS = {
     # castore/server/: `castore serve`, above the library; only cli.serve imports it.
     "server": 23,  # the package: a docstring
     "server.errors": 23,  # exceptions -> statuses and stable codes
+    "server.membership": 24,  # a clustered server's check of each request
     "server.operations": 24,  # the operation table (imports audit)
-    "server.app": 25,
-    "server.openapi": 25,
-    "server.run": 26,  # token, listening checks, uvicorn
-    "cli.serve": 27,
-    "cli": 28,
-    "__main__": 29,
+    "server.rpc": 24,  # the backend protocol's calls on the store's backend
+    "server.middleware": 25,  # request ids, access log, metrics, the token
+    "server.app": 26,
+    "server.openapi": 26,
+    "server.run": 27,  # token, listening checks, uvicorn
+    "cli.serve": 28,
+    "cli": 29,
+    "__main__": 30,
 }
 
 FILE_BASE = 10
@@ -129,7 +134,17 @@ POSTGRES_LAYERS = {
     "postgres.backend": 5,
 }
 assert max(POSTGRES_LAYERS.values()) < 10
-BANDS = {"file": FILE_LAYERS, "postgres": POSTGRES_LAYERS}  # each backend's own modules
+# castore/remote/: the http:// backend, a band of its own in the same layers (10 to 19).
+REMOTE_LAYERS = {
+    "remote": 0,  # the package itself
+    "remote.transport": 1,  # httpx: routing, retries, errors back into exceptions
+    "remote.backend": 2,  # the contract over the backend protocol
+}
+BANDS = {  # each backend's own modules
+    "file": FILE_LAYERS,
+    "postgres": POSTGRES_LAYERS,
+    "remote": REMOTE_LAYERS,
+}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -168,12 +183,12 @@ def layer(name: str) -> int:
                 "in tests/unit/test_layers.py (above every module it imports, below backend)"
             )
         return FILE_BASE + FILE_LAYERS[short]
-    if band_of(name) == "postgres":
-        if name not in POSTGRES_LAYERS:
-            pytest.fail(
-                f"castore/postgres/ module {name!r} has no layer: add it to POSTGRES_LAYERS"
-            )
-        return FILE_BASE + POSTGRES_LAYERS[name]
+    band = band_of(name)
+    if band in ("postgres", "remote"):
+        table = BANDS[band]
+        if name not in table:
+            pytest.fail(f"castore/{band}/ module {name!r} has no layer: add it to its band's table")
+        return FILE_BASE + table[name]
     if name not in LAYERS:
         pytest.fail(f"module {name!r} has no layer: add it to LAYERS in tests/unit/test_layers.py")
     return LAYERS[name]

@@ -249,14 +249,32 @@ def test_second_handle_sees_writes_immediately(store_location):
     assert [e.key for e in b.list().entries] == ["new"]
 
 
-@pytest.mark.parametrize("location", ["http://c", "https://c"])
-def test_a_backend_that_is_not_available_yet_is_refused(location, tmp_path, monkeypatch):
+@pytest.mark.parametrize("location", ["http://c:7070", "https://c", "http://a:1,https://b:2"])
+def test_a_coordinator_url_opens_the_remote_backend_and_touches_nothing(
+    location, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CastoreError, match="not available yet"):
-        Store(location, dag="d")
-    with pytest.raises(CastoreError, match="not available yet"):
+    store = Store(location, dag="d")  # opening connects to nothing
+    assert repr(store).endswith("backend='remote', dag='d')")
+    with pytest.raises(CastoreError, match="upgrade the server's store on the server"):
         upgrade(location)
     assert os.listdir(tmp_path) == []  # nothing was created for it
+
+
+@pytest.mark.parametrize(
+    ("location", "problem"),
+    [
+        ("http://a:1,http://A:1", "coordinator a:1 is listed twice"),
+        ("http://u:pw@a:1", "no user, query or fragment"),
+        ("http://a:1/path", "no path"),
+        ("http://:80", "use http://HOST:PORT"),
+        ("http://a:99999", "invalid coordinator URL"),
+    ],
+)
+def test_a_bad_coordinator_list_is_refused_naming_the_problem(location, problem):
+    with pytest.raises(InvalidValueError, match=problem) as info:
+        Store(location, dag="d")
+    assert "pw" not in str(info.value)
 
 
 def closed_port() -> int:

@@ -1,0 +1,139 @@
+"""Around the routes: the request id, the access log, the metrics and the bearer token.
+
+:class:`Observe` gives each request an id (``X-Request-Id``, the client's if it
+is sane), writes one JSON line to the access log and counts it in
+:class:`Metrics`; :class:`Guard` checks the bearer token, compared in
+constant time. Neither ever logs a header (the token), a query or a body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import time
+from typing import Final, TextIO
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from castore.results import rfc3339
+from castore.server.errors import ApiError, error_response
+from castore.server.operations import OPERATIONS
+from castore.wire import CALLS
+
+__all__ = ["Guard", "Metrics", "Observe", "operation_of"]
+
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+_PUBLIC: Final = frozenset({"/healthz"})  # the paths that need no token
+
+
+class Metrics:
+    """Request counts and latencies per operation, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "castore_requests",
+            "HTTP requests answered, by operation and status",
+            ("operation", "status"),
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "castore_request_seconds",
+            "Time to answer an HTTP request, by operation",
+            ("operation",),
+            registry=self.registry,
+        )
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        """Count one answered request of ``path``."""
+        operation = operation_of(path)
+        self.requests.labels(operation, str(status)).inc()
+        self.seconds.labels(operation).observe(seconds)
+
+
+def operation_of(path: str) -> str:
+    """The metrics label of a path: an operation, ``backend.<call>``, ``healthz``, ``metrics``."""
+    name = path.removeprefix("/v1/")
+    if name != path and name in OPERATIONS:
+        return name
+    call = path.removeprefix("/v1/backend/")
+    if call != path and call in CALLS:
+        return f"backend.{call}"
+    return {"/healthz": "healthz", "/metrics": "metrics"}.get(path, "other")
+
+
+class Observe:
+    """ASGI middleware: the request id, one access-log line and the metrics of each request.
+
+    The line holds the time, method, path, status, duration and request id:
+    never a header (the token), a query string or a body (a value).
+    """
+
+    def __init__(self, app: ASGIApp, log: TextIO, metrics: Metrics) -> None:
+        self.app, self.log, self.metrics = app, log, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request (ASGI), then log and count it."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - start
+            path = str(scope["path"])[:256]
+            self.metrics.observe(path, status, seconds)
+            self._write(str(scope["method"])[:16], path, status, seconds, request_id)
+
+    def _write(self, method: str, path: str, status: int, seconds: float, rid: str) -> None:
+        line = {
+            "time": rfc3339(time.time_ns()),
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "request_id": rid,
+        }
+        try:
+            self.log.write(msgspec.json.encode(line).decode("utf-8") + "\n")
+            self.log.flush()
+        except (OSError, ValueError):  # a closed or full log never fails a request
+            pass
+
+
+class Guard:
+    """ASGI middleware: every path but ``/healthz`` needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.token = app, token.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request (ASGI) if it needs no token or has the right one, else 401."""
+        if scope["type"] != "http" or scope["path"] in _PUBLIC or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        err = ApiError("unauthorized", "missing or wrong bearer token")
+        response = error_response(err, {"WWW-Authenticate": 'Bearer realm="castore"'})
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(given.strip(), self.token)

@@ -1,0 +1,297 @@
+"""The backend protocol over HTTP: the messages between an ``http://`` store and ``castore serve``.
+
+A store whose location is a coordinator's URL talks to it through the
+:class:`~castore.backend.Backend` contract, one call per request:
+``POST /v1/backend/<call>`` with a MessagePack body (one struct of
+:data:`CALLS`), answered with MessagePack (the call's reply type). Entries,
+audit records and reports travel as the structs every backend returns, so a
+remote store answers exactly as a local one (docs/SERVER.md, "The backend
+protocol").
+
+A write is optimistic: the client reads the newest entry, runs the write's
+decision itself and sends what it appends, with the version it decided on
+(:class:`Append`); the server appends only if that is still the newest
+version, under the ref's lock, else answers :data:`STALE` with the new
+newest entry. Every append carries a request id, stored in the audit record
+of the versions it writes, so a retried append whose first attempt was
+applied is recognized and answered as :data:`APPLIED` (never written twice).
+
+Errors are JSON bodies, as for every endpoint, with the exception's class and
+constructor arguments, so the client raises the same exception
+(:func:`exception_of`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from castore import errors
+from castore.backend import NewVersion
+from castore.keys import Ref
+from castore.records import Audit, Entry
+from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
+from castore.results import ListEntry
+
+__all__ = [
+    "APPLIED",
+    "CALLS",
+    "CLUSTER_HEADER",
+    "FRAME_END",
+    "FRAME_ERROR",
+    "FRAME_ITEM",
+    "RETRY_WINDOW",
+    "STALE",
+    "WRITTEN",
+    "Append",
+    "AppendReply",
+    "Misdirected",
+    "WireError",
+    "WireVersion",
+    "exception_args",
+    "exception_of",
+    "frame",
+    "from_wire",
+    "to_wire",
+]
+
+CLUSTER_HEADER: Final = "castore-cluster"  # the digest of the client's member list
+RETRY_WINDOW: Final = 64  # a retried append is found among this many newest versions
+
+# A streamed reply is a sequence of frames: kind (1 byte), length (4 bytes, big-endian), payload.
+FRAME_ITEM: Final = b"i"  # one item, MessagePack
+FRAME_ERROR: Final = b"e"  # the error that ended the stream, a JSON error body
+FRAME_END: Final = b"z"  # the stream is complete (without it, it was cut)
+
+WRITTEN: Final = "written"  # appended now
+APPLIED: Final = "applied"  # a retry of an append that was applied before: not appended again
+STALE: Final = "stale"  # the newest version is not the one the decision saw: decide again
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A request of the backend protocol."""
+
+
+class RefCall(_Msg, frozen=True, kw_only=True):
+    """A call about one ref: ``current``, ``exists``, ``iter_versions``."""
+
+    scope: str
+    namespace: str
+    key: str
+
+    @property
+    def ref(self) -> Ref:
+        """The ref, as a :class:`~castore.keys.Ref`; validated by the server before use."""
+        return Ref(self.scope, self.namespace, self.key)
+
+
+class WireVersion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A :class:`~castore.backend.NewVersion` without its location hint (a server-side detail)."""
+
+    op: str
+    normalized: bytes | None
+    digest_hex: str
+    audit: Audit
+    version: int = 0
+    time_ns: int = 0
+    created_ns: int = 0
+    damaged_from: int = 0
+
+
+class Append(RefCall, frozen=True, kw_only=True):
+    """Append ``versions`` if the newest version is still ``expect`` (0: none)."""
+
+    expect: int
+    versions: list[WireVersion]
+    request_id: str
+    retry: bool = False  # a resend: look for ``request_id`` first
+
+
+class Replace(RefCall, frozen=True, kw_only=True):
+    """Replace the ref's whole history (an import's overwrite)."""
+
+    versions: list[WireVersion]
+
+
+class VersionCall(RefCall, frozen=True, kw_only=True):
+    """``version``: one version's entry and value."""
+
+    version: int
+
+
+class HistoryCall(RefCall, frozen=True, kw_only=True):
+    """``history``: entries below ``before``, newest first, at most ``limit`` (0: all)."""
+
+    before: int
+    limit: int
+
+
+class NamespaceCall(_Msg, frozen=True, kw_only=True):
+    """A call about one namespace: ``keys``, ``listing``, ``remember``."""
+
+    scope: str
+    namespace: str
+    prefix: str = ""
+    verify: bool = False
+    keys: list[str] = []
+
+
+class ScopeCall(_Msg, frozen=True, kw_only=True):
+    """``namespaces``: the namespaces of a scope."""
+
+    scope: str
+
+
+class CheckCall(_Msg, frozen=True, kw_only=True):
+    """``check``: verify everything; ``repair`` what can be repaired."""
+
+    repair: bool = False
+
+
+class GCCall(_Msg, frozen=True, kw_only=True):
+    """``collect_garbage``."""
+
+    grace_seconds: float
+    dry_run: bool = False
+
+
+class CompactCall(_Msg, frozen=True, kw_only=True):
+    """``compact`` by ``retention``."""
+
+    retention: Retention
+    dry_run: bool = False
+
+
+class NoArgs(_Msg, frozen=True, kw_only=True):
+    """A call without arguments (``stats``)."""
+
+
+class EntryValue(msgspec.Struct, frozen=True, array_like=True):
+    """An entry and its value (``current``, ``version``, a stream of ``iter_versions``)."""
+
+    entry: Entry | None
+    value: bytes | None
+
+
+class AppendReply(msgspec.Struct, frozen=True, kw_only=True):
+    """What an :class:`Append` did: :data:`WRITTEN`, :data:`APPLIED` or :data:`STALE`.
+
+    ``previous`` is the newest entry before the write (for :data:`STALE`: the
+    newest entry now, with its ``value``); ``written`` what the write appended.
+    """
+
+    status: str
+    previous: Entry | None
+    written: list[Entry] = []
+    value: bytes | None = None
+
+
+class Misdirected(msgspec.Struct, frozen=True, kw_only=True):
+    """A 421 answer: the server's member list and the keyspace's owner under it."""
+
+    code: str
+    message: str
+    cluster: list[str]
+    owner: str = ""
+
+
+class WireError(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``error`` member of an error body: the stable code, and the exception to raise."""
+
+    code: str
+    message: str
+    exception: str = ""
+    args: list[Any] = []
+
+
+# call name -> (request type, reply type); the server's routes and the client's calls.
+CALLS: Final[dict[str, tuple[type[_Msg], Any]]] = {
+    "current": (RefCall, EntryValue),
+    "append": (Append, AppendReply),
+    "replace": (Replace, list[Entry]),
+    "exists": (RefCall, bool),
+    "keys": (NamespaceCall, list[str]),
+    "namespaces": (ScopeCall, list[str]),
+    "listing": (NamespaceCall, dict[str, ListEntry | None]),
+    "remember": (NamespaceCall, None),
+    "version": (VersionCall, EntryValue),
+    "history": (HistoryCall, list[Entry]),
+    "iter_versions": (RefCall, list[EntryValue]),  # streamed: one EntryValue per frame
+    "check": (CheckCall, CheckReport),
+    "collect_garbage": (GCCall, GCReport),
+    "compact": (CompactCall, CompactReport),
+    "stats": (NoArgs, StoreStats),
+}
+
+
+def to_wire(new: NewVersion) -> WireVersion:
+    """``new`` as it travels (its hint, a location in the client's view, is dropped)."""
+    return WireVersion(
+        op=new.op,
+        normalized=new.normalized,
+        digest_hex=new.digest_hex,
+        audit=new.audit,
+        version=new.version,
+        time_ns=new.time_ns,
+        created_ns=new.created_ns,
+        damaged_from=new.damaged_from,
+    )
+
+
+def from_wire(version: WireVersion) -> NewVersion:
+    """The :class:`~castore.backend.NewVersion` a :class:`WireVersion` stands for."""
+    return NewVersion(
+        version.op,
+        version.normalized,
+        version.digest_hex,
+        version.audit,
+        None,
+        version.version,
+        version.time_ns,
+        version.created_ns,
+        version.damaged_from,
+    )
+
+
+# The exceptions a server may send back by name, rebuilt from their arguments.
+_EXCEPTIONS: Final[dict[str, type[errors.CastoreError]]] = {
+    name: getattr(errors, name)
+    for name in errors.__all__
+    if name not in ("CastoreError", "BackendUnavailableError")
+}
+_PLAIN: Final = (str, int, float, bool, type(None))
+
+
+def exception_args(exc: BaseException) -> tuple[str, list[Any]]:
+    """The class name and constructor arguments of one of castore's exceptions ("" otherwise).
+
+    They are the arguments pickling rebuilds it from (``__reduce__``: every
+    castore exception survives pickling, castore.errors), so the client
+    raises the same exception with the same message.
+    """
+    name = type(exc).__name__
+    if _EXCEPTIONS.get(name) is not type(exc):
+        return "", []
+    args = exc.__reduce__()[1]
+    if isinstance(args, tuple) and all(isinstance(a, _PLAIN) for a in args):
+        return name, list(args)
+    return "", []
+
+
+def exception_of(error: WireError) -> errors.CastoreError | None:
+    """The exception an error body names, rebuilt; None if it names none (or a bad one)."""
+    kind = _EXCEPTIONS.get(error.exception)
+    if kind is None:
+        return None
+    try:
+        exc = kind(*error.args)
+        str(exc)  # a message that cannot be made is no exception to raise
+    except Exception:  # noqa: BLE001  # arguments from the network: any failure means "none"
+        return None
+    return exc
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    """One frame of a streamed reply."""
+    return kind + len(payload).to_bytes(4, "big") + payload
