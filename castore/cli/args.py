@@ -162,6 +162,8 @@ def _serve(cmd: _Parser) -> None:
     cmd.add_argument("--request-timeout", type=float, help="seconds per request (default 30)")
     cmd.add_argument("--shutdown-timeout", type=float, help="seconds to finish on SIGTERM (60)")
     cmd.add_argument("--access-log", help="append the JSON-lines access log here (stderr)")
+    cmd.add_argument("--cluster", help="URL,URL,...: every coordinator of the cluster")
+    cmd.add_argument("--self", dest="self_url", help="this server's URL in --cluster")
     cmd.add_argument("--openapi", action="store_true", help="print the OpenAPI document")
 
 

@@ -41,6 +41,8 @@ def _serve(cmd: Invocation) -> Iterator[bytes]:
         "listen": a.listen,
         "request_timeout": a.request_timeout,
         "shutdown_timeout": a.shutdown_timeout,
+        "cluster": a.cluster,
+        "self_url": a.self_url,
     }
     try:
         run_server(

@@ -45,7 +45,7 @@ from castore.wire import (
 
 __all__ = ["ATTEMPTS", "REDIRECTS", "Transport"]
 
-ATTEMPTS: Final = 6  # tries of one call when its connection fails
+ATTEMPTS: Final = 8  # tries of one call when its connection fails (about 5 s in all)
 REDIRECTS: Final = 3  # 421 answers followed by one call
 _PAUSE: Final = 0.05  # the first pause between tries, doubled each time (at most 2 s)
 _CONNECT_SECONDS: Final = 5.0

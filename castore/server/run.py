@@ -25,8 +25,10 @@ from typing import Final, TextIO
 import msgspec
 import uvicorn
 
+from castore.cluster import Cluster, parse_members
 from castore.results import rfc3339
 from castore.server.app import REQUEST_TIMEOUT_SECONDS, create_app
+from castore.server.membership import Membership
 from castore.store import Store
 from castore.urls import redacted
 
@@ -147,6 +149,22 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _membership(cluster: str | None, self_url: str | None) -> Membership:
+    """The cluster of ``--cluster`` and ``--self`` (both or neither).
+
+    Raises:
+        ServeError: only one of them, a bad URL, or ``--self`` not in the list.
+    """
+    if cluster is None and self_url is None:
+        return Membership()
+    if cluster is None or self_url is None:
+        raise ServeError("--cluster and --self go together")
+    try:
+        return Membership(Cluster(parse_members(cluster)), parse_members(self_url)[0])
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     """SIGTERM after uvicorn's graceful shutdown (it raises the signal again): exit 0."""
     raise SystemExit(0)
@@ -160,8 +178,14 @@ def run_server(
     request_timeout: float = REQUEST_TIMEOUT_SECONDS,
     access_log: str | None = None,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT_SECONDS,
+    cluster: str | None = None,
+    self_url: str | None = None,
 ) -> None:
     """Serve ``store`` until SIGTERM or SIGINT (what ``castore serve`` runs).
+
+    With ``cluster`` (comma-separated URLs) and ``self_url`` (this server's
+    URL in it), the server serves only the keyspaces it owns under that list,
+    to clients with the same list (:mod:`castore.server.membership`).
 
     Writes one JSON line to stderr when listening (``{"event":"listening","url":…}``),
     then the access log (to ``access_log``, a file appended to, else stderr).
@@ -172,10 +196,13 @@ def run_server(
     """
     if request_timeout <= 0 or shutdown_timeout <= 0:
         raise ServeError("--request-timeout and --shutdown-timeout must be positive")
+    membership = _membership(cluster, self_url)
     token = load_token(token_file)
     sock = bind(*parse_listen(listen), token)
     log: TextIO = open(access_log, "a", encoding="utf-8") if access_log else sys.stderr  # noqa: SIM115
-    app = create_app(store, token, request_timeout=request_timeout, access_log=log)
+    app = create_app(
+        store, token, request_timeout=request_timeout, access_log=log, membership=membership
+    )
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -191,6 +218,9 @@ def run_server(
         "store": redacted(store.root),
         "auth": token is not None,
     }
+    if membership.cluster is not None:
+        start["cluster"] = membership.cluster.members
+        start["digest"] = membership.cluster.digest
     sys.stderr.write(msgspec.json.encode(start).decode("utf-8") + "\n")
     sys.stderr.flush()
     signal.signal(signal.SIGTERM, _stop)
