@@ -83,6 +83,7 @@ class Transport:
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self._pid = 0
+        self._tls = False
         self._decoders = {name: msgspec.msgpack.Decoder(CALLS[name][1]) for name in CALLS}
 
     @property
@@ -92,10 +93,15 @@ class Transport:
 
     def _http(self) -> httpx.Client:
         with self._lock:
-            if self._client is None or self._pid != os.getpid():
-                # a forked child never uses its parent's connections (nor closes them)
-                self._client = httpx.Client(timeout=self._timeout, headers=self._headers)
-                self._pid = os.getpid()
+            tls = any(url.startswith("https://") for url in self._cluster.members)
+            if self._client is None or self._pid != os.getpid() or tls != self._tls:
+                # A forked child never uses its parent's connections (nor closes them).
+                # Without an https:// member no TLS is spoken, so no CA bundle is loaded
+                # (40 ms of a command's start); one appears (a 421's list): a new client.
+                self._client = httpx.Client(
+                    timeout=self._timeout, headers=self._headers, verify=tls
+                )
+                self._pid, self._tls = os.getpid(), tls
             return self._client
 
     def close(self) -> None:
