@@ -19,7 +19,7 @@ import msgspec
 
 from castore import codec
 from castore.backend import LogView, NewVersion
-from castore.errors import InvalidValueError
+from castore.errors import InvalidRefError, InvalidValueError
 from castore.keys import Ref, resolve_namespace, validate_prefix, validate_scope
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Entry
 from castore.server.errors import api_error, error_body
@@ -80,6 +80,11 @@ def _checked(version: WireVersion) -> NewVersion:
     return from_wire(version)
 
 
+def _stamped(new: NewVersion, request_id: str) -> NewVersion:
+    """``new`` with ``request_id`` in its audit record (how a resend is recognized)."""
+    return new._replace(audit=msgspec.structs.replace(new.audit, request_id=request_id))
+
+
 def _applied(previous: Entry, view: LogView, request_id: str) -> list[Entry]:
     """The versions of ``request_id`` among the newest :data:`RETRY_WINDOW`, oldest first."""
     found: list[Entry] = []
@@ -95,7 +100,8 @@ def _applied(previous: Entry, view: LogView, request_id: str) -> list[Entry]:
 def append(store: Store, call: Append) -> AppendReply:
     """Append ``call.versions`` if the newest version is ``call.expect``; once per request id."""
     ref = _ref(store, call)
-    versions = [_checked(v) for v in call.versions]
+    # The request id goes into each version's audit record, whatever the client put there.
+    versions = [_stamped(_checked(v), call.request_id) for v in call.versions]
     if not versions or not call.request_id:
         raise InvalidValueError("an append needs versions and a request id")
     outcome: list[AppendReply] = []
@@ -210,10 +216,16 @@ def decode_call(name: str, body: bytes) -> Any:
 
 
 def keyspace_of(call: Any) -> tuple[str, str] | None:
-    """The (scope, namespace) a call is about; None for a store-wide call."""
-    if isinstance(call, RefCall | NamespaceCall):
-        return call.scope, call.namespace
-    return None
+    """The (scope, namespace) a call reads or writes, resolved as the call resolves it.
+
+    None for a store-wide call, or for names the call itself refuses (``invalid_ref``).
+    """
+    if not isinstance(call, RefCall | NamespaceCall):
+        return None
+    try:
+        return call.scope, resolve_namespace(call.scope, call.namespace, dag=None, root_dag=None)
+    except InvalidRefError:
+        return None
 
 
 def framed(items: Iterator[Any], batch: int = 64) -> Iterator[bytes]:
