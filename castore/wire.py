@@ -23,13 +23,12 @@ constructor arguments, so the client raises the same exception
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
 from castore import errors
 from castore.backend import NewVersion
-from castore.keys import Ref
 from castore.records import Audit, Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 from castore.results import ListEntry
@@ -41,11 +40,13 @@ __all__ = [
     "FRAME_END",
     "FRAME_ERROR",
     "FRAME_ITEM",
+    "MEMBERS_HEADER",
     "RETRY_WINDOW",
     "STALE",
     "WRITTEN",
     "Append",
     "AppendReply",
+    "Call",
     "Misdirected",
     "WireError",
     "WireVersion",
@@ -57,6 +58,7 @@ __all__ = [
 ]
 
 CLUSTER_HEADER: Final = "castore-cluster"  # the digest of the client's member list
+MEMBERS_HEADER: Final = "castore-members"  # how many members the client's list has
 RETRY_WINDOW: Final = 64  # a retried append is found among this many newest versions
 
 # A streamed reply is a sequence of frames: kind (1 byte), length (4 bytes, big-endian), payload.
@@ -80,11 +82,6 @@ class RefCall(_Msg, frozen=True, kw_only=True):
     namespace: str
     key: str
 
-    @property
-    def ref(self) -> Ref:
-        """The ref, as a :class:`~castore.keys.Ref`; validated by the server before use."""
-        return Ref(self.scope, self.namespace, self.key)
-
 
 class WireVersion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A :class:`~castore.backend.NewVersion` without its location hint (a server-side detail)."""
@@ -100,9 +97,16 @@ class WireVersion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class Append(RefCall, frozen=True, kw_only=True):
-    """Append ``versions`` if the newest version is still ``expect`` (0: none)."""
+    """Append ``versions`` if the newest entry is still the one the decision saw.
+
+    The newest entry is named by its version, time and hash (``expect`` 0: no
+    entry), so an entry of the same number with other content (an import's
+    overwrite, another store's copy) never passes for it.
+    """
 
     expect: int
+    expect_time_ns: int = 0
+    expect_hash: str = ""
     versions: list[WireVersion]
     request_id: str
     retry: bool = False  # a resend: look for ``request_id`` first
@@ -178,13 +182,12 @@ class AppendReply(msgspec.Struct, frozen=True, kw_only=True):
     """What an :class:`Append` did: :data:`WRITTEN`, :data:`APPLIED` or :data:`STALE`.
 
     ``previous`` is the newest entry before the write (for :data:`STALE`: the
-    newest entry now, with its ``value``); ``written`` what the write appended.
+    newest entry now); ``written`` what the write appended.
     """
 
     status: str
     previous: Entry | None
     written: list[Entry] = []
-    value: bytes | None = None
 
 
 class Misdirected(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,23 +208,38 @@ class WireError(msgspec.Struct, frozen=True, kw_only=True):
     args: list[Any] = []
 
 
-# call name -> (request type, reply type); the server's routes and the client's calls.
-CALLS: Final[dict[str, tuple[type[_Msg], Any]]] = {
-    "current": (RefCall, EntryValue),
-    "append": (Append, AppendReply),
-    "replace": (Replace, list[Entry]),
-    "exists": (RefCall, bool),
-    "keys": (NamespaceCall, list[str]),
-    "namespaces": (ScopeCall, list[str]),
-    "listing": (NamespaceCall, dict[str, ListEntry | None]),
-    "remember": (NamespaceCall, None),
-    "version": (VersionCall, EntryValue),
-    "history": (HistoryCall, list[Entry]),
-    "iter_versions": (RefCall, list[EntryValue]),  # streamed: one EntryValue per frame
-    "check": (CheckCall, CheckReport),
-    "collect_garbage": (GCCall, GCReport),
-    "compact": (CompactCall, CompactReport),
-    "stats": (NoArgs, StoreStats),
+class Call(NamedTuple):
+    """One call of the protocol: its request and reply types, and how it may be sent.
+
+    ``resend``: safe to send again when its answer was lost (a read, or an
+    append, which the server recognizes). ``store_wide``: about the whole store
+    (no keyspace): sent to one member, with no time limit when ``maintenance``.
+    """
+
+    request: type[_Msg]
+    reply: Any
+    resend: bool = True
+    store_wide: bool = False
+    maintenance: bool = False
+
+
+# call name -> its Call; the server's routes and the client's calls.
+CALLS: Final[dict[str, Call]] = {
+    "current": Call(RefCall, EntryValue),
+    "append": Call(Append, AppendReply),
+    "replace": Call(Replace, list[Entry], resend=False),
+    "exists": Call(RefCall, bool),
+    "keys": Call(NamespaceCall, list[str]),
+    "namespaces": Call(ScopeCall, list[str], store_wide=True),
+    "listing": Call(NamespaceCall, dict[str, ListEntry | None]),
+    "remember": Call(NamespaceCall, None),
+    "version": Call(VersionCall, EntryValue),
+    "history": Call(HistoryCall, list[Entry]),
+    "iter_versions": Call(RefCall, list[EntryValue]),  # streamed: one EntryValue per frame
+    "check": Call(CheckCall, CheckReport, store_wide=True, maintenance=True),
+    "collect_garbage": Call(GCCall, GCReport, resend=False, store_wide=True, maintenance=True),
+    "compact": Call(CompactCall, CompactReport, resend=False, store_wide=True, maintenance=True),
+    "stats": Call(NoArgs, StoreStats, store_wide=True, maintenance=True),
 }
 
 

@@ -12,23 +12,33 @@ unchanged, and runs exactly once against the version it is applied to.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import secrets
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 
 import msgspec
 
 from castore.backend import Current, Decide, NewVersion, Progress, newest_first
 from castore.cluster import parse_members
-from castore.errors import InvalidValueError, LockTimeoutError
+from castore.errors import (
+    CorruptionError,
+    InvalidValueError,
+    LockTimeoutError,
+    StoreUnavailableError,
+)
 from castore.keys import Ref
 from castore.records import BlobLoc, Entry
-from castore.remote.transport import Transport
+from castore.remote.transport import Rerouted, Transport
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 from castore.results import ListEntry
 from castore.wire import (
+    APPLIED,
     STALE,
+    WRITTEN,
     Append,
     CheckCall,
     CompactCall,
@@ -46,6 +56,8 @@ from castore.wire import (
 __all__ = ["RemoteBackend"]
 
 _MAX_PAGE = 256  # entries per history call of an iteration
+_NEWEST = 2**62  # "below this version": the newest entry of any ref
+_MAX_VERSION = 2**63 - 1  # no backend stores a larger version (nor can the protocol carry one)
 
 
 def _call(ref: Ref) -> RefCall:
@@ -53,13 +65,19 @@ def _call(ref: Ref) -> RefCall:
 
 
 class _RemoteView:
-    """What a decision reads of its ref: the newest value it was given, the rest on demand."""
+    """What a decision reads of its ref: the newest value (read when asked), the rest on demand."""
 
-    def __init__(self, backend: RemoteBackend, ref: Ref, newest: bytes | None) -> None:
-        self._backend, self._ref, self._newest = backend, ref, newest
+    def __init__(
+        self, backend: RemoteBackend, ref: Ref, newest: Entry | None, value: bytes | None
+    ) -> None:
+        self._backend, self._ref, self._newest, self._value = backend, ref, newest, value
 
     def value(self) -> bytes | None:
-        return self._newest
+        if self._newest is None or not self._newest.live:
+            return None
+        if self._value is None:  # read only when a decision asks: a damaged value raises here
+            self._value = self._backend.version(self._ref, self._newest.version)[1]
+        return self._value
 
     def entry_at(self, version: int) -> Entry | None:
         page = self._backend.history(self._ref, version + 1, 1)
@@ -91,7 +109,9 @@ class RemoteBackend:
         token = os.environ.get("CASTORE_TOKEN") or None
         self._lock_timeout = lock_timeout
         self._transport = Transport(members, token, read_timeout=lock_timeout + 30.0)
-        self._clustered = len(members) > 1
+        self._members = members  # as given: maintenance goes to the one URL named
+        # A handle dropped without close() closes its connections when collected.
+        weakref.finalize(self, self._transport.close)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -106,12 +126,15 @@ class RemoteBackend:
 
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
         """The entry of ``version`` and its value."""
+        if version > _MAX_VERSION:
+            return None, None  # never stored: not found, as locally
         call = VersionCall(scope=ref.scope, namespace=ref.namespace, key=ref.key, version=version)
         reply = self._transport.call("version", call, ref[:2])
         return reply.entry, reply.value
 
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
         """Entries below ``before``, newest first, at most ``limit`` (0 = all)."""
+        before, limit = min(before, _MAX_VERSION + 1), min(limit, _MAX_VERSION)  # same answer
         call = HistoryCall(
             scope=ref.scope, namespace=ref.namespace, key=ref.key, before=before, limit=limit
         )
@@ -136,9 +159,7 @@ class RemoteBackend:
         """Namespaces of ``scope`` holding a key, on every member of a cluster."""
         found: set[str] = set()
         for member in self._transport.members:
-            found.update(
-                self._transport.call("namespaces", ScopeCall(scope=scope), None, to=member)
-            )
+            found.update(self._transport.call("namespaces", ScopeCall(scope=scope), member))
         return sorted(found, key=lambda name: name.encode("utf-8", "surrogatepass"))
 
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
@@ -153,38 +174,47 @@ class RemoteBackend:
 
     # -- writes ------------------------------------------------------------------------
 
+    def _newest(self, ref: Ref) -> tuple[Entry | None, bytes | None]:
+        """The newest entry and, when it can be read, its value (a write needs only the entry)."""
+        try:
+            current = self.current(ref)
+        except CorruptionError:  # a damaged newest value: a set or delete still writes
+            page = self.history(ref, _NEWEST, 1)
+            return (page[0] if page else None), None
+        return current.entry, current.value
+
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         """Run ``decide`` on the newest entry; append what it returns if that is still newest.
 
         Raises:
             LockTimeoutError: other writes kept coming first for the lock timeout.
         """
-        current = self.current(ref)
-        entry, value = current.entry, current.value
+        entry, value = self._newest(ref)
         deadline = time.monotonic() + self._lock_timeout
-        while True:
-            decided = decide(entry, _RemoteView(self, ref, value if entry and entry.live else None))
-            if decided is None:
-                return entry, []
-            news = decided if isinstance(decided, list) else [decided]
+        for attempt in itertools.count():
+            decided = decide(entry, _RemoteView(self, ref, entry, value))
+            news = [] if decided is None else decided if isinstance(decided, list) else [decided]
             if not news:
                 return entry, []
-            request_id = secrets.token_hex(16)
-            append = Append(
-                scope=ref.scope,
-                namespace=ref.namespace,
-                key=ref.key,
-                expect=entry.version if entry is not None else 0,
-                versions=[to_wire(_with_id(new, request_id)) for new in news],
-                request_id=request_id,
-            )
-            resend = msgspec.structs.replace(append, retry=True)
-            reply = self._transport.call("append", append, ref[:2], resend=resend)
-            if reply.status != STALE:
+            append = _append(ref, entry, news)
+            try:
+                reply = self._transport.call(
+                    "append", append, ref[:2], msgspec.structs.replace(append, retry=True)
+                )
+            except Rerouted:  # another member owns it: decide again on its newest entry
+                entry, value = self._newest(ref)
+                continue
+            if reply.status in (WRITTEN, APPLIED):
                 return reply.previous, list(reply.written)
+            if reply.status != STALE:
+                raise StoreUnavailableError(
+                    f"castore server: unknown append status {reply.status!r}"
+                )
             if time.monotonic() > deadline:
                 raise LockTimeoutError(str(ref), self._lock_timeout)
-            entry, value = reply.previous, reply.value
+            time.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.05)))  # noqa: S311  # jitter
+            entry, value = reply.previous, None
+        raise AssertionError("unreachable")
 
     def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
         """Replace ``ref``'s whole history (an import's overwrite)."""
@@ -195,11 +225,12 @@ class RemoteBackend:
     # -- maintenance: the server's own store ---------------------------------------------
 
     def _maintenance(self, name: str, call: object) -> object:
-        if self._clustered:
+        """Run maintenance on the store of the one coordinator the location named."""
+        if len(self._members) > 1:
             raise InvalidValueError(
                 f"{name} runs on one coordinator's store: give one URL, not a cluster's list"
             )
-        return self._transport.call(name, call, None)
+        return self._transport.call(name, call, self._members[0])
 
     def check(self, *, repair: bool, progress: Progress | None) -> CheckReport:
         """The server's check of its store."""
@@ -236,6 +267,16 @@ class RemoteBackend:
         self._transport.close()
 
 
-def _with_id(new: NewVersion, request_id: str) -> NewVersion:
-    """``new`` with ``request_id`` in its audit record (how a retry is recognized)."""
-    return new._replace(audit=msgspec.structs.replace(new.audit, request_id=request_id))
+def _append(ref: Ref, newest: Entry | None, news: list[NewVersion]) -> Append:
+    """The append of ``news`` after ``newest`` (named by version, time and hash)."""
+    request_id = secrets.token_hex(16)
+    return Append(
+        scope=ref.scope,
+        namespace=ref.namespace,
+        key=ref.key,
+        expect=newest.version if newest is not None else 0,
+        expect_time_ns=newest.time_ns if newest is not None else 0,
+        expect_hash=newest.hash if newest is not None else "",
+        versions=[to_wire(new) for new in news],
+        request_id=request_id,
+    )

@@ -1,19 +1,24 @@
 """Calls of the backend protocol over HTTP: routing, retries, errors back into exceptions.
 
 One :class:`Transport` per store handle holds an httpx client (keep-alive
-connections, shared by threads; a forked child makes its own). A call goes to
-the member that owns its keyspace (:class:`~castore.cluster.Cluster`), with
-the digest of the member list in the ``Castore-Cluster`` header:
+connections, shared by threads; a forked child makes its own). A call about a
+keyspace goes to the member that owns it (:class:`~castore.cluster.Cluster`),
+with the digest and length of the member list in the ``Castore-Cluster`` and
+``Castore-Members`` headers; a store-wide call goes to the member it names.
 
-* a connection that could not be made is retried (the request was not sent),
-  up to :data:`ATTEMPTS` times with a growing pause;
-* a connection lost after the request was sent is retried only for a call
-  that is safe to resend (reads, and appends, which carry a request id);
-  otherwise :class:`~castore.errors.StoreUnavailableError` says the call may
-  or may not have been applied;
-* 421 ``misdirected``: the server's member list is taken, and the call sent
-  to the owner under it (at most :data:`REDIRECTS` times);
-* an error body names the exception to raise (:func:`castore.wire.exception_of`).
+* A connection that could not be made is retried (the request was not sent),
+  :data:`ATTEMPTS` times in all with a growing pause (about 5 s).
+* A connection lost after the request was sent is retried only for a call
+  that is safe to send again (reads, and appends, which the server
+  recognizes by their request id); otherwise, and when the tries run out
+  after a write was sent, :class:`~castore.errors.StoreUnavailableError`
+  says it may or may not have been applied.
+* 421 ``misdirected``: the member list the server answers with is taken (only
+  from a server in it, never moving a member from https to http) and the call
+  sent to the owner under it, at most :data:`REDIRECTS` times; an append is
+  not resent but raises :class:`Rerouted`, so its write decides again on the
+  new owner's newest entry.
+* An error body names the exception to raise (:func:`castore.wire.exception_of`).
 
 Neither the token nor a value ever appears in an error.
 """
@@ -29,32 +34,34 @@ from typing import Any, Final
 import httpx
 import msgspec
 
-from castore.cluster import Cluster
-from castore.errors import CastoreError, StoreUnavailableError
-from castore.urls import redacted
+from castore.cluster import Cluster, member_key
+from castore.errors import CastoreError, InvalidValueError, StoreUnavailableError
 from castore.wire import (
     CALLS,
     CLUSTER_HEADER,
     FRAME_END,
     FRAME_ERROR,
     FRAME_ITEM,
+    MEMBERS_HEADER,
     Misdirected,
     WireError,
     exception_of,
 )
 
-__all__ = ["ATTEMPTS", "REDIRECTS", "Transport"]
+__all__ = ["ATTEMPTS", "REDIRECTS", "Rerouted", "Transport"]
 
 ATTEMPTS: Final = 8  # tries of one call when its connection fails (about 5 s in all)
 REDIRECTS: Final = 3  # 421 answers followed by one call
 _PAUSE: Final = 0.05  # the first pause between tries, doubled each time (at most 2 s)
 _CONNECT_SECONDS: Final = 5.0
 _MSGPACK: Final = "application/msgpack"
-_MAINTENANCE: Final = frozenset({"check", "collect_garbage", "compact", "stats"})
-_SAFE: Final = frozenset(
-    {"current", "append", "exists", "keys", "namespaces", "listing", "remember", "version"}
-    | {"history", "iter_versions", "stats", "check"}
-)
+_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_NEVER_SENDABLE: Final = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
+_WRITES: Final = frozenset({"append", "replace", "check", "collect_garbage", "compact"})
+
+
+class Rerouted(Exception):  # noqa: N818  # a signal, not an error: the write decides again
+    """An append went to a server that does not own its keyspace; the list was updated."""
 
 
 class _Body(msgspec.Struct, frozen=True):
@@ -65,18 +72,33 @@ class _Misdirected(msgspec.Struct, frozen=True):
     error: Misdirected
 
 
+def _checked_token(token: str | None) -> str | None:
+    """``$CASTORE_TOKEN`` as a header can carry it: printable ASCII without spaces.
+
+    Raises:
+        InvalidValueError: anything else (the token itself is never shown).
+    """
+    if token and not (token.isascii() and token.isprintable() and " " not in token):
+        raise InvalidValueError("$CASTORE_TOKEN must be printable ASCII without spaces")
+    return token or None
+
+
 class Transport:
     """The HTTP side of an ``http://`` store.
 
     Args:
         members: the coordinators' URLs (one, or a cluster's list).
         token: the bearer token (``$CASTORE_TOKEN``), or None.
-        read_timeout: seconds to wait for an answer (maintenance calls wait as long as they take).
+        read_timeout: seconds to wait for an answer (maintenance waits as long as it takes).
+
+    Raises:
+        InvalidValueError: a token a header cannot carry.
     """
 
     def __init__(self, members: list[str], token: str | None, read_timeout: float) -> None:
         self._cluster = Cluster(members)
         self._headers = {"content-type": _MSGPACK, "accept": _MSGPACK}
+        token = _checked_token(token)
         if token:
             self._headers["authorization"] = f"Bearer {token}"
         self._timeout = httpx.Timeout(read_timeout, connect=_CONNECT_SECONDS)
@@ -84,7 +106,7 @@ class Transport:
         self._client: httpx.Client | None = None
         self._pid = 0
         self._tls = False
-        self._decoders = {name: msgspec.msgpack.Decoder(CALLS[name][1]) for name in CALLS}
+        self._decoders = {name: msgspec.msgpack.Decoder(CALLS[name].reply) for name in CALLS}
 
     @property
     def members(self) -> list[str]:
@@ -95,6 +117,8 @@ class Transport:
         with self._lock:
             tls = any(url.startswith("https://") for url in self._cluster.members)
             if self._client is None or self._pid != os.getpid() or tls != self._tls:
+                if self._client is not None and self._pid == os.getpid():
+                    self._client.close()
                 # A forked child never uses its parent's connections (nor closes them).
                 # Without an https:// member no TLS is spoken, so no CA bundle is loaded
                 # (40 ms of a command's start); one appears (a 421's list): a new client.
@@ -112,115 +136,148 @@ class Transport:
             client.close()
 
     def call(
-        self,
-        name: str,
-        request: Any,
-        keyspace: tuple[str, str] | None,
-        resend: Any = None,
-        to: str = "",
+        self, name: str, request: Any, where: tuple[str, str] | str, resend: Any = None
     ) -> Any:
         """Send backend call ``name`` and decode its reply.
 
-        It goes to the owner of ``keyspace``, else to member ``to``, else to
-        the first member. ``resend`` is the request to send if the first
-        one's answer was lost (an append marked as a retry); None sends
-        ``request`` again.
+        ``where`` is the keyspace the call is about (sent to its owner), or the
+        URL of the member a store-wide call is for. ``resend`` is the request to
+        send if the first one's answer was lost (an append marked as a retry).
 
         Raises:
+            Rerouted: an append reached a member that does not own its keyspace.
             StoreUnavailableError: no server answered, or one failed.
             CastoreError: the exception the server's store call raised.
         """
-        response = self._send(name, request, keyspace, resend, to)
+        response = self._send(name, request, where, resend)
         try:
             return self._decoders[name].decode(response.content)
         except msgspec.DecodeError as exc:
-            raise self._unavailable(response.url, f"a bad answer to {name}: {exc}") from None
+            raise _unavailable(response.url, f"a bad answer to {name}: {exc}") from None
 
     def stream(self, name: str, request: Any, keyspace: tuple[str, str]) -> Iterator[Any]:
         """The items of a streamed call, decoded one frame at a time.
 
         Raises:
-            StoreUnavailableError: the stream was cut.
+            StoreUnavailableError: the stream was cut or is not made of frames.
             CastoreError: the exception that ended it on the server.
         """
-        response = self._send(name, request, keyspace, None, "")
-        decoder = msgspec.msgpack.Decoder(CALLS[name][1].__args__[0])
+        response = self._send(name, request, keyspace, None)
+        decoder = msgspec.msgpack.Decoder(CALLS[name].reply.__args__[0])
         data, at = response.content, 0
         while at + 5 <= len(data):
             kind, size = data[at : at + 1], int.from_bytes(data[at + 1 : at + 5], "big")
             payload, at = data[at + 5 : at + 5 + size], at + 5 + size
+            if len(payload) < size:
+                break
             if kind == FRAME_ITEM:
-                yield decoder.decode(payload)
+                try:
+                    yield decoder.decode(payload)
+                except msgspec.DecodeError:
+                    break
             elif kind == FRAME_ERROR:
-                raise self._failure(response.url, 500, payload)
+                raise _failure(response.url, 500, payload)
             elif kind == FRAME_END:
                 return
-        raise self._unavailable(response.url, f"the answer to {name} was cut")
+            else:
+                break
+        raise _unavailable(response.url, f"the answer to {name} was cut or garbled")
 
     def _send(
-        self, name: str, request: Any, keyspace: tuple[str, str] | None, resend: Any, to: str
+        self, name: str, request: Any, where: tuple[str, str] | str, resend: Any
     ) -> httpx.Response:
-        body = msgspec.msgpack.encode(request)
-        timeout = httpx.Timeout(None, connect=_CONNECT_SECONDS) if name in _MAINTENANCE else None
-        attempt = redirects = 0
+        """The 200 answer to one call, after its retries and redirects."""
+        redirects = 0
         while True:
-            url = self._cluster.owner(*keyspace) if keyspace else to or self._cluster.members[0]
-            headers = {CLUSTER_HEADER: self._cluster.digest}
-            try:
-                response = self._http().post(
-                    f"{url}/v1/backend/{name}", content=body, headers=headers, timeout=timeout
-                )
-            except httpx.TransportError as exc:
-                attempt += 1
-                sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                if attempt >= ATTEMPTS or (sent and name not in _SAFE):
-                    raise self._lost(url, name, exc, sent) from None
-                if sent and resend is not None:
-                    body = msgspec.msgpack.encode(resend)
-                time.sleep(min(_PAUSE * 2 ** (attempt - 1), 2.0))
-                continue
+            url = self._cluster.owner(*where) if isinstance(where, tuple) else where
+            response = self._post(name, url, request, resend)
             if response.status_code == 200:
                 return response
-            if response.status_code == 421 and redirects < REDIRECTS and keyspace is not None:
+            if response.status_code == 421 and redirects < REDIRECTS and isinstance(where, tuple):
                 redirects += 1
-                self._follow(response)
+                self._follow(response, url)
+                if name == "append":
+                    raise Rerouted
                 continue
-            raise self._failure(response.url, response.status_code, response.content)
+            raise _failure(response.url, response.status_code, response.content)
 
-    def _follow(self, response: httpx.Response) -> None:
-        """Take the member list a 421 answer gives (the server's; it decides who owns what)."""
+    def _post(self, name: str, url: str, request: Any, resend: Any) -> httpx.Response:
+        """One call's answer from ``url``, retrying lost connections as the call allows."""
+        spec = CALLS[name]
+        body = msgspec.msgpack.encode(request)
+        timeout: Any = httpx.USE_CLIENT_DEFAULT
+        if spec.maintenance:
+            timeout = httpx.Timeout(None, connect=_CONNECT_SECONDS)
+        headers = {CLUSTER_HEADER: self._cluster.digest, MEMBERS_HEADER: str(len(self._cluster))}
+        sent = False
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._http().post(
+                    f"{url}/v1/backend/{name}", content=body, headers=headers, timeout=timeout
+                )
+            except httpx.HTTPError as exc:
+                lost = not isinstance(exc, _NOT_SENT)
+                sent = sent or lost
+                if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
+                    raise _unavailable(url, f"{name} failed: {type(exc).__name__}") from None
+                if attempt == ATTEMPTS or (lost and not spec.resend):
+                    raise _lost(url, name, exc, sent and name in _WRITES) from None
+                if lost and resend is not None:
+                    body = msgspec.msgpack.encode(resend)
+                time.sleep(min(_PAUSE * 2 ** (attempt - 1), 2.0))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _follow(self, response: httpx.Response, asked: str) -> None:
+        """Take the member list of a 421 answer: the server's, which decides who owns what.
+
+        Only a list that holds the server that answered, and that moves no
+        member from https to http (where the token would travel in the clear).
+
+        Raises:
+            StoreUnavailableError: the answer is not such a list.
+        """
         try:
             answer = msgspec.json.decode(response.content, type=_Misdirected).error
             cluster = Cluster(answer.cluster)
         except (msgspec.DecodeError, ValueError):
-            raise self._failure(response.url, 421, response.content) from None
+            raise _failure(response.url, 421, response.content) from None
+        secure = {member_key(url) for url in self._cluster.members if url.startswith("https://")}
+        downgraded = any(
+            member_key(url) in secure for url in cluster.members if url.startswith("http://")
+        )
+        if asked not in cluster.members or downgraded:
+            what = f"refused this client's coordinator list ({answer.message}); update the list"
+            raise _unavailable(asked, what)
         with self._lock:
             self._cluster = cluster
 
-    def _failure(self, url: Any, status: int, content: bytes) -> Exception:
-        """The exception an error answer stands for."""
-        try:
-            error = msgspec.json.decode(content, type=_Body).error
-        except msgspec.DecodeError:
-            return self._unavailable(url, f"HTTP {status} without an error body")
-        exc = exception_of(error)
-        if exc is not None:
-            return exc
-        if error.code == "io_error":
-            return OSError(f"{redacted(str(url))}: {error.message}")
-        if error.code == "unauthorized":
-            return self._unavailable(url, "the server refused the token ($CASTORE_TOKEN)")
-        return self._unavailable(url, f"{error.code}: {error.message}")
 
-    def _unavailable(self, url: Any, what: str) -> CastoreError:
-        return StoreUnavailableError(f"castore server {_origin(url)}: {what}")
+def _failure(url: Any, status: int, content: bytes) -> Exception:
+    """The exception an error answer stands for."""
+    try:
+        error = msgspec.json.decode(content, type=_Body).error
+    except msgspec.DecodeError:
+        return _unavailable(url, f"HTTP {status} without an error body")
+    exc = exception_of(error)
+    if exc is not None:
+        return exc
+    if error.code == "io_error":
+        return OSError(f"castore server {_origin(url)}: {error.message}")
+    if error.code == "unauthorized":
+        return _unavailable(url, "the server refused the token ($CASTORE_TOKEN)")
+    return _unavailable(url, f"{error.code}: {error.message}")
 
-    def _lost(self, url: str, name: str, exc: httpx.TransportError, sent: bool) -> CastoreError:
-        reason = type(exc).__name__
-        if not sent:
-            return self._unavailable(url, f"cannot connect ({reason}, {ATTEMPTS} tries)")
-        maybe = " (it may or may not have been applied)" if name not in _SAFE else ""
-        return self._unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")
+
+def _unavailable(url: Any, what: str) -> CastoreError:
+    return StoreUnavailableError(f"castore server {_origin(url)}: {what}")
+
+
+def _lost(url: str, name: str, exc: httpx.HTTPError, write_sent: bool) -> CastoreError:
+    reason = type(exc).__name__
+    maybe = " (it may or may not have been applied)" if write_sent else ""
+    if isinstance(exc, _NOT_SENT):
+        return _unavailable(url, f"cannot connect ({reason}, {ATTEMPTS} tries){maybe}")
+    return _unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")
 
 
 def _origin(url: Any) -> str:

@@ -42,7 +42,7 @@ from castore.server.middleware import Guard, Metrics, Observe
 from castore.server.operations import OPERATIONS, Operation, decode_request, handle_for, keyspace
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
 from castore.store import Store
-from castore.wire import CLUSTER_HEADER
+from castore.wire import CALLS, CLUSTER_HEADER, MEMBERS_HEADER
 
 __all__ = [
     "BACKEND_BODY_BYTES",
@@ -115,6 +115,12 @@ def _decode(name: str, body: bytes) -> Any:
         raise ApiError("bad_request", f"bad request body: {exc}") from None
 
 
+def _list_of(request: Request) -> tuple[str | None, int]:
+    """What a request says of its client's member list: its digest and length (0: not said)."""
+    members = request.headers.get(MEMBERS_HEADER, "")
+    return request.headers.get(CLUSTER_HEADER), int(members) if members.isdigit() else 0
+
+
 def _take(lines: Iterator[bytes]) -> bytes:
     return b"".join(line for _, line in zip(range(_STREAM_BATCH), lines, strict=False))
 
@@ -160,7 +166,7 @@ class _Api:
 
         async def work(request: Request) -> Response:
             req = _decode(name, await _read_body(request, self.max_body))
-            self.membership.check(request.headers.get(CLUSTER_HEADER), keyspace(req))
+            self.membership.check(_list_of(request), keyspace(req))
             handle = handle_for(self.store, req)
             if op.stream:
                 return await self._stream(op, handle, req)
@@ -184,7 +190,7 @@ class _Api:
                 req = decode_call(name, body)
             except msgspec.DecodeError as exc:
                 raise ApiError("bad_request", f"bad request body: {exc}") from None
-            self.membership.check(request.headers.get(CLUSTER_HEADER), keyspace_of(req))
+            self.membership.check(_list_of(request), keyspace_of(req))
             if call.stream:
                 items = await self.call(lambda: framed(call.run(self.store, req)))
                 return StreamingResponse(self._batches(items), media_type=_MSGPACK)
@@ -192,7 +198,7 @@ class _Api:
             return Response(msgspec.msgpack.encode(reply), media_type=_MSGPACK)
 
         async def endpoint(request: Request) -> Response:
-            timeout = math.inf if call.maintenance else None
+            timeout = math.inf if CALLS[name].maintenance else None
             return await self.guarded(lambda: work(request), timeout, exception=True)
 
         return endpoint

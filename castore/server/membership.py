@@ -33,20 +33,32 @@ class Membership:
             raise ValueError(f"--self {self_url} is not in the --cluster list")
         self.cluster, self.self_url = cluster, self_url
 
-    def check(self, digest: str | None, keyspace: tuple[str, str] | None) -> None:
-        """Refuse a request from a client with another list, or for a keyspace owned elsewhere.
+    def check(self, client: tuple[str | None, int], keyspace: tuple[str, str] | None) -> None:
+        """Refuse a request about a keyspace from a client with another list, or owned elsewhere.
+
+        ``client`` is the digest and length of the client's member list (as its
+        headers say). A store-wide request (no keyspace: maintenance, the
+        namespaces of a scope, an audit) reads or maintains this member's own
+        store, and is served to any client. A lone server refuses a client that
+        believes in a cluster (a member restarted without ``--cluster``).
 
         Raises:
             ApiError: ``misdirected`` (421), with the server's list and the owner.
         """
+        digest, members = client
         cluster = self.cluster
-        if cluster is None:
+        if keyspace is None:
             return
-        owner = cluster.owner(*keyspace) if keyspace is not None else ""
+        if cluster is None:
+            if members > 1:
+                message = "this server is not in a cluster, but the client's list names several"
+                raise ApiError("misdirected", message, {"cluster": [], "owner": ""})
+            return
+        owner = cluster.owner(*keyspace)
         if digest != cluster.digest:
             message = "the client's coordinator list differs from this server's"
-        elif owner and owner != self.self_url:
-            message = f"{keyspace[0]}/{keyspace[1]} belongs to {owner}" if keyspace else ""
+        elif owner != self.self_url:
+            message = f"{keyspace[0]}/{keyspace[1]} belongs to {owner}"
         else:
             return
         raise ApiError("misdirected", message, {"cluster": cluster.members, "owner": owner})

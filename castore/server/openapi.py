@@ -168,7 +168,7 @@ def _operation(name: str, schemas: _Schemas) -> dict[str, Any]:
 
 
 def _backend_operation(name: str, schemas: _Schemas) -> dict[str, Any]:
-    request, reply = CALLS[name]
+    request, reply = CALLS[name].request, CALLS[name].reply
     stream = BACKEND_CALLS[name].stream
     what = "frames, each an item of this array (castore.wire)" if stream else "the reply"
     return {

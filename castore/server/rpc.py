@@ -3,10 +3,11 @@
 ``POST /v1/backend/<call>`` decodes one request struct of
 :data:`~castore.wire.CALLS` from MessagePack, checks its names as every
 store call does (a hostile client gets ``invalid_ref``), runs the call on the
-store's :class:`~castore.backend.Backend` and answers with the reply struct.
-:func:`append` is the write: a decision made by the client, applied only if
-the ref's newest version is still the one it decided on, and never twice for
-one request id.
+store's :class:`~castore.backend.Backend` and answers with the reply struct
+(what a worker sends is checked first: :mod:`castore.server.checks`).
+``append`` is the write: a decision made by the client, applied only if the
+ref's newest entry is still the one it decided on, and never twice for one
+request id.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from castore import codec
 from castore.backend import LogView, NewVersion
-from castore.errors import InvalidRefError, InvalidValueError
-from castore.keys import Ref, resolve_namespace, validate_prefix, validate_scope
-from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Entry
+from castore.errors import CorruptionError, InvalidRefError
+from castore.keys import validate_key, validate_prefix, validate_scope
+from castore.records import Entry
+from castore.reports import GCReport
+from castore.server.checks import (
+    check_limit,
+    checked_versions,
+    namespace_of,
+    ref_of,
+    request_id_of,
+)
 from castore.server.errors import api_error, error_body
 from castore.store import Store
 from castore.wire import (
@@ -36,60 +44,29 @@ from castore.wire import (
     Append,
     AppendReply,
     EntryValue,
+    GCCall,
     HistoryCall,
     NamespaceCall,
     RefCall,
     Replace,
     VersionCall,
-    WireVersion,
     frame,
-    from_wire,
 )
 
 __all__ = ["BACKEND_CALLS", "BackendCall", "decode_call", "framed", "keyspace_of"]
 
-_OPS: Final = frozenset({OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED})
-
-
-def _ref(store: Store, call: RefCall) -> Ref:
-    """The call's ref, validated as every store call validates one."""
-    return store.ref(call.key, call.scope, call.namespace)
-
-
-def _namespace(call: NamespaceCall) -> tuple[str, str]:
-    """The call's scope and namespace, validated as every store call validates them."""
-    return call.scope, resolve_namespace(call.scope, call.namespace, dag=None, root_dag=None)
-
-
-def _checked(version: WireVersion) -> NewVersion:
-    """A version a client sent, once its value is what its digest and op say.
-
-    Raises:
-        InvalidValueError: an unknown op, a value that is not normalized JSON
-            or does not hash to its digest.
-    """
-    if version.op not in _OPS:
-        raise InvalidValueError(f"unknown operation {version.op!r}")
-    if version.normalized is not None:
-        if codec.normalize(version.normalized) != version.normalized:
-            raise InvalidValueError("the value is not normalized JSON")
-        if codec.hexdigest(version.normalized) != version.digest_hex:
-            raise InvalidValueError("the value does not hash to its digest")
-    elif version.op not in (OP_DELETE, OP_DAMAGED):
-        raise InvalidValueError(f"a {version.op} without a value")
-    return from_wire(version)
-
-
-def _stamped(new: NewVersion, request_id: str) -> NewVersion:
-    """``new`` with ``request_id`` in its audit record (how a resend is recognized)."""
-    return new._replace(audit=msgspec.structs.replace(new.audit, request_id=request_id))
-
 
 def _applied(previous: Entry, view: LogView, request_id: str) -> list[Entry]:
-    """The versions of ``request_id`` among the newest :data:`RETRY_WINDOW`, oldest first."""
+    """The versions of ``request_id`` among the newest :data:`RETRY_WINDOW`, oldest first.
+
+    A version that cannot be read ends the search (it is not this request's).
+    """
     found: list[Entry] = []
     for version in range(previous.version, max(previous.version - RETRY_WINDOW, 0), -1):
-        entry = previous if version == previous.version else view.entry_at(version)
+        try:
+            entry = previous if version == previous.version else view.entry_at(version)
+        except CorruptionError:
+            break
         if entry is not None and entry.audit.request_id == request_id:
             found.append(entry)
         elif found:
@@ -97,88 +74,100 @@ def _applied(previous: Entry, view: LogView, request_id: str) -> list[Entry]:
     return found[::-1]
 
 
-def append(store: Store, call: Append) -> AppendReply:
-    """Append ``call.versions`` if the newest version is ``call.expect``; once per request id."""
-    ref = _ref(store, call)
-    # The request id goes into each version's audit record, whatever the client put there.
-    versions = [_stamped(_checked(v), call.request_id) for v in call.versions]
-    if not versions or not call.request_id:
-        raise InvalidValueError("an append needs versions and a request id")
+def _identity(entry: Entry | None) -> tuple[int, int, str]:
+    """The newest entry as an append names it: version, time and hash (0, 0, "": none)."""
+    return (entry.version, entry.time_ns, entry.hash) if entry is not None else (0, 0, "")
+
+
+def _append(store: Store, call: Append) -> AppendReply:
+    """Append ``call.versions`` if the newest entry is the one named; once per request id."""
+    ref = ref_of(call)
+    request_id = request_id_of(call.request_id)
+    explicit = call.expect == 0  # an import-style append may give versions and times
+    versions = checked_versions(call.versions, explicit=explicit, request_id=request_id)
+    expected = (call.expect, call.expect_time_ns, call.expect_hash)
     outcome: list[AppendReply] = []
 
     def decide(previous: Entry | None, view: LogView) -> list[NewVersion] | None:
         outcome.clear()  # a backend may run a decision more than once
         if call.retry and previous is not None:
-            done = _applied(previous, view, call.request_id)
+            done = _applied(previous, view, request_id)
             if done:
                 before = view.entry_at(done[0].version - 1)
                 outcome.append(AppendReply(status=APPLIED, previous=before, written=done))
                 return None
-        if (previous.version if previous is not None else 0) != call.expect:
-            value = view.value() if previous is not None and previous.live else None
-            outcome.append(AppendReply(status=STALE, previous=previous, value=value))
+        if _identity(previous) != expected:
+            outcome.append(AppendReply(status=STALE, previous=previous))
             return None
         return versions
 
     previous, written = store.backend.write(ref, decide)
     if written:
         return AppendReply(status=WRITTEN, previous=previous, written=written)
-    if outcome:
-        return outcome[0]
-    return AppendReply(status=STALE, previous=previous)  # the store does not exist
+    return outcome[0]  # a backend that writes nothing ran the decision, which said why
 
 
 def _replace(store: Store, call: Replace) -> list[Entry]:
-    return store.backend.replace(_ref(store, call), [_checked(v) for v in call.versions])
+    versions = checked_versions(call.versions, explicit=True)
+    return store.backend.replace(ref_of(call), versions)
 
 
 def _current(store: Store, call: RefCall) -> EntryValue:
-    current = store.backend.current(_ref(store, call))
+    current = store.backend.current(ref_of(call))
     return EntryValue(current.entry, current.value)
 
 
 def _version(store: Store, call: VersionCall) -> EntryValue:
-    return EntryValue(*store.backend.version(_ref(store, call), call.version))
+    check_limit(call.version, "version")
+    return EntryValue(*store.backend.version(ref_of(call), call.version))
 
 
 def _history(store: Store, call: HistoryCall) -> list[Entry]:
-    return store.backend.history(_ref(store, call), call.before, call.limit)
+    check_limit(call.before - 1, "before")  # "below 2**63": every version
+    check_limit(call.limit, "limit")
+    return store.backend.history(ref_of(call), call.before, call.limit)
 
 
 def _iter_versions(store: Store, call: RefCall) -> Iterator[EntryValue]:
-    return (EntryValue(e, v) for e, v in store.backend.iter_versions(_ref(store, call)))
+    return (EntryValue(e, v) for e, v in store.backend.iter_versions(ref_of(call)))
 
 
 def _keys(store: Store, call: NamespaceCall) -> list[str]:
     validate_prefix(call.prefix)
-    return store.backend.keys(*_namespace(call), call.prefix, verify=call.verify)
+    return store.backend.keys(*namespace_of(call), call.prefix, verify=call.verify)
 
 
 def _listing(store: Store, call: NamespaceCall) -> dict[str, Any]:
     validate_prefix(call.prefix)
-    return dict(store.backend.listing(*_namespace(call), call.prefix))
+    return dict(store.backend.listing(*namespace_of(call), call.prefix))
 
 
 def _remember(store: Store, call: NamespaceCall) -> None:
-    scope, namespace = _namespace(call)
+    scope, namespace = namespace_of(call)
     for key in call.keys:
-        store.ref(key, scope, namespace)
+        validate_key(key)
     store.backend.remember(scope, namespace, call.keys)
 
 
+def _collect_garbage(store: Store, call: GCCall) -> GCReport:
+    check_limit(call.grace_seconds, "grace_seconds")
+    return store.backend.collect_garbage(
+        grace_seconds=call.grace_seconds, dry_run=call.dry_run, progress=None
+    )
+
+
 class BackendCall(NamedTuple):
-    """One call of the backend protocol: how it runs; ``stream``: its reply is an iterator."""
+    """How the server runs one call; ``stream``: its reply is an iterator (frames)."""
 
     run: Callable[[Store, Any], Any]
     stream: bool = False
-    maintenance: bool = False  # store-wide: no keyspace, and no request time limit
 
 
 BACKEND_CALLS: Final[dict[str, BackendCall]] = {
     "current": BackendCall(_current),
-    "append": BackendCall(append),
+    "append": BackendCall(_append),
     "replace": BackendCall(_replace),
-    "exists": BackendCall(lambda s, c: s.backend.exists(_ref(s, c))),
+    "exists": BackendCall(lambda s, c: s.backend.exists(ref_of(c))),
     "keys": BackendCall(_keys),
     "namespaces": BackendCall(lambda s, c: s.backend.namespaces(validate_scope(c.scope))),
     "listing": BackendCall(_listing),
@@ -186,24 +175,16 @@ BACKEND_CALLS: Final[dict[str, BackendCall]] = {
     "version": BackendCall(_version),
     "history": BackendCall(_history),
     "iter_versions": BackendCall(_iter_versions, stream=True),
-    "check": BackendCall(
-        lambda s, c: s.backend.check(repair=c.repair, progress=None), maintenance=True
-    ),
-    "collect_garbage": BackendCall(
-        lambda s, c: s.backend.collect_garbage(
-            grace_seconds=c.grace_seconds, dry_run=c.dry_run, progress=None
-        ),
-        maintenance=True,
-    ),
+    "check": BackendCall(lambda s, c: s.backend.check(repair=c.repair, progress=None)),
+    "collect_garbage": BackendCall(_collect_garbage),
     "compact": BackendCall(
-        lambda s, c: s.backend.compact(c.retention, dry_run=c.dry_run, progress=None),
-        maintenance=True,
+        lambda s, c: s.backend.compact(c.retention, dry_run=c.dry_run, progress=None)
     ),
-    "stats": BackendCall(lambda s, c: s.backend.stats(), maintenance=True),
+    "stats": BackendCall(lambda s, c: s.backend.stats()),
 }
 assert BACKEND_CALLS.keys() == CALLS.keys()  # noqa: S101  # one table each side, same calls
 
-_DECODERS: Final = {name: msgspec.msgpack.Decoder(CALLS[name][0]) for name in CALLS}
+_DECODERS: Final = {name: msgspec.msgpack.Decoder(CALLS[name].request) for name in CALLS}
 
 
 def decode_call(name: str, body: bytes) -> Any:
@@ -223,7 +204,7 @@ def keyspace_of(call: Any) -> tuple[str, str] | None:
     if not isinstance(call, RefCall | NamespaceCall):
         return None
     try:
-        return call.scope, resolve_namespace(call.scope, call.namespace, dag=None, root_dag=None)
+        return namespace_of(call)
     except InvalidRefError:
         return None
 

@@ -268,16 +268,20 @@ def append_of(
     key: str,
     value: Any,
     *,
-    expect: int,
+    expect: Entry | int,
     request_id: str | None = None,
     retry: bool = False,
 ) -> Append:
+    """An append after ``expect`` (the newest entry the client saw; 0: none)."""
     request_id = request_id or secrets.token_hex(16)
+    after = expect if isinstance(expect, Entry) else None
     return Append(
         scope=scope,
         namespace=namespace,
         key=key,
-        expect=expect,
+        expect=after.version if after is not None else int(expect),
+        expect_time_ns=after.time_ns if after is not None else 0,
+        expect_hash=after.hash if after is not None else "",
         versions=[wire_set(value, request_id, actor="test")],
         request_id=request_id,
         retry=retry,
@@ -698,7 +702,7 @@ def test_a_retried_append_is_applied_once_and_a_stale_one_writes_nothing(launche
         assert versions() == one.written
 
         # a later version, sent twice: written once, the resend answers what it wrote
-        second = append_of(scope, namespace, key, {"n": 2}, expect=1)
+        second = append_of(scope, namespace, key, {"n": 2}, expect=one.written[0])
         two = post(second)
         assert (two.status, two.previous) == (WRITTEN, one.written[0])
         resend = msgspec.structs.replace(second, retry=True)
@@ -713,7 +717,7 @@ def test_a_retried_append_is_applied_once_and_a_stale_one_writes_nothing(launche
         assert two.written[0].audit.request_id == second.request_id
 
         # a resend once another write came on top: still found, still not written again
-        third = post(append_of(scope, namespace, key, {"n": 3}, expect=2))
+        third = post(append_of(scope, namespace, key, {"n": 3}, expect=two.written[0]))
         assert third.status == WRITTEN
         assert post(resend).written == two.written
         assert len(versions()) == 3
@@ -721,24 +725,25 @@ def test_a_retried_append_is_applied_once_and_a_stale_one_writes_nothing(launche
         # a stale expect: the newest entry and its value, nothing written
         newest = local.backend.current(ref)
         for stale in (
-            append_of(scope, namespace, key, {"n": "late"}, expect=2),
+            append_of(scope, namespace, key, {"n": "late"}, expect=two.written[0]),
             append_of(scope, namespace, key, {"n": "late"}, expect=0),
-            append_of(scope, namespace, key, {"n": "late"}, expect=1, retry=True),  # unknown id
+            # version 3's number, but not its time and hash (another history's version 3)
+            msgspec.structs.replace(
+                append_of(scope, namespace, key, {"n": "late"}, expect=third.written[0]),
+                expect_hash=one.written[0].hash,
+            ),
+            append_of(scope, namespace, key, {"n": "late"}, expect=one.written[0], retry=True),
             # the same request id as a version that was written, but not marked a retry
-            msgspec.structs.replace(second, expect=1),
+            second,
         ):
             reply = post(stale)
-            assert (reply.status, reply.previous, reply.value) == (
-                STALE,
-                newest.entry,
-                newest.value,
-            )
+            assert (reply.status, reply.previous) == (STALE, newest.entry)
             assert reply.written == []
         assert len(versions()) == 3
         assert local.get(key, scope=scope, namespace=namespace).value == {"n": 3}
 
         # a retry whose first attempt never landed is written (once)
-        lost = append_of(scope, namespace, key, {"n": 4}, expect=3, retry=True)
+        lost = append_of(scope, namespace, key, {"n": 4}, expect=third.written[0], retry=True)
         assert post(lost).status == WRITTEN
         assert post(lost).status == APPLIED
         assert [e.version for e in versions()] == [1, 2, 3, 4]
@@ -861,7 +866,25 @@ def test_hostile_input_is_refused_with_its_code_and_writes_nothing(launcher, tmp
             msgspec.structs.replace(good, versions=[]),
             400,
             "invalid_value",
-            "needs versions",
+            "nothing to append",
+        ),
+        # what an import's lines may not do either (castore.transfer), and numbers that fit
+        ("append", with_version(version=2**64 - 1), 400, "invalid_value", "out of range"),
+        ("append", with_version(time_ns=2**63), 400, "invalid_value", "out of range"),
+        ("append", with_version(damaged_from=1), 400, "invalid_value", "damaged range"),
+        (
+            "append",
+            with_version(op="delete", digest_hex=""),
+            400,
+            "invalid_value",
+            "a delete carries no value",
+        ),
+        (
+            "append",
+            with_version(op="damaged"),  # with a value
+            400,
+            "invalid_value",
+            "with no value",
         ),
         (
             "append",
@@ -952,7 +975,7 @@ def test_hostile_input_is_refused_with_its_code_and_writes_nothing(launcher, tmp
     response = httpx.post(f"{node.url}/v1/set", content=data, headers=AUTH, timeout=30)
     assert response.status_code == 200, response.text
     # a NUL is a valid key character (the library's rules): stored inside the store
-    nul = msgspec.structs.replace(good, key="a\x00b", request_id="nul-1")
+    nul = msgspec.structs.replace(good, key="a\x00b", request_id=secrets.token_hex(16))
     nul = msgspec.structs.replace(nul, versions=[wire_set({"a": 1}, "nul-1")])
     assert rpc(node.url, "append", nul, headers=AUTH).status_code == 200
     assert contents(node.store) == {
