@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.helpers import CASTORE_ENV, Cli
+from tests.helpers import CASTORE_ENV, Cli, served_location, stop_loopback_server
 
 # Store tests touch the file system: fsync and page-cache timing make deadlines noisy.
 settings.register_profile(
@@ -69,6 +69,15 @@ POSTGRES_DROP_TIMEOUT = "30s"  # a leaked connection's lock fails the drop, not 
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "not_remote(reason): skip on the remote store backends (the test needs the local"
+        " store itself: its files, its process's settings); the reason says which",
+    )
+    config.addinivalue_line(
+        "markers",
+        "remote_postgresql: also run the store tests on a server over PostgreSQL",
+    )
     if REQUIRE_POSTGRES and not POSTGRES_URL:
         raise pytest.UsageError(
             "CASTORE_REQUIRE_POSTGRES=1 but CASTORE_TEST_POSTGRES is not set: start a server"
@@ -100,20 +109,80 @@ def postgres_store_location(base: pathlib.Path) -> Iterator[str]:
                 )
 
 
+def remote_file_location(base: pathlib.Path) -> contextlib.AbstractContextManager[str]:
+    """A castore server's URL, serving a fresh file store below ``base`` (tests.helpers)."""
+    return served_location(file_store_location(base))
+
+
+def remote_postgres_location(base: pathlib.Path) -> contextlib.AbstractContextManager[str]:
+    """A castore server's URL, serving a fresh PostgreSQL store (its own schema)."""
+    return served_location(postgres_store_location(base))
+
+
 # Each backend: a fresh, empty store location of it below a directory, dropped on exit.
 # A second backend is one more entry here (docs/DESIGN.md, "The backend contract").
+# The remote ones are ``http://127.0.0.1:PORT`` of a real castore server (uvicorn,
+# Starlette, the castore app) running in a thread of this process, over a fresh store
+# of the other kind: tests.helpers.LoopbackServer.
 STORE_BACKENDS: dict[str, Callable[[pathlib.Path], contextlib.AbstractContextManager[str]]] = {
     "file": file_store_location,
+    "remote": remote_file_location,
 }
 if POSTGRES_URL:
     STORE_BACKENDS["postgresql"] = postgres_store_location
+    STORE_BACKENDS["remote-postgresql"] = remote_postgres_location
+REMOTE_BACKENDS = frozenset({"remote", "remote-postgresql"})
+# A server over PostgreSQL runs only in the modules marked ``remote_postgresql``.
+OPT_IN_BACKENDS = {"remote-postgresql": "remote_postgresql"}
+_LOCATION_FIXTURES = ("fresh_store_location", "module_fresh_store_location")
+
+
+def _backend_of(item: pytest.Item) -> str | None:
+    """The store backend a test runs on (None: it takes no store location fixture)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name in _LOCATION_FIXTURES:
+        if name in params:
+            backend: str = params[name]
+            return backend
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``not_remote`` tests on the remote backends; run opt-in backends where marked."""
+    kept, dropped = [], []
+    for item in items:
+        backend = _backend_of(item)
+        marker = OPT_IN_BACKENDS.get(backend or "")
+        if marker is not None and item.get_closest_marker(marker) is None:
+            dropped.append(item)
+            continue
+        kept.append(item)
+        local = item.get_closest_marker("not_remote")
+        if backend in REMOTE_BACKENDS and local is not None:
+            item.add_marker(pytest.mark.skip(reason=f"{backend}: {local.args[0]}"))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_loopback_server()
 
 
 @pytest.fixture(params=list(STORE_BACKENDS), ids=list(STORE_BACKENDS))
 def fresh_store_location(
     request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> Callable[[], contextlib.AbstractContextManager[str]]:
-    """Opens a fresh store location of the backend under test, dropped on exit."""
+    """Opens a fresh store location of the backend under test, dropped on exit.
+
+    ``file`` and ``postgresql`` are a directory and a schema. ``remote`` and
+    ``remote-postgresql`` are ``http://127.0.0.1:PORT``: a real castore server
+    (uvicorn, Starlette, ``castore.server.app.create_app``) on a loopback socket,
+    run by one uvicorn server in a thread of the test process for the whole
+    session, serving a fresh file store (a schema) of this test; CLI subprocesses
+    reach it too (tests.helpers.LoopbackServer). ``tests.helpers.underlying``
+    names the store behind such a URL.
+    """
     backend: str = request.param
     return functools.partial(STORE_BACKENDS[backend], tmp_path)
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from types import EllipsisType
-from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, cast
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, TextIO, cast
 
 import castore
 from castore.file.frames import Frame, scan_frames
@@ -317,3 +317,159 @@ def reap_processes(timeout: float = JOIN_TIMEOUT_SECONDS) -> Iterator[list[BaseP
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+
+
+# -- a castore server in the test process (the remote store backends) ---------------------
+
+REMOTE_PORTS: Final = 64  # remote stores open at once (one test holds 50 fresh stores)
+_SERVER_START_SECONDS: Final = 30.0
+_NO_STORE: Final = (
+    b'{"error":{"code":"store_unavailable","message":"no store is served on this port now"}}'
+)
+
+
+async def _answer_lifespan(receive: Any, send: Any) -> None:
+    """The dispatcher's own lifespan: nothing to start or stop (the stores are per test)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class LoopbackServer:
+    """A real castore server in a thread of the test process: uvicorn, Starlette, the app.
+
+    One ``uvicorn.Server`` runs for the whole session in a daemon thread, on
+    :data:`REMOTE_PORTS` free ports of 127.0.0.1 (a store's ``http://`` location
+    has no path, so each store served at once needs a port of its own). Its ASGI
+    app is a dispatcher: a request goes to the app :meth:`mount` put on the port
+    it came in on (``castore.server.app.create_app`` over one test's store), or
+    answers 503 when none is. The dispatcher answers lifespan events itself and
+    never forwards them: a mounted app's lifespan never runs, so its store is
+    closed by whoever mounted it, after :meth:`unmount`. Ports are reused
+    least recently first, so a late request of a finished test finds no store
+    rather than the next test's.
+    """
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        self._sockets = []
+        for _ in range(REMOTE_PORTS):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            self._sockets.append(sock)
+        self._free = [sock.getsockname()[1] for sock in self._sockets]
+        self._apps: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self.log: TextIO = open(os.devnull, "w")  # noqa: SIM115  # the apps' access log
+        config = uvicorn.Config(  # log_config None: the process's logging is left as it is
+            self._dispatch, interface="asgi3", lifespan="on", log_config=None, ws="none"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": self._sockets},
+            name="castore-test-server",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + _SERVER_START_SECONDS
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process castore server did not start")
+            time.sleep(0.005)
+
+    async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _answer_lifespan(receive, send)
+            return
+        app = self._apps.get(scope["server"][1])
+        if app is not None:
+            await app(scope, receive, send)
+            return
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": _NO_STORE})
+
+    def mount(self, app: Any) -> str:
+        """Serve ``app`` on a port of its own until :meth:`unmount`; its ``http://`` URL."""
+        with self._lock:
+            if not self._free:
+                raise RuntimeError(f"more than {REMOTE_PORTS} remote stores open at once")
+            port = self._free.pop(0)
+            self._apps[port] = app
+        return f"http://127.0.0.1:{port}"
+
+    def unmount(self, url: str) -> None:
+        """Stop serving the app of ``url`` (the port is reused last)."""
+        port = int(url.rsplit(":", 1)[1])
+        with self._lock:
+            del self._apps[port]
+            self._free.append(port)
+
+    def stop(self) -> None:
+        """Stop the server (requests in flight finish) and wait for its thread."""
+        self._server.should_exit = True
+        self._thread.join(_SERVER_START_SECONDS)
+        self.log.close()
+
+
+_LOOPBACK: list[LoopbackServer] = []  # the session's server, started by the first remote store
+UNDERLYING: dict[str, str] = {}  # a remote store's URL -> the location of the store it serves
+
+
+def loopback_server() -> LoopbackServer:
+    """The session's in-process castore server, started on first use."""
+    if not _LOOPBACK:
+        _LOOPBACK.append(LoopbackServer())
+    return _LOOPBACK[0]
+
+
+def stop_loopback_server() -> None:
+    """Stop the session's server if it was started."""
+    while _LOOPBACK:
+        _LOOPBACK.pop().stop()
+
+
+@contextlib.contextmanager
+def served_location(inner: contextlib.AbstractContextManager[str]) -> Iterator[str]:
+    """A store served by :func:`loopback_server` over the fresh location ``inner`` opens.
+
+    Yields its ``http://127.0.0.1:PORT`` URL; afterwards the app is unmounted,
+    its store closed, then the underlying location dropped.
+    """
+    from castore import Store
+    from castore.server.app import create_app
+
+    server = loopback_server()
+    with inner as location:
+        store = Store(location)
+        try:
+            url = server.mount(create_app(store, access_log=server.log))
+            UNDERLYING[url] = location
+            try:
+                yield url
+            finally:
+                server.unmount(url)
+                del UNDERLYING[url]
+        finally:
+            store.close()
+
+
+def underlying(location: str) -> str:
+    """The location of the store behind ``location``: itself unless a remote test store."""
+    return UNDERLYING.get(location, location)
+
+
+def is_remote_location(location: str) -> bool:
+    """True for a store served by the in-process server (an ``http://`` location)."""
+    return location in UNDERLYING

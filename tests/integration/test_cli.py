@@ -8,6 +8,8 @@ import castore
 from tests.helpers import json_line
 
 DAG = "daily-agent"  # the cli fixture's --dag
+# The CLI suite runs on a server over PostgreSQL too (tests/conftest.py).
+pytestmark = pytest.mark.remote_postgresql
 
 SET_FIELDS = ["operation", "scope", "namespace", "key", "version", "hash", "created"]
 GET_FOUND_FIELDS = ["operation", "scope", "namespace", "key", "found", "version", "hash", "value"]

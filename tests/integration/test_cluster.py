@@ -274,14 +274,16 @@ def append_of(
 ) -> Append:
     """An append after ``expect`` (the newest entry the client saw; 0: none)."""
     request_id = request_id or secrets.token_hex(16)
-    after = expect if isinstance(expect, Entry) else None
+    newest = (
+        (expect.version, expect.time_ns, expect.hash) if isinstance(expect, Entry) else (0, 0, "")
+    )
     return Append(
         scope=scope,
         namespace=namespace,
         key=key,
-        expect=after.version if after is not None else int(expect),
-        expect_time_ns=after.time_ns if after is not None else 0,
-        expect_hash=after.hash if after is not None else "",
+        expect=newest[0] if isinstance(expect, Entry) else expect,
+        expect_time_ns=newest[1],
+        expect_hash=newest[2],
         versions=[wire_set(value, request_id, actor="test")],
         request_id=request_id,
         retry=retry,

@@ -169,6 +169,8 @@ def store_check_json(location: str) -> bytes:
 
 
 def backend_kind(location: str) -> str:
+    if location.startswith(("http://", "https://")):
+        return "remote"
     return "postgres" if location.startswith("postgresql://") else "file"
 
 

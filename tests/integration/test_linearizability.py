@@ -336,6 +336,7 @@ def _load(root: str, outs: list[str]) -> tuple[list[Op], list[str]]:
 
 
 @pytest.mark.integration
+@pytest.mark.remote_postgresql  # over the wire onto PostgreSQL too (tests/conftest.py)
 def test_concurrent_history_is_linearizable(store_location, tmp_path, record_property):
     root = store_location
     Store(root, dag=DAG).close()

@@ -5,8 +5,10 @@ new backend runs this module by adding itself there; nothing here looks at
 how a backend stores anything (that is tests/unit/test_file_backend.py).
 """
 
+import gc
 import os
 import socket
+import warnings
 
 import pytest
 
@@ -22,6 +24,9 @@ from castore import (
 )
 from castore.backends import upgrade
 from castore.records import Audit
+
+# The behaviour suite runs on a server over PostgreSQL too (tests/conftest.py).
+pytestmark = pytest.mark.remote_postgresql
 
 HASH_123 = "c475a5436a1e85bfcf9edbcefb55dd6389d937e60d8e8ba17fb5791e61a5c689"
 HASH_456 = "b4b805a36ca1d984f359a9f8f73c69cf194d31ae14a0538150cb52f0479acfc5"
@@ -247,6 +252,19 @@ def test_second_handle_sees_writes_immediately(store_location):
     assert a.get("k").found is False
     a.set("new", 1)
     assert [e.key for e in b.list().entries] == ["new"]
+
+
+def test_a_handle_dropped_without_close_leaves_nothing_open(store_location):
+    # A database connection, a remote store's keep-alive connections: closed when the
+    # handle is collected, never an "unclosed socket" ResourceWarning at some later test.
+    store = Store(store_location, dag="d", durable=False)
+    store.set("k", 1)
+    assert store.get("k").value == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del store
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 @pytest.mark.parametrize("location", ["http://c:7070", "https://c", "http://a:1,https://b:2"])

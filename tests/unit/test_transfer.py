@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from castore import ConflictError, InvalidValueError, Store
-from castore.backends import backend_kind
+from castore.backends import is_postgres
 from castore.codec import hexdigest, normalize_json
 from castore.file.records import KIND_BLOB
 from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
-from tests.helpers import CASTORE_ENV, frames_of, ref_log_path, snapshot
+from tests.helpers import CASTORE_ENV, frames_of, ref_log_path, snapshot, underlying
 
 HEADER = b'{"format":"castore-export","version":1}\n'
 LONG_KEY = "long/" + "\u00e9" * 2045  # 4,095 UTF-8 bytes (limit 4,096)
@@ -78,19 +78,22 @@ def records(data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.splitlines()[1:]]
 
 
-def is_file_store(s: Store) -> bool:
-    return backend_kind(s.backend) == "file"
+def local_root(s: Store) -> str | None:
+    """The directory of a file store, or of the file store a remote one serves; else None."""
+    where = underlying(s.root)
+    return None if is_postgres(where) else where
 
 
 def stored_anything(s: Store) -> bool:
     """Whether the backend holds any trace of a store at ``s`` (a directory, a schema)."""
-    if is_file_store(s):
-        return os.path.exists(os.path.join(s.root, "refs", "dag"))
+    root = local_root(s)
+    if root is not None:
+        return os.path.exists(os.path.join(root, "refs", "dag"))
     import psycopg
 
     from castore.postgres.location import parse
 
-    where = parse(s.root)
+    where = parse(underlying(s.root))
     with psycopg.connect(where.conninfo, autocommit=True) as conn:
         found = conn.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (where.schema,)
@@ -100,7 +103,8 @@ def stored_anything(s: Store) -> bool:
 
 def state_of(s: Store) -> tuple[bytes, Any, dict[str, bytes] | None]:
     """Everything a failed import must leave as it was: the export, stats, a file store's bytes."""
-    return export_bytes(s), s.stats(), snapshot(s.root) if is_file_store(s) else None
+    root = local_root(s)
+    return export_bytes(s), s.stats(), snapshot(root) if root is not None else None
 
 
 @pytest.fixture
@@ -395,6 +399,31 @@ def test_valid_hand_written_export_imports(store_location):
         "1970-01-01T00:00:00.000000002Z",
         "1970-01-01T00:00:00.000000001Z",
     ]
+
+
+def test_the_export_leaves_out_request_ids(store_location):
+    # A write through castore serve keeps its request id in the stored audit record (a
+    # retried write is recognized by it); the export leaves it out, so a remote store
+    # exports what a local one does, and export, import, export stays byte-identical.
+    request_id = "0123456789abcdef0123456789abcdef"
+    with_id = replace_in(
+        GOOD_1, b'"value":1', b'"audit":{"request_id":"%s"},"value":1' % (request_id.encode())
+    )
+    target = new_store(store_location)
+    import_lines(target, lines_reader(bad([HEADER.strip(), with_id, OTHER])))
+    target.set("written", 1, reason="why")
+    data = export_bytes(target)
+    assert b"request_id" not in data
+    assert b'"reason":"why"' in data
+    served = new_store(underlying(store_location))  # the store itself (behind a server)
+    assert export_bytes(served) == data
+    ref = served.ref("ok")
+    entry = served.backend.current(ref).entry
+    assert entry is not None
+    assert entry.audit.request_id != ""  # stored: as given by the import, or the server's
+    written = served.backend.current(served.ref("written")).entry
+    assert written is not None
+    assert bool(written.audit.request_id) == (store_location != underlying(store_location))
 
 
 def test_import_calls_read_twice_and_validates_before_writing(store_location):
