@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pathlib
+import socket
 import stat
 import subprocess
 import sys
@@ -473,3 +474,21 @@ def underlying(location: str) -> str:
 def is_remote_location(location: str) -> bool:
     """True for a store served by the in-process server (an ``http://`` location)."""
     return location in UNDERLYING
+
+
+def read_response(conn: socket.socket) -> tuple[int, bytes]:
+    """The status and body of one HTTP/1.1 response (Content-Length, or read to the close)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    length = int(headers.get("content-length", "-1"))
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        assert chunk
+        rest += chunk
+    return int(lines[0].split()[1]), rest

@@ -47,7 +47,7 @@ from castore.wire import (
     RefCall,
     WireVersion,
 )
-from tests.helpers import CASTORE_PATH
+from tests.helpers import CASTORE_PATH, read_response
 
 pytestmark = pytest.mark.integration
 
@@ -762,24 +762,6 @@ def test_a_retried_append_is_applied_once_and_a_stale_one_writes_nothing(launche
 
 
 # -- 6. hostile input: the documented error, nothing written, the server stays up -----------
-
-
-def read_response(conn: socket.socket) -> tuple[int, bytes]:
-    """The status and body of one HTTP/1.1 response (Content-Length, or read to the close)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    lines = head.decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    length = int(headers.get("content-length", "-1"))
-    while len(rest) < length:
-        chunk = conn.recv(65536)
-        assert chunk
-        rest += chunk
-    return int(lines[0].split()[1]), rest
 
 
 def oversized(port: int, path: str, limit: int, *, chunked: bool, pause: float = 0.0) -> None:

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from castore import Store
 from castore.server.app import MAX_BODY_BYTES, create_app
 from castore.server.openapi import openapi, openapi_json
-from tests.helpers import CASTORE_PATH, Cli, ref_log_path
+from tests.helpers import CASTORE_PATH, Cli, read_response, ref_log_path
 
 pytestmark = pytest.mark.integration
 
@@ -410,24 +410,6 @@ def test_sigterm_finishes_the_request_in_flight(start, store_location, tmp_path)
     assert server.stop() == 0
     line = Cli(tmp_path, store_location, dag="d").line("get", "late")
     assert json.loads(line)["value"] == {"in": "flight"}
-
-
-def read_response(conn: socket.socket) -> tuple[int, bytes]:
-    """The status and body of one HTTP/1.1 response (Content-Length, or read to the close)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    lines = head.decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    length = int(headers.get("content-length", "-1"))
-    while len(rest) < length:
-        chunk = conn.recv(65536)
-        assert chunk
-        rest += chunk
-    return int(lines[0].split()[1]), rest
 
 
 # -- the HTTP layer: auth, limits, log, metrics ------------------------------------------
