@@ -602,3 +602,21 @@ def test_the_openapi_document_describes_every_route(tmp_path):
     described = {path: set(item) for path, item in openapi()["paths"].items()}
     assert routes == described
     assert "/v1/diff-versions" in routes
+
+
+def test_a_bounded_load_test_runs_to_its_end_with_nothing_lost(file_server, tmp_path):
+    """tools/loadtest.py against a live server: N clients x M durable sets, then it stops.
+
+    Oracle: every request succeeded, and the store holds exactly one version per
+    acknowledged set (plus each key's prepared first write): none lost, none doubled.
+    """
+    from tools.loadtest import DEFAULT_DAG, run
+
+    result = run(file_server.url, clients=4, ops=40, mix="set", keys=8, token=TOKEN, timeout=120)
+    assert (result.errors, result.ok, result.stopped_early) == ({}, 4 * 40, False)
+    assert 0 < result.p50_ms <= result.p99_ms <= result.max_ms
+    store = Store(str(tmp_path / "store"), dag=DEFAULT_DAG)
+    keys = store.list().entries
+    assert len(keys) == 8
+    assert sum(entry.version for entry in keys) == 8 + 4 * 40
+    store.close()
