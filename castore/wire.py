@@ -212,34 +212,35 @@ class Call(NamedTuple):
     """One call of the protocol: its request and reply types, and how it may be sent.
 
     ``resend``: safe to send again when its answer was lost (a read, or an
-    append, which the server recognizes). ``store_wide``: about the whole store
-    (no keyspace): sent to one member, with no time limit when ``maintenance``.
+    append, which the server recognizes). ``writes``: it may change the store (a
+    lost answer means it may or may not have been applied). ``maintenance``: about
+    the whole store, with no time limit.
     """
 
     request: type[_Msg]
     reply: Any
     resend: bool = True
-    store_wide: bool = False
+    writes: bool = False
     maintenance: bool = False
 
 
 # call name -> its Call; the server's routes and the client's calls.
 CALLS: Final[dict[str, Call]] = {
     "current": Call(RefCall, EntryValue),
-    "append": Call(Append, AppendReply),
-    "replace": Call(Replace, list[Entry], resend=False),
+    "append": Call(Append, AppendReply, writes=True),
+    "replace": Call(Replace, list[Entry], resend=False, writes=True),
     "exists": Call(RefCall, bool),
     "keys": Call(NamespaceCall, list[str]),
-    "namespaces": Call(ScopeCall, list[str], store_wide=True),
+    "namespaces": Call(ScopeCall, list[str]),
     "listing": Call(NamespaceCall, dict[str, ListEntry | None]),
     "remember": Call(NamespaceCall, None),
     "version": Call(VersionCall, EntryValue),
     "history": Call(HistoryCall, list[Entry]),
     "iter_versions": Call(RefCall, list[EntryValue]),  # streamed: one EntryValue per frame
-    "check": Call(CheckCall, CheckReport, store_wide=True, maintenance=True),
-    "collect_garbage": Call(GCCall, GCReport, resend=False, store_wide=True, maintenance=True),
-    "compact": Call(CompactCall, CompactReport, resend=False, store_wide=True, maintenance=True),
-    "stats": Call(NoArgs, StoreStats, store_wide=True, maintenance=True),
+    "check": Call(CheckCall, CheckReport, writes=True, maintenance=True),
+    "collect_garbage": Call(GCCall, GCReport, resend=False, writes=True, maintenance=True),
+    "compact": Call(CompactCall, CompactReport, resend=False, writes=True, maintenance=True),
+    "stats": Call(NoArgs, StoreStats, maintenance=True),
 }
 
 

@@ -19,6 +19,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
 import msgspec
 
@@ -55,6 +56,7 @@ from castore.wire import (
 
 __all__ = ["RemoteBackend"]
 
+_R = TypeVar("_R")
 _MAX_PAGE = 256  # entries per history call of an iteration
 _NEWEST = 2**62  # "below this version": the newest entry of any ref
 _MAX_VERSION = 2**63 - 1  # no backend stores a larger version (nor can the protocol carry one)
@@ -224,43 +226,37 @@ class RemoteBackend:
 
     # -- maintenance: the server's own store ---------------------------------------------
 
-    def _maintenance(self, name: str, call: object) -> object:
+    def _maintenance(self, name: str, call: object, reply: type[_R]) -> _R:
         """Run maintenance on the store of the one coordinator the location named."""
         if len(self._members) > 1:
             raise InvalidValueError(
                 f"{name} runs on one coordinator's store: give one URL, not a cluster's list"
             )
-        return self._transport.call(name, call, self._members[0])
+        report = self._transport.call(name, call, self._members[0])
+        assert isinstance(report, reply)  # noqa: S101  # the call's reply type (castore.wire)
+        return report
 
     def check(self, *, repair: bool, progress: Progress | None) -> CheckReport:
         """The server's check of its store."""
-        report = self._maintenance("check", CheckCall(repair=repair))
-        assert isinstance(report, CheckReport)  # noqa: S101  # the call's reply type
-        return report
+        return self._maintenance("check", CheckCall(repair=repair), CheckReport)
 
     def collect_garbage(
         self, *, grace_seconds: float, dry_run: bool, progress: Progress | None
     ) -> GCReport:
         """The server's gc of its store."""
-        report = self._maintenance(
-            "collect_garbage", GCCall(grace_seconds=grace_seconds, dry_run=dry_run)
-        )
-        assert isinstance(report, GCReport)  # noqa: S101  # the call's reply type
-        return report
+        call = GCCall(grace_seconds=grace_seconds, dry_run=dry_run)
+        return self._maintenance("collect_garbage", call, GCReport)
 
     def compact(
         self, retention: Retention, *, dry_run: bool, progress: Progress | None
     ) -> CompactReport:
         """The server's compaction of its store."""
-        report = self._maintenance("compact", CompactCall(retention=retention, dry_run=dry_run))
-        assert isinstance(report, CompactReport)  # noqa: S101  # the call's reply type
-        return report
+        call = CompactCall(retention=retention, dry_run=dry_run)
+        return self._maintenance("compact", call, CompactReport)
 
     def stats(self) -> StoreStats:
         """The server's store's counts."""
-        report = self._maintenance("stats", NoArgs())
-        assert isinstance(report, StoreStats)  # noqa: S101  # the call's reply type
-        return report
+        return self._maintenance("stats", NoArgs(), StoreStats)
 
     def close(self) -> None:
         """Close the connections (opened again on use)."""

@@ -57,7 +57,6 @@ _CONNECT_SECONDS: Final = 5.0
 _MSGPACK: Final = "application/msgpack"
 _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _NEVER_SENDABLE: Final = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
-_WRITES: Final = frozenset({"append", "replace", "check", "collect_garbage", "compact"})
 
 
 class Rerouted(Exception):  # noqa: N818  # a signal, not an error: the write decides again
@@ -221,7 +220,7 @@ class Transport:
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
                     raise _unavailable(url, f"{name} failed: {type(exc).__name__}") from None
                 if attempt == ATTEMPTS or (lost and not spec.resend):
-                    raise _lost(url, name, exc, sent and name in _WRITES) from None
+                    raise _lost(url, name, exc, sent and spec.writes) from None
                 if lost and resend is not None:
                     body = msgspec.msgpack.encode(resend)
                 time.sleep(min(_PAUSE * 2 ** (attempt - 1), 2.0))
