@@ -9,8 +9,10 @@ Run from the checkout root::
 Two servers on loopback, started here and stopped at the end:
 
 * **castore**: ``sys.executable -m castore --dir TMP/castore/store serve --listen
-  127.0.0.1:0`` (the file store, durable sets: the default; its access log in
-  ``TMP/castore/access.log``). ``--castore-path DIR`` puts ``DIR`` first on the
+  127.0.0.1:0 --processes N`` (the file store, durable sets: the default; its
+  access log in ``TMP/castore/access.log``; ``--processes``, default two per core:
+  etcd uses every core too, and a castore process waits for fdatasync about half
+  the time). ``--castore-path DIR`` puts ``DIR`` first on the
   server's ``PYTHONPATH`` (``DIR/castore`` is then the code measured, e.g. a copy
   of another commit).
 * **etcd**: Debian's ``etcd`` (``apt-get install -y etcd-server`` when it is not on
@@ -408,7 +410,7 @@ def header(etcd: str, origin: str, directory: pathlib.Path, args: argparse.Names
         f"python {platform.python_version()}; castore from {origin}; {etcd}",
         f"load: engine {args.engine}, {args.rounds} rounds (+1 warm-up), ~{args.requests} "
         f"requests per cell, {args.keys} keys, values {args.value_size} B, "
-        f"clients {','.join(map(str, args.clients))}",
+        f"clients {','.join(map(str, args.clients))}; castore serve --processes {args.processes}",
     ]
 
 
@@ -429,6 +431,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--value-size", type=int, default=100, help="bytes per value (100)")
     p.add_argument("--engine", choices=ENGINES, default="asyncio", help="client engine (asyncio)")
     p.add_argument("--castore-path", help="directory put first on the server's PYTHONPATH")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=2 * (os.cpu_count() or 1),
+        help="castore serve --processes (2 per core: each waits for fdatasync half the time)",
+    )
     p.add_argument("--workdir", help="parent of the temporary directory (not tmpfs)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--no-install", action="store_true", help="never apt-get install etcd")
@@ -457,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(lines), flush=True)
             (directory / "castore").mkdir()
             servers.children["castore"], servers.urls["castore"] = start_castore(
-                directory / "castore", env=env
+                directory / "castore", env=env, extra=["--processes", str(args.processes)]
             )
             servers.children["etcd"], servers.urls["etcd"] = start_etcd(binary, directory / "etcd")
             protocols = {"castore": castore_protocol(DAG), "etcd": etcd_protocol()}

@@ -30,9 +30,10 @@ its own ``http.client.HTTPConnection`` (140-190 µs, a GIL convoy at 32 clients)
 "The server against etcd").
 
 ``--start`` starts a server of its own (``sys.executable -m castore --dir TMP/store
-serve --listen 127.0.0.1:0``, with ``--token-file`` when given, its access log in
-``TMP``), runs, then stops it (SIGTERM, wait) and removes ``TMP``. The castore it
-runs is the one ``sys.executable`` imports (``PYTHONPATH=DIR`` to run another).
+serve --listen 127.0.0.1:0 --processes N``, ``--processes`` 1 unless given, with
+``--token-file`` when given, its access log in ``TMP``), runs, then stops it
+(SIGTERM, wait) and removes ``TMP``. The castore it runs is the one
+``sys.executable`` imports (``PYTHONPATH=DIR`` to run another).
 With ``--start``, ``--py-spy FILE`` records the server with ``py-spy`` while the
 load runs (samples of the thread holding the GIL, raw collapsed stacks, the
 input of a flame graph) and prints where they fall: the store call, the hand-off
@@ -848,6 +849,7 @@ def parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=RUN_TIMEOUT_SECONDS, help="seconds at most (300)"
     )
     p.add_argument("--py-spy", metavar="FILE", help="with --start: profile the server into FILE")
+    p.add_argument("--processes", type=_positive, default=1, help="with --start: serve --processes")
     return p
 
 
@@ -857,6 +859,8 @@ def main(argv: Sequence[str] | None = None) -> LoadResult:
     args = p.parse_args(argv)
     if args.py_spy and not args.start:
         p.error("--py-spy needs --start (it profiles the server it starts)")
+    if args.py_spy and args.processes > 1:
+        p.error("--py-spy profiles one process: use it with --processes 1")
     token = read_token(args.token_file)
 
     def go(url: str, do_prepare: bool) -> LoadResult:
@@ -875,7 +879,8 @@ def main(argv: Sequence[str] | None = None) -> LoadResult:
         )
 
     if args.start:
-        with castore_server(token_file=args.token_file) as (child, url):
+        extra = ["--processes", str(args.processes)]
+        with castore_server(token_file=args.token_file, extra=extra) as (child, url):
             print(f"started castore serve at {url}", flush=True)
             if args.py_spy:
                 if not args.no_prepare:

@@ -164,6 +164,7 @@ def _serve(cmd: _Parser) -> None:
     cmd.add_argument("--access-log", help="append the JSON-lines access log here (stderr)")
     cmd.add_argument("--cluster", help="URL,URL,...: every coordinator of the cluster")
     cmd.add_argument("--self", dest="self_url", help="this server's URL in --cluster")
+    cmd.add_argument("--processes", type=int, help="server processes sharing the port (1)")
     cmd.add_argument("--openapi", action="store_true", help="print the OpenAPI document")
 
 

@@ -43,6 +43,7 @@ def _serve(cmd: Invocation) -> Iterator[bytes]:
         "shutdown_timeout": a.shutdown_timeout,
         "cluster": a.cluster,
         "self_url": a.self_url,
+        "processes": a.processes,
     }
     try:
         run_server(

@@ -27,7 +27,7 @@ from typing import Any, Final, TextIO, TypeVar
 import anyio
 import anyio.to_thread
 import msgspec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -258,6 +258,7 @@ def create_app(
     access_log: TextIO | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     membership: Membership | None = None,
+    metrics_dir: str | None = None,
 ) -> Starlette:
     """The API over ``store``; it closes the store when it shuts down.
 
@@ -268,12 +269,14 @@ def create_app(
         access_log: where the JSON-lines access log goes (default: stderr).
         max_body_bytes: the largest request body read (413 ``body_too_large`` above).
         membership: the cluster this server is a member of (None: a lone server).
+        metrics_dir: where the processes of one server count their metrics (each one's
+            ``/metrics`` sums them all); None: this process counts alone.
     """
     api = _Api(store, request_timeout, max_body_bytes, membership or Membership())
-    metrics = Metrics()
+    metrics = Metrics(metrics_dir)
 
     async def serve_metrics(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

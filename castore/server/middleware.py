@@ -9,13 +9,15 @@ constant time. Neither ever logs a header (the token), a query or a body.
 from __future__ import annotations
 
 import hmac
+import os
 import re
 import secrets
 import time
 from typing import Final, TextIO
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from castore.results import rfc3339
@@ -30,9 +32,14 @@ _PUBLIC: Final = frozenset({"/healthz"})  # the paths that need no token
 
 
 class Metrics:
-    """Request counts and latencies per operation, in a registry of their own."""
+    """Request counts and latencies per operation, in a registry of their own.
 
-    def __init__(self) -> None:
+    With ``shared_dir`` (the processes of one server, each counting in files
+    there), :meth:`exposition` sums every process's counts.
+    """
+
+    def __init__(self, shared_dir: str | None = None) -> None:
+        self.shared_dir = shared_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "castore_requests",
@@ -46,6 +53,14 @@ class Metrics:
             ("operation",),
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus's text format."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         """Count one answered request of ``path``."""
@@ -68,12 +83,14 @@ def operation_of(path: str) -> str:
 class Observe:
     """ASGI middleware: the request id, one access-log line and the metrics of each request.
 
-    The line holds the time, method, path, status, duration and request id:
-    never a header (the token), a query string or a body (a value).
+    The line holds the time, method, path, status, duration, request id and the
+    answering process's id (one of several, with ``--processes``): never a header (the
+    token), a query string or a body (a value).
     """
 
     def __init__(self, app: ASGIApp, log: TextIO, metrics: Metrics) -> None:
         self.app, self.log, self.metrics = app, log, metrics
+        self.pid = os.getpid()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request (ASGI), then log and count it."""
@@ -108,6 +125,7 @@ class Observe:
             "status": status,
             "duration_ms": round(seconds * 1000, 3),
             "request_id": rid,
+            "pid": self.pid,
         }
         try:
             self.log.write(msgspec.json.encode(line).decode("utf-8") + "\n")

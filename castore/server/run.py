@@ -18,7 +18,9 @@ import signal
 import socket
 import stat
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Final, TextIO
 
@@ -29,6 +31,7 @@ from castore.cluster import Cluster, parse_members
 from castore.results import rfc3339
 from castore.server.app import REQUEST_TIMEOUT_SECONDS, create_app
 from castore.server.membership import Membership
+from castore.server.prefork import Supervisor
 from castore.store import Store
 from castore.urls import redacted
 
@@ -37,6 +40,7 @@ __all__ = [
     "MIN_TOKEN_CHARS",
     "ServeError",
     "bind",
+    "bind_all",
     "load_token",
     "parse_listen",
     "run_server",
@@ -115,8 +119,11 @@ def load_token(token_file: str | None) -> str | None:
     return None if value is None else _check_token(value, "$CASTORE_TOKEN")
 
 
-def bind(host: str, port: int, token: str | None) -> socket.socket:
+def bind(host: str, port: int, token: str | None, *, reuse_port: bool = False) -> socket.socket:
     """A socket listening on ``host:port``; a non-loopback address needs a token.
+
+    With ``reuse_port``, other sockets of this user may listen on the same port
+    (``SO_REUSEPORT``: the kernel spreads connections over them), as server processes do.
 
     Raises:
         ServeError: the host does not resolve, or is not loopback and ``token`` is None.
@@ -136,6 +143,8 @@ def bind(host: str, port: int, token: str | None) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(socket.SOMAXCONN)
     except OSError as exc:
@@ -165,9 +174,73 @@ def _membership(cluster: str | None, self_url: str | None) -> Membership:
         raise ServeError(str(exc)) from None
 
 
+def bind_all(host: str, port: int, token: str | None, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on one port (the first one's, if ``port`` is 0).
+
+    One plain socket for one process; else each has ``SO_REUSEPORT``
+    (:mod:`castore.server.prefork`). Raises as :func:`bind`.
+    """
+    sockets = [bind(host, port, token, reuse_port=count > 1)]
+    try:
+        while len(sockets) < count:
+            sockets.append(bind(host, sockets[0].getsockname()[1], token, reuse_port=True))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     """SIGTERM after uvicorn's graceful shutdown (it raises the signal again): exit 0."""
     raise SystemExit(0)
+
+
+def _share_metrics(directory: str) -> None:
+    """In a child: count metrics in files below ``directory``; /metrics sums every process's.
+
+    prometheus_client's multi-process mode: its value class is chosen when the
+    package is imported, from ``PROMETHEUS_MULTIPROC_DIR``; a child already
+    imported it, so the class is swapped here, before the app makes its metrics.
+    """
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def _runner(
+    store: Store,
+    token: str | None,
+    membership: Membership,
+    log: TextIO,
+    request_timeout: float,
+    shutdown_timeout: float,
+) -> Callable[[socket.socket, str | None], int]:
+    """What one server process runs: the app on uvicorn, on a socket, until SIGTERM (exit 0)."""
+
+    def serve(sock: socket.socket, metrics_dir: str | None) -> int:
+        app = create_app(
+            store,
+            token,
+            request_timeout=request_timeout,
+            access_log=log,
+            membership=membership,
+            metrics_dir=metrics_dir,
+        )
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
+        )
+        signal.signal(signal.SIGTERM, _stop)
+        uvicorn.Server(config).run(sockets=[sock])
+        return 0
+
+    return serve
 
 
 def run_server(
@@ -180,12 +253,15 @@ def run_server(
     shutdown_timeout: float = SHUTDOWN_TIMEOUT_SECONDS,
     cluster: str | None = None,
     self_url: str | None = None,
+    processes: int = 1,
 ) -> None:
     """Serve ``store`` until SIGTERM or SIGINT (what ``castore serve`` runs).
 
     With ``cluster`` (comma-separated URLs) and ``self_url`` (this server's
     URL in it), the server serves only the keyspaces it owns under that list,
-    to clients with the same list (:mod:`castore.server.membership`).
+    to clients with the same list (:mod:`castore.server.membership`). With
+    ``processes`` above 1, that many forked processes serve the port
+    (:mod:`castore.server.prefork`); ``store`` must not have been used yet.
 
     Writes one JSON line to stderr when listening (``{"event":"listening","url":…}``),
     then the access log (to ``access_log``, a file appended to, else stderr).
@@ -193,35 +269,52 @@ def run_server(
     Raises:
         ServeError: a setting that cannot be used (see :func:`load_token`, :func:`bind`).
         OSError: the address cannot be bound, or the access log cannot be opened.
+        SystemExit: 1 when the processes kept failing, or one did not stop cleanly.
+        KeyboardInterrupt: processes stopped by SIGINT (``castore serve`` exits 130).
     """
     if request_timeout <= 0 or shutdown_timeout <= 0:
         raise ServeError("--request-timeout and --shutdown-timeout must be positive")
+    if processes < 1:
+        raise ServeError(f"--processes {processes}: give at least 1")
     membership = _membership(cluster, self_url)
     token = load_token(token_file)
-    sock = bind(*parse_listen(listen), token)
+    sockets = bind_all(*parse_listen(listen), token, processes)
     log: TextIO = open(access_log, "a", encoding="utf-8") if access_log else sys.stderr  # noqa: SIM115
-    app = create_app(
-        store, token, request_timeout=request_timeout, access_log=log, membership=membership
-    )
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
-    )
-    start = {
+
+    serve = _runner(store, token, membership, log, request_timeout, shutdown_timeout)
+    _announce(sockets[0], store, token, membership, processes)
+    if processes == 1:
+        serve(sockets[0], None)
+        return
+    with tempfile.TemporaryDirectory(prefix="castore-metrics-") as shared:
+
+        def child(sock: socket.socket) -> int:
+            _share_metrics(shared)
+            return serve(sock, shared)
+
+        supervisor = Supervisor(sockets, child, shutdown_timeout)
+        code = supervisor.run()
+    if code:
+        raise SystemExit(code)
+    if supervisor.stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt  # exit 130, as a single process stopped by SIGINT
+
+
+def _announce(
+    sock: socket.socket, store: Store, token: str | None, membership: Membership, processes: int
+) -> None:
+    """The start line on stderr: where, which store, whether a token is needed, the cluster."""
+    start: dict[str, object] = {
         "time": rfc3339(time.time_ns()),
         "event": "listening",
         "url": _url(sock),
         "store": redacted(store.root),
         "auth": token is not None,
     }
+    if processes > 1:
+        start["processes"] = processes
     if membership.cluster is not None:
         start["cluster"] = membership.cluster.members
         start["digest"] = membership.cluster.digest
     sys.stderr.write(msgspec.json.encode(start).decode("utf-8") + "\n")
     sys.stderr.flush()
-    signal.signal(signal.SIGTERM, _stop)
-    uvicorn.Server(config).run(sockets=[sock])

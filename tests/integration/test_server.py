@@ -560,9 +560,10 @@ def test_the_access_log_holds_no_token_and_no_value(file_server):
     assert secret_value not in text
     lines = file_server.log_lines()
     assert all(
-        list(line) == ["time", "method", "path", "status", "duration_ms", "request_id"]
+        list(line) == ["time", "method", "path", "status", "duration_ms", "request_id", "pid"]
         for line in lines
     )
+    assert {line["pid"] for line in lines} == {file_server.proc.pid}
     mine = [line for line in lines if line["path"] != "/healthz"]
     assert [(line["method"], line["path"], line["status"]) for line in mine] == [
         ("POST", "/v1/set", 200),

@@ -72,6 +72,7 @@ LAYERS = {
     "server.rpc": 25,  # the backend protocol's calls on the store's backend
     "server.middleware": 25,  # request ids, access log, metrics, the token
     "server.app": 26,
+    "server.prefork": 26,  # forked server processes on one port, supervised
     "server.openapi": 26,
     "server.run": 27,  # token, listening checks, uvicorn
     "cli.serve": 28,

@@ -1,0 +1,213 @@
+"""``castore serve --processes N``: forked server processes on one port, supervised.
+
+Real server processes on loopback (:class:`tests.integration.test_server.Server`).
+The oracles: counts in the store (every acknowledged increment is one
+version, none lost or doubled, whichever process answered), the access log's
+process ids (several answered, all children of the server), the
+summed ``/metrics``, and the processes themselves (replaced, stopped, gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.helpers import CASTORE_PATH, read_response
+from tests.integration.test_server import Server, base_env, body
+
+pytestmark = pytest.mark.integration
+
+GONE_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def start(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def make(*args: str) -> Server:
+        where = tmp_path / f"server{len(servers)}"
+        server = Server(where, str(tmp_path / "store"), *args, env=base_env(tmp_path))
+        servers.append(server)
+        server.wait_healthy()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def events(server: Server, name: str) -> list[dict[str, object]]:
+    lines = server.stderr_path.read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") == name]
+
+
+def children_of(server: Server) -> set[int]:
+    """The pids of the server processes running now (started, not exited: the stderr events)."""
+    started = {int(str(e["pid"])) for e in events(server, "process-started")}
+    return started - {int(str(e["pid"])) for e in events(server, "process-exited")}
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = GONE_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def parent_of(pid: int) -> int:
+    return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def incr(url: str, count: int, key: str = "c") -> None:
+    """``count`` increments, a new connection every 5 (so they spread over the processes)."""
+    for start in range(0, count, 5):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(min(5, count - start)):
+                answer = client.post("/v1/incr", content=json.dumps({"key": key, "dag": "d"}))
+                assert answer.status_code == 200, answer.text
+
+
+def test_processes_share_the_port_and_lose_no_increment(start):
+    server = start("--processes", "3")
+    children = children_of(server)
+    assert len(children) == 3
+    assert {parent_of(pid) for pid in children} == {server.proc.pid}
+    threads = [threading.Thread(target=incr, args=(server.url, 30)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        got = client.post("/v1/get", content=b'{"key":"c","dag":"d"}').json()
+        history = client.post("/v1/history", content=b'{"key":"c","dag":"d","limit":1000}')
+    assert (got["version"], got["value"]) == (180, 180)
+    assert [e["version"] for e in history.json()["entries"]] == list(range(180, 0, -1))
+    answered = {line["pid"] for line in server.log_lines() if line["path"] == "/v1/incr"}
+    assert len(answered) >= 2  # several processes answered,
+    assert answered <= children  # all of them this server's
+    for _ in range(6):  # each a new connection: any process answers with every one's counts
+        text = httpx.get(f"{server.url}/metrics").text
+        assert 'castore_requests_total{operation="incr",status="200"} 180.0' in text
+        assert 'castore_request_seconds_count{operation="incr"} 180.0' in text
+
+
+def test_a_killed_process_is_replaced_and_sigterm_stops_every_one(start):
+    server = start("--processes", "2")
+    victim, survivor = sorted(children_of(server))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(children_of(server)) == 2 and victim not in children_of(server), "a new one"
+    )
+    exited = events(server, "process-exited")
+    assert exited == [{"time": exited[0]["time"], "event": "process-exited", "pid": victim,
+                       "status": "killed by SIGKILL"}]  # fmt: skip
+    incr(server.url, 20)
+    children = children_of(server)
+    assert server.stop() == 0
+    assert not any(map(running, children))
+    statuses = {e["pid"]: e["status"] for e in events(server, "process-exited")}
+    assert {pid: statuses[pid] for pid in children} == dict.fromkeys(children, "exit 0")
+    assert survivor in children
+
+
+def test_children_stop_when_the_parent_is_killed(start):
+    server = start("--processes", "2")
+    children = children_of(server)
+    server.proc.kill()
+    server.proc.wait(10)
+    wait_for(lambda: not any(map(running, children)), "the orphaned children to stop")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/healthz", timeout=5)
+
+
+def test_sigterm_lets_a_child_finish_the_request_in_flight(start, tmp_path):
+    server = start("--processes", "2")
+    data = body({"key": "late", "dag": "d"}, value='{"in": "flight"}')
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+        head = f"POST /v1/set HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
+        conn.sendall(head.encode() + data[:10])
+        time.sleep(0.5)  # a child reads the head and starts the request
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.proc.poll() is None  # still serving the request
+        conn.sendall(data[10:])
+        status, answer = read_response(conn)
+    assert status == 200, answer
+    assert server.stop() == 0
+    argv = [sys.executable, "-m", "castore", "--dir", str(tmp_path / "store"), "--dag", "d"]
+    got = subprocess.run(
+        [*argv, "get", "late"],
+        env=base_env(tmp_path),
+        capture_output=True,
+        check=True,
+    )
+    assert json.loads(got.stdout)["value"] == {"in": "flight"}
+
+
+def test_children_that_keep_failing_stop_the_server(tmp_path):
+    """A child that exits within a second of its start is replaced, up to 5 in a row: exit 1."""
+    script = textwrap.dedent(
+        """
+        import socket, sys
+        from castore.server.prefork import Supervisor
+        sockets = [socket.socket(), socket.socket()]
+        sys.exit(Supervisor(sockets, lambda sock: 3, shutdown_timeout=1).run())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**base_env(tmp_path), "PYTHONPATH": CASTORE_PATH},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    exits = [line for line in lines if line["event"] == "process-exited"]
+    assert [line["status"] for line in exits] == ["exit 3"] * len(exits)
+    assert 5 <= len(exits) <= 6  # the fifth fast failure stops the other (it may exit first)
+    stops = [line["reason"] for line in lines if line["event"] == "stopping"]
+    assert stops == ["5 processes in a row exited within a second"]
+
+
+def test_processes_must_be_at_least_one(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "castore",
+            "--dir",
+            str(tmp_path / "s"),
+            "serve",
+            "--processes",
+            "0",
+        ],
+        env=base_env(tmp_path),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert b"--processes 0: give at least 1" in done.stderr
+    assert not (tmp_path / "s").exists()
