@@ -206,6 +206,7 @@ class WireError(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     exception: str = ""
     args: list[Any] = []
+    errno: str = ""  # an io_error's errno, by name (numbers differ between systems)
 
 
 class Call(NamedTuple):

@@ -110,7 +110,8 @@ class RemoteBackend:
             raise InvalidValueError(str(exc)) from None
         token = os.environ.get("CASTORE_TOKEN") or None
         self._lock_timeout = lock_timeout
-        self._transport = Transport(members, token, read_timeout=lock_timeout + 30.0)
+        # past the server's default request timeout (lock timeout + 30 s): its answer comes first
+        self._transport = Transport(members, token, read_timeout=lock_timeout + 60.0)
         self._members = members  # as given: maintenance goes to the one URL named
         # A handle dropped without close() closes its connections when collected.
         weakref.finalize(self, self._transport.close)

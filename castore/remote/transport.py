@@ -25,6 +25,7 @@ Neither the token nor a value ever appears in an error.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -55,6 +56,7 @@ REDIRECTS: Final = 3  # 421 answers followed by one call
 _PAUSE: Final = 0.05  # the first pause between tries, doubled each time (at most 2 s)
 _CONNECT_SECONDS: Final = 5.0
 _MSGPACK: Final = "application/msgpack"
+_FRAME_MAX: Final = 64 * 1024 * 1024  # larger than any item of a reply: garbled
 _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _NEVER_SENDABLE: Final = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
 
@@ -155,43 +157,70 @@ class Transport:
             raise _unavailable(response.url, f"a bad answer to {name}: {exc}") from None
 
     def stream(self, name: str, request: Any, keyspace: tuple[str, str]) -> Iterator[Any]:
-        """The items of a streamed call, decoded one frame at a time.
+        """The items of a streamed call, decoded one frame at a time as they arrive.
+
+        Only the frames not yet decoded are held in memory, so a key's whole
+        history streams in the space of its largest version.
 
         Raises:
             StoreUnavailableError: the stream was cut or is not made of frames.
             CastoreError: the exception that ended it on the server.
         """
-        response = self._send(name, request, keyspace, None)
+        response = self._send(name, request, keyspace, None, stream=True)
+        try:
+            yield from self._frames(name, response)
+        finally:
+            response.close()
+
+    def _frames(self, name: str, response: httpx.Response) -> Iterator[Any]:
         decoder = msgspec.msgpack.Decoder(CALLS[name].reply.__args__[0])
-        data, at = response.content, 0
-        while at + 5 <= len(data):
-            kind, size = data[at : at + 1], int.from_bytes(data[at + 1 : at + 5], "big")
-            payload, at = data[at + 5 : at + 5 + size], at + 5 + size
-            if len(payload) < size:
-                break
-            if kind == FRAME_ITEM:
-                try:
-                    yield decoder.decode(payload)
-                except msgspec.DecodeError:
-                    break
-            elif kind == FRAME_ERROR:
-                raise _failure(response.url, 500, payload)
-            elif kind == FRAME_END:
-                return
-            else:
-                break
+        pending = bytearray()
+        try:
+            for chunk in response.iter_bytes():
+                pending += chunk
+                at = 0
+                while len(pending) - at >= 5:
+                    size = int.from_bytes(pending[at + 1 : at + 5], "big")
+                    if size > _FRAME_MAX:
+                        raise msgspec.DecodeError("a frame larger than any reply item")
+                    if len(pending) - at - 5 < size:
+                        break
+                    kind, payload = pending[at : at + 1], bytes(pending[at + 5 : at + 5 + size])
+                    at += 5 + size
+                    if kind == FRAME_ITEM:
+                        yield decoder.decode(payload)
+                    elif kind == FRAME_ERROR:
+                        raise _failure(response.url, 500, payload)
+                    elif kind == FRAME_END:
+                        return
+                    else:
+                        raise msgspec.DecodeError(f"unknown frame kind {bytes(kind)!r}")
+                del pending[:at]
+        except (httpx.HTTPError, msgspec.DecodeError):
+            pass
         raise _unavailable(response.url, f"the answer to {name} was cut or garbled")
 
     def _send(
-        self, name: str, request: Any, where: tuple[str, str] | str, resend: Any
+        self,
+        name: str,
+        request: Any,
+        where: tuple[str, str] | str,
+        resend: Any,
+        *,
+        stream: bool = False,
     ) -> httpx.Response:
-        """The 200 answer to one call, after its retries and redirects."""
+        """The 200 answer to one call, after its retries and redirects.
+
+        With ``stream``, its body is still to be read (and the response closed).
+        """
         redirects = 0
         while True:
             url = self._cluster.owner(*where) if isinstance(where, tuple) else where
-            response = self._post(name, url, request, resend)
+            response = self._post(name, url, request, resend, stream=stream)
             if response.status_code == 200:
                 return response
+            response.read()
+            response.close()
             if response.status_code == 421 and redirects < REDIRECTS and isinstance(where, tuple):
                 redirects += 1
                 self._follow(response, url)
@@ -200,7 +229,9 @@ class Transport:
                 continue
             raise _failure(response.url, response.status_code, response.content)
 
-    def _post(self, name: str, url: str, request: Any, resend: Any) -> httpx.Response:
+    def _post(
+        self, name: str, url: str, request: Any, resend: Any, *, stream: bool = False
+    ) -> httpx.Response:
         """One call's answer from ``url``, retrying lost connections as the call allows."""
         spec = CALLS[name]
         body = msgspec.msgpack.encode(request)
@@ -211,9 +242,15 @@ class Transport:
         sent = False
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return self._http().post(
-                    f"{url}/v1/backend/{name}", content=body, headers=headers, timeout=timeout
+                client = self._http()
+                outgoing = client.build_request(
+                    "POST",
+                    f"{url}/v1/backend/{name}",
+                    content=body,
+                    headers=headers,
+                    timeout=timeout,
                 )
+                return client.send(outgoing, stream=stream)
             except httpx.HTTPError as exc:
                 lost = not isinstance(exc, _NOT_SENT)
                 sent = sent or lost
@@ -261,7 +298,9 @@ def _failure(url: Any, status: int, content: bytes) -> Exception:
     if exc is not None:
         return exc
     if error.code == "io_error":
-        return OSError(f"castore server {_origin(url)}: {error.message}")
+        number = getattr(errno, error.errno, None) if error.errno.startswith("E") else None
+        where = f"castore server {_origin(url)}: {error.message}"
+        return OSError(number, where) if isinstance(number, int) else OSError(where)
     if error.code == "unauthorized":
         return _unavailable(url, "the server refused the token ($CASTORE_TOKEN)")
     return _unavailable(url, f"{error.code}: {error.message}")

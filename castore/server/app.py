@@ -47,15 +47,15 @@ from castore.wire import CALLS, CLUSTER_HEADER, MEMBERS_HEADER
 __all__ = [
     "BACKEND_BODY_BYTES",
     "ENVELOPE_BYTES",
+    "LOCK_MARGIN_SECONDS",
     "MAX_BODY_BYTES",
-    "REQUEST_TIMEOUT_SECONDS",
     "create_app",
 ]
 
 ENVELOPE_BYTES: Final = 64 * 1024  # the request's other members, around a value
 MAX_BODY_BYTES: Final = MAX_VALUE_BYTES + ENVELOPE_BYTES
 BACKEND_BODY_BYTES: Final = 64 * 1024 * 1024  # a backend call: an import's whole history of a key
-REQUEST_TIMEOUT_SECONDS: Final = 30.0
+LOCK_MARGIN_SECONDS: Final = 30.0  # the default request timeout: the store's lock timeout + this
 DRAIN_TIMEOUT_SECONDS: Final = 120.0  # shutdown waits this long for abandoned store calls
 _HEALTH_TIMEOUT_SECONDS: Final = 5.0
 _STREAM_BATCH: Final = 100  # audit lines read per worker-thread hop
@@ -254,7 +254,7 @@ def create_app(
     store: Store,
     token: str | None = None,
     *,
-    request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+    request_timeout: float | None = None,
     access_log: TextIO | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     membership: Membership | None = None,
@@ -265,13 +265,18 @@ def create_app(
     Args:
         store: the store every request uses (per request, through ``for_caller``).
         token: the bearer token every path but ``/healthz`` needs; None: no auth.
-        request_timeout: seconds a request may take before it answers 503 ``timeout``.
+        request_timeout: seconds a request may take before it answers 503 ``timeout``;
+            None: the store's lock timeout + :data:`LOCK_MARGIN_SECONDS`, so that a
+            write waiting for a lock ends with its own error (nothing written), not
+            with a timeout that leaves the client unsure.
         access_log: where the JSON-lines access log goes (default: stderr).
         max_body_bytes: the largest request body read (413 ``body_too_large`` above).
         membership: the cluster this server is a member of (None: a lone server).
         metrics_dir: where the processes of one server count their metrics (each one's
             ``/metrics`` sums them all); None: this process counts alone.
     """
+    if request_timeout is None:
+        request_timeout = store.lock_timeout + LOCK_MARGIN_SECONDS
     api = _Api(store, request_timeout, max_body_bytes, membership or Membership())
     metrics = Metrics(metrics_dir)
 

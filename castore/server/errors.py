@@ -9,6 +9,7 @@ traceback, a value or the token (docs/SERVER.md, "Errors").
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Final
 
 import msgspec
@@ -99,8 +100,9 @@ def api_error(exc: BaseException, *, exception: bool = False) -> ApiError:
     """The error response of an exception a store call raised.
 
     castore's own errors keep their message; an ``OSError`` says only its
-    ``strerror`` (no path); anything else is ``internal`` with a fixed
-    message (the server logs the exception, never the response). With
+    ``strerror`` (no path) and its errno's name (``"errno": "ENOSPC"``);
+    anything else is ``internal`` with a fixed message (the server logs the
+    exception, never the response). With
     ``exception``, one of castore's exceptions is also named with its
     arguments (``exception``, ``args``), so a client raises the same one.
     """
@@ -120,7 +122,9 @@ def _api_error(exc: BaseException) -> ApiError:
         if isinstance(exc, kind):
             return ApiError(code, str(exc))
     if isinstance(exc, OSError):
-        return ApiError("io_error", f"I/O error: {exc.strerror or type(exc).__name__}")
+        name = errno.errorcode.get(exc.errno, "") if isinstance(exc.errno, int) else ""
+        message = f"I/O error: {exc.strerror or type(exc).__name__}"
+        return ApiError("io_error", message, {"errno": name} if name else {})
     return ApiError("internal", "internal server error (see the server's log)")
 
 

@@ -13,6 +13,7 @@ request id.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple
 
@@ -184,6 +185,7 @@ BACKEND_CALLS: Final[dict[str, BackendCall]] = {
 }
 assert BACKEND_CALLS.keys() == CALLS.keys()  # noqa: S101  # one table each side, same calls
 
+_log = logging.getLogger("castore.server")
 _DECODERS: Final = {name: msgspec.msgpack.Decoder(CALLS[name].request) for name in CALLS}
 
 
@@ -223,7 +225,10 @@ def framed(items: Iterator[Any], batch: int = 64) -> Iterator[bytes]:
                 for item in itertools.islice(items, batch)
             )
         except Exception as exc:  # noqa: BLE001  # sent to the client, which raises it
-            out.append(frame(FRAME_ERROR, error_body(api_error(exc, exception=True))))
+            err = api_error(exc, exception=True)
+            if err.code == "internal":  # the client learns nothing of it: the log must
+                _log.error("internal error in a streamed reply", exc_info=exc)
+            out.append(frame(FRAME_ERROR, error_body(err)))
             yield b"".join(out)
             return
         if len(out) < batch:

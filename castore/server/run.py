@@ -29,7 +29,7 @@ import uvicorn
 
 from castore.cluster import Cluster, parse_members
 from castore.results import rfc3339
-from castore.server.app import REQUEST_TIMEOUT_SECONDS, create_app
+from castore.server.app import create_app
 from castore.server.membership import Membership
 from castore.server.prefork import Supervisor
 from castore.store import Store
@@ -214,7 +214,7 @@ def _runner(
     token: str | None,
     membership: Membership,
     log: TextIO,
-    request_timeout: float,
+    request_timeout: float | None,
     shutdown_timeout: float,
 ) -> Callable[[socket.socket, str | None], int]:
     """What one server process runs: the app on uvicorn, on a socket, until SIGTERM (exit 0)."""
@@ -248,7 +248,7 @@ def run_server(
     *,
     listen: str = DEFAULT_LISTEN,
     token_file: str | None = None,
-    request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+    request_timeout: float | None = None,
     access_log: str | None = None,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT_SECONDS,
     cluster: str | None = None,
@@ -272,7 +272,7 @@ def run_server(
         SystemExit: 1 when the processes kept failing, or one did not stop cleanly.
         KeyboardInterrupt: processes stopped by SIGINT (``castore serve`` exits 130).
     """
-    if request_timeout <= 0 or shutdown_timeout <= 0:
+    if (request_timeout is not None and request_timeout <= 0) or shutdown_timeout <= 0:
         raise ServeError("--request-timeout and --shutdown-timeout must be positive")
     if processes < 1:
         raise ServeError(f"--processes {processes}: give at least 1")

@@ -10,6 +10,8 @@ tested on a file store.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hmac
 import json
@@ -621,3 +623,34 @@ def test_a_bounded_load_test_runs_to_its_end_with_nothing_lost(file_server, tmp_
     assert len(keys) == 8
     assert sum(entry.version for entry in keys) == 8 + 4 * 40
     store.close()
+
+
+def test_an_io_error_over_the_wire_keeps_its_errno_and_writes_nothing(tmp_path, monkeypatch):
+    """The server's disk fails (ENOSPC on the log append): the worker gets OSError(ENOSPC).
+
+    The server runs in this process (tests.helpers.served_location), so the fault is
+    injected into its file store; the oracle is the local store afterwards.
+    """
+    import castore.file.fileio as fileio
+    from tests.helpers import served_location
+
+    location = str(tmp_path / "store")
+    Store(location, dag="d").set("k", 1)
+    real_append = fileio.append
+
+    def full(fd: int, data: bytes, *, durable: bool) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), location)
+
+    with served_location(contextlib.nullcontext(location)) as url:
+        remote = Store(url, dag="d")
+        monkeypatch.setattr(fileio, "append", full)
+        with pytest.raises(OSError, match="No space left on device") as raised:
+            remote.set("k", 2)
+        monkeypatch.setattr(fileio, "append", real_append)
+        assert raised.value.errno == errno.ENOSPC
+        assert type(raised.value) is OSError
+        assert location not in str(raised.value)  # no server path travels
+        assert str(raised.value).endswith(f"{url}: I/O error: {os.strerror(errno.ENOSPC)}")
+        assert (remote.get("k").version, remote.get("k").value) == (1, 1)
+        remote.close()
+    assert Store(location, dag="d").get("k").version == 1
