@@ -159,7 +159,7 @@ def _import_dagu(cmd: _Parser) -> None:
 def _serve(cmd: _Parser) -> None:
     cmd.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:7070)")
     cmd.add_argument("--token-file", help="bearer token file (default: $CASTORE_TOKEN)")
-    cmd.add_argument("--request-timeout", type=float, help="seconds per request (default 30)")
+    cmd.add_argument("--request-timeout", type=float, help="seconds per request (60)")
     cmd.add_argument("--shutdown-timeout", type=float, help="seconds to finish on SIGTERM (60)")
     cmd.add_argument("--access-log", help="append the JSON-lines access log here (stderr)")
     cmd.add_argument("--cluster", help="URL,URL,...: every coordinator of the cluster")

@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,8 +23,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.helpers import CASTORE_PATH, read_response
-from tests.integration.test_server import Server, base_env, body
+from tests.helpers import CASTORE_PATH
+from tests.integration.test_server import Server, base_env, sigterm_during_a_request
 
 pytestmark = pytest.mark.integration
 
@@ -143,16 +142,7 @@ def test_children_stop_when_the_parent_is_killed(start):
 
 def test_sigterm_lets_a_child_finish_the_request_in_flight(start, tmp_path):
     server = start("--processes", "2")
-    data = body({"key": "late", "dag": "d"}, value='{"in": "flight"}')
-    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
-        head = f"POST /v1/set HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
-        conn.sendall(head.encode() + data[:10])
-        time.sleep(0.5)  # a child reads the head and starts the request
-        server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert server.proc.poll() is None  # still serving the request
-        conn.sendall(data[10:])
-        status, answer = read_response(conn)
+    status, answer = sigterm_during_a_request(server)
     assert status == 200, answer
     assert server.stop() == 0
     argv = [sys.executable, "-m", "castore", "--dir", str(tmp_path / "store"), "--dag", "d"]

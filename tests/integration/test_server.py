@@ -393,10 +393,11 @@ def test_concurrent_increments_lose_nothing(served, tmp_path):
     assert audit == Cli(tmp_path, served_location(served), dag="d").raw_ok("audit")
 
 
-def test_sigterm_finishes_the_request_in_flight(start, store_location, tmp_path):
-    """A request whose body is still arriving when SIGTERM comes is answered, then exit 0."""
-    server = start(store_location)
-    server.wait_healthy()
+def sigterm_during_a_request(server: Server) -> tuple[int, bytes]:
+    """SIGTERM while a set's body is still arriving; the answer once the body is sent.
+
+    Checks that the server is still running after the signal, waiting for the body.
+    """
     data = body({"key": "late", "dag": "d"}, value='{"in": "flight"}')
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
         head = f"POST /v1/set HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
@@ -406,7 +407,14 @@ def test_sigterm_finishes_the_request_in_flight(start, store_location, tmp_path)
         time.sleep(0.5)
         assert server.proc.poll() is None  # still serving the request
         conn.sendall(data[10:])
-        status, answer = read_response(conn)
+        return read_response(conn)
+
+
+def test_sigterm_finishes_the_request_in_flight(start, store_location, tmp_path):
+    """A request whose body is still arriving when SIGTERM comes is answered, then exit 0."""
+    server = start(store_location)
+    server.wait_healthy()
+    status, answer = sigterm_during_a_request(server)
     assert status == 200, answer
     assert json.loads(answer)["version"] == 1
     assert server.stop() == 0
