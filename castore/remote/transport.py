@@ -175,8 +175,9 @@ class Transport:
     def _frames(self, name: str, response: httpx.Response) -> Iterator[Any]:
         decoder = msgspec.msgpack.Decoder(CALLS[name].reply.__args__[0])
         pending = bytearray()
+        chunks = response.iter_bytes()
         try:
-            for chunk in response.iter_bytes():
+            for chunk in chunks:
                 pending += chunk
                 at = 0
                 while len(pending) - at >= 5:
@@ -191,7 +192,9 @@ class Transport:
                         yield decoder.decode(payload)
                     elif kind == FRAME_ERROR:
                         raise _failure(response.url, 500, payload)
-                    elif kind == FRAME_END:
+                    elif kind == FRAME_END:  # the body ends here: read to its end,
+                        if any(chunks) or len(pending) > at:  # so the connection is reused
+                            raise msgspec.DecodeError("bytes after the end frame")
                         return
                     else:
                         raise msgspec.DecodeError(f"unknown frame kind {bytes(kind)!r}")
@@ -219,8 +222,13 @@ class Transport:
             response = self._post(name, url, request, resend, stream=stream)
             if response.status_code == 200:
                 return response
-            response.read()
-            response.close()
+            if stream:
+                try:
+                    response.read()
+                except httpx.HTTPError as exc:
+                    raise _lost(url, name, exc, False) from None
+                finally:
+                    response.close()
             if response.status_code == 421 and redirects < REDIRECTS and isinstance(where, tuple):
                 redirects += 1
                 self._follow(response, url)

@@ -46,6 +46,7 @@ from castore.wire import CALLS, CLUSTER_HEADER, MEMBERS_HEADER
 
 __all__ = [
     "BACKEND_BODY_BYTES",
+    "DRAIN_TIMEOUT_SECONDS",
     "ENVELOPE_BYTES",
     "LOCK_MARGIN_SECONDS",
     "MAX_BODY_BYTES",
@@ -259,6 +260,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     membership: Membership | None = None,
     metrics_dir: str | None = None,
+    started: Callable[[], None] | None = None,
 ) -> Starlette:
     """The API over ``store``; it closes the store when it shuts down.
 
@@ -274,6 +276,7 @@ def create_app(
         membership: the cluster this server is a member of (None: a lone server).
         metrics_dir: where the processes of one server count their metrics (each one's
             ``/metrics`` sums them all); None: this process counts alone.
+        started: called once the server runs the app (its lifespan started).
     """
     if request_timeout is None:
         request_timeout = store.lock_timeout + LOCK_MARGIN_SECONDS
@@ -285,6 +288,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if started is not None:
+            started()
         yield
         await anyio.to_thread.run_sync(api.calls.wait_idle, DRAIN_TIMEOUT_SECONDS)
         store.close()

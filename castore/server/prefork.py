@@ -10,17 +10,20 @@ opens a connection per process). The parent only supervises:
 
 - it forks the children and keeps every socket, so connections that arrive
   while a child is being replaced wait in that socket's queue;
-- SIGTERM or SIGINT to the parent sends SIGTERM to each child once (each
-  finishes its requests in flight, as a lone server does) and waits for
-  them; a child still running ``shutdown_timeout + 10`` seconds later is
-  killed; the parent exits 0 when every child exited 0;
+- SIGTERM or SIGINT to the parent closes its copies of the sockets (a new
+  connection is refused once every child stopped listening, not left
+  waiting) and sends SIGTERM to each child (each finishes its requests in
+  flight, as a lone server does); a second signal sends it again (each
+  stops at once, as a lone server does on a second SIGINT). A child still
+  running ``stop_timeout`` seconds after the first is killed; the parent
+  exits 0 when every child exited 0;
 - a child that exits on its own (killed, crashed) is replaced, unless
-  children keep failing within a second of their start: after
-  :data:`FAST_FAILURES` such exits in a row the parent stops the others and
-  exits 1;
+  children keep failing within a second of their start: each such one is
+  replaced a second later, and after :data:`FAST_FAILURES` in a row the
+  parent stops the others and exits 1;
 - each child runs in a process group of its own (a terminal's Ctrl-C
-  reaches only the parent, which forwards it once) and stops by itself when
-  the parent is gone (it checks its parent process every half second).
+  reaches only the parent, which forwards it) and begins its graceful stop
+  when the parent is gone (it checks its parent process every half second).
 
 Every change is one JSON line on stderr (``process-started``,
 ``process-exited``, ``stopping``), like the server's start line.
@@ -48,7 +51,6 @@ __all__ = ["FAST_FAILURES", "Supervisor"]
 
 FAST_FAILURES: Final = 5  # children in a row that die within FAST_SECONDS: give up
 FAST_SECONDS: Final = 1.0
-_KILL_GRACE_SECONDS: Final = 10.0  # past the shutdown timeout, before SIGKILL
 _POLL_SECONDS: Final = 0.05
 _ORPHAN_CHECK_SECONDS: Final = 0.5
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
@@ -63,10 +65,22 @@ def _event(name: str, **fields: object) -> None:
         pass
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {signum}"
+
+
 def _status_text(status: int) -> str:
     if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        return f"killed by {_signal_name(os.WTERMSIG(status))}"
     return f"exit {os.waitstatus_to_exitcode(status)}"
+
+
+def _stop_child(signum: int, frame: FrameType | None) -> None:
+    """A child's stop signal when its server is not serving (it unblocked them early)."""
+    raise SystemExit(0)
 
 
 def _watch_parent(parent: int) -> None:
@@ -82,18 +96,20 @@ class Supervisor:
     Args:
         sockets: listening sockets, one per child (``SO_REUSEPORT`` on one port).
         serve: what a child runs with its socket; its return is the child's exit code.
-        shutdown_timeout: seconds a child may take to finish after SIGTERM.
+            It is called with SIGTERM and SIGINT blocked (a stop that comes meanwhile
+            waits): it unblocks them once its server handles them.
+        stop_timeout: seconds a child may take to stop after SIGTERM before it is killed.
     """
 
     def __init__(
         self,
         sockets: Sequence[socket.socket],
         serve: Callable[[socket.socket], int],
-        shutdown_timeout: float,
+        stop_timeout: float,
     ) -> None:
         self._sockets = list(sockets)
         self._serve = serve
-        self._shutdown_timeout = shutdown_timeout
+        self._stop_timeout = stop_timeout
         self._children: dict[int, tuple[int, float]] = {}  # pid -> (socket index, start time)
         self._stopping = False
         self._failed = False
@@ -115,14 +131,20 @@ class Supervisor:
         return 0 if clean and not self._failed else 1
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if not self._stopping:
-            self.stopped_by = signal.Signals(signum)
-            _event("stopping", reason=self.stopped_by.name)
-            self._stop_all()
+        if self._stopping:  # a second signal: the children stop at once
+            _event("stopping", reason=f"{_signal_name(signum)} again: at once")
+            for pid in self._children:
+                self._signal(pid, signal.SIGTERM)
+            return
+        self.stopped_by = signal.Signals(signum)
+        _event("stopping", reason=self.stopped_by.name)
+        self._stop_all()
 
     def _stop_all(self) -> None:
         self._stopping = True
-        self._deadline = time.monotonic() + self._shutdown_timeout + _KILL_GRACE_SECONDS
+        self._deadline = time.monotonic() + self._stop_timeout
+        for sock in self._sockets:  # refused once the children stop listening
+            sock.close()
         for pid in self._children:
             self._signal(pid, signal.SIGTERM)
 
@@ -173,24 +195,29 @@ class Supervisor:
         sys.stderr.flush()
         parent = os.getpid()
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            code = 1
-            try:
-                code = self._child(index, parent)
-            except BaseException:  # noqa: BLE001  # anything: say it, then exit 1
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        self._children[pid] = (index, time.monotonic())  # before a stop signal is delivered
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        try:
+            if self._stopping:  # a stop came in after the caller looked
+                return
+            pid = os.fork()
+            if pid == 0:  # the child: never returns
+                code = 1
+                try:
+                    code = self._child(index, parent)
+                except BaseException:  # noqa: BLE001  # anything: say it, then exit 1
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            with contextlib.suppress(OSError):  # the child may have done it already
+                os.setpgid(pid, pid)
+            self._children[pid] = (index, time.monotonic())  # before a stop is delivered
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         _event("process-started", pid=pid)
 
     def _child(self, index: int, parent: int) -> int:
+        os.setpgid(0, 0)  # before any signal: a terminal's Ctrl-C is the parent's alone
         for signum in _STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        os.setpgid(0, 0)
+            signal.signal(signum, _stop_child)  # still blocked: ``serve`` unblocks them
         for other, sock in enumerate(self._sockets):
             if other != index:
                 sock.close()

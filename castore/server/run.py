@@ -29,7 +29,7 @@ import uvicorn
 
 from castore.cluster import Cluster, parse_members
 from castore.results import rfc3339
-from castore.server.app import create_app
+from castore.server.app import DRAIN_TIMEOUT_SECONDS, create_app
 from castore.server.membership import Membership
 from castore.server.prefork import Supervisor
 from castore.store import Store
@@ -49,6 +49,7 @@ __all__ = [
 DEFAULT_LISTEN: Final = "127.0.0.1:7070"
 MIN_TOKEN_CHARS: Final = 16
 SHUTDOWN_TIMEOUT_SECONDS: Final = 60.0
+_KILL_MARGIN_SECONDS: Final = 10.0  # past a child's longest graceful stop, before SIGKILL
 _TOKEN_FILE_MAX: Final = 4096
 
 
@@ -175,15 +176,22 @@ def _membership(cluster: str | None, self_url: str | None) -> Membership:
 
 
 def bind_all(host: str, port: int, token: str | None, count: int) -> list[socket.socket]:
-    """``count`` sockets listening on one port (the first one's, if ``port`` is 0).
+    """``count`` sockets listening on one port (a free one, if ``port`` is 0).
 
     One plain socket for one process; else each has ``SO_REUSEPORT``
-    (:mod:`castore.server.prefork`). Raises as :func:`bind`.
+    (:mod:`castore.server.prefork`), after a plain socket was bound to the port
+    and closed: a port another server holds is refused, as for one process,
+    never shared with it. Raises as :func:`bind`.
     """
-    sockets = [bind(host, port, token, reuse_port=count > 1)]
+    probe = bind(host, port, token)
+    if count == 1:
+        return [probe]
+    port = probe.getsockname()[1]
+    probe.close()
+    sockets: list[socket.socket] = []
     try:
         while len(sockets) < count:
-            sockets.append(bind(host, sockets[0].getsockname()[1], token, reuse_port=True))
+            sockets.append(bind(host, port, token, reuse_port=True))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -194,6 +202,11 @@ def bind_all(host: str, port: int, token: str | None, count: int) -> list[socket
 def _stop(signum: int, frame: FrameType | None) -> None:
     """SIGTERM after uvicorn's graceful shutdown (it raises the signal again): exit 0."""
     raise SystemExit(0)
+
+
+def _unblock_stop_signals() -> None:
+    """Once uvicorn handles SIGTERM and SIGINT: let them in (one may be waiting)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
 
 
 def _share_metrics(directory: str) -> None:
@@ -216,10 +229,15 @@ def _runner(
     log: TextIO,
     request_timeout: float | None,
     shutdown_timeout: float,
-) -> Callable[[socket.socket, str | None], int]:
-    """What one server process runs: the app on uvicorn, on a socket, until SIGTERM (exit 0)."""
+) -> Callable[[socket.socket, str | None, Callable[[], None] | None], int]:
+    """What one server process runs: the app on uvicorn, on a socket, until SIGTERM (exit 0).
 
-    def serve(sock: socket.socket, metrics_dir: str | None) -> int:
+    Its arguments: the socket, where processes count metrics, what to call once serving.
+    """
+
+    def serve(
+        sock: socket.socket, metrics_dir: str | None, started: Callable[[], None] | None
+    ) -> int:
         app = create_app(
             store,
             token,
@@ -227,6 +245,7 @@ def _runner(
             access_log=log,
             membership=membership,
             metrics_dir=metrics_dir,
+            started=started,
         )
         config = uvicorn.Config(
             app,
@@ -279,20 +298,24 @@ def run_server(
     membership = _membership(cluster, self_url)
     token = load_token(token_file)
     sockets = bind_all(*parse_listen(listen), token, processes)
+    signal.signal(signal.SIGTERM, _stop)  # from here on, SIGTERM is a clean stop
     log: TextIO = open(access_log, "a", encoding="utf-8") if access_log else sys.stderr  # noqa: SIM115
 
     serve = _runner(store, token, membership, log, request_timeout, shutdown_timeout)
     _announce(sockets[0], store, token, membership, processes)
-    if processes == 1:
-        serve(sockets[0], None)
+    if processes == 1:  # a stop before uvicorn handles signals waits for it (clean exit)
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+        serve(sockets[0], None, _unblock_stop_signals)
         return
     with tempfile.TemporaryDirectory(prefix="castore-metrics-") as shared:
 
         def child(sock: socket.socket) -> int:
             _share_metrics(shared)
-            return serve(sock, shared)
+            return serve(sock, shared, _unblock_stop_signals)
 
-        supervisor = Supervisor(sockets, child, shutdown_timeout)
+        # a child may wait for abandoned store calls after its requests: then it is killed
+        stop_timeout = shutdown_timeout + DRAIN_TIMEOUT_SECONDS + _KILL_MARGIN_SECONDS
+        supervisor = Supervisor(sockets, child, stop_timeout)
         code = supervisor.run()
     if code:
         raise SystemExit(code)

@@ -48,6 +48,7 @@ def start(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
 
 
 def events(server: Server, name: str) -> list[dict[str, object]]:
+    """The server's stderr lines of event ``name`` (checking that every line is JSON)."""
     lines = server.stderr_path.read_text().splitlines()
     return [e for e in map(json.loads, lines) if e.get("event") == name]
 
@@ -118,9 +119,12 @@ def test_a_killed_process_is_replaced_and_sigterm_stops_every_one(start):
     wait_for(
         lambda: len(children_of(server)) == 2 and victim not in children_of(server), "a new one"
     )
-    exited = events(server, "process-exited")
-    assert exited == [{"time": exited[0]["time"], "event": "process-exited", "pid": victim,
-                       "status": "killed by SIGKILL"}]  # fmt: skip
+    second = min(children_of(server) - {survivor})
+    os.kill(second, signal.SIGRTMIN + 6)  # a signal without a name
+    wait_for(lambda: len(children_of(server)) == 2 and second not in children_of(server), "another")
+    exited = [(e["pid"], e["status"]) for e in events(server, "process-exited")]
+    named = f"killed by signal {signal.SIGRTMIN + 6}"
+    assert exited == [(victim, "killed by SIGKILL"), (second, named)]
     incr(server.url, 20)
     children = children_of(server)
     assert server.stop() == 0
@@ -162,7 +166,7 @@ def test_children_that_keep_failing_stop_the_server(tmp_path):
         import socket, sys
         from castore.server.prefork import Supervisor
         sockets = [socket.socket(), socket.socket()]
-        sys.exit(Supervisor(sockets, lambda sock: 3, shutdown_timeout=1).run())
+        sys.exit(Supervisor(sockets, lambda sock: 3, stop_timeout=1).run())
         """
     )
     done = subprocess.run(
@@ -201,3 +205,27 @@ def test_processes_must_be_at_least_one(tmp_path):
     assert done.returncode == 2
     assert b"--processes 0: give at least 1" in done.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_stop_right_after_the_start_is_clean(tmp_path):
+    """SIGTERM as soon as the children exist (before their servers run): each exits 0."""
+    for attempt in range(3):
+        where = tmp_path / f"server{attempt}"
+        server = Server(where, str(tmp_path / "store"), "--processes", "2", env=base_env(tmp_path))
+        wait_for(lambda: len(events(server, "process-started")) == 2, "two processes")  # noqa: B023
+        assert server.stop() == 0
+        statuses = [e["status"] for e in events(server, "process-exited")]
+        assert statuses == ["exit 0", "exit 0"]
+
+
+def test_a_port_in_use_is_refused_not_shared(start, tmp_path):
+    """A second server on the port of one with --processes exits 1; the first keeps it alone."""
+    server = start("--processes", "2")
+    argv = [sys.executable, "-m", "castore", "--dir", str(tmp_path / "other"), "serve"]
+    argv += ["--listen", f"127.0.0.1:{server.port}", "--processes", "2"]
+    done = subprocess.run(
+        argv, env=base_env(tmp_path), capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert b"Address already in use" in done.stderr
+    assert not (tmp_path / "other").exists()

@@ -34,20 +34,28 @@ def item(version: int) -> bytes:
     return frame(FRAME_ITEM, msgspec.msgpack.encode(EntryValue(entry, b"%d" % version)))
 
 
+CLIENTS: list[object] = []  # the client address of each request served
+
+
 @pytest.fixture
-def serving() -> Iterator[Callable[[Callable[[], Iterator[bytes]]], str]]:
-    """Serves a body (an iterator of byte strings, sent one byte at a time): its URL."""
+def serving() -> Iterator[Callable[..., str]]:
+    """Serves a body (an iterator of byte strings, sent one byte at a time): its URL.
+
+    ``serve(body, status=200)``; a body that raises cuts the connection there.
+    """
     server = loopback_server()
     urls: list[str] = []
+    CLIENTS.clear()
 
-    def serve(body: Callable[[], Iterator[bytes]]) -> str:
+    def serve(body: Callable[[], Iterator[bytes]], status: int = 200) -> str:
         async def chunks() -> AsyncIterator[bytes]:
             for part in body():
                 for at in range(len(part)):
                     yield part[at : at + 1]
 
         async def endpoint(request: Request) -> StreamingResponse:
-            return StreamingResponse(chunks(), media_type="application/msgpack")
+            CLIENTS.append(request.client)
+            return StreamingResponse(chunks(), status, media_type="application/msgpack")
 
         route = Route("/v1/backend/iter_versions", endpoint, methods=["POST"])
         urls.append(server.mount(Starlette(routes=[route])))
@@ -129,3 +137,27 @@ def test_garbage_is_an_error_not_an_item(serving, garbage):
     with pytest.raises(StoreUnavailableError, match="cut or garbled"):
         drain(items, got)
     assert got == [(1, b"1")]
+
+
+def test_streams_that_end_cleanly_reuse_one_connection(serving):
+    url = serving(lambda: iter([item(1), item(2), frame(FRAME_END, b"")]))
+    transport = Transport([url], None, read_timeout=WAIT_SECONDS)
+    TRANSPORTS.append(transport)
+    call = RefCall(scope="dag", namespace="d", key="k")
+    for _ in range(3):
+        assert versions(transport.stream("iter_versions", call, ("dag", "d"))) == [
+            (1, b"1"),
+            (2, b"2"),
+        ]
+    assert len(CLIENTS) == 3
+    assert len(set(map(str, CLIENTS))) == 1  # one keep-alive connection for the three
+
+
+def test_an_error_answer_cut_short_is_unavailable_not_an_httpx_error(serving):
+    def cut() -> Iterator[bytes]:
+        yield b'{"error": {"code": "store_unavailable", "mess'
+        raise RuntimeError("the connection drops here")
+
+    items = stream(serving(cut, status=503))
+    with pytest.raises(StoreUnavailableError, match="connection was lost during iter_versions"):
+        next(items)
