@@ -37,6 +37,7 @@ from castore.urls import redacted
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "MAX_PROCESSES",
     "MIN_TOKEN_CHARS",
     "ServeError",
     "bind",
@@ -49,6 +50,7 @@ __all__ = [
 DEFAULT_LISTEN: Final = "127.0.0.1:7070"
 MIN_TOKEN_CHARS: Final = 16
 SHUTDOWN_TIMEOUT_SECONDS: Final = 60.0
+MAX_PROCESSES: Final = 64  # each holds its own caches (about 35 MB): more is a typo
 _KILL_MARGIN_SECONDS: Final = 10.0  # past a child's longest graceful stop, before SIGKILL
 _TOKEN_FILE_MAX: Final = 4096
 
@@ -293,8 +295,8 @@ def run_server(
     """
     if (request_timeout is not None and request_timeout <= 0) or shutdown_timeout <= 0:
         raise ServeError("--request-timeout and --shutdown-timeout must be positive")
-    if processes < 1:
-        raise ServeError(f"--processes {processes}: give at least 1")
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise ServeError(f"--processes {processes}: give 1 to {MAX_PROCESSES}")
     membership = _membership(cluster, self_url)
     token = load_token(token_file)
     sockets = bind_all(*parse_listen(listen), token, processes)

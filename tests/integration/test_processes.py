@@ -185,25 +185,18 @@ def test_children_that_keep_failing_stop_the_server(tmp_path):
     assert stops == ["5 processes in a row exited within a second"]
 
 
-def test_processes_must_be_at_least_one(tmp_path):
+@pytest.mark.parametrize("count", ["0", "-3", "65"])
+def test_processes_must_be_1_to_64(tmp_path, count):
+    argv = [sys.executable, "-m", "castore", "--dir", str(tmp_path / "s"), "serve"]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "castore",
-            "--dir",
-            str(tmp_path / "s"),
-            "serve",
-            "--processes",
-            "0",
-        ],
+        [*argv, "--processes", count],
         env=base_env(tmp_path),
         capture_output=True,
         timeout=60,
         check=False,
     )
     assert done.returncode == 2
-    assert b"--processes 0: give at least 1" in done.stderr
+    assert done.stderr == f"castore: --processes {count}: give 1 to 64\n".encode()
     assert not (tmp_path / "s").exists()
 
 
