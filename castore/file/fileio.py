@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Final
 
 from castore.backend import LOCK_TIMEOUT_SECONDS
 from castore.errors import LockTimeoutError
@@ -20,6 +21,8 @@ from castore.errors import LockTimeoutError
 __all__ = [
     "FAILPOINTS",
     "LOCK_TIMEOUT_SECONDS",
+    "SHORT_PAUSES",
+    "WRITER_PAUSES",
     "append",
     "failpoint",
     "lock",
@@ -27,8 +30,14 @@ __all__ = [
     "read_at",
 ]
 
-_POLL_FIRST_SECONDS = 0.00005  # 50 µs first back-off while a lock is busy
-_POLL_MAX_SECONDS = 0.002  # 2 ms longest back-off
+# While a lock is busy: the first pause, doubled up to the longest (seconds).
+SHORT_PAUSES: Final = (0.00005, 0.002)  # locks held for µs (indexes, STATE) or a reader's wait
+# A ref log's write lock, held for a write's fdatasync: a waiter that wakes
+# early mostly takes the lock from the writer about to go again, with a version
+# already stale (a lost compare-and-swap); 4 processes in a CAS loop on one key
+# made 13% more increments with these pauses than with SHORT_PAUSES
+# (docs/PERFORMANCE.md).
+WRITER_PAUSES: Final = (0.002, 0.008)
 
 # Failpoints for crash tests (docs/DESIGN.md, "Testing"): CASTORE_FAILPOINTS is a comma
 # list of ``name`` or ``name:action``; at a named point the process kills itself with
@@ -57,12 +66,18 @@ def failpoint(name: str) -> None:
 
 
 def lock(
-    fd: int, path: str, *, shared: bool = False, timeout: float = LOCK_TIMEOUT_SECONDS
+    fd: int,
+    path: str,
+    *,
+    shared: bool = False,
+    timeout: float = LOCK_TIMEOUT_SECONDS,
+    pauses: tuple[float, float] = SHORT_PAUSES,
 ) -> None:
     """Take an flock on ``fd`` (the caller releases it with ``LOCK_UN`` or by closing).
 
-    Polls with a short exponential back-off, so a waiter starts within about
-    a millisecond of the lock being freed.
+    Polls with an exponential back-off (``pauses``: the first and the longest), so
+    with :data:`SHORT_PAUSES` a waiter starts within about a millisecond of the lock
+    being freed.
 
     Raises:
         LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
@@ -72,7 +87,7 @@ def lock(
         fcntl.flock(fd, op | fcntl.LOCK_NB)
     except BlockingIOError:
         deadline = time.monotonic() + timeout
-        pause = _POLL_FIRST_SECONDS
+        pause, longest = pauses
         while True:
             time.sleep(pause)
             try:
@@ -81,19 +96,24 @@ def lock(
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise LockTimeoutError(path, timeout) from None
-                pause = min(pause * 2, _POLL_MAX_SECONDS)
+                pause = min(pause * 2, longest)
 
 
 @contextlib.contextmanager
 def locked(
-    fd: int, path: str, *, shared: bool = False, timeout: float = LOCK_TIMEOUT_SECONDS
+    fd: int,
+    path: str,
+    *,
+    shared: bool = False,
+    timeout: float = LOCK_TIMEOUT_SECONDS,
+    pauses: tuple[float, float] = SHORT_PAUSES,
 ) -> Iterator[None]:
     """Hold an flock on ``fd`` for the ``with`` block (see :func:`lock`).
 
     Raises:
         LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
     """
-    lock(fd, path, shared=shared, timeout=timeout)
+    lock(fd, path, shared=shared, timeout=timeout, pauses=pauses)
     try:
         yield
     finally:

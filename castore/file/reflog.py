@@ -12,8 +12,7 @@ A :class:`RefLog` is one ``<key-id>.log`` file of a store (docs/FORMAT.md
 * Writers hold the log's ``flock``: a torn tail is quarantined, then cut;
   the frames of one write are appended and fdatasynced (the commit point),
   or cut again if that fails.
-* Rewrites (compaction, gc, repair, an import's overwrite) replace the whole
-  file atomically under the lock.
+* Rewrites (compaction, gc, repair, an import's overwrite) replace the file under the lock.
 * ``<key-id>.vix``, the log's version index (:mod:`castore.file.versionindex`),
   is derived: it makes history pages and old versions cost a page, not a scan.
 """
@@ -272,7 +271,8 @@ class RefLog:
         Raises:
             LockTimeoutError: the lock stayed taken for the lock timeout.
         """
-        with self.layout.fs.open_locked(self.path, flags, timeout=self.layout.lock_timeout) as fd:
+        fs, timeout = self.layout.fs, self.layout.lock_timeout
+        with fs.open_locked(self.path, flags, timeout=timeout, pauses=fileio.WRITER_PAUSES) as fd:
             yield fd
 
     def locked_tail(self, fd: int, size: int) -> Tail:

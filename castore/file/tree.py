@@ -1,16 +1,13 @@
 """Confined file operations: every path below the store root, never through a link.
 
-Every file a store touches is reached through a :class:`Tree`: directories
-below the store root are opened one component at a time with
-``O_NOFOLLOW|O_DIRECTORY`` relative to their parent's descriptor (cached),
-and files with ``O_NOFOLLOW`` relative to their directory's descriptor, so a
-symbolic link planted anywhere below the root is refused
-(:class:`~castore.errors.UnsafePathError`), never followed, even if it
-appears after a directory was checked (docs/RELIABILITY.md, "Security").
-
-What a tree creates gets exactly its :class:`~castore.file.modes.Modes`,
-whatever the umask; its root is opened on first use, so it creates nothing
-until asked to.
+Every file a store touches is reached through a :class:`Tree`: directories below the
+store root are opened one component at a time with ``O_NOFOLLOW|O_DIRECTORY`` relative
+to their parent's descriptor (cached), and files with ``O_NOFOLLOW`` relative to their
+directory's descriptor, so a symbolic link planted anywhere below the root is refused
+(:class:`~castore.errors.UnsafePathError`), never followed, even if it appears after a
+directory was checked (docs/RELIABILITY.md, "Security"). What a tree creates gets
+exactly its :class:`~castore.file.modes.Modes`, whatever the umask; its root is opened
+on first use, so it creates nothing until asked to.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import time
 from collections.abc import Iterator
 
 from castore.errors import UnsafePathError
-from castore.file.fileio import LOCK_TIMEOUT_SECONDS, append, locked, read_at
+from castore.file.fileio import LOCK_TIMEOUT_SECONDS, SHORT_PAUSES, append, locked, read_at
 from castore.file.modes import PRIVATE, Modes, create_file, makedirs_plain, set_mode
 
 __all__ = ["UNCONFINED", "Tree"]
@@ -45,13 +42,12 @@ _MAX_CACHED_DIRS = 256  # directory descriptors a Tree keeps open; more are open
 class Tree:
     """The file operations of one store, confined to its root (or to nothing).
 
-    Paths are absolute strings, as the rest of castore builds them. A path
-    below ``root`` is resolved component by component from the root's
-    descriptor without following symbolic links; any link (or ``..``) below
-    the root raises :class:`~castore.errors.UnsafePathError`. Paths outside
-    the root, and every path of :data:`UNCONFINED`, use plain system calls.
-    Thread-safe; the root itself may be a link the user chose, and is opened
-    on first use (until it exists, every path below it is missing).
+    Paths are absolute strings, as the rest of castore builds them. A path below ``root``
+    is resolved component by component from the root's descriptor without following
+    symbolic links; any link (or ``..``) below the root raises UnsafePathError. Paths
+    outside the root, and every path of :data:`UNCONFINED`, use plain system calls.
+    Thread-safe; the root itself may be a link the user chose, and is opened on first
+    use (until it exists, every path below it is missing).
 
     Args:
         root: the store's root directory (absolute), or None.
@@ -87,13 +83,11 @@ class Tree:
         root = self._prefix[:-1]
         fd = self._dirs.get(root)
         if fd is None:
-            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             with self._lock:
-                if root in self._dirs:
-                    os.close(fd)
-                else:
-                    self._dirs[root] = fd
-                fd = self._dirs[root]
+                fd = self._dirs.setdefault(root, opened)
+            if fd != opened:  # another thread opened it first
+                os.close(opened)
         return fd
 
     def _dir_fd(
@@ -225,9 +219,9 @@ class Tree:
                 os.close(fd)
 
     def _open_at(self, dir_fd: int | None, name: str, flags: int) -> int:
-        if not flags & os.O_CREAT:
-            return os.open(name, flags, dir_fd=dir_fd)
-        return create_file(dir_fd, name, flags, self.modes.file)  # exactly its mode
+        if flags & os.O_CREAT:  # exactly its mode, whatever the umask
+            return create_file(dir_fd, name, flags, self.modes.file)
+        return os.open(name, flags, dir_fd=dir_fd)
 
     def read_file(self, path: str, limit: int = -1) -> bytes:
         """The bytes of a regular file (at most ``limit`` when given)."""
@@ -320,14 +314,19 @@ class Tree:
 
     @contextlib.contextmanager
     def open_locked(
-        self, path: str, flags: int, *, timeout: float = LOCK_TIMEOUT_SECONDS
+        self,
+        path: str,
+        flags: int,
+        *,
+        timeout: float = LOCK_TIMEOUT_SECONDS,
+        pauses: tuple[float, float] = SHORT_PAUSES,
     ) -> Iterator[int]:
         """Open ``path`` and hold its exclusive flock, on the file the path names *now*.
 
-        A log may be replaced by rename (compaction, repair, import) while we
-        wait for its lock; then our descriptor points at the old, unlinked file
-        and anything appended to it would be lost. So after taking the lock we
-        check that the path still names our file, and otherwise start again.
+        A log may be replaced by rename (compaction, repair, import) while we wait for
+        its lock (``pauses``: :func:`~castore.file.fileio.lock`); then our descriptor
+        points at the old, unlinked file and anything appended to it would be lost, so
+        with the lock we check that the path still names our file, else start again.
 
         Raises:
             LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
@@ -336,7 +335,7 @@ class Tree:
         while True:
             fd = self.open(path, flags)
             try:
-                with locked(fd, path, timeout=max(0.0, deadline - time.monotonic())):
+                with locked(fd, path, timeout=max(0.0, deadline - time.monotonic()), pauses=pauses):
                     try:
                         same = self.stat(path).st_ino == os.fstat(fd).st_ino
                     except FileNotFoundError:
