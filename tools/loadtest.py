@@ -219,6 +219,25 @@ class _Tally:
         self.errors: Counter[str] = Counter()
 
 
+def _request(
+    proto: Protocol, op: Op, key: int, value_size: int, number: int, seq: int
+) -> tuple[str, bytes]:
+    """The path and body of one request of client ``number`` (a new value for each set)."""
+    value = make_value(value_size, number, seq) if op == "set" else b""
+    return proto.request(op, key, value)
+
+
+def _count(
+    tally: _Tally, proto: Protocol, op: Op, status: int, answer: bytes, elapsed: float
+) -> None:
+    """Record one answer: its latency if it succeeded, else its error label."""
+    label = proto.verdict(op, status, answer)
+    if label:
+        tally.errors[label] += 1
+    else:
+        tally.latencies.append(elapsed)
+
+
 def _plan(mix: str, ops: int, keys: int, seed: int) -> list[tuple[Op, int]]:
     """One client's requests: (op, key index), from its own seeded generator."""
     rng = random.Random(seed)
@@ -289,8 +308,7 @@ def _thread_client(
         for seq, (op, key) in enumerate(plan):
             if clock() > deadline[0]:
                 return
-            value = make_value(value_size, number, seq) if op == "set" else b""
-            path, body = proto.request(op, key, value)
+            path, body = _request(proto, op, key, value_size, number, seq)
             if conn is None:
                 conn = http.client.HTTPConnection(host, port, timeout=SOCKET_TIMEOUT_SECONDS)
             began = clock()
@@ -303,12 +321,7 @@ def _thread_client(
                 conn.close()
                 conn = None
                 continue
-            elapsed = clock() - began
-            label = proto.verdict(op, response.status, answer)
-            if label:
-                tally.errors[label] += 1
-            else:
-                tally.latencies.append(elapsed)
+            _count(tally, proto, op, response.status, answer, clock() - began)
             if response.will_close:
                 conn.close()
                 conn = None
@@ -424,8 +437,7 @@ async def _async_client(
         for seq, (op, key) in enumerate(plan):
             if clock() > deadline[0]:
                 return
-            value = make_value(value_size, number, seq) if op == "set" else b""
-            path, body = proto.request(op, key, value)
+            path, body = _request(proto, op, key, value_size, number, seq)
             message = f"POST {path} HTTP/1.1\r\n{prefix}{len(body)}\r\n\r\n".encode() + body
             began = clock()
             try:
@@ -441,12 +453,7 @@ async def _async_client(
                     conn[1].close()
                 conn = None
                 continue
-            elapsed = clock() - began
-            label = proto.verdict(op, status, answer)
-            if label:
-                tally.errors[label] += 1
-            else:
-                tally.latencies.append(elapsed)
+            _count(tally, proto, op, status, answer, clock() - began)
             if closes:
                 conn[1].close()
                 conn = None
