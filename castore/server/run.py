@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -309,11 +310,16 @@ def run_server(
         signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
         serve(sockets[0], None, _unblock_stop_signals)
         return
+    supervisor_pid = os.getpid()
     with tempfile.TemporaryDirectory(prefix="castore-metrics-") as shared:
 
         def child(sock: socket.socket) -> int:
             _share_metrics(shared)
-            return serve(sock, shared, _unblock_stop_signals)
+            try:
+                return serve(sock, shared, _unblock_stop_signals)
+            finally:
+                if os.getppid() != supervisor_pid:  # it was killed: nobody else removes it
+                    shutil.rmtree(shared, ignore_errors=True)
 
         # a child may wait for abandoned store calls after its requests: then it is killed
         stop_timeout = shutdown_timeout + DRAIN_TIMEOUT_SECONDS + _KILL_MARGIN_SECONDS

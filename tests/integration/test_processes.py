@@ -35,9 +35,12 @@ GONE_TIMEOUT = 10.0
 def start(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
+    (tmp_path / "tmp").mkdir()
+
     def make(*args: str) -> Server:
         where = tmp_path / f"server{len(servers)}"
-        server = Server(where, str(tmp_path / "store"), *args, env=base_env(tmp_path))
+        env = base_env(tmp_path, TMPDIR=str(tmp_path / "tmp"))  # where the metrics are counted
+        server = Server(where, str(tmp_path / "store"), *args, env=env)
         servers.append(server)
         server.wait_healthy()
         return server
@@ -134,14 +137,28 @@ def test_a_killed_process_is_replaced_and_sigterm_stops_every_one(start):
     assert survivor in children
 
 
-def test_children_stop_when_the_parent_is_killed(start):
+def metrics_dirs(tmp_path: pathlib.Path) -> list[str]:
+    """The metrics directories of the servers started by ``start`` (in their ``TMPDIR``)."""
+    return sorted(p.name for p in (tmp_path / "tmp").glob("castore-metrics-*"))
+
+
+def test_children_stop_when_the_parent_is_killed(start, tmp_path):
     server = start("--processes", "2")
     children = children_of(server)
+    assert len(metrics_dirs(tmp_path)) == 1
     server.proc.kill()
     server.proc.wait(10)
     wait_for(lambda: not any(map(running, children)), "the orphaned children to stop")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/healthz", timeout=5)
+    assert metrics_dirs(tmp_path) == []  # the last children removed it
+
+
+def test_a_stopped_server_leaves_no_metrics_directory(start, tmp_path):
+    server = start("--processes", "2")
+    assert len(metrics_dirs(tmp_path)) == 1
+    assert server.stop() == 0
+    assert metrics_dirs(tmp_path) == []
 
 
 def test_sigterm_lets_a_child_finish_the_request_in_flight(start, tmp_path):
