@@ -310,6 +310,20 @@ def run_server(
         signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
         serve(sockets[0], None, _unblock_stop_signals)
         return
+    _supervise(sockets, serve, shutdown_timeout)
+
+
+def _supervise(
+    sockets: list[socket.socket],
+    serve: Callable[[socket.socket, str | None, Callable[[], None] | None], int],
+    shutdown_timeout: float,
+) -> None:
+    """Serve with one forked process per socket, counting metrics in a shared directory.
+
+    Raises:
+        SystemExit: 1 when the processes kept failing, or one did not stop cleanly.
+        KeyboardInterrupt: the processes were stopped by SIGINT.
+    """
     supervisor_pid = os.getpid()
     with tempfile.TemporaryDirectory(prefix="castore-metrics-") as shared:
 
