@@ -2,68 +2,93 @@
 
 Only the names in ``__all__`` (and ``castore.errors``) are the stable API.
 The whole-store entry points that are not :class:`Store` methods (audit,
-export, import, Dagu import, upgrade) are functions here; the ones over the
-audit, transfer and Dagu modules load them on first use, so that ``import
-castore`` stays cheap (docs/PERFORMANCE.md).
+export, import, Dagu import, upgrade) are functions here. Every public name
+is loaded on first use, so that ``import castore`` costs nothing and the CLI,
+which imports castore's modules themselves, loads only what a command uses
+(docs/PERFORMANCE.md, "CLI start-up").
 """
 
-import typing
+from __future__ import annotations
 
-from castore.backends import upgrade
-from castore.errors import (
-    BackendUnavailableError,
-    CastoreError,
-    ConflictError,
-    CorruptionError,
-    DigestMismatchError,
-    FormatVersionError,
-    InvalidRefError,
-    InvalidValueError,
-    LockTimeoutError,
-    NotFoundError,
-    PatchTestError,
-    RecordError,
-    StoreUnavailableError,
-    UnsafePathError,
-    ValueTooLargeError,
-)
-from castore.keys import Ref
-from castore.reports import (
-    CheckReport,
-    CompactReport,
-    Finding,
-    GCReport,
-    Retention,
-    ScopeStats,
-    StoreStats,
-    UpgradeReport,
-)
-from castore.results import (
-    DeleteResult,
-    DiffResult,
-    GetResult,
-    HistoryEntry,
-    HistoryResult,
-    IncrResult,
-    ListEntry,
-    ListResult,
-    PatchResult,
-    RollbackResult,
-    SetResult,
-    VersionDiff,
-)
-from castore.store import Store
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:  # each loaded on first use: see __getattr__
+    from typing import Any
 
-if typing.TYPE_CHECKING:  # loaded on first use: see __getattr__
     from castore.audit import AuditRecord
     from castore.audit import audit as audit_records
+    from castore.backends import upgrade
     from castore.dagu import DaguImport, import_dagu
+    from castore.errors import (
+        BackendUnavailableError,
+        CastoreError,
+        ConflictError,
+        CorruptionError,
+        DigestMismatchError,
+        FormatVersionError,
+        InvalidRefError,
+        InvalidValueError,
+        LockTimeoutError,
+        NotFoundError,
+        PatchTestError,
+        RecordError,
+        StoreUnavailableError,
+        UnsafePathError,
+        ValueTooLargeError,
+    )
+    from castore.keys import Ref
+    from castore.reports import (
+        CheckReport,
+        CompactReport,
+        Finding,
+        GCReport,
+        Retention,
+        ScopeStats,
+        StoreStats,
+        UpgradeReport,
+    )
+    from castore.results import (
+        DeleteResult,
+        DiffResult,
+        GetResult,
+        HistoryEntry,
+        HistoryResult,
+        IncrResult,
+        ListEntry,
+        ListResult,
+        PatchResult,
+        RollbackResult,
+        SetResult,
+        VersionDiff,
+    )
+    from castore.store import Store
     from castore.transfer import ImportReport, export_lines, import_lines, read_lines
+
+del TYPE_CHECKING  # not a public name
 
 __version__ = "0.1.0"
 
-# Public name -> (module, name there): imported by __getattr__ on first use.
+_ERRORS = (
+    "BackendUnavailableError CastoreError ConflictError CorruptionError DigestMismatchError "
+    "FormatVersionError InvalidRefError InvalidValueError LockTimeoutError NotFoundError "
+    "PatchTestError RecordError StoreUnavailableError UnsafePathError ValueTooLargeError"
+)
+_REPORTS = (
+    "CheckReport CompactReport Finding GCReport Retention ScopeStats StoreStats UpgradeReport"
+)
+_RESULTS = (
+    "DeleteResult DiffResult GetResult HistoryEntry HistoryResult IncrResult ListEntry "
+    "ListResult PatchResult RollbackResult SetResult VersionDiff"
+)
+
+# Public name -> (module, name there): imported by __getattr__ on first use, so that
+# ``import castore`` (and the CLI, which imports submodules) loads only what it uses.
 _LAZY = {
+    **{name: ("castore.errors", name) for name in _ERRORS.split()},
+    **{name: ("castore.reports", name) for name in _REPORTS.split()},
+    **{name: ("castore.results", name) for name in _RESULTS.split()},
+    "Ref": ("castore.keys", "Ref"),
+    "Store": ("castore.store", "Store"),
+    "upgrade": ("castore.backends", "upgrade"),
     "AuditRecord": ("castore.audit", "AuditRecord"),
     "DaguImport": ("castore.dagu", "DaguImport"),
     "ImportReport": ("castore.transfer", "ImportReport"),
@@ -75,8 +100,8 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> typing.Any:
-    """Load an entry point of :data:`_LAZY` on first use (PEP 562)."""
+def __getattr__(name: str) -> Any:
+    """Load a public name of :data:`_LAZY` on first use (PEP 562)."""
     if name not in _LAZY:
         raise AttributeError(f"module 'castore' has no attribute {name!r}")
     import importlib

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple, Protocol
 
+from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import ConflictError, CorruptionError
 from castore.keys import Ref
 from castore.records import OP_DAMAGED, OP_DELETE, Audit, BlobLoc, Entry
@@ -35,9 +36,6 @@ __all__ = [
     "newest_first",
     "next_entry",
 ]
-
-
-LOCK_TIMEOUT_SECONDS = 30.0  # how long a write waits for its ref by default: far above any write
 
 
 class Current(NamedTuple):

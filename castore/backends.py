@@ -25,7 +25,7 @@ from typing import Final
 from castore.backend import Backend
 from castore.errors import BackendUnavailableError
 from castore.reports import UpgradeReport
-from castore.urls import redacted
+from castore.urls import default_root, location_of, redacted
 
 __all__ = [
     "STORE_MODES",
@@ -44,21 +44,6 @@ STORE_MODES: Final = ("private", "group")  # what castore creates: 0600/0700, 06
 
 _POSTGRES: Final = ("postgresql://", "postgres://")
 _HTTP: Final = ("http://", "https://")
-
-
-def default_root() -> str:
-    """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``."""
-    if os.environ.get("CASTORE_DIR"):
-        return os.environ["CASTORE_DIR"]
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return os.path.join(base, "castore")
-
-
-def location_of(path: str | os.PathLike[str] | None) -> str:
-    """The store location ``path`` names; None (or empty) means :func:`default_root`."""
-    return os.fspath(path) if path else default_root()
 
 
 def store_mode(mode: str | None) -> str | None:

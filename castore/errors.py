@@ -29,7 +29,10 @@ processes): each passes all of its constructor arguments to
 from __future__ import annotations
 
 import errno
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "BackendUnavailableError",

@@ -12,12 +12,24 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import hashlib
+import collections
 import os
 import re
-from typing import NamedTuple
 
+from castore.digests import small_sha256
 from castore.errors import InvalidRefError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _RefFields(NamedTuple):
+        scope: str
+        namespace: str
+        key: str
+
+else:  # the same tuple type, without loading typing at run time
+    _RefFields = collections.namedtuple("_RefFields", ("scope", "namespace", "key"))
 
 __all__ = [
     "DEFAULT_GLOBAL_NAMESPACE",
@@ -27,11 +39,13 @@ __all__ = [
     "SCOPES",
     "Ref",
     "RefCache",
+    "dag_names",
     "env_or",
     "file_id",
     "go_quote",
     "go_trim_space",
     "is_log_name",
+    "log_name",
     "resolve_namespace",
     "validate_filters",
     "validate_key",
@@ -53,6 +67,11 @@ def is_log_name(rel: str) -> bool:
     return _LOG_NAME.fullmatch(rel) is not None
 
 
+def log_name(ref: Ref) -> str:
+    """The path of ``ref``'s log relative to ``refs/`` (FORMAT.md §1): scope/ns-id/key-id.log."""
+    return f"{ref.scope}/{file_id(ref.namespace)}/{file_id(ref.key)}.log"
+
+
 DEFAULT_GLOBAL_NAMESPACE = "_"
 MAX_NAME_BYTES = 4096  # 4 KiB of UTF-8 per key or namespace (Dagu: no limit, ENAMETOOLONG at 118)
 MAX_LIMIT = 2147483647  # Dagu's int32 list limit
@@ -69,12 +88,10 @@ def go_trim_space(text: str) -> str:
     return text.strip(GO_SPACE)
 
 
-class Ref(NamedTuple):
+class Ref(_RefFields):
     """One state entry's identity: (scope, namespace, key)."""
 
-    scope: str
-    namespace: str
-    key: str
+    __slots__ = ()
 
     def __str__(self) -> str:
         return f"{self.scope}/{self.namespace}/{self.key}"
@@ -271,9 +288,17 @@ def file_id(name: str) -> str:
     Fixed length (64 characters of ``[0-9a-f]``), so long names, case
     variants and Windows-invalid characters can never collide or fail.
     """
-    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+    return small_sha256(name.encode("utf-8"))
 
 
 def env_or(value: str | None, variable: str) -> str | None:
     """Return ``value`` when given, else the environment variable (or None)."""
     return value if value is not None else (os.environ.get(variable) or None)
+
+
+def dag_names(dag: str | None, root_dag: str | None) -> tuple[str | None, str | None]:
+    """The DAG and root DAG that resolve the ``dag`` and ``root_dag`` scopes.
+
+    Each as given, else ``$DAG_NAME`` and ``$CASTORE_ROOT_DAG`` (None: neither).
+    """
+    return env_or(dag, "DAG_NAME"), env_or(root_dag, "CASTORE_ROOT_DAG")

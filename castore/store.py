@@ -21,7 +21,14 @@ from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
 from castore.identity import ProcessIdentity, audit_record
-from castore.keys import Ref, RefCache, env_or, resolve_namespace, validate_limit, validate_prefix
+from castore.keys import (
+    Ref,
+    RefCache,
+    dag_names,
+    resolve_namespace,
+    validate_limit,
+    validate_prefix,
+)
 from castore.listing import list_live
 from castore.maintenance import Maintenance
 from castore.records import Audit
@@ -86,9 +93,8 @@ class Store(Maintenance):
             location, durable=durable, lock_timeout=lock_timeout, mode=mode
         )
         self.root = location if is_url(location) else os.path.abspath(location)
-        self.dag = env_or(dag, "DAG_NAME")
+        self.dag, self.root_dag = dag_names(dag, root_dag)
         self._dag_given = dag  # recorded in the audit (None: $DAG_NAME at the write)
-        self.root_dag = env_or(root_dag, "CASTORE_ROOT_DAG")
         self.durable = durable
         self.lock_timeout = lock_timeout
         self.actor = actor

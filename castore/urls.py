@@ -1,8 +1,25 @@
-"""Store locations that are URLs: what errors, logs and reprs may show of them."""
+"""Store locations: the default one, and of URLs what errors, logs and reprs may show."""
 
 from __future__ import annotations
 
-__all__ = ["is_url", "redacted"]
+import os
+
+__all__ = ["default_root", "is_url", "location_of", "redacted"]
+
+
+def default_root() -> str:
+    """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``."""
+    if os.environ.get("CASTORE_DIR"):
+        return os.environ["CASTORE_DIR"]
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "castore")
+
+
+def location_of(path: str | os.PathLike[str] | None) -> str:
+    """The store location ``path`` names; None (or empty) means :func:`default_root`."""
+    return os.fspath(path) if path else default_root()
 
 
 def is_url(location: str) -> bool:

@@ -11,23 +11,39 @@ hash to its name is never returned.
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from typing import TYPE_CHECKING
+import functools
 
+from castore.digests import value_sha256
 from castore.errors import DigestMismatchError, RecordError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
+    import threading
+
     from zstandard import ZstdCompressor, ZstdDecompressor
 
-__all__ = ["CODEC_RAW", "CODEC_ZSTD", "COMPRESS_MIN_BYTES", "ZSTD_LEVEL", "pack", "unpack"]
+__all__ = [
+    "CODEC_RAW",
+    "CODEC_ZSTD",
+    "COMPRESS_MIN_BYTES",
+    "ZSTD_LEVEL",
+    "pack",
+    "unpack",
+    "unpacked",
+]
 
 CODEC_RAW = 0  # data is the normalized JSON itself
 CODEC_ZSTD = 1  # data is one zstd frame holding the normalized JSON
 COMPRESS_MIN_BYTES = 128  # smaller values are stored raw: zstd's frame overhead wins
 ZSTD_LEVEL = 3  # zstd's default level
 
-_local = threading.local()  # zstd objects are not thread-safe: one pair per thread
+
+@functools.cache
+def _threads() -> threading.local:
+    """Where each thread keeps its zstd pair (zstd objects are not thread-safe)."""
+    import threading  # with zstandard: a get of a small value loads neither (CLI start-up)
+
+    return threading.local()
 
 
 def _zstd() -> tuple[ZstdCompressor, ZstdDecompressor]:
@@ -38,12 +54,13 @@ def _zstd() -> tuple[ZstdCompressor, ZstdDecompressor]:
     of a small value). The import is thread-safe (the import lock) and the
     pair is per thread, as zstd objects are not thread-safe.
     """
-    pair: tuple[ZstdCompressor, ZstdDecompressor] | None = getattr(_local, "pair", None)
+    local = _threads()
+    pair: tuple[ZstdCompressor, ZstdDecompressor] | None = getattr(local, "pair", None)
     if pair is None:
         import zstandard
 
         pair = (zstandard.ZstdCompressor(level=ZSTD_LEVEL), zstandard.ZstdDecompressor())
-        _local.pair = pair
+        local.pair = pair
     return pair
 
 
@@ -56,6 +73,25 @@ def pack(normalized: bytes) -> tuple[int, bytes]:
     return CODEC_RAW, normalized
 
 
+def unpacked(codec: int, data: bytes, expected_hex: str) -> bytes:
+    """The bytes that ``codec`` and ``data`` hold, *not* verified (see :func:`unpack`).
+
+    Raises:
+        RecordError: the codec is unknown or the zstd data is corrupt.
+    """
+    if codec == CODEC_RAW:
+        return data
+    if codec != CODEC_ZSTD:
+        raise RecordError(f"blob {expected_hex}: unknown codec {codec}")
+    decompressor = _zstd()[1]
+    import zstandard  # loaded by _zstd(): a dictionary lookup
+
+    try:
+        return decompressor.decompress(data)
+    except zstandard.ZstdError as exc:
+        raise RecordError(f"blob {expected_hex}: bad zstd data: {exc}") from exc
+
+
 def unpack(codec: int, data: bytes, expected_hex: str) -> bytes:
     """The normalized JSON that ``codec`` and ``data`` hold, verified to hash to ``expected_hex``.
 
@@ -63,19 +99,8 @@ def unpack(codec: int, data: bytes, expected_hex: str) -> bytes:
         DigestMismatchError: the value's sha256 is not ``expected_hex``.
         RecordError: the codec is unknown or the zstd data is corrupt.
     """
-    if codec == CODEC_RAW:
-        value = data
-    elif codec == CODEC_ZSTD:
-        decompressor = _zstd()[1]
-        import zstandard  # loaded by _zstd(): a dictionary lookup
-
-        try:
-            value = decompressor.decompress(data)
-        except zstandard.ZstdError as exc:
-            raise RecordError(f"blob {expected_hex}: bad zstd data: {exc}") from exc
-    else:
-        raise RecordError(f"blob {expected_hex}: unknown codec {codec}")
-    actual = hashlib.sha256(value).hexdigest()
+    value = unpacked(codec, data, expected_hex)
+    actual = value_sha256(value)
     if actual != expected_hex:
         raise DigestMismatchError(f"blob {expected_hex}: data hashes to {actual}")
     return value

@@ -14,13 +14,13 @@ command's module (:data:`COMMANDS` imports on lookup), and maps errors to exit c
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Final
 
 import castore
-from castore.cli.args import UsageError, build_parser
-from castore.cli.invocation import Command, Invocation, OptionError, UnhealthyError
+from castore.cli.args import build_parser
+from castore.cli.errors import OptionError, UnhealthyError, UsageError
 from castore.errors import (
     CastoreError,
     ConflictError,
@@ -30,6 +30,12 @@ from castore.errors import (
     InvalidValueError,
     NotFoundError,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Final
+
+    from castore.cli.invocation import Command
 
 __all__ = ["COMMANDS", "EXIT_CODES", "main"]
 
@@ -87,7 +93,7 @@ def _handler(name: str) -> Command:
     return maintenance.COMMANDS[name]
 
 
-class _Commands(Mapping[str, Command]):
+class _Commands(Mapping[str, "Command"]):
     """Command name -> function; a lookup imports only that command's module."""
 
     def __getitem__(self, name: str) -> Command:
@@ -106,12 +112,26 @@ class _Commands(Mapping[str, Command]):
 COMMANDS: Final[Mapping[str, Command]] = _Commands()
 
 
+def _lines(args: argparse.Namespace) -> Iterator[bytes]:
+    """The lines of the command ``args`` names (a plain ``get`` first tries :mod:`.quick`)."""
+    if args.command == "get":
+        from castore.cli.quick import quick_get
+
+        line = quick_get(args)
+        if line is not None:
+            yield line
+            return
+    from castore.cli.invocation import Invocation  # the library, loaded from here on
+
+    yield from COMMANDS[args.command](Invocation(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (see :data:`EXIT_CODES`)."""
     out = sys.stdout.buffer
     try:
         args = build_parser(castore.__version__).parse_args(argv)
-        for line in COMMANDS[args.command](Invocation(args)):
+        for line in _lines(args):
             out.write(line + b"\n")
         out.flush()
     except (UsageError, OptionError) as exc:

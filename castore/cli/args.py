@@ -1,33 +1,32 @@
 """The command line's arguments: the global options, then one command and its options.
 
-Kept apart from the commands (``castore.cli.state`` and its siblings) so each
-stays small; docs/CLI.md describes the same commands and ``tests/unit/test_docs.py``
-checks that every one of them is documented.
+Kept apart from the commands (``castore.cli.state`` and its siblings); docs/CLI.md
+describes the same commands (``tests/unit/test_docs.py`` checks it).
 
-Start-up cost (docs/PERFORMANCE.md, "CLI start-up"): :data:`SPECS` is a
-table of each command's summary, example and a function adding its options;
-:func:`build_parser` builds the global parser only, and the parser of a
-command is built when argparse selects that command (:class:`_CommandParsers`),
-so one run builds two parsers, not one per command. ``castore --help`` lists
-the commands from the table; ``castore CMD --help`` builds CMD's parser.
+Start-up cost (docs/PERFORMANCE.md, "CLI start-up"): :data:`SPECS` is a table of each
+command's summary, example and a function adding its options; :func:`build_parser`
+builds the global parser only, and a command's parser is built when argparse selects
+that command (:class:`_CommandParsers`): two parsers per run, not one per command.
+``castore --help`` lists the commands from the table; ``castore CMD --help`` builds CMD's.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, NoReturn
 
+from castore.cli.errors import UsageError
 from castore.cli.options import KEY, SELECT, WHO, WRITE, Help, RawHelp, add_store_options
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Any, Final, NamedTuple, NoReturn
 
 __all__ = ["SPECS", "Spec", "UsageError", "build_parser"]
 
 _NEGATIVE_NUMBER = re.compile(r"^-\.?\d")  # JSON numbers such as -1e5 are values, not options
-
-
-class UsageError(Exception):
-    """A command-line usage error (exit 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,18 +167,28 @@ def _serve(cmd: _Parser) -> None:
     cmd.add_argument("--openapi", action="store_true", help="print the OpenAPI document")
 
 
-class Spec(NamedTuple):
+if TYPE_CHECKING:
+
+    class _SpecFields(NamedTuple):
+        summary: str
+        example: str
+        options: Callable[[_Parser], None]
+        store: tuple[str, ...] = ("--dir",)
+        filters: tuple[str, ...] = ()
+
+else:  # the same tuple type, without loading typing at run time
+    _FIELDS = ("summary", "example", "options", "store", "filters")
+    _SpecFields = collections.namedtuple("_SpecFields", _FIELDS, defaults=(("--dir",), ()))
+
+
+class Spec(_SpecFields):
     """One command: its summary, an example, what adds its options, its store options, filters.
 
     ``store`` and ``filters`` name the global options the command accepts
     after its name too (:mod:`castore.cli.options`); every one is accepted before it.
     """
 
-    summary: str
-    example: str
-    options: Callable[[_Parser], None]
-    store: tuple[str, ...] = ("--dir",)
-    filters: tuple[str, ...] = ()
+    __slots__ = ()
 
 
 _READ: Final = KEY  # a command on one namespace's keys

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from castore.audit import audit
-from castore.cli.args import UsageError
+from castore.cli.errors import UsageError
 from castore.cli.invocation import Command, Invocation, progress
 from castore.cli.render import encode_line, render
 from castore.dagu import parse_go_time

@@ -13,24 +13,19 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Never, TypeAlias
 
-from castore.backends import store_mode
+from castore.cli.errors import OptionError
 from castore.keys import go_trim_space, resolve_namespace
-from castore.store import Store
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
+    from typing import Never, TypeAlias
+
     from tqdm import tqdm
 
-__all__ = ["Command", "Invocation", "OptionError", "UnhealthyError", "argv_bytes", "progress"]
+    from castore.store import Store
 
-
-class UnhealthyError(Exception):
-    """``check`` found problems: its report is printed, then exit 1."""
-
-
-class OptionError(Exception):
-    """An option (or the variable behind it) has a value it cannot have: exit 2."""
+__all__ = ["Command", "Invocation", "argv_bytes", "progress"]
 
 
 class Invocation:
@@ -49,6 +44,8 @@ class Invocation:
         Raises:
             OptionError: neither private nor group.
         """
+        from castore.backends import store_mode  # the library, loaded once a command needs it
+
         try:
             return store_mode(self.args.mode)
         except ValueError as exc:
@@ -58,6 +55,8 @@ class Invocation:
     @functools.cached_property
     def store(self) -> Store:
         """The store, opened on first use (``upgrade`` works on the directory itself)."""
+        from castore.store import Store
+
         args = self.args
         return Store(
             args.dir,

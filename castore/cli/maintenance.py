@@ -18,8 +18,8 @@ from typing import Final
 import msgspec
 
 from castore.backends import default_root, upgrade
-from castore.cli.args import UsageError
-from castore.cli.invocation import Command, Invocation, UnhealthyError, progress
+from castore.cli.errors import UnhealthyError, UsageError
+from castore.cli.invocation import Command, Invocation, progress
 from castore.cli.render import encode_line, render_as
 from castore.dagu import import_dagu
 from castore.keys import go_trim_space

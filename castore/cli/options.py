@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Final
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = ["KEY", "SELECT", "WHO", "WRITE", "Help", "RawHelp", "add_store_options"]
 

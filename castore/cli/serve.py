@@ -11,7 +11,8 @@ import importlib.util
 from collections.abc import Iterator
 from typing import Final
 
-from castore.cli.invocation import Command, Invocation, OptionError
+from castore.cli.errors import OptionError
+from castore.cli.invocation import Command, Invocation
 from castore.errors import BackendUnavailableError
 
 __all__ = ["COMMANDS"]

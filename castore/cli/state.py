@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import Final
 
-from castore.cli.args import UsageError
+from castore.cli.errors import UsageError
 from castore.cli.invocation import Command, Invocation, argv_bytes
 from castore.cli.render import render, render_patch_text
 from castore.keys import go_trim_space

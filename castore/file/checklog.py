@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, NamedTuple
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import versionindex
 from castore.file.damage import damage_windows, hides_nothing, window_top, with_markers
-from castore.file.frames import Frame, LogBytes, classify
+from castore.file.frames import FORMAT_VERSION, Frame, LogBytes, classify
 from castore.file.graves import Graveyard
 from castore.file.keyindex import namespace_of
 from castore.file.records import (
-    FORMAT_VERSION,
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,

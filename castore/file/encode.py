@@ -13,9 +13,8 @@ from typing import NamedTuple
 
 from castore.backend import NewVersion, next_entry
 from castore.errors import ConflictError
-from castore.file.frames import LogBytes, encode_frame
+from castore.file.frames import FORMAT_VERSION, LogBytes, encode_frame
 from castore.file.records import (
-    FORMAT_VERSION,
     KIND_BLOB,
     KIND_ENTRY,
     KIND_HEADER,

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import signal
 import time
 from collections.abc import Iterator
-from typing import Final
 
-from castore.backend import LOCK_TIMEOUT_SECONDS
+from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import LockTimeoutError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "FAILPOINTS",
@@ -62,6 +64,8 @@ def failpoint(name: str) -> None:
     """Kill (or stop) this process if ``name`` is an armed failpoint."""
     action = _FAILPOINTS.get(name)
     if action is not None:
+        import signal  # only in tests that arm a failpoint (CLI start-up)
+
         os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
 
 

@@ -7,7 +7,7 @@ import stat
 
 from castore.errors import FormatVersionError
 from castore.file import fileio
-from castore.file.records import FORMAT_VERSION
+from castore.file.frames import FORMAT_VERSION
 from castore.file.tree import Tree
 
 __all__ = ["FORMAT_MAGIC", "check_format", "format_line", "read_format"]

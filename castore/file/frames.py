@@ -17,18 +17,43 @@ Pure: works on ``bytes``; no I/O.
 
 from __future__ import annotations
 
+import collections
 import re
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import blake3
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _FrameFields(NamedTuple):
+        kind: int
+        payload: bytes
+        start: int
+        end: int
+
+    class _LogBytesFields(NamedTuple):
+        frames: list[Frame]
+        damage: list[tuple[int, int]]
+        torn: int
+        size: int
+        data: bytes = b""
+
+else:  # the same tuple types, without loading typing at run time
+    _FrameFields = collections.namedtuple("_FrameFields", ("kind", "payload", "start", "end"))
+    _LogBytesFields = collections.namedtuple(
+        "_LogBytesFields", ("frames", "damage", "torn", "size", "data"), defaults=(b"",)
+    )
 
 __all__ = [
     "CHECKSUM_ALGO",
     "CHECKSUM_BYTES",
+    "FORMAT_VERSION",
     "FRAME_OVERHEAD",
     "MAX_PAYLOAD_BYTES",
+    "TAIL_READ_BYTES",
     "Frame",
     "LogBytes",
     "classify",
@@ -38,10 +63,12 @@ __all__ = [
     "scan_frames",
 ]
 
+FORMAT_VERSION = 2  # docs/FORMAT.md §2; 1 had GRAVES as unchecked text lines
 CHECKSUM_ALGO = "blake3"
 CHECKSUM_BYTES = 16  # blake3 output truncated to 128 bits
 FRAME_OVERHEAD = 4 + 1 + CHECKSUM_BYTES + 4  # 25 bytes around each payload
 MAX_PAYLOAD_BYTES = 64 << 20  # 64 MiB: anything larger is a corrupt length field
+TAIL_READ_BYTES = 4096  # one read from a log's end: holds the newest entry and, usually, its blob
 
 _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<IB")
@@ -50,13 +77,10 @@ _HEAD = struct.Struct("<IB")
 _KINDS = frozenset(range(ord("A"), ord("Z") + 1))  # frame kinds are ASCII capitals
 
 
-class Frame(NamedTuple):
-    """A verified frame: its type byte, payload and byte range in the file."""
+class Frame(_FrameFields):
+    """A verified frame: its type byte, payload and byte range (kind, payload, start, end)."""
 
-    kind: int
-    payload: bytes
-    start: int
-    end: int
+    __slots__ = ()
 
 
 def _checksum(head: bytes, payload: bytes) -> bytes:
@@ -134,7 +158,7 @@ def scan_frames(buf: bytes | memoryview, base: int = 0) -> Iterator[Frame]:
         pos = frame.end - base
 
 
-class LogBytes(NamedTuple):
+class LogBytes(_LogBytesFields):
     """A log file's bytes sorted into intact frames, damage and a torn tail.
 
     Attributes:
@@ -146,11 +170,7 @@ class LogBytes(NamedTuple):
         data: the bytes examined (``data[0]`` is at file offset ``size - len(data)``).
     """
 
-    frames: list[Frame]
-    damage: list[tuple[int, int]]
-    torn: int
-    size: int
-    data: bytes = b""
+    __slots__ = ()
 
     def one_frame_of_kind(self, start: int, end: int, kind: int) -> bool:
         """True if the damaged range ``[start, end)`` is exactly one frame of ``kind``.

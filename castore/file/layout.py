@@ -20,7 +20,7 @@ from castore.file.formatfile import check_format, format_line, read_format
 from castore.file.modes import MODES, PRIVATE, makedirs_plain, modes_of_dir
 from castore.file.rewrite import utc_stamp
 from castore.file.tree import Tree
-from castore.keys import Ref, file_id
+from castore.keys import Ref, file_id, log_name
 
 __all__ = ["PATHS_CACHED", "Layout"]
 
@@ -142,7 +142,7 @@ class Layout:
         if path is None:
             if len(self._paths) >= PATHS_CACHED:
                 self._paths.clear()
-            path = os.path.join(self.ns_dir(ref.scope, ref.namespace), file_id(ref.key) + ".log")
+            path = os.path.join(self.refs, log_name(ref))
             self._paths[ref] = path
         return path
 

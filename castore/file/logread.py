@@ -27,6 +27,7 @@ from castore.file.damage import REPAIR_HINT, damage_windows, marker
 from castore.file.frames import (
     CHECKSUM_BYTES,
     FRAME_OVERHEAD,
+    TAIL_READ_BYTES,
     LogBytes,
     classify,
     frame_at,
@@ -46,7 +47,6 @@ from castore.file.records import (
 from castore.records import Entry
 
 __all__ = [
-    "TAIL_READ_BYTES",
     "Tail",
     "compacted_versions",
     "compaction_of",
@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 _NOT_ENTRIES = (KIND_BLOB, KIND_HEADER, KIND_COMPACTED)
-TAIL_READ_BYTES = 4096  # one page: holds the newest entry and, usually, its blob
 _HEAD = struct.Struct("<IB")  # a frame's length and kind
 _U32 = struct.Struct("<I")
 _hashers = threading.local()  # ``blake3``: one hasher per thread, reset before each use

@@ -12,18 +12,28 @@ did not create is ever changed.
 
 from __future__ import annotations
 
+import collections
 import os
 import stat
-from typing import Final, NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Final, NamedTuple
+
+    class _ModesFields(NamedTuple):
+        file: int
+        dir: int
+
+else:  # the same tuple type, without loading typing at run time
+    _ModesFields = collections.namedtuple("_ModesFields", ("file", "dir"))
 
 __all__ = ["MODES", "PRIVATE", "Modes", "create_file", "makedirs_plain", "modes_of_dir", "set_mode"]
 
 
-class Modes(NamedTuple):
-    """The permission bits of the files and directories a store creates."""
+class Modes(_ModesFields):
+    """The permission bits of the files and directories a store creates: (file, dir)."""
 
-    file: int
-    dir: int
+    __slots__ = ()
 
 
 PRIVATE: Final = Modes(0o600, 0o700)

@@ -27,7 +27,6 @@ __all__ = [
     "CODEC_RAW",
     "CODEC_ZSTD",
     "COMPRESS_MIN_BYTES",
-    "FORMAT_VERSION",
     "KIND_BLOB",
     "KIND_COMPACTED",
     "KIND_ENTRY",
@@ -46,7 +45,6 @@ __all__ = [
     "encode_record",
 ]
 
-FORMAT_VERSION = 2  # docs/FORMAT.md §2; 1 had GRAVES as unchecked text lines
 KIND_HEADER = ord("H")
 KIND_BLOB = ord("B")
 KIND_ENTRY = ord("E")

@@ -12,11 +12,11 @@ on first use, so it creates nothing until asked to.
 
 from __future__ import annotations
 
+import _thread  # threading's own primitives: a CLI get need not load threading
 import contextlib
 import errno
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterator
 
@@ -30,7 +30,7 @@ __all__ = ["UNCONFINED", "Tree"]
 def _tmp_name(path: str, hidden: bool = False) -> str:
     folder, _, name = path.rpartition("/")
     dot = "." if hidden else ""
-    return f"{folder}/{dot}{name}.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}.tmp"
+    return f"{folder}/{dot}{name}.{os.getpid()}.{_thread.get_ident()}.{time.monotonic_ns()}.tmp"
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -57,7 +57,7 @@ class Tree:
     def __init__(self, root: str | None, modes: Modes = PRIVATE) -> None:
         self.root = root
         self.modes = modes
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._dirs: dict[str, int] = {}
         self._prefix = root.rstrip("/") + "/" if root else "\0"
 

@@ -14,9 +14,9 @@ import os
 
 from castore.errors import FormatVersionError
 from castore.file.formatfile import FORMAT_MAGIC
-from castore.file.frames import classify, encode_frame
+from castore.file.frames import FORMAT_VERSION, classify, encode_frame
 from castore.file.modes import MODES, modes_of_dir
-from castore.file.records import FORMAT_VERSION, KIND_GRAVE, Grave, encode_record
+from castore.file.records import KIND_GRAVE, Grave, encode_record
 from castore.file.rewrite import utc_stamp
 from castore.file.tree import Tree
 from castore.reports import UpgradeReport
@@ -77,7 +77,7 @@ def _graves_files(fs: Tree, refs: str) -> list[str]:
 
 
 def upgrade(root: str, mode: str | None = None) -> UpgradeReport:
-    """Convert the store at ``root`` to :data:`~castore.file.records.FORMAT_VERSION`.
+    """Convert the store at ``root`` to :data:`~castore.file.frames.FORMAT_VERSION`.
 
     ``mode`` (``private``, ``group``; None follows the root) is what the
     files it writes get (docs/FORMAT.md §1).

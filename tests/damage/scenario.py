@@ -11,18 +11,23 @@ once, which builds the lazy ``.vix`` indexes.
 :func:`observe` runs the four steps on a (damaged) copy, each phase with a
 fresh ``Store`` handle: every read; a guarded set per key; ``check``,
 ``check(repair=True)``, ``check``; every read again and an unguarded set per
-key. Each call's answer or exception is recorded by :func:`attempt`.
+key. Each call's answer or exception is recorded by :func:`attempt`. Every
+read of a key's newest version also asks the CLI's quick read
+(:func:`castore.file.peek.peek`), which must decline or give the same answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from castore import CastoreError, CheckReport, CorruptionError, Store
 from castore.errors import FormatVersionError
+from castore.file.peek import ABSENT, peek
+from castore.keys import Ref
 from castore.results import GetResult, HistoryEntry, HistoryResult, ListResult, SetResult
 from tests.damage.answers import (
     DAMAGED_OP,
@@ -211,6 +216,30 @@ def _get(key: str, version: int | None = None) -> Callable[[Store], GetAnswer]:
     return lambda store: get_answer(store.get(key, version=version))
 
 
+class QuickPathError(Exception):
+    """The CLI's quick read (``castore.file.peek``) answered otherwise than ``Store.get``."""
+
+
+def _latest(root: str, key: str) -> Callable[[Store], GetAnswer]:
+    """``Store.get(key)``; where the CLI's quick read answers too, it must be the same answer.
+
+    A disagreement raises :class:`QuickPathError`, not a ``CastoreError``: the
+    oracle judges it a traceback (BAD), whatever the store answered.
+    """
+
+    def call(store: Store) -> GetAnswer:
+        answer = get_answer(store.get(key))
+        quick = peek(os.path.abspath(root), Ref("dag", DAG, key))
+        if quick is None:
+            return answer
+        same = GetAnswer(False, 0, "", None) if quick == ABSENT else GetAnswer(True, *quick)
+        if same != answer:
+            raise QuickPathError(f"{key}: the quick read gave version {quick[0]}, get {answer}")
+        return answer
+
+    return call
+
+
 def _history(key: str) -> Callable[[Store], HistoryAnswer]:
     return lambda store: history_answer(store.history(key))
 
@@ -232,7 +261,7 @@ def read_all(root: str, versions: dict[str, list[int]], *, listing: bool) -> Rea
     reads = Reads()
     with _Phase(root) as phase:
         for key, wanted in versions.items():
-            reads.latest[key] = phase.run(_get(key))
+            reads.latest[key] = phase.run(_latest(root, key))
             reads.versions[key] = {v: phase.run(_get(key, v)) for v in wanted}
             reads.history[key] = phase.run(_history(key))
         if listing:

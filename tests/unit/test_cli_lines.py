@@ -6,7 +6,8 @@ import msgspec
 import pytest
 
 from castore.cli import COMMANDS, history, maintenance, modify, serve, state
-from castore.cli.args import SPECS, UsageError, build_parser
+from castore.cli.args import SPECS, build_parser
+from castore.cli.errors import UsageError
 from castore.results import LINE_TYPES
 
 

@@ -60,6 +60,11 @@ with open(os.environ["MODULES_OUT"], "w") as fh:
     fh.write("\\n".join(sorted(sys.modules)))
 sys.exit(code)
 """
+# What a plain `get` of a live key (the quick path, castore.cli.quick) loads none of: the
+# library (msgspec and the result types), OpenSSL (hashlib), typing.
+NEVER_IN_A_QUICK_GET = frozenset(
+    {"msgspec", "typing", "hashlib", "_hashlib", "castore.store", "castore.cli.state"}
+)
 BIG = '{"rows": [' + ", ".join(['"a repeated row of text"'] * 40) + "]}"  # zstd-compressed
 
 
@@ -134,20 +139,48 @@ def test_zstandard_only_for_a_compressed_value(step):
     assert "zstandard" not in modules_after(step, "get", "small")
 
 
-def test_python_m_castore_get_under_importtime(step):
+def test_a_plain_get_loads_neither_the_library_nor_openssl(step):
+    json_line(step.raw("set", "k", '{"cursor": 1}'))
+    loaded = modules_after(step, "get", "k")
+    assert {"castore.cli.quick", "castore.file.peek"} <= loaded  # the list is real
+    assert not sorted((NEVER_AT_START | NEVER_IN_A_QUICK_GET) & loaded)
+
+
+def test_a_get_the_quick_path_declines_loads_the_library(step):
+    """A version, a default, a required key that is missing: the command runs in full."""
     json_line(step.raw("set", "k", "1"))
+    for args, code in (
+        (("get", "k", "--version", "1"), 0),
+        (("get", "missing", "--default", "[]"), 0),
+        (("get", "missing", "--required"), 4),
+    ):
+        loaded = modules_after(step, *args, code=code)
+        assert {"castore.cli.state", "msgspec", "castore.store"} <= loaded, args
+        assert not sorted(NEVER_AT_START & loaded), args
+
+
+def _importtime_names(step: Cli, *args: str) -> set[str]:
     runner = Cli(step.cwd, entry=("-X", "importtime", "-m", "castore"))
     runner.env.update(CASTORE_DIR=step.env["CASTORE_DIR"], DAG_NAME="d")
-    proc = runner.raw("get", "k")
+    proc = runner.raw(*args)
     assert proc.returncode == 0, proc.stderr
-    names = {
+    return {
         line.split("|")[-1].strip()
         for line in proc.stderr.decode().splitlines()
         if line.startswith("import time:") and not line.endswith("imported package")
     }
-    assert {"castore.cli", "castore.cli.state", "msgspec"} <= names  # the profile is real
-    extra = sorted(NEVER_AT_START & names)
+
+
+def test_python_m_castore_get_under_importtime(step):
+    json_line(step.raw("set", "k", "1"))
+    names = _importtime_names(step, "get", "k")
+    assert {"castore.cli", "castore.cli.quick", "blake3"} <= names  # the profile is real
+    extra = sorted((NEVER_AT_START | NEVER_IN_A_QUICK_GET) & names)
     assert not extra, f"python -X importtime -m castore get k loads {extra}"
+    names = _importtime_names(step, "get", "k", "--version", "1")
+    assert {"castore.cli.state", "msgspec"} <= names
+    extra = sorted(NEVER_AT_START & names)
+    assert not extra, f"python -X importtime -m castore get k --version 1 loads {extra}"
 
 
 def loaded_by(cwd: pathlib.Path, code: str, *args: str) -> set[str]:
@@ -157,8 +190,11 @@ def loaded_by(cwd: pathlib.Path, code: str, *args: str) -> set[str]:
     return set(proc.stdout.decode().split("\n"))
 
 
-def test_import_castore_alone_is_the_library(tmp_path):
+def test_import_castore_alone_loads_nothing_until_a_name_is_used(tmp_path):
     only = loaded_by(tmp_path, "import sys, castore")
+    assert "castore" in only
+    assert not sorted(m for m in only if m.startswith("castore.") or m == "msgspec")
+    only = loaded_by(tmp_path, "import sys\nfrom castore import Store")
     assert "castore.store" in only
     cli_parts = sorted(m for m in only if m == "castore.cli" or m.startswith("castore.cli."))
     assert not cli_parts, cli_parts

@@ -1,0 +1,127 @@
+"""The newest value of one ref log, read with the standard library and blake3 alone.
+
+A ``castore get`` is a new process, and loading the library (msgspec above all)
+costs more than the read (docs/PERFORMANCE.md, "CLI start-up"). So the CLI asks
+:func:`peek` first. It answers only in the common case, and only with what the
+store's reader would answer (FORMAT.md §6, "Readers"):
+
+- the directory holds a store of the current format (``FORMAT``);
+- the ref's log, opened below the root without following a link (:class:`Tree`),
+  does not exist (no live version), or ends with an intact ``E`` frame (both
+  lengths and the checksum);
+- that entry is a tombstone (no live version), or a live version (``set`` or
+  ``rollback``) whose ``B`` frame is in the same log where the entry says,
+  intact, with the entry's digest, and whose value hashes to it (as
+  :func:`castore.valuecodec.unpack` checks).
+
+Anything else returns None and the caller asks :class:`castore.store.Store`,
+whose reader applies every rule: no store, a lost version, an empty log,
+a tail that is torn, damaged or still being written, a blob in another log or
+moved, an entry that does not decode as castore writes it. So ``peek`` can
+only answer less often than the store, never differently: the damage matrix
+asks both at every read of a key's newest version (tests/damage/scenario.py),
+and tests/integration/test_quick_get.py compares the CLI's lines on damaged
+copies of a log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from castore import valuecodec
+from castore.digests import small_sha256
+from castore.errors import CastoreError
+from castore.file import fileio
+from castore.file.formatfile import check_format, read_format
+from castore.file.frames import TAIL_READ_BYTES, frame_at, last_frame
+from castore.file.tree import Tree
+from castore.keys import Ref, log_name
+
+__all__ = ["ABSENT", "peek"]
+
+ABSENT = (0, "", b"")  # what peek answers for a key without a live version
+
+_KIND_BLOB = ord("B")  # as castore.file.records names them (that module loads msgspec)
+_KIND_ENTRY = ord("E")
+_LIVE_OPS = frozenset(("set", "rollback"))
+_DELETE = "delete"
+
+
+def peek(root: str, ref: Ref) -> tuple[int, str, bytes] | None:
+    """The newest version of ``ref`` in the store at ``root`` (absolute), or None: ask the store.
+
+    Returns:
+        Its version number, hash and value (verified); :data:`ABSENT` when it has
+        no live version (no log, or a tombstone last); None: ask the store.
+
+    Never raises for what the store would report (a missing or foreign store, a
+    link, damage, an I/O error): it returns None, and the store says it.
+    """
+    fs = Tree(root)
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):  # the root may be a link the user chose
+            return None
+        marker = os.path.join(root, "FORMAT")
+        text = read_format(fs, marker)
+        if text is None:
+            return None
+        check_format(marker, text)
+        return _read(fs, os.path.join(root, "refs", log_name(ref)))
+    except (OSError, CastoreError, ValueError):
+        return None
+    finally:
+        fs.close()
+
+
+def _read(fs: Tree, path: str) -> tuple[int, str, bytes] | None:
+    try:
+        fd = fs.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # the log, or a directory on its way
+        return ABSENT
+    try:
+        return _newest(fd)
+    finally:
+        os.close(fd)
+
+
+def _newest(fd: int) -> tuple[int, str, bytes] | None:
+    size = os.fstat(fd).st_size
+    start = max(0, size - TAIL_READ_BYTES)
+    buf = fileio.read_at(fd, start, size - start)
+    if len(buf) != size - start:
+        return None
+    frame = last_frame(buf, start)
+    if frame is None or frame.kind != _KIND_ENTRY:
+        return None
+    entry = json.loads(frame.payload)  # checksummed: as castore wrote it, or damage it missed
+    if type(entry) is not dict or type(entry.get("time_ns")) is not int:
+        return None
+    version, op, digest, blob = (entry.get(k) for k in ("version", "op", "hash", "blob"))
+    if type(version) is not int or version < 1:
+        return None
+    if op == _DELETE:
+        return ABSENT
+    if op not in _LIVE_OPS or type(digest) is not str:
+        return None
+    if type(blob) is not list or len(blob) != 3 or blob[0] != "":
+        return None  # no blob, or one in another log: the store's reader finds it
+    offset, length = blob[1], blob[2]
+    if type(offset) is not int or type(length) is not int:
+        return None
+    if offset < 0 or offset + length > frame.start:  # the blob comes before its entry
+        return None
+    if offset >= start:  # usually: written together with the entry
+        found = frame_at(buf, offset - start, start)
+    else:
+        found = frame_at(fileio.read_at(fd, offset, length), 0, offset)
+    if found is None or found.kind != _KIND_BLOB or found.end != offset + length:
+        return None
+    payload = found.payload
+    if len(payload) < 33 or payload[:32].hex() != digest:
+        return None
+    value = valuecodec.unpacked(payload[32], payload[33:], digest)
+    if small_sha256(value) != digest:  # CPython's own: a CLI get loads no OpenSSL
+        return None
+    return version, digest, value

@@ -1,0 +1,223 @@
+"""``castore get``'s quick path answers as the full command does, or not at all.
+
+:func:`castore.cli.quick.quick_get` (over :func:`castore.file.peek.peek`) reads
+a key's log without the library. The oracle is the CLI's own full path on the
+same arguments and the same store (``COMMANDS["get"]`` over an ``Invocation``):
+wherever the quick path answers, its line must be byte for byte the full path's;
+and on damaged copies of a log it must also be the answer of the undamaged
+store (it may decline; it may never answer differently, in particular never
+serve an older version or a damaged value). The one exception is the format's
+own (FORMAT.md §7): a log cut exactly at a frame boundary is byte for byte the
+log of an earlier state, which both paths read as such.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+import castore
+from castore import Store
+from castore.cli import COMMANDS
+from castore.cli.args import build_parser
+from castore.cli.errors import OptionError
+from castore.cli.invocation import Invocation
+from castore.cli.quick import quick_get
+from castore.errors import CastoreError
+from castore.file.layout import Layout
+from castore.keys import Ref
+
+pytestmark = pytest.mark.integration
+
+DAG = "flow"
+SMALL = {"cursor": 41, "note": 'quotes " and \\ and <tags> & \u2028 é'}
+COMPRESSED = {"rows": ["a repeated row of text"] * 40}  # over 128 bytes: zstd
+_rnd = random.Random(7)
+LARGE = {"blob": "".join(f"{_rnd.getrandbits(64):016x}" for _ in range(600))}  # > 4 KiB raw
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CASTORE_DIR", "DAG_NAME", "CASTORE_ROOT_DAG", "CASTORE_MODE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def both(root: pathlib.Path, *argv: str) -> tuple[bytes | None, bytes | Exception]:
+    """The quick path's line (None: declined) and the full command's line (or its error)."""
+    args = build_parser(castore.__version__).parse_args(["--dir", str(root), *argv])
+    quick = quick_get(args)
+    try:
+        full: bytes | Exception = b"".join(COMMANDS["get"](Invocation(args)))
+    except (CastoreError, OSError, OptionError) as exc:
+        full = exc
+    return quick, full
+
+
+def agree(root: pathlib.Path, *argv: str) -> bytes | None:
+    """Assert the two paths agree where the quick one answers; return the quick line."""
+    quick, full = both(root, *argv)
+    if quick is not None:
+        assert quick == full, (argv, quick, full)
+    return quick
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> Iterator[Store]:
+    handle = Store(tmp_path / "store", dag=DAG)
+    yield handle
+    handle.close()
+
+
+def root_of(store: Store) -> pathlib.Path:
+    return pathlib.Path(store.root)
+
+
+@pytest.mark.parametrize("value", [SMALL, COMPRESSED, LARGE, "x", 0, None, [1.5, True]])
+def test_a_plain_get_is_the_full_commands_line(store, value):
+    store.set("k", {"old": 1})
+    store.set("k", value)
+    line = agree(root_of(store), "--dag", DAG, "get", "k")
+    assert line is not None  # the common case is answered
+    assert agree(root_of(store), "--dag", DAG, "get", "k", "--required") == line
+
+
+def test_every_scope_and_way_of_naming_the_namespace(store, monkeypatch):
+    refs = [
+        ("dag", DAG, ["--dag", DAG]),
+        ("root_dag", "parent", ["--root-dag", "parent", "--scope", "root_dag"]),
+        ("global", "_", ["--scope", "global"]),
+        ("custom", "team", ["--scope", "custom", "--namespace", "team"]),
+        ("dag", "other", ["--namespace", "other"]),
+    ]
+    for scope, namespace, _ in refs:
+        store.set("k", {"in": f"{scope}/{namespace}"}, scope=scope, namespace=namespace)
+    for _, _, flags in refs:
+        assert agree(root_of(store), *flags, "get", "k") is not None, flags
+    monkeypatch.setenv("DAG_NAME", DAG)  # as a Dagu step names it
+    assert agree(root_of(store), "get", "k") is not None
+    monkeypatch.setenv("CASTORE_ROOT_DAG", "parent")
+    assert agree(root_of(store), "--scope", "root_dag", "get", "k") is not None
+    monkeypatch.setenv("CASTORE_DIR", str(root_of(store)))
+    args = build_parser(castore.__version__).parse_args(["get", "k"])
+    assert quick_get(args) == b"".join(COMMANDS["get"](Invocation(args)))
+
+
+def test_names_that_need_escaping(store):
+    for key in ('a "quoted" key', "tags<&>", "  trimmed  ", "dir/with/slashes"):
+        store.set(key.strip(), 1)
+        assert agree(root_of(store), "--dag", DAG, "get", key) is not None, key
+    store.set("é", 2)  # not ASCII: the full path writes it
+    assert both(root_of(store), "--dag", DAG, "get", "é")[0] is None
+    assert agree(root_of(store), "--dag", DAG, "get", "é") is None
+
+
+def test_what_the_quick_path_leaves_to_the_command(store, monkeypatch):
+    root = root_of(store)
+    store.set("k", SMALL)
+    store.set("gone", 1)
+    store.delete("gone")
+    store.set("shared", LARGE)
+    store.set("copy", LARGE)  # deduplicated: its entry points at the other log
+    for absent in (("get", "missing"), ("get", "gone"), ("get", "gone", "--namespace", "other")):
+        line = agree(root, "--dag", DAG, *absent)  # no live version: answered too
+        assert line is not None
+        assert line.endswith(b'"found":false}'), line
+    cases = [
+        ("get", "missing", "--required"),
+        ("get", "gone", "--required"),
+        ("get", "copy"),
+        ("get", "k", "--version", "1"),
+        ("get", "missing", "--default", "[]"),
+        ("get", "k", "--default", "[]"),
+        ("--mode", "group", "get", "k"),
+    ]
+    for argv in cases:
+        quick, full = both(root, "--dag", DAG, *argv)
+        assert quick is None, argv
+        if "--required" in argv:  # the command reports it
+            assert type(full).__name__ == "NotFoundError", (argv, full)
+        else:
+            assert isinstance(full, bytes), (argv, full)  # the command answers them
+    monkeypatch.setenv("CASTORE_MODE", "private")
+    assert both(root, "--dag", DAG, "get", "k")[0] is None
+    monkeypatch.setenv("CASTORE_MODE", "bogus")
+    quick, full = both(root, "--dag", DAG, "get", "k")
+    assert quick is None
+    assert "CASTORE_MODE" in str(full) or "bogus" in str(full)
+
+
+def test_no_store_an_old_format_or_a_bad_ref_is_the_commands_to_report(tmp_path):
+    """(A store directory without the key's log is answered: the other tests.)"""
+    assert both(tmp_path / "nowhere", "--dag", DAG, "get", "k") == (
+        None,
+        b'{"operation":"get","scope":"dag","namespace":"flow","key":"k","found":false}',
+    )
+    old = tmp_path / "old"
+    Store(old, dag=DAG).set("k", 1)
+    (old / "FORMAT").write_text("castore-store 1\n")
+    quick, full = both(old, "--dag", DAG, "get", "k")
+    assert quick is None
+    assert "castore upgrade" in str(full)
+    quick, full = both(tmp_path / "nowhere", "get", "k")  # no DAG name: an invalid ref
+    assert quick is None
+    assert "namespace is required" in str(full)
+
+
+def test_a_link_in_place_of_the_log_is_never_followed(store, tmp_path):
+    store.set("k", SMALL)
+    store.set("decoy", {"outside": True})
+    layout = Layout(store.root, durable=False, lock_timeout=1)
+    log = layout.log_path(Ref("dag", DAG, "k"))
+    decoy = tmp_path / "decoy.log"
+    shutil.copy(layout.log_path(Ref("dag", DAG, "decoy")), decoy)
+    os.unlink(log)
+    os.symlink(decoy, log)
+    quick, full = both(root_of(store), "--dag", DAG, "get", "k")
+    assert quick is None
+    assert "symbolic link" in str(full)
+
+
+def _damaged_copies(log: bytes) -> Iterator[tuple[str, bytes]]:
+    """Every byte flipped (two ways), every cut, and bytes appended to the end."""
+    for at in range(len(log)):
+        for mask in (0x01, 0xFF):
+            yield f"flip {at} ^{mask:#x}", log[:at] + bytes([log[at] ^ mask]) + log[at + 1 :]
+    for size in range(len(log)):
+        yield f"cut at {size}", log[:size]
+    for tail in (b"\0" * 25, b"\0" * 4096, b"E" + b"\xff" * 40, log[-30:]):
+        yield f"append {len(tail)} bytes", log + tail
+
+
+@pytest.mark.parametrize("value", [SMALL, COMPRESSED], ids=["raw", "zstd"])
+def test_on_every_damaged_copy_it_answers_the_truth_or_declines(tmp_path, value):
+    """The oracle: the undamaged store's answer, and the full command on the same copy."""
+    root = tmp_path / "store"
+    with Store(root, dag=DAG) as store:
+        store.set("k", {"first": 1})
+        store.set("k", value)
+        store.set("k", {"third": value})
+    truth = agree(root, "--dag", DAG, "get", "k")
+    assert truth is not None
+    log = pathlib.Path(
+        Layout(str(root), durable=False, lock_timeout=1).log_path(Ref("dag", DAG, "k"))
+    )
+    pristine = log.read_bytes()
+    answered = declined = 0
+    for what, damaged in _damaged_copies(pristine):
+        log.write_bytes(damaged)
+        quick, full = both(root, "--dag", DAG, "get", "k")
+        if quick is None:
+            declined += 1
+            continue
+        answered += 1
+        assert quick == full, what
+        if not what.startswith("cut"):  # a cut at a frame boundary is an earlier state (§7)
+            assert quick == truth, what
+    log.write_bytes(pristine)
+    assert answered
+    assert declined
