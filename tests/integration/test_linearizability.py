@@ -6,6 +6,9 @@ recording every operation with ``time.monotonic_ns()`` around the call
 carries a unique ``reason``, so the tombstone version of every successful
 delete is found in the key's history afterwards. The checker then verifies
 that one sequential order, consistent with real time, explains every result.
+On a store directory every other read goes through the CLI's quick read
+(:func:`castore.file.peek.peek`) when it answers, so its answers are checked
+the same way.
 
 The first half of this file tests the checker itself on hand-made histories,
 so that it cannot pass vacuously. The store comes from the ``store_location``
@@ -26,6 +29,9 @@ from typing import Any, Final
 import pytest
 
 from castore import ConflictError, Store
+from castore.file.peek import peek
+from castore.keys import Ref
+from castore.urls import is_url
 from tests.helpers import reap_processes
 from tests.linearizability import Op, Report, check_history
 
@@ -257,10 +263,22 @@ def _worker(root: str, proc: int, seed: int, start_at: float, out: str) -> None:
             if roll < 0.40:
                 kind = "get"
                 t0 = time.monotonic_ns()
-                res = handle.get(key)
-                t1 = time.monotonic_ns()
-                result = {"found": res.found, "version": res.version, "value": res.value}
-                known[key] = res.version
+                quick = (
+                    None
+                    if is_url(root) or seq % 2
+                    else peek(os.path.abspath(root), Ref("dag", DAG, key))
+                )
+                if quick is None:
+                    res = handle.get(key)
+                    t1 = time.monotonic_ns()
+                    result = {"found": res.found, "version": res.version, "value": res.value}
+                else:  # the CLI's quick read answered
+                    t1 = time.monotonic_ns()
+                    version, raw = quick[0], quick[2]
+                    read = json.loads(raw) if version else None
+                    result = {"found": bool(version), "version": version, "value": read}
+                    args = {"quick": True}
+                known[key] = result["version"]
             elif roll < 0.60:
                 kind, args = "set", {"value": value}
                 t0 = time.monotonic_ns()
@@ -360,6 +378,7 @@ def test_concurrent_history_is_linearizable(store_location, tmp_path, record_pro
     report = check_history(ops)
     kinds = {kind: sum(op.kind == kind for op in ops) for kind in ("get", "set", "cas", "delete")}
     conflicts = sum(op.kind == "cas" and not op.result["ok"] for op in ops)
+    quick = sum(op.kind == "get" and bool(op.args.get("quick")) for op in ops)
     by_start = sorted(ops, key=lambda op: op.start)
     overlaps = sum(
         b.start < a.end and a.process != b.process for a, b in itertools.pairwise(by_start)
@@ -368,6 +387,7 @@ def test_concurrent_history_is_linearizable(store_location, tmp_path, record_pro
     record_property("writes", report.writes)
     record_property("reads", report.reads)
     record_property("cas_conflicts", conflicts)
+    record_property("quick_reads", quick)
     record_property("overlapping_neighbours", overlaps)
     record_property("violations", len(report.violations))
     for kind, count in kinds.items():
@@ -375,6 +395,7 @@ def test_concurrent_history_is_linearizable(store_location, tmp_path, record_pro
     assert report.ops > 1000, report
     assert all(count > 0 for count in kinds.values()), kinds
     assert conflicts > 0, "no CAS conflict"
+    assert is_url(root) or quick > 100, f"only {quick} reads went through the quick path"
     assert overlaps > 100, "the processes hardly ran at the same time"
     assert report.ok, f"{len(report.violations)} violations in {report.ops} ops:\n" + "\n".join(
         report.violations[:20]
