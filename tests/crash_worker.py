@@ -38,8 +38,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from castore import Store
+from castore import GetResult, Store
 from castore.errors import CastoreError, NotFoundError
+from castore.file.peek import peek
+from castore.keys import Ref
 
 __all__ = [
     "DAG",
@@ -570,6 +572,7 @@ def _check_history(store: Store, model: _Model) -> list[str]:
         except CastoreError as exc:
             out.append(f"unreadable: {key} history/current: {type(exc).__name__}: {exc}")
             continue
+        out += _check_quick(store, key, current)
         versions = [e.version for e in entries]
         if any(a <= b for a, b in itertools.pairwise(versions)):
             out.append(f"history-order: {key} history versions {versions}")
@@ -611,6 +614,20 @@ def _check_history(store: Store, model: _Model) -> list[str]:
         elif current.found:
             out.append(f"current-mismatch: {key} get() found v{current.version}, no history")
     return out
+
+
+def _check_quick(store: Store, key: str, current: GetResult) -> list[str]:
+    """The CLI's quick read (``peek``) declines or answers what ``get()`` answered."""
+    quick = peek(store.root, Ref("dag", DAG, key))
+    if quick is None:
+        return []
+    found, version, value = bool(quick[0]), quick[0], quick[2]
+    same = found == current.found and (
+        not found or (version, value) == (current.version, current.value_json)
+    )
+    if same:
+        return []
+    return [f"quick-mismatch: {key} peek gives v{version}, get() v{current.version}"]
 
 
 def verify(root: str, records: list[Record], *, repair: bool = True) -> Verdict:
