@@ -6,10 +6,11 @@ plain ``get`` of the latest version of a key in a store directory,
 :func:`quick_get` reads the key's log with :func:`castore.file.peek.peek` and
 writes the line itself. Whenever anything is not the common case it returns
 None and the command runs as every other one does: another option
-(``--version``, ``--default``, ``--mode`` or ``$CASTORE_MODE``; ``--required``
-for a key without a live version), a URL, a ref the store would refuse, a name
-that is not printable ASCII, or anything :func:`~castore.file.peek.peek`
-declines (no store, a tail it does not read as the store does). The line is the
+(``--version``, ``--mode`` or ``$CASTORE_MODE``; ``--required`` or ``--default``
+for a key without a live version: ``--default`` is used, and checked, only
+then), a URL, a ref the store would refuse, a name that is not printable
+ASCII, or anything :func:`~castore.file.peek.peek` declines (no store, a tail
+it does not read as the store does). The line is the
 one ``castore get`` writes (tests/integration/test_quick_get.py compares the two).
 """
 
@@ -37,7 +38,7 @@ def _plain(text: str) -> bool:
 
 def quick_get(args: argparse.Namespace) -> bytes | None:
     """The line of ``castore get`` for ``args``, or None: run the command instead."""
-    if args.version is not None or args.default is not None or args.mode is not None:
+    if args.version is not None or args.mode is not None:
         return None
     if os.environ.get("CASTORE_MODE"):  # the store checks it, even to read
         return None
@@ -59,8 +60,8 @@ def quick_get(args: argparse.Namespace) -> bytes | None:
     version, digest, value = found
     names = ",".join(f"{field}:{json.dumps(text)}" for field, text in zip(_NAMES, ref, strict=True))
     if not version:  # no live version
-        if args.required:
-            return None  # the command words the error
+        if args.required or args.default is not None:
+            return None  # the command words the error, or normalizes the default
         return f'{{"operation":"get",{names},"found":false}}'.encode("ascii")
     head = f'{{"operation":"get",{names},"found":true,"version":{version},"hash":"{digest}",'
     return b"".join((head.encode("ascii"), b'"value":', value, b"}"))

@@ -127,13 +127,14 @@ def test_what_the_quick_path_leaves_to_the_command(store, monkeypatch):
         line = agree(root, "--dag", DAG, *absent)  # no live version: answered too
         assert line is not None
         assert line.endswith(b'"found":false}'), line
+    for found in (("get", "k", "--default", "[]"), ("get", "k", "--default", "not json")):
+        assert agree(root, "--dag", DAG, *found) is not None, found  # found: no default used
     cases = [
         ("get", "missing", "--required"),
         ("get", "gone", "--required"),
         ("get", "copy"),
         ("get", "k", "--version", "1"),
         ("get", "missing", "--default", "[]"),
-        ("get", "k", "--default", "[]"),
         ("--mode", "group", "get", "k"),
     ]
     for argv in cases:
