@@ -4,7 +4,9 @@ Runs, interleaved in one run (rotated order each round), whole processes of::
 
     python3 -c pass                      the interpreter's own start (the unit)
     python3 -c 'import msgspec'          information: the floor of any castore command
-    castore get k
+    castore get k                        a small value (answered before the library loads)
+    castore get big                      a value zstd compresses (zstandard is loaded)
+    castore get missing                  a key without a live version
     castore set k V                      durable (one fdatasync per set of an existing key)
     castore set --no-sync k V
 
@@ -44,6 +46,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_GET = 3.0
 TARGET_SET_NO_SYNC = 3.5
 TARGET_RSS_MIB = 20.0
+BIG = '{"rows": [' + ", ".join(['"a repeated row of text"'] * 40) + "]}"  # zstd-compressed
 MSGSPEC = "import msgspec"  # the floor: castore's results and records are msgspec structs
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
 
@@ -90,9 +93,11 @@ def spawn(argv: Sequence[str], env: dict[str, str]) -> Run:
 
 
 def castore_cases(tag: str, cmd: list[str], env: dict[str, str]) -> list[Case]:
-    """``get``, ``set`` and ``set --no-sync`` of one checkout."""
+    """``get`` (a small value, a compressed one, a missing key), ``set``, ``set --no-sync``."""
     return [
         Case(f"castore get k{tag}", lambda _r: [*cmd, "get", "k"], env),
+        Case(f"castore get big (zstd){tag}", lambda _r: [*cmd, "get", "big"], env),
+        Case(f"castore get missing{tag}", lambda _r: [*cmd, "get", "missing"], env),
         Case(f"castore set k V{tag}", lambda r: [*cmd, "set", "k", str(r)], env),
         Case(
             f"castore set --no-sync k V{tag}",
@@ -110,6 +115,7 @@ def prepare(workdir: str, name: str, pythonpath: str, cmd: list[str]) -> dict[st
         env.pop(var, None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: the first run writes the .pyc files
     spawn([*cmd, "set", "k", '{"cursor": 0}'], env)
+    spawn([*cmd, "set", "big", BIG], env)
     return env
 
 
