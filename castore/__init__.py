@@ -65,6 +65,8 @@ if TYPE_CHECKING:  # each loaded on first use: see __getattr__
 
 del TYPE_CHECKING  # not a public name
 
+from castore import errors as errors  # noqa: E402  # stable API: castore.errors after import castore
+
 __version__ = "0.1.0"
 
 _ERRORS = (

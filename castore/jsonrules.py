@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import codecs
 import re
-from typing import Final
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["GO_REPLACE", "MAX_DEPTH", "MAX_VALUE_BYTES", "fix_str"]
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 else:  # the same tuple type, without loading typing at run time
     _RefFields = collections.namedtuple("_RefFields", ("scope", "namespace", "key"))
-
+    _RefFields.__annotations__ = {"scope": str, "namespace": str, "key": str}  # as NamedTuple
 __all__ = [
     "DEFAULT_GLOBAL_NAMESPACE",
     "GO_SPACE",

@@ -15,6 +15,7 @@ import functools
 
 from castore.digests import value_sha256
 from castore.errors import DigestMismatchError, RecordError
+from castore.jsonrules import MAX_VALUE_BYTES
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -87,6 +88,9 @@ def unpacked(codec: int, data: bytes, expected_hex: str) -> bytes:
     import zstandard  # loaded by _zstd(): a dictionary lookup
 
     try:
+        declared = zstandard.frame_content_size(data)
+        if declared > MAX_VALUE_BYTES:  # never inflate what no value can be (a bomb)
+            raise RecordError(f"blob {expected_hex}: zstd data declares {declared} bytes")
         return decompressor.decompress(data)
     except zstandard.ZstdError as exc:
         raise RecordError(f"blob {expected_hex}: bad zstd data: {exc}") from exc

@@ -566,13 +566,16 @@ def _check_list(store: Store, model: _Model) -> list[str]:
 def _check_history(store: Store, model: _Model) -> list[str]:
     out = []
     for key, info in sorted(model.keys.items()):
+        quick = peek(store.root, Ref("dag", DAG, key))
         try:
             entries = store.history(key).entries
             current = store.get(key)
         except CastoreError as exc:
             out.append(f"unreadable: {key} history/current: {type(exc).__name__}: {exc}")
+            if quick is not None:
+                out.append(f"quick-mismatch: {key} peek gives v{quick[0]}, get() raises")
             continue
-        out += _check_quick(store, key, current)
+        out += _check_quick(quick, key, current)
         versions = [e.version for e in entries]
         if any(a <= b for a, b in itertools.pairwise(versions)):
             out.append(f"history-order: {key} history versions {versions}")
@@ -616,9 +619,8 @@ def _check_history(store: Store, model: _Model) -> list[str]:
     return out
 
 
-def _check_quick(store: Store, key: str, current: GetResult) -> list[str]:
-    """The CLI's quick read (``peek``) declines or answers what ``get()`` answered."""
-    quick = peek(store.root, Ref("dag", DAG, key))
+def _check_quick(quick: tuple[int, str, bytes] | None, key: str, current: GetResult) -> list[str]:
+    """The CLI's quick read (``peek``) declined or answered what ``get()`` answered."""
     if quick is None:
         return []
     found, version, value = bool(quick[0]), quick[0], quick[2]

@@ -14,7 +14,7 @@ from castore.backend import lost_error
 from castore.errors import CorruptionError
 from castore.file import fileio
 from castore.file.blobindex import BlobIndex
-from castore.file.frames import frame_at
+from castore.file.frames import BLOB_FRAME_MAX, frame_at
 from castore.file.records import KIND_BLOB, decode_blob
 from castore.file.tree import Tree
 from castore.keys import Ref, is_log_name
@@ -138,6 +138,8 @@ class BlobReader:
 
     @staticmethod
     def _frame_blob(fd: int, loc: BlobLoc, hexdigest: str) -> bytes | None:
+        if not loc.offset >= 0 or not 0 < loc.length <= BLOB_FRAME_MAX:
+            return None  # no frame castore writes: never read gigabytes for a stored hint
         buf = fileio.read_at(fd, loc.offset, loc.length)
         frame = frame_at(buf, 0)
         if frame is None or frame.kind != KIND_BLOB or frame.payload[:32].hex() != hexdigest:

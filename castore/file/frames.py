@@ -24,6 +24,8 @@ from collections.abc import Iterator
 
 import blake3
 
+from castore.jsonrules import MAX_VALUE_BYTES
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
     from typing import NamedTuple
@@ -48,6 +50,7 @@ else:  # the same tuple types, without loading typing at run time
     )
 
 __all__ = [
+    "BLOB_FRAME_MAX",
     "CHECKSUM_ALGO",
     "CHECKSUM_BYTES",
     "FORMAT_VERSION",
@@ -69,6 +72,7 @@ CHECKSUM_BYTES = 16  # blake3 output truncated to 128 bits
 FRAME_OVERHEAD = 4 + 1 + CHECKSUM_BYTES + 4  # 25 bytes around each payload
 MAX_PAYLOAD_BYTES = 64 << 20  # 64 MiB: anything larger is a corrupt length field
 TAIL_READ_BYTES = 4096  # one read from a log's end: holds the newest entry and, usually, its blob
+BLOB_FRAME_MAX = FRAME_OVERHEAD + 33 + MAX_VALUE_BYTES  # a B frame of a value at the limit, raw
 
 _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<IB")

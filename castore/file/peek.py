@@ -35,9 +35,13 @@ from castore.digests import small_sha256
 from castore.errors import CastoreError
 from castore.file import fileio
 from castore.file.formatfile import check_format, read_format
-from castore.file.frames import TAIL_READ_BYTES, frame_at, last_frame
+from castore.file.frames import BLOB_FRAME_MAX, TAIL_READ_BYTES, frame_at, last_frame
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = ["ABSENT", "peek"]
 
@@ -47,6 +51,10 @@ _KIND_BLOB = ord("B")  # as castore.file.records names them (that module loads m
 _KIND_ENTRY = ord("E")
 _LIVE_OPS = frozenset(("set", "rollback"))
 _DELETE = "delete"
+_INT_FIELDS = ("version", "time_ns", "size", "created_ns", "damaged_from")  # records.Entry
+_REQUIRED = frozenset(("version", "op", "time_ns"))  # its fields without a default
+_AUDIT_INTS = frozenset(("pid", "rollback_from"))  # records.Audit's; the others are str
+_SEPARATORS: Final = (",", ":")  # compact, as msgspec writes (with non-ASCII as UTF-8)
 
 
 def peek(root: str, ref: Ref) -> tuple[int, str, bytes] | None:
@@ -69,7 +77,7 @@ def peek(root: str, ref: Ref) -> tuple[int, str, bytes] | None:
             return None
         check_format(marker, text)
         return _read(fs, os.path.join(root, "refs", log_name(ref)))
-    except (OSError, CastoreError, ValueError):
+    except (OSError, CastoreError, ValueError, RecursionError):
         return None
     finally:
         fs.close()
@@ -77,7 +85,7 @@ def peek(root: str, ref: Ref) -> tuple[int, str, bytes] | None:
 
 def _read(fs: Tree, path: str) -> tuple[int, str, bytes] | None:
     try:
-        fd = fs.open(path, os.O_RDONLY)
+        fd = fileio.open_regular(fs.open, path)
     except FileNotFoundError:  # the log, or a directory on its way
         return ABSENT
     try:
@@ -95,23 +103,19 @@ def _newest(fd: int) -> tuple[int, str, bytes] | None:
     frame = last_frame(buf, start)
     if frame is None or frame.kind != _KIND_ENTRY:
         return None
-    entry = json.loads(frame.payload)  # checksummed: as castore wrote it, or damage it missed
-    if type(entry) is not dict or type(entry.get("time_ns")) is not int:
+    entry = _entry(frame.payload)
+    if entry is None or entry["version"] < 1:
         return None
-    version, op, digest, blob = (entry.get(k) for k in ("version", "op", "hash", "blob"))
-    if type(version) is not int or version < 1:
-        return None
-    if op == _DELETE:
+    if entry["op"] == _DELETE:
         return ABSENT
-    if op not in _LIVE_OPS or type(digest) is not str:
-        return None
-    if type(blob) is not list or len(blob) != 3 or blob[0] != "":
+    version: int = entry["version"]
+    digest: str = entry.get("hash", "")
+    blob = entry.get("blob")
+    if entry["op"] not in _LIVE_OPS or blob is None or blob[0] != "":
         return None  # no blob, or one in another log: the store's reader finds it
     offset, length = blob[1], blob[2]
-    if type(offset) is not int or type(length) is not int:
-        return None
-    if offset < 0 or offset + length > frame.start:  # the blob comes before its entry
-        return None
+    if offset < 0 or offset + length > frame.start or length > BLOB_FRAME_MAX:
+        return None  # the blob comes before its entry, and holds at most MAX_VALUE_BYTES
     if offset >= start:  # usually: written together with the entry
         found = frame_at(buf, offset - start, start)
     else:
@@ -124,4 +128,52 @@ def _newest(fd: int) -> tuple[int, str, bytes] | None:
     value = valuecodec.unpacked(payload[32], payload[33:], digest)
     if small_sha256(value) != digest:  # CPython's own: a CLI get loads no OpenSSL
         return None
+    json.loads(value.decode("utf-8"), parse_constant=_not_json)  # the store decodes it too
     return version, digest, value
+
+
+def _not_json(name: str) -> None:
+    """``json``'s hook for NaN and Infinity, which are not JSON: decline."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _entry(payload: bytes) -> dict[str, Any] | None:
+    """The entry of an ``E`` payload if it is exactly as castore writes one, else None.
+
+    castore writes entries as compact JSON in UTF-8 (msgspec, ``records.Entry``),
+    which the standard library writes back byte for byte; anything else (another
+    encoding or spacing, NaN, a lone surrogate, a field of another type) is left
+    to the store's reader, which decides whether it is a record at all.
+    """
+    text = payload.decode("utf-8")
+    entry = json.loads(text, parse_constant=_not_json)
+    if (
+        type(entry) is not dict
+        or json.dumps(entry, ensure_ascii=False, separators=_SEPARATORS) != text
+        or not entry.keys() >= _REQUIRED
+    ):
+        return None
+    if not all(_is_int(entry.get(name, 0)) for name in _INT_FIELDS):
+        return None
+    if type(entry.get("op")) is not str or type(entry.get("hash", "")) is not str:
+        return None
+    blob = entry.get("blob")
+    if blob is not None and not (
+        type(blob) is list
+        and len(blob) == 3
+        and type(blob[0]) is str
+        and all(map(_is_int, blob[1:]))
+    ):
+        return None
+    audit = entry.get("audit", {})
+    if type(audit) is not dict:
+        return None
+    for name, item in audit.items():
+        if not (_is_int(item) if name in _AUDIT_INTS else type(item) is str):
+            return None
+    return entry
+
+
+def _is_int(item: object) -> bool:
+    """An integer that msgspec decodes into an ``int`` field (64 bits)."""
+    return type(item) is int and -(1 << 63) <= item < 1 << 64

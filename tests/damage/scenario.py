@@ -224,12 +224,20 @@ def _latest(root: str, key: str) -> Callable[[Store], GetAnswer]:
     """``Store.get(key)``; where the CLI's quick read answers too, it must be the same answer.
 
     A disagreement raises :class:`QuickPathError`, not a ``CastoreError``: the
-    oracle judges it a traceback (BAD), whatever the store answered.
+    oracle judges it a traceback (BAD), whatever the store answered; so does a
+    quick answer where ``get`` raises.
     """
 
     def call(store: Store) -> GetAnswer:
-        answer = get_answer(store.get(key))
         quick = peek(os.path.abspath(root), Ref("dag", DAG, key))
+        try:
+            answer = get_answer(store.get(key))
+        except CastoreError as exc:
+            if quick is not None:
+                raise QuickPathError(
+                    f"{key}: get raised {exc!r}, the quick read {quick[0]}"
+                ) from exc
+            raise
         if quick is None:
             return answer
         same = GetAnswer(False, 0, "", None) if quick == ABSENT else GetAnswer(True, *quick)

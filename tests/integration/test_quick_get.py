@@ -13,13 +13,19 @@ log of an earlier state, which both paths read as such.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import zstandard
 
 import castore
 from castore import Store
@@ -28,7 +34,8 @@ from castore.cli.args import build_parser
 from castore.cli.errors import OptionError
 from castore.cli.invocation import Invocation
 from castore.cli.quick import quick_get
-from castore.errors import CastoreError
+from castore.errors import CastoreError, CorruptionError
+from castore.file.frames import encode_frame
 from castore.file.layout import Layout
 from castore.keys import Ref
 
@@ -183,9 +190,75 @@ def test_a_link_in_place_of_the_log_is_never_followed(store, tmp_path):
     assert "symbolic link" in str(full)
 
 
-def _damaged_copies(log: bytes) -> Iterator[tuple[str, bytes]]:
-    """Every byte flipped (two ways), every cut, and bytes appended to the end."""
-    for at in range(len(log)):
+def _blob(value: bytes) -> tuple[bytes, str]:
+    """A raw ``B`` frame holding ``value`` and its hex digest."""
+    digest = hashlib.sha256(value).digest()
+    return encode_frame(ord("B"), digest + b"\0" + value), digest.hex()
+
+
+def _compact(fields: dict[str, Any]) -> bytes:
+    """JSON as castore writes entries: compact, UTF-8."""
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _crafted(log: bytes) -> Iterator[tuple[str, bytes]]:
+    """Frames with valid checksums that castore never writes, appended to ``log``."""
+    value = b'{"a":1}'
+    blob, digest = _blob(value)
+    at = ["", len(log), len(blob)]
+    entry = {"version": 9, "op": "set", "time_ns": 1, "hash": digest, "blob": at}
+    variants: list[tuple[str, Any]] = [
+        ("plain", {}),
+        ("audit a string", {"audit": "x"}),
+        ("size a string", {"size": "x"}),
+        ("created_ns a float", {"created_ns": 1.5}),
+        ("pid a string", {"audit": {"pid": "1"}}),
+        ("version 2**64", {"version": 1 << 64}),
+        ("no time_ns", {"time_ns": None}),
+        ("blob a string", {"blob": "x"}),
+        ("blob too long", {"blob": ["", len(log), 1 << 30]}),
+        ("a damaged entry", {"op": "damaged"}),
+        ("an unknown op", {"op": "frobnicate"}),
+    ]
+    for name, change in variants:
+        fields = {**entry, **change}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        yield name, log + blob + encode_frame(ord("E"), _compact(fields))
+    compact = _compact(entry).decode()
+    yield "NaN size", log + blob + encode_frame(ord("E"), compact[:-1].encode() + b',"size":NaN}')
+    yield "UTF-16", log + blob + encode_frame(ord("E"), compact.encode("utf-16"))
+    yield "spaces", log + blob + encode_frame(ord("E"), json.dumps(entry).encode())
+    surrogate = compact[:-1] + ',"audit":{"user":"\\ud800"}}'
+    yield "lone surrogate", log + blob + encode_frame(ord("E"), surrogate.encode())
+    tomb = {"version": 9, "op": "delete", "time_ns": 1, "audit": "x"}
+    yield "tombstone, audit a string", log + encode_frame(ord("E"), _compact(tomb))
+    for name, bad in (("not JSON", b"not json"), ("two lines", b'1}\n{"found":false')):
+        blob, digest = _blob(bad)
+        fields = {**entry, "hash": digest, "blob": ["", len(log), len(blob)]}
+        yield f"value {name}", log + blob + encode_frame(ord("E"), _compact(fields))
+
+
+def test_records_castore_never_writes_are_the_stores_to_judge(store):
+    """Checksummed but foreign entries and values: the quick path declines them."""
+    store.set("k", SMALL)
+    root = root_of(store)
+    log = pathlib.Path(
+        Layout(str(root), durable=False, lock_timeout=1).log_path(Ref("dag", DAG, "k"))
+    )
+    pristine = log.read_bytes()
+    answered = []
+    for what, data in _crafted(pristine):
+        log.write_bytes(data)
+        quick, full = both(root, "--dag", DAG, "get", "k")
+        if quick is not None:
+            assert quick == full, what
+            answered.append(what)
+    assert answered == ["plain"], answered  # the one castore could have written
+
+
+def _damaged_copies(log: bytes, stride: int = 1) -> Iterator[tuple[str, bytes]]:
+    """Every ``stride``-th byte flipped (two ways), every cut, bytes appended to the end."""
+    for at in range(0, len(log), stride):
         for mask in (0x01, 0xFF):
             yield f"flip {at} ^{mask:#x}", log[:at] + bytes([log[at] ^ mask]) + log[at + 1 :]
     for size in range(len(log)):
@@ -194,8 +267,10 @@ def _damaged_copies(log: bytes) -> Iterator[tuple[str, bytes]]:
         yield f"append {len(tail)} bytes", log + tail
 
 
-@pytest.mark.parametrize("value", [SMALL, COMPRESSED], ids=["raw", "zstd"])
-def test_on_every_damaged_copy_it_answers_the_truth_or_declines(tmp_path, value):
+@pytest.mark.parametrize(
+    ("value", "stride"), [(SMALL, 1), (COMPRESSED, 1), (LARGE, 7)], ids=["raw", "zstd", "large"]
+)
+def test_on_every_damaged_copy_it_answers_the_truth_or_declines(tmp_path, value, stride):
     """The oracle: the undamaged store's answer, and the full command on the same copy."""
     root = tmp_path / "store"
     with Store(root, dag=DAG) as store:
@@ -209,7 +284,7 @@ def test_on_every_damaged_copy_it_answers_the_truth_or_declines(tmp_path, value)
     )
     pristine = log.read_bytes()
     answered = declined = 0
-    for what, damaged in _damaged_copies(pristine):
+    for what, damaged in _damaged_copies(pristine, stride):
         log.write_bytes(damaged)
         quick, full = both(root, "--dag", DAG, "get", "k")
         if quick is None:
@@ -222,3 +297,37 @@ def test_on_every_damaged_copy_it_answers_the_truth_or_declines(tmp_path, value)
     log.write_bytes(pristine)
     assert answered
     assert declined
+
+
+def test_a_fifo_in_place_of_a_log_is_refused_not_waited_on(store):
+    """A reader opens logs without blocking and reads only regular files."""
+    store.set("k", SMALL)
+    root = root_of(store)
+    log = Layout(str(root), durable=False, lock_timeout=1).log_path(Ref("dag", DAG, "k"))
+    os.unlink(log)
+    os.mkfifo(log)
+    argv = [sys.executable, "-m", "castore", "--dir", str(root), "--dag", DAG, "get", "k"]
+    done = subprocess.run(argv, capture_output=True, timeout=60, check=False, cwd=root)
+    assert done.returncode == 5, done
+    assert b"not a regular file" in done.stderr
+    assert done.stdout == b""
+
+
+def test_a_zstd_frame_declaring_more_than_a_value_is_never_inflated(store):
+    store.set("k", SMALL)
+    root = root_of(store)
+    log = pathlib.Path(
+        Layout(str(root), durable=False, lock_timeout=1).log_path(Ref("dag", DAG, "k"))
+    )
+    pristine = log.read_bytes()
+    inflated = b"0" * (2 << 20)  # twice MAX_VALUE_BYTES
+    digest = hashlib.sha256(inflated).digest()
+    packed = zstandard.ZstdCompressor(level=3).compress(inflated)
+    blob = encode_frame(ord("B"), digest + b"\1" + packed)
+    entry = {"version": 2, "op": "set", "time_ns": 1, "hash": digest.hex()}
+    entry["blob"] = ["", len(pristine), len(blob)]
+    log.write_bytes(pristine + blob + encode_frame(ord("E"), _compact(entry)))
+    quick, full = both(root, "--dag", DAG, "get", "k")
+    assert quick is None
+    assert isinstance(full, CorruptionError), full
+    assert "declares 2097152 bytes" in str(full)

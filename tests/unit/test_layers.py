@@ -31,7 +31,7 @@ LAYERS = {
     "records": 1,  # what every backend shares
     "urls": 0,  # store locations that are URLs: redaction
     "cluster": 1,  # who owns a keyspace: rendezvous hashing over a member list
-    "valuecodec": 1,  # how every backend packs a value (raw or zstd), verified on read
+    "valuecodec": 2,  # how every backend packs a value (raw or zstd), verified on read
     "jsonrules": 1,
     "jsonparse": 2,
     "pyvalues": 2,
