@@ -80,6 +80,12 @@ def store(tmp_path: pathlib.Path) -> Iterator[Store]:
     handle.close()
 
 
+def log_of(root: pathlib.Path | str, key: str = "k") -> pathlib.Path:
+    """The log file of ``key`` (namespace DAG) in the store at ``root``."""
+    layout = Layout(str(root), durable=False, lock_timeout=1)
+    return pathlib.Path(layout.log_path(Ref("dag", DAG, key)))
+
+
 def root_of(store: Store) -> pathlib.Path:
     return pathlib.Path(store.root)
 
@@ -179,10 +185,9 @@ def test_no_store_an_old_format_or_a_bad_ref_is_the_commands_to_report(tmp_path)
 def test_a_link_in_place_of_the_log_is_never_followed(store, tmp_path):
     store.set("k", SMALL)
     store.set("decoy", {"outside": True})
-    layout = Layout(store.root, durable=False, lock_timeout=1)
-    log = layout.log_path(Ref("dag", DAG, "k"))
+    log = log_of(store.root)
     decoy = tmp_path / "decoy.log"
-    shutil.copy(layout.log_path(Ref("dag", DAG, "decoy")), decoy)
+    shutil.copy(log_of(store.root, "decoy"), decoy)
     os.unlink(log)
     os.symlink(decoy, log)
     quick, full = both(root_of(store), "--dag", DAG, "get", "k")
@@ -242,9 +247,7 @@ def test_records_castore_never_writes_are_the_stores_to_judge(store):
     """Checksummed but foreign entries and values: the quick path declines them."""
     store.set("k", SMALL)
     root = root_of(store)
-    log = pathlib.Path(
-        Layout(str(root), durable=False, lock_timeout=1).log_path(Ref("dag", DAG, "k"))
-    )
+    log = log_of(root)
     pristine = log.read_bytes()
     answered = []
     for what, data in _crafted(pristine):
@@ -279,9 +282,7 @@ def test_on_every_damaged_copy_it_answers_the_truth_or_declines(tmp_path, value,
         store.set("k", {"third": value})
     truth = agree(root, "--dag", DAG, "get", "k")
     assert truth is not None
-    log = pathlib.Path(
-        Layout(str(root), durable=False, lock_timeout=1).log_path(Ref("dag", DAG, "k"))
-    )
+    log = log_of(root)
     pristine = log.read_bytes()
     answered = declined = 0
     for what, damaged in _damaged_copies(pristine, stride):
@@ -303,7 +304,7 @@ def test_a_fifo_in_place_of_a_log_is_refused_not_waited_on(store):
     """A reader opens logs without blocking and reads only regular files."""
     store.set("k", SMALL)
     root = root_of(store)
-    log = Layout(str(root), durable=False, lock_timeout=1).log_path(Ref("dag", DAG, "k"))
+    log = log_of(root)
     os.unlink(log)
     os.mkfifo(log)
     argv = [sys.executable, "-m", "castore", "--dir", str(root), "--dag", DAG, "get", "k"]
@@ -316,9 +317,7 @@ def test_a_fifo_in_place_of_a_log_is_refused_not_waited_on(store):
 def test_a_zstd_frame_declaring_more_than_a_value_is_never_inflated(store):
     store.set("k", SMALL)
     root = root_of(store)
-    log = pathlib.Path(
-        Layout(str(root), durable=False, lock_timeout=1).log_path(Ref("dag", DAG, "k"))
-    )
+    log = log_of(root)
     pristine = log.read_bytes()
     inflated = b"0" * (2 << 20)  # twice MAX_VALUE_BYTES
     digest = hashlib.sha256(inflated).digest()
