@@ -95,17 +95,20 @@ class LogChecker:
         )
 
     def planted(self, path: str) -> bool:
-        """Report (and with repair, remove) a symbolic link planted in the store."""
+        """Report (and with repair, remove) a link, FIFO, socket or device planted in the store."""
         try:
             st = self.fs.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return False
-        if not stat.S_ISLNK(st.st_mode):
+        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
             return False
+        link = stat.S_ISLNK(st.st_mode)
         self.found(
             path,
-            "a symbolic link planted in the store (castore never follows one)",
-            "remove the link (its target is not touched)",
+            "a symbolic link planted in the store (castore never follows one)"
+            if link
+            else "a FIFO, socket or device planted in the store (castore never opens one)",
+            "remove the link (its target is not touched)" if link else "remove it",
             self.repair,
         )
         if self.repair:
@@ -201,14 +204,14 @@ class LogChecker:
         header = next((f for f in frames if f.kind == KIND_HEADER), None)
         key = decode_header(header.payload).key if header is not None else None
         graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), self.fs)
-        if key is None:
-            name = os.path.basename(path)
-            known = keys | set(graves.records())
-            key = next((k for k in known if file_id(k) + ".log" == name), None)
-        if key is None:
-            return 0
         try:
-            return graves.version_of(key)
+            if key is None:
+                name = os.path.basename(path)
+                known = keys | set(graves.records())
+                key = next((k for k in known if file_id(k) + ".log" == name), None)
+            return 0 if key is None else graves.version_of(key)
+        except UnsafePathError:
+            return 0  # planted in place of GRAVES: reported by the walk
         except CorruptionError:
             return graves.highest()  # the damage itself is reported with GRAVES
 

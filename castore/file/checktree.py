@@ -6,6 +6,7 @@ and repairs follow the same rules (docs/FORMAT.md §5, §7).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from typing import TYPE_CHECKING, Protocol
@@ -62,6 +63,9 @@ def frames_of(fs: Tree, path: str) -> tuple[bytes, list[Frame]]:
 def check_graves(checker: Checking, nsdir: str) -> None:
     """GRAVES records must be intact (or covered by their twin); a repair sets a floor."""
     path = os.path.join(nsdir, "GRAVES")
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(checker.fs.stat(path).st_mode):
+            return  # planted: the walk reported it
     graves = Graveyard(path, checker.fs)
     damage = graves.damage()
     if graves.floor:

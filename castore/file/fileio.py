@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from castore.defaults import LOCK_TIMEOUT_SECONDS
-from castore.errors import LockTimeoutError, UnsafePathError
+from castore.errors import LockTimeoutError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ __all__ = [
     "failpoint",
     "lock",
     "locked",
-    "open_regular",
     "read_at",
 ]
 
@@ -60,22 +58,6 @@ FAILPOINTS = (
     "compact-after-bury",  # a removed key's last version is in GRAVES; its log is unchanged
     "gc-after-mark",  # gc holds gc.lock and has marked; nothing is swept yet
 )
-
-
-def open_regular(opener: Callable[[str, int], int], path: str) -> int:
-    """``opener(path, O_RDONLY | O_NONBLOCK)``, if that is a regular file.
-
-    Without blocking, and refusing anything else, so that a FIFO or a device
-    planted in a store never hangs or feeds a reader.
-
-    Raises:
-        UnsafePathError: ``path`` is not a regular file.
-    """
-    fd = opener(path, os.O_RDONLY | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnsafePathError(f"{path} is not a regular file; castore reads only files")
-    return fd
 
 
 def failpoint(name: str) -> None:

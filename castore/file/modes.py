@@ -7,7 +7,8 @@ chosen mode follows its root directory: ``group`` when the root is setgid
 and group-writable, else ``private`` (docs/FORMAT.md §1). Each file or
 directory castore creates is ``fchmod``-ed on its own descriptor right after
 it was made, so the umask never widens or narrows it, and nothing castore
-did not create is ever changed.
+did not create is ever changed. And the other half of a mode: a store's files
+are regular files (:func:`regular`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import collections
 import os
 import stat
+
+from castore.errors import UnsafePathError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -27,7 +30,16 @@ if TYPE_CHECKING:
 else:  # the same tuple type, without loading typing at run time
     _ModesFields = collections.namedtuple("_ModesFields", ("file", "dir"))
 
-__all__ = ["MODES", "PRIVATE", "Modes", "create_file", "makedirs_plain", "modes_of_dir", "set_mode"]
+__all__ = [
+    "MODES",
+    "PRIVATE",
+    "Modes",
+    "create_file",
+    "makedirs_plain",
+    "modes_of_dir",
+    "regular",
+    "set_mode",
+]
 
 
 class Modes(_ModesFields):
@@ -106,3 +118,19 @@ def makedirs_plain(path: str, mode: int, *, durable: bool) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def regular(fd: int, path: str, flags: int) -> int:
+    """``fd`` if it is a regular file or a directory (whose reads fail with EISDIR).
+
+    Else it is closed and refused: a FIFO, socket or device planted in a store
+    is never waited on or read.
+
+    Raises:
+        UnsafePathError: a FIFO, socket or device.
+    """
+    mode = os.fstat(fd).st_mode
+    if flags & os.O_DIRECTORY or stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return fd
+    os.close(fd)
+    raise UnsafePathError(f"{path} is not a regular file; castore opens only files")

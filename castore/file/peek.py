@@ -85,7 +85,7 @@ def peek(root: str, ref: Ref) -> tuple[int, str, bytes] | None:
 
 def _read(fs: Tree, path: str) -> tuple[int, str, bytes] | None:
     try:
-        fd = fileio.open_regular(fs.open, path)
+        fd = fs.open(path, os.O_RDONLY)  # without blocking, a regular file only
     except FileNotFoundError:  # the log, or a directory on its way
         return ABSENT
     try:

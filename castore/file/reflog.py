@@ -76,12 +76,12 @@ class RefLog:
     # -- reading (no lock) ---------------------------------------------------------------
 
     def open(self) -> int:
-        """A read-only descriptor on the log (:func:`~castore.file.fileio.open_regular`).
+        """A read-only descriptor on the log (never blocking: :meth:`Tree.open`).
 
         Raises:
             FileNotFoundError, UnsafePathError: no log; not a regular file in its place.
         """
-        return fileio.open_regular(self.layout.fs.open, self.path)
+        return self.layout.fs.open(self.path, os.O_RDONLY)
 
     def newest(self, fd: int, st: os.stat_result) -> tuple[Tail, os.stat_result]:
         """The newest intact entry, waiting for a writer if the tail is not one yet.

@@ -1,13 +1,11 @@
 """Confined file operations: every path below the store root, never through a link.
 
-Every file a store touches is reached through a :class:`Tree`: directories below the
-store root are opened one component at a time with ``O_NOFOLLOW|O_DIRECTORY`` relative
-to their parent's descriptor (cached), and files with ``O_NOFOLLOW`` relative to their
-directory's descriptor, so a symbolic link planted anywhere below the root is refused
-(:class:`~castore.errors.UnsafePathError`), never followed, even if it appears after a
-directory was checked (docs/RELIABILITY.md, "Security"). What a tree creates gets
-exactly its :class:`~castore.file.modes.Modes`, whatever the umask; its root is opened
-on first use, so it creates nothing until asked to.
+Every file a store touches is reached through a :class:`Tree`: directories below the root
+one component at a time with ``O_NOFOLLOW|O_DIRECTORY`` relative to their parent's
+(cached) descriptor, files with ``O_NOFOLLOW|O_NONBLOCK`` relative to theirs and only if
+regular. A link, FIFO or device planted below the root is refused (``UnsafePathError``),
+even if it appears after a directory was checked (docs/RELIABILITY.md, "Security").
+What a tree creates gets exactly its ``Modes``; its root is opened on first use.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from collections.abc import Iterator
 
 from castore.errors import UnsafePathError
 from castore.file.fileio import LOCK_TIMEOUT_SECONDS, SHORT_PAUSES, append, locked, read_at
-from castore.file.modes import PRIVATE, Modes, create_file, makedirs_plain, set_mode
+from castore.file.modes import PRIVATE, Modes, create_file, makedirs_plain, regular, set_mode
 
 __all__ = ["UNCONFINED", "Tree"]
 
@@ -34,7 +32,7 @@ def _tmp_name(path: str, hidden: bool = False) -> str:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO never blocks an open
 _NOT_NAMES = frozenset(("", ".", ".."))  # a final component that is no file's name
 _MAX_CACHED_DIRS = 256  # directory descriptors a Tree keeps open; more are opened per call
 
@@ -42,12 +40,10 @@ _MAX_CACHED_DIRS = 256  # directory descriptors a Tree keeps open; more are open
 class Tree:
     """The file operations of one store, confined to its root (or to nothing).
 
-    Paths are absolute strings, as the rest of castore builds them. A path below ``root``
-    is resolved component by component from the root's descriptor without following
-    symbolic links; any link (or ``..``) below the root raises UnsafePathError. Paths
-    outside the root, and every path of :data:`UNCONFINED`, use plain system calls.
-    Thread-safe; the root itself may be a link the user chose, and is opened on first
-    use (until it exists, every path below it is missing).
+    Paths are absolute strings. A path below ``root`` is resolved component by component
+    from the root's descriptor (any link or ``..`` below the root: UnsafePathError); paths
+    outside, and every path of :data:`UNCONFINED`, use plain system calls. Thread-safe;
+    the root may be a link the user chose, opened on first use (until then: no paths).
 
     Args:
         root: the store's root directory (absolute), or None.
@@ -144,6 +140,8 @@ class Tree:
     @staticmethod
     def _unsafe(exc: OSError, parent: int, name: str, path: str) -> Exception:
         """Turn ELOOP/ENOTDIR on a name that is a symbolic link into UnsafePathError."""
+        if exc.errno in (errno.ENXIO, errno.ENODEV):  # a FIFO without a reader, a device
+            return UnsafePathError(f"{path} is not a regular file; castore opens only files")
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
             with contextlib.suppress(OSError):
                 if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
@@ -198,25 +196,28 @@ class Tree:
         """``os.open`` that never follows a symbolic link inside the root.
 
         A file it creates (``O_CREAT``) gets exactly the file mode of :attr:`modes`.
+        Inside the root, opens never block and a FIFO or device is refused (:func:`regular`).
         """
         folder, _, name = path.rpartition("/")
         cached = self._dirs.get(folder)  # only directories at or below the root are cached
         if cached is not None and name not in _NOT_NAMES and not flags & os.O_CREAT:
             try:
-                return os.open(name, flags | _FILE_FLAGS, dir_fd=cached)
+                opened = os.open(name, flags | _FILE_FLAGS, dir_fd=cached)
             except OSError as exc:
                 raise self._unsafe(exc, cached, name, path) from None
+            return regular(opened, path, flags)
         where = self._where(path)
         if where is None:
             return self._open_at(None, path, flags | os.O_CLOEXEC)
         fd, name, owned = where
         try:
-            return self._open_at(fd, name, flags | _FILE_FLAGS)
+            opened = self._open_at(fd, name, flags | _FILE_FLAGS)
         except OSError as exc:
             raise self._unsafe(exc, fd, name, path) from None
         finally:
             if owned:
                 os.close(fd)
+        return regular(opened, path, flags)
 
     def _open_at(self, dir_fd: int | None, name: str, flags: int) -> int:
         if flags & os.O_CREAT:  # exactly its mode, whatever the umask

@@ -492,3 +492,37 @@ def test_cli_check_reports_planted_symlink(tmp_path: Path) -> None:
     report = json.loads(proc.stdout)
     assert report["ok"] is False
     assert any(names(f["path"], scene.root, link) for f in report["findings"]), report
+
+
+@pytest.mark.parametrize("name", ["log", "KEYS", "STATE", "GRAVES"])
+def test_a_fifo_planted_in_the_store_is_refused_reported_and_removed(
+    tmp_path: Path, name: str
+) -> None:
+    """No command waits on a FIFO in place of a store file: it fails (exit 5), check says so."""
+    scene = Scene(tmp_path)
+    scene.store.set("k", 1)
+    scene.store.delete("gone")  # nothing to delete: no GRAVES yet either way
+    scene.store.list()  # a STATE
+    target = scene.log("k") if name == "log" else scene.ns / name
+    if target.exists():
+        target.unlink()
+    os.mkfifo(target)
+    calls: dict[str, list[tuple[str, ...]]] = {
+        "log": [("get", "k"), ("set", "k", "2"), ("--no-sync", "set", "k", "3")],
+        "KEYS": [("set", "new", "1"), ("list",)],
+        "STATE": [("set", "k", "2"), ("list",)],
+        "GRAVES": [("set", "new", "1")],
+    }
+    for args in calls[name]:
+        err = scene.cli.fail(EXIT_DAMAGED, *args, stdin=subprocess.DEVNULL)
+        assert "is not a regular file" in err, (args, err)
+    report = json.loads(scene.cli.run("check", stdin=subprocess.DEVNULL).stdout)
+    assert not report["ok"]
+    planted = "a FIFO, socket or device planted in the store (castore never opens one)"
+    assert [f["path"] for f in report["findings"] if f["problem"] == planted] == [
+        str(target.relative_to(scene.root))
+    ], report
+    assert json.loads(scene.cli.run("check", "--repair").stdout)["ok"]
+    assert not target.exists() or not stat.S_ISFIFO(target.lstat().st_mode)  # KEYS: rebuilt
+    if name != "log":  # derived or recreated: the store works again
+        scene.cli.ok("set", "new2", "1")
