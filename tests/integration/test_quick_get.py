@@ -330,3 +330,20 @@ def test_a_zstd_frame_declaring_more_than_a_value_is_never_inflated(store):
     assert quick is None
     assert isinstance(full, CorruptionError), full
     assert "declares 2097152 bytes" in str(full)
+
+
+def test_the_quick_reads_schema_is_the_records():
+    """peek's copy of the entry's field types (it cannot import msgspec) follows records.py."""
+    import msgspec
+
+    from castore.file import peek as peek_module
+    from castore.records import Audit, Entry
+
+    def ints(struct: type) -> set[str]:
+        return {f.name for f in msgspec.structs.fields(struct) if f.type is int}
+
+    required = {f.name for f in msgspec.structs.fields(Entry) if f.required}
+    assert set(peek_module._INT_FIELDS) == ints(Entry)
+    assert required == peek_module._REQUIRED
+    assert ints(Audit) == peek_module._AUDIT_INTS
+    assert all(f.type is str for f in msgspec.structs.fields(Audit) if f.type is not int)
