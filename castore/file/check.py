@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from castore.backend import Progress
 from castore.file.checklog import LogChecker
-from castore.file.checktree import check_graves, check_index, check_keys_header
+from castore.file.checktree import check_graves, check_index, check_keys_header, planted
 from castore.file.keyindex import KeyIndex
 from castore.reports import CheckReport
 
@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     from castore.file.backend import FileBackend
 
 __all__ = ["check"]
+
+_FIRST_OR_LAST = ("KEYS", "STATE", "GRAVES")  # checked before the logs (GRAVES: after)
+
+
+def _read_as_file(name: str) -> bool:
+    """True for the names of a namespace directory that castore opens as files."""
+    return name == "STATE" or name.endswith((".log", ".vix", ".tmp"))
 
 
 def check(
@@ -46,24 +53,27 @@ def check(
     checker = LogChecker(backend, repair)
     fs = backend.fs
     logs = 0
-    for name in ("FORMAT", "gc.lock", "index", "quarantine", "refs"):
-        checker.planted(os.path.join(backend.root, name))
+    for name in ("FORMAT", "gc.lock"):
+        planted(checker, os.path.join(backend.root, name), file=True)
+    for name in ("index", "quarantine", "refs"):
+        planted(checker, os.path.join(backend.root, name))
     for scope in sorted(fs.listdir(backend.refs)):
         scope_dir = os.path.join(backend.refs, scope)
-        if checker.planted(scope_dir) or not fs.isdir(scope_dir):
+        if planted(checker, scope_dir) or not fs.isdir(scope_dir):
             continue
         for name in sorted(fs.listdir(scope_dir)):
             nsdir = os.path.join(scope_dir, name)
-            if checker.planted(nsdir) or not fs.isdir(nsdir):
+            if planted(checker, nsdir) or not fs.isdir(nsdir):
                 continue
             keys_file = os.path.join(nsdir, "KEYS")
             keys: set[str] = set()
-            if not checker.planted(keys_file):
+            if not planted(checker, keys_file, file=True):
                 keys = set(KeyIndex(keys_file, fs).keys(""))
                 check_keys_header(checker, scope, nsdir)
+            planted(checker, os.path.join(nsdir, "STATE"), file=True)  # before repairs append to it
             for file in sorted(fs.listdir(nsdir)):
                 path = os.path.join(nsdir, file)
-                if file == "KEYS" or checker.planted(path):
+                if file in _FIRST_OR_LAST or planted(checker, path, file=_read_as_file(file)):
                     continue
                 if file.endswith(".log"):
                     logs += 1

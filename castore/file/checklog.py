@@ -14,8 +14,8 @@ the history and reading it keeps failing with a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import stat
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -93,27 +93,6 @@ class LogChecker:
                 severity=severity,
             )
         )
-
-    def planted(self, path: str) -> bool:
-        """Report (and with repair, remove) a link, FIFO, socket or device planted in the store."""
-        try:
-            st = self.fs.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
-            return False
-        link = stat.S_ISLNK(st.st_mode)
-        self.found(
-            path,
-            "a symbolic link planted in the store (castore never follows one)"
-            if link
-            else "a FIFO, socket or device planted in the store (castore never opens one)",
-            "remove the link (its target is not touched)" if link else "remove it",
-            self.repair,
-        )
-        if self.repair:
-            self.fs.unlink(path)
-        return True
 
     def quarantine(self, path: str) -> str:
         """Where this run keeps the original bytes of ``path`` before repairing it."""
@@ -194,10 +173,13 @@ class LogChecker:
             "record it in GRAVES",
             self.repair,
         )
+        nsdir = os.path.dirname(path)
+        self.top[nsdir] = max(self.top.get(nsdir, 0), top)  # for a floor, if GRAVES needs one
         if self.repair:
-            self.backend.graveyard(header.scope, header.namespace).bury(
-                [(header.key, top)], durable=self.backend.durable
-            )
+            with contextlib.suppress(UnsafePathError):  # planted: replaced by a floor above top
+                self.backend.graveyard(header.scope, header.namespace).bury(
+                    [(header.key, top)], durable=self.backend.durable
+                )
 
     def grave_of(self, path: str, frames: list[Frame], keys: set[str]) -> int:
         """The last version the key of this log had before compaction removed it (0 if none)."""

@@ -6,7 +6,6 @@ and repairs follow the same rules (docs/FORMAT.md §5, §7).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from typing import TYPE_CHECKING, Protocol
@@ -31,7 +30,14 @@ from castore.records import OP_DAMAGED
 if TYPE_CHECKING:
     from castore.file.backend import FileBackend
 
-__all__ = ["Checking", "check_graves", "check_index", "check_keys_header", "frames_of"]
+__all__ = [
+    "Checking",
+    "check_graves",
+    "check_index",
+    "check_keys_header",
+    "frames_of",
+    "planted",
+]
 
 
 class Checking(Protocol):
@@ -50,8 +56,48 @@ class Checking(Protocol):
     def quarantine(self, path: str) -> str:
         """Where repair keeps the original of ``path``."""
 
-    def planted(self, path: str) -> bool:
-        """Report a planted symbolic link (True if ``path`` is one)."""
+
+def planted(
+    checker: Checking, path: str, *, file: bool = False, replacement: bytes | None = None
+) -> bool:
+    """Report (and with repair, remove) what castore never opens, planted in the store.
+
+    A symbolic link, FIFO, socket or device anywhere; with ``file``, also a
+    directory where castore reads a file. Repair removes a link or special
+    file (a link's target is not touched) and moves a directory, whatever it
+    holds, to quarantine; ``replacement``, if given, takes the name at once
+    (renamed over a link or special file, so the name is never missing).
+    """
+    try:
+        st = checker.fs.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    directory = stat.S_ISDIR(st.st_mode)
+    if stat.S_ISREG(st.st_mode) or (directory and not file):
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        problem = "a symbolic link planted in the store (castore never follows one)"
+        repair = "remove the link (its target is not touched)"
+    elif directory:
+        problem = "a directory in place of a file of the store"
+        repair = "move it to quarantine"
+    else:
+        problem = "a FIFO, socket or device planted in the store (castore never opens one)"
+        repair = "remove it"
+    if replacement is not None:
+        repair += "; write a new GRAVES holding a floor above every version seen here"
+    checker.found(path, problem, repair, checker.repair)
+    if not checker.repair:
+        return True
+    if directory:
+        kept = checker.quarantine(path)
+        checker.fs.makedirs(os.path.dirname(kept), durable=True)
+        checker.fs.replace(path, kept)
+    if replacement is not None:
+        checker.fs.atomic_write(path, replacement, durable=True)
+    elif not directory:
+        checker.fs.unlink(path)
+    return True
 
 
 def frames_of(fs: Tree, path: str) -> tuple[bytes, list[Frame]]:
@@ -61,11 +107,14 @@ def frames_of(fs: Tree, path: str) -> tuple[bytes, list[Frame]]:
 
 
 def check_graves(checker: Checking, nsdir: str) -> None:
-    """GRAVES records must be intact (or covered by their twin); a repair sets a floor."""
+    """GRAVES records must be intact (or covered by their twin); a repair sets a floor.
+
+    Call after the namespace's logs were checked (``checker.top`` then holds
+    the highest version seen in it).
+    """
     path = os.path.join(nsdir, "GRAVES")
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISREG(checker.fs.stat(path).st_mode):
-            return  # planted: the walk reported it
+    if planted_graves(checker, nsdir):
+        return
     graves = Graveyard(path, checker.fs)
     damage = graves.damage()
     if graves.floor:
@@ -91,6 +140,18 @@ def check_graves(checker: Checking, nsdir: str) -> None:
         known = max(graves.highest(), checker.top.get(nsdir, 0))
         damaged = b"".join(data[s:e] for s, e in damage)
         graves.repair(floor_after_damage(known, damaged), checker.quarantine(path), durable=True)
+
+
+def planted_graves(checker: Checking, nsdir: str) -> bool:
+    """Report something other than a file in place of GRAVES; repair puts a floor there.
+
+    What it held is unknown, so the new GRAVES holds a generous floor above
+    every version seen in the namespace: a key re-created there starts above
+    it and never repeats a version of a removed life (docs/FORMAT.md §7).
+    """
+    path = os.path.join(nsdir, "GRAVES")
+    floor = floor_after_damage(checker.top.get(nsdir, 0), b"")
+    return planted(checker, path, file=True, replacement=Graveyard.floor_bytes(floor))
 
 
 def check_graves_against_logs(checker: Checking, nsdir: str, records: dict[str, int]) -> None:
@@ -168,7 +229,7 @@ def check_index(checker: Checking) -> None:
     folder = os.path.join(checker.backend.root, "index")
     fs = checker.fs
     for name in sorted(fs.listdir(folder)) if fs.isdir(folder) else []:
-        if not name.endswith(".idx") or checker.planted(os.path.join(folder, name)):
+        if not name.endswith(".idx") or planted(checker, os.path.join(folder, name), file=True):
             continue
         shard = classify(fs.read_file(os.path.join(folder, name)))
         frames = shard.frames

@@ -151,6 +151,12 @@ class Graveyard:
                 )
             return max(self._floor, self._versions.get(key, 0))
 
+    @staticmethod
+    def floor_bytes(floor: int) -> bytes:
+        """A whole GRAVES file holding only ``floor`` (twice)."""
+        frame = encode_frame(KIND_GRAVE, encode_record(Grave(version=floor)))
+        return frame + frame
+
     def bury(self, items: list[tuple[str, int]], *, durable: bool) -> None:
         """Record the last version of each removed key, twice (fdatasync when ``durable``)."""
         records = [

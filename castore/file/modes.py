@@ -121,16 +121,16 @@ def makedirs_plain(path: str, mode: int, *, durable: bool) -> None:
 
 
 def regular(fd: int, path: str, flags: int) -> int:
-    """``fd`` if it is a regular file or a directory (whose reads fail with EISDIR).
+    """``fd`` if it is a regular file (or anything opened with ``O_DIRECTORY``).
 
     Else it is closed and refused: a FIFO, socket or device planted in a store
-    is never waited on or read.
+    is never waited on or read, and a directory in place of a file is named
+    as such rather than failing later with a bare EISDIR.
 
     Raises:
-        UnsafePathError: a FIFO, socket or device.
+        UnsafePathError: a FIFO, socket, device or directory.
     """
-    mode = os.fstat(fd).st_mode
-    if flags & os.O_DIRECTORY or stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+    if flags & os.O_DIRECTORY or stat.S_ISREG(os.fstat(fd).st_mode):
         return fd
     os.close(fd)
     raise UnsafePathError(f"{path} is not a regular file; castore opens only files")

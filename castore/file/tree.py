@@ -139,8 +139,8 @@ class Tree:
 
     @staticmethod
     def _unsafe(exc: OSError, parent: int, name: str, path: str) -> Exception:
-        """Turn ELOOP/ENOTDIR on a name that is a symbolic link into UnsafePathError."""
-        if exc.errno in (errno.ENXIO, errno.ENODEV):  # a FIFO without a reader, a device
+        """UnsafePathError for a symbolic link (ELOOP/ENOTDIR) or a non-file opened as a file."""
+        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EISDIR):  # FIFO, device, directory
             return UnsafePathError(f"{path} is not a regular file; castore opens only files")
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
             with contextlib.suppress(OSError):
