@@ -27,7 +27,7 @@ from castore.errors import CorruptionError, NotFoundError
 from castore.file import logread, versionindex
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
-from castore.file.damage import damaged_error
+from castore.file.damage import REPAIR_HINT, damaged_error
 from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex
@@ -219,6 +219,7 @@ class FileBackend:
         try:
             st = self.layout.fs.stat(log.path)
         except FileNotFoundError:
+            self._not_lost(ref, log)
             return Current(None, None)
         hit = self._cache.get(log.path)
         if hit is not None and hit[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
@@ -236,6 +237,18 @@ class FileBackend:
             self._cache[log.path] = (stat_sig(st), current)
         return current
 
+    def _not_lost(self, ref: Ref, log: RefLog) -> None:
+        """For a missing log: raise CorruptionError if its version index outlived it."""
+        if not self.fs.exists(log.vix_path):  # one stat on the path of a missing key
+            return
+        grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+        top = versionindex.lost_log(self.fs, log.path, grave)
+        if top:
+            raise CorruptionError(
+                f"{ref}: {log.path} is missing, but its version index records versions "
+                f"up to {top} (the log was lost); {REPAIR_HINT}"
+            )
+
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
         """The entry of ``version`` and its value (None for a tombstone); (None, None) if absent.
 
@@ -248,6 +261,8 @@ class FileBackend:
         fd = kept.fd if kept is not None else -1  # open while ``kept`` is referenced
         if found is not None:
             return found[0], self.blob_reader.value_of(ref, found[0], found[1], fd)
+        if fd < 0:
+            self._not_lost(ref, log)
         entry = log.entry_of(fd, version) if fd >= 0 else None
         if entry is None and version <= self.graveyard(ref.scope, ref.namespace).version_of(
             ref.key
@@ -263,6 +278,7 @@ class FileBackend:
         try:
             fd = log.open()
         except FileNotFoundError:
+            self._not_lost(ref, log)
             return []
         try:
             return log.history(fd, before, limit)
@@ -279,6 +295,7 @@ class FileBackend:
         try:
             fd = log.open()
         except FileNotFoundError:
+            self._not_lost(ref, log)
             return
         try:
             scanned = logread.scan(fd)[1]

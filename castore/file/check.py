@@ -71,7 +71,8 @@ def check(
                 keys = set(KeyIndex(keys_file, fs).keys(""))
                 check_keys_header(checker, scope, nsdir)
             planted(checker, os.path.join(nsdir, "STATE"), file=True)  # before repairs append to it
-            for file in sorted(fs.listdir(nsdir)):
+            names = sorted(fs.listdir(nsdir))
+            for file in names:
                 path = os.path.join(nsdir, file)
                 if file in _FIRST_OR_LAST or planted(checker, path, file=_read_as_file(file)):
                     continue
@@ -80,6 +81,8 @@ def check(
                     checker.check_log(path, scope, keys)
                     if progress is not None:
                         progress(1)
+                elif file.endswith(".vix") and file[:-4] + ".log" not in names:
+                    checker.check_lost_log(path[:-4] + ".log", scope, keys)
                 elif file.endswith(".tmp"):
                     checker.found(path, "leftover temporary file", "gc removes it", severity="info")
             check_graves(checker, nsdir)

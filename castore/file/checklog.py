@@ -158,6 +158,30 @@ class LogChecker:
             if self.repair:
                 self.backend.rewrite(path, lambda lg: [(f.kind, f.payload) for f in lg.frames])
 
+    def check_lost_log(self, path: str, scope: str, keys: set[str]) -> None:
+        """A log that is missing while its version index is not (``path``: the log's).
+
+        Versions the index records above the key's grave were acknowledged
+        and lost with the log: reported, and repaired as a log cut to nothing
+        (one ``damaged`` entry up to the highest, so versions never repeat).
+        An index that records nothing more is stale and removed.
+        """
+        vix = versionindex.vix_path(path)
+        lost = self.lost_by_index(path, [], self.grave_of(path, [], keys))
+        if not lost:
+            self.found(vix, "version index without its log", "remove it", self.repair, "info")
+            if self.repair:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.unlink(vix)
+            return
+        if not self.repair:
+            problem = f"missing, but its version index records versions up to {lost} (lost)"
+            self.found(path, problem, "record the lost versions as one damaged entry")
+            return
+        with contextlib.suppress(FileExistsError):  # then repaired as a log cut to nothing
+            os.close(self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        self.check_log(path, scope, keys)
+
     def check_removed(self, path: str, header: Header, frames: list[Frame], grave: int) -> None:
         """A log compaction emptied names the key's versions: GRAVES must hold the last one."""
         done = next((f for f in frames if f.kind == KIND_COMPACTED), None)

@@ -87,7 +87,8 @@ def _read(fs: Tree, path: str) -> tuple[int, str, bytes] | None:
     try:
         fd = fs.open(path, os.O_RDONLY)  # without blocking, a regular file only
     except FileNotFoundError:  # the log, or a directory on its way
-        return ABSENT
+        # A version index without its log may tell of a lost log: the store judges.
+        return None if fs.exists(path[: -len(".log")] + ".vix") else ABSENT
     try:
         return _newest(fd)
     finally:

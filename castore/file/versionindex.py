@@ -101,6 +101,21 @@ def highest_recorded(data: bytes) -> int:
     return 0
 
 
+def lost_log(fs: Tree, log_path: str, grave: int) -> int:
+    """For a log that does not exist: the highest version its index records above ``grave``.
+
+    The index is built from the log only, and compaction removes both
+    (recording the last version in ``grave`` first), so such a version was
+    in a log that was lost. 0: no index, or nothing above ``grave``.
+    """
+    try:
+        data = fs.read_file(vix_path(log_path))
+    except FileNotFoundError:
+        return 0
+    top = highest_recorded(data)
+    return top if top > grave and not fs.exists(log_path) else 0  # not created meanwhile
+
+
 def rebuild(frames: Iterable[Frame]) -> bytes:
     """The whole index content for a log's frames (from :func:`castore.file.logread.scan`)."""
     offsets: dict[int, int] = {}

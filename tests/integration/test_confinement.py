@@ -525,7 +525,8 @@ def test_a_fifo_or_directory_planted_in_the_store_is_refused_reported_and_repair
     }
     for args in calls[name]:
         err = scene.cli.fail(EXIT_DAMAGED, *args, stdin=subprocess.DEVNULL)
-        assert "is not a regular file" in err and str(target) in err, (args, err)
+        assert "is not a regular file" in err, (args, err)
+        assert str(target) in err, (args, err)
     report = json.loads(scene.cli.run("check", stdin=subprocess.DEVNULL).stdout)
     assert not report["ok"]
     planted = {

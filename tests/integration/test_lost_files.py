@@ -1,0 +1,126 @@
+"""A key's log that is gone while its version index remains: a lost log, never "not found".
+
+The version index (``.vix``) is built from the log only, and compaction
+removes both (recording the key's last version in ``GRAVES`` first), so an
+index that records versions while its log is missing proves the log held
+them and was lost (deleted by hand, a file system losing a directory entry).
+Every read of that key must fail with ``CorruptionError`` (CLI exit 5,
+the quick ``get`` included) rather than answer "not found" or write version
+1 again; other keys answer exactly as on an undamaged copy; ``check`` reports
+it, and ``check --repair`` records the lost versions as one ``damaged`` entry
+so the key's next version is above them (docs/FORMAT.md §7).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from castore import CorruptionError, NotFoundError, Store
+from castore.cli import EXIT_DAMAGED
+from castore.transfer import export_lines
+from tests.helpers import Cli, log_path
+
+pytestmark = pytest.mark.integration
+
+DAG: Final = "lost"
+
+
+def _answers(root: Path, key: str) -> dict[str, Any]:
+    """What the library answers for ``key``: each read, or the error it raised."""
+    store = Store(root, dag=DAG)
+    out: dict[str, Any] = {}
+    calls: dict[str, Callable[[], Any]] = {
+        "get": lambda: store.get(key),
+        "get v1": lambda: store.get(key, version=1),
+        "history": lambda: store.history(key),
+        "export": lambda: list(export_lines(store, namespace=DAG)),
+    }
+    for name, call in calls.items():
+        try:
+            out[name] = call()
+        except (CorruptionError, NotFoundError) as exc:
+            out[name] = type(exc).__name__
+    store.close()
+    return out
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> tuple[Path, Path]:
+    """An undamaged store and a copy whose key ``k`` lost its log (its ``.vix`` remains)."""
+    clean = tmp_path / "clean"
+    store = Store(clean, dag=DAG)
+    for n in range(3):
+        store.set("k", {"n": n})
+    store.set("other", {"o": 1})
+    assert store.get("k", version=3).value == {"n": 2}  # builds k's version index
+    store.close()
+    lost = tmp_path / "lost"
+    shutil.copytree(clean, lost)
+    log = Path(log_path(lost, "dag", DAG, "k"))
+    assert log.with_suffix(".vix").exists()
+    log.unlink()
+    return clean, lost
+
+
+def test_every_read_of_a_lost_log_fails_and_other_keys_are_untouched(
+    stores: tuple[Path, Path], tmp_path: Path
+) -> None:
+    clean, lost = stores
+    failing = dict.fromkeys(["get", "get v1", "history", "export"], "CorruptionError")
+    assert _answers(lost, "k") == failing
+    clean_answers, lost_answers = _answers(clean, "other"), _answers(lost, "other")
+    del clean_answers["export"], lost_answers["export"]  # the namespace's: k's fails
+    assert lost_answers == clean_answers
+    cli = Cli(tmp_path, lost, dag=DAG)
+    for args in (("get", "k"), ("get", "k", "--version", "2"), ("history", "k")):
+        err = cli.fail(EXIT_DAMAGED, *args, stdin=subprocess.DEVNULL)  # the quick get too
+        assert "is missing, but its version index records versions up to 3" in err, err
+    assert cli.ok("get", "other") == Cli(tmp_path, clean, dag=DAG).ok("get", "other")
+
+
+def test_a_write_to_a_lost_log_is_refused_and_repair_keeps_versions_from_repeating(
+    stores: tuple[Path, Path],
+) -> None:
+    _, lost = stores
+    store = Store(lost, dag=DAG)
+    log = Path(log_path(lost, "dag", DAG, "k"))
+    report = store.check()  # before any write touched the key
+    assert not report.ok
+    [finding] = [f for f in report.findings if f.path.endswith(log.name)]
+    assert finding.severity == "error", finding
+    assert "versions up to 3" in finding.problem, finding
+    with pytest.raises(CorruptionError, match="versions up to 3"):
+        store.set("k", {"n": 99})
+    assert not log.exists() or log.stat().st_size == 0  # nothing was written
+    assert store.check(repair=True).ok
+    assert store.check().ok, store.check()
+    with pytest.raises(CorruptionError, match="versions 1-3 lost"):
+        store.get("k")  # the newest version is the lost range: never "not found"
+    [marker] = store.history("k").entries
+    assert (marker.operation, marker.version) == ("damaged", 3)
+    assert store.set("k", {"n": 3}).version == 4  # above every version the index proves
+    assert store.get("other").value == {"o": 1}
+    store.close()
+
+
+def test_a_version_index_that_records_nothing_more_is_stale_and_removed(tmp_path: Path) -> None:
+    """An index whose log was removed by compaction after GRAVES holds the key's last version."""
+    root = tmp_path / "s"
+    store = Store(root, dag=DAG)
+    store.set("gone", 1)
+    store.get("gone", version=1)  # an index
+    store.delete("gone")
+    vix = Path(log_path(root, "dag", DAG, "gone")).with_suffix(".vix")
+    kept = vix.read_bytes()
+    report = store.compact(keep_within_seconds=0, prefix="gone")  # removes the key into GRAVES
+    assert report.keys_removed == 1
+    vix.write_bytes(kept)  # as if compaction stopped before removing the index
+    assert not store.get("gone").found  # the grave covers what the index records
+    assert store.set("gone", 2).version == 3
+    store.close()
