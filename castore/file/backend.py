@@ -33,11 +33,13 @@ from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex
 from castore.file.layout import Layout
 from castore.file.namespaces import Namespaces, pending_rewrite
+from castore.file.readcache import CACHE_MAX_ENTRIES, ReadCache, stat_sig
+from castore.file.readers import KeptReaders
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
 from castore.file.rewrite import Transform
 from castore.file.tree import Tree
-from castore.file.writer import ReadCache, Writer, stat_sig
+from castore.file.writer import Writer
 from castore.keys import Ref
 from castore.records import OP_DAMAGED, Entry
 from castore.reports import (
@@ -50,9 +52,7 @@ from castore.reports import (
 )
 from castore.results import ListEntry
 
-__all__ = ["CACHE_MAX_ENTRIES", "FileBackend"]
-
-CACHE_MAX_ENTRIES = 65536  # per-handle read cache and ref logs; cleared wholesale when full
+__all__ = ["FileBackend"]
 
 
 class FileBackend:
@@ -80,9 +80,9 @@ class FileBackend:
         self.blob_reader = BlobReader(self.layout.fs, self.layout.refs, self._blobs)
         self.names = Namespaces(self.layout)
         self._logs: dict[Ref, RefLog] = {}
-        self._cache: ReadCache = {}
+        self._cache = ReadCache()
         self._writer = Writer(self.layout, self.names, self._blobs, self.blob_reader, self._cache)
-        self.kept_readers = versionindex.KeptReaders()  # logs kept open for version reads
+        self.kept_readers = KeptReaders()  # logs kept open for version reads
 
     # -- the parts, as maintenance reaches them ----------------------------------------
 
@@ -157,7 +157,7 @@ class FileBackend:
         self, path: str, transform: Transform, *, keep_copy: str | None = None
     ) -> list[Frame] | None:
         """Replace the log at ``path`` with ``transform(log)`` (:meth:`RefLog.rewrite`)."""
-        self._cache.pop(path, None)
+        self._cache.pop(path)
 
         def marked(log: LogBytes) -> list[tuple[int, bytes]] | None:
             wanted = transform(log)
@@ -232,9 +232,7 @@ class FileBackend:
         finally:
             os.close(fd)
         if tail.valid_end == st.st_size:
-            if len(self._cache) >= CACHE_MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[log.path] = (stat_sig(st), current)
+            self._cache.put(log.path, stat_sig(st), current)
         return current
 
     def _not_lost(self, ref: Ref, log: RefLog) -> None:
@@ -257,10 +255,14 @@ class FileBackend:
             CorruptionError: the value fails verification.
         """
         log = self._logs.get(ref) or self.log(ref)
-        kept, found = self.kept_readers.entry(self.layout.fs, log.path, version)
+        kept, found, verified = self.kept_readers.entry(self.layout.fs, log.path, version)
+        if verified and found is not None:
+            return found  # read and verified before, from this very file
         fd = kept.fd if kept is not None else -1  # open while ``kept`` is referenced
-        if found is not None:
-            return found[0], self.blob_reader.value_of(ref, found[0], found[1], fd)
+        if kept is not None and found is not None:
+            value = self.blob_reader.value_of(ref, found[0], found[1], fd)
+            self.kept_readers.verified(kept, version, found[0], value)
+            return found[0], value
         if fd < 0:
             self._not_lost(ref, log)
         entry = log.entry_of(fd, version) if fd >= 0 else None

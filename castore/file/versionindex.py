@@ -12,36 +12,27 @@ there must be the ``E`` frame of that version) and falls back to a scan. This ma
 get-at-version and history pages cost the same at version 100 and 100,000.
 
 A handle keeps the logs it reads versions of open, each with its index
-(:class:`KeptReaders`), so that a warm get at a version costs one ``stat``
-and two reads.
+(:class:`castore.file.readers.KeptReaders`), so that a warm get at a
+version costs one ``stat`` and two reads.
 """
 
 from __future__ import annotations
 
-import array
-import contextlib
 import os
 import struct
-import sys
-import threading
-import weakref
 from collections.abc import Iterable
 
-from castore.errors import CorruptionError
 from castore.file import fileio, logread
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 from castore.file.tree import Tree
-from castore.records import Entry
 
 __all__ = [
     "ABSENT",
     "COMPACTED",
-    "KEPT_READERS_MAX",
     "MAX_INDEXED_VERSION",
+    "MAX_OFFSET",
     "VIX_RECORD_BYTES",
-    "KeptLog",
-    "KeptReaders",
     "highest_recorded",
     "lookup",
     "lookup_range",
@@ -56,7 +47,7 @@ COMPACTED = 1  # marker: version dropped by compaction (no frame can start at of
 ABSENT = 2  # marker: this log never held the version
 MAX_INDEXED_VERSION = 1 << 24  # 128 MiB of index at most; higher versions are found by a scan
 _REC = struct.Struct("<Q")
-_MAX_OFFSET = 1 << 62  # larger values are damage (pread takes a signed 64-bit offset)
+MAX_OFFSET = 1 << 62  # larger values are damage (pread takes a signed 64-bit offset)
 
 
 def vix_path(log_path: str) -> str:
@@ -65,7 +56,7 @@ def vix_path(log_path: str) -> str:
 
 
 def _value(raw: int) -> int | None:
-    return raw if 0 < raw < _MAX_OFFSET else None
+    return raw if 0 < raw < MAX_OFFSET else None
 
 
 def lookup(vix_fd: int, version: int) -> int | None:
@@ -204,191 +195,3 @@ def recorded_beyond(actual: bytes, frames: list[Frame]) -> int:
         if int.from_bytes(tail[8 * i : 8 * i + 8], "little") > ABSENT
     ]
     return max(recorded, default=0)
-
-
-KEPT_READERS_MAX = 32  # logs a handle keeps open for reading (the oldest kept makes room)
-_PAGE_BITS = 9
-_PAGE = 1 << _PAGE_BITS  # index records read and kept at a time (4 KiB)
-_PAGES_MAX = 256  # pages kept per log (1 MiB), cleared when full
-_NEAR = 8192  # read from the previous version's entry frame when it is this close
-_BEFORE = 1024  # else read this much before the entry frame
-_AFTER = 768  # and this much from its start (a longer frame is read again, whole)
-
-
-class _Dir:
-    """A directory open for ``stat`` relative to it, shared by the kept logs in it.
-
-    Only kept logs refer to it (never a weak reference: one could revive it
-    while ``__del__`` closes its descriptor).
-    """
-
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
-class KeptLog:
-    """A log a handle keeps open for reading, with its index as it was then (-1: none).
-
-    Shared by threads: the descriptors are only read with ``pread`` (no file
-    offset, never locked). The index is a hint (every offset is checked
-    against the log), so an index replaced since costs a slow call, not a
-    wrong answer. The descriptors are closed when the object goes: no call
-    can then be using them (a call holds a reference while it reads).
-    """
-
-    __slots__ = ("dir", "fd", "folder", "ident", "name", "pages", "path", "vix_fd")
-
-    def __init__(self, fd: int, path: str, folder: _Dir) -> None:
-        self.fd = fd
-        self.vix_fd = -1
-        st = os.fstat(fd)
-        self.ident = (st.st_dev, st.st_ino)
-        self.path = path
-        self.folder, _, self.name = path.rpartition("/")
-        self.dir = folder  # open on ``self.folder``
-        self.pages: dict[int, array.array[int]] = {}  # pages of the index read so far
-
-    def __del__(self) -> None:
-        for fd in (self.fd, self.vix_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def entry(self, version: int) -> tuple[Entry, bytes | None] | None:
-        """The entry of ``version`` and its blob's payload, via the index; None: ask the log."""
-        if self.vix_fd < 0 or not 1 <= version <= MAX_INDEXED_VERSION:
-            return None
-        number, i = (version - 1) >> _PAGE_BITS, (version - 1) & (_PAGE - 1)
-        page = self.pages.get(number)
-        if page is None or i >= len(page):  # not read yet, or read before it grew
-            page = self._page(number)
-            if i >= len(page):
-                return None
-        offset = page[i]
-        if not ABSENT < offset < _MAX_OFFSET:
-            return None  # unknown, or a marker (confirmed by the log)
-        # The blob frame of a version follows the previous version's entry frame.
-        before = page[i - 1] if i else 0
-        near = ABSENT < before < offset <= before + _NEAR
-        start = before if near else offset - _BEFORE if offset > _BEFORE else 0
-        return logread.entry_and_blob(self.fd, offset, version, start, offset + _AFTER)
-
-    def _page(self, number: int) -> array.array[int]:
-        """Read a page of the index and keep it (the last one may grow: read again then).
-
-        Readers only ever append to an index, so what was read stays as it was.
-        """
-        raw = os.pread(self.vix_fd, _PAGE * VIX_RECORD_BYTES, number * _PAGE * VIX_RECORD_BYTES)
-        page = array.array("Q", raw[: len(raw) - len(raw) % VIX_RECORD_BYTES])
-        if sys.byteorder != "little":
-            page.byteswap()
-        if len(self.pages) >= _PAGES_MAX:
-            self.pages.clear()
-        self.pages[number] = page
-        return page
-
-
-class KeptReaders:
-    """The logs one handle keeps open for lock-free reads, at most :data:`KEPT_READERS_MAX`.
-
-    A kept log serves a call only if its path still names it: every call
-    ``stat``s the path and compares device and inode with the kept
-    descriptor's. As the descriptor stays open, its inode stays in use, so
-    no file renamed over the path (a rewrite: compaction, gc, repair) can
-    carry that number meanwhile. A kept log that no longer matches, or whose
-    index lacked a version, leaves the pool; its descriptors are closed as
-    soon as no call uses it. A forked child starts empty (:func:`_forget_in_child`).
-    """
-
-    def __init__(self) -> None:
-        self._kept: dict[str, KeptLog] = {}
-        self._guard = threading.Lock()  # adding (and making room); reads need none
-        _ALL_READERS.add(self)
-
-    def close(self) -> None:
-        """Let go of every kept log (closed now, or when the call using it ends)."""
-        self._kept = {}
-
-    def _forget(self) -> None:
-        """In a forked child: a new lock (the parent's may have been held), no kept logs."""
-        self._guard = threading.Lock()
-        self._kept = {}
-
-    def entry(
-        self, fs: Tree, path: str, version: int
-    ) -> tuple[KeptLog | None, tuple[Entry, bytes | None] | None]:
-        """The log at ``path`` (None: no log) and :meth:`KeptLog.entry` of ``version``.
-
-        When the kept index does not give the version, the log leaves the
-        pool: the caller asks the log (:meth:`RefLog.entry_of`), which may
-        extend the index, and the next call opens both again.
-        """
-        kept = self._kept.get(path)
-        if kept is not None:  # does the path still name it? (_ident_in, inline: the hot path)
-            try:
-                st = os.stat(kept.name, dir_fd=kept.dir.fd, follow_symlinks=False)
-                if (st.st_dev, st.st_ino) != kept.ident:
-                    kept = None  # another file now
-            except FileNotFoundError:
-                kept = None
-        if kept is None:
-            kept = self._open(fs, path)
-        found = kept.entry(version) if kept is not None else None
-        if kept is not None and found is None:
-            with self._guard:
-                if self._kept.get(path) is kept:
-                    del self._kept[path]
-        return kept, found
-
-    def _open(self, fs: Tree, path: str) -> KeptLog | None:
-        """Open the log at ``path`` and its index, and keep them (the oldest kept goes)."""
-        folder = path.rpartition("/")[0]
-        with self._guard:
-            shared = next((k.dir for k in self._kept.values() if k.folder == folder), None)
-        try:
-            where = shared or _open_dir(fs, folder)
-            kept = KeptLog(fs.open(path, os.O_RDONLY), path, where)
-            if shared is not None and _ident_in(shared, kept.name) != kept.ident:
-                kept.dir = _open_dir(fs, folder)  # not the directory it was: replaced
-        except FileNotFoundError:
-            return None
-        with contextlib.suppress(OSError, CorruptionError):  # no index yet: the log decides
-            kept.vix_fd = fs.open(vix_path(path), os.O_RDONLY)
-        with self._guard:
-            kept_now = self._kept
-            kept_now.pop(path, None)
-            while len(kept_now) >= KEPT_READERS_MAX:
-                del kept_now[next(iter(kept_now))]  # the oldest kept
-            kept_now[path] = kept
-        return kept
-
-
-def _open_dir(fs: Tree, folder: str) -> _Dir:
-    return _Dir(fs.open(folder, os.O_RDONLY | os.O_DIRECTORY))
-
-
-def _ident_in(folder: _Dir, name: str) -> tuple[int, int] | None:
-    """(device, inode) of what ``name`` names in ``folder`` (None: nothing)."""
-    try:
-        st = os.stat(name, dir_fd=folder.fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-_ALL_READERS: weakref.WeakSet[KeptReaders] = weakref.WeakSet()
-
-
-def _forget_in_child() -> None:
-    # A child never reads through its parent's descriptors: it drops its copies.
-    for readers in list(_ALL_READERS):
-        readers._forget()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)

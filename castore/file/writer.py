@@ -24,21 +24,13 @@ from castore.file.encode import DEDUP_MIN_BYTES, carried, encode_versions, refus
 from castore.file.kept import KeptLogs
 from castore.file.layout import Layout
 from castore.file.namespaces import Namespaces
+from castore.file.readcache import ReadCache, stat_sig
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
 from castore.keys import Ref
 from castore.records import BlobLoc, Entry
 
-__all__ = ["FileLogView", "ReadCache", "Writer", "stat_sig"]
-
-Sig = tuple[int, int, int, int]
-ReadCache = dict[str, tuple[Sig, Current]]
-"""Log path -> (its status when read or written, its newest entry and value)."""
-
-
-def stat_sig(st: os.stat_result) -> Sig:
-    """What identifies one state of a log file: inode, size, mtime, ctime."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+__all__ = ["FileLogView", "Writer"]
 
 
 class FileLogView:
@@ -220,13 +212,13 @@ class Writer:
         when needed (FORMAT.md §6 step 8); a failed call would invite a retry
         that writes the version twice.
         """
-        self._cache.pop(path, None)
+        self._cache.pop(path)
         own = self.layout.rel(path)
         indexed = [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs]
         try:
             if indexed:
                 self._blobs.add_many(indexed, durable=False)
-            self._cache[path] = (stat_sig(os.fstat(fd)), current)
+            self._cache.put(path, stat_sig(os.fstat(fd)), current)
         except OSError:
             return
 
@@ -284,7 +276,7 @@ class Writer:
             index = self.names.key_index(ref.scope, ref.namespace)
             if ref.key not in index:
                 index.add(ref.key, ref.namespace, durable=self.layout.durable)
-            self._cache.pop(log.path, None)
+            self._cache.pop(log.path)
             return [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
 
     @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Get at a version through the logs a handle keeps open (castore/file/versionindex.py).
+"""Get at a version through the logs a handle keeps open (castore/file/readers.py).
 
 A warm ``get(version=)`` reads through a log descriptor (and its ``.vix``)
 that the handle kept from an earlier call. These tests pin down what makes
@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from castore import CorruptionError, NotFoundError, Store
-from castore.file import blobs, logread, records, versionindex
+from castore.file import blobs, logread, records
+from castore.file import readers as kept_readers
 from castore.file.frames import encode_frame, frame_at
 from castore.file.records import CODEC_ZSTD, KIND_BLOB, KIND_ENTRY, decode_entry
 from tests.helpers import file_backend, frames_of, ref_log_path
@@ -39,7 +40,7 @@ def fill(store: Store, key: str, count: int, tag: str = "v") -> None:
         store.set(key, {"v": version, "tag": tag})
 
 
-def readers(store: Store) -> versionindex.KeptReaders:
+def readers(store: Store) -> kept_readers.KeptReaders:
     return file_backend(store).kept_readers
 
 
@@ -299,7 +300,7 @@ def test_kept_logs_and_directories_cannot_be_revived_by_a_weak_reference(tmp_pat
     warm(store, "k")
     kept = readers(store)._kept[ref_log_path(store, "k")]
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    folder = versionindex._Dir(fd)
+    folder = kept_readers._Dir(fd)
     for holder in (kept, kept.dir, folder):
         with pytest.raises(TypeError):
             weakref.ref(holder)
@@ -331,8 +332,8 @@ def test_at_most_32_logs_are_kept(tmp_path):
     for _ in range(2):
         for i in range(40):
             assert reader.get(f"k{i}", version=1).value == {"i": i}
-    assert len(kept_paths(reader)) == versionindex.KEPT_READERS_MAX
-    assert len(open_store_files(tmp_path / "store")) == 2 * versionindex.KEPT_READERS_MAX
+    assert len(kept_paths(reader)) == kept_readers.KEPT_READERS_MAX
+    assert len(open_store_files(tmp_path / "store")) == 2 * kept_readers.KEPT_READERS_MAX
     reader.close()
 
 
@@ -401,7 +402,7 @@ def test_threads_share_the_kept_logs_while_the_log_is_rewritten(tmp_path, store,
             thread.join()
         maintainer.close()
     assert failures == []
-    assert len(kept_paths(store)) <= versionindex.KEPT_READERS_MAX
+    assert len(kept_paths(store)) <= kept_readers.KEPT_READERS_MAX
     with pytest.raises(NotFoundError, match="compacted"):
         store.get("k", version=100)
     assert store.get("k", version=250).value["v"] == 250
@@ -432,3 +433,57 @@ def test_frame_in_is_not_misled_by_a_hash_left_half_done():
     assert logread._frame_in(frame, 0) is not None
     logread._hashers.blake3.update(b"an interrupted call's bytes")
     assert logread._frame_in(frame, 0) == (KIND_ENTRY, b'{"version":1}', len(frame))
+
+
+@pytest.fixture
+def frame_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The versions a kept log reads from its file (``logread.entry_and_blob``)."""
+    seen: list[int] = []
+    real = logread.entry_and_blob
+
+    def spy(fd: int, offset: int, version: int, start: int, end: int) -> Any:
+        seen.append(version)
+        return real(fd, offset, version, start, end)
+
+    monkeypatch.setattr(logread, "entry_and_blob", spy)
+    return seen
+
+
+def test_a_version_read_again_is_served_verified_without_a_read(store, frame_reads):
+    fill(store, "k", 50)
+    warm(store, "k", 7)
+    frame_reads.clear()
+    first = store.get("k", version=7).value
+    first["v"] = "changed by the caller"  # a caller's copy: never the kept one
+    for _ in range(3):
+        assert store.get("k", version=7).value == {"v": 7, "tag": "v"}
+    assert frame_reads == []
+    assert store.get("k", version=8).value == {"v": 8, "tag": "v"}
+    assert frame_reads == [8]
+
+
+def test_a_write_to_the_log_makes_kept_versions_read_again(store, frame_reads):
+    fill(store, "k", 20)
+    warm(store, "k", 5)
+    store.set("k", {"v": 21, "tag": "v"})  # an append: the file's stat changes
+    frame_reads.clear()
+    assert store.get("k", version=5).value == {"v": 5, "tag": "v"}
+    assert frame_reads == [5]  # read and verified again, then kept for the new state
+    assert store.get("k", version=5).value == {"v": 5, "tag": "v"}
+    assert frame_reads == [5]
+
+
+def test_kept_versions_stay_within_the_byte_budget(store, monkeypatch, frame_reads):
+    budget = 20 * 1024
+    monkeypatch.setattr(kept_readers, "VERIFIED_MAX_BYTES", budget)
+    fill(store, "k", 300)
+    warm(store, "k", 1)
+    reader = readers(store)
+    for version in range(1, 301):
+        assert store.get("k", version=version).value == {"v": version, "tag": "v"}
+        kept = reader._kept[ref_log_path(store, "k")]
+        held = sum(len(v or b"") + kept_readers._OVERHEAD for _, v in kept.verified.values())
+        assert held <= budget, (version, held)
+    frame_reads.clear()
+    assert store.get("k", version=300).value == {"v": 300, "tag": "v"}
+    assert frame_reads == []  # the newest kept survive a reset

@@ -113,9 +113,11 @@ FILE_LAYERS = {
     # a namespace's keys; one ref's log; the tree checks
     "namespaces": 4,
     "reflog": 4,
+    "readers": 4,  # the logs kept open for version reads
     "checktree": 4,
     # reading and writing; maintenance (handed the FileBackend that calls it)
     "kept": 5,
+    "readcache": 1,  # each log's newest entry and value, bounded
     "writer": 6,
     "checklog": 5,
     "check": 6,

@@ -1,0 +1,84 @@
+"""Each log's newest entry and value, as a handle last read or wrote it; bounded.
+
+A hit needs the log's ``stat`` to equal the one recorded with it (inode,
+size, mtime, ctime): any write to the file since, by any process, is a miss.
+The cache holds at most :data:`CACHE_MAX_ENTRIES` logs and
+:data:`CACHE_MAX_BYTES` of values (each counted with an overhead); past
+either it is emptied at once, so a handle that reads or writes many large
+values keeps no more than that.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Final
+
+from castore.backend import Current
+
+__all__ = ["CACHE_MAX_BYTES", "CACHE_MAX_ENTRIES", "ReadCache", "Sig", "stat_sig"]
+
+CACHE_MAX_ENTRIES: Final = 65536  # per handle (also bounds the handle's RefLog objects)
+CACHE_MAX_BYTES: Final = 64 << 20  # values kept per handle, each with _OVERHEAD
+_OVERHEAD: Final = 512  # what an entry costs beyond its value (entry, key, slot)
+
+Sig = tuple[int, int, int, int]
+
+
+def stat_sig(st: os.stat_result) -> Sig:
+    """What identifies one state of a log file: inode, size, mtime, ctime."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ReadCache:
+    """Log path -> (its ``stat`` signature when read or written, its newest entry and value).
+
+    Thread-safe: lookups are single dictionary reads; changes take a lock.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[Sig, Current]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, path: str) -> tuple[Sig, Current] | None:
+        """What was recorded for ``path`` (compare its signature before use)."""
+        return self._items.get(path)
+
+    def put(self, path: str, sig: Sig, current: Current) -> None:
+        """Record ``current`` for the log at ``path`` in the state ``sig``."""
+        size = _cost(current)
+        with self._lock:
+            old = self._items.pop(path, None)
+            if old is not None:
+                self._bytes -= _cost(old[1])
+            if len(self._items) >= CACHE_MAX_ENTRIES or self._bytes + size > CACHE_MAX_BYTES:
+                self._items.clear()
+                self._bytes = 0
+            self._items[path] = (sig, current)
+            self._bytes += size
+
+    def pop(self, path: str) -> None:
+        """Forget ``path`` (its log is about to change)."""
+        with self._lock:
+            old = self._items.pop(path, None)
+            if old is not None:
+                self._bytes -= _cost(old[1])
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes counted for what is held now."""
+        return self._bytes
+
+
+def _cost(current: Current) -> int:
+    return _OVERHEAD + (len(current.value) if current.value is not None else 0)
