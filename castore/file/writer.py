@@ -122,7 +122,12 @@ class Writer:
         nsdir = os.path.dirname(log.path)
         self._ensure_dir(nsdir)
         with self._kept.locked(log) as fd:
-            tail, known = self._locked_newest(log, fd)
+            try:
+                tail, known = self._locked_newest(log, fd)
+            except CorruptionError:
+                if not os.fstat(fd).st_size:  # e.g. a lost log's index: leave no empty log
+                    self.layout.fs.unlink(log.path)
+                raise
             size = tail.size
             previous = tail.entry
             decided: NewVersion | list[NewVersion] | None = None
