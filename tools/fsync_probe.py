@@ -13,7 +13,11 @@ For each write size, three files take the same writes, one ``pwrite`` and one
   lands inside it and its size never changes (what SQLite's WAL does once the
   WAL file has reached its size, and what a preallocated log would do);
 * ``fallocate``: the file was sized with ``posix_fallocate`` (unwritten extents)
-  and fsynced first, so its size never changes either.
+  and fsynced first, so its size never changes either;
+* ``keep-size``: blocks were reserved past the end with ``fallocate(2)`` and
+  ``FALLOC_FL_KEEP_SIZE`` (Linux), so the file still grows with every write
+  (its size stays a commit record, as castore's format needs) but allocates
+  nothing: whether preallocating without changing the size would help.
 
 It prints each cell's median latency and the ratio of each mode to ``append``:
 the share of a durable append's cost that is the file's new size (on ext4 the
@@ -24,6 +28,7 @@ targets stand", uses it. This is a measurement of the machine, not a test.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 import sys
@@ -31,7 +36,17 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-MODES = ("append", "overwrite", "fallocate")
+MODES = ("append", "overwrite", "fallocate", "keep-size")
+_FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h
+
+
+def _keep_size(fd: int, total: int) -> None:
+    """Reserve ``total`` bytes of blocks without changing the file's size (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, total) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"fallocate(FALLOC_FL_KEEP_SIZE): {os.strerror(errno)}")
 
 
 def _prepare(path: str, mode: str, total: int) -> int:
@@ -43,6 +58,9 @@ def _prepare(path: str, mode: str, total: int) -> int:
         os.fsync(fd)
     elif mode == "fallocate":
         os.posix_fallocate(fd, 0, total)
+        os.fsync(fd)
+    elif mode == "keep-size":
+        _keep_size(fd, total)
         os.fsync(fd)
     return fd
 
@@ -80,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fsync-probe-", dir=args.dir) as directory:
         results: dict[tuple[str, int], list[float]] = {}
         for round_ in range(args.rounds):
-            order = MODES[round_ % 3 :] + MODES[: round_ % 3]
+            turn = round_ % len(MODES)
+            order = MODES[turn:] + MODES[:turn]
             for size in sizes:
                 for mode in order:
                     results.setdefault((mode, size), []).append(

@@ -56,14 +56,14 @@ def check(
     for name in ("FORMAT", "gc.lock"):
         planted(checker, os.path.join(backend.root, name), file=True)
     for name in ("index", "quarantine", "refs"):
-        planted(checker, os.path.join(backend.root, name))
-    for scope in sorted(fs.listdir(backend.refs)):
+        planted(checker, os.path.join(backend.root, name), directory=True)
+    for scope in sorted(fs.listdir(backend.refs)) if fs.isdir(backend.refs) else []:
         scope_dir = os.path.join(backend.refs, scope)
-        if planted(checker, scope_dir) or not fs.isdir(scope_dir):
+        if planted(checker, scope_dir, directory=True) or not fs.isdir(scope_dir):
             continue
         for name in sorted(fs.listdir(scope_dir)):
             nsdir = os.path.join(scope_dir, name)
-            if planted(checker, nsdir) or not fs.isdir(nsdir):
+            if planted(checker, nsdir, directory=True) or not fs.isdir(nsdir):
                 continue
             keys_file = os.path.join(nsdir, "KEYS")
             keys: set[str] = set()
@@ -71,8 +71,7 @@ def check(
                 keys = set(KeyIndex(keys_file, fs).keys(""))
                 check_keys_header(checker, scope, nsdir)
             planted(checker, os.path.join(nsdir, "STATE"), file=True)  # before repairs append to it
-            names = sorted(fs.listdir(nsdir))
-            for file in names:
+            for file in sorted(fs.listdir(nsdir)):
                 path = os.path.join(nsdir, file)
                 if file in _FIRST_OR_LAST or planted(checker, path, file=_read_as_file(file)):
                     continue
@@ -81,7 +80,8 @@ def check(
                     checker.check_log(path, scope, keys)
                     if progress is not None:
                         progress(1)
-                elif file.endswith(".vix") and file[:-4] + ".log" not in names:
+                elif file.endswith(".vix") and not fs.exists(path[:-4] + ".log"):  # lost, or
+                    # a planted object in its place that this repair removed
                     checker.check_lost_log(path[:-4] + ".log", scope, keys)
                 elif file.endswith(".tmp"):
                     checker.found(path, "leftover temporary file", "gc removes it", severity="info")

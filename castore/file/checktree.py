@@ -58,29 +58,37 @@ class Checking(Protocol):
 
 
 def planted(
-    checker: Checking, path: str, *, file: bool = False, replacement: bytes | None = None
+    checker: Checking,
+    path: str,
+    *,
+    file: bool = False,
+    directory: bool = False,
+    replacement: bytes | None = None,
 ) -> bool:
     """Report (and with repair, remove) what castore never opens, planted in the store.
 
     A symbolic link, FIFO, socket or device anywhere; with ``file``, also a
-    directory where castore reads a file. Repair removes a link or special
-    file (a link's target is not touched) and moves a directory, whatever it
-    holds, to quarantine; ``replacement``, if given, takes the name at once
-    (renamed over a link or special file, so the name is never missing).
+    directory where castore reads a file; with ``directory``, anything but
+    a directory where castore keeps one. Repair removes a link or special
+    file (a link's target is not touched) and moves a directory or regular
+    file, whatever it holds, to quarantine; ``replacement``, if given,
+    takes the name at once (renamed over a link or special file, so the
+    name is never missing).
     """
     try:
         st = checker.fs.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return False
-    directory = stat.S_ISDIR(st.st_mode)
-    if stat.S_ISREG(st.st_mode) or (directory and not file):
+    mode = st.st_mode
+    if (stat.S_ISDIR(mode) and not file) or (stat.S_ISREG(mode) and not directory):
         return False
-    if stat.S_ISLNK(st.st_mode):
+    if stat.S_ISLNK(mode):
         problem = "a symbolic link planted in the store (castore never follows one)"
         repair = "remove the link (its target is not touched)"
-    elif directory:
-        problem = "a directory in place of a file of the store"
-        repair = "move it to quarantine"
+    elif stat.S_ISDIR(mode):
+        problem, repair = "a directory in place of a file of the store", "move it to quarantine"
+    elif stat.S_ISREG(mode):
+        problem, repair = "a file in place of a directory of the store", "move it to quarantine"
     else:
         problem = "a FIFO, socket or device planted in the store (castore never opens one)"
         repair = "remove it"
@@ -89,15 +97,34 @@ def planted(
     checker.found(path, problem, repair, checker.repair)
     if not checker.repair:
         return True
-    if directory:
-        kept = checker.quarantine(path)
-        checker.fs.makedirs(os.path.dirname(kept), durable=True)
-        checker.fs.replace(path, kept)
+    kept = stat.S_ISDIR(mode) or stat.S_ISREG(mode)
+    if kept:
+        _to_quarantine(checker, path)
     if replacement is not None:
         checker.fs.atomic_write(path, replacement, durable=True)
-    elif not directory:
+    elif not kept:
         checker.fs.unlink(path)
     return True
+
+
+def _to_quarantine(checker: Checking, path: str) -> None:
+    """Move ``path`` (a file or a directory) to this run's quarantine folder.
+
+    Named ``<name>.planted`` there: a repair of the same run may keep a copy
+    of the file castore writes at ``path`` under the plain name.
+    """
+    fs = checker.fs
+    kept = checker.quarantine(path) + ".planted"
+    folder = os.path.join(checker.backend.root, "quarantine")
+    if path == folder:  # ``quarantine`` itself is not a directory: set it aside first
+        aside = f"{folder}.{os.getpid()}.tmp"
+        fs.replace(path, aside)
+        fs.makedirs(os.path.dirname(kept), durable=True)
+        fs.replace(aside, kept)
+    else:
+        fs.makedirs(os.path.dirname(kept), durable=True)
+        fs.replace(path, kept)
+    fs.fsync_dir(os.path.dirname(path))
 
 
 def frames_of(fs: Tree, path: str) -> tuple[bytes, list[Frame]]:

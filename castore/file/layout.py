@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from castore.errors import FormatVersionError
+from castore.errors import FormatVersionError, UnsafePathError
 from castore.file import fileio
 from castore.file.formatfile import check_format, format_line, read_format
 from castore.file.modes import MODES, PRIVATE, makedirs_plain, modes_of_dir
@@ -152,16 +152,32 @@ class Layout:
 
     def iter_logs(self) -> Iterator[str]:
         """Paths of every ref log in the store (scopes and namespace directories sorted)."""
-        for scope in sorted(self.fs.listdir(self.refs)):
-            scope_dir = os.path.join(self.refs, scope)
-            if not self.fs.isdir(scope_dir):
-                continue
+        try:
+            scopes = sorted(self.fs.listdir(self.refs))
+        except FileNotFoundError:  # a store without a key yet
+            return
+        for scope in scopes:
+            scope_dir = self._directory(os.path.join(self.refs, scope))
             for name in sorted(self.fs.listdir(scope_dir)):
-                nsdir = os.path.join(scope_dir, name)
-                if self.fs.isdir(nsdir):
-                    for file in sorted(self.fs.listdir(nsdir)):
-                        if file.endswith(".log"):
-                            yield os.path.join(nsdir, file)
+                nsdir = self._directory(os.path.join(scope_dir, name))
+                for file in sorted(self.fs.listdir(nsdir)):
+                    if file.endswith(".log"):
+                        yield os.path.join(nsdir, file)
+
+    def _directory(self, path: str) -> str:
+        """``path``, if it is a directory (not a link to one).
+
+        Raises:
+            UnsafePathError: anything else, where castore keeps a scope or a
+                namespace: what it holds is unknown (a blob only its logs
+                use may be live), so the walk stops until ``check --repair``.
+        """
+        if not self.fs.isdir(path):
+            raise UnsafePathError(
+                f"{path} is not a directory; castore keeps a directory there; "
+                "run castore check --repair"
+            )
+        return path
 
     def quarantine_path(self, path: str, stamp: str) -> str:
         """Where ``quarantine/<stamp>/`` keeps a copy of the store file ``path``."""

@@ -14,6 +14,8 @@ are regular files (:func:`regular`).
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import os
 import stat
 
@@ -37,6 +39,7 @@ __all__ = [
     "create_file",
     "makedirs_plain",
     "modes_of_dir",
+    "refused",
     "regular",
     "set_mode",
 ]
@@ -134,3 +137,24 @@ def regular(fd: int, path: str, flags: int) -> int:
         return fd
     os.close(fd)
     raise UnsafePathError(f"{path} is not a regular file; castore opens only files")
+
+
+def refused(exc: OSError, parent: int, name: str, path: str) -> Exception:
+    """What an open of ``name`` (in directory ``parent``; ``path`` for errors) that failed means.
+
+    UnsafePathError for a symbolic link (ELOOP/ENOTDIR), a FIFO, device or
+    directory opened as a file, and a file where a directory should be;
+    else ``exc`` itself.
+    """
+    if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EISDIR):  # FIFO, device, directory
+        return UnsafePathError(f"{path} is not a regular file; castore opens only files")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        with contextlib.suppress(OSError):
+            mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                return UnsafePathError(f"{path} is a symbolic link; castore never follows one")
+            if exc.errno == errno.ENOTDIR and not stat.S_ISDIR(mode):
+                return UnsafePathError(
+                    f"{path} is not a directory; castore keeps a directory there"
+                )
+    return exc

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import _thread  # threading's own primitives: a CLI get need not load threading
 import contextlib
-import errno
 import os
 import stat
 import time
@@ -20,7 +19,15 @@ from collections.abc import Iterator
 
 from castore.errors import UnsafePathError
 from castore.file.fileio import LOCK_TIMEOUT_SECONDS, SHORT_PAUSES, append, locked, read_at
-from castore.file.modes import PRIVATE, Modes, create_file, makedirs_plain, regular, set_mode
+from castore.file.modes import (
+    PRIVATE,
+    Modes,
+    create_file,
+    makedirs_plain,
+    refused,
+    regular,
+    set_mode,
+)
 
 __all__ = ["UNCONFINED", "Tree"]
 
@@ -121,7 +128,7 @@ class Tree:
             if not create:
                 raise
         except OSError as exc:
-            raise self._unsafe(exc, parent, part, path) from None
+            raise refused(exc, parent, part, path) from None
         made = True
         try:
             os.mkdir(part, self.modes.dir, dir_fd=parent)
@@ -130,23 +137,12 @@ class Tree:
         try:
             fd = os.open(part, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
-            raise self._unsafe(exc, parent, part, path) from None
+            raise refused(exc, parent, part, path) from None
         if made:
             set_mode(fd, self.modes.dir)  # exactly, umask or not (setgid too)
             if durable:
                 os.fsync(parent)
         return fd
-
-    @staticmethod
-    def _unsafe(exc: OSError, parent: int, name: str, path: str) -> Exception:
-        """UnsafePathError for a symbolic link (ELOOP/ENOTDIR) or a non-file opened as a file."""
-        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EISDIR):  # FIFO, device, directory
-            return UnsafePathError(f"{path} is not a regular file; castore opens only files")
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-            with contextlib.suppress(OSError):
-                if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
-                    return UnsafePathError(f"{path} is a symbolic link; castore never follows one")
-        return exc
 
     def _cache(self, path: str, fd: int) -> bool:
         with self._lock:
@@ -204,7 +200,7 @@ class Tree:
             try:
                 opened = os.open(name, flags | _FILE_FLAGS, dir_fd=cached)
             except OSError as exc:
-                raise self._unsafe(exc, cached, name, path) from None
+                raise refused(exc, cached, name, path) from None
             return regular(opened, path, flags)
         where = self._where(path)
         if where is None:
@@ -213,7 +209,7 @@ class Tree:
         try:
             opened = self._open_at(fd, name, flags | _FILE_FLAGS)
         except OSError as exc:
-            raise self._unsafe(exc, fd, name, path) from None
+            raise refused(exc, fd, name, path) from None
         finally:
             if owned:
                 os.close(fd)

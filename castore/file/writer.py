@@ -122,12 +122,7 @@ class Writer:
         nsdir = os.path.dirname(log.path)
         self._ensure_dir(nsdir)
         with self._kept.locked(log) as fd:
-            try:
-                tail, known = self._locked_newest(log, fd)
-            except CorruptionError:
-                if not os.fstat(fd).st_size:  # e.g. a lost log's index: leave no empty log
-                    self.layout.fs.unlink(log.path)
-                raise
+            tail, known = self._locked_newest(log, fd)
             size = tail.size
             previous = tail.entry
             decided: NewVersion | list[NewVersion] | None = None
@@ -183,7 +178,12 @@ class Writer:
         if hit is not None and hit[0] == stat_sig(st) and hit[1].entry_start >= 0:
             known = hit[1]  # this handle wrote or read exactly this file last: no re-read
             return logread.Tail(size, size, known.entry, None, None, known.entry_start), known
-        return log.locked_tail(fd, size), None
+        try:
+            return log.locked_tail(fd, size), None
+        except CorruptionError:
+            if not size:  # e.g. a lost log's index: leave no empty log behind
+                self.layout.fs.unlink(log.path)
+            raise
 
     def _first_floor(self, ref: Ref, fd: int, size: int) -> int:
         """The version a key without entries continues after (its removed life, if any).

@@ -541,9 +541,57 @@ def test_a_fifo_or_directory_planted_in_the_store_is_refused_reported_and_repair
     assert json.loads(scene.cli.run("check").stdout)["ok"]
     assert not target.exists() or stat.S_ISREG(target.lstat().st_mode)  # KEYS: rebuilt
     if kind == "directory":
-        kept = list((scene.root / "quarantine").glob(f"*/**/{target.name}/inside"))
+        kept = list((scene.root / "quarantine").glob(f"*/**/{target.name}.planted/inside"))
         assert [p.read_bytes() for p in kept] == [b"kept"], kept
     if name != "log":  # derived or recreated: the store works again
         created = scene.cli.ok("set", "new2", "1")
         # What the lost GRAVES held is unknown: a re-created key starts above a floor.
         assert created["version"] > (1_000_000 if name == "GRAVES" else 0), created
+
+
+@pytest.mark.parametrize("where", ["namespace", "scope", "refs", "index", "quarantine"])
+def test_a_file_in_place_of_a_store_directory_is_named_reported_and_moved_aside(
+    tmp_path: Path, where: str
+) -> None:
+    """No command fails with a bare "Not a directory" or walks past it as if it were empty.
+
+    Reads and writes that need the directory fail (exit 5, naming it); gc and
+    stats refuse to run (a blob only its logs use may be live); check reports
+    it and check --repair moves it, as it was, to quarantine.
+    """
+    scene = Scene(tmp_path)
+    scene.store.set("k", 1)
+    scene.cli.ok("gc")  # an index and a quarantine-free store
+    target = {
+        "namespace": scene.ns,
+        "scope": scene.ns.parent,
+        "refs": scene.root / "refs",
+        "index": scene.root / "index",
+        "quarantine": scene.root / "quarantine",
+    }[where]
+    if target.exists():
+        shutil.rmtree(target)
+    target.write_bytes(b"not a directory")
+    failing: dict[str, list[tuple[str, ...]]] = {
+        "namespace": [("get", "k"), ("set", "k", "2"), ("list",), ("gc",), ("stats",)],
+        "scope": [("get", "k"), ("set", "new", "1"), ("gc",)],
+        "refs": [("get", "k"), ("set", "new", "1"), ("gc",), ("stats",)],
+        "index": [("gc",)],
+        "quarantine": [],
+    }
+    for args in failing[where]:
+        err = scene.cli.fail(EXIT_DAMAGED, *args, stdin=subprocess.DEVNULL)
+        assert f"{target} is not a directory" in err, (args, err)
+    report = json.loads(scene.cli.run("check", stdin=subprocess.DEVNULL).stdout)
+    problem = "a file in place of a directory of the store"
+    assert [f["path"] for f in report["findings"] if f["problem"] == problem] == [
+        str(target.relative_to(scene.root))
+    ], report
+    assert not report["ok"]
+    assert json.loads(scene.cli.run("check", "--repair").stdout)["ok"]
+    assert json.loads(scene.cli.run("check").stdout)["ok"]
+    rel = target.relative_to(scene.root)
+    kept = list((scene.root / "quarantine").glob(f"*/{rel}.planted"))
+    assert [p.read_bytes() for p in kept] == [b"not a directory"], kept
+    scene.cli.ok("set", "new2", "1")
+    scene.cli.ok("gc")
