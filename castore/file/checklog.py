@@ -174,9 +174,11 @@ class LogChecker:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.unlink(vix)
             return
-        if not self.repair:
+        known = self.recover_header(path, scope, keys) is not None  # else nothing to rewrite
+        if not self.repair or not known:
             problem = f"missing, but its version index records versions up to {lost} (lost)"
-            self.found(path, problem, "record the lost versions as one damaged entry")
+            repair = "record the lost versions as one damaged entry"
+            self.found(path, problem, repair if known else "none: the log's key is unknown")
             return
         with contextlib.suppress(FileExistsError):  # then repaired as a log cut to nothing
             os.close(self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
