@@ -182,7 +182,11 @@ class LogChecker:
             return
         with contextlib.suppress(FileExistsError):  # then repaired as a log cut to nothing
             os.close(self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-        self.check_log(path, scope, keys)
+        try:
+            self.check_log(path, scope, keys)
+        except FileNotFoundError:  # a writer refused by the index removed it meanwhile
+            problem = f"missing, but its version index records versions up to {lost} (lost)"
+            self.found(path, problem, "record the lost versions as one damaged entry (run again)")
 
     def check_removed(self, path: str, header: Header, frames: list[Frame], grave: int) -> None:
         """A log compaction emptied names the key's versions: GRAVES must hold the last one."""

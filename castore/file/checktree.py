@@ -6,9 +6,11 @@ and repairs follow the same rules (docs/FORMAT.md §5, §7).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import stat
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from castore.errors import CastoreError, UnsafePathError
 from castore.file.blobindex import decode_loc
@@ -38,6 +40,9 @@ __all__ = [
     "frames_of",
     "planted",
 ]
+
+
+_RENAME_EXCHANGE: Final = 2  # linux/fs.h
 
 
 class Checking(Protocol):
@@ -98,23 +103,67 @@ def planted(
     if not checker.repair:
         return True
     kept = stat.S_ISDIR(mode) or stat.S_ISREG(mode)
+    if replacement is not None and stat.S_ISDIR(mode):
+        _replace_directory(checker, path, replacement)
+        return True
     if kept:
         _to_quarantine(checker, path)
     if replacement is not None:
-        checker.fs.atomic_write(path, replacement, durable=True)
+        checker.fs.atomic_write(path, replacement, durable=True)  # renamed over it
     elif not kept:
         checker.fs.unlink(path)
     return True
 
 
-def _to_quarantine(checker: Checking, path: str) -> None:
-    """Move ``path`` (a file or a directory) to this run's quarantine folder.
+def _replace_directory(checker: Checking, path: str, data: bytes) -> None:
+    """Put a file holding ``data`` in place of the directory at ``path``, then quarantine it.
 
-    Named ``<name>.planted`` there: a repair of the same run may keep a copy
-    of the file castore writes at ``path`` under the plain name.
+    The two swap names in one ``renameat2(RENAME_EXCHANGE)``, so ``path`` is
+    never missing (a writer reading ``GRAVES`` meanwhile sees the directory,
+    and fails, or the new file). Where the kernel or file system cannot
+    exchange, the directory is moved first and the file renamed in after it.
     """
     fs = checker.fs
-    kept = checker.quarantine(path) + ".planted"
+    folder, name = os.path.split(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fs.write_new(tmp, data, durable=True)
+    if _exchange(fs, folder, os.path.basename(tmp), name):
+        _to_quarantine(checker, tmp, like=path)  # the directory, under the temporary name
+    else:
+        _to_quarantine(checker, path)
+        fs.replace(tmp, path)
+    fs.fsync_dir(folder)
+
+
+def _exchange(fs: Tree, folder: str, first: str, second: str) -> bool:
+    """Swap the names ``first`` and ``second`` in ``folder`` atomically; False if unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc 2.28+ or not Linux
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    dfd = fs.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if renameat2(dfd, first.encode(), dfd, second.encode(), _RENAME_EXCHANGE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            return False
+        raise OSError(err, os.strerror(err), os.path.join(folder, second))
+    finally:
+        os.close(dfd)
+
+
+def _to_quarantine(checker: Checking, path: str, *, like: str | None = None) -> None:
+    """Move ``path`` (a file or a directory) to this run's quarantine folder.
+
+    Named after ``like`` (default: ``path``) plus ``.planted`` there: a
+    repair of the same run may keep a copy of the file castore writes at
+    that path under the plain name.
+    """
+    fs = checker.fs
+    kept = checker.quarantine(like or path) + ".planted"
     folder = os.path.join(checker.backend.root, "quarantine")
     if path == folder:  # ``quarantine`` itself is not a directory: set it aside first
         aside = f"{folder}.{os.getpid()}.tmp"

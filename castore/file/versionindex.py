@@ -18,6 +18,7 @@ version costs one ``stat`` and two reads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterable
@@ -134,15 +135,29 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
     the index file's lock. An index that already covers ``want`` costs one
     ``open`` and one ``fstat``. The caller closes the descriptor.
 
+    -1 when the log on ``log_fd`` is no longer linked (a rewrite or gc
+    replaced or removed it since the caller opened it): the index at ``vix``
+    belongs to what the path names now, and one built from this file would
+    outlive it as false evidence of lost versions.
+
     Raises:
         OSError: the index cannot be opened or written (a read-only store).
     """
+    if not os.fstat(log_fd).st_nlink:
+        return -1
     want = min(want, MAX_INDEXED_VERSION)
     fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
     try:
         if os.fstat(fd).st_size // VIX_RECORD_BYTES < want:
             with fileio.locked(fd, vix):
                 _extend(fd, log_fd, want)
+                gone = not os.fstat(log_fd).st_nlink  # removed meanwhile: not its index
+                if gone:
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.unlink(vix)
+            if gone:
+                os.close(fd)
+                return -1
     except BaseException:
         os.close(fd)
         raise

@@ -595,3 +595,38 @@ def test_a_file_in_place_of_a_store_directory_is_named_reported_and_moved_aside(
     assert [p.read_bytes() for p in kept] == [b"not a directory"], kept
     scene.cli.ok("set", "new2", "1")
     scene.cli.ok("gc")
+
+
+def test_a_directory_in_place_of_graves_is_swapped_for_the_floor_in_one_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the repair moves the directory away, GRAVES already holds the floor.
+
+    A writer re-creating a removed key at that moment (another process, as
+    the helper's call here) must not start below that key's removed life.
+    """
+    from castore.file import checktree
+
+    scene = Scene(tmp_path)
+    for n in (1, 2, 3):
+        scene.store.set("k", n)
+    scene.store.delete("k")
+    assert scene.store.compact(keep_within_seconds=0, prefix="k").keys_removed == 1
+    scene.store.gc()
+    graves = scene.ns / "GRAVES"
+    graves.unlink()
+    graves.mkdir()
+    seen: list[tuple[bool, int]] = []
+    moving = checktree._to_quarantine
+
+    def then_write(checker: Any, path: str, **kw: Any) -> None:
+        moving(checker, path, **kw)
+        writer = scene.reopen()
+        seen.append((graves.is_file(), writer.set("k", "again").version))
+        writer.close()
+
+    monkeypatch.setattr(checktree, "_to_quarantine", then_write)
+    assert scene.reopen().check(repair=True).ok
+    [(is_file, version)] = seen
+    assert is_file
+    assert version > 4  # versions 1-4 (the delete) were the removed life's

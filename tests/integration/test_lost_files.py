@@ -13,6 +13,7 @@ so the key's next version is above them (docs/FORMAT.md §7).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import pytest
 from castore import CorruptionError, NotFoundError, Store
 from castore.cli import EXIT_DAMAGED
 from castore.transfer import export_lines
-from tests.helpers import Cli, log_path
+from tests.helpers import Cli, file_backend, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +111,7 @@ def test_a_write_to_a_lost_log_is_refused_and_repair_keeps_versions_from_repeati
 
 
 def test_a_version_index_that_records_nothing_more_is_stale_and_removed(tmp_path: Path) -> None:
-    """An index whose log was removed by compaction after GRAVES holds the key's last version."""
+    """An index left by a removed life (GRAVES covers it) is no evidence: reported, then removed."""
     root = tmp_path / "s"
     store = Store(root, dag=DAG)
     store.set("gone", 1)
@@ -118,9 +119,34 @@ def test_a_version_index_that_records_nothing_more_is_stale_and_removed(tmp_path
     store.delete("gone")
     vix = Path(log_path(root, "dag", DAG, "gone")).with_suffix(".vix")
     kept = vix.read_bytes()
-    report = store.compact(keep_within_seconds=0, prefix="gone")  # removes the key into GRAVES
-    assert report.keys_removed == 1
-    vix.write_bytes(kept)  # as if compaction stopped before removing the index
+    assert store.compact(keep_within_seconds=0, prefix="gone").keys_removed == 1  # into GRAVES
+    store.gc()  # removes the log (and its index)
+    assert not vix.with_suffix(".log").exists()
+    vix.write_bytes(kept)  # as a reader racing gc, or a compaction cut short, leaves it
     assert not store.get("gone").found  # the grave covers what the index records
-    assert store.set("gone", 2).version == 3
+    report = store.check()
+    assert report.ok, report
+    [finding] = report.findings
+    assert (finding.problem, finding.severity) == ("version index without its log", "info")
+    assert store.set("gone", 2).version == 3  # above the removed life, and not refused
+    assert not vix.exists()  # the writer removed the stale index
+    assert store.check().ok
+    store.close()
+
+
+def test_a_reader_of_a_removed_log_builds_no_index_for_its_path(tmp_path: Path) -> None:
+    """A reader still holding a log that gc removed must not leave an index in its name."""
+    root = tmp_path / "s"
+    store = Store(root, dag=DAG)
+    for n in range(3):
+        store.set("k", n)
+    backend = file_backend(store)
+    log = backend.log(store.ref("k"))
+    fd = log.open()
+    try:
+        os.unlink(log.path)  # as gc removes it while the reader holds it
+        assert log.version_index(fd, 2) == -1
+        assert not os.path.exists(log.vix_path)
+    finally:
+        os.close(fd)
     store.close()

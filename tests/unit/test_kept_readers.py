@@ -476,14 +476,31 @@ def test_a_write_to_the_log_makes_kept_versions_read_again(store, frame_reads):
 def test_kept_versions_stay_within_the_byte_budget(store, monkeypatch, frame_reads):
     budget = 20 * 1024
     monkeypatch.setattr(kept_readers, "VERIFIED_MAX_BYTES", budget)
-    fill(store, "k", 300)
-    warm(store, "k", 1)
+    keys = ["a", "b", "c"]  # the budget is the handle's, across its kept logs
+    for key in keys:
+        fill(store, key, 100, tag=key)
+        warm(store, key, 1)
     reader = readers(store)
-    for version in range(1, 301):
-        assert store.get("k", version=version).value == {"v": version, "tag": "v"}
-        kept = reader._kept[ref_log_path(store, "k")]
-        held = sum(len(v or b"") + kept_readers._OVERHEAD for _, v in kept.verified.values())
-        assert held <= budget, (version, held)
+    for version in range(1, 101):
+        for key in keys:
+            assert store.get(key, version=version).value == {"v": version, "tag": key}
+            held = sum(
+                len(v or b"") + kept_readers._OVERHEAD
+                for kept in reader._kept.values()
+                for _, v in kept.verified.values()
+            )
+            assert held <= budget, (key, version, held)
     frame_reads.clear()
-    assert store.get("k", version=300).value == {"v": 300, "tag": "v"}
+    assert store.get("c", version=100).value == {"v": 100, "tag": "c"}
     assert frame_reads == []  # the newest kept survive a reset
+
+
+def test_damage_written_in_place_after_a_verified_read_is_found(store):
+    """Same size, same inode: the write still changes the file's stat, so it is read again."""
+    fill(store, "k", 10)
+    warm(store, "k", 4)
+    assert store.get("k", version=4).value == {"v": 4, "tag": "v"}  # kept verified
+    path = ref_log_path(store, "k")
+    flip(path, frames_of_version(path, 4)[1].end - 30)
+    with pytest.raises(CorruptionError):
+        store.get("k", version=4)

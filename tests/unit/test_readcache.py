@@ -28,6 +28,8 @@ def test_bytes_and_entries_stay_within_their_bounds(monkeypatch: pytest.MonkeyPa
     cache = ReadCache()
     for i in range(1_000):
         cache.put(f"log{i}", (i, 0, 0, 0), _current(i % 7 * 1_000))
+        held = sum(readcache._OVERHEAD + len(c.value or b"") for _, c in cache._items.values())
+        assert cache.held_bytes == held  # the counter is what is held
         assert cache.held_bytes <= 100_000
         assert len(cache) <= 50
         assert cache.get(f"log{i}") == ((i, 0, 0, 0), _current(i % 7 * 1_000))  # the newest kept
