@@ -255,13 +255,14 @@ class FileBackend:
             CorruptionError: the value fails verification.
         """
         log = self._logs.get(ref) or self.log(ref)
-        kept, found, verified = self.kept_readers.entry(self.layout.fs, log.path, version)
-        if verified and found is not None:
+        lookup = self.kept_readers.entry(self.layout.fs, log.path, version)
+        kept, found = lookup.kept, lookup.found
+        if lookup.verified and found is not None:
             return found  # read and verified before, from this very file
         fd = kept.fd if kept is not None else -1  # open while ``kept`` is referenced
-        if kept is not None and found is not None:
+        if found is not None:
             value = self.blob_reader.value_of(ref, found[0], found[1], fd)
-            self.kept_readers.verified(kept, version, found[0], value)
+            self.kept_readers.verified(lookup, version, found[0], value)
             return found[0], value
         if fd < 0:
             self._not_lost(ref, log)

@@ -180,6 +180,10 @@ class LogChecker:
             repair = "record the lost versions as one damaged entry"
             self.found(path, problem, repair if known else "none: the log's key is unknown")
             return
+        with contextlib.suppress(FileNotFoundError):  # the evidence, kept with the repair
+            keep = self.quarantine(vix)
+            self.fs.makedirs(os.path.dirname(keep), durable=True)
+            self.fs.atomic_write(keep, self.fs.read_file(vix), durable=True)
         with contextlib.suppress(FileExistsError):  # then repaired as a log cut to nothing
             os.close(self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         try:

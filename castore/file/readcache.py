@@ -55,6 +55,8 @@ class ReadCache:
             old = self._items.pop(path, None)
             if old is not None:
                 self._bytes -= _cost(old[1])
+            if size > CACHE_MAX_BYTES:
+                return
             if len(self._items) >= CACHE_MAX_ENTRIES or self._bytes + size > CACHE_MAX_BYTES:
                 self._items.clear()
                 self._bytes = 0

@@ -60,12 +60,17 @@ class _Dir:
             os.close(self.fd)
 
 
+Verified = tuple[tuple[int, int, int, int], dict[int, tuple[Entry, bytes | None]]]
+"""A kept log's ``stat`` signature and the versions verified while it held (one object)."""
+
+
 class Lookup(NamedTuple):
     """What :meth:`KeptReaders.entry` found for a version."""
 
     kept: KeptLog | None  # the log read (None: no log)
     found: tuple[Entry, bytes | None] | None  # entry and blob payload, or (verified) value
     verified: bool  # ``found`` holds the value as verified before (no read was needed)
+    state: Verified | None = None  # the kept log's verified versions when it was read
 
 
 class KeptLog:
@@ -87,7 +92,6 @@ class KeptLog:
         "pages",
         "path",
         "verified",
-        "verified_sig",
         "vix_fd",
     )
 
@@ -100,8 +104,8 @@ class KeptLog:
         self.folder, _, self.name = path.rpartition("/")
         self.dir = folder  # open on ``self.folder``
         self.pages: dict[int, array.array[int]] = {}  # pages of the index read so far
-        self.verified: dict[int, tuple[Entry, bytes | None]] = {}  # version -> entry, value
-        self.verified_sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # of these
+        # Replaced whole (one attribute) when the file changes: threads never mix states.
+        self.verified: Verified = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), {})
 
     def __del__(self) -> None:
         for fd in (self.fd, self.vix_fd):
@@ -185,42 +189,50 @@ class KeptReaders:
                 kept = None
             else:
                 sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                state = kept.verified
                 if (st.st_dev, st.st_ino) != kept.ident:
                     kept = None  # another file now
-                elif sig == kept.verified_sig:  # the file as it was when they were verified
-                    hit = kept.verified.get(version)
+                elif sig == state[0]:  # the file as it was when they were verified
+                    hit = state[1].get(version)
                     if hit is not None:
                         return Lookup(kept, hit, True)
                 else:  # written since (an append, or damage): verify again
-                    kept.verified, kept.verified_sig = {}, sig
+                    kept.verified = (sig, {})
         if kept is None:
             kept = self._open(fs, path)
-        found = kept.entry(version) if kept is not None else None
-        if kept is not None and found is None:
+        if kept is None:
+            return Lookup(None, None, False)
+        state = kept.verified  # taken before the read: what it is verified under
+        found = kept.entry(version)
+        if found is None:
             with self._guard:
                 if self._kept.get(path) is kept:
                     del self._kept[path]
-        return Lookup(kept, found, False)
+        return Lookup(kept, found, False, state)
 
-    def verified(self, kept: KeptLog, version: int, entry: Entry, value: bytes | None) -> None:
+    def verified(self, found: Lookup, version: int, entry: Entry, value: bytes | None) -> None:
         """Keep ``version``'s entry and value, just verified, with its log (within the budget).
 
         They are used while the log's ``stat`` (inode, size, mtime, ctime) is
         what it was when they were read: any write to the file since (an
         append, or damage) makes the next call read and verify again, as the
-        newest-entry cache does. Over :data:`VERIFIED_MAX_BYTES`, every kept
-        log forgets its versions.
+        newest-entry cache does. They go into the state the read was made
+        under (``found.state``), which a thread that saw the file change has
+        already replaced. Over :data:`VERIFIED_MAX_BYTES`, every kept log
+        forgets its versions.
         """
         size = (len(value) if value is not None else 0) + _OVERHEAD
-        if size > _VERIFIED_VALUE_MAX:
+        if found.kept is None or found.state is None or size > _VERIFIED_VALUE_MAX:
             return
         self._verified_bytes += size
         if self._verified_bytes > VERIFIED_MAX_BYTES:
-            for other in list(self._kept.values()):
-                other.verified = {}
-            kept.verified = {}
+            for other in [*self._kept.values(), found.kept]:
+                other.verified = (other.verified[0], {})
             self._verified_bytes = size
-        kept.verified[version] = (entry, value)
+            if found.kept.verified[0] == found.state[0]:
+                found.kept.verified[1][version] = (entry, value)
+            return
+        found.state[1][version] = (entry, value)
 
     def _open(self, fs: Tree, path: str) -> KeptLog | None:
         """Open the log at ``path`` and its index, and keep them (the oldest kept goes)."""

@@ -99,8 +99,11 @@ def test_a_write_to_a_lost_log_is_refused_and_repair_keeps_versions_from_repeati
     with pytest.raises(CorruptionError, match="versions up to 3"):
         store.set("k", {"n": 99})
     assert not log.exists()  # nothing was written, not even an empty log
+    vix = log.with_suffix(".vix").read_bytes()
     assert store.check(repair=True).ok
     assert store.check().ok, store.check()
+    kept = list((lost / "quarantine").glob(f"*/**/{log.with_suffix('.vix').name}"))
+    assert [p.read_bytes() for p in kept] == [vix]  # the evidence of the loss is kept
     with pytest.raises(CorruptionError, match="versions 1-3 lost"):
         store.get("k")  # the newest version is the lost range: never "not found"
     [marker] = store.history("k").entries

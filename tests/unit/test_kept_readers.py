@@ -487,7 +487,7 @@ def test_kept_versions_stay_within_the_byte_budget(store, monkeypatch, frame_rea
             held = sum(
                 len(v or b"") + kept_readers._OVERHEAD
                 for kept in reader._kept.values()
-                for _, v in kept.verified.values()
+                for _, v in kept.verified[1].values()
             )
             assert held <= budget, (key, version, held)
     frame_reads.clear()
