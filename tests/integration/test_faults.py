@@ -35,6 +35,7 @@ from typing import Any, Final
 import pytest
 
 from castore import CastoreError, NotFoundError, Store
+from castore.cli import EXIT_DAMAGED
 from castore.transfer import export_lines, import_lines
 from tests.helpers import Cli, log_path, read_versions
 
@@ -691,16 +692,18 @@ def test_cli_os_error_is_exit_1_and_one_line(tmp_path, command):
     assert "Not a directory" in err, err
 
 
-def test_cli_unwritable_store_file_is_exit_1(tmp_path):
-    # A FORMAT path that is a directory: reading it fails with EISDIR.
+def test_cli_directory_in_place_of_format_is_a_damaged_store(tmp_path):
+    # A FORMAT path that is a directory: refused as damage naming it (exit 5), not a
+    # bare EISDIR (exit 1) as before; an OS error outside the store stays exit 1 (above).
     root = tmp_path / "store"
     (root / "FORMAT").mkdir(parents=True)
     proc = Cli(tmp_path, root).run("get", "k")
     err = proc.stderr.decode()
-    assert (proc.returncode, proc.stdout) == (1, b""), err
+    assert (proc.returncode, proc.stdout) == (EXIT_DAMAGED, b""), err
     assert err.startswith("castore: "), err
     assert err.count("\n") == 1, err
     assert "Traceback" not in err
+    assert f"{root / 'FORMAT'} is not a regular file" in err, err
 
 
 def test_not_found_error_is_not_an_os_error():
