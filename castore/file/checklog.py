@@ -174,10 +174,10 @@ class LogChecker:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.unlink(vix)
             return
+        problem = f"missing, but its version index records versions up to {lost} (lost)"
+        repair = "record the lost versions as one damaged entry"
         known = self.recover_header(path, scope, keys) is not None  # else nothing to rewrite
         if not self.repair or not known:
-            problem = f"missing, but its version index records versions up to {lost} (lost)"
-            repair = "record the lost versions as one damaged entry"
             self.found(path, problem, repair if known else "none: the log's key is unknown")
             return
         with contextlib.suppress(FileNotFoundError):  # the evidence, kept with the repair
@@ -189,8 +189,7 @@ class LogChecker:
         try:
             self.check_log(path, scope, keys)
         except FileNotFoundError:  # a writer refused by the index removed it meanwhile
-            problem = f"missing, but its version index records versions up to {lost} (lost)"
-            self.found(path, problem, "record the lost versions as one damaged entry (run again)")
+            self.found(path, problem, f"{repair} (run again)")
 
     def check_removed(self, path: str, header: Header, frames: list[Frame], grave: int) -> None:
         """A log compaction emptied names the key's versions: GRAVES must hold the last one."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterable
 
 from castore.errors import CorruptionError
 from castore.file import fileio
@@ -36,6 +37,11 @@ def floor_after_damage(known: int, damaged: bytes) -> int:
     """
     digits = [int(run) for run in re.findall(rb"[0-9]{1,18}", damaged)]
     return max([known, *digits]) * 2 + 1_000_000
+
+
+def _twinned(payloads: Iterable[bytes]) -> bytes:
+    """``G`` frames of ``payloads``, each written twice in a row (one covers the other)."""
+    return b"".join(frame + frame for frame in (encode_frame(KIND_GRAVE, p) for p in payloads))
 
 
 _HEAD_BYTES = 64  # the first bytes of GRAVES a handle compares before reading on
@@ -154,17 +160,14 @@ class Graveyard:
     @staticmethod
     def floor_bytes(floor: int) -> bytes:
         """A whole GRAVES file holding only ``floor`` (twice)."""
-        frame = encode_frame(KIND_GRAVE, encode_record(Grave(version=floor)))
-        return frame + frame
+        return _twinned([encode_record(Grave(version=floor))])
 
     def bury(self, items: list[tuple[str, int]], *, durable: bool) -> None:
         """Record the last version of each removed key, twice (fdatasync when ``durable``)."""
-        records = [
-            encode_frame(KIND_GRAVE, encode_record(Grave(key=k, version=v))) for k, v in items
-        ]
+        records = _twinned([encode_record(Grave(key=k, version=v)) for k, v in items])
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         with self.fs.open_locked(self.path, flags) as fd:
-            fileio.append(fd, b"".join(r + r for r in records), durable=durable)
+            fileio.append(fd, records, durable=durable)
 
     def repair(self, floor: int, keep_copy: str, *, durable: bool) -> None:
         """Rewrite the file with its intact records and a ``floor``; keep the old bytes.
@@ -177,7 +180,6 @@ class Graveyard:
             self.fs.atomic_write(keep_copy, data, durable=durable)
             records = [f.payload for f in classify(data).frames if f.kind == KIND_GRAVE]
             records.append(encode_record(Grave(version=floor)))
-            frames = [encode_frame(KIND_GRAVE, p) for p in dict.fromkeys(records)]
-            self.fs.atomic_write(self.path, b"".join(f + f for f in frames), durable=durable)
+            self.fs.atomic_write(self.path, _twinned(dict.fromkeys(records)), durable=durable)
         with self._lock:
             self._forget(0)
