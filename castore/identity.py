@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 
-from castore.records import Audit
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from castore.records import Audit
 
-__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_record"]
+__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_fields", "audit_record"]
 
 ENVIRONMENT = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
 _RAW_NAMES = tuple(os.fsencode(name) for name in ENVIRONMENT)
@@ -52,7 +54,7 @@ class ProcessIdentity:
         return self._cached
 
 
-def audit_record(
+def audit_fields(
     identity: ProcessIdentity,
     actor: str | None,
     run_id: str | None,
@@ -60,9 +62,11 @@ def audit_record(
     reason: str = "",
     rollback_from: int = 0,
     dag: str | None = None,
-) -> Audit:
-    """The audit record of a write made now by this process.
+) -> dict[str, str | int]:
+    """The fields of the audit record of a write made now by this process.
 
+    In :class:`~castore.records.Audit`'s order, empty ones included (the CLI's
+    quick ``set`` writes them without loading msgspec: :mod:`castore.file.quickset`).
     The environment is read on every call (a long-running process may change
     it between writes), straight from ``os.environ``'s encoded mapping.
 
@@ -77,15 +81,31 @@ def audit_record(
     """
     pid, user, host = identity.current()
     dag_name, env_run_id, env_step, attempt, env_actor = _environment()
-    return Audit(
-        dag_name=dag if dag is not None else dag_name,
-        run_id=run_id if run_id is not None else env_run_id,
-        step_name=step if step is not None else env_step,
-        attempt=attempt,
-        user=user,
-        host=host,
-        pid=pid,
-        actor=actor if actor is not None else env_actor,
-        reason=reason,
-        rollback_from=rollback_from,
-    )
+    return {
+        "dag_name": dag if dag is not None else dag_name,
+        "run_id": run_id if run_id is not None else env_run_id,
+        "step_name": step if step is not None else env_step,
+        "attempt": attempt,
+        "user": user,
+        "host": host,
+        "pid": pid,
+        "actor": actor if actor is not None else env_actor,
+        "reason": reason,
+        "rollback_from": rollback_from,
+    }
+
+
+def audit_record(
+    identity: ProcessIdentity,
+    actor: str | None,
+    run_id: str | None,
+    step: str | None,
+    reason: str = "",
+    rollback_from: int = 0,
+    dag: str | None = None,
+) -> Audit:
+    """The audit record of a write made now by this process (see :func:`audit_fields`)."""
+    from castore.records import Audit  # loaded with the store that writes it
+
+    fields = audit_fields(identity, actor, run_id, step, reason, rollback_from, dag)
+    return Audit(**fields)  # type: ignore[arg-type]  # the values are of the fields' types

@@ -113,11 +113,11 @@ COMMANDS: Final[Mapping[str, Command]] = _Commands()
 
 
 def _lines(args: argparse.Namespace) -> Iterator[bytes]:
-    """The lines of the command ``args`` names (a plain ``get`` first tries :mod:`.quick`)."""
-    if args.command == "get":
-        from castore.cli.quick import quick_get
+    """The lines of the command ``args`` names (``get`` and ``set`` first try :mod:`.quick`)."""
+    if args.command in ("get", "set"):
+        from castore.cli import quick
 
-        line = quick_get(args)
+        line = (quick.quick_get if args.command == "get" else quick.quick_set)(args)
         if line is not None:
             yield line
             return

@@ -1,17 +1,22 @@
-"""``castore get KEY`` answered before the library is loaded, when it can be (CLI start-up).
+"""``castore get KEY`` and ``castore set KEY VALUE`` before the library is loaded, when they can be.
 
-A workflow step runs ``castore get`` as a new process, so loading the library
-(msgspec, the file backend, the result types) costs more than the read. For a
-plain ``get`` of the latest version of a key in a store directory,
-:func:`quick_get` reads the key's log with :func:`castore.file.peek.peek` and
-writes the line itself. Whenever anything is not the common case it returns
-None and the command runs as every other one does: another option
-(``--version``, ``--mode`` or ``$CASTORE_MODE``; ``--required`` or ``--default``
-for a key without a live version: ``--default`` is used, and checked, only
-then), a URL, a ref the store would refuse, a name that is not printable
-ASCII, or anything :func:`~castore.file.peek.peek` declines (no store, a tail
-it does not read as the store does). The line is the
-one ``castore get`` writes (tests/integration/test_quick_get.py compares the two).
+A workflow step runs ``castore get`` or ``set`` as a new process, so loading the
+library (msgspec, the file backend, the result types) costs more than the read
+or the write (docs/PERFORMANCE.md, "CLI start-up"). For a plain ``get`` of the
+latest version of a key in a store directory, :func:`quick_get` reads the key's
+log with :func:`castore.file.peek.peek` and writes the line itself; for a
+``set`` of small plain JSON text (:mod:`castore.stdjson`) on a key that has a
+log, :func:`quick_set` writes the version with
+:func:`castore.file.quickset.quick_set`. Whenever anything is not the common
+case they return None, having written nothing, and the command runs as every
+other one does: another option (``--version``, ``--mode`` or ``$CASTORE_MODE``;
+``--required`` or ``--default`` for a key without a live version: ``--default``
+is used, and checked, only then; a value on stdin), a URL, a ref the store
+would refuse, a name or audit field that is not printable ASCII, or anything
+:func:`~castore.file.peek.peek` or the quick writer declines (no store, a tail
+it does not read as the store does, a guard that fails). The lines are the
+ones the commands write (tests/integration/test_quick_get.py and
+test_quick_set.py compare them).
 """
 
 from __future__ import annotations
@@ -20,13 +25,18 @@ import argparse
 import json
 import os
 
-from castore.cli.invocation import Invocation
+from castore.cli.invocation import Invocation, argv_bytes
+from castore.digests import small_sha256
 from castore.errors import InvalidRefError
 from castore.file.peek import peek
+from castore.file.quickset import QUICK_MAX_BYTES
+from castore.file.quickset import quick_set as write_quickly
+from castore.identity import ProcessIdentity, audit_fields
 from castore.keys import Ref, dag_names, resolve_namespace, validate_key
+from castore.stdjson import plain_normalized
 from castore.urls import is_url, location_of
 
-__all__ = ["quick_get"]
+__all__ = ["quick_get", "quick_set"]
 
 _NAMES = ('"scope"', '"namespace"', '"key"')  # the line's fields, in Dagu's order
 
@@ -36,11 +46,14 @@ def _plain(text: str) -> bool:
     return text.isascii() and text.isprintable()
 
 
-def quick_get(args: argparse.Namespace) -> bytes | None:
-    """The line of ``castore get`` for ``args``, or None: run the command instead."""
-    if args.version is not None or args.mode is not None:
-        return None
-    if os.environ.get("CASTORE_MODE"):  # the store checks it, even to read
+def _quick_ref(args: argparse.Namespace) -> tuple[str, Ref] | None:
+    """The store directory (absolute) and the ref ``args`` name, if the quick path may answer.
+
+    None for another option the store must see (``--mode``, ``$CASTORE_MODE``),
+    a URL, a ref the store would refuse (it words the error), or a name that is
+    not printable ASCII.
+    """
+    if args.mode is not None or os.environ.get("CASTORE_MODE"):  # the store checks it
         return None
     location = location_of(args.dir)
     if is_url(location):
@@ -54,14 +67,66 @@ def quick_get(args: argparse.Namespace) -> bytes | None:
         return None  # the store words the error
     if not all(map(_plain, ref)):
         return None
-    found = peek(os.path.abspath(location), ref)
+    return os.path.abspath(location), ref
+
+
+def _names(ref: Ref) -> str:
+    """The line's scope, namespace and key members."""
+    return ",".join(f"{field}:{json.dumps(text)}" for field, text in zip(_NAMES, ref, strict=True))
+
+
+def quick_get(args: argparse.Namespace) -> bytes | None:
+    """The line of ``castore get`` for ``args``, or None: run the command instead."""
+    if args.version is not None:
+        return None
+    where = _quick_ref(args)
+    if where is None:
+        return None
+    found = peek(*where)
     if found is None:
         return None
     version, digest, value = found
-    names = ",".join(f"{field}:{json.dumps(text)}" for field, text in zip(_NAMES, ref, strict=True))
+    names = _names(where[1])
     if not version:  # no live version
         if args.required or args.default is not None:
             return None  # the command words the error, or normalizes the default
         return f'{{"operation":"get",{names},"found":false}}'.encode("ascii")
     head = f'{{"operation":"get",{names},"found":true,"version":{version},"hash":"{digest}",'
     return b"".join((head.encode("ascii"), b'"value":', value, b"}"))
+
+
+def quick_set(args: argparse.Namespace) -> bytes | None:
+    """Write the version of ``castore set`` for ``args`` and return its line, or None.
+
+    None: nothing was written; run the command instead (a value given on
+    stdin, one that is not plain JSON text (:mod:`castore.stdjson`), anything
+    :func:`castore.file.quickset.quick_set` declines).
+    """
+    if args.value == "-":
+        return None  # stdin, read once: by the command
+    where = _quick_ref(args)
+    if where is None:
+        return None
+    normalized = plain_normalized(argv_bytes(args.value))
+    if normalized is None or len(normalized) >= QUICK_MAX_BYTES:
+        return None
+    digest = small_sha256(normalized)
+    who = (args.actor, args.run_id, args.step, args.reason)
+    audit = audit_fields(ProcessIdentity(), *who, dag=args.dag)
+    done = write_quickly(
+        *where,
+        normalized,
+        digest,
+        audit,
+        durable=not args.no_sync,
+        expected_version=args.expected_version,
+        create_only=args.create_only,
+    )
+    if done is None:
+        return None
+    version, created = done
+    line = (
+        f'{{"operation":"set",{_names(where[1])},"version":{version},"hash":"{digest}",'
+        f'"created":{"true" if created else "false"}}}'
+    )
+    return line.encode("ascii")

@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import LockTimeoutError
@@ -26,6 +26,7 @@ __all__ = [
     "SHORT_PAUSES",
     "WRITER_PAUSES",
     "append",
+    "commit",
     "failpoint",
     "lock",
     "locked",
@@ -151,3 +152,23 @@ def append(fd: int, data: bytes, *, durable: bool) -> None:
         view = view[written:]
     if durable:
         os.fdatasync(fd)
+
+
+def commit(fd: int, data: bytes, size: int, *, durable: bool, forget: Callable[[], object]) -> None:
+    """Append the frames of one write to a locked log of ``size`` bytes: the commit point.
+
+    FORMAT.md §6 step 6. On failure the appended bytes are cut again before the
+    error is raised (the write was not acknowledged, and no reader may see it),
+    and ``forget`` removes the log's version index (a reader may have indexed
+    them meanwhile); errors of both are suppressed in favour of the first.
+    """
+    failpoint("before-append")
+    try:
+        append(fd, data, durable=durable)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)  # the bytes after ``size`` are the caller's alone (locked)
+        with contextlib.suppress(OSError):
+            forget()
+        raise
+    failpoint("after-append")

@@ -41,9 +41,14 @@ from castore.keys import Ref, log_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
-    from typing import Any, Final
+    from typing import Any, Final, TypeAlias
 
-__all__ = ["ABSENT", "peek"]
+    from castore.file.frames import Frame
+
+    Tail: TypeAlias = tuple[Frame, dict[str, Any], bytes, int]
+    """The newest ``E`` frame, its entry, and the tail bytes read with their offset."""
+
+__all__ = ["ABSENT", "blob_value", "newest_entry", "peek"]
 
 ABSENT = (0, "", b"")  # what peek answers for a key without a live version
 
@@ -96,7 +101,24 @@ def _read(fs: Tree, path: str) -> tuple[int, str, bytes] | None:
 
 
 def _newest(fd: int) -> tuple[int, str, bytes] | None:
-    size = os.fstat(fd).st_size
+    tail = newest_entry(fd, os.fstat(fd).st_size)
+    if tail is None:
+        return None
+    entry = tail[1]
+    if entry["op"] == _DELETE:
+        return ABSENT
+    value = blob_value(fd, tail)
+    return None if value is None else (entry["version"], entry.get("hash", ""), value)
+
+
+def newest_entry(fd: int, size: int) -> Tail | None:
+    """The ``E`` frame that ends the first ``size`` bytes of the log, if it is the common case.
+
+    Returns:
+        The frame, its entry (exactly as castore writes one, version 1 or
+        more), and the bytes read from the end (with their offset); None if
+        the tail is anything else (the store's reader decides what it is).
+    """
     start = max(0, size - TAIL_READ_BYTES)
     buf = fileio.read_at(fd, start, size - start)
     if len(buf) != size - start:
@@ -107,9 +129,16 @@ def _newest(fd: int) -> tuple[int, str, bytes] | None:
     entry = _entry(frame.payload)
     if entry is None or entry["version"] < 1:
         return None
-    if entry["op"] == _DELETE:
-        return ABSENT
-    version: int = entry["version"]
+    return frame, entry, buf, start
+
+
+def blob_value(fd: int, tail: Tail) -> bytes | None:
+    """The value of the live entry of ``tail`` if its ``B`` frame is in this log; verified.
+
+    None for a tombstone or another op, a blob in another log, or a frame
+    that is not intact, not this value's or not JSON (the store decides).
+    """
+    frame, entry, buf, start = tail
     digest: str = entry.get("hash", "")
     blob = entry.get("blob")
     if entry["op"] not in _LIVE_OPS or blob is None or blob[0] != "":
@@ -130,7 +159,7 @@ def _newest(fd: int) -> tuple[int, str, bytes] | None:
     if small_sha256(value) != digest:  # CPython's own: a CLI get loads no OpenSSL
         return None
     json.loads(value.decode("utf-8"), parse_constant=_not_json)  # the store decodes it too
-    return version, digest, value
+    return value
 
 
 def _not_json(name: str) -> None:

@@ -301,16 +301,10 @@ class RefLog:
         On failure the appended bytes are cut again before the error is raised:
         the write was not acknowledged, and no reader may see it.
         """
-        fileio.failpoint("before-append")
-        try:
-            fileio.append(fd, data, durable=self.layout.durable)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)  # the bytes after ``size`` are ours alone (locked)
-            with contextlib.suppress(OSError):
-                self.layout.fs.unlink(self.vix_path)  # a reader may have indexed them meanwhile
-            raise
-        fileio.failpoint("after-append")
+        fs = self.layout.fs
+        fileio.commit(
+            fd, data, size, durable=self.layout.durable, forget=lambda: fs.unlink(self.vix_path)
+        )
 
     def replace_locked(self, data: bytes) -> list[Frame]:
         """Put ``data`` in place of the locked log atomically; rebuild the version index.

@@ -41,7 +41,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import struct
 import threading
 import time
 from typing import Final
@@ -50,11 +49,11 @@ import msgspec
 
 from castore.file import fileio
 from castore.file.frames import encode_frame, frame_at
+from castore.file.stateappend import KIND_PENDING, LENGTH, append_frame
 from castore.file.staterecords import (
     ENCODE,
     EPOCH,
     KIND_EPOCH,
-    KIND_PENDING,
     KIND_SETTLED,
     KIND_SNAPSHOT,
     ROWS,
@@ -71,9 +70,7 @@ from castore.results import ListEntry, rfc3339
 __all__ = ["SNAPSHOT_AFTER", "StateIndex"]
 
 SNAPSHOT_AFTER: Final = 256  # appended frames beyond max(this, rows / 4) call for a snapshot
-_LOCK_SECONDS: Final = 5.0  # a P waits this long for a rewrite to finish
 _FRAMES_KEPT: Final = 4096  # P frames a handle keeps encoded
-LENGTH: Final = struct.Struct("<Q")  # the first 8 bytes: the length after the last append
 _RETRIES: Final = 3  # a reader re-reads bytes that are not a frame this often ...
 _RETRY_SECONDS: Final = 0.001  # ... this long apart: an append in flight completes by then
 
@@ -168,18 +165,8 @@ class StateIndex:
                 fd = self._append_fd()
                 if fd < 0:
                     return False
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # another append, or a rewrite: wait for it
-                    fileio.lock(fd, self.path, timeout=_LOCK_SECONDS)
-                try:
-                    st = os.fstat(fd)
-                    if st.st_nlink:  # still the file the path names
-                        _pwrite_all(fd, frame, st.st_size)
-                        os.pwrite(fd, LENGTH.pack(st.st_size + len(frame)), 0)
-                        return True
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                if append_frame(fd, self.path, frame):
+                    return True
                 self._drop_fd_locked()
             raise OSError(errno.EAGAIN, f"{self.path} kept being replaced")
 
@@ -384,10 +371,3 @@ class StateIndex:
 def _whole(body: bytes) -> bytes:
     """A new file's bytes: its length, then ``body``."""
     return LENGTH.pack(LENGTH.size + len(body)) + body
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written

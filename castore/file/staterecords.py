@@ -12,6 +12,7 @@ from typing import Final
 
 import msgspec
 
+from castore.file.stateappend import KIND_PENDING
 from castore.records import OP_DAMAGED, Entry
 from castore.results import ListEntry
 
@@ -35,7 +36,6 @@ __all__ = [
 STATE_NAME: Final = "STATE"
 KIND_EPOCH: Final = ord("T")
 KIND_SNAPSHOT: Final = ord("L")
-KIND_PENDING: Final = ord("P")
 KIND_SETTLED: Final = ord("S")
 _BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
 

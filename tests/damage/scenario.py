@@ -13,7 +13,9 @@ fresh ``Store`` handle: every read; a guarded set per key; ``check``,
 ``check(repair=True)``, ``check``; every read again and an unguarded set per
 key. Each call's answer or exception is recorded by :func:`attempt`. Every
 read of a key's newest version also asks the CLI's quick read
-(:func:`castore.file.peek.peek`), which must decline or give the same answer.
+(:func:`castore.file.peek.peek`), which must decline or give the same answer;
+the guarded sets of step 2 go through the CLI's quick write
+(:func:`castore.file.quickset.quick_set`) first, judged as the store's writes are.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from castore import CastoreError, CheckReport, CorruptionError, Store
+from castore.codec import hexdigest, normalize
 from castore.errors import FormatVersionError
 from castore.file.peek import ABSENT, peek
+from castore.file.quickset import quick_set
+from castore.identity import ProcessIdentity, audit_fields
 from castore.keys import Ref
 from castore.results import GetResult, HistoryEntry, HistoryResult, ListResult, SetResult
 from tests.damage.answers import (
@@ -260,6 +265,35 @@ def _set(key: str, value: Any, expected: int | None) -> Callable[[Store], SetAns
     return lambda store: set_answer(store.set(key, value, expected_version=expected))
 
 
+def _quick_set(
+    root: str, key: str, value: Any, expected: int | None
+) -> Callable[[Store], SetAnswer]:
+    """The CLI's quick write (``castore.file.quickset``) first; where it declines, ``Store.set``.
+
+    The oracle judges whatever was written, so a quick write the store would
+    have refused (damage that hides the newest version) is found like any other.
+    """
+
+    def call(store: Store) -> SetAnswer:
+        normalized = normalize(value)
+        audit = audit_fields(ProcessIdentity(), None, None, None, dag=DAG)
+        ref = Ref("dag", DAG, key)
+        done = quick_set(
+            os.path.abspath(root),
+            ref,
+            normalized,
+            hexdigest(normalized),
+            audit,
+            durable=True,
+            expected_version=expected,
+        )
+        if done is None:
+            return set_answer(store.set(key, value, expected_version=expected))
+        return SetAnswer(done[0], hexdigest(normalized))
+
+    return call
+
+
 def _check(repair: bool) -> Callable[[Store], CheckAnswer]:
     return lambda store: check_answer(store.check(repair=repair))
 
@@ -279,12 +313,15 @@ def read_all(root: str, versions: dict[str, list[int]], *, listing: bool) -> Rea
 
 
 def write_all(
-    root: str, writes: dict[str, tuple[Any, int | None]]
+    root: str, writes: dict[str, tuple[Any, int | None]], *, quick: bool = False
 ) -> dict[str, Outcome[SetAnswer]]:
-    """One set per key: ``key -> (value, expected_version or None)``."""
+    """One set per key: ``key -> (value, expected_version or None)``; ``quick``: CLI's first."""
     with _Phase(root) as phase:
         return {
-            key: phase.run(_set(key, value, expected)) for key, (value, expected) in writes.items()
+            key: phase.run(
+                _quick_set(root, key, value, expected) if quick else _set(key, value, expected)
+            )
+            for key, (value, expected) in writes.items()
         }
 
 
@@ -323,7 +360,9 @@ def observe(root: str, truth: Truth) -> Observed:
     versions = {key: list(kt.versions) for key, kt in truth.keys.items()}
     before = read_all(root, versions, listing=True)
     guarded = write_all(
-        root, {key: (probe_value(key), kt.live_version) for key, kt in truth.keys.items()}
+        root,
+        {key: (probe_value(key), kt.live_version) for key, kt in truth.keys.items()},
+        quick=True,
     )
     checks = []
     for repair in (False, True, False):

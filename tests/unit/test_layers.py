@@ -37,6 +37,7 @@ LAYERS = {
     "pyvalues": 2,
     "reports": 2,
     "identity": 2,  # who writes: the audit record
+    "stdjson": 1,  # plain JSON text normalized with the standard library (the CLI's quick set)
     "fastjson": 3,
     "codec": 4,
     "lines": 5,  # how results are written as JSON (Go strings, raw values)
@@ -62,7 +63,7 @@ LAYERS = {
     "cli.args": 24,
     "cli.render": 24,
     "cli.invocation": 24,
-    "cli.quick": 25,  # a plain `get` answered before the library is loaded
+    "cli.quick": 25,  # a plain `get` or `set` done before the library is loaded
     "cli.state": 25,
     "cli.history": 25,
     "cli.maintenance": 25,
@@ -102,12 +103,14 @@ FILE_LAYERS = {
     "keyindex": 2,
     "graves": 2,
     "blobindex": 2,
-    "staterecords": 1,
-    "statefile": 2,
+    "stateappend": 1,  # one append to STATE (shared with the CLI's quick set)
+    "staterecords": 2,
+    "statefile": 3,
     # the version index; the store's layout; blobs across logs; encoding new versions
     "versionindex": 3,
     "layout": 3,
     "peek": 3,  # the newest value of one log, without the library (the CLI's quick get)
+    "quickset": 4,  # a set of a small value on an existing key, without the library
     "blobs": 3,
     "encode": 3,
     # a namespace's keys; one ref's log; the tree checks
@@ -302,7 +305,7 @@ def test_nothing_imports_cli():
 def test_only_the_registry_imports_a_backend():
     """Outside a backend's package, only ``backends`` knows it; no backend imports another."""
     for name, path in modules().items():
-        if name in ("backends", "cli.quick"):  # cli.quick: the file store read without the library
+        if name in ("backends", "cli.quick"):  # cli.quick: the file store, without the library
             continue
         mine = band_of(name)
         imported = {m for m in castore_imports(name, path) if band_of(m) not in (None, mine)}

@@ -159,6 +159,29 @@ def test_a_get_the_quick_path_declines_loads_the_library(step):
         assert not sorted(NEVER_AT_START & loaded), args
 
 
+def test_a_plain_set_of_a_key_loads_neither_the_library_nor_openssl(step):
+    json_line(step.raw("set", "k", '{"cursor": 1}'))  # a new key: the store writes it
+    for args in (("set", "k", '{"cursor": 2}'), ("--no-sync", "set", "k", "[3, 4.5]")):
+        loaded = modules_after(step, *args)
+        assert {"castore.cli.quick", "castore.file.quickset"} <= loaded  # the list is real
+        assert not sorted((NEVER_AT_START | NEVER_IN_A_QUICK_GET) & loaded), args
+    assert json_line(step.raw("get", "k"))["value"] == [3, 4.5]
+
+
+def test_a_set_the_quick_path_declines_loads_the_library(step):
+    """A new key, an escape, a failed guard: the command runs in full, and says so."""
+    json_line(step.raw("set", "k", "1"))
+    for args, code in (
+        (("set", "new", "1"), 0),
+        (("set", "k", '"a\\nb"'), 0),
+        (("set", "k", "2", "--expected-version", "1"), 3),
+        (("set", "k", "3", "--create-only"), 3),
+    ):
+        loaded = modules_after(step, *args, code=code)
+        assert {"castore.cli.state", "msgspec", "castore.store"} <= loaded, args
+        assert not sorted(NEVER_AT_START & loaded), args
+
+
 def _importtime_names(step: Cli, *args: str) -> set[str]:
     runner = Cli(step.cwd, entry=("-X", "importtime", "-m", "castore"))
     runner.env.update(CASTORE_DIR=step.env["CASTORE_DIR"], DAG_NAME="d")

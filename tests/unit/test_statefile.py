@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from castore import Store
-from castore.file import statefile, staterecords
+from castore.file import stateappend, statefile, staterecords
 from castore.file.frames import encode_frame, scan_frames
 from tests.helpers import corrupt, log_path, ns_dir
 
@@ -124,7 +124,7 @@ def test_a_state_from_another_boot_is_not_trusted(root, tmp_path):
         staterecords.KIND_SETTLED, msgspec.msgpack.encode(["a", 1, "0" * 64, 1, 2])
     )
     with open(state_path(root), "wb") as fh:
-        fh.write(statefile.LENGTH.pack(8 + len(stale)) + stale)
+        fh.write(stateappend.LENGTH.pack(8 + len(stale)) + stale)
     answer = listed(root)
     assert answer[0][:2] == ("a", 2)
     assert answer == from_logs(root, tmp_path)
@@ -265,5 +265,5 @@ def test_a_rewritten_state_with_the_parsed_files_inode_number_is_read_again(root
         body = epoch + snap + settled
         with open(state_path(root), "r+b") as fh:
             fh.truncate(0)
-            fh.write(statefile.LENGTH.pack(8 + len(body)) + body)
+            fh.write(stateappend.LENGTH.pack(8 + len(body)) + body)
         assert [(e.key, e.version) for e in reader.list().entries] == [("b", 3), ("c", 1)]

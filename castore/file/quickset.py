@@ -1,0 +1,220 @@
+"""A ``set`` of a small value on an existing key, with the standard library and blake3 alone.
+
+A ``castore set`` is a new process, and loading the library (msgspec above all)
+costs several times the write (docs/PERFORMANCE.md, "CLI start-up"). So the CLI
+asks :func:`quick_set` first. It writes only in the common case, and then
+exactly what :class:`castore.file.writer.Writer` would write (the same frames,
+bytes for bytes, but for the time and the audit of this process), by the same
+protocol (FORMAT.md §6):
+
+- the directory holds a store of the current format, and the key's log exists;
+- with the log's exclusive lock (on the file its path still names), the log
+  ends with an intact ``E`` frame of a ``set``, ``rollback`` or ``delete``
+  written as castore writes entries (:func:`castore.file.peek.newest_entry`),
+  so no torn tail is to be cut and the key has a version (no ``KEYS`` or
+  ``GRAVES`` to consult);
+- the guards (``expected_version``, ``create_only``) hold;
+- the value is shorter than :data:`~castore.file.encode.DEDUP_MIN_BYTES` (no
+  blob index to consult or extend), and when it repeats the newest value,
+  that value's ``B`` frame is intact in this log (the entry points at it).
+
+Then it appends ``P`` to the namespace's ``STATE`` (if there is one), appends
+``[B] E`` in one write and fdatasyncs it (the commit point, shared with the
+writer: :func:`castore.file.fileio.commit`). Anything else returns None with
+nothing written but, at most, a ``P`` (which only makes ``list`` read the
+key's log), and the CLI runs the command through the store, which applies every
+rule and words every error. tests/integration/test_quick_set.py compares both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+
+from castore import valuecodec
+from castore.errors import CastoreError, LockTimeoutError
+from castore.file import fileio
+from castore.file.formatfile import check_format, read_format
+from castore.file.frames import encode_frame
+from castore.file.peek import blob_value, newest_entry
+from castore.file.stateappend import KIND_PENDING, append_frame
+from castore.file.tree import Tree
+from castore.keys import Ref, log_name
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    from castore.file.peek import Tail
+
+__all__ = ["QUICK_MAX_BYTES", "quick_set"]
+
+QUICK_MAX_BYTES: Final = 256  # castore.file.encode.DEDUP_MIN_BYTES (that module loads msgspec)
+_KIND_BLOB = ord("B")  # as castore.file.records names them (that module loads msgspec)
+_KIND_ENTRY = ord("E")
+_OPS: Final = frozenset(("set", "rollback", "delete"))
+_SEPARATORS: Final = (",", ":")  # compact, as msgspec writes records
+_FLAGS: Final = os.O_RDWR | os.O_APPEND  # never O_CREAT: a new key is the store's to make
+
+
+class _DeclinedError(Exception):
+    """Not the common case: the store does this write."""
+
+
+def quick_set(
+    root: str,
+    ref: Ref,
+    normalized: bytes,
+    digest: str,
+    audit: dict[str, str | int],
+    *,
+    durable: bool,
+    expected_version: int | None = None,
+    create_only: bool = False,
+) -> tuple[int, bool] | None:
+    """Append a version holding ``normalized`` to ``ref``'s log in the store at ``root``.
+
+    Args:
+        root: the store directory (absolute).
+        ref: the key (validated, its names printable ASCII).
+        normalized: the value, normalized, shorter than :data:`QUICK_MAX_BYTES`.
+        digest: its sha256, lowercase hex.
+        audit: the audit record's fields in :class:`~castore.records.Audit`'s
+            order (:func:`castore.identity.audit_fields`); every string printable ASCII.
+        durable: fdatasync the append.
+        expected_version: the set's guard (None: none).
+        create_only: the set's guard.
+
+    Returns:
+        The new version and whether the key was created (had no live version);
+        None: nothing was written, run the set through the store.
+
+    Raises:
+        OSError: the append failed (it was cut again: nothing was written).
+        LockTimeoutError: the key stayed locked for the lock timeout.
+    """
+    if len(normalized) >= QUICK_MAX_BYTES or not all(map(_plain, audit.values())):
+        return None
+    fs = Tree(root)
+    committing = False
+    try:
+        if not _is_store(fs, root):
+            return None
+        path = os.path.join(root, "refs", log_name(ref))
+        with fs.open_locked(path, _FLAGS, pauses=fileio.WRITER_PAUSES) as fd:
+            size = os.fstat(fd).st_size
+            tail = newest_entry(fd, size)
+            if tail is None:
+                return None
+            guards = (expected_version, create_only)
+            data, version, created = _frames(fd, tail, size, normalized, digest, audit, *guards)
+            _pending(fs, os.path.join(os.path.dirname(path), "STATE"), ref.key)
+            committing = True
+            vix = path[: -len(".log")] + ".vix"
+            fileio.commit(fd, data, size, durable=durable, forget=lambda: fs.unlink(vix))
+            return version, created
+    except LockTimeoutError:
+        raise
+    except (_DeclinedError, OSError, CastoreError, ValueError, RecursionError):
+        if committing:
+            raise
+        return None  # before the commit point: the store writes, or words the error
+    finally:
+        fs.close()
+
+
+def _plain(item: str | int) -> bool:
+    """An int, or a string that json and msgspec write alike: printable ASCII."""
+    return type(item) is int or (isinstance(item, str) and item.isascii() and item.isprintable())
+
+
+def _frames(
+    fd: int,
+    tail: Tail,
+    size: int,
+    normalized: bytes,
+    digest: str,
+    audit: dict[str, str | int],
+    expected_version: int | None,
+    create_only: bool,
+) -> tuple[bytes, int, bool]:
+    """The frames that append the new version after ``tail``, its version, and ``created``.
+
+    As :func:`castore.decisions.set_decision` and
+    :func:`castore.file.encode.encode_versions` make them.
+
+    Raises:
+        _DeclinedError: a guard fails, or the newest entry is not a set or a delete.
+    """
+    previous = tail[1]
+    if previous["op"] not in _OPS:
+        raise _DeclinedError  # e.g. a damaged range last
+    live = previous["version"] if previous["op"] != "delete" else 0
+    if (create_only and live) or (expected_version is not None and expected_version != live):
+        raise _DeclinedError  # a conflict: the store words it
+    parts: list[bytes] = []
+    blob = previous.get("blob")
+    if previous.get("hash") != digest or blob is None:
+        codec, packed = valuecodec.pack(normalized)
+        parts.append(
+            encode_frame(_KIND_BLOB, b"".join((bytes.fromhex(digest), bytes((codec,)), packed)))
+        )
+        blob = ["", size, len(parts[0])]
+    elif blob[0] != "" or blob_value(fd, tail) != normalized:
+        raise _DeclinedError  # the same value, but its frame is elsewhere or not intact
+    stamp = max(time.time_ns(), previous["time_ns"] + 1)  # never before the previous version
+    entry: dict[str, Any] = {
+        "version": previous["version"] + 1,
+        "op": "set",
+        "time_ns": stamp,
+        "hash": digest,
+        "size": len(normalized),
+        "blob": blob,
+    }
+    created_ns = previous.get("created_ns", 0) if live else stamp
+    if created_ns:
+        entry["created_ns"] = created_ns
+    record = {name: item for name, item in audit.items() if item}  # msgspec omits defaults
+    if record:
+        entry["audit"] = record
+    payload = json.dumps(entry, separators=_SEPARATORS).encode("ascii")
+    parts.append(encode_frame(_KIND_ENTRY, payload))
+    return b"".join(parts), entry["version"], not live
+
+
+def _pending(fs: Tree, path: str, key: str) -> None:
+    """Append ``P`` for ``key`` to the namespace's ``STATE``, if it has one (FORMAT.md §5).
+
+    Raises:
+        _DeclinedError: the file kept being replaced.
+        OSError: it could not be appended (the store then fails the write).
+    """
+    frame = encode_frame(KIND_PENDING, key.encode("utf-8"))
+    for _attempt in range(3):
+        try:
+            fd = fs.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            return
+        try:
+            if append_frame(fd, path, frame):
+                return
+        finally:
+            os.close(fd)
+    raise _DeclinedError
+
+
+def _is_store(fs: Tree, root: str) -> bool:
+    """True if ``root`` holds a store of the current format (else the store says what it is)."""
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            return False
+        marker = os.path.join(root, "FORMAT")
+        text = read_format(fs, marker)
+        if text is None:
+            return False
+        check_format(marker, text)
+    except (OSError, CastoreError):
+        return False
+    return True

@@ -1,0 +1,59 @@
+"""One append to a namespace's ``STATE`` file (docs/FORMAT.md §5, rule 3), standard library only.
+
+Shared by :class:`castore.file.statefile.StateIndex` and the CLI's quick
+``set`` (:mod:`castore.file.quickset`), which must not load msgspec. Every
+change to a log appends a ``P`` frame for its key here, under the log's lock,
+before the change (rule 1).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+from castore.file import fileio
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from typing import Final
+
+__all__ = ["KIND_PENDING", "LENGTH", "LOCK_SECONDS", "append_frame"]
+
+KIND_PENDING: Final = ord("P")
+LENGTH: Final = struct.Struct("<Q")  # the first 8 bytes: the length after the last append
+LOCK_SECONDS: Final = 5.0  # an append waits this long for a rewrite to finish
+
+
+def append_frame(fd: int, path: str, frame: bytes) -> bool:
+    """Append ``frame`` to the ``STATE`` open on ``fd`` and record the new length.
+
+    Under the file's exclusive ``flock`` (a rewrite holds it from its read to
+    its rename, so nothing lands in between), and only while the file is still
+    linked: False means it was replaced, and the caller opens the path again.
+
+    Raises:
+        LockTimeoutError: a rewrite held the file for :data:`LOCK_SECONDS`.
+        OSError: the frame could not be written.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another append, or a rewrite: wait for it
+        fileio.lock(fd, path, timeout=LOCK_SECONDS)
+    try:
+        st = os.fstat(fd)
+        if not st.st_nlink:  # no longer the file the path names
+            return False
+        _pwrite_all(fd, frame, st.st_size)
+        os.pwrite(fd, LENGTH.pack(st.st_size + len(frame)), 0)
+        return True
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

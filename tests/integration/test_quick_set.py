@@ -1,0 +1,246 @@
+"""``castore set``'s quick path writes what the full command writes, or nothing at all.
+
+:func:`castore.cli.quick.quick_set` (over :func:`castore.file.quickset.quick_set`)
+appends a version without loading the library. The oracle is the CLI's own full
+path (``COMMANDS["set"]`` over an ``Invocation``, the store's writer) on a twin
+store, an exact copy, given the same arguments at the same frozen clock: after
+every command both stores must hold the same bytes in every file, and print the
+same line (or fail alike). Where the quick path declines, it must have written
+nothing but a ``P`` (which only makes ``list`` read the key's log; FORMAT.md §5),
+and the full path then runs on its store too, as the CLI does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import shutil
+import time
+
+import pytest
+
+import castore
+from castore import Store
+from castore.cli import COMMANDS
+from castore.cli.args import build_parser
+from castore.cli.invocation import Invocation
+from castore.cli.quick import quick_set
+from castore.errors import CastoreError, CorruptionError
+from castore.file.frames import scan_frames
+from castore.file.layout import Layout
+from castore.file.stateappend import KIND_PENDING
+from castore.keys import Ref
+
+pytestmark = pytest.mark.integration
+
+DAG = "flow"
+_STAMP = re.compile(r"\d{8}T\d{6}\.\d+Z")  # a quarantine name's UTC time
+MEDIUM = '{"rows": [' + ", ".join(['"a repeated row"'] * 9) + "]}"  # 128-255 bytes: zstd
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CASTORE_DIR", "DAG_NAME", "CASTORE_ROOT_DAG", "CASTORE_MODE", "DAG_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class Twins:
+    """Two stores that must stay byte-identical: ``quick`` (the CLI) and ``full`` (the store)."""
+
+    def __init__(self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.quick = tmp_path / "quick"
+        self.full = tmp_path / "full"
+        self.answered = 0
+        self.clock = 1_800_000_000_000_000_000
+        monkeypatch.setattr(time, "time_ns", lambda: self.clock)
+
+    def store(self) -> Store:
+        """A handle on the quick store, to set things up (copied to the full one by sync)."""
+        return Store(self.quick, dag=DAG)
+
+    def sync(self) -> None:
+        shutil.rmtree(self.full, ignore_errors=True)
+        shutil.copytree(self.quick, self.full)
+
+    def run(self, *argv: str) -> bytes | Exception:
+        """``castore ARGV`` on both stores; assert they agree; return the line (or error)."""
+        self.clock += 1_000_000
+        before = files(self.quick)
+        line = quick_set(self._args(self.quick, argv))
+        if line is None:
+            assert_nothing_but_p(before, files(self.quick))
+            mine = full_set(self._args(self.quick, argv))
+        else:
+            self.answered += 1
+            mine = line
+        theirs = full_set(self._args(self.full, argv))
+        if isinstance(theirs, Exception):
+            same = str(mine).replace(str(self.quick), "") == str(theirs).replace(str(self.full), "")
+            assert type(mine) is type(theirs), (argv, mine, theirs)
+            assert same, (argv, mine, theirs)
+        else:
+            assert mine == theirs, (argv, mine, theirs)
+        assert files(self.quick) == files(self.full), argv
+        return mine
+
+    @staticmethod
+    def _args(root: pathlib.Path, argv: tuple[str, ...]) -> argparse.Namespace:
+        return build_parser(castore.__version__).parse_args(["--dir", str(root), *argv])
+
+
+def full_set(args: argparse.Namespace) -> bytes | Exception:
+    cmd = Invocation(args)
+    try:
+        return b"".join(COMMANDS["set"](cmd))
+    except CastoreError as exc:
+        return exc
+    finally:
+        cmd.store.close()
+
+
+def assert_nothing_but_p(before: dict[str, bytes], after: dict[str, bytes]) -> None:
+    """A declined write changed no file but, at most, appended ``P`` frames to ``STATE``."""
+    assert before.keys() == after.keys()
+    for name, data in after.items():
+        if data == before[name]:
+            continue
+        assert name.endswith("STATE"), name
+        added = data[len(before[name]) :]
+        assert data[8 : len(before[name])] == before[name][8:]
+        frames = list(scan_frames(added))
+        assert frames, added
+        assert all(f.kind == KIND_PENDING for f in frames), added
+        assert sum(f.end - f.start for f in frames) == len(added)
+
+
+def files(root: pathlib.Path) -> dict[str, bytes]:
+    """Every file below ``root`` and its bytes (quarantine names without their time)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            out[_STAMP.sub("<time>", str(path.relative_to(root)))] = path.read_bytes()
+    return out
+
+
+@pytest.fixture
+def twins(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Twins:
+    pair = Twins(tmp_path, monkeypatch)
+    handle = pair.store()
+    handle.set("k", {"cursor": 0})
+    handle.close()
+    pair.sync()
+    return pair
+
+
+def log_of(root: pathlib.Path, key: str = "k") -> pathlib.Path:
+    layout = Layout(str(root), durable=False, lock_timeout=1)
+    return pathlib.Path(layout.log_path(Ref("dag", DAG, key)))
+
+
+def test_plain_sets_are_written_as_the_store_writes_them(twins):
+    d = ("--dag", DAG)
+    for value in ('{"cursor": 1}', "[1, 2.50, -0, 1E+3]", '"<tag> & text"', "null", MEDIUM):
+        twins.run(*d, "set", "k", value)
+    twins.run(*d, "set", "k", MEDIUM)  # the same value again: the entry points at its frame
+    twins.run(*d, "--no-sync", "set", "k", "true")
+    twins.run(*d, "set", "k", '{"b": 1, "a": {"d": [], "c": {}}}', "--reason", "why not")
+    twins.run(*d, "--actor", "ci", "--run-id", "r-1", "--step", "s", "set", "k", "7")
+    assert twins.answered == 9
+
+
+def test_guards_and_deletes(twins, monkeypatch):
+    d = ("--dag", DAG)
+    line = twins.run(*d, "set", "k", "1", "--expected-version", "1")
+    assert isinstance(line, bytes)
+    assert b'"version":2' in line
+    assert isinstance(twins.run(*d, "set", "k", "1", "--expected-version", "1"), CastoreError)
+    assert isinstance(twins.run(*d, "set", "k", "1", "--create-only"), CastoreError)
+    answered = twins.answered
+    handle = twins.store()
+    handle.delete("k")
+    handle.close()
+    twins.sync()
+    line = twins.run(*d, "set", "k", "2", "--create-only")  # a deleted key is created again
+    assert isinstance(line, bytes)
+    assert b'"created":true' in line
+    monkeypatch.setenv("DAG_RUN_ID", "run-9")
+    monkeypatch.setenv("DAG_RUN_ATTEMPT_ID", "3")
+    twins.run(*d, "set", "k", "3", "--expected-version", "4")
+    assert twins.answered == answered + 2
+
+
+def test_with_a_state_file_every_write_leaves_its_p_record(twins):
+    handle = twins.store()
+    handle.list()  # makes STATE
+    handle.close()
+    twins.sync()
+    for n in range(3):
+        twins.run("--dag", DAG, "set", "k", str(n))
+    assert twins.answered == 3
+    listed = Store(twins.quick, dag=DAG).list().entries
+    assert [(e.key, e.version) for e in listed] == [("k", 4)]
+
+
+def test_what_it_leaves_to_the_store(twins, monkeypatch):
+    d = ("--dag", DAG)
+    for argv in (
+        ("set", "new", "1"),  # no log yet: KEYS and GRAVES are the store's
+        ("set", "k", '"a\\nb"'),  # an escape
+        ("set", "k", '"\u00e9"'),  # not ASCII
+        ("set", "k", '"' + "x" * 300 + '"'),  # large enough to be deduplicated
+        ("set", "\u00e9", "1"),  # a name the line would escape
+        ("set", "k", "1", "--reason", "caf\u00e9"),  # an audit field msgspec writes its way
+        ("--mode", "group", "set", "k", "1"),
+        ("set", "k", "{"),  # not JSON: the store words the error
+    ):
+        twins.run(*d, *argv)
+    monkeypatch.setenv("CASTORE_MODE", "private")
+    twins.run(*d, "set", "k", "2")
+    assert twins.answered == 0
+
+
+def test_a_torn_or_damaged_tail_is_never_written_after(twins):
+    d = ("--dag", DAG)
+    twins.run(*d, "set", "k", "1")
+    for log in (log_of(twins.quick), log_of(twins.full)):
+        with open(log, "ab") as fh:
+            fh.write(b"\x30\x00\x00\x00E{")  # a torn append: the store quarantines and cuts it
+    twins.run(*d, "set", "k", "2")
+    assert twins.answered == 1
+    for log in (log_of(twins.quick), log_of(twins.full)):
+        data = bytearray(log.read_bytes())
+        data[-30] ^= 0x01  # inside the newest entry: the newest version is unknown
+        log.write_bytes(bytes(data))
+    error = twins.run(*d, "set", "k", "3")
+    assert isinstance(error, CorruptionError)
+    assert twins.answered == 1
+
+
+def test_a_repeated_value_whose_frame_is_damaged_gets_a_fresh_frame(twins):
+    d = ("--dag", DAG)
+    twins.run(*d, "set", "k", '"same"')
+    for log in (log_of(twins.quick), log_of(twins.full)):
+        data = bytearray(log.read_bytes())
+        blob = data.rindex(b'"same"')  # the newest blob frame's value
+        data[blob + 1] ^= 0x20
+        log.write_bytes(bytes(data))
+    twins.run(*d, "set", "k", '"same"')
+    assert twins.answered == 1  # the first; the second was the store's
+    assert Store(twins.quick, dag=DAG).get("k").value == "same"
+
+
+def test_a_link_in_place_of_the_log_is_never_followed(twins, tmp_path):
+    outside = tmp_path / "outside.log"
+    for root in (twins.quick, twins.full):
+        log = log_of(root)
+        shutil.copy(log, outside)
+        os.unlink(log)
+        os.symlink(outside, log)
+    before = outside.read_bytes()
+    error = twins.run("--dag", DAG, "set", "k", "1")
+    assert isinstance(error, CastoreError)
+    assert "symbolic link" in str(error)
+    assert outside.read_bytes() == before
+    assert twins.answered == 0

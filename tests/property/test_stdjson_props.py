@@ -1,0 +1,114 @@
+"""The CLI's quick normalizer (:mod:`castore.stdjson`) answers as the codec does, or not at all.
+
+Oracle: :func:`castore.codec.normalize_json` on the same bytes. Wherever
+:func:`plain_normalized` answers, its bytes are the codec's; where the codec
+raises, it declines. A coverage property keeps the first from passing by
+declining everything: plain text (printable ASCII strings without a
+backslash, any number literal, any layout) is always answered.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from castore.codec import normalize_json
+from castore.errors import InvalidValueError, ValueTooLargeError
+from castore.stdjson import MAX_PLAIN_BYTES, plain_normalized
+
+_PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '\\"')
+plain_text = st.text(alphabet=_PRINTABLE, max_size=10)
+number_literals = st.from_regex(
+    r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,4})?", fullmatch=True
+)
+whitespace = st.text(alphabet=" \t\n\r", max_size=2)
+
+
+@st.composite
+def layouts(draw: st.DrawFn, value: Any) -> str:
+    """``value`` as JSON text with random whitespace, member order and number literals."""
+    space = draw(whitespace)
+    if isinstance(value, dict):
+        items = list(value.items())
+        order = draw(st.permutations(range(len(items))))
+        members = [
+            f"{json.dumps(items[i][0])}{draw(whitespace)}:{draw(layouts(items[i][1]))}"
+            for i in order
+        ]
+        return space + "{" + ",".join(members) + draw(whitespace) + "}"
+    if isinstance(value, list):
+        return space + "[" + ",".join(draw(layouts(item)) for item in value) + "]" + space
+    if value == "<number>":
+        return space + draw(number_literals)
+    return space + json.dumps(value) + space
+
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.just("<number>") | plain_text,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(plain_text, kids, max_size=4),
+    max_leaves=16,
+)
+plain_documents = plain_values.flatmap(layouts)
+json_ish = st.text(alphabet='[]{}",:0123456789.-eE+ tfrulnsaN\\<&>\t\n\x00\xe9', max_size=30)
+any_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def codec_answer(raw: bytes) -> bytes | None:
+    """The codec's normalized bytes, or None where it refuses the text."""
+    try:
+        return normalize_json(raw)
+    except (InvalidValueError, ValueTooLargeError):
+        return None
+
+
+def assert_agrees(raw: bytes) -> bytes | None:
+    quick = plain_normalized(raw)
+    if quick is not None:
+        assert quick == codec_answer(raw), raw
+    return quick
+
+
+@settings(max_examples=400)
+@given(plain_documents)
+def test_plain_text_is_answered_with_the_codecs_bytes(text):
+    raw = text.encode("ascii")
+    quick = assert_agrees(raw)
+    assert quick is not None, raw  # coverage: plain text never falls back
+
+
+@settings(max_examples=400)
+@given(json_ish | st.binary(max_size=30).map(lambda b: b.decode("latin-1")))
+def test_arbitrary_text_is_answered_as_the_codec_does_or_declined(text):
+    assert_agrees(text.encode("utf-8", "surrogatepass"))
+
+
+@given(any_values, st.booleans())
+def test_dumped_python_values_agree(value, ensure_ascii):
+    assert_agrees(json.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass"))
+
+
+def test_what_it_leaves_to_the_codec():
+    for raw in (
+        b'"a\\nb"',  # an escape
+        b'"\xc3\xa9"',  # not ASCII
+        b"NaN",
+        b"[1,]",
+        b"",
+        b"1 2",
+        b"[" * 2000 + b"]" * 2000,  # deeper than the stdlib parser goes
+        b'"' + b"x" * MAX_PLAIN_BYTES + b'"',
+    ):
+        assert plain_normalized(raw) is None, raw[:20]
+    assert plain_normalized(b'{"a":1,"a":2}') == b'{"a":2}'  # the last duplicate wins, as in Go
+    assert plain_normalized(b' {"b":[1.50,-0,1E+2],"a":"<&>"} ') == (
+        b'{"a":"\\u003c\\u0026\\u003e","b":[1.50,-0,1E+2]}'
+    )
