@@ -5,8 +5,8 @@ library (msgspec, the file backend, the result types) costs more than the read
 or the write (docs/PERFORMANCE.md, "CLI start-up"). For a plain ``get`` of the
 latest version of a key in a store directory, :func:`quick_get` reads the key's
 log with :func:`castore.file.peek.peek` and writes the line itself; for a
-``set`` of small plain JSON text (:mod:`castore.stdjson`) on a key that has a
-log, :func:`quick_set` writes the version with
+``set`` of small plain JSON text (:mod:`castore.stdjson`) on a live key,
+:func:`quick_set` writes the version with
 :func:`castore.file.quickset.quick_set`. Whenever anything is not the common
 case they return None, having written nothing, and the command runs as every
 other one does: another option (``--version``, ``--mode`` or ``$CASTORE_MODE``;
@@ -113,7 +113,7 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
     digest = small_sha256(normalized)
     who = (args.actor, args.run_id, args.step, args.reason)
     audit = audit_fields(ProcessIdentity(), *who, dag=args.dag)
-    done = write_quickly(
+    version = write_quickly(
         *where,
         normalized,
         digest,
@@ -122,11 +122,10 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
         expected_version=args.expected_version,
         create_only=args.create_only,
     )
-    if done is None:
+    if version is None:
         return None
-    version, created = done
     line = (
         f'{{"operation":"set",{_names(where[1])},"version":{version},"hash":"{digest}",'
-        f'"created":{"true" if created else "false"}}}'
+        '"created":false}'  # the key was live
     )
     return line.encode("ascii")

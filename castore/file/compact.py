@@ -177,14 +177,20 @@ def _compact_one(backend: FileBackend, ref: Ref, plan: _Plan, dry_run: bool) -> 
             result = None
         # sized as the real run lays the log out (relaid re-encodes moved blob locations)
         return size, size if result is None else len(relaid(result))
-    new = backend.rewrite(path, _bury_first(backend, ref, plan))
-    if new is not None and plan.removed is not None:
-        backend.key_index(ref.scope, ref.namespace).remove({ref.key}, durable=backend.durable)
+    backend.rewrite(path, _bury_first(backend, ref, plan))
     return size, _size(backend.fs, path)
 
 
 def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
-    """Wrap ``plan.transform``: a key that goes away is recorded in GRAVES (durably) first."""
+    """Wrap ``plan.transform``: a key that goes away is recorded in GRAVES (durably) first.
+
+    Then it leaves ``KEYS``, still under the log's lock and before the new log
+    is renamed into place: a writer re-creating the key opens the new log, so
+    it comes after and lists the key again. (Once the new log is in place, the
+    old one's lock no longer keeps writers out.) If the rewrite stops after
+    this, the log keeps its tombstone and the next write of the key lists it
+    again (FORMAT.md §6 step 5).
+    """
 
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
         wanted = plan.transform(log)
@@ -192,6 +198,8 @@ def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
             graves = backend.graveyard(ref.scope, ref.namespace)
             graves.bury([(ref.key, plan.removed.version)], durable=backend.durable)
             fileio.failpoint("compact-after-bury")
+            keys = backend.key_index(ref.scope, ref.namespace)
+            keys.remove({ref.key}, durable=backend.durable)
         return wanted
 
     return transform

@@ -1,4 +1,4 @@
-"""A ``set`` of a small value on an existing key, with the standard library and blake3 alone.
+"""A ``set`` of a small value on a live key, with the standard library and blake3 alone.
 
 A ``castore set`` is a new process, and loading the library (msgspec above all)
 costs several times the write (docs/PERFORMANCE.md, "CLI start-up"). So the CLI
@@ -9,10 +9,10 @@ protocol (FORMAT.md §6):
 
 - the directory holds a store of the current format, and the key's log exists;
 - with the log's exclusive lock (on the file its path still names), the log
-  ends with an intact ``E`` frame of a ``set``, ``rollback`` or ``delete``
-  written as castore writes entries (:func:`castore.file.peek.newest_entry`),
-  so no torn tail is to be cut and the key has a version (no ``KEYS`` or
-  ``GRAVES`` to consult);
+  ends with an intact ``E`` frame of a ``set`` or ``rollback`` written as
+  castore writes entries (:func:`castore.file.peek.newest_entry`), so no torn
+  tail is to be cut and the key is live (``KEYS`` lists it; no ``GRAVES`` to
+  consult);
 - the guards (``expected_version``, ``create_only``) hold;
 - the value is shorter than :data:`~castore.file.encode.DEDUP_MIN_BYTES` (no
   blob index to consult or extend), and when it repeats the newest value,
@@ -54,7 +54,7 @@ __all__ = ["QUICK_MAX_BYTES", "quick_set"]
 QUICK_MAX_BYTES: Final = 256  # castore.file.encode.DEDUP_MIN_BYTES (that module loads msgspec)
 _KIND_BLOB = ord("B")  # as castore.file.records names them (that module loads msgspec)
 _KIND_ENTRY = ord("E")
-_OPS: Final = frozenset(("set", "rollback", "delete"))
+_OPS: Final = frozenset(("set", "rollback"))  # a live version: KEYS lists the key
 _SEPARATORS: Final = (",", ":")  # compact, as msgspec writes records
 _FLAGS: Final = os.O_RDWR | os.O_APPEND  # never O_CREAT: a new key is the store's to make
 
@@ -73,7 +73,7 @@ def quick_set(
     durable: bool,
     expected_version: int | None = None,
     create_only: bool = False,
-) -> tuple[int, bool] | None:
+) -> int | None:
     """Append a version holding ``normalized`` to ``ref``'s log in the store at ``root``.
 
     Args:
@@ -88,7 +88,7 @@ def quick_set(
         create_only: the set's guard.
 
     Returns:
-        The new version and whether the key was created (had no live version);
+        The new version (the key was live: the set's ``created`` is false);
         None: nothing was written, run the set through the store.
 
     Raises:
@@ -109,12 +109,12 @@ def quick_set(
             if tail is None:
                 return None
             guards = (expected_version, create_only)
-            data, version, created = _frames(fd, tail, size, normalized, digest, audit, *guards)
+            data, version = _frames(fd, tail, size, normalized, digest, audit, *guards)
             _pending(fs, os.path.join(os.path.dirname(path), "STATE"), ref.key)
             committing = True
             vix = path[: -len(".log")] + ".vix"
             fileio.commit(fd, data, size, durable=durable, forget=lambda: fs.unlink(vix))
-            return version, created
+            return version
     except LockTimeoutError:
         raise
     except (_DeclinedError, OSError, CastoreError, ValueError, RecursionError):
@@ -139,20 +139,20 @@ def _frames(
     audit: dict[str, str | int],
     expected_version: int | None,
     create_only: bool,
-) -> tuple[bytes, int, bool]:
-    """The frames that append the new version after ``tail``, its version, and ``created``.
+) -> tuple[bytes, int]:
+    """The frames that append the new version after ``tail``, and its version.
 
     As :func:`castore.decisions.set_decision` and
     :func:`castore.file.encode.encode_versions` make them.
 
     Raises:
-        _DeclinedError: a guard fails, or the newest entry is not a set or a delete.
+        _DeclinedError: a guard fails, or the newest entry is not a live version.
     """
     previous = tail[1]
     if previous["op"] not in _OPS:
-        raise _DeclinedError  # e.g. a damaged range last
-    live = previous["version"] if previous["op"] != "delete" else 0
-    if (create_only and live) or (expected_version is not None and expected_version != live):
+        raise _DeclinedError  # a tombstone (the key must be in KEYS again) or a damaged range
+    live = previous["version"]
+    if create_only or (expected_version is not None and expected_version != live):
         raise _DeclinedError  # a conflict: the store words it
     parts: list[bytes] = []
     blob = previous.get("blob")
@@ -173,7 +173,7 @@ def _frames(
         "size": len(normalized),
         "blob": blob,
     }
-    created_ns = previous.get("created_ns", 0) if live else stamp
+    created_ns = previous.get("created_ns", 0)  # carried while the key stays live
     if created_ns:
         entry["created_ns"] = created_ns
     record = {name: item for name, item in audit.items() if item}  # msgspec omits defaults
@@ -181,7 +181,7 @@ def _frames(
         entry["audit"] = record
     payload = json.dumps(entry, separators=_SEPARATORS).encode("ascii")
     parts.append(encode_frame(_KIND_ENTRY, payload))
-    return b"".join(parts), entry["version"], not live
+    return b"".join(parts), entry["version"]
 
 
 def _pending(fs: Tree, path: str, key: str) -> None:

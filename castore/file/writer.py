@@ -150,7 +150,7 @@ class Writer:
                     now=time.time_ns(),
                     base=base,
                 )
-                if previous is None:  # the key's first entry: KEYS first (FORMAT.md §6)
+                if previous is None or not previous.live:  # KEYS first (FORMAT.md §6 step 5)
                     index = self.names.key_index(ref.scope, ref.namespace)
                     if ref.key not in index:
                         index.add(ref.key, ref.namespace, durable=self.layout.durable)

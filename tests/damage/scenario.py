@@ -278,7 +278,7 @@ def _quick_set(
         normalized = normalize(value)
         audit = audit_fields(ProcessIdentity(), None, None, None, dag=DAG)
         ref = Ref("dag", DAG, key)
-        done = quick_set(
+        version = quick_set(
             os.path.abspath(root),
             ref,
             normalized,
@@ -287,9 +287,9 @@ def _quick_set(
             durable=True,
             expected_version=expected,
         )
-        if done is None:
+        if version is None:
             return set_answer(store.set(key, value, expected_version=expected))
-        return SetAnswer(done[0], hexdigest(normalized))
+        return SetAnswer(version, hexdigest(normalized))
 
     return call
 

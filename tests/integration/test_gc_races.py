@@ -351,3 +351,38 @@ def test_a_stale_location_hint_that_names_another_blob_frame_falls_back(tmp_path
         fh.write(b"\x07torn")  # a killed write's torn tail: readers scan the log
     problems += [f"torn tail: {p}" for p in _reads(Store(root, dag=DAG), values)]
     assert problems == []
+
+
+def test_a_key_recreated_while_compaction_removes_it_stays_listed(tmp_path, children):
+    """Compaction takes a removed key out of ``KEYS`` before its new log is in place.
+
+    Once the new log is renamed into place, the old one's lock no longer keeps
+    writers out: a writer re-creating the key at that moment must find it
+    unlisted and list it again, or ``list`` would miss a live key for good
+    (found by review: ``KEYS`` was changed after the rewrite).
+    """
+    s = Setup(tmp_path, children)
+    s.set("k", value("first", 10))
+    s.store.delete("k")
+    compactor = s.paused(
+        "compact", "rewrite-after-rename", "--keep-last", "1", "--keep-within", "0"
+    )
+    writer = s.set_in_child("k", value("again", 10))  # the new log is not locked: no wait
+    assert children.wait(writer) == 0, children.error_text(writer)
+    s.resume(compactor)
+    store = Store(s.root, dag=DAG)
+    got = store.get("k")
+    assert got.found
+    assert [(e.key, e.version) for e in store.list().entries] == [("k", got.version)]
+
+
+def test_a_key_made_live_again_is_listed_again(tmp_path):
+    """A key missing from ``KEYS`` (compaction stopped after unlisting it) is listed by a set."""
+    store = Store(tmp_path / "store", dag=DAG)
+    store.set("k", 1)
+    store.delete("k")
+    file_backend(store).key_index("dag", DAG).remove({"k"}, durable=True)
+    assert store.list().entries == []
+    store.set("k", 2)
+    fresh = Store(tmp_path / "store", dag=DAG)
+    assert [(e.key, e.version) for e in fresh.list().entries] == [("k", 3)]
