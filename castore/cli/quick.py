@@ -5,7 +5,7 @@ library (msgspec, the file backend, the result types) costs more than the read
 or the write (docs/PERFORMANCE.md, "CLI start-up"). For a plain ``get`` of the
 latest version of a key in a store directory, :func:`quick_get` reads the key's
 log with :func:`castore.file.peek.peek` and writes the line itself; for a
-``set`` of small plain JSON text (:mod:`castore.stdjson`) on a live key,
+``set`` of small JSON text (:mod:`castore.stdjson`) on a live key,
 :func:`quick_set` writes the version with
 :func:`castore.file.quickset.quick_set`. Whenever anything is not the common
 case they return None, having written nothing, and the command runs as every
@@ -99,7 +99,7 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
     """Write the version of ``castore set`` for ``args`` and return its line, or None.
 
     None: nothing was written; run the command instead (a value given on
-    stdin, one that is not plain JSON text (:mod:`castore.stdjson`), anything
+    stdin, one :mod:`castore.stdjson` leaves to the codec, anything
     :func:`castore.file.quickset.quick_set` declines).
     """
     if args.value == "-":

@@ -147,7 +147,8 @@ def test_plain_sets_are_written_as_the_store_writes_them(twins):
     twins.run(*d, "--no-sync", "set", "k", "true")
     twins.run(*d, "set", "k", '{"b": 1, "a": {"d": [], "c": {}}}', "--reason", "why not")
     twins.run(*d, "--actor", "ci", "--run-id", "r-1", "--step", "s", "set", "k", "7")
-    assert twins.answered == 9
+    twins.run(*d, "set", "k", '{"text": "caf\u00e9 \\u2028 \\n\\t \\"q\\" \\ud83d\\ude00"}')
+    assert twins.answered == 10
 
 
 def test_guards_and_deletes(twins, monkeypatch):
@@ -188,8 +189,8 @@ def test_what_it_leaves_to_the_store(twins, monkeypatch):
     d = ("--dag", DAG)
     for argv in (
         ("set", "new", "1"),  # no log yet: KEYS and GRAVES are the store's
-        ("set", "k", '"a\\nb"'),  # an escape
-        ("set", "k", '"\u00e9"'),  # not ASCII
+        ("set", "k", '"\\ud800"'),  # a lone surrogate: Go writes U+FFFD
+        ("set", "k", '"\\u0000"'),  # NUL: the normalizer's number marker
         ("set", "k", '"' + "x" * 300 + '"'),  # large enough to be deduplicated
         ("set", "\u00e9", "1"),  # a name the line would escape
         ("set", "k", "1", "--reason", "caf\u00e9"),  # an audit field msgspec writes its way

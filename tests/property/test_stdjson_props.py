@@ -2,9 +2,9 @@
 
 Oracle: :func:`castore.codec.normalize_json` on the same bytes. Wherever
 :func:`plain_normalized` answers, its bytes are the codec's; where the codec
-raises, it declines. A coverage property keeps the first from passing by
-declining everything: plain text (printable ASCII strings without a
-backslash, any number literal, any layout) is always answered.
+raises, it declines. Coverage properties keep the first from passing by
+declining everything: JSON text of any layout, number literal, escape and
+Unicode string (but a lone surrogate or NUL) is always answered.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from castore.stdjson import MAX_PLAIN_BYTES, plain_normalized
 
 _PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '\\"')
 plain_text = st.text(alphabet=_PRINTABLE, max_size=10)
+unicode_text = st.text(st.characters(exclude_categories=["Cs"], min_codepoint=1), max_size=10)
 number_literals = st.from_regex(
     r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,4})?", fullmatch=True
 )
@@ -43,7 +44,7 @@ def layouts(draw: st.DrawFn, value: Any) -> str:
         return space + "[" + ",".join(draw(layouts(item)) for item in value) + "]" + space
     if value == "<number>":
         return space + draw(number_literals)
-    return space + json.dumps(value) + space
+    return space + json.dumps(value, ensure_ascii=draw(st.booleans())) + space
 
 
 plain_values = st.recursive(
@@ -52,6 +53,12 @@ plain_values = st.recursive(
     max_leaves=16,
 )
 plain_documents = plain_values.flatmap(layouts)
+unicode_values = st.recursive(
+    st.none() | st.booleans() | st.just("<number>") | unicode_text,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(unicode_text, kids, max_size=4),
+    max_leaves=16,
+)
+unicode_documents = unicode_values.flatmap(layouts)
 json_ish = st.text(alphabet='[]{}",:0123456789.-eE+ tfrulnsaN\\<&>\t\n\x00\xe9', max_size=30)
 any_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -86,6 +93,14 @@ def test_plain_text_is_answered_with_the_codecs_bytes(text):
 
 
 @settings(max_examples=400)
+@given(unicode_documents)
+def test_escapes_and_unicode_are_answered_with_the_codecs_bytes(text):
+    raw = text.encode("utf-8")
+    quick = assert_agrees(raw)
+    assert quick is not None, raw  # coverage: any string but a lone surrogate or NUL
+
+
+@settings(max_examples=400)
 @given(json_ish | st.binary(max_size=30).map(lambda b: b.decode("latin-1")))
 def test_arbitrary_text_is_answered_as_the_codec_does_or_declined(text):
     assert_agrees(text.encode("utf-8", "surrogatepass"))
@@ -98,8 +113,9 @@ def test_dumped_python_values_agree(value, ensure_ascii):
 
 def test_what_it_leaves_to_the_codec():
     for raw in (
-        b'"a\\nb"',  # an escape
-        b'"\xc3\xa9"',  # not ASCII
+        b'"\\ud800"',  # a lone surrogate: Go writes U+FFFD
+        b'"\xff"',  # not UTF-8: Go replaces the byte
+        b'"\\u0000"',  # NUL: the number marker's escape
         b"NaN",
         b"[1,]",
         b"",
@@ -109,6 +125,17 @@ def test_what_it_leaves_to_the_codec():
     ):
         assert plain_normalized(raw) is None, raw[:20]
     assert plain_normalized(b'{"a":1,"a":2}') == b'{"a":2}'  # the last duplicate wins, as in Go
+    vectors = {
+        '"\\u0001\\b\\f\\n\\r\\t\x7f"': '"\\u0001\\b\\f\\n\\r\\t\x7f"',
+        '"\\u2028\u2029"': '"\\u2028\\u2029"',
+        '"\\ud83d\\ude00\u00e9\\/"': '"\U0001f600\u00e9/"',
+        '{"\u00e9":1,"z":2,"\U0001f600":3,"\uffff":4}': (
+            '{"z":2,"\u00e9":1,"\uffff":4,"\U0001f600":3}'
+        ),
+    }
+    for text, expected in vectors.items():
+        assert plain_normalized(text.encode()) == expected.encode(), text
+        assert codec_answer(text.encode()) == expected.encode(), text
     assert plain_normalized(b' {"b":[1.50,-0,1E+2],"a":"<&>"} ') == (
         b'{"a":"\\u003c\\u0026\\u003e","b":[1.50,-0,1E+2]}'
     )

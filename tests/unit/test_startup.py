@@ -169,11 +169,11 @@ def test_a_plain_set_of_a_key_loads_neither_the_library_nor_openssl(step):
 
 
 def test_a_set_the_quick_path_declines_loads_the_library(step):
-    """A new key, an escape, a failed guard: the command runs in full, and says so."""
+    """A new key, a NUL escape, a failed guard: the command runs in full, and says so."""
     json_line(step.raw("set", "k", "1"))
     for args, code in (
         (("set", "new", "1"), 0),
-        (("set", "k", '"a\\nb"'), 0),
+        (("set", "k", '"\\u0000"'), 0),
         (("set", "k", "2", "--expected-version", "1"), 3),
         (("set", "k", "3", "--create-only"), 3),
     ):
