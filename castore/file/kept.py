@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import threading
 from collections.abc import Iterator
 
@@ -22,7 +23,20 @@ from castore.file.reflog import RefLog
 
 __all__ = ["KEPT_MAX", "KeptLogs"]
 
-KEPT_MAX = 32  # descriptors a handle keeps open: its first 32 logs written and still valid
+
+def _kept_max() -> int:
+    """How many log descriptors a handle keeps: 1/16 of the process's soft ``RLIMIT_NOFILE``.
+
+    At least 32 and at most 1,024 (a server over a thousand keys reopens none;
+    under the common soft limit of 1,024, 64).
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(32, min(1024, soft // 16))
+
+
+KEPT_MAX = _kept_max()  # descriptors a handle keeps open: its first logs written, still valid
 
 
 class KeptLogs:

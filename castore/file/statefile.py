@@ -159,7 +159,13 @@ class StateIndex:
         on the file the path still names (a replaced one is unlinked: then
         the new one), and followed by the new length in the first 8 bytes:
         a file shorter than that lost appended records (a cut).
+        Without a descriptor yet, a ``stat`` outside the handle's lock first
+        (most namespaces have no ``STATE``: threads writing in one need not
+        queue for a failing ``open``); the write holds its log's lock, so a
+        ``STATE`` made after this look records its key only after the change.
         """
+        if self._fd < 0 and not self.fs.exists(self.path):
+            return False
         with self._lock:
             for _attempt in range(3):
                 fd = self._append_fd()

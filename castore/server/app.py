@@ -38,7 +38,7 @@ from starlette.routing import Route
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.server.errors import ApiError, api_error, error_response
 from castore.server.membership import Membership
-from castore.server.middleware import Guard, Metrics, Observe
+from castore.server.middleware import AccessLog, Guard, Metrics, Observe
 from castore.server.operations import OPERATIONS, Operation, decode_request, handle_for, keyspace
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
 from castore.store import Store
@@ -282,6 +282,7 @@ def create_app(
         request_timeout = store.lock_timeout + LOCK_MARGIN_SECONDS
     api = _Api(store, request_timeout, max_body_bytes, membership or Membership())
     metrics = Metrics(metrics_dir)
+    log = AccessLog(access_log or sys.stderr)
 
     async def serve_metrics(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -292,6 +293,7 @@ def create_app(
             started()
         yield
         await anyio.to_thread.run_sync(api.calls.wait_idle, DRAIN_TIMEOUT_SECONDS)
+        log.flush()
         store.close()
 
     routes = [
@@ -303,7 +305,7 @@ def create_app(
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", serve_metrics, methods=["GET"]),
     ]
-    middleware = [Middleware(Observe, log=access_log or sys.stderr, metrics=metrics)]
+    middleware = [Middleware(Observe, log=log, metrics=metrics)]
     if token is not None:
         middleware.append(Middleware(Guard, token=token))
     handlers = {HTTPException: _http_error, Exception: _internal}

@@ -8,7 +8,9 @@ constant time. Neither ever logs a header (the token), a query or a body.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import itertools
 import os
 import re
 import secrets
@@ -25,9 +27,10 @@ from castore.server.errors import ApiError, error_response
 from castore.server.operations import OPERATIONS
 from castore.wire import CALLS
 
-__all__ = ["Guard", "Metrics", "Observe", "operation_of"]
+__all__ = ["AccessLog", "Guard", "Metrics", "Observe", "operation_of"]
 
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+_CHILDREN_KEPT: Final = 1024  # (path, status) pairs whose metric children are kept
 _PUBLIC: Final = frozenset({"/healthz"})  # the paths that need no token
 
 
@@ -53,6 +56,8 @@ class Metrics:
             ("operation",),
             registry=self.registry,
         )
+        # (path, status) -> the two metrics' children: labels() takes a lock and a lookup
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus's text format."""
@@ -64,9 +69,17 @@ class Metrics:
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         """Count one answered request of ``path``."""
-        operation = operation_of(path)
-        self.requests.labels(operation, str(status)).inc()
-        self.seconds.labels(operation).observe(seconds)
+        children = self._children.get((path, status))
+        if children is None:
+            if len(self._children) >= _CHILDREN_KEPT:  # paths are the client's: bounded
+                self._children.clear()
+            operation = operation_of(path)
+            children = self._children[path, status] = (
+                self.requests.labels(operation, str(status)),
+                self.seconds.labels(operation),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def operation_of(path: str) -> str:
@@ -80,17 +93,56 @@ def operation_of(path: str) -> str:
     return {"/healthz": "healthz", "/metrics": "metrics"}.get(path, "other")
 
 
+class AccessLog:
+    """The access log's lines, written and flushed once per turn of the event loop.
+
+    One ``write`` for every request answered in a turn, not one per request;
+    :meth:`flush` also runs when the app shuts down. A failing log (closed,
+    full) never fails a request.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        """Queue ``line`` (with its newline); the first of a turn schedules the flush."""
+        if not self._lines:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        """Write and flush the queued lines."""
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        try:
+            self.out.write("".join(lines))
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+
 class Observe:
     """ASGI middleware: the request id, one access-log line and the metrics of each request.
 
     The line holds the time, method, path, status, duration, request id and the
     answering process's id (one of several, with ``--processes``): never a header (the
-    token), a query string or a body (a value).
+    token), a query string or a body (a value); lines go out once per turn of the
+    event loop (:class:`AccessLog`). A generated request id is this process's
+    random prefix and a counter.
     """
 
-    def __init__(self, app: ASGIApp, log: TextIO, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, log: AccessLog, metrics: Metrics) -> None:
         self.app, self.log, self.metrics = app, log, metrics
         self.pid = os.getpid()
+        self._prefix = secrets.token_hex(6)
+        self._count = itertools.count(1)
+
+    def _request_id(self) -> str:
+        if self.pid != os.getpid():  # a forked process: ids of its own
+            self.pid, self._prefix = os.getpid(), secrets.token_hex(6)
+        return f"{self._prefix}{next(self._count):x}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request (ASGI), then log and count it."""
@@ -99,7 +151,7 @@ class Observe:
             return
         start, status = time.perf_counter(), 500
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+        request_id = given if _REQUEST_ID.fullmatch(given) else self._request_id()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -127,11 +179,7 @@ class Observe:
             "request_id": rid,
             "pid": self.pid,
         }
-        try:
-            self.log.write(msgspec.json.encode(line).decode("utf-8") + "\n")
-            self.log.flush()
-        except (OSError, ValueError):  # a closed or full log never fails a request
-            pass
+        self.log.add(msgspec.json.encode(line).decode("utf-8") + "\n")
 
 
 class Guard:
