@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import os
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
-if TYPE_CHECKING:
-    from castore.records import Audit
-
-__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_fields", "audit_record"]
+__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_fields"]
 
 ENVIRONMENT = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
 _RAW_NAMES = tuple(os.fsencode(name) for name in ENVIRONMENT)
@@ -93,19 +89,3 @@ def audit_fields(
         "reason": reason,
         "rollback_from": rollback_from,
     }
-
-
-def audit_record(
-    identity: ProcessIdentity,
-    actor: str | None,
-    run_id: str | None,
-    step: str | None,
-    reason: str = "",
-    rollback_from: int = 0,
-    dag: str | None = None,
-) -> Audit:
-    """The audit record of a write made now by this process (see :func:`audit_fields`)."""
-    from castore.records import Audit  # loaded with the store that writes it
-
-    fields = audit_fields(identity, actor, run_id, step, reason, rollback_from, dag)
-    return Audit(**fields)  # type: ignore[arg-type]  # the values are of the fields' types

@@ -20,7 +20,7 @@ from castore import codec, history, modify, results
 from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
-from castore.identity import ProcessIdentity, audit_record
+from castore.identity import ProcessIdentity, audit_fields
 from castore.keys import (
     Ref,
     RefCache,
@@ -188,7 +188,8 @@ class Store(Maintenance):
         if self._caller is not None:
             return msgspec.structs.replace(self._caller, reason=reason, rollback_from=rollback)
         who = (self.actor, self.run_id, self.step)
-        return audit_record(self._identity, *who, reason, rollback, dag=self._dag_given)
+        fields = audit_fields(self._identity, *who, reason, rollback, dag=self._dag_given)
+        return Audit(**fields)  # type: ignore[arg-type]  # each value is of its field's type
 
     def set(
         self,

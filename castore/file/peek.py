@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     Tail: TypeAlias = tuple[Frame, dict[str, Any], bytes, int]
     """The newest ``E`` frame, its entry, and the tail bytes read with their offset."""
 
-__all__ = ["ABSENT", "blob_value", "newest_entry", "peek"]
+__all__ = ["ABSENT", "blob_value", "is_store", "newest_entry", "peek"]
 
 ABSENT = (0, "", b"")  # what peek answers for a key without a live version
 
@@ -74,18 +74,32 @@ def peek(root: str, ref: Ref) -> tuple[int, str, bytes] | None:
     """
     fs = Tree(root)
     try:
-        if not stat.S_ISDIR(os.stat(root).st_mode):  # the root may be a link the user chose
+        if not is_store(fs, root):
             return None
-        marker = os.path.join(root, "FORMAT")
-        text = read_format(fs, marker)
-        if text is None:
-            return None
-        check_format(marker, text)
         return _read(fs, os.path.join(root, "refs", log_name(ref)))
     except (OSError, CastoreError, ValueError, RecursionError):
         return None
     finally:
         fs.close()
+
+
+def is_store(fs: Tree, root: str) -> bool:
+    """True if ``root`` (``fs``'s root) holds a store of the current format.
+
+    False for anything else (no directory, no ``FORMAT``, another format, a
+    link or an error): the store then says what it is.
+    """
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):  # the root may be a link the user chose
+            return False
+        marker = os.path.join(root, "FORMAT")
+        text = read_format(fs, marker)
+        if text is None:
+            return False
+        check_format(marker, text)
+    except (OSError, CastoreError):
+        return False
+    return True
 
 
 def _read(fs: Tree, path: str) -> tuple[int, str, bytes] | None:

@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 
 from castore import valuecodec
 from castore.errors import CastoreError, LockTimeoutError
 from castore.file import fileio
-from castore.file.formatfile import check_format, read_format
 from castore.file.frames import encode_frame
-from castore.file.peek import blob_value, newest_entry
+from castore.file.peek import blob_value, is_store, newest_entry
 from castore.file.stateappend import KIND_PENDING, append_frame
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
@@ -100,7 +98,7 @@ def quick_set(
     fs = Tree(root)
     committing = False
     try:
-        if not _is_store(fs, root):
+        if not is_store(fs, root):
             return None
         path = os.path.join(root, "refs", log_name(ref))
         with fs.open_locked(path, _FLAGS, pauses=fileio.WRITER_PAUSES) as fd:
@@ -203,18 +201,3 @@ def _pending(fs: Tree, path: str, key: str) -> None:
         finally:
             os.close(fd)
     raise _DeclinedError
-
-
-def _is_store(fs: Tree, root: str) -> bool:
-    """True if ``root`` holds a store of the current format (else the store says what it is)."""
-    try:
-        if not stat.S_ISDIR(os.stat(root).st_mode):
-            return False
-        marker = os.path.join(root, "FORMAT")
-        text = read_format(fs, marker)
-        if text is None:
-            return False
-        check_format(marker, text)
-    except (OSError, CastoreError):
-        return False
-    return True
