@@ -25,10 +25,10 @@ __all__ = ["KEPT_MAX", "KeptLogs"]
 
 
 def _kept_max() -> int:
-    """How many log descriptors a handle keeps: 1/16 of the process's soft ``RLIMIT_NOFILE``.
+    """How many log descriptors a process keeps: 1/16 of its soft ``RLIMIT_NOFILE``.
 
     At least 32 and at most 1,024 (a server over a thousand keys reopens none;
-    under the common soft limit of 1,024, 64).
+    under the common soft limit of 1,024, 64), shared by all of its handles.
     """
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
@@ -36,11 +36,23 @@ def _kept_max() -> int:
     return max(32, min(1024, soft // 16))
 
 
-KEPT_MAX = _kept_max()  # descriptors a handle keeps open: its first logs written, still valid
+KEPT_MAX = _kept_max()  # descriptors all handles of a process keep open, together
+
+
+class _Budget:
+    """The kept descriptors of every handle of this process (a count, under a lock)."""
+
+    lock = threading.Lock()
+    kept = 0
 
 
 class KeptLogs:
-    """A small pool of log descriptors, by path, for the writes of one handle."""
+    """A pool of log descriptors, by path, for the writes of one handle.
+
+    Every handle of a process draws on one budget of :data:`KEPT_MAX`
+    descriptors: a process that opens many handles does not run out of
+    descriptors, and one busy handle (a server's) may keep them all.
+    """
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
@@ -54,6 +66,8 @@ class KeptLogs:
         """Close every kept descriptor."""
         with self._guard:
             fds, self._fds = self._fds, {}
+            with _Budget.lock:
+                _Budget.kept -= len(fds)
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -63,17 +77,27 @@ class KeptLogs:
             self._pid = os.getpid()
             self.close()
         with self._guard:
-            return self._fds.pop(path, None)
+            fd = self._fds.pop(path, None)
+            if fd is not None:
+                with _Budget.lock:
+                    _Budget.kept -= 1
+            return fd
 
-    def _room(self) -> bool:
-        return len(self._fds) < KEPT_MAX
+    @staticmethod
+    def _room() -> bool:
+        return _Budget.kept < KEPT_MAX
 
     def _give(self, path: str, fd: int) -> None:
-        """Keep ``fd`` for ``path`` if there is room (a full pool keeps what it has)."""
+        """Keep ``fd`` for ``path`` if the budget allows (a full pool keeps what it has)."""
         with self._guard:
-            if self._room() and path not in self._fds and self._pid == os.getpid():
-                self._fds[path] = fd
-                return
+            if path not in self._fds and self._pid == os.getpid():
+                with _Budget.lock:
+                    room = _Budget.kept < KEPT_MAX
+                    if room:
+                        _Budget.kept += 1
+                if room:
+                    self._fds[path] = fd
+                    return
         os.close(fd)
 
     def _relock(self, log: RefLog, fd: int) -> bool:

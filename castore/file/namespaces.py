@@ -24,7 +24,9 @@ from castore.file.staterecords import STATE_NAME, Known
 from castore.file.tree import Tree
 from castore.keys import file_id
 
-__all__ = ["Namespaces", "pending_rewrite"]
+__all__ = ["STATES_KEPT", "Namespaces", "pending_rewrite"]
+
+STATES_KEPT = 256  # namespaces whose STATE (and its descriptor) a handle keeps
 
 
 class Namespaces:
@@ -61,9 +63,20 @@ class Namespaces:
         return graves
 
     def state(self, scope: str, namespace: str) -> StateIndex:
-        """The state index of a namespace (each key's newest version, for list)."""
+        """The state index of a namespace (each key's newest version, for list).
+
+        A handle keeps those of at most :data:`STATES_KEPT` namespaces, each
+        with its ``STATE`` open: past that, it closes them all and starts over
+        (a long-lived handle over many namespaces, such as a server's, would
+        otherwise run out of descriptors). One still in use elsewhere reopens
+        its file, and closes it when it is collected.
+        """
         state = self._states.get((scope, namespace))  # every write: no hashing
         if state is None:
+            if len(self._states) >= STATES_KEPT:
+                states, self._states = self._states, {}
+                for old in states.values():
+                    old.close()
             path = os.path.join(self.layout.ns_dir(scope, namespace), STATE_NAME)
             state = StateIndex(path, self.layout.fs, scope, namespace)
             self._states[scope, namespace] = state

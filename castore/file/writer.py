@@ -288,6 +288,9 @@ class Writer:
                 base=grave,
                 known=known,
             )
+            index = self.names.key_index(ref.scope, ref.namespace)
+            if ref.key not in index:  # before the new log is in place, as a write's step 5
+                index.add(ref.key, ref.namespace, durable=self.layout.durable)
             self.names.state(ref.scope, ref.namespace).pending(ref.key)
             frames = log.replace_locked(head + out.data)
             self._blobs.add_many(
@@ -297,9 +300,6 @@ class Writer:
                 ],
                 durable=False,
             )
-            index = self.names.key_index(ref.scope, ref.namespace)
-            if ref.key not in index:
-                index.add(ref.key, ref.namespace, durable=self.layout.durable)
             self._cache.pop(log.path)
             return [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
 

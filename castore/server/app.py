@@ -274,8 +274,7 @@ def create_app(
         access_log: where the JSON-lines access log goes (default: stderr).
         max_body_bytes: the largest request body read (413 ``body_too_large`` above).
         membership: the cluster this server is a member of (None: a lone server).
-        metrics_dir: where the processes of one server count their metrics (each one's
-            ``/metrics`` sums them all); None: this process counts alone.
+        metrics_dir: where a server's processes count metrics (summed); None: alone.
         started: called once the server runs the app (its lifespan started).
     """
     if request_timeout is None:

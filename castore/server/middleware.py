@@ -30,6 +30,7 @@ from castore.wire import CALLS
 __all__ = ["AccessLog", "Guard", "Metrics", "Observe", "operation_of"]
 
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+_PIPE_BUF: Final = 4096  # POSIX: a pipe write of at most this many bytes is atomic
 _CHILDREN_KEPT: Final = 1024  # (path, status) pairs whose metric children are kept
 _PUBLIC: Final = frozenset({"/healthz"})  # the paths that need no token
 
@@ -96,7 +97,8 @@ def operation_of(path: str) -> str:
 class AccessLog:
     """The access log's lines, written and flushed once per turn of the event loop.
 
-    One ``write`` for every request answered in a turn, not one per request;
+    One ``write`` (of at most ``PIPE_BUF`` bytes, whole lines) for the requests
+    answered in a turn, not one per request;
     :meth:`flush` also runs when the app shuts down. A failing log (closed,
     full) never fails a request.
     """
@@ -112,15 +114,31 @@ class AccessLog:
         self._lines.append(line)
 
     def flush(self) -> None:
-        """Write and flush the queued lines."""
+        """Write and flush the queued lines, in writes of at most ``PIPE_BUF`` bytes.
+
+        Whole lines only: the processes of one server may share a pipe (their
+        stderr), and only a write of at most ``PIPE_BUF`` bytes to a pipe is
+        never interleaved with another's.
+        """
         lines, self._lines = self._lines, []
-        if not lines:
-            return
+        chunk: list[str] = []
+        size = 0
         try:
-            self.out.write("".join(lines))
-            self.out.flush()
+            for line in lines:
+                length = len(line.encode("utf-8"))
+                if chunk and size + length > _PIPE_BUF:
+                    self._write("".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += length
+            if chunk:
+                self._write("".join(chunk))
         except (OSError, ValueError):
             pass
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
 class Observe:
