@@ -71,6 +71,10 @@ class _Layout:
         digits = second[len(_SORTED_PREFIX) : -1]
         if second.startswith(_SORTED_PREFIX) and second.endswith(b"\n") and digits.isdigit():
             self.start = first + len(second)
+            # The namespace and sorted lines, whatever the namespace's length: with the
+            # inode, what tells a rewritten file from the one parsed (128 bytes may all be
+            # the namespace line).
+            self.head = head[: max(self.start, _SIG_BYTES)]
             self.end = min(max(int(digits), self.start), size)
             if self.end > self.start and fileio.read_at(fd, self.end - 1, 1) != b"\n":
                 # The sorted region always ends a line: a damaged offset. Read it all

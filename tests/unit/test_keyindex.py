@@ -92,3 +92,21 @@ def test_a_rewrite_with_the_same_size_and_inode_is_read_again(tmp_path):
     assert signature is not None
     assert signature[:3] == (before.st_ino, before.st_size, before.st_mtime_ns)
     assert index.keys() == ["aa", "ac"]
+
+
+def test_a_rewrite_of_a_long_namespace_with_its_old_inode_is_not_read_on(tmp_path):
+    # 128 bytes of a long namespace's KEYS are all its namespace line: the tail a
+    # handle read of one file must not be taken for the tail of a rewrite of it that
+    # got the same inode number (the sorted line tells them apart).
+    path = str(tmp_path / "KEYS")
+    namespace = "n" * 80
+    mine, other = KeyIndex(path, UNCONFINED), KeyIndex(path, UNCONFINED)
+    for key in ["gone", "kept"]:
+        other.add(key, namespace, durable=False)
+    assert "gone" in mine  # reads the unsorted tail
+    other.remove({"gone"}, durable=False)  # a new file, sorted, without it
+    for key in ["new1", "new2"]:  # grows past where mine read
+        other.add(key, namespace, durable=False)
+    mine._ino = os.stat(path).st_ino  # as if the new file had got the old inode number
+    assert "gone" not in mine
+    assert "new2" in mine
