@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from castore.store import Store
 
-__all__ = ["Command", "Invocation", "argv_bytes", "progress"]
+__all__ = ["Command", "Invocation", "argv_bytes", "progress", "value_bytes"]
 
 
 class Invocation:
@@ -93,6 +93,18 @@ class Invocation:
 
 
 Command: TypeAlias = Callable[[Invocation], Iterator[bytes]]
+
+
+def value_bytes(args: argparse.Namespace) -> bytes:
+    """The VALUE argument's bytes (:func:`argv_bytes`), stdin read once per run.
+
+    The quick ``set`` may read stdin and then leave the write to the command:
+    the bytes are kept on ``args`` for it.
+    """
+    kept: bytes | None = getattr(args, "value_read", None)
+    if kept is None:
+        kept = args.value_read = argv_bytes(args.value)
+    return kept
 
 
 def argv_bytes(text: str) -> bytes:

@@ -11,7 +11,7 @@ log with :func:`castore.file.peek.peek` and writes the line itself; for a
 case they return None, having written nothing, and the command runs as every
 other one does: another option (``--version``, ``--mode`` or ``$CASTORE_MODE``;
 ``--required`` or ``--default`` for a key without a live version: ``--default``
-is used, and checked, only then; a value on stdin), a URL, a ref the store
+is used, and checked, only then), a URL, a ref the store
 would refuse, a name or audit field that is not printable ASCII, or anything
 :func:`~castore.file.peek.peek` or the quick writer declines (no store, a tail
 it does not read as the store does, a guard that fails). The lines are the
@@ -25,7 +25,7 @@ import argparse
 import json
 import os
 
-from castore.cli.invocation import Invocation, argv_bytes
+from castore.cli.invocation import Invocation, value_bytes
 from castore.digests import small_sha256
 from castore.errors import InvalidRefError
 from castore.file.peek import peek
@@ -98,16 +98,14 @@ def quick_get(args: argparse.Namespace) -> bytes | None:
 def quick_set(args: argparse.Namespace) -> bytes | None:
     """Write the version of ``castore set`` for ``args`` and return its line, or None.
 
-    None: nothing was written; run the command instead (a value given on
-    stdin, one :mod:`castore.stdjson` leaves to the codec, anything
+    None: nothing was written; run the command instead (a value
+    :mod:`castore.stdjson` leaves to the codec, anything
     :func:`castore.file.quickset.quick_set` declines).
     """
-    if args.value == "-":
-        return None  # stdin, read once: by the command
     where = _quick_ref(args)
     if where is None:
         return None
-    normalized = plain_normalized(argv_bytes(args.value))
+    normalized = plain_normalized(value_bytes(args))  # stdin is read once, and kept
     if normalized is None or len(normalized) >= QUICK_MAX_BYTES:
         return None
     digest = small_sha256(normalized)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from castore.cli.errors import UsageError
-from castore.cli.invocation import Command, Invocation, argv_bytes
+from castore.cli.invocation import Command, Invocation, value_bytes
 from castore.cli.render import render, render_patch_text
 from castore.keys import go_trim_space
 
@@ -39,7 +39,7 @@ def _set(cmd: Invocation) -> Iterator[bytes]:
     yield render(
         cmd.store.set(
             cmd.key(),
-            argv_bytes(a.value),
+            value_bytes(a),
             scope=cmd.scope,
             namespace=cmd.namespace,
             expected_version=a.expected_version,
@@ -60,7 +60,7 @@ def _diff(cmd: Invocation) -> Iterator[bytes]:
     yield render(
         cmd.store.diff(
             cmd.key(),
-            argv_bytes(a.value),
+            value_bytes(a),
             scope=cmd.scope,
             namespace=cmd.namespace,
             update=not a.no_update,

@@ -168,6 +168,20 @@ def test_a_plain_set_of_a_key_loads_neither_the_library_nor_openssl(step):
     assert json_line(step.raw("get", "k"))["value"] == [3, 4.5]
 
 
+def test_a_value_on_stdin_is_read_once_whichever_path_writes_it(step):
+    json_line(step.raw("set", "k", "1"))
+    proc = step.raw("set", "k", "-", stdin=b'{"from": "stdin", "n": [1, 2.5]}\n')
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(pathlib.Path(step.env["MODULES_OUT"]).read_text().split("\n"))
+    assert "castore.file.quickset" in loaded
+    assert not sorted((NEVER_AT_START | NEVER_IN_A_QUICK_GET) & loaded)
+    assert json_line(step.raw("get", "k"))["value"] == {"from": "stdin", "n": [1, 2.5]}
+    proc = step.raw("set", "k", stdin=b'"nul \\u0000 left to the store"')  # VALUE omitted: stdin
+    assert proc.returncode == 0, proc.stderr
+    assert "msgspec" in set(pathlib.Path(step.env["MODULES_OUT"]).read_text().split("\n"))
+    assert json_line(step.raw("get", "k"))["value"] == "nul \u0000 left to the store"
+
+
 def test_a_set_the_quick_path_declines_loads_the_library(step):
     """A new key, a NUL escape, a failed guard: the command runs in full, and says so."""
     json_line(step.raw("set", "k", "1"))
