@@ -49,7 +49,7 @@ import msgspec
 
 from castore.file import fileio
 from castore.file.frames import encode_frame, frame_at
-from castore.file.stateappend import KIND_PENDING, LENGTH, append_frame
+from castore.file.stateappend import KIND_PENDING, LENGTH, LOCK_SECONDS, append_frame
 from castore.file.staterecords import (
     ENCODE,
     EPOCH,
@@ -137,10 +137,16 @@ class StateIndex:
     def discard(self) -> None:
         """Remove the file: a log changed whose key is unknown, so every key must be read.
 
+        Under the file's exclusive ``flock``, on the file the path names once it
+        is held (rule 3): a rewrite in flight (its read to its rename) finishes
+        first, and its new file is the one removed.
+
         Raises:
             OSError: the file exists and could not be removed (change nothing).
+            LockTimeoutError: a rewrite held it for :data:`LOCK_SECONDS`.
         """
-        with contextlib.suppress(FileNotFoundError):
+        locked = self.fs.open_locked(self.path, os.O_RDONLY, timeout=LOCK_SECONDS)
+        with contextlib.suppress(FileNotFoundError), locked:
             self.fs.unlink(self.path)
         self._drop_fd()
 

@@ -4,10 +4,12 @@ The oracle of every test is the same list on the same store without ``STATE``
 (every key read from its log), or the versions the test wrote.
 """
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import msgspec
@@ -16,6 +18,7 @@ import pytest
 from castore import Store
 from castore.file import stateappend, statefile, staterecords
 from castore.file.frames import encode_frame, scan_frames
+from castore.file.tree import UNCONFINED
 from tests.helpers import corrupt, log_path, ns_dir
 
 NS = "daily-agent"
@@ -220,6 +223,24 @@ def test_a_rewrite_of_a_log_without_a_readable_header_removes_state(root):
     assert not os.path.exists(state_path(root))
     with Store(root, dag=NS, durable=False) as s:
         assert [e.key for e in s.list().entries] == ["a", "c"]
+
+
+def test_removing_state_waits_for_a_rewrite_in_flight(root):
+    """``discard`` takes STATE's lock: a rewrite (read to rename) finishes first (rule 3)."""
+    listed(root)
+    path = state_path(root)
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a snapshot rewrite in flight holds it
+    state = statefile.StateIndex(path, UNCONFINED, "dag", NS)
+    remover = threading.Thread(target=state.discard)
+    remover.start()
+    remover.join(0.3)
+    assert remover.is_alive(), "STATE was removed under a rewrite's lock"
+    assert os.path.exists(path)
+    os.close(fd)  # the rewrite is done
+    remover.join(10)
+    assert not remover.is_alive()
+    assert not os.path.exists(path)
 
 
 def test_list_with_values_reads_every_value_from_its_log(root):
