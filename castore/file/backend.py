@@ -205,10 +205,11 @@ class FileBackend:
                 fd = log.open()
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # no writer in flight
-                    if self.fs.stat(log.path).st_ino != os.fstat(fd).st_ino:
+                    st = os.fstat(fd)
+                    if self.fs.stat(log.path).st_ino != st.st_ino:
                         continue  # replaced since it was opened: that lock excludes no writer
                     hit = self._cache.get(log.path)  # list's read, if nothing changed since
-                    if hit is not None and hit[0] == stat_sig(os.fstat(fd)):
+                    if hit is not None and hit[0] == stat_sig(st):
                         state.settled(key, hit[1].entry)
                     else:
                         state.settled(key, log.settled_tail(fd, locked=True).entry)
