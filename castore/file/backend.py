@@ -295,7 +295,8 @@ class FileBackend:
         """Every entry of a ref, oldest first, with its verified value (None for tombstones).
 
         Raises:
-            CorruptionError: a value fails verification.
+            CorruptionError: a value fails verification, or versions were cut off the
+                log (its version index proves it).
         """
         log = self.log(ref)
         try:
@@ -304,6 +305,7 @@ class FileBackend:
             self._not_lost(ref, log)
             return
         try:
+            log.settled_tail(fd)  # a proven cut raises: never the earlier state as the whole
             scanned = logread.scan(fd)[1]
             if scanned.damage:
                 raise damaged_error(log.path, *scanned.damage[0], str(ref))

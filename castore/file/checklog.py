@@ -382,14 +382,14 @@ class LogChecker:
             return None
 
     def lost_by_index(self, path: str, frames: list[Frame], grave: int) -> int:
-        """The highest version the version index records beyond the log's newest, or 0.
+        """The highest version the version index records past the log's newest, or 0.
 
-        The index is only ever built from the log, so versions it records
-        that the log lacks, compaction did not drop (its ``C`` frame) and the
-        key's grave does not cover, were acknowledged and then lost (a cut).
+        Readers' and writers' rule (:func:`versionindex.cut_in`), above the
+        key's grave: what makes them refuse a key, check reports and repair
+        records as lost.
         """
         actual = self.vix_bytes(path)
-        top = versionindex.recorded_beyond(actual, frames) if actual is not None else 0
+        top = versionindex.cut_in(actual, frames) if actual is not None else 0
         return top if top > grave else 0
 
     def vix_out_of_step(self, path: str, frames: list[Frame]) -> bool:

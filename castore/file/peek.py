@@ -39,6 +39,8 @@ from castore.file.frames import BLOB_FRAME_MAX, TAIL_READ_BYTES, frame_at, last_
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
 
+VIX_RECORD_BYTES: Final = 8  # castore.file.versionindex's, not imported (CLI start-up)
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
     from typing import Any, Final, TypeAlias
@@ -48,7 +50,15 @@ if TYPE_CHECKING:
     Tail: TypeAlias = tuple[Frame, dict[str, Any], bytes, int]
     """The newest ``E`` frame, its entry, and the tail bytes read with their offset."""
 
-__all__ = ["ABSENT", "blob_value", "is_store", "newest_entry", "peek"]
+__all__ = [
+    "ABSENT",
+    "VIX_RECORD_BYTES",
+    "blob_value",
+    "indexes_beyond",
+    "is_store",
+    "newest_entry",
+    "peek",
+]
 
 ABSENT = (0, "", b"")  # what peek answers for a key without a live version
 
@@ -109,20 +119,34 @@ def _read(fs: Tree, path: str) -> tuple[int, str, bytes] | None:
         # A version index without its log may tell of a lost log: the store judges.
         return None if fs.exists(path[: -len(".log")] + ".vix") else ABSENT
     try:
-        return _newest(fd)
+        return _newest(fs, path, fd)
     finally:
         os.close(fd)
 
 
-def _newest(fd: int) -> tuple[int, str, bytes] | None:
+def _newest(fs: Tree, path: str, fd: int) -> tuple[int, str, bytes] | None:
     tail = newest_entry(fd, os.fstat(fd).st_size)
-    if tail is None:
+    if tail is None or indexes_beyond(fs, path, tail[1]["version"]):
         return None
     entry = tail[1]
     if entry["op"] == _DELETE:
         return ABSENT
     value = blob_value(fd, tail)
     return None if value is None else (entry["version"], entry.get("hash", ""), value)
+
+
+def indexes_beyond(fs: Tree, log_path: str, version: int) -> bool:
+    """Whether the log's version index may record a version above ``version``.
+
+    Such a record is evidence that acknowledged bytes were cut off the log
+    (FORMAT.md §7): the store's reader decides. One ``stat``: an index no
+    longer than ``version`` records (the common case, or none) cannot.
+    """
+    try:
+        size = fs.stat(log_path[: -len(".log")] + ".vix").st_size
+    except FileNotFoundError:
+        return False
+    return size // VIX_RECORD_BYTES > version
 
 
 def newest_entry(fd: int, size: int) -> Tail | None:

@@ -36,7 +36,7 @@ from castore import valuecodec
 from castore.errors import CastoreError, LockTimeoutError
 from castore.file import fileio
 from castore.file.frames import encode_frame
-from castore.file.peek import blob_value, is_store, newest_entry
+from castore.file.peek import blob_value, indexes_beyond, is_store, newest_entry
 from castore.file.stateappend import KIND_PENDING, append_frame
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
@@ -104,7 +104,7 @@ def quick_set(
         with fs.open_locked(path, _FLAGS, pauses=fileio.WRITER_PAUSES) as fd:
             size = os.fstat(fd).st_size
             tail = newest_entry(fd, size)
-            if tail is None:
+            if tail is None or indexes_beyond(fs, path, tail[1]["version"]):
                 return None
             guards = (expected_version, create_only)
             data, version = _frames(fd, tail, size, normalized, digest, audit, *guards)

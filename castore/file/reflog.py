@@ -24,11 +24,11 @@ import errno
 import os
 from collections.abc import Iterator
 
-from castore.errors import CorruptionError, NotFoundError, UnsafePathError
+from castore.errors import CorruptionError, NotFoundError
 from castore.file import fileio, logread, versionindex
 from castore.file.blobindex import BlobIndex
 from castore.file.damage import REPAIR_HINT, damage_windows, damaged_error
-from castore.file.frames import Frame, scan_frames
+from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
 from castore.file.records import (
@@ -94,7 +94,7 @@ class RefLog:
         """
         tail = logread.read_tail(fd, st.st_size)
         if tail is not None and tail.entry is not None:
-            return tail, st
+            return self.settle(fd, tail), st
         # Torn, still being written, or no entry yet: wait for the writer, then
         # re-read, and make sure nothing hides a newer version.
         with fileio.locked(fd, self.path, shared=True, timeout=self.layout.lock_timeout):
@@ -126,42 +126,29 @@ class RefLog:
         Raises:
             CorruptionError: the newest version is unknown (FORMAT.md §7).
         """
-        if tail is not None and tail.entry is not None:
-            return tail
         if tail is None:
             tail, log = logread.scan(fd)
             bad = logread.damage_after(log, tail)
             if bad is not None:
                 raise damaged_error(self.path, *bad, self.what)
         newest = tail.entry.version if tail.entry is not None else 0
-        cut = self._cut_evidence(fd, newest)
+        cut = self._cut_evidence(fd, newest, tail.valid_end)
         if cut and not locked:
             with fileio.locked(fd, self.path, shared=True, timeout=self.layout.lock_timeout):
                 return self.settled_tail(fd, locked=True)
         if cut:
-            raise CorruptionError(
-                f"{self.what}: {self.path} no longer holds versions up to {cut}, which its "
-                f"version index records (acknowledged bytes were cut off); {REPAIR_HINT}"
-            )
+            raise versionindex.cut_error(self.what, self.path, cut, REPAIR_HINT)
         return tail
 
-    def _cut_evidence(self, fd: int, newest: int) -> int:
-        """The highest version the version index records above ``newest`` (0 if none).
+    def _cut_evidence(self, fd: int, newest: int, end: int) -> int:
+        return versionindex.cut_evidence(self.layout.fs, self.path, fd, newest, end)
 
-        The index is built from the log only, so such a version was in the log;
-        versions a compaction dropped (its ``C`` frame) do not count.
-        """
-        try:
-            data = self.layout.fs.read_file(self.vix_path)
-        except (FileNotFoundError, UnsafePathError):
-            return 0
-        top = versionindex.highest_recorded(data)
-        if top <= newest:
-            return 0
-        done = logread.compaction_of(fd)
-        if done is not None and top <= max((high for _, high in done.versions), default=0):
-            return 0
-        return top
+    def refuse_cut(self, fd: int, log: LogBytes, outcome: str) -> None:
+        """Raise ``CorruptionError`` (naming ``outcome``) if versions were cut off ``log``."""
+        end = log.frames[-1].end if log.frames else 0
+        cut = self._cut_evidence(fd, versionindex.newest_version(log), end)
+        if cut:
+            raise versionindex.cut_error(self.what, self.path, cut, f"{outcome}; {REPAIR_HINT}")
 
     def version_index(self, fd: int, want: int) -> int:
         """A descriptor on the version index, caught up to ``want``; -1 if unusable."""
@@ -175,8 +162,10 @@ class RefLog:
         except FileNotFoundError:
             return -1
 
-    def entry_of(self, fd: int, version: int) -> Entry | None:
+    def entry_of(self, fd: int, version: int, *, locked: bool = False) -> Entry | None:
         """The entry of ``version`` (or of a damaged range holding it): index, else scan.
+
+        ``locked``: the caller holds the log's lock (a writer's view).
 
         Raises:
             NotFoundError: the version was dropped by compaction (names the policy).
@@ -194,9 +183,11 @@ class RefLog:
             found = logread.entry_at(fd, offset)
             if found is not None and found[0].version == version:
                 return found[0]
-        return self._entry_by_scan(fd, version)
+        return self._entry_by_scan(fd, version, locked=locked)
 
-    def _entry_by_scan(self, fd: int, version: int) -> Entry | None:
+    def _entry_by_scan(
+        self, fd: int, version: int, *, locked: bool = False, retry: bool = True
+    ) -> Entry | None:
         log = logread.scan(fd)[1]
         for frame in log.frames:
             if frame.kind == KIND_ENTRY:
@@ -214,6 +205,11 @@ class RefLog:
             if window.low <= version and (window.high is None or version <= window.high):
                 where = f"{self.what} version {version}"
                 raise damaged_error(self.path, window.start, window.end, where)
+        if not retry or version <= versionindex.newest_version(log):  # never in this log
+            return None
+        newest = self.settled_tail(fd, locked=locked).entry  # a proven cut raises, never None
+        if newest is not None and newest.version >= version and not locked:  # written since
+            return self._entry_by_scan(fd, version, retry=False)
         return None
 
     def history(self, fd: int, before: int, limit: int) -> list[Entry]:
@@ -283,7 +279,12 @@ class RefLog:
                 newest version is unknown, so nothing is written or cut.
         """
         found = logread.read_tail(fd, size)
-        if found is not None and found.valid_end == size and found.entry is not None:
+        if (
+            found is not None
+            and found.valid_end == size
+            and found.entry is not None
+            and not self._cut_evidence(fd, found.entry.version, size)  # the common case: a stat
+        ):
             return found
         try:
             tail = self.settle(fd, found, locked=True)
@@ -306,15 +307,18 @@ class RefLog:
             fd, data, size, durable=self.layout.durable, forget=lambda: fs.unlink(self.vix_path)
         )
 
-    def replace_locked(self, data: bytes) -> list[Frame]:
+    def replace_locked(self, data: bytes, *, repair: bool = False) -> list[Frame]:
         """Put ``data`` in place of the locked log atomically; rebuild the version index.
 
         The old index goes first: one that outlived a crash after the rename
         would name versions the new log dropped (check reads that as lost bytes).
+        Not for a ``repair``: its index may be the only evidence of versions cut
+        off the old log, and the repaired log records every version it names.
         """
         fs = self.layout.fs
-        with contextlib.suppress(FileNotFoundError):
-            fs.unlink(self.vix_path)
+        if not repair:
+            with contextlib.suppress(FileNotFoundError):
+                fs.unlink(self.vix_path)
         replace_with(fs, self.path, data, durable=self.layout.durable)
         if self.layout.durable:
             fs.fsync_dir(os.path.dirname(self.path))
@@ -362,6 +366,8 @@ class RefLog:
                 f"{self.path} has damaged bytes at offset {start} ({end - start} bytes); "
                 "left unchanged; run castore check --repair"
             )
+        if keep_copy is None:  # rewriting would rebuild the index: the evidence would go
+            self.refuse_cut(fd, log, "left unchanged")
         wanted = transform(log)
         if wanted is None:
             return None
@@ -381,7 +387,7 @@ class RefLog:
             if f.kind == KIND_BLOB
         ]
         self.blobs.add_many(moved, durable=self.layout.durable)
-        return self.replace_locked(data)
+        return self.replace_locked(data, repair=keep_copy is not None)
 
     def _remove(self) -> None:
         """Remove the locked log and its version index (gc or compaction emptied it)."""

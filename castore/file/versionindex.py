@@ -23,8 +23,9 @@ import os
 import struct
 from collections.abc import Iterable
 
+from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio, logread
-from castore.file.frames import Frame, scan_frames
+from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 from castore.file.tree import Tree
 
@@ -34,12 +35,19 @@ __all__ = [
     "MAX_INDEXED_VERSION",
     "MAX_OFFSET",
     "VIX_RECORD_BYTES",
+    "cut_above",
+    "cut_error",
+    "cut_evidence",
+    "cut_in",
     "highest_recorded",
     "lookup",
     "lookup_range",
+    "may_record_beyond",
+    "names",
+    "newest_version",
     "open_caught_up",
     "rebuild",
-    "recorded_beyond",
+    "recorded_above",
     "vix_path",
 ]
 
@@ -82,6 +90,41 @@ def lookup_range(vix_fd: int, low: int, high: int) -> dict[int, int]:
         if value is not None:
             out[low + i] = value
     return out
+
+
+def may_record_beyond(st: os.stat_result, version: int) -> bool:
+    """Whether an index of this size can record a version above ``version`` (read it to know)."""
+    return st.st_size // VIX_RECORD_BYTES > version
+
+
+def recorded_above(fs: Tree, path: str, newest: int, end: int) -> int:
+    """The highest version the index at ``path`` records past the log's newest entry (0: none).
+
+    See :func:`cut_above`. One ``stat`` in the common case (no index, or one
+    no longer than ``newest``'s record); only a longer index is read.
+    """
+    try:
+        if not may_record_beyond(fs.stat(path), newest):
+            return 0
+        data = fs.read_file(path)
+    except (FileNotFoundError, UnsafePathError):
+        return 0
+    return cut_above(data, newest, end)
+
+
+def cut_above(data: bytes, newest: int, end: int) -> int:
+    """The highest version above ``newest`` that index bytes ``data`` place at ``end`` or later.
+
+    ``newest`` is the log's newest intact entry and ``end`` where its intact
+    frames end: a version cut off the log had its frame there or later. A
+    record that points before ``end`` names a frame the log still holds, so
+    it is damage to the index, not evidence of a cut. 0: no such version.
+    """
+    for version in range(len(data) // VIX_RECORD_BYTES, newest, -1):
+        value = _value(_REC.unpack_from(data, (version - 1) * VIX_RECORD_BYTES)[0])
+        if value is not None and value not in (COMPACTED, ABSENT) and value >= end:
+            return version
+    return 0
 
 
 def highest_recorded(data: bytes) -> int:
@@ -195,18 +238,64 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
         os.pwrite(fd, bytes(table), top * VIX_RECORD_BYTES)
 
 
-def recorded_beyond(actual: bytes, frames: list[Frame]) -> int:
-    """The highest version index content ``actual`` records beyond the log's ``frames``, or 0.
+def cut_evidence(fs: Tree, path: str, fd: int, newest: int, end: int) -> int:
+    """The highest version the log's index places past its newest entry (0 if none).
 
-    Only an index that starts with what the frames give and goes on counts.
+    ``newest``: the newest intact entry of the log open on ``fd``; ``end``:
+    where its intact frames end (a cut version's frame was there or later).
+    Versions a compaction dropped (its ``C`` frame) do not count, nor does
+    the index next to ``path`` when ``path`` no longer names ``fd``'s file (a
+    rewrite renamed another log over it: the index is that log's). The
+    common case costs one ``stat`` (no index, or one no longer than
+    ``newest``'s record).
     """
-    expected = rebuild(frames)
-    if len(actual) <= len(expected) or not actual.startswith(expected):
+    top = recorded_above(fs, vix_path(path), newest, end)
+    if not top:
         return 0
-    tail = actual[len(expected) :]
-    recorded = [
-        len(expected) // 8 + 1 + i
-        for i in range(len(tail) // 8)
-        if int.from_bytes(tail[8 * i : 8 * i + 8], "little") > ABSENT
+    done = logread.compaction_of(fd)
+    if done is not None and top <= max((high for _, high in done.versions), default=0):
+        return 0
+    return top if names(fs, path, fd) else 0
+
+
+def names(fs: Tree, path: str, fd: int) -> bool:
+    """True if ``path`` still names the file open on ``fd``."""
+    try:
+        mine, now = os.fstat(fd), fs.stat(path)
+    except FileNotFoundError:
+        return False
+    return (mine.st_ino, mine.st_dev) == (now.st_ino, now.st_dev)
+
+
+def newest_version(log: LogBytes) -> int:
+    """The version of the newest intact entry of ``log`` (0: none)."""
+    last = next((f for f in reversed(log.frames) if f.kind == KIND_ENTRY), None)
+    return decode_entry(last.payload).version if last is not None else 0
+
+
+def cut_error(what: str, path: str, cut: int, hint: str) -> CorruptionError:
+    """The error that says versions up to ``cut`` were cut off the log at ``path``."""
+    return CorruptionError(
+        f"{what}: {path} no longer holds versions up to {cut}, which its version index "
+        f"records (acknowledged bytes were cut off); {hint}"
+    )
+
+
+def cut_in(data: bytes, frames: list[Frame]) -> int:
+    """:func:`cut_above` for a log's intact ``frames``, less what a compaction dropped.
+
+    The index is only ever built from the log, so a version it places past
+    the newest entry, that no ``C`` frame covers, was acknowledged and then
+    cut off.
+    """
+    newest = max(
+        (decode_entry(f.payload).version for f in frames if f.kind == KIND_ENTRY), default=0
+    )
+    top = cut_above(data, newest, frames[-1].end if frames else 0)
+    dropped = [
+        high
+        for f in frames
+        if f.kind == KIND_COMPACTED
+        for _, high in decode_compaction(f.payload).versions
     ]
-    return max(recorded, default=0)
+    return top if top > max(dropped, default=0) else 0

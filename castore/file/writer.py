@@ -61,7 +61,7 @@ class FileLogView:
 
     def entry_at(self, version: int) -> Entry | None:
         """The entry of ``version`` in this log, or None."""
-        return self._log.entry_of(self._fd, version)
+        return self._log.entry_of(self._fd, version, locked=True)
 
     def value_at(self, entry: Entry) -> bytes | None:
         """The value of an entry of this log (verified)."""
@@ -269,6 +269,7 @@ class Writer:
                     f"{ref}: {log.path} has damaged bytes at offset {start} "
                     f"({end - start} bytes); nothing was replaced; run castore check --repair"
                 )
+            log.refuse_cut(fd, old, "nothing was replaced")
             refuse_lower(ref, old, new_versions)
             head, moved = carried(ref, old)
             own = self.layout.rel(log.path)

@@ -194,14 +194,12 @@ class Analysis:
     tail_damaged: dict[str, bool] = field(default_factory=dict)
     # key -> (version before, version after or None) around each damaged range
     windows: dict[str, list[tuple[int, int | None]]] = field(default_factory=dict)
-    # key -> the version index records a version above the newest intact entry: check
-    # sees the cut even where readers cannot (a cut at a frame boundary)
+    # key -> the version index records a version above the newest intact entry: a cut
+    # that readers, writers and check all see (at a frame boundary too)
     cut_evidence: dict[str, bool] = field(default_factory=dict)
 
     def newest_unknown(self, key: str, phase: str) -> bool:
         """Readers must refuse the newest version (after repair: it was recorded lost)."""
-        if repaired_already(phase):
-            return self.tail_damaged[key] or self.cut_evidence[key]
         return self.tail_damaged[key]
 
     def in_damage(self, key: str, version: int) -> bool:
@@ -247,15 +245,14 @@ def analyze(files: dict[str, bytes], truth: Truth) -> Analysis:
         placed = [(f.start, decode_entry(f.payload)) for f in frames if f.kind == KIND_ENTRY]
         last_start = placed[-1][0] if placed else -1
         # The newest version is unknown after damage past the newest intact entry, and
-        # after a cut the log's version index (built by readers) proves: a torn tail or
-        # a log without entries, while the index records a higher version.
+        # after a cut the log's version index (built by readers) proves, while the index
+        # records a higher version: a torn tail, a log without entries, or a clean cut
+        # at a frame boundary (the log then ends in an intact entry).
         newest_version = placed[-1][1].version if placed else 0
         vix = files.get(rel[: -len(".log")] + ".vix", b"")
-        # Readers look past the tail only when it is not an intact entry frame.
-        slow = log.torn < len(data) or not frames or frames[-1].kind != KIND_ENTRY
-        cut_seen = slow and highest_recorded(vix) > newest_version
-        tail_damaged[key] = cut_seen or any(start > last_start for start, _ in log.damage)
         cut_evidence[key] = highest_recorded(vix) > newest_version
+        damage_after = any(start > last_start for start, _ in log.damage)
+        tail_damaged[key] = cut_evidence[key] or damage_after
         windows[key] = [
             (
                 max((e.version for at, e in placed if at < start), default=0),

@@ -558,6 +558,26 @@ def test_a_timed_out_write_still_lands_and_shutdown_waits_for_it(start, tmp_path
     assert (got["version"], got["value"]) == (2, 2)
 
 
+def test_a_lock_timeout_in_the_store_is_its_own_error_not_the_request_timeout(tmp_path):
+    """castore's LockTimeoutError is a TimeoutError: raised by the call, well within the
+    request's time limit, it answers as itself (store_unavailable), never as ``timeout``."""
+    location = str(tmp_path / "store")
+    app = create_app(Store(location, dag="d", lock_timeout=0.2), request_timeout=30)
+
+    async def set_value(value: bytes) -> tuple[int, str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            got = await client.post("/v1/set", content=b'{"key":"k","dag":"d","value":%s}' % value)
+            return got.status_code, got.json().get("error", {}).get("code", "")
+
+    assert anyio.run(set_value, b"1") == (200, "")
+    with open(ref_log_path(Store(location, dag="d"), "k"), "rb") as log:
+        fcntl.flock(log.fileno(), fcntl.LOCK_EX)  # as another process's writer would
+        assert anyio.run(set_value, b"2") == (503, "store_unavailable")
+    with Store(location, dag="d") as store:
+        assert (store.get("k").version, store.get("k").value) == (1, 1)
+
+
 def test_the_access_log_holds_no_token_and_no_value(file_server):
     secret_value = "a-value-nobody-may-log"  # noqa: S105  # not a password
     data = body({"key": "k", "dag": "d"}, value=json.dumps(secret_value))
