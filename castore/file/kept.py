@@ -103,11 +103,7 @@ class KeptLogs:
     def _relock(self, log: RefLog, fd: int) -> bool:
         """Lock ``fd``; True if its path still names it, else unlock (the caller closes)."""
         fileio.lock(fd, log.path, timeout=log.layout.lock_timeout, pauses=fileio.WRITER_PAUSES)
-        try:
-            mine, now = os.fstat(fd), log.layout.fs.stat(log.path)
-            current = (mine.st_ino, mine.st_dev) == (now.st_ino, now.st_dev)
-        except FileNotFoundError:
-            current = False
+        current = log.layout.fs.names(log.path, fd)
         if not current:
             fcntl.flock(fd, fcntl.LOCK_UN)
         return current

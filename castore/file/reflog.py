@@ -146,7 +146,7 @@ class RefLog:
     def refuse_cut(self, fd: int, log: LogBytes, outcome: str) -> None:
         """Raise ``CorruptionError`` (naming ``outcome``) if versions were cut off ``log``."""
         end = log.frames[-1].end if log.frames else 0
-        cut = self._cut_evidence(fd, versionindex.newest_version(log), end)
+        cut = self._cut_evidence(fd, versionindex.newest_version(log.frames), end)
         if cut:
             raise versionindex.cut_error(self.what, self.path, cut, f"{outcome}; {REPAIR_HINT}")
 
@@ -205,7 +205,7 @@ class RefLog:
             if window.low <= version and (window.high is None or version <= window.high):
                 where = f"{self.what} version {version}"
                 raise damaged_error(self.path, window.start, window.end, where)
-        if not retry or version <= versionindex.newest_version(log):  # never in this log
+        if not retry or version <= versionindex.newest_version(log.frames):  # never in this log
             return None
         newest = self.settled_tail(fd, locked=locked).entry  # a proven cut raises, never None
         if newest is not None and newest.version >= version and not locked:  # written since

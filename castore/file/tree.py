@@ -245,6 +245,14 @@ class Tree:
             if owned:
                 os.close(fd)
 
+    def names(self, path: str, fd: int) -> bool:
+        """True if ``path`` still names the file open on ``fd`` (a rename may have replaced it)."""
+        try:
+            now, mine = self.stat(path), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev)
+
     def exists(self, path: str) -> bool:
         """True if ``path`` names anything (a symbolic link included)."""
         try:
@@ -333,11 +341,7 @@ class Tree:
             fd = self.open(path, flags)
             try:
                 with locked(fd, path, timeout=max(0.0, deadline - time.monotonic()), pauses=pauses):
-                    try:
-                        same = self.stat(path).st_ino == os.fstat(fd).st_ino
-                    except FileNotFoundError:
-                        same = False
-                    if same:
+                    if self.names(path, fd):
                         yield fd
                         return
             finally:

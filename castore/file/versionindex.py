@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio, logread
-from castore.file.frames import Frame, LogBytes, scan_frames
+from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 from castore.file.tree import Tree
 
@@ -43,7 +43,6 @@ __all__ = [
     "lookup",
     "lookup_range",
     "may_record_beyond",
-    "names",
     "newest_version",
     "open_caught_up",
     "rebuild",
@@ -255,21 +254,12 @@ def cut_evidence(fs: Tree, path: str, fd: int, newest: int, end: int) -> int:
     done = logread.compaction_of(fd)
     if done is not None and top <= max((high for _, high in done.versions), default=0):
         return 0
-    return top if names(fs, path, fd) else 0
+    return top if fs.names(path, fd) else 0
 
 
-def names(fs: Tree, path: str, fd: int) -> bool:
-    """True if ``path`` still names the file open on ``fd``."""
-    try:
-        mine, now = os.fstat(fd), fs.stat(path)
-    except FileNotFoundError:
-        return False
-    return (mine.st_ino, mine.st_dev) == (now.st_ino, now.st_dev)
-
-
-def newest_version(log: LogBytes) -> int:
-    """The version of the newest intact entry of ``log`` (0: none)."""
-    last = next((f for f in reversed(log.frames) if f.kind == KIND_ENTRY), None)
+def newest_version(frames: list[Frame]) -> int:
+    """The version of the newest of a log's intact ``frames`` that is an entry (0: none)."""
+    last = next((f for f in reversed(frames) if f.kind == KIND_ENTRY), None)
     return decode_entry(last.payload).version if last is not None else 0
 
 
@@ -288,10 +278,7 @@ def cut_in(data: bytes, frames: list[Frame]) -> int:
     the newest entry, that no ``C`` frame covers, was acknowledged and then
     cut off.
     """
-    newest = max(
-        (decode_entry(f.payload).version for f in frames if f.kind == KIND_ENTRY), default=0
-    )
-    top = cut_above(data, newest, frames[-1].end if frames else 0)
+    top = cut_above(data, newest_version(frames), frames[-1].end if frames else 0)
     dropped = [
         high
         for f in frames
