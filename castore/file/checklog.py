@@ -37,7 +37,6 @@ from castore.file.records import (
     decode_header,
     encode_record,
 )
-from castore.file.tree import Tree
 from castore.keys import file_id
 from castore.records import OP_DAMAGED, Entry
 from castore.reports import Finding
@@ -57,11 +56,6 @@ class _RepairPlan(NamedTuple):
     lost_values: set[int]  # versions whose value has no intact copy
     grave: int  # the key's last version before compaction removed it
     known: Header | None = None  # the log's own header, when intact
-
-
-def _classified(fs: Tree, path: str) -> tuple[bytes, LogBytes]:
-    data = fs.read_file(path)
-    return data, classify(data)
 
 
 class LogChecker:
@@ -100,11 +94,12 @@ class LogChecker:
 
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         """Check one log of ``scope`` (``keys``: its namespace's KEYS); repair if asked."""
-        data, log = _classified(self.fs, path)
+        data, vix = versionindex.log_and_index(self.fs, path, self.backend.lock_timeout)
+        log = classify(data)
         frames = log.frames
         nsdir = os.path.dirname(path)
         grave = self.grave_of(path, frames, keys)
-        lost_by_index = self.lost_by_index(path, frames, grave)
+        lost_by_index = self.lost_by_index(vix, frames, grave)
         if not frames and not log.damage and not lost_by_index:
             # A first write killed before (or while) writing its frames: nothing was
             # acknowledged. Removed under the log's lock if it is still empty then.
@@ -152,7 +147,7 @@ class LogChecker:
             own = decode_header(header.payload) if header is not None else None
             plan = _RepairPlan(set(bad_blobs), new_header, lost_by_index, lost_values, grave, own)
             self.repair_log(path, problems, plan, known_ref=header is not None)
-        elif self.vix_out_of_step(path, frames):
+        elif vix is not None and not versionindex.rebuild(frames).startswith(vix):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
             self.found(path, "version index out of step", "rebuild it", self.repair, "info")
             if self.repair:
@@ -167,7 +162,7 @@ class LogChecker:
         An index that records nothing more is stale and removed.
         """
         vix = versionindex.vix_path(path)
-        lost = self.lost_by_index(path, [], self.grave_of(path, [], keys))
+        lost = self.lost_by_index(self.vix_bytes(path), [], self.grave_of(path, [], keys))
         if not lost:
             self.found(vix, "version index without its log", "remove it", self.repair, "info")
             if self.repair:
@@ -381,18 +376,12 @@ class LogChecker:
         except (FileNotFoundError, UnsafePathError):
             return None
 
-    def lost_by_index(self, path: str, frames: list[Frame], grave: int) -> int:
-        """The highest version the version index records past the log's newest, or 0.
+    def lost_by_index(self, vix: bytes | None, frames: list[Frame], grave: int) -> int:
+        """The highest version the version index ``vix`` records past the log's newest, or 0.
 
         Readers' and writers' rule (:func:`versionindex.cut_in`), above the
         key's grave: what makes them refuse a key, check reports and repair
         records as lost.
         """
-        actual = self.vix_bytes(path)
-        top = versionindex.cut_in(actual, frames) if actual is not None else 0
+        top = versionindex.cut_in(vix, frames) if vix is not None else 0
         return top if top > grave else 0
-
-    def vix_out_of_step(self, path: str, frames: list[Frame]) -> bool:
-        """True if the version index says something the log does not (lagging is fine)."""
-        actual = self.vix_bytes(path)
-        return actual is not None and not versionindex.rebuild(frames).startswith(actual)

@@ -3,9 +3,9 @@
 Every file a store touches is reached through a :class:`Tree`: directories below the root
 one component at a time with ``O_NOFOLLOW|O_DIRECTORY`` relative to their parent's
 (cached) descriptor, files with ``O_NOFOLLOW|O_NONBLOCK`` relative to theirs and only if
-regular. A link, FIFO or device planted below the root is refused (``UnsafePathError``),
-even if it appears after a directory was checked (docs/RELIABILITY.md, "Security").
-What a tree creates gets exactly its ``Modes``; its root is opened on first use.
+regular. A link, FIFO or device planted below the root, even after a directory was checked,
+is refused (``UnsafePathError``; docs/RELIABILITY.md, "Security"). What a tree creates
+gets exactly its ``Modes``; its root is opened on first use.
 """
 
 from __future__ import annotations
@@ -255,11 +255,9 @@ class Tree:
 
     def exists(self, path: str) -> bool:
         """True if ``path`` names anything (a symbolic link included)."""
-        try:
-            self.stat(path)
-        except FileNotFoundError:
-            return False
-        return True
+        with contextlib.suppress(FileNotFoundError):
+            return bool(self.stat(path))
+        return False
 
     def isdir(self, path: str) -> bool:
         """True if ``path`` is a directory (not a link to one)."""
@@ -325,12 +323,13 @@ class Tree:
         *,
         timeout: float = LOCK_TIMEOUT_SECONDS,
         pauses: tuple[float, float] = SHORT_PAUSES,
+        shared: bool = False,
     ) -> Iterator[int]:
-        """Open ``path`` and hold its exclusive flock, on the file the path names *now*.
+        """Open ``path``; hold its flock (exclusive unless ``shared``) on the file it names *now*.
 
         A log may be replaced by rename (compaction, repair, import) while we wait for
         its lock (``pauses``: :func:`~castore.file.fileio.lock`); then our descriptor
-        points at the old, unlinked file and anything appended to it would be lost, so
+        points at the old, unlinked file (appends to it would be lost, reads stale), so
         with the lock we check that the path still names our file, else start again.
 
         Raises:
@@ -340,7 +339,8 @@ class Tree:
         while True:
             fd = self.open(path, flags)
             try:
-                with locked(fd, path, timeout=max(0.0, deadline - time.monotonic()), pauses=pauses):
+                left = max(0.0, deadline - time.monotonic())
+                with locked(fd, path, shared=shared, timeout=left, pauses=pauses):
                     if self.names(path, fd):
                         yield fd
                         return

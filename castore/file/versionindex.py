@@ -40,6 +40,7 @@ __all__ = [
     "cut_evidence",
     "cut_in",
     "highest_recorded",
+    "log_and_index",
     "lookup",
     "lookup_range",
     "may_record_beyond",
@@ -286,3 +287,29 @@ def cut_in(data: bytes, frames: list[Frame]) -> int:
         for _, high in decode_compaction(f.payload).versions
     ]
     return top if top > max(dropped, default=0) else 0
+
+
+def log_and_index(fs: Tree, path: str, timeout: float) -> tuple[bytes, bytes | None]:
+    """The bytes of the log at ``path`` and of its index, as one state (for ``check``).
+
+    Read under the log's shared lock (no write or rewrite between the two
+    reads: a write and a reader indexing it in between would make the index
+    name versions beyond the log read before, a false cut) and the index's
+    (no reader extending it mid-read). The index is None when absent or not
+    a regular file (check reports a planted one apart).
+
+    Raises:
+        LockTimeoutError: a writer held the log or a reader its index for ``timeout``.
+    """
+    with fs.open_locked(path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
+        data = fileio.read_at(fd, 0, os.fstat(fd).st_size)
+        vix = vix_path(path)
+        try:
+            vfd = fs.open(vix, os.O_RDONLY)
+        except (FileNotFoundError, UnsafePathError):
+            return data, None
+        try:
+            with fileio.locked(vfd, vix, shared=True, timeout=timeout):
+                return data, fileio.read_at(vfd, 0, os.fstat(vfd).st_size)
+        finally:
+            os.close(vfd)

@@ -279,7 +279,7 @@ def test_the_cli_subpackage_is_checked():
 
 def test_the_file_backend_is_checked():
     assert {"file", "file.backend", "file.check", "file.tree"} <= set(modules())
-    assert "file.tree" in set(castore_imports("file.checklog", modules()["file.checklog"]))
+    assert "file.versionindex" in set(castore_imports("file.checklog", modules()["file.checklog"]))
     typing_only = set(castore_imports("file.checklog", modules()["file.checklog"]))
     at_run_time = set(
         castore_imports("file.checklog", modules()["file.checklog"], typing_only=False)
