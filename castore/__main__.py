@@ -1,8 +1,6 @@
 """Run the command line: ``python -m castore``."""
 
-import sys
-
-from castore.cli import main
+from castore.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -15,6 +15,7 @@ command's module (:data:`COMMANDS` imports on lookup), and maps errors to exit c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from castore.cli.invocation import Command
 
-__all__ = ["COMMANDS", "EXIT_CODES", "main"]
+__all__ = ["COMMANDS", "EXIT_CODES", "main", "run"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # I/O error, lock timeout, check found problems
@@ -158,6 +159,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     return EXIT_OK
+
+
+def run() -> None:
+    """The ``castore`` command: :func:`main` for this process, then exit.
+
+    When the library was never loaded (a ``get`` or ``set`` the quick path
+    answered, or refused), nothing is left to finalize: no store, connection
+    or pool, every file written with ``os.write``. The process then ends
+    with ``os._exit`` once stdout and stderr are flushed, skipping the
+    interpreter's teardown of its modules (2.7 ms of a 22 ms ``get``:
+    docs/PERFORMANCE.md, "CLI start-up"). Otherwise it exits as usual.
+    """
+    code = main()
+    if "castore.store" not in sys.modules:
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # None: started with the descriptor closed
+                    stream.flush()
+        except OSError:  # a closed pipe: exit as usual (Python reports it)
+            sys.exit(code)
+        os._exit(code)
+    sys.exit(code)
 
 
 def _fail(message: str, code: int) -> int:
