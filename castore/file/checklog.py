@@ -24,7 +24,7 @@ from castore.file import versionindex
 from castore.file.damage import damage_windows, hides_nothing, window_top, with_markers
 from castore.file.frames import FORMAT_VERSION, Frame, LogBytes, classify
 from castore.file.graves import Graveyard
-from castore.file.keyindex import namespace_of
+from castore.file.keyindex import listed_now, namespace_of
 from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
@@ -62,9 +62,8 @@ class LogChecker:
     """Checks (and with ``repair``, repairs) logs one at a time; collects the findings."""
 
     def __init__(self, backend: FileBackend, repair: bool) -> None:
-        self.backend = backend
-        self.fs = backend.fs
-        self.repair = repair
+        self.backend, self.fs, self.repair = backend, backend.fs, repair
+        self.timeout = backend.lock_timeout  # for a log's shared lock
         self.findings: list[Finding] = []
         self.stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.entries = self.blobs = 0
@@ -94,7 +93,7 @@ class LogChecker:
 
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         """Check one log of ``scope`` (``keys``: its namespace's KEYS); repair if asked."""
-        data, vix = versionindex.log_and_index(self.fs, path, self.backend.lock_timeout)
+        data, vix = versionindex.log_and_index(self.fs, path, self.timeout)
         log = classify(data)
         frames = log.frames
         nsdir = os.path.dirname(path)
@@ -138,7 +137,7 @@ class LogChecker:
             )
         if header is not None and not entries and not problems and not lost_by_index:
             self.check_removed(path, decode_header(header.payload), frames, grave)
-        if header is not None and entries and decode_header(header.payload).key not in keys:
+        if header is not None and entries and not self.listed(path, header, keys):
             self.found(path, "key missing from KEYS", "add it to KEYS", self.repair)
             if self.repair:
                 h = decode_header(header.payload)
@@ -375,6 +374,11 @@ class LogChecker:
             return self.fs.read_file(versionindex.vix_path(path))
         except (FileNotFoundError, UnsafePathError):
             return None
+
+    def listed(self, path: str, header: Frame, keys: set[str]) -> bool:
+        """True if ``KEYS`` lists the key of the log at ``path`` (``keys``: read before; or now)."""
+        key = decode_header(header.payload).key
+        return key in keys or listed_now(self.fs, path, key, self.timeout)
 
     def lost_by_index(self, vix: bytes | None, frames: list[Frame], grave: int) -> int:
         """The highest version the version index ``vix`` records past the log's newest, or 0.

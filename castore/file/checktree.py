@@ -271,12 +271,23 @@ def check_graves_against_logs(checker: Checking, nsdir: str, records: dict[str, 
             )
 
 
+def _names_namespace(fs: Tree, keys_path: str, nsdir: str) -> bool:
+    namespace = namespace_of(keys_path, fs)
+    return namespace is not None and file_id(namespace) == os.path.basename(nsdir)
+
+
 def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:
     """KEYS must name the namespace its directory is named after (export, audit need it)."""
     keys_path = os.path.join(nsdir, "KEYS")
-    namespace = namespace_of(keys_path, checker.fs)
-    if namespace is not None and file_id(namespace) == os.path.basename(nsdir):
+    if _names_namespace(checker.fs, keys_path, nsdir):
         return
+    try:  # a first write may be creating it: again, under its lock (held while appending)
+        timeout = checker.backend.lock_timeout
+        with checker.fs.open_locked(keys_path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
+            if not os.fstat(fd).st_size or _names_namespace(checker.fs, keys_path, nsdir):
+                return  # empty: that write has not appended yet, or never committed
+    except FileNotFoundError:
+        pass
     recovered = None
     for file in sorted(checker.fs.listdir(nsdir)):
         if file.endswith(".log") and stat.S_ISREG(

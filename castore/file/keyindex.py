@@ -22,10 +22,11 @@ import bisect
 import os
 import threading
 
+from castore.errors import UnsafePathError
 from castore.file import fileio
 from castore.file.tree import Tree
 
-__all__ = ["TAIL_MAX_BYTES", "KeyIndex", "namespace_of"]
+__all__ = ["TAIL_MAX_BYTES", "KeyIndex", "listed_now", "namespace_of"]
 
 TAIL_MAX_BYTES = 64 << 10  # 64 KiB of unsorted tail before the file is re-sorted
 _NS_PREFIX = b"namespace "
@@ -303,3 +304,20 @@ def namespace_of(keys_path: str, fs: Tree) -> str | None:
         return bytes.fromhex(first[len(_NS_PREFIX) : -1].decode("ascii")).decode("utf-8")
     except ValueError:
         return None
+
+
+def listed_now(fs: Tree, log_path: str, key: str, timeout: float) -> bool:
+    """True if the ``KEYS`` beside ``log_path`` lists ``key``, read under the log's shared lock.
+
+    For ``check``, whose copy of ``KEYS`` may predate a key (a write lists it
+    before its commit point): under the lock no compaction is between removing
+    the line and replacing the log. True if the log is gone (nothing to list).
+    """
+    keys_file = os.path.join(os.path.dirname(log_path), "KEYS")
+    try:
+        with fs.open_locked(log_path, os.O_RDONLY, timeout=timeout, shared=True):
+            return key in KeyIndex(keys_file, fs)
+    except FileNotFoundError:
+        return True
+    except UnsafePathError:
+        return False  # KEYS is not a file (check reports it apart)
