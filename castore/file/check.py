@@ -18,9 +18,11 @@ history and reading it keeps failing with a clear error.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from castore.backend import Progress
+from castore.errors import LockTimeoutError
 from castore.file.checklog import LogChecker
 from castore.file.checktree import check_graves, check_index, check_keys_header, planted
 from castore.file.keyindex import KeyIndex
@@ -39,16 +41,29 @@ def _read_as_file(name: str) -> bool:
     return name == "STATE" or name.endswith((".log", ".vix", ".tmp"))
 
 
+def _unless_busy(checker: LogChecker, path: str, run: Callable[..., None], *args: object) -> None:
+    """Check ``path`` with ``run(*args)``: not if it stays locked, or is removed meanwhile."""
+    try:
+        run(*args)
+    except FileNotFoundError:
+        pass  # compaction or gc removed it since the directory was listed: nothing to check
+    except LockTimeoutError:
+        checker.found(
+            path,
+            f"locked by another process for {checker.timeout:g} s: not checked",
+            "none: run check again once that process ends",
+        )
+
+
 def check(
     backend: FileBackend, *, repair: bool = False, progress: Progress | None = None
 ) -> CheckReport:
     """Verify the whole store; with ``repair``, fix what can be fixed (see module docstring).
 
-    Safe while other processes read and write: repairs happen under each
-    log's lock.
-
-    Raises:
-        LockTimeoutError: a ref log stayed locked for the lock timeout (repair only).
+    Safe while other processes read and write: each log is read (and
+    repaired) under its lock. A file that stays locked for the lock timeout
+    (a stopped process holds it) is reported as not checked, an error, and
+    the walk goes on; one that compaction or gc removes meanwhile is skipped.
     """
     checker = LogChecker(backend, repair)
     fs = backend.fs
@@ -69,7 +84,7 @@ def check(
             keys: set[str] = set()
             if not planted(checker, keys_file, file=True):
                 keys = set(KeyIndex(keys_file, fs).keys(""))
-                check_keys_header(checker, scope, nsdir)
+                _unless_busy(checker, keys_file, check_keys_header, checker, scope, nsdir)
             planted(checker, os.path.join(nsdir, "STATE"), file=True)  # before repairs append to it
             for file in sorted(fs.listdir(nsdir)):
                 path = os.path.join(nsdir, file)
@@ -77,12 +92,13 @@ def check(
                     continue
                 if file.endswith(".log"):
                     logs += 1
-                    checker.check_log(path, scope, keys)
+                    _unless_busy(checker, path, checker.check_log, path, scope, keys)
                     if progress is not None:
                         progress(1)
                 elif file.endswith(".vix") and not fs.exists(path[:-4] + ".log"):  # lost, or
                     # a planted object in its place that this repair removed
-                    checker.check_lost_log(path[:-4] + ".log", scope, keys)
+                    lost = path[:-4] + ".log"
+                    _unless_busy(checker, lost, checker.check_lost_log, lost, scope, keys)
                 elif file.endswith(".tmp"):
                     checker.found(path, "leftover temporary file", "gc removes it", severity="info")
             check_graves(checker, nsdir)

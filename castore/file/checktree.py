@@ -318,7 +318,10 @@ def check_index(checker: Checking) -> None:
     for name in sorted(fs.listdir(folder)) if fs.isdir(folder) else []:
         if not name.endswith(".idx") or planted(checker, os.path.join(folder, name), file=True):
             continue
-        shard = classify(fs.read_file(os.path.join(folder, name)))
+        try:
+            shard = classify(fs.read_file(os.path.join(folder, name)))
+        except FileNotFoundError:
+            continue  # gc replaced the index meanwhile (it rebuilds it whole)
         frames = shard.frames
         stale += bool(shard.damage) or shard.torn < shard.size
         newest = {f.payload[:32]: f.payload for f in frames}

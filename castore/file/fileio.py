@@ -31,6 +31,7 @@ __all__ = [
     "lock",
     "locked",
     "read_at",
+    "try_lock",
 ]
 
 # While a lock is busy: the first pause, doubled up to the longest (seconds).
@@ -102,6 +103,15 @@ def lock(
                 if time.monotonic() >= deadline:
                     raise LockTimeoutError(path, timeout) from None
                 pause = min(pause * 2, longest)
+
+
+def try_lock(fd: int, *, shared: bool) -> bool:
+    """Take an flock on ``fd`` if it is free now; False (and no lock) if it is not."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -21,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import time
 from collections.abc import Iterable
 
-from castore.errors import CorruptionError, UnsafePathError
+from castore.errors import CorruptionError, LockTimeoutError, UnsafePathError
 from castore.file import fileio, logread
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
@@ -295,21 +296,35 @@ def log_and_index(fs: Tree, path: str, timeout: float) -> tuple[bytes, bytes | N
     Read under the log's shared lock (no write or rewrite between the two
     reads: a write and a reader indexing it in between would make the index
     name versions beyond the log read before, a false cut) and the index's
-    (no reader extending it mid-read). The index is None when absent or not
-    a regular file (check reports a planted one apart).
+    (no reader extending it mid-read). The index's lock is only taken when
+    free: a reader extending a large index holds it for a while, and waiting
+    for it with the log locked would make writers wait too; so the log's lock
+    is let go and both are taken again after a pause. The index is None when
+    absent or not a regular file (check reports a planted one apart).
 
     Raises:
         LockTimeoutError: a writer held the log or a reader its index for ``timeout``.
+        FileNotFoundError: the log is gone (a compaction removed it).
     """
-    with fs.open_locked(path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
-        data = fileio.read_at(fd, 0, os.fstat(fd).st_size)
-        vix = vix_path(path)
-        try:
-            vfd = fs.open(vix, os.O_RDONLY)
-        except (FileNotFoundError, UnsafePathError):
-            return data, None
-        try:
-            with fileio.locked(vfd, vix, shared=True, timeout=timeout):
-                return data, fileio.read_at(vfd, 0, os.fstat(vfd).st_size)
-        finally:
-            os.close(vfd)
+    vix = vix_path(path)
+    deadline = time.monotonic() + timeout
+    pause, longest = fileio.SHORT_PAUSES
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        with fs.open_locked(path, os.O_RDONLY, timeout=left, shared=True) as fd:
+            data = fileio.read_at(fd, 0, os.fstat(fd).st_size)
+            try:
+                vfd = fs.open(vix, os.O_RDONLY)
+            except (FileNotFoundError, UnsafePathError):
+                return data, None
+            try:
+                if fileio.try_lock(vfd, shared=True):
+                    if fs.names(vix, vfd):  # else replaced meanwhile: read both again
+                        return data, fileio.read_at(vfd, 0, os.fstat(vfd).st_size)
+                    continue
+            finally:
+                os.close(vfd)  # and its lock
+        if time.monotonic() >= deadline:
+            raise LockTimeoutError(vix, timeout)
+        time.sleep(pause)
+        pause = min(pause * 2, longest)

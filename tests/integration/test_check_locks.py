@@ -1,0 +1,150 @@
+"""check beside other processes' locks, and files removed while it walks.
+
+A reader that extends a large version index holds the index's lock for a
+while (1.35 s on a 137 MB log). check read a log and its index under the
+log's shared lock and then waited for the index's: writers of that key
+waited behind check, and timed out. A process stopped while it holds a
+log's lock (a debugger, SIGSTOP, a frozen VM) made the whole check raise
+LockTimeoutError, so nothing else was checked. And a log or blob index shard
+that compaction or gc removed between check listing a directory and reading
+the file made check raise FileNotFoundError. The oracles: the writer's set
+succeeds (and is read back), the report names the locked log as not
+checked and still checks every other log, and the removed files are not
+reported while everything else checks as before.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+import threading
+import time
+
+import pytest
+
+from castore import Store
+from castore.errors import LockTimeoutError
+from castore.file import tree as tree_module
+
+pytestmark = pytest.mark.integration
+
+
+def _log_of(root, key_count: int = 1) -> list[str]:
+    logs = sorted(glob.glob(os.path.join(root, "refs", "*", "*", "*.log")))
+    assert len(logs) == key_count
+    return logs
+
+
+def test_a_writer_never_waits_for_check_while_a_reader_holds_the_index(tmp_path):
+    root = str(tmp_path / "store")
+    with Store(root, dag="d") as store:
+        for n in range(3):
+            store.set("k", n)
+        assert store.get("k", version=1).value == 0  # makes the version index
+    (log,) = _log_of(root)
+    vix = log[:-4] + ".vix"
+    assert os.path.exists(vix)
+    reader = os.open(vix, os.O_RDONLY)  # a reader extending the index holds it
+    fcntl.flock(reader, fcntl.LOCK_EX)
+    reports = []
+    checker = threading.Thread(target=lambda: reports.append(Store(root, dag="d").check()))
+    checker.start()
+    try:
+        time.sleep(0.3)  # check has read the log and found the index locked
+        with Store(root, dag="d", lock_timeout=1.0) as writer:
+            assert writer.set("k", 99).version == 4  # old code: LockTimeoutError
+    finally:
+        fcntl.flock(reader, fcntl.LOCK_UN)
+        os.close(reader)
+        checker.join()
+    (report,) = reports
+    assert report.ok and report.findings == []
+    with Store(root, dag="d") as store:
+        assert store.get("k").value == 99
+        assert [e.version for e in store.history("k").entries] == [4, 3, 2, 1]
+
+
+def test_a_log_locked_by_a_stopped_process_is_reported_and_the_rest_checked(tmp_path):
+    root = str(tmp_path / "store")
+    with Store(root, dag="d") as store:
+        for key in ("a", "b", "c"):
+            store.set(key, key)
+    logs = _log_of(root, 3)
+    with open(logs[0], "r+b") as damaged:  # another log with a flipped byte: still found
+        damaged.seek(-3, os.SEEK_END)
+        byte = damaged.read(1)
+        damaged.seek(-3, os.SEEK_END)
+        damaged.write(bytes([byte[0] ^ 0x40]))
+    holder = os.open(logs[1], os.O_RDONLY)  # a writer stopped while holding the lock
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with Store(root, dag="d", lock_timeout=0.3) as store:
+            report = store.check()  # old code: LockTimeoutError, nothing reported
+    finally:
+        os.close(holder)
+    assert not report.ok
+    assert report.logs == 3
+    by_path = {f.path: f for f in report.findings}
+    locked = by_path[os.path.relpath(logs[1], root)]
+    assert locked.problem == "locked by another process for 0.3 s: not checked"
+    assert not locked.repaired and locked.severity == "error"
+    assert os.path.relpath(logs[0], root) in by_path  # the damage, found as on its own
+    assert os.path.relpath(logs[2], root) not in by_path
+    with Store(root, dag="d") as store:  # once free, only the damage remains
+        again = {f.path for f in store.check().findings}
+        assert again == {os.path.relpath(logs[0], root)}
+
+
+def test_files_removed_after_check_listed_them_are_skipped(tmp_path, monkeypatch):
+    root = str(tmp_path / "store")
+    with Store(root, dag="d") as store:
+        store.set("a", 1)
+        store.set("b", {"x": 2})
+        expected = store.check()
+    assert expected.ok and expected.findings == []
+    listdir = tree_module.Tree.listdir
+
+    def listing_with_ghosts(self, path):
+        names = listdir(self, path)
+        if any(n.endswith(".log") for n in names):
+            names = [*names, "0" * 20 + ".log"]  # removed by compaction since
+        if os.path.basename(path) == "index":
+            names = [*names, "ff.idx"]  # replaced by gc since
+        return names
+
+    monkeypatch.setattr(tree_module.Tree, "listdir", listing_with_ghosts)
+    with Store(root, dag="d") as store:
+        report = store.check()  # old code: FileNotFoundError
+    assert report.ok and report.findings == []
+    assert (report.logs, report.entries, report.blobs) == (
+        expected.logs + 1,
+        expected.entries,
+        expected.blobs,
+    )
+
+
+def test_the_lock_timeout_still_bounds_a_repair(tmp_path):
+    """Repair waits for a locked log only as long as the lock timeout, then goes on."""
+    root = str(tmp_path / "store")
+    with Store(root, dag="d") as store:
+        store.set("a", 1)
+    (log,) = _log_of(root)
+    holder = os.open(log, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with Store(root, dag="d", lock_timeout=0.2) as store:
+            started = time.monotonic()
+            report = store.check(repair=True)
+            assert time.monotonic() - started < 5
+            with pytest.raises(LockTimeoutError):  # the same lock still stops a writer
+                store.set("a", 2)
+    finally:
+        os.close(holder)
+    assert [f.problem for f in report.findings] == [
+        "locked by another process for 0.2 s: not checked"
+    ]
+    assert not report.ok
+    with Store(root, dag="d") as store:
+        assert store.check().findings == []
+        assert [e.version for e in store.history("a").entries] == [1]
