@@ -76,19 +76,24 @@ class BlobIndex:
             st = self.fs.stat(path)
         except FileNotFoundError:
             return table
-        if st.st_ino != ino or st.st_size < pos:
-            ino, pos, table = st.st_ino, 0, {}
-        if st.st_size > pos:
+        if (st.st_ino, st.st_size) == (ino, pos):
+            return table
+        try:
             fd = self.fs.open(path, os.O_RDONLY)
-            try:
-                buf = fileio.read_at(fd, pos, os.fstat(fd).st_size - pos)
-            finally:
-                os.close(fd)
-            for frame in scan_frames(buf, pos):
-                if frame.kind != KIND_INDEX or len(frame.payload) < 44:
-                    continue
-                _remember(table, frame.payload)
-                pos = frame.end
+        except FileNotFoundError:  # gc's rebuild replaced it since: hints, verified in use
+            return table
+        try:
+            st = os.fstat(fd)  # the file read, not the one stat'ed (a rebuild replaces it)
+            if st.st_ino != ino or st.st_size < pos:
+                ino, pos, table = st.st_ino, 0, {}
+            buf = fileio.read_at(fd, pos, st.st_size - pos)
+        finally:
+            os.close(fd)
+        for frame in scan_frames(buf, pos):
+            if frame.kind != KIND_INDEX or len(frame.payload) < 44:
+                continue
+            _remember(table, frame.payload)
+            pos = frame.end
         self._shards[path] = (ino, pos, table)
         return table
 

@@ -59,7 +59,8 @@ def test_a_writer_never_waits_for_check_while_a_reader_holds_the_index(tmp_path)
         os.close(reader)
         checker.join()
     (report,) = reports
-    assert report.ok and report.findings == []
+    assert report.ok
+    assert report.findings == []
     with Store(root, dag="d") as store:
         assert store.get("k").value == 99
         assert [e.version for e in store.history("k").entries] == [4, 3, 2, 1]
@@ -88,7 +89,8 @@ def test_a_log_locked_by_a_stopped_process_is_reported_and_the_rest_checked(tmp_
     by_path = {f.path: f for f in report.findings}
     locked = by_path[os.path.relpath(logs[1], root)]
     assert locked.problem == "locked by another process for 0.3 s: not checked"
-    assert not locked.repaired and locked.severity == "error"
+    assert not locked.repaired
+    assert locked.severity == "error"
     assert os.path.relpath(logs[0], root) in by_path  # the damage, found as on its own
     assert os.path.relpath(logs[2], root) not in by_path
     with Store(root, dag="d") as store:  # once free, only the damage remains
@@ -102,7 +104,8 @@ def test_files_removed_after_check_listed_them_are_skipped(tmp_path, monkeypatch
         store.set("a", 1)
         store.set("b", {"x": 2})
         expected = store.check()
-    assert expected.ok and expected.findings == []
+    assert expected.ok
+    assert expected.findings == []
     listdir = tree_module.Tree.listdir
 
     def listing_with_ghosts(self, path):
@@ -116,7 +119,8 @@ def test_files_removed_after_check_listed_them_are_skipped(tmp_path, monkeypatch
     monkeypatch.setattr(tree_module.Tree, "listdir", listing_with_ghosts)
     with Store(root, dag="d") as store:
         report = store.check()  # old code: FileNotFoundError
-    assert report.ok and report.findings == []
+    assert report.ok
+    assert report.findings == []
     assert (report.logs, report.entries, report.blobs) == (
         expected.logs + 1,
         expected.entries,
