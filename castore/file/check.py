@@ -21,6 +21,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from castore.backend import Progress
 from castore.errors import LockTimeoutError
 from castore.file.checklog import LogChecker
@@ -41,18 +43,31 @@ def _read_as_file(name: str) -> bool:
     return name == "STATE" or name.endswith((".log", ".vix", ".tmp"))
 
 
-def _unless_busy(checker: LogChecker, path: str, run: Callable[..., None], *args: object) -> None:
-    """Check ``path`` with ``run(*args)``: not if it stays locked, or is removed meanwhile."""
+def _checked(checker: LogChecker, path: str, run: Callable[..., None], *args: object) -> bool:
+    """Check ``path`` with ``run(*args)``; False if it was removed meanwhile (not checked).
+
+    A file compaction or gc removed since the directory was listed is
+    skipped. A lock held past the lock timeout (a stopped process holds it)
+    is a finding, and no repair of ``path`` found before it counts as done.
+    """
+    start = len(checker.findings)
     try:
         run(*args)
     except FileNotFoundError:
-        pass  # compaction or gc removed it since the directory was listed: nothing to check
-    except LockTimeoutError:
+        if checker.fs.exists(path):
+            raise  # another file went missing: not for this function to excuse
+        return False
+    except LockTimeoutError as exc:
+        found = checker.findings[start:]
+        checker.findings[start:] = [msgspec.structs.replace(f, repaired=False) for f in found]
+        which = "" if exc.path == path else f"{checker.rel(exc.path)} "
         checker.found(
             path,
-            f"locked by another process for {checker.timeout:g} s: not checked",
+            f"{which}locked by another process for {checker.timeout:g} s: "
+            + ("not repaired" if found else "not checked"),
             "none: run check again once that process ends",
         )
+    return True
 
 
 def check(
@@ -84,21 +99,19 @@ def check(
             keys: set[str] = set()
             if not planted(checker, keys_file, file=True):
                 keys = set(KeyIndex(keys_file, fs).keys(""))
-                _unless_busy(checker, keys_file, check_keys_header, checker, scope, nsdir)
+                _checked(checker, keys_file, check_keys_header, checker, scope, nsdir)
             planted(checker, os.path.join(nsdir, "STATE"), file=True)  # before repairs append to it
             for file in sorted(fs.listdir(nsdir)):
                 path = os.path.join(nsdir, file)
                 if file in _FIRST_OR_LAST or planted(checker, path, file=_read_as_file(file)):
                     continue
                 if file.endswith(".log"):
-                    logs += 1
-                    _unless_busy(checker, path, checker.check_log, path, scope, keys)
+                    logs += _checked(checker, path, checker.check_log, path, scope, keys)
                     if progress is not None:
                         progress(1)
                 elif file.endswith(".vix") and not fs.exists(path[:-4] + ".log"):  # lost, or
                     # a planted object in its place that this repair removed
-                    lost = path[:-4] + ".log"
-                    _unless_busy(checker, lost, checker.check_lost_log, lost, scope, keys)
+                    _checked(checker, path, checker.check_lost_log, path[:-4] + ".log", scope, keys)
                 elif file.endswith(".tmp"):
                     checker.found(path, "leftover temporary file", "gc removes it", severity="info")
             check_graves(checker, nsdir)

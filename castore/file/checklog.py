@@ -93,7 +93,7 @@ class LogChecker:
 
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         """Check one log of ``scope`` (``keys``: its namespace's KEYS); repair if asked."""
-        data, vix = versionindex.log_and_index(self.fs, path, self.timeout)
+        data, vix, file = versionindex.log_and_index(self.fs, path, self.timeout)
         log = classify(data)
         frames = log.frames
         nsdir = os.path.dirname(path)
@@ -137,7 +137,7 @@ class LogChecker:
             )
         if header is not None and not entries and not problems and not lost_by_index:
             self.check_removed(path, decode_header(header.payload), frames, grave)
-        if header is not None and entries and not self.listed(path, header, keys):
+        if header is not None and entries and not self.listed(path, header, keys, file):
             self.found(path, "key missing from KEYS", "add it to KEYS", self.repair)
             if self.repair:
                 h = decode_header(header.payload)
@@ -375,10 +375,10 @@ class LogChecker:
         except (FileNotFoundError, UnsafePathError):
             return None
 
-    def listed(self, path: str, header: Frame, keys: set[str]) -> bool:
-        """True if ``KEYS`` lists the key of the log at ``path`` (``keys``: read before; or now)."""
+    def listed(self, path: str, header: Frame, keys: set[str], file: tuple[int, int]) -> bool:
+        """True if ``KEYS`` lists the key of the log ``file`` at ``path`` (read before, or now)."""
         key = decode_header(header.payload).key
-        return key in keys or listed_now(self.fs, path, key, self.timeout)
+        return key in keys or listed_now(self.fs, path, key, self.timeout, file)
 
     def lost_by_index(self, vix: bytes | None, frames: list[Frame], grave: int) -> int:
         """The highest version the version index ``vix`` records past the log's newest, or 0.

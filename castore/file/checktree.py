@@ -290,14 +290,17 @@ def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:
         pass
     recovered = None
     for file in sorted(checker.fs.listdir(nsdir)):
-        if file.endswith(".log") and stat.S_ISREG(
-            checker.fs.stat(os.path.join(nsdir, file)).st_mode
-        ):
-            _, frames = frames_of(checker.fs, os.path.join(nsdir, file))
-            header = next((f for f in frames if f.kind == KIND_HEADER), None)
-            if header is not None:
-                recovered = decode_header(header.payload).namespace
-                break
+        path = os.path.join(nsdir, file)
+        try:
+            if not file.endswith(".log") or not stat.S_ISREG(checker.fs.stat(path).st_mode):
+                continue
+            _, frames = frames_of(checker.fs, path)
+        except FileNotFoundError:
+            continue  # compaction removed it since the listing
+        header = next((f for f in frames if f.kind == KIND_HEADER), None)
+        if header is not None:
+            recovered = decode_header(header.payload).namespace
+            break
     ok = recovered is not None and file_id(recovered) == os.path.basename(nsdir)
     repair = "rewrite KEYS naming it (from a log header)" if ok else "none: no log names it"
     checker.found(keys_path, "KEYS does not name its namespace", repair, checker.repair and ok)

@@ -306,17 +306,20 @@ def namespace_of(keys_path: str, fs: Tree) -> str | None:
         return None
 
 
-def listed_now(fs: Tree, log_path: str, key: str, timeout: float) -> bool:
+def listed_now(fs: Tree, log_path: str, key: str, timeout: float, file: tuple[int, int]) -> bool:
     """True if the ``KEYS`` beside ``log_path`` lists ``key``, read under the log's shared lock.
 
     For ``check``, whose copy of ``KEYS`` may predate a key (a write lists it
     before its commit point): under the lock no compaction is between removing
-    the line and replacing the log. True if the log is gone (nothing to list).
+    the line and replacing the log. True if the path no longer names ``file``
+    (the ``(device, inode)`` check read: a compaction replaced or removed it
+    since, so what check read is no longer the key's state).
     """
     keys_file = os.path.join(os.path.dirname(log_path), "KEYS")
     try:
-        with fs.open_locked(log_path, os.O_RDONLY, timeout=timeout, shared=True):
-            return key in KeyIndex(keys_file, fs)
+        with fs.open_locked(log_path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
+            st = os.fstat(fd)
+            return (st.st_dev, st.st_ino) != file or key in KeyIndex(keys_file, fs)
     except FileNotFoundError:
         return True
     except UnsafePathError:

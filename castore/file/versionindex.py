@@ -23,6 +23,7 @@ import os
 import struct
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from castore.errors import CorruptionError, LockTimeoutError, UnsafePathError
 from castore.file import fileio, logread
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_INDEXED_VERSION",
     "MAX_OFFSET",
     "VIX_RECORD_BYTES",
+    "LogState",
     "cut_above",
     "cut_error",
     "cut_evidence",
@@ -290,17 +292,26 @@ def cut_in(data: bytes, frames: list[Frame]) -> int:
     return top if top > max(dropped, default=0) else 0
 
 
-def log_and_index(fs: Tree, path: str, timeout: float) -> tuple[bytes, bytes | None]:
+class LogState(NamedTuple):
+    """A log and its index read as one state (:func:`log_and_index`)."""
+
+    data: bytes  # the log's bytes
+    vix: bytes | None  # its index's; None when absent or not a regular file
+    file: tuple[int, int]  # the log's (device, inode): which file was read
+
+
+def log_and_index(fs: Tree, path: str, timeout: float) -> LogState:
     """The bytes of the log at ``path`` and of its index, as one state (for ``check``).
 
     Read under the log's shared lock (no write or rewrite between the two
     reads: a write and a reader indexing it in between would make the index
     name versions beyond the log read before, a false cut) and the index's
     (no reader extending it mid-read). The index's lock is only taken when
-    free: a reader extending a large index holds it for a while, and waiting
-    for it with the log locked would make writers wait too; so the log's lock
-    is let go and both are taken again after a pause. The index is None when
-    absent or not a regular file (check reports a planted one apart).
+    free, before the log is read: a reader extending a large index holds it
+    for a while, and waiting for it with the log locked would make writers
+    wait too; so the log's lock is let go and both are taken again after a
+    pause. The index is None when absent or not a regular file (check
+    reports a planted one apart).
 
     Raises:
         LockTimeoutError: a writer held the log or a reader its index for ``timeout``.
@@ -312,16 +323,18 @@ def log_and_index(fs: Tree, path: str, timeout: float) -> tuple[bytes, bytes | N
     while True:
         left = max(0.0, deadline - time.monotonic())
         with fs.open_locked(path, os.O_RDONLY, timeout=left, shared=True) as fd:
-            data = fileio.read_at(fd, 0, os.fstat(fd).st_size)
+            st = os.fstat(fd)
+            file = (st.st_dev, st.st_ino)
             try:
                 vfd = fs.open(vix, os.O_RDONLY)
             except (FileNotFoundError, UnsafePathError):
-                return data, None
+                return LogState(fileio.read_at(fd, 0, st.st_size), None, file)
             try:
-                if fileio.try_lock(vfd, shared=True):
-                    if fs.names(vix, vfd):  # else replaced meanwhile: read both again
-                        return data, fileio.read_at(vfd, 0, os.fstat(vfd).st_size)
-                    continue
+                # A replaced index (a rewrite, under the log's exclusive lock) or a
+                # removed one (a reader's, of a stale index): open both again.
+                if fileio.try_lock(vfd, shared=True) and fs.names(vix, vfd):
+                    data = fileio.read_at(fd, 0, st.st_size)
+                    return LogState(data, fileio.read_at(vfd, 0, os.fstat(vfd).st_size), file)
             finally:
                 os.close(vfd)  # and its lock
         if time.monotonic() >= deadline:
