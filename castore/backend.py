@@ -108,6 +108,14 @@ class Backend(Protocol):
     :class:`~castore.errors.CorruptionError`.
     """
 
+    @property
+    def quick_reads(self) -> bool:
+        """True if a read waits for nothing but locks :func:`castore.waits.no_waiting` refuses.
+
+        No network and no other wait: ``castore serve`` runs such a backend's
+        reads on its event loop (docs/SERVER.md), others in worker threads.
+        """
+
     def current(self, ref: Ref) -> Current:
         """Newest entry of ``ref`` and its value."""
 

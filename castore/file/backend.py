@@ -216,6 +216,11 @@ class FileBackend:
                 finally:
                     os.close(fd)
 
+    @property
+    def quick_reads(self) -> bool:
+        """True: local files; every wait is a lock (``castore.file.fileio.lock``)."""
+        return True
+
     def current(self, ref: Ref) -> Current:
         """Newest entry and value of ``ref``; served from cache when the log is unchanged."""
         log = self._logs.get(ref) or self.log(ref)  # the hot path: every get

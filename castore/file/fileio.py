@@ -87,11 +87,17 @@ def lock(
 
     Raises:
         LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
+        WouldWait: the lock is taken and this thread refused to wait
+            (:func:`castore.waits.no_waiting`).
     """
     op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         fcntl.flock(fd, op | fcntl.LOCK_NB)
     except BlockingIOError:
+        from castore.waits import WouldWait, waiting_refused  # on a wait only (CLI start-up)
+
+        if waiting_refused():
+            raise WouldWait(path) from None
         deadline = time.monotonic() + timeout
         pause, longest = pauses
         while True:

@@ -87,6 +87,11 @@ class PostgresBackend:
 
         return self.db.run(run, what, transaction=False)
 
+    @property
+    def quick_reads(self) -> bool:
+        """False: a read is a round trip to the database."""
+        return False
+
     def current(self, ref: Ref) -> Current:
         """Newest entry of ``ref`` and its verified value (one indexed query)."""
 

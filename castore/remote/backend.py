@@ -118,6 +118,11 @@ class RemoteBackend:
 
     # -- reads -------------------------------------------------------------------------
 
+    @property
+    def quick_reads(self) -> bool:
+        """False: a read is an HTTP request."""
+        return False
+
     def current(self, ref: Ref) -> Current:
         """Newest entry of ``ref`` and its value."""
         reply = self._transport.call("current", _call(ref), ref[:2])

@@ -41,6 +41,7 @@ from castore.server.middleware import AccessLog, Guard, Metrics, Observe
 from castore.server.operations import OPERATIONS, Operation, decode_request, handle_for, keyspace
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
 from castore.store import Store
+from castore.waits import WouldWait, no_waiting
 from castore.wire import CALLS, CLUSTER_HEADER, MEMBERS_HEADER
 
 __all__ = [
@@ -145,9 +146,22 @@ class _Api:
         self.membership = membership
         self.calls = _Calls()
         self.health_ref = store.ref("castore-healthz", scope="global")
+        self.quick = store.backend.quick_reads
 
-    async def call(self, fn: Callable[[], _T]) -> _T:
-        """``fn()`` in a worker thread; abandoned (it runs on, counted) if the request times out."""
+    async def call(self, fn: Callable[[], _T], *, quick: bool = False) -> _T:
+        """``fn()`` in a worker thread; abandoned (it runs on, counted) if the request times out.
+
+        ``quick`` (a short read) on a backend with ``quick_reads`` runs it here,
+        on the event loop, unless it would wait for a lock: then in a thread,
+        from the start (a read may run twice). A hand-off to a thread and back
+        costs more than such a read (docs/PERFORMANCE.md).
+        """
+        if quick and self.quick:
+            try:
+                with no_waiting():
+                    return fn()
+            except WouldWait:
+                pass
         return await self.calls.run(fn)
 
     async def guarded(
@@ -184,7 +198,7 @@ class _Api:
             handle = handle_for(self.store, req)
             if op.stream:
                 return await self._stream(op, handle, req)
-            body = await self.call(lambda: op.call(handle, req))
+            body = await self.call(lambda: op.call(handle, req), quick=op.quick)
             assert isinstance(body, bytes)  # noqa: S101  # the table says so
             return Response(body, media_type=_JSON)
 
@@ -208,7 +222,7 @@ class _Api:
             if call.stream:
                 items = await self.call(lambda: framed(call.run(self.store, req)))
                 return StreamingResponse(self._batches(items), media_type=_MSGPACK)
-            reply = await self.call(lambda: call.run(self.store, req))
+            reply = await self.call(lambda: call.run(self.store, req), quick=call.quick)
             return Response(msgspec.msgpack.encode(reply), media_type=_MSGPACK)
 
         async def endpoint(request: Request) -> Response:

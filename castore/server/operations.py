@@ -347,10 +347,13 @@ class Operation(NamedTuple):
     summary: str
     line: type[msgspec.Struct]
     stream: bool = False
+    quick: bool = False  # a short read: on the event loop if the backend allows (quick_reads)
 
 
 OPERATIONS: Final[dict[str, Operation]] = {
-    "get": Operation(GetRequest, _get, "Read the latest value of a key, or a version", GetLine),
+    "get": Operation(
+        GetRequest, _get, "Read the latest value of a key, or a version", GetLine, quick=True
+    ),
     "set": Operation(SetRequest, _set, "Write a new version of a key", SetLine),
     "diff": Operation(
         DiffRequest, _diff, "Compare a value with the stored one; write it if changed", DiffLine

@@ -10,6 +10,7 @@ tested on a file store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -682,3 +683,61 @@ def test_an_io_error_over_the_wire_keeps_its_errno_and_writes_nothing(tmp_path, 
         assert (remote.get("k").version, remote.get("k").value) == (1, 1)
         remote.close()
     assert Store(location, dag="d").get("k").version == 1
+
+
+def test_a_get_runs_on_the_event_loop_unless_it_would_wait_for_a_writer(tmp_path):
+    """A file store's gets run on the event loop (a thread hand-off costs more than
+    the read); one that would wait for a writer's lock runs in a worker thread instead,
+    so the loop keeps answering other requests, and it answers once the writer is done."""
+    location = str(tmp_path / "store")
+    with Store(location, dag="d") as store:
+        store.set("a", 1)
+        store.set("b", 2)
+        log = ref_log_path(store, "a")
+    size = os.path.getsize(log)
+    served = Store(location, dag="d", lock_timeout=30)
+    threads: list[str] = []
+    current = served.backend.current
+
+    def recording(ref: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return current(ref)
+
+    served.backend.current = recording  # type: ignore[method-assign]
+    app = create_app(served, request_timeout=60)
+
+    async def scenario() -> tuple[httpx.Response, float, httpx.Response, bool]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first = await client.post("/v1/get", content=b'{"key":"b","dag":"d"}')
+            assert first.json()["value"] == 2
+            with open(log, "r+b") as writer:  # another process's writer, mid-append
+                fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+                writer.seek(0, os.SEEK_END)
+                writer.write(b"\x00\x00\x00\x40E")  # the start of a frame, not yet whole
+                writer.flush()
+                waiting = asyncio.ensure_future(
+                    client.post("/v1/get", content=b'{"key":"a","dag":"d"}')
+                )
+                await asyncio.sleep(0.2)  # it has found the tail and the lock taken
+                started = time.monotonic()
+                other = await client.post("/v1/get", content=b'{"key":"b","dag":"d"}')
+                elapsed = time.monotonic() - started
+                still_waiting = not waiting.done()
+                writer.truncate(size)  # the writer's append failed and was cut
+            got = await waiting  # the lock went with the close
+        return other, elapsed, got, still_waiting
+
+    other, elapsed, got, still_waiting = anyio.run(scenario, backend="asyncio")
+    served.close()
+    assert other.json()["value"] == 2
+    assert elapsed < 10  # not behind the 30 s lock wait of the other get
+    assert still_waiting
+    assert (got.status_code, got.json()["version"], got.json()["value"]) == (200, 1, 1)
+    loop_thread = threads[0]
+    assert len(threads) == 4
+    assert threads[1] == loop_thread  # tried on the loop first, refused to wait
+    # Then, in either order: the other get, on the loop while the first waited,
+    # and the waiting get again, from the start, in a worker thread.
+    (worker,) = [name for name in threads[2:] if name != loop_thread]
+    assert worker.startswith("castore-call")

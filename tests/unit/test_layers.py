@@ -27,6 +27,7 @@ LAYERS = {
     "errors": 0,
     "defaults": 0,  # defaults every backend shares (the lock timeout)
     "digests": 0,  # sha256: CPython's own for names and the CLI's quick get, else OpenSSL
+    "waits": 0,  # a thread that refuses to wait for locks (castore serve's event loop)
     "keys": 1,
     "records": 1,  # what every backend shares
     "urls": 0,  # store locations that are URLs: redaction
