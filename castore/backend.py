@@ -109,11 +109,13 @@ class Backend(Protocol):
     """
 
     @property
-    def quick_reads(self) -> bool:
-        """True if a read waits for nothing but locks :func:`castore.waits.no_waiting` refuses.
+    def loop_safe_reads(self) -> bool:
+        """True if a read can be run on an event loop (``castore serve``).
 
-        No network and no other wait: ``castore serve`` runs such a backend's
-        reads on its event loop (docs/SERVER.md), others in worker threads.
+        It does no network I/O, and whatever may make it wait (a lock, a
+        whole-file read) raises :class:`castore.waits.WouldWait` inside
+        :func:`castore.waits.no_waiting` (docs/SERVER.md); others run in
+        worker threads.
         """
 
     def current(self, ref: Ref) -> Current:

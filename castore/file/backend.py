@@ -217,8 +217,8 @@ class FileBackend:
                     os.close(fd)
 
     @property
-    def quick_reads(self) -> bool:
-        """True: local files; every wait is a lock (``castore.file.fileio.lock``)."""
+    def loop_safe_reads(self) -> bool:
+        """True: local files; its locks and whole-file reads honour ``castore.waits``."""
         return True
 
     def current(self, ref: Ref) -> Current:

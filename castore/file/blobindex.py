@@ -21,6 +21,7 @@ from castore.file.records import KIND_BLOB
 from castore.file.tree import Tree
 from castore.keys import is_log_name
 from castore.records import BlobLoc
+from castore.waits import WouldWait, waiting_refused, would_wait
 
 __all__ = ["KIND_INDEX", "BlobIndex", "decode_loc"]
 
@@ -78,6 +79,7 @@ class BlobIndex:
             return table
         if (st.st_ino, st.st_size) == (ino, pos):
             return table
+        would_wait(path)  # reading it may take a while: not on an event loop
         try:
             fd = self.fs.open(path, os.O_RDONLY)
         except FileNotFoundError:  # gc's rebuild replaced it since: hints, verified in use
@@ -109,10 +111,14 @@ class BlobIndex:
         the same file and keep locations the rebuild dropped.
         """
         path = self._path(digest)
-        with self._lock:
+        if not self._lock.acquire(blocking=not waiting_refused()):
+            raise WouldWait(self.dir)  # another thread is reading a shard
+        try:
             if fresh:
                 self._shards.pop(path, None)
             return list(self._refresh(path).get(digest, ()))
+        finally:
+            self._lock.release()
 
     @staticmethod
     def payload(digest: bytes, loc: BlobLoc) -> bytes:

@@ -94,10 +94,9 @@ def lock(
     try:
         fcntl.flock(fd, op | fcntl.LOCK_NB)
     except BlockingIOError:
-        from castore.waits import WouldWait, waiting_refused  # on a wait only (CLI start-up)
+        from castore.waits import would_wait  # on a wait only (CLI start-up)
 
-        if waiting_refused():
-            raise WouldWait(path) from None
+        would_wait(path)
         deadline = time.monotonic() + timeout
         pause, longest = pauses
         while True:

@@ -45,6 +45,7 @@ from castore.file.records import (
     decode_header,
 )
 from castore.records import Entry
+from castore.waits import would_wait
 
 __all__ = [
     "Tail",
@@ -150,7 +151,9 @@ def scan(fd: int) -> tuple[Tail, LogBytes]:
 
     Raises:
         RecordError: when a checksummed record does not decode.
+        WouldWait: this thread refused to wait (a whole file: :mod:`castore.waits`).
     """
+    would_wait("a whole-log scan")
     buf, size = read_all(fd)
     log = classify(buf)
     header = None

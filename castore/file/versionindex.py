@@ -30,6 +30,7 @@ from castore.file import fileio, logread
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 from castore.file.tree import Tree
+from castore.waits import would_wait
 
 __all__ = [
     "ABSENT",
@@ -195,6 +196,7 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
     fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
     try:
         if os.fstat(fd).st_size // VIX_RECORD_BYTES < want:
+            would_wait(vix)  # extending it reads the log since the last record: not on a loop
             with fileio.locked(fd, vix):
                 _extend(fd, log_fd, want)
                 gone = not os.fstat(log_fd).st_nlink  # removed meanwhile: not its index

@@ -88,7 +88,7 @@ class PostgresBackend:
         return self.db.run(run, what, transaction=False)
 
     @property
-    def quick_reads(self) -> bool:
+    def loop_safe_reads(self) -> bool:
         """False: a read is a round trip to the database."""
         return False
 

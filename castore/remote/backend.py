@@ -119,7 +119,7 @@ class RemoteBackend:
     # -- reads -------------------------------------------------------------------------
 
     @property
-    def quick_reads(self) -> bool:
+    def loop_safe_reads(self) -> bool:
         """False: a read is an HTTP request."""
         return False
 

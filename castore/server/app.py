@@ -146,17 +146,18 @@ class _Api:
         self.membership = membership
         self.calls = _Calls()
         self.health_ref = store.ref("castore-healthz", scope="global")
-        self.quick = store.backend.quick_reads
+        self.loop_safe = store.backend.loop_safe_reads
 
-    async def call(self, fn: Callable[[], _T], *, quick: bool = False) -> _T:
+    async def call(self, fn: Callable[[], _T], *, loop_safe: bool = False) -> _T:
         """``fn()`` in a worker thread; abandoned (it runs on, counted) if the request times out.
 
-        ``quick`` (a short read) on a backend with ``quick_reads`` runs it here,
-        on the event loop, unless it would wait for a lock: then in a thread,
-        from the start (a read may run twice). A hand-off to a thread and back
-        costs more than such a read (docs/PERFORMANCE.md).
+        ``loop_safe`` (a short read) on a backend with ``loop_safe_reads`` runs
+        it here, on the event loop, unless it would wait (:mod:`castore.waits`):
+        then in a thread, from the start (a read may run twice). A hand-off to
+        a thread and back costs more than such a read (docs/PERFORMANCE.md).
+        A call run here is never abandoned: it does not wait.
         """
-        if quick and self.quick:
+        if loop_safe and self.loop_safe:
             try:
                 with no_waiting():
                     return fn()
@@ -198,7 +199,7 @@ class _Api:
             handle = handle_for(self.store, req)
             if op.stream:
                 return await self._stream(op, handle, req)
-            body = await self.call(lambda: op.call(handle, req), quick=op.quick)
+            body = await self.call(lambda: op.call(handle, req), loop_safe=op.loop_safe)
             assert isinstance(body, bytes)  # noqa: S101  # the table says so
             return Response(body, media_type=_JSON)
 
@@ -222,7 +223,7 @@ class _Api:
             if call.stream:
                 items = await self.call(lambda: framed(call.run(self.store, req)))
                 return StreamingResponse(self._batches(items), media_type=_MSGPACK)
-            reply = await self.call(lambda: call.run(self.store, req), quick=call.quick)
+            reply = await self.call(lambda: call.run(self.store, req), loop_safe=call.loop_safe)
             return Response(msgspec.msgpack.encode(reply), media_type=_MSGPACK)
 
         async def endpoint(request: Request) -> Response:

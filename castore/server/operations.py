@@ -347,12 +347,12 @@ class Operation(NamedTuple):
     summary: str
     line: type[msgspec.Struct]
     stream: bool = False
-    quick: bool = False  # a short read: on the event loop if the backend allows (quick_reads)
+    loop_safe: bool = False  # a short read: on the event loop if the backend allows it
 
 
 OPERATIONS: Final[dict[str, Operation]] = {
     "get": Operation(
-        GetRequest, _get, "Read the latest value of a key, or a version", GetLine, quick=True
+        GetRequest, _get, "Read the latest value of a key, or a version", GetLine, loop_safe=True
     ),
     "set": Operation(SetRequest, _set, "Write a new version of a key", SetLine),
     "diff": Operation(

@@ -162,19 +162,19 @@ class BackendCall(NamedTuple):
 
     run: Callable[[Store, Any], Any]
     stream: bool = False
-    quick: bool = False  # a short read: on the event loop if the backend allows (quick_reads)
+    loop_safe: bool = False  # a short read: on the event loop if the backend allows it
 
 
 BACKEND_CALLS: Final[dict[str, BackendCall]] = {
-    "current": BackendCall(_current, quick=True),
+    "current": BackendCall(_current, loop_safe=True),
     "append": BackendCall(_append),
     "replace": BackendCall(_replace),
-    "exists": BackendCall(lambda s, c: s.backend.exists(ref_of(c)), quick=True),
+    "exists": BackendCall(lambda s, c: s.backend.exists(ref_of(c)), loop_safe=True),
     "keys": BackendCall(_keys),
     "namespaces": BackendCall(lambda s, c: s.backend.namespaces(validate_scope(c.scope))),
     "listing": BackendCall(_listing),
     "remember": BackendCall(_remember),
-    "version": BackendCall(_version, quick=True),
+    "version": BackendCall(_version, loop_safe=True),
     "history": BackendCall(_history),
     "iter_versions": BackendCall(_iter_versions, stream=True),
     "check": BackendCall(lambda s, c: s.backend.check(repair=c.repair, progress=None)),

@@ -10,7 +10,11 @@ import pytest
 
 from castore.errors import LockTimeoutError
 from castore.file import fileio
-from castore.waits import WouldWait, no_waiting, waiting_refused
+from castore.file.blobindex import BlobIndex
+from castore.file.tree import Tree
+from castore.keys import Ref, log_name
+from castore.records import BlobLoc
+from castore.waits import WouldWait, no_waiting, waiting_refused, would_wait
 
 
 def test_a_taken_lock_raises_would_wait_at_once_and_a_free_one_is_taken(tmp_path):
@@ -48,3 +52,45 @@ def test_the_refusal_is_per_thread_and_nests():
         assert waiting_refused()  # the inner block ended, the outer one still holds
     assert not waiting_refused()
     assert seen == [False]
+
+
+def test_would_wait_raises_only_inside_no_waiting():
+    would_wait("nothing refused")  # outside: returns
+    with no_waiting(), pytest.raises(WouldWait, match="a scan"):
+        would_wait("a scan")
+
+
+def test_the_blob_index_refuses_a_shard_read_and_a_busy_lock_but_answers_from_its_cache(tmp_path):
+    root = str(tmp_path)
+    index = BlobIndex(root, Tree(root))
+    digest = bytes(range(32))
+    loc = BlobLoc(log_name(Ref("dag", "ns", "k")), 10, 20)
+    index.add_many([(digest, loc)], durable=False)
+    with no_waiting(), pytest.raises(WouldWait):
+        index.lookup(digest)  # a shard this handle has not read: a read of the file
+    assert index.lookup(digest) == [loc]  # outside: read
+    with no_waiting():
+        assert index.lookup(digest) == [loc]  # unchanged since: from the cache
+    other = BlobIndex(root, Tree(root))
+    newer = BlobLoc(log_name(Ref("dag", "ns", "j")), 30, 20)
+    other.add_many([(digest, newer)], durable=False)
+    with no_waiting(), pytest.raises(WouldWait):
+        index.lookup(digest)  # grown since: a read
+    taken = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with index._lock:  # another thread in the middle of a lookup
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait(10)
+    try:
+        with no_waiting(), pytest.raises(WouldWait):
+            index.lookup(digest)
+    finally:
+        release.set()
+        holder.join()
+    assert index.lookup(digest) == [newer, loc]
