@@ -30,7 +30,7 @@ from castore.file import tree as tree_module
 pytestmark = pytest.mark.integration
 
 
-def _log_of(root, key_count: int = 1) -> list[str]:
+def _log_of(root: str, key_count: int = 1) -> list[str]:
     logs = sorted(glob.glob(os.path.join(root, "refs", "*", "*", "*.log")))
     assert len(logs) == key_count
     return logs
@@ -188,15 +188,14 @@ def test_a_repair_stopped_by_a_lock_is_not_reported_as_done(tmp_path):
 def test_a_log_replaced_after_check_read_it_is_not_missing_from_keys(tmp_path, monkeypatch):
     """check reads a key's log, then compaction removes the deleted key from KEYS
     and rewrites its log: the old read is no longer the key's state, so no error."""
-    from castore.file import check as check_module
-    from castore.file import checklog
+    from castore.file import checktree, versionindex
 
     root = str(tmp_path / "store")
     with Store(root, dag="d") as store:
         store.set("kept", 0)
     other = Store(root, dag="d")
-    header = check_module.check_keys_header
-    read = checklog.versionindex.log_and_index
+    header = checktree.check_keys_header
+    read = versionindex.log_and_index
 
     def key_made_after_keys_was_read(*args):
         header(*args)
@@ -209,8 +208,8 @@ def test_a_log_replaced_after_check_read_it_is_not_missing_from_keys(tmp_path, m
             other.compact(keep_last=1, keep_within_seconds=0)
         return state
 
-    monkeypatch.setattr(check_module, "check_keys_header", key_made_after_keys_was_read)
-    monkeypatch.setattr(checklog.versionindex, "log_and_index", compacted_after_the_read)
+    monkeypatch.setattr("castore.file.check.check_keys_header", key_made_after_keys_was_read)
+    monkeypatch.setattr(versionindex, "log_and_index", compacted_after_the_read)
     with Store(root, dag="d") as store:
         report = store.check()
     other.close()
