@@ -147,6 +147,7 @@ def lost_log(fs: Tree, log_path: str, grave: int) -> int:
     (recording the last version in ``grave`` first), so such a version was
     in a log that was lost. 0: no index, or nothing above ``grave``.
     """
+    would_wait("a lost log's whole version index")  # a rare path: not on an event loop
     try:
         data = fs.read_file(vix_path(log_path))
     except FileNotFoundError:
