@@ -138,7 +138,11 @@ class LogChecker:
         if header is not None and not entries and not problems and not lost_by_index:
             self.check_removed(path, decode_header(header.payload), frames, grave)
         if header is not None and entries and not self.listed(path, header, keys, file):
-            self.found(path, "key missing from KEYS", "add it to KEYS", self.repair)
+            problem, repair, severity = "key missing from KEYS", "add it to KEYS", "error"
+            if not entries[-1].live and entries[-1].version <= grave:  # FORMAT.md §6
+                problem = "a deleted key that a compaction stopped after taking out of KEYS"
+                repair, severity = "add it to KEYS, so that compact removes it", "info"
+            self.found(path, problem, repair, self.repair, severity)
             if self.repair:
                 h = decode_header(header.payload)
                 self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import fcntl
 import glob
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -244,3 +247,34 @@ def test_the_lock_timeout_still_bounds_a_repair(tmp_path):
     with Store(root, dag="d") as store:
         assert store.check().findings == []
         assert [e.version for e in store.history("a").entries] == [1]
+
+
+def test_a_compaction_killed_after_taking_a_deleted_key_out_of_keys_is_no_error(tmp_path):
+    """Compaction takes a deleted key out of KEYS before it replaces the key's log
+    (FORMAT.md §6): killed in between, the log keeps its tombstone. That is a state
+    the design allows, not damage: information, and repair lists the key again so
+    that the next compaction ends the removal."""
+    root = str(tmp_path / "store")
+    with Store(root, dag="d") as store:
+        store.set("gone", 1)
+        store.delete("gone")
+        store.set("kept", 2)
+    store_at = f"castore.Store({root!r}, dag='d')"
+    compact = f"import castore; {store_at}.compact(keep_last=1, keep_within_seconds=0)"
+    env = {**os.environ, "CASTORE_FAILPOINTS": "rewrite-before-rename"}
+    child = subprocess.run([sys.executable, "-c", compact], env=env, check=False)
+    assert child.returncode == -signal.SIGKILL
+    with Store(root, dag="d") as store:
+        report = store.check()
+        assert report.ok  # old code: an error, "key missing from KEYS"
+        stopped = [f for f in report.findings if f.path.endswith(".log")]
+        assert [(f.problem, f.severity, f.repaired) for f in stopped] == [
+            ("a deleted key that a compaction stopped after taking out of KEYS", "info", False)
+        ]
+        assert not store.get("gone").found
+        assert store.get("kept").value == 2
+        repaired = store.check(repair=True)
+        assert [f.repaired for f in repaired.findings if f.path.endswith(".log")] == [True]
+        assert store.compact(keep_last=1, keep_within_seconds=0).keys_removed == 1  # ends it
+        assert [f for f in store.check().findings if f.path.endswith(".log")] == []
+        assert [e.key for e in store.list("").entries] == ["kept"]
