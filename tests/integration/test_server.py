@@ -685,6 +685,19 @@ def test_an_io_error_over_the_wire_keeps_its_errno_and_writes_nothing(tmp_path, 
     assert Store(location, dag="d").get("k").version == 1
 
 
+def _threads_reading(store: Store) -> list[str]:
+    """The names of the threads that call ``store.backend.current`` from now on, in order."""
+    threads: list[str] = []
+    current = store.backend.current
+
+    def recording(ref: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return current(ref)
+
+    store.backend.current = recording  # type: ignore[method-assign]
+    return threads
+
+
 def test_a_get_runs_on_the_event_loop_unless_it_would_wait_for_a_writer(tmp_path):
     """A file store's gets run on the event loop (a thread hand-off costs more than
     the read); one that would wait for a writer's lock runs in a worker thread instead,
@@ -696,14 +709,7 @@ def test_a_get_runs_on_the_event_loop_unless_it_would_wait_for_a_writer(tmp_path
         log = ref_log_path(store, "a")
     size = os.path.getsize(log)
     served = Store(location, dag="d", lock_timeout=30)
-    threads: list[str] = []
-    current = served.backend.current
-
-    def recording(ref: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return current(ref)
-
-    served.backend.current = recording  # type: ignore[method-assign]
+    threads = _threads_reading(served)
     app = create_app(served, request_timeout=60)
 
     async def scenario() -> tuple[httpx.Response, float, httpx.Response, bool]:
@@ -757,14 +763,7 @@ def test_a_get_that_would_scan_a_whole_log_runs_in_a_thread(tmp_path):
     with Store(location, dag="d") as local:
         expected = local.get("a")
     served = Store(location, dag="d")
-    threads: list[str] = []
-    current = served.backend.current
-
-    def recording(ref: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return current(ref)
-
-    served.backend.current = recording  # type: ignore[method-assign]
+    threads = _threads_reading(served)
     app = create_app(served)
 
     async def get_a() -> httpx.Response:
