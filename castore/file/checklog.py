@@ -137,15 +137,8 @@ class LogChecker:
             )
         if header is not None and not entries and not problems and not lost_by_index:
             self.check_removed(path, decode_header(header.payload), frames, grave)
-        if header is not None and entries and not self.listed(path, header, keys, file):
-            problem, repair, severity = "key missing from KEYS", "add it to KEYS", "error"
-            if not entries[-1].live and entries[-1].version <= grave:  # FORMAT.md §6
-                problem = "a deleted key that a compaction stopped after taking out of KEYS"
-                repair, severity = "add it to KEYS, so that compact removes it", "info"
-            self.found(path, problem, repair, self.repair, severity)
-            if self.repair:
-                h = decode_header(header.payload)
-                self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)
+        if header is not None and entries:
+            self.check_listed(path, decode_header(header.payload), keys, file, entries[-1], grave)
         if problems or lost_values:
             own = decode_header(header.payload) if header is not None else None
             plan = _RepairPlan(set(bad_blobs), new_header, lost_by_index, lost_values, grave, own)
@@ -379,10 +372,19 @@ class LogChecker:
         except (FileNotFoundError, UnsafePathError):
             return None
 
-    def listed(self, path: str, header: Frame, keys: set[str], file: tuple[int, int]) -> bool:
-        """True if ``KEYS`` lists the key of the log ``file`` at ``path`` (read before, or now)."""
-        key = decode_header(header.payload).key
-        return key in keys or listed_now(self.fs, path, key, self.timeout, file)
+    def check_listed(
+        self, path: str, h: Header, keys: set[str], file: tuple[int, int], newest: Entry, grave: int
+    ) -> None:
+        """``KEYS`` lists the key of log ``file`` (unless a compaction stopped: FORMAT.md §6)."""
+        if h.key in keys or listed_now(self.fs, path, h.key, self.timeout, file):
+            return
+        problem, repair, severity = "key missing from KEYS", "add it to KEYS", "error"
+        if not newest.live and newest.version <= grave:
+            problem = "a deleted key that a compaction stopped after taking out of KEYS"
+            repair, severity = "add it to KEYS, so that compact removes it", "info"
+        self.found(path, problem, repair, self.repair, severity)
+        if self.repair:
+            self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)
 
     def lost_by_index(self, vix: bytes | None, frames: list[Frame], grave: int) -> int:
         """The highest version the version index ``vix`` records past the log's newest, or 0.
