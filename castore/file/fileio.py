@@ -90,24 +90,20 @@ def lock(
         WouldWait: the lock is taken and this thread refused to wait
             (:func:`castore.waits.no_waiting`).
     """
-    op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    try:
-        fcntl.flock(fd, op | fcntl.LOCK_NB)
-    except BlockingIOError:
-        from castore.waits import would_wait  # on a wait only (CLI start-up)
+    if try_lock(fd, shared=shared):
+        return
+    from castore.waits import would_wait  # on a wait only (CLI start-up)
 
-        would_wait(path)
-        deadline = time.monotonic() + timeout
-        pause, longest = pauses
-        while True:
-            time.sleep(pause)
-            try:
-                fcntl.flock(fd, op | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeoutError(path, timeout) from None
-                pause = min(pause * 2, longest)
+    would_wait(path)
+    deadline = time.monotonic() + timeout
+    pause, longest = pauses
+    while True:
+        time.sleep(pause)
+        if try_lock(fd, shared=shared):
+            return
+        if time.monotonic() >= deadline:
+            raise LockTimeoutError(path, timeout)
+        pause = min(pause * 2, longest)
 
 
 def try_lock(fd: int, *, shared: bool) -> bool:
