@@ -20,6 +20,7 @@ from castore import codec, history, modify, results
 from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
+from castore.defaults import lock_timeout_of
 from castore.identity import ProcessIdentity, audit_fields
 from castore.keys import (
     Ref,
@@ -60,14 +61,15 @@ class Store(Maintenance):
             loss; when False the store stays consistent after a process crash
             but an OS crash may lose recent writes (docs/DESIGN.md).
         lock_timeout: seconds to wait for a ref's lock before
-            :class:`~castore.errors.LockTimeoutError`.
+            :class:`~castore.errors.LockTimeoutError` (0: try once; at most a day).
         actor: who writes, recorded in the audit; None means ``$CASTORE_ACTOR``.
         run_id: run id for the audit; None means ``$DAG_RUN_ID``.
         step: step name for the audit; None means ``$DAG_RUN_STEP_NAME``.
         mode: ``private`` or ``group`` (FORMAT.md §1); None means ``$CASTORE_MODE``.
 
     Raises:
-        ValueError: ``mode`` (or ``$CASTORE_MODE``) is not private or group.
+        ValueError: ``mode`` (or ``$CASTORE_MODE``) is not private or group, or
+            ``lock_timeout`` is not a number of seconds from 0 to a day.
         FormatVersionError: another format, or not a directory or a castore store.
         BackendUnavailableError: ``path`` is a ``postgresql://`` location and the
             PostgreSQL driver is not installed (:mod:`castore.backends`).
@@ -88,6 +90,7 @@ class Store(Maintenance):
         step: str | None = None,
         mode: str | None = None,
     ) -> None:
+        lock_timeout = lock_timeout_of(lock_timeout)
         location = location_of(path)
         self._backend = open_backend(
             location, durable=durable, lock_timeout=lock_timeout, mode=mode

@@ -18,7 +18,16 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from castore.cli.errors import UsageError
-from castore.cli.options import KEY, SELECT, WHO, WRITE, Help, RawHelp, add_store_options
+from castore.cli.options import (
+    KEY,
+    SELECT,
+    WHO,
+    WRITE,
+    Help,
+    RawHelp,
+    add_global_options,
+    add_store_options,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -376,25 +385,6 @@ def build_parser(version: str = "") -> _Parser:
         epilog="Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found, 5 damaged.",
         formatter_class=Help,
     )
-    parser.add_argument(
-        "--dir",
-        help="store directory, made by the first write (default: $CASTORE_DIR, else XDG data dir)",
-    )
-    parser.add_argument("--dag", help="current DAG name (default: $DAG_NAME)")
-    parser.add_argument("--root-dag", help="root DAG name (default: $CASTORE_ROOT_DAG)")
-    parser.add_argument("--no-sync", action="store_true", help="do not fsync (faster, less safe)")
-    parser.add_argument(
-        "--mode",
-        help="permissions of what castore creates: private (files 0600, directories 0700) or "
-        "group (0660, 2770) (default: $CASTORE_MODE, else as the store directory, else private)",
-    )
-    parser.add_argument("--scope", help="dag (default), root_dag, global or custom")
-    parser.add_argument("--namespace", help="namespace (overrides the scope default)")
-    parser.add_argument("--actor", help="who writes, for the audit (default: $CASTORE_ACTOR)")
-    parser.add_argument("--run-id", help="run id for the audit (default: $DAG_RUN_ID)")
-    parser.add_argument("--step", help="step name for the audit (default: $DAG_RUN_STEP_NAME)")
-    parser.add_argument(
-        "--version", action="version", version=f"castore {version}", help="print the version"
-    )
+    add_global_options(parser, version)
     parser.add_subparsers(dest="command", metavar="COMMAND", required=True, action=_CommandParsers)
     return parser

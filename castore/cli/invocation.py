@@ -53,6 +53,25 @@ class Invocation:
             raise OptionError(f"{where}{exc}") from None
 
     @functools.cached_property
+    def lock_timeout(self) -> float:
+        """``--lock-timeout`` in seconds (default 30).
+
+        Raises:
+            OptionError: not a number of seconds from 0 to a day.
+        """
+        from castore.defaults import LOCK_TIMEOUT_SECONDS, lock_timeout_of
+
+        given = self.args.lock_timeout
+        if given is None:
+            return LOCK_TIMEOUT_SECONDS
+        try:
+            return lock_timeout_of(float(given))
+        except ValueError:
+            raise OptionError(
+                f"--lock-timeout: expected a number of seconds from 0 to 86400, got {given!r}"
+            ) from None
+
+    @functools.cached_property
     def store(self) -> Store:
         """The store, opened on first use (``upgrade`` works on the directory itself)."""
         from castore.store import Store
@@ -67,6 +86,7 @@ class Invocation:
             run_id=args.run_id,
             step=args.step,
             mode=self.mode,
+            lock_timeout=self.lock_timeout,
         )
 
     def filter_namespace(self) -> str | None:

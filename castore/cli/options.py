@@ -20,10 +20,19 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI star
 if TYPE_CHECKING:
     from typing import Any, Final
 
-__all__ = ["KEY", "SELECT", "WHO", "WRITE", "Help", "RawHelp", "add_store_options"]
+__all__ = [
+    "KEY",
+    "SELECT",
+    "WHO",
+    "WRITE",
+    "Help",
+    "RawHelp",
+    "add_global_options",
+    "add_store_options",
+]
 
 KEY: Final = ("--dir", "--dag", "--root-dag", "--scope", "--namespace")  # where a key is
-WRITE: Final = ("--no-sync", "--mode")  # how a write is made
+WRITE: Final = ("--no-sync", "--mode", "--lock-timeout")  # how a write is made
 WHO: Final = ("--actor", "--run-id", "--step")  # recorded in the audit record of a write
 SELECT: Final = ("--scope", "--namespace", "--dag", "--root-dag")  # a filter across keys
 
@@ -74,6 +83,7 @@ _STORE_HELP: Final = {
     "--namespace": "explicit namespace",
     "--no-sync": "do not fsync",
     "--mode": "private or group (permissions of what is created)",
+    "--lock-timeout": "seconds to wait for a key's lock (30)",
     "--actor": "who writes (recorded in the audit)",
     "--run-id": "run id (recorded in the audit)",
     "--step": "step name (recorded in the audit)",
@@ -113,4 +123,37 @@ def add_store_options(
                     flag, action="store_true", default=argparse.SUPPRESS, help=helps[flag]
                 )
             else:
-                group.add_argument(flag, default=argparse.SUPPRESS, help=helps[flag])
+                metavar = "SECONDS" if flag == "--lock-timeout" else None
+                group.add_argument(
+                    flag, default=argparse.SUPPRESS, metavar=metavar, help=helps[flag]
+                )
+
+
+def add_global_options(parser: argparse.ArgumentParser, version: str) -> None:
+    """Add the options every command accepts before its name (``castore --dir D ... CMD``)."""
+    parser.add_argument(
+        "--dir",
+        help="store directory, made by the first write (default: $CASTORE_DIR, else XDG data dir)",
+    )
+    parser.add_argument("--dag", help="current DAG name (default: $DAG_NAME)")
+    parser.add_argument("--root-dag", help="root DAG name (default: $CASTORE_ROOT_DAG)")
+    parser.add_argument("--no-sync", action="store_true", help="do not fsync (faster, less safe)")
+    parser.add_argument(
+        "--mode",
+        help="permissions of what castore creates: private (files 0600, directories 0700) or "
+        "group (0660, 2770) (default: $CASTORE_MODE, else as the store directory, else private)",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        metavar="SECONDS",
+        help="seconds a write, or check, waits for a key held by another process before it "
+        "fails or reports the key as not checked (default 30)",
+    )
+    parser.add_argument("--scope", help="dag (default), root_dag, global or custom")
+    parser.add_argument("--namespace", help="namespace (overrides the scope default)")
+    parser.add_argument("--actor", help="who writes, for the audit (default: $CASTORE_ACTOR)")
+    parser.add_argument("--run-id", help="run id for the audit (default: $DAG_RUN_ID)")
+    parser.add_argument("--step", help="step name for the audit (default: $DAG_RUN_STEP_NAME)")
+    parser.add_argument(
+        "--version", action="version", version=f"castore {version}", help="print the version"
+    )

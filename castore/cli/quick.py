@@ -108,6 +108,7 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
     normalized = plain_normalized(value_bytes(args))  # stdin is read once, and kept
     if normalized is None or len(normalized) >= QUICK_MAX_BYTES:
         return None
+    timeout = Invocation(args).lock_timeout  # OptionError before anything is written
     digest = small_sha256(normalized)
     who = (args.actor, args.run_id, args.step, args.reason)
     audit = audit_fields(ProcessIdentity(), *who, dag=args.dag)
@@ -119,6 +120,7 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
         durable=not args.no_sync,
         expected_version=args.expected_version,
         create_only=args.create_only,
+        lock_timeout=timeout,
     )
     if version is None:
         return None

@@ -33,6 +33,7 @@ import os
 import time
 
 from castore import valuecodec
+from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import CastoreError, LockTimeoutError
 from castore.file import fileio
 from castore.file.frames import encode_frame
@@ -71,6 +72,7 @@ def quick_set(
     durable: bool,
     expected_version: int | None = None,
     create_only: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS,
 ) -> int | None:
     """Append a version holding ``normalized`` to ``ref``'s log in the store at ``root``.
 
@@ -84,33 +86,32 @@ def quick_set(
         durable: fdatasync the append.
         expected_version: the set's guard (None: none).
         create_only: the set's guard.
+        lock_timeout: seconds to wait for the key's lock.
 
     Returns:
-        The new version (the key was live: the set's ``created`` is false);
-        None: nothing was written, run the set through the store.
+        The new version (the key was live); None: nothing was written, the store writes it.
 
     Raises:
         OSError: the append failed (it was cut again: nothing was written).
-        LockTimeoutError: the key stayed locked for the lock timeout.
+        LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
     """
     if len(normalized) >= QUICK_MAX_BYTES or not all(map(_plain, audit.values())):
         return None
-    fs = Tree(root)
-    committing = False
+    fs, committing = Tree(root), False
     try:
         if not is_store(fs, root):
             return None
         path = os.path.join(root, "refs", log_name(ref))
-        with fs.open_locked(path, _FLAGS, pauses=fileio.WRITER_PAUSES) as fd:
+        with fs.open_locked(path, _FLAGS, timeout=lock_timeout, pauses=fileio.WRITER_PAUSES) as fd:
             size = os.fstat(fd).st_size
             tail = newest_entry(fd, size)
             if tail is None or indexes_beyond(fs, path, tail[1]["version"]):
                 return None
-            guards = (expected_version, create_only)
-            data, version = _frames(fd, tail, size, normalized, digest, audit, *guards)
+            guards = (normalized, digest, audit, expected_version, create_only)
+            data, version = _frames(fd, tail, size, *guards)
             _pending(fs, os.path.join(os.path.dirname(path), "STATE"), ref.key)
             committing = True
-            vix = path[: -len(".log")] + ".vix"
+            vix = path[: -len(".log")] + ".vix"  # a reader may have indexed the append
             fileio.commit(fd, data, size, durable=durable, forget=lambda: fs.unlink(vix))
             return version
     except LockTimeoutError:

@@ -335,17 +335,17 @@ class Tree:
         Raises:
             LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
+        deadline, left = time.monotonic() + timeout, timeout  # an error names ``timeout``
         while True:
             fd = self.open(path, flags)
             try:
-                left = max(0.0, deadline - time.monotonic())
                 with locked(fd, path, shared=shared, timeout=left, pauses=pauses):
                     if self.names(path, fd):
                         yield fd
                         return
             finally:
                 os.close(fd)
+            left = max(0.0, deadline - time.monotonic())  # replaced meanwhile: what is left
 
     def write_new(self, path: str, data: bytes, *, durable: bool) -> None:
         """Create ``path`` (a temporary file) holding ``data``; remove it again on failure."""

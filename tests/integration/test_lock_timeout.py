@@ -1,0 +1,113 @@
+"""``--lock-timeout`` and ``Store(lock_timeout=...)``: how long a write or check waits for a key.
+
+Without the option a key locked by a stopped process cost every write 30 s
+before it failed, and ``check`` 30 s per locked log. The oracles: the error
+or the finding names the timeout given, the command ends well before the
+default would have let it, and nothing is written (the history equals the
+one before). A timeout that is not a number of seconds from 0 to a day is a
+usage error naming the option, before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from castore import LockTimeoutError, Store
+from tests.helpers import Cli, one_line_error
+
+pytestmark = pytest.mark.integration
+
+_DEFAULT_SECONDS = 30.0  # what a write waited before the option
+
+
+@contextlib.contextmanager
+def _held(root: str) -> Iterator[None]:
+    """Another open file description holding the store's one log's lock (as another process)."""
+    (log,) = glob.glob(os.path.join(root, "refs", "*", "*", "*.log"))
+    fd = os.open(log, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _versions(root: str) -> list[int]:
+    with Store(root, dag="d") as store:
+        return [e.version for e in store.history("k").entries]
+
+
+@pytest.mark.parametrize("value", ["abc", "", "-1", "nan", "inf", "86401", "1e400"])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_lock_timeout_that_is_no_number_of_seconds_is_a_usage_error(cli, value, where):
+    cli.ok("set", "k", "1")
+    option = ["--lock-timeout", value]
+    args = [*option, "set", "k", "2"] if where == "before" else ["set", "k", "2", *option]
+    message = cli.fail(2, *args)
+    assert "--lock-timeout" in message
+    assert repr(value) in message
+    assert cli.ok("get", "k")["version"] == 1  # nothing written
+
+
+@pytest.mark.parametrize("path", ["quick", "store"])
+def test_a_set_gives_up_after_the_lock_timeout_given(tmp_path, path):
+    root = str(tmp_path / "store")
+    Store(root, dag="d").set("k", 1)
+    cli = Cli(tmp_path, root)
+    extra = ["--mode", "private"] if path == "store" else []  # --mode: the library's set
+    with _held(root):
+        started = time.monotonic()
+        proc = cli.run("--lock-timeout", "0.5", *extra, "set", "k", "2")
+        elapsed = time.monotonic() - started
+    message = one_line_error(proc, 1)
+    assert message.startswith("lock timeout: ")
+    assert message.endswith(" not locked within 0.5 s")
+    assert elapsed < _DEFAULT_SECONDS / 2  # it did not wait for the default
+    assert _versions(root) == [1]
+    assert cli.ok("--lock-timeout", "0.5", *extra, "set", "k", "2")["version"] == 2
+
+
+def test_check_reports_a_log_locked_past_the_lock_timeout_given(tmp_path):
+    root = str(tmp_path / "store")
+    Store(root, dag="d").set("k", 1)
+    cli = Cli(tmp_path, root)
+    with _held(root):
+        started = time.monotonic()
+        proc = cli.run("check", "--lock-timeout", "0.3")
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False
+    assert [f["problem"] for f in report["findings"]] == [
+        "locked by another process for 0.3 s: not checked"
+    ]
+    assert elapsed < _DEFAULT_SECONDS / 2
+    assert cli.ok("check")["ok"] is True  # once the lock is free, the log checks clean
+
+
+@pytest.mark.parametrize("value", [math.nan, -0.5, math.inf, 86_401, "5", True, None])
+def test_the_library_refuses_a_lock_timeout_that_is_no_number_of_seconds(tmp_path, value):
+    with pytest.raises(ValueError, match="lock timeout must be"):
+        Store(str(tmp_path / "store"), lock_timeout=value)
+    assert not os.path.exists(tmp_path / "store")
+
+
+def test_a_lock_timeout_of_zero_tries_the_lock_once(tmp_path):
+    root = str(tmp_path / "store")
+    Store(root, dag="d").set("k", 1)
+    with (
+        Store(root, dag="d", lock_timeout=0) as store,
+        _held(root),
+        pytest.raises(LockTimeoutError, match="not locked within 0 s"),
+    ):
+        store.set("k", 2)
+    assert _versions(root) == [1]
