@@ -109,6 +109,9 @@ class NotFoundError(CastoreError, LookupError):
         return f"not found: {self.what}"
 
 
+_EXISTS = "key exists"  # the reason of a create_only conflict
+
+
 class ConflictError(CastoreError):
     """Raised when ``expected_version`` or ``create_only`` does not hold.
 
@@ -127,6 +130,9 @@ class ConflictError(CastoreError):
         self.reason = reason
 
     def __str__(self) -> str:
+        if self.expected is None and self.reason not in ("", _EXISTS):  # no guard: an import's
+            why = f"actual version {self.actual} ({self.reason})" if self.actual else self.reason
+            return f"conflict on {self.ref}: {why}"
         if self.expected is None:
             want = "create_only (key must not exist)"
         else:

@@ -29,7 +29,7 @@ import msgspec
 
 from castore import codec
 from castore.backend import Decide, LogView, NewVersion
-from castore.errors import ConflictError, InvalidValueError
+from castore.errors import ConflictError, InvalidValueError, NotFoundError
 from castore.keys import (
     SCOPES,
     Ref,
@@ -266,6 +266,39 @@ def _only_if_empty(new_versions: list[NewVersion]) -> Decide:
     return decide
 
 
+def _refusal(
+    store: Store,
+    ref: Ref,
+    existing: Entry | None,
+    new_versions: list[NewVersion],
+    on_conflict: OnConflict,
+) -> ConflictError | None:
+    """Why the writing pass would refuse ``ref``'s versions (versions never repeat), or None.
+
+    ``overwrite`` may not take a key's versions back; a key that compaction
+    removed may not start again at a version its removed life used (the
+    backend answers ``NotFoundError``, "was compacted", for such a version).
+    """
+    first, top = new_versions[0].version, new_versions[-1].version
+    if existing is not None:
+        if on_conflict == "overwrite" and top < existing.version:
+            return ConflictError(
+                str(ref), None, existing.version, f"the import's newest version {top} is below it"
+            )
+        return None
+    try:
+        store.backend.version(ref, first)
+    except NotFoundError:
+        return ConflictError(
+            str(ref),
+            None,
+            0,
+            f"compaction removed this key after it had a version {first}, "
+            "the import's first: its versions would repeat",
+        )
+    return None
+
+
 def import_lines(
     store: Store,
     read: Callable[[], Iterable[bytes]],
@@ -287,10 +320,14 @@ def import_lines(
         ConflictError: ``refuse`` and some refs already exist.
     """
     conflicts: dict[Ref, int] = {}
-    for ref, _ in _parse(read()):
+    refused: list[ConflictError] = []
+    for ref, new_versions in _parse(read()):
         existing = store.backend.current(ref).entry
         if existing is not None:
             conflicts[ref] = existing.version
+        refusal = _refusal(store, ref, existing, new_versions, on_conflict)
+        if refusal is not None:
+            refused.append(refusal)
     if conflicts and on_conflict == "refuse":
         first = next(iter(conflicts))
         raise ConflictError(
@@ -299,6 +336,10 @@ def import_lines(
             conflicts[first],
             f"{len(conflicts)} imported key(s) already exist; use skip or overwrite",
         )
+    if refused:  # before anything is written: a refused key refuses the whole import
+        first = refused[0]
+        counted = f"{first.reason}; {len(refused)} key(s) refused, nothing imported"
+        raise ConflictError(first.ref, first.expected, first.actual, counted)
     clash = set(conflicts)
     refs = versions = 0
     skipped: list[str] = []

@@ -8,6 +8,7 @@ import pty
 import random
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -460,6 +461,51 @@ def test_import_overwrite_never_takes_versions_back(cli, tmp_path, new_store_loc
     assert proc.returncode == 3, proc.stderr
     assert b"below" in proc.stderr
     assert cli.ok("get", "a", store=target)["version"] == 3
+
+
+def test_an_import_refused_for_one_key_writes_no_other_key(cli, tmp_path, new_store_location):
+    # The refusal of a later key came from the writing pass: earlier keys were
+    # already replaced ("local-a" gone from the history) when it failed, exit 3.
+    target = new_store_location()
+    mine = store_at(target)
+    mine.set("a", "local-a")
+    for n in range(3):
+        mine.set("b", n)
+    other = new_store_location()
+    store_at(other).set("a", "theirs")
+    store_at(other).set("b", "theirs")
+    (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=other))
+    before = cli.raw_ok("export", store=target)
+    message = cli.fail(3, "import", "theirs.jsonl", "--on-conflict", "overwrite", store=target)
+    assert message.startswith("conflict on dag/d/b: actual version 3 (")
+    assert "below it" in message
+    assert message.endswith("1 key(s) refused, nothing imported)")
+    assert cli.raw_ok("export", store=target) == before
+
+
+def test_an_import_into_a_key_compaction_removed_imports_nothing_else(
+    cli, tmp_path, new_store_location
+):
+    target = new_store_location()
+    for n in range(3):
+        cli.ok("set", "gone", str(n), store=target)
+    cli.ok("delete", "gone", store=target)
+    time.sleep(1.1)
+    assert cli.ok("compact", "--keep-within", "1s", store=target)["keysRemoved"] == 1
+    other = new_store_location()
+    store_at(other).set("a", "new")
+    store_at(other).set("gone", "again")
+    (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=other))
+    before = cli.raw_ok("export", store=target)
+    for mode in ("refuse", "skip", "overwrite"):
+        message = cli.fail(3, "import", "theirs.jsonl", "--on-conflict", mode, store=target)
+        assert message == (
+            "conflict on dag/d/gone: compaction removed this key after it had a version 1, "
+            "the import's first: its versions would repeat; 1 key(s) refused, nothing imported"
+        )
+        assert cli.raw_ok("export", store=target) == before
+    assert cli.ok("get", "a", store=target)["found"] is False
+    assert cli.ok("set", "gone", "5", store=target)["version"] == 5
 
 
 HASH_1 = sha256(b"1")
