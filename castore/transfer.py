@@ -337,9 +337,9 @@ def import_lines(
             f"{len(conflicts)} imported key(s) already exist; use skip or overwrite",
         )
     if refused:  # before anything is written: a refused key refuses the whole import
-        first = refused[0]
-        counted = f"{first.reason}; {len(refused)} key(s) refused, nothing imported"
-        raise ConflictError(first.ref, first.expected, first.actual, counted)
+        why = refused[0]
+        counted = f"{why.reason}; {len(refused)} key(s) refused, nothing imported"
+        raise ConflictError(why.ref, why.expected, why.actual, counted)
     clash = set(conflicts)
     refs = versions = 0
     skipped: list[str] = []

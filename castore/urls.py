@@ -35,11 +35,15 @@ def redacted(location: str) -> str:
 
     >>> redacted("postgresql://alice:s3cret@db.example:5432/state?sslmode=require&schema=ci")
     'postgresql://db.example:5432/state?schema=ci'
+    >>> redacted("postgresql://alice:pa/s@s@db.example/state")
+    'postgresql://db.example/state'
     """
     if "://" not in location:
         return location
     scheme, _, rest = location.partition("://")
-    host = rest.split("/", 1)[0].rpartition("@")[2]
-    path, _, query = rest[len(rest.split("/", 1)[0]) :].split("#", 1)[0].partition("?")
+    head, _, query = rest.split("#", 1)[0].partition("?")
+    # Userinfo ends at the last "@" before the query: a password may hold an
+    # unencoded "/" or "@" (libpq reads it so), and none of it may be shown.
+    after = head.rpartition("@")[2]
     kept = [item for item in query.split("&") if item.startswith("schema=")][-1:]
-    return f"{scheme}://{host}{path}" + (f"?{kept[0]}" if kept else "")
+    return f"{scheme}://{after}" + (f"?{kept[0]}" if kept else "")

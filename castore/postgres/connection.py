@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -137,8 +138,8 @@ class Database:
     def clean(self, exc: BaseException) -> str:
         """The driver's message for ``exc``, first line, without the URL's password."""
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-        for secret in self.location.secrets:
-            text = text.replace(secret, "***")
+        for secret in self.location.secrets:  # whole words only: "ok" never masks "token"
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
         return text
 
     def _connect(self) -> psycopg.Connection[Any]:

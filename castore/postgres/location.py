@@ -36,6 +36,25 @@ def _name(item: str) -> str:
     return urllib.parse.unquote(item.partition("=")[0])
 
 
+_SEPARATORS: Final = re.compile(r"[@/:?#&%]")  # where libpq may cut a password it misreads
+
+
+def _secrets(passwords: list[str]) -> tuple[str, ...]:
+    """What a message must not show: each password as given and decoded, and its pieces.
+
+    libpq echoes what it could not read (a host after an unencoded ``@``, a bad
+    percent-escape as written), so the pieces between separators of 4 or more
+    characters are secrets too. Longest first: a longer one is masked whole.
+    """
+    found: set[str] = set()
+    for text in passwords:
+        for form in (text, urllib.parse.unquote(text)):
+            if form:
+                found.add(form)
+                found.update(p for p in _SEPARATORS.split(form) if len(p) >= 4)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
 def parse(location: str) -> Location:
     """Split a ``postgresql://`` location into libpq's URL and castore's schema.
 
@@ -58,11 +77,12 @@ def parse(location: str) -> Location:
             f"{shown}: invalid schema {schema!r}: use lower-case letters, digits and _ "
             "(at most 63, not starting with a digit or pg_)"
         )
-    passwords = [urllib.parse.unquote(i.partition("=")[2]) for i in items if _name(i) == "password"]
+    raw = [i.partition("=")[2] for i in items if _name(i) == "password"]
     rest = "&".join(i for i in items if _name(i) != "schema")
     base = location.partition("?")[0].partition("#")[0]
     conninfo = f"{base}?{rest}" if rest else base
-    secrets = tuple(p for p in (password, *passwords) if p)
+    userinfo = base.partition("://")[2].rpartition("@")[0]  # up to the last "@" (urls.redacted)
+    secrets = _secrets([password, userinfo.partition(":")[2], *raw])
     return Location(
         conninfo, schema, redacted(location) if schemas else f"{shown}?schema={schema}", secrets
     )

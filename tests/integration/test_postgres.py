@@ -635,6 +635,42 @@ def test_an_unreachable_server_is_unavailable_without_credentials():
                 assert secret not in text, text
 
 
+@pytest.mark.parametrize(
+    ("userinfo", "query", "secret"),
+    [
+        ("castore:pa/ss9{tag}", "", "ss9{tag}"),  # an unencoded "/": the host was cut there
+        ("castore:p@ss9{tag}", "", "ss9{tag}"),  # an unencoded "@": libpq names the rest as host
+        ("castore:sec%00ret9{tag}", "", "ret9{tag}"),  # libpq echoes a bad escape as written
+        ("castore:p%41ss%zz{tag}", "", "{tag}"),
+        ("castore:ok", "password=q%41%zz{tag}", "{tag}"),
+    ],
+)
+def test_a_password_libpq_cannot_read_is_never_shown(postgres_location, userinfo, query, secret):
+    # Found by a review: each of these showed the password, or its tail, in the error,
+    # in repr(store) and on the CLI's stderr.
+    tag = os.urandom(6).hex()
+    host = parse(postgres_location).conninfo.partition("://")[2].rpartition("@")[2]
+    location = f"postgresql://{userinfo.format(tag=tag)}@{host}"
+    location += f"?{query.format(tag=tag)}" if query else ""
+    secret = secret.format(tag=tag)
+    store = Store(location, dag=DAG)
+    with pytest.raises(StoreUnavailableError) as exc:
+        store.get("k")
+    cli = subprocess.run(
+        [sys.executable, "-m", "castore", "--dag", DAG, "get", "k"],
+        env={**os.environ, "CASTORE_DIR": location},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cli.returncode == 1, cli.stderr
+    shown = [repr(store), str(exc.value), repr(exc.value), cli.stderr, cli.stdout]
+    for text in shown:
+        assert secret not in text, text
+        assert tag not in text, text
+    assert "cannot connect" in str(exc.value)
+
+
 def test_a_wrong_password_is_unavailable_without_it(postgres_location):
     where = parse(postgres_location)
     secret = "wrong-" + os.urandom(6).hex()
