@@ -27,7 +27,7 @@ from castore.backend import (
     newest_first,
     next_entry,
 )
-from castore.errors import ConflictError
+from castore.errors import ConflictError, CorruptionError
 from castore.keys import Ref
 from castore.postgres import compaction, maintenance, rows, schema
 from castore.postgres import statements as q
@@ -98,7 +98,7 @@ class PostgresBackend:
         def work(cur: Cursor) -> Current:
             cur.execute(q.CURRENT, (rows.ref_id(ref),), binary=True)  # no hex round trip
             row = cur.fetchone()
-            found = rows.entry(row) if row is not None else None
+            found = rows.entry(row, 0, ref) if row is not None else None
             if row is None or found is None:
                 return Current(None, None)
             return Current(found, rows.value(ref, found, *row[8:11]))
@@ -157,7 +157,10 @@ class PostgresBackend:
             out: dict[str, ListEntry | None] = {}
             for row in cur.fetchall():
                 key = bytes(row[0]).decode("utf-8")
-                found = rows.entry(row, 1)
+                try:
+                    found = rows.entry(row, 1)
+                except CorruptionError:
+                    continue  # left unknown: list reads the key alone, and skips it
                 live = found is not None and found.live
                 out[key] = rows.list_entry(scope, namespace, key, found) if live else None  # type: ignore[arg-type]
             return out
@@ -189,7 +192,7 @@ class PostgresBackend:
                 "ORDER BY version DESC LIMIT %s",
                 (rows.ref_id(ref), before, limit or None),
             )
-            return [e for row in cur.fetchall() if (e := rows.entry(row)) is not None]
+            return [e for row in cur.fetchall() if (e := rows.entry(row, 0, ref)) is not None]
 
         result: list[Entry] = self._read(work, f"reading {ref}", [])
         return result
@@ -210,7 +213,7 @@ class PostgresBackend:
                 [],
             )
             for row in page:
-                found = rows.entry(row)
+                found = rows.entry(row, 0, ref)
                 if found is None:
                     continue
                 lost = found.op == OP_DAMAGED
@@ -243,7 +246,7 @@ class PostgresBackend:
             cur.execute(q.NEW_REF, rows.ref_row(ref))
             row = cur.execute(q.LOCK, key).fetchone()
         assert row is not None  # noqa: S101 - inserted or found above, under the lock
-        return int(row[0]), rows.entry(row, 1), row[9]
+        return int(row[0]), rows.entry(row, 1, ref), row[9]
 
     def _append(
         self,

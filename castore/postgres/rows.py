@@ -110,15 +110,20 @@ def audit_json(audit: Audit) -> bytes:
     return _audit_encoder.encode(audit)
 
 
-def entry(row: tuple[Any, ...], at: int = 0) -> Entry | None:
-    """The entry in ``row[at:]`` (:data:`ENTRY`'s columns); None when its version is null."""
+def entry(row: tuple[Any, ...], at: int = 0, ref: object = None) -> Entry | None:
+    """The entry in ``row[at:]`` (:data:`ENTRY`'s columns); None when its version is null.
+
+    Raises:
+        CorruptionError: its audit record is not one (naming ``ref``, when given).
+    """
     version, op, time_ns, digest, size, created_ns, audit, damaged_from = row[at : at + 8]
     if version is None:
         return None
     try:
         who = _audit_decoder.decode(bytes(audit)) if audit and audit != b"{}" else Audit()
     except msgspec.DecodeError as exc:
-        raise CorruptionError(f"version {version}: bad audit record: {exc}") from None
+        whose = f"{ref} " if ref is not None else ""
+        raise CorruptionError(f"{whose}version {version}: bad audit record: {exc}") from None
     return Entry(
         version=version,
         op=op,

@@ -129,7 +129,7 @@ def entry_at(cur: Cursor, ref: Ref, version: int) -> tuple[Entry | None, bytes |
     row = cur.execute(EXACT_VERSION, (key, version), binary=True).fetchone()  # the common case
     if row is None:  # a damaged range over it, if any (imported from a file store)
         row = cur.execute(VERSION, (key, version, 1)).fetchone()
-    found = rows.entry(row) if row is not None else None
+    found = rows.entry(row, 0, ref) if row is not None else None
     if found is not None and found.first <= version:
         return found, rows.value(ref, found, *row[8:11]) if row is not None else None
     cur.execute(
