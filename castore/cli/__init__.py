@@ -34,7 +34,7 @@ from castore.errors import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
-    from typing import Final
+    from typing import BinaryIO, Final
 
     from castore.cli.invocation import Command
 
@@ -127,14 +127,36 @@ def _lines(args: argparse.Namespace) -> Iterator[bytes]:
     yield from COMMANDS[args.command](Invocation(args))
 
 
+class _OutputError(Exception):
+    """Writing the output failed (the command itself may have done its work)."""
+
+
+def _write(out: BinaryIO, data: bytes, *, flush: bool = False) -> None:
+    try:
+        out.write(data)
+        if flush:
+            out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _OutputError(exc.strerror or str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (see :data:`EXIT_CODES`)."""
+    if sys.stdout is None:  # started with the descriptor closed: do nothing
+        return _fail("standard output is closed: nothing was done", EXIT_FAILURE)
     out = sys.stdout.buffer
     try:
         args = build_parser(castore.__version__).parse_args(argv)
         for line in _lines(args):
-            out.write(line + b"\n")
-        out.flush()
+            _write(out, line + b"\n")
+        _write(out, b"", flush=True)
+    except _OutputError as exc:  # after the work: say that only the output was lost
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())  # what stays buffered goes nowhere at exit
+        os.close(devnull)
+        return _fail(f"cannot write the output: {exc}", EXIT_FAILURE)
     except (UsageError, OptionError) as exc:
         return _fail(str(exc), EXIT_INVALID)
     except UnhealthyError as exc:
@@ -184,5 +206,6 @@ def run() -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"castore: {message}\n")
+    if sys.stderr is not None:  # None: started with it closed
+        sys.stderr.write(f"castore: {message}\n")
     return code

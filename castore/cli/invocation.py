@@ -14,18 +14,18 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
-from castore.cli.errors import OptionError
+from castore.cli.errors import OptionError, UsageError
 from castore.keys import go_trim_space, resolve_namespace
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
-    from typing import Never, TypeAlias
+    from typing import BinaryIO, Never, TypeAlias
 
     from tqdm import tqdm
 
     from castore.store import Store
 
-__all__ = ["Command", "Invocation", "argv_bytes", "progress", "value_bytes"]
+__all__ = ["Command", "Invocation", "argv_bytes", "progress", "stdin", "value_bytes"]
 
 
 class Invocation:
@@ -127,13 +127,25 @@ def value_bytes(args: argparse.Namespace) -> bytes:
     return kept
 
 
+def stdin(instead: str = "give the value as an argument") -> BinaryIO:
+    """Standard input, as bytes.
+
+    Raises:
+        UsageError: the process was started with standard input closed (``instead``
+            says what to do).
+    """
+    if sys.stdin is None:
+        raise UsageError(f"standard input is closed: {instead}")
+    return sys.stdin.buffer
+
+
 def argv_bytes(text: str) -> bytes:
     """A JSON argument as its bytes: ``-`` reads stdin; otherwise argv as given.
 
     Invalid UTF-8 in argv stays as bytes, and the codec replaces it as Go does.
     """
     if text == "-":
-        return sys.stdin.buffer.read()
+        return stdin().read()
     return os.fsencode(text)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Final
@@ -19,7 +18,7 @@ import msgspec
 
 from castore.backends import default_root, upgrade
 from castore.cli.errors import UnhealthyError, UsageError
-from castore.cli.invocation import Command, Invocation, progress
+from castore.cli.invocation import Command, Invocation, progress, stdin
 from castore.cli.render import encode_line, render_as
 from castore.dagu import import_dagu
 from castore.keys import go_trim_space
@@ -103,7 +102,9 @@ def _import(cmd: Invocation) -> Iterator[bytes]:
         path = a.file
         if path == "-":  # two passes: spool stdin to a temporary file first
             spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="castore-import-"))
-            for line in read_lines(sys.stdin.buffer):  # bounded: a long line is refused
+            for line in read_lines(
+                stdin("give the export file's path instead of -")
+            ):  # bounded: a long line is refused
                 spool.write(line)
             spool.flush()
             path = spool.name

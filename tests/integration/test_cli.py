@@ -1,11 +1,12 @@
 import hashlib
 import json
 import re
+import subprocess
 
 import pytest
 
 import castore
-from tests.helpers import json_line
+from tests.helpers import Cli, json_line, one_line_error
 
 DAG = "daily-agent"  # the cli fixture's --dag
 # The CLI suite runs on a server over PostgreSQL too (tests/conftest.py).
@@ -568,3 +569,52 @@ def test_keys_are_trimmed_like_go_trimspace(cli):
     # The executor trims with Go's strings.TrimSpace; U+001F is not white space there.
     written = cli.ok("set", " \x1fk ", "1")
     assert written["key"] == "\x1fk"
+
+
+def _with_closed(cli: Cli, redirect: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``castore --dir … --dag … ARGS`` started with ``redirect`` (e.g. ``<&-``) applied."""
+    argv = [str(a) for a in cli.argv(*cli.options(), *args)]
+    return subprocess.run(
+        ["/bin/sh", "-c", f'exec "$@" {redirect}', "sh", *argv],
+        capture_output=True,
+        env=cli.env,
+        cwd=cli.cwd,
+        timeout=cli.timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "instead"),
+    [
+        (("set", "k"), "give the value as an argument"),
+        (("set", "k", "-"), "give the value as an argument"),
+        (("diff", "k"), "give the value as an argument"),
+        (("patch", "k"), "give the value as an argument"),
+        (("import", "-"), "give the export file's path instead of -"),
+    ],
+)
+def test_a_closed_standard_input_is_a_usage_error(cli, args, instead):
+    # Found by a review: a traceback (AttributeError on sys.stdin.buffer), exit 1.
+    cli.ok("set", "k", "1")
+    before = cli.raw_ok("export")
+    message = one_line_error(_with_closed(cli, "<&-", *args), 2)
+    assert message == f"standard input is closed: {instead}"
+    assert cli.raw_ok("export") == before
+
+
+@pytest.mark.parametrize("args", [("get", "k"), ("set", "k", "5"), ("stats",)])
+def test_a_closed_standard_output_does_nothing(cli, args):
+    cli.ok("set", "k", "1")
+    before = cli.raw_ok("export")
+    proc = _with_closed(cli, ">&-", *args)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == b"castore: standard output is closed: nothing was done\n"
+    assert cli.raw_ok("export") == before
+
+
+def test_an_output_that_cannot_be_written_is_named_as_such(cli):
+    cli.ok("set", "k", "1")
+    message = one_line_error(_with_closed(cli, ">/dev/full", "set", "k", "7"), 1)
+    assert message == "cannot write the output: No space left on device"
+    assert cli.ok("get", "k")["value"] == 7  # the write itself was made
