@@ -45,6 +45,9 @@ CASTORE_ENV: Final = (
 Arg = str | bytes | os.PathLike[str]
 
 
+WHOLE_STORE: Final = frozenset({"audit", "export", "compact"})  # --dag narrows them
+
+
 class Cli:
     """Runs castore's command line in a subprocess, isolated from the host.
 
@@ -117,7 +120,14 @@ class Cli:
         dag: str | EllipsisType | None = ...,
         **kw: Any,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``castore --dir STORE [--dag DAG] ARGS``; ``kw`` as for :meth:`raw`."""
+        """Run ``castore --dir STORE [--dag DAG] ARGS``; ``kw`` as for :meth:`raw`.
+
+        The whole-store commands (:data:`WHOLE_STORE`) get no ``--dag`` unless
+        ``dag`` is given: a DAG named on their command line narrows them to its
+        namespace (docs/CLI.md, "audit").
+        """
+        if dag is ... and args and args[0] in WHOLE_STORE:
+            dag = None
         return self.raw(*self.options(store, dag), *args, **kw)
 
     def ok(self, *args: Arg, **kw: Any) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def _audit(cmd: Invocation) -> Iterator[bytes]:
     with progress("records") as bar:
         for record in audit(
             cmd.store,
-            scope=cmd.scope_given,
+            scope=cmd.filter_scope(),
             namespace=cmd.filter_namespace(),
             run_id=a.run_id,
             actor=a.actor,

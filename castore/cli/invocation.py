@@ -89,6 +89,24 @@ class Invocation:
             lock_timeout=self.lock_timeout,
         )
 
+    def filter_scope(self) -> str | None:
+        """The scope filter of ``audit``, ``export`` and ``compact`` (None: every one).
+
+        ``--scope``; without it, ``dag`` when ``--dag`` is given on the command
+        line (``root_dag`` for ``--root-dag`` alone): a DAG named there narrows
+        the command to its namespace, never silently to nothing. ``$DAG_NAME``
+        narrows only with ``--scope dag``.
+
+        Raises:
+            OptionError: ``--dag`` and ``--root-dag`` given without ``--scope``.
+        """
+        if self.scope_given is not None or self.namespace is not None:
+            return self.scope_given
+        dag, root_dag = self.args.dag is not None, self.args.root_dag is not None
+        if dag and root_dag:
+            raise OptionError("--dag and --root-dag: say which with --scope dag or root_dag")
+        return "dag" if dag else "root_dag" if root_dag else None
+
     def filter_namespace(self) -> str | None:
         """The namespace filter of ``audit``, ``export`` and ``compact`` (None: every one).
 
@@ -99,7 +117,7 @@ class Invocation:
         Raises:
             InvalidRefError: the DAG name given is blank or not a valid namespace.
         """
-        scope = self.scope_given
+        scope = self.filter_scope()
         if self.namespace is not None or scope not in ("dag", "root_dag"):
             return self.namespace
         dag, root_dag = self.store.dag, self.store.root_dag

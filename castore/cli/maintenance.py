@@ -90,7 +90,7 @@ def _duration(text: str | None) -> float | None:
 def _export(cmd: Invocation) -> Iterator[bytes]:
     with progress("versions") as bar:
         for line in export_lines(
-            cmd.store, scope=cmd.scope_given, namespace=cmd.filter_namespace()
+            cmd.store, scope=cmd.filter_scope(), namespace=cmd.filter_namespace()
         ):
             bar.update()
             yield line.rstrip(b"\n")
@@ -158,7 +158,7 @@ def _compact(cmd: Invocation) -> Iterator[bytes]:
             keep_last=a.keep_last,
             keep_within_seconds=_duration(a.keep_within),
             keep_within_text=(a.keep_within or "").strip(),
-            scope=cmd.scope_given,
+            scope=cmd.filter_scope(),
             namespace=cmd.filter_namespace(),
             prefix=go_trim_space(a.prefix),
             dry_run=a.dry_run,

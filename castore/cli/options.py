@@ -91,10 +91,10 @@ _STORE_HELP: Final = {
 _FILTER_HELP: Final = {
     "--scope": "only this scope (default: every scope)",
     "--namespace": "only this namespace",
-    "--dag": "with --scope dag: only this DAG's namespace "
-    "(default: $DAG_NAME; neither: every DAG namespace)",
-    "--root-dag": "with --scope root_dag: only this root DAG's namespace "
-    "(default: $CASTORE_ROOT_DAG, else the DAG name; none: every one)",
+    "--dag": "only this DAG's namespace (scope dag unless --scope says otherwise; with "
+    "--scope dag and no --dag: $DAG_NAME, else every DAG namespace)",
+    "--root-dag": "only this root DAG's namespace (scope root_dag unless --scope says "
+    "otherwise; with --scope root_dag and none: $CASTORE_ROOT_DAG, else the DAG name)",
     "--actor": "only records written by this actor",
     "--run-id": "only records written with this run id",
     "--step": "only records written by this step",

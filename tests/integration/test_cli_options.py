@@ -153,6 +153,27 @@ def test_scope_dag_filters_follow_the_dag_name(cli):
     assert compacted["versionsDropped"] == 3
 
 
+def test_a_dag_named_on_the_command_line_narrows_audit_export_and_compact(cli):
+    # Found by a review: without --scope, --dag was silently no filter at all, so
+    # `castore --dag etl compact --keep-last 1` dropped versions of every namespace.
+    for _ in range(3):
+        cli.ok("set", "k", "1", dag="one")
+        cli.ok("set", "k", "2", dag="two")
+    cli.ok("--scope", "root_dag", "set", "k", "3", dag="one")
+    assert [r["namespace"] for r in records(cli, dag="one")][:1] == ["one"]
+    assert {(r["scope"], r["namespace"]) for r in records(cli, dag="one")} == {("dag", "one")}
+    assert {r["scope"] for r in records(cli, "--root-dag", "one", dag=None)} == {"root_dag"}
+    export = cli.lines("export", dag="two")
+    assert {json.loads(line)["namespace"] for line in export[1:]} == {"two"}
+    env = {"DAG_NAME": "two"}  # the environment names the current DAG: no filter by itself
+    assert len(records(cli, dag=None, env=env)) == 7
+    compacted = cli.ok("compact", "--keep-last", "1", dag="two")
+    assert (compacted["refsExamined"], compacted["versionsDropped"]) == (1, 2)
+    assert [e["version"] for e in cli.ok("history", "k", dag="one")["entries"]] == [3, 2, 1]
+    message = cli.fail(2, "--root-dag", "r", "audit", dag="one")
+    assert message == "--dag and --root-dag: say which with --scope dag or root_dag"
+
+
 def test_import_dagu_exits_1_when_it_skipped_corrupt_records(cli, tmp_path):
     source = DaguDir(tmp_path / "dag-state")
     source.record("dag", "daily", "good", 1, 1)
