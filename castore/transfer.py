@@ -23,7 +23,7 @@ the whole line; :func:`import_lines` refuses such a line from any reader.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Final, Literal
+from typing import IO, Annotated, Final, Literal
 
 import msgspec
 
@@ -62,7 +62,11 @@ EXPORT_VERSION = 1
 # and 64 KiB the fixed fields. 2 MiB + 64 KiB = 2,162,688 bytes.
 MAX_RECORD_BYTES: Final = 2 * codec.MAX_VALUE_BYTES + (64 << 10)
 OnConflict = Literal["refuse", "skip", "overwrite"]
-_NO_VALUE = msgspec.Raw(b"")  # the default of ExportRecord.value: omitted when encoding
+_NO_VALUE = msgspec.Raw(b"")
+# A version, a time or a pid: what every backend stores (PostgreSQL's bigint, msgpack's int).
+_Count = Annotated[
+    int, msgspec.Meta(ge=0, le=(1 << 63) - 1)
+]  # the default of ExportRecord.value: omitted when encoding
 
 
 class ExportHeader(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,14 +82,14 @@ class ExportRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     scope: str
     namespace: str
     key: str
-    version: int
+    version: _Count
     op: str
-    time_ns: int
-    created_ns: int = 0
+    time_ns: _Count
+    created_ns: _Count = 0
     hash: str = ""
     audit: Audit = Audit()
     value: msgspec.Raw = _NO_VALUE  # a delete or a damaged entry carries no value
-    damaged_from: int = 0  # a ``damaged`` entry: the versions damaged_from..version were lost
+    damaged_from: _Count = 0  # a ``damaged`` entry: the versions damaged_from..version were lost
 
 
 class ImportReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -221,6 +225,8 @@ def _parse(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]]]:
 
 
 def _new_version(rec: ExportRecord, number: int, last_version: int) -> NewVersion:
+    if not (0 <= rec.audit.pid < 1 << 63 and 0 <= rec.audit.rollback_from < 1 << 63):
+        raise InvalidValueError(f"line {number}: audit pid or rollback_from out of range")
     if rec.version <= last_version:
         raise InvalidValueError(f"line {number}: version {rec.version} after {last_version}")
     if rec.op not in (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED):

@@ -126,6 +126,8 @@ def _decode(name: str, body: bytes) -> Any:
         return decode_request(name, body)
     except msgspec.DecodeError as exc:  # a ValidationError too: not this operation's request
         raise ApiError("bad_request", f"bad request body: {exc}") from None
+    except RecursionError:  # msgspec's decoder recurses per level of nesting
+        raise ApiError("bad_request", "bad request body: nested too deeply") from None
 
 
 def _list_of(request: Request) -> tuple[str | None, int]:
@@ -217,7 +219,7 @@ class _Api:
             body = await _read_body(request, BACKEND_BODY_BYTES)
             try:
                 req = decode_call(name, body)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 raise ApiError("bad_request", f"bad request body: {exc}") from None
             self.membership.check(_list_of(request), keyspace_of(req))
             if call.stream:

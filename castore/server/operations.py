@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any, Final, NamedTuple
+from typing import Annotated, Any, Final, NamedTuple
 
 import msgspec
 
@@ -63,7 +63,7 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     attempt: str = ""
     user: str = ""
     host: str = ""
-    pid: int = 0
+    pid: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)] = 0  # msgpack's range, and more
     actor: str = ""
 
 

@@ -536,6 +536,12 @@ MALFORMED = {
         good_line("x", 2),
         good_line("x", 2),
     ],
+    "version past a bigint": [HEADER.strip(), good_line("first", 1), good_line("x", 1 << 63)],
+    "audit pid past 64 bits": [
+        HEADER.strip(),
+        good_line("first", 1),
+        good_line("x", 1).replace(b'"value"', b'"audit":{"pid":99999999999999999999},"value"'),
+    ],
     "ref not contiguous": [
         HEADER.strip(),
         good_line("first", 1),

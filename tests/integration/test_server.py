@@ -531,6 +531,30 @@ def test_bad_requests_answer_400(file_server):
     assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
 
 
+def test_a_write_the_backend_protocol_could_not_carry_is_refused(file_server, monkeypatch):
+    # Found by a review: a caller pid past 2**64 was written, and every http:// worker's
+    # get, set and history of that key then failed (500: msgpack cannot encode it);
+    # a value nested 100,000 deep answered 500 (RecursionError) instead of 400.
+    deep = "[" * 100_000 + "]" * 100_000
+    for fields, raw, fragment in (
+        ({"key": "k", "caller": {"pid": 99999999999999999999}}, {"value": "1"}, "$.caller.pid"),
+        ({"key": "k", "caller": {"pid": -1}}, {"value": "1"}, "$.caller.pid"),
+        ({"key": "k"}, {"value": deep}, "nested too deeply"),
+        ({"key": "k"}, {"patch": "[" * 100_000 + "]" * 100_000}, "nested too deeply"),
+    ):
+        op = "patch" if "patch" in raw else "set"
+        response = post(file_server, op, body({"dag": "d", **fields}, **raw), AUTH)
+        assert response.status_code == 400, (response.status_code, response.text[:200])
+        error = response.json()["error"]
+        assert (error["code"], fragment in error["message"]) == ("bad_request", True), error
+    response = post(file_server, "get", body({"dag": "d", "key": "k"}), AUTH)
+    assert response.json()["found"] is False  # nothing was written
+    monkeypatch.setenv("CASTORE_TOKEN", TOKEN)
+    worker = Store(file_server.url, dag="d")
+    assert worker.set("k", 1).version == 1
+    assert worker.get("k").value == 1
+
+
 def test_a_slow_request_times_out(start, tmp_path):
     server = start(str(tmp_path / "store"), "--request-timeout", "0.5")
     server.wait_healthy()
