@@ -2,11 +2,11 @@
 
 Each works in short transactions beside running readers and writers:
 
-* **check** re-hashes every blob, and checks that every version's blob is
-  present and that each key's ``refs`` row holds a copy of its newest
-  version; ``--repair`` rewrites a wrong copy from ``versions`` (under the
-  key's row lock). A blob that fails its hash cannot be repaired here: the
-  versions that use it read as damaged, never as another value.
+* **check** re-hashes every blob, checks every version row and that each
+  key's ``refs`` row holds a copy of its newest version
+  (:mod:`castore.postgres.integrity`, which also repairs). A blob that fails
+  its hash cannot be repaired here: the versions that use it read as
+  damaged, never as another value.
 * **gc** deletes blobs that no version references and that no write used
   within the grace period. Every write that stores a version with a blob
   either upserts the blob row or refreshes its ``touched_ns`` in its own
@@ -30,6 +30,7 @@ from castore.backend import Progress
 from castore.errors import CorruptionError
 from castore.postgres import rows
 from castore.postgres.connection import Cursor, Database, Row
+from castore.postgres.integrity import check_copies, check_versions
 from castore.reports import (
     CheckReport,
     Finding,
@@ -41,27 +42,6 @@ from castore.reports import (
 __all__ = ["check", "collect_garbage", "stats"]
 
 _BATCH: Final = 500  # blobs per query when every blob is read or deleted
-_COLUMNS: Final = f"{rows.ENTRY}, {rows.VALUE}"
-_NEWEST_COPY_WRONG: Final = f"""
-    SELECT r.scope, r.namespace, r.key, r.ref_id FROM refs r
-    LEFT JOIN LATERAL (
-        SELECT {_COLUMNS} FROM versions v WHERE v.ref_id = r.ref_id
-        ORDER BY v.version DESC LIMIT 1
-    ) n ON true
-    WHERE (r.version, r.op, r.time_ns, r.digest, r.size, r.created_ns, r.audit, r.damaged_from,
-           r.blob, r.inline)
-        IS DISTINCT FROM
-        (n.version, n.op, n.time_ns, n.digest, n.size, n.created_ns, n.audit, n.damaged_from,
-         n.blob, n.inline)
-    ORDER BY r.scope, r.namespace, r.key
-"""
-_COPY_NEWEST: Final = f"""
-    UPDATE refs r SET ({_COLUMNS}) = (
-        SELECT {_COLUMNS} FROM versions v WHERE v.ref_id = r.ref_id
-        ORDER BY v.version DESC LIMIT 1
-    )
-    WHERE r.ref_id = %s
-"""
 
 
 def _blobs(db: Database) -> Iterator[list[tuple[Any, ...]]]:
@@ -105,40 +85,6 @@ def _bad_blobs(db: Database, progress: Progress | None) -> tuple[int, list[Findi
     return blobs, findings
 
 
-def _bad_inline(db: Database) -> tuple[int, list[Finding]]:
-    """Re-hash every value kept in its version row: how many, and a finding per one that fails."""
-    findings: list[Finding] = []
-    count = 0
-    after: tuple[Any, ...] = (b"", 0)
-    while True:
-        batch = db.fetch(
-            "SELECT v.ref_id, v.version, r.scope, r.namespace, r.key, v.digest, v.size, "
-            "v.inline FROM versions v JOIN refs r ON r.ref_id = v.ref_id "
-            "WHERE v.inline IS NOT NULL AND (v.ref_id, v.version) > (%s, %s) "
-            "ORDER BY v.ref_id, v.version LIMIT %s",
-            (*after, _BATCH),
-            "checking",
-        )
-        count += len(batch)
-        for _, version, scope, namespace, key, digest, size, inline in batch:
-            name = bytes(digest).hex() if digest is not None else ""
-            try:
-                value = valuecodec.unpack(valuecodec.CODEC_RAW, bytes(inline), name)
-                if len(value) != size:
-                    raise CorruptionError(f"value {name}: {len(value)} bytes, recorded {size}")
-            except CorruptionError as exc:
-                findings.append(
-                    Finding(
-                        path=f"versions/{rows.ref_name(scope, namespace, key)}@{version}",
-                        problem=exc.detail,
-                        repair="none: the version reads as damaged",
-                    )
-                )
-        if len(batch) < _BATCH:
-            return count, findings
-        after = (bytes(batch[-1][0]), batch[-1][1])
-
-
 def _missing_blobs(db: Database) -> list[Finding]:
     """A finding per version whose blob is missing (gc never deletes a used one)."""
     missing = db.fetch(
@@ -158,36 +104,16 @@ def _missing_blobs(db: Database) -> list[Finding]:
     ]
 
 
-def _wrong_copies(db: Database, repair: bool) -> list[Finding]:
-    """A finding per key whose ``refs`` row is not a copy of its newest version (repaired)."""
-    findings: list[Finding] = []
-    for scope, namespace, key, ref_id in db.fetch(_NEWEST_COPY_WRONG, (), "checking"):
-        name = rows.ref_name(scope, namespace, key)
-        if repair:
-
-            def fix(cur: Cursor, params: tuple[Any, ...] = (ref_id,)) -> None:
-                cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", params)
-                cur.execute(_COPY_NEWEST, params)
-
-            db.run(fix, f"repairing {name}")
-        findings.append(
-            Finding(
-                path=f"refs/{name}",
-                problem="the copy of the newest version differs from the versions table",
-                repair="copy the newest version again",
-                repaired=repair,
-            )
-        )
-    return findings
-
-
 def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckReport:
     """Verify every blob, every version's blob and every key's newest copy; repair the copies."""
     if not db.store_exists():
         return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
     blobs, findings = _bad_blobs(db, progress)
-    inline, bad = _bad_inline(db)
-    findings += bad + _missing_blobs(db) + _wrong_copies(db, repair)
+    inline, bad = check_versions(db)
+    copies = check_copies(db, repair)
+    if any(f.repaired for f in copies):  # a row replaced by its copy is no longer damaged
+        inline, bad = check_versions(db)
+    findings += bad + _missing_blobs(db) + copies
     ((refs, entries),) = db.fetch(
         "SELECT (SELECT count(*) FROM refs WHERE version IS NOT NULL), "
         "(SELECT count(*) FROM versions)",

@@ -18,8 +18,11 @@ __all__ = [
     "APPEND_KNOWN_BLOB",
     "APPEND_NEW_BLOB",
     "APPEND_ROW",
+    "COPY_NEWEST",
     "CURRENT",
     "EXACT_VERSION",
+    "HAS_VERSIONS",
+    "INSERT_VERSION",
     "LOCK",
     "NEW_REF",
     "NO_NEWEST",
@@ -39,10 +42,21 @@ NO_NEWEST: Final = (  # a refs row's copy of the newest version, emptied
     "created_ns = NULL, audit = NULL, damaged_from = NULL, blob = NULL, inline = NULL"
 )
 # A row's entry, then its value: inline bytes, or the codec and data of its blob.
-CURRENT: Final = (
-    f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, r.inline, b.codec, b.data "
-    "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob WHERE r.ref_id = %s"
+CURRENT: Final = (  # one row always; its last column: versions remain but the refs row is lost
+    f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, r.inline, b.codec, b.data, "
+    "r.ref_id IS NULL AND EXISTS (SELECT 1 FROM versions v WHERE v.ref_id = x.id) "
+    "FROM (SELECT %s::bytea AS id) x LEFT JOIN refs r ON r.ref_id = x.id "
+    "LEFT JOIN blobs b ON b.digest = r.blob"
 )
+HAS_VERSIONS: Final = "SELECT 1 FROM versions WHERE ref_id = %s LIMIT 1"
+COPY_NEWEST: Final = """
+    UPDATE refs r SET (version, op, time_ns, digest, size, created_ns, audit, damaged_from,
+                       inline, blob) = (
+        SELECT version, op, time_ns, digest, size, created_ns, audit, damaged_from, inline, blob
+        FROM versions v WHERE v.ref_id = r.ref_id ORDER BY v.version DESC LIMIT 1
+    )
+    WHERE r.ref_id = %s
+"""
 LOCK: Final = f"SELECT floor, {rows.ENTRY}, inline FROM refs WHERE ref_id = %s FOR UPDATE"
 NEW_REF: Final = (
     "INSERT INTO refs (ref_id, scope, namespace, key, ns_id, key_head) "
@@ -65,7 +79,7 @@ _SET_HEAD: Final = (
     "size = %(sz)s, created_ns = %(cr)s, audit = %(a)s, damaged_from = %(df)s, "
     "blob = %(bl)s, inline = %(in)s WHERE ref_id = %(id)s"
 )
-_INSERT_VERSION: Final = (
+INSERT_VERSION: Final = (
     "INSERT INTO versions (ref_id, version, scope, op, time_ns, digest, size, created_ns, "
     "audit, damaged_from, blob, inline) VALUES (%(id)s, %(v)s, %(s)s, %(op)s, %(t)s, %(d)s, "
     "%(sz)s, %(cr)s, %(a)s, %(df)s, %(bl)s, %(in)s)"
@@ -75,13 +89,13 @@ APPEND_NEW_BLOB: Final = (
     "WITH b AS (INSERT INTO blobs (digest, codec, size, data, touched_ns) "
     "VALUES (%(bl)s, %(codec)s, %(sz)s, %(data)s, %(now)s) "
     "ON CONFLICT (digest) DO UPDATE SET touched_ns = EXCLUDED.touched_ns), "
-    f"v AS ({_INSERT_VERSION}) {_SET_HEAD}"
+    f"v AS ({INSERT_VERSION}) {_SET_HEAD}"
 )
 APPEND_KNOWN_BLOB: Final = (
     "WITH b AS (UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(bl)s), "
-    f"v AS ({_INSERT_VERSION}) {_SET_HEAD}"
+    f"v AS ({INSERT_VERSION}) {_SET_HEAD}"
 )
-APPEND_ROW: Final = f"WITH v AS ({_INSERT_VERSION}) {_SET_HEAD}"  # inline value, or none
+APPEND_ROW: Final = f"WITH v AS ({INSERT_VERSION}) {_SET_HEAD}"  # inline value, or none
 
 
 class RowView:

@@ -823,6 +823,92 @@ def test_a_damaged_audit_record_skips_its_key_in_list_and_names_it(postgres_loca
         fresh.get("b")
     with pytest.raises(castore.CorruptionError, match=f"dag/{DAG}/b version 1"):
         fresh.history("b")
+    report = fresh.check()  # the review: check said ok
+    assert not report.ok
+    assert [f.path for f in report.findings] == [f"versions/dag/{DAG}/b@1"]
+    assert report.findings[0].problem.startswith("version 1: bad audit record")
+
+
+def _problems(report: Any) -> list[tuple[str, str, bool]]:
+    return [(f.path, f.problem, f.repaired) for f in report.findings]
+
+
+def test_repair_keeps_the_copy_of_the_newest_version_that_verifies(postgres_location):
+    # Found by a review: check said ok for a version row without its value, and
+    # --repair copied that row over the key's intact copy (the value was gone).
+    store = Store(postgres_location, dag=DAG)
+    store.set("k", {"a": 1})
+    store.set("k", {"a": 2})
+    query(postgres_location, "UPDATE versions SET inline = NULL WHERE version = 2")
+    with pytest.raises(castore.CorruptionError, match="version 2"):
+        store.get("k", version=2)
+    assert _problems(store.check()) == [
+        (
+            f"versions/dag/{DAG}/k@2",
+            "version 2: its value is missing (no inline bytes, no blob)",
+            False,
+        ),
+        (f"refs/dag/{DAG}/k", "the copy of version 2 differs from its row", False),
+    ]
+    assert store.get("k").value == {"a": 2}
+    repaired = store.check(repair=True)
+    assert (repaired.ok, _problems(repaired)) == (
+        True,
+        [(f"refs/dag/{DAG}/k", "the copy of version 2 differs from its row", True)],
+    )
+    assert store.get("k", version=2).value == {"a": 2}
+    assert store.get("k").value == {"a": 2}
+    assert store.check().findings == []
+
+
+@pytest.mark.parametrize("copy_damaged", [False, True], ids=["copy-intact", "copy-damaged"])
+def test_lost_version_rows_are_found_and_their_versions_never_repeat(
+    postgres_location, copy_damaged
+):
+    # Found by a review: with the newest rows deleted, check said ok and --repair took
+    # the key back to version 1 (served as current), so the next set made version 2 again.
+    store = Store(postgres_location, dag=DAG)
+    for n in (1, 2, 3):
+        store.set("k", {"n": n})
+    query(postgres_location, "DELETE FROM versions WHERE version >= 2")
+    if copy_damaged:
+        query(postgres_location, "UPDATE refs SET inline = %s", (b'{"n":4}',))
+    found = store.check()
+    assert _problems(found) == [
+        (f"refs/dag/{DAG}/k", "versions 2..3 are missing; the key's copy names 3", False)
+    ]
+    assert store.check(repair=True).ok
+    history = [(e.version, e.operation) for e in store.history("k").entries]
+    if copy_damaged:
+        assert history == [(3, "damaged"), (1, "set")]
+        with pytest.raises(castore.CorruptionError):
+            store.get("k")
+    else:
+        assert history == [(3, "set"), (2, "damaged"), (1, "set")]
+        assert store.get("k").value == {"n": 3}
+        assert store.get("k", version=3).value == {"n": 3}
+    with pytest.raises(castore.CorruptionError):
+        store.get("k", version=2)
+    assert store.set("k", {"n": 5}).version == 4
+    assert store.check().findings == []
+
+
+def test_a_lost_refs_row_is_never_read_as_absent_and_a_write_restores_it(postgres_location):
+    # Found by a review: get answered "not found" while the versions remained, and the
+    # next set failed with a duplicate key (StoreUnavailableError).
+    store = Store(postgres_location, dag=DAG)
+    store.set("k", {"a": 1})
+    store.set("k", {"a": 2})
+    query(postgres_location, "DELETE FROM refs")
+    with pytest.raises(castore.CorruptionError, match="its row in refs is lost"):
+        store.get("k")
+    assert store.get("k", version=2).value == {"a": 2}
+    ((problem,),) = [[f.problem] for f in store.check().findings]
+    assert problem == "versions of a key whose refs row is lost (its name was in that row)"
+    assert store.set("k", {"a": 3}).version == 3
+    assert [e.key for e in store.list().entries] == ["k"]
+    assert [e.version for e in store.history("k").entries] == [3, 2, 1]
+    assert store.check().findings == []
 
 
 @pytest.mark.parametrize("value", [{"x": 1}, BIG], ids=["small", "zstd"])

@@ -1,0 +1,230 @@
+"""check of a PostgreSQL store's rows: every version row, and each key's copy of its newest.
+
+A version row is damaged when its audit record does not decode, or when a
+``set``/``rollback`` has no value (neither ``inline`` bytes nor a ``blob``)
+or inline bytes that do not hash to its digest. Such a version reads as
+damaged (``CorruptionError``), never as another value.
+
+Each key's ``refs`` row holds a copy of its newest version. Where the two
+disagree, the one that verifies is the evidence (docs/DESIGN.md, "The
+PostgreSQL backend"), and ``--repair`` works under the key's row lock:
+
+* the copy names a version above every version row (those rows were lost):
+  the copy is put back as its version's row, and the versions between
+  recorded as lost (a ``damaged`` entry), so numbering goes on above it;
+  a copy that does not verify itself becomes the ``damaged`` entry;
+* both name the same version: the one that verifies replaces the other;
+  two that verify but differ, or neither verifying, are not repaired;
+* a version row above the copy: the copy is taken from it (as a write does).
+
+Version rows whose key has no ``refs`` row are reported; a write of the key
+restores the row (``PostgresBackend._lock``), check cannot (the names are
+in that row only).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+from castore import valuecodec
+from castore.errors import CorruptionError
+from castore.keys import Ref
+from castore.postgres import rows
+from castore.postgres import statements as q
+from castore.postgres.connection import Abandon, Cursor, Database
+from castore.records import OP_DAMAGED, Audit, Entry
+from castore.reports import Finding
+
+__all__ = ["check_copies", "check_versions"]
+
+_BATCH: Final = 500
+_VALUE_COLUMNS: Final = "inline, blob"
+_SCAN: Final = (
+    f"SELECT v.ref_id, r.scope, r.namespace, r.key, "
+    f"{', '.join('v.' + c for c in rows.ENTRY.split(', '))}, v.inline, v.blob "
+    "FROM versions v LEFT JOIN refs r ON r.ref_id = v.ref_id "
+    "WHERE (v.ref_id, v.version) > (%s, %s) ORDER BY v.ref_id, v.version LIMIT %s"
+)
+_DIFFERING: Final = f"""
+    SELECT r.ref_id, r.scope, r.namespace, r.key FROM refs r
+    LEFT JOIN LATERAL (
+        SELECT {rows.ENTRY}, {_VALUE_COLUMNS} FROM versions v WHERE v.ref_id = r.ref_id
+        ORDER BY v.version DESC LIMIT 1
+    ) n ON true
+    WHERE (r.version, r.op, r.time_ns, r.digest, r.size, r.created_ns, r.audit, r.damaged_from,
+           r.blob, r.inline)
+        IS DISTINCT FROM
+        (n.version, n.op, n.time_ns, n.digest, n.size, n.created_ns, n.audit, n.damaged_from,
+         n.blob, n.inline)
+    ORDER BY r.scope, r.namespace, r.key
+"""
+_WITH_BLOB: Final = "{t}.inline, b.codec, b.data FROM {t} LEFT JOIN blobs b ON b.digest = {t}.blob"
+_COPY: Final = (
+    f"SELECT {', '.join('refs.' + c for c in rows.ENTRY.split(', '))}, "
+    + _WITH_BLOB.format(t="refs")
+    + " WHERE refs.ref_id = %s"
+)
+_NEWEST_ROW: Final = (
+    f"SELECT {', '.join('versions.' + c for c in rows.ENTRY.split(', '))}, "
+    + _WITH_BLOB.format(t="versions")
+    + " WHERE versions.ref_id = %s ORDER BY versions.version DESC LIMIT 1"
+)
+_COLUMNS: Final = f"{rows.ENTRY}, {_VALUE_COLUMNS}"
+_ROW_FROM_COPY: Final = (
+    f"INSERT INTO versions (ref_id, scope, {_COLUMNS}) "
+    f"SELECT ref_id, scope, {_COLUMNS} FROM refs WHERE ref_id = %s"
+)
+_ROW_REPLACED_BY_COPY: Final = (
+    f"UPDATE versions v SET ({_COLUMNS}) = (SELECT {_COLUMNS} FROM refs r "
+    "WHERE r.ref_id = v.ref_id) WHERE v.ref_id = %s AND v.version = %s"
+)
+
+
+def _row_problem(row: tuple[Any, ...]) -> str | None:
+    """What is wrong with a version row (``_SCAN``'s columns from ``ENTRY``), or None."""
+    try:
+        found = rows.entry(row, 4)
+    except CorruptionError as exc:
+        return exc.detail
+    assert found is not None  # noqa: S101  # a version row has a version
+    inline, blob = row[12], row[13]
+    if not found.live or found.op == OP_DAMAGED:
+        return None
+    if inline is None and blob is None:
+        return f"version {found.version}: its value is missing (no inline bytes, no blob)"
+    if inline is not None:
+        try:
+            value = valuecodec.unpack(valuecodec.CODEC_RAW, bytes(inline), found.hash)
+        except CorruptionError as exc:
+            return exc.detail
+        if len(value) != found.size:
+            return f"value {found.hash}: {len(value)} bytes, recorded {found.size}"
+    return None
+
+
+def check_versions(db: Database) -> tuple[int, list[Finding]]:
+    """Verify every version row: the number of inline values, and a finding per bad row."""
+    findings: list[Finding] = []
+    inline = 0
+    orphans: set[bytes] = set()
+    after: tuple[Any, ...] = (b"", 0)
+    while True:
+        batch = db.fetch(_SCAN, (*after, _BATCH), "checking")
+        for row in batch:
+            ref_id, scope, namespace, key = bytes(row[0]), row[1], row[2], row[3]
+            inline += row[12] is not None
+            if scope is None:
+                if ref_id not in orphans:
+                    orphans.add(ref_id)
+                    findings.append(_orphan(ref_id))
+                continue
+            problem = _row_problem(row)
+            if problem is not None:
+                name = rows.ref_name(scope, namespace, key)
+                findings.append(
+                    Finding(
+                        path=f"versions/{name}@{row[4]}",
+                        problem=problem,
+                        repair="none: the version reads as damaged",
+                    )
+                )
+        if len(batch) < _BATCH:
+            return inline, findings
+        after = (bytes(batch[-1][0]), batch[-1][4])
+
+
+def _orphan(ref_id: bytes) -> Finding:
+    return Finding(
+        path=f"versions/{ref_id.hex()}",
+        problem="versions of a key whose refs row is lost (its name was in that row)",
+        repair="none here: the key's next write restores the row",
+    )
+
+
+def _verified(ref: Ref, row: tuple[Any, ...] | None) -> Entry | None:
+    """The entry of an ``ENTRY`` + value row if it decodes and its value verifies, else None."""
+    if row is None:
+        return None
+    try:
+        found = rows.entry(row, 0, ref)
+        if found is not None and found.op != OP_DAMAGED:
+            rows.value(ref, found, row[8], row[9], row[10])
+    except CorruptionError:
+        return None
+    return found
+
+
+def _lost_marker(first: int, last: int) -> Entry:
+    return Entry(
+        version=last,
+        op=OP_DAMAGED,
+        time_ns=time.time_ns(),
+        damaged_from=first if first < last else 0,
+        audit=Audit(actor="castore check --repair", reason="version rows lost"),
+    )
+
+
+def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
+    """Under the key's row lock: make its copy and its rows agree; (problem, repair) or None.
+
+    The repair text starts with ``none`` when nothing could be repaired.
+    """
+    key = rows.ref_id(ref)
+    cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", (key,))
+    copy = cur.execute(_COPY, (key,)).fetchone()
+    newest = cur.execute(_NEWEST_ROW, (key,)).fetchone()
+    high = newest[0] if newest is not None else 0
+    named = copy[0] if copy is not None and copy[0] is not None else None
+    if named is not None and named > high:  # rows above ``high`` were lost
+        problem = f"versions {high + 1}..{named} are missing; the key's copy names {named}"
+        if _verified(ref, copy) is not None:
+            if named - 1 > high:
+                cur.execute(q.INSERT_VERSION, q.params(ref, _lost_marker(high + 1, named - 1)))
+            cur.execute(_ROW_FROM_COPY, (key,))
+            return problem, "restore the copy as its version's row, record the rest as lost"
+        cur.execute(q.APPEND_ROW, q.params(ref, _lost_marker(high + 1, named)))
+        return problem, "record them as lost (the copy does not verify)"
+    if named is not None and named == high:
+        mine, theirs = _verified(ref, copy), _verified(ref, newest)
+        problem = f"the copy of version {named} differs from its row"
+        if theirs is not None and mine is None:
+            cur.execute(q.COPY_NEWEST, (key,))
+            return problem, "copy the row (the copy does not verify)"
+        if mine is not None and theirs is None:
+            cur.execute(_ROW_REPLACED_BY_COPY, (key, named))
+            return problem, "replace the row by the copy (the row does not verify)"
+        return problem, "none: " + ("both verify" if mine else "neither verifies")
+    if newest is None:
+        return None
+    cur.execute(q.COPY_NEWEST, (key,))
+    return "the copy of the newest version is older than its row", "copy the newest row"
+
+
+def check_copies(db: Database, repair: bool) -> list[Finding]:
+    """A finding per key whose copy of its newest version disagrees with its rows (repaired)."""
+    findings: list[Finding] = []
+    for ref_id, scope, namespace, key in db.fetch(_DIFFERING, (), "checking"):
+        ref = Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8"))
+        if rows.ref_id(ref) != bytes(ref_id):
+            continue  # a row whose names do not hash to its id: not this key's
+
+        def settle(cur: Cursor, ref: Ref = ref) -> tuple[str, str] | None:
+            outcome = _settle(cur, ref)
+            if not repair:
+                raise Abandon(outcome)  # rolled back: a check changes nothing
+            return outcome
+
+        found = db.run(settle, f"checking {ref}")
+        if found is None:
+            continue
+        problem, how = found
+        findings.append(
+            Finding(
+                path=f"refs/{ref}",
+                problem=problem,
+                repair=how,
+                repaired=repair and not how.startswith("none"),
+            )
+        )
+    return findings
