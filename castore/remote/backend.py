@@ -73,6 +73,7 @@ class _RemoteView:
         self, backend: RemoteBackend, ref: Ref, newest: Entry | None, value: bytes | None
     ) -> None:
         self._backend, self._ref, self._newest, self._value = backend, ref, newest, value
+        self._read: dict[int, bytes | None] = {}  # values entry_at read with their entries
 
     def value(self) -> bytes | None:
         if self._newest is None or not self._newest.live:
@@ -82,10 +83,15 @@ class _RemoteView:
         return self._value
 
     def entry_at(self, version: int) -> Entry | None:
-        page = self._backend.history(self._ref, version + 1, 1)
-        return page[0] if page and page[0].first <= version <= page[0].version else None
+        """As a local view's: NotFoundError if compacted; CorruptionError if lost."""
+        entry, value = self._backend.version(self._ref, version)
+        if entry is not None:
+            self._read[entry.version] = value
+        return entry
 
     def value_at(self, entry: Entry) -> bytes | None:
+        if entry.version in self._read:
+            return self._read[entry.version]
         return self._backend.version(self._ref, entry.version)[1]
 
     def absolute(self, loc: BlobLoc) -> BlobLoc:

@@ -19,12 +19,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from castore import ConflictError, InvalidRefError, NotFoundError, Store
+from castore import ConflictError, CorruptionError, InvalidRefError, NotFoundError, Store
 from castore.codec import hexdigest, normalize
 from castore.dagu import parse_go_time
 from castore.file import logread
 from castore.file.records import KIND_BLOB
 from castore.records import OP_DELETE, OP_ROLLBACK, OP_SET
+from castore.transfer import import_lines
 from tests.helpers import frames_of, read_versions, ref_log_path
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
@@ -300,6 +301,32 @@ def test_rollback_restores_an_old_version_as_a_new_one(store):
     assert store.get("k", version=5).value == {"v": "a"}
     assert store.get("k").version == 5
     assert store.list().entries[0].version == 5
+
+
+def test_rollback_to_a_compacted_or_lost_version_fails_as_a_get_of_it_does(store):
+    # Found by a review: over http:// a rollback to a compacted version said "has no
+    # version 1" and one to a version in a damaged range NotFoundError (exit 4),
+    # where a local store says "was compacted" and CorruptionError (exit 5).
+    store.set("a", 1)
+    store.set("a", 2)
+    store.compact(keep_last=1)
+    with pytest.raises(NotFoundError, match="version 1 was compacted") as read:
+        store.get("a", version=1)
+    with pytest.raises(NotFoundError) as rolled:
+        store.rollback("a", to_version=1)
+    assert str(rolled.value) == str(read.value)
+    header = b'{"format":"castore-export","version":1}\n'
+    lost = (
+        b'{"scope":"custom","namespace":"imp","key":"k","version":3,"op":"damaged",'
+        b'"damaged_from":1,"time_ns":5,"created_ns":5,"hash":"","audit":{}}\n'
+    )
+    import_lines(store, lambda: [header, lost])
+    with pytest.raises(CorruptionError, match="versions 1-3 lost") as lost_read:
+        store.get("k", scope="custom", namespace="imp", version=2)
+    with pytest.raises(CorruptionError) as lost_rolled:
+        store.rollback("k", scope="custom", namespace="imp", to_version=2)
+    assert str(lost_rolled.value) == str(lost_read.value)
+    assert [e.version for e in store.history("a").entries] == [2]
 
 
 def test_rollback_to_a_tombstone_deletes_and_back_recreates(store):
