@@ -38,9 +38,11 @@ class Maintenance:
         """Free values no version references, and crash leftovers older than ``grace_seconds``.
 
         Raises:
+            InvalidValueError: ``grace_seconds`` is not from 0 to 292 years.
             CorruptionError: a log is damaged; run :meth:`check` with ``repair`` first.
             LockTimeoutError: gc or a ref stayed locked for the lock timeout.
         """
+        reports.check_seconds(grace_seconds, "grace")
         return self._backend.collect_garbage(
             grace_seconds=grace_seconds, dry_run=dry_run, progress=progress
         )

@@ -18,6 +18,8 @@ from castore.records import Entry
 
 __all__ = [
     "GC_GRACE_SECONDS",
+    "MAX_COUNT",
+    "MAX_SECONDS",
     "CheckReport",
     "CompactReport",
     "Finding",
@@ -26,6 +28,7 @@ __all__ = [
     "ScopeStats",
     "StoreStats",
     "UpgradeReport",
+    "check_seconds",
     "retained",
 ]
 
@@ -133,6 +136,20 @@ class UpgradeReport(_Report, frozen=True, kw_only=True):
     graves_converted: int
 
 
+MAX_COUNT = (1 << 63) - 1  # a count or version every backend stores (a bigint)
+MAX_SECONDS = MAX_COUNT // 1_000_000_000  # a span whose nanoseconds are a bigint (292 years)
+
+
+def check_seconds(value: float, what: str) -> None:
+    """A span of time in seconds: a finite number from 0 to :data:`MAX_SECONDS`.
+
+    Raises:
+        InvalidValueError: naming ``what`` and the value.
+    """
+    if not 0 <= value <= MAX_SECONDS:  # NaN fails both
+        raise InvalidValueError(f"{what} must be from 0 to {MAX_SECONDS} seconds (got {value:g})")
+
+
 class Retention(msgspec.Struct, frozen=True, kw_only=True):
     """A compaction policy and the refs it applies to (validated on construction).
 
@@ -165,12 +182,12 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.keep_last is None and self.keep_within_seconds is None:
             raise InvalidValueError("give a retention policy: keep_last and/or keep_within")
-        if self.keep_last is not None and self.keep_last < 1:
-            raise InvalidValueError(f"keep_last must be at least 1 (got {self.keep_last})")
-        if self.keep_within_seconds is not None and self.keep_within_seconds < 0:
+        if self.keep_last is not None and not 1 <= self.keep_last <= MAX_COUNT:
             raise InvalidValueError(
-                f"keep_within must not be negative (got {self.keep_within_seconds:g} s)"
+                f"keep_last must be from 1 to {MAX_COUNT} (got {self.keep_last})"
             )
+        if self.keep_within_seconds is not None:
+            check_seconds(self.keep_within_seconds, "keep_within")
         validate_filters(self.scope, self.namespace)
         validate_prefix(self.prefix)
 

@@ -376,3 +376,25 @@ def test_for_caller_writes_as_the_caller_and_shares_the_storage(store_location, 
     assert server.get("k", namespace="daily").found is False
     assert server.set("mine", 1).namespace == "server-dag"  # the original handle is unchanged
     assert server.history("mine").entries[0].run_id == "the-servers-run"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ({"grace_seconds": -1}, "grace must be from 0 to 9223372036 seconds (got -1)"),
+        ({"grace_seconds": float("inf")}, "grace must be from 0 to 9223372036 seconds (got inf)"),
+        ({"grace_seconds": float("nan")}, "grace must be from 0 to 9223372036 seconds (got nan)"),
+        ({"keep_within_seconds": float("nan")}, "keep_within must be from 0 to 9223372036"),
+        ({"keep_within_seconds": float("inf")}, "keep_within must be from 0 to 9223372036"),
+        ({"keep_last": 2**70}, "keep_last must be from 1 to 9223372036854775807"),
+    ],
+)
+def test_maintenance_arguments_out_of_range_fail_alike_on_every_backend(store, call, message):
+    # Found by a review: locally gc(grace_seconds=nan) ran and compact(nan) raised a bare
+    # ValueError; over http:// they were InvalidValueError, a 500, or a bare OverflowError.
+    store.set("k", 1)
+    store.set("k", 2)
+    run = store.gc if "grace_seconds" in call else store.compact
+    with pytest.raises(InvalidValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(**call)
+    assert [e.version for e in store.history("k").entries] == [2, 1]
