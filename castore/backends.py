@@ -23,9 +23,9 @@ import os
 from typing import Final
 
 from castore.backend import Backend
-from castore.errors import BackendUnavailableError
+from castore.errors import BackendUnavailableError, InvalidValueError
 from castore.reports import UpgradeReport
-from castore.urls import default_root, location_of, redacted
+from castore.urls import default_root, is_url, location_of, redacted
 
 __all__ = [
     "STORE_MODES",
@@ -96,6 +96,20 @@ def _require_driver() -> None:
         )
 
 
+def _known_scheme(location: str) -> None:
+    """Refuse a URL of no store's scheme (``htps://``): a typo never becomes a directory.
+
+    Raises:
+        InvalidValueError: naming the scheme.
+    """
+    if is_url(location) and not (is_remote(location) or is_postgres(location)):
+        scheme = location.partition("://")[0]
+        raise InvalidValueError(
+            f"{redacted(location)}: no store has the scheme {scheme!r}: give a directory, "
+            "a postgresql:// URL or a castore server's http:// or https:// URL"
+        )
+
+
 def open_backend(
     location: str, *, durable: bool, lock_timeout: float, mode: str | None = None
 ) -> Backend:
@@ -115,11 +129,13 @@ def open_backend(
     Raises:
         ValueError: ``mode`` (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
         BackendUnavailableError: ``postgresql://`` without psycopg.
-        InvalidValueError: a ``postgresql://`` location's schema is not valid.
+        InvalidValueError: a ``postgresql://`` location's schema is not valid, or a
+            URL of another scheme (``htps://``: a typo never becomes a directory).
         FormatVersionError: the directory holds another format, is a
             non-empty directory that is not a castore store, or is not a directory.
     """
     mode = store_mode(mode)
+    _known_scheme(location)
     if is_remote(location):
         from castore.remote.backend import RemoteBackend
 
@@ -147,8 +163,10 @@ def upgrade(location: str, mode: str | None = None) -> UpgradeReport:
         BackendUnavailableError: ``location`` is a coordinator (upgrade on the server),
             or ``postgresql://`` without psycopg.
         FormatVersionError: ``location`` is not a castore store, or is newer.
+        InvalidValueError: a URL of no store's scheme.
     """
     mode = store_mode(mode)
+    _known_scheme(location)
     if is_remote(location):
         raise BackendUnavailableError(
             f"{redacted(location)}: upgrade the server's store on the server (castore upgrade)"

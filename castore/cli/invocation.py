@@ -77,6 +77,8 @@ class Invocation:
         from castore.store import Store
 
         args = self.args
+        if args.dir == "":  # e.g. --dir "$UNSET": never the default store by accident
+            raise OptionError("--dir is empty: name a store, or leave --dir out for the default")
         return Store(
             args.dir,
             dag=args.dag,

@@ -17,11 +17,11 @@ from typing import Final
 import msgspec
 
 from castore.backends import default_root, upgrade
-from castore.cli.errors import UnhealthyError, UsageError
+from castore.cli.errors import OptionError, UnhealthyError, UsageError
 from castore.cli.invocation import Command, Invocation, progress, stdin
 from castore.cli.render import encode_line, render_as
 from castore.dagu import import_dagu
-from castore.keys import go_trim_space
+from castore.keys import SCOPES, go_trim_space
 from castore.reports import CheckReport, CompactReport, GCReport, StoreStats, UpgradeReport
 from castore.transfer import ImportReport, export_lines, import_lines, read_lines
 
@@ -124,6 +124,11 @@ def _import_dagu(cmd: Invocation) -> Iterator[bytes]:
     directory = cmd.args.directory
     if not os.path.isdir(directory):
         raise UsageError(f"not a directory: {directory}")
+    if not any(os.path.isdir(os.path.join(directory, d)) for d in ("v1", *SCOPES)):
+        raise UsageError(  # e.g. Dagu's data directory: a "migration" importing nothing
+            f"{directory}: not a Dagu dag-state directory (no v1/ in it): "
+            "give Dagu's paths.dag_state_dir"
+        )
     counts = {"imported": 0, "skipped": 0}
     problems = 0
     with progress("files") as bar:
@@ -176,6 +181,8 @@ def _check(cmd: Invocation) -> Iterator[bytes]:
 
 
 def _upgrade(cmd: Invocation) -> Iterator[bytes]:
+    if cmd.args.dir == "":
+        raise OptionError("--dir is empty: name a store, or leave --dir out for the default")
     yield render(upgrade(cmd.args.dir or default_root(), cmd.mode))
 
 

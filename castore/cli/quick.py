@@ -53,8 +53,8 @@ def _quick_ref(args: argparse.Namespace) -> tuple[str, Ref] | None:
     a URL, a ref the store would refuse (it words the error), or a name that is
     not printable ASCII.
     """
-    if args.mode is not None or os.environ.get("CASTORE_MODE"):  # the store checks it
-        return None
+    if args.mode is not None or os.environ.get("CASTORE_MODE") or args.dir == "":
+        return None  # the store checks the mode; the command refuses an empty --dir
     location = location_of(args.dir)
     if is_url(location):
         return None

@@ -7,7 +7,7 @@ import pytest
 
 from castore import Store
 from castore.audit import audit
-from tests.helpers import Cli
+from tests.helpers import Cli, one_line_error
 from tests.unit.test_dagu import DaguDir, dagu_record, rel_path
 
 
@@ -207,3 +207,34 @@ def test_compact_prints_the_policy_as_written(cli, store_location):
     assert line["policy"] == "keep-last 3, keep-within 30d"
     report = Store(store_location, dag="d").compact(keep_within_seconds=2592000, dry_run=True)
     assert report.policy == "keep-within 2592000s"
+
+
+@pytest.mark.parametrize("where", ["--dir", "CASTORE_DIR"])
+@pytest.mark.parametrize("command", [("set", "k", "1"), ("get", "k"), ("upgrade",)])
+def test_a_location_that_names_no_store_is_refused_not_made_a_directory(tmp_path, where, command):
+    # Found by a review: `htps://host:7070` became the directory ./htps:/host:7070, and an
+    # empty --dir (an unset variable) wrote into the default store.
+    cli = Cli(tmp_path, None)
+    for location, fragment in (
+        ("htps://host:7070", "no store has the scheme 'htps'"),
+        ("", "--dir is empty"),
+    ):
+        if where == "--dir":
+            proc = cli.raw("--dir", location, "--dag", "d", *command)
+        elif location:
+            proc = cli.raw("--dag", "d", *command, env={"CASTORE_DIR": location})
+        else:
+            continue  # an empty CASTORE_DIR is unset: the default store (documented)
+        message = one_line_error(proc, 2)
+        assert fragment in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    assert list((tmp_path / "home").iterdir()) == []
+
+
+def test_import_dagu_of_a_directory_without_v1_is_refused(cli, tmp_path):
+    (tmp_path / "photos" / "x").mkdir(parents=True)
+    message = cli.fail(2, "import-dagu", str(tmp_path / "photos"))
+    assert message.endswith(
+        "not a Dagu dag-state directory (no v1/ in it): give Dagu's paths.dag_state_dir"
+    )
+    assert cli.ok("get", "k")["found"] is False
