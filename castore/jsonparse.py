@@ -83,10 +83,68 @@ DECODERS: Final = {
 }
 
 
+_DIGITS: Final = frozenset("0123456789")
+_NUMBER_CHARS: Final = frozenset("0123456789+-.eE")
+_LITERALS: Final = {"t": "true", "f": "false", "n": "null"}
+
+
+def _number_error(text: str, start: int) -> str | None:
+    """Go's scanner on the number at ``start``: its error, or None when it ends well."""
+    state, pos = "start", start
+    while pos < len(text):
+        c = text[pos]
+        digit = c in _DIGITS
+        if state == "start":
+            state = "neg" if c == "-" else "zero" if c == "0" else "int"
+        elif state == "neg":
+            if not digit:
+                return f"invalid character {c!r} in numeric literal"
+            state = "zero" if c == "0" else "int"
+        elif state in ("zero", "int", "frac") and c in "eE":
+            state = "exp"
+        elif state in ("zero", "int") and c == ".":
+            state = "dot"
+        elif state in ("int", "frac", "exp_digits") and digit:
+            pass
+        elif state in ("dot", "exp", "exp_sign") and digit:
+            state = "frac" if state == "dot" else "exp_digits"
+        elif state == "exp" and c in "+-":
+            state = "exp_sign"
+        elif state == "dot":
+            return f"invalid character {c!r} after decimal point in numeric literal"
+        elif state in ("exp", "exp_sign"):
+            return f"invalid character {c!r} in exponent of numeric literal"
+        else:
+            return None  # the number ended: the next character is the context's
+        pos += 1
+    return "unexpected EOF" if state in ("neg", "dot", "exp", "exp_sign") else None
+
+
+def _token_error(msg: str, text: str, pos: int) -> str | None:
+    """Go's error inside the number or literal at or before ``pos``, where Python stopped."""
+    if pos > 0 and text[pos] in ".eE" and text[pos - 1] in _DIGITS:  # Python ended the number
+        start = pos
+        while start > 0 and text[start - 1] in _NUMBER_CHARS:
+            start -= 1
+        return _number_error(text, start)
+    word = _LITERALS.get(text[pos]) if msg == "Expecting value" else None
+    if word is None:
+        return None
+    for k in range(1, len(word)):
+        if pos + k >= len(text):
+            return "unexpected EOF"
+        if text[pos + k] != word[k]:
+            return f"invalid character {text[pos + k]!r} in literal {word} (expecting {word[k]!r})"
+    return None
+
+
 def _describe(msg: str, text: str, pos: int) -> str:
     """Word a Python json syntax error the way Go's scanner would."""
     if msg.startswith("Unterminated string") or pos >= len(text):
         return "unexpected EOF"
+    token = _token_error(msg, text, pos)
+    if token is not None:
+        return token
     if msg == "Invalid \\escape":
         pos += 1
     elif msg == "Invalid \\uXXXX escape":  # pos is at the "u"; Go names the bad digit
