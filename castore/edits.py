@@ -200,6 +200,40 @@ def _found(document: Any, pointer: str) -> str:
         return "not readable"
 
 
+_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def _missing(document: Any, pointer: str, whole: bool) -> str | None:
+    """Why ``pointer`` (``whole``) or its parent cannot be followed in ``document``, or None."""
+    parts = pointer_parts(pointer)
+    current, at = document, ""
+    # The parent of an added member must be a container too: walk to the last part then.
+    for n, part in enumerate(parts):
+        if not whole and n == len(parts) - 1 and isinstance(current, (dict, list)):
+            break
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        elif isinstance(current, (dict, list)):
+            what = "member" if isinstance(current, dict) else "item"
+            return f"{at or 'the value'} has no {what} {part!r}"
+        else:
+            kind = "null" if current is None else _KINDS.get(type(current), "a number")
+            return f"{at or 'the value'} is {kind}: it has no member {part!r}"
+        at += "/" + part.replace("~", "~0").replace("/", "~1")
+    return None
+
+
+def _not_applying(document: Any, op: dict[str, Any]) -> str | None:
+    """Why a JSON Patch operation does not apply, in castore's words (None: jsonpatch's)."""
+    if op["op"] in ("move", "copy"):
+        reason = _missing(document, op["from"], whole=True)
+        if reason is not None:
+            return f"from: {reason}"
+    return _missing(document, op["path"], whole=op["op"] in ("remove", "replace", "test"))
+
+
 def _patch_bytes(patch: Any) -> bytes:
     """A patch given as JSON text (bytes) or Python data, normalized (validated) once."""
     return codec.normalize(patch)
@@ -285,10 +319,16 @@ class JsonPatch(Edit):
                 raise PatchTestError(self.ref, None, self.version, detail) from None
             except jsonpatch.InvalidJsonPatch as exc:
                 raise InvalidValueError(f"invalid JSON Patch: {what}: {exc}") from None
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                raise InvalidValueError(f"JSON Patch does not apply: {what}: {exc}") from None
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise InvalidValueError(f"JSON Patch does not apply: {what}: {exc!r}") from None
+            except (
+                jsonpatch.JsonPatchException,
+                jsonpatch.JsonPointerException,
+                KeyError,
+                IndexError,
+                TypeError,
+                ValueError,
+            ) as exc:
+                reason = _not_applying(document, op) or str(exc) or repr(exc)
+                raise InvalidValueError(f"JSON Patch does not apply: {what}: {reason}") from None
         return document
 
 

@@ -108,6 +108,8 @@ def _import(cmd: Invocation) -> Iterator[bytes]:
                 spool.write(line)
             spool.flush()
             path = spool.name
+        if os.path.isdir(path):
+            raise UsageError(f"{path} is a directory: give an export file (or - for stdin)")
         if not os.path.isfile(path):
             raise UsageError(f"no such file: {path}")
 

@@ -418,7 +418,8 @@ def test_import_conflicts(cli, tmp_path, new_store_location):
     assert fresh.get("cursor").version == 4
     cli.fail(2, "import", "dump.jsonl", "--on-conflict", "merge", store=target)
     cli.fail(2, "import", "missing.jsonl", store=target)
-    cli.fail(2, "import", tmp_path, store=target)
+    message = cli.fail(2, "import", tmp_path, store=target)
+    assert message == f"{tmp_path} is a directory: give an export file (or - for stdin)"
 
 
 def test_import_overwrite_keeps_values_deduplicated_against_the_old_history(

@@ -120,6 +120,37 @@ def test_an_invalid_or_inapplicable_patch_writes_nothing(store, patch):
     assert versions(store, "k") == 1
 
 
+@pytest.mark.parametrize(
+    ("stored", "op", "reason"),
+    [
+        (1, {"op": "remove", "path": "/a"}, "the value is a number: it has no member 'a'"),
+        ({"a": [1]}, {"op": "remove", "path": "/a/5"}, "/a has no item '5'"),
+        (
+            {"a": None},
+            {"op": "add", "path": "/a/b", "value": 1},
+            "/a is null: it has no member 'b'",
+        ),
+        ({"a": 1}, {"op": "replace", "path": "/b", "value": 1}, "the value has no member 'b'"),
+        ({"a/b": {}}, {"op": "remove", "path": "/a~1b/c"}, "/a~1b has no member 'c'"),
+        (
+            {"a": 1},
+            {"op": "move", "from": "/zz", "path": "/b"},
+            "from: the value has no member 'zz'",
+        ),
+        ({"a": "s"}, {"op": "copy", "from": "/a/0", "path": "/b"}, "from: /a is a string"),
+    ],
+)
+def test_a_patch_that_does_not_apply_says_where(store, stored, op, reason):
+    # Found by a review: "Document '<class 'int'>' does not support indexing, must be
+    # mapping/sequence or support __getitem__" (jsonpatch's words for a number).
+    store.set("k", stored)
+    with pytest.raises(InvalidValueError) as exc:
+        store.patch("k", [op])
+    assert f"JSON Patch does not apply: operation 1 ({op['op']} {op['path']}): " in str(exc.value)
+    assert reason in str(exc.value)
+    assert versions(store, "k") == 1
+
+
 def test_patch_guards(store):
     with pytest.raises(ConflictError) as exc:
         store.patch("k", [], expected_version=3)
