@@ -144,7 +144,7 @@ def refused(exc: OSError, parent: int, name: str, path: str) -> Exception:
 
     UnsafePathError for a symbolic link (ELOOP/ENOTDIR), a FIFO, device or
     directory opened as a file, and a file where a directory should be;
-    else ``exc`` itself.
+    else ``exc`` itself, naming ``path`` (not the name relative to ``parent``).
     """
     if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EISDIR):  # FIFO, device, directory
         return UnsafePathError(f"{path} is not a regular file; castore opens only files")
@@ -157,4 +157,6 @@ def refused(exc: OSError, parent: int, name: str, path: str) -> Exception:
                 return UnsafePathError(
                     f"{path} is not a directory; castore keeps a directory there"
                 )
+    if exc.filename == name:  # "Permission denied: FORMAT" says neither store nor path
+        exc.filename = path
     return exc

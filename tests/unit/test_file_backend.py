@@ -274,3 +274,25 @@ def test_a_mode_that_is_not_one_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="CASTORE_MODE"):
         Store(tmp_path / "s")
     assert os.listdir(tmp_path) == []
+
+
+def test_an_open_refused_by_the_system_names_the_whole_path(tmp_path, monkeypatch):
+    # Found by a review: a user without rights on a store saw "castore: Permission
+    # denied: FORMAT", naming neither the store nor the path.
+    import errno as errno_module
+
+    from castore.file.tree import Tree
+
+    (tmp_path / "FORMAT").write_text("x")
+    tree = Tree(str(tmp_path))
+    real = os.open
+
+    def denied(path, flags, mode=0o777, *, dir_fd=None):
+        if path == "FORMAT":
+            raise PermissionError(errno_module.EACCES, "Permission denied", path)
+        return real(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(PermissionError) as exc:
+        tree.open(str(tmp_path / "FORMAT"), os.O_RDONLY)
+    assert exc.value.filename == str(tmp_path / "FORMAT")
