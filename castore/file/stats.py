@@ -46,9 +46,14 @@ def stats(backend: FileBackend) -> StoreStats:
             st.keys += entries[-1].live
             st.deleted_keys += not entries[-1].live
         live.update(bytes.fromhex(e.hash) for e in entries if e.hash)
+        seen: set[bytes] = set()
         for f in frames:
             if f.kind == KIND_BLOB:
                 st.blobs += 1
+                if f.payload[:32] in seen:  # a second copy in one log: gc frees it (_Sweep)
+                    st.reclaimable_bytes += f.end - f.start
+                    continue
+                seen.add(f.payload[:32])
                 blob_sizes.append((scope, f.payload[:32], f.end - f.start))
         st.reclaimable_bytes += sum(end - start for start, end in _gaps(len(data), frames))
     for scope, digest, size in blob_sizes:
