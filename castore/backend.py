@@ -142,6 +142,12 @@ class Backend(Protocol):
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` that hold at least one key, byte-wise sorted."""
 
+    def removed(self, scope: str) -> list[tuple[str, str, int]]:
+        """(namespace, key, last version) of each key of ``scope`` compaction removed.
+
+        A key created again since is listed too (its new versions go on above).
+        """
+
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
         """What the backend knows of keys' newest versions without reading each one.
 

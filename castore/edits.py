@@ -43,6 +43,7 @@ import msgspec
 
 from castore import codec
 from castore.errors import InvalidValueError, PatchTestError
+from castore.pointers import not_applying, pointer_parts
 from castore.pyvalues import NumberLiteral
 
 if TYPE_CHECKING:
@@ -135,20 +136,6 @@ def parse_number(text: str) -> int | float:
     return float(number)
 
 
-def pointer_parts(pointer: str) -> list[str]:
-    """The reference tokens of an RFC 6901 JSON Pointer (``""`` is the whole value).
-
-    Raises:
-        InvalidValueError: ``pointer`` is neither empty nor starts with ``/``, or
-            has a ``~`` not followed by ``0`` or ``1``.
-    """
-    if pointer and not pointer.startswith("/"):
-        raise InvalidValueError(f"JSON pointer must be empty or start with '/': {pointer!r}")
-    if re.search("~(?![01])", pointer):
-        raise InvalidValueError(f"JSON pointer has a '~' not followed by 0 or 1: {pointer!r}")
-    return [part.replace("~1", "/").replace("~0", "~") for part in pointer.split("/")[1:]]
-
-
 class Edit:
     """An edit of a key's live value (None: absent) into its new normalized value.
 
@@ -198,40 +185,6 @@ def _found(document: Any, pointer: str) -> str:
         return _show(jsonpointer.resolve_pointer(document, pointer, _MISSING))
     except (jsonpointer.JsonPointerException, TypeError, KeyError, IndexError):
         return "not readable"
-
-
-_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-
-
-def _missing(document: Any, pointer: str, whole: bool) -> str | None:
-    """Why ``pointer`` (``whole``) or its parent cannot be followed in ``document``, or None."""
-    parts = pointer_parts(pointer)
-    current, at = document, ""
-    # The parent of an added member must be a container too: walk to the last part then.
-    for n, part in enumerate(parts):
-        if not whole and n == len(parts) - 1 and isinstance(current, (dict, list)):
-            break
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
-            current = current[int(part)]
-        elif isinstance(current, (dict, list)):
-            what = "member" if isinstance(current, dict) else "item"
-            return f"{at or 'the value'} has no {what} {part!r}"
-        else:
-            kind = "null" if current is None else _KINDS.get(type(current), "a number")
-            return f"{at or 'the value'} is {kind}: it has no member {part!r}"
-        at += "/" + part.replace("~", "~0").replace("/", "~1")
-    return None
-
-
-def _not_applying(document: Any, op: dict[str, Any]) -> str | None:
-    """Why a JSON Patch operation does not apply, in castore's words (None: jsonpatch's)."""
-    if op["op"] in ("move", "copy"):
-        reason = _missing(document, op["from"], whole=True)
-        if reason is not None:
-            return f"from: {reason}"
-    return _missing(document, op["path"], whole=op["op"] in ("remove", "replace", "test"))
 
 
 def _patch_bytes(patch: Any) -> bytes:
@@ -327,7 +280,7 @@ class JsonPatch(Edit):
                 TypeError,
                 ValueError,
             ) as exc:
-                reason = _not_applying(document, op) or str(exc) or repr(exc)
+                reason = not_applying(document, op) or str(exc) or repr(exc)
                 raise InvalidValueError(f"JSON Patch does not apply: {what}: {reason}") from None
         return document
 

@@ -142,7 +142,7 @@ class NamespaceCall(_Msg, frozen=True, kw_only=True):
 
 
 class ScopeCall(_Msg, frozen=True, kw_only=True):
-    """``namespaces``: the namespaces of a scope."""
+    """``namespaces``, ``removed``: the namespaces of a scope, its removed keys."""
 
     scope: str
 
@@ -233,6 +233,7 @@ CALLS: Final[dict[str, Call]] = {
     "exists": Call(RefCall, bool),
     "keys": Call(NamespaceCall, list[str]),
     "namespaces": Call(ScopeCall, list[str]),
+    "removed": Call(ScopeCall, list[tuple[str, str, int]]),
     "listing": Call(NamespaceCall, dict[str, ListEntry | None]),
     "remember": Call(NamespaceCall, None),
     "version": Call(VersionCall, EntryValue),

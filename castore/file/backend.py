@@ -42,14 +42,7 @@ from castore.file.tree import Tree
 from castore.file.writer import Writer
 from castore.keys import Ref
 from castore.records import OP_DAMAGED, Entry
-from castore.reports import (
-    CheckReport,
-    CompactReport,
-    GCReport,
-    Retention,
-    ScopeStats,
-    StoreStats,
-)
+from castore.reports import CheckReport, CompactReport, GCReport, Retention, ScopeStats, StoreStats
 from castore.results import ListEntry
 
 __all__ = ["FileBackend"]
@@ -185,6 +178,11 @@ class FileBackend:
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
         return self.names.namespaces(scope)
+
+    def removed(self, scope: str) -> list[tuple[str, str, int]]:
+        """Each key compaction removed, from its namespace's ``GRAVES``."""
+        graves = ((ns, self.graveyard(scope, ns).records()) for ns in self.namespaces(scope))
+        return [(ns, key, top) for ns, found in graves for key, top in sorted(found.items())]
 
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
         """The newest version of each key ``STATE`` knows, whatever ``prefix`` (one file)."""

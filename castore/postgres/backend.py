@@ -136,6 +136,11 @@ class PostgresBackend:
         result: list[str] = self._read(work, f"listing {scope}/{namespace}", [])
         return result
 
+    def removed(self, scope: str) -> list[tuple[str, str, int]]:
+        """Each key compaction removed: its row's ``floor`` (:meth:`Backend.removed`)."""
+        found = self._read(lambda cur: cur.execute(q.REMOVED, (scope,)).fetchall(), scope, [])
+        return [(bytes(n).decode(), bytes(k).decode(), int(v)) for n, k, v in found]
+
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` with at least one key, byte-wise sorted."""
 

@@ -28,6 +28,7 @@ __all__ = [
     "NO_NEWEST",
     "PAGE",
     "REF",
+    "REMOVED",
     "VALUE_OF",
     "VERSION",
     "RowView",
@@ -49,6 +50,9 @@ CURRENT: Final = (  # one row always; its last column: versions remain but the r
     "LEFT JOIN blobs b ON b.digest = r.blob"
 )
 HAS_VERSIONS: Final = "SELECT 1 FROM versions WHERE ref_id = %s LIMIT 1"
+REMOVED: Final = (  # the keys of a scope compaction removed, with their last versions
+    "SELECT namespace, key, floor FROM refs WHERE scope = %s AND floor > 0 ORDER BY namespace, key"
+)
 COPY_NEWEST: Final = """
     UPDATE refs r SET (version, op, time_ns, digest, size, created_ns, audit, damaged_from,
                        inline, blob) = (

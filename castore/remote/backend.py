@@ -176,6 +176,15 @@ class RemoteBackend:
             found.update(self._transport.call("namespaces", ScopeCall(scope=scope), member))
         return sorted(found, key=lambda name: name.encode("utf-8", "surrogatepass"))
 
+    def removed(self, scope: str) -> list[tuple[str, str, int]]:
+        """Each key compaction removed, on every member of a cluster."""
+        found: set[tuple[str, str, int]] = set()
+        for member in self._transport.members:
+            found.update(
+                map(tuple, self._transport.call("removed", ScopeCall(scope=scope), member))
+            )
+        return sorted(found, key=lambda r: (r[0].encode("utf-8"), r[1].encode("utf-8")))
+
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
         """What the server knows of the keys' newest versions."""
         call = NamespaceCall(scope=scope, namespace=namespace, prefix=prefix)

@@ -71,6 +71,10 @@ class _Schemas:
             return {"anyOf": parts}
         if isinstance(kind, mi.ListType):
             return {"type": "array", "items": self.of(kind.item_type)}
+        if isinstance(kind, mi.TupleType):  # a fixed-length array (OpenAPI 3.1)
+            n = len(kind.item_types)
+            items = [self.of(part) for part in kind.item_types]
+            return {"type": "array", "prefixItems": items, "minItems": n, "maxItems": n}
         if isinstance(kind, mi.DictType):
             return {"type": "object", "additionalProperties": self.of(kind.value_type)}
         if isinstance(kind, mi.StructType):

@@ -172,6 +172,7 @@ BACKEND_CALLS: Final[dict[str, BackendCall]] = {
     "exists": BackendCall(lambda s, c: s.backend.exists(ref_of(c)), loop_safe=True),
     "keys": BackendCall(_keys),
     "namespaces": BackendCall(lambda s, c: s.backend.namespaces(validate_scope(c.scope))),
+    "removed": BackendCall(lambda s, c: s.backend.removed(validate_scope(c.scope))),
     "listing": BackendCall(_listing),
     "remember": BackendCall(_remember),
     "version": BackendCall(_version, loop_safe=True),

@@ -36,6 +36,7 @@ LAYERS = {
     "jsonrules": 1,
     "jsonparse": 2,
     "pyvalues": 2,
+    "pointers": 2,  # JSON Pointer parts, and why one cannot be followed
     "reports": 2,
     "identity": 2,  # who writes: the audit record
     "stdjson": 1,  # plain JSON text normalized with the standard library (the CLI's quick set)
@@ -55,6 +56,7 @@ LAYERS = {
     "maintenance": 21,  # Store's maintenance calls (a base class of Store)
     "store": 22,
     "audit": 23,
+    "exportfile": 20,  # the export file's lines: bounded, validated (no store)
     "transfer": 23,
     "dagu": 23,
     "__init__": 24,  # the public API; the CLI uses the modules themselves
@@ -142,9 +144,10 @@ POSTGRES_LAYERS = {
     "postgres.connection": 2,  # one connection per handle: errors, reconnects, transactions
     "postgres.rows": 2,  # rows <-> entries, values
     "postgres.statements": 3,  # the SQL of reads and writes; what a decision reads
-    "postgres.maintenance": 3,  # check, gc, stats
+    "postgres.integrity": 4,  # check of the rows and of each key's newest copy; repair
     "postgres.compaction": 4,  # retention, one key per transaction
-    "postgres.backend": 5,
+    "postgres.maintenance": 5,  # check, gc, stats
+    "postgres.backend": 6,
 }
 assert max(POSTGRES_LAYERS.values()) < 10
 # castore/remote/: the http:// backend, a band of its own in the same layers (10 to 19).

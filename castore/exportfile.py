@@ -1,0 +1,217 @@
+"""The export file's format: its lines, bounded and validated (docs/CLI.md, export).
+
+What :mod:`castore.transfer` writes and reads; nothing here touches a store.
+
+Format ``castore-export`` version 1 (one JSON object per line, UTF-8):
+
+* line 1: ``{"format":"castore-export","version":1}``;
+* then one line per version, refs in byte-wise (scope, namespace, key)
+  order and each ref's versions oldest first: ``scope``, ``namespace``, ``key``,
+  ``version``, ``op`` (``set``/``delete``/``rollback``/``damaged``),
+  ``time_ns``, ``created_ns``, ``hash``, ``audit`` (the audit record, empty
+  fields omitted), ``value`` (the normalized JSON, absent for deletes and
+  damaged entries) and ``damaged_from`` (a damaged entry's lowest version).
+  A key that compaction removed is one ``delete`` line at its last version,
+  ``time_ns`` 1, audit reason :data:`REMOVED_REASON`: imported, its versions go on
+  above it, as they would in the store it came from.
+
+Exporting, importing into an empty store and exporting again gives the same
+bytes: versions, hashes, times and audit records are reproduced exactly.
+Both directions stream: memory holds one ref's versions at a time.
+
+Input is bounded: a line may hold at most :data:`MAX_RECORD_BYTES` (its newline
+not counted). :func:`read_lines` refuses a longer line after reading one byte
+past the limit, so a hostile file costs at most one line of memory, never
+the whole line; :func:`parse_export` refuses such a line from any reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import IO, Annotated, Final, Literal
+
+import msgspec
+
+from castore import codec
+from castore.backend import NewVersion
+from castore.errors import InvalidValueError
+from castore.keys import Ref, validate_key, validate_namespace, validate_scope
+from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Audit
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "MAX_RECORD_BYTES",
+    "NO_VALUE",
+    "REMOVED_REASON",
+    "ExportHeader",
+    "ExportRecord",
+    "ImportReport",
+    "OnConflict",
+    "parse_export",
+    "read_lines",
+]
+
+EXPORT_FORMAT = "castore-export"
+REMOVED_REASON: Final = "removed by compaction"  # the audit reason of a removed key's line
+EXPORT_VERSION = 1
+# One export line: the value is embedded as its normalized JSON, unescaped, so it
+# takes at most MAX_VALUE_BYTES; the same again covers the rest (scope, namespace
+# and key of at most 4 KiB each, 6x when JSON-escaped, and free-text audit fields),
+# and 64 KiB the fixed fields. 2 MiB + 64 KiB = 2,162,688 bytes.
+MAX_RECORD_BYTES: Final = 2 * codec.MAX_VALUE_BYTES + (64 << 10)
+OnConflict = Literal["refuse", "skip", "overwrite"]
+NO_VALUE = msgspec.Raw(b"")
+# A version, a time or a pid: what every backend stores (PostgreSQL's bigint, msgpack's int).
+_Count = Annotated[
+    int, msgspec.Meta(ge=0, le=(1 << 63) - 1)
+]  # the default of ExportRecord.value: omitted when encoding
+
+
+class ExportHeader(msgspec.Struct, frozen=True, kw_only=True):
+    """First line of an export."""
+
+    format: str
+    version: int
+
+
+class ExportRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One version of one ref in an export."""
+
+    scope: str
+    namespace: str
+    key: str
+    version: _Count
+    op: str
+    time_ns: _Count
+    created_ns: _Count = 0
+    hash: str = ""
+    audit: Audit = Audit()
+    value: msgspec.Raw = NO_VALUE  # a delete or a damaged entry carries no value
+    damaged_from: _Count = 0  # a ``damaged`` entry: the versions damaged_from..version were lost
+
+
+class ImportReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What an import did: counts of refs and versions written, refs skipped."""
+
+    refs: int
+    versions: int
+    skipped_refs: list[str]
+    overwritten_refs: list[str]
+
+
+_header_decoder = msgspec.json.Decoder(ExportHeader)
+_record_decoder = msgspec.json.Decoder(ExportRecord)
+
+
+def _too_long(number: int) -> InvalidValueError:
+    return InvalidValueError(
+        f"line {number}: longer than {MAX_RECORD_BYTES} bytes, the limit of one export line"
+    )
+
+
+def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """Yield the lines of a binary stream, each with its newline, in bounded memory.
+
+    At most ``MAX_RECORD_BYTES + 1`` bytes of one line are ever held: a longer
+    line is refused as soon as its first byte past the limit is read, and the
+    rest of it is never read.
+
+    Raises:
+        InvalidValueError: a line holds more than :data:`MAX_RECORD_BYTES` bytes,
+            its newline not counted (the message names the line and the limit).
+    """
+    number = 0
+    while line := stream.readline(MAX_RECORD_BYTES + 1):
+        number += 1
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            raise _too_long(number)
+        yield line
+
+
+def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Number lines from 1, refusing one over the limit from whatever reader gave it."""
+    for number, line in enumerate(lines, start=1):
+        if len(line) - (1 if line.endswith(b"\n") else 0) > MAX_RECORD_BYTES:
+            raise _too_long(number)
+        yield number, line
+
+
+def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]]]:
+    """Validate an export and yield each ref's versions as new versions."""
+    it = _numbered(lines)
+    try:
+        header = _header_decoder.decode(next(it)[1])
+    except (StopIteration, msgspec.DecodeError) as exc:
+        raise InvalidValueError(f"line 1: not a castore export header ({exc})") from None
+    if header.format != EXPORT_FORMAT or header.version != EXPORT_VERSION:
+        raise InvalidValueError(
+            f"line 1: export {header.format} version {header.version} is not supported"
+        )
+    current: Ref | None = None
+    new_versions: list[NewVersion] = []
+    seen: set[Ref] = set()
+    for number, line in it:
+        if not line.strip():
+            continue
+        try:
+            rec = _record_decoder.decode(line)
+            ref = Ref(validate_scope(rec.scope), validate_namespace(rec.namespace), rec.key)
+            validate_key(rec.key)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise InvalidValueError(f"line {number}: {exc}") from None
+        if ref != current:
+            if current is not None:
+                yield current, new_versions
+            if ref in seen:
+                raise InvalidValueError(f"line {number}: versions of {ref} are not contiguous")
+            seen.add(ref)
+            current, new_versions = ref, []
+        if new_versions and rec.time_ns < new_versions[-1].time_ns:
+            raise InvalidValueError(f"line {number}: time_ns goes back within {ref}")
+        new_versions.append(
+            _new_version(rec, number, new_versions[-1].version if new_versions else 0)
+        )
+    if current is not None:
+        yield current, new_versions
+
+
+def _new_version(rec: ExportRecord, number: int, last_version: int) -> NewVersion:
+    if not (0 <= rec.audit.pid < 1 << 63 and 0 <= rec.audit.rollback_from < 1 << 63):
+        raise InvalidValueError(f"line {number}: audit pid or rollback_from out of range")
+    if rec.version <= last_version:
+        raise InvalidValueError(f"line {number}: version {rec.version} after {last_version}")
+    if rec.op not in (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED):
+        raise InvalidValueError(f"line {number}: unknown op {rec.op!r}")
+    if rec.op == OP_DAMAGED:  # versions a repair recorded as lost: kept as lost
+        if len(rec.value) or rec.damaged_from > rec.version or rec.damaged_from < 0:
+            raise InvalidValueError(f"line {number}: a damaged entry carries no value")
+        if rec.damaged_from and rec.damaged_from <= last_version:
+            raise InvalidValueError(f"line {number}: damaged range overlaps version {last_version}")
+        return NewVersion(
+            OP_DAMAGED,
+            None,
+            rec.hash,
+            rec.audit,
+            None,
+            rec.version,
+            rec.time_ns,
+            rec.created_ns,
+            rec.damaged_from,
+        )
+    if rec.op == OP_DELETE:
+        if len(rec.value) or rec.hash:
+            raise InvalidValueError(f"line {number}: a delete carries no value")
+        return NewVersion(OP_DELETE, None, "", rec.audit, None, rec.version, rec.time_ns, 0)
+    if not len(rec.value):
+        raise InvalidValueError(f"line {number}: {rec.op} without a value")
+    try:
+        normalized = codec.normalize_json(bytes(rec.value))
+    except InvalidValueError as exc:
+        raise InvalidValueError(f"line {number}: {exc.detail}") from None
+    digest = codec.hexdigest(normalized)
+    if digest != rec.hash:
+        raise InvalidValueError(f"line {number}: value hashes to {digest}, line says {rec.hash}")
+    return NewVersion(
+        rec.op, normalized, digest, rec.audit, None, rec.version, rec.time_ns, rec.created_ns
+    )
