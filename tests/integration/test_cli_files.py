@@ -137,7 +137,7 @@ NOTHING_WRITTEN: Final = [
 @pytest.mark.parametrize("where", ["--dir missing/store", "CASTORE_DIR", "--dir empty"])
 def test_reads_create_no_store(cli, tmp_path, where):
     inputs = tmp_path / "inputs"
-    (inputs / "dagu").mkdir(parents=True)
+    (inputs / "dagu" / "v1").mkdir(parents=True)  # a Dagu directory with nothing in it
     (inputs / "header.jsonl").write_bytes(b'{"format":"castore-export","version":1}\n')
     (tmp_path / "empty").mkdir()
     target = tmp_path / ("empty" if "empty" in where else "missing/store")
