@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("standard output is closed: nothing was done", EXIT_FAILURE)
     out = sys.stdout.buffer
     try:
-        args = build_parser(castore.__version__).parse_args(argv)
+        parser = build_parser(castore.__version__)
+        parser.argv = sys.argv[1:] if argv is None else argv
+        args = parser.parse_args(argv)
         for line in _lines(args):
             _write(out, line + b"\n")
         _write(out, b"", flush=True)

@@ -39,8 +39,16 @@ _NEGATIVE_NUMBER = re.compile(r"^-\.?\d")  # JSON numbers such as -1e5 are value
 
 
 class _Parser(argparse.ArgumentParser):
+    argv: Sequence[str] = ()  # what parse_args was given (for error)
+
     def error(self, message: str) -> NoReturn:
+        unknown = [a for a in self.argv if a.startswith("--") and not self._known(a)]
+        if unknown and message.endswith("required: COMMAND"):  # e.g. `castore --bogus`
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         raise UsageError(message)
+
+    def _known(self, arg: str) -> bool:
+        return arg.partition("=")[0] in self._option_string_actions
 
 
 def _value(cmd: _Parser) -> None:

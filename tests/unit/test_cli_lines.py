@@ -67,3 +67,14 @@ def test_usage_errors_name_the_commands():
         build_parser().parse_args(["nope"])
     with pytest.raises(UsageError, match="the following arguments are required: COMMAND"):
         build_parser().parse_args([])
+
+
+def test_an_unknown_option_without_a_command_is_named():
+    # Found by a review: `castore --bogus` said only that COMMAND is required.
+    parser = build_parser()
+    parser.argv = ["--dir", "x", "--bogus", "--no-sync"]
+    with pytest.raises(UsageError, match="^unrecognized arguments: --bogus$"):
+        parser.parse_args(parser.argv)
+    parser.argv = ["--dir", "x"]
+    with pytest.raises(UsageError, match="the following arguments are required: COMMAND"):
+        parser.parse_args(parser.argv)
