@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 import msgspec
 
 from castore.backend import Decide, LogView, NewVersion
-from castore.errors import ConflictError, NotFoundError
+from castore.errors import ConflictError
 from castore.exportfile import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -125,28 +125,24 @@ def _only_if_empty(new_versions: list[NewVersion]) -> Decide:
 
 
 def _refusal(
-    store: Store,
     ref: Ref,
     existing: Entry | None,
     new_versions: list[NewVersion],
     on_conflict: OnConflict,
+    grave: int,
 ) -> ConflictError | None:
     """Why the writing pass would refuse ``ref``'s versions (versions never repeat), or None.
 
-    ``overwrite`` may not take a key's versions back; a key that compaction
-    removed may not start again at a version its removed life used (the
-    backend answers ``NotFoundError``, "was compacted", for such a version).
+    ``overwrite`` may not take a key's versions back, and no import may start
+    a key again at a version that a life compaction removed used (``grave``:
+    its last version, :meth:`Backend.removed`).
     """
     first, top = new_versions[0].version, new_versions[-1].version
-    if existing is not None:
-        if on_conflict == "overwrite" and top < existing.version:
-            return ConflictError(
-                str(ref), None, existing.version, f"the import's newest version {top} is below it"
-            )
-        return None
-    try:
-        store.backend.version(ref, first)
-    except NotFoundError:
+    if existing is not None and on_conflict == "overwrite" and top < existing.version:
+        return ConflictError(
+            str(ref), None, existing.version, f"the import's newest version {top} is below it"
+        )
+    if (existing is None or on_conflict == "overwrite") and first <= grave:
         return ConflictError(
             str(ref),
             None,
@@ -157,10 +153,23 @@ def _refusal(
     return None
 
 
+def _removed_alike(new_versions: list[NewVersion], grave: int) -> bool:
+    """True for a removed key's export line (:func:`_removed_record`) of this very life."""
+    return (
+        len(new_versions) == 1
+        and new_versions[0].op == OP_DELETE
+        and grave == (new_versions[0].version)
+    )
+
+
 def _validated(
     store: Store, read: Callable[[], Iterable[bytes]], on_conflict: OnConflict
-) -> set[Ref]:
-    """The validating pass: the refs that already have history (nothing is written).
+) -> tuple[set[Ref], set[Ref]]:
+    """The validating pass: refs with history, and removed keys the file names as they are.
+
+    Nothing is written. A removed key's line at its own last version (a store's
+    own export) is a key with history: refused, or skipped by ``skip`` and
+    ``overwrite`` (there is nothing to replace).
 
     Raises:
         InvalidValueError: a malformed or over-long line.
@@ -168,12 +177,21 @@ def _validated(
             would refuse (:func:`_refusal`).
     """
     conflicts: dict[Ref, int] = {}
+    alike: set[Ref] = set()
     refused: list[ConflictError] = []
+    graves: dict[str, dict[tuple[str, str], int]] = {}
     for ref, new_versions in parse_export(read()):
+        if ref.scope not in graves:
+            graves[ref.scope] = {(n, k): v for n, k, v in store.backend.removed(ref.scope)}
+        grave = graves[ref.scope].get((ref.namespace, ref.key), 0)
         existing = store.backend.current(ref).entry
+        if existing is None and _removed_alike(new_versions, grave):
+            conflicts[ref] = grave
+            alike.add(ref)
+            continue
         if existing is not None:
             conflicts[ref] = existing.version
-        refusal = _refusal(store, ref, existing, new_versions, on_conflict)
+        refusal = _refusal(ref, existing, new_versions, on_conflict, grave)
         if refusal is not None:
             refused.append(refusal)
     if conflicts and on_conflict == "refuse":
@@ -188,7 +206,7 @@ def _validated(
         why = refused[0]
         counted = f"{why.reason}; {len(refused)} key(s) refused, nothing imported"
         raise ConflictError(why.ref, why.expected, why.actual, counted)
-    return set(conflicts)
+    return set(conflicts) - alike, alike
 
 
 def import_lines(
@@ -211,12 +229,12 @@ def import_lines(
         InvalidValueError: a malformed or over-long line (the message names it).
         ConflictError: ``refuse`` and some refs already exist.
     """
-    clash = _validated(store, read, on_conflict)
+    clash, alike = _validated(store, read, on_conflict)
     refs = versions = 0
     skipped: list[str] = []
     overwritten: list[str] = []
     for ref, new_versions in parse_export(read()):
-        if ref in clash and on_conflict == "skip":
+        if ref in alike or (ref in clash and on_conflict == "skip"):
             skipped.append(str(ref))
             continue
         if ref in clash:

@@ -79,6 +79,7 @@ def quick_get(args: argparse.Namespace) -> bytes | None:
     """The line of ``castore get`` for ``args``, or None: run the command instead."""
     if args.version is not None:
         return None
+    Invocation(args).lock_timeout  # noqa: B018  # refused as the command would refuse it
     where = _quick_ref(args)
     if where is None:
         return None

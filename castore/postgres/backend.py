@@ -96,13 +96,15 @@ class PostgresBackend:
         """Newest entry of ``ref`` and its verified value (one indexed query)."""
 
         def work(cur: Cursor) -> Current:
-            cur.execute(q.CURRENT, (rows.ref_id(ref),), binary=True)  # no hex round trip
-            row = cur.fetchone()
-            if row is not None and row[11]:  # never "not found" while versions remain
-                raise CorruptionError(
-                    f"{ref}: its row in refs is lost but its versions remain; "
-                    "the key's next write restores it"
-                )
+            key = (rows.ref_id(ref),)
+            row = cur.execute(q.CURRENT, key, binary=True).fetchone()  # binary: no hex round trip
+            if row is None and cur.execute(q.HAS_VERSIONS, key).fetchone():
+                row = cur.execute(q.CURRENT, key, binary=True).fetchone()  # just written?
+                if row is None:  # lost: never "not found" while versions remain
+                    raise CorruptionError(
+                        f"{ref}: its row in refs is lost but its versions "
+                        "remain; the key's next write restores it"
+                    )
             found = rows.entry(row, 0, ref) if row is not None else None
             if row is None or found is None:
                 return Current(None, None)
@@ -254,9 +256,12 @@ class PostgresBackend:
         row = cur.execute(q.LOCK, key).fetchone()
         if row is None:
             cur.execute(q.NEW_REF, rows.ref_row(ref))
-            if cur.execute(q.HAS_VERSIONS, key).fetchone() is not None:  # the row was lost
-                cur.execute(q.COPY_NEWEST, key)  # its copy again, as check --repair would
             row = cur.execute(q.LOCK, key).fetchone()
+            # Under the lock (each statement then sees every committed version): a row
+            # that was lost while its versions remain gets its copy again, as a repair.
+            if row is not None and row[1] is None and cur.execute(q.HAS_VERSIONS, key).fetchone():
+                cur.execute(q.COPY_NEWEST, key)
+                row = cur.execute(q.LOCK, key).fetchone()
         assert row is not None  # noqa: S101 - inserted or found above, under the lock
         return int(row[0]), rows.entry(row, 1, ref), row[9]
 

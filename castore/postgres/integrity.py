@@ -28,7 +28,7 @@ import time
 from typing import Any, Final
 
 from castore import valuecodec
-from castore.errors import CorruptionError
+from castore.errors import CorruptionError, LockTimeoutError
 from castore.keys import Ref
 from castore.postgres import rows
 from castore.postgres import statements as q
@@ -71,6 +71,10 @@ _NEWEST_ROW: Final = (
     + " WHERE versions.ref_id = %s ORDER BY versions.version DESC LIMIT 1"
 )
 _COLUMNS: Final = f"{rows.ENTRY}, {_VALUE_COLUMNS}"
+_DROPPED_UP_TO: Final = (  # the highest version compaction dropped, or a removed life ended at
+    "SELECT greatest((SELECT coalesce(max(high), 0) FROM compactions WHERE ref_id = %s), "
+    "(SELECT floor FROM refs WHERE ref_id = %s))"
+)
 _ROW_FROM_COPY: Final = (
     f"INSERT INTO versions (ref_id, scope, {_COLUMNS}) "
     f"SELECT ref_id, scope, {_COLUMNS} FROM refs WHERE ref_id = %s"
@@ -174,7 +178,8 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
     cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", (key,))
     copy = cur.execute(_COPY, (key,)).fetchone()
     newest = cur.execute(_NEWEST_ROW, (key,)).fetchone()
-    high = newest[0] if newest is not None else 0
+    (gone,) = cur.execute(_DROPPED_UP_TO, (key, key)).fetchone() or (0,)
+    high = max(newest[0] if newest is not None else 0, gone)  # compaction's are not lost
     named = copy[0] if copy is not None and copy[0] is not None else None
     if named is not None and named > high:  # rows above ``high`` were lost
         problem = f"versions {high + 1}..{named} are missing; the key's copy names {named}"
@@ -215,7 +220,13 @@ def check_copies(db: Database, repair: bool) -> list[Finding]:
                 raise Abandon(outcome)  # rolled back: a check changes nothing
             return outcome
 
-        found = db.run(settle, f"checking {ref}")
+        try:
+            found = db.run(settle, f"checking {ref}")
+        except LockTimeoutError as exc:  # a writer holds it (or a stopped process)
+            found = (
+                f"locked by another process for {exc.timeout_seconds:g} s: not checked",
+                "none: run check again once that process ends",
+            )
         if found is None:
             continue
         problem, how = found

@@ -43,11 +43,9 @@ NO_NEWEST: Final = (  # a refs row's copy of the newest version, emptied
     "created_ns = NULL, audit = NULL, damaged_from = NULL, blob = NULL, inline = NULL"
 )
 # A row's entry, then its value: inline bytes, or the codec and data of its blob.
-CURRENT: Final = (  # one row always; its last column: versions remain but the refs row is lost
-    f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, r.inline, b.codec, b.data, "
-    "r.ref_id IS NULL AND EXISTS (SELECT 1 FROM versions v WHERE v.ref_id = x.id) "
-    "FROM (SELECT %s::bytea AS id) x LEFT JOIN refs r ON r.ref_id = x.id "
-    "LEFT JOIN blobs b ON b.digest = r.blob"
+CURRENT: Final = (
+    f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, r.inline, b.codec, b.data "
+    "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob WHERE r.ref_id = %s"
 )
 HAS_VERSIONS: Final = "SELECT 1 FROM versions WHERE ref_id = %s LIMIT 1"
 REMOVED: Final = (  # the keys of a scope compaction removed, with their last versions

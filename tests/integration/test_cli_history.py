@@ -537,8 +537,26 @@ def test_a_key_compaction_removed_moves_with_its_last_version(cli, tmp_path, new
     assert cli.ok("import", "dump.jsonl", store=copy)["refs"] == 2
     assert cli.raw_ok("export", store=copy) == dump  # byte-identical, as every export
     assert [e["key"] for e in cli.ok("list", store=copy)["entries"]] == ["kept"]
+    # The source's own export into itself: the removed key is as the file says it is.
+    (tmp_path / "again.jsonl").write_bytes(cli.raw_ok("export", store=source))
+    before = cli.raw_ok("export", store=source)
+    assert "already exist" in cli.fail(3, "import", "again.jsonl", store=source)
+    for mode in ("skip", "overwrite"):
+        report = cli.ok("import", "again.jsonl", "--on-conflict", mode, store=source)
+        assert "dag/d/gone" in report["skippedRefs"], report
+        assert cli.raw_ok("export", store=source) == before
     assert cli.ok("set", "gone", '"again"', store=copy)["version"] == 7
     assert cli.ok("set", "gone", '"again"', store=source)["version"] == 7
+    # Overwriting the re-created key with versions its removed life used: refused whole.
+    theirs = new_store_location()
+    cli.ok("set", "kept", '"theirs"', store=theirs)
+    for n in range(8):  # up to 8, above the source's 7, from 1, within its removed life
+        cli.ok("set", "gone", str(n), store=theirs)
+    (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=theirs))
+    before = cli.raw_ok("export", store=source)
+    message = cli.fail(3, "import", "theirs.jsonl", "--on-conflict", "overwrite", store=source)
+    assert "its versions would repeat; 1 key(s) refused, nothing imported" in message
+    assert cli.raw_ok("export", store=source) == before
 
 
 HASH_1 = sha256(b"1")

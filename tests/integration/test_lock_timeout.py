@@ -47,11 +47,15 @@ def _versions(root: str) -> list[int]:
 
 
 @pytest.mark.parametrize("value", ["abc", "", "-1", "nan", "inf", "86401", "1e400"])
-@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("where", ["before", "after", "get"])
 def test_a_lock_timeout_that_is_no_number_of_seconds_is_a_usage_error(cli, value, where):
     cli.ok("set", "k", "1")
     option = ["--lock-timeout", value]
-    args = [*option, "set", "k", "2"] if where == "before" else ["set", "k", "2", *option]
+    args = {
+        "before": [*option, "set", "k", "2"],
+        "after": ["set", "k", "2", *option],
+        "get": [*option, "get", "k"],  # the quick get too (the review: it exited 0)
+    }[where]
     message = cli.fail(2, *args)
     assert "--lock-timeout" in message
     assert repr(value) in message

@@ -911,6 +911,77 @@ def test_a_lost_refs_row_is_never_read_as_absent_and_a_write_restores_it(postgre
     assert store.check().findings == []
 
 
+def test_writers_that_restore_a_lost_refs_row_together_all_succeed(postgres_location):
+    # Found by a review of the restore: a writer copied the newest version from a
+    # snapshot older than its lock, and 58 of 160 concurrent sets failed (duplicate key).
+    handles = [Store(postgres_location, dag=DAG) for _ in range(4)]
+    for n in range(3):
+        handles[0].set("k", n)
+    errors: list[BaseException] = []
+    versions: list[int] = []
+    for trial in range(10):
+        query(postgres_location, "DELETE FROM refs")
+        start = threading.Barrier(len(handles))
+
+        def write(store: Store, n: int = trial, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                versions.append(store.set("k", {"trial": n}).version)
+            except BaseException as exc:  # noqa: BLE001  # every failure is the finding
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(h,)) for h in handles]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert sorted(versions) == list(range(4, 4 + 40))  # none repeated, none skipped
+    assert [e.version for e in handles[0].history("k").entries] == list(range(43, 0, -1))
+    assert handles[0].check().findings == []
+
+
+def test_repair_never_records_versions_compaction_dropped_as_lost(postgres_location):
+    # Found by the same review: versions 1..4 that compaction dropped were recorded as
+    # lost ("versions 1-4 lost" instead of "was compacted") when row 5 was restored.
+    store = Store(postgres_location, dag=DAG)
+    for n in range(1, 6):
+        store.set("k", n)
+    store.compact(keep_last=1)
+    query(postgres_location, "DELETE FROM versions WHERE version = 5")
+    assert _problems(store.check()) == [
+        (f"refs/dag/{DAG}/k", "versions 5..5 are missing; the key's copy names 5", False)
+    ]
+    assert store.check(repair=True).ok
+    assert store.get("k", version=5).value == 5
+    with pytest.raises(castore.NotFoundError, match="version 2 was compacted"):
+        store.get("k", version=2)
+    assert [e.version for e in store.history("k").entries] == [5]
+    assert store.check().findings == []
+
+
+def test_check_reports_a_key_another_session_holds_and_checks_the_rest(postgres_location):
+    # Found by the same review: one locked key made the whole check raise LockTimeoutError.
+    store = Store(postgres_location, dag=DAG, lock_timeout=0.5)
+    store.set("held", 1)
+    store.set("held", 2)
+    store.set("other", 1)
+    store.set("other", 2)
+    query(postgres_location, "UPDATE versions SET inline = NULL WHERE version = 2")
+    where = parse(postgres_location)
+    with psycopg.connect(where.conninfo) as holder:  # a transaction holding the row lock
+        holder.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(where.schema)))
+        holder.execute("SELECT 1 FROM refs WHERE key = %s FOR UPDATE", (b"held",))
+        report = store.check(repair=True)
+    problems = {(f.path, f.problem, f.repaired) for f in report.findings}
+    assert (f"refs/dag/{DAG}/held", "locked by another process for 0.5 s: not checked", False) in (
+        problems
+    )
+    assert (f"refs/dag/{DAG}/other", "the copy of version 2 differs from its row", True) in problems
+    assert not report.ok
+    assert store.check(repair=True).ok  # once the lock is free
+
+
 @pytest.mark.parametrize("value", [{"x": 1}, BIG], ids=["small", "zstd"])
 def test_a_damaged_value_is_never_returned(postgres_location, value):
     store = Store(postgres_location, dag=DAG, durable=False)

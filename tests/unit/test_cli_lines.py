@@ -73,7 +73,7 @@ def test_an_unknown_option_without_a_command_is_named():
     # Found by a review: `castore --bogus` said only that COMMAND is required.
     parser = build_parser()
     parser.argv = ["--dir", "x", "--bogus", "--no-sync"]
-    with pytest.raises(UsageError, match="^unrecognized arguments: --bogus$"):
+    with pytest.raises(UsageError, match=r"^unrecognized arguments: --bogus$"):
         parser.parse_args(parser.argv)
     parser.argv = ["--dir", "x"]
     with pytest.raises(UsageError, match="the following arguments are required: COMMAND"):
