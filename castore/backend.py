@@ -33,6 +33,7 @@ __all__ = [
     "NothingView",
     "Progress",
     "lost_error",
+    "lost_marker",
     "newest_first",
     "next_entry",
 ]
@@ -253,6 +254,17 @@ class NothingView:
     def absolute(self, loc: BlobLoc) -> BlobLoc:
         """``loc`` itself."""
         return loc
+
+
+def lost_marker(first: int, last: int, now: int, reason: str) -> Entry:
+    """The ``OP_DAMAGED`` entry recording versions ``first``..``last`` as lost."""
+    return Entry(
+        version=last,
+        op=OP_DAMAGED,
+        time_ns=now,
+        damaged_from=first if first < last else 0,
+        audit=Audit(actor="castore check --repair", reason=reason),
+    )
 
 
 def lost_error(ref: Ref, entry: Entry) -> CorruptionError:

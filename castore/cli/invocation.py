@@ -59,7 +59,7 @@ class Invocation:
         Raises:
             OptionError: not a number of seconds from 0 to a day.
         """
-        from castore.defaults import LOCK_TIMEOUT_SECONDS, lock_timeout_of
+        from castore.defaults import LOCK_TIMEOUT_SECONDS, MAX_LOCK_TIMEOUT_SECONDS, lock_timeout_of
 
         given = self.args.lock_timeout
         if given is None:
@@ -67,9 +67,21 @@ class Invocation:
         try:
             return lock_timeout_of(float(given))
         except ValueError:
+            most = f"{MAX_LOCK_TIMEOUT_SECONDS:g}"
             raise OptionError(
-                f"--lock-timeout: expected a number of seconds from 0 to 86400, got {given!r}"
+                f"--lock-timeout: expected a number of seconds from 0 to {most}, got {given!r}"
             ) from None
+
+    @property
+    def location(self) -> str | None:
+        """``--dir`` (None: ``$CASTORE_DIR`` or the default store).
+
+        Raises:
+            OptionError: it is empty (``--dir "$UNSET"``): never the default store by accident.
+        """
+        if self.args.dir == "":
+            raise OptionError("--dir is empty: name a store, or leave --dir out for the default")
+        return self.args.dir  # type: ignore[no-any-return]
 
     @functools.cached_property
     def store(self) -> Store:
@@ -77,10 +89,8 @@ class Invocation:
         from castore.store import Store
 
         args = self.args
-        if args.dir == "":  # e.g. --dir "$UNSET": never the default store by accident
-            raise OptionError("--dir is empty: name a store, or leave --dir out for the default")
         return Store(
-            args.dir,
+            self.location,
             dag=args.dag,
             root_dag=args.root_dag,
             durable=not args.no_sync,

@@ -17,7 +17,7 @@ from typing import Final
 import msgspec
 
 from castore.backends import default_root, upgrade
-from castore.cli.errors import OptionError, UnhealthyError, UsageError
+from castore.cli.errors import UnhealthyError, UsageError
 from castore.cli.invocation import Command, Invocation, progress, stdin
 from castore.cli.render import encode_line, render_as
 from castore.dagu import import_dagu
@@ -183,9 +183,7 @@ def _check(cmd: Invocation) -> Iterator[bytes]:
 
 
 def _upgrade(cmd: Invocation) -> Iterator[bytes]:
-    if cmd.args.dir == "":
-        raise OptionError("--dir is empty: name a store, or leave --dir out for the default")
-    yield render(upgrade(cmd.args.dir or default_root(), cmd.mode))
+    yield render(upgrade(cmd.location or default_root(), cmd.mode))
 
 
 def _stats(cmd: Invocation) -> Iterator[bytes]:

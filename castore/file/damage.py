@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from castore.backend import lost_marker
 from castore.errors import CorruptionError
 from castore.file.frames import FRAME_OVERHEAD, LogBytes
 from castore.file.records import (
@@ -28,7 +29,7 @@ from castore.file.records import (
     decode_entry,
     encode_record,
 )
-from castore.records import OP_DAMAGED, Audit, Entry
+from castore.records import OP_DAMAGED, Entry
 
 __all__ = [
     "REPAIR_HINT",
@@ -37,7 +38,6 @@ __all__ = [
     "damaged_error",
     "hides_nothing",
     "lost_top",
-    "marker",
     "value_lost",
     "window_top",
     "with_markers",
@@ -165,7 +165,7 @@ def with_markers(
             before = [e.time_ns for at, e in placed if at < window.start]
             after = [e.time_ns for at, e in placed if at >= window.end]
             stamp = before[-1] if before else after[0] if after else now
-            markers[window.start] = marker(window.low, top, stamp, where)
+            markers[window.start] = lost_marker(window.low, top, stamp, where)
     entries = [e for _, e in placed]
     newest = max([grave, *(e.version for e in entries), *(m.version for m in markers.values())])
     done = [
@@ -177,7 +177,9 @@ def with_markers(
     newest = max([newest, *done])  # compaction dropped those: not lost
     if lost_by_index > newest:
         stamp = max([now, *(e.time_ns for e in entries)])
-        markers[log.size] = marker(newest + 1, lost_by_index, stamp, f"log cut short; {reason}")
+        markers[log.size] = lost_marker(
+            newest + 1, lost_by_index, stamp, f"log cut short; {reason}"
+        )
     out: list[tuple[int, bytes]] = []
     pending = sorted(markers.items())
     for f in log.frames:
@@ -201,14 +203,3 @@ def value_lost(entry: Entry, reason: str) -> Entry:
         entry.audit, reason=f"value lost (no intact copy of blob {entry.hash}); {reason}"
     )
     return msgspec.structs.replace(entry, op=OP_DAMAGED, blob=None, audit=audit)
-
-
-def marker(first: int, last: int, now: int, reason: str) -> Entry:
-    """The ``OP_DAMAGED`` entry recording versions ``first``..``last`` as lost."""
-    return Entry(
-        version=last,
-        op=OP_DAMAGED,
-        time_ns=now,
-        damaged_from=first if first < last else 0,
-        audit=Audit(actor="castore check --repair", reason=reason),
-    )

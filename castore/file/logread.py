@@ -21,9 +21,10 @@ from typing import NamedTuple
 
 from blake3 import blake3
 
+from castore.backend import lost_marker
 from castore.errors import RecordError
 from castore.file import fileio
-from castore.file.damage import REPAIR_HINT, damage_windows, marker
+from castore.file.damage import REPAIR_HINT, damage_windows
 from castore.file.frames import (
     CHECKSUM_BYTES,
     FRAME_OVERHEAD,
@@ -324,7 +325,7 @@ def history_by_scan(fd: int, before: int, limit: int) -> list[Entry]:
         if window.high is not None:
             size = window.end - window.start
             reason = f"damaged bytes at offset {window.start} ({size} bytes); {REPAIR_HINT}"
-            entries.append(marker(window.low, window.high, 0, reason))
+            entries.append(lost_marker(window.low, window.high, 0, reason))
     entries.sort(key=lambda e: e.version)
     newest_first = [e for e in reversed(entries) if e.version < before]
     return newest_first[:limit] if limit else newest_first

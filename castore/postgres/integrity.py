@@ -28,28 +28,29 @@ import time
 from typing import Any, Final
 
 from castore import valuecodec
+from castore.backend import lost_marker
 from castore.errors import CorruptionError, LockTimeoutError
 from castore.keys import Ref
 from castore.postgres import rows
 from castore.postgres import statements as q
 from castore.postgres.connection import Abandon, Cursor, Database
-from castore.records import OP_DAMAGED, Audit, Entry
+from castore.records import OP_DAMAGED, Entry
 from castore.reports import Finding
 
 __all__ = ["check_copies", "check_versions"]
 
 _BATCH: Final = 500
-_VALUE_COLUMNS: Final = "inline, blob"
+_LOST: Final = "version rows lost"  # the reason a repair records
 _SCAN: Final = (
     f"SELECT v.ref_id, r.scope, r.namespace, r.key, "
-    f"{', '.join('v.' + c for c in rows.ENTRY.split(', '))}, v.inline, v.blob "
+    f"{rows.entry_columns('v')}, v.inline, v.blob "
     "FROM versions v LEFT JOIN refs r ON r.ref_id = v.ref_id "
     "WHERE (v.ref_id, v.version) > (%s, %s) ORDER BY v.ref_id, v.version LIMIT %s"
 )
 _DIFFERING: Final = f"""
     SELECT r.ref_id, r.scope, r.namespace, r.key FROM refs r
     LEFT JOIN LATERAL (
-        SELECT {rows.ENTRY}, {_VALUE_COLUMNS} FROM versions v WHERE v.ref_id = r.ref_id
+        SELECT {rows.ENTRY}, {rows.VALUE} FROM versions v WHERE v.ref_id = r.ref_id
         ORDER BY v.version DESC LIMIT 1
     ) n ON true
     WHERE (r.version, r.op, r.time_ns, r.digest, r.size, r.created_ns, r.audit, r.damaged_from,
@@ -61,16 +62,16 @@ _DIFFERING: Final = f"""
 """
 _WITH_BLOB: Final = "{t}.inline, b.codec, b.data FROM {t} LEFT JOIN blobs b ON b.digest = {t}.blob"
 _COPY: Final = (
-    f"SELECT {', '.join('refs.' + c for c in rows.ENTRY.split(', '))}, "
+    f"SELECT {rows.entry_columns('refs')}, "
     + _WITH_BLOB.format(t="refs")
     + " WHERE refs.ref_id = %s"
 )
 _NEWEST_ROW: Final = (
-    f"SELECT {', '.join('versions.' + c for c in rows.ENTRY.split(', '))}, "
+    f"SELECT {rows.entry_columns('versions')}, "
     + _WITH_BLOB.format(t="versions")
     + " WHERE versions.ref_id = %s ORDER BY versions.version DESC LIMIT 1"
 )
-_COLUMNS: Final = f"{rows.ENTRY}, {_VALUE_COLUMNS}"
+_COLUMNS: Final = f"{rows.ENTRY}, {rows.VALUE}"
 _DROPPED_UP_TO: Final = (  # the highest version compaction dropped, or a removed life ended at
     "SELECT greatest((SELECT coalesce(max(high), 0) FROM compactions WHERE ref_id = %s), "
     "(SELECT floor FROM refs WHERE ref_id = %s))"
@@ -159,16 +160,6 @@ def _verified(ref: Ref, row: tuple[Any, ...] | None) -> Entry | None:
     return found
 
 
-def _lost_marker(first: int, last: int) -> Entry:
-    return Entry(
-        version=last,
-        op=OP_DAMAGED,
-        time_ns=time.time_ns(),
-        damaged_from=first if first < last else 0,
-        audit=Audit(actor="castore check --repair", reason="version rows lost"),
-    )
-
-
 def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
     """Under the key's row lock: make its copy and its rows agree; (problem, repair) or None.
 
@@ -185,10 +176,15 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
         problem = f"versions {high + 1}..{named} are missing; the key's copy names {named}"
         if _verified(ref, copy) is not None:
             if named - 1 > high:
-                cur.execute(q.INSERT_VERSION, q.params(ref, _lost_marker(high + 1, named - 1)))
+                cur.execute(
+                    q.INSERT_VERSION,
+                    q.params(ref, lost_marker(high + 1, named - 1, time.time_ns(), _LOST)),
+                )
             cur.execute(_ROW_FROM_COPY, (key,))
             return problem, "restore the copy as its version's row, record the rest as lost"
-        cur.execute(q.APPEND_ROW, q.params(ref, _lost_marker(high + 1, named)))
+        cur.execute(
+            q.APPEND_ROW, q.params(ref, lost_marker(high + 1, named, time.time_ns(), _LOST))
+        )
         return problem, "record them as lost (the copy does not verify)"
     if named is not None and named == high:
         mine, theirs = _verified(ref, copy), _verified(ref, newest)

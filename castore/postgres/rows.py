@@ -28,6 +28,7 @@ __all__ = [
     "VALUE",
     "audit_json",
     "entry",
+    "entry_columns",
     "key_range",
     "list_entry",
     "ns_id",
@@ -44,6 +45,12 @@ ENTRY: Final = "version, op, time_ns, digest, size, created_ns, audit, damaged_f
 """The columns of an entry, in :func:`entry`'s order (prefix them with a table alias as needed)."""
 VALUE: Final = "inline, blob"
 """The columns of a version's value: inline bytes, else the digest of its ``blobs`` row."""
+
+
+def entry_columns(table: str) -> str:
+    """:data:`ENTRY`'s columns, each qualified by ``table`` (a name or an alias)."""
+    return ", ".join(f"{table}.{column}" for column in ENTRY.split(", "))
+
 
 _audit_decoder = msgspec.json.Decoder(Audit)
 _audit_encoder = msgspec.json.Encoder()

@@ -44,17 +44,16 @@ NO_NEWEST: Final = (  # a refs row's copy of the newest version, emptied
 )
 # A row's entry, then its value: inline bytes, or the codec and data of its blob.
 CURRENT: Final = (
-    f"SELECT {', '.join('r.' + c for c in rows.ENTRY.split(', '))}, r.inline, b.codec, b.data "
+    f"SELECT {rows.entry_columns('r')}, r.inline, b.codec, b.data "
     "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob WHERE r.ref_id = %s"
 )
 HAS_VERSIONS: Final = "SELECT 1 FROM versions WHERE ref_id = %s LIMIT 1"
 REMOVED: Final = (  # the keys of a scope compaction removed, with their last versions
     "SELECT namespace, key, floor FROM refs WHERE scope = %s AND floor > 0 ORDER BY namespace, key"
 )
-COPY_NEWEST: Final = """
-    UPDATE refs r SET (version, op, time_ns, digest, size, created_ns, audit, damaged_from,
-                       inline, blob) = (
-        SELECT version, op, time_ns, digest, size, created_ns, audit, damaged_from, inline, blob
+COPY_NEWEST: Final = f"""
+    UPDATE refs r SET ({rows.ENTRY}, {rows.VALUE}) = (
+        SELECT {rows.ENTRY}, {rows.VALUE}
         FROM versions v WHERE v.ref_id = r.ref_id ORDER BY v.version DESC LIMIT 1
     )
     WHERE r.ref_id = %s
@@ -65,7 +64,7 @@ NEW_REF: Final = (
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
 VERSION: Final = (
-    f"SELECT {', '.join('v.' + c for c in rows.ENTRY.split(', '))}, v.inline, b.codec, b.data "
+    f"SELECT {rows.entry_columns('v')}, v.inline, b.codec, b.data "
     "FROM versions v LEFT JOIN blobs b ON b.digest = v.blob "
     "WHERE v.ref_id = %s AND v.version >= %s ORDER BY v.version LIMIT %s"
 )
