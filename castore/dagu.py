@@ -18,10 +18,8 @@ more than that is ever read of one file: memory holds one record at a time.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import os
-import re
 import stat
 from collections.abc import Iterator
 from typing import Final, NamedTuple
@@ -30,12 +28,13 @@ import msgspec
 
 from castore import codec
 from castore.backend import Decide, LogView, NewVersion
+from castore.dagurecord import decode_record
 from castore.errors import CastoreError, ConflictError, CorruptionError
 from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
 from castore.store import Store
 
-__all__ = ["MAX_RECORD_BYTES", "DaguImport", "DaguRecord", "import_dagu", "parse_go_time"]
+__all__ = ["MAX_RECORD_BYTES", "DaguImport", "import_dagu"]
 
 # One record file: the value counts against MAX_VALUE_BYTES on its raw bytes
 # (codec.normalize_json), the same again covers the other fields (names,
@@ -57,32 +56,6 @@ _KINDS = {
     stat.S_IFCHR: "character device",
     stat.S_IFBLK: "block device",
 }
-_TIME = re.compile(
-    r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)$"
-)
-
-
-class DaguUpdatedBy(msgspec.Struct, frozen=True):
-    """Dagu's ``updated_by``."""
-
-    dag_name: str = ""
-    dag_run_id: str = ""
-    attempt_id: str = ""
-    step_name: str = ""
-
-
-class DaguRecord(msgspec.Struct, frozen=True):
-    """One Dagu state record file."""
-
-    value: msgspec.Raw
-    version: int
-    hash: str
-    created_at: str
-    updated_at: str
-    scope: str = ""
-    namespace: str = ""
-    key: str = ""
-    updated_by: DaguUpdatedBy | None = None
 
 
 class DaguImport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
@@ -105,29 +78,6 @@ class DaguImport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
         return self.status == "skipped" and self.reason not in _HARMLESS
 
 
-_decoder = msgspec.json.Decoder(DaguRecord)
-
-
-def parse_go_time(text: str) -> int:
-    """Unix nanoseconds of a Go RFC 3339 (nano) time string.
-
-    Raises:
-        ValueError: when ``text`` is not such a time.
-    """
-    m = _TIME.match(text)
-    if m is None:
-        raise ValueError(f"bad time {text!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    nanos = int((m.group(7) or "0").ljust(9, "0"))
-    zone = m.group(8)
-    offset = dt.timedelta(0)
-    if zone not in ("Z", "z"):
-        sign = 1 if zone[0] == "+" else -1
-        offset = sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    moment = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.timezone(offset))
-    return int(moment.timestamp()) * 1_000_000_000 + nanos
-
-
 class _Found(NamedTuple):
     """A directory entry in a namespace directory, with the open directory it is in."""
 
@@ -136,6 +86,11 @@ class _Found(NamedTuple):
     ns_hex: str
     entry: os.DirEntry[str]
     dir_fd: int
+
+
+def _shown(rel: str) -> str:
+    """A path as reported: bytes that are not UTF-8 (surrogate-escaped) as ``\\xNN``."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _skip(rel: str, reason: str) -> DaguImport:
@@ -159,7 +114,7 @@ def _subdirs(dir_fd: int, rel: str) -> Iterator[tuple[str, int] | DaguImport]:
     Other entries are not scope or namespace directories and are passed over, as Dagu does.
     """
     for entry in _entries(dir_fd):
-        path = os.path.join(rel, entry.name)
+        path = _shown(os.path.join(rel, entry.name))
         if entry.is_symlink():
             yield _skip(path, _SYMLINK)
             continue
@@ -208,7 +163,7 @@ def _files(root: str) -> Iterator[_Found | DaguImport]:
                     continue
                 ns_hex, ns_fd = ns_dir
                 for entry in _entries(ns_fd):
-                    rel = os.path.join(scope_rel, ns_hex, entry.name)
+                    rel = _shown(os.path.join(scope_rel, ns_hex, entry.name))
                     yield _Found(rel, scope, ns_hex, entry, ns_fd)
 
 
@@ -270,8 +225,7 @@ def _ref(scope: str, ns_hex: str, name: str) -> Ref | str:
     if scope not in SCOPES:
         return f"unknown scope {scope!r}"
     try:
-        namespace = bytes.fromhex(ns_hex).decode("utf-8")
-        key = bytes.fromhex(name[: -len(".json")]).decode("utf-8")
+        namespace, key = _unhex(ns_hex), _unhex(name[: -len(".json")])
         validate_namespace(namespace)
         validate_key(key)
     except (ValueError, CastoreError) as exc:
@@ -279,21 +233,28 @@ def _ref(scope: str, ns_hex: str, name: str) -> Ref | str:
     return Ref(scope, namespace, key)
 
 
+def _unhex(name: str) -> str:
+    """The text a namespace directory or key file name encodes as Dagu does (lowercase hex).
+
+    Raises:
+        ValueError: not exactly that: a name Dagu's get never reads (uppercase, spaces).
+    """
+    raw = bytes.fromhex(name)
+    if raw.hex() != name:
+        raise ValueError(f"{name!r} is not lowercase hex as Dagu writes it ({raw.hex()!r})")
+    return raw.decode("utf-8")
+
+
 def _new_version(data: bytes) -> NewVersion | str:
     """The new version for one record's bytes, or why the record is skipped."""
     try:
-        record = _decoder.decode(data)
-        normalized = codec.normalize_json(bytes(record.value))
-        updated = parse_go_time(record.updated_at)
-        created = parse_go_time(record.created_at)
-    except (msgspec.DecodeError, CastoreError, ValueError) as exc:
+        record = decode_record(data)
+    except (CastoreError, ValueError) as exc:
         return f"corrupt record: {exc}"
-    digest = codec.hexdigest(normalized)
+    digest = codec.hexdigest(record.normalized)
     if digest != record.hash:
         return f"hash mismatch: value hashes to {digest}, record says {record.hash}"
-    if record.version < 1:
-        return f"bad version {record.version}"
-    by = record.updated_by or DaguUpdatedBy()
+    by = record.updated_by
     audit = Audit(
         dag_name=by.dag_name,
         run_id=by.dag_run_id,
@@ -301,7 +262,16 @@ def _new_version(data: bytes) -> NewVersion | str:
         step_name=by.step_name,
         reason="imported from Dagu",
     )
-    return NewVersion(OP_SET, normalized, digest, audit, None, record.version, updated, created)
+    return NewVersion(
+        OP_SET,
+        record.normalized,
+        digest,
+        audit,
+        None,
+        record.version,
+        record.updated_ns,
+        record.created_ns,
+    )
 
 
 def _record(found: _Found) -> tuple[Ref, NewVersion] | str:

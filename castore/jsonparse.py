@@ -24,9 +24,17 @@ from typing import Any, Final
 import msgspec
 
 from castore.errors import InvalidValueError
+from castore.goerrors import describe, number_error, quote_char
 from castore.jsonrules import MAX_DEPTH, fix_str
 
-__all__ = ["DECODERS", "EMPTY_VALUE", "check_depth", "parse_document", "parse_iterative"]
+__all__ = [
+    "DECODERS",
+    "EMPTY_VALUE",
+    "check_depth",
+    "object_members",
+    "parse_document",
+    "parse_iterative",
+]
 
 # Empty (or only whitespace) input. Dagu says ``invalid value: EOF`` (Go's decoder); the
 # exit code is the same, the words say what to do.
@@ -38,24 +46,14 @@ _ESCAPE_PAIR: Final = re.compile(rb"\\.", re.DOTALL)
 _STRING_BODY: Final = re.compile(rb'"[^"]*(?:"|\Z)')  # after escape pairs are gone
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_STEP: Final = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-_HEX: Final = "0123456789abcdefABCDEF"
-_GO_CONTEXT: Final = {  # Python json message -> Go scanner wording
-    "Expecting value": "looking for beginning of value",
-    "Expecting property name enclosed in double quotes": (
-        "looking for beginning of object key string"
-    ),
-    "Expecting ':' delimiter": "after object key",
-    "Expecting ',' delimiter": "after array element or object key:value pair",
-    "Invalid control character at": "in string literal",
-    "Invalid \\escape": "in string escape code",
-    "Invalid \\uXXXX escape": "in \\u hexadecimal character escape",
-}
 
 
 def _reject_constant(name: str) -> Any:
     if name.startswith("-"):
-        raise InvalidValueError(f"invalid character {name[1]!r} in numeric literal")
-    raise InvalidValueError(f"invalid character {name[0]!r} looking for beginning of value")
+        raise InvalidValueError(f"invalid character {quote_char(name[1])} in numeric literal")
+    raise InvalidValueError(
+        f"invalid character {quote_char(name[0])} looking for beginning of value"
+    )
 
 
 def _parse_int(literal: str) -> int:
@@ -81,82 +79,6 @@ DECODERS: Final = {
     for literal in (False, True)
     for fixing in (False, True)
 }
-
-
-_DIGITS: Final = frozenset("0123456789")
-_NUMBER_CHARS: Final = frozenset("0123456789+-.eE")
-_LITERALS: Final = {"t": "true", "f": "false", "n": "null"}
-
-
-def _number_error(text: str, start: int) -> str | None:
-    """Go's scanner on the number at ``start``: its error, or None when it ends well."""
-    state, pos = "start", start
-    while pos < len(text):
-        c = text[pos]
-        digit = c in _DIGITS
-        if state == "start":
-            state = "neg" if c == "-" else "zero" if c == "0" else "int"
-        elif state == "neg":
-            if not digit:
-                return f"invalid character {c!r} in numeric literal"
-            state = "zero" if c == "0" else "int"
-        elif state in ("zero", "int", "frac") and c in "eE":
-            state = "exp"
-        elif state in ("zero", "int") and c == ".":
-            state = "dot"
-        elif state in ("int", "frac", "exp_digits") and digit:
-            pass
-        elif state in ("dot", "exp", "exp_sign") and digit:
-            state = "frac" if state == "dot" else "exp_digits"
-        elif state == "exp" and c in "+-":
-            state = "exp_sign"
-        elif state == "dot":
-            return f"invalid character {c!r} after decimal point in numeric literal"
-        elif state in ("exp", "exp_sign"):
-            return f"invalid character {c!r} in exponent of numeric literal"
-        else:
-            return None  # the number ended: the next character is the context's
-        pos += 1
-    return "unexpected EOF" if state in ("neg", "dot", "exp", "exp_sign") else None
-
-
-def _token_error(msg: str, text: str, pos: int) -> str | None:
-    """Go's error inside the number or literal at or before ``pos``, where Python stopped."""
-    if pos > 0 and text[pos] in ".eE" and text[pos - 1] in _DIGITS:  # Python ended the number
-        start = pos
-        while start > 0 and text[start - 1] in _NUMBER_CHARS:
-            start -= 1
-        return _number_error(text, start)
-    word = _LITERALS.get(text[pos]) if msg == "Expecting value" else None
-    if word is None:
-        return None
-    for k in range(1, len(word)):
-        if pos + k >= len(text):
-            return "unexpected EOF"
-        if text[pos + k] != word[k]:
-            return f"invalid character {text[pos + k]!r} in literal {word} (expecting {word[k]!r})"
-    return None
-
-
-def _describe(msg: str, text: str, pos: int) -> str:
-    """Word a Python json syntax error the way Go's scanner would."""
-    if msg.startswith("Unterminated string") or pos >= len(text):
-        return "unexpected EOF"
-    token = _token_error(msg, text, pos)
-    if token is not None:
-        return token
-    if msg == "Invalid \\escape":
-        pos += 1
-    elif msg == "Invalid \\uXXXX escape":  # pos is at the "u"; Go names the bad digit
-        digits = text[pos + 1 : pos + 5]
-        pos += 1 + len(digits) - len(digits.lstrip(_HEX))
-        if pos >= len(text):
-            return "unexpected EOF"
-    elif msg == "Expecting value" and text[pos] == "-":
-        if pos + 1 >= len(text):
-            return "unexpected EOF"
-        return f"invalid character {text[pos + 1]!r} in numeric literal"
-    return f"invalid character {text[pos]!r} {_GO_CONTEXT.get(msg, msg)}"
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -236,14 +158,16 @@ def parse_iterative(text: str, pos: int, decoder: json.JSONDecoder) -> tuple[Any
             return value, pos
 
 
-def _parse_value(text: str, pos: int, decoder: json.JSONDecoder) -> tuple[Any, int]:
+def _parse_value(
+    text: str, pos: int, decoder: json.JSONDecoder, raw: bytes | None = None
+) -> tuple[Any, int]:
     try:
         try:
             return decoder.raw_decode(text, pos)
         except RecursionError:  # the C scanner recurses; deep values take the slow path
             return parse_iterative(text, pos, decoder)
     except json.JSONDecodeError as exc:
-        raise InvalidValueError(_describe(exc.msg, text, exc.pos)) from exc
+        raise InvalidValueError(describe(exc.msg, text, exc.pos, raw)) from exc
 
 
 def _fix_strings(root: Any) -> Any:
@@ -283,12 +207,49 @@ def parse_document(text: str, raw: bytes, *, literal_numbers: bool) -> Any:
     pos = _skip_ws(text, 0)
     if pos == len(text):
         raise InvalidValueError(EMPTY_VALUE)
-    value, pos = _parse_value(text, pos, decoder)
+    value, pos = _parse_value(text, pos, decoder, raw)
     pos = _skip_ws(text, pos)
     if pos != len(text):
-        _parse_value(text, pos, decoder)  # Go decodes a second value: its error wins
-        raise InvalidValueError("multiple JSON values")
+        _parse_value(text, pos, decoder, raw)  # Go decodes a second value: its error wins
+        cut = number_error(text, pos) if text[pos] in "-0123456789" else None
+        raise InvalidValueError(cut or "multiple JSON values")  # Python ends a number sooner
     return _fix_strings(value) if fixing else value
+
+
+def object_members(text: str) -> list[tuple[str, str]]:
+    """The members of a document that is one JSON object, in order, values as their text.
+
+    Duplicate keys are all kept, in order (a caller picks Go's last one, or refuses
+    them). Values are parsed to find where they end, without recursion however deep
+    they nest (the caller bounds the depth: :func:`check_depth`).
+
+    Raises:
+        InvalidValueError: ``text`` is not exactly one JSON object (Go's words for a
+            syntax error).
+    """
+    decoder = DECODERS[True, False]
+    pos = _skip_ws(text, 0)
+    if not text.startswith("{", pos):
+        raise InvalidValueError("not a JSON object")
+    members: list[tuple[str, str]] = []
+    pos = _skip_ws(text, pos + 1)
+    closed = text.startswith("}", pos)
+    while not closed:
+        try:
+            key, pos = _read_key(text, pos, decoder)
+        except json.JSONDecodeError as exc:
+            raise InvalidValueError(describe(exc.msg, text, exc.pos)) from None
+        start = _skip_ws(text, pos)
+        _, pos = _parse_value(text, start, decoder)
+        members.append((key, text[start:pos]))
+        pos = _skip_ws(text, pos)
+        closed = text.startswith("}", pos)
+        if not closed and not text.startswith(",", pos):
+            raise InvalidValueError(describe("Expecting ',' delimiter", text, pos))
+        pos += not closed
+    if _skip_ws(text, pos + 1) != len(text):
+        raise InvalidValueError("multiple JSON values")
+    return members
 
 
 def check_depth(raw: bytes) -> None:
@@ -312,4 +273,4 @@ def check_depth(raw: bytes) -> None:
     for index, depth in enumerate(depths):
         if depth > MAX_DEPTH:
             char = chr(brackets[index])
-            raise InvalidValueError(f"invalid character {char!r} exceeded max nesting depth")
+            raise InvalidValueError(f"invalid character {quote_char(char)} exceeded max depth")

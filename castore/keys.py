@@ -101,7 +101,11 @@ _GO_SHORT_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\v": "\\v"}
 
 
 def go_quote(text: str) -> str:
-    """Quote ``text`` the way Go's ``%q`` does for printable text (used in messages)."""
+    r"""Quote ``text`` the way Go's ``%q`` does (used in messages).
+
+    >>> print(go_quote("tab\there, no-break\u00a0space"))
+    "tab\there, no-break\u00a0space"
+    """
     out = ['"']
     for ch in text:
         if ch in '"\\':
@@ -116,8 +120,10 @@ def go_quote(text: str) -> str:
             out.append(_GO_SHORT_ESCAPES[ch])
         elif ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
             out.append(f"\\x{ord(ch) & 0xFF:02x}")
-        else:
+        elif ch.isprintable():  # Go's unicode.IsPrint: letters, marks, numbers, symbols, punct, " "
             out.append(ch)
+        else:  # other spaces, format and private-use characters, unassigned code points
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
     out.append('"')
     return "".join(out)
 

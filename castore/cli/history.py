@@ -14,7 +14,7 @@ from castore.audit import audit
 from castore.cli.errors import UsageError
 from castore.cli.invocation import Command, Invocation, progress
 from castore.cli.render import encode_line, render
-from castore.dagu import parse_go_time
+from castore.dagurecord import parse_go_time
 
 __all__ = ["COMMANDS"]
 

@@ -17,7 +17,7 @@ import pytest
 
 from castore import Store
 from castore.codec import normalize
-from castore.dagu import parse_go_time
+from castore.dagurecord import parse_go_time
 from tests.helpers import CLI_TIMEOUT_SECONDS
 from tests.unit.test_dagu import T0, T1, build_dagu_dir, digest_tree, hexname, rel_path
 

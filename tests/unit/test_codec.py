@@ -355,6 +355,37 @@ def test_invalid_json(raw, message):
     assert not isinstance(info.value, ValueTooLargeError)
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [  # whole messages, from Go's encoding/json (a review compared them with a Go binary)
+        (b"[1 2]", "invalid character '2' after array element"),
+        (b'{"a":1 "b":2}', "invalid character '\"' after object key:value pair"),
+        (b'[1,{"a":[2 3]}]', "invalid character '3' after array element"),
+        (b'{"a":[1,2] "b":1}', "invalid character '\"' after object key:value pair"),
+        (b'["]" 1]', "invalid character '1' after array element"),  # a bracket in a string
+        (b"1 2eX", "invalid character 'X' in exponent of numeric literal"),  # in the 2nd value
+        (b"1 2.x", "invalid character 'x' after decimal point in numeric literal"),
+        (b"1 2e", "unexpected EOF"),
+        (b"1 2x", "multiple JSON values"),
+        (b"[" * 10_001, "invalid character '[' exceeded max depth"),
+        (b"'", "invalid character '\\'' looking for beginning of value"),
+        (b'"\x07"', "invalid character '\\a' in string literal"),
+        (b"\x07", "invalid character '\\a' looking for beginning of value"),
+        (b"\\", "invalid character '\\\\' looking for beginning of value"),
+        (b"\xff", "invalid character '\u00ff' looking for beginning of value"),
+        (b"[1,\xff]", "invalid character '\u00ff' looking for beginning of value"),
+        (b"\xc2\x85", "invalid character '\u00c2' looking for beginning of value"),
+        (b"\x85", "invalid character '\\u0085' looking for beginning of value"),
+    ],
+)
+def test_invalid_json_messages_are_gos(raw, message):
+    """Was: "... after array element or object key:value pair", "multiple JSON values" for
+    a number cut in the second value, Python's repr of the character."""
+    with pytest.raises(InvalidValueError) as info:
+        normalize_json(raw)
+    assert info.value.detail == message
+
+
 def test_size_limit_raw_input():
     raw = b' "' + b"a" * 1_048_574 + b'"'
     assert len(raw) == MAX_VALUE_BYTES + 1
@@ -406,7 +437,7 @@ def test_depth_limit(kind):
     assert decode_value(ok) is not None
     assert normalize_json(ok.decode()) == ok
     too_deep = build(MAX_DEPTH + 1)
-    with pytest.raises(InvalidValueError, match="exceeded max nesting depth"):
+    with pytest.raises(InvalidValueError, match="exceeded max depth"):
         normalize_json(too_deep)
 
 

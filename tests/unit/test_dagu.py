@@ -14,7 +14,8 @@ import pytest
 
 from castore import ConflictError, Store
 from castore.codec import normalize_json
-from castore.dagu import DaguImport, import_dagu, parse_go_time
+from castore.dagu import DaguImport, import_dagu
+from castore.dagurecord import parse_go_time
 
 T0 = "2026-05-25T10:00:00.123456789Z"
 T1 = "2026-05-26T11:30:00.5Z"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from castore import ConflictError, CorruptionError, InvalidRefError, NotFoundError, Store
 from castore.codec import hexdigest, normalize
-from castore.dagu import parse_go_time
+from castore.dagurecord import parse_go_time
 from castore.file import logread
 from castore.file.records import KIND_BLOB
 from castore.records import OP_DELETE, OP_ROLLBACK, OP_SET

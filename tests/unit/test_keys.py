@@ -401,6 +401,10 @@ def test_ref_tuple_and_str():
         ("\a\b\f\v", '"\\a\\b\\f\\v"'),  # strconv.Quote's short escapes
         ("é日🎉", '"é日🎉"'),
         ("\udcff", '"\\xff"'),
+        # Go escapes what unicode.IsPrint refuses (review: these were printed raw)
+        ("a\u00a0/", '"a\\u00a0/"'),
+        ("\u2028\u200b\ufeff\u00ad", '"\\u2028\\u200b\\ufeff\\u00ad"'),
+        ("\ue000\U000f0000", '"\\ue000\\U000f0000"'),
     ],
 )
 def test_go_quote(text, quoted):

@@ -34,6 +34,7 @@ LAYERS = {
     "cluster": 1,  # who owns a keyspace: rendezvous hashing over a member list
     "valuecodec": 2,  # how every backend packs a value (raw or zstd), verified on read
     "jsonrules": 1,
+    "goerrors": 0,  # Go's words for a JSON syntax error
     "jsonparse": 2,
     "pyvalues": 2,
     "pointers": 2,  # JSON Pointer parts, and why one cannot be followed
@@ -58,6 +59,7 @@ LAYERS = {
     "audit": 23,
     "exportfile": 20,  # the export file's lines: bounded, validated (no store)
     "transfer": 23,
+    "dagurecord": 5,  # one Dagu record file, read as Go reads it (no store)
     "dagu": 23,
     "__init__": 24,  # the public API; the CLI uses the modules themselves
     # castore/cli/: the top, above every library module; nothing below imports it.

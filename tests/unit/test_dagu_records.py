@@ -1,0 +1,151 @@
+"""Dagu records that Dagu could not have written, or that Go reads otherwise (castore/dagurecord.py).
+
+Each case sits between two good records: the bad one is skipped with its reason
+(never a traceback), the others are imported, and nothing else is written. The
+store comes from the ``store_location`` fixture, so every backend imports.
+"""
+
+import hashlib
+import os
+
+import pytest
+
+from castore import Store
+from castore.dagurecord import decode_record, parse_go_time
+from castore.jsonrules import MAX_DEPTH
+from tests.unit.test_dagu import DaguDir, dagu_record, hexname, rel_path, run_import
+
+
+@pytest.fixture
+def store(store_location):
+    s = Store(store_location, dag="daily", durable=False)
+    yield s
+    s.close()
+
+
+def _around(d: DaguDir) -> None:
+    d.record("dag", "daily", "a-good", 1, 1)
+    d.record("dag", "daily", "z-good", 2, 1)
+
+
+def _outcome(store: Store, d: DaguDir, rel: str) -> str:
+    """Import ``d``; the reason ``rel`` was skipped (the good records must be imported)."""
+    got = run_import(store, d.root)
+    for good in ("a-good", "z-good"):
+        assert got[rel_path("dag", "daily", good)].status == "imported"
+    assert got[rel].status == "skipped", got[rel]
+    assert got[rel].problem
+    assert [e.key for e in store.list().entries] == ["a-good", "z-good"]
+    return got[rel].reason
+
+
+def test_a_value_nested_as_deep_as_dagu_allows_is_imported(store, tmp_path):
+    """Was: RecursionError at depth 998, and the records after it were never imported."""
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    deep = b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1)  # the record itself is one deeper
+    rel = d.record("dag", "daily", "m-deep", deep, 3)
+    got = run_import(store, d.root)
+    assert {o.status for o in got.values()} == {"imported"}, got[rel]
+    got_hash, version = store.get("m-deep").hash, store.get("m-deep").version
+    assert (got_hash, version) == (hashlib.sha256(d.imported[rel][4]).hexdigest(), 3)
+
+
+def test_a_record_deeper_than_dagu_reads_is_skipped(store, tmp_path):
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    deep = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH  # a value Dagu accepts, in a record it cannot read
+    rel = d.bad(rel_path("dag", "daily", "m-deep"), dagu_record("dag", "daily", "m", deep, 1), "")
+    assert "exceeded max depth" in _outcome(store, d, rel)
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "new", "reason"),
+    [
+        ("case variant", b'"value":1', b'"value":1,"Value":2', "'Value' is not spelled 'value'"),
+        ("only a variant", b'"value":1', b'"Value":1', "'Value' is not spelled 'value'"),
+        ("folded variant", b'"scope"', b'"\\u017fcope"', "is not spelled 'scope'"),
+        ("by variant", b'"value":1', b'"value":1,"updated_by":{"Dag_name":"x"}', "'dag_name'"),
+        ("version past int64", b'"version":4', b'"version":9223372036854775808', "bad version"),
+        ("version as float", b'"version":4', b'"version":4.0', "not an integer"),
+        ("missing value", b'"value":1', b'"valeur":1', "missing field 'value'"),
+        ("hash not a string", b'"hash":"', b'"hash":7,"x":"', "hash is not a string"),
+        ("two objects", b'"value":1', b'"value":1}{"a":1', "multiple JSON values"),
+    ],
+)
+def test_records_go_reads_otherwise_are_skipped(store, tmp_path, case, old, new, reason):
+    """Was: imported as castore read them (Go matches fields case-insensitively, last wins)."""
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    data = dagu_record("dag", "daily", "m", 1, 4)
+    assert data.count(old) == 1, case
+    rel = d.bad(rel_path("dag", "daily", "m"), data.replace(old, new), "")
+    assert reason in _outcome(store, d, rel), case
+
+
+@pytest.mark.parametrize(
+    ("when", "reason"),
+    [
+        ("9999-12-31T23:59:59-23:00", "outside 1970-01-01 to 2262-04-11"),  # year 10000 in UTC
+        ("0001-01-01T00:00:00+01:00", "outside 1970-01-01"),  # year 0 in UTC
+        ("1969-12-31T23:59:59Z", "outside 1970-01-01"),
+        ("\u0662\u0660\u0662\u0666-05-25T11:00:00Z", "bad time"),  # Arabic-Indic digits
+    ],
+)
+def test_times_castore_cannot_keep_or_go_cannot_read_are_skipped(store, tmp_path, when, reason):
+    """Was: imported, then list and history of the namespace failed for good (year 10000)."""
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    rel = d.bad(rel_path("dag", "daily", "m"), dagu_record("dag", "daily", "m", 1, 1, updated=when), "")
+    assert reason in _outcome(store, d, rel)
+    assert [e.key for e in store.list().entries] == ["a-good", "z-good"]
+
+
+@pytest.mark.parametrize(
+    ("ns_name", "key_name"),
+    [
+        (hexname("daily"), "637572736F72"),  # uppercase: Dagu's get reads 637572736f72.json
+        (hexname("daily"), "63 75 72 73 6f 72"),
+        ("6461696C79", hexname("cursor")),
+    ],
+)
+def test_file_names_dagu_never_reads_are_skipped(store, tmp_path, ns_name, key_name):
+    """Was: imported in place of the record Dagu serves, which was then skipped as existing."""
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    real = d.record("dag", "daily", "cursor", {"last_id": 123}, 7)
+    rel = f"v1/dag/{ns_name}/{key_name}.json"
+    d.bad(rel, dagu_record("dag", "daily", "cursor", {"last_id": 1}, 9), "")
+    got = run_import(store, d.root)
+    assert got[real].status == "imported"
+    assert got[rel].status == "skipped" and "lowercase hex" in got[rel].reason
+    assert (store.get("cursor").version, store.get("cursor").value) == (7, {"last_id": 123})
+
+
+def test_names_that_are_not_utf8_are_reported_not_a_traceback(store, tmp_path):
+    """Was: UnicodeEncodeError when the outcome was printed, and the import stopped."""
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    bad_file = os.fsencode(str(d.root / "v1" / "dag" / hexname("daily"))) + b"/\xff.json"
+    bad_dir = os.fsencode(str(d.root / "v1" / "dag")) + b"/\xfe"
+    os.makedirs(bad_dir)
+    with open(bad_file, "wb") as fh:
+        fh.write(dagu_record("dag", "daily", "x", 1, 1))
+    with open(bad_dir + b"/6b.json", "wb") as fh:
+        fh.write(dagu_record("dag", "daily", "k", 1, 1))
+    got = run_import(store, d.root)
+    for shown in (f"v1/dag/{hexname('daily')}/\\xff.json", "v1/dag/\\xfe/6b.json"):
+        assert got[shown].status == "skipped" and got[shown].problem, got
+    for outcome in got.values():
+        outcome.file.encode("utf-8")  # printable as a JSON line
+    assert [e.key for e in store.list().entries] == ["a-good", "z-good"]
+
+
+def test_decode_record_keeps_go_last_wins_for_exact_duplicates():
+    data = dagu_record("dag", "daily", "m", 1, 4).replace(b'"version":4', b'"version":3,"version":4')
+    assert decode_record(data).version == 4
+
+
+def test_parse_go_time_takes_ascii_digits_only():
+    with pytest.raises(ValueError, match="bad time"):
+        parse_go_time("\u0662\u0660\u0662\u0666-05-25T11:00:00Z")
