@@ -89,7 +89,7 @@ class _Found(NamedTuple):
 
 
 def _shown(rel: str) -> str:
-    """A path as reported: bytes that are not UTF-8 (surrogate-escaped) as ``\\xNN``."""
+    """A path as reported: bytes that are not UTF-8 (surrogate-escaped) as backslash escapes."""
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from castore import codec
+from castore.argcheck import check_flag, check_integer
 from castore.backend import Decide, LogView, NewVersion
 from castore.errors import ConflictError
 from castore.keys import Ref
@@ -48,6 +49,8 @@ def _check_guards(
     Raises:
         ConflictError: a guard failed.
     """
+    check_integer(expected_version, "expected_version", optional=True)
+    check_flag(create_only, "create_only")
     live = _live_version(previous)
     if create_only and live:
         raise ConflictError(str(ref), None, live, "key exists")

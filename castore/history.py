@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from castore import codec
+from castore.argcheck import check_integer
 from castore.backend import Backend, LogView, NewVersion
 from castore.errors import ConflictError, InvalidRefError, NotFoundError
 from castore.keys import Ref
@@ -59,6 +60,7 @@ def history_entry(entry: Entry) -> HistoryEntry:
 
 
 def _check_version(version: int, what: str) -> None:
+    check_integer(version, what)
     if version < 1:
         raise InvalidRefError(f"{what} must be 1 or more, not {version}")
 
@@ -122,6 +124,7 @@ def history_page(
     backend: Backend, ref: Ref, limit: int, before_version: int | None
 ) -> HistoryResult:
     """``Store.history``: one page of versions, newest first."""
+    check_integer(limit, "limit")
     if limit < 0:
         raise InvalidRefError("limit must be greater than or equal to zero")
     if before_version is not None:

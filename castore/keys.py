@@ -16,6 +16,7 @@ import collections
 import os
 import re
 
+from castore.argcheck import check_integer, check_text
 from castore.digests import small_sha256
 from castore.errors import InvalidRefError
 
@@ -191,7 +192,9 @@ def validate_prefix(prefix: str) -> str:
 
     Raises:
         InvalidRefError: naming what was wrong.
+        TypeError: not a str.
     """
+    check_text(prefix, "prefix")
     if not prefix:
         return prefix
     if prefix.startswith("/") or "\\" in prefix:
@@ -207,7 +210,9 @@ def validate_limit(limit: int) -> int:
 
     Raises:
         InvalidRefError: when negative or too large.
+        TypeError: not an int.
     """
+    check_integer(limit, "limit")
     if limit < 0:
         raise InvalidRefError("limit must be greater than or equal to zero")
     if limit > MAX_LIMIT:
@@ -280,6 +285,9 @@ class RefCache:
         except TypeError:  # an unhashable argument: validation below names it
             ref = None
         if ref is None:
+            check_text(key, "key")
+            check_text(scope, "scope")
+            check_text(namespace, "namespace", optional=True)
             ns = resolve_namespace(scope, namespace, dag=dag, root_dag=root_dag)
             ref = Ref(scope, ns, validate_key(key))
             if len(self._refs) >= self._size:
@@ -307,4 +315,6 @@ def dag_names(dag: str | None, root_dag: str | None) -> tuple[str | None, str | 
 
     Each as given, else ``$DAG_NAME`` and ``$CASTORE_ROOT_DAG`` (None: neither).
     """
+    check_text(dag, "dag", optional=True)
+    check_text(root_dag, "root_dag", optional=True)
     return env_or(dag, "DAG_NAME"), env_or(root_dag, "CASTORE_ROOT_DAG")

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from castore.argcheck import check_integer, check_number
 from castore.errors import InvalidValueError
 from castore.keys import validate_filters, validate_prefix
 from castore.records import Entry
@@ -145,7 +146,9 @@ def check_seconds(value: float, what: str) -> None:
 
     Raises:
         InvalidValueError: naming ``what`` and the value.
+        TypeError: not a number.
     """
+    check_number(value, what)
     if not 0 <= value <= MAX_SECONDS:  # NaN fails both
         raise InvalidValueError(f"{what} must be from 0 to {MAX_SECONDS} seconds (got {value:g})")
 
@@ -180,6 +183,7 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
     keep_within_text: str = ""
 
     def __post_init__(self) -> None:
+        check_integer(self.keep_last, "keep_last", optional=True)
         if self.keep_last is None and self.keep_within_seconds is None:
             raise InvalidValueError("give a retention policy: keep_last and/or keep_within")
         if self.keep_last is not None and not 1 <= self.keep_last <= MAX_COUNT:

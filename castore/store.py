@@ -17,6 +17,7 @@ from typing import Any, Final, final
 import msgspec
 
 from castore import codec, history, modify, results
+from castore.argcheck import check_text
 from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
@@ -188,9 +189,12 @@ class Store(Maintenance):
         return history.not_found(ref, required, default, default is not _UNSET)
 
     def _audit(self, reason: str = "", rollback: int = 0) -> Audit:
+        check_text(reason, "reason")
         if self._caller is not None:
             return msgspec.structs.replace(self._caller, reason=reason, rollback_from=rollback)
         who = (self.actor, self.run_id, self.step)
+        for name, given in zip(("actor", "run_id", "step"), who, strict=True):
+            check_text(given, name, optional=True)
         fields = audit_fields(self._identity, *who, reason, rollback, dag=self._dag_given)
         return Audit(**fields)  # type: ignore[arg-type]  # each value is of its field's type
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 import msgspec
 
 from castore.backend import Decide, LogView, NewVersion
-from castore.errors import ConflictError
+from castore.errors import ConflictError, InvalidValueError
 from castore.exportfile import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -229,6 +229,10 @@ def import_lines(
         InvalidValueError: a malformed or over-long line (the message names it).
         ConflictError: ``refuse`` and some refs already exist.
     """
+    if on_conflict not in ("refuse", "skip", "overwrite"):  # a typo must not overwrite
+        raise InvalidValueError(
+            f"on_conflict must be 'refuse', 'skip' or 'overwrite', not {on_conflict!r}"
+        )
     clash, alike = _validated(store, read, on_conflict)
     refs = versions = 0
     skipped: list[str] = []

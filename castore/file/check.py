@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from castore.backend import Progress
-from castore.errors import LockTimeoutError
+from castore.errors import LockTimeoutError, RecordError
 from castore.file.checklog import LogChecker
 from castore.file.checktree import check_graves, check_index, check_keys_header, planted
 from castore.file.keyindex import KeyIndex
@@ -57,6 +57,10 @@ def _checked(checker: LogChecker, path: str, run: Callable[..., None], *args: ob
         if checker.fs.exists(path):
             raise  # another file went missing: not for this function to excuse
         return False
+    except RecordError as exc:  # an intact frame whose record does not decode: not repairable
+        found = checker.findings[start:]
+        checker.findings[start:] = [msgspec.structs.replace(f, repaired=False) for f in found]
+        checker.found(path, f"a record does not decode: {exc}", "none: restore it from a backup")
     except LockTimeoutError as exc:
         found = checker.findings[start:]
         checker.findings[start:] = [msgspec.structs.replace(f, repaired=False) for f in found]

@@ -34,6 +34,7 @@ LAYERS = {
     "cluster": 1,  # who owns a keyspace: rendezvous hashing over a member list
     "valuecodec": 2,  # how every backend packs a value (raw or zstd), verified on read
     "jsonrules": 1,
+    "argcheck": 0,  # the Python types of the public API's arguments (TypeError)
     "goerrors": 0,  # Go's words for a JSON syntax error
     "jsonparse": 2,
     "pyvalues": 2,
