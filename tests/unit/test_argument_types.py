@@ -1,3 +1,4 @@
+# mypy: disable-error-code="arg-type"
 """Arguments of the wrong Python type: a TypeError naming the argument, nothing written.
 
 Found by a review of the library as a new developer uses it: ``reason=5`` was
@@ -44,7 +45,11 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
     ("create_only=1", lambda s: s.set("n", 9, create_only=1), "create_only must be a bool"),
     ("history limit", lambda s: s.history("k", limit=1.5), "limit must be an int, not float"),
     ("before_version", lambda s: s.history("k", before_version="2"), "before_version must be"),
-    ("rollback to '1'", lambda s: s.rollback("k", to_version="1"), "to_version must be an int, not str"),
+    (
+        "rollback to '1'",
+        lambda s: s.rollback("k", to_version="1"),
+        "to_version must be an int, not str",
+    ),
     ("list prefix", lambda s: s.list(prefix=None), "prefix must be a str, not NoneType"),
     ("list limit", lambda s: s.list(limit=True), "limit must be an int, not bool"),
     ("keep_last=True", lambda s: s.compact(keep_last=True), "keep_last must be an int or None"),
@@ -52,7 +57,11 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
     ("grace '1'", lambda s: s.gc(grace_seconds="1"), "grace must be a number, not str"),
     ("reason=5", lambda s: s.set("k", 9, reason=5), "reason must be a str, not int"),
     ("reason=None", lambda s: s.delete("k", reason=None), "reason must be a str, not NoneType"),
-    ("rollback reason", lambda s: s.rollback("k", to_version=1, reason=[1]), "reason must be a str, not list"),
+    (
+        "rollback reason",
+        lambda s: s.rollback("k", to_version=1, reason=[1]),
+        "reason must be a str, not list",
+    ),
     ("diff reason", lambda s: s.diff("k", 7, reason=1.5), "reason must be a str, not float"),
 ]
 
@@ -75,7 +84,7 @@ def test_audit_fields_of_the_handle_are_checked_at_the_write(store_location, fie
         s.set("k", 2)
     assert (s.get("k").version, s.get("k").value) == (1, 1)
     with pytest.raises(TypeError, match="dag must be a str or None, not int"):
-        Store(store_location, dag=5)  # type: ignore[arg-type]
+        Store(store_location, dag=5)
     s.close()
 
 
@@ -87,7 +96,7 @@ def test_an_unknown_on_conflict_changes_nothing(store, store_location, tmp_path)
     lines = _export(other)
     before = _export(store)
     with pytest.raises(InvalidValueError, match="on_conflict must be 'refuse', 'skip' or"):
-        import_lines(store, lambda: lines, on_conflict="skipp")  # type: ignore[arg-type]
+        import_lines(store, lambda: lines, on_conflict="skipp")
     assert _export(store) == before
     other.close()
 
@@ -97,7 +106,7 @@ def test_check_reports_a_record_that_does_not_decode(tmp_path):
     s = Store(str(tmp_path / "s"), dag="d", durable=False)
     s.set("good", 1)
     s.set("k", 1)
-    s._audit = lambda *_a, **_k: Audit(reason=5)  # type: ignore[method-assign,arg-type]
+    s._audit = lambda *_a, **_k: Audit(reason=5)  # type: ignore[method-assign]
     s.set("k", 2)  # what the earlier code wrote for reason=5
     fresh = Store(str(tmp_path / "s"), dag="d")
     with pytest.raises(CorruptionError):
@@ -106,6 +115,7 @@ def test_check_reports_a_record_that_does_not_decode(tmp_path):
         report = fresh.check(repair=repair)
         assert not report.ok
         (finding,) = [f for f in report.findings if "does not decode" in f.problem]
-        assert "Expected `str`, got `int`" in finding.problem and not finding.repaired
+        assert "Expected `str`, got `int`" in finding.problem
+        assert not finding.repaired
     assert fresh.get("good").value == 1
     assert msgspec.json.decode(fresh.check().to_json())["ok"] is False

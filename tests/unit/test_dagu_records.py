@@ -1,4 +1,4 @@
-"""Dagu records that Dagu could not have written, or that Go reads otherwise (castore/dagurecord.py).
+"""Dagu records Dagu could not have written, or that Go reads otherwise (dagurecord.py).
 
 Each case sits between two good records: the bad one is skipped with its reason
 (never a traceback), the others are imported, and nothing else is written. The
@@ -96,7 +96,9 @@ def test_times_castore_cannot_keep_or_go_cannot_read_are_skipped(store, tmp_path
     """Was: imported, then list and history of the namespace failed for good (year 10000)."""
     d = DaguDir(tmp_path / "dag-state")
     _around(d)
-    rel = d.bad(rel_path("dag", "daily", "m"), dagu_record("dag", "daily", "m", 1, 1, updated=when), "")
+    rel = d.bad(
+        rel_path("dag", "daily", "m"), dagu_record("dag", "daily", "m", 1, 1, updated=when), ""
+    )
     assert reason in _outcome(store, d, rel)
     assert [e.key for e in store.list().entries] == ["a-good", "z-good"]
 
@@ -118,7 +120,8 @@ def test_file_names_dagu_never_reads_are_skipped(store, tmp_path, ns_name, key_n
     d.bad(rel, dagu_record("dag", "daily", "cursor", {"last_id": 1}, 9), "")
     got = run_import(store, d.root)
     assert got[real].status == "imported"
-    assert got[rel].status == "skipped" and "lowercase hex" in got[rel].reason
+    assert got[rel].status == "skipped"
+    assert "lowercase hex" in got[rel].reason
     assert (store.get("cursor").version, store.get("cursor").value) == (7, {"last_id": 123})
 
 
@@ -135,14 +138,17 @@ def test_names_that_are_not_utf8_are_reported_not_a_traceback(store, tmp_path):
         fh.write(dagu_record("dag", "daily", "k", 1, 1))
     got = run_import(store, d.root)
     for shown in (f"v1/dag/{hexname('daily')}/\\xff.json", "v1/dag/\\xfe/6b.json"):
-        assert got[shown].status == "skipped" and got[shown].problem, got
+        assert got[shown].status == "skipped", got
+        assert got[shown].problem, got
     for outcome in got.values():
         outcome.file.encode("utf-8")  # printable as a JSON line
     assert [e.key for e in store.list().entries] == ["a-good", "z-good"]
 
 
 def test_decode_record_keeps_go_last_wins_for_exact_duplicates():
-    data = dagu_record("dag", "daily", "m", 1, 4).replace(b'"version":4', b'"version":3,"version":4')
+    data = dagu_record("dag", "daily", "m", 1, 4).replace(
+        b'"version":4', b'"version":3,"version":4'
+    )
     assert decode_record(data).version == 4
 
 
