@@ -85,6 +85,8 @@ def planted(
     except (FileNotFoundError, NotADirectoryError):
         return False
     mode = st.st_mode
+    if stat.S_ISREG(mode) and not directory and st.st_nlink > 1:
+        return _linked(checker, path, st.st_nlink)
     if (stat.S_ISDIR(mode) and not file) or (stat.S_ISREG(mode) and not directory):
         return False
     if stat.S_ISLNK(mode):
@@ -113,6 +115,21 @@ def planted(
     elif not kept:
         checker.fs.unlink(path)
     return True
+
+
+def _linked(checker: Checking, path: str, links: int) -> bool:
+    """Report (and with repair, end) a store file that has other names, maybe outside it.
+
+    Writers refuse such a file (:func:`castore.file.modes.regular`): castore
+    must never change a file outside the store through a hard link. Repair
+    gives the name a copy of its own, renamed over it; the other names, and
+    the file they name, are not touched.
+    """
+    problem = f"a file with {links} hard links (another name, maybe outside the store, shares it)"
+    checker.found(path, problem, "give it a copy of its own", checker.repair)
+    if checker.repair:
+        checker.fs.atomic_write(path, checker.fs.read_file(path), durable=True)
+    return False  # the name still holds what it held: it is checked as usual
 
 
 def _replace_directory(checker: Checking, path: str, data: bytes) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 
 from castore.errors import UnsafePathError
 
@@ -128,15 +129,46 @@ def regular(fd: int, path: str, flags: int) -> int:
 
     Else it is closed and refused: a FIFO, socket or device planted in a store
     is never waited on or read, and a directory in place of a file is named
-    as such rather than failing later with a bare EISDIR.
+    as such rather than failing later with a bare EISDIR. A file opened for
+    writing must have no other name: a hard link planted in a store may name
+    a file outside it, which castore must never change. castore's own second
+    name for a file lasts microseconds (:meth:`Tree.create_once` links a
+    finished file into place, then removes its temporary name), so a file
+    with more names is looked at again for up to :data:`_LINK_WAIT` seconds.
 
     Raises:
-        UnsafePathError: a FIFO, socket, device or directory.
+        UnsafePathError: a FIFO, socket, device or directory; a file opened for
+            writing that has another name.
     """
-    if flags & os.O_DIRECTORY or stat.S_ISREG(os.fstat(fd).st_mode):
+    if flags & os.O_DIRECTORY:
+        return fd
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and (info.st_nlink <= 1 or not flags & _WRITES):
+        return fd
+    if stat.S_ISREG(info.st_mode) and _one_name_soon(fd):
         return fd
     os.close(fd)
+    if stat.S_ISREG(info.st_mode):
+        raise UnsafePathError(
+            f"{path} has {info.st_nlink} hard links; castore writes only files it alone names"
+        )
     raise UnsafePathError(f"{path} is not a regular file; castore opens only files")
+
+
+_WRITES = os.O_WRONLY | os.O_RDWR
+_LINK_WAIT = 0.05  # seconds: far longer than Tree.create_once keeps its temporary name
+
+
+def _one_name_soon(fd: int) -> bool:
+    """True once the file open on ``fd`` has one name, within :data:`_LINK_WAIT`."""
+    pause, waited = 0.001, 0.0
+    while waited < _LINK_WAIT:
+        time.sleep(pause)
+        waited += pause
+        if os.fstat(fd).st_nlink <= 1:
+            return True
+        pause *= 2
+    return False
 
 
 def refused(exc: OSError, parent: int, name: str, path: str) -> Exception:

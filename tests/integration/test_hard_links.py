@@ -1,0 +1,108 @@
+"""A store file that is a hard link to a file outside the store is never written.
+
+Found by a review: with a key's log, ``KEYS``, ``STATE`` or an index shard
+hard-linked to a file outside the root, ``set`` (and even ``list``) appended to
+the outside file. A hard link names the same inode, so no path check can see
+it; a file castore opens for writing must have one name
+(``castore.file.modes.regular``). Each case compares the outside tree before
+and after (:class:`tests.integration.test_confinement.Scene`), then checks that
+``check`` names the file, ``check --repair`` gives it a copy of its own, and
+the store then reads and writes as an undamaged copy of it does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from castore import CorruptionError, Store
+from tests.helpers import keys_path
+from tests.integration.test_confinement import BIG, BIG2, DAG, Scene
+
+pytestmark = pytest.mark.integration
+
+
+def _log(scene: Scene) -> Path:
+    return scene.log("k")
+
+
+def _keys(scene: Scene) -> Path:
+    return Path(keys_path(scene.root, "dag", DAG))
+
+
+def _state(scene: Scene) -> Path:
+    scene.store.list()  # STATE exists once a list has read the namespace
+    return scene.ns / "STATE"
+
+
+def _shard(scene: Scene) -> Path:
+    return scene.shard(BIG2)
+
+
+PLACES: Final[dict[str, Callable[[Scene], Path]]] = {
+    "log": _log,
+    "KEYS": _keys,
+    "STATE": _state,
+    "shard": _shard,
+}
+
+
+def _link_out(scene: Scene, path: Path) -> Path:
+    """Move ``path``'s bytes to a file outside and hard-link that file in its place."""
+    outside = scene.outside / f"linked-{path.name}"
+    shutil.copyfile(path, outside)
+    path.unlink()
+    os.link(outside, path)
+    return outside
+
+
+def _answers(store: Store) -> tuple[object, ...]:
+    k = store.get("k")
+    return (k.version, k.value, store.get("new").found, [e.key for e in store.list().entries])
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+def test_a_hard_linked_store_file_is_never_written(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, place: str
+) -> None:
+    scene = Scene(tmp_path)
+    scene.store.set("k", BIG)
+    scene.store.set("k", BIG2)
+    path = PLACES[place](scene)
+    twin = Store(tmp_path_factory.mktemp("twin"), dag=DAG)  # the oracle: the same, undamaged
+    for value in (1, BIG, BIG2):
+        twin.set("other" if value == 1 else "k", value)
+    _link_out(scene, path)
+    before = scene.freeze()
+    store = scene.reopen()
+    writes: list[Callable[[Store], object]] = [
+        lambda s: s.set("k", {"n": 3}),
+        lambda s: s.set("new", BIG),
+        lambda s: s.compact(keep_last=2),  # carries the blob frames: indexes their new places
+    ]
+    for write in writes:
+        try:
+            write(store)
+            write(twin)  # acknowledged: the oracle makes it too
+        except CorruptionError as exc:
+            assert "hard links" in str(exc), exc
+            assert str(path) in str(exc)
+        scene.assert_untouched(before)
+    store.list()
+    scene.assert_untouched(before)
+    found = [f for f in store.check().findings if "hard links" in f.problem]
+    assert [f.path for f in found] == [os.path.relpath(path, scene.root)]
+    assert store.check(repair=True).ok
+    scene.assert_untouched(before)
+    assert not path.exists() or os.stat(path).st_nlink == 1  # STATE is derived: maybe removed
+    fresh = scene.reopen()
+    for s in (fresh, twin):
+        s.set("k", {"n": 4})
+        s.set("new", BIG2)
+    assert _answers(fresh) == _answers(twin)
+    scene.assert_untouched(before)
