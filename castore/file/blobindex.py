@@ -38,7 +38,9 @@ def decode_loc(payload: bytes) -> BlobLoc:
 _KEEP_LOCATIONS = 4  # per digest: a rewrite in progress or interrupted leaves the old one valid
 
 
-def _remember(table: dict[bytes, list[BlobLoc]], payload: bytes) -> None:
+def _remember(
+    table: dict[bytes, list[BlobLoc]], payload: bytes, keep: int | None = _KEEP_LOCATIONS
+) -> None:
     try:
         loc = decode_loc(payload)
     except UnicodeDecodeError:
@@ -49,7 +51,8 @@ def _remember(table: dict[bytes, list[BlobLoc]], payload: bytes) -> None:
     if loc in locs:
         locs.remove(loc)
     locs.insert(0, loc)
-    del locs[_KEEP_LOCATIONS:]
+    if keep is not None:
+        del locs[keep:]
 
 
 class BlobIndex:
@@ -119,6 +122,29 @@ class BlobIndex:
             return list(self._refresh(path).get(digest, ()))
         finally:
             self._lock.release()
+
+    def every_location(self, digest: bytes) -> list[BlobLoc]:
+        """Every location the shard on disk records for ``digest``, newest first.
+
+        :meth:`lookup` keeps the newest :data:`_KEEP_LOCATIONS`; a log holding
+        that many copies of a value records as many new locations each time it
+        is rewritten, before its new file is renamed into place (or forever, if
+        the rewrite was killed), and those may all name offsets of a file that
+        is not (yet) there. The location that is still good was recorded
+        earlier: readers look here when every newer one failed. Reads the
+        shard whole, uncached.
+        """
+        path = self._path(digest)
+        would_wait(path)
+        try:
+            data = self.fs.read_file(path)
+        except FileNotFoundError:
+            return []
+        table: dict[bytes, list[BlobLoc]] = {}
+        for frame in scan_frames(data):
+            if frame.kind == KIND_INDEX and frame.payload[:32] == digest:
+                _remember(table, frame.payload, keep=None)
+        return table.get(digest, [])
 
     @staticmethod
     def payload(digest: bytes, loc: BlobLoc) -> bytes:

@@ -72,6 +72,10 @@ class BlobReader:
         recorded and renamed between the lookup and the open, or a shard
         rebuilt since this handle cached it, is caught by a second round
         that re-reads the shard whole (:meth:`BlobIndex.lookup`, ``fresh``).
+        A last round tries every location the shard ever recorded
+        (:meth:`BlobIndex.every_location`): a log holding several copies of
+        the value records as many new locations when it is rewritten, and
+        they can push the one still good out of the newest few.
 
         Raises:
             CorruptionError: no intact copy was found.
@@ -85,12 +89,18 @@ class BlobReader:
                 data, damage = None, f" ({exc.detail})"
             if data is not None:
                 return data
-        for round_ in range(_READ_ROUNDS):
+        tried: set[BlobLoc] = set()
+        for round_ in range(_READ_ROUNDS + 1):
             groups: dict[str, list[BlobLoc]] = {}
-            found = self.index.lookup(bytes.fromhex(entry.hash), fresh=round_ > 0)
+            digest = bytes.fromhex(entry.hash)
+            if round_ < _READ_ROUNDS:
+                found = self.index.lookup(digest, fresh=round_ > 0)
+            else:  # newer records may all name a rewrite's file not (yet) renamed in
+                found = [loc for loc in self.index.every_location(digest) if loc not in tried]
             for loc in [entry.blob, *found]:
                 if loc is not None:
                     groups.setdefault(loc.log, []).append(loc)
+                    tried.add(loc)
             for log, locs in groups.items():
                 try:
                     data = self._read_in_log(log, locs, fd, entry.hash)

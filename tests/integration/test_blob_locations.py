@@ -1,0 +1,63 @@
+"""A value shared across logs stays readable however many newer index records name nothing.
+
+Found by a review: the blob index keeps the newest four locations of a value.
+A log holding several copies of it records as many new locations each time it
+is rewritten, before its new file is renamed in (or never, when the rewrite is
+killed); those named offsets of a file that was not there, pushed out the one
+good location, and another key whose entry points at the value (deduplicated,
+its own hint stale since an earlier compaction) read as damaged: during every
+such compaction, and for good after a killed one, where ``check --repair``
+then recorded the intact value as lost. The oracle is an undamaged twin store
+given the same writes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from castore import Store, codec
+from castore.file.backend import FileBackend
+from castore.records import BlobLoc
+from tests.helpers import log_path
+
+pytestmark = pytest.mark.integration
+
+BIG: Final = {"pad": "x" * 300}  # >= 256 bytes: deduplicated through the blob index
+
+
+def _writes(store: Store) -> None:
+    store.set("a", BIG)
+    store.set("a", "small")
+    store.set("b", BIG)  # b's entry points at a's copy
+    store.compact(prefix="a", keep_last=1)  # moves a's copy: b's hint is stale for good
+
+
+def _answers(store: Store) -> tuple[Any, ...]:
+    b = store.get("b")
+    return b.version, b.value, store.get("b", version=1).value, store.get("a").value
+
+
+@pytest.mark.parametrize("bogus", [4, 9])
+def test_newer_records_naming_nothing_do_not_hide_the_good_one(tmp_path: Path, bogus: int) -> None:
+    root, twin_root = tmp_path / "store", tmp_path / "twin"
+    store, twin = Store(root, dag="d"), Store(twin_root, dag="d")
+    _writes(store)
+    _writes(twin)
+    backend = store._backend
+    assert isinstance(backend, FileBackend)
+    digest = bytes.fromhex(codec.hexdigest(codec.normalize(BIG)))
+    a_log = os.path.relpath(log_path(root, "dag", "d", "a"), root / "refs")
+    size = os.path.getsize(root / "refs" / a_log)
+    # What killed rewrites of a's log leave: offsets in a file that was never renamed in.
+    nowhere = [(digest, BlobLoc(a_log, size + 100 * i, 350)) for i in range(bogus)]
+    backend._blobs.add_many(nowhere, durable=False)
+    for s in (store, Store(root, dag="d")):  # this handle, and one that reads the shard anew
+        assert _answers(s) == _answers(twin)
+    report = Store(root, dag="d").check(repair=True)
+    assert not [f for f in report.findings if "lost" in f.problem or "unreadable" in f.problem]
+    assert _answers(Store(root, dag="d")) == _answers(twin)
+    assert [e.operation for e in Store(root, dag="d").history("b").entries] == ["set"]
