@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import versionindex
-from castore.file.damage import damage_windows, hides_nothing, window_top, with_markers
+from castore.file.blobsearch import BlobSearch
+from castore.file.damage import RepairPlan, damage_windows, hides_nothing, window_top, with_markers
 from castore.file.frames import FORMAT_VERSION, Frame, LogBytes, classify
 from castore.file.graves import Graveyard
 from castore.file.keyindex import listed_now, namespace_of
@@ -47,17 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["LogChecker"]
 
 
-class _RepairPlan(NamedTuple):
-    """What the rewrite of one damaged log keeps, drops and records."""
-
-    drop: set[int]  # offsets of blob frames that fail verification
-    header: Header | None  # a header recovered from KEYS, if the log lost its own
-    lost_by_index: int  # versions up to this were in the log (its version index says)
-    lost_values: set[int]  # versions whose value has no intact copy
-    grave: int  # the key's last version before compaction removed it
-    known: Header | None = None  # the log's own header, when intact
-
-
 class LogChecker:
     """Checks (and with ``repair``, repairs) logs one at a time; collects the findings."""
 
@@ -68,6 +58,8 @@ class LogChecker:
         self.stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.entries = self.blobs = 0
         self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
+        self.search = BlobSearch(self.fs, backend.refs)  # a value's copy in any log
+        self.unindexed = 0  # values only a rebuilt blob index leads to
 
     def rel(self, path: str) -> str:
         """``path`` relative to the store root, as findings name files."""
@@ -141,7 +133,7 @@ class LogChecker:
             self.check_listed(path, decode_header(header.payload), keys, file, entries[-1], grave)
         if problems or lost_values:
             own = decode_header(header.payload) if header is not None else None
-            plan = _RepairPlan(set(bad_blobs), new_header, lost_by_index, lost_values, grave, own)
+            plan = RepairPlan(set(bad_blobs), new_header, lost_by_index, lost_values, grave, own)
             self.repair_log(path, problems, plan, known_ref=header is not None)
         elif vix is not None and not versionindex.rebuild(frames).startswith(vix):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
@@ -266,7 +258,7 @@ class LogChecker:
                 )
 
     def repair_log(
-        self, path: str, problems: list[str], plan: _RepairPlan, *, known_ref: bool
+        self, path: str, problems: list[str], plan: RepairPlan, *, known_ref: bool
     ) -> None:
         """Rewrite a damaged log from its intact frames (original kept in quarantine)."""
         keep = self.quarantine(path)
@@ -354,6 +346,13 @@ class LogChecker:
             except CastoreError as exc:
                 if entry.hash in intact:
                     fixable = True  # the rewrite re-points the entry at the intact copy
+                    continue
+                holder = self.search.holder(entry.hash)
+                if holder is not None:  # only the index fails to lead to it: never lost
+                    self.unindexed += 1  # check_index rebuilds the index
+                    problem = f"{ref} version {entry.version}: the blob index does not lead"
+                    where = f"{problem} to its value in {self.rel(holder)}"
+                    self.found(path, where, "rebuild the blob index", self.repair)
                     continue
                 lost.add(entry.version)
                 self.found(

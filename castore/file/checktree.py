@@ -52,6 +52,7 @@ class Checking(Protocol):
     backend: FileBackend
     repair: bool
     top: dict[str, int]
+    unindexed: int
 
     def found(
         self, path: str, problem: str, repair: str, repaired: bool = False, severity: str = "error"
@@ -361,5 +362,8 @@ def check_index(checker: Checking) -> None:
             checker.repair,
             severity="info",
         )
-        if checker.repair:
-            backend.rebuild_blob_index()
+    if checker.unindexed:  # values it does not lead to: reads of them fail until rebuilt
+        problem = f"the blob index does not lead to {checker.unindexed} intact value(s)"
+        checker.found(folder, problem, "rebuild the index", checker.repair)
+    if checker.repair and (stale or checker.unindexed):
+        backend.rebuild_blob_index()

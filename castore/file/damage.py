@@ -25,6 +25,7 @@ from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
+    Header,
     decode_compaction,
     decode_entry,
     encode_record,
@@ -33,6 +34,7 @@ from castore.records import OP_DAMAGED, Entry
 
 __all__ = [
     "REPAIR_HINT",
+    "RepairPlan",
     "Window",
     "damage_windows",
     "damaged_error",
@@ -203,3 +205,14 @@ def value_lost(entry: Entry, reason: str) -> Entry:
         entry.audit, reason=f"value lost (no intact copy of blob {entry.hash}); {reason}"
     )
     return msgspec.structs.replace(entry, op=OP_DAMAGED, blob=None, audit=audit)
+
+
+class RepairPlan(NamedTuple):
+    """What the rewrite of one damaged log keeps, drops and records."""
+
+    drop: set[int]  # offsets of blob frames that fail verification
+    header: Header | None  # a header recovered from KEYS, if the log lost its own
+    lost_by_index: int  # versions up to this were in the log (its version index says)
+    lost_values: set[int]  # versions whose value has no intact copy
+    grave: int  # the key's last version before compaction removed it
+    known: Header | None = None  # the log's own header, when intact

@@ -258,9 +258,13 @@ def _relax_truncation(verdicts: list[Verdict], first: Outcome[CheckAnswer]) -> l
 
 
 def _judge_repair(
-    checks: list[Outcome[CheckAnswer]], seen: list[Verdict], file_kind: str
+    checks: list[Outcome[CheckAnswer]], seen: list[Verdict], file_kind: str, recovered: bool
 ) -> Iterator[Verdict]:
-    """Repair must leave check ok; a visible loss in a log or GRAVES must leave a finding."""
+    """Repair must leave check ok; a visible loss in a log or GRAVES must leave a finding.
+
+    Unless the repair ``recovered`` everything: every answer after it is the
+    undamaged store's (a damaged copy of a value another log also holds).
+    """
     first, repair, final = checks
     for call, outcome in (("check(repair=True)", repair), ("check() after repair", final)):
         if outcome.foreign:
@@ -278,6 +282,7 @@ def _judge_repair(
         and _reports(first, _SOURCE_KINDS)
         and any(v.status != OK for v in seen if v.phase in ("read", "write"))
         and not report.findings
+        and not recovered
     ):
         reason = "visible damage to a log or GRAVES leaves no finding after repair"
         yield _verdict(BAD, "repair", "check() after repair", "an info finding", final, reason)
@@ -402,11 +407,14 @@ def classify(truth: Truth, observed: Observed, context: CaseContext) -> list[Ver
     verdicts += _judge_first_check(first, verdicts, context.file_kind)
     if context.shape == "trunc":
         verdicts = _relax_truncation(verdicts, first)
-    verdicts += _judge_repair(observed.checks, verdicts, context.file_kind)
     probes = _probes(observed, context)
+    after: list[Verdict] = []
     for key, kt in truth.keys.items():
-        verdicts += _judge_after_key(key, kt, observed.before, observed.after, probes[key])
-    verdicts += _judge_final_sets(truth, observed, probes)
+        after += _judge_after_key(key, kt, observed.before, observed.after, probes[key])
+    after += _judge_final_sets(truth, observed, probes)
+    recovered = bool(after) and all(v.status == OK for v in after)
+    verdicts += _judge_repair(observed.checks, verdicts, context.file_kind, recovered)
+    verdicts += after
     if context.clean_cut:
         verdicts = [_indistinguishable(v) for v in verdicts]
     return verdicts

@@ -61,3 +61,23 @@ def test_newer_records_naming_nothing_do_not_hide_the_good_one(tmp_path: Path, b
     assert not [f for f in report.findings if "lost" in f.problem or "unreadable" in f.problem]
     assert _answers(Store(root, dag="d")) == _answers(twin)
     assert [e.operation for e in Store(root, dag="d").history("b").entries] == ["set"]
+
+
+def test_check_repair_rebuilds_the_index_rather_than_record_a_value_lost(tmp_path: Path) -> None:
+    """Was: with the index shard gone, check --repair recorded b's intact value as lost."""
+    root, twin_root = tmp_path / "store", tmp_path / "twin"
+    store, twin = Store(root, dag="d"), Store(twin_root, dag="d")
+    _writes(store)
+    _writes(twin)
+    for shard in (root / "index").glob("*.idx"):
+        shard.unlink()
+    report = Store(root, dag="d").check()
+    assert not report.ok
+    problems = [f.problem for f in report.findings]
+    assert not [p for p in problems if "lost" in p or "unreadable" in p], problems
+    assert [p for p in problems if "does not lead to its value in refs/" in p], problems
+    repaired = Store(root, dag="d").check(repair=True)
+    assert repaired.ok, repaired.findings
+    assert _answers(Store(root, dag="d")) == _answers(twin)
+    assert [e.operation for e in Store(root, dag="d").history("b").entries] == ["set"]
+    assert Store(root, dag="d").check().ok

@@ -107,7 +107,14 @@ def test_oracle_flags_wrong_answers_and_accepts_refusals(pristine):
     finding = FindingRow("refs/x.log", "damaged bytes", "error", False)
     observed.checks[0] = Outcome(value=CheckAnswer(False, (finding,)))
     verdicts = classify(truth, observed, CONTEXT)
+    # Every answer after the repair is the undamaged store's: the repair recovered the
+    # value (another log held a copy), so nothing is left to report.
+    assert worst(v.status for v in verdicts) == DETECTED, [v for v in verdicts if v.status == BAD]
+    recovered = observed.after.latest["small"]
+    observed.after.latest["small"] = refusal  # the repair did not recover it
+    verdicts = classify(truth, observed, CONTEXT)
     assert worst(v.status for v in verdicts) == BAD, "the damage left no finding after repair"
+    observed.after.latest["small"] = recovered
     lost = FindingRow("refs/x.log", "version 4 lost to damage", "info", False)
     observed.checks[2] = Outcome(value=CheckAnswer(True, (lost,)))
     verdicts = classify(truth, observed, CONTEXT)

@@ -118,6 +118,7 @@ FILE_LAYERS = {
     "peek": 3,  # the newest value of one log, without the library (the CLI's quick get)
     "quickset": 4,  # a set of a small value on an existing key, without the library
     "blobs": 3,
+    "blobsearch": 3,  # a value's intact copy in any log, for check
     "encode": 3,
     # a namespace's keys; one ref's log; the tree checks
     "namespaces": 4,
