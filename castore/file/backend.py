@@ -261,7 +261,7 @@ class FileBackend:
             CorruptionError: the value fails verification.
         """
         log = self._logs.get(ref) or self.log(ref)
-        lookup = self.kept_readers.entry(self.layout.fs, log.path, version)
+        lookup = self.kept_readers.entry(self.layout.fs, log.path, version, ref)
         kept, found = lookup.kept, lookup.found
         if lookup.verified and found is not None:
             return found  # read and verified before, from this very file

@@ -22,12 +22,13 @@ from typing import NamedTuple
 from blake3 import blake3
 
 from castore.backend import lost_marker
-from castore.errors import RecordError
+from castore.errors import CorruptionError, NotFoundError, RecordError
 from castore.file import fileio
-from castore.file.damage import REPAIR_HINT, damage_windows
+from castore.file.damage import REPAIR_HINT, damage_windows, damaged_error
 from castore.file.frames import (
     CHECKSUM_BYTES,
     FRAME_OVERHEAD,
+    MAX_PAYLOAD_BYTES,
     TAIL_READ_BYTES,
     LogBytes,
     classify,
@@ -45,7 +46,9 @@ from castore.file.records import (
     decode_entry,
     decode_header,
 )
+from castore.keys import Ref
 from castore.records import Entry
+from castore.results import rfc3339
 from castore.waits import would_wait
 
 __all__ = [
@@ -55,10 +58,12 @@ __all__ = [
     "damage_after",
     "entry_and_blob",
     "entry_at",
+    "entry_in",
     "header_of",
     "history_by_scan",
     "read_all",
     "read_tail",
+    "refuse_other",
     "scan",
 ]
 
@@ -200,7 +205,7 @@ def header_of(fd: int) -> Header | None:
     buf = fileio.read_at(fd, 0, TAIL_READ_BYTES)
     if len(buf) >= FRAME_OVERHEAD:
         length = int.from_bytes(buf[:4], "little")
-        if length + FRAME_OVERHEAD > len(buf):
+        if length + FRAME_OVERHEAD > len(buf) and length <= MAX_PAYLOAD_BYTES:
             buf = fileio.read_at(fd, 0, length + FRAME_OVERHEAD)
     frame = frame_at(buf, 0)
     if frame is None or frame.kind != KIND_HEADER:
@@ -329,3 +334,47 @@ def history_by_scan(fd: int, before: int, limit: int) -> list[Entry]:
     entries.sort(key=lambda e: e.version)
     newest_first = [e for e in reversed(entries) if e.version < before]
     return newest_first[:limit] if limit else newest_first
+
+
+def refuse_other(fd: int, ref: Ref, path: str) -> None:
+    """Refuse the log on ``fd`` if its intact header names another ref than ``ref``.
+
+    A log copied over another key's (by hand, a restore gone wrong, a hostile
+    writer) holds valid frames of the wrong key: they must never be served or
+    continued as this key's. A log without an intact header yet (being
+    created, or damaged) is left to the reads and ``check``.
+
+    Raises:
+        CorruptionError: naming the ref the header names.
+    """
+    named = header_of(fd)
+    if named is not None and (named.scope, named.namespace, named.key) != ref:
+        other = Ref(named.scope, named.namespace, named.key)
+        raise CorruptionError(
+            f"{ref}: {path} is the log of {other} (its header says so); castore check reports it"
+        )
+
+
+def entry_in(log: LogBytes, version: int, what: str, path: str) -> Entry | None:
+    """The entry holding ``version`` in a scanned log (a damaged range's too), or None.
+
+    Raises:
+        NotFoundError: a ``C`` frame says compaction dropped it.
+        CorruptionError: damage in the log may hide it (``what``, ``path``: for the message).
+    """
+    for frame in log.frames:
+        if frame.kind == KIND_ENTRY:
+            entry = decode_entry(frame.payload)
+            if entry.first <= version <= entry.version:
+                return entry  # a damaged range raises when its value is read
+        elif frame.kind == KIND_COMPACTED:
+            done = decode_compaction(frame.payload)
+            if any(low <= version <= high for low, high in done.versions):
+                raise NotFoundError(
+                    f"{what} version {version} was compacted ({done.policy}, "
+                    f"{rfc3339(done.time_ns)})"
+                )
+    for window in damage_windows(log):
+        if window.low <= version and (window.high is None or version <= window.high):
+            raise damaged_error(path, window.start, window.end, f"{what} version {version}")
+    return None

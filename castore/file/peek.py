@@ -35,7 +35,13 @@ from castore.digests import small_sha256
 from castore.errors import CastoreError
 from castore.file import fileio
 from castore.file.formatfile import check_format, read_format
-from castore.file.frames import BLOB_FRAME_MAX, TAIL_READ_BYTES, frame_at, last_frame
+from castore.file.frames import (
+    BLOB_FRAME_MAX,
+    FRAME_OVERHEAD,
+    TAIL_READ_BYTES,
+    frame_at,
+    last_frame,
+)
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
 
@@ -56,6 +62,7 @@ __all__ = [
     "blob_value",
     "indexes_beyond",
     "is_store",
+    "names_ref",
     "newest_entry",
     "peek",
 ]
@@ -64,6 +71,7 @@ ABSENT = (0, "", b"")  # what peek answers for a key without a live version
 
 _KIND_BLOB = ord("B")  # as castore.file.records names them (that module loads msgspec)
 _KIND_ENTRY = ord("E")
+_KIND_HEADER = ord("H")
 _LIVE_OPS = frozenset(("set", "rollback"))
 _DELETE = "delete"
 _INT_FIELDS = ("version", "time_ns", "size", "created_ns", "damaged_from")  # records.Entry
@@ -86,7 +94,7 @@ def peek(root: str, ref: Ref) -> tuple[int, str, bytes] | None:
     try:
         if not is_store(fs, root):
             return None
-        return _read(fs, os.path.join(root, "refs", log_name(ref)))
+        return _read(fs, os.path.join(root, "refs", log_name(ref)), ref)
     except (OSError, CastoreError, ValueError, RecursionError):
         return None
     finally:
@@ -112,16 +120,31 @@ def is_store(fs: Tree, root: str) -> bool:
     return True
 
 
-def _read(fs: Tree, path: str) -> tuple[int, str, bytes] | None:
+def _read(fs: Tree, path: str, ref: Ref) -> tuple[int, str, bytes] | None:
     try:
         fd = fs.open(path, os.O_RDONLY)  # without blocking, a regular file only
     except FileNotFoundError:  # the log, or a directory on its way
         # A version index without its log may tell of a lost log: the store judges.
         return None if fs.exists(path[: -len(".log")] + ".vix") else ABSENT
     try:
-        return _newest(fs, path, fd)
+        return _newest(fs, path, fd) if names_ref(fd, ref) else None
     finally:
         os.close(fd)
+
+
+def names_ref(fd: int, ref: Ref) -> bool:
+    """True if the log's first frame is an intact header naming ``ref`` (else: ask the store)."""
+    head = fileio.read_at(fd, 0, TAIL_READ_BYTES)
+    if len(head) >= 4 and len(head) < int.from_bytes(head[:4], "little") + FRAME_OVERHEAD:
+        return False  # a header this long is rare: the store reads it
+    frame = frame_at(head, 0)
+    if frame is None or frame.kind != _KIND_HEADER:
+        return False
+    named = json.loads(frame.payload)
+    fields = (
+        (named.get(f) for f in ("scope", "namespace", "key")) if isinstance(named, dict) else ()
+    )
+    return tuple(fields) == tuple(ref)
 
 
 def _newest(fs: Tree, path: str, fd: int) -> tuple[int, str, bytes] | None:

@@ -37,7 +37,7 @@ from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import CastoreError, LockTimeoutError
 from castore.file import fileio
 from castore.file.frames import encode_frame
-from castore.file.peek import blob_value, indexes_beyond, is_store, newest_entry
+from castore.file.peek import blob_value, indexes_beyond, is_store, names_ref, newest_entry
 from castore.file.stateappend import KIND_PENDING, append_frame
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
@@ -105,7 +105,7 @@ def quick_set(
         with fs.open_locked(path, _FLAGS, timeout=lock_timeout, pauses=fileio.WRITER_PAUSES) as fd:
             size = os.fstat(fd).st_size
             tail = newest_entry(fd, size)
-            if tail is None or indexes_beyond(fs, path, tail[1]["version"]):
+            if tail is None or not _plain_log(fs, path, fd, ref, tail[1]["version"]):
                 return None
             guards = (normalized, digest, audit, expected_version, create_only)
             data, version = _frames(fd, tail, size, *guards)
@@ -202,3 +202,11 @@ def _pending(fs: Tree, path: str, key: str) -> None:
         finally:
             os.close(fd)
     raise _DeclinedError
+
+
+def _plain_log(fs: Tree, path: str, fd: int, ref: Ref, version: int) -> bool:
+    """True if the log is ``ref``'s own and no version index records beyond ``version``.
+
+    Else the store writes (or refuses: another key's log in its place, a cut).
+    """
+    return not indexes_beyond(fs, path, version) and names_ref(fd, ref)

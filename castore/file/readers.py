@@ -27,6 +27,7 @@ from castore.file.versionindex import (
     VIX_RECORD_BYTES,
     vix_path,
 )
+from castore.keys import Ref
 from castore.records import Entry
 
 __all__ = ["KEPT_READERS_MAX", "VERIFIED_MAX_BYTES", "KeptLog", "KeptReaders", "Lookup"]
@@ -174,7 +175,7 @@ class KeptReaders:
         self._guard = threading.Lock()
         self._kept = {}
 
-    def entry(self, fs: Tree, path: str, version: int) -> Lookup:
+    def entry(self, fs: Tree, path: str, version: int, ref: Ref) -> Lookup:
         """The log at ``path`` and the entry of ``version``, as verified before or via its index.
 
         When the kept index does not give the version, the log leaves the
@@ -199,7 +200,7 @@ class KeptReaders:
                 else:  # written since (an append, or damage): verify again
                     kept.verified = (sig, {})
         if kept is None:
-            kept = self._open(fs, path)
+            kept = self._open(fs, path, ref)
         if kept is None:
             return Lookup(None, None, False)
         state = kept.verified  # taken before the read: what it is verified under
@@ -234,14 +235,19 @@ class KeptReaders:
             return
         found.state[1][version] = (entry, value)
 
-    def _open(self, fs: Tree, path: str) -> KeptLog | None:
-        """Open the log at ``path`` and its index, and keep them (the oldest kept goes)."""
+    def _open(self, fs: Tree, path: str, ref: Ref) -> KeptLog | None:
+        """Open the log at ``path`` and its index, and keep them (the oldest kept goes).
+
+        Raises:
+            CorruptionError: the log's header names another ref than ``ref``.
+        """
         folder = path.rpartition("/")[0]
         with self._guard:
             shared = next((k.dir for k in self._kept.values() if k.folder == folder), None)
         try:
             where = shared or _open_dir(fs, folder)
             kept = KeptLog(fs.open(path, os.O_RDONLY), path, where)
+            logread.refuse_other(kept.fd, ref, path)  # KeptLog closes it when collected
             if shared is not None and _ident_in(shared, kept.name) != kept.ident:
                 kept.dir = _open_dir(fs, folder)  # not the directory it was: replaced
         except FileNotFoundError:

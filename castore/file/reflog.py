@@ -24,24 +24,19 @@ import errno
 import os
 from collections.abc import Iterator
 
-from castore.errors import CorruptionError, NotFoundError
+from castore.errors import CorruptionError
 from castore.file import fileio, logread, versionindex
 from castore.file.blobindex import BlobIndex
-from castore.file.damage import REPAIR_HINT, damage_windows, damaged_error
+from castore.file.damage import REPAIR_HINT, damaged_error
 from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
 from castore.file.records import (
     KIND_BLOB,
-    KIND_COMPACTED,
-    KIND_ENTRY,
-    decode_compaction,
-    decode_entry,
 )
 from castore.file.rewrite import Transform, relaid, replace_with
 from castore.keys import Ref
 from castore.records import BlobLoc, Entry
-from castore.results import rfc3339
 
 __all__ = ["RefLog"]
 
@@ -80,8 +75,16 @@ class RefLog:
 
         Raises:
             FileNotFoundError, UnsafePathError: no log; not a regular file in its place.
+            CorruptionError: its header names another ref (:func:`logread.refuse_other`).
         """
-        return self.layout.fs.open(self.path, os.O_RDONLY)
+        fd = self.layout.fs.open(self.path, os.O_RDONLY)
+        try:
+            if self.ref is not None:
+                logread.refuse_other(fd, self.ref, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def newest(self, fd: int, st: os.stat_result) -> tuple[Tail, os.stat_result]:
         """The newest intact entry, waiting for a writer if the tail is not one yet.
@@ -189,22 +192,9 @@ class RefLog:
         self, fd: int, version: int, *, locked: bool = False, retry: bool = True
     ) -> Entry | None:
         log = logread.scan(fd)[1]
-        for frame in log.frames:
-            if frame.kind == KIND_ENTRY:
-                entry = decode_entry(frame.payload)
-                if entry.first <= version <= entry.version:
-                    return entry  # a damaged range raises when its value is read
-            elif frame.kind == KIND_COMPACTED:
-                done = decode_compaction(frame.payload)
-                if any(low <= version <= high for low, high in done.versions):
-                    raise NotFoundError(
-                        f"{self.what} version {version} was compacted ({done.policy}, "
-                        f"{rfc3339(done.time_ns)})"
-                    )
-        for window in damage_windows(log):
-            if window.low <= version and (window.high is None or version <= window.high):
-                where = f"{self.what} version {version}"
-                raise damaged_error(self.path, window.start, window.end, where)
+        found = logread.entry_in(log, version, self.what, self.path)
+        if found is not None:
+            return found
         if not retry or version <= versionindex.newest_version(log.frames):  # never in this log
             return None
         newest = self.settled_tail(fd, locked=locked).entry  # a proven cut raises, never None
@@ -276,8 +266,11 @@ class RefLog:
 
         Raises:
             CorruptionError: damage follows the newest intact entry: the
-                newest version is unknown, so nothing is written or cut.
+                newest version is unknown, so nothing is written or cut; or
+                the log's header names another ref.
         """
+        if self.ref is not None:  # never continue another key's log as this one's
+            logread.refuse_other(fd, self.ref, self.path)
         found = logread.read_tail(fd, size)
         if (
             found is not None

@@ -128,7 +128,7 @@ def test_a_compaction_between_two_gets_is_seen(tmp_path, store):
 
 
 @pytest.mark.parametrize("with_index", [True, False])
-def test_another_log_renamed_over_the_path_is_read_not_the_kept_one(store, with_index):
+def test_another_log_renamed_over_the_path_is_read_and_refused_not_the_kept_one(store, with_index):
     fill(store, "a", 30, tag="a")
     fill(store, "b", 30, tag="b")
     warm(store, "a", 5)
@@ -137,8 +137,9 @@ def test_another_log_renamed_over_the_path_is_read_not_the_kept_one(store, with_
     os.replace(b, a)
     if with_index:
         os.replace(b[: -len(".log")] + ".vix", a[: -len(".log")] + ".vix")
-    for version in (5, 1, 30, 17):
-        assert store.get("a", version=version).value == {"v": version, "tag": "b"}
+    for version in (5, 1, 30, 17):  # the new file is read, not the kept one: it is b's
+        with pytest.raises(CorruptionError, match=r"is the log of dag/d/b"):
+            store.get("a", version=version)
 
 
 def test_a_same_size_same_mtime_replacement_is_told_apart_by_its_inode(tmp_path):

@@ -1,0 +1,70 @@
+"""A log copied over another key's log is never read or written as that key's.
+
+Found by a review: with ``b``'s log copied over ``a``'s, ``get a`` answered
+``b``'s newest value at ``b``'s version (another key's value, and an older
+version than ``a``'s), on the library's path and the CLI's quick one alike,
+although ``check`` named the wrong header. Every read and write of ``a`` now
+refuses (``CorruptionError``, CLI exit 5); ``b`` reads as an undamaged copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from castore import CorruptionError, Store
+from tests.helpers import Cli, log_path
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def swapped(tmp_path: Path) -> tuple[Store, Cli, Store]:
+    root, twin_root = tmp_path / "store", tmp_path / "twin"
+    for where in (root, twin_root):
+        s = Store(where, dag="d")
+        for version in range(1, 4):
+            s.set("a", {"a": version})
+        s.set("b", {"b": 1})
+        s.history("a")  # builds a's version index
+    a_log = Path(log_path(root, "dag", "d", "a"))
+    shutil.copyfile(log_path(root, "dag", "d", "b"), a_log)
+    os.unlink(a_log.with_suffix(".vix"))
+    return Store(root, dag="d"), Cli(tmp_path, root, dag="d"), Store(twin_root, dag="d")
+
+
+CALLS = {
+    "get": lambda s: s.get("a"),
+    "get version 1": lambda s: s.get("a", version=1),
+    "history": lambda s: s.history("a"),
+    "set": lambda s: s.set("a", {"a": 4}),
+    "delete": lambda s: s.delete("a"),
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_the_wrong_key_s_log_is_refused(swapped, call):
+    store, _, twin = swapped
+    with pytest.raises(CorruptionError, match=r"is the log of dag/d/b \(its header says so\)"):
+        CALLS[call](store)
+    assert store.get("b") == twin.get("b")
+    shown = [[(e.version, e.hash) for e in s.history("b").entries] for s in (store, twin)]
+    assert shown[0] == shown[1]
+
+
+def test_the_cli_quick_get_refuses_it_too(swapped):
+    _, cli, _ = swapped
+    proc = cli.run("get", "a")
+    assert proc.returncode == 5, proc
+    assert b"is the log of dag/d/b" in proc.stderr
+    assert proc.stdout == b""
+    assert cli.run("set", "a", "4").returncode == 5
+
+
+def test_check_names_the_header(swapped):
+    store, _, _ = swapped
+    problems = [f.problem for f in store.check().findings]
+    assert any("dag/d/b" in p for p in problems), problems
