@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from castore.errors import RecordError
+from castore.errors import CastoreError, RecordError
 from castore.file import logread
 from castore.file.frames import LogBytes
 from castore.file.graves import Graveyard
@@ -108,13 +108,30 @@ class Namespaces:
         """
         index = self.key_index(scope, namespace)
         found = index.keys(prefix)
-        if not (verify or index.damaged):
+        nsdir = self.layout.ns_dir(scope, namespace)
+        if not (verify or index.damaged or (not found and self._keys_lost(nsdir))):
             return found
-        from_logs = self._keys_from_logs(self.layout.ns_dir(scope, namespace), namespace, prefix)
+        buried = self.graveyard(scope, namespace).records()
+        from_logs = self._keys_from_logs(nsdir, namespace, prefix, buried)
         return sorted(set(found) | from_logs, key=lambda k: k.encode("utf-8"))
 
-    def _keys_from_logs(self, nsdir: str, namespace: str, prefix: str) -> set[str]:
-        """Keys named by the header frames of a namespace's logs (a full directory read)."""
+    def _keys_lost(self, nsdir: str) -> bool:
+        """True if a namespace directory exists without its ``KEYS`` (lost: damage).
+
+        A namespace's first write makes ``KEYS`` before its log, so a directory
+        without it holds no key, or lost it; its logs' headers then say which.
+        """
+        fs = self.layout.fs
+        return not fs.exists(os.path.join(nsdir, "KEYS")) and fs.isdir(nsdir)
+
+    def _keys_from_logs(
+        self, nsdir: str, namespace: str, prefix: str, buried: dict[str, int]
+    ) -> set[str]:
+        """Keys named by the header frames of a namespace's logs (a full directory read).
+
+        Not a key compaction removed (in ``buried``) whose log, waiting for gc,
+        ends without an entry: ``KEYS`` no longer lists it either.
+        """
         fs = self.layout.fs
         try:
             names = fs.listdir(nsdir)
@@ -130,6 +147,9 @@ class Namespaces:
                 continue
             try:
                 head = logread.header_of(fd)
+                if head is not None and head.key in buried:
+                    tail = logread.read_tail(fd, os.fstat(fd).st_size)
+                    head = head if tail is not None and tail.entry is not None else None
             finally:
                 os.close(fd)
             if (
@@ -150,10 +170,28 @@ class Namespaces:
             return []
         found = []
         for name in names:
-            namespace = namespace_of(os.path.join(scope_dir, name, "KEYS"), self.layout.fs)
+            nsdir = os.path.join(scope_dir, name)
+            namespace = namespace_of(os.path.join(nsdir, "KEYS"), self.layout.fs)
+            if namespace is None and self._keys_lost(nsdir):  # damage never hides a namespace
+                namespace = self._namespace_from_logs(nsdir)
             if namespace is not None and file_id(namespace) == name:
                 found.append(namespace)
         return sorted(found, key=lambda n: n.encode("utf-8"))
+
+    def _namespace_from_logs(self, nsdir: str) -> str | None:
+        """The namespace the first log header in ``nsdir`` names that matches its name."""
+        fs = self.layout.fs
+        for name in sorted(fs.listdir(nsdir)):
+            if name.endswith(".log"):
+                with contextlib.suppress(OSError, CastoreError):
+                    fd = fs.open(os.path.join(nsdir, name), os.O_RDONLY)
+                    try:
+                        head = logread.header_of(fd)
+                    finally:
+                        os.close(fd)
+                    if head is not None and file_id(head.namespace) == os.path.basename(nsdir):
+                        return head.namespace
+        return None
 
 
 def pending_rewrite(fs: Tree, path: str, log: LogBytes) -> None:

@@ -1,0 +1,57 @@
+"""A namespace whose ``KEYS`` is lost still lists, exports and audits every key.
+
+Found by a review: with ``KEYS`` deleted, ``list``, ``export`` and ``audit``
+answered as if the namespace were empty (exit 0) while ``get`` still found its
+keys; an export then silently left them out. Each answer is compared with the
+same call on an undamaged copy of the store.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from castore import Store
+from castore.audit import audit
+from castore.transfer import export_lines
+from tests.helpers import keys_path
+
+pytestmark = pytest.mark.integration
+
+
+def _build(root: Path) -> None:
+    s = Store(root, dag="d")
+    for key in ("a", "b/c", "gone", "deleted"):
+        s.set(key, {"k": key})
+    s.set("a", {"k": "a2"})
+    s.delete("deleted")
+    s.delete("gone")
+    s.compact(prefix="gone", keep_within_seconds=0)  # removes the key: GRAVES keeps it
+    s.set("other", 1, namespace="e")
+
+
+def _answers(root: Path) -> tuple[object, ...]:
+    s = Store(root, dag="d")
+    listed = s.list(include_values=True).entries
+    return (
+        [(e.key, e.version, e.value) for e in listed],
+        list(export_lines(s)),
+        list(audit(s)),
+        s.get("a").value,
+    )
+
+
+@pytest.mark.parametrize("also_state", [False, True])
+def test_a_lost_keys_file_hides_no_key(tmp_path: Path, also_state: bool) -> None:
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    Store(twin, dag="d").list()  # STATE exists
+    shutil.copytree(twin, damaged)
+    keys = Path(keys_path(damaged, "dag", "d"))
+    keys.unlink()
+    if also_state:
+        (keys.parent / "STATE").unlink(missing_ok=True)
+    assert _answers(damaged) == _answers(twin)
+    assert [f.path for f in Store(damaged, dag="d").check().findings]  # check says so
