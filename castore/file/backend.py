@@ -180,9 +180,9 @@ class FileBackend:
         return self.names.namespaces(scope)
 
     def removed(self, scope: str) -> list[tuple[str, str, int]]:
-        """Each key compaction removed, from its namespace's ``GRAVES``."""
-        graves = ((ns, self.graveyard(scope, ns).records()) for ns in self.namespaces(scope))
-        return [(ns, key, top) for ns, found in graves for key, top in sorted(found.items())]
+        """Each key compaction removed: its namespace's ``GRAVES``, and logs waiting for gc."""
+        found = ((ns, self.names.removed(scope, ns)) for ns in self.namespaces(scope))
+        return [(ns, key, top) for ns, keys in found for key, top in sorted(keys.items())]
 
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
         """The newest version of each key ``STATE`` knows, whatever ``prefix`` (one file)."""

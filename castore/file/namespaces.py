@@ -161,6 +161,37 @@ class Namespaces:
                 out.add(head.key)
         return out
 
+    def removed(self, scope: str, namespace: str) -> dict[str, int]:
+        """Each key compaction removed -> its last version: ``GRAVES``, and logs left for gc.
+
+        Such a log holds its header, a ``C`` frame naming every version and no
+        entry; it still says so when ``GRAVES`` was lost (a full directory
+        read, for ``export``).
+        """
+        found = self._removed_logs(scope, namespace)
+        for key, top in self.graveyard(scope, namespace).records().items():
+            found[key] = max(top, found.get(key, 0))
+        return found
+
+    def _removed_logs(self, scope: str, namespace: str) -> dict[str, int]:
+        nsdir = self.layout.ns_dir(scope, namespace)
+        listed = {file_id(key) + ".log" for key in self.keys(scope, namespace, "")}
+        fs, out = self.layout.fs, {}
+        names = fs.listdir(nsdir) if fs.isdir(nsdir) else []
+        for name in (n for n in names if n.endswith(".log") and n not in listed):
+            with contextlib.suppress(OSError, CastoreError):
+                fd = fs.open(os.path.join(nsdir, name), os.O_RDONLY)
+                try:
+                    head, done = logread.header_of(fd), logread.compaction_of(fd)
+                    tail = logread.read_tail(fd, os.fstat(fd).st_size) if done else None
+                finally:
+                    os.close(fd)
+                if done is None or head is None or (tail is not None and tail.entry is not None):
+                    continue  # not a log compaction emptied, or the key lives again
+                if file_id(head.key) + ".log" == name and head.namespace == namespace:
+                    out[head.key] = max((high for _, high in done.versions), default=0)
+        return out
+
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
         scope_dir = os.path.join(self.layout.refs, scope)

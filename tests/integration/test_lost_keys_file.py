@@ -15,7 +15,7 @@ import pytest
 
 from castore import Store
 from castore.audit import audit
-from castore.transfer import export_lines
+from castore.transfer import export_lines, import_lines
 from tests.helpers import keys_path
 
 pytestmark = pytest.mark.integration
@@ -55,3 +55,18 @@ def test_a_lost_keys_file_hides_no_key(tmp_path: Path, also_state: bool) -> None
         (keys.parent / "STATE").unlink(missing_ok=True)
     assert _answers(damaged) == _answers(twin)
     assert [f.path for f in Store(damaged, dag="d").check().findings]  # check says so
+
+
+def test_a_lost_graves_file_still_exports_the_removed_key(tmp_path: Path) -> None:
+    """Was: export left out the removed key, so after an import its versions began again at 1."""
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    shutil.copytree(twin, damaged)
+    (Path(keys_path(damaged, "dag", "d")).parent / "GRAVES").unlink()
+    lines = list(export_lines(Store(damaged, dag="d")))
+    assert lines == list(export_lines(Store(twin, dag="d")))
+    assert [line for line in lines if b'"key":"gone"' in line]
+    for source, where in ((damaged, tmp_path / "from-damaged"), (twin, tmp_path / "from-twin")):
+        copy = Store(where, dag="d")
+        import_lines(copy, lambda source=source: export_lines(Store(source, dag="d")))
+        assert copy.set("gone", 1).version == 3  # versions 1 and 2 were the removed life's
