@@ -66,7 +66,7 @@ def test_a_lost_graves_file_still_exports_the_removed_key(tmp_path: Path) -> Non
     lines = list(export_lines(Store(damaged, dag="d")))
     assert lines == list(export_lines(Store(twin, dag="d")))
     assert [line for line in lines if b'"key":"gone"' in line]
-    for source, where in ((damaged, tmp_path / "from-damaged"), (twin, tmp_path / "from-twin")):
-        copy = Store(where, dag="d")
-        import_lines(copy, lambda source=source: export_lines(Store(source, dag="d")))
+    for where in ("from-damaged", "from-twin"):
+        copy = Store(tmp_path / where, dag="d")
+        import_lines(copy, lambda: lines)
         assert copy.set("gone", 1).version == 3  # versions 1 and 2 were the removed life's
