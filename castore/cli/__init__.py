@@ -207,7 +207,16 @@ def run() -> None:
     sys.exit(code)
 
 
+# C0 controls and DEL as escapes: an error is one line, whatever names it quotes (a file
+# name planted in a store may hold a newline and a forged "castore: ..." line after it).
+_ONE_LINE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+}
+
+
 def _fail(message: str, code: int) -> int:
     if sys.stderr is not None:  # None: started with it closed
-        sys.stderr.write(f"castore: {message}\n")
+        sys.stderr.write(f"castore: {message.translate(_ONE_LINE)}\n")
     return code
