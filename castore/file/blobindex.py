@@ -23,7 +23,7 @@ from castore.keys import is_log_name
 from castore.records import BlobLoc
 from castore.waits import WouldWait, waiting_refused, would_wait
 
-__all__ = ["KIND_INDEX", "BlobIndex", "decode_loc"]
+__all__ = ["KIND_INDEX", "MAX_SHARD_BYTES", "BlobIndex", "decode_loc"]
 
 KIND_INDEX = ord("I")
 _LOC = struct.Struct("<QI")
@@ -35,6 +35,10 @@ def decode_loc(payload: bytes) -> BlobLoc:
     return BlobLoc(payload[44:].decode("utf-8"), offset, length)
 
 
+# Of a shard past this, readers read only its newest records, the last MAX_SHARD_BYTES (a
+# planted sparse file; a real one is far smaller: a million values make 256 shards of about
+# 400 KiB each); gc and check rebuild it.
+MAX_SHARD_BYTES = 16 << 20
 _KEEP_LOCATIONS = 4  # per digest: a rewrite in progress or interrupted leaves the old one valid
 
 
@@ -91,6 +95,7 @@ class BlobIndex:
             st = os.fstat(fd)  # the file read, not the one stat'ed (a rebuild replaces it)
             if st.st_ino != ino or st.st_size < pos:
                 ino, pos, table = st.st_ino, 0, {}
+            pos = max(pos, st.st_size - MAX_SHARD_BYTES)  # the newest records of a huge one
             buf = fileio.read_at(fd, pos, st.st_size - pos)
         finally:
             os.close(fd)
@@ -137,9 +142,14 @@ class BlobIndex:
         path = self._path(digest)
         would_wait(path)
         try:
-            data = self.fs.read_file(path)
+            fd = self.fs.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return []
+        try:
+            start = max(0, os.fstat(fd).st_size - MAX_SHARD_BYTES)
+            data = fileio.read_at(fd, start, MAX_SHARD_BYTES)
+        finally:
+            os.close(fd)
         table: dict[bytes, list[BlobLoc]] = {}
         for frame in scan_frames(data):
             if frame.kind == KIND_INDEX and frame.payload[:32] == digest:

@@ -89,8 +89,11 @@ def check(
     logs = 0
     for name in ("FORMAT", "gc.lock"):
         planted(checker, os.path.join(backend.root, name), file=True)
-    for name in ("index", "quarantine", "refs"):
+    for name in ("index", "refs"):
         planted(checker, os.path.join(backend.root, name), directory=True)
+    quarantine = os.path.join(backend.root, "quarantine")
+    if not planted(checker, quarantine, directory=True):  # torn/: where writers copy torn tails
+        planted(checker, os.path.join(quarantine, "torn"), directory=True)
     for scope in sorted(fs.listdir(backend.refs)) if fs.isdir(backend.refs) else []:
         scope_dir = os.path.join(backend.refs, scope)
         if planted(checker, scope_dir, directory=True) or not fs.isdir(scope_dir):

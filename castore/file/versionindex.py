@@ -110,10 +110,37 @@ def recorded_above(fs: Tree, path: str, newest: int, end: int) -> int:
     try:
         if not may_record_beyond(fs.stat(path), newest):
             return 0
-        data = fs.read_file(path)
+        fd = fs.open(path, os.O_RDONLY)
     except (FileNotFoundError, UnsafePathError):
         return 0
-    return cut_above(data, newest, end)
+    try:
+        return _cut_above_in(fd, newest, end)
+    finally:
+        os.close(fd)
+
+
+_CHUNK_RECORDS = 1 << 17  # 1 MiB of index read at a time, from the end down
+
+
+def _cut_above_in(fd: int, newest: int, end: int) -> int:
+    """:func:`cut_above` of the index open on ``fd``, in bounded memory.
+
+    Only records past ``newest`` and at most :data:`MAX_INDEXED_VERSION` are
+    read (the index never holds a higher one), a chunk at a time from the end
+    down; a chunk of zeros (no record) is passed over at C speed, so even a
+    planted sparse file costs at most 128 MiB of reads and 1 MiB of memory.
+    """
+    top = min(os.fstat(fd).st_size // VIX_RECORD_BYTES, MAX_INDEXED_VERSION)
+    while top > newest:
+        low = max(newest, top - _CHUNK_RECORDS)
+        data = fileio.read_at(fd, low * VIX_RECORD_BYTES, (top - low) * VIX_RECORD_BYTES)
+        if data.count(0) != len(data):  # versions low + 1 .. top, the highest first
+            for index in range(len(data) // VIX_RECORD_BYTES - 1, -1, -1):
+                value = _value(_REC.unpack_from(data, index * VIX_RECORD_BYTES)[0])
+                if value is not None and value not in (COMPACTED, ABSENT) and value >= end:
+                    return low + index + 1
+        top = low
+    return 0
 
 
 def cut_above(data: bytes, newest: int, end: int) -> int:

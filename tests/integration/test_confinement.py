@@ -337,6 +337,14 @@ def linked_quarantine(scene: Scene) -> Path:
     return scene.link(scene.root / "quarantine", empty)
 
 
+def linked_torn(scene: Scene) -> Path:
+    """``quarantine/torn``, where a writer copies a torn tail: a link made writes fail."""
+    empty = scene.outside / "torn"
+    empty.mkdir()
+    (scene.root / "quarantine").mkdir(exist_ok=True)
+    return scene.link(scene.root / "quarantine" / "torn", empty)
+
+
 # The link's target is the store's own, valid file moved outside (an empty directory for
 # quarantine/, nothing for gc.lock): only the link itself is wrong with the store.
 CHECKED: Final[dict[str, Callable[[Scene], Path]]] = {
@@ -347,6 +355,7 @@ CHECKED: Final[dict[str, Callable[[Scene], Path]]] = {
     "shard": moved_shard,
     "gc.lock": plant_gc_lock,
     "quarantine": linked_quarantine,
+    "quarantine/torn": linked_torn,  # a review found it unreported, and kept by --repair
 }
 
 
