@@ -18,7 +18,7 @@ import resource
 import threading
 from collections.abc import Iterator
 
-from castore.file import fileio
+from castore.file import fileio, logread
 from castore.file.reflog import RefLog
 
 __all__ = ["KEPT_MAX", "KeptLogs"]
@@ -134,6 +134,8 @@ class KeptLogs:
                 return
             os.close(fd)
         with log.locked() as fresh:
+            if log.ref is not None:  # never continue another key's log as this one's; a kept
+                logread.refuse_other(fresh, log.ref, log.path)  # one was checked when opened
             yield fresh
             # The same open file: its flock goes with the unlock below. A full pool
             # keeps its logs (a round robin over more keys would only churn it).

@@ -266,11 +266,8 @@ class RefLog:
 
         Raises:
             CorruptionError: damage follows the newest intact entry: the
-                newest version is unknown, so nothing is written or cut; or
-                the log's header names another ref.
+                newest version is unknown, so nothing is written or cut.
         """
-        if self.ref is not None:  # never continue another key's log as this one's
-            logread.refuse_other(fd, self.ref, self.path)
         found = logread.read_tail(fd, size)
         if (
             found is not None
