@@ -17,7 +17,7 @@ from typing import Any, Final, final
 import msgspec
 
 from castore import codec, history, modify, results
-from castore.argcheck import check_text
+from castore.argcheck import check_flag, check_text
 from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
@@ -446,6 +446,7 @@ class Store(Maintenance):
         """
         ref = self.ref(key, scope, namespace)
         guards = (expected_version, create_only)
+        check_flag(merge, "merge")
         return modify.patch(self._backend, ref, patch, merge, guards, self._audit, reason)
 
     def incr(
@@ -472,4 +473,5 @@ class Store(Maintenance):
         """
         ref = self.ref(key, scope, namespace)
         guards = (expected_version, False)
+        check_text(path, "path", optional=True)
         return modify.incr(self._backend, ref, by, path, guards, self._audit, reason)

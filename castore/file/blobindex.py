@@ -13,17 +13,17 @@ import contextlib
 import os
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from castore.file import fileio
-from castore.file.frames import encode_frame, scan_frames
+from castore.file.frames import Frame, encode_frame, scan_frames
 from castore.file.records import KIND_BLOB
 from castore.file.tree import Tree
 from castore.keys import is_log_name
 from castore.records import BlobLoc
 from castore.waits import WouldWait, waiting_refused, would_wait
 
-__all__ = ["KIND_INDEX", "MAX_SHARD_BYTES", "BlobIndex", "decode_loc"]
+__all__ = ["KIND_INDEX", "BlobIndex", "decode_loc", "shard_frames"]
 
 KIND_INDEX = ord("I")
 _LOC = struct.Struct("<QI")
@@ -35,10 +35,35 @@ def decode_loc(payload: bytes) -> BlobLoc:
     return BlobLoc(payload[44:].decode("utf-8"), offset, length)
 
 
-# Of a shard past this, readers read only its newest records, the last MAX_SHARD_BYTES (a
-# planted sparse file; a real one is far smaller: a million values make 256 shards of about
-# 400 KiB each); gc and check rebuild it.
-MAX_SHARD_BYTES = 16 << 20
+_CHUNK = 1 << 20  # a shard is read this much at a time
+_MAX_CARRY = 1 << 16  # bytes after the last frame kept for the next chunk: no record is longer
+
+
+def shard_frames(fd: int, start: int, end: int) -> Iterator[Frame]:
+    """The frames of the shard on ``fd`` between ``start`` and ``end``, in bounded memory.
+
+    Read a chunk at a time; a chunk of zeros with nothing carried into it (a
+    hole: a planted sparse file) is passed over at C speed, and bytes that
+    hold no frame for longer than any record are dropped.
+    """
+    base, carry, pos = start, b"", start
+    while pos < end:
+        chunk = fileio.read_at(fd, pos, min(_CHUNK, end - pos))
+        if not chunk:
+            return
+        pos += len(chunk)
+        if not carry and chunk.count(0) == len(chunk):
+            base = pos
+            continue
+        buf, last = carry + chunk, base
+        for frame in scan_frames(buf, base):
+            yield frame
+            last = frame.end
+        carry, base = buf[last - base :], last
+        if len(carry) > _MAX_CARRY:
+            carry, base = b"", pos
+
+
 _KEEP_LOCATIONS = 4  # per digest: a rewrite in progress or interrupted leaves the old one valid
 
 
@@ -95,15 +120,12 @@ class BlobIndex:
             st = os.fstat(fd)  # the file read, not the one stat'ed (a rebuild replaces it)
             if st.st_ino != ino or st.st_size < pos:
                 ino, pos, table = st.st_ino, 0, {}
-            pos = max(pos, st.st_size - MAX_SHARD_BYTES)  # the newest records of a huge one
-            buf = fileio.read_at(fd, pos, st.st_size - pos)
+            for frame in shard_frames(fd, pos, st.st_size):
+                if frame.kind == KIND_INDEX and len(frame.payload) >= 44:
+                    _remember(table, frame.payload)
+                pos = frame.end
         finally:
             os.close(fd)
-        for frame in scan_frames(buf, pos):
-            if frame.kind != KIND_INDEX or len(frame.payload) < 44:
-                continue
-            _remember(table, frame.payload)
-            pos = frame.end
         self._shards[path] = (ino, pos, table)
         return table
 
@@ -145,15 +167,13 @@ class BlobIndex:
             fd = self.fs.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return []
+        table: dict[bytes, list[BlobLoc]] = {}
         try:
-            start = max(0, os.fstat(fd).st_size - MAX_SHARD_BYTES)
-            data = fileio.read_at(fd, start, MAX_SHARD_BYTES)
+            for frame in shard_frames(fd, 0, os.fstat(fd).st_size):
+                if frame.kind == KIND_INDEX and frame.payload[:32] == digest:
+                    _remember(table, frame.payload, keep=None)
         finally:
             os.close(fd)
-        table: dict[bytes, list[BlobLoc]] = {}
-        for frame in scan_frames(data):
-            if frame.kind == KIND_INDEX and frame.payload[:32] == digest:
-                _remember(table, frame.payload, keep=None)
         return table.get(digest, [])
 
     @staticmethod

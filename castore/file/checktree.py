@@ -6,6 +6,7 @@ and repairs follow the same rules (docs/FORMAT.md §5, §7).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -126,6 +127,18 @@ def _linked(checker: Checking, path: str, links: int) -> bool:
     gives the name a copy of its own, renamed over it; the other names, and
     the file they name, are not touched.
     """
+    folder, name = os.path.split(path)
+    mine = checker.fs.stat(path)
+    for entry in checker.fs.listdir(folder) if links == 2 else []:
+        other = os.path.join(folder, entry)
+        if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                if checker.fs.stat(other).st_ino == mine.st_ino:  # a killed create_once's
+                    problem = f"a second name, {entry}, left by a process killed creating it"
+                    checker.found(path, problem, "remove that name", checker.repair, "info")
+                    if checker.repair:
+                        checker.fs.unlink(other)
+                    return False
     problem = f"a file with {links} hard links (another name, maybe outside the store, shares it)"
     checker.found(path, problem, "give it a copy of its own", checker.repair)
     if checker.repair:

@@ -124,6 +124,7 @@ class KeptLogs:
                 raise
             if current:
                 try:
+                    _refuse_other(log, fd)  # copied over in place (same inode) since, maybe
                     yield fd
                 except BaseException:
                     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -134,11 +135,16 @@ class KeptLogs:
                 return
             os.close(fd)
         with log.locked() as fresh:
-            if log.ref is not None:  # never continue another key's log as this one's; a kept
-                logread.refuse_other(fresh, log.ref, log.path)  # one was checked when opened
+            _refuse_other(log, fresh)
             yield fresh
             # The same open file: its flock goes with the unlock below. A full pool
             # keeps its logs (a round robin over more keys would only churn it).
             kept = os.dup(fresh) if self._room() else -1
         if kept >= 0:
             self._give(log.path, kept)
+
+
+def _refuse_other(log: RefLog, fd: int) -> None:
+    """Never continue another key's log as this one's (its header names another ref)."""
+    if log.ref is not None:
+        logread.refuse_other(fd, log.ref, log.path)

@@ -200,9 +200,12 @@ def damage_after(log: LogBytes, tail: Tail) -> tuple[int, int] | None:
     )
 
 
+_HEAD_READ = 512  # a header of names up to ~140 bytes each: one short read
+
+
 def header_of(fd: int) -> Header | None:
     """The header frame at the start of the log open on ``fd``, or None if it is not intact."""
-    buf = fileio.read_at(fd, 0, TAIL_READ_BYTES)
+    buf = fileio.read_at(fd, 0, _HEAD_READ)  # most headers: every write checks one
     if len(buf) >= FRAME_OVERHEAD:
         length = int.from_bytes(buf[:4], "little")
         if length + FRAME_OVERHEAD > len(buf) and length <= MAX_PAYLOAD_BYTES:

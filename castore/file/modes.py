@@ -124,7 +124,7 @@ def makedirs_plain(path: str, mode: int, *, durable: bool) -> None:
             os.close(fd)
 
 
-def regular(fd: int, path: str, flags: int) -> int:
+def regular(fd: int, path: str, flags: int, where: tuple[int, str] | None = None) -> int:
     """``fd`` if it is a regular file (or anything opened with ``O_DIRECTORY``).
 
     Else it is closed and refused: a FIFO, socket or device planted in a store
@@ -134,7 +134,9 @@ def regular(fd: int, path: str, flags: int) -> int:
     a file outside it, which castore must never change. castore's own second
     name for a file lasts microseconds (:meth:`Tree.create_once` links a
     finished file into place, then removes its temporary name), so a file
-    with more names is looked at again for up to :data:`_LINK_WAIT` seconds.
+    with more names is looked at again for up to :data:`_LINK_WAIT` seconds,
+    and one whose second name is such a temporary name a crash left in its
+    directory (``where``: its descriptor and the file's name) loses that name.
 
     Raises:
         UnsafePathError: a FIFO, socket, device or directory; a file opened for
@@ -145,7 +147,9 @@ def regular(fd: int, path: str, flags: int) -> int:
     info = os.fstat(fd)
     if stat.S_ISREG(info.st_mode) and (info.st_nlink <= 1 or not flags & _WRITES):
         return fd
-    if stat.S_ISREG(info.st_mode) and _one_name_soon(fd):
+    if stat.S_ISREG(info.st_mode) and (
+        _one_name_soon(fd) or (where is not None and _drop_own_temp(*where, info))
+    ):
         return fd
     os.close(fd)
     if stat.S_ISREG(info.st_mode):
@@ -157,6 +161,24 @@ def regular(fd: int, path: str, flags: int) -> int:
 
 _WRITES = os.O_WRONLY | os.O_RDWR
 _LINK_WAIT = 0.05  # seconds: far longer than Tree.create_once keeps its temporary name
+
+
+def _drop_own_temp(dir_fd: int, name: str, info: os.stat_result) -> bool:
+    """Remove the hidden temporary name ``.<name>.*.tmp`` a killed ``create_once`` left.
+
+    True if the file then has one name. Only a second name in the same
+    directory, of castore's own shape, is removed; never the file's own name.
+    """
+    if info.st_nlink != 2:
+        return False
+    for entry in os.listdir(dir_fd):
+        if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                other = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+                if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+                    os.unlink(entry, dir_fd=dir_fd)
+                    return True
+    return False
 
 
 def _one_name_soon(fd: int) -> bool:

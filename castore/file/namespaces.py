@@ -111,8 +111,7 @@ class Namespaces:
         nsdir = self.layout.ns_dir(scope, namespace)
         if not (verify or index.damaged or (not found and self._keys_lost(nsdir))):
             return found
-        buried = self.graveyard(scope, namespace).records()
-        from_logs = self._keys_from_logs(nsdir, namespace, prefix, buried)
+        from_logs = self._keys_from_logs(nsdir, namespace, prefix)
         return sorted(set(found) | from_logs, key=lambda k: k.encode("utf-8"))
 
     def _keys_lost(self, nsdir: str) -> bool:
@@ -124,12 +123,10 @@ class Namespaces:
         fs = self.layout.fs
         return not fs.exists(os.path.join(nsdir, "KEYS")) and fs.isdir(nsdir)
 
-    def _keys_from_logs(
-        self, nsdir: str, namespace: str, prefix: str, buried: dict[str, int]
-    ) -> set[str]:
+    def _keys_from_logs(self, nsdir: str, namespace: str, prefix: str) -> set[str]:
         """Keys named by the header frames of a namespace's logs (a full directory read).
 
-        Not a key compaction removed (in ``buried``) whose log, waiting for gc,
+        Not a key compaction removed, whose log (a ``C`` frame, waiting for gc)
         ends without an entry: ``KEYS`` no longer lists it either.
         """
         fs = self.layout.fs
@@ -147,7 +144,7 @@ class Namespaces:
                 continue
             try:
                 head = logread.header_of(fd)
-                if head is not None and head.key in buried:
+                if head is not None and logread.compaction_of(fd) is not None:
                     tail = logread.read_tail(fd, os.fstat(fd).st_size)
                     head = head if tail is not None and tail.entry is not None else None
             finally:

@@ -201,19 +201,19 @@ class Tree:
                 opened = os.open(name, flags | _FILE_FLAGS, dir_fd=cached)
             except OSError as exc:
                 raise refused(exc, cached, name, path) from None
-            return regular(opened, path, flags)
+            return regular(opened, path, flags, (cached, name))
         where = self._where(path)
         if where is None:
             return self._open_at(None, path, flags | os.O_CLOEXEC)
         fd, name, owned = where
         try:
             opened = self._open_at(fd, name, flags | _FILE_FLAGS)
+            return regular(opened, path, flags, (fd, name))
         except OSError as exc:
             raise refused(exc, fd, name, path) from None
         finally:
             if owned:
                 os.close(fd)
-        return regular(opened, path, flags)
 
     def _open_at(self, dir_fd: int | None, name: str, flags: int) -> int:
         if flags & os.O_CREAT:  # exactly its mode, whatever the umask

@@ -14,6 +14,7 @@ given the same writes.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Final
 
@@ -81,3 +82,42 @@ def test_check_repair_rebuilds_the_index_rather_than_record_a_value_lost(tmp_pat
     assert _answers(Store(root, dag="d")) == _answers(twin)
     assert [e.operation for e in Store(root, dag="d").history("b").entries] == ["set"]
     assert Store(root, dag="d").check().ok
+
+
+def test_a_copy_in_a_file_no_reader_opens_does_not_count(tmp_path: Path) -> None:
+    """Was: a's only intact copy in ``backup.log`` (no log's name) made every repair say it
+    rebuilt the index while a stayed unreadable. A copy counts only where readers look."""
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    store.set("a", BIG)
+    a_log = Path(log_path(root, "dag", "d", "a"))
+    shutil.copyfile(a_log, a_log.parent / "backup.log")
+    data = bytearray(a_log.read_bytes())
+    blob_start = int.from_bytes(data[:4], "little") + 25  # after the header frame
+    assert data[blob_start + 4] == ord("B")
+    data[blob_start + 5 + 40] ^= 1  # a's own copy damaged
+    a_log.write_bytes(bytes(data))
+    for _ in range(2):
+        report = Store(root, dag="d").check(repair=True)
+        assert not [f for f in report.findings if "does not lead" in f.problem], report
+    assert [e.operation for e in Store(root, dag="d").history("a").entries] == ["damaged"]
+
+
+def test_a_large_shard_is_read_whole(tmp_path: Path) -> None:
+    """Was (a review of this session's fix): only a shard's newest 16 MiB were read, so a value
+    only the index leads to read as damaged once 90,000 newer records shared its shard."""
+    root, twin_root = tmp_path / "store", tmp_path / "twin"
+    store, twin = Store(root, dag="d"), Store(twin_root, dag="d")
+    _writes(store)
+    _writes(twin)
+    backend = store._backend
+    assert isinstance(backend, FileBackend)
+    digest = bytes.fromhex(codec.hexdigest(codec.normalize(BIG)))
+    a_log = os.path.relpath(log_path(root, "dag", "d", "a"), root / "refs")
+    others = [
+        (bytes([digest[0]]) + i.to_bytes(31, "big"), BlobLoc(a_log, 1000 + i, 400))
+        for i in range(90_000)
+    ]
+    backend._blobs.add_many(others, durable=False)
+    assert (root / "index" / f"{digest[0]:02x}.idx").stat().st_size > 16 << 20
+    assert _answers(Store(root, dag="d")) == _answers(twin)

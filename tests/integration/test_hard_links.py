@@ -107,3 +107,26 @@ def test_a_hard_linked_store_file_is_never_written(
         s.set("new", BIG2)
     assert _answers(fresh) == _answers(twin)
     scene.assert_untouched(before)
+
+
+@pytest.mark.parametrize("name", ["STATE", "FORMAT"])
+def test_a_second_name_left_by_a_killed_create_is_not_a_hard_link_refusal(
+    tmp_path: Path, name: str
+) -> None:
+    """A process killed inside ``Tree.create_once`` (after its link, before it removed its
+    temporary name) left ``STATE`` with two names; every write of the namespace then failed."""
+    root = tmp_path / "store"
+    store = Store(root, dag=DAG)
+    store.set("k", 1)
+    store.list()  # STATE exists
+    folder = Path(keys_path(root, "dag", DAG)).parent if name == "STATE" else root
+    path = scene_path = folder / name
+    os.link(path, path.parent / f".{name}.4242.1.99.tmp")  # what the killed process left
+    found = [f for f in Store(root, dag=DAG).check().findings if "left by a process" in f.problem]
+    assert [(f.path, f.severity) for f in found] == [(os.path.relpath(scene_path, root), "info")]
+    fresh = Store(root, dag=DAG)
+    assert fresh.set("k2", 2).version == 1  # STATE is appended to: its second name goes
+    assert [e.key for e in fresh.list().entries] == ["k", "k2"]
+    assert Store(root, dag=DAG).check(repair=True).ok
+    assert os.stat(path).st_nlink == 1
+    assert not list(path.parent.glob(f".{name}.*.tmp"))

@@ -70,3 +70,15 @@ def test_a_lost_graves_file_still_exports_the_removed_key(tmp_path: Path) -> Non
         copy = Store(tmp_path / where, dag="d")
         import_lines(copy, lambda: lines)
         assert copy.set("gone", 1).version == 3  # versions 1 and 2 were the removed life's
+
+
+def test_lost_keys_and_graves_files_still_export_the_removed_key(tmp_path: Path) -> None:
+    """With both gone, the removed key's log (waiting for gc) was listed as a key, then left
+    out of export as one: after an import its versions began again at 1."""
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    shutil.copytree(twin, damaged)
+    nsdir = Path(keys_path(damaged, "dag", "d")).parent
+    (nsdir / "KEYS").unlink()
+    (nsdir / "GRAVES").unlink()
+    assert _answers(damaged) == _answers(twin)

@@ -5,7 +5,7 @@ Found by a review: a 700 MB sparse ``.vix`` made ``get``, ``set`` and
 sparse index shard did the same to every value in it, although these are
 hot paths. Now a version index is read from its end down in 1 MiB chunks,
 past the newest version only and up to the highest version it can record,
-and of an index shard only its newest 16 MiB. Each answer is compared with
+and an index shard in 1 MiB chunks, holes passed over. Each answer is compared with
 an undamaged copy; memory is the child process's peak RSS (no timing).
 """
 

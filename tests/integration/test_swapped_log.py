@@ -68,3 +68,17 @@ def test_check_names_the_header(swapped):
     store, _, _ = swapped
     problems = [f.problem for f in store.check().findings]
     assert any("dag/d/b" in p for p in problems), problems
+
+
+def test_a_long_lived_writer_refuses_a_log_copied_over_in_place(tmp_path: Path) -> None:
+    """``cp`` keeps the inode: a handle's kept descriptor still names the file. Was: the next
+    set was acknowledged at b's next version, in a log whose header names b."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    for version in range(1, 4):
+        s.set("a", {"a": version})
+    s.set("b", {"b": 1})
+    shutil.copyfile(log_path(root, "dag", "d", "b"), log_path(root, "dag", "d", "a"))
+    with pytest.raises(CorruptionError, match=r"is the log of dag/d/b"):
+        s.set("a", {"a": 4})
+    assert s.get("b").value == {"b": 1}

@@ -63,6 +63,8 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
         "reason must be a str, not list",
     ),
     ("diff reason", lambda s: s.diff("k", 7, reason=1.5), "reason must be a str, not float"),
+    ("incr path", lambda s: s.incr("n", 1, path=5), "path must be a str or None, not int"),
+    ("patch merge", lambda s: s.patch("k", {"a": 1}, merge="no"), "merge must be a bool, not str"),
 ]
 
 
