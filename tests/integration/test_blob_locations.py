@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import pytest
 
@@ -42,16 +42,31 @@ def _answers(store: Store) -> tuple[Any, ...]:
     return b.version, b.value, store.get("b", version=1).value, store.get("a").value
 
 
-@pytest.mark.parametrize("bogus", [4, 9])
-def test_newer_records_naming_nothing_do_not_hide_the_good_one(tmp_path: Path, bogus: int) -> None:
-    root, twin_root = tmp_path / "store", tmp_path / "twin"
-    store, twin = Store(root, dag="d"), Store(twin_root, dag="d")
+class _Pair(NamedTuple):
+    store: Store
+    twin: Store  # the oracle: the same writes, nothing added
+    backend: FileBackend
+    digest: bytes  # BIG's
+    a_log: str  # a's log, relative to refs/
+
+
+def _pair(tmp_path: Path) -> _Pair:
+    """``tmp_path/store`` and its twin after :func:`_writes`."""
+    store, twin = Store(tmp_path / "store", dag="d"), Store(tmp_path / "twin", dag="d")
     _writes(store)
     _writes(twin)
     backend = store._backend
     assert isinstance(backend, FileBackend)
     digest = bytes.fromhex(codec.hexdigest(codec.normalize(BIG)))
+    root = tmp_path / "store"
     a_log = os.path.relpath(log_path(root, "dag", "d", "a"), root / "refs")
+    return _Pair(store, twin, backend, digest, a_log)
+
+
+@pytest.mark.parametrize("bogus", [4, 9])
+def test_newer_records_naming_nothing_do_not_hide_the_good_one(tmp_path: Path, bogus: int) -> None:
+    root = tmp_path / "store"
+    store, twin, backend, digest, a_log = _pair(tmp_path)
     size = os.path.getsize(root / "refs" / a_log)
     # What killed rewrites of a's log leave: offsets in a file that was never renamed in.
     nowhere = [(digest, BlobLoc(a_log, size + 100 * i, 350)) for i in range(bogus)]
@@ -106,14 +121,8 @@ def test_a_copy_in_a_file_no_reader_opens_does_not_count(tmp_path: Path) -> None
 def test_a_large_shard_is_read_whole(tmp_path: Path) -> None:
     """Was (a review of this session's fix): only a shard's newest 16 MiB were read, so a value
     only the index leads to read as damaged once 90,000 newer records shared its shard."""
-    root, twin_root = tmp_path / "store", tmp_path / "twin"
-    store, twin = Store(root, dag="d"), Store(twin_root, dag="d")
-    _writes(store)
-    _writes(twin)
-    backend = store._backend
-    assert isinstance(backend, FileBackend)
-    digest = bytes.fromhex(codec.hexdigest(codec.normalize(BIG)))
-    a_log = os.path.relpath(log_path(root, "dag", "d", "a"), root / "refs")
+    root = tmp_path / "store"
+    _, twin, backend, digest, a_log = _pair(tmp_path)
     others = [
         (bytes([digest[0]]) + i.to_bytes(31, "big"), BlobLoc(a_log, 1000 + i, 400))
         for i in range(90_000)
