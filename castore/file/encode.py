@@ -8,11 +8,14 @@ holds the value where one is known.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 from castore.backend import NewVersion, next_entry
 from castore.errors import ConflictError
+from castore.file import logread
 from castore.file.frames import FORMAT_VERSION, LogBytes, encode_frame
 from castore.file.records import (
     KIND_BLOB,
@@ -47,6 +50,24 @@ def header_frame(ref: Ref) -> bytes:
     """The ``H`` frame that starts ``ref``'s log."""
     header = Header(format=FORMAT_VERSION, scope=ref.scope, namespace=ref.namespace, key=ref.key)
     return encode_frame(KIND_HEADER, encode_record(header))
+
+
+_HEADERS = functools.lru_cache(maxsize=4096)(header_frame)  # each write and log open asks
+
+
+def refuse_other(fd: int, ref: Ref, path: str) -> None:
+    """Refuse the log on ``fd`` if its header names another ref (:func:`logread.refuse_other`).
+
+    The common case is one short ``pread`` equal to the header castore writes
+    for ``ref``; only a log that does not start so (another format version,
+    damage, another key's) has its header decoded.
+
+    Raises:
+        CorruptionError: naming the ref the header names.
+    """
+    expected = _HEADERS(ref)
+    if os.pread(fd, len(expected), 0) != expected:
+        logread.refuse_other(fd, ref, path)
 
 
 def carried(ref: Ref, old: LogBytes) -> tuple[bytes, list[tuple[bytes, BlobLoc]]]:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import os
 import resource
 import threading
 from collections.abc import Iterator
 
-from castore.file import fileio, logread
-from castore.file.encode import header_frame
+from castore.file import fileio
+from castore.file.encode import refuse_other
 from castore.file.reflog import RefLog
 
 __all__ = ["KEPT_MAX", "KeptLogs"]
@@ -146,18 +145,7 @@ class KeptLogs:
             self._give(log.path, kept)
 
 
-_HEADER = functools.lru_cache(maxsize=4096)(header_frame)  # the exact bytes a log starts with
-
-
 def _refuse_other(log: RefLog, fd: int) -> None:
-    """Never continue another key's log as this one's (its header names another ref).
-
-    Every write: one short ``pread`` compared with the header castore writes
-    for the ref; only a log that does not start so (another format version,
-    damage, another key's) has its header read and decoded.
-    """
-    if log.ref is None:
-        return
-    expected = _HEADER(log.ref)
-    if os.pread(fd, len(expected), 0) != expected:
-        logread.refuse_other(fd, log.ref, log.path)
+    """Never continue another key's log as this one's (its header names another ref)."""
+    if log.ref is not None:
+        refuse_other(fd, log.ref, log.path)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from castore.errors import CorruptionError
 from castore.file import logread
+from castore.file.encode import refuse_other
 from castore.file.tree import Tree
 from castore.file.versionindex import (
     ABSENT,
@@ -247,7 +248,7 @@ class KeptReaders:
         try:
             where = shared or _open_dir(fs, folder)
             kept = KeptLog(fs.open(path, os.O_RDONLY), path, where)
-            logread.refuse_other(kept.fd, ref, path)  # KeptLog closes it when collected
+            refuse_other(kept.fd, ref, path)  # KeptLog closes it when collected
             if shared is not None and _ident_in(shared, kept.name) != kept.ident:
                 kept.dir = _open_dir(fs, folder)  # not the directory it was: replaced
         except FileNotFoundError:

@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator
 
 from castore.errors import CorruptionError
-from castore.file import fileio, logread, versionindex
+from castore.file import encode, fileio, logread, versionindex
 from castore.file.blobindex import BlobIndex
 from castore.file.damage import REPAIR_HINT, damaged_error
 from castore.file.frames import Frame, LogBytes, scan_frames
@@ -75,12 +75,12 @@ class RefLog:
 
         Raises:
             FileNotFoundError, UnsafePathError: no log; not a regular file in its place.
-            CorruptionError: its header names another ref (:func:`logread.refuse_other`).
+            CorruptionError: its header names another ref (:func:`encode.refuse_other`).
         """
         fd = self.layout.fs.open(self.path, os.O_RDONLY)
         try:
             if self.ref is not None:
-                logread.refuse_other(fd, self.ref, self.path)
+                encode.refuse_other(fd, self.ref, self.path)
         except BaseException:
             os.close(fd)
             raise
