@@ -15,7 +15,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 
-from castore.file import fileio
+from castore.file import fileio, namesync
 from castore.file.frames import Frame, encode_frame, scan_frames
 from castore.file.records import KIND_BLOB
 from castore.file.tree import Tree
@@ -197,19 +197,40 @@ class BlobIndex:
         for digest, loc in items:
             shards.setdefault(self._path(digest), []).append(self.payload(digest, loc))
         if shards and not self._dir_made:
-            self.fs.makedirs(self.dir, durable=False)
+            self.fs.makedirs(self.dir, durable=durable)
             self._dir_made = True
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         for path, frames in shards.items():
             data = b"".join(frames)
-            with self.fs.open_locked(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND) as fd:
+            with self.fs.open_locked(path, flags, unsynced=True) as fd:
                 st = os.fstat(fd)
                 fileio.append(fd, data, durable=durable)
+                if durable and namesync.marked(st.st_mode):  # a new shard: its name too
+                    namesync.settle_namespace(self.fs, self.dir, self.fs.root or "/")
+                    namesync.clear(fd, st.st_mode)
             with self._lock:
                 ino, pos, table = self._shards.get(path, (0, 0, {}))
                 if st.st_ino == ino and st.st_size == pos:  # nobody else appended: no re-read
                     for frame in scan_frames(data, pos):
                         _remember(table, frame.payload)
                     self._shards[path] = (ino, pos + len(data), table)
+
+    def _durable_bytes(self, path: str, durable: bool) -> bytes:
+        """A log's bytes, made durable first: an index record names only durable data.
+
+        A durable write may point at any location the index gives (FORMAT.md §6, "Names"),
+        and a log's last appends may have been made with ``durable=False``.
+        """
+        fd = self.fs.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if durable and namesync.marked(st.st_mode):
+                namesync.settle(self.fs, fd, path, st.st_mode)
+            else:
+                os.fdatasync(fd)
+            return fileio.read_at(fd, 0, st.st_size)
+        finally:
+            os.close(fd)
 
     def rebuild(self, logs: Iterable[tuple[str, str]], *, durable: bool) -> int:
         """Rewrite every shard from the blob frames of ``logs`` (path, path below ``refs/``).
@@ -222,7 +243,7 @@ class BlobIndex:
         count = 0
         for path, own in logs:
             try:
-                frames = list(scan_frames(self.fs.read_file(path)))
+                frames = list(scan_frames(self._durable_bytes(path, durable)))
             except FileNotFoundError:
                 continue
             for f in frames:
@@ -239,7 +260,7 @@ class BlobIndex:
         for shard, records in shards.items():
             path = os.path.join(self.dir, shard + ".idx")
             if records:
-                self.fs.atomic_write(path, b"".join(records), durable=durable)
+                self.fs.atomic_write(path, b"".join(records), durable=durable, unsynced=not durable)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.unlink(path)

@@ -99,7 +99,7 @@ class _Plan:
             # the key's last version, besides GRAVES) and the blob frames (other logs
             # may point at them) stay until gc removes the log.
             every = [v for low, high in old_ranges for v in range(low, high + 1)]
-            every += [e.version for _, e in entries]
+            every += [v for _, e in entries for v in range(e.first, e.version + 1)]
             marker = Compaction(versions=_ranges(every), policy=self.policy, time_ns=time.time_ns())
             head = [(f.kind, f.payload) for f in frames if f.kind == KIND_HEADER]
             blobs = [(f.kind, f.payload) for f in frames if f.kind == KIND_BLOB]
@@ -109,7 +109,8 @@ class _Plan:
             return None
         self.dropped = len(drop)
         expanded = [v for low, high in old_ranges for v in range(low, high + 1)]
-        marker = Compaction(
+        expanded += [v for _, e in entries if e.version in drop for v in range(e.first, e.version)]
+        marker = Compaction(  # a damaged entry's whole range is dropped with it
             versions=_ranges(expanded + drop), policy=self.policy, time_ns=time.time_ns()
         )
         out: list[tuple[int, bytes]] = []

@@ -168,7 +168,7 @@ def append(fd: int, data: bytes, *, durable: bool) -> None:
 def commit(fd: int, data: bytes, size: int, *, durable: bool, forget: Callable[[], object]) -> None:
     """Append the frames of one write to a locked log of ``size`` bytes: the commit point.
 
-    FORMAT.md §6 step 6. On failure the appended bytes are cut again before the
+    FORMAT.md §6 step 7. On failure the appended bytes are cut again before the
     error is raised (the write was not acknowledged, and no reader may see it),
     and ``forget`` removes the log's version index (a reader may have indexed
     them meanwhile); errors of both are suppressed in favour of the first.

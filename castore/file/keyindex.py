@@ -23,7 +23,7 @@ import os
 import threading
 
 from castore.errors import UnsafePathError
-from castore.file import fileio
+from castore.file import fileio, namesync
 from castore.file.tree import Tree
 
 __all__ = ["TAIL_MAX_BYTES", "KeyIndex", "listed_now", "namespace_of"]
@@ -240,20 +240,21 @@ class KeyIndex:
 
     def _add(self, key: str, namespace: str, *, durable: bool) -> None:
         line = key.encode("utf-8").hex().encode("ascii") + b"\n"
-        created = not self.fs.exists(self.path)
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-        with self.fs.open_locked(self.path, flags) as fd:
-            size = os.fstat(fd).st_size
+        with self.fs.open_locked(self.path, flags, unsynced=True) as fd:
+            st = os.fstat(fd)
+            size = st.st_size
             if size == 0:
                 line = _header(namespace, 0) + line
             elif fileio.read_at(fd, size - 1, 1) != b"\n":
                 line = b"\n" + line  # a torn last line stays alone on its line
             fileio.append(fd, line, durable=durable)
             layout = _Layout(fd, size + len(line))
+            if durable and namesync.marked(st.st_mode):  # a new namespace (FORMAT.md §6)
+                namesync.settle_namespace(self.fs, os.path.dirname(self.path), self.fs.root or "/")
+                namesync.clear(fd, st.st_mode)
             if size + len(line) - layout.end > TAIL_MAX_BYTES:
                 self._rewrite(fd, namespace, set(), durable=durable)
-        if created and durable:
-            self.fs.fsync_dir(os.path.dirname(self.path))
 
     def remove(self, keys: set[str], *, durable: bool) -> None:
         """Rewrite the file, sorted, without ``keys``."""
@@ -276,9 +277,8 @@ class KeyIndex:
         lines = sorted({x for x in complete.split(b"\n") if _valid(x)} - drop)
         body = b"".join(x + b"\n" for x in lines)
         head_len = len(_header(namespace, 0))
-        self.fs.atomic_write(
-            self.path, _header(namespace, head_len + len(body)) + body, durable=durable
-        )
+        whole = _header(namespace, head_len + len(body)) + body
+        self.fs.atomic_write(self.path, whole, durable=durable, unsynced=not durable)
         self._ino = 0  # re-read on next use
 
 

@@ -34,8 +34,10 @@ else:  # the same tuple type, without loading typing at run time
     _ModesFields = collections.namedtuple("_ModesFields", ("file", "dir"))
 
 __all__ = [
+    "DATA_UNSYNCED",
     "MODES",
     "PRIVATE",
+    "UNSYNCED",
     "Modes",
     "create_file",
     "makedirs_plain",
@@ -53,6 +55,10 @@ class Modes(_ModesFields):
 
 
 PRIVATE: Final = Modes(0o600, 0o700)
+# Execute bits, which no store file has otherwise, mark a file whose name (owner's) or data
+# (group's) may not be durable yet (castore/file/namesync.py, docs/FORMAT.md §6, "Names").
+UNSYNCED: Final = stat.S_IXUSR
+DATA_UNSYNCED: Final = stat.S_IXGRP
 MODES: Final = {  # by name: Store(mode=), --mode, $CASTORE_MODE
     "private": PRIVATE,
     "group": Modes(0o660, 0o2770),

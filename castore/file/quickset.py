@@ -7,7 +7,8 @@ exactly what :class:`castore.file.writer.Writer` would write (the same frames,
 bytes for bytes, but for the time and the audit of this process), by the same
 protocol (FORMAT.md §6):
 
-- the directory holds a store of the current format, and the key's log exists;
+- the directory holds a store of the current format, and the key's log exists, its
+  name durable when the write is (not marked: :mod:`castore.file.namesync`);
 - with the log's exclusive lock (on the file its path still names), the log
   ends with an intact ``E`` frame of a ``set`` or ``rollback`` written as
   castore writes entries (:func:`castore.file.peek.newest_entry`), so no torn
@@ -37,6 +38,7 @@ from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import CastoreError, LockTimeoutError
 from castore.file import fileio
 from castore.file.frames import encode_frame
+from castore.file.modes import UNSYNCED
 from castore.file.peek import blob_value, indexes_beyond, is_store, names_ref, newest_entry
 from castore.file.stateappend import KIND_PENDING, append_frame
 from castore.file.tree import Tree
@@ -103,7 +105,7 @@ def quick_set(
             return None
         path = os.path.join(root, "refs", log_name(ref))
         with fs.open_locked(path, _FLAGS, timeout=lock_timeout, pauses=fileio.WRITER_PAUSES) as fd:
-            size = os.fstat(fd).st_size
+            size = _size(fd, durable)
             tail = newest_entry(fd, size)
             if tail is None or not _plain_log(fs, path, fd, ref, tail[1]["version"]):
                 return None
@@ -122,6 +124,14 @@ def quick_set(
         return None  # before the commit point: the store writes, or words the error
     finally:
         fs.close()
+
+
+def _size(fd: int, durable: bool) -> int:
+    """The locked log's size; declined if a durable write must first make its name durable."""
+    st = os.fstat(fd)
+    if durable and st.st_mode & UNSYNCED:  # castore.file.namesync: the store settles it
+        raise _DeclinedError
+    return st.st_size
 
 
 def _plain(item: str | int) -> bool:

@@ -25,12 +25,13 @@ import os
 from collections.abc import Iterator
 
 from castore.errors import CorruptionError
-from castore.file import encode, fileio, logread, versionindex
+from castore.file import encode, fileio, logread, namesync, versionindex
 from castore.file.blobindex import BlobIndex
 from castore.file.damage import REPAIR_HINT, damaged_error
 from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
+from castore.file.modes import DATA_UNSYNCED
 from castore.file.records import (
     KIND_BLOB,
 )
@@ -258,7 +259,8 @@ class RefLog:
             LockTimeoutError: the lock stayed taken for the lock timeout.
         """
         fs, timeout = self.layout.fs, self.layout.lock_timeout
-        with fs.open_locked(self.path, flags, timeout=timeout, pauses=fileio.WRITER_PAUSES) as fd:
+        pauses = fileio.WRITER_PAUSES  # a log it creates is marked (namesync)
+        with fs.open_locked(self.path, flags, timeout=timeout, pauses=pauses, unsynced=True) as fd:
             yield fd
 
     def locked_tail(self, fd: int, size: int) -> Tail:
@@ -287,7 +289,7 @@ class RefLog:
         return tail._replace(size=tail.valid_end)
 
     def commit(self, fd: int, data: bytes, size: int) -> None:
-        """Append the frames of one write and fdatasync them: the commit point (§6 step 6).
+        """Append the frames of one write and fdatasync them: the commit point (§6 step 7).
 
         On failure the appended bytes are cut again before the error is raised:
         the write was not acknowledged, and no reader may see it.
@@ -309,9 +311,14 @@ class RefLog:
         if not repair:
             with contextlib.suppress(FileNotFoundError):
                 fs.unlink(self.vix_path)
-        replace_with(fs, self.path, data, durable=self.layout.durable)
-        if self.layout.durable:
-            fs.fsync_dir(os.path.dirname(self.path))
+        old_mode = fs.stat(self.path).st_mode
+        fd = replace_with(fs, self.path, data, data_mark=bool(old_mode & DATA_UNSYNCED))
+        try:
+            if self.layout.durable:
+                fs.fsync_dir(os.path.dirname(self.path))
+                namesync.clear(fd, os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
         fileio.failpoint("rewrite-after-rename")
         frames = list(scan_frames(data))
         fs.atomic_write(self.vix_path, versionindex.rebuild(frames), durable=False)

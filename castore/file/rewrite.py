@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from castore.file import fileio
+from castore.file import fileio, namesync
 from castore.file.frames import LogBytes, encode_frame
 from castore.file.records import (
     KIND_BLOB,
@@ -71,17 +71,27 @@ def relaid(frames: list[tuple[int, bytes]]) -> bytes:
     return b"".join(first + blobs + rest)
 
 
-def replace_with(fs: Tree, path: str, data: bytes, *, durable: bool) -> None:
+def replace_with(fs: Tree, path: str, data: bytes, *, data_mark: bool) -> int:
     """Write ``<path>.<pid>.<n>.tmp`` (fdatasync), rename it over ``path``; no leftover on failure.
 
-    The caller holds the log's lock and fsyncs the directory afterwards.
+    Returns a descriptor of the new file (the caller closes it). The file is marked
+    (``castore.file.namesync``: its name, and its data too with ``data_mark``, carried
+    over from the file it replaces), and its data is made durable even without
+    ``durable``: a rename may outlive a power loss that its file's data does not, and
+    the log it replaces held versions that were durable. The caller holds the log's
+    lock, fsyncs the directory afterwards and then clears the name's mark.
     """
     tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    fs.write_new(tmp, data, durable=durable)
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, unsynced=True)
     try:
+        if data_mark:
+            namesync.mark_data(fd, os.fstat(fd).st_mode)
+        fileio.append(fd, data, durable=True)
         fileio.failpoint("rewrite-before-rename")
         fs.replace(tmp, path)
     except BaseException:
+        os.close(fd)
         with contextlib.suppress(OSError):
             fs.unlink(tmp)
         raise
+    return fd

@@ -1,11 +1,11 @@
 """Confined file operations: every path below the store root, never through a link.
 
-Every file a store touches is reached through a :class:`Tree`: directories below the root
-one component at a time with ``O_NOFOLLOW|O_DIRECTORY`` relative to their parent's
-(cached) descriptor, files with ``O_NOFOLLOW|O_NONBLOCK`` relative to theirs and only if
-regular. A link, FIFO or device planted below the root, even after a directory was checked,
-is refused (``UnsafePathError``; docs/RELIABILITY.md, "Security"). What a tree creates
-gets exactly its ``Modes``; its root is opened on first use.
+Every file a store touches is reached through a :class:`Tree`: directories one component
+at a time with ``O_NOFOLLOW|O_DIRECTORY`` relative to their parent's (cached) descriptor,
+files with ``O_NOFOLLOW|O_NONBLOCK`` relative to theirs and only if regular. A link, FIFO
+or device planted below the root, even after a directory was checked, is refused
+(``UnsafePathError``; docs/RELIABILITY.md, "Security"). What a tree creates gets exactly
+its ``Modes``; its root is opened on first use.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from castore.errors import UnsafePathError
 from castore.file.fileio import LOCK_TIMEOUT_SECONDS, SHORT_PAUSES, append, locked, read_at
 from castore.file.modes import (
     PRIVATE,
+    UNSYNCED,
     Modes,
     create_file,
     makedirs_plain,
@@ -34,11 +35,12 @@ __all__ = ["UNCONFINED", "Tree"]
 
 def _tmp_name(path: str, hidden: bool = False) -> str:
     folder, _, name = path.rpartition("/")
-    dot = "." if hidden else ""
-    return f"{folder}/{dot}{name}.{os.getpid()}.{_thread.get_ident()}.{time.monotonic_ns()}.tmp"
+    stamp = f"{os.getpid()}.{_thread.get_ident()}.{time.monotonic_ns()}"
+    return f"{folder}/{'.' * hidden}{name}.{stamp}.tmp"
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OUT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO never blocks an open
 _NOT_NAMES = frozenset(("", ".", ".."))  # a final component that is no file's name
 _MAX_CACHED_DIRS = 256  # directory descriptors a Tree keeps open; more are opened per call
@@ -86,7 +88,7 @@ class Tree:
         root = self._prefix[:-1]
         fd = self._dirs.get(root)
         if fd is None:
-            opened = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened = os.open(root, _OUT_FLAGS)
             with self._lock:
                 fd = self._dirs.setdefault(root, opened)
             if fd != opened:  # another thread opened it first
@@ -188,11 +190,12 @@ class Tree:
         fd, owned = self._dir_fd(folder)
         return fd, name, owned
 
-    def open(self, path: str, flags: int) -> int:
+    def open(self, path: str, flags: int, *, unsynced: bool = False) -> int:
         """``os.open`` that never follows a symbolic link inside the root.
 
-        A file it creates (``O_CREAT``) gets exactly the file mode of :attr:`modes`.
-        Inside the root, opens never block and a FIFO or device is refused (:func:`regular`).
+        A file it creates (``O_CREAT``) gets exactly the file mode of :attr:`modes` (with
+        ``unsynced``, and the mark of :mod:`castore.file.namesync`). Inside the root,
+        opens never block and a FIFO or device is refused (:func:`regular`).
         """
         folder, _, name = path.rpartition("/")
         cached = self._dirs.get(folder)  # only directories at or below the root are cached
@@ -204,10 +207,10 @@ class Tree:
             return regular(opened, path, flags, (cached, name))
         where = self._where(path)
         if where is None:
-            return self._open_at(None, path, flags | os.O_CLOEXEC)
+            return self._open_at(None, path, flags | os.O_CLOEXEC, UNSYNCED * unsynced)
         fd, name, owned = where
         try:
-            opened = self._open_at(fd, name, flags | _FILE_FLAGS)
+            opened = self._open_at(fd, name, flags | _FILE_FLAGS, UNSYNCED * unsynced)
             return regular(opened, path, flags, (fd, name))
         except OSError as exc:
             raise refused(exc, fd, name, path) from None
@@ -215,9 +218,9 @@ class Tree:
             if owned:
                 os.close(fd)
 
-    def _open_at(self, dir_fd: int | None, name: str, flags: int) -> int:
+    def _open_at(self, dir_fd: int | None, name: str, flags: int, mark: int = 0) -> int:
         if flags & os.O_CREAT:  # exactly its mode, whatever the umask
-            return create_file(dir_fd, name, flags, self.modes.file)
+            return create_file(dir_fd, name, flags, self.modes.file | mark)
         return os.open(name, flags, dir_fd=dir_fd)
 
     def read_file(self, path: str, limit: int = -1) -> bytes:
@@ -235,14 +238,11 @@ class Tree:
         cached = self._dirs.get(folder)  # only directories at or below the root are cached
         if cached is not None and name not in _NOT_NAMES:
             return os.stat(name, dir_fd=cached, follow_symlinks=False)
-        where = self._where(path)
-        if where is None:
-            return os.stat(path, follow_symlinks=False)
-        fd, name, owned = where
+        fd, name, owned = self._where(path) or (None, path, False)
         try:
             return os.stat(name, dir_fd=fd, follow_symlinks=False)
         finally:
-            if owned:
+            if owned and fd is not None:
                 os.close(fd)
 
     def names(self, path: str, fd: int) -> bool:
@@ -294,10 +294,8 @@ class Tree:
 
     def fsync_dir(self, path: str) -> None:
         """Fsync a directory so that entries created in it survive a power loss."""
-        if not (path + "/").startswith(self._prefix):
-            fd, owned = os.open(path, os.O_RDONLY | os.O_DIRECTORY), True
-        else:
-            fd, owned = self._dir_fd(path.rstrip("/"))
+        outside = not (path + "/").startswith(self._prefix)  # a link the user chose: followed
+        fd, owned = (os.open(path, _OUT_FLAGS), True) if outside else self._dir_fd(path.rstrip("/"))
         try:
             os.fsync(fd)
         finally:
@@ -324,20 +322,20 @@ class Tree:
         timeout: float = LOCK_TIMEOUT_SECONDS,
         pauses: tuple[float, float] = SHORT_PAUSES,
         shared: bool = False,
+        unsynced: bool = False,
     ) -> Iterator[int]:
         """Open ``path``; hold its flock (exclusive unless ``shared``) on the file it names *now*.
 
-        A log may be replaced by rename (compaction, repair, import) while we wait for
-        its lock (``pauses``: :func:`~castore.file.fileio.lock`); then our descriptor
-        points at the old, unlinked file (appends to it would be lost, reads stale), so
-        with the lock we check that the path still names our file, else start again.
+        A log may be replaced by rename (compaction, repair, import) while we wait for its
+        lock (``pauses``: :func:`~castore.file.fileio.lock`), so with the lock we check that
+        the path still names our file (appends to the old one would be lost), else retry.
 
         Raises:
             LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
         """
         deadline, left = time.monotonic() + timeout, timeout  # an error names ``timeout``
         while True:
-            fd = self.open(path, flags)
+            fd = self.open(path, flags, unsynced=unsynced)
             try:
                 with locked(fd, path, shared=shared, timeout=left, pauses=pauses):
                     if self.names(path, fd):
@@ -347,25 +345,27 @@ class Tree:
                 os.close(fd)
             left = max(0.0, deadline - time.monotonic())  # replaced meanwhile: what is left
 
-    def write_new(self, path: str, data: bytes, *, durable: bool) -> None:
+    def write_new(self, path: str, data: bytes, *, durable: bool, unsynced: bool = False) -> None:
         """Create ``path`` (a temporary file) holding ``data``; remove it again on failure."""
-        fd = self.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        fd = self.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, unsynced=unsynced)
         try:
             append(fd, data, durable=durable)
         except BaseException:
-            os.close(fd)
             with contextlib.suppress(OSError):
                 self.unlink(path)
             raise
-        os.close(fd)
+        finally:
+            os.close(fd)
 
-    def atomic_write(self, path: str, data: bytes, *, durable: bool) -> None:
+    def atomic_write(
+        self, path: str, data: bytes, *, durable: bool, unsynced: bool = False
+    ) -> None:
         """Write a whole small file atomically: temporary file, fsync, rename, fsync dir.
 
-        The temporary name ends in ``.tmp`` and is never read as data.
+        The temporary name ends in ``.tmp`` and is never read as data (``unsynced``: as open).
         """
         tmp = _tmp_name(path)
-        self.write_new(tmp, data, durable=durable)
+        self.write_new(tmp, data, durable=durable, unsynced=unsynced)
         try:
             self.replace(tmp, path)
         except BaseException:

@@ -23,7 +23,9 @@ from castore.file.blobs import BlobReader
 from castore.file.encode import DEDUP_MIN_BYTES, carried, encode_versions, refuse_lower
 from castore.file.kept import KeptLogs
 from castore.file.layout import Layout
+from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.namespaces import Namespaces
+from castore.file.namesync import clear, mark_data, marked, settle_log, settle_other
 from castore.file.readcache import ReadCache, stat_sig
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
@@ -110,10 +112,11 @@ class Writer:
         """Run ``decide`` on the newest entry under the ref's lock; append what it returns.
 
         Write protocol (docs/FORMAT.md §6): lock the log; repair a torn tail;
-        for a new log, make the key durable in KEYS first; append header (new
+        for a new log, make the key durable in KEYS first; make a marked log's
+        name durable (a new log's: fsync its directory); append header (new
         log), blob frames (new content) and entry frames in one write;
-        fdatasync the log (durable); for a new log, fsync its directory; then
-        update the derived indexes. Only then return.
+        fdatasync the log (durable); then update the derived indexes. Only
+        then return.
 
         Returns:
             (previous newest entry, appended entries; empty when nothing was written).
@@ -122,7 +125,7 @@ class Writer:
         nsdir = os.path.dirname(log.path)
         self._ensure_dir(nsdir)
         with self._kept.locked(log) as fd:
-            tail, known = self._locked_newest(log, fd)
+            tail, known, mode = self._locked_newest(log, fd)
             size = tail.size
             previous = tail.entry
             decided: NewVersion | list[NewVersion] | None = None
@@ -150,24 +153,39 @@ class Writer:
                     now=time.time_ns(),
                     base=base,
                 )
-                if previous is None or not previous.live:  # KEYS first (FORMAT.md §6 step 5)
-                    index = self.names.key_index(ref.scope, ref.namespace)
-                    if ref.key not in index:
-                        index.add(ref.key, ref.namespace, durable=self.layout.durable)
-                # STATE's P before the commit point (it may fail the write); list reads
-                # the key's log until a reader records its newest version (FORMAT.md §5).
-                self.names.state(ref.scope, ref.namespace).pending(ref.key)
+                self._before_commit(log, fd, previous, mode, size)
                 log.commit(fd, out.data, size)
-            # Committed. A new log's directory entry must be durable too; what follows
-            # it is derived data that may be lost quietly and is rebuilt on demand.
-            if size == 0 and self.layout.durable:
-                self._sync_new_log_dir(ref, nsdir, out.entries[-1].version)
+            # Committed; what follows is derived data, lost quietly and rebuilt on demand.
             newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
-            self._after_commit(log.path, fd, out.new_blobs, newest)
+            self._after_commit(log.path, fd, out.new_blobs, newest, mode)
             return previous, out.entries
 
-    def _locked_newest(self, log: RefLog, fd: int) -> tuple[logread.Tail, Current | None]:
-        """The locked log's newest entry, and what this handle knows of it if still exact.
+    def _before_commit(
+        self, log: RefLog, fd: int, previous: Entry | None, mode: int, size: int
+    ) -> None:
+        """FORMAT.md §6 steps 5 and 6 (each may fail the write, with nothing written).
+
+        KEYS lists a key made live; STATE's P tells list to read the log until a
+        reader records its newest version (§5); what a marked log depends on (its
+        name, KEYS) is made durable (``namesync``) before a durable write appends
+        to it, and a ``durable=False`` write that lists its key marks the log.
+        """
+        ref = self._ref(log)
+        listed = False
+        if previous is None or not previous.live:
+            index = self.names.key_index(ref.scope, ref.namespace)
+            if ref.key not in index:
+                index.add(ref.key, ref.namespace, durable=self.layout.durable)
+                listed = True
+        self.names.state(ref.scope, ref.namespace).pending(ref.key)
+        name = marked(mode) or size == 0
+        if self.layout.durable and (name or mode & DATA_UNSYNCED):
+            settle_log(self.layout.fs, log.path, self.layout.root, keys_synced=listed, name=name)
+        elif listed and not self.layout.durable:  # KEYS's new line may not be durable
+            mark_data(fd, mode)
+
+    def _locked_newest(self, log: RefLog, fd: int) -> tuple[logread.Tail, Current | None, int]:
+        """The locked log's newest entry, what this handle knows of it if still exact, its mode.
 
         Raises:
             CorruptionError: damage hides the newest version (nothing is written).
@@ -177,11 +195,12 @@ class Writer:
         hit = self._cache.get(log.path)
         if hit is not None and hit[0] == stat_sig(st) and hit[1].entry_start >= 0:
             known = hit[1]  # this handle wrote or read exactly this file last: no re-read
-            return logread.Tail(size, size, known.entry, None, None, known.entry_start), known
+            tail = logread.Tail(size, size, known.entry, None, None, known.entry_start)
+            return tail, known, st.st_mode
         if not size:
             self._drop_stale_index(log)
         try:
-            return log.locked_tail(fd, size), None
+            return log.locked_tail(fd, size), None, st.st_mode
         except CorruptionError:
             if not size:  # e.g. a lost log's index: leave no empty log behind
                 self.layout.fs.unlink(log.path)
@@ -216,31 +235,24 @@ class Writer:
             base = max([base, *(high for _, high in done.versions)])
         return base
 
-    def _sync_new_log_dir(self, ref: Ref, nsdir: str, version: int) -> None:
-        """Fsync the directory of a new log; a failure says the version was written."""
-        try:
-            self.layout.fs.fsync_dir(nsdir)
-        except OSError as exc:  # after the commit point: say so, never "failed"
-            raise OSError(
-                exc.errno,
-                f"{ref} version {version} was written and is visible, "
-                f"but syncing its new log's directory failed: {exc.strerror}",
-            ) from exc
-
     def _after_commit(
-        self, path: str, fd: int, new_blobs: list[tuple[str, BlobLoc]], current: Current
+        self, path: str, fd: int, new_blobs: list[tuple[str, BlobLoc]], current: Current, mode: int
     ) -> None:
-        """Record derived data of a committed write (blob index, read cache).
+        """Record derived data of a committed write (blob index, read cache, marks).
 
         Errors are ignored: the write is committed, and this data is rebuilt
         when needed (FORMAT.md §6 step 8); a failed call would invite a retry
-        that writes the version twice.
+        that writes the version twice. A durable write clears its log's marks;
+        a ``durable=False`` write marks its log's data before it indexes a
+        value there (``namesync``).
         """
         self._cache.pop(path)
         own = self.layout.rel(path)
         indexed = [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs]
         try:
-            if indexed:
+            if self.layout.durable:
+                clear(fd, mode, UNSYNCED | DATA_UNSYNCED)
+            if indexed and (self.layout.durable or mark_data(fd, mode)):
                 self._blobs.add_many(indexed, durable=False)
             self._cache.put(path, stat_sig(os.fstat(fd)), current)
         except OSError:
@@ -354,7 +366,9 @@ class Writer:
             here = BlobLoc("" if loc.log == own else loc.log, loc.offset, loc.length)
             try:
                 if self.reader.read_at(here, fd, new.digest_hex) is not None:
+                    if here.log and self.layout.durable:  # durable before it is pointed at
+                        settle_other(self.layout.fs, os.path.join(self.layout.refs, here.log))
                     return here
-            except CorruptionError:
+            except (CorruptionError, FileNotFoundError):
                 continue
         return None

@@ -102,6 +102,7 @@ FILE_LAYERS = {
     # confined paths; damage in one log
     "tree": 1,
     "damage": 1,
+    "namesync": 1,  # names made durable before a durable write depends on them
     # the files of the format, each on its own
     "logread": 2,
     "formatfile": 2,

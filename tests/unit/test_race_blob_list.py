@@ -32,12 +32,14 @@ def shards_keep_their_inodes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blob index rebuilds overwrite each shard in place (a rename onto a reused inode number)."""
     rename = Tree.atomic_write
 
-    def atomic_write(self: Tree, path: str, data: bytes, *, durable: bool) -> None:
+    def atomic_write(
+        self: Tree, path: str, data: bytes, *, durable: bool, unsynced: bool = False
+    ) -> None:
         if os.path.basename(os.path.dirname(path)) == "index" and os.path.exists(path):
             with open(path, "wb") as fh:  # O_TRUNC: the same inode, new bytes
                 fh.write(data)
             return
-        rename(self, path, data, durable=durable)
+        rename(self, path, data, durable=durable, unsynced=unsynced)
 
     monkeypatch.setattr(Tree, "atomic_write", atomic_write)
 

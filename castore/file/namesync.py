@@ -1,0 +1,146 @@
+"""Names and data made durable before a durable write depends on them (FORMAT.md §6).
+
+An ``fdatasync`` makes a file's data durable, not its name: a new file, or one renamed
+into place, survives a power loss only once its directory is fsynced, and a new directory
+only once its parent is. A durable write must not depend on a name that may still vanish,
+or on data that may, even another process's: a writer killed between its ``fdatasync``
+and its directory's fsync, or one that wrote with ``durable=False``, leaves such files.
+
+So two execute bits, which no store file has otherwise, mark what is not known durable:
+:data:`~castore.file.modes.UNSYNCED` (the owner's) a log, ``KEYS`` or blob index shard
+whose name may not be, from its creation until a durable call has fsynced its directory;
+:data:`~castore.file.modes.DATA_UNSYNCED` (the group's) a log holding a value that a
+``durable=False`` write indexed. A durable call that depends on a marked file settles it
+first: a write its own log's name (and, for a namespace whose ``KEYS`` is marked or
+missing, every directory up to the store root's parent), a write pointing into another
+log that log's data and name. A mark that cannot be cleared (another user's file) only
+costs the same fsyncs again next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+from castore.file.modes import DATA_UNSYNCED, UNSYNCED
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from castore.file.tree import Tree
+
+__all__ = [
+    "clear",
+    "mark_data",
+    "marked",
+    "settle",
+    "settle_log",
+    "settle_namespace",
+    "settle_other",
+]
+
+
+def marked(st_mode: int) -> bool:
+    """True if a file of this mode may have a name that is not durable yet."""
+    return bool(st_mode & UNSYNCED)
+
+
+def clear(fd: int, st_mode: int, marks: int = UNSYNCED) -> None:
+    """Take ``marks`` off the file open on ``fd`` (of mode ``st_mode``): they are durable now."""
+    if st_mode & marks:
+        with contextlib.suppress(PermissionError):  # another user's file: settled again later
+            os.fchmod(fd, stat.S_IMODE(st_mode) & ~marks)
+
+
+def mark_data(fd: int, st_mode: int) -> bool:
+    """Mark a log whose new values a ``durable=False`` write indexes; False if it cannot.
+
+    The blob index names only values that are durable or in a log so marked: a durable
+    write that points at one fdatasyncs that log first (:func:`settle_other`).
+    """
+    if st_mode & DATA_UNSYNCED:
+        return True
+    try:
+        os.fchmod(fd, stat.S_IMODE(st_mode) | DATA_UNSYNCED)
+    except PermissionError:  # another user's file: its values are not indexed
+        return False
+    return True
+
+
+def settle_other(fs: Tree, path: str) -> None:
+    """Make another log, which a durable write is about to point into, durable if marked.
+
+    Its data is fdatasynced if marked (the mark stays: that log's writers may append
+    again meanwhile), its name settled if marked.
+    """
+    fd = fs.open(path, os.O_RDONLY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & DATA_UNSYNCED:
+            os.fdatasync(fd)
+        if mode & UNSYNCED:
+            settle(fs, fd, path, mode, data=False)
+    finally:
+        os.close(fd)
+
+
+def _above(folder: str, root: str) -> list[str]:
+    """The directories from ``folder``'s parent up to ``root``, then ``root``'s parent."""
+    root = root.rstrip("/")
+    out = []
+    while folder.startswith(root + "/"):
+        folder = os.path.dirname(folder)
+        out.append(folder)
+    return [*out, os.path.dirname(root) or "/"]
+
+
+def settle(fs: Tree, fd: int, path: str, st_mode: int, *, data: bool = True) -> None:
+    """Make the file open on ``fd`` durable, then clear its mark.
+
+    Its data (unless ``data`` is False: the caller just fdatasynced it), then its name.
+    """
+    if data:
+        os.fdatasync(fd)
+    fs.fsync_dir(os.path.dirname(path))
+    clear(fd, st_mode)
+
+
+def settle_namespace(fs: Tree, folder: str, root: str) -> None:
+    """Fsync a namespace directory and every directory above it, up to the root's parent.
+
+    For a namespace another process may have made and not yet fsynced into its parent
+    (two first writers racing, or a first write with ``durable=False``).
+    """
+    fs.fsync_dir(folder)
+    for above in _above(folder, root):
+        fs.fsync_dir(above)
+
+
+def settle_log(fs: Tree, path: str, root: str, *, keys_synced: bool, name: bool) -> None:
+    """Make what a marked log depends on durable before a durable write appends to it.
+
+    The log's data is the write's own ``fdatasync``, after which the writer clears its
+    marks. ``KEYS`` (which lists the key) is fdatasynced unless this write just did
+    (``keys_synced``); when ``KEYS`` is marked or missing, the namespace's directories are
+    fsynced up to the root's parent (:func:`settle_namespace`), else with ``name`` (the log's
+    name is marked) the log's directory.
+    """
+    folder = os.path.dirname(path)
+    keys = os.path.join(folder, "KEYS")
+    try:
+        keys_fd: int | None = fs.open(keys, os.O_RDONLY)
+    except FileNotFoundError:
+        keys_fd = None
+    try:
+        keys_mode = os.fstat(keys_fd).st_mode if keys_fd is not None else UNSYNCED
+        if keys_fd is not None and not keys_synced:
+            os.fdatasync(keys_fd)
+        if marked(keys_mode):
+            settle_namespace(fs, folder, root)
+            if keys_fd is not None:
+                clear(keys_fd, keys_mode)
+        elif name:
+            fs.fsync_dir(folder)
+    finally:
+        if keys_fd is not None:
+            os.close(keys_fd)
