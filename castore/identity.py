@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_fields"]
+from castore.errors import InvalidValueError
+
+__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_fields", "refuse_invalid_text"]
 
 ENVIRONMENT = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
 _RAW_NAMES = tuple(os.fsencode(name) for name in ENVIRONMENT)
@@ -89,3 +91,29 @@ def audit_fields(
         "reason": reason,
         "rollback_from": rollback_from,
     }
+
+
+_SOURCES = {"dag_name": "$DAG_NAME", "run_id": "$DAG_RUN_ID", "step_name": "$DAG_RUN_STEP_NAME"}
+_SOURCES |= {"attempt": "$DAG_RUN_ATTEMPT_ID", "actor": "$CASTORE_ACTOR"}
+
+
+def refuse_invalid_text(fields: dict[str, str | int]) -> None:
+    """Refuse an audit field that is not Unicode text UTF-8 can hold (a lone surrogate).
+
+    Such a field comes from an environment variable holding bytes that are not UTF-8
+    (Python decodes them as lone surrogates), or from a caller's string; the record
+    could not be written, so the write fails before anything is.
+
+    Raises:
+        InvalidValueError: names the field (and the variable it may come from).
+    """
+    for name, text in fields.items():
+        if type(text) is str and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                where = f" (from {_SOURCES[name]} unless given)" if name in _SOURCES else ""
+                raise InvalidValueError(
+                    f"audit field {name}{where} is not valid text: it holds a lone surrogate "
+                    "(bytes that are not UTF-8); nothing was written"
+                ) from None

@@ -22,7 +22,7 @@ from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
 from castore.defaults import lock_timeout_of
-from castore.identity import ProcessIdentity, audit_fields
+from castore.identity import ProcessIdentity, audit_fields, refuse_invalid_text
 from castore.keys import (
     Ref,
     RefCache,
@@ -196,6 +196,7 @@ class Store(Maintenance):
         for name, given in zip(("actor", "run_id", "step"), who, strict=True):
             check_text(given, name, optional=True)
         fields = audit_fields(self._identity, *who, reason, rollback, dag=self._dag_given)
+        refuse_invalid_text(fields)
         return Audit(**fields)  # type: ignore[arg-type]  # each value is of its field's type
 
     def set(

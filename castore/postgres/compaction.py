@@ -119,9 +119,11 @@ def _compact_one(
     if dry_run:
         raise Abandon((size, left, len(drop), keep is None))
     now = time.time_ns()
+    gone = set(drop)  # a damaged entry's whole range is dropped with it
+    covered = [v for e in entries if e.version in gone for v in range(e.first, e.version + 1)]
     cur.executemany(
         "INSERT INTO compactions (ref_id, low, high, policy, time_ns) VALUES (%s, %s, %s, %s, %s)",
-        [(ref_id, low, high, retention.policy, now) for low, high in _ranges(drop)],
+        [(ref_id, low, high, retention.policy, now) for low, high in _ranges(covered)],
     )
     cur.execute(f"DELETE FROM versions WHERE {rows.REF} AND version = ANY(%s)", (ref_id, drop))
     if keep is None:  # the key goes away; its last version stays reserved

@@ -274,11 +274,14 @@ class Database:
                 except FormatVersionError:
                     raise
                 except psycopg.OperationalError as exc:
-                    if conn.broken or conn.closed:
+                    lost = conn.broken or conn.closed
+                    if lost:
                         self._drop()
                         if attempt == 1 and not fresh and not committing:
                             continue  # a stale connection: nothing was applied; once more
-                    raise self._unavailable(exc, what, committing) from None
+                    # Only a lost connection leaves a queued COMMIT in doubt: on a live one,
+                    # an error (a statement timeout, a deadlock) rolled the transaction back.
+                    raise self._unavailable(exc, what, committing and lost) from None
                 except psycopg.Error as exc:
                     raise self._unavailable(exc, what, False) from None
             raise AssertionError("unreachable")  # pragma: no cover

@@ -14,10 +14,12 @@ with the digest and length of the member list in the ``Castore-Cluster`` and
   after a write was sent, :class:`~castore.errors.StoreUnavailableError`
   says it may or may not have been applied.
 * 421 ``misdirected``: the member list the server answers with is taken (only
-  from a server in it, never moving a member from https to http) and the call
-  sent to the owner under it, at most :data:`REDIRECTS` times; an append is
-  not resent but raises :class:`Rerouted`, so its write decides again on the
-  new owner's newest entry.
+  from a server in it, naming only members of the list this client was given,
+  never moving a member from https to http) and the call sent to the owner
+  under it, at most :data:`REDIRECTS` times; an append is not resent but
+  raises :class:`Rerouted`, so its write decides again on the new owner's
+  newest entry, unless an earlier attempt's answer was lost: then the same
+  request goes on, marked as a retry, so that it is applied once.
 * An error body names the exception to raise (:func:`castore.wire.exception_of`).
 
 Neither the token nor a value ever appears in an error.
@@ -98,6 +100,7 @@ class Transport:
 
     def __init__(self, members: list[str], token: str | None, read_timeout: float) -> None:
         self._cluster = Cluster(members)
+        self._given = frozenset(map(_member, self._cluster.members))  # what a 421 may name
         self._headers = {"content-type": _MSGPACK, "accept": _MSGPACK}
         token = _checked_token(token)
         if token:
@@ -219,7 +222,7 @@ class Transport:
         redirects = 0
         while True:
             url = self._cluster.owner(*where) if isinstance(where, tuple) else where
-            response = self._post(name, url, request, resend, stream=stream)
+            response, sent = self._post(name, url, request, resend, stream=stream)
             if response.status_code == 200:
                 return response
             if stream:
@@ -232,15 +235,20 @@ class Transport:
             if response.status_code == 421 and redirects < REDIRECTS and isinstance(where, tuple):
                 redirects += 1
                 self._follow(response, url)
-                if name == "append":
+                if name == "append" and not sent:
                     raise Rerouted
+                if sent and resend is not None:  # it may have been applied: the same id
+                    request = resend  # again, marked as a retry, so it is applied once
                 continue
             raise _failure(response.url, response.status_code, response.content)
 
     def _post(
         self, name: str, url: str, request: Any, resend: Any, *, stream: bool = False
-    ) -> httpx.Response:
-        """One call's answer from ``url``, retrying lost connections as the call allows."""
+    ) -> tuple[httpx.Response, bool]:
+        """One call's answer from ``url``, retrying lost connections as the call allows.
+
+        And whether an attempt whose answer was lost came before it (it may have been applied).
+        """
         spec = CALLS[name]
         body = msgspec.msgpack.encode(request)
         timeout: Any = httpx.USE_CLIENT_DEFAULT
@@ -258,7 +266,7 @@ class Transport:
                     headers=headers,
                     timeout=timeout,
                 )
-                return client.send(outgoing, stream=stream)
+                return client.send(outgoing, stream=stream), sent
             except httpx.HTTPError as exc:
                 lost = not isinstance(exc, _NOT_SENT)
                 sent = sent or lost
@@ -274,8 +282,10 @@ class Transport:
     def _follow(self, response: httpx.Response, asked: str) -> None:
         """Take the member list of a 421 answer: the server's, which decides who owns what.
 
-        Only a list that holds the server that answered, and that moves no
-        member from https to http (where the token would travel in the clear).
+        Only a list that holds the server that answered and names no member this client
+        was not given (scheme, host and port): a misconfigured or stale member never
+        sends the token, or a keyspace's writes, to a host the client was not told of,
+        nor over http to a member it was given as https.
 
         Raises:
             StoreUnavailableError: the answer is not such a list.
@@ -285,15 +295,20 @@ class Transport:
             cluster = Cluster(answer.cluster)
         except (msgspec.DecodeError, ValueError):
             raise _failure(response.url, 421, response.content) from None
-        secure = {member_key(url) for url in self._cluster.members if url.startswith("https://")}
-        downgraded = any(
-            member_key(url) in secure for url in cluster.members if url.startswith("http://")
-        )
-        if asked not in cluster.members or downgraded:
-            what = f"refused this client's coordinator list ({answer.message}); update the list"
+        unknown = [url for url in cluster.members if _member(url) not in self._given]
+        if asked not in cluster.members or unknown:
+            named = f"; it names {len(unknown)} member(s) this client was not given" * bool(unknown)
+            what = (
+                f"refused this client's coordinator list ({answer.message}{named}); update the list"
+            )
             raise _unavailable(asked, what)
         with self._lock:
             self._cluster = cluster
+
+
+def _member(url: str) -> tuple[str, str]:
+    """A member as a 421's list must match one given: its scheme and ``host:port``."""
+    return url.partition("://")[0].lower(), member_key(url)
 
 
 def _failure(url: Any, status: int, content: bytes) -> Exception:

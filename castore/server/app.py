@@ -133,7 +133,8 @@ def _decode(name: str, body: bytes) -> Any:
 def _list_of(request: Request) -> tuple[str | None, int]:
     """What a request says of its client's member list: its digest and length (0: not said)."""
     members = request.headers.get(MEMBERS_HEADER, "")
-    return request.headers.get(CLUSTER_HEADER), int(members) if members.isdigit() else 0
+    plain = members.isascii() and members.isdigit() and len(members) <= 6  # "²" is a digit
+    return request.headers.get(CLUSTER_HEADER), int(members) if plain else 0
 
 
 def _take(lines: Iterator[bytes]) -> bytes:

@@ -20,9 +20,9 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from castore.backend import LogView, NewVersion
-from castore.errors import CorruptionError, InvalidRefError
+from castore.errors import CorruptionError, InvalidRefError, NotFoundError
 from castore.keys import validate_key, validate_prefix, validate_scope
-from castore.records import Entry
+from castore.records import OP_SET, Entry
 from castore.reports import GCReport
 from castore.server.checks import (
     check_limit,
@@ -66,13 +66,29 @@ def _applied(previous: Entry, view: LogView, request_id: str) -> list[Entry]:
     for version in range(previous.version, max(previous.version - RETRY_WINDOW, 0), -1):
         try:
             entry = previous if version == previous.version else view.entry_at(version)
-        except CorruptionError:
+        except (CorruptionError, NotFoundError):  # damaged, or compacted since
             break
         if entry is not None and entry.audit.request_id == request_id:
             found.append(entry)
         elif found:
             break  # one request's versions are contiguous
     return found[::-1]
+
+
+def _before(view: LogView, first: Entry) -> Entry | None:
+    """The newest entry before a retried request's versions, as when they were appended.
+
+    Compaction (or damage) may have dropped it since; then the first appended entry
+    tells: it started the key's life (nothing live before it) iff it carries its own
+    time as the key's creation time (``created_ns``).
+    """
+    try:
+        before = view.entry_at(first.version - 1) if first.version > 1 else None
+    except (CorruptionError, NotFoundError):
+        before = None
+    if before is None and first.version > 1 and first.created_ns != first.time_ns:
+        before = Entry(version=first.version - 1, op=OP_SET, time_ns=first.created_ns)
+    return before
 
 
 def _identity(entry: Entry | None) -> tuple[int, int, str]:
@@ -94,7 +110,7 @@ def _append(store: Store, call: Append) -> AppendReply:
         if call.retry and previous is not None:
             done = _applied(previous, view, request_id)
             if done:
-                before = view.entry_at(done[0].version - 1)
+                before = _before(view, done[0])
                 outcome.append(AppendReply(status=APPLIED, previous=before, written=done))
                 return None
         if _identity(previous) != expected:

@@ -295,7 +295,7 @@ def rpc(
     call: str,
     message: Any,
     digest: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, Any] | None = None,
 ) -> httpx.Response:
     """``POST /v1/backend/<call>`` with ``message`` (a struct, or raw bytes) as MessagePack."""
     body = message if isinstance(message, bytes) else msgspec.msgpack.encode(message)

@@ -8,6 +8,7 @@ of it was applied); a connection lost while ``COMMIT`` was in flight raises
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 from psycopg import sql
 
 import castore
-from castore import Store, StoreUnavailableError
+from castore import Store, StoreUnavailableError, codec
 from castore.postgres.backend import PostgresBackend
 from tests.conftest import POSTGRES_URL, REQUIRE_POSTGRES, postgres_store_location
 
@@ -155,3 +156,26 @@ def test_a_handle_used_in_a_forked_child_leaves_the_parents_connection_alone(
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.get("k").value == 2  # the parent's connection still works
     assert store.set("k", 3).version == 3
+
+
+def test_a_statement_timeout_is_a_failed_write_not_one_in_doubt(pg_location: str) -> None:
+    """On a live connection an error rolled the transaction back: "failed", never "may have"."""
+    store = Store(pg_location, dag="d")
+    value = {"p": "q" * 400}
+    store.set("other", value)  # the value's row exists
+    store.set("k", 1)
+    schema = pg_location.rsplit("schema=", 1)[1]
+    digest = hashlib.sha256(codec.normalize(value)).digest()
+    slow = Store(f"{pg_location}&options=-c%20statement_timeout%3D300", dag="d", lock_timeout=30)
+    with psycopg.connect(POSTGRES_URL) as admin:  # holds the value's row until the end
+        admin.execute(
+            sql.SQL("SELECT 1 FROM {}.blobs WHERE digest = %s FOR UPDATE").format(
+                sql.Identifier(schema)
+            ),
+            (digest,),
+        )
+        with pytest.raises(StoreUnavailableError) as raised:
+            slow.set("k", value)
+    assert "may or may not" not in str(raised.value), raised.value
+    assert "statement timeout" in str(raised.value)
+    assert store.get("k").version == 1

@@ -11,7 +11,7 @@ import types
 import msgspec
 import pytest
 
-from castore import InvalidRefError, Store
+from castore import InvalidRefError, InvalidValueError, Store
 from castore.audit import AuditRecord, audit
 from castore.file import writer as file_writer
 from castore.results import rfc3339
@@ -204,3 +204,19 @@ def test_audit_when_the_wall_clock_steps_back(store_location, monkeypatch):
         assert [(r.key, r.version) for r in audit(s, since_ns=bound)] == expect, bound
         expect = [(k, v) for k, v, t in got if t <= bound]
         assert [(r.key, r.version) for r in audit(s, until_ns=bound)] == expect, bound
+
+
+@pytest.mark.parametrize("where", ["actor", "reason", "environment"])
+def test_an_audit_field_that_is_not_text_is_refused_and_writes_nothing(
+    store_location, monkeypatch, where
+):
+    """A lone surrogate (bytes that are not UTF-8, from the environment) cannot be recorded."""
+    store = Store(store_location, dag="d", actor="al\udcffice" if where == "actor" else None)
+    if where == "environment":
+        monkeypatch.setenv("DAG_RUN_ID", "run\udcff1")  # os.environ's form of b"run\xff1"
+    with pytest.raises(InvalidValueError, match="not valid text") as raised:
+        store.set("k", 1, reason="r\ud800" if where == "reason" else "")
+    assert ("$DAG_RUN_ID" in str(raised.value)) == (where == "environment")
+    monkeypatch.delenv("DAG_RUN_ID", raising=False)
+    assert not Store(store_location, dag="d").get("k").found
+    assert Store(store_location, dag="d").set("k", 2).version == 1

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from castore import ConflictError, InvalidValueError, Store
+from castore import ConflictError, InvalidValueError, NotFoundError, Store, codec
 from castore.backends import is_postgres
 from castore.codec import hexdigest, normalize_json
 from castore.file.records import KIND_BLOB
@@ -473,3 +473,29 @@ def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_pa
     fresh = new_store(target.root)
     assert [e.version for e in fresh.history("k").entries] == [4, 3, 2, 1]
     assert [fresh.get("k", version=v).value for v in (1, 2, 3, 4)] == ["n1", "n2", "n3", "after"]
+
+
+def test_a_damaged_range_compaction_drops_reads_as_compacted(store_location):
+    """Every version of a dropped damaged entry was compacted, not only its last one."""
+
+    def line(version: int, op: str, **extra: Any) -> bytes:
+        record = {"scope": "dag", "namespace": "d", "key": "k", "version": version, "op": op}
+        record |= {"time_ns": 1000 + version, **extra}
+        if "value" in extra:
+            record["hash"] = codec.hexdigest(codec.normalize(extra["value"]))
+        return json.dumps(record).encode() + b"\n"
+
+    lines = [
+        b'{"format":"castore-export","version":1}\n',
+        line(1, "set", created_ns=1001, value={"a": 1}),
+        line(4, "damaged", damaged_from=2),
+        line(5, "set", created_ns=1005, value={"a": 5}),
+        line(6, "set", created_ns=1005, value={"a": 6}),
+    ]
+    store = Store(store_location, dag="d")
+    import_lines(store, lambda: lines)
+    store.compact(keep_last=1)
+    for version in range(1, 6):
+        with pytest.raises(NotFoundError, match=f"version {version} was compacted"):
+            store.get("k", version=version)
+    assert store.get("k").value == {"a": 6}

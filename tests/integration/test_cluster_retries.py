@@ -1,0 +1,169 @@
+"""A write whose answer was lost is applied once, whatever happens before its resend.
+
+The resend of an append (same request id, marked as a retry) meets a coordinator
+restarted with another member list (a 421: the client follows it, and must resend the
+same request, never decide the write again), or a key compacted since (the version
+below the applied one is gone: the answer must still be the local store's). A 421 may
+only move a client to members it was given: a misconfigured coordinator never receives
+its token or its writes for a host it does not know. Real ``castore serve`` processes on
+loopback; the client loses answers through an httpx transport that drops them.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from castore import Store, StoreUnavailableError
+from castore.cluster import Cluster
+from castore.wire import MEMBERS_HEADER, RefCall
+from tests.integration.test_cluster import Launcher, Node, free_ports, rpc
+
+Hook = Callable[[httpx.Request], bool]
+
+
+class _Lossy(httpx.HTTPTransport):
+    """Forwards each request; when the hook says so, the answer is lost on its way back."""
+
+    hook: Hook | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        hook = _Lossy.hook
+        if hook is not None and hook(request):
+            response.read()
+            response.close()
+            raise httpx.ReadError("the answer was lost (test)", request=request)
+        return response
+
+
+@pytest.fixture
+def nodes(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Launcher]:
+    monkeypatch.delenv("CASTORE_TOKEN", raising=False)
+    launch = Launcher(tmp_path)
+    try:
+        yield launch
+    finally:
+        for node in launch.nodes:
+            node.kill()
+
+
+@pytest.fixture
+def lose(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Hook], None]]:
+    real = httpx.Client
+
+    class Client(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            kw.setdefault("transport", _Lossy())
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(httpx, "Client", Client)
+
+    def arm(hook: Hook) -> None:
+        _Lossy.hook = hook
+
+    yield arm
+    _Lossy.hook = None
+
+
+def _once(effect: Callable[[], object]) -> Hook:
+    """Lose the first append's answer, after ``effect`` (what happens before the resend)."""
+    armed = [True]
+
+    def hook(request: httpx.Request) -> bool:
+        if request.url.path.endswith("/append") and armed.pop() if armed else False:
+            effect()
+            return True
+        return False
+
+    return hook
+
+
+def _owned_by_first(lists: list[list[str]]) -> str:
+    """A namespace the first member of ``lists[0]`` owns under every list."""
+    first = lists[0][0]
+    return next(
+        f"n{i}"
+        for i in range(100_000)
+        if all(Cluster(members).owner("custom", f"n{i}") == first for members in lists)
+    )
+
+
+def test_a_resend_after_the_list_changed_is_applied_once(nodes, lose):
+    a, b, c = nodes.cluster(3)
+    whole, smaller = [a.url, b.url, c.url], [a.url, b.url]
+    namespace = _owned_by_first([whole, smaller])
+    worker = Store(",".join(whole))
+    assert worker.incr("n", scope="custom", namespace=namespace).to_dict()["number"] == 1
+
+    def shrink() -> None:  # c leaves: a and b restart with the smaller list; a still owns
+        c.kill()
+        for node in (a, b):
+            node.kill()
+            node.start(smaller)
+
+    lose(_once(shrink))
+    result = worker.incr("n", scope="custom", namespace=namespace).to_dict()
+    assert (result["number"], result["version"]) == (2, 2)
+    local = Store(a.store)
+    history = local.history("n", scope="custom", namespace=namespace).entries
+    assert [e.version for e in history] == [2, 1]
+    assert local.get("n", scope="custom", namespace=namespace).value == 2
+
+
+def test_a_list_naming_a_member_the_client_was_not_given_is_refused(nodes, monkeypatch):
+    stranger = socket.create_server(("127.0.0.1", 0))
+    stranger.setblocking(False)
+    elsewhere = f"http://127.0.0.1:{stranger.getsockname()[1]}"
+    node = Node(nodes.tmp / "a", free_ports(1)[0])
+    nodes.nodes.append(node)
+    node.start([node.url, elsewhere])  # a typo in its --cluster: a host the workers never named
+    given = [node.url, "http://127.0.0.1:9"]
+    namespace = next(
+        f"n{i}" for i in range(100_000) if Cluster(given).owner("custom", f"n{i}") == node.url
+    )
+    try:
+        monkeypatch.setenv("CASTORE_TOKEN", "secret-token-0123456789")
+        worker = Store(",".join(given))
+        with pytest.raises(StoreUnavailableError, match="not given") as raised:
+            worker.set("k", 1, scope="custom", namespace=namespace)
+        assert "secret-token" not in str(raised.value)
+        with pytest.raises(BlockingIOError):
+            stranger.accept()  # nothing ever connected to it
+    finally:
+        stranger.close()
+    assert Store(node.store).list("", scope="custom", namespace=namespace).entries == []
+
+
+@pytest.mark.parametrize("when", ["removed before", "compacted after"])
+def test_a_resend_over_a_compacted_version_answers_as_a_local_store(nodes, lose, tmp_path, when):
+    node = nodes.lone()
+    remote, local = Store(node.url, dag="d"), Store(tmp_path / "local", dag="d")
+    for store in (remote, local):
+        for i in range(3):
+            store.set("k", i)
+        if when == "removed before":
+            store.delete("k")
+            store.compact(keep_last=1, keep_within_seconds=0)
+    expected = local.set("k", "again").to_dict()
+    if when == "compacted after":
+        lose(_once(lambda: Store(node.store, dag="d").compact(keep_last=1)))
+    else:
+        lose(_once(lambda: None))
+    assert remote.set("k", "again").to_dict() == expected
+    versions = [e.version for e in Store(node.store, dag="d").history("k").entries]
+    assert versions[0] == expected["version"]
+    assert versions.count(expected["version"]) == 1
+
+
+@pytest.mark.parametrize("members", [b"\xb2", b"9" * 5000, b"-1"])  # latin-1 "\u00b2" is a digit
+def test_a_malformed_member_count_is_no_internal_error(nodes, members):
+    a, _ = nodes.cluster(2)
+    call = RefCall(scope="custom", namespace="n", key="k")
+    response = rpc(a.url, "current", call, digest="x", headers={MEMBERS_HEADER: members})
+    assert response.status_code == 421, response.text  # another list's digest: misdirected
+    assert "Traceback" not in (a.base / "stderr0").read_text()
