@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 
 from castore.file import fileio, namesync
 from castore.file.frames import Frame, encode_frame, scan_frames
+from castore.file.modes import DATA_UNSYNCED
 from castore.file.records import KIND_BLOB
 from castore.file.tree import Tree
 from castore.keys import is_log_name
@@ -216,17 +217,17 @@ class BlobIndex:
                     self._shards[path] = (ino, pos + len(data), table)
 
     def _durable_bytes(self, path: str, durable: bool) -> bytes:
-        """A log's bytes, made durable first: an index record names only durable data.
+        """A log's bytes; a marked log's made durable first (FORMAT.md §6, "Names").
 
-        A durable write may point at any location the index gives (FORMAT.md §6, "Names"),
-        and a log's last appends may have been made with ``durable=False``.
+        A durable write may point at any value of at least ``DEDUP_MIN_BYTES`` the index
+        names: one a ``durable=False`` write left unsynced is in a log marked so.
         """
         fd = self.fs.open(path, os.O_RDONLY)
         try:
             st = os.fstat(fd)
             if durable and namesync.marked(st.st_mode):
                 namesync.settle(self.fs, fd, path, st.st_mode)
-            else:
+            elif st.st_mode & DATA_UNSYNCED:
                 os.fdatasync(fd)
             return fileio.read_at(fd, 0, st.st_size)
         finally:

@@ -244,7 +244,7 @@ class Writer:
         when needed (FORMAT.md §6 step 8); a failed call would invite a retry
         that writes the version twice. A durable write clears its log's marks;
         a ``durable=False`` write marks its log's data before it indexes a
-        value there (``namesync``).
+        value there, or syncs it if it cannot (``namesync``).
         """
         self._cache.pop(path)
         own = self.layout.rel(path)
@@ -252,7 +252,9 @@ class Writer:
         try:
             if self.layout.durable:
                 clear(fd, mode, UNSYNCED | DATA_UNSYNCED)
-            if indexed and (self.layout.durable or mark_data(fd, mode)):
+            if indexed:
+                if not self.layout.durable and not mark_data(fd, mode):
+                    os.fdatasync(fd)  # another user's log: made durable instead of marked
                 self._blobs.add_many(indexed, durable=False)
             self._cache.put(path, stat_sig(os.fstat(fd)), current)
         except OSError:
