@@ -318,7 +318,8 @@ def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:
             if not os.fstat(fd).st_size or _names_namespace(checker.fs, keys_path, nsdir):
                 return  # empty: that write has not appended yet, or never committed
     except FileNotFoundError:
-        pass
+        if not checker.fs.listdir(nsdir):  # harmless: a first write that wrote nothing (a
+            return  # guard failed); never removed (a long-lived handle may hold it open)
     recovered = None
     for file in sorted(checker.fs.listdir(nsdir)):
         path = os.path.join(nsdir, file)

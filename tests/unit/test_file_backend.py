@@ -296,3 +296,14 @@ def test_an_open_refused_by_the_system_names_the_whole_path(tmp_path, monkeypatc
     with pytest.raises(PermissionError) as exc:
         tree.open(str(tmp_path / "FORMAT"), os.O_RDONLY)
     assert exc.value.filename == str(tmp_path / "FORMAT")
+
+
+def test_a_write_that_writes_nothing_in_a_new_namespace_leaves_check_ok(tmp_path):
+    """A failed guard may leave the namespace's empty directory: harmless, not a finding."""
+    Store(tmp_path, dag="d1").set("k", 1)
+    with pytest.raises(ConflictError):
+        Store(tmp_path, dag="d2").set("k", 1, expected_version=3)
+    report = Store(tmp_path).check()
+    assert report.ok, report.findings
+    assert report.findings == []
+    assert Store(tmp_path, dag="d2").set("k", 1).version == 1

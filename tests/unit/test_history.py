@@ -563,3 +563,11 @@ def test_diff_versions_patch_always_applies(store):
         assert normalize(jsonpatch.apply_patch(a, patch)) == normalize(b)
 
     check()
+
+
+def test_a_history_limit_past_a_bigint_is_every_version(store_location):
+    store = Store(store_location, dag="d")
+    for i in range(3):
+        store.set("k", i)
+    page = store.history("k", limit=2**63)
+    assert [e.version for e in page.entries] == [3, 2, 1]
