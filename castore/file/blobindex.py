@@ -226,7 +226,7 @@ class BlobIndex:
         try:
             st = os.fstat(fd)
             if durable and namesync.marked(st.st_mode):
-                namesync.settle(self.fs, fd, path, st.st_mode)
+                namesync.settle(self.fs, fd, path)
             elif st.st_mode & DATA_UNSYNCED:
                 os.fdatasync(fd)
             return fileio.read_at(fd, 0, st.st_size)

@@ -193,9 +193,7 @@ class LogChecker:
         self.top[nsdir] = max(self.top.get(nsdir, 0), top)  # for a floor, if GRAVES needs one
         if self.repair:
             with contextlib.suppress(UnsafePathError):  # planted: replaced by a floor above top
-                self.backend.graveyard(header.scope, header.namespace).bury(
-                    [(header.key, top)], durable=self.backend.durable
-                )
+                self.backend.graveyard(header.scope, header.namespace).bury([(header.key, top)])
 
     def grave_of(self, path: str, frames: list[Frame], keys: set[str]) -> int:
         """The last version the key of this log had before compaction removed it (0 if none)."""

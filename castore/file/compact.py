@@ -197,7 +197,7 @@ def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
         wanted = plan.transform(log)
         if plan.removed is not None:
             graves = backend.graveyard(ref.scope, ref.namespace)
-            graves.bury([(ref.key, plan.removed.version)], durable=backend.durable)
+            graves.bury([(ref.key, plan.removed.version)])
             fileio.failpoint("compact-after-bury")
             keys = backend.key_index(ref.scope, ref.namespace)
             keys.remove({ref.key}, durable=backend.durable)

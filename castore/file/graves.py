@@ -162,12 +162,20 @@ class Graveyard:
         """A whole GRAVES file holding only ``floor`` (twice)."""
         return _twinned([encode_record(Grave(version=floor))])
 
-    def bury(self, items: list[tuple[str, int]], *, durable: bool) -> None:
-        """Record the last version of each removed key, twice (fdatasync when ``durable``)."""
+    def bury(self, items: list[tuple[str, int]]) -> None:
+        """Record the last version of each removed key, twice; durable whatever the handle.
+
+        The removal it allows (the log's unlink) becomes durable with any later fsync of
+        the directory, a durable write's included: without the record, the key's
+        versions would start again after a power loss (FORMAT.md §6, "Names").
+        """
         records = _twinned([encode_record(Grave(key=k, version=v)) for k, v in items])
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         with self.fs.open_locked(self.path, flags) as fd:
-            fileio.append(fd, records, durable=durable)
+            new = os.fstat(fd).st_size == 0
+            fileio.append(fd, records, durable=True)
+        if new:
+            self.fs.fsync_dir(os.path.dirname(self.path))
 
     def repair(self, floor: int, keep_copy: str, *, durable: bool) -> None:
         """Rewrite the file with its intact records and a ``floor``; keep the old bytes.

@@ -20,6 +20,7 @@ costs the same fsyncs again next time.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 
@@ -37,6 +38,7 @@ __all__ = [
     "settle_log",
     "settle_namespace",
     "settle_other",
+    "sync_file",
 ]
 
 
@@ -79,7 +81,7 @@ def settle_other(fs: Tree, path: str) -> None:
         if mode & DATA_UNSYNCED:
             os.fdatasync(fd)
         if mode & UNSYNCED:
-            settle(fs, fd, path, mode, data=False)
+            settle(fs, fd, path, data=False)
     finally:
         os.close(fd)
 
@@ -94,15 +96,33 @@ def _above(folder: str, root: str) -> list[str]:
     return [*out, os.path.dirname(root) or "/"]
 
 
-def settle(fs: Tree, fd: int, path: str, st_mode: int, *, data: bool = True) -> None:
-    """Make the file open on ``fd`` durable, then clear its mark.
+def settle(fs: Tree, fd: int, path: str, *, data: bool = True) -> None:
+    """Make the file open on ``fd`` durable, then clear its name's mark if its lock is free.
 
     Its data (unless ``data`` is False: the caller just fdatasynced it), then its name.
+    The caller does not hold the file's lock: the mark is cleared under it, from the mode
+    read then (a writer holding it may be marking the data), or left for another time.
     """
     if data:
         os.fdatasync(fd)
     fs.fsync_dir(os.path.dirname(path))
-    clear(fd, st_mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    try:
+        clear(fd, os.fstat(fd).st_mode)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def sync_file(fs: Tree, path: str) -> None:
+    """Fdatasync the file at ``path`` (``KEYS``, for a write that could not mark its log)."""
+    fd = fs.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def settle_namespace(fs: Tree, folder: str, root: str) -> None:

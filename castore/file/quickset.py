@@ -7,8 +7,8 @@ exactly what :class:`castore.file.writer.Writer` would write (the same frames,
 bytes for bytes, but for the time and the audit of this process), by the same
 protocol (FORMAT.md §6):
 
-- the directory holds a store of the current format, and the key's log exists, its
-  name durable when the write is (not marked: :mod:`castore.file.namesync`);
+- the directory holds a store of the current format, and the key's log exists, not
+  marked when the write is durable (:mod:`castore.file.namesync`);
 - with the log's exclusive lock (on the file its path still names), the log
   ends with an intact ``E`` frame of a ``set`` or ``rollback`` written as
   castore writes entries (:func:`castore.file.peek.newest_entry`), so no torn
@@ -38,7 +38,7 @@ from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import CastoreError, LockTimeoutError
 from castore.file import fileio
 from castore.file.frames import encode_frame
-from castore.file.modes import UNSYNCED
+from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.peek import blob_value, indexes_beyond, is_store, names_ref, newest_entry
 from castore.file.stateappend import KIND_PENDING, append_frame
 from castore.file.tree import Tree
@@ -127,10 +127,10 @@ def quick_set(
 
 
 def _size(fd: int, durable: bool) -> int:
-    """The locked log's size; declined if a durable write must first make its name durable."""
+    """The locked log's size; declined if a durable write must first settle what it needs."""
     st = os.fstat(fd)
-    if durable and st.st_mode & UNSYNCED:  # castore.file.namesync: the store settles it
-        raise _DeclinedError
+    if durable and st.st_mode & (UNSYNCED | DATA_UNSYNCED):  # castore.file.namesync: the
+        raise _DeclinedError  # store settles what the log depends on first
     return st.st_size
 
 

@@ -25,7 +25,7 @@ from castore.file.kept import KeptLogs
 from castore.file.layout import Layout
 from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.namespaces import Namespaces
-from castore.file.namesync import clear, mark_data, marked, settle_log, settle_other
+from castore.file.namesync import clear, mark_data, marked, settle_log, settle_other, sync_file
 from castore.file.readcache import ReadCache, stat_sig
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
@@ -153,22 +153,33 @@ class Writer:
                     now=time.time_ns(),
                     base=base,
                 )
-                self._before_commit(log, fd, previous, mode, size)
+                unmarked = self._before_commit(log, fd, previous, mode, size, out.new_blobs)
                 log.commit(fd, out.data, size)
             # Committed; what follows is derived data, lost quietly and rebuilt on demand.
             newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
-            self._after_commit(log.path, fd, out.new_blobs, newest, mode)
+            self._after_commit(log.path, fd, out.new_blobs, newest, mode, unmarked)
             return previous, out.entries
 
     def _before_commit(
-        self, log: RefLog, fd: int, previous: Entry | None, mode: int, size: int
-    ) -> None:
+        self,
+        log: RefLog,
+        fd: int,
+        previous: Entry | None,
+        mode: int,
+        size: int,
+        new_blobs: list[tuple[str, BlobLoc]],
+    ) -> bool:
         """FORMAT.md §6 steps 5 and 6 (each may fail the write, with nothing written).
 
         KEYS lists a key made live; STATE's P tells list to read the log until a
         reader records its newest version (§5); what a marked log depends on (its
         name, KEYS) is made durable (``namesync``) before a durable write appends
-        to it, and a ``durable=False`` write that lists its key marks the log.
+        to it, and a ``durable=False`` write that lists its key or will index a
+        value marks the log first (a kill after its append leaves the mark).
+
+        Returns:
+            True if the log could not be marked (another user's file): its data is
+            then synced before a value in it is indexed.
         """
         ref = self._ref(log)
         listed = False
@@ -179,10 +190,17 @@ class Writer:
                 listed = True
         self.names.state(ref.scope, ref.namespace).pending(ref.key)
         name = marked(mode) or size == 0
-        if self.layout.durable and (name or mode & DATA_UNSYNCED):
-            settle_log(self.layout.fs, log.path, self.layout.root, keys_synced=listed, name=name)
-        elif listed and not self.layout.durable:  # KEYS's new line may not be durable
-            mark_data(fd, mode)
+        if self.layout.durable:
+            if name or mode & DATA_UNSYNCED:
+                settle_log(
+                    self.layout.fs, log.path, self.layout.root, keys_synced=listed, name=name
+                )
+            return False
+        if (listed or new_blobs) and not mark_data(fd, mode):
+            if listed:  # KEYS's new line, made durable rather than marked
+                sync_file(self.layout.fs, os.path.join(os.path.dirname(log.path), "KEYS"))
+            return True
+        return False
 
     def _locked_newest(self, log: RefLog, fd: int) -> tuple[logread.Tail, Current | None, int]:
         """The locked log's newest entry, what this handle knows of it if still exact, its mode.
@@ -236,15 +254,21 @@ class Writer:
         return base
 
     def _after_commit(
-        self, path: str, fd: int, new_blobs: list[tuple[str, BlobLoc]], current: Current, mode: int
+        self,
+        path: str,
+        fd: int,
+        new_blobs: list[tuple[str, BlobLoc]],
+        current: Current,
+        mode: int,
+        unmarked: bool,
     ) -> None:
         """Record derived data of a committed write (blob index, read cache, marks).
 
         Errors are ignored: the write is committed, and this data is rebuilt
         when needed (FORMAT.md §6 step 8); a failed call would invite a retry
         that writes the version twice. A durable write clears its log's marks;
-        a ``durable=False`` write marks its log's data before it indexes a
-        value there, or syncs it if it cannot (``namesync``).
+        a ``durable=False`` write whose log could not be marked (``unmarked``)
+        syncs it before it indexes a value there (``namesync``).
         """
         self._cache.pop(path)
         own = self.layout.rel(path)
@@ -253,7 +277,7 @@ class Writer:
             if self.layout.durable:
                 clear(fd, mode, UNSYNCED | DATA_UNSYNCED)
             if indexed:
-                if not self.layout.durable and not mark_data(fd, mode):
+                if unmarked:
                     os.fdatasync(fd)  # another user's log: made durable instead of marked
                 self._blobs.add_many(indexed, durable=False)
             self._cache.put(path, stat_sig(os.fstat(fd)), current)

@@ -219,10 +219,11 @@ class Transport:
 
         With ``stream``, its body is still to be read (and the response closed).
         """
-        redirects = 0
+        redirects, sent = 0, False  # sent: an attempt whose answer was lost (maybe applied)
         while True:
             url = self._cluster.owner(*where) if isinstance(where, tuple) else where
-            response, sent = self._post(name, url, request, resend, stream=stream)
+            response, lost = self._post(name, url, request, resend, stream=stream)
+            sent = sent or lost
             if response.status_code == 200:
                 return response
             if stream:

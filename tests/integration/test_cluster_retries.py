@@ -167,3 +167,34 @@ def test_a_malformed_member_count_is_no_internal_error(nodes, members):
     response = rpc(a.url, "current", call, digest="x", headers={MEMBERS_HEADER: members})
     assert response.status_code == 421, response.text  # another list's digest: misdirected
     assert "Traceback" not in (a.base / "stderr0").read_text()
+
+
+def test_a_resend_that_meets_two_list_changes_is_still_applied_once(nodes, lose, monkeypatch):
+    """The answer lost once: every later hop of that write resends it, whatever 421s come."""
+    a, b, c = nodes.cluster(3)
+    lists = [[a.url, b.url, c.url], [a.url, b.url], [a.url, c.url]]
+    namespace = _owned_by_first(lists)
+    worker = Store(",".join(lists[0]))
+    assert worker.incr("n", scope="custom", namespace=namespace).to_dict()["number"] == 1
+    appends: list[httpx.Request] = []
+    real = _Lossy.handle_request
+
+    def handle(self: _Lossy, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/append"):
+            appends.append(request)
+            if len(appends) in (2, 3):  # before each resend, a restarts with another list
+                a.kill()
+                a.start(lists[len(appends) - 1])
+        response = real(self, request)
+        if request.url.path.endswith("/append") and len(appends) == 1:
+            response.read()
+            response.close()
+            raise httpx.ReadError("the answer was lost (test)", request=request)
+        return response
+
+    monkeypatch.setattr(_Lossy, "handle_request", handle)
+    lose(lambda _request: False)  # installs the transport; ``handle`` loses the answer
+    result = worker.incr("n", scope="custom", namespace=namespace).to_dict()
+    assert (result["number"], result["version"]) == (2, 2)
+    history = Store(a.store).history("n", scope="custom", namespace=namespace).entries
+    assert [e.version for e in history] == [2, 1]

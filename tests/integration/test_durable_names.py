@@ -14,6 +14,8 @@ deletes, compactions and gc. The sequences are seeded: each failure is reproduci
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import random
 import stat
@@ -22,8 +24,13 @@ from typing import Any
 
 import pytest
 
-from castore import Store
-from tests.helpers import file_backend, ref_log_path
+from castore import Store, codec
+from castore.file import namesync
+from castore.file.quickset import quick_set
+from castore.identity import ProcessIdentity, audit_fields
+from tests.helpers import Cli, file_backend, ref_log_path
+
+KILL_AFTER_APPEND = {"CASTORE_FAILPOINTS": "after-append:kill"}
 
 # values of at least 256 bytes are deduplicated across logs
 BIG: list[dict[str, object]] = [{"report": letter * 600} for letter in "abc"]
@@ -258,3 +265,92 @@ def test_marks_come_and_go_with_durability(tmp_path):
     Store(root, dag="d").set("k", SMALL[0])
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(keys).st_mode) == 0o600
+
+
+def test_a_no_sync_writer_killed_after_its_append_leaves_its_data_marked(tmp_path):
+    """The data mark comes before the commit: a kill after the append leaves it, so an
+    index rebuild syncs the log before a durable write may point at the value."""
+    root = tmp_path / "s"
+    Store(root, dag="d").set("k", 1)
+    cli = Cli(tmp_path, root)
+    killed = cli.run("--no-sync", "set", "k", json.dumps(BIG[0]), env=KILL_AFTER_APPEND)
+    assert killed.returncode == -9, killed
+    log = ref_log_path(Store(root, dag="d"), "k")
+    assert os.stat(log).st_mode & stat.S_IXGRP
+    assert Store(root, dag="d").get("k").value == BIG[0]  # appended before the kill
+
+
+def test_graves_are_durable_whatever_the_handle(tmp_path, model):
+    """A removed key's GRAVES record: a later durable write may make the log's removal
+    durable (its directory's fsync), and without the record the key would start again."""
+    quick = Store(tmp_path / "s", dag="d", durable=False)
+    for i in range(3):
+        quick.set("k", i)
+    quick.delete("k")
+    quick.compact(keep_last=1, keep_within_seconds=0)
+    graves = os.path.join(os.path.dirname(ref_log_path(quick, "k")), "GRAVES")
+    assert os.path.exists(graves)
+    lost = [what for what in model.undurable(graves, str(quick.root)) if graves in what]
+    assert lost == []  # its name in the namespace, its data (the directories: no-sync's)
+
+
+def test_a_durable_quick_set_leaves_a_marked_log_to_the_store(tmp_path):
+    """The CLI's quick set declines a log whose name or data is marked (the store settles)."""
+    root = tmp_path / "s"
+    Store(root, dag="d").set("k", 1)
+    Store(root, dag="d", durable=False).set("k", BIG[0])  # indexes it: marks the log's data
+    log = ref_log_path(Store(root, dag="d"), "k")
+    assert os.stat(log).st_mode & stat.S_IXGRP
+    ref = Store(root, dag="d").ref("k")
+    normalized = b'{"n":3}'
+    digest = codec.hexdigest(normalized)
+    audit = audit_fields(ProcessIdentity(), None, None, None)
+    assert quick_set(str(root), ref, normalized, digest, audit, durable=True) is None
+    assert Cli(tmp_path, root).run("set", "k", '{"n":3}').returncode == 0
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o600  # the store settled and cleared it
+
+
+def test_a_log_that_cannot_be_marked_is_synced_instead(tmp_path, model, monkeypatch):
+    """Another user's log (fchmod refused): a durable=False write that lists its key syncs
+    KEYS, and one that indexes a value syncs the log, rather than leave them unmarked."""
+    root = tmp_path / "s"
+    durable, quick = Store(root, dag="d"), Store(root, dag="d", durable=False)
+    durable.set("k", 1)
+    durable.delete("k")
+    durable.compact(keep_last=1, keep_within_seconds=0)  # k leaves KEYS; its log stays
+    real = os.fchmod
+
+    def refuse(fd: int, mode: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".log"):
+            raise PermissionError(1, "Operation not permitted")
+        real(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    quick.set("k", BIG[1])  # lists k again and indexes the value
+    log = ref_log_path(durable, "k")
+    keys = os.path.join(os.path.dirname(log), "KEYS")
+    assert model.undurable(keys, str(root)) == []
+    assert model.undurable(log, str(root)) == []
+
+
+def test_settling_another_log_never_clears_a_mark_its_writer_is_setting(tmp_path):
+    """settle() runs without the file's lock: it clears the name's mark only under it, from
+    the mode read then, so a data mark a writer set meanwhile is kept."""
+    root = tmp_path / "s"
+    Store(root, dag="d", durable=False).set("k", BIG[0])
+    store = Store(root, dag="d")
+    log = ref_log_path(store, "k")
+    fs = file_backend(store).layout.fs
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o600 | stat.S_IXUSR | stat.S_IXGRP
+    held = os.open(log, os.O_RDONLY)
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a writer holds it
+        namesync.settle(fs, fd, log)
+        assert os.stat(log).st_mode & stat.S_IXUSR  # left for another time
+        fcntl.flock(held, fcntl.LOCK_UN)
+        namesync.settle(fs, fd, log)
+        assert stat.S_IMODE(os.stat(log).st_mode) == 0o600 | stat.S_IXGRP  # the data mark kept
+    finally:
+        os.close(fd)
+        os.close(held)
