@@ -430,10 +430,16 @@ def test_a_stale_or_different_list_is_refused_and_writes_nothing(launcher):
         assert contents(node.store) == expected
 
     # Through the library, a client with another list takes the servers' list and writes
-    # each keyspace at its owner: it holds the value there and nowhere else.
+    # each keyspace at its owner (it holds the value there and nowhere else), when that
+    # list names only members the client was given; one missing a member is refused.
     third = members[2]
     missing = owned_namespaces(lambda ns: cluster.owner("dag", ns) == third, 3, "miss", "dag")
     others = owned_namespaces(lambda ns: cluster.owner("dag", ns) != third, 3, "have", "dag")
+    short = Store(",".join(members[:2]))
+    for ns in [*missing, *others]:
+        with pytest.raises(StoreUnavailableError, match="not given"):
+            short.set("by-2", {"ns": ns}, scope="dag", namespace=ns)
+    short.close()
     with_unknown = Cluster([*members, unknown])
     live_first = owned_namespaces(
         lambda ns: with_unknown.owner("dag", ns) != unknown, 1, "first", "dag"
@@ -443,7 +449,6 @@ def test_a_stale_or_different_list_is_refused_and_writes_nothing(launcher):
     )
     written: dict[Ref3, Any] = {(scope, namespace, "k"): {"v": 1}}
     for members_seen, namespaces in (
-        (members[:2], [*missing, *others]),  # the third member's keyspaces go to the third
         ([*members, unknown], [*live_first, *to_unknown, *others]),  # never to the unknown URL
     ):
         client = Store(",".join(members_seen))
