@@ -48,8 +48,6 @@ from castore.valuecodec import pack
 
 __all__ = ["PostgresBackend", "upgrade"]
 
-_BIGINT_MAX = 2**63 - 1  # LIMIT is a bigint
-
 
 class PostgresBackend:
     """Versioned refs in one schema of a PostgreSQL database (docs/DESIGN.md).
@@ -204,7 +202,7 @@ class PostgresBackend:
             cur.execute(
                 f"SELECT {rows.ENTRY} FROM versions WHERE {q.REF} AND version < %s "
                 "ORDER BY version DESC LIMIT %s",
-                (rows.ref_id(ref), before, min(limit, _BIGINT_MAX) or None),  # past: every one
+                (rows.ref_id(ref), before, min(limit, 2**63 - 1) or None),  # a bigint; past: all
             )
             return [e for row in cur.fetchall() if (e := rows.entry(row, 0, ref)) is not None]
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,17 +191,6 @@ class Launcher:
         assert "cluster" not in line
         assert "digest" not in line
         return node
-
-
-@pytest.fixture
-def launcher(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Launcher]:
-    monkeypatch.delenv("CASTORE_TOKEN", raising=False)  # library clients send none
-    launch = Launcher(tmp_path)
-    try:
-        yield launch
-    finally:
-        for node in launch.nodes:
-            node.kill()
 
 
 # -- helpers: the stores, the wire --------------------------------------------------------

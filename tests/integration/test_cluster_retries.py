@@ -21,7 +21,7 @@ import pytest
 from castore import Store, StoreUnavailableError
 from castore.cluster import Cluster
 from castore.wire import MEMBERS_HEADER, RefCall
-from tests.integration.test_cluster import Launcher, Node, free_ports, rpc
+from tests.integration.test_cluster import Node, free_ports, rpc
 
 Hook = Callable[[httpx.Request], bool]
 
@@ -39,17 +39,6 @@ class _Lossy(httpx.HTTPTransport):
             response.close()
             raise httpx.ReadError("the answer was lost (test)", request=request)
         return response
-
-
-@pytest.fixture
-def nodes(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Launcher]:
-    monkeypatch.delenv("CASTORE_TOKEN", raising=False)
-    launch = Launcher(tmp_path)
-    try:
-        yield launch
-    finally:
-        for node in launch.nodes:
-            node.kill()
 
 
 @pytest.fixture
@@ -93,8 +82,8 @@ def _owned_by_first(lists: list[list[str]]) -> str:
     )
 
 
-def test_a_resend_after_the_list_changed_is_applied_once(nodes, lose):
-    a, b, c = nodes.cluster(3)
+def test_a_resend_after_the_list_changed_is_applied_once(launcher, lose):
+    a, b, c = launcher.cluster(3)
     whole, smaller = [a.url, b.url, c.url], [a.url, b.url]
     namespace = _owned_by_first([whole, smaller])
     worker = Store(",".join(whole))
@@ -115,12 +104,12 @@ def test_a_resend_after_the_list_changed_is_applied_once(nodes, lose):
     assert local.get("n", scope="custom", namespace=namespace).value == 2
 
 
-def test_a_list_naming_a_member_the_client_was_not_given_is_refused(nodes, monkeypatch):
+def test_a_list_naming_a_member_the_client_was_not_given_is_refused(launcher, monkeypatch):
     stranger = socket.create_server(("127.0.0.1", 0))
     stranger.setblocking(False)
     elsewhere = f"http://127.0.0.1:{stranger.getsockname()[1]}"
-    node = Node(nodes.tmp / "a", free_ports(1)[0])
-    nodes.nodes.append(node)
+    node = Node(launcher.tmp / "a", free_ports(1)[0])
+    launcher.nodes.append(node)
     node.start([node.url, elsewhere])  # a typo in its --cluster: a host the workers never named
     given = [node.url, "http://127.0.0.1:9"]
     namespace = next(
@@ -140,8 +129,8 @@ def test_a_list_naming_a_member_the_client_was_not_given_is_refused(nodes, monke
 
 
 @pytest.mark.parametrize("when", ["removed before", "compacted after"])
-def test_a_resend_over_a_compacted_version_answers_as_a_local_store(nodes, lose, tmp_path, when):
-    node = nodes.lone()
+def test_a_resend_over_a_compacted_version_answers_as_a_local_store(launcher, lose, tmp_path, when):
+    node = launcher.lone()
     remote, local = Store(node.url, dag="d"), Store(tmp_path / "local", dag="d")
     for store in (remote, local):
         for i in range(3):
@@ -161,17 +150,17 @@ def test_a_resend_over_a_compacted_version_answers_as_a_local_store(nodes, lose,
 
 
 @pytest.mark.parametrize("members", [b"\xb2", b"9" * 5000, b"-1"])  # latin-1 "\u00b2" is a digit
-def test_a_malformed_member_count_is_no_internal_error(nodes, members):
-    a, _ = nodes.cluster(2)
+def test_a_malformed_member_count_is_no_internal_error(launcher, members):
+    a, _ = launcher.cluster(2)
     call = RefCall(scope="custom", namespace="n", key="k")
     response = rpc(a.url, "current", call, digest="x", headers={MEMBERS_HEADER: members})
     assert response.status_code == 421, response.text  # another list's digest: misdirected
     assert "Traceback" not in (a.base / "stderr0").read_text()
 
 
-def test_a_resend_that_meets_two_list_changes_is_still_applied_once(nodes, lose, monkeypatch):
+def test_a_resend_that_meets_two_list_changes_is_still_applied_once(launcher, lose, monkeypatch):
     """The answer lost once: every later hop of that write resends it, whatever 421s come."""
-    a, b, c = nodes.cluster(3)
+    a, b, c = launcher.cluster(3)
     lists = [[a.url, b.url, c.url], [a.url, b.url], [a.url, c.url]]
     namespace = _owned_by_first(lists)
     worker = Store(",".join(lists[0]))
