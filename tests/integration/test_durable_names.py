@@ -208,7 +208,11 @@ def _newest(store: Store, key: str) -> int:
 def test_a_durable_call_depends_only_on_durable_names_and_data(tmp_path, model, seed):
     rnd = random.Random(seed)
     root = tmp_path / "parent" / "store"
-    durable, quick = Store(root, dag="d"), Store(root, dag="d", durable=False)
+    with Store(root, dag="d") as durable, Store(root, dag="d", durable=False) as quick:
+        _run_sequence(rnd, model, durable, quick)
+
+
+def _run_sequence(rnd: random.Random, model: Model, durable: Store, quick: Store) -> None:
     for step in range(80):
         what, op, keys = _random_op(rnd)
         handle = durable if rnd.random() < 0.5 else quick

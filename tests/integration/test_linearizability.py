@@ -40,6 +40,10 @@ KEYS: Final = ["a", "b", "c"]
 PROCESSES: Final = 4
 RUN_SECONDS: Final = 2.5
 MAX_OPS_PER_PROCESS: Final = 6000
+# Enough operations for the checks below, whatever the machine's speed: a process goes on
+# past RUN_SECONDS until it has made this many (within a bound far below the join timeout).
+MIN_OPS_PER_PROCESS: Final = 300
+BOUND_SECONDS: Final = 40.0
 JOIN_TIMEOUT_SECONDS: Final = 60.0
 
 
@@ -242,6 +246,11 @@ def test_checker_keeps_keys_apart():
 # -- the real thing -------------------------------------------------------------------------
 
 
+def _more(elapsed: float, done: int) -> bool:
+    """Whether a worker goes on: for RUN_SECONDS, then until MIN_OPS_PER_PROCESS (bounded)."""
+    return elapsed < RUN_SECONDS or (done < MIN_OPS_PER_PROCESS and elapsed < BOUND_SECONDS)
+
+
 def _worker(root: str, proc: int, seed: int, start_at: float, out: str) -> None:
     try:
         rng = random.Random(seed)
@@ -250,9 +259,9 @@ def _worker(root: str, proc: int, seed: int, start_at: float, out: str) -> None:
         ops: list[dict[str, Any]] = []
         while time.time() < start_at:
             time.sleep(0.001)
-        deadline = time.monotonic() + RUN_SECONDS
+        begun = time.monotonic()
         seq = 0
-        while time.monotonic() < deadline and seq < MAX_OPS_PER_PROCESS:
+        while seq < MAX_OPS_PER_PROCESS and _more(time.monotonic() - begun, seq):
             seq += 1
             key = rng.choice(KEYS)
             roll = rng.random()
