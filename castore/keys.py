@@ -253,10 +253,17 @@ def resolve_namespace(
         return DEFAULT_GLOBAL_NAMESPACE
     name = (root_dag or dag) if scope == "root_dag" else dag
     if not name or not go_trim_space(name):
+        if scope == "root_dag":
+            raise InvalidRefError(
+                "namespace is required: scope root_dag takes the root DAG's name, else the"
+                f" DAG name, which {'is blank' if name else 'are not set'}; give --root-dag"
+                " NAME or --dag NAME, set $CASTORE_ROOT_DAG or $DAG_NAME, or give --namespace"
+                " NAME (library and API: root_dag, dag or namespace)"
+            )
         raise InvalidRefError(
-            f"namespace is required: scope {scope} takes the DAG name, which is "
+            f"namespace is required: scope dag takes the DAG name, which is "
             f"{'blank' if name else 'not set'}; give --dag NAME, set $DAG_NAME, "
-            "or give --namespace NAME (library: dag= or namespace=)"
+            "or give --namespace NAME (library and API: dag or namespace)"
         )
     return validate_namespace(name)
 

@@ -29,7 +29,7 @@ import msgspec
 
 from castore import errors
 from castore.backend import NewVersion
-from castore.records import Audit, Entry
+from castore.records import Audit, BlobLoc, Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 from castore.results import ListEntry
 
@@ -84,12 +84,18 @@ class RefCall(_Msg, frozen=True, kw_only=True):
 
 
 class WireVersion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A :class:`~castore.backend.NewVersion` without its location hint (a server-side detail)."""
+    """A :class:`~castore.backend.NewVersion` as it travels.
+
+    ``hint`` is a location the server sent in an entry (a rollback's target, the
+    previous version's blob): the server verifies the frame there by its digest
+    before it points at it, and only a log of its own store is ever opened.
+    """
 
     op: str
     normalized: bytes | None
     digest_hex: str
     audit: Audit
+    hint: BlobLoc | None = None
     version: int = 0
     time_ns: int = 0
     created_ns: int = 0
@@ -247,12 +253,13 @@ CALLS: Final[dict[str, Call]] = {
 
 
 def to_wire(new: NewVersion) -> WireVersion:
-    """``new`` as it travels (its hint, a location in the client's view, is dropped)."""
+    """``new`` as it travels (its hint is one of the server's locations: it came from there)."""
     return WireVersion(
         op=new.op,
         normalized=new.normalized,
         digest_hex=new.digest_hex,
         audit=new.audit,
+        hint=new.hint,
         version=new.version,
         time_ns=new.time_ns,
         created_ns=new.created_ns,
@@ -267,7 +274,7 @@ def from_wire(version: WireVersion) -> NewVersion:
         version.normalized,
         version.digest_hex,
         version.audit,
-        None,
+        version.hint,
         version.version,
         version.time_ns,
         version.created_ns,

@@ -110,11 +110,21 @@ class Invocation:
         narrows only with ``--scope dag``.
 
         Raises:
-            OptionError: ``--dag`` and ``--root-dag`` given without ``--scope``.
+            OptionError: ``--dag`` and ``--root-dag`` given without ``--scope``, or
+                either with ``--namespace`` or another scope (it would narrow nothing).
         """
+        dag, root_dag = self.args.dag is not None, self.args.root_dag is not None
+        if dag or root_dag:
+            flag = "--dag" if dag else "--root-dag"
+            if self.namespace is not None:
+                raise OptionError(f"{flag} and --namespace: give one of them")
+            if self.scope_given not in (None, "dag", "root_dag"):
+                raise OptionError(
+                    f"{flag} narrows to a DAG's namespace, not in --scope {self.scope_given}:"
+                    " give --namespace"
+                )
         if self.scope_given is not None or self.namespace is not None:
             return self.scope_given
-        dag, root_dag = self.args.dag is not None, self.args.root_dag is not None
         if dag and root_dag:
             raise OptionError("--dag and --root-dag: say which with --scope dag or root_dag")
         return "dag" if dag else "root_dag" if root_dag else None

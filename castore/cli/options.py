@@ -136,7 +136,9 @@ def add_global_options(parser: argparse.ArgumentParser, version: str) -> None:
         help="store directory, made by the first write (default: $CASTORE_DIR, else XDG data dir)",
     )
     parser.add_argument("--dag", help="current DAG name (default: $DAG_NAME)")
-    parser.add_argument("--root-dag", help="root DAG name (default: $CASTORE_ROOT_DAG)")
+    parser.add_argument(
+        "--root-dag", help="root DAG name (default: $CASTORE_ROOT_DAG, else the DAG name)"
+    )
     parser.add_argument("--no-sync", action="store_true", help="do not fsync (faster, less safe)")
     parser.add_argument(
         "--mode",

@@ -27,6 +27,7 @@ from castore.backend import Current, Decide, NewVersion, Progress, newest_first
 from castore.cluster import parse_members
 from castore.errors import (
     CorruptionError,
+    FormatVersionError,
     InvalidValueError,
     LockTimeoutError,
     StoreUnavailableError,
@@ -95,7 +96,7 @@ class _RemoteView:
         return self._backend.version(self._ref, entry.version)[1]
 
     def absolute(self, loc: BlobLoc) -> BlobLoc:
-        return loc  # a hint of the server's; it is not sent (castore.wire.to_wire)
+        return loc  # already the server's: sent back as the hint of a new version
 
 
 class RemoteBackend:
@@ -206,13 +207,23 @@ class RemoteBackend:
             return (page[0] if page else None), None
         return current.entry, current.value
 
+    def _newest_to_write(self, ref: Ref) -> tuple[Entry | None, bytes | None]:
+        """:meth:`_newest`, its damage reported as a local write reports it."""
+        try:
+            return self._newest(ref)
+        except FormatVersionError:
+            raise
+        except CorruptionError as exc:
+            raise CorruptionError(f"{exc.detail}; nothing was written") from None
+
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         """Run ``decide`` on the newest entry; append what it returns if that is still newest.
 
         Raises:
+            CorruptionError: damage hides the newest entry; nothing was written.
             LockTimeoutError: other writes kept coming first for the lock timeout.
         """
-        entry, value = self._newest(ref)
+        entry, value = self._newest_to_write(ref)
         deadline = time.monotonic() + self._lock_timeout
         for attempt in itertools.count():
             decided = decide(entry, _RemoteView(self, ref, entry, value))
@@ -225,7 +236,7 @@ class RemoteBackend:
                     "append", append, ref[:2], msgspec.structs.replace(append, retry=True)
                 )
             except Rerouted:  # another member owns it: decide again on its newest entry
-                entry, value = self._newest(ref)
+                entry, value = self._newest_to_write(ref)
                 continue
             if reply.status in (WRITTEN, APPLIED):
                 return reply.previous, list(reply.written)

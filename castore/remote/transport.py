@@ -241,7 +241,12 @@ class Transport:
                 if sent and resend is not None:  # it may have been applied: the same id
                     request = resend  # again, marked as a retry, so it is applied once
                 continue
-            raise _failure(response.url, response.status_code, response.content)
+            raise _failure(
+                response.url,
+                response.status_code,
+                response.content,
+                token_sent="authorization" in self._headers,
+            )
 
     def _post(
         self, name: str, url: str, request: Any, resend: Any, *, stream: bool = False
@@ -312,8 +317,8 @@ def _member(url: str) -> tuple[str, str]:
     return url.partition("://")[0].lower(), member_key(url)
 
 
-def _failure(url: Any, status: int, content: bytes) -> Exception:
-    """The exception an error answer stands for."""
+def _failure(url: Any, status: int, content: bytes, *, token_sent: bool = True) -> Exception:
+    """The exception an error answer stands for (``token_sent``: the request carried one)."""
     try:
         error = msgspec.json.decode(content, type=_Body).error
     except msgspec.DecodeError:
@@ -325,6 +330,8 @@ def _failure(url: Any, status: int, content: bytes) -> Exception:
         number = getattr(errno, error.errno, None) if error.errno.startswith("E") else None
         where = f"castore server {_origin(url)}: {error.message}"
         return OSError(number, where) if isinstance(number, int) else OSError(where)
+    if error.code == "unauthorized" and not token_sent:
+        return _unavailable(url, "the server needs a token: $CASTORE_TOKEN is not set")
     if error.code == "unauthorized":
         return _unavailable(url, "the server refused the token ($CASTORE_TOKEN)")
     return _unavailable(url, f"{error.code}: {error.message}")

@@ -174,6 +174,29 @@ def test_a_dag_named_on_the_command_line_narrows_audit_export_and_compact(cli):
     assert message == "--dag and --root-dag: say which with --scope dag or root_dag"
 
 
+@pytest.mark.parametrize("command", [["audit"], ["export"], ["compact", "--keep-last", "1"]])
+def test_a_dag_that_cannot_narrow_is_refused_not_ignored(cli, command):
+    # Found by a review: `--dag nosuch --scope custom compact` compacted every custom
+    # namespace; --dag with another scope or with --namespace narrowed nothing.
+    for _ in range(2):
+        cli.ok("set", "k", "1", "--scope", "custom", "--namespace", "feeds")
+    cases = {
+        ("--scope", "custom"): "--dag narrows to a DAG's namespace, not in --scope custom:"
+        " give --namespace",
+        ("--scope", "global"): "--dag narrows to a DAG's namespace, not in --scope global:"
+        " give --namespace",
+        ("--namespace", "feeds"): "--dag and --namespace: give one of them",
+    }
+    for flags, message in cases.items():
+        assert cli.fail(2, *flags, *command, dag="nosuch") == message
+        root = cli.fail(2, "--root-dag", "r", *flags, *command, dag=None)
+        assert root == message.replace("--dag", "--root-dag")
+    assert [
+        e["version"]
+        for e in cli.ok("history", "k", "--scope", "custom", "--namespace", "feeds")["entries"]
+    ] == [2, 1]
+
+
 def test_import_dagu_exits_1_when_it_skipped_corrupt_records(cli, tmp_path):
     source = DaguDir(tmp_path / "dag-state")
     source.record("dag", "daily", "good", 1, 1)

@@ -33,6 +33,7 @@ import pytest
 from starlette.routing import Route
 
 from castore import Store
+from castore.errors import StoreUnavailableError
 from castore.server.app import MAX_BODY_BYTES, create_app
 from castore.server.openapi import openapi, openapi_json
 from tests.helpers import CASTORE_PATH, Cli, read_response, ref_log_path
@@ -442,6 +443,27 @@ def test_every_path_but_healthz_needs_the_token(file_server):
         assert post(file_server, "nope", b"{}", headers).status_code == 401
     assert post(file_server, "get", b'{"key":"k","dag":"d"}', AUTH).json()["found"] is False
     assert httpx.get(f"{url}/metrics", headers=AUTH).status_code == 200
+
+
+def test_a_worker_is_told_whether_its_token_is_missing_or_wrong(file_server, monkeypatch):
+    # Found by a review: a worker with no token at all was told the server "refused the
+    # token ($CASTORE_TOKEN)", as if the one it had were wrong.
+    for token, told in (
+        (None, "the server needs a token: $CASTORE_TOKEN is not set"),
+        ("wrong-token-0123456789", "the server refused the token ($CASTORE_TOKEN)"),
+    ):
+        if token is None:
+            monkeypatch.delenv("CASTORE_TOKEN", raising=False)
+        else:
+            monkeypatch.setenv("CASTORE_TOKEN", token)
+        worker = Store(file_server.url, dag="d")
+        with pytest.raises(StoreUnavailableError) as info:
+            worker.set("k", 1)
+        worker.close()
+        assert str(info.value) == f"castore server {file_server.url}: {told}"
+        assert "wrong-token" not in str(info.value)
+    monkeypatch.setenv("CASTORE_TOKEN", TOKEN)
+    assert Store(file_server.url, dag="d").get("k").found is False  # nothing was written
 
 
 def test_the_token_is_compared_in_constant_time(tmp_path, monkeypatch):

@@ -6,9 +6,11 @@ compares every answer with what the undamaged store said.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,15 @@ from castore.errors import FormatVersionError
 from castore.file.frames import scan_frames
 from castore.file.records import KIND_ENTRY
 from castore.transfer import export_lines, import_lines
-from tests.helpers import Cli, corrupt, file_id, keys_path, log_path, ns_dir
+from tests.helpers import (
+    Cli,
+    corrupt,
+    file_id,
+    keys_path,
+    log_path,
+    ns_dir,
+    served_location,
+)
 
 DAG = "d"
 
@@ -86,6 +96,41 @@ def test_the_issue_scenario_answers_damage_everywhere(tmp_path: Path) -> None:
     res = store_at(root).set("k1", {"i": 100})
     assert res.version > 1  # above every version that existed
     assert store_at(root).get("k1").value == {"i": 100}
+
+
+def test_a_damaged_key_answers_the_same_errors_over_a_server(tmp_path: Path) -> None:
+    # Found by a review: over http://, a write to a key with damaged bytes after its newest
+    # entry said what a read says, without "; nothing was written".
+    root = tmp_path / "s"
+    five_keys(root)
+    store_at(root).set("k1", {"i": 10})
+    path = log_path(root, "dag", DAG, "k1")
+    corrupt(path, newest_entry_middle(path))
+    with open(path, "rb") as fh:
+        damaged = fh.read()
+    calls: dict[str, Callable[[Store], object]] = {
+        "get": lambda s: s.get("k1"),
+        "set": lambda s: s.set("k1", 1),
+        "delete": lambda s: s.delete("k1"),
+        "incr": lambda s: s.incr("k1"),
+        "rollback": lambda s: s.rollback("k1", to_version=1),
+    }
+
+    def answers(store: Store) -> dict[str, tuple[str, str]]:
+        out = {}
+        for name, call in calls.items():
+            with pytest.raises(CorruptionError) as info:
+                call(store)
+            out[name] = (type(info.value).__name__, str(info.value))
+        store.close()
+        return out
+
+    local = answers(store_at(root))
+    assert all(m.endswith("nothing was written") for n, (_, m) in local.items() if n != "get")
+    with served_location(contextlib.nullcontext(str(root))) as url:
+        assert answers(Store(url, dag=DAG)) == local
+    with open(path, "rb") as fh:
+        assert fh.read() == damaged
 
 
 def test_cli_names_key_file_and_offset_with_exit_5(tmp_path: Path) -> None:

@@ -571,3 +571,15 @@ def test_a_history_limit_past_a_bigint_is_every_version(store_location):
         store.set("k", i)
     page = store.history("k", limit=2**63)
     assert [e.version for e in page.entries] == [3, 2, 1]
+
+
+def test_rollback_and_an_unchanged_patch_store_no_second_copy(store):
+    """On every backend: found by a review, a rollback or a no-op patch through a server
+    wrote a second copy of a small value (gc's to reclaim) where a local store wrote none."""
+    store.set("k", {"big": "x" * 200})
+    store.set("k", 2)
+    before = store.stats().total
+    assert store.rollback("k", to_version=1).version == 3
+    assert store.patch("k", []).version == 4
+    after = store.stats().total  # PostgreSQL keeps a small value in each version's row
+    assert (after.versions, after.reclaimable_bytes) == (before.versions + 2, 0)

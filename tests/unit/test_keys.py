@@ -307,8 +307,25 @@ def test_resolve_namespace(scope, namespace, dag, root_dag, expected):
         ("dag", None, None, None, "namespace is required"),
         ("dag", None, "", None, "namespace is required"),
         ("dag", None, "   ", None, "namespace is required"),
-        ("root_dag", None, None, None, "namespace is required"),
+        ("root_dag", None, None, None, "which are not set; give --root-dag NAME or --dag"),
         ("root_dag", None, "", "", "namespace is required"),
+        (
+            "root_dag",
+            None,
+            " ",
+            "",
+            "which is blank; give --root-dag NAME or --dag NAME, set"
+            " $CASTORE_ROOT_DAG or $DAG_NAME, or give --namespace NAME (library and API: "
+            "root_dag, dag or namespace)",
+        ),
+        (
+            "dag",
+            None,
+            None,
+            "r",
+            "scope dag takes the DAG name, which is not set; give --dag"
+            " NAME, set $DAG_NAME, or give --namespace NAME (library and API: dag or namespace)",
+        ),
         ("custom", None, "daily", "root", "namespace is required for custom scope"),
         ("custom", "", "daily", "root", "namespace is required for custom scope"),
         ("dag", "a/b", "daily", None, 'invalid namespace "a/b"'),
