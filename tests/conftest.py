@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -60,6 +61,28 @@ def file_store_location(base: pathlib.Path) -> Iterator[str]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
+def _own_postgres_for_this_worker() -> None:
+    """Give a pytest-xdist worker past the first its own PostgreSQL server.
+
+    Tests restart their server abruptly (``restart_postgres``): on a server the
+    workers shared, that would cut the other worker's connections mid-test. Only
+    where the first server was started by tools/pgserver.py (its directory is in
+    ``CASTORE_TEST_POSTGRES_DIR``), so the binaries are known to be there; the
+    server is stopped and its directory removed when the worker exits.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker in ("", "gw0") or not os.environ.get("CASTORE_TEST_POSTGRES_DIR"):
+        return
+    from tools import pgserver
+
+    directory = tempfile.mkdtemp(prefix=f"castore-pg-{worker}-")
+    server = pgserver.start(directory)
+    atexit.register(pgserver.stop, directory)
+    os.environ["CASTORE_TEST_POSTGRES"] = server.url
+    os.environ["CASTORE_TEST_POSTGRES_DIR"] = directory
+
+
+_own_postgres_for_this_worker()
 # A PostgreSQL server's URL for the "postgresql" backend (tools/pgserver.py starts one).
 # Read at import: the autouse fixture ``clean_env`` runs before any test reads the env.
 POSTGRES_URL = os.environ.get("CASTORE_TEST_POSTGRES", "")
