@@ -16,12 +16,13 @@ import msgspec
 from castore.history import history_entry
 from castore.keys import SCOPES, Ref, validate_filters
 from castore.records import Entry
+from castore.results import PlainResult
 from castore.store import Store
 
 __all__ = ["AuditRecord", "audit"]
 
 
-class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
+class AuditRecord(PlainResult, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
     """One write or delete of one ref, with its audit fields (empty ones omitted)."""
 
     scope: str

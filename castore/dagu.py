@@ -24,14 +24,13 @@ import stat
 from collections.abc import Iterator
 from typing import Final, NamedTuple
 
-import msgspec
-
 from castore import codec
 from castore.backend import Decide, LogView, NewVersion
 from castore.dagurecord import decode_record
 from castore.errors import CastoreError, ConflictError, CorruptionError
 from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
+from castore.results import PlainResult
 from castore.store import Store
 
 __all__ = ["MAX_RECORD_BYTES", "DaguImport", "import_dagu"]
@@ -58,7 +57,7 @@ _KINDS = {
 }
 
 
-class DaguImport(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
+class DaguImport(PlainResult, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
     """The outcome for one file: imported (with the ref and version) or skipped (with why)."""
 
     file: str

@@ -153,6 +153,8 @@ class DiffDecision:
         update: bool,
         audit: AuditOf,
     ) -> None:
+        check_integer(expected_version, "expected_version", optional=True)
+        check_flag(update, "update")
         self.ref = ref
         self.current = current
         self.digest_hex = codec.hexdigest(current)

@@ -28,7 +28,7 @@ the whole line; :func:`parse_export` refuses such a line from any reader.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import IO, Annotated, Final, Literal
+from typing import IO, Annotated, ClassVar, Final, Literal
 
 import msgspec
 
@@ -37,6 +37,7 @@ from castore.backend import NewVersion
 from castore.errors import InvalidValueError
 from castore.keys import Ref, validate_key, validate_namespace, validate_scope
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Audit
+from castore.reports import PlainReport
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -91,8 +92,10 @@ class ExportRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     damaged_from: _Count = 0  # a ``damaged`` entry: the versions damaged_from..version were lost
 
 
-class ImportReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class ImportReport(PlainReport, frozen=True, kw_only=True):
     """What an import did: counts of refs and versions written, refs skipped."""
+
+    _operation: ClassVar[str] = "import"
 
     refs: int
     versions: int

@@ -130,15 +130,15 @@ def history_page(
     if before_version is not None:
         _check_version(before_version, "before_version")
     before = before_version if before_version is not None else 2**63
-    entries = backend.history(ref, before, limit)
-    lowest = entries[-1].version if entries else 0
-    more = bool(limit) and len(entries) == limit and lowest > 1
+    entries = backend.history(ref, before, limit + 1 if limit else 0)  # one more: is there?
+    more = bool(limit) and len(entries) > limit
+    entries = entries[:limit] if more else entries
     return HistoryResult(
         scope=ref.scope,
         namespace=ref.namespace,
         key=ref.key,
         entries=[history_entry(e) for e in entries],
-        next_before_version=lowest if more else 0,
+        next_before_version=entries[-1].version if more else 0,
     )
 
 
@@ -154,6 +154,7 @@ def rollback(
     ``audit(to_version)`` makes the audit record of the new version.
     """
     _check_version(to_version, "to_version")
+    check_integer(expected_version, "expected_version", optional=True)
 
     def decide(previous: Entry | None, view: LogView) -> NewVersion | None:
         live = previous.version if previous is not None and previous.live else 0

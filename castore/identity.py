@@ -13,7 +13,7 @@ import os
 
 from castore.errors import InvalidValueError
 
-__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_fields", "refuse_invalid_text"]
+__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_fields", "check_caller", "refuse_invalid_text"]
 
 ENVIRONMENT = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
 _RAW_NAMES = tuple(os.fsencode(name) for name in ENVIRONMENT)
@@ -117,3 +117,21 @@ def refuse_invalid_text(fields: dict[str, str | int]) -> None:
                     f"audit field {name}{where} is not valid text: it holds a lone surrogate "
                     "(bytes that are not UTF-8); nothing was written"
                 ) from None
+
+
+def check_caller(fields: dict[str, object]) -> None:
+    """The fields of a caller's audit record (``Store.for_caller``), before any write uses them.
+
+    Raises:
+        TypeError: a field that is not a ``str`` (``pid`` and ``rollback_from``: an ``int``).
+        InvalidValueError: a ``pid`` or ``rollback_from`` outside 0 to 2**63-1, or text
+            that is not UTF-8.
+    """
+    for name, value in fields.items():
+        number = name in ("pid", "rollback_from")
+        if type(value) is not (int if number else str):
+            wanted = "an int" if number else "a str"
+            raise TypeError(f"caller.{name} must be {wanted}, not {type(value).__name__}")
+        if number and not 0 <= value < 1 << 63:  # type: ignore[operator]  # an int, just checked
+            raise InvalidValueError(f"caller.{name} {value} is out of range")
+    refuse_invalid_text(fields)  # type: ignore[arg-type]  # texts and ints, just checked

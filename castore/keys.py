@@ -119,8 +119,10 @@ def go_quote(text: str) -> str:
             out.append("\\r")
         elif ch in _GO_SHORT_ESCAPES:
             out.append(_GO_SHORT_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
-            out.append(f"\\x{ord(ch) & 0xFF:02x}")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F or 0xDC80 <= ord(ch) <= 0xDCFF:
+            out.append(f"\\x{ord(ch) & 0xFF:02x}")  # a byte of argv that is not UTF-8
+        elif 0xD800 <= ord(ch) <= 0xDFFF:  # another lone surrogate: its bytes, as Go shows them
+            out.extend(f"\\x{byte:02x}" for byte in ch.encode("utf-8", "surrogatepass"))
         elif ch.isprintable():  # Go's unicode.IsPrint: letters, marks, numbers, symbols, punct, " "
             out.append(ch)
         else:  # other spaces, format and private-use characters, unassigned code points
@@ -225,7 +227,10 @@ def validate_filters(scope: str | None, namespace: str | None) -> None:
 
     Raises:
         InvalidRefError: a bad scope or namespace.
+        TypeError: either is not a str or None.
     """
+    check_text(scope, "scope", optional=True)
+    check_text(namespace, "namespace", optional=True)
     if scope is not None:
         validate_scope(scope)
     if namespace is not None:
@@ -244,6 +249,8 @@ def resolve_namespace(
     Raises:
         InvalidRefError: unknown scope, missing or invalid namespace.
     """
+    check_text(scope, "scope")
+    check_text(namespace, "namespace", optional=True)
     validate_scope(scope)
     if namespace:
         return validate_namespace(namespace)

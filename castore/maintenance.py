@@ -8,6 +8,7 @@ of :mod:`castore.reports`.
 from __future__ import annotations
 
 from castore import reports
+from castore.argcheck import check_flag
 from castore.backend import Backend, Progress
 
 __all__ = ["Maintenance"]
@@ -26,6 +27,7 @@ class Maintenance:
         Raises:
             LockTimeoutError: a ref stayed locked for the lock timeout (repair only).
         """
+        check_flag(repair, "repair")
         return self._backend.check(repair=repair, progress=progress)
 
     def gc(
@@ -43,6 +45,7 @@ class Maintenance:
             LockTimeoutError: gc or a ref stayed locked for the lock timeout.
         """
         reports.check_seconds(grace_seconds, "grace")
+        check_flag(dry_run, "dry_run")
         return self._backend.collect_garbage(
             grace_seconds=grace_seconds, dry_run=dry_run, progress=progress
         )
@@ -68,6 +71,7 @@ class Maintenance:
             InvalidRefError: bad filters.
             LockTimeoutError: a ref stayed locked for the lock timeout.
         """
+        check_flag(dry_run, "dry_run")
         retention = reports.Retention(
             keep_last=keep_last,
             keep_within_seconds=keep_within_seconds,

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import msgspec
 
 from castore import codec
+from castore.argcheck import check_integer, check_text
 from castore.backend import Backend
 from castore.decisions import edit_decision, set_decision, set_result
-from castore.errors import ConflictError, InvalidRefError
+from castore.errors import ConflictError, InvalidValueError
 from castore.keys import Ref
 from castore.records import Audit
 from castore.results import IncrResult, PatchResult, SetResult
@@ -65,11 +66,13 @@ def retry_conflicts(attempt: Callable[[], T], ref: Ref, retries: int) -> T:
     so writers that collided spread out instead of colliding again.
 
     Raises:
-        InvalidRefError: ``retries`` is negative.
+        TypeError: ``retries`` is not an int.
+        InvalidValueError: ``retries`` is negative.
         ConflictError: the last attempt's conflict, once the retries are spent.
     """
+    check_integer(retries, "retries")
     if retries < 0:
-        raise InvalidRefError(f"retries must be 0 or more, not {retries}")
+        raise InvalidValueError(f"retries must be 0 or more, not {retries}")
     import random  # here: loading it costs every command's start-up ~0.7 ms
 
     tries = 0
@@ -97,6 +100,7 @@ def _write_edit(
     ``guards`` is ``(expected_version, create_only)``. The audit reason is
     the edit's note, then the caller's ``reason`` if any.
     """
+    check_text(reason, "reason")
     note = functools.partial(audit, f"{edit.note}: {reason}" if reason else edit.note)
     decide = edit_decision(ref, edit, guards[0], guards[1], note)
     return set_result(ref, *backend.write(ref, decide))

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from castore.argcheck import check_integer, check_number
+from castore.argcheck import check_integer, check_number, check_text
 from castore.errors import InvalidValueError
 from castore.keys import validate_filters, validate_prefix
 from castore.records import Entry
@@ -36,7 +36,7 @@ __all__ = [
 GC_GRACE_SECONDS = 3600.0  # 1 hour: far above any write's duration
 
 
-class _Report(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+class PlainReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """A report that converts to plain data: the CLI's line (``operation`` first, if any)."""
 
     _operation: ClassVar[str] = ""  # the command that prints it ("" for a part of one)
@@ -51,7 +51,7 @@ class _Report(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         return msgspec.json.encode(self.to_dict())
 
 
-class Finding(_Report, frozen=True, kw_only=True):
+class Finding(PlainReport, frozen=True, kw_only=True):
     """One problem: the file, what is wrong, what repair does (and whether it did)."""
 
     path: str
@@ -61,7 +61,7 @@ class Finding(_Report, frozen=True, kw_only=True):
     severity: str = "error"  # "info": harmless (derived data, leftovers); ok stays true
 
 
-class CheckReport(_Report, frozen=True, kw_only=True):
+class CheckReport(PlainReport, frozen=True, kw_only=True):
     """Result of a check. ``ok`` means nothing is (still) wrong."""
 
     _operation: ClassVar[str] = "check"
@@ -73,7 +73,7 @@ class CheckReport(_Report, frozen=True, kw_only=True):
     findings: list[Finding]
 
 
-class GCReport(_Report, frozen=True, kw_only=True):
+class GCReport(PlainReport, frozen=True, kw_only=True):
     """What gc found, kept and freed (or, with ``dry_run``, would free)."""
 
     _operation: ClassVar[str] = "gc"
@@ -91,7 +91,7 @@ class GCReport(_Report, frozen=True, kw_only=True):
     leftovers_removed: int
 
 
-class CompactReport(_Report, frozen=True, kw_only=True):
+class CompactReport(PlainReport, frozen=True, kw_only=True):
     """What a compaction did (or, with ``dry_run``, would do)."""
 
     _operation: ClassVar[str] = "compact"
@@ -118,7 +118,7 @@ class ScopeStats(msgspec.Struct, kw_only=True, rename="camel"):
     reclaimable_bytes: int = 0
 
 
-class StoreStats(_Report, frozen=True, kw_only=True):
+class StoreStats(PlainReport, frozen=True, kw_only=True):
     """Statistics of a store: per scope and in total."""
 
     _operation: ClassVar[str] = "stats"
@@ -127,7 +127,7 @@ class StoreStats(_Report, frozen=True, kw_only=True):
     total: ScopeStats
 
 
-class UpgradeReport(_Report, frozen=True, kw_only=True):
+class UpgradeReport(PlainReport, frozen=True, kw_only=True):
     """Result of an upgrade: the formats before and after, files converted."""
 
     _operation: ClassVar[str] = "upgrade"
@@ -184,6 +184,7 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_integer(self.keep_last, "keep_last", optional=True)
+        check_text(self.keep_within_text, "keep_within_text")
         if self.keep_last is None and self.keep_within_seconds is None:
             raise InvalidValueError("give a retention policy: keep_last and/or keep_within")
         if self.keep_last is not None and not 1 <= self.keep_last <= MAX_COUNT:

@@ -75,7 +75,7 @@ def rfc3339(time_ns: int) -> str:
     return text + "Z"
 
 
-class _Plain(msgspec.Struct, frozen=True, kw_only=True):
+class PlainResult(msgspec.Struct, frozen=True, kw_only=True):
     """A result that converts to plain data: its CLI line, as bytes or as Python data."""
 
     def to_json(self) -> bytes:
@@ -95,7 +95,7 @@ class _Plain(msgspec.Struct, frozen=True, kw_only=True):
 _encoder: Final = msgspec.json.Encoder()
 
 
-class _Result(_Plain, frozen=True, kw_only=True):
+class _Result(PlainResult, frozen=True, kw_only=True):
     scope: str
     namespace: str
     key: str
@@ -164,7 +164,7 @@ class ListEntry(_Result, frozen=True, kw_only=True):
     value_json: bytes | None = None
 
 
-class ListResult(_Plain, frozen=True, kw_only=True):
+class ListResult(PlainResult, frozen=True, kw_only=True):
     """Result of :meth:`Store.list`: live entries in byte-wise key order.
 
     ``skipped`` names keys whose newest record could not be read (corrupt),
@@ -178,7 +178,7 @@ class ListResult(_Plain, frozen=True, kw_only=True):
     skipped: list[str] = msgspec.field(default_factory=list)
 
 
-class HistoryEntry(_Plain, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
+class HistoryEntry(PlainResult, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
     """One version in a key's history: what happened, when, and who did it.
 
     ``operation`` is ``set``, ``delete``, ``rollback`` or ``damaged``; ``time``
@@ -210,7 +210,8 @@ class HistoryResult(_Result, frozen=True, kw_only=True):
     """Result of :meth:`Store.history`: entries newest first.
 
     ``next_before_version`` is the ``before_version`` of the next page (0 when
-    this page reached version 1).
+    no older version is kept: this page reached version 1, or the oldest one
+    compaction left).
     """
 
     entries: list[HistoryEntry]

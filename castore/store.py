@@ -22,7 +22,7 @@ from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
 from castore.defaults import lock_timeout_of
-from castore.identity import ProcessIdentity, audit_fields, refuse_invalid_text
+from castore.identity import ProcessIdentity, audit_fields, check_caller, refuse_invalid_text
 from castore.keys import (
     Ref,
     RefCache,
@@ -69,8 +69,9 @@ class Store(Maintenance):
         mode: ``private`` or ``group`` (FORMAT.md §1); None means ``$CASTORE_MODE``.
 
     Raises:
-        ValueError: ``mode`` (or ``$CASTORE_MODE``) is not private or group, or
-            ``lock_timeout`` is not a number of seconds from 0 to a day.
+        ValueError: ``mode`` (or ``$CASTORE_MODE``) is not private or group,
+            ``lock_timeout`` is not a number of seconds from 0 to a day, or
+            ``path`` is empty (an unset variable would open the default store).
         FormatVersionError: another format, or not a directory or a castore store.
         BackendUnavailableError: ``path`` is a ``postgresql://`` location and the
             PostgreSQL driver is not installed (:mod:`castore.backends`).
@@ -92,6 +93,9 @@ class Store(Maintenance):
         mode: str | None = None,
     ) -> None:
         lock_timeout = lock_timeout_of(lock_timeout)
+        check_flag(durable, "durable")
+        if path is not None and not os.fspath(path):
+            raise ValueError("path is empty: give a store location, or None for the default")
         location = location_of(path)
         self._backend = open_backend(
             location, durable=durable, lock_timeout=lock_timeout, mode=mode
@@ -115,7 +119,16 @@ class Store(Maintenance):
         this process's user, host and pid are not read); ``dag`` and ``root_dag``
         resolve the ``dag`` and ``root_dag`` scopes. The handle shares this
         one's backend and caches: closing either closes both.
+
+        Raises:
+            TypeError: ``caller`` is not an ``Audit`` of texts and ints, or a name not a str.
+            InvalidValueError: a pid out of range, or text that is not UTF-8.
         """
+        if not isinstance(caller, Audit):
+            raise TypeError(f"caller must be an Audit, not {type(caller).__name__}")
+        check_caller(msgspec.structs.asdict(caller))
+        check_text(dag, "dag")
+        check_text(root_dag, "root_dag")
         other = copy.copy(self)
         other._caller = caller
         other.dag, other.root_dag = dag, root_dag or dag
@@ -172,13 +185,14 @@ class Store(Maintenance):
         exist raises NotFoundError.
 
         Raises:
-            InvalidRefError: bad scope, namespace or key.
-            InvalidValueError: ``default`` is not valid JSON data.
+            InvalidRefError: bad scope, namespace or key, or a ``version`` below 1.
+            InvalidValueError: ``default`` is not valid JSON data (checked when it is used).
             NotFoundError: the key is absent and ``required`` is True, or
                 ``version`` does not exist (never written, or compacted).
             CorruptionError: the stored value fails verification.
         """
         ref = self._refs.resolve(key, scope, namespace, self.dag, self.root_dag)
+        check_flag(required, "required")
         if version is not None:
             has_default = default is not _UNSET
             return history.get_version(self._backend, ref, version, required, default, has_default)
@@ -318,6 +332,7 @@ class Store(Maintenance):
         ns = resolve_namespace(scope, namespace, dag=self.dag, root_dag=self.root_dag)
         validate_prefix(prefix)
         validate_limit(limit)
+        check_flag(include_values, "include_values")
         return list_live(self._backend, scope, ns, prefix, limit, include_values)
 
     def history(

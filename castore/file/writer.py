@@ -62,8 +62,8 @@ class FileLogView:
         return self._reader.value_of(self._ref, self._tail.entry, self._tail.blob, self._fd)
 
     def entry_at(self, version: int) -> Entry | None:
-        """The entry of ``version`` in this log, or None."""
-        return self._log.entry_of(self._fd, version, locked=True)
+        """The entry of ``version`` in this log, or None (a new log has none: no index made)."""
+        return self._log.entry_of(self._fd, version, locked=True) if self._tail.size else None
 
     def value_at(self, entry: Entry) -> bytes | None:
         """The value of an entry of this log (verified)."""

@@ -65,6 +65,40 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
     ("diff reason", lambda s: s.diff("k", 7, reason=1.5), "reason must be a str, not float"),
     ("incr path", lambda s: s.incr("n", 1, path=5), "path must be a str or None, not int"),
     ("patch merge", lambda s: s.patch("k", {"a": 1}, merge="no"), "merge must be a bool, not str"),
+    # Found by a second review: these were taken as true (`update="no"` wrote), or raised
+    # AttributeError from deep inside, or StoreUnavailableError over http://.
+    ("diff update", lambda s: s.diff("k", 7, update="no"), "update must be a bool, not str"),
+    ("get required", lambda s: s.get("n", required="x"), "required must be a bool, not str"),
+    ("list values", lambda s: s.list(include_values=1), "include_values must be a bool, not"),
+    ("gc dry_run", lambda s: s.gc(dry_run="no"), "dry_run must be a bool, not str"),
+    ("compact dry", lambda s: s.compact(keep_last=1, dry_run=0), "dry_run must be a bool, not"),
+    ("check repair", lambda s: s.check(repair="yes"), "repair must be a bool, not str"),
+    (
+        "keep_within_text",
+        lambda s: s.compact(keep_last=1, keep_within_text=5),
+        "keep_within_text must be a str, not int",
+    ),
+    ("diff expected", lambda s: s.diff("k", 7, expected_version=True), "expected_version must"),
+    (
+        "rollback expected",
+        lambda s: s.rollback("k", to_version=1, expected_version=3.0),
+        "expected_version must be an int or None, not float",
+    ),
+    ("incr reason", lambda s: s.incr("n", 3, reason=1), "reason must be a str, not int"),
+    ("patch reason", lambda s: s.patch("k", [], reason=["x"]), "reason must be a str, not list"),
+    ("list namespace", lambda s: s.list(namespace=1), "namespace must be a str or None, not"),
+    ("list scope", lambda s: s.list(scope=None), "scope must be a str, not NoneType"),
+    ("compact scope", lambda s: s.compact(keep_last=1, scope=["dag"]), "scope must be a str or"),
+    ("retries None", lambda s: s.update("k", lambda v: v, retries=None), "retries must be an int"),
+    ("retries True", lambda s: s.update("k", lambda v: v, retries=True), "retries must be an int"),
+    ("caller dag", lambda s: s.for_caller(Audit(), dag=1).set("k", 9), "dag must be a str, not"),
+    ("caller type", lambda s: s.for_caller({}, dag="d").set("k", 9), "caller must be an Audit"),
+    (
+        "caller pid",
+        lambda s: s.for_caller(Audit(pid="1"), dag="d").set("k", 9),
+        "caller.pid must be an int, not str",
+    ),
+    ("durable", lambda s: Store(s.root, durable="no").set("k", 9), "durable must be a bool, not"),
 ]
 
 
@@ -88,6 +122,34 @@ def test_audit_fields_of_the_handle_are_checked_at_the_write(store_location, fie
     with pytest.raises(TypeError, match="dag must be a str or None, not int"):
         Store(store_location, dag=5)
     s.close()
+
+
+@pytest.mark.parametrize(
+    ("caller", "error"),
+    [
+        (Audit(pid=-5), "caller.pid -5 is out of range"),
+        (Audit(pid=2**70), f"caller.pid {2**70} is out of range"),
+        (Audit(actor="\ud800"), "audit field actor (from $CASTORE_ACTOR unless given) is not"),
+    ],
+)
+def test_a_caller_a_write_could_not_record_is_refused(store, caller, error):
+    # Found by a review: pid -5 was stored (and its export then refused by import), 2**70
+    # raised OverflowError over http://, a lone surrogate UnicodeEncodeError with an empty
+    # log left behind on the directory backend.
+    before = _export(store)
+    with pytest.raises(InvalidValueError) as info:
+        store.for_caller(caller, dag="d").set("new", 1)
+    assert error in str(info.value)
+    assert _export(store) == before
+    assert store.check().ok
+
+
+def test_an_empty_path_is_refused_not_the_default_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("CASTORE_DIR", str(tmp_path / "default"))
+    with pytest.raises(ValueError, match="path is empty"):
+        Store("")
+    assert Store(None).root == str(tmp_path / "default")  # None is the default store
+    assert not (tmp_path / "default").exists()
 
 
 def test_an_unknown_on_conflict_changes_nothing(store, store_location, tmp_path):

@@ -307,3 +307,15 @@ def test_a_write_that_writes_nothing_in_a_new_namespace_leaves_check_ok(tmp_path
     assert report.ok, report.findings
     assert report.findings == []
     assert Store(tmp_path, dag="d2").set("k", 1).version == 1
+
+
+def test_a_rollback_of_a_key_never_written_leaves_no_file(tmp_path):
+    # Found by a review: it left the key's version index, which check then reported
+    # ("version index without its log"); a failed get at a version leaves nothing.
+    store = Store(tmp_path, dag="d")
+    store.set("seed", 1)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(NotFoundError, match="has no version 1"):
+        store.rollback("new", to_version=1)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert Store(tmp_path).check().findings == []

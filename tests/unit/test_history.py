@@ -583,3 +583,18 @@ def test_rollback_and_an_unchanged_patch_store_no_second_copy(store):
     assert store.patch("k", []).version == 4
     after = store.stats().total  # PostgreSQL keeps a small value in each version's row
     assert (after.versions, after.reclaimable_bytes) == (before.versions + 2, 0)
+
+
+def test_a_page_ending_at_the_oldest_kept_version_names_no_next_page(store):
+    # Found by a review: after compaction kept versions 4 and 5, a page of 2 gave
+    # next_before_version 4, and that page was empty.
+    for n in range(5):
+        store.set("k", n)
+    store.compact(keep_last=2)
+    page = store.history("k", limit=2)
+    assert ([e.version for e in page.entries], page.next_before_version) == ([5, 4], 0)
+    page = store.history("k", limit=1)
+    assert ([e.version for e in page.entries], page.next_before_version) == ([5], 5)
+    page = store.history("k", limit=1, before_version=5)
+    assert ([e.version for e in page.entries], page.next_before_version) == ([4], 0)
+    assert store.history("k", limit=3).next_before_version == 0

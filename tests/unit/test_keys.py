@@ -418,6 +418,8 @@ def test_ref_tuple_and_str():
         ("\a\b\f\v", '"\\a\\b\\f\\v"'),  # strconv.Quote's short escapes
         ("é日🎉", '"é日🎉"'),
         ("\udcff", '"\\xff"'),
+        # a lone surrogate not from argv: its bytes (review: "\ud800" was shown as "\x00")
+        ("k\ud800", '"k\\xed\\xa0\\x80"'),
         # Go escapes what unicode.IsPrint refuses (review: these were printed raw)
         ("a\u00a0/", '"a\\u00a0/"'),
         ("\u2028\u200b\ufeff\u00ad", '"\\u2028\\u200b\\ufeff\\u00ad"'),

@@ -14,7 +14,6 @@ import pytest
 from castore import (
     ConflictError,
     IncrResult,
-    InvalidRefError,
     InvalidValueError,
     PatchResult,
     PatchTestError,
@@ -385,7 +384,7 @@ def test_update_gives_up_after_its_retries(store):
     with pytest.raises(ConflictError):
         store.update("k", fn, retries=2)
     assert len(calls) == 3
-    with pytest.raises(InvalidRefError):
+    with pytest.raises(InvalidValueError):
         store.update("k", fn, retries=-1)
 
 

@@ -47,3 +47,31 @@ def test_the_maintenance_reports_and_retention_are_exported():
         if name[0].isupper() and not name.isupper():
             assert name in castore.__all__
             assert getattr(castore, name) is getattr(castore.reports, name)
+
+
+def test_the_records_of_audit_import_and_import_dagu_convert_as_every_result(tmp_path):
+    # Found by a review: README says every result and report has to_json() and to_dict();
+    # ImportReport, AuditRecord and DaguImport had neither.
+    import json
+
+    store = castore.Store(tmp_path / "a", dag="d")
+    store.set("k", {"a": 1})
+    record = next(iter(castore.audit_records(store)))
+    report = castore.import_lines(
+        castore.Store(tmp_path / "b"), lambda: list(castore.export_lines(store))
+    )
+    dagu = tmp_path / "dagu" / "v1" / "dag" / "x"
+    dagu.mkdir(parents=True)
+    (dagu / "k.json").write_text("{")
+    (outcome,) = castore.import_dagu(castore.Store(tmp_path / "c"), str(tmp_path / "dagu"))
+    for item in (record, report, outcome):
+        assert item.to_dict() == json.loads(item.to_json())
+    assert report.to_dict() == {
+        "operation": "import",
+        "refs": 1,
+        "versions": 1,
+        "skippedRefs": [],
+        "overwrittenRefs": [],
+    }
+    assert list(record.to_dict())[:5] == ["scope", "namespace", "key", "version", "operation"]
+    assert outcome.to_dict()["status"] == "skipped"
