@@ -413,9 +413,8 @@ class StoreMachine(RuleBasedStateMachine):
             )
         )
         top = total if before is None else min(total, before - 1)
-        want = [v for v in range(top, 0, -1) if (ref, v) not in self.compacted]
-        if limit:
-            want = want[:limit]
+        kept = [v for v in range(top, 0, -1) if (ref, v) not in self.compacted]
+        want = kept[:limit] if limit else kept
         assert [e.version for e in res.entries] == want
         for entry in res.entries:
             normalized = self.history[ref][entry.version - 1]
@@ -423,7 +422,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert entry.operation == op
             assert entry.rollback_from == rollback_from
             assert entry.hash == ("" if normalized is None else codec.hexdigest(normalized))
-        more = bool(limit) and len(want) == limit and want[-1] > 1
+        more = bool(limit) and len(kept) > limit  # an older version is kept: a next page
         assert res.next_before_version == (want[-1] if more else 0)
 
     @rule(h=handles, where=targets, key=keys, data=st.data())
