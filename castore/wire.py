@@ -83,12 +83,16 @@ class RefCall(_Msg, frozen=True, kw_only=True):
     key: str
 
 
-class WireVersion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class WireVersion(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """A :class:`~castore.backend.NewVersion` as it travels.
 
     ``hint`` is a location the server sent in an entry (a rollback's target, the
     previous version's blob): the server verifies the frame there by its digest
     before it points at it, and only a log of its own store is ever opened.
+    Fields at their defaults are left out, so a server of an earlier release
+    (which knows no ``hint``) still takes every version that carries none.
     """
 
     op: str
