@@ -198,7 +198,10 @@ def diff_versions(
     backend: Backend, ref: Ref, from_version: int, to_version: int | None
 ) -> VersionDiff:
     """``Store.diff_versions``: an RFC 6902 JSON Patch between two stored versions."""
-    if to_version is None:
+    _check_version(from_version, "from_version")
+    if to_version is not None:
+        _check_version(to_version, "to_version")
+    else:
         newest = backend.current(ref).entry
         if newest is None:
             raise NotFoundError(str(ref))

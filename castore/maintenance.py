@@ -46,8 +46,8 @@ class Maintenance:
         """
         reports.check_seconds(grace_seconds, "grace")
         check_flag(dry_run, "dry_run")
-        return self._backend.collect_garbage(
-            grace_seconds=grace_seconds, dry_run=dry_run, progress=progress
+        return self._backend.collect_garbage(  # a float, as the CLI and a server report it
+            grace_seconds=float(grace_seconds), dry_run=dry_run, progress=progress
         )
 
     def compact(

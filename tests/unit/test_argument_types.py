@@ -50,6 +50,16 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
         lambda s: s.rollback("k", to_version="1"),
         "to_version must be an int, not str",
     ),
+    (
+        "diff from None",
+        lambda s: s.diff_versions("k", from_version=None),
+        "from_version must be an int, not NoneType",
+    ),
+    (
+        "diff to '1'",
+        lambda s: s.diff_versions("k", from_version=1, to_version="1"),
+        "to_version must be an int, not str",
+    ),
     ("list prefix", lambda s: s.list(prefix=None), "prefix must be a str, not NoneType"),
     ("list limit", lambda s: s.list(limit=True), "limit must be an int, not bool"),
     ("keep_last=True", lambda s: s.compact(keep_last=True), "keep_last must be an int or None"),

@@ -400,6 +400,16 @@ def test_maintenance_arguments_out_of_range_fail_alike_on_every_backend(store, c
     assert [e.version for e in store.history("k").entries] == [2, 1]
 
 
+def test_a_grace_given_as_an_integer_reports_the_same_on_every_backend(store):
+    # Found by a review: gc(grace_seconds=5) reported graceSeconds 5 locally and 5.0 over
+    # http:// and from the CLI.
+    store.set("k", 1)
+    for grace in (5, 5.0):
+        report = store.gc(grace_seconds=grace, dry_run=True)
+        assert type(report.grace_seconds) is float
+        assert b'"graceSeconds":5.0,' in report.to_json()
+
+
 def test_stats_counts_as_reclaimable_what_gc_would_free(store):
     # Found by a review: stats said 0 reclaimable bytes where gc freed 4 blobs (a log's
     # second copy of a value), and 7,134 where gc freed 10,839 after a compaction.
