@@ -34,6 +34,7 @@ __all__ = [
     "object_members",
     "parse_document",
     "parse_iterative",
+    "without_lone_surrogates",
 ]
 
 # Empty (or only whitespace) input. Dagu says ``invalid value: EOF`` (Go's decoder); the
@@ -214,6 +215,25 @@ def parse_document(text: str, raw: bytes, *, literal_numbers: bool) -> Any:
         cut = number_error(text, pos) if text[pos] in "-0123456789" else None
         raise InvalidValueError(cut or "multiple JSON values")  # Python ends a number sooner
     return _fix_strings(value) if fixing else value
+
+
+def without_lone_surrogates(raw: bytes) -> bytes | None:
+    r"""``raw`` written again with each lone surrogate escape as U+FFFD, as Go decodes it.
+
+    For decoders that refuse such escapes (msgspec). Numbers keep their literal text. None
+    when ``raw`` holds no escape that could be one, or is not one JSON document: the
+    caller's decoder then words the error.
+
+    >>> without_lone_surrogates(rb'{"a": ["\ud800", 1.50]}')
+    b'{"a":["\xef\xbf\xbd",1.50]}'
+    """
+    if b"\\u" not in raw or _SURROGATE_ESCAPE.search(raw) is None:
+        return None
+    try:
+        tree = parse_document(raw.decode(), raw, literal_numbers=True)
+    except (UnicodeDecodeError, InvalidValueError, RecursionError):
+        return None
+    return msgspec.json.encode(tree)
 
 
 def object_members(text: str) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ import msgspec
 from castore.audit import AuditRecord, audit
 from castore.edits import parse_number
 from castore.errors import InvalidRefError
+from castore.jsonparse import without_lone_surrogates
 from castore.keys import resolve_namespace
 from castore.lines import encode_line
 from castore.records import Audit
@@ -387,4 +388,11 @@ def decode_request(name: str, body: bytes) -> Any:
     Raises:
         msgspec.DecodeError: not JSON (``msgspec.ValidationError``: not this request).
     """
-    return msgspec.json.decode(body, type=OPERATIONS[name].request)
+    request = OPERATIONS[name].request
+    try:
+        return msgspec.json.decode(body, type=request)
+    except msgspec.DecodeError:
+        repaired = without_lone_surrogates(body)  # msgspec refuses them; Go reads U+FFFD
+        if repaired is None:
+            raise
+    return msgspec.json.decode(repaired, type=request)

@@ -553,6 +553,26 @@ def test_bad_requests_answer_400(file_server):
     assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
 
 
+def test_a_lone_surrogate_escape_reads_as_the_cli_reads_it(file_server, tmp_path):
+    # Found by a review: the JSON API refused "\ud800" (400, "Input data was truncated")
+    # where the CLI and Dagu store U+FFFD; a JavaScript client's JSON.stringify sends it.
+    cli = Cli(tmp_path, tmp_path / "local", dag="d")
+    for value in (r'"\ud800x"', r'{"\udc00":[1.50, "\ud83d\ude00", "\\ud800", 1e400]}'):
+        cli.raw_ok("set", "k", value)
+        response = post(file_server, "set", body({"key": "k", "dag": "d"}, value=value), AUTH)
+        assert response.status_code == 200, response.text
+        got = post(file_server, "get", body({"key": "k", "dag": "d"}), AUTH)
+        assert got.content.rstrip(b"\n") == cli.raw_ok("get", "k").rstrip(b"\n")
+    for bad in (
+        b'{"key":"k","dag":"d","value":"\\ud800',
+        b'{"key":"k","dag":"d","value":"\\ud800","x":1}',
+    ):
+        response = post(file_server, "set", bad, AUTH)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "bad_request"
+    assert b'"version":2' in post(file_server, "get", body({"key": "k", "dag": "d"}), AUTH).content
+
+
 def test_a_write_the_backend_protocol_could_not_carry_is_refused(file_server, monkeypatch):
     # Found by a review: a caller pid past 2**64 was written, and every http:// worker's
     # get, set and history of that key then failed (500: msgpack cannot encode it);
