@@ -98,6 +98,18 @@ def _transaction(
     return result
 
 
+def _reported_by_server(exc: psycopg.Error) -> bool:
+    """Whether the server reported ``exc`` and the session lives on (it then rolled back).
+
+    An error without a SQLSTATE is psycopg's own (``cannot exit pipeline mode while
+    busy`` when the server process went away mid-``COMMIT``); class 08 (connection)
+    and 57P (a terminated session, a shutdown) end the session. 57014, a statement
+    timeout or cancel, does not.
+    """
+    state = exc.sqlstate
+    return state is not None and not state.startswith(("08", "57P"))
+
+
 class Database:
     """The connection of one store handle (made on first use) and its schema's state.
 
@@ -274,13 +286,13 @@ class Database:
                 except FormatVersionError:
                     raise
                 except psycopg.OperationalError as exc:
-                    lost = conn.broken or conn.closed
+                    lost = conn.broken or conn.closed or not _reported_by_server(exc)
                     if lost:
                         self._drop()
                         if attempt == 1 and not fresh and not committing:
                             continue  # a stale connection: nothing was applied; once more
-                    # Only a lost connection leaves a queued COMMIT in doubt: on a live one,
-                    # an error (a statement timeout, a deadlock) rolled the transaction back.
+                    # Only an error the server reported on a live connection (a statement
+                    # timeout, a deadlock) proves a queued COMMIT rolled back.
                     raise self._unavailable(exc, what, committing and lost) from None
                 except psycopg.Error as exc:
                     raise self._unavailable(exc, what, False) from None

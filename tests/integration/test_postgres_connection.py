@@ -64,9 +64,14 @@ class CommitFails:
     ``applied``: the server commits, then the connection goes before the answer
     arrives. Else the connection is cut just as the COMMIT is queued, so the
     server never gets it (and rolls the transaction back).
+    ``closed=False``: the error comes while the connection still looks open (a
+    review found psycopg raising so, without a SQLSTATE, when its server process was
+    terminated during the ``COMMIT``: 6 writes reported as failed had been applied).
     """
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, applied: bool) -> None:
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, *, applied: bool, closed: bool = True
+    ) -> None:
         self.fired = False
         if applied:
             real_exit = psycopg.Pipeline.__exit__
@@ -76,6 +81,8 @@ class CommitFails:
                     return real_exit(pipeline, *exc)
                 self.fired = True
                 real_exit(pipeline, *exc)  # sends COMMIT, reads its answer
+                if not closed:  # psycopg's error before it marks the connection broken
+                    raise psycopg.OperationalError("cannot exit pipeline mode while busy")
                 pipeline._conn.close()
                 raise psycopg.OperationalError("server closed the connection unexpectedly")
 
@@ -94,13 +101,17 @@ class CommitFails:
         monkeypatch.setattr(psycopg.Cursor, "execute", execute)
 
 
-@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not-applied"])
+@pytest.mark.parametrize(
+    ("applied", "closed"),
+    [(True, True), (True, False), (False, True)],
+    ids=["applied", "applied-connection-looks-open", "not-applied"],
+)
 def test_a_connection_lost_during_commit_says_the_write_may_have_been_applied(
-    pg_location: str, monkeypatch: pytest.MonkeyPatch, applied: bool
+    pg_location: str, monkeypatch: pytest.MonkeyPatch, applied: bool, closed: bool
 ) -> None:
     store = Store(pg_location, dag="d")
     store.set("k", 1)
-    fault = CommitFails(monkeypatch, applied=applied)
+    fault = CommitFails(monkeypatch, applied=applied, closed=closed)
     with pytest.raises(StoreUnavailableError) as caught:
         store.set("k", 2)
     assert fault.fired
