@@ -155,14 +155,23 @@ class Database:
         return text
 
     def _connect(self) -> psycopg.Connection[Any]:
+        conn = self._open()
+        if isinstance(conn, str):  # raised here, not in an except block: no driver context
+            raise StoreUnavailableError(f"{self.location.shown}: {conn}")
+        # A handle dropped without close() closes its connection when collected.
+        self._closer = weakref.finalize(self, conn.close)
+        self._pid = os.getpid()
+        self._cur = conn.cursor()
+        return conn
+
+    def _open(self) -> psycopg.Connection[Any] | str:
+        """A connection with its session set up, or what failed (the driver's words cleaned)."""
         try:
             conn = psycopg.connect(
                 self.location.conninfo, autocommit=True, application_name="castore"
             )
         except psycopg.Error as exc:
-            raise StoreUnavailableError(
-                f"{self.location.shown}: cannot connect: {self.clean(exc)}"
-            ) from None
+            return f"cannot connect: {self.clean(exc)}"
         try:
             conn.execute(
                 "SELECT set_config('search_path', %s, false), "
@@ -176,13 +185,7 @@ class Database:
             )
         except psycopg.Error as exc:
             conn.close()
-            raise StoreUnavailableError(
-                f"{self.location.shown}: cannot set up the session: {self.clean(exc)}"
-            ) from None
-        # A handle dropped without close() closes its connection when collected.
-        self._closer = weakref.finalize(self, conn.close)
-        self._pid = os.getpid()
-        self._cur = conn.cursor()
+            return f"cannot set up the session: {self.clean(exc)}"
         return conn
 
     def disown(self) -> None:
@@ -293,7 +296,8 @@ class Database:
                             continue  # a stale connection: nothing was applied; once more
                     # Only an error the server reported on a live connection (a statement
                     # timeout, a deadlock) proves a queued COMMIT rolled back.
-                    raise self._unavailable(exc, what, committing and lost) from None
+                    failure = self._unavailable(exc, what, committing and lost)
                 except psycopg.Error as exc:
-                    raise self._unavailable(exc, what, False) from None
+                    failure = self._unavailable(exc, what, False)
+                raise failure  # out of the except block: the driver's words are not kept
             raise AssertionError("unreachable")  # pragma: no cover

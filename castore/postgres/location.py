@@ -36,7 +36,12 @@ def _name(item: str) -> str:
     return urllib.parse.unquote(item.partition("=")[0])
 
 
-_SEPARATORS: Final = re.compile(r"[@/:?#&%]")  # where libpq may cut a password it misreads
+_SEPARATORS: Final = re.compile(r"[@/:?#&%,\[\]]")  # where libpq may cut a password it misreads
+_ENCODE: Final = (
+    "percent-encode '@', '/', '%', ',', '[' and ']' in the user name, password and "
+    "database name ('@' as %40, '/' as %2F, '%' as %25)"
+)
+_PORTS: Final = re.compile(r"[0-9,]*")
 
 
 def _secrets(passwords: list[str]) -> tuple[str, ...]:
@@ -55,6 +60,48 @@ def _secrets(passwords: list[str]) -> tuple[str, ...]:
     return tuple(sorted(found, key=len, reverse=True))
 
 
+def _as_libpq_reads(conninfo: str, passwords: set[str]) -> dict[str, str]:
+    """The URL's parts as libpq reads them; refused where it would misread the password.
+
+    libpq ends the user name and password at the first ``@`` or ``/``, so an unencoded
+    one leaves the rest of the password in the host, port or database name: sent to a
+    name lookup, and quoted in libpq's errors. Such a URL (or one libpq cannot read:
+    its words quote the password) is refused before libpq connects, and so is one
+    whose password libpq reads as none of ``passwords`` (what castore reads: ``?``
+    and ``#`` end castore's reading of the user name and password, not libpq's).
+    The errors name no part of the URL. Without psycopg, nothing is checked here
+    (connecting says to install it).
+
+    Raises:
+        InvalidValueError: naming what to percent-encode; never the password.
+    """
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return {}
+    try:
+        read = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    except ProgrammingError:
+        read = None  # raised below, with no context: libpq's words quote the URL
+    if read is None:
+        raise InvalidValueError(f"not a PostgreSQL URL libpq can read: {_ENCODE}")
+    where = read.get("host", "") + read.get("hostaddr", "") + read.get("port", "")
+    path = conninfo.partition("?")[0].partition("://")[2].partition("/")[2]
+    misread = "@" in where or "@" in path or not _PORTS.fullmatch(read.get("port", ""))
+    if misread or read.get("password", "") not in passwords:
+        raise InvalidValueError(f"libpq would misread this PostgreSQL URL: {_ENCODE}")
+    return read
+
+
+def _split(location: str) -> urllib.parse.SplitResult | None:
+    """``location`` split by urllib (None: it cannot be; its error may quote the password)."""
+    try:
+        return urllib.parse.urlsplit(location)
+    except ValueError:
+        return None
+
+
 def parse(location: str) -> Location:
     """Split a ``postgresql://`` location into libpq's URL and castore's schema.
 
@@ -63,26 +110,26 @@ def parse(location: str) -> Location:
             (or names a system schema), or the URL cannot be parsed.
     """
     shown = redacted(location).partition("?")[0]
-    try:
-        parts = urllib.parse.urlsplit(location)
-        password = urllib.parse.unquote(parts.password or "")
-    except ValueError as exc:
-        raise InvalidValueError(f"{shown}: not a PostgreSQL URL ({exc})") from None
+    parts = _split(location)
+    if parts is None:  # raised here, not in an except block: urllib's words quote the URL
+        raise InvalidValueError(f"not a PostgreSQL URL: {_ENCODE}")
+    password = urllib.parse.unquote(parts.password or "")
     # The query stays as written (libpq decodes it), less castore's own parameter.
     items = [item for item in parts.query.split("&") if item]
     schemas = [urllib.parse.unquote(i.partition("=")[2]) for i in items if _name(i) == "schema"]
     schema = schemas[-1] if schemas else DEFAULT_SCHEMA
-    if not _SCHEMA_NAME.fullmatch(schema) or schema.startswith("pg_"):
-        raise InvalidValueError(
-            f"{shown}: invalid schema {schema!r}: use lower-case letters, digits and _ "
-            "(at most 63, not starting with a digit or pg_)"
-        )
     raw = [i.partition("=")[2] for i in items if _name(i) == "password"]
     rest = "&".join(i for i in items if _name(i) != "schema")
     base = location.partition("?")[0].partition("#")[0]
     conninfo = f"{base}?{rest}" if rest else base
     userinfo = base.partition("://")[2].rpartition("@")[0]  # up to the last "@" (urls.redacted)
-    secrets = _secrets([password, userinfo.partition(":")[2], *raw])
+    read = _as_libpq_reads(conninfo, {"", password, *map(urllib.parse.unquote, raw)})
+    if not _SCHEMA_NAME.fullmatch(schema) or schema.startswith("pg_"):
+        raise InvalidValueError(
+            f"{shown}: invalid schema {schema!r}: use lower-case letters, digits and _ "
+            "(at most 63, not starting with a digit or pg_)"
+        )
+    secrets = _secrets([password, userinfo.partition(":")[2], *raw, read.get("password", "")])
     return Location(
         conninfo, schema, redacted(location) if schemas else f"{shown}?schema={schema}", secrets
     )

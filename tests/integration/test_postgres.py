@@ -35,6 +35,7 @@ import castore
 from castore import (
     ConflictError,
     FormatVersionError,
+    InvalidValueError,
     NotFoundError,
     Store,
     StoreUnavailableError,
@@ -636,26 +637,40 @@ def test_an_unreachable_server_is_unavailable_without_credentials():
 
 
 @pytest.mark.parametrize(
-    ("userinfo", "query", "secret"),
+    ("userinfo", "query", "secret", "refused"),
     [
-        ("castore:pa/ss9{tag}", "", "ss9{tag}"),  # an unencoded "/": the host was cut there
-        ("castore:p@ss9{tag}", "", "ss9{tag}"),  # an unencoded "@": libpq names the rest as host
-        ("castore:sec%00ret9{tag}", "", "ret9{tag}"),  # libpq echoes a bad escape as written
-        ("castore:p%41ss%zz{tag}", "", "{tag}"),
-        ("castore:ok", "password=q%41%zz{tag}", "{tag}"),
+        ("castore:pa/ss9{tag}", "", "ss9{tag}", True),  # an unencoded "/": the host was cut there
+        (
+            "castore:p@ss9{tag}",
+            "",
+            "ss9{tag}",
+            True,
+        ),  # an unencoded "@": libpq names the rest as host
+        ("castore:sec%00ret9{tag}", "", "ret9{tag}", True),  # libpq echoes a bad escape as written
+        ("castore:p%41ss%zz{tag}", "", "{tag}", True),
+        ("castore:ok", "password=q%41%zz{tag}", "{tag}", True),
+        # Found by the thirteenth session's review: a "," or brackets after an "@" showed
+        # the password's tail (and sent it to DNS as a host name to resolve).
+        ("castore:x@hostA,Hunter{tag}", "", "Hunter{tag}", True),
+        ("castore:ab@[Hunter{tag}]", "", "Hunter{tag}", True),
+        ("castore:Pa@s:w0{tag}", "", "s:w0{tag}", True),
+        ("castore:Secretpart?ss{tag}", "", "Secretpart", True),  # libpq: "Secretpart?ss…"
+        ("castore:pass{tag}", "", "pass{tag}", False),  # a wrong password
     ],
 )
-def test_a_password_libpq_cannot_read_is_never_shown(postgres_location, userinfo, query, secret):
+def test_a_password_libpq_cannot_read_is_never_shown(
+    postgres_location, userinfo, query, secret, refused
+):
     # Found by a review: each of these showed the password, or its tail, in the error,
-    # in repr(store) and on the CLI's stderr.
+    # in repr(store) and on the CLI's stderr. A URL libpq would misread is now refused
+    # before libpq sees it (exit 2), so no part of it reaches a host lookup.
     tag = os.urandom(6).hex()
     host = parse(postgres_location).conninfo.partition("://")[2].rpartition("@")[2]
     location = f"postgresql://{userinfo.format(tag=tag)}@{host}"
     location += f"?{query.format(tag=tag)}" if query else ""
     secret = secret.format(tag=tag)
-    store = Store(location, dag=DAG)
-    with pytest.raises(StoreUnavailableError) as exc:
-        store.get("k")
+    with pytest.raises(InvalidValueError if refused else StoreUnavailableError) as exc:
+        Store(location, dag=DAG).get("k")
     cli = subprocess.run(
         [sys.executable, "-m", "castore", "--dag", DAG, "get", "k"],
         env={**os.environ, "CASTORE_DIR": location},
@@ -663,12 +678,17 @@ def test_a_password_libpq_cannot_read_is_never_shown(postgres_location, userinfo
         text=True,
         check=False,
     )
-    assert cli.returncode == 1, cli.stderr
-    shown = [repr(store), str(exc.value), repr(exc.value), cli.stderr, cli.stdout]
+    assert cli.returncode == (2 if refused else 1), cli.stderr
+    shown = [str(exc.value), repr(exc.value), cli.stderr, cli.stdout]
+    shown += [repr(e) for e in (exc.value.__context__, exc.value.__cause__) if e is not None]
     for text in shown:
         assert secret not in text, text
         assert tag not in text, text
-    assert "cannot connect" in str(exc.value)
+    if refused:
+        assert "percent-encode" in str(exc.value)
+    else:
+        assert "cannot connect" in str(exc.value)
+        assert exc.value.__context__ is None  # the driver's own words are not kept either
 
 
 def test_a_wrong_password_is_unavailable_without_it(postgres_location):
