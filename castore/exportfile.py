@@ -35,6 +35,7 @@ import msgspec
 from castore import codec
 from castore.backend import NewVersion
 from castore.errors import InvalidValueError
+from castore.jsonparse import object_members
 from castore.keys import Ref, validate_key, validate_namespace, validate_scope
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Audit
 from castore.reports import PlainReport
@@ -140,6 +141,29 @@ def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
         yield number, line
 
 
+def _decode_record(line: bytes) -> ExportRecord:
+    """One version's line; a value nested deeper than msgspec recurses is taken as text.
+
+    Raises:
+        msgspec.DecodeError, ValueError: not a record.
+    """
+    try:
+        return _record_decoder.decode(line)
+    except RecursionError:  # msgspec recurses through a value, even one it keeps Raw
+        pass
+    members = object_members(line.decode())  # finds where each value ends, iteratively
+    values = [text for name, text in members if name == "value"]
+    shallow = [(name, text) for name, text in members if name != "value"]
+    text = ",".join(f"{codec.encode_string(n, html=False).decode()}:{t}" for n, t in shallow)
+    try:
+        rec = _record_decoder.decode("{" + text + "}")
+    except RecursionError:
+        raise ValueError("a member other than value is nested too deeply") from None
+    if not values:
+        return rec
+    return msgspec.structs.replace(rec, value=msgspec.Raw(values[-1].encode()))
+
+
 def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]]]:
     """Validate an export and yield each ref's versions as new versions."""
     it = _numbered(lines)
@@ -158,7 +182,7 @@ def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]
         if not line.strip():
             continue
         try:
-            rec = _record_decoder.decode(line)
+            rec = _decode_record(line)
             ref = Ref(validate_scope(rec.scope), validate_namespace(rec.namespace), rec.key)
             validate_key(rec.key)
         except (msgspec.DecodeError, ValueError) as exc:

@@ -499,3 +499,19 @@ def test_a_damaged_range_compaction_drops_reads_as_compacted(store_location):
         with pytest.raises(NotFoundError, match=f"version {version} was compacted"):
             store.get("k", version=version)
     assert store.get("k").value == {"a": 6}
+
+
+@pytest.mark.parametrize("depth", [1_000, 9_999])
+def test_a_deeply_nested_value_survives_a_round_trip(new_store_location, depth):
+    # Found by a review: a value nested 1,000 levels or more was stored and exported, but
+    # its export could not be imported (a RecursionError traceback from the line decoder).
+    s = new_store(new_store_location())
+    deep = b"[" * depth + b"{" + b'"a":' + b"1.50" + b"}" + b"]" * depth
+    s.set("deep", deep)
+    s.set("deep", {"flat": True})
+    data = export_bytes(s)
+    copy = new_store(new_store_location())
+    report = import_lines(copy, lines_reader(data))
+    assert (report.refs, report.versions) == (1, 2)
+    assert export_bytes(copy) == data
+    assert copy.get("deep", version=1).value_json == normalize_json(deep)
