@@ -36,6 +36,7 @@ __all__ = [
     "lost_marker",
     "newest_first",
     "next_entry",
+    "overwrite_refusal",
 ]
 
 
@@ -132,7 +133,7 @@ class Backend(Protocol):
         """
 
     def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
-        """Replace ``ref``'s whole history (an import's overwrite); never lowers versions."""
+        """Replace ``ref``'s whole history (an import's overwrite); :func:`overwrite_refusal`."""
 
     def exists(self, ref: Ref) -> bool:
         """True if ``ref`` has any stored record (even a tombstone)."""
@@ -190,6 +191,31 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Drop cached state (must not race with other calls)."""
+
+
+def overwrite_refusal(
+    ref: Ref, newest: Entry | None, new_versions: list[NewVersion]
+) -> ConflictError | None:
+    """Why an import may not replace a history whose newest entry is ``newest``, or None.
+
+    Versions never repeat: the import's newest version must be above the stored
+    newest, or be that very version with the same value (a re-import), so that no
+    compare-and-swap expecting the stored version passes against another value.
+    """
+    if newest is None or not new_versions:
+        return None
+    top = new_versions[-1]
+    if top.version > newest.version:
+        return None
+    if top.version < newest.version:
+        why = "is below it"
+    elif top.digest_hex == newest.hash and (top.op not in (OP_DELETE, OP_DAMAGED)) == newest.live:
+        return None
+    else:
+        why = "is the stored one, with another value"
+    return ConflictError(
+        str(ref), None, newest.version, f"the import's newest version {top.version} {why}"
+    )
 
 
 def next_entry(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 
-from castore.backend import Decide, LogView, NewVersion
+from castore.backend import Decide, LogView, NewVersion, overwrite_refusal
 from castore.errors import ConflictError, InvalidValueError
 from castore.exportfile import (
     EXPORT_FORMAT,
@@ -137,11 +137,9 @@ def _refusal(
     a key again at a version that a life compaction removed used (``grave``:
     its last version, :meth:`Backend.removed`).
     """
-    first, top = new_versions[0].version, new_versions[-1].version
-    if existing is not None and on_conflict == "overwrite" and top < existing.version:
-        return ConflictError(
-            str(ref), None, existing.version, f"the import's newest version {top} is below it"
-        )
+    first = new_versions[0].version
+    if on_conflict == "overwrite" and (why := overwrite_refusal(ref, existing, new_versions)):
+        return why
     if (existing is None or on_conflict == "overwrite") and first <= grave:
         return ConflictError(
             str(ref),

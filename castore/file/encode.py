@@ -13,8 +13,7 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
-from castore.backend import NewVersion, next_entry
-from castore.errors import ConflictError
+from castore.backend import NewVersion, next_entry, overwrite_refusal
 from castore.file import logread
 from castore.file.frames import FORMAT_VERSION, LogBytes, encode_frame
 from castore.file.records import (
@@ -89,18 +88,16 @@ def carried(ref: Ref, old: LogBytes) -> tuple[bytes, list[tuple[bytes, BlobLoc]]
 
 
 def refuse_lower(ref: Ref, old: LogBytes, new_versions: list[NewVersion]) -> None:
-    """An overwrite may not take a key's versions back: the next one must be new.
+    """An overwrite may not give a key's versions again (:func:`overwrite_refusal`).
 
     Raises:
-        ConflictError: the replacement's newest version is below the old one's.
+        ConflictError: the replacement's newest version is below the old one's, or
+            is the old one's with another value.
     """
     entries = [decode_entry(f.payload) for f in old.frames if f.kind == KIND_ENTRY]
-    newest = max((e.version for e in entries), default=0)
-    top = max((p.version for p in new_versions), default=0)
-    if top < newest:
-        raise ConflictError(
-            str(ref), None, newest, f"the import's newest version {top} is below it"
-        )
+    why = overwrite_refusal(ref, max(entries, key=lambda e: e.version, default=None), new_versions)
+    if why is not None:
+        raise why
 
 
 def encode_versions(

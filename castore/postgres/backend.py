@@ -26,8 +26,9 @@ from castore.backend import (
     Progress,
     newest_first,
     next_entry,
+    overwrite_refusal,
 )
-from castore.errors import ConflictError, CorruptionError
+from castore.errors import CorruptionError
 from castore.keys import Ref
 from castore.postgres import compaction, maintenance, rows, schema
 from castore.postgres import statements as q
@@ -341,12 +342,8 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> list[Entry]:
             floor, previous, _ = self._lock(cur, ref)
-            newest = previous.version if previous is not None else 0
-            top = max((p.version for p in new_versions), default=0)
-            if top < newest:
-                raise ConflictError(
-                    str(ref), None, newest, f"the import's newest version {top} is below it"
-                )
+            if (why := overwrite_refusal(ref, previous, new_versions)) is not None:
+                raise why
             cur.execute(f"DELETE FROM versions WHERE {q.REF}", key)
             cur.execute(f"DELETE FROM compactions WHERE {q.REF}", key)
             cur.execute(f"UPDATE refs SET {q.NO_NEWEST} WHERE {q.REF}", key)

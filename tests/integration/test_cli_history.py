@@ -429,7 +429,6 @@ def test_import_overwrite_keeps_values_deduplicated_against_the_old_history(
     mine = store_at(target)
     mine.set("a", BIG)  # a's log holds the blob
     mine.set("b", BIG)  # b points at a's blob
-    mine.set("a", "changed")
     other = new_store_location()
     theirs = store_at(other)
     theirs.set("a", {"x": 0})
@@ -473,7 +472,8 @@ def test_an_import_refused_for_one_key_writes_no_other_key(cli, tmp_path, new_st
     for n in range(3):
         mine.set("b", n)
     other = new_store_location()
-    store_at(other).set("a", "theirs")
+    store_at(other).set("a", "theirs, first")
+    store_at(other).set("a", "theirs")  # version 2: above "local-a", so a alone may go
     store_at(other).set("b", "theirs")
     (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=other))
     before = cli.raw_ok("export", store=target)
@@ -549,7 +549,8 @@ def test_a_key_compaction_removed_moves_with_its_last_version(cli, tmp_path, new
     assert cli.ok("set", "gone", '"again"', store=source)["version"] == 7
     # Overwriting the re-created key with versions its removed life used: refused whole.
     theirs = new_store_location()
-    cli.ok("set", "kept", '"theirs"', store=theirs)
+    cli.ok("set", "kept", '"theirs, first"', store=theirs)
+    cli.ok("set", "kept", '"theirs"', store=theirs)  # above the source's: may go alone
     for n in range(8):  # up to 8, above the source's 7, from 1, within its removed life
         cli.ok("set", "gone", str(n), store=theirs)
     (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=theirs))

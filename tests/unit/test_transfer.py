@@ -290,7 +290,6 @@ def test_import_overwrite_replaces_history_and_keeps_shared_blobs(new_store_loca
     target = new_store(new_store_location())
     target.set("a", big)  # the blob lives in a's log
     target.set("b", big)  # b points at a's log
-    target.set("a", 1)
     src = new_store(new_store_location())
     src.set("a", "new history")
     src.set("a", [2])
@@ -322,6 +321,7 @@ def test_import_overwrite_of_the_key_holding_a_rollback_source(new_store_locatio
     target.set("b", 0)
     src = new_store(new_store_location())
     src.set("a", "other")
+    src.set("a", "newer")  # above target's version 1: an overwrite never repeats a version
     import_lines(target, lines_reader(export_bytes(src)), on_conflict="overwrite")
     fresh = new_store(target.root)
     assert fresh.rollback("b", to_version=1).hash == hexdigest(
@@ -515,3 +515,26 @@ def test_a_deeply_nested_value_survives_a_round_trip(new_store_location, depth):
     assert (report.refs, report.versions) == (1, 2)
     assert export_bytes(copy) == data
     assert copy.get("deep", version=1).value_json == normalize_json(deep)
+
+
+def test_overwrite_never_gives_the_stored_newest_version_to_another_value(new_store_location):
+    # Found by a review: an overwrite whose newest version equalled the stored newest
+    # gave that version number to another value, so a compare-and-swap based on the
+    # old value passed.
+    s = new_store(new_store_location())
+    s.set("k", {"v": "orig"})
+    s.set("k", {"v": "orig2"})
+    other = new_store(new_store_location())
+    other.set("k", {"v": "other1"})
+    other.set("k", {"v": "OTHER"})
+    before = export_bytes(s)
+    with pytest.raises(ConflictError, match="newest version 2 is the stored one, with another"):
+        import_lines(s, lines_reader(export_bytes(other)), on_conflict="overwrite")
+    assert export_bytes(s) == before
+    # The same history again (a re-import) is no change of what version 2 names.
+    report = import_lines(s, lines_reader(before), on_conflict="overwrite")
+    assert report.overwritten_refs == ["dag/d/k"]
+    assert export_bytes(s) == before
+    other.set("k", {"v": "third"})
+    import_lines(s, lines_reader(export_bytes(other)), on_conflict="overwrite")
+    assert (s.get("k").version, s.get("k").value) == (3, {"v": "third"})
