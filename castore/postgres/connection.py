@@ -36,7 +36,12 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from castore.errors import FormatVersionError, LockTimeoutError, StoreUnavailableError
+from castore.errors import (
+    CorruptionError,
+    FormatVersionError,
+    LockTimeoutError,
+    StoreUnavailableError,
+)
 from castore.postgres import schema as tables
 from castore.postgres.location import Location
 
@@ -296,7 +301,12 @@ class Database:
                             continue  # a stale connection: nothing was applied; once more
                     # Only an error the server reported on a live connection (a statement
                     # timeout, a deadlock) proves a queued COMMIT rolled back.
-                    failure = self._unavailable(exc, what, committing and lost)
+                    failure: Exception = self._unavailable(exc, what, committing and lost)
+                except pg_errors.UniqueViolation:  # the row was rolled back
+                    failure = CorruptionError(
+                        f"{self.location.shown}: {what}: a version row already holds the "
+                        "version after the key's copy of its newest: run castore check --repair"
+                    )
                 except psycopg.Error as exc:
                     failure = self._unavailable(exc, what, False)
                 raise failure  # out of the except block: the driver's words are not kept

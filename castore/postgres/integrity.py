@@ -34,12 +34,13 @@ from castore.keys import Ref
 from castore.postgres import rows
 from castore.postgres import statements as q
 from castore.postgres.connection import Abandon, Cursor, Database
-from castore.records import OP_DAMAGED, Entry
+from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Entry
 from castore.reports import Finding
 
 __all__ = ["check_copies", "check_versions"]
 
 _BATCH: Final = 500
+_OPS: Final = (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED)
 _LOST: Final = "version rows lost"  # the reason a repair records
 _SCAN: Final = (
     f"SELECT v.ref_id, r.scope, r.namespace, r.key, "
@@ -93,6 +94,10 @@ def _row_problem(row: tuple[Any, ...]) -> str | None:
     except CorruptionError as exc:
         return exc.detail
     assert found is not None  # noqa: S101  # a version row has a version
+    if found.op not in _OPS:
+        return f"version {found.version}: unknown op {found.op!r}"
+    if found.damaged_from and not (found.op == OP_DAMAGED and found.damaged_from <= found.version):
+        return f"version {found.version}: damaged_from {found.damaged_from} on a {found.op}"
     inline, blob = row[12], row[13]
     if not found.live or found.op == OP_DAMAGED:
         return None

@@ -1181,3 +1181,90 @@ def test_reads_while_another_process_creates_the_store_see_no_foreign_schema(
             Store(location, dag=DAG).set("k", 1)
         errors = [e for _ in procs for e in out.get(timeout=60)]
     assert not errors, f"{len(errors)} reads failed, e.g. {errors[:3]}"
+
+
+# -- rows edited by hand that no read verifies (the thirteenth session's review) -----------
+
+
+def _three_keys(location: str) -> Store:
+    store = Store(location, dag=DAG)
+    for key in ("a", "small", "z"):
+        for n in range(3):
+            store.set(key, n)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("edit", "repairable"),
+    [
+        ("UPDATE refs SET ns_id = '\\x00' WHERE key = 'small'", True),
+        ("UPDATE refs SET key_head = 'smalx' WHERE key = 'small'", True),
+        ("UPDATE refs SET key = 'smalx', key_head = 'smalx' WHERE key = 'small'", False),
+    ],
+    ids=["ns_id", "key_head", "key"],
+)
+def test_a_refs_row_whose_names_were_edited_is_reported(postgres_location, edit, repairable):
+    # Found by a review: export, list and audit left the key out, and check said ok.
+    store = _three_keys(postgres_location)
+    before = b"".join(export_lines(store))
+    query(postgres_location, edit)
+    report = Store(postgres_location, dag=DAG).check()
+    assert not report.ok
+    assert [f.path.startswith("refs/") for f in report.findings] == [True]
+    repaired = Store(postgres_location, dag=DAG).check(repair=True)
+    assert repaired.ok is repairable
+    fresh = Store(postgres_location, dag=DAG)
+    if repairable:
+        assert b"".join(export_lines(fresh)) == before
+        assert [e.key for e in fresh.list().entries] == ["a", "small", "z"]
+        assert fresh.check().ok
+    else:
+        assert repaired.findings[0].repair == "none: its names are lost"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE versions SET op = 'bogus' WHERE version = 2",
+        "UPDATE versions SET damaged_from = 1 WHERE version = 2",
+    ],
+    ids=["op", "damaged_from"],
+)
+def test_a_version_row_no_import_could_take_is_reported(postgres_location, edit):
+    # Found by a review: check said ok, and the export was then refused by import.
+    _three_keys(postgres_location)
+    query(
+        postgres_location,
+        edit + " AND ref_id = (SELECT ref_id FROM refs WHERE key = 'small')",  # noqa: S608
+    )
+    report = Store(postgres_location, dag=DAG).check()
+    assert not report.ok
+    assert [f.path for f in report.findings] == [f"versions/dag/{DAG}/small@2"]
+
+
+def test_a_floor_lowered_by_hand_is_reported_and_raised(postgres_location):
+    # Found by a review: with the floor of a key compaction removed set to 0, the next
+    # set answered version 1 again, and check said ok.
+    store = Store(postgres_location, dag=DAG)
+    store.set("removed", 1)
+    store.delete("removed")
+    store.compact(keep_last=1, keep_within_seconds=0, prefix="removed")
+    undamaged = Store(postgres_location, dag=DAG).check()
+    assert undamaged.ok, undamaged
+    query(postgres_location, "UPDATE refs SET floor = 0 WHERE key = 'removed'")
+    report = Store(postgres_location, dag=DAG).check()
+    assert not report.ok
+    assert "below version 2, which compaction dropped" in report.findings[0].problem
+    assert Store(postgres_location, dag=DAG).check(repair=True).ok
+    assert Store(postgres_location, dag=DAG).set("removed", 5).version == 3  # as undamaged
+
+
+def test_a_copy_behind_its_rows_is_damage_not_an_unavailable_store(postgres_location):
+    # Found by a review: every write failed with StoreUnavailableError (exit 1) naming a
+    # unique constraint, where the store is damaged (exit 5) and check --repair fixes it.
+    _three_keys(postgres_location)
+    query(postgres_location, "UPDATE refs SET version = version - 1 WHERE key = 'small'")
+    with pytest.raises(castore.CorruptionError, match="run castore check --repair"):
+        Store(postgres_location, dag=DAG).set("small", 9)
+    assert Store(postgres_location, dag=DAG).check(repair=True).ok
+    assert Store(postgres_location, dag=DAG).set("small", 9).version == 4

@@ -150,6 +150,7 @@ POSTGRES_LAYERS = {
     "postgres.rows": 2,  # rows <-> entries, values
     "postgres.statements": 3,  # the SQL of reads and writes; what a decision reads
     "postgres.integrity": 4,  # check of the rows and of each key's newest copy; repair
+    "postgres.refnames": 4,  # check of the refs rows' names and floors; repair
     "postgres.compaction": 4,  # retention, one key per transaction
     "postgres.maintenance": 5,  # check, gc, stats
     "postgres.backend": 6,
