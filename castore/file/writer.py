@@ -30,7 +30,7 @@ from castore.file.readcache import ReadCache, stat_sig
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
 from castore.keys import Ref
-from castore.records import BlobLoc, Entry
+from castore.records import OP_DAMAGED, BlobLoc, Entry
 
 __all__ = ["FileLogView", "Writer"]
 
@@ -264,11 +264,11 @@ class Writer:
     ) -> None:
         """Record derived data of a committed write (blob index, read cache, marks).
 
-        Errors are ignored: the write is committed, and this data is rebuilt
-        when needed (FORMAT.md §6 step 8); a failed call would invite a retry
-        that writes the version twice. A durable write clears its log's marks;
-        a ``durable=False`` write whose log could not be marked (``unmarked``)
-        syncs it before it indexes a value there (``namesync``).
+        Errors are ignored: the write is committed, and this data is rebuilt when
+        needed (FORMAT.md §6 step 8); a failed call would invite a retry that writes the
+        version twice. A durable write clears its log's marks; a ``durable=False`` write
+        to a log it could not mark (``unmarked``) syncs it before indexing a value there.
+        A lost range is not cached: its reader raises.
         """
         self._cache.pop(path)
         own = self.layout.rel(path)
@@ -280,7 +280,8 @@ class Writer:
                 if unmarked:
                     os.fdatasync(fd)  # another user's log: made durable instead of marked
                 self._blobs.add_many(indexed, durable=False)
-            self._cache.put(path, stat_sig(os.fstat(fd)), current)
+            if current.entry is None or current.entry.op != OP_DAMAGED:
+                self._cache.put(path, stat_sig(os.fstat(fd)), current)
         except OSError:
             return
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from castore import ConflictError, InvalidValueError, NotFoundError, Store, codec
+from castore import ConflictError, CorruptionError, InvalidValueError, NotFoundError, Store, codec
 from castore.backends import is_postgres
 from castore.codec import hexdigest, normalize_json
 from castore.file.records import KIND_BLOB
@@ -538,3 +538,23 @@ def test_overwrite_never_gives_the_stored_newest_version_to_another_value(new_st
     other.set("k", {"v": "third"})
     import_lines(s, lines_reader(export_bytes(other)), on_conflict="overwrite")
     assert (s.get("k").version, s.get("k").value) == (3, {"v": "third"})
+
+
+def test_an_imported_lost_range_reads_as_damage_from_the_handle_that_imported_it(
+    new_store_location,
+):
+    # Found by a review: after importing a store's `damaged` entry (versions a repair
+    # recorded as lost), the importing handle (a server's) answered "not found"; a new
+    # handle raised CorruptionError, as it must.
+    line = (
+        b'{"scope":"dag","namespace":"d","key":"k","version":3,"op":"damaged","time_ns":5,'
+        b'"audit":{"reason":"log cut short"},"damaged_from":1}\n'
+    )
+    s = new_store(new_store_location())
+    assert s.get("k").found is False  # the handle has read the key before
+    import_lines(s, lines_reader(HEADER + line))
+    for handle in (s, new_store(s.root)):
+        with pytest.raises(CorruptionError, match="versions 1-3 lost"):
+            handle.get("k")
+        with pytest.raises(CorruptionError, match="versions 1-3 lost"):
+            handle.get("k", version=2)
