@@ -155,7 +155,6 @@ class Writer:
                 )
                 unmarked = self._before_commit(log, fd, previous, mode, size, out.new_blobs)
                 log.commit(fd, out.data, size)
-            # Committed; what follows is derived data, lost quietly and rebuilt on demand.
             newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
             self._after_commit(log.path, fd, out.new_blobs, newest, mode, unmarked)
             return previous, out.entries
