@@ -339,6 +339,8 @@ def create_app(
     if token is not None:
         middleware.append(Middleware(Guard, token=token))
     handlers = {HTTPException: _http_error, Exception: _internal}
-    return Starlette(
+    app = Starlette(
         routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
     )
+    app.router.redirect_slashes = False  # "/v1/get/" is no route (a redirect named the Host)
+    return app

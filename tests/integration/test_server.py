@@ -549,6 +549,10 @@ def test_bad_requests_answer_400(file_server):
         assert fragment in error["message"], (data, error)
     response = post(file_server, "nope", b"{}", AUTH)
     assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found_route")
+    # Found by a review: a trailing slash answered 307 to a URL built from the Host header.
+    response = post(file_server, "get/", b'{"key":"k","dag":"d"}', {**AUTH, "Host": "evil:1"})
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found_route")
+    assert "location" not in response.headers
     response = httpx.get(f"{file_server.url}/v1/get", headers=AUTH)
     assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
 
