@@ -35,7 +35,7 @@ import msgspec
 from castore import codec
 from castore.backend import NewVersion
 from castore.errors import InvalidValueError
-from castore.jsonparse import object_members
+from castore.jsonparse import with_deep_members
 from castore.keys import Ref, validate_key, validate_namespace, validate_scope
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Audit
 from castore.reports import PlainReport
@@ -150,18 +150,7 @@ def _decode_record(line: bytes) -> ExportRecord:
     try:
         return _record_decoder.decode(line)
     except RecursionError:  # msgspec recurses through a value, even one it keeps Raw
-        pass
-    members = object_members(line.decode())  # finds where each value ends, iteratively
-    values = [text for name, text in members if name == "value"]
-    shallow = [(name, text) for name, text in members if name != "value"]
-    text = ",".join(f"{codec.encode_string(n, html=False).decode()}:{t}" for n, t in shallow)
-    try:
-        rec = _record_decoder.decode("{" + text + "}")
-    except RecursionError:
-        raise ValueError("a member other than value is nested too deeply") from None
-    if not values:
-        return rec
-    return msgspec.structs.replace(rec, value=msgspec.Raw(values[-1].encode()))
+        return with_deep_members(line, _record_decoder.decode, ("value",))
 
 
 def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]]]:

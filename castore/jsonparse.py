@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from itertools import accumulate
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -34,6 +34,7 @@ __all__ = [
     "object_members",
     "parse_document",
     "parse_iterative",
+    "with_deep_members",
     "without_lone_surrogates",
 ]
 
@@ -41,6 +42,7 @@ __all__ = [
 # exit code is the same, the words say what to do.
 EMPTY_VALUE: Final = 'empty input: give one JSON value (for an empty string, give "")'
 
+T = TypeVar("T")
 _WS: Final = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as Go's isSpace
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")  # can decode to a lone surrogate
 _ESCAPE_PAIR: Final = re.compile(rb"\\.", re.DOTALL)
@@ -215,6 +217,31 @@ def parse_document(text: str, raw: bytes, *, literal_numbers: bool) -> Any:
         cut = number_error(text, pos) if text[pos] in "-0123456789" else None
         raise InvalidValueError(cut or "multiple JSON values")  # Python ends a number sooner
     return _fix_strings(value) if fixing else value
+
+
+def with_deep_members(raw: bytes, decode: Callable[[bytes], T], deep: Iterable[str]) -> T:
+    """``decode(raw)`` of a JSON object whose ``deep`` members nest deeper than msgspec recurses.
+
+    msgspec recurses through a value even where it keeps it as ``msgspec.Raw``, so a
+    member nested about 1,000 levels deep raises ``RecursionError``. Here the object's
+    members are found without recursion, the object decoded with ``0`` in place of each
+    ``deep`` member, which is then set as its text (a ``msgspec.Raw`` field of the same
+    name; the last one, as Go keeps).
+
+    Raises:
+        ValueError: not a JSON object (:class:`InvalidValueError`), not UTF-8, or a
+            member not in ``deep`` nested too deeply.
+        msgspec.DecodeError: what ``decode`` raises for the other members.
+    """
+    names = set(deep)
+    members = object_members(raw.decode())
+    kept = ",".join(f"{json.dumps(n)}:{'0' if n in names else t}" for n, t in members)
+    try:
+        decoded = decode(("{" + kept + "}").encode())
+    except RecursionError:
+        raise ValueError("a member is nested too deeply") from None
+    texts = {n: msgspec.Raw(t.encode()) for n, t in members if n in names}
+    return msgspec.structs.replace(decoded, **texts) if texts else decoded  # type: ignore[type-var]
 
 
 def without_lone_surrogates(raw: bytes) -> bytes | None:

@@ -577,6 +577,23 @@ def test_a_lone_surrogate_escape_reads_as_the_cli_reads_it(file_server, tmp_path
     assert b'"version":2' in post(file_server, "get", body({"key": "k", "dag": "d"}), AUTH).content
 
 
+def test_a_deeply_nested_value_is_taken_as_the_cli_takes_it(file_server, tmp_path):
+    # Found by a review: a value nested 971 levels or more answered 400 "nested too
+    # deeply"; the CLI and an http:// store take up to 10,000 (Go's limit).
+    cli = Cli(tmp_path, tmp_path / "local", dag="d")
+    deep = "[" * 9_999 + '{"a":1.50}' + "]" * 9_999
+    cli.raw_ok("set", "k", "-", stdin=deep.encode())
+    response = post(file_server, "set", body({"key": "k", "dag": "d"}, value=deep), AUTH)
+    assert response.status_code == 200, response.text
+    got = post(file_server, "get", body({"key": "k", "dag": "d", "version": 1}), AUTH)
+    assert got.content.rstrip(b"\n") == cli.raw_ok("get", "k", "--version", "1").rstrip(b"\n")
+    too_deep = "[" * 10_001 + "]" * 10_001
+    response = post(file_server, "set", body({"key": "k", "dag": "d"}, value=too_deep), AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "invalid_value")
+    response = post(file_server, "set", body({"key": "k", "dag": "d", "caller": {}}, x=deep), AUTH)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "bad_request")
+
+
 def test_a_write_the_backend_protocol_could_not_carry_is_refused(file_server, monkeypatch):
     # Found by a review: a caller pid past 2**64 was written, and every http:// worker's
     # get, set and history of that key then failed (500: msgpack cannot encode it);
