@@ -13,7 +13,14 @@ import os
 
 from castore.errors import InvalidValueError
 
-__all__ = ["ENVIRONMENT", "ProcessIdentity", "audit_fields", "check_caller", "refuse_invalid_text"]
+__all__ = [
+    "ENVIRONMENT",
+    "MAX_AUDIT_TEXT",
+    "ProcessIdentity",
+    "audit_fields",
+    "check_caller",
+    "refuse_invalid_text",
+]
 
 ENVIRONMENT = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_ID", "CASTORE_ACTOR")
 _RAW_NAMES = tuple(os.fsencode(name) for name in ENVIRONMENT)
@@ -97,17 +104,28 @@ _SOURCES = {"dag_name": "$DAG_NAME", "run_id": "$DAG_RUN_ID", "step_name": "$DAG
 _SOURCES |= {"attempt": "$DAG_RUN_ATTEMPT_ID", "actor": "$CASTORE_ACTOR"}
 
 
-def refuse_invalid_text(fields: dict[str, str | int]) -> None:
-    """Refuse an audit field that is not Unicode text UTF-8 can hold (a lone surrogate).
+MAX_AUDIT_TEXT = 8_192  # characters; JSON-escaped, 11 fields stay under 600 KiB
 
-    Such a field comes from an environment variable holding bytes that are not UTF-8
-    (Python decodes them as lone surrogates), or from a caller's string; the record
-    could not be written, so the write fails before anything is.
+
+def refuse_invalid_text(fields: dict[str, str | int]) -> None:
+    """Refuse an audit field that is not Unicode text UTF-8 can hold, or is too long.
+
+    A lone surrogate comes from an environment variable holding bytes that are not
+    UTF-8 (Python decodes them as lone surrogates), or from a caller's string; the
+    record could not be written, so the write fails before anything is. A field is
+    at most :data:`MAX_AUDIT_TEXT` characters, so that every version's export line
+    fits the limit an import reads (docs/CLI.md, export).
 
     Raises:
         InvalidValueError: names the field (and the variable it may come from).
     """
     for name, text in fields.items():
+        if type(text) is str and len(text) > MAX_AUDIT_TEXT:
+            where = f" (from {_SOURCES[name]} unless given)" if name in _SOURCES else ""
+            raise InvalidValueError(
+                f"audit field {name}{where} holds {len(text)} characters, more than "
+                f"{MAX_AUDIT_TEXT}; nothing was written"
+            )
         if type(text) is str and not text.isascii():
             try:
                 text.encode("utf-8")

@@ -206,6 +206,7 @@ class Store(Maintenance):
     def _audit(self, reason: str = "", rollback: int = 0) -> Audit:
         check_text(reason, "reason")
         if self._caller is not None:
+            refuse_invalid_text({"reason": reason})
             return msgspec.structs.replace(self._caller, reason=reason, rollback_from=rollback)
         who = (self.actor, self.run_id, self.step)
         for name, given in zip(("actor", "run_id", "step"), who, strict=True):

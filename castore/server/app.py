@@ -144,7 +144,10 @@ def _take(lines: Iterator[bytes]) -> bytes:
 class _Api:
     """What the endpoints share: the store, the limits and the running calls."""
 
-    def __init__(self, store: Store, timeout: float, max_body: int, membership: Membership) -> None:
+    def __init__(
+        self, store: Store, timeout: float | None, max_body: int, membership: Membership
+    ) -> None:
+        timeout = store.lock_timeout + LOCK_MARGIN_SECONDS if timeout is None else timeout
         self.store, self.timeout, self.max_body = store, timeout, max_body
         self.membership = membership
         self.calls = _Calls()
@@ -299,17 +302,14 @@ def create_app(
         store: the store every request uses (per request, through ``for_caller``).
         token: the bearer token every path but ``/healthz`` needs; None: no auth.
         request_timeout: seconds a request may take before it answers 503 ``timeout``;
-            None: the store's lock timeout + :data:`LOCK_MARGIN_SECONDS`, so that a
-            write waiting for a lock ends with its own error (nothing written), not
-            with a timeout that leaves the client unsure.
+            None: the store's lock timeout + :data:`LOCK_MARGIN_SECONDS` (a write waiting
+            for a lock ends with its own error, not a timeout that leaves one unsure).
         access_log: where the JSON-lines access log goes (default: stderr).
         max_body_bytes: the largest request body read (413 ``body_too_large`` above).
         membership: the cluster this server is a member of (None: a lone server).
         metrics_dir: where a server's processes count metrics (summed); None: alone.
         started: called once the server runs the app (its lifespan started).
     """
-    if request_timeout is None:
-        request_timeout = store.lock_timeout + LOCK_MARGIN_SECONDS
     api = _Api(store, request_timeout, max_body_bytes, membership or Membership())
     metrics = Metrics(metrics_dir)
     log = AccessLog(access_log or sys.stderr)
@@ -342,5 +342,5 @@ def create_app(
     app = Starlette(
         routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
     )
-    app.router.redirect_slashes = False  # "/v1/get/" is no route (a redirect named the Host)
+    app.router.redirect_slashes = False  # "/v1/get/" is no route: no redirect naming the Host
     return app

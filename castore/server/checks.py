@@ -13,18 +13,27 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from castore import codec
 from castore.backend import NewVersion
 from castore.errors import InvalidValueError
+from castore.identity import refuse_invalid_text
+from castore.jsonparse import with_deep_members, without_lone_surrogates
 from castore.keys import Ref, resolve_namespace, validate_key
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET
 from castore.wire import NamespaceCall, RefCall, WireVersion, from_wire
 
-__all__ = ["check_limit", "checked_versions", "namespace_of", "ref_of", "request_id_of"]
+__all__ = [
+    "check_limit",
+    "checked_versions",
+    "decode_body",
+    "namespace_of",
+    "ref_of",
+    "request_id_of",
+]
 
 _OPS: Final = frozenset({OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED})
 _MAX_NUMBER: Final = 2**63 - 1  # versions and nanosecond times: what every backend stores
@@ -80,6 +89,8 @@ def _checked(version: WireVersion, explicit: bool) -> NewVersion:
         check_limit(number, "a version or time")
     if any(numbers[:3]) and not explicit:
         raise InvalidValueError("explicit versions and times only in an import (expect 0)")
+    if not version.version:  # a new write's audit, bounded as the library bounds it
+        refuse_invalid_text(msgspec.structs.asdict(version.audit))  # (an import keeps its own)
     if version.op == OP_DAMAGED:
         if not explicit or version.normalized is not None:
             raise InvalidValueError("a damaged entry comes only from an import, with no value")
@@ -131,3 +142,31 @@ def checked_versions(
             for new in out
         ]
     return out
+
+
+_JSON_TEXT_MEMBERS: Final = ("value", "default", "patch", "by")  # msgspec.Raw: any depth
+
+
+def decode_body(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """A JSON API request's body, read as the CLI reads its arguments.
+
+    A lone surrogate escape reads as U+FFFD (msgspec refuses it; Go does not), and a
+    value nested deeper than msgspec recurses (about 1,000; the CLI takes Go's 10,000)
+    is read without recursion.
+
+    Raises:
+        msgspec.DecodeError: not JSON (``msgspec.ValidationError``: not this request).
+    """
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError:
+        repaired = without_lone_surrogates(body)
+        if repaired is None:
+            raise
+        return decode_body(decoder, repaired)
+    except RecursionError:
+        pass
+    try:
+        return with_deep_members(body, decoder.decode, _JSON_TEXT_MEMBERS)
+    except ValueError as exc:
+        raise msgspec.DecodeError(str(exc)) from None

@@ -26,7 +26,6 @@ import msgspec
 from castore.audit import AuditRecord, audit
 from castore.edits import parse_number
 from castore.errors import InvalidRefError
-from castore.jsonparse import with_deep_members, without_lone_surrogates
 from castore.keys import resolve_namespace
 from castore.lines import encode_line
 from castore.records import Audit
@@ -42,6 +41,7 @@ from castore.results import (
     SetLine,
     VersionDiffLine,
 )
+from castore.server.checks import decode_body
 from castore.store import Store
 
 __all__ = [
@@ -383,26 +383,12 @@ OPERATIONS: Final[dict[str, Operation]] = {
 
 
 _DECODERS: Final = {name: msgspec.json.Decoder(op.request) for name, op in OPERATIONS.items()}
-_JSON_TEXT_MEMBERS: Final = ("value", "default", "patch", "by")  # msgspec.Raw: any depth
 
 
 def decode_request(name: str, body: bytes) -> Any:
-    """The request of operation ``name`` decoded from its JSON body.
+    """The request of operation ``name`` decoded from its JSON body (:func:`decode_body`).
 
     Raises:
         msgspec.DecodeError: not JSON (``msgspec.ValidationError``: not this request).
     """
-    decoder = _DECODERS[name]
-    try:
-        return decoder.decode(body)
-    except msgspec.DecodeError:
-        repaired = without_lone_surrogates(body)  # msgspec refuses them; Go reads U+FFFD
-        if repaired is None:
-            raise
-        return decode_request(name, repaired)
-    except RecursionError:  # a value nested ~1,000 deep: the CLI takes up to 10,000
-        pass
-    try:
-        return with_deep_members(body, decoder.decode, _JSON_TEXT_MEMBERS)
-    except ValueError as exc:
-        raise msgspec.DecodeError(str(exc)) from None
+    return decode_body(_DECODERS[name], body)

@@ -968,3 +968,17 @@ def test_hostile_input_is_refused_with_its_code_and_writes_nothing(launcher, tmp
     assert all(p.name in ("token", "access.log") or p.name.startswith("stderr") for p in outside), (
         outside
     )
+
+
+def test_a_worker_cannot_write_audit_text_no_export_line_could_hold(launcher):
+    # Found by a review: a backend append with a 5 MiB reason was written; the
+    # keyspace's export then had a line import refuses, so it could not be moved.
+    (node,) = launcher.cluster(1)
+    digest = Cluster([node.url]).digest
+    write = append_of("custom", "orders", "k", {"v": 1}, expect=0)
+    long = msgspec.structs.replace(write.versions[0], audit=Audit(reason="r" * 5_000_000))
+    reply = rpc(node.url, "append", msgspec.structs.replace(write, versions=[long]), digest)
+    assert reply.status_code == 400, reply.text
+    assert "holds 5000000 characters" in reply.json()["error"]["message"]
+    assert contents(node.store) == {}
+    assert rpc(node.url, "append", write, digest).status_code == 200

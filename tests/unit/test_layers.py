@@ -77,7 +77,7 @@ LAYERS = {
     # castore/server/: `castore serve`, above the library; only cli.serve imports it.
     "server": 23,  # the package: a docstring
     "server.errors": 23,  # exceptions -> statuses and stable codes
-    "server.checks": 24,  # what a worker sends over the backend protocol, checked
+    "server.checks": 23,  # what a worker sends (backend protocol, JSON bodies), checked
     "server.membership": 24,  # a clustered server's check of each request
     "server.operations": 24,  # the operation table (imports audit)
     "server.rpc": 25,  # the backend protocol's calls on the store's backend

@@ -21,6 +21,8 @@ from castore import ConflictError, CorruptionError, InvalidValueError, NotFoundE
 from castore.backends import is_postgres
 from castore.codec import hexdigest, normalize_json
 from castore.file.records import KIND_BLOB
+from castore.identity import MAX_AUDIT_TEXT
+from castore.records import Audit
 from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
 from tests.helpers import CASTORE_ENV, frames_of, ref_log_path, snapshot, underlying
 
@@ -558,3 +560,31 @@ def test_an_imported_lost_range_reads_as_damage_from_the_handle_that_imported_it
             handle.get("k")
         with pytest.raises(CorruptionError, match="versions 1-3 lost"):
             handle.get("k", version=2)
+
+
+def test_audit_text_too_long_for_an_export_line_is_refused_before_anything_is_written(
+    new_store_location, monkeypatch
+):
+    # Found by a review: a 5 MiB reason was written (through a server's backend protocol
+    # too), and the key's export line was then refused by import, so it could not move.
+    s = new_store(new_store_location())
+    s.set("k", 1, reason="r" * MAX_AUDIT_TEXT)
+    long = "\x01" * (MAX_AUDIT_TEXT + 1)  # 6 bytes each once JSON-escaped
+    for write in (
+        lambda: s.set("k", 2, reason=long),
+        lambda: s.delete("k", reason=long),
+        lambda: s.for_caller(Audit(run_id=long), dag="d").set("k", 2),
+        lambda: s.for_caller(Audit(run_id="r"), dag="d").set("k", 2, reason=long),
+    ):
+        with pytest.raises(InvalidValueError, match=f"holds {MAX_AUDIT_TEXT + 1} characters"):
+            write()
+    monkeypatch.setenv("DAG_RUN_ID", long)
+    with pytest.raises(InvalidValueError, match=r"run_id \(from \$DAG_RUN_ID unless given\)"):
+        new_store(s.root).set("k", 2)
+    monkeypatch.delenv("DAG_RUN_ID")
+    assert s.get("k").version == 1
+    new_store(s.root, actor="a" * MAX_AUDIT_TEXT).set("k", 2, reason="\x01" * MAX_AUDIT_TEXT)
+    data = export_bytes(s)
+    copy = new_store(new_store_location())
+    import_lines(copy, lines_reader(data))
+    assert export_bytes(copy) == data
