@@ -218,6 +218,9 @@ def overwrite_refusal(
     )
 
 
+_MAX_TIME_NS = (1 << 63) - 1  # a time every backend stores (a bigint); an import may reach it
+
+
 def next_entry(
     ref: Ref,
     new: NewVersion,
@@ -241,7 +244,7 @@ def next_entry(
         raise ConflictError(str(ref), None, floor, f"version {new.version} would repeat a version")
     # Times never decrease within a ref, even if the wall clock steps back,
     # so history and audit order by time equals version order.
-    not_before = previous.time_ns + 1 if previous is not None else 0
+    not_before = min(previous.time_ns + 1, _MAX_TIME_NS) if previous is not None else 0
     stamp = new.time_ns or max(now, not_before)
     created = 0
     if new.op == OP_DAMAGED:

@@ -588,3 +588,23 @@ def test_audit_text_too_long_for_an_export_line_is_refused_before_anything_is_wr
     copy = new_store(new_store_location())
     import_lines(copy, lines_reader(data))
     assert export_bytes(copy) == data
+
+
+def test_writes_after_an_imported_time_at_the_limit_stay_within_it(new_store_location):
+    # Found by a review: after an import of a version timed 2**63-1 (the largest allowed),
+    # later writes were timed 2**63 and above, and the store's export was then refused.
+    line = (
+        b'{"scope":"dag","namespace":"d","key":"k","version":1,"op":"set",'
+        b'"time_ns":9223372036854775807,"created_ns":1,"hash":"'
+        + hexdigest(b"1").encode()
+        + b'","value":1}\n'
+    )
+    s = new_store(new_store_location())
+    import_lines(s, lines_reader(HEADER + line))
+    s.set("k", 2)
+    s.set("k", 3)
+    assert {r["time_ns"] for r in records(export_bytes(s))} == {2**63 - 1}
+    data = export_bytes(s)
+    copy = new_store(new_store_location())
+    import_lines(copy, lines_reader(data))
+    assert export_bytes(copy) == data
