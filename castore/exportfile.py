@@ -156,9 +156,12 @@ def _decode_record(line: bytes) -> ExportRecord:
 def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]]]:
     """Validate an export and yield each ref's versions as new versions."""
     it = _numbered(lines)
+    first = next(it, None)
+    if first is None:
+        raise InvalidValueError("the file is empty: a castore export starts with its header line")
     try:
-        header = _header_decoder.decode(next(it)[1])
-    except (StopIteration, msgspec.DecodeError) as exc:
+        header = _header_decoder.decode(first[1])
+    except msgspec.DecodeError as exc:
         raise InvalidValueError(f"line 1: not a castore export header ({exc})") from None
     if header.format != EXPORT_FORMAT or header.version != EXPORT_VERSION:
         raise InvalidValueError(

@@ -100,18 +100,21 @@ def _import(cmd: Invocation) -> Iterator[bytes]:
     a = cmd.args
     with contextlib.ExitStack() as stack:
         path = a.file
-        if path == "-":  # two passes: spool stdin to a temporary file first
-            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="castore-import-"))
-            for line in read_lines(
-                stdin("give the export file's path instead of -")
-            ):  # bounded: a long line is refused
-                spool.write(line)
-            spool.flush()
-            path = spool.name
-        if os.path.isdir(path):
+        if path != "-" and os.path.isdir(path):
             raise UsageError(f"{path} is a directory: give an export file (or - for stdin)")
-        if not os.path.isfile(path):
+        if path != "-" and not os.path.exists(path):
             raise UsageError(f"no such file: {path}")
+        if path == "-" or not os.path.isfile(path):  # stdin, a pipe such as <(…): read once
+            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="castore-import-"))
+            source = (
+                stdin("give the export file's path instead of -")
+                if path == "-"
+                else stack.enter_context(open(path, "rb"))  # closed by the stack
+            )
+            for line in read_lines(source):  # bounded: a long line is refused
+                spool.write(line)
+            spool.flush()  # two passes read the spooled copy
+            path = spool.name
 
         def read() -> Iterator[bytes]:
             with open(path, "rb") as fh:

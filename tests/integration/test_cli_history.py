@@ -8,6 +8,7 @@ import pty
 import random
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -420,6 +421,22 @@ def test_import_conflicts(cli, tmp_path, new_store_location):
     cli.fail(2, "import", "missing.jsonl", store=target)
     message = cli.fail(2, "import", tmp_path, store=target)
     assert message == f"{tmp_path} is a directory: give an export file (or - for stdin)"
+    # Found by a review: a pipe (`import <(…)`) was "no such file: /dev/fd/63", and an
+    # empty file "line 1: not a castore export header ()".
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    message = cli.fail(2, "import", "empty.jsonl", store=target)
+    assert (
+        message == "invalid value: the file is empty: a castore export starts with its header line"
+    )
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(  # a fixed command
+        [sys.executable, "-c", f"open({str(fifo)!r}, 'wb').write(open('dump.jsonl', 'rb').read())"],
+        cwd=tmp_path,
+    )
+    again = cli.ok("import", str(fifo), "--on-conflict", "skip", store=target)
+    writer.wait(timeout=30)
+    assert (again["refs"], len(again["skippedRefs"])) == (0, 12)
 
 
 def test_import_overwrite_keeps_values_deduplicated_against_the_old_history(
