@@ -182,7 +182,8 @@ def _check(cmd: Invocation) -> Iterator[bytes]:
         report = cmd.store.check(repair=cmd.args.repair, progress=bar.update)
     yield render(report)
     if not report.ok:
-        raise UnhealthyError(f"{len(report.findings)} problem(s) found; see the report")
+        left = [f for f in report.findings if not f.repaired and f.severity != "info"]
+        raise UnhealthyError(f"{len(left)} problem(s) found; see the report")
 
 
 def _upgrade(cmd: Invocation) -> Iterator[bytes]:

@@ -251,3 +251,21 @@ def test_store_options_after_the_command(cli):
     cli.ok("set", "k", "1")
     stats = json_line(cli.raw("stats", "--dir", cli.dir))
     assert stats["total"]["keys"] == 1
+
+
+def test_check_counts_the_problems_left_not_the_harmless_findings(tmp_path):
+    # Found by a review: 2 errors and 1 harmless finding said "3 problem(s) found".
+    cli = Cli(tmp_path, tmp_path / "store", dag="d")
+    for n in range(3):
+        cli.ok("set", "k", str(n))
+        cli.ok("set", "j", str(n))
+    logs = sorted((tmp_path / "store").rglob("*.log"))
+    for log in logs:
+        data = bytearray(log.read_bytes())
+        data[-20] ^= 0x55  # inside the newest entry: damage to an acknowledged record
+        log.write_bytes(bytes(data))
+    (logs[0].parent / "leftover.tmp").write_bytes(b"")
+    proc = cli.run("check")
+    findings = json.loads(proc.stdout)["findings"]
+    assert sorted(f["severity"] for f in findings) == ["error", "error", "info"]
+    assert proc.stderr.decode().strip() == "castore: 2 problem(s) found; see the report"
