@@ -145,8 +145,8 @@ def _refusal(
             str(ref),
             None,
             0,
-            f"compaction removed this key after it had a version {first}, "
-            "the import's first: its versions would repeat",
+            f"compaction removed this key at version {grave}, and the import starts at "
+            f"version {first}: its versions would repeat",
         )
     return None
 

@@ -518,8 +518,8 @@ def test_an_import_into_a_key_compaction_removed_imports_nothing_else(
     for mode in ("refuse", "skip", "overwrite"):
         message = cli.fail(3, "import", "theirs.jsonl", "--on-conflict", mode, store=target)
         assert message == (
-            "conflict on dag/d/gone: compaction removed this key after it had a version 1, "
-            "the import's first: its versions would repeat; 1 key(s) refused, nothing imported"
+            "conflict on dag/d/gone: compaction removed this key at version 4, and the import "
+            "starts at version 1: its versions would repeat; 1 key(s) refused, nothing imported"
         )
         assert cli.raw_ok("export", store=target) == before
     assert cli.ok("get", "a", store=target)["found"] is False
