@@ -73,7 +73,10 @@ def parse_go_time(text: str) -> int:
     if zone not in ("Z", "z"):
         sign = 1 if zone[0] == "+" else -1
         offset = sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    moment = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.timezone(offset))
+    try:
+        moment = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.timezone(offset))
+    except ValueError as exc:  # month 13, February 30, a zone past 24 h
+        raise ValueError(f"bad time {text!r}: {exc}") from None
     seconds = (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(seconds=1)
     return seconds * 1_000_000_000 + nanos
 

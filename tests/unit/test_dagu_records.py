@@ -90,6 +90,8 @@ def test_records_go_reads_otherwise_are_skipped(store, tmp_path, case, old, new,
         ("0001-01-01T00:00:00+01:00", "outside 1970-01-01"),  # year 0 in UTC
         ("1969-12-31T23:59:59Z", "outside 1970-01-01"),
         ("\u0662\u0660\u0662\u0666-05-25T11:00:00Z", "bad time"),  # Arabic-Indic digits
+        # Found by a review: "month must be in 1..12", naming neither the field nor the time.
+        ("2026-13-01T00:00:00Z", "bad time '2026-13-01T00:00:00Z': month must be in 1..12"),
     ],
 )
 def test_times_castore_cannot_keep_or_go_cannot_read_are_skipped(store, tmp_path, when, reason):
