@@ -120,21 +120,25 @@ def refuse_invalid_text(fields: dict[str, str | int]) -> None:
         InvalidValueError: names the field (and the variable it may come from).
     """
     for name, text in fields.items():
-        if type(text) is str and len(text) > MAX_AUDIT_TEXT:
-            where = f" (from {_SOURCES[name]} unless given)" if name in _SOURCES else ""
-            raise InvalidValueError(
-                f"audit field {name}{where} holds {len(text)} characters, more than "
-                f"{MAX_AUDIT_TEXT}; nothing was written"
-            )
-        if type(text) is str and not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                where = f" (from {_SOURCES[name]} unless given)" if name in _SOURCES else ""
-                raise InvalidValueError(
-                    f"audit field {name}{where} is not valid text: it holds a lone surrogate "
-                    "(bytes that are not UTF-8); nothing was written"
-                ) from None
+        if type(text) is not str or (len(text) <= MAX_AUDIT_TEXT and _utf8(text)):
+            continue
+        if len(text) > MAX_AUDIT_TEXT:
+            problem = f"holds {len(text)} characters, more than {MAX_AUDIT_TEXT}"
+        else:
+            problem = "is not valid text: it holds a lone surrogate (bytes that are not UTF-8)"
+        where = f" (from {_SOURCES[name]} unless given)" if name in _SOURCES else ""
+        raise InvalidValueError(f"audit field {name}{where} {problem}; nothing was written")
+
+
+def _utf8(text: str) -> bool:
+    """Whether UTF-8 can hold ``text`` (no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_caller(fields: dict[str, object]) -> None:
