@@ -4,12 +4,11 @@
 digest, that every live entry's value can be found and verified, that headers
 name the refs their file names encode, that versions increase, and that the
 derived files (``.vix``, ``KEYS``, the blob index) agree with the logs. Each
-problem is a :class:`Finding` naming the file, what is wrong, and what repair
-does. ``repair=True`` truncates torn tails, moves damaged logs' original
-bytes to ``quarantine/<time>/`` before rewriting them with only their intact
-frames (never deleting anything silently), and rebuilds derived files. A
-value whose every copy is damaged cannot be repaired: its version stays in
-the history and reading it keeps failing with a clear error.
+problem is a :class:`Finding` (the file, what is wrong, what repair does).
+``repair=True`` cuts torn tails, and rewrites damaged logs with their intact
+frames in order (the original bytes kept in ``quarantine/<time>/``), and
+rebuilds derived files. A value whose every copy is damaged stays in the
+history as a version whose read fails with a clear error.
 """
 
 from __future__ import annotations
@@ -22,7 +21,15 @@ from typing import TYPE_CHECKING
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import versionindex
 from castore.file.blobsearch import BlobSearch
-from castore.file.damage import RepairPlan, damage_windows, hides_nothing, window_top, with_markers
+from castore.file.damage import (
+    RepairPlan,
+    damage_windows,
+    disorder_problem,
+    hides_nothing,
+    in_order,
+    window_top,
+    with_markers,
+)
 from castore.file.frames import FORMAT_VERSION, Frame, LogBytes, classify
 from castore.file.graves import Graveyard
 from castore.file.keyindex import listed_now, namespace_of
@@ -115,7 +122,9 @@ class LogChecker:
                 ref_text = f"{new_header.scope}/{new_header.namespace}/{new_header.key}"
         else:
             ref_text = self.check_header(path, scope, header)
-        entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
+        placed = [(f.start, decode_entry(f.payload)) for f in frames if f.kind == KIND_ENTRY]
+        entries, disordered = in_order(placed)
+        problems += [disorder_problem(ref_text, v, at) for at, v in disordered.items()]
         self.entries += len(entries)
         self.top[nsdir] = max([self.top.get(nsdir, 0), *(e.version for e in entries)])
         self.report_lost(path, ref_text, entries)
@@ -133,7 +142,8 @@ class LogChecker:
             self.check_listed(path, decode_header(header.payload), keys, file, entries[-1], grave)
         if problems or lost_values:
             own = decode_header(header.payload) if header is not None else None
-            plan = RepairPlan(set(bad_blobs), new_header, lost_by_index, lost_values, grave, own)
+            drop = {*bad_blobs, *disordered}
+            plan = RepairPlan(drop, new_header, lost_by_index, lost_values, grave, own)
             self.repair_log(path, problems, plan, known_ref=header is not None)
         elif vix is not None and not versionindex.rebuild(frames).startswith(vix):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
@@ -261,7 +271,7 @@ class LogChecker:
         """Rewrite a damaged log from its intact frames (original kept in quarantine)."""
         keep = self.quarantine(path)
         action = (
-            "copy the log to quarantine, rewrite it with its intact frames, "
+            "copy the log to quarantine, rewrite it with its intact frames in order, "
             "record the versions damage may hold as lost"
         )
         for problem in problems:
@@ -320,16 +330,12 @@ class LogChecker:
             in it, and the versions whose value has no intact copy anywhere
             (a repair records them as lost).
         """
-        last = 0
         good = [f for f in frames if f.kind == KIND_BLOB and f.start not in bad]
         own = {f.start: f.payload for f in good}
         intact = {f.payload[:32].hex() for f in good}
         fixable = False
         lost: set[int] = set()
         for entry in entries:
-            if entry.version <= last:
-                self.found(path, f"{ref}: version {entry.version} after {last}", "none")
-            last = max(last, entry.version)
             if not entry.live or entry.op == OP_DAMAGED:
                 continue
             loc = entry.blob

@@ -10,6 +10,8 @@ Pure: works on :class:`~castore.frames.LogBytes` and bytes; no I/O.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import re
 import time
@@ -38,8 +40,12 @@ __all__ = [
     "Window",
     "damage_windows",
     "damaged_error",
+    "disorder_error",
+    "disorder_problem",
     "hides_nothing",
+    "in_order",
     "lost_top",
+    "out_of_order",
     "value_lost",
     "window_top",
     "with_markers",
@@ -117,6 +123,56 @@ def damaged_error(path: str, start: int, end: int, what: str) -> CorruptionError
     )
 
 
+def disorder_error(path: str, version: int, before: int, what: str) -> CorruptionError:
+    """The error for ``what`` whose newest entry (``version``) follows version ``before``."""
+    return CorruptionError(
+        f"{what}: {path} ends with version {version} after version {before} "
+        "(an entry out of order: the newest version is unknown); " + REPAIR_HINT
+    )
+
+
+def out_of_order(versions: list[int]) -> set[int]:
+    """Indexes of the entries (``versions``, in log order) a repair drops as out of order.
+
+    castore appends versions in increasing order, so a log's real entries
+    form an increasing run and anything else was put there by other means
+    (an older entry's bytes copied to the end, a frame planted between two).
+    The run kept is the longest one, so that the fewest entries go; of
+    equally long ones, the one with the highest versions, so that no version
+    a reader may have seen is given again.
+    """
+    if all(a < b for a, b in itertools.pairwise(versions)):
+        return set()
+    tails: list[int] = []  # tails[k]: the lowest version ending an increasing run of k + 1
+    by_length: list[list[int]] = []  # indexes by the length of the longest run ending there
+    for index, version in enumerate(versions):
+        k = bisect.bisect_left(tails, version)
+        if k == len(tails):
+            tails.append(version)
+            by_length.append([])
+        tails[k] = version
+        by_length[k].append(index)
+    keep: list[int] = []
+    below, bound = len(versions), math.inf
+    for group in reversed(by_length):  # versions fall along each group: take the first that fits
+        index = next(i for i in group if i < below and versions[i] < bound)
+        keep.append(index)
+        below, bound = index, versions[index]
+    return set(range(len(versions))) - set(keep)
+
+
+def in_order(placed: list[tuple[int, Entry]]) -> tuple[list[Entry], dict[int, int]]:
+    """A log's entries (offset, entry) kept in order, and those out of order (offset -> version)."""
+    dropped = out_of_order([e.version for _, e in placed])
+    kept = [e for i, (_, e) in enumerate(placed) if i not in dropped]
+    return kept, {placed[i][0]: placed[i][1].version for i in sorted(dropped)}
+
+
+def disorder_problem(ref: str, version: int, offset: int) -> str:
+    """How ``check`` names an entry out of order (:func:`in_order`)."""
+    return f"{ref}: version {version} at offset {offset} is out of order (castore appends in order)"
+
+
 def lost_top(before: int, damaged: bytes, *, one_entry: bool = False) -> int:
     """The highest version damaged bytes after version ``before`` may have held.
 
@@ -151,8 +207,9 @@ def with_markers(
     """The intact frames of a damaged log, with an ``OP_DAMAGED`` entry per lost range.
 
     A marker takes the place of the damaged bytes, so the version line
-    continues above every version they may have held. Blob frames at the
-    offsets in ``drop`` (they fail verification) are left out, and the
+    continues above every version they may have held. Frames at the offsets
+    in ``drop`` (blobs that fail verification, entries out of order:
+    :func:`out_of_order`) are left out, and the
     entries of ``lost_values`` (their value has no intact copy) become
     ``OP_DAMAGED`` entries that keep their hash, time and audit.
     """
@@ -210,7 +267,7 @@ def value_lost(entry: Entry, reason: str) -> Entry:
 class RepairPlan(NamedTuple):
     """What the rewrite of one damaged log keeps, drops and records."""
 
-    drop: set[int]  # offsets of blob frames that fail verification
+    drop: set[int]  # offsets of frames left out: failed blobs, entries out of order
     header: Header | None  # a header recovered from KEYS, if the log lost its own
     lost_by_index: int  # versions up to this were in the log (its version index says)
     lost_values: set[int]  # versions whose value has no intact copy

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import blake3
 
@@ -61,6 +61,8 @@ __all__ = [
     "LogBytes",
     "classify",
     "encode_frame",
+    "entry_before",
+    "entry_version",
     "frame_at",
     "last_frame",
     "scan_frames",
@@ -79,6 +81,11 @@ _HEAD = struct.Struct("<IB")
 
 
 _KINDS = frozenset(range(ord("A"), ord("Z") + 1))  # frame kinds are ASCII capitals
+_ENTRY, _BLOB = ord("E"), ord("B")  # castore.file.records' kinds (not imported: this is pure)
+_BLOBS_PASSED = 2  # blob frames entry_before passes on its way back to an entry
+_VERSION_FIELD = b'{"version":'  # how every entry castore encodes begins (records.Entry)
+_VERSION_PREFIX_MAX = len(_VERSION_FIELD) + 20  # '{"version":' and up to 19 digits and a comma
+_ENTRY_FRAME_READ_MAX = 1 << 20  # a longer entry frame before the newest is not read
 
 
 class Frame(_FrameFields):
@@ -142,6 +149,64 @@ def last_frame(buf: bytes | memoryview, base: int = 0) -> Frame | None:
     if frame is None or frame.end != base + len(buf):
         return None
     return frame
+
+
+def entry_before(
+    buf: bytes, base: int, end: int, read: Callable[[int, int], bytes], at_least: int
+) -> int:
+    """The version of the entry before file offset ``end``, if it is ``at_least`` or more (else 0).
+
+    Versions increase along a log, so the entry before the newest holds a
+    lower version: one as high (``at_least`` is the newest's) is an entry out
+    of order (docs/FORMAT.md §7). ``end`` is where the newest entry's frame
+    starts; up to ``_BLOBS_PASSED`` ``B`` frames before it (its own, a lone
+    one) are passed by their lengths. ``buf`` holds the log's bytes from file
+    offset ``base``; ``read(offset, length)`` reads what they lack (bounded
+    reads). The common case reads the version where the frame begins and
+    stops; only a version as high is verified (an intact ``E`` frame that
+    begins as castore encodes an entry). Anything else (a header, damage, a
+    longer frame) answers 0.
+    """
+    passed = 0
+    while True:
+        if end - base >= 4:  # the common case: every byte needed is in ``buf``
+            length = _U32.unpack_from(buf, end - base - 4)[0]
+        else:
+            raw = read(end - 4, 4) if end >= 4 else b""
+            if len(raw) != 4:
+                return 0
+            length = _U32.unpack(raw)[0]
+        start = end - FRAME_OVERHEAD - length
+        if start < 0 or length > MAX_PAYLOAD_BYTES:
+            return 0
+        inside = start >= base
+        head = buf[start - base : start - base + 5] if inside else read(start, 5)
+        if len(head) != 5 or _HEAD.unpack(head) != (length, head[4]):
+            return 0
+        if head[4] == _BLOB and passed < _BLOBS_PASSED:
+            passed += 1
+            end = start  # a blob: its entry's, or a crash's lone one; the entry is before it
+            continue
+        if head[4] != _ENTRY or length > _ENTRY_FRAME_READ_MAX:
+            return 0
+        at = start + 5  # the version is where the payload begins (a hint until verified)
+        count = min(length, _VERSION_PREFIX_MAX)
+        prefix = buf[at - base : at - base + count] if inside else read(at, count)
+        if entry_version(prefix) < at_least:
+            return 0  # in order, or not an entry as castore encodes one
+        data = buf[start - base : end - base] if inside else read(start, end - start)
+        frame = frame_at(data, 0, start)
+        version = entry_version(frame.payload) if frame is not None else 0
+        return version if version >= at_least else 0
+
+
+def entry_version(payload: bytes) -> int:
+    """The version an ``E`` payload begins with, as castore encodes entries (0: not so)."""
+    stop = payload.find(b",", len(_VERSION_FIELD))
+    digits = payload[len(_VERSION_FIELD) : stop]
+    if not payload.startswith(_VERSION_FIELD) or not digits.isdigit() or len(digits) > 19:
+        return 0
+    return int(digits)
 
 
 def scan_frames(buf: bytes | memoryview, base: int = 0) -> Iterator[Frame]:

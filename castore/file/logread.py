@@ -32,6 +32,8 @@ from castore.file.frames import (
     TAIL_READ_BYTES,
     LogBytes,
     classify,
+    entry_before,
+    entry_version,
     frame_at,
     last_frame,
 )
@@ -84,6 +86,10 @@ class Tail(NamedTuple):
             bytes read (saves a second read), else None.
         header: the header when it was read (scans only), else None.
         entry_start: file offset of the newest entry's frame (0 when none).
+        before: the version of an earlier entry as high as the newest one's
+            (the one just before it; scans: the highest of all), else 0. Not
+            0: an entry out of order, which castore never appends (damage:
+            the newest version is unknown, docs/FORMAT.md §7).
     """
 
     size: int
@@ -92,9 +98,10 @@ class Tail(NamedTuple):
     blob: bytes | None
     header: Header | None
     entry_start: int = 0
+    before: int = 0
 
 
-def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
+def _tail_from_buffer(buf: bytes, base: int, size: int, fd: int) -> Tail | None:
     frame = last_frame(buf, base)
     if frame is None:
         return None
@@ -111,7 +118,11 @@ def _tail_from_buffer(buf: bytes, base: int, size: int) -> Tail | None:
         digest_ok = candidate is not None and candidate.payload[:32].hex() == entry.hash
         if candidate is not None and candidate.kind == KIND_BLOB and digest_ok:
             blob = candidate.payload
-    return Tail(size, size, entry, blob, None, frame.start)
+    # Where the entry before starts looking: before this version's own blob when adjacent.
+    own = blob is not None and loc is not None and loc.offset + loc.length == frame.start
+    end = loc.offset if own and loc is not None else frame.start
+    before = entry_before(buf, base, end, lambda at, n: fileio.read_at(fd, at, n), entry.version)
+    return Tail(size, size, entry, blob, None, frame.start, before)
 
 
 def read_tail(fd: int, size: int) -> Tail | None:
@@ -130,7 +141,7 @@ def read_tail(fd: int, size: int) -> Tail | None:
     buf = fileio.read_at(fd, start, size - start)
     if len(buf) != size - start:
         return None
-    tail = _tail_from_buffer(buf, start, size)
+    tail = _tail_from_buffer(buf, start, size, fd)
     if tail is not None or start == 0:
         return tail
     # The newest frame may be longer than one page: read exactly its extent.
@@ -139,7 +150,7 @@ def read_tail(fd: int, size: int) -> Tail | None:
     if begin < 0 or begin >= start:
         return None
     whole = fileio.read_at(fd, begin, size - begin)
-    return _tail_from_buffer(whole, begin, size)
+    return _tail_from_buffer(whole, begin, size, fd)
 
 
 def read_all(fd: int) -> tuple[bytes, int]:
@@ -164,11 +175,14 @@ def scan(fd: int) -> tuple[Tail, LogBytes]:
     log = classify(buf)
     header = None
     entry_frame = None
+    before = newest = 0
     for frame in log.frames:
         if frame.kind == KIND_HEADER and header is None:
             header = decode_header(frame.payload)
         elif frame.kind == KIND_ENTRY:
+            before = max(before, newest)
             entry_frame = frame
+            newest = entry_version(frame.payload)
     if entry_frame is None:
         return Tail(size, log.torn, None, None, header), log
     entry = decode_entry(entry_frame.payload)
@@ -178,7 +192,8 @@ def scan(fd: int) -> tuple[Tail, LogBytes]:
         for frame in log.frames:
             if frame.start == loc.offset and frame.kind == KIND_BLOB:
                 blob = frame.payload if frame.payload[:32].hex() == entry.hash else None
-    return Tail(size, log.torn, entry, blob, header, entry_frame.start), log
+    before = before if before >= entry.version else 0
+    return Tail(size, log.torn, entry, blob, header, entry_frame.start, before), log
 
 
 def damage_after(log: LogBytes, tail: Tail) -> tuple[int, int] | None:

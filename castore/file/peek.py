@@ -39,6 +39,7 @@ from castore.file.frames import (
     BLOB_FRAME_MAX,
     FRAME_OVERHEAD,
     TAIL_READ_BYTES,
+    entry_before,
     frame_at,
     last_frame,
 )
@@ -190,6 +191,10 @@ def newest_entry(fd: int, size: int) -> Tail | None:
     entry = _entry(frame.payload)
     if entry is None or entry["version"] < 1:
         return None
+    if entry_before(
+        buf, start, frame.start, lambda at, n: fileio.read_at(fd, at, n), entry["version"]
+    ):
+        return None  # an entry out of order (docs/FORMAT.md §7): the store's reader refuses it
     return frame, entry, buf, start
 
 

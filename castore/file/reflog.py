@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from castore.errors import CorruptionError
 from castore.file import encode, fileio, logread, namesync, versionindex
 from castore.file.blobindex import BlobIndex
-from castore.file.damage import REPAIR_HINT, damaged_error
+from castore.file.damage import REPAIR_HINT, damaged_error, disorder_error
 from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
@@ -135,6 +135,8 @@ class RefLog:
             bad = logread.damage_after(log, tail)
             if bad is not None:
                 raise damaged_error(self.path, *bad, self.what)
+        if tail.entry is not None and tail.before >= tail.entry.version:  # FORMAT.md §7
+            raise disorder_error(self.path, tail.entry.version, tail.before, self.what)
         newest = tail.entry.version if tail.entry is not None else 0
         cut = self._cut_evidence(fd, newest, tail.valid_end)
         if cut and not locked:
@@ -275,6 +277,7 @@ class RefLog:
             found is not None
             and found.valid_end == size
             and found.entry is not None
+            and found.before < found.entry.version
             and not self._cut_evidence(fd, found.entry.version, size)  # the common case: a stat
         ):
             return found

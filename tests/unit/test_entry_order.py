@@ -1,0 +1,90 @@
+"""Entries out of order: how a reader sees one, and what a repair keeps (FORMAT.md §7)."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from castore.file.damage import out_of_order
+from castore.file.frames import encode_frame, entry_before
+
+_E, _B, _H = ord("E"), ord("B"), ord("H")
+
+items = st.lists(
+    st.one_of(
+        st.tuples(st.just(_E), st.integers(1, 10**12)),
+        st.tuples(st.just(_B), st.integers(0, 9000)),  # a blob of that many bytes
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _payload(kind: int, n: int) -> bytes:
+    if kind == _E:
+        return b'{"version":%d,"op":"set","time_ns":0}' % n
+    return bytes(n)
+
+
+@given(items, st.data())
+def test_entry_before_finds_the_entry_past_at_most_two_blobs(frames, data):
+    log = encode_frame(_H, b"{}")
+    starts = []
+    for kind, n in frames:
+        starts.append(len(log))
+        log += encode_frame(kind, _payload(kind, n))
+    which = data.draw(st.integers(0, len(frames) - 1))
+    end = starts[which]
+    expected = 0
+    for passed, (kind, n) in enumerate(reversed(frames[:which])):  # the brute-force answer
+        if passed > 2:
+            break
+        if kind == _E:
+            expected = n
+            break
+    base = data.draw(st.integers(0, len(log)))  # the bytes at hand start anywhere
+    reads: list[tuple[int, int]] = []
+
+    def read(at: int, length: int) -> bytes:
+        reads.append((at, length))
+        return log[at : at + length]
+
+    at_least = data.draw(st.integers(1, 10**12))
+    found = entry_before(log[base:], base, end, read, at_least)
+    assert found == (expected if expected >= at_least else 0)
+    assert entry_before(log[base:], base, end, read, 1) == expected
+    assert all(length <= 1 << 20 for _, length in reads)
+    assert len(reads) <= 16  # two calls
+
+
+def test_entry_before_ignores_a_damaged_entry():
+    log = encode_frame(_H, b"{}")
+    first = encode_frame(_E, _payload(_E, 7))
+    log += first[:-8] + bytes(4) + first[-4:]  # its checksum damaged
+    end = len(log)
+    assert entry_before(log, 0, end, lambda at, n: log[at : at + n], 1) == 0
+
+
+@given(st.lists(st.integers(1, 9), max_size=9))
+def test_a_repair_keeps_the_longest_increasing_run_with_the_highest_versions(versions):
+    dropped = out_of_order(versions)
+    kept = [v for i, v in enumerate(versions) if i not in dropped]
+    assert all(a < b for a, b in itertools.pairwise(kept))
+    runs = [
+        [versions[i] for i in chosen]
+        for r in range(len(versions) + 1)
+        for chosen in itertools.combinations(range(len(versions)), r)
+        if all(versions[a] < versions[b] for a, b in itertools.pairwise(chosen))
+    ]
+    longest = max(len(run) for run in runs)
+    assert len(kept) == longest
+    # Of equally long runs, none has higher versions from the newest down.
+    assert kept[::-1] == max(run[::-1] for run in runs if len(run) == longest)
+
+
+def test_a_replayed_entry_at_the_end_is_what_goes():
+    assert out_of_order([1, 2, 3, 1]) == {3}
+    assert out_of_order([1, 4, 2, 3]) == {1}
+    assert out_of_order([1, 2, 3]) == set()
