@@ -9,7 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from types import EllipsisType
 from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, TextIO, cast
@@ -514,3 +514,28 @@ def read_response(conn: socket.socket) -> tuple[int, bytes]:
         assert chunk
         rest += chunk
     return int(lines[0].split()[1]), rest
+
+
+def key_answers(root: pathlib.Path, key: str, dag: str) -> dict[str, Any]:
+    """What the library answers for ``key`` of ``dag``: each read, or the error it raised.
+
+    ``get``, ``get v1`` (version 1), ``history`` and ``export`` (of the
+    namespace): the oracle of the lost-log tests, compared with an undamaged copy.
+    """
+    from castore.transfer import export_lines
+
+    store = castore.Store(root, dag=dag)
+    out: dict[str, Any] = {}
+    calls: dict[str, Callable[[], Any]] = {
+        "get": lambda: store.get(key),
+        "get v1": lambda: store.get(key, version=1),
+        "history": lambda: store.history(key),
+        "export": lambda: list(export_lines(store, namespace=dag)),
+    }
+    for name, call in calls.items():
+        try:
+            out[name] = call()
+        except (castore.CorruptionError, castore.NotFoundError) as exc:
+            out[name] = type(exc).__name__
+    store.close()
+    return out

@@ -24,10 +24,10 @@ from collections.abc import Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
 from castore.errors import CorruptionError, NotFoundError
-from castore.file import logread, versionindex
+from castore.file import logread
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
-from castore.file.damage import REPAIR_HINT, damaged_error
+from castore.file.damage import damaged_error
 from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex
@@ -168,8 +168,12 @@ class FileBackend:
     # -- reading -------------------------------------------------------------------------
 
     def exists(self, ref: Ref) -> bool:
-        """True if ``ref``'s log exists (it may hold only a tombstone)."""
-        return self.fs.exists(self.log(ref).path)
+        """True if ``ref``'s log exists (it may hold only a tombstone); a lost one's raises."""
+        log = self.log(ref)
+        if self.fs.exists(log.path):
+            return True
+        self.names.not_lost(ref, log.path)
+        return False
 
     def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
         """Keys ever created in a namespace starting with ``prefix``, byte-wise sorted."""
@@ -225,7 +229,7 @@ class FileBackend:
         try:
             st = self.layout.fs.stat(log.path)
         except FileNotFoundError:
-            self._not_lost(ref, log)
+            self.names.not_lost(ref, log.path)
             return Current(None, None)
         hit = self._cache.get(log.path)
         if hit is not None and hit[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
@@ -233,6 +237,8 @@ class FileBackend:
         fd = log.open()
         try:
             tail, st = log.newest(fd, st)
+            if tail.entry is None:
+                self.names.not_lost(ref, log.path, tail.size)
             value = self.blob_reader.value_of(ref, tail.entry, tail.blob, fd)
             current = Current(tail.entry, value, tail.entry_start)
         finally:
@@ -240,18 +246,6 @@ class FileBackend:
         if tail.valid_end == st.st_size:
             self._cache.put(log.path, stat_sig(st), current)
         return current
-
-    def _not_lost(self, ref: Ref, log: RefLog) -> None:
-        """For a missing log: raise CorruptionError if its version index outlived it."""
-        if not self.fs.exists(log.vix_path):  # one stat on the path of a missing key
-            return
-        grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
-        top = versionindex.lost_log(self.fs, log.path, grave)
-        if top:
-            raise CorruptionError(
-                f"{ref}: {log.path} is missing, but its version index records versions "
-                f"up to {top} (the log was lost); {REPAIR_HINT}"
-            )
 
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:
         """The entry of ``version`` and its value (None for a tombstone); (None, None) if absent.
@@ -271,8 +265,10 @@ class FileBackend:
             self.kept_readers.verified(lookup, version, found[0], value)
             return found[0], value
         if fd < 0:
-            self._not_lost(ref, log)
+            self.names.not_lost(ref, log.path)
         entry = log.entry_of(fd, version) if fd >= 0 else None
+        if entry is None and fd >= 0:
+            self.names.not_lost_in(ref, log.path, fd)  # a log without entries: lost?
         if entry is None and version <= self.graveyard(ref.scope, ref.namespace).version_of(
             ref.key
         ):
@@ -287,10 +283,13 @@ class FileBackend:
         try:
             fd = log.open()
         except FileNotFoundError:
-            self._not_lost(ref, log)
+            self.names.not_lost(ref, log.path)
             return []
         try:
-            return log.history(fd, before, limit)
+            found = log.history(fd, before, limit)
+            if not found:
+                self.names.not_lost_in(ref, log.path, fd)  # a log without entries: lost?
+            return found
         finally:
             os.close(fd)
 
@@ -305,10 +304,12 @@ class FileBackend:
         try:
             fd = log.open()
         except FileNotFoundError:
-            self._not_lost(ref, log)
+            self.names.not_lost(ref, log.path)
             return
         try:
-            log.settled_tail(fd)  # a proven cut raises: never the earlier state as the whole
+            tail = log.settled_tail(fd)  # a proven cut raises: never an earlier state
+            if tail.entry is None:
+                self.names.not_lost(ref, log.path, tail.size)
             scanned = logread.scan(fd)[1]
             if scanned.damage:
                 raise damaged_error(log.path, *scanned.damage[0], str(ref))

@@ -26,6 +26,7 @@ import msgspec
 from castore.backend import Progress
 from castore.errors import LockTimeoutError, RecordError
 from castore.file.checklog import LogChecker
+from castore.file.checklost import check_lost_log, gone_logs, recorded_logs
 from castore.file.checktree import check_graves, check_index, check_keys_header, planted
 from castore.file.keyindex import KeyIndex
 from castore.reports import CheckReport
@@ -102,26 +103,7 @@ def check(
             nsdir = os.path.join(scope_dir, name)
             if planted(checker, nsdir, directory=True) or not fs.isdir(nsdir):
                 continue
-            keys_file = os.path.join(nsdir, "KEYS")
-            keys: set[str] = set()
-            if not planted(checker, keys_file, file=True):
-                keys = set(KeyIndex(keys_file, fs).keys(""))
-                _checked(checker, keys_file, check_keys_header, checker, scope, nsdir)
-            planted(checker, os.path.join(nsdir, "STATE"), file=True)  # before repairs append to it
-            for file in sorted(fs.listdir(nsdir)):
-                path = os.path.join(nsdir, file)
-                if file in _FIRST_OR_LAST or planted(checker, path, file=_read_as_file(file)):
-                    continue
-                if file.endswith(".log"):
-                    logs += _checked(checker, path, checker.check_log, path, scope, keys)
-                    if progress is not None:
-                        progress(1)
-                elif file.endswith(".vix") and not fs.exists(path[:-4] + ".log"):  # lost, or
-                    # a planted object in its place that this repair removed
-                    _checked(checker, path, checker.check_lost_log, path[:-4] + ".log", scope, keys)
-                elif file.endswith(".tmp"):
-                    checker.found(path, "leftover temporary file", "gc removes it", severity="info")
-            check_graves(checker, nsdir)
+            logs += _check_namespace(checker, scope, nsdir, progress)
     check_index(checker)
     return CheckReport(
         ok=all(f.repaired or f.severity == "info" for f in checker.findings),
@@ -130,3 +112,34 @@ def check(
         blobs=checker.blobs,
         findings=checker.findings,
     )
+
+
+def _check_namespace(checker: LogChecker, scope: str, nsdir: str, progress: Progress | None) -> int:
+    """Check one namespace directory (its files, logs, lost logs, ``GRAVES``); the logs checked."""
+    fs = checker.fs
+    logs = 0
+    keys_file = os.path.join(nsdir, "KEYS")
+    keys: set[str] = set()
+    if not planted(checker, keys_file, file=True):
+        keys = set(KeyIndex(keys_file, fs).keys(""))
+        _checked(checker, keys_file, check_keys_header, checker, scope, nsdir)
+    if not planted(checker, os.path.join(nsdir, "STATE"), file=True):  # before repairs
+        checker.recorded = recorded_logs(fs, nsdir, scope)  # append to it
+    for file in sorted(fs.listdir(nsdir)):
+        path = os.path.join(nsdir, file)
+        if file in _FIRST_OR_LAST or planted(checker, path, file=_read_as_file(file)):
+            continue
+        if file.endswith(".log"):
+            logs += _checked(checker, path, checker.check_log, path, scope, keys)
+            if progress is not None:
+                progress(1)
+        elif file.endswith(".vix") and not fs.exists(path[:-4] + ".log"):  # lost, or
+            # a planted object in its place that this repair removed
+            _checked(checker, path, check_lost_log, checker, path[:-4] + ".log", scope, keys)
+        elif file.endswith(".tmp"):
+            checker.found(path, "leftover temporary file", "gc removes it", severity="info")
+    for path, key in gone_logs(checker):  # missing with their index: STATE tells
+        _checked(checker, path, check_lost_log, checker, path, scope, keys | {key})
+    checker.recorded = {}
+    check_graves(checker, nsdir)
+    return logs

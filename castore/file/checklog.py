@@ -67,6 +67,7 @@ class LogChecker:
         self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
         self.search = BlobSearch(self.fs, backend.refs)  # a value's copy in any log
         self.unindexed = 0  # values only a rebuilt blob index leads to
+        self.recorded: dict[str, tuple[str, int]] = {}  # log path -> key, version STATE records
 
     def rel(self, path: str) -> str:
         """``path`` relative to the store root, as findings name files."""
@@ -97,7 +98,7 @@ class LogChecker:
         frames = log.frames
         nsdir = os.path.dirname(path)
         grave = self.grave_of(path, frames, keys)
-        lost_by_index = self.lost_by_index(vix, frames, grave)
+        lost_by_index, lost_why = self.lost_evidence(path, vix, frames, grave)
         if not frames and not log.damage and not lost_by_index:
             # A first write killed before (or while) writing its frames: nothing was
             # acknowledged. Removed under the log's lock if it is still empty then.
@@ -133,8 +134,7 @@ class LogChecker:
             problems.append("an entry points at a damaged copy; an intact copy is in this log")
         if lost_by_index:
             problems.append(
-                f"the version index records versions up to {lost_by_index}, "
-                "which the log no longer holds (it lost acknowledged bytes)"
+                f"{lost_why}, which the log no longer holds (it lost acknowledged bytes)"
             )
         if header is not None and not entries and not problems and not lost_by_index:
             self.check_removed(path, decode_header(header.payload), frames, grave)
@@ -150,39 +150,6 @@ class LogChecker:
             self.found(path, "version index out of step", "rebuild it", self.repair, "info")
             if self.repair:
                 self.backend.rewrite(path, lambda lg: [(f.kind, f.payload) for f in lg.frames])
-
-    def check_lost_log(self, path: str, scope: str, keys: set[str]) -> None:
-        """A log that is missing while its version index is not (``path``: the log's).
-
-        Versions the index records above the key's grave were acknowledged
-        and lost with the log: reported, and repaired as a log cut to nothing
-        (one ``damaged`` entry up to the highest, so versions never repeat).
-        An index that records nothing more is stale and removed.
-        """
-        vix = versionindex.vix_path(path)
-        lost = self.lost_by_index(self.vix_bytes(path), [], self.grave_of(path, [], keys))
-        if not lost:
-            self.found(vix, "version index without its log", "remove it", self.repair, "info")
-            if self.repair:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.unlink(vix)
-            return
-        problem = f"missing, but its version index records versions up to {lost} (lost)"
-        repair = "record the lost versions as one damaged entry"
-        known = self.recover_header(path, scope, keys) is not None  # else nothing to rewrite
-        if not self.repair or not known:
-            self.found(path, problem, repair if known else "none: the log's key is unknown")
-            return
-        with contextlib.suppress(FileNotFoundError):  # the evidence, kept with the repair
-            keep = self.quarantine(vix)
-            self.fs.makedirs(os.path.dirname(keep), durable=True)
-            self.fs.atomic_write(keep, self.fs.read_file(vix), durable=True)
-        with contextlib.suppress(FileExistsError):  # then repaired as a log cut to nothing
-            os.close(self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-        try:
-            self.check_log(path, scope, keys)
-        except FileNotFoundError:  # a writer refused by the index removed it meanwhile
-            self.found(path, problem, f"{repair} (run again)")
 
     def check_removed(self, path: str, header: Header, frames: list[Frame], grave: int) -> None:
         """A log compaction emptied names the key's versions: GRAVES must hold the last one."""
@@ -389,12 +356,22 @@ class LogChecker:
         if self.repair:
             self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)
 
-    def lost_by_index(self, vix: bytes | None, frames: list[Frame], grave: int) -> int:
-        """The highest version the version index ``vix`` records past the log's newest, or 0.
+    def lost_evidence(
+        self, path: str, vix: bytes | None, frames: list[Frame], grave: int
+    ) -> tuple[int, str]:
+        """The highest version, above the key's grave, that the log no longer holds, and why.
 
-        Readers' and writers' rule (:func:`versionindex.cut_in`), above the
-        key's grave: what makes them refuse a key, check reports and repair
-        records as lost.
+        Readers' and writers' rules (FORMAT.md §7): a version the log's index
+        records past its newest entry (:func:`versionindex.cut_in`), or one
+        ``STATE`` records (:attr:`recorded`) for a log without entries. What
+        makes them refuse a key, check reports and repair records as lost.
+        (0, "") when nothing is lost.
         """
-        top = versionindex.cut_in(vix, frames) if vix is not None else 0
-        return top if top > grave else 0
+        by_index = versionindex.cut_in(vix, frames) if vix is not None else 0
+        entries = any(f.kind == KIND_ENTRY for f in frames)
+        by_state = 0 if entries else self.recorded.get(path, ("", 0))[1]
+        if max(by_index, by_state) <= grave:
+            return 0, ""
+        if by_index >= by_state:
+            return by_index, f"the version index records versions up to {by_index}"
+        return by_state, f"the namespace's STATE records version {by_state}"

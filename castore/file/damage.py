@@ -42,6 +42,7 @@ __all__ = [
     "damaged_error",
     "disorder_error",
     "disorder_problem",
+    "gone_error",
     "hides_nothing",
     "in_order",
     "lost_top",
@@ -128,6 +129,18 @@ def disorder_error(path: str, version: int, before: int, what: str) -> Corruptio
     return CorruptionError(
         f"{what}: {path} ends with version {version} after version {before} "
         "(an entry out of order: the newest version is unknown); " + REPAIR_HINT
+    )
+
+
+def gone_error(what: str, path: str, top: int, *, missing: bool) -> CorruptionError:
+    """The error for ``what``, whose log (``path``) is missing or holds no entry.
+
+    The namespace's ``STATE`` records version ``top`` above its grave: a lost log.
+    """
+    state = "is missing" if missing else "holds no version"
+    return CorruptionError(
+        f"{what}: {path} {state}, but the namespace's STATE records version {top} "
+        "(the log was lost); " + REPAIR_HINT
     )
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-from castore.errors import CastoreError, RecordError
-from castore.file import logread
+from castore.errors import CastoreError, CorruptionError, RecordError
+from castore.file import logread, versionindex
+from castore.file.damage import REPAIR_HINT, gone_error
 from castore.file.frames import LogBytes
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex, namespace_of
@@ -22,7 +23,7 @@ from castore.file.records import KIND_HEADER, decode_header
 from castore.file.statefile import StateIndex
 from castore.file.staterecords import STATE_NAME, Known
 from castore.file.tree import Tree
-from castore.keys import file_id
+from castore.keys import Ref, file_id
 
 __all__ = ["STATES_KEPT", "Namespaces", "pending_rewrite"]
 
@@ -157,6 +158,59 @@ class Namespaces:
             ):
                 out.add(head.key)
         return out
+
+    def not_lost(self, ref: Ref, path: str, size: int = -1) -> None:
+        """For a key whose log (``path``) is missing (``size`` -1) or holds no entry.
+
+        Raises:
+            CorruptionError: the log's version index outlived it, or ``STATE``
+                records a version of the key above its grave (compaction records
+                a removed key there before removing its log), and the log has
+                not changed since (FORMAT.md §7).
+        """
+        fs = self.layout.fs
+        if size < 0 and fs.exists(versionindex.vix_path(path)):  # one stat for a missing key
+            grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+            top = versionindex.lost_log(fs, path, grave)
+            if top:
+                raise CorruptionError(
+                    f"{ref}: {path} is missing, but its version index records versions "
+                    f"up to {top} (the log was lost); {REPAIR_HINT}"
+                )
+            return
+        top = self.state(ref.scope, ref.namespace).recorded().get(ref.key, 0)
+        if not top or top <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
+            return
+        try:
+            now = fs.stat(path).st_size
+        except FileNotFoundError:
+            now = -1
+        if now == size:  # a log created or written since it was read is no longer gone
+            raise gone_error(str(ref), path, top, missing=size < 0)
+
+    def not_lost_in(self, ref: Ref, path: str, fd: int) -> None:
+        """:meth:`not_lost` for the log open on ``fd`` if it holds no entry (else nothing)."""
+        size = os.fstat(fd).st_size
+        tail = logread.read_tail(fd, size)
+        if tail is not None and tail.entry is None:
+            self.not_lost(ref, path, size)
+
+    def drop_stale_index(self, ref: Ref, path: str) -> None:
+        """Remove a new log's ``.vix`` if it records only versions the key's grave covers.
+
+        Such an index outlived a removed life (a reader rebuilt it from the
+        removed log, or compaction stopped before removing it): it is no
+        evidence of lost versions. One that records more is (FORMAT.md §7).
+        """
+        vix = versionindex.vix_path(path)
+        try:
+            data = self.layout.fs.read_file(vix)
+        except FileNotFoundError:
+            return
+        grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+        if versionindex.highest_recorded(data) <= grave:
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.fs.unlink(vix)
 
     def removed(self, scope: str, namespace: str) -> dict[str, int]:
         """Each key compaction removed -> its last version: ``GRAVES``, and logs left for gc.

@@ -43,6 +43,7 @@ from castore.file.frames import (
     frame_at,
     last_frame,
 )
+from castore.file.stateappend import STATE_NAME
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
 
@@ -125,8 +126,10 @@ def _read(fs: Tree, path: str, ref: Ref) -> tuple[int, str, bytes] | None:
     try:
         fd = fs.open(path, os.O_RDONLY)  # without blocking, a regular file only
     except FileNotFoundError:  # the log, or a directory on its way
-        # A version index without its log may tell of a lost log: the store judges.
-        return None if fs.exists(path[: -len(".log")] + ".vix") else ABSENT
+        # A version index without its log, or the namespace's STATE, may tell of a
+        # lost log: the store judges.
+        state = os.path.join(os.path.dirname(path), STATE_NAME)
+        return None if fs.exists(path[: -len(".log")] + ".vix") or fs.exists(state) else ABSENT
     try:
         return _newest(fs, path, fd) if names_ref(fd, ref) else None
     finally:

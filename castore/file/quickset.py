@@ -40,7 +40,7 @@ from castore.file import fileio
 from castore.file.frames import encode_frame
 from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.peek import blob_value, indexes_beyond, is_store, names_ref, newest_entry
-from castore.file.stateappend import KIND_PENDING, append_frame
+from castore.file.stateappend import KIND_PENDING, STATE_NAME, append_frame
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
 
@@ -111,7 +111,7 @@ def quick_set(
                 return None
             guards = (normalized, digest, audit, expected_version, create_only)
             data, version = _frames(fd, tail, size, *guards)
-            _pending(fs, os.path.join(os.path.dirname(path), "STATE"), ref.key)
+            _pending(fs, os.path.join(os.path.dirname(path), STATE_NAME), ref.key)
             committing = True
             vix = path[: -len(".log")] + ".vix"  # a reader may have indexed the append
             fileio.commit(fd, data, size, durable=durable, forget=lambda: fs.unlink(vix))

@@ -18,8 +18,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI star
 if TYPE_CHECKING:
     from typing import Final
 
-__all__ = ["KIND_PENDING", "LENGTH", "LOCK_SECONDS", "append_frame"]
+__all__ = ["KIND_PENDING", "LENGTH", "LOCK_SECONDS", "STATE_NAME", "append_frame"]
 
+STATE_NAME: Final = "STATE"  # in each namespace directory
 KIND_PENDING: Final = ord("P")
 LENGTH: Final = struct.Struct("<Q")  # the first 8 bytes: the length after the last append
 LOCK_SECONDS: Final = 5.0  # an append waits this long for a rewrite to finish

@@ -100,6 +100,7 @@ class StateIndex:
         self._ino = 0
         self._pos = 0
         self._known: Known = {}
+        self._versions: dict[str, int] = {}  # key -> the highest version recorded for it
         self._trusted = False
         self._appended = 0
         self._head = b""  # the parsed file's first frame
@@ -117,7 +118,7 @@ class StateIndex:
                 os.close(self._fd)
             self._fd = -1
             self._ino = self._pos = 0
-            self._known = {}
+            self._known, self._versions = {}, {}
 
     # -- writers (under the key's log lock) ---------------------------------------------
 
@@ -226,6 +227,16 @@ class StateIndex:
                 os.close(fd)
             return self._known if self._trusted else None
 
+    def recorded(self) -> dict[str, int]:
+        """Each key's highest version the trusted file records ({} if none is trusted).
+
+        A later ``P`` does not lower it (versions only grow): the key had at
+        least that version, unless compaction removed it (``GRAVES`` then
+        holds its last version: callers compare). Evidence of a lost log
+        (docs/FORMAT.md §7). Look keys up; do not keep or change the mapping.
+        """
+        return {} if self.known() is None else self._versions
+
     def _read(self, fd: int, me: str, *, patient: bool = True) -> None:
         """Bring the parsed copy up to the end of the file on ``fd``.
 
@@ -246,6 +257,7 @@ class StateIndex:
             or top[LENGTH.size :] != self._head
         ):
             self._ino, self._pos, self._known, self._appended = st.st_ino, LENGTH.size, {}, 0
+            self._versions = {}
             self._trusted, self._head = False, b""
         if st.st_size == self._pos:
             return
@@ -285,11 +297,8 @@ class StateIndex:
         """
         if kind == KIND_SETTLED:
             got = SETTLED.decode(payload)
-            if got.hash:
-                created, updated = rfc3339(got.created_ns), rfc3339(got.time_ns)
-                self._settle(Row(got.key, got.version, got.hash, created, updated))
-            else:
-                self._known[got.key] = None
+            created, updated = rfc3339(got.created_ns), rfc3339(got.time_ns)
+            self._settle(Row(got.key, got.version, got.hash, created, updated))
             self._appended += 1
         elif kind == KIND_PENDING:
             self._known.pop(payload.decode("utf-8"), None)
@@ -303,6 +312,8 @@ class StateIndex:
             raise _DamagedError(self.path)
 
     def _settle(self, row: Row) -> None:
+        if row.version > self._versions.get(row.key, 0):
+            self._versions[row.key] = row.version
         if row.hash:
             self._known[row.key] = ListEntry(
                 scope=self.scope,
@@ -373,7 +384,9 @@ class StateIndex:
 
     def _rows(self) -> list[Row]:
         rows = [
-            Row(k, e.version, e.hash, e.created_at, e.updated_at) if e is not None else Row(k, 0)
+            Row(k, e.version, e.hash, e.created_at, e.updated_at)
+            if e is not None
+            else Row(k, self._versions.get(k, 0))  # a delete's version: evidence (recorded)
             for k, e in self._known.items()
         ]
         rows.sort(key=lambda r: r.key.encode("utf-8"))

@@ -12,7 +12,7 @@ from typing import Final
 
 import msgspec
 
-from castore.file.stateappend import KIND_PENDING
+from castore.file.stateappend import KIND_PENDING, STATE_NAME
 from castore.records import OP_DAMAGED, Entry
 from castore.results import ListEntry
 
@@ -33,7 +33,6 @@ __all__ = [
     "settled_of",
 ]
 
-STATE_NAME: Final = "STATE"
 KIND_EPOCH: Final = ord("T")
 KIND_SNAPSHOT: Final = ord("L")
 KIND_SETTLED: Final = ord("S")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from castore.backend import Current, Decide, NewVersion
 from castore.errors import CorruptionError
-from castore.file import logread, versionindex
+from castore.file import logread
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.encode import DEDUP_MIN_BYTES, carried, encode_versions, refuse_lower
@@ -215,30 +215,16 @@ class Writer:
             tail = logread.Tail(size, size, known.entry, None, None, known.entry_start)
             return tail, known, st.st_mode
         if not size:
-            self._drop_stale_index(log)
+            self.names.drop_stale_index(self._ref(log), log.path)
         try:
-            return log.locked_tail(fd, size), None, st.st_mode
+            tail = log.locked_tail(fd, size)
+            if tail.entry is None:  # a lost log's evidence may remain (FORMAT.md §7)
+                self.names.not_lost(self._ref(log), log.path, size)
+            return tail, None, st.st_mode
         except CorruptionError:
             if not size:  # e.g. a lost log's index: leave no empty log behind
                 self.layout.fs.unlink(log.path)
             raise
-
-    def _drop_stale_index(self, log: RefLog) -> None:
-        """Remove a new log's ``.vix`` if it records only versions the key's grave covers.
-
-        Such an index outlived a removed life (a reader rebuilt it from the
-        removed log, or compaction stopped before removing it): it is no
-        evidence of lost versions. One that records more is (FORMAT.md §7).
-        """
-        ref = self._ref(log)
-        try:
-            data = self.layout.fs.read_file(log.vix_path)
-        except FileNotFoundError:
-            return
-        grave = self.names.graveyard(ref.scope, ref.namespace).version_of(ref.key)
-        if versionindex.highest_recorded(data) <= grave:
-            with contextlib.suppress(FileNotFoundError):
-                self.layout.fs.unlink(log.vix_path)
 
     def _first_floor(self, ref: Ref, fd: int, size: int) -> int:
         """The version a key without entries continues after (its removed life, if any).

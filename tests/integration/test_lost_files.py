@@ -1,9 +1,10 @@
-"""A key's log that is gone while its version index remains: a lost log, never "not found".
+"""A key's log that is gone while evidence of its versions remains: lost, never "not found".
 
-The version index (``.vix``) is built from the log only, and compaction
-removes both (recording the key's last version in ``GRAVES`` first), so an
-index that records versions while its log is missing proves the log held
-them and was lost (deleted by hand, a file system losing a directory entry).
+The version index (``.vix``) is built from the log only, the namespace's
+``STATE`` records what ``list`` read from it, and compaction removes a log
+only after recording the key's last version in ``GRAVES``, so either one
+recording a version above the grave while the log is missing proves the log
+held it and was lost (deleted by hand, a file system losing a directory entry).
 Every read of that key must fail with ``CorruptionError`` (CLI exit 5,
 the quick ``get`` included) rather than answer "not found" or write version
 1 again; other keys answer exactly as on an undamaged copy; ``check`` reports
@@ -16,99 +17,96 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pytest
 
-from castore import CorruptionError, NotFoundError, Store
+from castore import CorruptionError, Store
 from castore.cli import EXIT_DAMAGED
-from castore.transfer import export_lines
-from tests.helpers import Cli, file_backend, log_path
+from tests.helpers import Cli, file_backend, key_answers, log_path
 
 pytestmark = pytest.mark.integration
 
 DAG: Final = "lost"
 
 
-def _answers(root: Path, key: str) -> dict[str, Any]:
-    """What the library answers for ``key``: each read, or the error it raised."""
-    store = Store(root, dag=DAG)
-    out: dict[str, Any] = {}
-    calls: dict[str, Callable[[], Any]] = {
-        "get": lambda: store.get(key),
-        "get v1": lambda: store.get(key, version=1),
-        "history": lambda: store.history(key),
-        "export": lambda: list(export_lines(store, namespace=DAG)),
-    }
-    for name, call in calls.items():
-        try:
-            out[name] = call()
-        except (CorruptionError, NotFoundError) as exc:
-            out[name] = type(exc).__name__
-    store.close()
-    return out
+# The two kinds of evidence a lost log leaves, and what errors and findings say of each.
+EVIDENCE: Final = {
+    "index": "its version index records versions up to 3",
+    "state": "the namespace's STATE records version 3",
+}
 
 
-@pytest.fixture
-def stores(tmp_path: Path) -> tuple[Path, Path]:
-    """An undamaged store and a copy whose key ``k`` lost its log (its ``.vix`` remains)."""
+@pytest.fixture(params=sorted(EVIDENCE))
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, str]:
+    """An undamaged store, a copy whose key ``k`` lost its log, and the evidence left.
+
+    ``index``: a version read built ``k``'s ``.vix``, which remains. ``state``:
+    ``list`` recorded ``k`` in ``STATE``, and the log went with its index.
+    """
     clean = tmp_path / "clean"
     store = Store(clean, dag=DAG)
     for n in range(3):
         store.set("k", {"n": n})
     store.set("other", {"o": 1})
-    assert store.get("k", version=3).value == {"n": 2}  # builds k's version index
+    if request.param == "index":
+        assert store.get("k", version=3).value == {"n": 2}  # builds k's version index
+    else:
+        assert [e.key for e in store.list().entries] == ["k", "other"]  # into STATE
     store.close()
     lost = tmp_path / "lost"
     shutil.copytree(clean, lost)
     log = Path(log_path(lost, "dag", DAG, "k"))
-    assert log.with_suffix(".vix").exists()
+    assert log.with_suffix(".vix").exists() == (request.param == "index")
     log.unlink()
-    return clean, lost
+    return clean, lost, EVIDENCE[request.param]
 
 
 def test_every_read_of_a_lost_log_fails_and_other_keys_are_untouched(
-    stores: tuple[Path, Path], tmp_path: Path
+    stores: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
-    clean, lost = stores
+    clean, lost, evidence = stores
     failing = dict.fromkeys(["get", "get v1", "history", "export"], "CorruptionError")
-    assert _answers(lost, "k") == failing
-    clean_answers, lost_answers = _answers(clean, "other"), _answers(lost, "other")
+    assert key_answers(lost, "k", DAG) == failing
+    clean_answers, lost_answers = key_answers(clean, "other", DAG), key_answers(lost, "other", DAG)
     del clean_answers["export"], lost_answers["export"]  # the namespace's: k's fails
     assert lost_answers == clean_answers
-    cli = Cli(tmp_path, lost, dag=DAG)
-    for args in (("get", "k"), ("get", "k", "--version", "2"), ("history", "k")):
+    cli, twin = Cli(tmp_path, lost, dag=DAG), Cli(tmp_path, clean, dag=DAG)
+    for args in (("get", "k"), ("get", "k", "--version", "2"), ("history", "k"), ("delete", "k")):
         err = cli.fail(EXIT_DAMAGED, *args, stdin=subprocess.DEVNULL)  # the quick get too
-        assert "is missing, but its version index records versions up to 3" in err, err
-    assert cli.ok("get", "other") == Cli(tmp_path, clean, dag=DAG).ok("get", "other")
+        assert f"is missing, but {evidence}" in err, err
+    cli.fail(EXIT_DAMAGED, "set", "k", '{"n": 99}')  # the CLI's writers
+    for args in (("get", "other"), ("get", "never")):
+        assert cli.ok(*args) == twin.ok(*args)
 
 
 def test_a_write_to_a_lost_log_is_refused_and_repair_keeps_versions_from_repeating(
-    stores: tuple[Path, Path],
+    stores: tuple[Path, Path, str],
 ) -> None:
-    _, lost = stores
+    _, lost, evidence = stores
     store = Store(lost, dag=DAG)
     log = Path(log_path(lost, "dag", DAG, "k"))
     report = store.check()  # before any write touched the key
     assert not report.ok
     [finding] = [f for f in report.findings if f.path.endswith(log.name)]
     assert finding.severity == "error", finding
-    assert "versions up to 3" in finding.problem, finding
-    with pytest.raises(CorruptionError, match="versions up to 3"):
-        store.set("k", {"n": 99})
+    assert evidence.split(" ", 1)[1] in finding.problem, finding
+    for write in (lambda: store.set("k", {"n": 99}), lambda: store.delete("k")):
+        with pytest.raises(CorruptionError, match=r"versions up to 3|STATE records version 3"):
+            write()
     assert not log.exists()  # nothing was written, not even an empty log
-    vix = log.with_suffix(".vix").read_bytes()
+    vix = log.with_suffix(".vix")
+    kept = vix.read_bytes() if vix.exists() else None
     assert store.check(repair=True).ok
     assert store.check().ok, store.check()
-    kept = list((lost / "quarantine").glob(f"*/**/{log.with_suffix('.vix').name}"))
-    assert [p.read_bytes() for p in kept] == [vix]  # the evidence of the loss is kept
+    copies = list((lost / "quarantine").glob(f"*/**/{vix.name}"))
+    assert [p.read_bytes() for p in copies] == ([kept] if kept else [])  # the evidence is kept
     with pytest.raises(CorruptionError, match="versions 1-3 lost"):
         store.get("k")  # the newest version is the lost range: never "not found"
     [marker] = store.history("k").entries
     assert (marker.operation, marker.version) == ("damaged", 3)
-    assert store.set("k", {"n": 3}).version == 4  # above every version the index proves
+    assert store.set("k", {"n": 3}).version == 4  # above every version the evidence proves
     assert store.get("other").value == {"o": 1}
     store.close()
 

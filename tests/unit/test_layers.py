@@ -131,6 +131,7 @@ FILE_LAYERS = {
     "readcache": 1,  # each log's newest entry and value, bounded
     "writer": 6,
     "checklog": 5,
+    "checklost": 5,  # lost logs: evidence that outlived them (handed the LogChecker)
     "check": 6,
     "gc": 5,
     "compact": 5,

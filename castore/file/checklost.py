@@ -1,0 +1,85 @@
+"""Check and repair of lost logs: a key's log gone while evidence of its versions remains.
+
+Part of ``check`` (castore/file/check.py). Two kinds of evidence outlive a
+log (docs/FORMAT.md §7): its version index (``.vix``), built from the log
+only, and the namespace's ``STATE``, whose records a reader took from the
+log. Compaction records a removed key's last version in ``GRAVES`` before it
+removes the log, so either one recording a version above the key's grave
+proves that the log held it. Such a log is reported, and repaired as a log
+cut to nothing: one ``damaged`` entry up to the highest version, so versions
+never repeat. An index that records nothing more is stale and removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING
+
+from castore.file import versionindex
+from castore.file.statefile import StateIndex
+from castore.file.staterecords import STATE_NAME
+from castore.file.tree import Tree
+from castore.keys import file_id
+
+if TYPE_CHECKING:
+    from castore.file.checklog import LogChecker
+
+__all__ = ["check_lost_log", "gone_logs", "recorded_logs"]
+
+
+def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int]]:
+    """Each log path of ``nsdir`` -> its key and the highest version a trusted ``STATE`` records."""
+    state = StateIndex(os.path.join(nsdir, STATE_NAME), fs, scope, "")
+    try:
+        recorded = state.recorded()
+        return {os.path.join(nsdir, file_id(k) + ".log"): (k, v) for k, v in recorded.items() if v}
+    finally:
+        state.close()
+
+
+def gone_logs(checker: LogChecker) -> list[tuple[str, str]]:
+    """The logs ``STATE`` records that are missing with their index: (path, key) each.
+
+    A missing log whose index remains is found by the walk (``check_lost_log``).
+    """
+    fs = checker.fs
+    return [
+        (path, key)
+        for path, (key, _) in sorted(checker.recorded.items())
+        if not fs.exists(path) and not fs.exists(versionindex.vix_path(path))
+    ]
+
+
+def check_lost_log(checker: LogChecker, path: str, scope: str, keys: set[str]) -> None:
+    """A log that is missing while its version index or ``STATE`` is not (``path``: the log's).
+
+    Versions the evidence records above the key's grave were acknowledged
+    and lost with the log: reported, and repaired as a log cut to nothing.
+    An index that records nothing more is stale and removed.
+    """
+    vix = versionindex.vix_path(path)
+    grave = checker.grave_of(path, [], keys)
+    lost, why = checker.lost_evidence(path, checker.vix_bytes(path), [], grave)
+    if not lost:
+        checker.found(vix, "version index without its log", "remove it", checker.repair, "info")
+        if checker.repair:
+            with contextlib.suppress(FileNotFoundError):
+                checker.fs.unlink(vix)
+        return
+    problem = f"missing, but {why} (lost)"
+    repair = "record the lost versions as one damaged entry"
+    known = checker.recover_header(path, scope, keys) is not None  # else nothing to rewrite
+    if not checker.repair or not known:
+        checker.found(path, problem, repair if known else "none: the log's key is unknown")
+        return
+    with contextlib.suppress(FileNotFoundError):  # the evidence, kept with the repair
+        keep = checker.quarantine(vix)
+        checker.fs.makedirs(os.path.dirname(keep), durable=True)
+        checker.fs.atomic_write(keep, checker.fs.read_file(vix), durable=True)
+    with contextlib.suppress(FileExistsError):  # then repaired as a log cut to nothing
+        os.close(checker.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    try:
+        checker.check_log(path, scope, keys)
+    except FileNotFoundError:  # a writer refused by the evidence removed it meanwhile
+        checker.found(path, problem, f"{repair} (run again)")
