@@ -14,7 +14,8 @@ Every error castore raises on purpose is a :class:`CastoreError`. Real
     │   └── PatchTestError                   a JSON Patch ``test`` operation failed
     ├── LockTimeoutError     (TimeoutError)  a ref lock was not taken in time
     ├── BackendUnavailableError              a location names a backend not installed here
-    ├── StoreUnavailableError (ConnectionError) the store's server cannot be reached
+    ├── StoreUnavailableError (ConnectionError) the store's server cannot be reached,
+    │                                        or its directory went away under a handle
     └── CorruptionError                      stored bytes fail verification
         ├── DigestMismatchError              blob bytes do not hash to their name
         ├── RecordError                      record unparsable or fails its checksum
@@ -159,6 +160,9 @@ class BackendUnavailableError(CastoreError, NotImplementedError):
 
 class StoreUnavailableError(CastoreError, ConnectionError):
     """Raised when the server behind a store location cannot be reached or fails.
+
+    Also when a store directory a handle opened is gone (its ``FORMAT``
+    deleted, moved or unmounted): never "not found", never a new store there.
 
     The message names the location without credentials and says what
     failed; for a write it also says whether the write may have been applied

@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from castore.errors import FormatVersionError, UnsafePathError
+from castore.errors import FormatVersionError, StoreUnavailableError, UnsafePathError
 from castore.file import fileio
 from castore.file.formatfile import check_format, format_line, read_format
 from castore.file.modes import MODES, PRIVATE, makedirs_plain, modes_of_dir
@@ -67,6 +67,23 @@ class Layout:
     def exists(self) -> bool:
         """True if a store is here (looked for again until one is); creates nothing."""
         return self.present or self._probe(refuse_foreign=False)
+
+    def not_gone(self) -> None:
+        """Refuse to go on where this handle saw a store and its ``FORMAT`` is gone now.
+
+        The directory was deleted or moved, or the volume under it unmounted:
+        a read must not answer "not found" for what it held, nor a write make a
+        new, empty store in its place. One ``stat``, on the paths that find
+        nothing (FORMAT.md §1, "Creation").
+
+        Raises:
+            StoreUnavailableError: it is gone.
+        """
+        if self.present and not os.path.exists(os.path.join(self.root, "FORMAT")):
+            raise StoreUnavailableError(
+                f"the store at {self.root} is gone: its FORMAT file is missing (deleted, moved "
+                "or unmounted since this handle opened it); nothing was read or written"
+            )
 
     def _probe(self, *, refuse_foreign: bool) -> bool:
         """Check the store here, if any, creating nothing; True if there is one.

@@ -110,6 +110,8 @@ class Namespaces:
         index = self.key_index(scope, namespace)
         found = index.keys(prefix)
         nsdir = self.layout.ns_dir(scope, namespace)
+        if not found:
+            self.layout.not_gone()
         if not (verify or index.damaged or (not found and self._keys_lost(nsdir))):
             return found
         from_logs = self._keys_from_logs(nsdir, namespace, prefix)
@@ -168,6 +170,7 @@ class Namespaces:
                 a removed key there before removing its log), and the log has
                 not changed since (FORMAT.md §7).
         """
+        self.layout.not_gone()
         fs = self.layout.fs
         if size < 0 and fs.exists(versionindex.vix_path(path)):  # one stat for a missing key
             grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
@@ -249,6 +252,7 @@ class Namespaces:
         try:
             names = self.layout.fs.listdir(scope_dir)
         except FileNotFoundError:
+            self.layout.not_gone()
             return []
         found = []
         for name in names:

@@ -105,6 +105,7 @@ class Writer:
 
     def _ensure_dir(self, path: str) -> None:
         if path not in self._dirs:
+            self.layout.not_gone()  # never a new store where this handle's went away
             self.layout.fs.makedirs(path, durable=self.layout.durable)
             self._dirs.add(path)
 
@@ -121,6 +122,13 @@ class Writer:
         Returns:
             (previous newest entry, appended entries; empty when nothing was written).
         """
+        try:
+            return self._write(log, decide)
+        except FileNotFoundError:
+            self.layout.not_gone()  # the store went away under this handle
+            raise
+
+    def _write(self, log: RefLog, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         ref = self._ref(log)
         nsdir = os.path.dirname(log.path)
         self._ensure_dir(nsdir)

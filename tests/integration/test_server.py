@@ -18,6 +18,7 @@ import hmac
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -425,6 +426,21 @@ def test_sigterm_finishes_the_request_in_flight(start, store_location, tmp_path)
 
 
 # -- the HTTP layer: auth, limits, log, metrics ------------------------------------------
+
+
+def test_a_store_directory_gone_under_the_server_answers_503(file_server, tmp_path):
+    """Never "not found" for what the store held, and no new store made in its place."""
+    set_k = body({"key": "k", "dag": "d"}, value="1")
+    assert post(file_server, "set", set_k, AUTH).status_code == 200
+    assert httpx.get(f"{file_server.url}/healthz").status_code == 200
+    shutil.rmtree(tmp_path / "store")
+    health = httpx.get(f"{file_server.url}/healthz")
+    assert (health.status_code, health.json()["error"]["code"]) == (503, "store_unavailable")
+    for op, data in (("get", b'{"key":"k","dag":"d"}'), ("set", set_k), ("list", b'{"dag":"d"}')):
+        response = post(file_server, op, data, AUTH)
+        assert response.status_code == 503, (op, response.text)
+        assert "is gone" in response.json()["error"]["message"]
+    assert not (tmp_path / "store").exists()
 
 
 def test_every_path_but_healthz_needs_the_token(file_server):
