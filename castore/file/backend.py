@@ -238,7 +238,7 @@ class FileBackend:
         try:
             tail, st = log.newest(fd, st)
             if tail.entry is None:
-                self.names.not_lost(ref, log.path, tail.size)
+                self.names.not_lost(ref, log.path, (st.st_ino, tail.size))
             value = self.blob_reader.value_of(ref, tail.entry, tail.blob, fd)
             current = Current(tail.entry, value, tail.entry_start)
         finally:
@@ -309,7 +309,7 @@ class FileBackend:
         try:
             tail = log.settled_tail(fd)  # a proven cut raises: never an earlier state
             if tail.entry is None:
-                self.names.not_lost(ref, log.path, tail.size)
+                self.names.not_lost(ref, log.path, (os.fstat(fd).st_ino, tail.size))
             scanned = logread.scan(fd)[1]
             if scanned.damage:
                 raise damaged_error(log.path, *scanned.damage[0], str(ref))

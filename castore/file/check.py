@@ -138,7 +138,7 @@ def _check_namespace(checker: LogChecker, scope: str, nsdir: str, progress: Prog
             _checked(checker, path, check_lost_log, checker, path[:-4] + ".log", scope, keys)
         elif file.endswith(".tmp"):
             checker.found(path, "leftover temporary file", "gc removes it", severity="info")
-    for path, key in gone_logs(checker):  # missing with their index: STATE tells
+    for path, key in gone_logs(checker, keys):  # missing with their index: STATE tells
         _checked(checker, path, check_lost_log, checker, path, scope, keys | {key})
     checker.recorded = {}
     check_graves(checker, nsdir)

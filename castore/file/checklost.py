@@ -38,16 +38,19 @@ def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int]
         state.close()
 
 
-def gone_logs(checker: LogChecker) -> list[tuple[str, str]]:
-    """The logs ``STATE`` records that are missing with their index: (path, key) each.
+def gone_logs(checker: LogChecker, keys: set[str]) -> list[tuple[str, str]]:
+    """The logs ``STATE`` records above their key's grave, missing with their index.
 
-    A missing log whose index remains is found by the walk (``check_lost_log``).
+    (path, key) each. A missing log whose index remains is found by the walk
+    (``check_lost_log``); a key compaction removed is not lost.
     """
     fs = checker.fs
     return [
         (path, key)
-        for path, (key, _) in sorted(checker.recorded.items())
-        if not fs.exists(path) and not fs.exists(versionindex.vix_path(path))
+        for path, (key, version) in sorted(checker.recorded.items())
+        if not fs.exists(path)
+        and not fs.exists(versionindex.vix_path(path))
+        and version > checker.grave_of(path, [], keys | {key})
     ]
 
 

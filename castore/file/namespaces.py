@@ -161,42 +161,46 @@ class Namespaces:
                 out.add(head.key)
         return out
 
-    def not_lost(self, ref: Ref, path: str, size: int = -1) -> None:
-        """For a key whose log (``path``) is missing (``size`` -1) or holds no entry.
+    def not_lost(self, ref: Ref, path: str, seen: tuple[int, int] | None = None) -> None:
+        """For a key whose log (``path``) is missing (``seen`` None) or holds no entry.
+
+        ``seen``: the inode and size of the log read without an entry.
 
         Raises:
             CorruptionError: the log's version index outlived it, or ``STATE``
-                records a version of the key above its grave (compaction records
-                a removed key there before removing its log), and the log has
-                not changed since (FORMAT.md §7).
+                records a version of the key, above its grave, and the log is
+                still as it was read (FORMAT.md §7). The grave is read after the
+                log's ``stat``: compaction records a removed key there before it
+                removes (or gc rewrites) the log.
         """
         self.layout.not_gone()
         fs = self.layout.fs
-        if size < 0 and fs.exists(versionindex.vix_path(path)):  # one stat for a missing key
-            grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
-            top = versionindex.lost_log(fs, path, grave)
-            if top:
-                raise CorruptionError(
-                    f"{ref}: {path} is missing, but its version index records versions "
-                    f"up to {top} (the log was lost); {REPAIR_HINT}"
-                )
-            return
-        top = self.state(ref.scope, ref.namespace).recorded().get(ref.key, 0)
-        if not top or top <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
+        by_index = 0
+        if seen is None and fs.exists(versionindex.vix_path(path)):  # one stat, missing key
+            by_index = versionindex.lost_log(fs, path, 0)
+        top = max(by_index, self.state(ref.scope, ref.namespace).recorded().get(ref.key, 0))
+        if not top:
             return
         try:
-            now = fs.stat(path).st_size
+            st = fs.stat(path)
+            now: tuple[int, int] | None = (st.st_ino, st.st_size)
         except FileNotFoundError:
-            now = -1
-        if now == size:  # a log created or written since it was read is no longer gone
-            raise gone_error(str(ref), path, top, missing=size < 0)
+            now = None
+        if now != seen or top <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
+            return  # changed since it was read (a writer, a rewrite), or removed by compaction
+        if by_index >= top:
+            raise CorruptionError(
+                f"{ref}: {path} is missing, but its version index records versions "
+                f"up to {top} (the log was lost); {REPAIR_HINT}"
+            )
+        raise gone_error(str(ref), path, top, missing=seen is None)
 
     def not_lost_in(self, ref: Ref, path: str, fd: int) -> None:
         """:meth:`not_lost` for the log open on ``fd`` if it holds no entry (else nothing)."""
-        size = os.fstat(fd).st_size
-        tail = logread.read_tail(fd, size)
+        st = os.fstat(fd)
+        tail = logread.read_tail(fd, st.st_size)
         if tail is not None and tail.entry is None:
-            self.not_lost(ref, path, size)
+            self.not_lost(ref, path, (st.st_ino, st.st_size))
 
     def drop_stale_index(self, ref: Ref, path: str) -> None:
         """Remove a new log's ``.vix`` if it records only versions the key's grave covers.

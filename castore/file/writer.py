@@ -227,7 +227,7 @@ class Writer:
         try:
             tail = log.locked_tail(fd, size)
             if tail.entry is None:  # a lost log's evidence may remain (FORMAT.md §7)
-                self.names.not_lost(self._ref(log), log.path, size)
+                self.names.not_lost(self._ref(log), log.path, (st.st_ino, size))
             return tail, None, st.st_mode
         except CorruptionError:
             if not size:  # e.g. a lost log's index: leave no empty log behind

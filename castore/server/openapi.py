@@ -34,8 +34,8 @@ _SIMPLE: Final[dict[type, str]] = {
     mi.StrType: "string",
     mi.NoneType: "null",
 }
-_ERROR_STATUSES: Final = (400, 401, 404, 409, 413, 421, 500, 503)
-_BACKEND_STATUSES: Final = (400, 401, 409, 413, 421, 500, 503)
+_ERROR_STATUSES: Final = (400, 401, 404, 405, 409, 413, 421, 500, 503)
+_BACKEND_STATUSES: Final = (400, 401, 405, 409, 413, 421, 500, 503)
 
 
 def _summary(doc: str | None) -> str:
@@ -54,6 +54,8 @@ class _Schemas:
         """The schema of one type (a ``$ref`` for a struct)."""
         if type(kind) in _SIMPLE:
             return {"type": _SIMPLE[type(kind)]}
+        if isinstance(kind, mi.Metadata):  # a type with documentation of its own
+            return {**self.of(kind.type), **(kind.extra_json_schema or {})}
         if isinstance(kind, mi.BytesType):
             return {"type": "string", "contentMediaType": "application/octet-stream"}
         if isinstance(kind, mi.CustomType) and kind.cls is GoString:

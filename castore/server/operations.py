@@ -161,7 +161,7 @@ class AuditRequest(Request, frozen=True, kw_only=True):
 class IncrRequest(_Key, frozen=True, kw_only=True):
     """``incr``: add ``by`` (default 1) to the number at ``path`` (default: the value)."""
 
-    by: msgspec.Raw = msgspec.Raw()
+    by: Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema={"default": 1})] = msgspec.Raw()
     path: str | None = None
     expected_version: int | None = None
     reason: str = ""

@@ -16,8 +16,9 @@ import pytest
 
 from castore import CorruptionError, Store
 from castore.file.frames import frame_at
-from castore.file.statefile import SNAPSHOT_AFTER
-from tests.helpers import key_answers, log_path
+from castore.file.graves import Graveyard
+from castore.file.statefile import SNAPSHOT_AFTER, StateIndex
+from tests.helpers import file_backend, key_answers, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,9 @@ def test_keys_compaction_removed_are_new_not_lost(tmp_path: Path) -> None:
     assert not Path(log_path(root, "dag", DAG, "gone")).exists()
     assert not store.get("gone").found
     assert store.history("gone").entries == []
-    assert store.check().ok, store.check()
+    for repair in (False, True):
+        report = store.check(repair=repair)
+        assert (report.ok, report.findings) == (True, []), report  # not even information
     assert store.set("gone", 3).version == 3  # after the grave
     assert store.get("gone").value == 3
     assert store.check().ok
@@ -107,4 +110,68 @@ def test_without_state_a_missing_log_is_a_new_key(tmp_path: Path) -> None:
     store = Store(root, dag=DAG)
     assert not store.get("k").found
     assert store.set("k", 2).version == 1
+    store.close()
+
+
+def test_a_reader_racing_compaction_and_gc_is_not_alarmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grave is read after the log's stat: compaction records it before the log goes.
+
+    A reader finds ``k`` without a log; before it reads ``STATE``, another
+    handle creates, deletes and lists ``k``; between its reads of the grave
+    and of the log, compaction and gc remove ``k`` again. Found by a review:
+    a reader that read the grave first took the recorded delete for a lost log.
+    """
+    root = tmp_path / "s"
+    other, reader = Store(root, dag=DAG), Store(root, dag=DAG)
+    other.set("o", "another value")  # (gc keeps a blob whose digest another log uses)
+    other.list()
+    recorded, version_of = StateIndex.recorded, Graveyard.version_of
+    step = ["reading"]
+
+    def racing_recorded(state: StateIndex) -> dict[str, int]:
+        if step == ["reading"]:
+            step[0] = "creating"
+            other.set("k", 1)
+            other.delete("k")
+            other.list()
+            step[0] = "created"
+        return recorded(state)
+
+    def racing_version_of(graves: Graveyard, key: str) -> int:
+        found = version_of(graves, key)
+        if step == ["created"] and key == "k":
+            step[0] = "removed"
+            assert other.compact(keep_within_seconds=0, prefix="k").keys_removed == 1
+            assert other.gc(grace_seconds=0).logs_removed == 1
+        return found
+
+    monkeypatch.setattr(StateIndex, "recorded", racing_recorded)
+    monkeypatch.setattr(Graveyard, "version_of", racing_version_of)
+    assert not reader.get("k").found
+    monkeypatch.undo()
+    assert not reader.get("k").found
+    assert other.check().findings == []
+    other.close()
+    reader.close()
+
+
+def test_a_log_replaced_since_it_was_read_is_not_judged(tmp_path: Path) -> None:
+    """Evidence is weighed only against the log as read: its inode and size.
+
+    A gc rewrite is a new file that can have the size of the one a reader
+    found without entries; found by a review (an alarm on a healthy key).
+    """
+    root = tmp_path / "s"
+    log = _listed(root, "k", 2)
+    store = Store(root, dag=DAG)
+    names = file_backend(store).names
+    ref = store.ref("k")
+    log.write_bytes(b"")  # as read: no entry
+    seen = (log.stat().st_ino, 0)
+    with pytest.raises(CorruptionError, match="holds no version"):
+        names.not_lost(ref, str(log), seen)
+    names.not_lost(ref, str(log), (seen[0] + 1, 0))  # another file now: not judged
+    names.not_lost(ref, str(log), (seen[0], 1))  # written since: not judged
     store.close()
