@@ -65,24 +65,50 @@ class Layout:
         self.fs.close()
 
     def exists(self) -> bool:
-        """True if a store is here (looked for again until one is); creates nothing."""
-        return self.present or self._probe(refuse_foreign=False)
-
-    def not_gone(self) -> None:
-        """Refuse to go on where this handle saw a store and its ``FORMAT`` is gone now.
-
-        The directory was deleted or moved, or the volume under it unmounted:
-        a read must not answer "not found" for what it held, nor a write make a
-        new, empty store in its place. One ``stat``, on the paths that find
-        nothing (FORMAT.md §1, "Creation").
+        """True if a store is here (looked for again until one is); creates nothing.
 
         Raises:
-            StoreUnavailableError: it is gone.
+            StoreUnavailableError: the store this handle saw is gone (:meth:`not_gone`).
         """
-        if self.present and not os.path.exists(os.path.join(self.root, "FORMAT")):
+        self.not_gone()
+        return self.present
+
+    def not_gone(self) -> None:
+        """Refuse to go on where the store this handle saw is gone or was replaced.
+
+        Gone: the path no longer names the directory this handle holds open
+        (deleted, moved, replaced, a volume mounted or unmounted there), or its
+        ``FORMAT`` is missing. A read must not answer "not found" for what it
+        held, nor a write make a new store in its place. A handle that saw no
+        store yet looks again instead (dropping its descriptors if the path
+        names another directory now). A few ``stat`` calls, made only on the
+        paths that find nothing or make a directory (FORMAT.md §1).
+
+        Raises:
+            StoreUnavailableError: the store is gone, or one appeared in place of
+                the directory this handle had opened (try again: it is seen now).
+        """
+        try:
+            st = os.stat(self.root)  # the root may be a link the user chose
+            here: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            here = None
+        held = self.fs.held_root()
+        moved = held is not None and held != here
+        if self.present:
+            if moved or not os.path.exists(os.path.join(self.root, "FORMAT")):
+                raise StoreUnavailableError(
+                    f"the store at {self.root} is gone: the path no longer names the store "
+                    "this handle opened (deleted, moved, replaced or unmounted); nothing was "
+                    "read or written; open it again"
+                )
+            return
+        if moved:
+            self.fs.close(root=True)  # nothing seen through them yet: look at what is there now
+        if here is not None and self._probe(refuse_foreign=False) and moved:
             raise StoreUnavailableError(
-                f"the store at {self.root} is gone: its FORMAT file is missing (deleted, moved "
-                "or unmounted since this handle opened it); nothing was read or written"
+                f"the store at {self.root} appeared in place of the directory this handle "
+                "had opened (made or mounted there): nothing was read or written; try again"
             )
 
     def _probe(self, *, refuse_foreign: bool) -> bool:

@@ -1,11 +1,10 @@
 """Confined file operations: every path below the store root, never through a link.
 
-Every file a store touches is reached through a :class:`Tree`: directories one component
-at a time with ``O_NOFOLLOW|O_DIRECTORY`` relative to their parent's (cached) descriptor,
-files with ``O_NOFOLLOW|O_NONBLOCK`` relative to theirs and only if regular. A link, FIFO
-or device planted below the root, even after a directory was checked, is refused
-(``UnsafePathError``; docs/RELIABILITY.md, "Security"). What a tree creates gets exactly
-its ``Modes``; its root is opened on first use.
+Every file a store touches is reached through a :class:`Tree`: directories one component at
+a time with ``O_NOFOLLOW|O_DIRECTORY`` relative to their parent's (cached) descriptor, files
+with ``O_NOFOLLOW|O_NONBLOCK`` relative to theirs and only if regular. A link, FIFO or device
+planted below the root, even after a directory was checked, is refused (``UnsafePathError``;
+docs/RELIABILITY.md, "Security"). What it creates gets exactly its ``Modes``.
 """
 
 from __future__ import annotations
@@ -66,10 +65,10 @@ class Tree:
         self._dirs: dict[str, int] = {}
         self._prefix = root.rstrip("/") + "/" if root else "\0"
 
-    def close(self) -> None:
-        """Close the cached directory descriptors (the tree stays usable)."""
+    def close(self, *, root: bool = False) -> None:
+        """Close the cached directory descriptors, the root's with ``root`` (it stays usable)."""
         with self._lock:
-            keep = self._dirs.pop(self.root.rstrip("/"), None) if self.root else None
+            keep = self._dirs.pop(self.root.rstrip("/"), None) if self.root and not root else None
             for fd in self._dirs.values():
                 os.close(fd)
             self._dirs.clear()
@@ -82,6 +81,12 @@ class Tree:
                 os.close(fd)
 
     # -- resolution -----------------------------------------------------------------
+
+    def held_root(self) -> tuple[int, int] | None:
+        """The device and inode of the root directory held open (None: not opened yet)."""
+        fd = self._dirs.get(self._prefix[:-1])
+        st = os.fstat(fd) if fd is not None else None
+        return (st.st_dev, st.st_ino) if st is not None else None
 
     def _root_fd(self) -> int:
         """The root's descriptor, opened on first use (FileNotFoundError while it is missing)."""
@@ -171,14 +176,8 @@ class Tree:
             if owned:
                 os.close(fd)
 
-    # -- operations -----------------------------------------------------------------
-
     def _where(self, path: str) -> tuple[int, str, bool] | None:
-        """``(dir_fd, name, caller closes dir_fd)`` for a path below the root, else None.
-
-        The hot paths (``open``, ``stat``) use this instead of :meth:`_at`: a
-        cached directory costs one dictionary lookup.
-        """
+        """``(dir_fd, name, caller closes)`` below the root, else None (:meth:`_at`, hot)."""
         if not path.startswith(self._prefix):
             return None
         folder, _, name = path.rpartition("/")
