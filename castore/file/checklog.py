@@ -67,7 +67,7 @@ class LogChecker:
         self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
         self.search = BlobSearch(self.fs, backend.refs)  # a value's copy in any log
         self.unindexed = 0  # values only a rebuilt blob index leads to
-        self.recorded: dict[str, tuple[str, int]] = {}  # log path -> key, version STATE records
+        self.recorded: dict[str, tuple[str, int, bool]] = {}  # log path -> STATE's record
 
     def rel(self, path: str) -> str:
         """``path`` relative to the store root, as findings name files."""
@@ -363,13 +363,16 @@ class LogChecker:
 
         Readers' and writers' rules (FORMAT.md §7): a version the log's index
         records past its newest entry (:func:`versionindex.cut_in`), or one
-        ``STATE`` records (:attr:`recorded`) for a log without entries. What
-        makes them refuse a key, check reports and repair records as lost.
-        (0, "") when nothing is lost.
+        ``STATE`` records (:attr:`recorded`) for a log without entries; and
+        check's own: ``STATE``'s last record of a key, above its log's newest
+        entry (a cut readers cannot see). What check reports and repair
+        records as lost. (0, "") when nothing is lost.
         """
         by_index = versionindex.cut_in(vix, frames) if vix is not None else 0
-        entries = any(f.kind == KIND_ENTRY for f in frames)
-        by_state = 0 if entries else self.recorded.get(path, ("", 0))[1]
+        versions = [decode_entry(f.payload).version for f in frames if f.kind == KIND_ENTRY]
+        _, recorded, settled = self.recorded.get(path, ("", 0, False))
+        # No entry, or the last record of an unchanged log above its newest entry: a cut.
+        by_state = recorded if not versions or (settled and recorded > max(versions)) else 0
         if max(by_index, by_state) <= grave:
             return 0, ""
         if by_index >= by_state:

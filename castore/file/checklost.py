@@ -28,12 +28,20 @@ if TYPE_CHECKING:
 __all__ = ["check_lost_log", "gone_logs", "recorded_logs"]
 
 
-def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int]]:
-    """Each log path of ``nsdir`` -> its key and the highest version a trusted ``STATE`` records."""
+def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int, bool]]:
+    """Each log path of ``nsdir`` -> what a trusted ``STATE`` records of its key.
+
+    The key, its highest recorded version, and whether that is the key's
+    last record (no ``P`` since: its log has not changed, FORMAT.md §5).
+    """
     state = StateIndex(os.path.join(nsdir, STATE_NAME), fs, scope, "")
     try:
-        recorded = state.recorded()
-        return {os.path.join(nsdir, file_id(k) + ".log"): (k, v) for k, v in recorded.items() if v}
+        settled = state.known() or {}
+        return {
+            os.path.join(nsdir, file_id(k) + ".log"): (k, v, k in settled)
+            for k, v in state.recorded().items()
+            if v
+        }
     finally:
         state.close()
 
@@ -47,7 +55,7 @@ def gone_logs(checker: LogChecker, keys: set[str]) -> list[tuple[str, str]]:
     fs = checker.fs
     return [
         (path, key)
-        for path, (key, version) in sorted(checker.recorded.items())
+        for path, (key, version, _) in sorted(checker.recorded.items())
         if not fs.exists(path)
         and not fs.exists(versionindex.vix_path(path))
         and version > checker.grave_of(path, [], keys | {key})

@@ -18,7 +18,7 @@ from castore import CorruptionError, Store
 from castore.file.frames import frame_at
 from castore.file.graves import Graveyard
 from castore.file.statefile import SNAPSHOT_AFTER, StateIndex
-from tests.helpers import file_backend, key_answers, log_path
+from tests.helpers import file_backend, frames_of, key_answers, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -174,4 +174,44 @@ def test_a_log_replaced_since_it_was_read_is_not_judged(tmp_path: Path) -> None:
         names.not_lost(ref, str(log), seen)
     names.not_lost(ref, str(log), (seen[0] + 1, 0))  # another file now: not judged
     names.not_lost(ref, str(log), (seen[0], 1))  # written since: not judged
+    store.close()
+
+
+def test_check_finds_a_log_cut_at_a_frame_boundary_that_state_recorded(tmp_path: Path) -> None:
+    """STATE's last record for a key is its newest version: a log ending lower was cut.
+
+    No reader indexed the log (no ``.vix``), so readers take the cut for the
+    earlier state (the documented limit); ``check`` compares the log with
+    ``STATE``, whose ``S`` record no writer followed with a ``P``, reports the
+    cut and ``--repair`` records the cut version as lost, so it is never given
+    again. A key changed since it was listed (its last record a ``P``) is not
+    judged.
+    """
+    root = tmp_path / "s"
+    log = _listed(root, "k", 3)
+    frames, _ = frames_of(log)
+    ends = [f.end for f in frames if f.kind == ord("E")]
+    with open(log, "r+b") as f:
+        f.truncate(ends[1])  # exactly after version 2's entry
+    store = Store(root, dag=DAG)
+    assert store.get("k").version == 2  # readers cannot tell (no index)
+    report = store.check()
+    [finding] = report.findings
+    assert "STATE records version 3" in finding.problem, finding
+    assert not report.ok
+    assert store.check(repair=True).ok
+    assert store.check().ok
+    with pytest.raises(CorruptionError, match="lost"):
+        store.get("k")
+    assert store.set("k", 9).version == 4
+    store.set("moved", 1)
+    store.set("moved", 2)
+    store.list()
+    store.set("moved", 3)  # a P after the S: changed since it was listed
+    moved = Path(log_path(root, "dag", DAG, "moved"))
+    with open(moved, "r+b") as f:
+        f.truncate(frames_of(moved)[0][-3].end)  # back to version 2, as STATE records it
+    report = store.check()  # a cut here only an index could tell: not judged
+    assert report.ok
+    assert not [f for f in report.findings if moved.name in f.path], report
     store.close()
