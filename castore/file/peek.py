@@ -48,6 +48,7 @@ from castore.file.tree import Tree
 from castore.keys import Ref, log_name
 
 VIX_RECORD_BYTES: Final = 8  # castore.file.versionindex's, not imported (CLI start-up)
+STATE_READ_BYTES: Final = 4 << 20  # a larger STATE is left to the store
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -126,14 +127,29 @@ def _read(fs: Tree, path: str, ref: Ref) -> tuple[int, str, bytes] | None:
     try:
         fd = fs.open(path, os.O_RDONLY)  # without blocking, a regular file only
     except FileNotFoundError:  # the log, or a directory on its way
-        # A version index without its log, or the namespace's STATE, may tell of a
-        # lost log: the store judges.
-        state = os.path.join(os.path.dirname(path), STATE_NAME)
-        return None if fs.exists(path[: -len(".log")] + ".vix") or fs.exists(state) else ABSENT
+        # A version index without its log, or a record in the namespace's STATE, may
+        # tell of a lost log: the store judges.
+        if fs.exists(path[: -len(".log")] + ".vix"):
+            return None
+        return None if _state_names(fs, os.path.dirname(path), ref.key) else ABSENT
     try:
         return _newest(fs, path, fd) if names_ref(fd, ref) else None
     finally:
         os.close(fd)
+
+
+def _state_names(fs: Tree, nsdir: str, key: str) -> bool:
+    """True if the namespace's ``STATE`` may record ``key`` (its UTF-8 bytes occur there).
+
+    Every record names its key in plain UTF-8 (``P`` raw, ``S`` and snapshot
+    rows as msgpack strings), so a file without those bytes records nothing
+    of it. A file past :data:`STATE_READ_BYTES` is not read (True).
+    """
+    try:
+        data = fs.read_file(os.path.join(nsdir, STATE_NAME), STATE_READ_BYTES + 1)
+    except FileNotFoundError:
+        return False
+    return len(data) > STATE_READ_BYTES or key.encode("utf-8") in data
 
 
 def names_ref(fd: int, ref: Ref) -> bool:
