@@ -370,6 +370,8 @@ class LogChecker:
         """
         by_index = versionindex.cut_in(vix, frames) if vix is not None else 0
         versions = [decode_entry(f.payload).version for f in frames if f.kind == KIND_ENTRY]
+        # The highest version recorded is the last record's when that is settled:
+        # versions only grow, and a change appends P first (FORMAT.md §5).
         _, recorded, settled = self.recorded.get(path, ("", 0, False))
         # No entry, or the last record of an unchanged log above its newest entry: a cut.
         by_state = recorded if not versions or (settled and recorded > max(versions)) else 0
