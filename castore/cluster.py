@@ -20,6 +20,8 @@ from castore.urls import redacted
 
 __all__ = ["Cluster", "member_key", "parse_members"]
 
+_LOOPBACK = ("localhost", "127.0.0.1", "[::1]")  # localhost is one of the other two
+
 
 def member_key(url: str) -> str:
     """A member's identity in the hash: its ``host:port`` (IPv6 in brackets), lowercase.
@@ -58,8 +60,23 @@ def parse_members(text: str) -> list[str]:
         key = member_key(url)
         if key in members:
             raise ValueError(f"coordinator {key} is listed twice")
+        twin = _localhost_twin(key, members)
+        if twin is not None:  # one server under two names would own keyspaces nobody serves
+            raise ValueError(f"coordinators {twin} and {key} name the same server (localhost)")
         members[key] = f"{urlsplit(url).scheme}://{key}"
     return list(members.values())
+
+
+def _localhost_twin(key: str, members: dict[str, str]) -> str | None:
+    """A member already listed that ``key`` names again through ``localhost``, if any.
+
+    ``localhost`` is ``127.0.0.1`` or ``[::1]`` (which may be two servers).
+    """
+    host, _, port = key.rpartition(":")
+    if host not in _LOOPBACK:
+        return None
+    others = ("127.0.0.1", "[::1]") if host == "localhost" else ("localhost",)
+    return next((f"{o}:{port}" for o in others if f"{o}:{port}" in members), None)
 
 
 class Cluster:

@@ -1140,6 +1140,11 @@ def test_gc_never_deletes_a_blob_a_committing_write_takes_into_use(postgres_loca
 # -- reads while another process creates the store ---------------------------------------------
 
 
+# Each round waits for 5 readers polling PostgreSQL: 30 s broke once on a machine running
+# two test suites at once (2026-12-04), so the rounds wait longer; they end at once normally.
+_BARRIER_SECONDS = 90
+
+
 def _read_until_created(locations: list[str], barrier: Any, out: Any) -> None:
     """For each store: read its key in a loop from the moment another process creates it."""
     errors: list[str] = []
@@ -1147,7 +1152,7 @@ def _read_until_created(locations: list[str], barrier: Any, out: Any) -> None:
         for location in locations:
             store = Store(location, dag=DAG)
             store.get("k")  # this session has looked for the store before it exists
-            barrier.wait(30)
+            barrier.wait(_BARRIER_SECONDS)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 try:
@@ -1171,15 +1176,15 @@ def test_reads_while_another_process_creates_the_store_see_no_foreign_schema(
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(readers + 1)
     out = ctx.Queue()
-    with reap_processes(60) as procs:
+    with reap_processes(2 * _BARRIER_SECONDS) as procs:
         for _ in range(readers):
             proc = ctx.Process(target=_read_until_created, args=(locations, barrier, out))
             proc.start()
             procs.append(proc)
         for location in locations:
-            barrier.wait(30)
+            barrier.wait(_BARRIER_SECONDS)
             Store(location, dag=DAG).set("k", 1)
-        errors = [e for _ in procs for e in out.get(timeout=60)]
+        errors = [e for _ in procs for e in out.get(timeout=2 * _BARRIER_SECONDS)]
     assert not errors, f"{len(errors)} reads failed, e.g. {errors[:3]}"
 
 
