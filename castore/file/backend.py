@@ -234,6 +234,7 @@ class FileBackend:
         hit = self._cache.get(log.path)
         if hit is not None and hit[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return hit[1]
+        self.layout.present = True  # a log: a store is here (FORMAT is made first), seen now
         fd = log.open()
         try:
             tail, st = log.newest(fd, st)
