@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Final, TextIO
+from urllib.parse import urlsplit
 
 import msgspec
 import uvicorn
@@ -361,5 +362,12 @@ def _announce(
     if membership.cluster is not None:
         start["cluster"] = membership.cluster.members
         start["digest"] = membership.cluster.digest
+        start["self"] = membership.self_url
+        mine, listening = urlsplit(membership.self_url).port, sock.getsockname()[1]
+        if mine != listening:  # clients routed to --self reach another process, or none
+            start["warning"] = (
+                f"--self names port {mine}, this server listens on {listening}: right only "
+                "behind a proxy or port forward that clients reach at --self"
+            )
     sys.stderr.write(msgspec.json.encode(start).decode("utf-8") + "\n")
     sys.stderr.flush()

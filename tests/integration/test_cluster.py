@@ -181,6 +181,7 @@ class Launcher:
         for node in nodes:
             line = node.wait_listening()
             assert (line["cluster"], line["digest"]) == (cluster.members, cluster.digest)
+            assert (line["self"], "warning" in line) == (node.url, False)
         return nodes
 
     def lone(self, *extra: str) -> Node:
@@ -332,6 +333,17 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 
 # -- 1. routing: each keyspace on exactly one coordinator, its owner ------------------------
+
+
+def test_a_self_url_on_another_port_than_the_listening_one_is_flagged(launcher, tmp_path):
+    """Right behind a proxy, a mistake otherwise: the start line says so (it still starts)."""
+    other = free_ports(1)[0]
+    node = Node(tmp_path / "node", free_ports(1)[0])
+    launcher.nodes.append(node)
+    elsewhere = f"http://127.0.0.1:{other}"
+    line = node.start(None, "--cluster", elsewhere, "--self", elsewhere)
+    assert line["self"] == elsewhere
+    assert f"--self names port {other}, this server listens on {node.port}" in line["warning"]
 
 
 def test_every_keyspace_lands_on_its_owner_and_only_there(launcher):
