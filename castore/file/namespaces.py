@@ -287,22 +287,29 @@ class Namespaces:
 def pending_rewrite(fs: Tree, path: str, log: LogBytes) -> None:
     """Mark the key of the log at ``path``, about to be rewritten, pending in ``STATE``.
 
-    A log whose header does not name its key (damage) makes the namespace's
-    whole ``STATE`` go away instead.
+    For a log whose header does not name its key (damage), the key is the one
+    a trusted ``STATE`` records under the log's file name; if it records none,
+    there is nothing to mark. Only an untrusted ``STATE`` (which may hold a
+    record it cannot show) goes away whole.
 
     Raises:
         OSError: neither could be done (the rewrite must not happen).
     """
+    name = os.path.basename(path)
     key = None
     for frame in log.frames:
         if frame.kind == KIND_HEADER:
             with contextlib.suppress(RecordError):
                 head = decode_header(frame.payload)
-                if file_id(head.key) + ".log" == os.path.basename(path):
+                if file_id(head.key) + ".log" == name:
                     key = head.key
             break
     state = StateIndex(os.path.join(os.path.dirname(path), STATE_NAME), fs, "", "")
     try:
+        if key is None and state.known() is not None:  # trusted: its records can be named
+            key = next((k for k in state.recorded() if file_id(k) + ".log" == name), None)
+            if key is None:
+                return  # no record of this log's key: nothing to mark
         if key is None:
             state.discard()
         else:

@@ -215,3 +215,30 @@ def test_check_finds_a_log_cut_at_a_frame_boundary_that_state_recorded(tmp_path:
     assert report.ok
     assert not [f for f in report.findings if moved.name in f.path], report
     store.close()
+
+
+def test_a_repair_of_a_log_without_a_header_keeps_the_evidence_of_the_others(
+    tmp_path: Path,
+) -> None:
+    """The key of a log whose header is gone is the one STATE records under its file name.
+
+    A repair used to remove the namespace's whole ``STATE`` for such a log (its
+    key unknown), and with it the evidence of every other key's versions.
+    """
+    root = tmp_path / "s"
+    store = Store(root, dag=DAG)
+    store.set("a", 1)
+    store.set("a", 2)
+    for n in range(3):
+        store.set("b", n)
+    store.list()
+    log_a = Path(log_path(root, "dag", DAG, "a"))
+    log_a.write_bytes(b"not a frame at all, " * 4)  # every frame gone, the header too
+    assert store.check(repair=True).ok
+    assert (log_a.parent / "STATE").exists()
+    with pytest.raises(CorruptionError, match="versions 1-2 lost"):
+        store.get("a")  # what STATE recorded of it is recorded as lost
+    Path(log_path(root, "dag", DAG, "b")).unlink()
+    with pytest.raises(CorruptionError, match="STATE records version 3"):
+        store.get("b")  # and b's evidence is still there
+    store.close()

@@ -214,10 +214,29 @@ def test_compaction_and_gc_mark_their_keys_pending(root, tmp_path):
     assert listed(root) == from_logs(root, tmp_path)
 
 
-def test_a_rewrite_of_a_log_without_a_readable_header_removes_state(root):
+def test_a_rewrite_of_a_log_without_a_readable_header_marks_the_key_state_names(root):
+    """The key is the one STATE records under the log's file name: only it becomes pending."""
     listed(root)
     path = log_path(root, "dag", NS, "c")
-    corrupt(path, 8)  # the H frame: the key is unknown to a rewrite
+    corrupt(path, 8)  # the H frame: the log no longer names its key
+    with Store(root, dag=NS, durable=False) as s:
+        s.check(repair=True)
+    known = statefile.StateIndex(state_path(root), UNCONFINED, "dag", NS).known()
+    assert known is not None
+    assert "c" not in known  # pending: read from its log
+    assert "a" in known  # the others' records (and evidence) are kept
+    with Store(root, dag=NS, durable=False) as s:
+        assert [e.key for e in s.list().entries] == ["a", "c"]
+
+
+def test_a_rewrite_of_a_log_without_a_header_in_an_untrusted_state_removes_it(root):
+    """An untrusted STATE may hold a record it cannot show: it goes away whole."""
+    listed(root)
+    path = log_path(root, "dag", NS, "c")
+    corrupt(path, 8)
+    with open(state_path(root), "r+b") as f:
+        f.seek(0)
+        f.write((1 << 40).to_bytes(8, "little"))  # a recorded length past the end: untrusted
     with Store(root, dag=NS, durable=False) as s:
         s.check(repair=True)
     assert not os.path.exists(state_path(root))
