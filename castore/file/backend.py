@@ -9,9 +9,8 @@ entry. It knows the bytes (docs/FORMAT.md) but not Dagu's semantics (those
 live in ``castore/store.py``).
 
 A read never creates a store: on a location that holds none (a missing or
-empty directory) every read finds nothing, as in an empty store, and
-leaves the location exactly as it was. The first write that appends
-something creates the store (:meth:`Layout.create`).
+empty directory) every read finds nothing and leaves it as it was; the
+first write that appends something creates it (:meth:`Layout.create`).
 """
 
 from __future__ import annotations
@@ -142,10 +141,6 @@ class FileBackend:
         """The graveyard of a namespace."""
         return self.names.graveyard(scope, namespace)
 
-    def quarantine_path(self, path: str, stamp: str) -> str:
-        """Where ``quarantine/<stamp>/`` keeps a copy of the store file ``path``."""
-        return self.layout.quarantine_path(path, stamp)
-
     def rewrite(
         self, path: str, transform: Transform, *, keep_copy: str | None = None
     ) -> list[Frame] | None:
@@ -162,7 +157,7 @@ class FileBackend:
 
     def rebuild_blob_index(self) -> int:
         """Rewrite the blob index from the blob frames of every log; return their number."""
-        logs = ((path, self.rel(path)) for path in self.iter_logs())
+        logs = ((p, self.rel(p)) for p in self.iter_logs())
         return self._blobs.rebuild(logs, durable=self.durable)
 
     # -- reading -------------------------------------------------------------------------
@@ -170,9 +165,11 @@ class FileBackend:
     def exists(self, ref: Ref) -> bool:
         """True if ``ref``'s log exists (it may hold only a tombstone); a lost one's raises."""
         log = self.log(ref)
+        hit = self._cache.get(log.path)  # before the stat, as in :meth:`current`
         if self.fs.exists(log.path):
             return True
         self.names.not_lost(ref, log.path)
+        self.names.not_below(ref, log.path, hit and hit[1], None, 0)
         return False
 
     def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
@@ -226,12 +223,13 @@ class FileBackend:
     def current(self, ref: Ref) -> Current:
         """Newest entry and value of ``ref``; served from cache when the log is unchanged."""
         log = self._logs.get(ref) or self.log(ref)  # the hot path: every get
+        hit = self._cache.get(log.path)  # before the stat: never newer than what is read
         try:
             st = self.layout.fs.stat(log.path)
         except FileNotFoundError:
             self.names.not_lost(ref, log.path)
+            self.names.not_below(ref, log.path, hit and hit[1], None, 0)
             return Current(None, None)
-        hit = self._cache.get(log.path)
         if hit is not None and hit[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return hit[1]
         self.layout.present = True  # a log: a store is here (FORMAT is made first), seen now
@@ -240,6 +238,7 @@ class FileBackend:
             tail, st = log.newest(fd, st)
             if tail.entry is None:
                 self.names.not_lost(ref, log.path, (st.st_ino, tail.size))
+            self.names.not_below(ref, log.path, hit and hit[1], tail.entry, tail.valid_end)
             value = self.blob_reader.value_of(ref, tail.entry, tail.blob, fd)
             current = Current(tail.entry, value, tail.entry_start)
         finally:

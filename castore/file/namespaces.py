@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from castore.backend import Current
 from castore.errors import CastoreError, CorruptionError, RecordError
 from castore.file import logread, versionindex
 from castore.file.damage import REPAIR_HINT, gone_error
@@ -24,6 +25,7 @@ from castore.file.statefile import StateIndex
 from castore.file.staterecords import STATE_NAME, Known
 from castore.file.tree import Tree
 from castore.keys import Ref, file_id
+from castore.records import Entry
 
 __all__ = ["STATES_KEPT", "Namespaces", "pending_rewrite"]
 
@@ -194,6 +196,41 @@ class Namespaces:
                 f"up to {top} (the log was lost); {REPAIR_HINT}"
             )
         raise gone_error(str(ref), path, top, missing=seen is None)
+
+    def not_below(
+        self, ref: Ref, path: str, known: Current | None, tail: Entry | None, end: int
+    ) -> None:
+        """Refuse a log that ends below the version this handle last read or wrote there.
+
+        ``known``: the log's newest entry as this handle's read cache holds it;
+        ``tail``: the log's newest entry now (None: missing or without an
+        entry); ``end``: where its intact frames end. A log's newest version
+        only grows (rewrites keep it; a key compaction removed is in its grave
+        and lives again above it), so a lower one means acknowledged bytes
+        were cut off (FORMAT.md §7, "A cut a handle saw"). The evidence is
+        recorded in the log's version index, for every other reader, writer
+        and ``check``; where it cannot be written, this handle still refuses.
+
+        Raises:
+            CorruptionError: the log ends below ``known``.
+        """
+        if known is None or known.entry is None:
+            return
+        top, newest = known.entry.version, tail.version if tail is not None else 0
+        if top <= newest:
+            return
+        if not newest and top <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
+            return  # removed by compaction (its grave was recorded first)
+        with contextlib.suppress(OSError):
+            at = max(known.entry_start, end, versionindex.ABSENT + 1)
+            versionindex.record_cut(self.layout.fs, versionindex.vix_path(path), top, at)
+        now = f"ends with version {newest}" if newest else "holds no version"
+        if not self.layout.fs.exists(path):
+            now = "is missing"
+        raise CorruptionError(
+            f"{ref}: {path} {now}, but this handle read or wrote version {top} there "
+            f"(acknowledged bytes were cut off); {REPAIR_HINT}"
+        )
 
     def not_lost_in(self, ref: Ref, path: str, fd: int) -> None:
         """:meth:`not_lost` for the log open on ``fd`` if it holds no entry (else nothing)."""

@@ -51,6 +51,7 @@ __all__ = [
     "newest_version",
     "open_caught_up",
     "rebuild",
+    "record_cut",
     "recorded_above",
     "vix_path",
 ]
@@ -181,6 +182,29 @@ def lost_log(fs: Tree, log_path: str, grave: int) -> int:
         return 0
     top = highest_recorded(data)
     return top if top > grave and not fs.exists(log_path) else 0  # not created meanwhile
+
+
+def record_cut(fs: Tree, vix: str, version: int, offset: int) -> None:
+    """Record in the index at ``vix`` that ``version``'s entry frame was at ``offset``.
+
+    For a handle that read or wrote ``version`` in a log that now ends below
+    it, or is gone (FORMAT.md §7, "A cut a handle saw"): ``offset`` is at or
+    past the end of the log's intact frames, so the record is the evidence
+    every reader, writer and ``check`` finds (:func:`cut_above`,
+    :func:`lost_log`). Versions between stay 0 (unknown). No fsync, as for
+    every record of the index.
+
+    Raises:
+        OSError: the index cannot be written (a read-only store).
+    """
+    if not 1 <= version <= MAX_INDEXED_VERSION or not ABSENT < offset < MAX_OFFSET:
+        return
+    fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
+    try:
+        with fileio.locked(fd, vix):
+            os.pwrite(fd, _REC.pack(offset), (version - 1) * VIX_RECORD_BYTES)
+    finally:
+        os.close(fd)
 
 
 def rebuild(frames: Iterable[Frame]) -> bytes:

@@ -222,12 +222,14 @@ class Writer:
             known = hit[1]  # this handle wrote or read exactly this file last: no re-read
             tail = logread.Tail(size, size, known.entry, None, None, known.entry_start)
             return tail, known, st.st_mode
+        ref = self._ref(log)
         if not size:
-            self.names.drop_stale_index(self._ref(log), log.path)
+            self.names.drop_stale_index(ref, log.path)
         try:
             tail = log.locked_tail(fd, size)
             if tail.entry is None:  # a lost log's evidence may remain (FORMAT.md §7)
-                self.names.not_lost(self._ref(log), log.path, (st.st_ino, size))
+                self.names.not_lost(ref, log.path, (st.st_ino, size))
+            self.names.not_below(ref, log.path, hit and hit[1], tail.entry, tail.valid_end)
             return tail, None, st.st_mode
         except CorruptionError:
             if not size:  # e.g. a lost log's index: leave no empty log behind

@@ -443,6 +443,27 @@ def test_a_store_directory_gone_under_the_server_answers_503(file_server, tmp_pa
     assert not (tmp_path / "store").exists()
 
 
+def test_a_log_cut_under_the_server_is_refused_not_served_older(file_server, tmp_path):
+    """The server wrote version 3; the log cut back to version 2 is damage, never version 2."""
+    log = pathlib.Path(ref_log_path(Store(tmp_path / "store", dag="d"), "k"))
+    sizes = []
+    for n in range(3):
+        assert post(
+            file_server, "set", body({"key": "k", "dag": "d"}, value=str(n)), AUTH
+        ).is_success
+        sizes.append(log.stat().st_size)
+    os.truncate(log, sizes[1])
+    for op, data in (
+        ("get", b'{"key":"k","dag":"d"}'),
+        ("set", body({"key": "k", "dag": "d"}, value="9")),
+    ):
+        response = post(file_server, op, data, AUTH)
+        assert (response.status_code, response.json()["error"]["code"]) == (500, "damaged"), op
+        message = response.json()["error"]["message"]
+        assert "version 3" in message or "versions up to 3" in message, message
+    assert log.stat().st_size == sizes[1]  # nothing written
+
+
 def test_every_path_but_healthz_needs_the_token(file_server):
     url = file_server.url
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}

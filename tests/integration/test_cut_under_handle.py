@@ -1,0 +1,161 @@
+"""A log cut under a long-lived handle that had read or written the versions cut off.
+
+A server, or a worker's long-lived ``Store``, remembers each log's newest
+entry while its read cache holds it (docs/FORMAT.md §7, "A cut a handle
+saw"). When the log later ends below that version (its newest entries cut
+off at a frame boundary, or the file removed), the handle's memory is the
+evidence: it refuses the key instead of serving the older version or giving
+the cut versions again, and records the evidence in the log's version index
+so that every other reader, writer and ``check`` sees it too.
+
+The oracle is an undamaged copy of the store: every answer on the damaged
+store equals the copy's or is a refusal (``CorruptionError``), and after
+``check --repair`` the next write numbers as the copy's does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from castore import CorruptionError, Store
+from tests.helpers import key_answers, log_path
+
+pytestmark = pytest.mark.integration
+
+DAG: Final = "cut"
+_REFUSED: Final = dict.fromkeys(["get", "get v1", "history", "export"], "CorruptionError")
+
+
+def _cut_answers(root: Path, pristine: Path) -> None:
+    """The key's newest version, history and export refused; version 1 as on the copy."""
+    answers = key_answers(root, "k", DAG)
+    assert answers == {**_REFUSED, "get v1": key_answers(pristine, "k", DAG)["get v1"]}
+
+
+def _three(root: Path, writer: Store) -> tuple[Path, list[int]]:
+    """Set ``k`` to versions 1..3 through ``writer`` (and ``other`` to 1); the log and its sizes."""
+    sizes = []
+    log = Path(log_path(root, "dag", DAG, "k"))
+    for n in range(3):
+        writer.set("k", {"n": n})
+        sizes.append(log.stat().st_size)
+    writer.set("other", 1)
+    return log, sizes
+
+
+def _pristine(root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "pristine"
+    shutil.copytree(root, copy)
+    return copy
+
+
+@pytest.mark.parametrize("who", ["wrote", "read"])
+def test_a_cut_at_a_frame_boundary_is_refused_by_the_handle_that_saw_the_newest(
+    tmp_path: Path, who: str
+) -> None:
+    """The handle read (or wrote) version 3; the log is cut back to version 2's end."""
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    if who == "wrote":
+        log, sizes = _three(root, handle)
+    else:
+        log, sizes = _three(root, Store(root, dag=DAG))
+        assert handle.get("k").version == 3
+    pristine = _pristine(root, tmp_path)
+    os.truncate(log, sizes[1])
+    with pytest.raises(CorruptionError, match="version 3"):
+        handle.get("k")
+    # The evidence is in the version index now: every reader refuses, not only this handle.
+    _cut_answers(root, pristine)
+    with pytest.raises(CorruptionError):
+        handle.set("k", {"n": 9})
+    with pytest.raises(CorruptionError):
+        Store(root, dag=DAG).set("k", {"n": 9})
+    assert log.stat().st_size == sizes[1]  # nothing written
+    # Other keys answer as on the undamaged copy.
+    assert key_answers(root, "other", DAG)["get"] == key_answers(pristine, "other", DAG)["get"]
+    report = Store(root, dag=DAG).check()
+    assert not report.ok
+    assert Store(root, dag=DAG).check(repair=True).ok
+    assert handle.set("k", {"n": 9}).version == Store(pristine, dag=DAG).set("k", {"n": 9}).version
+    handle.close()
+
+
+def test_the_writer_of_a_handle_refuses_a_cut_it_meets_first(tmp_path: Path) -> None:
+    """The handle's next call after the cut is a write: it neither appends nor gives 3 again."""
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    log, sizes = _three(root, handle)
+    pristine = _pristine(root, tmp_path)
+    os.truncate(log, sizes[1])
+    with pytest.raises(CorruptionError, match="version 3"):
+        handle.set("k", {"n": 9})
+    assert log.stat().st_size == sizes[1]
+    _cut_answers(root, pristine)
+    assert Store(root, dag=DAG).check(repair=True).ok
+    assert handle.set("k", {"n": 9}).version == 4
+    handle.close()
+
+
+def test_a_log_removed_under_the_handle_is_lost_not_new(tmp_path: Path) -> None:
+    """No ``STATE`` record, no index: the handle's memory alone tells a lost log from a new key."""
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    log, _ = _three(root, handle)
+    assert not log.with_suffix(".vix").exists()
+    assert not (log.parent / "STATE").exists()  # never listed: no other evidence
+    log.unlink()
+    with pytest.raises(
+        CorruptionError, match="is missing, but this handle read or wrote version 3"
+    ):
+        handle.delete("k")  # not "deleted: false"
+    with pytest.raises(CorruptionError, match="its version index records versions up to 3"):
+        handle.get("k")  # the evidence it recorded
+    assert key_answers(root, "k", DAG) == _REFUSED
+    with pytest.raises(CorruptionError):
+        Store(root, dag=DAG).set("k", 1)
+    assert not Store(root, dag=DAG).check().ok
+    assert Store(root, dag=DAG).check(repair=True).ok
+    assert handle.set("k", 1).version == 4
+    handle.close()
+
+
+def test_a_log_emptied_under_the_writer_of_the_handle_is_lost(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    log, _ = _three(root, handle)
+    log.write_bytes(b"")
+    with pytest.raises(CorruptionError, match="version 3"):
+        handle.set("k", 1)
+    assert key_answers(root, "k", DAG) == _REFUSED
+    handle.close()
+
+
+def test_rewrites_and_a_new_life_are_no_false_alarm(tmp_path: Path) -> None:
+    """Compaction, gc and a key removed and made again keep or raise the newest version."""
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    _three(root, handle)
+    other = Store(root, dag=DAG)
+    other.compact(keep_last=1)
+    assert handle.get("k").version == 3
+    handle.delete("k")
+    assert handle.get("k").found is False
+    other.compact(keep_last=1, keep_within_seconds=0)
+    assert handle.get("k").found is False  # the log holds no entry now, only the C frame
+    other.gc(grace_seconds=0)
+    assert not Path(log_path(root, "dag", DAG, "k")).exists()
+    assert handle.get("k").found is False
+    assert other.set("k", "again").version == 5
+    assert handle.get("k").version == 5
+    assert handle.set("k", "fifth").version == 6
+    other.gc(grace_seconds=0)
+    assert handle.get("k").version == 6
+    assert handle.history("k").entries[0].version == 6
+    handle.close()
+    other.close()
