@@ -23,24 +23,22 @@ from collections.abc import Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
 from castore.errors import CorruptionError, NotFoundError
-from castore.file import logread
+from castore.file import logversions
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
-from castore.file.damage import damaged_error
 from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex
 from castore.file.layout import Layout
 from castore.file.namespaces import Namespaces, pending_rewrite
-from castore.file.readcache import CACHE_MAX_ENTRIES, ReadCache, stat_sig
+from castore.file.readcache import CACHE_MAX_ENTRIES, ReadCache, Sig, stat_sig
 from castore.file.readers import KeptReaders
-from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
 from castore.file.rewrite import Transform
 from castore.file.tree import Tree
 from castore.file.writer import Writer
 from castore.keys import Ref
-from castore.records import OP_DAMAGED, Entry
+from castore.records import Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, ScopeStats, StoreStats
 from castore.results import ListEntry
 
@@ -255,6 +253,7 @@ class FileBackend:
             CorruptionError: the value fails verification.
         """
         log = self._logs.get(ref) or self.log(ref)
+        hit = self._cache.get(log.path)  # before the log is read, as in :meth:`current`
         lookup = self.kept_readers.entry(self.layout.fs, log.path, version, ref)
         kept, found = lookup.kept, lookup.found
         if lookup.verified and found is not None:
@@ -269,6 +268,8 @@ class FileBackend:
         entry = log.entry_of(fd, version) if fd >= 0 else None
         if entry is None and fd >= 0:
             self.names.not_lost_in(ref, log.path, fd)  # a log without entries: lost?
+        if entry is None:
+            self._not_cut(ref, hit, version, 0)
         if entry is None and version <= self.graveyard(ref.scope, ref.namespace).version_of(
             ref.key
         ):
@@ -280,51 +281,38 @@ class FileBackend:
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
         """Entries with version < ``before``, newest first, at most ``limit`` (0 = all)."""
         log = self.log(ref)
+        hit = self._cache.get(log.path)  # before the log is opened, as in :meth:`current`
+        newest = hit[1].entry.version if hit is not None and hit[1].entry is not None else 0
         try:
             fd = log.open()
         except FileNotFoundError:
             self.names.not_lost(ref, log.path)
+            self._not_cut(ref, hit, min(newest, before - 1), 0)
             return []
         try:
             found = log.history(fd, before, limit)
             if not found:
                 self.names.not_lost_in(ref, log.path, fd)  # a log without entries: lost?
+            self._not_cut(ref, hit, min(newest, before - 1), found[0].version if found else 0)
             return found
         finally:
             os.close(fd)
 
     def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
-        """Every entry of a ref, oldest first, with its verified value (None for tombstones).
-
-        Raises:
-            CorruptionError: a value fails verification, or versions were cut off the
-                log (its version index proves it).
-        """
+        """Every entry of a ref, oldest first, with its verified value (None for tombstones)."""
         log = self.log(ref)
-        try:
-            fd = log.open()
-        except FileNotFoundError:
-            self.names.not_lost(ref, log.path)
-            return
-        try:
-            tail = log.settled_tail(fd)  # a proven cut raises: never an earlier state
-            if tail.entry is None:
-                self.names.not_lost(ref, log.path, (os.fstat(fd).st_ino, tail.size))
-            scanned = logread.scan(fd)[1]
-            if scanned.damage:
-                raise damaged_error(log.path, *scanned.damage[0], str(ref))
-            blobs = {f.start: f.payload for f in scanned.frames if f.kind == KIND_BLOB}
-            for frame in scanned.frames:
-                if frame.kind != KIND_ENTRY:
-                    continue
-                entry = decode_entry(frame.payload)
-                if entry.op == OP_DAMAGED:
-                    yield entry, None  # versions a repair recorded as lost: no value
-                    continue
-                own = blobs.get(entry.blob.offset) if entry.blob and not entry.blob.log else None
-                yield entry, self.blob_reader.value_of(ref, entry, own, fd)
-        finally:
-            os.close(fd)
+        hit = self._cache.get(log.path)  # before the log is opened, as in :meth:`current`
+        return logversions.iter_versions(ref, log, self.names, self.blob_reader, hit and hit[1])
+
+    def _not_cut(self, ref: Ref, hit: tuple[Sig, Current] | None, want: int, got: int) -> None:
+        """Read the log again (:meth:`current`) if this handle knew ``want`` but ``got`` less.
+
+        A cut this handle saw then raises (and is recorded); a version that is
+        simply absent (an import started higher, a damaged range) passes.
+        """
+        known = hit[1].entry if hit is not None else None
+        if known is not None and got < want <= known.version:
+            self.current(ref)
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
         """Every entry of a ref, newest first, a page at a time (:func:`backend.newest_first`)."""

@@ -22,7 +22,8 @@ from typing import Final
 
 import pytest
 
-from castore import CorruptionError, Store
+from castore import CorruptionError, NotFoundError, Store
+from castore.transfer import export_lines, import_lines
 from tests.helpers import key_answers, log_path
 
 pytestmark = pytest.mark.integration
@@ -83,6 +84,50 @@ def test_a_cut_at_a_frame_boundary_is_refused_by_the_handle_that_saw_the_newest(
     assert not report.ok
     assert Store(root, dag=DAG).check(repair=True).ok
     assert handle.set("k", {"n": 9}).version == Store(pristine, dag=DAG).set("k", {"n": 9}).version
+    handle.close()
+
+
+# The handle's first call after the cut, and what it must not answer.
+FIRST_CALLS: Final = {
+    "get at version 3": lambda s: s.get("k", version=3),  # never "no version 3"
+    "history": lambda s: s.history("k"),  # never a history ending at version 2
+    "history page": lambda s: s.history("k", before_version=4, limit=1),
+    "export": lambda s: list(export_lines(s, namespace=DAG)),  # never a short export
+    "diff": lambda s: s.diff("k", {"n": 9}),
+}
+
+
+@pytest.mark.parametrize("call", FIRST_CALLS)
+def test_every_read_of_a_handle_refuses_a_cut_it_saw(tmp_path: Path, call: str) -> None:
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    log, sizes = _three(root, handle)
+    pristine = _pristine(root, tmp_path)
+    os.truncate(log, sizes[1])
+    with pytest.raises(CorruptionError, match="version 3"):
+        FIRST_CALLS[call](handle)
+    listed = handle.list()
+    assert (listed.skipped, [e.key for e in listed.entries]) == (["k"], ["other"])
+    assert log.stat().st_size == sizes[1]
+    _cut_answers(root, pristine)
+    handle.close()
+
+
+def test_a_version_simply_absent_is_still_not_found(tmp_path: Path) -> None:
+    """A version an import never gave, below the newest the handle read: "no version", no alarm."""
+    root = tmp_path / "s"
+    source = Store(tmp_path / "src", dag=DAG)
+    source.set("k", 1)
+    source.set("k", 2)
+    source.set("k", 3)
+    source.compact(keep_last=1)
+    lines = list(export_lines(source, namespace=DAG))
+    handle = Store(root, dag=DAG)
+    import_lines(handle, lambda: lines)
+    assert handle.get("k").version == 3
+    with pytest.raises(NotFoundError):
+        handle.get("k", version=2)
+    assert [e.version for e in handle.history("k").entries] == [3]
     handle.close()
 
 

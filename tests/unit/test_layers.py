@@ -128,6 +128,7 @@ FILE_LAYERS = {
     "checktree": 4,
     # reading and writing; maintenance (handed the FileBackend that calls it)
     "kept": 5,
+    "logversions": 5,  # every version of one log, for export
     "readcache": 1,  # each log's newest entry and value, bounded
     "writer": 6,
     "checklog": 5,
