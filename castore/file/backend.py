@@ -233,6 +233,7 @@ class FileBackend:
         self.layout.present = True  # a log: a store is here (FORMAT is made first), seen now
         fd = log.open()
         try:
+            st = os.fstat(fd)  # the file opened: a rewrite may have renamed another one in
             tail, st = log.newest(fd, st)
             if tail.entry is None:
                 self.names.not_lost(ref, log.path, (st.st_ino, tail.size))

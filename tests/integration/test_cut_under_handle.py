@@ -204,3 +204,51 @@ def test_rewrites_and_a_new_life_are_no_false_alarm(tmp_path: Path) -> None:
     assert handle.history("k").entries[0].version == 6
     handle.close()
     other.close()
+
+
+def test_a_log_renamed_in_between_the_stat_and_the_open_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that stat'ed the old log and opened a longer one (an import's overwrite).
+
+    In the new file an entry of a lower version ends exactly where the old
+    file ended: read at the old size, it looked like a cut (and, before the
+    cache was evidence, was served as the newest version).
+    """
+    import random
+
+    from castore.file.reflog import RefLog
+
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    log, sizes = _three(root, handle)
+    assert handle.get("k").version == 3
+    letters = random.Random(7)
+    for pad in range(4000):  # a history whose version 2 ends where the old log ends
+        other = tmp_path / f"o{pad}"
+        store = Store(other, dag=DAG)
+        store.set("k", {"n": 0})
+        filler = "".join(letters.choice("abcdefghij") for _ in range(pad))
+        store.set("k", {"pad": filler})
+        if (Path(log_path(other, "dag", DAG, "k"))).stat().st_size == sizes[2]:
+            break
+        shutil.rmtree(other)
+    else:
+        raise AssertionError("no padding gave the old log's size")
+    store.set("k", "three")
+    store.set("k", "four")
+    store.close()
+    new = Path(log_path(other, "dag", DAG, "k"))
+    opened = RefLog.open
+
+    def renamed_first(self: RefLog) -> int:
+        if self.path == str(log) and new.exists():
+            os.rename(new, log)  # what a rewrite does, between the reader's stat and open
+        return opened(self)
+
+    monkeypatch.setattr(RefLog, "open", renamed_first)
+    os.utime(log, ns=(1, 1))  # the handle's next get misses its cache
+    assert handle.get("k").version == 4
+    monkeypatch.undo()
+    assert Store(root, dag=DAG).check().ok
+    handle.close()
