@@ -143,7 +143,7 @@ class FileBackend:
         self, path: str, transform: Transform, *, keep_copy: str | None = None
     ) -> list[Frame] | None:
         """Replace the log at ``path`` with ``transform(log)`` (:meth:`RefLog.rewrite`)."""
-        self._cache.pop(path)
+        self._cache.stale(path)
 
         def marked(log: LogBytes) -> list[tuple[int, bytes]] | None:
             wanted = transform(log)

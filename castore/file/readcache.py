@@ -49,9 +49,17 @@ class ReadCache:
         return self._items.get(path)
 
     def put(self, path: str, sig: Sig, current: Current) -> None:
-        """Record ``current`` for the log at ``path`` in the state ``sig``."""
+        """Record ``current`` for the log at ``path`` in the state ``sig``.
+
+        Never a lower version than the one held: a log's newest version only
+        grows, so a thread's late put of an older read keeps the newer entry
+        (the evidence of a cut, FORMAT.md §7, "A cut a handle saw").
+        """
         size = _cost(current)
         with self._lock:
+            held = self._items.get(path)
+            if held is not None and _version(held[1]) > _version(current):
+                return
             old = self._items.pop(path, None)
             if old is not None:
                 self._bytes -= _cost(old[1])
@@ -62,6 +70,17 @@ class ReadCache:
                 self._bytes = 0
             self._items[path] = (sig, current)
             self._bytes += size
+
+    def stale(self, path: str) -> None:
+        """The log at ``path`` is about to be rewritten: no hit until it is read again.
+
+        What was seen is kept: a rewrite keeps the newest version, and a cut
+        found later is still told by it.
+        """
+        with self._lock:
+            held = self._items.get(path)
+            if held is not None:
+                self._items[path] = (_NO_FILE, held[1])
 
     def pop(self, path: str) -> None:
         """Forget ``path`` (its log is about to change)."""
@@ -80,6 +99,13 @@ class ReadCache:
     def held_bytes(self) -> int:
         """The bytes counted for what is held now."""
         return self._bytes
+
+
+_NO_FILE: Final[Sig] = (-1, -1, -1, -1)  # the signature of no file: never a hit
+
+
+def _version(current: Current) -> int:
+    return current.entry.version if current.entry is not None else 0
 
 
 def _cost(current: Current) -> int:

@@ -265,7 +265,7 @@ class Writer:
         to a log it could not mark (``unmarked``) syncs it before indexing a value there.
         A lost range is not cached: its reader raises.
         """
-        self._cache.pop(path)
+        self._cache.stale(path)
         own = self.layout.rel(path)
         indexed = [(bytes.fromhex(h), BlobLoc(own, loc.offset, loc.length)) for h, loc in new_blobs]
         try:
@@ -335,7 +335,7 @@ class Writer:
                 ],
                 durable=False,
             )
-            self._cache.pop(log.path)
+            self._cache.stale(log.path)
             return [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
 
     @contextlib.contextmanager

@@ -23,8 +23,9 @@ from typing import Final
 import pytest
 
 from castore import CorruptionError, NotFoundError, Store
+from castore.file.records import KIND_ENTRY, decode_entry
 from castore.transfer import export_lines, import_lines
-from tests.helpers import key_answers, log_path
+from tests.helpers import frames_of, key_answers, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -251,4 +252,28 @@ def test_a_log_renamed_in_between_the_stat_and_the_open_is_read_whole(
     assert handle.get("k").version == 4
     monkeypatch.undo()
     assert Store(root, dag=DAG).check().ok
+    handle.close()
+
+
+MAINTENANCE: Final = {
+    "gc": lambda s: s.gc(grace_seconds=0),
+    "compact, nothing to drop": lambda s: s.compact(keep_last=10),
+    "compact, a version dropped": lambda s: s.compact(keep_last=2),
+    "check --repair": lambda s: s.check(repair=True),
+}
+
+
+@pytest.mark.parametrize("run", MAINTENANCE)
+def test_maintenance_through_the_handle_keeps_what_it_saw(tmp_path: Path, run: str) -> None:
+    """A server runs compact and gc on its own handle: its rewrites forgot every log it had read."""
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    log, _ = _three(root, handle)
+    MAINTENANCE[run](handle)
+    frames, _ = frames_of(log)
+    entries = [f for f in frames if f.kind == KIND_ENTRY]
+    assert decode_entry(entries[-1].payload).version == 3
+    os.truncate(log, entries[-2].end)  # version 3 cut off at its frame boundary
+    with pytest.raises(CorruptionError, match="(read or wrote version|versions up to) 3"):
+        handle.get("k")
     handle.close()

@@ -15,6 +15,7 @@ from castore import Store
 from castore.backend import Current
 from castore.file import readcache
 from castore.file.readcache import ReadCache
+from castore.records import Entry
 from tests.helpers import file_backend
 
 
@@ -64,3 +65,30 @@ def test_a_handle_writing_and_reading_many_large_values_holds_at_most_the_budget
         assert cache.held_bytes <= budget
     assert 0 < len(cache) < len(values)
     store.close()
+
+
+def _entry(version: int) -> Current:
+    return Current(Entry(version=version, op="set", time_ns=1), b"1", 100)
+
+
+def test_a_late_put_of_an_older_read_keeps_the_newer_version() -> None:
+    """A reader thread that read version 2 puts it after a writer thread cached version 3."""
+    cache = ReadCache()
+    cache.put("a", (1, 300, 0, 0), _entry(3))
+    cache.put("a", (1, 200, 0, 0), _entry(2))
+    assert cache.get("a") == ((1, 300, 0, 0), _entry(3))
+    cache.put("a", (2, 300, 0, 0), _entry(3))  # the same version in a rewritten file
+    assert cache.get("a") == ((2, 300, 0, 0), _entry(3))
+    assert cache.held_bytes == readcache._OVERHEAD + 1
+
+
+def test_a_log_about_to_be_rewritten_is_no_hit_but_still_known() -> None:
+    cache = ReadCache()
+    cache.put("a", (1, 300, 0, 0), _entry(3))
+    cache.stale("a")
+    cache.stale("missing")
+    held = cache.get("a")
+    assert held is not None
+    assert held[0] != (1, 300, 0, 0)  # no file has this signature
+    assert held[1] == _entry(3)
+    assert (len(cache), cache.held_bytes) == (1, readcache._OVERHEAD + 1)
