@@ -221,7 +221,7 @@ class Namespaces:
             return
         if not newest and top <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
             return  # removed by compaction (its grave was recorded first)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, CorruptionError):  # read-only, or a planted index
             at = max(known.entry_start, end, versionindex.ABSENT + 1)
             versionindex.record_cut(self.layout.fs, versionindex.vix_path(path), top, at)
         now = f"ends with version {newest}" if newest else "holds no version"
