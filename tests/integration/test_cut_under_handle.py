@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -89,7 +90,7 @@ def test_a_cut_at_a_frame_boundary_is_refused_by_the_handle_that_saw_the_newest(
 
 
 # The handle's first call after the cut, and what it must not answer.
-FIRST_CALLS: Final = {
+FIRST_CALLS: Final[dict[str, Callable[[Store], object]]] = {
     "get at version 3": lambda s: s.get("k", version=3),  # never "no version 3"
     "history": lambda s: s.history("k"),  # never a history ending at version 2
     "history page": lambda s: s.history("k", before_version=4, limit=1),
@@ -242,7 +243,7 @@ def test_a_log_renamed_in_between_the_stat_and_the_open_is_read_whole(
     handle.close()
 
 
-MAINTENANCE: Final = {
+MAINTENANCE: Final[dict[str, Callable[[Store], object]]] = {
     "gc": lambda s: s.gc(grace_seconds=0),
     "compact, nothing to drop": lambda s: s.compact(keep_last=10),
     "compact, a version dropped": lambda s: s.compact(keep_last=2),
