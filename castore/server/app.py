@@ -41,6 +41,7 @@ from castore.server.middleware import AccessLog, Guard, Metrics, Observe
 from castore.server.operations import OPERATIONS, Operation, decode_request, handle_for, keyspace
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
 from castore.store import Store
+from castore.urls import is_url
 from castore.waits import WouldWait, no_waiting
 from castore.wire import CALLS, CLUSTER_HEADER, MEMBERS_HEADER
 
@@ -149,6 +150,7 @@ class _Api:
     ) -> None:
         timeout = store.lock_timeout + LOCK_MARGIN_SECONDS if timeout is None else timeout
         self.store, self.timeout, self.max_body = store, timeout, max_body
+        self.root = "" if is_url(store.root) else store.root  # named "<store>" in errors
         self.membership = membership
         self.calls = _Calls()
         self.health_ref = store.ref("castore-healthz", scope="global")
@@ -191,7 +193,7 @@ class _Api:
             if isinstance(exc, TimeoutError) and limit.expired():
                 message = f"no answer within {timeout:g} s (a write may still be applied)"
                 return error_response(ApiError("timeout", message))
-            err = api_error(exc, exception=exception)
+            err = api_error(exc, exception=exception, root=self.root)
             if err.code == "internal":
                 _log.error("internal error", exc_info=exc)
             return error_response(err)
@@ -227,7 +229,7 @@ class _Api:
                 raise ApiError("bad_request", f"bad request body: {exc}") from None
             self.membership.check(_list_of(request), keyspace_of(req))
             if call.stream:
-                items = await self.call(lambda: framed(call.run(self.store, req)))
+                items = await self.call(lambda: framed(call.run(self.store, req), root=self.root))
                 return StreamingResponse(self._batches(items), media_type=_MSGPACK)
             reply = await self.call(lambda: call.run(self.store, req), loop_safe=call.loop_safe)
             return Response(msgspec.msgpack.encode(reply), media_type=_MSGPACK)

@@ -29,7 +29,9 @@ from castore.errors import (
 )
 from castore.wire import exception_args
 
-__all__ = ["CODES", "ApiError", "api_error", "error_body", "error_response"]
+__all__ = ["CODES", "STORE_NAME", "ApiError", "api_error", "error_body", "error_response"]
+
+STORE_NAME: Final = "<store>"  # what an error response calls the server's store directory
 
 # Every code a response may carry -> its HTTP status (docs/SERVER.md and the OpenAPI document).
 CODES: Final[dict[str, int]] = {
@@ -96,7 +98,7 @@ _MAPPING: Final[tuple[tuple[type[BaseException], str], ...]] = (
 )
 
 
-def api_error(exc: BaseException, *, exception: bool = False) -> ApiError:
+def api_error(exc: BaseException, *, exception: bool = False, root: str = "") -> ApiError:
     """The error response of an exception a store call raised.
 
     castore's own errors keep their message; an ``OSError`` says only its
@@ -105,9 +107,14 @@ def api_error(exc: BaseException, *, exception: bool = False) -> ApiError:
     exception, never the response). With
     ``exception``, one of castore's exceptions is also named with its
     arguments (``exception``, ``args``), so a client raises the same one.
+    With ``root`` (the store's directory), the message and the arguments name
+    it ``<store>``: a client learns no path of the server's.
     """
     err = _api_error(exc)
     name, args = exception_args(exc) if exception else ("", [])
+    if root:
+        err = ApiError(err.code, err.message.replace(root, STORE_NAME), err.extra)
+        args = [a.replace(root, STORE_NAME) if isinstance(a, str) else a for a in args]
     if name:
         return ApiError(err.code, err.message, {**err.extra, "exception": name, "args": args})
     return err

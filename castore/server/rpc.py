@@ -229,7 +229,7 @@ def keyspace_of(call: Any) -> tuple[str, str] | None:
         return None
 
 
-def framed(items: Iterator[Any], batch: int = 64) -> Iterator[bytes]:
+def framed(items: Iterator[Any], batch: int = 64, *, root: str = "") -> Iterator[bytes]:
     """A streamed reply: batches of item frames, then the end frame, or an error frame.
 
     Raises nothing: an exception while reading becomes the last frame, so a
@@ -243,7 +243,7 @@ def framed(items: Iterator[Any], batch: int = 64) -> Iterator[bytes]:
                 for item in itertools.islice(items, batch)
             )
         except Exception as exc:  # noqa: BLE001  # sent to the client, which raises it
-            err = api_error(exc, exception=True)
+            err = api_error(exc, exception=True, root=root)
             if err.code == "internal":  # the client learns nothing of it: the log must
                 _log.error("internal error in a streamed reply", exc_info=exc)
             out.append(frame(FRAME_ERROR, error_body(err)))

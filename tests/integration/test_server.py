@@ -34,9 +34,10 @@ import pytest
 from starlette.routing import Route
 
 from castore import Store
-from castore.errors import StoreUnavailableError
+from castore.errors import CorruptionError, StoreUnavailableError
 from castore.server.app import MAX_BODY_BYTES, create_app
 from castore.server.openapi import openapi, openapi_json
+from castore.transfer import export_lines
 from tests.helpers import CASTORE_PATH, Cli, read_response, ref_log_path
 
 pytestmark = pytest.mark.integration
@@ -461,7 +462,31 @@ def test_a_log_cut_under_the_server_is_refused_not_served_older(file_server, tmp
         assert (response.status_code, response.json()["error"]["code"]) == (500, "damaged"), op
         message = response.json()["error"]["message"]
         assert "version 3" in message or "versions up to 3" in message, message
+        assert str(tmp_path) not in message  # no server path: the store is "<store>"
+        assert "<store>/refs/dag/" in message
     assert log.stat().st_size == sizes[1]  # nothing written
+
+
+def test_errors_name_no_server_path_through_the_client_either(file_server, tmp_path, monkeypatch):
+    """A worker's exception, rebuilt from the error body, carries no path of the server's."""
+    monkeypatch.setenv("CASTORE_TOKEN", TOKEN)
+    worker = Store(file_server.url, dag="d")
+    log = pathlib.Path(ref_log_path(Store(tmp_path / "store", dag="d"), "k"))
+    worker.set("k", 1)
+    os.truncate(log, 5)  # the header cut short: damage
+    calls: dict[str, Callable[[], object]] = {
+        "get": lambda: worker.get("k"),
+        "history": lambda: worker.history("k"),
+        "export": lambda: list(export_lines(worker, namespace="d")),
+    }
+    for name, call in calls.items():
+        with pytest.raises(CorruptionError) as info:
+            call()
+        assert str(tmp_path) not in str(info.value), name
+        assert "<store>/refs/dag/" in str(info.value), name
+    health = httpx.get(f"{file_server.url}/healthz")
+    assert str(tmp_path) not in health.text
+    worker.close()
 
 
 def test_every_path_but_healthz_needs_the_token(file_server):
