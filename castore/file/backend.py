@@ -227,6 +227,8 @@ class FileBackend:
         except FileNotFoundError:
             self.names.not_lost(ref, log.path)
             self.names.not_below(ref, log.path, hit and hit[1], None, 0)
+            if hit is not None:  # removed by compaction: the grave keeps its versions now
+                self._cache.pop(log.path)
             return Current(None, None)
         if hit is not None and hit[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return hit[1]
@@ -242,8 +244,8 @@ class FileBackend:
             current = Current(tail.entry, value, tail.entry_start)
         finally:
             os.close(fd)
-        if tail.valid_end == st.st_size:
-            self._cache.put(log.path, stat_sig(st), current)
+        if tail.valid_end == st.st_size:  # no entry: not_below found the key removed
+            self._cache.put(log.path, stat_sig(st), current, removed=tail.entry is None)
         return current
 
     def version(self, ref: Ref, version: int) -> tuple[Entry | None, bytes | None]:

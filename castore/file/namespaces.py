@@ -219,7 +219,7 @@ class Namespaces:
         top, newest = known.entry.version, tail.version if tail is not None else 0
         if top <= newest:
             return
-        if not newest and top <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
+        if not newest and top <= self._removed_at(ref, path):
             return  # removed by compaction (its grave was recorded first)
         with contextlib.suppress(OSError, CorruptionError):  # read-only, or a planted index
             at = max(known.entry_start, end, versionindex.ABSENT + 1)
@@ -231,6 +231,18 @@ class Namespaces:
             f"{ref}: {path} {now}, but this handle read or wrote version {top} there "
             f"(acknowledged bytes were cut off); {REPAIR_HINT}"
         )
+
+    def _removed_at(self, ref: Ref, path: str) -> int:
+        """The last version of a removed life: its grave, or its log's ``C`` frame (GRAVES lost)."""
+        top = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+        with contextlib.suppress(OSError, CastoreError):
+            fd = self.layout.fs.open(path, os.O_RDONLY)
+            try:
+                done = logread.compaction_of(fd)
+            finally:
+                os.close(fd)
+            top = max([top, *(high for _, high in done.versions)] if done else [top])
+        return top
 
     def not_lost_in(self, ref: Ref, path: str, fd: int) -> None:
         """:meth:`not_lost` for the log open on ``fd`` if it holds no entry (else nothing)."""

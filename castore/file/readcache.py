@@ -48,17 +48,19 @@ class ReadCache:
         """What was recorded for ``path`` (compare its signature before use)."""
         return self._items.get(path)
 
-    def put(self, path: str, sig: Sig, current: Current) -> None:
+    def put(self, path: str, sig: Sig, current: Current, *, removed: bool = False) -> None:
         """Record ``current`` for the log at ``path`` in the state ``sig``.
 
         Never a lower version than the one held: a log's newest version only
         grows, so a thread's late put of an older read keeps the newer entry
-        (the evidence of a cut, FORMAT.md §7, "A cut a handle saw").
+        (the evidence of a cut, FORMAT.md §7, "A cut a handle saw"), unless
+        ``removed``: the caller found the log without entries and the key's
+        grave above the version held (compaction removed it).
         """
         size = _cost(current)
         with self._lock:
             held = self._items.get(path)
-            if held is not None and _version(held[1]) > _version(current):
+            if held is not None and _version(held[1]) > _version(current) and not removed:
                 return
             old = self._items.pop(path, None)
             if old is not None:

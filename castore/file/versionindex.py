@@ -191,8 +191,9 @@ def record_cut(fs: Tree, vix: str, version: int, offset: int) -> None:
     it, or is gone (FORMAT.md §7, "A cut a handle saw"): ``offset`` is at or
     past the end of the log's intact frames, so the record is the evidence
     every reader, writer and ``check`` finds (:func:`cut_above`,
-    :func:`lost_log`). Versions between stay 0 (unknown). No fsync, as for
-    every record of the index.
+    :func:`lost_log`). Versions between stay 0 (unknown); a marker already
+    recorded for ``version`` is kept. No fsync, as for every record of the
+    index.
 
     Raises:
         OSError: the index cannot be written (a read-only store).
@@ -202,7 +203,8 @@ def record_cut(fs: Tree, vix: str, version: int, offset: int) -> None:
     fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
     try:
         with fileio.locked(fd, vix):
-            os.pwrite(fd, _REC.pack(offset), (version - 1) * VIX_RECORD_BYTES)
+            if lookup(fd, version) not in (COMPACTED, ABSENT):  # a marker is kept
+                os.pwrite(fd, _REC.pack(offset), (version - 1) * VIX_RECORD_BYTES)
     finally:
         os.close(fd)
 

@@ -162,7 +162,11 @@ class Writer:
                     base=base,
                 )
                 unmarked = self._before_commit(log, fd, previous, mode, size, out.new_blobs)
-                log.commit(fd, out.data, size)
+                try:
+                    log.commit(fd, out.data, size)
+                except BaseException:  # cut again: a reader of this handle may have cached it
+                    self._cache.pop(log.path)
+                    raise
             newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
             self._after_commit(log.path, fd, out.new_blobs, newest, mode, unmarked)
             return previous, out.entries

@@ -265,3 +265,83 @@ def test_maintenance_through_the_handle_keeps_what_it_saw(tmp_path: Path, run: s
     with pytest.raises(CorruptionError, match=r"(read or wrote version|versions up to) 3"):
         handle.get("k")
     handle.close()
+
+
+def _removed_after_read(root: Path) -> Store:
+    """A handle that read ``k``'s tombstone (version 4), then compaction removed ``k``."""
+    handle = Store(root, dag=DAG)
+    _three(root, handle)
+    handle.delete("k")
+    assert handle.get("k").found is False  # version 4, a tombstone, cached
+    Store(root, dag=DAG).compact(keep_last=1, keep_within_seconds=0)  # leaves a C frame
+    return handle
+
+
+def test_a_key_compaction_removed_is_a_hit_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The removed state replaces the tombstone in the cache: no read of the log on each get."""
+    from castore.file.reflog import RefLog
+
+    handle = _removed_after_read(tmp_path / "s")
+    assert handle.get("k").found is False
+    opened: list[str] = []
+    real_open = RefLog.open
+
+    def counted(self: RefLog) -> int:
+        opened.append(self.path)
+        return real_open(self)
+
+    monkeypatch.setattr(RefLog, "open", counted)
+    assert handle.get("k").found is False
+    assert opened == []  # a hit
+    handle.close()
+
+
+def test_a_removed_key_whose_graves_are_lost_is_no_cut(tmp_path: Path) -> None:
+    """The log's C frame still says versions 1-4 were compacted (as every other reader reads it)."""
+    root = tmp_path / "s"
+    handle = _removed_after_read(root)
+    for graves in root.rglob("GRAVES"):
+        graves.unlink()
+    vix = Path(log_path(root, "dag", DAG, "k")).with_suffix(".vix")
+    index = vix.read_bytes() if vix.exists() else None
+    assert handle.get("k").found is False
+    assert (vix.read_bytes() if vix.exists() else None) == index  # no marker overwritten
+    assert handle.set("k", 9).version == 5
+    assert Store(root, dag=DAG).check().ok
+    handle.close()
+
+
+def test_a_write_whose_sync_failed_is_no_cut_for_a_reader_of_the_same_handle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer cuts its bytes after a failed fdatasync; a thread of the handle had read them."""
+    import errno
+    import threading
+
+    from castore.file import fileio
+
+    root = tmp_path / "s"
+    handle = Store(root, dag=DAG)
+    handle.set("k", 1)
+    handle.set("k", 2)
+    real_append = fileio.append
+    seen: list[int] = []
+
+    def failing_append(fd: int, data: bytes, *, durable: bool) -> None:
+        real_append(fd, data, durable=False)  # in the file, visible to readers
+        reader = threading.Thread(target=lambda: seen.append(handle.get("k").version))
+        reader.start()
+        reader.join()
+        raise OSError(errno.EIO, "fdatasync failed (simulated)")
+
+    monkeypatch.setattr(fileio, "append", failing_append)
+    with pytest.raises(OSError, match="simulated"):
+        handle.set("k", 3)
+    monkeypatch.undo()
+    assert seen == [3]  # the reader saw the bytes the writer then cut
+    assert handle.get("k").version == 2
+    assert handle.set("k", 3).version == 3
+    assert Store(root, dag=DAG).check().ok
+    handle.close()
