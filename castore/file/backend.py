@@ -285,18 +285,17 @@ class FileBackend:
         """Entries with version < ``before``, newest first, at most ``limit`` (0 = all)."""
         log = self.log(ref)
         hit = self._cache.get(log.path)  # before the log is opened, as in :meth:`current`
-        newest = hit[1].entry.version if hit is not None and hit[1].entry is not None else 0
         try:
             fd = log.open()
         except FileNotFoundError:
             self.names.not_lost(ref, log.path)
-            self._not_cut(ref, hit, min(newest, before - 1), 0)
+            self._not_cut(ref, hit, before - 1, 0)
             return []
         try:
             found = log.history(fd, before, limit)
             if not found:
                 self.names.not_lost_in(ref, log.path, fd)  # a log without entries: lost?
-            self._not_cut(ref, hit, min(newest, before - 1), found[0].version if found else 0)
+            self._not_cut(ref, hit, before - 1, found[0].version if found else 0)
             return found
         finally:
             os.close(fd)
@@ -308,13 +307,14 @@ class FileBackend:
         return logversions.iter_versions(ref, log, self.names, self.blob_reader, hit and hit[1])
 
     def _not_cut(self, ref: Ref, hit: tuple[Sig, Current] | None, want: int, got: int) -> None:
-        """Read the log again (:meth:`current`) if this handle knew ``want`` but ``got`` less.
+        """Read the log again (:meth:`current`) if a read found less than this handle knew.
 
-        A cut this handle saw then raises (and is recorded); a version that is
+        ``want``: the highest version the read asked for; ``got``: the highest
+        it found (0: none). A cut this handle saw then raises (and is recorded); a version that is
         simply absent (an import started higher, a damaged range) passes.
         """
         known = hit[1].entry if hit is not None else None
-        if known is not None and got < want <= known.version:
+        if known is not None and got < min(want, known.version):
             self.current(ref)
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:

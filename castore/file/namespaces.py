@@ -219,8 +219,16 @@ class Namespaces:
         top, newest = known.entry.version, tail.version if tail is not None else 0
         if top <= newest:
             return
-        if not newest and top <= self._removed_at(ref, path):
-            return  # removed by compaction (its grave was recorded first)
+        if not newest:  # removed by compaction? (its grave is recorded first)
+            fd = -1
+            with contextlib.suppress(OSError, CastoreError):
+                fd = self.layout.fs.open(path, os.O_RDONLY)
+            try:
+                if top <= self.removed_at(ref, fd):
+                    return
+            finally:
+                if fd >= 0:
+                    os.close(fd)
         with contextlib.suppress(OSError, CorruptionError):  # read-only, or a planted index
             at = max(known.entry_start, end, versionindex.ABSENT + 1)
             versionindex.record_cut(self.layout.fs, versionindex.vix_path(path), top, at)
@@ -232,17 +240,18 @@ class Namespaces:
             f"(acknowledged bytes were cut off); {REPAIR_HINT}"
         )
 
-    def _removed_at(self, ref: Ref, path: str) -> int:
-        """The last version of a removed life: its grave, or its log's ``C`` frame (GRAVES lost)."""
+    def removed_at(self, ref: Ref, fd: int) -> int:
+        """The version a key without entries continues after: its removed life's last, or 0.
+
+        Its grave, or the ``C`` frame of its log open on ``fd`` (-1: none), which
+        still names the versions when ``GRAVES`` was lost.
+
+        Raises:
+            CorruptionError: its ``GRAVES`` record is damaged beyond its twin.
+        """
         top = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
-        with contextlib.suppress(OSError, CastoreError):
-            fd = self.layout.fs.open(path, os.O_RDONLY)
-            try:
-                done = logread.compaction_of(fd)
-            finally:
-                os.close(fd)
-            top = max([top, *(high for _, high in done.versions)] if done else [top])
-        return top
+        done = logread.compaction_of(fd) if fd >= 0 else None
+        return max([top, *(high for _, high in done.versions)] if done else [top])
 
     def not_lost_in(self, ref: Ref, path: str, fd: int) -> None:
         """:meth:`not_lost` for the log open on ``fd`` if it holds no entry (else nothing)."""

@@ -149,7 +149,7 @@ class Writer:
             if not decided:
                 return previous, []
             new_versions = decided if isinstance(decided, list) else [decided]
-            base = self._first_floor(ref, fd, size) if previous is None else 0
+            base = self.names.removed_at(ref, fd if size else -1) if previous is None else 0
             with self._gc_shared() as share:
                 own = self.layout.rel(log.path)
                 out = encode_versions(
@@ -239,18 +239,6 @@ class Writer:
             if not size:  # e.g. a lost log's index: leave no empty log behind
                 self.layout.fs.unlink(log.path)
             raise
-
-    def _first_floor(self, ref: Ref, fd: int, size: int) -> int:
-        """The version a key without entries continues after (its removed life, if any).
-
-        Raises:
-            CorruptionError: its ``GRAVES`` record is damaged beyond its twin.
-        """
-        base = self.names.graveyard(ref.scope, ref.namespace).version_of(ref.key)
-        done = logread.compaction_of(fd) if size else None
-        if done is not None:  # the removed key's log still names its versions
-            base = max([base, *(high for _, high in done.versions)])
-        return base
 
     def _after_commit(
         self,
