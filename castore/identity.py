@@ -19,6 +19,7 @@ __all__ = [
     "ProcessIdentity",
     "audit_fields",
     "check_caller",
+    "environment",
     "refuse_invalid_text",
 ]
 
@@ -26,7 +27,7 @@ ENVIRONMENT = ("DAG_NAME", "DAG_RUN_ID", "DAG_RUN_STEP_NAME", "DAG_RUN_ATTEMPT_I
 _RAW_NAMES = tuple(os.fsencode(name) for name in ENVIRONMENT)
 
 
-def _environment() -> tuple[str, ...]:
+def environment() -> tuple[str, ...]:
     """The values of :data:`ENVIRONMENT` now ("" when unset), as ``os.environ`` has them."""
     data = getattr(os.environ, "_data", None)  # POSIX CPython: the encoded mapping itself
     if os.name != "posix" or not isinstance(data, dict):
@@ -85,7 +86,7 @@ def audit_fields(
         dag: the DAG name the store was given (``--dag``); None means ``$DAG_NAME``.
     """
     pid, user, host = identity.current()
-    dag_name, env_run_id, env_step, attempt, env_actor = _environment()
+    dag_name, env_run_id, env_step, attempt, env_actor = environment()
     return {
         "dag_name": dag if dag is not None else dag_name,
         "run_id": run_id if run_id is not None else env_run_id,

@@ -18,11 +18,12 @@ import msgspec
 
 from castore import codec, history, modify, results
 from castore.argcheck import check_flag, check_text
+from castore.audits import AuditMaker
 from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
 from castore.defaults import lock_timeout_of
-from castore.identity import ProcessIdentity, audit_fields, check_caller, refuse_invalid_text
+from castore.identity import check_caller
 from castore.keys import (
     Ref,
     RefCache,
@@ -108,7 +109,7 @@ class Store(Maintenance):
         self.actor = actor
         self.run_id = run_id
         self.step = step
-        self._identity = ProcessIdentity()
+        self._audits = AuditMaker()  # shared by for_caller's copies: keyed by every input
         self._refs = RefCache()
         self._caller: Audit | None = None  # set by for_caller: who writes, as given
 
@@ -204,16 +205,11 @@ class Store(Maintenance):
         return history.not_found(ref, required, default, default is not _UNSET)
 
     def _audit(self, reason: str = "", rollback: int = 0) -> Audit:
-        check_text(reason, "reason")
         if self._caller is not None:
-            refuse_invalid_text({"reason": reason})
-            return msgspec.structs.replace(self._caller, reason=reason, rollback_from=rollback)
-        who = (self.actor, self.run_id, self.step)
-        for name, given in zip(("actor", "run_id", "step"), who, strict=True):
-            check_text(given, name, optional=True)
-        fields = audit_fields(self._identity, *who, reason, rollback, dag=self._dag_given)
-        refuse_invalid_text(fields)
-        return Audit(**fields)  # type: ignore[arg-type]  # each value is of its field's type
+            return self._audits.for_caller(self._caller, reason, rollback)
+        return self._audits.make(
+            (self.actor, self.run_id, self.step), self._dag_given, reason, rollback
+        )
 
     def set(
         self,

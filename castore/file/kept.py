@@ -16,13 +16,12 @@ import fcntl
 import os
 import resource
 import threading
-from collections.abc import Iterator
+from types import TracebackType
 
 from castore.file import fileio
-from castore.file.encode import refuse_other
 from castore.file.reflog import RefLog
 
-__all__ = ["KEPT_MAX", "KeptLogs"]
+__all__ = ["KEPT_MAX", "Held", "KeptLogs"]
 
 
 def _kept_max() -> int:
@@ -101,51 +100,79 @@ class KeptLogs:
                     return
         os.close(fd)
 
-    def _relock(self, log: RefLog, fd: int) -> bool:
-        """Lock ``fd``; True if its path still names it, else unlock (the caller closes)."""
+    def _relock(self, log: RefLog, fd: int) -> os.stat_result | None:
+        """Lock ``fd``; its ``fstat`` if its path still names it, else unlock (caller closes)."""
         fileio.lock(fd, log.path, timeout=log.layout.lock_timeout, pauses=fileio.WRITER_PAUSES)
-        current = log.layout.fs.names(log.path, fd)
-        if not current:
+        st = log.layout.fs.names(log.path, fd)
+        if st is None:
             fcntl.flock(fd, fcntl.LOCK_UN)
-        return current
+        return st
 
-    @contextlib.contextmanager
-    def locked(self, log: RefLog) -> Iterator[int]:
-        """``log`` locked exclusively, on a kept descriptor if one is still current.
+    def locked(self, log: RefLog) -> Held:
+        """``log`` locked exclusively (``with``), on a kept descriptor if one is still current.
+
+        The header is not checked here: the writer checks it unless the file is
+        exactly the one this handle last read or wrote (its read cache's ``stat``).
 
         Raises:
             LockTimeoutError: the lock stayed taken for the lock timeout.
         """
-        fd = self._take(log.path)
+        return Held(self, log)
+
+
+class Held:
+    """One log locked for a write: its descriptor and its ``fstat`` taken under the lock.
+
+    A context manager (a class, not a generator: it is on every write's path).
+    On a normal exit the descriptor goes back to the pool; on an exception it
+    is closed (the write may have left it anywhere).
+    """
+
+    __slots__ = ("_fresh", "_log", "_pool", "fd", "st")
+    fd: int  # set by __enter__, as ``st``
+    st: os.stat_result
+
+    def __init__(self, pool: KeptLogs, log: RefLog) -> None:
+        self._pool, self._log = pool, log
+        self._fresh: contextlib.AbstractContextManager[int] | None = None
+
+    def __enter__(self) -> Held:
+        pool, log = self._pool, self._log
+        fd = pool._take(log.path)
         if fd is not None:
             try:
-                current = self._relock(log, fd)
+                st = pool._relock(log, fd)
             except BaseException:
                 os.close(fd)
                 raise
-            if current:
-                try:
-                    _refuse_other(log, fd)  # copied over in place (same inode) since, maybe
-                    yield fd
-                except BaseException:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                    os.close(fd)
-                    raise
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                self._give(log.path, fd)
-                return
+            if st is not None:
+                self.fd, self.st = fd, st
+                return self
             os.close(fd)
-        with log.locked() as fresh:
-            _refuse_other(log, fresh)
-            yield fresh
-            # The same open file: its flock goes with the unlock below. A full pool
-            # keeps its logs (a round robin over more keys would only churn it).
-            kept = os.dup(fresh) if self._room() else -1
+        fresh = log.locked()
+        self.fd = fresh.__enter__()
+        self._fresh = fresh
+        try:
+            self.st = os.fstat(self.fd)
+        except BaseException as exc:
+            fresh.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        pool, fd, fresh = self._pool, self.fd, self._fresh
+        if fresh is None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            if kind is None:
+                pool._give(self._log.path, fd)
+            else:
+                os.close(fd)
+            return
+        # The same open file: its flock goes with the unlock below. A full pool
+        # keeps its logs (a round robin over more keys would only churn it).
+        kept = os.dup(fd) if kind is None and pool._room() else -1
+        fresh.__exit__(kind, exc, tb)
         if kept >= 0:
-            self._give(log.path, kept)
-
-
-def _refuse_other(log: RefLog, fd: int) -> None:
-    """Never continue another key's log as this one's (its header names another ref)."""
-    if log.ref is not None:
-        refuse_other(fd, log.ref, log.path)
+            pool._give(self._log.path, kept)

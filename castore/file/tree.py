@@ -244,13 +244,13 @@ class Tree:
             if owned and fd is not None:
                 os.close(fd)
 
-    def names(self, path: str, fd: int) -> bool:
-        """True if ``path`` still names the file open on ``fd`` (a rename may have replaced it)."""
+    def names(self, path: str, fd: int) -> os.stat_result | None:
+        """``fstat`` of ``fd`` if ``path`` still names that file (a rename may replace it)."""
         try:
             now, mine = self.stat(path), os.fstat(fd)
         except FileNotFoundError:
-            return False
-        return (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev)
+            return None
+        return mine if (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev) else None
 
     def exists(self, path: str) -> bool:
         """True if ``path`` names anything (a symbolic link included)."""

@@ -9,19 +9,24 @@ read cache) is updated afterwards and may be lost quietly.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from castore.backend import Current, Decide, NewVersion
 from castore.errors import CorruptionError
 from castore.file import logread
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
-from castore.file.encode import DEDUP_MIN_BYTES, carried, encode_versions, refuse_lower
-from castore.file.kept import KeptLogs
+from castore.file.encode import (
+    DEDUP_MIN_BYTES,
+    carried,
+    encode_versions,
+    refuse_lower,
+    refuse_other,
+)
+from castore.file.kept import Held, KeptLogs
 from castore.file.layout import Layout
 from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.namespaces import Namespaces
@@ -132,8 +137,9 @@ class Writer:
         ref = self._ref(log)
         nsdir = os.path.dirname(log.path)
         self._ensure_dir(nsdir)
-        with self._kept.locked(log) as fd:
-            tail, known, mode = self._locked_newest(log, fd)
+        with self._kept.locked(log) as held:
+            fd = held.fd
+            tail, known, mode = self._locked_newest(log, held)
             size = tail.size
             previous = tail.entry
             decided: NewVersion | list[NewVersion] | None = None
@@ -150,7 +156,8 @@ class Writer:
                 return previous, []
             new_versions = decided if isinstance(decided, list) else [decided]
             base = self.names.removed_at(ref, fd if size else -1) if previous is None else 0
-            with self._gc_shared() as share:
+            share = _GcShare(self.layout)
+            try:
                 own = self.layout.rel(log.path)
                 out = encode_versions(
                     ref,
@@ -167,6 +174,8 @@ class Writer:
                 except BaseException:  # cut again: a reader of this handle may have cached it
                     self._cache.pop(log.path)
                     raise
+            finally:
+                share.close()
             newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
             self._after_commit(log.path, fd, out.new_blobs, newest, mode, unmarked)
             return previous, out.entries
@@ -213,13 +222,14 @@ class Writer:
             return True
         return False
 
-    def _locked_newest(self, log: RefLog, fd: int) -> tuple[logread.Tail, Current | None, int]:
+    def _locked_newest(self, log: RefLog, held: Held) -> tuple[logread.Tail, Current | None, int]:
         """The locked log's newest entry, what this handle knows of it if still exact, its mode.
 
         Raises:
-            CorruptionError: damage hides the newest version (nothing is written).
+            CorruptionError: damage hides the newest version, or the log's header
+                names another ref (nothing is written).
         """
-        st = os.fstat(fd)
+        fd, st = held.fd, held.st
         size = st.st_size
         hit = self._cache.get(log.path)
         if hit is not None and hit[0] == stat_sig(st) and hit[1].entry_start >= 0:
@@ -227,6 +237,7 @@ class Writer:
             tail = logread.Tail(size, size, known.entry, None, None, known.entry_start)
             return tail, known, st.st_mode
         ref = self._ref(log)
+        refuse_other(fd, ref, log.path)  # e.g. copied over in place (same inode) since
         if not size:
             self.names.drop_stale_index(ref, log.path)
         try:
@@ -330,38 +341,6 @@ class Writer:
             self._cache.stale(log.path)
             return [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
 
-    @contextlib.contextmanager
-    def _gc_shared(self) -> Iterator[Callable[[], bool]]:
-        """Yield a function that takes ``gc.lock`` shared on first call, if it is free.
-
-        A blob frame in another log may only be referenced while holding it,
-        so that gc (which holds it exclusively) never drops a blob that a
-        writer is about to reference (FORMAT.md §8). Never waits for gc: if
-        gc holds the lock, the function returns False and the writer stores
-        a fresh copy. Only writes that reuse another log's blob pay for it.
-        """
-        state: list[int] = []  # [fd] once taken
-
-        def share() -> bool:
-            if state:
-                return state[0] >= 0
-            fd = self.layout.fs.open(
-                os.path.join(self.layout.root, "gc.lock"), os.O_RDWR | os.O_CREAT
-            )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                fd = -1
-            state.append(fd)
-            return fd >= 0
-
-        try:
-            yield share
-        finally:
-            if state and state[0] >= 0:
-                os.close(state[0])  # closing releases the flock
-
     def _existing(
         self, new: NewVersion, own: str, share: Callable[[], bool], fd: int
     ) -> BlobLoc | None:
@@ -386,3 +365,35 @@ class Writer:
             except (CorruptionError, FileNotFoundError):
                 continue
         return None
+
+
+class _GcShare:
+    """Takes ``gc.lock`` shared on its first call, if it is free; :meth:`close` releases it.
+
+    Another log's blob frame may only be referenced while holding it, so gc (which
+    holds it exclusively) never drops it (FORMAT.md §8). Never waits for gc: then the
+    call returns False and the writer stores a fresh copy.
+    """
+
+    __slots__ = ("_fd", "_layout")
+
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+        self._fd = -2  # not asked yet; -1: gc holds it
+
+    def __call__(self) -> bool:
+        if self._fd == -2:
+            path = os.path.join(self._layout.root, "gc.lock")
+            fd = self._layout.fs.open(path, os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                fd = -1
+            self._fd = fd
+        return self._fd >= 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = -2

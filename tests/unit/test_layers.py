@@ -41,6 +41,7 @@ LAYERS = {
     "pointers": 2,  # JSON Pointer parts, and why one cannot be followed
     "reports": 2,
     "identity": 2,  # who writes: the audit record
+    "audits": 3,  # a handle's audit records, built once per distinct input
     "stdjson": 1,  # plain JSON text normalized with the standard library (the CLI's quick set)
     "fastjson": 3,
     "codec": 4,
