@@ -223,7 +223,7 @@ class FileBackend:
         log = self._logs.get(ref) or self.log(ref)  # the hot path: every get
         hit = self._cache.get(log.path)  # before the stat: never newer than what is read
         try:
-            st = self.layout.fs.stat(log.path)
+            st = self.layout.fs.stat(log.path, log.folder, log.name)
         except FileNotFoundError:
             self.names.not_lost(ref, log.path)
             self.names.not_below(ref, log.path, hit and hit[1], None, 0)

@@ -51,13 +51,11 @@ class RefLog:
     found by walking the store (check, gc); errors then name its path.
     """
 
-    __slots__ = ("blobs", "layout", "path", "ref")
+    __slots__ = ("blobs", "folder", "layout", "name", "path", "ref")
 
     def __init__(self, layout: Layout, blobs: BlobIndex, path: str, ref: Ref | None = None) -> None:
-        self.layout = layout
-        self.blobs = blobs
-        self.path = path
-        self.ref = ref
+        self.layout, self.blobs, self.path, self.ref = layout, blobs, path, ref
+        self.folder, _, self.name = path.rpartition("/")  # a get's stat, without splitting
 
     @property
     def what(self) -> str:

@@ -231,9 +231,10 @@ class Tree:
         finally:
             os.close(fd)
 
-    def stat(self, path: str) -> os.stat_result:
-        """``lstat``: a symbolic link is reported as one, never followed."""
-        folder, _, name = path.rpartition("/")
+    def stat(self, path: str, folder: str | None = None, name: str = "") -> os.stat_result:
+        """``lstat``, never following a link; ``folder``, ``name``: ``path.rpartition("/")``."""
+        if folder is None:
+            folder, _, name = path.rpartition("/")
         cached = self._dirs.get(folder)  # only directories at or below the root are cached
         if cached is not None and name not in _NOT_NAMES:
             return os.stat(name, dir_fd=cached, follow_symlinks=False)

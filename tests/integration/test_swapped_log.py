@@ -82,3 +82,28 @@ def test_a_long_lived_writer_refuses_a_log_copied_over_in_place(tmp_path: Path) 
     with pytest.raises(CorruptionError, match=r"is the log of dag/d/b"):
         s.set("a", {"a": 4})
     assert s.get("b").value == {"b": 1}
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["wrote-it", "read-it"])
+def test_a_handle_that_knows_the_log_refuses_it_once_copied_over(
+    tmp_path: Path, kept: bool
+) -> None:
+    """A writer skips the header only for the very file its handle last wrote or read.
+
+    ``wrote-it``: the handle keeps a's descriptor from its own write; ``read-it``: it
+    only read a (a cache entry, no kept descriptor). Either way b's log copied over a's
+    in place (same inode, other size and times) is a file the handle does not know.
+    """
+    root = tmp_path / "store"
+    writer = Store(root, dag="d")
+    writer.set("b", {"b": 1})
+    for version in range(1, 4):
+        writer.set("a", {"a": version})
+    s = writer if kept else Store(root, dag="d")
+    assert s.get("a").version == 3  # cached with the file's signature
+    shutil.copyfile(log_path(root, "dag", "d", "b"), log_path(root, "dag", "d", "a"))
+    with pytest.raises(CorruptionError, match=r"is the log of dag/d/b"):
+        s.set("a", {"a": 4})
+    with pytest.raises(CorruptionError, match=r"is the log of dag/d/b"):
+        s.delete("a")
+    assert s.get("b").value == {"b": 1}
