@@ -89,7 +89,9 @@ class BlobIndex:
     """Digest -> :class:`BlobLoc` (``log`` relative to ``refs/``) for one store.
 
     Thread-safe (one lock guards the cached shards); one per Store handle.
-    Safe across processes: appends take the shard file's lock, readers
+    Safe across processes: each append is one ``O_APPEND`` write (never
+    interleaved with another's, no lock: a record appended to a shard a
+    rebuild just replaced is lost, a lost chance to deduplicate), and readers
     verify every frame.
     """
 
@@ -203,15 +205,19 @@ class BlobIndex:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         for path, frames in shards.items():
             data = b"".join(frames)
-            with self.fs.open_locked(path, flags, unsynced=True) as fd:
+            fd = self.fs.open(path, flags, unsynced=True)
+            try:
+                fileio.append(fd, data, durable=durable)  # one O_APPEND write: never interleaved
+                end = os.lseek(fd, 0, os.SEEK_CUR)  # where it landed: just before here
                 st = os.fstat(fd)
-                fileio.append(fd, data, durable=durable)
                 if durable and namesync.marked(st.st_mode):  # a new shard: its name too
                     namesync.settle_namespace(self.fs, self.dir, self.fs.root or "/")
                     namesync.clear(fd, st.st_mode)
+            finally:
+                os.close(fd)
             with self._lock:
                 ino, pos, table = self._shards.get(path, (0, 0, {}))
-                if st.st_ino == ino and st.st_size == pos:  # nobody else appended: no re-read
+                if st.st_ino == ino and end - len(data) == pos:  # right after what was read
                     for frame in scan_frames(data, pos):
                         _remember(table, frame.payload)
                     self._shards[path] = (ino, pos + len(data), table)

@@ -155,7 +155,8 @@ def read_at(fd: int, offset: int, size: int) -> bytes:
 def append(fd: int, data: bytes, *, durable: bool) -> None:
     """Append ``data`` to an ``O_APPEND`` file and, if ``durable``, fdatasync it.
 
-    The caller holds the file's exclusive lock, so appends never interleave.
+    Appends under the file's exclusive lock never interleave; without it (the
+    blob index) only a short write (a full disk) lets another's land inside.
     """
     view = memoryview(data)
     while view:
