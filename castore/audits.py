@@ -50,10 +50,11 @@ class AuditMaker:
         check_text(reason, "reason")
         for name, given in zip(("actor", "run_id", "step"), who, strict=True):
             check_text(given, name, optional=True)
-        inputs = (who, dag, reason, rollback, environment(), self._identity.current())
+        seen = environment(), self._identity.current()  # read once: the key and the record
+        inputs = (who, dag, reason, rollback, *seen)
         made = self._made.get(inputs)
         if made is None:
-            fields = audit_fields(self._identity, *who, reason, rollback, dag=dag)
+            fields = audit_fields(self._identity, *who, reason, rollback, dag=dag, seen=seen)
             refuse_invalid_text(fields)
             made = Audit(**fields)  # type: ignore[arg-type]  # each value is of its field's type
             self._keep(inputs, made)

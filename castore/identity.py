@@ -68,6 +68,8 @@ def audit_fields(
     reason: str = "",
     rollback_from: int = 0,
     dag: str | None = None,
+    *,
+    seen: tuple[tuple[str, ...], tuple[int, str, str]] | None = None,
 ) -> dict[str, str | int]:
     """The fields of the audit record of a write made now by this process.
 
@@ -84,9 +86,12 @@ def audit_fields(
         reason: free text.
         rollback_from: the version a rollback restores (0: not a rollback).
         dag: the DAG name the store was given (``--dag``); None means ``$DAG_NAME``.
+        seen: :func:`environment` and ``identity.current()`` as the caller read them
+            (it keys records by them: another thread may change the environment).
     """
-    pid, user, host = identity.current()
-    dag_name, env_run_id, env_step, attempt, env_actor = environment()
+    env, me = seen if seen is not None else (environment(), identity.current())
+    pid, user, host = me
+    dag_name, env_run_id, env_step, attempt, env_actor = env
     return {
         "dag_name": dag if dag is not None else dag_name,
         "run_id": run_id if run_id is not None else env_run_id,

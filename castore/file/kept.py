@@ -164,7 +164,11 @@ class Held:
     ) -> None:
         pool, fd, fresh = self._pool, self.fd, self._fresh
         if fresh is None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BaseException:
+                os.close(fd)  # closing releases the lock
+                raise
             if kind is None:
                 pool._give(self._log.path, fd)
             else:
@@ -172,7 +176,15 @@ class Held:
             return
         # The same open file: its flock goes with the unlock below. A full pool
         # keeps its logs (a round robin over more keys would only churn it).
-        kept = os.dup(fd) if kind is None and pool._room() else -1
-        fresh.__exit__(kind, exc, tb)
+        kept = -1
+        if kind is None and pool._room():
+            with contextlib.suppress(OSError):  # none left (EMFILE): the write is done anyway
+                kept = os.dup(fd)
+        try:
+            fresh.__exit__(kind, exc, tb)
+        except BaseException:
+            if kept >= 0:
+                os.close(kept)
+            raise
         if kept >= 0:
             pool._give(self._log.path, kept)

@@ -229,15 +229,16 @@ class Writer:
             CorruptionError: damage hides the newest version, or the log's header
                 names another ref (nothing is written).
         """
-        fd, st = held.fd, held.st
+        fd, st, ref = held.fd, held.st, self._ref(log)
+        # Even when the handle knows this file: a copy over it in place of the same size
+        # within one tick of the coarse clock (Linux before 6.13) keeps its signature.
+        refuse_other(fd, ref, log.path)
         size = st.st_size
         hit = self._cache.get(log.path)
         if hit is not None and hit[0] == stat_sig(st) and hit[1].entry_start >= 0:
             known = hit[1]  # this handle wrote or read exactly this file last: no re-read
             tail = logread.Tail(size, size, known.entry, None, None, known.entry_start)
             return tail, known, st.st_mode
-        ref = self._ref(log)
-        refuse_other(fd, ref, log.path)  # e.g. copied over in place (same inode) since
         if not size:
             self.names.drop_stale_index(ref, log.path)
         try:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import threading
 from pathlib import Path
 
+import pytest
+
 from castore import Store
 from castore.backend import NewVersion
 from castore.errors import LockTimeoutError
+from castore.file import kept
 from castore.records import Entry
 from tests.helpers import file_backend, ref_log_path
 
@@ -79,3 +83,24 @@ def test_a_write_after_a_rewrite_lands_in_the_new_log(tmp_path: Path) -> None:
     fresh = Store(tmp_path / "s", dag="d")
     assert fresh.get("k").value == 99
     assert [e.version for e in fresh.history("k").entries] == [6, 5]
+
+
+def test_no_descriptor_left_to_keep_is_no_failed_write_and_no_lock_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: a write that opened its log afresh and could not duplicate the
+    descriptor to keep it (EMFILE) raised after its commit and left the log locked until the
+    exception was collected: every process's next write of the key timed out."""
+    root = tmp_path / "s"
+    Store(root, dag="d", durable=False).set("k", 1)
+    fresh = Store(root, dag="d", durable=False, lock_timeout=0.5)
+
+    def no_descriptor(fd: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(kept.os, "dup", no_descriptor)
+    assert fresh.set("k", 2).version == 2  # committed, and said so
+    monkeypatch.undo()
+    other = Store(root, dag="d", durable=False, lock_timeout=0.5)
+    assert other.set("k", 3).version == 3  # the lock was released
+    assert fresh.set("k", 4).version == 4

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from castore import CorruptionError, Store
+from castore.file import backend as file_backend
+from castore.file import writer as file_writer
 from tests.helpers import Cli, log_path
 
 pytestmark = pytest.mark.integration
@@ -107,3 +109,32 @@ def test_a_handle_that_knows_the_log_refuses_it_once_copied_over(
     with pytest.raises(CorruptionError, match=r"is the log of dag/d/b"):
         s.delete("a")
     assert s.get("b").value == {"b": 1}
+
+
+def test_a_same_size_copy_within_one_clock_tick_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: a writer skipped the header when the file's stat signature was
+    the one its handle knew, but where file times come from the coarse clock (Linux
+    before 6.13: 1-4 ms ticks) a same-size copy in place within one tick keeps it, and
+    a's next version was acknowledged in b's log. Simulated by a signature without times
+    (the copy always lands "within the tick")."""
+
+    def coarse(st: os.stat_result) -> tuple[int, int, int, int]:
+        return (st.st_ino, st.st_size, 0, 0)
+
+    monkeypatch.setattr(file_writer, "stat_sig", coarse)
+    monkeypatch.setattr(file_backend, "stat_sig", coarse)
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    s.set("b", {"v": 1})
+    s.set("a", {"v": 1})
+    a_log, b_log = log_path(root, "dag", "d", "a"), log_path(root, "dag", "d", "b")
+    data = Path(b_log).read_bytes()
+    assert os.path.getsize(a_log) == len(data)  # same-length keys and values
+    fd = os.open(a_log, os.O_WRONLY | os.O_TRUNC)  # b's log copied over a's in place
+    os.write(fd, data)
+    os.close(fd)
+    with pytest.raises(CorruptionError, match=r"is the log of dag/d/b"):
+        s.set("a", {"v": 2})
+    assert Store(root, dag="d").get("b").version == 1

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from castore import InvalidValueError, Store
+from castore import InvalidValueError, Store, audits
 from castore.records import Audit
 
 
@@ -103,3 +103,23 @@ def test_a_forked_child_writes_its_own_pid(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
     store.set("k", 3)
     assert [r[4] for r in records(store)] == [os.getpid(), child, os.getpid()]
+
+
+def test_a_record_is_built_from_the_environment_it_is_kept_under(monkeypatch):
+    """Found by a review: the record was keyed by one read of the environment and built
+    from a second one; another thread's change in between kept a wrong record for good."""
+    monkeypatch.setenv("CASTORE_ACTOR", "alice")
+    maker = audits.AuditMaker()
+    real = audits.audit_fields
+
+    def another_thread_changes_it(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.environ["CASTORE_ACTOR"] = "mallory"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audits, "audit_fields", another_thread_changes_it)
+    first = maker.make((None, None, None), None, "", 0)
+    monkeypatch.setattr(audits, "audit_fields", real)
+    os.environ["CASTORE_ACTOR"] = "alice"
+    assert (first.actor, maker.make((None, None, None), None, "", 0).actor) == ("alice", "alice")
+    os.environ["CASTORE_ACTOR"] = "mallory"
+    assert maker.make((None, None, None), None, "", 0).actor == "mallory"
