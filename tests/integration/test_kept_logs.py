@@ -13,7 +13,6 @@ import pytest
 from castore import Store
 from castore.backend import NewVersion
 from castore.errors import LockTimeoutError
-from castore.file import kept
 from castore.records import Entry
 from tests.helpers import file_backend, ref_log_path
 
@@ -98,7 +97,7 @@ def test_no_descriptor_left_to_keep_is_no_failed_write_and_no_lock_held(
     def no_descriptor(fd: int) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(kept.os, "dup", no_descriptor)
+    monkeypatch.setattr(os, "dup", no_descriptor)  # only castore/file/kept.py calls it
     assert fresh.set("k", 2).version == 2  # committed, and said so
     monkeypatch.undo()
     other = Store(root, dag="d", durable=False, lock_timeout=0.5)
