@@ -342,7 +342,8 @@ class FileBackend:
     def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
         """Replace a ref's whole history with ``new_versions`` (an import's overwrite)."""
         self.layout.create()
-        return self._writer.replace(self.log(ref), new_versions)
+        with self.layout.gc_locked(shared=True):  # it moves blobs: gc's rebuild waits (§8)
+            return self._writer.replace(self.log(ref), new_versions)
 
     # -- maintenance (castore/file/check.py, gc.py, compact.py, stats.py) ---------------
 

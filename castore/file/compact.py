@@ -146,7 +146,11 @@ def compact(
     for ref in list(_refs(backend, retention)):
         examined += 1
         plan = _Plan(keep_last, cutoff, policy)
-        size, size_after = _compact_one(backend, ref, plan, dry_run)
+        if dry_run:
+            size, size_after = _compact_one(backend, ref, plan, dry_run)
+        else:
+            with backend.layout.gc_locked(shared=True):  # gc's index rebuild waits (§8)
+                size, size_after = _compact_one(backend, ref, plan, dry_run)
         before += size
         after += size_after
         if plan.dropped:

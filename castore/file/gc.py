@@ -90,9 +90,7 @@ def collect_garbage(
     counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0, "rewritten": 0}
     removed_logs = leftovers = 0
     if backend.layout.exists():  # no store here: nothing to free, and no gc.lock is made
-        lock_path = os.path.join(backend.root, "gc.lock")
-        flags = os.O_RDWR | os.O_CREAT
-        with backend.fs.open_locked(lock_path, flags, timeout=backend.lock_timeout):
+        with backend.layout.gc_locked(shared=False):
             removed_logs, leftovers = _mark_and_sweep(
                 backend, counts, grace_seconds, dry_run, progress
             )

@@ -10,6 +10,7 @@ in the store, quarantine copies. It holds the confined
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
@@ -174,6 +175,21 @@ class Layout:
         self.fs.makedirs(self.refs, durable=self.durable)
         check_format(marker, read_format(self.fs, marker) or "")
         self.present = True
+
+    def gc_locked(self, *, shared: bool) -> contextlib.AbstractContextManager[int]:
+        """Hold ``gc.lock`` (FORMAT.md §8): exclusively for gc, shared for a rewrite.
+
+        A rewrite that moves blobs (compaction, an import's overwrite) records
+        their new locations in the blob index before its rename; gc's rebuild of
+        the index, if it read that log before the rename, would drop them. So
+        rewrites hold it shared, taken before the log's lock (gc's order).
+
+        Raises:
+            LockTimeoutError: it stayed taken for the lock timeout.
+        """
+        path = os.path.join(self.root, "gc.lock")
+        flags = os.O_RDWR | os.O_CREAT
+        return self.fs.open_locked(path, flags, shared=shared, timeout=self.lock_timeout)
 
     def ns_dir(self, scope: str, namespace: str) -> str:
         """The directory of a namespace's logs, ``KEYS`` and ``GRAVES``."""

@@ -42,7 +42,7 @@ from tests.helpers import Cli, log_path, read_versions
 pytestmark = pytest.mark.integration
 
 DAG: Final = "faults"
-MAX_CALLS: Final = 40  # more than any operation here makes of one kind
+MAX_CALLS: Final = 64  # more than any operation here makes of one kind
 BIG: Final = {"big": "shared value " * 30}  # >= 256 bytes: deduplicated across keys
 
 History = dict[int, Any]  # version -> value (None: a delete)

@@ -18,14 +18,18 @@ import random
 import re
 import signal
 import subprocess
+import threading
 import time
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
 from castore import NotFoundError, Store, codec
+from castore.file import blobindex
 from castore.file.records import KIND_BLOB, KIND_COMPACTED, KIND_ENTRY, decode_entry
 from castore.records import Entry
+from castore.transfer import export_lines, import_lines
 from tests.crash_worker import (
     DAG,
     AckLog,
@@ -265,22 +269,26 @@ def test_writer_blocked_by_a_paused_compaction_lands_in_the_new_log(tmp_path, ch
 
 
 def test_gc_index_rebuild_racing_a_compaction_keeps_blobs_findable(tmp_path, children):
-    """gc rewrites the blob index from the logs while a compaction is moving blob frames.
+    """gc rewrites the blob index from the logs while a compaction would move blob frames.
 
-    gc is paused after its mark; a new key "b" gets versions (gc did not list
-    its log, so gc never takes its lock); a compaction of "b" is paused just
-    before its rename, its new blob locations already in the index. gc then
-    finishes (its index rebuild reads b's old log); then the compaction renames.
-    Every blob must still be findable: b's newest value must read back.
+    gc is paused after its mark, holding gc.lock; a new key "b" gets versions; a
+    compaction of "b" started then waits for gc.lock (a rewrite that moves blobs holds
+    it shared: FORMAT.md §8) instead of moving b's frames under gc's index rebuild. gc
+    finishes, then the compaction runs. Every blob must still be findable. (Before the
+    seventeenth session the compaction went on to just before its rename, its new
+    locations in the index, and gc's rebuild then read b's old log.)
     """
     s = Setup(tmp_path, children)
     s.set("a", value("a"))
     gc = s.paused("gc", "gc-after-mark", "--grace", "3600")  # leave the compaction's .tmp
     for i in range(4):
         s.set("b", value(f"b{i}", 150 * i))  # small and big values
-    compactor = s.paused("compact", "rewrite-before-rename", "--keep-last", "1")
+    compactor = s.spawn("compact", "--keep-last", "1")
+    assert children.wait_ready(compactor)
+    time.sleep(0.5)
+    assert compactor.poll() is None, children.error_text(compactor)  # waits for gc
     s.resume(gc)
-    s.resume(compactor)
+    assert children.wait(compactor) == 0, children.error_text(compactor)
     problems = s.verify(repair=False)
     got = None
     try:
@@ -289,6 +297,7 @@ def test_gc_index_rebuild_racing_a_compaction_keeps_blobs_findable(tmp_path, chi
         problems.append(f"b current: {type(exc).__name__}: {exc}")
     assert got == value("b3", 450), problems
     assert problems == []
+    assert [e.version for e in Store(s.root, dag=DAG).history("b").entries] == [4]
 
 
 def _reads(reader: Store, values: list[Any]) -> list[str]:
@@ -437,3 +446,52 @@ def test_writes_never_fail_while_gc_replaces_the_blob_index(tmp_path):
         assert [e.version for e in history] == list(range(written, 0, -1))
         assert store.get("copy").value == values[(written - 1) % len(values)]
         assert store.check().ok
+
+
+_BIG = {"pad": "x" * 300}  # deduplicated through the blob index (>= DEDUP_MIN_BYTES)
+
+
+@pytest.mark.parametrize("rewrite", ["compact", "import overwrite"])
+def test_a_rewrite_beside_gc_s_index_rebuild_keeps_moved_values_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rewrite: str
+) -> None:
+    """Found by a review (it predates the review's session): gc's index rebuild read a's log,
+    then a compaction of a (another process) moved its blob frames and recorded their new
+    places in the index, then the rebuild replaced the index without them. b, whose entry
+    points at a's copy of the value (its hint stale since the move), read as damaged until
+    a repair. Rewrites now hold gc.lock shared: this one waits for gc, then records."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    s.set("a", "first")
+    s.set("a", _BIG)  # after a frame a rewrite leaves out (version 1's entry): it moves
+    s.set("a", "small again")
+    s.set("b", _BIG)  # b's entry points at a's copy
+    lines = list(export_lines(s, scope="dag", namespace="d"))
+    history = lines[:1] + [line for line in lines[1:] if b'"key":"a"' in line]  # a's alone
+    a_log = log_path(root, "dag", "d", "a")
+    real = blobindex.BlobIndex._durable_bytes
+    meanwhile: list[threading.Thread] = []
+
+    def run_rewrite() -> None:
+        other = Store(root, dag="d")
+        if rewrite == "compact":
+            other.compact(prefix="a", keep_last=1)
+        else:  # the same history again: a's log is rewritten, its blob frames moved
+            import_lines(other, lambda: history, on_conflict="overwrite")
+
+    def read_then_rewrite(self: blobindex.BlobIndex, path: str, durable: bool) -> bytes:
+        data = real(self, path, durable)
+        if path == a_log and not meanwhile:
+            meanwhile.append(threading.Thread(target=run_rewrite))
+            meanwhile[0].start()
+            meanwhile[0].join(0.5)  # as far as it gets while gc holds gc.lock
+        return data
+
+    monkeypatch.setattr(blobindex.BlobIndex, "_durable_bytes", read_then_rewrite)
+    Store(root, dag="d").gc(grace_seconds=0)
+    monkeypatch.undo()
+    assert meanwhile
+    meanwhile[0].join(30)
+    assert not meanwhile[0].is_alive()
+    assert Store(root, dag="d").get("b").value == _BIG
+    assert Store(root, dag="d").get("a").value == "small again"
