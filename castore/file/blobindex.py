@@ -89,10 +89,8 @@ class BlobIndex:
     """Digest -> :class:`BlobLoc` (``log`` relative to ``refs/``) for one store.
 
     Thread-safe (one lock guards the cached shards); one per Store handle.
-    Safe across processes: each append is one ``O_APPEND`` write (never
-    interleaved with another's, no lock: a record appended to a shard a
-    rebuild just replaced is lost, a lost chance to deduplicate), and readers
-    verify every frame.
+    Safe across processes: each append is one ``O_APPEND`` write, never split
+    by another's, without a lock (FORMAT.md §5), and readers verify every frame.
     """
 
     def __init__(self, root: str, fs: Tree) -> None:

@@ -20,6 +20,7 @@ readers and writers carry on while compaction runs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -146,11 +147,9 @@ def compact(
     for ref in list(_refs(backend, retention)):
         examined += 1
         plan = _Plan(keep_last, cutoff, policy)
-        if dry_run:
+        moving = contextlib.nullcontext() if dry_run else backend.layout.gc_locked(shared=True)
+        with moving:  # a rewrite moves blobs: gc's index rebuild waits (FORMAT.md §8)
             size, size_after = _compact_one(backend, ref, plan, dry_run)
-        else:
-            with backend.layout.gc_locked(shared=True):  # gc's index rebuild waits (§8)
-                size, size_after = _compact_one(backend, ref, plan, dry_run)
         before += size
         after += size_after
         if plan.dropped:

@@ -111,8 +111,7 @@ class KeptLogs:
     def locked(self, log: RefLog) -> Held:
         """``log`` locked exclusively (``with``), on a kept descriptor if one is still current.
 
-        The header is not checked here: the writer checks it unless the file is
-        exactly the one this handle last read or wrote (its read cache's ``stat``).
+        The log's header is the writer's to check (FORMAT.md §6 step 1).
 
         Raises:
             LockTimeoutError: the lock stayed taken for the lock timeout.

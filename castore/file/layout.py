@@ -54,6 +54,7 @@ class Layout:
         self.durable = durable
         self.lock_timeout = lock_timeout
         self.refs = os.path.join(root, "refs")
+        self.gc_lock = os.path.join(root, "gc.lock")  # §8: gc exclusive, others shared
         self._chosen = mode is not None
         self.fs = Tree(root, MODES[mode] if mode is not None else PRIVATE)
         self.present = False  # a store is here and its FORMAT was checked
@@ -187,9 +188,8 @@ class Layout:
         Raises:
             LockTimeoutError: it stayed taken for the lock timeout.
         """
-        path = os.path.join(self.root, "gc.lock")
         flags = os.O_RDWR | os.O_CREAT
-        return self.fs.open_locked(path, flags, shared=shared, timeout=self.lock_timeout)
+        return self.fs.open_locked(self.gc_lock, flags, shared=shared, timeout=self.lock_timeout)
 
     def ns_dir(self, scope: str, namespace: str) -> str:
         """The directory of a namespace's logs, ``KEYS`` and ``GRAVES``."""

@@ -384,8 +384,7 @@ class _GcShare:
 
     def __call__(self) -> bool:
         if self._fd == -2:
-            path = os.path.join(self._layout.root, "gc.lock")
-            fd = self._layout.fs.open(path, os.O_RDWR | os.O_CREAT)
+            fd = self._layout.fs.open(self._layout.gc_lock, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
