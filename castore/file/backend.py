@@ -140,9 +140,14 @@ class FileBackend:
         return self.names.graveyard(scope, namespace)
 
     def rewrite(
-        self, path: str, transform: Transform, *, keep_copy: str | None = None
+        self,
+        path: str,
+        transform: Transform,
+        *,
+        keep_copy: str | None = None,
+        gc_held: bool = False,
     ) -> list[Frame] | None:
-        """Replace the log at ``path`` with ``transform(log)`` (:meth:`RefLog.rewrite`)."""
+        """:meth:`RefLog.rewrite` holding ``gc.lock`` shared unless ``gc_held`` (FORMAT.md §8)."""
         self._cache.stale(path)
 
         def marked(log: LogBytes) -> list[tuple[int, bytes]] | None:
@@ -151,12 +156,14 @@ class FileBackend:
                 pending_rewrite(self.fs, path, log)
             return wanted
 
-        return RefLog(self.layout, self._blobs, path).rewrite(marked, keep_copy=keep_copy)
+        with self.layout.gc_locked(shared=True, held=gc_held):
+            return RefLog(self.layout, self._blobs, path).rewrite(marked, keep_copy=keep_copy)
 
-    def rebuild_blob_index(self) -> int:
-        """Rewrite the blob index from the blob frames of every log; return their number."""
-        logs = ((p, self.rel(p)) for p in self.iter_logs())
-        return self._blobs.rebuild(logs, durable=self.durable)
+    def rebuild_blob_index(self, *, gc_held: bool = False) -> int:
+        """Rebuild the blob index from every log (count its blobs); ``gc.lock`` as gc holds it."""
+        with self.layout.gc_locked(shared=False, held=gc_held):
+            logs = ((p, self.rel(p)) for p in self.iter_logs())
+            return self._blobs.rebuild(logs, durable=self.durable)
 
     # -- reading -------------------------------------------------------------------------
 

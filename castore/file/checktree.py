@@ -13,7 +13,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Final, Protocol
 
-from castore.errors import CastoreError, UnsafePathError
+from castore.errors import CastoreError, LockTimeoutError, UnsafePathError
 from castore.file.blobindex import decode_loc
 from castore.file.frames import Frame, classify, scan_frames
 from castore.file.graves import Graveyard, floor_after_damage
@@ -366,6 +366,18 @@ def check_index(checker: Checking) -> None:
             except CastoreError:
                 ok = False
             stale += not ok
+    rebuilt = False
+    if checker.repair and (stale or checker.unindexed):
+        try:  # holding gc.lock exclusively: no rewrite moves blobs meanwhile (FORMAT.md §8)
+            backend.rebuild_blob_index()
+            rebuilt = True
+        except LockTimeoutError:
+            checker.found(
+                backend.layout.gc_lock,
+                f"locked by another process for {backend.lock_timeout:g} s: "
+                "the blob index was not rebuilt",
+                "none: run check --repair again once that process ends",
+            )
     if stale:
         # Harmless (every location is verified before use; a stale one only costs a
         # chance to deduplicate), so reported as information.
@@ -373,11 +385,9 @@ def check_index(checker: Checking) -> None:
             folder,
             f"{stale} stale or damaged blob index records",
             "rebuild the index",
-            checker.repair,
+            rebuilt,
             severity="info",
         )
     if checker.unindexed:  # values it does not lead to: reads of them fail until rebuilt
         problem = f"the blob index does not lead to {checker.unindexed} intact value(s)"
-        checker.found(folder, problem, "rebuild the index", checker.repair)
-    if checker.repair and (stale or checker.unindexed):
-        backend.rebuild_blob_index()
+        checker.found(folder, problem, "rebuild the index", rebuilt)

@@ -181,7 +181,7 @@ def _compact_one(backend: FileBackend, ref: Ref, plan: _Plan, dry_run: bool) -> 
             result = None
         # sized as the real run lays the log out (relaid re-encodes moved blob locations)
         return size, size if result is None else len(relaid(result))
-    backend.rewrite(path, _bury_first(backend, ref, plan))
+    backend.rewrite(path, _bury_first(backend, ref, plan), gc_held=True)
     return size, _size(backend.fs, path)
 
 

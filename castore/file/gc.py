@@ -130,7 +130,7 @@ def _mark_and_sweep(
     cutoff = time.time() - grace_seconds
     for path in logs:  # sweep, each log under its own lock
         sweep = _Sweep(path, live, cutoff, dry_run)
-        result = backend.rewrite(path, sweep.transform)
+        result = backend.rewrite(path, sweep.transform, gc_held=True)
         for name, value in sweep.counts.items():
             counts[name] += value
         if result == []:
@@ -141,7 +141,7 @@ def _mark_and_sweep(
             progress(1)
     leftovers = _remove_leftovers(backend.fs, backend.root, cutoff, dry_run)
     if not dry_run:
-        backend.rebuild_blob_index()
+        backend.rebuild_blob_index(gc_held=True)
     return removed_logs, leftovers
 
 

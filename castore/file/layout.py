@@ -177,17 +177,23 @@ class Layout:
         check_format(marker, read_format(self.fs, marker) or "")
         self.present = True
 
-    def gc_locked(self, *, shared: bool) -> contextlib.AbstractContextManager[int]:
+    def gc_locked(
+        self, *, shared: bool, held: bool = False
+    ) -> contextlib.AbstractContextManager[int | None]:
         """Hold ``gc.lock`` (FORMAT.md §8): exclusively for gc, shared for a rewrite.
 
-        A rewrite that moves blobs (compaction, an import's overwrite) records
-        their new locations in the blob index before its rename; gc's rebuild of
-        the index, if it read that log before the rename, would drop them. So
-        rewrites hold it shared, taken before the log's lock (gc's order).
+        A rewrite moves blobs (compaction, an import's overwrite, a repair) and
+        records their new locations in the blob index before its rename; a
+        rebuild of the index (gc's, a repair's), if it read that log before the
+        rename, would drop them. So rewrites hold it shared, taken before the
+        log's lock (gc's order), and rebuilds exclusively. ``held``: the caller
+        holds it already (nothing is taken).
 
         Raises:
             LockTimeoutError: it stayed taken for the lock timeout.
         """
+        if held:
+            return contextlib.nullcontext()
         flags = os.O_RDWR | os.O_CREAT
         return self.fs.open_locked(self.gc_lock, flags, shared=shared, timeout=self.lock_timeout)
 

@@ -23,12 +23,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from castore import Store
-from castore.errors import LockTimeoutError
+from castore.errors import CorruptionError, LockTimeoutError
 from castore.file import tree as tree_module
+from castore.reports import Finding
 
 pytestmark = pytest.mark.integration
 
@@ -278,3 +280,49 @@ def test_a_compaction_killed_after_taking_a_deleted_key_out_of_keys_is_no_error(
         assert store.compact(keep_last=1, keep_within_seconds=0).keys_removed == 1  # ends it
         assert [f for f in store.check().findings if f.path.endswith(".log")] == []
         assert [e.key for e in store.list("").entries] == ["kept"]
+
+
+def test_a_repair_waits_for_gc_before_it_moves_blobs(tmp_path):
+    """A repair's log rewrite moves blob frames and its index rebuild replaces the shards,
+    so both hold gc.lock (shared, exclusive; FORMAT.md §8) as compaction and gc do: held
+    by a stopped gc, neither runs, the report says why, and nothing is changed."""
+    root = str(tmp_path / "store")
+    with Store(root, dag="d") as store:
+        store.set("a", 1)
+        store.set("a", 2)
+        store.set("big", {"pad": "x" * 300})  # >= DEDUP_MIN_BYTES: an index shard
+    log = next(p for p in _log_of(root, 2) if Path(p).read_bytes().count(b'"version"') == 2)
+    with open(log, "r+b") as f:  # damage the newest entry's last byte
+        f.seek(-2, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-2, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x01]))
+    (shard,) = glob.glob(os.path.join(root, "index", "*.idx"))
+    with open(shard, "ab") as fh:
+        fh.write(b"junk")
+    before = {p: Path(p).read_bytes() for p in [log, shard]}
+    holder = os.open(os.path.join(root, "gc.lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a gc stopped between its mark and its sweep
+    try:
+        with Store(root, dag="d", lock_timeout=0.3) as store:
+            report = store.check(repair=True)
+    finally:
+        os.close(holder)
+    assert not report.ok
+    by_path: dict[str, list[Finding]] = {}
+    for finding in report.findings:
+        by_path.setdefault(finding.path, []).append(finding)
+    rel = os.path.relpath(log, root)
+    assert by_path[rel][-1].problem == "gc.lock locked by another process for 0.3 s: not repaired"
+    assert not any(f.repaired for f in by_path[rel])
+    assert [(f.problem, f.repaired) for f in by_path["gc.lock"]] == [
+        ("locked by another process for 0.3 s: the blob index was not rebuilt", False)
+    ]
+    assert not any(f.repaired for f in by_path[os.path.relpath(os.path.dirname(shard), root)])
+    assert {p: Path(p).read_bytes() for p in [log, shard]} == before
+    with Store(root, dag="d") as store:  # once gc is gone, the repair runs
+        assert store.check(repair=True).ok
+        assert [f.problem for f in store.check().findings if f.severity != "info"] == []
+        with pytest.raises(CorruptionError, match="versions 2-6 lost"):  # never served older
+            store.get("a")
+        assert store.get("big").value == {"pad": "x" * 300}
