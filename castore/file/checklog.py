@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
-from castore.file import versionindex
+from castore.file import checkread, versionindex
 from castore.file.blobsearch import BlobSearch
 from castore.file.damage import (
     RepairPlan,
@@ -93,7 +93,7 @@ class LogChecker:
 
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         """Check one log of ``scope`` (``keys``: its namespace's KEYS); repair if asked."""
-        data, vix, file = versionindex.log_and_index(self.fs, path, self.timeout)
+        data, vix, file = checkread.log_and_index(self.fs, path, self.timeout)
         log = classify(data)
         frames = log.frames
         nsdir = os.path.dirname(path)
@@ -145,7 +145,7 @@ class LogChecker:
             drop = {*bad_blobs, *disordered}
             plan = RepairPlan(drop, new_header, lost_by_index, lost_values, grave, own)
             self.repair_log(path, problems, plan, known_ref=header is not None)
-        elif vix is not None and not versionindex.rebuild(frames).startswith(vix):
+        elif vix is not None and not versionindex.rebuild(frames, len(data)).startswith(vix):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
             self.found(path, "version index out of step", "rebuild it", self.repair, "info")
             if self.repair:

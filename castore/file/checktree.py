@@ -317,9 +317,12 @@ def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:
         with checker.fs.open_locked(keys_path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
             if not os.fstat(fd).st_size or _names_namespace(checker.fs, keys_path, nsdir):
                 return  # empty: that write has not appended yet, or never committed
-    except FileNotFoundError:
-        if not checker.fs.listdir(nsdir):  # harmless: a first write that wrote nothing (a
-            return  # guard failed); never removed (a long-lived handle may hold it open)
+    except FileNotFoundError:  # harmless where no key was ever written: a first write that
+        # wrote nothing (a guard failed), then maybe a list that recorded the namespace in
+        # STATE; never removed (a long-lived handle may hold it open). What STATE says
+        # of lost logs is checked apart (checklost.py).
+        if set(checker.fs.listdir(nsdir)) <= {"STATE"}:
+            return
     recovered = None
     for file in sorted(checker.fs.listdir(nsdir)):
         path = os.path.join(nsdir, file)

@@ -21,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import time
 from collections.abc import Iterable
-from typing import NamedTuple
 
-from castore.errors import CorruptionError, LockTimeoutError, UnsafePathError
+from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio, logread
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
@@ -37,14 +35,14 @@ __all__ = [
     "COMPACTED",
     "MAX_INDEXED_VERSION",
     "MAX_OFFSET",
+    "MIN_INDEX_BYTES",
     "VIX_RECORD_BYTES",
-    "LogState",
     "cut_above",
     "cut_error",
     "cut_evidence",
     "cut_in",
     "highest_recorded",
-    "log_and_index",
+    "index_limit",
     "lookup",
     "lookup_range",
     "may_record_beyond",
@@ -60,6 +58,7 @@ VIX_RECORD_BYTES = 8  # one u64le per version
 COMPACTED = 1  # marker: version dropped by compaction (no frame can start at offset 1)
 ABSENT = 2  # marker: this log never held the version
 MAX_INDEXED_VERSION = 1 << 24  # 128 MiB of index at most; higher versions are found by a scan
+MIN_INDEX_BYTES = 1 << 20  # an index may always cover the first 131,072 versions
 _REC = struct.Struct("<Q")
 MAX_OFFSET = 1 << 62  # larger values are damage (pread takes a signed 64-bit offset)
 
@@ -209,17 +208,32 @@ def record_cut(fs: Tree, vix: str, version: int, offset: int) -> None:
         os.close(fd)
 
 
-def rebuild(frames: Iterable[Frame]) -> bytes:
-    """The whole index content for a log's frames (from :func:`castore.file.logread.scan`)."""
+def index_limit(log_size: int) -> int:
+    """The highest version the index of a log of ``log_size`` bytes covers (FORMAT.md §5).
+
+    An index is never larger than its log, or :data:`MIN_INDEX_BYTES`: a log whose
+    versions start far up (an import, a key made again after compaction removed it)
+    would otherwise make it mostly markers, 8 bytes for every version below.
+    """
+    return min(MAX_INDEXED_VERSION, max(MIN_INDEX_BYTES, log_size) // VIX_RECORD_BYTES)
+
+
+def rebuild(frames: Iterable[Frame], log_size: int) -> bytes:
+    """The whole index content for a log's frames (from :func:`castore.file.logread.scan`).
+
+    ``log_size``: the log's size in bytes, which bounds the versions it covers
+    (:func:`index_limit`).
+    """
+    limit = index_limit(log_size)
     offsets: dict[int, int] = {}
     for frame in frames:
         if frame.kind == KIND_ENTRY:
             version = decode_entry(frame.payload).version
-            if 1 <= version <= MAX_INDEXED_VERSION:
+            if 1 <= version <= limit:
                 offsets[version] = frame.start
         elif frame.kind == KIND_COMPACTED:
             for low, high in decode_compaction(frame.payload).versions:
-                for version in range(max(low, 1), min(high, MAX_INDEXED_VERSION) + 1):
+                for version in range(max(low, 1), min(high, limit) + 1):
                     offsets.setdefault(version, COMPACTED)
     if not offsets:
         return b""
@@ -244,9 +258,10 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
     Raises:
         OSError: the index cannot be opened or written (a read-only store).
     """
-    if not os.fstat(log_fd).st_nlink:
+    st = os.fstat(log_fd)
+    if not st.st_nlink:
         return -1
-    want = min(want, MAX_INDEXED_VERSION)
+    want = min(want, index_limit(st.st_size))
     fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
     try:
         if os.fstat(fd).st_size // VIX_RECORD_BYTES < want:
@@ -267,34 +282,54 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
 
 
 def _extend(fd: int, log_fd: int, want: int) -> None:
+    """Append the records the index lacks: the log's entries after its last indexed one.
+
+    Where that cannot be done record by record (no index yet, its last record a
+    marker, or a version missing in between), the log is read whole and the part
+    of :func:`rebuild` past the index is appended, if what the index holds is
+    the start of it; else the index is out of step with the log and is left for
+    check, which reads an index naming versions the log lost as evidence of a
+    cut (FORMAT.md §7). Lookups scan meanwhile.
+    """
     top = os.fstat(fd).st_size // VIX_RECORD_BYTES
     if top >= want:
         return  # another reader extended it while we waited for the lock
-    start = -1
+    size = os.fstat(log_fd).st_size
     offset = lookup(fd, top) if top else None
     if offset is not None and offset not in (COMPACTED, ABSENT):
         found = logread.entry_at(log_fd, offset)
         if found is not None and found[0].version == top:
-            start = found[1]
-    if start < 0 and top:
-        # Out of step with the log: leave it for check, which reads an index that names
-        # versions the log lost as evidence of a cut (FORMAT.md §7); lookups scan.
-        return
-    if start < 0:  # empty: build it from a full scan
-        os.pwrite(fd, rebuild(logread.scan(log_fd)[1].frames), 0)
-        return
-    size = os.fstat(log_fd).st_size
+            table = _appended(log_fd, found[1], size, top)
+            if table is not None:
+                os.pwrite(fd, table, top * VIX_RECORD_BYTES)
+                return
+    whole = rebuild(logread.scan(log_fd)[1].frames, size)
+    held = top * VIX_RECORD_BYTES
+    if len(whole) > held and fileio.read_at(fd, 0, held) == whole[:held]:
+        os.pwrite(fd, whole[held:], held)
+
+
+def _appended(log_fd: int, start: int, size: int, top: int) -> bytes | None:
+    """The records of the entries from ``start`` on, which follow version ``top``.
+
+    None if a version is missing between them (a rebuild decides its marker).
+    """
+    limit = index_limit(size)
     table = bytearray()
     last = top
     for frame in scan_frames(fileio.read_at(log_fd, start, size - start), start):
         if frame.kind != KIND_ENTRY:
             continue
         version = decode_entry(frame.payload).version
-        if last < version <= MAX_INDEXED_VERSION:
-            table += _REC.pack(ABSENT) * (version - last - 1) + _REC.pack(frame.start)
-            last = version
-    if table:
-        os.pwrite(fd, bytes(table), top * VIX_RECORD_BYTES)
+        if version <= last:
+            continue  # out of order: readers and check judge it, the index skips it
+        if version > limit:
+            break
+        if version != last + 1:
+            return None
+        table += _REC.pack(frame.start)
+        last = version
+    return bytes(table)
 
 
 def cut_evidence(fs: Tree, path: str, fd: int, newest: int, end: int) -> int:
@@ -346,54 +381,3 @@ def cut_in(data: bytes, frames: list[Frame]) -> int:
         for _, high in decode_compaction(f.payload).versions
     ]
     return top if top > max(dropped, default=0) else 0
-
-
-class LogState(NamedTuple):
-    """A log and its index read as one state (:func:`log_and_index`)."""
-
-    data: bytes  # the log's bytes
-    vix: bytes | None  # its index's; None when absent or not a regular file
-    file: tuple[int, int]  # the log's (device, inode): which file was read
-
-
-def log_and_index(fs: Tree, path: str, timeout: float) -> LogState:
-    """The bytes of the log at ``path`` and of its index, as one state (for ``check``).
-
-    Read under the log's shared lock (no write or rewrite between the two
-    reads: a write and a reader indexing it in between would make the index
-    name versions beyond the log read before, a false cut) and the index's
-    (no reader extending it mid-read). The index's lock is only taken when
-    free, before the log is read: a reader extending a large index holds it
-    for a while, and waiting for it with the log locked would make writers
-    wait too; so the log's lock is let go and both are taken again after a
-    pause. The index is None when absent or not a regular file (check
-    reports a planted one apart).
-
-    Raises:
-        LockTimeoutError: a writer held the log or a reader its index for ``timeout``.
-        FileNotFoundError: the log is gone (a compaction removed it).
-    """
-    vix = vix_path(path)
-    deadline = time.monotonic() + timeout
-    pause, longest = fileio.SHORT_PAUSES
-    while True:
-        left = max(0.0, deadline - time.monotonic())
-        with fs.open_locked(path, os.O_RDONLY, timeout=left, shared=True) as fd:
-            st = os.fstat(fd)
-            file = (st.st_dev, st.st_ino)
-            try:
-                vfd = fs.open(vix, os.O_RDONLY)
-            except (FileNotFoundError, UnsafePathError):
-                return LogState(fileio.read_at(fd, 0, st.st_size), None, file)
-            try:
-                # A replaced index (a rewrite, under the log's exclusive lock) or a
-                # removed one (a reader's, of a stale index): open both again.
-                if fileio.try_lock(vfd, shared=True) and fs.names(vix, vfd):
-                    data = fileio.read_at(fd, 0, st.st_size)
-                    return LogState(data, fileio.read_at(vfd, 0, os.fstat(vfd).st_size), file)
-            finally:
-                os.close(vfd)  # and its lock
-        if time.monotonic() >= deadline:
-            raise LockTimeoutError(vix, timeout)
-        time.sleep(pause)
-        pause = min(pause * 2, longest)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from castore import Store
+from castore import ConflictError, Store
 from castore.audit import audit
 from castore.transfer import export_lines, import_lines
 from tests.helpers import keys_path
@@ -82,3 +82,27 @@ def test_lost_keys_and_graves_files_still_export_the_removed_key(tmp_path: Path)
     (nsdir / "KEYS").unlink()
     (nsdir / "GRAVES").unlink()
     assert _answers(damaged) == _answers(twin)
+
+
+def test_a_namespace_only_a_refused_write_and_a_list_saw_is_no_finding(tmp_path: Path) -> None:
+    """Found by the store model's new teardown check (eighteenth session): a conditional
+    write refused in a new namespace made its directory, a list then recorded the empty
+    namespace in STATE, and check reported "KEYS does not name its namespace" (exit 1) for
+    a store nothing was wrong with. A KEYS lost beside a GRAVES is still reported."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    s.set("a", 0)
+    with pytest.raises(ConflictError):
+        s.set("a", 1, scope="custom", namespace="other", expected_version=1)
+    assert s.list(scope="custom", namespace="other").entries == []
+    nsdir = Path(keys_path(root, "custom", "other")).parent
+    assert sorted(p.name for p in nsdir.iterdir()) == ["STATE"]
+    assert s.check().findings == []
+    _build(tmp_path / "removed")  # "gone" removed by compaction: its name is in GRAVES
+    removed = Store(tmp_path / "removed", dag="d")
+    removed.gc(grace_seconds=0)
+    gone_dir = Path(keys_path(tmp_path / "removed", "dag", "d")).parent
+    for path in gone_dir.iterdir():
+        if path.name.endswith((".log", ".vix")) or path.name == "KEYS":
+            path.unlink()
+    assert "KEYS does not name its namespace" in [f.problem for f in removed.check().findings]

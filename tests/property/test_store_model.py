@@ -93,6 +93,10 @@ class StoreMachine(RuleBasedStateMachine):
         return Store(self.root, dag=DAG, durable=False)
 
     def teardown(self) -> None:
+        # What the run left is healthy, derived files included: readers extended each
+        # version index as a rebuild would have made it (FORMAT.md §5).
+        report = self.stores[0].check()
+        assert [f for f in report.findings if f.severity != "info" or "index" in f.problem] == []
         for store in self.stores:
             store.close()
         self._dropped.close()

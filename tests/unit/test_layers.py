@@ -127,6 +127,7 @@ FILE_LAYERS = {
     "reflog": 4,
     "readers": 4,  # the logs kept open for version reads
     "checktree": 4,
+    "checkread": 4,  # a log and its version index as one state, for check
     # reading and writing; maintenance (handed the FileBackend that calls it)
     "kept": 5,
     "logversions": 5,  # every version of one log, for export

@@ -1,0 +1,120 @@
+"""A key's version index stays bounded by its log, and keeps up with a key made again.
+
+Found in the eighteenth session. One line of an import file naming version 16,777,000
+made the first ``get --version`` of that key build a 128 MiB ``.vix`` of "never in
+this log" markers (12 s of CPU, 128 MiB of disk for a 331-byte log): hostile input
+amplified 400,000 times. And a key that compaction removed and a later ``set`` made
+again kept the index of its first life (the removed versions) for good: no reader
+extended it past those markers, so every ``get --version`` and history page of the new
+life scanned the whole log (22 ms instead of microseconds after 3,000 versions).
+
+Now an index covers versions only up to ``max(1 MiB, log size) / 8`` (FORMAT.md §5),
+higher ones are found by a scan of the (then small) log, and an index a reader cannot
+extend from its last record is rebuilt from the log when it is a prefix of what a
+rebuild gives (else it is evidence of a cut, left for check). The oracles: every
+answer equals the one a fresh store with the same history gives, the index's size,
+and ``check`` finding nothing, not even an index out of step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from castore import CorruptionError, NotFoundError, Store
+from castore.file import versionindex
+from castore.transfer import export_lines, import_lines
+from tests.helpers import log_path
+
+pytestmark = pytest.mark.integration
+
+FAR = 16_777_000  # just below the highest version an index may hold (2**24)
+
+
+def _vix(root: Path, key: str) -> Path:
+    return Path(versionindex.vix_path(str(log_path(root, "dag", "d", key))))
+
+
+def _import(root: Path, first: int, on_conflict: str = "refuse") -> None:
+    source = Store(root.parent / f"source-{first}", dag="d")
+    source.set("k", "placeholder")
+    lines = [
+        line.replace(b'"version":1,', f'"version":{first},'.encode())
+        for line in export_lines(source, scope="dag", namespace="d")
+    ]
+    assert any(f'"version":{first},'.encode() in line for line in lines)
+    import_lines(Store(root, dag="d"), lambda: lines, on_conflict=on_conflict)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", ["import", "import overwrite"])
+def test_a_key_imported_far_up_gets_no_index_larger_than_a_mebibyte(
+    tmp_path: Path, how: str
+) -> None:
+    root = tmp_path / "store"
+    if how == "import overwrite":
+        Store(root, dag="d").set("k", "before")
+    _import(root, FAR, "overwrite" if how == "import overwrite" else "refuse")
+    s = Store(root, dag="d")
+    assert s.get("k", version=FAR).value == "placeholder"
+    assert [e.version for e in s.history("k").entries] == [FAR]
+    with pytest.raises(NotFoundError, match=f"has no version {FAR - 1}"):
+        s.get("k", version=FAR - 1)
+    assert s.set("k", "next").version == FAR + 1
+    assert s.get("k", version=FAR + 1).value == "next"
+    assert [e.version for e in s.history("k").entries] == [FAR + 1, FAR]
+    vix = _vix(root, "k")
+    assert not vix.exists() or vix.stat().st_size <= 1 << 20
+    assert s.check().findings == []
+
+
+def test_a_key_made_again_after_compaction_removed_it_is_indexed_again(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    for n in range(50):
+        s.set("k", n)
+    s.delete("k")
+    assert s.compact(keep_last=1, keep_within_seconds=0).keys_removed == 1
+    first_life = _vix(root, "k").stat().st_size  # markers for versions 1-51
+    for n in range(300):
+        s.set("k", {"n": n})
+    newest = s.history("k", limit=1).entries[0].version
+    assert newest == 52 + 299
+    assert s.get("k", version=newest - 10).value == {"n": 289}
+    # the index now leads to the new life's versions: it covers the newest one
+    assert _vix(root, "k").stat().st_size == newest * versionindex.VIX_RECORD_BYTES > first_life
+    page = s.history("k", limit=5, before_version=newest - 100).entries
+    assert [e.version for e in page] == list(range(newest - 101, newest - 106, -1))
+    with pytest.raises(NotFoundError, match="version 51 was compacted"):
+        s.get("k", version=51)
+    assert s.check().findings == []
+
+
+def test_an_index_out_of_step_is_left_alone_as_evidence(tmp_path: Path) -> None:
+    """An index whose last record is not where the log says (a cut, FORMAT.md §7) is not
+    rebuilt by a reader: the rebuild would drop the evidence."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    for n in range(5):
+        s.set("k", n)
+    s.history("k")  # indexed up to version 5
+    vix = _vix(root, "k")
+    before = vix.read_bytes()
+    log = log_path(root, "dag", "d", "k")
+    frames_end = os.path.getsize(log)
+    s.set("k", 5)  # version 6, then cut off the log by hand at version 5's end
+    os.truncate(log, frames_end)
+    with open(vix, "r+b") as fh:  # a reader had indexed version 6 before the cut
+        fh.seek(len(before))
+        fh.write((frames_end).to_bytes(8, "little"))
+    evidence = vix.read_bytes()
+    fresh = Store(root, dag="d")
+    for version in (3, 7, 8):  # 7, 8: past the index, so a reader would extend it
+        with contextlib.suppress(NotFoundError, CorruptionError):
+            fresh.get("k", version=version)
+    with pytest.raises(CorruptionError, match="no longer holds versions up to 6"):
+        fresh.get("k")
+    assert vix.read_bytes() == evidence
+    assert not fresh.check().ok
