@@ -25,9 +25,10 @@ import msgspec
 
 from castore.backend import Progress
 from castore.errors import LockTimeoutError, RecordError
+from castore.file.checkkeys import check_keys_header
 from castore.file.checklog import LogChecker
 from castore.file.checklost import check_lost_log, gone_logs, recorded_logs
-from castore.file.checktree import check_graves, check_index, check_keys_header, planted
+from castore.file.checktree import check_graves, check_index, planted
 from castore.file.keyindex import KeyIndex
 from castore.reports import CheckReport
 

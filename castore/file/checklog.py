@@ -145,7 +145,7 @@ class LogChecker:
             drop = {*bad_blobs, *disordered}
             plan = RepairPlan(drop, new_header, lost_by_index, lost_values, grave, own)
             self.repair_log(path, problems, plan, known_ref=header is not None)
-        elif vix is not None and not versionindex.rebuild(frames, len(data)).startswith(vix):
+        elif vix is not None and not versionindex.rebuild(frames).startswith(vix):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
             self.found(path, "version index out of step", "rebuild it", self.repair, "info")
             if self.repair:

@@ -1,4 +1,4 @@
-"""The checks of a store's tree outside the logs: GRAVES, KEYS headers, the blob index.
+"""The checks of a store's tree outside the logs: GRAVES, the blob index, planted files.
 
 Part of ``check`` (castore/file/check.py), which passes its checker in: findings
 and repairs follow the same rules (docs/FORMAT.md §5, §7).
@@ -17,14 +17,11 @@ from castore.errors import CastoreError, LockTimeoutError, UnsafePathError
 from castore.file.blobindex import decode_loc
 from castore.file.frames import Frame, classify, scan_frames
 from castore.file.graves import Graveyard, floor_after_damage
-from castore.file.keyindex import KeyIndex, namespace_of
 from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
-    KIND_HEADER,
     decode_compaction,
     decode_entry,
-    decode_header,
 )
 from castore.file.tree import Tree
 from castore.keys import file_id
@@ -37,7 +34,6 @@ __all__ = [
     "Checking",
     "check_graves",
     "check_index",
-    "check_keys_header",
     "frames_of",
     "planted",
 ]
@@ -300,47 +296,6 @@ def check_graves_against_logs(checker: Checking, nsdir: str, records: dict[str, 
                 f"(GRAVES: {last})",
                 "none: the versions are already stored",
             )
-
-
-def _names_namespace(fs: Tree, keys_path: str, nsdir: str) -> bool:
-    namespace = namespace_of(keys_path, fs)
-    return namespace is not None and file_id(namespace) == os.path.basename(nsdir)
-
-
-def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:
-    """KEYS must name the namespace its directory is named after (export, audit need it)."""
-    keys_path = os.path.join(nsdir, "KEYS")
-    if _names_namespace(checker.fs, keys_path, nsdir):
-        return
-    try:  # a first write may be creating it: again, under its lock (held while appending)
-        timeout = checker.backend.lock_timeout
-        with checker.fs.open_locked(keys_path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
-            if not os.fstat(fd).st_size or _names_namespace(checker.fs, keys_path, nsdir):
-                return  # empty: that write has not appended yet, or never committed
-    except FileNotFoundError:  # harmless where no key was ever written: a first write that
-        # wrote nothing (a guard failed), then maybe a list that recorded the namespace in
-        # STATE; never removed (a long-lived handle may hold it open). What STATE says
-        # of lost logs is checked apart (checklost.py).
-        if set(checker.fs.listdir(nsdir)) <= {"STATE"}:
-            return
-    recovered = None
-    for file in sorted(checker.fs.listdir(nsdir)):
-        path = os.path.join(nsdir, file)
-        try:
-            if not file.endswith(".log") or not stat.S_ISREG(checker.fs.stat(path).st_mode):
-                continue
-            _, frames = frames_of(checker.fs, path)
-        except FileNotFoundError:
-            continue  # compaction removed it since the listing
-        header = next((f for f in frames if f.kind == KIND_HEADER), None)
-        if header is not None:
-            recovered = decode_header(header.payload).namespace
-            break
-    ok = recovered is not None and file_id(recovered) == os.path.basename(nsdir)
-    repair = "rewrite KEYS naming it (from a log header)" if ok else "none: no log names it"
-    checker.found(keys_path, "KEYS does not name its namespace", repair, checker.repair and ok)
-    if checker.repair and ok and recovered is not None:
-        KeyIndex(keys_path, checker.fs).rename_namespace(recovered, durable=checker.backend.durable)
 
 
 def check_index(checker: Checking) -> None:

@@ -322,7 +322,7 @@ class RefLog:
             os.close(fd)
         fileio.failpoint("rewrite-after-rename")
         frames = list(scan_frames(data))
-        fs.atomic_write(self.vix_path, versionindex.rebuild(frames, len(data)), durable=False)
+        fs.atomic_write(self.vix_path, versionindex.rebuild(frames), durable=False)
         return frames
 
     def rewrite(self, transform: Transform, *, keep_copy: str | None = None) -> list[Frame] | None:

@@ -12,7 +12,8 @@ from typing import Final
 
 import msgspec
 
-from castore.file.stateappend import KIND_PENDING, STATE_NAME
+from castore.file.frames import scan_frames
+from castore.file.stateappend import KIND_PENDING, LENGTH, STATE_NAME
 from castore.records import OP_DAMAGED, Entry
 from castore.results import ListEntry
 
@@ -30,6 +31,7 @@ __all__ = [
     "Row",
     "Settled",
     "boot_id",
+    "names_no_key",
     "settled_of",
 ]
 
@@ -85,6 +87,24 @@ def settled_of(key: str, entry: Entry | None) -> Settled | None:
     if not entry.live:
         return Settled(key, entry.version)
     return Settled(key, entry.version, entry.hash, entry.created_ns, entry.time_ns)
+
+
+def names_no_key(data: bytes) -> bool:
+    """True if ``STATE``'s bytes are whole and name no key: ``T`` frames, empty snapshots.
+
+    Whatever the boot: a ``STATE`` written before a reboot is not trusted for
+    its versions, yet a row of it still says a key was written.
+    """
+    frames = list(scan_frames(data[LENGTH.size :], LENGTH.size))
+    if (frames[-1].end if frames else LENGTH.size) != len(data):
+        return False  # damaged or cut: it may have named keys
+    try:
+        return all(
+            f.kind == KIND_EPOCH or (f.kind == KIND_SNAPSHOT and not ROWS.decode(f.payload))
+            for f in frames
+        )
+    except msgspec.DecodeError:
+        return False
 
 
 Known = dict[str, ListEntry | None]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Iterable
 
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio, logread
@@ -208,23 +207,21 @@ def record_cut(fs: Tree, vix: str, version: int, offset: int) -> None:
         os.close(fd)
 
 
-def index_limit(log_size: int) -> int:
-    """The highest version the index of a log of ``log_size`` bytes covers (FORMAT.md §5).
+def index_limit(log_end: int) -> int:
+    """The highest version the index of a log whose frames end at ``log_end`` covers.
 
-    An index is never larger than its log, or :data:`MIN_INDEX_BYTES`: a log whose
-    versions start far up (an import, a key made again after compaction removed it)
-    would otherwise make it mostly markers, 8 bytes for every version below.
+    An index is never larger than its log, or :data:`MIN_INDEX_BYTES` (FORMAT.md
+    §5): a log whose versions start far up (an import, a key made again after
+    compaction removed it) would otherwise make it mostly markers, 8 bytes for
+    every version below. ``log_end`` is where the intact frames end, not the
+    file's size: a torn tail a writer cuts later must not have counted.
     """
-    return min(MAX_INDEXED_VERSION, max(MIN_INDEX_BYTES, log_size) // VIX_RECORD_BYTES)
+    return min(MAX_INDEXED_VERSION, max(MIN_INDEX_BYTES, log_end) // VIX_RECORD_BYTES)
 
 
-def rebuild(frames: Iterable[Frame], log_size: int) -> bytes:
-    """The whole index content for a log's frames (from :func:`castore.file.logread.scan`).
-
-    ``log_size``: the log's size in bytes, which bounds the versions it covers
-    (:func:`index_limit`).
-    """
-    limit = index_limit(log_size)
+def rebuild(frames: list[Frame]) -> bytes:
+    """The whole index content for a log's intact frames (:func:`castore.file.logread.scan`)."""
+    limit = index_limit(frames[-1].end if frames else 0)
     offsets: dict[int, int] = {}
     for frame in frames:
         if frame.kind == KIND_ENTRY:
@@ -247,8 +244,9 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
     Writers never touch the index; the first reader that needs a version it
     lacks scans only the log bytes after the last indexed entry (or the whole
     log if the index does not match it) and appends the missing records, under
-    the index file's lock. An index that already covers ``want`` costs one
-    ``open`` and one ``fstat``. The caller closes the descriptor.
+    the index file's lock. An index that already covers ``want``, or a ``want``
+    above what an index of this log may hold, costs one ``open`` and one
+    ``fstat``. The caller closes the descriptor.
 
     -1 when the log on ``log_fd`` is no longer linked (a rewrite or gc
     replaced or removed it since the caller opened it): the index at ``vix``
@@ -261,7 +259,8 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
     st = os.fstat(log_fd)
     if not st.st_nlink:
         return -1
-    want = min(want, index_limit(st.st_size))
+    if want > index_limit(st.st_size):
+        want = 0  # not in any index of this log (yet): the caller scans
     fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
     try:
         if os.fstat(fd).st_size // VIX_RECORD_BYTES < want:
@@ -284,40 +283,42 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
 def _extend(fd: int, log_fd: int, want: int) -> None:
     """Append the records the index lacks: the log's entries after its last indexed one.
 
-    Where that cannot be done record by record (no index yet, its last record a
-    marker, or a version missing in between), the log is read whole and the part
-    of :func:`rebuild` past the index is appended, if what the index holds is
-    the start of it; else the index is out of step with the log and is left for
-    check, which reads an index naming versions the log lost as evidence of a
-    cut (FORMAT.md §7). Lookups scan meanwhile.
+    An index whose last record is not where the log has that version is out of
+    step with the log: it is left for check, which reads an index naming
+    versions the log lost as evidence of a cut (FORMAT.md §7); lookups scan.
+    Where the index cannot go on record by record (none yet, a marker last, a
+    version missing after it), the log is read whole and the part of
+    :func:`rebuild` past the index appended, if what the index holds is its start.
     """
     top = os.fstat(fd).st_size // VIX_RECORD_BYTES
     if top >= want:
         return  # another reader extended it while we waited for the lock
-    size = os.fstat(log_fd).st_size
     offset = lookup(fd, top) if top else None
     if offset is not None and offset not in (COMPACTED, ABSENT):
         found = logread.entry_at(log_fd, offset)
-        if found is not None and found[0].version == top:
-            table = _appended(log_fd, found[1], size, top)
-            if table is not None:
-                os.pwrite(fd, table, top * VIX_RECORD_BYTES)
-                return
-    whole = rebuild(logread.scan(log_fd)[1].frames, size)
+        if found is None or found[0].version != top:
+            return
+        table = _appended(log_fd, found[1], top)
+        if table is not None:
+            os.pwrite(fd, table, top * VIX_RECORD_BYTES)
+            return
+    whole = rebuild(logread.scan(log_fd)[1].frames)
     held = top * VIX_RECORD_BYTES
     if len(whole) > held and fileio.read_at(fd, 0, held) == whole[:held]:
         os.pwrite(fd, whole[held:], held)
 
 
-def _appended(log_fd: int, start: int, size: int, top: int) -> bytes | None:
+def _appended(log_fd: int, start: int, top: int) -> bytes | None:
     """The records of the entries from ``start`` on, which follow version ``top``.
 
     None if a version is missing between them (a rebuild decides its marker).
     """
-    limit = index_limit(size)
+    size = os.fstat(log_fd).st_size
+    frames = list(scan_frames(fileio.read_at(log_fd, start, size - start), start))
+    limit = index_limit(frames[-1].end if frames else start)
     table = bytearray()
     last = top
-    for frame in scan_frames(fileio.read_at(log_fd, start, size - start), start):
+    for frame in frames:
         if frame.kind != KIND_ENTRY:
             continue
         version = decode_entry(frame.payload).version

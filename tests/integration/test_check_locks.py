@@ -193,13 +193,13 @@ def test_a_repair_stopped_by_a_lock_is_not_reported_as_done(tmp_path):
 def test_a_log_replaced_after_check_read_it_is_not_missing_from_keys(tmp_path, monkeypatch):
     """check reads a key's log, then compaction removes the deleted key from KEYS
     and rewrites its log: the old read is no longer the key's state, so no error."""
-    from castore.file import checkread, checktree
+    from castore.file import checkkeys, checkread
 
     root = str(tmp_path / "store")
     with Store(root, dag="d") as store:
         store.set("kept", 0)
     other = Store(root, dag="d")
-    header = checktree.check_keys_header
+    header = checkkeys.check_keys_header
     read = checkread.log_and_index
 
     def key_made_after_keys_was_read(*args):

@@ -15,6 +15,7 @@ import pytest
 
 from castore import ConflictError, Store
 from castore.audit import audit
+from castore.file import statefile
 from castore.transfer import export_lines, import_lines
 from tests.helpers import keys_path
 
@@ -106,3 +107,25 @@ def test_a_namespace_only_a_refused_write_and_a_list_saw_is_no_finding(tmp_path:
         if path.name.endswith((".log", ".vix")) or path.name == "KEYS":
             path.unlink()
     assert "KEYS does not name its namespace" in [f.problem for f in removed.check().findings]
+
+
+def test_a_namespace_that_lost_keys_and_every_log_is_reported_after_a_reboot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the review of the test above's first fix (a namespace holding only STATE
+    was skipped): after a reboot STATE is not trusted for versions, so nothing reported a
+    namespace whose KEYS, logs and indexes were all lost; its keys would read as new."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    s.set("a", 1, namespace="ns2")
+    s.set("b", 2, namespace="ns2")
+    assert [e.key for e in s.list(namespace="ns2").entries] == ["a", "b"]  # STATE names them
+    s.close()
+    nsdir = Path(keys_path(root, "dag", "ns2")).parent
+    for path in nsdir.iterdir():
+        if path.name != "STATE":
+            path.unlink()
+    monkeypatch.setattr(statefile, "boot_id", lambda: "another boot")
+    report = Store(root, dag="d").check()
+    assert not report.ok
+    assert "KEYS does not name its namespace" in [f.problem for f in report.findings]

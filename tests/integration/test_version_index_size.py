@@ -18,14 +18,18 @@ and ``check`` finding nothing, not even an index out of step.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
+import random
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from castore import CorruptionError, NotFoundError, Store
-from castore.file import versionindex
+from castore.file import logread, versionindex
 from castore.transfer import export_lines, import_lines
 from tests.helpers import log_path
 
@@ -118,3 +122,67 @@ def test_an_index_out_of_step_is_left_alone_as_evidence(tmp_path: Path) -> None:
         fresh.get("k")
     assert vix.read_bytes() == evidence
     assert not fresh.check().ok
+
+
+def _noise(rng: random.Random, n: int) -> str:  # an incompressible JSON string
+    return base64.b64encode(rng.randbytes(n * 3 // 4)).decode()
+
+
+def test_a_torn_tail_never_counts_toward_the_index_s_size(tmp_path: Path) -> None:
+    """Found by the review: the limit came from the log file's size, torn tail included,
+    so a reader indexed a version that a log without that tail may not index; once a
+    writer cut the tail, the index was larger than its log and check said out of step."""
+    rng = random.Random(1)
+    source = Store(tmp_path / "source", dag="d")
+    source.set("k", _noise(rng, 900_000))
+    source.set("k", _noise(rng, 900_000))
+    raw = list(export_lines(source, scope="dag", namespace="d"))
+    root = tmp_path / "store"
+
+    def imported(first: int) -> None:
+        shutil.rmtree(root, ignore_errors=True)
+        lines = [
+            line.replace(b'"version":2,', f'"version":{first + 1},'.encode()).replace(
+                b'"version":1,', f'"version":{first},'.encode()
+            )
+            for line in raw
+        ]
+        import_lines(Store(root, dag="d"), lambda: lines)
+
+    imported(1)
+    log = log_path(root, "dag", "d", "k")
+    first = os.path.getsize(log) // 8 + 1000  # just above what a log this size indexes
+    imported(first)
+    intact = os.path.getsize(log)
+    assert versionindex.index_limit(intact) < first < versionindex.index_limit(intact + 100_000)
+    Store(root, dag="d").set("k", _noise(rng, 200_000))
+    os.truncate(log, intact + 100_000)  # that append torn by a crash: never acknowledged
+    assert len(Store(root, dag="d").get("k", version=first + 1).value) == 900_000
+    assert Store(root, dag="d").set("k", "small").version == first + 2  # cuts the tail
+    assert os.path.getsize(versionindex.vix_path(str(log))) <= max(1 << 20, os.path.getsize(log))
+    findings = Store(root, dag="d").check().findings  # the torn append's index record: stale
+    assert [f.problem for f in findings] == ["1 stale or damaged blob index records"]
+
+
+def test_a_version_above_the_limit_is_read_with_one_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the review: each read tried to extend an index that could not hold the
+    version, reading the whole log under the index's lock before the lookup read it again."""
+    root = tmp_path / "store"
+    _import(root, FAR)
+    writer = Store(root, dag="d", durable=False)
+    for n in range(300):
+        writer.set("k", n)
+    scans: list[int] = []
+    real = logread.scan
+
+    def counted(fd: int, *args: Any, **kwargs: Any) -> Any:
+        scans.append(fd)
+        return real(fd, *args, **kwargs)
+
+    monkeypatch.setattr(logread, "scan", counted)
+    reader = Store(root, dag="d")
+    for i in range(10):
+        assert reader.get("k", version=FAR + 100 + i).value == 99 + i
+    assert len(scans) <= 10

@@ -359,7 +359,7 @@ def test_a_write_completed_and_indexed_during_a_scan_is_not_a_cut(tmp_path, monk
         found = real_scan(fd)
         Path(path).write_bytes(whole)  # the append completes ...
         vix = versionindex.vix_path(path)  # ... and another reader indexes version 4
-        Path(vix).write_bytes(versionindex.rebuild(list(scan_frames(whole)), len(whole)))
+        Path(vix).write_bytes(versionindex.rebuild(list(scan_frames(whole))))
         return found
 
     monkeypatch.setattr(logread, "scan", scan_while_the_writer_finishes)

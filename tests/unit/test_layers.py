@@ -134,6 +134,7 @@ FILE_LAYERS = {
     "readcache": 1,  # each log's newest entry and value, bounded
     "writer": 6,
     "checklog": 5,
+    "checkkeys": 5,  # a namespace's KEYS header (handed the checker)
     "checklost": 5,  # lost logs: evidence that outlived them (handed the LogChecker)
     "check": 6,
     "gc": 5,

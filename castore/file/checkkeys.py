@@ -1,0 +1,71 @@
+"""The check of a namespace's ``KEYS`` header: it must name the namespace (FORMAT.md §5).
+
+Part of ``check`` (castore/file/check.py), which passes its checker in; export
+and audit need the namespace's name, which only ``KEYS`` and the log headers
+hold.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from castore.file.checktree import Checking, frames_of
+from castore.file.keyindex import KeyIndex, namespace_of
+from castore.file.records import KIND_HEADER, decode_header
+from castore.file.staterecords import STATE_NAME, names_no_key
+from castore.file.tree import Tree
+from castore.keys import file_id
+
+__all__ = ["check_keys_header"]
+
+
+def _names_namespace(fs: Tree, keys_path: str, nsdir: str) -> bool:
+    namespace = namespace_of(keys_path, fs)
+    return namespace is not None and file_id(namespace) == os.path.basename(nsdir)
+
+
+def _never_written(fs: Tree, nsdir: str) -> bool:
+    """True if ``nsdir`` is empty, or holds only a ``STATE`` that names no key."""
+    names = set(fs.listdir(nsdir))
+    if names != {STATE_NAME}:
+        return not names
+    try:
+        return names_no_key(fs.read_file(os.path.join(nsdir, STATE_NAME)))
+    except FileNotFoundError:
+        return True
+
+
+def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:
+    """KEYS must name the namespace its directory is named after (export, audit need it)."""
+    keys_path = os.path.join(nsdir, "KEYS")
+    if _names_namespace(checker.fs, keys_path, nsdir):
+        return
+    try:  # a first write may be creating it: again, under its lock (held while appending)
+        timeout = checker.backend.lock_timeout
+        with checker.fs.open_locked(keys_path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
+            if not os.fstat(fd).st_size or _names_namespace(checker.fs, keys_path, nsdir):
+                return  # empty: that write has not appended yet, or never committed
+    except FileNotFoundError:  # harmless where no key was ever written: a first write that
+        # wrote nothing (a guard failed), then maybe a list that recorded the namespace in
+        # STATE; never removed (a long-lived handle may hold it open)
+        if _never_written(checker.fs, nsdir):
+            return
+    recovered = None
+    for file in sorted(checker.fs.listdir(nsdir)):
+        path = os.path.join(nsdir, file)
+        try:
+            if not file.endswith(".log") or not stat.S_ISREG(checker.fs.stat(path).st_mode):
+                continue
+            _, frames = frames_of(checker.fs, path)
+        except FileNotFoundError:
+            continue  # compaction removed it since the listing
+        header = next((f for f in frames if f.kind == KIND_HEADER), None)
+        if header is not None:
+            recovered = decode_header(header.payload).namespace
+            break
+    ok = recovered is not None and file_id(recovered) == os.path.basename(nsdir)
+    repair = "rewrite KEYS naming it (from a log header)" if ok else "none: no log names it"
+    checker.found(keys_path, "KEYS does not name its namespace", repair, checker.repair and ok)
+    if checker.repair and ok and recovered is not None:
+        KeyIndex(keys_path, checker.fs).rename_namespace(recovered, durable=checker.backend.durable)
