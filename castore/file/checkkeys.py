@@ -26,8 +26,12 @@ def _names_namespace(fs: Tree, keys_path: str, nsdir: str) -> bool:
 
 
 def _never_written(fs: Tree, nsdir: str) -> bool:
-    """True if ``nsdir`` is empty, or holds only a ``STATE`` that names no key."""
-    names = set(fs.listdir(nsdir))
+    """True if ``nsdir`` is empty, or holds only a ``STATE`` that names no key.
+
+    Temporary files (a ``STATE`` being made or rewritten, or left by a kill) do
+    not count: ``check`` reports them apart.
+    """
+    names = {name for name in fs.listdir(nsdir) if not name.endswith(".tmp")}
     if names != {STATE_NAME}:
         return not names
     try:

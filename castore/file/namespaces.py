@@ -90,11 +90,15 @@ class Namespaces:
 
         An untrusted ``STATE`` (damaged, from another boot) is replaced with
         an empty one, a missing one created (in an existing namespace), and
-        one with many appended records rewritten as a snapshot.
+        one with many appended records rewritten as a snapshot. Not in a
+        namespace without ``KEYS``: nothing was written there, or ``KEYS`` was
+        lost, and then ``STATE``'s rows are what tells ``check`` (checkkeys.py).
         """
         state = self.state(scope, namespace)
         known = state.known()
         if known is None:
+            if self._keys_lost(self.layout.ns_dir(scope, namespace)):
+                return {}
             state.reset()
             state.create()
             return {}

@@ -95,9 +95,14 @@ def names_no_key(data: bytes) -> bool:
     Whatever the boot: a ``STATE`` written before a reboot is not trusted for
     its versions, yet a row of it still says a key was written.
     """
+    if len(data) < LENGTH.size or LENGTH.unpack_from(data)[0] != len(data):
+        return False  # records cut off (the length written at each append says so)
     frames = list(scan_frames(data[LENGTH.size :], LENGTH.size))
-    if (frames[-1].end if frames else LENGTH.size) != len(data):
-        return False  # damaged or cut: it may have named keys
+    ends = [LENGTH.size, *(f.end for f in frames)]
+    if ends[-1] != len(data) or any(
+        f.start != end for f, end in zip(frames, ends[:-1], strict=True)
+    ):
+        return False  # damaged: it may have named keys
     try:
         return all(
             f.kind == KIND_EPOCH or (f.kind == KIND_SNAPSHOT and not ROWS.decode(f.payload))

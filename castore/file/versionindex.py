@@ -11,9 +11,9 @@ rewrites rebuild it whole. A reader verifies every offset it uses (the frame
 there must be the ``E`` frame of that version) and falls back to a scan. This makes
 get-at-version and history pages cost the same at version 100 and 100,000.
 
-A handle keeps the logs it reads versions of open, each with its index
-(:class:`castore.file.readers.KeptReaders`), so that a warm get at a
-version costs one ``stat`` and two reads.
+A handle keeps the logs it reads versions of open with their indexes
+(:class:`castore.file.readers.KeptReaders`): a warm get at a version costs a
+``stat`` and two reads. An index is bounded by its log (:func:`index_limit`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import struct
 
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio, logread
-from castore.file.frames import Frame, scan_frames
+from castore.file.frames import FRAME_OVERHEAD, Frame, entry_version, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 from castore.file.tree import Tree
 from castore.waits import would_wait
@@ -59,6 +59,7 @@ ABSENT = 2  # marker: this log never held the version
 MAX_INDEXED_VERSION = 1 << 24  # 128 MiB of index at most; higher versions are found by a scan
 MIN_INDEX_BYTES = 1 << 20  # an index may always cover the first 131,072 versions
 _REC = struct.Struct("<Q")
+_HEAD = struct.Struct("<IB")  # a frame's length and kind
 MAX_OFFSET = 1 << 62  # larger values are damage (pread takes a signed 64-bit offset)
 
 
@@ -67,7 +68,7 @@ def vix_path(log_path: str) -> str:
     return log_path[: -len(".log")] + ".vix"
 
 
-def _value(raw: int) -> int | None:
+def _value(raw: int) -> int | None:  # an offset or a marker, else None (0: unknown)
     return raw if 0 < raw < MAX_OFFSET else None
 
 
@@ -208,13 +209,12 @@ def record_cut(fs: Tree, vix: str, version: int, offset: int) -> None:
 
 
 def index_limit(log_end: int) -> int:
-    """The highest version the index of a log whose frames end at ``log_end`` covers.
+    """The highest version the index of a log whose intact frames end at ``log_end`` covers.
 
-    An index is never larger than its log, or :data:`MIN_INDEX_BYTES` (FORMAT.md
-    §5): a log whose versions start far up (an import, a key made again after
-    compaction removed it) would otherwise make it mostly markers, 8 bytes for
-    every version below. ``log_end`` is where the intact frames end, not the
-    file's size: a torn tail a writer cuts later must not have counted.
+    Never larger than its log, or :data:`MIN_INDEX_BYTES` (FORMAT.md §5): a log
+    whose versions start far up (an import, a key made again after compaction
+    removed it) would make it markers, 8 bytes for every version below.
+    (Not the file's size: a torn tail a writer cuts later must not count.)
     """
     return min(MAX_INDEXED_VERSION, max(MIN_INDEX_BYTES, log_end) // VIX_RECORD_BYTES)
 
@@ -244,9 +244,9 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
     Writers never touch the index; the first reader that needs a version it
     lacks scans only the log bytes after the last indexed entry (or the whole
     log if the index does not match it) and appends the missing records, under
-    the index file's lock. An index that already covers ``want``, or a ``want``
-    above what an index of this log may hold, costs one ``open`` and one
-    ``fstat``. The caller closes the descriptor.
+    the index file's lock. An index that already covers ``want`` (or all an
+    index of this log may hold) costs one ``open`` and one ``fstat``. The
+    caller closes the descriptor.
 
     -1 when the log on ``log_fd`` is no longer linked (a rewrite or gc
     replaced or removed it since the caller opened it): the index at ``vix``
@@ -259,8 +259,7 @@ def open_caught_up(fs: Tree, vix: str, log_fd: int, want: int) -> int:
     st = os.fstat(log_fd)
     if not st.st_nlink:
         return -1
-    if want > index_limit(st.st_size):
-        want = 0  # not in any index of this log (yet): the caller scans
+    want = min(want, index_limit(st.st_size))  # higher versions: the caller scans
     fd = fs.open(vix, os.O_RDWR | os.O_CREAT)
     try:
         if os.fstat(fd).st_size // VIX_RECORD_BYTES < want:
@@ -286,19 +285,24 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
     An index whose last record is not where the log has that version is out of
     step with the log: it is left for check, which reads an index naming
     versions the log lost as evidence of a cut (FORMAT.md §7); lookups scan.
-    Where the index cannot go on record by record (none yet, a marker last, a
-    version missing after it), the log is read whole and the part of
-    :func:`rebuild` past the index appended, if what the index holds is its start.
+    Else (none yet, a marker last, a version missing after it) the log is read
+    whole and the part of :func:`rebuild` past the index appended, if what the
+    index holds is its start; not if no version the index may hold comes next.
     """
     top = os.fstat(fd).st_size // VIX_RECORD_BYTES
     if top >= want:
         return  # another reader extended it while we waited for the lock
     offset = lookup(fd, top) if top else None
+    after = 0  # where the next entry may start
     if offset is not None and offset not in (COMPACTED, ABSENT):
         found = logread.entry_at(log_fd, offset)
         if found is None or found[0].version != top:
             return
-        table = _appended(log_fd, found[1], top)
+        after = found[1]
+    if _next_version(log_fd, after) > index_limit(os.fstat(log_fd).st_size):
+        return
+    if after:
+        table = _appended(log_fd, after, top)
         if table is not None:
             os.pwrite(fd, table, top * VIX_RECORD_BYTES)
             return
@@ -306,6 +310,19 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
     held = top * VIX_RECORD_BYTES
     if len(whole) > held and fileio.read_at(fd, 0, held) == whole[:held]:
         os.pwrite(fd, whole[held:], held)
+
+
+def _next_version(fd: int, start: int) -> int:
+    """The version of the first entry at or after ``start``, from up to 8 frame heads (a hint)."""
+    for _ in range(8):  # a header, a compaction, blobs, then an entry
+        head = os.pread(fd, _HEAD.size + 32, start)  # '{"version":', 19 digits at most, ','
+        if len(head) < _HEAD.size:
+            return 0
+        length, kind = _HEAD.unpack_from(head)
+        if kind == KIND_ENTRY:
+            return entry_version(head[_HEAD.size : _HEAD.size + length])
+        start += FRAME_OVERHEAD + length
+    return 0
 
 
 def _appended(log_fd: int, start: int, top: int) -> bytes | None:
@@ -316,8 +333,7 @@ def _appended(log_fd: int, start: int, top: int) -> bytes | None:
     size = os.fstat(log_fd).st_size
     frames = list(scan_frames(fileio.read_at(log_fd, start, size - start), start))
     limit = index_limit(frames[-1].end if frames else start)
-    table = bytearray()
-    last = top
+    table, last = bytearray(), top
     for frame in frames:
         if frame.kind != KIND_ENTRY:
             continue

@@ -8,6 +8,7 @@ same call on an undamaged copy of the store.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import pytest
 from castore import ConflictError, Store
 from castore.audit import audit
 from castore.file import statefile
+from castore.file.frames import scan_frames
 from castore.transfer import export_lines, import_lines
-from tests.helpers import keys_path
+from tests.helpers import file_backend, keys_path
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +99,9 @@ def test_a_namespace_only_a_refused_write_and_a_list_saw_is_no_finding(tmp_path:
         s.set("a", 1, scope="custom", namespace="other", expected_version=1)
     assert s.list(scope="custom", namespace="other").entries == []
     nsdir = Path(keys_path(root, "custom", "other")).parent
+    assert list(nsdir.iterdir()) == []  # a list makes no STATE where KEYS is missing
+    assert s.check().findings == []
+    file_backend(s).names.state("custom", "other").create()  # as the list before did
     assert sorted(p.name for p in nsdir.iterdir()) == ["STATE"]
     assert s.check().findings == []
     _build(tmp_path / "removed")  # "gone" removed by compaction: its name is in GRAVES
@@ -129,3 +134,60 @@ def test_a_namespace_that_lost_keys_and_every_log_is_reported_after_a_reboot(
     report = Store(root, dag="d").check()
     assert not report.ok
     assert "KEYS does not name its namespace" in [f.problem for f in report.findings]
+
+
+def _lose_all_but_state(root: Path) -> Path:
+    s = Store(root, dag="d")
+    s.set("a", 1, namespace="ns2")
+    s.set("b", 2, namespace="ns2")
+    assert [e.key for e in s.list(namespace="ns2").entries] == ["a", "b"]  # STATE names them
+    s.close()
+    nsdir = Path(keys_path(root, "dag", "ns2")).parent
+    for path in nsdir.iterdir():
+        if path.name != "STATE":
+            path.unlink()
+    return nsdir
+
+
+def test_a_list_after_a_reboot_keeps_the_evidence_of_a_lost_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the second review: after a reboot a list replaced the untrusted STATE of a
+    namespace without KEYS with an empty one, which then passed for a namespace nothing was
+    written to. A list leaves STATE alone (and makes none) where KEYS is missing."""
+    root = tmp_path / "store"
+    nsdir = _lose_all_but_state(root)
+    before = (nsdir / "STATE").read_bytes()
+    monkeypatch.setattr(statefile, "boot_id", lambda: "another boot")
+    assert Store(root, dag="d").list(namespace="ns2").entries == []
+    assert (nsdir / "STATE").read_bytes() == before
+    report = Store(root, dag="d").check()
+    assert "KEYS does not name its namespace" in [f.problem for f in report.findings]
+    assert not report.ok
+
+
+def test_a_state_cut_at_a_frame_boundary_still_names_its_keys(tmp_path: Path) -> None:
+    """Found by the second review: the STATE of a lost namespace cut right after its first
+    frame passed for one that names no key (its first 8 bytes still said how long it was)."""
+    root = tmp_path / "store"
+    nsdir = _lose_all_but_state(root)
+    state = nsdir / "STATE"
+    first = next(iter(scan_frames(state.read_bytes()[8:], 8)))
+    os.truncate(state, first.end)
+    report = Store(root, dag="d").check()
+    assert "KEYS does not name its namespace" in [f.problem for f in report.findings]
+
+
+def test_a_temporary_file_beside_an_empty_namespace_s_state_is_no_error(tmp_path: Path) -> None:
+    """Found by the second review: a STATE rewrite killed midway (its .tmp left) made the
+    harmless namespace of a refused write an error."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    s.set("a", 0)
+    with pytest.raises(ConflictError):
+        s.set("a", 1, scope="custom", namespace="other", expected_version=1)
+    nsdir = Path(keys_path(root, "custom", "other")).parent
+    (nsdir / ".STATE.123.456.789.tmp").write_bytes(b"")
+    assert [(f.problem, f.severity) for f in s.check().findings] == [
+        ("leftover temporary file", "info")
+    ]

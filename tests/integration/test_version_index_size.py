@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -30,6 +31,8 @@ import pytest
 
 from castore import CorruptionError, NotFoundError, Store
 from castore.file import logread, versionindex
+from castore.file.frames import scan_frames
+from castore.file.records import KIND_ENTRY, decode_entry
 from castore.transfer import export_lines, import_lines
 from tests.helpers import log_path
 
@@ -186,3 +189,43 @@ def test_a_version_above_the_limit_is_read_with_one_scan(
     for i in range(10):
         assert reader.get("k", version=FAR + 100 + i).value == 99 + i
     assert len(scans) <= 10
+
+
+def test_a_cut_at_or_below_the_limit_is_proven_after_reads_above_it(tmp_path: Path) -> None:
+    """Found by the second review: a first fix skipped the index for every read of a version
+    above the limit, so versions at or below it were never indexed either; cut off at a
+    frame boundary, they were no longer proven, and the next set gave one of them again."""
+    base = versionindex.index_limit(0) - 12  # 131,060: the log's versions straddle the limit
+    source = Store(tmp_path / "source", dag="d")
+    for n in range(21):
+        source.set("k", {"n": n})
+    lines = []
+    for line in export_lines(source, scope="dag", namespace="d"):
+        record = json.loads(line)
+        old = f'"version":{record.get("version")},'.encode()
+        new = f'"version":{base + record.get("version", 1) - 1},'.encode()
+        lines.append(line.replace(old, new, 1) if "key" in record else line)
+    root = tmp_path / "store"
+    import_lines(Store(root, dag="d"), lambda: lines)
+    reader = Store(root, dag="d")
+    assert reader.get("k", version=base + 20).value == {"n": 20}
+    assert [e.version for e in reader.history("k", limit=3).entries] == [
+        base + 20,
+        base + 19,
+        base + 18,
+    ]
+    reader.close()
+    log = log_path(root, "dag", "d", "k")
+    data = Path(log).read_bytes()
+    end = next(
+        f.end
+        for f in scan_frames(data)
+        if f.kind == KIND_ENTRY and decode_entry(f.payload).version == base + 5
+    )
+    os.truncate(log, end)  # versions base + 6 .. base + 20 cut off, base + 12 the limit
+    fresh = Store(root, dag="d")
+    with pytest.raises(CorruptionError, match="no longer holds versions up to"):
+        fresh.get("k")
+    with pytest.raises(CorruptionError):
+        fresh.set("k", "again")
+    assert not fresh.check().ok
