@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
+from castore.errors import UnsafePathError
 from castore.file.checktree import Checking, frames_of
 from castore.file.keyindex import KeyIndex, namespace_of
 from castore.file.records import KIND_HEADER, decode_header
@@ -26,18 +27,23 @@ def _names_namespace(fs: Tree, keys_path: str, nsdir: str) -> bool:
 
 
 def _never_written(fs: Tree, nsdir: str) -> bool:
-    """True if ``nsdir`` is empty, or holds only a ``STATE`` that names no key.
+    """True if ``nsdir`` is empty, or holds only ``STATE`` files that name no key.
 
-    Temporary files (a ``STATE`` being made or rewritten, or left by a kill) do
-    not count: ``check`` reports them apart.
+    ``STATE`` and its temporary files (one being made or rewritten, or left by a
+    kill): each must be whole and name no key. Any other file may be a key's.
     """
-    names = {name for name in fs.listdir(nsdir) if not name.endswith(".tmp")}
-    if names != {STATE_NAME}:
-        return not names
-    try:
-        return names_no_key(fs.read_file(os.path.join(nsdir, STATE_NAME)))
-    except FileNotFoundError:
-        return True
+    for name in fs.listdir(nsdir):
+        state = name == STATE_NAME or (
+            name.startswith((f"{STATE_NAME}.", f".{STATE_NAME}.")) and name.endswith(".tmp")
+        )
+        try:
+            if not state or not names_no_key(fs.read_file(os.path.join(nsdir, name))):
+                return False
+        except FileNotFoundError:
+            continue  # renamed into place, or removed, since the listing
+        except (UnsafePathError, OSError):
+            return False  # not a file castore reads (check reports a planted one apart)
+    return True
 
 
 def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:

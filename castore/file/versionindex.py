@@ -24,7 +24,7 @@ import struct
 
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio, logread
-from castore.file.frames import FRAME_OVERHEAD, Frame, entry_version, scan_frames
+from castore.file.frames import FRAME_OVERHEAD, Frame, entry_version, frame_at, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 from castore.file.tree import Tree
 from castore.waits import would_wait
@@ -301,11 +301,10 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
         after = found[1]
     if _next_version(log_fd, after) > index_limit(os.fstat(log_fd).st_size):
         return
-    if after:
-        table = _appended(log_fd, after, top)
-        if table is not None:
-            os.pwrite(fd, table, top * VIX_RECORD_BYTES)
-            return
+    table = _appended(log_fd, after, top) if after else None
+    if table is not None:
+        os.pwrite(fd, table, top * VIX_RECORD_BYTES)
+        return
     whole = rebuild(logread.scan(log_fd)[1].frames)
     held = top * VIX_RECORD_BYTES
     if len(whole) > held and fileio.read_at(fd, 0, held) == whole[:held]:
@@ -313,14 +312,15 @@ def _extend(fd: int, log_fd: int, want: int) -> None:
 
 
 def _next_version(fd: int, start: int) -> int:
-    """The version of the first entry at or after ``start``, from up to 8 frame heads (a hint)."""
-    for _ in range(8):  # a header, a compaction, blobs, then an entry
-        head = os.pread(fd, _HEAD.size + 32, start)  # '{"version":', 19 digits at most, ','
+    """The version of the first entry at or after ``start``, verified (0: none in 8 frames)."""
+    for _ in range(8):  # a header, a compaction, blobs, then the entry (damage: never skip)
+        head = os.pread(fd, _HEAD.size, start)
         if len(head) < _HEAD.size:
             return 0
         length, kind = _HEAD.unpack_from(head)
         if kind == KIND_ENTRY:
-            return entry_version(head[_HEAD.size : _HEAD.size + length])
+            frame = frame_at(os.pread(fd, FRAME_OVERHEAD + min(length, 1 << 16), start), 0)
+            return entry_version(frame.payload) if frame is not None else 0
         start += FRAME_OVERHEAD + length
     return 0
 

@@ -451,15 +451,18 @@ def test_writes_never_fail_while_gc_replaces_the_blob_index(tmp_path):
 _BIG = {"pad": "x" * 300}  # deduplicated through the blob index (>= DEDUP_MIN_BYTES)
 
 
+@pytest.mark.parametrize("rebuilder", ["gc", "check --repair"])
 @pytest.mark.parametrize("rewrite", ["compact", "import overwrite"])
-def test_a_rewrite_beside_gc_s_index_rebuild_keeps_moved_values_readable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rewrite: str
+def test_a_rewrite_beside_an_index_rebuild_keeps_moved_values_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rewrite: str, rebuilder: str
 ) -> None:
     """Found by a review (it predates the review's session): gc's index rebuild read a's log,
     then a compaction of a (another process) moved its blob frames and recorded their new
     places in the index, then the rebuild replaced the index without them. b, whose entry
     points at a's copy of the value (its hint stale since the move), read as damaged until
-    a repair. Rewrites now hold gc.lock shared: this one waits for gc, then records."""
+    a repair. Rewrites now hold gc.lock shared: this one waits for gc, then records.
+    ``check --repair``'s rebuild of a damaged index did the same (a known limit until the
+    eighteenth session): it now holds gc.lock exclusively while it rebuilds."""
     root = tmp_path / "store"
     s = Store(root, dag="d")
     s.set("a", "first")
@@ -468,6 +471,10 @@ def test_a_rewrite_beside_gc_s_index_rebuild_keeps_moved_values_readable(
     s.set("b", _BIG)  # b's entry points at a's copy
     lines = list(export_lines(s, scope="dag", namespace="d"))
     history = lines[:1] + [line for line in lines[1:] if b'"key":"a"' in line]  # a's alone
+    if rebuilder == "check --repair":
+        for shard in (root / "index").iterdir():
+            with shard.open("ab") as f:
+                f.write(b"junk")  # damaged: check --repair rebuilds the index
     a_log = log_path(root, "dag", "d", "a")
     real = blobindex.BlobIndex._durable_bytes
     meanwhile: list[threading.Thread] = []
@@ -484,63 +491,20 @@ def test_a_rewrite_beside_gc_s_index_rebuild_keeps_moved_values_readable(
         if path == a_log and not meanwhile:
             meanwhile.append(threading.Thread(target=run_rewrite))
             meanwhile[0].start()
-            meanwhile[0].join(0.5)  # as far as it gets while gc holds gc.lock
+            meanwhile[0].join(0.5)  # as far as it gets while the rebuild holds gc.lock
         return data
 
     monkeypatch.setattr(blobindex.BlobIndex, "_durable_bytes", read_then_rewrite)
-    Store(root, dag="d").gc(grace_seconds=0)
+    if rebuilder == "gc":
+        Store(root, dag="d").gc(grace_seconds=0)
+    else:
+        report = Store(root, dag="d").check(repair=True)
+        assert report.ok, report.findings
+        assert any("blob index" in f.problem and f.repaired for f in report.findings)
     monkeypatch.undo()
     assert meanwhile
     meanwhile[0].join(30)
     assert not meanwhile[0].is_alive()
-    assert Store(root, dag="d").get("b").value == _BIG
-    assert Store(root, dag="d").get("a").value == "small again"
-
-
-@pytest.mark.parametrize("rewrite", ["compact", "import overwrite"])
-def test_a_rewrite_beside_check_repair_s_index_rebuild_keeps_moved_values_readable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rewrite: str
-) -> None:
-    """The same race with ``check --repair``'s rebuild of a damaged index (a known limit until
-    the eighteenth session): the repair now holds gc.lock exclusively while it rebuilds."""
-    root = tmp_path / "store"
-    s = Store(root, dag="d")
-    s.set("a", "first")
-    s.set("a", _BIG)
-    s.set("a", "small again")
-    s.set("b", _BIG)
-    lines = list(export_lines(s, scope="dag", namespace="d"))
-    history = lines[:1] + [line for line in lines[1:] if b'"key":"a"' in line]
-    for shard in (root / "index").iterdir():
-        with shard.open("ab") as f:
-            f.write(b"junk")  # damaged: check --repair rebuilds the index
-    a_log = log_path(root, "dag", "d", "a")
-    real = blobindex.BlobIndex._durable_bytes
-    meanwhile: list[threading.Thread] = []
-
-    def run_rewrite() -> None:
-        other = Store(root, dag="d")
-        if rewrite == "compact":
-            other.compact(prefix="a", keep_last=1)
-        else:
-            import_lines(other, lambda: history, on_conflict="overwrite")
-
-    def read_then_rewrite(self: blobindex.BlobIndex, path: str, durable: bool) -> bytes:
-        data = real(self, path, durable)
-        if path == a_log and not meanwhile:
-            meanwhile.append(threading.Thread(target=run_rewrite))
-            meanwhile[0].start()
-            meanwhile[0].join(0.5)  # as far as it gets while the repair holds gc.lock
-        return data
-
-    monkeypatch.setattr(blobindex.BlobIndex, "_durable_bytes", read_then_rewrite)
-    report = Store(root, dag="d").check(repair=True)
-    monkeypatch.undo()
-    assert meanwhile
-    meanwhile[0].join(30)
-    assert not meanwhile[0].is_alive()
-    assert report.ok, report.findings
-    assert any("blob index" in f.problem and f.repaired for f in report.findings)
     assert Store(root, dag="d").get("b").value == _BIG
     assert Store(root, dag="d").get("a").value == "small again"
     assert Store(root, dag="d").check().ok

@@ -114,28 +114,6 @@ def test_a_namespace_only_a_refused_write_and_a_list_saw_is_no_finding(tmp_path:
     assert "KEYS does not name its namespace" in [f.problem for f in removed.check().findings]
 
 
-def test_a_namespace_that_lost_keys_and_every_log_is_reported_after_a_reboot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Found by the review of the test above's first fix (a namespace holding only STATE
-    was skipped): after a reboot STATE is not trusted for versions, so nothing reported a
-    namespace whose KEYS, logs and indexes were all lost; its keys would read as new."""
-    root = tmp_path / "store"
-    s = Store(root, dag="d")
-    s.set("a", 1, namespace="ns2")
-    s.set("b", 2, namespace="ns2")
-    assert [e.key for e in s.list(namespace="ns2").entries] == ["a", "b"]  # STATE names them
-    s.close()
-    nsdir = Path(keys_path(root, "dag", "ns2")).parent
-    for path in nsdir.iterdir():
-        if path.name != "STATE":
-            path.unlink()
-    monkeypatch.setattr(statefile, "boot_id", lambda: "another boot")
-    report = Store(root, dag="d").check()
-    assert not report.ok
-    assert "KEYS does not name its namespace" in [f.problem for f in report.findings]
-
-
 def _lose_all_but_state(root: Path) -> Path:
     s = Store(root, dag="d")
     s.set("a", 1, namespace="ns2")
@@ -147,6 +125,20 @@ def _lose_all_but_state(root: Path) -> Path:
         if path.name != "STATE":
             path.unlink()
     return nsdir
+
+
+def test_a_namespace_that_lost_keys_and_every_log_is_reported_after_a_reboot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the review of the test above's first fix (a namespace holding only STATE
+    was skipped): after a reboot STATE is not trusted for versions, so nothing reported a
+    namespace whose KEYS, logs and indexes were all lost; its keys would read as new."""
+    root = tmp_path / "store"
+    _lose_all_but_state(root)
+    monkeypatch.setattr(statefile, "boot_id", lambda: "another boot")
+    report = Store(root, dag="d").check()
+    assert not report.ok
+    assert "KEYS does not name its namespace" in [f.problem for f in report.findings]
 
 
 def test_a_list_after_a_reboot_keeps_the_evidence_of_a_lost_namespace(
@@ -179,15 +171,57 @@ def test_a_state_cut_at_a_frame_boundary_still_names_its_keys(tmp_path: Path) ->
 
 
 def test_a_temporary_file_beside_an_empty_namespace_s_state_is_no_error(tmp_path: Path) -> None:
-    """Found by the second review: a STATE rewrite killed midway (its .tmp left) made the
-    harmless namespace of a refused write an error."""
+    """Found by the second review: a STATE made (by castore before this fix) in the
+    harmless namespace of a refused write, and a copy of it a killed rewrite left as a
+    temporary file, made that namespace an error. Each STATE file is read: one that may
+    name keys (an empty or cut temporary file) is still reported."""
     root = tmp_path / "store"
     s = Store(root, dag="d")
     s.set("a", 0)
     with pytest.raises(ConflictError):
         s.set("a", 1, scope="custom", namespace="other", expected_version=1)
     nsdir = Path(keys_path(root, "custom", "other")).parent
-    (nsdir / ".STATE.123.456.789.tmp").write_bytes(b"")
+    file_backend(s).names.state("custom", "other").create()
+    shutil.copyfile(nsdir / "STATE", nsdir / ".STATE.123.456.789.tmp")
     assert [(f.problem, f.severity) for f in s.check().findings] == [
         ("leftover temporary file", "info")
     ]
+    (nsdir / ".STATE.123.456.789.tmp").write_bytes(b"")
+    assert "KEYS does not name its namespace" in [f.problem for f in s.check().findings]
+
+
+def test_a_leftover_log_rewrite_is_evidence_of_a_key(tmp_path: Path) -> None:
+    """Found by the third review: temporary files were all left out, so a namespace holding
+    only a killed rewrite's copy of a log (KEYS, the log, its index and STATE lost) passed
+    for one nothing was written to."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    s.set("a", 1, namespace="ns2")
+    s.set("a", 2, namespace="ns2")
+    nsdir = Path(keys_path(root, "dag", "ns2")).parent
+    (log,) = nsdir.glob("*.log")
+    shutil.copyfile(log, f"{log}.4242.123456.tmp")  # as a killed compaction leaves it
+    for path in nsdir.iterdir():
+        if not path.name.endswith(".tmp"):
+            path.unlink()
+    problems = [f.problem for f in Store(root, dag="d").check().findings]
+    assert "KEYS does not name its namespace" in problems
+
+
+def test_a_planted_state_in_a_namespace_without_keys_is_reported_not_raised(
+    tmp_path: Path,
+) -> None:
+    """A FIFO planted as STATE where KEYS is missing: check read it to tell whether the
+    namespace was ever written, and raised UnsafePathError instead of reporting."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    s.set("a", 0)
+    with pytest.raises(ConflictError):
+        s.set("a", 1, scope="custom", namespace="other", expected_version=1)
+    nsdir = Path(keys_path(root, "custom", "other")).parent
+    os.mkfifo(nsdir / "STATE")
+    problems = {f.problem for f in s.check().findings}
+    assert problems == {
+        "KEYS does not name its namespace",
+        "a FIFO, socket or device planted in the store (castore never opens one)",
+    }
