@@ -22,9 +22,9 @@ import contextlib
 import os
 import struct
 
-from castore.errors import CorruptionError, UnsafePathError
+from castore.errors import CorruptionError, RecordError, UnsafePathError
 from castore.file import fileio, logread
-from castore.file.frames import FRAME_OVERHEAD, Frame, entry_version, frame_at, scan_frames
+from castore.file.frames import FRAME_OVERHEAD, Frame, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
 from castore.file.tree import Tree
 from castore.waits import would_wait
@@ -319,17 +319,16 @@ def _next_version(fd: int, start: int) -> int:
             return 0
         length, kind = _HEAD.unpack_from(head)
         if kind == KIND_ENTRY:
-            frame = frame_at(os.pread(fd, FRAME_OVERHEAD + min(length, 1 << 16), start), 0)
-            return entry_version(frame.payload) if frame is not None else 0
+            with contextlib.suppress(RecordError):
+                found = logread.entry_at(fd, start)  # verified
+                return found[0].version if found is not None else 0
+            return 0
         start += FRAME_OVERHEAD + length
     return 0
 
 
 def _appended(log_fd: int, start: int, top: int) -> bytes | None:
-    """The records of the entries from ``start`` on, which follow version ``top``.
-
-    None if a version is missing between them (a rebuild decides its marker).
-    """
+    """The records of the entries from ``start`` on, after ``top``; None at a missing version."""
     size = os.fstat(log_fd).st_size
     frames = list(scan_frames(fileio.read_at(log_fd, start, size - start), start))
     limit = index_limit(frames[-1].end if frames else start)

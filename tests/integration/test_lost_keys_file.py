@@ -87,18 +87,22 @@ def test_lost_keys_and_graves_files_still_export_the_removed_key(tmp_path: Path)
     assert _answers(damaged) == _answers(twin)
 
 
+def _refused_namespace(root: Path) -> tuple[Store, Path]:
+    """A store whose namespace custom/other only a refused first write made (no KEYS)."""
+    s = Store(root, dag="d")
+    s.set("a", 0)
+    with pytest.raises(ConflictError):
+        s.set("a", 1, scope="custom", namespace="other", expected_version=1)
+    return s, Path(keys_path(root, "custom", "other")).parent
+
+
 def test_a_namespace_only_a_refused_write_and_a_list_saw_is_no_finding(tmp_path: Path) -> None:
     """Found by the store model's new teardown check (eighteenth session): a conditional
     write refused in a new namespace made its directory, a list then recorded the empty
     namespace in STATE, and check reported "KEYS does not name its namespace" (exit 1) for
     a store nothing was wrong with. A KEYS lost beside a GRAVES is still reported."""
-    root = tmp_path / "store"
-    s = Store(root, dag="d")
-    s.set("a", 0)
-    with pytest.raises(ConflictError):
-        s.set("a", 1, scope="custom", namespace="other", expected_version=1)
+    s, nsdir = _refused_namespace(tmp_path / "store")
     assert s.list(scope="custom", namespace="other").entries == []
-    nsdir = Path(keys_path(root, "custom", "other")).parent
     assert list(nsdir.iterdir()) == []  # a list makes no STATE where KEYS is missing
     assert s.check().findings == []
     file_backend(s).names.state("custom", "other").create()  # as the list before did
@@ -175,12 +179,7 @@ def test_a_temporary_file_beside_an_empty_namespace_s_state_is_no_error(tmp_path
     harmless namespace of a refused write, and a copy of it a killed rewrite left as a
     temporary file, made that namespace an error. Each STATE file is read: one that may
     name keys (an empty or cut temporary file) is still reported."""
-    root = tmp_path / "store"
-    s = Store(root, dag="d")
-    s.set("a", 0)
-    with pytest.raises(ConflictError):
-        s.set("a", 1, scope="custom", namespace="other", expected_version=1)
-    nsdir = Path(keys_path(root, "custom", "other")).parent
+    s, nsdir = _refused_namespace(tmp_path / "store")
     file_backend(s).names.state("custom", "other").create()
     shutil.copyfile(nsdir / "STATE", nsdir / ".STATE.123.456.789.tmp")
     assert [(f.problem, f.severity) for f in s.check().findings] == [
@@ -213,12 +212,7 @@ def test_a_planted_state_in_a_namespace_without_keys_is_reported_not_raised(
 ) -> None:
     """A FIFO planted as STATE where KEYS is missing: check read it to tell whether the
     namespace was ever written, and raised UnsafePathError instead of reporting."""
-    root = tmp_path / "store"
-    s = Store(root, dag="d")
-    s.set("a", 0)
-    with pytest.raises(ConflictError):
-        s.set("a", 1, scope="custom", namespace="other", expected_version=1)
-    nsdir = Path(keys_path(root, "custom", "other")).parent
+    s, nsdir = _refused_namespace(tmp_path / "store")
     os.mkfifo(nsdir / "STATE")
     problems = {f.problem for f in s.check().findings}
     assert problems == {
