@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import random
 import socket
 import subprocess
@@ -1140,9 +1141,9 @@ def test_gc_never_deletes_a_blob_a_committing_write_takes_into_use(postgres_loca
 # -- reads while another process creates the store ---------------------------------------------
 
 
-# Each round waits for 5 readers polling PostgreSQL: 30 s broke once on a machine running
-# two test suites at once (2026-12-04), so the rounds wait longer; they end at once normally.
+# Each round waits for 5 readers polling PostgreSQL; the rounds end at once normally.
 _BARRIER_SECONDS = 90
+_ABORTED = "the rounds were aborted"  # a reader that stopped because another one failed
 
 
 def _read_until_created(locations: list[str], barrier: Any, out: Any) -> None:
@@ -1161,9 +1162,24 @@ def _read_until_created(locations: list[str], barrier: Any, out: Any) -> None:
                 except FormatVersionError as exc:
                     errors.append(f"{location.rpartition('=')[2]}: {exc}")
             store.close()
+    except threading.BrokenBarrierError:
+        errors.append(_ABORTED)
     except Exception:  # noqa: BLE001 - the parent reports it
         errors.append(traceback.format_exc())
+        barrier.abort()  # the parent stops at once and reports this
     out.put(errors)
+
+
+def _what_readers_said(out: Any, procs: list[Any]) -> list[str]:
+    """Each reader's errors but "aborted", and how many said nothing within 30 s (stuck)."""
+    said: list[str] = []
+    silent = 0
+    for _ in procs:
+        try:
+            said += [e for e in out.get(timeout=30) if e != _ABORTED]
+        except queue.Empty:
+            silent += 1
+    return said[:3] + [f"{silent} readers said nothing"] * bool(silent)
 
 
 def test_reads_while_another_process_creates_the_store_see_no_foreign_schema(
@@ -1173,7 +1189,10 @@ def test_reads_while_another_process_creates_the_store_see_no_foreign_schema(
     # either no store or the store, never "holds tables but no castore store".
     readers = 5
     locations = [new_postgres_location() for _ in range(40)]
-    ctx = multiprocessing.get_context("fork")
+    # Spawned, not forked: a fork of a test process with threads running (pytest-xdist's
+    # channel, the session's loopback server) can leave a child stuck on a lock one of them
+    # held, which broke the barrier twice in CI (2026-12-04).
+    ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(readers + 1)
     out = ctx.Queue()
     with reap_processes(2 * _BARRIER_SECONDS) as procs:
@@ -1181,9 +1200,15 @@ def test_reads_while_another_process_creates_the_store_see_no_foreign_schema(
             proc = ctx.Process(target=_read_until_created, args=(locations, barrier, out))
             proc.start()
             procs.append(proc)
-        for location in locations:
-            barrier.wait(_BARRIER_SECONDS)
-            Store(location, dag=DAG).set("k", 1)
+        try:
+            for location in locations:
+                barrier.wait(_BARRIER_SECONDS)
+                Store(location, dag=DAG).set("k", 1)
+        except threading.BrokenBarrierError:
+            # A reader that failed left the rounds: report what it saw, not the barrier.
+            barrier.abort()
+            said = _what_readers_said(out, procs)
+            raise AssertionError(f"a reader left the rounds: {said}") from None
         errors = [e for _ in procs for e in out.get(timeout=2 * _BARRIER_SECONDS)]
     assert not errors, f"{len(errors)} reads failed, e.g. {errors[:3]}"
 

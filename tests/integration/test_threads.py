@@ -246,7 +246,9 @@ def test_concurrent_first_use_of_fresh_stores(new_store_location: Callable[[], s
     # the same store at the same moment (a barrier per store): all succeed.
     procs_n, stores_n = 8, 50
     roots = [new_store_location() for _ in range(stores_n)]
-    ctx = multiprocessing.get_context("fork")
+    # Spawned, not forked: this process has threads running (the loopback server of the
+    # remote stores, pytest-xdist's channel), and a fork can copy a lock one of them holds.
+    ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(procs_n)
     out = ctx.Queue()
     procs = [ctx.Process(target=_first_use, args=(roots, barrier, out)) for _ in range(procs_n)]
