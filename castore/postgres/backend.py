@@ -324,11 +324,39 @@ class PostgresBackend:
         written: list[Entry] = []
         last = previous
         for new in news:
-            entry = next_entry(ref, new, last, floor, now)
+            last = next_entry(ref, new, last, floor, now)
+            written.append(last)
+        # Each blob row this write uses is locked as its statement runs: with more than one,
+        # take them in digest order first (as gc does), so that two writes sharing values
+        # in another order never wait on each other crosswise.
+        big = {
+            e.hash: n.normalized
+            for e, n in zip(written, news, strict=True)
+            if _blob_of(e, n.normalized)
+        }
+        if len(big) > 1:
+            for digest in sorted(big):
+                self._touch_blob(cur, digest, big[digest], known, now)
+        for entry, new in zip(written, news, strict=True):
             self._append(cur, ref, entry, new.normalized, known, now)
-            written.append(entry)
-            last = entry
         return written
+
+    @staticmethod
+    def _touch_blob(
+        cur: Cursor, digest: str, normalized: bytes | None, known: set[str], now: int
+    ) -> None:
+        """Insert a new blob row, or refresh a known one for gc; either locks it."""
+        if digest in known:
+            cur.execute(q.TOUCH_BLOB, {"bl": bytes.fromhex(digest), "now": now})
+            return
+        assert normalized is not None  # noqa: S101 - _blob_of holds only stored values
+        codec, data = pack(normalized)
+        size = len(normalized)
+        cur.execute(
+            q.UPSERT_BLOB,
+            {"bl": bytes.fromhex(digest), "codec": codec, "sz": size, "data": data, "now": now},
+        )
+        known.add(digest)
 
     def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
         """Replace ``ref``'s whole history with ``new_versions`` (an import's overwrite).
@@ -375,6 +403,11 @@ class PostgresBackend:
     def stats(self) -> StoreStats:
         """Keys, versions, blobs and bytes per scope (a few aggregate queries)."""
         return maintenance.stats(self.db)
+
+
+def _blob_of(entry: Entry, normalized: bytes | None) -> bool:
+    """Whether ``entry``'s value is stored in a blob row (not inline, not absent)."""
+    return normalized is not None and entry.op != OP_DAMAGED and len(normalized) >= INLINE_MAX_BYTES
 
 
 def upgrade(location: str) -> UpgradeReport:

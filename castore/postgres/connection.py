@@ -86,20 +86,26 @@ def _transaction(
     """
     block = conn.pipeline() if pipeline else contextlib.nullcontext()
     block.__enter__()
+    open_block = True
     try:
         cur.execute("BEGIN")
         result = work(cur)
         state.append(True)
         cur.execute("COMMIT")
+        open_block = False
+        block.__exit__(None, None, None)  # sends what is queued; a failure propagates
     except BaseException:
         # Leave the pipeline as after a normal block (psycopg would log the lost
         # connection of a stale handle, which the caller retries quietly).
+        if open_block:
+            with contextlib.suppress(psycopg.Error):
+                block.__exit__(None, None, None)
+        # A statement that failed at the pipeline's end (a lock timeout) leaves the
+        # session in the failed transaction: end it, or the handle's next call fails too.
         with contextlib.suppress(psycopg.Error):
-            block.__exit__(None, None, None)
-        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-            conn.execute("ROLLBACK")
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
         raise
-    block.__exit__(None, None, None)  # sends what is queued; a failure propagates
     return result
 
 
@@ -278,6 +284,8 @@ class Database:
                 cur = self._cur or conn.cursor()
                 committing = False
                 try:
+                    if conn.info.transaction_status != TransactionStatus.IDLE:
+                        conn.execute("ROLLBACK")  # a failed call's transaction left open
                     if not transaction:
                         return work(cur)
                     state: list[bool] = []

@@ -184,7 +184,7 @@ def _delete(cur: Cursor, digests: list[bytes], unused: str, cutoff: int) -> tupl
     ``versions``: it would miss the version that now uses it.)
     """
     locked = cur.execute(
-        "SELECT digest FROM blobs WHERE digest = ANY(%s) FOR UPDATE", (digests,)
+        "SELECT digest FROM blobs WHERE digest = ANY(%s) ORDER BY digest FOR UPDATE", (digests,)
     ).fetchall()
     statement = f"DELETE {unused} AND b.digest = ANY(%s) RETURNING octet_length(b.data)"
     freed = cur.execute(statement, (cutoff, [bytes(d) for (d,) in locked])).fetchall()

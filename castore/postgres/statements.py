@@ -29,6 +29,8 @@ __all__ = [
     "PAGE",
     "REF",
     "REMOVED",
+    "TOUCH_BLOB",
+    "UPSERT_BLOB",
     "VALUE_OF",
     "VERSION",
     "RowView",
@@ -85,17 +87,16 @@ INSERT_VERSION: Final = (
     "audit, damaged_from, blob, inline) VALUES (%(id)s, %(v)s, %(s)s, %(op)s, %(t)s, %(d)s, "
     "%(sz)s, %(cr)s, %(a)s, %(df)s, %(bl)s, %(in)s)"
 )
-# One statement per version: its blob (new, or refreshed for gc), its row, the newest copy.
-APPEND_NEW_BLOB: Final = (
-    "WITH b AS (INSERT INTO blobs (digest, codec, size, data, touched_ns) "
+# A blob row, new or refreshed for gc (either locks it): alone, or with a version below.
+UPSERT_BLOB: Final = (
+    "INSERT INTO blobs (digest, codec, size, data, touched_ns) "
     "VALUES (%(bl)s, %(codec)s, %(sz)s, %(data)s, %(now)s) "
-    "ON CONFLICT (digest) DO UPDATE SET touched_ns = EXCLUDED.touched_ns), "
-    f"v AS ({INSERT_VERSION}) {_SET_HEAD}"
+    "ON CONFLICT (digest) DO UPDATE SET touched_ns = EXCLUDED.touched_ns"
 )
-APPEND_KNOWN_BLOB: Final = (
-    "WITH b AS (UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(bl)s), "
-    f"v AS ({INSERT_VERSION}) {_SET_HEAD}"
-)
+TOUCH_BLOB: Final = "UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(bl)s"
+# One statement per version: its blob (new, or refreshed for gc), its row, the newest copy.
+APPEND_NEW_BLOB: Final = f"WITH b AS ({UPSERT_BLOB}), v AS ({INSERT_VERSION}) {_SET_HEAD}"
+APPEND_KNOWN_BLOB: Final = f"WITH b AS ({TOUCH_BLOB}), v AS ({INSERT_VERSION}) {_SET_HEAD}"
 APPEND_ROW: Final = f"WITH v AS ({INSERT_VERSION}) {_SET_HEAD}"  # inline value, or none
 
 
