@@ -14,7 +14,7 @@ reports it in the shared types of :mod:`castore.reports`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import ConflictError, CorruptionError
@@ -25,6 +25,7 @@ from castore.results import ListEntry
 
 __all__ = [
     "LOCK_TIMEOUT_SECONDS",
+    "MAX_VERSION",
     "Backend",
     "Current",
     "Decide",
@@ -219,6 +220,7 @@ def overwrite_refusal(
 
 
 _MAX_TIME_NS = (1 << 63) - 1  # a time every backend stores (a bigint); an import may reach it
+MAX_VERSION: Final = (1 << 63) - 1  # likewise a version: a key reaching it takes no more writes
 
 
 def next_entry(
@@ -237,11 +239,14 @@ def next_entry(
     ``blob`` is the file backend's location hint (None elsewhere).
 
     Raises:
-        ConflictError: an import's explicit version would repeat a version.
+        ConflictError: an import's explicit version would repeat a version, or the key
+            holds the highest version there is (2**63-1): no version can follow it.
     """
     floor = previous.version if previous is not None else base
     if new.version and new.version <= floor:
         raise ConflictError(str(ref), None, floor, f"version {new.version} would repeat a version")
+    if not new.version and floor >= MAX_VERSION:
+        raise ConflictError(str(ref), None, floor, "the highest version there is: none can follow")
     # Times never decrease within a ref, even if the wall clock steps back,
     # so history and audit order by time equals version order.
     not_before = min(previous.time_ns + 1, _MAX_TIME_NS) if previous is not None else 0

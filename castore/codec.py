@@ -42,6 +42,7 @@ __all__ = [
     "decode_value",
     "encode_string",
     "hexdigest",
+    "is_digest",
     "normalize",
     "normalize_json",
     "normalize_python",
@@ -223,6 +224,11 @@ def hexdigest(normalized: bytes) -> str:
         64 lowercase hex characters, no algorithm prefix.
     """
     return hashlib.sha256(normalized).hexdigest()
+
+
+def is_digest(text: str) -> bool:
+    """Whether ``text`` is a digest as :func:`hexdigest` gives it (64 lowercase hex)."""
+    return len(text) == 64 and not text.strip("0123456789abcdef")
 
 
 def decode_value(normalized: bytes) -> JSONValue:

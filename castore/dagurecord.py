@@ -82,10 +82,13 @@ def parse_go_time(text: str) -> int:
 
 
 def _stored_time(text: str) -> int:
-    """A record's time, within what castore stores: from 1970 to 2262 (UTC)."""
+    """A record's time, within what castore stores: after 1970-01-01T00:00:00Z, to 2262 (UTC).
+
+    The epoch itself is refused: a stored time is never 0 (a write's 0 means "now").
+    """
     ns = parse_go_time(text)
-    if not 0 <= ns <= MAX_TIME_NS:
-        raise ValueError(f"time {text!r} is outside 1970-01-01 to 2262-04-11 (UTC)")
+    if not 0 < ns <= MAX_TIME_NS:
+        raise ValueError(f"time {text!r} is not after 1970-01-01T00:00:00Z and by 2262-04-11 (UTC)")
     return ns
 
 

@@ -35,6 +35,7 @@ import msgspec
 from castore import codec
 from castore.backend import NewVersion
 from castore.errors import InvalidValueError
+from castore.identity import check_audit
 from castore.jsonparse import with_deep_members
 from castore.keys import Ref, validate_key, validate_namespace, validate_scope
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Audit
@@ -70,6 +71,10 @@ _Count = Annotated[
 ]  # the default of ExportRecord.value: omitted when encoding
 
 
+# A version's time: 1 or more (every stored version has one; 0 would mean "now").
+_Time = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
+
+
 class ExportHeader(msgspec.Struct, frozen=True, kw_only=True):
     """First line of an export."""
 
@@ -85,7 +90,7 @@ class ExportRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     key: str
     version: _Count
     op: str
-    time_ns: _Count
+    time_ns: _Time
     created_ns: _Count = 0
     hash: str = ""
     audit: Audit = Audit()
@@ -161,8 +166,9 @@ def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]
         raise InvalidValueError("the file is empty: a castore export starts with its header line")
     try:
         header = _header_decoder.decode(first[1])
-    except msgspec.DecodeError as exc:
-        raise InvalidValueError(f"line 1: not a castore export header ({exc})") from None
+    except (msgspec.DecodeError, RecursionError) as exc:  # a member nested too deep: not ours
+        why = exc if isinstance(exc, msgspec.DecodeError) else "nested too deep"
+        raise InvalidValueError(f"line 1: not a castore export header ({why})") from None
     if header.format != EXPORT_FORMAT or header.version != EXPORT_VERSION:
         raise InvalidValueError(
             f"line 1: export {header.format} version {header.version} is not supported"
@@ -196,8 +202,12 @@ def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]
 
 
 def _new_version(rec: ExportRecord, number: int, last_version: int) -> NewVersion:
-    if not (0 <= rec.audit.pid < 1 << 63 and 0 <= rec.audit.rollback_from < 1 << 63):
-        raise InvalidValueError(f"line {number}: audit pid or rollback_from out of range")
+    try:
+        check_audit(rec.audit)  # what the store's own writes hold: every export line fits
+    except InvalidValueError as exc:
+        raise InvalidValueError(f"line {number}: {exc.detail}") from None
+    if rec.hash and not codec.is_digest(rec.hash):
+        raise InvalidValueError(f"line {number}: hash {rec.hash[:80]!r} is not a sha256 hex digest")
     if rec.version <= last_version:
         raise InvalidValueError(f"line {number}: version {rec.version} after {last_version}")
     if rec.op not in (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED):

@@ -13,11 +13,16 @@ import os
 
 from castore.errors import InvalidValueError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from castore.records import Audit
+
 __all__ = [
     "ENVIRONMENT",
     "MAX_AUDIT_TEXT",
     "ProcessIdentity",
     "audit_fields",
+    "check_audit",
     "check_caller",
     "environment",
     "refuse_invalid_text",
@@ -145,6 +150,25 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def check_audit(audit: Audit) -> None:
+    """An audit record given whole (an import's line, a worker's append), before it is written.
+
+    Raises:
+        InvalidValueError: a ``pid`` or ``rollback_from`` outside 0 to 2**63-1, or a
+            text field :func:`refuse_invalid_text` refuses.
+    """
+    for name in audit.__struct_fields__:
+        value = getattr(audit, name)
+        if type(value) is int and not 0 <= value < 1 << 63:
+            raise InvalidValueError(f"audit field {name} {value} is out of range (0 to 2**63-1)")
+        if type(value) is str and len(value) > MAX_AUDIT_TEXT:
+            raise InvalidValueError(
+                f"audit field {name} holds {len(value)} characters, more than {MAX_AUDIT_TEXT}"
+            )
+        if type(value) is str and not _utf8(value):
+            raise InvalidValueError(f"audit field {name} holds a lone surrogate, not text")
 
 
 def check_caller(fields: dict[str, object]) -> None:

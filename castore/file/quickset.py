@@ -58,6 +58,7 @@ _KIND_ENTRY = ord("E")
 _OPS: Final = frozenset(("set", "rollback"))  # a live version: KEYS lists the key
 _SEPARATORS: Final = (",", ":")  # compact, as msgspec writes records
 _FLAGS: Final = os.O_RDWR | os.O_APPEND  # never O_CREAT: a new key is the store's to make
+_LAST: Final = (1 << 63) - 1  # the highest version and time a backend stores
 
 
 class _DeclinedError(Exception):
@@ -163,6 +164,8 @@ def _frames(
     live = previous["version"]
     if create_only or (expected_version is not None and expected_version != live):
         raise _DeclinedError  # a conflict: the store words it
+    if max(live, previous["time_ns"]) >= _LAST:
+        raise _DeclinedError  # no version or time can follow: the store words it
     parts: list[bytes] = []
     blob = previous.get("blob")
     if previous.get("hash") != digest or blob is None:

@@ -13,7 +13,6 @@ state: each key is linearizable (docs/DESIGN.md, "The PostgreSQL backend").
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,16 +24,14 @@ from castore.backend import (
     NothingView,
     Progress,
     newest_first,
-    next_entry,
     overwrite_refusal,
 )
 from castore.errors import CorruptionError
 from castore.keys import Ref
-from castore.postgres import compaction, maintenance, rows, schema
+from castore.postgres import appends, compaction, maintenance, rows, schema
 from castore.postgres import statements as q
 from castore.postgres.connection import Abandon, Cursor, Database
 from castore.postgres.location import parse
-from castore.postgres.schema import INLINE_MAX_BYTES
 from castore.records import OP_DAMAGED, Entry
 from castore.reports import (
     CheckReport,
@@ -45,7 +42,6 @@ from castore.reports import (
     UpgradeReport,
 )
 from castore.results import ListEntry
-from castore.valuecodec import pack
 
 __all__ = ["PostgresBackend", "upgrade"]
 
@@ -266,29 +262,6 @@ class PostgresBackend:
         assert row is not None  # noqa: S101 - inserted or found above, under the lock
         return int(row[0]), rows.entry(row, 1, ref), row[9]
 
-    def _append(
-        self,
-        cur: Cursor,
-        ref: Ref,
-        entry: Entry,
-        normalized: bytes | None,
-        known: set[str],
-        now: int,
-    ) -> None:
-        """Insert ``entry`` (and its blob, unless ``known`` holds it) as the ref's newest."""
-        params = q.params(ref, entry)
-        if normalized is None or entry.op == OP_DAMAGED:
-            cur.execute(q.APPEND_ROW, params)
-        elif len(normalized) < INLINE_MAX_BYTES:
-            cur.execute(q.APPEND_ROW, {**params, "in": normalized})
-        elif entry.hash in known:
-            cur.execute(q.APPEND_KNOWN_BLOB, {**params, "bl": params["d"], "now": now})
-        else:
-            codec, data = pack(normalized)
-            blob = {"bl": params["d"], "codec": codec, "data": data, "now": now}
-            cur.execute(q.APPEND_NEW_BLOB, {**params, **blob})
-            known.add(entry.hash)
-
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         """Run ``decide`` on the newest entry under the ref's row lock; append what it returns.
 
@@ -304,59 +277,12 @@ class PostgresBackend:
             if not decided:
                 raise Abandon((previous, []))
             news = decided if isinstance(decided, list) else [decided]
-            return previous, self._append_all(cur, ref, previous, floor, news)
+            return previous, appends.append_all(cur, ref, previous, floor, news)
 
         result: tuple[Entry | None, list[Entry]] = self.db.run(
             work, f"the write of {ref}", pipeline=True
         )
         return result
-
-    def _append_all(
-        self,
-        cur: Cursor,
-        ref: Ref,
-        previous: Entry | None,
-        floor: int,
-        news: list[NewVersion],
-    ) -> list[Entry]:
-        now = time.time_ns()
-        known = {previous.hash} if previous is not None and previous.hash else set()
-        written: list[Entry] = []
-        last = previous
-        for new in news:
-            last = next_entry(ref, new, last, floor, now)
-            written.append(last)
-        # Each blob row this write uses is locked as its statement runs: with more than one,
-        # take them in digest order first (as gc does), so that two writes sharing values
-        # in another order never wait on each other crosswise.
-        big = {
-            e.hash: n.normalized
-            for e, n in zip(written, news, strict=True)
-            if _blob_of(e, n.normalized)
-        }
-        if len(big) > 1:
-            for digest in sorted(big):
-                self._touch_blob(cur, digest, big[digest], known, now)
-        for entry, new in zip(written, news, strict=True):
-            self._append(cur, ref, entry, new.normalized, known, now)
-        return written
-
-    @staticmethod
-    def _touch_blob(
-        cur: Cursor, digest: str, normalized: bytes | None, known: set[str], now: int
-    ) -> None:
-        """Insert a new blob row, or refresh a known one for gc; either locks it."""
-        if digest in known:
-            cur.execute(q.TOUCH_BLOB, {"bl": bytes.fromhex(digest), "now": now})
-            return
-        assert normalized is not None  # noqa: S101 - _blob_of holds only stored values
-        codec, data = pack(normalized)
-        size = len(normalized)
-        cur.execute(
-            q.UPSERT_BLOB,
-            {"bl": bytes.fromhex(digest), "codec": codec, "sz": size, "data": data, "now": now},
-        )
-        known.add(digest)
 
     def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
         """Replace ``ref``'s whole history with ``new_versions`` (an import's overwrite).
@@ -375,7 +301,7 @@ class PostgresBackend:
             cur.execute(f"DELETE FROM versions WHERE {q.REF}", key)
             cur.execute(f"DELETE FROM compactions WHERE {q.REF}", key)
             cur.execute(f"UPDATE refs SET {q.NO_NEWEST} WHERE {q.REF}", key)
-            return self._append_all(cur, ref, None, floor, new_versions)
+            return appends.append_all(cur, ref, None, floor, new_versions)
 
         result: list[Entry] = self.db.run(work, f"the import of {ref}", pipeline=True)
         return result
@@ -403,11 +329,6 @@ class PostgresBackend:
     def stats(self) -> StoreStats:
         """Keys, versions, blobs and bytes per scope (a few aggregate queries)."""
         return maintenance.stats(self.db)
-
-
-def _blob_of(entry: Entry, normalized: bytes | None) -> bool:
-    """Whether ``entry``'s value is stored in a blob row (not inline, not absent)."""
-    return normalized is not None and entry.op != OP_DAMAGED and len(normalized) >= INLINE_MAX_BYTES
 
 
 def upgrade(location: str) -> UpgradeReport:

@@ -283,6 +283,7 @@ class Database:
                 conn = self._conn = self._conn or self._connect()
                 cur = self._cur or conn.cursor()
                 committing = False
+                failure: Exception
                 try:
                     if conn.info.transaction_status != TransactionStatus.IDLE:
                         conn.execute("ROLLBACK")  # a failed call's transaction left open
@@ -296,20 +297,17 @@ class Database:
                     finally:
                         committing = bool(state)
                 except pg_errors.LockNotAvailable:
-                    raise LockTimeoutError(
-                        f"{self.location.shown}: {what}", self.lock_timeout
-                    ) from None
+                    failure = LockTimeoutError(f"{self.location.shown}: {what}", self.lock_timeout)
                 except FormatVersionError:
                     raise
-                except psycopg.OperationalError as exc:
+                except psycopg.OperationalError as exc:  # lost, or the server's (a deadlock)
                     lost = conn.broken or conn.closed or not _reported_by_server(exc)
                     if lost:
                         self._drop()
                         if attempt == 1 and not fresh and not committing:
                             continue  # a stale connection: nothing was applied; once more
-                    # Only an error the server reported on a live connection (a statement
-                    # timeout, a deadlock) proves a queued COMMIT rolled back.
-                    failure: Exception = self._unavailable(exc, what, committing and lost)
+                    # Only the server's error on a live connection proves a COMMIT rolled back.
+                    failure = self._unavailable(exc, what, committing and lost)
                 except pg_errors.UniqueViolation:  # the row was rolled back
                     failure = CorruptionError(
                         f"{self.location.shown}: {what}: a version row already holds the "

@@ -982,6 +982,58 @@ def test_hostile_input_is_refused_with_its_code_and_writes_nothing(launcher, tmp
     )
 
 
+@pytest.mark.parametrize(
+    ("audit", "explicit", "said"),
+    [
+        (Audit(pid=-1), False, "pid -1 is out of range"),
+        (Audit(pid=2**64 - 1), False, "out of range"),
+        (Audit(rollback_from=-5), False, "rollback_from -5 is out of range"),
+        (Audit(reason="r" * 5_000_000), True, "holds 5000000 characters"),
+        (Audit(pid=-1), True, "pid -1 is out of range"),
+    ],
+    ids=["pid", "pid-64-bit", "rollback-from", "explicit-reason", "explicit-pid"],
+)
+def test_a_worker_cannot_write_an_audit_record_no_import_could_take(
+    launcher, audit, explicit, said
+):
+    # Found by a review: pid and rollback_from were never range-checked, and an import's
+    # append (explicit versions) had no audit check at all: 200, written, and the
+    # keyspace's export was then refused by import, so it could not be moved.
+    (node,) = launcher.cluster(1)
+    digest = Cluster([node.url]).digest
+    write = append_of("custom", "orders", "k", {"v": 1}, expect=0)
+    bad = msgspec.structs.replace(write.versions[0], audit=audit)
+    if explicit:
+        bad = msgspec.structs.replace(bad, version=1, time_ns=1, created_ns=1)
+    reply = rpc(node.url, "append", msgspec.structs.replace(write, versions=[bad]), digest)
+    assert reply.status_code == 400, reply.text
+    assert said in reply.json()["error"]["message"]
+    assert contents(node.store) == {}
+    assert rpc(node.url, "append", write, digest).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"time_ns": 0}, "comes with its time"),
+        ({"op": "damaged", "normalized": None, "digest_hex": "zz"}, "64 lowercase hex"),
+    ],
+    ids=["time-0", "damaged-digest"],
+)
+def test_a_worker_import_append_is_checked_as_an_import_line(launcher, change, said):
+    # Found by a review: a time 0 was stamped "now" (times then went back), and a
+    # damaged entry's digest was never read: gc and stats then failed on it for good.
+    (node,) = launcher.cluster(1)
+    digest = Cluster([node.url]).digest
+    write = append_of("custom", "orders", "k", {"v": 1}, expect=0)
+    explicit = msgspec.structs.replace(write.versions[0], version=3, time_ns=5, created_ns=5)
+    bad = msgspec.structs.replace(explicit, **change)
+    reply = rpc(node.url, "append", msgspec.structs.replace(write, versions=[bad]), digest)
+    assert reply.status_code == 400, reply.text
+    assert said in reply.json()["error"]["message"]
+    assert contents(node.store) == {}
+
+
 def test_a_worker_cannot_write_audit_text_no_export_line_could_hold(launcher):
     # Found by a review: a backend append with a 5 MiB reason was written; the
     # keyspace's export then had a line import refuses, so it could not be moved.

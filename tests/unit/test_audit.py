@@ -182,9 +182,9 @@ def test_audit_when_the_wall_clock_steps_back(store_location, monkeypatch):
     stepping = types.SimpleNamespace(time_ns=lambda: next(clock))
     monkeypatch.setattr(file_writer, "time", stepping)  # the clock each backend stamps with
     if importlib.util.find_spec("psycopg") is not None:
-        from castore.postgres import backend as postgres_backend
+        from castore.postgres import appends as postgres_appends
 
-        monkeypatch.setattr(postgres_backend, "time", stepping)
+        monkeypatch.setattr(postgres_appends, "time", stepping)
     s = handle(store_location)
     s.set("a", 1)  # t=300
     s.set("b", 1)  # t=200

@@ -157,6 +157,7 @@ POSTGRES_LAYERS = {
     "postgres.integrity": 4,  # check of the rows and of each key's newest copy; repair
     "postgres.refnames": 4,  # check of the refs rows' names and floors; repair
     "postgres.compaction": 4,  # retention, one key per transaction
+    "postgres.appends": 4,  # a write's rows: versions, blobs (in digest order), the copy
     "postgres.maintenance": 5,  # check, gc, stats
     "postgres.backend": 6,
 }

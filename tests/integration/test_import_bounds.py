@@ -1,0 +1,127 @@
+"""Import lines and versions at the edges of what a store keeps (a review, 2026-12-04).
+
+Each case was accepted before, and broke a later command or a round trip: a damaged
+line's hash was never read (gc and stats then raised for good), a time 0 was taken for
+"now" (times went back and the store's own export was refused), audit fields were
+unbounded (export wrote lines import refuses), a header nested deep raised
+``RecursionError``, and a key at version 2**63-1 took writes past what a version holds.
+The oracle of each: the store is exactly as before the refused command, and what it
+accepts round-trips (export, import into a fresh store, export again: the same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import castore
+from castore import ConflictError, InvalidValueError, Store
+from castore.codec import hexdigest
+from tests.helpers import Cli, one_line_error
+
+DAG = "d"
+HEADER = b'{"format":"castore-export","version":1}\n'
+TOP = (1 << 63) - 1
+
+
+def _line(**fields: Any) -> bytes:
+    record = {"scope": "dag", "namespace": DAG, "key": "k", "version": 1, "op": "set"}
+    record |= {"time_ns": 5, "hash": hexdigest(b"1"), "value": 1}
+    record.update(fields)
+    record = {name: value for name, value in record.items() if value is not None}
+    return json.dumps(record).encode() + b"\n"
+
+
+def _reader(data: bytes) -> Callable[[], Iterator[bytes]]:
+    return lambda: iter(data.splitlines(keepends=True))
+
+
+def _export(store: Store) -> bytes:
+    return b"".join(castore.export_lines(store))
+
+
+def _refused(location: str, data: bytes, said: str) -> None:
+    store = Store(location, dag=DAG)
+    store.set("other", {"kept": True})
+    before = _export(store)
+    with pytest.raises(InvalidValueError, match=said):
+        castore.import_lines(store, _reader(data))
+    assert _export(Store(location, dag=DAG)) == before  # nothing imported, nothing changed
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"op": "damaged", "hash": "zz", "value": None}, "line 2: hash 'zz' is not a sha256"),
+        ({"op": "damaged", "hash": "A" * 64, "value": None}, "line 2: hash 'AAAA"),
+        ({"time_ns": 0}, r"line 2: Expected `int` >= 1 - at `\$.time_ns`"),
+        ({"audit": {"reason": "r" * 8193}}, "line 2: audit field reason holds 8193 characters"),
+        ({"audit": {"pid": -1}}, "line 2: audit field pid -1 is out of range"),
+        ({"audit": {"rollback_from": TOP + 1}}, "line 2: audit field rollback_from"),
+    ],
+    ids=["damaged-hash", "damaged-hash-upper", "time-0", "reason", "pid", "rollback"],
+)
+def test_an_import_line_no_store_holds_is_refused(store_location, fields, said):
+    _refused(store_location, HEADER + _line(**fields), said)
+
+
+def test_a_header_nested_deep_is_refused_not_raised(
+    store_location: str, cli: Cli, tmp_path: Path
+) -> None:
+    deep = b'{"format":"castore-export","version":1,"x":' + b"[" * 200_000 + b"]" * 200_000
+    _refused(store_location, deep + b"}\n", "line 1: not a castore export header")
+    dump = tmp_path / "deep.jsonl"
+    dump.write_bytes(deep + b"}\n" + _line())
+    error = one_line_error(cli.run("import", dump), 2)
+    assert error.startswith("invalid value: line 1: not a castore export header")
+
+
+def test_the_audit_text_an_import_keeps_round_trips(store_location, new_store_location):
+    # The bound is the one every write has: 8,192 characters of each field pass.
+    audit = {"reason": "r" * 8192, "dag_name": "\u2028" * 8192, "pid": TOP, "rollback_from": 1}
+    store = Store(store_location, dag=DAG)
+    castore.import_lines(store, _reader(HEADER + _line(audit=audit)))
+    first = _export(store)
+    again = Store(new_store_location(), dag=DAG)
+    castore.import_lines(again, _reader(first))
+    assert _export(again) == first
+
+
+def test_a_key_at_the_highest_version_takes_no_more_writes(store_location, new_store_location):
+    store = Store(store_location, dag=DAG)
+    castore.import_lines(store, _reader(HEADER + _line(version=TOP, time_ns=TOP)))
+    before = _export(store)
+    for write in (
+        lambda: store.set("k", 2),
+        lambda: store.delete("k"),
+        lambda: store.rollback("k", to_version=TOP),
+        lambda: Store(store_location, dag=DAG).set("k", 3),  # a handle that never read it
+    ):
+        with pytest.raises(ConflictError, match="the highest version there is"):
+            write()
+    fresh = Store(store_location, dag=DAG)
+    assert _export(fresh) == before
+    assert fresh.get("k").version == TOP
+    assert [e.version for e in fresh.history("k").entries] == [TOP]
+    again = Store(new_store_location(), dag=DAG)
+    castore.import_lines(again, _reader(before))  # the store's own export imports
+    assert _export(again) == before
+
+
+def test_the_cli_refuses_a_set_past_the_highest_version(cli: Cli, tmp_path: Path) -> None:
+    dump = tmp_path / "top.jsonl"
+    dump.write_bytes(HEADER + _line(version=TOP, time_ns=TOP))
+    assert cli.run("import", dump).returncode == 0
+    for args in (
+        ["set", "k", "2"],
+        ["delete", "k"],
+        ["set", "k", "1", "--expected-version", str(TOP)],
+    ):
+        error = one_line_error(cli.run(*args), 3)
+        assert "the highest version there is" in error, error
+    shown = json.loads(cli.run("get", "k").stdout)
+    assert shown["version"] == TOP
