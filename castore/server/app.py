@@ -104,6 +104,9 @@ class _Calls:
         return not pending
 
 
+_BODY_READ: Final = Response(b"")  # what reading a body answers when it got the whole body
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) past ``limit`` bytes before it is read whole."""
     length = request.headers.get("content-length")
@@ -221,8 +224,9 @@ class _Api:
     ) -> Callable[[Request], Awaitable[Response]]:
         """The endpoint of backend call ``name``: MessagePack in and out, errors as JSON."""
 
-        async def work(request: Request) -> Response:
-            body = await _read_body(request, BACKEND_BODY_BYTES)
+        async def work(request: Request, body: bytes | None = None) -> Response:
+            if body is None:
+                body = await _read_body(request, BACKEND_BODY_BYTES)
             try:
                 req = decode_call(name, body)
             except (msgspec.DecodeError, RecursionError) as exc:
@@ -235,8 +239,20 @@ class _Api:
             return Response(msgspec.msgpack.encode(reply), media_type=_MSGPACK)
 
         async def endpoint(request: Request) -> Response:
-            timeout = math.inf if CALLS[name].maintenance else None
-            return await self.guarded(lambda: work(request), timeout, exception=True)
+            if not CALLS[name].maintenance:
+                return await self.guarded(lambda: work(request), exception=True)
+            # A maintenance call may run as long as it needs, but its body arrives within
+            # the request timeout as every other one does (a slow sender holds nothing).
+            body: list[bytes] = []
+
+            async def read() -> Response:
+                body.append(await _read_body(request, BACKEND_BODY_BYTES))
+                return _BODY_READ
+
+            read_answer = await self.guarded(read, exception=True)
+            if read_answer is not _BODY_READ:
+                return read_answer
+            return await self.guarded(lambda: work(request, body[0]), math.inf, exception=True)
 
         return endpoint
 

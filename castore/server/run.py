@@ -13,6 +13,7 @@ the requests in flight, and the app closes the store; then the process exits 0
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import shutil
 import signal
@@ -295,8 +296,10 @@ def run_server(
         SystemExit: 1 when the processes kept failing, or one did not stop cleanly.
         KeyboardInterrupt: processes stopped by SIGINT (``castore serve`` exits 130).
     """
-    if (request_timeout is not None and request_timeout <= 0) or shutdown_timeout <= 0:
-        raise ServeError("--request-timeout and --shutdown-timeout must be positive")
+    if request_timeout is not None and not request_timeout > 0:  # nan too; inf: no limit
+        raise ServeError(f"--request-timeout {request_timeout}: give seconds above 0 (or inf)")
+    if not 0 < shutdown_timeout < math.inf:
+        raise ServeError(f"--shutdown-timeout {shutdown_timeout}: give seconds above 0")
     if not 1 <= processes <= MAX_PROCESSES:
         raise ServeError(f"--processes {processes}: give 1 to {MAX_PROCESSES}")
     membership = _membership(cluster, self_url)

@@ -695,6 +695,38 @@ def test_a_slow_request_times_out(start, tmp_path):
     assert (status, json.loads(answer)["error"]["code"]) == (503, "timeout")
 
 
+@pytest.mark.parametrize("call", ["stats", "check", "compact", "collect_garbage", "current"])
+def test_a_slow_backend_body_times_out_for_maintenance_calls_too(start, tmp_path, call):
+    # Found by a review: a maintenance call (no time limit for its store call) had none for
+    # its body either: a sender of one byte of 100 held the request for good.
+    server = start(str(tmp_path / "store"), "--request-timeout", "0.5")
+    server.wait_healthy()
+    head = f"POST /v1/backend/{call} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+        conn.sendall(head.encode() + b"\x80")
+        status, answer = read_response(conn)
+    assert (status, json.loads(answer)["error"]["code"]) == (503, "timeout")
+    assert server.proc.poll() is None
+
+
+def test_timeouts_that_are_not_numbers_of_seconds_are_refused(tmp_path):
+    # Found by a review: --request-timeout nan started a server whose every request
+    # answered 500; --shutdown-timeout nan or inf crashed with a traceback.
+    cli = Cli(tmp_path, str(tmp_path / "store"))
+    for option, given in (
+        ("--request-timeout", "nan"),
+        ("--request-timeout", "0"),
+        ("--request-timeout", "-1"),
+        ("--shutdown-timeout", "nan"),
+        ("--shutdown-timeout", "inf"),
+        ("--shutdown-timeout", "0"),
+    ):
+        message = cli.fail(2, "serve", "--listen", "127.0.0.1:0", option, given)
+        assert message.startswith(f"{option} "), message
+        assert "give seconds above 0" in message, message
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_timed_out_write_still_lands_and_shutdown_waits_for_it(start, tmp_path):
     """A write stuck on its key's lock past the timeout answers 503; it runs on, and a
     SIGTERM meanwhile waits for it before the store is closed."""
