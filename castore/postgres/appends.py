@@ -34,7 +34,10 @@ def append_all(
         ConflictError: a version would repeat, or none can follow (``next_entry``).
     """
     now = time.time_ns()
-    known = {previous.hash} if previous is not None and previous.hash else set()
+    # Blob rows this write has inserted or refreshed. Not the previous version's: its
+    # row may be gone (damage, a hand's DELETE), and this write has the bytes: each
+    # write's first use of a blob upserts it, so an acknowledged value is never missing.
+    known: set[str] = set()
     written: list[Entry] = []
     last = previous
     for new in news:
@@ -44,7 +47,8 @@ def append_all(
     blobs = {e.hash: n.normalized for e, n in pairs if _blob_of(e, n.normalized)}
     if len(blobs) > 1:
         for digest in sorted(blobs):
-            _touch_blob(cur, digest, blobs[digest], known, now)
+            _upsert_blob(cur, digest, blobs[digest], now)
+            known.add(digest)
     for entry, new in pairs:
         _append(cur, ref, entry, new.normalized, known, now)
     return written
@@ -55,18 +59,12 @@ def _blob_of(entry: Entry, normalized: bytes | None) -> bool:
     return normalized is not None and entry.op != OP_DAMAGED and len(normalized) >= INLINE_MAX_BYTES
 
 
-def _touch_blob(
-    cur: Cursor, digest: str, normalized: bytes | None, known: set[str], now: int
-) -> None:
-    """Insert a new blob row, or refresh a known one for gc; either locks it."""
-    if digest in known:
-        cur.execute(q.TOUCH_BLOB, {"bl": bytes.fromhex(digest), "now": now})
-        return
+def _upsert_blob(cur: Cursor, digest: str, normalized: bytes | None, now: int) -> None:
+    """Insert a blob row, or refresh it for gc if it is there; either locks it."""
     assert normalized is not None  # noqa: S101 - _blob_of holds only stored values
     codec, data = pack(normalized)
     blob = {"bl": bytes.fromhex(digest), "codec": codec, "data": data, "now": now}
     cur.execute(q.UPSERT_BLOB, {**blob, "sz": len(normalized)})
-    known.add(digest)
 
 
 def _append(

@@ -19,7 +19,7 @@ from castore.backend import lost_error
 from castore.errors import CorruptionError
 from castore.keys import Ref
 from castore.postgres.schema import KEY_HEAD_BYTES
-from castore.records import OP_DAMAGED, Audit, Entry
+from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Audit, Entry
 from castore.results import ListEntry, rfc3339
 
 __all__ = [
@@ -45,6 +45,7 @@ ENTRY: Final = "version, op, time_ns, digest, size, created_ns, audit, damaged_f
 """The columns of an entry, in :func:`entry`'s order (prefix them with a table alias as needed)."""
 VALUE: Final = "inline, blob"
 """The columns of a version's value: inline bytes, else the digest of its ``blobs`` row."""
+_OPS: Final = frozenset((OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED))  # what castore writes
 
 
 def entry_columns(table: str) -> str:
@@ -121,15 +122,18 @@ def entry(row: tuple[Any, ...], at: int = 0, ref: object = None) -> Entry | None
     """The entry in ``row[at:]`` (:data:`ENTRY`'s columns); None when its version is null.
 
     Raises:
-        CorruptionError: its audit record is not one (naming ``ref``, when given).
+        CorruptionError: its audit record is not one, or its op is none castore writes
+            (naming ``ref``, when given).
     """
     version, op, time_ns, digest, size, created_ns, audit, damaged_from = row[at : at + 8]
     if version is None:
         return None
+    whose = f"{ref} " if ref is not None else ""
+    if op not in _OPS:
+        raise CorruptionError(f"{whose}version {version}: unknown op {str(op)[:80]!r}")
     try:
         who = _audit_decoder.decode(bytes(audit)) if audit and audit != b"{}" else Audit()
     except msgspec.DecodeError as exc:
-        whose = f"{ref} " if ref is not None else ""
         raise CorruptionError(f"{whose}version {version}: bad audit record: {exc}") from None
     return Entry(
         version=version,
@@ -151,8 +155,9 @@ def value(
     None for a delete.
 
     Raises:
-        CorruptionError: the blob is missing or does not hash to the entry's
-            hash, or the version was lost to damage (a ``damaged`` entry).
+        CorruptionError: the blob is missing, does not hash to the entry's hash
+            or is not the entry's size, or the version was lost to damage (a
+            ``damaged`` entry).
     """
     if not found.live:
         return None
@@ -163,9 +168,15 @@ def value(
     if codec is None or data is None:
         raise CorruptionError(f"{ref} version {found.version}: blob {found.hash} is missing")
     try:
-        return valuecodec.unpack(codec, bytes(data), found.hash)
+        got = valuecodec.unpack(codec, bytes(data), found.hash)
     except CorruptionError as exc:
         raise CorruptionError(f"{ref} version {found.version}: {exc.detail}") from None
+    if len(got) != found.size:
+        raise CorruptionError(
+            f"{ref} version {found.version}: the value holds {len(got)} bytes, "
+            f"its entry says {found.size}"
+        )
+    return got
 
 
 def list_entry(scope: str, namespace: str, key: str, found: Entry) -> ListEntry:

@@ -29,7 +29,6 @@ __all__ = [
     "PAGE",
     "REF",
     "REMOVED",
-    "TOUCH_BLOB",
     "UPSERT_BLOB",
     "VALUE_OF",
     "VERSION",
@@ -93,10 +92,11 @@ UPSERT_BLOB: Final = (
     "VALUES (%(bl)s, %(codec)s, %(sz)s, %(data)s, %(now)s) "
     "ON CONFLICT (digest) DO UPDATE SET touched_ns = EXCLUDED.touched_ns"
 )
-TOUCH_BLOB: Final = "UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(bl)s"
+_TOUCH_BLOB: Final = "UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(bl)s"
 # One statement per version: its blob (new, or refreshed for gc), its row, the newest copy.
 APPEND_NEW_BLOB: Final = f"WITH b AS ({UPSERT_BLOB}), v AS ({INSERT_VERSION}) {_SET_HEAD}"
-APPEND_KNOWN_BLOB: Final = f"WITH b AS ({TOUCH_BLOB}), v AS ({INSERT_VERSION}) {_SET_HEAD}"
+# A blob this write inserted already (an import's value given twice): only refreshed.
+APPEND_KNOWN_BLOB: Final = f"WITH b AS ({_TOUCH_BLOB}), v AS ({INSERT_VERSION}) {_SET_HEAD}"
 APPEND_ROW: Final = f"WITH v AS ({INSERT_VERSION}) {_SET_HEAD}"  # inline value, or none
 
 

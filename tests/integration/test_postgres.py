@@ -1278,6 +1278,48 @@ def test_reads_while_another_process_creates_the_store_see_no_foreign_schema(
     assert not errors, f"{len(errors)} reads failed, e.g. {errors[:3]}"
 
 
+# -- rows edited by hand that reads served (the nineteenth session's review) ---------------
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        ["UPDATE versions SET op = 'bogus' WHERE version = 2", "UPDATE refs SET op = 'bogus'"],
+        ["UPDATE versions SET size = 999 WHERE version = 2", "UPDATE refs SET size = 999"],
+    ],
+    ids=["op", "size"],
+)
+def test_a_version_whose_op_or_size_was_edited_is_damage_not_a_value(postgres_location, edits):
+    # Found by a review: get served the value of a version whose op no castore writes
+    # (history showed op "bogus"), or whose size is not its value's.
+    store = Store(postgres_location, dag=DAG)
+    store.set("k", {"a": 1})
+    store.set("k", {"a": 2})
+    for edit in edits:
+        query(postgres_location, edit)
+    fresh = Store(postgres_location, dag=DAG)
+    with pytest.raises(castore.CorruptionError, match="version 2"):
+        fresh.get("k")
+    with pytest.raises(castore.CorruptionError, match="version 2"):
+        fresh.get("k", version=2)
+    assert fresh.get("k", version=1).value == {"a": 1}
+    assert not fresh.check().ok
+
+
+def test_a_set_restores_the_blob_row_its_value_needs(postgres_location):
+    # Found by a review: a set of the value the previous version holds only refreshed its
+    # blob row; with that row gone, the set was acknowledged and its get said "missing".
+    big = {"pad": "z" * 400}
+    store = Store(postgres_location, dag=DAG)
+    store.set("k", big)
+    query(postgres_location, "DELETE FROM blobs")
+    assert store.set("k", big).version == 2
+    fresh = Store(postgres_location, dag=DAG)
+    assert fresh.get("k").value == big
+    assert fresh.get("k", version=1).value == big  # the same blob, back
+    assert fresh.check().ok
+
+
 # -- rows edited by hand that no read verifies (the thirteenth session's review) -----------
 
 
