@@ -128,9 +128,11 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> list[str]:
             cur.execute(
-                f"SELECT key FROM refs WHERE {where} AND version IS NOT NULL ORDER BY key", params
+                f"SELECT ref_id, namespace, key FROM refs WHERE {where} AND version IS NOT NULL "
+                "ORDER BY key",
+                params,
             )
-            return [bytes(k).decode("utf-8") for (k,) in cur.fetchall()]
+            return [rows.stored_ref(i, scope, n, k).key for i, n, k in cur.fetchall()]
 
         result: list[str] = self._read(work, f"listing {scope}/{namespace}", [])
         return result
@@ -138,7 +140,8 @@ class PostgresBackend:
     def removed(self, scope: str) -> list[tuple[str, str, int]]:
         """Each key compaction removed: its row's ``floor`` (:meth:`Backend.removed`)."""
         found = self._read(lambda cur: cur.execute(q.REMOVED, (scope,)).fetchall(), scope, [])
-        return [(bytes(n).decode(), bytes(k).decode(), int(v)) for n, k, v in found]
+        refs = [(rows.stored_ref(i, scope, n, k), int(v)) for i, n, k, v in found]
+        return [(ref.namespace, ref.key, floor) for ref, floor in refs]
 
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` with at least one key, byte-wise sorted."""
@@ -149,7 +152,7 @@ class PostgresBackend:
                 "ORDER BY namespace",
                 (scope,),
             )
-            return [bytes(n).decode("utf-8") for (n,) in cur.fetchall()]
+            return [rows.namespace_name(scope, n) for (n,) in cur.fetchall()]
 
         result: list[str] = self._read(work, f"listing {scope}", [])
         return result
@@ -160,14 +163,15 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> dict[str, ListEntry | None]:
             cur.execute(
-                f"SELECT key, {rows.ENTRY} FROM refs WHERE {where} AND version IS NOT NULL",
+                f"SELECT ref_id, namespace, key, {rows.ENTRY} FROM refs WHERE {where} "
+                "AND version IS NOT NULL",
                 params,
             )
             out: dict[str, ListEntry | None] = {}
             for row in cur.fetchall():
-                key = bytes(row[0]).decode("utf-8")
+                key = rows.stored_ref(row[0], scope, row[1], row[2]).key
                 try:
-                    found = rows.entry(row, 1)
+                    found = rows.entry(row, 3)
                 except CorruptionError:
                     continue  # left unknown: list reads the key alone, and skips it
                 live = found is not None and found.live

@@ -211,9 +211,10 @@ def check_copies(db: Database, repair: bool) -> list[Finding]:
     """A finding per key whose copy of its newest version disagrees with its rows (repaired)."""
     findings: list[Finding] = []
     for ref_id, scope, namespace, key in db.fetch(_DIFFERING, (), "checking"):
-        ref = Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8"))
-        if rows.ref_id(ref) != bytes(ref_id):
-            continue  # a row whose names do not hash to its id: not this key's
+        try:
+            ref = rows.stored_ref(ref_id, scope, namespace, key)
+        except CorruptionError:
+            continue  # a row whose names are not its own: refnames.py reports it
 
         def settle(cur: Cursor, ref: Ref = ref) -> tuple[str, str] | None:
             outcome = _settle(cur, ref)

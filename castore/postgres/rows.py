@@ -31,11 +31,13 @@ __all__ = [
     "entry_columns",
     "key_range",
     "list_entry",
+    "namespace_name",
     "ns_id",
     "prefix_filter",
     "ref_id",
     "ref_name",
     "ref_row",
+    "stored_ref",
     "value",
 ]
 
@@ -78,8 +80,43 @@ def ref_row(ref: Ref) -> tuple[bytes, str, bytes, bytes, bytes, bytes]:
 
 
 def ref_name(scope: str, namespace: bytes, key: bytes) -> str:
-    """A ref, as errors and findings name it, from its stored names."""
-    return str(Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8")))
+    """A ref, as errors and findings name it, from its stored names (even if not UTF-8)."""
+    names = (bytes(namespace).decode("utf-8", "replace"), bytes(key).decode("utf-8", "replace"))
+    return str(Ref(scope, *names))
+
+
+def namespace_name(scope: str, namespace: bytes) -> str:
+    """A namespace's stored name as text.
+
+    Raises:
+        CorruptionError: the name is not UTF-8 (edited by hand).
+    """
+    try:
+        return bytes(namespace).decode("utf-8")
+    except UnicodeDecodeError:
+        shown = bytes(namespace).decode("utf-8", "replace")
+        raise CorruptionError(
+            f"{scope}/{shown}: a namespace name that is not UTF-8: run castore check"
+        ) from None
+
+
+def stored_ref(row_id: bytes, scope: str, namespace: bytes, key: bytes) -> Ref:
+    """The ref a ``refs`` row names, once its names are UTF-8 and hash to its ``ref_id``.
+
+    Raises:
+        CorruptionError: names edited by hand (a read would serve one key's
+            versions under another's name, or fail on bytes that are not text).
+    """
+    try:
+        ref = Ref(scope, bytes(namespace).decode("utf-8"), bytes(key).decode("utf-8"))
+    except UnicodeDecodeError:
+        ref = None
+    if ref is None or ref_id(ref) != bytes(row_id):
+        raise CorruptionError(
+            f"{ref_name(scope, namespace, key)}: its refs row's names are not its own "
+            "(not UTF-8, or not what its ref_id was made of): run castore check"
+        )
+    return ref
 
 
 def key_range(prefix: str) -> tuple[bytes, bytes | None]:

@@ -50,7 +50,8 @@ CURRENT: Final = (
 )
 HAS_VERSIONS: Final = "SELECT 1 FROM versions WHERE ref_id = %s LIMIT 1"
 REMOVED: Final = (  # the keys of a scope compaction removed, with their last versions
-    "SELECT namespace, key, floor FROM refs WHERE scope = %s AND floor > 0 ORDER BY namespace, key"
+    "SELECT ref_id, namespace, key, floor FROM refs WHERE scope = %s AND floor > 0 "
+    "ORDER BY namespace, key"
 )
 COPY_NEWEST: Final = f"""
     UPDATE refs r SET ({rows.ENTRY}, {rows.VALUE}) = (

@@ -45,7 +45,7 @@ from castore import (
 )
 from castore.postgres.location import parse
 from castore.valuecodec import CODEC_ZSTD
-from tests.helpers import CASTORE_PATH, reap_processes
+from tests.helpers import CASTORE_PATH, Cli, reap_processes
 
 pytestmark = pytest.mark.integration
 
@@ -1304,6 +1304,36 @@ def test_a_version_whose_op_or_size_was_edited_is_damage_not_a_value(postgres_lo
         fresh.get("k", version=2)
     assert fresh.get("k", version=1).value == {"a": 1}
     assert not fresh.check().ok
+
+
+@pytest.mark.parametrize(
+    ("edit", "params"),
+    [
+        ("UPDATE refs SET key = 'c', key_head = 'c' WHERE key = 'b'", ()),
+        ("UPDATE refs SET key = %s WHERE key = 'b'", (b"b\xff",)),
+        ("UPDATE refs SET namespace = %s WHERE key = 'b'", (b"p\xffg",)),
+    ],
+    ids=["renamed", "key-not-utf8", "namespace-not-utf8"],
+)
+def test_names_edited_by_hand_are_damage_not_another_key(postgres_location, tmp_path, edit, params):
+    # Found by a review: list and export showed b's versions under the name c (b itself
+    # missing, and a later set of c listed c twice); names that are not UTF-8 made list,
+    # export and check raise UnicodeDecodeError (a traceback).
+    store = Store(postgres_location, dag=DAG)
+    store.set("a", 1)
+    store.set("b", 2)
+    query(postgres_location, edit, params)
+    fresh = Store(postgres_location, dag=DAG)
+    with pytest.raises(castore.CorruptionError, match="run castore check"):
+        fresh.list()
+    with pytest.raises(castore.CorruptionError, match="run castore check"):
+        export_bytes(fresh)
+    report = fresh.check()
+    assert not report.ok
+    assert any(f.path.startswith("refs/") for f in report.findings), report.findings
+    message = Cli(tmp_path, postgres_location, dag=DAG).fail(5, "list")
+    assert "run castore check" in message
+    assert fresh.get("a").value == 1  # the other key reads as before
 
 
 def test_a_set_restores_the_blob_row_its_value_needs(postgres_location):
