@@ -101,7 +101,7 @@ def audit(
         for ns in store.backend.namespaces(sc):
             if namespace is not None and ns != namespace:
                 continue
-            for key in store.backend.keys(sc, ns, ""):
+            for key in store.backend.keys(sc, ns, "", verify=True):  # KEYS may be damaged
                 ref = Ref(sc, ns, key)
                 push(ref, store.backend.iter_newest_first(ref))
     while walks:

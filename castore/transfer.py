@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 
-from castore.backend import Decide, LogView, NewVersion, overwrite_refusal
-from castore.errors import ConflictError, InvalidValueError
+from castore.backend import MAX_VERSION, Decide, LogView, NewVersion, overwrite_refusal
+from castore.errors import ConflictError, CorruptionError, InvalidValueError
 from castore.exportfile import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -29,7 +29,7 @@ from castore.exportfile import (
     read_lines,
 )
 from castore.keys import SCOPES, Ref, validate_filters
-from castore.records import OP_DELETE, Audit, Entry
+from castore.records import OP_DAMAGED, OP_DELETE, Audit, Entry
 from castore.store import Store
 
 __all__ = [
@@ -57,7 +57,9 @@ def _refs(store: Store, scope: str | None, namespace: str | None) -> Iterator[tu
             removed.setdefault(ns, {})[key] = top
         names = sorted({*store.backend.namespaces(sc), *removed}, key=str.encode)
         for ns in names if namespace is None else [n for n in names if n == namespace]:
-            keys = dict.fromkeys(store.backend.keys(sc, ns, ""), 0)
+            # verify: the logs' headers too (export reads every log anyway), so that damage
+            # to KEYS never leaves a key out of a backup
+            keys = dict.fromkeys(store.backend.keys(sc, ns, "", verify=True), 0)
             gone = {k: top for k, top in removed.get(ns, {}).items() if k not in keys}
             for key in sorted({**keys, **gone}, key=str.encode):
                 yield Ref(sc, ns, key), gone.get(key, 0)
@@ -160,6 +162,21 @@ def _removed_alike(new_versions: list[NewVersion], grave: int) -> bool:
     )
 
 
+def _newest(store: Store, ref: Ref) -> Entry | None:
+    """The newest entry of ``ref``, a repair's record of lost versions included.
+
+    Raises:
+        CorruptionError: damage hides the newest entry.
+    """
+    try:
+        return store.backend.current(ref).entry
+    except CorruptionError:  # its value is unreadable: is its entry a lost range?
+        page = store.backend.history(ref, MAX_VERSION + 1, 1)
+        if not page or page[0].op != OP_DAMAGED:
+            raise
+        return page[0]  # a key with history, as any other (refused, skipped, overwritten)
+
+
 def _validated(
     store: Store, read: Callable[[], Iterable[bytes]], on_conflict: OnConflict
 ) -> tuple[set[Ref], set[Ref]]:
@@ -182,7 +199,7 @@ def _validated(
         if ref.scope not in graves:
             graves[ref.scope] = {(n, k): v for n, k, v in store.backend.removed(ref.scope)}
         grave = graves[ref.scope].get((ref.namespace, ref.key), 0)
-        existing = store.backend.current(ref).entry
+        existing = _newest(store, ref)
         if existing is None and _removed_alike(new_versions, grave):
             conflicts[ref] = grave
             alike.add(ref)

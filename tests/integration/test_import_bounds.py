@@ -125,3 +125,40 @@ def test_the_cli_refuses_a_set_past_the_highest_version(cli: Cli, tmp_path: Path
         assert "the highest version there is" in error, error
     shown = json.loads(cli.run("get", "k").stdout)
     assert shown["version"] == TOP
+
+
+def _lost_newest(location: str) -> Store:
+    """A store whose key k's newest entry is a repair's record of lost versions 2-3."""
+    store = Store(location, dag=DAG)
+    lost = _line(version=3, op="damaged", hash="", value=None, damaged_from=2, time_ns=6)
+    castore.import_lines(store, _reader(HEADER + _line() + lost))
+    with pytest.raises(castore.CorruptionError, match="versions 2-3 lost"):
+        store.get("k")
+    return store
+
+
+@pytest.mark.parametrize("on_conflict", ["skip", "refuse", "overwrite"])
+def test_a_key_whose_newest_versions_were_lost_is_a_key_with_history(
+    store_location: str, on_conflict: Any
+) -> None:
+    # Found by a review: the validating pass read the key's newest value, so a key whose
+    # newest entry is a repair's lost range failed every import naming it ("corrupt
+    # store"), even --on-conflict skip, and the import's other keys with it.
+    store = _lost_newest(store_location)
+    before = _export(store)
+    backup = HEADER + _line(key="a") + _line(value=2, hash=hexdigest(b"2"))
+    if on_conflict == "refuse":
+        with pytest.raises(ConflictError, match="1 imported key"):
+            castore.import_lines(store, _reader(backup), on_conflict=on_conflict)
+        assert _export(Store(store_location, dag=DAG)) == before
+        return
+    if on_conflict == "overwrite":  # version 1 is below the stored newest, 3: refused
+        with pytest.raises(ConflictError, match="is below it"):
+            castore.import_lines(store, _reader(backup), on_conflict=on_conflict)
+        assert _export(Store(store_location, dag=DAG)) == before
+        return
+    report = castore.import_lines(store, _reader(backup), on_conflict=on_conflict)
+    assert report.skipped_refs == [f"dag/{DAG}/k"]
+    fresh = Store(store_location, dag=DAG)
+    assert fresh.get("a").value == 1
+    assert [e.version for e in fresh.history("k").entries] == [3, 1]

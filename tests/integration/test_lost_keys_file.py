@@ -219,3 +219,19 @@ def test_a_planted_state_in_a_namespace_without_keys_is_reported_not_raised(
         "KEYS does not name its namespace",
         "a FIFO, socket or device planted in the store (castore never opens one)",
     }
+
+
+def test_a_keys_file_that_lost_one_line_hides_no_key_from_export_or_audit(tmp_path: Path) -> None:
+    # Found by a review: with one key's line taken out of KEYS, export left that key out
+    # (exit 0: a backup silently short) while check reported it missing from KEYS.
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    shutil.copytree(twin, damaged)
+    keys = Path(keys_path(damaged, "dag", "d"))
+    line = b"b/c".hex().encode() + b"\n"
+    assert line in keys.read_bytes()
+    keys.write_bytes(keys.read_bytes().replace(line, b""))
+    s, t = Store(damaged, dag="d"), Store(twin, dag="d")
+    assert list(export_lines(s)) == list(export_lines(t))
+    assert list(audit(s)) == list(audit(t))
+    assert [f.path for f in Store(damaged, dag="d").check().findings]  # check says so
