@@ -98,10 +98,9 @@ class PostgresBackend:
             if row is None and cur.execute(q.HAS_VERSIONS, key).fetchone():
                 row = cur.execute(q.CURRENT, key, binary=True).fetchone()  # just written?
                 if row is None:  # lost: never "not found" while versions remain
-                    raise CorruptionError(
-                        f"{ref}: its row in refs is lost but its versions "
-                        "remain; the key's next write restores it"
-                    )
+                    raise _row_lost(ref)
+            if row is not None and row[11]:
+                raise _behind(ref)
             found = rows.entry(row, 0, ref) if row is not None else None
             if row is None or found is None:
                 return Current(None, None)
@@ -114,10 +113,14 @@ class PostgresBackend:
         """True if ``ref`` has a version (a delete counts)."""
 
         def work(cur: Cursor) -> bool:
-            cur.execute(
-                f"SELECT 1 FROM refs WHERE {q.REF} AND version IS NOT NULL", (rows.ref_id(ref),)
-            )
-            return cur.fetchone() is not None
+            key = (rows.ref_id(ref),)
+            found = cur.execute(f"SELECT version, {q.AHEAD} FROM refs r WHERE {q.REF}", key)
+            row = found.fetchone()
+            if row is None and cur.execute(q.HAS_VERSIONS, key).fetchone():
+                raise _row_lost(ref)  # never "no such key" while versions remain
+            if row is not None and row[1]:
+                raise _behind(ref)
+            return row is not None and row[0] is not None
 
         result: bool = self._read(work, f"reading {ref}", False)
         return result
@@ -127,9 +130,9 @@ class PostgresBackend:
         where, params = rows.prefix_filter(scope, namespace, prefix)
 
         def work(cur: Cursor) -> list[str]:
-            cur.execute(
-                f"SELECT ref_id, namespace, key FROM refs WHERE {where} AND version IS NOT NULL "
-                "ORDER BY key",
+            cur.execute(  # a key whose copy was cleared by hand still has versions: listed
+                f"SELECT ref_id, namespace, key FROM refs r WHERE {where} "
+                f"AND (version IS NOT NULL OR {q.AHEAD}) ORDER BY key",
                 params,
             )
             return [rows.stored_ref(i, scope, n, k).key for i, n, k in cur.fetchall()]
@@ -148,8 +151,8 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> list[str]:
             cur.execute(
-                "SELECT DISTINCT namespace FROM refs WHERE scope = %s AND version IS NOT NULL "
-                "ORDER BY namespace",
+                "SELECT DISTINCT namespace FROM refs r WHERE scope = %s "
+                f"AND (version IS NOT NULL OR {q.AHEAD}) ORDER BY namespace",
                 (scope,),
             )
             return [rows.namespace_name(scope, n) for (n,) in cur.fetchall()]
@@ -163,13 +166,15 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> dict[str, ListEntry | None]:
             cur.execute(
-                f"SELECT ref_id, namespace, key, {rows.ENTRY} FROM refs WHERE {where} "
-                "AND version IS NOT NULL",
+                f"SELECT ref_id, namespace, key, {rows.ENTRY}, {q.AHEAD} FROM refs r "
+                f"WHERE {where} AND (version IS NOT NULL OR {q.AHEAD})",
                 params,
             )
             out: dict[str, ListEntry | None] = {}
             for row in cur.fetchall():
                 key = rows.stored_ref(row[0], scope, row[1], row[2]).key
+                if row[11]:
+                    continue  # left unknown: list reads the key alone, and skips it (damage)
                 try:
                     found = rows.entry(row, 3)
                 except CorruptionError:
@@ -333,6 +338,21 @@ class PostgresBackend:
     def stats(self) -> StoreStats:
         """Keys, versions, blobs and bytes per scope (a few aggregate queries)."""
         return maintenance.stats(self.db)
+
+
+def _row_lost(ref: Ref) -> CorruptionError:
+    """The error of a key whose ``refs`` row is gone while its version rows remain."""
+    return CorruptionError(
+        f"{ref}: its row in refs is lost but its versions remain; the key's next write restores it"
+    )
+
+
+def _behind(ref: Ref) -> CorruptionError:
+    """The error of a key whose copy of its newest version is below one of its rows."""
+    return CorruptionError(
+        f"{ref}: its copy of the newest version in refs is behind its version rows "
+        "(edited): run castore check --repair"
+    )
 
 
 def upgrade(location: str) -> UpgradeReport:

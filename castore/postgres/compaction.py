@@ -126,8 +126,10 @@ def _compact_one(
         [(ref_id, low, high, retention.policy, now) for low, high in _ranges(covered)],
     )
     cur.execute(f"DELETE FROM versions WHERE {rows.REF} AND version = ANY(%s)", (ref_id, drop))
-    if keep is None:  # the key goes away; its last version stays reserved
+    if keep is None:  # the key goes away; its last version stays reserved (its row's, not
+        # its copy's: a copy edited behind its rows would give versions again)
         cur.execute(
-            f"UPDATE refs SET floor = GREATEST(floor, version), {NO_NEWEST} WHERE {rows.REF}", key
+            f"UPDATE refs SET floor = GREATEST(floor, version, %s), {NO_NEWEST} WHERE {rows.REF}",
+            (max(drop), ref_id),
         )
     return size, left, len(drop), keep is None

@@ -23,7 +23,7 @@ from castore.postgres.connection import Cursor, Database
 from castore.postgres.schema import KEY_HEAD_BYTES
 from castore.reports import Finding
 
-__all__ = ["check_floors", "check_names"]
+__all__ = ["check_floors", "check_names", "check_orphans"]
 
 _BATCH: Final = 1000
 _NAMES: Final = (
@@ -40,6 +40,13 @@ _LOW_FLOORS: Final = """
     ORDER BY r.scope, r.namespace, r.key
 """
 _RAISE_FLOOR: Final = "UPDATE refs SET floor = greatest(floor, %s) WHERE ref_id = %s"
+# Compactions of a key whose refs row is gone: its names are lost (a hand's DELETE); its
+# next write makes the row again above them (NEW_REF), so only a report.
+_ORPHANS: Final = """
+    SELECT c.ref_id, max(c.high) FROM compactions c
+    WHERE NOT EXISTS (SELECT 1 FROM refs r WHERE r.ref_id = c.ref_id)
+    GROUP BY c.ref_id ORDER BY c.ref_id
+"""
 
 
 def _name(scope: str, namespace: bytes, key: bytes) -> str:
@@ -93,6 +100,19 @@ def check_names(db: Database, repair: bool) -> list[Finding]:
         if len(batch) < _BATCH:
             return findings
         after = bytes(batch[-1][0])
+
+
+def check_orphans(db: Database) -> list[Finding]:
+    """A finding per key whose compactions remain without its ``refs`` row (not repairable)."""
+    return [
+        Finding(
+            path=f"compactions/{bytes(ref_id).hex()}",
+            problem=f"compactions up to version {high} of a key whose refs row is lost",
+            repair="none: its names are lost (its next write goes on above that version)",
+            repaired=False,
+        )
+        for ref_id, high in db.fetch(_ORPHANS, (), "checking")
+    ]
 
 
 def check_floors(db: Database, repair: bool) -> list[Finding]:

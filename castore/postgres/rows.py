@@ -71,12 +71,12 @@ def ref_id(ref: Ref) -> bytes:
     return hashlib.sha256(ns_id(ref.scope, ref.namespace) + ref.key.encode("utf-8")).digest()
 
 
-def ref_row(ref: Ref) -> tuple[bytes, str, bytes, bytes, bytes, bytes]:
-    """A new ``refs`` row's identity: ref_id, scope, namespace, key, ns_id, key_head."""
+def ref_row(ref: Ref) -> tuple[bytes, str, bytes, bytes, bytes, bytes, bytes]:
+    """A new ``refs`` row's identity (ref_id, scope, namespace, key, ns_id, key_head), ref_id."""
     key = ref.key.encode("utf-8")
     scope, namespace = ref.scope, ref.namespace
     ids = (ref_id(ref), scope, namespace.encode("utf-8"), key, ns_id(scope, namespace))
-    return (*ids, key[:KEY_HEAD_BYTES])
+    return (*ids, key[:KEY_HEAD_BYTES], ref_id(ref))
 
 
 def ref_name(scope: str, namespace: bytes, key: bytes) -> str:

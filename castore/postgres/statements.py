@@ -15,6 +15,7 @@ from castore.records import OP_DAMAGED, BlobLoc, Entry
 from castore.results import rfc3339
 
 __all__ = [
+    "AHEAD",
     "APPEND_KNOWN_BLOB",
     "APPEND_NEW_BLOB",
     "APPEND_ROW",
@@ -44,8 +45,15 @@ NO_NEWEST: Final = (  # a refs row's copy of the newest version, emptied
     "created_ns = NULL, audit = NULL, damaged_from = NULL, blob = NULL, inline = NULL"
 )
 # A row's entry, then its value: inline bytes, or the codec and data of its blob.
+# Whether a version row is above a key's copy of its newest (a copy edited or rolled back
+# by hand: the key's newest is then not known, never the copy's older one). One probe of
+# the versions primary key.
+AHEAD: Final = (
+    "EXISTS (SELECT 1 FROM versions v WHERE v.ref_id = r.ref_id "
+    "AND v.version > coalesce(r.version, 0))"
+)
 CURRENT: Final = (
-    f"SELECT {rows.entry_columns('r')}, r.inline, b.codec, b.data "
+    f"SELECT {rows.entry_columns('r')}, r.inline, b.codec, b.data, {AHEAD} "
     "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob WHERE r.ref_id = %s"
 )
 HAS_VERSIONS: Final = "SELECT 1 FROM versions WHERE ref_id = %s LIMIT 1"
@@ -61,9 +69,11 @@ COPY_NEWEST: Final = f"""
     WHERE r.ref_id = %s
 """
 LOCK: Final = f"SELECT floor, {rows.ENTRY}, inline FROM refs WHERE ref_id = %s FOR UPDATE"
+# A key's new row; its floor is the last version compaction dropped, if a row was lost.
 NEW_REF: Final = (
-    "INSERT INTO refs (ref_id, scope, namespace, key, ns_id, key_head) "
-    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    "INSERT INTO refs (ref_id, scope, namespace, key, ns_id, key_head, floor) "
+    "VALUES (%s, %s, %s, %s, %s, %s, "
+    "coalesce((SELECT max(high) FROM compactions WHERE ref_id = %s), 0)) ON CONFLICT DO NOTHING"
 )
 VERSION: Final = (
     f"SELECT {rows.entry_columns('v')}, v.inline, b.codec, b.data "

@@ -1336,6 +1336,72 @@ def test_names_edited_by_hand_are_damage_not_another_key(postgres_location, tmp_
     assert fresh.get("a").value == 1  # the other key reads as before
 
 
+_COPY_OF_V1 = (
+    "UPDATE refs r SET (version, op, time_ns, digest, size, created_ns, audit, damaged_from, "
+    "blob, inline) = (SELECT version, op, time_ns, digest, size, created_ns, audit, "
+    "damaged_from, blob, inline FROM versions v WHERE v.ref_id = r.ref_id AND v.version = 1) "
+    "WHERE key = 'k'"
+)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["UPDATE refs SET version = NULL, op = NULL WHERE key = 'k'", _COPY_OF_V1],
+    ids=["copy-cleared", "copy-of-version-1"],
+)
+def test_a_copy_behind_its_rows_is_damage_not_an_older_version(postgres_location, edit):
+    # Found by a review: reads trusted the key's copy of its newest version, so a copy
+    # cleared or rolled back by hand read as "not found" (and delete said deleted=False)
+    # or as version 1 while versions 2 and 3 were there.
+    store = Store(postgres_location, dag=DAG)
+    store.set("a", 1)
+    for n in range(1, 4):
+        store.set("k", {"n": n})
+    query(postgres_location, edit)
+    fresh = Store(postgres_location, dag=DAG)
+    with pytest.raises(castore.CorruptionError, match="k"):
+        fresh.get("k")
+    with pytest.raises(castore.CorruptionError, match="k"):
+        fresh.delete("k")
+    listed = fresh.list()
+    assert [e.key for e in listed.entries] == ["a"]
+    assert listed.skipped == ["k"]
+    assert not fresh.check().ok
+    assert fresh.check(repair=True).ok  # the copy is made again from the newest row
+    again = Store(postgres_location, dag=DAG)
+    assert (again.get("k").version, again.get("k").value) == (3, {"n": 3})
+    assert again.set("k", {"n": 4}).version == 4
+
+
+def test_compaction_of_a_key_whose_copy_is_behind_keeps_its_versions_reserved(
+    postgres_location,
+):
+    # Found by a review: removing the key set its floor from the copy (version 1), so the
+    # next set gave version 2 again.
+    store = Store(postgres_location, dag=DAG)
+    store.set("k", 1)
+    store.set("k", 2)
+    store.delete("k")
+    query(postgres_location, _COPY_OF_V1)
+    Store(postgres_location, dag=DAG).compact(keep_within_seconds=0, prefix="k")
+    assert Store(postgres_location, dag=DAG).set("k", 9).version == 4
+
+
+def test_a_key_whose_refs_row_was_lost_after_compaction_goes_on_above_it(postgres_location):
+    # Found by a review: the key's new row started at floor 0, so its next set gave
+    # version 1 again while "get --version 2" said "was compacted"; check said ok.
+    store = Store(postgres_location, dag=DAG)
+    for n in range(3):
+        store.set("k", n)
+    store.delete("k")
+    store.compact(keep_within_seconds=0)  # removed: floor 4, compactions 1-4
+    query(postgres_location, "DELETE FROM refs")
+    report = Store(postgres_location, dag=DAG).check()
+    assert not report.ok
+    assert [f.path.startswith("compactions/") for f in report.findings] == [True]
+    assert Store(postgres_location, dag=DAG).set("k", "again").version == 5
+
+
 def test_a_set_restores_the_blob_row_its_value_needs(postgres_location):
     # Found by a review: a set of the value the previous version holds only refreshed its
     # blob row; with that row gone, the set was acknowledged and its get said "missing".
