@@ -27,7 +27,8 @@ from typing import Final, NamedTuple
 from castore import codec
 from castore.backend import Decide, LogView, NewVersion
 from castore.dagurecord import decode_record
-from castore.errors import CastoreError, ConflictError, CorruptionError
+from castore.errors import CastoreError, ConflictError, CorruptionError, InvalidValueError
+from castore.identity import check_audit
 from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
 from castore.results import PlainResult
@@ -261,6 +262,10 @@ def _new_version(data: bytes) -> NewVersion | str:
         step_name=by.step_name,
         reason="imported from Dagu",
     )
+    try:
+        check_audit(audit)  # as every write's: the store's export must import again
+    except InvalidValueError as exc:
+        return f"corrupt record: {exc.detail}"
     return NewVersion(
         OP_SET,
         record.normalized,

@@ -42,6 +42,7 @@ from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.peek import blob_value, indexes_beyond, is_store, names_ref, newest_entry
 from castore.file.stateappend import KIND_PENDING, STATE_NAME, append_frame
 from castore.file.tree import Tree
+from castore.identity import MAX_AUDIT_TEXT
 from castore.keys import Ref, log_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
@@ -136,8 +137,19 @@ def _size(fd: int, durable: bool) -> int:
 
 
 def _plain(item: str | int) -> bool:
-    """An int, or a string that json and msgspec write alike: printable ASCII."""
-    return type(item) is int or (isinstance(item, str) and item.isascii() and item.isprintable())
+    """An int, or a string json and msgspec write alike that a write may keep.
+
+    Printable ASCII, at most :data:`~castore.identity.MAX_AUDIT_TEXT` characters
+    (a longer one: the store words the refusal).
+    """
+    if type(item) is int:
+        return True
+    return (
+        isinstance(item, str)
+        and len(item) <= MAX_AUDIT_TEXT
+        and item.isascii()
+        and item.isprintable()
+    )
 
 
 def _frames(

@@ -114,10 +114,12 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> bool:
             key = (rows.ref_id(ref),)
-            found = cur.execute(f"SELECT version, {q.AHEAD} FROM refs r WHERE {q.REF}", key)
-            row = found.fetchone()
+            read = f"SELECT version, {q.AHEAD} FROM refs r WHERE {q.REF}"
+            row = cur.execute(read, key).fetchone()
             if row is None and cur.execute(q.HAS_VERSIONS, key).fetchone():
-                raise _row_lost(ref)  # never "no such key" while versions remain
+                row = cur.execute(read, key).fetchone()  # just written by another process?
+                if row is None:
+                    raise _row_lost(ref)  # never "no such key" while versions remain
             if row is not None and row[1]:
                 raise _behind(ref)
             return row is not None and row[0] is not None

@@ -108,7 +108,9 @@ def sparse_file(path: Path, size: int, head: bytes = b"", tail: bytes = b"") -> 
 # -- castore import ----------------------------------------------------------------------
 
 
-def export_line(key: str, value_json: bytes, reason: str = "") -> bytes:
+def export_line(
+    key: str, value_json: bytes, reason: str = "", audit: dict[str, str] | None = None
+) -> bytes:
     """One export line (no newline) for version 1 of ``dag/d/KEY``."""
     record = {
         "scope": "dag",
@@ -119,14 +121,14 @@ def export_line(key: str, value_json: bytes, reason: str = "") -> bytes:
         "time_ns": 1,
         "created_ns": 1,
         "hash": sha256(value_json),
-        "audit": {"reason": reason} if reason else {},
+        "audit": audit if audit is not None else {"reason": reason} if reason else {},
     }
     head = json.dumps(record, separators=(",", ":"))[:-1].encode()
     return head + b',"value":' + value_json + b"}"
 
 
 def padded_export_line(key: str, size: int) -> bytes:
-    """A valid export line of exactly ``size`` bytes holding the largest allowed value."""
+    """An export line of exactly ``size`` bytes: the largest value, a long reason."""
     value = b'"' + b"v" * (MAX_VALUE_BYTES - 2) + b'"'
     bare = export_line(key, value, reason="r")
     line = export_line(key, value, reason="r" * (1 + size - len(bare)))
@@ -200,7 +202,7 @@ def test_import_refuses_an_oversized_line_in_bounded_memory(
     check_peak(case, run, import_baseline)
 
 
-def test_import_accepts_a_line_at_the_limit_and_refuses_one_byte_more(
+def test_import_reads_a_line_at_the_limit_and_refuses_one_byte_more(
     tmp_path, target, import_baseline
 ):
     at_limit = tmp_path / "at-limit.jsonl"
@@ -216,14 +218,31 @@ def test_import_accepts_a_line_at_the_limit_and_refuses_one_byte_more(
     assert str(LIMIT_BYTES) in message
     assert state(target) == before
 
-    run = castore(tmp_path, "--dir", target, "import", at_limit)
+    # A line at the limit is read whole; its reason (over 1 MB) is then refused, as a
+    # write's would be (audit fields hold at most 8,192 characters: every line fits).
+    refused = castore(tmp_path, "--dir", target, "import", at_limit)
+    message = one_line_error(refused.proc, 2)
+    assert message.startswith("invalid value: line 2: audit field reason holds"), message
+    assert state(target) == before
+    check_peak(f"an export line of {LIMIT_BYTES} bytes", refused, import_baseline)
+
+
+def test_import_takes_the_longest_line_a_store_writes(tmp_path, target, import_baseline):
+    # The largest value and every audit text field at its bound, in characters JSON
+    # escapes to six bytes each: the longest line export writes, well within the limit.
+    value = b'"' + b"v" * (MAX_VALUE_BYTES - 2) + b'"'
+    fields = ("dag_name", "run_id", "step_name", "attempt", "user", "host", "actor", "reason")
+    longest = export_line("big", value, audit=dict.fromkeys(fields, "\x01" * 8192))
+    assert 1_400_000 < len(longest) < LIMIT_BYTES
+    dump = tmp_path / "longest.jsonl"
+    dump.write_bytes(HEADER + longest + b"\n")
+    run = castore(tmp_path, "--dir", target, "import", dump)
     assert run.code == 0, run.stderr
-    assert json.loads(run.stdout)["versions"] == 1
     s = store_at(target)
     assert len(s.get("big").value_json or b"") == MAX_VALUE_BYTES
-    assert s.history("big").entries[0].reason.startswith("rrr")
+    assert s.history("big").entries[0].reason == "\x01" * 8192
     s.close()
-    check_peak(f"largest allowed export line ({LIMIT_BYTES} bytes)", run, import_baseline)
+    check_peak(f"the longest export line ({len(longest)} bytes)", run, import_baseline)
 
 
 def test_import_lines_refuses_an_oversized_line_from_any_reader(tmp_path, target):
@@ -396,8 +415,11 @@ def test_import_dagu_reads_a_record_at_the_limit_and_skips_one_byte_more(tmp_pat
     report(f"[import-dagu] record file of limit + 1 bytes: {json.dumps(over)}")
     assert over["status"] == "skipped"
     assert f"{LIMIT_BYTES + 1} bytes, over the {LIMIT_BYTES}-byte limit" in str(over["reason"])
-    assert outcomes[rel_path("dag", "daily", "at-limit")]["status"] == "imported"
+    # Read whole, then skipped for its 2 MB step_name (a write keeps 8,192 characters).
+    at_limit = outcomes[rel_path("dag", "daily", "at-limit")]
+    assert at_limit["status"] == "skipped"
+    assert "audit field step_name holds" in str(at_limit["reason"]), at_limit
     s = Store(tmp_path / "store", dag="daily", durable=False)
-    assert len(s.get("at-limit").value_json or b"") == MAX_VALUE_BYTES
+    assert s.get("at-limit").found is False
     s.close()
-    check_peak(f"largest allowed Dagu record ({LIMIT_BYTES} bytes)", run, dagu_baseline)
+    check_peak(f"a Dagu record of {LIMIT_BYTES} bytes", run, dagu_baseline)

@@ -162,3 +162,13 @@ def test_a_key_whose_newest_versions_were_lost_is_a_key_with_history(
     fresh = Store(store_location, dag=DAG)
     assert fresh.get("a").value == 1
     assert [e.version for e in fresh.history("k").entries] == [3, 1]
+
+
+def test_a_cli_set_refuses_an_audit_field_no_import_could_take(cli: Cli) -> None:
+    # Found by a review: the quick set path (file stores) wrote a 9,000-character reason
+    # the library refuses, and the store's export was then refused by import.
+    assert cli.run("set", "k", "1").returncode == 0
+    error = one_line_error(cli.run("set", "k", "2", "--reason", "x" * 9000), 2)
+    assert "audit field reason holds 9000 characters, more than 8192" in error
+    shown = json.loads(cli.run("get", "k").stdout)
+    assert shown["version"] == 1

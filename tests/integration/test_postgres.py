@@ -43,6 +43,7 @@ from castore import (
     export_lines,
     import_lines,
 )
+from castore.postgres.connection import Database
 from castore.postgres.location import parse
 from castore.valuecodec import CODEC_ZSTD
 from tests.helpers import CASTORE_PATH, Cli, reap_processes
@@ -1371,6 +1372,41 @@ def test_a_copy_behind_its_rows_is_damage_not_an_older_version(postgres_location
     again = Store(postgres_location, dag=DAG)
     assert (again.get("k").version, again.get("k").value) == (3, {"n": 3})
     assert again.set("k", {"n": 4}).version == 4
+
+
+def test_a_delete_racing_the_keys_first_set_is_no_damage(postgres_location, monkeypatch):
+    # Found by a review of the probe above: exists() read the refs row, found none, then
+    # found the version another process had just committed, and called the store damaged
+    # (932 of 3,000 racing deletes exited 5).
+    deleter, creator = Store(postgres_location, dag=DAG), Store(postgres_location, dag=DAG)
+    deleter.set("init", 1)
+    armed = [True]
+    original = Database.run
+    creator_db = creator.backend.db  # type: ignore[attr-defined]  # the PostgreSQL backend's
+
+    class Between:  # commits the other process's set right after exists' first statement
+        def __init__(self, cur: Any) -> None:
+            self._cur = cur
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._cur, name)
+
+        def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
+            done = self._cur.execute(statement, *args, **kw)
+            if armed[0] and str(statement).startswith("SELECT version, EXISTS"):
+                armed[0] = False
+                creator.set("k", 1)
+            return done
+
+    def run(self: Database, work: Any, what: str, **kw: Any) -> Any:
+        if self is creator_db:
+            return original(self, work, what, **kw)
+        return original(self, lambda cur: work(Between(cur)), what, **kw)
+
+    monkeypatch.setattr(Database, "run", run)
+    assert deleter.delete("k").deleted
+    assert not armed[0]  # the race happened
+    assert Store(postgres_location, dag=DAG).get("k").found is False
 
 
 def test_compaction_of_a_key_whose_copy_is_behind_keeps_its_versions_reserved(

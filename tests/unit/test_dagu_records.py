@@ -108,6 +108,17 @@ def test_times_castore_cannot_keep_or_go_cannot_read_are_skipped(store, tmp_path
     assert [e.key for e in store.list().entries] == ["a-good", "z-good"]
 
 
+@pytest.mark.parametrize("field", ["dag_name", "dag_run_id", "step_name", "attempt_id"])
+def test_a_record_whose_audit_no_write_could_keep_is_skipped(store, tmp_path, field):
+    """Was (a review of the nineteenth session's import bounds): imported, and the store's
+    own export was then refused by import; into an http:// store the whole import stopped."""
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    record = dagu_record("dag", "daily", "m", 1, 1, by={field: "x" * 9000})
+    rel = d.bad(rel_path("dag", "daily", "m"), record, "")
+    assert "holds 9000 characters, more than 8192" in _outcome(store, d, rel)
+
+
 @pytest.mark.parametrize(
     ("ns_name", "key_name"),
     [
