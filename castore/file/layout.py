@@ -90,12 +90,14 @@ class Layout:
             StoreUnavailableError: the store is gone, or one appeared in place of
                 the directory this handle had opened (try again: it is seen now).
         """
+        # What is held first: another thread may make the root and open it meanwhile, and
+        # a root held since before the stat must not look moved (its descriptors retired).
+        held = self.fs.held_root()
         try:
             st = os.stat(self.root)  # the root may be a link the user chose
             here: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             here = None
-        held = self.fs.held_root()
         moved = held is not None and held != here
         if self.present:
             if moved or not os.path.exists(os.path.join(self.root, "FORMAT")):

@@ -28,14 +28,9 @@ from castore.file.modes import (
     regular,
     set_mode,
 )
+from castore.file.wholefiles import WholeFiles
 
 __all__ = ["UNCONFINED", "Tree"]
-
-
-def _tmp_name(path: str, hidden: bool = False) -> str:
-    folder, _, name = path.rpartition("/")
-    stamp = f"{os.getpid()}.{_thread.get_ident()}.{time.monotonic_ns()}"
-    return f"{folder}/{'.' * hidden}{name}.{stamp}.tmp"
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -45,7 +40,7 @@ _NOT_NAMES = frozenset(("", ".", ".."))  # a final component that is no file's n
 _MAX_CACHED_DIRS = 256  # directory descriptors a Tree keeps open; more are opened per call
 
 
-class Tree:
+class Tree(WholeFiles):
     """The file operations of one store, confined to its root (or to nothing).
 
     Paths are absolute strings. A path below ``root`` is resolved component by component
@@ -63,20 +58,30 @@ class Tree:
         self.modes = modes
         self._lock = _thread.allocate_lock()
         self._dirs: dict[str, int] = {}
+        self._retired: list[int] = []  # no longer used; closed by close()
         self._prefix = root.rstrip("/") + "/" if root else "\0"
 
     def close(self, *, root: bool = False) -> None:
-        """Close the cached directory descriptors, the root's with ``root`` (it stays usable)."""
+        """Close the cached directory descriptors but the root's (it stays usable).
+
+        ``root``: stop using them all, the root's too, without closing them yet
+        (another thread may be in a call on one): they are closed with the rest.
+        """
         with self._lock:
-            keep = self._dirs.pop(self.root.rstrip("/"), None) if self.root and not root else None
-            for fd in self._dirs.values():
+            if root:
+                self._retired += self._dirs.values()
+                self._dirs.clear()
+                return
+            keep = self._dirs.pop(self.root.rstrip("/"), None) if self.root else None
+            for fd in [*self._dirs.values(), *self._retired]:
                 os.close(fd)
             self._dirs.clear()
+            self._retired.clear()
             if keep is not None and self.root is not None:
                 self._dirs[self.root.rstrip("/")] = keep
 
     def __del__(self) -> None:
-        for fd in getattr(self, "_dirs", {}).values():
+        for fd in [*getattr(self, "_dirs", {}).values(), *getattr(self, "_retired", [])]:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -292,6 +297,10 @@ class Tree:
         with self._at(src) as (sfd, sname), self._at(dst) as (dfd, dname):
             os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
 
+    def append(self, fd: int, data: bytes, *, durable: bool) -> None:
+        """Write all of ``data`` at the end of ``fd`` (fdatasync'd if ``durable``)."""
+        append(fd, data, durable=durable)
+
     def fsync_dir(self, path: str) -> None:
         """Fsync a directory so that entries created in it survive a power loss."""
         outside = not (path + "/").startswith(self._prefix)  # a link the user chose: followed
@@ -344,56 +353,6 @@ class Tree:
             finally:
                 os.close(fd)
             left = max(0.0, deadline - time.monotonic())  # replaced meanwhile: what is left
-
-    def write_new(self, path: str, data: bytes, *, durable: bool, unsynced: bool = False) -> None:
-        """Create ``path`` (a temporary file) holding ``data``; remove it again on failure."""
-        fd = self.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, unsynced=unsynced)
-        try:
-            append(fd, data, durable=durable)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.unlink(path)
-            raise
-        finally:
-            os.close(fd)
-
-    def atomic_write(
-        self, path: str, data: bytes, *, durable: bool, unsynced: bool = False
-    ) -> None:
-        """Write a whole small file atomically: temporary file, fsync, rename, fsync dir.
-
-        The temporary name ends in ``.tmp`` and is never read as data (``unsynced``: as open).
-        """
-        tmp = _tmp_name(path)
-        self.write_new(tmp, data, durable=durable, unsynced=unsynced)
-        try:
-            self.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.unlink(tmp)
-            raise
-        if durable:
-            self.fsync_dir(os.path.dirname(path) or ".")
-
-    def create_once(self, path: str, data: bytes) -> bool:
-        """Create ``path`` holding ``data`` unless it exists; durable; True if this call made it.
-
-        The content is written to a hidden temporary file first and hard-linked
-        into place, so ``path`` never exists half-written and of many concurrent
-        callers exactly one creates it; the others leave it as they find it.
-        """
-        tmp = _tmp_name(path, hidden=True)
-        self.write_new(tmp, data, durable=True)
-        try:
-            self.link(tmp, path)
-            made = True
-        except FileExistsError:
-            made = False
-        finally:
-            with contextlib.suppress(OSError):
-                self.unlink(tmp)
-        self.fsync_dir(os.path.dirname(path) or ".")
-        return made
 
 
 UNCONFINED = Tree(None)

@@ -15,6 +15,7 @@ import random
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,3 +268,32 @@ def test_concurrent_first_use_of_fresh_stores(new_store_location: Callable[[], s
         assert sorted(os.listdir(stored)) == ["FORMAT", "index", "refs"] or sorted(
             os.listdir(stored)
         ) == ["FORMAT", "refs"]
+
+
+def test_threads_of_one_handle_making_its_store_at_once_all_succeed(tmp_path: Path) -> None:
+    # Found by CI (the remote backend's server shares one handle among its threads): a
+    # thread that stat'ed the missing root, then saw the root another thread had just made
+    # and opened, took it for a store moved away and closed the descriptors the other
+    # thread was using: "Bad file descriptor" in about one round of four, and a reused
+    # descriptor number could have pointed a call at another directory.
+    failures: list[str] = []
+    for round_ in range(60):
+        store = Store(tmp_path / f"s{round_}" / "store", dag="d")
+        barrier = threading.Barrier(8)
+
+        def work(n: int, store: Store = store, barrier: threading.Barrier = barrier) -> None:
+            try:
+                barrier.wait(30)
+                store.set(f"p{n}", n)
+                if store.get(f"p{n}").value != n:
+                    failures.append(f"p{n} read back wrong")
+            except (CastoreError, OSError) as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        store.close()
+    assert not failures, failures[:3]

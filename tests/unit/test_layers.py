@@ -101,6 +101,7 @@ FILE_LAYERS = {
     "records": 0,
     "modes": 0,  # the permission bits of what a store creates
     # confined paths; damage in one log
+    "wholefiles": 0,  # atomic whole-file writes, a base of Tree
     "tree": 1,
     "damage": 1,
     "namesync": 1,  # names made durable before a durable write depends on them
