@@ -118,7 +118,7 @@ _SOURCES |= {"attempt": "$DAG_RUN_ATTEMPT_ID", "actor": "$CASTORE_ACTOR"}
 MAX_AUDIT_TEXT = 8_192  # characters; JSON-escaped, 11 fields stay under 600 KiB
 
 
-def refuse_invalid_text(fields: dict[str, str | int]) -> None:
+def refuse_invalid_text(fields: dict[str, str | int], *, sources: bool = True) -> None:
     """Refuse an audit field that is not Unicode text UTF-8 can hold, or is too long.
 
     A lone surrogate comes from an environment variable holding bytes that are not
@@ -128,7 +128,8 @@ def refuse_invalid_text(fields: dict[str, str | int]) -> None:
     fits the limit an import reads (docs/CLI.md, export).
 
     Raises:
-        InvalidValueError: names the field (and the variable it may come from).
+        InvalidValueError: names the field (and, with ``sources``, the variable it may
+            come from: a new write's; an imported record's comes from its file).
     """
     for name, text in fields.items():
         if type(text) is not str or (len(text) <= MAX_AUDIT_TEXT and _utf8(text)):
@@ -137,7 +138,7 @@ def refuse_invalid_text(fields: dict[str, str | int]) -> None:
             problem = f"holds {len(text)} characters, more than {MAX_AUDIT_TEXT}"
         else:
             problem = "is not valid text: it holds a lone surrogate (bytes that are not UTF-8)"
-        where = f" (from {_SOURCES[name]} unless given)" if name in _SOURCES else ""
+        where = f" (from {_SOURCES[name]} unless given)" if sources and name in _SOURCES else ""
         raise InvalidValueError(f"audit field {name}{where} {problem}; nothing was written")
 
 
@@ -152,23 +153,20 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def check_audit(audit: Audit) -> None:
+def check_audit(audit: Audit, *, sources: bool = False) -> None:
     """An audit record given whole (an import's line, a worker's append), before it is written.
+
+    ``sources``: a new write's record, whose fields may come from the environment.
 
     Raises:
         InvalidValueError: a ``pid`` or ``rollback_from`` outside 0 to 2**63-1, or a
             text field :func:`refuse_invalid_text` refuses.
     """
-    for name in audit.__struct_fields__:
-        value = getattr(audit, name)
+    fields = {name: getattr(audit, name) for name in audit.__struct_fields__}
+    for name, value in fields.items():
         if type(value) is int and not 0 <= value < 1 << 63:
             raise InvalidValueError(f"audit field {name} {value} is out of range (0 to 2**63-1)")
-        if type(value) is str and len(value) > MAX_AUDIT_TEXT:
-            raise InvalidValueError(
-                f"audit field {name} holds {len(value)} characters, more than {MAX_AUDIT_TEXT}"
-            )
-        if type(value) is str and not _utf8(value):
-            raise InvalidValueError(f"audit field {name} holds a lone surrogate, not text")
+    refuse_invalid_text(fields, sources=sources)
 
 
 def check_caller(fields: dict[str, object]) -> None:

@@ -20,7 +20,7 @@ import msgspec
 from castore import codec
 from castore.backend import NewVersion
 from castore.errors import InvalidValueError
-from castore.identity import check_audit, refuse_invalid_text
+from castore.identity import check_audit
 from castore.jsonparse import with_deep_members, without_lone_surrogates
 from castore.keys import Ref, resolve_namespace, validate_key
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET
@@ -89,9 +89,8 @@ def _checked(version: WireVersion, explicit: bool) -> NewVersion:
         check_limit(number, "a version or time")
     if any(numbers[:3]) and not explicit:
         raise InvalidValueError("explicit versions and times only in an import (expect 0)")
-    if not version.version:  # a new write's audit, bounded as the library bounds it
-        refuse_invalid_text(msgspec.structs.asdict(version.audit))
-    check_audit(version.audit)  # an import's too, as its line was: every export line fits
+    # Bounded as the library bounds a write's, an import's too (every export line fits).
+    check_audit(version.audit, sources=not version.version)
     if version.version and not version.time_ns:
         raise InvalidValueError("an explicit version comes with its time (time_ns 1 or more)")
     if version.digest_hex and not codec.is_digest(version.digest_hex):
