@@ -30,11 +30,13 @@ def member_key(url: str) -> str:
         ValueError: not an ``http://`` or ``https://`` URL with a host.
     """
     shown = redacted(url)  # never a password in an error
+    if "@" in url:  # before parsing: a password may hold what ends the host early
+        raise ValueError(f"invalid coordinator URL {shown!r}: no user or password in it")
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"invalid coordinator URL {shown!r}: {exc}") from None
+    except ValueError:  # its words may quote the URL
+        raise ValueError(f"invalid coordinator URL {shown!r}: a bad host or port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"invalid coordinator URL {shown!r}: use http://HOST:PORT")
     if parts.username or parts.password or parts.query or parts.fragment:

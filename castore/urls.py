@@ -37,13 +37,17 @@ def redacted(location: str) -> str:
     'postgresql://db.example:5432/state?schema=ci'
     >>> redacted("postgresql://alice:pa/s@s@db.example/state")
     'postgresql://db.example/state'
+    >>> redacted("http://user:to#k?e/n@coord:7070")
+    'http://coord:7070'
     """
     if "://" not in location:
         return location
     scheme, _, rest = location.partition("://")
+    # Userinfo ends at the last "@": a password may hold an unencoded "/", "@", "?"
+    # or "#" (libpq and people write them so), and none of it may be shown. An "@"
+    # in a query then hides part of the address too: shown less, never a secret.
+    rest = rest.rpartition("@")[2]
     head, _, query = rest.split("#", 1)[0].partition("?")
-    # Userinfo ends at the last "@" before the query: a password may hold an
-    # unencoded "/" or "@" (libpq reads it so), and none of it may be shown.
-    after = head.rpartition("@")[2]
+    after = head
     kept = [item for item in query.split("&") if item.startswith("schema=")][-1:]
     return f"{scheme}://{after}" + (f"?{kept[0]}" if kept else "")

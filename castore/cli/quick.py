@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 
+from castore.cli.errors import OptionError
 from castore.cli.invocation import Invocation, value_bytes
 from castore.digests import small_sha256
 from castore.errors import InvalidRefError
@@ -70,6 +71,14 @@ def _quick_ref(args: argparse.Namespace) -> tuple[str, Ref] | None:
     return os.path.abspath(location), ref
 
 
+def _lock_timeout(args: argparse.Namespace) -> float | None:
+    """``--lock-timeout`` in seconds; None if the command must refuse it (in its own order)."""
+    try:
+        return Invocation(args).lock_timeout
+    except OptionError:
+        return None
+
+
 def _names(ref: Ref) -> str:
     """The line's scope, namespace and key members."""
     return ",".join(f"{field}:{json.dumps(text)}" for field, text in zip(_NAMES, ref, strict=True))
@@ -79,9 +88,8 @@ def quick_get(args: argparse.Namespace) -> bytes | None:
     """The line of ``castore get`` for ``args``, or None: run the command instead."""
     if args.version is not None:
         return None
-    Invocation(args).lock_timeout  # noqa: B018  # refused as the command would refuse it
     where = _quick_ref(args)
-    if where is None:
+    if where is None or _lock_timeout(args) is None:
         return None
     found = peek(*where)
     if found is None:
@@ -104,12 +112,14 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
     :func:`castore.file.quickset.quick_set` declines).
     """
     where = _quick_ref(args)
-    if where is None:
+    if where is None or not os.path.isdir(where[0]):
+        return None  # the command checks the store before it reads a value from stdin
+    timeout = _lock_timeout(args)
+    if timeout is None:
         return None
     normalized = plain_normalized(value_bytes(args))  # stdin is read once, and kept
     if normalized is None or len(normalized) >= QUICK_MAX_BYTES:
         return None
-    timeout = Invocation(args).lock_timeout  # OptionError before anything is written
     digest = small_sha256(normalized)
     who = (args.actor, args.run_id, args.step, args.reason)
     audit = audit_fields(ProcessIdentity(), *who, dag=args.dag)

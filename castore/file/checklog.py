@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import checkread, versionindex
@@ -27,8 +28,8 @@ from castore.file.damage import (
     disorder_problem,
     hides_nothing,
     in_order,
+    rewritten,
     window_top,
-    with_markers,
 )
 from castore.file.frames import FORMAT_VERSION, Frame, LogBytes, classify
 from castore.file.graves import Graveyard
@@ -43,8 +44,8 @@ from castore.file.records import (
     decode_compaction,
     decode_entry,
     decode_header,
-    encode_record,
 )
+from castore.file.rewrite import utc_stamp
 from castore.keys import file_id
 from castore.records import OP_DAMAGED, Entry
 from castore.reports import Finding
@@ -62,7 +63,8 @@ class LogChecker:
         self.backend, self.fs, self.repair = backend, backend.fs, repair
         self.timeout = backend.lock_timeout  # for a log's shared lock
         self.findings: list[Finding] = []
-        self.stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        # To the microsecond: two repairs at once never share a quarantine folder.
+        self.stamp = utc_stamp()
         self.entries = self.blobs = 0
         self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
         self.search = BlobSearch(self.fs, backend.refs)  # a value's copy in any log
@@ -143,7 +145,7 @@ class LogChecker:
         if problems or lost_values:
             own = decode_header(header.payload) if header is not None else None
             drop = {*bad_blobs, *disordered}
-            plan = RepairPlan(drop, new_header, lost_by_index, lost_values, grave, own)
+            plan = RepairPlan(drop, new_header, lost_by_index, lost_values, grave, own, log)
             self.repair_log(path, problems, plan, known_ref=header is not None)
         elif vix is not None and not versionindex.rebuild(frames).startswith(vix):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
@@ -241,6 +243,7 @@ class LogChecker:
             "copy the log to quarantine, rewrite it with its intact frames in order, "
             "record the versions damage may hold as lost"
         )
+        first = len(self.findings)
         for problem in problems:
             if problem != "no header frame":  # already reported with its own repair
                 self.found(path, problem, action, self.repair)
@@ -248,20 +251,34 @@ class LogChecker:
             return
         if not known_ref and plan.header is None:
             return  # the ref is unknown: nothing can be rewritten
-        head = [] if plan.header is None else [(KIND_HEADER, encode_record(plan.header))]
         reason = f"original bytes in {self.rel(keep)}"
+        changed: list[bool] = []  # another repair (or a writer) since: the plan is stale
 
-        def transform(lg: LogBytes) -> list[tuple[int, bytes]]:
-            return head + with_markers(
-                lg, plan.drop, reason, plan.lost_by_index, plan.lost_values, plan.grave
-            )
+        def transform(lg: LogBytes) -> list[tuple[int, bytes]] | None:
+            frames = rewritten(plan, lg, reason)
+            changed.extend([True] * (frames is None))
+            return frames
 
-        new = self.backend.rewrite(path, transform, keep_copy=keep)
+        try:
+            new = self.backend.rewrite(path, transform, keep_copy=keep)
+        except UnsafePathError as exc:  # a link planted under quarantine/: this log only
+            self.unrepaired(first, path, f"not repaired: {exc.detail}")
+            return
+        if changed:
+            self.unrepaired(first, path, "the log changed while check read it")
+            return
         ref = plan.header or plan.known
         if new and ref is not None and any(f.kind == KIND_ENTRY for f in new):
             index = self.backend.key_index(ref.scope, ref.namespace)
             if ref.key not in index:  # lost versions make a removed key exist again
                 index.add(ref.key, ref.namespace, durable=True)
+
+    def unrepaired(self, first: int, path: str, why: str) -> None:
+        """Mark the findings from ``first`` on as not repaired, and say ``why``."""
+        self.findings[first:] = [
+            msgspec.structs.replace(f, repaired=False) for f in self.findings[first:]
+        ]
+        self.found(path, why, "none: run check --repair again")
 
     def check_header(self, path: str, scope: str, header: Frame | None) -> str:
         """Check the log's header names the ref its file name encodes; return the ref text."""

@@ -25,7 +25,7 @@ from castore.file.records import (
 )
 from castore.file.tree import Tree
 from castore.keys import file_id
-from castore.records import OP_DAMAGED
+from castore.records import OP_DAMAGED, VersionRanges
 
 if TYPE_CHECKING:
     from castore.file.backend import FileBackend
@@ -276,13 +276,12 @@ def check_graves_against_logs(checker: Checking, nsdir: str, records: dict[str, 
             for e in (decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY)
             if e.op != OP_DAMAGED  # a lost range is a bound, not a stored version
         ]
-        dropped = {
-            v
+        dropped = VersionRanges(
+            (low, high)
             for f in frames
             if f.kind == KIND_COMPACTED
             for low, high in decode_compaction(f.payload).versions
-            for v in range(low, high + 1)
-        }
+        )
         old_life = any(e.version == last and not e.live for e in entries)
         repeats = [
             e.version

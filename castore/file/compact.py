@@ -41,23 +41,13 @@ from castore.file.records import (
 from castore.file.rewrite import Transform, relaid
 from castore.file.tree import Tree
 from castore.keys import SCOPES, Ref
-from castore.records import Entry
+from castore.records import Entry, merged_ranges
 from castore.reports import CompactReport, Retention, retained
 
 if TYPE_CHECKING:
     from castore.file.backend import FileBackend
 
 __all__ = ["compact"]
-
-
-def _ranges(versions: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for v in sorted(set(versions)):
-        if out and out[-1][1] == v - 1:
-            out[-1] = (out[-1][0], v)
-        else:
-            out.append((v, v))
-    return out
 
 
 def _refs(backend: FileBackend, retention: Retention) -> Iterator[Ref]:
@@ -99,9 +89,10 @@ class _Plan:
             # The header, a compaction frame naming every version (a second record of
             # the key's last version, besides GRAVES) and the blob frames (other logs
             # may point at them) stay until gc removes the log.
-            every = [v for low, high in old_ranges for v in range(low, high + 1)]
-            every += [v for _, e in entries for v in range(e.first, e.version + 1)]
-            marker = Compaction(versions=_ranges(every), policy=self.policy, time_ns=time.time_ns())
+            every = old_ranges + [(e.first, e.version) for _, e in entries]
+            marker = Compaction(
+                versions=merged_ranges(every), policy=self.policy, time_ns=time.time_ns()
+            )
             head = [(f.kind, f.payload) for f in frames if f.kind == KIND_HEADER]
             blobs = [(f.kind, f.payload) for f in frames if f.kind == KIND_BLOB]
             return [*head, (KIND_COMPACTED, encode_record(marker)), *blobs]
@@ -109,10 +100,9 @@ class _Plan:
         if not drop:
             return None
         self.dropped = len(drop)
-        expanded = [v for low, high in old_ranges for v in range(low, high + 1)]
-        expanded += [v for _, e in entries if e.version in drop for v in range(e.first, e.version)]
+        gone = old_ranges + [(e.first, e.version) for _, e in entries if e.version not in keep]
         marker = Compaction(  # a damaged entry's whole range is dropped with it
-            versions=_ranges(expanded + drop), policy=self.policy, time_ns=time.time_ns()
+            versions=merged_ranges(gone), policy=self.policy, time_ns=time.time_ns()
         )
         out: list[tuple[int, bytes]] = []
         for f in frames:

@@ -32,7 +32,7 @@ from castore.file.records import (
     decode_entry,
     encode_record,
 )
-from castore.records import OP_DAMAGED, Entry
+from castore.records import OP_DAMAGED, Entry, VersionRanges
 
 __all__ = [
     "REPAIR_HINT",
@@ -47,6 +47,7 @@ __all__ = [
     "in_order",
     "lost_top",
     "out_of_order",
+    "rewritten",
     "value_lost",
     "window_top",
     "with_markers",
@@ -92,13 +93,12 @@ def damage_windows(log: LogBytes, floor: int = 0) -> list[Window]:
     blob frame hides no version.
     """
     entries = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
-    compacted = {
-        v
+    compacted = VersionRanges(
+        (low, high)
         for f in log.frames
         if f.kind == KIND_COMPACTED
         for low, high in decode_compaction(f.payload).versions
-        for v in range(low, high + 1)
-    }
+    )
     out: list[Window] = []
     for start, end in log.damage:
         if hides_nothing(log, start, end):
@@ -106,14 +106,11 @@ def damage_windows(log: LogBytes, floor: int = 0) -> list[Window]:
         before = max([floor, *(e.version for s, e in entries if s < start)])
         after = min((e.first for s, e in entries if s >= end), default=None)
         if after is None:
-            low = before + 1
-            while low in compacted:
-                low += 1
-            out.append(Window(start, end, low, None))
+            out.append(Window(start, end, compacted.first_outside(before + 1), None))
             continue
-        candidates = [v for v in range(before + 1, after) if v not in compacted]
-        if candidates:
-            out.append(Window(start, end, candidates[0], candidates[-1]))
+        first, last = compacted.first_outside(before + 1), compacted.last_outside(after - 1)
+        if first <= last:  # a version between them no compaction names
+            out.append(Window(start, end, first, last))
     return out
 
 
@@ -209,6 +206,17 @@ def window_top(log: LogBytes, window: Window) -> int:
     return lost_top(window.low - 1, damaged, one_entry=one)
 
 
+def rewritten(plan: RepairPlan, log: LogBytes, reason: str) -> list[tuple[int, bytes]] | None:
+    """The frames a repair writes for ``log`` by ``plan``; None if ``log`` is not the one read."""
+    seen = plan.seen
+    if seen is not None and (log.size, bytes(log.data)) != (seen.size, bytes(seen.data)):
+        return None
+    head = [] if plan.header is None else [(KIND_HEADER, encode_record(plan.header))]
+    return head + with_markers(
+        log, plan.drop, reason, plan.lost_by_index, plan.lost_values, plan.grave
+    )
+
+
 def with_markers(
     log: LogBytes,
     drop: set[int],
@@ -286,3 +294,4 @@ class RepairPlan(NamedTuple):
     lost_values: set[int]  # versions whose value has no intact copy
     grave: int  # the key's last version before compaction removed it
     known: Header | None = None  # the log's own header, when intact
+    seen: LogBytes | None = None  # the log as read for this plan (a rewrite of another is refused)

@@ -78,6 +78,8 @@ BLOB_FRAME_MAX = FRAME_OVERHEAD + 33 + MAX_VALUE_BYTES  # a B frame of a value a
 
 _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<IB")
+_ENTRY = ord("E")  # an entry frame's kind (castore.file.records.KIND_ENTRY)
+_ENTRY_START = b'{"version":'  # how an entry's payload begins (its first field)
 
 
 _KINDS = frozenset(range(ord("A"), ord("Z") + 1))  # frame kinds are ASCII capitals
@@ -254,7 +256,19 @@ class LogBytes(_LogBytesFields):
         found: int
         length, found = _HEAD.unpack_from(self.data, start - base)
         trailing: int = _U32.unpack_from(self.data, end - base - 4)[0]
-        return found == kind and trailing == length and end - start == FRAME_OVERHEAD + length
+        if found != kind or trailing != length or end - start != FRAME_OVERHEAD + length:
+            return False
+        # The checksum covers the kind byte: the damaged byte may be that one. A frame
+        # that verifies as an entry, or whose payload begins as an entry's, was one.
+        return kind == _ENTRY or not self._entry_like(start - base, length)
+
+    def _entry_like(self, at: int, length: int) -> bool:
+        """Whether the frame at ``data[at:]`` (of ``length``) may be an entry's, damaged."""
+        payload = bytes(self.data[at + 5 : at + 5 + length])
+        checksum = bytes(self.data[at + 5 + length : at + 5 + length + CHECKSUM_BYTES])
+        if _checksum(_HEAD.pack(length, _ENTRY), payload) == checksum:
+            return True
+        return _ENTRY_START in payload[: len(_ENTRY_START) + 8]
 
 
 # Where a frame may start: its length's high byte is at most 3 (<= 64 MiB) and its kind

@@ -24,16 +24,26 @@ one). The blob index is rewritten at the end from the surviving frames.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 from castore.backend import Progress
 from castore.errors import CorruptionError
 from castore.file import fileio
 from castore.file.frames import Frame, LogBytes, classify
-from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
+from castore.file.records import (
+    KIND_BLOB,
+    KIND_COMPACTED,
+    KIND_ENTRY,
+    KIND_HEADER,
+    decode_compaction,
+    decode_entry,
+    decode_header,
+)
 from castore.file.tree import Tree
 from castore.reports import GC_GRACE_SECONDS, GCReport
 
@@ -129,7 +139,7 @@ def _mark_and_sweep(
     fileio.failpoint("gc-after-mark")
     cutoff = time.time() - grace_seconds
     for path in logs:  # sweep, each log under its own lock
-        sweep = _Sweep(path, live, cutoff, dry_run)
+        sweep = _Sweep(path, live, cutoff, dry_run, functools.partial(_buried, backend))
         result = backend.rewrite(path, sweep.transform, gc_held=True)
         for name, value in sweep.counts.items():
             counts[name] += value
@@ -148,7 +158,15 @@ def _mark_and_sweep(
 class _Sweep:
     """The sweep of one log, decided under its lock (references re-read there)."""
 
-    def __init__(self, path: str, live: set[bytes], cutoff: float, dry_run: bool) -> None:
+    def __init__(
+        self,
+        path: str,
+        live: set[bytes],
+        cutoff: float,
+        dry_run: bool,
+        buried: Callable[[list[Frame]], bool],
+    ) -> None:
+        self.buried = buried  # whether a removed key's log may go (its grave holds its versions)
         self.path = path
         self.live = live
         self.cutoff = cutoff
@@ -176,9 +194,32 @@ class _Sweep:
         if self.dry_run:
             return None
         if not seen and not any(f.kind == KIND_ENTRY for f in frames):
-            # An emptied holder of blobs, or a log whose creation crashed.
+            # An emptied holder of blobs, or a log whose creation crashed. A removed
+            # key's compaction frame is a record of its versions: the log stays while
+            # it is the only one (GRAVES lost or cut; check --repair restores it).
+            if not self.buried(frames):
+                return out if freed else None
             return [] if _old(self.path, self.cutoff) or frames else None
         return out if freed else None
+
+
+def _buried(backend: FileBackend, frames: list[Frame]) -> bool:
+    """Whether the namespace's ``GRAVES`` holds the versions a log's ``C`` frames name."""
+    named = [
+        high
+        for f in frames
+        if f.kind == KIND_COMPACTED
+        for _, high in decode_compaction(f.payload).versions
+    ]
+    if not named:
+        return True
+    head = next((decode_header(f.payload) for f in frames if f.kind == KIND_HEADER), None)
+    if head is None:
+        return False
+    try:
+        return backend.graveyard(head.scope, head.namespace).version_of(head.key) >= max(named)
+    except CorruptionError:  # damaged GRAVES: the answer is not known
+        return False
 
 
 def _old(path: str, cutoff: float) -> bool:
@@ -188,11 +229,17 @@ def _old(path: str, cutoff: float) -> bool:
         return False
 
 
-def _remove_leftovers(fs: Tree, folder: str, cutoff: float, dry_run: bool) -> int:
+_DEEPEST: Final = 6  # castore's deepest folder: quarantine/<time>/refs/<scope>/<namespace>
+
+
+def _remove_leftovers(fs: Tree, folder: str, cutoff: float, dry_run: bool, depth: int = 0) -> int:
     """Delete ``*.tmp`` files older than the grace period (crashed writes and rewrites).
 
-    Walks real directories only (a symbolic link is neither entered nor removed).
+    Walks real directories only (a symbolic link is neither entered nor removed),
+    and none deeper than castore makes (a planted tree is no castore file's).
     """
+    if depth > _DEEPEST:
+        return 0
     count = 0
     for name in fs.listdir(folder):
         path = os.path.join(folder, name)
@@ -201,7 +248,7 @@ def _remove_leftovers(fs: Tree, folder: str, cutoff: float, dry_run: bool) -> in
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(st.st_mode):
-            count += _remove_leftovers(fs, path, cutoff, dry_run)
+            count += _remove_leftovers(fs, path, cutoff, dry_run, depth + 1)
         elif stat.S_ISREG(st.st_mode) and name.endswith(".tmp") and st.st_mtime < cutoff:
             count += 1
             if not dry_run:

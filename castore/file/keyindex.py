@@ -12,13 +12,16 @@ its hex, so a prefix is found by binary search in the sorted region (a few
 reads, whatever the number of keys) plus a scan of the short tail. When the
 tail outgrows :data:`TAIL_MAX_BYTES`, the writer that appends rewrites the
 file with everything sorted (atomically, under the file's lock). Lines that
-lack their newline or are not lowercase hex are ignored; duplicates are
-harmless. A file without a ``sorted`` line is all tail.
+lack their newline or are not lowercase hex are ignored. A writer lists a key
+once (it looks under the file's lock), so a line found twice is damage; the
+lines of the sorted region ascend strictly. A file without a ``sorted`` line
+is all tail.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import threading
 
@@ -35,6 +38,7 @@ _OFFSET_DIGITS = 20
 _MAX_LINE = 2 * 4096 + 1  # hex of the longest key, and its newline
 _HEX = frozenset(b"0123456789abcdef")
 _SIG_BYTES = 128  # the first bytes of KEYS, part of a handle's check that it is unchanged
+_NEAR = 3 * _MAX_LINE  # bytes each side of a prefix's edges whose order is checked
 
 
 def _valid(line: bytes) -> bool:
@@ -107,6 +111,17 @@ def _first_at_or_after(fd: int, lo: int, hi: int, target: bytes) -> int:
     return hi
 
 
+def _ascends_near(fd: int, layout: _Layout, at: int) -> bool:
+    """Whether the sorted region's lines ascend strictly within a few lines of offset ``at``."""
+    lo, hi = max(layout.start, at - _NEAR), min(layout.end, at + _NEAR)
+    if hi <= lo:
+        return True
+    lines = fileio.read_at(fd, lo, hi - lo).split(b"\n")[:-1]  # the last piece is partial
+    if lo > layout.start:
+        lines = lines[1:]  # the first piece may be the end of a longer line
+    return all(a < b for a, b in itertools.pairwise(lines))
+
+
 class KeyIndex:
     """The keys ever created in one namespace directory.
 
@@ -148,6 +163,9 @@ class KeyIndex:
             good = [line for line in lines if _valid(line)]
             blank = lines.count(b"")
             self.damaged |= len(good) + blank != len(lines) or not _HEX.issuperset(rest)
+            # A writer lists a key once (it looks under the file's lock): a line twice
+            # is damage, a flipped bit that turned one key's line into another's.
+            self.damaged |= len(set(good)) < len(good) or not self._tail.isdisjoint(good)
             self._tail.update(good)
             self._tail_pos += complete
 
@@ -165,7 +183,8 @@ class KeyIndex:
             layout = _Layout(fd, st.st_size)
             self.damaged |= not layout.valid
             found: set[bytes] = set()
-            pos = _first_at_or_after(fd, layout.start, layout.end, prefix_hex)
+            first = pos = _first_at_or_after(fd, layout.start, layout.end, prefix_hex)
+            previous = b""
             while pos < layout.end:
                 buf = fileio.read_at(fd, pos, min(layout.end - pos, 1 << 16))
                 lines = buf.split(b"\n")
@@ -173,20 +192,32 @@ class KeyIndex:
                     break
                 for line in lines[:-1]:
                     if not line.startswith(prefix_hex) or (exact and line != prefix_hex):
-                        pos = layout.end
                         break
+                    self.damaged |= line <= previous  # the sorted region only ascends
+                    previous = line
+                    pos += len(line) + 1
                     if _valid(line):
                         found.add(line)
                     else:
                         self.damaged = True
                 else:
-                    pos += len(buf) - len(lines[-1])
+                    continue
+                break
+            # One damaged line may name another key (a flipped bit): it then breaks the
+            # order next to where it stands, which is at the edges of what was read.
+            if prefix_hex and not exact:  # a list's prefix: a whole list saw every line
+                near = _ascends_near(fd, layout, first) and _ascends_near(fd, layout, pos)
+                self.damaged |= not near
             self._refresh_tail(fd, layout, st)
         finally:
             os.close(fd)
-        if exact:
-            return found | ({prefix_hex} & self._tail)
-        return found | {line for line in self._tail if line.startswith(prefix_hex)}
+        tail = (
+            {prefix_hex} & self._tail
+            if exact
+            else {line for line in self._tail if line.startswith(prefix_hex)}
+        )
+        self.damaged |= not found.isdisjoint(tail)  # listed twice: see _refresh_tail
+        return found | tail
 
     def __contains__(self, key: str) -> bool:
         return bool(self._scan(key.encode("utf-8").hex().encode("ascii"), exact=True))
@@ -242,6 +273,8 @@ class KeyIndex:
         line = key.encode("utf-8").hex().encode("ascii") + b"\n"
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
         with self.fs.open_locked(self.path, flags, unsynced=True) as fd:
+            if self._scan_locked(line[:-1], exact=True):
+                return  # another writer listed it meanwhile: a key is listed once
             st = os.fstat(fd)
             size = st.st_size
             if size == 0:

@@ -49,7 +49,7 @@ from castore.file.records import (
     decode_header,
 )
 from castore.keys import Ref
-from castore.records import Entry
+from castore.records import Entry, VersionRanges
 from castore.results import rfc3339
 from castore.waits import would_wait
 
@@ -332,12 +332,10 @@ def compaction_of(fd: int) -> Compaction | None:
     return decode_compaction(frame.payload)
 
 
-def compacted_versions(fd: int) -> set[int]:
+def compacted_versions(fd: int) -> VersionRanges:
     """Versions named by the log's compaction frame."""
     done = compaction_of(fd)
-    if done is None:
-        return set()
-    return {v for low, high in done.versions for v in range(low, high + 1)}
+    return VersionRanges(done.versions if done is not None else ())
 
 
 def history_by_scan(fd: int, before: int, limit: int) -> list[Entry]:

@@ -19,6 +19,7 @@ from typing import TypeVar
 import msgspec
 
 from castore import valuecodec
+from castore.codec import is_digest
 from castore.errors import DigestMismatchError, RecordError
 from castore.records import Entry
 from castore.valuecodec import CODEC_RAW, CODEC_ZSTD, COMPRESS_MIN_BYTES, ZSTD_LEVEL
@@ -106,9 +107,13 @@ def decode_entry(payload: bytes) -> Entry:
     """Decode an ``E`` frame payload.
 
     Raises:
-        RecordError: when the payload is not a valid entry.
+        RecordError: when the payload is not a valid entry (a ``hash`` that is
+            not 64 lowercase hex digits included).
     """
-    return _decoded(_entry_decoder, payload, "entry")
+    entry = _decoded(_entry_decoder, payload, "entry")
+    if entry.hash and not is_digest(entry.hash):  # a value's name: what reads turn into bytes
+        raise RecordError(f"bad entry record: hash {entry.hash[:80]!r} is not a sha256 digest")
+    return entry
 
 
 def decode_compaction(payload: bytes) -> Compaction:

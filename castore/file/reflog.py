@@ -37,7 +37,7 @@ from castore.file.records import (
 )
 from castore.file.rewrite import Transform, relaid, replace_with
 from castore.keys import Ref
-from castore.records import BlobLoc, Entry
+from castore.records import BlobLoc, Entry, VersionRanges
 
 __all__ = ["RefLog"]
 
@@ -226,7 +226,7 @@ class RefLog:
     def _history_by_index(self, fd: int, vfd: int, high: int, limit: int) -> list[Entry] | None:
         """Entries from ``high`` down through the version index; None: the log must decide."""
         out: list[Entry] = []
-        compacted: set[int] | None = None
+        compacted: VersionRanges | None = None
         while high >= 1 and not (limit and len(out) >= limit):
             low = max(1, high - max(limit, 64) + 1)
             offsets = versionindex.lookup_range(vfd, low, high)

@@ -2,7 +2,8 @@
 
 Run by :mod:`castore.postgres.backend` inside the write's transaction, once the
 key's ``refs`` row is locked. One statement per version inserts its ``versions``
-row, its blob (new, or refreshed for gc: ``touched_ns``; a value under
+row (its ``prev``: the version before it, :mod:`castore.postgres.chains`), its
+blob (new, or refreshed for gc: ``touched_ns``; a value under
 :data:`~castore.postgres.schema.INLINE_MAX_BYTES` is inline instead) and the
 new copy in ``refs``. A blob row is locked by the statement that inserts or
 refreshes it, so a write whose versions use more than one blob takes those
@@ -13,6 +14,7 @@ orders (two imports, say) never wait on each other crosswise.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from castore.backend import NewVersion, next_entry
 from castore.keys import Ref
@@ -49,8 +51,10 @@ def append_all(
         for digest in sorted(blobs):
             _upsert_blob(cur, digest, blobs[digest], now)
             known.add(digest)
+    below = previous.version if previous is not None else 0  # each row's ``prev``
     for entry, new in pairs:
-        _append(cur, ref, entry, new.normalized, known, now)
+        _append(cur, q.params(ref, entry, below), entry, new.normalized, known, now)
+        below = entry.version
     return written
 
 
@@ -68,10 +72,14 @@ def _upsert_blob(cur: Cursor, digest: str, normalized: bytes | None, now: int) -
 
 
 def _append(
-    cur: Cursor, ref: Ref, entry: Entry, normalized: bytes | None, known: set[str], now: int
+    cur: Cursor,
+    params: dict[str, Any],
+    entry: Entry,
+    normalized: bytes | None,
+    known: set[str],
+    now: int,
 ) -> None:
-    """Insert ``entry`` (and its blob, unless ``known`` holds it) as the ref's newest."""
-    params = q.params(ref, entry)
+    """Insert ``entry`` (``params``; its blob unless ``known`` holds it) as the ref's newest."""
     if normalized is None or entry.op == OP_DAMAGED:
         cur.execute(q.APPEND_ROW, params)
     elif len(normalized) < INLINE_MAX_BYTES:

@@ -28,7 +28,7 @@ from castore.backend import (
 )
 from castore.errors import CorruptionError
 from castore.keys import Ref
-from castore.postgres import appends, compaction, maintenance, rows, schema
+from castore.postgres import appends, chains, compaction, maintenance, rows, schema
 from castore.postgres import statements as q
 from castore.postgres.connection import Abandon, Cursor, Database
 from castore.postgres.location import parse
@@ -204,15 +204,16 @@ class PostgresBackend:
         return result
 
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
-        """Entries below version ``before``, newest first, at most ``limit`` (0 = all)."""
+        """Entries below version ``before``, newest first, at most ``limit`` (0 = all).
+
+        Raises:
+            CorruptionError: the page's rows, or the row of ``before`` above them,
+                do not chain (:mod:`castore.postgres.chains`): rows were lost.
+        """
 
         def work(cur: Cursor) -> list[Entry]:
-            cur.execute(
-                f"SELECT {rows.ENTRY} FROM versions WHERE {q.REF} AND version < %s "
-                "ORDER BY version DESC LIMIT %s",
-                (rows.ref_id(ref), before, min(limit, 2**63 - 1) or None),  # a bigint; past: all
-            )
-            return [e for row in cur.fetchall() if (e := rows.entry(row, 0, ref)) is not None]
+            page = chains.history_page(cur, ref, before, limit)
+            return [e for row in page if (e := rows.entry(row, 0, ref)) is not None]
 
         result: list[Entry] = self._read(work, f"reading {ref}", [])
         return result
@@ -221,14 +222,14 @@ class PostgresBackend:
         """Every entry, oldest first, with its verified value (None: a delete or lost).
 
         Raises:
-            CorruptionError: a value fails verification.
+            CorruptionError: a value fails verification, or the rows do not chain
+                (:mod:`castore.postgres.chains`), or the key's copy of its newest
+                version has no row: rows were lost.
         """
-        after = 1
+        below = 0  # the last version of the page before
         while True:
             page: list[tuple[Any, ...]] = self._read(
-                lambda cur, at=after: cur.execute(
-                    q.VERSION, (rows.ref_id(ref), at, q.PAGE)
-                ).fetchall(),
+                lambda cur, under=below: chains.versions_page(cur, ref, under),
                 f"reading {ref}",
                 [],
             )
@@ -239,8 +240,9 @@ class PostgresBackend:
                 lost = found.op == OP_DAMAGED
                 yield found, None if lost else rows.value(ref, found, *row[8:11])
             if len(page) < q.PAGE:
-                return
-            after = page[-1][0] + 1
+                break
+            below = page[-1][0]
+        self._read(lambda cur: chains.copy_without_row(cur, ref), f"reading {ref}", None)
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
         """Every entry, newest first, a page at a time (:func:`~castore.backend.newest_first`)."""

@@ -17,6 +17,7 @@ from castore.keys import SCOPES
 from castore.postgres import rows
 from castore.postgres.connection import Abandon, Cursor, Database
 from castore.postgres.statements import NO_NEWEST
+from castore.records import merged_ranges
 from castore.reports import CompactReport, Retention, retained
 
 __all__ = ["compact"]
@@ -49,16 +50,6 @@ def _selected(db: Database, retention: Retention) -> list[Selected]:
         ((s, bytes(n), bytes(k), bytes(i)) for s, n, k, i in found),
         key=lambda r: (order.get(r[0], 99), r),
     )
-
-
-def _ranges(versions: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for v in sorted(versions):
-        if out and out[-1][1] == v - 1:
-            out[-1] = (out[-1][0], v)
-        else:
-            out.append((v, v))
-    return out
 
 
 def compact(
@@ -120,10 +111,10 @@ def _compact_one(
         raise Abandon((size, left, len(drop), keep is None))
     now = time.time_ns()
     gone = set(drop)  # a damaged entry's whole range is dropped with it
-    covered = [v for e in entries if e.version in gone for v in range(e.first, e.version + 1)]
+    covered = merged_ranges((e.first, e.version) for e in entries if e.version in gone)
     cur.executemany(
         "INSERT INTO compactions (ref_id, low, high, policy, time_ns) VALUES (%s, %s, %s, %s, %s)",
-        [(ref_id, low, high, retention.policy, now) for low, high in _ranges(covered)],
+        [(ref_id, low, high, retention.policy, now) for low, high in covered],
     )
     cur.execute(f"DELETE FROM versions WHERE {rows.REF} AND version = ANY(%s)", (ref_id, drop))
     if keep is None:  # the key goes away; its last version stays reserved (its row's, not

@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import psycopg
@@ -45,7 +45,7 @@ from castore.errors import (
 from castore.postgres import schema as tables
 from castore.postgres.location import Location
 
-__all__ = ["Abandon", "Cursor", "Database", "Row"]
+__all__ = ["Abandon", "Cursor", "Database", "Row", "snapshot"]
 
 T = TypeVar("T")
 Cursor = psycopg.Cursor[Any]
@@ -107,6 +107,27 @@ def _transaction(
                 conn.execute("ROLLBACK")
         raise
     return result
+
+
+@contextlib.contextmanager
+def snapshot(cur: Cursor) -> Iterator[None]:
+    """Run the block's reads on one snapshot: a read-only repeatable-read transaction.
+
+    In autocommit each statement sees its own snapshot, so reads that must
+    agree with each other (a row's absence and why) race other sessions'
+    commits. Inside a transaction already (a write, under its key's row
+    lock) the block runs as it is.
+    """
+    info = cur.connection.info
+    if info.transaction_status != TransactionStatus.IDLE or info.pipeline_status:
+        yield  # in a transaction (a pipelined write's BEGIN may not be sent yet)
+        return
+    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psycopg.Error):  # a failed statement's error goes on
+            cur.execute("COMMIT")
 
 
 def _reported_by_server(exc: psycopg.Error) -> bool:

@@ -37,7 +37,7 @@ from castore.postgres.connection import Abandon, Cursor, Database
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Entry
 from castore.reports import Finding
 
-__all__ = ["check_copies", "check_versions"]
+__all__ = ["check_chains", "check_copies", "check_versions"]
 
 _BATCH: Final = 500
 _OPS: Final = (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED)
@@ -78,13 +78,28 @@ _DROPPED_UP_TO: Final = (  # the highest version compaction dropped, or a remove
     "(SELECT floor FROM refs WHERE ref_id = %s))"
 )
 _ROW_FROM_COPY: Final = (
-    f"INSERT INTO versions (ref_id, scope, {_COLUMNS}) "
-    f"SELECT ref_id, scope, {_COLUMNS} FROM refs WHERE ref_id = %s"
+    f"INSERT INTO versions (ref_id, scope, prev, {_COLUMNS}) "
+    f"SELECT ref_id, scope, %s, {_COLUMNS} FROM refs WHERE ref_id = %s"
 )
 _ROW_REPLACED_BY_COPY: Final = (
     f"UPDATE versions v SET ({_COLUMNS}) = (SELECT {_COLUMNS} FROM refs r "
     "WHERE r.ref_id = v.ref_id) WHERE v.ref_id = %s AND v.version = %s"
 )
+
+
+_BREAKS: Final = """
+    SELECT v.ref_id, r.scope, r.namespace, r.key, v.version, v.prev, v.below FROM (
+        SELECT ref_id, version, prev,
+            coalesce(lag(version) OVER (PARTITION BY ref_id ORDER BY version), 0) AS below
+        FROM versions {where}
+    ) v JOIN refs r ON r.ref_id = v.ref_id
+    WHERE v.prev IS NOT NULL AND v.prev <> v.below AND NOT (v.prev > v.below AND EXISTS (
+        SELECT 1 FROM compactions c WHERE c.ref_id = v.ref_id AND c.low <= v.prev
+        AND c.high >= v.prev))
+    ORDER BY r.scope, r.namespace, r.key, v.version
+"""  # rows whose prev is not the row below them, nor a version compaction dropped
+_ALL_BREAKS: Final = _BREAKS.format(where="")
+_BREAKS_OF: Final = _BREAKS.format(where="WHERE ref_id = %s")
 
 
 def _row_problem(row: tuple[Any, ...]) -> str | None:
@@ -183,12 +198,12 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
             if named - 1 > high:
                 cur.execute(
                     q.INSERT_VERSION,
-                    q.params(ref, lost_marker(high + 1, named - 1, time.time_ns(), _LOST)),
+                    q.params(ref, lost_marker(high + 1, named - 1, time.time_ns(), _LOST), high),
                 )
-            cur.execute(_ROW_FROM_COPY, (key,))
+            cur.execute(_ROW_FROM_COPY, (max(high, named - 1), key))
             return problem, "restore the copy as its version's row, record the rest as lost"
         cur.execute(
-            q.APPEND_ROW, q.params(ref, lost_marker(high + 1, named, time.time_ns(), _LOST))
+            q.APPEND_ROW, q.params(ref, lost_marker(high + 1, named, time.time_ns(), _LOST), high)
         )
         return problem, "record them as lost (the copy does not verify)"
     if named is not None and named == high:
@@ -241,3 +256,59 @@ def check_copies(db: Database, repair: bool) -> list[Finding]:
             )
         )
     return findings
+
+
+def _mend(cur: Cursor, ref: Ref) -> list[tuple[int, int, int, bool]]:
+    """Under the key's row lock: record the versions its broken links lost.
+
+    Returns each break as (version, prev, below, repaired); rows were lost
+    where ``prev`` is above ``below``: ``below + 1 .. prev`` become one
+    ``damaged`` entry, the link ``prev`` names. A row the chain skips
+    (``prev`` below ``below``) is not repaired.
+    """
+    key = rows.ref_id(ref)
+    cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", (key,))
+    out = []
+    for *_, version, prev, below in cur.execute(_BREAKS_OF, (key,)).fetchall():
+        if prev > below:
+            marker = lost_marker(below + 1, prev, time.time_ns(), _LOST)
+            cur.execute(q.INSERT_VERSION, q.params(ref, marker, below))
+        out.append((version, prev, below, prev > below))
+    return out
+
+
+def check_chains(db: Database, repair: bool) -> list[Finding]:
+    """A finding per version row whose ``prev`` does not chain (docs: chains.py); repaired."""
+    findings: list[Finding] = []
+    broken: dict[Ref, list[tuple[int, int, int, bool]]] = {}
+    for ref_id, scope, namespace, key, version, prev, below in db.fetch(_ALL_BREAKS, ()):
+        try:
+            ref = rows.stored_ref(bytes(ref_id), scope, namespace, key)
+        except CorruptionError:
+            continue  # a row whose names are not its own: refnames.py reports it
+        broken.setdefault(ref, []).append((version, prev, below, prev > below))
+    for ref, seen in broken.items():
+        links = seen
+        if repair:
+
+            def mend(cur: Cursor, ref: Ref = ref) -> list[tuple[int, int, int, bool]]:
+                return _mend(cur, ref)
+
+            try:
+                links = db.run(mend, f"repairing {ref}")
+            except LockTimeoutError:  # a writer holds it: reported, not repaired
+                links = [(v, p, b, False) for v, p, b, _ in seen]
+        for version, prev, below, mended in links:
+            findings.append(_break(ref, version, prev, below, repair and mended))
+    return findings
+
+
+def _break(ref: Ref, version: int, prev: int, below: int, repaired: bool) -> Finding:
+    under = f"version {below}" if below else "none"
+    if prev < below:
+        problem = f"it followed version {prev}, but the row below it is {under}"
+        how = "none: a version row the key's history does not name"
+    else:
+        problem = f"it followed version {prev}, whose row is missing (the row below it: {under})"
+        how = f"record versions {below + 1}..{prev} as lost"
+    return Finding(path=f"versions/{ref}@{version}", problem=problem, repair=how, repaired=repaired)

@@ -30,7 +30,7 @@ from castore.backend import Progress
 from castore.errors import CorruptionError
 from castore.postgres import rows
 from castore.postgres.connection import Cursor, Database, Row
-from castore.postgres.integrity import check_copies, check_versions
+from castore.postgres.integrity import check_chains, check_copies, check_versions
 from castore.postgres.refnames import check_floors, check_names, check_orphans
 from castore.reports import (
     CheckReport,
@@ -114,7 +114,7 @@ def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckRepo
     copies = check_copies(db, repair)
     if any(f.repaired for f in copies):  # a row replaced by its copy is no longer damaged
         inline, bad = check_versions(db)
-    findings += bad + _missing_blobs(db) + copies
+    findings += bad + _missing_blobs(db) + copies + check_chains(db, repair)
     findings += check_names(db, repair) + check_floors(db, repair) + check_orphans(db)
     ((refs, entries),) = db.fetch(
         "SELECT (SELECT count(*) FROM refs WHERE version IS NOT NULL), "

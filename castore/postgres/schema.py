@@ -1,6 +1,6 @@
 """The tables of a PostgreSQL store, their version, and how they are created and upgraded.
 
-One schema per store (the location's ``schema`` parameter). Version 1:
+One schema per store (the location's ``schema`` parameter). Version 2:
 
 * ``castore_meta``: ``schema_version`` (a store refuses a newer one);
 * ``blobs``: one row per value of :data:`INLINE_MAX_BYTES` or more, named by
@@ -24,8 +24,15 @@ One schema per store (the location's ``schema`` parameter). Version 1:
   gc's safety comes from row locks, :mod:`castore.postgres.maintenance`) or,
   for a value shorter than :data:`INLINE_MAX_BYTES`, ``inline`` (the
   normalized JSON itself: a row in ``blobs`` would cost more than the copy
-  it saves, as in the file store);
+  it saves, as in the file store), and ``prev``: the version of the key's
+  entry before this one when it was written (0 for a key's first), so a
+  row lost from the middle of a history is told from a version that never
+  was (:mod:`castore.postgres.chains`); null in rows written at version 1;
 * ``compactions``: the version ranges compaction dropped, with the policy (by ``ref_id``).
+
+Version 1 had no ``prev``: :func:`upgrade_schema` adds the column (rows
+already there keep null: their chain is not known), and a store at version
+1 is refused until then, so no castore writes rows without it.
 
 docs/DESIGN.md, "The PostgreSQL backend", has the transactions.
 """
@@ -48,10 +55,11 @@ __all__ = [
     "version_of",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 INLINE_MAX_BYTES: Final = 256  # shorter values live in their version row, not in blobs
 KEY_HEAD_BYTES: Final = 256  # the part of a key list's index orders by
 
+_PREV: Final = "prev bigint CHECK (prev >= 0 AND prev < version)"  # added at version 2
 _TABLES: Final = (
     "CREATE TABLE castore_meta (name text PRIMARY KEY, value text NOT NULL)",
     """CREATE TABLE blobs (
@@ -96,6 +104,9 @@ _TABLES: Final = (
         damaged_from bigint NOT NULL DEFAULT 0,
         blob bytea,
         inline bytea,
+        """
+    + _PREV
+    + """,
         PRIMARY KEY (ref_id, version),
         CHECK (blob IS NULL OR blob = digest),
         CHECK (blob IS NULL OR inline IS NULL)
@@ -112,12 +123,13 @@ _TABLES: Final = (
 )
 
 
-def version_of(cur: psycopg.Cursor[Any], schema: str) -> int:
+def version_of(cur: psycopg.Cursor[Any], schema: str, *, older: bool = False) -> int:
     """The schema's version: 0 when it holds no store (absent, or empty).
 
     Raises:
         FormatVersionError: the schema holds tables that are not a castore
-            store, or a store newer than this castore knows.
+            store, a store newer than this castore knows, or (unless ``older``)
+            an older one, which ``castore upgrade`` converts.
     """
     # One snapshot for both counts: a store being created is seen whole or not at all.
     cur.execute(
@@ -148,6 +160,11 @@ def version_of(cur: psycopg.Cursor[Any], schema: str) -> int:
             f"schema {schema} holds a castore store of schema version {version}; "
             f"this castore knows {SCHEMA_VERSION}: upgrade castore"
         )
+    if version < SCHEMA_VERSION and not older:
+        raise FormatVersionError(
+            f"schema {schema} holds a castore store of schema version {version}: "
+            f"run `castore upgrade` once to convert it to version {SCHEMA_VERSION}"
+        )
     return version
 
 
@@ -163,7 +180,7 @@ def create(cur: psycopg.Cursor[Any], schema: str) -> bool:
     and the second finds the tables the first committed.
     """
     _lock(cur, schema)
-    if version_of(cur, schema):
+    if version_of(cur, schema, older=True):
         return False
     ident = sql.Identifier(schema)
     cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
@@ -180,11 +197,21 @@ def create(cur: psycopg.Cursor[Any], schema: str) -> bool:
 def upgrade_schema(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, int]:
     """Bring ``schema`` to :data:`SCHEMA_VERSION`; return the versions before and after.
 
-    Version 1 is the first: an upgrade creates a missing store and leaves a
-    current one as it is. A later version adds its steps here.
+    An upgrade creates a missing store, adds version 2's ``prev`` column to a
+    store at version 1 (a change of the catalog only: no row is rewritten),
+    and leaves a current one as it is. Run in one transaction.
     """
     _lock(cur, schema)
-    before = version_of(cur, schema)
+    before = version_of(cur, schema, older=True)
     if before == 0:
         create(cur, schema)
+    elif before == 1:
+        ident = sql.Identifier(schema)
+        cur.execute(sql.SQL("ALTER TABLE {}.versions ADD COLUMN " + _PREV).format(ident))
+        cur.execute(
+            sql.SQL("UPDATE {}.castore_meta SET value = %s WHERE name = 'schema_version'").format(
+                ident
+            ),
+            (str(SCHEMA_VERSION),),
+        )
     return before, SCHEMA_VERSION

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from castore.errors import NotFoundError
+from castore.errors import CorruptionError, NotFoundError
 from castore.keys import Ref
 from castore.postgres import rows
-from castore.postgres.connection import Cursor
+from castore.postgres.connection import Cursor, snapshot
 from castore.records import OP_DAMAGED, BlobLoc, Entry
 from castore.results import rfc3339
 
@@ -19,6 +19,7 @@ __all__ = [
     "APPEND_KNOWN_BLOB",
     "APPEND_NEW_BLOB",
     "APPEND_ROW",
+    "COMPACTED",
     "COPY_NEWEST",
     "CURRENT",
     "EXACT_VERSION",
@@ -56,6 +57,9 @@ CURRENT: Final = (
     f"SELECT {rows.entry_columns('r')}, r.inline, b.codec, b.data, {AHEAD} "
     "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob WHERE r.ref_id = %s"
 )
+COMPACTED: Final = (  # whether compaction dropped a version (ref_id, the version twice)
+    "SELECT policy, time_ns FROM compactions WHERE ref_id = %s AND low <= %s AND high >= %s LIMIT 1"
+)
 HAS_VERSIONS: Final = "SELECT 1 FROM versions WHERE ref_id = %s LIMIT 1"
 REMOVED: Final = (  # the keys of a scope compaction removed, with their last versions
     "SELECT ref_id, namespace, key, floor FROM refs WHERE scope = %s AND floor > 0 "
@@ -75,8 +79,8 @@ NEW_REF: Final = (
     "VALUES (%s, %s, %s, %s, %s, %s, "
     "coalesce((SELECT max(high) FROM compactions WHERE ref_id = %s), 0)) ON CONFLICT DO NOTHING"
 )
-VERSION: Final = (
-    f"SELECT {rows.entry_columns('v')}, v.inline, b.codec, b.data "
+VERSION: Final = (  # then ``prev`` (index 11): the version the row's entry followed
+    f"SELECT {rows.entry_columns('v')}, v.inline, b.codec, b.data, v.prev "
     "FROM versions v LEFT JOIN blobs b ON b.digest = v.blob "
     "WHERE v.ref_id = %s AND v.version >= %s ORDER BY v.version LIMIT %s"
 )
@@ -94,8 +98,8 @@ _SET_HEAD: Final = (
 )
 INSERT_VERSION: Final = (
     "INSERT INTO versions (ref_id, version, scope, op, time_ns, digest, size, created_ns, "
-    "audit, damaged_from, blob, inline) VALUES (%(id)s, %(v)s, %(s)s, %(op)s, %(t)s, %(d)s, "
-    "%(sz)s, %(cr)s, %(a)s, %(df)s, %(bl)s, %(in)s)"
+    "audit, damaged_from, blob, inline, prev) VALUES (%(id)s, %(v)s, %(s)s, %(op)s, %(t)s, "
+    "%(d)s, %(sz)s, %(cr)s, %(a)s, %(df)s, %(bl)s, %(in)s, %(pv)s)"
 )
 # A blob row, new or refreshed for gc (either locks it): alone, or with a version below.
 UPSERT_BLOB: Final = (
@@ -150,30 +154,61 @@ def entry_at(cur: Cursor, ref: Ref, version: int) -> tuple[Entry | None, bytes |
 
     Raises:
         NotFoundError: compaction dropped the version.
-        CorruptionError: its value fails verification.
+        CorruptionError: its value fails verification, or its row was lost (the
+            key's chain of rows, :mod:`castore.postgres.chains`, or its copy of
+            the newest version, names it).
     """
     key = rows.ref_id(ref)
     row = cur.execute(EXACT_VERSION, (key, version), binary=True).fetchone()  # the common case
-    if row is None:  # a damaged range over it, if any (imported from a file store)
-        row = cur.execute(VERSION, (key, version, 1)).fetchone()
+    if row is not None:
+        found = rows.entry(row, 0, ref)
+        assert found is not None  # noqa: S101 - a version row has a version
+        return found, rows.value(ref, found, *row[8:11])
+    with snapshot(cur):  # why there is no row, read as of one moment
+        return _without_row(cur, ref, key, version)
+
+
+def _without_row(
+    cur: Cursor, ref: Ref, key: bytes, version: int
+) -> tuple[Entry | None, bytes | None]:
+    """``entry_at`` of a version without a row of its own."""
+    row = cur.execute(VERSION, (key, version, 1)).fetchone()  # a damaged range over it?
     found = rows.entry(row, 0, ref) if row is not None else None
-    if found is not None and found.first <= version:
-        return found, rows.value(ref, found, *row[8:11]) if row is not None else None
-    cur.execute(
-        f"SELECT policy, time_ns FROM compactions WHERE {REF} AND low <= %s AND high >= %s LIMIT 1",
-        (key, version, version),
-    )
-    dropped = cur.fetchone()
+    if row is not None and found is not None and found.first <= version:
+        return found, rows.value(ref, found, *row[8:11])
+    dropped = cur.execute(COMPACTED, (key, version, version)).fetchone()
     if dropped is not None:
         raise NotFoundError(
             f"{ref} version {version} was compacted ({dropped[0]}, {rfc3339(dropped[1])})"
         )
+    if row is not None:  # the next row up: did its entry follow this version or one above?
+        prev = row[11]  # see castore.postgres.chains
+        if (
+            prev is not None
+            and prev >= version
+            and not cur.execute(COMPACTED, (key, prev, prev)).fetchone()
+        ):
+            raise CorruptionError(
+                f"{ref} version {version}: its row is missing (version {row[0]} followed "
+                f"version {prev}; castore check --repair records the lost versions)"
+            )
+        return None, None
+    newest = cur.execute(f"SELECT version FROM refs WHERE {REF}", (key,)).fetchone()
+    if newest is not None and newest[0] is not None and newest[0] >= version:
+        raise CorruptionError(
+            f"{ref} version {version}: its row is missing (the key's newest is version "
+            f"{newest[0]}; castore check --repair restores it)"
+        )
     return None, None
 
 
-def params(ref: Ref, entry: Entry) -> dict[str, Any]:
-    """The parameters of an append statement: the ref's id and scope, the entry's columns."""
+def params(ref: Ref, entry: Entry, prev: int) -> dict[str, Any]:
+    """The parameters of an append statement: the ref's id and scope, the entry's columns.
+
+    ``prev``: the version of the entry before it (0 for the key's first).
+    """
     return {
+        "pv": prev,
         "id": rows.ref_id(ref),
         "s": ref.scope,
         "v": entry.version,

@@ -171,19 +171,26 @@ class RemoteBackend:
         return list(self._transport.call("keys", call, (scope, namespace)))
 
     def namespaces(self, scope: str) -> list[str]:
-        """Namespaces of ``scope`` holding a key, on every member of a cluster."""
+        """Namespaces of ``scope`` holding a key, each from the member that owns it.
+
+        A member's copy of a keyspace it no longer owns (left by a change of the
+        member list) is never shown under the list in use (docs/SERVER.md).
+        """
         found: set[str] = set()
         for member in self._transport.members:
-            found.update(self._transport.call("namespaces", ScopeCall(scope=scope), member))
+            names = self._transport.call("namespaces", ScopeCall(scope=scope), member)
+            found.update(n for n in names if self._transport.owner(scope, n) == member)
         return sorted(found, key=lambda name: name.encode("utf-8", "surrogatepass"))
 
     def removed(self, scope: str) -> list[tuple[str, str, int]]:
-        """Each key compaction removed, on every member of a cluster."""
+        """Each key compaction removed, each from the member that owns its keyspace."""
         found: set[tuple[str, str, int]] = set()
         for member in self._transport.members:
-            found.update(
-                map(tuple, self._transport.call("removed", ScopeCall(scope=scope), member))
-            )
+            for namespace, key, version in self._transport.call(
+                "removed", ScopeCall(scope=scope), member
+            ):
+                if self._transport.owner(scope, namespace) == member:
+                    found.add((namespace, key, version))
         return sorted(found, key=lambda r: (r[0].encode("utf-8"), r[1].encode("utf-8")))
 
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:

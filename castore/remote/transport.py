@@ -117,6 +117,10 @@ class Transport:
         """The member list in use (the server's, after a 421)."""
         return self._cluster.members
 
+    def owner(self, scope: str, namespace: str) -> str:
+        """The member that owns a keyspace under the list in use."""
+        return self._cluster.owner(scope, namespace)
+
     def _http(self) -> httpx.Client:
         with self._lock:
             tls = any(url.startswith("https://") for url in self._cluster.members)
@@ -219,11 +223,32 @@ class Transport:
 
         With ``stream``, its body is still to be read (and the response closed).
         """
-        redirects, sent = 0, False  # sent: an attempt whose answer was lost (maybe applied)
+        sent = [False]  # an attempt whose answer was lost (maybe applied)
+        try:
+            return self._until_answered(name, request, where, resend, stream, sent)
+        except (CastoreError, OSError) as exc:
+            if not (sent[0] and CALLS[name].writes) or _MAYBE in str(exc):
+                raise
+            url = self._cluster.owner(*where) if isinstance(where, tuple) else where
+            raise _unavailable(
+                url, f"the answer to {name} was lost, and sending it again failed: {exc}{_MAYBE}"
+            ) from None
+
+    def _until_answered(
+        self,
+        name: str,
+        request: Any,
+        where: tuple[str, str] | str,
+        resend: Any,
+        stream: bool,
+        sent: list[bool],
+    ) -> httpx.Response:
+        """:meth:`_send`'s attempts; ``sent[0]`` is set once an answer was lost."""
+        redirects = 0
         while True:
             url = self._cluster.owner(*where) if isinstance(where, tuple) else where
             response, lost = self._post(name, url, request, resend, stream=stream)
-            sent = sent or lost
+            sent[0] = sent[0] or lost
             if response.status_code == 200:
                 return response
             if stream:
@@ -236,9 +261,9 @@ class Transport:
             if response.status_code == 421 and redirects < REDIRECTS and isinstance(where, tuple):
                 redirects += 1
                 self._follow(response, url)
-                if name == "append" and not sent:
+                if name == "append" and not sent[0]:
                     raise Rerouted
-                if sent and resend is not None:  # it may have been applied: the same id
+                if sent[0] and resend is not None:  # it may have been applied: the same id
                     request = resend  # again, marked as a retry, so it is applied once
                 continue
             raise _failure(
@@ -277,7 +302,8 @@ class Transport:
                 lost = not isinstance(exc, _NOT_SENT)
                 sent = sent or lost
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
-                    raise _unavailable(url, f"{name} failed: {type(exc).__name__}") from None
+                    maybe = _MAYBE * (sent and spec.writes)
+                    raise _unavailable(url, f"{name} failed: {type(exc).__name__}{maybe}") from None
                 if attempt == ATTEMPTS or (lost and not spec.resend):
                     raise _lost(url, name, exc, sent and spec.writes) from None
                 if lost and resend is not None:
@@ -337,13 +363,16 @@ def _failure(url: Any, status: int, content: bytes, *, token_sent: bool = True) 
     return _unavailable(url, f"{error.code}: {error.message}")
 
 
+_MAYBE: Final = " (it may or may not have been applied)"
+
+
 def _unavailable(url: Any, what: str) -> CastoreError:
     return StoreUnavailableError(f"castore server {_origin(url)}: {what}")
 
 
 def _lost(url: str, name: str, exc: httpx.HTTPError, write_sent: bool) -> CastoreError:
     reason = type(exc).__name__
-    maybe = " (it may or may not have been applied)" if write_sent else ""
+    maybe = _MAYBE if write_sent else ""
     if isinstance(exc, _NOT_SENT):
         return _unavailable(url, f"cannot connect ({reason}, {ATTEMPTS} tries){maybe}")
     return _unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")

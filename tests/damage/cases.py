@@ -3,7 +3,9 @@
 For every regular file of the pristine store (``FORMAT``, ``KEYS``,
 ``GRAVES``, every ``.log``, ``.vix`` and ``index/*.idx``): XOR ``0x01`` and
 ``0xFF`` at every offset, zeroed 512-byte and 4 KiB aligned ranges and the
-last 512 bytes, and a truncation at every offset (:func:`enumerate_damage`).
+last 512 bytes, a truncation at every offset, and each frame's kind byte set
+to every other kind castore writes (XOR never turns an ``E`` into a ``B``,
+``C`` or ``H``; damage may: :func:`enumerate_damage`).
 :func:`run_case` applies one to a fresh copy (``shutil.copytree``), runs
 :func:`tests.damage.scenario.observe` and judges the answers with
 :func:`tests.damage.oracle.classify`.
@@ -50,7 +52,8 @@ __all__ = [
 ]
 
 FILE_KINDS: Final = ("FORMAT", "KEYS", "GRAVES", "STATE", "log", "vix", "idx")
-SHAPES: Final = ("xor01", "xorff", "zero", "trunc")
+SHAPES: Final = ("xor01", "xorff", "zero", "trunc", "kind")
+FRAME_KINDS: Final = b"BCEGHILPST"  # every frame kind castore writes (FORMAT.md)
 CASE_TIMEOUT_SECONDS: Final = 60.0  # a case takes well under a second: longer is a hang
 
 
@@ -76,7 +79,10 @@ def file_label(rel: str) -> tuple[str, str]:
 
 
 class Damage(NamedTuple):
-    """One case: ``shape`` applied to the file ``rel`` at ``offset`` over ``length`` bytes."""
+    """One case: ``shape`` applied to the file ``rel`` at ``offset`` over ``length`` bytes.
+
+    ``kind``: the byte at ``offset`` (a frame's kind) becomes ``length`` (another kind).
+    """
 
     rel: str
     kind: str
@@ -92,10 +98,14 @@ class Damage(NamedTuple):
             return data[:at]
         if self.shape == "zero":
             return data[:at] + bytes(self.length) + data[end:]
+        if self.shape == "kind":
+            return data[:at] + bytes([self.length]) + data[at + 1 :]
         mask = 0x01 if self.shape == "xor01" else 0xFF
         return data[:at] + bytes([data[at] ^ mask]) + data[at + 1 :]
 
     def __str__(self) -> str:
+        if self.shape == "kind":
+            return f"{self.label} kind->{chr(self.length)} @{self.offset}"
         return f"{self.label} {self.shape} @{self.offset}+{self.length}"
 
 
@@ -126,6 +136,14 @@ def enumerate_damage(root: str) -> list[Damage]:
             cases += [Damage(rel, kind, label, shape, at, 1) for at in range(size)]
         cases += [Damage(rel, kind, label, "zero", at, n) for at, n in _zero_ranges(size)]
         cases += [Damage(rel, kind, label, "trunc", at, size - at) for at in range(size)]
+        with open(os.path.join(root, rel), "rb") as fh:
+            frames = list(scan_frames(fh.read()))
+        cases += [
+            Damage(rel, kind, label, "kind", f.start + 4, other)
+            for f in frames
+            for other in FRAME_KINDS
+            if other != f.kind
+        ]
     return cases
 
 

@@ -187,3 +187,24 @@ def test_a_resend_that_meets_two_list_changes_is_still_applied_once(launcher, lo
     assert (result["number"], result["version"]) == (2, 2)
     history = Store(a.store).history("n", scope="custom", namespace=namespace).entries
     assert [e.version for e in history] == [2, 1]
+
+
+def test_a_resend_that_fails_says_the_write_may_have_been_applied(launcher, lose):
+    # Found by a review: the write was applied, its answer lost, and the resend met a
+    # list this client must refuse; the error said only "update the list", so a caller
+    # that ran the increment again applied it twice.
+    a, b = launcher.cluster(2)
+    given = [a.url, b.url]
+    joined = [*given, f"http://127.0.0.1:{free_ports(1)[0]}"]  # a member the client lacks
+    namespace = _owned_by_first([given, joined])
+    worker = Store(",".join(given))
+
+    def grow() -> None:  # every member restarts with the bigger list
+        for node in (a, b):
+            node.kill()
+            node.start(joined)
+
+    lose(_once(grow))
+    with pytest.raises(StoreUnavailableError, match="may or may not have been applied"):
+        worker.incr("n", scope="custom", namespace=namespace)
+    assert Store(a.store).get("n", scope="custom", namespace=namespace).value == 1  # it was

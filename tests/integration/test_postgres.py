@@ -388,15 +388,15 @@ def test_a_schema_holding_other_tables_is_refused(postgres_location):
 
 def test_upgrade_creates_the_schema_then_reports_it_current(postgres_location):
     first = castore.upgrade(postgres_location)
-    assert (first.from_version, first.to_version) == (0, 1)
+    assert (first.from_version, first.to_version) == (0, 2)
     assert tables_of(postgres_location) == TABLES
     again = castore.upgrade(postgres_location)
-    assert (again.from_version, again.to_version) == (1, 1)
+    assert (again.from_version, again.to_version) == (2, 2)
     store = Store(postgres_location, dag=DAG)
     assert store.get("k").found is False
     assert store.set("k", 1).version == 1
     later = castore.upgrade(postgres_location)
-    assert (later.from_version, later.to_version) == (1, 1)
+    assert (later.from_version, later.to_version) == (2, 2)
     assert store.get("k").value == 1
 
 
@@ -435,7 +435,7 @@ def test_processes_creating_the_store_at_the_same_moment_all_succeed(new_postgre
     for location in locations:
         upgrades = [r[2:] for r in results if r[1] == location and r[0] == "upgrade"]
         assert len(upgrades) == 2
-        assert all(to == 1 and before in (0, 1) for before, to in upgrades), upgrades
+        assert all(to == 2 and before in (0, 2) for before, to in upgrades), upgrades
         assert sum(before == 0 for before, _ in upgrades) <= 1, upgrades  # created once
         assert len(Store(location, dag=DAG).list().entries) == 2
         assert tables_of(location) == TABLES

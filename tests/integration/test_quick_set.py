@@ -17,6 +17,8 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -32,6 +34,7 @@ from castore.file.frames import scan_frames
 from castore.file.layout import Layout
 from castore.file.stateappend import KIND_PENDING
 from castore.keys import Ref
+from tests.helpers import CASTORE_PATH
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +249,42 @@ def test_a_link_in_place_of_the_log_is_never_followed(twins, tmp_path):
     assert "symbolic link" in str(error)
     assert outside.read_bytes() == before
     assert twins.answered == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--dir", "{file}"], b"is not a directory: not a castore store"),
+        (["--dir", "{store}", "--lock-timeout", "x"], b"--lock-timeout: expected a number"),
+    ],
+    ids=["not-a-store", "bad-lock-timeout"],
+)
+def test_a_value_on_stdin_is_read_only_after_the_options_and_the_store_pass(
+    tmp_path, options, words
+):
+    # Found by a review: the quick path read stdin first, so with an open pipe it
+    # waited for the value where the command refuses its options at once.
+    (tmp_path / "file").write_text("x")
+    Store(tmp_path / "store", dag=DAG).set("k", 1)
+    argv = [o.format(file=tmp_path / "file", store=tmp_path / "store") for o in options]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": CASTORE_PATH, "LC_ALL": "C.UTF-8"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "castore", *argv, "--dag", DAG, "set", "k", "-"],
+        stdin=subprocess.PIPE,  # open, never written: the value never comes
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        try:
+            proc.wait(timeout=30)  # not communicate(): it would close stdin
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("castore set waited for stdin before refusing its options")
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.returncode in (1, 2)
+    assert out == b""
+    assert words in err
+    assert err.count(b"\n") == 1
+    assert Store(tmp_path / "store", dag=DAG).get("k").version == 1

@@ -155,7 +155,8 @@ POSTGRES_LAYERS = {
     "postgres.connection": 2,  # one connection per handle: errors, reconnects, transactions
     "postgres.rows": 2,  # rows <-> entries, values
     "postgres.statements": 3,  # the SQL of reads and writes; what a decision reads
-    "postgres.integrity": 4,  # check of the rows and of each key's newest copy; repair
+    "postgres.chains": 4,  # a key's chain of version rows: pages that prove none was lost
+    "postgres.integrity": 4,  # check of the rows, their chains, each key's newest copy; repair
     "postgres.refnames": 4,  # check of the refs rows' names and floors; repair
     "postgres.compaction": 4,  # retention, one key per transaction
     "postgres.appends": 4,  # a write's rows: versions, blobs (in digest order), the copy
