@@ -32,22 +32,28 @@ def redacted(location: str) -> str:
     """``location`` as errors and logs may show it: a URL without user, password or query.
 
     Of the query, only castore's own ``schema`` parameter stays (it tells stores apart).
+    Where the URL cannot be read one way only (an ``@`` after a ``?`` or ``#``: in a
+    password, or in the query), its address is not shown either.
 
     >>> redacted("postgresql://alice:s3cret@db.example:5432/state?sslmode=require&schema=ci")
     'postgresql://db.example:5432/state?schema=ci'
     >>> redacted("postgresql://alice:pa/s@s@db.example/state")
     'postgresql://db.example/state'
     >>> redacted("http://user:to#k?e/n@coord:7070")
-    'http://coord:7070'
+    'http://(address not shown)'
+    >>> redacted("postgresql://db/x?schema=a&password=p@ss")
+    'postgresql://(address not shown)'
     """
     if "://" not in location:
         return location
     scheme, _, rest = location.partition("://")
-    # Userinfo ends at the last "@": a password may hold an unencoded "/", "@", "?"
-    # or "#" (libpq and people write them so), and none of it may be shown. An "@"
-    # in a query then hides part of the address too: shown less, never a secret.
-    rest = rest.rpartition("@")[2]
     head, _, query = rest.split("#", 1)[0].partition("?")
-    after = head
+    # Userinfo ends at the last "@" before the query: a password may hold an
+    # unencoded "/" or "@" (libpq reads it so), and none of it may be shown.
+    after = head.rpartition("@")[2]
+    if "@" in rest[len(head) :]:
+        # An "@" after the first "?" or "#": a password holding them, or a query
+        # holding an "@". Either reading might show part of a secret.
+        return f"{scheme}://(address not shown)"
     kept = [item for item in query.split("&") if item.startswith("schema=")][-1:]
     return f"{scheme}://{after}" + (f"?{kept[0]}" if kept else "")

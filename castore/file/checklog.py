@@ -56,6 +56,12 @@ if TYPE_CHECKING:
 __all__ = ["LogChecker"]
 
 
+_REWRITE = (
+    "copy the log to quarantine, rewrite it with its intact frames in order, "
+    "record the versions damage may hold as lost"
+)
+
+
 class LogChecker:
     """Checks (and with ``repair``, repairs) logs one at a time; collects the findings."""
 
@@ -63,8 +69,8 @@ class LogChecker:
         self.backend, self.fs, self.repair = backend, backend.fs, repair
         self.timeout = backend.lock_timeout  # for a log's shared lock
         self.findings: list[Finding] = []
-        # To the microsecond: two repairs at once never share a quarantine folder.
-        self.stamp = utc_stamp()
+        self.first = 0  # where the findings of the log being checked start
+        self.stamp = utc_stamp()  # to the microsecond: two repairs share no quarantine folder
         self.entries = self.blobs = 0
         self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
         self.search = BlobSearch(self.fs, backend.refs)  # a value's copy in any log
@@ -95,6 +101,7 @@ class LogChecker:
 
     def check_log(self, path: str, scope: str, keys: set[str]) -> None:
         """Check one log of ``scope`` (``keys``: its namespace's KEYS); repair if asked."""
+        self.first = len(self.findings)
         data, vix, file = checkread.log_and_index(self.fs, path, self.timeout)
         log = classify(data)
         frames = log.frames
@@ -239,14 +246,9 @@ class LogChecker:
     ) -> None:
         """Rewrite a damaged log from its intact frames (original kept in quarantine)."""
         keep = self.quarantine(path)
-        action = (
-            "copy the log to quarantine, rewrite it with its intact frames in order, "
-            "record the versions damage may hold as lost"
-        )
-        first = len(self.findings)
         for problem in problems:
             if problem != "no header frame":  # already reported with its own repair
-                self.found(path, problem, action, self.repair)
+                self.found(path, problem, _REWRITE, self.repair)
         if not self.repair:
             return
         if not known_ref and plan.header is None:
@@ -262,10 +264,10 @@ class LogChecker:
         try:
             new = self.backend.rewrite(path, transform, keep_copy=keep)
         except UnsafePathError as exc:  # a link planted under quarantine/: this log only
-            self.unrepaired(first, path, f"not repaired: {exc.detail}")
+            self.unrepaired(path, f"not repaired: {exc.detail}")
             return
         if changed:
-            self.unrepaired(first, path, "the log changed while check read it")
+            self.unrepaired(path, "the log changed while check read it")
             return
         ref = plan.header or plan.known
         if new and ref is not None and any(f.kind == KIND_ENTRY for f in new):
@@ -273,10 +275,12 @@ class LogChecker:
             if ref.key not in index:  # lost versions make a removed key exist again
                 index.add(ref.key, ref.namespace, durable=True)
 
-    def unrepaired(self, first: int, path: str, why: str) -> None:
-        """Mark the findings from ``first`` on as not repaired, and say ``why``."""
+    def unrepaired(self, path: str, why: str) -> None:
+        """Mark the findings about the log being checked as not repaired; say ``why``."""
+        rel, first = self.rel(path), self.first
         self.findings[first:] = [
-            msgspec.structs.replace(f, repaired=False) for f in self.findings[first:]
+            msgspec.structs.replace(f, repaired=False) if f.path == rel else f
+            for f in self.findings[first:]
         ]
         self.found(path, why, "none: run check --repair again")
 
@@ -354,10 +358,7 @@ class LogChecker:
 
     def vix_bytes(self, path: str) -> bytes | None:
         """The version index of the log at ``path``; None if absent (a link is reported apart)."""
-        try:
-            return self.fs.read_file(versionindex.vix_path(path))
-        except (FileNotFoundError, UnsafePathError):
-            return None
+        return checkread.vix_bytes(self.fs, path)
 
     def check_listed(
         self, path: str, h: Header, keys: set[str], file: tuple[int, int], newest: Entry, grave: int

@@ -17,7 +17,7 @@ from castore.file import fileio
 from castore.file.tree import Tree
 from castore.file.versionindex import vix_path
 
-__all__ = ["LogState", "log_and_index"]
+__all__ = ["LogState", "log_and_index", "vix_bytes"]
 
 
 class LogState(NamedTuple):
@@ -69,3 +69,11 @@ def log_and_index(fs: Tree, path: str, timeout: float) -> LogState:
             raise LockTimeoutError(vix, timeout)
         time.sleep(pause)
         pause = min(pause * 2, longest)
+
+
+def vix_bytes(fs: Tree, path: str) -> bytes | None:
+    """The version index of the log at ``path``; None if absent (a link is reported apart)."""
+    try:
+        return fs.read_file(vix_path(path))
+    except (FileNotFoundError, UnsafePathError):
+        return None

@@ -208,13 +208,20 @@ def window_top(log: LogBytes, window: Window) -> int:
 
 def rewritten(plan: RepairPlan, log: LogBytes, reason: str) -> list[tuple[int, bytes]] | None:
     """The frames a repair writes for ``log`` by ``plan``; None if ``log`` is not the one read."""
-    seen = plan.seen
-    if seen is not None and (log.size, bytes(log.data)) != (seen.size, bytes(seen.data)):
+    if plan.seen is not None and not _grown_from(log, plan.seen):
         return None
     head = [] if plan.header is None else [(KIND_HEADER, encode_record(plan.header))]
     return head + with_markers(
         log, plan.drop, reason, plan.lost_by_index, plan.lost_values, plan.grave
     )
+
+
+def _grown_from(log: LogBytes, seen: LogBytes) -> bool:
+    """Whether ``log`` holds the bytes of ``seen`` where they were (appends may follow)."""
+    base, seen_base = log.size - len(log.data), seen.size - len(seen.data)
+    if log.size < seen.size or base > seen_base:
+        return False
+    return bytes(log.data[seen_base - base : seen.size - base]) == bytes(seen.data)
 
 
 def with_markers(

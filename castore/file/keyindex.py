@@ -219,6 +219,34 @@ class KeyIndex:
         self.damaged |= not found.isdisjoint(tail)  # listed twice: see _refresh_tail
         return found | tail
 
+    def around(self, prefix: str) -> list[str]:
+        """The keys listed next to where ``prefix``'s keys would be (none listed: a check).
+
+        One flipped bit may turn a key's line into another key's: the line
+        then stands right beside the prefix's place, in the sorted region or,
+        by value, in the tail.
+        """
+        target = prefix.encode("utf-8").hex().encode("ascii")
+        with self._lock:
+            try:
+                fd = self.fs.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return []
+            try:
+                layout = _Layout(fd, os.fstat(fd).st_size)
+                at = _first_at_or_after(fd, layout.start, layout.end, target)
+                lo, hi = max(layout.start, at - _MAX_LINE - 1), min(layout.end, at + _MAX_LINE + 1)
+                before = fileio.read_at(fd, lo, at - lo).split(b"\n")[:-1][-1:]
+                after = fileio.read_at(fd, at, hi - at).split(b"\n")[:-1][:1]
+            finally:
+                os.close(fd)
+            lines = before + after
+            below = [x for x in self._tail if x < target]
+            above = [x for x in self._tail if x > target]
+        lines += [max(below)] if below else []
+        lines += [min(above)] if above else []
+        return [k for k in map(_decode, {x for x in lines if _valid(x)}) if k is not None]
+
     def __contains__(self, key: str) -> bool:
         return bool(self._scan(key.encode("utf-8").hex().encode("ascii"), exact=True))
 

@@ -118,10 +118,23 @@ class Namespaces:
         nsdir = self.layout.ns_dir(scope, namespace)
         if not found:
             self.layout.not_gone()
-        if not (verify or index.damaged or (not found and self._keys_lost(nsdir))):
+        lost = not found and (self._keys_lost(nsdir) or self._unlogged(nsdir, index, prefix))
+        if not (verify or index.damaged or lost):
             return found
         from_logs = self._keys_from_logs(nsdir, namespace, prefix)
         return sorted(set(found) | from_logs, key=lambda k: k.encode("utf-8"))
+
+    def _unlogged(self, nsdir: str, index: KeyIndex, prefix: str) -> bool:
+        """Whether a key ``KEYS`` lists beside an empty prefix has no log.
+
+        Damage (a line turned into another key's), or a first write between its
+        line and its log: then the caller reads the directory once too many.
+        """
+        fs = self.layout.fs
+        return bool(prefix) and any(
+            not fs.exists(os.path.join(nsdir, file_id(key) + ".log"))
+            for key in index.around(prefix)
+        )
 
     def _keys_lost(self, nsdir: str) -> bool:
         """True if a namespace directory exists without its ``KEYS`` (lost: damage).

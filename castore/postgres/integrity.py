@@ -98,6 +98,9 @@ _BREAKS: Final = """
         AND c.high >= v.prev))
     ORDER BY r.scope, r.namespace, r.key, v.version
 """  # rows whose prev is not the row below them, nor a version compaction dropped
+_DROPPED_BELOW: Final = (
+    "SELECT coalesce(max(high), 0) FROM compactions WHERE ref_id = %s AND high < %s"
+)
 _ALL_BREAKS: Final = _BREAKS.format(where="")
 _BREAKS_OF: Final = _BREAKS.format(where="WHERE ref_id = %s")
 
@@ -270,8 +273,9 @@ def _mend(cur: Cursor, ref: Ref) -> list[tuple[int, int, int, bool]]:
     cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", (key,))
     out = []
     for *_, version, prev, below in cur.execute(_BREAKS_OF, (key,)).fetchall():
-        if prev > below:
-            marker = lost_marker(below + 1, prev, time.time_ns(), _LOST)
+        if prev > below:  # from above what compaction dropped below prev (not lost)
+            (dropped,) = cur.execute(_DROPPED_BELOW, (key, prev)).fetchone() or (0,)
+            marker = lost_marker(max(below, dropped) + 1, prev, time.time_ns(), _LOST)
             cur.execute(q.INSERT_VERSION, q.params(ref, marker, below))
         out.append((version, prev, below, prev > below))
     return out

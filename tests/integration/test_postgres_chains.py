@@ -257,3 +257,22 @@ def test_reads_racing_compaction_and_import_overwrites_see_no_false_damage(busy)
         reads_done += 1
     assert errors == []
     assert reads_done > 5
+
+
+def test_a_repair_never_records_versions_compaction_dropped_as_lost(postgres_location):
+    # Found by a review of the repair: the lost range ran from the row below down to
+    # version 1, over the versions compaction dropped ("versions 1-5 lost").
+    store = Store(postgres_location, dag=DAG)
+    for n in range(1, 9):
+        store.set("k", n)
+    store.compact(keep_last=4)
+    lose(postgres_location, "k", 5)  # the oldest kept row: below it, only what was dropped
+    assert store.check(repair=True).ok
+    assert [(e.version, e.operation) for e in store.history("k").entries] == [
+        (8, "set"), (7, "set"), (6, "set"), (5, "damaged")
+    ]  # fmt: skip
+    with pytest.raises(NotFoundError, match="version 4 was compacted"):
+        store.get("k", version=4)
+    with pytest.raises(CorruptionError):
+        store.get("k", version=5)
+    assert store.check().findings == []

@@ -30,3 +30,25 @@ def test_a_coordinator_url_with_a_password_is_refused_without_showing_it(mark):
             parse(url)
         assert "S3CR" not in str(refused.value)
         assert "ETTOKEN" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://castore@127.0.0.1:1/db?schema=x&password=hunter2@TopSecretTail",
+        "postgresql://u:p?ss@db/x",
+        "postgresql://u:p#ss@db/x?schema=x",
+    ],
+)
+def test_an_at_sign_after_the_query_starts_hides_the_address_not_a_secret(url):
+    # Found by a review of the fix above: cutting at the last "@" of the whole URL
+    # showed the end of a password given in the query.
+    shown = redacted(url)
+    assert shown.endswith("://(address not shown)")
+    for secret in ("TopSecretTail", "hunter2", "ss@"):
+        assert secret not in shown
+
+
+def test_an_ordinary_url_is_shown_with_its_address_and_schema():
+    url = "postgresql://alice:pa/s@s@db.example:5432/state?sslmode=require&schema=ci"
+    assert redacted(url) == "postgresql://db.example:5432/state?schema=ci"
