@@ -179,38 +179,42 @@ class KeyIndex:
         except FileNotFoundError:
             return set()
         try:
-            st = os.fstat(fd)
-            layout = _Layout(fd, st.st_size)
-            self.damaged |= not layout.valid
-            found: set[bytes] = set()
-            first = pos = _first_at_or_after(fd, layout.start, layout.end, prefix_hex)
-            previous = b""
-            while pos < layout.end:
-                buf = fileio.read_at(fd, pos, min(layout.end - pos, 1 << 16))
-                lines = buf.split(b"\n")
-                if len(lines) == 1:
-                    break
-                for line in lines[:-1]:
-                    if not line.startswith(prefix_hex) or (exact and line != prefix_hex):
-                        break
-                    self.damaged |= line <= previous  # the sorted region only ascends
-                    previous = line
-                    pos += len(line) + 1
-                    if _valid(line):
-                        found.add(line)
-                    else:
-                        self.damaged = True
-                else:
-                    continue
-                break
-            # One damaged line may name another key (a flipped bit): it then breaks the
-            # order next to where it stands, which is at the edges of what was read.
-            if prefix_hex and not exact:  # a list's prefix: a whole list saw every line
-                near = _ascends_near(fd, layout, first) and _ascends_near(fd, layout, pos)
-                self.damaged |= not near
-            self._refresh_tail(fd, layout, st)
+            return self._scan_fd(fd, prefix_hex, exact)
         finally:
             os.close(fd)
+
+    def _scan_fd(self, fd: int, prefix_hex: bytes, exact: bool) -> set[bytes]:
+        """:meth:`_scan` of the file open on ``fd`` (the caller holds ``_lock``)."""
+        st = os.fstat(fd)
+        layout = _Layout(fd, st.st_size)
+        self.damaged |= not layout.valid
+        found: set[bytes] = set()
+        first = pos = _first_at_or_after(fd, layout.start, layout.end, prefix_hex)
+        previous = b""
+        while pos < layout.end:
+            buf = fileio.read_at(fd, pos, min(layout.end - pos, 1 << 16))
+            lines = buf.split(b"\n")
+            if len(lines) == 1:
+                break
+            for line in lines[:-1]:
+                if not line.startswith(prefix_hex) or (exact and line != prefix_hex):
+                    break
+                self.damaged |= line <= previous  # the sorted region only ascends
+                previous = line
+                pos += len(line) + 1
+                if _valid(line):
+                    found.add(line)
+                else:
+                    self.damaged = True
+            else:
+                continue
+            break
+        # One damaged line may name another key (a flipped bit): it then breaks the
+        # order next to where it stands, which is at the edges of what was read.
+        if prefix_hex and not exact:  # a list's prefix: a whole list saw every line
+            near = _ascends_near(fd, layout, first) and _ascends_near(fd, layout, pos)
+            self.damaged |= not near
+        self._refresh_tail(fd, layout, st)
         tail = (
             {prefix_hex} & self._tail
             if exact
@@ -301,7 +305,7 @@ class KeyIndex:
         line = key.encode("utf-8").hex().encode("ascii") + b"\n"
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
         with self.fs.open_locked(self.path, flags, unsynced=True) as fd:
-            if self._scan_locked(line[:-1], exact=True):
+            if self._scan_fd(fd, line[:-1], exact=True):
                 return  # another writer listed it meanwhile: a key is listed once
             st = os.fstat(fd)
             size = st.st_size
