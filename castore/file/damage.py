@@ -188,8 +188,8 @@ def lost_top(before: int, damaged: bytes, *, one_entry: bool = False) -> int:
 
     Each entry frame holds at least ``_MIN_ENTRY_FRAME`` bytes and a version
     above the one before it, and a legible ``"version":N`` counts too. When
-    the range is exactly one entry frame (``one_entry``: lengths and kind
-    byte intact), it held exactly one version.
+    the range is exactly one entry frame (``one_entry``: lengths intact, and
+    the kind byte, or the frame itself, says entry), it held exactly one version.
     """
     parsed = [int(m) for m in _VERSION_FIELD.findall(damaged)]
     count = 1 if one_entry else math.ceil(len(damaged) / _MIN_ENTRY_FRAME)
@@ -202,7 +202,7 @@ def window_top(log: LogBytes, window: Window) -> int:
         return window.high
     base = log.size - len(log.data)
     damaged = log.data[window.start - base : window.end - base]
-    one = log.one_frame_of_kind(window.start, window.end, KIND_ENTRY)
+    one = log.one_entry_frame(window.start, window.end)
     return lost_top(window.low - 1, damaged, one_entry=one)
 
 

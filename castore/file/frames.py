@@ -249,18 +249,39 @@ class LogBytes(_LogBytesFields):
         Both length fields and the kind byte survived (only the payload or
         checksum changed), so the range was that frame and nothing else.
         """
+        found = self._one_frame(start, end)
+        if found is None or found[0] != kind:
+            return False
+        # The checksum covers the kind byte: the damaged byte may be that one. A frame
+        # that verifies as an entry, or whose payload begins as an entry's, was one.
+        return kind == _ENTRY or not self._entry_like(
+            start - (self.size - len(self.data)), found[1]
+        )
+
+    def one_entry_frame(self, start: int, end: int) -> bool:
+        """True if the damaged range ``[start, end)`` is exactly one entry's frame.
+
+        Its length fields survived, and its kind byte says ``E`` or the frame
+        is an entry's whatever that byte says (:meth:`one_frame_of_kind`).
+        """
+        found = self._one_frame(start, end)
+        base = self.size - len(self.data)
+        return found is not None and (
+            found[0] == _ENTRY or self._entry_like(start - base, found[1])
+        )
+
+    def _one_frame(self, start: int, end: int) -> tuple[int, int] | None:
+        """The kind byte and length of the one frame ``[start, end)`` is, lengths intact."""
         base = self.size - len(self.data)
         if end - start < FRAME_OVERHEAD or start < base:
-            return False
+            return None
         length: int
         found: int
         length, found = _HEAD.unpack_from(self.data, start - base)
         trailing: int = _U32.unpack_from(self.data, end - base - 4)[0]
-        if found != kind or trailing != length or end - start != FRAME_OVERHEAD + length:
-            return False
-        # The checksum covers the kind byte: the damaged byte may be that one. A frame
-        # that verifies as an entry, or whose payload begins as an entry's, was one.
-        return kind == _ENTRY or not self._entry_like(start - base, length)
+        if trailing != length or end - start != FRAME_OVERHEAD + length:
+            return None
+        return found, length
 
     def _entry_like(self, at: int, length: int) -> bool:
         """Whether the frame at ``data[at:]`` (of ``length``) may be an entry's, damaged."""
