@@ -4,9 +4,9 @@ Derived data (docs/FORMAT.md §5): a frames file that says, per key, what its
 newest version is, so that listing reads one file instead of every key's
 log. It is never fsynced and is trusted only under these rules:
 
-* Its first frame, ``T``, names the boot it was written in
-  (``/proc/sys/kernel/random/boot_id``). After a reboot, unsynced records
-  may have been lost, so a reader trusts nothing of a file from another boot.
+* Its first frame, ``T``, names the boot it was written in and its namespace:
+  after a reboot, unsynced records may have been lost, so a reader trusts
+  nothing of a file from another boot (nor of another namespace's file).
 * Every change to a key's log appends ``P`` (pending: the key) first, under
   the log's lock. A key whose last record is ``P`` (changed since it was
   last recorded, or a change in flight) or that has no record is read from
@@ -30,9 +30,7 @@ log. It is never fsynced and is trusted only under these rules:
   append in flight), or a frame out of place, make the whole file
   untrusted; the next reader replaces it with an empty file.
 
-Every failure to maintain the file is quiet (a reader then reads the logs),
-except a ``P`` that cannot be appended to a file that exists: that write
-fails before its commit point, with nothing written.
+Failing to keep the file is quiet (readers read logs), but a ``P`` not appended fails its write.
 """
 
 from __future__ import annotations
@@ -61,6 +59,7 @@ from castore.file.staterecords import (
     Known,
     Row,
     boot_id,
+    in_folder,
     settled_of,
 )
 from castore.file.tree import Tree
@@ -307,7 +306,10 @@ class StateIndex:
             for row in ROWS.decode(payload):
                 self._settle(row)
         elif kind == KIND_EPOCH and start == LENGTH.size:
-            self._trusted = EPOCH.decode(payload)[0] == me
+            epoch = EPOCH.decode(payload)  # a file naming another namespace: not trusted here
+            if len(epoch) not in (2, 4):
+                raise _DamagedError(self.path)
+            self._trusted = epoch[0] == me and (len(epoch) == 2 or in_folder(self.path, *epoch))
         else:
             raise _DamagedError(self.path)
 
@@ -377,10 +379,10 @@ class StateIndex:
                 os.close(fd)  # releases the lock, after the rename
             self._drop_fd_locked()
 
-    @staticmethod
-    def _epoch(me: str) -> bytes:
-        """The first frame of a new file: this boot's id, and a nonce naming this file."""
-        return encode_frame(KIND_EPOCH, ENCODE((me, os.urandom(8).hex())))
+    def _epoch(self, me: str) -> bytes:
+        """The first frame of a new file: this boot's id, a nonce naming this file, its names."""
+        names = (me, os.urandom(8).hex(), self.scope, self.namespace)
+        return encode_frame(KIND_EPOCH, ENCODE(names))
 
     def _rows(self) -> list[Row]:
         rows = [

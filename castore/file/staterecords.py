@@ -8,12 +8,14 @@ reading the boot id once per process.
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
 import msgspec
 
 from castore.file.frames import scan_frames
 from castore.file.stateappend import KIND_PENDING, LENGTH, STATE_NAME
+from castore.keys import file_id
 from castore.records import OP_DAMAGED, Entry
 from castore.results import ListEntry
 
@@ -31,6 +33,7 @@ __all__ = [
     "Row",
     "Settled",
     "boot_id",
+    "in_folder",
     "names_no_key",
     "settled_of",
 ]
@@ -63,7 +66,8 @@ class Settled(msgspec.Struct, array_like=True, frozen=True):
 
 SETTLED: Final = msgspec.msgpack.Decoder(Settled)
 ROWS: Final = msgspec.msgpack.Decoder(list[Row])
-EPOCH: Final = msgspec.msgpack.Decoder(tuple[str, str])
+# boot id, nonce, then (files written since the twentieth session) scope and namespace
+EPOCH: Final = msgspec.msgpack.Decoder(tuple[str, ...])
 ENCODE: Final = msgspec.msgpack.Encoder().encode
 
 _boot: list[str] = []
@@ -114,3 +118,12 @@ def names_no_key(data: bytes) -> bool:
 
 Known = dict[str, ListEntry | None]
 """Key -> its list entry, or None for a key whose newest version is a delete."""
+
+
+def in_folder(path: str, _boot: str, _nonce: str, scope: str, namespace: str) -> bool:
+    """Whether the scope and namespace a ``T`` frame names are those of the ``STATE`` at ``path``.
+
+    Another namespace's ``STATE`` copied in would answer for keys not its own.
+    """
+    folder, ns_id = os.path.split(os.path.dirname(path))
+    return os.path.basename(folder) == scope and file_id(namespace) == ns_id

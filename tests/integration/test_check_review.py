@@ -14,7 +14,7 @@ import pytest
 from castore import CorruptionError, NotFoundError, Store
 from castore.file import checklog
 from castore.file.frames import scan_frames
-from tests.helpers import keys_path, log_path
+from tests.helpers import keys_path, log_path, ns_dir
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +145,29 @@ def test_a_repair_still_repairs_a_log_a_writer_appended_to_meanwhile(tmp_path, m
     assert after.get("k").value == {"n": 4}
     assert _answer(after, "k", 1) == "CorruptionError"  # lost, and recorded so
     assert _answer(after, "k", 2) == (2, {"n": 2, "pad": "x" * 300})
+
+
+def test_another_namespace_s_state_copied_in_is_not_trusted(tmp_path):
+    # Found by a review of STATE: a STATE copied from namespace m into n was trusted:
+    # n's list showed m's version and hash of k, and check --repair then recorded
+    # versions of n's healthy k as lost.
+    root = tmp_path / "store"
+    mine, theirs = Store(root, dag="n"), Store(root, dag="m")
+    mine.set("k", {"n": 1})
+    for v in range(5):
+        theirs.set("k", {"m": v})
+        theirs.set("x", v)
+    for store in (mine, theirs):  # each list settles its keys in its namespace's STATE
+        store.list()
+        store.close()
+    n_dir, m_dir = (pathlib.Path(ns_dir(root, "dag", ns)) for ns in ("n", "m"))
+    (n_dir / "STATE").write_bytes((m_dir / "STATE").read_bytes())
+    fresh = Store(root, dag="n")
+    want = mine.get("k")
+    assert [(e.key, e.version, e.hash) for e in fresh.list().entries] == [
+        ("k", want.version, want.hash)
+    ]
+    assert fresh.get("x").found is False
+    assert fresh.check(repair=True).ok
+    assert Store(root, dag="n").get("k").value == {"n": 1}
+    assert Store(root, dag="n").set("x", 1).version == 1
