@@ -112,7 +112,7 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
     :func:`castore.file.quickset.quick_set` declines).
     """
     where = _quick_ref(args)
-    if where is None or not os.path.isdir(where[0]):
+    if where is None or (args.value == "-" and not os.path.isdir(where[0])):
         return None  # the command checks the store before it reads a value from stdin
     timeout = _lock_timeout(args)
     if timeout is None:

@@ -111,15 +111,23 @@ def _first_at_or_after(fd: int, lo: int, hi: int, target: bytes) -> int:
     return hi
 
 
+def _lines_near(fd: int, layout: _Layout, at: int, span: int) -> tuple[list[bytes], list[bytes]]:
+    """The whole lines of the sorted region within ``span`` bytes before, and from, ``at``.
+
+    ``at`` is a line start (or the region's end).
+    """
+    lo, hi = max(layout.start, at - span), min(layout.end, at + span)
+    before = fileio.read_at(fd, lo, at - lo).split(b"\n")[:-1] if at > lo else []
+    if lo > layout.start:
+        before = before[1:]  # the first piece may be the end of a longer line
+    after = fileio.read_at(fd, at, hi - at).split(b"\n")[:-1] if hi > at else []
+    return before, after  # (the last piece of a read is partial: left out)
+
+
 def _ascends_near(fd: int, layout: _Layout, at: int) -> bool:
     """Whether the sorted region's lines ascend strictly within a few lines of offset ``at``."""
-    lo, hi = max(layout.start, at - _NEAR), min(layout.end, at + _NEAR)
-    if hi <= lo:
-        return True
-    lines = fileio.read_at(fd, lo, hi - lo).split(b"\n")[:-1]  # the last piece is partial
-    if lo > layout.start:
-        lines = lines[1:]  # the first piece may be the end of a longer line
-    return all(a < b for a, b in itertools.pairwise(lines))
+    before, after = _lines_near(fd, layout, at, _NEAR)
+    return all(a < b for a, b in itertools.pairwise(before + after))
 
 
 class KeyIndex:
@@ -239,12 +247,10 @@ class KeyIndex:
             try:
                 layout = _Layout(fd, os.fstat(fd).st_size)
                 at = _first_at_or_after(fd, layout.start, layout.end, target)
-                lo, hi = max(layout.start, at - _MAX_LINE - 1), min(layout.end, at + _MAX_LINE + 1)
-                before = fileio.read_at(fd, lo, at - lo).split(b"\n")[:-1][-1:]
-                after = fileio.read_at(fd, at, hi - at).split(b"\n")[:-1][:1]
+                before, after = _lines_near(fd, layout, at, 2 * _MAX_LINE + 2)
             finally:
                 os.close(fd)
-            lines = before + after
+            lines = before[-1:] + after[:1]
             below = [x for x in self._tail if x < target]
             above = [x for x in self._tail if x > target]
         lines += [max(below)] if below else []

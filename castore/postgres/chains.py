@@ -31,7 +31,7 @@ from castore.postgres import rows
 from castore.postgres import statements as q
 from castore.postgres.connection import Cursor, Row, snapshot
 
-__all__ = ["broken", "copy_without_row", "history_page", "missing", "versions_page"]
+__all__ = ["copy_without_row", "history_page", "versions_page"]
 
 _TOP: Final = "SELECT version FROM refs WHERE ref_id = %s"  # the key's copy of its newest
 _HISTORY: Final = (  # a page newest first, and the row of ``before`` above it if any; the copy's
@@ -48,7 +48,7 @@ Link = tuple[int, int | None, int]  # a row's version, its prev, the version of 
 # (a page from the top links the key's copy of its newest version as (its version, the same, ...))
 
 
-def broken(prev: int | None, below: int, was_dropped: Callable[[int], bool]) -> bool:
+def _broken(prev: int | None, below: int, was_dropped: Callable[[int], bool]) -> bool:
     """Whether a row whose entry followed ``prev`` cannot sit right above version ``below``.
 
     ``below`` is 0 where no row is below it; ``was_dropped`` says whether
@@ -59,7 +59,7 @@ def broken(prev: int | None, below: int, was_dropped: Callable[[int], bool]) -> 
     return prev < below or not was_dropped(prev)
 
 
-def missing(ref: Ref, upper: int, prev: int, below: int) -> CorruptionError:
+def _missing(ref: Ref, upper: int, prev: int, below: int) -> CorruptionError:
     """The error for a broken link: ``upper`` followed ``prev``, the row under it is ``below``.
 
     ``upper == prev``: the key's copy of its newest version, above the newest row ``below``.
@@ -94,8 +94,8 @@ def _checked(cur: Cursor, ref: Ref, read: Callable[[], tuple[list[Row], list[Lin
     with snapshot(cur):
         found, links = read()
         for upper, prev, below in links:
-            if broken(prev, below, was_dropped):
-                raise missing(ref, upper, prev or 0, below)
+            if _broken(prev, below, was_dropped):
+                raise _missing(ref, upper, prev or 0, below)
     return found
 
 
@@ -112,8 +112,7 @@ def history_page(cur: Cursor, ref: Ref, before: int, limit: int) -> list[Row]:
         found: list[Row] = cur.execute(
             _HISTORY, (key, key, before, min(limit + 1, 2**63 - 1) if limit else None)
         ).fetchall()
-        top = found[0][9] if found else cur.execute(_TOP, (key,)).fetchone()
-        top = top[0] if isinstance(top, tuple) else top
+        top = found[0][9] if found else (cur.execute(_TOP, (key,)).fetchone() or (None,))[0]
         link = found.pop(0) if found and found[0][0] == before else None
         bottom = not limit or len(found) < limit  # the page ends with the key's oldest row
         page = found[:limit] if limit else found
@@ -140,7 +139,7 @@ def versions_page(cur: Cursor, ref: Ref, below: int) -> list[Row]:
     def read() -> tuple[list[Row], list[Link]]:
         start = below or 1
         found: list[Row] = cur.execute(q.VERSION, (rows.ref_id(ref), start, q.PAGE + 1)).fetchall()
-        link: int | None = 0  # the version the first row must follow (None: not known)
+        link: int | None  # the version the first row must follow (None: not known)
         if below and found and found[0][0] == below:
             link = found.pop(0)[0]
         else:  # the row is not there any more (compacted, replaced): the first row unchecked
