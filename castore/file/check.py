@@ -27,7 +27,7 @@ from castore.backend import Progress
 from castore.errors import LockTimeoutError, RecordError
 from castore.file.checkkeys import check_keys_header
 from castore.file.checklog import LogChecker
-from castore.file.checklost import check_lost_log, gone_logs, recorded_logs
+from castore.file.checklost import check_lost_log, gone_logs, recorded_logs, report_behind
 from castore.file.checktree import check_graves, check_index, planted
 from castore.file.keyindex import KeyIndex
 from castore.reports import CheckReport
@@ -142,5 +142,6 @@ def _check_namespace(checker: LogChecker, scope: str, nsdir: str, progress: Prog
     for path, key in gone_logs(checker, keys):  # missing with their index: STATE tells
         _checked(checker, path, check_lost_log, checker, path, scope, keys | {key})
     checker.recorded = {}
+    _checked(checker, os.path.join(nsdir, "STATE"), report_behind, checker, nsdir)
     check_graves(checker, nsdir)
     return logs

@@ -1,14 +1,12 @@
 """The checks and repairs of one ref log (part of ``check``, castore/file/check.py).
 
-``check`` verifies every frame's checksum and framing, every blob against its
-digest, that every live entry's value can be found and verified, that headers
-name the refs their file names encode, that versions increase, and that the
-derived files (``.vix``, ``KEYS``, the blob index) agree with the logs. Each
-problem is a :class:`Finding` (the file, what is wrong, what repair does).
-``repair=True`` cuts torn tails, and rewrites damaged logs with their intact
-frames in order (the original bytes kept in ``quarantine/<time>/``), and
-rebuilds derived files. A value whose every copy is damaged stays in the
-history as a version whose read fails with a clear error.
+Every frame's checksum and framing, every blob against its digest, every
+live entry's value found and verified, headers naming the refs their file
+names encode, versions increasing, and the derived files (``.vix``, ``KEYS``,
+``STATE``, the blob index) in step with the log. Each problem is a
+:class:`Finding`; ``repair=True`` cuts torn tails, rewrites damaged logs with
+their intact frames in order (the original bytes kept in
+``quarantine/<time>/``) and rebuilds derived files.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import msgspec
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import checkread, versionindex
 from castore.file.blobsearch import BlobSearch
+from castore.file.checklost import note_behind
 from castore.file.damage import (
     RepairPlan,
     damage_windows,
@@ -76,6 +75,7 @@ class LogChecker:
         self.search = BlobSearch(self.fs, backend.refs)  # a value's copy in any log
         self.unindexed = 0  # values only a rebuilt blob index leads to
         self.recorded: dict[str, tuple[str, int, bool]] = {}  # log path -> STATE's record
+        self.behind: list[str] = []  # keys whose last STATE record is below their log's newest
 
     def rel(self, path: str) -> str:
         """``path`` relative to the store root, as findings name files."""
@@ -137,6 +137,7 @@ class LogChecker:
         problems += [disorder_problem(ref_text, v, at) for at, v in disordered.items()]
         self.entries += len(entries)
         self.top[nsdir] = max([self.top.get(nsdir, 0), *(e.version for e in entries)])
+        note_behind(self, path, entries[-1].version if entries else 0)
         self.report_lost(path, ref_text, entries)
         fixable, lost_values = self.check_entries(path, ref_text, entries, frames, bad_blobs)
         if fixable:
@@ -382,9 +383,8 @@ class LogChecker:
         Readers' and writers' rules (FORMAT.md §7): a version the log's index
         records past its newest entry (:func:`versionindex.cut_in`), or one
         ``STATE`` records (:attr:`recorded`) for a log without entries; and
-        check's own: ``STATE``'s last record of a key, above its log's newest
-        entry (a cut readers cannot see). What check reports and repair
-        records as lost. (0, "") when nothing is lost.
+        check's own: ``STATE``'s last record of a key above its log's newest
+        entry (a cut readers cannot see). (0, "") when nothing is lost.
         """
         by_index = versionindex.cut_in(vix, frames) if vix is not None else 0
         versions = [decode_entry(f.payload).version for f in frames if f.kind == KIND_ENTRY]

@@ -8,6 +8,9 @@ removes the log, so either one recording a version above the key's grave
 proves that the log held it. Such a log is reported, and repaired as a log
 cut to nothing: one ``damaged`` entry up to the highest version, so versions
 never repeat. An index that records nothing more is stale and removed.
+The converse, a ``STATE`` whose settled record of a key is below its log's
+newest entry, is an older copy of ``STATE`` (FORMAT.md §5): reported, and
+removed by the repair.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from castore.keys import file_id
 if TYPE_CHECKING:
     from castore.file.checklog import LogChecker
 
-__all__ = ["check_lost_log", "gone_logs", "recorded_logs"]
+__all__ = ["check_lost_log", "gone_logs", "note_behind", "recorded_logs", "report_behind"]
 
 
 def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int, bool]]:
@@ -44,6 +47,42 @@ def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int,
         }
     finally:
         state.close()
+
+
+def note_behind(checker: LogChecker, path: str, newest: int) -> None:
+    """Note the key of ``path`` if ``STATE`` settled it below ``newest``, its log's newest entry.
+
+    A change appends ``P`` before it changes the log (FORMAT.md §5), so a
+    trusted ``STATE`` whose last record of the key is older than the log
+    missed that ``P``: an older copy of the file. ``STATE`` is read again
+    first, since a writer may have changed the log after the walk read it.
+    """
+    key, version, settled = checker.recorded.get(path, ("", 0, False))
+    if not settled or version >= newest:
+        return
+    nsdir = os.path.dirname(path)
+    state = StateIndex(os.path.join(nsdir, STATE_NAME), checker.fs, "", "")
+    try:
+        if key in (state.known() or {}) and state.recorded().get(key, 0) < newest:
+            checker.behind.append(key)
+    finally:
+        state.close()
+
+
+def report_behind(checker: LogChecker, nsdir: str) -> None:
+    """Report (and with repair, remove) a ``STATE`` that :func:`note_behind` found older."""
+    keys, checker.behind = checker.behind, []
+    if not keys:
+        return
+    named = ", ".join(sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    problem = (
+        f"an older copy of the file: its last records of {named} name versions below "
+        "their logs' newest (list answers older versions)"
+    )
+    repair = "remove it (derived data: list reads the logs and records them again)"
+    checker.found(os.path.join(nsdir, STATE_NAME), problem, repair, checker.repair)
+    if checker.repair:
+        StateIndex(os.path.join(nsdir, STATE_NAME), checker.fs, "", "").discard()
 
 
 def gone_logs(checker: LogChecker, keys: set[str]) -> list[tuple[str, str]]:

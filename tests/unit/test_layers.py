@@ -134,16 +134,16 @@ FILE_LAYERS = {
     "logversions": 5,  # every version of one log, for export
     "readcache": 1,  # each log's newest entry and value, bounded
     "writer": 6,
-    "checklog": 5,
+    "checklost": 5,  # STATE's evidence: lost logs, an older STATE (handed the LogChecker)
+    "checklog": 6,
     "checkkeys": 5,  # a namespace's KEYS header (handed the checker)
-    "checklost": 5,  # lost logs: evidence that outlived them (handed the LogChecker)
-    "check": 6,
+    "check": 7,
     "gc": 5,
     "compact": 5,
     "stats": 5,
     "upgrade": 5,
     # the backend, through the contract
-    "backend": 7,
+    "backend": 8,
 }
 assert max(FILE_LAYERS.values()) < 10  # the band stays between "backend" and "backends"
 
