@@ -51,6 +51,25 @@ def test_diff_options_that_do_not_apply_are_usage_errors(cli, args):
     assert cli.ok("get", "k")["version"] == 1  # nothing written
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("set", "k", "[2]", "--expected-version"),
+        ("get", "k", "--version"),
+        ("history", "k", "--limit"),
+        ("rollback", "k", "--to-version"),
+    ],
+)
+def test_an_integer_option_takes_ascii_digits_only(cli, args):
+    """Python's ``int`` reads ``3_0`` as 30 and ``\u0663`` as 3: a typo, refused as ``abc`` is."""
+    for n in range(3):
+        cli.ok("set", "k", f"[{n}]")
+    for number in ["3_0", " 3", "3 ", "\u0663", "+3", "0x3", "3.0", ""]:
+        message = cli.fail(2, *args, number)
+        assert message == f"argument {args[-1]}: invalid int value: {number!r}"
+    assert cli.ok("get", "k")["version"] == 3  # nothing written
+
+
 def test_rollback_to_a_delete_of_an_absent_key_writes_nothing(cli):
     cli.ok("set", "k", "1")
     cli.ok("delete", "k")
