@@ -194,6 +194,11 @@ class Backend(Protocol):
         """Drop cached state (must not race with other calls)."""
 
 
+def _kind(op: str) -> str:
+    """What an entry of ``op`` leaves: a tombstone, a lost range, or a value."""
+    return op if op in (OP_DELETE, OP_DAMAGED) else "value"
+
+
 def overwrite_refusal(
     ref: Ref, newest: Entry | None, new_versions: list[NewVersion]
 ) -> ConflictError | None:
@@ -210,7 +215,7 @@ def overwrite_refusal(
         return None
     if top.version < newest.version:
         why = "is below it"
-    elif top.digest_hex == newest.hash and (top.op not in (OP_DELETE, OP_DAMAGED)) == newest.live:
+    elif top.digest_hex == newest.hash and _kind(top.op) == _kind(newest.op):
         return None
     else:
         why = "is the stored one, with another value"

@@ -14,7 +14,7 @@ from typing import Any
 from castore import codec
 from castore.argcheck import check_integer
 from castore.backend import Backend, LogView, NewVersion
-from castore.errors import ConflictError, InvalidRefError, NotFoundError
+from castore.errors import ConflictError, InvalidRefError, InvalidValueError, NotFoundError
 from castore.keys import Ref
 from castore.records import OP_DELETE, OP_ROLLBACK, Audit, Entry
 from castore.results import (
@@ -27,6 +27,7 @@ from castore.results import (
 )
 
 __all__ = [
+    "DIFF_DEPTH",
     "diff_versions",
     "found_result",
     "get_version",
@@ -194,6 +195,25 @@ def rollback(
     )
 
 
+DIFF_DEPTH = 200
+"""The deepest nesting a version diff compares: ``jsonpatch`` and the patch's rendering
+recurse a few Python frames per level, so deeper values (which ``set`` accepts, up to
+:data:`codec.MAX_DEPTH`) are refused with a clear error instead of a ``RecursionError``."""
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True if ``value`` (decoded JSON) nests arrays and objects deeper than ``limit``."""
+    level: list[tuple[Any, int]] = [(value, 0)]
+    while level:
+        node, depth = level.pop()
+        if isinstance(node, (dict, list)):
+            if depth == limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            level.extend((child, depth + 1) for child in children)
+    return False
+
+
 def diff_versions(
     backend: Backend, ref: Ref, from_version: int, to_version: int | None
 ) -> VersionDiff:
@@ -210,6 +230,12 @@ def diff_versions(
     new_entry, new = _version(backend, ref, to_version)
     before: Any = codec.decode_value(old) if old is not None else None
     after: Any = codec.decode_value(new) if new is not None else None
+    for version, value in ((from_version, before), (to_version, after)):
+        if _deeper_than(value, DIFF_DEPTH):
+            raise InvalidValueError(
+                f"{ref} version {version} nests deeper than {DIFF_DEPTH} levels, deeper than "
+                "a version diff compares: compare the values get --version prints"
+            )
     import jsonpatch  # only version diffs use it: not loaded by get/set (CLI start-up)
 
     patch = jsonpatch.make_patch(before, after).patch

@@ -181,6 +181,8 @@ class PostgresBackend:
                     found = rows.entry(row, 3)
                 except CorruptionError:
                     continue  # left unknown: list reads the key alone, and skips it
+                if found is not None and found.op == OP_DAMAGED:
+                    continue  # lost to damage: left unknown, skipped as on the file store
                 live = found is not None and found.live
                 out[key] = rows.list_entry(scope, namespace, key, found) if live else None  # type: ignore[arg-type]
             return out

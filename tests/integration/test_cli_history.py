@@ -732,3 +732,42 @@ def test_progress_on_a_terminal_never_reaches_stdout(cli):
             os.close(master)
         assert proc.returncode == 0
         assert proc.stdout == expected
+
+
+@pytest.mark.parametrize(("open_", "close", "step"), [('{"a":', "}", "/a"), ("[", "]", "/0")])
+def test_a_version_diff_of_deeply_nested_values_is_a_patch_or_one_line(cli, open_, close, step):
+    # Found by a review: values ``set`` accepts (up to 10,000 levels) made a version diff
+    # print a RecursionError traceback from about 450 levels on (jsonpatch recurses).
+    def nested(depth: int, leaf: int) -> str:
+        return f"{open_ * depth}{leaf}{close * depth}"
+
+    cli.ok("set", "k", nested(200, 1))
+    cli.ok("set", "k", nested(200, 2))
+    cli.ok("set", "k", "1")
+    diff = cli.ok("diff", "k", "--from-version", "1", "--to-version", "2")
+    assert diff["patch"] == [{"op": "replace", "path": step * 200, "value": 2}]
+    whole = cli.ok("diff", "k", "--from-version", "3", "--to-version", "1")["patch"]
+    assert whole == [{"op": "replace", "path": "", "value": json.loads(nested(200, 1))}]
+    text = cli.lines("diff", "k", "--from-version", "1", "--to-version", "2", "--format", "text")
+    assert text[-1] == f"~ {step * 200}: 1 -> 2"
+    cli.ok("set", "k", nested(201, 4))
+    cli.ok("set", "k", nested(5_000, 5))
+    for older, newer in ((4, 5), (3, 4), (5, 1)):
+        for form in ("json", "text"):
+            message = cli.fail(
+                2,
+                "diff",
+                "k",
+                "--from-version",
+                str(older),
+                "--to-version",
+                str(newer),
+                "--format",
+                form,
+            )
+            deep = older if older in (4, 5) else newer
+            assert message == (
+                f"invalid value: dag/d/k version {deep} nests deeper than 200 levels, deeper "
+                "than a version diff compares: compare the values get --version prints"
+            )
+    assert cli.ok("history", "k")["entries"][0]["version"] == 5  # nothing written
