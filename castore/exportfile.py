@@ -2,9 +2,9 @@
 
 What :mod:`castore.transfer` writes and reads; nothing here touches a store.
 
-Format ``castore-export`` version 1 (one JSON object per line, UTF-8):
+Format ``castore-export`` version 2 (one JSON object per line, UTF-8):
 
-* line 1: ``{"format":"castore-export","version":1}``;
+* line 1: ``{"format":"castore-export","version":2}``;
 * then one line per version, refs in byte-wise (scope, namespace, key)
   order and each ref's versions oldest first: ``scope``, ``namespace``, ``key``,
   ``version``, ``op`` (``set``/``delete``/``rollback``/``damaged``),
@@ -13,7 +13,12 @@ Format ``castore-export`` version 1 (one JSON object per line, UTF-8):
   damaged entries) and ``damaged_from`` (a damaged entry's lowest version).
   A key that compaction removed is one ``delete`` line at its last version,
   ``time_ns`` 1, audit reason :data:`REMOVED_REASON`: imported, its versions go on
-  above it, as they would in the store it came from.
+  above it, as they would in the store it came from;
+* last, ``{"end":"castore-export","versions":N}``, N the number of version
+  lines: an export that failed or was stopped part way has no end line, so
+  its import is refused instead of restoring some keys and not others.
+  Version 1 (exports before 2026-12-05) is the same without the end line,
+  and is still read.
 
 Exporting, importing into an empty store and exporting again gives the same
 bytes: versions, hashes, times and audit records are reproduced exactly.
@@ -47,6 +52,7 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "NO_VALUE",
     "REMOVED_REASON",
+    "ExportEnd",
     "ExportHeader",
     "ExportRecord",
     "ImportReport",
@@ -55,9 +61,10 @@ __all__ = [
     "read_lines",
 ]
 
-EXPORT_FORMAT = "castore-export"
+EXPORT_FORMAT: Final = "castore-export"
 REMOVED_REASON: Final = "removed by compaction"  # the audit reason of a removed key's line
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
+_READABLE: Final = (1, EXPORT_VERSION)  # version 1: the same lines, without the end line
 # One export line: the value is embedded as its normalized JSON, unescaped, so it
 # takes at most MAX_VALUE_BYTES; the same again covers the rest (scope, namespace
 # and key of at most 4 KiB each, 6x when JSON-escaped, and free-text audit fields),
@@ -80,6 +87,13 @@ class ExportHeader(msgspec.Struct, frozen=True, kw_only=True):
 
     format: str
     version: int
+
+
+class ExportEnd(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Last line of an export (version 2): the number of version lines before it."""
+
+    end: Literal["castore-export"]
+    versions: _Count
 
 
 class ExportRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -111,6 +125,7 @@ class ImportReport(PlainReport, frozen=True, kw_only=True):
 
 _header_decoder = msgspec.json.Decoder(ExportHeader)
 _record_decoder = msgspec.json.Decoder(ExportRecord)
+_end_decoder = msgspec.json.Decoder(ExportEnd)
 
 
 def _too_long(number: int) -> InvalidValueError:
@@ -169,22 +184,27 @@ def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]
     except (msgspec.DecodeError, RecursionError) as exc:  # a member nested too deep: not ours
         why = exc if isinstance(exc, msgspec.DecodeError) else "nested too deep"
         raise InvalidValueError(f"line 1: not a castore export header ({why})") from None
-    if header.format != EXPORT_FORMAT or header.version != EXPORT_VERSION:
+    if header.format != EXPORT_FORMAT or header.version not in _READABLE:
         raise InvalidValueError(
             f"line 1: export {header.format} version {header.version} is not supported"
         )
     current: Ref | None = None
     new_versions: list[NewVersion] = []
     seen: set[Ref] = set()
+    count, end, number = 0, 0, 1
     for number, line in it:
         if not line.strip():
             continue
+        if end:
+            raise InvalidValueError(f"line {number}: a line after the export's end line")
         try:
             rec = _decode_record(line)
             ref = Ref(validate_scope(rec.scope), validate_namespace(rec.namespace), rec.key)
             validate_key(rec.key)
         except (msgspec.DecodeError, ValueError) as exc:
-            raise InvalidValueError(f"line {number}: {exc}") from None
+            end = _end_line(line, number, count, header.version, exc)
+            continue
+        count += 1
         if ref != current:
             if current is not None:
                 yield current, new_versions
@@ -197,8 +217,33 @@ def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]
         new_versions.append(
             _new_version(rec, number, new_versions[-1].version if new_versions else 0)
         )
+    if header.version >= 2 and not end:
+        raise InvalidValueError(
+            f"the file ends at line {number} without the export's end line: an export "
+            "cut short (it failed or was stopped), so some keys would be missing"
+        )
     if current is not None:
         yield current, new_versions
+
+
+def _end_line(line: bytes, number: int, count: int, version: int, exc: Exception) -> int:
+    """The line number of the end line ``line``, which follows ``count`` version lines.
+
+    Raises:
+        InvalidValueError: ``line`` is no end line (``exc``: why it is no record either),
+            or counts another number of versions, or the format has none (version 1).
+    """
+    try:
+        end = _end_decoder.decode(line)
+    except (msgspec.DecodeError, ValueError):
+        raise InvalidValueError(f"line {number}: {exc}") from None
+    if version < 2:
+        raise InvalidValueError(f"line {number}: {exc}")
+    if end.versions != count:
+        raise InvalidValueError(
+            f"line {number}: the end line counts {end.versions} versions, the file holds {count}"
+        )
+    return number
 
 
 def _new_version(rec: ExportRecord, number: int, last_version: int) -> NewVersion:

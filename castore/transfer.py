@@ -9,6 +9,7 @@ import validates every line and finds every refusal before it writes.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
@@ -21,6 +22,7 @@ from castore.exportfile import (
     MAX_RECORD_BYTES,
     NO_VALUE,
     REMOVED_REASON,
+    ExportEnd,
     ExportHeader,
     ExportRecord,
     ImportReport,
@@ -37,6 +39,7 @@ __all__ = [
     "EXPORT_VERSION",
     "MAX_RECORD_BYTES",
     "REMOVED_REASON",
+    "ExportEnd",
     "ExportHeader",
     "ExportRecord",
     "ImportReport",
@@ -88,9 +91,13 @@ def export_lines(
         CorruptionError: a stored value fails verification.
     """
     validate_filters(scope, namespace)
+    refs = _refs(store, scope, namespace)
+    first = next(refs, None)  # the store answers before the first line: nothing if it cannot
     yield _encoder.encode(ExportHeader(format=EXPORT_FORMAT, version=EXPORT_VERSION)) + b"\n"
-    for ref, removed in _refs(store, scope, namespace):
+    count = 0
+    for ref, removed in itertools.chain([first] if first else [], refs):
         if removed:  # an import puts its tombstone back: the key's versions go on above it
+            count += 1
             yield _encoder.encode(_removed_record(ref, removed)) + b"\n"
             continue
         for entry, value in store.backend.iter_versions(ref):
@@ -107,7 +114,9 @@ def export_lines(
                 value=NO_VALUE if value is None else msgspec.Raw(value),
                 damaged_from=entry.damaged_from,
             )
+            count += 1
             yield _encoder.encode(record) + b"\n"
+    yield _encoder.encode(ExportEnd(end=EXPORT_FORMAT, versions=count)) + b"\n"  # complete
 
 
 def _exported(audit: Audit) -> Audit:

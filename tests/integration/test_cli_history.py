@@ -7,6 +7,7 @@ import os
 import pty
 import random
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 from castore import Store
 from castore.codec import normalize
 from castore.dagurecord import parse_go_time
-from tests.helpers import CLI_TIMEOUT_SECONDS
+from tests.helpers import CLI_TIMEOUT_SECONDS, Cli
 from tests.unit.test_dagu import T0, T1, build_dagu_dir, digest_tree, hexname, rel_path
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
@@ -350,9 +351,10 @@ def populate_for_export(root: str) -> None:
 def test_export_import_round_trip(cli, tmp_path, new_store_location):
     populate_for_export(cli.dir)
     dump = cli.raw_ok("export")
-    assert dump.startswith(HEADER)
-    recs = [json.loads(line) for line in dump.splitlines()[1:]]
+    assert dump.startswith(HEADER.replace(b"1}", b"2}"))
+    recs = [json.loads(line) for line in dump.splitlines()[1:-1]]
     assert len(recs) == 16
+    assert json.loads(dump.splitlines()[-1]) == {"end": "castore-export", "versions": 16}
     assert {r["scope"] for r in recs} == {"dag", "global", "custom", "root_dag"}
     assert b'"value":{"x":1.2300,"y":-0.0,"z":1E5}' in dump
     assert sum(1 for r in recs if r["op"] == "delete") == 2
@@ -375,9 +377,10 @@ def test_export_import_round_trip(cli, tmp_path, new_store_location):
     assert cli.ok("history", "cursor", store=copy) == cli.ok("history", "cursor")
 
     def part(pick: Callable[[dict[str, Any]], bool]) -> bytes:
-        return HEADER + b"".join(
-            line + b"\n" for line in dump.splitlines()[1:] if pick(json.loads(line))
-        )
+        kept = [line + b"\n" for line in dump.splitlines()[1:-1] if pick(json.loads(line))]
+        end = b'{"end":"castore-export","versions":%d}\n' % len(kept)
+        head: bytes = dump.splitlines(keepends=True)[0]
+        return head + b"".join(kept) + end
 
     assert cli.raw_ok("export", "--scope", "custom", store=copy) == part(
         lambda r: r["scope"] == "custom"
@@ -388,7 +391,7 @@ def test_export_import_round_trip(cli, tmp_path, new_store_location):
     assert cli.raw_ok("export", "--scope", "custom", "--namespace", "a", store=copy) == part(
         lambda r: r["scope"] == "custom" and r["namespace"] == "a"
     )
-    assert cli.raw_ok("export", store=new_store_location()) == HEADER
+    assert cli.raw_ok("export", store=new_store_location()) == part(lambda r: False)
     cli.fail(2, "export", "--scope", "nope")
 
 
@@ -771,3 +774,15 @@ def test_a_version_diff_of_deeply_nested_values_is_a_patch_or_one_line(cli, open
                 "than a version diff compares: compare the values get --version prints"
             )
     assert cli.ok("history", "k")["entries"][0]["version"] == 5  # nothing written
+
+
+def test_an_export_of_a_store_it_cannot_reach_prints_nothing(tmp_path):
+    # Found by a review: the header line was printed before the store was reached, so
+    # `export > backup.jsonl` of a server that was down left a file that looked like one.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    proc = Cli(tmp_path, f"http://127.0.0.1:{port}").run("export")
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert b"cannot connect" in proc.stderr

@@ -502,7 +502,7 @@ def run_case(
         if kind != "ok":
             problems.append(f"export after repair: {lines!r}")
         else:
-            exported = len(lines) - 1
+            exported = len(lines) - 2  # the header and the end line
             markers = sum(b'"op":"damaged"' in line for line in lines)
             expected = sum(len(an.entries[k]) + 1 for k in truth.keys) + markers
             problems.expect(

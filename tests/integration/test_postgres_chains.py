@@ -66,7 +66,7 @@ def answer(call: Callable[[], Any]) -> Any:
 
 
 def exported(store: Store) -> list[int]:
-    return [json.loads(x)["version"] for x in list(export_lines(store))[1:]]
+    return [json.loads(x)["version"] for x in list(export_lines(store))[1:-1]]
 
 
 def reads(store: Store, key: str) -> dict[str, Any]:

@@ -24,9 +24,19 @@ from castore.file.records import KIND_BLOB
 from castore.identity import MAX_AUDIT_TEXT
 from castore.records import Audit
 from castore.transfer import EXPORT_FORMAT, EXPORT_VERSION, export_lines, import_lines
-from tests.helpers import CASTORE_ENV, frames_of, ref_log_path, snapshot, underlying
+from tests.helpers import (
+    CASTORE_ENV,
+    Cli,
+    frames_of,
+    log_path,
+    ref_log_path,
+    snapshot,
+    underlying,
+)
 
-HEADER = b'{"format":"castore-export","version":1}\n'
+HEADER = b'{"format":"castore-export","version":1}\n'  # hand-written: version 1, no end line
+EXPORTED = b'{"format":"castore-export","version":2}\n'  # what export writes
+END = b'{"end":"castore-export","versions":%d}'
 LONG_KEY = "long/" + "\u00e9" * 2045  # 4,095 UTF-8 bytes (limit 4,096)
 UNICODE_KEY = "caf\u00e9/\U0001f600/\u65e5\u672c"
 BIG = {
@@ -77,7 +87,10 @@ def lines_reader(data: bytes) -> Callable[[], Iterator[bytes]]:
 
 
 def records(data: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in data.splitlines()[1:]]
+    """The version lines of an export, checked against its end line."""
+    *lines, end = data.splitlines()[1:]
+    assert json.loads(end) == {"end": "castore-export", "versions": len(lines)}
+    return [json.loads(line) for line in lines]
 
 
 def local_root(s: Store) -> str | None:
@@ -130,7 +143,7 @@ def source(module_fresh_store_location):
 
 def test_export_format(source):
     data = export_bytes(source)
-    assert data.startswith(HEADER)
+    assert data.startswith(EXPORTED)
     assert json.loads(data.splitlines()[0]) == {"format": EXPORT_FORMAT, "version": EXPORT_VERSION}
     assert data.endswith(b"\n")
     recs = records(data)
@@ -238,7 +251,7 @@ def test_a_big_value_is_stored_once_in_a_file_copy(source, tmp_path):
 def test_export_filters(source, kwargs, pick):
     full = records(export_bytes(source))
     part = export_bytes(source, **kwargs)
-    assert part.startswith(HEADER)
+    assert part.startswith(EXPORTED)
     assert records(part) == [r for r in full if pick(r)]
 
 
@@ -359,7 +372,12 @@ MALFORMED = {
     "empty file": b"",
     "header not json": bad([b"castore-export 1", GOOD_1]),
     "wrong format": bad([b'{"format":"other","version":1}', GOOD_1]),
-    "wrong version": bad([b'{"format":"castore-export","version":2}', GOOD_1]),
+    "wrong version": bad([b'{"format":"castore-export","version":3}', GOOD_1]),
+    "cut before the end line": bad([EXPORTED.strip(), GOOD_1, GOOD_2]),
+    "end line miscounted": bad([EXPORTED.strip(), GOOD_1, GOOD_2, END % 3]),
+    "a line after the end line": bad([EXPORTED.strip(), GOOD_1, END % 1, GOOD_2]),
+    "end line in version 1": bad([HEADER.strip(), GOOD_1, END % 1]),
+    "end line with more": bad([EXPORTED.strip(), GOOD_1, END[:-1] % 1 + b',"x":1}']),
     "header missing": bad([GOOD_1, OTHER]),
     "bad json line": bad([HEADER.strip(), GOOD_1, b'{"scope":"dag",', OTHER]),
     "hash mismatch": bad([HEADER.strip(), GOOD_1, replace_in(GOOD_2, b'"value":2', b'"value":7')]),
@@ -390,6 +408,42 @@ def test_malformed_exports_import_nothing(store_location, name):
     assert target.get("ok").found is False
     assert target.get("other").found is False
     assert not stored_anything(target)
+
+
+def test_an_export_cut_short_imports_nothing(source, new_store_location):
+    # Found by a review: an export that failed part way (or was stopped) left the header and
+    # the keys before the failure; importing it restored a store without the later keys.
+    lines = export_bytes(source).splitlines(keepends=True)
+    target = new_store(new_store_location())
+    for cut in range(1, len(lines)):  # every whole-line prefix without the end line
+        with pytest.raises(InvalidValueError, match="without the export's end line"):
+            import_lines(target, lines_reader(b"".join(lines[:cut])))
+    assert not stored_anything(target)
+    import_lines(target, lines_reader(b"".join(lines)))
+    assert export_bytes(target) == b"".join(lines)
+
+
+def test_a_failed_export_leaves_nothing_import_takes(tmp_path):
+    """The CLI's export stops at a damaged key; what it printed is refused as a whole."""
+    root = tmp_path / "s"
+    s = Store(root, dag="d")
+    for key in ("a", "b", "c"):
+        s.set(key, {"key": key, "pad": "x" * 300})
+    s.close()
+    log = log_path(root, "dag", "d", "b")
+    with open(log, "r+b") as f:
+        f.seek(os.path.getsize(log) - 100)
+        f.write(b"ZZ")  # inside the newest frame
+    out = Cli(tmp_path, root).run("export")
+    assert out.returncode == 5
+    assert out.stdout.startswith(EXPORTED)
+    assert b'"key":"a"' in out.stdout  # streamed before the damage was met
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(out.stdout)
+    target = tmp_path / "t"
+    message = Cli(tmp_path, target).fail(2, "import", str(dump))
+    assert "without the export's end line" in message
+    assert Store(target, dag="d").get("a").found is False  # nothing imported
 
 
 def test_valid_hand_written_export_imports(store_location):
