@@ -30,6 +30,7 @@ __all__ = [
     "StoreStats",
     "UpgradeReport",
     "check_seconds",
+    "lost_range",
     "retained",
 ]
 
@@ -231,3 +232,9 @@ def retained(
     if cutoff_ns is not None:
         keep.update(e.version for e in entries if e.time_ns >= cutoff_ns)
     return keep
+
+
+def lost_range(ref: str, entry: Entry) -> str:
+    """What ``check`` says of a ``damaged`` entry: the versions a repair recorded as lost."""
+    reason = f" ({entry.audit.reason})" if entry.audit.reason else ""
+    return f"{ref} versions {entry.first}-{entry.version} were lost to damage{reason}"

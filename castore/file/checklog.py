@@ -47,7 +47,7 @@ from castore.file.records import (
 from castore.file.rewrite import utc_stamp
 from castore.keys import file_id
 from castore.records import OP_DAMAGED, Entry
-from castore.reports import Finding
+from castore.reports import Finding, lost_range
 
 if TYPE_CHECKING:
     from castore.file.backend import FileBackend
@@ -235,11 +235,7 @@ class LogChecker:
         for entry in entries:
             if entry.op == OP_DAMAGED:
                 self.found(
-                    path,
-                    f"{ref} versions {entry.first}-{entry.version} were lost to damage "
-                    f"({entry.audit.reason})",
-                    "none: nothing left to recover",
-                    severity="info",
+                    path, lost_range(ref, entry), "none: nothing left to recover", severity="info"
                 )
 
     def repair_log(

@@ -35,7 +35,7 @@ from castore.postgres import rows
 from castore.postgres import statements as q
 from castore.postgres.connection import Abandon, Cursor, Database
 from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Entry
-from castore.reports import Finding
+from castore.reports import Finding, lost_range
 
 __all__ = ["check_chains", "check_copies", "check_versions"]
 
@@ -148,8 +148,10 @@ def check_versions(db: Database) -> tuple[int, list[Finding]]:
                     findings.append(_orphan(ref_id))
                 continue
             problem = _row_problem(row)
-            if problem is not None:
-                name = rows.ref_name(scope, namespace, key)
+            name = rows.ref_name(scope, namespace, key)
+            if problem is None:
+                findings += _lost_range(name, row)
+            else:
                 findings.append(
                     Finding(
                         path=f"versions/{name}@{row[4]}",
@@ -160,6 +162,21 @@ def check_versions(db: Database) -> tuple[int, list[Finding]]:
         if len(batch) < _BATCH:
             return inline, findings
         after = (bytes(batch[-1][0]), batch[-1][4])
+
+
+def _lost_range(name: str, row: tuple[Any, ...]) -> list[Finding]:
+    """Versions a repair (or an import) recorded as lost stay reported, as information."""
+    found = rows.entry(row, 4)
+    if found is None or found.op != OP_DAMAGED:
+        return []
+    return [
+        Finding(
+            path=f"versions/{name}@{found.version}",
+            problem=lost_range(name, found),
+            repair="none: nothing left to recover",
+            severity="info",
+        )
+    ]
 
 
 def _orphan(ref_id: bytes) -> Finding:

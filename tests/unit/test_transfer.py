@@ -639,6 +639,18 @@ def test_a_key_whose_newest_versions_were_lost_is_skipped_by_list(new_store_loca
             handle.get("lost")
 
 
+def test_check_reports_recorded_lost_versions_as_information(new_store_location):
+    # Found by a differential review: the file store's check reported them, PostgreSQL's
+    # said nothing.
+    s = new_store(new_store_location())
+    import_lines(s, lines_reader(HEADER + _LOST_NEWEST))
+    report = s.check()
+    assert report.ok
+    assert [(f.problem, f.severity, f.repaired) for f in report.findings] == [
+        ("dag/d/lost versions 4-7 were lost to damage", "info", False)
+    ]
+
+
 def test_a_history_ending_in_lost_versions_can_be_imported_again(new_store_location):
     # Found by a review: the re-import of the same export with ``overwrite`` was refused
     # ("with another value") when a key's newest entry was a ``damaged`` one.
