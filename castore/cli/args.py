@@ -27,6 +27,7 @@ from castore.cli.options import (
     RawHelp,
     add_global_options,
     add_store_options,
+    integer,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
@@ -36,22 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["SPECS", "Spec", "UsageError", "build_parser"]
 
 _NEGATIVE_NUMBER = re.compile(r"^-\.?\d")  # JSON numbers such as -1e5 are values, not options
-_DECIMAL = re.compile(r"-?[0-9]+")
-
-
-def _integer(text: str) -> int:
-    """An integer option: ASCII decimal digits, optionally after ``-``.
-
-    Python's ``int`` also takes ``3_0`` (30), ``" 3"`` and other scripts'
-    digits (``٣``); a version or count given so is a typo, refused as argparse
-    refuses ``abc``.
-    """
-    if _DECIMAL.fullmatch(text) is None:
-        raise ValueError(text)
-    return int(text)
-
-
-_integer.__name__ = "int"  # argparse names the type in its message: "invalid int value: '3_0'"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +57,7 @@ def _value(cmd: _Parser) -> None:
 
 
 def _version(cmd: _Parser, flag: str, what: str, required: bool = False) -> None:
-    cmd.add_argument(flag, type=_integer, required=required, help=what)
+    cmd.add_argument(flag, type=integer, required=required, help=what)
 
 
 def _reason(cmd: _Parser) -> None:
@@ -132,13 +117,13 @@ def _key_and_reason(cmd: _Parser) -> None:
 
 def _list(cmd: _Parser) -> None:
     cmd.add_argument("--prefix", default="", help="byte prefix of the keys")
-    cmd.add_argument("--limit", type=_integer, default=0, help="at most N entries (0 = all)")
+    cmd.add_argument("--limit", type=integer, default=0, help="at most N entries (0 = all)")
     cmd.add_argument("--include-values", action="store_true", help="include each value")
 
 
 def _history(cmd: _Parser) -> None:
     cmd.add_argument("key")
-    cmd.add_argument("--limit", type=_integer, default=0, help="at most N versions (0 = all)")
+    cmd.add_argument("--limit", type=integer, default=0, help="at most N versions (0 = all)")
     _version(cmd, "--before-version", "only versions below this one (paging)")
 
 
@@ -174,7 +159,7 @@ def _gc(cmd: _Parser) -> None:
 
 
 def _compact(cmd: _Parser) -> None:
-    cmd.add_argument("--keep-last", type=_integer, help="keep the newest N versions of each key")
+    cmd.add_argument("--keep-last", type=integer, help="keep the newest N versions of each key")
     cmd.add_argument("--keep-within", help="keep versions younger than this (e.g. 7d, 12h)")
     cmd.add_argument("--prefix", default="", help="only keys with this byte prefix")
     cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
@@ -196,7 +181,7 @@ def _serve(cmd: _Parser) -> None:
     cmd.add_argument("--access-log", help="append the JSON-lines access log here (stderr)")
     cmd.add_argument("--cluster", help="URL,URL,...: every coordinator of the cluster")
     cmd.add_argument("--self", dest="self_url", help="this server's URL in --cluster")
-    cmd.add_argument("--processes", type=_integer, help="server processes sharing the port (1)")
+    cmd.add_argument("--processes", type=integer, help="server processes sharing the port (1)")
     cmd.add_argument("--openapi", action="store_true", help="print the OpenAPI document")
 
 

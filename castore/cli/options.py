@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
@@ -29,6 +30,7 @@ __all__ = [
     "RawHelp",
     "add_global_options",
     "add_store_options",
+    "integer",
 ]
 
 KEY: Final = ("--dir", "--dag", "--root-dag", "--scope", "--namespace")  # where a key is
@@ -159,3 +161,21 @@ def add_global_options(parser: argparse.ArgumentParser, version: str) -> None:
     parser.add_argument(
         "--version", action="version", version=f"castore {version}", help="print the version"
     )
+
+
+_DECIMAL = re.compile(r"-?[0-9]+")
+
+
+def integer(text: str) -> int:
+    """An integer option: ASCII decimal digits, optionally after ``-``.
+
+    Python's ``int`` also takes ``3_0`` (30), ``" 3"`` and other scripts'
+    digits (``٣``); a version or count given so is a typo, refused as argparse
+    refuses ``abc``.
+    """
+    if _DECIMAL.fullmatch(text) is None:
+        raise ValueError(text)
+    return int(text)
+
+
+integer.__name__ = "int"  # argparse names the type in its message: "invalid int value: '3_0'"

@@ -137,7 +137,6 @@ class LogChecker:
         problems += [disorder_problem(ref_text, v, at) for at, v in disordered.items()]
         self.entries += len(entries)
         self.top[nsdir] = max([self.top.get(nsdir, 0), *(e.version for e in entries)])
-        note_behind(self, path, entries[-1].version if entries else 0)
         self.report_lost(path, ref_text, entries)
         fixable, lost_values = self.check_entries(path, ref_text, entries, frames, bad_blobs)
         if fixable:
@@ -231,7 +230,12 @@ class LogChecker:
         return problems
 
     def report_lost(self, path: str, ref: str, entries: list[Entry]) -> None:
-        """Versions an earlier repair recorded as lost stay reported (as information)."""
+        """Versions an earlier repair recorded as lost stay reported (as information).
+
+        And a ``STATE`` that records the key below its newest entry is noted
+        (:func:`note_behind`).
+        """
+        note_behind(self, path, entries[-1].version if entries else 0)
         for entry in entries:
             if entry.op == OP_DAMAGED:
                 self.found(
