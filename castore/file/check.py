@@ -141,7 +141,7 @@ def _check_namespace(checker: LogChecker, scope: str, nsdir: str, progress: Prog
             checker.found(path, "leftover temporary file", "gc removes it", severity="info")
     for path, key in gone_logs(checker, keys):  # missing with their index: STATE tells
         _checked(checker, path, check_lost_log, checker, path, scope, keys | {key})
-    checker.recorded = {}
     _checked(checker, os.path.join(nsdir, "STATE"), report_behind, checker, nsdir)
+    checker.recorded = {}
     check_graves(checker, nsdir)
     return logs

@@ -10,7 +10,7 @@ cut to nothing: one ``damaged`` entry up to the highest version, so versions
 never repeat. An index that records nothing more is stale and removed.
 The converse, a ``STATE`` whose settled record of a key is below its log's
 newest entry, is an older copy of ``STATE`` (FORMAT.md §5): reported, and
-removed by the repair.
+repaired with a ``P`` for each such key.
 """
 
 from __future__ import annotations
@@ -55,34 +55,46 @@ def note_behind(checker: LogChecker, path: str, newest: int) -> None:
     A change appends ``P`` before it changes the log (FORMAT.md §5), so a
     trusted ``STATE`` whose last record of the key is older than the log
     missed that ``P``: an older copy of the file. ``STATE`` is read again
-    first, since a writer may have changed the log after the walk read it.
+    first (one read), since a writer may have changed the log after the walk
+    read it. ``newest`` 0: the log holds no entry (see :func:`report_behind`).
     """
     key, version, settled = checker.recorded.get(path, ("", 0, False))
     if not settled or version >= newest:
         return
-    nsdir = os.path.dirname(path)
-    state = StateIndex(os.path.join(nsdir, STATE_NAME), checker.fs, "", "")
+    state = StateIndex(os.path.join(os.path.dirname(path), STATE_NAME), checker.fs, "", "")
     try:
-        if key in (state.known() or {}) and state.recorded().get(key, 0) < newest:
+        if 0 < state.settled_version(key) < newest:  # one read: still settled, still below
             checker.behind.append(key)
     finally:
         state.close()
 
 
 def report_behind(checker: LogChecker, nsdir: str) -> None:
-    """Report (and with repair, remove) a ``STATE`` that :func:`note_behind` found older."""
-    keys, checker.behind = checker.behind, []
-    if not keys:
+    """Report a ``STATE`` that :func:`note_behind` found older; repair: ``P`` for its keys.
+
+    The repair appends ``P`` for each such key, as a writer would have, so
+    that ``list`` reads their logs; every other record stays, as evidence of
+    the logs this run did not check or repair (FORMAT.md §7). (A key
+    compaction removed is no harm: ``list`` asks ``STATE`` only for the keys
+    ``KEYS`` lists.)
+    """
+    behind, checker.behind = sorted(set(checker.behind)), []
+    if not behind:
         return
-    named = ", ".join(sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    named = ", ".join(behind[:5]) + (f" and {len(behind) - 5} more" if len(behind) > 5 else "")
     problem = (
         f"an older copy of the file: its last records of {named} name versions below "
         "their logs' newest (list answers older versions)"
     )
-    repair = "remove it (derived data: list reads the logs and records them again)"
+    repair = "append P for those keys (list reads their logs and records them again)"
     checker.found(os.path.join(nsdir, STATE_NAME), problem, repair, checker.repair)
     if checker.repair:
-        StateIndex(os.path.join(nsdir, STATE_NAME), checker.fs, "", "").discard()
+        state = StateIndex(os.path.join(nsdir, STATE_NAME), checker.fs, "", "")
+        try:
+            for key in behind:
+                state.pending(key)
+        finally:
+            state.close()
 
 
 def gone_logs(checker: LogChecker, keys: set[str]) -> list[tuple[str, str]]:

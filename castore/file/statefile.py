@@ -16,19 +16,14 @@ log. It is never fsynced and is trusted only under these rules:
   change in flight) appends ``S`` (settled: the key's newest entry): that is
   how the file fills. Writers do not (it would cost every write a second
   append); the next ``list`` after a write reads that key's log once.
-* Appends hold the file's exclusive ``flock`` (a few µs), check that the
-  file is still linked (``st_nlink``, else append to the file the path
-  names now), write the frame at the end, then the new length into the
-  first 8 bytes. A rewrite (a ``L`` snapshot of the settled rows, or an
-  empty file after damage or another boot) holds the lock from its read to
-  its rename. So no ``P`` is lost to a rewrite, and no change commits while
-  a rewrite could still hide its ``P``; a rewrite drops keys whose last
-  record is ``P`` (they become unknown, which is safe).
-* A file shorter than the length its first 8 bytes record lost appended
-  records (a cut, which could have removed a ``P``): it is not trusted.
-* Bytes that are not a frame, still there after a few re-reads (not an
-  append in flight), or a frame out of place, make the whole file
-  untrusted; the next reader replaces it with an empty file.
+* Appends hold the file's exclusive ``flock``, check that it is still
+  linked, write the frame, then the new length into the first 8 bytes. A
+  rewrite (an ``L`` snapshot of the settled rows, or an empty file) holds
+  the lock from its read to its rename, so no ``P`` is lost to it; it drops
+  keys whose last record is ``P`` (they become unknown, which is safe).
+* A file shorter than its recorded length (a cut, which could have removed
+  a ``P``), bytes that are not a frame after a few re-reads, or a frame out
+  of place: the whole file is untrusted, and the next reader replaces it.
 
 Failing to keep the file is quiet (readers read logs), but a ``P`` not appended fails its write.
 """
@@ -202,6 +197,11 @@ class StateIndex:
         self._fd = -1
 
     # -- readers -------------------------------------------------------------------------
+
+    def settled_version(self, key: str) -> int:
+        """``key``'s version if its last record is an ``S`` or a row, else 0 (one read)."""
+        known = self.known()
+        return self._versions.get(key, 0) if known is not None and key in known else 0
 
     def known(self) -> Known | None:
         """What the file says of each key it trusts; None if there is no trusted file.

@@ -13,6 +13,8 @@ Oracle: the same commands on an undamaged copy of the store.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -20,8 +22,13 @@ from typing import Final
 
 import pytest
 
-from castore import Store
-from tests.helpers import log_path
+from castore import CorruptionError, Store
+from castore.file import check as check_module
+from castore.file import checklost
+from castore.file.statefile import StateIndex
+from castore.file.staterecords import Known
+from castore.file.tree import Tree
+from tests.helpers import file_backend, frames_of, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +123,103 @@ def test_an_undamaged_state_is_no_finding_while_writers_write(tmp_path: Path) ->
         for thread in threads:
             thread.join()
     store.close()
+
+
+def test_a_key_compaction_removed_that_an_older_state_names_is_no_harm(tmp_path: Path) -> None:
+    """``list`` asks ``STATE`` only for the keys ``KEYS`` lists: no finding, no stale answer."""
+    root = tmp_path / "s"
+    store = Store(root, dag=DAG)
+    store.set("a", 1)
+    store.set("gone", 1)
+    store.list()
+    state = Path(log_path(root, "dag", DAG, "a")).parent / "STATE"
+    old = state.read_bytes()
+    store.delete("gone")
+    assert store.compact(keep_within_seconds=0).keys_removed == 1
+    store.close()
+    twin = tmp_path / "twin"
+    shutil.copytree(root, twin)
+    state.write_bytes(old)
+    assert _listing(root) == _listing(twin)
+    assert [k for k, _, _ in _listing(root)] == ["a"]
+    store = Store(root, dag=DAG)
+    assert store.check().findings == []
+    store.close()
+
+
+def test_a_state_rewritten_while_check_reads_it_again_is_no_alarm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: the first version read ``STATE`` twice to confirm, and a write
+    plus a ``list`` snapshot in between (the key dropped as pending) read as an alarm."""
+    root = tmp_path / "s"
+    store = Store(root, dag=DAG)
+    store.set("k", 1)
+    store.set("other", 1)
+    store.list()
+    other = Store(root, dag=DAG)  # another process's handle
+    state_path = str(Path(log_path(root, "dag", DAG, "k")).parent / "STATE")
+    walked = checklost.recorded_logs
+    armed: list[bool] = []
+
+    def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int, bool]]:
+        found = walked(fs, nsdir, scope)  # the walk read STATE: k settled at 1
+        other.set("k", 2)
+        other.list()  # then a write and a list: k settled at 2, its log's newest
+        armed.append(True)
+        return found
+
+    class Racing(StateIndex):
+        def known(self) -> Known | None:
+            answer = super().known()
+            if armed and armed.pop():  # once, right after check's confirming read
+                other.set("k", 3)  # a write's P, then a snapshot that drops the key
+                StateIndex(state_path, file_backend(other).fs, "dag", DAG).snapshot()
+            return answer
+
+    monkeypatch.setattr(check_module, "recorded_logs", recorded_logs)
+    monkeypatch.setattr(checklost, "StateIndex", Racing)
+    assert store.check().findings == []
+    monkeypatch.undo()
+    assert [(k, v) for k, v, _ in _listing(root)] == [("k", 3), ("other", 1)]
+    other.close()
+    store.close()
+
+
+def test_the_repair_keeps_the_records_of_logs_it_could_not_check(tmp_path: Path) -> None:
+    """Found by a review: the first repair removed ``STATE``, the only evidence of a log
+    it could not check (locked past the timeout): that key then read as never written."""
+    roots = {}
+    for stale in (False, True):
+        root = roots[stale] = tmp_path / f"stale-{stale}"
+        store = Store(root, dag=DAG)
+        for n in (1, 2, 3):
+            store.set("b", {"n": n})
+        store.set("c", 1)
+        store.list()  # STATE settles b at 3 and c at 1
+        state = Path(log_path(root, "dag", DAG, "c")).parent / "STATE"
+        old = state.read_bytes()
+        store.set("c", 2)
+        store.close()
+        if stale:
+            state.write_bytes(old)  # c is behind
+        b_log = Path(log_path(root, "dag", DAG, "b"))
+        header = frames_of(b_log)[0][0]
+        os.truncate(b_log, header.end)  # b's log lost every entry, and has no index
+        assert not b_log.with_suffix(".vix").exists()
+        fd = os.open(b_log, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a stopped process holds b's log
+            report = Store(root, dag=DAG, lock_timeout=0.2).check(repair=True)
+        finally:
+            os.close(fd)
+        assert not report.ok  # b: not checked
+    for stale in (False, True):
+        store = Store(roots[stale], dag=DAG)
+        with pytest.raises(CorruptionError, match="STATE records version 3"):
+            store.get("b")
+        assert any("STATE records version 3" in f.problem for f in store.check().findings)
+        with pytest.raises(CorruptionError):
+            store.set("b", "again")
+        store.close()
+    assert _listing(roots[True]) == _listing(roots[False])  # c read from its log
