@@ -225,7 +225,9 @@ class Call(NamedTuple):
     ``resend``: safe to send again when its answer was lost (a read, or an
     append, which the server recognizes). ``writes``: it may change the store (a
     lost answer means it may or may not have been applied). ``maintenance``: about
-    the whole store, with no time limit.
+    the whole store, with no time limit. ``resend_unless``: a flag of the request
+    that, when set, makes it a call not to send again (``check``'s ``repair``: a
+    second run would report only what the first one left).
     """
 
     request: type[_Msg]
@@ -233,6 +235,11 @@ class Call(NamedTuple):
     resend: bool = True
     writes: bool = False
     maintenance: bool = False
+    resend_unless: str = ""
+
+    def resendable(self, request: Any) -> bool:
+        """True if ``request`` may be sent again when its answer was lost."""
+        return self.resend and not (self.resend_unless and getattr(request, self.resend_unless))
 
 
 # call name -> its Call; the server's routes and the client's calls.
@@ -249,7 +256,7 @@ CALLS: Final[dict[str, Call]] = {
     "version": Call(VersionCall, EntryValue),
     "history": Call(HistoryCall, list[Entry]),
     "iter_versions": Call(RefCall, list[EntryValue]),  # streamed: one EntryValue per frame
-    "check": Call(CheckCall, CheckReport, writes=True, maintenance=True),
+    "check": Call(CheckCall, CheckReport, writes=True, maintenance=True, resend_unless="repair"),
     "collect_garbage": Call(GCCall, GCReport, resend=False, writes=True, maintenance=True),
     "compact": Call(CompactCall, CompactReport, resend=False, writes=True, maintenance=True),
     "stats": Call(NoArgs, StoreStats, maintenance=True),

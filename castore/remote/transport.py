@@ -304,7 +304,7 @@ class Transport:
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
                     maybe = _MAYBE * (sent and spec.writes)
                     raise _unavailable(url, f"{name} failed: {type(exc).__name__}{maybe}") from None
-                if attempt == ATTEMPTS or (lost and not spec.resend):
+                if attempt == ATTEMPTS or (lost and not spec.resendable(request)):
                     raise _lost(url, name, exc, sent and spec.writes) from None
                 if lost and resend is not None:
                     body = msgspec.msgpack.encode(resend)

@@ -104,6 +104,7 @@ class _Calls:
         return not pending
 
 
+_BODY_ARRIVED: Final = "castore.body_arrived"  # in a request's scope once its body was read
 _BODY_READ: Final = Response(b"")  # what reading a body answers when it got the whole body
 
 
@@ -122,6 +123,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError("bad_request", "the client went away before the body ended") from None
+    request.scope[_BODY_ARRIVED] = True  # a timeout from here on may leave a write applied
     return b"".join(chunks)
 
 
@@ -182,10 +184,12 @@ class _Api:
         timeout: float | None = None,
         *,
         exception: bool = False,
+        request: Request | None = None,
     ) -> Response:
         """The response of ``work``, or the error response of what it raised, or of the timeout.
 
         With ``exception`` the error names the exception to raise (the backend protocol).
+        A timeout before ``request``'s body arrived says that nothing was applied.
         """
         timeout = self.timeout if timeout is None else timeout
         limit = asyncio.timeout(None if math.isinf(timeout) else timeout)
@@ -195,6 +199,8 @@ class _Api:
         except Exception as exc:  # noqa: BLE001  # every failure is an error response
             if isinstance(exc, TimeoutError) and limit.expired():
                 message = f"no answer within {timeout:g} s (a write may still be applied)"
+                if request is not None and not request.scope.get(_BODY_ARRIVED):
+                    message = f"the request body did not arrive within {timeout:g} s: nothing done"
                 return error_response(ApiError("timeout", message))
             err = api_error(exc, exception=exception, root=self.root)
             if err.code == "internal":
@@ -215,7 +221,7 @@ class _Api:
             return Response(body, media_type=_JSON)
 
         async def endpoint(request: Request) -> Response:
-            return await self.guarded(lambda: work(request))
+            return await self.guarded(lambda: work(request), request=request)
 
         return endpoint
 
@@ -240,7 +246,7 @@ class _Api:
 
         async def endpoint(request: Request) -> Response:
             if not CALLS[name].maintenance:
-                return await self.guarded(lambda: work(request), exception=True)
+                return await self.guarded(lambda: work(request), exception=True, request=request)
             # A maintenance call may run as long as it needs, but its body arrives within
             # the request timeout as every other one does (a slow sender holds nothing).
             body: list[bytes] = []
@@ -249,7 +255,7 @@ class _Api:
                 body.append(await _read_body(request, BACKEND_BODY_BYTES))
                 return _BODY_READ
 
-            read_answer = await self.guarded(read, exception=True)
+            read_answer = await self.guarded(read, exception=True, request=request)
             if read_answer is not _BODY_READ:
                 return read_answer
             return await self.guarded(lambda: work(request, body[0]), math.inf, exception=True)

@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from castore.backend import LogView, NewVersion
-from castore.errors import CorruptionError, InvalidRefError, NotFoundError
+from castore.errors import CorruptionError, InvalidRefError, InvalidValueError, NotFoundError
 from castore.keys import validate_key, validate_prefix, validate_scope
 from castore.records import OP_SET, Entry
 from castore.reports import GCReport
@@ -91,6 +91,18 @@ def _before(view: LogView, first: Entry) -> Entry | None:
     return before
 
 
+def _same_write(done: list[Entry], versions: list[NewVersion]) -> bool:
+    """True if ``done``, a request id's entries, are what ``versions`` asked to append.
+
+    A client never sends one id for two writes; one that does (a bug, or hostile)
+    must not be told that its other write was applied.
+    """
+    return len(done) == len(versions) and all(
+        e.op == v.op and e.hash == v.digest_hex and v.version in (0, e.version)
+        for e, v in zip(done, versions, strict=True)
+    )
+
+
 def _identity(entry: Entry | None) -> tuple[int, int, str]:
     """The newest entry as an append names it: version, time and hash (0, 0, "": none)."""
     return (entry.version, entry.time_ns, entry.hash) if entry is not None else (0, 0, "")
@@ -109,6 +121,8 @@ def _append(store: Store, call: Append) -> AppendReply:
         outcome.clear()  # a backend may run a decision more than once
         if call.retry and previous is not None:
             done = _applied(previous, view, request_id)
+            if done and not _same_write(done, versions):
+                return None  # outcome left empty: refused below
             if done:
                 before = _before(view, done[0])
                 outcome.append(AppendReply(status=APPLIED, previous=before, written=done))
@@ -121,6 +135,10 @@ def _append(store: Store, call: Append) -> AppendReply:
     previous, written = store.backend.write(ref, decide)
     if written:
         return AppendReply(status=WRITTEN, previous=previous, written=written)
+    if not outcome:
+        raise InvalidValueError(
+            f"the request's id was used by another write to {ref}: nothing written"
+        )
     return outcome[0]  # a backend that writes nothing ran the decision, which said why
 
 

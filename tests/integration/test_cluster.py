@@ -773,6 +773,21 @@ def test_a_retried_append_is_applied_once_and_a_stale_one_writes_nothing(launche
         assert post(lost).status == WRITTEN
         assert post(lost).status == APPLIED
         assert [e.version for e in versions()] == [1, 2, 3, 4]
+
+        # found by a review: the id of a written request, resent with another value (a
+        # buggy or hostile client), was answered "applied" with the other write's version
+        other = msgspec.structs.replace(
+            append_of(scope, namespace, key, {"n": "other"}, expect=third.written[0]),
+            request_id=lost.request_id,
+            retry=True,
+        )
+        response = rpc(node.url, "append", other, digest="not-a-cluster")
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["exception"]) == ("invalid_value", "InvalidValueError")
+        assert "used by another write" in error["message"]
+        assert lost.request_id not in response.text  # a client's id is not echoed
+        assert [e.version for e in versions()] == [1, 2, 3, 4]
         assert [json.loads(v or b"null") for _, v in local.backend.iter_versions(ref)] == [
             {"n": 1},
             {"n": 2},

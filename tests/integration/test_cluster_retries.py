@@ -11,6 +11,7 @@ loopback; the client loses answers through an httpx transport that drops them.
 
 from __future__ import annotations
 
+import pathlib
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -208,3 +209,38 @@ def test_a_resend_that_fails_says_the_write_may_have_been_applied(launcher, lose
     with pytest.raises(StoreUnavailableError, match="may or may not have been applied"):
         worker.incr("n", scope="custom", namespace=namespace)
     assert Store(a.store).get("n", scope="custom", namespace=namespace).value == 1  # it was
+
+
+def test_a_repair_whose_answer_was_lost_is_not_run_again(launcher, lose):
+    # Found by a review: ``check --repair`` was resent, so the caller saw only the second
+    # run's report (what the first left) and never what was repaired.
+    node = launcher.lone()
+    local = Store(node.store, dag="d")
+    local.set("k", {"a": 1})
+    local.set("k", {"a": 2})
+    local.close()
+    (log,) = pathlib.Path(node.store, "refs", "dag").glob("*/*.log")
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    log.write_bytes(bytes(data))
+    checks: list[str] = []
+
+    def hook(request: httpx.Request) -> bool:
+        if request.url.path.endswith("/check"):
+            checks.append(request.url.path)
+            return len(checks) == 1
+        return False
+
+    lose(hook)
+    worker = Store(node.url)
+    with pytest.raises(StoreUnavailableError, match="may or may not have been applied"):
+        worker.backend.check(repair=True, progress=None)
+    assert len(checks) == 1  # sent once
+    report = Store(node.store).backend.check(
+        repair=False, progress=None
+    )  # the first run repaired it
+    assert [f.problem for f in report.findings if f.severity == "error"] == []
+    assert len(worker.backend.check(repair=False, progress=None).findings) == len(
+        report.findings
+    )  # resent
+    assert len(checks) == 2

@@ -692,7 +692,10 @@ def test_a_slow_request_times_out(start, tmp_path):
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
         conn.sendall(b"POST /v1/set HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         status, answer = read_response(conn)
-    assert (status, json.loads(answer)["error"]["code"]) == (503, "timeout")
+    error = json.loads(answer)["error"]
+    assert (status, error["code"]) == (503, "timeout")
+    # found by a review: it said "a write may still be applied" of a body never read whole
+    assert error["message"] == "the request body did not arrive within 0.5 s: nothing done"
 
 
 @pytest.mark.parametrize("call", ["stats", "check", "compact", "collect_garbage", "current"])
@@ -705,7 +708,9 @@ def test_a_slow_backend_body_times_out_for_maintenance_calls_too(start, tmp_path
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
         conn.sendall(head.encode() + b"\x80")
         status, answer = read_response(conn)
-    assert (status, json.loads(answer)["error"]["code"]) == (503, "timeout")
+    error = json.loads(answer)["error"]
+    assert (status, error["code"]) == (503, "timeout")
+    assert error["message"] == "the request body did not arrive within 0.5 s: nothing done"
     assert server.proc.poll() is None
 
 
@@ -738,6 +743,7 @@ def test_a_timed_out_write_still_lands_and_shutdown_waits_for_it(start, tmp_path
         fcntl.flock(log.fileno(), fcntl.LOCK_EX)
         response = post(server, "set", b'{"key":"k","dag":"d","value":2}')
         assert (response.status_code, response.json()["error"]["code"]) == (503, "timeout")
+        assert response.json()["error"]["message"].endswith("(a write may still be applied)")
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert server.proc.poll() is None  # waiting for the write
