@@ -129,13 +129,18 @@ class StoreStats(PlainReport, frozen=True, kw_only=True):
 
 
 class UpgradeReport(PlainReport, frozen=True, kw_only=True):
-    """Result of an upgrade: the formats before and after, files converted."""
+    """Result of an upgrade: the formats before and after, files converted.
+
+    ``graves_damaged``: the ``GRAVES`` files (relative paths) that held bytes that are no
+    record; they are carried over as damage for ``check --repair`` to replace by a floor.
+    """
 
     _operation: ClassVar[str] = "upgrade"
 
     from_version: int
     to_version: int
     graves_converted: int
+    graves_damaged: list[str] = []
 
 
 MAX_COUNT = (1 << 63) - 1  # a count or version every backend stores (a bigint)

@@ -187,7 +187,13 @@ def _check(cmd: Invocation) -> Iterator[bytes]:
 
 
 def _upgrade(cmd: Invocation) -> Iterator[bytes]:
-    yield render(upgrade(cmd.location or default_root(), cmd.mode))
+    report = upgrade(cmd.location or default_root(), cmd.mode)
+    yield render(report)
+    if report.graves_damaged:
+        raise UnhealthyError(
+            f"{len(report.graves_damaged)} GRAVES file(s) held damage, carried over: "
+            "run `castore check --repair`"
+        )
 
 
 def _stats(cmd: Invocation) -> Iterator[bytes]:

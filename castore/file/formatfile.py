@@ -10,9 +10,10 @@ from castore.file import fileio
 from castore.file.frames import FORMAT_VERSION
 from castore.file.tree import Tree
 
-__all__ = ["FORMAT_MAGIC", "check_format", "format_line", "read_format"]
+__all__ = ["FORMAT_MAGIC", "UPGRADING", "check_format", "format_line", "read_format"]
 
 FORMAT_MAGIC = "castore-store"  # first word of the FORMAT file (docs/FORMAT.md §2)
+UPGRADING = "upgrading-to-2"  # FORMAT's version word while `castore upgrade` runs
 _FORMAT_MAX_BYTES = 64  # a longer FORMAT file is not one castore wrote
 
 
@@ -57,6 +58,11 @@ def check_format(marker: str, text: str) -> None:
             f"{marker}: format version 1 (written by an older castore); "
             "run `castore upgrade` once to convert it to version "
             f"{FORMAT_VERSION}"
+        )
+    if words[1] == UPGRADING:
+        raise FormatVersionError(
+            f"{marker}: an upgrade of this store was interrupted; "
+            "run `castore upgrade` again to finish it"
         )
     if words[1] != str(FORMAT_VERSION):
         raise FormatVersionError(

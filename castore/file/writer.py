@@ -134,51 +134,50 @@ class Writer:
             raise
 
     def _write(self, log: RefLog, decide: Decide) -> tuple[Entry | None, list[Entry]]:
-        ref = self._ref(log)
-        nsdir = os.path.dirname(log.path)
-        self._ensure_dir(nsdir)
+        self._ensure_dir(os.path.dirname(log.path))
         with self._kept.locked(log) as held:
-            fd = held.fd
             tail, known, mode = self._locked_newest(log, held)
-            size = tail.size
-            previous = tail.entry
-            decided: NewVersion | list[NewVersion] | None = None
+            written: list[Entry] = []
             try:
-                decided = decide(
-                    previous, FileLogView(self.reader, self.layout, log, fd, tail, known)
-                )
-            finally:
-                if size == 0 and not decided:
-                    self.layout.fs.unlink(
-                        log.path
-                    )  # leave no empty log behind a write that did not happen
-            if not decided:
-                return previous, []
-            new_versions = decided if isinstance(decided, list) else [decided]
-            base = self.names.removed_at(ref, fd if size else -1) if previous is None else 0
-            share = _GcShare(self.layout)
+                view = FileLogView(self.reader, self.layout, log, held.fd, tail, known)
+                decided = decide(tail.entry, view)
+                if decided:
+                    new = decided if isinstance(decided, list) else [decided]
+                    written = self._append(log, held.fd, tail, mode, new)
+                return tail.entry, written
+            finally:  # a write that did not happen (refused, or failed) leaves no empty log
+                if not tail.size and not written and not os.fstat(held.fd).st_size:
+                    self.layout.fs.unlink(log.path)
+
+    def _append(
+        self, log: RefLog, fd: int, tail: logread.Tail, mode: int, new_versions: list[NewVersion]
+    ) -> list[Entry]:
+        """Append ``new_versions`` after ``tail`` (the locked log's newest entry); commit."""
+        ref, size, previous = self._ref(log), tail.size, tail.entry
+        base = self.names.removed_at(ref, fd if size else -1) if previous is None else 0
+        share = _GcShare(self.layout)
+        try:
+            own = self.layout.rel(log.path)
+            out = encode_versions(
+                ref,
+                size,
+                previous,
+                new_versions,
+                lambda new: self._existing(new, own, share, fd),
+                now=time.time_ns(),
+                base=base,
+            )
+            unmarked = self._before_commit(log, fd, previous, mode, size, out.new_blobs)
             try:
-                own = self.layout.rel(log.path)
-                out = encode_versions(
-                    ref,
-                    size,
-                    previous,
-                    new_versions,
-                    lambda new: self._existing(new, own, share, fd),
-                    now=time.time_ns(),
-                    base=base,
-                )
-                unmarked = self._before_commit(log, fd, previous, mode, size, out.new_blobs)
-                try:
-                    log.commit(fd, out.data, size)
-                except BaseException:  # cut again: a reader of this handle may have cached it
-                    self._cache.pop(log.path)
-                    raise
-            finally:
-                share.close()
-            newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
-            self._after_commit(log.path, fd, out.new_blobs, newest, mode, unmarked)
-            return previous, out.entries
+                log.commit(fd, out.data, size)
+            except BaseException:  # cut again: a reader of this handle may have cached it
+                self._cache.pop(log.path)
+                raise
+        finally:
+            share.close()
+        newest = Current(out.entries[-1], new_versions[-1].normalized, out.starts[-1])
+        self._after_commit(log.path, fd, out.new_blobs, newest, mode, unmarked)
+        return out.entries
 
     def _before_commit(
         self,
