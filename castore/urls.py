@@ -8,12 +8,16 @@ __all__ = ["default_root", "is_url", "location_of", "redacted"]
 
 
 def default_root() -> str:
-    """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``."""
+    """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``.
+
+    A relative ``XDG_DATA_HOME`` is ignored, as the XDG base directory specification
+    says: the default store never depends on the directory a command runs in.
+    """
     if os.environ.get("CASTORE_DIR"):
         return os.environ["CASTORE_DIR"]
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "castore")
 
 

@@ -169,6 +169,7 @@ class Layout:
         """
         if self.exists():
             return
+        _refuse_nested(self.root)
         if not os.path.isdir(self.root):  # the user chose this path
             makedirs_plain(self.root, self.fs.modes.dir, durable=self.durable)
         if self._probe(refuse_foreign=True):
@@ -266,3 +267,26 @@ class Layout:
         """Copy the first ``size`` bytes of the file on ``fd`` to ``keep`` (durably)."""
         self.fs.makedirs(os.path.dirname(keep), durable=self.durable)
         self.fs.atomic_write(keep, fileio.read_at(fd, 0, size), durable=self.durable)
+
+
+def _refuse_nested(root: str) -> None:
+    """Refuse to make a store inside another one (a mistyped location, say).
+
+    Its maintenance would walk into it and a repair move its files aside. A
+    directory above ``root`` holding a regular ``FORMAT`` and a ``refs/``
+    directory is a store; only ``lstat`` is used there, nothing is read.
+
+    Raises:
+        FormatVersionError: ``root`` is below a castore store.
+    """
+    here = os.path.realpath(root)
+    while (parent := os.path.dirname(here)) != here:
+        here = parent
+        try:
+            marker, refs = (os.lstat(os.path.join(here, n)).st_mode for n in ("FORMAT", "refs"))
+        except OSError:
+            continue
+        if stat.S_ISREG(marker) and stat.S_ISDIR(refs):
+            raise FormatVersionError(
+                f"{root} is inside the castore store at {here}: choose a directory outside it"
+            )

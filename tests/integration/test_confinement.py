@@ -35,11 +35,12 @@ import pytest
 
 from castore import CastoreError, CorruptionError, Store, codec
 from castore.cli import EXIT_DAMAGED, EXIT_FAILURE
+from castore.errors import FormatVersionError
 from castore.file.blobindex import BlobIndex
 from castore.file.frames import encode_frame
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry, encode_blob, encode_record
 from castore.records import OP_SET, BlobLoc, Entry
-from tests.helpers import Cli, frames_of, keys_path, log_path, ns_dir, one_line_error
+from tests.helpers import Cli, frames_of, keys_path, log_path, ns_dir, one_line_error, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -639,3 +640,25 @@ def test_a_directory_in_place_of_graves_is_swapped_for_the_floor_in_one_step(
     [(is_file, version)] = seen
     assert is_file
     assert version > 4  # versions 1-4 (the delete) were the removed life's
+
+
+@pytest.mark.parametrize(
+    "below", ["refs/dag2", "index/sub", "quarantine/x/y", "elsewhere/../refs/z"]
+)
+def test_no_store_is_made_inside_another(tmp_path: Path, below: str) -> None:
+    # Found by a review: `--dir A/refs/dag2 set x 1` made a store there; A's gc and stats
+    # then failed ("FORMAT is not a directory") and A's check --repair moved B's FORMAT aside.
+    outer = tmp_path / "a"
+    Store(outer, dag="d").set("k", 1)
+    (outer / "elsewhere").mkdir()
+    before = snapshot(outer)
+    inner = outer / below
+    with pytest.raises(FormatVersionError, match="inside the castore store at"):
+        Store(inner, dag="d").set("x", 1)
+    assert snapshot(outer) == before
+    assert not os.path.exists(os.path.normpath(inner))
+    err = Cli(tmp_path, inner, dag="d").fail(EXIT_FAILURE, "set", "x", "1")
+    named = os.path.normpath(inner)  # the CLI's location, made absolute
+    assert err == f"{named} is inside the castore store at {outer}: choose a directory outside it"
+    assert snapshot(outer) == before
+    assert Store(tmp_path / "b", dag="d").set("x", 1).version == 1  # a sibling is fine

@@ -91,8 +91,7 @@ def test_a_line_upgrade_cannot_read_is_carried_over_as_damage(tmp_path: Path, fa
     report = upgrade(str(root))
     assert report.graves_damaged == [os.path.relpath(ns_dir(root, "dag", DAG), root) + "/GRAVES"]
     assert next_versions(root) == dict.fromkeys(expected, "CorruptionError")  # never a repeat
-    report = Store(root).check(repair=True)
-    assert report.ok
+    assert Store(root).check(repair=True).ok
     after = next_versions(root)  # a floor above every version the lost line may hold
     assert all(isinstance(v, int) and v > max(GONE.values()) for v in after.values()), after
 

@@ -120,6 +120,10 @@ def test_default_root(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert Store().root == str(tmp_path / "home" / ".local" / "share" / "castore")
+    # found by a review: a relative one was taken relative to the current directory (the
+    # XDG specification says to ignore it)
+    monkeypatch.setenv("XDG_DATA_HOME", "xdg")
+    assert Store().root == str(tmp_path / "home" / ".local" / "share" / "castore")
 
 
 def test_no_temporary_files_are_left(store):
