@@ -34,6 +34,7 @@ from castore.cluster import Cluster, parse_members
 from castore.results import rfc3339
 from castore.server.app import DRAIN_TIMEOUT_SECONDS, create_app
 from castore.server.membership import Membership
+from castore.server.onesend import OneSendProtocol
 from castore.server.prefork import Supervisor
 from castore.store import Store
 from castore.urls import redacted
@@ -258,6 +259,7 @@ def _runner(
             access_log=False,
             proxy_headers=False,
             server_header=False,
+            http=OneSendProtocol,
             timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
         )
         signal.signal(signal.SIGTERM, _stop)

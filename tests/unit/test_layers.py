@@ -85,6 +85,7 @@ LAYERS = {
     "server.middleware": 25,  # request ids, access log, metrics, the token
     "server.app": 26,
     "server.prefork": 26,  # forked server processes on one port, supervised
+    "server.onesend": 23,  # uvicorn's protocol, one send per response
     "server.openapi": 26,
     "server.run": 27,  # token, listening checks, uvicorn
     "cli.serve": 28,
