@@ -33,6 +33,7 @@ __all__ = [
     "NewVersion",
     "NothingView",
     "Progress",
+    "changed_since",
     "lost_error",
     "lost_marker",
     "newest_first",
@@ -133,8 +134,12 @@ class Backend(Protocol):
             The newest entry before, and the appended entries (empty: nothing written).
         """
 
-    def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
-        """Replace ``ref``'s whole history (an import's overwrite); :func:`overwrite_refusal`."""
+    def replace(self, ref: Ref, new_versions: list[NewVersion], seen: Entry | None) -> list[Entry]:
+        """Replace ``ref``'s whole history (an import's overwrite); :func:`overwrite_refusal`.
+
+        ``seen``: the newest entry the import's validating pass read; if the newest
+        entry is another one now, nothing is replaced (:func:`changed_since`).
+        """
 
     def exists(self, ref: Ref) -> bool:
         """True if ``ref`` has any stored record (even a tombstone)."""
@@ -222,6 +227,26 @@ def overwrite_refusal(
     return ConflictError(
         str(ref), None, newest.version, f"the import's newest version {top.version} {why}"
     )
+
+
+def changed_since(ref: Ref, newest: Entry | None, seen: Entry | None) -> ConflictError | None:
+    """An overwrite's refusal when ``ref``'s newest entry is no longer ``seen``, or None.
+
+    An import checks every key in its first pass and writes in its second: a write that
+    came in between must not be erased by the import (docs/CLI.md, import).
+    """
+    if seen is None or _identity(newest) == _identity(seen):
+        return None
+    return ConflictError(
+        str(ref),
+        seen.version,
+        newest.version if newest is not None else 0,
+        "changed since the import checked it (a write between its two passes); nothing replaced",
+    )
+
+
+def _identity(entry: Entry | None) -> tuple[int, str, int, str] | None:
+    return (entry.version, entry.op, entry.time_ns, entry.hash) if entry is not None else None
 
 
 _MAX_TIME_NS = (1 << 63) - 1  # a time every backend stores (a bigint); an import may reach it

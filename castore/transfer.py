@@ -188,8 +188,8 @@ def _newest(store: Store, ref: Ref) -> Entry | None:
 
 def _validated(
     store: Store, read: Callable[[], Iterable[bytes]], on_conflict: OnConflict
-) -> tuple[set[Ref], set[Ref]]:
-    """The validating pass: refs with history, and removed keys the file names as they are.
+) -> tuple[dict[Ref, Entry], set[Ref]]:
+    """The validating pass: refs with history (their newest entry), removed keys as they are.
 
     Nothing is written. A removed key's line at its own last version (a store's
     own export) is a key with history: refused, or skipped by ``skip`` and
@@ -201,6 +201,7 @@ def _validated(
             would refuse (:func:`_refusal`).
     """
     conflicts: dict[Ref, int] = {}
+    seen: dict[Ref, Entry] = {}
     alike: set[Ref] = set()
     refused: list[ConflictError] = []
     graves: dict[str, dict[tuple[str, str], int]] = {}
@@ -215,6 +216,7 @@ def _validated(
             continue
         if existing is not None:
             conflicts[ref] = existing.version
+            seen[ref] = existing
         refusal = _refusal(ref, existing, new_versions, on_conflict, grave)
         if refusal is not None:
             refused.append(refusal)
@@ -230,7 +232,7 @@ def _validated(
         why = refused[0]
         counted = f"{why.reason}; {len(refused)} key(s) refused, nothing imported"
         raise ConflictError(why.ref, why.expected, why.actual, counted)
-    return set(conflicts) - alike, alike
+    return seen, alike
 
 
 def import_lines(
@@ -265,8 +267,8 @@ def import_lines(
         if ref in alike or (ref in clash and on_conflict == "skip"):
             skipped.append(str(ref))
             continue
-        if ref in clash:
-            store.backend.replace(ref, new_versions)
+        if ref in clash:  # refused if it changed since the first pass: nothing is erased
+            store.backend.replace(ref, new_versions, clash[ref])
             overwritten.append(str(ref))
         else:
             _, written = store.backend.write(ref, _only_if_empty(new_versions))

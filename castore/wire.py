@@ -123,9 +123,13 @@ class Append(RefCall, frozen=True, kw_only=True):
 
 
 class Replace(RefCall, frozen=True, kw_only=True):
-    """Replace the ref's whole history (an import's overwrite)."""
+    """Replace the ref's whole history (an import's overwrite) if its newest entry is ``seen``.
+
+    ``seen`` is what the import's first pass read (None: not checked, as before it was sent).
+    """
 
     versions: list[WireVersion]
+    seen: Entry | None = None
 
 
 class VersionCall(RefCall, frozen=True, kw_only=True):

@@ -346,11 +346,11 @@ class FileBackend:
             self.layout.create()
         return self._writer.write(self.log(ref), decide)
 
-    def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
+    def replace(self, ref: Ref, new_versions: list[NewVersion], seen: Entry | None) -> list[Entry]:
         """Replace a ref's whole history with ``new_versions`` (an import's overwrite)."""
         self.layout.create()
         with self.layout.gc_locked(shared=True):  # it moves blobs: gc's rebuild waits (§8)
-            return self._writer.replace(self.log(ref), new_versions)
+            return self._writer.replace(self.log(ref), new_versions, seen)
 
     # -- maintenance (castore/file/check.py, gc.py, compact.py, stats.py) ---------------
 

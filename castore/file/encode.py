@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
-from castore.backend import NewVersion, next_entry, overwrite_refusal
+from castore.backend import NewVersion, changed_since, next_entry, overwrite_refusal
 from castore.file import logread
 from castore.file.frames import FORMAT_VERSION, LogBytes, encode_frame
 from castore.file.records import (
@@ -87,15 +87,20 @@ def carried(ref: Ref, old: LogBytes) -> tuple[bytes, list[tuple[bytes, BlobLoc]]
     return b"".join(parts), moved
 
 
-def refuse_lower(ref: Ref, old: LogBytes, new_versions: list[NewVersion]) -> None:
-    """An overwrite may not give a key's versions again (:func:`overwrite_refusal`).
+def refuse_lower(
+    ref: Ref, old: LogBytes, new_versions: list[NewVersion], seen: Entry | None
+) -> None:
+    """Refuse an overwrite that gives versions again, or finds the history changed.
+
+    :func:`overwrite_refusal`; :func:`changed_since` (``seen``: what the import read).
 
     Raises:
         ConflictError: the replacement's newest version is below the old one's, or
-            is the old one's with another value.
+            is the old one's with another value; or the newest entry is not ``seen``.
     """
     entries = [decode_entry(f.payload) for f in old.frames if f.kind == KIND_ENTRY]
-    why = overwrite_refusal(ref, max(entries, key=lambda e: e.version, default=None), new_versions)
+    newest = max(entries, key=lambda e: e.version, default=None)
+    why = changed_since(ref, newest, seen) or overwrite_refusal(ref, newest, new_versions)
     if why is not None:
         raise why
 

@@ -283,7 +283,9 @@ class Writer:
         except OSError:
             return
 
-    def replace(self, log: RefLog, new_versions: list[NewVersion]) -> list[Entry]:
+    def replace(
+        self, log: RefLog, new_versions: list[NewVersion], seen: Entry | None
+    ) -> list[Entry]:
         """Replace a ref's whole history with ``new_versions`` (an import's overwrite).
 
         Blob frames of the old log are carried into the new one (other logs
@@ -294,7 +296,8 @@ class Writer:
 
         Raises:
             CorruptionError: the old log is damaged (nothing is replaced).
-            ConflictError: the new history would take versions back.
+            ConflictError: the new history would take versions back, or the newest
+                entry is no longer ``seen`` (nothing is replaced).
         """
         ref = self._ref(log)
         self._ensure_dir(os.path.dirname(log.path))
@@ -307,7 +310,7 @@ class Writer:
                     f"({end - start} bytes); nothing was replaced; run castore check --repair"
                 )
             log.refuse_cut(fd, old, "nothing was replaced")
-            refuse_lower(ref, old, new_versions)
+            refuse_lower(ref, old, new_versions, seen)
             head, moved = carried(ref, old)
             own = self.layout.rel(log.path)
             self._blobs.add_many(

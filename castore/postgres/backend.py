@@ -23,6 +23,7 @@ from castore.backend import (
     NewVersion,
     NothingView,
     Progress,
+    changed_since,
     newest_first,
     overwrite_refusal,
 )
@@ -299,11 +300,12 @@ class PostgresBackend:
         )
         return result
 
-    def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
+    def replace(self, ref: Ref, new_versions: list[NewVersion], seen: Entry | None) -> list[Entry]:
         """Replace ``ref``'s whole history with ``new_versions`` (an import's overwrite).
 
         Raises:
-            ConflictError: the new history would take versions back.
+            ConflictError: the new history would take versions back, or the newest
+                entry is no longer ``seen``.
         """
         if not self._ready_for(lambda *_: new_versions):
             return []
@@ -311,7 +313,10 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> list[Entry]:
             floor, previous, _ = self._lock(cur, ref)
-            if (why := overwrite_refusal(ref, previous, new_versions)) is not None:
+            why = changed_since(ref, previous, seen) or overwrite_refusal(
+                ref, previous, new_versions
+            )
+            if why is not None:
                 raise why
             cur.execute(f"DELETE FROM versions WHERE {q.REF}", key)
             cur.execute(f"DELETE FROM compactions WHERE {q.REF}", key)

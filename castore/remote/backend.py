@@ -257,10 +257,12 @@ class RemoteBackend:
             entry, value = reply.previous, None
         raise AssertionError("unreachable")
 
-    def replace(self, ref: Ref, new_versions: list[NewVersion]) -> list[Entry]:
-        """Replace ``ref``'s whole history (an import's overwrite)."""
+    def replace(self, ref: Ref, new_versions: list[NewVersion], seen: Entry | None) -> list[Entry]:
+        """Replace ``ref``'s whole history (an import's overwrite) if its newest is ``seen``."""
         versions = [to_wire(new) for new in new_versions]
-        call = Replace(scope=ref.scope, namespace=ref.namespace, key=ref.key, versions=versions)
+        call = Replace(
+            scope=ref.scope, namespace=ref.namespace, key=ref.key, versions=versions, seen=seen
+        )
         return list(self._transport.call("replace", call, ref[:2]))
 
     # -- maintenance: the server's own store ---------------------------------------------

@@ -144,7 +144,7 @@ def _append(store: Store, call: Append) -> AppendReply:
 
 def _replace(store: Store, call: Replace) -> list[Entry]:
     versions = checked_versions(call.versions, explicit=True)
-    return store.backend.replace(ref_of(call), versions)
+    return store.backend.replace(ref_of(call), versions, call.seen)
 
 
 def _current(store: Store, call: RefCall) -> EntryValue:

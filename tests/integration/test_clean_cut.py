@@ -191,13 +191,13 @@ def test_replacing_the_history_of_a_cut_key_is_refused(tmp_path):
     new = [NewVersion("set", b'{"m":%d}' % n, "", audit, version=n) for n in (1, 2, 3)]
     new = [v._replace(digest_hex=hashlib.sha256(v.normalized or b"").hexdigest()) for v in new]
     with Store(twin, dag=DAG) as store, pytest.raises(ConflictError):
-        file_backend(store).replace(store.ref("k"), new)  # its newest, 4, is above 3
+        file_backend(store).replace(store.ref("k"), new, None)  # its newest, 4, is above 3
     before = snapshot(root)
     with (
         Store(root, dag=DAG) as store,
         pytest.raises(CorruptionError, match="nothing was replaced"),
     ):
-        file_backend(store).replace(store.ref("k"), new)
+        file_backend(store).replace(store.ref("k"), new, None)
     after = snapshot(root)
     assert after.pop("gc.lock", b"") == b""  # taken shared before the log (FORMAT.md §8)
     assert after == {k: v for k, v in before.items() if k != "gc.lock"}
@@ -225,7 +225,7 @@ def test_a_version_below_an_imported_log_is_absent_even_with_a_damaged_tail(tmp_
         audit = Audit(user="u", host="h", pid=1)
         value = b'{"n":1}'
         new = NewVersion("set", value, hashlib.sha256(value).hexdigest(), audit, version=100)
-        file_backend(store).replace(store.ref("k"), [new])
+        file_backend(store).replace(store.ref("k"), [new], None)
         store.set("k", {"n": 2})
     path = log_path(root, "dag", DAG, "k")
     with open(path, "r+b") as log:

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from castore import ConflictError, CorruptionError, InvalidValueError, NotFoundError, Store, codec
+from castore import (
+    ConflictError,
+    CorruptionError,
+    InvalidValueError,
+    NotFoundError,
+    Store,
+    codec,
+    transfer,
+)
 from castore.backends import is_postgres
 from castore.codec import hexdigest, normalize_json
 from castore.file.records import KIND_BLOB
@@ -713,3 +721,48 @@ def test_writes_after_an_imported_time_at_the_limit_stay_within_it(new_store_loc
     copy = new_store(new_store_location())
     import_lines(copy, lines_reader(data))
     assert export_bytes(copy) == data
+
+
+@pytest.mark.parametrize("write", ["set", "delete"])
+def test_an_overwrite_never_erases_a_write_made_between_its_two_passes(
+    new_store_location, monkeypatch, write
+):
+    # Found by a review: the writing pass replaced the history without checking that it was
+    # still the one the validating pass saw, so a set acknowledged in between was erased.
+    src = new_store(new_store_location())
+    for n in range(1, 21):
+        src.set("k", {"imported": n})
+        src.set("z", {"imported": n})
+    exported = export_bytes(src)
+    dst = new_store(new_store_location())
+    for n in range(1, 6):
+        dst.set("k", {"mine": n})
+        dst.set("z", {"mine": n})
+    other = new_store(dst.root)
+    between = []
+    real = transfer._validated
+
+    def validated(*args: Any, **kw: Any) -> Any:
+        found = real(*args, **kw)
+        if write == "set":
+            between.append(other.set("z", {"mine": "between"}).version)
+        else:
+            assert other.delete("z").deleted
+            between.append(other.history("z").entries[0].version)
+        return found
+
+    monkeypatch.setattr(transfer, "_validated", validated)
+    with pytest.raises(ConflictError, match="changed since the import checked it") as raised:
+        import_lines(dst, lines_reader(exported), on_conflict="overwrite")
+    assert (raised.value.expected, raised.value.actual) == (5, 6)
+    assert between == [6]
+    if write == "set":
+        assert dst.get("z").to_dict()["value"] == {"mine": "between"}  # the write is kept
+    else:
+        assert not dst.get("z").found
+    assert [e.version for e in dst.history("z").entries] == [6, 5, 4, 3, 2, 1]
+    assert dst.get("k").value == {"imported": 20}  # the key before it was written, whole
+    monkeypatch.setattr(transfer, "_validated", real)
+    report = import_lines(dst, lines_reader(exported), on_conflict="overwrite")  # run again
+    assert report.overwritten_refs == ["dag/d/k", "dag/d/z"]
+    assert dst.get("z").value == {"imported": 20}
