@@ -30,6 +30,7 @@ from castore.exportfile import (
     parse_export,
     read_lines,
 )
+from castore.identity import check_audit
 from castore.keys import SCOPES, Ref, validate_filters
 from castore.records import OP_DAMAGED, OP_DELETE, Audit, Entry
 from castore.store import Store
@@ -101,6 +102,7 @@ def export_lines(
             yield _encoder.encode(_removed_record(ref, removed)) + b"\n"
             continue
         for entry, value in store.backend.iter_versions(ref):
+            _importable(ref, entry)
             record = ExportRecord(
                 scope=ref.scope,
                 namespace=ref.namespace,
@@ -117,6 +119,18 @@ def export_lines(
             count += 1
             yield _encoder.encode(record) + b"\n"
     yield _encoder.encode(ExportEnd(end=EXPORT_FORMAT, versions=count)) + b"\n"  # complete
+
+
+def _importable(ref: Ref, entry: Entry) -> None:
+    """Refuse to export a stored audit record an import would refuse (a row edited by hand).
+
+    Raises:
+        CorruptionError: naming the version; ``check`` reports it too.
+    """
+    try:
+        check_audit(entry.audit)
+    except InvalidValueError as exc:
+        raise CorruptionError(f"{ref} version {entry.version}: {exc.detail}") from None
 
 
 def _exported(audit: Audit) -> Audit:

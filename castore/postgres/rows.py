@@ -48,6 +48,7 @@ ENTRY: Final = "version, op, time_ns, digest, size, created_ns, audit, damaged_f
 VALUE: Final = "inline, blob"
 """The columns of a version's value: inline bytes, else the digest of its ``blobs`` row."""
 _OPS: Final = frozenset((OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED))  # what castore writes
+_MAX_INT: Final = (1 << 63) - 1  # a bigint: the largest version, time or size
 
 
 def entry_columns(table: str) -> str:
@@ -159,8 +160,8 @@ def entry(row: tuple[Any, ...], at: int = 0, ref: object = None) -> Entry | None
     """The entry in ``row[at:]`` (:data:`ENTRY`'s columns); None when its version is null.
 
     Raises:
-        CorruptionError: its audit record is not one, or its op is none castore writes
-            (naming ``ref``, when given).
+        CorruptionError: its audit record is not one, its op is none castore writes, or
+            a time or size is missing or out of range (naming ``ref``, when given).
     """
     version, op, time_ns, digest, size, created_ns, audit, damaged_from = row[at : at + 8]
     if version is None:
@@ -168,6 +169,11 @@ def entry(row: tuple[Any, ...], at: int = 0, ref: object = None) -> Entry | None
     whose = f"{ref} " if ref is not None else ""
     if op not in _OPS:
         raise CorruptionError(f"{whose}version {version}: unknown op {str(op)[:80]!r}")
+    if not (_in_range(time_ns, 1) and _in_range(created_ns, 0) and _in_range(size, 0)):
+        raise CorruptionError(  # a copy in ``refs`` may hold nulls; no write leaves these
+            f"{whose}version {version}: its time, creation time or size is missing or "
+            f"out of range ({time_ns}, {created_ns}, {size})"
+        )
     try:
         who = _audit_decoder.decode(bytes(audit)) if audit and audit != b"{}" else Audit()
     except msgspec.DecodeError as exc:
@@ -182,6 +188,10 @@ def entry(row: tuple[Any, ...], at: int = 0, ref: object = None) -> Entry | None
         audit=who,
         damaged_from=damaged_from or 0,
     )
+
+
+def _in_range(number: object, low: int) -> bool:
+    return type(number) is int and low <= number <= _MAX_INT
 
 
 def value(

@@ -1,0 +1,78 @@
+"""PostgreSQL rows edited by hand into what no write makes: damage, never a traceback.
+
+Found by a review (twenty-second session). The oracle is the same store's answers
+before the edit: after ``check --repair``, every answer the edit did not destroy is
+the same again, and the next write continues the versions.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pytest
+
+import castore
+from castore import Store
+from castore.transfer import export_lines
+from tests.integration.test_postgres import query
+
+pytestmark = pytest.mark.integration
+
+DAG: Final = "pg"
+_K: Final = "ref_id = (SELECT ref_id FROM refs WHERE key = 'k')"
+
+
+def _two_versions(location: str) -> Store:
+    store = Store(location, dag=DAG)
+    store.set("a", 1)
+    store.set("k", {"n": 1})
+    store.set("k", {"n": 2})
+    return store
+
+
+@pytest.mark.parametrize("column", ["time_ns", "created_ns", "size"])
+def test_a_null_in_the_copy_of_the_newest_version_is_damage_and_repaired(postgres_location, column):
+    # Before: list and set were TypeError tracebacks (or an SQL constraint error), and
+    # check --repair found both the copy and the row "verify", so no write ever worked.
+    before = _two_versions(postgres_location).get("k").to_dict()
+    query(postgres_location, f"UPDATE refs SET {column} = NULL WHERE key = 'k'")  # noqa: S608
+    fresh = Store(postgres_location, dag=DAG)
+    with pytest.raises(castore.CorruptionError, match="missing or out of range"):
+        fresh.get("k")
+    with pytest.raises(castore.CorruptionError, match="missing or out of range"):
+        fresh.set("k", {"n": 3})
+    listed = fresh.list()
+    assert ([e.key for e in listed.entries], listed.skipped) == (["a"], ["k"])
+    assert not fresh.check().ok
+    assert fresh.check(repair=True).ok
+    again = Store(postgres_location, dag=DAG)
+    assert again.get("k").to_dict() == before
+    assert [e.key for e in again.list().entries] == ["a", "k"]
+    assert again.set("k", {"n": 3}).version == 3
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "time_ns = -5",
+        "time_ns = 0",
+        "created_ns = -7",
+        "audit = convert_to('{\"pid\":-1}', 'UTF8')",
+        "audit = convert_to('{\"pid\":99999999999999999999999}', 'UTF8')",
+    ],
+)
+def test_a_version_row_an_import_would_refuse_is_reported_and_never_exported(
+    postgres_location, edit
+):
+    # Before: check said ok and export wrote the row, so the backup failed to import.
+    store = _two_versions(postgres_location)
+    store.set("k", {"n": 3})
+    query(postgres_location, f"UPDATE versions SET {edit} WHERE {_K} AND version = 2")  # noqa: S608
+    fresh = Store(postgres_location, dag=DAG)
+    report = fresh.check()
+    assert not report.ok
+    assert [f.path for f in report.findings if f.severity == "error"] == ["versions/dag/pg/k@2"]
+    with pytest.raises(castore.CorruptionError, match="version 2"):
+        list(export_lines(fresh))
+    assert fresh.get("k").value == {"n": 3}  # the other versions read as before
+    assert fresh.get("k", version=1).value == {"n": 1}
