@@ -25,6 +25,7 @@ __all__ = [
     "check_audit",
     "check_caller",
     "environment",
+    "out_of_range",
     "refuse_invalid_text",
 ]
 
@@ -162,11 +163,22 @@ def check_audit(audit: Audit, *, sources: bool = False) -> None:
         InvalidValueError: a ``pid`` or ``rollback_from`` outside 0 to 2**63-1, or a
             text field :func:`refuse_invalid_text` refuses.
     """
+    if (problem := out_of_range(audit)) is not None:
+        raise InvalidValueError(problem)
     fields = {name: getattr(audit, name) for name in audit.__struct_fields__}
-    for name, value in fields.items():
-        if type(value) is int and not 0 <= value < 1 << 63:
-            raise InvalidValueError(f"audit field {name} {value} is out of range (0 to 2**63-1)")
     refuse_invalid_text(fields, sources=sources)
+
+
+def out_of_range(audit: Audit) -> str | None:
+    """What no castore ever wrote in an audit record: a number outside 0 to 2**63-1.
+
+    (Longer text than :data:`MAX_AUDIT_TEXT` was written before that limit.)
+    """
+    for name in audit.__struct_fields__:
+        value = getattr(audit, name)
+        if type(value) is int and not 0 <= value < 1 << 63:
+            return f"audit field {name} {value} is out of range (0 to 2**63-1)"
+    return None
 
 
 def check_caller(fields: dict[str, object]) -> None:

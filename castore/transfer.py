@@ -30,7 +30,7 @@ from castore.exportfile import (
     parse_export,
     read_lines,
 )
-from castore.identity import check_audit
+from castore.identity import out_of_range
 from castore.keys import SCOPES, Ref, validate_filters
 from castore.records import OP_DAMAGED, OP_DELETE, Audit, Entry
 from castore.store import Store
@@ -122,15 +122,13 @@ def export_lines(
 
 
 def _importable(ref: Ref, entry: Entry) -> None:
-    """Refuse to export a stored audit record an import would refuse (a row edited by hand).
+    """Refuse to export an audit record no castore wrote (a row edited by hand).
 
     Raises:
         CorruptionError: naming the version; ``check`` reports it too.
     """
-    try:
-        check_audit(entry.audit)
-    except InvalidValueError as exc:
-        raise CorruptionError(f"{ref} version {entry.version}: {exc.detail}") from None
+    if (problem := out_of_range(entry.audit)) is not None:
+        raise CorruptionError(f"{ref} version {entry.version}: {problem}")
 
 
 def _exported(audit: Audit) -> Audit:

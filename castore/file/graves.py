@@ -17,6 +17,7 @@ from castore.file import fileio
 from castore.file.frames import classify, encode_frame
 from castore.file.records import KIND_GRAVE, Grave, decode_grave, encode_record
 from castore.file.tree import Tree
+from castore.reports import MAX_COUNT
 
 __all__ = ["Graveyard", "floor_after_damage"]
 
@@ -35,8 +36,9 @@ def floor_after_damage(known: int, damaged: bytes) -> int:
     seen anywhere in the namespace. Without redundancy the true value cannot
     be known, so the floor is generous (docs/FORMAT.md §7).
     """
-    digits = [int(run) for run in re.findall(rb"[0-9]{1,18}", damaged)]
-    return max([known, *digits]) * 2 + 1_000_000
+    digits = [int(run) for run in re.findall(rb"[0-9]{1,19}", damaged)]
+    top = max([known, *(d for d in digits if d <= MAX_COUNT)])  # longer runs: no version
+    return min(top * 2 + 1_000_000, max(top, MAX_COUNT - 1_000_000))  # never past a bigint
 
 
 def _twinned(payloads: Iterable[bytes]) -> bytes:

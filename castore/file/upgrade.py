@@ -32,6 +32,7 @@ from castore.reports import MAX_COUNT, UpgradeReport
 __all__ = ["upgrade"]
 
 _HEX = frozenset(b"0123456789abcdef")
+_UNREAD = b"\xff"  # starts each piece carried over as damage: never hex, never a frame kind
 _MAX_DIGITS = len(str(MAX_COUNT))
 
 
@@ -70,7 +71,9 @@ def _line(line: bytes) -> tuple[str, int] | None:
 def _read_text(parts: list[bytes]) -> tuple[dict[str, int], bytes]:
     """Format 1 records in ``parts`` (the highest version of a key wins) and what is not one.
 
-    Only whole lines are records: an unfinished last line is kept as unread bytes.
+    Only whole lines are records: an unfinished last line is kept as unread bytes. Each
+    unread piece starts with :data:`_UNREAD` (no line does): pieces joined, or read again
+    by a later run, never make a line that was not there.
     """
     graves: dict[str, int] = {}
     unread: list[bytes] = []
@@ -79,12 +82,16 @@ def _read_text(parts: list[bytes]) -> tuple[dict[str, int], bytes]:
         for line in lines:
             record = _line(line)
             if record is None:
-                unread.append(line + b"\n")
+                unread.append(_marked(line + b"\n"))
             else:
                 graves[record[0]] = max(graves.get(record[0], 0), record[1])
         if rest:
-            unread.append(rest)
+            unread.append(_marked(rest))
     return graves, b"".join(unread)
+
+
+def _marked(piece: bytes) -> bytes:
+    return piece if piece.startswith(_UNREAD) else _UNREAD + piece
 
 
 def _converted(data: bytes) -> tuple[bytes, bool] | None:
@@ -108,6 +115,9 @@ def _converted(data: bytes) -> tuple[bytes, bool] | None:
     if unread and not kept and not records:  # a frame after the damage: never a torn tail
         records.append(encode_record(Grave(version=0)))  # a floor of 0: below every version
     frames = b"".join(f + f for f in (encode_frame(KIND_GRAVE, r) for r in records))
+    after = classify(kept + frames).frames[0] if unread else None
+    if after is not None and after.end - after.start == len(unread):
+        unread += _UNREAD  # damage the size of the frame after it would read as its twin
     return unread + kept + frames, bool(unread)
 
 
@@ -116,17 +126,19 @@ def _graves_files(fs: Tree, root: str) -> list[str]:
 
     Raises:
         UnsafePathError: a link or a file in place of ``refs``, a scope or a namespace
-            directory (its ``GRAVES`` could not be converted; nothing was changed).
+            directory, or anything but a regular file in place of a ``GRAVES`` (it could
+            not be converted; nothing was changed).
     """
 
-    def directory(path: str) -> bool:
+    def directory(path: str, want: int = stat.S_IFDIR) -> bool:
         try:
             mode = fs.stat(path).st_mode
         except FileNotFoundError:
             return False
-        if not stat.S_ISDIR(mode):
+        if stat.S_IFMT(mode) != want:
+            what = "directory" if want == stat.S_IFDIR else "regular file"
             raise UnsafePathError(
-                f"{path}: not a directory (a link or a file in place of a store directory): "
+                f"{path}: not a {what} (a link or something else in its place): "
                 "move it away and run `castore upgrade` again; nothing was changed"
             )
         return True
@@ -137,8 +149,9 @@ def _graves_files(fs: Tree, root: str) -> list[str]:
         scope_dir = os.path.join(refs, scope)
         for name in fs.listdir(scope_dir) if directory(scope_dir) else []:
             nsdir = os.path.join(scope_dir, name)
-            if directory(nsdir) and fs.exists(os.path.join(nsdir, "GRAVES")):
-                found.append(os.path.join(nsdir, "GRAVES"))
+            graves = os.path.join(nsdir, "GRAVES")
+            if directory(nsdir) and directory(graves, stat.S_IFREG):
+                found.append(graves)
     return sorted(found)
 
 

@@ -29,8 +29,8 @@ from typing import Any, Final
 
 from castore import valuecodec
 from castore.backend import lost_marker
-from castore.errors import CorruptionError, InvalidValueError, LockTimeoutError
-from castore.identity import check_audit
+from castore.errors import CorruptionError, LockTimeoutError
+from castore.identity import out_of_range
 from castore.keys import Ref
 from castore.postgres import rows
 from castore.postgres import statements as q
@@ -115,10 +115,8 @@ def _row_problem(row: tuple[Any, ...]) -> str | None:
     assert found is not None  # noqa: S101  # a version row has a version
     if found.op not in _OPS:
         return f"version {found.version}: unknown op {found.op!r}"
-    try:
-        check_audit(found.audit)  # as an import checks it: every export of the row imports
-    except InvalidValueError as exc:
-        return f"version {found.version}: {exc.detail}"
+    if (problem := out_of_range(found.audit)) is not None:  # no castore wrote it
+        return f"version {found.version}: {problem}"
     if found.damaged_from and not (found.op == OP_DAMAGED and found.damaged_from <= found.version):
         return f"version {found.version}: damaged_from {found.damaged_from} on a {found.op}"
     inline, blob = row[12], row[13]

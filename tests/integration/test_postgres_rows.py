@@ -76,3 +76,20 @@ def test_a_version_row_an_import_would_refuse_is_reported_and_never_exported(
         list(export_lines(fresh))
     assert fresh.get("k").value == {"n": 3}  # the other versions read as before
     assert fresh.get("k", version=1).value == {"n": 1}
+
+
+def test_an_audit_text_longer_than_todays_limit_is_no_damage(postgres_location):
+    # Found by a review of the fix above: castore wrote audit text longer than 8,192
+    # characters before that limit (2026-12-03); such a row is no damage, and exports.
+    _two_versions(postgres_location)
+    reason = "x" * 9000
+    query(
+        postgres_location,
+        f"UPDATE versions SET audit = convert_to(%s, 'UTF8') WHERE {_K} AND version = 1",  # noqa: S608
+        (f'{{"reason":"{reason}"}}',),
+    )
+    fresh = Store(postgres_location, dag=DAG)
+    assert fresh.check().ok
+    exported = b"".join(export_lines(fresh))
+    assert reason.encode() in exported
+    assert fresh.history("k").entries[-1].reason == reason

@@ -22,6 +22,7 @@ from castore.backends import upgrade
 from castore.errors import FormatVersionError, UnsafePathError
 from castore.file.frames import classify, encode_frame
 from castore.file.records import KIND_GRAVE, Grave, encode_record
+from castore.file.upgrade import _converted
 from tests.helpers import CASTORE_PATH, Cli, ns_dir, snapshot
 
 DAG = "d"
@@ -226,5 +227,70 @@ def test_a_write_refused_by_a_damaged_graves_leaves_no_empty_log(tmp_path: Path)
         Store(root, dag=DAG).set("new", 1)
     assert sorted(os.listdir(ns_dir(root, "dag", DAG))) == before
     assert [f.problem[:40] for f in Store(root).check(repair=False).findings] == [
-        "damaged bytes: 11 bytes at offset 0 (las"
+        "damaged bytes: 12 bytes at offset 0 (las"
     ]
+
+
+def test_carried_damage_never_reads_as_the_twin_of_the_frame_after_it(tmp_path: Path) -> None:
+    # Found by a review of the fix: damage of exactly the size of the intact frame after it
+    # read as that frame's damaged twin (covered), so check said ok and the removed key
+    # restarted at 1. Every length of damaged line, each before the same frame:
+    for n in range(1, 80):
+        root = tmp_path / f"s{n}"
+        format_1_store(root, b"%s 7\n%s\n" % (b"x".hex().encode(), b"g" * n))
+        assert upgrade(str(root)).graves_damaged
+        assert next_versions(root)["x"] == "CorruptionError", n
+        assert not Store(root).check().ok
+
+
+def test_a_lost_version_of_19_digits_gets_a_floor_above_it(tmp_path: Path) -> None:
+    # Found by a review of the fix: the floor read runs of at most 18 digits.
+    root = tmp_path / "s"
+    top = 9_000_000_000_000_000_000
+    format_1_store(root, b"%s %d\n" % (b"gone".hex().encode().replace(b"6", b"G", 1), top))
+    upgrade(str(root))
+    assert Store(root).check(repair=True).ok
+    assert Store(root, dag=DAG).set("gone", 1).version > top
+
+
+@pytest.mark.parametrize(
+    "graves",
+    [
+        b"%s 1\n" % b"k".hex().encode(),
+        b"%s 1" % b"k".hex().encode(),  # unfinished
+        encode_frame(KIND_GRAVE, encode_record(Grave(key="a", version=3))) * 2
+        + b"6b 1"
+        + encode_frame(KIND_GRAVE, encode_record(Grave(key="b", version=4))) * 2
+        + b"000\n",
+        b"\xff\x00garbage\n6b 2\n\x17\x00\x00\x00G",
+    ],
+    ids=["line", "unfinished", "pieces-between-frames", "binary"],
+)
+def test_a_second_run_reads_a_file_as_the_first_did(tmp_path: Path, graves: bytes) -> None:
+    # Found by a review of the fix: pieces of damage joined by the first run ("6b 1" and
+    # "000\n") read as a grave "k 1000" in a second run (an upgrade killed before FORMAT 2).
+    first = _converted(graves)
+    assert first is not None
+    again = _converted(first[0])
+    assert again is None or again == first
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_something_else_in_place_of_graves_is_refused_before_anything_changes(
+    tmp_path: Path, kind: str
+) -> None:
+    # Found by a review of the fix: refused only after FORMAT said "upgrading", so every
+    # castore then refused the store and upgrade failed again the same way.
+    root = tmp_path / "s"
+    graves = format_1_store(root)
+    graves.unlink()
+    if kind == "symlink":
+        (tmp_path / "outside").write_bytes(b"%s 7\n" % b"gone".hex().encode())
+        graves.symlink_to(tmp_path / "outside")
+    elif kind == "fifo":
+        os.mkfifo(graves)
+    else:
+        graves.mkdir()
+    with pytest.raises(UnsafePathError, match="nothing was changed"):
+        upgrade(str(root))
+    assert (root / "FORMAT").read_text() == "castore-store 1\n"
