@@ -169,14 +169,15 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> dict[str, ListEntry | None]:
             cur.execute(
-                f"SELECT ref_id, namespace, key, {rows.ENTRY}, {q.AHEAD} FROM refs r "
+                f"SELECT ref_id, namespace, key, {rows.ENTRY}, {q.AHEAD}, {q.COPY_DIFFERS} "
+                "FROM refs r "
                 f"WHERE {where} AND (version IS NOT NULL OR {q.AHEAD})",
                 params,
             )
             out: dict[str, ListEntry | None] = {}
             for row in cur.fetchall():
                 key = rows.stored_ref(row[0], scope, row[1], row[2]).key
-                if row[11]:
+                if row[11] or row[12]:  # rows past the copy, or a copy that is not its row
                     continue  # left unknown: list reads the key alone, and skips it (damage)
                 try:
                     found = rows.entry(row, 3)

@@ -20,6 +20,7 @@ __all__ = [
     "APPEND_NEW_BLOB",
     "APPEND_ROW",
     "COMPACTED",
+    "COPY_DIFFERS",
     "COPY_NEWEST",
     "CURRENT",
     "EXACT_VERSION",
@@ -52,6 +53,12 @@ NO_NEWEST: Final = (  # a refs row's copy of the newest version, emptied
 AHEAD: Final = (
     "EXISTS (SELECT 1 FROM versions v WHERE v.ref_id = r.ref_id "
     "AND v.version > coalesce(r.version, 0))"
+)
+COPY_DIFFERS: Final = (  # a key's copy of its newest version is not its row (edited, damaged)
+    "(r.version IS NOT NULL AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.ref_id = r.ref_id "
+    "AND v.version = r.version AND v.op = r.op AND v.time_ns = r.time_ns "
+    "AND v.digest IS NOT DISTINCT FROM r.digest AND v.size = r.size "
+    "AND v.created_ns = r.created_ns))"
 )
 CURRENT: Final = (
     f"SELECT {rows.entry_columns('r')}, r.inline, b.codec, b.data, {AHEAD} "
