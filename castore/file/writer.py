@@ -288,11 +288,10 @@ class Writer:
     ) -> list[Entry]:
         """Replace a ref's whole history with ``new_versions`` (an import's overwrite).
 
-        Blob frames of the old log are carried into the new one (other logs
-        may point at them) and indexed at their new offsets before the
-        atomic rename, so every stale location hint falls back to the index.
-        The new log is written to a temporary file, fsynced, renamed over
-        the old one, and the directory fsynced, all under the ref's lock.
+        Blob frames of the old log are carried into the new one (other logs may point at
+        them) and indexed at their new offsets before the atomic rename, so every stale
+        location hint falls back to the index. The new log is written to a temporary file,
+        fsynced, renamed over the old one, and the directory fsynced, under the ref's lock.
 
         Raises:
             CorruptionError: the old log is damaged (nothing is replaced).
