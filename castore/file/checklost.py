@@ -10,7 +10,8 @@ cut to nothing: one ``damaged`` entry up to the highest version, so versions
 never repeat. An index that records nothing more is stale and removed.
 The converse, a ``STATE`` whose settled record of a key is below its log's
 newest entry, is an older copy of ``STATE`` (FORMAT.md §5): reported, and
-repaired with a ``P`` for each such key.
+repaired with a ``P`` for each such key. A ``STATE`` holding damaged bytes is
+reported (information) and started again.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def report_behind(checker: LogChecker, nsdir: str) -> None:
     compaction removed is no harm: ``list`` asks ``STATE`` only for the keys
     ``KEYS`` lists.)
     """
+    _report_damaged(checker, nsdir)
     behind, checker.behind = sorted(set(checker.behind)), []
     if not behind:
         return
@@ -95,6 +97,30 @@ def report_behind(checker: LogChecker, nsdir: str) -> None:
                 state.pending(key)
         finally:
             state.close()
+
+
+def _report_damaged(checker: LogChecker, nsdir: str) -> None:
+    """Report a ``STATE`` holding bytes that are no frame; repair: start it again, empty.
+
+    Derived data (information): a damaged file is never trusted, and the next ``list``
+    rewrites it from the logs. The repair keeps its bytes in quarantine.
+    """
+    path = os.path.join(nsdir, STATE_NAME)
+    state = StateIndex(path, checker.fs, "", "")
+    try:
+        state.known()
+        if not state.damaged:
+            return
+        problem = "damaged bytes (derived data, never trusted: the next list rewrites it)"
+        repair = "copy to quarantine, start the file again"
+        checker.found(path, problem, repair, checker.repair, severity="info")
+        if checker.repair:
+            keep = checker.quarantine(path)
+            checker.fs.makedirs(os.path.dirname(keep), durable=True)
+            checker.fs.atomic_write(keep, checker.fs.read_file(path), durable=True)
+            state.reset()
+    finally:
+        state.close()
 
 
 def gone_logs(checker: LogChecker, keys: set[str]) -> list[tuple[str, str]]:

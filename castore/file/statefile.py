@@ -83,10 +83,8 @@ class StateIndex:
     """
 
     def __init__(self, path: str, fs: Tree, scope: str, namespace: str) -> None:
-        self.path = path
-        self.fs = fs
-        self.scope = scope
-        self.namespace = namespace
+        self.path, self.fs, self.scope, self.namespace = path, fs, scope, namespace
+        self.damaged = False  # the last read of the file found bytes that are no frame
         self._lock = threading.Lock()
         self._fd = -1  # append descriptor, kept between writes
         self._pid = os.getpid()
@@ -220,8 +218,9 @@ class StateIndex:
                 return None
             try:
                 self._read(fd, me)
-            except (_DamagedError, OSError):  # damage, or a rewrite held the lock too long
-                self._trusted = False
+                self.damaged = False
+            except (_DamagedError, OSError) as exc:  # damage, or a rewrite held it too long
+                self._trusted, self.damaged = False, isinstance(exc, _DamagedError)
             finally:
                 os.close(fd)
             return self._known if self._trusted else None

@@ -223,3 +223,30 @@ def test_the_repair_keeps_the_records_of_logs_it_could_not_check(tmp_path: Path)
             store.set("b", "again")
         store.close()
     assert _listing(roots[True]) == _listing(roots[False])  # c read from its log
+
+
+def test_damaged_state_is_reported_and_started_again(tmp_path: Path) -> None:
+    # Noticed in earlier sessions: check said nothing of a damaged STATE (list, which
+    # never trusts it, rewrites it at its next run).
+    root, twin = tmp_path / "s", tmp_path / "twin"
+    store = Store(root, dag=DAG)
+    for n in range(3):
+        store.set(f"k{n}", n)
+    store.list()
+    store.close()
+    shutil.copytree(root, twin)  # the undamaged twin
+    state = next(root.glob("refs/dag/*/STATE"))
+    data = bytearray(state.read_bytes())
+    data[-5] ^= 0x01
+    state.write_bytes(bytes(data))
+    report = Store(root).check()
+    assert report.ok  # derived data: information
+    assert [(f.problem, f.severity, f.repaired) for f in report.findings] == [
+        ("damaged bytes (derived data, never trusted: the next list rewrites it)", "info", False)
+    ]
+    repaired = Store(root).check(repair=True)
+    assert [f.repaired for f in repaired.findings] == [True]
+    assert [p.read_bytes() for p in root.glob("quarantine/*/refs/dag/*/STATE")] == [bytes(data)]
+    assert Store(root).check().findings == []
+    listed = [e.to_dict() for e in Store(root, dag=DAG).list().entries]
+    assert listed == [e.to_dict() for e in Store(twin, dag=DAG).list().entries]
