@@ -19,7 +19,7 @@ from castore.file.records import KIND_GRAVE, Grave, decode_grave, encode_record
 from castore.file.tree import Tree
 from castore.reports import MAX_COUNT
 
-__all__ = ["Graveyard", "floor_after_damage"]
+__all__ = ["Graveyard", "floor_after_damage", "twinned"]
 
 
 def _covered(damage: tuple[int, int], extents: set[tuple[int, int]]) -> bool:
@@ -41,7 +41,7 @@ def floor_after_damage(known: int, damaged: bytes) -> int:
     return min(top * 2 + 1_000_000, max(top, MAX_COUNT - 1_000_000))  # never past a bigint
 
 
-def _twinned(payloads: Iterable[bytes]) -> bytes:
+def twinned(payloads: Iterable[bytes]) -> bytes:
     """``G`` frames of ``payloads``, each written twice in a row (one covers the other)."""
     return b"".join(frame + frame for frame in (encode_frame(KIND_GRAVE, p) for p in payloads))
 
@@ -162,7 +162,7 @@ class Graveyard:
     @staticmethod
     def floor_bytes(floor: int) -> bytes:
         """A whole GRAVES file holding only ``floor`` (twice)."""
-        return _twinned([encode_record(Grave(version=floor))])
+        return twinned([encode_record(Grave(version=floor))])
 
     def bury(self, items: list[tuple[str, int]]) -> None:
         """Record the last version of each removed key, twice; durable whatever the handle.
@@ -171,7 +171,7 @@ class Graveyard:
         the directory, a durable write's included: without the record, the key's
         versions would start again after a power loss (FORMAT.md §6, "Names").
         """
-        records = _twinned([encode_record(Grave(key=k, version=v)) for k, v in items])
+        records = twinned([encode_record(Grave(key=k, version=v)) for k, v in items])
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         with self.fs.open_locked(self.path, flags) as fd:
             new = os.fstat(fd).st_size == 0
@@ -190,6 +190,6 @@ class Graveyard:
             self.fs.atomic_write(keep_copy, data, durable=durable)
             records = [f.payload for f in classify(data).frames if f.kind == KIND_GRAVE]
             records.append(encode_record(Grave(version=floor)))
-            self.fs.atomic_write(self.path, _twinned(dict.fromkeys(records)), durable=durable)
+            self.fs.atomic_write(self.path, twinned(dict.fromkeys(records)), durable=durable)
         with self._lock:
             self._forget(0)

@@ -23,6 +23,7 @@ import stat
 from castore.errors import FormatVersionError, UnsafePathError
 from castore.file.formatfile import FORMAT_MAGIC, UPGRADING, read_format
 from castore.file.frames import FORMAT_VERSION, classify, encode_frame
+from castore.file.graves import twinned
 from castore.file.modes import MODES, modes_of_dir
 from castore.file.records import KIND_GRAVE, Grave, encode_record
 from castore.file.rewrite import utc_stamp
@@ -114,11 +115,11 @@ def _converted(data: bytes) -> tuple[bytes, bool] | None:
     records = [encode_record(Grave(key=k, version=v)) for k, v in sorted(graves.items())]
     if unread and not kept and not records:  # a frame after the damage: never a torn tail
         records.append(encode_record(Grave(version=0)))  # a floor of 0: below every version
-    frames = b"".join(f + f for f in (encode_frame(KIND_GRAVE, r) for r in records))
-    after = classify(kept + frames).frames[0] if unread else None
-    if after is not None and after.end - after.start == len(unread):
-        unread += _UNREAD  # damage the size of the frame after it would read as its twin
-    return unread + kept + frames, bool(unread)
+    if unread:  # damage the size of the frame after it would read as its twin
+        first = scan.frames[0] if kept else None
+        size = first.end - first.start if first else len(encode_frame(KIND_GRAVE, records[0]))
+        unread += _UNREAD * (size == len(unread))
+    return unread + kept + twinned(records), bool(unread)
 
 
 def _graves_files(fs: Tree, root: str) -> list[str]:
@@ -130,7 +131,7 @@ def _graves_files(fs: Tree, root: str) -> list[str]:
             not be converted; nothing was changed).
     """
 
-    def directory(path: str, want: int = stat.S_IFDIR) -> bool:
+    def present(path: str, want: int = stat.S_IFDIR) -> bool:
         try:
             mode = fs.stat(path).st_mode
         except FileNotFoundError:
@@ -145,12 +146,12 @@ def _graves_files(fs: Tree, root: str) -> list[str]:
 
     refs = os.path.join(root, "refs")
     found = []
-    for scope in fs.listdir(refs) if directory(refs) else []:
+    for scope in fs.listdir(refs) if present(refs) else []:
         scope_dir = os.path.join(refs, scope)
-        for name in fs.listdir(scope_dir) if directory(scope_dir) else []:
+        for name in fs.listdir(scope_dir) if present(scope_dir) else []:
             nsdir = os.path.join(scope_dir, name)
             graves = os.path.join(nsdir, "GRAVES")
-            if directory(nsdir) and directory(graves, stat.S_IFREG):
+            if present(nsdir) and present(graves, stat.S_IFREG):
                 found.append(graves)
     return sorted(found)
 
