@@ -29,7 +29,7 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from castore.errors import InvalidValueError, ValueTooLargeError
+from castore.errors import CorruptionError, InvalidValueError, ValueTooLargeError
 from castore.fastjson import plain_json, plain_python
 from castore.jsonrules import GO_REPLACE, MAX_DEPTH, MAX_VALUE_BYTES, fix_str
 from castore.pyvalues import from_python
@@ -259,6 +259,22 @@ def decode_value(normalized: bytes) -> JSONValue:
 
     slow: JSONValue = parse_document(text, raw, literal_numbers=False)
     return slow
+
+
+def decode_stored(normalized: bytes, what: object) -> JSONValue:
+    """:func:`decode_value` of a value read from a store: bytes that are not JSON are damage.
+
+    A stored value was normalized before its digest named it, so it always
+    decodes; one that does not was written by something else (edited with its
+    digest made to match) and is never an error of the caller's input.
+
+    Raises:
+        CorruptionError: naming ``what`` (the ref and version read), when not JSON.
+    """
+    try:
+        return decode_value(normalized)
+    except InvalidValueError as exc:
+        raise CorruptionError(f"{what}: the stored value is not JSON ({exc.detail})") from exc
 
 
 def encode_string(text: str, *, html: bool) -> bytes:

@@ -10,6 +10,7 @@ record is made by the ``audit`` callable when the decision runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from castore import codec
 from castore.argcheck import check_flag, check_integer
@@ -162,12 +163,14 @@ class DiffDecision:
         self.update = update
         self._audit = audit
         self._seen: list[bytes | None] = []
+        self._previous: Any = None  # the live value _seen holds, decoded
 
     def compare(self, previous: Entry | None, load: Callable[[], bytes | None]) -> bool:
         """True if ``current`` differs from the live value (or there is none).
 
         Raises:
             ConflictError: ``expected_version`` is not the live version.
+            CorruptionError: the live value is not JSON (:func:`codec.decode_stored`).
         """
         live = previous if previous is not None and previous.live else None
         actual = live.version if live is not None else 0
@@ -175,6 +178,11 @@ class DiffDecision:
             raise ConflictError(str(self.ref), self.expected_version, actual)
         # A backend may decide again (a remote store's retry): only the last comparison counts.
         self._seen = [load()] if live is not None else []
+        seen = self._seen[0] if self._seen else None
+        # Decoded here, before any write: a stored value that is not JSON writes nothing.
+        self._previous = (
+            None if seen is None else codec.decode_stored(seen, f"{self.ref} version {actual}")
+        )
         return live is None or live.hash != self.digest_hex
 
     def decide(self, previous: Entry | None, view: LogView) -> NewVersion | None:
@@ -186,11 +194,16 @@ class DiffDecision:
     def result(self, previous: Entry | None, written: list[Entry]) -> DiffResult:
         """The diff's result, given the newest entry it compared with and what was written."""
         prev_json = self._seen[0] if self._seen else None
-        return diff_result(self.ref, previous, written, prev_json, self.current)
+        return diff_result(self.ref, previous, written, prev_json, self._previous, self.current)
 
 
 def diff_result(
-    ref: Ref, previous: Entry | None, written: list[Entry], prev_json: bytes | None, current: bytes
+    ref: Ref,
+    previous: Entry | None,
+    written: list[Entry],
+    prev_json: bytes | None,
+    prev_value: Any,
+    current: bytes,
 ) -> DiffResult:
     """Dagu's diff output: the stored hash when nothing was written (``update=False``)."""
     live = previous if previous is not None and previous.live else None
@@ -204,7 +217,7 @@ def diff_result(
         previous_version=live.version if live else 0,
         version=written[-1].version if written else (live.version if live else 0),
         hash=written[-1].hash if written else (live.hash if live else ""),
-        previous=None if prev_json is None else codec.decode_value(prev_json),
+        previous=prev_value,
         previous_json=prev_json,
         current=codec.decode_value(current),
         current_json=current,

@@ -114,7 +114,11 @@ def update(
     def once() -> SetResult:
         now = backend.current(ref)
         live = now.live
-        value = codec.decode_value(now.value) if live and now.value is not None else None
+        value = (
+            codec.decode_stored(now.value, f"{ref} version {live.version}")
+            if live and now.value is not None
+            else None
+        )
         normalized = codec.normalize(fn(value))
         version = live.version if live is not None else 0
         decide = set_decision(ref, normalized, version, False, audit)
