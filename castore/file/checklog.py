@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from castore.codec import decode_stored
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import checkread, versionindex
 from castore.file.blobsearch import BlobSearch
@@ -204,7 +205,8 @@ class LogChecker:
             if f.kind == KIND_BLOB:
                 self.blobs += 1
                 try:
-                    decode_blob(f.payload, f.payload[:32].hex())
+                    value = decode_blob(f.payload, f.payload[:32].hex())
+                    decode_stored(value, f"blob {f.payload[:32].hex()}")
                 except CastoreError as exc:
                     bad.append(f.start)
                     problems.append(f"blob at offset {f.start} fails verification: {exc}")

@@ -90,3 +90,26 @@ def test_the_cli_answers_damage_for_a_stored_value_that_is_not_json(
         assert b"not JSON" in proc.stderr, (args, proc)
         assert proc.stdout == b"", (args, proc)
     assert cli.raw_ok("history", "k") == history
+
+
+def test_check_reports_a_stored_value_that_is_not_json(store_location: str) -> None:
+    store = Store(store_location, dag="d")
+    store.set("k", {"a": 1})
+    store.set("other", [1, 2])
+    assert store.check().ok
+    _forge(store_location)
+    report = store.check()
+    assert not report.ok
+    found = [f for f in report.findings if "not JSON" in f.problem]
+    assert len(found) == 1, report.findings
+    assert hashlib.sha256(NOT_JSON).hexdigest() in found[0].problem
+    store.check(repair=True)
+    # Whatever the repair did, the forged value is never served, nor "not found",
+    # and everything else answers as before the forgery.
+    with pytest.raises(CorruptionError):
+        store.get("k")
+    assert store.get("k", version=1).value == {"a": 1}
+    assert store.get("other").value == [1, 2]
+    assert store.set("k", {"a": 5}).version == 3
+    assert store.get("k").value == {"a": 5}
+    store.close()
