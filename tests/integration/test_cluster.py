@@ -38,6 +38,7 @@ from castore.server.app import BACKEND_BODY_BYTES, MAX_BODY_BYTES
 from castore.wire import (
     APPLIED,
     CLUSTER_HEADER,
+    MEMBERS_HEADER,
     STALE,
     WRITTEN,
     Append,
@@ -574,6 +575,45 @@ def test_a_member_restarted_with_another_list_refuses_the_old_one(launcher):
     after = {node.url: contents(node.store) for node in nodes}
     expected = {**before[moved.url], ("dag", stays, "x"): (1, 1)}
     assert after == {**before, moved.url: expected}
+
+
+def test_a_member_restarted_without_a_cluster_refuses_a_clients_list(launcher):
+    # A review's mutation (the lone server's refusal disabled) passed every test: a member
+    # restarted without --cluster then took writes for keyspaces other members own.
+    nodes = launcher.cluster(3)
+    members = [node.url for node in nodes]
+    old = Cluster(members)
+    lone = nodes[1]
+    elsewhere = owned_namespaces(lambda ns: old.owner("custom", ns) != lone.url, 2, "away")
+    own = owned_namespaces(lambda ns: old.owner("custom", ns) == lone.url, 2, "own")
+    client = Store(",".join(members))
+    try:
+        for ns in elsewhere + own:
+            client.set("k", ns, scope="custom", namespace=ns)
+    finally:
+        client.close()
+    before = {node.url: contents(node.store) for node in nodes}
+    lone.kill()
+    lone.start(None)
+    listed = {MEMBERS_HEADER: str(len(members))}
+    for ns in elsewhere + own:
+        write = append_of("custom", ns, "k", "late", expect=0)
+        for call, message in (
+            ("append", write),
+            ("current", RefCall(scope="custom", namespace=ns, key="k")),
+        ):
+            response = rpc(lone.url, call, message, old.digest, listed)
+            assert response.status_code == 421, response.text
+            error = response.json()["error"]
+            assert (error["code"], error["cluster"], error["owner"]) == ("misdirected", [], "")
+    client = Store(",".join(members))
+    try:
+        for ns in own:  # the library client is refused too: the lone server names no list
+            with pytest.raises(StoreUnavailableError, match="coordinator list"):
+                client.set("k", "late", scope="custom", namespace=ns)
+    finally:
+        client.close()
+    assert {node.url: contents(node.store) for node in nodes} == before
 
 
 # -- 4. kill -9 a coordinator under load ----------------------------------------------------

@@ -492,10 +492,18 @@ def test_errors_name_no_server_path_through_the_client_either(file_server, tmp_p
 def test_every_path_but_healthz_needs_the_token(file_server):
     url = file_server.url
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    # A review's mutation: a guard that took any prefix of the token passed this test.
     for headers in (
         {},
         {"Authorization": "Bearer wrong-token-0123456789"},
         {"Authorization": TOKEN},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer {TOKEN[:-1]}"},
+        {"Authorization": f"Bearer {TOKEN[:4]}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Bearer {TOKEN.upper()}"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer{TOKEN}"},
     ):
         response = post(file_server, "get", b'{"key":"k","dag":"d"}', headers)
         assert response.status_code == 401
