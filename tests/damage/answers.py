@@ -210,6 +210,7 @@ class CaseContext:
     shape: str  # xor01, xorff, zero, trunc
     clean_cut: bool  # a ref log cut exactly at a frame boundary
     probes: dict[str, bytes]  # key -> normalized value of the step-2 set
+    cut_proved: bool = False  # a cut log whose version index records versions cut off
 
 
 class Verdict(NamedTuple):

@@ -21,12 +21,13 @@ import random
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from castore import codec
 from castore.file.frames import scan_frames
+from castore.file.records import KIND_ENTRY, decode_entry
 from tests.damage.answers import (
     BAD,
     INDISTINGUISHABLE,
@@ -47,6 +48,7 @@ __all__ = [
     "clean_cut",
     "enumerate_damage",
     "file_label",
+    "frame_cuts",
     "run_case",
     "sample_cases",
 ]
@@ -147,8 +149,26 @@ def enumerate_damage(root: str) -> list[Damage]:
     return cases
 
 
-def sample_cases(cases: list[Damage], per_stratum: int | None, seed: int) -> list[Damage]:
-    """At most ``per_stratum`` cases per (file, shape), chosen with a seeded generator."""
+def frame_cuts(root: str, cases: list[Damage]) -> list[Damage]:
+    """Every truncation of a ref log at one of its frames' starts (a cut some index proves).
+
+    A review found a sample without them blind to readers that served a cut
+    log's older version: :func:`sample_cases` always keeps them.
+    """
+    starts: dict[str, set[int]] = {}
+    for rel in {case.rel for case in cases if case.kind == "log"}:
+        with open(os.path.join(root, rel), "rb") as fh:
+            starts[rel] = {frame.start for frame in scan_frames(fh.read())}
+    return [c for c in cases if c.shape == "trunc" and c.offset in starts.get(c.rel, ())]
+
+
+def sample_cases(
+    cases: list[Damage], per_stratum: int | None, seed: int, keep: Sequence[Damage] = ()
+) -> list[Damage]:
+    """At most ``per_stratum`` cases per (file, shape), chosen with a seeded generator.
+
+    ``keep``: cases run whatever the sample (:func:`frame_cuts`).
+    """
     if per_stratum is None:
         return list(cases)
     strata: dict[tuple[str, str], list[Damage]] = collections.defaultdict(list)
@@ -159,7 +179,9 @@ def sample_cases(cases: list[Damage], per_stratum: int | None, seed: int) -> lis
         chosen = members
         if len(members) > per_stratum:
             chosen = random.Random(f"{seed}/{rel}/{shape}").sample(members, per_stratum)
-        out += sorted(chosen)
+        out += sorted(
+            set(chosen) | {case for case in keep if (case.rel, case.shape) == (rel, shape)}
+        )
     return out
 
 
@@ -204,7 +226,25 @@ def _deadline(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _context(damage: Damage | None, pristine_bytes: bytes) -> CaseContext:
+def cut_proved(data: bytes, cut: int, vix: bytes) -> bool:
+    """The version index ``vix`` records a version that ``data[:cut]`` no longer holds.
+
+    FORMAT.md §7, "A cut that the version index proves", parsed here on its
+    own: a record past the newest intact entry at an offset at or past the end
+    of the log's intact frames (markers 0, 1 and 2 are below any such end).
+    """
+    end, newest = 0, 0
+    for frame in scan_frames(data[:cut]):
+        if frame.start != end:
+            break
+        end = frame.end
+        if frame.kind == KIND_ENTRY:
+            newest = decode_entry(frame.payload).version
+    records = [int.from_bytes(vix[i : i + 8], "little") for i in range(0, len(vix) - 7, 8)]
+    return any(offset >= end for offset in records[newest:])
+
+
+def _context(damage: Damage | None, pristine_bytes: bytes, vix: bytes) -> CaseContext:
     probes = {key: codec.normalize(probe_value(key)) for key in KEYS}
     if damage is None:
         return CaseContext("none", "none", clean_cut=False, probes=probes)
@@ -214,6 +254,7 @@ def _context(damage: Damage | None, pristine_bytes: bytes) -> CaseContext:
         damage.shape,
         clean_cut=cut and clean_cut(pristine_bytes, damage.offset),
         probes=probes,
+        cut_proved=cut and cut_proved(pristine_bytes, damage.offset, vix),
     )
 
 
@@ -222,11 +263,14 @@ def run_case(pristine: str, truth: Truth, damage: Damage | None, workdir: str) -
     root = os.path.join(workdir, "case")
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(pristine, root)
-    data = b""
+    data = vix = b""
     if damage is not None:
         path = os.path.join(root, damage.rel)
         with open(path, "rb") as fh:
             data = fh.read()
+        if damage.kind == "log":
+            with contextlib.suppress(FileNotFoundError), open(path[:-4] + ".vix", "rb") as fh:
+                vix = fh.read()
         with open(path, "wb") as fh:
             fh.write(damage.apply(data))
     try:
@@ -235,7 +279,7 @@ def run_case(pristine: str, truth: Truth, damage: Damage | None, workdir: str) -
     except CaseTimeoutError as exc:
         verdicts = [Verdict(TRACEBACK, "case", "the whole case", "answers", str(exc), "hang")]
     else:
-        verdicts = classify(truth, observed, _context(damage, data))
+        verdicts = classify(truth, observed, _context(damage, data, vix))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     status = worst(v.status for v in verdicts)

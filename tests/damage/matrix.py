@@ -26,6 +26,7 @@ from tests.damage.cases import (
     CaseResult,
     Damage,
     enumerate_damage,
+    frame_cuts,
     run_case,
     sample_cases,
 )
@@ -174,7 +175,8 @@ def run_matrix(
     try:
         pristine = os.path.join(workdir, "pristine")
         truth = record_truth(pristine, build_store(pristine))
-        cases = sample_cases(enumerate_damage(pristine), sample, seed)
+        every = enumerate_damage(pristine)
+        cases = sample_cases(every, sample, seed, frame_cuts(pristine, every))
         report = MatrixReport()
         if jobs > 1:
             _run_parallel(cases, (pristine, truth, workdir), jobs, report, progress)

@@ -9,7 +9,9 @@ Pure: works on recorded answers (``tests/damage/answers.py``), no I/O.
   or its own version when ``damaged_from`` is 0); a pristine key missing from
   ``list()`` but named in ``skipped``. For a truncation, any answer that
   differs from the pristine one, when the first ``check`` reports a
-  non-info finding (the cut bytes cannot come back, but must be reported).
+  non-info finding (the cut bytes cannot come back, but must be reported),
+  unless the log's version index proves the cut (FORMAT.md §7): then every
+  reader and writer must refuse, as for damage.
 * ``BAD``: any other difference: a key absent or older, another value,
   ``NotFoundError`` for a version the pristine store reads, a history
   missing a version without a marker; a guarded set (expected version = the
@@ -25,7 +27,8 @@ Pure: works on recorded answers (``tests/damage/answers.py``), no I/O.
   value other than the pristine one; a set not above every version that
   ever existed; a write refused although the final check is ok.
 * ``INDISTINGUISHABLE``: what would be BAD in a ref log cut exactly at a
-  frame boundary: byte-identical to an earlier state of that log. A final
+  frame boundary: byte-identical to an earlier state of that log, whose
+  version index does not record the versions cut off (else BAD). A final
   ``check`` that is not ok (or silently clean) stays BAD even then: an
   earlier state checks ok after repair, so what is still wrong is damage
   the cut did elsewhere (a blob frame another key's log points at).
@@ -405,7 +408,7 @@ def classify(truth: Truth, observed: Observed, context: CaseContext) -> list[Ver
     verdicts += _judge_guarded(truth, observed.guarded)
     first = observed.checks[0]
     verdicts += _judge_first_check(first, verdicts, context.file_kind)
-    if context.shape == "trunc":
+    if context.shape == "trunc" and not context.cut_proved:
         verdicts = _relax_truncation(verdicts, first)
     probes = _probes(observed, context)
     after: list[Verdict] = []
@@ -415,7 +418,7 @@ def classify(truth: Truth, observed: Observed, context: CaseContext) -> list[Ver
     recovered = bool(after) and all(v.status == OK for v in after)
     verdicts += _judge_repair(observed.checks, verdicts, context.file_kind, recovered)
     verdicts += after
-    if context.clean_cut:
+    if context.clean_cut and not context.cut_proved:
         verdicts = [_indistinguishable(v) for v in verdicts]
     return verdicts
 
