@@ -29,9 +29,10 @@ from castore.cli.errors import OptionError
 from castore.cli.invocation import Invocation, value_bytes
 from castore.digests import small_sha256
 from castore.errors import InvalidRefError
-from castore.file.peek import peek
+from castore.file.peek import is_store, peek
 from castore.file.quickset import QUICK_MAX_BYTES
 from castore.file.quickset import quick_set as write_quickly
+from castore.file.tree import Tree
 from castore.identity import ProcessIdentity, audit_fields
 from castore.keys import Ref, dag_names, resolve_namespace, validate_key
 from castore.stdjson import plain_normalized
@@ -112,7 +113,7 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
     :func:`castore.file.quickset.quick_set` declines).
     """
     where = _quick_ref(args)
-    if where is None or (args.value == "-" and not os.path.isdir(where[0])):
+    if where is None or (args.value == "-" and not is_store(Tree(where[0]), where[0])):
         return None  # the command checks the store before it reads a value from stdin
     timeout = _lock_timeout(args)
     if timeout is None:

@@ -252,21 +252,32 @@ def test_a_link_in_place_of_the_log_is_never_followed(twins, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("options", "words"),
+    ("options", "words", "marker"),
     [
-        (["--dir", "{file}"], b"is not a directory: not a castore store"),
-        (["--dir", "{store}", "--lock-timeout", "x"], b"--lock-timeout: expected a number"),
+        (["--dir", "{file}"], b"is not a directory: not a castore store", None),
+        (["--dir", "{store}", "--lock-timeout", "x"], b"--lock-timeout: expected a number", None),
+        (["--dir", "{store}"], b"an upgrade of this store was interrupted", b"upgrading-to-2"),
+        (["--dir", "{store}"], b"run `castore upgrade`", b"1"),
+        (["--dir", "{store}"], b"FORMAT", b"2 x"),
+        (["--dir", "{plain}"], b"has no FORMAT file: not a castore store", None),
     ],
-    ids=["not-a-store", "bad-lock-timeout"],
+    ids=["not-a-store", "bad-lock-timeout", "upgrading", "format-1", "bad-format", "no-format"],
 )
 def test_a_value_on_stdin_is_read_only_after_the_options_and_the_store_pass(
-    tmp_path, options, words
+    tmp_path, options, words, marker
 ):
     # Found by a review: the quick path read stdin first, so with an open pipe it
-    # waited for the value where the command refuses its options at once.
+    # waited for the value where the command refuses its options at once; a later
+    # review: it checked only that the store was a directory, not its FORMAT.
     (tmp_path / "file").write_text("x")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes").write_text("x")
     Store(tmp_path / "store", dag=DAG).set("k", 1)
-    argv = [o.format(file=tmp_path / "file", store=tmp_path / "store") for o in options]
+    stored = (tmp_path / "store" / "FORMAT").read_bytes()
+    if marker is not None:
+        (tmp_path / "store" / "FORMAT").write_bytes(b"castore-store " + marker + b"\n")
+    where = {"file": tmp_path / "file", "store": tmp_path / "store", "plain": tmp_path / "plain"}
+    argv = [o.format(**where) for o in options]
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": CASTORE_PATH, "LC_ALL": "C.UTF-8"}
     with subprocess.Popen(
         [sys.executable, "-m", "castore", *argv, "--dag", DAG, "set", "k", "-"],
@@ -287,4 +298,5 @@ def test_a_value_on_stdin_is_read_only_after_the_options_and_the_store_pass(
     assert out == b""
     assert words in err
     assert err.count(b"\n") == 1
+    (tmp_path / "store" / "FORMAT").write_bytes(stored)
     assert Store(tmp_path / "store", dag=DAG).get("k").version == 1
