@@ -43,6 +43,7 @@ __all__ = [
     "MEMBERS_HEADER",
     "RETRY_WINDOW",
     "STALE",
+    "UNKNOWN",
     "WRITTEN",
     "Append",
     "AppendReply",
@@ -69,6 +70,9 @@ FRAME_END: Final = b"z"  # the stream is complete (without it, it was cut)
 WRITTEN: Final = "written"  # appended now
 APPLIED: Final = "applied"  # a retry of an append that was applied before: not appended again
 STALE: Final = "stale"  # the newest version is not the one the decision saw: decide again
+# A retry whose id is not among the versions searched, where they do not reach back to its
+# expected version (more than RETRY_WINDOW since, or a version unreadable): it may be applied.
+UNKNOWN: Final = "unknown"
 
 
 class _Msg(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -193,7 +197,7 @@ class EntryValue(msgspec.Struct, frozen=True, array_like=True):
 
 
 class AppendReply(msgspec.Struct, frozen=True, kw_only=True):
-    """What an :class:`Append` did: :data:`WRITTEN`, :data:`APPLIED` or :data:`STALE`.
+    """What an :class:`Append` did: its status is one of the four constants above.
 
     ``previous`` is the newest entry before the write (for :data:`STALE`: the
     newest entry now); ``written`` what the write appended.

@@ -39,7 +39,9 @@ from castore.reports import CheckReport, CompactReport, GCReport, Retention, Sto
 from castore.results import ListEntry
 from castore.wire import (
     APPLIED,
+    RETRY_WINDOW,
     STALE,
+    UNKNOWN,
     WRITTEN,
     Append,
     CheckCall,
@@ -247,6 +249,13 @@ class RemoteBackend:
                 continue
             if reply.status in (WRITTEN, APPLIED):
                 return reply.previous, list(reply.written)
+            if reply.status == UNKNOWN:  # a resend the server cannot place: never decided again
+                raise StoreUnavailableError(
+                    f"castore server: the answer to a write of {ref} was lost, and the server no"
+                    f" longer tells whether it was applied (more than {RETRY_WINDOW} versions"
+                    " were written since, or one is unreadable): it may or may not have been"
+                    " applied; read the key before writing it again"
+                )
             if reply.status != STALE:
                 raise StoreUnavailableError(
                     f"castore server: unknown append status {reply.status!r}"

@@ -41,6 +41,7 @@ from castore.wire import (
     FRAME_ITEM,
     RETRY_WINDOW,
     STALE,
+    UNKNOWN,
     WRITTEN,
     Append,
     AppendReply,
@@ -57,22 +58,28 @@ from castore.wire import (
 __all__ = ["BACKEND_CALLS", "BackendCall", "decode_call", "framed", "keyspace_of"]
 
 
-def _applied(previous: Entry, view: LogView, request_id: str) -> list[Entry]:
+def _applied(
+    previous: Entry, view: LogView, request_id: str, since: int
+) -> tuple[list[Entry], bool]:
     """The versions of ``request_id`` among the newest :data:`RETRY_WINDOW`, oldest first.
 
-    A version that cannot be read ends the search (it is not this request's).
+    ``since``: the version the request expected to write after. Returns the
+    versions found and, when none were, whether every version above ``since``
+    was searched (the request was then never applied). A version that cannot
+    be read ends the search (damaged, or compacted since: not known).
     """
     found: list[Entry] = []
-    for version in range(previous.version, max(previous.version - RETRY_WINDOW, 0), -1):
+    low = max(previous.version - RETRY_WINDOW, since, 0)
+    for version in range(previous.version, low, -1):
         try:
             entry = previous if version == previous.version else view.entry_at(version)
         except (CorruptionError, NotFoundError):  # damaged, or compacted since
-            break
+            return found[::-1], False
         if entry is not None and entry.audit.request_id == request_id:
             found.append(entry)
         elif found:
             break  # one request's versions are contiguous
-    return found[::-1]
+    return found[::-1], low <= since
 
 
 def _before(view: LogView, first: Entry) -> Entry | None:
@@ -119,8 +126,9 @@ def _append(store: Store, call: Append) -> AppendReply:
 
     def decide(previous: Entry | None, view: LogView) -> list[NewVersion] | None:
         outcome.clear()  # a backend may run a decision more than once
+        searched = True
         if call.retry and previous is not None:
-            done = _applied(previous, view, request_id)
+            done, searched = _applied(previous, view, request_id, call.expect)
             if done and not _same_write(done, versions):
                 return None  # outcome left empty: refused below
             if done:
@@ -128,7 +136,8 @@ def _append(store: Store, call: Append) -> AppendReply:
                 outcome.append(AppendReply(status=APPLIED, previous=before, written=done))
                 return None
         if _identity(previous) != expected:
-            outcome.append(AppendReply(status=STALE, previous=previous))
+            status = STALE if searched else UNKNOWN  # unknown: the client must not decide again
+            outcome.append(AppendReply(status=status, previous=previous))
             return None
         return versions
 

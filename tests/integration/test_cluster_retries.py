@@ -244,3 +244,31 @@ def test_a_repair_whose_answer_was_lost_is_not_run_again(launcher, lose):
         report.findings
     )  # resent
     assert len(checks) == 2
+
+
+@pytest.mark.parametrize("between", [10, 70], ids=["within-window", "beyond-window"])
+def test_a_resend_the_server_cannot_place_is_never_decided_again(launcher, lose, between):
+    # Found by a review (kill -9 of `serve --processes` children over PostgreSQL): a
+    # resend whose id was no longer among the newest 64 versions was answered "stale",
+    # and the client decided its increment again: the counter counted it twice.
+    node = launcher.lone()
+    worker = Store(node.url, dag="d")
+    assert worker.incr("n").to_dict()["number"] == 1
+
+    def others() -> None:  # the lost increment is applied; then `between` others come
+        local = Store(node.store, dag="d")
+        for _ in range(between):
+            local.incr("n")
+        local.close()
+
+    lose(_once(others))
+    if between < 64:  # found among the newest versions: applied once, told so
+        assert worker.incr("n").to_dict()["number"] == 2
+    else:
+        with pytest.raises(StoreUnavailableError, match="may or may not have been applied"):
+            worker.incr("n")
+    worker.close()
+    local = Store(node.store, dag="d")
+    assert local.get("n").value == 2 + between  # the lost increment counted once, not twice
+    assert len(local.history("n", limit=500).entries) == 2 + between
+    local.close()
