@@ -93,13 +93,17 @@ def _check_token(token: str, source: str) -> str:
 def _read_token_file(path: str) -> str:
     source = f"--token-file {path}"
     try:
-        with open(path, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            data = fh.read(_TOKEN_FILE_MAX + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block the open
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):  # checked before any read: a FIFO blocks it
+                raise ServeError(f"{source}: not a regular file")
+            with open(fd, "rb", closefd=False) as fh:
+                data = fh.read(_TOKEN_FILE_MAX + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ServeError(f"{source}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ServeError(f"{source}: not a regular file")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise ServeError(f"{source}: writable by group or others; chmod 600 it")
     if len(data) > _TOKEN_FILE_MAX:

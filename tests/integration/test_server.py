@@ -578,6 +578,12 @@ def test_a_token_is_needed_off_loopback_and_must_be_sound(tmp_path):
         message = cli.fail(2, "serve", "--token-file", str(token_file))
         assert what in message
         assert text.strip() not in message or not text.strip()
+    # Found by a review: a FIFO as --token-file blocked serve for good, before any output.
+    fifo, directory = tmp_path / "fifo", tmp_path / "dir"
+    os.mkfifo(fifo, 0o600)
+    directory.mkdir(mode=0o700)
+    for path in (fifo, directory):
+        assert "not a regular file" in cli.fail(2, "serve", "--token-file", str(path))
     assert "$CASTORE_TOKEN" in cli.fail(2, "serve", env={"CASTORE_TOKEN": "short"})
     assert "HOST:PORT" in cli.fail(2, "serve", "--listen", "7070")
     assert not (tmp_path / "store").exists()
