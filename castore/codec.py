@@ -261,20 +261,23 @@ def decode_value(normalized: bytes) -> JSONValue:
     return slow
 
 
-def decode_stored(normalized: bytes, what: object) -> JSONValue:
+def decode_stored(normalized: bytes, what: object, version: int = 0) -> JSONValue:
     """:func:`decode_value` of a value read from a store: bytes that are not JSON are damage.
 
     A stored value was normalized before its digest named it, so it always
     decodes; one that does not was written by something else (edited with its
     digest made to match) and is never an error of the caller's input.
+    ``what`` (a ref, a blob's name) and ``version`` (0: none) name it only in
+    the error: a get's hot path formats nothing.
 
     Raises:
-        CorruptionError: naming ``what`` (the ref and version read), when not JSON.
+        CorruptionError: the bytes are not JSON.
     """
     try:
         return decode_value(normalized)
     except InvalidValueError as exc:
-        raise CorruptionError(f"{what}: the stored value is not JSON ({exc.detail})") from exc
+        where = f"{what} version {version}" if version else str(what)
+        raise CorruptionError(f"{where}: the stored value is not JSON ({exc.detail})") from exc
 
 
 def encode_string(text: str, *, html: bool) -> bytes:

@@ -96,7 +96,7 @@ def found_result(ref: Ref, entry: Entry, value: bytes) -> GetResult:
         found=True,
         version=entry.version,
         hash=entry.hash,
-        value=codec.decode_stored(value, f"{ref} version {entry.version}"),
+        value=codec.decode_stored(value, ref, entry.version),
         value_json=value,
     )
 
@@ -168,7 +168,7 @@ def rollback(
             return NewVersion(OP_DELETE, None, "", audit(to_version)) if live else None
         value = view.value_at(target)
         if value is not None:  # never a new version of bytes that are not JSON
-            codec.decode_stored(value, f"{ref} version {to_version}")
+            codec.decode_stored(value, ref, to_version)
         hint = view.absolute(target.blob) if target.blob is not None else None
         return NewVersion(OP_ROLLBACK, value, target.hash, audit(to_version), hint)
 
@@ -230,8 +230,8 @@ def diff_versions(
         to_version = newest.version
     old_entry, old = _version(backend, ref, from_version)
     new_entry, new = _version(backend, ref, to_version)
-    before: Any = None if old is None else codec.decode_stored(old, f"{ref} version {from_version}")
-    after: Any = None if new is None else codec.decode_stored(new, f"{ref} version {to_version}")
+    before: Any = None if old is None else codec.decode_stored(old, ref, from_version)
+    after: Any = None if new is None else codec.decode_stored(new, ref, to_version)
     for version, value in ((from_version, before), (to_version, after)):
         if _deeper_than(value, DIFF_DEPTH):
             raise InvalidValueError(

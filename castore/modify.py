@@ -115,7 +115,7 @@ def update(
         now = backend.current(ref)
         live = now.live
         value = (
-            codec.decode_stored(now.value, f"{ref} version {live.version}")
+            codec.decode_stored(now.value, ref, live.version)
             if live and now.value is not None
             else None
         )
