@@ -1,9 +1,9 @@
 """The checks and repairs of one ref log (part of ``check``, castore/file/check.py).
 
-Every frame's checksum and framing, every blob against its digest, every
-live entry's value found and verified, headers naming the refs their file
-names encode, versions increasing, and the derived files (``.vix``, ``KEYS``,
-``STATE``, the blob index) in step with the log. Each problem is a
+Every frame's checksum and framing, every blob against its digest and as
+JSON, every live entry's value found and verified, headers naming the refs
+their file names encode, versions increasing, and the derived files (``.vix``,
+``KEYS``, ``STATE``, the blob index) in step with the log. Each problem is a
 :class:`Finding`; ``repair=True`` cuts torn tails, rewrites damaged logs with
 their intact frames in order (the original bytes kept in
 ``quarantine/<time>/``) and rebuilds derived files.
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from castore.file.backend import FileBackend
 
 __all__ = ["LogChecker"]
-
 
 _REWRITE = (
     "copy the log to quarantine, rewrite it with its intact frames in order, "
@@ -204,9 +203,8 @@ class LogChecker:
         for f in frames:
             if f.kind == KIND_BLOB:
                 self.blobs += 1
-                try:
-                    value = decode_blob(f.payload, f.payload[:32].hex())
-                    decode_stored(value, f"blob {f.payload[:32].hex()}")
+                try:  # a value is JSON, as a read decodes it
+                    decode_stored(decode_blob(f.payload, d := f.payload[:32].hex()), f"blob {d}")
                 except CastoreError as exc:
                     bad.append(f.start)
                     problems.append(f"blob at offset {f.start} fails verification: {exc}")

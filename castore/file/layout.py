@@ -73,9 +73,11 @@ class Layout:
             StoreUnavailableError: the store this handle saw is gone (:meth:`not_gone`).
         """
         self.not_gone()
+        if self.present:  # maintenance looks here first: nothing was read through them yet
+            self.fs.drop_stale()
         return self.present
 
-    def not_gone(self) -> None:
+    def not_gone(self, path: str | None = None) -> None:
         """Refuse to go on where the store this handle saw is gone or was replaced.
 
         Gone: the path no longer names the directory this handle holds open
@@ -84,11 +86,14 @@ class Layout:
         held, nor a write make a new store in its place. A handle that saw no
         store yet looks again instead (dropping its descriptors if the path
         names another directory now). A few ``stat`` calls, made only on the
-        paths that find nothing or make a directory (FORMAT.md §1).
+        paths that find nothing or make a directory (FORMAT.md §1). So are the
+        directories on the way to ``path`` (what the call found nothing in),
+        as ``Tree.drop_stale``.
 
         Raises:
             StoreUnavailableError: the store is gone, or one appeared in place of
-                the directory this handle had opened (try again: it is seen now).
+                the directory this handle had opened, or a directory on the way to
+                ``path`` was replaced (try again: it is seen now).
         """
         # What is held first: another thread may make the root and open it meanwhile, and
         # a root held since before the stat must not look moved (its descriptors retired).
@@ -105,6 +110,12 @@ class Layout:
                     f"the store at {self.root} is gone: the path no longer names the store "
                     "this handle opened (deleted, moved, replaced or unmounted); nothing was "
                     "read or written; open it again"
+                )
+            if path is not None and (dropped := self.fs.drop_stale(path)):
+                raise StoreUnavailableError(
+                    f"{self.rel(dropped[0])} in the store at {self.root} was replaced under "
+                    "this handle (restored from a copy, moved or removed): nothing was read "
+                    "or written; try again"
                 )
             return
         if moved:

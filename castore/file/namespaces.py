@@ -117,7 +117,7 @@ class Namespaces:
         found = index.keys(prefix)
         nsdir = self.layout.ns_dir(scope, namespace)
         if not found:
-            self.layout.not_gone()
+            self.layout.not_gone(nsdir)
         lost = not found and (self._keys_lost(nsdir) or self._unlogged(nsdir, index, prefix))
         if not (verify or index.damaged or lost):
             return found
@@ -192,7 +192,7 @@ class Namespaces:
                 log's ``stat``: compaction records a removed key there before it
                 removes (or gc rewrites) the log.
         """
-        self.layout.not_gone()
+        self.layout.not_gone(path)
         fs = self.layout.fs
         by_index = 0
         if seen is None and fs.exists(versionindex.vix_path(path)):  # one stat, missing key
@@ -331,7 +331,7 @@ class Namespaces:
         try:
             names = self.layout.fs.listdir(scope_dir)
         except FileNotFoundError:
-            self.layout.not_gone()
+            self.layout.not_gone(scope_dir)
             return []
         found = []
         for name in names:

@@ -156,6 +156,39 @@ class Tree(WholeFiles):
                 os.fsync(parent)
         return fd
 
+    def drop_stale(self, path: str | None = None) -> list[str]:
+        """Stop using cached directories below the root that their paths no longer name.
+
+        A directory replaced under the handle (restored from a copy, moved,
+        removed) must not be read as the store's: the descriptors of those on
+        the way to ``path`` (None: all) whose path names another directory now,
+        or nothing, are retired with their cached descendants (closed by
+        :meth:`close`: another thread may be in a call on one). Two system
+        calls per cached directory looked at. Returns the paths dropped.
+        """
+        root = self._prefix[:-1]
+        with self._lock:
+            cached = sorted((p for p in self._dirs if p != root), key=len)  # parents first
+        if path is not None:
+            cached = [p for p in cached if path == p or path.startswith(p + "/")]
+        dropped: list[str] = []
+        for folder in cached:
+            fd = self._dirs.get(folder)
+            if fd is None:
+                continue
+            try:
+                now = os.stat(folder, follow_symlinks=False)
+                held = os.fstat(fd)
+                same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+            except OSError:
+                same = False
+            if not same:
+                dropped.append(folder)
+                with self._lock:
+                    for p in [p for p in self._dirs if p == folder or p.startswith(folder + "/")]:
+                        self._retired.append(self._dirs.pop(p))
+        return dropped
+
     def _cache(self, path: str, fd: int) -> bool:
         with self._lock:
             if path in self._dirs or len(self._dirs) >= _MAX_CACHED_DIRS:

@@ -90,8 +90,7 @@ class Writer:
         reader: BlobReader,
         cache: ReadCache,
     ) -> None:
-        self.layout = layout
-        self.names = names
+        self.layout, self.names = layout, names
         self._blobs = blobs
         self.reader = reader
         self._cache = cache
@@ -110,7 +109,7 @@ class Writer:
 
     def _ensure_dir(self, path: str) -> None:
         if path not in self._dirs:
-            self.layout.not_gone()  # never a new store where this handle's went away
+            self.layout.not_gone(path)  # never a new store where this handle's went away
             self.layout.fs.makedirs(path, durable=self.layout.durable)
             self._dirs.add(path)
 
@@ -130,7 +129,8 @@ class Writer:
         try:
             return self._write(log, decide)
         except FileNotFoundError:
-            self.layout.not_gone()  # the store went away under this handle
+            self._dirs.clear()  # made again by the next write if they are gone
+            self.layout.not_gone(log.path)  # the store, or a directory of it, went away
             raise
 
     def _write(self, log: RefLog, decide: Decide) -> tuple[Entry | None, list[Entry]]:

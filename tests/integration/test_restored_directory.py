@@ -1,0 +1,78 @@
+"""A namespace directory (or ``refs/``) replaced under an open handle is never read as empty.
+
+Found by a review (restores from a backup): a handle kept the descriptors of
+the directories it had opened, so after an operator replaced a namespace
+directory with an older copy (``rm -r`` then ``cp -a``) the handle read the
+deleted directory: live keys answered "not found", ``list`` was empty,
+``check`` said ok with 0 logs, a ``set`` died with a ``FileNotFoundError``
+traceback, and the evidence of the cut a handle saw went into the deleted
+directory, so a fresh process then gave a version twice. A handle now looks
+at the directories on the path of a call that finds nothing: one the path no
+longer names is dropped, and that call fails with ``StoreUnavailableError``
+("try again", nothing read or written); maintenance drops them first. The
+oracle: a fresh handle's answers on the restored store.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from castore import CorruptionError, Store, StoreUnavailableError
+from tests.helpers import ns_dir
+
+pytestmark = pytest.mark.integration
+
+
+def _settled(call: Any) -> Any:
+    """The call's answer once the handle has seen the replaced directory (one refusal)."""
+    try:
+        return call()
+    except StoreUnavailableError as exc:
+        refused = str(exc)
+    assert "was replaced under this handle" in refused, refused
+    assert "try again" in refused, refused
+    return call()
+
+
+@pytest.mark.parametrize("what", ["namespace", "refs"])
+def test_a_directory_restored_under_an_open_handle_is_read_as_restored(
+    tmp_path: Path, what: str
+) -> None:
+    root = tmp_path / "store"
+    writer = Store(root, dag="d")
+    writer.set("a", 1)
+    writer.set("b", 1)
+    namespace = Path(ns_dir(root, "dag", "d"))
+    source = namespace if what == "namespace" else root / "refs"
+    backup = tmp_path / "backup"
+    shutil.copytree(source, backup)
+    writer.set("b", 2)  # this handle wrote version 2, which the backup lacks
+    reader = Store(root, dag="d")
+    assert not reader.get("x").found  # it holds the namespace directory open now
+    shutil.rmtree(source)
+    shutil.copytree(backup, source)
+
+    fresh = Store(root, dag="d")
+    assert fresh.get("a").value == 1
+    assert fresh.get("b").version == 1  # the older copy: only a handle that saw 2 knows
+    fresh.close()
+
+    assert _settled(lambda: reader.get("a")).value == 1
+    assert reader.get("b").version == 1
+    assert [e.key for e in reader.list().entries] == ["a", "b"]
+    report = reader.check()
+    assert (report.ok, report.logs) == (True, 2)
+    assert reader.set("a", 9).version == 2
+    # The handle that wrote version 2 of b refuses the older copy, and records the cut
+    # where every process sees it: a fresh handle refuses it too, never gives 2 again.
+    with pytest.raises(CorruptionError):
+        _settled(lambda: writer.get("b"))
+    with pytest.raises(CorruptionError):
+        Store(root, dag="d").set("b", 3)
+    assert writer.get("a").value == 9
+    writer.close()
+    reader.close()
