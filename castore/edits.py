@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from castore import codec
-from castore.errors import InvalidValueError, PatchTestError
+from castore.errors import CorruptionError, InvalidValueError, PatchTestError
 from castore.pointers import not_applying, pointer_parts
 from castore.pyvalues import NumberLiteral
 
@@ -100,13 +100,19 @@ def decode_literal(normalized: bytes) -> Any:
             return _FAST.decode(normalized)
         except (msgspec.DecodeError, RecursionError, ValueError):
             pass  # deep nesting, or integers msgspec cannot hold
-    text = normalized.decode()
     try:
-        return _slow_decoder().raw_decode(text)[0]
-    except RecursionError:
-        from castore.jsonparse import parse_iterative
+        text = normalized.decode()
+        try:
+            value, end = _slow_decoder().raw_decode(text)
+        except RecursionError:
+            from castore.jsonparse import parse_iterative
 
-        return parse_iterative(text, 0, _slow_decoder())[0]
+            value, end = parse_iterative(text, 0, _slow_decoder())
+    except ValueError as exc:  # not UTF-8, not JSON (json.JSONDecodeError)
+        raise InvalidValueError(f"not one JSON value: {exc}") from None
+    if text[end:].strip(" \t\n\r"):
+        raise InvalidValueError(f"not one JSON value: more after offset {end}")
+    return value
 
 
 def _is_number(value: object) -> bool:
@@ -146,6 +152,7 @@ class Edit:
     note: str = ""  # what the edit does, for the audit record
     value: bytes = b""
     version: int = 0  # the live version being edited (0: absent), for errors
+    where: str = ""  # the key edited, for errors
 
     def __call__(self, current: bytes | None, version: int = 0) -> bytes:
         """The new normalized value, given the live one and its version (a decision's edit)."""
@@ -157,10 +164,20 @@ class Edit:
         """The new value as a tree of literals (see :func:`decode_literal`)."""
         raise NotImplementedError
 
-    @staticmethod
-    def document(current: bytes | None) -> Any:
-        """The live value as a tree of literals; ``{}`` for an absent key."""
-        return {} if current is None else decode_literal(current)
+    def document(self, current: bytes | None) -> Any:
+        """The live value as a tree of literals; ``{}`` for an absent key.
+
+        Raises:
+            CorruptionError: the stored value is not JSON (never edited into a version).
+        """
+        if current is None:
+            return {}
+        try:
+            return decode_literal(current)
+        except InvalidValueError as exc:
+            raise CorruptionError(
+                f"{self.where} version {self.version}: the stored value is not JSON ({exc.detail})"
+            ) from None
 
 
 _MISSING: Final = object()
@@ -307,7 +324,7 @@ class Increment(Edit):
     def edit(self, current: bytes | None) -> Any:
         """The live value with the number at the pointer increased (0 when absent)."""
         if not self.parts:
-            new = self._add(0 if current is None else decode_literal(current))
+            new = self._add(0 if current is None else self.document(current))
             self.number = codec.normalize_python(new)
             return new
         root = self.document(current)

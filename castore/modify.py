@@ -140,6 +140,7 @@ def patch(
     from castore import edits  # with its decoders, only where used (CLI start-up)
 
     edit = edits.MergePatch(document) if merge else edits.JsonPatch(document, str(ref))
+    edit.where = str(ref)
     done = _write_edit(backend, ref, edit, guards, audit, reason)
     new = codec.decode_value(edit.value)
     return PatchResult(**msgspec.structs.asdict(done), value=new, value_json=edit.value)
@@ -158,6 +159,7 @@ def incr(
     from castore import edits
 
     edit = edits.Increment(by, path)
+    edit.where = str(ref)
     done = _write_edit(backend, ref, edit, guards, audit, reason)
     number: int | float = codec.decode_value(edit.number)  # type: ignore[assignment]
     return IncrResult(**msgspec.structs.asdict(done), number=number, number_json=edit.number)

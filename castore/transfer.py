@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 
+from castore import codec
 from castore.backend import MAX_VERSION, Decide, LogView, NewVersion, overwrite_refusal
 from castore.errors import ConflictError, CorruptionError, InvalidValueError
 from castore.exportfile import (
@@ -103,6 +104,8 @@ def export_lines(
             continue
         for entry, value in store.backend.iter_versions(ref):
             _importable(ref, entry)
+            if value is not None:  # never a line an import refuses, nor a partial document
+                codec.check_stored(value, ref, entry.version)
             record = ExportRecord(
                 scope=ref.scope,
                 namespace=ref.namespace,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from castore.codec import decode_stored
+from castore.codec import check_stored
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import checkread, versionindex
 from castore.file.blobsearch import BlobSearch
@@ -204,7 +204,7 @@ class LogChecker:
             if f.kind == KIND_BLOB:
                 self.blobs += 1
                 try:  # a value is JSON, as a read decodes it
-                    decode_stored(decode_blob(f.payload, d := f.payload[:32].hex()), f"blob {d}")
+                    check_stored(decode_blob(f.payload, d := f.payload[:32].hex()), f"blob {d}")
                 except CastoreError as exc:
                     bad.append(f.start)
                     problems.append(f"blob at offset {f.start} fails verification: {exc}")

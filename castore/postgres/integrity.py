@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from castore import valuecodec
 from castore.backend import lost_marker
-from castore.codec import decode_stored
+from castore.codec import check_stored
 from castore.errors import CorruptionError, LockTimeoutError
 from castore.identity import out_of_range
 from castore.keys import Ref
@@ -128,7 +128,7 @@ def _row_problem(row: tuple[Any, ...]) -> str | None:
     if inline is not None:
         try:
             value = valuecodec.unpack(valuecodec.CODEC_RAW, bytes(inline), found.hash)
-            decode_stored(value, f"value {found.hash}")
+            check_stored(value, f"value {found.hash}")
         except CorruptionError as exc:
             return exc.detail
         if len(value) != found.size:

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from castore import valuecodec
 from castore.backend import Progress
-from castore.codec import decode_stored
+from castore.codec import check_stored
 from castore.errors import CorruptionError
 from castore.postgres import rows
 from castore.postgres.connection import Cursor, Database, Row
@@ -74,7 +74,7 @@ def _bad_blobs(db: Database, progress: Progress | None) -> tuple[int, list[Findi
                 value = valuecodec.unpack(codec, bytes(data), name)
                 if len(value) != size:
                     raise CorruptionError(f"blob {name}: {len(value)} bytes, recorded {size}")
-                decode_stored(value, f"blob {name}")
+                check_stored(value, f"blob {name}")
             except CorruptionError as exc:
                 findings.append(
                     Finding(

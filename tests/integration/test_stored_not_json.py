@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from castore import CorruptionError, Store
+from castore import CorruptionError, Store, export_lines
 from castore.backend import NewVersion
 from castore.keys import Ref
 from castore.records import Audit
@@ -26,16 +26,18 @@ from tests.helpers import Cli, underlying
 pytestmark = pytest.mark.integration
 
 NOT_JSON = b'{"a": tru'
+# A review: a decoder that stops after the first value took these for JSON (patch, incr).
+TRAILING = [b'{"a":1}x', b"1 2", b'{"a":1} {"b":2}']
 
 
-def _forge(location: str) -> None:
-    """Append a version of ``d/k`` whose value is ``NOT_JSON``, consistent in every checksum."""
+def _forge(location: str, value: bytes = NOT_JSON) -> None:
+    """Append a version of ``d/k`` whose value is ``value``, consistent in every checksum."""
     store = Store(underlying(location))
     try:
         forged = NewVersion(
             op="set",
-            normalized=NOT_JSON,
-            digest_hex=hashlib.sha256(NOT_JSON).hexdigest(),
+            normalized=value,
+            digest_hex=hashlib.sha256(value).hexdigest(),
             audit=Audit(),
         )
         store._backend.write(Ref("dag", "d", "k"), lambda previous, view: forged)
@@ -47,12 +49,15 @@ def _history(store: Store) -> list[tuple[int, str, str]]:
     return [(e.version, e.operation, e.hash) for e in store.history("k").entries]
 
 
-def test_every_read_of_a_stored_value_that_is_not_json_is_damage(store_location: str) -> None:
+@pytest.mark.parametrize("value", [NOT_JSON, *TRAILING])
+def test_every_read_of_a_stored_value_that_is_not_json_is_damage(
+    store_location: str, value: bytes
+) -> None:
     store = Store(store_location, dag="d")
     store.set("k", {"a": 1})
     store.set("k", {"a": 2})
     before = _history(store)
-    _forge(store_location)
+    _forge(store_location, value)
     after = _history(store)
     assert after[1:] == before
     assert after[0][0] == 3  # the forgery
@@ -64,6 +69,11 @@ def test_every_read_of_a_stored_value_that_is_not_json_is_damage(store_location:
         ("list values", lambda: store.list("", include_values=True)),
         ("diff_versions", lambda: store.diff_versions("k", from_version=2, to_version=3)),
         ("rollback", lambda: store.rollback("k", to_version=3)),
+        ("patch", lambda: store.patch("k", [{"op": "add", "path": "/b", "value": 2}])),
+        ("merge patch", lambda: store.patch("k", {"b": 2}, merge=True)),
+        ("incr", lambda: store.incr("k", path="/a")),
+        ("incr whole", lambda: store.incr("k")),
+        ("export", lambda: list(export_lines(store))),
     ]
     for name, call in calls:
         with pytest.raises(CorruptionError, match="not JSON"):
