@@ -22,7 +22,7 @@ import msgspec
 from castore.backend import LogView, NewVersion
 from castore.errors import CorruptionError, InvalidRefError, InvalidValueError, NotFoundError
 from castore.keys import validate_key, validate_prefix, validate_scope
-from castore.records import OP_SET, Entry
+from castore.records import OP_DAMAGED, OP_SET, Entry
 from castore.reports import GCReport
 from castore.server.checks import (
     check_limit,
@@ -59,22 +59,26 @@ __all__ = ["BACKEND_CALLS", "BackendCall", "decode_call", "framed", "keyspace_of
 
 
 def _applied(
-    previous: Entry, view: LogView, request_id: str, since: int
+    previous: Entry, view: LogView, request_id: str, since: int, count: int
 ) -> tuple[list[Entry], bool]:
-    """The versions of ``request_id`` among the newest :data:`RETRY_WINDOW`, oldest first.
+    """The versions of ``request_id`` (``count`` of them) among the newest, oldest first.
 
-    ``since``: the version the request expected to write after. Returns the
-    versions found and, when none were, whether every version above ``since``
-    was searched (the request was then never applied). A version that cannot
-    be read ends the search (damaged, or compacted since: not known).
+    The newest :data:`RETRY_WINDOW` + ``count`` versions are searched, down to
+    ``since``, the version the request expected to write after. Returns the
+    versions found and whether every version above ``since`` was searched
+    (else they may be incomplete, or the request applied below the window).
+    A version that cannot be read (damaged, lost to damage, compacted since)
+    ends the search: what it was is not known.
     """
     found: list[Entry] = []
-    low = max(previous.version - RETRY_WINDOW, since, 0)
+    low = max(previous.version - RETRY_WINDOW - count, since, 0)
     for version in range(previous.version, low, -1):
         try:
             entry = previous if version == previous.version else view.entry_at(version)
         except (CorruptionError, NotFoundError):  # damaged, or compacted since
             return found[::-1], False
+        if entry is not None and entry.op == OP_DAMAGED:
+            return found[::-1], False  # a version lost to damage (a repair's marker)
         if entry is not None and entry.audit.request_id == request_id:
             found.append(entry)
         elif found:
@@ -128,9 +132,11 @@ def _append(store: Store, call: Append) -> AppendReply:
         outcome.clear()  # a backend may run a decision more than once
         searched = True
         if call.retry and previous is not None:
-            done, searched = _applied(previous, view, request_id, call.expect)
+            done, searched = _applied(previous, view, request_id, call.expect, len(versions))
             if done and not _same_write(done, versions):
-                return None  # outcome left empty: refused below
+                if not searched:  # perhaps its versions below, or a damaged one among them
+                    outcome.append(AppendReply(status=UNKNOWN, previous=previous))
+                return None  # else outcome left empty: refused below
             if done:
                 before = _before(view, done[0])
                 outcome.append(AppendReply(status=APPLIED, previous=before, written=done))
