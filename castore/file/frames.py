@@ -87,6 +87,9 @@ _ENTRY, _BLOB = ord("E"), ord("B")  # castore.file.records' kinds (not imported:
 _VERSION_FIELD = b'{"version":'  # how every entry castore encodes begins (records.Entry)
 _VERSION_PREFIX_MAX = len(_VERSION_FIELD) + 20  # '{"version":' and up to 19 digits and a comma
 _ENTRY_FRAME_READ_MAX = 1 << 20  # a longer entry frame before the newest is not read
+# B frames entry_before passes on its way back: its own, lone ones, copies someone appended.
+# Bounded: compaction, gc and an import's overwrite leave runs of thousands before an entry.
+_BLOBS_PASSED = 16
 
 
 class Frame(_FrameFields):
@@ -160,14 +163,15 @@ def entry_before(
     Versions increase along a log, so the entry before the newest holds a
     lower version: one as high (``at_least`` is the newest's) is an entry out
     of order (docs/FORMAT.md §7). ``end`` is where the newest entry's frame
-    starts; the ``B`` frames before it (its own, lone ones a crash or a
-    rewrite left, or copies someone appended) are passed by their lengths.
+    starts; up to ``_BLOBS_PASSED`` ``B`` frames before it (its own, lone
+    ones a crash left, copies someone appended) are passed by their lengths.
     ``buf`` holds the log's bytes from file offset ``base``; ``read(offset,
     length)`` reads what they lack (bounded reads). The common case reads
     the version where the frame begins and stops; only a version as high is
     verified (an intact ``E`` frame that begins as castore encodes an
     entry). Anything else (a header, damage, a longer frame) answers 0.
     """
+    passed = 0
     while True:
         if end - base >= 4:  # the common case: every byte needed is in ``buf``
             length = _U32.unpack_from(buf, end - base - 4)[0]
@@ -183,7 +187,8 @@ def entry_before(
         head = buf[start - base : start - base + 5] if inside else read(start, 5)
         if len(head) != 5 or _HEAD.unpack(head) != (length, head[4]):
             return 0
-        if head[4] == _BLOB:
+        if head[4] == _BLOB and passed < _BLOBS_PASSED:
+            passed += 1
             end = start  # a blob: its entry's, or a crash's lone one; the entry is before it
             continue
         if head[4] != _ENTRY or length > _ENTRY_FRAME_READ_MAX:
