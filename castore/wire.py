@@ -197,7 +197,7 @@ class EntryValue(msgspec.Struct, frozen=True, array_like=True):
 
 
 class AppendReply(msgspec.Struct, frozen=True, kw_only=True):
-    """What an :class:`Append` did: its status is one of the four constants above.
+    """What an :class:`Append` did: ``written``, ``applied``, ``stale`` or ``unknown``.
 
     ``previous`` is the newest entry before the write (for :data:`STALE`: the
     newest entry now); ``written`` what the write appended.
