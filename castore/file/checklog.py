@@ -19,7 +19,7 @@ import msgspec
 
 from castore.codec import check_stored
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
-from castore.file import checkread, versionindex
+from castore.file import checkread, cuts, versionindex
 from castore.file.blobsearch import BlobSearch
 from castore.file.checklost import note_behind
 from castore.file.damage import (
@@ -381,12 +381,12 @@ class LogChecker:
         """The highest version, above the key's grave, that the log no longer holds, and why.
 
         Readers' and writers' rules (FORMAT.md §7): a version the log's index
-        records past its newest entry (:func:`versionindex.cut_in`), or one
+        records past its newest entry (:func:`cuts.cut_in`), or one
         ``STATE`` records (:attr:`recorded`) for a log without entries; and
         check's own: ``STATE``'s last record of a key above its log's newest
         entry (a cut readers cannot see). (0, "") when nothing is lost.
         """
-        by_index = versionindex.cut_in(vix, frames) if vix is not None else 0
+        by_index = cuts.cut_in(vix, frames) if vix is not None else 0
         versions = [decode_entry(f.payload).version for f in frames if f.kind == KIND_ENTRY]
         # The highest version recorded is the last record's when that is settled:
         # versions only grow, and a change appends P first (FORMAT.md §5).

@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator
 
 from castore.errors import CorruptionError
-from castore.file import encode, fileio, logread, namesync, versionindex
+from castore.file import cuts, encode, fileio, logread, namesync, versionindex
 from castore.file.blobindex import BlobIndex
 from castore.file.damage import REPAIR_HINT, damaged_error, disorder_error
 from castore.file.frames import Frame, LogBytes, scan_frames
@@ -141,18 +141,18 @@ class RefLog:
             with fileio.locked(fd, self.path, shared=True, timeout=self.layout.lock_timeout):
                 return self.settled_tail(fd, locked=True)
         if cut:
-            raise versionindex.cut_error(self.what, self.path, cut, REPAIR_HINT)
+            raise cuts.cut_error(self.what, self.path, cut, REPAIR_HINT)
         return tail
 
     def _cut_evidence(self, fd: int, newest: int, end: int) -> int:
-        return versionindex.cut_evidence(self.layout.fs, self.path, fd, newest, end)
+        return cuts.cut_evidence(self.layout.fs, self.path, fd, newest, end)
 
     def refuse_cut(self, fd: int, log: LogBytes, outcome: str) -> None:
         """Raise ``CorruptionError`` (naming ``outcome``) if versions were cut off ``log``."""
         end = log.frames[-1].end if log.frames else 0
         cut = self._cut_evidence(fd, versionindex.newest_version(log.frames), end)
         if cut:
-            raise versionindex.cut_error(self.what, self.path, cut, f"{outcome}; {REPAIR_HINT}")
+            raise cuts.cut_error(self.what, self.path, cut, f"{outcome}; {REPAIR_HINT}")
 
     def version_index(self, fd: int, want: int) -> int:
         """A descriptor on the version index, caught up to ``want``; -1 if unusable."""

@@ -22,7 +22,7 @@ import contextlib
 import os
 import struct
 
-from castore.errors import CorruptionError, RecordError, UnsafePathError
+from castore.errors import RecordError
 from castore.file import fileio, logread
 from castore.file.frames import FRAME_OVERHEAD, Frame, scan_frames
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction, decode_entry
@@ -36,10 +36,6 @@ __all__ = [
     "MAX_OFFSET",
     "MIN_INDEX_BYTES",
     "VIX_RECORD_BYTES",
-    "cut_above",
-    "cut_error",
-    "cut_evidence",
-    "cut_in",
     "highest_recorded",
     "index_limit",
     "lookup",
@@ -49,7 +45,6 @@ __all__ = [
     "open_caught_up",
     "rebuild",
     "record_cut",
-    "recorded_above",
     "vix_path",
 ]
 
@@ -101,63 +96,6 @@ def may_record_beyond(st: os.stat_result, version: int) -> bool:
     return st.st_size // VIX_RECORD_BYTES > version
 
 
-def recorded_above(fs: Tree, path: str, newest: int, end: int) -> int:
-    """The highest version the index at ``path`` records past the log's newest entry (0: none).
-
-    See :func:`cut_above`. One ``stat`` in the common case (no index, or one
-    no longer than ``newest``'s record); only a longer index is read.
-    """
-    try:
-        if not may_record_beyond(fs.stat(path), newest):
-            return 0
-        fd = fs.open(path, os.O_RDONLY)
-    except (FileNotFoundError, UnsafePathError):
-        return 0
-    try:
-        return _cut_above_in(fd, newest, end)
-    finally:
-        os.close(fd)
-
-
-_CHUNK_RECORDS = 1 << 17  # 1 MiB of index read at a time, from the end down
-
-
-def _cut_above_in(fd: int, newest: int, end: int) -> int:
-    """:func:`cut_above` of the index open on ``fd``, in bounded memory.
-
-    Only records past ``newest`` and at most :data:`MAX_INDEXED_VERSION` are
-    read (the index never holds a higher one), a chunk at a time from the end
-    down; a chunk of zeros (no record) is passed over at C speed, so even a
-    planted sparse file costs at most 128 MiB of reads and 1 MiB of memory.
-    """
-    top = min(os.fstat(fd).st_size // VIX_RECORD_BYTES, MAX_INDEXED_VERSION)
-    while top > newest:
-        low = max(newest, top - _CHUNK_RECORDS)
-        data = fileio.read_at(fd, low * VIX_RECORD_BYTES, (top - low) * VIX_RECORD_BYTES)
-        if data.count(0) != len(data):  # versions low + 1 .. top, the highest first
-            for index in range(len(data) // VIX_RECORD_BYTES - 1, -1, -1):
-                value = _value(_REC.unpack_from(data, index * VIX_RECORD_BYTES)[0])
-                if value is not None and value not in (COMPACTED, ABSENT) and value >= end:
-                    return low + index + 1
-        top = low
-    return 0
-
-
-def cut_above(data: bytes, newest: int, end: int) -> int:
-    """The highest version above ``newest`` that index bytes ``data`` place at ``end`` or later.
-
-    ``newest`` is the log's newest intact entry and ``end`` where its intact
-    frames end: a version cut off the log had its frame there or later. A
-    record that points before ``end`` names a frame the log still holds, so
-    it is damage to the index, not evidence of a cut. 0: no such version.
-    """
-    for version in range(len(data) // VIX_RECORD_BYTES, newest, -1):
-        value = _value(_REC.unpack_from(data, (version - 1) * VIX_RECORD_BYTES)[0])
-        if value is not None and value not in (COMPACTED, ABSENT) and value >= end:
-            return version
-    return 0
-
-
 def highest_recorded(data: bytes) -> int:
     """The highest version an index's bytes give an entry offset for (0 if none)."""
     for version in range(len(data) // VIX_RECORD_BYTES, 0, -1):
@@ -189,7 +127,7 @@ def record_cut(fs: Tree, vix: str, version: int, offset: int) -> None:
     For a handle that read or wrote ``version`` in a log that now ends below
     it, or is gone (FORMAT.md §7, "A cut a handle saw"): ``offset`` is at or
     past the end of the log's intact frames, so the record is the evidence
-    every reader, writer and ``check`` finds (:func:`cut_above`,
+    every reader, writer and ``check`` finds (``castore.file.cuts``,
     :func:`lost_log`). Versions between stay 0 (unknown); a marker already
     recorded for ``version`` is kept. No fsync, as for every record of the
     index.
@@ -348,52 +286,7 @@ def _appended(log_fd: int, start: int, top: int) -> bytes | None:
     return bytes(table)
 
 
-def cut_evidence(fs: Tree, path: str, fd: int, newest: int, end: int) -> int:
-    """The highest version the log's index places past its newest entry (0 if none).
-
-    ``newest``: the newest intact entry of the log open on ``fd``; ``end``:
-    where its intact frames end (a cut version's frame was there or later).
-    Versions a compaction dropped (its ``C`` frame) do not count, nor does
-    the index next to ``path`` when ``path`` no longer names ``fd``'s file (a
-    rewrite renamed another log over it: the index is that log's). The
-    common case costs one ``stat`` (no index, or one no longer than
-    ``newest``'s record).
-    """
-    top = recorded_above(fs, vix_path(path), newest, end)
-    if not top:
-        return 0
-    done = logread.compaction_of(fd)
-    if done is not None and top <= max((high for _, high in done.versions), default=0):
-        return 0
-    return top if fs.names(path, fd) else 0
-
-
 def newest_version(frames: list[Frame]) -> int:
     """The version of the newest of a log's intact ``frames`` that is an entry (0: none)."""
     last = next((f for f in reversed(frames) if f.kind == KIND_ENTRY), None)
     return decode_entry(last.payload).version if last is not None else 0
-
-
-def cut_error(what: str, path: str, cut: int, hint: str) -> CorruptionError:
-    """The error that says versions up to ``cut`` were cut off the log at ``path``."""
-    return CorruptionError(
-        f"{what}: {path} no longer holds versions up to {cut}, which its version index "
-        f"records (acknowledged bytes were cut off); {hint}"
-    )
-
-
-def cut_in(data: bytes, frames: list[Frame]) -> int:
-    """:func:`cut_above` for a log's intact ``frames``, less what a compaction dropped.
-
-    The index is only ever built from the log, so a version it places past
-    the newest entry, that no ``C`` frame covers, was acknowledged and then
-    cut off.
-    """
-    top = cut_above(data, newest_version(frames), frames[-1].end if frames else 0)
-    dropped = [
-        high
-        for f in frames
-        if f.kind == KIND_COMPACTED
-        for _, high in decode_compaction(f.payload).versions
-    ]
-    return top if top > max(dropped, default=0) else 0

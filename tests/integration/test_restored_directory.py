@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from castore import CorruptionError, Store, StoreUnavailableError
-from tests.helpers import ns_dir
+from tests.helpers import log_path, ns_dir
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +76,36 @@ def test_a_directory_restored_under_an_open_handle_is_read_as_restored(
     assert writer.get("a").value == 9
     writer.close()
     reader.close()
+
+
+def test_an_older_longer_copy_of_a_log_is_read_as_the_cut_its_index_proves(tmp_path: Path) -> None:
+    # Found by the same review: after compaction and gc had made the log shorter, a copy
+    # of it from before (longer) put back in its place read as its older newest version,
+    # although the version index recorded the later versions (at offsets inside the
+    # copy): a deleted key was served live, the next set repeated a version, and check
+    # said ok. A record whose offset no longer holds that version's entry is evidence.
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    for v in (1, 2, 3):
+        store.set("k", {"v": v})
+    log = Path(log_path(root, "dag", "d", "k"))
+    old = log.read_bytes()
+    store.compact(keep_last=1)
+    store.gc(grace_seconds=0)
+    store.delete("k")  # version 4
+    assert [e.version for e in store.history("k").entries] == [4, 3]  # indexed now
+    store.close()
+    assert len(old) > log.stat().st_size
+    log.write_bytes(old)
+    fresh = Store(root, dag="d")
+    for call in (
+        lambda: fresh.get("k"),
+        lambda: fresh.set("k", {"v": 5}),
+        lambda: fresh.incr("k", path="/v"),
+    ):
+        with pytest.raises(CorruptionError, match="no longer holds versions up to 4"):
+            call()
+    assert not fresh.check().ok
+    fresh.check(repair=True)
+    assert fresh.set("k", {"v": 5}).version == 5  # never 4 again
+    fresh.close()

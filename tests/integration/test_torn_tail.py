@@ -405,7 +405,6 @@ def test_damaged_version_index(tmp_path):
     variants["zeros"] = bytes(len(full))
     variants["past-end"] = (1 << 40).to_bytes(8, "little") * len(records)
     variants["ones"] = b"\xff" * len(full)
-    variants["longer"] = full + records[0] * 3
     failures = []
     for name, data in variants.items():
         restore(root, saved, **{vix: data})
@@ -419,3 +418,11 @@ def test_damaged_version_index(tmp_path):
     assert not failures, f"{len(failures)} of {len(variants)} damaged .vix files fail:\n" + (
         "\n".join(failures)
     )
+    # Records of versions above the newest that the log does not hold where they say (here
+    # version 1's frame): what a longer, older copy of the log put back leaves (a review).
+    # A cut, never an older version served: refused until check --repair records them lost.
+    restore(root, saved, **{vix: full + records[0] * 3})
+    with pytest.raises(CorruptionError, match="no longer holds versions up to 8"):
+        open_store(root).get(KEY)
+    assert open_store(root).check(repair=True).findings
+    assert open_store(root).set(KEY, "after").version == len(history) + 4  # never 6 to 8

@@ -126,15 +126,16 @@ FILE_LAYERS = {
     "encode": 3,
     # a namespace's keys; one ref's log; the tree checks
     "namespaces": 4,
-    "reflog": 4,
+    "cuts": 4,  # a version index's evidence that bytes were cut off its log
+    "reflog": 5,
     "readers": 4,  # the logs kept open for version reads
     "checktree": 4,
     "checkread": 4,  # a log and its version index as one state, for check
     # reading and writing; maintenance (handed the FileBackend that calls it)
-    "kept": 5,
-    "logversions": 5,  # every version of one log, for export
+    "kept": 6,
+    "logversions": 6,  # every version of one log, for export
     "readcache": 1,  # each log's newest entry and value, bounded
-    "writer": 6,
+    "writer": 7,
     "checklost": 5,  # STATE's evidence: lost logs, an older STATE (handed the LogChecker)
     "checklog": 6,
     "checkkeys": 5,  # a namespace's KEYS header (handed the checker)
