@@ -64,9 +64,16 @@ class Graveyard:
         self.path = path
         self.fs = fs
         self._lock = threading.RLock()
+        self._seen: dict[str, int] = {}  # what this handle read, kept when the file changes
+        self._seen_floor = 0
         self._forget(0)
 
     def _forget(self, ino: int) -> None:
+        # Graves only rise (a repair keeps every record, with a floor above): a file that
+        # lost what this handle read (removed, or an older copy put back) never lowers it.
+        for key, version in getattr(self, "_versions", {}).items():
+            self._seen[key] = max(self._seen.get(key, 0), version)
+        self._seen_floor = max(self._seen_floor, getattr(self, "_floor", 0))
         self._ino = ino
         self._sig: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._head = b""  # the first bytes of the file parsed
@@ -157,7 +164,8 @@ class Graveyard:
                     f"{self.path}: damaged bytes at offset {start} ({end - start} bytes): "
                     "the last versions of removed keys are unknown; run castore check --repair"
                 )
-            return max(self._floor, self._versions.get(key, 0))
+            seen = max(self._seen_floor, self._seen.get(key, 0))  # before the file changed
+            return max(self._floor, self._versions.get(key, 0), seen)
 
     @staticmethod
     def floor_bytes(floor: int) -> bytes:

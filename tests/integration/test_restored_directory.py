@@ -15,7 +15,9 @@ oracle: a fresh handle's answers on the restored store.
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,23 @@ def test_an_older_longer_copy_of_a_log_is_read_as_the_cut_its_index_proves(tmp_p
     fresh.check(repair=True)
     assert fresh.set("k", {"v": 5}).version == 5  # never 4 again
     fresh.close()
+
+
+def test_a_handle_never_lowers_a_grave_it_read(tmp_path: Path) -> None:
+    # Found by the same review: a handle that had read a removed key's grave gave the key
+    # version 1 again once GRAVES was removed (an older copy of the namespace put back).
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    store.set("k", 1)
+    store.set("k", 2)
+    store.delete("k")
+    store.set("other", "o1")  # no value k had: gc removes k's log (no blob another uses)
+    time.sleep(1.1)
+    assert store.compact(keep_last=1, keep_within_seconds=1).keys_removed == 1
+    assert not store.get("k").found  # the handle read the grave
+    assert store.set("other", "o2").version == 2
+    store.gc(grace_seconds=0)
+    assert not store.get("k").found
+    os.remove(Path(ns_dir(root, "dag", "d")) / "GRAVES")
+    assert store.set("k", "again").version == 4  # above the grave it read, never 1
+    store.close()
