@@ -164,13 +164,16 @@ class Tree(WholeFiles):
         the way to ``path`` (None: all) whose path names another directory now,
         or nothing, are retired with their cached descendants (closed by
         :meth:`close`: another thread may be in a call on one). Two system
-        calls per cached directory looked at. Returns the paths dropped.
+        calls per cached directory looked at; on the way to ``path``, the
+        deepest first, and one found in place vouches for those above it (the
+        path was walked afresh to reach it). Returns the paths dropped.
         """
         root = self._prefix[:-1]
         with self._lock:
             cached = sorted((p for p in self._dirs if p != root), key=len)  # parents first
+        chain = path is not None
         if path is not None:
-            cached = [p for p in cached if path == p or path.startswith(p + "/")]
+            cached = [p for p in cached if path == p or path.startswith(p + "/")][::-1]
         dropped: list[str] = []
         for folder in cached:
             fd = self._dirs.get(folder)
@@ -182,6 +185,8 @@ class Tree(WholeFiles):
                 same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
             except OSError:
                 same = False
+            if same and chain:
+                break
             if not same:
                 dropped.append(folder)
                 with self._lock:
