@@ -121,6 +121,8 @@ def parse(location: str) -> Location:
     raw = [i.partition("=")[2] for i in items if _name(i) == "password"]
     rest = "&".join(i for i in items if _name(i) != "schema")
     base = location.partition("?")[0].partition("#")[0]
+    scheme, sep, after = base.partition("://")
+    base = scheme.lower() + sep + after  # schemes are case-insensitive; libpq reads lower only
     conninfo = f"{base}?{rest}" if rest else base
     userinfo = base.partition("://")[2].rpartition("@")[0]  # up to the last "@" (urls.redacted)
     read = _as_libpq_reads(conninfo, {"", password, *map(urllib.parse.unquote, raw)})

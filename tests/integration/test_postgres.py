@@ -1540,3 +1540,12 @@ def test_a_copy_behind_its_rows_is_damage_not_an_unavailable_store(postgres_loca
         Store(postgres_location, dag=DAG).set("small", 9)
     assert Store(postgres_location, dag=DAG).check(repair=True).ok
     assert Store(postgres_location, dag=DAG).set("small", 9).version == 4
+
+
+def test_an_upper_case_scheme_is_the_same_store(postgres_location):
+    # Found by a review: `POSTGRESQL://…` was taken for a PostgreSQL URL but refused as one
+    # "libpq can read" (libpq reads the scheme in lower case only; URL schemes are not cased).
+    Store(postgres_location, dag="d").set("k", {"v": 1})
+    upper = "POSTGRESQL" + postgres_location[len("postgresql") :]
+    got = Store(upper, dag="d").get("k")
+    assert (got.version, got.value) == (1, {"v": 1})
