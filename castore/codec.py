@@ -25,6 +25,7 @@ b'{"x":[1,"\\u003c\\u0026\\u003e"]}'
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
 import msgspec
@@ -261,20 +262,26 @@ def decode_value(normalized: bytes) -> JSONValue:
     return slow
 
 
-def decode_stored(normalized: bytes, what: object, version: int = 0) -> JSONValue:
+def decode_stored(
+    normalized: bytes,
+    what: object,
+    version: int = 0,
+    decode: Callable[[bytes], Any] = decode_value,
+) -> Any:
     """:func:`decode_value` of a value read from a store: bytes that are not JSON are damage.
 
     A stored value was normalized before its digest named it, so it always
     decodes; one that does not was written by something else (edited with its
     digest made to match) and is never an error of the caller's input.
     ``what`` (a ref, a blob's name) and ``version`` (0: none) name it only in
-    the error: a get's hot path formats nothing.
+    the error: a get's hot path formats nothing. ``decode``: another decoder
+    of normalized JSON that raises ``InvalidValueError`` (an edit's literals).
 
     Raises:
         CorruptionError: the bytes are not JSON.
     """
     try:
-        return decode_value(normalized)
+        return decode(normalized)
     except InvalidValueError as exc:
         where = f"{what} version {version}" if version else str(what)
         raise CorruptionError(f"{where}: the stored value is not JSON ({exc.detail})") from exc

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from castore import codec
-from castore.errors import CorruptionError, InvalidValueError, PatchTestError
+from castore.errors import InvalidValueError, PatchTestError
 from castore.pointers import not_applying, pointer_parts
 from castore.pyvalues import NumberLiteral
 
@@ -172,12 +172,7 @@ class Edit:
         """
         if current is None:
             return {}
-        try:
-            return decode_literal(current)
-        except InvalidValueError as exc:
-            raise CorruptionError(
-                f"{self.where} version {self.version}: the stored value is not JSON ({exc.detail})"
-            ) from None
+        return codec.decode_stored(current, self.where, self.version, decode=decode_literal)
 
 
 _MISSING: Final = object()

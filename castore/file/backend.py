@@ -359,7 +359,7 @@ class FileBackend:
 
         No store here: an empty store's report, and nothing is created.
         """
-        if not self.layout.exists():
+        if not self.layout.exists(walk=True):
             return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
         from castore.file.check import check
 
@@ -391,7 +391,7 @@ class FileBackend:
 
     def stats(self) -> StoreStats:
         """Counts per scope, read from every log (none where there is no store)."""
-        if not self.layout.exists():
+        if not self.layout.exists(walk=True):
             return StoreStats(scopes={}, total=ScopeStats())
         from castore.file.stats import stats
 

@@ -99,7 +99,7 @@ def collect_garbage(
     """
     counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0, "rewritten": 0}
     removed_logs = leftovers = 0
-    if backend.layout.exists():  # no store here: nothing to free, and no gc.lock is made
+    if backend.layout.exists(walk=True):  # no store here: nothing to free, and no gc.lock is made
         with backend.layout.gc_locked(shared=False):
             removed_logs, leftovers = _mark_and_sweep(
                 backend, counts, grace_seconds, dry_run, progress

@@ -66,14 +66,18 @@ class Layout:
         self._paths.clear()
         self.fs.close()
 
-    def exists(self) -> bool:
+    def exists(self, *, walk: bool = False) -> bool:
         """True if a store is here (looked for again until one is); creates nothing.
+
+        ``walk``: the caller is about to walk the whole store (check, gc, stats):
+        cached directories their paths no longer name are dropped first
+        (``Tree.drop_stale``; nothing was read through them yet).
 
         Raises:
             StoreUnavailableError: the store this handle saw is gone (:meth:`not_gone`).
         """
         self.not_gone()
-        if self.present:  # maintenance looks here first: nothing was read through them yet
+        if walk and self.present:
             self.fs.drop_stale()
         return self.present
 
