@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
-from castore.errors import CorruptionError, NotFoundError
+from castore.errors import CorruptionError
 from castore.file import logversions
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
@@ -30,11 +30,12 @@ from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex
 from castore.file.layout import Layout
-from castore.file.namespaces import Namespaces, pending_rewrite
+from castore.file.namespaces import Namespaces
 from castore.file.readcache import CACHE_MAX_ENTRIES, ReadCache, Sig, stat_sig
 from castore.file.readers import KeptReaders
 from castore.file.reflog import RefLog
 from castore.file.rewrite import Transform
+from castore.file.statemarks import pending_rewrite
 from castore.file.tree import Tree
 from castore.file.writer import Writer
 from castore.keys import Ref
@@ -270,6 +271,7 @@ class FileBackend:
             return found  # read and verified before, from this very file
         fd = kept.fd if kept is not None else -1  # open while ``kept`` is referenced
         if found is not None:
+            self.names.not_put_back_in(ref, log.path, fd, version)
             value = self.blob_reader.value_of(ref, found[0], found[1], fd)
             self.kept_readers.verified(lookup, version, found[0], value)
             return found[0], value
@@ -278,14 +280,11 @@ class FileBackend:
         entry = log.entry_of(fd, version) if fd >= 0 else None
         if entry is None and fd >= 0:
             self.names.not_lost_in(ref, log.path, fd)  # a log without entries: lost?
+        elif entry is not None:
+            self.names.not_put_back_in(ref, log.path, fd, version)
         if entry is None:
             self._not_cut(ref, hit, version, 0)
-        if entry is None and version <= self.graveyard(ref.scope, ref.namespace).version_of(
-            ref.key
-        ):
-            raise NotFoundError(
-                f"{ref} version {version} was compacted (the key was removed as deleted)"
-            )
+            self.names.not_compacted(ref, version)
         return entry, self.blob_reader.value_of(ref, entry, None, fd)
 
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
@@ -302,6 +301,8 @@ class FileBackend:
             found = log.history(fd, before, limit)
             if not found:
                 self.names.not_lost_in(ref, log.path, fd)  # a log without entries: lost?
+            else:
+                self.names.not_put_back_in(ref, log.path, fd, found[0].version)
             self._not_cut(ref, hit, before - 1, found[0].version if found else 0)
             return found
         finally:

@@ -11,7 +11,6 @@ their intact frames in order (the original bytes kept in
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import checkread, cuts, versionindex
 from castore.file.blobsearch import BlobSearch
 from castore.file.checklost import note_behind
+from castore.file.checkremoved import check_put_back, check_removed
 from castore.file.damage import (
     RepairPlan,
     damage_windows,
@@ -36,12 +36,10 @@ from castore.file.graves import Graveyard
 from castore.file.keyindex import listed_now, namespace_of
 from castore.file.records import (
     KIND_BLOB,
-    KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
     Header,
     decode_blob,
-    decode_compaction,
     decode_entry,
     decode_header,
 )
@@ -109,14 +107,7 @@ class LogChecker:
         grave = self.grave_of(path, frames, keys)
         lost_by_index, lost_why = self.lost_evidence(path, vix, frames, grave)
         if not frames and not log.damage and not lost_by_index:
-            # A first write killed before (or while) writing its frames: nothing was
-            # acknowledged. Removed under the log's lock if it is still empty then.
-            problem = f"log without a valid frame ({len(data)} bytes)"
-            self.found(path, problem, "copy to quarantine, remove", self.repair, "info")
-            if self.repair:
-                self.backend.rewrite(
-                    path, lambda lg: None if lg.frames else [], keep_copy=self.quarantine(path)
-                )
+            self.without_frames(path, len(data))
             return
         problems = self.damage_problems(log, grave)
         bad_blobs = self.bad_blobs(frames, problems)
@@ -145,12 +136,15 @@ class LogChecker:
             problems.append(
                 f"{lost_why}, which the log no longer holds (it lost acknowledged bytes)"
             )
-        if header is not None and not entries and not problems and not lost_by_index:
-            self.check_removed(path, decode_header(header.payload), frames, grave)
-        if header is not None and entries:
-            self.check_listed(path, decode_header(header.payload), keys, file, entries[-1], grave)
+        own = decode_header(header.payload) if header is not None else None
+        if own is not None and not entries and not problems and not lost_by_index:
+            check_removed(self, path, own, frames, grave)
+        if own is not None and entries:
+            clean = not problems and not lost_values and not lost_by_index
+            if clean and check_put_back(self, path, own, entries[-1], relisted=own.key in keys):
+                return
+            self.check_listed(path, own, keys, file, entries[-1], grave)
         if problems or lost_values:
-            own = decode_header(header.payload) if header is not None else None
             drop = {*bad_blobs, *disordered}
             plan = RepairPlan(drop, new_header, lost_by_index, lost_values, grave, own, log)
             self.repair_log(path, problems, plan, known_ref=header is not None)
@@ -160,26 +154,18 @@ class LogChecker:
             if self.repair:
                 self.backend.rewrite(path, lambda lg: [(f.kind, f.payload) for f in lg.frames])
 
-    def check_removed(self, path: str, header: Header, frames: list[Frame], grave: int) -> None:
-        """A log compaction emptied names the key's versions: GRAVES must hold the last one."""
-        done = next((f for f in frames if f.kind == KIND_COMPACTED), None)
-        if done is None:
-            return
-        top = max((high for _, high in decode_compaction(done.payload).versions), default=0)
-        if top <= grave:
-            return
-        ref = f"{header.scope}/{header.namespace}/{header.key}"
-        self.found(
-            path,
-            f"GRAVES lacks the last version ({top}) of {ref}, which compaction removed",
-            "record it in GRAVES",
-            self.repair,
-        )
-        nsdir = os.path.dirname(path)
-        self.top[nsdir] = max(self.top.get(nsdir, 0), top)  # for a floor, if GRAVES needs one
+    def without_frames(self, path: str, size: int) -> None:
+        """Report a log of ``size`` bytes without a valid frame; repair: remove it.
+
+        A first write killed before (or while) writing its frames: nothing was
+        acknowledged. Removed under the log's lock if it is still empty then.
+        """
+        problem = f"log without a valid frame ({size} bytes)"
+        self.found(path, problem, "copy to quarantine, remove", self.repair, "info")
         if self.repair:
-            with contextlib.suppress(UnsafePathError):  # planted: replaced by a floor above top
-                self.backend.graveyard(header.scope, header.namespace).bury([(header.key, top)])
+            self.backend.rewrite(
+                path, lambda lg: None if lg.frames else [], keep_copy=self.quarantine(path)
+            )
 
     def grave_of(self, path: str, frames: list[Frame], keys: set[str]) -> int:
         """The last version the key of this log had before compaction removed it (0 if none)."""

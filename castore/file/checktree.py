@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from castore.errors import CastoreError, LockTimeoutError, UnsafePathError
 from castore.file.blobindex import decode_loc
 from castore.file.frames import Frame, classify, scan_frames
-from castore.file.graves import Graveyard, floor_after_damage
+from castore.file.graves import Graveyard, floor_after_damage, put_back
 from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
@@ -282,6 +282,8 @@ def check_graves_against_logs(checker: Checking, nsdir: str, records: dict[str, 
             if f.kind == KIND_COMPACTED
             for low, high in decode_compaction(f.payload).versions
         )
+        if entries and put_back(entries[-1], last):
+            continue  # an older copy of the log: reported with it (castore.file.checkremoved)
         old_life = any(e.version == last and not e.live for e in entries)
         repeats = [
             e.version

@@ -38,7 +38,7 @@ from castore.file.records import (
     decode_entry,
     encode_record,
 )
-from castore.file.rewrite import Transform, relaid
+from castore.file.rewrite import Transform, relaid, removed_log
 from castore.file.tree import Tree
 from castore.keys import SCOPES, Ref
 from castore.records import Entry, merged_ranges
@@ -86,16 +86,7 @@ class _Plan:
         if keep is None:
             self.removed = newest
             self.dropped = len(entries)
-            # The header, a compaction frame naming every version (a second record of
-            # the key's last version, besides GRAVES) and the blob frames (other logs
-            # may point at them) stay until gc removes the log.
-            every = old_ranges + [(e.first, e.version) for _, e in entries]
-            marker = Compaction(
-                versions=merged_ranges(every), policy=self.policy, time_ns=time.time_ns()
-            )
-            head = [(f.kind, f.payload) for f in frames if f.kind == KIND_HEADER]
-            blobs = [(f.kind, f.payload) for f in frames if f.kind == KIND_BLOB]
-            return [*head, (KIND_COMPACTED, encode_record(marker)), *blobs]
+            return removed_log(frames, [(e.first, e.version) for _, e in entries], self.policy)
         drop = [e.version for _, e in entries if e.version not in keep]
         if not drop:
             return None

@@ -13,21 +13,18 @@ import contextlib
 import os
 
 from castore.backend import Current
-from castore.errors import CastoreError, CorruptionError, RecordError
+from castore.errors import CastoreError, CorruptionError, NotFoundError
 from castore.file import logread, versionindex
 from castore.file.damage import REPAIR_HINT, gone_error
-from castore.file.frames import LogBytes
-from castore.file.graves import Graveyard
+from castore.file.graves import Graveyard, put_back
 from castore.file.keyindex import KeyIndex, namespace_of
 from castore.file.layout import Layout
-from castore.file.records import KIND_HEADER, decode_header
 from castore.file.statefile import StateIndex
 from castore.file.staterecords import STATE_NAME, Known
-from castore.file.tree import Tree
 from castore.keys import Ref, file_id
 from castore.records import Entry
 
-__all__ = ["STATES_KEPT", "Namespaces", "pending_rewrite"]
+__all__ = ["STATES_KEPT", "Namespaces"]
 
 STATES_KEPT = 256  # namespaces whose STATE (and its descriptor) a handle keeps
 
@@ -227,10 +224,13 @@ class Namespaces:
         were cut off (FORMAT.md §7, "A cut a handle saw"). The evidence is
         recorded in the log's version index, for every other reader, writer
         and ``check``; where it cannot be written, this handle still refuses.
+        A log that ends at or below its key's grave is refused too
+        (:meth:`not_put_back`): every reader of a tail calls this.
 
         Raises:
-            CorruptionError: the log ends below ``known``.
+            CorruptionError: the log ends below ``known``, or is an older copy put back.
         """
+        self.not_put_back(ref, path, tail)
         if known is None or known.entry is None:
             return
         top, newest = known.entry.version, tail.version if tail is not None else 0
@@ -256,6 +256,42 @@ class Namespaces:
             f"{ref}: {path} {now}, but this handle read or wrote version {top} there "
             f"(acknowledged bytes were cut off); {REPAIR_HINT}"
         )
+
+    def not_put_back(self, ref: Ref, path: str, newest: Entry | None) -> None:
+        """Refuse a log that ends at or below its key's grave: an older copy put back.
+
+        ``newest``: the log's newest entry. Checked where a reader or writer
+        reads a log's tail anew (one ``stat`` of ``GRAVES`` when nothing changed).
+
+        Raises:
+            CorruptionError: the log is older than its key's removal (:func:`put_back`).
+        """
+        if newest is None:
+            return
+        grave = self.graveyard(ref.scope, ref.namespace).recorded(ref.key)
+        if put_back(newest, grave):
+            raise CorruptionError(
+                f"{ref}: {path} ends with version {newest.version}, but compaction removed "
+                f"the key after version {grave} (GRAVES): an older copy of the log was put "
+                f"back; {REPAIR_HINT}"
+            )
+
+    def not_put_back_in(self, ref: Ref, path: str, fd: int, version: int) -> None:
+        """:meth:`not_put_back` for the log open on ``fd``, if ``version`` read there is old.
+
+        For reads that do not read the log's tail (a version, a history page):
+        only a version at or below the key's grave makes it read the tail.
+        """
+        if version <= self.graveyard(ref.scope, ref.namespace).recorded(ref.key):
+            tail = logread.read_tail(fd, os.fstat(fd).st_size)
+            self.not_put_back(ref, path, tail.entry if tail is not None else None)
+
+    def not_compacted(self, ref: Ref, version: int) -> None:
+        """Raise NotFoundError if ``version``, absent, went with its key's removed life."""
+        if version <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
+            raise NotFoundError(
+                f"{ref} version {version} was compacted (the key was removed as deleted)"
+            )
 
     def removed_at(self, ref: Ref, fd: int) -> int:
         """The version a key without entries continues after: its removed life's last, or 0.
@@ -357,37 +393,3 @@ class Namespaces:
                     if head is not None and file_id(head.namespace) == os.path.basename(nsdir):
                         return head.namespace
         return None
-
-
-def pending_rewrite(fs: Tree, path: str, log: LogBytes) -> None:
-    """Mark the key of the log at ``path``, about to be rewritten, pending in ``STATE``.
-
-    For a log whose header does not name its key (damage), the key is the one
-    a trusted ``STATE`` records under the log's file name; if it records none,
-    there is nothing to mark. Only an untrusted ``STATE`` (which may hold a
-    record it cannot show) goes away whole.
-
-    Raises:
-        OSError: neither could be done (the rewrite must not happen).
-    """
-    name = os.path.basename(path)
-    key = None
-    for frame in log.frames:
-        if frame.kind == KIND_HEADER:
-            with contextlib.suppress(RecordError):
-                head = decode_header(frame.payload)
-                if file_id(head.key) + ".log" == name:
-                    key = head.key
-            break
-    state = StateIndex(os.path.join(os.path.dirname(path), STATE_NAME), fs, "", "")
-    try:
-        if key is None and state.known() is not None:  # trusted: its records can be named
-            key = next((k for k in state.recorded() if file_id(k) + ".log" == name), None)
-            if key is None:
-                return  # no record of this log's key: nothing to mark
-        if key is None:
-            state.discard()
-        else:
-            state.pending(key)
-    finally:
-        state.close()

@@ -9,6 +9,8 @@ store's reader would answer (FORMAT.md §6, "Readers"):
 - the ref's log, opened below the root without following a link (:class:`Tree`),
   does not exist (no live version), or ends with an intact ``E`` frame (both
   lengths and the checksum);
+- the namespace's ``GRAVES`` does not name the key (else the log may be an
+  older copy put back after compaction removed the key: FORMAT.md §7);
 - that entry is a tombstone (no live version), or a live version (``set`` or
   ``rollback``) whose ``B`` frame is in the same log where the entry says,
   intact, with the entry's digest, and whose value hashes to it (as
@@ -48,7 +50,7 @@ from castore.file.tree import Tree
 from castore.keys import Ref, log_name
 
 VIX_RECORD_BYTES: Final = 8  # castore.file.versionindex's, not imported (CLI start-up)
-STATE_READ_BYTES: Final = 4 << 20  # a larger STATE is left to the store
+STATE_READ_BYTES: Final = 4 << 20  # a larger STATE or GRAVES is left to the store
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ __all__ = [
     "ABSENT",
     "VIX_RECORD_BYTES",
     "blob_value",
+    "buried",
     "indexes_beyond",
     "is_store",
     "names_ref",
@@ -133,7 +136,7 @@ def _read(fs: Tree, path: str, ref: Ref) -> tuple[int, str, bytes] | None:
             return None
         return None if _state_names(fs, os.path.dirname(path), ref.key) else ABSENT
     try:
-        return _newest(fs, path, fd) if names_ref(fd, ref) else None
+        return _newest(fs, path, fd, ref.key) if names_ref(fd, ref) else None
     finally:
         os.close(fd)
 
@@ -167,9 +170,9 @@ def names_ref(fd: int, ref: Ref) -> bool:
     return tuple(fields) == tuple(ref)
 
 
-def _newest(fs: Tree, path: str, fd: int) -> tuple[int, str, bytes] | None:
+def _newest(fs: Tree, path: str, fd: int, key: str) -> tuple[int, str, bytes] | None:
     tail = newest_entry(fd, os.fstat(fd).st_size)
-    if tail is None or indexes_beyond(fs, path, tail[1]["version"]):
+    if tail is None or indexes_beyond(fs, path, tail[1]["version"]) or buried(fs, path, key):
         return None
     entry = tail[1]
     if entry["op"] == _DELETE:
@@ -190,6 +193,24 @@ def indexes_beyond(fs: Tree, log_path: str, version: int) -> bool:
     except FileNotFoundError:
         return False
     return size // VIX_RECORD_BYTES > version
+
+
+def buried(fs: Tree, log_path: str, key: str) -> bool:
+    """Whether the namespace's ``GRAVES`` may record ``key`` (compaction removed it once).
+
+    Such a key's log may be an older copy put back (FORMAT.md §7): the
+    store's reader decides. One failed ``open`` in the common case (no
+    ``GRAVES``); else the file is searched for the key as a JSON string.
+    """
+    try:
+        data = fs.read_file(os.path.join(os.path.dirname(log_path), "GRAVES"), STATE_READ_BYTES + 1)
+    except FileNotFoundError:
+        return False
+    if len(data) > STATE_READ_BYTES:
+        return True  # a larger GRAVES is left to the store
+    if any(ord(c) < 0x20 or c in '"\\' for c in key):  # escaped in JSON: ask the store
+        return bool(data)
+    return f'"{key}"'.encode() in data
 
 
 def newest_entry(fd: int, size: int) -> Tail | None:

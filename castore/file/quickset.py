@@ -12,8 +12,9 @@ protocol (FORMAT.md §6):
 - with the log's exclusive lock (on the file its path still names), the log
   ends with an intact ``E`` frame of a ``set`` or ``rollback`` written as
   castore writes entries (:func:`castore.file.peek.newest_entry`), so no torn
-  tail is to be cut and the key is live (``KEYS`` lists it; no ``GRAVES`` to
-  consult);
+  tail is to be cut and the key is live, and the namespace's ``GRAVES`` does
+  not name the key (:func:`castore.file.peek.buried`: else the log may be an
+  older copy put back after compaction removed it);
 - the guards (``expected_version``, ``create_only``) hold;
 - the value is shorter than :data:`~castore.file.encode.DEDUP_MIN_BYTES` (no
   blob index to consult or extend), and when it repeats the newest value,
@@ -39,7 +40,14 @@ from castore.errors import CastoreError, LockTimeoutError
 from castore.file import fileio
 from castore.file.frames import encode_frame
 from castore.file.modes import DATA_UNSYNCED, UNSYNCED
-from castore.file.peek import blob_value, indexes_beyond, is_store, names_ref, newest_entry
+from castore.file.peek import (
+    blob_value,
+    buried,
+    indexes_beyond,
+    is_store,
+    names_ref,
+    newest_entry,
+)
 from castore.file.stateappend import KIND_PENDING, STATE_NAME, append_frame
 from castore.file.tree import Tree
 from castore.identity import MAX_AUDIT_TEXT
@@ -230,8 +238,14 @@ def _pending(fs: Tree, path: str, key: str) -> None:
 
 
 def _plain_log(fs: Tree, path: str, fd: int, ref: Ref, version: int) -> bool:
-    """True if the log is ``ref``'s own and no version index records beyond ``version``.
+    """True if the log is ``ref``'s own, with no evidence against its newest ``version``.
 
-    Else the store writes (or refuses: another key's log in its place, a cut).
+    No version index records beyond it, and no grave names the key.
+    Else the store writes (or refuses: another key's log in its place, a cut, an
+    older copy of a removed key's log).
     """
-    return not indexes_beyond(fs, path, version) and names_ref(fd, ref)
+    return (
+        not indexes_beyond(fs, path, version)
+        and not buried(fs, path, ref.key)
+        and names_ref(fd, ref)
+    )

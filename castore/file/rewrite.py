@@ -16,19 +16,21 @@ from collections.abc import Callable
 import msgspec
 
 from castore.file import fileio, namesync
-from castore.file.frames import LogBytes, encode_frame
+from castore.file.frames import Frame, LogBytes, encode_frame
 from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
+    Compaction,
+    decode_compaction,
     decode_entry,
     encode_record,
 )
 from castore.file.tree import Tree
-from castore.records import BlobLoc
+from castore.records import BlobLoc, merged_ranges
 
-__all__ = ["Transform", "relaid", "replace_with", "utc_stamp"]
+__all__ = ["Transform", "relaid", "removed_log", "replace_with", "utc_stamp"]
 
 Transform = Callable[[LogBytes], "list[tuple[int, bytes]] | None"]
 """Given a log's bytes sorted into frames and damage, the frames of its replacement."""
@@ -95,3 +97,24 @@ def replace_with(fs: Tree, path: str, data: bytes, *, data_mark: bool) -> int:
             fs.unlink(tmp)
         raise
     return fd
+
+
+def removed_log(
+    frames: list[Frame], versions: list[tuple[int, int]], policy: str
+) -> list[tuple[int, bytes]]:
+    """The frames compaction leaves of a removed key's log (FORMAT.md §6, "Compaction").
+
+    Its header, a ``C`` frame naming ``versions`` and those the log's own
+    ``C`` frames name (a second record of the key's last version, besides
+    ``GRAVES``), and its blob frames: another log may point at one, so the
+    log stays until gc removes it.
+    """
+    every = [
+        r for f in frames if f.kind == KIND_COMPACTED for r in decode_compaction(f.payload).versions
+    ]
+    marker = Compaction(
+        versions=merged_ranges(every + versions), policy=policy, time_ns=time.time_ns()
+    )
+    head = [(f.kind, f.payload) for f in frames if f.kind == KIND_HEADER]
+    blobs = [(f.kind, f.payload) for f in frames if f.kind == KIND_BLOB]
+    return [*head, (KIND_COMPACTED, encode_record(marker)), *blobs]

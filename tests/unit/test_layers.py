@@ -126,6 +126,7 @@ FILE_LAYERS = {
     "encode": 3,
     # a namespace's keys; one ref's log; the tree checks
     "namespaces": 4,
+    "statemarks": 4,  # a rewrite's mark in STATE
     "cuts": 4,  # a version index's evidence that bytes were cut off its log
     "reflog": 5,
     "readers": 4,  # the logs kept open for version reads
@@ -136,6 +137,7 @@ FILE_LAYERS = {
     "logversions": 6,  # every version of one log, for export
     "readcache": 1,  # each log's newest entry and value, bounded
     "writer": 7,
+    "checkremoved": 5,  # logs of keys compaction removed: GRAVES, an older copy put back
     "checklost": 5,  # STATE's evidence: lost logs, an older STATE (handed the LogChecker)
     "checklog": 6,
     "checkkeys": 5,  # a namespace's KEYS header (handed the checker)

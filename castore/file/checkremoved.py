@@ -1,0 +1,116 @@
+"""Check and repair of the logs of keys that compaction removed (docs/FORMAT.md §5, §7).
+
+Part of ``check`` (castore/file/check.py). Compaction records a removed
+key's last version (its tombstone) in the namespace's ``GRAVES`` first, then
+rewrites the log to its header, a ``C`` frame naming every version and its
+blob frames, which gc removes. Two things can then be wrong:
+
+* ``GRAVES`` lacks the version the ``C`` frame names (lost or older): the
+  record is written again, so a re-created key continues above it;
+* the log holds entries again, all at or below the grave and not ending
+  with the grave's own tombstone (:func:`~castore.file.graves.put_back`): an
+  older copy of the log was put back. Readers and writers refuse it; the
+  repair keeps the original in quarantine and rewrites the log as compaction
+  left it, so the key reads as removed and continues above its grave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING
+
+from castore.backend import lost_marker
+from castore.errors import UnsafePathError
+from castore.file.frames import Frame, LogBytes
+from castore.file.graves import Graveyard, floor_after_damage, put_back
+from castore.file.records import (
+    KIND_COMPACTED,
+    KIND_ENTRY,
+    Header,
+    decode_compaction,
+    decode_entry,
+    encode_record,
+)
+from castore.file.rewrite import removed_log
+from castore.records import Entry
+
+if TYPE_CHECKING:
+    from castore.file.checklog import LogChecker
+
+__all__ = ["check_put_back", "check_removed"]
+
+_POLICY = "check --repair: an older copy of a removed key's log"
+
+
+def check_removed(
+    checker: LogChecker, path: str, header: Header, frames: list[Frame], grave: int
+) -> None:
+    """A log compaction emptied names the key's versions: GRAVES must hold the last one."""
+    done = next((f for f in frames if f.kind == KIND_COMPACTED), None)
+    if done is None:
+        return
+    top = max((high for _, high in decode_compaction(done.payload).versions), default=0)
+    if top <= grave:
+        return
+    ref = f"{header.scope}/{header.namespace}/{header.key}"
+    checker.found(
+        path,
+        f"GRAVES lacks the last version ({top}) of {ref}, which compaction removed",
+        "record it in GRAVES",
+        checker.repair,
+    )
+    nsdir = os.path.dirname(path)
+    checker.top[nsdir] = max(checker.top.get(nsdir, 0), top)  # for a floor, if GRAVES needs one
+    if checker.repair:
+        with contextlib.suppress(UnsafePathError):  # planted: replaced by a floor above top
+            checker.backend.graveyard(header.scope, header.namespace).bury([(header.key, top)])
+
+
+def check_put_back(
+    checker: LogChecker, path: str, header: Header, newest: Entry, *, relisted: bool
+) -> bool:
+    """Report (and repair) an older copy of a removed key's log; True if this log is one.
+
+    ``newest``: the log's newest entry (the log is otherwise intact);
+    ``relisted``: ``KEYS`` lists the key, which compaction took out of it, so
+    the key lived again above its grave and the copy hides that life: its
+    versions are lost, and how many there were is unknown, so the repair
+    records them as lost up to a generous bound (as for a lost ``GRAVES``).
+    """
+    graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), checker.fs)
+    grave = graves.recorded(header.key)
+    if not put_back(newest, grave):
+        return False
+    ref = f"{header.scope}/{header.namespace}/{header.key}"
+    nsdir = os.path.dirname(path)
+    bound = floor_after_damage(max(grave, checker.top.get(nsdir, 0)), b"") if relisted else 0
+    problem = (
+        f"the log of {ref} ends with version {newest.version}, but compaction removed the "
+        f"key after version {grave} (GRAVES): an older copy of the log was put back"
+    )
+    repair = "copy the log to quarantine, rewrite it as compaction leaves a removed key's log"
+    if relisted:
+        problem += "; KEYS lists the key, so it lived again and those versions are lost"
+        repair += f", with versions {grave + 1} to {bound} recorded as lost"
+    checker.found(path, problem, repair, checker.repair)
+    if not checker.repair:
+        return True
+    reason = f"an older copy of the log was put back; {checker.rel(checker.quarantine(path))}"
+
+    def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
+        entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
+        if log.damage or not entries or not put_back(entries[-1], grave):
+            return None  # changed since it was read: the next check looks again
+        frames = removed_log(log.frames, [(1, grave)], _POLICY)
+        if bound:
+            lost = lost_marker(grave + 1, bound, time.time_ns(), reason)
+            frames.append((KIND_ENTRY, encode_record(lost)))
+        return frames
+
+    try:
+        checker.backend.rewrite(path, transform, keep_copy=checker.quarantine(path))
+    except UnsafePathError as exc:  # a link planted under quarantine/: this log only
+        checker.unrepaired(path, f"not repaired: {exc.detail}")
+    return True

@@ -1,0 +1,167 @@
+"""An older copy of a log put back after compaction removed its key is never read as current.
+
+Compaction removes a deleted key: it records the key's last version (its
+tombstone) in ``GRAVES``, then rewrites the log to its header, blob frames
+and a ``C`` frame, which gc removes. An operator who then puts back an older
+copy of the log (from a backup, with ``cp``) made the key's older version
+read as current, and the next ``set`` gave the tombstone's version a second
+time; ``check`` reported the repeat but could not repair it. A log that ends
+at or below its key's grave (other than with the grave's own tombstone, which
+a compaction stopped before the rewrite leaves) is now refused by readers and
+writers, and ``check --repair`` rewrites it as compaction leaves a removed
+key's log (the original kept in quarantine). The oracle: the same calls on an
+undamaged copy of the store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from castore import CorruptionError, Store
+from castore.transfer import export_lines
+from tests.helpers import Cli, log_path
+
+pytestmark = pytest.mark.integration
+
+STALE = "an older copy of the log was put back"
+
+
+def _removed_store(root: Path, backup: Path, *, collected: bool) -> None:
+    """Key ``a`` at versions 1, 2 (copied to ``backup``), deleted (3), compacted away."""
+    store = Store(root, dag="d")
+    store.set("a", 1)
+    store.set("a", 2)
+    store.set("b", 10)
+    shutil.copy(log_path(root, "dag", "d", "a"), backup)
+    store.delete("a")
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
+    if collected:
+        assert store.gc(grace_seconds=0).logs_removed == 1
+    store.close()
+
+
+def _answers(store: Store) -> dict[str, Any]:
+    """What the key answers after its removal: not found, then version 4."""
+    got = store.get("a")
+    out: dict[str, Any] = {"found": got.found, "version": got.version}
+    out["history"] = [(e.version, e.operation) for e in store.history("a").entries]
+    written = store.set("a", 5)
+    out["set"] = (written.version, written.created)
+    out["b"] = store.get("b").value
+    return out
+
+
+@pytest.mark.parametrize("collected", [True, False], ids=["after-gc", "before-gc"])
+def test_an_old_log_put_back_over_a_removed_key_is_refused_then_repaired(
+    tmp_path: Path, collected: bool
+) -> None:
+    clean, damaged = tmp_path / "clean", tmp_path / "damaged"
+    backup = tmp_path / "a.log"
+    _removed_store(clean, backup, collected=collected)
+    shutil.copytree(clean, damaged)
+    shutil.copy(backup, log_path(damaged, "dag", "d", "a"))  # the older copy put back
+
+    expected = _answers(Store(clean, dag="d"))
+    assert expected["found"] is False
+    assert expected["set"] == (4, True)
+
+    store = Store(damaged, dag="d")
+    calls = [
+        lambda: store.get("a"),
+        lambda: store.get("a", version=1),  # a version the key's removal dropped
+        lambda: store.history("a"),
+        lambda: store.set("a", 5),
+        lambda: store.delete("a"),
+        lambda: store.rollback("a", to_version=1),
+        lambda: list(export_lines(store)),
+    ]
+    for call in calls:
+        with pytest.raises(CorruptionError, match=STALE):
+            call()
+    assert store.get("b").value == 10  # other keys are never blocked
+    report = store.check()
+    assert not report.ok
+    errors = [f for f in report.findings if f.severity == "error"]
+    assert len(errors) == 1, report.findings
+    assert STALE in errors[0].problem
+    assert all(f.repaired for f in store.check(repair=True).findings)
+    assert store.check().ok
+    assert _answers(store) == expected
+    assert list((damaged / "quarantine").rglob("*.log")), "the original is kept"
+    store.close()
+
+
+def test_a_handle_that_saw_the_key_removed_refuses_the_copy(tmp_path: Path) -> None:
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _removed_store(root, backup, collected=True)
+    reader = Store(root, dag="d")
+    assert not reader.get("a").found
+    shutil.copy(backup, log_path(root, "dag", "d", "a"))
+    with pytest.raises(CorruptionError, match=STALE):
+        reader.get("a")
+    with pytest.raises(CorruptionError, match=STALE):
+        reader.set("a", 5)
+    reader.close()
+
+
+def test_an_old_life_put_back_over_a_recreated_key_is_refused(tmp_path: Path) -> None:
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _removed_store(root, backup, collected=True)
+    store = Store(root, dag="d")
+    assert store.set("a", 7).version == 4  # the key's second life
+    store.close()
+    shutil.copy(backup, log_path(root, "dag", "d", "a"))
+    store = Store(root, dag="d")
+    for call in (lambda: store.get("a"), lambda: store.set("a", 8)):
+        with pytest.raises(CorruptionError, match=STALE):
+            call()
+    # KEYS lists the key again: the copy hides its second life, whose length is unknown.
+    (finding,) = [f for f in store.check(repair=True).findings if f.severity == "error"]
+    assert "lived again" in finding.problem
+    assert finding.repaired
+    with pytest.raises(CorruptionError, match="lost"):
+        store.get("a")  # versions lost, as for any lost range, until a write supersedes them
+    assert store.set("a", 8).version > 1_000_000  # never 4 again, nor 3
+    assert store.get("a").value == 8
+    assert store.check().ok
+    store.close()
+
+
+def test_a_compaction_stopped_before_its_rewrite_is_no_stale_copy(tmp_path: Path) -> None:
+    """The log still ends with the grave's tombstone: the key is removed, continues at 4."""
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _removed_store(root, backup, collected=True)
+    store = Store(root, dag="d")
+    store.close()
+    # The log as it was when compaction stopped after GRAVES: versions 1-3, 3 a tombstone.
+    whole = tmp_path / "whole"
+    store = Store(whole, dag="d")
+    store.set("a", 1)
+    store.set("a", 2)
+    store.set("b", 10)
+    store.delete("a")
+    store.close()
+    shutil.copy(log_path(whole, "dag", "d", "a"), log_path(root, "dag", "d", "a"))
+    store = Store(root, dag="d")
+    assert not store.get("a").found
+    assert store.check().ok, store.check().findings
+    assert store.set("a", 5).version == 4
+    store.close()
+
+
+def test_the_command_line_refuses_the_copy(tmp_path: Path) -> None:
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _removed_store(root, backup, collected=True)
+    shutil.copy(backup, log_path(root, "dag", "d", "a"))
+    cli = Cli(tmp_path, root)
+    before = log_path(root, "dag", "d", "a")
+    data = Path(before).read_bytes()
+    assert STALE in cli.fail(5, "get", "a")
+    assert STALE in cli.fail(5, "set", "a", "5")
+    assert Path(before).read_bytes() == data  # nothing written
