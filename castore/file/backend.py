@@ -247,7 +247,7 @@ class FileBackend:
             tail, st = log.newest(fd, st)
             if tail.entry is None:
                 self.names.not_lost(ref, log.path, (st.st_ino, tail.size))
-            self.names.not_below(ref, log.path, hit and hit[1], tail.entry, tail.valid_end)
+            self.names.not_below(ref, log.path, hit and hit[1], tail.entry, tail.valid_end, fd)
             value = self.blob_reader.value_of(ref, tail.entry, tail.blob, fd)
             current = Current(tail.entry, value, tail.entry_start)
         finally:

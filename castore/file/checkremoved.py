@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 
 from castore.backend import lost_marker
 from castore.errors import UnsafePathError
+from castore.file import logread
 from castore.file.frames import Frame, LogBytes
-from castore.file.graves import Graveyard, floor_after_damage, put_back
+from castore.file.graves import Graveyard, floor_after_damage
+from castore.file.putback import put_back
 from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
@@ -81,7 +83,7 @@ def check_put_back(
     """
     graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), checker.fs)
     grave = graves.recorded(header.key)
-    if not put_back(newest, grave):
+    if not put_back(newest, grave) or not _still(checker, path, grave):
         return False
     ref = f"{header.scope}/{header.namespace}/{header.key}"
     nsdir = os.path.dirname(path)
@@ -114,3 +116,18 @@ def check_put_back(
     except UnsafePathError as exc:  # a link planted under quarantine/: this log only
         checker.unrepaired(path, f"not repaired: {exc.detail}")
     return True
+
+
+def _still(checker: LogChecker, path: str, grave: int) -> bool:
+    """Whether the log's tail, read now under its shared lock, still ends below ``grave``.
+
+    Check read the log before ``GRAVES``: a delete and a compaction may have
+    run between (the key's grave, then the log rewritten without entries).
+    ``GRAVES`` then the log, each read after the other, are one state.
+    """
+    try:
+        with checker.fs.open_locked(path, os.O_RDONLY, timeout=checker.timeout, shared=True) as fd:
+            tail = logread.read_tail(fd, os.fstat(fd).st_size)
+    except FileNotFoundError:
+        return False
+    return tail is not None and put_back(tail.entry, grave)

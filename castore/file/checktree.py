@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 from castore.errors import CastoreError, LockTimeoutError, UnsafePathError
 from castore.file.blobindex import decode_loc
 from castore.file.frames import Frame, classify, scan_frames
-from castore.file.graves import Graveyard, floor_after_damage, put_back
+from castore.file.graves import Graveyard, floor_after_damage
+from castore.file.putback import put_back
 from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,

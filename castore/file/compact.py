@@ -184,7 +184,8 @@ def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
             graves.bury([(ref.key, plan.removed.version)])
             fileio.failpoint("compact-after-bury")
             keys = backend.key_index(ref.scope, ref.namespace)
-            keys.remove({ref.key}, durable=backend.durable)
+            with contextlib.suppress(FileNotFoundError):  # KEYS lost: it lists nothing
+                keys.remove({ref.key}, durable=backend.durable)
         return wanted
 
     return transform

@@ -35,6 +35,7 @@ from castore.backend import Progress
 from castore.errors import CorruptionError
 from castore.file import fileio
 from castore.file.frames import Frame, LogBytes, classify
+from castore.file.graves import Graveyard
 from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
@@ -139,7 +140,7 @@ def _mark_and_sweep(
     fileio.failpoint("gc-after-mark")
     cutoff = time.time() - grace_seconds
     for path in logs:  # sweep, each log under its own lock
-        sweep = _Sweep(path, live, cutoff, dry_run, functools.partial(_buried, backend))
+        sweep = _Sweep(path, live, cutoff, dry_run, functools.partial(_buried, backend, path))
         result = backend.rewrite(path, sweep.transform, gc_held=True)
         for name, value in sweep.counts.items():
             counts[name] += value
@@ -203,23 +204,31 @@ class _Sweep:
         return out if freed else None
 
 
-def _buried(backend: FileBackend, frames: list[Frame]) -> bool:
-    """Whether the namespace's ``GRAVES`` holds the versions a log's ``C`` frames name."""
+def _buried(backend: FileBackend, path: str, frames: list[Frame]) -> bool:
+    """Whether a log without entries holds no version that nothing else records.
+
+    The versions its ``C`` frames name must be in the namespace's ``GRAVES``
+    as the file is now (not as this handle read it: a handle keeps the
+    graves it read, and ``GRAVES`` may be lost since), and a version the
+    namespace's ``STATE`` records of its key must be among them (else the
+    log lost its entries: FORMAT.md §7, "A lost log").
+    """
+    head = next((decode_header(f.payload) for f in frames if f.kind == KIND_HEADER), None)
     named = [
         high
         for f in frames
         if f.kind == KIND_COMPACTED
         for _, high in decode_compaction(f.payload).versions
     ]
-    if not named:
-        return True
-    head = next((decode_header(f.payload) for f in frames if f.kind == KIND_HEADER), None)
     if head is None:
-        return False
+        return not named
+    graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), backend.fs)
     try:
-        return backend.graveyard(head.scope, head.namespace).version_of(head.key) >= max(named)
+        grave = graves.version_of(head.key)
     except CorruptionError:  # damaged GRAVES: the answer is not known
         return False
+    recorded = backend.names.state(head.scope, head.namespace).recorded().get(head.key, 0)
+    return grave >= max([0, *named]) and recorded <= max([grave, *named])
 
 
 def _old(path: str, cutoff: float) -> bool:

@@ -7,20 +7,20 @@ versions from repeating). Cached per handle and refreshed incrementally.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 from collections.abc import Iterable
 
-from castore.errors import CorruptionError
+from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio
 from castore.file.frames import classify, encode_frame
 from castore.file.records import KIND_GRAVE, Grave, decode_grave, encode_record
 from castore.file.tree import Tree
-from castore.records import Entry
 from castore.reports import MAX_COUNT
 
-__all__ = ["Graveyard", "floor_after_damage", "put_back", "twinned"]
+__all__ = ["Graveyard", "floor_after_damage", "twinned"]
 
 
 def _covered(damage: tuple[int, int], extents: set[tuple[int, int]]) -> bool:
@@ -40,20 +40,6 @@ def floor_after_damage(known: int, damaged: bytes) -> int:
     digits = [int(run) for run in re.findall(rb"[0-9]{1,19}", damaged)]
     top = max([known, *(d for d in digits if d <= MAX_COUNT)])  # longer runs: no version
     return min(top * 2 + 1_000_000, max(top, MAX_COUNT - 1_000_000))  # never past a bigint
-
-
-def put_back(newest: Entry | None, grave: int) -> bool:
-    """True if a log ending with ``newest`` is an older copy of one its key's grave removed.
-
-    Compaction records a removed key's last version (its tombstone) in
-    ``GRAVES`` before it rewrites the log, so the log may still end with that
-    very tombstone (a compaction stopped between the two); a re-created key's
-    log ends above it. A log ending anywhere else at or below the grave was
-    put back from before the removal (FORMAT.md §7, "An older copy").
-    """
-    if newest is None or newest.version > grave:
-        return False
-    return newest.version < grave or newest.live
 
 
 def twinned(payloads: Iterable[bytes]) -> bytes:
@@ -187,11 +173,13 @@ class Graveyard:
 
         Unlike :meth:`version_of`, no floor (a repair's floor is where a
         re-created key starts, not a version the key had) and no refusal for
-        damage (a damaged record only hides a grave, which ``check`` reports).
-        0 if no record names it.
+        damage or for something planted in place of the file (either only
+        hides a grave, and ``check`` reports it): what can be read, and what
+        this handle read before. 0 if no record names it.
         """
         with self._lock:
-            self._refresh_locked()
+            with contextlib.suppress(UnsafePathError):
+                self._refresh_locked()
             return max(self._versions.get(key, 0), self._seen.get(key, 0))
 
     @staticmethod

@@ -45,7 +45,7 @@ def iter_versions(
         tail = log.settled_tail(fd)  # a proven cut raises: never an earlier state
         if tail.entry is None:
             names.not_lost(ref, log.path, (os.fstat(fd).st_ino, tail.size))
-        names.not_below(ref, log.path, known, tail.entry, tail.valid_end)
+        names.not_below(ref, log.path, known, tail.entry, tail.valid_end, fd)
         scanned = logread.scan(fd)[1]
         if scanned.damage:
             raise damaged_error(log.path, *scanned.damage[0], str(ref))

@@ -16,9 +16,10 @@ from castore.backend import Current
 from castore.errors import CastoreError, CorruptionError, NotFoundError
 from castore.file import logread, versionindex
 from castore.file.damage import REPAIR_HINT, gone_error
-from castore.file.graves import Graveyard, put_back
+from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex, namespace_of
 from castore.file.layout import Layout
+from castore.file.putback import refuse_put_back
 from castore.file.statefile import StateIndex
 from castore.file.staterecords import STATE_NAME, Known
 from castore.keys import Ref, file_id
@@ -212,7 +213,7 @@ class Namespaces:
         raise gone_error(str(ref), path, top, missing=seen is None)
 
     def not_below(
-        self, ref: Ref, path: str, known: Current | None, tail: Entry | None, end: int
+        self, ref: Ref, path: str, known: Current | None, tail: Entry | None, end: int, fd: int = -1
     ) -> None:
         """Refuse a log that ends below the version this handle last read or wrote there.
 
@@ -225,12 +226,13 @@ class Namespaces:
         recorded in the log's version index, for every other reader, writer
         and ``check``; where it cannot be written, this handle still refuses.
         A log that ends at or below its key's grave is refused too
-        (:meth:`not_put_back`): every reader of a tail calls this.
+        (:meth:`not_put_back`, confirmed on ``fd``, the log read; -1: the
+        caller holds its lock): every reader of a tail calls this.
 
         Raises:
             CorruptionError: the log ends below ``known``, or is an older copy put back.
         """
-        self.not_put_back(ref, path, tail)
+        self.not_put_back(ref, path, tail, fd)
         if known is None or known.entry is None:
             return
         top, newest = known.entry.version, tail.version if tail is not None else 0
@@ -257,24 +259,13 @@ class Namespaces:
             f"(acknowledged bytes were cut off); {REPAIR_HINT}"
         )
 
-    def not_put_back(self, ref: Ref, path: str, newest: Entry | None) -> None:
-        """Refuse a log that ends at or below its key's grave: an older copy put back.
+    def not_put_back(self, ref: Ref, path: str, newest: Entry | None, fd: int = -1) -> None:
+        """Refuse a log ending with ``newest`` at or below its key's grave (:mod:`putback`).
 
-        ``newest``: the log's newest entry. Checked where a reader or writer
-        reads a log's tail anew (one ``stat`` of ``GRAVES`` when nothing changed).
-
-        Raises:
-            CorruptionError: the log is older than its key's removal (:func:`put_back`).
+        ``fd``: the log read, to confirm evidence on (-1: the caller holds its lock).
         """
-        if newest is None:
-            return
-        grave = self.graveyard(ref.scope, ref.namespace).recorded(ref.key)
-        if put_back(newest, grave):
-            raise CorruptionError(
-                f"{ref}: {path} ends with version {newest.version}, but compaction removed "
-                f"the key after version {grave} (GRAVES): an older copy of the log was put "
-                f"back; {REPAIR_HINT}"
-            )
+        graves = self.graveyard(ref.scope, ref.namespace)
+        refuse_put_back(graves, self.layout.fs, ref, path, newest, fd, self.layout.lock_timeout)
 
     def not_put_back_in(self, ref: Ref, path: str, fd: int, version: int) -> None:
         """:meth:`not_put_back` for the log open on ``fd``, if ``version`` read there is old.
@@ -284,7 +275,7 @@ class Namespaces:
         """
         if version <= self.graveyard(ref.scope, ref.namespace).recorded(ref.key):
             tail = logread.read_tail(fd, os.fstat(fd).st_size)
-            self.not_put_back(ref, path, tail.entry if tail is not None else None)
+            self.not_put_back(ref, path, tail.entry if tail is not None else None, fd)
 
     def not_compacted(self, ref: Ref, version: int) -> None:
         """Raise NotFoundError if ``version``, absent, went with its key's removed life."""

@@ -15,16 +15,20 @@ undamaged copy of the store.
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from castore import CorruptionError, Store
+from castore.keys import Ref
 from castore.transfer import export_lines
-from tests.helpers import Cli, log_path
+from tests.helpers import Cli, file_backend, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +76,7 @@ def test_an_old_log_put_back_over_a_removed_key_is_refused_then_repaired(
     assert expected["set"] == (4, True)
 
     store = Store(damaged, dag="d")
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: store.get("a"),
         lambda: store.get("a", version=1),  # a version the key's removal dropped
         lambda: store.history("a"),
@@ -165,3 +169,65 @@ def test_the_command_line_refuses_the_copy(tmp_path: Path) -> None:
     assert STALE in cli.fail(5, "get", "a")
     assert STALE in cli.fail(5, "set", "a", "5")
     assert Path(before).read_bytes() == data  # nothing written
+
+
+def test_a_read_that_a_delete_and_compaction_overtook_is_no_evidence(tmp_path: Path) -> None:
+    """The tail read, then the key deleted and compacted away, then GRAVES read: no alarm."""
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    store.set("a", 1)
+    ref = Ref("dag", "d", "a")
+    path = log_path(root, "dag", "d", "a")
+    names = file_backend(store).names
+    fd = os.open(path, os.O_RDONLY)  # the reader's read of version 1, live
+    try:
+        newest = store.history("a").entries[0]
+        other = Store(root, dag="d")
+        other.delete("a")
+        time.sleep(0.02)
+        assert other.compact(keep_within_seconds=0.01).keys_removed == 1
+        other.close()
+        names.not_put_back(ref, path, newest, fd)  # confirmed on the file the path names now
+        with pytest.raises(CorruptionError, match=STALE):
+            names.not_put_back(ref, path, newest)  # unconfirmed (a lock holder's read): refused
+    finally:
+        os.close(fd)
+    store.close()
+
+
+def test_readers_never_raise_while_keys_are_deleted_and_compacted(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    Store(root, dag="d").set("k0", 0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            with Store(root, dag="d", durable=False) as writer:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    for k in range(3):
+                        writer.set(f"k{k}", n)
+                    for k in range(3):
+                        writer.delete(f"k{k}")
+                    writer.compact(keep_within_seconds=0)
+        except BaseException as exc:  # noqa: BLE001 - the main thread reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        with Store(root, dag="d") as reader:
+            deadline = time.monotonic() + 3
+            reads = 0
+            while time.monotonic() < deadline:
+                for k in range(3):
+                    reader.get(f"k{k}")
+                    reader.history(f"k{k}")
+                    reads += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert reads > 100

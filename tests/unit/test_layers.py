@@ -112,6 +112,7 @@ FILE_LAYERS = {
     "rewrite": 2,
     "keyindex": 2,
     "graves": 2,
+    "putback": 3,  # an older copy of a removed key's log, put back (GRAVES' evidence)
     "blobindex": 2,
     "stateappend": 1,  # one append to STATE (shared with the CLI's quick set)
     "staterecords": 2,

@@ -1,0 +1,76 @@
+"""An older copy of a removed key's log, put back: evidence in ``GRAVES`` (FORMAT.md §7).
+
+Compaction records a removed key's last version (its tombstone) in the
+namespace's ``GRAVES`` under the log's lock, then rewrites the log without
+entries (gc removes it). A log at that path whose newest entry is at or
+below the grave, other than that very tombstone, is a copy from before the
+removal: serving it would answer an older version as current, and writing
+to it would give the tombstone's version again.
+
+A reader's tail read and its ``GRAVES`` read are not one state: a delete and
+a compaction may run between them. So a reader that sees the evidence
+confirms it under the log's shared lock, on the file the path still names
+(:func:`refuse_put_back`); the writer holds the lock already.
+"""
+
+from __future__ import annotations
+
+import os
+
+from castore.errors import CorruptionError
+from castore.file import fileio, logread
+from castore.file.damage import REPAIR_HINT
+from castore.file.graves import Graveyard
+from castore.file.tree import Tree
+from castore.keys import Ref
+from castore.records import Entry
+
+__all__ = ["put_back", "refuse_put_back"]
+
+
+def put_back(newest: Entry | None, grave: int) -> bool:
+    """True if a log ending with ``newest`` is an older copy of one its key's grave removed.
+
+    The log may still end with the grave's own tombstone (a compaction
+    stopped between ``GRAVES`` and its rewrite); a re-created key's log
+    ends above it. A log ending anywhere else at or below the grave was put
+    back from before the removal.
+    """
+    if newest is None or newest.version > grave:
+        return False
+    return newest.version < grave or newest.live
+
+
+def refuse_put_back(
+    graves: Graveyard, fs: Tree, ref: Ref, path: str, newest: Entry | None, fd: int, timeout: float
+) -> None:
+    """Raise if ``ref``'s log at ``path``, ending with ``newest``, is an older copy put back.
+
+    ``graves``: its namespace's; ``fd``: the log read (-1: the caller holds
+    its lock, so the two reads are one state). One ``stat`` of ``GRAVES``
+    when nothing changed; only evidence costs more.
+
+    Raises:
+        CorruptionError: the log is older than its key's removal.
+    """
+    key = ref.key
+    grave = graves.recorded(key)
+    if not put_back(newest, grave):
+        return
+    if fd >= 0:
+        with fileio.locked(fd, path, shared=True, timeout=timeout):  # no rewrite in flight
+            try:
+                if fs.stat(path).st_ino != os.fstat(fd).st_ino:
+                    return  # rewritten or removed since it was read: that read stands
+            except FileNotFoundError:
+                return
+            tail = logread.read_tail(fd, os.fstat(fd).st_size)
+            newest = tail.entry if tail is not None else None
+            grave = graves.recorded(key)
+            if not put_back(newest, grave):
+                return
+    version = newest.version if newest is not None else 0  # put_back(): never None
+    raise CorruptionError(
+        f"{ref}: {path} ends with version {version}, but compaction removed the key "
+        f"after version {grave} (GRAVES): an older copy of the log was put back; {REPAIR_HINT}"
+    )
