@@ -208,7 +208,9 @@ def _validated(
 
     Nothing is written. A removed key's line at its own last version (a store's
     own export) is a key with history: refused, or skipped by ``skip`` and
-    ``overwrite`` (there is nothing to replace).
+    ``overwrite`` (there is nothing to replace). So is, for ``skip``, any
+    removed key whose import starts within its removed life (elsewhere refused:
+    its versions would repeat).
 
     Raises:
         InvalidValueError: a malformed or over-long line.
@@ -225,8 +227,9 @@ def _validated(
             graves[ref.scope] = {(n, k): v for n, k, v in store.backend.removed(ref.scope)}
         grave = graves[ref.scope].get((ref.namespace, ref.key), 0)
         existing = _newest(store, ref)
-        if existing is None and _removed_alike(new_versions, grave):
-            conflicts[ref] = grave
+        removed_life = on_conflict == "skip" and new_versions[0].version <= grave
+        if existing is None and (removed_life or _removed_alike(new_versions, grave)):
+            conflicts[ref] = grave  # a key with history: its removed life's
             alike.add(ref)
             continue
         if existing is not None:

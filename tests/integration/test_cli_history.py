@@ -504,7 +504,7 @@ def test_an_import_refused_for_one_key_writes_no_other_key(cli, tmp_path, new_st
     assert cli.raw_ok("export", store=target) == before
 
 
-def test_an_import_into_a_key_compaction_removed_imports_nothing_else(
+def test_an_import_into_a_key_compaction_removed_imports_nothing_else_unless_skipped(
     cli, tmp_path, new_store_location
 ):
     target = new_store_location()
@@ -518,7 +518,7 @@ def test_an_import_into_a_key_compaction_removed_imports_nothing_else(
     store_at(other).set("gone", "again")
     (tmp_path / "theirs.jsonl").write_bytes(cli.raw_ok("export", store=other))
     before = cli.raw_ok("export", store=target)
-    for mode in ("refuse", "skip", "overwrite"):
+    for mode in ("refuse", "overwrite"):
         message = cli.fail(3, "import", "theirs.jsonl", "--on-conflict", mode, store=target)
         assert message == (
             "conflict on dag/d/gone: compaction removed this key at version 4, and the import "
@@ -526,6 +526,11 @@ def test_an_import_into_a_key_compaction_removed_imports_nothing_else(
         )
         assert cli.raw_ok("export", store=target) == before
     assert cli.ok("get", "a", store=target)["found"] is False
+    # skip leaves a key with history alone, a removed life's included, and imports the rest.
+    report = cli.ok("import", "theirs.jsonl", "--on-conflict", "skip", store=target)
+    assert (report["refs"], report["skippedRefs"]) == (1, ["dag/d/gone"])
+    assert cli.ok("get", "a", store=target)["value"] == "new"
+    assert cli.ok("get", "gone", store=target)["found"] is False
     assert cli.ok("set", "gone", "5", store=target)["version"] == 5
 
 
