@@ -198,7 +198,8 @@ class FileBackend:
     def remember(self, scope: str, namespace: str, keys: list[str]) -> None:
         """Record in ``STATE`` the newest version of ``keys``, read under their logs' locks.
 
-        A log that a writer holds, or that is damaged, is left out: its
+        A log that a writer holds, that is damaged or an older copy put back
+        (:mod:`~castore.file.putback`) is left out: its
         key stays unknown, and the next list reads its log again.
         """
         state = self.names.state(scope, namespace)
@@ -214,10 +215,10 @@ class FileBackend:
                     if self.fs.stat(log.path).st_ino != st.st_ino:
                         continue  # replaced since it was opened: that lock excludes no writer
                     hit = self._cache.get(log.path)  # list's read, if nothing changed since
-                    if hit is not None and hit[0] == stat_sig(st):
-                        state.settled(key, hit[1].entry)
-                    else:
-                        state.settled(key, log.settled_tail(fd, locked=True).entry)
+                    seen = hit[1] if hit is not None and hit[0] == stat_sig(st) else None
+                    entry = seen.entry if seen else log.settled_tail(fd, locked=True).entry
+                    self.names.not_put_back(Ref(scope, namespace, key), log.path, entry)
+                    state.settled(key, entry)
                 finally:
                     os.close(fd)
 
@@ -278,10 +279,10 @@ class FileBackend:
         if fd < 0:
             self.names.not_lost(ref, log.path)
         entry = log.entry_of(fd, version) if fd >= 0 else None
-        if entry is None and fd >= 0:
-            self.names.not_lost_in(ref, log.path, fd)  # a log without entries: lost?
-        elif entry is not None:
-            self.names.not_put_back_in(ref, log.path, fd, version)
+        if fd >= 0:  # absent: a log without entries lost? an older copy put back?
+            if entry is None:
+                self.names.not_lost_in(ref, log.path, fd)
+            self.names.not_put_back_in(ref, log.path, fd, version if entry else 0)
         if entry is None:
             self._not_cut(ref, hit, version, 0)
             self.names.not_compacted(ref, version)

@@ -18,6 +18,7 @@ history and reading it keeps failing with a clear error.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -121,6 +122,10 @@ def _check_namespace(checker: LogChecker, scope: str, nsdir: str, progress: Prog
     logs = 0
     keys_file = os.path.join(nsdir, "KEYS")
     keys: set[str] = set()
+    try:  # before its repair: a KEYS that is missing (or planted) names no key
+        checker.keys_kept = stat.S_ISREG(fs.stat(keys_file).st_mode)
+    except FileNotFoundError:
+        checker.keys_kept = False
     if not planted(checker, keys_file, file=True):
         keys = set(KeyIndex(keys_file, fs).keys(""))
         _checked(checker, keys_file, check_keys_header, checker, scope, nsdir)

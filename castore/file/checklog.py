@@ -74,6 +74,7 @@ class LogChecker:
         self.unindexed = 0  # values only a rebuilt blob index leads to
         self.recorded: dict[str, tuple[str, int, bool]] = {}  # log path -> STATE's record
         self.behind: list[str] = []  # keys whose last STATE record is below their log's newest
+        self.keys_kept = True  # the namespace's KEYS was a file when its check began
 
     def rel(self, path: str) -> str:
         """``path`` relative to the store root, as findings name files."""
@@ -128,6 +129,9 @@ class LogChecker:
         problems += [disorder_problem(ref_text, v, at) for at, v in disordered.items()]
         self.entries += len(entries)
         self.top[nsdir] = max([self.top.get(nsdir, 0), *(e.version for e in entries)])
+        own = decode_header(header.payload) if header is not None else None
+        if own and entries and check_put_back(self, path, own, entries[-1], lost_by_index, keys):
+            return  # an older copy of a removed key's log: its damage goes with it
         self.report_lost(path, ref_text, entries)
         fixable, lost_values = self.check_entries(path, ref_text, entries, frames, bad_blobs)
         if fixable:
@@ -136,13 +140,9 @@ class LogChecker:
             problems.append(
                 f"{lost_why}, which the log no longer holds (it lost acknowledged bytes)"
             )
-        own = decode_header(header.payload) if header is not None else None
         if own is not None and not entries and not problems and not lost_by_index:
             check_removed(self, path, own, frames, grave)
         if own is not None and entries:
-            clean = not problems and not lost_values and not lost_by_index
-            if clean and check_put_back(self, path, own, entries[-1], relisted=own.key in keys):
-                return
             self.check_listed(path, own, keys, file, entries[-1], grave)
         if problems or lost_values:
             drop = {*bad_blobs, *disordered}

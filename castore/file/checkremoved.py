@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING
 
 from castore.backend import lost_marker
 from castore.errors import UnsafePathError
-from castore.file import logread
 from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard, floor_after_damage
-from castore.file.putback import put_back
+from castore.file.putback import newest_in, put_back
 from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
@@ -71,15 +70,18 @@ def check_removed(
 
 
 def check_put_back(
-    checker: LogChecker, path: str, header: Header, newest: Entry, *, relisted: bool
+    checker: LogChecker, path: str, header: Header, newest: Entry, lost: int, keys: set[str]
 ) -> bool:
     """Report (and repair) an older copy of a removed key's log; True if this log is one.
 
-    ``newest``: the log's newest entry (the log is otherwise intact);
-    ``relisted``: ``KEYS`` lists the key, which compaction took out of it, so
-    the key lived again above its grave and the copy hides that life: its
-    versions are lost, and how many there were is unknown, so the repair
-    records them as lost up to a generous bound (as for a lost ``GRAVES``).
+    ``newest``: the log's newest intact entry (damage or a torn tail after it
+    goes with the copy); ``lost``: the highest version its ``.vix`` or
+    ``STATE`` records that it no longer holds; ``keys``: the namespace's
+    ``KEYS``. The copy hides any life the key had after its grave: one is
+    proven by such evidence above the grave, and suspected when ``KEYS``
+    lists the key (compaction took it out) or is missing. Its versions are
+    then lost, and how many there were is unknown, so the repair records
+    them as lost up to a generous bound (as for a lost ``GRAVES``).
     """
     graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), checker.fs)
     grave = graves.recorded(header.key)
@@ -87,14 +89,19 @@ def check_put_back(
         return False
     ref = f"{header.scope}/{header.namespace}/{header.key}"
     nsdir = os.path.dirname(path)
-    bound = floor_after_damage(max(grave, checker.top.get(nsdir, 0)), b"") if relisted else 0
+    _, recorded, _ = checker.recorded.get(path, ("", 0, False))
+    listed = header.key in keys or not checker.keys_kept
+    lived = max(lost, recorded) > grave or listed
+    known = max(grave, lost, recorded, checker.top.get(nsdir, 0))
+    bound = floor_after_damage(known, b"") if lived else 0
     problem = (
         f"the log of {ref} ends with version {newest.version}, but compaction removed the "
         f"key after version {grave} (GRAVES): an older copy of the log was put back"
     )
     repair = "copy the log to quarantine, rewrite it as compaction leaves a removed key's log"
-    if relisted:
-        problem += "; KEYS lists the key, so it lived again and those versions are lost"
+    if lived:
+        problem += "; the key lived again after its grave (KEYS, STATE or its index), so "
+        problem += "the versions of that life are lost"
         repair += f", with versions {grave + 1} to {bound} recorded as lost"
     checker.found(path, problem, repair, checker.repair)
     if not checker.repair:
@@ -103,18 +110,22 @@ def check_put_back(
 
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
         entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
-        if log.damage or not entries or not put_back(entries[-1], grave):
+        if not entries or not put_back(max(entries, key=lambda e: e.version), grave):
             return None  # changed since it was read: the next check looks again
         frames = removed_log(log.frames, [(1, grave)], _POLICY)
         if bound:
-            lost = lost_marker(grave + 1, bound, time.time_ns(), reason)
-            frames.append((KIND_ENTRY, encode_record(lost)))
+            marker = lost_marker(grave + 1, bound, time.time_ns(), reason)
+            frames.append((KIND_ENTRY, encode_record(marker)))
         return frames
 
     try:
-        checker.backend.rewrite(path, transform, keep_copy=checker.quarantine(path))
+        new = checker.backend.rewrite(path, transform, keep_copy=checker.quarantine(path))
     except UnsafePathError as exc:  # a link planted under quarantine/: this log only
         checker.unrepaired(path, f"not repaired: {exc.detail}")
+        return True
+    index = checker.backend.key_index(header.scope, header.namespace)
+    if new and bound and header.key not in index:  # lost versions: the key exists
+        index.add(header.key, header.namespace, durable=True)
     return True
 
 
@@ -127,7 +138,6 @@ def _still(checker: LogChecker, path: str, grave: int) -> bool:
     """
     try:
         with checker.fs.open_locked(path, os.O_RDONLY, timeout=checker.timeout, shared=True) as fd:
-            tail = logread.read_tail(fd, os.fstat(fd).st_size)
+            return put_back(newest_in(fd), grave)
     except FileNotFoundError:
         return False
-    return tail is not None and put_back(tail.entry, grave)

@@ -19,7 +19,7 @@ from castore.file.damage import REPAIR_HINT, gone_error
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex, namespace_of
 from castore.file.layout import Layout
-from castore.file.putback import refuse_put_back
+from castore.file.putback import newest_in, refuse_put_back
 from castore.file.statefile import StateIndex
 from castore.file.staterecords import STATE_NAME, Known
 from castore.keys import Ref, file_id
@@ -271,11 +271,12 @@ class Namespaces:
         """:meth:`not_put_back` for the log open on ``fd``, if ``version`` read there is old.
 
         For reads that do not read the log's tail (a version, a history page):
-        only a version at or below the key's grave makes it read the tail.
+        only a version read at or below the key's grave (0: one absent from the
+        log) makes it read the tail, and only where a grave names the key.
         """
-        if version <= self.graveyard(ref.scope, ref.namespace).recorded(ref.key):
-            tail = logread.read_tail(fd, os.fstat(fd).st_size)
-            self.not_put_back(ref, path, tail.entry if tail is not None else None, fd)
+        grave = self.graveyard(ref.scope, ref.namespace).recorded(ref.key)
+        if grave and version <= grave:
+            self.not_put_back(ref, path, newest_in(fd), fd)
 
     def not_compacted(self, ref: Ref, version: int) -> None:
         """Raise NotFoundError if ``version``, absent, went with its key's removed life."""

@@ -25,7 +25,7 @@ from castore.file.tree import Tree
 from castore.keys import Ref
 from castore.records import Entry
 
-__all__ = ["put_back", "refuse_put_back"]
+__all__ = ["newest_in", "put_back", "refuse_put_back"]
 
 
 def put_back(newest: Entry | None, grave: int) -> bool:
@@ -39,6 +39,12 @@ def put_back(newest: Entry | None, grave: int) -> bool:
     if newest is None or newest.version > grave:
         return False
     return newest.version < grave or newest.live
+
+
+def newest_in(fd: int) -> Entry | None:
+    """The newest intact entry of the log on ``fd``, past a torn tail (a copy made mid-write)."""
+    tail = logread.read_tail(fd, os.fstat(fd).st_size)
+    return (tail if tail is not None else logread.scan(fd)[0]).entry
 
 
 def refuse_put_back(
@@ -64,8 +70,7 @@ def refuse_put_back(
                     return  # rewritten or removed since it was read: that read stands
             except FileNotFoundError:
                 return
-            tail = logread.read_tail(fd, os.fstat(fd).st_size)
-            newest = tail.entry if tail is not None else None
+            newest = newest_in(fd)
             grave = graves.recorded(key)
             if not put_back(newest, grave):
                 return

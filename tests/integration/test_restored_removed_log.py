@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from castore import CorruptionError, Store
+from castore import CorruptionError, NotFoundError, Store
 from castore.keys import Ref
 from castore.transfer import export_lines
-from tests.helpers import Cli, file_backend, log_path
+from tests.helpers import Cli, file_backend, keys_path, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +181,7 @@ def test_a_read_that_a_delete_and_compaction_overtook_is_no_evidence(tmp_path: P
     names = file_backend(store).names
     fd = os.open(path, os.O_RDONLY)  # the reader's read of version 1, live
     try:
-        newest = store.history("a").entries[0]
+        newest = file_backend(store).current(ref).entry
         other = Store(root, dag="d")
         other.delete("a")
         time.sleep(0.02)
@@ -231,3 +231,90 @@ def test_readers_never_raise_while_keys_are_deleted_and_compacted(tmp_path: Path
         thread.join()
     assert not errors, errors
     assert reads > 100
+
+
+# Found by the review of these fixes (each failed before its fix).
+
+
+def _second_life(root: Path, backup: Path, evidence: str) -> None:
+    """``a``'s first life (1, 2) in ``backup``; removed at 3; lived again at 4, 5."""
+    _removed_store(root, backup, collected=True)
+    store = Store(root, dag="d")
+    assert (store.set("a", 7).version, store.set("a", 8).version) == (4, 5)
+    if evidence == "vix":
+        assert store.get("a", version=4).value == 7  # readers index the log
+    elif evidence == "state":
+        store.list()  # STATE settles a at 5
+    elif evidence == "no-keys":
+        os.unlink(keys_path(root, "dag", "d"))
+    store.close()
+
+
+@pytest.mark.parametrize("evidence", ["vix", "state", "no-keys", "keys"])
+def test_a_repair_never_brings_back_a_removed_life_nor_repeats_a_later_one(
+    tmp_path: Path, evidence: str
+) -> None:
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _second_life(root, backup, evidence)
+    shutil.copy(backup, log_path(root, "dag", "d", "a"))
+    store = Store(root, dag="d")
+    store.check(repair=True)
+    assert store.check().ok, store.check().findings
+    with pytest.raises(CorruptionError, match="lost"):
+        store.get("a")  # versions 4 and 5 went with the copy: lost, never "not found"
+    with pytest.raises(NotFoundError, match="compacted"):
+        store.get("a", version=1)  # as on the twin: never the removed life's value again
+    assert store.set("a", 9).version > 5
+    store.close()
+
+
+def test_a_torn_copy_is_refused_by_every_read_and_repaired_in_one_pass(tmp_path: Path) -> None:
+    root, twin = tmp_path / "store", tmp_path / "twin"
+    store = Store(root, dag="d")
+    for n in (1, 2, 3):
+        store.set("a", n)
+    store.set("b", 10)
+    data = Path(log_path(root, "dag", "d", "a")).read_bytes()
+    store.delete("a")
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
+    assert store.gc(grace_seconds=0).logs_removed == 1
+    store.close()
+    shutil.copytree(root, twin)
+    Path(log_path(root, "dag", "d", "a")).write_bytes(data[:-5])  # copied mid-write
+    store = Store(root, dag="d")
+    calls: list[Callable[[], object]] = [
+        lambda: store.get("a"),
+        lambda: store.get("a", version=1),
+        lambda: store.get("a", version=3),
+        lambda: store.history("a"),
+        lambda: store.set("a", 5),
+    ]
+    for call in calls:
+        with pytest.raises(CorruptionError):
+            call()
+    store.check(repair=True)
+    assert store.check().ok, store.check().findings
+    assert _answers(store) == _answers(Store(twin, dag="d"))
+    store.close()
+
+
+def test_list_never_records_the_copy(tmp_path: Path) -> None:
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _second_life(root, backup, "keys")
+    shutil.copy(backup, log_path(root, "dag", "d", "a"))
+    store = Store(root, dag="d")
+    for _ in range(2):
+        listed = {e.key: e.version for e in store.list().entries}
+        assert listed.get("a") != 2, listed  # never the copy's version
+    store.close()
+
+
+def test_a_version_the_copy_hides_is_refused_not_absent(tmp_path: Path) -> None:
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _second_life(root, backup, "keys")
+    shutil.copy(backup, log_path(root, "dag", "d", "a"))
+    store = Store(root, dag="d")
+    with pytest.raises(CorruptionError, match=STALE):
+        store.get("a", version=4)
+    store.close()
