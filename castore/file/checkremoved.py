@@ -8,10 +8,11 @@ blob frames, which gc removes. Two things can then be wrong:
 * ``GRAVES`` lacks the version the ``C`` frame names (lost or older): the
   record is written again, so a re-created key continues above it;
 * the log holds entries again, all at or below the grave and not ending
-  with the grave's own tombstone (:func:`~castore.file.graves.put_back`): an
-  older copy of the log was put back. Readers and writers refuse it; the
+  with the grave's own tombstone (:func:`~castore.file.putback.put_back`):
+  an older copy of the log was put back. Readers and writers refuse it; the
   repair keeps the original in quarantine and rewrites the log as compaction
-  left it, so the key reads as removed and continues above its grave.
+  left it, so the key reads as removed and continues above its grave (with
+  the versions of a later life the copy hides recorded as lost).
 """
 
 from __future__ import annotations
