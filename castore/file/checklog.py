@@ -21,7 +21,7 @@ from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import checkread, cuts, versionindex
 from castore.file.blobsearch import BlobSearch
 from castore.file.checklost import note_behind
-from castore.file.checkremoved import check_put_back, check_removed
+from castore.file.checkremoved import check_put_back, check_removed, names_path
 from castore.file.damage import (
     RepairPlan,
     damage_windows,
@@ -130,7 +130,7 @@ class LogChecker:
         self.entries += len(entries)
         self.top[nsdir] = max([self.top.get(nsdir, 0), *(e.version for e in entries)])
         own = decode_header(header.payload) if header is not None else None
-        if own and entries and check_put_back(self, path, own, entries[-1], lost_by_index, keys):
+        if check_put_back(self, path, scope, own or new_header, entries, lost_by_index, keys):
             return  # an older copy of a removed key's log: its damage goes with it
         self.report_lost(path, ref_text, entries)
         fixable, lost_values = self.check_entries(path, ref_text, entries, frames, bad_blobs)
@@ -277,8 +277,7 @@ class LogChecker:
             self.found(path, "no header frame", "none: the log's ref is unknown")
             return self.rel(path)
         h = decode_header(header.payload)
-        expected = os.path.join(self.backend.refs, h.scope, file_id(h.namespace), file_id(h.key))
-        if h.scope != scope or expected + ".log" != path:
+        if not names_path(self.backend.refs, path, scope, h):
             self.found(path, f"header names {h.scope}/{h.namespace}/{h.key}", "none")
         return f"{h.scope}/{h.namespace}/{h.key}"
 

@@ -18,30 +18,34 @@ blob frames, which gc removes. Two things can then be wrong:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from castore.backend import lost_marker
 from castore.errors import UnsafePathError
 from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard, floor_after_damage
-from castore.file.putback import newest_in, put_back
+from castore.file.putback import marked_compacted, newest_in, put_back
 from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
+    KIND_HEADER,
     Header,
     decode_compaction,
     decode_entry,
     encode_record,
 )
 from castore.file.rewrite import removed_log
+from castore.keys import file_id
 from castore.records import Entry
 
 if TYPE_CHECKING:
     from castore.file.checklog import LogChecker
 
-__all__ = ["check_put_back", "check_removed"]
+__all__ = ["check_put_back", "check_removed", "names_path"]
 
 _POLICY = "check --repair: an older copy of a removed key's log"
 
@@ -70,13 +74,27 @@ def check_removed(
             checker.backend.graveyard(header.scope, header.namespace).bury([(header.key, top)])
 
 
+def names_path(refs: str, path: str, scope: str, h: Header) -> bool:
+    """True if header ``h`` names the ref whose log is at ``path`` (``scope``, below ``refs``)."""
+    expected = os.path.join(refs, h.scope, file_id(h.namespace), file_id(h.key))
+    return h.scope == scope and expected + ".log" == path
+
+
 def check_put_back(
-    checker: LogChecker, path: str, header: Header, newest: Entry, lost: int, keys: set[str]
+    checker: LogChecker,
+    path: str,
+    scope: str,
+    header: Header | None,
+    entries: list[Entry],
+    lost: int,
+    keys: set[str],
 ) -> bool:
     """Report (and repair) an older copy of a removed key's log; True if this log is one.
 
-    ``newest``: the log's newest intact entry (damage or a torn tail after it
-    goes with the copy); ``lost``: the highest version its ``.vix`` or
+    ``header``: the log's (or the one recovered for it; None: unknown);
+    another key's log in this one's place is reported apart, never repaired
+    as a copy. ``entries``: its intact entries, the newest last (damage or a
+    torn tail after them goes with the copy); ``lost``: the highest version its ``.vix`` or
     ``STATE`` records that it no longer holds; ``keys``: the namespace's
     ``KEYS``. The copy hides any life the key had after its grave: one is
     proven by such evidence above the grave, and suspected when ``KEYS``
@@ -84,9 +102,13 @@ def check_put_back(
     then lost, and how many there were is unknown, so the repair records
     them as lost up to a generous bound (as for a lost ``GRAVES``).
     """
+    if header is None or not entries or not names_path(checker.backend.refs, path, scope, header):
+        return False
+    newest = entries[-1]
     graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), checker.fs)
     grave = graves.recorded(header.key)
-    if not put_back(newest, grave) or not _still(checker, path, grave):
+    compacted = functools.partial(marked_compacted, checker.fs, path)
+    if not put_back(newest, grave, compacted) or not _still(checker, path, grave, compacted):
         return False
     ref = f"{header.scope}/{header.namespace}/{header.key}"
     nsdir = os.path.dirname(path)
@@ -111,9 +133,11 @@ def check_put_back(
 
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
         entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
-        if not entries or not put_back(max(entries, key=lambda e: e.version), grave):
+        if not entries or not put_back(max(entries, key=lambda e: e.version), grave, compacted):
             return None  # changed since it was read: the next check looks again
         frames = removed_log(log.frames, [(1, grave)], _POLICY)
+        if not frames or frames[0][0] != KIND_HEADER:  # damaged: the one recovered
+            frames.insert(0, (KIND_HEADER, encode_record(header)))
         if bound:
             marker = lost_marker(grave + 1, bound, time.time_ns(), reason)
             frames.append((KIND_ENTRY, encode_record(marker)))
@@ -130,7 +154,7 @@ def check_put_back(
     return True
 
 
-def _still(checker: LogChecker, path: str, grave: int) -> bool:
+def _still(checker: LogChecker, path: str, grave: int, compacted: Callable[[int], bool]) -> bool:
     """Whether the log's tail, read now under its shared lock, still ends below ``grave``.
 
     Check read the log before ``GRAVES``: a delete and a compaction may have
@@ -139,6 +163,6 @@ def _still(checker: LogChecker, path: str, grave: int) -> bool:
     """
     try:
         with checker.fs.open_locked(path, os.O_RDONLY, timeout=checker.timeout, shared=True) as fd:
-            return put_back(newest_in(fd), grave)
+            return put_back(newest_in(fd), grave, compacted)
     except FileNotFoundError:
         return False

@@ -15,30 +15,51 @@ confirms it under the log's shared lock, on the file the path still names
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 
-from castore.errors import CorruptionError
+from castore.errors import CastoreError, CorruptionError
 from castore.file import fileio, logread
 from castore.file.damage import REPAIR_HINT
 from castore.file.graves import Graveyard
 from castore.file.tree import Tree
+from castore.file.versionindex import COMPACTED, lookup, vix_path
 from castore.keys import Ref
 from castore.records import Entry
 
-__all__ = ["newest_in", "put_back", "refuse_put_back"]
+__all__ = ["marked_compacted", "newest_in", "put_back", "refuse_put_back"]
 
 
-def put_back(newest: Entry | None, grave: int) -> bool:
+def put_back(
+    newest: Entry | None, grave: int, compacted: Callable[[int], bool] | None = None
+) -> bool:
     """True if a log ending with ``newest`` is an older copy of one its key's grave removed.
 
     The log may still end with the grave's own tombstone (a compaction
     stopped between ``GRAVES`` and its rewrite); a re-created key's log
     ends above it. A log ending anywhere else at or below the grave was put
-    back from before the removal.
+    back from before the removal; so was one ending with that tombstone if
+    its version index marks the tombstone dropped by compaction
+    (``compacted``: asked only then), which only a completed removal does.
     """
     if newest is None or newest.version > grave:
         return False
-    return newest.version < grave or newest.live
+    if newest.version < grave or newest.live:
+        return True
+    return compacted is not None and compacted(grave)
+
+
+def marked_compacted(fs: Tree, path: str, version: int) -> bool:
+    """Whether the version index of the log at ``path`` marks ``version`` compacted."""
+    try:
+        fd = fs.open(vix_path(path), os.O_RDONLY)
+    except (FileNotFoundError, CastoreError):  # none, or something planted: no evidence
+        return False
+    try:
+        return lookup(fd, version) == COMPACTED
+    finally:
+        os.close(fd)
 
 
 def newest_in(fd: int) -> Entry | None:
@@ -61,7 +82,8 @@ def refuse_put_back(
     """
     key = ref.key
     grave = graves.recorded(key)
-    if not put_back(newest, grave):
+    compacted = functools.partial(marked_compacted, fs, path)
+    if not put_back(newest, grave, compacted):
         return
     if fd >= 0:
         with fileio.locked(fd, path, shared=True, timeout=timeout):  # no rewrite in flight
@@ -72,7 +94,7 @@ def refuse_put_back(
                 return
             newest = newest_in(fd)
             grave = graves.recorded(key)
-            if not put_back(newest, grave):
+            if not put_back(newest, grave, compacted):
                 return
     version = newest.version if newest is not None else 0  # put_back(): never None
     raise CorruptionError(

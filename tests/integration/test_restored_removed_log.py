@@ -318,3 +318,72 @@ def test_a_version_the_copy_hides_is_refused_not_absent(tmp_path: Path) -> None:
     with pytest.raises(CorruptionError, match=STALE):
         store.get("a", version=4)
     store.close()
+
+
+# Found by the review of the mends (each failed before its fix).
+
+
+def test_another_keys_old_log_in_a_live_keys_place_is_never_repaired_as_its_copy(
+    tmp_path: Path,
+) -> None:
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _removed_store(root, backup, collected=True)
+    store = Store(root, dag="d")
+    store.set("c", 5)
+    store.set("c", 6)
+    store.close()
+    shutil.copy(backup, log_path(root, "dag", "d", "c"))  # a's old log, under c's name
+    store = Store(root, dag="d")
+    report = store.check(repair=True)
+    assert all(STALE not in f.problem for f in report.findings), report.findings
+    assert any("header names dag/d/a" in f.problem for f in report.findings)
+    store.gc(grace_seconds=0)
+    assert not store.check().ok  # still reported: c's log is not c's
+    with pytest.raises(CorruptionError):
+        store.get("c")  # never "not found", never version 1 again
+    with pytest.raises(CorruptionError):
+        store.set("c", 7)
+    store.close()
+
+
+def test_a_copy_whose_header_is_damaged_is_repaired_in_one_pass(tmp_path: Path) -> None:
+    root, twin, backup = tmp_path / "store", tmp_path / "twin", tmp_path / "a.log"
+    _removed_store(root, backup, collected=True)
+    shutil.copytree(root, twin)
+    data = bytearray(backup.read_bytes())
+    data[10] ^= 0xFF  # inside the header frame
+    Path(log_path(root, "dag", "d", "a")).write_bytes(bytes(data))
+    store = Store(root, dag="d")
+    store.check(repair=True)
+    assert store.check().ok, store.check().findings
+    assert _answers(store) == _answers(Store(twin, dag="d"))
+    store.close()
+
+
+def test_a_copy_ending_with_its_tombstone_over_a_later_life_is_refused(tmp_path: Path) -> None:
+    """Copied between the delete and its compaction: the index marks the tombstone compacted."""
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    store = Store(root, dag="d")
+    store.set("a", 1)
+    store.set("a", 2)
+    store.set("b", 1)  # b's value is a's blob: gc keeps a's emptied log, and its index
+    store.delete("a")
+    shutil.copy(log_path(root, "dag", "d", "a"), backup)  # ends with tombstone 3
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
+    store.gc(grace_seconds=0)
+    assert (store.set("a", "x4").version, store.set("a", "x5").version) == (4, 5)
+    store.close()
+    vix = Path(log_path(root, "dag", "d", "a")[: -len(".log")] + ".vix")
+    assert vix.exists()  # the later life's index marks 1-3 compacted
+    shutil.copy(backup, log_path(root, "dag", "d", "a"))
+    store = Store(root, dag="d")
+    for call in (lambda: store.get("a"), lambda: store.set("a", 6)):
+        with pytest.raises(CorruptionError, match=STALE):
+            call()
+    store.check(repair=True)
+    assert store.check().ok, store.check().findings
+    with pytest.raises(CorruptionError, match="lost"):
+        store.get("a")
+    assert store.set("a", 6).version > 5
+    store.close()

@@ -112,7 +112,6 @@ FILE_LAYERS = {
     "rewrite": 2,
     "keyindex": 2,
     "graves": 2,
-    "putback": 3,  # an older copy of a removed key's log, put back (GRAVES' evidence)
     "blobindex": 2,
     "stateappend": 1,  # one append to STATE (shared with the CLI's quick set)
     "staterecords": 2,
@@ -126,12 +125,13 @@ FILE_LAYERS = {
     "blobsearch": 3,  # a value's intact copy in any log, for check
     "encode": 3,
     # a namespace's keys; one ref's log; the tree checks
-    "namespaces": 4,
+    "putback": 4,  # an older copy of a removed key's log, put back (GRAVES' evidence)
+    "namespaces": 5,
     "statemarks": 4,  # a rewrite's mark in STATE
     "cuts": 4,  # a version index's evidence that bytes were cut off its log
     "reflog": 5,
     "readers": 4,  # the logs kept open for version reads
-    "checktree": 4,
+    "checktree": 5,
     "checkread": 4,  # a log and its version index as one state, for check
     # reading and writing; maintenance (handed the FileBackend that calls it)
     "kept": 6,
@@ -141,7 +141,7 @@ FILE_LAYERS = {
     "checkremoved": 5,  # logs of keys compaction removed: GRAVES, an older copy put back
     "checklost": 5,  # STATE's evidence: lost logs, an older STATE (handed the LogChecker)
     "checklog": 6,
-    "checkkeys": 5,  # a namespace's KEYS header (handed the checker)
+    "checkkeys": 6,  # a namespace's KEYS header (handed the checker)
     "check": 7,
     "gc": 5,
     "compact": 5,
