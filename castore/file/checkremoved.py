@@ -129,6 +129,23 @@ def check_put_back(
     checker.found(path, problem, repair, checker.repair)
     if not checker.repair:
         return True
+    _repair_put_back(checker, path, header, grave, bound, compacted)
+    return True
+
+
+def _repair_put_back(
+    checker: LogChecker,
+    path: str,
+    header: Header,
+    grave: int,
+    bound: int,
+    compacted: Callable[[int], bool],
+) -> None:
+    """Rewrite the copy as compaction leaves a removed key's log (original in quarantine).
+
+    With ``bound``, versions above the grave up to it are recorded as lost
+    (the key lived again), and ``KEYS`` lists the key.
+    """
     reason = f"an older copy of the log was put back; {checker.rel(checker.quarantine(path))}"
 
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
@@ -147,11 +164,10 @@ def check_put_back(
         new = checker.backend.rewrite(path, transform, keep_copy=checker.quarantine(path))
     except UnsafePathError as exc:  # a link planted under quarantine/: this log only
         checker.unrepaired(path, f"not repaired: {exc.detail}")
-        return True
+        return
     index = checker.backend.key_index(header.scope, header.namespace)
     if new and bound and header.key not in index:  # lost versions: the key exists
         index.add(header.key, header.namespace, durable=True)
-    return True
 
 
 def _still(checker: LogChecker, path: str, grave: int, compacted: Callable[[int], bool]) -> bool:
