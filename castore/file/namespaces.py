@@ -36,7 +36,7 @@ class Namespaces:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self._keys: dict[str, KeyIndex] = {}
-        self._graves: dict[str, Graveyard] = {}
+        self._graves: dict[tuple[str, str], Graveyard] = {}
         self._states: dict[tuple[str, str], StateIndex] = {}
 
     def close(self) -> None:
@@ -57,10 +57,10 @@ class Namespaces:
 
     def graveyard(self, scope: str, namespace: str) -> Graveyard:
         """The graveyard of a namespace (last versions of removed keys)."""
-        nsdir = self.layout.ns_dir(scope, namespace)
-        graves = self._graves.get(nsdir)
+        graves = self._graves.get((scope, namespace))  # every read of a tail: no hashing
         if graves is None:
-            graves = self._graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"), self.layout.fs)
+            path = os.path.join(self.layout.ns_dir(scope, namespace), "GRAVES")
+            graves = self._graves[scope, namespace] = Graveyard(path, self.layout.fs)
         return graves
 
     def state(self, scope: str, namespace: str) -> StateIndex:
