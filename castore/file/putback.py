@@ -80,6 +80,8 @@ def refuse_put_back(
     Raises:
         CorruptionError: the log is older than its key's removal.
     """
+    if newest is None:  # no entry: nothing put back (a lost log is judged apart)
+        return
     key = ref.key
     grave = graves.recorded(key)
     compacted = functools.partial(marked_compacted, fs, path)
