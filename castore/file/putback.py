@@ -82,20 +82,18 @@ def refuse_put_back(
     """
     if newest is None:  # no entry: nothing put back (a lost log is judged apart)
         return
-    key = ref.key
-    grave = graves.recorded(key)
+    grave = graves.recorded(ref.key)
+    if not grave:  # the common case: no grave names the key
+        return
     compacted = functools.partial(marked_compacted, fs, path)
     if not put_back(newest, grave, compacted):
         return
     if fd >= 0:
         with fileio.locked(fd, path, shared=True, timeout=timeout):  # no rewrite in flight
-            try:
-                if fs.stat(path).st_ino != os.fstat(fd).st_ino:
-                    return  # rewritten or removed since it was read: that read stands
-            except FileNotFoundError:
-                return
+            if fs.names(path, fd) is None:
+                return  # rewritten or removed since it was read: that read stands
             newest = newest_in(fd)
-            grave = graves.recorded(key)
+            grave = graves.recorded(ref.key)
             if not put_back(newest, grave, compacted):
                 return
     version = newest.version if newest is not None else 0  # put_back(): never None
