@@ -272,7 +272,10 @@ class FileBackend:
             return found  # read and verified before, from this very file
         fd = kept.fd if kept is not None else -1  # open while ``kept`` is referenced
         if found is not None:
-            self.names.not_put_back_in(ref, log.path, fd, version)
+            if kept is None or kept.judged is not lookup.state:
+                self.names.not_put_back_in(ref, log.path, fd, 0)  # the whole file (0: any grave)
+                if kept is not None:
+                    kept.judged = lookup.state  # not again while the file is as it was
             value = self.blob_reader.value_of(ref, found[0], found[1], fd)
             self.kept_readers.verified(lookup, version, found[0], value)
             return found[0], value

@@ -92,7 +92,8 @@ class Graveyard:
         try:
             st = self.fs.stat(self.path)  # one call when nothing changed (every new key)
         except FileNotFoundError:
-            self._forget(0)
+            if self._ino:  # it was there: keep what it held as seen (else: nothing to forget)
+                self._forget(0)
             return
         sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if sig == self._sig:

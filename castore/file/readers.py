@@ -90,6 +90,7 @@ class KeptLog:
         "fd",
         "folder",
         "ident",
+        "judged",
         "name",
         "pages",
         "path",
@@ -108,6 +109,9 @@ class KeptLog:
         self.pages: dict[int, array.array[int]] = {}  # pages of the index read so far
         # Replaced whole (one attribute) when the file changes: threads never mix states.
         self.verified: Verified = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), {})
+        # The state (``verified``, by identity) under which the file was judged not an
+        # older copy of a removed key's log: judged again once the file changes.
+        self.judged: Verified | None = None
 
     def __del__(self) -> None:
         for fd in (self.fd, self.vix_fd):

@@ -320,6 +320,28 @@ def test_a_version_the_copy_hides_is_refused_not_absent(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.parametrize("put_back", ["new-file", "in-place"])
+def test_a_handle_that_read_versions_before_refuses_them_from_the_copy(
+    tmp_path: Path, put_back: str
+) -> None:
+    """A kept log judged sound is judged again once the file at its path changes."""
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    _second_life(root, backup, "vix")
+    reader = Store(root, dag="d")
+    assert [reader.get("a", version=v).value for v in (4, 5, 4)] == [7, 8, 7]
+    path = log_path(root, "dag", "d", "a")
+    if put_back == "new-file":
+        os.unlink(path)
+        shutil.copy(backup, path)
+    else:
+        time.sleep(0.02)  # past the clock's tick: the file's stat changes
+        shutil.copyfile(backup, path)  # the same inode, rewritten
+    for version in (1, 2, 4, 5):
+        with pytest.raises(CorruptionError):  # the copy, or the cut its index shows
+            reader.get("a", version=version)
+    reader.close()
+
+
 # Found by the review of the mends (each failed before its fix).
 
 
