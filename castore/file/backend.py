@@ -8,9 +8,8 @@ the blob index and blob reader, and a read cache of each log's newest
 entry. It knows the bytes (docs/FORMAT.md) but not Dagu's semantics (those
 live in ``castore/store.py``).
 
-A read never creates a store: on a location that holds none (a missing or
-empty directory) every read finds nothing and leaves it as it was; the
-first write that appends something creates it (:meth:`Layout.create`).
+A read never creates a store: on a location that holds none (a missing or empty
+directory) every read finds nothing; the first write creates it (:meth:`Layout.create`).
 """
 
 from __future__ import annotations
@@ -199,8 +198,7 @@ class FileBackend:
         """Record in ``STATE`` the newest version of ``keys``, read under their logs' locks.
 
         A log that a writer holds, that is damaged or an older copy put back
-        (:mod:`~castore.file.putback`) is left out: its
-        key stays unknown, and the next list reads its log again.
+        (:mod:`~castore.file.putback`) is left out: the next list reads it again.
         """
         state = self.names.state(scope, namespace)
         if state.known() is None:
@@ -272,10 +270,9 @@ class FileBackend:
             return found  # read and verified before, from this very file
         fd = kept.fd if kept is not None else -1  # open while ``kept`` is referenced
         if found is not None:
-            if kept is None or kept.judged is not lookup.state:
-                self.names.not_put_back_in(ref, log.path, fd, 0)  # the whole file (0: any grave)
-                if kept is not None:
-                    kept.judged = lookup.state  # not again while the file is as it was
+            judge = kept is None or kept.judged is not lookup.state  # once per state of the file
+            if judge and self.names.judged(ref, log.path, fd) and kept is not None:
+                kept.judged = lookup.state
             value = self.blob_reader.value_of(ref, found[0], found[1], fd)
             self.kept_readers.verified(lookup, version, found[0], value)
             return found[0], value

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["check"]
 
 _FIRST_OR_LAST = ("KEYS", "STATE", "GRAVES")  # checked before the logs (GRAVES: after)
+IN_FLIGHT_SECONDS = 60.0  # a temporary file changed this recently may be a write in flight
 
 
 def _read_as_file(name: str) -> bool:
@@ -143,10 +145,25 @@ def _check_namespace(checker: LogChecker, scope: str, nsdir: str, progress: Prog
             # a planted object in its place that this repair removed
             _checked(checker, path, check_lost_log, checker, path[:-4] + ".log", scope, keys)
         elif file.endswith(".tmp"):
-            checker.found(path, "leftover temporary file", "gc removes it", severity="info")
+            _leftover(checker, path)
     for path, key in gone_logs(checker, keys):  # missing with their index: STATE tells
         _checked(checker, path, check_lost_log, checker, path, scope, keys | {key})
     _checked(checker, os.path.join(nsdir, "STATE"), report_behind, checker, nsdir)
     checker.recorded = {}
     check_graves(checker, nsdir)
     return logs
+
+
+def _leftover(checker: LogChecker, path: str) -> None:
+    """Report a temporary file a crash left (info: gc removes it after its grace period).
+
+    One changed within :data:`IN_FLIGHT_SECONDS` may be a write in flight
+    (a ``STATE`` snapshot, a rewrite): not reported, as gone by the time it
+    is looked at.
+    """
+    try:
+        age = time.time() - checker.fs.stat(path).st_mtime
+    except FileNotFoundError:
+        return  # renamed into place or removed since the listing: a write finished
+    if age >= IN_FLIGHT_SECONDS:
+        checker.found(path, "leftover temporary file", "gc removes it", severity="info")

@@ -278,6 +278,19 @@ class Namespaces:
         if grave and version <= grave:
             self.not_put_back(ref, path, newest_in(fd), fd)
 
+    def judged(self, ref: Ref, path: str, fd: int) -> bool:
+        """:meth:`not_put_back` on the log open on ``fd``; True: holds while the file is unchanged.
+
+        False where a grave names the key and the log does not end above it (its
+        tombstone, which a ``.vix`` that gains its mark makes a copy): judged again.
+        """
+        grave = self.graveyard(ref.scope, ref.namespace).recorded(ref.key)
+        if not grave:
+            return True
+        newest = newest_in(fd)
+        self.not_put_back(ref, path, newest, fd)
+        return newest is not None and newest.version > grave
+
     def not_compacted(self, ref: Ref, version: int) -> None:
         """Raise NotFoundError if ``version``, absent, went with its key's removed life."""
         if version <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):

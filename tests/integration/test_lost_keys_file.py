@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,8 @@ def test_a_temporary_file_beside_an_empty_namespace_s_state_is_no_error(tmp_path
     s, nsdir = _refused_namespace(tmp_path / "store")
     file_backend(s).names.state("custom", "other").create()
     shutil.copyfile(nsdir / "STATE", nsdir / ".STATE.123.456.789.tmp")
+    old = time.time() - 120  # a crash's leftover (a younger one may be a write in flight)
+    os.utime(nsdir / ".STATE.123.456.789.tmp", (old, old))
     assert [(f.problem, f.severity) for f in s.check().findings] == [
         ("leftover temporary file", "info")
     ]

@@ -342,6 +342,34 @@ def test_a_handle_that_read_versions_before_refuses_them_from_the_copy(
     reader.close()
 
 
+def test_a_copy_ending_with_its_tombstone_is_judged_again_once_its_index_is_back(
+    tmp_path: Path,
+) -> None:
+    """Found by the review of the kept logs' judgement: while the ``.vix`` that marks the
+    tombstone compacted was away, a handle read the copy; with the ``.vix`` back, that
+    handle went on serving the removed life's versions that a new handle refuses."""
+    root, backup = tmp_path / "store", tmp_path / "a.log"
+    store = Store(root, dag="d")
+    store.set("a", 1)
+    store.set("a", 2)
+    store.delete("a")
+    path = log_path(root, "dag", "d", "a")
+    shutil.copy(path, backup)  # ends with the tombstone, version 3
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
+    store.close()
+    vix, away = Path(path[: -len(".log")] + ".vix"), tmp_path / "a.vix"
+    os.replace(vix, away)
+    os.replace(backup, path)
+    reader = Store(root, dag="d")
+    assert [reader.get("a", version=1).value for _ in range(2)] == [1, 1]  # no evidence
+    os.replace(away, vix)
+    for handle in (reader, Store(root, dag="d")):
+        with pytest.raises(CorruptionError, match=STALE):
+            handle.get("a", version=2)
+        handle.close()
+
+
 # Found by the review of the mends (each failed before its fix).
 
 

@@ -449,7 +449,7 @@ def test_gc_removes_old_tmp_leftovers_only(store, root):
     for path in old:
         _make_tmp(path, 7200)
     for path in young:
-        _make_tmp(path, 60)
+        _make_tmp(path, 600)  # older than a write in flight, younger than the grace period
     saved = snapshot(root)
     dry = store.gc(grace_seconds=3600, dry_run=True)
     assert dry.leftovers_removed == len(old)
@@ -464,6 +464,19 @@ def test_gc_removes_old_tmp_leftovers_only(store, root):
     assert result.ok
     assert any(f.problem == "leftover temporary file" for f in result.findings)
     assert store.get("k").value == 1
+
+
+def test_check_reports_a_temporary_file_only_once_no_write_can_still_hold_it(store, root):
+    """Found by a flaky run: a ``STATE`` snapshot in flight was reported as a leftover."""
+    write_versions(store, "k", [1])
+    nsdir = os.path.dirname(log_path(root, "dag", DAG, "k"))
+    fresh = os.path.join(nsdir, "STATE.1.2.3.tmp")
+    _make_tmp(fresh, 1)
+    assert store.check().findings == []
+    _make_tmp(fresh, 61)
+    (finding,) = store.check().findings
+    assert (finding.problem, finding.severity) == ("leftover temporary file", "info")
+    assert finding.path.endswith("STATE.1.2.3.tmp")
 
 
 def test_gc_removes_an_old_empty_log_but_not_a_young_one(store, root):
