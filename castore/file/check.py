@@ -158,8 +158,8 @@ def _leftover(checker: LogChecker, path: str) -> None:
     """Report a temporary file a crash left (info: gc removes it after its grace period).
 
     One changed within :data:`IN_FLIGHT_SECONDS` may be a write in flight
-    (a ``STATE`` snapshot, a rewrite): not reported, as gone by the time it
-    is looked at.
+    (a ``STATE`` snapshot, a rewrite), renamed into place a moment later:
+    not reported.
     """
     try:
         age = time.time() - checker.fs.stat(path).st_mtime
