@@ -1,15 +1,13 @@
 """Reading a ref log open on a descriptor: its tail, a full scan, single frames.
 
-A ref log (docs/FORMAT.md §3-§6) is a sequence of frames: one ``H`` header,
-an optional ``C`` frame, then, per version, an optional ``B`` blob frame
-immediately followed by its ``E`` entry frame, both written by one
-``write(2)``. These functions read; :class:`castore.file.reflog.RefLog`
-decides what a reading means (settled, torn, damaged) and writes.
+A ref log (docs/FORMAT.md §3-§6) is a sequence of frames: one ``H`` header, an
+optional ``C`` frame, then, per version, an optional ``B`` blob frame immediately
+followed by its ``E`` entry frame, both written by one ``write(2)``. These functions
+read; :class:`castore.file.reflog.RefLog` decides what a reading means and writes.
 
-The fast path reads the last frame backwards from the size the reader
-observed. A full forward scan tells a torn tail (a crash: the previous
-version is current) from damage (:func:`damage_after`: nothing can be said
-about the newest version).
+The fast path reads the last frame backwards from the size the reader observed. A
+full forward scan tells a torn tail (a crash: the previous version is current) from
+damage (:func:`damage_after`: nothing can be said about the newest version).
 """
 
 from __future__ import annotations
@@ -63,6 +61,7 @@ __all__ = [
     "entry_in",
     "header_of",
     "history_by_scan",
+    "newest_in",
     "read_all",
     "read_tail",
     "refuse_other",
@@ -173,9 +172,7 @@ def scan(fd: int) -> tuple[Tail, LogBytes]:
     would_wait("a whole-log scan")
     buf, size = read_all(fd)
     log = classify(buf)
-    header = None
-    entry_frame = None
-    before = newest = 0
+    header, entry_frame, before, newest = None, None, 0, 0
     for frame in log.frames:
         if frame.kind == KIND_HEADER and header is None:
             header = decode_header(frame.payload)
@@ -394,3 +391,9 @@ def entry_in(log: LogBytes, version: int, what: str, path: str) -> Entry | None:
         if window.low <= version and (window.high is None or version <= window.high):
             raise damaged_error(path, window.start, window.end, f"{what} version {version}")
     return None
+
+
+def newest_in(fd: int) -> Entry | None:
+    """The newest intact entry of the log on ``fd``, past a torn tail (a copy made mid-write)."""
+    tail = read_tail(fd, os.fstat(fd).st_size)
+    return (tail if tail is not None else scan(fd)[0]).entry

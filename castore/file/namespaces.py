@@ -1,10 +1,9 @@
 """A store's namespaces: each one's ``KEYS`` and ``GRAVES``, and the keys they list.
 
-:class:`Namespaces` keeps one :class:`~castore.file.keyindex.KeyIndex` and
-one :class:`~castore.file.graves.Graveyard` per namespace directory
-(cached per handle) and answers which keys and namespaces exist. Damage to
-``KEYS`` never hides a key: the logs' headers are read instead
-(docs/FORMAT.md §5).
+:class:`Namespaces` keeps one :class:`~castore.file.keyindex.KeyIndex` and one
+:class:`~castore.file.graves.Graveyard` per namespace directory (cached per handle) and
+answers which keys and namespaces exist. Damage to ``KEYS`` never hides a key: the
+logs' headers are read instead (docs/FORMAT.md §5).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import os
 from castore.backend import Current
 from castore.errors import CastoreError, CorruptionError, NotFoundError
 from castore.file import logread, versionindex
+from castore.file.behind import refuse_behind_state
 from castore.file.damage import REPAIR_HINT, gone_error
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex, namespace_of
@@ -66,11 +66,9 @@ class Namespaces:
     def state(self, scope: str, namespace: str) -> StateIndex:
         """The state index of a namespace (each key's newest version, for list).
 
-        A handle keeps those of at most :data:`STATES_KEPT` namespaces, each
-        with its ``STATE`` open: past that, it closes them all and starts over
-        (a long-lived handle over many namespaces, such as a server's, would
-        otherwise run out of descriptors). One still in use elsewhere reopens
-        its file, and closes it when it is collected.
+        A handle keeps those of at most :data:`STATES_KEPT` namespaces, each with its
+        ``STATE`` open: past that, it closes them all and starts over (a server's handle
+        would run out of descriptors). One still in use elsewhere reopens its file.
         """
         state = self._states.get((scope, namespace))  # every write: no hashing
         if state is None:
@@ -225,12 +223,11 @@ class Namespaces:
         were cut off (FORMAT.md §7, "A cut a handle saw"). The evidence is
         recorded in the log's version index, for every other reader, writer
         and ``check``; where it cannot be written, this handle still refuses.
-        A log that ends at or below its key's grave is refused too
-        (:meth:`not_put_back`, confirmed on ``fd``, the log read; -1: the
-        caller holds its lock): every reader of a tail calls this.
+        So is an older copy (:meth:`not_put_back`, confirmed on ``fd``, the log
+        read; -1: the caller holds its lock): every reader of a tail calls this.
 
         Raises:
-            CorruptionError: the log ends below ``known``, or is an older copy put back.
+            CorruptionError: the log ends below ``known`` or ``STATE``, or is an older copy.
         """
         self.not_put_back(ref, path, tail, fd)
         if known is None or known.entry is None:
@@ -260,12 +257,15 @@ class Namespaces:
         )
 
     def not_put_back(self, ref: Ref, path: str, newest: Entry | None, fd: int = -1) -> None:
-        """Refuse a log ending with ``newest`` at or below its key's grave (:mod:`putback`).
+        """Refuse an older copy of a log ending with ``newest`` (:mod:`putback`, :mod:`behind`).
 
+        At or below its key's grave, or below the version ``STATE`` records;
         ``fd``: the log read, to confirm evidence on (-1: the caller holds its lock).
         """
-        graves = self.graveyard(ref.scope, ref.namespace)
-        refuse_put_back(graves, self.layout.fs, ref, path, newest, fd, self.layout.lock_timeout)
+        graves, wait = self.graveyard(ref.scope, ref.namespace), self.layout.lock_timeout
+        refuse_put_back(graves, self.layout.fs, ref, path, newest, fd, wait)
+        state = self.state(ref.scope, ref.namespace)
+        refuse_behind_state(state, graves, self.layout.fs, ref, path, newest, fd, wait)
 
     def not_put_back_in(self, ref: Ref, path: str, fd: int, version: int) -> None:
         """:meth:`not_put_back` for the log open on ``fd``, if ``version`` read there is old.
@@ -275,7 +275,7 @@ class Namespaces:
         log) makes it read the tail, and only where a grave names the key.
         """
         grave = self.graveyard(ref.scope, ref.namespace).recorded(ref.key)
-        if grave and version <= grave:
+        if (grave and version <= grave) or not version:  # 0: absent (STATE may record it)
             self.not_put_back(ref, path, newest_in(fd), fd)
 
     def judged(self, ref: Ref, path: str, fd: int) -> bool:

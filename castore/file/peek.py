@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ABSENT",
     "VIX_RECORD_BYTES",
+    "behind_state",
     "blob_value",
     "buried",
     "indexes_beyond",
@@ -172,7 +173,13 @@ def names_ref(fd: int, ref: Ref) -> bool:
 
 def _newest(fs: Tree, path: str, fd: int, key: str) -> tuple[int, str, bytes] | None:
     tail = newest_entry(fd, os.fstat(fd).st_size)
-    if tail is None or indexes_beyond(fs, path, tail[1]["version"]) or buried(fs, path, key):
+    version = tail[1]["version"] if tail is not None else 0
+    if (
+        tail is None
+        or indexes_beyond(fs, path, version)
+        or buried(fs, path, key)
+        or behind_state(fs, path, key, version)
+    ):
         return None
     entry = tail[1]
     if entry["op"] == _DELETE:
@@ -193,6 +200,48 @@ def indexes_beyond(fs: Tree, log_path: str, version: int) -> bool:
     except FileNotFoundError:
         return False
     return size // VIX_RECORD_BYTES > version
+
+
+def behind_state(fs: Tree, log_path: str, key: str, version: int) -> bool:
+    """Whether the namespace's ``STATE`` may record a version of ``key`` above ``version``.
+
+    Such a record is evidence that the log lost acknowledged bytes (cut short,
+    or an older copy put back with its index; FORMAT.md §7): the store's
+    reader decides. One failed ``open`` in the common case (no ``STATE``);
+    else every msgpack string of the key there (a snapshot row or an ``S``
+    record: ``[key, version, ...]``) must be followed by a version no higher.
+    """
+    try:
+        data = fs.read_file(
+            os.path.join(os.path.dirname(log_path), STATE_NAME), STATE_READ_BYTES + 1
+        )
+    except FileNotFoundError:
+        return False
+    if len(data) > STATE_READ_BYTES:
+        return True  # a larger STATE is left to the store
+    name = key.encode("utf-8")
+    size = len(name)
+    head = bytes([0xA0 | size]) if size < 32 else b"\xd9" + bytes([size]) if size < 256 else b""
+    if not head:
+        return key.encode("utf-8") in data  # a long key: any mention asks the store
+    needle, at = head + name, data.find(head + name)
+    while at >= 0:
+        found = _uint_at(data, at + len(needle))
+        if found is None or found > version:
+            return True
+        at = data.find(needle, at + 1)
+    return False
+
+
+def _uint_at(data: bytes, at: int) -> int | None:
+    """The msgpack unsigned integer at ``at`` in ``data``, or None if there is none."""
+    first = data[at] if at < len(data) else -1
+    if 0 <= first < 0x80:
+        return first
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(first, 0)
+    if not width or at + 1 + width > len(data):
+        return None
+    return int.from_bytes(data[at + 1 : at + 1 + width], "big")
 
 
 def buried(fs: Tree, log_path: str, key: str) -> bool:

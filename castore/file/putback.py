@@ -20,9 +20,10 @@ import os
 from collections.abc import Callable
 
 from castore.errors import CastoreError, CorruptionError
-from castore.file import fileio, logread
+from castore.file import fileio
 from castore.file.damage import REPAIR_HINT
 from castore.file.graves import Graveyard
+from castore.file.logread import newest_in
 from castore.file.tree import Tree
 from castore.file.versionindex import COMPACTED, lookup, vix_path
 from castore.keys import Ref
@@ -60,12 +61,6 @@ def marked_compacted(fs: Tree, path: str, version: int) -> bool:
         return lookup(fd, version) == COMPACTED
     finally:
         os.close(fd)
-
-
-def newest_in(fd: int) -> Entry | None:
-    """The newest intact entry of the log on ``fd``, past a torn tail (a copy made mid-write)."""
-    tail = logread.read_tail(fd, os.fstat(fd).st_size)
-    return (tail if tail is not None else logread.scan(fd)[0]).entry
 
 
 def refuse_put_back(

@@ -41,6 +41,7 @@ from castore.file import fileio
 from castore.file.frames import encode_frame
 from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.peek import (
+    behind_state,
     blob_value,
     buried,
     indexes_beyond,
@@ -247,5 +248,6 @@ def _plain_log(fs: Tree, path: str, fd: int, ref: Ref, version: int) -> bool:
     return (
         not indexes_beyond(fs, path, version)
         and not buried(fs, path, ref.key)
+        and not behind_state(fs, path, ref.key, version)
         and names_ref(fd, ref)
     )

@@ -180,12 +180,11 @@ def test_a_log_replaced_since_it_was_read_is_not_judged(tmp_path: Path) -> None:
 def test_check_finds_a_log_cut_at_a_frame_boundary_that_state_recorded(tmp_path: Path) -> None:
     """STATE's last record for a key is its newest version: a log ending lower was cut.
 
-    No reader indexed the log (no ``.vix``), so readers take the cut for the
-    earlier state (the documented limit); ``check`` compares the log with
-    ``STATE``, whose ``S`` record no writer followed with a ``P``, reports the
-    cut and ``--repair`` records the cut version as lost, so it is never given
-    again. A key changed since it was listed (its last record a ``P``) is not
-    judged.
+    No reader indexed the log (no ``.vix``): readers refuse it all the same,
+    as ``STATE`` records more (until the twenty-fifth session they took the
+    cut for the earlier state); ``check`` reports the cut and ``--repair``
+    records the cut version as lost, so it is never given again. A key
+    changed since it was listed (its last record a ``P``) is not judged.
     """
     root = tmp_path / "s"
     log = _listed(root, "k", 3)
@@ -194,7 +193,8 @@ def test_check_finds_a_log_cut_at_a_frame_boundary_that_state_recorded(tmp_path:
     with open(log, "r+b") as f:
         f.truncate(ends[1])  # exactly after version 2's entry
     store = Store(root, dag=DAG)
-    assert store.get("k").version == 2  # readers cannot tell (no index)
+    with pytest.raises(CorruptionError, match="STATE records version 3"):
+        store.get("k")  # never version 2 as current
     report = store.check()
     [finding] = report.findings
     assert "STATE records version 3" in finding.problem, finding

@@ -126,6 +126,7 @@ FILE_LAYERS = {
     "encode": 3,
     # a namespace's keys; one ref's log; the tree checks
     "putback": 4,  # an older copy of a removed key's log, put back (GRAVES' evidence)
+    "behind": 4,  # a log behind the version its namespace's STATE records
     "namespaces": 5,
     "statemarks": 4,  # a rewrite's mark in STATE
     "cuts": 4,  # a version index's evidence that bytes were cut off its log
