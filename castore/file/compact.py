@@ -157,7 +157,9 @@ def _compact_one(backend: FileBackend, ref: Ref, plan: _Plan, dry_run: bool) -> 
     size = _size(backend.fs, path)
     if dry_run:
         try:
-            result = plan.transform(classify(backend.fs.read_file(path)))
+            log = classify(backend.fs.read_file(path))
+            _not_a_copy(backend, ref, log)
+            result = plan.transform(log)
         except FileNotFoundError:
             result = None
         # sized as the real run lays the log out (relaid re-encodes moved blob locations)
@@ -178,6 +180,7 @@ def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
     """
 
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
+        _not_a_copy(backend, ref, log)
         wanted = plan.transform(log)
         if plan.removed is not None:
             graves = backend.graveyard(ref.scope, ref.namespace)
@@ -189,6 +192,18 @@ def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
         return wanted
 
     return transform
+
+
+def _not_a_copy(backend: FileBackend, ref: Ref, log: LogBytes) -> None:
+    """Refuse, as a writer does, a log that is an older copy or behind ``STATE`` (FORMAT.md §7).
+
+    Compacting it would take its old tombstone for the key's last state, or
+    drop versions as if they were the key's oldest. Read under the log's lock
+    (or, for a dry run, as a reader: then the evidence is not confirmed).
+    """
+    entries = [f for f in log.frames if f.kind == KIND_ENTRY]
+    newest = decode_entry(entries[-1].payload) if entries else None
+    backend.names.not_put_back(ref, backend.log_path(ref), newest)
 
 
 def _size(fs: Tree, path: str) -> int:

@@ -270,12 +270,12 @@ class Namespaces:
     def not_put_back_in(self, ref: Ref, path: str, fd: int, version: int) -> None:
         """:meth:`not_put_back` for the log open on ``fd``, if ``version`` read there is old.
 
-        For reads that do not read the log's tail (a version, a history page):
-        only a version read at or below the key's grave (0: one absent from the
-        log) makes it read the tail, and only where a grave names the key.
+        For reads that do not read the log's tail (a version, a history page): only
+        one at or below the key's grave or below what ``STATE`` records (0: absent) does.
         """
         grave = self.graveyard(ref.scope, ref.namespace).recorded(ref.key)
-        if (grave and version <= grave) or not version:  # 0: absent (STATE may record it)
+        top = self.state(ref.scope, ref.namespace).recorded().get(ref.key, 0)
+        if (grave and version <= grave) or version < top or not version:  # 0: absent
             self.not_put_back(ref, path, newest_in(fd), fd)
 
     def judged(self, ref: Ref, path: str, fd: int) -> bool:

@@ -79,6 +79,59 @@ def test_a_log_and_index_put_back_are_refused_then_repaired(tmp_path: Path) -> N
     clean.close()
 
 
+def test_history_refuses_it_as_get_does(tmp_path: Path) -> None:
+    """Found by the review: a history page that ends at the log's newest entry is a read of
+    the key's current state (``history --limit 1``), and a page before a version the copy
+    lacks silently skipped it."""
+    root, twin = _restored(tmp_path)
+    clean, store = Store(twin, dag="d"), Store(root, dag="d")
+    assert [e.version for e in clean.history("k", limit=1).entries] == [7]
+    for call in (
+        lambda: store.history("k"),
+        lambda: store.history("k", limit=1),
+        lambda: store.history("k", before_version=7),
+        lambda: store.history("k", before_version=4),  # the whole key, until repaired
+    ):
+        with pytest.raises(CorruptionError, match=BEHIND):
+            call()
+    store.close()
+    clean.close()
+
+
+def test_compaction_refuses_a_copy_ending_with_an_old_delete(tmp_path: Path) -> None:
+    """Found by the review: compaction took the copy's old tombstone for the key's last
+    state, removed the key and dropped its versions; reads then said "no version 6"."""
+    root, twin = tmp_path / "store", tmp_path / "twin"
+    store = Store(root, dag="d")
+    for n in range(4):
+        store.set("k", n)
+    store.delete("k")  # version 5
+    assert store.get("k", version=3).value == 2
+    path = Path(log_path(root, "dag", "d", "k"))
+    shutil.copy(path, tmp_path / "k.log")
+    shutil.copy(path.with_suffix(".vix"), tmp_path / "k.vix")
+    store.set("k", "six")
+    store.list()
+    store.close()
+    shutil.copytree(root, twin)
+    shutil.copy(tmp_path / "k.log", path)
+    shutil.copy(tmp_path / "k.vix", path.with_suffix(".vix"))
+    before = path.read_bytes()
+    store = Store(root, dag="d")
+    for dry_run in (True, False):
+        with pytest.raises(CorruptionError, match="STATE records version 6"):
+            store.compact(keep_within_seconds=0, dry_run=dry_run)
+    assert path.read_bytes() == before
+    assert [(e.key, e.version) for e in store.list().entries] == [("k", 6)]
+    with pytest.raises(CorruptionError, match="STATE records version 6"):
+        store.get("k", version=6)
+    clean = Store(twin, dag="d")
+    assert clean.compact(keep_within_seconds=0).keys_removed == 0
+    assert clean.get("k", version=6).value == "six"
+    store.close()
+    clean.close()
+
+
 def test_the_command_line_refuses_it(tmp_path: Path) -> None:
     root, _ = _restored(tmp_path)
     cli = Cli(tmp_path, root, dag="d")
@@ -86,6 +139,7 @@ def test_the_command_line_refuses_it(tmp_path: Path) -> None:
     before = path.read_bytes()
     assert BEHIND in cli.fail(5, "get", "k")
     assert BEHIND in cli.fail(5, "set", "k", "5")
+    assert BEHIND in cli.fail(5, "history", "k")
     assert path.read_bytes() == before
 
 
