@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,12 +87,13 @@ def test_history_refuses_it_as_get_does(tmp_path: Path) -> None:
     root, twin = _restored(tmp_path)
     clean, store = Store(twin, dag="d"), Store(root, dag="d")
     assert [e.version for e in clean.history("k", limit=1).entries] == [7]
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: store.history("k"),
         lambda: store.history("k", limit=1),
         lambda: store.history("k", before_version=7),
         lambda: store.history("k", before_version=4),  # the whole key, until repaired
-    ):
+    ]
+    for call in calls:
         with pytest.raises(CorruptionError, match=BEHIND):
             call()
     store.close()
