@@ -21,6 +21,7 @@ readers and writers carry on while compaction runs.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -157,11 +158,16 @@ def _compact_one(backend: FileBackend, ref: Ref, plan: _Plan, dry_run: bool) -> 
     size = _size(backend.fs, path)
     if dry_run:
         try:
-            log = classify(backend.fs.read_file(path))
-            _not_a_copy(backend, ref, log)
-            result = plan.transform(log)
+            fd = backend.fs.open(path, os.O_RDONLY)
         except FileNotFoundError:
             result = None
+        else:
+            try:  # read as a reader: evidence of a copy is confirmed on ``fd``
+                log = classify(fileio.read_at(fd, 0, os.fstat(fd).st_size))
+                _not_a_copy(backend, ref, log, fd)
+                result = plan.transform(log)
+            finally:
+                os.close(fd)
         # sized as the real run lays the log out (relaid re-encodes moved blob locations)
         return size, size if result is None else len(relaid(result))
     backend.rewrite(path, _bury_first(backend, ref, plan), gc_held=True)
@@ -194,16 +200,16 @@ def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
     return transform
 
 
-def _not_a_copy(backend: FileBackend, ref: Ref, log: LogBytes) -> None:
+def _not_a_copy(backend: FileBackend, ref: Ref, log: LogBytes, fd: int = -1) -> None:
     """Refuse, as a writer does, a log that is an older copy or behind ``STATE`` (FORMAT.md §7).
 
     Compacting it would take its old tombstone for the key's last state, or
     drop versions as if they were the key's oldest. Read under the log's lock
-    (or, for a dry run, as a reader: then the evidence is not confirmed).
+    (``fd`` -1), or by a dry run on ``fd``, which confirms evidence under it.
     """
     entries = [f for f in log.frames if f.kind == KIND_ENTRY]
     newest = decode_entry(entries[-1].payload) if entries else None
-    backend.names.not_put_back(ref, backend.log_path(ref), newest)
+    backend.names.not_put_back(ref, backend.log_path(ref), newest, fd)
 
 
 def _size(fs: Tree, path: str) -> int:

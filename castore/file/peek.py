@@ -223,7 +223,7 @@ def behind_state(fs: Tree, log_path: str, key: str, version: int) -> bool:
     size = len(name)
     head = bytes([0xA0 | size]) if size < 32 else b"\xd9" + bytes([size]) if size < 256 else b""
     if not head:
-        return key.encode("utf-8") in data  # a long key: any mention asks the store
+        return name in data  # a long key: any mention asks the store
     needle, at = head + name, data.find(head + name)
     while at >= 0:
         found = _uint_at(data, at + len(needle))

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from castore import CorruptionError, Store
@@ -211,7 +212,8 @@ def test_the_quick_paths_read_the_version_state_records(
     prefix = next((p for top, p in width if version <= top), b"\xcf")
     size = {b"": 0, b"\xcc": 1, b"\xcd": 2, b"\xce": 4, b"\xcf": 8}[prefix]
     encoded = prefix + (version.to_bytes(size, "big") if size else bytes([version]))
-    at = data.rindex(name) + len(name)
+    packed = msgspec.msgpack.encode(key)  # the key as STATE's rows hold it
+    at = data.rindex(packed) + len(packed)
     assert data[at] == 1
     state.write_bytes(data[:at] + encoded + data[at + 1 :])
     assert behind_state(fs, path, key, version - 1)
