@@ -21,10 +21,9 @@ a writer holds the lock already.
 from __future__ import annotations
 
 from castore.errors import CorruptionError
-from castore.file import fileio
+from castore.file.confirm import confirmed
 from castore.file.damage import REPAIR_HINT
 from castore.file.graves import Graveyard
-from castore.file.logread import newest_in
 from castore.file.statefile import StateIndex
 from castore.file.tree import Tree
 from castore.keys import Ref
@@ -67,14 +66,15 @@ def refuse_behind_state(
     if not top:
         return
     if fd >= 0:
-        with fileio.locked(fd, path, shared=True, timeout=timeout):  # no writer in flight
-            if fs.names(path, fd) is None:
-                return  # rewritten or removed since it was read: that read stands
-            again = newest_in(fd)
+
+        def still(again: Entry | None) -> tuple[Entry, int] | None:
             top = _behind(state, graves, ref.key, again) if again is not None else 0
-            if again is None or not top:
-                return
-            newest = again
+            return (again, top) if again is not None and top else None
+
+        found = confirmed(fs, path, fd, timeout, still)
+        if found is None:
+            return
+        newest, top = found
     raise CorruptionError(
         f"{ref}: {path} ends with version {newest.version}, but the namespace's STATE "
         f"records version {top} (acknowledged bytes were cut off, or an older copy of "

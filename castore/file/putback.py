@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 
 from castore.errors import CastoreError, CorruptionError
-from castore.file import fileio
+from castore.file.confirm import confirmed
 from castore.file.damage import REPAIR_HINT
 from castore.file.graves import Graveyard
 from castore.file.logread import newest_in
@@ -84,13 +84,15 @@ def refuse_put_back(
     if not put_back(newest, grave, compacted):
         return
     if fd >= 0:
-        with fileio.locked(fd, path, shared=True, timeout=timeout):  # no rewrite in flight
-            if fs.names(path, fd) is None:
-                return  # rewritten or removed since it was read: that read stands
-            newest = newest_in(fd)
-            grave = graves.recorded(ref.key)
-            if not put_back(newest, grave, compacted):
-                return
+
+        def still(again: Entry | None) -> tuple[Entry | None, int] | None:
+            now = graves.recorded(ref.key)
+            return (again, now) if put_back(again, now, compacted) else None
+
+        found = confirmed(fs, path, fd, timeout, still)
+        if found is None:
+            return
+        newest, grave = found
     version = newest.version if newest is not None else 0  # put_back(): never None
     raise CorruptionError(
         f"{ref}: {path} ends with version {version}, but compaction removed the key "

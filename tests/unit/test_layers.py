@@ -125,6 +125,7 @@ FILE_LAYERS = {
     "blobsearch": 3,  # a value's intact copy in any log, for check
     "encode": 3,
     # a namespace's keys; one ref's log; the tree checks
+    "confirm": 3,  # evidence against a log, confirmed under its shared lock
     "putback": 4,  # an older copy of a removed key's log, put back (GRAVES' evidence)
     "behind": 4,  # a log behind the version its namespace's STATE records
     "namespaces": 5,
