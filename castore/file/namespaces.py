@@ -27,7 +27,7 @@ from castore.records import Entry
 
 __all__ = ["STATES_KEPT", "Namespaces"]
 
-STATES_KEPT = 256  # namespaces whose STATE (and its descriptor) a handle keeps
+STATES_KEPT = 256  # namespaces whose STATE (and its two descriptors) a handle keeps
 
 
 class Namespaces:

@@ -42,6 +42,7 @@ import msgspec
 
 from castore.file import fileio
 from castore.file.frames import encode_frame, frame_at
+from castore.file.keptfile import KeptFile
 from castore.file.stateappend import KIND_PENDING, LENGTH, LOCK_SECONDS, append_frame
 from castore.file.staterecords import (
     ENCODE,
@@ -56,6 +57,7 @@ from castore.file.staterecords import (
     boot_id,
     in_folder,
     settled_of,
+    whole_file,
 )
 from castore.file.tree import Tree
 from castore.records import Entry
@@ -88,6 +90,7 @@ class StateIndex:
         self._lock = threading.Lock()
         self._fd = -1  # append descriptor, kept between writes
         self._pid = os.getpid()
+        self._reader = KeptFile(fs, path)  # read descriptor, kept between reads
         # The parsed file: inode, bytes parsed, rows, frames since the snapshot.
         self._ino = 0
         self._pos = 0
@@ -99,9 +102,10 @@ class StateIndex:
         self._pending_frames: dict[str, bytes] = {}  # key -> its P frame
 
     def __del__(self) -> None:
-        if self._fd >= 0 and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):
+            if self._fd >= 0 and self._pid == os.getpid():
                 os.close(self._fd)  # a handle never closed does not hold it forever
+            self._reader.close()
 
     def close(self) -> None:
         """Close the kept append descriptor and forget the parsed file."""
@@ -109,6 +113,7 @@ class StateIndex:
             if self._fd >= 0 and self._pid == os.getpid():
                 os.close(self._fd)
             self._fd = -1
+            self._reader.close()
             self._ino = self._pos = 0
             self._known, self._versions = {}, {}
 
@@ -212,17 +217,17 @@ class StateIndex:
             return None
         with self._lock:
             try:
-                fd = self.fs.open(self.path, os.O_RDONLY)
+                fd, sig = self._reader.look()
             except OSError:  # none (or unreadable): the logs answer
                 self._trusted = False
                 return None
-            try:
-                self._read(fd, me)
-                self.damaged = False
-            except (_DamagedError, OSError) as exc:  # damage, or a rewrite held it too long
-                self._trusted, self.damaged = False, isinstance(exc, _DamagedError)
-            finally:
-                os.close(fd)
+            if sig != self._reader.parsed:  # else unchanged since it was parsed: one lstat
+                try:
+                    self._read(fd, me)
+                    self.damaged = False
+                    self._reader.parsed = sig  # taken before the read: a change after differs
+                except (_DamagedError, OSError) as exc:  # damage, or a rewrite held it too long
+                    self._trusted, self.damaged = False, isinstance(exc, _DamagedError)
             return self._known if self._trusted else None
 
     def recorded(self) -> dict[str, int]:
@@ -339,7 +344,7 @@ class StateIndex:
         me = boot_id()
         if me:
             with contextlib.suppress(OSError):
-                self.fs.create_once(self.path, _whole(self._epoch(me)))
+                self.fs.create_once(self.path, whole_file(self._epoch(me)))
 
     def reset(self) -> None:
         """Replace the file with an empty one (after damage, or from another boot)."""
@@ -373,10 +378,11 @@ class StateIndex:
                         self._trusted = False
                     if self._trusted:
                         data += encode_frame(KIND_SNAPSHOT, ENCODE(self._rows()))
-                self.fs.atomic_write(self.path, _whole(data), durable=False)
+                self.fs.atomic_write(self.path, whole_file(data), durable=False)
             finally:
                 os.close(fd)  # releases the lock, after the rename
             self._drop_fd_locked()
+            self._reader.parsed = None
 
     def _epoch(self, me: str) -> bytes:
         """The first frame of a new file: this boot's id, a nonce naming this file, its names."""
@@ -392,8 +398,3 @@ class StateIndex:
         ]
         rows.sort(key=lambda r: r.key.encode("utf-8"))
         return rows
-
-
-def _whole(body: bytes) -> bytes:
-    """A new file's bytes: its length, then ``body``."""
-    return LENGTH.pack(LENGTH.size + len(body)) + body

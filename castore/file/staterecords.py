@@ -36,6 +36,7 @@ __all__ = [
     "in_folder",
     "names_no_key",
     "settled_of",
+    "whole_file",
 ]
 
 KIND_EPOCH: Final = ord("T")
@@ -127,3 +128,8 @@ def in_folder(path: str, _boot: str, _nonce: str, scope: str, namespace: str) ->
     """
     folder, ns_id = os.path.split(os.path.dirname(path))
     return os.path.basename(folder) == scope and file_id(namespace) == ns_id
+
+
+def whole_file(body: bytes) -> bytes:
+    """A new ``STATE``'s bytes: its length, then ``body``."""
+    return LENGTH.pack(LENGTH.size + len(body)) + body

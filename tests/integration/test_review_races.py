@@ -138,7 +138,7 @@ def test_a_handle_over_many_namespaces_keeps_few_state_descriptors(tmp_path):
             store.set("k", i, namespace=namespace)
             store.list(namespace=namespace)  # makes STATE there
             store.set("k", i + 1, namespace=namespace)  # appends P: keeps STATE open
-        assert open_files("/STATE", tmp_path) <= STATES_KEPT
+        assert open_files("/STATE", tmp_path) <= 2 * STATES_KEPT  # to append, to read
 
 
 def test_the_kept_log_descriptors_are_one_budget_for_all_handles(tmp_path):

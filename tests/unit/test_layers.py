@@ -104,6 +104,7 @@ FILE_LAYERS = {
     # confined paths; damage in one log
     "wholefiles": 0,  # atomic whole-file writes, a base of Tree
     "tree": 1,
+    "keptfile": 2,  # a small file read again and again: descriptor kept, lstat per look
     "damage": 1,
     "namesync": 1,  # names made durable before a durable write depends on them
     # the files of the format, each on its own

@@ -307,3 +307,48 @@ def test_a_rewritten_state_with_the_parsed_files_inode_number_is_read_again(root
             fh.truncate(0)
             fh.write(stateappend.LENGTH.pack(8 + len(body)) + body)
         assert [(e.key, e.version) for e in reader.list().entries] == [("b", 3), ("c", 1)]
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How often any handle parses STATE (one element per ``_read``)."""
+    calls: list[int] = []
+    real = statefile.StateIndex._read
+
+    def counted(self: statefile.StateIndex, fd: int, me: str, *, patient: bool = True) -> None:
+        calls.append(fd)
+        real(self, fd, me, patient=patient)
+
+    monkeypatch.setattr(statefile.StateIndex, "_read", counted)
+    return calls
+
+
+def test_an_unchanged_state_is_not_read_again_and_a_change_is(root, tmp_path, monkeypatch):
+    reads = _count_reads(monkeypatch)
+    with Store(root, dag=NS, durable=False) as reader, Store(root, dag=NS, durable=False) as w:
+        reader.list()  # creates and fills STATE
+        reader.list()  # parses the fill
+        before = len(reads)
+        assert [e.key for e in reader.list().entries] == ["a", "c"]
+        assert len(reads) == before  # one lstat: the same file, size and times
+        w.set("b", 5)  # appends P
+        assert [(e.key, e.version) for e in reader.list().entries] == [("a", 1), ("b", 3), ("c", 1)]
+        assert len(reads) > before
+    assert listed(root) == from_logs(root, tmp_path)
+
+
+def test_a_state_renamed_over_the_one_a_handle_keeps_open_is_read(root, tmp_path, monkeypatch):
+    monkeypatch.setattr(statefile, "SNAPSHOT_AFTER", 8)
+    with Store(root, dag=NS, durable=False) as reader:
+        reader.list()
+        assert [e.key for e in reader.list().entries] == ["a", "c"]  # keeps STATE open
+        kept = os.stat(state_path(root)).st_ino
+        with Store(root, dag=NS, durable=False) as w:
+            for i in range(20):
+                w.set(f"k{i % 5}", i)
+            w.delete("a")
+            w.list()  # notices the crowd: a new file renamed over the kept one
+        assert os.stat(state_path(root)).st_ino != kept  # the kept one pins its number
+        answer = [(e.key, e.version, e.hash) for e in reader.list().entries]
+    oracle = from_logs(root, tmp_path)
+    assert answer == [row[:3] for row in oracle]
+    assert [k for k, _ in records(root)][:2] == ["T", "L"]
