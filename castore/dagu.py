@@ -71,7 +71,7 @@ class DaguImport(PlainResult, frozen=True, kw_only=True, omit_defaults=True, ren
 
     @property
     def problem(self) -> bool:
-        """True for a skipped record that was not imported: corrupt, mismatched, unreadable.
+        """True for a skipped record that was not imported (corrupt, unreadable, a link...).
 
         Not for a temporary file, a file that is no record, or a key castore already has.
         """

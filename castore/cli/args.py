@@ -27,7 +27,9 @@ from castore.cli.options import (
     RawHelp,
     add_global_options,
     add_store_options,
+    expected_version,
     integer,
+    version_number,
 )
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
@@ -57,7 +59,8 @@ def _value(cmd: _Parser) -> None:
 
 
 def _version(cmd: _Parser, flag: str, what: str, required: bool = False) -> None:
-    cmd.add_argument(flag, type=integer, required=required, help=what)
+    kind = expected_version if flag == "--expected-version" else version_number
+    cmd.add_argument(flag, type=kind, required=required, help=what)
 
 
 def _reason(cmd: _Parser) -> None:

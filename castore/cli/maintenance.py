@@ -22,7 +22,14 @@ from castore.cli.invocation import Command, Invocation, progress, stdin
 from castore.cli.render import encode_line, render_as
 from castore.dagu import import_dagu
 from castore.keys import SCOPES, go_trim_space
-from castore.reports import CheckReport, CompactReport, GCReport, StoreStats, UpgradeReport
+from castore.reports import (
+    MAX_SECONDS,
+    CheckReport,
+    CompactReport,
+    GCReport,
+    StoreStats,
+    UpgradeReport,
+)
 from castore.transfer import ImportReport, export_lines, import_lines, read_lines
 
 __all__ = ["COMMANDS", "DaguImportSummary"]
@@ -77,14 +84,17 @@ def render(report: Report) -> bytes:
     return render_as(report, _LINE_TYPES[type(report)])
 
 
-def _duration(text: str | None) -> float | None:
-    """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w``."""
+def _duration(text: str | None, option: str) -> float | None:
+    """Seconds from ``90``, ``90s``, ``1.5h``, ``15m``, ``12h``, ``7d`` or ``2w``."""
     if text is None:
         return None
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
     if m is None:
-        raise UsageError(f"bad duration {text!r}: use e.g. 90s, 15m, 12h, 7d, 2w")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        raise UsageError(f"{option}: bad duration {text!r}: use e.g. 90s, 15m, 12h, 7d, 2w")
+    seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if seconds > MAX_SECONDS:
+        raise UsageError(f"{option}: {text!r} is longer than {MAX_SECONDS} seconds (292 years)")
+    return seconds
 
 
 def _export(cmd: Invocation) -> Iterator[bytes]:
@@ -102,6 +112,8 @@ def _import(cmd: Invocation) -> Iterator[bytes]:
         path = a.file
         if path != "-" and os.path.isdir(path):
             raise UsageError(f"{path} is a directory: give an export file (or - for stdin)")
+        if not path:
+            raise UsageError("no export file given: give its path (or - for stdin)")
         if path != "-" and not os.path.exists(path):
             raise UsageError(f"no such file: {path}")
         if path == "-" or not os.path.isfile(path):  # stdin, a pipe such as <(…): read once
@@ -127,6 +139,8 @@ def _import(cmd: Invocation) -> Iterator[bytes]:
 
 def _import_dagu(cmd: Invocation) -> Iterator[bytes]:
     directory = cmd.args.directory
+    if not os.path.exists(directory):
+        raise UsageError(f"no such directory: {directory!r}")
     if not os.path.isdir(directory):
         raise UsageError(f"not a directory: {directory}")
     if not any(os.path.isdir(os.path.join(directory, d)) for d in ("v1", *SCOPES)):
@@ -145,13 +159,13 @@ def _import_dagu(cmd: Invocation) -> Iterator[bytes]:
     yield encode_line(DaguImportSummary(imported=counts["imported"], skipped=counts["skipped"]))
     if problems:  # exit 1, as check's problems: a migration script must notice
         raise UnhealthyError(
-            f"{problems} record(s) not imported (corrupt, mismatched or unreadable); "
-            "see the skipped lines"
+            f"{problems} record(s) not imported (corrupt, a hash mismatch, unreadable, not a "
+            "regular file, a symbolic link, too large or in conflict); see the skipped lines"
         )
 
 
 def _gc(cmd: Invocation) -> Iterator[bytes]:
-    grace = _duration(cmd.args.grace)
+    grace = _duration(cmd.args.grace, "--grace")
     with progress("logs") as bar:
         report = cmd.store.gc(
             grace_seconds=grace or 0.0, dry_run=cmd.args.dry_run, progress=bar.update
@@ -166,7 +180,7 @@ def _compact(cmd: Invocation) -> Iterator[bytes]:
     with progress("keys") as bar:
         report = cmd.store.compact(
             keep_last=a.keep_last,
-            keep_within_seconds=_duration(a.keep_within),
+            keep_within_seconds=_duration(a.keep_within, "--keep-within"),
             keep_within_text=(a.keep_within or "").strip(),
             scope=cmd.filter_scope(),
             namespace=cmd.filter_namespace(),

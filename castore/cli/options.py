@@ -179,3 +179,24 @@ def integer(text: str) -> int:
 
 
 integer.__name__ = "int"  # argparse names the type in its message: "invalid int value: '3_0'"
+
+_INT64 = 1 << 63  # Dagu's versions are Go int64s: it refuses any other number
+
+
+def version_number(text: str) -> int:
+    """A version option (``--version``, ``--before-version``...): an :func:`integer` >= 1."""
+    number = expected_version(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"a version is 1 or more, not {text}")
+    return number
+
+
+def expected_version(text: str) -> int:
+    """``--expected-version``: an :func:`integer` in Go's int64 range (0 or below conflicts)."""
+    number = integer(text)
+    if not -_INT64 <= number < _INT64:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (a version is a 64-bit integer)")
+    return number
+
+
+version_number.__name__ = expected_version.__name__ = "int"  # "invalid int value: '3_0'"

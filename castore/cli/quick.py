@@ -87,8 +87,8 @@ def _names(ref: Ref) -> str:
 
 def quick_get(args: argparse.Namespace) -> bytes | None:
     """The line of ``castore get`` for ``args``, or None: run the command instead."""
-    if args.version is not None:
-        return None
+    if args.version is not None or args.default is not None:
+        return None  # the command checks --default before it reads
     where = _quick_ref(args)
     if where is None or _lock_timeout(args) is None:
         return None
@@ -98,8 +98,8 @@ def quick_get(args: argparse.Namespace) -> bytes | None:
     version, digest, value = found
     names = _names(where[1])
     if not version:  # no live version
-        if args.required or args.default is not None:
-            return None  # the command words the error, or normalizes the default
+        if args.required:
+            return None  # the command words the error
         return f'{{"operation":"get",{names},"found":false}}'.encode("ascii")
     head = f'{{"operation":"get",{names},"found":true,"version":{version},"hash":"{digest}",'
     return b"".join((head.encode("ascii"), b'"value":', value, b"}"))

@@ -11,17 +11,33 @@ import sys
 from collections.abc import Iterator
 from typing import Final
 
-from castore.cli.errors import UsageError
+from castore import codec
+from castore.cli.errors import OptionError, UsageError
 from castore.cli.invocation import Command, Invocation, value_bytes
 from castore.cli.render import render, render_patch_text
+from castore.errors import InvalidValueError
 from castore.keys import go_trim_space
 
 __all__ = ["COMMANDS"]
 
 
+def _default(text: str | None) -> dict[str, bytes]:
+    """``--default`` normalized, checked before the read (not only on a miss).
+
+    Raises:
+        OptionError: it is not one JSON value of at most 1 MiB (exit 2, named).
+    """
+    if text is None:
+        return {}
+    try:
+        return {"default": codec.normalize_json(os.fsencode(text))}
+    except InvalidValueError as exc:
+        raise OptionError(f"--default: {exc}") from None
+
+
 def _get(cmd: Invocation) -> Iterator[bytes]:
     a = cmd.args
-    extra = {} if a.default is None else {"default": os.fsencode(a.default)}
+    extra = _default(a.default)
     yield render(
         cmd.store.get(
             cmd.key(),

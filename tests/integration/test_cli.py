@@ -221,6 +221,20 @@ def test_get_default_and_required(cli):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("key", ["yes", "nope"])
+def test_a_bad_default_is_refused_whether_or_not_the_key_is_found(cli, key):
+    """A typo in ``--default`` shows on the first run, not on the first miss."""
+    cli.ok("set", "yes", "1")
+    before = cli.line("history", "yes")
+    for bad in ("{", "[1,]", "1 2", "NaN", ""):
+        message = cli.fail(2, "get", key, "--default", bad)
+        assert message.startswith("--default: ")
+    cli.fail(2, "get", key, "--default", "{", "--required")  # the input is checked first
+    assert cli.line("history", "yes") == before
+    assert cli.ok("get", "yes", "--default", '"seed"')["value"] == 1
+
+
+@pytest.mark.integration
 def test_conflicts_and_create_only(cli):
     assert cli.ok("set", "k", "1")["version"] == 1
 

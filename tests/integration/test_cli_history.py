@@ -219,13 +219,17 @@ def test_history_versions_rollback_and_diff(cli):
     assert len(store_at(cli.dir).history("k").entries) == 6
 
 
-def test_huge_version_arguments_exit_4(cli):
-    """A version past the end exits 4 whatever its size, never with a traceback."""
+def test_huge_version_arguments(cli):
+    """A version past the end exits 4; past Go's int64 (Dagu's versions) exits 2, as Dagu does."""
     cli.ok("set", "k", "1")
+    top = str((1 << 63) - 1)
+    cli.fail(4, "get", "k", "--version", top)
+    cli.fail(4, "rollback", "k", "--to-version", top)
+    cli.fail(4, "diff", "k", "--from-version", top)
     huge = str(10**20)
-    cli.fail(4, "get", "k", "--version", huge)
-    cli.fail(4, "rollback", "k", "--to-version", huge)
-    cli.fail(4, "diff", "k", "--from-version", huge)
+    for args in (("get", "k", "--version"), ("rollback", "k", "--to-version")):
+        assert "out of range" in cli.fail(2, *args, huge)
+    assert "out of range" in cli.fail(2, "diff", "k", "--from-version", huge)
 
 
 def test_rollback_of_a_big_value(cli):

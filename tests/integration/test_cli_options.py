@@ -70,6 +70,61 @@ def test_an_integer_option_takes_ascii_digits_only(cli, args):
     assert cli.ok("get", "k")["version"] == 3  # nothing written
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("get", "k", "--version", "0"), "argument --version: a version is 1 or more, not 0"),
+        (("get", "k", "--version", "-2"), "argument --version: a version is 1 or more, not -2"),
+        (
+            ("history", "k", "--before-version", "0"),
+            "argument --before-version: a version is 1 or more, not 0",
+        ),
+        (
+            ("rollback", "k", "--to-version", "0"),
+            "argument --to-version: a version is 1 or more, not 0",
+        ),
+        (
+            ("diff", "k", "--from-version", "0"),
+            "argument --from-version: a version is 1 or more, not 0",
+        ),
+        (
+            ("get", "k", "--version", "9223372036854775808"),
+            "argument --version: 9223372036854775808 is out of range (a version is a 64-bit "
+            "integer)",
+        ),
+        (
+            ("set", "k", "[9]", "--expected-version", "99999999999999999999999"),
+            "argument --expected-version: 99999999999999999999999 is out of range (a version "
+            "is a 64-bit integer)",
+        ),
+        (
+            ("compact", "--keep-within", "30x"),
+            "--keep-within: bad duration '30x': use e.g. 90s, 15m, 12h, 7d, 2w",
+        ),
+        (("gc", "--grace", "abc"), "--grace: bad duration 'abc': use e.g. 90s, 15m, 12h, 7d, 2w"),
+        (
+            ("compact", "--keep-within", "99999999999d"),
+            "--keep-within: '99999999999d' is longer than 9223372036 seconds (292 years)",
+        ),
+        (("import", ""), "no export file given: give its path (or - for stdin)"),
+    ],
+)
+def test_a_bad_option_value_is_named_and_changes_nothing(cli, args, message):
+    """Found by a review: messages named the library's parameters (``before_version``)."""
+    for n in range(3):
+        cli.ok("set", "k", f"[{n}]")
+    before = cli.line("history", "k")
+    assert cli.fail(2, *args) == message
+    assert cli.line("history", "k") == before
+
+
+def test_expected_version_keeps_go_int64_range_and_below_one_conflicts(cli):
+    cli.ok("set", "k", "[1]")
+    cli.fail(3, "set", "k", "[2]", "--expected-version", "-9223372036854775808")
+    cli.fail(3, "set", "k", "[2]", "--expected-version", "9223372036854775807")
+    assert cli.ok("set", "k", "[2]", "--expected-version", "1")["version"] == 2
+
+
 def test_rollback_to_a_delete_of_an_absent_key_writes_nothing(cli):
     cli.ok("set", "k", "1")
     cli.ok("delete", "k")
