@@ -180,17 +180,19 @@ class StoreUnavailableError(CastoreError, ConnectionError):
 class LockTimeoutError(CastoreError, TimeoutError):
     """Raised when a ref or blob lock could not be taken within the timeout."""
 
-    def __init__(self, path: str, timeout_seconds: float) -> None:
+    def __init__(self, path: str, timeout_seconds: float, ref: str = "") -> None:
         # OSError's two-argument form: errno and strerror stay meaningful.
         super().__init__(errno.ETIMEDOUT, f"{path} not locked within {timeout_seconds:g} s")
         self.path = path
         self.timeout_seconds = timeout_seconds
+        self.ref = ref  # the key whose log it is, when the writer knows it
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (self.__class__, (self.path, self.timeout_seconds), self.__dict__)
+        return (self.__class__, (self.path, self.timeout_seconds, self.ref), self.__dict__)
 
     def __str__(self) -> str:
-        return f"lock timeout: {self.path} not locked within {self.timeout_seconds:g} s"
+        what = f"{self.ref} ({self.path})" if self.ref else self.path
+        return f"lock timeout: {what} not locked within {self.timeout_seconds:g} s"
 
 
 class CorruptionError(CastoreError):

@@ -18,6 +18,7 @@ import resource
 import threading
 from types import TracebackType
 
+from castore.errors import LockTimeoutError
 from castore.file import fileio
 from castore.file.reflog import RefLog
 
@@ -136,6 +137,14 @@ class Held:
         self._fresh: contextlib.AbstractContextManager[int] | None = None
 
     def __enter__(self) -> Held:
+        try:
+            return self._enter()
+        except LockTimeoutError as exc:
+            if exc.path == self._log.path and self._log.ref is not None:
+                exc.ref = str(self._log.ref)  # a user names keys, not their logs' hashed paths
+            raise
+
+    def _enter(self) -> Held:
         pool, log = self._pool, self._log
         fd = pool._take(log.path)
         if fd is not None:

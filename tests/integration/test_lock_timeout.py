@@ -73,8 +73,8 @@ def test_a_set_gives_up_after_the_lock_timeout_given(tmp_path, path):
         proc = cli.run("--lock-timeout", "0.5", *extra, "set", "k", "2")
         elapsed = time.monotonic() - started
     message = one_line_error(proc, 1)
-    assert message.startswith("lock timeout: ")
-    assert message.endswith(" not locked within 0.5 s")
+    assert message.startswith("lock timeout: dag/d/k (")  # the key, then its log's path
+    assert message.endswith(".log) not locked within 0.5 s")
     assert elapsed < _DEFAULT_SECONDS / 2  # it did not wait for the default
     assert _versions(root) == [1]
     assert cli.ok("--lock-timeout", "0.5", *extra, "set", "k", "2")["version"] == 2
