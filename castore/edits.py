@@ -343,9 +343,12 @@ class Increment(Edit):
             elif isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
                 slot = int(part)
             else:
-                where = "/" + "/".join(self.parts[:depth])
-                kind = "an array" if isinstance(node, list) else "not an object or array"
-                raise InvalidValueError(f"incr: {self.pointer}: {where} is {kind} without {part!r}")
+                where = "/" + "/".join(self.parts[:depth]) if depth else "the value"
+                if isinstance(node, list):
+                    has = f"an array of length {len(node)}: it has no index {part!r}"
+                else:
+                    has = f"{_kind(node)}: it has no member {part!r}"
+                raise InvalidValueError(f"incr: {self.pointer}: {where} is {has}")
             if depth == len(self.parts) - 1:
                 return node, slot
             node = node[slot]
@@ -353,8 +356,7 @@ class Increment(Edit):
 
     def _add(self, old: Any) -> int | float:
         if not _is_number(old):
-            kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-            kind = kinds.get(type(old), "null")
+            kind = _kind(old)
             raise InvalidValueError(f"incr: {self.pointer or 'the value'} is {kind}, not a number")
         if isinstance(old, NumberLiteral) and _integral(old.text):
             old = _exact_int(old.text)  # an integer literal kept as text (-0, or very long)
@@ -367,3 +369,11 @@ class Increment(Edit):
         if new in (float("inf"), float("-inf")):
             raise InvalidValueError("incr: the sum is out of a float64's range")
         return new
+
+
+def _kind(node: Any) -> str:
+    """What a decoded JSON node is, for a message: ``a number``, ``an object``..."""
+    if _is_number(node):
+        return "a number"
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    return kinds.get(type(node), "null")

@@ -312,7 +312,10 @@ def run_server(
     token = load_token(token_file)
     sockets = bind_all(*parse_listen(listen), token, processes)
     signal.signal(signal.SIGTERM, _stop)  # from here on, SIGTERM is a clean stop
-    log: TextIO = open(access_log, "a", encoding="utf-8") if access_log else sys.stderr  # noqa: SIM115
+    try:
+        log: TextIO = open(access_log, "a", encoding="utf-8") if access_log else sys.stderr  # noqa: SIM115
+    except OSError as exc:
+        raise ServeError(f"--access-log {access_log}: {exc.strerror or exc}") from None
 
     serve = _runner(store, token, membership, log, request_timeout, shutdown_timeout)
     _announce(sockets[0], store, token, membership, processes)

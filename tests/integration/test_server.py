@@ -746,6 +746,16 @@ def test_timeouts_that_are_not_numbers_of_seconds_are_refused(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_an_access_log_that_cannot_be_opened_is_named(tmp_path):
+    # Found by a docs review: "castore: No such file or directory: /nonexistent/dir/log".
+    cli = Cli(tmp_path, str(tmp_path / "store"))
+    missing = str(tmp_path / "no" / "log")
+    message = cli.fail(2, "serve", "--listen", "127.0.0.1:0", "--access-log", missing)
+    assert message == f"--access-log {missing}: No such file or directory"
+    message = cli.fail(2, "serve", "--listen", "127.0.0.1:0", "--access-log", str(tmp_path))
+    assert message == f"--access-log {tmp_path}: Is a directory"
+
+
 def test_a_timed_out_write_still_lands_and_shutdown_waits_for_it(start, tmp_path):
     """A write stuck on its key's lock past the timeout answers 503; it runs on, and a
     SIGTERM meanwhile waits for it before the store is closed."""

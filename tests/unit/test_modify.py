@@ -285,6 +285,24 @@ def test_incr_of_a_non_number_is_invalid_and_writes_nothing(store, value, path):
     assert versions(store, "k") == 1
 
 
+@pytest.mark.parametrize(
+    ("value", "path", "message"),
+    [
+        (b"5", "/x", "incr: /x: the value is a number: it has no member 'x'"),
+        (b'{"a":7}', "/a/b", "incr: /a/b: /a is a number: it has no member 'b'"),
+        (b'{"a":[1]}', "/a/5", "incr: /a/5: /a is an array of length 1: it has no index '5'"),
+        (b'{"a":{"b":null}}', "/a/b/c", "incr: /a/b/c: /a/b is null: it has no member 'c'"),
+        (b'{"a":"1"}', "/a", "incr: /a is a string, not a number"),
+    ],
+)
+def test_incr_says_where_its_path_stops(store, value, path, message):
+    """Found by a docs review: "incr: /a: / is not an object or array without 'a'"."""
+    store.set("k", value)
+    with pytest.raises(InvalidValueError) as caught:
+        store.incr("k", 1, path)
+    assert caught.value.detail == message
+
+
 @pytest.mark.parametrize("by", [True, "1", None, float("nan"), float("inf"), [1]])
 def test_incr_needs_a_finite_number_to_add(store, by):
     with pytest.raises(InvalidValueError):
