@@ -29,6 +29,7 @@ from castore.cli.options import (
     add_store_options,
     expected_version,
     integer,
+    keep_count,
     version_number,
 )
 
@@ -162,7 +163,7 @@ def _gc(cmd: _Parser) -> None:
 
 
 def _compact(cmd: _Parser) -> None:
-    cmd.add_argument("--keep-last", type=integer, help="keep the newest N versions of each key")
+    cmd.add_argument("--keep-last", type=keep_count, help="keep the newest N versions of each key")
     cmd.add_argument("--keep-within", help="keep versions younger than this (e.g. 7d, 12h)")
     cmd.add_argument("--prefix", default="", help="only keys with this byte prefix")
     cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")

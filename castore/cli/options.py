@@ -199,4 +199,14 @@ def expected_version(text: str) -> int:
     return number
 
 
-version_number.__name__ = expected_version.__name__ = "int"  # "invalid int value: '3_0'"
+def keep_count(text: str) -> int:
+    """``compact --keep-last``: an :func:`integer` from 1 (the newest is always kept)."""
+    number = integer(text)
+    if not 1 <= number < _INT64:
+        raise argparse.ArgumentTypeError(f"keep 1 to {_INT64 - 1} versions, not {text}")
+    return number
+
+
+version_number.__name__ = expected_version.__name__ = keep_count.__name__ = (
+    "int"  # "invalid int value: '3_0'"
+)

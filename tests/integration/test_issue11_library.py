@@ -39,7 +39,7 @@ def test_an_empty_value_is_still_an_invalid_value_error(store_location: str) -> 
 def test_a_retention_policy_out_of_range_is_not_a_ref_error(cli: Cli) -> None:
     cli.ok("set", "k", "1")
     message = cli.fail(2, "compact", "--keep-last", "0")
-    assert message == "invalid value: keep_last must be from 1 to 9223372036854775807 (got 0)"
+    assert message == "argument --keep-last: keep 1 to 9223372036854775807 versions, not 0"
     with pytest.raises(castore.InvalidValueError) as info:
         castore.Retention(keep_last=0)
     assert not isinstance(info.value, castore.InvalidRefError)
