@@ -30,11 +30,13 @@ class KeptFile:
         self._pid = os.getpid()
 
     def look(self) -> tuple[int, Signature]:
-        """A descriptor of the file the path names, and that file's signature now.
+        """A descriptor of the file the path names, and the held file's signature now.
 
         The signature is taken before any read through the descriptor: a
-        change after it makes the next look's differ. The caller compares
-        it with :attr:`parsed`.
+        change after it makes the next look's differ. It always names the
+        inode held (a rename between the ``lstat`` and an ``open`` hands over
+        another file), so a number the path shows later is that file's only
+        while it is held. The caller compares it with :attr:`parsed`.
 
         Raises:
             OSError: there is no file, or it cannot be opened.
@@ -46,13 +48,16 @@ class KeptFile:
         except OSError:
             self.close()
             raise
-        sig = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        sig = _signature(st)
         if self.fd >= 0 and (self.parsed is None or self.parsed[:2] != sig[:2]):
             held = os.fstat(self.fd)
             if (held.st_ino, held.st_dev) != sig[:2]:
                 self.close()
         if self.fd < 0:
             self.fd = self.fs.open(self.path, os.O_RDONLY)
+            # The file opened, which a rename may have put there since the lstat: the
+            # signature must name the inode held (a freed one's number is reused at once).
+            sig = _signature(os.fstat(self.fd))
         return self.fd, sig
 
     def close(self) -> None:
@@ -60,3 +65,7 @@ class KeptFile:
         if self.fd >= 0 and self._pid == os.getpid():
             os.close(self.fd)
         self.fd, self.parsed = -1, None
+
+
+def _signature(st: os.stat_result) -> Signature:
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

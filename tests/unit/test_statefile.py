@@ -10,13 +10,15 @@ import shutil
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
 
 from castore import Store
 from castore.file import stateappend, statefile, staterecords
+from castore.file import tree as tree_module
+from castore.file.backend import FileBackend
 from castore.file.frames import encode_frame, scan_frames
 from castore.file.tree import UNCONFINED
 from tests.helpers import corrupt, log_path, ns_dir
@@ -352,3 +354,47 @@ def test_a_state_renamed_over_the_one_a_handle_keeps_open_is_read(root, tmp_path
     oracle = from_logs(root, tmp_path)
     assert answer == [row[:3] for row in oracle]
     assert [k for k, _ in records(root)][:2] == ["T", "L"]
+
+
+def _snapshot_elsewhere(root: Any) -> None:
+    """Another handle rewrites STATE (a new file renamed over it), then lets go of it."""
+    with Store(root, dag=NS, durable=False) as other:
+        cast(FileBackend, other.backend).names.state("dag", NS).snapshot()
+
+
+def test_a_state_renamed_in_between_the_lstat_and_the_open_is_never_taken_for_the_path(
+    root, tmp_path, monkeypatch
+):
+    """Found by a review: the handle held the new file under the old one's signature.
+
+    Once the old file's inode number came back (ext4 hands a freed one out at
+    once), the handle took the path for the file it held, read on in that
+    unlinked file, and listed versions older than acknowledged writes.
+    """
+    listed(root)
+    listed(root)  # filled with S rows
+    _snapshot_elsewhere(root)
+    real_open = tree_module.Tree.open
+    armed = [True]
+
+    def racing_open(self: Any, path: str, flags: int, **kw: Any) -> int:
+        if armed[0] and path.endswith("/STATE") and flags == os.O_RDONLY:
+            armed[0] = False
+            _snapshot_elsewhere(root)  # between the reader's lstat and its open
+        return real_open(self, path, flags, **kw)
+
+    with Store(root, dag=NS, durable=False) as reader:
+        monkeypatch.setattr(tree_module.Tree, "open", racing_open)
+        assert [e.key for e in reader.list().entries] == ["a", "c"]
+        monkeypatch.setattr(tree_module.Tree, "open", real_open)
+        kept = cast(FileBackend, reader.backend).names.state("dag", NS)._reader
+        held = os.fstat(kept.fd)
+        assert kept.parsed is not None
+        assert kept.parsed[:2] == (held.st_ino, held.st_dev)  # names the file it holds
+        _snapshot_elsewhere(root)  # may reuse the number of the file renamed over
+        with Store(root, dag=NS, durable=False) as w:
+            w.set("a", 2)
+        assert [(e.key, e.version) for e in reader.list().entries] == [("a", 2), ("c", 1)]
+        reader.set("c", 5)
+        assert [(e.key, e.version) for e in reader.list().entries] == [("a", 2), ("c", 2)]
+    assert listed(root) == from_logs(root, tmp_path)
