@@ -90,9 +90,7 @@ def _diff(cmd: _Parser) -> None:
     _version(cmd, "--expected-version", "fail unless this is the live version")
     _version(cmd, "--from-version", "diff two stored versions: the old one")
     _version(cmd, "--to-version", "diff two stored versions: the new one (default latest)")
-    cmd.add_argument(
-        "--format", choices=("json", "text"), help="version diff output (default json)"
-    )
+    cmd.add_argument("--format", choices=("json", "text"), help="diff output (default json)")
     _reason(cmd)
 
 
@@ -389,8 +387,7 @@ class _CommandParsers(_SubParsersAction):
 def build_parser(version: str = "") -> _Parser:
     """The parser of ``castore``: global options, then one command (parsed by its own parser).
 
-    ``version`` is what ``castore --version`` prints after ``castore``
-    (``castore.__version__``, which this module is below).
+    ``version``: what ``castore --version`` prints after ``castore`` (``castore.__version__``).
     """
     parser = _Parser(
         prog="castore",

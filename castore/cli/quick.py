@@ -28,7 +28,7 @@ import os
 from castore.cli.errors import OptionError
 from castore.cli.invocation import Invocation, value_bytes
 from castore.digests import small_sha256
-from castore.errors import InvalidRefError
+from castore.errors import InvalidRefError, LockTimeoutError
 from castore.file.peek import is_store, peek
 from castore.file.quickset import QUICK_MAX_BYTES
 from castore.file.quickset import quick_set as write_quickly
@@ -124,16 +124,20 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
     digest = small_sha256(normalized)
     who = (args.actor, args.run_id, args.step, args.reason)
     audit = audit_fields(ProcessIdentity(), *who, dag=args.dag)
-    version = write_quickly(
-        *where,
-        normalized,
-        digest,
-        audit,
-        durable=not args.no_sync,
-        expected_version=args.expected_version,
-        create_only=args.create_only,
-        lock_timeout=timeout,
-    )
+    try:
+        version = write_quickly(
+            *where,
+            normalized,
+            digest,
+            audit,
+            durable=not args.no_sync,
+            expected_version=args.expected_version,
+            create_only=args.create_only,
+            lock_timeout=timeout,
+        )
+    except LockTimeoutError as exc:
+        exc.ref = str(where[1])  # a user names keys, not their logs' hashed paths
+        raise
     if version is None:
         return None
     line = (

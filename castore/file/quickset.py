@@ -127,8 +127,7 @@ def quick_set(
             vix = path[: -len(".log")] + ".vix"  # a reader may have indexed the append
             fileio.commit(fd, data, size, durable=durable, forget=lambda: fs.unlink(vix))
             return version
-    except LockTimeoutError as exc:
-        exc.ref = str(ref)  # a user names keys, not their logs' hashed paths
+    except LockTimeoutError:
         raise
     except (_DeclinedError, OSError, CastoreError, ValueError, RecursionError):
         if committing:
