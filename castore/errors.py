@@ -188,7 +188,8 @@ class LockTimeoutError(CastoreError, TimeoutError):
         self.ref = ref  # the key whose log it is, when the writer knows it
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (self.__class__, (self.path, self.timeout_seconds, self.ref), self.__dict__)
+        args = (self.path, self.timeout_seconds)  # as before the key was named: older clients
+        return (self.__class__, (*args, self.ref) if self.ref else args, self.__dict__)
 
     def __str__(self) -> str:
         what = f"{self.ref} ({self.path})" if self.ref else self.path

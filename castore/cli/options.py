@@ -207,6 +207,5 @@ def keep_count(text: str) -> int:
     return number
 
 
-version_number.__name__ = expected_version.__name__ = keep_count.__name__ = (
-    "int"  # "invalid int value: '3_0'"
-)
+# As integer's: argparse names the type in its message ("invalid int value: '3_0'").
+version_number.__name__ = expected_version.__name__ = keep_count.__name__ = "int"

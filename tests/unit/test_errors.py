@@ -4,7 +4,7 @@ import pickle
 import pytest
 
 import castore
-from castore import errors
+from castore import errors, wire
 from castore.errors import (
     BackendUnavailableError,
     CastoreError,
@@ -203,3 +203,13 @@ def test_pickle_keeps_notes_and_extra_attributes(exc):
     back = pickle.loads(pickle.dumps(exc))  # noqa: S301  # our own bytes
     assert getattr(back, "__notes__", None) == ["while testing"]
     assert getattr(back, "context_id", None) == 7
+
+
+def test_a_lock_timeout_names_its_key_and_keeps_it_through_pickling_and_the_wire():
+    named = LockTimeoutError("/s/refs/x.log", 0.5, "dag/d/k")
+    assert str(named) == "lock timeout: dag/d/k (/s/refs/x.log) not locked within 0.5 s"
+    assert str(pickle.loads(pickle.dumps(named))) == str(named)  # noqa: S301  # our own bytes
+    assert wire.exception_args(named) == ("LockTimeoutError", ["/s/refs/x.log", 0.5, "dag/d/k"])
+    bare = LockTimeoutError("/s/refs/x.log", 0.5)  # a client of before the key: two arguments
+    assert wire.exception_args(bare) == ("LockTimeoutError", ["/s/refs/x.log", 0.5])
+    assert str(bare) == "lock timeout: /s/refs/x.log not locked within 0.5 s"
