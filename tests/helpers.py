@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from types import EllipsisType
@@ -379,7 +380,6 @@ class LoopbackServer:
 
     def __init__(self) -> None:
         import socket
-        import threading
         import time
 
         import uvicorn
@@ -539,3 +539,13 @@ def key_answers(root: pathlib.Path, key: str, dag: str) -> dict[str, Any]:
             out[name] = type(exc).__name__
     store.close()
     return out
+
+
+def run_threads_for(threads: list[threading.Thread], stop: threading.Event, seconds: float) -> None:
+    """Start ``threads``, let them run ``seconds`` (or until ``stop`` is set), stop, join."""
+    for thread in threads:
+        thread.start()
+    stop.wait(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()

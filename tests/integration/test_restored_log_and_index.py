@@ -23,7 +23,7 @@ import pytest
 from castore import CorruptionError, Store
 from castore.file.peek import behind_state
 from castore.file.tree import Tree
-from tests.helpers import Cli, log_path
+from tests.helpers import Cli, log_path, run_threads_for
 
 pytestmark = pytest.mark.integration
 
@@ -177,12 +177,7 @@ def test_readers_never_raise_while_keys_are_written_and_listed(tmp_path: Path) -
         reader.close()
 
     threads = [threading.Thread(target=t) for t in (write, write, read, read)]
-    for thread in threads:
-        thread.start()
-    stop.wait(3)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    run_threads_for(threads, stop, 3)
     assert errors == []
     assert first.check().ok
     first.close()

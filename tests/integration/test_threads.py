@@ -23,7 +23,7 @@ import pytest
 from castore import ConflictError, Store
 from castore.backends import is_postgres
 from castore.errors import CastoreError, NotFoundError
-from tests.helpers import is_remote_location, underlying
+from tests.helpers import is_remote_location, run_threads_for, underlying
 
 THREADS = 8
 INCREMENTS = 250
@@ -216,12 +216,7 @@ def test_maintenance_from_threads_while_writers_run(store_location: str) -> None
             store.check,
         )
     ]
-    for thread in threads:
-        thread.start()
-    stop.wait(3.0)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    run_threads_for(threads, stop, 3.0)
     assert not errors, errors[:3]
     assert Store(store_location, dag="d").check().ok
 
