@@ -27,6 +27,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
@@ -50,6 +51,8 @@ __all__ = ["Abandon", "Cursor", "Database", "Row", "snapshot"]
 T = TypeVar("T")
 Cursor = psycopg.Cursor[Any]
 Row = tuple[Any, ...]
+# Pauses between looks at a catalog that lags a store's creation (None: the last look).
+_CATALOG_PAUSES = (0.001, 0.004, 0.016, 0.064, 0.25, None)
 _HANDLES: weakref.WeakSet[Database] = weakref.WeakSet()  # every Database of this process
 
 
@@ -241,13 +244,28 @@ class Database:
         self._pid = os.getpid()
 
     def present(self, cur: Cursor) -> bool:
-        """Whether the store's tables exist (checked until they are found).
+        """Whether the store's tables exist (checked until they are found; autocommit only).
+
+        PostgreSQL makes a commit visible before it sends the catalog invalidations,
+        so a session that looked for the schema before another one created it may,
+        for an instant, see the new tables in ``pg_class`` yet fail to resolve
+        ``schema.castore_meta`` from its stale cache: the check is asked again
+        (each statement takes in the invalidations that arrived), a few times.
 
         Raises:
             FormatVersionError: the schema holds something else, or a newer store.
+            psycopg.errors.UndefinedTable: the catalog still disagrees after the last try.
         """
-        if not self._present:
-            self._present = tables.version_of(cur, self.location.schema) > 0
+        for pause in _CATALOG_PAUSES:
+            if self._present:
+                break
+            try:
+                self._present = tables.version_of(cur, self.location.schema) > 0
+                break
+            except pg_errors.UndefinedTable:
+                if pause is None:
+                    raise
+                time.sleep(pause)
         return self._present
 
     def store_exists(self) -> bool:

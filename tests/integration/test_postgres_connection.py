@@ -190,3 +190,59 @@ def test_a_statement_timeout_is_a_failed_write_not_one_in_doubt(pg_location: str
     assert "may or may not" not in str(raised.value), raised.value
     assert "statement timeout" in str(raised.value)
     assert store.get("k").version == 1
+
+
+class CatalogBehind:
+    """Patches psycopg so that the next read of ``castore_meta`` finds no such relation.
+
+    As CI saw (2026-12-05): PostgreSQL makes a commit visible before it sends the
+    catalog invalidations, so a session that looked for the schema before another one
+    created it can see the new tables in ``pg_class`` and still resolve
+    ``schema.castore_meta`` from its stale cache, for an instant. The injected
+    statement is the same read of a schema that does not exist: the server's own
+    error (``relation ... does not exist``).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+        self.left = times
+        real_execute = psycopg.Cursor.execute
+
+        def execute(cur: psycopg.Cursor[Any], query: Any, *args: Any, **kw: Any) -> Any:
+            text = query.as_string(cur) if isinstance(query, sql.Composable) else str(query)
+            if "castore_meta WHERE" in text and self.left:
+                self.left -= 1
+                query = sql.SQL("SELECT value FROM {}.castore_meta WHERE name = %s").format(
+                    sql.Identifier("castore_no_such_schema")
+                )
+                args = (("schema_version",),)
+            return real_execute(cur, query, *args, **kw)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+
+
+@pytest.mark.parametrize("operation", ["get", "set"])
+def test_a_session_whose_catalog_lags_the_store_s_creation_reads_the_store(
+    pg_location: str, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    reader = Store(pg_location, dag="d")
+    assert not reader.get("k").found  # this session looked for the store before it existed
+    Store(pg_location, dag="d").set("k", 1)  # another process creates it and writes
+    fault = CatalogBehind(monkeypatch, times=2)
+    if operation == "get":
+        assert reader.get("k").value == 1  # never "not found", never "unavailable"
+    else:
+        assert reader.set("k", 2, expected_version=1).version == 2
+    assert not fault.left
+    newest = Store(pg_location, dag="d").history("k").entries[0]
+    assert newest.version == (1 if operation == "get" else 2)
+
+
+def test_a_catalog_that_never_shows_the_store_s_tables_is_reported(
+    pg_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader = Store(pg_location, dag="d")
+    reader.get("k")
+    Store(pg_location, dag="d").set("k", 1)
+    CatalogBehind(monkeypatch, times=1000)
+    with pytest.raises(StoreUnavailableError, match=r"castore_meta\" does not exist"):
+        reader.get("k")
