@@ -100,9 +100,11 @@ class PostgresBackend:
                 row = cur.execute(q.CURRENT, key, binary=True).fetchone()  # just written?
                 if row is None:  # lost: never "not found" while versions remain
                     raise _row_lost(ref)
-            if row is not None and row[11]:
-                raise _behind(ref)
-            found = rows.entry(row, 0, ref) if row is not None else None
+            if row is not None and row[11] == 1:
+                raise _not_newest(ref, 1)
+            found = rows.entry(row, 0, ref) if row is not None else None  # a damaged copy raises
+            if row is not None and row[11] and q.copy_refuted(cur, ref, row[11]):
+                raise _not_newest(ref, row[11])
             if row is None or found is None:
                 return Current(None, None)
             return Current(found, rows.value(ref, found, *row[8:11]))
@@ -115,14 +117,14 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> bool:
             key = (rows.ref_id(ref),)
-            read = f"SELECT version, {q.AHEAD} FROM refs r WHERE {q.REF}"
+            read = f"SELECT version, {q.NOT_NEWEST} FROM refs r WHERE {q.REF}"
             row = cur.execute(read, key).fetchone()
             if row is None and cur.execute(q.HAS_VERSIONS, key).fetchone():
                 row = cur.execute(read, key).fetchone()  # just written by another process?
                 if row is None:
                     raise _row_lost(ref)  # never "no such key" while versions remain
-            if row is not None and row[1]:
-                raise _behind(ref)
+            if row is not None and row[1] and q.copy_refuted(cur, ref, row[1]):
+                raise _not_newest(ref, row[1])
             return row is not None and row[0] is not None
 
         result: bool = self._read(work, f"reading {ref}", False)
@@ -169,7 +171,7 @@ class PostgresBackend:
 
         def work(cur: Cursor) -> dict[str, ListEntry | None]:
             cur.execute(
-                f"SELECT ref_id, namespace, key, {rows.ENTRY}, {q.AHEAD}, {q.COPY_DIFFERS} "
+                f"SELECT ref_id, namespace, key, {rows.ENTRY}, {q.NOT_NEWEST} "
                 "FROM refs r "
                 f"WHERE {where} AND (version IS NOT NULL OR {q.AHEAD})",
                 params,
@@ -177,8 +179,8 @@ class PostgresBackend:
             out: dict[str, ListEntry | None] = {}
             for row in cur.fetchall():
                 key = rows.stored_ref(row[0], scope, row[1], row[2]).key
-                if row[11] or row[12]:  # rows past the copy, or a copy that is not its row
-                    continue  # left unknown: list reads the key alone, and skips it (damage)
+                if row[11]:  # rows past the copy, or a copy that is not its row
+                    continue  # left unknown: list reads the key alone (current() decides)
                 try:
                     found = rows.entry(row, 3)
                 except CorruptionError:
@@ -277,7 +279,10 @@ class PostgresBackend:
                 cur.execute(q.COPY_NEWEST, key)
                 row = cur.execute(q.LOCK, key).fetchone()
         assert row is not None  # noqa: S101 - inserted or found above, under the lock
-        return int(row[0]), rows.entry(row, 1, ref), row[9]
+        newest = rows.entry(row, 1, ref)  # a damaged copy raises
+        if row[10] and q.copy_refuted(cur, ref, row[10]):  # never decide on a wrong copy
+            raise _not_newest(ref, row[10])
+        return int(row[0]), newest, row[9]
 
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         """Run ``decide`` on the newest entry under the ref's row lock; append what it returns.
@@ -359,11 +364,12 @@ def _row_lost(ref: Ref) -> CorruptionError:
     )
 
 
-def _behind(ref: Ref) -> CorruptionError:
-    """The error of a key whose copy of its newest version is below one of its rows."""
+def _not_newest(ref: Ref, how: int) -> CorruptionError:
+    """The error of a key whose copy is not its newest row (``how``: :data:`q.NOT_NEWEST`)."""
+    wrong = "is behind its version rows" if how == 1 else "differs from its version row"
     return CorruptionError(
-        f"{ref}: its copy of the newest version in refs is behind its version rows "
-        "(edited): run castore check --repair"
+        f"{ref}: its copy of the newest version in refs {wrong} (edited): "
+        "run castore check --repair"
     )
 
 

@@ -36,7 +36,7 @@ from castore.keys import Ref
 from castore.postgres import rows
 from castore.postgres import statements as q
 from castore.postgres.connection import Abandon, Cursor, Database
-from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET, Entry
+from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET
 from castore.reports import Finding, lost_range
 
 __all__ = ["check_chains", "check_copies", "check_versions"]
@@ -63,16 +63,10 @@ _DIFFERING: Final = f"""
          n.blob, n.inline)
     ORDER BY r.scope, r.namespace, r.key
 """
-_WITH_BLOB: Final = "{t}.inline, b.codec, b.data FROM {t} LEFT JOIN blobs b ON b.digest = {t}.blob"
 _COPY: Final = (
     f"SELECT {rows.entry_columns('refs')}, "
-    + _WITH_BLOB.format(t="refs")
+    + q.WITH_BLOB.format(t="refs")
     + " WHERE refs.ref_id = %s"
-)
-_NEWEST_ROW: Final = (
-    f"SELECT {rows.entry_columns('versions')}, "
-    + _WITH_BLOB.format(t="versions")
-    + " WHERE versions.ref_id = %s ORDER BY versions.version DESC LIMIT 1"
 )
 _COLUMNS: Final = f"{rows.ENTRY}, {rows.VALUE}"
 _DROPPED_UP_TO: Final = (  # the highest version compaction dropped, or a removed life ended at
@@ -192,19 +186,6 @@ def _orphan(ref_id: bytes) -> Finding:
     )
 
 
-def _verified(ref: Ref, row: tuple[Any, ...] | None) -> Entry | None:
-    """The entry of an ``ENTRY`` + value row if it decodes and its value verifies, else None."""
-    if row is None:
-        return None
-    try:
-        found = rows.entry(row, 0, ref)
-        if found is not None and found.op != OP_DAMAGED:
-            rows.value(ref, found, row[8], row[9], row[10])
-    except CorruptionError:
-        return None
-    return found
-
-
 def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
     """Under the key's row lock: make its copy and its rows agree; (problem, repair) or None.
 
@@ -213,13 +194,13 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
     key = rows.ref_id(ref)
     cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", (key,))
     copy = cur.execute(_COPY, (key,)).fetchone()
-    newest = cur.execute(_NEWEST_ROW, (key,)).fetchone()
+    newest = cur.execute(q.NEWEST_ROW, (key,)).fetchone()
     (gone,) = cur.execute(_DROPPED_UP_TO, (key, key)).fetchone() or (0,)
     high = max(newest[0] if newest is not None else 0, gone)  # compaction's are not lost
     named = copy[0] if copy is not None and copy[0] is not None else None
     if named is not None and named > high:  # rows above ``high`` were lost
         problem = f"versions {high + 1}..{named} are missing; the key's copy names {named}"
-        if _verified(ref, copy) is not None:
+        if q.verified(ref, copy) is not None:
             if named - 1 > high:
                 cur.execute(
                     q.INSERT_VERSION,
@@ -232,7 +213,7 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
         )
         return problem, "record them as lost (the copy does not verify)"
     if named is not None and named == high:
-        mine, theirs = _verified(ref, copy), _verified(ref, newest)
+        mine, theirs = q.verified(ref, copy), q.verified(ref, newest)
         problem = f"the copy of version {named} differs from its row"
         if theirs is not None and mine is None:
             cur.execute(q.COPY_NEWEST, (key,))
@@ -240,7 +221,10 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
         if mine is not None and theirs is None:
             cur.execute(_ROW_REPLACED_BY_COPY, (key, named))
             return problem, "replace the row by the copy (the row does not verify)"
-        return problem, "none: " + ("both verify" if mine else "neither verifies")
+        if mine is not None:  # the row is the record (get --version and history read it)
+            cur.execute(q.COPY_NEWEST, (key,))
+            return problem, "copy the row (both verify; the row is the version's record)"
+        return problem, "none: neither verifies"
     if newest is None:
         return None
     cur.execute(q.COPY_NEWEST, (key,))

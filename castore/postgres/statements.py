@@ -20,14 +20,15 @@ __all__ = [
     "APPEND_NEW_BLOB",
     "APPEND_ROW",
     "COMPACTED",
-    "COPY_DIFFERS",
     "COPY_NEWEST",
     "CURRENT",
     "EXACT_VERSION",
     "HAS_VERSIONS",
     "INSERT_VERSION",
     "LOCK",
+    "NEWEST_ROW",
     "NEW_REF",
+    "NOT_NEWEST",
     "NO_NEWEST",
     "PAGE",
     "REF",
@@ -35,9 +36,12 @@ __all__ = [
     "UPSERT_BLOB",
     "VALUE_OF",
     "VERSION",
+    "WITH_BLOB",
     "RowView",
+    "copy_refuted",
     "entry_at",
     "params",
+    "verified",
 ]
 
 PAGE: Final = 256  # versions per query when a whole history is walked
@@ -54,14 +58,27 @@ AHEAD: Final = (
     "EXISTS (SELECT 1 FROM versions v WHERE v.ref_id = r.ref_id "
     "AND v.version > coalesce(r.version, 0))"
 )
-COPY_DIFFERS: Final = (  # a key's copy of its newest version is not its row (edited, damaged)
-    "(r.version IS NOT NULL AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.ref_id = r.ref_id "
-    "AND v.version = r.version AND v.op = r.op AND v.time_ns = r.time_ns "
-    "AND v.digest IS NOT DISTINCT FROM r.digest AND v.size = r.size "
-    "AND v.created_ns = r.created_ns))"
+_COPIED: Final = f"{rows.ENTRY}, {rows.VALUE}".split(", ")  # a key's copy of its newest row
+NOT_NEWEST: Final = (  # 0: the copy is the key's newest row; 1: a row is above the copy
+    # (rolled back by hand); 2: the copy keeps its row's version but not its columns (edited).
+    # One probe of the versions primary key; a copy above its rows (lost) is its version's
+    # only record, so it is read (check restores the row from it).
+    "coalesce((SELECT CASE WHEN v.version > coalesce(r.version, 0) THEN 1 "
+    "WHEN v.version = r.version AND ("
+    + ", ".join(f"v.{c}" for c in _COPIED)
+    + ") IS DISTINCT FROM ("
+    + ", ".join(f"r.{c}" for c in _COPIED)
+    + ") THEN 2 ELSE 0 END "
+    "FROM versions v WHERE v.ref_id = r.ref_id ORDER BY v.version DESC LIMIT 1), 0)"
+)
+WITH_BLOB: Final = "{t}.inline, b.codec, b.data FROM {t} LEFT JOIN blobs b ON b.digest = {t}.blob"
+NEWEST_ROW: Final = (  # a key's newest version row and its value (ref_id)
+    f"SELECT {rows.entry_columns('versions')}, "
+    + WITH_BLOB.format(t="versions")
+    + " WHERE versions.ref_id = %s ORDER BY versions.version DESC LIMIT 1"
 )
 CURRENT: Final = (
-    f"SELECT {rows.entry_columns('r')}, r.inline, b.codec, b.data, {AHEAD} "
+    f"SELECT {rows.entry_columns('r')}, r.inline, b.codec, b.data, {NOT_NEWEST} "
     "FROM refs r LEFT JOIN blobs b ON b.digest = r.blob WHERE r.ref_id = %s"
 )
 COMPACTED: Final = (  # whether compaction dropped a version (ref_id, the version twice)
@@ -79,7 +96,9 @@ COPY_NEWEST: Final = f"""
     )
     WHERE r.ref_id = %s
 """
-LOCK: Final = f"SELECT floor, {rows.ENTRY}, inline FROM refs WHERE ref_id = %s FOR UPDATE"
+LOCK: Final = (  # a write's row lock: floor, the copy of the newest entry, its value, NOT_NEWEST
+    f"SELECT floor, {rows.ENTRY}, inline, {NOT_NEWEST} FROM refs r WHERE r.ref_id = %s FOR UPDATE"
+)
 # A key's new row; its floor is the last version compaction dropped, if a row was lost.
 NEW_REF: Final = (
     "INSERT INTO refs (ref_id, scope, namespace, key, ns_id, key_head, floor) "
@@ -229,3 +248,29 @@ def params(ref: Ref, entry: Entry, prev: int) -> dict[str, Any]:
         "a": rows.audit_json(entry.audit),
         "df": entry.damaged_from,
     }
+
+
+def verified(ref: Ref, row: tuple[Any, ...] | None) -> Entry | None:
+    """The entry of an ``ENTRY`` + value row if it decodes and its value verifies, else None."""
+    if row is None:
+        return None
+    try:
+        found = rows.entry(row, 0, ref)
+        if found is not None and found.op != OP_DAMAGED:
+            rows.value(ref, found, row[8], row[9], row[10])
+    except CorruptionError:
+        return None
+    return found
+
+
+def copy_refuted(cur: Cursor, ref: Ref, how: int) -> bool:
+    """Whether a key's copy flagged ``how`` by :data:`NOT_NEWEST` must not be read.
+
+    A copy behind its rows (1) never is. A copy that differs from its version's row (2)
+    is read only where that row does not verify: the copy is then the version's one
+    good record (and check restores the row from it); else the two disagree and
+    nothing tells which is right (check keeps the row).
+    """
+    if how != 2:
+        return how == 1
+    return verified(ref, cur.execute(NEWEST_ROW, (rows.ref_id(ref),)).fetchone()) is not None

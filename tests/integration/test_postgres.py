@@ -1377,6 +1377,43 @@ def test_a_copy_behind_its_rows_is_damage_not_an_older_version(postgres_location
     assert again.set("k", {"n": 4}).version == 4
 
 
+@pytest.mark.parametrize(
+    "columns",
+    ["digest, size, inline", "audit", "time_ns, created_ns"],
+    ids=["value", "audit", "times"],
+)
+def test_a_copy_that_keeps_its_version_but_not_its_row_is_damage_not_a_value(
+    postgres_location, tmp_path, columns
+):
+    # Found by a review (2026-12-05): a copy given version 1's columns by hand but keeping
+    # number 2 was served: get answered version 2 with version 1's value (list too), while
+    # get --version 2 answered the row's; check found it and its repair left it ("both verify").
+    store = Store(postgres_location, dag=DAG)
+    store.set("a", 1)
+    Store(postgres_location, dag=DAG, run_id="first").set("k", {"v": "old"})
+    store.set("k", {"v": "new"})
+    query(
+        postgres_location,
+        f"UPDATE refs r SET ({columns}) = (SELECT {columns} FROM versions v "  # noqa: S608
+        "WHERE v.ref_id = r.ref_id AND v.version = 1) WHERE key = 'k'",
+    )
+    fresh = Store(postgres_location, dag=DAG)
+    with pytest.raises(castore.CorruptionError, match=r"pg/k: .* differs from its version row"):
+        fresh.get("k")
+    with pytest.raises(castore.CorruptionError, match=r"pg/k: .* differs from its version row"):
+        fresh.delete("k")
+    assert Cli(tmp_path, postgres_location, dag=DAG).fail(5, "get", "k")
+    assert fresh.get("k", version=2).value == {"v": "new"}  # the row, as before
+    listed = fresh.list()
+    assert ([e.key for e in listed.entries], listed.skipped) == (["a"], ["k"])
+    assert not fresh.check().ok
+    assert fresh.check(repair=True).ok  # the row is the record: the copy is made from it
+    again = Store(postgres_location, dag=DAG)
+    assert (again.get("k").version, again.get("k").value) == (2, {"v": "new"})
+    assert again.get("k").hash == again.history("k").entries[0].hash
+    assert again.check().ok
+
+
 def test_a_delete_racing_the_keys_first_set_is_no_damage(postgres_location, monkeypatch):
     # Found by a review of the probe above: exists() read the refs row, found none, then
     # found the version another process had just committed, and called the store damaged
@@ -1396,7 +1433,7 @@ def test_a_delete_racing_the_keys_first_set_is_no_damage(postgres_location, monk
 
         def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
             done = self._cur.execute(statement, *args, **kw)
-            if armed[0] and str(statement).startswith("SELECT version, EXISTS"):
+            if armed[0] and str(statement).startswith("SELECT version, coalesce"):
                 armed[0] = False
                 creator.set("k", 1)
             return done
