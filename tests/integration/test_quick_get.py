@@ -35,7 +35,7 @@ from castore.cli.errors import OptionError
 from castore.cli.invocation import Invocation
 from castore.cli.quick import quick_get
 from castore.errors import CastoreError, CorruptionError
-from castore.file.frames import encode_frame
+from castore.file.frames import encode_frame, scan_frames
 from castore.file.layout import Layout
 from castore.keys import Ref
 
@@ -264,13 +264,26 @@ def test_records_castore_never_writes_are_the_stores_to_judge(store):
     assert answered == ["plain"], answered  # the one castore could have written
 
 
+_EDGE = 48  # bytes of a frame's head and tail every cut of which is tried
+
+
 def _damaged_copies(log: bytes, stride: int = 1) -> Iterator[tuple[str, bytes]]:
-    """Every ``stride``-th byte flipped (two ways), every cut, bytes appended to the end."""
+    """Every ``stride``-th byte flipped (two ways), cuts, bytes appended to the end.
+
+    The cuts: every ``stride``-th size, and every size within a frame's head or
+    tail (its length, type, checksum and trailer: where a cut changes what a
+    reader can tell); with ``stride`` 1, every size.
+    """
     for at in range(0, len(log), stride):
         for mask in (0x01, 0xFF):
             yield f"flip {at} ^{mask:#x}", log[:at] + bytes([log[at] ^ mask]) + log[at + 1 :]
-    for size in range(len(log)):
-        yield f"cut at {size}", log[:size]
+    sizes = set(range(0, len(log), stride))
+    for frame in scan_frames(log):
+        sizes.update(range(frame.start, min(frame.start + _EDGE, frame.end)))
+        sizes.update(range(max(frame.start, frame.end - _EDGE), frame.end + 1))
+    for size in sorted(sizes):
+        if size < len(log):
+            yield f"cut at {size}", log[:size]
     for tail in (b"\0" * 25, b"\0" * 4096, b"E" + b"\xff" * 40, log[-30:]):
         yield f"append {len(tail)} bytes", log + tail
 
