@@ -19,6 +19,7 @@ import castore
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_blob, decode_entry
 from castore.records import Entry
+from tests import forkedcli as forked_cli
 
 if TYPE_CHECKING:
     from castore import Store
@@ -103,12 +104,15 @@ class Cli:
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``castore ARGS`` as given; ``stdin`` is its input bytes, or a file for it."""
         feed, source = (stdin, None) if isinstance(stdin, bytes) else (None, stdin)
+        environment = {**self.env, **(env or {})}
+        if self.entry == ["-m", "castore"] and forked_cli.serves(environment, source):
+            return forked_cli.run(self.argv(*args), environment, self.cwd, feed, self.timeout)
         return subprocess.run(
             self.argv(*args),
             input=feed,
             stdin=source,
             capture_output=True,
-            env={**self.env, **(env or {})},
+            env=environment,
             cwd=self.cwd,
             timeout=self.timeout,
             check=False,
