@@ -51,7 +51,11 @@ WHOLE_STORE: Final = frozenset({"audit", "export", "compact"})  # --dag narrows 
 
 
 class Cli:
-    """Runs castore's command line in a subprocess, isolated from the host.
+    """Runs castore's command line in a process of its own, isolated from the host.
+
+    A forked process of the CLI fork server (:mod:`tests.forkedcli`) where nothing
+    of the start-up is under test, else (or with ``CASTORE_TEST_REAL_CLI=1``) a
+    real ``python`` subprocess.
 
     The environment holds only ``PATH``, ``HOME`` (``cwd/home``), ``PYTHONPATH``
     (the castore under test) and ``LC_ALL``; :meth:`run` adds the global options
