@@ -50,6 +50,7 @@ def _command(request: dict[str, Any], stdin: int) -> None:
     code = 1
     try:
         os.dup2(stdin, 0)
+        os.close(stdin)  # only 0, 1 and 2 are open, as in a subprocess (but the server's own)
         for fd, path in ((1, request["out"]), (2, request["err"])):
             opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(opened, fd)

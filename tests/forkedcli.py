@@ -33,6 +33,7 @@ class _Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
         self.dir = ""
+        self.pid = 0  # the process that started the server (a forked child starts its own)
 
     def started(self, env: dict[str, str]) -> str:
         """The server's socket path (started with ``env``'s start-up variables first)."""
@@ -62,8 +63,6 @@ class _Server:
             assert self.proc.stdin is not None
             self.proc.stdin.close()  # the server ends when its standard input does
             self.proc.wait(30)
-
-    pid = 0
 
 
 _SERVER = _Server()

@@ -100,8 +100,6 @@ class PostgresBackend:
                 row = cur.execute(q.CURRENT, key, binary=True).fetchone()  # just written?
                 if row is None:  # lost: never "not found" while versions remain
                     raise _row_lost(ref)
-            if row is not None and row[11] == 1:
-                raise _not_newest(ref, 1)
             found = rows.entry(row, 0, ref) if row is not None else None  # a damaged copy raises
             if row is not None and row[11] and q.copy_refuted(cur, ref, row[11]):
                 raise _not_newest(ref, row[11])

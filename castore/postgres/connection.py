@@ -256,9 +256,9 @@ class Database:
             FormatVersionError: the schema holds something else, or a newer store.
             psycopg.errors.UndefinedTable: the catalog still disagrees after the last try.
         """
+        if self._present:
+            return True
         for pause in _CATALOG_PAUSES:
-            if self._present:
-                break
             try:
                 self._present = tables.version_of(cur, self.location.schema) > 0
                 break
