@@ -7,15 +7,30 @@ worker thread, where waiting is fine. The file backend refuses (through
 :func:`would_wait`) to wait for a lock, another thread's blob index, or a
 read of a whole file: a log scan, a version index's extension, a blob index
 shard's refresh (``Backend.loop_safe_reads``).
+
+A thread may also bound its waits for locks (:func:`waiting_at_most`): the
+server runs each request's store call with the client's lock timeout, and
+the backends wait :func:`lock_wait` of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-__all__ = ["WouldWait", "no_waiting", "waiting_refused", "would_wait"]
+__all__ = [
+    "WouldWait",
+    "at_most",
+    "lock_wait",
+    "no_waiting",
+    "waiting_at_most",
+    "waiting_refused",
+    "would_wait",
+]
+
+_T = TypeVar("_T")
 
 
 class WouldWait(BaseException):  # a signal, not an error
@@ -49,3 +64,35 @@ def would_wait(what: str) -> None:
     """Raise :class:`WouldWait` (naming ``what``) inside :func:`no_waiting`; else nothing."""
     if getattr(_refused, "on", False):
         raise WouldWait(what)
+
+
+@contextlib.contextmanager
+def waiting_at_most(seconds: float) -> Iterator[None]:
+    """Within the block, this thread waits at most ``seconds`` for each lock (:func:`lock_wait`)."""
+    before = getattr(_refused, "limit", None)
+    _refused.limit = seconds if before is None else min(seconds, before)
+    try:
+        yield
+    finally:
+        _refused.limit = before
+
+
+def lock_wait(timeout: float) -> float:
+    """How long this thread waits for a lock whose handle allows ``timeout`` seconds.
+
+    ``timeout``, or less inside :func:`waiting_at_most`.
+    """
+    limit: float | None = getattr(_refused, "limit", None)
+    return timeout if limit is None or limit >= timeout else limit
+
+
+def at_most(seconds: float | None, fn: Callable[[], _T]) -> Callable[[], _T]:
+    """``fn``, run inside ``waiting_at_most(seconds)`` by the thread that calls it (None: as is)."""
+    if seconds is None:
+        return fn
+
+    def bounded() -> _T:
+        with waiting_at_most(seconds):
+            return fn()
+
+    return bounded

@@ -40,6 +40,7 @@ __all__ = [
     "FRAME_END",
     "FRAME_ERROR",
     "FRAME_ITEM",
+    "LOCK_TIMEOUT_HEADER",
     "MEMBERS_HEADER",
     "RETRY_WINDOW",
     "STALE",
@@ -60,6 +61,7 @@ __all__ = [
 
 CLUSTER_HEADER: Final = "castore-cluster"  # the digest of the client's member list
 MEMBERS_HEADER: Final = "castore-members"  # how many members the client's list has
+LOCK_TIMEOUT_HEADER: Final = "castore-lock-timeout"  # the client's lock timeout, in seconds
 RETRY_WINDOW: Final = 64  # a retried append is found among this many newest versions
 
 # A streamed reply is a sequence of frames: kind (1 byte), length (4 bytes, big-endian), payload.

@@ -4,9 +4,8 @@
 :class:`~castore.file.layout.Layout` (paths, ``FORMAT``), one
 :class:`~castore.file.reflog.RefLog` per ref (read, lock, append, rewrite),
 the :class:`~castore.file.namespaces.Namespaces` (``KEYS``, ``GRAVES``),
-the blob index and blob reader, and a read cache of each log's newest
-entry. It knows the bytes (docs/FORMAT.md) but not Dagu's semantics (those
-live in ``castore/store.py``).
+the blob index and blob reader, and a read cache of each log's newest entry.
+It knows the bytes (docs/FORMAT.md), not Dagu's semantics (``castore/store.py``).
 
 A read never creates a store: on a location that holds none (a missing or empty
 directory) every read finds nothing; the first write creates it (:meth:`Layout.create`).
@@ -41,6 +40,7 @@ from castore.keys import Ref
 from castore.records import Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, ScopeStats, StoreStats
 from castore.results import ListEntry
+from castore.waits import lock_wait
 
 __all__ = ["FileBackend"]
 
@@ -98,8 +98,8 @@ class FileBackend:
 
     @property
     def lock_timeout(self) -> float:
-        """Seconds to wait for a lock."""
-        return self.layout.lock_timeout
+        """Seconds to wait for a lock (less in a server's request: ``waits.lock_wait``)."""
+        return lock_wait(self.layout.lock_timeout)
 
     def close(self) -> None:
         """Drop cached state; close the cached directory descriptors (see ``Store.close``)."""

@@ -45,6 +45,7 @@ from castore.errors import (
 )
 from castore.postgres import schema as tables
 from castore.postgres.location import Location
+from castore.waits import lock_wait
 
 __all__ = ["Abandon", "Cursor", "Database", "Row", "snapshot"]
 
@@ -79,6 +80,7 @@ def _transaction(
     work: Callable[[Cursor], T],
     state: list[bool],
     pipeline: bool,
+    lock_wait: float | None = None,
 ) -> T:
     """``BEGIN``, ``work``, ``COMMIT``; pipelined: two round trips for a typical write.
 
@@ -86,12 +88,16 @@ def _transaction(
     (sent when ``work`` first reads a result) and the ``COMMIT`` with its last
     statements. ``state`` gets a value once the ``COMMIT`` is queued: from
     then on a lost connection may have committed. Anything raised rolls back.
+    ``lock_wait`` (seconds) is the transaction's ``lock_timeout``, when shorter
+    than the session's (queued with the ``BEGIN``).
     """
     block = conn.pipeline() if pipeline else contextlib.nullcontext()
     block.__enter__()
     open_block = True
     try:
         cur.execute("BEGIN")
+        if lock_wait is not None:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (_milliseconds(lock_wait),))
         result = work(cur)
         state.append(True)
         cur.execute("COMMIT")
@@ -131,6 +137,11 @@ def snapshot(cur: Cursor) -> Iterator[None]:
     finally:
         with contextlib.suppress(psycopg.Error):  # a failed statement's error goes on
             cur.execute("COMMIT")
+
+
+def _milliseconds(seconds: float) -> str:
+    """A ``lock_timeout`` setting of ``seconds`` (at least 1 ms: 0 would mean no limit)."""
+    return f"{max(1, int(seconds * 1000))}ms"
 
 
 def _reported_by_server(exc: psycopg.Error) -> bool:
@@ -214,7 +225,7 @@ class Database:
                 "set_config('synchronous_commit', %s, false)",
                 (
                     sql.Identifier(self.location.schema).as_string(conn),
-                    f"{max(1, int(self.lock_timeout * 1000))}ms",
+                    _milliseconds(self.lock_timeout),
                     "on" if self.durable else "off",
                 ),
             )
@@ -296,6 +307,11 @@ class Database:
         """The rows of one query, run alone (autocommit)."""
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
 
+    def _shorter_wait(self) -> float | None:
+        """This call's lock timeout if shorter than the session's (in a server's request)."""
+        timeout = lock_wait(self.lock_timeout)
+        return timeout if timeout < self.lock_timeout else None
+
     def run(
         self,
         work: Callable[[Cursor], T],
@@ -306,13 +322,12 @@ class Database:
     ) -> T:
         """Run ``work`` in one transaction (or, ``transaction=False``, in autocommit).
 
-        ``what`` names the operation in errors (``the write of dag/d/k``).
-        ``pipeline``: send statements without waiting for results until ``work``
-        reads one (a write; not for work that recovers from a failed statement).
+        ``what`` names the operation in errors. ``pipeline``: send statements without waiting
+        for results until ``work`` reads one (a write; not work that recovers from a failure).
 
         Raises:
             StoreUnavailableError: the server cannot be reached, or the connection was lost.
-            LockTimeoutError: a row lock was not taken within ``lock_timeout``.
+            LockTimeoutError: a row lock was not taken within the lock timeout (_lock_wait).
         """
         with self._lock:
             if self._conn is not None and self._pid != os.getpid():
@@ -330,13 +345,14 @@ class Database:
                         return work(cur)
                     state: list[bool] = []
                     try:
-                        return _transaction(conn, cur, work, state, pipeline)
+                        return _transaction(conn, cur, work, state, pipeline, self._shorter_wait())
                     except Abandon as stop:
                         return stop.result  # type: ignore[no-any-return]
                     finally:
                         committing = bool(state)
                 except pg_errors.LockNotAvailable:
-                    failure = LockTimeoutError(f"{self.location.shown}: {what}", self.lock_timeout)
+                    waited = lock_wait(self.lock_timeout)
+                    failure = LockTimeoutError(f"{self.location.shown}: {what}", waited)
                 except FormatVersionError:
                     raise
                 except psycopg.OperationalError as exc:  # lost, or the server's (a deadlock)

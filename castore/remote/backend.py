@@ -106,7 +106,8 @@ class RemoteBackend:
 
     Args:
         location: ``http://host:port`` or ``https://…``, or several, comma-separated.
-        lock_timeout: how long a write keeps deciding again while other writes come first.
+        lock_timeout: how long a write keeps deciding again while other writes come first,
+            and how long the server's store waits for each lock of a call (at most its own).
 
     Raises:
         InvalidValueError: the location is not a list of coordinator URLs.
@@ -120,7 +121,9 @@ class RemoteBackend:
         token = os.environ.get("CASTORE_TOKEN") or None
         self._lock_timeout = lock_timeout
         # past the server's default request timeout (lock timeout + 30 s): its answer comes first
-        self._transport = Transport(members, token, read_timeout=lock_timeout + 60.0)
+        self._transport = Transport(
+            members, token, read_timeout=lock_timeout + 60.0, lock_timeout=lock_timeout
+        )
         self._members = members  # as given: maintenance goes to the one URL named
         # A handle dropped without close() closes its connections when collected.
         weakref.finalize(self, self._transport.close)

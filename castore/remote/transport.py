@@ -45,6 +45,7 @@ from castore.wire import (
     FRAME_END,
     FRAME_ERROR,
     FRAME_ITEM,
+    LOCK_TIMEOUT_HEADER,
     MEMBERS_HEADER,
     Misdirected,
     WireError,
@@ -93,18 +94,28 @@ class Transport:
         members: the coordinators' URLs (one, or a cluster's list).
         token: the bearer token (``$CASTORE_TOKEN``), or None.
         read_timeout: seconds to wait for an answer (maintenance waits as long as it takes).
+        lock_timeout: the caller's lock timeout, sent with every request (the server's
+            store waits no longer for a lock; None: the server's own).
 
     Raises:
         InvalidValueError: a token a header cannot carry.
     """
 
-    def __init__(self, members: list[str], token: str | None, read_timeout: float) -> None:
+    def __init__(
+        self,
+        members: list[str],
+        token: str | None,
+        read_timeout: float,
+        lock_timeout: float | None = None,
+    ) -> None:
         self._cluster = Cluster(members)
         self._given = frozenset(map(_member, self._cluster.members))  # what a 421 may name
         self._headers = {"content-type": _MSGPACK, "accept": _MSGPACK}
         token = _checked_token(token)
         if token:
             self._headers["authorization"] = f"Bearer {token}"
+        if lock_timeout is not None:
+            self._headers[LOCK_TIMEOUT_HEADER] = repr(float(lock_timeout))
         self._timeout = httpx.Timeout(read_timeout, connect=_CONNECT_SECONDS)
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None

@@ -30,20 +30,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.server.errors import ApiError, api_error, error_response
+from castore.server.incoming import BODY_ARRIVED, decode, list_of, lock_wait_of, read_body
 from castore.server.membership import Membership
 from castore.server.middleware import AccessLog, Guard, Metrics, Observe
-from castore.server.operations import OPERATIONS, Operation, decode_request, handle_for, keyspace
+from castore.server.operations import OPERATIONS, Operation, handle_for, keyspace
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
 from castore.store import Store
 from castore.urls import is_url
-from castore.waits import WouldWait, no_waiting
-from castore.wire import CALLS, CLUSTER_HEADER, MEMBERS_HEADER
+from castore.waits import WouldWait, at_most, no_waiting
+from castore.wire import CALLS
 
 __all__ = [
     "BACKEND_BODY_BYTES",
@@ -62,6 +63,7 @@ LOCK_MARGIN_SECONDS: Final = 30.0  # the default request timeout: the store's lo
 DRAIN_TIMEOUT_SECONDS: Final = 120.0  # shutdown waits this long for abandoned store calls
 CALL_THREADS: Final = 40  # worker threads of a server process (anyio's default, before)
 _HEALTH_TIMEOUT_SECONDS: Final = 5.0
+_BODY_READ: Final = Response(b"")  # what reading a body answers when it got the whole body
 _STREAM_BATCH: Final = 100  # audit lines read per worker-thread hop
 _MSGPACK: Final = "application/msgpack"
 _JSON: Final = "application/json"
@@ -104,45 +106,6 @@ class _Calls:
         return not pending
 
 
-_BODY_ARRIVED: Final = "castore.body_arrived"  # in a request's scope once its body was read
-_BODY_READ: Final = Response(b"")  # what reading a body answers when it got the whole body
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) past ``limit`` bytes before it is read whole."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise ApiError("body_too_large", f"request body of {length} bytes exceeds {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError("body_too_large", f"request body exceeds {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError("bad_request", "the client went away before the body ended") from None
-    request.scope[_BODY_ARRIVED] = True  # a timeout from here on may leave a write applied
-    return b"".join(chunks)
-
-
-def _decode(name: str, body: bytes) -> Any:
-    try:
-        return decode_request(name, body)
-    except msgspec.DecodeError as exc:  # a ValidationError too: not this operation's request
-        raise ApiError("bad_request", f"bad request body: {exc}") from None
-    except RecursionError:  # msgspec's decoder recurses per level of nesting
-        raise ApiError("bad_request", "bad request body: nested too deeply") from None
-
-
-def _list_of(request: Request) -> tuple[str | None, int]:
-    """What a request says of its client's member list: its digest and length (0: not said)."""
-    members = request.headers.get(MEMBERS_HEADER, "")
-    plain = members.isascii() and members.isdigit() and len(members) <= 6  # "²" is a digit
-    return request.headers.get(CLUSTER_HEADER), int(members) if plain else 0
-
-
 def _take(lines: Iterator[bytes]) -> bytes:
     return b"".join(line for _, line in zip(range(_STREAM_BATCH), lines, strict=False))
 
@@ -161,8 +124,14 @@ class _Api:
         self.health_ref = store.ref("castore-healthz", scope="global")
         self.loop_safe = store.backend.loop_safe_reads
 
-    async def call(self, fn: Callable[[], _T], *, loop_safe: bool = False) -> _T:
+    async def call(
+        self, fn: Callable[[], _T], *, loop_safe: bool = False, wait: float | None = None
+    ) -> _T:
         """``fn()`` in a worker thread; abandoned (it runs on, counted) if the request times out.
+
+        ``wait``: the client's lock timeout, when it gave one: ``fn`` waits at most that
+        long for each lock (:func:`castore.waits.waiting_at_most`), never longer than the
+        store allows.
 
         ``loop_safe`` (a short read) on a backend with ``loop_safe_reads`` runs
         it here, on the event loop, unless it would wait (:mod:`castore.waits`):
@@ -170,6 +139,7 @@ class _Api:
         a thread and back costs more than such a read (docs/PERFORMANCE.md).
         A call run here is never abandoned: it does not wait.
         """
+        fn = at_most(wait, fn)
         if loop_safe and self.loop_safe:
             try:
                 with no_waiting():
@@ -199,7 +169,7 @@ class _Api:
         except Exception as exc:  # noqa: BLE001  # every failure is an error response
             if isinstance(exc, TimeoutError) and limit.expired():
                 message = f"no answer within {timeout:g} s (a write may still be applied)"
-                if request is not None and not request.scope.get(_BODY_ARRIVED):
+                if request is not None and not request.scope.get(BODY_ARRIVED):
                     message = f"the request body did not arrive within {timeout:g} s: nothing done"
                 return error_response(ApiError("timeout", message))
             err = api_error(exc, exception=exception, root=self.root)
@@ -211,12 +181,13 @@ class _Api:
         """The endpoint of operation ``name``."""
 
         async def work(request: Request) -> Response:
-            req = _decode(name, await _read_body(request, self.max_body))
-            self.membership.check(_list_of(request), keyspace(req))
+            wait = lock_wait_of(request)
+            req = decode(name, await read_body(request, self.max_body))
+            self.membership.check(list_of(request), keyspace(req))
             handle = handle_for(self.store, req)
             if op.stream:
-                return await self._stream(op, handle, req)
-            body = await self.call(lambda: op.call(handle, req), loop_safe=op.loop_safe)
+                return await self._stream(op, handle, req, wait)
+            body = await self.call(lambda: op.call(handle, req), loop_safe=op.loop_safe, wait=wait)
             assert isinstance(body, bytes)  # noqa: S101  # the table says so
             return Response(body, media_type=_JSON)
 
@@ -231,17 +202,22 @@ class _Api:
         """The endpoint of backend call ``name``: MessagePack in and out, errors as JSON."""
 
         async def work(request: Request, body: bytes | None = None) -> Response:
+            wait = lock_wait_of(request)
             if body is None:
-                body = await _read_body(request, BACKEND_BODY_BYTES)
+                body = await read_body(request, BACKEND_BODY_BYTES)
             try:
                 req = decode_call(name, body)
             except (msgspec.DecodeError, RecursionError) as exc:
                 raise ApiError("bad_request", f"bad request body: {exc}") from None
-            self.membership.check(_list_of(request), keyspace_of(req))
+            self.membership.check(list_of(request), keyspace_of(req))
             if call.stream:
-                items = await self.call(lambda: framed(call.run(self.store, req), root=self.root))
-                return StreamingResponse(self._batches(items), media_type=_MSGPACK)
-            reply = await self.call(lambda: call.run(self.store, req), loop_safe=call.loop_safe)
+                items = await self.call(
+                    lambda: framed(call.run(self.store, req), root=self.root), wait=wait
+                )
+                return StreamingResponse(self._batches(items, wait), media_type=_MSGPACK)
+            reply = await self.call(
+                lambda: call.run(self.store, req), loop_safe=call.loop_safe, wait=wait
+            )
             return Response(msgspec.msgpack.encode(reply), media_type=_MSGPACK)
 
         async def endpoint(request: Request) -> Response:
@@ -252,7 +228,7 @@ class _Api:
             body: list[bytes] = []
 
             async def read() -> Response:
-                body.append(await _read_body(request, BACKEND_BODY_BYTES))
+                body.append(await read_body(request, BACKEND_BODY_BYTES))
                 return _BODY_READ
 
             read_answer = await self.guarded(read, exception=True, request=request)
@@ -262,12 +238,12 @@ class _Api:
 
         return endpoint
 
-    async def _batches(self, batches: Iterator[bytes]) -> AsyncIterator[bytes]:
+    async def _batches(self, batches: Iterator[bytes], wait: float | None) -> AsyncIterator[bytes]:
         """The batches of a stream, each read in a worker thread."""
-        while batch := await self.call(lambda: next(batches, b"")):
+        while batch := await self.call(lambda: next(batches, b""), wait=wait):
             yield batch
 
-    async def _stream(self, op: Operation, handle: Store, req: Any) -> Response:
+    async def _stream(self, op: Operation, handle: Store, req: Any, wait: float | None) -> Response:
         """A streamed answer (JSON lines): the first line read before the status is sent."""
 
         def start() -> tuple[bytes, Iterator[bytes]]:
@@ -275,11 +251,11 @@ class _Api:
             assert not isinstance(lines, bytes)  # noqa: S101  # a streaming operation
             return next(lines, b""), lines
 
-        first, rest = await self.call(start)
+        first, rest = await self.call(start, wait=wait)
 
         async def body() -> AsyncIterator[bytes]:
             yield first
-            while batch := await self.call(lambda: _take(rest)):
+            while batch := await self.call(lambda: _take(rest), wait=wait):
                 yield batch
 
         return StreamingResponse(body(), media_type="application/x-ndjson")

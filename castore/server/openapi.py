@@ -18,11 +18,12 @@ import msgspec
 import msgspec.inspect as mi
 
 import castore
+from castore.defaults import MAX_LOCK_TIMEOUT_SECONDS
 from castore.lines import GoString, RawJSON
 from castore.server.errors import CODES
 from castore.server.operations import OPERATIONS
 from castore.server.rpc import BACKEND_CALLS
-from castore.wire import CALLS
+from castore.wire import CALLS, LOCK_TIMEOUT_HEADER
 
 __all__ = ["openapi", "openapi_json"]
 
@@ -153,6 +154,21 @@ def _error_responses() -> dict[str, Any]:
     return out
 
 
+_LOCK_TIMEOUT: Final = {"$ref": "#/components/parameters/LockTimeout"}
+
+
+def _lock_timeout_parameter() -> dict[str, Any]:
+    return {
+        "name": LOCK_TIMEOUT_HEADER,
+        "in": "header",
+        "required": False,
+        "description": "seconds the store waits for each lock, at most the server's own "
+        "lock timeout (`bad_request` if not a number from 0 to "
+        f"{MAX_LOCK_TIMEOUT_SECONDS:g})",
+        "schema": {"type": "number", "minimum": 0, "maximum": MAX_LOCK_TIMEOUT_SECONDS},
+    }
+
+
 def _operation(name: str, schemas: _Schemas) -> dict[str, Any]:
     op = OPERATIONS[name]
     media = "application/x-ndjson" if op.stream else "application/json"
@@ -162,6 +178,7 @@ def _operation(name: str, schemas: _Schemas) -> dict[str, Any]:
     return {
         "operationId": name.replace("-", "_"),
         "summary": op.summary,
+        "parameters": [_LOCK_TIMEOUT],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": schemas.struct(op.request)}},
@@ -180,6 +197,7 @@ def _backend_operation(name: str, schemas: _Schemas) -> dict[str, Any]:
     return {
         "operationId": f"backend_{name}",
         "summary": f"Backend protocol: `{name}` (an http:// store's call; MessagePack)",
+        "parameters": [_LOCK_TIMEOUT],
         "requestBody": {
             "required": True,
             "content": {"application/msgpack": {"schema": schemas.struct(request)}},
@@ -226,6 +244,7 @@ def openapi() -> dict[str, Any]:
     components = {
         "schemas": {**schemas.components, "Error": _error_schema()},
         "responses": _error_responses(),
+        "parameters": {"LockTimeout": _lock_timeout_parameter()},
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     }
     return {

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -172,7 +171,6 @@ def test_concurrent_shell_loops_of_incr_end_exact(cli, tmp_path):
         "incr counter --path /runs >/dev/null || exit 1; done\n"
     )
     env = {**cli.env, "PY": sys.executable, "STORE": os.fspath(cli.dir)}
-    started = time.monotonic()
     loops = [
         subprocess.Popen(["sh", str(script)], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
         for _ in range(LOOPS)
@@ -181,4 +179,3 @@ def test_concurrent_shell_loops_of_incr_end_exact(cli, tmp_path):
     assert [loop.returncode for loop in loops] == [0] * LOOPS, errors
     assert stored(cli, "counter") == b'{"runs":100}'
     assert version(cli, "counter") == LOOPS * INCREMENTS
-    assert time.monotonic() - started < 60  # ~100 process starts; well under this

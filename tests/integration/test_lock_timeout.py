@@ -5,7 +5,8 @@ before it failed, and ``check`` 30 s per locked log. The oracles: the error
 or the finding names the timeout given, the command ends well before the
 default would have let it, and nothing is written (the history equals the
 one before). A timeout that is not a number of seconds from 0 to a day is a
-usage error naming the option, before anything is written.
+usage error naming the option, before anything is written. Over ``http://``
+the client's timeout bounds the server's wait (the server's store waits 30 s).
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import os
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from castore import LockTimeoutError, Store
-from tests.helpers import Cli, one_line_error
+from castore.postgres.location import parse
+from tests.helpers import Cli, one_line_error, underlying
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +43,22 @@ def _held(root: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _key_held(location: str, key: str) -> Iterator[None]:
+    """The key's lock held by another session or process, on the store behind ``location``."""
+    where = underlying(location)
+    if not where.startswith("postgresql:"):
+        with _held(where):
+            yield
+        return
+    pg = parse(where)
+    with psycopg.connect(pg.conninfo) as holder:  # a transaction holding the key's row lock
+        holder.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+        held = holder.execute("SELECT 1 FROM refs WHERE key = %s FOR UPDATE", (key.encode(),))
+        assert held.fetchall() == [(1,)]
+        yield
 
 
 def _versions(root: str) -> list[int]:
@@ -115,3 +135,28 @@ def test_a_lock_timeout_of_zero_tries_the_lock_once(tmp_path):
     ):
         store.set("k", 2)
     assert _versions(root) == [1]
+
+
+@pytest.mark.remote_postgresql
+def test_every_backend_gives_up_after_the_lock_timeout_the_caller_gave(tmp_path, store_location):
+    # Over http:// the server's store waited its own 30 s, whatever the client gave.
+    Store(store_location, dag="d").set("k", 1)
+    cli = Cli(tmp_path, store_location)
+    with Store(store_location, dag="d", lock_timeout=0.5) as store, _key_held(store_location, "k"):
+        started = time.monotonic()
+        with pytest.raises(LockTimeoutError, match=r"not locked within 0\.5 s$"):
+            store.set("k", 2)
+        message = one_line_error(cli.run("--lock-timeout", "0.5", "delete", "k"), 1)
+        assert message.startswith("lock timeout: ")
+        assert message.endswith(" not locked within 0.5 s")
+        assert time.monotonic() - started < _DEFAULT_SECONDS / 2
+        report = store.check()  # and check's wait for each key
+        assert time.monotonic() - started < _DEFAULT_SECONDS / 2
+    # A file store's check reads each log under its lock; PostgreSQL's reads an undamaged key
+    # on a snapshot, without its row lock.
+    locked = [] if underlying(store_location).startswith("postgresql:") else ["k"]
+    assert [f.problem for f in report.findings] == [
+        "locked by another process for 0.5 s: not checked" for _ in locked
+    ]
+    assert _versions(store_location) == [1]
+    assert Store(store_location, dag="d", lock_timeout=0.5).set("k", 2).version == 2

@@ -796,6 +796,40 @@ def test_a_lock_timeout_in_the_store_is_its_own_error_not_the_request_timeout(tm
         assert (store.get("k").version, store.get("k").value) == (1, 1)
 
 
+def test_a_client_s_lock_timeout_bounds_the_server_s_wait_up_to_the_server_s_own(tmp_path):
+    """The ``castore-lock-timeout`` header: the store's wait for a lock is the smaller of the
+    client's and the server's; a header that is no number of seconds is a bad request."""
+    location = str(tmp_path / "store")
+    app = create_app(Store(location, dag="d", lock_timeout=3), request_timeout=30)
+
+    async def set_value(value: bytes, wait: str | None) -> tuple[int, str, str, float]:
+        transport = httpx.ASGITransport(app=app)
+        headers = {} if wait is None else {"castore-lock-timeout": wait}
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            started = time.monotonic()
+            got = await client.post(
+                "/v1/set", content=b'{"key":"k","dag":"d","value":%s}' % value, headers=headers
+            )
+            error = got.json().get("error", {})
+            took = time.monotonic() - started
+            return got.status_code, error.get("code", ""), error.get("message", ""), took
+
+    assert anyio.run(set_value, b"1", "0.2")[:2] == (200, "")
+    for bad in ("abc", "", "-1", "nan", "inf", "86401", "1e400", "0x10", "1" * 40):
+        status, code, message, _ = anyio.run(set_value, b"2", bad)
+        assert (status, code) == (400, "bad_request"), bad
+        assert message.startswith("castore-lock-timeout header: expected a number of seconds")
+    with open(ref_log_path(Store(location, dag="d"), "k"), "rb") as log:
+        fcntl.flock(log.fileno(), fcntl.LOCK_EX)  # as another process's writer would
+        for wait, named in (("0.2", "0.2"), ("60", "3")):  # none: the server's (a test above)
+            status, code, message, took = anyio.run(set_value, b"2", wait)
+            assert (status, code) == (503, "store_unavailable"), message
+            assert message.endswith(f" not locked within {named} s"), (wait, message)
+            assert took < 3 or named == "3", took  # not the server's wait
+    with Store(location, dag="d") as store:
+        assert (store.get("k").version, store.get("k").value) == (1, 1)
+
+
 def test_the_access_log_holds_no_token_and_no_value(file_server):
     secret_value = "a-value-nobody-may-log"  # noqa: S105  # not a password
     data = body({"key": "k", "dag": "d"}, value=json.dumps(secret_value))

@@ -27,7 +27,7 @@ LAYERS = {
     "errors": 0,
     "defaults": 0,  # defaults every backend shares (the lock timeout)
     "digests": 0,  # sha256: CPython's own for names and the CLI's quick get, else OpenSSL
-    "waits": 0,  # a thread that refuses to wait for locks (castore serve's event loop)
+    "waits": 0,  # a thread that refuses to wait for locks, or bounds its waits (castore serve)
     "keys": 1,
     "records": 1,  # what every backend shares
     "urls": 0,  # store locations that are URLs: redaction
@@ -83,6 +83,7 @@ LAYERS = {
     "server.operations": 24,  # the operation table (imports audit)
     "server.rpc": 25,  # the backend protocol's calls on the store's backend
     "server.middleware": 25,  # request ids, access log, metrics, the token
+    "server.incoming": 25,  # what a request brings: body, operation, member list, lock timeout
     "server.app": 26,
     "server.prefork": 26,  # forked server processes on one port, supervised
     "server.onesend": 23,  # uvicorn's protocol, one send per response

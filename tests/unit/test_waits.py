@@ -14,7 +14,15 @@ from castore.file.blobindex import BlobIndex
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
 from castore.records import BlobLoc
-from castore.waits import WouldWait, no_waiting, waiting_refused, would_wait
+from castore.waits import (
+    WouldWait,
+    at_most,
+    lock_wait,
+    no_waiting,
+    waiting_at_most,
+    waiting_refused,
+    would_wait,
+)
 
 
 def test_a_taken_lock_raises_would_wait_at_once_and_a_free_one_is_taken(tmp_path):
@@ -94,3 +102,29 @@ def test_the_blob_index_refuses_a_shard_read_and_a_busy_lock_but_answers_from_it
         release.set()
         holder.join()
     assert index.lookup(digest) == [newer, loc]
+
+
+def test_a_thread_s_lock_waits_are_bounded_within_the_block_only(tmp_path):
+    path = str(tmp_path / "f")
+    holder = os.open(path, os.O_RDWR | os.O_CREAT)
+    mine = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with waiting_at_most(0.05):
+            assert (lock_wait(30.0), lock_wait(0.01)) == (0.05, 0.01)  # the smaller
+            with waiting_at_most(1.0):
+                assert lock_wait(30.0) == 0.05  # a nested block never waits longer
+            with pytest.raises(LockTimeoutError, match=r"not locked within 0\.05 s"):
+                fileio.lock(mine, path, timeout=30)  # would wait 30 s
+            other: list[float] = []
+            thread = threading.Thread(target=lambda: other.append(lock_wait(30.0)))
+            thread.start()
+            thread.join()
+            assert other == [30.0]  # another thread's waits are its own
+        assert lock_wait(30.0) == 30.0
+        assert at_most(None, lambda: lock_wait(30.0))() == 30.0
+        assert at_most(0.2, lambda: lock_wait(30.0))() == 0.2
+        assert lock_wait(30.0) == 30.0
+    finally:
+        os.close(holder)
+        os.close(mine)
