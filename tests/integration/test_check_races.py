@@ -43,7 +43,7 @@ def test_check_finds_no_error_while_keys_are_made_deleted_and_compacted(tmp_path
     thread.start()
     try:
         with Store(root, dag="d") as checker:
-            reports = [checker.check() for _ in range(150)]
+            reports = [checker.check() for _ in range(75)]
     finally:
         stop.set()
         thread.join()

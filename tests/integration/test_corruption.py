@@ -21,6 +21,7 @@ The expectations come from an independent parse of the damaged files
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import os
 import random
@@ -112,12 +113,19 @@ def read_tree(root: str) -> dict[str, bytes]:
 
 
 def write_tree(root: str, files: dict[str, bytes]) -> None:
-    """Make ``root`` hold exactly ``files`` (rewriting only what differs: fast)."""
-    for base, _dirs, names in os.walk(root):
+    """Make ``root`` hold exactly ``files`` (rewriting only what differs: fast).
+
+    Directories left empty go too: a repair's quarantine makes new ones per case,
+    and each walk and glob would cost more with every case before.
+    """
+    for base, dirs, names in os.walk(root, topdown=False):
         for name in names:
             path = os.path.join(base, name)
             if os.path.relpath(path, root) not in files:
                 os.unlink(path)
+        for name in dirs:
+            with contextlib.suppress(OSError):  # not empty: it holds a file kept
+                os.rmdir(os.path.join(base, name))
     for rel, data in files.items():
         path = os.path.join(root, rel)
         try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import string
@@ -42,16 +43,22 @@ def restore(root: str, saved: dict[str, bytes], **override: bytes) -> None:
 
     castore only appends to (or truncates) existing files, so a file whose size
     is unchanged is unchanged, except the overridden ones, which are always written.
+    Directories left empty go too (a writer's quarantine of a torn tail makes one per
+    cut, and every walk would cost more with every cut before).
     """
     wanted = {os.path.join(root, rel): data for rel, data in saved.items()} | override
-    for base, _dirs, files in os.walk(root):
+    for base, dirs, files in os.walk(root, topdown=False):
         for name in files:
             path = os.path.join(base, name)
             if path not in wanted:
                 os.unlink(path)
             elif path not in override and os.path.getsize(path) == len(wanted[path]):
                 del wanted[path]
+        for name in dirs:
+            with contextlib.suppress(OSError):  # not empty: it holds a file kept
+                os.rmdir(os.path.join(base, name))
     for path, data in wanted.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as fh:
             fh.write(data)
 
