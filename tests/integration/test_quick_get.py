@@ -13,6 +13,9 @@ log of an earlier state, which both paths read as such.
 
 from __future__ import annotations
 
+import argparse
+import copy
+import functools
 import hashlib
 import json
 import os
@@ -54,9 +57,15 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(*argv: str) -> argparse.Namespace:
+    """The command line parsed (once per argv: the sweeps run thousands of the same)."""
+    return build_parser(castore.__version__).parse_args(list(argv))
+
+
 def both(root: pathlib.Path, *argv: str) -> tuple[bytes | None, bytes | Exception]:
     """The quick path's line (None: declined) and the full command's line (or its error)."""
-    args = build_parser(castore.__version__).parse_args(["--dir", str(root), *argv])
+    args = copy.copy(_parsed("--dir", str(root), *argv))
     quick = quick_get(args)
     try:
         full: bytes | Exception = b"".join(COMMANDS["get"](Invocation(args)))
