@@ -228,9 +228,11 @@ def test_a_stop_right_after_the_start_is_clean(tmp_path):
         where = tmp_path / f"server{attempt}"
         server = Server(where, str(tmp_path / "store"), "--processes", "2", env=base_env(tmp_path))
         wait_for(lambda: len(events(server, "process-started")) == 2, "two processes")  # noqa: B023
-        assert server.stop() == 0
+        code = server.stop()
+        said = server.stderr_path.read_text()  # what went wrong, if anything (seen once: exit 1)
+        assert code == 0, said
         statuses = [e["status"] for e in events(server, "process-exited")]
-        assert statuses == ["exit 0", "exit 0"]
+        assert statuses == ["exit 0", "exit 0"], said
 
 
 def test_a_port_in_use_is_refused_not_shared(start, tmp_path):
