@@ -91,8 +91,12 @@ def at_most(seconds: float | None, fn: Callable[[], _T]) -> Callable[[], _T]:
     if seconds is None:
         return fn
 
-    def bounded() -> _T:
-        with waiting_at_most(seconds):
+    def bounded() -> _T:  # waiting_at_most, without a generator per call
+        before: float | None = getattr(_refused, "limit", None)
+        _refused.limit = seconds if before is None else min(seconds, before)
+        try:
             return fn()
+        finally:
+            _refused.limit = before
 
     return bounded

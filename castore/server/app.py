@@ -139,14 +139,13 @@ class _Api:
         a thread and back costs more than such a read (docs/PERFORMANCE.md).
         A call run here is never abandoned: it does not wait.
         """
-        fn = at_most(wait, fn)
         if loop_safe and self.loop_safe:
             try:
-                with no_waiting():
+                with no_waiting():  # it waits for nothing here: no bound needed
                     return fn()
             except WouldWait:
                 pass
-        return await self.calls.run(fn)
+        return await self.calls.run(at_most(wait, fn))
 
     async def guarded(
         self,
