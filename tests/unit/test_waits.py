@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pathlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,23 +27,30 @@ from castore.waits import (
 )
 
 
-def test_a_taken_lock_raises_would_wait_at_once_and_a_free_one_is_taken(tmp_path):
+@pytest.fixture
+def locked_file(tmp_path: pathlib.Path) -> Iterator[tuple[str, int, int]]:
+    """A file's path, a descriptor holding its lock (as another process), and one of ours."""
     path = str(tmp_path / "f")
     holder = os.open(path, os.O_RDWR | os.O_CREAT)
     mine = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        with no_waiting(), pytest.raises(WouldWait):
-            fileio.lock(mine, path, shared=True, timeout=30)  # would wait 30 s
-        with pytest.raises(LockTimeoutError):  # outside the block, waiting is fine
-            fileio.lock(mine, path, shared=True, timeout=0.05)
-        fcntl.flock(holder, fcntl.LOCK_UN)
-        with no_waiting():
-            fileio.lock(mine, path, shared=True, timeout=30)  # free: taken
-        assert not fileio.try_lock(holder, shared=False)  # mine holds it shared
+        yield path, holder, mine
     finally:
         os.close(holder)
         os.close(mine)
+
+
+def test_a_taken_lock_raises_would_wait_at_once_and_a_free_one_is_taken(locked_file):
+    path, holder, mine = locked_file
+    with no_waiting(), pytest.raises(WouldWait):
+        fileio.lock(mine, path, shared=True, timeout=30)  # would wait 30 s
+    with pytest.raises(LockTimeoutError):  # outside the block, waiting is fine
+        fileio.lock(mine, path, shared=True, timeout=0.05)
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    with no_waiting():
+        fileio.lock(mine, path, shared=True, timeout=30)  # free: taken
+    assert not fileio.try_lock(holder, shared=False)  # mine holds it shared
 
 
 def test_would_wait_is_no_error_an_error_handler_could_swallow():
@@ -104,27 +113,22 @@ def test_the_blob_index_refuses_a_shard_read_and_a_busy_lock_but_answers_from_it
     assert index.lookup(digest) == [newer, loc]
 
 
-def test_a_thread_s_lock_waits_are_bounded_within_the_block_only(tmp_path):
-    path = str(tmp_path / "f")
-    holder = os.open(path, os.O_RDWR | os.O_CREAT)
-    mine = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(holder, fcntl.LOCK_EX)
-        with waiting_at_most(0.05):
-            assert (lock_wait(30.0), lock_wait(0.01)) == (0.05, 0.01)  # the smaller
-            with waiting_at_most(1.0):
-                assert lock_wait(30.0) == 0.05  # a nested block never waits longer
-            with pytest.raises(LockTimeoutError, match=r"not locked within 0\.05 s"):
-                fileio.lock(mine, path, timeout=30)  # would wait 30 s
-            other: list[float] = []
-            thread = threading.Thread(target=lambda: other.append(lock_wait(30.0)))
-            thread.start()
-            thread.join()
-            assert other == [30.0]  # another thread's waits are its own
-        assert lock_wait(30.0) == 30.0
-        assert at_most(None, lambda: lock_wait(30.0))() == 30.0
-        assert at_most(0.2, lambda: lock_wait(30.0))() == 0.2
-        assert lock_wait(30.0) == 30.0
-    finally:
-        os.close(holder)
-        os.close(mine)
+def test_a_thread_s_lock_waits_are_bounded_within_the_block_only(locked_file):
+    path, _, mine = locked_file
+    with waiting_at_most(0.05):
+        assert (lock_wait(30.0), lock_wait(0.01)) == (0.05, 0.01)  # the smaller
+        with waiting_at_most(1.0):
+            assert lock_wait(30.0) == 0.05  # a nested block never waits longer
+        with pytest.raises(LockTimeoutError, match=r"not locked within 0\.05 s"):
+            fileio.lock(mine, path, timeout=30)  # would wait 30 s
+        other: list[float] = []
+        thread = threading.Thread(target=lambda: other.append(lock_wait(30.0)))
+        thread.start()
+        thread.join()
+        assert other == [30.0]  # another thread's waits are its own
+    assert lock_wait(30.0) == 30.0
+    assert at_most(None, lambda: lock_wait(30.0))() == 30.0
+    assert at_most(0.2, lambda: lock_wait(30.0))() == 0.2
+    with waiting_at_most(0.1):
+        assert at_most(5.0, lambda: lock_wait(30.0))() == 0.1  # never longer than the block
+    assert lock_wait(30.0) == 30.0
