@@ -40,7 +40,6 @@ from castore.keys import Ref
 from castore.records import Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, ScopeStats, StoreStats
 from castore.results import ListEntry
-from castore.waits import lock_wait
 
 __all__ = ["FileBackend"]
 
@@ -98,8 +97,8 @@ class FileBackend:
 
     @property
     def lock_timeout(self) -> float:
-        """Seconds to wait for a lock (less in a server's request: ``waits.lock_wait``)."""
-        return lock_wait(self.layout.lock_timeout)
+        """Seconds to wait for a log's lock (less in a server's request: ``Layout``)."""
+        return self.layout.lock_timeout
 
     def close(self) -> None:
         """Drop cached state; close the cached directory descriptors (see ``Store.close``)."""

@@ -86,17 +86,15 @@ def lock(
     being freed.
 
     Raises:
-        LockTimeoutError: when the lock is not taken within ``timeout`` seconds (or
-            the shorter wait of :func:`castore.waits.waiting_at_most`).
+        LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
         WouldWait: the lock is taken and this thread refused to wait
             (:func:`castore.waits.no_waiting`).
     """
     if try_lock(fd, shared=shared):
         return
-    from castore.waits import lock_wait, would_wait  # on a wait only (CLI start-up)
+    from castore.waits import would_wait  # on a wait only (CLI start-up)
 
     would_wait(path)
-    timeout = lock_wait(timeout)  # a server's request may wait less (its client's timeout)
     deadline = time.monotonic() + timeout
     pause, longest = pauses
     while True:

@@ -22,6 +22,7 @@ from castore.file.modes import MODES, PRIVATE, makedirs_plain, modes_of_dir
 from castore.file.rewrite import utc_stamp
 from castore.file.tree import Tree
 from castore.keys import Ref, file_id, log_name
+from castore.waits import lock_wait
 
 __all__ = ["PATHS_CACHED", "Layout"]
 
@@ -38,7 +39,7 @@ class Layout:
     Args:
         root: the store directory; it need not exist.
         durable: fsync so that a returned write survives a power loss.
-        lock_timeout: seconds to wait for a log's lock.
+        lock_timeout: seconds to wait for a log's lock (and for ``gc.lock``).
         mode: ``private`` or ``group`` (:data:`~castore.file.modes.MODES`);
             None follows the root directory (private for a new one).
 
@@ -52,7 +53,7 @@ class Layout:
     ) -> None:
         self.root = root
         self.durable = durable
-        self.lock_timeout = lock_timeout
+        self._lock_timeout = lock_timeout
         self.refs = os.path.join(root, "refs")
         self.gc_lock = os.path.join(root, "gc.lock")  # §8: gc exclusive, others shared
         self._chosen = mode is not None
@@ -60,6 +61,16 @@ class Layout:
         self.present = False  # a store is here and its FORMAT was checked
         self._paths: dict[Ref, str] = {}
         self._probe(refuse_foreign=True)
+
+    @property
+    def lock_timeout(self) -> float:
+        """Seconds to wait for a log's lock: the handle's, or less in a server's request.
+
+        A request of ``castore serve`` waits at most its client's lock timeout
+        (:func:`castore.waits.waiting_at_most`), as the client's own store would;
+        the fixed waits for a namespace's files (``KEYS``, ``STATE``) are not this.
+        """
+        return lock_wait(self._lock_timeout)
 
     def close(self) -> None:
         """Close the cached directory descriptors."""

@@ -307,10 +307,29 @@ class Database:
         """The rows of one query, run alone (autocommit)."""
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
 
-    def _shorter_wait(self) -> float | None:
-        """This call's lock timeout if shorter than the session's (in a server's request)."""
+    @contextlib.contextmanager
+    def _turn(self, what: str) -> Iterator[float | None]:
+        """The connection, in turn with the handle's other threads; yields a shorter lock wait.
+
+        Within a bounded wait (a server's request: :func:`castore.waits.lock_wait`),
+        waiting for another thread's call counts toward it, and the rest is the
+        transaction's ``lock_timeout``; otherwise None (the session's).
+
+        Raises:
+            LockTimeoutError: other threads' calls held the connection for the bound.
+        """
         timeout = lock_wait(self.lock_timeout)
-        return timeout if timeout < self.lock_timeout else None
+        if timeout >= self.lock_timeout:
+            with self._lock:
+                yield None
+            return
+        start, lock = time.monotonic(), self._lock  # the one taken (disown() makes another)
+        if not lock.acquire(timeout=timeout):
+            raise LockTimeoutError(f"{self.location.shown}: {what}", timeout)
+        try:
+            yield max(0.0, timeout - (time.monotonic() - start))
+        finally:
+            lock.release()
 
     def run(
         self,
@@ -329,7 +348,7 @@ class Database:
             StoreUnavailableError: the server cannot be reached, or the connection was lost.
             LockTimeoutError: a row lock was not taken within the lock timeout (_lock_wait).
         """
-        with self._lock:
+        with self._turn(what) as shorter:
             if self._conn is not None and self._pid != os.getpid():
                 self.disown()  # forked without os.fork's hooks
             for attempt in (1, 2):
@@ -345,7 +364,7 @@ class Database:
                         return work(cur)
                     state: list[bool] = []
                     try:
-                        return _transaction(conn, cur, work, state, pipeline, self._shorter_wait())
+                        return _transaction(conn, cur, work, state, pipeline, shorter)
                     except Abandon as stop:
                         return stop.result  # type: ignore[no-any-return]
                     finally:

@@ -6,7 +6,8 @@ Each is read here for :mod:`castore.server.app`; what is wrong is an
 
 from __future__ import annotations
 
-import math
+import contextlib
+import re
 from typing import Any, Final
 
 import msgspec
@@ -20,6 +21,7 @@ from castore.wire import CLUSTER_HEADER, LOCK_TIMEOUT_HEADER, MEMBERS_HEADER
 __all__ = ["BODY_ARRIVED", "decode", "list_of", "lock_wait_of", "read_body"]
 
 _NUMBER_CHARS: Final = 32  # the longest lock timeout header read as a number
+_SECONDS: Final = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")  # no sign, space or _
 BODY_ARRIVED: Final = "castore.body_arrived"  # in a request's scope once its body was read
 
 
@@ -65,14 +67,17 @@ def lock_wait_of(request: Request) -> float | None:
     Raises:
         ApiError: ``bad_request``, a header that is not a number of seconds from 0 to a day.
     """
-    text = request.headers.get(LOCK_TIMEOUT_HEADER)
-    if text is None:
+    given = request.headers.getlist(LOCK_TIMEOUT_HEADER)
+    if not given:
         return None
-    try:
-        return lock_timeout_of(float(text) if len(text) <= _NUMBER_CHARS else math.nan)
-    except ValueError:
-        raise ApiError(
-            "bad_request",
-            f"{LOCK_TIMEOUT_HEADER} header: expected a number of seconds from 0 to"
-            f" {MAX_LOCK_TIMEOUT_SECONDS:g}, not {text[:_NUMBER_CHARS]!r}",
-        ) from None
+    if len(given) > 1:  # which one a proxy added cannot be told
+        raise ApiError("bad_request", f"{LOCK_TIMEOUT_HEADER} header: given {len(given)} times")
+    text = given[0]
+    with contextlib.suppress(ValueError):
+        if len(text) <= _NUMBER_CHARS and _SECONDS.fullmatch(text):
+            return lock_timeout_of(float(text))
+    raise ApiError(
+        "bad_request",
+        f"{LOCK_TIMEOUT_HEADER} header: expected a number of seconds from 0 to"
+        f" {MAX_LOCK_TIMEOUT_SECONDS:g}, not {text[:_NUMBER_CHARS]!r}",
+    )

@@ -17,6 +17,7 @@ import glob
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -26,7 +27,14 @@ from psycopg import sql
 
 from castore import LockTimeoutError, Store
 from castore.postgres.location import parse
-from tests.helpers import Cli, one_line_error, underlying
+from tests.helpers import (
+    Cli,
+    is_remote_location,
+    ns_dir,
+    one_line_error,
+    served_location,
+    underlying,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +168,68 @@ def test_every_backend_gives_up_after_the_lock_timeout_the_caller_gave(tmp_path,
     ]
     assert _versions(store_location) == [1]
     assert Store(store_location, dag="d", lock_timeout=0.5).set("k", 2).version == 2
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["file", "remote"])
+@pytest.mark.parametrize("held", ["KEYS", "STATE"])
+def test_a_namespace_file_held_a_moment_is_waited_for_whatever_the_lock_timeout(
+    tmp_path, remote, held
+):
+    # Found by a review: over http:// the client's timeout also cut the server's waits for
+    # KEYS and STATE (their own fixed waits): with 0, creating a key failed where locally
+    # it waits the moment out. The oracle: the local store (the "file" case).
+    root = str(tmp_path / "store")
+    with contextlib.ExitStack() as stack:
+        location = stack.enter_context(served_location(contextlib.nullcontext(root)))
+        location = location if remote else root
+        Store(location, dag="d").set("k", 1)
+        Store(location, dag="d").list()  # STATE exists: every write appends to it
+        fd = os.open(os.path.join(ns_dir(root, "dag", "d"), held), os.O_RDONLY)
+        stack.callback(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        release = threading.Timer(0.3, fcntl.flock, (fd, fcntl.LOCK_UN))
+        release.start()
+        stack.callback(release.join)  # before the close, even when the test fails
+        with Store(location, dag="d", lock_timeout=0) as store:
+            assert store.set("new", 1).version == 1
+        assert [e.key for e in Store(location, dag="d").list().entries] == ["k", "new"]
+
+
+@pytest.mark.remote_postgresql
+def test_a_write_waiting_for_a_key_delays_another_caller_at_most_its_lock_timeout(
+    store_location,
+):
+    # Found by a review: a server over PostgreSQL shares one connection among its
+    # requests, so a bounded write queued behind another request's wait for a row lock
+    # (5 s here) whatever its own timeout.
+    Store(store_location, dag="d").set("k", 1)
+    slow: list[BaseException] = []
+
+    def wait_for_k() -> None:
+        try:
+            Store(store_location, dag="d", lock_timeout=5).set("k", 2)
+        except LockTimeoutError as exc:
+            slow.append(exc)
+
+    with _key_held(store_location, "k"):
+        waiter = threading.Thread(target=wait_for_k)
+        waiter.start()
+        time.sleep(0.3)  # it waits for k now
+        started = time.monotonic()
+        with Store(store_location, dag="d", lock_timeout=0.5) as store:
+            with pytest.raises(LockTimeoutError, match=r"not locked within 0\.5 s$"):
+                store.set("k", 3)
+            try:
+                other: object = store.set("j", 1).version
+            except LockTimeoutError as exc:
+                other = exc
+        took = time.monotonic() - started
+        waiter.join()
+    assert took < 4, took  # not the 5 s of the other caller's wait
+    assert len(slow) == 1
+    assert "not locked within 5 s" in str(slow[0])
+    if is_remote_location(store_location) and underlying(store_location).startswith("postgresql:"):
+        # one connection per server process: the wait for it counts (RELIABILITY.md)
+        assert isinstance(other, LockTimeoutError), other
+    else:
+        assert other == 1

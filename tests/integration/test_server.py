@@ -802,9 +802,9 @@ def test_a_client_s_lock_timeout_bounds_the_server_s_wait_up_to_the_server_s_own
     location = str(tmp_path / "store")
     app = create_app(Store(location, dag="d", lock_timeout=3), request_timeout=30)
 
-    async def set_value(value: bytes, wait: str | None) -> tuple[int, str, str, float]:
+    async def set_value(value: bytes, *waits: str) -> tuple[int, str, str, float]:
         transport = httpx.ASGITransport(app=app)
-        headers = {} if wait is None else {"castore-lock-timeout": wait}
+        headers = [("castore-lock-timeout", wait) for wait in waits]
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             started = time.monotonic()
             got = await client.post(
@@ -815,10 +815,17 @@ def test_a_client_s_lock_timeout_bounds_the_server_s_wait_up_to_the_server_s_own
             return got.status_code, error.get("code", ""), error.get("message", ""), took
 
     assert anyio.run(set_value, b"1", "0.2")[:2] == (200, "")
-    for bad in ("abc", "", "-1", "nan", "inf", "86401", "1e400", "0x10", "1" * 40):
-        status, code, message, _ = anyio.run(set_value, b"2", bad)
-        assert (status, code) == (400, "bad_request"), bad
+    bad = ["abc", "", "-1", "-0", "+1", "1_000", "nan", "inf", "86401", "1e400", "0x10", "1" * 40]
+    for text in bad:
+        status, code, message, _ = anyio.run(set_value, b"2", text)
+        assert (status, code) == (400, "bad_request"), text
         assert message.startswith("castore-lock-timeout header: expected a number of seconds")
+    status, code, message, _ = anyio.run(set_value, b"2", "100", "0.2")  # a proxy added one?
+    assert (status, code, message) == (
+        400,
+        "bad_request",
+        "castore-lock-timeout header: given 2 times",
+    )
     with open(ref_log_path(Store(location, dag="d"), "k"), "rb") as log:
         fcntl.flock(log.fileno(), fcntl.LOCK_EX)  # as another process's writer would
         for wait, named in (("0.2", "0.2"), ("60", "3")):  # none: the server's (a test above)

@@ -13,6 +13,7 @@ import pytest
 from castore.errors import LockTimeoutError
 from castore.file import fileio
 from castore.file.blobindex import BlobIndex
+from castore.file.layout import Layout
 from castore.file.tree import Tree
 from castore.keys import Ref, log_name
 from castore.records import BlobLoc
@@ -113,20 +114,21 @@ def test_the_blob_index_refuses_a_shard_read_and_a_busy_lock_but_answers_from_it
     assert index.lookup(digest) == [newer, loc]
 
 
-def test_a_thread_s_lock_waits_are_bounded_within_the_block_only(locked_file):
+def test_a_thread_s_lock_waits_are_bounded_within_the_block_only(locked_file, tmp_path):
     path, _, mine = locked_file
+    layout = Layout(str(tmp_path / "store"), durable=False, lock_timeout=30)
     with waiting_at_most(0.05):
         assert (lock_wait(30.0), lock_wait(0.01)) == (0.05, 0.01)  # the smaller
         with waiting_at_most(1.0):
             assert lock_wait(30.0) == 0.05  # a nested block never waits longer
         with pytest.raises(LockTimeoutError, match=r"not locked within 0\.05 s"):
-            fileio.lock(mine, path, timeout=30)  # would wait 30 s
+            fileio.lock(mine, path, timeout=layout.lock_timeout)  # the handle's 30 s
         other: list[float] = []
         thread = threading.Thread(target=lambda: other.append(lock_wait(30.0)))
         thread.start()
         thread.join()
         assert other == [30.0]  # another thread's waits are its own
-    assert lock_wait(30.0) == 30.0
+    assert (lock_wait(30.0), layout.lock_timeout) == (30.0, 30.0)
     assert at_most(None, lambda: lock_wait(30.0))() == 30.0
     assert at_most(0.2, lambda: lock_wait(30.0))() == 0.2
     with waiting_at_most(0.1):
