@@ -80,7 +80,7 @@ def _transaction(
     work: Callable[[Cursor], T],
     state: list[bool],
     pipeline: bool,
-    lock_wait: float | None = None,
+    wait_seconds: float | None = None,
 ) -> T:
     """``BEGIN``, ``work``, ``COMMIT``; pipelined: two round trips for a typical write.
 
@@ -88,16 +88,18 @@ def _transaction(
     (sent when ``work`` first reads a result) and the ``COMMIT`` with its last
     statements. ``state`` gets a value once the ``COMMIT`` is queued: from
     then on a lost connection may have committed. Anything raised rolls back.
-    ``lock_wait`` (seconds) is the transaction's ``lock_timeout``, when shorter
-    than the session's (queued with the ``BEGIN``).
+    ``wait_seconds`` is the transaction's ``lock_timeout``, when shorter than
+    the session's (queued with the ``BEGIN``).
     """
     block = conn.pipeline() if pipeline else contextlib.nullcontext()
     block.__enter__()
     open_block = True
     try:
         cur.execute("BEGIN")
-        if lock_wait is not None:
-            cur.execute("SELECT set_config('lock_timeout', %s, true)", (_milliseconds(lock_wait),))
+        if wait_seconds is not None:
+            cur.execute(
+                "SELECT set_config('lock_timeout', %s, true)", (_milliseconds(wait_seconds),)
+            )
         result = work(cur)
         state.append(True)
         cur.execute("COMMIT")
@@ -346,7 +348,7 @@ class Database:
 
         Raises:
             StoreUnavailableError: the server cannot be reached, or the connection was lost.
-            LockTimeoutError: a row lock was not taken within the lock timeout (_lock_wait).
+            LockTimeoutError: a row lock was not taken within the lock timeout (:meth:`_turn`).
         """
         with self._turn(what) as shorter:
             if self._conn is not None and self._pid != os.getpid():
