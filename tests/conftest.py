@@ -9,6 +9,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import Final
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -170,8 +171,53 @@ def _backend_of(item: pytest.Item) -> str | None:
     return None
 
 
+# The longest tests (``--durations`` of a full run, 15-120 s each), longest first. They go
+# first in each half of the run (:func:`_heavy_first`), so that neither worker ends the run
+# alone with one of them.
+HEAVY_FIRST: Final = (
+    "tests/integration/test_damage_matrix.py::test_damage_matrix_sample",
+    "tests/property/test_store_model.py::test_store_model",
+    "tests/integration/test_torn_tail.py::test_every_cut_of_the_last_set_reads_previous_and_is_repaired",
+    "tests/integration/test_multiprocess_cas.py::test_cas_increments_lose_no_update",
+    "tests/integration/test_threads.py::test_threads_never_lose_an_update",
+    "tests/integration/test_quick_get.py::test_on_every_damaged_copy_it_answers_the_truth_or_declines",
+    "tests/integration/test_cli_modify.py::test_concurrent_shell_loops_of_incr_end_exact",
+    "tests/integration/test_kill.py::test_random_moment_kills_lose_no_acknowledged_write",
+    "tests/integration/test_threads.py::test_list_while_threads_create_keys",
+    "tests/integration/test_corruption.py::test_flip_every_byte_of_the_last_two_records",
+    "tests/integration/test_corruption.py::test_truncate_at_every_offset_of_the_last_two_records",
+    "tests/integration/test_check_races.py::test_check_finds_no_error_while_keys_are_made_deleted_and_compacted",
+    "tests/integration/test_clean_cut.py::test_check_never_reports_a_cut_on_a_healthy_store_being_written",
+    "tests/integration/test_threads.py::test_concurrent_first_use_of_fresh_stores",
+)
+
+
+def _heavy_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``items`` with the :data:`HEAVY_FIRST` tests at the head of each half, dealt in turn.
+
+    pytest-xdist's ``worksteal`` gives each of the two workers one half of the
+    list and lets an idle worker take tests from the end of the other's, so a
+    long test left near the end of a half may run alone at the end of the run.
+    Anything else keeps its order (the outcome of no test depends on it).
+    """
+    rank = {name: n for n, name in enumerate(HEAVY_FIRST)}
+    heavy = sorted(
+        (item for item in items if item.nodeid.split("[")[0] in rank),
+        key=lambda item: rank[item.nodeid.split("[")[0]],
+    )
+    if not heavy:
+        return items
+    light = [item for item in items if item.nodeid.split("[")[0] not in rank]
+    first, second = heavy[0::2], heavy[1::2]
+    split = max(0, len(items) // 2 - len(first))
+    return first + light[:split] + second + light[split:]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``not_remote`` tests on the remote backends; run opt-in backends where marked."""
+    """Skip ``not_remote`` tests on the remote backends; run opt-in backends where marked.
+
+    The longest tests go first in each worker's half (:func:`_heavy_first`).
+    """
     kept, dropped = [], []
     for item in items:
         backend = _backend_of(item)
@@ -185,7 +231,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"{backend}: {local.args[0]}"))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+    items[:] = _heavy_first(kept)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
