@@ -66,11 +66,17 @@ def would_wait(what: str) -> None:
         raise WouldWait(what)
 
 
+def _bound(seconds: float) -> float | None:
+    """Bound this thread's lock waits by ``seconds`` too; return the bound to put back."""
+    before: float | None = getattr(_refused, "limit", None)
+    _refused.limit = seconds if before is None else min(seconds, before)
+    return before
+
+
 @contextlib.contextmanager
 def waiting_at_most(seconds: float) -> Iterator[None]:
     """Within the block, this thread waits at most ``seconds`` for each lock (:func:`lock_wait`)."""
-    before = getattr(_refused, "limit", None)
-    _refused.limit = seconds if before is None else min(seconds, before)
+    before = _bound(seconds)
     try:
         yield
     finally:
@@ -91,9 +97,8 @@ def at_most(seconds: float | None, fn: Callable[[], _T]) -> Callable[[], _T]:
     if seconds is None:
         return fn
 
-    def bounded() -> _T:  # waiting_at_most, without a generator per call
-        before: float | None = getattr(_refused, "limit", None)
-        _refused.limit = seconds if before is None else min(seconds, before)
+    def bounded() -> _T:  # waiting_at_most, without a generator per call (the server's)
+        before = _bound(seconds)
         try:
             return fn()
         finally:
