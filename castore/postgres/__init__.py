@@ -6,7 +6,7 @@ driver, psycopg 3. The schema, the transaction of each operation and why
 each is linearizable per key: docs/DESIGN.md, "The PostgreSQL backend".
 
 Modules: ``location`` (the URL), ``schema`` (tables, version, creation,
-upgrade), ``connection`` (one connection per handle: transactions, errors,
-reconnects), ``rows`` (rows to entries and values), ``maintenance`` (check,
-gc, compaction, stats) and ``backend``.
+upgrade), ``pool`` (a handle's connections, shared by its threads),
+``connection`` (transactions, errors, reconnects), ``rows`` (rows to entries
+and values), ``maintenance`` (check, gc, compaction, stats) and ``backend``.
 """

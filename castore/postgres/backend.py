@@ -51,7 +51,7 @@ class PostgresBackend:
     """Versioned refs in one schema of a PostgreSQL database (docs/DESIGN.md).
 
     Safe for many processes and hosts (row locks, transactions) and for
-    threads sharing the handle (they take turns on its one connection).
+    threads sharing the handle (each call takes a connection of its pool).
 
     Args:
         location: a ``postgresql://`` or ``postgres://`` URL, with an optional

@@ -1,15 +1,18 @@
-"""One PostgreSQL connection per store handle: transactions, errors, reconnects.
+"""A store handle's PostgreSQL connections: transactions, errors, reconnects.
 
 :class:`Database` runs each operation as one function on a cursor, inside
-one transaction (or as one autocommit statement), holding the handle's
-lock: threads sharing a handle take turns; for parallel work open one
-handle per thread or process. It maps the driver's errors to castore's:
+one transaction (or as one autocommit statement), on a connection of the
+handle's pool (:mod:`castore.postgres.pool`): threads sharing a handle run
+their calls side by side, up to the location's ``pool_max_conns`` (default
+:data:`~castore.postgres.location.DEFAULT_POOL`), and wait for a free
+connection past it. It maps the driver's errors to castore's:
 
 * a connection that cannot be made, or is lost:
   :class:`~castore.errors.StoreUnavailableError`, with the location but
   never its credentials. A connection found broken before the transaction's
   ``COMMIT`` was sent (a server restart while the handle was idle) is made
-  again and the operation run once more: nothing of it was applied. A
+  again (the pool's idle ones are closed too) and the operation run once
+  more: nothing of it was applied. A
   connection lost while ``COMMIT`` was in flight is reported as such: the
   write may or may not have been applied (read the key to know; a retried
   ``set`` writes a new version, a retried conditional write reports a
@@ -17,7 +20,7 @@ handle per thread or process. It maps the driver's errors to castore's:
 * a lock not taken within the handle's ``lock_timeout``:
   :class:`~castore.errors.LockTimeoutError`.
 
-A handle used in a forked child makes its own connection there, and leaves
+A handle used in a forked child makes its own connections there, and leaves
 the parent's alone.
 """
 
@@ -45,6 +48,7 @@ from castore.errors import (
 )
 from castore.postgres import schema as tables
 from castore.postgres.location import Location
+from castore.postgres.pool import Pool, Session
 from castore.waits import lock_wait
 
 __all__ = ["Abandon", "Cursor", "Database", "Row", "snapshot"]
@@ -159,10 +163,11 @@ def _reported_by_server(exc: psycopg.Error) -> bool:
 
 
 class Database:
-    """The connection of one store handle (made on first use) and its schema's state.
+    """The connections of one store handle (made on first use) and its schema's state.
 
     Args:
-        location: the parsed store location.
+        location: the parsed store location (its ``pool_max_conns``: the most
+            connections at once, :mod:`castore.postgres.pool`).
         lock_timeout: seconds a write waits for its key's row lock.
         durable: False: commits do not wait for the WAL flush (``synchronous_commit``).
     """
@@ -171,29 +176,22 @@ class Database:
         self.location = location
         self.lock_timeout = lock_timeout
         self.durable = durable
-        self._conn: psycopg.Connection[Any] | None = None
-        self._cur: Cursor | None = None  # the connection's one cursor (used under the lock)
-        self._lock = threading.RLock()
+        self._pool = Pool(location.pool)
+        self._held = threading.local()  # the session this thread's call holds (nested calls)
         self._present = False  # the store's tables were found (they are never dropped)
-        self._closer: weakref.finalize[Any, Any] | None = None
-        self._pid = 0  # the process that made the connection
         _HANDLES.add(self)
 
     def close(self) -> None:
-        """Close the connection (a later call opens a new one)."""
-        with self._lock:
-            self._drop()
-
-    def _drop(self) -> None:
-        self._conn = self._cur = None
-        if self._closer is not None:
-            self._closer()  # closes the connection (once)
-            self._closer = None
+        """Close the connections (a later call opens a new one; calls running finish first)."""
+        self._pool.close()
 
     def backend_pid(self) -> int | None:
-        """The server process of this handle's connection (None: not connected)."""
-        conn = self._conn
-        return conn.info.backend_pid if conn is not None and not conn.closed else None
+        """The server process of the connection the next call uses (None: not connected)."""
+        return self._pool.newest_pid()
+
+    def idle_backend_pids(self) -> list[int]:
+        """The server processes of the idle connections."""
+        return self._pool.idle_pids()
 
     def clean(self, exc: BaseException) -> str:
         """The driver's message for ``exc``, first line, without the URL's password."""
@@ -202,14 +200,11 @@ class Database:
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
         return text
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, session: Session) -> psycopg.Connection[Any]:
         conn = self._open()
         if isinstance(conn, str):  # raised here, not in an except block: no driver context
             raise StoreUnavailableError(f"{self.location.shown}: {conn}")
-        # A handle dropped without close() closes its connection when collected.
-        self._closer = weakref.finalize(self, conn.close)
-        self._pid = os.getpid()
-        self._cur = conn.cursor()
+        session.attach(self, conn)  # closed when the handle is collected unclosed
         return conn
 
     def _open(self) -> psycopg.Connection[Any] | str:
@@ -237,24 +232,8 @@ class Database:
         return conn
 
     def disown(self) -> None:
-        """In a forked child: drop the parent's connection without ending its session.
-
-        Closing it here (or freeing it: libpq then says goodbye on the shared
-        socket) would end the parent's session, so this process's copy of the
-        socket is pointed at ``/dev/null`` first, then forgotten.
-        """
-        self._lock = threading.RLock()  # another thread may have held it at the fork
-        conn, self._conn, self._cur = self._conn, None, None
-        if self._closer is not None:
-            self._closer.detach()
-            self._closer = None
-        if conn is not None and not conn.closed:
-            null = os.open(os.devnull, os.O_RDWR)
-            try:
-                os.dup2(null, conn.fileno())
-            finally:
-                os.close(null)
-        self._pid = os.getpid()
+        """In a forked child: drop the parent's connections without ending their sessions."""
+        self._pool.disown()
 
     def present(self, cur: Cursor) -> bool:
         """Whether the store's tables exist (checked until they are found; autocommit only).
@@ -310,28 +289,33 @@ class Database:
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
 
     @contextlib.contextmanager
-    def _turn(self, what: str) -> Iterator[float | None]:
-        """The connection, in turn with the handle's other threads; yields a shorter lock wait.
+    def _turn(self, what: str) -> Iterator[tuple[Session, float | None]]:
+        """A session of the pool, and a shorter lock wait for its transaction (or None).
 
+        A call made inside another on the same thread uses the outer call's session.
         Within a bounded wait (a server's request: :func:`castore.waits.lock_wait`),
-        waiting for another thread's call counts toward it, and the rest is the
+        waiting for a free connection counts toward it, and the rest is the
         transaction's ``lock_timeout``; otherwise None (the session's).
 
         Raises:
-            LockTimeoutError: other threads' calls held the connection for the bound.
+            LockTimeoutError: every connection stayed in use for the bound.
         """
-        timeout = lock_wait(self.lock_timeout)
-        if timeout >= self.lock_timeout:
-            with self._lock:
-                yield None
+        held: Session | None = getattr(self._held, "session", None)
+        if held is not None:
+            yield held, None
             return
-        start, lock = time.monotonic(), self._lock  # the one taken (disown() makes another)
-        if not lock.acquire(timeout=timeout):
+        timeout = lock_wait(self.lock_timeout)
+        bounded = timeout < self.lock_timeout
+        start = time.monotonic()
+        session = self._pool.take(timeout if bounded else None)
+        if session is None:
             raise LockTimeoutError(f"{self.location.shown}: {what}", timeout)
+        self._held.session = session
         try:
-            yield max(0.0, timeout - (time.monotonic() - start))
+            yield session, max(0.0, timeout - (time.monotonic() - start)) if bounded else None
         finally:
-            lock.release()
+            self._held.session = None
+            self._pool.give_back(session)
 
     def run(
         self,
@@ -350,13 +334,11 @@ class Database:
             StoreUnavailableError: the server cannot be reached, or the connection was lost.
             LockTimeoutError: a row lock was not taken within the lock timeout (:meth:`_turn`).
         """
-        with self._turn(what) as shorter:
-            if self._conn is not None and self._pid != os.getpid():
-                self.disown()  # forked without os.fork's hooks
+        with self._turn(what) as (session, shorter):
             for attempt in (1, 2):
-                fresh = self._conn is None
-                conn = self._conn = self._conn or self._connect()
-                cur = self._cur or conn.cursor()
+                fresh = session.conn is None
+                conn = session.conn or self._connect(session)
+                cur = session.cur or conn.cursor()
                 committing = False
                 failure: Exception
                 try:
@@ -379,7 +361,7 @@ class Database:
                 except psycopg.OperationalError as exc:  # lost, or the server's (a deadlock)
                     lost = conn.broken or conn.closed or not _reported_by_server(exc)
                     if lost:
-                        self._drop()
+                        self._pool.lost(session)  # and the idle ones: a restart ends them all
                         if attempt == 1 and not fresh and not committing:
                             continue  # a stale connection: nothing was applied; once more
                     # Only the server's error on a live connection proves a COMMIT rolled back.

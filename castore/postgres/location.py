@@ -2,9 +2,11 @@
 
 ``postgresql://user@host:5432/db?sslmode=require&schema=state`` is a libpq
 URL (password from ``PGPASSWORD`` or ``~/.pgpass`` when it holds none; a
-Unix-socket host as ``?host=/run/postgresql``) plus castore's own ``schema``
-parameter, which is taken out before libpq sees the URL: several stores share
-one database, one schema each (default :data:`DEFAULT_SCHEMA`).
+Unix-socket host as ``?host=/run/postgresql``) plus castore's own parameters,
+which are taken out before libpq sees the URL: ``schema`` (several stores share
+one database, one schema each; default :data:`DEFAULT_SCHEMA`) and
+``pool_max_conns`` (as pgx names it: the most connections a handle opens at
+once for its threads, 1 to :data:`MAX_POOL`; default :data:`DEFAULT_POOL`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Final, NamedTuple
 from castore.errors import InvalidValueError
 from castore.urls import redacted
 
-__all__ = ["DEFAULT_SCHEMA", "SCHEMES", "Location", "parse"]
+__all__ = ["DEFAULT_POOL", "DEFAULT_SCHEMA", "MAX_POOL", "SCHEMES", "Location", "parse"]
 
 SCHEMES: Final = ("postgresql://", "postgres://")
 DEFAULT_SCHEMA: Final = "castore"
+DEFAULT_POOL: Final = 8  # connections per handle: a server process's share of max_connections
+MAX_POOL: Final = 1000
+_OWN: Final = ("schema", "pool_max_conns")  # castore's parameters, not libpq's
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # unquoted, not pg_…
 
 
@@ -30,6 +35,7 @@ class Location(NamedTuple):
     schema: str
     shown: str  # no credentials: safe in errors, logs and reprs
     secrets: tuple[str, ...]  # the URL's passwords, if any: scrubbed from every message
+    pool: int = DEFAULT_POOL  # the most connections a handle opens at once
 
 
 def _name(item: str) -> str:
@@ -119,7 +125,8 @@ def parse(location: str) -> Location:
     schemas = [urllib.parse.unquote(i.partition("=")[2]) for i in items if _name(i) == "schema"]
     schema = schemas[-1] if schemas else DEFAULT_SCHEMA
     raw = [i.partition("=")[2] for i in items if _name(i) == "password"]
-    rest = "&".join(i for i in items if _name(i) != "schema")
+    pool = _pool(shown, [i.partition("=")[2] for i in items if _name(i) == "pool_max_conns"])
+    rest = "&".join(i for i in items if _name(i) not in _OWN)
     base = location.partition("?")[0].partition("#")[0]
     scheme, sep, after = base.partition("://")
     base = scheme.lower() + sep + after  # schemes are case-insensitive; libpq reads lower only
@@ -133,5 +140,26 @@ def parse(location: str) -> Location:
         )
     secrets = _secrets([password, userinfo.partition(":")[2], *raw, read.get("password", "")])
     return Location(
-        conninfo, schema, redacted(location) if schemas else f"{shown}?schema={schema}", secrets
+        conninfo,
+        schema,
+        redacted(location) if schemas else f"{shown}?schema={schema}",
+        secrets,
+        pool,
     )
+
+
+def _pool(shown: str, given: list[str]) -> int:
+    """The ``pool_max_conns`` parameter: a plain number from 1 to :data:`MAX_POOL`, once.
+
+    Raises:
+        InvalidValueError: given twice, or not such a number.
+    """
+    if not given:
+        return DEFAULT_POOL
+    text = urllib.parse.unquote(given[0])
+    if len(given) > 1 or not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= MAX_POOL:
+        raise InvalidValueError(
+            f"{shown}: invalid pool_max_conns {given[-1]!r}: give it once, "
+            f"a whole number from 1 to {MAX_POOL}"
+        )
+    return int(text)

@@ -6,7 +6,7 @@ own, all bound to the same port with ``SO_REUSEPORT`` (the kernel spreads new
 connections over them evenly; one shared socket would hand most of them to
 whichever process wakes first), its own event loop and its own use of the
 store (the file store is safe for concurrent processes; a PostgreSQL store
-opens a connection per process). The parent only supervises:
+opens its own pool of connections per process). The parent only supervises:
 
 - it forks the children and keeps every socket, so connections that arrive
   while a child is being replaced wait in that socket's queue;

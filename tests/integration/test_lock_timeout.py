@@ -29,7 +29,6 @@ from castore import LockTimeoutError, Store
 from castore.postgres.location import parse
 from tests.helpers import (
     Cli,
-    is_remote_location,
     ns_dir,
     one_line_error,
     served_location,
@@ -228,8 +227,6 @@ def test_a_write_waiting_for_a_key_delays_another_caller_at_most_its_lock_timeou
     assert took < 4, took  # not the 5 s of the other caller's wait
     assert len(slow) == 1
     assert "not locked within 5 s" in str(slow[0])
-    if is_remote_location(store_location) and underlying(store_location).startswith("postgresql:"):
-        # one connection per server process: the wait for it counts (RELIABILITY.md)
-        assert isinstance(other, LockTimeoutError), other
-    else:
-        assert other == 1
+    # A server over PostgreSQL failed this with one connection per process: the other
+    # request's wait held it. Its handle's pool has a connection free for this one.
+    assert other == 1

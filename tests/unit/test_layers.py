@@ -161,7 +161,8 @@ POSTGRES_LAYERS = {
     "postgres": 0,  # the package itself
     "postgres.location": 0,  # the URL: schema, what errors show
     "postgres.schema": 1,  # the tables, their version, creation and upgrade
-    "postgres.connection": 2,  # one connection per handle: errors, reconnects, transactions
+    "postgres.pool": 1,  # a handle's connections, up to a bound, shared by its threads
+    "postgres.connection": 2,  # a handle's connections: errors, reconnects, transactions
     "postgres.rows": 2,  # rows <-> entries, values
     "postgres.statements": 3,  # the SQL of reads and writes; what a decision reads
     "postgres.chains": 4,  # a key's chain of version rows: pages that prove none was lost

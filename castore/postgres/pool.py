@@ -1,0 +1,154 @@
+"""A store handle's PostgreSQL connections: up to a bound, shared by its threads.
+
+A thread takes a :class:`Session` for one operation and gives it back: at
+most ``size`` sessions exist at once, made when every existing one is in use
+and the bound allows another (a single-threaded handle has one), and kept
+idle until the handle is closed. The last session given back is the next one
+taken, so a handle used by one thread at a time keeps using one connection.
+
+A session's connection belongs to the process that made it: in a forked
+child, :meth:`Pool.disown` lets go of every one of them without ending the
+parent's sessions (the child makes its own).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+import psycopg
+
+__all__ = ["Pool", "Session"]
+
+Cursor = psycopg.Cursor[Any]
+
+
+class Session:
+    """One slot of a pool: its connection and cursor once made (None: make one)."""
+
+    __slots__ = ("closer", "conn", "cur", "retired")
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection[Any] | None = None
+        self.cur: Cursor | None = None
+        self.closer: weakref.finalize[Any, Any] | None = None
+        self.retired = False  # the pool was closed while this was taken: close it when given back
+
+    def attach(self, owner: object, conn: psycopg.Connection[Any]) -> None:
+        """Hold ``conn``: closed with the session, or when ``owner`` is collected unclosed."""
+        self.conn, self.cur = conn, conn.cursor()
+        self.closer = weakref.finalize(owner, conn.close)
+
+    def drop(self) -> None:
+        """Close the connection (once); the slot stays, empty."""
+        self.conn = self.cur = None
+        if self.closer is not None:
+            self.closer()
+            self.closer = None
+
+    def disown(self) -> None:
+        """In a forked child: forget the parent's connection without ending its session.
+
+        Closing it here (or freeing it: libpq then says goodbye on the shared
+        socket) would end the parent's session, so this process's copy of the
+        socket is pointed at ``/dev/null`` first.
+        """
+        conn, self.conn, self.cur = self.conn, None, None
+        if self.closer is not None:
+            self.closer.detach()
+            self.closer = None
+        if conn is not None and not conn.closed:
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, conn.fileno())
+            finally:
+                os.close(null)
+
+
+class Pool:
+    """Up to ``size`` sessions, taken and given back by threads.
+
+    Args:
+        size: the most sessions (connections) at once, at least 1.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ready = threading.Condition(threading.Lock())
+        self._idle: list[Session] = []  # given back, newest last
+        self._all: set[Session] = set()  # every slot of this process, idle or taken
+        self._pid = os.getpid()
+
+    def take(self, timeout: float | None) -> Session | None:
+        """A session (an idle one if any, else a new slot), or None after ``timeout`` s.
+
+        ``timeout`` None waits for as long as every slot is taken.
+        """
+        if self._pid != os.getpid():
+            self.disown()  # forked without os.fork's hooks
+        with self._ready:
+            if not self._idle and len(self._all) >= self.size:
+                free = lambda: bool(self._idle) or len(self._all) < self.size  # noqa: E731
+                if not self._ready.wait_for(free, timeout):
+                    return None
+            if self._idle:
+                return self._idle.pop()
+            session = Session()
+            self._all.add(session)
+            return session
+
+    def give_back(self, session: Session) -> None:
+        """Make ``session`` idle again (its slot freed if it holds no live connection)."""
+        with self._ready:
+            if session not in self._all:
+                return  # disowned or closed meanwhile: nothing of it is this pool's
+            conn = session.conn
+            if session.retired or conn is None or conn.closed or conn.broken:
+                session.drop()
+                self._all.discard(session)
+            else:
+                self._idle.append(session)
+            self._ready.notify()
+
+    def lost(self, session: Session) -> None:
+        """``session``'s connection was lost: close it and every idle one (a restart)."""
+        session.drop()
+        with self._ready:
+            stale, self._idle = self._idle, []
+            self._all.difference_update(stale)
+            self._ready.notify_all()
+        for each in stale:
+            each.drop()
+
+    def close(self) -> None:
+        """Close every idle connection now, and each taken one when it is given back."""
+        with self._ready:
+            idle, self._idle = self._idle, []
+            self._all.difference_update(idle)
+            for each in self._all:
+                each.retired = True
+            self._ready.notify_all()
+        for each in idle:
+            each.drop()
+
+    def disown(self) -> None:
+        """In a forked child: let go of every session made before the fork."""
+        every = self._all
+        self._ready = threading.Condition(threading.Lock())  # a thread may have held it
+        self._idle, self._all = [], set()
+        self._pid = os.getpid()
+        for each in every:
+            each.disown()
+
+    def newest_pid(self) -> int | None:
+        """The server process of the session the next call takes (None: none idle)."""
+        pids = self.idle_pids()
+        return pids[-1] if pids else None
+
+    def idle_pids(self) -> list[int]:
+        """The server processes of the idle sessions, the next one taken last."""
+        with self._ready:
+            conns = [s.conn for s in self._idle]
+        return [c.info.backend_pid for c in conns if c is not None and not c.closed]

@@ -1,0 +1,150 @@
+"""A PostgreSQL handle's pool: threads of one handle run side by side, up to ``pool_max_conns``.
+
+Before the pool a handle had one connection its threads took in turn, so a
+call on one key waited for another thread's wait on another key's row lock
+(docs/RELIABILITY.md had it as a known limit of a server over PostgreSQL).
+The oracles: which calls finish while a key's row is held elsewhere, the
+versions they made (each write exactly once), and the connections the
+handle's sessions use, seen from the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from castore import InvalidValueError, LockTimeoutError, Store
+from castore.postgres.backend import PostgresBackend
+from castore.postgres.location import parse
+from castore.waits import waiting_at_most
+from tests.conftest import POSTGRES_URL
+
+pytestmark = pytest.mark.integration
+
+
+@contextlib.contextmanager
+def key_held(location: str, key: str) -> Iterator[int]:
+    """Another session's transaction holding ``key``'s row lock; yields its server process."""
+    pg = parse(location)
+    with psycopg.connect(pg.conninfo) as holder:
+        holder.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+        held = holder.execute("SELECT 1 FROM refs WHERE key = %s FOR UPDATE", (key.encode(),))
+        assert held.fetchall() == [(1,)]
+        yield holder.info.backend_pid
+
+
+def waiters(store: Store, count: int, out: list[Any]) -> list[threading.Thread]:
+    """``count`` threads each setting ``k`` on ``store`` (waiting for its row), started."""
+
+    def one() -> None:
+        try:
+            out.append(store.set("k", "w").version)
+        except LockTimeoutError as exc:
+            out.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def wait_until_blocked(holder: int, count: int) -> None:
+    """Until ``count`` sessions wait behind ``holder``'s lock, directly or in line (10 s)."""
+    deadline = time.monotonic() + 10
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        while time.monotonic() < deadline:
+            waiting = admin.execute(
+                "SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock'"
+            ).fetchall()
+            behind = {holder}
+            for _ in waiting:  # the line: behind the holder, or behind one behind it
+                behind |= {pid for pid, by in waiting if behind.intersection(by)}
+            if len(behind) - 1 >= count:
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"{count} sessions never waited for the row")
+
+
+def test_a_thread_s_call_never_waits_for_another_thread_s_row_lock(postgres_location: str) -> None:
+    store = Store(postgres_location, dag="d", lock_timeout=5)
+    store.set("k", 1)
+    out: list[Any] = []
+    with key_held(postgres_location, "k") as holder:
+        (waiter,) = waiters(store, 1, out)
+        wait_until_blocked(holder, 1)  # it waits for k's row now, on a connection of the handle
+        started = time.monotonic()
+        assert store.set("j", 1).version == 1  # one connection: after the 5 s wait
+        assert store.get("k").value == 1
+        took = time.monotonic() - started
+    waiter.join()
+    assert took < 3, took
+    assert out == [2]  # the waiter went on once the row was free, once
+    assert [e.version for e in store.history("k").entries] == [2, 1]
+
+
+def test_a_handle_opens_at_most_pool_max_conns_connections(postgres_location: str) -> None:
+    location = f"{postgres_location}&pool_max_conns=2"
+    store = Store(location, dag="d", lock_timeout=5)
+    store.set("k", 1)
+    out: list[Any] = []
+    with key_held(location, "k") as holder:
+        threads = waiters(store, 2, out)
+        wait_until_blocked(holder, 2)  # both connections wait for k's row now
+        with waiting_at_most(0.3), pytest.raises(LockTimeoutError, match=r"within 0\.3 s$"):
+            store.set("j", 1)  # no third connection, and none free within its bound
+        late: list[Any] = []
+        third = threading.Thread(target=lambda: late.append(store.set("j", 1).version))
+        third.start()  # unbounded: it waits for a free connection
+        time.sleep(0.3)
+        assert late == []
+    for t in [*threads, third]:
+        t.join()
+    assert sorted(out) == [2, 3]
+    assert late == [1]
+    assert [e.version for e in store.history("j").entries] == [1]  # the refused call wrote none
+
+
+def test_idle_connections_ended_by_a_server_restart_are_made_again(postgres_location: str) -> None:
+    store = Store(postgres_location, dag="d", lock_timeout=5)
+    store.set("k", 1)
+    out: list[Any] = []
+    with key_held(postgres_location, "k") as holder:
+        threads = waiters(store, 3, out)  # three connections, idle once the row is free
+        wait_until_blocked(holder, 3)
+    for t in threads:
+        t.join()
+    backend = store.backend
+    assert isinstance(backend, PostgresBackend)
+    pids = backend.db.idle_backend_pids()
+    assert len(pids) == 3
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        for pid in pids:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+    assert store.get("k").value == "w"  # a stale connection: made again, the call run again
+    assert store.set("k", 5).version == 5  # once
+    assert [e.version for e in store.history("k").entries] == [5, 4, 3, 2, 1]
+    assert set(backend.db.idle_backend_pids()).isdisjoint(pids)
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "1001", "-1", "x", "1.5", "", "%31%30%30%31", "2&pool_max_conns=3"]
+)
+def test_a_bad_pool_max_conns_is_refused_before_connecting(value: str) -> None:
+    with pytest.raises(InvalidValueError, match="invalid pool_max_conns"):
+        Store(f"postgresql://127.0.0.1:1/db?pool_max_conns={value}", dag="d")
+
+
+def test_pool_max_conns_is_castore_s_own_not_libpq_s() -> None:
+    where = parse("postgresql://u@127.0.0.1:1/db?pool_max_conns=3&sslmode=disable")
+    assert where.pool == 3
+    assert "pool_max_conns" not in where.conninfo
+    assert parse("postgresql://u@127.0.0.1:1/db?pool_max_conns=%33").pool == 3
+    assert parse("postgresql://u@127.0.0.1:1/db").pool == 8
