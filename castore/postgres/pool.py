@@ -76,7 +76,9 @@ class Pool:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ready = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # taken directly on the fast paths (C, no Condition call)
+        self._ready = threading.Condition(self._lock)
+        self._waiting = 0  # threads in _ready.wait: a give-back notifies only then
         self._idle: list[Session] = []  # given back, newest last
         self._all: set[Session] = set()  # every slot of this process, idle or taken
         self._pid = os.getpid()
@@ -88,29 +90,39 @@ class Pool:
         """
         if self._pid != os.getpid():
             self.disown()  # forked without os.fork's hooks
-        with self._ready:
-            if not self._idle and len(self._all) >= self.size:
-                free = lambda: bool(self._idle) or len(self._all) < self.size  # noqa: E731
-                if not self._ready.wait_for(free, timeout):
-                    return None
+        with self._lock:
             if self._idle:
                 return self._idle.pop()
+            if len(self._all) >= self.size:
+                free = lambda: bool(self._idle) or len(self._all) < self.size  # noqa: E731
+                self._waiting += 1
+                try:
+                    if not self._ready.wait_for(free, timeout):
+                        return None
+                finally:
+                    self._waiting -= 1
+                if self._idle:
+                    return self._idle.pop()
             session = Session()
             self._all.add(session)
             return session
 
     def give_back(self, session: Session) -> None:
         """Make ``session`` idle again (its slot freed if it holds no live connection)."""
-        with self._ready:
+        conn = session.conn
+        dead = conn is None or conn.closed or conn.broken
+        with self._lock:
             if session not in self._all:
-                return  # disowned or closed meanwhile: nothing of it is this pool's
-            conn = session.conn
-            if session.retired or conn is None or conn.closed or conn.broken:
-                session.drop()
+                return  # disowned meanwhile: nothing of it is this pool's
+            dead = dead or session.retired  # under the lock: close() sets it
+            if dead:
                 self._all.discard(session)
             else:
                 self._idle.append(session)
-            self._ready.notify()
+            if self._waiting:
+                self._ready.notify()
+        if dead:
+            session.drop()  # outside the lock: closing may wait for the network
 
     def lost(self, session: Session) -> None:
         """``session``'s connection was lost: close it and every idle one (a restart)."""
@@ -136,7 +148,9 @@ class Pool:
     def disown(self) -> None:
         """In a forked child: let go of every session made before the fork."""
         every = self._all
-        self._ready = threading.Condition(threading.Lock())  # a thread may have held it
+        self._lock = threading.Lock()  # a thread may have held it at the fork
+        self._ready = threading.Condition(self._lock)
+        self._waiting = 0
         self._idle, self._all = [], set()
         self._pid = os.getpid()
         for each in every:
