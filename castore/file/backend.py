@@ -17,7 +17,7 @@ import contextlib
 import fcntl
 import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
 from castore.errors import CorruptionError
@@ -145,18 +145,19 @@ class FileBackend:
         *,
         keep_copy: str | None = None,
         gc_held: bool = False,
+        then: Callable[[], None] | None = None,
     ) -> list[Frame] | None:
         """:meth:`RefLog.rewrite` holding ``gc.lock`` shared unless ``gc_held`` (FORMAT.md §8)."""
         self._cache.stale(path)
 
         def marked(log: LogBytes) -> list[tuple[int, bytes]] | None:
-            wanted = transform(log)
-            if wanted is not None:  # the log changes: its key's STATE row is pending
+            if (wanted := transform(log)) is not None:  # it changes: its STATE row is pending
                 pending_rewrite(self.fs, path, log)
             return wanted
 
         with self.layout.gc_locked(shared=True, held=gc_held):
-            return RefLog(self.layout, self._blobs, path).rewrite(marked, keep_copy=keep_copy)
+            own = RefLog(self.layout, self._blobs, path)
+            return own.rewrite(marked, keep_copy=keep_copy, then=then)
 
     def rebuild_blob_index(self, *, gc_held: bool = False) -> int:
         """Rebuild the blob index from every log (count its blobs); ``gc.lock`` as gc holds it."""

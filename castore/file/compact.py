@@ -108,6 +108,21 @@ class _Plan:
         return out
 
 
+_BATCH = 32  # the logs of one namespace a compaction holds locked at once
+
+
+def _batches(refs: Iterator[Ref]) -> Iterator[list[Ref]]:
+    """``refs`` in runs of at most :data:`_BATCH` of one namespace."""
+    run: list[Ref] = []
+    for ref in refs:
+        if run and (len(run) == _BATCH or run[0][:2] != ref[:2]):
+            yield run
+            run = []
+        run.append(ref)
+    if run:
+        yield run
+
+
 def compact(
     backend: FileBackend,
     retention: Retention,
@@ -126,20 +141,23 @@ def compact(
     if keep_within_seconds is not None:
         cutoff = time.time_ns() - int(keep_within_seconds * 1e9)
     examined = compacted = dropped = removed = before = after = 0
-    for ref in list(_refs(backend, retention)):
-        examined += 1
-        plan = _Plan(keep_last, cutoff, policy)
-        moving = contextlib.nullcontext() if dry_run else backend.layout.gc_locked(shared=True)
-        with moving:  # a rewrite moves blobs: gc's index rebuild waits (FORMAT.md §8)
-            size, size_after = _compact_one(backend, ref, plan, dry_run)
-        before += size
-        after += size_after
-        if plan.dropped:
-            compacted += 1
-            dropped += plan.dropped
-            removed += plan.removed is not None
+    for refs in _batches(iter(list(_refs(backend, retention)))):
+        plans = [_Plan(keep_last, cutoff, policy) for _ in refs]
+        if dry_run:
+            sizes = [_dry_run(backend, ref, plan) for ref, plan in zip(refs, plans, strict=True)]
+        else:
+            with backend.layout.gc_locked(shared=True):  # rewrites move blobs: gc waits (§8)
+                sizes = _compact_batch(backend, refs, plans)
+        for plan, (size, size_after) in zip(plans, sizes, strict=True):
+            examined += 1
+            before += size
+            after += size_after
+            if plan.dropped:
+                compacted += 1
+                dropped += plan.dropped
+                removed += plan.removed is not None
         if progress is not None:
-            progress(1)
+            progress(len(refs))
     return CompactReport(
         policy=policy,
         dry_run=dry_run,
@@ -152,50 +170,71 @@ def compact(
     )
 
 
-def _compact_one(backend: FileBackend, ref: Ref, plan: _Plan, dry_run: bool) -> tuple[int, int]:
-    """Apply ``plan`` to one ref's log (or only size it up); return its size before and after."""
+def _dry_run(backend: FileBackend, ref: Ref, plan: _Plan) -> tuple[int, int]:
+    """Size up what ``plan`` would make of one ref's log: its size before and after."""
     path = backend.log_path(ref)
     size = _size(backend.fs, path)
-    if dry_run:
-        try:
-            fd = backend.fs.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            result = None
-        else:
-            try:  # read as a reader: evidence of a copy is confirmed on ``fd``
-                log = classify(fileio.read_at(fd, 0, os.fstat(fd).st_size))
-                _not_a_copy(backend, ref, log, fd)
-                result = plan.transform(log)
-            finally:
-                os.close(fd)
-        # sized as the real run lays the log out (relaid re-encodes moved blob locations)
-        return size, size if result is None else len(relaid(result))
-    backend.rewrite(path, _bury_first(backend, ref, plan), gc_held=True)
-    return size, _size(backend.fs, path)
+    try:
+        fd = backend.fs.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        result = None
+    else:
+        try:  # read as a reader: evidence of a copy is confirmed on ``fd``
+            log = classify(fileio.read_at(fd, 0, os.fstat(fd).st_size))
+            _not_a_copy(backend, ref, log, fd)
+            result = plan.transform(log)
+        finally:
+            os.close(fd)
+    # sized as the real run lays the log out (relaid re-encodes moved blob locations)
+    return size, size if result is None else len(relaid(result))
 
 
-def _bury_first(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
-    """Wrap ``plan.transform``: a key that goes away is recorded in GRAVES (durably) first.
+def _compact_batch(
+    backend: FileBackend, refs: list[Ref], plans: list[_Plan]
+) -> list[tuple[int, int]]:
+    """Apply each plan to its ref's log, the logs of one namespace rewritten nested.
 
-    Then it leaves ``KEYS``, still under the log's lock and before the new log
-    is renamed into place: a writer re-creating the key opens the new log, so
-    it comes after and lists the key again. (Once the new log is in place, the
-    old one's lock no longer keeps writers out.) If the rewrite stops after
-    this, the log keeps its tombstone and the next write of the key lists it
-    again (FORMAT.md §6 step 5).
+    Each log's rewrite runs inside the previous one's (``then``): every log
+    is locked and decided before any is written. Then the keys that go away
+    are recorded in ``GRAVES`` (durably, one append) and leave ``KEYS`` (one
+    rewrite), and only then is each new log renamed into place, innermost
+    first: per key the order of FORMAT.md §6 ("Compaction"), with one
+    ``GRAVES`` fdatasync and one ``KEYS`` rewrite per batch instead of per
+    key (a rewrite of ``KEYS`` per removed key made compaction quadratic).
+    A writer re-creating a removed key opens its new log, so it comes after
+    and lists the key again. Returns each log's size before and after.
     """
+    paths = [backend.log_path(ref) for ref in refs]
+    sizes = [_size(backend.fs, path) for path in paths]
+    scope, namespace = refs[0].scope, refs[0].namespace
+
+    def settle() -> None:
+        ends = zip(refs, plans, strict=True)
+        gone = [(r.key, p.removed.version) for r, p in ends if p.removed is not None]
+        if gone:
+            backend.graveyard(scope, namespace).bury(gone)
+            fileio.failpoint("compact-after-bury")
+            keys = backend.key_index(scope, namespace)
+            with contextlib.suppress(FileNotFoundError):  # KEYS lost: it lists nothing
+                keys.remove({key for key, _ in gone}, durable=backend.durable)
+
+    def nest(i: int) -> None:
+        if i == len(refs):
+            settle()
+            return
+        transform = _checked(backend, refs[i], plans[i])
+        backend.rewrite(paths[i], transform, gc_held=True, then=lambda: nest(i + 1))
+
+    nest(0)
+    return [(size, _size(backend.fs, path)) for size, path in zip(sizes, paths, strict=True)]
+
+
+def _checked(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
+    """``plan.transform``, after the refusal of a log that is an older copy."""
 
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
         _not_a_copy(backend, ref, log)
-        wanted = plan.transform(log)
-        if plan.removed is not None:
-            graves = backend.graveyard(ref.scope, ref.namespace)
-            graves.bury([(ref.key, plan.removed.version)])
-            fileio.failpoint("compact-after-bury")
-            keys = backend.key_index(ref.scope, ref.namespace)
-            with contextlib.suppress(FileNotFoundError):  # KEYS lost: it lists nothing
-                keys.remove({ref.key}, durable=backend.durable)
-        return wanted
+        return plan.transform(log)
 
     return transform
 

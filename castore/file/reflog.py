@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from castore.errors import CorruptionError
 from castore.file import cuts, encode, fileio, logread, namesync, versionindex
@@ -32,10 +32,8 @@ from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
 from castore.file.modes import DATA_UNSYNCED
-from castore.file.records import (
-    KIND_BLOB,
-)
-from castore.file.rewrite import Transform, relaid, replace_with
+from castore.file.records import KIND_BLOB
+from castore.file.rewrite import Transform, relaid, remove_log, replace_with
 from castore.keys import Ref
 from castore.records import BlobLoc, Entry, VersionRanges
 
@@ -325,20 +323,24 @@ class RefLog:
         fs.atomic_write(self.vix_path, versionindex.rebuild(frames), durable=False)
         return frames
 
-    def rewrite(self, transform: Transform, *, keep_copy: str | None = None) -> list[Frame] | None:
+    def rewrite(
+        self,
+        transform: Transform,
+        *,
+        keep_copy: str | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> list[Frame] | None:
         """Atomically replace the log with ``transform(log)``, under its lock.
 
-        ``transform`` gets the log's bytes sorted into intact frames and
-        damage (:class:`~castore.file.frames.LogBytes`) and returns the new
-        ``(kind, payload)`` list, or None to leave the log alone; an empty
-        list removes the log and its version index. Only a repair
-        (``keep_copy`` given) may rewrite a damaged log; a torn tail is
-        quarantined before it is dropped. Blob frames that move get index
-        entries (fsynced) before the rename, so stale location hints in
-        other logs fall back to the index. With ``keep_copy``, the old bytes
-        are copied there first (quarantine). Order: write the new log to a
-        temporary file, fsync, rename over the log, fsync the directory,
-        rebuild the version index (FORMAT.md §8).
+        ``transform`` gets the log's frames and damage (:class:`LogBytes`) and returns
+        the new ``(kind, payload)`` list, or None to leave the log alone; an empty list
+        removes the log and its version index. Only a repair (``keep_copy``: the old bytes
+        are copied there first) may rewrite a damaged log; a torn tail is quarantined
+        before it is dropped. Moved blob frames get index entries (fsynced) first. Then:
+        temporary file, fsync, rename, fsync the directory, version index (FORMAT.md §8).
+        ``then`` runs once ``transform`` decided, under the lock, before anything is
+        written (also when nothing changes or there is no log): compaction nests the
+        next log's rewrite there.
 
         Returns:
             The new log's frames, or None when nothing was changed.
@@ -346,16 +348,24 @@ class RefLog:
         Raises:
             CorruptionError: the log is damaged and this is not a repair.
         """
+        called: list[bool] = []
+
+        def decided() -> None:
+            called.append(True)
+            if then is not None:
+                then()
+
         try:
             with self.locked(os.O_RDWR) as fd:
-                return self._rewrite_locked(fd, transform, keep_copy)
+                return self._rewrite_locked(fd, transform, keep_copy, decided)
         except FileNotFoundError:
-            if self.layout.fs.exists(self.path):
+            if called or self.layout.fs.exists(self.path):
                 raise
+            decided()
             return None
 
     def _rewrite_locked(
-        self, fd: int, transform: Transform, keep_copy: str | None
+        self, fd: int, transform: Transform, keep_copy: str | None, decided: Callable[[], None]
     ) -> list[Frame] | None:
         log = logread.scan(fd)[1]
         if log.damage and keep_copy is None:
@@ -367,6 +377,7 @@ class RefLog:
         if keep_copy is None:  # rewriting would rebuild the index: the evidence would go
             self.refuse_cut(fd, log, "left unchanged")
         wanted = transform(log)
+        decided()
         if wanted is None:
             return None
         if keep_copy is None and log.torn < log.size:
@@ -375,7 +386,7 @@ class RefLog:
         if keep_copy is not None:
             self.layout.keep_copy(fd, os.fstat(fd).st_size, keep_copy)
         if not wanted:
-            self._remove()
+            remove_log(self.layout.fs, self.path, self.vix_path, durable=self.layout.durable)
             return []
         data = relaid(wanted)
         own = self.layout.rel(self.path)
@@ -386,13 +397,3 @@ class RefLog:
         ]
         self.blobs.add_many(moved, durable=self.layout.durable)
         return self.replace_locked(data, repair=keep_copy is not None)
-
-    def _remove(self) -> None:
-        """Remove the locked log and its version index (gc or compaction emptied it)."""
-        fs = self.layout.fs
-        fileio.failpoint("rewrite-before-remove")
-        fs.unlink(self.path)
-        with contextlib.suppress(FileNotFoundError):
-            fs.unlink(self.vix_path)
-        if self.layout.durable:
-            fs.fsync_dir(os.path.dirname(self.path))

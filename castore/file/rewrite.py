@@ -30,7 +30,7 @@ from castore.file.records import (
 from castore.file.tree import Tree
 from castore.records import BlobLoc, merged_ranges
 
-__all__ = ["Transform", "relaid", "removed_log", "replace_with", "utc_stamp"]
+__all__ = ["Transform", "relaid", "remove_log", "removed_log", "replace_with", "utc_stamp"]
 
 Transform = Callable[[LogBytes], "list[tuple[int, bytes]] | None"]
 """Given a log's bytes sorted into frames and damage, the frames of its replacement."""
@@ -97,6 +97,16 @@ def replace_with(fs: Tree, path: str, data: bytes, *, data_mark: bool) -> int:
             fs.unlink(tmp)
         raise
     return fd
+
+
+def remove_log(fs: Tree, path: str, vix_path: str, *, durable: bool) -> None:
+    """Remove a locked log and its version index (gc or compaction emptied it)."""
+    fileio.failpoint("rewrite-before-remove")
+    fs.unlink(path)
+    with contextlib.suppress(FileNotFoundError):
+        fs.unlink(vix_path)
+    if durable:
+        fs.fsync_dir(os.path.dirname(path))
 
 
 def removed_log(
