@@ -293,26 +293,28 @@ class Database:
         """A session of the pool, and a shorter lock wait for its transaction (or None).
 
         A call made inside another on the same thread uses the outer call's session.
-        Within a bounded wait (a server's request: :func:`castore.waits.lock_wait`),
-        waiting for a free connection counts toward it, and the rest is the
-        transaction's ``lock_timeout``; otherwise None (the session's).
+        Waiting for a free connection counts toward the lock timeout (the thread's
+        bound, :func:`castore.waits.lock_wait`, or the handle's), and what is left
+        of it, when shorter than the session's, is the transaction's ``lock_timeout``.
 
         Raises:
-            LockTimeoutError: every connection stayed in use for the bound.
+            LockTimeoutError: every connection stayed in use for the lock timeout.
         """
         held: Session | None = getattr(self._held, "session", None)
         if held is not None:
             yield held, None
             return
         timeout = lock_wait(self.lock_timeout)
-        bounded = timeout < self.lock_timeout
         start = time.monotonic()
-        session = self._pool.take(timeout if bounded else None)
+        session = self._pool.take(timeout)
         if session is None:
             raise LockTimeoutError(f"{self.location.shown}: {what}", timeout)
+        rest: float | None = max(0.0, timeout - (time.monotonic() - start))
+        if rest is not None and rest > self.lock_timeout - 0.001:
+            rest = None  # the session's own: nothing to send
         self._held.session = session
         try:
-            yield session, max(0.0, timeout - (time.monotonic() - start)) if bounded else None
+            yield session, rest
         finally:
             self._held.session = None
             self._pool.give_back(session)

@@ -125,7 +125,6 @@ def parse(location: str) -> Location:
     schemas = [urllib.parse.unquote(i.partition("=")[2]) for i in items if _name(i) == "schema"]
     schema = schemas[-1] if schemas else DEFAULT_SCHEMA
     raw = [i.partition("=")[2] for i in items if _name(i) == "password"]
-    pool = _pool(shown, [i.partition("=")[2] for i in items if _name(i) == "pool_max_conns"])
     rest = "&".join(i for i in items if _name(i) not in _OWN)
     base = location.partition("?")[0].partition("#")[0]
     scheme, sep, after = base.partition("://")
@@ -133,6 +132,9 @@ def parse(location: str) -> Location:
     conninfo = f"{base}?{rest}" if rest else base
     userinfo = base.partition("://")[2].rpartition("@")[0]  # up to the last "@" (urls.redacted)
     read = _as_libpq_reads(conninfo, {"", password, *map(urllib.parse.unquote, raw)})
+    # After libpq's reading: a URL it would misread is refused first (its query may hold
+    # the rest of a password).
+    pool = _pool(shown, [i.partition("=")[2] for i in items if _name(i) == "pool_max_conns"])
     if not _SCHEMA_NAME.fullmatch(schema) or schema.startswith("pg_"):
         raise InvalidValueError(
             f"{shown}: invalid schema {schema!r}: use lower-case letters, digits and _ "
@@ -159,7 +161,6 @@ def _pool(shown: str, given: list[str]) -> int:
     text = urllib.parse.unquote(given[0])
     if len(given) > 1 or not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= MAX_POOL:
         raise InvalidValueError(
-            f"{shown}: invalid pool_max_conns {given[-1]!r}: give it once, "
-            f"a whole number from 1 to {MAX_POOL}"
+            f"{shown}: invalid pool_max_conns: give it once, a whole number from 1 to {MAX_POOL}"
         )
     return int(text)

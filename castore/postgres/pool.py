@@ -3,7 +3,8 @@
 A thread takes a :class:`Session` for one operation and gives it back: at
 most ``size`` sessions exist at once, made when every existing one is in use
 and the bound allows another (a single-threaded handle has one), and kept
-idle until the handle is closed. The last session given back is the next one
+idle until the handle is closed. Past the bound, threads queue and are
+served in the order they came. The last session given back is the next one
 taken, so a handle used by one thread at a time keeps using one connection.
 
 A session's connection belongs to the process that made it: in a forked
@@ -13,6 +14,7 @@ parent's sessions (the child makes its own).
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import weakref
@@ -67,8 +69,18 @@ class Session:
                 os.close(null)
 
 
+class _Waiter:
+    """A thread queued for a session: what it is handed, and its own wake-up."""
+
+    __slots__ = ("session", "woken")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.session: Session | None = None
+        self.woken = threading.Condition(lock)
+
+
 class Pool:
-    """Up to ``size`` sessions, taken and given back by threads.
+    """Up to ``size`` sessions, taken and given back by threads, first come first served.
 
     Args:
         size: the most sessions (connections) at once, at least 1.
@@ -76,9 +88,8 @@ class Pool:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._lock = threading.Lock()  # taken directly on the fast paths (C, no Condition call)
-        self._ready = threading.Condition(self._lock)
-        self._waiting = 0  # threads in _ready.wait: a give-back notifies only then
+        self._lock = threading.Lock()
+        self._queue: collections.deque[_Waiter] = collections.deque()  # oldest first
         self._idle: list[Session] = []  # given back, newest last
         self._all: set[Session] = set()  # every slot of this process, idle or taken
         self._pid = os.getpid()
@@ -86,26 +97,37 @@ class Pool:
     def take(self, timeout: float | None) -> Session | None:
         """A session (an idle one if any, else a new slot), or None after ``timeout`` s.
 
-        ``timeout`` None waits for as long as every slot is taken.
+        A thread that finds every slot taken queues (``timeout`` None: for as
+        long as it takes), and what is given back goes to the thread that has
+        waited longest: one that gives a session back and asks again at once
+        never passes a waiting one.
         """
         if self._pid != os.getpid():
             self.disown()  # forked without os.fork's hooks
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-            if len(self._all) >= self.size:
-                free = lambda: bool(self._idle) or len(self._all) < self.size  # noqa: E731
-                self._waiting += 1
-                try:
-                    if not self._ready.wait_for(free, timeout):
-                        return None
-                finally:
-                    self._waiting -= 1
+            if not self._queue:
                 if self._idle:
                     return self._idle.pop()
-            session = Session()
-            self._all.add(session)
-            return session
+                if len(self._all) < self.size:
+                    return self._new()
+            waiter = _Waiter(self._lock)
+            self._queue.append(waiter)
+            if waiter.woken.wait_for(lambda: waiter.session is not None, timeout):
+                return waiter.session
+            self._queue.remove(waiter)  # not handed anything: still queued
+            return None
+
+    def _new(self) -> Session:
+        session = Session()
+        self._all.add(session)
+        return session
+
+    def _hand_out(self) -> None:
+        """Give what is free to the queued threads, oldest first (under the lock)."""
+        while self._queue and (self._idle or len(self._all) < self.size):
+            waiter = self._queue.popleft()
+            waiter.session = self._idle.pop() if self._idle else self._new()
+            waiter.woken.notify()
 
     def give_back(self, session: Session) -> None:
         """Make ``session`` idle again (its slot freed if it holds no live connection)."""
@@ -119,29 +141,29 @@ class Pool:
                 self._all.discard(session)
             else:
                 self._idle.append(session)
-            if self._waiting:
-                self._ready.notify()
+            if self._queue:
+                self._hand_out()
         if dead:
             session.drop()  # outside the lock: closing may wait for the network
 
     def lost(self, session: Session) -> None:
         """``session``'s connection was lost: close it and every idle one (a restart)."""
         session.drop()
-        with self._ready:
+        with self._lock:
             stale, self._idle = self._idle, []
             self._all.difference_update(stale)
-            self._ready.notify_all()
+            self._hand_out()
         for each in stale:
             each.drop()
 
     def close(self) -> None:
         """Close every idle connection now, and each taken one when it is given back."""
-        with self._ready:
+        with self._lock:
             idle, self._idle = self._idle, []
             self._all.difference_update(idle)
             for each in self._all:
                 each.retired = True
-            self._ready.notify_all()
+            self._hand_out()
         for each in idle:
             each.drop()
 
@@ -149,8 +171,7 @@ class Pool:
         """In a forked child: let go of every session made before the fork."""
         every = self._all
         self._lock = threading.Lock()  # a thread may have held it at the fork
-        self._ready = threading.Condition(self._lock)
-        self._waiting = 0
+        self._queue = collections.deque()
         self._idle, self._all = [], set()
         self._pid = os.getpid()
         for each in every:
@@ -163,6 +184,6 @@ class Pool:
 
     def idle_pids(self) -> list[int]:
         """The server processes of the idle sessions, the next one taken last."""
-        with self._ready:
+        with self._lock:
             conns = [s.conn for s in self._idle]
         return [c.info.backend_pid for c in conns if c is not None and not c.closed]

@@ -23,6 +23,7 @@ from psycopg import sql
 from castore import InvalidValueError, LockTimeoutError, Store
 from castore.postgres.backend import PostgresBackend
 from castore.postgres.location import parse
+from castore.postgres.pool import Pool
 from castore.waits import waiting_at_most
 from tests.conftest import POSTGRES_URL
 
@@ -148,3 +149,60 @@ def test_pool_max_conns_is_castore_s_own_not_libpq_s() -> None:
     assert "pool_max_conns" not in where.conninfo
     assert parse("postgresql://u@127.0.0.1:1/db?pool_max_conns=%33").pool == 3
     assert parse("postgresql://u@127.0.0.1:1/db").pool == 8
+
+
+class _FakeConnection:
+    """What the pool looks at of a connection: alive, until closed."""
+
+    closed = False
+    broken = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_thread_that_gives_back_and_asks_again_never_passes_a_waiting_one() -> None:
+    # Found by a review: a session given back went to whichever thread took the lock
+    # first, nearly always the one that gave it back, so with a pool of 1 and a thread
+    # looping on calls, another thread's call waited the whole run (6 s) or failed its
+    # bound with no row lock held anywhere.
+    pool = Pool(1)
+    stop = threading.Event()
+    calls = [0]
+
+    def hog() -> None:
+        while not stop.is_set():
+            session = pool.take(None)
+            assert session is not None
+            session.conn = session.conn or _FakeConnection()  # type: ignore[assignment]
+            time.sleep(0.001)  # a 1 ms call
+            pool.give_back(session)
+            calls[0] += 1
+
+    thread = threading.Thread(target=hog)
+    thread.start()
+    try:
+        while calls[0] < 3:
+            time.sleep(0.001)
+        served = []
+        for _ in range(10):
+            session = pool.take(1.0)  # a thousand of the hog's calls
+            served.append(session is not None)
+            if session is not None:
+                pool.give_back(session)
+    finally:
+        stop.set()
+        thread.join()
+    assert served == [True] * 10
+
+
+def test_a_bad_pool_max_conns_never_shows_what_may_be_a_password() -> None:
+    # Found by a review: the parameter was read before the URL's check, and its error
+    # quoted the value, which an unencoded "?" in a password puts there.
+    for url in (
+        "postgresql://alice:x?pool_max_conns=Tr0ub4dor3@db.example/state",
+        "postgresql://alice@db.example:5432/state?pool_max_conns=Tr0ub4dor3",
+    ):
+        with pytest.raises(InvalidValueError) as caught:
+            parse(url)
+        assert "Tr0ub4dor3" not in str(caught.value)
