@@ -206,3 +206,23 @@ def test_a_bad_pool_max_conns_never_shows_what_may_be_a_password() -> None:
         with pytest.raises(InvalidValueError) as caught:
             parse(url)
         assert "Tr0ub4dor3" not in str(caught.value)
+
+
+def test_the_wait_for_a_connection_counts_toward_the_lock_timeout(postgres_location: str) -> None:
+    # Found by a review: a call waited for a free connection without limit, then for
+    # its row lock the whole lock timeout again (here 1.7 s for a 1 s timeout).
+    location = f"{postgres_location}&pool_max_conns=1"
+    store = Store(location, dag="d", lock_timeout=1)
+    store.set("k", 1)
+    out: list[Any] = []
+    with key_held(location, "k") as holder:
+        (first,) = waiters(store, 1, out)  # holds the one connection for 1 s
+        wait_until_blocked(holder, 1)
+        started = time.monotonic()
+        with pytest.raises(LockTimeoutError, match=r"within 1 s$"):
+            store.set("k", 3)  # queued for the connection, then k's row: 1 s in all
+        took = time.monotonic() - started
+        first.join()
+    assert isinstance(out[0], LockTimeoutError)
+    assert took < 1.45, took
+    assert [e.version for e in store.history("k").entries] == [1]
