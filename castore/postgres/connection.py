@@ -305,13 +305,15 @@ class Database:
             yield held, None
             return
         timeout = lock_wait(self.lock_timeout)
-        start = time.monotonic()
-        session = self._pool.take(timeout)
+        rest = timeout if timeout < self.lock_timeout else None  # None: the session's
+        session = self._pool.take_now()
         if session is None:
-            raise LockTimeoutError(f"{self.location.shown}: {what}", timeout)
-        rest: float | None = max(0.0, timeout - (time.monotonic() - start))
-        if rest is not None and rest > self.lock_timeout - 0.001:
-            rest = None  # the session's own: nothing to send
+            start = time.monotonic()
+            session = self._pool.take(timeout)
+            if session is None:
+                raise LockTimeoutError(f"{self.location.shown}: {what}", timeout)
+            rest = max(0.0, timeout - (time.monotonic() - start))
+            rest = None if rest > self.lock_timeout - 0.001 else rest
         self._held.session = session
         try:
             yield session, rest

@@ -105,17 +105,30 @@ class Pool:
         if self._pid != os.getpid():
             self.disown()  # forked without os.fork's hooks
         with self._lock:
-            if not self._queue:
-                if self._idle:
-                    return self._idle.pop()
-                if len(self._all) < self.size:
-                    return self._new()
+            free = self._free()
+            if free is not None:
+                return free
             waiter = _Waiter(self._lock)
             self._queue.append(waiter)
             if waiter.woken.wait_for(lambda: waiter.session is not None, timeout):
                 return waiter.session
             self._queue.remove(waiter)  # not handed anything: still queued
             return None
+
+    def take_now(self) -> Session | None:
+        """A session if one is free and no thread is queued, else None (no wait)."""
+        if self._pid != os.getpid():
+            self.disown()  # forked without os.fork's hooks
+        with self._lock:
+            return self._free()
+
+    def _free(self) -> Session | None:
+        """What :meth:`take` gets without queuing (under the lock)."""
+        if self._queue:
+            return None
+        if self._idle:
+            return self._idle.pop()
+        return self._new() if len(self._all) < self.size else None
 
     def _new(self) -> Session:
         session = Session()
