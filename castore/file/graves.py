@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio
-from castore.file.frames import classify, encode_frame
+from castore.file.frames import classify, classify_twinned, encode_frame
 from castore.file.records import KIND_GRAVE, Grave, decode_grave, encode_record
 from castore.file.tree import Tree
 from castore.reports import MAX_COUNT
@@ -114,11 +114,13 @@ class Graveyard:
         finally:
             os.close(fd)
         self._sig = sig
-        log = classify(buf, self._pos)
+        log = classify_twinned(buf, self._pos)
+        last = None
         for frame in log.frames:
             self._extents.add((frame.start, frame.end))
-            if frame.kind != KIND_GRAVE:
-                continue
+            if frame.kind != KIND_GRAVE or frame.payload is last:
+                continue  # a twin (the same bytes): the same record
+            last = frame.payload
             grave = decode_grave(frame.payload)
             if grave.key is None:
                 self._floor = max(self._floor, grave.version)
