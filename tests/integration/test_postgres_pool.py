@@ -41,6 +41,14 @@ def key_held(location: str, key: str) -> Iterator[int]:
         yield holder.info.backend_pid
 
 
+def pooled(location: str, size: int, *, lock_timeout: float) -> tuple[str, Store]:
+    """``location`` with a pool of ``size``, and a handle on it whose key ``k`` is at 1."""
+    where = f"{location}&pool_max_conns={size}"
+    store = Store(where, dag="d", lock_timeout=lock_timeout)
+    store.set("k", 1)
+    return where, store
+
+
 def waiters(store: Store, count: int, out: list[Any]) -> list[threading.Thread]:
     """``count`` threads each setting ``k`` on ``store`` (waiting for its row), started."""
 
@@ -92,9 +100,7 @@ def test_a_thread_s_call_never_waits_for_another_thread_s_row_lock(postgres_loca
 
 
 def test_a_handle_opens_at_most_pool_max_conns_connections(postgres_location: str) -> None:
-    location = f"{postgres_location}&pool_max_conns=2"
-    store = Store(location, dag="d", lock_timeout=5)
-    store.set("k", 1)
+    location, store = pooled(postgres_location, 2, lock_timeout=5)
     out: list[Any] = []
     with key_held(location, "k") as holder:
         threads = waiters(store, 2, out)
@@ -211,9 +217,7 @@ def test_a_bad_pool_max_conns_never_shows_what_may_be_a_password() -> None:
 def test_the_wait_for_a_connection_counts_toward_the_lock_timeout(postgres_location: str) -> None:
     # Found by a review: a call waited for a free connection without limit, then for
     # its row lock the whole lock timeout again (here 1.7 s for a 1 s timeout).
-    location = f"{postgres_location}&pool_max_conns=1"
-    store = Store(location, dag="d", lock_timeout=1)
-    store.set("k", 1)
+    location, store = pooled(postgres_location, 1, lock_timeout=1)
     out: list[Any] = []
     with key_held(location, "k") as holder:
         (first,) = waiters(store, 1, out)  # holds the one connection for 1 s
