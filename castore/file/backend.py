@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
 from castore.errors import CorruptionError
-from castore.file import logversions
+from castore.file import logrewrite, logversions
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.frames import Frame, LogBytes
@@ -146,8 +146,9 @@ class FileBackend:
         keep_copy: str | None = None,
         gc_held: bool = False,
         then: Callable[[], None] | None = None,
+        busy: Callable[[], None] | None = None,
     ) -> list[Frame] | None:
-        """:meth:`RefLog.rewrite` holding ``gc.lock`` shared unless ``gc_held`` (FORMAT.md §8)."""
+        """:func:`logrewrite.rewrite` holding ``gc.lock`` shared unless ``gc_held`` (§8)."""
         self._cache.stale(path)
 
         def marked(log: LogBytes) -> list[tuple[int, bytes]] | None:
@@ -157,7 +158,7 @@ class FileBackend:
 
         with self.layout.gc_locked(shared=True, held=gc_held):
             own = RefLog(self.layout, self._blobs, path)
-            return own.rewrite(marked, keep_copy=keep_copy, then=then)
+            return logrewrite.rewrite(own, marked, keep_copy=keep_copy, then=then, busy=busy)
 
     def rebuild_blob_index(self, *, gc_held: bool = False) -> int:
         """Rebuild the blob index from every log (count its blobs); ``gc.lock`` as gc holds it."""
@@ -383,10 +384,7 @@ class FileBackend:
     def compact(
         self, retention: Retention, *, dry_run: bool, progress: Progress | None
     ) -> CompactReport:
-        """Rewrite every selected log without the versions ``retention`` drops.
-
-        No store here: no namespaces, so nothing is examined or created.
-        """
+        """Rewrite each selected log without the versions ``retention`` drops (no store: none)."""
         from castore.file.compact import compact
 
         return compact(self, retention, dry_run=dry_run, progress=progress)

@@ -21,6 +21,7 @@ readers and writers carry on while compaction runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -111,16 +112,10 @@ class _Plan:
 _BATCH = 32  # the logs of one namespace a compaction holds locked at once
 
 
-def _batches(refs: Iterator[Ref]) -> Iterator[list[Ref]]:
-    """``refs`` in runs of at most :data:`_BATCH` of one namespace."""
-    run: list[Ref] = []
-    for ref in refs:
-        if run and (len(run) == _BATCH or run[0][:2] != ref[:2]):
-            yield run
-            run = []
-        run.append(ref)
-    if run:
-        yield run
+def _batch(refs: list[Ref], start: int) -> list[Ref]:
+    """The refs from ``start`` on: at most :data:`_BATCH`, of ``refs[start]``'s namespace."""
+    run = refs[start : start + _BATCH]
+    return [ref for ref in run if ref[:2] == run[0][:2]]  # refs come namespace by namespace
 
 
 def compact(
@@ -141,14 +136,16 @@ def compact(
     if keep_within_seconds is not None:
         cutoff = time.time_ns() - int(keep_within_seconds * 1e9)
     examined = compacted = dropped = removed = before = after = 0
-    for refs in _batches(iter(list(_refs(backend, retention)))):
+    selected = list(_refs(backend, retention))
+    while examined < len(selected):
+        refs = _batch(selected, examined)
         plans = [_Plan(keep_last, cutoff, policy) for _ in refs]
         if dry_run:
             sizes = [_dry_run(backend, ref, plan) for ref, plan in zip(refs, plans, strict=True)]
         else:
             with backend.layout.gc_locked(shared=True):  # rewrites move blobs: gc waits (§8)
-                sizes = _compact_batch(backend, refs, plans)
-        for plan, (size, size_after) in zip(plans, sizes, strict=True):
+                sizes = _compact_batch(backend, refs, plans)  # the first ones, if not all
+        for plan, (size, size_after) in zip(plans, sizes, strict=False):
             examined += 1
             before += size
             after += size_after
@@ -157,7 +154,7 @@ def compact(
                 dropped += plan.dropped
                 removed += plan.removed is not None
         if progress is not None:
-            progress(len(refs))
+            progress(len(sizes))
     return CompactReport(
         policy=policy,
         dry_run=dry_run,
@@ -198,11 +195,15 @@ def _compact_batch(
     is locked and decided before any is written. Then the keys that go away
     are recorded in ``GRAVES`` (durably, one append) and leave ``KEYS`` (one
     rewrite), and only then is each new log renamed into place, innermost
-    first: per key the order of FORMAT.md §6 ("Compaction"), with one
+    first: per key the order of FORMAT.md §8 ("Compaction"), with one
     ``GRAVES`` fdatasync and one ``KEYS`` rewrite per batch instead of per
     key (a rewrite of ``KEYS`` per removed key made compaction quadratic).
     A writer re-creating a removed key opens its new log, so it comes after
-    and lists the key again. Returns each log's size before and after.
+    and lists the key again. Only the first log's lock is waited for: a log
+    after it that another holds ends the batch there (``busy``), so the
+    batch never holds locks while it waits (a writer stalled on one key
+    would hold up writers of the keys before it). Returns the size before
+    and after of each log it handled: all of ``refs``, or the first ones.
     """
     paths = [backend.log_path(ref) for ref in refs]
     sizes = [_size(backend.fs, path) for path in paths]
@@ -218,15 +219,24 @@ def _compact_batch(
             with contextlib.suppress(FileNotFoundError):  # KEYS lost: it lists nothing
                 keys.remove({key for key, _ in gone}, durable=backend.durable)
 
+    stop = [len(refs)]  # where the batch ended
+
     def nest(i: int) -> None:
         if i == len(refs):
             settle()
             return
-        transform = _checked(backend, refs[i], plans[i])
-        backend.rewrite(paths[i], transform, gc_held=True, then=lambda: nest(i + 1))
+
+        def busy() -> None:  # another holds it: the batch ends here, the next one waits
+            stop[0] = i
+            settle()
+
+        transform, first = _checked(backend, refs[i], plans[i]), i == 0
+        then = functools.partial(nest, i + 1)
+        backend.rewrite(paths[i], transform, gc_held=True, then=then, busy=None if first else busy)
 
     nest(0)
-    return [(size, _size(backend.fs, path)) for size, path in zip(sizes, paths, strict=True)]
+    handled = zip(sizes[: stop[0]], paths[: stop[0]], strict=True)
+    return [(size, _size(backend.fs, path)) for size, path in handled]
 
 
 def _checked(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:

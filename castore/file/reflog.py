@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from castore.errors import CorruptionError
 from castore.file import cuts, encode, fileio, logread, namesync, versionindex
@@ -32,10 +32,9 @@ from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
 from castore.file.modes import DATA_UNSYNCED
-from castore.file.records import KIND_BLOB
-from castore.file.rewrite import Transform, relaid, remove_log, replace_with
+from castore.file.rewrite import replace_with
 from castore.keys import Ref
-from castore.records import BlobLoc, Entry, VersionRanges
+from castore.records import Entry, VersionRanges
 
 __all__ = ["RefLog"]
 
@@ -250,13 +249,14 @@ class RefLog:
     # -- writing (under the lock) --------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self, flags: int = _APPEND) -> Iterator[int]:
+    def locked(self, flags: int = _APPEND, timeout: float | None = None) -> Iterator[int]:
         """Hold the log's exclusive lock on a descriptor opened with ``flags``.
 
         Raises:
-            LockTimeoutError: the lock stayed taken for the lock timeout.
+            LockTimeoutError: the lock stayed taken for ``timeout`` (the lock timeout).
         """
-        fs, timeout = self.layout.fs, self.layout.lock_timeout
+        fs = self.layout.fs
+        timeout = self.layout.lock_timeout if timeout is None else timeout
         pauses = fileio.WRITER_PAUSES  # a log it creates is marked (namesync)
         with fs.open_locked(self.path, flags, timeout=timeout, pauses=pauses, unsynced=True) as fd:
             yield fd
@@ -322,78 +322,3 @@ class RefLog:
         frames = list(scan_frames(data))
         fs.atomic_write(self.vix_path, versionindex.rebuild(frames), durable=False)
         return frames
-
-    def rewrite(
-        self,
-        transform: Transform,
-        *,
-        keep_copy: str | None = None,
-        then: Callable[[], None] | None = None,
-    ) -> list[Frame] | None:
-        """Atomically replace the log with ``transform(log)``, under its lock.
-
-        ``transform`` gets the log's frames and damage (:class:`LogBytes`) and returns
-        the new ``(kind, payload)`` list, or None to leave the log alone; an empty list
-        removes the log and its version index. Only a repair (``keep_copy``: the old bytes
-        are copied there first) may rewrite a damaged log; a torn tail is quarantined
-        before it is dropped. Moved blob frames get index entries (fsynced) first. Then:
-        temporary file, fsync, rename, fsync the directory, version index (FORMAT.md §8).
-        ``then`` runs once ``transform`` decided, under the lock, before anything is
-        written (also when nothing changes or there is no log): compaction nests the
-        next log's rewrite there.
-
-        Returns:
-            The new log's frames, or None when nothing was changed.
-
-        Raises:
-            CorruptionError: the log is damaged and this is not a repair.
-        """
-        called: list[bool] = []
-
-        def decided() -> None:
-            called.append(True)
-            if then is not None:
-                then()
-
-        try:
-            with self.locked(os.O_RDWR) as fd:
-                return self._rewrite_locked(fd, transform, keep_copy, decided)
-        except FileNotFoundError:
-            if called or self.layout.fs.exists(self.path):
-                raise
-            decided()
-            return None
-
-    def _rewrite_locked(
-        self, fd: int, transform: Transform, keep_copy: str | None, decided: Callable[[], None]
-    ) -> list[Frame] | None:
-        log = logread.scan(fd)[1]
-        if log.damage and keep_copy is None:
-            start, end = log.damage[0]
-            raise CorruptionError(
-                f"{self.path} has damaged bytes at offset {start} ({end - start} bytes); "
-                "left unchanged; run castore check --repair"
-            )
-        if keep_copy is None:  # rewriting would rebuild the index: the evidence would go
-            self.refuse_cut(fd, log, "left unchanged")
-        wanted = transform(log)
-        decided()
-        if wanted is None:
-            return None
-        if keep_copy is None and log.torn < log.size:
-            torn = fileio.read_at(fd, log.torn, log.size - log.torn)
-            self.layout.quarantine_bytes(self.path, log.torn, torn)
-        if keep_copy is not None:
-            self.layout.keep_copy(fd, os.fstat(fd).st_size, keep_copy)
-        if not wanted:
-            remove_log(self.layout.fs, self.path, self.vix_path, durable=self.layout.durable)
-            return []
-        data = relaid(wanted)
-        own = self.layout.rel(self.path)
-        moved = [
-            (f.payload[:32], BlobLoc(own, f.start, f.end - f.start))
-            for f in scan_frames(data)
-            if f.kind == KIND_BLOB
-        ]
-        self.blobs.add_many(moved, durable=self.layout.durable)
-        return self.replace_locked(data, repair=keep_copy is not None)

@@ -20,6 +20,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -127,3 +129,58 @@ def test_a_compaction_killed_before_its_first_rename_loses_nothing(tmp_path) -> 
         assert a.set(REMOVED[3], 1).version == 6
         assert a.set(REMOVED[4], 1).version == 4
         assert a.check().ok
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rpartition(")")[2].split()[0] in ("T", "t")
+
+
+def test_a_writer_stalled_on_one_key_holds_up_no_write_to_the_other_keys(tmp_path) -> None:
+    # Found by a review: the batch's first version waited for each log's lock while it
+    # held the logs before it, so a writer stalled on k20 made a write to k00 time out.
+    root = str(tmp_path / "s")
+    with Store(root, dag="d", durable=False) as store:
+        for i in range(32):
+            store.set(f"k{i:02d}", 1)
+            store.set(f"k{i:02d}", 2)  # a version for keep-last 1 to drop
+    env = dict(os.environ, CASTORE_FAILPOINTS="before-append:stop", PYTHONPATH=CASTORE_PATH)
+    slow = subprocess.Popen(  # stops holding k20's lock (a paused process, a slow disk)
+        [sys.executable, "-m", "castore", "--dir", root, "--dag", "d", "set", "k20", "3"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not _stopped(slow.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        reports: list[Any] = []
+
+        def compaction() -> None:
+            with Store(root, dag="d", lock_timeout=20) as store:
+                reports.append(store.compact(keep_last=1))
+
+        thread = threading.Thread(target=compaction)
+        thread.start()
+        time.sleep(1.0)  # it waits for k20 now
+        with Store(root, dag="d", lock_timeout=3) as writer:
+            written = writer.set("k00", {"new": True}).version
+        assert reports == []  # still waiting for k20
+    finally:
+        os.kill(slow.pid, signal.SIGCONT)
+        slow.wait(timeout=20)
+    thread.join(timeout=60)
+    assert written == 3
+    assert slow.returncode == 0
+    assert reports[0].refs_compacted == 32
+    with Store(root, dag="d") as store:
+        for i in range(32):
+            history = [e.version for e in store.history(f"k{i:02d}").entries]
+            # k00 was compacted (1 dropped) before the write; k20 after its writer went on
+            want = {0: [3, 2], 20: [3]}.get(i, [2])
+            assert history == want, (i, history)
+        assert store.get("k00").value == {"new": True}
+        assert store.get("k20").value == 3
+        assert store.check().ok

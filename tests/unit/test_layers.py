@@ -134,6 +134,7 @@ FILE_LAYERS = {
     "statemarks": 4,  # a rewrite's mark in STATE
     "cuts": 4,  # a version index's evidence that bytes were cut off its log
     "reflog": 5,
+    "logrewrite": 6,  # one log's atomic rewrite under its lock (nested: compaction)
     "readers": 4,  # the logs kept open for version reads
     "checktree": 5,
     "checkread": 4,  # a log and its version index as one state, for check
