@@ -110,8 +110,16 @@ class Pool:
                 return free
             waiter = _Waiter(self._lock)
             self._queue.append(waiter)
-            if waiter.woken.wait_for(lambda: waiter.session is not None, timeout):
-                return waiter.session
+            try:
+                if waiter.woken.wait_for(lambda: waiter.session is not None, timeout):
+                    return waiter.session
+            except BaseException:  # interrupted (Ctrl-C): what it was handed goes on
+                if waiter.session is None:
+                    self._queue.remove(waiter)
+                else:
+                    self._idle.append(waiter.session)
+                    self._hand_out()
+                raise
             self._queue.remove(waiter)  # not handed anything: still queued
             return None
 

@@ -21,6 +21,7 @@ import pytest
 from psycopg import sql
 
 from castore import InvalidValueError, LockTimeoutError, Store
+from castore.postgres import pool as pool_module
 from castore.postgres.backend import PostgresBackend
 from castore.postgres.location import parse
 from castore.postgres.pool import Pool
@@ -230,3 +231,44 @@ def test_the_wait_for_a_connection_counts_toward_the_lock_timeout(postgres_locat
     assert isinstance(out[0], LockTimeoutError)
     assert took < 1.45, took
     assert [e.version for e in store.history("k").entries] == [1]
+
+
+class _Interrupted(BaseException):
+    """What a Ctrl-C in a waiting thread stands for."""
+
+
+def test_a_wait_interrupted_after_a_connection_was_handed_over_keeps_it_in_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Woken(threading.Condition):
+        def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+            super().wait_for(predicate, timeout)
+            raise _Interrupted  # right after it was handed the session
+
+    real = pool_module._Waiter.__init__
+
+    def init(self: Any, lock: threading.Lock) -> None:
+        real(self, lock)
+        self.woken = Woken(lock)
+
+    monkeypatch.setattr(pool_module._Waiter, "__init__", init)
+    pool = Pool(1)
+    held = pool.take(None)
+    assert held is not None
+    held.conn = _FakeConnection()  # type: ignore[assignment]
+    caught: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            pool.take(None)
+        except _Interrupted as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    while not pool._queue:
+        time.sleep(0.001)
+    pool.give_back(held)  # handed to the waiting thread, which is then interrupted
+    thread.join()
+    assert len(caught) == 1
+    assert pool.take_now() is held  # not lost with the interrupted thread
