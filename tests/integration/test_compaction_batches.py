@@ -16,6 +16,7 @@ renames.
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -78,7 +79,9 @@ def _expected_after(root: str) -> None:
         assert a.check().ok
 
 
-def test_removing_many_keys_rewrites_keys_once_per_batch(tmp_path, monkeypatch) -> None:
+def test_removing_many_keys_rewrites_keys_once_per_batch(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = str(tmp_path / "s")
     _fill(root)
     rewrites: list[str] = []
@@ -98,7 +101,7 @@ def test_removing_many_keys_rewrites_keys_once_per_batch(tmp_path, monkeypatch) 
     _expected_after(root)
 
 
-def test_a_compaction_killed_before_its_first_rename_loses_nothing(tmp_path) -> None:
+def test_a_compaction_killed_before_its_first_rename_loses_nothing(tmp_path: pathlib.Path) -> None:
     root = str(tmp_path / "s")
     _fill(root)
     untouched = str(tmp_path / "copy")
@@ -136,7 +139,9 @@ def _stopped(pid: int) -> bool:
         return fh.read().rpartition(")")[2].split()[0] in ("T", "t")
 
 
-def test_a_writer_stalled_on_one_key_holds_up_no_write_to_the_other_keys(tmp_path) -> None:
+def test_a_writer_stalled_on_one_key_holds_up_no_write_to_the_other_keys(
+    tmp_path: pathlib.Path,
+) -> None:
     # Found by a review: the batch's first version waited for each log's lock while it
     # held the logs before it, so a writer stalled on k20 made a write to k00 time out.
     root = str(tmp_path / "s")
