@@ -375,6 +375,7 @@ def classify_twinned(buf: bytes, base: int = 0) -> LogBytes:
     Where a frame's bytes are followed by the same bytes, the first frame's checks
     vouch for both (a command that creates a key reads every grave). From the first
     place that is not so (damage, a torn append), :func:`classify` sorts the rest.
+    The first frame's checks are :func:`frame_at`'s, inlined: half the time.
     """
     frames: list[Frame] = []
     pos, size = 0, len(buf)

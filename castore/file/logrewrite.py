@@ -19,7 +19,7 @@ from castore.file import fileio, logread
 from castore.file.frames import Frame, scan_frames
 from castore.file.records import KIND_BLOB
 from castore.file.reflog import RefLog
-from castore.file.rewrite import Transform, relaid, remove_log
+from castore.file.rewrite import Transform, relaid
 from castore.records import BlobLoc
 
 __all__ = ["rewrite"]
@@ -101,7 +101,7 @@ def _rewrite_locked(
     if keep_copy is not None:
         layout.keep_copy(fd, os.fstat(fd).st_size, keep_copy)
     if not wanted:
-        remove_log(layout.fs, log.path, log.vix_path, durable=layout.durable)
+        _remove(log)
         return []
     data = relaid(wanted)
     own = layout.rel(log.path)
@@ -112,3 +112,14 @@ def _rewrite_locked(
     ]
     log.blobs.add_many(moved, durable=layout.durable)
     return log.replace_locked(data, repair=keep_copy is not None)
+
+
+def _remove(log: RefLog) -> None:
+    """Remove the locked log and its version index (gc or compaction emptied it)."""
+    fs = log.layout.fs
+    fileio.failpoint("rewrite-before-remove")
+    fs.unlink(log.path)
+    with contextlib.suppress(FileNotFoundError):
+        fs.unlink(log.vix_path)
+    if log.layout.durable:
+        fs.fsync_dir(os.path.dirname(log.path))

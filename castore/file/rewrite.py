@@ -1,6 +1,6 @@
 """The pieces of an atomic log rewrite (compaction, gc, repair, an import's overwrite).
 
-:meth:`castore.file.reflog.RefLog.rewrite` holds the log's lock, lays the
+:func:`castore.file.logrewrite.rewrite` holds the log's lock, lays the
 new log out (:func:`relaid`), makes the new blob locations findable in the
 index, then writes a temporary file and renames it over the log
 (:func:`replace_with`, docs/FORMAT.md §8).
@@ -30,7 +30,7 @@ from castore.file.records import (
 from castore.file.tree import Tree
 from castore.records import BlobLoc, merged_ranges
 
-__all__ = ["Transform", "relaid", "remove_log", "removed_log", "replace_with", "utc_stamp"]
+__all__ = ["Transform", "relaid", "removed_log", "replace_with", "utc_stamp"]
 
 Transform = Callable[[LogBytes], "list[tuple[int, bytes]] | None"]
 """Given a log's bytes sorted into frames and damage, the frames of its replacement."""
@@ -97,16 +97,6 @@ def replace_with(fs: Tree, path: str, data: bytes, *, data_mark: bool) -> int:
             fs.unlink(tmp)
         raise
     return fd
-
-
-def remove_log(fs: Tree, path: str, vix_path: str, *, durable: bool) -> None:
-    """Remove a locked log and its version index (gc or compaction emptied it)."""
-    fileio.failpoint("rewrite-before-remove")
-    fs.unlink(path)
-    with contextlib.suppress(FileNotFoundError):
-        fs.unlink(vix_path)
-    if durable:
-        fs.fsync_dir(os.path.dirname(path))
 
 
 def removed_log(
