@@ -22,7 +22,7 @@ from castore.errors import InvalidRefError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
-    from typing import NamedTuple
+    from typing import Final, NamedTuple
 
     class _RefFields(NamedTuple):
         scope: str
@@ -258,7 +258,7 @@ def resolve_namespace(
         raise InvalidRefError("namespace is required for custom scope")
     if scope == "global":
         return DEFAULT_GLOBAL_NAMESPACE
-    name = (root_dag or dag) if scope == "root_dag" else dag
+    name = (_root_dag_name(root_dag) or dag) if scope == "root_dag" else dag
     if not name or not go_trim_space(name):
         if scope == "root_dag":
             raise InvalidRefError(
@@ -317,6 +317,34 @@ def file_id(name: str) -> str:
     variants and Windows-invalid characters can never collide or fail.
     """
     return small_sha256(name.encode("utf-8"))
+
+
+# Dagu's reference to the root run's DAG name (spec 017; older releases put it under
+# ``context.``): a sub-DAG run resolves it, a root run has none and leaves it as written.
+_ROOT_NAME_REFERENCES: Final[frozenset[str]] = frozenset(
+    ("${run.root_name}", "${context.run.root_name}")
+)
+
+
+def _root_dag_name(root_dag: str | None) -> str | None:
+    """The root DAG name given, None for Dagu's unresolved reference to it (a root run).
+
+    So a Dagu step can say ``CASTORE_ROOT_DAG: ${run.root_name}`` in a root run and in its
+    sub-DAG runs alike: in the root run, the DAG's own name is the root's.
+
+    Raises:
+        InvalidRefError: another unresolved ``${...}`` reference (a misspelt one, say): it
+            would silently name a namespace of its own.
+    """
+    if root_dag is None or root_dag in _ROOT_NAME_REFERENCES:
+        return None
+    text = go_trim_space(root_dag)
+    if text.startswith("${") and text.endswith("}"):
+        raise InvalidRefError(
+            f"root DAG name: unresolved reference {go_quote(text)}; castore takes"
+            " ${run.root_name} (a root run: the DAG's own name) or a DAG name"
+        )
+    return root_dag
 
 
 def env_or(value: str | None, variable: str) -> str | None:

@@ -58,7 +58,8 @@ class Store(Maintenance):
         dag: the current DAG name (namespace of scope ``dag``); None means
             ``$DAG_NAME``.
         root_dag: the root DAG name (namespace of scope ``root_dag``); None
-            means ``$CASTORE_ROOT_DAG``, falling back to ``dag``.
+            means ``$CASTORE_ROOT_DAG``, falling back to ``dag`` (as does Dagu's
+            ``${run.root_name}`` left unresolved: a root run; docs/CLI.md).
         durable: when True (default) a returned set/delete survives a power
             loss; when False the store stays consistent after a process crash
             but an OS crash may lose recent writes (docs/DESIGN.md).

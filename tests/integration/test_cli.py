@@ -409,6 +409,22 @@ def test_scopes_and_namespaces(cli):
         "child",
         False,
     )
+    # A Dagu step's env `CASTORE_ROOT_DAG: ${run.root_name}`: a sub-DAG run gets the root's
+    # name; a root run has none, and Dagu leaves the reference as written (its DAG is the root)
+    for unresolved in ("${run.root_name}", "${context.run.root_name}"):
+        as_root = cli.ok(
+            "set", "k", '"own"', "--scope", "root_dag", dag="parent",
+            env={"CASTORE_ROOT_DAG": unresolved},
+        )  # fmt: skip
+        assert as_root["namespace"] == "parent"
+        flag = cli.ok("get", "k", "--scope", "root_dag", "--root-dag", unresolved, dag="parent")
+        assert (flag["namespace"], flag["value"]) == ("parent", "own")
+        nameless = cli.run("get", "k", "--scope", "root_dag", "--root-dag", unresolved, dag=None)
+        assert (nameless.returncode, nameless.stdout) == (2, b"")
+        assert b"namespace is required" in nameless.stderr
+    misspelt = cli.run("get", "k", "--scope", "root_dag", "--root-dag", "${run.rootname}")
+    assert (misspelt.returncode, misspelt.stdout) == (2, b"")
+    assert b'unresolved reference "${run.rootname}"' in misspelt.stderr, misspelt.stderr
 
     glob = cli.ok("set", "k", '"global"', "--scope", "global", dag=None)
     assert (glob["scope"], glob["namespace"]) == ("global", "_")

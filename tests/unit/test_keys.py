@@ -290,6 +290,10 @@ def test_max_limit_is_int32():
         ("root_dag", "", "child", "root", "root"),
         ("root_dag", "explicit", "child", "root", "explicit"),
         ("root_dag", None, None, "root", "root"),
+        ("root_dag", None, "root", "${run.root_name}", "root"),  # Dagu's root run: unresolved
+        ("root_dag", None, "root", "${context.run.root_name}", "root"),
+        ("root_dag", "explicit", "child", "${run.oops}", "explicit"),  # not used: not checked
+        ("dag", None, "child", "${run.oops}", "child"),
         ("global", None, None, None, "_"),
         ("global", None, "daily", "root", "_"),
         ("global", "team", "daily", None, "team"),
@@ -309,6 +313,9 @@ def test_resolve_namespace(scope, namespace, dag, root_dag, expected):
         ("dag", None, "   ", None, "namespace is required"),
         ("root_dag", None, None, None, "which are not set; give --root-dag NAME or --dag"),
         ("root_dag", None, "", "", "namespace is required"),
+        ("root_dag", None, None, "${run.root_name}", "which are not set; give --root-dag"),
+        ("root_dag", None, "child", "${run.rootname}", 'unresolved reference "${run.rootname}"'),
+        ("root_dag", None, "child", " ${env.X} ", 'unresolved reference "${env.X}"'),
         (
             "root_dag",
             None,
