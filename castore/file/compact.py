@@ -35,15 +35,13 @@ from castore.file.records import (
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
-    Compaction,
-    decode_compaction,
     decode_entry,
     encode_record,
 )
-from castore.file.rewrite import Transform, relaid, removed_log
+from castore.file.rewrite import Transform, next_compaction, relaid, removed_log
 from castore.file.tree import Tree
 from castore.keys import SCOPES, Ref
-from castore.records import Entry, merged_ranges
+from castore.records import Entry
 from castore.reports import CompactReport, Retention, retained
 
 if TYPE_CHECKING:
@@ -78,12 +76,6 @@ class _Plan:
         if not entries:
             return None
         newest = entries[-1][1]
-        old_ranges = [
-            r
-            for f in frames
-            if f.kind == KIND_COMPACTED
-            for r in decode_compaction(f.payload).versions
-        ]
         keep = retained([e for _, e in entries], self.keep_last, self.cutoff_ns)
         if keep is None:
             self.removed = newest
@@ -93,10 +85,8 @@ class _Plan:
         if not drop:
             return None
         self.dropped = len(drop)
-        gone = old_ranges + [(e.first, e.version) for _, e in entries if e.version not in keep]
-        marker = Compaction(  # a damaged entry's whole range is dropped with it
-            versions=merged_ranges(gone), policy=self.policy, time_ns=time.time_ns()
-        )
+        gone = [(e.first, e.version) for _, e in entries if e.version not in keep]
+        marker = next_compaction(frames, gone, self.policy)  # a damaged entry's whole range
         out: list[tuple[int, bytes]] = []
         for f in frames:
             if f.kind == KIND_HEADER:

@@ -381,11 +381,10 @@ def entry_in(log: LogBytes, version: int, what: str, path: str) -> Entry | None:
             if entry.first <= version <= entry.version:
                 return entry  # a damaged range raises when its value is read
         elif frame.kind == KIND_COMPACTED:
-            done = decode_compaction(frame.payload)
-            if any(low <= version <= high for low, high in done.versions):
+            dropped = decode_compaction(frame.payload).dropped_by(version)
+            if dropped is not None:
                 raise NotFoundError(
-                    f"{what} version {version} was compacted ({done.policy}, "
-                    f"{rfc3339(done.time_ns)})"
+                    f"{what} version {version} was compacted ({dropped[0]}, {rfc3339(dropped[1])})"
                 )
     for window in damage_windows(log):
         if window.low <= version and (window.high is None or version <= window.high):

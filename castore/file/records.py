@@ -28,6 +28,7 @@ __all__ = [
     "CODEC_RAW",
     "CODEC_ZSTD",
     "COMPRESS_MIN_BYTES",
+    "EARLIER_RUNS",
     "KIND_BLOB",
     "KIND_COMPACTED",
     "KIND_ENTRY",
@@ -35,6 +36,7 @@ __all__ = [
     "KIND_HEADER",
     "ZSTD_LEVEL",
     "Compaction",
+    "CompactionRun",
     "Grave",
     "Header",
     "decode_blob",
@@ -55,12 +57,45 @@ KIND_GRAVE = ord("G")
 T = TypeVar("T")
 
 
-class Compaction(msgspec.Struct, frozen=True, kw_only=True):
-    """A ``C`` frame: versions a compaction dropped, and the policy that dropped them."""
+class CompactionRun(msgspec.Struct, frozen=True, kw_only=True):
+    """An earlier compaction of a log, as its ``C`` frame said (:attr:`Compaction.earlier`)."""
+
+    versions: list[tuple[int, int]]  # every version compacted away by then: inclusive ranges
+    policy: str
+    time_ns: int
+
+
+class Compaction(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A ``C`` frame: versions compactions dropped, and the policies that dropped them.
+
+    ``versions`` names every version dropped so far, ``policy`` and ``time_ns`` the
+    newest compaction; ``earlier`` the ``C`` frames it replaced (each with every
+    version dropped by its time), oldest first, at most :data:`EARLIER_RUNS`.
+    """
 
     versions: list[tuple[int, int]]  # inclusive ranges
     policy: str
     time_ns: int
+    earlier: list[CompactionRun] = []
+
+    def dropped_by(self, version: int) -> tuple[str, int] | None:
+        """``(policy, time_ns)`` of the first compaction named here that dropped ``version``.
+
+        None when none did. Past :data:`EARLIER_RUNS` compactions, the oldest ones are
+        forgotten: their versions name the oldest one remembered (it had dropped them by
+        its time).
+        """
+        runs = [
+            *self.earlier,
+            CompactionRun(versions=self.versions, policy=self.policy, time_ns=self.time_ns),
+        ]
+        for run in runs:
+            if any(low <= version <= high for low, high in run.versions):
+                return run.policy, run.time_ns
+        return None
+
+
+EARLIER_RUNS = 32  # earlier compactions a ``C`` frame remembers one by one
 
 
 class Grave(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -18,11 +18,13 @@ import msgspec
 from castore.file import fileio, namesync
 from castore.file.frames import Frame, LogBytes, encode_frame
 from castore.file.records import (
+    EARLIER_RUNS,
     KIND_BLOB,
     KIND_COMPACTED,
     KIND_ENTRY,
     KIND_HEADER,
     Compaction,
+    CompactionRun,
     decode_compaction,
     decode_entry,
     encode_record,
@@ -30,7 +32,7 @@ from castore.file.records import (
 from castore.file.tree import Tree
 from castore.records import BlobLoc, merged_ranges
 
-__all__ = ["Transform", "relaid", "removed_log", "replace_with", "utc_stamp"]
+__all__ = ["Transform", "next_compaction", "relaid", "removed_log", "replace_with", "utc_stamp"]
 
 Transform = Callable[[LogBytes], "list[tuple[int, bytes]] | None"]
 """Given a log's bytes sorted into frames and damage, the frames of its replacement."""
@@ -99,6 +101,31 @@ def replace_with(fs: Tree, path: str, data: bytes, *, data_mark: bool) -> int:
     return fd
 
 
+def next_compaction(frames: list[Frame], dropped: list[tuple[int, int]], policy: str) -> Compaction:
+    """The ``C`` frame of a compaction by ``policy`` of the log of ``frames``, dropping ``dropped``.
+
+    It names every version dropped, by this compaction and by those the log's own
+    ``C`` frames name, and remembers each of those by its policy and time (FORMAT.md
+    §3), so that a reader names the compaction that dropped a version.
+    """
+    done = [decode_compaction(f.payload) for f in frames if f.kind == KIND_COMPACTED]
+    earlier = [
+        run
+        for old in done
+        for run in (
+            *old.earlier,
+            CompactionRun(versions=old.versions, policy=old.policy, time_ns=old.time_ns),
+        )
+    ]
+    every = [r for old in done for r in old.versions] + dropped
+    return Compaction(
+        versions=merged_ranges(every),
+        policy=policy,
+        time_ns=time.time_ns(),
+        earlier=earlier[-EARLIER_RUNS:],
+    )
+
+
 def removed_log(
     frames: list[Frame], versions: list[tuple[int, int]], policy: str
 ) -> list[tuple[int, bytes]]:
@@ -109,12 +136,7 @@ def removed_log(
     ``GRAVES``), and its blob frames: another log may point at one, so the
     log stays until gc removes it.
     """
-    every = [
-        r for f in frames if f.kind == KIND_COMPACTED for r in decode_compaction(f.payload).versions
-    ]
-    marker = Compaction(
-        versions=merged_ranges(every + versions), policy=policy, time_ns=time.time_ns()
-    )
+    marker = next_compaction(frames, versions, policy)
     head = [(f.kind, f.payload) for f in frames if f.kind == KIND_HEADER]
     blobs = [(f.kind, f.payload) for f in frames if f.kind == KIND_BLOB]
     return [*head, (KIND_COMPACTED, encode_record(marker)), *blobs]

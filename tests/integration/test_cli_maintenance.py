@@ -157,6 +157,31 @@ def test_compact_output_fields_dry_run_and_compacted_versions(cli):
     cli.fail(4, "rollback", "k", "--to-version", "2")
 
 
+def test_a_compacted_version_names_the_compaction_that_dropped_it(cli):
+    # Each run's policy and time, however many ran since, on every backend (a file store
+    # once named the newest run for every version any run had dropped).
+    fill(cli)  # k: versions 1-5
+    assert cli.ok("compact", "--keep-last", "4", "--prefix", "k")["versionsDropped"] == 1
+    time.sleep(0.01)
+    assert cli.ok("compact", "--keep-last", "2", "--prefix", "k")["versionsDropped"] == 2
+    first = cli.fail(4, "get", "k", "--version", "1")
+    assert "version 1 was compacted (keep-last 4, " in first, first
+    for version in (2, 3):
+        second = cli.fail(4, "get", "k", "--version", str(version))
+        assert f"version {version} was compacted (keep-last 2, " in second, second
+    assert first.rsplit(", ", 1)[1] < second.rsplit(", ", 1)[1]  # the times, RFC 3339
+    # a key removed twice: its first life's versions name the first removal
+    cli.ok("delete", "other")
+    cli.ok("compact", "--keep-within", "0s", "--prefix", "other")
+    cli.ok("set", "other", "2")
+    cli.ok("delete", "other")
+    cli.ok("compact", "--keep-within", "0.001", "--prefix", "other")
+    old = cli.fail(4, "get", "other", "--version", "1")
+    assert "version 1 was compacted (keep-within 0s, " in old, old
+    new = cli.fail(4, "get", "other", "--version", "4")
+    assert "version 4 was compacted (keep-within 0.001" in new, new
+
+
 def test_compact_policies_and_filters(cli):
     fill(cli)
     cli.ok("set", "g", "2", "--scope", "global")
