@@ -166,10 +166,10 @@ def test_a_compacted_version_names_the_compaction_that_dropped_it(cli):
     assert cli.ok("compact", "--keep-last", "2", "--prefix", "k")["versionsDropped"] == 2
     first = cli.fail(4, "get", "k", "--version", "1")
     assert "version 1 was compacted (keep-last 4, " in first, first
-    for version in (2, 3):
-        second = cli.fail(4, "get", "k", "--version", str(version))
-        assert f"version {version} was compacted (keep-last 2, " in second, second
-    assert first.rsplit(", ", 1)[1] < second.rsplit(", ", 1)[1]  # the times, RFC 3339
+    second = [cli.fail(4, "get", "k", "--version", str(version)) for version in (2, 3)]
+    for version, message in zip((2, 3), second, strict=True):
+        assert f"version {version} was compacted (keep-last 2, " in message, message
+    assert first.rsplit(", ", 1)[1] < second[0].rsplit(", ", 1)[1]  # the times, RFC 3339
     # a key removed twice: its first life's versions name the first removal
     cli.ok("delete", "other")
     cli.ok("compact", "--keep-within", "0s", "--prefix", "other")
