@@ -102,10 +102,15 @@ class KeptLogs:
         os.close(fd)
 
     def _relock(self, log: RefLog, fd: int) -> os.stat_result | None:
-        """Lock ``fd``; its ``fstat`` if its path still names it, else unlock (caller closes)."""
+        """Lock ``fd``; its ``fstat`` if its path still names it, else unlock (caller closes).
+
+        Nor a file that has another name since it was opened: a new descriptor is opened,
+        which refuses it (a name outside the store, castore/file/modes.py ``regular``).
+        """
         fileio.lock(fd, log.path, timeout=log.layout.lock_timeout, pauses=fileio.WRITER_PAUSES)
         st = log.layout.fs.names(log.path, fd)
-        if st is None:
+        if st is None or st.st_nlink != 1:
+            st = None
             fcntl.flock(fd, fcntl.LOCK_UN)
         return st
 

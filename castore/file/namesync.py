@@ -48,10 +48,18 @@ def marked(st_mode: int) -> bool:
 
 
 def clear(fd: int, st_mode: int, marks: int = UNSYNCED) -> None:
-    """Take ``marks`` off the file open on ``fd`` (of mode ``st_mode``): they are durable now."""
-    if st_mode & marks:
+    """Take ``marks`` off the file open on ``fd`` (of mode ``st_mode``): they are durable now.
+
+    Not off a file with another name: a hard link planted in the store may name a file
+    outside it, whose mode castore never changes (the marks stay: settled again later).
+    """
+    if st_mode & marks and _one_name(fd):
         with contextlib.suppress(PermissionError):  # another user's file: settled again later
             os.fchmod(fd, stat.S_IMODE(st_mode) & ~marks)
+
+
+def _one_name(fd: int) -> bool:
+    return os.fstat(fd).st_nlink == 1
 
 
 def mark_data(fd: int, st_mode: int) -> bool:
@@ -62,6 +70,8 @@ def mark_data(fd: int, st_mode: int) -> bool:
     """
     if st_mode & DATA_UNSYNCED:
         return True
+    if not _one_name(fd):  # as in clear; the writer's own log has one (it refuses more)
+        return False
     try:
         os.fchmod(fd, stat.S_IMODE(st_mode) | DATA_UNSYNCED)
     except PermissionError:  # another user's file: its values are not indexed

@@ -16,6 +16,7 @@ from castore.file import fileio
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Final
 
 __all__ = ["KIND_PENDING", "LENGTH", "LOCK_SECONDS", "STATE_NAME", "append_frame"]
@@ -26,12 +27,16 @@ LENGTH: Final = struct.Struct("<Q")  # the first 8 bytes: the length after the l
 LOCK_SECONDS: Final = 5.0  # an append waits this long for a rewrite to finish
 
 
-def append_frame(fd: int, path: str, frame: bytes) -> bool:
+def append_frame(
+    fd: int, path: str, frame: bytes, names: Callable[[os.stat_result], bool] | None = None
+) -> bool:
     """Append ``frame`` to the ``STATE`` open on ``fd`` and record the new length.
 
     Under the file's exclusive ``flock`` (a rewrite holds it from its read to
     its rename, so nothing lands in between), and only while the file is still
-    linked: False means it was replaced, and the caller opens the path again.
+    linked and, for a descriptor kept from an earlier call, while ``names``
+    says the path still names it (a file renamed away, out of the store say, is
+    never written): False means it was replaced, and the caller opens the path again.
 
     Raises:
         LockTimeoutError: a rewrite held the file for :data:`LOCK_SECONDS`.
@@ -43,7 +48,7 @@ def append_frame(fd: int, path: str, frame: bytes) -> bool:
         fileio.lock(fd, path, timeout=LOCK_SECONDS)
     try:
         st = os.fstat(fd)
-        if not st.st_nlink:  # no longer the file the path names
+        if not st.st_nlink or (names is not None and not names(st)):  # not the path's file
             return False
         _pwrite_all(fd, frame, st.st_size)
         os.pwrite(fd, LENGTH.pack(st.st_size + len(frame)), 0)

@@ -53,7 +53,7 @@ BIG: Final = {"big": "x" * 300}  # >= 256 bytes: deduplicated through the blob i
 BIG2: Final = {"big": "y" * 300}
 SYMLINK_WORDS: Final = re.compile(r"symbolic link|symlink", re.IGNORECASE)
 
-Snapshot = dict[str, tuple[str, int, int, bytes]]
+Snapshot = dict[str, tuple[str, int, int, int, bytes]]
 
 
 def _read_quietly(path: str) -> bytes:
@@ -134,7 +134,7 @@ class Scene:
         return self.outside_state()
 
     def outside_state(self) -> Snapshot:
-        """Everything in ``tmp`` but the store: kind, size, mtime, content or link target."""
+        """Everything in ``tmp`` but the store: kind, size, mtime, mode, content or link target."""
         out: Snapshot = {}
         for base, dirs, files in os.walk(self.tmp):
             dirs[:] = [d for d in dirs if not self._in_store(os.path.join(base, d))]
@@ -148,7 +148,8 @@ class Scene:
                 else:
                     kind, data = "dir" if stat.S_ISDIR(st.st_mode) else "other", b""
                 size = st.st_size if kind != "dir" else 0
-                out[os.path.relpath(path, self.tmp)] = (kind, size, st.st_mtime_ns, data)
+                mode = stat.S_IMODE(st.st_mode)
+                out[os.path.relpath(path, self.tmp)] = (kind, size, st.st_mtime_ns, mode, data)
         return out
 
     def _in_store(self, path: str) -> bool:
@@ -165,12 +166,12 @@ class Scene:
             pytest.fail("castore reached outside the store root:\n" + "\n".join(changed))
 
 
-def _show(item: tuple[str, int, int, bytes] | None) -> str:
+def _show(item: tuple[str, int, int, int, bytes] | None) -> str:
     if item is None:
         return "absent"
-    kind, size, mtime_ns, data = item
+    kind, size, mtime_ns, mode, data = item
     head = data[:32] + (b"..." if len(data) > 32 else b"")
-    return f"{kind} size={size} mtime_ns={mtime_ns} {head!r}"
+    return f"{kind} size={size} mtime_ns={mtime_ns} mode={mode:o} {head!r}"
 
 
 def attempt(action: Callable[[], object]) -> CastoreError | None:

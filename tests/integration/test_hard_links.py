@@ -109,6 +109,46 @@ def test_a_hard_linked_store_file_is_never_written(
     scene.assert_untouched(before)
 
 
+@pytest.mark.parametrize("place", ["KEYS", "log"])
+def test_a_hard_linked_store_file_keeps_its_mode_when_a_durable_write_settles_it(
+    tmp_path: Path, place: str
+) -> None:
+    """Found by a review: a durable write settles what it depends on, and took the marks
+    (execute bits, FORMAT.md §6, "Names") off ``KEYS`` or off the log a value is found in,
+    opened for reading: through a hard link, off a file outside the root."""
+    scene = Scene(tmp_path)
+    scene.store.set("k", BIG)
+    path = _keys(scene) if place == "KEYS" else scene.log("k")
+    outside = _link_out(scene, path)
+    outside.chmod(0o750)  # both marks: the name's (owner) and the data's (group)
+    if place == "KEYS":
+        scene.log("k").chmod(0o700)  # the writer's own log marked: it settles KEYS
+    before = scene.freeze()
+    store = scene.reopen()
+    if place == "KEYS":
+        assert store.set("k", {"n": 2}).version == 2  # KEYS is only read and synced
+    else:  # the same value in another key: found in k's log, which is settled first
+        assert store.set("k2", BIG).version == 1
+    scene.assert_untouched(before)
+
+
+def test_a_log_hard_linked_while_a_handle_keeps_it_open_is_not_written(tmp_path: Path) -> None:
+    """A handle keeps a key's log open between writes (castore/file/kept.py): a name made
+    for it outside meanwhile must stop its writes as it stops a new handle's."""
+    scene = Scene(tmp_path)
+    store = scene.reopen()
+    store.set("k", 1)  # the log is kept open now
+    outside = scene.outside / "second-name.log"
+    os.link(scene.log("k"), outside)
+    before = scene.freeze()
+    for _ in range(2):
+        with pytest.raises(CorruptionError, match="hard links"):
+            store.set("k", 2)
+        scene.assert_untouched(before)
+    outside.unlink()  # its one name again: writes go on
+    assert store.set("k", 3).version == 2
+
+
 @pytest.mark.parametrize("name", ["STATE", "FORMAT"])
 def test_a_second_name_left_by_a_killed_create_is_not_a_hard_link_refusal(
     tmp_path: Path, name: str

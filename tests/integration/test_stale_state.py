@@ -250,3 +250,29 @@ def test_damaged_state_is_reported_and_started_again(tmp_path: Path) -> None:
     assert Store(root).check().findings == []
     listed = [e.to_dict() for e in Store(root, dag=DAG).list().entries]
     assert listed == [e.to_dict() for e in Store(twin, dag=DAG).list().entries]
+
+
+def test_a_state_moved_away_under_a_handle_gets_none_of_its_records(tmp_path: Path) -> None:
+    """Found by a review: a handle keeps ``STATE`` open for its ``P`` records, and went on
+    appending to the file after it was renamed away (out of the store) and a copy put in
+    its place: the copy missed them, and every later ``list`` served the older version."""
+    root, outside = tmp_path / "s", tmp_path / "outside"
+    outside.mkdir()
+    store = Store(root, dag=DAG)
+    for key in ("a", "b"):
+        store.set(key, 1)
+    store.list()  # STATE made, every key settled
+    store.set("a", 2)  # the handle's STATE descriptor is kept now
+    state = Path(log_path(root, "dag", DAG, "a")).parent / "STATE"
+    moved = outside / "STATE"
+    os.rename(state, moved)
+    shutil.copyfile(moved, state)
+    before = moved.read_bytes()
+    assert store.set("b", 2).version == 2
+    assert moved.read_bytes() == before  # nothing outside the store is written
+    twin = tmp_path / "twin"  # the oracle: the store as it is, STATE gone (every log read)
+    shutil.copytree(root, twin)
+    (Path(log_path(twin, "dag", DAG, "a")).parent / "STATE").unlink()
+    assert _listing(root) == _listing(twin)
+    assert [version for _, version, _ in _listing(root)] == [2, 2]
+    store.close()
