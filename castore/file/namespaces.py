@@ -19,6 +19,7 @@ from castore.file.damage import REPAIR_HINT, gone_error
 from castore.file.graves import Graveyard
 from castore.file.keyindex import KeyIndex, namespace_of
 from castore.file.layout import Layout
+from castore.file.logkeys import keys_from_logs, keys_lost, namespace_from_logs
 from castore.file.putback import newest_in, refuse_put_back
 from castore.file.statefile import StateIndex
 from castore.file.staterecords import STATE_NAME, Known
@@ -54,6 +55,22 @@ class Namespaces:
         if index is None:
             index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"), self.layout.fs)
         return index
+
+    def list_key(self, ref: Ref, *, durable: bool) -> bool:
+        """List ``ref``'s key in its namespace's ``KEYS`` unless it is; True if it was not.
+
+        A ``KEYS`` lost or emptied (damage) gets the keys its logs' headers name
+        first: a write must not leave it listing its own key alone (FORMAT.md §5).
+        """
+        index = self.key_index(ref.scope, ref.namespace)
+        if ref.key in index:
+            return False
+        nsdir = self.layout.ns_dir(ref.scope, ref.namespace)
+        if keys_lost(self.layout.fs, nsdir):
+            for key in sorted(keys_from_logs(self.layout.fs, nsdir, ref.namespace, "")):
+                index.add(key, ref.namespace, durable=False)  # the last add syncs them all
+        index.add(ref.key, ref.namespace, durable=durable)
+        return True
 
     def graveyard(self, scope: str, namespace: str) -> Graveyard:
         """The graveyard of a namespace (last versions of removed keys)."""
@@ -93,7 +110,7 @@ class Namespaces:
         state = self.state(scope, namespace)
         known = state.known()
         if known is None:
-            if self._keys_lost(self.layout.ns_dir(scope, namespace)):
+            if keys_lost(self.layout.fs, self.layout.ns_dir(scope, namespace)):
                 return {}
             state.reset()
             state.create()
@@ -114,10 +131,12 @@ class Namespaces:
         nsdir = self.layout.ns_dir(scope, namespace)
         if not found:
             self.layout.not_gone(nsdir)
-        lost = not found and (self._keys_lost(nsdir) or self._unlogged(nsdir, index, prefix))
+        lost = not found and (
+            keys_lost(self.layout.fs, nsdir) or self._unlogged(nsdir, index, prefix)
+        )
         if not (verify or index.damaged or lost):
             return found
-        from_logs = self._keys_from_logs(nsdir, namespace, prefix)
+        from_logs = keys_from_logs(self.layout.fs, nsdir, namespace, prefix)
         return sorted(set(found) | from_logs, key=lambda k: k.encode("utf-8"))
 
     def _unlogged(self, nsdir: str, index: KeyIndex, prefix: str) -> bool:
@@ -131,50 +150,6 @@ class Namespaces:
             not fs.exists(os.path.join(nsdir, file_id(key) + ".log"))
             for key in index.around(prefix)
         )
-
-    def _keys_lost(self, nsdir: str) -> bool:
-        """True if a namespace directory exists without its ``KEYS`` (lost: damage).
-
-        A namespace's first write makes ``KEYS`` before its log, so a directory
-        without it holds no key, or lost it; its logs' headers then say which.
-        """
-        fs = self.layout.fs
-        return not fs.exists(os.path.join(nsdir, "KEYS")) and fs.isdir(nsdir)
-
-    def _keys_from_logs(self, nsdir: str, namespace: str, prefix: str) -> set[str]:
-        """Keys named by the header frames of a namespace's logs (a full directory read).
-
-        Not a key compaction removed, whose log (a ``C`` frame, waiting for gc)
-        ends without an entry: ``KEYS`` no longer lists it either.
-        """
-        fs = self.layout.fs
-        try:
-            names = fs.listdir(nsdir)
-        except FileNotFoundError:
-            return set()
-        out = set()
-        for name in names:
-            if not name.endswith(".log"):
-                continue
-            try:
-                fd = fs.open(os.path.join(nsdir, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                head = logread.header_of(fd)
-                if head is not None and logread.compaction_of(fd) is not None:
-                    tail = logread.read_tail(fd, os.fstat(fd).st_size)
-                    head = head if tail is not None and tail.entry is not None else None
-            finally:
-                os.close(fd)
-            if (
-                head is not None
-                and head.namespace == namespace
-                and file_id(head.key) + ".log" == name
-                and head.key.startswith(prefix)
-            ):
-                out.add(head.key)
-        return out
 
     def not_lost(self, ref: Ref, path: str, seen: tuple[int, int] | None = None) -> None:
         """For a key whose log (``path``) is missing (``seen`` None) or holds no entry.
@@ -378,23 +353,8 @@ class Namespaces:
         for name in names:
             nsdir = os.path.join(scope_dir, name)
             namespace = namespace_of(os.path.join(nsdir, "KEYS"), self.layout.fs)
-            if namespace is None and self._keys_lost(nsdir):  # damage never hides a namespace
-                namespace = self._namespace_from_logs(nsdir)
+            if namespace is None or file_id(namespace) != name:  # damage never hides one
+                namespace = namespace_from_logs(self.layout.fs, nsdir)
             if namespace is not None and file_id(namespace) == name:
                 found.append(namespace)
         return sorted(found, key=lambda n: n.encode("utf-8"))
-
-    def _namespace_from_logs(self, nsdir: str) -> str | None:
-        """The namespace the first log header in ``nsdir`` names that matches its name."""
-        fs = self.layout.fs
-        for name in sorted(fs.listdir(nsdir)):
-            if name.endswith(".log"):
-                with contextlib.suppress(OSError, CastoreError):
-                    fd = fs.open(os.path.join(nsdir, name), os.O_RDONLY)
-                    try:
-                        head = logread.header_of(fd)
-                    finally:
-                        os.close(fd)
-                    if head is not None and file_id(head.namespace) == os.path.basename(nsdir):
-                        return head.namespace
-        return None

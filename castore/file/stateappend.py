@@ -28,15 +28,16 @@ LOCK_SECONDS: Final = 5.0  # an append waits this long for a rewrite to finish
 
 
 def append_frame(
-    fd: int, path: str, frame: bytes, names: Callable[[os.stat_result], bool] | None = None
+    fd: int, path: str, frame: bytes, now: Callable[[], os.stat_result] | None = None
 ) -> bool:
     """Append ``frame`` to the ``STATE`` open on ``fd`` and record the new length.
 
     Under the file's exclusive ``flock`` (a rewrite holds it from its read to
     its rename, so nothing lands in between), and only while the file is still
-    linked and, for a descriptor kept from an earlier call, while ``names``
-    says the path still names it (a file renamed away, out of the store say, is
-    never written): False means it was replaced, and the caller opens the path again.
+    linked and, for a descriptor kept from an earlier call, while the path still
+    names it (``now``: the path's ``stat``) as its only name (a file renamed away,
+    out of the store say, is never written): False means it was replaced, and
+    the caller opens the path again.
 
     Raises:
         LockTimeoutError: a rewrite held the file for :data:`LOCK_SECONDS`.
@@ -48,13 +49,21 @@ def append_frame(
         fileio.lock(fd, path, timeout=LOCK_SECONDS)
     try:
         st = os.fstat(fd)
-        if not st.st_nlink or (names is not None and not names(st)):  # not the path's file
+        if not st.st_nlink or (now is not None and not _alone(now, st)):  # not the path's
             return False
         _pwrite_all(fd, frame, st.st_size)
         os.pwrite(fd, LENGTH.pack(st.st_size + len(frame)), 0)
         return True
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _alone(now: Callable[[], os.stat_result], st: os.stat_result) -> bool:
+    try:
+        named = now()
+    except FileNotFoundError:
+        return False
+    return (named.st_ino, named.st_dev, st.st_nlink) == (st.st_ino, st.st_dev, 1)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -175,18 +175,10 @@ class StateIndex:
                 fd = self._append_fd()
                 if fd < 0:
                     return False
-                if append_frame(fd, self.path, frame, self._names):
+                if append_frame(fd, self.path, frame, lambda: self.fs.stat(self.path)):
                     return True
                 self._drop_fd_locked()
             raise OSError(errno.EAGAIN, f"{self.path} kept being replaced")
-
-    def _names(self, st: os.stat_result) -> bool:
-        """True if the path names the file ``st`` describes, its only name."""
-        try:
-            now = self.fs.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev) and st.st_nlink == 1
 
     def _append_fd(self) -> int:
         if self._pid != os.getpid():  # forked: the parent's descriptor shares its locks

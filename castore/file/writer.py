@@ -203,10 +203,7 @@ class Writer:
         ref = self._ref(log)
         listed = False
         if previous is None or not previous.live:
-            index = self.names.key_index(ref.scope, ref.namespace)
-            if ref.key not in index:
-                index.add(ref.key, ref.namespace, durable=self.layout.durable)
-                listed = True
+            listed = self.names.list_key(ref, durable=self.layout.durable)
         self.names.state(ref.scope, ref.namespace).pending(ref.key)
         name = marked(mode) or size == 0
         if self.layout.durable:

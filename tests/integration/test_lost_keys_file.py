@@ -8,6 +8,7 @@ same call on an undamaged copy of the store.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -47,6 +48,18 @@ def _answers(root: Path) -> tuple[object, ...]:
     )
 
 
+def _versions(root: Path) -> tuple[object, ...]:
+    """What :func:`_answers` gives, but times and pids (two stores wrote ``zz``)."""
+    s = Store(root, dag="d")
+    listed = [(e.key, e.version, e.value) for e in s.list(include_values=True).entries]
+    exported = [json.loads(line) for line in export_lines(s)][1:-1]  # head and end: no keys
+    return (
+        listed,
+        [(e["namespace"], e["key"], e["version"], e.get("value")) for e in exported],
+        [(r.key, r.version, r.operation) for r in audit(s)],
+    )
+
+
 @pytest.mark.parametrize("also_state", [False, True])
 def test_a_lost_keys_file_hides_no_key(tmp_path: Path, also_state: bool) -> None:
     twin, damaged = tmp_path / "twin", tmp_path / "damaged"
@@ -59,6 +72,48 @@ def test_a_lost_keys_file_hides_no_key(tmp_path: Path, also_state: bool) -> None
         (keys.parent / "STATE").unlink(missing_ok=True)
     assert _answers(damaged) == _answers(twin)
     assert [f.path for f in Store(damaged, dag="d").check().findings]  # check says so
+
+
+def _keys_damage(keys: Path, how: str) -> None:
+    if how == "first byte":
+        data = bytearray(keys.read_bytes())
+        data[0] ^= 0xFF
+        keys.write_bytes(bytes(data))
+    elif how == "emptied":
+        keys.write_bytes(b"")
+    else:  # another namespace's KEYS copied over it
+        keys.write_bytes(Path(keys_path(keys.parents[3], "dag", "e")).read_bytes())
+
+
+@pytest.mark.parametrize("how", ["first byte", "emptied", "another namespace's"])
+def test_a_damaged_keys_file_hides_no_key_or_namespace(tmp_path: Path, how: str) -> None:
+    """Found by a review: with ``KEYS``'s first line damaged, emptied or another
+    namespace's, ``export`` (and ``compact``) left the whole namespace out and an
+    emptied one made ``list`` answer no keys, each with exit 0."""
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    shutil.copytree(twin, damaged)
+    _keys_damage(Path(keys_path(damaged, "dag", "d")), how)
+    assert _answers(damaged) == _answers(twin)
+    assert [f.path for f in Store(damaged, dag="d").check().findings]  # check says so
+
+
+@pytest.mark.parametrize("how", ["lost", "emptied"])
+def test_a_write_after_keys_was_lost_lists_every_key_again(tmp_path: Path, how: str) -> None:
+    """Found by a review: the first write of a new key made ``KEYS`` anew, listing that key
+    alone, and ``list``, ``export`` and ``audit`` then left the others out (exit 0)."""
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    shutil.copytree(twin, damaged)
+    keys = Path(keys_path(damaged, "dag", "d"))
+    if how == "lost":
+        keys.unlink()
+    else:
+        _keys_damage(keys, "emptied")
+    for root in (twin, damaged):
+        Store(root, dag="d").set("zz", 1)
+    assert _versions(damaged) == _versions(twin)
+    assert Store(damaged, dag="d").check().ok  # listed again: nothing is missing
 
 
 def test_a_lost_graves_file_still_exports_the_removed_key(tmp_path: Path) -> None:

@@ -130,6 +130,7 @@ FILE_LAYERS = {
     "confirm": 3,  # evidence against a log, confirmed under its shared lock
     "putback": 4,  # an older copy of a removed key's log, put back (GRAVES' evidence)
     "behind": 4,  # a log behind the version its namespace's STATE records
+    "logkeys": 3,  # keys and namespace names from the logs' headers (a KEYS lost)
     "namespaces": 5,
     "statemarks": 4,  # a rewrite's mark in STATE
     "cuts": 4,  # a version index's evidence that bytes were cut off its log
