@@ -336,9 +336,9 @@ def _root_dag_name(root_dag: str | None) -> str | None:
         InvalidRefError: another unresolved ``${...}`` reference (a misspelt one, say): it
             would silently name a namespace of its own.
     """
-    if root_dag is None or root_dag in _ROOT_NAME_REFERENCES:
+    text = go_trim_space(root_dag) if root_dag is not None else ""
+    if text in _ROOT_NAME_REFERENCES or root_dag is None:
         return None
-    text = go_trim_space(root_dag)
     if text.startswith("${") and text.endswith("}"):
         raise InvalidRefError(
             f"root DAG name: unresolved reference {go_quote(text)}; castore takes"
@@ -355,8 +355,11 @@ def env_or(value: str | None, variable: str) -> str | None:
 def dag_names(dag: str | None, root_dag: str | None) -> tuple[str | None, str | None]:
     """The DAG and root DAG that resolve the ``dag`` and ``root_dag`` scopes.
 
-    Each as given, else ``$DAG_NAME`` and ``$CASTORE_ROOT_DAG`` (None: neither).
+    Each as given, else ``$DAG_NAME`` and ``$CASTORE_ROOT_DAG`` (None: neither, or
+    Dagu's ``${run.root_name}`` left unresolved: a root run).
     """
     check_text(dag, "dag", optional=True)
     check_text(root_dag, "root_dag", optional=True)
-    return env_or(dag, "DAG_NAME"), env_or(root_dag, "CASTORE_ROOT_DAG")
+    root = env_or(root_dag, "CASTORE_ROOT_DAG")  # Dagu's reference left unresolved: not given
+    unresolved = root is not None and go_trim_space(root) in _ROOT_NAME_REFERENCES
+    return env_or(dag, "DAG_NAME"), None if unresolved else root

@@ -325,27 +325,28 @@ class KeyIndex:
                 namesync.settle_namespace(self.fs, os.path.dirname(self.path), self.fs.root or "/")
                 namesync.clear(fd, st.st_mode)
             if size + len(line) - layout.end > TAIL_MAX_BYTES:
-                self._rewrite(fd, namespace, set(), durable=durable)
+                self._rewrite(fd, namespace, {}, durable=durable)
 
     def remove(self, keys: set[str], *, durable: bool) -> None:
         """Rewrite the file, sorted, without ``keys``."""
-        drop = {k.encode("utf-8").hex().encode("ascii") for k in keys}
+        edit = {k.encode("utf-8").hex().encode("ascii"): False for k in keys}
         with self._lock, self.fs.open_locked(self.path, os.O_RDWR) as fd:
-            namespace = namespace_of(self.path, self.fs) or ""
-            self._rewrite(fd, namespace, drop, durable=durable)
+            self._rewrite(fd, namespace_of(self.path, self.fs) or "", edit, durable=durable)
 
-    def rename_namespace(self, namespace: str, *, durable: bool) -> None:
-        """Rewrite the file, sorted, with ``namespace`` in its first line (a repair)."""
+    def rename_namespace(self, namespace: str, *, durable: bool, add: tuple[str, ...] = ()) -> None:
+        """Rewrite the file, sorted, naming ``namespace``, ``add`` listed too (repairs, §5)."""
+        edit = {k.encode("utf-8").hex().encode("ascii"): True for k in add}
         with self._lock, self.fs.open_locked(self.path, os.O_RDWR | os.O_CREAT) as fd:
-            self._rewrite(fd, namespace, set(), durable=durable)
+            self._rewrite(fd, namespace, edit, durable=durable)
 
-    def _rewrite(self, fd: int, namespace: str, drop: set[bytes], *, durable: bool) -> None:
-        """Replace the locked file by a fully sorted one (temporary file, fsync, rename)."""
+    def _rewrite(self, fd: int, namespace: str, edit: dict[bytes, bool], *, durable: bool) -> None:
+        """Replace the locked file by a sorted one, ``edit``'s lines listed (True) or not."""
         size = os.fstat(fd).st_size
         layout = _Layout(fd, size)
         data = fileio.read_at(fd, layout.start, size - layout.start)
         complete = data[: data.rfind(b"\n") + 1]
-        lines = sorted({x for x in complete.split(b"\n") if _valid(x)} - drop)
+        listed = {x for x in complete.split(b"\n") if _valid(x)} | set(edit)
+        lines = sorted(x for x in listed if edit.get(x, True))
         body = b"".join(x + b"\n" for x in lines)
         head_len = len(_header(namespace, 0))
         whole = _header(namespace, head_len + len(body)) + body

@@ -59,16 +59,20 @@ class Namespaces:
     def list_key(self, ref: Ref, *, durable: bool) -> bool:
         """List ``ref``'s key in its namespace's ``KEYS`` unless it is; True if it was not.
 
-        A ``KEYS`` lost or emptied (damage) gets the keys its logs' headers name
-        first: a write must not leave it listing its own key alone (FORMAT.md §5).
+        A ``KEYS`` lost or emptied (damage) in a namespace with logs gets the keys
+        their headers name with it, in one atomic rewrite: a write must not leave it
+        listing its own key alone, nor a kill or a reader see it half listed (§5).
         """
         index = self.key_index(ref.scope, ref.namespace)
         if ref.key in index:
             return False
         nsdir = self.layout.ns_dir(ref.scope, ref.namespace)
         if keys_lost(self.layout.fs, nsdir):
-            for key in sorted(keys_from_logs(self.layout.fs, nsdir, ref.namespace, "")):
-                index.add(key, ref.namespace, durable=False)  # the last add syncs them all
+            logged = keys_from_logs(self.layout.fs, nsdir, ref.namespace, "") - {ref.key}
+            if logged:
+                every = (*sorted(logged), ref.key)
+                index.rename_namespace(ref.namespace, durable=durable, add=every)
+                return True
         index.add(ref.key, ref.namespace, durable=durable)
         return True
 

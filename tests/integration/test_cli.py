@@ -422,6 +422,15 @@ def test_scopes_and_namespaces(cli):
         nameless = cli.run("get", "k", "--scope", "root_dag", "--root-dag", unresolved, dag=None)
         assert (nameless.returncode, nameless.stdout) == (2, b"")
         assert b"namespace is required" in nameless.stderr
+    padded = cli.ok(
+        "get", "k", "--scope", "root_dag", "--root-dag", " ${run.root_name} ", dag="parent"
+    )
+    assert padded["namespace"] == "parent"
+    # the filters of audit and export: as if the variable were not set (every root_dag namespace)
+    for command in ("audit", "export"):
+        plain = cli.lines(command, "--scope", "root_dag", dag=None)
+        root_env = {"CASTORE_ROOT_DAG": "${run.root_name}"}
+        assert cli.lines(command, "--scope", "root_dag", dag=None, env=root_env) == plain
     misspelt = cli.run("get", "k", "--scope", "root_dag", "--root-dag", "${run.rootname}")
     assert (misspelt.returncode, misspelt.stdout) == (2, b"")
     assert b'unresolved reference "${run.rootname}"' in misspelt.stderr, misspelt.stderr

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -114,6 +116,43 @@ def test_a_write_after_keys_was_lost_lists_every_key_again(tmp_path: Path, how: 
         Store(root, dag="d").set("zz", 1)
     assert _versions(damaged) == _versions(twin)
     assert Store(damaged, dag="d").check().ok  # listed again: nothing is missing
+
+
+_KILLED_REFILL = """
+import os, sys
+from castore import Store
+from castore.file import keyindex
+real_add, real_rewrite = keyindex.KeyIndex._add, keyindex.KeyIndex._rewrite
+def add(self, *args, **kwargs):
+    real_add(self, *args, **kwargs)
+    os._exit(9)  # killed after the first line it lists
+def rewrite(self, *args, **kwargs):
+    if sys.argv[2] == "after":
+        real_rewrite(self, *args, **kwargs)
+    os._exit(9)
+keyindex.KeyIndex._add, keyindex.KeyIndex._rewrite = add, rewrite
+Store(sys.argv[1], dag="d").set("zz", 1)
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_write_killed_while_it_lists_the_keys_of_a_lost_keys_file_hides_none(
+    tmp_path: Path, when: str
+) -> None:
+    """Found by a review: the keys of a lost ``KEYS`` were listed one line at a time, so a
+    kill among them (or a ``list`` meanwhile) saw a ``KEYS`` listing a few keys, no longer
+    lost: the others were gone from ``list`` for good. They are listed in one rewrite."""
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    shutil.copytree(twin, damaged)
+    Path(keys_path(damaged, "dag", "d")).unlink()
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_REFILL, str(damaged), when], check=False, timeout=60
+    )
+    assert child.returncode == 9
+    listed = [e.key for e in Store(damaged, dag="d").list().entries if e.key != "zz"]
+    assert listed == [e.key for e in Store(twin, dag="d").list().entries]
+    assert Store(damaged, dag="d").check(repair=True).ok
 
 
 def test_a_lost_graves_file_still_exports_the_removed_key(tmp_path: Path) -> None:

@@ -292,6 +292,7 @@ def test_max_limit_is_int32():
         ("root_dag", None, None, "root", "root"),
         ("root_dag", None, "root", "${run.root_name}", "root"),  # Dagu's root run: unresolved
         ("root_dag", None, "root", "${context.run.root_name}", "root"),
+        ("root_dag", None, "root", " ${run.root_name}\t", "root"),
         ("root_dag", "explicit", "child", "${run.oops}", "explicit"),  # not used: not checked
         ("dag", None, "child", "${run.oops}", "child"),
         ("global", None, None, None, "_"),
