@@ -85,14 +85,14 @@ class Compaction(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         forgotten: their versions name the oldest one remembered (it had dropped them by
         its time).
         """
-        runs = [
-            *self.earlier,
-            CompactionRun(versions=self.versions, policy=self.policy, time_ns=self.time_ns),
-        ]
-        for run in runs:
+        for run in (*self.earlier, self.run()):
             if any(low <= version <= high for low, high in run.versions):
                 return run.policy, run.time_ns
         return None
+
+    def run(self) -> CompactionRun:
+        """This frame as one of a later frame's :attr:`earlier` compactions."""
+        return CompactionRun(versions=self.versions, policy=self.policy, time_ns=self.time_ns)
 
 
 EARLIER_RUNS = 32  # earlier compactions a ``C`` frame remembers one by one

@@ -24,7 +24,6 @@ from castore.file.records import (
     KIND_ENTRY,
     KIND_HEADER,
     Compaction,
-    CompactionRun,
     decode_compaction,
     decode_entry,
     encode_record,
@@ -109,14 +108,7 @@ def next_compaction(frames: list[Frame], dropped: list[tuple[int, int]], policy:
     §3), so that a reader names the compaction that dropped a version.
     """
     done = [decode_compaction(f.payload) for f in frames if f.kind == KIND_COMPACTED]
-    earlier = [
-        run
-        for old in done
-        for run in (
-            *old.earlier,
-            CompactionRun(versions=old.versions, policy=old.policy, time_ns=old.time_ns),
-        )
-    ]
+    earlier = [run for old in done for run in (*old.earlier, old.run())]
     every = [r for old in done for r in old.versions] + dropped
     return Compaction(
         versions=merged_ranges(every),
