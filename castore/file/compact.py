@@ -20,7 +20,6 @@ readers and writers carry on while compaction runs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time
@@ -205,9 +204,8 @@ def _compact_batch(
         if gone:
             backend.graveyard(scope, namespace).bury(gone)
             fileio.failpoint("compact-after-bury")
-            keys = backend.key_index(scope, namespace)
-            with contextlib.suppress(FileNotFoundError):  # KEYS lost: it lists nothing
-                keys.remove({key for key, _ in gone}, durable=backend.durable)
+            keys = {key for key, _ in gone}
+            backend.names.unlist(scope, namespace, keys, durable=backend.durable)
 
     stop = [len(refs)]  # where the batch ended
 

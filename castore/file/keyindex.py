@@ -333,9 +333,17 @@ class KeyIndex:
         with self._lock, self.fs.open_locked(self.path, os.O_RDWR) as fd:
             self._rewrite(fd, namespace_of(self.path, self.fs) or "", edit, durable=durable)
 
-    def rename_namespace(self, namespace: str, *, durable: bool, add: tuple[str, ...] = ()) -> None:
-        """Rewrite the file, sorted, naming ``namespace``, ``add`` listed too (repairs, §5)."""
+    def rename_namespace(
+        self,
+        namespace: str,
+        *,
+        durable: bool,
+        add: tuple[str, ...] = (),
+        drop: tuple[str, ...] = (),
+    ) -> None:
+        """Rewrite the file, sorted, naming ``namespace``, ``add`` listed, ``drop`` not (§5)."""
         edit = {k.encode("utf-8").hex().encode("ascii"): True for k in add}
+        edit.update({k.encode("utf-8").hex().encode("ascii"): False for k in drop})
         with self._lock, self.fs.open_locked(self.path, os.O_RDWR | os.O_CREAT) as fd:
             self._rewrite(fd, namespace, edit, durable=durable)
 

@@ -76,6 +76,23 @@ class Namespaces:
         index.add(ref.key, ref.namespace, durable=durable)
         return True
 
+    def unlist(self, scope: str, namespace: str, keys: set[str], *, durable: bool) -> None:
+        """Take ``keys`` out of their namespace's ``KEYS`` (compaction removed them, §8).
+
+        A ``KEYS`` lost or emptied gets the other keys its logs' headers name, and
+        the namespace, in the same rewrite: as after a write (:meth:`list_key`), it
+        must not be left naming nothing, which no later write would mend (§5).
+        """
+        index = self.key_index(scope, namespace)
+        nsdir = self.layout.ns_dir(scope, namespace)
+        if keys_lost(self.layout.fs, nsdir):
+            logged = tuple(sorted(keys_from_logs(self.layout.fs, nsdir, namespace, "") - keys))
+            drop = tuple(sorted(keys))
+            index.rename_namespace(namespace, durable=durable, add=logged, drop=drop)
+        else:
+            with contextlib.suppress(FileNotFoundError):  # lost since: the next write refills it
+                index.remove(keys, durable=durable)
+
     def graveyard(self, scope: str, namespace: str) -> Graveyard:
         """The graveyard of a namespace (last versions of removed keys)."""
         graves = self._graves.get((scope, namespace))  # every read of a tail: no hashing

@@ -118,6 +118,33 @@ def test_a_write_after_keys_was_lost_lists_every_key_again(tmp_path: Path, how: 
     assert Store(damaged, dag="d").check().ok  # listed again: nothing is missing
 
 
+@pytest.mark.parametrize("how", ["lost", "emptied"])
+def test_a_compaction_that_removes_a_key_of_a_lost_keys_file_lists_the_others(
+    tmp_path: Path, how: str
+) -> None:
+    """Was: compaction removing a key rewrote a lost or emptied ``KEYS`` naming no
+    namespace and listing nothing (or left it lost), so ``check`` failed after it and
+    no later write listed the other keys again (``KEYS`` no longer read as lost)."""
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    Store(twin, dag="d").delete("a")
+    shutil.copytree(twin, damaged)
+    keys = Path(keys_path(damaged, "dag", "d"))
+    if how == "lost":
+        keys.unlink()
+    else:
+        _keys_damage(keys, "emptied")
+    for root in (twin, damaged):
+        removed = Store(root, dag="d").compact(prefix="a", keep_within_seconds=0)
+        assert removed.keys_removed == 1
+    assert _answers(damaged) == _answers(twin)
+    assert keys.read_bytes() == Path(keys_path(twin, "dag", "d")).read_bytes()
+    assert Store(damaged, dag="d").check().ok
+    for root in (twin, damaged):
+        Store(root, dag="d").set("zz", 1)
+    assert _versions(damaged) == _versions(twin)
+
+
 _KILLED_REFILL = """
 import os, sys
 from castore import Store
