@@ -13,6 +13,7 @@ import stat
 from castore.errors import UnsafePathError
 from castore.file.checktree import Checking, frames_of
 from castore.file.keyindex import KeyIndex, namespace_of
+from castore.file.logkeys import keys_from_logs
 from castore.file.records import KIND_HEADER, decode_header
 from castore.file.staterecords import STATE_NAME, names_no_key
 from castore.file.tree import Tree
@@ -77,5 +78,8 @@ def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:
     ok = recovered is not None and file_id(recovered) == os.path.basename(nsdir)
     repair = "rewrite KEYS naming it (from a log header)" if ok else "none: no log names it"
     checker.found(keys_path, "KEYS does not name its namespace", repair, checker.repair and ok)
-    if checker.repair and ok and recovered is not None:
-        KeyIndex(keys_path, checker.fs).rename_namespace(recovered, durable=checker.backend.durable)
+    if checker.repair and ok and recovered is not None:  # with every key its logs name:
+        # one rewrite, so that no kill leaves it listing a few (list would miss the rest)
+        logged = tuple(sorted(keys_from_logs(checker.fs, nsdir, recovered, "")))
+        index = KeyIndex(keys_path, checker.fs)
+        index.rename_namespace(recovered, durable=checker.backend.durable, add=logged)

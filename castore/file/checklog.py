@@ -33,7 +33,8 @@ from castore.file.damage import (
 )
 from castore.file.frames import FORMAT_VERSION, Frame, LogBytes, classify
 from castore.file.graves import Graveyard
-from castore.file.keyindex import listed_now, namespace_of
+from castore.file.keyindex import namespace_of
+from castore.file.logkeys import listed_now
 from castore.file.records import (
     KIND_BLOB,
     KIND_ENTRY,
@@ -44,7 +45,7 @@ from castore.file.records import (
     decode_header,
 )
 from castore.file.rewrite import utc_stamp
-from castore.keys import file_id
+from castore.keys import Ref, file_id
 from castore.records import OP_DAMAGED, Entry
 from castore.reports import Finding, lost_range
 
@@ -256,11 +257,10 @@ class LogChecker:
         if changed:
             self.unrepaired(path, "the log changed while check read it")
             return
-        ref = plan.header or plan.known
-        if new and ref is not None and any(f.kind == KIND_ENTRY for f in new):
-            index = self.backend.key_index(ref.scope, ref.namespace)
-            if ref.key not in index:  # lost versions make a removed key exist again
-                index.add(ref.key, ref.namespace, durable=True)
+        h = plan.header or plan.known
+        if new and h is not None and any(f.kind == KIND_ENTRY for f in new):
+            ref = Ref(h.scope, h.namespace, h.key)
+            self.backend.names.list_key(ref, durable=True)  # lost versions: the key exists
 
     def unrepaired(self, path: str, why: str) -> None:
         """Mark the findings about the log being checked as not repaired; say ``why``."""
@@ -358,7 +358,7 @@ class LogChecker:
             repair, severity = "add it to KEYS, so that compact removes it", "info"
         self.found(path, problem, repair, self.repair, severity)
         if self.repair:
-            self.backend.key_index(h.scope, h.namespace).add(h.key, h.namespace, durable=True)
+            self.backend.names.list_key(Ref(h.scope, h.namespace, h.key), durable=True)
 
     def lost_evidence(
         self, path: str, vix: bytes | None, frames: list[Frame], grave: int

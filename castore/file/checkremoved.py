@@ -39,7 +39,7 @@ from castore.file.records import (
     encode_record,
 )
 from castore.file.rewrite import removed_log
-from castore.keys import file_id
+from castore.keys import Ref, file_id
 from castore.records import Entry
 
 if TYPE_CHECKING:
@@ -165,9 +165,9 @@ def _repair_put_back(
     except UnsafePathError as exc:  # a link planted under quarantine/: this log only
         checker.unrepaired(path, f"not repaired: {exc.detail}")
         return
-    index = checker.backend.key_index(header.scope, header.namespace)
-    if new and bound and header.key not in index:  # lost versions: the key exists
-        index.add(header.key, header.namespace, durable=True)
+    if new and bound:  # lost versions: the key exists
+        ref = Ref(header.scope, header.namespace, header.key)
+        checker.backend.names.list_key(ref, durable=True)
 
 
 def _still(checker: LogChecker, path: str, grave: int, compacted: Callable[[int], bool]) -> bool:

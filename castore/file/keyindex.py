@@ -25,11 +25,10 @@ import itertools
 import os
 import threading
 
-from castore.errors import UnsafePathError
 from castore.file import fileio, namesync
 from castore.file.tree import Tree
 
-__all__ = ["TAIL_MAX_BYTES", "KeyIndex", "listed_now", "namespace_of"]
+__all__ = ["TAIL_MAX_BYTES", "KeyIndex", "namespace_of"]
 
 TAIL_MAX_BYTES = 64 << 10  # 64 KiB of unsorted tail before the file is re-sorted
 _NS_PREFIX = b"namespace "
@@ -39,6 +38,10 @@ _MAX_LINE = 2 * 4096 + 1  # hex of the longest key, and its newline
 _HEX = frozenset(b"0123456789abcdef")
 _SIG_BYTES = 128  # the first bytes of KEYS, part of a handle's check that it is unchanged
 _NEAR = 3 * _MAX_LINE  # bytes each side of a prefix's edges whose order is checked
+
+
+def _line(key: str) -> bytes:
+    return key.encode("utf-8").hex().encode("ascii")
 
 
 def _valid(line: bytes) -> bool:
@@ -53,7 +56,7 @@ def _decode(hexkey: bytes) -> str | None:
 
 
 def _header(namespace: str, end: int) -> bytes:
-    ns = _NS_PREFIX + namespace.encode("utf-8").hex().encode("ascii") + b"\n"
+    ns = _NS_PREFIX + _line(namespace) + b"\n"
     if not end:
         end = len(ns) + len(_SORTED_PREFIX) + _OFFSET_DIGITS + 1
     return ns + _SORTED_PREFIX + b"%0*d\n" % (_OFFSET_DIGITS, end)
@@ -238,7 +241,7 @@ class KeyIndex:
         then stands right beside the prefix's place, in the sorted region or,
         by value, in the tail.
         """
-        target = prefix.encode("utf-8").hex().encode("ascii")
+        target = _line(prefix)
         with self._lock:
             try:
                 fd = self.fs.open(self.path, os.O_RDONLY)
@@ -258,7 +261,7 @@ class KeyIndex:
         return [k for k in map(_decode, {x for x in lines if _valid(x)}) if k is not None]
 
     def __contains__(self, key: str) -> bool:
-        return bool(self._scan(key.encode("utf-8").hex().encode("ascii"), exact=True))
+        return bool(self._scan(_line(key), exact=True))
 
     def keys(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix`` (byte-wise), in byte-wise order.
@@ -275,7 +278,7 @@ class KeyIndex:
             return _with_prefix(every[1], every[2], prefix) if prefix else list(every[1])
         if prefix and (sig is None or self._asked != (sig, 1)):
             self._asked = (sig, 1) if sig is not None else None
-            found = sorted(self._scan(prefix.encode("utf-8").hex().encode("ascii"), exact=False))
+            found = sorted(self._scan(_line(prefix), exact=False))
             keys = [key for key in map(_decode, found) if key is not None]
             self.damaged |= len(keys) < len(found)
             return keys
@@ -308,7 +311,7 @@ class KeyIndex:
             self._add(key, namespace, durable=durable)
 
     def _add(self, key: str, namespace: str, *, durable: bool) -> None:
-        line = key.encode("utf-8").hex().encode("ascii") + b"\n"
+        line = _line(key) + b"\n"
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
         with self.fs.open_locked(self.path, flags, unsynced=True) as fd:
             if self._scan_fd(fd, line[:-1], exact=True):
@@ -328,10 +331,10 @@ class KeyIndex:
                 self._rewrite(fd, namespace, {}, durable=durable)
 
     def remove(self, keys: set[str], *, durable: bool) -> None:
-        """Rewrite the file, sorted, without ``keys``."""
-        edit = {k.encode("utf-8").hex().encode("ascii"): False for k in keys}
+        """Rewrite the file, sorted, without ``keys`` (FileNotFoundError if it is missing)."""
         with self._lock, self.fs.open_locked(self.path, os.O_RDWR) as fd:
-            self._rewrite(fd, namespace_of(self.path, self.fs) or "", edit, durable=durable)
+            namespace = namespace_of(self.path, self.fs) or ""
+            self._rewrite(fd, namespace, dict.fromkeys(map(_line, keys), False), durable=durable)
 
     def rename_namespace(
         self,
@@ -342,8 +345,7 @@ class KeyIndex:
         drop: tuple[str, ...] = (),
     ) -> None:
         """Rewrite the file, sorted, naming ``namespace``, ``add`` listed, ``drop`` not (§5)."""
-        edit = {k.encode("utf-8").hex().encode("ascii"): True for k in add}
-        edit.update({k.encode("utf-8").hex().encode("ascii"): False for k in drop})
+        edit = dict.fromkeys(map(_line, add), True) | dict.fromkeys(map(_line, drop), False)
         with self._lock, self.fs.open_locked(self.path, os.O_RDWR | os.O_CREAT) as fd:
             self._rewrite(fd, namespace, edit, durable=durable)
 
@@ -384,23 +386,3 @@ def namespace_of(keys_path: str, fs: Tree) -> str | None:
         return bytes.fromhex(first[len(_NS_PREFIX) : -1].decode("ascii")).decode("utf-8")
     except ValueError:
         return None
-
-
-def listed_now(fs: Tree, log_path: str, key: str, timeout: float, file: tuple[int, int]) -> bool:
-    """True if the ``KEYS`` beside ``log_path`` lists ``key``, read under the log's shared lock.
-
-    For ``check``, whose copy of ``KEYS`` may predate a key (a write lists it
-    before its commit point): under the lock no compaction is between removing
-    the line and replacing the log. True if the path no longer names ``file``
-    (the ``(device, inode)`` check read: a compaction replaced or removed it
-    since, so what check read is no longer the key's state).
-    """
-    keys_file = os.path.join(os.path.dirname(log_path), "KEYS")
-    try:
-        with fs.open_locked(log_path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
-            st = os.fstat(fd)
-            return (st.st_dev, st.st_ino) != file or key in KeyIndex(keys_file, fs)
-    except FileNotFoundError:
-        return True
-    except UnsafePathError:
-        return False  # KEYS is not a file (check reports it apart)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 
-from castore.errors import CastoreError
+from castore.errors import CastoreError, UnsafePathError
 from castore.file import logread
+from castore.file.keyindex import KeyIndex
 from castore.file.tree import Tree
 from castore.keys import file_id
 
-__all__ = ["keys_from_logs", "keys_lost", "namespace_from_logs"]
+__all__ = ["keys_from_logs", "keys_lost", "listed_now", "namespace_from_logs"]
 
 
 def keys_lost(fs: Tree, nsdir: str) -> bool:
@@ -83,3 +84,23 @@ def namespace_from_logs(fs: Tree, nsdir: str) -> str | None:
                     if head is not None and file_id(head.namespace) == os.path.basename(nsdir):
                         return head.namespace
     return None
+
+
+def listed_now(fs: Tree, log_path: str, key: str, timeout: float, file: tuple[int, int]) -> bool:
+    """True if the ``KEYS`` beside ``log_path`` lists ``key``, read under the log's shared lock.
+
+    For ``check``, whose copy of ``KEYS`` may predate a key (a write lists it
+    before its commit point): under the lock no compaction is between removing
+    the line and replacing the log. True if the path no longer names ``file``
+    (the ``(device, inode)`` check read: a compaction replaced or removed it
+    since, so what check read is no longer the key's state).
+    """
+    keys_file = os.path.join(os.path.dirname(log_path), "KEYS")
+    try:
+        with fs.open_locked(log_path, os.O_RDONLY, timeout=timeout, shared=True) as fd:
+            st = os.fstat(fd)
+            return (st.st_dev, st.st_ino) != file or key in KeyIndex(keys_file, fs)
+    except FileNotFoundError:
+        return True
+    except UnsafePathError:
+        return False  # KEYS is not a file (check reports it apart)

@@ -325,9 +325,8 @@ class Writer:
                 base=grave,
                 known=known,
             )
-            index = self.names.key_index(ref.scope, ref.namespace)
-            if ref.key not in index:  # before the new log is in place, as a write's step 5
-                index.add(ref.key, ref.namespace, durable=self.layout.durable)
+            # before the new log is in place, as a write's step 5 (a lost KEYS refilled)
+            self.names.list_key(ref, durable=self.layout.durable)
             self.names.state(ref.scope, ref.namespace).pending(ref.key)
             frames = log.replace_locked(head + out.data)
             self._blobs.add_many(

@@ -182,6 +182,71 @@ def test_a_write_killed_while_it_lists_the_keys_of_a_lost_keys_file_hides_none(
     assert Store(damaged, dag="d").check(repair=True).ok
 
 
+_KILLED_REPAIR = """
+import os, sys
+from castore import Store
+from castore.file import keyindex
+real_add, real_rewrite = keyindex.KeyIndex._add, keyindex.KeyIndex._rewrite
+def add(self, *args, **kwargs):
+    real_add(self, *args, **kwargs)
+    os._exit(9)  # killed after the first line it lists
+def rewrite(self, *args, **kwargs):
+    real_rewrite(self, *args, **kwargs)
+    if sys.argv[2] == "after":
+        os._exit(9)
+keyindex.KeyIndex._add, keyindex.KeyIndex._rewrite = add, rewrite
+Store(sys.argv[1], dag="d").check(repair=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["lost", "emptied"])
+@pytest.mark.parametrize("when", ["first line", "after"])
+def test_a_repair_killed_while_it_lists_the_keys_of_a_lost_keys_file_hides_none(
+    tmp_path: Path, how: str, when: str
+) -> None:
+    """Found by a review: ``check --repair`` listed the keys of a lost ``KEYS`` one append
+    at a time (a header first, then a line per log), so a repair killed among them left a
+    well-formed ``KEYS`` listing a few keys: ``list`` left the others out for good."""
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    shutil.copytree(twin, damaged)
+    keys = Path(keys_path(damaged, "dag", "d"))
+    if how == "lost":
+        keys.unlink()
+    else:
+        _keys_damage(keys, "emptied")
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_REPAIR, str(damaged), when], check=False, timeout=60
+    )
+    assert child.returncode in (0, 9)  # 0: nothing listed a line or rewrote after it
+    assert _answers(damaged) == _answers(twin)
+    assert Store(damaged, dag="d").check(repair=True).ok
+
+
+@pytest.mark.parametrize("how", ["lost", "emptied"])
+def test_an_import_overwrite_into_a_lost_keys_file_lists_every_key(
+    tmp_path: Path, how: str
+) -> None:
+    """Found by a review: an import ``--overwrite`` made ``KEYS`` anew listing the key it
+    imported alone, so ``list`` and ``export`` left every other key out (exit 0)."""
+    twin, damaged, source = tmp_path / "twin", tmp_path / "damaged", tmp_path / "source"
+    _build(twin)
+    shutil.copytree(twin, damaged)
+    keys = Path(keys_path(damaged, "dag", "d"))
+    if how == "lost":
+        keys.unlink()
+    else:
+        _keys_damage(keys, "emptied")
+    src = Store(source, dag="d")
+    for i in range(5):
+        src.set("a", {"i": i})
+    lines = list(export_lines(src))
+    for root in (twin, damaged):
+        import_lines(Store(root, dag="d"), lambda: iter(lines), on_conflict="overwrite")
+    assert _versions(damaged) == _versions(twin)
+    assert Store(damaged, dag="d").check().ok
+
+
 def test_a_lost_graves_file_still_exports_the_removed_key(tmp_path: Path) -> None:
     """Was: export left out the removed key, so after an import its versions began again at 1."""
     twin, damaged = tmp_path / "twin", tmp_path / "damaged"
