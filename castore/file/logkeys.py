@@ -6,6 +6,7 @@ made. So a namespace directory whose ``KEYS`` is missing or empty while it holds
 logs lost it (damage), as did one whose ``KEYS`` names no namespace or another one:
 the logs' header frames then say which keys and which namespace, so that damage to
 ``KEYS`` never hides a key (``list``, ``export``, ``compact``) or the namespace.
+And, for ``check``, whether ``KEYS`` lists a key, read under its log's lock.
 """
 
 from __future__ import annotations
