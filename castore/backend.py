@@ -338,7 +338,8 @@ def lost_error(ref: Ref, entry: Entry) -> CorruptionError:
         if entry.damaged_from
         else f"version {entry.version}"
     )
-    return CorruptionError(f"{ref} {lost} lost: {entry.audit.reason}")
+    why = entry.audit.reason or "recorded as lost (no reason given)"  # e.g. an imported line
+    return CorruptionError(f"{ref} {lost} lost: {why}")
 
 
 def newest_first(

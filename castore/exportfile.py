@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import IO, Annotated, ClassVar, Final, Literal
 
+import blake3
 import msgspec
 
 from castore import codec
@@ -190,7 +191,7 @@ def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]
         )
     current: Ref | None = None
     new_versions: list[NewVersion] = []
-    seen: set[Ref] = set()
+    seen: set[bytes] = set()  # a digest of each ref: memory does not grow with key lengths
     count, end, number = 0, 0, 1
     for number, line in it:
         if not line.strip():
@@ -208,9 +209,10 @@ def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]
         if ref != current:
             if current is not None:
                 yield current, new_versions
-            if ref in seen:
+            digest = _ref_digest(ref)
+            if digest in seen:
                 raise InvalidValueError(f"line {number}: versions of {ref} are not contiguous")
-            seen.add(ref)
+            seen.add(digest)
             current, new_versions = ref, []
         if new_versions and rec.time_ns < new_versions[-1].time_ns:
             raise InvalidValueError(f"line {number}: time_ns goes back within {ref}")
@@ -224,6 +226,12 @@ def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]
         )
     if current is not None:
         yield current, new_versions
+
+
+def _ref_digest(ref: Ref) -> bytes:
+    """16 bytes naming ``ref`` (its parts length-prefixed, so no two refs share them)."""
+    parts = [part.encode("utf-8", "surrogatepass") for part in ref]
+    return blake3.blake3(b"".join(len(p).to_bytes(4, "big") + p for p in parts)).digest(16)
 
 
 def _end_line(line: bytes, number: int, count: int, version: int, exc: Exception) -> int:

@@ -182,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_FAILURE)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except MemoryError:  # e.g. a hostile file read whole under a memory limit
+        return _fail("out of memory: the command stopped (what it wrote before stays)", 1)
     return EXIT_OK
 
 

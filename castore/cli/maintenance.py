@@ -8,11 +8,12 @@ line types below, kept here so that the state commands never load them);
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import tempfile
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import IO, Final
 
 import msgspec
 
@@ -21,6 +22,7 @@ from castore.cli.errors import UnhealthyError, UsageError
 from castore.cli.invocation import Command, Invocation, progress, stdin
 from castore.cli.render import encode_line, render_as
 from castore.dagu import import_dagu
+from castore.errors import InvalidValueError
 from castore.keys import SCOPES, go_trim_space
 from castore.reports import (
     MAX_SECONDS,
@@ -117,24 +119,63 @@ def _import(cmd: Invocation) -> Iterator[bytes]:
         if path != "-" and not os.path.exists(path):
             raise UsageError(f"no such file: {path}")
         if path == "-" or not os.path.isfile(path):  # stdin, a pipe such as <(…): read once
-            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="castore-import-"))
             source = (
                 stdin("give the export file's path instead of -")
                 if path == "-"
                 else stack.enter_context(open(path, "rb"))  # closed by the stack
             )
-            for line in read_lines(source):  # bounded: a long line is refused
-                spool.write(line)
-            spool.flush()  # two passes read the spooled copy
-            path = spool.name
-
-        def read() -> Iterator[bytes]:
-            with open(path, "rb") as fh:
-                yield from read_lines(fh)
-
+            spool = stack.enter_context(tempfile.TemporaryFile(prefix="castore-import-"))
+            read = _spooled(source, spool)
+        else:  # one descriptor for both passes: a file renamed over the path is not read
+            fh = stack.enter_context(open(path, "rb"))
+            read = functools.partial(_unchanged, fh, path, _signature(fh))
         bar = stack.enter_context(progress("versions"))
         report = import_lines(cmd.store, read, on_conflict=a.on_conflict, progress=bar.update)
     yield render(report)
+
+
+def _spooled(source: IO[bytes], spool: IO[bytes]) -> Callable[[], Iterator[bytes]]:
+    """Two passes over a stream read once: the first copies what it validates to ``spool``.
+
+    So a stream that is no export is refused at its first bad line, not read whole
+    first; the copy has no name (nothing is left behind by a kill).
+    """
+    passes = [0]
+
+    def read() -> Iterator[bytes]:
+        passes[0] += 1
+        if passes[0] == 1:
+            for line in read_lines(source):  # bounded: a long line is refused
+                spool.write(line)
+                yield line
+            return
+        spool.flush()
+        spool.seek(0)
+        yield from read_lines(spool)
+
+    return read
+
+
+def _signature(fh: IO[bytes]) -> tuple[int, int]:
+    """Size and modification time (not ctime: renaming the path away changes it)."""
+    st = os.fstat(fh.fileno())
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _unchanged(fh: IO[bytes], path: str, seen: tuple[int, int]) -> Iterator[bytes]:
+    """The file's lines from its start, each read while the file is still as first seen.
+
+    The first pass validates what the second writes: a file written to in between
+    (its size or modification time change) stops the import at the next line, naming it.
+    """
+    fh.seek(0)
+    for number, line in enumerate(read_lines(fh), start=1):
+        if _signature(fh) != seen:
+            raise InvalidValueError(
+                f"{path} changed while it was imported (line {number}): stopped; what was "
+                "written before stays; import a copy that nothing writes to"
+            )
+        yield line
 
 
 def _import_dagu(cmd: Invocation) -> Iterator[bytes]:

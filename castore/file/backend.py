@@ -26,8 +26,7 @@ from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.frames import Frame, LogBytes
 from castore.file.graves import Graveyard
-from castore.file.keyindex import KeyIndex
-from castore.file.layout import Layout
+from castore.file.layout import KEY_BYTES_CACHED, Layout
 from castore.file.namespaces import Namespaces
 from castore.file.readcache import CACHE_MAX_ENTRIES, ReadCache, Sig, stat_sig
 from castore.file.readers import KeptReaders
@@ -69,6 +68,7 @@ class FileBackend:
         self.blob_reader = BlobReader(self.layout.fs, self.layout.refs, self._blobs)
         self.names = Namespaces(self.layout)
         self._logs: dict[Ref, RefLog] = {}
+        self._log_bytes = 0  # of the keys in _logs
         self._cache = ReadCache()
         self._writer = Writer(self.layout, self.names, self._blobs, self.blob_reader, self._cache)
         self.kept_readers = KeptReaders()  # logs kept open for version reads
@@ -104,6 +104,7 @@ class FileBackend:
         """Drop cached state; close the cached directory descriptors (see ``Store.close``)."""
         self._cache.clear()
         self._logs.clear()
+        self._log_bytes = 0
         self.kept_readers.close()
         self._writer.close()
         self.names.close()
@@ -113,8 +114,10 @@ class FileBackend:
         """The ref log of ``ref`` (which may not exist yet)."""
         log = self._logs.get(ref)
         if log is None:
-            if len(self._logs) >= CACHE_MAX_ENTRIES:
+            if len(self._logs) >= CACHE_MAX_ENTRIES or self._log_bytes >= KEY_BYTES_CACHED:
                 self._logs.clear()
+                self._log_bytes = 0
+            self._log_bytes += len(ref.key)  # bounded by bytes too: keys may be 4 KiB
             log = self._logs[ref] = RefLog(self.layout, self._blobs, self.layout.log_path(ref), ref)
         return log
 
@@ -129,10 +132,6 @@ class FileBackend:
     def iter_logs(self) -> Iterator[str]:
         """Paths of every ref log in the store, sorted."""
         return self.layout.iter_logs()
-
-    def key_index(self, scope: str, namespace: str) -> KeyIndex:
-        """The key index of a namespace."""
-        return self.names.key_index(scope, namespace)
 
     def graveyard(self, scope: str, namespace: str) -> Graveyard:
         """The graveyard of a namespace."""
@@ -164,7 +163,7 @@ class FileBackend:
         """Rebuild the blob index from every log (count its blobs); ``gc.lock`` as gc holds it."""
         with self.layout.gc_locked(shared=False, held=gc_held):
             logs = ((p, self.rel(p)) for p in self.iter_logs())
-            return self._blobs.rebuild(logs, durable=self.durable)
+            return self._blobs.rebuild(logs)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -220,7 +220,7 @@ class BlobIndex:
                         _remember(table, frame.payload)
                     self._shards[path] = (ino, pos + len(data), table)
 
-    def _durable_bytes(self, path: str, durable: bool) -> bytes:
+    def _durable_bytes(self, path: str) -> bytes:
         """A log's bytes; a marked log's made durable first (FORMAT.md §6, "Names").
 
         A durable write may point at any value of at least ``DEDUP_MIN_BYTES`` the index
@@ -229,16 +229,27 @@ class BlobIndex:
         fd = self.fs.open(path, os.O_RDONLY)
         try:
             st = os.fstat(fd)
-            if durable and namesync.marked(st.st_mode):
+            # a log made durable has its KEYS line made durable first: a crash must not
+            # leave a log with versions that KEYS does not list (list would miss the key);
+            # the rebuilt index is durable, so the names it points into are made so too
+            if namesync.marked(st.st_mode):
+                root = self.fs.root or "/"
+                namesync.settle_log(self.fs, path, root, keys_synced=False, name=True)
                 namesync.settle(self.fs, fd, path)
             elif st.st_mode & DATA_UNSYNCED:
+                with contextlib.suppress(FileNotFoundError):
+                    namesync.sync_file(self.fs, os.path.join(os.path.dirname(path), "KEYS"))
                 os.fdatasync(fd)
             return fileio.read_at(fd, 0, st.st_size)
         finally:
             os.close(fd)
 
-    def rebuild(self, logs: Iterable[tuple[str, str]], *, durable: bool) -> int:
+    def rebuild(self, logs: Iterable[tuple[str, str]]) -> int:
         """Rewrite every shard from the blob frames of ``logs`` (path, path below ``refs/``).
+
+        Durable whatever the handle (the logs it reads too, with their names): a rewrite
+        may have moved values that only the index finds, and a stale index after a crash
+        would leave them unreadable until a repair.
 
         Returns the number of blob frames. Each shard is replaced atomically;
         an entry a writer appends to the old shard meanwhile may be lost,
@@ -248,7 +259,7 @@ class BlobIndex:
         count = 0
         for path, own in logs:
             try:
-                frames = list(scan_frames(self._durable_bytes(path, durable)))
+                frames = list(scan_frames(self._durable_bytes(path)))
             except FileNotFoundError:
                 continue
             for f in frames:
@@ -258,14 +269,14 @@ class BlobIndex:
                     shards.setdefault(f"{f.payload[0]:02x}", []).append(
                         self.payload(f.payload[:32], loc)
                     )
-        self.fs.makedirs(self.dir, durable=False)
+        self.fs.makedirs(self.dir, durable=True)  # rewrites moved values: only the index finds
         for name in self.fs.listdir(self.dir):
             if name.endswith(".idx") and name[:-4] not in shards:
                 shards[name[:-4]] = []
         for shard, records in shards.items():
             path = os.path.join(self.dir, shard + ".idx")
             if records:
-                self.fs.atomic_write(path, b"".join(records), durable=durable, unsynced=not durable)
+                self.fs.atomic_write(path, b"".join(records), durable=True)  # them (see makedirs)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.unlink(path)

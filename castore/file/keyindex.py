@@ -350,8 +350,16 @@ class KeyIndex:
             self._rewrite(fd, namespace, edit, durable=durable)
 
     def _rewrite(self, fd: int, namespace: str, edit: dict[bytes, bool], *, durable: bool) -> None:
-        """Replace the locked file by a sorted one, ``edit``'s lines listed (True) or not."""
-        size = os.fstat(fd).st_size
+        """Replace the locked file by a sorted one, ``edit``'s lines listed (True) or not.
+
+        A durable rewrite of a marked (or new) file settles the namespace's directories
+        first: the new file is unmarked, and the mark is what tells a later durable write
+        that they may not be durable yet (FORMAT.md §6, "Names").
+        """
+        st = os.fstat(fd)
+        size = st.st_size
+        if durable and (namesync.marked(st.st_mode) or not size):
+            namesync.settle_namespace(self.fs, os.path.dirname(self.path), self.fs.root or "/")
         layout = _Layout(fd, size)
         data = fileio.read_at(fd, layout.start, size - layout.start)
         complete = data[: data.rfind(b"\n") + 1]

@@ -24,9 +24,10 @@ from castore.file.tree import Tree
 from castore.keys import Ref, file_id, log_name
 from castore.waits import lock_wait
 
-__all__ = ["PATHS_CACHED", "Layout"]
+__all__ = ["KEY_BYTES_CACHED", "PATHS_CACHED", "Layout"]
 
 PATHS_CACHED = 65536  # ref -> log path entries a handle remembers; cleared wholesale when full
+KEY_BYTES_CACHED = 16 << 20  # and the bytes of their keys (4 KiB keys: 4,096 entries)
 
 
 class Layout:
@@ -60,6 +61,7 @@ class Layout:
         self.fs = Tree(root, MODES[mode] if mode is not None else PRIVATE)
         self.present = False  # a store is here and its FORMAT was checked
         self._paths: dict[Ref, str] = {}
+        self._path_bytes = 0  # of the keys in _paths
         self._probe(refuse_foreign=True)
 
     @property
@@ -234,8 +236,10 @@ class Layout:
         """The ref log file of ``ref`` (which may not exist yet)."""
         path = self._paths.get(ref)
         if path is None:
-            if len(self._paths) >= PATHS_CACHED:
+            if len(self._paths) >= PATHS_CACHED or self._path_bytes >= KEY_BYTES_CACHED:
                 self._paths.clear()
+                self._path_bytes = 0
+            self._path_bytes += len(ref.key)
             path = os.path.join(self.refs, log_name(ref))
             self._paths[ref] = path
         return path

@@ -110,7 +110,7 @@ def _rewrite_locked(
         for f in scan_frames(data)
         if f.kind == KIND_BLOB
     ]
-    log.blobs.add_many(moved, durable=layout.durable)
+    log.blobs.add_many(moved, durable=True)  # values other logs point at: found after a crash
     return log.replace_locked(data, repair=keep_copy is not None)
 
 

@@ -83,11 +83,14 @@ def settle_other(fs: Tree, path: str) -> None:
     """Make another log, which a durable write is about to point into, durable if marked.
 
     Its data is fdatasynced if marked (the mark stays: that log's writers may append
-    again meanwhile), its name settled if marked.
+    again meanwhile), its name settled if marked; first its ``KEYS`` (and the namespace's
+    directories, if ``KEYS`` is marked): a log made durable never lacks its key's line.
     """
     fd = fs.open(path, os.O_RDONLY)
     try:
         mode = os.fstat(fd).st_mode
+        if mode & (DATA_UNSYNCED | UNSYNCED):
+            settle_log(fs, path, fs.root or "/", keys_synced=False, name=False)
         if mode & DATA_UNSYNCED:
             os.fdatasync(fd)
         if mode & UNSYNCED:

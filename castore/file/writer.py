@@ -311,22 +311,20 @@ class Writer:
             own = self.layout.rel(log.path)
             self._blobs.add_many(
                 [(d, BlobLoc(own, loc.offset, loc.length)) for d, loc in moved],
-                durable=self.layout.durable,  # before the rename: stale hints must find them
+                durable=True,  # before the rename: stale hints must find them, after a crash too
             )
             known = {d.hex(): loc for d, loc in moved}
             grave = self.names.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+            now = time.time_ns()
             out = encode_versions(
-                ref,
-                len(head),
-                None,
-                new_versions,
-                lambda _: None,
-                now=time.time_ns(),
-                base=grave,
-                known=known,
+                ref, len(head), None, new_versions, lambda _: None, now=now, base=grave, known=known
             )
             # before the new log is in place, as a write's step 5 (a lost KEYS refilled)
-            self.names.list_key(ref, durable=self.layout.durable)
+            listed = self.names.list_key(ref, durable=self.layout.durable)
+            if self.layout.durable:  # KEYS's line, and the namespace if a no-sync write made it
+                settle_log(
+                    self.layout.fs, log.path, self.layout.root, keys_synced=listed, name=False
+                )
             self.names.state(ref.scope, ref.namespace).pending(ref.key)
             frames = log.replace_locked(head + out.data)
             self._blobs.add_many(

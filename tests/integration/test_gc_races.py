@@ -391,7 +391,7 @@ def test_a_key_made_live_again_is_listed_again(tmp_path):
     store = Store(tmp_path / "store", dag=DAG)
     store.set("k", 1)
     store.delete("k")
-    file_backend(store).key_index("dag", DAG).remove({"k"}, durable=True)
+    file_backend(store).names.key_index("dag", DAG).remove({"k"}, durable=True)
     assert store.list().entries == []
     store.set("k", 2)
     fresh = Store(tmp_path / "store", dag=DAG)
@@ -487,8 +487,8 @@ def test_a_rewrite_beside_an_index_rebuild_keeps_moved_values_readable(
         else:  # the same history again: a's log is rewritten, its blob frames moved
             import_lines(other, lambda: history, on_conflict="overwrite")
 
-    def read_then_rewrite(self: blobindex.BlobIndex, path: str, durable: bool) -> bytes:
-        data = real(self, path, durable)
+    def read_then_rewrite(self: blobindex.BlobIndex, path: str) -> bytes:
+        data = real(self, path)
         if path == a_log and not meanwhile:
             meanwhile.append(threading.Thread(target=run_rewrite))
             meanwhile[0].start()
