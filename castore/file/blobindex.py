@@ -201,24 +201,45 @@ class BlobIndex:
             self.fs.makedirs(self.dir, durable=durable)
             self._dir_made = True
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        for path, frames in shards.items():
-            data = b"".join(frames)
-            fd = self.fs.open(path, flags, unsynced=True)
-            try:
-                fileio.append(fd, data, durable=durable)  # one O_APPEND write: never interleaved
-                end = os.lseek(fd, 0, os.SEEK_CUR)  # where it landed: just before here
-                st = os.fstat(fd)
-                if durable and namesync.marked(st.st_mode):  # a new shard: its name too
-                    namesync.settle_namespace(self.fs, self.dir, self.fs.root or "/")
-                    namesync.clear(fd, st.st_mode)
-            finally:
+        marked: list[tuple[int, int]] = []  # shards whose names a durable call settles, once
+        try:
+            for path, frames in shards.items():
+                self._append(path, frames, flags, durable, marked)
+            if marked:  # new shards: their names too, one fsync of index/ and up for all
+                namesync.settle_namespace(self.fs, self.dir, self.fs.root or "/")
+                for fd, mode in marked:
+                    namesync.clear(fd, mode)
+        finally:
+            for fd, _ in marked:
                 os.close(fd)
-            with self._lock:
-                ino, pos, table = self._shards.get(path, (0, 0, {}))
-                if st.st_ino == ino and end - len(data) == pos:  # right after what was read
-                    for frame in scan_frames(data, pos):
-                        _remember(table, frame.payload)
-                    self._shards[path] = (ino, pos + len(data), table)
+
+    def _append(
+        self,
+        path: str,
+        frames: list[bytes],
+        flags: int,
+        durable: bool,
+        marked: list[tuple[int, int]],
+    ) -> None:
+        """Append one shard's records; a marked shard a durable call appended to is kept open."""
+        data = b"".join(frames)
+        fd = self.fs.open(path, flags, unsynced=True)
+        try:
+            fileio.append(fd, data, durable=durable)  # one O_APPEND write: never interleaved
+            end = os.lseek(fd, 0, os.SEEK_CUR)  # where it landed: just before here
+            st = os.fstat(fd)
+            if durable and namesync.marked(st.st_mode):
+                marked.append((fd, st.st_mode))
+                fd = -1
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        with self._lock:
+            ino, pos, table = self._shards.get(path, (0, 0, {}))
+            if st.st_ino == ino and end - len(data) == pos:  # right after what was read
+                for frame in scan_frames(data, pos):
+                    _remember(table, frame.payload)
+                self._shards[path] = (ino, pos + len(data), table)
 
     def _durable_bytes(self, path: str) -> bytes:
         """A log's bytes; a marked log's made durable first (FORMAT.md §6, "Names").
@@ -236,9 +257,10 @@ class BlobIndex:
                 root = self.fs.root or "/"
                 namesync.settle_log(self.fs, path, root, keys_synced=False, name=True)
                 namesync.settle(self.fs, fd, path)
-            elif st.st_mode & DATA_UNSYNCED:
-                with contextlib.suppress(FileNotFoundError):
-                    namesync.sync_file(self.fs, os.path.join(os.path.dirname(path), "KEYS"))
+            elif st.st_mode & DATA_UNSYNCED:  # KEYS missing or marked: its directory too
+                namesync.settle_log(
+                    self.fs, path, self.fs.root or "/", keys_synced=False, name=False
+                )
                 os.fdatasync(fd)
             return fileio.read_at(fd, 0, st.st_size)
         finally:

@@ -31,7 +31,7 @@ from castore.file.damage import REPAIR_HINT, damaged_error, disorder_error
 from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
-from castore.file.modes import DATA_UNSYNCED, UNSYNCED
+from castore.file.modes import DATA_UNSYNCED
 from castore.file.rewrite import replace_with
 from castore.keys import Ref
 from castore.records import Entry, VersionRanges
@@ -311,14 +311,11 @@ class RefLog:
             with contextlib.suppress(FileNotFoundError):
                 fs.unlink(self.vix_path)
         old_mode = fs.stat(self.path).st_mode
-        if self.layout.durable and old_mode & (UNSYNCED | DATA_UNSYNCED):
-            # the new log is unmarked: what the marks said may not be durable is made so
-            # (its KEYS line; the namespace, if a durable=False write made it)
-            namesync.settle_log(fs, self.path, self.layout.root, keys_synced=False, name=False)
-        else:  # the new log's data is durable (replace_with), its name once any directory
-            # fsync comes: the KEYS line that lists its key must be durable before that
-            with contextlib.suppress(FileNotFoundError):
-                namesync.sync_file(fs, os.path.join(os.path.dirname(self.path), "KEYS"))
+        # The new log's data is durable (replace_with), its name once any fsync of its
+        # directory comes (another writer's): first the KEYS line listing its key, and the
+        # namespace's directories if KEYS is marked or missing (a durable=False write made
+        # it, or it was lost); a durable rewrite also puts an unmarked log in place.
+        namesync.settle_log(fs, self.path, self.layout.root, keys_synced=False, name=False)
         fd = replace_with(fs, self.path, data, data_mark=bool(old_mode & DATA_UNSYNCED))
         try:
             if self.layout.durable:

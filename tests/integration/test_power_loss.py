@@ -391,3 +391,35 @@ def test_no_sync_compaction_indexes_moved_blobs_durably(
         ],
     )
     assert not problems, problems
+
+
+def test_gc_syncing_a_log_whose_keys_was_removed_makes_the_removal_durable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc makes a log durable only with what lists its key: here, the removal of ``KEYS``.
+
+    Was (seed 76 of 200): a key compaction removed, written again by a durable=False
+    handle into the log compaction had left, then ``KEYS`` removed by an operator: gc's
+    index rebuild fdatasynced the log (its version 3 durable) but nothing made the
+    removal durable, so after a power loss the old ``KEYS``, which no longer listed the
+    key, came back: ``list`` missed a key ``get`` found.
+    """
+
+    def remove_keys(h: Handles) -> None:
+        os.unlink(os.path.join(os.path.dirname(ref_log_path(h["d", True], "k3")), "KEYS"))
+
+    problems = scripted(
+        tmp_path,
+        monkeypatch,
+        [
+            put("k3", SMALL[1], True),
+            put("x1", SMALL[1], False, dag="e"),
+            delete("k3", False),
+            call(lambda h: h["d", False].compact(keep_within_seconds=0)),
+            call(lambda h: h["d", False].gc(grace_seconds=0)),
+            put("k3", BIG[0], False),
+            call(remove_keys),
+            call(lambda h: h["d", False].gc(grace_seconds=0)),
+        ],
+    )
+    assert not problems, problems
