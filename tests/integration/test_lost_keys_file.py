@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,23 @@ def _keys_damage(keys: Path, how: str) -> None:
         keys.write_bytes(Path(keys_path(keys.parents[3], "dag", "e")).read_bytes())
 
 
+def _lose_keys(
+    tmp_path: Path, how: str, before: Callable[[], object] | None = None
+) -> tuple[Path, Path, Path]:
+    """An undamaged store, and its copy whose ``KEYS`` is ``how`` ("lost" or "emptied")."""
+    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
+    _build(twin)
+    if before is not None:
+        before()
+    shutil.copytree(twin, damaged)
+    keys = Path(keys_path(damaged, "dag", "d"))
+    if how == "lost":
+        keys.unlink()
+    else:
+        _keys_damage(keys, "emptied")
+    return twin, damaged, keys
+
+
 @pytest.mark.parametrize("how", ["first byte", "emptied", "another namespace's"])
 def test_a_damaged_keys_file_hides_no_key_or_namespace(tmp_path: Path, how: str) -> None:
     """Found by a review: with ``KEYS``'s first line damaged, emptied or another
@@ -104,14 +122,7 @@ def test_a_damaged_keys_file_hides_no_key_or_namespace(tmp_path: Path, how: str)
 def test_a_write_after_keys_was_lost_lists_every_key_again(tmp_path: Path, how: str) -> None:
     """Found by a review: the first write of a new key made ``KEYS`` anew, listing that key
     alone, and ``list``, ``export`` and ``audit`` then left the others out (exit 0)."""
-    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
-    _build(twin)
-    shutil.copytree(twin, damaged)
-    keys = Path(keys_path(damaged, "dag", "d"))
-    if how == "lost":
-        keys.unlink()
-    else:
-        _keys_damage(keys, "emptied")
+    twin, damaged, _ = _lose_keys(tmp_path, how)
     for root in (twin, damaged):
         Store(root, dag="d").set("zz", 1)
     assert _versions(damaged) == _versions(twin)
@@ -125,15 +136,9 @@ def test_a_compaction_that_removes_a_key_of_a_lost_keys_file_lists_the_others(
     """Was: compaction removing a key rewrote a lost or emptied ``KEYS`` naming no
     namespace and listing nothing (or left it lost), so ``check`` failed after it and
     no later write listed the other keys again (``KEYS`` no longer read as lost)."""
-    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
-    _build(twin)
-    Store(twin, dag="d").delete("a")
-    shutil.copytree(twin, damaged)
-    keys = Path(keys_path(damaged, "dag", "d"))
-    if how == "lost":
-        keys.unlink()
-    else:
-        _keys_damage(keys, "emptied")
+    twin, damaged, keys = _lose_keys(
+        tmp_path, how, lambda: Store(tmp_path / "twin", dag="d").delete("a")
+    )
     for root in (twin, damaged):
         removed = Store(root, dag="d").compact(prefix="a", keep_within_seconds=0)
         assert removed.keys_removed == 1
@@ -145,7 +150,7 @@ def test_a_compaction_that_removes_a_key_of_a_lost_keys_file_lists_the_others(
     assert _versions(damaged) == _versions(twin)
 
 
-_KILLED_REFILL = """
+_KILLED = """
 import os, sys
 from castore import Store
 from castore.file import keyindex
@@ -154,11 +159,13 @@ def add(self, *args, **kwargs):
     real_add(self, *args, **kwargs)
     os._exit(9)  # killed after the first line it lists
 def rewrite(self, *args, **kwargs):
-    if sys.argv[2] == "after":
+    if sys.argv[2] != "before":
         real_rewrite(self, *args, **kwargs)
-    os._exit(9)
+    if sys.argv[2] != "first line":
+        os._exit(9)
 keyindex.KeyIndex._add, keyindex.KeyIndex._rewrite = add, rewrite
-Store(sys.argv[1], dag="d").set("zz", 1)
+store = Store(sys.argv[1], dag="d")
+store.set("zz", 1) if sys.argv[3] == "set" else store.check(repair=True)
 """
 
 
@@ -174,29 +181,12 @@ def test_a_write_killed_while_it_lists_the_keys_of_a_lost_keys_file_hides_none(
     shutil.copytree(twin, damaged)
     Path(keys_path(damaged, "dag", "d")).unlink()
     child = subprocess.run(
-        [sys.executable, "-c", _KILLED_REFILL, str(damaged), when], check=False, timeout=60
+        [sys.executable, "-c", _KILLED, str(damaged), when, "set"], check=False, timeout=60
     )
     assert child.returncode == 9
     listed = [e.key for e in Store(damaged, dag="d").list().entries if e.key != "zz"]
     assert listed == [e.key for e in Store(twin, dag="d").list().entries]
     assert Store(damaged, dag="d").check(repair=True).ok
-
-
-_KILLED_REPAIR = """
-import os, sys
-from castore import Store
-from castore.file import keyindex
-real_add, real_rewrite = keyindex.KeyIndex._add, keyindex.KeyIndex._rewrite
-def add(self, *args, **kwargs):
-    real_add(self, *args, **kwargs)
-    os._exit(9)  # killed after the first line it lists
-def rewrite(self, *args, **kwargs):
-    real_rewrite(self, *args, **kwargs)
-    if sys.argv[2] == "after":
-        os._exit(9)
-keyindex.KeyIndex._add, keyindex.KeyIndex._rewrite = add, rewrite
-Store(sys.argv[1], dag="d").check(repair=True)
-"""
 
 
 @pytest.mark.parametrize("how", ["lost", "emptied"])
@@ -207,16 +197,9 @@ def test_a_repair_killed_while_it_lists_the_keys_of_a_lost_keys_file_hides_none(
     """Found by a review: ``check --repair`` listed the keys of a lost ``KEYS`` one append
     at a time (a header first, then a line per log), so a repair killed among them left a
     well-formed ``KEYS`` listing a few keys: ``list`` left the others out for good."""
-    twin, damaged = tmp_path / "twin", tmp_path / "damaged"
-    _build(twin)
-    shutil.copytree(twin, damaged)
-    keys = Path(keys_path(damaged, "dag", "d"))
-    if how == "lost":
-        keys.unlink()
-    else:
-        _keys_damage(keys, "emptied")
+    twin, damaged, _ = _lose_keys(tmp_path, how)
     child = subprocess.run(
-        [sys.executable, "-c", _KILLED_REPAIR, str(damaged), when], check=False, timeout=60
+        [sys.executable, "-c", _KILLED, str(damaged), when, "repair"], check=False, timeout=60
     )
     assert child.returncode in (0, 9)  # 0: nothing listed a line or rewrote after it
     assert _answers(damaged) == _answers(twin)
@@ -229,14 +212,8 @@ def test_an_import_overwrite_into_a_lost_keys_file_lists_every_key(
 ) -> None:
     """Found by a review: an import ``--overwrite`` made ``KEYS`` anew listing the key it
     imported alone, so ``list`` and ``export`` left every other key out (exit 0)."""
-    twin, damaged, source = tmp_path / "twin", tmp_path / "damaged", tmp_path / "source"
-    _build(twin)
-    shutil.copytree(twin, damaged)
-    keys = Path(keys_path(damaged, "dag", "d"))
-    if how == "lost":
-        keys.unlink()
-    else:
-        _keys_damage(keys, "emptied")
+    twin, damaged, _ = _lose_keys(tmp_path, how)
+    source = tmp_path / "source"
     src = Store(source, dag="d")
     for i in range(5):
         src.set("a", {"i": i})
