@@ -32,6 +32,7 @@ from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
 from castore.file.modes import DATA_UNSYNCED
+from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.rewrite import replace_with
 from castore.keys import Ref
 from castore.records import Entry, VersionRanges
@@ -312,9 +313,13 @@ class RefLog:
                 fs.unlink(self.vix_path)
         old_mode = fs.stat(self.path).st_mode
         # The new log's data is durable (replace_with), its name once any fsync of its
-        # directory comes (another writer's): first the KEYS line listing its key, and the
-        # namespace's directories if KEYS is marked or missing (a durable=False write made
-        # it, or it was lost); a durable rewrite also puts an unmarked log in place.
+        # directory comes (another writer's): first what its entries depend on, as for a
+        # durable write: the other logs holding their values, the KEYS line listing its
+        # key, and the namespace's directories if KEYS is marked or missing (a durable=False
+        # write made it, or it was lost); a durable rewrite also puts an unmarked log in place.
+        for other in _pointed_into(data, self.layout.rel(self.path)):
+            with contextlib.suppress(FileNotFoundError):  # a stale hint: the index finds it
+                namesync.settle_other(fs, os.path.join(self.layout.refs, other))
         namesync.settle_log(fs, self.path, self.layout.root, keys_synced=False, name=False)
         fd = replace_with(fs, self.path, data, data_mark=bool(old_mode & DATA_UNSYNCED))
         try:
@@ -327,3 +332,9 @@ class RefLog:
         frames = list(scan_frames(data))
         fs.atomic_write(self.vix_path, versionindex.rebuild(frames), durable=False)
         return frames
+
+
+def _pointed_into(data: bytes, own: str) -> set[str]:
+    """The other logs (below ``refs/``) whose values the entries of ``data`` point at."""
+    entries = (decode_entry(f.payload) for f in scan_frames(data) if f.kind == KIND_ENTRY)
+    return {e.blob.log for e in entries if e.blob is not None and e.blob.log != own}

@@ -423,3 +423,29 @@ def test_gc_syncing_a_log_whose_keys_was_removed_makes_the_removal_durable(
         ],
     )
     assert not problems, problems
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_rewrite_settles_the_logs_its_entries_point_into(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    """A rewritten log is durable once its directory is fsynced: so are the values it uses.
+
+    Was (seeds 250 and 271 of 300): a durable=False write deduplicated onto a value in
+    another durable=False log; a compaction rewrote its log (a rewrite always syncs its
+    data) and it, or a later call, fsynced the directory: after a power loss the version
+    pointed at a value that was never durable (``CorruptionError``).
+    """
+    problems = scripted(
+        tmp_path,
+        monkeypatch,
+        [
+            put("k3", BIG[1], True),
+            put("k1", BIG[0], False),
+            put("k3", BIG[0], False),  # points into k1's log
+            call(lambda h: h["d", durable].compact(keep_last=1)),
+            call(lambda h: h["d", False].compact(keep_within_seconds=0)),  # GRAVES' fsync
+            put("k0", SMALL[0], True),
+        ],
+    )
+    assert not problems, problems
