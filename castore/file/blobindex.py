@@ -201,45 +201,34 @@ class BlobIndex:
             self.fs.makedirs(self.dir, durable=durable)
             self._dir_made = True
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        marked: list[tuple[int, int]] = []  # shards whose names a durable call settles, once
-        try:
-            for path, frames in shards.items():
-                self._append(path, frames, flags, durable, marked)
-            if marked:  # new shards: their names too, one fsync of index/ and up for all
-                namesync.settle_namespace(self.fs, self.dir, self.fs.root or "/")
-                for fd, mode in marked:
-                    namesync.clear(fd, mode)
-        finally:
-            for fd, _ in marked:
-                os.close(fd)
+        marked = [p for p, frames in shards.items() if self._append(p, frames, flags, durable)]
+        if marked:  # new shards: their names too, one fsync of index/ and up for all of them
+            namesync.settle_namespace(self.fs, self.dir, self.fs.root or "/")
+            for path in marked:  # opened again: one descriptor at a time (up to 256 shards)
+                with contextlib.suppress(FileNotFoundError):
+                    fd = self.fs.open(path, os.O_RDONLY)
+                    try:
+                        namesync.clear(fd, os.fstat(fd).st_mode)
+                    finally:
+                        os.close(fd)
 
-    def _append(
-        self,
-        path: str,
-        frames: list[bytes],
-        flags: int,
-        durable: bool,
-        marked: list[tuple[int, int]],
-    ) -> None:
-        """Append one shard's records; a marked shard a durable call appended to is kept open."""
+    def _append(self, path: str, frames: list[bytes], flags: int, durable: bool) -> bool:
+        """Append one shard's records; True if a durable call appended to a marked shard."""
         data = b"".join(frames)
         fd = self.fs.open(path, flags, unsynced=True)
         try:
             fileio.append(fd, data, durable=durable)  # one O_APPEND write: never interleaved
             end = os.lseek(fd, 0, os.SEEK_CUR)  # where it landed: just before here
             st = os.fstat(fd)
-            if durable and namesync.marked(st.st_mode):
-                marked.append((fd, st.st_mode))
-                fd = -1
         finally:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
         with self._lock:
             ino, pos, table = self._shards.get(path, (0, 0, {}))
             if st.st_ino == ino and end - len(data) == pos:  # right after what was read
                 for frame in scan_frames(data, pos):
                     _remember(table, frame.payload)
                 self._shards[path] = (ino, pos + len(data), table)
+        return durable and namesync.marked(st.st_mode)
 
     def _durable_bytes(self, path: str) -> bytes:
         """A log's bytes; a marked log's made durable first (FORMAT.md §6, "Names").

@@ -24,6 +24,7 @@ import fcntl
 import os
 import stat
 
+from castore.errors import UnsafePathError
 from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
@@ -185,7 +186,7 @@ def settle_log(fs: Tree, path: str, root: str, *, keys_synced: bool, name: bool)
     keys = os.path.join(folder, "KEYS")
     try:
         keys_fd: int | None = fs.open(keys, os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, UnsafePathError):  # not a file: check reports it; as missing
         keys_fd = None
     try:
         st = os.fstat(keys_fd) if keys_fd is not None else None

@@ -337,4 +337,4 @@ class RefLog:
 def _pointed_into(data: bytes, own: str) -> set[str]:
     """The other logs (below ``refs/``) whose values the entries of ``data`` point at."""
     entries = (decode_entry(f.payload) for f in scan_frames(data) if f.kind == KIND_ENTRY)
-    return {e.blob.log for e in entries if e.blob is not None and e.blob.log != own}
+    return {e.blob.log for e in entries if e.blob is not None and e.blob.log not in ("", own)}

@@ -310,7 +310,7 @@ def _check_key(store: Store, ref: Ref, expect: Expect, live: dict[str, int]) -> 
     try:
         got = store.get(key)
     except CorruptionError as exc:
-        tag = "" if expect.undurable_ops.get(ref) else " [durable-only key]"
+        tag = " [info]" if expect.undurable_ops.get(ref) else " [durable-only key]"
         return [*problems, f"{dag}/{key}: get v{version}: {str(exc)[:200]}{tag}"]
     want = expect.acked.get(ref, {}).get(got.version, MISSING)
     if got.version != version or got.value != want:
