@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 
 from castore.file import fileio, namesync
 from castore.file.frames import Frame, encode_frame, scan_frames
-from castore.file.modes import DATA_UNSYNCED
+from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.records import KIND_BLOB
 from castore.file.tree import Tree
 from castore.keys import is_log_name
@@ -242,14 +242,13 @@ class BlobIndex:
             # a log made durable has its KEYS line made durable first: a crash must not
             # leave a log with versions that KEYS does not list (list would miss the key);
             # the rebuilt index is durable, so the names it points into are made so too
-            if namesync.marked(st.st_mode):
-                root = self.fs.root or "/"
-                namesync.settle_log(self.fs, path, root, keys_synced=False, name=True)
-                namesync.settle(self.fs, fd, path)
-            elif st.st_mode & DATA_UNSYNCED:  # KEYS missing or marked: its directory too
+            if st.st_mode & (UNSYNCED | DATA_UNSYNCED):  # KEYS: its directory too
                 namesync.settle_log(
                     self.fs, path, self.fs.root or "/", keys_synced=False, name=False
                 )
+            if namesync.marked(st.st_mode):
+                namesync.settle(self.fs, fd, path)  # data, then the name (directory fsync)
+            elif st.st_mode & DATA_UNSYNCED:
                 os.fdatasync(fd)
             return fileio.read_at(fd, 0, st.st_size)
         finally:

@@ -320,11 +320,7 @@ class Writer:
                 ref, len(head), None, new_versions, lambda _: None, now=now, base=grave, known=known
             )
             # before the new log is in place, as a write's step 5 (a lost KEYS refilled)
-            listed = self.names.list_key(ref, durable=self.layout.durable)
-            if self.layout.durable:  # KEYS's line, and the namespace if a no-sync write made it
-                settle_log(
-                    self.layout.fs, log.path, self.layout.root, keys_synced=listed, name=False
-                )
+            self.names.list_key(ref, durable=self.layout.durable)  # replace_locked settles KEYS
             self.names.state(ref.scope, ref.namespace).pending(ref.key)
             frames = log.replace_locked(head + out.data)
             self._blobs.add_many(
