@@ -141,6 +141,13 @@ class Backend(Protocol):
         entry is another one now, nothing is replaced (:func:`changed_since`).
         """
 
+    def check_history_size(self, ref: Ref, new_versions: list[NewVersion]) -> None:
+        """Refuse a history this backend cannot take in one write (an import's key).
+
+        Raises:
+            InvalidValueError: ``new_versions`` exceed what one write carries.
+        """
+
     def exists(self, ref: Ref) -> bool:
         """True if ``ref`` has any stored record (even a tombstone)."""
 

@@ -238,6 +238,8 @@ def _validated(
         refusal = _refusal(ref, existing, new_versions, on_conflict, grave)
         if refusal is not None:
             refused.append(refusal)
+        elif existing is None or on_conflict == "overwrite":  # written by the second pass
+            store.backend.check_history_size(ref, new_versions)
     if conflicts and on_conflict == "refuse":
         first = next(iter(conflicts))
         raise ConflictError(

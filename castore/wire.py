@@ -36,6 +36,7 @@ from castore.results import ListEntry
 __all__ = [
     "APPLIED",
     "CALLS",
+    "CALL_BODY_MAX",
     "CLUSTER_HEADER",
     "FRAME_END",
     "FRAME_ERROR",
@@ -63,6 +64,9 @@ CLUSTER_HEADER: Final = "castore-cluster"  # the digest of the client's member l
 MEMBERS_HEADER: Final = "castore-members"  # how many members the client's list has
 LOCK_TIMEOUT_HEADER: Final = "castore-lock-timeout"  # the client's lock timeout, in seconds
 RETRY_WINDOW: Final = 64  # a retried append is found among this many newest versions
+# The largest body of a backend call a server reads: an import sends a key's whole history
+# in one call (``append`` for a new key, ``replace`` for an overwrite).
+CALL_BODY_MAX: Final = 64 * 1024 * 1024
 
 # A streamed reply is a sequence of frames: kind (1 byte), length (4 bytes, big-endian), payload.
 FRAME_ITEM: Final = b"i"  # one item, MessagePack

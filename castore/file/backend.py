@@ -165,6 +165,9 @@ class FileBackend:
             logs = ((p, self.rel(p)) for p in self.iter_logs())
             return self._blobs.rebuild(logs)
 
+    def check_history_size(self, ref: Ref, new_versions: list[NewVersion]) -> None:
+        """Nothing: a directory takes a history of any size in one write."""
+
     # -- reading -------------------------------------------------------------------------
 
     def exists(self, ref: Ref) -> bool:

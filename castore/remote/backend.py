@@ -32,6 +32,7 @@ from castore.errors import (
     LockTimeoutError,
     StoreUnavailableError,
 )
+from castore.identity import MAX_AUDIT_TEXT
 from castore.keys import Ref
 from castore.records import BlobLoc, Entry
 from castore.remote.transport import Rerouted, Transport
@@ -39,6 +40,7 @@ from castore.reports import CheckReport, CompactReport, GCReport, Retention, Sto
 from castore.results import ListEntry
 from castore.wire import (
     APPLIED,
+    CALL_BODY_MAX,
     RETRY_WINDOW,
     STALE,
     UNKNOWN,
@@ -63,6 +65,9 @@ _R = TypeVar("_R")
 _MAX_PAGE = 256  # entries per history call of an iteration
 _NEWEST = 2**62  # "below this version": the newest entry of any ref
 _MAX_VERSION = 2**63 - 1  # no backend stores a larger version (nor can the protocol carry one)
+# What an append or a replace adds to its versions: ids, and the entry a replace expects,
+# its audit's ten text fields at their bound in UTF-8.
+_CALL_SLACK = 10 * 4 * MAX_AUDIT_TEXT + 4096
 
 
 def _call(ref: Ref) -> RefCall:
@@ -139,6 +144,22 @@ class RemoteBackend:
         """Newest entry of ``ref`` and its value."""
         reply = self._transport.call("current", _call(ref), ref[:2])
         return Current(reply.entry, reply.value)
+
+    def check_history_size(self, ref: Ref, new_versions: list[NewVersion]) -> None:
+        """Refuse a history over what a server reads of one call (``CALL_BODY_MAX``).
+
+        Measured as the ``replace`` that would carry it, with room for what an
+        ``append`` or a ``replace`` adds (:data:`_CALL_SLACK`).
+        """
+        versions = [to_wire(new) for new in new_versions]
+        call = Replace(scope=ref.scope, namespace=ref.namespace, key=ref.key, versions=versions)
+        size = len(msgspec.msgpack.encode(call)) + _CALL_SLACK
+        if size > CALL_BODY_MAX:
+            raise InvalidValueError(
+                f"{ref}: its history is {size} bytes over http, more than the"
+                f" {CALL_BODY_MAX >> 20} MiB a castore server reads of one call; import it"
+                " into the server's store itself (castore --dir STORE import)"
+            )
 
     def exists(self, ref: Ref) -> bool:
         """True if ``ref`` has any stored record."""

@@ -44,7 +44,7 @@ from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, 
 from castore.store import Store
 from castore.urls import is_url
 from castore.waits import WouldWait, at_most, no_waiting
-from castore.wire import CALLS
+from castore.wire import CALL_BODY_MAX, CALLS
 
 __all__ = [
     "BACKEND_BODY_BYTES",
@@ -58,7 +58,7 @@ __all__ = [
 
 ENVELOPE_BYTES: Final = 64 * 1024  # the request's other members, around a value
 MAX_BODY_BYTES: Final = MAX_VALUE_BYTES + ENVELOPE_BYTES
-BACKEND_BODY_BYTES: Final = 64 * 1024 * 1024  # a backend call: an import's whole history of a key
+BACKEND_BODY_BYTES: Final = CALL_BODY_MAX  # a backend call: an import's whole history of a key
 LOCK_MARGIN_SECONDS: Final = 30.0  # the default request timeout: the store's lock timeout + this
 DRAIN_TIMEOUT_SECONDS: Final = 120.0  # shutdown waits this long for abandoned store calls
 CALL_THREADS: Final = 40  # worker threads of a server process (anyio's default, before)

@@ -12,6 +12,7 @@ accepts round-trips (export, import into a fresh store, export again: the same b
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,48 @@ def test_a_cli_set_refuses_an_audit_field_no_import_could_take(cli: Cli) -> None
     assert "audit field reason holds 9000 characters, more than 8192" in error
     shown = json.loads(cli.run("get", "k").stdout)
     assert shown["version"] == 1
+
+
+def _big_history(versions: int) -> bytes:
+    """An export of key a (small), then key big with ``versions`` values of 1,000,000 bytes."""
+    lines = [HEADER, _line(key="a")]
+    for version in range(1, versions + 1):
+        value = f"{version:07d}" + "x" * 999_993
+        digest = hexdigest(json.dumps(value).encode())
+        lines.append(_line(key="big", version=version, time_ns=version, value=value, hash=digest))
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("on_conflict", ["refuse", "overwrite"])
+def test_an_import_over_http_refuses_a_history_too_big_for_one_call_before_writing(
+    tmp_path: Path, on_conflict: str
+) -> None:
+    # Found in the thirty-first session: a server reads at most 64 MiB of one backend
+    # call, and an import sends a key's whole history in one call (an append for a new
+    # key, a replace for an overwrite). The key over it failed when its turn came, after
+    # the keys before it were written: now the validating pass refuses it, nothing written.
+    from tests.conftest import remote_file_location
+
+    data = _big_history(70)
+    with remote_file_location(tmp_path) as url:
+        store = Store(url, dag=DAG)
+        if on_conflict == "overwrite":
+            store.set("big", 0)
+        store.set("other", {"kept": True})
+        before = _export(store)
+        said = r"dag/d/big: its history is \d+ bytes over http, more than the 64 MiB"
+        with pytest.raises(InvalidValueError, match=said):
+            castore.import_lines(store, _reader(data), on_conflict=on_conflict)  # type: ignore[arg-type]
+        assert _export(Store(url, dag=DAG)) == before
+        dump = tmp_path / "big.jsonl"
+        dump.write_bytes(data)
+        cli = Cli(tmp_path, url, dag=DAG)
+        error = one_line_error(cli.run("import", dump, "--on-conflict", on_conflict), 2)
+        assert re.search(said, error), error
+        assert _export(Store(url, dag=DAG)) == before
+    local = Store(str(tmp_path / "local"), dag=DAG)  # the oracle: a store's own files take it
+    if on_conflict == "overwrite":
+        local.set("big", 0)
+    castore.import_lines(local, _reader(data), on_conflict=on_conflict)  # type: ignore[arg-type]
+    assert local.get("big").version == 70
+    assert local.get("a").value == 1
