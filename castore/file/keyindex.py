@@ -10,8 +10,9 @@ Format (docs/FORMAT.md §5)::
 Sorting hex lines sorts keys byte-wise, and a key's byte prefix is a prefix of
 its hex, so a prefix is found by binary search in the sorted region (a few
 reads, whatever the number of keys) plus a scan of the short tail. When the
-tail outgrows :data:`TAIL_MAX_BYTES`, the writer that appends rewrites the
-file with everything sorted (atomically, under the file's lock). Lines that
+tail outgrows :data:`TAIL_MAX_BYTES` and :data:`TAIL_MAX_LINES` lines or an
+eighth of the sorted region, the writer that appends rewrites the file sorted
+(atomically, under the file's lock): long keys are not re-sorted every few. Lines that
 lack their newline or are not lowercase hex are ignored. A writer lists a key
 once (it looks under the file's lock), so a line found twice is damage; the
 lines of the sorted region ascend strictly. A file without a ``sorted`` line
@@ -28,14 +29,16 @@ import threading
 from castore.file import fileio, namesync
 from castore.file.tree import Tree
 
-__all__ = ["TAIL_MAX_BYTES", "KeyIndex", "namespace_of"]
+__all__ = ["TAIL_MAX_BYTES", "TAIL_MAX_LINES", "KeyIndex", "namespace_of"]
 
 TAIL_MAX_BYTES = 64 << 10  # 64 KiB of unsorted tail before the file is re-sorted
+# ... and this many lines of it, or an eighth of the sorted region's bytes (long keys)
+TAIL_MAX_LINES = 2048
 _NS_PREFIX = b"namespace "
 _SORTED_PREFIX = b"sorted "
 _OFFSET_DIGITS = 20
 _MAX_LINE = 2 * 4096 + 1  # hex of the longest key, and its newline
-_HEX = frozenset(b"0123456789abcdef")
+_HEX = b"0123456789abcdef"
 _SIG_BYTES = 128  # the first bytes of KEYS, part of a handle's check that it is unchanged
 _NEAR = 3 * _MAX_LINE  # bytes each side of a prefix's edges whose order is checked
 
@@ -45,7 +48,7 @@ def _line(key: str) -> bytes:
 
 
 def _valid(line: bytes) -> bool:
-    return bool(line) and len(line) % 2 == 0 and _HEX.issuperset(line)
+    return bool(line) and len(line) % 2 == 0 and not line.translate(None, _HEX)
 
 
 def _decode(hexkey: bytes) -> str | None:
@@ -173,7 +176,7 @@ class KeyIndex:
             rest = buf[complete:]
             good = [line for line in lines if _valid(line)]
             blank = lines.count(b"")
-            self.damaged |= len(good) + blank != len(lines) or not _HEX.issuperset(rest)
+            self.damaged |= len(good) + blank != len(lines) or bool(rest.translate(None, _HEX))
             # A writer lists a key once (it looks under the file's lock): a line twice
             # is damage, a flipped bit that turned one key's line into another's.
             self.damaged |= len(set(good)) < len(good) or not self._tail.isdisjoint(good)
@@ -305,7 +308,7 @@ class KeyIndex:
     def add(self, key: str, namespace: str, *, durable: bool) -> None:
         """Append ``key`` (fdatasync when ``durable``); fsync the directory if new.
 
-        Re-sorts the whole file when the tail has grown past TAIL_MAX_BYTES.
+        Re-sorts the whole file when the tail has grown too long (module docstring).
         """
         with self._lock:
             self._add(key, namespace, durable=durable)
@@ -327,7 +330,8 @@ class KeyIndex:
             if durable and namesync.marked(st.st_mode):  # a new namespace (FORMAT.md §6)
                 namesync.settle_namespace(self.fs, os.path.dirname(self.path), self.fs.root or "/")
                 namesync.clear(fd, st.st_mode)
-            if size + len(line) - layout.end > TAIL_MAX_BYTES:
+            tail, body = size + len(line) - layout.end, layout.end - layout.start
+            if tail > TAIL_MAX_BYTES and (len(self._tail) >= TAIL_MAX_LINES or tail * 8 > body):
                 self._rewrite(fd, namespace, {}, durable=durable)
 
     def remove(self, keys: set[str], *, durable: bool) -> None:

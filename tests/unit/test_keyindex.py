@@ -16,6 +16,7 @@ def brute(keys: list[str], prefix: str) -> list[str]:
 
 def test_sorted_region_and_tail_answer_every_prefix(tmp_path, monkeypatch):
     monkeypatch.setattr(keyindex, "TAIL_MAX_BYTES", 2000)  # force several re-sorts
+    monkeypatch.setattr(keyindex, "TAIL_MAX_LINES", 50)
     rng = random.Random(3)
     alphabet = "ab/é\x00Z"
     keys = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(1500)]
@@ -110,3 +111,27 @@ def test_a_rewrite_of_a_long_namespace_with_its_old_inode_is_not_read_on(tmp_pat
     mine._ino = os.stat(path).st_ino  # as if the new file had got the old inode number
     assert "gone" not in mine
     assert "new2" in mine
+
+
+def test_listing_many_long_keys_rewrites_a_bounded_multiple_of_the_file(tmp_path, monkeypatch):
+    # Writing thousands of new keys of 4 KiB was quadratic: the tail is re-sorted when it
+    # passes TAIL_MAX_BYTES, 64 KiB, which eight such keys fill, and each re-sort rewrites
+    # the whole file. The tail may now grow to an eighth of the sorted region, so what the
+    # re-sorts write in all is a bounded multiple of the final file (amortized linear).
+    written: list[int] = []
+    real = UNCONFINED.atomic_write
+
+    def counted(path, data, **kwargs):
+        written.append(len(data))
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(UNCONFINED, "atomic_write", counted)
+    path = tmp_path / "KEYS"
+    index = KeyIndex(str(path), UNCONFINED)
+    keys = [f"{n:05d}" + "k" * 3995 for n in range(400)]
+    for key in keys:
+        index.add(key, "ns", durable=False)
+    assert sum(written) <= 12 * path.stat().st_size, (len(written), sum(written))
+    fresh = KeyIndex(str(path), UNCONFINED)
+    assert fresh.keys() == keys
+    assert fresh.keys("0012") == keys[120:130]
