@@ -33,21 +33,16 @@ b'{"n":100000000000000000001}'
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
-
-import msgspec
+from typing import Any, Final
 
 from castore import codec
 from castore.errors import InvalidValueError, PatchTestError
+from castore.literals import decode_literal
 from castore.pointers import not_applying, pointer_parts
 from castore.pyvalues import NumberLiteral
-
-if TYPE_CHECKING:
-    import json
 
 __all__ = [
     "Edit",
@@ -59,19 +54,8 @@ __all__ = [
     "pointer_parts",
 ]
 
-_FAST: Final = msgspec.json.Decoder(float_hook=NumberLiteral)
-_NEGATIVE_ZERO: Final = re.compile(rb"-0(?![.0-9eE])")  # an integer -0: msgspec reads 0
 _INDEX: Final = re.compile(r"0|[1-9][0-9]*")  # RFC 6901 array index
 _OPERATIONS: Final = frozenset(("add", "remove", "replace", "move", "copy", "test"))
-
-
-def _integer(literal: str) -> int | NumberLiteral:
-    if literal == "-0":
-        return NumberLiteral(literal)
-    try:
-        return int(literal)
-    except ValueError:  # past sys.get_int_max_str_digits(): keep the text
-        return NumberLiteral(literal)
 
 
 def _exact_int(literal: str) -> int:
@@ -79,40 +63,6 @@ def _exact_int(literal: str) -> int:
         return int(literal)
     except ValueError:  # past sys.get_int_max_str_digits(); Decimal has no such limit
         return int(Decimal(literal))
-
-
-@functools.cache
-def _slow_decoder() -> json.JSONDecoder:
-    """Python's decoder, numbers as literals: for ``-0``, huge integers and deep values."""
-    import json  # only then: the fast path needs msgspec alone
-
-    return json.JSONDecoder(parse_float=NumberLiteral, parse_int=_integer)
-
-
-def decode_literal(normalized: bytes) -> Any:
-    """Decode normalized JSON bytes, numbers as literals (:class:`NumberLiteral`, or ``int``).
-
-    Encoding the result with :func:`castore.codec.normalize_python` gives
-    ``normalized`` back, byte for byte.
-    """
-    if _NEGATIVE_ZERO.search(normalized) is None:
-        try:
-            return _FAST.decode(normalized)
-        except (msgspec.DecodeError, RecursionError, ValueError):
-            pass  # deep nesting, or integers msgspec cannot hold
-    try:
-        text = normalized.decode()
-        try:
-            value, end = _slow_decoder().raw_decode(text)
-        except RecursionError:
-            from castore.jsonparse import parse_iterative
-
-            value, end = parse_iterative(text, 0, _slow_decoder())
-    except ValueError as exc:  # not UTF-8, not JSON (json.JSONDecodeError)
-        raise InvalidValueError(f"not one JSON value: {exc}") from None
-    if text[end:].strip(" \t\n\r"):
-        raise InvalidValueError(f"not one JSON value: more after offset {end}")
-    return value
 
 
 def _is_number(value: object) -> bool:

@@ -16,6 +16,7 @@ from castore.argcheck import check_integer
 from castore.backend import Backend, LogView, NewVersion
 from castore.errors import ConflictError, InvalidRefError, InvalidValueError, NotFoundError
 from castore.keys import Ref
+from castore.literals import decode_literal as literal
 from castore.records import OP_DELETE, OP_ROLLBACK, Audit, Entry
 from castore.results import (
     GetResult,
@@ -216,6 +217,11 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+def _normalized_text(value: Any) -> str:
+    """How a version diff tells values apart: by their normalized JSON."""
+    return codec.normalize_python(value).decode("utf-8")
+
+
 def diff_versions(
     backend: Backend, ref: Ref, from_version: int, to_version: int | None
 ) -> VersionDiff:
@@ -230,8 +236,9 @@ def diff_versions(
         to_version = newest.version
     old_entry, old = _version(backend, ref, from_version)
     new_entry, new = _version(backend, ref, to_version)
-    before: Any = None if old is None else codec.decode_stored(old, ref, from_version)
-    after: Any = None if new is None else codec.decode_stored(new, ref, to_version)
+    # Numbers as written, compared as their normalized bytes: 1.50 -> 1.5 is a change.
+    before: Any = None if old is None else codec.decode_stored(old, ref, from_version, literal)
+    after: Any = None if new is None else codec.decode_stored(new, ref, to_version, literal)
     for version, value in ((from_version, before), (to_version, after)):
         if _deeper_than(value, DIFF_DEPTH):
             raise InvalidValueError(
@@ -240,7 +247,7 @@ def diff_versions(
             )
     import jsonpatch  # only version diffs use it: not loaded by get/set (CLI start-up)
 
-    patch = jsonpatch.make_patch(before, after).patch
+    patch = jsonpatch.JsonPatch.from_diff(before, after, dumps=_normalized_text).patch
     return VersionDiff(
         scope=ref.scope,
         namespace=ref.namespace,

@@ -14,8 +14,9 @@ from typing import Any, Final, final
 import msgspec
 
 from castore import codec
+from castore.pyvalues import NumberLiteral
 
-__all__ = ["GoString", "RawJSON", "encode_line", "render_as"]
+__all__ = ["GoString", "RawJSON", "encode_json", "encode_line", "render_as"]
 
 
 @final
@@ -62,10 +63,17 @@ def _write_field(value: Any) -> msgspec.Raw:
         return msgspec.Raw(codec.encode_string(value, html=False))
     if isinstance(value, RawJSON):
         return msgspec.Raw(value)
+    if isinstance(value, NumberLiteral):  # a number as the value it came from wrote it
+        return msgspec.Raw(value.text.encode("ascii"))
     raise NotImplementedError(type(value))
 
 
 _encoder: Final = msgspec.json.Encoder(enc_hook=_write_field)
+
+
+def encode_json(value: Any) -> bytes:
+    """``value`` as JSON, its numbers decoded as literals written as they were."""
+    return _encoder.encode(value)
 
 
 def encode_line(record: msgspec.Struct) -> bytes:

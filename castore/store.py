@@ -397,7 +397,10 @@ class Store(Maintenance):
         """A structural diff between two stored versions, as an RFC 6902 JSON Patch.
 
         ``to_version`` defaults to the newest version. Tombstones compare as
-        ``null``. Applying ``patch`` to the old value gives the new one.
+        ``null``. Numbers keep their literal text (a non-integer is a
+        :class:`~castore.pyvalues.NumberLiteral`, a float), and a number
+        written otherwise (``1.50`` to ``1.5``, ``-0`` to ``0``) is a change:
+        applying ``patch`` to the old value gives the new one, byte for byte.
 
         Raises:
             InvalidRefError: bad scope, namespace, key or version.

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
-from castore.lines import encode_line, render_as
+from castore.lines import encode_json, encode_line, render_as
 from castore.results import (
     LINE_TYPES,
     DeleteResult,
@@ -54,7 +52,7 @@ def render(result: Renderable) -> bytes:
 
 
 def _show(value: Any) -> str:
-    return msgspec.json.encode(value).decode("utf-8")
+    return encode_json(value).decode("utf-8")
 
 
 def render_patch_text(diff: VersionDiff, before: Any) -> str:

@@ -109,7 +109,10 @@ def _diff_versions(cmd: Invocation) -> Iterator[bytes]:
         yield render(diff)
         return
     before = s.get(cmd.key(), scope=cmd.scope, namespace=cmd.namespace, version=a.from_version)
-    yield render_patch_text(diff, before.value).encode("utf-8")
+    from castore.literals import decode_literal  # numbers as the versions wrote them
+
+    old = None if before.value_json is None else decode_literal(before.value_json)
+    yield render_patch_text(diff, old).encode("utf-8")
 
 
 def _delete(cmd: Invocation) -> Iterator[bytes]:

@@ -795,3 +795,18 @@ def test_an_export_of_a_store_it_cannot_reach_prints_nothing(tmp_path):
     assert proc.returncode == 1
     assert proc.stdout == b""
     assert b"cannot connect" in proc.stderr
+
+
+def test_a_version_diff_shows_numbers_as_the_versions_wrote_them(cli):
+    # Found by a review: 1.50 -> 1.5 printed an empty patch and "(no changes)", and
+    # 1e400 printed as null; the text form showed the old number as 1.5.
+    cli.ok("set", "k", '{"p":1.50,"r":0.1000000000000000000001,"z":-0,"big":1}')
+    cli.ok("set", "k", '{"p":1.5,"r":0.1,"z":0,"big":1e400}')
+    line = cli.run("diff", "k", "--from-version", "1").stdout
+    assert b'"patch":[{"op":"replace","path":"/big","value":1e400},' in line, line
+    ops = {op["path"]: op for op in json.loads(line.replace(b"1e400", b'"x"'))["patch"]}
+    assert sorted(ops) == ["/big", "/p", "/r", "/z"], ops
+    text = cli.lines("diff", "k", "--from-version", "1", "--format", "text")
+    for change in ("/p: 1.50 -> 1.5", "/z: -0 -> 0", "/r: 0.1000000000000000000001 -> 0.1"):
+        assert f"~ {change}" in text, text
+    assert "~ /big: 1 -> 1e400" in text, text

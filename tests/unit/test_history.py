@@ -24,6 +24,7 @@ from castore.codec import hexdigest, normalize
 from castore.dagurecord import parse_go_time
 from castore.file import logread
 from castore.file.records import KIND_BLOB
+from castore.literals import decode_literal
 from castore.records import OP_DELETE, OP_ROLLBACK, OP_SET
 from castore.transfer import import_lines
 from tests.helpers import frames_of, read_versions, ref_log_path
@@ -557,10 +558,49 @@ def test_diff_versions_patch_always_applies(store):
         key = next(keys)
         store.set(key, old)
         store.set(key, new)
-        a, b = store.get(key, version=1).value, store.get(key, version=2).value
+        a, b = store.get(key, version=1).value_json, store.get(key, version=2).value_json
         patch = store.diff_versions(key, from_version=1, to_version=2).patch
-        # Compare as normalized JSON: Python's == would take 1 for True.
-        assert normalize(jsonpatch.apply_patch(a, patch)) == normalize(b)
+        # Compare as the stored bytes: Python's == would take 1 for True, 0 for -0.
+        assert normalize(jsonpatch.apply_patch(decode_literal(a), patch)) == b
+
+    check()
+
+
+# JSON texts whose numbers are written in the forms normalization keeps as they are
+# (``1.50``, ``1e2``, ``-0``, ``1e400``, long fractions): two of them that differ only
+# there are two values, with two hashes.
+NUMBER_FORMS = ["1", "1.0", "1.5", "1.50", "1e2", "100", "1E2", "-0", "0", "-0.0", "1e400"]
+NUMBER_FORMS += ["1e401", "0.1", "0.1000000000000000000001", "1234567890123456789012345"]
+number_texts = st.sampled_from([*NUMBER_FORMS, "true", "null"])
+json_texts = st.recursive(
+    number_texts,
+    lambda inner: (
+        st.lists(inner, max_size=4).map(lambda items: "[" + ",".join(items) + "]")
+        | st.dictionaries(st.sampled_from("abc"), inner, max_size=3).map(
+            lambda members: "{" + ",".join(f'"{k}":{v}' for k, v in members.items()) + "}"
+        )
+    ),
+    max_leaves=8,
+)
+
+
+def test_a_version_diff_shows_every_change_of_a_number_literal(store):
+    # Found by a review: 1.50 -> 1.5 (and 0.1000000000000000000001 -> 0.1, -0 -> 0)
+    # gave an empty patch though the hashes differ, and a diff showed 1e400 as null.
+    keys = (f"n{n}" for n in itertools.count())
+
+    @given(old=json_texts, new=json_texts)
+    def check(old, new):
+        key = next(keys)
+        first, second = store.set(key, old.encode()), store.set(key, new.encode())
+        a = store.get(key, version=1).value_json
+        b = store.get(key, version=2).value_json
+        diff = store.diff_versions(key, from_version=1, to_version=2)
+        assert (diff.patch == []) == (first.hash == second.hash), (old, new, diff.patch)
+        applied = normalize(jsonpatch.apply_patch(decode_literal(a), diff.patch))
+        assert applied == b, (old, new, diff.patch)
+        shown = decode_literal(diff.to_json())["patch"]  # the line's bytes, as the CLI writes them
+        assert normalize(jsonpatch.apply_patch(decode_literal(a), shown)) == b, diff.to_json()
 
     check()
 

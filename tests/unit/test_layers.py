@@ -38,6 +38,7 @@ LAYERS = {
     "goerrors": 0,  # Go's words for a JSON syntax error
     "jsonparse": 2,
     "pyvalues": 2,
+    "literals": 3,  # JSON decoded with its numbers as written (edits, version diffs)
     "pointers": 2,  # JSON Pointer parts, and why one cannot be followed
     "reports": 2,
     "identity": 2,  # who writes: the audit record
