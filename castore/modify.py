@@ -32,6 +32,7 @@ from castore.argcheck import check_integer, check_text
 from castore.backend import Backend
 from castore.decisions import edit_decision, set_decision, set_result
 from castore.errors import ConflictError, InvalidValueError
+from castore.identity import MAX_AUDIT_TEXT
 from castore.keys import Ref
 from castore.records import Audit
 from castore.results import IncrResult, PatchResult, SetResult
@@ -87,6 +88,21 @@ def retry_conflicts(attempt: Callable[[], T], ref: Ref, retries: int) -> T:
         tries += 1
 
 
+def _edit_reason(note: str, reason: str) -> str:
+    """An edit's audit reason: its note, then the caller's ``reason`` if any.
+
+    The note is shortened (ending in ``…``) where both would pass the bound of
+    an audit field: the caller's reason, itself within it, is kept whole.
+    """
+    whole = f"{note}: {reason}" if reason else note
+    if len(whole) <= MAX_AUDIT_TEXT:
+        return whole
+    room = MAX_AUDIT_TEXT - len(reason) - len("…: ") if reason else MAX_AUDIT_TEXT - 1
+    if room <= 0:
+        return reason
+    return f"{note[:room]}…: {reason}" if reason else f"{note[:room]}…"
+
+
 def _write_edit(
     backend: Backend,
     ref: Ref,
@@ -101,7 +117,7 @@ def _write_edit(
     the edit's note, then the caller's ``reason`` if any.
     """
     check_text(reason, "reason")
-    note = functools.partial(audit, f"{edit.note}: {reason}" if reason else edit.note)
+    note = functools.partial(audit, _edit_reason(edit.note, reason))
     decide = edit_decision(ref, edit, guards[0], guards[1], note)
     return set_result(ref, *backend.write(ref, decide))
 

@@ -9,7 +9,6 @@ docs/FORMAT.md for the bytes.
 from __future__ import annotations
 
 import copy
-import functools
 import os
 from collections.abc import Callable
 from typing import Any, Final, final
@@ -205,6 +204,11 @@ class Store(Maintenance):
         check_flag(required, "required")  # here: the hot path above does not use it
         return history.not_found(ref, required, default, default is not _UNSET)
 
+    def _audit_now(self, reason: str) -> Callable[[], Audit]:
+        """A write's audit record, made (its fields checked) before it reads or writes."""
+        made = self._audit(reason)
+        return lambda: made
+
     def _audit(self, reason: str = "", rollback: int = 0) -> Audit:
         if self._caller is not None:
             return self._audits.for_caller(self._caller, reason, rollback)
@@ -248,7 +252,7 @@ class Store(Maintenance):
             LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
         """
         ref = self.ref(key, scope, namespace)
-        audit = functools.partial(self._audit, reason)
+        audit = self._audit_now(reason)
         decide = set_decision(ref, codec.normalize(value), expected_version, create_only, audit)
         return set_result(ref, *self._backend.write(ref, decide))
 
@@ -264,9 +268,9 @@ class Store(Maintenance):
             LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
         """
         ref = self.ref(key, scope, namespace)
+        decide = delete_decision(self._audit_now(reason))  # a bad reason fails found or not
         if not self._backend.exists(ref):
             return delete_result(ref, False)
-        decide = delete_decision(functools.partial(self._audit, reason))
         _, written = self._backend.write(ref, decide)
         return delete_result(ref, bool(written))
 
@@ -298,7 +302,7 @@ class Store(Maintenance):
             LockTimeoutError: the key stayed locked for ``lock_timeout`` seconds.
         """
         ref = self.ref(key, scope, namespace)
-        audit = functools.partial(self._audit, reason)
+        audit = self._audit_now(reason)  # a bad reason fails changed or not
         plan = DiffDecision(ref, codec.normalize(value), expected_version, update, audit)
         if update:
             return plan.result(*self._backend.write(ref, plan.decide))
@@ -382,6 +386,7 @@ class Store(Maintenance):
             LockTimeoutError: the key stayed locked for the lock timeout.
         """
         ref = self.ref(key, scope, namespace)
+        self._audit(reason)  # a bad reason fails whether the rollback writes or not
         audit = lambda to: self._audit(reason, rollback=to)  # noqa: E731
         return history.rollback(self._backend, ref, to_version, expected_version, audit)
 
@@ -433,9 +438,7 @@ class Store(Maintenance):
             LockTimeoutError: as :meth:`set`.
         """
         ref = self.ref(key, scope, namespace)
-        return modify.update(
-            self._backend, ref, fn, retries, functools.partial(self._audit, reason)
-        )
+        return modify.update(self._backend, ref, fn, retries, self._audit_now(reason))
 
     def patch(
         self,
@@ -465,6 +468,7 @@ class Store(Maintenance):
         ref = self.ref(key, scope, namespace)
         guards = (expected_version, create_only)
         check_flag(merge, "merge")
+        self._audit(reason)  # the caller's reason and fields, checked before the edit's note
         return modify.patch(self._backend, ref, patch, merge, guards, self._audit, reason)
 
     def incr(
@@ -492,4 +496,5 @@ class Store(Maintenance):
         ref = self.ref(key, scope, namespace)
         guards = (expected_version, False)
         check_text(path, "path", optional=True)
+        self._audit(reason)  # the caller's reason and fields, checked before the edit's note
         return modify.incr(self._backend, ref, by, path, guards, self._audit, reason)

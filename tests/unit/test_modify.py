@@ -8,6 +8,8 @@ bytes below.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -346,6 +348,59 @@ def test_the_audit_says_what_an_edit_did(store):
         "incr by 2 at /n",
     ]
     assert {e.operation for e in store.history("k").entries} == {"set"}
+
+
+def test_an_edit_s_note_never_costs_the_caller_s_reason_its_room(store):
+    # Found by a review: the note was joined to the reason before the bound was checked,
+    # so a reason of 8,190 characters, which set takes, was refused ("holds 8197
+    # characters"), and an incr with no reason at all was refused for a long pointer.
+    reason = "r" * 8184
+    pointer = "/" + "p" * 8190
+    store.set("k", 1, reason=reason)
+    store.patch("k", [], reason=reason)
+    store.patch("k", b"{}", merge=True, reason=reason)
+    store.incr("c", reason=reason)
+    store.incr("d", path=pointer)
+    store.incr("e", by=int("9" * 4000), path=pointer, reason="r" * 8192)
+    reasons = {key: [e.reason for e in store.history(key).entries] for key in "kcde"}
+    assert reasons["k"][1:] == [f"patch: {reason}", reason]
+    assert reasons["k"][0] == f"merge…: {reason}"  # the note shortened, the reason whole
+    assert reasons["c"] == [f"incr …: {reason}"]
+    assert reasons["d"] == [f"incr by 1 at {pointer}"[:8191] + "…"]
+    assert reasons["e"] == ["r" * 8192]
+    for key, kept in reasons.items():
+        assert all(len(text) <= 8192 for text in kept), key
+    with pytest.raises(InvalidValueError, match="audit field reason holds 8193 characters"):
+        store.incr("c", reason="r" * 8193)  # the caller's own bound, named with its length
+    assert store.get("c").value == 1
+
+
+def test_a_bad_audit_field_fails_whether_or_not_the_call_writes(store, monkeypatch):
+    # Found by a review: fields were checked only where a version was appended, so an
+    # unchanged diff, a delete of an absent key and a rollback that writes nothing took
+    # a reason of the wrong type or length (or an over-long $DAG_RUN_ID) until the day
+    # the call wrote.
+    store.set("k", 1)
+    store.delete("gone")
+    calls: list[Callable[[Any], object]] = [
+        lambda reason: store.diff("k", 1, reason=reason),
+        lambda reason: store.diff("k", 2, update=False, reason=reason),
+        lambda reason: store.delete("absent", reason=reason),
+        lambda reason: store.rollback("gone", to_version=1, reason=reason),
+        lambda reason: store.set("k", 1, reason=reason),
+    ]
+    before = [e.version for e in store.history("k").entries]
+    for call in calls:
+        with pytest.raises(TypeError, match="reason"):
+            call(5)
+        with pytest.raises(InvalidValueError, match="reason holds 8193 characters"):
+            call("r" * 8193)
+        with monkeypatch.context() as env:
+            env.setenv("DAG_RUN_ID", "x" * 8193)
+            with pytest.raises(InvalidValueError, match=r"run_id .*holds 8193 characters"):
+                call("")
+    assert [e.version for e in store.history("k").entries] == before
+    assert store.diff("k", 1).changed is False  # and the calls themselves still work
 
 
 def test_incr_from_threads_on_one_handle_is_exact(store):
