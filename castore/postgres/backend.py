@@ -153,7 +153,12 @@ class PostgresBackend:
         return [(ref.namespace, ref.key, floor) for ref, floor in refs]
 
     def namespaces(self, scope: str) -> list[str]:
-        """Namespaces of ``scope`` with at least one key, byte-wise sorted."""
+        """Namespaces of ``scope`` with at least one key, byte-wise sorted.
+
+        Raises:
+            CorruptionError: the scope holds versions of a key whose ``refs`` row is
+                lost, which no namespace would name (an export or audit leaving them out).
+        """
 
         def work(cur: Cursor) -> list[str]:
             cur.execute(
@@ -161,7 +166,12 @@ class PostgresBackend:
                 f"AND (version IS NOT NULL OR {q.AHEAD}) ORDER BY namespace",
                 (scope,),
             )
-            return [rows.namespace_name(scope, n) for (n,) in cur.fetchall()]
+            found = [rows.namespace_name(scope, n) for (n,) in cur.fetchall()]
+            if cur.execute(q.ORPHANS, (scope,)).fetchone() is not None:
+                raise CorruptionError(  # its namespace and name were in that row
+                    f"{scope}: versions of a key whose refs row is lost: run castore check"
+                )
+            return found
 
         result: list[str] = self._read(work, f"listing {scope}", [])
         return result

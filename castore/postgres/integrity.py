@@ -112,9 +112,9 @@ def _row_problem(row: tuple[Any, ...]) -> str | None:
         return f"version {found.version}: unknown op {found.op!r}"
     if (problem := out_of_range(found.audit)) is not None:  # no castore wrote it
         return f"version {found.version}: {problem}"
-    if found.damaged_from and not (found.op == OP_DAMAGED and found.damaged_from <= found.version):
-        return f"version {found.version}: damaged_from {found.damaged_from} on a {found.op}"
     inline, blob = row[12], row[13]
+    if not found.live and (inline is not None or blob is not None):
+        return f"version {found.version}: a delete that holds a value"
     if not found.live or found.op == OP_DAMAGED:
         return None
     if inline is None and blob is None:
@@ -227,8 +227,12 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
         return problem, "none: neither verifies"
     if newest is None:
         return None
+    problem = "the copy of the newest version is older than its row"
+    breaks = cur.execute(_BREAKS_OF, (key,)).fetchall()
+    if any(row[4] > (named or 0) for row in breaks):  # a row that does not follow the copy
+        return problem, "none: the rows above it do not follow it (their break is reported)"
     cur.execute(q.COPY_NEWEST, (key,))
-    return "the copy of the newest version is older than its row", "copy the newest row"
+    return problem, "copy the newest row"
 
 
 def check_copies(db: Database, repair: bool) -> list[Finding]:

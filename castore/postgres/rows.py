@@ -174,8 +174,14 @@ def entry(row: tuple[Any, ...], at: int = 0, ref: object = None) -> Entry | None
             f"{whose}version {version}: its time, creation time or size is missing or "
             f"out of range ({time_ns}, {created_ns}, {size})"
         )
+    lost = damaged_from or 0
+    if not (_in_range(lost, 0) and (not lost or (op == OP_DAMAGED and lost <= version))):
+        raise CorruptionError(f"{whose}version {version}: damaged_from {lost} on a {op}")
+    if op == OP_DELETE and digest is not None:
+        raise CorruptionError(f"{whose}version {version}: a delete that names a value")
     try:
-        who = _audit_decoder.decode(bytes(audit)) if audit and audit != b"{}" else Audit()
+        blank = audit is None or audit == b"{}"  # castore writes "{}": b"" was cleared by hand
+        who = Audit() if blank else _audit_decoder.decode(bytes(audit))
     except msgspec.DecodeError as exc:
         raise CorruptionError(f"{whose}version {version}: bad audit record: {exc}") from None
     return Entry(
@@ -186,7 +192,7 @@ def entry(row: tuple[Any, ...], at: int = 0, ref: object = None) -> Entry | None
         size=size,
         created_ns=created_ns,
         audit=who,
-        damaged_from=damaged_from or 0,
+        damaged_from=lost,
     )
 
 

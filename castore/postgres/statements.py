@@ -30,6 +30,7 @@ __all__ = [
     "NEW_REF",
     "NOT_NEWEST",
     "NO_NEWEST",
+    "ORPHANS",
     "PAGE",
     "REF",
     "REMOVED",
@@ -72,6 +73,10 @@ NOT_NEWEST: Final = (  # 0: the copy is the key's newest row; 1: a row is above 
     "FROM versions v WHERE v.ref_id = r.ref_id ORDER BY v.version DESC LIMIT 1), 0)"
 )
 WITH_BLOB: Final = "{t}.inline, b.codec, b.data FROM {t} LEFT JOIN blobs b ON b.digest = {t}.blob"
+ORPHANS: Final = (  # a version row of the scope whose key's refs row is lost
+    "SELECT 1 FROM versions v WHERE v.scope = %s "
+    "AND NOT EXISTS (SELECT 1 FROM refs r WHERE r.ref_id = v.ref_id) LIMIT 1"
+)
 NEWEST_ROW: Final = (  # a key's newest version row and its value (ref_id)
     f"SELECT {rows.entry_columns('versions')}, "
     + WITH_BLOB.format(t="versions")
