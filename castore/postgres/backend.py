@@ -153,12 +153,7 @@ class PostgresBackend:
         return [(ref.namespace, ref.key, floor) for ref, floor in refs]
 
     def namespaces(self, scope: str) -> list[str]:
-        """Namespaces of ``scope`` with at least one key, byte-wise sorted.
-
-        Raises:
-            CorruptionError: the scope holds versions of a key whose ``refs`` row is
-                lost, which no namespace would name (an export or audit leaving them out).
-        """
+        """Namespaces of ``scope`` with a key; CorruptionError if a key's ``refs`` row is lost."""
 
         def work(cur: Cursor) -> list[str]:
             cur.execute(
@@ -167,10 +162,9 @@ class PostgresBackend:
                 (scope,),
             )
             found = [rows.namespace_name(scope, n) for (n,) in cur.fetchall()]
-            if cur.execute(q.ORPHANS, (scope,)).fetchone() is not None:
-                raise CorruptionError(  # its namespace and name were in that row
-                    f"{scope}: versions of a key whose refs row is lost: run castore check"
-                )
+            if cur.execute(q.ORPHANS, (scope,)).fetchone() is not None:  # none would name it
+                lost = "versions of a key whose refs row is lost: run castore check"
+                raise CorruptionError(f"{scope}: {lost}")
             return found
 
         result: list[str] = self._read(work, f"listing {scope}", [])
