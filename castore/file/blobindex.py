@@ -290,5 +290,8 @@ class BlobIndex:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.unlink(path)
+        # index/'s own name too: a no-sync write may have made it, and the new shards
+        # carry no mark that would make a later durable append settle it (FORMAT.md §6)
+        namesync.settle_namespace(self.fs, self.dir, self.fs.root or "/")
         self.forget()
         return count

@@ -35,6 +35,9 @@ every key of :data:`SPACES`:
 * its newest version is one some call acknowledged: nothing a call never returned;
 * a live key's ``get`` answers that newest version with the value acknowledged for it;
 * ``list`` answers every live key, at the version ``get`` answered, and no other;
+* every acknowledged version up to that newest one reads with its acknowledged value
+  (``get --version``): not found only if a rewrite may have dropped it, unreadable only
+  if a ``durable=False`` call acknowledged it;
 * a durable ``set`` on it then gets a version above every version a durable call
   acknowledged and above its grave: no version is handed out twice.
 
@@ -51,12 +54,12 @@ import random
 import shutil
 import stat
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
 from castore import Store
-from castore.errors import CastoreError, CorruptionError
+from castore.errors import CastoreError, CorruptionError, NotFoundError
 from castore.file import staterecords
 
 Image = Literal["worst", "mixed"]
@@ -64,8 +67,51 @@ IMAGES: tuple[Image, ...] = ("worst", "mixed")
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 Ref = tuple[str, str]  # (dag, key)
 
-# the namespaces (dag names) and keys the sequences use
-SPACES: dict[str, list[str]] = {"d": [f"k{i}" for i in range(4)], "e": ["x0", "x1"]}
+# the namespaces (dag names) and keys the sequences use; "g" is the global scope's
+SPACES: dict[str, list[str]] = {"d": [f"k{i}" for i in range(4)], "e": ["x0", "x1"], "g": ["g0"]}
+SCOPE_OF: dict[str, str] = {"g": "global"}  # the others are the dag scope
+
+
+_StoreBase: Any = Store  # final for users; this test's subclass only changes defaults
+_KEY_CALLS: tuple[str, ...] = ("get", "set", "delete", "diff", "history", "rollback")
+_KEY_CALLS += ("diff_versions", "patch", "incr", "update")
+
+
+class ScopedStore(_StoreBase):  # type: ignore[misc]
+    """A handle whose key calls default to ``scope`` (the global scope's namespace ``_``)."""
+
+    def __init__(self, *args: Any, scope: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scope = scope
+
+    def ref(self, key: str, scope: str = "dag", namespace: str | None = None) -> Any:
+        return super().ref(key, self.scope if scope == "dag" else scope, namespace)
+
+    def list(self, prefix: str = "", **kw: Any) -> Any:
+        kw.setdefault("scope", self.scope)
+        return super().list(prefix, **kw)
+
+
+def _scoped(name: str) -> Callable[..., Any]:
+    def call(self: ScopedStore, key: str, *args: Any, **kw: Any) -> Any:
+        kw.setdefault("scope", self.scope)
+        return getattr(Store, name)(self, key, *args, **kw)
+
+    return call
+
+
+for _name in _KEY_CALLS:
+    setattr(ScopedStore, _name, _scoped(_name))
+
+
+def open_store(root: str, dag: str, **kwargs: Any) -> Store:
+    """A handle on namespace ``dag`` of :data:`SPACES` (the global scope's for "g")."""
+    if dag in SCOPE_OF:
+        scoped: Store = ScopedStore(root, dag=dag, scope=SCOPE_OF[dag], **kwargs)
+        return scoped
+    return Store(root, dag=dag, **kwargs)
+
+
 MISSING = "?"  # the value expected of a version nobody acknowledged
 
 
@@ -256,14 +302,37 @@ class Expect:
         self.acked: dict[Ref, dict[int, object]] = {}  # version -> value (None: a delete)
         self.grave: dict[Ref, int] = {}  # the version a removal of the key buried
         self.undurable_ops: dict[Ref, int] = {}  # how many durable=False calls wrote it
+        self.durable_versions: dict[Ref, set[int]] = {}  # versions a durable call acknowledged
+        self.dropped: dict[Ref, int] = {}  # versions up to this one a rewrite may have dropped
 
     def ack(self, ref: Ref, version: int, value: object, durable: bool) -> None:
         """Record that a call returned ``version`` of ``ref`` with ``value``."""
         self.acked.setdefault(ref, {})[version] = value
         if durable:
             self.durable[ref] = max(self.durable.get(ref, 0), version)
+            self.durable_versions.setdefault(ref, set()).add(version)
         else:
             self.undurable_ops[ref] = self.undurable_ops.get(ref, 0) + 1
+
+    def newest(self, ref: Ref) -> tuple[int, object]:
+        """The newest version acknowledged of ``ref`` and its value (None: none, or a delete)."""
+        versions = self.acked.get(ref, {})
+        if not versions:
+            return 0, None
+        top = max(versions)
+        return top, versions[top]
+
+    def drop_all(self) -> None:
+        """A compaction ran: every version below each key's newest may be gone."""
+        for ref, versions in self.acked.items():
+            if versions:
+                self.dropped[ref] = max(self.dropped.get(ref, 0), max(versions) - 1)
+
+    def lost_after(self, ref: Ref, version: int) -> None:
+        """A power loss left ``version`` as ``ref``'s newest: later acknowledgements are gone."""
+        versions = self.acked.get(ref, {})
+        for v in [v for v in versions if v > version]:
+            del versions[v]
 
 
 def newest(store: Store, key: str) -> tuple[int, str]:
@@ -280,10 +349,11 @@ def verify(root: str, expect: Expect, boot: str) -> list[str]:
     staterecords._boot[:] = [boot]
     problems: list[str] = []
     for dag, keys in SPACES.items():
-        with Store(root, dag=dag) as store:
+        with open_store(root, dag) as store:
             live: dict[str, int] = {}
             for key in keys:
                 problems += _check_key(store, (dag, key), expect, live)
+                problems += _check_versions(store, (dag, key), expect)
             problems += _check_list(store, dag, live)
             for key in keys:
                 problems += _check_next_set(store, (dag, key), expect)
@@ -316,6 +386,40 @@ def _check_key(store: Store, ref: Ref, expect: Expect, live: dict[str, int]) -> 
     if got.version != version or got.value != want:
         problems.append(f"{dag}/{key}: get v{got.version} {got.value!r:.40} != {want!r:.40}")
     live[key] = version
+    return problems
+
+
+def _check_versions(store: Store, ref: Ref, expect: Expect) -> list[str]:
+    """Every acknowledged version up to the newest the store holds reads as acknowledged.
+
+    A version a rewrite may have dropped (compaction, an import's overwrite) may be not
+    found; one a ``durable=False`` call acknowledged may be unreadable (its value may be in
+    another log's unsynced bytes); nothing may read as another value.
+    """
+    dag, key = ref
+    try:
+        top = newest(store, key)[0]
+    except CorruptionError:
+        return []  # _check_key judged it
+    problems = []
+    for version, value in sorted(expect.acked.get(ref, {}).items()):
+        if version > top:
+            break
+        durable = version in expect.durable_versions.get(ref, set())
+        try:
+            got = store.get(key, version=version)
+        except NotFoundError as exc:
+            if version > expect.dropped.get(ref, 0):
+                problems.append(f"{dag}/{key}: get --version {version}: {exc} (acked, kept)")
+            continue
+        except CorruptionError as exc:
+            tag = "" if durable else " [info]"
+            problems.append(f"{dag}/{key}: get --version {version}: {str(exc)[:160]}{tag}")
+            continue
+        if (got.value if got.found else None) != value:
+            problems.append(
+                f"{dag}/{key}: get --version {version} {got.value!r:.40} != {value!r:.40}"
+            )
     return problems
 
 
@@ -357,6 +461,8 @@ class Session:
     expect: Expect
     boot: str
     images: pathlib.Path
+    monkeypatch: pytest.MonkeyPatch | None = None
+    generation: int = 1
 
     def crash(self, how: Image, seed: int, name: str, boot: str) -> list[str]:
         """The problems of image ``how``; it is left at ``images/name`` if any are real."""
@@ -372,25 +478,61 @@ class Session:
             shutil.rmtree(dest)
         return problems
 
+    def reboot(self, name: str, boot: str, repair: bool = True) -> str:
+        """Go on in the ``worst`` image of now, under boot ``boot``: a second-generation crash.
+
+        The image (after ``check --repair`` when ``repair``) gets a model and handles of its
+        own; what the power loss took is dropped from :attr:`expect`, whose durable
+        versions still bind. Returns what the repair reported.
+        """
+        assert self.monkeypatch is not None
+        dest = self.images / name
+        self.model.image(str(dest), "worst", 0)
+        for h in self.handles.values():
+            h.close()
+        self.model.active = False
+        self.model.close()
+        staterecords._boot[:] = [boot]
+        self.boot = boot
+        self.generation += 1
+        self.model = PowerModel(self.monkeypatch, str(dest))
+        root = str(dest / "store")
+        for dag, durable in list(self.handles):
+            self.handles[dag, durable] = open_store(root, dag, durable=durable)
+        said = ""
+        if repair:
+            report = self.handles["d", True].check(repair=True)
+            said = "; ".join(f.problem[:70] for f in report.findings if f.severity != "info")
+        for dag, keys in SPACES.items():
+            h = self.handles[dag, True]
+            for key in keys:
+                try:
+                    version = newest(h, key)[0]
+                except CorruptionError:
+                    continue
+                self.expect.lost_after((dag, key), version)
+        return said
+
 
 @contextlib.contextmanager
 def session(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Session]:
     """A model of ``tmp_path/top``, a durable and a durable=False handle per namespace.
 
-    Images go to ``tmp_path/images``; the handles and the model are closed at the end.
+    Images go to ``tmp_path/images``; the handles and the model are closed at the end
+    (those of the last generation, after :meth:`Session.reboot`).
     """
     top = tmp_path / "top"
     top.mkdir()
     boot = staterecords.boot_id()
     model = PowerModel(monkeypatch, str(top))
-    handles: Handles = {}
+    s = Session(model, {}, Expect(), boot, tmp_path / "images", monkeypatch)
     try:
         for dag in SPACES:
             for durable in (True, False):
-                handles[dag, durable] = Store(str(top / "store"), dag=dag, durable=durable)
-        yield Session(model, handles, Expect(), boot, tmp_path / "images")
+                s.handles[dag, durable] = open_store(str(top / "store"), dag, durable=durable)
+        yield s
     finally:
-        for h in handles.values():
+        for h in s.handles.values():
             h.close()
-        model.close()
+        s.model.close()
         staterecords._boot[:] = [boot]

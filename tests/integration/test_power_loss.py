@@ -4,7 +4,14 @@ Two handles per namespace share one store, one durable and one not (``durable=Fa
 leaves unsynced names and data, as a ``--no-sync`` writer or one killed before its fsync
 does). They set and delete keys with values that repeat across keys (deduplication),
 compact (keeping one version, or removing deleted keys), gc, list, ``check --repair``,
-``import --overwrite``, and, as an operator might, remove or empty a ``KEYS`` file.
+``import --overwrite``, and, as an operator might, remove or empty a ``KEYS`` file. They
+also roll back to acknowledged versions, patch, increment, set under guards
+(``expected_version`` right or wrong, ``create_only``), ``diff``, compact keeping more
+(the last 2 or 3, an hour, one namespace), import several keys of several namespaces
+(``skip`` or ``overwrite``, starting higher, with deletes), export, read versions and
+history, write through handles opened for one call (cold caches), write the global
+scope, and go on in the ``worst`` image of a power loss (``check --repair`` first, or
+not) so that the next power loss is a second-generation one.
 After each call, the trees a power loss could leave (``worst``: every unsynced change
 lost; ``mixed``, opt-in: a seeded random subset kept) are checked: see
 :mod:`tests.integration.powerloss` for what the model keeps and what is checked.
@@ -17,6 +24,7 @@ and the calls made. The scripted tests below are sequences such runs found.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -27,16 +35,24 @@ from typing import NamedTuple
 
 import pytest
 
-from castore import Store, codec, import_lines
-from castore.errors import CastoreError, CorruptionError, UnsafePathError
+from castore import Store, codec, export_lines, import_lines
+from castore.errors import (
+    CastoreError,
+    ConflictError,
+    CorruptionError,
+    NotFoundError,
+    UnsafePathError,
+)
 from tests.helpers import ref_log_path
 from tests.integration.powerloss import (
     IMAGES,
+    SCOPE_OF,
     SPACES,
     Expect,
     Handles,
     Image,
     newest,
+    open_store,
     real,
     session,
 )
@@ -75,6 +91,11 @@ class Op(NamedTuple):
 
 ALL_OPS: tuple[str, ...] = ("set",) * 3 + ("delete",) * 2  # the kinds, weighted
 ALL_OPS += ("compact", "remove", "gc", "list", "check", "import", "rmkeys")
+# read-modify-write, guarded and history-driven writes, other retentions, whole-store
+# import and export, reads that build version indexes, handles opened cold, and a
+# second-generation crash (the worst image, repaired, written on, crashed again)
+ALL_OPS += ("rollback",) * 2 + ("patch", "incr", "cas", "diff", "retain", "import_many")
+ALL_OPS += ("export", "readv", "cold", "cold", "reboot")
 
 
 def gen_ops(seed: int, steps: int, ops: tuple[str, ...] = ALL_OPS) -> list[Op]:
@@ -82,7 +103,7 @@ def gen_ops(seed: int, steps: int, ops: tuple[str, ...] = ALL_OPS) -> list[Op]:
     rnd = random.Random(seed)
     out = []
     for _ in range(steps):
-        dag = rnd.choice(sorted(SPACES)) if rnd.random() < 0.3 else "d"
+        dag = rnd.choice(sorted(SPACES)) if rnd.random() < 0.35 else "d"
         key = rnd.choice(SPACES[dag])
         durable = rnd.random() < 0.5
         kind = rnd.choice(ops)
@@ -118,6 +139,7 @@ def _delete(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
 
 def _compact(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
     h.compact(keep_last=1)
+    expect.drop_all()
     return f"{_who(op)} compact keep_last=1"
 
 
@@ -125,7 +147,10 @@ def _remove(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
     """A compaction that removes deleted keys (of every namespace): they get graves."""
     before = {(dag, k): newest(handles[dag, True], k) for dag, keys in SPACES.items() for k in keys}
     h.compact(keep_last=1, keep_within_seconds=0)
+    expect.drop_all()
     for ref, (version, last) in before.items():
+        if last == "delete":  # removed: its tombstone's version too
+            expect.dropped[ref] = max(expect.dropped.get(ref, 0), version)
         if last == "delete" and expect.durable.get(ref, 0) > 0:
             expect.grave[ref] = max(expect.grave.get(ref, 0), version)
     return f"{_who(op)} compact keep_within=0 (removes deleted)"
@@ -156,6 +181,7 @@ def _import(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
         import_lines(h, lambda: iter(lines), on_conflict="overwrite")
     except CastoreError as exc:
         return f"{_what(op)} (refused {type(exc).__name__})"
+    expect.dropped[op.dag, op.key] = max(expect.dropped.get((op.dag, op.key), 0), version - 1)
     expect.ack((op.dag, op.key), version, value, op.durable)
     return f"{_what(op)} import-overwrite -> v{version}"
 
@@ -172,6 +198,214 @@ def _rmkeys(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
     return f"(operator) truncate {op.dag}/KEYS"
 
 
+def _rollback(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    """Roll back to an acknowledged version (``extra`` picks which; a tombstone deletes)."""
+    ref = (op.dag, op.key)
+    versions = sorted(expect.acked.get(ref, {}))
+    if not versions:
+        return f"{_what(op)} (no version)"
+    to = versions[int(op.extra * len(versions))]
+    try:
+        done = h.rollback(op.key, to_version=to)
+    except NotFoundError:
+        return f"{_what(op)} to v{to} (compacted)"
+    if done.version and (done.deleted or done.hash):
+        value = expect.acked[ref][to]
+        expect.ack(ref, done.version, None if done.deleted else value, op.durable)
+    return f"{_what(op)} to v{to} -> v{done.version}{' (delete)' if done.deleted else ''}"
+
+
+def _live_value(expect: Expect, ref: tuple[str, str]) -> dict[str, object] | None:
+    value = expect.newest(ref)[1]
+    return dict(value) if isinstance(value, dict) else None
+
+
+def _patch(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    """A merge patch: a member set, or ``n`` removed."""
+    ref = (op.dag, op.key)
+    doc: dict[str, object] = {"n": None} if op.extra < 0.3 else {"p": round(op.extra * 100)}
+    want = _live_value(expect, ref) or {}
+    for member, v in doc.items():
+        if v is None:
+            want.pop(member, None)
+        else:
+            want[member] = v
+    version = h.patch(op.key, doc, merge=True).version
+    expect.ack(ref, version, want, op.durable)
+    return f"{_what(op)} {doc} -> v{version}"
+
+
+def _incr(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    ref = (op.dag, op.key)
+    want = _live_value(expect, ref) or {}
+    by = 1 + int(op.extra * 3)
+    base = want.get("n", 0)
+    if not isinstance(base, int):
+        return f"{_what(op)} (n is not a number)"
+    want["n"] = base + by
+    version = h.incr(op.key, by, "/n").version
+    expect.ack(ref, version, want, op.durable)
+    return f"{_what(op)} by {by} -> v{version}"
+
+
+def _cas(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    """A guarded set: ``expected_version`` right or wrong, or ``create_only``."""
+    ref = (op.dag, op.key)
+    value: object = json.loads(op.value)
+    top, now = expect.newest(ref)
+    live = top if now is not None else 0
+    if op.extra < 0.25:
+        guard: dict[str, object] = {"create_only": True}
+        ok = not live
+    else:
+        expected = live if op.extra < 0.75 else live + 1
+        guard, ok = {"expected_version": expected}, expected == live
+    try:
+        version = h.set(op.key, value, **guard).version  # type: ignore[arg-type]
+    except ConflictError:
+        assert not ok, f"{_what(op)} {guard}: a conflict, but v{live} is live"
+        return f"{_what(op)} {guard} (conflict)"
+    assert ok, f"{_what(op)} {guard}: written, but v{live} is live"
+    expect.ack(ref, version, value, op.durable)
+    return f"{_what(op)} {guard} -> v{version}"
+
+
+def _diff(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    ref = (op.dag, op.key)
+    value: object = json.loads(op.value)
+    done = h.diff(op.key, value)
+    if done.changed and done.version:
+        expect.ack(ref, done.version, value, op.durable)
+    return f"{_what(op)} = {str(value)[:14]} changed={done.changed} -> v{done.version}"
+
+
+def _retain(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    """Compaction keeping more than the newest: the last 2 or 3, an hour, or one namespace."""
+    if op.extra < 0.3:
+        h.compact(keep_last=2 + int(op.extra * 10) % 2)
+    elif op.extra < 0.6:
+        h.compact(keep_within_seconds=3600)
+    elif op.extra < 0.8:
+        h.compact(keep_last=2, keep_within_seconds=3600)
+    else:  # one namespace only, deleted keys removed there
+        scope = SCOPE_OF.get(op.dag, "dag")
+        before = {(op.dag, k): newest(handles[op.dag, True], k) for k in SPACES[op.dag]}
+        ns = "_" if scope == "global" else op.dag
+        h.compact(keep_last=1, keep_within_seconds=0, scope=scope, namespace=ns)
+        for ref, (version, last) in before.items():
+            if last == "delete" and expect.durable.get(ref, 0) > 0:
+                expect.grave[ref] = max(expect.grave.get(ref, 0), version)
+            if expect.acked.get(ref):
+                expect.dropped[ref] = max(expect.dropped.get(ref, 0), *expect.acked[ref])
+        return f"{_who(op)} compact {scope}/{ns} keep_within=0"
+    expect.drop_all()
+    return f"{_who(op)} compact retain ({op.extra:.2f})"
+
+
+def _export_record(
+    dag: str, key: str, version: int, value: object, op: str = "set"
+) -> dict[str, object]:
+    now = time.time_ns()
+    scope = SCOPE_OF.get(dag, "dag")
+    return {
+        "scope": scope,
+        "namespace": "_" if scope == "global" else dag,
+        "key": key,
+        "version": version,
+        "op": op,
+        "time_ns": now,
+        "created_ns": 0 if value is None else now,
+        "hash": "" if value is None else codec.hexdigest(codec.normalize(value)),
+        "audit": {},
+        **({} if value is None else {"value": value}),
+    }
+
+
+def _import_many(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    """An import of several keys of several namespaces, ``skip`` or ``overwrite``.
+
+    Each key gets two or three versions above every version it had (and its grave),
+    starting some versions higher; the second may be a delete.
+    """
+    rnd = random.Random(op.extra)
+    mode = "skip" if op.extra < 0.6 else "overwrite"
+    refs = sorted({(d, k) for d, keys in SPACES.items() for k in keys if rnd.random() < 0.4})
+    if not refs:
+        return f"{_who(op)} import {mode} (nothing)"
+    records: list[dict[str, object]] = []
+    plan: dict[tuple[str, str], dict[int, object]] = {}
+    for ref in refs:
+        try:
+            live = newest(handles[ref[0], True], ref[1])[0]
+        except CorruptionError:
+            return f"{_who(op)} import {mode} (refused: {ref} unreadable)"
+        start = max([live, expect.grave.get(ref, 0), *expect.acked.get(ref, {})]) + 1
+        start += rnd.choice([0, 0, 2])
+        values: list[object] = [rnd.choice(BIG + SMALL)]
+        values.append(None if rnd.random() < 0.3 else rnd.choice(BIG + SMALL))
+        if rnd.random() < 0.5:
+            values.append(rnd.choice(BIG + SMALL))
+        plan[ref] = {start + i: v for i, v in enumerate(values)}
+        for version, value in plan[ref].items():
+            records.append(
+                _export_record(*ref, version, value, "set" if value is not None else "delete")
+            )
+    records.sort(key=lambda r: (r["scope"], str(r["namespace"]).encode(), str(r["key"]).encode()))
+    lines = [b'{"format":"castore-export","version":2}\n']
+    lines += [json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records]
+    lines.append(b'{"end":"castore-export","versions":%d}\n' % len(records))
+    try:
+        report = import_lines(h, lambda: iter(lines), on_conflict=mode)  # type: ignore[arg-type]
+    except ConflictError as exc:
+        return f"{_who(op)} import {mode} (refused: {str(exc)[:80]})"
+    skipped = set(report.skipped_refs)
+    done = []
+    for ref, versions in plan.items():
+        scope = SCOPE_OF.get(ref[0], "dag")
+        name = f"{scope}/{'_' if scope == 'global' else ref[0]}/{ref[1]}"
+        if name in skipped:
+            continue
+        if mode == "overwrite" and expect.acked.get(ref):
+            expect.dropped[ref] = max(expect.dropped.get(ref, 0), min(versions) - 1)
+        for version, value in versions.items():
+            expect.ack(ref, version, value, op.durable)
+        done.append(f"{ref[0]}/{ref[1]}@{min(versions)}..{max(versions)}")
+    return f"{_who(op)} import {mode} {' '.join(done) or '(all skipped)'}"
+
+
+def _export(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    """A whole-store export: every line read (it reads every version of every log)."""
+    count = sum(1 for _ in export_lines(h))
+    return f"{_who(op)} export ({count} lines)"
+
+
+def _readv(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    """Version reads and history pages (they build and extend version indexes)."""
+    ref = (op.dag, op.key)
+    versions = sorted(expect.acked.get(ref, {}))
+    pages = len(h.history(op.key, limit=2).entries)
+    for v in versions[-3:]:
+        with contextlib.suppress(NotFoundError):
+            h.get(op.key, version=v)
+    if len(versions) >= 2:
+        with contextlib.suppress(NotFoundError):
+            h.diff_versions(op.key, from_version=versions[-2], to_version=versions[-1])
+    return f"{_what(op)} readv {versions[-3:]} ({pages} history)"
+
+
+COLD = ("set", "delete", "rollback", "patch", "incr", "cas", "diff", "readv", "list", "import")
+
+
+def _cold(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
+    """A call through a handle opened for it (cold caches), then closed."""
+    kind = COLD[int(op.extra * 997) % len(COLD)]
+    fresh = open_store(h.root, op.dag, durable=op.durable)
+    try:
+        return "cold " + CALLS[kind](op._replace(kind=kind), fresh, handles, expect)
+    finally:
+        fresh.close()
+
+
 CALLS: dict[str, Callable[[Op, Store, Handles, Expect], str]] = {
     "set": _set,
     "delete": _delete,
@@ -182,25 +416,23 @@ CALLS: dict[str, Callable[[Op, Store, Handles, Expect], str]] = {
     "check": _check,
     "import": _import,
     "rmkeys": _rmkeys,
+    "rollback": _rollback,
+    "patch": _patch,
+    "incr": _incr,
+    "cas": _cas,
+    "diff": _diff,
+    "retain": _retain,
+    "import_many": _import_many,
+    "export": _export,
+    "readv": _readv,
+    "cold": _cold,
 }
 
 
 def overwrite_lines(store: Store, dag: str, key: str, value: object) -> tuple[list[bytes], int]:
     """An export of ``key`` at the version after its newest, holding ``value``; that version."""
     version = newest(store, key)[0] + 1
-    now = time.time_ns()
-    record = {
-        "scope": "dag",
-        "namespace": dag,
-        "key": key,
-        "version": version,
-        "op": "set",
-        "time_ns": now,
-        "created_ns": now,
-        "hash": codec.hexdigest(codec.normalize(value)),
-        "audit": {},
-        "value": value,
-    }
+    record = _export_record(dag, key, version, value)
     lines = [
         b'{"format":"castore-export","version":2}\n',
         json.dumps(record, separators=(",", ":")).encode() + b"\n",
@@ -220,6 +452,10 @@ def run(
     done: list[str] = []
     with session(tmp_path, monkeypatch) as s:
         for step, op in enumerate(gen_ops(seed, steps)):
+            if op.kind == "reboot":  # the worst image of now, repaired, goes on
+                said = s.reboot(f"{step}-reboot", f"boot{step}-gen", repair=op.extra < 0.8)
+                done.append(f"(power loss, reboot, generation {s.generation}) {said}"[:200])
+                continue
             try:
                 done.append(CALLS[op.kind](op, s.handles[op.dag, op.durable], s.handles, s.expect))
             except UnsafePathError:
@@ -281,14 +517,18 @@ def overwrite(key: str, value: object, durable: bool, dag: str = "d") -> Step:
         h = handles[dag, durable]
         lines, version = overwrite_lines(h, dag, key, value)
         import_lines(h, lambda: iter(lines), on_conflict="overwrite")
+        expect.dropped[dag, key] = version - 1
         expect.ack((dag, key), version, value, durable)
 
     return step
 
 
 def call(fn: Callable[[Handles], object]) -> Step:
+    """A maintenance call (it may compact: older versions may be gone)."""
+
     def step(handles: Handles, expect: Expect) -> None:
         fn(handles)
+        expect.drop_all()
 
     return step
 
@@ -470,6 +710,32 @@ def test_a_durable_write_pointing_into_a_no_sync_log_makes_its_keys_line_durable
             put("k2", BIG[1], True),
             put("k1", BIG[0], False),
             put("x0", BIG[0], True, dag="e"),  # points into d/k1's log
+        ],
+    )
+    assert not problems, problems
+
+
+def test_a_rebuilt_index_is_durable_with_its_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc's index rebuild makes ``index/`` itself durable, not only the shards in it.
+
+    Found by the extended mix (seed 2017, ``mixed``), reduced to durable calls alone: the
+    first write's index record makes ``index/`` with ``durable=False`` (derived data), so
+    its name in the store root is unsynced; gc rebuilds the shards durably (fsync of
+    ``index/``) but unmarked, so the compaction's durable records of the blob frames it
+    moves settle nothing above them. After a power loss ``index/`` is gone, k1's v1
+    points at k0's rewritten log by a stale hint, and reads as ``CorruptionError``.
+    """
+    problems = scripted(
+        tmp_path,
+        monkeypatch,
+        [
+            put("k0", BIG[0], True),
+            put("k1", BIG[0], True),  # k1 v1 points at k0's blob frame
+            put("k0", SMALL[0], True),
+            call(lambda h: h["d", True].gc(grace_seconds=0)),  # durable rebuild: unmarked shards
+            call(lambda h: h["d", True].compact(keep_last=1)),  # moves k0's blob frames
         ],
     )
     assert not problems, problems
