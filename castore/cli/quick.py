@@ -136,7 +136,8 @@ def quick_set(args: argparse.Namespace) -> bytes | None:
             lock_timeout=timeout,
         )
     except LockTimeoutError as exc:
-        exc.ref = str(where[1])  # a user names keys, not their logs' hashed paths
+        if exc.path.endswith(".log"):  # not STATE's: the full command names that file alone
+            exc.ref = str(where[1])  # a user names keys, not their logs' hashed paths
         raise
     if version is None:
         return None

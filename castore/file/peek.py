@@ -84,6 +84,8 @@ _DELETE = "delete"
 _INT_FIELDS = ("version", "time_ns", "size", "created_ns", "damaged_from")  # records.Entry
 _REQUIRED = frozenset(("version", "op", "time_ns"))  # its fields without a default
 _AUDIT_INTS = frozenset(("pid", "rollback_from"))  # records.Audit's; the others are str
+_HEX = frozenset("0123456789abcdef")  # a hash is 64 of them (records.decode_entry)
+_NO_VALUE = frozenset(("delete", "damaged"))  # the ops whose hash is empty
 _SEPARATORS: Final = (",", ":")  # compact, as msgspec writes (with non-ASCII as UTF-8)
 
 
@@ -340,7 +342,11 @@ def _entry(payload: bytes) -> dict[str, Any] | None:
         return None
     if not all(_is_int(entry.get(name, 0)) for name in _INT_FIELDS):
         return None
-    if type(entry.get("op")) is not str or type(entry.get("hash", "")) is not str:
+    op, digest = entry.get("op"), entry.get("hash", "")
+    if type(op) is not str or type(digest) is not str:
+        return None
+    named = len(digest) == 64 and _HEX.issuperset(digest) if digest else op in _NO_VALUE
+    if not named:  # not a sha256 digest, or a version with a value and no hash: damage
         return None
     blob = entry.get("blob")
     if blob is not None and not (

@@ -21,7 +21,7 @@ import msgspec
 from castore import valuecodec
 from castore.codec import is_digest
 from castore.errors import DigestMismatchError, RecordError
-from castore.records import Entry
+from castore.records import OP_ROLLBACK, OP_SET, Entry
 from castore.valuecodec import CODEC_RAW, CODEC_ZSTD, COMPRESS_MIN_BYTES, ZSTD_LEVEL
 
 __all__ = [
@@ -148,6 +148,8 @@ def decode_entry(payload: bytes) -> Entry:
     entry = _decoded(_entry_decoder, payload, "entry")
     if entry.hash and not is_digest(entry.hash):  # a value's name: what reads turn into bytes
         raise RecordError(f"bad entry record: hash {entry.hash[:80]!r} is not a sha256 digest")
+    if not entry.hash and entry.op in (OP_SET, OP_ROLLBACK):  # a version with a value
+        raise RecordError(f"bad entry record: a {entry.op} of version {entry.version} with no hash")
     return entry
 
 

@@ -251,6 +251,14 @@ def _crafted(log: bytes) -> Iterator[tuple[str, bytes]]:
     yield "lone surrogate", log + blob + encode_frame(ord("E"), surrogate.encode())
     tomb = {"version": 9, "op": "delete", "time_ns": 1, "audit": "x"}
     yield "tombstone, audit a string", log + encode_frame(ord("E"), _compact(tomb))
+    # found by a review (thirty-second session): a tombstone whose hash is not a sha256
+    # digest read as "not found" here, damage to the store
+    for name, text in (("upper case", digest.upper()), ("cut short", digest[:40])):
+        tomb = {"version": 9, "op": "delete", "time_ns": 1, "hash": text}
+        yield f"tombstone, hash {name}", log + encode_frame(ord("E"), _compact(tomb))
+        yield f"hash {name}", log + blob + encode_frame(ord("E"), _compact({**entry, "hash": text}))
+    no_hash = {k: v for k, v in entry.items() if k != "hash"}
+    yield "a set without a hash", log + blob + encode_frame(ord("E"), _compact(no_hash))
     for name, bad in (("not JSON", b"not json"), ("two lines", b'1}\n{"found":false')):
         blob, digest = _blob(bad)
         fields = {**entry, "hash": digest, "blob": ["", len(log), len(blob)]}
@@ -295,6 +303,30 @@ def _damaged_copies(log: bytes, stride: int = 1) -> Iterator[tuple[str, bytes]]:
             yield f"cut at {size}", log[:size]
     for tail in (b"\0" * 25, b"\0" * 4096, b"E" + b"\xff" * 40, log[-30:]):
         yield f"append {len(tail)} bytes", log + tail
+
+
+@pytest.mark.parametrize("hint", ["its blob", "elsewhere"])
+def test_a_set_entry_without_a_hash_is_damage_in_one_line(store, hint):
+    # Found by a review (thirty-second session): a checksummed set entry with "hash":""
+    # whose blob hint missed made get a Python IndexError traceback (the blob index took
+    # the empty digest's first byte), on both paths.
+    store.set("k", SMALL)
+    root = root_of(store)
+    log = log_of(root)
+    pristine = log.read_bytes()
+    blob, _ = _blob(b'{"a":1}')
+    at = ["", len(pristine), len(blob)] if hint == "its blob" else ["", 0, 5]
+    entry = {"version": 9, "op": "set", "time_ns": 1, "hash": "", "blob": at}
+    log.write_bytes(pristine + blob + encode_frame(ord("E"), _compact(entry)))
+    for argv in (("get", "k"), ("get", "k", "--version", "9"), ("set", "k", "2")):
+        done = subprocess.run(
+            [sys.executable, "-m", "castore", "--dir", str(root), "--dag", DAG, *argv],
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 5, (argv, done.stderr)
+        assert done.stderr.count(b"\n") == 1, done.stderr
+        assert b"not a sha256 digest" in done.stderr or b"no hash" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("indexed", [False, True], ids=["unindexed", "indexed"])

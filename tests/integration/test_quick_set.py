@@ -13,6 +13,8 @@ and the full path then runs on its store too, as the CLI does.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
 import os
 import pathlib
 import re
@@ -29,8 +31,9 @@ from castore.cli import COMMANDS
 from castore.cli.args import build_parser
 from castore.cli.invocation import Invocation
 from castore.cli.quick import quick_set
-from castore.errors import CastoreError, CorruptionError
-from castore.file.frames import scan_frames
+from castore.errors import CastoreError, CorruptionError, LockTimeoutError
+from castore.file import stateappend
+from castore.file.frames import encode_frame, scan_frames
 from castore.file.layout import Layout
 from castore.file.stateappend import KIND_PENDING
 from castore.keys import Ref
@@ -221,6 +224,50 @@ def test_a_torn_or_damaged_tail_is_never_written_after(twins):
     error = twins.run(*d, "set", "k", "3")
     assert isinstance(error, CorruptionError)
     assert twins.answered == 1
+
+
+@pytest.mark.parametrize("hash_of", [str.upper, lambda digest: digest[:40]], ids=["upper", "short"])
+def test_a_newest_entry_whose_hash_is_not_a_digest_is_never_written_after(twins, hash_of):
+    # Found by a review (thirty-second session): the quick set wrote version 3 over a
+    # checksummed newest entry whose hash was not a sha256 digest, which the store refuses
+    # as damage (FORMAT.md §3, §7); the damaged version was then no longer the newest.
+    d = ("--dag", DAG)
+    twins.run(*d, "set", "k", "1")
+    twins.run(*d, "set", "k", "2")
+    for log in (log_of(twins.quick), log_of(twins.full)):
+        data = log.read_bytes()
+        last = list(scan_frames(data))[-1]
+        entry = json.loads(last.payload)
+        entry["hash"] = hash_of(entry["hash"])
+        payload = json.dumps(entry, separators=(",", ":")).encode()
+        log.write_bytes(data[: last.start] + encode_frame(last.kind, payload))
+    error = twins.run(*d, "set", "k", "3")
+    assert isinstance(error, CorruptionError), error
+    assert "not a sha256 digest" in str(error)
+
+
+def test_a_state_file_held_locked_is_named_as_the_full_command_names_it(twins, monkeypatch):
+    # Found by a review (thirty-second session): the quick set named the key, as if its
+    # log's lock had timed out ("dag/flow/k (…/STATE) not locked"), where the full command
+    # names STATE alone.
+    store = twins.store()
+    store.set("k", 1)
+    store.list()  # makes STATE
+    twins.sync()
+    monkeypatch.setattr(stateappend, "LOCK_SECONDS", 0.2)
+    held = [os.open(next(root.rglob("STATE")), os.O_RDWR) for root in (twins.quick, twins.full)]
+    try:
+        for fd in held:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(LockTimeoutError) as quick:
+            quick_set(twins._args(twins.quick, ("--dag", DAG, "set", "k", "2")))
+        full = full_set(twins._args(twins.full, ("--dag", DAG, "set", "k", "2")))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert isinstance(full, LockTimeoutError), full
+    assert str(quick.value).replace(str(twins.quick), "") == str(full).replace(str(twins.full), "")
+    assert str(full).endswith("STATE not locked within 0.2 s"), full
 
 
 def test_a_repeated_value_whose_frame_is_damaged_gets_a_fresh_frame(twins):
