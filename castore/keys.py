@@ -255,7 +255,10 @@ def resolve_namespace(
     if namespace:
         return validate_namespace(namespace)
     if scope == "custom":
-        raise InvalidRefError("namespace is required for custom scope")
+        raise InvalidRefError(
+            "namespace is required for custom scope: give --namespace NAME (library and API:"
+            " namespace)"
+        )
     if scope == "global":
         return DEFAULT_GLOBAL_NAMESPACE
     name = (_root_dag_name(root_dag) or dag) if scope == "root_dag" else dag

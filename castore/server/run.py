@@ -312,6 +312,9 @@ def run_server(
     token = load_token(token_file)
     sockets = bind_all(*parse_listen(listen), token, processes)
     signal.signal(signal.SIGTERM, _stop)  # from here on, SIGTERM is a clean stop
+    # and SIGINT an interruption (exit 130), even where it was ignored (`castore serve &`
+    # in a script): uvicorn stops on it, then raises it again under the handler it found
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         log: TextIO = open(access_log, "a", encoding="utf-8") if access_log else sys.stderr  # noqa: SIM115
     except OSError as exc:

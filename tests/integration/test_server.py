@@ -50,7 +50,14 @@ START_TIMEOUT = 30.0
 class Server:
     """One ``castore serve`` process; its stderr and access log are files below ``tmp``."""
 
-    def __init__(self, tmp: pathlib.Path, location: str, *args: str, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        tmp: pathlib.Path,
+        location: str,
+        *args: str,
+        env: dict[str, str],
+        ignore_sigint: bool = False,
+    ) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.stderr_path = tmp / "stderr"
@@ -58,6 +65,8 @@ class Server:
         argv = [sys.executable, "-m", "castore", "--dir", location, "serve"]
         argv += ["--listen", "127.0.0.1:0", "--access-log", str(self.log_path), *args]
         with open(self.stderr_path, "wb") as err:
+            if ignore_sigint:  # as a script's `castore serve &` starts it: exec keeps SIG_IGN
+                argv = ["sh", "-c", 'trap "" INT; exec "$0" "$@"', *argv]
             self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
         self.url = self._wait_listening()
         self.port = int(self.url.rsplit(":", 1)[1])
@@ -412,6 +421,18 @@ def sigterm_during_a_request(server: Server) -> tuple[int, bytes]:
         assert server.proc.poll() is None  # still serving the request
         conn.sendall(data[10:])
         return read_response(conn)
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["default", "ignored"])
+def test_sigint_stops_the_server_with_exit_130(tmp_path, ignored):
+    # Found by a review (thirty-second session): a server started with SIGINT ignored
+    # (a script's `castore serve &`, a supervisor) stopped on SIGINT but exited 0, with
+    # no "interrupted" line: uvicorn raised the signal again under the ignoring handler.
+    server = Server(tmp_path, str(tmp_path / "s"), env=base_env(tmp_path), ignore_sigint=ignored)
+    server.wait_healthy()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(20) == 130
+    assert server.stderr_path.read_text().splitlines()[-1] == "castore: interrupted"
 
 
 def test_sigterm_finishes_the_request_in_flight(start, store_location, tmp_path):
