@@ -98,7 +98,7 @@ def _edit_reason(note: str, reason: str) -> str:
     if len(whole) <= MAX_AUDIT_TEXT:
         return whole
     room = MAX_AUDIT_TEXT - len(reason) - len("…: ") if reason else MAX_AUDIT_TEXT - 1
-    if room <= 0:
+    if room < 0:  # no room even for "…: ": the caller's reason alone
         return reason
     return f"{note[:room]}…: {reason}" if reason else f"{note[:room]}…"
 

@@ -146,8 +146,11 @@ def settle_namespace(fs: Tree, folder: str, root: str) -> None:
     (two first writers racing, or a first write with ``durable=False``).
     """
     fs.fsync_dir(folder)
-    for above in _above(folder, root):
+    *inside, parent = _above(folder, root)
+    for above in inside:
         fs.fsync_dir(above)
+    with contextlib.suppress(PermissionError):  # above the store, unreadable by its user (0711):
+        fs.fsync_dir(parent)  # nothing castore can sync there; whoever made the store did
 
 
 _SYNCED: dict[tuple[int, int], tuple[int, int, int]] = {}  # (dev, ino): (size, m/ctime) synced

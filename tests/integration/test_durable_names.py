@@ -358,3 +358,30 @@ def test_settling_another_log_never_clears_a_mark_its_writer_is_setting(tmp_path
     finally:
         os.close(fd)
         os.close(held)
+
+
+def test_a_parent_directory_the_store_user_cannot_read_fails_no_call(tmp_path, monkeypatch):
+    # Found by a review (thirty-second session): a store whose parent is 0711 to its user
+    # (made by an admin, then given to the user): this session's durable index rebuild made
+    # gc fail ("Permission denied" on the parent, after its work was done), and a first
+    # durable write to a new namespace failed the same way after its version was stored,
+    # so a retry made a second one. A directory above the store that its user cannot read
+    # cannot be fsynced by it, and was made durable by whoever made the store. (Run as
+    # root here, so the parent's refusal is simulated.)
+    parent = tmp_path / "parent"
+    root = parent / "store"
+    Store(str(root), dag="a").set("k", {"report": "x" * 600})
+    real_open = os.open
+
+    def refusing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == str(parent) and flags & os.O_DIRECTORY:
+            raise PermissionError(13, "Permission denied", str(parent))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    store = Store(str(root), dag="b")
+    assert store.set("k", {"report": "x" * 600}).version == 1  # a new namespace, durable
+    assert store.gc(grace_seconds=0).blobs_freed == 0
+    assert store.check(repair=True).ok
+    assert store.compact(keep_last=1).refs_examined == 2
+    assert [Store(str(root), dag=ns).get("k").version for ns in "ab"] == [1, 1]

@@ -362,12 +362,14 @@ def test_an_edit_s_note_never_costs_the_caller_s_reason_its_room(store):
     store.incr("c", reason=reason)
     store.incr("d", path=pointer)
     store.incr("e", by=int("9" * 4000), path=pointer, reason="r" * 8192)
-    reasons = {key: [e.reason for e in store.history(key).entries] for key in "kcde"}
+    store.incr("f", reason="r" * 8189)  # room for "…: " and no more
+    reasons = {key: [e.reason for e in store.history(key).entries] for key in "kcdef"}
     assert reasons["k"][1:] == [f"patch: {reason}", reason]
     assert reasons["k"][0] == f"merge…: {reason}"  # the note shortened, the reason whole
     assert reasons["c"] == [f"incr …: {reason}"]
     assert reasons["d"] == [f"incr by 1 at {pointer}"[:8191] + "…"]
     assert reasons["e"] == ["r" * 8192]
+    assert reasons["f"] == ["…: " + "r" * 8189]
     for key, kept in reasons.items():
         assert all(len(text) <= 8192 for text in kept), key
     with pytest.raises(InvalidValueError, match="audit field reason holds 8193 characters"):
