@@ -244,6 +244,8 @@ def _end_line(line: bytes, number: int, count: int, version: int, exc: Exception
     try:
         end = _end_decoder.decode(line)
     except (msgspec.DecodeError, ValueError):
+        if str(exc) == "Input data was truncated":  # msgspec's words: the line ends mid-JSON
+            exc = ValueError("the line ends inside its JSON (a file cut short, or edited)")
         raise InvalidValueError(f"line {number}: {exc}") from None
     if version < 2:
         raise InvalidValueError(f"line {number}: {exc}")

@@ -70,6 +70,16 @@ def test_an_import_line_no_store_holds_is_refused(store_location, fields, said):
     _refused(store_location, HEADER + _line(**fields), said)
 
 
+def test_a_line_cut_short_is_named_so(store_location: str, cli: Cli, tmp_path: Path) -> None:
+    # Found by a review (thirty-second session): "line 2: Input data was truncated",
+    # msgspec's words, told a user nothing of what happened to the file.
+    said = "line 2: the line ends inside its JSON (a file cut short, or edited)"
+    _refused(store_location, HEADER + _line()[:30], said.replace("(", r"\(").replace(")", r"\)"))
+    dump = tmp_path / "cut.jsonl"
+    dump.write_bytes(HEADER + _line()[:30])
+    assert one_line_error(cli.run("import", dump), 2) == f"invalid value: {said}"
+
+
 def test_a_header_nested_deep_is_refused_not_raised(
     store_location: str, cli: Cli, tmp_path: Path
 ) -> None:
