@@ -44,7 +44,7 @@ from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, 
 from castore.store import Store
 from castore.urls import is_url
 from castore.waits import WouldWait, at_most, no_waiting
-from castore.wire import CALL_BODY_MAX, CALLS
+from castore.wire import CALL_BODY_MAX, CALLS, CLUSTER_HEADER
 
 __all__ = [
     "BACKEND_BODY_BYTES",
@@ -266,7 +266,10 @@ class _Api:
             await self.call(lambda: self.store.backend.exists(self.health_ref))
             return Response(b'{"status":"ok"}', media_type=_JSON)
 
-        return await self.guarded(probe, min(self.timeout, _HEALTH_TIMEOUT_SECONDS))
+        response = await self.guarded(probe, min(self.timeout, _HEALTH_TIMEOUT_SECONDS))
+        if (cluster := self.membership.cluster) is not None:  # what the other members ask
+            response.headers[CLUSTER_HEADER] = cluster.digest
+        return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -6,13 +6,16 @@ only to clients whose list is the same: each request carries the digest of
 the client's list in the ``Castore-Cluster`` header. Otherwise it answers
 421 ``misdirected`` with its list and the keyspace's owner, and does
 nothing; so a client and a server that disagree about membership never write
-one keyspace in two places (docs/SERVER.md, "A cluster").
+one keyspace in two places (docs/SERVER.md, "A cluster"). Nor do two servers
+that run different lists: a server serves only while the other members it
+reaches run its list (:mod:`castore.server.peers`).
 """
 
 from __future__ import annotations
 
 from castore.cluster import Cluster
 from castore.server.errors import ApiError
+from castore.server.peers import PeerWatch
 
 __all__ = ["Membership"]
 
@@ -32,6 +35,14 @@ class Membership:
         if cluster is not None and self_url not in cluster.members:
             raise ValueError(f"--self {self_url} is not in the --cluster list")
         self.cluster, self.self_url = cluster, self_url
+        self.peers = (
+            None if cluster is None else PeerWatch(cluster.members, self_url, cluster.digest)
+        )
+
+    def watch(self) -> None:
+        """Look at the other members' lists now, and from now on (before a process serves)."""
+        if self.peers is not None:
+            self.peers.differing()
 
     def check(self, client: tuple[str | None, int], keyspace: tuple[str, str] | None) -> None:
         """Refuse a request about a keyspace from a client with another list, or owned elsewhere.
@@ -43,7 +54,8 @@ class Membership:
         believes in a cluster (a member restarted without ``--cluster``).
 
         Raises:
-            ApiError: ``misdirected`` (421), with the server's list and the owner.
+            ApiError: ``misdirected`` (421), with the server's list and the owner;
+                ``store_unavailable`` (503) while another member runs another list.
         """
         digest, members = client
         cluster = self.cluster
@@ -57,8 +69,16 @@ class Membership:
         owner = cluster.owner(*keyspace)
         if digest != cluster.digest:
             message = "the client's coordinator list differs from this server's"
+            if self.peers is not None:
+                self.peers.nudge()  # membership may be changing: look at the others now
         elif owner != self.self_url:
             message = f"{keyspace[0]}/{keyspace[1]} belongs to {owner}"
+        elif self.peers is not None and (differ := self.peers.differing()):
+            raise ApiError(
+                "store_unavailable",
+                f"{differ[0]} runs another coordinator list than this server's: no member"
+                " serves until every one runs the same --cluster (docs/SERVER.md, A cluster)",
+            )
         else:
             return
         raise ApiError("misdirected", message, {"cluster": cluster.members, "owner": owner})

@@ -248,6 +248,7 @@ def _runner(
     def serve(
         sock: socket.socket, metrics_dir: str | None, started: Callable[[], None] | None
     ) -> int:
+        membership.watch()  # in this process, before it serves (castore.server.peers)
         app = create_app(
             store,
             token,

@@ -558,23 +558,113 @@ def test_a_member_restarted_with_another_list_refuses_the_old_one(launcher):
     assert after == before
 
     # A library client on the old list, for a keyspace the moved member owned: it takes the
-    # moved member's list (which, by rendezvous hashing, still gives it the keyspace) and
-    # writes there once, and the members on the old list are not asked.
+    # moved member's list (which, by rendezvous hashing, still gives it the keyspace), but
+    # the moved member serves nothing while the second member runs the old list (a split
+    # otherwise: the first member, left running, would serve the old list's clients).
     stays = owned_namespaces(lambda ns: old.owner("dag", ns) == moved.url, 1, "stays", "dag")[0]
     assert new.owner("dag", stays) == moved.url
-    # Counted once every earlier request is logged (a flake in CI read one line late).
-    seen_before = [len(node.settled_statuses()) for node in (first, second)]
     client = Store(",".join(members))
     try:
-        assert client.set("x", 1, namespace=stays).version == 1
+        with pytest.raises(StoreUnavailableError, match="runs another coordinator list"):
+            client.set("x", 1, namespace=stays)
+        assert {node.url: contents(node.store) for node in nodes} == before
+        first.kill()  # the member removed stops; the other runs the new list
+        second.kill()
+        second.start(new.members)
+        deadline = time.monotonic() + PROGRESS_TIMEOUT
+        while True:  # once the moved member has looked again (castore.server.peers)
+            try:
+                assert client.set("x", 1, namespace=stays).version == 1
+                break
+            except StoreUnavailableError:
+                assert time.monotonic() < deadline, "the members never agreed"
+                time.sleep(0.2)
         assert client.get("x", namespace=stays).value == 1
     finally:
         client.close()
-    seen = [len(node.settled_statuses()) for node in (first, second)]
-    assert seen == [n + 1 for n in seen_before]  # only the second marker
     after = {node.url: contents(node.store) for node in nodes}
     expected = {**before[moved.url], ("dag", stays, "x"): (1, 1)}
     assert after == {**before, moved.url: expected}
+
+
+def _until_served(write: Callable[[], object]) -> None:
+    """Run ``write`` until the members agree (a refusal writes nothing: safe to run again)."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT
+    while True:
+        try:
+            write()
+            return
+        except StoreUnavailableError:
+            assert time.monotonic() < deadline, "the members never agreed"
+            time.sleep(0.2)
+
+
+def test_a_member_added_before_the_others_run_its_list_serves_nothing(launcher):
+    # Found by a review (thirty-second session): a member started with the new list while
+    # another still ran the old one served a keyspace it owns under the new list, and a
+    # worker with the new list that met the old member took its list (it names only
+    # members the worker was given) and wrote the same keyspace there: version 1 twice,
+    # in two stores. A member now serves only while the members it reaches run its list.
+    a, b, c = launcher.cluster(3)
+    old = [a.url, b.url, c.url]
+    d = Node(launcher.tmp / "added", free_ports(1)[0])
+    launcher.nodes.append(d)
+    new = Cluster([*old, d.url])
+    joining = owned_namespaces(lambda ns: new.owner("custom", ns) == d.url, 1, "join")[0]
+    d.start(new.members)
+    worker = Store(",".join(new.members))
+    try:
+        with pytest.raises(StoreUnavailableError, match="runs another coordinator list"):
+            worker.set("k", "from-the-new-list", scope="custom", namespace=joining)
+        assert contents(d.store) == {}
+        other = Store(",".join(new.members))  # a worker that meets an old member first
+        try:
+            meet = owned_namespaces(lambda ns: new.owner("custom", ns) != d.url, 1, "meet")[0]
+            other.get("k", scope="custom", namespace=meet)  # a 421 naming the old list
+            other.set("k", "at-the-old-owner", scope="custom", namespace=joining)
+        finally:
+            other.close()
+        holding = [n.url for n in (a, b, c, d) if ("custom", joining, "k") in contents(n.store)]
+        assert holding == [Cluster(old).owner("custom", joining)]  # one place
+        for node in (a, b, c):  # then every member runs the new list
+            node.kill()
+            node.start(new.members)
+        _until_served(
+            lambda: worker.set("k", "from-the-new-list", scope="custom", namespace=joining)
+        )
+        assert contents(d.store) == {("custom", joining, "k"): (1, "from-the-new-list")}
+    finally:
+        worker.close()
+
+
+def test_a_removed_member_left_running_stops_serving(launcher):
+    # The other order (SERVER.md: stop a member you remove first): the member left running
+    # with the old list stops serving once it sees the others run another list.
+    a, b, c = launcher.cluster(3)
+    old = Cluster([a.url, b.url, c.url])
+    kept = owned_namespaces(lambda ns: old.owner("custom", ns) == c.url, 1, "kept")[0]
+    for node in (a, b):
+        node.kill()
+        node.start([a.url, b.url])
+    stale = Store(",".join(old.members))
+    try:
+        deadline = time.monotonic() + PROGRESS_TIMEOUT
+        refused: list[StoreUnavailableError] = []
+        while not refused:  # served until c looks again, then refused
+            try:
+                stale.set("k", "late", scope="custom", namespace=kept)
+            except StoreUnavailableError as exc:
+                refused.append(exc)
+            assert time.monotonic() < deadline, "the removed member kept serving"
+            time.sleep(0.2)
+        assert "runs another coordinator list" in str(refused[0])
+        before = contents(c.store)
+        for _ in range(5):
+            with pytest.raises(StoreUnavailableError):
+                stale.set("k", "later", scope="custom", namespace=kept)
+        assert contents(c.store) == before
+    finally:
+        stale.close()
 
 
 def test_a_member_restarted_without_a_cluster_refuses_a_clients_list(launcher):

@@ -80,6 +80,7 @@ LAYERS = {
     "server": 23,  # the package: a docstring
     "server.errors": 23,  # exceptions -> statuses and stable codes
     "server.checks": 23,  # what a worker sends (backend protocol, JSON bodies), checked
+    "server.peers": 23,  # what the other members of a cluster run (their /healthz)
     "server.membership": 24,  # a clustered server's check of each request
     "server.operations": 24,  # the operation table (imports audit)
     "server.rpc": 25,  # the backend protocol's calls on the store's backend
