@@ -43,6 +43,7 @@ __all__ = [
     "FRAME_ITEM",
     "LOCK_TIMEOUT_HEADER",
     "MEMBERS_HEADER",
+    "PEER_HEADER",
     "RETRY_WINDOW",
     "STALE",
     "UNKNOWN",
@@ -63,6 +64,7 @@ __all__ = [
 CLUSTER_HEADER: Final = "castore-cluster"  # the digest of the client's member list
 MEMBERS_HEADER: Final = "castore-members"  # how many members the client's list has
 LOCK_TIMEOUT_HEADER: Final = "castore-lock-timeout"  # the client's lock timeout, in seconds
+PEER_HEADER: Final = "castore-peer"  # a cluster member's look at another's list: not logged
 RETRY_WINDOW: Final = 64  # a retried append is found among this many newest versions
 # The largest body of a backend call a server reads: an import sends a key's whole history
 # in one call (``append`` for a new key, ``replace`` for an overwrite).

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from castore.results import rfc3339
 from castore.server.errors import ApiError, error_response
 from castore.server.operations import OPERATIONS
-from castore.wire import CALLS
+from castore.wire import CALLS, PEER_HEADER
 
 __all__ = ["AccessLog", "Guard", "Metrics", "Observe", "operation_of"]
 
@@ -33,6 +33,7 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 _PIPE_BUF: Final = 4096  # POSIX: a pipe write of at most this many bytes is atomic
 _CHILDREN_KEPT: Final = 1024  # (path, status) pairs whose metric children are kept
 _PUBLIC: Final = frozenset({"/healthz"})  # the paths that need no token
+_PEER: Final = PEER_HEADER.encode("ascii")  # ASGI header names are lowercase bytes
 
 
 class Metrics:
@@ -185,7 +186,8 @@ class Observe:
             seconds = time.perf_counter() - start
             path = str(scope["path"])[:256]
             self.metrics.observe(path, status, seconds)
-            self._write(str(scope["method"])[:16], path, status, seconds, request_id)
+            if path != "/healthz" or _PEER not in dict(scope["headers"]):  # a member's look
+                self._write(str(scope["method"])[:16], path, status, seconds, request_id)
 
     def _write(self, method: str, path: str, status: int, seconds: float, rid: str) -> None:
         line = {

@@ -9,18 +9,20 @@ header), once before it serves, then every :data:`INTERVAL` seconds in a thread,
 and at once when a request comes with another list. While a member that answers
 runs another list (or none), the server refuses the keyspaces it owns (503
 ``store_unavailable``); a member that does not answer serves nothing, and counts
-as agreeing (docs/SERVER.md, "A cluster").
+as agreeing (docs/SERVER.md, "A cluster"). A look carries the ``castore-peer``
+header and no token; the access log leaves it out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Final
 
 import httpx
 
-from castore.wire import CLUSTER_HEADER
+from castore.wire import CLUSTER_HEADER, PEER_HEADER
 
 __all__ = ["INTERVAL", "PeerWatch"]
 
@@ -63,7 +65,7 @@ class PeerWatch:
         with httpx.Client(timeout=_TIMEOUT, follow_redirects=False) as client:
             for url in self.others:
                 try:
-                    answer = client.get(f"{url}/healthz")
+                    answer = client.get(f"{url}/healthz", headers={PEER_HEADER: "1"})
                 except httpx.HTTPError:
                     continue  # down (it serves nothing), or not reachable from here
                 if answer.headers.get(CLUSTER_HEADER) != self.digest:
@@ -74,4 +76,5 @@ class PeerWatch:
         while True:
             self._wake.wait(INTERVAL)
             self._wake.clear()
-            self.look()
+            with contextlib.suppress(Exception):  # the watch outlives any one look
+                self.look()

@@ -665,6 +665,9 @@ def test_a_removed_member_left_running_stops_serving(launcher):
         assert contents(c.store) == before
     finally:
         stale.close()
+    # the members' looks at each other (once a second) are not in the access log
+    assert c.statuses(), c.url
+    assert all(path != "/healthz" for path, _ in c.statuses()), c.statuses()
 
 
 def test_a_member_restarted_without_a_cluster_refuses_a_clients_list(launcher):
