@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from castore.cluster import Cluster
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.server.errors import ApiError, api_error, error_response
 from castore.server.incoming import BODY_ARRIVED, decode, list_of, lock_wait_of, read_body
@@ -44,7 +45,7 @@ from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, 
 from castore.store import Store
 from castore.urls import is_url
 from castore.waits import WouldWait, at_most, no_waiting
-from castore.wire import CALL_BODY_MAX, CALLS, CLUSTER_HEADER
+from castore.wire import CALL_BODY_MAX, CALLS, CLUSTER_HEADER, PEER_HEADER
 
 __all__ = [
     "BACKEND_BODY_BYTES",
@@ -260,16 +261,28 @@ class _Api:
         return StreamingResponse(body(), media_type="application/x-ndjson")
 
     async def healthz(self, request: Request) -> Response:
-        """``GET /healthz``: 200 when the store answers a read, else an error (503)."""
+        """``GET /healthz``: 200 when the store answers a read, else an error (503).
+
+        A clustered member answers its list's digest in a header (what the other members
+        ask: their looks get it at once, without the store's read) and, in the body,
+        whether it serves its keyspaces now (:mod:`castore.server.peers`).
+        """
+        cluster = self.membership.cluster
+        if cluster is not None and PEER_HEADER in request.headers:
+            return Response(b'{"status":"ok"}', media_type=_JSON, headers=_digest(cluster))
 
         async def probe() -> Response:
             await self.call(lambda: self.store.backend.exists(self.health_ref))
-            return Response(b'{"status":"ok"}', media_type=_JSON)
+            return Response(self.membership.health(), media_type=_JSON)
 
         response = await self.guarded(probe, min(self.timeout, _HEALTH_TIMEOUT_SECONDS))
-        if (cluster := self.membership.cluster) is not None:  # what the other members ask
-            response.headers[CLUSTER_HEADER] = cluster.digest
+        if cluster is not None:
+            response.headers.update(_digest(cluster))
         return response
+
+
+def _digest(cluster: Cluster) -> dict[str, str]:
+    return {CLUSTER_HEADER: cluster.digest}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -13,6 +13,8 @@ reaches run its list (:mod:`castore.server.peers`).
 
 from __future__ import annotations
 
+import msgspec
+
 from castore.cluster import Cluster
 from castore.server.errors import ApiError
 from castore.server.peers import PeerWatch
@@ -40,9 +42,18 @@ class Membership:
         )
 
     def watch(self) -> None:
-        """Look at the other members' lists now, and from now on (before a process serves)."""
+        """Start looking at the other members' lists in this process (before it serves)."""
         if self.peers is not None:
-            self.peers.differing()
+            self.peers.start()
+
+    def health(self) -> bytes:
+        """``/healthz``'s body: a clustered member says whether it serves its keyspaces now."""
+        if self.peers is None:
+            return b'{"status":"ok"}'
+        why = self.peers.refusal()
+        if not why:
+            return b'{"status":"ok","serving":true}'
+        return b'{"status":"ok","serving":false,"reason":%s}' % msgspec.json.encode(why)
 
     def check(self, client: tuple[str | None, int], keyspace: tuple[str, str] | None) -> None:
         """Refuse a request about a keyspace from a client with another list, or owned elsewhere.
@@ -73,11 +84,11 @@ class Membership:
                 self.peers.nudge()  # membership may be changing: look at the others now
         elif owner != self.self_url:
             message = f"{keyspace[0]}/{keyspace[1]} belongs to {owner}"
-        elif self.peers is not None and (differ := self.peers.differing()):
+        elif self.peers is not None and (why := self.peers.refusal()):
             raise ApiError(
                 "store_unavailable",
-                f"{differ[0]} runs another coordinator list than this server's: no member"
-                " serves until every one runs the same --cluster (docs/SERVER.md, A cluster)",
+                f"{why}: a member serves only while every member it reaches runs the same"
+                " --cluster (docs/SERVER.md, A cluster)",
             )
         else:
             return

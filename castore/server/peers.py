@@ -3,78 +3,131 @@
 A digest compares a client's list with a server's; it cannot see two servers that
 run different lists, each agreeing with its own clients (a member added before the
 others run the new list, a removed member left running): both would serve one
-keyspace, a split. So a clustered server asks every other member of its list for
-the digest it runs (``GET /healthz`` answers it in the ``castore-cluster``
-header), once before it serves, then every :data:`INTERVAL` seconds in a thread,
-and at once when a request comes with another list. While a member that answers
-runs another list (or none), the server refuses the keyspaces it owns (503
-``store_unavailable``); a member that does not answer serves nothing, and counts
-as agreeing (docs/SERVER.md, "A cluster"). A look carries the ``castore-peer``
-header and no token; the access log leaves it out.
+keyspace, a split. So a clustered server process asks every other member of its
+list which list it runs (``GET /healthz`` answers its digest in the
+``castore-cluster`` header), all at once, every :data:`INTERVAL` seconds in a
+thread of its own, and soon after a request comes with another list's digest.
+
+It serves the keyspaces it owns only while its last look, started at most
+:data:`LEASE` seconds ago, found every member agreeing. A member agrees when it
+answers with this list's digest, or refuses the connection (it is down: it serves
+nothing). Anything else counts as another list: an answer without the digest (not
+clustered, or a castore from before members checked each other), no answer within
+:data:`DEADLINE` seconds (paused, overloaded, or not reachable from here: it may
+still be serving), a certificate this server does not trust. So until the first
+look, and whenever looks stall, it refuses (503 ``store_unavailable``): a refusal
+can wait, a split cannot be undone (docs/SERVER.md, "A cluster"). A look carries
+the ``castore-peer`` header and no token, reads no body, and the access log leaves
+it out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import os
+import socket
 import threading
+import time
 from typing import Final
 
 import httpx
 
 from castore.wire import CLUSTER_HEADER, PEER_HEADER
 
-__all__ = ["INTERVAL", "PeerWatch"]
+__all__ = ["DEADLINE", "INTERVAL", "LEASE", "PeerWatch"]
 
 INTERVAL: Final = 1.0  # seconds between two looks at the other members' lists
-_TIMEOUT: Final = 1.0  # seconds one member may take to answer
+DEADLINE: Final = 1.0  # seconds a look gives every member to answer
+LEASE: Final = 3.0  # a look older than this (from its start) says nothing any more
+_NUDGED: Final = 0.2  # seconds at least between two looks (a request with another list)
+_DOWN: Final = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH))
+
+
+def _down(exc: BaseException) -> bool:
+    """Whether a failed connection says the member is not running (nothing listens there)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) or (isinstance(seen, OSError) and seen.errno in _DOWN):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class PeerWatch:
-    """The members of ``members`` other than ``self_url`` that run another list than ``digest``.
+    """The other members of ``members`` (``self_url`` left out), and whether they run ``digest``.
 
-    Safe for threads. A forked process starts its own thread on first use.
+    Safe for threads. A process forked from one that used it starts its own watch.
     """
 
     def __init__(self, members: list[str], self_url: str, digest: str) -> None:
         self.others = [url for url in members if url != self_url]
         self.digest = digest
-        self._differ: tuple[str, ...] = ()
-        self._wake = threading.Event()
+        self._view: tuple[float, str] = (-LEASE, "its list was not seen yet")  # (start, why)
         self._pid = 0
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
 
-    def differing(self) -> tuple[str, ...]:
-        """The members that run another list, as last seen (starting the watch if needed)."""
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self.look()  # before the first request is served
-                    self._wake = threading.Event()
-                    threading.Thread(target=self._run, daemon=True, name="castore-peers").start()
-                    self._pid = os.getpid()
-        return self._differ
+    def start(self) -> None:
+        """Start looking, in this process (once; again in a forked child)."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._view = (-LEASE, "its list was not seen yet")
+                threading.Thread(target=self._run, daemon=True, name="castore-peers").start()
+                self._pid = os.getpid()
+
+    def refusal(self) -> str:
+        """Why this member may not serve its keyspaces now ("": it may)."""
+        if not self.others:
+            return ""
+        self.start()
+        started, why = self._view
+        if time.monotonic() - started > LEASE:
+            return f"the other members' lists were not seen for {LEASE:g} s ({why or 'stalled'})"
+        return why
 
     def nudge(self) -> None:
-        """Look again now (a request came with another list: membership may be changing)."""
-        self._wake.set()
-
-    def look(self) -> None:
-        """Ask every other member which list it runs."""
-        differ = []
-        with httpx.Client(timeout=_TIMEOUT, follow_redirects=False) as client:
-            for url in self.others:
-                try:
-                    answer = client.get(f"{url}/healthz", headers={PEER_HEADER: "1"})
-                except httpx.HTTPError:
-                    continue  # down (it serves nothing), or not reachable from here
-                if answer.headers.get(CLUSTER_HEADER) != self.digest:
-                    differ.append(url)
-        self._differ = tuple(differ)
+        """Look again soon: a request came with another list (membership may be changing)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
+                loop.call_soon_threadsafe(wake.set)
 
     def _run(self) -> None:
-        while True:
-            self._wake.wait(INTERVAL)
-            self._wake.clear()
-            with contextlib.suppress(Exception):  # the watch outlives any one look
-                self.look()
+        asyncio.run(self._watch())
+
+    async def _watch(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        tls = any(url.startswith("https://") for url in self.others)
+        headers = {PEER_HEADER: "1", "accept-encoding": "identity"}
+        async with httpx.AsyncClient(
+            timeout=DEADLINE, headers=headers, verify=tls, follow_redirects=False
+        ) as client:
+            while True:
+                started = time.monotonic()
+                answers = await asyncio.gather(*(self._ask(client, url) for url in self.others))
+                self._view = (started, next((why for why in answers if why), ""))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), INTERVAL)
+                self._wake.clear()
+                await asyncio.sleep(max(0.0, started + _NUDGED - time.monotonic()))
+
+    async def _ask(self, client: httpx.AsyncClient, url: str) -> str:
+        """Why ``url`` stops this member from serving ("": it agrees, or it is down)."""
+        try:
+            async with asyncio.timeout(DEADLINE):
+                async with client.stream("GET", f"{url}/healthz") as answer:
+                    said = answer.headers.get(CLUSTER_HEADER)  # the body is never read
+        except (httpx.HTTPError, TimeoutError, OSError) as exc:
+            if _down(exc):
+                return ""
+            return f"{url} did not answer which list it runs within {DEADLINE:g} s"
+        if said is None:
+            return f"{url} runs no member list (not in a cluster, or an older castore)"
+        if said != self.digest:
+            return f"{url} runs another coordinator list than this server's"
+        return ""

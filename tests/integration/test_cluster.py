@@ -11,6 +11,7 @@ with what was written and with :meth:`Cluster.owner`. Processes are killed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -135,9 +136,25 @@ class Node:
         self.kill()
         pytest.fail(f"server did not start: {self._stderr.read_text()}")
 
-    def start(self, members: Sequence[str] | None, *extra: str) -> dict[str, Any]:
+    def start(
+        self, members: Sequence[str] | None, *extra: str, serving: bool = True
+    ) -> dict[str, Any]:
+        """Start and wait for the start line; with ``serving``, until it serves its keyspaces."""
         self.launch(members, *extra)
-        return self.wait_listening()
+        line = self.wait_listening()
+        if serving:
+            self.wait_serving()
+        return line
+
+    def wait_serving(self) -> None:
+        """Until a clustered member has seen every member it reaches run its list (peers.py)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            health = httpx.get(f"{self.url}/healthz", timeout=30)
+            if health.status_code == 200 and health.json().get("serving", True):
+                return
+            assert time.monotonic() < deadline, f"{self.url} never served: {health.text}"
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL, and reap."""
@@ -199,6 +216,8 @@ class Launcher:
             line = node.wait_listening()
             assert (line["cluster"], line["digest"]) == (cluster.members, cluster.digest)
             assert (line["self"], "warning" in line) == (node.url, False)
+        for node in nodes:
+            node.wait_serving()
         return nodes
 
     def lone(self, *extra: str) -> Node:
@@ -537,7 +556,7 @@ def test_a_member_restarted_with_another_list_refuses_the_old_one(launcher):
     first, second, moved = nodes
     moved.kill()
     new = Cluster([second.url, moved.url])  # the first member is dropped
-    line = moved.start(new.members)
+    line = moved.start(new.members, serving=False)  # the second runs the old list
     assert (line["cluster"], line["digest"]) == (new.members, new.digest)
     namespaces = [f"before-{i}" for i in range(12)] + ["fresh-1", "fresh-2"]
     for ns in namespaces:
@@ -611,11 +630,14 @@ def test_a_member_added_before_the_others_run_its_list_serves_nothing(launcher):
     launcher.nodes.append(d)
     new = Cluster([*old, d.url])
     joining = owned_namespaces(lambda ns: new.owner("custom", ns) == d.url, 1, "join")[0]
-    d.start(new.members)
+    d.start(new.members, serving=False)
     worker = Store(",".join(new.members))
     try:
-        with pytest.raises(StoreUnavailableError, match="runs another coordinator list"):
-            worker.set("k", "from-the-new-list", scope="custom", namespace=joining)
+        for _ in range(3):  # before its first look, and after it
+            with pytest.raises(StoreUnavailableError, match="a member serves only while"):
+                worker.set("k", "from-the-new-list", scope="custom", namespace=joining)
+            time.sleep(0.5)
+        assert "runs another coordinator list" in httpx.get(f"{d.url}/healthz").json()["reason"]
         assert contents(d.store) == {}
         other = Store(",".join(new.members))  # a worker that meets an old member first
         try:
@@ -628,11 +650,79 @@ def test_a_member_added_before_the_others_run_its_list_serves_nothing(launcher):
         assert holding == [Cluster(old).owner("custom", joining)]  # one place
         for node in (a, b, c):  # then every member runs the new list
             node.kill()
-            node.start(new.members)
+            node.start(new.members, serving=False)
         _until_served(
             lambda: worker.set("k", "from-the-new-list", scope="custom", namespace=joining)
         )
         assert contents(d.store) == {("custom", joining, "k"): (1, "from-the-new-list")}
+    finally:
+        worker.close()
+
+
+def test_a_member_that_does_not_answer_is_not_taken_for_agreeing(launcher):
+    # Found by a review of the first version of the check: a member that did not answer
+    # in time (paused, or busy) counted as agreeing, so a member added first served a
+    # keyspace the paused old owner, its list unchanged, went on serving after SIGCONT.
+    (old,) = launcher.cluster(1)
+    added = Node(launcher.tmp / "added", free_ports(1)[0])
+    launcher.nodes.append(added)
+    both = Cluster([old.url, added.url])
+    joining = owned_namespaces(lambda ns: both.owner("custom", ns) == added.url, 1, "join")[0]
+    assert old.proc is not None
+    old.proc.send_signal(signal.SIGSTOP)
+    try:
+        added.start(both.members, serving=False)
+        worker = Store(",".join(both.members))
+        try:
+            for _ in range(4):
+                with pytest.raises(StoreUnavailableError, match=r"did not answer|not seen"):
+                    worker.set("k", 1, scope="custom", namespace=joining)
+                time.sleep(0.5)
+        finally:
+            worker.close()
+    finally:
+        old.proc.send_signal(signal.SIGCONT)
+    assert contents(added.store) == {}
+
+
+def test_a_peer_that_trickles_its_answer_never_freezes_the_looks(launcher):
+    # The same review: a peer sending its answer a byte at a time kept a look waiting for
+    # good (each read within the timeout), and the member's view never changed again.
+    fake = socket.create_server(("127.0.0.1", 0))
+    fake.settimeout(0.1)
+    peer = f"http://127.0.0.1:{fake.getsockname()[1]}"
+    stop = threading.Event()
+
+    def trickle() -> None:
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = fake.accept()
+                held.append(conn)
+            except TimeoutError:
+                pass
+            for conn in held:
+                with contextlib.suppress(OSError):
+                    conn.send(b"H")  # "HTTP/1.1 200 OK", one byte now and then
+        for conn in held:
+            conn.close()
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    node = Node(launcher.tmp / "member", free_ports(1)[0])
+    launcher.nodes.append(node)
+    members = Cluster([node.url, peer])
+    own = owned_namespaces(lambda ns: members.owner("custom", ns) == node.url, 1, "own")[0]
+    node.start(members.members, serving=False)
+    worker = Store(",".join(members.members))
+    try:
+        with pytest.raises(StoreUnavailableError, match=r"did not answer|not seen"):
+            worker.set("k", 1, scope="custom", namespace=own)
+        stop.set()
+        thread.join(10)
+        fake.close()  # now it refuses connections: down, which serves nothing
+        node.wait_serving()
+        assert worker.set("k", 1, scope="custom", namespace=own).version == 1
     finally:
         worker.close()
 
@@ -643,9 +733,10 @@ def test_a_removed_member_left_running_stops_serving(launcher):
     a, b, c = launcher.cluster(3)
     old = Cluster([a.url, b.url, c.url])
     kept = owned_namespaces(lambda ns: old.owner("custom", ns) == c.url, 1, "kept")[0]
+    asked = [path for path, _ in c.settled_statuses()].count("/healthz")  # the harness's
     for node in (a, b):
         node.kill()
-        node.start([a.url, b.url])
+        node.start([a.url, b.url], serving=False)
     stale = Store(",".join(old.members))
     try:
         deadline = time.monotonic() + PROGRESS_TIMEOUT
@@ -666,8 +757,7 @@ def test_a_removed_member_left_running_stops_serving(launcher):
     finally:
         stale.close()
     # the members' looks at each other (once a second) are not in the access log
-    assert c.statuses(), c.url
-    assert all(path != "/healthz" for path, _ in c.statuses()), c.statuses()
+    assert [path for path, _ in c.statuses()].count("/healthz") == asked, c.statuses()
 
 
 def test_a_member_restarted_without_a_cluster_refuses_a_clients_list(launcher):
