@@ -58,6 +58,7 @@ __all__ = [
     "exception_of",
     "frame",
     "from_wire",
+    "retry_soon",
     "to_wire",
 ]
 
@@ -345,6 +346,19 @@ def exception_of(error: WireError) -> errors.CastoreError | None:
     except Exception:  # noqa: BLE001  # arguments from the network: any failure means "none"
         return None
     return exc
+
+
+def retry_soon(body: bytes) -> bool:
+    """Whether an error body says to try again shortly (cluster members settling their lists).
+
+    Such a refusal wrote nothing (docs/SERVER.md, "A cluster"): the error's ``retry`` member.
+    """
+    try:
+        found = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return False
+    error = found.get("error") if isinstance(found, dict) else None
+    return isinstance(error, dict) and error.get("retry") is True
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:

@@ -2,24 +2,23 @@
 
 One :class:`Transport` per store handle holds an httpx client (keep-alive
 connections, shared by threads; a forked child makes its own). A call about a
-keyspace goes to the member that owns it (:class:`~castore.cluster.Cluster`),
-with the digest and length of the member list in the ``Castore-Cluster`` and
+keyspace goes to its owner (:class:`~castore.cluster.Cluster`), with the
+digest and length of the member list in the ``Castore-Cluster`` and
 ``Castore-Members`` headers; a store-wide call goes to the member it names.
 
-* A connection that could not be made is retried (the request was not sent),
-  :data:`ATTEMPTS` times in all with a growing pause (about 5 s).
-* A connection lost after the request was sent is retried only for a call
-  that is safe to send again (reads, and appends, which the server
-  recognizes by their request id); otherwise, and when the tries run out
-  after a write was sent, :class:`~castore.errors.StoreUnavailableError`
-  says it may or may not have been applied.
-* 421 ``misdirected``: the member list the server answers with is taken (only
-  from a server in it, naming only members of the list this client was given,
-  never moving a member from https to http) and the call sent to the owner
-  under it, at most :data:`REDIRECTS` times; an append is not resent but
-  raises :class:`Rerouted`, so its write decides again on the new owner's
-  newest entry, unless an earlier attempt's answer was lost: then the same
-  request goes on, marked as a retry, so that it is applied once.
+* A connection that could not be made is retried, :data:`ATTEMPTS` times in
+  all with a growing pause (about 5 s). One lost after the request was sent
+  is retried only for a call safe to send again (reads, and appends, which
+  the server knows by their request id); otherwise, and when the tries run
+  out, :class:`~castore.errors.StoreUnavailableError` says it may or may not
+  have been applied.
+* 421 ``misdirected``: the server's member list is taken (only from a server
+  in it, naming only members of the list this client was given, never moving
+  a member from https to http) and the call sent to the owner under it, at
+  most :data:`REDIRECTS` times; an append raises :class:`Rerouted` to decide
+  again on the new owner's newest entry, unless an earlier attempt's answer
+  was lost: then the same request goes on, marked as a retry (applied once).
+* A 503 saying to retry shortly (it wrote nothing): sent again for :data:`MEMBERS_WAIT` s.
 * An error body names the exception to raise (:func:`castore.wire.exception_of`).
 
 Neither the token nor a value ever appears in an error.
@@ -50,12 +49,14 @@ from castore.wire import (
     Misdirected,
     WireError,
     exception_of,
+    retry_soon,
 )
 
-__all__ = ["ATTEMPTS", "REDIRECTS", "Rerouted", "Transport"]
+__all__ = ["ATTEMPTS", "MEMBERS_WAIT", "REDIRECTS", "Rerouted", "Transport"]
 
 ATTEMPTS: Final = 8  # tries of one call when its connection fails (about 5 s in all)
 REDIRECTS: Final = 3  # 421 answers followed by one call
+MEMBERS_WAIT: Final = 5.0  # seconds a call waits for cluster members to agree (wire.retry_soon)
 _PAUSE: Final = 0.05  # the first pause between tries, doubled each time (at most 2 s)
 _CONNECT_SECONDS: Final = 5.0
 _MSGPACK: Final = "application/msgpack"
@@ -77,11 +78,7 @@ class _Misdirected(msgspec.Struct, frozen=True):
 
 
 def _checked_token(token: str | None) -> str | None:
-    """``$CASTORE_TOKEN`` as a header can carry it: printable ASCII without spaces.
-
-    Raises:
-        InvalidValueError: anything else (the token itself is never shown).
-    """
+    """``$CASTORE_TOKEN`` if a header can carry it, else InvalidValueError (never showing it)."""
     if token and not (token.isascii() and token.isprintable() and " " not in token):
         raise InvalidValueError("$CASTORE_TOKEN must be printable ASCII without spaces")
     return token or None
@@ -94,8 +91,7 @@ class Transport:
         members: the coordinators' URLs (one, or a cluster's list).
         token: the bearer token (``$CASTORE_TOKEN``), or None.
         read_timeout: seconds to wait for an answer (maintenance waits as long as it takes).
-        lock_timeout: the caller's lock timeout, sent with every request (the server's
-            store waits no longer for a lock; None: the server's own).
+        lock_timeout: the caller's lock timeout, sent with every request (None: the server's).
 
     Raises:
         InvalidValueError: a token a header cannot carry.
@@ -256,6 +252,7 @@ class Transport:
     ) -> httpx.Response:
         """:meth:`_send`'s attempts; ``sent[0]`` is set once an answer was lost."""
         redirects = 0
+        patience = time.monotonic() + MEMBERS_WAIT
         while True:
             url = self._cluster.owner(*where) if isinstance(where, tuple) else where
             response, lost = self._post(name, url, request, resend, stream=stream)
@@ -276,6 +273,13 @@ class Transport:
                     raise Rerouted
                 if sent[0] and resend is not None:  # it may have been applied: the same id
                     request = resend  # again, marked as a retry, so it is applied once
+                continue
+            if (
+                response.status_code == 503
+                and retry_soon(response.content)
+                and time.monotonic() < patience
+            ):
+                time.sleep(4 * _PAUSE)  # members agreeing on their list: it wrote nothing
                 continue
             raise _failure(
                 response.url,

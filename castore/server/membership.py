@@ -87,8 +87,10 @@ class Membership:
         elif self.peers is not None and (why := self.peers.refusal()):
             raise ApiError(
                 "store_unavailable",
-                f"{why}: a member serves only while every member it reaches runs the same"
-                " --cluster (docs/SERVER.md, A cluster)",
+                f"{why}; a member serves only while every other member of its list answers"
+                " with the same --cluster or refuses connections (docs/SERVER.md, A cluster):"
+                " nothing was written, retry shortly",
+                {"retry": True},
             )
         else:
             return

@@ -130,6 +130,7 @@ def _error_schema() -> dict[str, Any]:
         "actual_version": {"type": "integer", "description": "conflict only"},
         "cluster": {"type": "array", "items": {"type": "string"}, "description": "421 only"},
         "owner": {"type": "string", "description": "421 only: the keyspace's owner"},
+        "retry": {"type": "boolean", "description": "503: nothing written, try again shortly"},
         "exception": {"type": "string", "description": "backend protocol: the exception"},
         "args": {"type": "array", "description": "backend protocol: its arguments"},
     }

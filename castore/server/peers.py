@@ -11,10 +11,13 @@ thread of its own, and soon after a request comes with another list's digest.
 It serves the keyspaces it owns only while its last look, started at most
 :data:`LEASE` seconds ago, found every member agreeing. A member agrees when it
 answers with this list's digest, or refuses the connection (it is down: it serves
-nothing). Anything else counts as another list: an answer without the digest (not
-clustered, or a castore from before members checked each other), no answer within
-:data:`DEADLINE` seconds (paused, overloaded, or not reachable from here: it may
-still be serving), a certificate this server does not trust. So until the first
+nothing), unless it was seen running another list since this process started and
+has not answered with this one since (a member restarted with its old list serves
+at once when it is back). Anything else counts as another list: an answer without
+the digest (not clustered, or a castore from before members checked each other),
+no answer within :data:`DEADLINE` seconds (paused, overloaded, or not reachable
+from here: it may still be serving), a name that does not resolve, a certificate
+this server does not trust, any other failure. Looks ignore proxy settings. So until the first
 look, and whenever looks stall, it refuses (503 ``store_unavailable``): a refusal
 can wait, a split cannot be undone (docs/SERVER.md, "A cluster"). A look carries
 the ``castore-peer`` header and no token, reads no body, and the access log leaves
@@ -27,7 +30,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import socket
 import threading
 import time
 from typing import Final
@@ -42,14 +44,14 @@ INTERVAL: Final = 1.0  # seconds between two looks at the other members' lists
 DEADLINE: Final = 1.0  # seconds a look gives every member to answer
 LEASE: Final = 3.0  # a look older than this (from its start) says nothing any more
 _NUDGED: Final = 0.2  # seconds at least between two looks (a request with another list)
-_DOWN: Final = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH))
+_FIRST: Final = "this member has not seen the other members' lists yet (it started a moment ago)"
 
 
 def _down(exc: BaseException) -> bool:
-    """Whether a failed connection says the member is not running (nothing listens there)."""
+    """Whether a failed connection says the member is not running: nothing listens there."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, socket.gaierror) or (isinstance(seen, OSError) and seen.errno in _DOWN):
+        if isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -64,7 +66,8 @@ class PeerWatch:
     def __init__(self, members: list[str], self_url: str, digest: str) -> None:
         self.others = [url for url in members if url != self_url]
         self.digest = digest
-        self._view: tuple[float, str] = (-LEASE, "its list was not seen yet")  # (start, why)
+        self._view: tuple[float, str] = (-LEASE, _FIRST)  # (when the last look started, why)
+        self._other: dict[str, str] = {}  # members seen running another list, and why
         self._pid = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,7 +79,7 @@ class PeerWatch:
             return
         with self._lock:
             if self._pid != os.getpid():
-                self._view = (-LEASE, "its list was not seen yet")
+                self._view, self._other = (-LEASE, _FIRST), {}
                 threading.Thread(target=self._run, daemon=True, name="castore-peers").start()
                 self._pid = os.getpid()
 
@@ -86,9 +89,9 @@ class PeerWatch:
             return ""
         self.start()
         started, why = self._view
-        if time.monotonic() - started > LEASE:
-            return f"the other members' lists were not seen for {LEASE:g} s ({why or 'stalled'})"
-        return why
+        if why == _FIRST or time.monotonic() - started <= LEASE:
+            return why
+        return f"the other members' lists were not seen for {LEASE:g} s (last: {why or 'agreed'})"
 
     def nudge(self) -> None:
         """Look again soon: a request came with another list (membership may be changing)."""
@@ -98,14 +101,19 @@ class PeerWatch:
                 loop.call_soon_threadsafe(wake.set)
 
     def _run(self) -> None:
-        asyncio.run(self._watch())
+        while True:  # the watch outlives anything a look raises
+            try:
+                asyncio.run(self._watch())
+            except Exception as exc:  # noqa: BLE001  # said in the refusal, and tried again
+                self._view = (self._view[0], f"looking at the other members failed: {exc!r}")
+            time.sleep(INTERVAL)
 
     async def _watch(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         tls = any(url.startswith("https://") for url in self.others)
         headers = {PEER_HEADER: "1", "accept-encoding": "identity"}
         async with httpx.AsyncClient(
-            timeout=DEADLINE, headers=headers, verify=tls, follow_redirects=False
+            timeout=DEADLINE, headers=headers, verify=tls, follow_redirects=False, trust_env=False
         ) as client:
             while True:
                 started = time.monotonic()
@@ -122,12 +130,18 @@ class PeerWatch:
             async with asyncio.timeout(DEADLINE):
                 async with client.stream("GET", f"{url}/healthz") as answer:
                     said = answer.headers.get(CLUSTER_HEADER)  # the body is never read
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
-            if _down(exc):
-                return ""
-            return f"{url} did not answer which list it runs within {DEADLINE:g} s"
+        except Exception as exc:  # noqa: BLE001  # whatever it is, the member was not seen
+            if _down(exc):  # down: it serves nothing, unless it was seen on another list
+                return self._other.get(url, "")
+            if isinstance(exc, httpx.TimeoutException | TimeoutError):
+                return f"{url} did not answer which list it runs within {DEADLINE:g} s"
+            return f"{url} was not reached ({type(exc).__name__}: {exc})"
         if said is None:
-            return f"{url} runs no member list (not in a cluster, or an older castore)"
-        if said != self.digest:
-            return f"{url} runs another coordinator list than this server's"
-        return ""
+            why = f"{url} runs no member list (not in a cluster, or an older castore)"
+        elif said != self.digest:
+            why = f"{url} runs another coordinator list than this server's"
+        else:
+            self._other.pop(url, None)
+            return ""
+        self._other[url] = f"{why}, and is down now"
+        return why

@@ -685,6 +685,48 @@ def test_a_member_that_does_not_answer_is_not_taken_for_agreeing(launcher):
     assert contents(added.store) == {}
 
 
+def test_an_old_member_that_goes_down_and_back_never_lets_an_added_one_serve(launcher):
+    # Found by the review of the second version: a member seen running the old list that
+    # went down (restarted by a supervisor) counted as agreeing while down, so the added
+    # member served, and the old one served again at once when back (a split).
+    (old,) = launcher.cluster(1)
+    added = Node(launcher.tmp / "added", free_ports(1)[0])
+    launcher.nodes.append(added)
+    both = Cluster([old.url, added.url])
+    joining = owned_namespaces(lambda ns: both.owner("custom", ns) == added.url, 1, "join")[0]
+    added.start(both.members, serving=False)
+    worker = Store(",".join(both.members))
+    try:
+        with pytest.raises(StoreUnavailableError, match="a member serves only while"):
+            worker.set("k", 1, scope="custom", namespace=joining)
+        old.kill()
+        time.sleep(1.5)  # looks at the old member now find it down
+        with pytest.raises(StoreUnavailableError, match="is down now"):
+            worker.set("k", 1, scope="custom", namespace=joining)
+        old.start([old.url])
+        with pytest.raises(StoreUnavailableError, match="a member serves only while"):
+            worker.set("k", 1, scope="custom", namespace=joining)
+    finally:
+        worker.close()
+    assert contents(added.store) == {}
+
+
+def test_a_worker_waits_for_a_member_that_just_started(launcher):
+    # The members' looks make a member refuse until its first (about a second): a refusal
+    # that says to retry shortly is sent again by the worker, for up to 5 s.
+    a, b = launcher.cluster(2)
+    both = Cluster([a.url, b.url])
+    own = owned_namespaces(lambda ns: both.owner("custom", ns) == b.url, 1, "own")[0]
+    b.kill()
+    b.start(both.members, serving=False)
+    worker = Store(",".join(both.members))
+    try:
+        assert worker.set("k", 1, scope="custom", namespace=own).version == 1
+    finally:
+        worker.close()
+    assert contents(b.store) == {("custom", own, "k"): (1, 1)}
+
+
 def test_a_peer_that_trickles_its_answer_never_freezes_the_looks(launcher):
     # The same review: a peer sending its answer a byte at a time kept a look waiting for
     # good (each read within the timeout), and the member's view never changed again.
