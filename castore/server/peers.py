@@ -32,6 +32,7 @@ import errno
 import os
 import threading
 import time
+import weakref
 from typing import Final
 
 import httpx
@@ -68,20 +69,26 @@ class PeerWatch:
         self.digest = digest
         self._view: tuple[float, str] = (-LEASE, _FIRST)  # (when the last look started, why)
         self._other: dict[str, str] = {}  # members seen running another list, and why
-        self._pid = 0
+        self._started = False
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        forked = weakref.WeakMethod(self._forked)  # a hook must not keep the watch alive
+        os.register_at_fork(after_in_child=lambda: (method := forked()) and method())
+
+    def _forked(self) -> None:
+        """In a forked child: no watch runs here (threads do not survive a fork)."""
+        self._started, self._lock, self._loop, self._wake = False, threading.Lock(), None, None
 
     def start(self) -> None:
         """Start looking, in this process (once; again in a forked child)."""
-        if self._pid == os.getpid():
+        if self._started:  # per request: no system call
             return
         with self._lock:
-            if self._pid != os.getpid():
+            if not self._started:
                 self._view, self._other = (-LEASE, _FIRST), {}
                 threading.Thread(target=self._run, daemon=True, name="castore-peers").start()
-                self._pid = os.getpid()
+                self._started = True
 
     def refusal(self) -> str:
         """Why this member may not serve its keyspaces now ("": it may)."""
