@@ -338,6 +338,12 @@ def lost_marker(first: int, last: int, now: int, reason: str) -> Entry:
     )
 
 
+LOST_HINT: Final = (  # what a reader of a lost version can do next
+    "castore history lists the versions kept; a set, or a rollback to one of them, "
+    "writes a newer one"
+)
+
+
 def lost_error(ref: Ref, entry: Entry) -> CorruptionError:
     """The error a read of a ``damaged`` entry raises: its versions were lost (a repair said so)."""
     lost = (
@@ -346,7 +352,7 @@ def lost_error(ref: Ref, entry: Entry) -> CorruptionError:
         else f"version {entry.version}"
     )
     why = entry.audit.reason or "recorded as lost (no reason given)"  # e.g. an imported line
-    return CorruptionError(f"{ref} {lost} lost: {why}")
+    return CorruptionError(f"{ref} {lost} lost: {why}; {LOST_HINT}")
 
 
 def newest_first(

@@ -169,4 +169,6 @@ def test_a_lost_range_imported_without_a_reason_says_so(tmp_path: Path) -> None:
     castore.import_lines(store, lambda: io.BytesIO(data).readlines())
     with pytest.raises(CorruptionError) as caught:
         store.get("k")
-    assert str(caught.value).endswith("versions 1-5 lost: recorded as lost (no reason given)")
+    assert "versions 1-5 lost: recorded as lost (no reason given); castore history" in str(
+        caught.value
+    )
