@@ -150,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(castore.__version__)
         parser.argv = sys.argv[1:] if argv is None else argv
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # argparse would say only "unrecognized arguments"
+            from castore.cli.usage import unrecognized
+
+            raise UsageError(unrecognized(args.command, extras))
         for line in _lines(args):
             _write(out, line + b"\n")
         _write(out, b"", flush=True)

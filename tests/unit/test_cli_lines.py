@@ -1,11 +1,12 @@
 """The CLI's lines are declared once: each line field is an attribute of its result."""
 
 import argparse
+import pathlib
 
 import msgspec
 import pytest
 
-from castore.cli import COMMANDS, history, maintenance, modify, serve, state
+from castore.cli import COMMANDS, history, main, maintenance, modify, serve, state
 from castore.cli.args import SPECS, build_parser
 from castore.cli.errors import UsageError
 from castore.results import LINE_TYPES
@@ -78,3 +79,29 @@ def test_an_unknown_option_without_a_command_is_named():
     parser.argv = ["--dir", "x"]
     with pytest.raises(UsageError, match="the following arguments are required: COMMAND"):
         parser.parse_args(parser.argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["get", "k", "--by", "3"],
+            "unrecognized arguments: --by 3: get takes no --by (incr does)",
+        ),
+        (
+            ["set", "k", "1", "--to-version=3"],
+            "unrecognized arguments: --to-version=3: set takes no --to-version "
+            "(diff and rollback do)",
+        ),
+        (["get", "k", "--bogus"], "unrecognized arguments: --bogus: no command takes --bogus"),
+        (["get", "k", "extra"], "unrecognized arguments: extra"),
+    ],
+)
+def test_an_option_of_another_command_is_named_with_its_commands(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    # argparse said only "unrecognized arguments: --by 3": which command takes it is told.
+    store = tmp_path / "s"
+    assert main(["--dir", str(store), "--namespace", "n", *argv]) == 2
+    assert capsys.readouterr().err == f"castore: {said}\n"
+    assert not store.exists()  # nothing was done

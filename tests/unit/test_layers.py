@@ -76,6 +76,7 @@ LAYERS = {
     "cli.history": 25,
     "cli.maintenance": 25,
     "cli.modify": 25,
+    "cli.usage": 25,  # the error for an option the command does not take
     # castore/server/: `castore serve`, above the library; only cli.serve imports it.
     "server": 23,  # the package: a docstring
     "server.errors": 23,  # exceptions -> statuses and stable codes
