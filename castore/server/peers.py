@@ -20,8 +20,9 @@ from here: it may still be serving), a name that does not resolve, a certificate
 this server does not trust, any other failure. Looks ignore proxy settings. So until the first
 look, and whenever looks stall, it refuses (503 ``store_unavailable``): a refusal
 can wait, a split cannot be undone (docs/SERVER.md, "A cluster"). A look carries
-the ``castore-peer`` header and no token, reads no body, and the access log leaves
-it out.
+the ``castore-peer`` header and no token, decides on the answer's headers alone (a
+short body is read, undecoded, only to keep the connection for the next look), and
+the access log leaves it out.
 """
 
 from __future__ import annotations
@@ -45,7 +46,21 @@ INTERVAL: Final = 1.0  # seconds between two looks at the other members' lists
 DEADLINE: Final = 1.0  # seconds a look gives every member to answer
 LEASE: Final = 3.0  # a look older than this (from its start) says nothing any more
 _NUDGED: Final = 0.2  # seconds at least between two looks (a request with another list)
+_BODY_MAX: Final = 4096  # bytes of a look's answer body read so its connection is kept
 _FIRST: Final = "this member has not seen the other members' lists yet (it started a moment ago)"
+
+
+async def _drain(answer: httpx.Response) -> None:
+    """Read the rest of a short answer's body, undecoded, so its connection is kept.
+
+    A look needs the headers only; a body left unread closes the connection, and
+    each look would open one. More than :data:`_BODY_MAX` bytes: left unread.
+    """
+    seen = 0
+    async for chunk in answer.aiter_raw():
+        seen += len(chunk)
+        if seen > _BODY_MAX:
+            return
 
 
 def _down(exc: BaseException) -> bool:
@@ -133,16 +148,25 @@ class PeerWatch:
 
     async def _ask(self, client: httpx.AsyncClient, url: str) -> str:
         """Why ``url`` stops this member from serving ("": it agrees, or it is down)."""
+        said: str | None = None
+        answered = False  # its headers came: the body does not change the verdict
         try:
             async with asyncio.timeout(DEADLINE):
                 async with client.stream("GET", f"{url}/healthz") as answer:
-                    said = answer.headers.get(CLUSTER_HEADER)  # the body is never read
+                    said, answered = answer.headers.get(CLUSTER_HEADER), True
+                    await _drain(answer)  # a short body read whole keeps the connection
         except Exception as exc:  # noqa: BLE001  # whatever it is, the member was not seen
+            if answered:  # the body failed after the headers answered
+                return self._verdict(url, said)
             if _down(exc):  # down: it serves nothing, unless it was seen on another list
                 return self._other.get(url, "")
             if isinstance(exc, httpx.TimeoutException | TimeoutError):
                 return f"{url} did not answer which list it runs within {DEADLINE:g} s"
             return f"{url} was not reached ({type(exc).__name__}: {exc})"
+        return self._verdict(url, said)
+
+    def _verdict(self, url: str, said: str | None) -> str:
+        """Why ``url``, which answered with the digest ``said``, stops this member ("": none)."""
         if said is None:
             why = f"{url} runs no member list (not in a cluster, or an older castore)"
         elif said != self.digest:

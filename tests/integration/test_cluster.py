@@ -772,6 +772,65 @@ def test_a_peer_that_trickles_its_answer_never_freezes_the_looks(launcher):
         worker.close()
 
 
+def test_the_looks_at_a_peer_keep_one_connection(launcher):
+    # Noted in the thirty-second session: a look read the answer's headers only, so its
+    # connection could not be kept and every look (one a second per member and process)
+    # opened a new one. A short answer is read whole and the connection kept.
+    fake = socket.create_server(("127.0.0.1", 0))
+    fake.settimeout(0.1)
+    peer = f"http://127.0.0.1:{fake.getsockname()[1]}"
+    node = Node(launcher.tmp / "member", free_ports(1)[0])
+    launcher.nodes.append(node)
+    members = Cluster([node.url, peer])
+    answer = (
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n"
+        f"castore-cluster: {members.digest}\r\n\r\n" + '{"status":"ok"}'
+    ).encode()
+    stop = threading.Event()
+    accepted: list[socket.socket] = []
+    looks = 0
+
+    def serve(conn: socket.socket) -> None:
+        nonlocal looks
+        conn.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                asked = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not asked:
+                return
+            looks += asked.count(b"GET /healthz")
+            conn.sendall(answer)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = fake.accept()
+            except TimeoutError:
+                continue
+            accepted.append(conn)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        node.start(members.members, serving=True)
+        deadline = time.monotonic() + 30
+        while looks < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert looks >= 5
+        assert len(accepted) == 1, f"{len(accepted)} connections for {looks} looks"
+    finally:
+        stop.set()
+        thread.join(10)
+        for conn in accepted:
+            conn.close()
+        fake.close()
+
+
 def test_a_removed_member_left_running_stops_serving(launcher):
     # The other order (SERVER.md: stop a member you remove first): the member left running
     # with the old list stops serving once it sees the others run another list.
