@@ -30,6 +30,7 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
+from castore.decoding import DECODED
 from castore.errors import CorruptionError, InvalidValueError, ValueTooLargeError
 from castore.fastjson import plain_json, plain_python
 from castore.jsonrules import GO_REPLACE, MAX_DEPTH, MAX_VALUE_BYTES, fix_str
@@ -47,6 +48,7 @@ __all__ = [
     "normalize",
     "normalize_json",
     "normalize_python",
+    "result_value",
 ]
 
 DIGEST_ALGO: Final = "sha256"  # content address of the normalized bytes
@@ -305,6 +307,18 @@ def check_stored(normalized: bytes, what: object, version: int = 0) -> None:
         bytes(normalized).decode()
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         decode_stored(normalized, what, version)
+
+
+def result_value(normalized: bytes, what: object, version: int = 0) -> Any:
+    """A stored value as a result's ``value``: decoded (None in ``decoding.printing``).
+
+    Either way bytes that are not JSON are damage (``CorruptionError``), checked
+    before the result is made (:mod:`castore.decoding`).
+    """
+    if DECODED.get():
+        return decode_stored(normalized, what, version)
+    check_stored(normalized, what, version)
+    return None
 
 
 def encode_string(text: str, *, html: bool) -> bytes:

@@ -180,7 +180,7 @@ class DiffDecision:
         self._seen = [load()] if live is not None else []
         seen = self._seen[0] if self._seen else None
         # Decoded here, before any write: a stored value that is not JSON writes nothing.
-        self._previous = None if seen is None else codec.decode_stored(seen, self.ref, actual)
+        self._previous = None if seen is None else codec.result_value(seen, self.ref, actual)
         return live is None or live.hash != self.digest_hex
 
     def decide(self, previous: Entry | None, view: LogView) -> NewVersion | None:

@@ -97,7 +97,7 @@ def found_result(ref: Ref, entry: Entry, value: bytes) -> GetResult:
         found=True,
         version=entry.version,
         hash=entry.hash,
-        value=codec.decode_stored(value, ref, entry.version),
+        value=codec.result_value(value, ref, entry.version),
         value_json=value,
     )
 
@@ -117,7 +117,7 @@ def not_found(ref: Ref, required: bool, default: Any, has_default: bool) -> GetR
         namespace=ref.namespace,
         key=ref.key,
         found=False,
-        value=None if value_json is None else codec.decode_value(value_json),
+        value=None if value_json is None else codec.result_value(value_json, "default"),
         value_json=value_json,
     )
 
@@ -169,7 +169,7 @@ def rollback(
             return NewVersion(OP_DELETE, None, "", audit(to_version)) if live else None
         value = view.value_at(target)
         if value is not None:  # never a new version of bytes that are not JSON
-            codec.decode_stored(value, ref, to_version)
+            codec.check_stored(value, ref, to_version)
         hint = view.absolute(target.blob) if target.blob is not None else None
         return NewVersion(OP_ROLLBACK, value, target.hash, audit(to_version), hint)
 

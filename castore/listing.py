@@ -25,7 +25,7 @@ def _entry(
         hash=entry.hash,
         created_at=rfc3339(entry.created_ns),
         updated_at=rfc3339(entry.time_ns),
-        value=codec.decode_stored(current.value, Ref(scope, ns, key), entry.version)
+        value=codec.result_value(current.value, Ref(scope, ns, key), entry.version)
         if include_values and current.value is not None
         else None,
         value_json=current.value if include_values else None,

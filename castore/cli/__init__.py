@@ -123,8 +123,13 @@ def _lines(args: argparse.Namespace) -> Iterator[bytes]:
             yield line
             return
     from castore.cli.invocation import Invocation  # the library, loaded from here on
+    from castore.decoding import DECODED
 
-    yield from COMMANDS[args.command](Invocation(args))
+    token = DECODED.set(False)  # results are printed: their values stay undecoded
+    try:
+        yield from COMMANDS[args.command](Invocation(args))
+    finally:
+        DECODED.reset(token)
 
 
 class _OutputError(Exception):

@@ -35,6 +35,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from castore.cluster import Cluster
+from castore.decoding import printing
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.server.errors import ApiError, api_error, error_response
 from castore.server.incoming import BODY_ARRIVED, decode, list_of, lock_wait_of, read_body
@@ -187,7 +188,9 @@ class _Api:
             handle = handle_for(self.store, req)
             if op.stream:
                 return await self._stream(op, handle, req, wait)
-            body = await self.call(lambda: op.call(handle, req), loop_safe=op.loop_safe, wait=wait)
+            body = await self.call(
+                lambda: printing(lambda: op.call(handle, req)), loop_safe=op.loop_safe, wait=wait
+            )
             assert isinstance(body, bytes)  # noqa: S101  # the table says so
             return Response(body, media_type=_JSON)
 

@@ -25,6 +25,7 @@ PACKAGE = pathlib.Path(castore.__file__).parent
 
 LAYERS = {
     "errors": 0,
+    "decoding": 0,  # whether results decode their values (off where they are only printed)
     "defaults": 0,  # defaults every backend shares (the lock timeout)
     "digests": 0,  # sha256: CPython's own for names and the CLI's quick get, else OpenSSL
     "waits": 0,  # a thread that refuses to wait for locks, or bounds its waits (castore serve)
