@@ -86,10 +86,10 @@ class _Layout:
             # inode, what tells a rewritten file from the one parsed (128 bytes may all be
             # the namespace line).
             self.head = head[: max(self.start, _SIG_BYTES)]
-            self.end = min(max(int(digits), self.start), size)
-            if self.end > self.start and fileio.read_at(fd, self.end - 1, 1) != b"\n":
-                # The sorted region always ends a line: a damaged offset. Read it all
-                # as tail (a full scan finds every key) and report the damage.
+            self.end = end = max(int(digits), self.start)
+            if end > size or (end > self.start and fileio.read_at(fd, end - 1, 1) != b"\n"):
+                # A writer's file holds its sorted region whole, ending a line: a damaged
+                # offset or a cut file. Read all as tail (a full scan) and report it.
                 self.valid = False
                 self.start = self.end = first
 

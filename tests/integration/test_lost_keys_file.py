@@ -401,3 +401,27 @@ def test_a_keys_file_that_lost_one_line_hides_no_key_from_export_or_audit(tmp_pa
     assert list(export_lines(s)) == list(export_lines(t))
     assert list(audit(s)) == list(audit(t))
     assert [f.path for f in Store(damaged, dag="d").check().findings]  # check says so
+
+
+def test_a_keys_cut_at_a_line_inside_its_sorted_region_hides_no_key(tmp_path: Path) -> None:
+    # Found by a review (thirty-third session): a KEYS whose header says its sorted region
+    # ends past the file's end, cut at a line boundary, listed only the keys before the
+    # cut (exit 0, nothing skipped), and the next rewrite of KEYS dropped the others.
+    # Oracle: the same calls on an undamaged copy.
+    root, copy = tmp_path / "s", tmp_path / "copy"
+    s = Store(root, dag="d")
+    for key in ("k0", "k1", "k2", "k3", "gone"):
+        s.set(key, 1)
+    s.delete("gone")
+    s.compact(keep_last=1, keep_within_seconds=0)  # rewrites KEYS: every key in its sorted region
+    s.close()
+    shutil.copytree(root, copy)
+    keys = Path(keys_path(root, "dag", "d"))
+    body = keys.read_bytes()
+    assert body.endswith(b"6b32\n6b33\n")  # k2 and k3, the last lines of the sorted region
+    os.truncate(keys, len(body) - len(b"6b32\n6b33\n"))
+    assert _answers(root) == _answers(copy)
+    s = Store(root, dag="d")
+    s.set("new", 1)  # a new key: KEYS is appended to (or rewritten), never with k2 and k3 lost
+    s.close()
+    assert [e.key for e in Store(root, dag="d").list().entries] == ["k0", "k1", "k2", "k3", "new"]
