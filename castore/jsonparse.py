@@ -318,8 +318,8 @@ def object_members(text: str) -> list[tuple[str, str]]:
     return members
 
 
-def check_depth(raw: bytes) -> None:
-    """Reject a document that nests deeper than :data:`MAX_DEPTH`, as Go's scanner does.
+def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:
+    """Reject a document that nests deeper than ``limit`` (Go's scanner: :data:`MAX_DEPTH`).
 
     Only brackets outside strings count. Dropping escape pairs and then ``"..."`` runs
     agrees with the parser up to its first syntax error, so it never under-counts what it
@@ -327,16 +327,17 @@ def check_depth(raw: bytes) -> None:
 
     Args:
         raw: the JSON text.
+        limit: the depth allowed (a request's object around a value: one more).
 
     Raises:
         InvalidValueError: naming the first bracket past the limit.
     """
     code = _STRING_BODY.sub(b"", _ESCAPE_PAIR.sub(b"", raw))
     brackets = code.translate(None, _NOT_BRACKETS)
-    if brackets.count(b"[") + brackets.count(b"{") <= MAX_DEPTH:
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
         return
     depths = accumulate(map(_BRACKET_STEP.__getitem__, brackets))
     for index, depth in enumerate(depths):
-        if depth > MAX_DEPTH:
+        if depth > limit:
             char = chr(brackets[index])
             raise InvalidValueError(f"invalid character {quote_char(char)} exceeded max depth")

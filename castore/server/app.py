@@ -41,7 +41,13 @@ from castore.server.errors import ApiError, api_error, error_response
 from castore.server.incoming import BODY_ARRIVED, decode, list_of, lock_wait_of, read_body
 from castore.server.membership import Membership
 from castore.server.middleware import AccessLog, Guard, Metrics, Observe
-from castore.server.operations import OPERATIONS, Operation, handle_for, keyspace
+from castore.server.operations import (
+    OPERATIONS,
+    Operation,
+    decode_request,
+    handle_for,
+    keyspace,
+)
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
 from castore.store import Store
 from castore.urls import is_url
@@ -183,16 +189,20 @@ class _Api:
 
         async def work(request: Request) -> Response:
             wait = lock_wait_of(request)
-            req = decode(name, await read_body(request, self.max_body))
+            body = await read_body(request, self.max_body)
+            try:
+                req = decode_request(name, body, quick=True)
+            except (msgspec.DecodeError, RecursionError):  # a deep value: Python, not on the loop
+                req = await self.call(lambda: decode(name, body), wait=wait)
             self.membership.check(list_of(request), keyspace(req))
             handle = handle_for(self.store, req)
             if op.stream:
                 return await self._stream(op, handle, req, wait)
-            body = await self.call(
+            answer = await self.call(
                 lambda: printing(lambda: op.call(handle, req)), loop_safe=op.loop_safe, wait=wait
             )
-            assert isinstance(body, bytes)  # noqa: S101  # the table says so
-            return Response(body, media_type=_JSON)
+            assert isinstance(answer, bytes)  # noqa: S101  # the table says so
+            return Response(answer, media_type=_JSON)
 
         async def endpoint(request: Request) -> Response:
             return await self.guarded(lambda: work(request), request=request)

@@ -385,10 +385,13 @@ OPERATIONS: Final[dict[str, Operation]] = {
 _DECODERS: Final = {name: msgspec.json.Decoder(op.request) for name, op in OPERATIONS.items()}
 
 
-def decode_request(name: str, body: bytes) -> Any:
+def decode_request(name: str, body: bytes, *, quick: bool = False) -> Any:
     """The request of operation ``name`` decoded from its JSON body (:func:`decode_body`).
+
+    ``quick``: by msgspec alone (cheap enough for the event loop); any error then
+    (``RecursionError`` too) leaves it to the full decode.
 
     Raises:
         msgspec.DecodeError: not JSON (``msgspec.ValidationError``: not this request).
     """
-    return decode_body(_DECODERS[name], body)
+    return _DECODERS[name].decode(body) if quick else decode_body(_DECODERS[name], body)
