@@ -355,15 +355,15 @@ def lost_error(ref: Ref, entry: Entry) -> CorruptionError:
     return CorruptionError(f"{ref} {lost} lost: {why}; {LOST_HINT}")
 
 
-def newest_first(
-    newest: Entry | None, history: Callable[[int, int], list[Entry]], largest: int = 256
-) -> Iterator[Entry]:
+def newest_first(history: Callable[[int, int], list[Entry]], largest: int = 256) -> Iterator[Entry]:
     """Every entry of a ref, newest first, read a page at a time (``history(before, limit)``).
 
     Pages grow (1, 16, 256 entries), so many refs walked side by side (an
-    audit merge) hold little memory each until they are actually consumed.
+    audit merge) hold little memory each until they are actually consumed. The
+    first page is the newest entry alone, never its value (one a repair recorded
+    as lost is an entry like any other here).
     """
-    high = newest.version if newest is not None else 0
+    high = MAX_VERSION
     size = 1
     while high > 0:
         page = history(high + 1, size)

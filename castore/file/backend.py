@@ -331,7 +331,7 @@ class FileBackend:
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
         """Every entry of a ref, newest first, a page at a time (:func:`backend.newest_first`)."""
-        return newest_first(self.current(ref).entry, functools.partial(self.history, ref))
+        return newest_first(functools.partial(self.history, ref))
 
     # -- writing (castore/file/writer.py) -----------------------------------------------
 

@@ -257,8 +257,7 @@ class PostgresBackend:
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
         """Every entry, newest first, a page at a time (:func:`~castore.backend.newest_first`)."""
-        history = functools.partial(self.history, ref)
-        return newest_first(self.current(ref).entry, history, q.PAGE)
+        return newest_first(functools.partial(self.history, ref), q.PAGE)
 
     # -- writing -------------------------------------------------------------------------
 

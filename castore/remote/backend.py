@@ -188,8 +188,7 @@ class RemoteBackend:
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
         """Every entry, newest first, a page at a time."""
-        newest = self.current(ref).entry
-        return newest_first(newest, lambda before, size: self.history(ref, before, size), _MAX_PAGE)
+        return newest_first(lambda before, size: self.history(ref, before, size), _MAX_PAGE)
 
     def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
         """Keys ever created in a namespace starting with ``prefix``."""

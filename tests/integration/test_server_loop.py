@@ -40,9 +40,9 @@ def served(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
 def test_a_deep_value_is_decoded_off_the_event_loop(served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     url, store = served
     threads: list[str] = []
-    slow = checks.with_deep_members
+    slow = jsonparse.with_deep_members
 
-    def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def watched(*args, **kwargs):
         threads.append(threading.current_thread().name)
         return slow(*args, **kwargs)
 
@@ -51,14 +51,15 @@ def test_a_deep_value_is_decoded_off_the_event_loop(served, monkeypatch) -> None
     body = b'{"dag":"d","key":"k","value":' + value + b"}"
     answer = httpx.post(url + "/v1/set", content=body, timeout=60)
     assert answer.status_code == 200, answer.text[:300]
-    assert threads and "castore-test-server" not in threads  # the loop's thread
+    assert threads
+    assert "castore-test-server" not in threads  # the event loop's thread
     assert store.get("k", namespace="d").value_json == value
 
 
 def test_a_body_deeper_than_any_value_is_refused_unparsed(served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     url, store = served
 
-    def never(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def never(*args, **kwargs):
         raise AssertionError("a body too deep for any value was parsed")
 
     monkeypatch.setattr(jsonparse, "object_members", never)
