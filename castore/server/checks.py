@@ -125,7 +125,8 @@ def checked_versions(
     An import's version that already names the request that first wrote it keeps that id.
 
     ``explicit``: the append may give versions and times (an import, to a key with
-    no entry); they must then increase, and times never go back.
+    no entry), each for every version or for none; they must then increase, and
+    times never go back.
 
     Raises:
         InvalidValueError: no versions, or one that breaks a rule.
@@ -133,6 +134,9 @@ def checked_versions(
     if not versions:
         raise InvalidValueError("nothing to append")
     out = [_checked(version, explicit) for version in versions]
+    for given in ("version", "time_ns"):  # the ones not given are the next, and now
+        if len({bool(getattr(new, given)) for new in out}) > 1:
+            raise InvalidValueError(f"{given} is given for some versions of an append, not all")
     for before, after in itertools.pairwise(out):
         if after.version and after.version <= before.version:
             raise InvalidValueError(f"version {after.version} after {before.version}")

@@ -1394,6 +1394,21 @@ def test_a_worker_import_append_is_checked_as_an_import_line(launcher, change, s
     assert contents(node.store) == {}
 
 
+def test_an_append_gives_versions_and_times_for_all_its_versions_or_none(launcher):
+    # Found by a review (thirty-third session): a version without a time (stamped now)
+    # followed by one with version 3 and time 6 ns was written: the key's export then
+    # failed to import ("time_ns goes back"), so the keyspace could not be moved.
+    (node,) = launcher.cluster(1)
+    digest = Cluster([node.url]).digest
+    write = append_of("custom", "orders", "k", {"v": 1}, expect=0)
+    explicit = msgspec.structs.replace(write.versions[0], version=3, time_ns=6, created_ns=6)
+    mixed = msgspec.structs.replace(write, versions=[write.versions[0], explicit])
+    reply = rpc(node.url, "append", mixed, digest)
+    assert reply.status_code == 400, reply.text
+    assert "is given for some versions of an append, not all" in reply.json()["error"]["message"]
+    assert contents(node.store) == {}
+
+
 def test_a_worker_cannot_write_audit_text_no_export_line_could_hold(launcher):
     # Found by a review: a backend append with a 5 MiB reason was written; the
     # keyspace's export then had a line import refuses, so it could not be moved.
