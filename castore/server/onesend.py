@@ -12,11 +12,13 @@ A ``close`` sends what is gathered first. docs/PERFORMANCE.md has the figures.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+import resource
+from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["OneSendProtocol"]
+__all__ = ["HEAD_MAX_BYTES", "HEAD_SECONDS", "OneSendProtocol", "every_descriptor"]
 
 
 class _Gathering:
@@ -60,9 +62,82 @@ class _Gathering:
         return getattr(self._transport, name)
 
 
+HEAD_SECONDS: Final = 10.0  # a request's head arrives whole within this, or the connection ends
+HEAD_MAX_BYTES: Final = 64 * 1024  # a request line and headers larger than this: 431, closed
+_TOO_LARGE: Final = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8"
+    b"\r\nconnection: close\r\ncontent-length: 29\r\n\r\nRequest headers are too large"
+)
+
+
 class OneSendProtocol(HttpToolsProtocol):
-    """uvicorn's httptools HTTP/1.1 protocol, writing through :class:`_Gathering`."""
+    """uvicorn's httptools HTTP/1.1 protocol, writing through :class:`_Gathering`.
+
+    It also bounds a request's head, which uvicorn does not: a connection that
+    sends no complete head within :data:`HEAD_SECONDS` of opening or of its
+    last response is closed (idle connections held open, or heads sent a byte
+    at a time, would keep descriptors until the process has none left), and a
+    head over :data:`HEAD_MAX_BYTES` is answered 431 and closed (uvicorn read
+    11 MB of headers, 1 s of the event loop).
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Serve the connection through a transport that gathers the writes of a step."""
         super().connection_made(_Gathering(transport, self.loop))  # type: ignore[arg-type]
+        self._heads = self._answered = self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._await_head()
+
+    def _await_head(self) -> None:
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_late, self._heads)
+
+    def _head_late(self, heads: int) -> None:
+        if self._heads == heads and not self.transport.is_closing():
+            self.transport.close()  # no complete head in time: nothing was asked
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; count what a head still incomplete has taken."""
+        heads, waiting = self._heads, self._heads == self._answered
+        super().data_received(data)
+        if self._heads != heads or not waiting or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > HEAD_MAX_BYTES:
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        """A head arrived whole: its deadline ends."""
+        self._heads += 1
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        """A response went out: the next head has its own deadline (unless it came already)."""
+        self._answered += 1
+        super().on_response_complete()
+        if self._heads == self._answered and not self.transport.is_closing():
+            self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended: no deadline is left for it."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+
+def every_descriptor() -> None:
+    """Raise the soft limit of open descriptors to the hard one (Go's runtime does so).
+
+    Each client connection holds one, idle ones too until a head's deadline
+    (:class:`OneSendProtocol`): the common soft limit of 1,024 is soon
+    reached by a burst of connections, and a member that cannot accept answers
+    no other member's look either.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # an unlimited hard limit: kept as is
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

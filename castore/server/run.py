@@ -34,7 +34,7 @@ from castore.cluster import Cluster, parse_members
 from castore.results import rfc3339
 from castore.server.app import DRAIN_TIMEOUT_SECONDS, create_app
 from castore.server.membership import Membership
-from castore.server.onesend import OneSendProtocol
+from castore.server.onesend import OneSendProtocol, every_descriptor
 from castore.server.prefork import Supervisor
 from castore.store import Store
 from castore.urls import redacted
@@ -312,6 +312,7 @@ def run_server(
     membership = _membership(cluster, self_url)
     token = load_token(token_file)
     sockets = bind_all(*parse_listen(listen), token, processes)
+    every_descriptor()
     signal.signal(signal.SIGTERM, _stop)  # from here on, SIGTERM is a clean stop
     # and SIGINT an interruption (exit 130), even where it was ignored (`castore serve &`
     # in a script): uvicorn stops on it, then raises it again under the handler it found

@@ -18,6 +18,7 @@ import hmac
 import json
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import socket
@@ -731,6 +732,67 @@ def test_a_slow_request_times_out(start, tmp_path):
     assert (status, error["code"]) == (503, "timeout")
     # found by a review: it said "a write may still be applied" of a body never read whole
     assert error["message"] == "the request body did not arrive within 0.5 s: nothing done"
+
+
+def test_a_request_head_is_bounded_in_time_and_size(file_server):
+    # Found by a review (thirty-third session): uvicorn kept a connection that sent
+    # nothing, or its head a header at a time, open for good (300 of them took a member's
+    # last descriptors, and in a cluster the others then refused to serve), and read an
+    # 11 MB head (a second of the event loop). Oracle: the connection's end, and that the
+    # server goes on answering.
+    from castore.server.onesend import HEAD_MAX_BYTES, HEAD_SECONDS
+
+    def ended_after(conn: socket.socket) -> tuple[float, bytes]:
+        started, got = time.monotonic(), b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                got += chunk
+        return time.monotonic() - started, got
+
+    idle = socket.create_connection(("127.0.0.1", file_server.port), timeout=HEAD_SECONDS * 3)
+    trickle = socket.create_connection(("127.0.0.1", file_server.port), timeout=HEAD_SECONDS * 3)
+    trickle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    with idle, trickle:
+        for _ in range(int(HEAD_SECONDS) + 5):
+            try:
+                trickle.sendall(b"x-a: b\r\n")  # a header a second: never a whole head
+            except OSError:
+                break
+            time.sleep(1)
+        waited, got = ended_after(idle)
+        assert (got, waited < HEAD_SECONDS) == (b"", True)  # closed by now, nothing sent
+        assert ended_after(trickle)[1] == b""
+    big = b"GET /healthz HTTP/1.1\r\n" + b"x-a: b\r\n" * (HEAD_MAX_BYTES // 8)
+    with socket.create_connection(("127.0.0.1", file_server.port), timeout=20) as conn:
+        with contextlib.suppress(OSError):  # the server may reset it while this still sends
+            conn.sendall(big)
+        got = ended_after(conn)[1]
+        assert got == b"" or got.startswith(b"HTTP/1.1 431 "), got[:100]  # b"": reset first
+    assert httpx.get(f"{file_server.url}/healthz").status_code == 200  # a normal head: answered
+
+
+def test_the_server_raises_its_descriptor_limit_to_the_hard_one(tmp_path):
+    # Each connection holds a descriptor: under the common soft limit of 1,024 a burst
+    # of clients left a member unable to accept (review, thirty-third session).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard <= 256 or hard == resource.RLIM_INFINITY:
+        pytest.fail(f"this test needs a finite hard limit above 256, not {hard}")
+    argv = [sys.executable, "-m", "castore", "--dir", str(tmp_path / "s"), "serve"]
+    argv = ["sh", "-c", 'ulimit -Sn 256 && exec "$0" "$@"', *argv, "--listen", "127.0.0.1:0"]
+    with open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.Popen(argv, env=base_env(tmp_path), stderr=err)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while b"listening" not in (tmp_path / "stderr").read_bytes():
+            assert proc.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        limits = pathlib.Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 @pytest.mark.parametrize("call", ["stats", "check", "compact", "collect_garbage", "current"])
