@@ -163,7 +163,8 @@ class PostgresBackend:
             )
             found = [rows.namespace_name(scope, n) for (n,) in cur.fetchall()]
             if cur.execute(q.ORPHANS, (scope,)).fetchone() is not None:  # none would name it
-                lost = "versions of a key whose refs row is lost: run castore check"
+                lost = "versions of a key whose refs row is lost (castore check names them"
+                lost += "; a write of that key restores its row)"
                 raise CorruptionError(f"{scope}: {lost}")
             return found
 

@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from castore.cluster import Cluster
@@ -49,6 +49,7 @@ from castore.server.operations import (
     keyspace,
 )
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
+from castore.server.streaming import BoundedStream
 from castore.store import Store
 from castore.urls import is_url
 from castore.waits import WouldWait, at_most, no_waiting
@@ -227,7 +228,7 @@ class _Api:
                 items = await self.call(
                     lambda: framed(call.run(self.store, req), root=self.root), wait=wait
                 )
-                return StreamingResponse(self._batches(items, wait), media_type=_MSGPACK)
+                return BoundedStream(self._batches(items, wait), _MSGPACK, self.timeout)
             reply = await self.call(
                 lambda: call.run(self.store, req), loop_safe=call.loop_safe, wait=wait
             )
@@ -271,7 +272,7 @@ class _Api:
             while batch := await self.call(lambda: _take(rest), wait=wait):
                 yield batch
 
-        return StreamingResponse(body(), media_type="application/x-ndjson")
+        return BoundedStream(body(), "application/x-ndjson", self.timeout)
 
     async def healthz(self, request: Request) -> Response:
         """``GET /healthz``: 200 when the store answers a read, else an error (503).

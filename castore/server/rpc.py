@@ -237,6 +237,7 @@ BACKEND_CALLS: Final[dict[str, BackendCall]] = {
 assert BACKEND_CALLS.keys() == CALLS.keys()  # noqa: S101  # one table each side, same calls
 
 _log = logging.getLogger("castore.server")
+_BATCH_BYTES: Final = 256 * 1024  # a streamed batch ends at the item that reaches this
 _DECODERS: Final = {name: msgspec.msgpack.Decoder(CALLS[name].request) for name in CALLS}
 
 
@@ -265,16 +266,22 @@ def keyspace_of(call: Any) -> tuple[str, str] | None:
 def framed(items: Iterator[Any], batch: int = 64, *, root: str = "") -> Iterator[bytes]:
     """A streamed reply: batches of item frames, then the end frame, or an error frame.
 
+    A batch holds ``batch`` items, or fewer that reach :data:`_BATCH_BYTES` (a
+    key's versions of 1 MiB each): a client that reads slowly holds back the
+    reading, instead of a whole history waiting in the connection's buffer.
+
     Raises nothing: an exception while reading becomes the last frame, so a
     client raises it where a local store would (:func:`castore.wire.frame`).
     """
     while True:
         out: list[bytes] = []
+        size = 0
         try:
-            out.extend(
-                frame(FRAME_ITEM, msgspec.msgpack.encode(item))
-                for item in itertools.islice(items, batch)
-            )
+            for item in itertools.islice(items, batch):
+                out.append(frame(FRAME_ITEM, msgspec.msgpack.encode(item)))
+                size += len(out[-1])
+                if size >= _BATCH_BYTES:
+                    break
         except Exception as exc:  # noqa: BLE001  # sent to the client, which raises it
             err = api_error(exc, exception=True, root=root)
             if err.code == "internal":  # the client learns nothing of it: the log must
@@ -282,7 +289,7 @@ def framed(items: Iterator[Any], batch: int = 64, *, root: str = "") -> Iterator
             out.append(frame(FRAME_ERROR, error_body(err)))
             yield b"".join(out)
             return
-        if len(out) < batch:
+        if len(out) < batch and size < _BATCH_BYTES:
             yield b"".join([*out, frame(FRAME_END, b"")])
             return
         yield b"".join(out)

@@ -795,6 +795,44 @@ def test_the_server_raises_its_descriptor_limit_to_the_hard_one(tmp_path):
         proc.wait(20)
 
 
+def test_a_stream_its_client_stops_reading_ends_after_the_request_timeout(start, tmp_path):
+    # Found by a review (thirty-third session): a streamed answer (an export's history
+    # of a key, an audit) waited for good for a client that stopped reading, holding
+    # what its producer had read (20 such streams: 1.2 GB, past --request-timeout).
+    # Oracle: the answer's end (a cut chunked body, then the connection's end), and the
+    # server answering others meanwhile.
+    import msgspec
+
+    from castore.wire import RefCall
+
+    location = str(tmp_path / "store")
+    with Store(location, dag="d") as store:
+        for _ in range(30):
+            store.set("k", os.urandom(300_000).hex())  # 600 KB each, incompressible
+    server = start(location, "--request-timeout", "1")
+    server.wait_healthy()
+    body = msgspec.msgpack.encode(RefCall(scope="dag", namespace="d", key="k"))
+    head = (
+        "POST /v1/backend/iter_versions HTTP/1.1\r\nHost: x\r\n"
+        f"content-type: application/msgpack\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.connect(("127.0.0.1", server.port))
+    with conn:
+        conn.sendall(head.encode() + body)
+        time.sleep(4)  # reads nothing: the server's sends stall
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        conn.settimeout(30)
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(1 << 20):
+                got += chunk
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert not got.endswith(b"0\r\n\r\n")  # cut: the last chunk never came
+    assert len(got) < 20 * 600_000  # past what the sockets' buffers hold
+
+
 @pytest.mark.parametrize("call", ["stats", "check", "compact", "collect_garbage", "current"])
 def test_a_slow_backend_body_times_out_for_maintenance_calls_too(start, tmp_path, call):
     # Found by a review: a maintenance call (no time limit for its store call) had none for

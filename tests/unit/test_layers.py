@@ -91,6 +91,7 @@ LAYERS = {
     "server.app": 26,
     "server.prefork": 26,  # forked server processes on one port, supervised
     "server.onesend": 23,  # uvicorn's protocol, one send per response
+    "server.streaming": 23,  # a streamed answer whose client must keep reading
     "server.openapi": 26,
     "server.run": 27,  # token, listening checks, uvicorn
     "cli.serve": 28,
