@@ -18,10 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 
+from castore.codec import decode_value
 from castore.lines import GoString, RawJSON, render_as
 
 __all__ = [
@@ -87,9 +88,12 @@ class PlainResult(msgspec.Struct, frozen=True, kw_only=True):
         return render_as(self, line) if line is not None else _encoder.encode(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """:meth:`to_json` decoded: dicts, lists, strings, numbers, bools and None."""
-        data: dict[str, Any] = msgspec.json.decode(self.to_json())
-        return data
+        """:meth:`to_json` decoded: dicts, lists, strings, numbers, bools and None.
+
+        Decoded as :attr:`GetResult.value` is (:func:`castore.codec.decode_value`): at
+        any depth, and a number past float64's range (``1e400``) is ``inf``.
+        """
+        return cast("dict[str, Any]", decode_value(self.to_json()))  # a line is an object
 
 
 _encoder: Final = msgspec.json.Encoder()

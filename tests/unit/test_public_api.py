@@ -75,3 +75,33 @@ def test_the_records_of_audit_import_and_import_dagu_convert_as_every_result(tmp
     }
     assert list(record.to_dict())[:5] == ["scope", "namespace", "key", "version", "operation"]
     assert outcome.to_dict()["status"] == "skipped"
+
+
+def test_to_dict_decodes_as_get_does_at_any_depth_and_past_float64(tmp_path):
+    # Found by a review: to_dict() used msgspec's decoder, which refused 1e400
+    # (ValidationError) and recursed past ~1,000 levels (RecursionError).
+    import math
+
+    store = castore.Store(tmp_path / "s", dag="d")
+    deep: object = 1
+    for _ in range(9_990):
+        deep = {"a": deep}
+    store.set("big", b'{"e": 1e400}')
+    store.set("deep", deep)
+    big = store.get("big").to_dict()
+    assert math.isinf(big["value"]["e"])
+    assert big["value"] == store.get("big").value
+    same = castore.codec.normalize  # == recurses: compare the normalized bytes
+    got = store.get("deep").to_dict()
+    assert same(got["value"]) == same(deep)
+    listed = store.list(include_values=True).to_dict()
+    assert [e["key"] for e in listed["entries"]] == ["big", "deep"]
+    assert same(listed["entries"][1]["value"]) == same(deep)
+    diff = store.diff("deep", [deep]).to_dict()
+    assert same(diff["previous"]) == same(deep)
+    assert same(diff["current"]) == same([deep])
+    patched = store.patch("big", [{"op": "add", "path": "/f", "value": 1}])
+    assert patched.to_dict()["version"] == 2
+    assert math.isinf(patched.to_dict()["value"]["e"])
+    patched = store.patch("deep", [{"op": "add", "path": "/-", "value": 1}])
+    assert same(patched.to_dict()["value"]) == same([deep, 1])
