@@ -98,6 +98,60 @@ def test_a_failed_test_operation_is_a_conflict_and_writes_nothing(store):
     assert store.patch("k", good).value == {"owner": "a", "n": 2}  # numbers compare by value
 
 
+def test_a_test_operation_compares_deep_values_without_recursing(store):
+    # Found by a review: jsonpatch's == (and its failure message, a repr of the value)
+    # raised RecursionError on a value nested 3,000 deep, whether the test held or not.
+    deep: Any = 1
+    for _ in range(3_000):
+        deep = {"a": deep}
+    store.set("d", deep)
+    assert store.patch("d", [{"op": "test", "path": "/a", "value": deep["a"]}]).version == 2
+    with pytest.raises(PatchTestError) as exc:
+        store.patch("d", [{"op": "test", "path": "/a", "value": 1}])
+    message = str(exc.value)
+    assert 'operation 1 (test /a): the value is {"a":{"a":' in message
+    assert message.endswith("..., not 1")
+    assert len(message) < 300
+    with pytest.raises(PatchTestError):
+        store.patch("d", [{"op": "test", "path": "", "value": deep["a"]}])
+    assert versions(store, "d") == 2
+
+
+@pytest.mark.parametrize(
+    ("stored", "path", "value", "holds"),
+    [
+        (b'{"x":1e400}', "/x", b"10e399", True),  # numbers by their exact value
+        (b'{"x":1e400}', "/x", b"1e401", False),  # (not as floats: both are inf)
+        (b'{"x":100000000000000000000000000000}', "/x", b"1e29", True),
+        (b'{"x":100000000000000000000000000000}', "/x", b"1e30", False),
+        (b'{"x":-0}', "/x", b"0", True),
+        (b'{"x":1.50}', "/x", b"1.5", True),
+        (b'{"x":1}', "/x", b"true", False),  # a boolean is not a number
+        (b'{"x":{"a":1,"b":[2]}}', "/x", b'{"b":[2.0],"a":1}', True),
+        (b'{"x":[1,2]}', "/x/01", b"2", False),  # not an index: names no member
+    ],
+)
+def test_a_test_operation_follows_rfc_6902_equality(store, stored, path, value, holds):
+    store.set("k", stored)
+    patch = b'[{"op":"test","path":"%s","value":%s}]' % (path.encode(), value)
+    if holds:
+        assert store.patch("k", patch).version == 2
+    else:
+        with pytest.raises(PatchTestError):
+            store.patch("k", patch)
+
+
+def test_a_test_of_the_end_of_an_array_says_it_names_no_member(store):
+    # Found by a review: the message showed jsonpatch's internal EndOfList([1, 2]).
+    store.set("k", {"a": [1, 2]})
+    with pytest.raises(PatchTestError) as exc:
+        store.patch("k", [{"op": "test", "path": "/a/-", "value": 2}])
+    assert "operation 1 (test /a/-): '-' names no member" in str(exc.value)
+    assert "EndOfList" not in str(exc.value)
+    with pytest.raises(InvalidValueError, match="a test needs a 'value' member"):
+        store.patch("k", [{"op": "test", "path": "/a"}])
+
+
 @pytest.mark.parametrize(
     "patch",
     [
