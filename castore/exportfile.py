@@ -135,23 +135,38 @@ def _too_long(number: int) -> InvalidValueError:
     )
 
 
+def _start_of(stream: IO[bytes]) -> int | None:
+    """Where a seekable stream is (None: it cannot seek, a pipe)."""
+    try:
+        return stream.tell() if stream.seekable() else None
+    except (AttributeError, OSError):  # a reader without seek, or one that refuses it
+        return None
+
+
 def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
     """Yield the lines of a binary stream, each with its newline, in bounded memory.
 
     At most ``MAX_RECORD_BYTES + 1`` bytes of one line are ever held: a longer
     line is refused as soon as its first byte past the limit is read, and the
-    rest of it is never read.
+    rest of it is never read. A seekable stream is put back where the lines
+    started once they end (or are left), so ``lambda: read_lines(f)`` gives
+    the same lines on each call, as :func:`castore.import_lines` needs.
 
     Raises:
         InvalidValueError: a line holds more than :data:`MAX_RECORD_BYTES` bytes,
             its newline not counted (the message names the line and the limit).
     """
+    start = _start_of(stream)
     number = 0
-    while line := stream.readline(MAX_RECORD_BYTES + 1):
-        number += 1
-        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
-            raise _too_long(number)
-        yield line
+    try:
+        while line := stream.readline(MAX_RECORD_BYTES + 1):
+            number += 1
+            if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+                raise _too_long(number)
+            yield line
+    finally:
+        if start is not None and not getattr(stream, "closed", False):
+            stream.seek(start)
 
 
 def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -174,12 +189,20 @@ def _decode_record(line: bytes) -> ExportRecord:
         return with_deep_members(line, _record_decoder.decode, ("value",))
 
 
-def parse_export(lines: Iterable[bytes]) -> Iterator[tuple[Ref, list[NewVersion]]]:
-    """Validate an export and yield each ref's versions as new versions."""
+EMPTY: Final = "the file is empty: a castore export starts with its header line"
+
+
+def parse_export(
+    lines: Iterable[bytes], empty: str = EMPTY
+) -> Iterator[tuple[Ref, list[NewVersion]]]:
+    """Validate an export and yield each ref's versions as new versions.
+
+    ``empty``: the error when there is no line at all.
+    """
     it = _numbered(lines)
     first = next(it, None)
     if first is None:
-        raise InvalidValueError("the file is empty: a castore export starts with its header line")
+        raise InvalidValueError(empty)
     try:
         header = _header_decoder.decode(first[1])
     except (msgspec.DecodeError, RecursionError) as exc:  # a member nested too deep: not ours

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator
+from typing import Final
 
 import msgspec
 
@@ -255,6 +256,12 @@ def _validated(
     return seen, alike
 
 
+_AGAIN_EMPTY: Final = (  # the first pass had lines: read() is not giving them again
+    "read() gave no lines the second time: it must return a fresh iterable on each call "
+    "(reopen the file or seek it back; read_lines does that for a seekable file)"
+)
+
+
 def import_lines(
     store: Store,
     read: Callable[[], Iterable[bytes]],
@@ -266,13 +273,16 @@ def import_lines(
 
     ``read`` is called twice (a validating pass, then the writing pass), so
     a bad line, a line over :data:`MAX_RECORD_BYTES` or a refused conflict
-    changes nothing; have it yield :func:`read_lines` of a file to keep memory
-    bounded. A ref that already has history in the store is a conflict:
-    ``refuse`` (default) fails before writing anything, ``skip`` leaves it as
-    it is, ``overwrite`` replaces its history with the imported one.
+    changes nothing; it must give the same lines each time.
+    ``lambda: read_lines(f)`` of a file does (and keeps memory bounded):
+    :func:`read_lines` seeks the file back to where it started. A ref that
+    already has history in the store is a conflict: ``refuse`` (default) fails
+    before writing anything, ``skip`` leaves it as it is, ``overwrite``
+    replaces its history with the imported one.
 
     Raises:
-        InvalidValueError: a malformed or over-long line (the message names it).
+        InvalidValueError: a malformed or over-long line (the message names it), or
+            ``read`` gave no lines the second time.
         ConflictError: ``refuse`` and some refs already exist.
     """
     if on_conflict not in ("refuse", "skip", "overwrite"):  # a typo must not overwrite
@@ -283,7 +293,7 @@ def import_lines(
     refs = versions = 0
     skipped: list[str] = []
     overwritten: list[str] = []
-    for ref, new_versions in parse_export(read()):
+    for ref, new_versions in parse_export(read(), _AGAIN_EMPTY):
         if ref in alike or (ref in clash and on_conflict == "skip"):
             skipped.append(str(ref))
             continue

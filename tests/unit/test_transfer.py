@@ -504,6 +504,51 @@ def test_import_calls_read_twice_and_validates_before_writing(store_location):
     assert target.get("other").value == 3
 
 
+def test_import_of_an_open_file_as_the_readme_shows_it(source, store_location, tmp_path):
+    # Found by a review: read_lines(f) left f at its end, so the writing pass read no line
+    # and said "the file is empty", although the validating pass had just read it.
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(b"".join(export_lines(source)))
+    target = new_store(store_location)
+    with open(path, "rb") as fh:
+        fh.readline()  # read_lines starts where the file is, and goes back there
+        offset = fh.tell()
+        fh.seek(0)
+        report = import_lines(target, lambda: transfer.read_lines(fh))
+        assert fh.tell() == 0
+        lines = list(transfer.read_lines(fh))
+        fh.seek(offset)
+        assert list(transfer.read_lines(fh)) == lines[1:]
+        assert fh.tell() == offset
+    assert report.versions == len(lines) - 2  # the header and the end line are no version
+    assert b"".join(export_lines(target)) == path.read_bytes()
+
+
+def test_import_says_when_read_gives_no_lines_the_second_time(source, store_location, tmp_path):
+    target = new_store(store_location)
+    once = transfer.read_lines(iter_file := _pipe_like(b"".join(export_lines(source))))
+    with pytest.raises(InvalidValueError) as exc:
+        import_lines(target, lambda: once)  # the same iterator twice: empty the second time
+    assert "read() gave no lines the second time" in str(exc.value)
+    assert "fresh iterable on each call" in str(exc.value)
+    assert "the file is empty" not in str(exc.value)
+    assert iter_file.read() == b""
+    assert target.list().entries == []  # nothing was written: no line to write
+    with pytest.raises(InvalidValueError, match="the file is empty"):
+        import_lines(target, lambda: transfer.read_lines(_pipe_like(b"")))
+
+
+def _pipe_like(data: bytes) -> Any:
+    """A binary stream that cannot seek (a pipe)."""
+    import io
+
+    class Pipe(io.BytesIO):
+        def seekable(self) -> bool:
+            return False
+
+    return Pipe(data)
+
+
 def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_path):
     """An overwrite import renames a new log over the old one; a waiting writer must follow it."""
     target = new_store(tmp_path / "target")
