@@ -63,8 +63,6 @@ if TYPE_CHECKING:  # each loaded on first use: see __getattr__
     from castore.store import Store
     from castore.transfer import ImportReport, export_lines, import_lines, read_lines
 
-del TYPE_CHECKING  # not a public name
-
 from castore import errors as errors  # noqa: E402  # stable API: castore.errors after import castore
 
 __version__ = "0.1.0"
@@ -102,16 +100,21 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name of :data:`_LAZY` on first use (PEP 562)."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'castore' has no attribute {name!r}")
-    import importlib
+if not TYPE_CHECKING:  # a type checker sees the names above, so a misspelled one is an error
 
-    module, attribute = _LAZY[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> Any:
+        """Load a public name of :data:`_LAZY` on first use (PEP 562)."""
+        if name not in _LAZY:
+            raise AttributeError(f"module 'castore' has no attribute {name!r}")
+        import importlib
+
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
+
+
+del TYPE_CHECKING  # not a public name
 
 
 def __dir__() -> list[str]:

@@ -1,5 +1,7 @@
 import typing
 
+import pytest
+
 import castore
 import castore.errors
 import castore.reports
@@ -105,3 +107,22 @@ def test_to_dict_decodes_as_get_does_at_any_depth_and_past_float64(tmp_path):
     assert math.isinf(patched.to_dict()["value"]["e"])
     patched = store.patch("deep", [{"op": "add", "path": "/-", "value": 1}])
     assert same(patched.to_dict()["value"]) == same([deep, 1])
+
+
+def test_a_misspelled_public_name_is_an_error_for_mypy(tmp_path, monkeypatch):
+    # Found by a review: the lazy-import module __getattr__ (returning Any) made mypy
+    # accept ``from castore import Stor``; a type checker no longer sees it.
+    api = pytest.importorskip("mypy.api")
+    import pathlib
+
+    program = tmp_path / "user.py"
+    program.write_text("from castore import Stor\nfrom castore import Store, audit_records\n")
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\n")
+    monkeypatch.setenv("MYPYPATH", str(pathlib.Path(castore.__file__).parent.parent))
+    options = ["--strict", "--no-incremental", f"--config-file={config}"]
+    out, _err, status = api.run([str(program), *options, f"--cache-dir={tmp_path / 'cache'}"])
+    assert status == 1, out
+    assert 'user.py:1: error: Module "castore" has no attribute "Stor"' in out
+    assert "user.py:2" not in out
+    assert callable(castore.__getattr__)  # the lazy loading is still there at run time
