@@ -10,11 +10,12 @@ from __future__ import annotations
 from castore import reports
 from castore.argcheck import check_flag
 from castore.backend import Backend, Progress
+from castore.handle import Handle
 
 __all__ = ["Maintenance"]
 
 
-class Maintenance:
+class Maintenance(Handle):
     """The maintenance half of :class:`~castore.store.Store` (it sets ``_backend``)."""
 
     _backend: Backend

@@ -18,7 +18,7 @@ import msgspec
 from castore import codec, history, modify, results
 from castore.argcheck import check_flag, check_text
 from castore.audits import AuditMaker
-from castore.backend import LOCK_TIMEOUT_SECONDS, Backend
+from castore.backend import LOCK_TIMEOUT_SECONDS
 from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
 from castore.defaults import lock_timeout_of
@@ -135,25 +135,6 @@ class Store(Maintenance):
         other.dag, other.root_dag = dag, root_dag or dag
         other._dag_given = dag
         return other
-
-    @property
-    def backend(self) -> Backend:
-        """The storage behind this store, through the backend contract (castore's own tools)."""
-        return self._backend
-
-    def close(self) -> None:
-        """Drop cached state and close the cached directory descriptors.
-
-        The handle stays usable (they are opened again on use), but ``close``
-        must not run while other threads use the handle.
-        """
-        self._backend.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:  # never a credential: the location is redacted
         kind = backend_kind(self._backend)

@@ -58,6 +58,7 @@ LAYERS = {
     "decisions": 20,  # Store's write decisions: guards, what set/delete/diff append
     "edits": 20,  # read-modify-write's value edits: JSON Patch, merge patch, incr
     "modify": 21,  # read-modify-write over the contract (Store.update/patch/incr call it)
+    "handle": 20,  # a store handle's life: backend, close, not pickled (a base class of Store)
     "maintenance": 21,  # Store's maintenance calls (a base class of Store)
     "store": 22,
     "audit": 23,

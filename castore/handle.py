@@ -1,0 +1,38 @@
+"""A store handle's life: its backend, closing it, and why it is not pickled (base of ``Store``).
+
+A handle holds what one process opened (descriptors, locks, connections), so it
+stays in that process: another process opens its own from the location.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from castore.backend import Backend
+
+__all__ = ["Handle"]
+
+
+class Handle:
+    """The life of a :class:`~castore.store.Store` handle (``Store`` sets ``_backend``)."""
+
+    _backend: Backend
+
+    @property
+    def backend(self) -> Backend:
+        """The storage behind this store, through the backend contract (castore's own tools)."""
+        return self._backend
+
+    def close(self) -> None:
+        """Drop cached state and close the cached directory descriptors.
+
+        The handle stays usable (they are opened again on use), but ``close``
+        must not run while other threads use the handle.
+        """
+        self._backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
