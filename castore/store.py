@@ -19,7 +19,7 @@ from castore import codec, history, modify, results
 from castore.argcheck import check_flag, check_text
 from castore.audits import AuditMaker
 from castore.backend import LOCK_TIMEOUT_SECONDS
-from castore.backends import backend_kind, default_root, location_of, open_backend, redacted
+from castore.backends import backend_kind, default_root, open_backend, redacted
 from castore.decisions import DiffDecision, delete_decision, delete_result, set_decision, set_result
 from castore.defaults import lock_timeout_of
 from castore.identity import check_caller
@@ -34,7 +34,7 @@ from castore.keys import (
 from castore.listing import list_live
 from castore.maintenance import Maintenance
 from castore.records import Audit
-from castore.urls import is_url
+from castore.urls import is_url, store_location
 
 __all__ = ["Store", "default_root"]
 
@@ -69,6 +69,11 @@ class Store(Maintenance):
         step: step name for the audit; None means ``$DAG_RUN_STEP_NAME``.
         mode: ``private`` or ``group`` (FORMAT.md §1); None means ``$CASTORE_MODE``.
 
+    Attributes:
+        root: the location as errors, logs and ``repr`` show it, never a credential:
+            a directory's absolute path; a URL without user, password or query
+            (but ``schema``), so not always one that opens the store again.
+
     Raises:
         ValueError: ``mode`` (or ``$CASTORE_MODE``) is not private or group,
             ``lock_timeout`` is not a number of seconds from 0 to a day, or
@@ -95,13 +100,12 @@ class Store(Maintenance):
     ) -> None:
         lock_timeout = lock_timeout_of(lock_timeout)
         check_flag(durable, "durable")
-        if path is not None and not os.fspath(path):
-            raise ValueError("path is empty: give a store location, or None for the default")
-        location = location_of(path)
+        location = store_location(path)
         self._backend = open_backend(
             location, durable=durable, lock_timeout=lock_timeout, mode=mode
         )
-        self.root = location if is_url(location) else os.path.abspath(location)
+        self._location = location if is_url(location) else os.path.abspath(location)
+        self.root = redacted(self._location)  # public: shown, logged; never a credential
         self.dag, self.root_dag = dag_names(dag, root_dag)
         self._dag_given = dag  # recorded in the audit (None: $DAG_NAME at the write)
         self.durable = durable

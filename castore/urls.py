@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["default_root", "is_url", "location_of", "redacted"]
+__all__ = ["default_root", "is_url", "location_of", "redacted", "store_location"]
 
 
 def default_root() -> str:
@@ -24,6 +24,17 @@ def default_root() -> str:
 def location_of(path: str | os.PathLike[str] | None) -> str:
     """The store location ``path`` names; None (or empty) means :func:`default_root`."""
     return os.fspath(path) if path else default_root()
+
+
+def store_location(path: str | os.PathLike[str] | None) -> str:
+    """The location a store handle opens: ``path``, or :func:`default_root` for None.
+
+    Raises:
+        ValueError: ``path`` is empty (an unset variable would open the default store).
+    """
+    if path is not None and not os.fspath(path):
+        raise ValueError("path is empty: give a store location, or None for the default")
+    return location_of(path)
 
 
 def is_url(location: str) -> bool:

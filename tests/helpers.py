@@ -202,6 +202,14 @@ def log_path(root: str | os.PathLike[str], scope: str, namespace: str, key: str)
     return os.path.join(ns_dir(root, scope, namespace), file_id(key) + ".log")
 
 
+def opened_at(store: Store) -> str:
+    """The location ``store`` was opened with, credentials kept (``Store.root`` shows none).
+
+    For a fresh handle on the same store: ``Store(opened_at(store))``.
+    """
+    return store._location
+
+
 def file_backend(store: Store) -> FileBackend:
     """The file backend behind ``store``, for tests of the file format and its internals."""
     return cast("FileBackend", store.backend)

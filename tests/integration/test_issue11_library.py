@@ -184,6 +184,19 @@ def test_a_store_repr_shows_location_backend_and_dag(store_location: str) -> Non
         assert "@" not in text
 
 
+def test_store_root_never_shows_credentials(store_location: str) -> None:
+    # Found by a review: repr hid the password, but Store(...).root held it in plain text.
+    store = castore.Store(store_location, dag="d")
+    assert store.root == redacted(store_location)
+    assert repr(store).startswith(f"Store({store.root!r}, ")
+    pytest.importorskip("psycopg")
+    secret = castore.Store("postgresql://alice:s3cret@127.0.0.1:1/state?sslmode=disable&schema=x")
+    assert secret.root == "postgresql://127.0.0.1:1/state?schema=x"  # no connection is made
+    public = {name: value for name, value in vars(secret).items() if not name.startswith("_")}
+    assert "s3cret" not in repr(public)
+    assert "alice" not in repr(public)
+
+
 def test_a_store_repr_never_shows_credentials(store_location: str) -> None:
     store = castore.Store(store_location, dag="d")
     store.root = "postgresql://alice:s3cret@db.example:5432/state?sslmode=require"

@@ -142,23 +142,24 @@ def test_export_import_round_trip_between_file_and_postgresql(tmp_path, new_post
     file_source = handle(tmp_path / "file-source")
     populate(file_source)
     first = export_bytes(file_source)
-    into_pg = handle(new_postgres_location())
+    locations = [new_postgres_location() for _ in range(3)]  # Store.root hides the password
+    into_pg = handle(locations[0])
     report = import_lines(into_pg, reader(first))
     assert report.versions == len(first.splitlines()) - 2  # the header and the end line
     assert export_bytes(into_pg) == first
-    assert export_bytes(handle(into_pg.root)) == first  # a fresh handle, a fresh connection
+    assert export_bytes(handle(locations[0])) == first  # a fresh handle, a fresh connection
     back = handle(tmp_path / "back")
     import_lines(back, reader(export_bytes(into_pg)))
     assert export_bytes(back) == first
 
     # The reverse: a PostgreSQL store exported, imported into a file store, exported again.
-    pg_source = handle(new_postgres_location())
+    pg_source = handle(locations[1])
     populate(pg_source)
     second = export_bytes(pg_source)
     into_file = handle(tmp_path / "file-copy")
     import_lines(into_file, reader(second))
     assert export_bytes(into_file) == second
-    again = handle(new_postgres_location())
+    again = handle(locations[2])
     import_lines(again, reader(export_bytes(into_file)))
     assert export_bytes(again) == second
 
@@ -169,10 +170,10 @@ def test_export_import_round_trip_between_file_and_postgresql(tmp_path, new_post
     assert {(a["actor"], a["run_id"], a["step_name"]) for a in audits} == {
         ("alice", "run-1", "save")
     }
-    for s in (into_pg, pg_source, again):
+    for s, location in zip((into_pg, pg_source, again), locations, strict=True):
         # The big value is one zstd blob, shared by both keys.
         digest = bytes.fromhex(s.get("big").hash)
-        assert query(s.root, "SELECT codec FROM blobs WHERE digest = %s", (digest,)) == [
+        assert query(location, "SELECT codec FROM blobs WHERE digest = %s", (digest,)) == [
             (CODEC_ZSTD,)
         ]
         assert s.get("big-twin").value == BIG
@@ -484,7 +485,7 @@ HOSTILE_NAMESPACES: Final = (
 PREFIXES: Final = ("", "a", "'", "\x00", "e", "caf", "\u00e9", "\U0001f600", "x'); ")
 
 
-def _write_hostile(s: Store) -> None:
+def _write_hostile(s: Store, location: str | Path) -> None:
     for namespace in HOSTILE_NAMESPACES:
         for n, key in enumerate(HOSTILE_KEYS):
             s.set(key, {"key": key, "namespace": namespace}, scope="custom", namespace=namespace)
@@ -492,15 +493,15 @@ def _write_hostile(s: Store) -> None:
                 s.set(key, [key, n], scope="custom", namespace=namespace)
             if n % 7 == 3:
                 s.delete(key, scope="custom", namespace=namespace)
-    hostile_dag = Store(s.root, dag="d'; DROP SCHEMA public; --", durable=False)
+    hostile_dag = Store(location, dag="d'; DROP SCHEMA public; --", durable=False)
     hostile_dag.set("'; DROP TABLE blobs; --", "dag")
 
 
 def test_hostile_keys_and_namespaces_round_trip_in_byte_order(tmp_path, postgres_location):
     pg = Store(postgres_location, dag=DAG, durable=False)
     files = Store(tmp_path / "files", dag=DAG, durable=False)
-    for s in (pg, files):
-        _write_hostile(s)
+    _write_hostile(pg, postgres_location)
+    _write_hostile(files, tmp_path / "files")
     for namespace in HOSTILE_NAMESPACES:
         for prefix in PREFIXES:
             listed = pg.list(prefix, scope="custom", namespace=namespace)

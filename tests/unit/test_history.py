@@ -27,7 +27,7 @@ from castore.file.records import KIND_BLOB
 from castore.literals import decode_literal
 from castore.records import OP_DELETE, OP_ROLLBACK, OP_SET
 from castore.transfer import import_lines
-from tests.helpers import frames_of, read_versions, ref_log_path
+from tests.helpers import frames_of, opened_at, read_versions, ref_log_path
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
@@ -445,7 +445,7 @@ def test_rollback_to_a_big_value_another_key_shares(store):
     store.delete("a")
     r = store.rollback("b", to_version=1)
     assert (r.version, r.hash, r.created) == (3, first.hash, False)
-    fresh = Store(store.root, dag="d", durable=False)
+    fresh = Store(opened_at(store), dag="d", durable=False)
     got = fresh.get("b")
     assert (got.version, got.hash, got.value) == (3, first.hash, big)
     assert fresh.get("a", version=1).value == big

@@ -37,6 +37,7 @@ from tests.helpers import (
     Cli,
     frames_of,
     log_path,
+    opened_at,
     ref_log_path,
     snapshot,
     underlying,
@@ -103,7 +104,7 @@ def records(data: bytes) -> list[dict[str, Any]]:
 
 def local_root(s: Store) -> str | None:
     """The directory of a file store, or of the file store a remote one serves; else None."""
-    where = underlying(s.root)
+    where = underlying(opened_at(s))
     return None if is_postgres(where) else where
 
 
@@ -116,7 +117,7 @@ def stored_anything(s: Store) -> bool:
 
     from castore.postgres.location import parse
 
-    where = parse(underlying(s.root))
+    where = parse(underlying(opened_at(s)))
     with psycopg.connect(where.conninfo, autocommit=True) as conn:
         found = conn.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (where.schema,)
@@ -206,7 +207,7 @@ def test_round_trip_is_byte_identical(source, new_store_location):
     assert (report.refs, report.versions) == (n_refs, len(records(data)))
     assert (report.skipped_refs, report.overwritten_refs) == ([], [])
     assert export_bytes(copy) == data
-    assert export_bytes(new_store(copy.root)) == data  # a fresh handle too
+    assert export_bytes(new_store(opened_at(copy))) == data  # a fresh handle too
     # And a third generation.
     third = new_store(new_store_location())
     import_lines(third, lines_reader(export_bytes(copy)))
@@ -321,18 +322,18 @@ def test_import_overwrite_replaces_history_and_keeps_shared_blobs(new_store_loca
     assert (report.refs, report.versions) == (2, 3)
     assert report.overwritten_refs == ["dag/d/a"]
     assert report.skipped_refs == []
-    for s in (target, new_store(target.root)):
+    for s in (target, new_store(opened_at(target))):
         assert [e.version for e in s.history("a").entries] == [2, 1]
         assert s.get("a").value == [2]
         assert s.get("a", version=1).value == "new history"
         assert s.get("b").value == big  # deduplicated against a's old blob
         assert s.get("c").value == 3
         assert export_bytes(s, namespace="d").count(b'"key":"a"') == 2
-    fresh = new_store(target.root)
+    fresh = new_store(opened_at(target))
     assert fresh.set("a", 4, expected_version=2).version == 3
     assert fresh.set("b", big).version == 2
-    assert new_store(target.root).get("b", version=1).value == big
-    assert new_store(target.root).check().ok
+    assert new_store(opened_at(target)).get("b", version=1).value == big
+    assert new_store(opened_at(target)).check().ok
 
 
 def test_import_overwrite_of_the_key_holding_a_rollback_source(new_store_location):
@@ -346,11 +347,11 @@ def test_import_overwrite_of_the_key_holding_a_rollback_source(new_store_locatio
     src.set("a", "other")
     src.set("a", "newer")  # above target's version 1: an overwrite never repeats a version
     import_lines(target, lines_reader(export_bytes(src)), on_conflict="overwrite")
-    fresh = new_store(target.root)
+    fresh = new_store(opened_at(target))
     assert fresh.rollback("b", to_version=1).hash == hexdigest(
         normalize_json(b'{"text":"' + b"x" * 5000 + b'"}')
     )
-    assert new_store(target.root).get("b").value == value
+    assert new_store(opened_at(target)).get("b").value == value
 
 
 def bad(data_lines: list[bytes]) -> bytes:
@@ -561,7 +562,7 @@ def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_pa
 
     def write() -> None:
         try:
-            done["result"] = new_store(target.root).set("k", "after")
+            done["result"] = new_store(opened_at(target)).set("k", "after")
         except Exception as exc:  # noqa: BLE001 - reported below
             done["error"] = exc
 
@@ -579,7 +580,7 @@ def test_a_writer_waiting_for_the_lock_writes_to_a_log_replaced_meanwhile(tmp_pa
     writer.join(30)
     assert "error" not in done, done
     assert done["result"].version == 4
-    fresh = new_store(target.root)
+    fresh = new_store(opened_at(target))
     assert [e.version for e in fresh.history("k").entries] == [4, 3, 2, 1]
     assert [fresh.get("k", version=v).value for v in (1, 2, 3, 4)] == ["n1", "n2", "n3", "after"]
 
@@ -662,7 +663,7 @@ def test_an_imported_lost_range_reads_as_damage_from_the_handle_that_imported_it
     s = new_store(new_store_location())
     assert s.get("k").found is False  # the handle has read the key before
     import_lines(s, lines_reader(HEADER + line))
-    for handle in (s, new_store(s.root)):
+    for handle in (s, new_store(opened_at(s))):
         with pytest.raises(CorruptionError, match="versions 1-3 lost"):
             handle.get("k")
         with pytest.raises(CorruptionError, match="versions 1-3 lost"):
@@ -684,7 +685,7 @@ def test_a_key_whose_newest_versions_were_lost_is_skipped_by_list(new_store_loca
     # 1970 time; the file store leaves it out and names it in ``skipped``.
     s = new_store(new_store_location())
     import_lines(s, lines_reader(HEADER + _LOST_NEWEST))
-    for handle in (s, new_store(s.root)):
+    for handle in (s, new_store(opened_at(s))):
         listed = handle.list()
         assert [e.key for e in listed.entries] == ["ok"]
         assert listed.skipped == ["lost"]
@@ -738,10 +739,10 @@ def test_audit_text_too_long_for_an_export_line_is_refused_before_anything_is_wr
             write()
     monkeypatch.setenv("DAG_RUN_ID", long)
     with pytest.raises(InvalidValueError, match=r"run_id \(from \$DAG_RUN_ID unless given\)"):
-        new_store(s.root).set("k", 2)
+        new_store(opened_at(s)).set("k", 2)
     monkeypatch.delenv("DAG_RUN_ID")
     assert s.get("k").version == 1
-    new_store(s.root, actor="a" * MAX_AUDIT_TEXT).set("k", 2, reason="\x01" * MAX_AUDIT_TEXT)
+    new_store(opened_at(s), actor="a" * MAX_AUDIT_TEXT).set("k", 2, reason="\x01" * MAX_AUDIT_TEXT)
     data = export_bytes(s)
     copy = new_store(new_store_location())
     import_lines(copy, lines_reader(data))
@@ -783,7 +784,7 @@ def test_an_overwrite_never_erases_a_write_made_between_its_two_passes(
     for n in range(1, 6):
         dst.set("k", {"mine": n})
         dst.set("z", {"mine": n})
-    other = new_store(dst.root)
+    other = new_store(opened_at(dst))
     between = []
     real = transfer._validated
 
