@@ -177,16 +177,16 @@ class Store(Maintenance):
                 ``version`` does not exist (never written, or compacted).
             CorruptionError: the stored value fails verification.
         """
+        if required is not False:  # one identity test on the hot path: a TypeError first
+            check_flag(required, "required")
         ref = self._refs.resolve(key, scope, namespace, self.dag, self.root_dag)
         if version is not None:
-            check_flag(required, "required")
             has_default = default is not _UNSET
             return history.get_version(self._backend, ref, version, required, default, has_default)
         current = self._backend.current(ref)
         entry = current.live
         if entry is not None and current.value is not None:  # the hot path, inline
             return history.found_result(ref, entry, current.value)
-        check_flag(required, "required")  # here: the hot path above does not use it
         return history.not_found(ref, required, default, default is not _UNSET)
 
     def _audit_now(self, reason: str) -> Callable[[], Audit]:

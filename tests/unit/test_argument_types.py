@@ -79,6 +79,10 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
     # AttributeError from deep inside, or StoreUnavailableError over http://.
     ("diff update", lambda s: s.diff("k", 7, update="no"), "update must be a bool, not str"),
     ("get required", lambda s: s.get("n", required="x"), "required must be a bool, not str"),
+    # Found by a review: checked only when the key was missing (after the hot path).
+    ("get required found", lambda s: s.get("k", required="yes"), "required must be a bool, not"),
+    ("get required v1", lambda s: s.get("k", version=1, required=1), "required must be a bool"),
+    ("get required bad key", lambda s: s.get("", required=None), "required must be a bool, not"),
     ("list values", lambda s: s.list(include_values=1), "include_values must be a bool, not"),
     ("gc dry_run", lambda s: s.gc(dry_run="no"), "dry_run must be a bool, not str"),
     ("compact dry", lambda s: s.compact(keep_last=1, dry_run=0), "dry_run must be a bool, not"),
