@@ -25,8 +25,15 @@ class Maintenance(Handle):
     ) -> reports.CheckReport:
         """Verify every stored record; with ``repair``, fix what can be fixed, keeping originals.
 
+        A key (or file) another process keeps locked past the lock timeout is not
+        raised: it is a finding ("locked by another process for N s: not checked",
+        or "not repaired"), an error, and the check goes on with the others.
+
         Raises:
-            LockTimeoutError: a ref stayed locked for the lock timeout (repair only).
+            LockTimeoutError: PostgreSQL only (directly or through ``castore serve``):
+                with ``repair``, a ``refs`` row whose names or floor it mends stayed
+                locked for the lock timeout; or no connection of the handle's pool
+                came free within it (other threads held them all).
         """
         check_flag(repair, "repair")
         return self._backend.check(repair=repair, progress=progress)

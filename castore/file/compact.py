@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from castore.backend import Progress
+from castore.errors import LockTimeoutError
 from castore.file import fileio
 from castore.file.frames import LogBytes, classify
 from castore.file.records import (
@@ -222,7 +223,12 @@ def _compact_batch(
         then = functools.partial(nest, i + 1)
         backend.rewrite(paths[i], transform, gc_held=True, then=then, busy=None if first else busy)
 
-    nest(0)
+    try:
+        nest(0)
+    except LockTimeoutError as exc:  # only the first log's lock is waited for: name its key
+        if exc.path == paths[0] and not exc.ref:
+            exc.ref = str(refs[0])
+        raise
     handled = zip(sizes[: stop[0]], paths[: stop[0]], strict=True)
     return [(size, _size(backend.fs, path)) for size, path in handled]
 

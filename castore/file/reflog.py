@@ -24,7 +24,7 @@ import errno
 import os
 from collections.abc import Iterator
 
-from castore.errors import CorruptionError
+from castore.errors import CorruptionError, LockTimeoutError
 from castore.file import cuts, encode, fileio, logread, namesync, versionindex
 from castore.file.blobindex import BlobIndex
 from castore.file.damage import REPAIR_HINT, damaged_error, disorder_error
@@ -259,8 +259,15 @@ class RefLog:
         fs = self.layout.fs
         timeout = self.layout.lock_timeout if timeout is None else timeout
         pauses = fileio.WRITER_PAUSES  # a log it creates is marked (namesync)
-        with fs.open_locked(self.path, flags, timeout=timeout, pauses=pauses, unsynced=True) as fd:
-            yield fd
+        try:
+            with fs.open_locked(
+                self.path, flags, timeout=timeout, pauses=pauses, unsynced=True
+            ) as fd:
+                yield fd
+        except LockTimeoutError as exc:  # a user names keys, not their logs' hashed paths
+            if exc.path == self.path and not exc.ref and self.ref is not None:
+                exc.ref = str(self.ref)
+            raise
 
     def locked_tail(self, fd: int, size: int) -> Tail:
         """The newest entry of the locked log; a torn tail is quarantined, then cut.

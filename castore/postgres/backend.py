@@ -307,7 +307,7 @@ class PostgresBackend:
             return previous, appends.append_all(cur, ref, previous, floor, news)
 
         result: tuple[Entry | None, list[Entry]] = self.db.run(
-            work, f"the write of {ref}", pipeline=True
+            work, f"the write of {ref}", pipeline=True, ref=str(ref)
         )
         return result
 
@@ -334,7 +334,7 @@ class PostgresBackend:
             cur.execute(f"UPDATE refs SET {q.NO_NEWEST} WHERE {q.REF}", key)
             return appends.append_all(cur, ref, None, floor, new_versions)
 
-        result: list[Entry] = self.db.run(work, f"the import of {ref}", pipeline=True)
+        result: list[Entry] = self.db.run(work, f"the import of {ref}", pipeline=True, ref=str(ref))
         return result
 
     # -- maintenance (castore/postgres/maintenance.py) -----------------------------------

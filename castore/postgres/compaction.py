@@ -66,7 +66,8 @@ def compact(
         def one(cur: Cursor, ref_id: bytes = key[3]) -> tuple[int, int, int, bool]:
             return _compact_one(cur, ref_id, retention, cutoff, dry_run)
 
-        size, size_after, gone, was_removed = db.run(one, f"compacting {rows.ref_name(*key[:3])}")
+        name = rows.ref_name(*key[:3])
+        size, size_after, gone, was_removed = db.run(one, f"compacting {name}", ref=name)
         before += size
         after += size_after
         if gone:

@@ -289,7 +289,7 @@ class Database:
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
 
     @contextlib.contextmanager
-    def _turn(self, what: str) -> Iterator[tuple[Session, float | None]]:
+    def _turn(self, what: str, ref: str = "") -> Iterator[tuple[Session, float | None]]:
         """A session of the pool, and a shorter lock wait for its transaction (or None).
 
         A call made inside another on the same thread uses the outer call's session.
@@ -311,7 +311,7 @@ class Database:
             start = time.monotonic()
             session = self._pool.take(timeout)
             if session is None:
-                raise LockTimeoutError(f"{self.location.shown}: {what}", timeout)
+                raise LockTimeoutError(f"{self.location.shown}: {what}", timeout, ref)
             rest = max(0.0, timeout - (time.monotonic() - start))
             rest = None if rest > self.lock_timeout - 0.001 else rest
         self._held.session = session
@@ -328,17 +328,19 @@ class Database:
         *,
         transaction: bool = True,
         pipeline: bool = False,
+        ref: str = "",
     ) -> T:
         """Run ``work`` in one transaction (or, ``transaction=False``, in autocommit).
 
         ``what`` names the operation in errors. ``pipeline``: send statements without waiting
         for results until ``work`` reads one (a write; not work that recovers from a failure).
+        ``ref``: the key whose row ``work`` locks, for :attr:`LockTimeoutError.ref`.
 
         Raises:
             StoreUnavailableError: the server cannot be reached, or the connection was lost.
             LockTimeoutError: a row lock was not taken within the lock timeout (:meth:`_turn`).
         """
-        with self._turn(what) as (session, shorter):
+        with self._turn(what, ref) as (session, shorter):
             for attempt in (1, 2):
                 fresh = session.conn is None
                 conn = session.conn or self._connect(session)
@@ -359,7 +361,7 @@ class Database:
                         committing = bool(state)
                 except pg_errors.LockNotAvailable:
                     waited = lock_wait(self.lock_timeout)
-                    failure = LockTimeoutError(f"{self.location.shown}: {what}", waited)
+                    failure = LockTimeoutError(f"{self.location.shown}: {what}", waited, ref)
                 except FormatVersionError:
                     raise
                 except psycopg.OperationalError as exc:  # lost, or the server's (a deadlock)

@@ -251,7 +251,7 @@ def check_copies(db: Database, repair: bool) -> list[Finding]:
             return outcome
 
         try:
-            found = db.run(settle, f"checking {ref}")
+            found = db.run(settle, f"checking {ref}", ref=str(ref))
         except LockTimeoutError as exc:  # a writer holds it (or a stopped process)
             found = (
                 f"locked by another process for {exc.timeout_seconds:g} s: not checked",
@@ -309,7 +309,7 @@ def check_chains(db: Database, repair: bool) -> list[Finding]:
                 return _mend(cur, ref)
 
             try:
-                links = db.run(mend, f"repairing {ref}")
+                links = db.run(mend, f"repairing {ref}", ref=str(ref))
             except LockTimeoutError:  # a writer holds it: reported, not repaired
                 links = [(v, p, b, False) for v, p, b, _ in seen]
         for version, prev, below, mended in links:

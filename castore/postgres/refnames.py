@@ -124,7 +124,7 @@ def check_floors(db: Database, repair: bool) -> list[Finding]:
             cur.execute(_RAISE_FLOOR, (high, ref_id))
 
         if repair:
-            db.run(lift, "repairing")
+            db.run(lift, "repairing", ref=_name(scope, bytes(namespace), bytes(key)))
         findings.append(
             Finding(
                 path=f"refs/{_name(scope, bytes(namespace), bytes(key))}",

@@ -230,3 +230,20 @@ def test_a_write_waiting_for_a_key_delays_another_caller_at_most_its_lock_timeou
     # A server over PostgreSQL failed this with one connection per process: the other
     # request's wait held it. Its handle's pool has a connection free for this one.
     assert other == 1
+
+
+@pytest.mark.remote_postgresql
+def test_a_lock_timeout_names_the_key_on_every_backend_in_writes_and_compaction(store_location):
+    # Found by a review: LockTimeoutError.ref was "" on PostgreSQL, and for a file compaction.
+    with Store(store_location, dag="d", lock_timeout=0.2) as store:
+        store.set("k", 1)
+        store.set("k", 2)
+        with _key_held(store_location, "k"):
+            with pytest.raises(LockTimeoutError) as write:
+                store.set("k", 3)
+            with pytest.raises(LockTimeoutError) as compaction:
+                store.compact(keep_last=1)
+    assert write.value.ref == "dag/d/k"
+    assert str(write.value).startswith("lock timeout: dag/d/k (")
+    assert compaction.value.ref == "dag/d/k"
+    assert _versions(store_location) == [2, 1]
