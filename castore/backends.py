@@ -25,7 +25,7 @@ from typing import Final
 from castore.backend import Backend
 from castore.errors import BackendUnavailableError, InvalidValueError
 from castore.reports import UpgradeReport
-from castore.urls import default_root, is_url, location_of, redacted
+from castore.urls import default_root, is_url, location_of, redacted, store_location
 
 __all__ = [
     "STORE_MODES",
@@ -134,6 +134,7 @@ def open_backend(
         FormatVersionError: the directory holds another format, is a
             non-empty directory that is not a castore store, or is not a directory.
     """
+    location = store_location(location, "location")
     mode = store_mode(mode)
     _known_scheme(location)
     if is_remote(location):
@@ -152,19 +153,24 @@ def open_backend(
     )
 
 
-def upgrade(location: str, mode: str | None = None) -> UpgradeReport:
+def upgrade(location: str | os.PathLike[str], mode: str | None = None) -> UpgradeReport:
     """Convert the store at ``location`` to the current format (docs/FORMAT.md §10).
 
     Run it while no other castore process uses the store; it is idempotent.
-    ``mode`` is what the files it writes get, as for :func:`open_backend`.
+    ``location`` is what :class:`~castore.Store` takes (a path as str, bytes or
+    ``os.PathLike``, or a URL). ``mode`` is what the files it writes get, as for
+    :func:`open_backend`.
 
     Raises:
-        ValueError: ``mode`` (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
+        TypeError: ``location`` is not a str, bytes or os.PathLike.
+        ValueError: ``location`` is empty (not the current directory), or ``mode``
+            (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
         BackendUnavailableError: ``location`` is a coordinator (upgrade on the server),
             or ``postgresql://`` without psycopg.
         FormatVersionError: ``location`` is not a castore store, or is newer.
         InvalidValueError: a URL of no store's scheme.
     """
+    location = store_location(location, "location")
     mode = store_mode(mode)
     _known_scheme(location)
     if is_remote(location):

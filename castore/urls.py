@@ -26,15 +26,26 @@ def location_of(path: str | os.PathLike[str] | None) -> str:
     return os.fspath(path) if path else default_root()
 
 
-def store_location(path: str | os.PathLike[str] | None) -> str:
+def store_location(path: str | os.PathLike[str] | None, name: str = "path") -> str:
     """The location a store handle opens: ``path``, or :func:`default_root` for None.
+
+    ``path`` may also be ``bytes`` or an ``os.PathLike`` (decoded as the file
+    system does, :func:`os.fsdecode`). ``name`` names the argument in errors.
 
     Raises:
         ValueError: ``path`` is empty (an unset variable would open the default store).
+        TypeError: ``path`` is not a str, bytes, os.PathLike or None.
     """
-    if path is not None and not os.fspath(path):
-        raise ValueError("path is empty: give a store location, or None for the default")
-    return location_of(path)
+    if path is None:
+        return default_root()
+    try:
+        text = os.fsdecode(path)
+    except TypeError:
+        kind = type(path).__name__
+        raise TypeError(f"{name} must be a str, bytes, os.PathLike or None, not {kind}") from None
+    if not text:
+        raise ValueError(f"{name} is empty: give a store location, or None for the default")
+    return text
 
 
 def is_url(location: str) -> bool:

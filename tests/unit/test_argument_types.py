@@ -8,6 +8,7 @@ version 1; a key of 5 raised AttributeError. The store comes from the
 ``store_location`` fixture, so every backend is covered.
 """
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -164,6 +165,33 @@ def test_an_empty_path_is_refused_not_the_default_store(monkeypatch, tmp_path):
         Store("")
     assert Store(None).root == str(tmp_path / "default")  # None is the default store
     assert not (tmp_path / "default").exists()
+
+
+def test_a_location_may_be_bytes_or_a_path_like_anywhere_and_never_empty(tmp_path, monkeypatch):
+    # Found by a review: Store(b"/x") raised "a bytes-like object is required", and
+    # castore.upgrade(pathlib.Path(d)) AttributeError; upgrade("") acted on the current
+    # directory.
+    import pathlib
+
+    import castore
+
+    where = tmp_path / "s"
+    store = Store(os.fsencode(where), dag="d")
+    assert store.set("k", 1).version == 1
+    assert store.root == str(where)
+    assert Store(where, dag="d").get("k").value == 1
+    assert castore.upgrade(pathlib.Path(where)).to_version >= 1
+    assert castore.upgrade(os.fsencode(where)).to_version >= 1
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(ValueError, match="location is empty"):
+        castore.upgrade("")
+    assert list(cwd.iterdir()) == []
+    with pytest.raises(TypeError, match=r"path must be a str, bytes, os\.PathLike or None, not"):
+        Store(5)
+    with pytest.raises(TypeError, match=r"location must be a str, bytes, os\.PathLike or None"):
+        castore.upgrade(5)
 
 
 def test_an_unknown_on_conflict_changes_nothing(store, store_location, tmp_path):
