@@ -8,7 +8,7 @@ used, with the castore error that says what was wrong with them.
 
 from __future__ import annotations
 
-__all__ = ["check_flag", "check_integer", "check_number", "check_text"]
+__all__ = ["check_callable", "check_flag", "check_integer", "check_number", "check_text"]
 
 
 def _refuse(name: str, wanted: str, value: object) -> TypeError:
@@ -39,3 +39,11 @@ def check_flag(value: object, name: str) -> None:
     """``value`` is a ``bool``."""
     if not isinstance(value, bool):
         raise _refuse(name, "a bool", value)
+
+
+def check_callable(value: object, name: str, *, optional: bool = False) -> None:
+    """``value`` can be called (or is None when ``optional``)."""
+    if not callable(value) and not (optional and value is None):
+        raise TypeError(
+            f"{name} must be callable{' or None' if optional else ''}, not {type(value).__name__}"
+        )

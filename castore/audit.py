@@ -13,11 +13,12 @@ from collections.abc import Iterator
 
 import msgspec
 
+from castore.argcheck import check_integer, check_text
 from castore.history import history_entry
 from castore.keys import SCOPES, Ref, validate_filters
 from castore.records import Entry
 from castore.results import PlainResult
-from castore.store import Store
+from castore.store import Store, check_store
 
 __all__ = ["AuditRecord", "audit"]
 
@@ -78,13 +79,33 @@ def audit(
 
     ``run_id``, ``actor`` and ``step`` keep only the records with exactly that
     value (None: any); ``since_ns`` and ``until_ns`` bound the write time
-    (inclusive, Unix ns).
+    (inclusive, Unix ns). The arguments are checked when it is called, before
+    the first record is asked for.
 
     Raises:
+        TypeError: ``store`` is not a Store, a filter not a str (or None), or a
+            time not an int (or None).
         InvalidRefError: bad scope or namespace filter.
-        CorruptionError: a log record fails verification.
+        CorruptionError: a log record fails verification (while iterating).
     """
+    check_store(store)
     validate_filters(scope, namespace)
+    for text, name in ((run_id, "run_id"), (actor, "actor"), (step, "step")):
+        check_text(text, name, optional=True)
+    check_integer(since_ns, "since_ns", optional=True)
+    check_integer(until_ns, "until_ns", optional=True)
+    return _records(store, scope, namespace, (run_id, actor, step), since_ns, until_ns)
+
+
+def _records(
+    store: Store,
+    scope: str | None,
+    namespace: str | None,
+    wanted: tuple[str | None, str | None, str | None],
+    since_ns: int | None,
+    until_ns: int | None,
+) -> Iterator[AuditRecord]:
+    """:func:`audit`'s records, its arguments checked."""
     walks: list[tuple[int, int, Ref, Entry, Iterator[Entry]]] = []
     order = 0
 
@@ -109,6 +130,6 @@ def audit(
         push(ref, it)
         if until_ns is not None and entry.time_ns > until_ns:
             continue
-        if not _matches(entry, run_id, actor, step):
+        if not _matches(entry, *wanted):
             continue
         yield _record(ref, entry)

@@ -169,9 +169,17 @@ def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
             stream.seek(start)
 
 
+def _refuse_text(line: object) -> None:
+    """A line that is not bytes (``str``: a file opened without ``b``) is a TypeError."""
+    if not isinstance(line, bytes | bytearray):
+        kind = type(line).__name__
+        raise TypeError(f"read() must give lines as bytes, not {kind} (open the file 'rb')")
+
+
 def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     """Number lines from 1, refusing one over the limit from whatever reader gave it."""
     for number, line in enumerate(lines, start=1):
+        _refuse_text(line)
         if len(line) - (1 if line.endswith(b"\n") else 0) > MAX_RECORD_BYTES:
             raise _too_long(number)
         yield number, line

@@ -8,7 +8,7 @@ of :mod:`castore.reports`.
 from __future__ import annotations
 
 from castore import reports
-from castore.argcheck import check_flag
+from castore.argcheck import check_callable, check_flag
 from castore.backend import Backend, Progress
 from castore.handle import Handle
 
@@ -36,6 +36,7 @@ class Maintenance(Handle):
                 came free within it (other threads held them all).
         """
         check_flag(repair, "repair")
+        check_callable(progress, "progress", optional=True)
         return self._backend.check(repair=repair, progress=progress)
 
     def gc(
@@ -48,12 +49,14 @@ class Maintenance(Handle):
         """Free values no version references, and crash leftovers older than ``grace_seconds``.
 
         Raises:
+            TypeError: ``grace_seconds`` is not a number, or ``progress`` not callable.
             InvalidValueError: ``grace_seconds`` is not from 0 to 292 years.
             CorruptionError: a log is damaged; run :meth:`check` with ``repair`` first.
             LockTimeoutError: gc or a ref stayed locked for the lock timeout.
         """
-        reports.check_seconds(grace_seconds, "grace")
+        reports.check_seconds(grace_seconds, "grace_seconds")
         check_flag(dry_run, "dry_run")
+        check_callable(progress, "progress", optional=True)
         return self._backend.collect_garbage(  # a float, as the CLI and a server report it
             grace_seconds=float(grace_seconds), dry_run=dry_run, progress=progress
         )
@@ -80,6 +83,7 @@ class Maintenance(Handle):
             LockTimeoutError: a ref stayed locked for the lock timeout.
         """
         check_flag(dry_run, "dry_run")
+        check_callable(progress, "progress", optional=True)
         retention = reports.Retention(
             keep_last=keep_last,
             keep_within_seconds=keep_within_seconds,

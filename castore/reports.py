@@ -198,7 +198,7 @@ class Retention(msgspec.Struct, frozen=True, kw_only=True):
                 f"keep_last must be from 1 to {MAX_COUNT} (got {self.keep_last})"
             )
         if self.keep_within_seconds is not None:
-            check_seconds(self.keep_within_seconds, "keep_within")
+            check_seconds(self.keep_within_seconds, "keep_within_seconds")
         validate_filters(self.scope, self.namespace)
         validate_prefix(self.prefix)
 

@@ -16,7 +16,7 @@ from typing import Any, Final, final
 import msgspec
 
 from castore import codec, history, modify, results
-from castore.argcheck import check_flag, check_text
+from castore.argcheck import check_callable, check_flag, check_number, check_text
 from castore.audits import AuditMaker
 from castore.backend import LOCK_TIMEOUT_SECONDS
 from castore.backends import backend_kind, default_root, open_backend, redacted
@@ -36,7 +36,7 @@ from castore.maintenance import Maintenance
 from castore.records import Audit
 from castore.urls import is_url, store_location
 
-__all__ = ["Store", "default_root"]
+__all__ = ["Store", "check_store", "default_root"]
 
 _UNSET: Final = object()
 
@@ -422,6 +422,7 @@ class Store(Maintenance):
             InvalidRefError, InvalidValueError, ValueTooLargeError, CorruptionError,
             LockTimeoutError: as :meth:`set`.
         """
+        check_callable(fn, "fn")
         ref = self.ref(key, scope, namespace)
         return modify.update(self._backend, ref, fn, retries, self._audit_now(reason))
 
@@ -474,12 +475,21 @@ class Store(Maintenance):
         as 0; integers stay exact at any size; floats take Go's float64 form.
 
         Raises:
-            InvalidValueError: the target is not a number, or ``by`` or ``path`` is bad.
+            TypeError: ``by`` is not an int or a float.
+            InvalidValueError: the target is not a number, ``by`` is not finite, or
+                ``path`` is bad.
             ConflictError: ``expected_version`` did not hold.
             InvalidRefError, CorruptionError, LockTimeoutError: as :meth:`set`.
         """
+        check_number(by, "by")  # a number's text is parsed by the caller (the CLI's --by)
         ref = self.ref(key, scope, namespace)
         guards = (expected_version, False)
         check_text(path, "path", optional=True)
         self._audit(reason)  # the caller's reason and fields, checked before the edit's note
         return modify.incr(self._backend, ref, by, path, guards, self._audit, reason)
+
+
+def check_store(value: object) -> None:
+    """``value`` is a :class:`Store` (what the whole-store functions take), else TypeError."""
+    if not isinstance(value, Store):
+        raise TypeError(f"store must be a Store, not {type(value).__name__}")

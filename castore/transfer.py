@@ -16,6 +16,7 @@ from typing import Final
 import msgspec
 
 from castore import codec
+from castore.argcheck import check_callable
 from castore.backend import MAX_VERSION, Decide, LogView, NewVersion, overwrite_refusal
 from castore.errors import ConflictError, CorruptionError, InvalidValueError
 from castore.exportfile import (
@@ -35,7 +36,7 @@ from castore.exportfile import (
 from castore.identity import out_of_range
 from castore.keys import SCOPES, Ref, validate_filters
 from castore.records import OP_DAMAGED, OP_DELETE, Audit, Entry
-from castore.store import Store
+from castore.store import Store, check_store
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -93,6 +94,7 @@ def export_lines(
         InvalidRefError: bad scope or namespace filter.
         CorruptionError: a stored value fails verification.
     """
+    check_store(store)
     validate_filters(scope, namespace)
     refs = _refs(store, scope, namespace)
     first = next(refs, None)  # the store answers before the first line: nothing if it cannot
@@ -281,10 +283,15 @@ def import_lines(
     replaces its history with the imported one.
 
     Raises:
+        TypeError: ``store`` is not a Store, ``read`` is not callable, or it gives
+            lines that are not bytes (a file opened in text mode).
         InvalidValueError: a malformed or over-long line (the message names it), or
             ``read`` gave no lines the second time.
         ConflictError: ``refuse`` and some refs already exist.
     """
+    check_store(store)
+    check_callable(read, "read")  # not the lines themselves: read is called twice
+    check_callable(progress, "progress", optional=True)
     if on_conflict not in ("refuse", "skip", "overwrite"):  # a typo must not overwrite
         raise InvalidValueError(
             f"on_conflict must be 'refuse', 'skip' or 'overwrite', not {on_conflict!r}"

@@ -15,9 +15,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from castore import CorruptionError, InvalidValueError, Store
+from castore import CorruptionError, InvalidValueError, Store, audit_records
 from castore.records import Audit
 from castore.transfer import export_lines, import_lines
+
+
+def _text_lines(store: Store) -> Any:
+    """The export as ``str`` lines (a file opened in text mode)."""
+    return [line.decode() for line in _export(store)]
 
 
 @pytest.fixture
@@ -65,7 +70,12 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
     ("list limit", lambda s: s.list(limit=True), "limit must be an int, not bool"),
     ("keep_last=True", lambda s: s.compact(keep_last=True), "keep_last must be an int or None"),
     ("keep_last=1.5", lambda s: s.compact(keep_last=1.5), "keep_last must be an int or None"),
-    ("grace '1'", lambda s: s.gc(grace_seconds="1"), "grace must be a number, not str"),
+    ("grace '1'", lambda s: s.gc(grace_seconds="1"), "grace_seconds must be a number, not str"),
+    (
+        "keep_within '1'",
+        lambda s: s.compact(keep_within_seconds="1"),
+        "keep_within_seconds must be a number, not str",
+    ),
     ("reason=5", lambda s: s.set("k", 9, reason=5), "reason must be a str, not int"),
     ("reason=None", lambda s: s.delete("k", reason=None), "reason must be a str, not NoneType"),
     (
@@ -114,6 +124,36 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
         "caller.pid must be an int, not str",
     ),
     ("durable", lambda s: Store(s.root, durable="no").set("k", 9), "durable must be a bool, not"),
+    # Found by a review: internal errors ('NoneType' object is not callable, '<' not supported
+    # between int and str, 'list' object is not callable), one raised only while iterating,
+    # an InvalidValueError for by="1", or a run_id of 5 that silently matched nothing.
+    ("update fn", lambda s: s.update("k", None), "fn must be callable, not NoneType"),
+    ("incr by '1'", lambda s: s.incr("n", by="1"), "by must be a number, not str"),
+    ("incr by True", lambda s: s.incr("n", by=True), "by must be a number, not bool"),
+    ("check progress", lambda s: s.check(progress=5), "progress must be callable or None, not"),
+    ("gc progress", lambda s: s.gc(progress="x"), "progress must be callable or None, not str"),
+    (
+        "compact progress",
+        lambda s: s.compact(keep_last=1, progress=1),
+        "progress must be callable or None, not int",
+    ),
+    ("audit since", lambda s: audit_records(s, since_ns="1"), "since_ns must be an int or None"),
+    ("audit until", lambda s: audit_records(s, until_ns=1.5), "until_ns must be an int or None"),
+    ("audit run_id", lambda s: audit_records(s, run_id=5), "run_id must be a str or None, not"),
+    ("audit actor", lambda s: audit_records(s, actor=b"a"), "actor must be a str or None, not"),
+    ("audit store", lambda s: audit_records(s.root), "store must be a Store, not str"),
+    ("import read", lambda s: import_lines(s, _export(s)), "read must be callable, not list"),
+    (
+        "import str lines",
+        lambda s: import_lines(s, lambda: _text_lines(s)),
+        "read() must give lines as bytes, not str (open the file 'rb')",
+    ),
+    ("import store", lambda s: import_lines(s.root, list), "store must be a Store, not"),
+    (
+        "import progress",
+        lambda s: import_lines(s, list, progress=1),
+        "progress must be callable or None",
+    ),
 ]
 
 

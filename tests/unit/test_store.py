@@ -383,11 +383,17 @@ def test_for_caller_writes_as_the_caller_and_shares_the_storage(store_location, 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        ({"grace_seconds": -1}, "grace must be from 0 to 9223372036 seconds (got -1)"),
-        ({"grace_seconds": float("inf")}, "grace must be from 0 to 9223372036 seconds (got inf)"),
-        ({"grace_seconds": float("nan")}, "grace must be from 0 to 9223372036 seconds (got nan)"),
-        ({"keep_within_seconds": float("nan")}, "keep_within must be from 0 to 9223372036"),
-        ({"keep_within_seconds": float("inf")}, "keep_within must be from 0 to 9223372036"),
+        ({"grace_seconds": -1}, "grace_seconds must be from 0 to 9223372036 seconds (got -1)"),
+        (
+            {"grace_seconds": float("inf")},
+            "grace_seconds must be from 0 to 9223372036 seconds (got inf)",
+        ),
+        (
+            {"grace_seconds": float("nan")},
+            "grace_seconds must be from 0 to 9223372036 seconds (got nan)",
+        ),
+        ({"keep_within_seconds": float("nan")}, "keep_within_seconds must be from 0 to 9223372036"),
+        ({"keep_within_seconds": float("inf")}, "keep_within_seconds must be from 0 to 9223372036"),
         ({"keep_last": 2**70}, "keep_last must be from 1 to 9223372036854775807"),
     ],
 )
