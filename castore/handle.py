@@ -6,7 +6,7 @@ stays in that process: another process opens its own from the location.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import NoReturn, Self
 
 from castore.backend import Backend
 
@@ -36,3 +36,14 @@ class Handle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __copy__(self) -> Self:  # a handle on the same storage (Store.for_caller)
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        return other
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"a {type(self).__name__} cannot be pickled (it holds this process's locks, "
+            "descriptors and connections): pass its location and open one in the other process"
+        )

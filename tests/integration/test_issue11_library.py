@@ -205,3 +205,21 @@ def test_a_store_repr_never_shows_credentials(store_location: str) -> None:
     assert text == f"Store('postgresql://db.example:5432/state', backend={kind!r}, dag='d')"
     assert "s3cret" not in text
     assert "alice" not in text
+
+
+def test_a_store_cannot_be_pickled_and_says_what_to_do(store_location: str) -> None:
+    # Found by a review: pickle.dumps(store) said "cannot pickle '_thread.lock' object".
+    import copy
+
+    from castore.records import Audit
+
+    store = castore.Store(store_location, dag="d")
+    store.set("k", 1)
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        with pytest.raises(TypeError, match="a Store cannot be pickled") as info:
+            pickle.dumps(store, protocol)
+        assert "pass its location and open one in the other process" in str(info.value)
+    same = copy.copy(store)  # a handle on the same storage, as for_caller makes
+    assert same is not store
+    assert same.get("k").value == 1
+    assert store.for_caller(Audit(), dag="other").set("k", 2).version == 1
