@@ -31,7 +31,10 @@ def member_key(url: str) -> str:
     """
     shown = redacted(url)  # never a password in an error
     if "@" in url:  # before parsing: a password may hold what ends the host early
-        raise ValueError(f"invalid coordinator URL {shown!r}: no user or password in it")
+        raise ValueError(
+            f"invalid coordinator URL {shown!r}: a coordinator URL must not carry a user or "
+            "password: give the token in $CASTORE_TOKEN"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -40,7 +43,10 @@ def member_key(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"invalid coordinator URL {shown!r}: use http://HOST:PORT")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValueError(f"invalid coordinator URL {shown!r}: no user, query or fragment")
+        raise ValueError(
+            f"invalid coordinator URL {shown!r}: it takes no user, query or fragment "
+            "(the token goes in $CASTORE_TOKEN)"
+        )
     if parts.path not in ("", "/"):
         raise ValueError(f"invalid coordinator URL {shown!r}: no path")
     host = parts.hostname.lower()

@@ -91,13 +91,40 @@ def _as_libpq_reads(conninfo: str, passwords: set[str]) -> dict[str, str]:
     except ProgrammingError:
         read = None  # raised below, with no context: libpq's words quote the URL
     if read is None:
-        raise InvalidValueError(f"not a PostgreSQL URL libpq can read: {_ENCODE}")
+        raise InvalidValueError(
+            _unknown(conninfo) or f"not a PostgreSQL URL libpq can read: {_ENCODE}"
+        )
     where = read.get("host", "") + read.get("hostaddr", "") + read.get("port", "")
     path = conninfo.partition("?")[0].partition("://")[2].partition("/")[2]
     misread = "@" in where or "@" in path or not _PORTS.fullmatch(read.get("port", ""))
     if misread or read.get("password", "") not in passwords:
         raise InvalidValueError(f"libpq would misread this PostgreSQL URL: {_ENCODE}")
     return read
+
+
+_PARAMETER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _unknown(conninfo: str) -> str | None:
+    """Why libpq refused a URL whose query names a parameter no one knows (None: not that).
+
+    The name is shown only where it cannot be part of a password: a query
+    without ``password``, and no ``@`` after the ``?`` (a password holding ``?``).
+    """
+    from psycopg import pq
+
+    known = sorted(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+    query = conninfo.partition("?")[2]
+    names = [_name(item) for item in query.split("&") if item]
+    unknown = [name for name in names if name not in known and name != "ssl"]  # ssl: an alias
+    if not unknown:
+        return None
+    safe = "@" not in query and "password" not in names and _PARAMETER.fullmatch(unknown[0])
+    which = repr(unknown[0]) if safe else "(not shown: the query may hold a password)"
+    return (
+        f"the PostgreSQL URL's query names an unknown parameter {which}: castore takes "
+        f"{' and '.join(_OWN)}, libpq {', '.join(known)}"
+    )
 
 
 def _split(location: str) -> urllib.parse.SplitResult | None:
@@ -135,6 +162,8 @@ def parse(location: str) -> Location:
     # After libpq's reading: a URL it would misread is refused first (its query may hold
     # the rest of a password).
     pool = _pool(shown, [i.partition("=")[2] for i in items if _name(i) == "pool_max_conns"])
+    if len(schemas) > 1:  # which one was meant? (pool_max_conns is refused alike)
+        raise InvalidValueError(f"{shown}: schema is given {len(schemas)} times: give it once")
     if not _SCHEMA_NAME.fullmatch(schema) or schema.startswith("pg_"):
         raise InvalidValueError(
             f"{shown}: invalid schema {schema!r}: use lower-case letters, digits and _ "

@@ -285,7 +285,7 @@ def test_a_coordinator_url_opens_the_remote_backend_and_touches_nothing(
         ("http://a:1,http://A:1", "coordinator a:1 is listed twice"),
         ("http://127.0.0.1:7,http://localhost:7", "127.0.0.1:7 and localhost:7 name the same"),
         ("http://localhost:7,http://a:7,http://[::1]:7", "localhost:7 and \\[::1\\]:7 name"),
-        ("http://u:pw@a:1", "no user or password in it"),
+        ("http://u:pw@a:1", "must not carry a user or password: give the token in"),
         ("http://a:1/path", "no path"),
         ("http://:80", "use http://HOST:PORT"),
         ("http://a:99999", "invalid coordinator URL"),
