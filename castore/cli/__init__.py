@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import castore
 from castore.cli.args import build_parser
 from castore.cli.errors import OptionError, UnhealthyError, UsageError
+from castore.cli.streams import Output, OutputError, discard, say
 from castore.errors import (
     CastoreError,
     ConflictError,
@@ -34,7 +35,7 @@ from castore.errors import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
-    from typing import BinaryIO, Final
+    from typing import Final
 
     from castore.cli.invocation import Command
 
@@ -132,68 +133,149 @@ def _lines(args: argparse.Namespace) -> Iterator[bytes]:
         DECODED.reset(token)
 
 
-class _OutputError(Exception):
-    """Writing the output failed (the command itself may have done its work)."""
+# The commands that only read, streaming many lines: when their output is lost they stop
+# (`castore export | head`). Every other one runs to its end without output, so that its
+# exit code says what it did (`check` finding problems exits 1 whoever reads the report).
+_STREAMED_READS: Final = frozenset({"export", "audit"})
+_KEY_WRITES: Final = frozenset({"set", "diff", "delete", "patch", "incr", "rollback"})
+_STORE_WRITES: Final = frozenset(
+    {"import", "import-dagu", "gc", "compact", "check", "upgrade"}  # each may write
+)
 
 
-def _write(out: BinaryIO, data: bytes, *, flush: bool = False) -> None:
+def _unwritten(lines: Iterator[bytes], out: Output) -> OSError | None:
+    """Write ``lines`` to ``out``; the error that stopped the writing, if one did.
+
+    Only the writes are guarded: an error of the command itself propagates.
+    """
+    for line in lines:
+        try:
+            out.write(line + b"\n")
+        except OSError as exc:
+            return exc
+    return _flushed(out)
+
+
+def _flushed(out: Output) -> OSError | None:
+    """Flush ``out``; the error that stopped it, if one did."""
     try:
-        out.write(data)
-        if flush:
-            out.flush()
-    except BrokenPipeError:
-        raise
+        out.flush()
     except OSError as exc:
-        raise _OutputError(exc.strerror or str(exc)) from None
+        return exc
+    return None
+
+
+def _why(failed: OSError) -> str:
+    """Why the output was lost: "" when its reader went away (a closed pipe)."""
+    return "" if isinstance(failed, BrokenPipeError) else failed.strerror or str(failed)
+
+
+def _emit(args: argparse.Namespace, out: Output, lost: list[str]) -> None:
+    """Run the command ``args`` names, writing its lines to ``out``.
+
+    When ``out`` cannot be written, :func:`_why` is appended to ``lost`` and
+    the command stops if it is a streamed read, else runs to its end writing
+    nothing more. Its errors propagate, after the lines it printed before
+    them (a report, an export's first keys).
+    """
+    lines = _lines(args)
+    try:
+        failed = _unwritten(lines, out)
+    except BaseException:
+        failed = _flushed(out)
+        lost.extend(() if failed is None else (_why(failed),))
+        raise
+    if failed is None:
+        return
+    lost.append(_why(failed))
+    if args.command in _STREAMED_READS:
+        lines.close()  # type: ignore[attr-defined]  # a generator
+        return
+    for _ in lines:  # the rest of the work, its output dropped
+        pass
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, parsed.
+
+    Raises:
+        UsageError: an argument no option or command takes.
+    """
+    parser = build_parser(castore.__version__)
+    parser.argv = sys.argv[1:] if argv is None else argv
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # argparse would say only "unrecognized arguments"
+        from castore.cli.usage import unrecognized
+
+        raise UsageError(unrecognized(args.command, extras))
+    return args
+
+
+_CODES: Final = (  # in order: the first class that matches gives the exit code
+    ((UsageError, OptionError), EXIT_INVALID),
+    (UnhealthyError, EXIT_FAILURE),
+    ((InvalidRefError, InvalidValueError), EXIT_INVALID),
+    (ConflictError, EXIT_CONFLICT),
+    (NotFoundError, EXIT_NOT_FOUND),
+    (FormatVersionError, EXIT_FAILURE),  # not a (current) castore store
+    (CorruptionError, EXIT_DAMAGED),
+    (CastoreError, EXIT_FAILURE),
+)
+
+
+def _verdict(exc: BaseException, command: str) -> tuple[str, int] | None:
+    """The message and exit code of an error (None: not one the command line words)."""
+    for kinds, code in _CODES:
+        if isinstance(exc, kinds):
+            return str(exc), code
+    if isinstance(exc, OutputError):  # the help or the version, not written
+        return f"cannot write the output: {exc}", EXIT_FAILURE
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_FAILURE
+    if isinstance(exc, KeyboardInterrupt):
+        if command in _KEY_WRITES:
+            return "interrupted: the write may have been made (castore history KEY shows)", 130
+        if command in _STORE_WRITES:
+            return (
+                "interrupted: what the command wrote stays; a write in progress may have been made",
+                130,
+            )
+        return "interrupted", 130
+    if isinstance(exc, MemoryError):  # e.g. a hostile file read whole under a memory limit
+        return "out of memory: the command stopped (what it wrote before stays)", EXIT_FAILURE
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (see :data:`EXIT_CODES`)."""
+    """Run the command line; return the exit code (see :data:`EXIT_CODES`).
+
+    ``argv`` is the command line as Python decodes it (``sys.argv[1:]``).
+    """
     if sys.stdout is None:  # started with the descriptor closed: do nothing
         return _fail("standard output is closed: nothing was done", EXIT_FAILURE)
-    out = sys.stdout.buffer
+    lost: list[str] = []  # why the output could not be written ("": its reader left)
+    command = ""
     try:
-        parser = build_parser(castore.__version__)
-        parser.argv = sys.argv[1:] if argv is None else argv
-        args, extras = parser.parse_known_args(argv)
-        if extras:  # argparse would say only "unrecognized arguments"
-            from castore.cli.usage import unrecognized
-
-            raise UsageError(unrecognized(args.command, extras))
-        for line in _lines(args):
-            _write(out, line + b"\n")
-        _write(out, b"", flush=True)
-    except _OutputError as exc:  # after the work: say that only the output was lost
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, out.fileno())  # what stays buffered goes nowhere at exit
-        os.close(devnull)
-        return _fail(f"cannot write the output: {exc}", EXIT_FAILURE)
-    except (UsageError, OptionError) as exc:
-        return _fail(str(exc), EXIT_INVALID)
-    except UnhealthyError as exc:
-        out.flush()
-        return _fail(str(exc), EXIT_FAILURE)
-    except (InvalidRefError, InvalidValueError) as exc:
-        return _fail(str(exc), EXIT_INVALID)
-    except ConflictError as exc:
-        return _fail(str(exc), EXIT_CONFLICT)
-    except NotFoundError as exc:
-        return _fail(str(exc), EXIT_NOT_FOUND)
-    except FormatVersionError as exc:
-        return _fail(str(exc), EXIT_FAILURE)  # not a (current) castore store
-    except CorruptionError as exc:
-        return _fail(str(exc), EXIT_DAMAGED)
-    except CastoreError as exc:
-        return _fail(str(exc), EXIT_FAILURE)
-    except BrokenPipeError:
-        return EXIT_OK  # the reader went away (e.g. `castore export | head`)
-    except OSError as exc:
-        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_FAILURE)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except MemoryError:  # e.g. a hostile file read whole under a memory limit
-        return _fail("out of memory: the command stopped (what it wrote before stays)", 1)
+        args = _parse(argv)
+        command = args.command
+        _emit(args, Output(sys.stdout), lost)
+    except (Exception, KeyboardInterrupt) as exc:
+        verdict = _verdict(exc, command)
+        if verdict is None:
+            raise
+        message, code = verdict
+        if lost and lost[0]:
+            message = f"{message}; the output could not be written: {lost[0]}"
+        return _fail(message, code)
+    if lost and lost[0]:  # after the work: say that only the output was lost
+        done = " (the command completed: what it wrote is stored)"
+        return _fail(f"cannot write the output: {lost[0]}{done * _writes(command)}", EXIT_FAILURE)
     return EXIT_OK
+
+
+def _writes(command: str) -> bool:
+    """True for a command that may write to the store."""
+    return command in _KEY_WRITES or command in _STORE_WRITES
 
 
 def run() -> None:
@@ -207,13 +289,13 @@ def run() -> None:
     docs/PERFORMANCE.md, "CLI start-up"). Otherwise it exits as usual.
     """
     code = main()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: started with the descriptor closed
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # its flush at exit would fail again (exit 120)
+                discard(stream)
     if "castore.store" not in sys.modules:
-        try:
-            for stream in (sys.stdout, sys.stderr):
-                if stream is not None:  # None: started with the descriptor closed
-                    stream.flush()
-        except OSError:  # a closed pipe: exit as usual (Python reports it)
-            sys.exit(code)
         os._exit(code)
     sys.exit(code)
 
@@ -228,6 +310,6 @@ _ONE_LINE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
 
 
 def _fail(message: str, code: int) -> int:
-    if sys.stderr is not None:  # None: started with it closed
-        sys.stderr.write(f"castore: {message.translate(_ONE_LINE)}\n")
+    """Say ``castore: message`` on stderr if it can be written (else nothing); return ``code``."""
+    say(f"castore: {message.translate(_ONE_LINE)}\n")
     return code

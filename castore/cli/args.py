@@ -24,6 +24,7 @@ from castore.cli.options import (
     WHO,
     WRITE,
     Help,
+    Parser,
     RawHelp,
     add_global_options,
     add_store_options,
@@ -35,47 +36,34 @@ from castore.cli.options import (
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
-    from typing import Any, Final, NamedTuple, NoReturn
+    from typing import Any, Final, NamedTuple
 
 __all__ = ["SPECS", "Spec", "UsageError", "build_parser"]
 
 _NEGATIVE_NUMBER = re.compile(r"^-\.?\d")  # JSON numbers such as -1e5 are values, not options
 
 
-class _Parser(argparse.ArgumentParser):
-    argv: Sequence[str] = ()  # what parse_args was given (for error)
-
-    def error(self, message: str) -> NoReturn:
-        unknown = [a for a in self.argv if a.startswith("--") and not self._known(a)]
-        if unknown and message.endswith("required: COMMAND"):  # e.g. `castore --bogus`
-            message = f"unrecognized arguments: {' '.join(unknown)}"
-        raise UsageError(message)
-
-    def _known(self, arg: str) -> bool:
-        return arg.partition("=")[0] in self._option_string_actions
-
-
-def _value(cmd: _Parser) -> None:
+def _value(cmd: Parser) -> None:
     cmd.add_argument("value", nargs="?", default="-", help="JSON text; omitted or - is stdin")
 
 
-def _version(cmd: _Parser, flag: str, what: str, required: bool = False) -> None:
+def _version(cmd: Parser, flag: str, what: str, required: bool = False) -> None:
     kind = expected_version if flag == "--expected-version" else version_number
     cmd.add_argument(flag, type=kind, required=required, help=what)
 
 
-def _reason(cmd: _Parser) -> None:
+def _reason(cmd: Parser) -> None:
     cmd.add_argument("--reason", default="", help="why, recorded in the audit")
 
 
-def _get(cmd: _Parser) -> None:
+def _get(cmd: Parser) -> None:
     cmd.add_argument("key")
     cmd.add_argument("--default", help="JSON value printed when the key is missing")
     cmd.add_argument("--required", action="store_true", help="exit 4 when the key is missing")
     _version(cmd, "--version", "read this version instead of the latest")
 
 
-def _set(cmd: _Parser) -> None:
+def _set(cmd: Parser) -> None:
     cmd.add_argument("key")
     _value(cmd)
     _version(cmd, "--expected-version", "fail unless this is the live version (0 = absent)")
@@ -83,7 +71,7 @@ def _set(cmd: _Parser) -> None:
     _reason(cmd)
 
 
-def _diff(cmd: _Parser) -> None:
+def _diff(cmd: Parser) -> None:
     cmd.add_argument("key")
     _value(cmd)
     cmd.add_argument("--no-update", action="store_true", help="compare only, never write")
@@ -94,7 +82,7 @@ def _diff(cmd: _Parser) -> None:
     _reason(cmd)
 
 
-def _patch(cmd: _Parser) -> None:
+def _patch(cmd: Parser) -> None:
     cmd.add_argument("key")
     cmd.add_argument("patch", nargs="?", default="-", help="JSON Patch text; omitted or - is stdin")
     cmd.add_argument("--merge", action="store_true", help="PATCH is a JSON Merge Patch (RFC 7396)")
@@ -104,7 +92,7 @@ def _patch(cmd: _Parser) -> None:
     _reason(cmd)
 
 
-def _incr(cmd: _Parser) -> None:
+def _incr(cmd: Parser) -> None:
     cmd.add_argument("key")
     cmd.add_argument("--by", default="1", help="the number to add (default 1; -1 subtracts)")
     cmd.add_argument("--path", help="JSON Pointer of the member to add to (default: the value)")
@@ -112,40 +100,40 @@ def _incr(cmd: _Parser) -> None:
     _reason(cmd)
 
 
-def _key_and_reason(cmd: _Parser) -> None:
+def _key_and_reason(cmd: Parser) -> None:
     cmd.add_argument("key")
     _reason(cmd)
 
 
-def _list(cmd: _Parser) -> None:
+def _list(cmd: Parser) -> None:
     cmd.add_argument("--prefix", default="", help="byte prefix of the keys")
     cmd.add_argument("--limit", type=integer, default=0, help="at most N entries (0 = all)")
     cmd.add_argument("--include-values", action="store_true", help="include each value")
 
 
-def _history(cmd: _Parser) -> None:
+def _history(cmd: Parser) -> None:
     cmd.add_argument("key")
     cmd.add_argument("--limit", type=integer, default=0, help="at most N versions (0 = all)")
     _version(cmd, "--before-version", "only versions below this one (paging)")
 
 
-def _rollback(cmd: _Parser) -> None:
+def _rollback(cmd: Parser) -> None:
     cmd.add_argument("key")
     _version(cmd, "--to-version", "the version to restore", required=True)
     _version(cmd, "--expected-version", "fail unless this is the live version")
     _reason(cmd)
 
 
-def _audit(cmd: _Parser) -> None:
+def _audit(cmd: Parser) -> None:
     cmd.add_argument("--since", help="RFC 3339 time or YYYY-MM-DD (inclusive)")
     cmd.add_argument("--until", help="RFC 3339 time or YYYY-MM-DD (inclusive)")
 
 
-def _none(cmd: _Parser) -> None:
+def _none(cmd: Parser) -> None:
     """A command without options of its own."""
 
 
-def _import(cmd: _Parser) -> None:
+def _import(cmd: Parser) -> None:
     cmd.add_argument("file", help="export file, or - for stdin")
     cmd.add_argument(
         "--on-conflict",
@@ -155,27 +143,27 @@ def _import(cmd: _Parser) -> None:
     )
 
 
-def _gc(cmd: _Parser) -> None:
+def _gc(cmd: Parser) -> None:
     cmd.add_argument("--grace", default="1h", help="keep leftovers younger than this (1h)")
     cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
 
 
-def _compact(cmd: _Parser) -> None:
+def _compact(cmd: Parser) -> None:
     cmd.add_argument("--keep-last", type=keep_count, help="keep the newest N versions of each key")
     cmd.add_argument("--keep-within", help="keep versions younger than this (e.g. 7d, 12h)")
     cmd.add_argument("--prefix", default="", help="only keys with this byte prefix")
     cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
 
 
-def _check(cmd: _Parser) -> None:
+def _check(cmd: Parser) -> None:
     cmd.add_argument("--repair", action="store_true", help="truncate, quarantine, rebuild")
 
 
-def _import_dagu(cmd: _Parser) -> None:
+def _import_dagu(cmd: Parser) -> None:
     cmd.add_argument("directory", help="Dagu's paths.dag_state_dir (holding v1/)")
 
 
-def _serve(cmd: _Parser) -> None:
+def _serve(cmd: Parser) -> None:
     cmd.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:7070)")
     cmd.add_argument("--token-file", help="bearer token file (default: $CASTORE_TOKEN)")
     cmd.add_argument("--request-timeout", type=float, help="seconds per request (60)")
@@ -192,7 +180,7 @@ if TYPE_CHECKING:
     class _SpecFields(NamedTuple):
         summary: str
         example: str
-        options: Callable[[_Parser], None]
+        options: Callable[[Parser], None]
         store: tuple[str, ...] = ("--dir",)
         filters: tuple[str, ...] = ()
 
@@ -308,14 +296,14 @@ SPECS: Final[dict[str, Spec]] = {  # in the order `castore --help` lists them
 }
 
 
-def command_parser(prog: str, name: str) -> _Parser:
+def command_parser(prog: str, name: str) -> Parser:
     """The parser of command ``name`` (``prog``: ``castore NAME``).
 
     Raises:
         KeyError: no such command.
     """
     spec = SPECS[name]
-    made = _Parser(
+    made = Parser(
         prog=prog,
         description=f"{spec.summary}\n\nexample: {spec.example}",
         formatter_class=RawHelp,
@@ -326,14 +314,14 @@ def command_parser(prog: str, name: str) -> _Parser:
     return made
 
 
-class _LazyParsers(Mapping[str, _Parser]):
+class _LazyParsers(Mapping[str, Parser]):
     """Command name -> its parser, built on first lookup (argparse looks up only the one run)."""
 
     def __init__(self, prog_prefix: str) -> None:
         self._prefix = prog_prefix
-        self._built: dict[str, _Parser] = {}
+        self._built: dict[str, Parser] = {}
 
-    def __getitem__(self, name: str) -> _Parser:
+    def __getitem__(self, name: str) -> Parser:
         if name not in self._built:
             self._built[name] = command_parser(f"{self._prefix} {name}", name)
         return self._built[name]
@@ -349,7 +337,7 @@ class _LazyParsers(Mapping[str, _Parser]):
 
 
 if TYPE_CHECKING:
-    _SubParsersAction = argparse._SubParsersAction[_Parser]
+    _SubParsersAction = argparse._SubParsersAction[Parser]
 else:  # not subscriptable at run time
     _SubParsersAction = argparse._SubParsersAction
 
@@ -384,12 +372,12 @@ class _CommandParsers(_SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def build_parser(version: str = "") -> _Parser:
+def build_parser(version: str = "") -> Parser:
     """The parser of ``castore``: global options, then one command (parsed by its own parser).
 
     ``version``: what ``castore --version`` prints after ``castore`` (``castore.__version__``).
     """
-    parser = _Parser(
+    parser = Parser(
         prog="castore",
         description="Content-addressed, versioned JSON state store (Dagu-compatible).",
         epilog="Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found, 5 damaged.",

@@ -15,6 +15,9 @@ import sys
 from collections.abc import Callable, Iterator
 
 from castore.cli.errors import OptionError, UsageError
+from castore.cli.streams import blocking_reader
+from castore.errors import ValueTooLargeError
+from castore.jsonrules import MAX_VALUE_BYTES
 from castore.keys import go_trim_space, resolve_namespace
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
@@ -25,7 +28,15 @@ if TYPE_CHECKING:
 
     from castore.store import Store
 
-__all__ = ["Command", "Invocation", "argv_bytes", "progress", "stdin", "value_bytes"]
+__all__ = [
+    "Command",
+    "InputTooLargeError",
+    "Invocation",
+    "argv_bytes",
+    "progress",
+    "stdin",
+    "value_bytes",
+]
 
 
 class Invocation:
@@ -168,7 +179,7 @@ def value_bytes(args: argparse.Namespace) -> bytes:
 
 
 def stdin(instead: str = "give the value as an argument") -> BinaryIO:
-    """Standard input, as bytes.
+    """Standard input, as bytes, read to its end even when its descriptor is non-blocking.
 
     Raises:
         UsageError: the process was started with standard input closed (``instead``
@@ -176,16 +187,35 @@ def stdin(instead: str = "give the value as an argument") -> BinaryIO:
     """
     if sys.stdin is None:
         raise UsageError(f"standard input is closed: {instead}")
-    return sys.stdin.buffer
+    return blocking_reader(sys.stdin)
+
+
+class InputTooLargeError(ValueTooLargeError):
+    """Standard input holds more JSON text than a value's limit: read no further (exit 2)."""
+
+    def __str__(self) -> str:
+        return (
+            f"value too large: standard input holds more than {self.limit} bytes, the limit"
+            " of a value's JSON text (refused at its first byte past the limit)"
+        )
 
 
 def argv_bytes(text: str) -> bytes:
     """A JSON argument as its bytes: ``-`` reads stdin; otherwise argv as given.
 
     Invalid UTF-8 in argv stays as bytes, and the codec replaces it as Go does.
+    Stdin is read up to the first byte past :data:`MAX_VALUE_BYTES`, the limit
+    of a value's raw input (and of a patch's), so endless input is refused
+    without being held.
+
+    Raises:
+        InputTooLargeError: stdin holds more than :data:`MAX_VALUE_BYTES` bytes.
     """
     if text == "-":
-        return stdin().read()
+        data = stdin().read(MAX_VALUE_BYTES + 1)
+        if len(data) > MAX_VALUE_BYTES:
+            raise InputTooLargeError(len(data), MAX_VALUE_BYTES)
+        return data
     return os.fsencode(text)
 
 
@@ -197,4 +227,5 @@ def progress(unit: str) -> tqdm[Never]:
     """
     from tqdm import tqdm
 
-    return tqdm(unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+    shown = sys.stderr is not None and sys.stderr.isatty()  # None: started with it closed
+    return tqdm(unit=unit, file=sys.stderr, disable=not shown, leave=False)

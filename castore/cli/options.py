@@ -1,4 +1,4 @@
-"""The help formatter, and the store options a command accepts after its name.
+"""The parser class, the help formatter, and the store options a command takes after its name.
 
 Every global option (``castore --dir D --dag N ... COMMAND``) is accepted
 before any command. After the command, only those that apply to it are
@@ -17,9 +17,13 @@ import os
 import re
 import sys
 
+from castore.cli.errors import UsageError
+from castore.cli.streams import OutputError, write_text
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
-    from typing import Any, Final
+    from collections.abc import Sequence
+    from typing import Any, Final, NoReturn
 
 __all__ = [
     "KEY",
@@ -27,6 +31,7 @@ __all__ = [
     "WHO",
     "WRITE",
     "Help",
+    "Parser",
     "RawHelp",
     "add_global_options",
     "add_store_options",
@@ -75,6 +80,36 @@ class Help(argparse.HelpFormatter):
 
 class RawHelp(Help, argparse.RawDescriptionHelpFormatter):
     """:class:`Help` keeping the description's line breaks (the command's example)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """castore's parsers: errors as :class:`UsageError`, the help written whole.
+
+    The help is written whole (stdout may be a non-blocking pipe); what
+    cannot be written is an :class:`OutputError`.
+    """
+
+    argv: Sequence[str] = ()  # what parse_args was given (for error)
+
+    def error(self, message: str) -> NoReturn:
+        """Raise ``message`` as a :class:`UsageError` (exit 2), naming unknown options."""
+        unknown = [a for a in self.argv if a.startswith("--") and not self._known(a)]
+        if unknown and message.endswith("required: COMMAND"):  # e.g. `castore --bogus`
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+        raise UsageError(message)
+
+    def _known(self, arg: str) -> bool:
+        return arg.partition("=")[0] in self._option_string_actions
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        stream = file or sys.stderr
+        if message and stream is not None:
+            try:
+                write_text(stream, message)
+            except BrokenPipeError:  # `castore --help | head -1`: the reader had enough
+                pass
+            except OSError as exc:
+                raise OutputError(exc.strerror or str(exc)) from None
 
 
 _STORE_HELP: Final = {

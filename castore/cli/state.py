@@ -7,7 +7,6 @@ Each prints one JSON line with Dagu's field names and order (docs/CLI.md);
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from typing import Final
 
@@ -15,6 +14,7 @@ from castore import codec
 from castore.cli.errors import OptionError, UsageError
 from castore.cli.invocation import Command, Invocation, value_bytes
 from castore.cli.render import render, render_patch_text
+from castore.cli.streams import say
 from castore.errors import InvalidValueError
 from castore.keys import go_trim_space
 
@@ -133,7 +133,7 @@ def _list(cmd: Invocation) -> Iterator[bytes]:
         include_values=a.include_values,
     )
     for key in result.skipped:
-        sys.stderr.write(f"castore: warning: skipped unreadable key {key!r}\n")
+        say(f"castore: warning: skipped unreadable key {key!r}\n")  # stderr may be closed
     yield render(result)
 
 

@@ -68,8 +68,9 @@ LAYERS = {
     "dagu": 23,
     "__init__": 24,  # the public API; the CLI uses the modules themselves
     # castore/cli/: the top, above every library module; nothing below imports it.
-    "cli.errors": 23,  # the command line's own errors and their exit codes
-    "cli.options": 23,  # the help formatter and the store options (argparse only)
+    "cli.errors": 22,  # the command line's own errors and their exit codes
+    "cli.streams": 22,  # stdin, stdout, stderr read and written whole
+    "cli.options": 23,  # the parser class, the help formatter and the store options
     "cli.args": 24,
     "cli.render": 24,
     "cli.invocation": 24,
