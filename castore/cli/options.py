@@ -83,18 +83,26 @@ class RawHelp(Help, argparse.RawDescriptionHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """castore's parsers: errors as :class:`UsageError`, the help written whole.
+    """castore's parsers: options spelled in full, errors as :class:`UsageError`.
 
-    The help is written whole (stdout may be a non-blocking pipe); what
-    cannot be written is an :class:`OutputError`.
+    argparse would take a prefix of an option for it (``--expected 1`` for
+    ``--expected-version 1``, ``--di`` for ``--dir``): a typo, or an option a
+    later castore adds, would silently mean another one. The help is written
+    whole (stdout may be a non-blocking pipe); what cannot be written is an
+    :class:`OutputError`.
     """
 
     argv: Sequence[str] = ()  # what parse_args was given (for error)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         """Raise ``message`` as a :class:`UsageError` (exit 2), naming unknown options."""
         unknown = [a for a in self.argv if a.startswith("--") and not self._known(a)]
-        if unknown and message.endswith("required: COMMAND"):  # e.g. `castore --bogus`
+        command = message.endswith("required: COMMAND") or "COMMAND: invalid choice" in message
+        if unknown and command:  # `castore --bogus`; `castore --di DIR get`: DIR taken for it
             message = f"unrecognized arguments: {' '.join(unknown)}"
         raise UsageError(message)
 

@@ -335,3 +335,24 @@ def test_import_dagu_of_a_directory_without_v1_is_refused(cli, tmp_path):
         "not a Dagu dag-state directory (no v1/ in it): give Dagu's paths.dag_state_dir"
     )
     assert cli.ok("get", "k")["found"] is False
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("set", "k", "2", "--expected", "1"), "--expected 1: no command takes --expected"),
+        (("set", "k", "2", "--reas", "x"), "--reas x: no command takes --reas"),
+        (("set", "k", "2", "--di", "{store}"), "--di {store}: no command takes --di"),
+        (("--di", "{store}", "set", "k", "2"), "--di"),
+        (("get", "k", "--requ"), "--requ: no command takes --requ"),
+        (("diff", "k", "2", "--no-up"), "--no-up: no command takes --no-up"),
+    ],
+)
+def test_an_option_is_spelled_in_full(cli, args, said):
+    """Was: argparse took a prefix for the option (``--expected 1`` wrote with
+    ``--expected-version 1``, on the quick path too; ``--di DIR`` named a store)."""
+    cli.ok("set", "k", "1")
+    given = [a.format(store=cli.dir) for a in args]
+    message = one_line_error(cli.raw("--dir", cli.dir, "--dag", "d", *given), 2)
+    assert message == f"unrecognized arguments: {said.format(store=cli.dir)}"
+    assert cli.ok("get", "k")["version"] == 1  # nothing written
