@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from castore.errors import InvalidValueError
+from castore.keys import env_text
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -34,11 +35,17 @@ _RAW_NAMES = tuple(os.fsencode(name) for name in ENVIRONMENT)
 
 
 def environment() -> tuple[str, ...]:
-    """The values of :data:`ENVIRONMENT` now ("" when unset), as ``os.environ`` has them."""
+    """The values of :data:`ENVIRONMENT` now ("" when unset), each the UTF-8 text of its bytes.
+
+    As :func:`castore.keys.env_text` reads them (not in the locale's encoding,
+    which would record ``dÃ©`` for a DAG ``dé`` in an ISO-8859-1 locale).
+    """
     data = getattr(os.environ, "_data", None)  # POSIX CPython: the encoded mapping itself
     if os.name != "posix" or not isinstance(data, dict):
-        return tuple(os.environ.get(name, "") for name in ENVIRONMENT)
-    return tuple(os.fsdecode(data[raw]) if raw in data else "" for raw in _RAW_NAMES)
+        return tuple(env_text(name) for name in ENVIRONMENT)
+    return tuple(
+        data[raw].decode("utf-8", "surrogateescape") if raw in data else "" for raw in _RAW_NAMES
+    )
 
 
 class ProcessIdentity:

@@ -42,6 +42,7 @@ __all__ = [
     "RefCache",
     "dag_names",
     "env_or",
+    "env_text",
     "file_id",
     "go_quote",
     "go_trim_space",
@@ -350,9 +351,24 @@ def _root_dag_name(root_dag: str | None) -> str | None:
     return root_dag
 
 
+def env_text(variable: str) -> str:
+    """The environment variable as the UTF-8 text of its bytes ("" when unset).
+
+    Python decodes the environment with the locale's encoding: in an
+    ISO-8859-1 locale ``DAG_NAME=dé`` (UTF-8 bytes, as Dagu sets it) would
+    read ``dÃ©``, another namespace than Dagu's. Bytes that are not UTF-8
+    stay lone surrogates, which the names' validation refuses.
+    """
+    environb = getattr(os, "environb", None)
+    if environb is None:  # pragma: no cover - a platform without a bytes environment
+        return os.environ.get(variable, "")
+    raw = environb.get(variable.encode())
+    return "" if raw is None else raw.decode("utf-8", "surrogateescape")
+
+
 def env_or(value: str | None, variable: str) -> str | None:
-    """Return ``value`` when given, else the environment variable (or None)."""
-    return value if value is not None else (os.environ.get(variable) or None)
+    """Return ``value`` when given, else the environment variable (:func:`env_text`, or None)."""
+    return value if value is not None else (env_text(variable) or None)
 
 
 def dag_names(dag: str | None, root_dag: str | None) -> tuple[str | None, str | None]:

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import castore
 from castore.cli.args import build_parser
 from castore.cli.errors import OptionError, UnhealthyError, UsageError
-from castore.cli.streams import Output, OutputError, discard, say
+from castore.cli.streams import Output, OutputError, discard, say, utf8_names
 from castore.errors import (
     CastoreError,
     ConflictError,
@@ -196,7 +196,7 @@ def _emit(args: argparse.Namespace, out: Output, lost: list[str]) -> None:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line, parsed.
+    """The command line, its names as the UTF-8 text of their bytes (:func:`utf8_names`).
 
     Raises:
         UsageError: an argument no option or command takes.
@@ -208,6 +208,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         from castore.cli.usage import unrecognized
 
         raise UsageError(unrecognized(args.command, extras))
+    utf8_names(args)
     return args
 
 

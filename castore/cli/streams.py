@@ -1,4 +1,4 @@
-"""The command line's standard streams, read and written whole whatever their descriptors are.
+"""The command line's standard streams, and the bytes its name arguments were given as.
 
 A parent may give castore a descriptor in non-blocking mode (``O_NONBLOCK``:
 a flag of the open file description, which the parent shares, so castore
@@ -12,6 +12,9 @@ raises its ``OSError`` (``BrokenPipeError`` when the reader went away).
 Writes go to the descriptor itself when the stream is the process's own
 (``sys.__stdout__``); a stream put in its place (pytest's ``capsys``, a
 caller's) is written to as a stream.
+
+Names (keys, namespaces, DAG names, audit text) are the UTF-8 text of the
+bytes they were given as, whatever the locale (:func:`utf8_names`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "blocking_reader",
     "discard",
     "say",
+    "utf8_names",
     "write_all",
     "write_text",
 ]
@@ -181,3 +185,29 @@ def discard(stream: TextIO) -> None:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+# The arguments that are names or audit text; not paths (--dir, files), not values.
+_NAMES = (
+    *("dag", "root_dag", "scope", "namespace", "key", "prefix", "path"),
+    *("actor", "run_id", "step", "reason"),
+)
+
+
+def utf8_names(args: object) -> None:
+    """Make each name argument of ``args`` the UTF-8 decoding of the bytes it was given as.
+
+    Python decodes argv with the locale's encoding: in an ISO-8859-1 locale
+    ``--dag dé`` (UTF-8 bytes) would be ``dÃ©``, another namespace than a
+    UTF-8 process or Dagu names. Bytes that are not UTF-8 stay lone
+    surrogates, which the names' validation refuses. Paths keep the
+    filesystem's encoding.
+    """
+    if sys.getfilesystemencoding() == "utf-8" and sys.getfilesystemencodeerrors() == (
+        "surrogateescape"
+    ):
+        return  # already the UTF-8 decoding
+    for name in _NAMES:
+        text = getattr(args, name, None)
+        if isinstance(text, str):
+            setattr(args, name, os.fsencode(text).decode("utf-8", "surrogateescape"))
