@@ -4,21 +4,55 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["default_root", "is_url", "location_of", "redacted", "store_location"]
+from castore.errors import StoreUnavailableError
+
+__all__ = ["default_root", "home_directory", "is_url", "location_of", "redacted", "store_location"]
 
 
 def default_root() -> str:
     """``$CASTORE_DIR``, else ``$XDG_DATA_HOME/castore``, else ``~/.local/share/castore``.
 
     A relative ``XDG_DATA_HOME`` is ignored, as the XDG base directory specification
-    says: the default store never depends on the directory a command runs in.
+    says: the default store never depends on the directory a command runs in. So is
+    an empty or relative ``HOME`` (:func:`home_directory`).
+
+    Raises:
+        StoreUnavailableError: no absolute home directory is known.
     """
     if os.environ.get("CASTORE_DIR"):
         return os.environ["CASTORE_DIR"]
     base = os.environ.get("XDG_DATA_HOME", "")
     if not os.path.isabs(base):
-        base = os.path.join(os.path.expanduser("~"), ".local", "share")
+        base = os.path.join(home_directory(), ".local", "share")
     return os.path.join(base, "castore")
+
+
+def home_directory() -> str:
+    """``$HOME`` if absolute, else the user's home in the password database if absolute.
+
+    ``os.path.expanduser`` takes an empty ``HOME`` for ``/`` and a relative one
+    relative to the current directory, and gives ``~`` back when ``HOME`` is
+    unset and the user has no password entry: a default store in ``/``, or
+    below the directory a command happens to run in.
+
+    Raises:
+        StoreUnavailableError: neither is an absolute path.
+    """
+    home = os.environ.get("HOME", "")
+    if os.path.isabs(home):
+        return home
+    try:
+        import pwd  # only without a usable $HOME
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError):
+        home = ""
+    if os.path.isabs(home):
+        return home
+    raise StoreUnavailableError(
+        "no home directory for the default store ($HOME is unset, empty or relative, and the"
+        " password database gives none): give --dir or set CASTORE_DIR"
+    )
 
 
 def location_of(path: str | os.PathLike[str] | None) -> str:

@@ -75,6 +75,43 @@ def test_store_directory_defaults(cli, tmp_path):
     assert not cli.dir.exists()
 
 
+# `castore` with the password database giving no entry for the user (pwd.getpwuid fails).
+_NO_USER_ENTRY: Final = """\
+import pwd, sys
+def _none(uid):
+    raise KeyError(uid)
+pwd.getpwuid = _none
+from castore.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize(
+    ("home", "args"),
+    [
+        ("", ("get", "k")),  # a read: before, it read /.local/share/castore (creating nothing)
+        ("relhome", ("set", "k", "1")),  # before: relhome/.local/share/castore below the cwd
+        (None, ("set", "k", "1")),  # before: ./~/.local/share/castore
+    ],
+)
+def test_no_absolute_home_is_refused_not_a_relative_default_store(tmp_path, home, args):
+    (tmp_path / "cwd").mkdir()
+    cli = Cli(tmp_path / "cwd", dag="d", entry=("-c", _NO_USER_ENTRY))
+    before = sorted(os.listdir(cli.cwd))
+    env = {k: v for k, v in cli.env.items() if k != "HOME"}
+    if home is not None:
+        env["HOME"] = home
+    cli.env = env
+    message = one_line_error(cli.raw("--dag", "d", *args), 1)
+    assert message == (
+        "no home directory for the default store ($HOME is unset, empty or relative, and the"
+        " password database gives none): give --dir or set CASTORE_DIR"
+    )
+    assert sorted(os.listdir(cli.cwd)) == before  # nothing made below the current directory
+    given = cli.raw("--dir", str(tmp_path / "s"), "--dag", "d", *args)  # --dir needs no home
+    assert given.returncode == 0, given.stderr
+
+
 def test_not_a_store_exits_1(cli, tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()

@@ -31,8 +31,8 @@ LAYERS = {
     "waits": 0,  # a thread that refuses to wait for locks, or bounds its waits (castore serve)
     "keys": 1,
     "records": 1,  # what every backend shares
-    "urls": 0,  # store locations that are URLs: redaction
-    "cluster": 1,  # who owns a keyspace: rendezvous hashing over a member list
+    "urls": 1,  # store locations: the default one; URLs and their redaction
+    "cluster": 2,  # who owns a keyspace: rendezvous hashing over a member list
     "valuecodec": 2,  # how every backend packs a value (raw or zstd), verified on read
     "jsonrules": 1,
     "argcheck": 0,  # the Python types of the public API's arguments (TypeError)

@@ -1,4 +1,4 @@
-"""No part of a password or token in a URL ever reaches an error or a log line."""
+"""No part of a password or token in a URL reaches an error or a log line; the default store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from castore.cluster import member_key, parse_members
-from castore.urls import redacted
+from castore.errors import StoreUnavailableError
+from castore.urls import default_root, redacted
 
 _AROUND = st.text(alphabet="#?/@:%&=ab", max_size=6)  # what ends a host early in a parser
 
@@ -98,3 +99,41 @@ def test_a_postgresql_url_with_known_parameters_is_taken():
     where = parse("postgresql://u@db/x?sslmode=disable&application_name=a&schema=s&ssl=true")
     assert where.schema == "s"
     assert where.shown == "postgresql://db/x?schema=s"
+
+
+class _Entry:
+    def __init__(self, home: str) -> None:
+        self.pw_dir = home
+
+
+@pytest.mark.parametrize("home", ["", "relhome", "./x"])
+def test_an_empty_or_relative_home_is_ignored_for_the_password_entry(home, monkeypatch):
+    # Found by a review: HOME= put the default store at /.local/share/castore (Python's
+    # expanduser takes an empty HOME for "/"), HOME=relhome below the current directory.
+    monkeypatch.delenv("CASTORE_DIR", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", home)
+    monkeypatch.setattr("pwd.getpwuid", lambda uid: _Entry("/home/from-passwd"))
+    assert default_root() == "/home/from-passwd/.local/share/castore"
+    monkeypatch.setenv("HOME", "/home/from-env")
+    assert default_root() == "/home/from-env/.local/share/castore"
+
+
+@pytest.mark.parametrize("entry", [KeyError, "", "relative"])
+def test_no_absolute_home_is_refused_not_made_relative(entry, monkeypatch):
+    # Found by a review: HOME unset and no password entry gave ./~/.local/share/castore.
+    def lookup(uid: int) -> _Entry:
+        if entry is KeyError:
+            raise KeyError(uid)
+        return _Entry(str(entry))
+
+    monkeypatch.delenv("CASTORE_DIR", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr("pwd.getpwuid", lookup)
+    with pytest.raises(StoreUnavailableError, match=r"no home directory.*give --dir or set CAS"):
+        default_root()
+    monkeypatch.setenv("XDG_DATA_HOME", "/xdg")  # no home needed
+    assert default_root() == "/xdg/castore"
+    monkeypatch.setenv("CASTORE_DIR", "/given")
+    assert default_root() == "/given"
