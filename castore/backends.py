@@ -25,7 +25,7 @@ from typing import Final
 from castore.backend import Backend
 from castore.errors import BackendUnavailableError, InvalidValueError
 from castore.reports import UpgradeReport
-from castore.urls import default_root, is_url, location_of, redacted, store_location
+from castore.urls import absolute, default_root, is_url, location_of, redacted, store_location
 
 __all__ = [
     "STORE_MODES",
@@ -55,12 +55,14 @@ def store_mode(mode: str | None) -> str | None:
     ``private`` (docs/FORMAT.md §1).
 
     Raises:
-        ValueError: not one of :data:`STORE_MODES`.
+        ValueError: not one of :data:`STORE_MODES` (the message shows at most its
+            first 100 characters: a variable may hold anything).
     """
     given = mode if mode is not None else os.environ.get("CASTORE_MODE") or None
     if given is not None and given not in STORE_MODES:
         where = "" if mode is not None else " ($CASTORE_MODE)"
-        raise ValueError(f"invalid mode {given!r}{where}: use private or group")
+        shown = repr(given) if len(given) <= 100 else f"{given[:100]!r}… ({len(given)} characters)"
+        raise ValueError(f"invalid mode {shown}{where}: use private or group")
     return given
 
 
@@ -148,9 +150,7 @@ def open_backend(
         return PostgresBackend(location, durable=durable, lock_timeout=lock_timeout)
     from castore.file.backend import FileBackend
 
-    return FileBackend(
-        os.path.abspath(location), durable=durable, lock_timeout=lock_timeout, mode=mode
-    )
+    return FileBackend(absolute(location), durable=durable, lock_timeout=lock_timeout, mode=mode)
 
 
 def upgrade(location: str | os.PathLike[str], mode: str | None = None) -> UpgradeReport:
@@ -184,4 +184,4 @@ def upgrade(location: str | os.PathLike[str], mode: str | None = None) -> Upgrad
         return upgrade_schema(location)
     from castore.file.upgrade import upgrade as upgrade_files
 
-    return upgrade_files(os.path.abspath(location), mode)
+    return upgrade_files(absolute(location), mode)

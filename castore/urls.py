@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 from castore.errors import StoreUnavailableError
 
-__all__ = ["default_root", "home_directory", "is_url", "location_of", "redacted", "store_location"]
+__all__ = [
+    "absolute",
+    "default_root",
+    "home_directory",
+    "is_url",
+    "location_of",
+    "redacted",
+    "store_location",
+]
 
 
 def default_root() -> str:
@@ -53,6 +62,27 @@ def home_directory() -> str:
         "no home directory for the default store ($HOME is unset, empty or relative, and the"
         " password database gives none): give --dir or set CASTORE_DIR"
     )
+
+
+def absolute(path: str) -> str:
+    """``os.path.abspath(path)``, naming what went wrong when the current directory is gone.
+
+    A relative path is resolved against the current directory; one deleted
+    (or unmounted) since the command started makes ``os.getcwd`` fail with a
+    bare ``No such file or directory``, naming no path.
+
+    Raises:
+        FileNotFoundError: the current directory no longer exists (``filename``: ``path``).
+    """
+    try:
+        return os.path.abspath(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            "the current directory no longer exists, so a relative store path names"
+            " nothing (give an absolute one)",
+            path,
+        ) from None
 
 
 def location_of(path: str | os.PathLike[str] | None) -> str:

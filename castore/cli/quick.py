@@ -36,7 +36,7 @@ from castore.file.tree import Tree
 from castore.identity import ProcessIdentity, audit_fields
 from castore.keys import Ref, dag_names, resolve_namespace, validate_key
 from castore.stdjson import plain_normalized
-from castore.urls import is_url, location_of
+from castore.urls import absolute, is_url, location_of
 
 __all__ = ["quick_get", "quick_set"]
 
@@ -69,7 +69,7 @@ def _quick_ref(args: argparse.Namespace) -> tuple[str, Ref] | None:
         return None  # the store words the error
     if not all(map(_plain, ref)):
         return None
-    return os.path.abspath(location), ref
+    return absolute(location), ref
 
 
 def _lock_timeout(args: argparse.Namespace) -> float | None:

@@ -52,8 +52,9 @@ def _checked(checker: LogChecker, path: str, run: Callable[..., None], *args: ob
     """Check ``path`` with ``run(*args)``; False if it was removed meanwhile (not checked).
 
     A file compaction or gc removed since the directory was listed is
-    skipped. A lock held past the lock timeout (a stopped process holds it)
-    is a finding, and no repair of ``path`` found before it counts as done.
+    skipped. A lock held past the lock timeout (a stopped process holds it),
+    or a file this user may not read, is a finding, and no repair of ``path``
+    found before it counts as done.
     """
     start = len(checker.findings)
     try:
@@ -66,6 +67,16 @@ def _checked(checker: LogChecker, path: str, run: Callable[..., None], *args: ob
         found = checker.findings[start:]
         checker.findings[start:] = [msgspec.structs.replace(f, repaired=False) for f in found]
         checker.found(path, f"a record does not decode: {exc}", "none: restore it from a backup")
+    except PermissionError as exc:  # the user check runs as may not read it: the rest is checked
+        found = checker.findings[start:]
+        checker.findings[start:] = [msgspec.structs.replace(f, repaired=False) for f in found]
+        other = exc.filename not in (None, path)
+        checker.found(
+            path,
+            f"{checker.rel(exc.filename) + ' ' if other else ''}cannot be read "
+            f"({exc.strerror or exc}): not checked",
+            "none: let the user castore runs as read it (owner, mode), then run check again",
+        )
     except LockTimeoutError as exc:
         found = checker.findings[start:]
         checker.findings[start:] = [msgspec.structs.replace(f, repaired=False) for f in found]

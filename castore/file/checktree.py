@@ -325,6 +325,8 @@ def check_index(checker: Checking) -> None:
                 ok = backend.blob_reader.read_at(decode_loc(payload), -1, digest.hex()) is not None
             except CastoreError:
                 ok = False
+            except PermissionError:  # a log this user may not read: reported with that log
+                ok = True
             stale += not ok
     rebuilt = False
     if checker.repair and (stale or checker.unindexed):
@@ -337,6 +339,13 @@ def check_index(checker: Checking) -> None:
                 f"locked by another process for {backend.lock_timeout:g} s: "
                 "the blob index was not rebuilt",
                 "none: run check --repair again once that process ends",
+            )
+        except PermissionError as exc:  # a log this user may not read (reported with it)
+            checker.found(
+                folder,
+                f"{os.path.relpath(exc.filename or folder, backend.root)} cannot be read "
+                f"({exc.strerror}): the blob index was not rebuilt",
+                "none: let the user castore runs as read it, then run check --repair again",
             )
     if stale:
         # Harmless (every location is verified before use; a stale one only costs a

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import random
+import subprocess
 from pathlib import Path
 from typing import Final
 
@@ -242,6 +243,45 @@ def test_a_bad_mode_is_exit_2_and_creates_nothing(cli):
     message = one_line_error(cli.run("set", "k", "1", env={"CASTORE_MODE": "0644"}), 2)
     assert message == "invalid mode '0644' ($CASTORE_MODE): use private or group"
     assert not cli.dir.exists()
+
+
+def test_a_long_bad_mode_is_shown_cut_short(cli):
+    # Found by a review: a 120 KB CASTORE_MODE was repeated whole on one stderr line.
+    message = one_line_error(cli.run("get", "k", env={"CASTORE_MODE": "x" * 120_000}), 2)
+    shown = "x" * 100
+    assert message == (
+        f"invalid mode '{shown}'… (120000 characters) ($CASTORE_MODE): use private or group"
+    )
+    long_flag = cli.fail(2, "--mode", "y" * 101, "set", "k", "1")
+    assert (
+        long_flag == f"--mode: invalid mode '{'y' * 100}'… (101 characters): use private or group"
+    )
+    assert not cli.dir.exists()
+
+
+@pytest.mark.parametrize("args", [("get", "k"), ("get", "k", "--version", "1"), ("upgrade",)])
+def test_a_relative_store_in_a_deleted_directory_names_the_cause(tmp_path, args):
+    # Found by a review: "castore: No such file or directory", naming no path.
+    cli = Cli(tmp_path, dag="d")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            'cd "$0" && rmdir "$0" && exec "$@"',
+            gone,
+            *cli.argv("--dir", "rel", "--dag", "d", *args),
+        ],
+        capture_output=True,
+        env=cli.env,
+        timeout=60,
+        check=False,
+    )
+    assert one_line_error(proc, 1) == (
+        "the current directory no longer exists, so a relative store path names nothing"
+        " (give an absolute one): rel"
+    )
 
 
 def test_invalid_input_exits_2_and_writes_no_log(cli):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
 from castore import Store
 from castore.backends import is_postgres
+from castore.cli import main
 from tests.helpers import Cli, json_line, underlying
 
 pytestmark = pytest.mark.integration
@@ -299,3 +301,48 @@ def test_check_counts_the_problems_left_not_the_harmless_findings(tmp_path):
     findings = json.loads(proc.stdout)["findings"]
     assert sorted(f["severity"] for f in findings) == ["error", "error", "info"]
     assert proc.stderr.decode().strip() == "castore: 2 problem(s) found; see the report"
+
+
+def _unreadable(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Make ``path`` unreadable to this process, as ``chmod 000`` does for a user not root."""
+    real = os.open
+
+    def opened(name: Any, flags: int, *args: Any, dir_fd: int | None = None, **kw: Any) -> int:
+        given = os.fsdecode(name)
+        if given == path or (dir_fd is not None and given == os.path.basename(path)):
+            raise PermissionError(errno.EACCES, "Permission denied", given)
+        return real(name, flags, *args, dir_fd=dir_fd, **kw)
+
+    monkeypatch.setattr(os, "open", opened)
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_an_unreadable_log_is_a_finding_and_the_rest_is_checked(
+    tmp_path, monkeypatch, capsys, repair
+):
+    """Was: check stopped at the log with a bare ``Permission denied: <log>`` (review)."""
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    for key in ("a", "b"):
+        store.set(key, key * 300)  # values the blob index leads to
+    store.close()
+    for shard in (root / "index").iterdir():  # stale: a repair rebuilds the index
+        data = bytearray(shard.read_bytes())
+        data[-5] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    log = sorted(root.rglob("*.log"))[0]
+    _unreadable(monkeypatch, str(log))
+    argv = ["--dir", str(root), "check", *(["--repair"] if repair else [])]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert (report["logs"], report["entries"]) == (2, 1)  # the other log was checked
+    problems = [(f["path"], f["problem"]) for f in report["findings"] if f["severity"] == "error"]
+    rel = str(log.relative_to(root))
+    expected = [(rel, "cannot be read (Permission denied): not checked")]
+    if repair:
+        expected.append(
+            ("index", f"{rel} cannot be read (Permission denied): the blob index was not rebuilt")
+        )
+    assert problems == expected
+    assert err == f"castore: {len(expected)} problem(s) found; see the report\n"
