@@ -6,8 +6,9 @@ JSON lines. Errors print one line ``castore: <what was wrong>`` on stderr,
 nothing on stdout, and exit with a code from :data:`EXIT_CODES` (mirrored in
 docs/CLI.md). Progress bars go to stderr, only when it is a terminal.
 
-The package: ``args`` (the parser), ``render`` (the JSON lines), ``invocation``
-(what every command shares), and the commands by group in ``state``, ``modify``,
+The package: ``args`` (the parser), ``render`` (the JSON lines), ``streams``
+(stdin, stdout and stderr, read and written whole), ``invocation`` (what every
+command shares), and the commands by group in ``state``, ``modify``,
 ``history`` and ``maintenance``; this module runs one of them, importing only that
 command's module (:data:`COMMANDS` imports on lookup), and maps errors to exit codes.
 """
