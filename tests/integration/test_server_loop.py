@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from castore import Store, jsonparse
-from castore.server import checks
+from castore.server import checks, operations
 from castore.server.app import create_app
 from tests.helpers import loopback_server
 
@@ -40,20 +40,23 @@ def served(tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
 def test_a_deep_value_is_decoded_off_the_event_loop(served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     url, store = served
     threads: list[str] = []
-    slow = jsonparse.with_deep_members
+    slow = checks.decode_body
 
     def watched(*args, **kwargs):
         threads.append(threading.current_thread().name)
         return slow(*args, **kwargs)
 
-    monkeypatch.setattr(checks, "with_deep_members", watched)
-    value = b"[" * 5000 + b"]" * 5000
-    body = b'{"dag":"d","key":"k","value":' + value + b"}"
-    answer = httpx.post(url + "/v1/set", content=body, timeout=60)
-    assert answer.status_code == 200, answer.text[:300]
-    assert threads
+    monkeypatch.setattr(operations, "decode_body", watched)
+    deep = b"[" * 5000 + b"]" * 5000  # past msgspec's recursion, as the process's limit allows
+    lone = b'"\\ud800x"'  # a lone surrogate escape: msgspec refuses it, Go reads U+FFFD
+    for key, value in (("deep", deep), ("lone", lone)):
+        body = b'{"dag":"d","key":"' + key.encode() + b'","value":' + value + b"}"
+        answer = httpx.post(url + "/v1/set", content=body, timeout=60)
+        assert answer.status_code == 200, answer.text[:300]
+    assert threads  # the lone surrogate at least took the slow decode
     assert "castore-test-server" not in threads  # the event loop's thread
-    assert store.get("k", namespace="d").value_json == value
+    assert store.get("deep", namespace="d").value_json == deep
+    assert store.get("lone", namespace="d").value_json == '"\ufffdx"'.encode()
 
 
 def test_a_body_deeper_than_any_value_is_refused_unparsed(served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
