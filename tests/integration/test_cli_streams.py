@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -124,26 +124,44 @@ def _slowly(pieces: Sequence[bytes], fd: int) -> None:
     for piece in pieces:
         time.sleep(0.5)  # the command has started reading, and found nothing
         os.write(fd, piece)
-    os.close(fd)
+
+
+def _fed(
+    cli: Cli, args: Sequence[Arg], feed: Callable[[int], None], *, non_blocking: bool, eof: bool
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``castore ARGS`` while a thread runs ``feed`` on its stdin pipe's write end.
+
+    ``non_blocking``: the command's end of the pipe is ``O_NONBLOCK``; ``eof``: the
+    feeder closes its end when done (else only after the command ended).
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, not non_blocking)
+    proc = _popen(
+        cli, [*cli.options(), *args], stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    os.close(read_end)
+
+    def run() -> None:
+        feed(write_end)
+        if eof:
+            os.close(write_end)
+
+    writer = threading.Thread(target=run)
+    writer.start()
+    try:
+        out, err = proc.communicate(timeout=60)  # without EOF, before the fix: forever
+    finally:
+        if not eof:
+            os.close(write_end)
+        writer.join()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _with_non_blocking_stdin(
     cli: Cli, args: Sequence[Arg], pieces: Sequence[bytes]
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``castore ARGS`` reading ``pieces`` from a non-blocking pipe, a pause before each."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    proc = _popen(
-        cli, [*cli.options(), *args], stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    os.close(read_end)
-    writer = threading.Thread(target=_slowly, args=(pieces, write_end))
-    writer.start()
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        writer.join()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return _fed(cli, args, lambda fd: _slowly(pieces, fd), non_blocking=True, eof=True)
 
 
 @pytest.mark.parametrize(
@@ -179,19 +197,7 @@ def test_an_import_reads_a_non_blocking_stdin_to_its_end(cli: Cli, tmp_path: pat
 
 def _held_open(cli: Cli, args: Sequence[Arg], data: bytes) -> subprocess.CompletedProcess[bytes]:
     """Run ``castore ARGS`` with ``data`` on stdin, the pipe left open after it (no EOF)."""
-    read_end, write_end = os.pipe()
-    proc = _popen(
-        cli, [*cli.options(), *args], stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    os.close(read_end)
-    writer = threading.Thread(target=_write_quietly, args=(write_end, data))
-    writer.start()
-    try:
-        out, err = proc.communicate(timeout=60)  # before the fix: waits for an EOF forever
-    finally:
-        os.close(write_end)
-        writer.join()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return _fed(cli, args, lambda fd: _write_quietly(fd, data), non_blocking=False, eof=False)
 
 
 def _write_quietly(fd: int, data: bytes) -> None:
