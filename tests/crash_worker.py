@@ -380,8 +380,9 @@ class Children:
     def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = WAIT_SECONDS) -> bool:
         """Wait for the child's ``ready`` line; False when it exited first."""
         assert proc.stdout is not None, "spawn(ready=True) gives the child a stdout pipe"
-        readable, _, _ = select.select([proc.stdout], [], [], timeout)
-        if not readable:
+        poller = select.poll()  # not select(): a worker may hold descriptors past 1,024
+        poller.register(proc.stdout, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             raise TimeoutError(f"child {proc.pid} not ready within {timeout} s")
         return proc.stdout.readline() == b"ready\n"
 

@@ -330,6 +330,9 @@ def test_an_interrupt_after_the_commit_point_says_the_write_may_be_made(cli: Cli
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**cli.env, "CASTORE_FAILPOINTS": "after-append:stop"},
+        # as from a terminal: a test run in the background (`bash .ci/run &`) ignores SIGINT,
+        # and an ignored SIGINT is inherited; castore keeps it ignored, as it should
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert wait_stopped(proc), proc.communicate(timeout=60)
