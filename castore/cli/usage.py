@@ -20,10 +20,16 @@ def _takers(option: str) -> list[str]:
     return [cmd for cmd in SPECS if name in command_parser(cmd, cmd)._option_string_actions]
 
 
+def _options(command: str) -> list[str]:
+    """The long options ``castore COMMAND`` takes."""
+    return [o for o in command_parser(command, command)._option_string_actions if o[:2] == "--"]
+
+
 def unrecognized(command: str, extras: Sequence[str]) -> str:
     """The usage error for ``extras``, arguments ``castore COMMAND`` does not take.
 
-    Each option among them is named with the commands that take it, if any.
+    Each option among them is named with the commands that take it, if any, or
+    with the command's options it begins (abbreviations are not taken).
     """
     notes = []
     for arg in extras:
@@ -32,7 +38,9 @@ def unrecognized(command: str, extras: Sequence[str]) -> str:
         takers = _takers(arg)
         option = arg.partition("=")[0]
         if not takers:
-            notes.append(f"no command takes {option}")
+            spelled = sorted(o for o in _options(command) if o.startswith(option))
+            full = f" (options are spelled in full: {', '.join(spelled)})" if spelled else ""
+            notes.append(f"no command takes {option}{full}")
             continue
         who = takers[0] if len(takers) == 1 else f"{', '.join(takers[:-1])} and {takers[-1]}"
         notes.append(f"{command} takes no {option} ({who} {'does' if len(takers) == 1 else 'do'})")

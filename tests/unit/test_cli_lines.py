@@ -94,6 +94,11 @@ def test_an_unknown_option_without_a_command_is_named():
             "(diff and rollback do)",
         ),
         (["get", "k", "--bogus"], "unrecognized arguments: --bogus: no command takes --bogus"),
+        (
+            ["set", "k", "1", "--expected", "1"],
+            "unrecognized arguments: --expected 1: no command takes --expected "
+            "(options are spelled in full: --expected-version)",
+        ),
         (["get", "k", "extra"], "unrecognized arguments: extra"),
     ],
 )
