@@ -249,6 +249,9 @@ class JsonPatch(Edit):
                 continue
             try:  # one operation at a time, so that an error can name it
                 document = jsonpatch.apply_patch(document, [op], in_place=True)
+            except RecursionError:  # jsonpatch deep-copies a value it adds, recursively
+                deep = "its value nests too deeply for the JSON Patch library: use set"
+                raise InvalidValueError(f"JSON Patch does not apply: {what}: {deep}") from None
             except jsonpatch.InvalidJsonPatch as exc:
                 raise InvalidValueError(f"invalid JSON Patch: {what}: {exc}") from None
             except (

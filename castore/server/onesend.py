@@ -63,7 +63,7 @@ class _Gathering:
 
 
 HEAD_SECONDS: Final = 10.0  # a request's head arrives whole within this, or the connection ends
-HEAD_MAX_BYTES: Final = 64 * 1024  # a request line and headers larger than this: 431, closed
+HEAD_MAX_BYTES: Final = 64 * 1024  # a head still incomplete past this many bytes: 431, closed
 _TOO_LARGE: Final = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8"
     b"\r\nconnection: close\r\ncontent-length: 29\r\n\r\nRequest headers are too large"
@@ -77,18 +77,26 @@ class OneSendProtocol(HttpToolsProtocol):
     sends no complete head within :data:`HEAD_SECONDS` of opening or of its
     last response is closed (idle connections held open, or heads sent a byte
     at a time, would keep descriptors until the process has none left), and a
-    head over :data:`HEAD_MAX_BYTES` is answered 431 and closed (uvicorn read
-    11 MB of headers, 1 s of the event loop).
+    head still incomplete after :data:`HEAD_MAX_BYTES` is answered 431 and
+    closed (uvicorn read 11 MB of headers, 1 s of the event loop). Bytes of a
+    body that arrive after its response (a 401 or 413 sent before the body was
+    read) are neither counted nor timed as a head.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Serve the connection through a transport that gathers the writes of a step."""
         super().connection_made(_Gathering(transport, self.loop))  # type: ignore[arg-type]
-        self._heads = self._answered = self._head_bytes = 0
+        self._heads = self._received = self._answered = self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._await_head()
 
+    def _idle(self) -> bool:
+        """Whether every request begun was received whole and answered: a head is next."""
+        return self._heads == self._received == self._answered
+
     def _await_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         self._head_bytes = 0
         self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_late, self._heads)
 
@@ -98,7 +106,7 @@ class OneSendProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; count what a head still incomplete has taken."""
-        heads, waiting = self._heads, self._heads == self._answered
+        heads, waiting = self._heads, self._heads == self._received  # no body in progress
         super().data_received(data)
         if self._heads != heads or not waiting or self.transport.is_closing():
             return
@@ -115,11 +123,22 @@ class OneSendProtocol(HttpToolsProtocol):
             self._head_timer = None
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        """A request's body arrived whole (answered already: the next head's deadline starts)."""
+        self._received += 1
+        super().on_message_complete()
+        if self._idle() and not self.transport.is_closing():
+            self._await_head()
+
     def on_response_complete(self) -> None:
-        """A response went out: the next head has its own deadline (unless it came already)."""
+        """A response went out: once its request arrived whole, the next head's deadline starts.
+
+        A response may go out before its request's body arrived (401, 404, 413): the rest
+        of that body is neither a head nor timed as one.
+        """
         self._answered += 1
         super().on_response_complete()
-        if self._heads == self._answered and not self.transport.is_closing():
+        if self._idle() and not self.transport.is_closing():
             self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:

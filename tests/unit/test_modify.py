@@ -117,6 +117,20 @@ def test_a_test_operation_compares_deep_values_without_recursing(store):
     assert versions(store, "d") == 2
 
 
+def test_a_patch_adding_a_value_too_deep_for_jsonpatch_is_refused_not_raised(store):
+    # Found by a review (thirty-third session): jsonpatch deep-copies a value it adds, and
+    # one nested ~10,000 deep (a value set takes) raised RecursionError: a traceback from
+    # the CLI, 500 internal from a server. Oracle: the key is unchanged.
+    store.set("d", 1)
+    deep: Any = 1
+    for _ in range(9_990):
+        deep = [deep]
+    with pytest.raises(InvalidValueError, match=r"operation 1 \(add \): its value nests too"):
+        store.patch("d", [{"op": "add", "path": "", "value": deep}])
+    assert versions(store, "d") == 1
+    assert store.get("d").value == 1
+
+
 @pytest.mark.parametrize(
     ("stored", "path", "value", "holds"),
     [
