@@ -197,7 +197,7 @@ def _emit(args: argparse.Namespace, out: Output, lost: list[str]) -> None:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line, its names as the UTF-8 text of their bytes (:func:`utf8_names`).
+    """The command line (None: the process's, its names the UTF-8 text of their bytes).
 
     Raises:
         UsageError: an argument no option or command takes.
@@ -209,7 +209,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         from castore.cli.usage import unrecognized
 
         raise UsageError(unrecognized(args.command, extras))
-    utf8_names(args)
+    if argv is None:  # the process's own command line: bytes the locale decoded
+        utf8_names(args)
     return args
 
 
@@ -251,7 +252,9 @@ def _verdict(exc: BaseException, command: str) -> tuple[str, int] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (see :data:`EXIT_CODES`).
 
-    ``argv`` is the command line as Python decodes it (``sys.argv[1:]``).
+    ``argv``: the arguments as text, as a Python caller means them; None: the
+    process's command line, whose names are read as the UTF-8 text of their bytes
+    whatever the locale (:func:`~castore.cli.streams.utf8_names`).
     """
     if sys.stdout is None:  # started with the descriptor closed: do nothing
         return _fail("standard output is closed: nothing was done", EXIT_FAILURE)

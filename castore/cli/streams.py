@@ -210,4 +210,8 @@ def utf8_names(args: object) -> None:
     for name in _NAMES:
         text = getattr(args, name, None)
         if isinstance(text, str):
-            setattr(args, name, os.fsencode(text).decode("utf-8", "surrogateescape"))
+            try:
+                raw = os.fsencode(text)
+            except UnicodeEncodeError:  # not bytes the locale decoded: text as given
+                continue
+            setattr(args, name, raw.decode("utf-8", "surrogateescape"))

@@ -108,3 +108,21 @@ def test_a_store_path_keeps_the_filesystem_encoding(tmp_path, latin1):
     proc = _python(["-m", "castore", "--dir", store, "--dag", "d", "set", "k", "1"], latin1)
     assert (proc.returncode, proc.stderr) == (0, b"")
     assert os.path.isfile(os.path.join(store, b"FORMAT"))  # the same bytes, not re-encoded
+
+
+@pytest.mark.parametrize("locale", ["C", "latin1"])
+def test_main_called_with_text_takes_its_names_as_given(tmp_path, request, locale):
+    # Found by the review of this session's fixes: main(argv) from Python transcoded the
+    # text it was given as if it were argv the locale decoded: 'k😀' raised a
+    # UnicodeEncodeError traceback, 'ké' was refused. A caller's text is the name.
+    env = C_LOCALE if locale == "C" else request.getfixturevalue("latin1")
+    store = tmp_path / "store"
+    for key in ("k\U0001f600", "ké"):
+        program = (  # ASCII source: the key written as escapes
+            "import sys; from castore.cli import main; "
+            f"sys.exit(main(['--dir', {str(store)!a}, '--dag', 'd', 'set', {key!a}, '1']))"
+        )
+        proc = _python(["-c", program], env)
+        assert (proc.returncode, proc.stderr) == (0, b""), key
+    keys = [entry.key for entry in Store(store, dag="d").list().entries]
+    assert sorted(keys) == sorted(["k\U0001f600", "ké"])
