@@ -340,12 +340,28 @@ def test_import_dagu_of_a_directory_without_v1_is_refused(cli, tmp_path):
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (("set", "k", "2", "--expected", "1"), "--expected 1: no command takes --expected"),
-        (("set", "k", "2", "--reas", "x"), "--reas x: no command takes --reas"),
-        (("set", "k", "2", "--di", "{store}"), "--di {store}: no command takes --di"),
+        (
+            ("set", "k", "2", "--expected", "1"),
+            "--expected 1: no command takes --expected (options are spelled in full: "
+            "--expected-version)",
+        ),
+        (
+            ("set", "k", "2", "--reas", "x"),
+            "--reas x: no command takes --reas (options are spelled in full: --reason)",
+        ),
+        (
+            ("set", "k", "2", "--di", "{store}"),
+            "--di {store}: no command takes --di (options are spelled in full: --dir)",
+        ),
         (("--di", "{store}", "set", "k", "2"), "--di"),
-        (("get", "k", "--requ"), "--requ: no command takes --requ"),
-        (("diff", "k", "2", "--no-up"), "--no-up: no command takes --no-up"),
+        (
+            ("get", "k", "--requ"),
+            "--requ: no command takes --requ (options are spelled in full: --required)",
+        ),
+        (
+            ("diff", "k", "2", "--no-up"),
+            "--no-up: no command takes --no-up (options are spelled in full: --no-update)",
+        ),
     ],
 )
 def test_an_option_is_spelled_in_full(cli, args, said):
