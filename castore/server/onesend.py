@@ -94,9 +94,13 @@ class OneSendProtocol(HttpToolsProtocol):
         """Whether every request begun was received whole and answered: a head is next."""
         return self._heads == self._received == self._answered
 
-    def _await_head(self) -> None:
+    def _cancel_head(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
+            self._head_timer = None
+
+    def _await_head(self) -> None:
+        self._cancel_head()
         self._head_bytes = 0
         self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_late, self._heads)
 
@@ -118,9 +122,7 @@ class OneSendProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """A head arrived whole: its deadline ends."""
         self._heads += 1
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._cancel_head()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -143,8 +145,7 @@ class OneSendProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection ended: no deadline is left for it."""
-        if self._head_timer is not None:
-            self._head_timer.cancel()
+        self._cancel_head()
         super().connection_lost(exc)
 
 
