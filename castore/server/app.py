@@ -33,6 +33,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from castore.cluster import Cluster
 from castore.decoding import printing
@@ -49,7 +50,7 @@ from castore.server.operations import (
     keyspace,
 )
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
-from castore.server.streaming import BoundedStream
+from castore.server.streaming import CUT, BoundedStream, StreamCut
 from castore.store import Store
 from castore.urls import is_url
 from castore.waits import WouldWait, at_most, no_waiting
@@ -198,7 +199,7 @@ class _Api:
             self.membership.check(list_of(request), keyspace(req))
             handle = handle_for(self.store, req)
             if op.stream:
-                return await self._stream(op, handle, req, wait)
+                return await self._stream(op, handle, req, wait, request.scope)
             answer = await self.call(
                 lambda: printing(lambda: op.call(handle, req)), loop_safe=op.loop_safe, wait=wait
             )
@@ -228,7 +229,8 @@ class _Api:
                 items = await self.call(
                     lambda: framed(call.run(self.store, req), root=self.root), wait=wait
                 )
-                return BoundedStream(self._batches(items, wait), _MSGPACK, self.timeout)
+                batches = self._batches(items, wait)
+                return BoundedStream(batches, _MSGPACK, self.timeout, request.scope)
             reply = await self.call(
                 lambda: call.run(self.store, req), loop_safe=call.loop_safe, wait=wait
             )
@@ -257,8 +259,15 @@ class _Api:
         while batch := await self.call(lambda: next(batches, b""), wait=wait):
             yield batch
 
-    async def _stream(self, op: Operation, handle: Store, req: Any, wait: float | None) -> Response:
-        """A streamed answer (JSON lines): the first line read before the status is sent."""
+    async def _stream(
+        self, op: Operation, handle: Store, req: Any, wait: float | None, scope: Scope
+    ) -> Response:
+        """A streamed answer (JSON lines): the first line read before the status is sent.
+
+        An error after the status (damage found midway) ends the answer without its
+        end, so the client sees it incomplete; the server logs the error, and the
+        access log names the request's code (``cut``: :data:`CUT`).
+        """
 
         def start() -> tuple[bytes, Iterator[bytes]]:
             lines = op.call(handle, req)
@@ -269,10 +278,17 @@ class _Api:
 
         async def body() -> AsyncIterator[bytes]:
             yield first
-            while batch := await self.call(lambda: _take(rest), wait=wait):
-                yield batch
+            try:
+                while batch := await self.call(lambda: _take(rest), wait=wait):
+                    yield batch
+            except Exception as exc:  # noqa: BLE001  # logged, then the answer is cut
+                err = api_error(exc, root=self.root)
+                scope[CUT] = err.code
+                internal = err.code == "internal"
+                _log.error("a streamed answer was cut: %s", err, exc_info=exc if internal else None)
+                raise StreamCut from None  # no traceback: the answer ends without its end
 
-        return BoundedStream(body(), "application/x-ndjson", self.timeout)
+        return BoundedStream(body(), "application/x-ndjson", self.timeout, scope)
 
     async def healthz(self, request: Request) -> Response:
         """``GET /healthz``: 200 when the store answers a read, else an error (503).

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from castore.results import rfc3339
 from castore.server.errors import ApiError, error_response
 from castore.server.operations import OPERATIONS
+from castore.server.streaming import CUT
 from castore.wire import CALLS, PEER_HEADER
 
 __all__ = ["AccessLog", "Guard", "Metrics", "Observe", "operation_of"]
@@ -168,17 +169,19 @@ class Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), 500
+        start, status, ended = time.perf_counter(), 500, False
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else self._request_id()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, ended
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
                 message = {**message, "headers": headers}
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                ended = True
 
         try:
             await self.app(scope, receive, send_with_id)
@@ -187,10 +190,13 @@ class Observe:
             path = str(scope["path"])[:256]
             self.metrics.observe(path, status, seconds)
             if path != "/healthz" or _PEER not in dict(scope["headers"]):  # a member's look
-                self._write(str(scope["method"])[:16], path, status, seconds, request_id)
+                cut = None if ended else str(scope.get(CUT, "disconnected"))
+                self._write(str(scope["method"])[:16], path, status, seconds, request_id, cut)
 
-    def _write(self, method: str, path: str, status: int, seconds: float, rid: str) -> None:
-        line = {
+    def _write(
+        self, method: str, path: str, status: int, seconds: float, rid: str, cut: str | None
+    ) -> None:
+        line: dict[str, object] = {
             "time": rfc3339(time.time_ns()),
             "method": method,
             "path": path,
@@ -199,6 +205,8 @@ class Observe:
             "request_id": rid,
             "pid": self.pid,
         }
+        if cut is not None:  # the answer ended without its end: why
+            line["cut"] = cut
         self.log.add(msgspec.json.encode(line).decode("utf-8") + "\n")
 
 
