@@ -14,13 +14,14 @@ from collections.abc import Iterator
 import msgspec
 
 from castore.argcheck import check_integer, check_text
+from castore.errors import InvalidRefError
 from castore.history import history_entry
-from castore.keys import SCOPES, Ref, validate_filters
+from castore.keys import SCOPES, Ref, resolve_namespace, validate_filters
 from castore.records import Entry
 from castore.results import PlainResult
 from castore.store import Store, check_store
 
-__all__ = ["AuditRecord", "audit"]
+__all__ = ["AuditRecord", "audit", "dag_filter"]
 
 
 class AuditRecord(PlainResult, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
@@ -45,6 +46,30 @@ class AuditRecord(PlainResult, frozen=True, kw_only=True, omit_defaults=True, re
     reason: str = ""
     rollback_from: int = 0
     damaged_from: int = 0
+
+
+def dag_filter(
+    scope: str | None, namespace: str | None, dag: str | None, root_dag: str | None
+) -> tuple[str | None, str | None]:
+    """The scope and namespace filters DAG names select, as the CLI's filters do.
+
+    Without ``scope`` and ``namespace``, ``dag`` alone narrows to scope ``dag``
+    and ``root_dag`` alone to ``root_dag``; with scope ``dag`` or ``root_dag``
+    and no namespace, the namespace is the DAG names' (as ``get`` resolves it),
+    or every one when none is given.
+
+    Raises:
+        InvalidRefError: ``dag`` and ``root_dag`` without a scope saying which narrows.
+    """
+    if scope is None and namespace is None and (dag or root_dag):
+        if dag and root_dag:
+            raise InvalidRefError("dag and root_dag: say which with scope dag or root_dag")
+        scope = "dag" if dag else "root_dag"
+    if namespace is not None or scope not in ("dag", "root_dag"):
+        return scope, namespace
+    if dag is None and (scope == "dag" or root_dag is None):
+        return scope, None
+    return scope, resolve_namespace(scope, None, dag=dag, root_dag=root_dag or dag)
 
 
 def _record(ref: Ref, entry: Entry) -> AuditRecord:

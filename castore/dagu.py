@@ -45,6 +45,7 @@ _SYMLINK = "symbolic link, not followed"
 _TEMPORARY = "temporary file left by an interrupted Dagu write"
 _NOT_A_RECORD = "not a Dagu state record (*.json)"
 _KEY_EXISTS = "key exists in castore"
+_NOT_DAGUS_NAME = "not a file name Dagu writes (its get never reads it)"
 # Skips that lose nothing: every other skip is a record castore could not import.
 _HARMLESS: Final = frozenset({_TEMPORARY, _NOT_A_RECORD, _KEY_EXISTS})
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -73,9 +74,11 @@ class DaguImport(PlainResult, frozen=True, kw_only=True, omit_defaults=True, ren
     def problem(self) -> bool:
         """True for a skipped record that was not imported (corrupt, unreadable, a link...).
 
-        Not for a temporary file, a file that is no record, or a key castore already has.
+        Not for a temporary file, a file that is no record, a name Dagu never
+        writes (uppercase hex, not hex, not UTF-8), or a key castore already has.
         """
-        return self.status == "skipped" and self.reason not in _HARMLESS
+        harmless = self.reason in _HARMLESS or self.reason.startswith(_NOT_DAGUS_NAME)
+        return self.status == "skipped" and not harmless
 
 
 class _Found(NamedTuple):
@@ -226,9 +229,12 @@ def _ref(scope: str, ns_hex: str, name: str) -> Ref | str:
         return f"unknown scope {scope!r}"
     try:
         namespace, key = _unhex(ns_hex), _unhex(name[: -len(".json")])
+    except ValueError as exc:  # no name Dagu writes: its get never reads the file
+        return f"{_NOT_DAGUS_NAME}: {exc}"
+    try:
         validate_namespace(namespace)
         validate_key(key)
-    except (ValueError, CastoreError) as exc:
+    except CastoreError as exc:  # a name Dagu's encoding gives: a record castore refuses
         return f"file name does not encode a valid namespace and key: {exc}"
     return Ref(scope, namespace, key)
 

@@ -204,7 +204,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """
     parser = build_parser(castore.__version__)
     parser.argv = sys.argv[1:] if argv is None else argv
-    args, extras = parser.parse_known_args(argv)
+    try:
+        args, extras = parser.parse_known_args(argv)
+    except UsageError:
+        if not parser.unknown:
+            raise
+        from castore.cli.usage import unrecognized
+
+        raise UsageError(unrecognized(None, parser.unknown, parser.long_options())) from None
     if extras:  # argparse would say only "unrecognized arguments"
         from castore.cli.usage import unrecognized
 

@@ -309,6 +309,7 @@ def command_parser(prog: str, name: str) -> Parser:
         formatter_class=RawHelp,
     )
     made._negative_number_matcher = _NEGATIVE_NUMBER  # argparse internal; stable since 3.2
+    made.intermixed = True
     spec.options(made)
     add_store_options(made, spec.store, spec.filters)
     return made

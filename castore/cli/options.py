@@ -93,18 +93,43 @@ class Parser(argparse.ArgumentParser):
     """
 
     argv: Sequence[str] = ()  # what parse_args was given (for error)
+    intermixed = False  # a command's parser: its positionals may follow its options
+    unknown: Sequence[str] = ()  # options before the command that no parser took
+    _parsing = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, but a command's VALUE may also come after its options.
+
+        ``set k --expected-version 1 2`` was refused with ``unrecognized
+        arguments: 2`` (argparse takes an optional positional as absent once an
+        option follows it); a command's parser parses intermixed arguments.
+        """
+        if not self.intermixed or self._parsing:
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
 
     def error(self, message: str) -> NoReturn:
         """Raise ``message`` as a :class:`UsageError` (exit 2), naming unknown options."""
         unknown = [a for a in self.argv if a.startswith("--") and not self._known(a)]
         command = message.endswith("required: COMMAND") or "COMMAND: invalid choice" in message
         if unknown and command:  # `castore --bogus`; `castore --di DIR get`: DIR taken for it
+            self.unknown = unknown  # the caller says more of them (castore.cli.usage)
             message = f"unrecognized arguments: {' '.join(unknown)}"
         raise UsageError(message)
+
+    def long_options(self) -> list[str]:
+        """The long options this parser takes."""
+        return [o for o in self._option_string_actions if o[:2] == "--"]
 
     def _known(self, arg: str) -> bool:
         return arg.partition("=")[0] in self._option_string_actions

@@ -25,24 +25,39 @@ def _options(command: str) -> list[str]:
     return [o for o in command_parser(command, command)._option_string_actions if o[:2] == "--"]
 
 
-def unrecognized(command: str, extras: Sequence[str]) -> str:
+def _names(takers: list[str]) -> str:
+    return takers[0] if len(takers) == 1 else f"{', '.join(takers[:-1])} and {takers[-1]}"
+
+
+def _who(takers: list[str]) -> str:
+    return f"{_names(takers)} {'does' if len(takers) == 1 else 'do'}"
+
+
+def _note(option: str, command: str | None, own: Sequence[str]) -> str:
+    """What to say of ``option`` given to ``command`` (None: before the command)."""
+    takers = _takers(option)
+    if takers and command is None:
+        return f"{option} goes after its command ({_names(takers)})"
+    if takers:
+        return f"{command} takes no {option} ({_who(takers)})"
+    spelled = sorted(o for o in own if o.startswith(option))
+    if not spelled:  # the beginning of another command's option?
+        spelled = sorted({o for cmd in SPECS for o in _options(cmd) if o.startswith(option)})
+        spelled = [f"{o} of {_names(_takers(o))}" for o in spelled]
+    full = f" (options are spelled in full: {'; '.join(spelled)})" if spelled else ""
+    return f"no command takes {option}{full}"
+
+
+def unrecognized(command: str | None, extras: Sequence[str], own: Sequence[str] = ()) -> str:
     """The usage error for ``extras``, arguments ``castore COMMAND`` does not take.
 
     Each option among them is named with the commands that take it, if any, or
-    with the command's options it begins (abbreviations are not taken).
+    with the options it begins (abbreviations are not taken): the command's,
+    else any command's. ``command`` None: ``extras`` came before the command,
+    where ``own`` (the global options) are taken.
     """
-    notes = []
-    for arg in extras:
-        if not arg.startswith("-") or arg == "-":
-            continue
-        takers = _takers(arg)
-        option = arg.partition("=")[0]
-        if not takers:
-            spelled = sorted(o for o in _options(command) if o.startswith(option))
-            full = f" (options are spelled in full: {', '.join(spelled)})" if spelled else ""
-            notes.append(f"no command takes {option}{full}")
-            continue
-        who = takers[0] if len(takers) == 1 else f"{', '.join(takers[:-1])} and {takers[-1]}"
-        notes.append(f"{command} takes no {option} ({who} {'does' if len(takers) == 1 else 'do'})")
+    own = own if command is None else _options(command)
+    options = [a.partition("=")[0] for a in extras if a.startswith("-") and a != "-"]
+    notes = [_note(option, command, own) for option in options]
     told = f": {'; '.join(notes)}" if notes else ""
     return f"unrecognized arguments: {' '.join(extras)}{told}"

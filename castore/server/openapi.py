@@ -126,8 +126,15 @@ class _Schemas:
 
 def _error_schema() -> dict[str, Any]:
     versions = {
-        "expected_version": {"type": ["integer", "null"], "description": "conflict only"},
-        "actual_version": {"type": "integer", "description": "conflict only"},
+        "expected_version": {
+            "type": ["integer", "null"],
+            "description": "409 only (conflict, patch_test_failed)",
+        },
+        "actual_version": {
+            "type": "integer",
+            "description": "409 only (conflict, patch_test_failed)",
+        },
+        "errno": {"type": "string", "description": "io_error: the OS's errno name (ENOSPC)"},
         "cluster": {"type": "array", "items": {"type": "string"}, "description": "421 only"},
         "owner": {"type": "string", "description": "421 only: the keyspace's owner"},
         "retry": {"type": "boolean", "description": "503: nothing written, try again shortly"},
@@ -214,13 +221,23 @@ def _backend_operation(name: str, schemas: _Schemas) -> dict[str, Any]:
 
 
 def _plain_paths() -> dict[str, Any]:
-    ok = {"application/json": {"schema": {"const": {"status": "ok"}}}}
+    status = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"const": "ok"},
+            "serving": {"type": "boolean", "description": "a clustered server: serves now"},
+            "reason": {"type": "string", "description": "why it does not serve (serving false)"},
+        },
+    }
+    ok = {"application/json": {"schema": status}}
     health = {
         "summary": "200 when the store answers a read (no token needed)",
         "operationId": "healthz",
         "security": [],
         "responses": {
             "200": {"description": "the store answers", "content": ok},
+            "500": {"$ref": "#/components/responses/Error500"},
             "503": {"$ref": "#/components/responses/Error503"},
         },
     }

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Final, NamedTuple
 
 import msgspec
 
-from castore.audit import AuditRecord, audit
+from castore.audit import AuditRecord, audit, dag_filter
 from castore.edits import parse_number
 from castore.errors import InvalidRefError
 from castore.keys import resolve_namespace
@@ -283,21 +283,12 @@ def _diff_versions(s: Store, r: DiffVersionsRequest) -> bytes:
     ).to_json()
 
 
-def _audit_namespace(r: AuditRequest) -> str | None:
-    """The namespace filter, as the CLI's: ``dag`` and ``root_dag`` follow the DAG names given."""
-    if r.namespace is not None or r.scope not in ("dag", "root_dag"):
-        return r.namespace
-    dag, root_dag = r.dag or None, r.root_dag or None
-    if dag is None and (r.scope == "dag" or root_dag is None):
-        return None
-    return resolve_namespace(r.scope, None, dag=dag, root_dag=root_dag or dag)
-
-
 def _audit(s: Store, r: AuditRequest) -> Iterator[bytes]:
+    scope, namespace = dag_filter(r.scope, r.namespace, r.dag or None, r.root_dag or None)
     records = audit(
         s,
-        scope=r.scope,
-        namespace=_audit_namespace(r),
+        scope=scope,
+        namespace=namespace,
         run_id=r.run_id,
         actor=r.actor,
         step=r.step,

@@ -353,7 +353,24 @@ def test_import_dagu_of_a_directory_without_v1_is_refused(cli, tmp_path):
             ("set", "k", "2", "--di", "{store}"),
             "--di {store}: no command takes --di (options are spelled in full: --dir)",
         ),
-        (("--di", "{store}", "set", "k", "2"), "--di"),
+        (
+            ("--di", "{store}", "set", "k", "2"),
+            "--di: no command takes --di (options are spelled in full: --dir)",
+        ),
+        (
+            ("--lock", "3", "set", "k", "2"),
+            "--lock: no command takes --lock (options are spelled in full: --lock-timeout)",
+        ),
+        (
+            ("--expected-version", "1", "set", "k", "2"),
+            "--expected-version: --expected-version goes after its command "
+            "(set, diff, patch, incr and rollback)",
+        ),
+        (
+            ("get", "k", "--expected", "1"),
+            "--expected 1: no command takes --expected (options are spelled in full: "
+            "--expected-version of set, diff, patch, incr and rollback)",
+        ),
         (
             ("get", "k", "--requ"),
             "--requ: no command takes --requ (options are spelled in full: --required)",
@@ -372,3 +389,26 @@ def test_an_option_is_spelled_in_full(cli, args, said):
     message = one_line_error(cli.raw("--dir", cli.dir, "--dag", "d", *given), 2)
     assert message == f"unrecognized arguments: {said.format(store=cli.dir)}"
     assert cli.ok("get", "k")["version"] == 1  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "version"),
+    [
+        (("set", "k", "--expected-version", "1", "2"), 2),
+        (("set", "k", "--reason", "r", "-5"), 2),
+        (("diff", "k", "--reason", "r", "3"), 2),
+        (("diff", "k", "--no-update", "3"), 1),
+        (("patch", "k", "--merge", '{"a": 1}'), 2),
+    ],
+)
+def test_a_value_may_follow_the_options(cli, args, version):
+    """Was: ``set k --expected-version 1 2`` said ``unrecognized arguments: 2`` (exit 2)."""
+    cli.ok("set", "k", "1")
+    written = cli.ok(*args)
+    assert written["version"] == version, written
+    value = args[-1]
+    got = cli.ok("get", "k")
+    assert got["version"] == version
+    if args[0] in ("set", "diff") and version == 2:
+        assert got["value"] == json.loads(value)
+    assert cli.fail(2, "get", "k", "2") == "unrecognized arguments: 2"  # get takes no VALUE

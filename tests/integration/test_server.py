@@ -293,10 +293,33 @@ def test_every_operation_answers_the_cli_line(served, tmp_path, new_store_locati
     for op, fields, raw, args in READS:
         response = post(served, op, body({**fields, "dag": "d"}, **raw))
         assert response.status_code == 200, (op, fields, response.text)
-        expected = here.raw_ok(*args)
+        expected = here.raw_ok(*args, dag="d")  # a whole-store command's --dag d: a filter
         got = response.content if op == "audit" else response.content + b"\n"
         assert got == expected, (op, fields)
     assert len(post(served, "audit", b"{}").content.splitlines()) == 12  # versions written
+
+
+def test_a_dag_name_alone_narrows_audit_as_on_the_command_line(served, tmp_path):
+    """Was: ``{"dag": "d"}`` streamed every namespace's records (the CLI's ``--dag d`` narrows)."""
+    for dag in ("d", "e"):
+        assert post(served, "set", body({"key": "k", "dag": dag}, value="1")).is_success
+    shared = {"key": "k", "scope": "root_dag", "root_dag": "r"}
+    assert post(served, "set", body(shared, value="1")).is_success
+    here = Cli(tmp_path, served_location(served), dag="d")
+    response = post(served, "audit", b'{"dag":"d"}')
+    assert response.status_code == 200, response.text
+    assert [json.loads(line)["namespace"] for line in response.content.splitlines()] == ["d"]
+    assert response.content == here.raw_ok("audit", dag="d")
+    response = post(served, "audit", b'{"root_dag":"r"}')
+    lines = [json.loads(line) for line in response.content.splitlines()]
+    assert [(line["scope"], line["namespace"]) for line in lines] == [("root_dag", "r")]
+    response = post(served, "audit", b'{"dag":"d","root_dag":"e"}')
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_ref"
+    assert "say which with scope dag or root_dag" in response.json()["error"]["message"]
+    both = post(served, "audit", b'{"scope":"dag","dag":"e"}').content.splitlines()
+    assert [json.loads(line)["namespace"] for line in both] == ["e"]
+    assert len(post(served, "audit", b"{}").content.splitlines()) == 3  # no name: every one
 
 
 def served_location(server: Server) -> str:

@@ -146,7 +146,7 @@ def build_dagu_dir(root: str | os.PathLike[str]) -> DaguDir:
         dagu_record("dag", "daily", "../escape", 1, 1),
         "valid namespace and key",
     )
-    d.bad(f"v1/dag/{daily}/zz.json", b"{}", "valid namespace and key")
+    d.bad(f"v1/dag/{daily}/zz.json", b"{}", "not a file name Dagu writes")
     d.bad(f"v1/dag/{daily}/notes.txt", b"hello", "not a Dagu state record")
     d.bad(rel_path("weird", "daily", "k"), dagu_record("weird", "daily", "k", 1, 1), "scope")
     # Dagu's lock directory sits beside v1/ and is not state.
