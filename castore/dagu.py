@@ -27,7 +27,13 @@ from typing import Final, NamedTuple
 from castore import codec
 from castore.backend import Decide, LogView, NewVersion
 from castore.dagurecord import decode_record
-from castore.errors import CastoreError, ConflictError, CorruptionError, InvalidValueError
+from castore.errors import (
+    CastoreError,
+    ConflictError,
+    CorruptionError,
+    InvalidValueError,
+    NotFoundError,
+)
 from castore.identity import check_audit
 from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
@@ -44,7 +50,7 @@ MAX_RECORD_BYTES: Final = 2 * codec.MAX_VALUE_BYTES + (64 << 10)
 _SYMLINK = "symbolic link, not followed"
 _TEMPORARY = "temporary file left by an interrupted Dagu write"
 _NOT_A_RECORD = "not a Dagu state record (*.json)"
-_KEY_EXISTS = "key exists in castore"
+_KEY_EXISTS = "key exists in castore, which holds this record's version"
 _NOT_DAGUS_NAME = "not a file name Dagu writes (its get never reads it)"
 # Skips that lose nothing: every other skip is a record castore could not import.
 _HARMLESS: Final = frozenset({_TEMPORARY, _NOT_A_RECORD, _KEY_EXISTS})
@@ -77,8 +83,12 @@ class DaguImport(PlainResult, frozen=True, kw_only=True, omit_defaults=True, ren
         Not for a temporary file, a file that is no record, a name Dagu never
         writes (uppercase hex, not hex, not UTF-8), or a key castore already has.
         """
-        harmless = self.reason in _HARMLESS or self.reason.startswith(_NOT_DAGUS_NAME)
-        return self.status == "skipped" and not harmless
+        return self.status == "skipped" and not _harmless(self.reason)
+
+
+def _harmless(reason: str) -> bool:
+    """True for a skip that loses nothing of Dagu's state."""
+    return reason in _HARMLESS or reason.startswith(_NOT_DAGUS_NAME)
 
 
 class _Found(NamedTuple):
@@ -175,6 +185,32 @@ def _only_if_absent(new: NewVersion) -> Decide:
         return new if previous is None else None
 
     return decide
+
+
+def _kept(store: Store, ref: Ref, new: NewVersion, newest: Entry) -> str:
+    """Why a record of a key castore has was not imported: harmless if castore holds it.
+
+    Castore holds it when its version of the record's number has the record's
+    hash (a rerun of a finished import, or castore written on since); else the
+    two differ (Dagu wrote on since, or castore's key is another's), which is
+    a record not imported. A version castore no longer has (compacted) cannot
+    be compared: not imported either.
+
+    Raises:
+        CorruptionError: castore's version of that number is damaged.
+    """
+    entry: Entry | None = newest
+    if newest.version > new.version:
+        try:
+            entry = store.backend.version(ref, new.version)[0]
+        except NotFoundError:  # compacted away
+            entry = None
+    if entry is not None and entry.version == new.version and entry.hash == new.digest_hex:
+        return _KEY_EXISTS
+    return (
+        f"key exists in castore (newest version {newest.version}) without this record "
+        f"(version {new.version}, hash {new.digest_hex[:12]}...): castore and Dagu differ"
+    )
 
 
 def _not_regular(mode: int) -> str:
@@ -285,14 +321,19 @@ def _new_version(data: bytes) -> NewVersion | str:
 
 
 def _record(found: _Found) -> tuple[Ref, NewVersion] | str:
-    """The ref and new version for one entry, or the reason it is skipped."""
+    """The ref and new version for one entry, or the reason it is skipped.
+
+    A name that is no record's is skipped whatever it names (a link, a directory).
+    """
+    ref = _ref(found.scope, found.ns_hex, found.entry.name)
+    if isinstance(ref, str) and _harmless(ref):
+        return ref
     try:
         why = _not_regular(found.entry.stat(follow_symlinks=False).st_mode)
     except OSError as exc:  # removed since it was listed
         why = f"cannot stat: {exc.strerror or exc}"
     if why:
         return why
-    ref = _ref(found.scope, found.ns_hex, found.entry.name)
     if isinstance(ref, str):
         return ref
     data = _read_record(found.dir_fd, found.entry.name)
@@ -305,7 +346,9 @@ def _record(found: _Found) -> tuple[Ref, NewVersion] | str:
 def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
     """Import every record under a Dagu dag-state directory; yield one outcome per file.
 
-    A key that already has history in castore is skipped (never merged).
+    A key that already has history in castore is skipped (never merged): a
+    harmless skip when castore holds the record (its version with the record's
+    hash), else a record not imported (castore and Dagu differ).
     The source directory is only read, and only its regular files: FIFOs,
     sockets, devices and symbolic links (to files or directories, which are
     reported as one skipped entry) are skipped without being opened for
@@ -327,7 +370,8 @@ def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
             continue
         ref, new = made
         try:
-            _, written = store.backend.write(ref, _only_if_absent(new))
+            newest, written = store.backend.write(ref, _only_if_absent(new))
+            kept = "" if written or newest is None else _kept(store, ref, new, newest)
         except (ConflictError, CorruptionError) as exc:
             # A version at or below the key's removed life (GRAVES), or a damaged log.
             yield _skip(found.rel, str(exc))
@@ -335,7 +379,7 @@ def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
         yield DaguImport(
             file=found.rel,
             status="imported" if written else "skipped",
-            reason="" if written else _KEY_EXISTS,
+            reason=kept,
             scope=ref.scope,
             namespace=ref.namespace,
             key=ref.key,

@@ -27,9 +27,9 @@ __all__ = ["MAX_TIME_NS", "DaguRecord", "DaguUpdatedBy", "decode_record", "parse
 
 MAX_TIME_NS: Final = (1 << 63) - 1  # 2262-04-11: what every castore backend stores
 _MAX_VERSION: Final = (1 << 63) - 1  # Go's int64
-_TIME = re.compile(  # [0-9], not \d: Go's time.Parse takes ASCII digits only
-    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+_TIME = re.compile(  # Go's parseStrictRFC3339: ASCII digits, an upper-case T and Z only
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})$"
 )
 _INTEGER = re.compile(r"-?[0-9]+")  # what Go unmarshals into an int64 (JSON already checked)
 _FIELDS: Final = ("value", "version", "hash", "created_at", "updated_at")  # required
@@ -67,12 +67,14 @@ def parse_go_time(text: str) -> int:
     if m is None:
         raise ValueError(f"bad time {text!r}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    nanos = int((m.group(7) or "0").ljust(9, "0"))
+    nanos = int((m.group(7) or "0")[:9].ljust(9, "0"))  # Go truncates past nanoseconds
     zone = m.group(8)
     offset = dt.timedelta(0)
-    if zone not in ("Z", "z"):
-        sign = 1 if zone[0] == "+" else -1
-        offset = sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    if zone != "Z":
+        sign, hours, minutes = 1 if zone[0] == "+" else -1, int(zone[1:3]), int(zone[4:6])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"bad time {text!r}: timezone offset out of range")
+        offset = sign * dt.timedelta(hours=hours, minutes=minutes)
     try:
         moment = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.timezone(offset))
     except ValueError as exc:  # month 13, February 30, a zone past 24 h

@@ -27,7 +27,8 @@ def _time(text: str | None, *, end_of_day: bool = False) -> int | None:
         return None
     date_only = re.fullmatch(r"\d{4}-\d\d-\d\d", text) is not None
     try:
-        moment = parse_go_time(text + "T00:00:00Z" if date_only else text)
+        # RFC 3339 allows a lower-case t and z (Go's parser, for Dagu's records, does not)
+        moment = parse_go_time(text + "T00:00:00Z" if date_only else text.upper())
     except ValueError:
         raise UsageError(f"bad time {text!r}: use RFC 3339 or YYYY-MM-DD") from None
     if date_only and end_of_day:

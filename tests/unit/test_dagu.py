@@ -193,7 +193,21 @@ def test_parse_go_time():
     assert parse_go_time("2026-05-25T12:00:00.123456789+02:00") == 1779703200_123456789
     assert parse_go_time("2026-05-25T07:30:00.123456789-02:30") == 1779703200_123456789
     assert parse_go_time("1969-12-31T23:59:59.5Z") == -500_000_000
-    for bad in ("2026-05-25", "2026-05-25T10:00:00", "yesterday", "2026-13-01T00:00:00Z", ""):
+    # Go truncates a fraction past nanoseconds (parseNanoseconds)
+    assert parse_go_time("1970-01-01T00:00:01.1234567891Z") == 1_123_456_789
+    bad_ones = (
+        "2026-05-25",
+        "2026-05-25T10:00:00",
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "",
+        # Go's parseStrictRFC3339 refuses these (review, thirty-fourth session)
+        "2026-05-25T10:00:00+05:99",  # timezone minute out of range
+        "2026-05-25T10:00:00+24:00",  # timezone hour out of range
+        "2026-05-25T10:00:00z",  # Z is upper case only
+        "2026-05-25t10:00:00Z",  # and so is T
+    )
+    for bad in bad_ones:
         with pytest.raises(ValueError, match=r"time|month|day|hour|range"):
             parse_go_time(bad)
 
@@ -202,7 +216,7 @@ def test_import_dagu_outcomes(store, dagu):
     store.set("existing", "castore wins")
     existing = dagu.record("dag", "daily", "existing", "dagu loses", 4)
     del dagu.imported[existing]
-    dagu.skipped[existing] = "key exists in castore"
+    dagu.skipped[existing] = "castore and Dagu differ"  # castore's version 4 is not Dagu's
     got = run_import(store, dagu.root)
     assert set(got) == set(dagu.imported) | set(dagu.skipped)
     for rel, (scope, namespace, key, version, _) in dagu.imported.items():
@@ -213,6 +227,7 @@ def test_import_dagu_outcomes(store, dagu):
         assert got[rel].status == "skipped", rel
         assert reason in got[rel].reason, (rel, got[rel].reason)
     assert got[existing].key == "existing"
+    assert got[existing].problem  # counted as not imported: exit 1
     assert store.get("existing").value == "castore wins"
     assert store.get("existing").version == 1
 
@@ -316,11 +331,15 @@ def test_import_dagu_never_modifies_the_source(store, dagu):
         assert os.stat(os.path.join(dagu.root, p)).st_mtime_ns == mtime
 
 
+HOLDS = "key exists in castore, which holds this record's version"
+
+
 def test_second_import_skips_what_exists(store, dagu):
     run_import(store, dagu.root)
     again = run_import(store, dagu.root)
     for rel in dagu.imported:
-        assert (again[rel].status, again[rel].reason) == ("skipped", "key exists in castore")
+        assert (again[rel].status, again[rel].reason) == ("skipped", HOLDS)
+        assert not again[rel].problem
     for rel in dagu.skipped:
         assert again[rel].status == "skipped"
     assert store.get("cursor").version == 3

@@ -174,3 +174,25 @@ def test_decode_record_keeps_go_last_wins_for_exact_duplicates():
 def test_parse_go_time_takes_ascii_digits_only():
     with pytest.raises(ValueError, match="bad time"):
         parse_go_time("\u0662\u0660\u0662\u0666-05-25T11:00:00Z")
+
+
+def test_entries_whose_names_are_no_records_are_harmless_whatever_they_are(store, tmp_path):
+    """Was: a link named ``loop`` or a directory ``subdir`` beside the records counted as
+    records not imported (exit 1 on every rerun), while a regular file so named did not."""
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    folder = d.root / "v1" / "dag" / hexname("daily")
+    os.symlink("loop", folder / "loop")
+    os.mkdir(folder / "subdir")
+    os.mkfifo(folder / "pipe")
+    os.symlink("/etc/passwd", folder / "NOTES.json")  # not Dagu's name: never read either
+    linked = rel_path("dag", "daily", "linked")
+    os.symlink("/etc/passwd", d.root / linked)  # a record's name: a record not imported
+    got = run_import(store, d.root)
+    for name in ("loop", "subdir", "pipe", "NOTES.json"):
+        outcome = got[f"v1/dag/{hexname('daily')}/{name}"]
+        assert outcome.status == "skipped", outcome
+        assert not outcome.problem, outcome
+    assert got[linked].problem
+    assert got[linked].reason == "symbolic link, not followed"
+    assert [e.key for e in store.list().entries] == ["a-good", "z-good"]

@@ -1,0 +1,39 @@
+"""A rerun of ``import-dagu`` after Dagu wrote again says castore and Dagu differ.
+
+Found by a review (thirty-fourth session): the rerun skipped the key as
+"key exists in castore" and exited 0, so a staged migration served Dagu's
+older value with nothing said. The oracle is Dagu's record (what its
+``state.get`` prints) against castore's answer and the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.unit.test_dagu import DaguDir
+
+pytestmark = pytest.mark.integration
+
+DAG = "daily"
+
+
+def test_a_rerun_after_dagu_wrote_again_is_not_a_silent_skip(cli, tmp_path):
+    d = DaguDir(tmp_path / "dag-state")
+    rel = d.record("dag", DAG, "cursor", {"last_id": 123}, 1)
+    first = cli.run("import-dagu", str(d.root))
+    assert first.returncode == 0, first.stderr
+    again = cli.run("import-dagu", str(d.root))  # nothing new: a finished migration
+    assert again.returncode == 0, again.stderr
+
+    d.record("dag", DAG, "cursor", {"last_id": 456}, 2)  # Dagu writes on
+    rerun = cli.run("import-dagu", str(d.root))
+    assert rerun.returncode == 1, rerun.stdout
+    (line,) = [json.loads(x) for x in rerun.stdout.splitlines() if b'"file"' in x]
+    assert (line["file"], line["status"]) == (rel, "skipped")
+    assert line["reason"].endswith("castore and Dagu differ"), line
+    assert "(version 2, hash " in line["reason"]
+    assert "record(s) not imported" in rerun.stderr.decode()
+    got = cli.ok("get", "cursor", dag=DAG)  # never merged: castore's own stays
+    assert (got["version"], got["value"]) == (1, {"last_id": 123})
