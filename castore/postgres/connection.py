@@ -219,7 +219,11 @@ class Database:
             conn.execute(
                 "SELECT set_config('search_path', %s, false), "
                 "set_config('lock_timeout', %s, false), "
-                "set_config('synchronous_commit', %s, false)",
+                "set_config('synchronous_commit', %s, false), "
+                # Writes rely on READ COMMITTED (docs/DESIGN.md, "Why each key is
+                # linearizable"): a database's or role's default, or ``options=``, of
+                # repeatable read or serializable failed most concurrent writes of a key.
+                "set_config('default_transaction_isolation', 'read committed', false)",
                 (
                     sql.Identifier(self.location.schema).as_string(conn),
                     _milliseconds(self.lock_timeout),
