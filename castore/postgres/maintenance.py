@@ -6,7 +6,8 @@ Each works in short transactions beside running readers and writers:
   key's ``refs`` row holds a copy of its newest version
   (:mod:`castore.postgres.integrity`, which also repairs). A blob that fails
   its hash cannot be repaired here: the versions that use it read as
-  damaged, never as another value.
+  damaged, never as another value, until a write of that value replaces
+  the row (:data:`~castore.postgres.statements.UPSERT_BLOB`).
 * **gc** deletes blobs that no version references and that no write used
   within the grace period. Every write that stores a version with a blob
   either upserts the blob row or refreshes its ``touched_ns`` in its own
@@ -80,7 +81,8 @@ def _bad_blobs(db: Database, progress: Progress | None) -> tuple[int, list[Findi
                     Finding(
                         path=f"blobs/{name}",
                         problem=exc.detail,
-                        repair="none: the versions that use it read as damaged",
+                        repair="none: the versions that use it read as damaged "
+                        "(a write of the value replaces it)",
                     )
                 )
         if progress is not None:

@@ -133,10 +133,21 @@ INSERT_VERSION: Final = (
     "%(d)s, %(sz)s, %(cr)s, %(a)s, %(df)s, %(bl)s, %(in)s, %(pv)s)"
 )
 # A blob row, new or refreshed for gc (either locks it): alone, or with a version below.
+# A stored row that is not what this writer would store (its data damaged, its size edited)
+# is replaced: the writer holds the value's bytes, and a new version never points at a
+# damaged copy of them. The rows are compared once (bytea equality compares lengths
+# first, then the bytes); a row kept keeps its data's TOAST pointer: only ``touched_ns``
+# is new, as before.
 UPSERT_BLOB: Final = (
     "INSERT INTO blobs (digest, codec, size, data, touched_ns) "
     "VALUES (%(bl)s, %(codec)s, %(sz)s, %(data)s, %(now)s) "
-    "ON CONFLICT (digest) DO UPDATE SET touched_ns = EXCLUDED.touched_ns"
+    "ON CONFLICT (digest) DO UPDATE SET (touched_ns, codec, size, data) = ("
+    "SELECT EXCLUDED.touched_ns, "
+    + ", ".join(
+        f"CASE WHEN same THEN blobs.{c} ELSE EXCLUDED.{c} END" for c in ("codec", "size", "data")
+    )
+    + " FROM (SELECT (blobs.codec, blobs.size, blobs.data) "
+    "IS NOT DISTINCT FROM (EXCLUDED.codec, EXCLUDED.size, EXCLUDED.data) AS same) AS stored)"
 )
 _TOUCH_BLOB: Final = "UPDATE blobs SET touched_ns = %(now)s WHERE digest = %(bl)s"
 # One statement per version: its blob (new, or refreshed for gc), its row, the newest copy.

@@ -1,0 +1,93 @@
+"""PostgreSQL rows damaged or edited by hand, and what writes, gc and check --repair do then.
+
+Found by a review of the PostgreSQL backend (thirty-fourth session, docs/RELIABILITY.md).
+Each test states its oracle: the directory store running the same calls (with the
+same damage made to its files), the same PostgreSQL store before the edit, or the
+acknowledged writes.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+import castore
+from castore import Store
+from tests.integration.test_postgres import query
+
+pytestmark = pytest.mark.integration
+
+DAG: Final = "pg"
+
+
+def _big(seed: int) -> dict[str, Any]:
+    """A value of several hundred bytes that zstd cannot shrink much: a blob row."""
+    rng = random.Random(seed)
+    return {"x": [rng.random() for _ in range(40)]}
+
+
+def _location(backend: str, postgres_location: str, tmp_path: Path) -> str:
+    return postgres_location if backend == "postgresql" else str(tmp_path / "s")
+
+
+def _damage_blob_rows(location: str) -> None:
+    query(location, "UPDATE blobs SET data = overlay(data placing '\\x00'::bytea from 20 for 1)")
+
+
+def _damage_the_log(root: Path) -> None:
+    (log,) = root.glob("refs/dag/*/*.log")
+    data = bytearray(log.read_bytes())
+    data[len(data) // 3] ^= 1  # inside the one frame of the value
+    log.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("backend", ["directory", "postgresql"])
+def test_a_write_of_a_value_whose_stored_copy_is_damaged_is_readable(
+    backend, postgres_location, tmp_path
+):
+    # Oracle: the directory store, whose writer never points a new version at a damaged
+    # copy of the value. On PostgreSQL the upsert only refreshed touched_ns of the damaged
+    # blob row: both acknowledged sets read as damage for good (check --repair: "none").
+    location = _location(backend, postgres_location, tmp_path)
+    value = _big(1)
+    Store(location, dag=DAG).set("a", value)
+    if backend == "postgresql":
+        _damage_blob_rows(location)
+    else:
+        _damage_the_log(tmp_path / "s")
+    store = Store(location, dag=DAG)
+    with pytest.raises(castore.CorruptionError):
+        store.get("a")
+    assert store.set("b", value).version == 1
+    assert store.set("a", value).version == 2
+    assert store.get("b").value == value
+    assert store.get("a").value == value
+    store.check(repair=True)
+    again = Store(location, dag=DAG)
+    assert again.get("b").value == value
+    assert again.get("a").value == value
+    assert again.check().ok
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "data = overlay(data placing '\\x00'::bytea from 20 for 1)",
+        "size = size + 1",
+        "codec = 1 - codec",
+    ],
+)
+def test_a_write_replaces_a_blob_row_that_is_not_its_value(postgres_location, edit):
+    # Oracle: the acknowledged write. A blob row whose data, size or codec was edited is
+    # replaced by the next write of its value; a good row is kept as it is.
+    value = _big(2)
+    store = Store(postgres_location, dag=DAG)
+    store.set("a", value)
+    (before,) = query(postgres_location, "SELECT codec, size, data FROM blobs")
+    query(postgres_location, f"UPDATE blobs SET {edit}")  # noqa: S608
+    assert store.set("b", value).version == 1
+    assert query(postgres_location, "SELECT codec, size, data FROM blobs") == [before]
+    assert Store(postgres_location, dag=DAG).get("a").value == value
