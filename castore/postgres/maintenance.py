@@ -7,7 +7,8 @@ Each works in short transactions beside running readers and writers:
   (:mod:`castore.postgres.integrity`, which also repairs). A blob that fails
   its hash cannot be repaired here: the versions that use it read as
   damaged, never as another value, until a write of that value replaces
-  the row (:data:`~castore.postgres.statements.UPSERT_BLOB`).
+  the row (:data:`~castore.postgres.statements.UPSERT_BLOB`). A blob whose
+  data verifies but whose ``size`` column was edited gets its data's size.
 * **gc** deletes blobs that no version references and that no write used
   within the grace period. Every write that stores a version with a blob
   either upserts the blob row or refreshes its ``touched_ns`` in its own
@@ -63,8 +64,12 @@ def _blobs(db: Database) -> Iterator[list[tuple[Any, ...]]]:
         after = bytes(batch[-1][0])
 
 
-def _bad_blobs(db: Database, progress: Progress | None) -> tuple[int, list[Finding]]:
-    """Re-hash every blob: how many there are, and a finding per one that fails."""
+def _bad_blobs(db: Database, repair: bool, progress: Progress | None) -> tuple[int, list[Finding]]:
+    """Re-hash every blob: how many there are, and a finding per one that fails (repaired).
+
+    A row whose data verifies but whose ``size`` column does not match it (reads do
+    not use the column: they serve the value) gets the size of its data.
+    """
     findings: list[Finding] = []
     blobs = 0
     for batch in _blobs(db):
@@ -73,8 +78,6 @@ def _bad_blobs(db: Database, progress: Progress | None) -> tuple[int, list[Findi
             name = bytes(digest).hex()
             try:
                 value = valuecodec.unpack(codec, bytes(data), name)
-                if len(value) != size:
-                    raise CorruptionError(f"blob {name}: {len(value)} bytes, recorded {size}")
                 check_stored(value, f"blob {name}")
             except CorruptionError as exc:
                 findings.append(
@@ -85,9 +88,33 @@ def _bad_blobs(db: Database, progress: Progress | None) -> tuple[int, list[Findi
                         "(a write of the value replaces it)",
                     )
                 )
+                continue
+            if len(value) != size:
+                if repair:
+                    _set_size(db, bytes(digest), size, len(value))
+                findings.append(
+                    Finding(
+                        path=f"blobs/{name}",
+                        problem=f"its size column says {size} bytes, its data (which "
+                        f"verifies, and reads serve) holds {len(value)}",
+                        repair=f"set the size to {len(value)}",
+                        repaired=repair,
+                    )
+                )
         if progress is not None:
             progress(len(batch))
     return blobs, findings
+
+
+def _set_size(db: Database, digest: bytes, recorded: int, size: int) -> None:
+    """Set a blob row's size from its verified data (unless a write replaced the row)."""
+
+    def work(cur: Cursor) -> None:
+        cur.execute(
+            "UPDATE blobs SET size = %s WHERE digest = %s AND size = %s", (size, digest, recorded)
+        )
+
+    db.run(work, "repairing a blob's size")
 
 
 def _missing_blobs(db: Database) -> list[Finding]:
@@ -113,7 +140,7 @@ def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckRepo
     """Verify every blob, every version's blob and every key's newest copy; repair the copies."""
     if not db.store_exists():
         return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
-    blobs, findings = _bad_blobs(db, progress)
+    blobs, findings = _bad_blobs(db, repair, progress)
     inline, bad = check_versions(db)
     copies = check_copies(db, repair)
     if any(f.repaired for f in copies):  # a row replaced by its copy is no longer damaged
