@@ -2,7 +2,8 @@
 
 A version row is damaged when its audit record does not decode, or when a
 ``set``/``rollback`` has no value (neither ``inline`` bytes nor a ``blob``)
-or inline bytes that do not hash to its digest. Such a version reads as
+or inline bytes that do not hash to its digest, or a size that is not its
+value's (inline, or its blob's). Such a version reads as
 damaged (``CorruptionError``), never as another value.
 
 Each key's ``refs`` row holds a copy of its newest version. Where the two
@@ -46,8 +47,9 @@ _OPS: Final = (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED)
 _LOST: Final = "version rows lost"  # the reason a repair records
 _SCAN: Final = (
     f"SELECT v.ref_id, r.scope, r.namespace, r.key, "
-    f"{rows.entry_columns('v')}, v.inline, v.blob "
+    f"{rows.entry_columns('v')}, v.inline, v.blob, b.size "
     "FROM versions v LEFT JOIN refs r ON r.ref_id = v.ref_id "
+    "LEFT JOIN blobs b ON b.digest = v.blob "
     "WHERE (v.ref_id, v.version) > (%s, %s) ORDER BY v.ref_id, v.version LIMIT %s"
 )
 _DIFFERING: Final = f"""
@@ -101,8 +103,11 @@ _ALL_BREAKS: Final = _BREAKS.format(where="")
 _BREAKS_OF: Final = _BREAKS.format(where="WHERE ref_id = %s")
 
 
-def _row_problem(row: tuple[Any, ...]) -> str | None:
-    """What is wrong with a version row (``_SCAN``'s columns from ``ENTRY``), or None."""
+def _row_problem(row: tuple[Any, ...], sizes: dict[bytes, int]) -> str | None:
+    """What is wrong with a version row (``_SCAN``'s columns from ``ENTRY``), or None.
+
+    ``sizes``: the size of each blob whose ``size`` column is not its data's.
+    """
     try:
         found = rows.entry(row, 4)
     except CorruptionError as exc:
@@ -127,11 +132,18 @@ def _row_problem(row: tuple[Any, ...]) -> str | None:
             return exc.detail
         if len(value) != found.size:
             return f"value {found.hash}: {len(value)} bytes, recorded {found.size}"
+    elif row[14] is not None and sizes.get(bytes(blob), row[14]) != found.size:
+        held = sizes.get(bytes(blob), row[14])
+        return f"value {found.hash}: its blob holds {held} bytes, its entry says {found.size}"
     return None
 
 
-def check_versions(db: Database) -> tuple[int, list[Finding]]:
-    """Verify every version row: the number of inline values, and a finding per bad row."""
+def check_versions(db: Database, sizes: dict[bytes, int]) -> tuple[int, list[Finding]]:
+    """Verify every version row: the number of inline values, and a finding per bad row.
+
+    ``sizes``: the size of each blob whose ``size`` column is not its data's (a
+    version's size is compared with its blob's).
+    """
     findings: list[Finding] = []
     inline = 0
     orphans: set[bytes] = set()
@@ -146,7 +158,7 @@ def check_versions(db: Database) -> tuple[int, list[Finding]]:
                     orphans.add(ref_id)
                     findings.append(_orphan(ref_id))
                 continue
-            problem = _row_problem(row)
+            problem = _row_problem(row, sizes)
             name = rows.ref_name(scope, namespace, key)
             if problem is None:
                 findings += _lost_range(name, row)

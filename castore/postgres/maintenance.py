@@ -64,11 +64,14 @@ def _blobs(db: Database) -> Iterator[list[tuple[Any, ...]]]:
         after = bytes(batch[-1][0])
 
 
-def _bad_blobs(db: Database, repair: bool, progress: Progress | None) -> tuple[int, list[Finding]]:
+def _bad_blobs(
+    db: Database, repair: bool, progress: Progress | None, sizes: dict[bytes, int]
+) -> tuple[int, list[Finding]]:
     """Re-hash every blob: how many there are, and a finding per one that fails (repaired).
 
     A row whose data verifies but whose ``size`` column does not match it (reads do
-    not use the column: they serve the value) gets the size of its data.
+    not use the column: they serve the value) gets the size of its data; ``sizes``
+    gets each such blob's size.
     """
     findings: list[Finding] = []
     blobs = 0
@@ -90,6 +93,7 @@ def _bad_blobs(db: Database, repair: bool, progress: Progress | None) -> tuple[i
                 )
                 continue
             if len(value) != size:
+                sizes[bytes(digest)] = len(value)
                 if repair:
                     _set_size(db, bytes(digest), size, len(value))
                 findings.append(
@@ -140,11 +144,12 @@ def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckRepo
     """Verify every blob, every version's blob and every key's newest copy; repair the copies."""
     if not db.store_exists():
         return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
-    blobs, findings = _bad_blobs(db, repair, progress)
-    inline, bad = check_versions(db)
+    sizes: dict[bytes, int] = {}  # blobs whose size column is not their data's
+    blobs, findings = _bad_blobs(db, repair, progress, sizes)
+    inline, bad = check_versions(db, sizes)
     copies = check_copies(db, repair)
     if any(f.repaired for f in copies):  # a row replaced by its copy is no longer damaged
-        inline, bad = check_versions(db)
+        inline, bad = check_versions(db, sizes)
     findings += bad + _missing_blobs(db) + copies + check_chains(db, repair)
     findings += check_names(db, repair) + check_floors(db, repair) + check_orphans(db)
     ((refs, entries),) = db.fetch(

@@ -16,6 +16,7 @@ import pytest
 
 import castore
 from castore import Store
+from castore.transfer import export_lines
 from tests.integration.test_postgres import query
 
 pytestmark = pytest.mark.integration
@@ -111,3 +112,22 @@ def test_a_blob_row_whose_size_column_was_edited_is_repaired_from_its_data(postg
     assert store.check(repair=True).findings[0].repaired
     assert store.check().ok
     assert Store(postgres_location, dag=DAG).get("a").value == value
+
+
+@pytest.mark.parametrize("value", [{"small": 1}, _big(3)], ids=["inline", "blob"])
+def test_check_reports_a_version_whose_size_is_not_its_value_s(postgres_location, value):
+    # Oracle: reads and export of the same store, which refuse the version ("its entry
+    # says"). check reported the edit of an inline value's size, but said ok for a value
+    # in a blob row.
+    store = Store(postgres_location, dag=DAG)
+    store.set("a", value)
+    store.set("a", {"v": 2})
+    assert store.check().ok
+    query(postgres_location, "UPDATE versions SET size = size + 1 WHERE version = 1")
+    with pytest.raises(castore.CorruptionError, match="its entry says"):
+        store.get("a", version=1)
+    with pytest.raises(castore.CorruptionError):
+        list(export_lines(store))
+    report = store.check()
+    assert not report.ok
+    assert [f.path.rsplit("@", 1)[1] for f in report.findings] == ["1"]
