@@ -79,6 +79,11 @@ _ROW_FROM_COPY: Final = (
     f"INSERT INTO versions (ref_id, scope, prev, {_COLUMNS}) "
     f"SELECT ref_id, scope, %s, {_COLUMNS} FROM refs WHERE ref_id = %s"
 )
+# A row made from the copy takes its blob into use: locked and refreshed as a write does,
+# so a gc running at the same time waits, then sees the row (maintenance.py).
+_TAKE_COPY_BLOB: Final = (
+    "UPDATE blobs SET touched_ns = %s WHERE digest = (SELECT blob FROM refs WHERE ref_id = %s)"
+)
 _ROW_REPLACED_BY_COPY: Final = (
     f"UPDATE versions v SET ({_COLUMNS}) = (SELECT {_COLUMNS} FROM refs r "
     "WHERE r.ref_id = v.ref_id) WHERE v.ref_id = %s AND v.version = %s"
@@ -218,6 +223,7 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
                     q.INSERT_VERSION,
                     q.params(ref, lost_marker(high + 1, named - 1, time.time_ns(), _LOST), high),
                 )
+            cur.execute(_TAKE_COPY_BLOB, (time.time_ns(), key))
             cur.execute(_ROW_FROM_COPY, (max(high, named - 1), key))
             return problem, "restore the copy as its version's row, record the rest as lost"
         cur.execute(
@@ -231,6 +237,7 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
             cur.execute(q.COPY_NEWEST, (key,))
             return problem, "copy the row (the copy does not verify)"
         if mine is not None and theirs is None:
+            cur.execute(_TAKE_COPY_BLOB, (time.time_ns(), key))
             cur.execute(_ROW_REPLACED_BY_COPY, (key, named))
             return problem, "replace the row by the copy (the row does not verify)"
         if mine is not None:  # the row is the record (get --version and history read it)

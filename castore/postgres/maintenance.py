@@ -9,14 +9,14 @@ Each works in short transactions beside running readers and writers:
   damaged, never as another value, until a write of that value replaces
   the row (:data:`~castore.postgres.statements.UPSERT_BLOB`). A blob whose
   data verifies but whose ``size`` column was edited gets its data's size.
-* **gc** deletes blobs that no version references and that no write used
-  within the grace period. Every write that stores a version with a blob
-  either upserts the blob row or refreshes its ``touched_ns`` in its own
-  transaction, which locks that row. gc locks its candidates first (waiting
-  for such writes to commit), then deletes those still unreferenced in a
-  second statement, whose snapshot sees those writes' versions; a write that
-  comes after gc deleted a blob inserts it again. So gc never removes a blob
-  a committed version uses.
+* **gc** deletes blobs that no version (nor a key's copy of its newest version)
+  references and that no write used within the grace period. Every write that
+  stores a version with a blob either upserts the blob row or refreshes its
+  ``touched_ns`` in its own transaction, which locks that row. gc locks its
+  candidates first (waiting for such writes to commit), then deletes those
+  still unreferenced in a second statement, whose snapshot sees those writes'
+  versions; a write that comes after gc deleted a blob inserts it again. So gc
+  never removes a blob a committed version uses.
 * **compact** (:mod:`castore.postgres.compaction`) applies a retention policy.
 * **stats** counts with aggregate queries.
 """
@@ -173,13 +173,21 @@ def collect_garbage(
         "FROM blobs b WHERE b.touched_ns < %s AND NOT EXISTS "
         "(SELECT 1 FROM versions v WHERE v.blob = b.digest)"
     )
+    # A key's copy of its newest version is that version's only record when its row was
+    # lost (reads serve it, check --repair restores the row from it): its blob is in use.
+    # refs has no index on blob: one scan here, not one per batch. No write makes such a
+    # copy (a write inserts the row with it), and a repair that makes a row of it locks
+    # the blob as a write does, so the batches' check of versions below still holds.
+    no_copy = " AND NOT EXISTS (SELECT 1 FROM refs r WHERE r.blob = b.digest)"
     blobs_found = bytes_found = 0
     candidates: list[Row] = []
     if present:
         ((blobs_found, bytes_found),) = db.fetch(
             "SELECT count(*), coalesce(sum(octet_length(data)), 0) FROM blobs", (), "gc"
         )
-        candidates = db.fetch(f"SELECT b.digest, octet_length(b.data) {unused}", (cutoff,), "gc")
+        candidates = db.fetch(
+            f"SELECT b.digest, octet_length(b.data) {unused}{no_copy}", (cutoff,), "gc"
+        )
     freed = freed_bytes = 0
     if dry_run:
         freed, freed_bytes = len(candidates), sum(n for _, n in candidates)
