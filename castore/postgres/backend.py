@@ -371,9 +371,8 @@ def _row_lost(ref: Ref) -> CorruptionError:
 
 def _not_newest(ref: Ref, how: int) -> CorruptionError:
     """The error of a key whose copy is not its newest row (``how``: :data:`q.NOT_NEWEST`)."""
-    wrong = "is behind its version rows" if how == 1 else "differs from its version row"
     return CorruptionError(
-        f"{ref}: its copy of the newest version in refs {wrong} (edited): "
+        f"{ref}: its copy of the newest version in refs {q.COPY_FLAGS[how]} (edited): "
         "run castore check --repair"
     )
 

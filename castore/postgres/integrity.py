@@ -215,6 +215,10 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
     (gone,) = cur.execute(_DROPPED_UP_TO, (key, key)).fetchone() or (0,)
     high = max(newest[0] if newest is not None else 0, gone)  # compaction's are not lost
     named = copy[0] if copy is not None and copy[0] is not None else None
+    if named is not None and named > high and newest and copy and _no_newer(copy, newest):
+        cur.execute(q.COPY_NEWEST, (key,))  # the row is the version's record
+        problem = f"the copy names version {named}, above its rows, but is no newer than them"
+        return problem, f"copy the newest row (version {newest[0]})"
     if named is not None and named > high:  # rows above ``high`` were lost
         problem = f"versions {high + 1}..{named} are missing; the key's copy names {named}"
         if q.verified(ref, copy) is not None:
@@ -252,6 +256,16 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
         return problem, "none: the rows above it do not follow it (their break is reported)"
     cur.execute(q.COPY_NEWEST, (key,))
     return problem, "copy the newest row"
+
+
+def _no_newer(copy: tuple[Any, ...], newest: tuple[Any, ...]) -> bool:
+    """Whether a copy naming a version above the newest row is refuted by that row.
+
+    Times increase with versions (equal only where an import gave them): a copy
+    older than the row, or the row's entry and value under another number (a copy
+    renumbered by hand), is no newer version (:data:`q.NOT_NEWEST`'s 3).
+    """
+    return bool(copy[2] < newest[2] or copy[1:] == newest[1:])
 
 
 def check_copies(db: Database, repair: bool) -> list[Finding]:

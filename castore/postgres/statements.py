@@ -20,6 +20,7 @@ __all__ = [
     "APPEND_NEW_BLOB",
     "APPEND_ROW",
     "COMPACTED",
+    "COPY_FLAGS",
     "COPY_NEWEST",
     "CURRENT",
     "EXACT_VERSION",
@@ -60,18 +61,31 @@ AHEAD: Final = (
     "AND v.version > coalesce(r.version, 0))"
 )
 _COPIED: Final = f"{rows.ENTRY}, {rows.VALUE}".split(", ")  # a key's copy of its newest row
+_UNVERSIONED: Final = [c for c in _COPIED if c != "version"]
 NOT_NEWEST: Final = (  # 0: the copy is the key's newest row; 1: a row is above the copy
-    # (rolled back by hand); 2: the copy keeps its row's version but not its columns (edited).
-    # One probe of the versions primary key; a copy above its rows (lost) is its version's
-    # only record, so it is read (check restores the row from it).
+    # (rolled back by hand); 2: the copy keeps its row's version but not its columns (edited);
+    # 3: the copy names a version above its rows but is no newer than the newest row: older
+    # than it, or the same entry renumbered by hand (times increase with versions, equal
+    # only where an import gave them). One probe of the versions primary key; a copy above
+    # its rows (lost) and newer is its version's only record, so it is read (check
+    # restores the row from it).
     "coalesce((SELECT CASE WHEN v.version > coalesce(r.version, 0) THEN 1 "
     "WHEN v.version = r.version AND ("
     + ", ".join(f"v.{c}" for c in _COPIED)
     + ") IS DISTINCT FROM ("
     + ", ".join(f"r.{c}" for c in _COPIED)
-    + ") THEN 2 ELSE 0 END "
+    + ") THEN 2 WHEN v.version < r.version AND (v.time_ns > r.time_ns OR ("
+    + ", ".join(f"v.{c}" for c in _UNVERSIONED)
+    + ") IS NOT DISTINCT FROM ("
+    + ", ".join(f"r.{c}" for c in _UNVERSIONED)
+    + ")) THEN 3 ELSE 0 END "
     "FROM versions v WHERE v.ref_id = r.ref_id ORDER BY v.version DESC LIMIT 1), 0)"
 )
+COPY_FLAGS: Final = {  # what NOT_NEWEST's flags say of the copy, in errors
+    1: "is behind its version rows",
+    2: "differs from its version row",
+    3: "names a version above its rows but is no newer than the newest of them",
+}
 WITH_BLOB: Final = "{t}.inline, b.codec, b.data FROM {t} LEFT JOIN blobs b ON b.digest = {t}.blob"
 ORPHANS: Final = (  # a version row of the scope whose key's refs row is lost
     "SELECT 1 FROM versions v WHERE v.scope = %s "
@@ -282,11 +296,12 @@ def verified(ref: Ref, row: tuple[Any, ...] | None) -> Entry | None:
 def copy_refuted(cur: Cursor, ref: Ref, how: int) -> bool:
     """Whether a key's copy flagged ``how`` by :data:`NOT_NEWEST` must not be read.
 
-    A copy behind its rows (1) never is. A copy that differs from its version's row (2)
+    A copy behind its rows (1), or above them but no newer than the newest (3),
+    never is. A copy that differs from its version's row (2)
     is read only where that row does not verify: the copy is then the version's one
     good record (and check restores the row from it); else the two disagree and
     nothing tells which is right (check keeps the row).
     """
     if how != 2:
-        return how == 1
+        return how in (1, 3)
     return verified(ref, cur.execute(NEWEST_ROW, (rows.ref_id(ref),)).fetchone()) is not None

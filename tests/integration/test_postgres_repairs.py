@@ -160,3 +160,43 @@ def test_gc_keeps_the_blob_of_a_copy_that_is_its_version_s_only_record(postgres_
     again = Store(postgres_location, dag=DAG)
     assert again.get("a", version=2).value == value
     assert again.check().ok
+
+
+@pytest.mark.parametrize("edit", ["version = 9", "version = 9, time_ns = time_ns - 5"])
+def test_a_copy_renumbered_by_hand_is_never_served_as_a_version_it_never_was(
+    postgres_location, edit
+):
+    # Oracle: the same store before the edit (version 2, its value; the next set 3). The
+    # copy differed from row 2 only in its number (9), or was older than it: get served
+    # version 9 with version 2's value, and a set wrote version 10 on it. A genuine copy
+    # above its rows (its row lost) is newer than them, and is still read.
+    store = Store(postgres_location, dag=DAG)
+    store.set("a", {"v": 1})
+    before = store.set("a", {"v": 2})
+    query(postgres_location, f"UPDATE refs SET {edit}")  # noqa: S608
+    fresh = Store(postgres_location, dag=DAG)
+    with pytest.raises(castore.CorruptionError, match="no newer than"):
+        fresh.get("a")
+    with pytest.raises(castore.CorruptionError, match="no newer than"):
+        fresh.set("a", {"v": 3})
+    assert fresh.list().skipped == ["a"]
+    assert fresh.check(repair=True).ok
+    again = Store(postgres_location, dag=DAG)
+    assert again.get("a").to_dict() == store.get("a", version=2).to_dict()
+    assert again.get("a").version == before.version
+    assert again.set("a", {"v": 3}).version == 3
+    assert again.check().ok
+
+
+def test_a_copy_whose_row_was_lost_is_still_its_version_s_record(postgres_location):
+    # Oracle: the acknowledged write (DESIGN.md: a copy above its rows is read, and check
+    # --repair restores its row).
+    store = Store(postgres_location, dag=DAG)
+    store.set("a", {"v": 1})
+    store.set("a", {"v": 2})
+    written = store.set("a", {"v": 3})
+    query(postgres_location, "DELETE FROM versions WHERE version = 3")
+    assert Store(postgres_location, dag=DAG).get("a").value == {"v": 3}
+    assert store.check(repair=True).ok
+    restored = store.get("a", version=3)
+    assert (restored.version, restored.value) == (written.version, {"v": 3})
