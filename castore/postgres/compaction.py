@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from castore.backend import Progress
+from castore.errors import CorruptionError
 from castore.keys import SCOPES
 from castore.postgres import rows
 from castore.postgres.connection import Abandon, Cursor, Database
@@ -63,10 +64,13 @@ def compact(
     for key in _selected(db, retention) if db.store_exists() else []:
         examined += 1
 
-        def one(cur: Cursor, ref_id: bytes = key[3]) -> tuple[int, int, int, bool]:
-            return _compact_one(cur, ref_id, retention, cutoff, dry_run)
-
         name = rows.ref_name(*key[:3])
+
+        def one(
+            cur: Cursor, ref_id: bytes = key[3], name: str = name
+        ) -> tuple[int, int, int, bool]:
+            return _compact_one(cur, (ref_id, name), retention, cutoff, dry_run)
+
         size, size_after, gone, was_removed = db.run(one, f"compacting {name}", ref=name)
         before += size
         after += size_after
@@ -90,16 +94,28 @@ def compact(
 
 def _compact_one(
     cur: Cursor,
-    ref_id: bytes,
+    ref: tuple[bytes, str],
     retention: Retention,
     cutoff: int | None,
     dry_run: bool,
 ) -> tuple[int, int, int, bool]:
-    """Compact one key under its row lock: (bytes before, after, versions dropped, removed)."""
+    """Compact one key under its row lock: (bytes before, after, versions dropped, removed).
+
+    ``ref``: the key's ``ref_id`` and name (a damaged row's error names the key).
+
+    Raises:
+        CorruptionError: a version row of the key does not decode (check --repair
+            records it lost).
+    """
+    ref_id, name = ref
     key = (ref_id,)
     cur.execute(f"SELECT 1 FROM refs WHERE {rows.REF} FOR UPDATE", key)
     cur.execute(f"SELECT {rows.ENTRY} FROM versions WHERE {rows.REF} ORDER BY version", key)
-    entries = [e for row in cur.fetchall() if (e := rows.entry(row)) is not None]
+    found = cur.fetchall()
+    try:
+        entries = [e for row in found if (e := rows.entry(row, 0, name)) is not None]
+    except CorruptionError as exc:
+        raise CorruptionError(f"{exc.detail}: run castore check --repair") from None
     if not entries:
         return 0, 0, 0, False
     size = sum(e.size for e in entries)

@@ -28,30 +28,18 @@ from __future__ import annotations
 import time
 from typing import Any, Final
 
-from castore import valuecodec
 from castore.backend import lost_marker
-from castore.codec import check_stored
 from castore.errors import CorruptionError, LockTimeoutError
-from castore.identity import out_of_range
 from castore.keys import Ref
 from castore.postgres import rows
 from castore.postgres import statements as q
 from castore.postgres.connection import Abandon, Cursor, Database
-from castore.records import OP_DAMAGED, OP_DELETE, OP_ROLLBACK, OP_SET
-from castore.reports import Finding, lost_range
+from castore.reports import Finding
 
-__all__ = ["check_chains", "check_copies", "check_versions"]
+__all__ = ["check_chains", "check_copies"]
 
 _BATCH: Final = 500
-_OPS: Final = (OP_SET, OP_DELETE, OP_ROLLBACK, OP_DAMAGED)
 _LOST: Final = "version rows lost"  # the reason a repair records
-_SCAN: Final = (
-    f"SELECT v.ref_id, r.scope, r.namespace, r.key, "
-    f"{rows.entry_columns('v')}, v.inline, v.blob, b.size "
-    "FROM versions v LEFT JOIN refs r ON r.ref_id = v.ref_id "
-    "LEFT JOIN blobs b ON b.digest = v.blob "
-    "WHERE (v.ref_id, v.version) > (%s, %s) ORDER BY v.ref_id, v.version LIMIT %s"
-)
 _DIFFERING: Final = f"""
     SELECT r.ref_id, r.scope, r.namespace, r.key FROM refs r
     LEFT JOIN LATERAL (
@@ -106,101 +94,6 @@ _DROPPED_BELOW: Final = (
 )
 _ALL_BREAKS: Final = _BREAKS.format(where="")
 _BREAKS_OF: Final = _BREAKS.format(where="WHERE ref_id = %s")
-
-
-def _row_problem(row: tuple[Any, ...], sizes: dict[bytes, int]) -> str | None:
-    """What is wrong with a version row (``_SCAN``'s columns from ``ENTRY``), or None.
-
-    ``sizes``: the size of each blob whose ``size`` column is not its data's.
-    """
-    try:
-        found = rows.entry(row, 4)
-    except CorruptionError as exc:
-        return exc.detail
-    assert found is not None  # noqa: S101  # a version row has a version
-    if found.op not in _OPS:
-        return f"version {found.version}: unknown op {found.op!r}"
-    if (problem := out_of_range(found.audit)) is not None:  # no castore wrote it
-        return f"version {found.version}: {problem}"
-    inline, blob = row[12], row[13]
-    if not found.live and (inline is not None or blob is not None):
-        return f"version {found.version}: a delete that holds a value"
-    if not found.live or found.op == OP_DAMAGED:
-        return None
-    if inline is None and blob is None:
-        return f"version {found.version}: its value is missing (no inline bytes, no blob)"
-    if inline is not None:
-        try:
-            value = valuecodec.unpack(valuecodec.CODEC_RAW, bytes(inline), found.hash)
-            check_stored(value, f"value {found.hash}")
-        except CorruptionError as exc:
-            return exc.detail
-        if len(value) != found.size:
-            return f"value {found.hash}: {len(value)} bytes, recorded {found.size}"
-    elif row[14] is not None and sizes.get(bytes(blob), row[14]) != found.size:
-        held = sizes.get(bytes(blob), row[14])
-        return f"value {found.hash}: its blob holds {held} bytes, its entry says {found.size}"
-    return None
-
-
-def check_versions(db: Database, sizes: dict[bytes, int]) -> tuple[int, list[Finding]]:
-    """Verify every version row: the number of inline values, and a finding per bad row.
-
-    ``sizes``: the size of each blob whose ``size`` column is not its data's (a
-    version's size is compared with its blob's).
-    """
-    findings: list[Finding] = []
-    inline = 0
-    orphans: set[bytes] = set()
-    after: tuple[Any, ...] = (b"", 0)
-    while True:
-        batch = db.fetch(_SCAN, (*after, _BATCH), "checking")
-        for row in batch:
-            ref_id, scope, namespace, key = bytes(row[0]), row[1], row[2], row[3]
-            inline += row[12] is not None
-            if scope is None:
-                if ref_id not in orphans:
-                    orphans.add(ref_id)
-                    findings.append(_orphan(ref_id))
-                continue
-            problem = _row_problem(row, sizes)
-            name = rows.ref_name(scope, namespace, key)
-            if problem is None:
-                findings += _lost_range(name, row)
-            else:
-                findings.append(
-                    Finding(
-                        path=f"versions/{name}@{row[4]}",
-                        problem=problem,
-                        repair="none: the version reads as damaged",
-                    )
-                )
-        if len(batch) < _BATCH:
-            return inline, findings
-        after = (bytes(batch[-1][0]), batch[-1][4])
-
-
-def _lost_range(name: str, row: tuple[Any, ...]) -> list[Finding]:
-    """Versions a repair (or an import) recorded as lost stay reported, as information."""
-    found = rows.entry(row, 4)
-    if found is None or found.op != OP_DAMAGED:
-        return []
-    return [
-        Finding(
-            path=f"versions/{name}@{found.version}",
-            problem=lost_range(name, found),
-            repair="none: nothing left to recover",
-            severity="info",
-        )
-    ]
-
-
-def _orphan(ref_id: bytes) -> Finding:
-    return Finding(
-        path=f"versions/{ref_id.hex()}",
-        problem="versions of a key whose refs row is lost (its name was in that row)",
-        repair="none here: the key's next write restores the row",
-    )
 
 
 def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:

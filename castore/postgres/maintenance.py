@@ -33,8 +33,9 @@ from castore.codec import check_stored
 from castore.errors import CorruptionError
 from castore.postgres import rows
 from castore.postgres.connection import Cursor, Database, Row
-from castore.postgres.integrity import check_chains, check_copies, check_versions
+from castore.postgres.integrity import check_chains, check_copies
 from castore.postgres.refnames import check_floors, check_names, check_orphans
+from castore.postgres.versionrows import check_versions, quarantine_rows
 from castore.reports import (
     CheckReport,
     Finding,
@@ -146,10 +147,11 @@ def check(db: Database, *, repair: bool, progress: Progress | None) -> CheckRepo
         return CheckReport(ok=True, logs=0, entries=0, blobs=0, findings=[])
     sizes: dict[bytes, int] = {}  # blobs whose size column is not their data's
     blobs, findings = _bad_blobs(db, repair, progress, sizes)
-    inline, bad = check_versions(db, sizes)
+    inline, bad, damaged = check_versions(db, sizes)
     copies = check_copies(db, repair)
     if any(f.repaired for f in copies):  # a row replaced by its copy is no longer damaged
-        inline, bad = check_versions(db, sizes)
+        inline, bad, damaged = check_versions(db, sizes)
+    bad += quarantine_rows(db, damaged, sizes, repair)  # after the copies: a good copy wins
     findings += bad + _missing_blobs(db) + copies + check_chains(db, repair)
     findings += check_names(db, repair) + check_floors(db, repair) + check_orphans(db)
     ((refs, entries),) = db.fetch(

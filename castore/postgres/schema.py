@@ -28,7 +28,9 @@ One schema per store (the location's ``schema`` parameter). Version 2:
   entry before this one when it was written (0 for a key's first), so a
   row lost from the middle of a history is told from a version that never
   was (:mod:`castore.postgres.chains`); null in rows written at version 1;
-* ``compactions``: the version ranges compaction dropped, with the policy (by ``ref_id``).
+* ``compactions``: the version ranges compaction dropped, with the policy (by ``ref_id``);
+* ``quarantine`` (made by the first repair that needs it: :func:`make_quarantine`):
+  damaged version rows as they were, before a repair recorded their versions lost.
 
 Version 1 had no ``prev``: :func:`upgrade_schema` adds the column (rows
 already there keep null: their chain is not known), and a store at version
@@ -51,6 +53,7 @@ __all__ = [
     "KEY_HEAD_BYTES",
     "SCHEMA_VERSION",
     "create",
+    "make_quarantine",
     "upgrade_schema",
     "version_of",
 ]
@@ -192,6 +195,29 @@ def create(cur: psycopg.Cursor[Any], schema: str) -> bool:
         (str(SCHEMA_VERSION),),
     )
     return True
+
+
+_QUARANTINE: Final = """CREATE TABLE IF NOT EXISTS {}.quarantine (
+    ref_id bytea NOT NULL,
+    version bigint NOT NULL,
+    time_ns bigint NOT NULL,
+    problem text NOT NULL,
+    version_row jsonb NOT NULL,
+    blob_row jsonb
+)"""
+
+
+def make_quarantine(cur: psycopg.Cursor[Any], schema: str) -> None:
+    """Create the ``quarantine`` table unless present (in the caller's transaction).
+
+    Made by the first ``check --repair`` that keeps a damaged version row there
+    (:mod:`castore.postgres.versionrows`): one row per row kept, as it was
+    (``to_jsonb`` of it and of its blob row: ``bytea`` columns as hex), with
+    when and why. A store without damage has no such table; castore never
+    reads it, and no schema version needs it.
+    """
+    _lock(cur, schema)
+    cur.execute(sql.SQL(_QUARANTINE).format(sql.Identifier(schema)))
 
 
 def upgrade_schema(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, int]:

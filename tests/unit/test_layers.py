@@ -175,6 +175,7 @@ POSTGRES_LAYERS = {
     "postgres.rows": 2,  # rows <-> entries, values
     "postgres.statements": 3,  # the SQL of reads and writes; what a decision reads
     "postgres.chains": 4,  # a key's chain of version rows: pages that prove none was lost
+    "postgres.versionrows": 4,  # check of every version row; a damaged one to quarantine
     "postgres.integrity": 4,  # check of the rows, their chains, each key's newest copy; repair
     "postgres.refnames": 4,  # check of the refs rows' names and floors; repair
     "postgres.compaction": 4,  # retention, one key per transaction
