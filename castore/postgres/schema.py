@@ -34,7 +34,9 @@ One schema per store (the location's ``schema`` parameter). Version 2:
 
 Version 1 had no ``prev``: :func:`upgrade_schema` adds the column (rows
 already there keep null: their chain is not known), and a store at version
-1 is refused until then, so no castore writes rows without it.
+1 is refused until then; a castore of version 1 that opened the store before
+the upgrade has its inserts refused by a trigger the upgrade adds, so no
+castore writes rows without it.
 
 docs/DESIGN.md, "The PostgreSQL backend", has the transactions.
 """
@@ -197,6 +199,17 @@ def create(cur: psycopg.Cursor[Any], schema: str) -> bool:
     return True
 
 
+# A castore of schema version 1 that opened the store before the upgrade goes on writing
+# rows without ``prev`` (it checked the version once): its inserts are refused, and say why.
+# Not a CHECK: a repair may rewrite a row written at version 1, whose ``prev`` stays null.
+_OLD_WRITERS_REFUSED: Final = (
+    """CREATE FUNCTION {s}.castore_refuse_rows_without_prev() RETURNS trigger
+        LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'check_violation',
+        MESSAGE = 'this store was upgraded to castore schema version 2, which every version '
+            'row written since names its prev in: upgrade this castore'; END $$""",
+    """CREATE TRIGGER castore_rows_name_prev BEFORE INSERT ON {s}.versions FOR EACH ROW
+        WHEN (NEW.prev IS NULL) EXECUTE FUNCTION {s}.castore_refuse_rows_without_prev()""",
+)
 _QUARANTINE: Final = """CREATE TABLE IF NOT EXISTS {}.quarantine (
     ref_id bytea NOT NULL,
     version bigint NOT NULL,
@@ -234,6 +247,8 @@ def upgrade_schema(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, int]:
     elif before == 1:
         ident = sql.Identifier(schema)
         cur.execute(sql.SQL("ALTER TABLE {}.versions ADD COLUMN " + _PREV).format(ident))
+        for statement in _OLD_WRITERS_REFUSED:
+            cur.execute(sql.SQL(statement).format(s=ident))
         cur.execute(
             sql.SQL("UPDATE {}.castore_meta SET value = %s WHERE name = 'schema_version'").format(
                 ident

@@ -280,3 +280,39 @@ def test_a_repair_never_records_versions_compaction_dropped_as_lost(postgres_loc
     assert [(f.problem, f.severity) for f in store.check().findings] == [
         ("dag/pg/k versions 5-5 were lost to damage (version rows lost)", "info")
     ]
+
+
+def test_a_castore_of_schema_version_1_left_running_across_the_upgrade_writes_nothing(
+    postgres_location,
+):
+    # Oracle: DESIGN.md ("no castore writes a row without it afterwards") and the rows this
+    # castore writes, whose loss reads as damage. A schema-1 castore opened before the
+    # upgrade checked the version once and went on inserting rows without prev; one of
+    # them lost read as "no version 5" and check said ok. (tools: the reviewer's script ran
+    # the commit before 28dfdb4 as that writer; its inserts are the statement below.)
+    store = Store(postgres_location, dag=DAG)
+    fill(store)
+    store.close()
+    query(postgres_location, "ALTER TABLE versions DROP COLUMN prev")
+    query(postgres_location, "UPDATE castore_meta SET value = '1' WHERE name = 'schema_version'")
+    castore.upgrade(postgres_location)
+    old_insert = (  # a schema-1 castore's row: every column but prev
+        "INSERT INTO versions (ref_id, version, scope, op, time_ns, digest, size, created_ns, "
+        "audit, damaged_from, blob, inline) SELECT ref_id, version + 1, scope, op, time_ns + 1, "
+        "digest, size, created_ns, audit, damaged_from, blob, inline FROM versions "
+        "ORDER BY version DESC LIMIT 1"
+    )
+    with pytest.raises(psycopg.errors.CheckViolation, match="upgrade this castore"):
+        query(postgres_location, old_insert)
+    store = Store(postgres_location, dag=DAG)
+    written = store.set("k", 7)  # this castore's rows name their prev
+    store.set("k", 8)
+    assert store.check().ok
+    lose(postgres_location, "k", written.version)
+    with pytest.raises(CorruptionError):
+        store.get("k", version=written.version)
+    assert store.check(repair=True).ok  # a row written at version 1 can still be repaired
+    query(postgres_location, "UPDATE versions SET audit = '\\x7b7b'::bytea WHERE version = 2")
+    assert store.check(repair=True).ok
+    with pytest.raises(CorruptionError, match="lost"):
+        store.get("k", version=2)
