@@ -148,7 +148,8 @@ class PostgresBackend:
 
     def removed(self, scope: str) -> list[tuple[str, str, int]]:
         """Each key compaction removed: its row's ``floor`` (:meth:`Backend.removed`)."""
-        found = self._read(lambda cur: cur.execute(q.REMOVED, (scope,)).fetchall(), scope, [])
+        what = f"listing the keys compaction removed from {scope}"
+        found = self._read(lambda cur: cur.execute(q.REMOVED, (scope,)).fetchall(), what, [])
         refs = [(rows.stored_ref(i, scope, n, k), int(v)) for i, n, k, v in found]
         return [(ref.namespace, ref.key, floor) for ref, floor in refs]
 

@@ -59,6 +59,7 @@ Row = tuple[Any, ...]
 # Pauses between looks at a catalog that lags a store's creation (None: the last look).
 _CATALOG_PAUSES = (0.001, 0.004, 0.016, 0.064, 0.25, None)
 _HANDLES: weakref.WeakSet[Database] = weakref.WeakSet()  # every Database of this process
+_QUOTED_USER = re.compile(r'\b(user|role) "(?:[^"]|"")*"')  # as libpq quotes a user name
 
 
 def _after_fork_in_child() -> None:
@@ -194,11 +195,15 @@ class Database:
         return self._pool.idle_pids()
 
     def clean(self, exc: BaseException) -> str:
-        """The driver's message for ``exc``, first line, without the URL's password."""
+        """The driver's message for ``exc``, first line, without the URL's password or user.
+
+        The location shown leaves the user name out; so does the message (libpq
+        quotes it: ``password authentication failed for user "…"``, ``role "…"``).
+        """
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         for secret in self.location.secrets:  # whole words only: "ok" never masks "token"
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
-        return text
+        return _QUOTED_USER.sub(r'\1 "***"', text)
 
     def _connect(self, session: Session) -> psycopg.Connection[Any]:
         conn = self._open()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import threading
 import uuid
@@ -23,6 +24,7 @@ from psycopg import sql
 import castore
 from castore import Store, StoreUnavailableError, codec
 from castore.postgres.backend import PostgresBackend
+from castore.transfer import export_lines
 from tests.conftest import POSTGRES_URL, REQUIRE_POSTGRES, postgres_store_location
 
 pytestmark = pytest.mark.integration
@@ -310,3 +312,46 @@ def test_a_default_isolation_above_read_committed_loses_no_concurrent_write(
     assert final.get("n").value == {"n": 200}
     assert len(final.history("n", limit=1000).entries) == 201
     final.close()
+
+
+@pytest.fixture
+def role_without_grants(pg_location: str) -> Iterator[str]:
+    """The store's location as a login role granted nothing on its schema, dropped after."""
+    role = f"castore_nogrant_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+    try:
+        scheme, rest = pg_location.split("://", 1)
+        yield f"{scheme}://{role}:pw@{rest.rpartition('@')[2]}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_refused_export_names_what_it_was_reading(
+    pg_location: str, role_without_grants: str
+) -> None:
+    # Oracle: the other commands' messages ("reading dag/d/k failed: permission denied ...").
+    # An export named the scope as the operation: "custom failed: permission denied".
+    Store(pg_location, dag="d").set("k", 1)
+    store = Store(role_without_grants, dag="d")
+    with pytest.raises(StoreUnavailableError) as refused:
+        list(export_lines(store))
+    message = str(refused.value)
+    assert "permission denied" in message
+    assert re.search(r": (dag|root_dag|global|custom) failed", message) is None, message
+    assert "failed: permission denied" in message
+
+
+def test_an_authentication_error_shows_no_user_name(pg_location: str) -> None:
+    # Oracle: the location shown, which leaves the user out (DESIGN.md); libpq's message
+    # quoted it: password authentication failed for user "castore".
+    scheme, rest = pg_location.split("://", 1)
+    user = rest.partition("@")[0].partition(":")[0]
+    wrong = f"{scheme}://{user}:not-the-password@{rest.rpartition('@')[2]}"
+    with pytest.raises(StoreUnavailableError) as refused:
+        Store(wrong, dag="d").get("k")
+    message = str(refused.value)
+    assert "authentication failed" in message
+    assert f'"{user}"' not in message
+    assert 'user "***"' in message
