@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
 from castore.errors import CorruptionError
-from castore.file import logrewrite, logversions
+from castore.file import fileio, logrewrite, logversions
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.frames import Frame, LogBytes
@@ -221,7 +221,7 @@ class FileBackend:
                     self.names.not_put_back(Ref(scope, namespace, key), log.path, entry)
                     state.settled(key, entry)
                 finally:
-                    os.close(fd)
+                    fileio.unlock_and_close(fd)  # a child forked meanwhile has fd: unlocked
 
     @property
     def loop_safe_reads(self) -> bool:

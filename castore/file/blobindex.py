@@ -15,6 +15,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 
+from castore import forks
 from castore.file import fileio, namesync
 from castore.file.frames import Frame, encode_frame, scan_frames
 from castore.file.modes import DATA_UNSYNCED, UNSYNCED
@@ -100,6 +101,12 @@ class BlobIndex:
         self._shards: dict[str, tuple[int, int, dict[bytes, list[BlobLoc]]]] = {}
         self._dir_made = False
         self._lock = threading.Lock()
+        forks.track(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`): a new lock; the shards read again."""
+        self._lock = threading.Lock()
+        self._shards = {}
 
     def _path(self, digest: bytes) -> str:
         return os.path.join(self.dir, f"{digest[0]:02x}.idx")

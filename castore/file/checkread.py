@@ -64,7 +64,7 @@ def log_and_index(fs: Tree, path: str, timeout: float) -> LogState:
                     data = fileio.read_at(fd, 0, st.st_size)
                     return LogState(data, fileio.read_at(vfd, 0, os.fstat(vfd).st_size), file)
             finally:
-                os.close(vfd)  # and its lock
+                fileio.unlock_and_close(vfd)  # a child forked meanwhile has vfd: unlocked
         if time.monotonic() >= deadline:
             raise LockTimeoutError(vix, timeout)
         time.sleep(pause)

@@ -1,8 +1,11 @@
 """Descriptor-level primitives: flock with back-off, exact reads, durable appends, failpoints.
 
 Locks are ``flock(2)`` locks on the file itself: the kernel releases them
-when the holder dies, so a crash never leaves a stale lock. Paths are
-:mod:`castore.file.tree`'s business; these functions take descriptors.
+when the holder dies, so a crash never leaves a stale lock. They belong to
+the open file, which a forked child's copy of the descriptor shares: so a
+lock is released with ``LOCK_UN`` (:func:`locked`, :func:`unlock_and_close`),
+never by closing alone, which would leave it held while such a child lives.
+Paths are :mod:`castore.file.tree`'s business; these functions take descriptors.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "locked",
     "read_at",
     "try_lock",
+    "unlock_and_close",
 ]
 
 # While a lock is busy: the first pause, doubled up to the longest (seconds).
@@ -134,6 +138,18 @@ def locked(
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def unlock_and_close(fd: int) -> None:
+    """Release ``fd``'s flock (if it holds one), then close it.
+
+    Closing alone releases the lock only with the last copy of the descriptor,
+    and a child forked while it was held has one (:mod:`castore.forks`).
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def read_at(fd: int, offset: int, size: int) -> bytes:

@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Iterable
 
+from castore import forks
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio
 from castore.file.frames import classify, classify_twinned, encode_frame
@@ -67,6 +68,16 @@ class Graveyard:
         self._lock = threading.RLock()
         self._seen: dict[str, int] = {}  # what this handle read, kept when the file changes
         self._seen_floor = 0
+        self._forget(0)
+        forks.track(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`): a new lock; the file read again.
+
+        A parent's thread may have been reading it (its signature taken, not all its
+        records): what it had read is kept as seen, as when the file changes.
+        """
+        self._lock = threading.RLock()
         self._forget(0)
 
     def _forget(self, ino: int) -> None:

@@ -6,7 +6,9 @@ has costs an ``flock`` and a ``stat``. A kept descriptor is used only if,
 under its lock, the path still names the same file (a rewrite renames a new
 log over the old one; gc may remove it). One thread at a time uses a
 descriptor (it is taken out of the pool for the write), and a forked child
-never uses its parent's: their ``flock`` would be shared.
+never uses its parent's: their ``flock`` would be shared. The child closes
+its copies of the pool's descriptors right after the fork (:mod:`castore.forks`),
+never unlocking them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import resource
 import threading
 from types import TracebackType
 
+from castore import forks
 from castore.errors import LockTimeoutError
 from castore.file import fileio
 from castore.file.reflog import RefLog
+from castore.forks import FORKS
 
 __all__ = ["KEPT_MAX", "Held", "KeptLogs"]
 
@@ -43,8 +47,17 @@ KEPT_MAX = _kept_max()  # descriptors all handles of a process keep open, togeth
 class _Budget:
     """The kept descriptors of every handle of this process (a count, under a lock)."""
 
-    lock = threading.Lock()
-    kept = 0
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kept = 0
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a new lock (the handles' hooks, taking none, count down)."""
+        self.lock = threading.Lock()
+
+
+_BUDGET = _Budget()
+forks.track(_BUDGET)
 
 
 class KeptLogs:
@@ -59,6 +72,7 @@ class KeptLogs:
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
         self._guard = threading.Lock()
+        forks.track(self)
 
     def __del__(self) -> None:
         self.close()  # a handle that is never closed does not hold descriptors forever
@@ -67,8 +81,20 @@ class KeptLogs:
         """Close every kept descriptor."""
         with self._guard:
             fds, self._fds = self._fds, {}
-            with _Budget.lock:
-                _Budget.kept -= len(fds)
+            with _BUDGET.lock:
+                _BUDGET.kept -= len(fds)
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a new lock; the copies of the parent's descriptors closed.
+
+        Never unlocked: a copy shares its ``flock`` with the parent's descriptor.
+        """
+        fds, self._fds, self._pid = self._fds, {}, os.getpid()
+        self._guard = threading.Lock()
+        _BUDGET.kept = max(0, _BUDGET.kept - len(fds))  # in the child alone: no lock needed
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -80,25 +106,34 @@ class KeptLogs:
         with self._guard:
             fd = self._fds.pop(path, None)
             if fd is not None:
-                with _Budget.lock:
-                    _Budget.kept -= 1
+                with _BUDGET.lock:
+                    _BUDGET.kept -= 1
             return fd
 
     @staticmethod
     def _room() -> bool:
-        return _Budget.kept < KEPT_MAX
+        return _BUDGET.kept < KEPT_MAX
 
-    def _give(self, path: str, fd: int) -> None:
-        """Keep ``fd`` for ``path`` if the budget allows (a full pool keeps what it has)."""
+    def _give(self, path: str, fd: int, forks_seen: int) -> None:
+        """Keep ``fd`` for ``path`` if the budget allows (a full pool keeps what it has).
+
+        Not if the process forked since ``forks_seen`` (:data:`~castore.forks.FORKS`
+        when the write began): the child may hold a copy that is in no pool of its
+        own, and a lock taken later on this one would then outlive this process.
+        """
         with self._guard:
             if path not in self._fds and self._pid == os.getpid():
-                with _Budget.lock:
-                    room = _Budget.kept < KEPT_MAX
+                with _BUDGET.lock:
+                    room = _BUDGET.kept < KEPT_MAX
                     if room:
-                        _Budget.kept += 1
+                        _BUDGET.kept += 1
                 if room:
-                    self._fds[path] = fd
-                    return
+                    self._fds[path] = fd  # then the look: a fork after it finds fd kept
+                    if FORKS[0] == forks_seen:
+                        return
+                    del self._fds[path]
+                    with _BUDGET.lock:
+                        _BUDGET.kept -= 1
         os.close(fd)
 
     def _relock(self, log: RefLog, fd: int) -> os.stat_result | None:
@@ -133,13 +168,14 @@ class Held:
     is closed (the write may have left it anywhere).
     """
 
-    __slots__ = ("_fresh", "_log", "_pool", "fd", "st")
+    __slots__ = ("_forks", "_fresh", "_log", "_pool", "fd", "st")
     fd: int  # set by __enter__, as ``st``
     st: os.stat_result
 
     def __init__(self, pool: KeptLogs, log: RefLog) -> None:
         self._pool, self._log = pool, log
         self._fresh: contextlib.AbstractContextManager[int] | None = None
+        self._forks = FORKS[0]  # before the descriptor leaves the pool (KeptLogs._give)
 
     def __enter__(self) -> Held:
         try:
@@ -156,7 +192,7 @@ class Held:
             try:
                 st = pool._relock(log, fd)
             except BaseException:
-                os.close(fd)
+                fileio.unlock_and_close(fd)  # locked if its path's look failed
                 raise
             if st is not None:
                 self.fd, self.st = fd, st
@@ -180,10 +216,10 @@ class Held:
             try:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             except BaseException:
-                os.close(fd)  # closing releases the lock
+                os.close(fd)  # the unlock failed: the lock goes with the last copy
                 raise
             if kind is None:
-                pool._give(self._log.path, fd)
+                pool._give(self._log.path, fd, self._forks)
             else:
                 os.close(fd)
             return
@@ -200,4 +236,4 @@ class Held:
                 os.close(kept)
             raise
         if kept >= 0:
-            pool._give(self._log.path, kept)
+            pool._give(self._log.path, kept, self._forks)

@@ -62,9 +62,14 @@ class KeptFile:
 
     def close(self) -> None:
         """Close the descriptor and forget the signature."""
-        if self.fd >= 0 and self._pid == os.getpid():
-            os.close(self.fd)
-        self.fd, self.parsed = -1, None
+        fd, self.fd, self.parsed = self.fd, -1, None  # never a closed number held
+        if fd >= 0 and self._pid == os.getpid():
+            os.close(fd)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`, through its owner): the copy closed."""
+        self._pid = os.getpid()
+        self.close()
 
 
 def _signature(st: os.stat_result) -> Signature:

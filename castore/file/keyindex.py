@@ -26,6 +26,7 @@ import itertools
 import os
 import threading
 
+from castore import forks
 from castore.file import fileio, namesync
 from castore.file.tree import Tree
 
@@ -145,10 +146,8 @@ class KeyIndex:
     """
 
     def __init__(self, path: str, fs: Tree) -> None:
-        self.path = path
-        self.fs = fs
-        self._ino = 0
-        self._tail_pos = 0
+        self.path, self.fs = path, fs
+        self._ino = self._tail_pos = 0
         self._tail: set[bytes] = set()  # hex lines seen in the tail
         self._head = b""  # the first bytes of the file the tail was read from
         self.damaged = False  # a complete line that no writer could have written was read
@@ -156,6 +155,11 @@ class KeyIndex:
         self._every: tuple[tuple[int, int, int, int, bytes], list[str], list[bytes]] | None = None
         self._asked: tuple[tuple[int, int, int, int, bytes], int] | None = None  # a prefix
         self._lock = threading.RLock()
+        forks.track(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`): a new lock; the tail read again."""
+        self._lock, self._ino = threading.RLock(), 0  # a thread may have been reading it
 
     def _refresh_tail(self, fd: int, layout: _Layout, st: os.stat_result) -> None:
         if (
@@ -185,17 +189,14 @@ class KeyIndex:
 
     def _scan(self, prefix_hex: bytes, exact: bool) -> set[bytes]:
         with self._lock:
-            return self._scan_locked(prefix_hex, exact)
-
-    def _scan_locked(self, prefix_hex: bytes, exact: bool) -> set[bytes]:
-        try:
-            fd = self.fs.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return set()
-        try:
-            return self._scan_fd(fd, prefix_hex, exact)
-        finally:
-            os.close(fd)
+            try:
+                fd = self.fs.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return set()
+            try:
+                return self._scan_fd(fd, prefix_hex, exact)
+            finally:
+                os.close(fd)
 
     def _scan_fd(self, fd: int, prefix_hex: bytes, exact: bool) -> set[bytes]:
         """:meth:`_scan` of the file open on ``fd`` (the caller holds ``_lock``)."""
@@ -394,7 +395,4 @@ def namespace_of(keys_path: str, fs: Tree) -> str | None:
     first = head[: head.find(b"\n") + 1]
     if not first.startswith(_NS_PREFIX) or not first.endswith(b"\n"):
         return None
-    try:
-        return bytes.fromhex(first[len(_NS_PREFIX) : -1].decode("ascii")).decode("utf-8")
-    except ValueError:
-        return None
+    return _decode(first[len(_NS_PREFIX) : -1])

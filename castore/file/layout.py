@@ -15,12 +15,13 @@ import os
 import stat
 from collections.abc import Iterator
 
+from castore import forks
 from castore.errors import FormatVersionError, StoreUnavailableError, UnsafePathError
 from castore.file import fileio
 from castore.file.formatfile import check_format, format_line, read_format
 from castore.file.modes import MODES, PRIVATE, makedirs_plain, modes_of_dir
 from castore.file.rewrite import utc_stamp
-from castore.file.tree import Tree
+from castore.file.tree import UNCONFINED, Tree
 from castore.keys import Ref, file_id, log_name
 from castore.waits import lock_wait
 
@@ -28,6 +29,7 @@ __all__ = ["KEY_BYTES_CACHED", "PATHS_CACHED", "Layout"]
 
 PATHS_CACHED = 65536  # ref -> log path entries a handle remembers; cleared wholesale when full
 KEY_BYTES_CACHED = 16 << 20  # and the bytes of their keys (4 KiB keys: 4,096 entries)
+forks.track(UNCONFINED)  # tree.py imports no weakref (the CLI's quick paths): its owners do
 
 
 class Layout:
@@ -59,6 +61,7 @@ class Layout:
         self.gc_lock = os.path.join(root, "gc.lock")  # §8: gc exclusive, others shared
         self._chosen = mode is not None
         self.fs = Tree(root, MODES[mode] if mode is not None else PRIVATE)
+        forks.track(self.fs)
         self.present = False  # a store is here and its FORMAT was checked
         self._paths: dict[Ref, str] = {}
         self._path_bytes = 0  # of the keys in _paths

@@ -14,6 +14,7 @@ import os
 import threading
 from typing import Final
 
+from castore import forks
 from castore.backend import Current
 
 __all__ = ["CACHE_MAX_BYTES", "CACHE_MAX_ENTRIES", "ReadCache", "Sig", "stat_sig"]
@@ -40,6 +41,15 @@ class ReadCache:
         self._items: dict[str, tuple[Sig, Current]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+        forks.track(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`): a new lock, nothing held.
+
+        A parent's thread may have been changing the entries and their count.
+        """
+        self._lock = threading.Lock()
+        self._items, self._bytes = {}, 0
 
     def __len__(self) -> int:
         return len(self._items)

@@ -14,9 +14,9 @@ import contextlib
 import os
 import sys
 import threading
-import weakref
 from typing import NamedTuple
 
+from castore import forks
 from castore.errors import CorruptionError
 from castore.file import logread
 from castore.file.encode import refuse_other
@@ -162,23 +162,27 @@ class KeptReaders:
     no file renamed over the path (a rewrite: compaction, gc, repair) can
     carry that number meanwhile. A kept log that no longer matches, or whose
     index lacked a version, leaves the pool; its descriptors are closed as
-    soon as no call uses it. A forked child starts empty (:func:`_forget_in_child`).
+    soon as no call uses it. A forked child starts empty (:meth:`after_fork_in_child`).
     """
 
     def __init__(self) -> None:
         self._kept: dict[str, KeptLog] = {}
         self._guard = threading.Lock()  # adding (and making room); reads need none
         self._verified_bytes = 0  # kept by every kept log's ``verified`` (approximately)
-        _ALL_READERS.add(self)
+        forks.track(self)
 
     def close(self) -> None:
         """Let go of every kept log (closed now, or when the call using it ends)."""
         self._kept = {}
 
-    def _forget(self) -> None:
-        """In a forked child: a new lock (the parent's may have been held), no kept logs."""
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`): a new lock, no kept logs.
+
+        The parent's may have been held; a child never reads through its parent's
+        descriptors (its copies are closed as the kept logs go).
+        """
         self._guard = threading.Lock()
-        self._kept = {}
+        self._kept, self._verified_bytes = {}, 0
 
     def entry(self, fs: Tree, path: str, version: int, ref: Ref) -> Lookup:
         """The log at ``path`` and the entry of ``version``, as verified before or via its index.
@@ -279,15 +283,3 @@ def _ident_in(folder: _Dir, name: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
-
-
-_ALL_READERS: weakref.WeakSet[KeptReaders] = weakref.WeakSet()
-
-
-def _forget_in_child() -> None:
-    # A child never reads through its parent's descriptors: it drops its copies.
-    for readers in list(_ALL_READERS):
-        readers._forget()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)

@@ -37,7 +37,9 @@ def append_frame(
     linked and, for a descriptor kept from an earlier call, while the path still
     names it (``now``: the path's ``stat``) as its only name (a file renamed away,
     out of the store say, is never written): False means it was replaced, and
-    the caller opens the path again.
+    the caller opens the path again. A replaced file's lock is never waited
+    for: a child forked while a rewrite held it keeps it for its life (the
+    rewrite unlocks it, but an older castore only closed its descriptor).
 
     Raises:
         LockTimeoutError: a rewrite held the file for :data:`LOCK_SECONDS`.
@@ -46,16 +48,23 @@ def append_frame(
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # another append, or a rewrite: wait for it
+        if _replaced(os.fstat(fd), now):
+            return False  # not for a file already replaced (its lock may never be freed)
         fileio.lock(fd, path, timeout=LOCK_SECONDS)
     try:
         st = os.fstat(fd)
-        if not st.st_nlink or (now is not None and not _alone(now, st)):  # not the path's
+        if not st.st_nlink or (now is not None and not _alone(now, st)):  # _replaced, inline
             return False
         _pwrite_all(fd, frame, st.st_size)
         os.pwrite(fd, LENGTH.pack(st.st_size + len(frame)), 0)
         return True
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _replaced(st: os.stat_result, now: Callable[[], os.stat_result] | None) -> bool:
+    """Whether the file ``st`` describes is no longer the path's: unlinked, or not its only name."""
+    return not st.st_nlink or (now is not None and not _alone(now, st))
 
 
 def _alone(now: Callable[[], os.stat_result], st: os.stat_result) -> bool:

@@ -40,6 +40,7 @@ from typing import Final
 
 import msgspec
 
+from castore import forks
 from castore.file import fileio
 from castore.file.frames import encode_frame, frame_at
 from castore.file.keptfile import KeptFile
@@ -55,7 +56,9 @@ from castore.file.staterecords import (
     Known,
     Row,
     boot_id,
+    epoch_frame,
     in_folder,
+    rows_of,
     settled_of,
     whole_file,
 )
@@ -91,31 +94,35 @@ class StateIndex:
         self._fd = -1  # append descriptor, kept between writes
         self._pid = os.getpid()
         self._reader = KeptFile(fs, path)  # read descriptor, kept between reads
-        # The parsed file: inode, bytes parsed, rows, frames since the snapshot.
-        self._ino = 0
-        self._pos = 0
-        self._known: Known = {}
-        self._versions: dict[str, int] = {}  # key -> the highest version recorded for it
-        self._trusted = False
-        self._appended = 0
-        self._head = b""  # the parsed file's first frame
+        self._unparsed()
         self._pending_frames: dict[str, bytes] = {}  # key -> its P frame
+        forks.track(self)
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
-            if self._fd >= 0 and self._pid == os.getpid():
-                os.close(self._fd)  # a handle never closed does not hold it forever
+            self._drop_fd_locked()  # a handle never closed does not hold it forever
             self._reader.close()
 
     def close(self) -> None:
         """Close the kept append descriptor and forget the parsed file."""
         with self._lock:
-            if self._fd >= 0 and self._pid == os.getpid():
-                os.close(self._fd)
-            self._fd = -1
+            self._drop_fd_locked()
             self._reader.close()
-            self._ino = self._pos = 0
-            self._known, self._versions = {}, {}
+            self._unparsed()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`): a new lock, no descriptor, nothing parsed."""
+        self._lock, self._pid = threading.Lock(), os.getpid()
+        self._drop_fd_locked()  # the child's copy: closed, never unlocked (its flock is shared)
+        self._reader.after_fork_in_child()
+        self._unparsed()  # a parent's thread may have been parsing
+
+    def _unparsed(self, ino: int = 0, pos: int = 0) -> None:
+        """Forget the parsed copy: now of the file of inode ``ino``, parsed up to ``pos``."""
+        self._ino, self._pos, self._appended = ino, pos, 0  # frames since the snapshot
+        self._known: Known = {}
+        self._versions: dict[str, int] = {}  # key -> the highest version recorded for it
+        self._trusted, self._head = False, b""  # the parsed file's first frame
 
     # -- writers (under the key's log lock) ---------------------------------------------
 
@@ -175,8 +182,12 @@ class StateIndex:
                 fd = self._append_fd()
                 if fd < 0:
                     return False
-                if append_frame(fd, self.path, frame, lambda: self.fs.stat(self.path)):
-                    return True
+                try:
+                    if append_frame(fd, self.path, frame, lambda: self.fs.stat(self.path)):
+                        return True
+                except BaseException:
+                    self._drop_fd_locked()  # the next write opens the path again
+                    raise
                 self._drop_fd_locked()
             raise OSError(errno.EAGAIN, f"{self.path} kept being replaced")
 
@@ -195,9 +206,9 @@ class StateIndex:
             self._drop_fd_locked()
 
     def _drop_fd_locked(self) -> None:
-        if self._fd >= 0 and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = -1
+        fd, self._fd = self._fd, -1  # never a closed number held (castore.forks)
+        if fd >= 0 and self._pid == os.getpid():
+            os.close(fd)
 
     # -- readers -------------------------------------------------------------------------
 
@@ -259,9 +270,7 @@ class StateIndex:
             # first frame, unique to each file, tells them apart.
             or top[LENGTH.size :] != self._head
         ):
-            self._ino, self._pos, self._known, self._appended = st.st_ino, LENGTH.size, {}, 0
-            self._versions = {}
-            self._trusted, self._head = False, b""
+            self._unparsed(st.st_ino, LENGTH.size)
         if st.st_size == self._pos:
             return
         pos = self._parse(fileio.read_at(fd, self._pos, st.st_size - self._pos), self._pos, me)
@@ -344,7 +353,9 @@ class StateIndex:
         me = boot_id()
         if me:
             with contextlib.suppress(OSError):
-                self.fs.create_once(self.path, whole_file(self._epoch(me)))
+                self.fs.create_once(
+                    self.path, whole_file(epoch_frame(me, self.scope, self.namespace))
+                )
 
     def reset(self) -> None:
         """Replace the file with an empty one (after damage, or from another boot)."""
@@ -370,31 +381,18 @@ class StateIndex:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if not os.fstat(fd).st_nlink:
                     return  # replaced meanwhile: that rewrite did the job
-                data = self._epoch(me)
+                data = epoch_frame(me, self.scope, self.namespace)
                 if snapshot:
                     try:
                         self._read(fd, me, patient=False)
                     except _DamagedError:
                         self._trusted = False
                     if self._trusted:
-                        data += encode_frame(KIND_SNAPSHOT, ENCODE(self._rows()))
+                        data += encode_frame(
+                            KIND_SNAPSHOT, ENCODE(rows_of(self._known, self._versions))
+                        )
                 self.fs.atomic_write(self.path, whole_file(data), durable=False)
             finally:
-                os.close(fd)  # releases the lock, after the rename
+                fileio.unlock_and_close(fd)  # after the rename (a forked child has fd)
             self._drop_fd_locked()
             self._reader.parsed = None
-
-    def _epoch(self, me: str) -> bytes:
-        """The first frame of a new file: this boot's id, a nonce naming this file, its names."""
-        names = (me, os.urandom(8).hex(), self.scope, self.namespace)
-        return encode_frame(KIND_EPOCH, ENCODE(names))
-
-    def _rows(self) -> list[Row]:
-        rows = [
-            Row(k, e.version, e.hash, e.created_at, e.updated_at)
-            if e is not None
-            else Row(k, self._versions.get(k, 0))  # a delete's version: evidence (recorded)
-            for k, e in self._known.items()
-        ]
-        rows.sort(key=lambda r: r.key.encode("utf-8"))
-        return rows

@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 
-from castore.file.frames import scan_frames
+from castore.file.frames import encode_frame, scan_frames
 from castore.file.stateappend import KIND_PENDING, LENGTH, STATE_NAME
 from castore.keys import file_id
 from castore.records import OP_DAMAGED, Entry
@@ -33,8 +33,10 @@ __all__ = [
     "Row",
     "Settled",
     "boot_id",
+    "epoch_frame",
     "in_folder",
     "names_no_key",
+    "rows_of",
     "settled_of",
     "whole_file",
 ]
@@ -128,6 +130,23 @@ def in_folder(path: str, _boot: str, _nonce: str, scope: str, namespace: str) ->
     """
     folder, ns_id = os.path.split(os.path.dirname(path))
     return os.path.basename(folder) == scope and file_id(namespace) == ns_id
+
+
+def epoch_frame(me: str, scope: str, namespace: str) -> bytes:
+    """The first frame of a new file: this boot's id, a nonce naming the file, its names."""
+    return encode_frame(KIND_EPOCH, ENCODE((me, os.urandom(8).hex(), scope, namespace)))
+
+
+def rows_of(known: Known, versions: dict[str, int]) -> list[Row]:
+    """A snapshot's rows, sorted by key: each known key's entry, or its delete's version."""
+    rows = [
+        Row(k, e.version, e.hash, e.created_at, e.updated_at)
+        if e is not None
+        else Row(k, versions.get(k, 0))  # a delete's version: evidence (recorded)
+        for k, e in known.items()
+    ]
+    rows.sort(key=lambda r: r.key.encode("utf-8"))
+    return rows
 
 
 def whole_file(body: bytes) -> bytes:

@@ -80,6 +80,10 @@ class Tree(WholeFiles):
             if keep is not None and self.root is not None:
                 self._dirs[self.root.rstrip("/")] = keep
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`, through its owner): a new lock."""
+        self._lock = _thread.allocate_lock()  # the directories' descriptors hold no lock
+
     def __del__(self) -> None:
         for fd in [*getattr(self, "_dirs", {}).values(), *getattr(self, "_retired", [])]:
             with contextlib.suppress(OSError):
@@ -393,5 +397,4 @@ class Tree(WholeFiles):
             left = max(0.0, deadline - time.monotonic())  # replaced meanwhile: what is left
 
 
-UNCONFINED = Tree(None)
-"""File operations on paths outside any store (plain system calls)."""
+UNCONFINED = Tree(None)  # file operations on paths outside any store (plain system calls)

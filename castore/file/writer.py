@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from castore.backend import Current, Decide, NewVersion
 from castore.errors import CorruptionError
-from castore.file import logread
+from castore.file import fileio, logread
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.encode import (
@@ -385,6 +385,6 @@ class _GcShare:
         return self._fd >= 0
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = -2
+        fd, self._fd = self._fd, -2
+        if fd >= 0:
+            fileio.unlock_and_close(fd)  # not closing alone: a child forked meanwhile has fd

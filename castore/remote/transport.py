@@ -27,7 +27,6 @@ Neither the token nor a value ever appears in an error.
 from __future__ import annotations
 
 import errno
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from typing import Any, Final
 import httpx
 import msgspec
 
+from castore import forks
 from castore.cluster import Cluster, member_key
 from castore.errors import CastoreError, InvalidValueError, StoreUnavailableError
 from castore.wire import (
@@ -115,9 +115,13 @@ class Transport:
         self._timeout = httpx.Timeout(read_timeout, connect=_CONNECT_SECONDS)
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
-        self._pid = 0
         self._tls = False
         self._decoders = {name: msgspec.msgpack.Decoder(CALLS[name].reply) for name in CALLS}
+        forks.track(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`): a new lock; the parent's client let go."""
+        self._lock, self._client = threading.Lock(), None  # never closed: the parent's sockets
 
     @property
     def members(self) -> list[str]:
@@ -131,23 +135,22 @@ class Transport:
     def _http(self) -> httpx.Client:
         with self._lock:
             tls = any(url.startswith("https://") for url in self._cluster.members)
-            if self._client is None or self._pid != os.getpid() or tls != self._tls:
-                if self._client is not None and self._pid == os.getpid():
+            if self._client is None or tls != self._tls:
+                if self._client is not None:
                     self._client.close()
-                # A forked child never uses its parent's connections (nor closes them).
                 # Without an https:// member no TLS is spoken, so no CA bundle is loaded
                 # (40 ms of a command's start); one appears (a 421's list): a new client.
                 self._client = httpx.Client(
                     timeout=self._timeout, headers=self._headers, verify=tls
                 )
-                self._pid, self._tls = os.getpid(), tls
+                self._tls = tls
             return self._client
 
     def close(self) -> None:
         """Close the connections (the transport opens new ones if used again)."""
         with self._lock:
             client, self._client = self._client, None
-        if client is not None and self._pid == os.getpid():
+        if client is not None:
             client.close()
 
     def call(
@@ -345,10 +348,8 @@ class Transport:
         unknown = [url for url in cluster.members if _member(url) not in self._given]
         if asked not in cluster.members or unknown:
             named = f"; it names {len(unknown)} member(s) this client was not given" * bool(unknown)
-            what = (
-                f"refused this client's coordinator list ({answer.message}{named}); update the list"
-            )
-            raise _unavailable(asked, what)
+            what = f"refused this client's coordinator list ({answer.message}{named})"
+            raise _unavailable(asked, f"{what}; update the list")
         with self._lock:
             self._cluster = cluster
 
@@ -386,8 +387,7 @@ def _unavailable(url: Any, what: str) -> CastoreError:
 
 
 def _lost(url: str, name: str, exc: httpx.HTTPError, write_sent: bool) -> CastoreError:
-    reason = type(exc).__name__
-    maybe = _MAYBE if write_sent else ""
+    reason, maybe = type(exc).__name__, _MAYBE * write_sent
     if isinstance(exc, _NOT_SENT):
         return _unavailable(url, f"cannot connect ({reason}, {ATTEMPTS} tries){maybe}")
     return _unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")
