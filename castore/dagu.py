@@ -50,10 +50,11 @@ MAX_RECORD_BYTES: Final = 2 * codec.MAX_VALUE_BYTES + (64 << 10)
 _SYMLINK = "symbolic link, not followed"
 _TEMPORARY = "temporary file left by an interrupted Dagu write"
 _NOT_A_RECORD = "not a Dagu state record (*.json)"
-_KEY_EXISTS = "key exists in castore, which holds this record's version"
+_KEY_EXISTS = "castore holds this record's version"
+_WRITTEN_ON = "castore wrote on past this record's version, which compaction dropped since"
 _NOT_DAGUS_NAME = "not a file name Dagu writes (its get never reads it)"
 # Skips that lose nothing: every other skip is a record castore could not import.
-_HARMLESS: Final = frozenset({_TEMPORARY, _NOT_A_RECORD, _KEY_EXISTS})
+_HARMLESS: Final = frozenset({_TEMPORARY, _NOT_A_RECORD, _KEY_EXISTS, _WRITTEN_ON})
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _KINDS = {
@@ -193,8 +194,8 @@ def _kept(store: Store, ref: Ref, new: NewVersion, newest: Entry) -> str:
     Castore holds it when its version of the record's number has the record's
     hash (a rerun of a finished import, or castore written on since); else the
     two differ (Dagu wrote on since, or castore's key is another's), which is
-    a record not imported. A version castore no longer has (compacted) cannot
-    be compared: not imported either.
+    a record not imported. A version compaction dropped since castore wrote
+    on past it cannot be compared: castore went on from it, harmless too.
 
     Raises:
         CorruptionError: castore's version of that number is damaged.
@@ -203,12 +204,12 @@ def _kept(store: Store, ref: Ref, new: NewVersion, newest: Entry) -> str:
     if newest.version > new.version:
         try:
             entry = store.backend.version(ref, new.version)[0]
-        except NotFoundError:  # compacted away
-            entry = None
+        except NotFoundError:  # compacted away: castore wrote on past it
+            return _WRITTEN_ON
     if entry is not None and entry.version == new.version and entry.hash == new.digest_hex:
         return _KEY_EXISTS
     return (
-        f"key exists in castore (newest version {newest.version}) without this record "
+        f"castore's key (newest version {newest.version}) does not hold this record "
         f"(version {new.version}, hash {new.digest_hex[:12]}...): castore and Dagu differ"
     )
 

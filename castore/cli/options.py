@@ -108,9 +108,11 @@ class Parser(argparse.ArgumentParser):
 
         ``set k --expected-version 1 2`` was refused with ``unrecognized
         arguments: 2`` (argparse takes an optional positional as absent once an
-        option follows it); a command's parser parses intermixed arguments.
+        option follows it); a command's parser parses intermixed arguments,
+        unless ``--`` ends its options (Python 3.11's intermixed parsing would
+        take an option after it, and lose a positional such as the key ``-k``).
         """
-        if not self.intermixed or self._parsing:
+        if not self.intermixed or self._parsing or (args is not None and "--" in args):
             return super().parse_known_args(args, namespace)
         self._parsing = True
         try:

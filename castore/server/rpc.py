@@ -237,6 +237,7 @@ BACKEND_CALLS: Final[dict[str, BackendCall]] = {
 assert BACKEND_CALLS.keys() == CALLS.keys()  # noqa: S101  # one table each side, same calls
 
 _log = logging.getLogger("castore.server")
+_LOGGED: Final = frozenset({"damaged", "io_error"})  # a stream's errors the server logs
 _BATCH_BYTES: Final = 256 * 1024  # a streamed batch ends at the item that reaches this
 _DECODERS: Final = {name: msgspec.msgpack.Decoder(CALLS[name].request) for name in CALLS}
 
@@ -286,6 +287,8 @@ def framed(items: Iterator[Any], batch: int = 64, *, root: str = "") -> Iterator
             err = api_error(exc, exception=True, root=root)
             if err.code == "internal":  # the client learns nothing of it: the log must
                 _log.error("internal error in a streamed reply", exc_info=exc)
+            elif err.code in _LOGGED:  # the store's trouble: the operator learns of it too
+                _log.error("a streamed reply ended with an error: %s: %s", err.code, err.message)
             out.append(frame(FRAME_ERROR, error_body(err)))
             yield b"".join(out)
             return

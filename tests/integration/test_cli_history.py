@@ -711,7 +711,7 @@ def test_import_dagu(cli, tmp_path):
         "skipped": len(dagu.imported) + len(dagu.skipped),
     }
     assert {o["reason"] for o in again[:-1] if o["file"] in dagu.imported} == {
-        "key exists in castore, which holds this record's version"  # castore wrote on: harmless
+        "castore holds this record's version"  # castore wrote on: harmless
     }
     assert digest_tree(dagu.root) == before
     assert cli.ok("get", "cursor", dag="daily")["version"] == 4

@@ -37,3 +37,21 @@ def test_a_rerun_after_dagu_wrote_again_is_not_a_silent_skip(cli, tmp_path):
     assert "record(s) not imported" in rerun.stderr.decode()
     got = cli.ok("get", "cursor", dag=DAG)  # never merged: castore's own stays
     assert (got["version"], got["value"]) == (1, {"last_id": 123})
+
+
+def test_a_rerun_after_castore_wrote_on_and_compacted_is_harmless(cli, tmp_path):
+    """Found by this session's second review: the record castore imported, compacted away
+    once castore wrote on, was counted as ``castore and Dagu differ`` (exit 1)."""
+    d = DaguDir(tmp_path / "dag-state")
+    d.record("dag", DAG, "cursor", {"last_id": 3}, 3)
+    assert cli.run("import-dagu", str(d.root)).returncode == 0
+    cli.ok("set", "cursor", '{"last_id": 4}', dag=DAG)
+    cli.ok("set", "cursor", '{"last_id": 5}', dag=DAG)
+    cli.ok("compact", "--keep-last", "1")
+    rerun = cli.run("import-dagu", str(d.root))
+    assert rerun.returncode == 0, rerun.stderr
+    (line,) = [json.loads(x) for x in rerun.stdout.splitlines() if b'"file"' in x]
+    assert line["reason"] == (
+        "castore wrote on past this record's version, which compaction dropped since"
+    )
+    assert cli.ok("get", "cursor", dag=DAG)["version"] == 5

@@ -29,7 +29,7 @@ from castore import Store
 from castore.errors import CorruptionError
 from castore.server import operations
 from castore.server.app import create_app
-from tests.helpers import loopback_server
+from tests.helpers import loopback_server, ref_log_path
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +122,26 @@ def test_a_client_that_stops_reading_is_logged_as_stalled(tmp_path, monkeypatch)
             sock.sendall(b"POST /v1/audit HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
             (line,) = log.wait_for("/v1/audit")  # read nothing: the server gives up
         assert (line["status"], line.get("cut")) == (200, "stalled"), line
+
+
+def test_damage_in_an_http_stores_stream_is_logged_by_the_server(tmp_path, caplog):
+    """A backend stream (an ``http://`` store's export) ends whole, its error as its last
+    part, which the client raises; the server logged nothing of the damage either."""
+    for url, log in _serve(tmp_path):
+        local = Store(str(tmp_path / "s"), dag="d")
+        log_path = pathlib.Path(ref_log_path(local, "b"))
+        damaged = bytearray(log_path.read_bytes())
+        damaged[len(damaged) // 2] ^= 1
+        log_path.write_bytes(bytes(damaged))
+        remote = Store(url, dag="d")
+        with (
+            caplog.at_level(logging.ERROR, "castore.server"),
+            pytest.raises(CorruptionError, match="damaged bytes"),
+        ):
+            list(remote.backend.iter_versions(remote.ref("b")))
+        messages = [r.getMessage() for r in caplog.records if r.name == "castore.server"]
+        assert len(messages) == 1, messages
+        assert messages[0].startswith("a streamed reply ended with an error: damaged: "), messages
+        assert str(tmp_path) not in messages[0]  # the store is "<store>"
+        (line,) = log.wait_for("/v1/backend/iter_versions")
+        assert "cut" not in line, line  # it ended whole

@@ -331,7 +331,7 @@ def test_import_dagu_never_modifies_the_source(store, dagu):
         assert os.stat(os.path.join(dagu.root, p)).st_mtime_ns == mtime
 
 
-HOLDS = "key exists in castore, which holds this record's version"
+HOLDS = "castore holds this record's version"
 
 
 def test_second_import_skips_what_exists(store, dagu):

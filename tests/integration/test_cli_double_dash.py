@@ -1,0 +1,30 @@
+"""``--`` ends a command's options: a key that begins with ``-`` is named after it.
+
+Found by this session's review of its own changes: parsing a command's options
+and arguments intermixed (Python 3.11's ``parse_known_intermixed_args``) lost
+``--``: ``set -- -k 1`` said ``no command takes -k``, ``get -- -k`` that the key
+is required, and ``set -- k --create-only`` took ``--create-only`` for the
+option. The oracle is the behaviour before that change (257c85b).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("key", ["-k", "--required", "-1x"])
+def test_a_key_that_begins_with_a_dash_is_named_after_double_dash(cli, key):
+    written = cli.ok("set", "--", key, "1")
+    assert written["key"] == key
+    assert cli.ok("get", "--", key)["value"] == 1
+    assert cli.ok("history", "--", key)["key"] == key
+    assert cli.ok("list")["entries"][0]["key"] == key
+
+
+def test_an_option_after_double_dash_is_an_argument(cli):
+    cli.ok("set", "k", "1")
+    said = cli.fail(2, "set", "--", "k", "--create-only", stdin=b"5")  # the VALUE: not JSON
+    assert "invalid character" in said, said
+    assert cli.ok("get", "k")["value"] == 1
