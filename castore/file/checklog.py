@@ -76,6 +76,7 @@ class LogChecker:
         self.recorded: dict[str, tuple[str, int, bool]] = {}  # log path -> STATE's record
         self.behind: list[str] = []  # keys whose last STATE record is below their log's newest
         self.keys_kept = True  # the namespace's KEYS was a file when its check began
+        self._graves: dict[str, Graveyard] = {}  # namespace directory -> its GRAVES
 
     def rel(self, path: str) -> str:
         """``path`` relative to the store root, as findings name files."""
@@ -94,6 +95,17 @@ class LogChecker:
                 severity=severity,
             )
         )
+
+    def graves(self, nsdir: str) -> Graveyard:
+        """The ``GRAVES`` of namespace directory ``nsdir``, read once per check.
+
+        Each question re-reads what changed (a ``stat`` when nothing did), as
+        a new :class:`Graveyard` would, without parsing the file once per log.
+        """
+        graves = self._graves.get(nsdir)
+        if graves is None:
+            graves = self._graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"), self.fs)
+        return graves
 
     def quarantine(self, path: str) -> str:
         """Where this run keeps the original bytes of ``path`` before repairing it."""
@@ -172,7 +184,7 @@ class LogChecker:
         """The last version the key of this log had before compaction removed it (0 if none)."""
         header = next((f for f in frames if f.kind == KIND_HEADER), None)
         key = decode_header(header.payload).key if header is not None else None
-        graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), self.fs)
+        graves = self.graves(os.path.dirname(path))
         try:
             if key is None:
                 name = os.path.basename(path)
@@ -288,7 +300,7 @@ class LogChecker:
         if namespace is None or file_id(namespace) != os.path.basename(nsdir):
             return None
         name = os.path.basename(path)
-        removed = Graveyard(os.path.join(nsdir, "GRAVES"), self.fs).records()
+        removed = self.graves(nsdir).records()
         for key in keys | set(removed):
             if file_id(key) + ".log" == name:
                 return Header(format=FORMAT_VERSION, scope=scope, namespace=namespace, key=key)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from castore.backend import lost_marker
 from castore.errors import UnsafePathError
 from castore.file.frames import Frame, LogBytes
-from castore.file.graves import Graveyard, floor_after_damage
+from castore.file.graves import floor_after_damage
 from castore.file.putback import marked_compacted, newest_in, put_back
 from castore.file.records import (
     KIND_COMPACTED,
@@ -105,8 +105,7 @@ def check_put_back(
     if header is None or not entries or not names_path(checker.backend.refs, path, scope, header):
         return False
     newest = entries[-1]
-    graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), checker.fs)
-    grave = graves.recorded(header.key)
+    grave = checker.graves(os.path.dirname(path)).recorded(header.key)
     compacted = functools.partial(marked_compacted, checker.fs, path)
     if not put_back(newest, grave, compacted) or not _still(checker, path, grave, compacted):
         return False

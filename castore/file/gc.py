@@ -139,8 +139,10 @@ def _mark_and_sweep(
         live |= _live_digests(_read_frames(backend.fs, path))
     fileio.failpoint("gc-after-mark")
     cutoff = time.time() - grace_seconds
+    graves: dict[str, Graveyard] = {}  # namespace directory -> its GRAVES, read once per run
     for path in logs:  # sweep, each log under its own lock
-        sweep = _Sweep(path, live, cutoff, dry_run, functools.partial(_buried, backend, path))
+        buried = functools.partial(_buried, backend, path, graves)
+        sweep = _Sweep(path, live, cutoff, dry_run, buried)
         result = backend.rewrite(path, sweep.transform, gc_held=True)
         for name, value in sweep.counts.items():
             counts[name] += value
@@ -204,14 +206,17 @@ class _Sweep:
         return out if freed else None
 
 
-def _buried(backend: FileBackend, path: str, frames: list[Frame]) -> bool:
+def _buried(
+    backend: FileBackend, path: str, graves: dict[str, Graveyard], frames: list[Frame]
+) -> bool:
     """Whether a log without entries holds no version that nothing else records.
 
     The versions its ``C`` frames name must be in the namespace's ``GRAVES``
     as the file is now (not as this handle read it: a handle keeps the
-    graves it read, and ``GRAVES`` may be lost since), and a version the
-    namespace's ``STATE`` records of its key must be among them (else the
-    log lost its entries: FORMAT.md §7, "A lost log").
+    graves it read, and ``GRAVES`` may be lost since; ``graves``, this
+    run's, remember nothing the file lost and read only what was appended),
+    and a version the namespace's ``STATE`` records of its key must be among
+    them (else the log lost its entries: FORMAT.md §7, "A lost log").
     """
     head = next((decode_header(f.payload) for f in frames if f.kind == KIND_HEADER), None)
     named = [
@@ -222,9 +227,11 @@ def _buried(backend: FileBackend, path: str, frames: list[Frame]) -> bool:
     ]
     if head is None:
         return not named
-    graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), backend.fs)
+    nsdir = os.path.dirname(path)
+    if nsdir not in graves:
+        graves[nsdir] = Graveyard(os.path.join(nsdir, "GRAVES"), backend.fs, remember=False)
     try:
-        grave = graves.version_of(head.key)
+        grave = graves[nsdir].version_of(head.key)
     except CorruptionError:  # damaged GRAVES: the answer is not known
         return False
     recorded = backend.names.state(head.scope, head.namespace).recorded().get(head.key, 0)

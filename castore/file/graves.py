@@ -60,11 +60,16 @@ class Graveyard:
     damaged copy is covered by its twin. Cached and read incrementally.
     Damage that no twin covers makes :meth:`version_of` raise until
     ``check --repair`` has replaced it by a floor (FORMAT.md §5, §7).
+    A handle remembers the records it read after the file loses them
+    (graves only rise); without ``remember`` it answers from the file as it
+    is at each call (gc: a record lost since is no record), still reading
+    only what was appended since the last call.
     """
 
-    def __init__(self, path: str, fs: Tree) -> None:
+    def __init__(self, path: str, fs: Tree, *, remember: bool = True) -> None:
         self.path = path
         self.fs = fs
+        self._remember = remember
         self._lock = threading.RLock()
         self._seen: dict[str, int] = {}  # what this handle read, kept when the file changes
         self._seen_floor = 0
@@ -83,9 +88,10 @@ class Graveyard:
     def _forget(self, ino: int) -> None:
         # Graves only rise (a repair keeps every record, with a floor above): a file that
         # lost what this handle read (removed, or an older copy put back) never lowers it.
-        for key, version in getattr(self, "_versions", {}).items():
-            self._seen[key] = max(self._seen.get(key, 0), version)
-        self._seen_floor = max(self._seen_floor, getattr(self, "_floor", 0))
+        if self._remember:
+            for key, version in getattr(self, "_versions", {}).items():
+                self._seen[key] = max(self._seen.get(key, 0), version)
+            self._seen_floor = max(self._seen_floor, getattr(self, "_floor", 0))
         self._ino = ino
         self._sig: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._head = b""  # the first bytes of the file parsed
