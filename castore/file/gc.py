@@ -98,13 +98,19 @@ def collect_garbage(
     Raises:
         LockTimeoutError: gc.lock or a ref log stayed locked for the lock timeout.
     """
-    counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0, "rewritten": 0}
+    counts = dict.fromkeys(("found", "kept", "bytes_found", "bytes_kept", "rewritten"), 0)
     removed_logs = leftovers = 0
+
+    def run(shown: Progress | None) -> tuple[int, int]:
+        counts.update(dict.fromkeys(counts, 0))
+        return _mark_and_sweep(backend, counts, grace_seconds, dry_run, shown)
+
     if backend.layout.exists(walk=True):  # no store here: nothing to free, and no gc.lock is made
-        with backend.layout.gc_locked(shared=False):
-            removed_logs, leftovers = _mark_and_sweep(
-                backend, counts, grace_seconds, dry_run, progress
-            )
+        if dry_run:
+            removed_logs, leftovers = _dry_run(backend, run, progress)
+        else:
+            with backend.layout.gc_locked(shared=False):
+                removed_logs, leftovers = run(progress)
     return GCReport(
         dry_run=dry_run,
         grace_seconds=grace_seconds,
@@ -118,6 +124,33 @@ def collect_garbage(
         logs_removed=removed_logs,
         leftovers_removed=leftovers,
     )
+
+
+def _dry_run(
+    backend: FileBackend,
+    run: Callable[[Progress | None], tuple[int, int]],
+    progress: Progress | None,
+) -> tuple[int, int]:
+    """``run`` a dry run holding ``gc.lock`` as gc does, without making the file.
+
+    Every holder of ``gc.lock`` (gc, a writer sharing another log's blob, a
+    rewrite, an index rebuild) creates the file before it locks it, and
+    nothing removes it. So if it is missing before the run and still
+    missing after, nobody held it meanwhile: the run saw what it would
+    have seen holding it. If it appeared, the run is made again holding it
+    (its progress not shown twice).
+    """
+    layout = backend.layout
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(layout.gc_locked(shared=False, create=False))
+        except FileNotFoundError:
+            found = run(progress)
+            if not layout.fs.exists(layout.gc_lock):
+                return found
+            held.enter_context(layout.gc_locked(shared=False))  # it exists now: made by another
+            progress = None
+        return run(progress)
 
 
 def _mark_and_sweep(

@@ -212,7 +212,7 @@ class Layout:
         self.present = True
 
     def gc_locked(
-        self, *, shared: bool, held: bool = False
+        self, *, shared: bool, held: bool = False, create: bool = True
     ) -> contextlib.AbstractContextManager[int | None]:
         """Hold ``gc.lock`` (FORMAT.md §8): exclusively for gc, shared for a rewrite.
 
@@ -221,14 +221,16 @@ class Layout:
         rebuild of the index (gc's, a repair's), if it read that log before the
         rename, would drop them. So rewrites hold it shared, taken before the
         log's lock (gc's order), and rebuilds exclusively. ``held``: the caller
-        holds it already (nothing is taken).
+        holds it already (nothing is taken). Without ``create`` the file is
+        opened read-only and never made (a dry run changes nothing).
 
         Raises:
             LockTimeoutError: it stayed taken for the lock timeout.
+            FileNotFoundError: there is no ``gc.lock`` and ``create`` is False.
         """
         if held:
             return contextlib.nullcontext()
-        flags = os.O_RDWR | os.O_CREAT
+        flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
         return self.fs.open_locked(self.gc_lock, flags, shared=shared, timeout=self.lock_timeout)
 
     def ns_dir(self, scope: str, namespace: str) -> str:
