@@ -211,10 +211,10 @@ class LogChecker:
 
     def damage_problems(self, log: LogBytes, grave: int) -> list[str]:
         """One line per damaged range (with the versions it may hold) and for a torn tail."""
-        windows = {w.start: w for w in damage_windows(log, grave)}
+        windows = damage_windows(log, grave)
         problems = []
         for start, end in log.damage:
-            window = windows.get(start)
+            window = next((w for w in windows if w.start <= start < w.end), None)
             held = ""
             if window is not None:
                 held = f" (versions {window.low}-{window_top(log, window)} may be there)"

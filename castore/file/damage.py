@@ -84,13 +84,17 @@ def hides_nothing(log: LogBytes, start: int, end: int) -> bool:
 
 
 def damage_windows(log: LogBytes, floor: int = 0) -> list[Window]:
-    """Each damaged range that may hide versions, with the versions it may hide.
+    """Each gap in the version line that damage may hide, with the versions it may hide.
 
     Between intact entries ``a`` and ``b`` the candidates are ``a+1``..``b-1``,
-    less versions an intact ``C`` frame names as compacted; after the newest
-    intact entry they are open-ended. ``floor`` is a version below which
-    nothing can be lost (the key's grave). A range that is exactly one damaged
-    blob frame hides no version.
+    less versions an intact ``C`` frame names as compacted; the damaged
+    ranges between the same two entries (blob frames intact between them)
+    make one window, from the first's start to the last's end. After the
+    newest intact entry each range is open-ended and continues above every
+    version the range before it may hold (:func:`window_top`), so no two
+    windows name one version. ``floor`` is a version below which nothing
+    can be lost (the key's grave). A range that is exactly one damaged blob
+    frame hides no version.
     """
     entries = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
     compacted = VersionRanges(
@@ -105,11 +109,20 @@ def damage_windows(log: LogBytes, floor: int = 0) -> list[Window]:
             continue
         before = max([floor, *(e.version for s, e in entries if s < start)])
         after = min((e.first for s, e in entries if s >= end), default=None)
+        prior = out[-1] if out else None
+        if prior is not None and any(prior.end <= s < start for s, _ in entries):
+            prior = None  # an intact entry between them: another gap
         if after is None:
+            if prior is not None and prior.high is None:  # the versions go on above its
+                before = max(before, window_top(log, prior))
             out.append(Window(start, end, compacted.first_outside(before + 1), None))
             continue
         first, last = compacted.first_outside(before + 1), compacted.last_outside(after - 1)
-        if first <= last:  # a version between them no compaction names
+        if first > last:  # every version between them was compacted
+            continue
+        if prior is not None and (prior.low, prior.high) == (first, last):
+            out[-1] = prior._replace(end=end)  # the same gap: one window
+        else:
             out.append(Window(start, end, first, last))
     return out
 
