@@ -275,11 +275,12 @@ def with_markers(
         for _, high in decode_compaction(f.payload).versions
     ]
     newest = max([newest, *done])  # compaction dropped those: not lost
-    if lost_by_index > newest:
+    repeated = _repeated_markers(placed, drop)
+    if lost_by_index > newest or repeated:
         stamp = max([now, *(e.time_ns for e in entries)])
-        markers[log.size] = lost_marker(
-            newest + 1, lost_by_index, stamp, f"log cut short; {reason}"
-        )
+        why = "log cut short" if lost_by_index > newest else _REPEATED
+        top = max(lost_by_index, newest + repeated)
+        markers[log.size] = lost_marker(newest + 1, top, stamp, f"{why}; {reason}")
     out: list[tuple[int, bytes]] = []
     pending = sorted(markers.items())
     for f in log.frames:
@@ -295,6 +296,22 @@ def with_markers(
         out.append((f.kind, payload))
     out.extend((KIND_ENTRY, encode_record(m)) for _, m in pending)
     return out
+
+
+_REPEATED = "a marker an earlier repair wrote repeated a version"
+
+
+def _repeated_markers(placed: list[tuple[int, Entry]], drop: set[int]) -> int:
+    """Lost-version markers dropped as out of order after the newest entry kept.
+
+    castore before 2026-12-06 labelled two damaged ranges after a log's newest
+    intact entry alike (``damaged 9``, ``damaged 9``): the second stood for a
+    version above the first, and one was acknowledged. Each such marker still
+    counts as a version lost above the kept ones, so none is given again.
+    """
+    kept = [at for at, _ in placed if at not in drop]
+    last = kept[-1] if kept else -1
+    return sum(1 for at, e in placed if at > last and at in drop and e.op == OP_DAMAGED)
 
 
 def value_lost(entry: Entry, reason: str) -> Entry:

@@ -115,7 +115,11 @@ class Graveyard:
         sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if sig == self._sig:
             return
-        if st.st_ino != self._ino or st.st_size < self._pos:
+        # Read on from where this handle stopped only when the file grew (an append);
+        # changed in place (damage), or for gc (which answers from the file as it is, a
+        # record lost meanwhile no record), it is read whole again.
+        appended = self._remember and st.st_size > self._sig[1]
+        if st.st_ino != self._ino or st.st_size < self._pos or not appended:
             self._forget(st.st_ino)
         fd = self.fs.open(self.path, os.O_RDONLY)
         try:

@@ -30,8 +30,9 @@ from typing import Final
 import pytest
 
 from castore import CastoreError, CorruptionError, NotFoundError, Store
-from castore.file.frames import classify
-from castore.file.records import KIND_ENTRY
+from castore.backend import lost_marker
+from castore.file.frames import classify, encode_frame
+from castore.file.records import KIND_ENTRY, encode_record
 from tests.helpers import log_path
 
 pytestmark = pytest.mark.integration
@@ -267,3 +268,25 @@ def test_repairs_of_every_two_damaged_entries_keep_every_promise(tmp_path: Path)
             bad.append((first + 1, second + 1, problems))
         shutil.rmtree(root)
     assert not bad, bad[:3]
+
+
+def test_a_log_an_earlier_repair_left_with_a_repeated_marker_gives_no_version_again(tmp_path):
+    """castore before this session's fix labelled two damaged ranges after a log's newest
+    intact entry alike: its repair left ``damaged 9``, ``damaged 9`` where versions 9 and
+    10 had been acknowledged. The new repair dropped the second as out of order and the
+    next set was version 10 again (found by the review of the fix); the repeated marker
+    counts as a version lost above the first."""
+    store = Store(str(tmp_path / "s"), dag="d")
+    for n in range(1, 11):
+        store.set("k", {"a": n})  # 1..10 acknowledged
+    path = Path(log_path(store.root, "dag", "d", "k"))
+    data = path.read_bytes()
+    entries = [f for f in classify(data).frames if f.kind == KIND_ENTRY]
+    marker = encode_frame(KIND_ENTRY, encode_record(lost_marker(9, 9, entries[7].start, "old")))
+    path.write_bytes(data[: entries[7].end] + marker + marker)  # what the old repair wrote
+    for evidence in (*path.parent.glob("*.vix"), path.parent / "STATE"):
+        evidence.unlink(missing_ok=True)  # the usual case: no other record of version 10
+    fresh = Store(str(tmp_path / "s"), dag="d")
+    assert fresh.check(repair=True).ok
+    assert fresh.check().ok
+    assert Store(str(tmp_path / "s"), dag="d").set("k", {"a": "new"}).version == 11
