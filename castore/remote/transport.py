@@ -19,14 +19,13 @@ digest and length of the member list in the ``Castore-Cluster`` and
   again on the new owner's newest entry, unless an earlier attempt's answer
   was lost: then the same request goes on, marked as a retry (applied once).
 * A 503 saying to retry shortly (it wrote nothing): sent again for :data:`MEMBERS_WAIT` s.
-* An error body names the exception to raise (:func:`castore.wire.exception_of`).
+* An error body names the exception to raise (:mod:`castore.remote.failures`).
 
 Neither the token nor a value ever appears in an error.
 """
 
 from __future__ import annotations
 
-import errno
 import threading
 import time
 from collections.abc import Iterator
@@ -37,18 +36,15 @@ import msgspec
 
 from castore import forks
 from castore.cluster import Cluster, member_key
-from castore.errors import CastoreError, InvalidValueError, StoreUnavailableError
+from castore.errors import CastoreError, InvalidValueError
+from castore.remote.failures import MAYBE, failure, unavailable
+from castore.remote.frames import frames
 from castore.wire import (
     CALLS,
     CLUSTER_HEADER,
-    FRAME_END,
-    FRAME_ERROR,
-    FRAME_ITEM,
     LOCK_TIMEOUT_HEADER,
     MEMBERS_HEADER,
     Misdirected,
-    WireError,
-    exception_of,
     retry_soon,
 )
 
@@ -60,17 +56,12 @@ MEMBERS_WAIT: Final = 5.0  # seconds a call waits for cluster members to agree (
 _PAUSE: Final = 0.05  # the first pause between tries, doubled each time (at most 2 s)
 _CONNECT_SECONDS: Final = 5.0
 _MSGPACK: Final = "application/msgpack"
-_FRAME_MAX: Final = 64 * 1024 * 1024  # larger than any item of a reply: garbled
 _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _NEVER_SENDABLE: Final = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
 
 
 class Rerouted(Exception):  # noqa: N818  # a signal, not an error: the write decides again
     """An append went to a server that does not own its keyspace; the list was updated."""
-
-
-class _Body(msgspec.Struct, frozen=True):
-    error: WireError
 
 
 class _Misdirected(msgspec.Struct, frozen=True):
@@ -171,7 +162,7 @@ class Transport:
         try:
             return self._decoders[name].decode(response.content)
         except msgspec.DecodeError as exc:
-            raise _unavailable(response.url, f"a bad answer to {name}: {exc}") from None
+            raise unavailable(response.url, f"a bad answer to {name}: {exc}") from None
 
     def stream(self, name: str, request: Any, keyspace: tuple[str, str]) -> Iterator[Any]:
         """The items of a streamed call, decoded one frame at a time as they arrive.
@@ -185,40 +176,9 @@ class Transport:
         """
         response = self._send(name, request, keyspace, None, stream=True)
         try:
-            yield from self._frames(name, response)
+            yield from frames(name, response)
         finally:
             response.close()
-
-    def _frames(self, name: str, response: httpx.Response) -> Iterator[Any]:
-        decoder = msgspec.msgpack.Decoder(CALLS[name].reply.__args__[0])
-        pending = bytearray()
-        chunks = response.iter_bytes()
-        try:
-            for chunk in chunks:
-                pending += chunk
-                at = 0
-                while len(pending) - at >= 5:
-                    size = int.from_bytes(pending[at + 1 : at + 5], "big")
-                    if size > _FRAME_MAX:
-                        raise msgspec.DecodeError("a frame larger than any reply item")
-                    if len(pending) - at - 5 < size:
-                        break
-                    kind, payload = pending[at : at + 1], bytes(pending[at + 5 : at + 5 + size])
-                    at += 5 + size
-                    if kind == FRAME_ITEM:
-                        yield decoder.decode(payload)
-                    elif kind == FRAME_ERROR:
-                        raise _failure(response.url, 500, payload)
-                    elif kind == FRAME_END:  # the body ends here: read to its end,
-                        if any(chunks) or len(pending) > at:  # so the connection is reused
-                            raise msgspec.DecodeError("bytes after the end frame")
-                        return
-                    else:
-                        raise msgspec.DecodeError(f"unknown frame kind {bytes(kind)!r}")
-                del pending[:at]
-        except (httpx.HTTPError, msgspec.DecodeError):
-            pass
-        raise _unavailable(response.url, f"the answer to {name} was cut or garbled")
 
     def _send(
         self,
@@ -237,11 +197,11 @@ class Transport:
         try:
             return self._until_answered(name, request, where, resend, stream, sent)
         except (CastoreError, OSError) as exc:
-            if not (sent[0] and CALLS[name].writes) or _MAYBE in str(exc):
+            if not (sent[0] and CALLS[name].writes) or MAYBE in str(exc):
                 raise
             url = self._cluster.owner(*where) if isinstance(where, tuple) else where
-            raise _unavailable(
-                url, f"the answer to {name} was lost, and sending it again failed: {exc}{_MAYBE}"
+            raise unavailable(
+                url, f"the answer to {name} was lost, and sending it again failed: {exc}{MAYBE}"
             ) from None
 
     def _until_answered(
@@ -284,7 +244,7 @@ class Transport:
             ):
                 time.sleep(4 * _PAUSE)  # members agreeing on their list: it wrote nothing
                 continue
-            raise _failure(
+            raise failure(
                 response.url,
                 response.status_code,
                 response.content,
@@ -320,8 +280,8 @@ class Transport:
                 lost = not isinstance(exc, _NOT_SENT)
                 sent = sent or lost
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
-                    maybe = _MAYBE * (sent and spec.writes)
-                    raise _unavailable(url, f"{name} failed: {type(exc).__name__}{maybe}") from None
+                    maybe = MAYBE * (sent and spec.writes)
+                    raise unavailable(url, f"{name} failed: {type(exc).__name__}{maybe}") from None
                 if attempt == ATTEMPTS or (lost and not spec.resendable(request)):
                     raise _lost(url, name, exc, sent and spec.writes) from None
                 if lost and resend is not None:
@@ -344,12 +304,12 @@ class Transport:
             answer = msgspec.json.decode(response.content, type=_Misdirected).error
             cluster = Cluster(answer.cluster)
         except (msgspec.DecodeError, ValueError):
-            raise _failure(response.url, 421, response.content) from None
+            raise failure(response.url, 421, response.content) from None
         unknown = [url for url in cluster.members if _member(url) not in self._given]
         if asked not in cluster.members or unknown:
             named = f"; it names {len(unknown)} member(s) this client was not given" * bool(unknown)
             what = f"refused this client's coordinator list ({answer.message}{named})"
-            raise _unavailable(asked, f"{what}; update the list")
+            raise unavailable(asked, f"{what}; update the list")
         with self._lock:
             self._cluster = cluster
 
@@ -359,42 +319,8 @@ def _member(url: str) -> tuple[str, str]:
     return url.partition("://")[0].lower(), member_key(url)
 
 
-def _failure(url: Any, status: int, content: bytes, *, token_sent: bool = True) -> Exception:
-    """The exception an error answer stands for (``token_sent``: the request carried one)."""
-    try:
-        error = msgspec.json.decode(content, type=_Body).error
-    except msgspec.DecodeError:
-        return _unavailable(url, f"HTTP {status} without an error body")
-    exc = exception_of(error)
-    if exc is not None:
-        return exc
-    if error.code == "io_error":
-        number = getattr(errno, error.errno, None) if error.errno.startswith("E") else None
-        where = f"castore server {_origin(url)}: {error.message}"
-        return OSError(number, where) if isinstance(number, int) else OSError(where)
-    if error.code == "unauthorized" and not token_sent:
-        return _unavailable(url, "the server needs a token: $CASTORE_TOKEN is not set")
-    if error.code == "unauthorized":
-        return _unavailable(url, "the server refused the token ($CASTORE_TOKEN)")
-    return _unavailable(url, f"{error.code}: {error.message}")
-
-
-_MAYBE: Final = " (it may or may not have been applied)"
-
-
-def _unavailable(url: Any, what: str) -> CastoreError:
-    return StoreUnavailableError(f"castore server {_origin(url)}: {what}")
-
-
 def _lost(url: str, name: str, exc: httpx.HTTPError, write_sent: bool) -> CastoreError:
-    reason, maybe = type(exc).__name__, _MAYBE * write_sent
+    reason, maybe = type(exc).__name__, MAYBE * write_sent
     if isinstance(exc, _NOT_SENT):
-        return _unavailable(url, f"cannot connect ({reason}, {ATTEMPTS} tries){maybe}")
-    return _unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")
-
-
-def _origin(url: Any) -> str:
-    """``scheme://host:port`` of a URL: what an error may show of it."""
-    parsed = httpx.URL(str(url))
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}"
+        return unavailable(url, f"cannot connect ({reason}, {ATTEMPTS} tries){maybe}")
+    return unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")

@@ -188,8 +188,10 @@ assert max(POSTGRES_LAYERS.values()) < 10
 # castore/remote/: the http:// backend, a band of its own in the same layers (10 to 19).
 REMOTE_LAYERS = {
     "remote": 0,  # the package itself
-    "remote.transport": 1,  # httpx: routing, retries, errors back into exceptions
-    "remote.backend": 2,  # the contract over the backend protocol
+    "remote.failures": 1,  # error answers back into exceptions; what an error shows of a URL
+    "remote.frames": 2,  # a streamed reply, decoded a frame at a time
+    "remote.transport": 3,  # httpx: routing, retries
+    "remote.backend": 4,  # the contract over the backend protocol
 }
 BANDS = {  # each backend's own modules
     "file": FILE_LAYERS,

@@ -1,0 +1,60 @@
+"""What an ``http://`` store raises when a call fails: error bodies back into exceptions.
+
+An error body names the exception the server's store call raised
+(:func:`castore.wire.exception_of`); anything else a server, or whatever stands
+between, answers is :class:`~castore.errors.StoreUnavailableError`, naming the
+server by ``scheme://host:port`` only. Neither the token nor a value ever
+appears in an error.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Final
+
+import httpx
+import msgspec
+
+from castore.errors import CastoreError, StoreUnavailableError
+from castore.wire import WireError, exception_of
+
+__all__ = ["MAYBE", "failure", "origin", "unavailable"]
+
+# Said of a write whose outcome is not known: an attempt may have been applied.
+MAYBE: Final = " (it may or may not have been applied)"
+
+
+class _Body(msgspec.Struct, frozen=True):
+    error: WireError
+
+
+def failure(url: Any, status: int, content: bytes, *, token_sent: bool = True) -> Exception:
+    """The exception an error answer stands for (``token_sent``: the request carried one)."""
+    try:
+        error = msgspec.json.decode(content, type=_Body).error
+    except msgspec.DecodeError:
+        return unavailable(url, f"HTTP {status} without an error body")
+    exc = exception_of(error)
+    if exc is not None:
+        return exc
+    if error.code == "io_error":
+        number = getattr(errno, error.errno, None) if error.errno.startswith("E") else None
+        where = f"castore server {origin(url)}: {error.message}"
+        return OSError(number, where) if isinstance(number, int) else OSError(where)
+    if error.code == "unauthorized" and not token_sent:
+        return unavailable(url, "the server needs a token: $CASTORE_TOKEN is not set")
+    if error.code == "unauthorized":
+        return unavailable(url, "the server refused the token ($CASTORE_TOKEN)")
+    return unavailable(url, f"{error.code}: {error.message}")
+
+
+def unavailable(url: Any, what: str) -> CastoreError:
+    """StoreUnavailableError: ``what`` went wrong with the server at ``url``."""
+    return StoreUnavailableError(f"castore server {origin(url)}: {what}")
+
+
+def origin(url: Any) -> str:
+    """``scheme://host:port`` of a URL: what an error may show of it."""
+    parsed = httpx.URL(str(url))
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
