@@ -17,8 +17,10 @@ digest and length of the member list in the ``Castore-Cluster`` and
   a member from https to http) and the call sent to the owner under it, at
   most :data:`REDIRECTS` times; an append raises :class:`Rerouted` to decide
   again on the new owner's newest entry, unless an earlier attempt's answer
-  was lost: then the same request goes on, marked as a retry (applied once).
+  was lost.
 * A 503 saying to retry shortly (it wrote nothing): sent again for :data:`MEMBERS_WAIT` s.
+* Once an attempt's answer was lost, every later attempt (after a 421, a 503, another
+  lost answer) is the same request marked as a retry: the server applies it once.
 * An error body names the exception to raise (:mod:`castore.remote.failures`).
 
 Neither the token nor a value ever appears in an error.
@@ -218,7 +220,8 @@ class Transport:
         patience = time.monotonic() + MEMBERS_WAIT
         while True:
             url = self._cluster.owner(*where) if isinstance(where, tuple) else where
-            response, lost = self._post(name, url, request, resend, stream=stream)
+            outgoing = resend if sent[0] and resend is not None else request
+            response, lost = self._post(name, url, outgoing, resend, stream=stream)
             sent[0] = sent[0] or lost
             if response.status_code == 200:
                 return response
@@ -234,8 +237,6 @@ class Transport:
                 self._follow(response, url)
                 if name == "append" and not sent[0]:
                     raise Rerouted
-                if sent[0] and resend is not None:  # it may have been applied: the same id
-                    request = resend  # again, marked as a retry, so it is applied once
                 continue
             if (
                 response.status_code == 503

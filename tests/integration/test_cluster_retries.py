@@ -12,7 +12,9 @@ loopback; the client loses answers through an httpx transport that drops them.
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -212,6 +214,31 @@ def test_a_resend_that_meets_two_list_changes_is_still_applied_once(launcher, lo
     assert (result["number"], result["version"]) == (2, 2)
     history = Store(a.store).history("n", scope="custom", namespace=namespace).entries
     assert [e.version for e in history] == [2, 1]
+
+
+def test_a_resend_that_meets_a_503_retry_is_still_marked_as_a_retry(launcher, lose):
+    # Found by a review: the answer was lost, then the member refused with 503
+    # "retry":true (a peer paused: it cannot tell that its list agrees); the next attempt
+    # went out without the retry mark, the server answered stale, and the worker decided
+    # the incr again: applied twice (number 3, history [3, 2, 1]).
+    a, b, c = launcher.cluster(3)
+    members = [a.url, b.url, c.url]
+    namespace = _owned_by_first([members])
+    worker = Store(",".join(members))
+    assert worker.incr("n", scope="custom", namespace=namespace).to_dict()["number"] == 1
+
+    def pause_b() -> None:  # b stops answering a's looks: a refuses ("retry shortly") for ~3 s
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        threading.Timer(3.0, os.kill, (b.proc.pid, signal.SIGCONT)).start()
+        a.kill()
+        a.start(members, serving=False)
+
+    lose(_once(pause_b))
+    result = worker.incr("n", scope="custom", namespace=namespace).to_dict()
+    local = Store(a.store)
+    history = [e.version for e in local.history("n", scope="custom", namespace=namespace).entries]
+    assert (result["number"], history) == (2, [2, 1])
 
 
 def test_a_resend_that_fails_says_the_write_may_have_been_applied(launcher, lose):
