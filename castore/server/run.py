@@ -274,6 +274,13 @@ def _runner(
     return serve
 
 
+def _check_servable(store: Store) -> None:
+    """ServeError for another server's store: its own request ids would hide resends."""
+    if store.root.partition("://")[0].lower() in ("http", "https"):  # docs/SERVER.md
+        what = "serves a directory or a PostgreSQL URL, not another castore server"
+        raise ServeError(f"{store.root}: castore serve {what} (point workers at that server)")
+
+
 def run_server(
     store: Store,
     *,
@@ -298,11 +305,12 @@ def run_server(
     then the access log (to ``access_log``, a file appended to, else stderr).
 
     Raises:
-        ServeError: a setting that cannot be used (see :func:`load_token`, :func:`bind`).
+        ServeError: a setting or ``store`` that cannot be used (:func:`load_token`, :func:`bind`).
         OSError: the address cannot be bound, or the access log cannot be opened.
         SystemExit: 1 when the processes kept failing, or one did not stop cleanly.
         KeyboardInterrupt: processes stopped by SIGINT (``castore serve`` exits 130).
     """
+    _check_servable(store)
     if request_timeout is not None and not request_timeout > 0:  # nan too; inf: no limit
         raise ServeError(f"--request-timeout {request_timeout}: give seconds above 0 (or inf)")
     if not 0 < shutdown_timeout < math.inf:

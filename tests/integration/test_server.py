@@ -38,10 +38,14 @@ from castore import Store
 from castore.errors import CorruptionError, StoreUnavailableError
 from castore.server.app import MAX_BODY_BYTES, create_app
 from castore.server.openapi import openapi, openapi_json
+from castore.server.run import ServeError, run_server
 from castore.transfer import export_lines
 from tests.helpers import CASTORE_PATH, Cli, read_response, ref_log_path
 
 pytestmark = pytest.mark.integration
+# castore serve refuses to serve an http:// store (another server's): the tests that
+# serve ``store_location`` run on the local backends only.
+_LOCAL_STORES = pytest.mark.not_remote("castore serve refuses another server's store")
 
 ROOT = pathlib.Path(__file__).parents[2]
 TOKEN = "s3cret-token-0123456789abcdef"  # noqa: S105  # a test token
@@ -278,6 +282,7 @@ READS: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
 ]
 
 
+@_LOCAL_STORES
 def test_every_operation_answers_the_cli_line(served, tmp_path, new_store_location):
     """Writes through the server and through the CLI (on another store) print the same bytes;
     reads of the served store by both are the same bytes too."""
@@ -299,6 +304,7 @@ def test_every_operation_answers_the_cli_line(served, tmp_path, new_store_locati
     assert len(post(served, "audit", b"{}").content.splitlines()) == 12  # versions written
 
 
+@_LOCAL_STORES
 def test_a_dag_name_alone_narrows_audit_as_on_the_command_line(served, tmp_path):
     """Was: ``{"dag": "d"}`` streamed every namespace's records (the CLI's ``--dag d`` narrows)."""
     for dag in ("d", "e"):
@@ -332,6 +338,7 @@ def served_location(server: Server) -> str:
 ErrorCase = tuple[str, dict[str, Any], int, str, list[str], int]
 
 
+@_LOCAL_STORES
 def test_errors_carry_the_cli_message_and_a_stable_code(served, tmp_path):
     here = Cli(tmp_path, served_location(served), dag="d")
     here.raw_ok("set", "k", "1")
@@ -410,6 +417,7 @@ def test_errors_carry_the_cli_message_and_a_stable_code(served, tmp_path):
     assert "namespace is required" in no_dag["message"]
 
 
+@_LOCAL_STORES
 def test_concurrent_increments_lose_nothing(served, tmp_path):
     def work() -> None:
         with httpx.Client(base_url=served.url, timeout=30) as client:
@@ -459,6 +467,7 @@ def test_sigint_stops_the_server_with_exit_130(tmp_path, ignored):
     assert server.stderr_path.read_text().splitlines()[-1] == "castore: interrupted"
 
 
+@_LOCAL_STORES
 def test_sigterm_finishes_the_request_in_flight(start, store_location, tmp_path):
     """A request whose body is still arriving when SIGTERM comes is answered, then exit 0."""
     server = start(store_location)
@@ -910,6 +919,19 @@ def test_timeouts_that_are_not_numbers_of_seconds_are_refused(tmp_path):
         assert message.startswith(f"{option} "), message
         assert "give seconds above 0" in message, message
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    "location", ["http://127.0.0.1:9", "HTTPS://coord:7070", "http://127.0.0.1:9,http://[::1]:9"]
+)
+def test_a_server_never_serves_another_servers_store(tmp_path, location):
+    # Found by a review: `serve --dir http://back` served, and its remote backend gave
+    # each append a request id of its own, so the server behind never knew a worker's
+    # resend: an incr whose answer was lost was applied twice (number 2, version 3).
+    message = Cli(tmp_path, location).fail(2, "serve", "--listen", "127.0.0.1:0")
+    assert "serves a directory or a PostgreSQL URL, not another castore server" in message
+    with pytest.raises(ServeError, match="not another castore server"):
+        run_server(Store(location), listen="127.0.0.1:0")
 
 
 def test_an_access_log_that_cannot_be_opened_is_named(tmp_path):
