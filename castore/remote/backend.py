@@ -35,6 +35,7 @@ from castore.errors import (
 from castore.identity import MAX_AUDIT_TEXT
 from castore.keys import Ref
 from castore.records import BlobLoc, Entry
+from castore.remote.answers import append_problem, history_problem, value_problem, versions_check
 from castore.remote.transport import Rerouted, Transport
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 from castore.results import ListEntry
@@ -142,7 +143,7 @@ class RemoteBackend:
 
     def current(self, ref: Ref) -> Current:
         """Newest entry of ``ref`` and its value."""
-        reply = self._transport.call("current", _call(ref), ref[:2])
+        reply = self._transport.call("current", _call(ref), ref[:2], check=value_problem)
         return Current(reply.entry, reply.value)
 
     def check_history_size(self, ref: Ref, new_versions: list[NewVersion]) -> None:
@@ -170,7 +171,9 @@ class RemoteBackend:
         if version > _MAX_VERSION:
             return None, None  # never stored: not found, as locally
         call = VersionCall(scope=ref.scope, namespace=ref.namespace, key=ref.key, version=version)
-        reply = self._transport.call("version", call, ref[:2])
+        reply = self._transport.call(
+            "version", call, ref[:2], check=lambda reply: value_problem(reply, version)
+        )
         return reply.entry, reply.value
 
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
@@ -179,11 +182,14 @@ class RemoteBackend:
         call = HistoryCall(
             scope=ref.scope, namespace=ref.namespace, key=ref.key, before=before, limit=limit
         )
-        return list(self._transport.call("history", call, ref[:2]))
+        page = self._transport.call(
+            "history", call, ref[:2], check=lambda page: history_problem(page, before, limit)
+        )
+        return list(page)
 
     def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
         """Every entry, oldest first, with its verified value."""
-        for item in self._transport.stream("iter_versions", _call(ref), ref[:2]):
+        for item in self._transport.stream("iter_versions", _call(ref), ref[:2], versions_check()):
             yield item.entry, item.value
 
     def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
@@ -265,7 +271,11 @@ class RemoteBackend:
             append = _append(ref, entry, news)
             try:
                 reply = self._transport.call(
-                    "append", append, ref[:2], msgspec.structs.replace(append, retry=True)
+                    "append",
+                    append,
+                    ref[:2],
+                    msgspec.structs.replace(append, retry=True),
+                    lambda reply: append_problem(reply, append),  # noqa: B023  # called at once
                 )
             except Rerouted:  # another member owns it: decide again on its newest entry
                 entry, value = self._newest_to_write(ref)

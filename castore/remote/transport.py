@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import httpx
@@ -147,38 +147,64 @@ class Transport:
             client.close()
 
     def call(
-        self, name: str, request: Any, where: tuple[str, str] | str, resend: Any = None
+        self,
+        name: str,
+        request: Any,
+        where: tuple[str, str] | str,
+        resend: Any = None,
+        check: Callable[[Any], str | None] | None = None,
     ) -> Any:
         """Send backend call ``name`` and decode its reply.
 
         ``where`` is the keyspace the call is about (sent to its owner), or the
         URL of the member a store-wide call is for. ``resend`` is the request to
         send if the first one's answer was lost (an append marked as a retry).
+        ``check`` says what is wrong with a decoded reply (None: nothing).
 
         Raises:
             Rerouted: an append reached a member that does not own its keyspace.
-            StoreUnavailableError: no server answered, or one failed.
+            StoreUnavailableError: no server answered, or one failed, or its answer is
+                not one (it does not decode, or ``check`` finds it wrong).
             CastoreError: the exception the server's store call raised.
         """
         response = self._send(name, request, where, resend)
+        reply: Any = None
         try:
-            return self._decoders[name].decode(response.content)
+            reply = self._decoders[name].decode(response.content)
         except msgspec.DecodeError as exc:
-            raise unavailable(response.url, f"a bad answer to {name}: {exc}") from None
+            problem: str | None = str(exc)
+        else:
+            problem = check(reply) if check is not None else None
+        if problem is not None:
+            maybe = MAYBE * CALLS[name].writes
+            raise unavailable(response.url, f"a bad answer to {name}{maybe}: {problem}")
+        return reply
 
-    def stream(self, name: str, request: Any, keyspace: tuple[str, str]) -> Iterator[Any]:
+    def stream(
+        self,
+        name: str,
+        request: Any,
+        keyspace: tuple[str, str],
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Iterator[Any]:
         """The items of a streamed call, decoded one frame at a time as they arrive.
 
         Only the frames not yet decoded are held in memory, so a key's whole
-        history streams in the space of its largest version.
+        history streams in the space of its largest version. ``check`` says what
+        is wrong with an item (None: nothing).
 
         Raises:
-            StoreUnavailableError: the stream was cut or is not made of frames.
+            StoreUnavailableError: the stream was cut or is not made of frames, or
+                ``check`` finds an item wrong.
             CastoreError: the exception that ended it on the server.
         """
         response = self._send(name, request, keyspace, None, stream=True)
         try:
-            yield from frames(name, response)
+            for item in frames(name, response):
+                problem = check(item) if check is not None else None
+                if problem is not None:
+                    raise unavailable(response.url, f"a bad answer to {name}: {problem}")
+                yield item
         finally:
             response.close()
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.fakeserver import FakeServer
 from tests.integration.test_cluster import Launcher
 
 
@@ -20,3 +21,11 @@ def launcher(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     finally:
         for node in launch.nodes:
             node.kill()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    """A fake castore server on loopback whose answers the test chooses."""
+    server = FakeServer()
+    yield server
+    server.close()

@@ -1,0 +1,121 @@
+"""An ``http://`` store believes no answer that contradicts itself or the call.
+
+A fake server (:mod:`tests.integration.fakeserver`) answers what a faulty
+server or proxy might: a value that is not the one its hash names, another
+version than asked, history out of order, an append answer naming other
+versions than those sent. Each is a one-line StoreUnavailableError ("a bad
+answer"), never a value returned nor a traceback. Oracle: a local store
+verifies every value against its entry's hash and reads versions in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from castore import Store, StoreUnavailableError
+from castore.keys import Ref
+from castore.records import Audit, Entry
+from castore.remote.backend import RemoteBackend
+from castore.wire import FRAME_END, FRAME_ITEM, AppendReply, EntryValue, frame
+from tests.integration.fakeserver import Answer, mp
+
+REF = Ref("dag", "d", "k")
+
+
+def _entry(value: bytes = b'{"a":1}', version: int = 1, *, op: str = "set") -> Entry:
+    return Entry(
+        version=version,
+        op=op,
+        time_ns=version,
+        hash=hashlib.sha256(value).hexdigest(),
+        size=len(value),
+        audit=Audit(dag_name="d"),
+    )
+
+
+def _ok(reply: object) -> tuple[str, bytes]:
+    return "200 OK", mp(reply)
+
+
+@pytest.mark.parametrize("version", [None, 1])
+def test_a_value_that_is_not_the_one_its_hash_names_is_never_returned(fake, version):
+    # Found by a review: the entry names {"a":1}, the bytes are {"a":2}; the client
+    # printed {"a":2} with the hash of {"a":1}. A local store raises CorruptionError.
+    fake.answer = lambda call, body: _ok(EntryValue(_entry(b'{"a":1}'), b'{"a":2}'))
+    with pytest.raises(StoreUnavailableError, match=r"a bad answer to \w+: .* does not hash"):
+        Store(fake.url, dag="d").get("k", version=version)
+
+
+def test_another_version_than_the_one_asked_is_refused(fake):
+    fake.answer = lambda call, body: _ok(EntryValue(_entry(version=2), b'{"a":1}'))
+    with pytest.raises(StoreUnavailableError, match="version 2, asked for version 1"):
+        Store(fake.url, dag="d").get("k", version=1)
+
+
+@pytest.mark.parametrize(
+    "page", [[1, 2], [2, 2], [9, 1]], ids=["oldest-first", "repeated", "not-below-before"]
+)
+def test_a_history_page_out_of_order_is_refused(fake, page):
+    fake.answer = lambda call, body: _ok([_entry(version=v) for v in page])
+    backend = RemoteBackend(fake.url, lock_timeout=5)
+    with pytest.raises(StoreUnavailableError, match="a bad answer to history"):
+        backend.history(REF, 5, 0)
+    if page[0] < 5:
+        with pytest.raises(StoreUnavailableError, match="a bad answer to history"):
+            Store(fake.url, dag="d").history("k")
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [(1, b'{"a":1}'), (1, b'{"a":1}')],
+        [(2, b'{"a":1}'), (1, b'{"a":1}')],
+        [(1, b'{"a":1}'), (2, b'{"a":2}', b'{"a":3}')],
+    ],
+    ids=["repeated", "decreasing", "hash"],
+)
+def test_a_stream_of_versions_repeated_decreasing_or_unverified_is_refused(fake, items):
+    def body(item: tuple[int, bytes] | tuple[int, bytes, bytes]) -> bytes:
+        value = item[1]
+        sent = item[2] if len(item) > 2 else value
+        return frame(FRAME_ITEM, mp(EntryValue(_entry(value, item[0]), sent)))
+
+    stream = b"".join(body(item) for item in items) + frame(FRAME_END, b"")
+    fake.answer = lambda call, _: ("200 OK", stream)
+    versions = RemoteBackend(fake.url, lock_timeout=5).iter_versions(REF)
+    assert next(versions)[0].version == items[0][0]  # the first item is good
+    with pytest.raises(StoreUnavailableError, match="a bad answer to iter_versions"):
+        next(versions)
+
+
+def _appended(written: list[Entry], previous: Entry | None = None) -> Answer:
+    def answer(call: str, body: bytes) -> tuple[str, bytes]:
+        if call == "append":
+            return _ok(AppendReply(status="written", previous=previous, written=written))
+        return _ok(EntryValue(None, None))
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("written", "previous"),
+    [
+        ([], None),
+        ([_entry(b"2")], None),  # another value's hash
+        ([_entry(b"1"), _entry(b"1", 2)], None),  # two versions for one
+        ([_entry(b"1", 3)], _entry(b"1", 5)),  # written after another entry than expected
+        ([_entry(b"1", 1, op="delete")], None),
+    ],
+    ids=["empty", "hash", "two", "previous", "op"],
+)
+def test_an_append_answer_that_names_other_versions_is_a_clear_error(fake, written, previous):
+    # Found by a review: status "written" with an empty list raised IndexError
+    # (decisions.py); one naming another version was returned as the write's result.
+    fake.answer = _appended(written, previous)
+    with pytest.raises(
+        StoreUnavailableError,
+        match=r"a bad answer to append \(it may or may not have been applied\)",
+    ):
+        Store(fake.url, dag="d").set("k", 1)
