@@ -355,7 +355,7 @@ def retry_soon(body: bytes) -> bool:
     """
     try:
         found = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec recurses per level of nesting
         return False
     error = found.get("error") if isinstance(found, dict) else None
     return isinstance(error, dict) and error.get("retry") is True

@@ -32,7 +32,7 @@ def failure(url: Any, status: int, content: bytes, *, token_sent: bool = True) -
     """The exception an error answer stands for (``token_sent``: the request carried one)."""
     try:
         error = msgspec.json.decode(content, type=_Body).error
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec recurses per level of nesting
         return unavailable(url, f"HTTP {status} without an error body")
     exc = exception_of(error)
     if exc is not None:

@@ -56,6 +56,6 @@ def frames(name: str, response: httpx.Response) -> Iterator[Any]:
                 else:
                     raise msgspec.DecodeError(f"unknown frame kind {bytes(kind)!r}")
             del pending[:at]
-    except (httpx.HTTPError, msgspec.DecodeError):
+    except (httpx.HTTPError, msgspec.DecodeError, RecursionError):
         pass
     raise unavailable(response.url, f"the answer to {name} was cut or garbled")

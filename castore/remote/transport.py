@@ -171,7 +171,7 @@ class Transport:
         reply: Any = None
         try:
             reply = self._decoders[name].decode(response.content)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # nested deeper than msgspec goes
             problem: str | None = str(exc)
         else:
             problem = check(reply) if check is not None else None
@@ -330,7 +330,7 @@ class Transport:
         try:
             answer = msgspec.json.decode(response.content, type=_Misdirected).error
             cluster = Cluster(answer.cluster)
-        except (msgspec.DecodeError, ValueError):
+        except (msgspec.DecodeError, ValueError, RecursionError):
             raise failure(response.url, 421, response.content) from None
         unknown = [url for url in cluster.members if _member(url) not in self._given]
         if asked not in cluster.members or unknown:

@@ -18,7 +18,7 @@ from castore import Store, StoreUnavailableError
 from castore.keys import Ref
 from castore.records import Audit, Entry
 from castore.remote.backend import RemoteBackend
-from castore.wire import FRAME_END, FRAME_ITEM, AppendReply, EntryValue, frame
+from castore.wire import FRAME_END, FRAME_ERROR, FRAME_ITEM, AppendReply, EntryValue, frame
 from tests.integration.fakeserver import Answer, mp
 
 REF = Ref("dag", "d", "k")
@@ -119,3 +119,32 @@ def test_an_append_answer_that_names_other_versions_is_a_clear_error(fake, writt
         match=r"a bad answer to append \(it may or may not have been applied\)",
     ):
         Store(fake.url, dag="d").set("k", 1)
+
+
+_DEEP_JSON = (
+    b'{"error":{"code":"x","message":"m","args":[' + b"[" * 100_000 + b"]" * 100_000 + b"]}}"
+)
+
+
+@pytest.mark.parametrize("status", ["503 Service Unavailable", "409 Conflict", "421 Misdirected"])
+def test_a_deeply_nested_error_body_is_a_clear_error_not_a_recursion_error(fake, status):
+    # Found by a review: msgspec recurses per level of nesting; the client raised
+    # RecursionError with a traceback (wire.retry_soon, the error body, a 421's list).
+    fake.answer = lambda call, body: (status, _DEEP_JSON)
+    with pytest.raises(StoreUnavailableError, match="without an error body"):
+        Store(fake.url, dag="d").get("k")
+
+
+def test_a_deeply_nested_reply_or_error_frame_is_a_clear_error(fake):
+    listing = {"k": {"version": 1, "hash": "", "created_at": "", "updated_at": ""}}
+    head = mp(listing)
+    assert head[:4] == b"\x81\xa1k\x84"  # one key, a map of 4 fields: a fifth, its value
+    deep = b"\x81\xa1k\x85" + head[4:] + b"\xa5value" + b"\x91" * 100_000 + b"\xc0"
+    fake.answer = lambda call, body: ("200 OK", deep)
+    backend = RemoteBackend(fake.url, lock_timeout=5)
+    with pytest.raises(StoreUnavailableError, match="a bad answer to listing"):
+        backend.listing("dag", "d", "")
+    stream = frame(FRAME_ERROR, _DEEP_JSON)
+    fake.answer = lambda call, body: ("200 OK", stream)
+    with pytest.raises(StoreUnavailableError, match="HTTP 500 without an error body"):
+        next(backend.iter_versions(REF))
