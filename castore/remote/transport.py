@@ -41,6 +41,7 @@ from castore.cluster import Cluster, member_key
 from castore.errors import CastoreError, InvalidValueError
 from castore.remote.failures import MAYBE, failure, unavailable
 from castore.remote.frames import frames
+from castore.remote.proxies import check_proxy_environment
 from castore.wire import (
     CALLS,
     CLUSTER_HEADER,
@@ -133,6 +134,7 @@ class Transport:
                     self._client.close()
                 # Without an https:// member no TLS is spoken, so no CA bundle is loaded
                 # (40 ms of a command's start); one appears (a 421's list): a new client.
+                check_proxy_environment()  # httpx would raise from inside, a traceback
                 self._client = httpx.Client(
                     timeout=self._timeout, headers=self._headers, verify=tls
                 )

@@ -190,6 +190,7 @@ REMOTE_LAYERS = {
     "remote": 0,  # the package itself
     "remote.failures": 1,  # error answers back into exceptions; what an error shows of a URL
     "remote.frames": 2,  # a streamed reply, decoded a frame at a time
+    "remote.proxies": 1,  # the proxy variables httpx reads, checked before use
     "remote.transport": 3,  # httpx: routing, retries
     "remote.answers": 3,  # what an answer must hold to be believed (hashes, order, shape)
     "remote.backend": 4,  # the contract over the backend protocol

@@ -1,0 +1,61 @@
+"""The proxy settings an ``http://`` store's requests follow: httpx's, checked before use.
+
+httpx reads ``HTTP_PROXY``, ``HTTPS_PROXY`` and ``ALL_PROXY`` (either case, as
+:func:`urllib.request.getproxies` does; ``NO_PROXY`` exempts hosts) when it
+makes a client. A proxy it cannot use (a ``socks5://`` one without the
+``socksio`` package, an ``ftp://`` one, a URL that does not parse) raised
+ImportError or ValueError from inside httpx, a traceback; here it is one
+line naming the variable, never its value (a proxy URL may hold a password).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import urllib.request
+
+import httpx
+
+from castore.errors import BackendUnavailableError, InvalidValueError
+
+__all__ = ["check_proxy_environment"]
+
+_SCHEMES = ("http", "https", "all")  # the proxy variables httpx reads: <scheme>_proxy
+
+
+def _variable(scheme: str, url: str) -> str:
+    """The name of the variable that set ``scheme``'s proxy to ``url`` (lower case wins)."""
+    names = [name for name in os.environ if name.lower() == f"{scheme}_proxy"]
+    given = [name for name in names if os.environ[name] == url]
+    return (sorted(given, reverse=True) or [f"{scheme.upper()}_PROXY"])[0]
+
+
+def check_proxy_environment() -> None:
+    """Refuse, naming the variable, a proxy setting httpx cannot use.
+
+    Raises:
+        InvalidValueError: a proxy variable that is not an ``http://``, ``https://``
+            or ``socks5://`` URL.
+        BackendUnavailableError: a ``socks5://`` proxy, and the ``socksio`` package
+            (``httpx[socks]``) is not installed.
+    """
+    found = urllib.request.getproxies()  # what httpx reads
+    if any(host.strip() == "*" for host in found.get("no", "").split(",")):
+        return  # NO_PROXY=*: httpx uses no proxy at all
+    for scheme in _SCHEMES:
+        url = found.get(scheme)
+        if not url:
+            continue
+        name = _variable(scheme, url)
+        try:
+            proxy = httpx.Proxy(url if "://" in url else f"http://{url}")  # as httpx reads it
+        except (ValueError, httpx.InvalidURL):
+            raise InvalidValueError(
+                f"${name} is not a proxy URL this client can use (http://, https:// or"
+                f" socks5://): correct it, or unset it"
+            ) from None
+        if proxy.url.scheme.startswith("socks") and importlib.util.find_spec("socksio") is None:
+            raise BackendUnavailableError(
+                f"${name} names a SOCKS proxy, which needs the socksio package:"
+                f" pip install 'httpx[socks]', or unset ${name}"
+            )
