@@ -10,17 +10,16 @@ of its largest version.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any
 
 import httpx
 import msgspec
 
 from castore.remote.failures import failure, unavailable
+from castore.remote.replies import ITEM_BYTES_MAX
 from castore.wire import CALLS, FRAME_END, FRAME_ERROR, FRAME_ITEM
 
 __all__ = ["frames"]
-
-_FRAME_MAX: Final = 64 * 1024 * 1024  # larger than any item of a reply: garbled
 
 
 def frames(name: str, response: httpx.Response) -> Iterator[Any]:
@@ -39,7 +38,7 @@ def frames(name: str, response: httpx.Response) -> Iterator[Any]:
             at = 0
             while len(pending) - at >= 5:
                 size = int.from_bytes(pending[at + 1 : at + 5], "big")
-                if size > _FRAME_MAX:
+                if size > ITEM_BYTES_MAX:  # an entry and its value at most
                     raise msgspec.DecodeError("a frame larger than any reply item")
                 if len(pending) - at - 5 < size:
                     break

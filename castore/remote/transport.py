@@ -42,6 +42,7 @@ from castore.errors import CastoreError, InvalidValueError
 from castore.remote.failures import MAYBE, failure, unavailable
 from castore.remote.frames import frames
 from castore.remote.proxies import check_proxy_environment
+from castore.remote.replies import read as read_reply
 from castore.wire import (
     CALLS,
     CLUSTER_HEADER,
@@ -253,13 +254,6 @@ class Transport:
             sent[0] = sent[0] or lost
             if response.status_code == 200:
                 return response
-            if stream:
-                try:
-                    response.read()
-                except httpx.HTTPError as exc:
-                    raise _lost(url, name, exc, False) from None
-                finally:
-                    response.close()
             if response.status_code == 421 and redirects < REDIRECTS and isinstance(where, tuple):
                 redirects += 1
                 self._follow(response, url)
@@ -304,7 +298,10 @@ class Transport:
                     headers=headers,
                     timeout=timeout,
                 )
-                return client.send(outgoing, stream=stream), sent
+                response = client.send(outgoing, stream=True)
+                if not (stream and response.status_code == 200):  # else read as it streams
+                    response = read_reply(response, name, request)  # bounded: never held whole
+                return response, sent
             except httpx.HTTPError as exc:
                 lost = not isinstance(exc, _NOT_SENT)
                 sent = sent or lost

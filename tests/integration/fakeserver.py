@@ -19,8 +19,9 @@ mp = msgspec.msgpack.encode
 LOSE = "lose"  # close the connection without an answer (the answer was lost)
 HANG = "hang"  # never answer (a server stopped with SIGSTOP)
 
-# call name, request body -> (status line, body) or LOSE or HANG
-Answer = Callable[[str, bytes], "tuple[str, bytes] | str"]
+# call name, request body -> (status line, body), or (status line, body, False): a body
+# without its length, ending when the connection closes; or LOSE or HANG.
+Answer = Callable[[str, bytes], "tuple[str, bytes] | tuple[str, bytes, bool] | str"]
 
 
 class FakeServer:
@@ -68,10 +69,14 @@ class FakeServer:
                     self._stop.wait()
                     return
                 assert isinstance(answer, tuple)
-                status, payload = answer
-                head = f"HTTP/1.1 {status}\r\ncontent-length: {len(payload)}\r\n\r\n"
-                conn.sendall(head.encode())  # apart: a large body is never copied
-                conn.sendall(payload)
+                status, payload, *sized = answer
+                framing = f"content-length: {len(payload)}"
+                if sized == [False]:
+                    framing = "connection: close"
+                conn.sendall(f"HTTP/1.1 {status}\r\n{framing}\r\n\r\n".encode())
+                conn.sendall(payload)  # apart: a large body is never copied
+                if sized == [False]:
+                    return
         except OSError:
             pass
         finally:

@@ -11,10 +11,14 @@ verifies every value against its entry's hash and reads versions in order.
 from __future__ import annotations
 
 import hashlib
+import resource
 
+import msgspec
 import pytest
 
 from castore import Store, StoreUnavailableError
+from castore.identity import MAX_AUDIT_TEXT
+from castore.jsonrules import MAX_VALUE_BYTES
 from castore.keys import Ref
 from castore.records import Audit, Entry
 from castore.remote.backend import RemoteBackend
@@ -22,6 +26,7 @@ from castore.wire import FRAME_END, FRAME_ERROR, FRAME_ITEM, AppendReply, EntryV
 from tests.integration.fakeserver import Answer, mp
 
 REF = Ref("dag", "d", "k")
+_TEXT_FIELDS = [f.name for f in msgspec.structs.fields(Audit) if f.type is str]
 
 
 def _entry(value: bytes = b'{"a":1}', version: int = 1, *, op: str = "set") -> Entry:
@@ -148,3 +153,38 @@ def test_a_deeply_nested_reply_or_error_frame_is_a_clear_error(fake):
     fake.answer = lambda call, body: ("200 OK", stream)
     with pytest.raises(StoreUnavailableError, match="HTTP 500 without an error body"):
         next(backend.iter_versions(REF))
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "until-close"])
+@pytest.mark.parametrize("status", ["200 OK", "503 Service Unavailable"])
+def test_an_answer_larger_than_any_reply_is_refused_before_it_is_held(fake, sized, status):
+    # Found by a review: the client read any answer whole (a 3 GB body grew a get to
+    # 5.9 GB). A get's answer holds at most one 1 MiB value and its entry.
+    big = bytes(300 << 20)
+    fake.answer = lambda call, body: (status, big, sized)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(StoreUnavailableError, match="more than any such answer can be"):
+        Store(fake.url, dag="d").get("k")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10
+    assert grown_mib < 100, f"the client held {grown_mib} MiB for a get"
+
+
+def test_an_answer_at_its_largest_is_read(fake):
+    value = b'"' + b"a" * (MAX_VALUE_BYTES - 2) + b'"'
+    text = "\U0001f600" * MAX_AUDIT_TEXT  # 4 bytes each in UTF-8
+    audit = msgspec.structs.replace(Audit(), **dict.fromkeys(_TEXT_FIELDS, text))
+    entry = msgspec.structs.replace(_entry(value), audit=audit)
+    fake.answer = lambda call, body: _ok(EntryValue(entry, value))
+    current = RemoteBackend(fake.url, lock_timeout=5).current(REF)
+    assert current.value == value
+    page = [msgspec.structs.replace(entry, version=v) for v in range(256, 0, -1)]
+    fake.answer = lambda call, body: _ok(page)
+    assert RemoteBackend(fake.url, lock_timeout=5).history(REF, 257, 256) == page
+
+
+def test_a_stream_item_larger_than_any_is_refused(fake):
+    value = b'"' + b"a" * (2 * MAX_VALUE_BYTES) + b'"'  # no value is that large
+    stream = frame(FRAME_ITEM, mp(EntryValue(_entry(value), value))) + frame(FRAME_END, b"")
+    fake.answer = lambda call, body: ("200 OK", stream)
+    with pytest.raises(StoreUnavailableError, match="cut or garbled"):
+        next(RemoteBackend(fake.url, lock_timeout=5).iter_versions(REF))

@@ -189,11 +189,12 @@ assert max(POSTGRES_LAYERS.values()) < 10
 REMOTE_LAYERS = {
     "remote": 0,  # the package itself
     "remote.failures": 1,  # error answers back into exceptions; what an error shows of a URL
-    "remote.frames": 2,  # a streamed reply, decoded a frame at a time
     "remote.proxies": 1,  # the proxy variables httpx reads, checked before use
-    "remote.transport": 3,  # httpx: routing, retries
-    "remote.answers": 3,  # what an answer must hold to be believed (hashes, order, shape)
-    "remote.backend": 4,  # the contract over the backend protocol
+    "remote.replies": 2,  # how much of an answer is read: the largest legitimate one
+    "remote.frames": 3,  # a streamed reply, decoded a frame at a time
+    "remote.transport": 4,  # httpx: routing, retries
+    "remote.answers": 4,  # what an answer must hold to be believed (hashes, order, shape)
+    "remote.backend": 5,  # the contract over the backend protocol
 }
 BANDS = {  # each backend's own modules
     "file": FILE_LAYERS,
