@@ -11,7 +11,9 @@ digest and length of the member list in the ``Castore-Cluster`` and
   is retried only for a call safe to send again (reads, and appends, which
   the server knows by their request id); otherwise, and when the tries run
   out, :class:`~castore.errors.StoreUnavailableError` says it may or may not
-  have been applied.
+  have been applied. No answer within the read timeout (past the server's
+  own request timeout: the server is stuck) is retried once for a read,
+  never for a write (it may or may not have been applied).
 * 421 ``misdirected``: the server's member list is taken (only from a server
   in it, naming only members of the list this client was given, never moving
   a member from https to http) and the call sent to the owner under it, at
@@ -62,6 +64,9 @@ _CONNECT_SECONDS: Final = 5.0
 _MSGPACK: Final = "application/msgpack"
 _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _NEVER_SENDABLE: Final = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
+# No progress for the whole read timeout, past the server's request timeout: a server that
+# took the request and is stuck (stopped, overloaded), not an answer lost on its way.
+_STALLED: Final = (httpx.ReadTimeout, httpx.WriteTimeout)
 
 
 class Rerouted(Exception):  # noqa: N818  # a signal, not an error: the write decides again
@@ -108,6 +113,7 @@ class Transport:
         if lock_timeout is not None:
             self._headers[LOCK_TIMEOUT_HEADER] = repr(float(lock_timeout))
         self._timeout = httpx.Timeout(read_timeout, connect=_CONNECT_SECONDS)
+        self._read_timeout = read_timeout
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self._tls = False
@@ -287,7 +293,7 @@ class Transport:
         if spec.maintenance:
             timeout = httpx.Timeout(None, connect=_CONNECT_SECONDS)
         headers = {CLUSTER_HEADER: self._cluster.digest, MEMBERS_HEADER: str(len(self._cluster))}
-        sent = False
+        sent, stalled = False, 0
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 client = self._http()
@@ -308,6 +314,12 @@ class Transport:
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
                     maybe = MAYBE * (sent and spec.writes)
                     raise unavailable(url, f"{name} failed: {type(exc).__name__}{maybe}") from None
+                stalled += isinstance(exc, _STALLED)
+                if stalled and (spec.writes or stalled > 1):  # no answer: stuck, not lost
+                    waited = f"{self._read_timeout:g} s" + ", twice" * (stalled > 1)
+                    maybe = f"{MAYBE}; read the key before writing it again" * spec.writes
+                    what = f"the server took {name} and sent no answer within {waited}{maybe}"
+                    raise unavailable(url, what) from None
                 if attempt == ATTEMPTS or (lost and not spec.resendable(request)):
                     raise _lost(url, name, exc, sent and spec.writes) from None
                 if lost and resend is not None:
