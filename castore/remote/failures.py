@@ -56,5 +56,6 @@ def unavailable(url: Any, what: str) -> CastoreError:
 def origin(url: Any) -> str:
     """``scheme://host:port`` of a URL: what an error may show of it."""
     parsed = httpx.URL(str(url))
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host  # IPv6, as written
     port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}"
+    return f"{parsed.scheme}://{host}{port}"
