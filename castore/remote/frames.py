@@ -9,6 +9,7 @@ of its largest version.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,7 +47,9 @@ def frames(name: str, response: httpx.Response) -> Iterator[Any]:
                 at += 5 + size
                 if kind == FRAME_ITEM:
                     yield decoder.decode(payload)
-                elif kind == FRAME_ERROR:
+                elif kind == FRAME_ERROR:  # the body ends here too: read to its end, so the
+                    with contextlib.suppress(httpx.HTTPError):  # server sees it taken whole
+                        any(chunks)  # (not cut), and the connection is reused
                     raise failure(response.url, 500, payload)
                 elif kind == FRAME_END:  # the body ends here: read to its end,
                     if any(chunks) or len(pending) > at:  # so the connection is reused
