@@ -18,7 +18,12 @@ import httpx
 
 from castore.errors import BackendUnavailableError, InvalidValueError
 
-__all__ = ["check_proxy_environment"]
+__all__ = ["NO_PROXY_UNREAD", "check_proxy_environment"]
+
+NO_PROXY_UNREAD = (  # httpx refuses some entries (an IPv6 address, a CIDR range) only then
+    "$NO_PROXY (or $no_proxy) holds an entry this client cannot read (host names,"
+    " .domain suffixes and IPv4 addresses are read): correct it, or unset it"
+)
 
 _SCHEMES = ("http", "https", "all")  # the proxy variables httpx reads: <scheme>_proxy
 

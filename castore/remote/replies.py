@@ -22,16 +22,18 @@ from typing import Any, Final
 import httpx
 
 from castore.errors import CastoreError
-from castore.identity import MAX_AUDIT_TEXT
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.remote.failures import MAYBE, unavailable
-from castore.wire import CALLS, Append, HistoryCall
+from castore.wire import CALL_BODY_MAX, CALLS, Append, HistoryCall
 
 __all__ = ["ENTRY_BYTES_MAX", "ERROR_BYTES_MAX", "ITEM_BYTES_MAX", "LIST_BYTES_MAX", "read"]
 
-# An entry in MessagePack: its audit's text fields at their bound in UTF-8, and the rest.
-ENTRY_BYTES_MAX: Final = 10 * 4 * MAX_AUDIT_TEXT + 16 * 1024  # 336 KiB
-ITEM_BYTES_MAX: Final = MAX_VALUE_BYTES + ENTRY_BYTES_MAX  # an entry and its value: 1.33 MiB
+# An entry in MessagePack. One written today holds its audit's text fields at their bound
+# (MAX_AUDIT_TEXT characters, 336 KiB in UTF-8 with the rest), but before 2026-12-03 audit
+# text had no bound, and such an entry is no damage (a reason of 5 MiB was seen): an
+# entry is bounded as one part of the backend protocol is, 64 MiB (CALL_BODY_MAX).
+ENTRY_BYTES_MAX: Final = CALL_BODY_MAX
+ITEM_BYTES_MAX: Final = MAX_VALUE_BYTES + ENTRY_BYTES_MAX  # an entry and its value: 65 MiB
 ERROR_BYTES_MAX: Final = 1 << 20  # 1 MiB: an error body (a message, a 421's member list)
 LIST_BYTES_MAX: Final = 1 << 30  # 1 GiB: a list only the store bounds (a namespace's keys)
 _SMALL: Final = 4096  # exists, remember: a constant

@@ -43,7 +43,7 @@ from castore.cluster import Cluster, member_key
 from castore.errors import CastoreError, InvalidValueError
 from castore.remote.failures import MAYBE, failure, unavailable
 from castore.remote.frames import frames
-from castore.remote.proxies import check_proxy_environment
+from castore.remote.proxies import NO_PROXY_UNREAD, check_proxy_environment
 from castore.remote.replies import read as read_reply
 from castore.wire import (
     CALLS,
@@ -142,9 +142,12 @@ class Transport:
                 # Without an https:// member no TLS is spoken, so no CA bundle is loaded
                 # (40 ms of a command's start); one appears (a 421's list): a new client.
                 check_proxy_environment()  # httpx would raise from inside, a traceback
-                self._client = httpx.Client(
-                    timeout=self._timeout, headers=self._headers, verify=tls
-                )
+                try:
+                    self._client = httpx.Client(
+                        timeout=self._timeout, headers=self._headers, verify=tls
+                    )
+                except (ValueError, httpx.InvalidURL):  # a $NO_PROXY entry httpx cannot read
+                    raise InvalidValueError(NO_PROXY_UNREAD) from None
                 self._tls = tls
             return self._client
 

@@ -10,8 +10,10 @@ verifies every value against its entry's hash and reads versions in order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import resource
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -22,6 +24,7 @@ from castore.jsonrules import MAX_VALUE_BYTES
 from castore.keys import Ref
 from castore.records import Audit, Entry
 from castore.remote.backend import RemoteBackend
+from castore.remote.replies import ITEM_BYTES_MAX
 from castore.wire import FRAME_END, FRAME_ERROR, FRAME_ITEM, AppendReply, EntryValue, frame
 from tests.integration.fakeserver import Answer, mp
 
@@ -183,8 +186,38 @@ def test_an_answer_at_its_largest_is_read(fake):
 
 
 def test_a_stream_item_larger_than_any_is_refused(fake):
-    value = b'"' + b"a" * (2 * MAX_VALUE_BYTES) + b'"'  # no value is that large
-    stream = frame(FRAME_ITEM, mp(EntryValue(_entry(value), value))) + frame(FRAME_END, b"")
+    declared = (ITEM_BYTES_MAX + 1).to_bytes(4, "big")  # refused by its header, unread
+    stream = FRAME_ITEM + declared + bytes(64)
     fake.answer = lambda call, body: ("200 OK", stream)
     with pytest.raises(StoreUnavailableError, match="cut or garbled"):
         next(RemoteBackend(fake.url, lock_timeout=5).iter_versions(REF))
+
+
+@pytest.mark.parametrize("call", ["get", "export", "set"])
+def test_a_record_written_before_audit_text_was_bounded_reads_over_http(tmp_path, call):
+    """Found by the review of the answers' bounds: an entry castore wrote before audit
+    text was bounded (2026-12-03; a worker's 5 MiB reason was seen) is no damage, and the
+    local store reads it, but its answer over ``http://`` was refused as over any answer's
+    size (get, export, and a set of the key: exit 1). The oracle is the local store."""
+    from castore import export_lines
+    from castore.backend import NewVersion
+    from castore.digests import value_sha256
+    from tests.helpers import served_location
+
+    root = str(tmp_path / "s")
+    store = Store(root, dag="d")
+    store.set("k", {"a": 1})
+    value = b'{"a":2}'
+    old = NewVersion("set", value, value_sha256(value), Audit(dag_name="d", reason="r" * 2_000_000))
+    store.backend.write(Ref("dag", "d", "k"), lambda entry, view: old)  # as castore wrote then
+    store.close()
+    assert Store(root, dag="d").check().ok
+    actions: dict[str, Callable[[Store], object]] = {
+        "get": lambda s: s.get("k").to_dict(),
+        "export": lambda s: b"".join(line for line in export_lines(s) if b'"end"' not in line),
+        "set": lambda s: s.set("k", {"a": 3}).version,
+    }
+    with served_location(contextlib.nullcontext(root)) as url:
+        remote = actions[call](Store(url, dag="d"))
+    local = actions[call](Store(root, dag="d"))
+    assert remote == local or (call == "set" and (remote, local) == (3, 4))

@@ -81,3 +81,14 @@ def test_an_http_proxy_is_followed(fake, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # exempt: straight to port 9, refused
     with pytest.raises(CastoreError, match="cannot connect"):
         Store("http://127.0.0.1:9", dag="d").get("k")
+
+
+@pytest.mark.parametrize("entry", ["[::1]", "2001:db8::/32"])
+def test_a_no_proxy_entry_it_cannot_read_is_a_clear_error(fake, monkeypatch, entry):
+    # Found by the review of the proxy check: httpx raised InvalidURL (a traceback) when
+    # it made the client, for NO_PROXY entries it cannot parse.
+    monkeypatch.setenv("HTTP_PROXY", "http://user:s3cret@proxy:3128")
+    monkeypatch.setenv("NO_PROXY", entry)
+    with pytest.raises(InvalidValueError, match=r"^invalid value: \$NO_PROXY \(or \$no_proxy\)"):
+        Store(fake.url, dag="d").get("k")
+    assert fake.calls == []
