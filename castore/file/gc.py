@@ -247,7 +247,7 @@ def _buried(
     The versions its ``C`` frames name must be in the namespace's ``GRAVES``
     as the file is now (not as this handle read it: a handle keeps the
     graves it read, and ``GRAVES`` may be lost since; ``graves``, this
-    run's, remember nothing the file lost and read only what was appended),
+    run's, remember nothing the file lost and read it again when it changed),
     and a version the namespace's ``STATE`` records of its key must be among
     them (else the log lost its entries: FORMAT.md §7, "A lost log").
     """

@@ -61,9 +61,10 @@ class Graveyard:
     Damage that no twin covers makes :meth:`version_of` raise until
     ``check --repair`` has replaced it by a floor (FORMAT.md §5, §7).
     A handle remembers the records it read after the file loses them
-    (graves only rise); without ``remember`` it answers from the file as it
-    is at each call (gc: a record lost since is no record), still reading
-    only what was appended since the last call.
+    (graves only rise), and reads on from where it stopped when the file
+    grew; without ``remember`` it answers from the file as it is at each call
+    (gc: a record lost since is no record), reading it whole again whenever
+    it changed (a record zeroed in place is then no record either).
     """
 
     def __init__(self, path: str, fs: Tree, *, remember: bool = True) -> None:
