@@ -176,12 +176,12 @@ def _mark_and_sweep(
     for path in logs:  # sweep, each log under its own lock
         buried = functools.partial(_buried, backend, path, graves)
         sweep = _Sweep(path, live, cutoff, dry_run, buried)
-        result = backend.rewrite(path, sweep.transform, gc_held=True)
+        backend.rewrite(path, sweep.transform, gc_held=True)
         for name, value in sweep.counts.items():
             counts[name] += value
-        if result == []:
+        if sweep.decided == []:
             removed_logs += 1
-        elif result is not None:
+        elif sweep.decided is not None:
             counts["rewritten"] += 1
         if progress is not None:
             progress(1)
@@ -208,9 +208,14 @@ class _Sweep:
         self.cutoff = cutoff
         self.dry_run = dry_run
         self.counts = {"found": 0, "kept": 0, "bytes_found": 0, "bytes_kept": 0}
+        self.decided: list[tuple[int, bytes]] | None = None  # what gc does (a dry run: would)
 
     def transform(self, log: LogBytes) -> list[tuple[int, bytes]] | None:
-        frames = log.frames
+        """The log's new frames, ``[]`` to remove it, ``None`` to leave it (a dry run: always)."""
+        self.decided = self._decide(log.frames)
+        return None if self.dry_run else self.decided
+
+    def _decide(self, frames: list[Frame]) -> list[tuple[int, bytes]] | None:
         keep = self.live | _live_digests(frames)
         seen: set[bytes] = set()
         out: list[tuple[int, bytes]] = []
@@ -227,8 +232,6 @@ class _Sweep:
                 self.counts["kept"] += 1
                 self.counts["bytes_kept"] += f.end - f.start
             out.append((f.kind, f.payload))
-        if self.dry_run:
-            return None
         if not seen and not any(f.kind == KIND_ENTRY for f in frames):
             # An emptied holder of blobs, or a log whose creation crashed. A removed
             # key's compaction frame is a record of its versions: the log stays while

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 import castore.file.gc as gc_module
@@ -100,3 +102,26 @@ def test_a_dry_run_waits_for_a_gc_in_progress(tmp_path: Path) -> None:
             Store(root, dag="d", lock_timeout=0.2).gc(grace_seconds=0, dry_run=True)
     finally:
         os.close(fd)
+
+
+def test_a_dry_run_reports_every_count_the_real_run_then_has(tmp_path: Path) -> None:
+    """The logs gc would rewrite and remove, and the leftovers, not only the blobs.
+
+    Found by a session's own check (failed before): the sweep decided nothing
+    for a dry run, so ``logsRewritten`` and ``logsRemoved`` were always 0.
+    """
+    root = tmp_path / "s"
+    store = _store(root)
+    store.set("gone", 2)
+    store.delete("gone")
+    store.compact(keep_within_seconds=0)  # "gone"'s delete is older than 0 s: the key goes
+    old = time.time() - 7200
+    leftover = next(root.rglob("*.log")).parent / "left.tmp"  # a crashed write's
+    leftover.write_bytes(b"x")
+    os.utime(leftover, (old, old))
+    for log in root.rglob("*.log"):
+        os.utime(log, (old, old))
+    dry = Store(root, dag="d").gc(grace_seconds=60, dry_run=True)
+    real = Store(root, dag="d").gc(grace_seconds=60)
+    assert (dry.logs_rewritten, dry.logs_removed, dry.leftovers_removed) == (1, 1, 1)
+    assert msgspec.structs.replace(dry, dry_run=False) == real
