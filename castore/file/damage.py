@@ -94,9 +94,13 @@ def damage_windows(log: LogBytes, floor: int = 0) -> list[Window]:
     version the range before it may hold (:func:`window_top`), so no two
     windows name one version. ``floor`` is a version below which nothing
     can be lost (the key's grave). A range that is exactly one damaged blob
-    frame hides no version.
+    frame hides no version. Entries out of order (:func:`in_order`) bound no
+    window: a repair leaves them out, and a version older than the damage,
+    copied after it, must not end the versions the damage may hide.
     """
-    entries = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
+    placed = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
+    dropped = out_of_order([e.version for _, e in placed])
+    entries = [p for i, p in enumerate(placed) if i not in dropped]
     compacted = VersionRanges(
         (low, high)
         for f in log.frames

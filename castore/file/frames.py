@@ -50,6 +50,7 @@ else:  # the same tuple types, without loading typing at run time
     )
 
 __all__ = [
+    "BEFORE_UNKNOWN",
     "BLOB_FRAME_MAX",
     "CHECKSUM_ALGO",
     "CHECKSUM_BYTES",
@@ -91,6 +92,8 @@ _ENTRY_FRAME_READ_MAX = 1 << 20  # a longer entry frame before the newest is not
 # B frames entry_before passes on its way back: its own, lone ones, copies someone appended.
 # Bounded: compaction, gc and an import's overwrite leave runs of thousands before an entry.
 _BLOBS_PASSED = 16
+# entry_before's answer when the bytes before the newest entry are damaged (above every version).
+BEFORE_UNKNOWN = 1 << 64
 
 
 class Frame(_FrameFields):
@@ -168,9 +171,12 @@ def entry_before(
     ones a crash left, copies someone appended) are passed by their lengths.
     ``buf`` holds the log's bytes from file offset ``base``; ``read(offset,
     length)`` reads what they lack (bounded reads). The common case reads
-    the version where the frame begins and stops; only a version as high is
-    verified (an intact ``E`` frame that begins as castore encodes an
-    entry). Anything else (a header, damage, a longer frame) answers 0.
+    the version where the frame begins and stops; an entry whose version
+    does not read as lower is verified. A header, a compaction frame or a
+    longer frame answers 0; bytes that are not a frame there, or an entry
+    frame that fails verification, answer :data:`BEFORE_UNKNOWN`: damage
+    before the newest entry may have held any version, so only a scan of
+    the whole log can say whether the newest is in order.
     """
     passed = 0
     while True:
@@ -183,25 +189,29 @@ def entry_before(
             length = _U32.unpack(raw)[0]
         start = end - FRAME_OVERHEAD - length
         if start < 0 or length > MAX_PAYLOAD_BYTES:
-            return 0
+            return BEFORE_UNKNOWN
         inside = start >= base
         head = buf[start - base : start - base + 5] if inside else read(start, 5)
         if len(head) != 5 or _HEAD.unpack(head) != (length, head[4]):
-            return 0
+            return BEFORE_UNKNOWN
         if head[4] == _BLOB and passed < _BLOBS_PASSED:
             passed += 1
             end = start  # a blob: its entry's, or a crash's lone one; the entry is before it
             continue
-        if head[4] != _ENTRY or length > _ENTRY_FRAME_READ_MAX:
+        if head[4] != _ENTRY:
+            return 0 if head[4] in _KINDS else BEFORE_UNKNOWN
+        if length > _ENTRY_FRAME_READ_MAX:
             return 0
         at = start + 5  # the version is where the payload begins (a hint until verified)
         count = min(length, _VERSION_PREFIX_MAX)
         prefix = buf[at - base : at - base + count] if inside else read(at, count)
-        if entry_version(prefix) < at_least:
-            return 0  # in order, or not an entry as castore encodes one
+        if 0 < entry_version(prefix) < at_least:
+            return 0  # in order
         data = buf[start - base : end - base] if inside else read(start, end - start)
         frame = frame_at(data, 0, start)
-        version = entry_version(frame.payload) if frame is not None else 0
+        if frame is None:
+            return BEFORE_UNKNOWN  # a damaged entry: its version is unknown
+        version = entry_version(frame.payload)
         return version if version >= at_least else 0
 
 

@@ -28,7 +28,7 @@ from castore.errors import CorruptionError, LockTimeoutError
 from castore.file import cuts, encode, fileio, logread, namesync, versionindex
 from castore.file.blobindex import BlobIndex
 from castore.file.damage import REPAIR_HINT, damaged_error, disorder_error
-from castore.file.frames import Frame, LogBytes, scan_frames
+from castore.file.frames import BEFORE_UNKNOWN, Frame, LogBytes, scan_frames
 from castore.file.layout import Layout
 from castore.file.logread import Tail
 from castore.file.modes import DATA_UNSYNCED
@@ -126,7 +126,7 @@ class RefLog:
         Raises:
             CorruptionError: the newest version is unknown (FORMAT.md §7).
         """
-        if tail is None:
+        if tail is None or tail.before == BEFORE_UNKNOWN:  # torn, or damage before it
             tail, log = logread.scan(fd)
             bad = logread.damage_after(log, tail)
             if bad is not None:

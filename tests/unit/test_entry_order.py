@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from castore.file.damage import out_of_order
-from castore.file.frames import encode_frame, entry_before
+from castore.file.frames import BEFORE_UNKNOWN, encode_frame, entry_before
 
 _E, _B, _H = ord("E"), ord("B"), ord("H")
 
@@ -59,12 +59,19 @@ def test_entry_before_finds_the_entry_past_at_most_sixteen_blobs(frames, data):
     assert len(reads) <= 2 * (2 * 16 + 4)  # two calls: two reads per blob, the entry's
 
 
-def test_entry_before_ignores_a_damaged_entry():
+def test_entry_before_calls_a_damaged_entry_unknown():
+    """Damage may have held any version: only a scan of the whole log can tell."""
     log = encode_frame(_H, b"{}")
     first = encode_frame(_E, _payload(_E, 7))
     log += first[:-8] + bytes(4) + first[-4:]  # its checksum damaged
     end = len(log)
-    assert entry_before(log, 0, end, lambda at, n: log[at : at + n], 1) == 0
+    assert entry_before(log, 0, end, lambda at, n: log[at : at + n], 1) == BEFORE_UNKNOWN
+    garbled = encode_frame(_H, b"{}") + b"\xff" * 40  # not a frame at all
+    read = lambda at, n: garbled[at : at + n]  # noqa: E731
+    assert entry_before(garbled, 0, len(garbled), read, 1) == BEFORE_UNKNOWN
+    lower = encode_frame(_H, b"{}") + first[:-8] + bytes(4) + first[-4:]
+    read = lambda at, n: lower[at : at + n]  # noqa: E731
+    assert entry_before(lower, 0, len(lower), read, 8) == 0  # its version reads as lower
 
 
 @given(st.lists(st.integers(1, 9), max_size=9))
