@@ -38,7 +38,7 @@ from castore.identity import check_audit
 from castore.keys import SCOPES, Ref, validate_key, validate_namespace
 from castore.records import OP_SET, Audit, Entry
 from castore.results import PlainResult
-from castore.store import Store
+from castore.store import Store, check_store
 
 __all__ = ["MAX_RECORD_BYTES", "DaguImport", "import_dagu"]
 
@@ -344,7 +344,7 @@ def _record(found: _Found) -> tuple[Ref, NewVersion] | str:
     return new if isinstance(new, str) else (ref, new)
 
 
-def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
+def import_dagu(store: Store, root: str | os.PathLike[str]) -> Iterator[DaguImport]:
     """Import every record under a Dagu dag-state directory; yield one outcome per file.
 
     A key that already has history in castore is skipped (never merged): a
@@ -356,11 +356,20 @@ def import_dagu(store: Store, root: str) -> Iterator[DaguImport]:
     reading, and a file over :data:`MAX_RECORD_BYTES` without being read.
     Memory holds one record at a time.
 
-    Raises:
-        NotADirectoryError / FileNotFoundError: ``root`` is not a directory.
+    Raises (when called, before the first outcome):
+        TypeError: ``store`` is not a Store, or ``root`` not a str, bytes or os.PathLike.
+        NotADirectoryError: ``root`` is not a directory.
     """
-    if not os.path.isdir(root):
-        raise NotADirectoryError(root)
+    check_store(store)
+    if not isinstance(root, (str, bytes, os.PathLike)):  # an int is a descriptor to isdir
+        raise TypeError(f"root must be a str, bytes or os.PathLike, not {type(root).__name__}")
+    if not os.path.isdir(root := os.fsdecode(root)):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", root)
+    return _imports(store, root)
+
+
+def _imports(store: Store, root: str) -> Iterator[DaguImport]:
+    """:func:`import_dagu`'s outcomes, its arguments checked."""
     for found in _files(root):
         if isinstance(found, DaguImport):
             yield found

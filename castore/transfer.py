@@ -90,12 +90,20 @@ def export_lines(
 ) -> Iterator[bytes]:
     """Yield the export, one line (with its newline) at a time.
 
+    The arguments are checked when it is called, before the first line is asked for.
+
     Raises:
+        TypeError: ``store`` is not a Store, or a filter not a str (or None).
         InvalidRefError: bad scope or namespace filter.
-        CorruptionError: a stored value fails verification.
+        CorruptionError: a stored value fails verification (while iterating).
     """
     check_store(store)
     validate_filters(scope, namespace)
+    return _lines(store, scope, namespace)
+
+
+def _lines(store: Store, scope: str | None, namespace: str | None) -> Iterator[bytes]:
+    """:func:`export_lines`' lines, its arguments checked."""
     refs = _refs(store, scope, namespace)
     first = next(refs, None)  # the store answers before the first line: nothing if it cannot
     yield _encoder.encode(ExportHeader(format=EXPORT_FORMAT, version=EXPORT_VERSION)) + b"\n"

@@ -265,3 +265,33 @@ def test_check_reports_a_record_that_does_not_decode(tmp_path):
         assert not finding.repaired
     assert fresh.get("good").value == 1
     assert msgspec.json.decode(fresh.check().to_json())["ok"] is False
+
+
+def test_the_whole_store_generators_check_their_arguments_when_called(store, tmp_path):
+    # Found by a review of the library API: import_dagu and export_lines checked nothing
+    # until the first item was asked for (audit_records checks when called);
+    # import_dagu("x", d) raised AttributeError only at the first importable record, a
+    # root of None a TypeError about stat, and an int was taken for a descriptor.
+    import castore
+    from tests.unit.test_dagu import build_dagu_dir
+
+    build_dagu_dir(tmp_path / "dagu")
+    before = _export(store)
+    with pytest.raises(TypeError, match="store must be a Store, not str"):
+        castore.import_dagu(store.root, str(tmp_path / "dagu"))
+    with pytest.raises(TypeError, match="store must be a Store, not str"):
+        export_lines(store.root)
+    with pytest.raises(castore.InvalidRefError, match='unsupported scope "nope"'):
+        export_lines(store, scope="nope")
+    with pytest.raises(NotADirectoryError):
+        castore.import_dagu(store, str(tmp_path / "missing"))
+    fd = os.open(tmp_path / "dagu", os.O_RDONLY)
+    try:
+        for root in (None, fd, 1.5):
+            with pytest.raises(TypeError, match=r"root must be a str, bytes or os\.PathLike, not"):
+                castore.import_dagu(store, root)
+    finally:
+        os.close(fd)
+    assert _export(store) == before
+    imported = [o.status for o in castore.import_dagu(store, os.fsencode(tmp_path / "dagu"))]
+    assert "imported" in imported
