@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
+from castore.argcheck import check_text
 from castore.backend import Backend
 from castore.errors import BackendUnavailableError, InvalidValueError
 from castore.reports import UpgradeReport
@@ -55,9 +56,11 @@ def store_mode(mode: str | None) -> str | None:
     ``private`` (docs/FORMAT.md §1).
 
     Raises:
+        TypeError: ``mode`` is not a str or None.
         ValueError: not one of :data:`STORE_MODES` (the message shows at most its
             first 100 characters: a variable may hold anything).
     """
+    check_text(mode, "mode", optional=True)
     given = mode if mode is not None else os.environ.get("CASTORE_MODE") or None
     if given is not None and given not in STORE_MODES:
         where = "" if mode is not None else " ($CASTORE_MODE)"
@@ -162,7 +165,7 @@ def upgrade(location: str | os.PathLike[str], mode: str | None = None) -> Upgrad
     :func:`open_backend`.
 
     Raises:
-        TypeError: ``location`` is not a str, bytes or os.PathLike.
+        TypeError: ``location`` is not a str, bytes or os.PathLike, or ``mode`` not a str.
         ValueError: ``location`` is empty (not the current directory), or ``mode``
             (or ``$CASTORE_MODE``) is not one of :data:`STORE_MODES`.
         BackendUnavailableError: ``location`` is a coordinator (upgrade on the server),

@@ -75,6 +75,7 @@ class Store(Maintenance):
             (but ``schema``), so not always one that opens the store again.
 
     Raises:
+        TypeError: an argument of another type (``durable=1``, ``mode=1``), naming it.
         ValueError: ``mode`` (or ``$CASTORE_MODE``) is not private or group,
             ``lock_timeout`` is not a number of seconds from 0 to a day, or
             ``path`` is empty (an unset variable would open the default store).

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from castore import CorruptionError, InvalidValueError, Store, audit_records
+from castore import CorruptionError, InvalidValueError, Store, audit_records, upgrade
 from castore.records import Audit
 from castore.transfer import export_lines, import_lines
 
@@ -124,6 +124,9 @@ CALLS: list[tuple[str, Callable[[Store], Any], str]] = [
         "caller.pid must be an int, not str",
     ),
     ("durable", lambda s: Store(s.root, durable="no").set("k", 9), "durable must be a bool, not"),
+    # Found by a review of the library API: "object of type 'int' has no len()".
+    ("mode", lambda s: Store(s.root, mode=1).set("k", 9), "mode must be a str or None, not int"),
+    ("upgrade mode", lambda s: upgrade(s.root, mode=["group"]), "mode must be a str or None, not"),
     # Found by a review: internal errors ('NoneType' object is not callable, '<' not supported
     # between int and str, 'list' object is not callable), one raised only while iterating,
     # an InvalidValueError for by="1", or a run_id of 5 that silently matched nothing.
