@@ -302,7 +302,14 @@ class RefCache:
             ref = self._refs.get(asked)
         except TypeError:  # an unhashable argument: validation below names it
             ref = None
-        if ref is None:
+        # A str subclass (a StrEnum) equals the str it holds, so it would hit that str's
+        # entry: taken once the str was resolved, refused before. The types decide.
+        if (
+            ref is None
+            or type(key) is not str
+            or type(scope) is not str
+            or (type(namespace) is not str and namespace is not None)
+        ):
             check_text(key, "key")
             check_text(scope, "scope")
             check_text(namespace, "namespace", optional=True)

@@ -298,3 +298,31 @@ def test_the_whole_store_generators_check_their_arguments_when_called(store, tmp
     assert _export(store) == before
     imported = [o.status for o in castore.import_dagu(store, os.fsencode(tmp_path / "dagu"))]
     assert "imported" in imported
+
+
+def test_a_str_subclass_is_refused_whatever_the_handle_resolved_before(store):
+    # Found by a review of the library API: a StrEnum scope (or a str subclass as key or
+    # namespace) was a TypeError on a fresh handle, and taken once the plain str had been
+    # resolved by the handle's ref cache: the same call's answer hung on earlier calls.
+    import enum
+
+    class Scope(enum.StrEnum):
+        DAG = "dag"
+
+    class Name(str):
+        pass
+
+    calls: dict[str, Callable[[], Any]] = {
+        "scope": lambda: store.get("k", scope=Scope.DAG),
+        "key": lambda: store.set(Name("k"), 9),
+        "namespace": lambda: store.get("k", namespace=Name("d")),
+    }
+    before = _export(store)
+    for resolved_before in (False, True):
+        for name, call in calls.items():
+            with pytest.raises(TypeError, match=f"{name} must be a str"):
+                call()
+        if not resolved_before:  # the plain strs, as a caller may have given them earlier
+            assert store.get("k").found
+            assert store.get("k", namespace="d").found
+    assert _export(store) == before
