@@ -396,6 +396,7 @@ class Store(Maintenance):
         Raises:
             InvalidRefError: bad scope, namespace, key or version.
             NotFoundError: a version does not exist.
+            InvalidValueError: a value nests deeper than 200 levels (compare their ``get``).
             CorruptionError: a value fails verification.
         """
         ref = self.ref(key, scope, namespace)
