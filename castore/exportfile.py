@@ -153,9 +153,18 @@ def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
     the same lines on each call, as :func:`castore.import_lines` needs.
 
     Raises:
+        TypeError: ``stream`` is not a file object (checked when called: a path is not one).
         InvalidValueError: a line holds more than :data:`MAX_RECORD_BYTES` bytes,
             its newline not counted (the message names the line and the limit).
     """
+    if not callable(getattr(stream, "readline", None)):
+        kind = type(stream).__name__
+        raise TypeError(f"stream must be a file object opened 'rb' (not a path), not {kind}")
+    return _lines(stream)
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """:func:`read_lines`' lines, its stream checked."""
     start = _start_of(stream)
     number = 0
     try:

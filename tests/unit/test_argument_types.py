@@ -326,3 +326,13 @@ def test_a_str_subclass_is_refused_whatever_the_handle_resolved_before(store):
             assert store.get("k").found
             assert store.get("k", namespace="d").found
     assert _export(store) == before
+
+
+@pytest.mark.parametrize("stream", ["export.jsonl", b"{}\n", None])
+def test_read_lines_of_what_is_not_a_file_is_a_type_error_when_called(stream):
+    # Found by a review of the library API: AttributeError "'str' object has no
+    # attribute 'readline'" (a path given for the file), and only once iterated.
+    from castore import read_lines
+
+    with pytest.raises(TypeError, match="stream must be a file object opened 'rb' "):
+        read_lines(stream)
