@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # each loaded on first use: see __getattr__
         ValueTooLargeError,
     )
     from castore.keys import Ref
+    from castore.records import Audit
     from castore.reports import (
         CheckReport,
         CompactReport,
@@ -86,6 +87,7 @@ _LAZY = {
     **{name: ("castore.errors", name) for name in _ERRORS.split()},
     **{name: ("castore.reports", name) for name in _REPORTS.split()},
     **{name: ("castore.results", name) for name in _RESULTS.split()},
+    "Audit": ("castore.records", "Audit"),
     "Ref": ("castore.keys", "Ref"),
     "Store": ("castore.store", "Store"),
     "upgrade": ("castore.backends", "upgrade"),
@@ -122,6 +124,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Audit",
     "AuditRecord",
     "BackendUnavailableError",
     "CastoreError",

@@ -45,6 +45,24 @@ def test_every_result_type_a_store_method_returns_is_exported():
         assert getattr(castore, returned.__name__) is returned
 
 
+def test_every_castore_type_a_store_method_takes_is_exported():
+    """A caller can build every argument from the stable API (found by a review: ``Audit``)."""
+    inherited = [vars(cls) for cls in reversed(castore.Store.__mro__[:-1])]
+    methods = {name: member for members in inherited for name, member in members.items()}
+    taken = set()
+    for name, member in methods.items():
+        if name.startswith("_") or not callable(member):
+            continue
+        for param, hint in typing.get_type_hints(member).items():
+            for kind in (hint, *typing.get_args(hint)):
+                if isinstance(kind, type) and kind.__module__.startswith("castore."):
+                    taken.add((name, param, kind))
+    assert any(kind.__name__ == "Audit" for _, _, kind in taken)  # for_caller's caller
+    for name, param, kind in taken:
+        assert kind.__name__ in castore.__all__, f"Store.{name}({param}=) takes {kind.__name__}"
+        assert getattr(castore, kind.__name__) is kind
+
+
 def test_the_maintenance_reports_and_retention_are_exported():
     for name in castore.reports.__all__:
         if name[0].isupper() and not name.isupper():
