@@ -92,6 +92,10 @@ _BREAKS: Final = """
 _DROPPED_BELOW: Final = (
     "SELECT coalesce(max(high), 0) FROM compactions WHERE ref_id = %s AND high < %s"
 )
+_NEIGHBOUR_TIME: Final = (  # the row below a lost range (else the row above): a marker's time
+    "SELECT time_ns FROM versions WHERE ref_id = %s AND version IN (%s, %s) "
+    "ORDER BY version LIMIT 1"
+)
 _ALL_BREAKS: Final = _BREAKS.format(where="")
 _BREAKS_OF: Final = _BREAKS.format(where="WHERE ref_id = %s")
 
@@ -115,17 +119,17 @@ def _settle(cur: Cursor, ref: Ref) -> tuple[str, str] | None:
     if named is not None and named > high:  # rows above ``high`` were lost
         problem = f"versions {high + 1}..{named} are missing; the key's copy names {named}"
         if q.verified(ref, copy) is not None:
-            if named - 1 > high:
+            if named - 1 > high:  # between the newest row and the copy: a neighbour's time
+                stamp = next(row[2] for row in (newest, copy) if row is not None)
                 cur.execute(
                     q.INSERT_VERSION,
-                    q.params(ref, lost_marker(high + 1, named - 1, time.time_ns(), _LOST), high),
+                    q.params(ref, lost_marker(high + 1, named - 1, stamp, _LOST), high),
                 )
             cur.execute(_TAKE_COPY_BLOB, (time.time_ns(), key))
             cur.execute(_ROW_FROM_COPY, (max(high, named - 1), key))
             return problem, "restore the copy as its version's row, record the rest as lost"
-        cur.execute(
-            q.APPEND_ROW, q.params(ref, lost_marker(high + 1, named, time.time_ns(), _LOST), high)
-        )
+        stamp = max(time.time_ns(), newest[2] if newest is not None else 0)  # the newest
+        cur.execute(q.APPEND_ROW, q.params(ref, lost_marker(high + 1, named, stamp, _LOST), high))
         return problem, "record them as lost (the copy does not verify)"
     if named is not None and named == high:
         mine, theirs = q.verified(ref, copy), q.verified(ref, newest)
@@ -211,7 +215,10 @@ def _mend(cur: Cursor, ref: Ref) -> list[tuple[int, int, int, bool]]:
     for *_, version, prev, below in cur.execute(_BREAKS_OF, (key,)).fetchall():
         if prev > below:  # from above what compaction dropped below prev (not lost)
             (dropped,) = cur.execute(_DROPPED_BELOW, (key, prev)).fetchone() or (0,)
-            marker = lost_marker(max(below, dropped) + 1, prev, time.time_ns(), _LOST)
+            (stamp,) = cur.execute(_NEIGHBOUR_TIME, (key, below, version)).fetchone() or (
+                time.time_ns(),
+            )
+            marker = lost_marker(max(below, dropped) + 1, prev, stamp, _LOST)
             cur.execute(q.INSERT_VERSION, q.params(ref, marker, below))
         out.append((version, prev, below, prev > below))
     return out

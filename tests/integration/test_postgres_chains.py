@@ -316,3 +316,33 @@ def test_a_castore_of_schema_version_1_left_running_across_the_upgrade_writes_no
     assert store.check(repair=True).ok
     with pytest.raises(CorruptionError, match="lost"):
         store.get("k", version=2)
+
+
+@pytest.mark.parametrize("lost", ["middle", "newest"])
+def test_a_repair_records_lost_versions_in_time_order_for_history_and_audit(
+    postgres_location, lost
+):
+    # Found by the audit review: the lost range's entry took the repair's own time,
+    # later than the version above it, so audit (newest first, since-bounded per
+    # key) listed it after older writes and since= its time left it out. Oracle: the
+    # directory store's repair and the quarantine (a lost entry takes its neighbour's
+    # time), and backend.py's rule (times never decrease within a key).
+    store = Store(postgres_location, dag=DAG)
+    fill(store)
+    if lost == "middle":
+        lose(postgres_location, "k", 3)  # the row above it follows it: a broken chain
+    else:
+        query(postgres_location, "DELETE FROM versions WHERE version >= 4")  # the copy names 6
+    time.sleep(0.01)
+    store.set("other", 1)  # a write after the lost versions' and before the repair
+    assert store.check(repair=True).ok
+    assert "damaged" in [e.operation for e in store.history("k").entries]
+    records = list(castore.audit_records(store))
+    assert [r.version for r in records if r.key == "k"] == sorted(
+        (r.version for r in records if r.key == "k"), reverse=True
+    )
+    assert [r.time_ns for r in records] == sorted((r.time_ns for r in records), reverse=True)
+    assert records[0].key == "other"
+    marker = next(r for r in records if r.operation == "damaged")
+    since = list(castore.audit_records(store, since_ns=marker.time_ns))
+    assert marker in since
