@@ -121,6 +121,8 @@ def audit_fields(
 
 _SOURCES = {"dag_name": "$DAG_NAME", "run_id": "$DAG_RUN_ID", "step_name": "$DAG_RUN_STEP_NAME"}
 _SOURCES |= {"attempt": "$DAG_RUN_ATTEMPT_ID", "actor": "$CASTORE_ACTOR"}
+# getpass.getuser()'s sources, in its order (given only by a caller: Store.for_caller)
+_SOURCES["user"] = "$LOGNAME, else $USER, $LNAME or $USERNAME, else the password database,"
 
 
 MAX_AUDIT_TEXT = 8_192  # characters; JSON-escaped, 11 fields stay under 600 KiB

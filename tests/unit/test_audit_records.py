@@ -124,3 +124,20 @@ def test_a_record_is_built_from_the_environment_it_is_kept_under(monkeypatch):
     assert (first.actor, maker.make((None, None, None), None, "", 0).actor) == ("alice", "alice")
     os.environ["CASTORE_ACTOR"] = "mallory"
     assert maker.make((None, None, None), None, "", 0).actor == "mallory"
+
+
+@pytest.mark.parametrize("name", ["LOGNAME", "USER"])
+@pytest.mark.parametrize("value", ["jos\udce9", "u" * 8_193], ids=["latin-1", "long"])
+def test_a_user_name_a_write_cannot_record_is_refused_naming_its_variable(
+    store_location, monkeypatch, name, value
+):
+    # Found by the audit review: the error said "audit field user is not valid text"
+    # and named no source (every write refused, nothing to give instead): the
+    # user is getpass.getuser()'s, from $LOGNAME, else $USER, ..., else passwd.
+    Store(store_location, dag="d", durable=False).set("k", 1)
+    monkeypatch.delenv("LOGNAME", raising=False)
+    monkeypatch.setenv(name, value)  # os.environ's form of b"jos\xe9" (ISO-8859-1)
+    store = Store(store_location, dag="d", durable=False)  # looks the user up again
+    with pytest.raises(InvalidValueError, match=r"audit field user \(from \$LOGNAME, else \$USER"):
+        store.set("k", 2)
+    assert [e.version for e in store.history("k").entries] == [1]
