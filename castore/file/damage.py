@@ -46,6 +46,7 @@ __all__ = [
     "hides_nothing",
     "in_order",
     "lost_top",
+    "marker_time",
     "out_of_order",
     "rewritten",
     "value_lost",
@@ -241,6 +242,18 @@ def _grown_from(log: LogBytes, seen: LogBytes) -> bool:
     return bytes(log.data[seen_base - base : seen.size - base]) == bytes(seen.data)
 
 
+def marker_time(placed: list[tuple[int, Entry]], window: Window, default: int) -> int:
+    """The time of a lost range's entry: the intact entry's before it, else after it.
+
+    Times never decrease along a log (audit's ``since`` stops a key's walk at the
+    first older entry), so a marker takes its neighbour's time. ``placed``: the
+    log's entries with their offsets, in log order; ``default`` where there is none.
+    """
+    before = [e.time_ns for at, e in placed if at < window.start]
+    after = [e.time_ns for at, e in placed if at >= window.end]
+    return before[-1] if before else after[0] if after else default
+
+
 def with_markers(
     log: LogBytes,
     drop: set[int],
@@ -265,10 +278,7 @@ def with_markers(
         top = window_top(log, window)
         if top >= window.low:
             where = f"damaged bytes at offset {window.start}; {reason}"
-            # Times never decrease along a log: a marker takes its neighbour's time.
-            before = [e.time_ns for at, e in placed if at < window.start]
-            after = [e.time_ns for at, e in placed if at >= window.end]
-            stamp = before[-1] if before else after[0] if after else now
+            stamp = marker_time(placed, window, now)
             markers[window.start] = lost_marker(window.low, top, stamp, where)
     entries = [e for _, e in placed]
     newest = max([grave, *(e.version for e in entries), *(m.version for m in markers.values())])

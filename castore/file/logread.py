@@ -22,7 +22,7 @@ from blake3 import blake3
 from castore.backend import lost_marker
 from castore.errors import CorruptionError, NotFoundError, RecordError
 from castore.file import fileio
-from castore.file.damage import REPAIR_HINT, damage_windows, damaged_error
+from castore.file.damage import REPAIR_HINT, damage_windows, damaged_error, marker_time
 from castore.file.frames import (
     CHECKSUM_BYTES,
     FRAME_OVERHEAD,
@@ -338,12 +338,14 @@ def compacted_versions(fd: int) -> VersionRanges:
 def history_by_scan(fd: int, before: int, limit: int) -> list[Entry]:
     """History from a full scan, newest first; a damaged range becomes an ``OP_DAMAGED`` marker."""
     log = scan(fd)[1]
-    entries = [decode_entry(f.payload) for f in log.frames if f.kind == KIND_ENTRY]
+    placed = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
+    entries = [e for _, e in placed]
     for window in damage_windows(log):
         if window.high is not None:
             size = window.end - window.start
             reason = f"damaged bytes at offset {window.start} ({size} bytes); {REPAIR_HINT}"
-            entries.append(lost_marker(window.low, window.high, 0, reason))
+            stamp = marker_time(placed, window, 0)  # as check --repair's marker will have
+            entries.append(lost_marker(window.low, window.high, stamp, reason))
     entries.sort(key=lambda e: e.version)
     newest_first = [e for e in reversed(entries) if e.version < before]
     return newest_first[:limit] if limit else newest_first
