@@ -49,6 +49,8 @@ def member_key(url: str) -> str:
         )
     if parts.path not in ("", "/"):
         raise ValueError(f"invalid coordinator URL {shown!r}: no path")
+    if port == 0:  # not the scheme's default port: no server listens on port 0
+        raise ValueError(f"invalid coordinator URL {shown!r}: port 0")
     host = parts.hostname.lower()
     host = f"[{host}]" if ":" in host else host
     return f"{host}:{port or (443 if parts.scheme == 'https' else 80)}"

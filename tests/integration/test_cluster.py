@@ -382,6 +382,38 @@ def test_a_self_url_on_another_port_than_the_listening_one_is_flagged(launcher, 
     assert f"--self names port {other}, this server listens on {node.port}" in line["warning"]
 
 
+@pytest.mark.parametrize(
+    ("members", "self_url", "said"),
+    [
+        (
+            "http://127.0.0.1:7001,http://127.0.0.1:7002",
+            "http://127.0.0.1:7003",
+            "--self http://127.0.0.1:7003 is not in the --cluster list",
+        ),
+        (
+            "http://127.0.0.1:7001,http://127.0.0.1:7002",
+            "https://127.0.0.1:7001",
+            "--self https://127.0.0.1:7001 is not in the --cluster list",
+        ),
+        # Found by a review: port 0 was taken as the scheme's default port, 80.
+        (
+            "http://127.0.0.1:0,http://127.0.0.1:7002",
+            "http://127.0.0.1:0",
+            "invalid coordinator URL 'http://127.0.0.1:0': port 0",
+        ),
+    ],
+)
+def test_a_self_url_that_is_not_one_member_of_the_list_is_refused(
+    members, self_url, said, tmp_path
+):
+    argv = [sys.executable, "-m", "castore", "--dir", str(tmp_path / "s"), "serve"]
+    argv += ["--listen", "127.0.0.1:0", "--cluster", members, "--self", self_url]
+    # a hang guard: a server that starts runs until killed
+    done = subprocess.run(argv, env=server_env(tmp_path), capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert done.stderr.decode() == f"castore: {said}\n"
+
+
 def test_every_keyspace_lands_on_its_owner_and_only_there(launcher):
     nodes = launcher.cluster(3)
     members = [node.url for node in nodes]

@@ -289,6 +289,7 @@ def test_a_coordinator_url_opens_the_remote_backend_and_touches_nothing(
         ("http://a:1/path", "no path"),
         ("http://:80", "use http://HOST:PORT"),
         ("http://a:99999", "invalid coordinator URL"),
+        ("http://a:0", "invalid coordinator URL 'http://a:0': port 0"),  # was taken as port 80
     ],
 )
 def test_a_bad_coordinator_list_is_refused_naming_the_problem(location, problem):
