@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import msgspec
 
-from castore.cluster import Cluster
+from castore.cluster import Cluster, parse_members
 from castore.server.errors import ApiError
 from castore.server.peers import PeerWatch
 
@@ -27,15 +27,20 @@ class Membership:
 
     Args:
         cluster: the member list the server was started with.
-        self_url: this server's URL in that list.
+        self_url: this server's URL in that list, as ``--self`` gives it.
 
     Raises:
-        ValueError: ``self_url`` is not in ``cluster``.
+        ValueError: ``self_url`` is not one URL, or not in ``cluster``.
     """
 
     def __init__(self, cluster: Cluster | None = None, self_url: str = "") -> None:
-        if cluster is not None and self_url not in cluster.members:
-            raise ValueError(f"--self {self_url} is not in the --cluster list")
+        if cluster is not None:
+            selves = parse_members(self_url)
+            if len(selves) > 1:  # the first alone was taken: a list pasted into --self
+                raise ValueError(f"--self names {len(selves)} URLs: give this server's URL alone")
+            self_url = selves[0]
+            if self_url not in cluster.members:
+                raise ValueError(f"--self {self_url} is not in the --cluster list")
         self.cluster, self.self_url = cluster, self_url
         self.peers = (
             None if cluster is None else PeerWatch(cluster.members, self_url, cluster.digest)

@@ -180,7 +180,7 @@ def _membership(cluster: str | None, self_url: str | None) -> Membership:
     if cluster is None or self_url is None:
         raise ServeError("--cluster and --self go together")
     try:
-        return Membership(Cluster(parse_members(cluster)), parse_members(self_url)[0])
+        return Membership(Cluster(parse_members(cluster)), self_url)
     except ValueError as exc:
         raise ServeError(str(exc)) from None
 
