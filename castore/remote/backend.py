@@ -19,12 +19,12 @@ import secrets
 import time
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from castore.backend import Current, Decide, NewVersion, Progress, newest_first
-from castore.cluster import parse_members
+from castore.cluster import Cluster, parse_members
 from castore.errors import (
     CorruptionError,
     FormatVersionError,
@@ -36,7 +36,7 @@ from castore.identity import MAX_AUDIT_TEXT
 from castore.keys import Ref
 from castore.records import BlobLoc, Entry
 from castore.remote.answers import append_problem, history_problem, value_problem, versions_check
-from castore.remote.transport import Rerouted, Transport
+from castore.remote.transport import REDIRECTS, Rerouted, Transport
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, StoreStats
 from castore.results import ListEntry
 from castore.wire import (
@@ -207,22 +207,47 @@ class RemoteBackend:
         A member's copy of a keyspace it no longer owns (left by a change of the
         member list) is never shown under the list in use (docs/SERVER.md).
         """
-        found: set[str] = set()
-        for member in self._transport.members:
-            names = self._transport.call("namespaces", ScopeCall(scope=scope), member)
-            found.update(n for n in names if self._transport.owner(scope, n) == member)
+        found = {
+            name
+            for cluster, member, names in self._survey("namespaces", scope)
+            for name in names
+            if cluster.owner(scope, name) == member
+        }
         return sorted(found, key=lambda name: name.encode("utf-8", "surrogatepass"))
 
     def removed(self, scope: str) -> list[tuple[str, str, int]]:
         """Each key compaction removed, each from the member that owns its keyspace."""
-        found: set[tuple[str, str, int]] = set()
-        for member in self._transport.members:
-            for namespace, key, version in self._transport.call(
-                "removed", ScopeCall(scope=scope), member
-            ):
-                if self._transport.owner(scope, namespace) == member:
-                    found.add((namespace, key, version))
+        found = {
+            (namespace, key, version)
+            for cluster, member, removed in self._survey("removed", scope)
+            for namespace, key, version in removed
+            if cluster.owner(scope, namespace) == member
+        }
         return sorted(found, key=lambda r: (r[0].encode("utf-8"), r[1].encode("utf-8")))
+
+    def _survey(self, name: str, scope: str) -> Iterator[tuple[Cluster, str, Any]]:
+        """Each member's answer to ``name``, all under one list: every member's list.
+
+        A member with another list answers 421 (its answers would be kept or dropped
+        under the wrong owners); its list is taken and every member asked again.
+
+        Raises:
+            StoreUnavailableError: the list kept changing, or a member did not answer.
+        """
+        for _ in range(REDIRECTS + 1):
+            cluster = self._transport.cluster
+            try:
+                answers = [
+                    (member, self._transport.call(name, ScopeCall(scope=scope), member))
+                    for member in cluster.members
+                ]
+            except Rerouted:
+                continue
+            if self._transport.cluster is cluster:  # no other call changed it meanwhile
+                return ((cluster, member, answer) for member, answer in answers)
+        raise StoreUnavailableError(
+            f"castore server: the coordinators' member list kept changing during {name}"
+        )
 
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:
         """What the server knows of the keys' newest versions."""

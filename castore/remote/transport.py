@@ -19,7 +19,8 @@ digest and length of the member list in the ``Castore-Cluster`` and
   a member from https to http) and the call sent to the owner under it, at
   most :data:`REDIRECTS` times; an append raises :class:`Rerouted` to decide
   again on the new owner's newest entry, unless an earlier attempt's answer
-  was lost.
+  was lost, and so does a survey of every member (``namespaces``, ``removed``),
+  asked of every member again under the new list.
 * A 503 saying to retry shortly (it wrote nothing): sent again for :data:`MEMBERS_WAIT` s.
 * Once an attempt's answer was lost, every later attempt (after a 421, a 503, another
   lost answer) is the same request marked as a retry: the server applies it once.
@@ -70,7 +71,7 @@ _STALLED: Final = (httpx.ReadTimeout, httpx.WriteTimeout)
 
 
 class Rerouted(Exception):  # noqa: N818  # a signal, not an error: the write decides again
-    """An append went to a server that does not own its keyspace; the list was updated."""
+    """An append or a survey met a member with another list or owner; the list was updated."""
 
 
 class _Misdirected(msgspec.Struct, frozen=True):
@@ -123,6 +124,11 @@ class Transport:
     def after_fork_in_child(self) -> None:
         """In a forked child (:mod:`castore.forks`): a new lock; the parent's client let go."""
         self._lock, self._client = threading.Lock(), None  # never closed: the parent's sockets
+
+    @property
+    def cluster(self) -> Cluster:
+        """The member list in use (the server's, after a 421); replaced, never changed."""
+        return self._cluster
 
     @property
     def members(self) -> list[str]:
@@ -269,6 +275,9 @@ class Transport:
                 if name == "append" and not sent[0]:
                     raise Rerouted
                 continue
+            if response.status_code == 421 and not CALLS[name].maintenance:
+                self._follow(response, url)  # a survey of every member: asked again, all of them
+                raise Rerouted
             if (
                 response.status_code == 503
                 and retry_soon(response.content)

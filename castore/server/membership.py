@@ -60,14 +60,24 @@ class Membership:
             return b'{"status":"ok","serving":true}'
         return b'{"status":"ok","serving":false,"reason":%s}' % msgspec.json.encode(why)
 
-    def check(self, client: tuple[str | None, int], keyspace: tuple[str, str] | None) -> None:
+    def check(
+        self,
+        client: tuple[str | None, int],
+        keyspace: tuple[str, str] | None,
+        *,
+        survey: bool = False,
+    ) -> None:
         """Refuse a request about a keyspace from a client with another list, or owned elsewhere.
 
         ``client`` is the digest and length of the client's member list (as its
-        headers say). A store-wide request (no keyspace: maintenance, the
-        namespaces of a scope, an audit) reads or maintains this member's own
-        store, and is served to any client. A lone server refuses a client that
-        believes in a cluster (a member restarted without ``--cluster``).
+        headers say). A store-wide request (no keyspace: maintenance, an audit)
+        reads or maintains this member's own store, and is served to any
+        client; but a ``survey`` (the namespaces of a scope, its removed keys:
+        answers the client keeps or drops by who owns them under its list) only
+        to a client with this server's list, or its answer would be kept under
+        another list (an export or an audit silently short). A lone server
+        refuses a client that believes in a cluster (a member restarted without
+        ``--cluster``).
 
         Raises:
             ApiError: ``misdirected`` (421), with the server's list and the owner;
@@ -75,18 +85,20 @@ class Membership:
         """
         digest, members = client
         cluster = self.cluster
-        if keyspace is None:
+        if keyspace is None and not survey:
             return
         if cluster is None:
             if members > 1:
                 message = "this server is not in a cluster, but the client's list names several"
                 raise ApiError("misdirected", message, {"cluster": [], "owner": ""})
             return
-        owner = cluster.owner(*keyspace)
+        owner = "" if keyspace is None else cluster.owner(*keyspace)
         if digest != cluster.digest:
             message = "the client's coordinator list differs from this server's"
             if self.peers is not None:
                 self.peers.nudge()  # membership may be changing: look at the others now
+        elif keyspace is None:  # a survey: each member answers for its own store
+            return
         elif owner != self.self_url:
             message = f"{keyspace[0]}/{keyspace[1]} belongs to {owner}"
         elif self.peers is not None and (why := self.peers.refusal()):
