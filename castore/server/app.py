@@ -48,6 +48,7 @@ from castore.server.operations import (
     decode_request,
     handle_for,
     keyspace,
+    spans,
 )
 from castore.server.rpc import BACKEND_CALLS, BackendCall, decode_call, framed, keyspace_of
 from castore.server.streaming import CUT, BoundedStream, StreamCut
@@ -196,7 +197,7 @@ class _Api:
                 req = decode_request(name, body, quick=True)
             except (msgspec.DecodeError, RecursionError):  # a deep value: Python, not on the loop
                 req = await self.call(lambda: decode(name, body), wait=wait)
-            self.membership.check(list_of(request), keyspace(req))
+            self.membership.check(list_of(request), keyspace(req), spans=spans(req))
             handle = handle_for(self.store, req)
             if op.stream:
                 return await self._stream(op, handle, req, wait, request.scope)

@@ -66,6 +66,7 @@ class Membership:
         keyspace: tuple[str, str] | None,
         *,
         survey: bool = False,
+        spans: bool = False,
     ) -> None:
         """Refuse a request about a keyspace from a client with another list, or owned elsewhere.
 
@@ -77,7 +78,10 @@ class Membership:
         to a client with this server's list, or its answer would be kept under
         another list (an export or an audit silently short). A lone server
         refuses a client that believes in a cluster (a member restarted without
-        ``--cluster``).
+        ``--cluster``). A request that ``spans`` keyspaces (an audit of several
+        namespaces) is refused by a member of a cluster of several: it holds
+        only its own keyspaces, and would answer for the others with nothing,
+        or with a copy left by a move.
 
         Raises:
             ApiError: ``misdirected`` (421), with the server's list and the owner;
@@ -85,7 +89,9 @@ class Membership:
         """
         digest, members = client
         cluster = self.cluster
-        if keyspace is None and not survey:
+        if keyspace is None and spans and cluster is not None and len(cluster) > 1:
+            raise _spanning(cluster)
+        if keyspace is None and not (survey or spans):
             return
         if cluster is None:
             if members > 1:
@@ -112,3 +118,13 @@ class Membership:
         else:
             return
         raise ApiError("misdirected", message, {"cluster": cluster.members, "owner": owner})
+
+
+def _spanning(cluster: Cluster) -> ApiError:
+    """The refusal of a request about several namespaces by a member of ``cluster``."""
+    message = (
+        "a request about several namespaces spans the cluster's members (each holds"
+        " only its own keyspaces): name one namespace, which its owner answers, or"
+        " run the command with CASTORE_DIR set to the list"
+    )
+    return ApiError("misdirected", message, {"cluster": cluster.members, "owner": ""})

@@ -17,6 +17,7 @@ routes and the OpenAPI document are made from it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Final, NamedTuple
@@ -52,6 +53,7 @@ __all__ = [
     "decode_request",
     "handle_for",
     "keyspace",
+    "spans",
 ]
 
 
@@ -191,20 +193,29 @@ def handle_for(store: Store, req: Request) -> Store:
 
 
 def keyspace(req: Request) -> tuple[str, str] | None:
-    """The (scope, namespace) a request is about; None for ``audit`` or an invalid one.
+    """The (scope, namespace) a request is about; None: an audit of several, or invalid names.
 
-    An invalid scope or namespace is refused by the call itself (``invalid_ref``).
+    Invalid names are refused by the call itself (``invalid_ref``).
     """
-    if not isinstance(req, _Key | ListRequest):
-        return None
     dag = req.dag or None
     try:
-        namespace = resolve_namespace(
-            req.scope, req.namespace, dag=dag, root_dag=req.root_dag or dag
-        )
+        if isinstance(req, AuditRequest):
+            scope, namespace = dag_filter(req.scope, req.namespace, dag, req.root_dag or None)
+            return None if scope is None or namespace is None else (scope, namespace)
+        if isinstance(req, _Key | ListRequest):
+            dags = {"dag": dag, "root_dag": req.root_dag or dag}
+            return req.scope, resolve_namespace(req.scope, req.namespace, **dags)
     except InvalidRefError:
-        return None
-    return req.scope, namespace
+        pass
+    return None
+
+
+def spans(req: Request) -> bool:
+    """True for an ``audit`` of several namespaces (valid filters): several members hold them."""
+    with contextlib.suppress(InvalidRefError):
+        dags = (req.dag or None, req.root_dag or None)
+        return isinstance(req, AuditRequest) and None in dag_filter(req.scope, req.namespace, *dags)
+    return False
 
 
 def _get(s: Store, r: GetRequest) -> bytes:

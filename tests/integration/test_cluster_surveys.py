@@ -18,7 +18,7 @@ import pytest
 
 from castore import Store, StoreUnavailableError, audit_records, export_lines
 from castore.cluster import Cluster
-from castore.wire import NoArgs, ScopeCall
+from castore.wire import CLUSTER_HEADER, NoArgs, ScopeCall
 from tests.integration.test_cluster import rpc
 
 pytestmark = pytest.mark.integration
@@ -99,3 +99,42 @@ def test_a_member_answers_the_namespaces_of_a_scope_only_to_its_own_list(launche
     finally:
         alone.close()
     assert httpx.get(f"{nodes[0].url}/healthz").status_code == 200
+
+
+def test_a_json_audit_is_answered_by_its_keyspaces_owner_only(launcher, tmp_path):
+    # Found by a review: a clustered member answered an audit (no keyspace was checked)
+    # from its own store, header or not: 200 and no line for a keyspace another member
+    # owns, where a directory store given the same writes has its record.
+    nodes = launcher.cluster(2)
+    cluster = Cluster([node.url for node in nodes])
+    client = Store(",".join(cluster.members))
+    oracle = Store(str(tmp_path / "oracle"))
+    namespace = next(
+        f"ns-{i}" for i in range(99) if cluster.owner("dag", f"ns-{i}") == nodes[1].url
+    )
+    try:
+        for store in (client, oracle):
+            store.set("k", 1, scope="dag", namespace=namespace)
+        want = [record.key for record in audit_records(oracle, scope="dag", namespace=namespace)]
+    finally:
+        client.close()
+        oracle.close()
+    assert want == ["k"]
+    header = {CLUSTER_HEADER: cluster.digest}
+    one = ({"scope": "dag", "namespace": namespace}, {"dag": namespace})
+    for body in one:
+        for headers in ({}, header):
+            refused = httpx.post(f"{nodes[0].url}/v1/audit", json=body, headers=headers)
+            assert refused.status_code == 421, refused.text
+            assert refused.json()["error"]["owner"] == nodes[1].url
+        answer = httpx.post(f"{nodes[1].url}/v1/audit", json=body, headers=header)
+        assert answer.status_code == 200, answer.text
+        assert [json.loads(line)["key"] for line in answer.text.splitlines()] == want
+    for body in ({}, {"scope": "dag"}):  # several namespaces: no member holds them all
+        for node in nodes:
+            refused = httpx.post(f"{node.url}/v1/audit", json=body, headers=header)
+            assert refused.status_code == 421, refused.text
+            assert "spans the cluster's members" in refused.json()["error"]["message"]
+    bad = httpx.post(f"{nodes[0].url}/v1/audit", json={"dag": "a", "root_dag": "b"}, headers=header)
+    assert bad.status_code == 400, bad.text  # invalid filters: refused as invalid
+    assert bad.json()["error"]["code"] == "invalid_ref"
