@@ -242,7 +242,9 @@ class Call(NamedTuple):
     ``resend``: safe to send again when its answer was lost (a read, or an
     append, which the server recognizes). ``writes``: it may change the store (a
     lost answer means it may or may not have been applied). ``maintenance``: about
-    the whole store, with no time limit. ``resend_unless``: a flag of the request
+    the whole store, with no time limit. ``survey``: asked of every member of a
+    cluster, whose answers the client keeps by who owns them under its list (so
+    only a member with the client's list answers). ``resend_unless``: a flag of the request
     that, when set, makes it a call not to send again (``check``'s ``repair``: a
     second run would report only what the first one left).
     """
@@ -252,6 +254,7 @@ class Call(NamedTuple):
     resend: bool = True
     writes: bool = False
     maintenance: bool = False
+    survey: bool = False
     resend_unless: str = ""
 
     def resendable(self, request: Any) -> bool:
@@ -266,8 +269,8 @@ CALLS: Final[dict[str, Call]] = {
     "replace": Call(Replace, list[Entry], resend=False, writes=True),
     "exists": Call(RefCall, bool),
     "keys": Call(NamespaceCall, list[str]),
-    "namespaces": Call(ScopeCall, list[str]),
-    "removed": Call(ScopeCall, list[tuple[str, str, int]]),
+    "namespaces": Call(ScopeCall, list[str], survey=True),
+    "removed": Call(ScopeCall, list[tuple[str, str, int]], survey=True),
     "listing": Call(NamespaceCall, dict[str, ListEntry | None]),
     "remember": Call(NamespaceCall, None),
     "version": Call(VersionCall, EntryValue),

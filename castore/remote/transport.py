@@ -275,7 +275,7 @@ class Transport:
                 if name == "append" and not sent[0]:
                     raise Rerouted
                 continue
-            if response.status_code == 421 and not CALLS[name].maintenance:
+            if response.status_code == 421 and isinstance(where, str) and CALLS[name].survey:
                 self._follow(response, url)  # a survey of every member: asked again, all of them
                 raise Rerouted
             if (

@@ -225,7 +225,7 @@ class _Api:
                 req = decode_call(name, body)
             except (msgspec.DecodeError, RecursionError) as exc:
                 raise ApiError("bad_request", f"bad request body: {exc}") from None
-            survey = not CALLS[name].maintenance  # namespaces, removed: kept by owner
+            survey = CALLS[name].survey  # namespaces, removed: kept by owner
             self.membership.check(list_of(request), keyspace_of(req), survey=survey)
             if call.stream:
                 items = await self.call(
