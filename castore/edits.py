@@ -35,14 +35,13 @@ b'{"n":100000000000000000001}'
 from __future__ import annotations
 
 import math
-import re
 from decimal import Decimal
 from typing import Any, Final
 
 from castore import codec
 from castore.errors import InvalidValueError, PatchTestError
 from castore.literals import decode_literal, equal_literals
-from castore.pointers import not_applying, pointer_parts
+from castore.pointers import ARRAY_INDEX, not_applying, pointer_parts
 from castore.pyvalues import NumberLiteral
 
 __all__ = [
@@ -55,7 +54,6 @@ __all__ = [
     "pointer_parts",
 ]
 
-_INDEX: Final = re.compile(r"0|[1-9][0-9]*")  # RFC 6901 array index
 _OPERATIONS: Final = frozenset(("add", "remove", "replace", "move", "copy", "test"))
 
 
@@ -155,7 +153,7 @@ def _resolve(document: Any, path: str, what: str) -> Any:
     for part in parts:
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
+        elif isinstance(node, list) and ARRAY_INDEX.fullmatch(part) and int(part) < len(node):
             node = node[int(part)]
         elif isinstance(node, list) and part == "-":
             return _END
@@ -328,7 +326,7 @@ class Increment(Edit):
             if isinstance(node, dict):
                 if part not in node:
                     node[part] = {} if depth < len(self.parts) - 1 else 0
-            elif isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
+            elif isinstance(node, list) and ARRAY_INDEX.fullmatch(part) and int(part) < len(node):
                 slot = int(part)
             else:
                 where = "/" + "/".join(self.parts[:depth]) if depth else "the value"

@@ -6,11 +6,14 @@ Pure; the JSON Patch and ``incr --path`` of :mod:`castore.edits` use them.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 from castore.errors import InvalidValueError
 
-__all__ = ["not_applying", "pointer_parts"]
+__all__ = ["ARRAY_INDEX", "not_applying", "pointer_parts"]
+
+ARRAY_INDEX: Final = re.compile(r"0|[1-9][0-9]*")
+"""An RFC 6901 array index (ASCII digits, no leading zero): ``isdigit`` also takes ``²``."""
 
 
 def pointer_parts(pointer: str) -> list[str]:
@@ -40,7 +43,7 @@ def _missing(document: Any, pointer: str, whole: bool) -> str | None:
             break
         if isinstance(current, dict) and part in current:
             current = current[part]
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+        elif isinstance(current, list) and ARRAY_INDEX.fullmatch(part) and int(part) < len(current):
             current = current[int(part)]
         elif isinstance(current, (dict, list)):
             what = "item" if isinstance(current, list) else "member"

@@ -207,6 +207,11 @@ def test_an_invalid_or_inapplicable_patch_writes_nothing(store, patch):
             "from: the value has no member 'zz'",
         ),
         ({"a": "s"}, {"op": "copy", "from": "/a/0", "path": "/b"}, "from: /a is a string"),
+        # Not RFC 6901 indexes, though str.isdigit takes them: int("²") raised a ValueError
+        # traceback, and /a/01/x was said to stop at the item 1 instead of at '01'.
+        ({"a": [1]}, {"op": "remove", "path": "/a/²"}, "/a has no item '²'"),
+        ({"a": [1]}, {"op": "copy", "from": "/a/²", "path": "/b"}, "from: /a has no item '²'"),
+        ({"a": [1, 2]}, {"op": "remove", "path": "/a/01/x"}, "/a has no item '01'"),
     ],
 )
 def test_a_patch_that_does_not_apply_says_where(store, stored, op, reason):
