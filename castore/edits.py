@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from castore import codec
 from castore.errors import InvalidValueError, PatchTestError
+from castore.jsonrules import MAX_VALUE_BYTES
 from castore.literals import decode_literal, equal_literals
 from castore.pointers import ARRAY_INDEX, not_applying, pointer_parts
 from castore.pyvalues import NumberLiteral
@@ -165,6 +166,16 @@ def _resolve(document: Any, path: str, what: str) -> Any:
 _END: Final = object()  # "-": past an array's last item, which names no member
 
 
+def _copy_size(document: Any, source: str, what: str) -> int:
+    """The normalized size of the member a ``copy`` copies (0: none, the copy fails).
+
+    Raises:
+        ValueTooLargeError: the member alone is past the size limit (so the value would be).
+    """
+    found = _resolve(document, source, what)
+    return 0 if found is _MISSING or found is _END else len(codec.normalize_python(found))
+
+
 def _patch_bytes(patch: Any) -> bytes:
     """A patch given as JSON text (bytes) or Python data, normalized (validated) once."""
     return codec.normalize(patch)
@@ -240,11 +251,18 @@ class JsonPatch(Edit):
         import jsonpatch  # only here: the other commands do not load it (CLI start-up)
 
         document = self.document(current)
+        copied = 0  # bytes the copies since the value was last measured added (at most)
         for index, op in enumerate(decode_literal(self.patch), 1):
             what = f"operation {index} ({op['op']} {op['path']})"
             if op["op"] == "test":  # ours: jsonpatch's == and its message recurse
                 self._test(document, op, what)
                 continue
+            if op["op"] == "copy":  # each may double the value: 30 would take 2**30 x its size
+                size = _copy_size(document, op["from"], what)
+                if copied + size > MAX_VALUE_BYTES:
+                    codec.normalize_python(document)  # ValueTooLargeError if it passed 1 MiB
+                    copied = 0
+                copied += size
             try:  # one operation at a time, so that an error can name it
                 document = jsonpatch.apply_patch(document, [op], in_place=True)
             except RecursionError:  # jsonpatch deep-copies a value it adds, recursively

@@ -21,6 +21,7 @@ from castore import (
     PatchTestError,
     SetResult,
     Store,
+    ValueTooLargeError,
     codec,
 )
 from castore.edits import Increment, MergePatch, decode_literal, parse_number, pointer_parts
@@ -129,6 +130,23 @@ def test_a_patch_adding_a_value_too_deep_for_jsonpatch_is_refused_not_raised(sto
         store.patch("d", [{"op": "add", "path": "", "value": deep}])
     assert versions(store, "d") == 1
     assert store.get("d").value == 1
+
+
+def test_copies_that_take_the_value_past_the_limit_stop_the_patch(store):
+    # Found by a review (thirty-fifth session): each copy of the whole value doubles it, and
+    # the size was checked only once every operation had run, so 22 copies of a 100-byte
+    # value (a 1 KiB patch) held the key's lock 12 s and grew the process by 1 GB, 30 would
+    # take 2**30 x 100 bytes. Oracle: the limit is checked as the copies add up, so the
+    # patch stops there (before the failing test at its end) and the key is unchanged.
+    store.set("k", {"a": "x" * 100})
+    copies = [{"op": "copy", "from": "", "path": f"/c{n}"} for n in range(16)]
+    with pytest.raises(ValueTooLargeError):
+        store.patch("k", [*copies, {"op": "test", "path": "/nothing", "value": 1}])
+    assert versions(store, "k") == 1
+    # Copies that stay within the limit, and a copy the patch then removes, still apply.
+    few = [{"op": "copy", "from": "", "path": f"/c{n}"} for n in range(4)]
+    done = store.patch("k", [*few, {"op": "remove", "path": "/c3"}])
+    assert set(done.value) == {"a", "c0", "c1", "c2"}
 
 
 @pytest.mark.parametrize(
