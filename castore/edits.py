@@ -263,8 +263,9 @@ class JsonPatch(Edit):
                     codec.normalize_python(document)  # ValueTooLargeError if it passed 1 MiB
                     copied = 0
                 copied += size
+            undo = op["op"] == "move"  # a move that fails once its source is removed: undone
             try:  # one operation at a time, so that an error can name it
-                document = jsonpatch.apply_patch(document, [op], in_place=True)
+                document = jsonpatch.apply_patch(document, [op], in_place=True, atomic=undo)
             except RecursionError:  # jsonpatch deep-copies a value it adds, recursively
                 deep = "its value nests too deeply for the JSON Patch library: use set"
                 raise InvalidValueError(f"JSON Patch does not apply: {what}: {deep}") from None

@@ -230,6 +230,9 @@ def test_an_invalid_or_inapplicable_patch_writes_nothing(store, patch):
         ({"a": [1]}, {"op": "remove", "path": "/a/²"}, "/a has no item '²'"),
         ({"a": [1]}, {"op": "copy", "from": "/a/²", "path": "/b"}, "from: /a has no item '²'"),
         ({"a": [1, 2]}, {"op": "remove", "path": "/a/01/x"}, "/a has no item '01'"),
+        # A move that removed its source and then failed was explained on what was left:
+        # "from: the value has no member 'a'".
+        ({"a": 1}, {"op": "move", "from": "/a", "path": "/x/-"}, "the value has no member 'x'"),
     ],
 )
 def test_a_patch_that_does_not_apply_says_where(store, stored, op, reason):
