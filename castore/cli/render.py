@@ -55,6 +55,15 @@ def _show(value: Any) -> str:
     return encode_json(value).decode("utf-8")
 
 
+def _pointer(path: str) -> str:
+    """A JSON Pointer as a text line shows it: as a JSON string if it is not all printable.
+
+    A member name may hold a line break: written as it is, it would start a line
+    that reads as another change.
+    """
+    return path if path.isprintable() else _show(path)
+
+
 def render_patch_text(diff: VersionDiff, before: Any) -> str:
     """A readable form of a version diff: one line per change, ``-``/``+``/``~``.
 
@@ -71,7 +80,7 @@ def render_patch_text(diff: VersionDiff, before: Any) -> str:
         lines.append("  (no changes)")
     doc = before
     for op in diff.patch:
-        path = op["path"] or "(whole value)"
+        path = _pointer(op["path"]) or "(whole value)"
         kind = op["op"]
         old = jsonpointer.resolve_pointer(doc, op.get("from", op["path"]), None)
         if kind == "add":
@@ -81,8 +90,8 @@ def render_patch_text(diff: VersionDiff, before: Any) -> str:
         elif kind == "replace":
             lines.append(f"~ {path}: {_show(old)} -> {_show(op['value'])}")
         elif kind == "move":
-            lines.append(f"> {op['from']} -> {path}")
+            lines.append(f"> {_pointer(op['from'])} -> {path}")
         else:
-            lines.append(f"+ {path}: copy of {op['from']}")
+            lines.append(f"+ {path}: copy of {_pointer(op['from'])}")
         doc = jsonpatch.apply_patch(doc, [op])
     return "\n".join(lines)

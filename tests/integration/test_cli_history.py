@@ -810,3 +810,13 @@ def test_a_version_diff_shows_numbers_as_the_versions_wrote_them(cli):
     for change in ("/p: 1.50 -> 1.5", "/z: -0 -> 0", "/r: 0.1000000000000000000001 -> 0.1"):
         assert f"~ {change}" in text, text
     assert "~ /big: 1 -> 1e400" in text, text
+
+
+def test_a_version_diff_as_text_is_one_line_per_change_whatever_the_member_names(cli):
+    # Found by a review: a member name holding a line break was printed as it is, so
+    # {"x\n+ /forged: 1": 1} showed two changes, "+ /x" and a forged "+ /forged: 1: 1".
+    cli.ok("set", "k", '{"a":{"b":1}}')
+    cli.ok("set", "k", '{"a":{"b":1},"x\\n+ /forged: 1":1,"c\\r":{"b":1}}')
+    text = cli.lines("diff", "k", "--from-version", "1", "--format", "text")
+    assert text[0] == "dag/d/k: version 1 -> 2"
+    assert sorted(text[1:]) == sorted(['+ "/x\\n+ ~1forged: 1": 1', '+ "/c\\r": {"b":1}']), text
