@@ -71,6 +71,8 @@ def render_patch_text(diff: VersionDiff, before: Any) -> str:
         diff: the version diff.
         before: the old value (to show what was removed or replaced).
     """
+    import copy
+
     import jsonpatch  # only here: the state commands do not load it (CLI start-up)
     import jsonpointer
 
@@ -78,8 +80,8 @@ def render_patch_text(diff: VersionDiff, before: Any) -> str:
     lines = [f"{ref}: version {diff.from_version} -> {diff.to_version}"]
     if not diff.patch:
         lines.append("  (no changes)")
-    doc = before
-    for op in diff.patch:
+    doc = copy.deepcopy(before)  # changed in place below, as are the values it is given
+    for op in copy.deepcopy(diff.patch):
         path = _pointer(op["path"]) or "(whole value)"
         kind = op["op"]
         old = jsonpointer.resolve_pointer(doc, op.get("from", op["path"]), None)
@@ -93,5 +95,5 @@ def render_patch_text(diff: VersionDiff, before: Any) -> str:
             lines.append(f"> {_pointer(op['from'])} -> {path}")
         else:
             lines.append(f"+ {path}: copy of {_pointer(op['from'])}")
-        doc = jsonpatch.apply_patch(doc, [op])
+        doc = jsonpatch.apply_patch(doc, [op], in_place=True)  # a copy per op was quadratic
     return "\n".join(lines)
