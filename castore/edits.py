@@ -233,8 +233,9 @@ class JsonPatch(Edit):
         if not isinstance(operations, list):
             raise InvalidValueError("a JSON Patch is an array of operations")
         for index, op in enumerate(operations, 1):
-            if not isinstance(op, dict) or op.get("op") not in _OPERATIONS:
-                shown = _show(op.get("op") if isinstance(op, dict) else op)
+            name = op.get("op") if isinstance(op, dict) else None
+            if not isinstance(name, str) or name not in _OPERATIONS:  # [1] is not hashable
+                shown = _show(name if isinstance(op, dict) else op)
                 raise InvalidValueError(f"JSON Patch operation {index} is not one: {shown}")
             for member in ("path", "from") if op["op"] in ("move", "copy") else ("path",):
                 if not isinstance(op.get(member), str):

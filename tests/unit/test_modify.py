@@ -190,6 +190,8 @@ def test_a_test_of_the_end_of_an_array_says_it_names_no_member(store):
         {"op": "add", "path": "/a", "value": 1},  # not an array
         [{"op": "append", "path": "/a", "value": 1}],  # not an RFC 6902 operation
         [{"path": "/a"}],
+        [{"op": ["add"], "path": "/a", "value": 1}],  # a TypeError traceback: not hashable
+        [{"op": {"add": 1}, "path": "/a", "value": 1}],
         [{"op": "add", "value": 1}],
         [{"op": "move", "path": "/a"}],
         [{"op": "replace", "path": "/a"}],  # no value
