@@ -157,7 +157,8 @@ def version_of(cur: psycopg.Cursor[Any], schema: str, *, older: bool = False) ->
         )
     )
     found = cur.fetchone()
-    version = int(found[0]) if found is not None and str(found[0]).isdigit() else -1
+    text = str(found[0]) if found is not None else ""
+    version = int(text) if text.isascii() and text.isdigit() else -1  # "²" is a digit
     if version < 1:
         raise FormatVersionError(f"schema {schema}: castore_meta holds no schema version")
     if version > SCHEMA_VERSION:

@@ -68,7 +68,7 @@ def read(response: httpx.Response, name: str, request: Any) -> httpx.Response:
     body = bytearray()
     try:
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > bound:
+        if declared.isascii() and declared.isdigit() and int(declared) > bound:
             raise _too_large(response, name, bound)
         for chunk in response.iter_bytes():
             body += chunk

@@ -28,7 +28,7 @@ BODY_ARRIVED: Final = "castore.body_arrived"  # in a request's scope once its bo
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) past ``limit`` bytes before it is read whole."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
         raise ApiError("body_too_large", f"request body of {length} bytes exceeds {limit}")
     chunks: list[bytes] = []
     size = 0

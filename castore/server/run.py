@@ -72,7 +72,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ServeError(f"--listen {text!r}: give HOST:PORT, e.g. {DEFAULT_LISTEN}")
     return host, int(port)
 

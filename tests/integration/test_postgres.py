@@ -347,6 +347,16 @@ def test_sigkilled_clients_lose_no_acknowledged_write(
 # -- the schema: its version, foreign tables, creation ---------------------------------------
 
 
+@pytest.mark.parametrize("text", ["²", "", "x1"])
+def test_a_schema_version_that_is_not_a_number_is_refused_not_raised(postgres_location, text):
+    """A hostile ``castore_meta`` row: ``"²".isdigit()`` is true, and int() raised ValueError."""
+    Store(postgres_location, dag=DAG).set("k", 1)
+    sql = "UPDATE castore_meta SET value = %s WHERE name = 'schema_version'"
+    query(postgres_location, sql, (text,))
+    with pytest.raises(FormatVersionError, match="holds no schema version"):
+        Store(postgres_location, dag=DAG).get("k")
+
+
 def test_a_store_of_a_newer_schema_version_is_refused(postgres_location):
     Store(postgres_location, dag=DAG).set("k", 1)
     query(postgres_location, "UPDATE castore_meta SET value = '99' WHERE name = 'schema_version'")

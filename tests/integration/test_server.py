@@ -1230,3 +1230,11 @@ def test_a_get_that_would_scan_a_whole_log_runs_in_a_thread(tmp_path):
     assert len(threads) == 2
     assert not threads[0].startswith("castore-call")  # tried on the loop, refused the scan
     assert threads[1].startswith("castore-call")
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:²", "127.0.0.1:٣", "127.0.0.1:", ":7070", "h:70700"])
+def test_a_listen_address_that_is_not_host_and_port_is_one_line(tmp_path, listen):
+    """Found by the review of edits (``isdigit`` takes ``²``): it was a ValueError traceback."""
+    cli = Cli(tmp_path, str(tmp_path / "store"))
+    message = cli.fail(2, "serve", "--listen", listen)
+    assert message.startswith(f"--listen {listen!r}: give HOST:PORT"), message
