@@ -55,3 +55,22 @@ def test_a_rerun_after_castore_wrote_on_and_compacted_is_harmless(cli, tmp_path)
         "castore wrote on past this record's version, which compaction dropped since"
     )
     assert cli.ok("get", "cursor", dag=DAG)["version"] == 5
+
+
+@pytest.mark.parametrize("castore_writes_on", [False, True])
+def test_castores_own_value_at_the_records_version_differs(cli, tmp_path, castore_writes_on):
+    """castore's key holds the record's version number with another value (the key is
+    castore's own, not the import's): castore and Dagu differ, exit 1, whether castore's
+    newest version is that one or a later one (the version compared is then fetched)."""
+    cli.ok("set", "cursor", '{"castore": 1}', dag=DAG)  # version 1, castore's own value
+    if castore_writes_on:
+        cli.ok("set", "cursor", '{"castore": 2}', dag=DAG)
+    d = DaguDir(tmp_path / "dag-state")
+    rel = d.record("dag", DAG, "cursor", {"last_id": 1}, 1)
+    run = cli.run("import-dagu", str(d.root))
+    assert run.returncode == 1, run.stdout
+    (line,) = [json.loads(x) for x in run.stdout.splitlines() if b'"file"' in x]
+    assert (line["file"], line["status"]) == (rel, "skipped")
+    assert line["reason"].endswith("castore and Dagu differ"), line
+    got = cli.ok("get", "cursor", dag=DAG)
+    assert got["value"] == {"castore": 2 if castore_writes_on else 1}
