@@ -290,3 +290,23 @@ def test_a_log_an_earlier_repair_left_with_a_repeated_marker_gives_no_version_ag
     assert fresh.check(repair=True).ok
     assert fresh.check().ok
     assert Store(str(tmp_path / "s"), dag="d").set("k", {"a": "new"}).version == 11
+
+
+def test_a_zeroed_tail_of_several_entries_gives_none_of_their_versions_again(tmp_path):
+    """Versions 8-10 acknowledged, then the log's bytes from version 8's entry frame to
+    its end zeroed, with no version index or STATE left to name version 10: one damaged
+    range of three entries. Its size bounds the versions it held (each entry frame is at
+    least so many bytes), so no write is given 8, 9 or 10 again (a bound of one version
+    per range passed every other test)."""
+    root = str(tmp_path / "s")
+    store = Store(root, dag="d")
+    assert [store.set("k", {"a": n}).version for n in range(1, 11)][-1] == 10
+    path = Path(log_path(root, "dag", "d", "k"))
+    data = path.read_bytes()
+    entries = [f for f in classify(data).frames if f.kind == KIND_ENTRY]
+    path.write_bytes(data[: entries[7].start] + bytes(len(data) - entries[7].start))
+    for evidence in (*path.parent.glob("*.vix"), path.parent / "STATE"):
+        evidence.unlink(missing_ok=True)
+    assert Store(root, dag="d").check(repair=True).ok
+    assert Store(root, dag="d").check().ok
+    assert Store(root, dag="d").set("k", {"a": "new"}).version > 10
