@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from castore import Store, StoreUnavailableError
+from castore.backend import NewVersion
 from castore.identity import MAX_AUDIT_TEXT
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.keys import Ref
@@ -127,6 +128,52 @@ def test_an_append_answer_that_names_other_versions_is_a_clear_error(fake, writt
         match=r"a bad answer to append \(it may or may not have been applied\)",
     ):
         Store(fake.url, dag="d").set("k", 1)
+
+
+def _news(*versions: int) -> list[NewVersion]:
+    """Versions of value ``1`` a decision asks to append (0: the next version)."""
+    digest = hashlib.sha256(b"1").hexdigest()
+    return [NewVersion("set", b"1", digest, Audit(), version=v) for v in versions]
+
+
+@pytest.mark.parametrize(
+    ("sent", "written", "previous", "newest", "status"),
+    [
+        ([5, 6], [5, 7], None, None, "written"),  # another number than the one sent
+        ([0, 0], [2, 1], None, None, "written"),  # two versions, not in order
+        ([0], [6], 5, None, "written"),  # after an entry the write was not decided on
+        ([0], [5], 5, 5, "written"),  # after the entry decided on, yet not above it
+        ([0], [5], 5, 5, "applied"),
+    ],
+    ids=["number", "order", "previous", "not-above", "applied-not-above"],
+)
+def test_an_append_answer_each_of_whose_checks_alone_refuses_it(
+    fake, sent, written, previous, newest, status
+):
+    # Each case breaks one rule of the answer only (the cases of the test above break
+    # several at once, so a rule could go unchecked with every case still refused).
+    def entry(version: int | None) -> Entry | None:
+        return None if version is None else _entry(b"1", version)
+
+    def answer(call: str, body: bytes) -> tuple[str, bytes]:
+        if call == "append":
+            written_entries = [_entry(b"1", v) for v in written]
+            return _ok(
+                AppendReply(status=status, previous=entry(previous), written=written_entries)
+            )
+        return _ok(EntryValue(entry(newest), None if newest is None else b"1"))
+
+    fake.answer = answer
+    news = _news(*sent)
+    backend = RemoteBackend(fake.url, lock_timeout=5)
+    with pytest.raises(StoreUnavailableError, match=r"a bad answer to append"):
+        backend.write(REF, lambda entry, view: news)
+
+
+def test_a_history_page_longer_than_asked_is_refused(fake):
+    fake.answer = lambda call, body: _ok([_entry(version=v) for v in (4, 3, 2)])
+    with pytest.raises(StoreUnavailableError, match="3 entries, asked for at most 2"):
+        RemoteBackend(fake.url, lock_timeout=5).history(REF, 5, 2)
 
 
 _DEEP_JSON = (
