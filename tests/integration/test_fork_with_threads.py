@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import select
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import castore.file.stateappend as stateappend
 import castore.file.statefile as statefile
 from castore import Store
 from castore.file.stateappend import append_frame
@@ -174,3 +176,48 @@ def test_a_child_forked_while_another_thread_holds_every_lock_of_the_handle_can_
     assert _wait_for(child) == 0, "the child's calls deadlocked or answered wrong"
     assert store.get("a").version == 2  # the parent goes on, with the child's writes
     assert store.set("a", 3).version == 3
+
+
+def test_a_child_forked_while_a_thread_holds_states_file_lock_appends_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread is writing inside ``STATE``'s ``flock`` when the main thread forks.
+
+    The child's copy of the parent's append descriptor shares that lock (one open file):
+    a child appending through it takes the lock at once and writes over the parent's
+    frame, and a fresh handle's list then served key ``b``'s older version. The child
+    must append through a descriptor of its own, waiting for the parent's lock. Oracle:
+    every key's ``get`` (its log), and ``check``.
+    """
+    root = str(tmp_path / "s")
+    store = Store(root, dag="d", lock_timeout=5)
+    store.set("a", 1)
+    store.set("b", 1)
+    store.list()  # makes STATE: every write now appends its P under the file's flock
+    inside, release = threading.Event(), threading.Event()
+    real = stateappend._pwrite_all
+
+    def slow(*args: Any) -> None:
+        if threading.current_thread().name == "writer":
+            inside.set()
+            release.wait(10)
+        real(*args)
+
+    monkeypatch.setattr(stateappend, "_pwrite_all", slow)
+    writer = threading.Thread(target=store.set, args=("a", 2), name="writer")
+    writer.start()
+    assert inside.wait(10)
+    done_r, done_w = os.pipe()
+    child = _in_child(lambda: store.set("b", 2).version == 2 and os.write(done_w, b"x") == 1)
+    # A child sharing the parent's lock finishes now; one of its own waits for release.
+    select.select([done_r], [], [], 2)
+    release.set()
+    writer.join()
+    monkeypatch.undo()
+    assert _wait_for(child) == 0
+    os.close(done_r)
+    os.close(done_w)
+    fresh = Store(root, dag="d")
+    listed = {e.key: e.version for e in fresh.list().entries}
+    assert listed == {k: fresh.get(k).version for k in ("a", "b")} == {"a": 2, "b": 2}
+    assert fresh.check().ok
