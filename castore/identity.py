@@ -69,8 +69,25 @@ class ProcessIdentity:
                 user = ""
             # The host name as socket.gethostname() gives it (POSIX gethostname(2) is
             # uname's nodename), without importing socket (CLI start-up).
-            self._cached = (pid, user, os.uname().nodename)
+            self._cached = (pid, _utf8_text(user), _utf8_text(os.uname().nodename))
         return self._cached
+
+
+def _utf8_text(name: str) -> str:
+    """A name Python decoded with the locale's encoding, as the UTF-8 text of its bytes.
+
+    ``$LOGNAME``/``$USER`` (or the password database) and the host name, as the
+    environment's names are read (:func:`environment`): in the C locale a user
+    ``josé`` was lone surrogates, and every write was refused; in an ISO-8859-1
+    locale it was recorded as ``josÃ©``. Bytes that are not UTF-8 stay lone
+    surrogates, which :func:`refuse_invalid_text` refuses.
+    """
+    if name.isascii():
+        return name
+    try:
+        return os.fsencode(name).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # not bytes the locale decoded: text as given
+        return name
 
 
 def audit_fields(

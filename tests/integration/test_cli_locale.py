@@ -126,3 +126,20 @@ def test_main_called_with_text_takes_its_names_as_given(tmp_path, request, local
         assert (proc.returncode, proc.stderr) == (0, b""), key
     keys = [entry.key for entry in Store(store, dag="d").list().entries]
     assert sorted(keys) == sorted(["k\U0001f600", "ké"])
+
+
+@pytest.mark.parametrize("locale", ["C", "latin1"])
+def test_the_user_name_is_its_utf8_bytes(tmp_path, request, locale):
+    # The user recorded in the audit record was the locale's reading of $LOGNAME: in the
+    # C locale a user josé was lone surrogates and every write exited 2 ("audit field
+    # user is not valid text"); in an ISO-8859-1 locale it was recorded as josÃ©.
+    env = C_LOCALE if locale == "C" else request.getfixturevalue("latin1")
+    store = tmp_path / "store"
+    user = {"LOGNAME": "josé".encode(), "USER": "josé".encode()}
+    code, _, err = _castore(store, env, "--dag", "d", "set", "k", "1", **user)
+    assert (code, err) == (0, b"")
+    (entry,) = Store(store, dag="d").history("k").entries
+    assert entry.user == "josé"
+    code, _, err = _castore(store, env, "--dag", "d", "set", "k", "2", LOGNAME=b"jos\xe9")
+    assert code == 2  # bytes that are not UTF-8 stay refused, in every locale
+    assert b"audit field user is not valid text" in err
