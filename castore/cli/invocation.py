@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 
@@ -37,6 +38,11 @@ __all__ = [
     "stdin",
     "value_bytes",
 ]
+
+
+# A number of seconds in ASCII decimal (0.5, 1e3): what float() also reads (3_0, " 3",
+# +3, other scripts' digits) is a typo, refused as an integer option refuses it.
+_SECONDS = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 class Invocation:
@@ -76,6 +82,8 @@ class Invocation:
         if given is None:
             return LOCK_TIMEOUT_SECONDS
         try:
+            if _SECONDS.fullmatch(given) is None:  # float() reads 3_0 as 30, and ٣ as 3
+                raise ValueError(given)
             return lock_timeout_of(float(given))
         except ValueError:
             most = f"{MAX_LOCK_TIMEOUT_SECONDS:g}"

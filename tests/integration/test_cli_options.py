@@ -70,6 +70,26 @@ def test_an_integer_option_takes_ascii_digits_only(cli, args):
     assert cli.ok("get", "k")["version"] == 3  # nothing written
 
 
+@pytest.mark.parametrize("where", ["before", "after", "get"])
+def test_a_lock_timeout_takes_ascii_decimal_seconds_only(cli, where):
+    """Python's ``float`` read ``3_0`` as 30 seconds and ``\u0663`` as 3: typos, as for integers."""
+    cli.ok("set", "k", "1")
+    for number in ["3_0", " 3", "3 ", "\u0663", "+3", "0x3", "3\n", "1_000.5", "-0"]:
+        option = ["--lock-timeout", number]
+        args = {
+            "before": [*option, "set", "k", "2"],
+            "after": ["set", "k", "2", *option],
+            "get": [*option, "get", "k"],
+        }[where]
+        message = cli.fail(2, *args)
+        assert message == (
+            f"--lock-timeout: expected a number of seconds from 0 to 86400, got {number!r}"
+        )
+    for number in ["0", "0.5", ".5", "5.", "1e1", "2E-1"]:
+        assert cli.ok("--lock-timeout", number, "get", "k")["version"] == 1
+    assert cli.ok("get", "k")["version"] == 1  # nothing written
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
