@@ -20,7 +20,7 @@ import os
 import stat
 import time
 
-from castore.errors import UnsafePathError
+from castore.errors import FormatVersionError, UnsafePathError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -110,6 +110,10 @@ def makedirs_plain(path: str, mode: int, *, durable: bool) -> None:
 
     Each directory it makes gets ``mode`` exactly; with ``durable``, its
     parent is fsynced.
+
+    Raises:
+        FormatVersionError: a name on the way is a symbolic link to nothing (it
+            would be followed into wherever it points, once that is made).
     """
     if os.path.isdir(path):
         return
@@ -118,6 +122,11 @@ def makedirs_plain(path: str, mode: int, *, durable: bool) -> None:
     try:
         os.mkdir(path, mode)
     except FileExistsError:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise FormatVersionError(
+                f"{path} is a symbolic link to {os.readlink(path)!r}, which does not exist: "
+                "not a castore store (make the directory it names, or give another path)"
+            ) from None
         return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     set_mode(fd, mode)
