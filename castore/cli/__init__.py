@@ -206,10 +206,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.argv = sys.argv[1:] if argv is None else argv
     try:
         args, extras = parser.parse_known_args(argv)
-    except UsageError:
+    except UsageError as exc:
+        from castore.cli.usage import dash_hint, unrecognized
+
         if not parser.unknown:
-            raise
-        from castore.cli.usage import unrecognized
+            raise UsageError(dash_hint(str(exc), parser.argv)) from None
 
         raise UsageError(unrecognized(None, parser.unknown, parser.long_options())) from None
     if extras:  # argparse would say only "unrecognized arguments"

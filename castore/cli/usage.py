@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from castore.cli.args import SPECS, command_parser
 
-__all__ = ["unrecognized"]
+__all__ = ["dash_hint", "unrecognized"]
 
 
 def _takers(option: str) -> list[str]:
@@ -45,7 +45,26 @@ def _note(option: str, command: str | None, own: Sequence[str]) -> str:
         spelled = sorted({o for cmd in SPECS for o in _options(cmd) if o.startswith(option)})
         spelled = [f"{o} of {_names(_takers(o))}" for o in spelled]
     full = f" (options are spelled in full: {'; '.join(spelled)})" if spelled else ""
-    return f"no command takes {option}{full}"
+    dash = f" ({_dash(command, option)})" if command and _dashed(option) and not full else ""
+    return f"no command takes {option}{full}{dash}"
+
+
+def _dash(command: str, arg: str) -> str:
+    return f"a key or value that begins with '-' goes after --: castore {command} -- {arg}"
+
+
+def _dashed(arg: str) -> bool:
+    """``-k``: one dash, then not a number (``-5`` is a value argparse takes)."""
+    return arg[:1] == "-" and arg[1:2] not in ("", "-") and not arg[1:].replace(".", "").isdigit()
+
+
+def dash_hint(message: str, argv: Sequence[str]) -> str:
+    """``message`` (a missing key or value), with a word on ``-k`` if one was given."""
+    dashed = [a for a in argv if _dashed(a)]
+    if not dashed or "arguments are required" not in message:
+        return message
+    command = next((a for a in argv if a in SPECS), "COMMAND")
+    return f"{message} ({dashed[0]} is no option; {_dash(command, dashed[0])})"
 
 
 def unrecognized(command: str | None, extras: Sequence[str], own: Sequence[str] = ()) -> str:

@@ -28,3 +28,18 @@ def test_an_option_after_double_dash_is_an_argument(cli):
     said = cli.fail(2, "set", "--", "k", "--create-only", stdin=b"5")  # the VALUE: not JSON
     assert "invalid character" in said, said
     assert cli.ok("get", "k")["value"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (("get", "-k"), "castore get -- -k"),
+        (("set", "-k", "1"), "castore set -- -k"),
+        (("history", "-x"), "castore history -- -x"),
+    ],
+)
+def test_a_key_that_begins_with_a_dash_given_as_an_option_says_where_it_goes(cli, argv, hint):
+    """Noticed by the review of the command line: only "the key is required" was said."""
+    said = cli.fail(2, *argv)
+    assert said.endswith(f"a key or value that begins with '-' goes after --: {hint})"), said
+    assert cli.ok("get", "--", "-k")["found"] is False  # nothing was written
