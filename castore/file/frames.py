@@ -89,11 +89,9 @@ _ENTRY, _BLOB = ord("E"), ord("B")  # castore.file.records' kinds (not imported:
 _VERSION_FIELD = b'{"version":'  # how every entry castore encodes begins (records.Entry)
 _VERSION_PREFIX_MAX = len(_VERSION_FIELD) + 20  # '{"version":' and up to 19 digits and a comma
 _ENTRY_FRAME_READ_MAX = 1 << 20  # a longer entry frame before the newest is not read
-# B frames entry_before passes on its way back: its own, lone ones, copies someone appended.
-# Bounded: compaction, gc and an import's overwrite leave runs of thousands before an entry.
-_BLOBS_PASSED = 16
-# entry_before's answer when the bytes before the newest entry are damaged (above every version).
-BEFORE_UNKNOWN = 1 << 64
+# B frames entry_before passes (its own, lone ones, copies someone appended); bounded: a
+# rewrite leaves runs of thousands. Its answer for damage there is above every version.
+_BLOBS_PASSED, BEFORE_UNKNOWN = 16, 1 << 64
 
 
 class Frame(_FrameFields):
@@ -164,19 +162,14 @@ def entry_before(
 ) -> int:
     """The version of the entry before file offset ``end``, if it is ``at_least`` or more (else 0).
 
-    Versions increase along a log, so the entry before the newest holds a
-    lower version: one as high (``at_least`` is the newest's) is an entry out
-    of order (docs/FORMAT.md §7). ``end`` is where the newest entry's frame
-    starts; up to ``_BLOBS_PASSED`` ``B`` frames before it (its own, lone
-    ones a crash left, copies someone appended) are passed by their lengths.
-    ``buf`` holds the log's bytes from file offset ``base``; ``read(offset,
-    length)`` reads what they lack (bounded reads). The common case reads
-    the version where the frame begins and stops; an entry whose version
-    does not read as lower is verified. A header, a compaction frame or a
-    longer frame answers 0; bytes that are not a frame there, or an entry
-    frame that fails verification, answer :data:`BEFORE_UNKNOWN`: damage
-    before the newest entry may have held any version, so only a scan of
-    the whole log can say whether the newest is in order.
+    One as high (``at_least`` is the newest's) is an entry out of order
+    (docs/FORMAT.md §7). ``end`` is where the newest entry's frame starts; up
+    to ``_BLOBS_PASSED`` ``B`` frames before it are passed by their lengths.
+    ``buf`` holds the log from file offset ``base``; ``read(offset, length)``
+    reads what it lacks. The common case reads a version lower and stops; any
+    other entry is verified. A header, a compaction frame or a longer frame
+    answers 0; damage there (not a frame, or an entry failing verification)
+    :data:`BEFORE_UNKNOWN`: it may have held any version, so a scan decides.
     """
     passed = 0
     while True:
