@@ -80,18 +80,17 @@ BLOB_FRAME_MAX = FRAME_OVERHEAD + 33 + MAX_VALUE_BYTES  # a B frame of a value a
 
 _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<IB")
-_ENTRY = ord("E")  # an entry frame's kind (castore.file.records.KIND_ENTRY)
-_ENTRY_START = b'{"version":'  # how an entry's payload begins (its first field)
 
 
 _KINDS = frozenset(range(ord("A"), ord("Z") + 1))  # frame kinds are ASCII capitals
-_ENTRY, _BLOB = ord("E"), ord("B")  # castore.file.records' kinds (not imported: this is pure)
+_ENTRY, _BLOB, _HEADER = ord("E"), ord("B"), ord("H")  # castore.file.records' (this is pure)
 _VERSION_FIELD = b'{"version":'  # how every entry castore encodes begins (records.Entry)
-_VERSION_PREFIX_MAX = len(_VERSION_FIELD) + 20  # '{"version":' and up to 19 digits and a comma
 _ENTRY_FRAME_READ_MAX = 1 << 20  # a longer entry frame before the newest is not read
-# B frames entry_before passes (its own, lone ones, copies someone appended); bounded: a
-# rewrite leaves runs of thousands. Its answer for damage there is above every version.
-_BLOBS_PASSED, BEFORE_UNKNOWN = 16, 1 << 64
+# B frames entry_before passes on its way back: its own, lone ones, copies someone appended.
+# Bounded: compaction, gc and an import's overwrite leave runs of thousands before an entry.
+_BLOBS_PASSED = 16
+# entry_before's answer when the bytes before the newest entry are damaged (above every version).
+BEFORE_UNKNOWN = 1 << 64
 
 
 class Frame(_FrameFields):
@@ -162,14 +161,20 @@ def entry_before(
 ) -> int:
     """The version of the entry before file offset ``end``, if it is ``at_least`` or more (else 0).
 
-    One as high (``at_least`` is the newest's) is an entry out of order
-    (docs/FORMAT.md §7). ``end`` is where the newest entry's frame starts; up
-    to ``_BLOBS_PASSED`` ``B`` frames before it are passed by their lengths.
-    ``buf`` holds the log from file offset ``base``; ``read(offset, length)``
-    reads what it lacks. The common case reads a version lower and stops; any
-    other entry is verified. A header, a compaction frame or a longer frame
-    answers 0; damage there (not a frame, or an entry failing verification)
-    :data:`BEFORE_UNKNOWN`: it may have held any version, so a scan decides.
+    Versions increase along a log, so the entry before the newest holds a
+    lower version: one as high (``at_least`` is the newest's) is an entry out
+    of order (docs/FORMAT.md §7). ``end`` is where the newest entry's frame
+    starts; up to ``_BLOBS_PASSED`` ``B`` frames before it (its own, lone
+    ones a crash left, copies someone appended) are passed by their lengths.
+    ``buf`` holds the log's bytes from file offset ``base``; ``read(offset,
+    length)`` reads what they lack (bounded reads). The frame found there is
+    verified (its checksum: a damaged version or kind byte may read as an
+    entry in order, or as a header). The header, a compaction frame or a
+    longer frame answers 0; bytes that are not an intact frame there, or a
+    header that does not begin the log (a copy), answer
+    :data:`BEFORE_UNKNOWN`: damage before the newest entry may have held
+    any version, so only a scan of the whole log can say whether the newest
+    is in order.
     """
     passed = 0
     while True:
@@ -191,20 +196,15 @@ def entry_before(
             passed += 1
             end = start  # a blob: its entry's, or a crash's lone one; the entry is before it
             continue
-        if head[4] != _ENTRY:
-            return 0 if head[4] in _KINDS else BEFORE_UNKNOWN
-        if length > _ENTRY_FRAME_READ_MAX:
-            return 0
-        at = start + 5  # the version is where the payload begins (a hint until verified)
-        count = min(length, _VERSION_PREFIX_MAX)
-        prefix = buf[at - base : at - base + count] if inside else read(at, count)
-        if 0 < entry_version(prefix) < at_least:
-            return 0  # in order
+        if head[4] not in _KINDS:
+            return BEFORE_UNKNOWN
+        if head[4] == _BLOB or length > _ENTRY_FRAME_READ_MAX:
+            return 0  # more blobs than are passed, or a longer frame: not read
         data = buf[start - base : end - base] if inside else read(start, end - start)
-        frame = frame_at(data, 0, start)
-        if frame is None:
-            return BEFORE_UNKNOWN  # a damaged entry: its version is unknown
-        version = entry_version(frame.payload)
+        frame = frame_at(data, 0, start)  # verified: a damaged version may read as lower
+        if frame is None or (frame.kind == _HEADER and start > 0):
+            return BEFORE_UNKNOWN  # damaged (its kind and version unknown), or a copy planted
+        version = entry_version(frame.payload) if frame.kind == _ENTRY else 0
         return version if version >= at_least else 0
 
 
@@ -295,7 +295,7 @@ class LogBytes(_LogBytesFields):
         checksum = bytes(self.data[at + 5 + length : at + 5 + length + CHECKSUM_BYTES])
         if _checksum(_HEAD.pack(length, _ENTRY), payload) == checksum:
             return True
-        return _ENTRY_START in payload[: len(_ENTRY_START) + 8]
+        return _VERSION_FIELD in payload[: len(_VERSION_FIELD) + 8]
 
 
 # Where a frame may start: its length's high byte is at most 3 (<= 64 MiB) and its kind

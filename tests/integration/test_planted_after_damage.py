@@ -128,3 +128,44 @@ def test_a_damaged_entry_before_an_intact_newest_one_still_serves_the_newest(
         assert (got.version, got.value) == (want.version, want.value)
         result = _cli_get(root)
         assert (result.returncode, result.stdout) == (0, wanted.stdout), result
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "castore", "--dir", str(root), "--dag", "d", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize(
+    ("versions", "planted", "offset", "xor"),
+    [
+        (6, 3, 4, 0x01),  # the kind byte: 'E' reads 'D', a kind that was not read
+        (12, 5, 16, 0x01),  # "12" reads "02": a version below the copy's, not verified
+        (6, 5, 16, 0x02),  # one bit: "6" reads "4"
+    ],
+)
+def test_a_damaged_newest_entry_that_reads_as_in_order_is_verified(
+    tmp_path: Path, versions: int, planted: int, offset: int, xor: int
+) -> None:
+    """One bit of the newest entry's kind or version changed, an older copy after it.
+
+    Found by review: the reader took the damaged frame's kind byte, or the version
+    it begins with, unverified, and found the copy in order: ``get`` and the CLI's
+    quick ``get`` answered the copy's version, and ``set`` (library and CLI) wrote
+    version ``planted + 1`` again. Oracle: the undamaged store (version ``versions``).
+    """
+    root = tmp_path / "s"
+    path = _store(root, versions)
+    data = bytearray(path.read_bytes())
+    entries = [f for f in classify(bytes(data)).frames if f.kind == KIND_ENTRY]
+    assert data[entries[-1].start + 5 : entries[-1].start + 16] == b'{"version":'
+    data[entries[-1].start + offset] ^= xor
+    path.write_bytes(
+        bytes(data) + path.read_bytes()[entries[planted - 1].start : entries[planted - 1].end]
+    )
+    with pytest.raises(CorruptionError):
+        Store(str(root), dag="d").get("k")  # observed: the copy's version
+    assert _cli(root, "get", "k").returncode == 5  # observed: 0, the copy's value
+    quick = _cli(root, "set", "k", '{"a": 0}')  # observed: version planted + 1
+    assert (quick.returncode, quick.stdout) == (5, ""), quick
+    with pytest.raises(CorruptionError):
+        Store(str(root), dag="d").set("k", {"a": 0})

@@ -71,7 +71,16 @@ def test_entry_before_calls_a_damaged_entry_unknown():
     assert entry_before(garbled, 0, len(garbled), read, 1) == BEFORE_UNKNOWN
     lower = encode_frame(_H, b"{}") + first[:-8] + bytes(4) + first[-4:]
     read = lambda at, n: lower[at : at + n]  # noqa: E731
-    assert entry_before(lower, 0, len(lower), read, 8) == 0  # its version reads as lower
+    # its version reads as lower, but damage may have changed it ("12" reads "02")
+    assert entry_before(lower, 0, len(lower), read, 8) == BEFORE_UNKNOWN
+    kind = bytearray(encode_frame(_H, b"{}") + first)
+    kind[-len(first) + 4] ^= 0x01  # 'E' reads 'D', a kind of frame not read before
+    read = lambda at, n: bytes(kind[at : at + n])  # noqa: E731
+    assert entry_before(bytes(kind), 0, len(kind), read, 8) == BEFORE_UNKNOWN
+    copy = encode_frame(_H, b"{}") + encode_frame(_H, b"{}")  # a header not at 0
+    read = lambda at, n: copy[at : at + n]  # noqa: E731
+    assert entry_before(copy, 0, len(copy), read, 1) == BEFORE_UNKNOWN
+    assert entry_before(copy, 0, len(copy) // 2, read, 1) == 0  # the header
 
 
 @given(st.lists(st.integers(1, 9), max_size=9))
