@@ -248,9 +248,13 @@ def marker_time(placed: list[tuple[int, Entry]], window: Window, default: int) -
     Times never decrease along a log (audit's ``since`` stops a key's walk at the
     first older entry), so a marker takes its neighbour's time. ``placed``: the
     log's entries with their offsets, in log order; ``default`` where there is none.
+    Entries out of order (:func:`in_order`) are no neighbours: a copy of an older
+    version would give it an older time.
     """
-    before = [e.time_ns for at, e in placed if at < window.start]
-    after = [e.time_ns for at, e in placed if at >= window.end]
+    dropped = out_of_order([e.version for _, e in placed])
+    kept = [p for i, p in enumerate(placed) if i not in dropped]
+    before = [e.time_ns for at, e in kept if at < window.start]
+    after = [e.time_ns for at, e in kept if at >= window.end]
     return before[-1] if before else after[0] if after else default
 
 

@@ -7,8 +7,9 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from castore.file.damage import out_of_order
+from castore.file.damage import Window, marker_time, out_of_order
 from castore.file.frames import BEFORE_UNKNOWN, encode_frame, entry_before
+from castore.records import Entry
 
 _E, _B, _H = ord("E"), ord("B"), ord("H")
 
@@ -104,3 +105,16 @@ def test_a_replayed_entry_at_the_end_is_what_goes():
     assert out_of_order([1, 2, 3, 1]) == {3}
     assert out_of_order([1, 4, 2, 3]) == {1}
     assert out_of_order([1, 2, 3]) == set()
+
+
+def test_a_lost_ranges_time_is_never_taken_from_an_entry_out_of_order():
+    """Noticed by the review of this session's changes: a copy of version 1 planted before
+    a damaged range gave its marker version 1's time, older than version 3 before it."""
+    placed = [(at, Entry(version=v, op="set", time_ns=t)) for at, v, t in _PLACED]
+    window = Window(start=400, end=450, low=4, high=4)
+    assert marker_time(placed, window, 0) == 300  # version 3's (observed: 100, the copy's)
+    assert marker_time(placed, Window(600, 650, 6, None), 0) == 500  # after the newest
+    assert marker_time([], window, 7) == 7  # no entry: the default
+
+
+_PLACED = [(0, 1, 100), (100, 2, 200), (200, 3, 300), (300, 1, 100), (500, 5, 500)]
