@@ -34,6 +34,7 @@ every key of :data:`SPACES`:
   unless the key is gone and a compaction removed it at or above that version (its grave);
 * its newest version is one some call acknowledged: nothing a call never returned;
 * a live key's ``get`` answers that newest version with the value acknowledged for it;
+* the CLI's quick ``get`` (:func:`castore.file.peek.peek`) declines or answers as ``get``;
 * ``list`` answers every live key, at the version ``get`` answered, and no other;
 * every acknowledged version up to that newest one reads with its acknowledged value
   (``get --version``): not found only if a rewrite may have dropped it, unreadable only
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import random
@@ -61,6 +63,8 @@ import pytest
 from castore import Store
 from castore.errors import CastoreError, CorruptionError, NotFoundError
 from castore.file import staterecords
+from castore.file.peek import peek
+from castore.keys import Ref as KeyRef
 
 Image = Literal["worst", "mixed"]
 IMAGES: tuple[Image, ...] = ("worst", "mixed")
@@ -354,6 +358,7 @@ def verify(root: str, expect: Expect, boot: str) -> list[str]:
             for key in keys:
                 problems += _check_key(store, (dag, key), expect, live)
                 problems += _check_versions(store, (dag, key), expect)
+                problems += _check_peek(root, store, (dag, key))
             problems += _check_list(store, dag, live)
             for key in keys:
                 problems += _check_next_set(store, (dag, key), expect)
@@ -421,6 +426,25 @@ def _check_versions(store: Store, ref: Ref, expect: Expect) -> list[str]:
                 f"{dag}/{key}: get --version {version} {got.value!r:.40} != {value!r:.40}"
             )
     return problems
+
+
+def _check_peek(root: str, store: Store, ref: Ref) -> list[str]:
+    """The CLI's quick ``get`` (:func:`castore.file.peek.peek`) answers as ``get`` does, or not."""
+    dag, key = ref
+    scope = SCOPE_OF.get(dag, "dag")
+    found = peek(os.path.abspath(root), KeyRef(scope, "_" if scope == "global" else dag, key))
+    if found is None:
+        return []  # declined: the store answers
+    version, digest, value = found
+    try:
+        got = store.get(key)
+    except CastoreError as exc:
+        return [f"{dag}/{key}: quick get v{version}, get: {str(exc)[:160]}"]
+    if not got.found:
+        return [] if not version else [f"{dag}/{key}: quick get v{version}, get: not found"]
+    if (version, digest, json.loads(value)) != (got.version, got.hash, got.value):
+        return [f"{dag}/{key}: quick get v{version} {value!r:.40}, get v{got.version}"]
+    return []
 
 
 def _check_list(store: Store, dag: str, live: dict[str, int]) -> list[str]:

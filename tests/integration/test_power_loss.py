@@ -20,6 +20,7 @@ The sequences are seeded (``CASTORE_POWER_LOSS_SEEDS`` seeds, default 12, of
 ``CASTORE_POWER_LOSS_STEPS`` calls, default 40; ``CASTORE_POWER_LOSS_IMAGES`` is
 ``worst`` by default, ``worst,mixed`` adds the other image). A failure prints its seed
 and the calls made. The scripted tests below are sequences such runs found.
+:mod:`tests.integration.test_power_loss_quick` adds the CLI's quick ``set`` and ``get``.
 """
 
 from __future__ import annotations
@@ -447,21 +448,30 @@ def run(
     seed: int,
     steps: int,
     images: tuple[Image, ...],
+    ops: tuple[str, ...] = ALL_OPS,
+    calls: dict[str, Callable[[Op, Store, Handles, Expect], str]] | None = None,
 ) -> str | None:
-    """Run seed ``seed``'s calls, each followed by ``images``; what the first failure shows."""
+    """Run seed ``seed``'s calls, each followed by ``images``; what the first failure shows.
+
+    ``ops`` are the kinds drawn (weighted by repetition), ``calls`` what runs them
+    (:data:`CALLS` by default).
+    """
     done: list[str] = []
+    calls = CALLS if calls is None else calls
     with session(tmp_path, monkeypatch) as s:
-        for step, op in enumerate(gen_ops(seed, steps)):
+        for step, op in enumerate(gen_ops(seed, steps, ops)):
             if op.kind == "reboot":  # the worst image of now, repaired, goes on
                 said = s.reboot(f"{step}-reboot", f"boot{step}-gen", repair=op.extra < 0.8)
                 done.append(f"(power loss, reboot, generation {s.generation}) {said}"[:200])
                 continue
             try:
-                done.append(CALLS[op.kind](op, s.handles[op.dag, op.durable], s.handles, s.expect))
+                done.append(calls[op.kind](op, s.handles[op.dag, op.durable], s.handles, s.expect))
             except UnsafePathError:
                 raise  # nothing in this model is planted: a path castore refuses is its bug
             except CorruptionError as exc:
                 done.append(f"refused: {exc}"[:200])
+            except AssertionError as exc:  # a call's own check (a guard, a quick get)
+                return "\n".join([f"seed {seed} step {step}", *done, "--", str(exc)])
             for how in images:
                 problems = s.crash(how, seed * 1000 + step, f"{step}-{how}", f"boot{step}")
                 if real(problems):
