@@ -1,0 +1,45 @@
+"""A version index from before a compaction, put back beside the log it emptied, is no cut.
+
+Found by mutation testing of castore/file/cuts.py: readers ignored the
+compaction's own last version only below it (``<`` for ``<=``) and every test
+passed; the removed key's get then refused a healthy store. The rule
+(FORMAT.md §7): versions a compaction dropped (its ``C`` frame) do not
+count. The oracle: the same store with the index compaction left.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from castore import Store
+from tests.helpers import log_path
+
+pytestmark = pytest.mark.integration
+
+
+def test_an_index_from_before_the_removal_proves_no_cut(tmp_path: Path) -> None:
+    root, twin = tmp_path / "store", tmp_path / "twin"
+    store = Store(root, dag="d")
+    store.set("a", 1)
+    store.set("a", 2)
+    store.set("b", 1)  # b's value is a's first: gc keeps a's emptied log
+    store.delete("a")
+    vix = Path(log_path(root, "dag", "d", "a")[: -len(".log")] + ".vix")
+    assert store.get("a", version=1).value == 1  # the index records versions 1 to 3
+    older = vix.read_bytes()
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
+    store.close()
+    assert vix.read_bytes() != older
+    shutil.copytree(root, twin)
+    vix.write_bytes(older)  # its records of 1 to 3 name offsets the log no longer holds
+    for location in (root, twin):
+        handle = Store(location, dag="d")
+        assert handle.get("a").found is False
+        assert handle.check().ok
+        assert handle.set("a", 5).version == 4
+        handle.close()
