@@ -142,4 +142,5 @@ def test_the_user_name_is_its_utf8_bytes(tmp_path, request, locale):
     assert entry.user == "josé"
     code, _, err = _castore(store, env, "--dag", "d", "set", "k", "2", LOGNAME=b"jos\xe9")
     assert code == 2  # bytes that are not UTF-8 stay refused, in every locale
-    assert b"audit field user is not valid text" in err
+    assert b"audit field user (from $LOGNAME" in err
+    assert b"is not valid text" in err
