@@ -99,9 +99,9 @@ def damage_windows(log: LogBytes, floor: int = 0) -> list[Window]:
     window: a repair leaves them out, and a version older than the damage,
     copied after it, must not end the versions the damage may hide.
     """
-    placed = [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
-    dropped = out_of_order([e.version for _, e in placed])
-    entries = [p for i, p in enumerate(placed) if i not in dropped]
+    entries = _kept(
+        [(f.start, decode_entry(f.payload)) for f in log.frames if f.kind == KIND_ENTRY]
+    )
     compacted = VersionRanges(
         (low, high)
         for f in log.frames
@@ -196,6 +196,12 @@ def in_order(placed: list[tuple[int, Entry]]) -> tuple[list[Entry], dict[int, in
     return kept, {placed[i][0]: placed[i][1].version for i in sorted(dropped)}
 
 
+def _kept(placed: list[tuple[int, Entry]]) -> list[tuple[int, Entry]]:
+    """The entries (offset, entry) :func:`in_order` keeps, with their offsets."""
+    dropped = out_of_order([e.version for _, e in placed])
+    return [p for i, p in enumerate(placed) if i not in dropped]
+
+
 def disorder_problem(ref: str, version: int, offset: int) -> str:
     """How ``check`` names an entry out of order (:func:`in_order`)."""
     return f"{ref}: version {version} at offset {offset} is out of order (castore appends in order)"
@@ -251,8 +257,7 @@ def marker_time(placed: list[tuple[int, Entry]], window: Window, default: int) -
     Entries out of order (:func:`in_order`) are no neighbours: a copy of an older
     version would give it an older time.
     """
-    dropped = out_of_order([e.version for _, e in placed])
-    kept = [p for i, p in enumerate(placed) if i not in dropped]
+    kept = _kept(placed)
     before = [e.time_ns for at, e in kept if at < window.start]
     after = [e.time_ns for at, e in kept if at >= window.end]
     return before[-1] if before else after[0] if after else default

@@ -35,14 +35,19 @@ pytestmark = pytest.mark.integration
 STALE = "an older copy of the log was put back"
 
 
-def _removed_store(root: Path, backup: Path, *, collected: bool) -> None:
-    """Key ``a`` at versions 1, 2 (copied to ``backup``), deleted (3), compacted away."""
+def _removed_store(root: Path, backup: Path, *, collected: bool, listed: bool = False) -> None:
+    """Key ``a`` at versions 1, 2 (copied to ``backup``), deleted (3), compacted away.
+
+    ``listed``: a ``list`` between the delete and the compaction (``STATE`` records 3).
+    """
     store = Store(root, dag="d")
     store.set("a", 1)
     store.set("a", 2)
     store.set("b", 10)
     shutil.copy(log_path(root, "dag", "d", "a"), backup)
     store.delete("a")
+    if listed:
+        store.list()
     time.sleep(0.02)
     assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
     if collected:

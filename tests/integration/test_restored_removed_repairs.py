@@ -41,17 +41,7 @@ def test_a_tombstone_state_recorded_is_no_later_life(tmp_path: Path) -> None:
     record a later life as lost: the removed key answered "lost" and its next write jumped
     a million versions; the twin answers not found, then version 4."""
     root, twin, backup = tmp_path / "store", tmp_path / "twin", tmp_path / "a.log"
-    store = Store(root, dag="d")
-    store.set("a", 1)
-    store.set("a", 2)
-    store.set("b", 10)
-    shutil.copy(log_path(root, "dag", "d", "a"), backup)
-    store.delete("a")
-    store.list()  # STATE records a at 3, its tombstone
-    time.sleep(0.02)
-    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
-    assert store.gc(grace_seconds=0).logs_removed == 1
-    store.close()
+    _removed_store(root, backup, collected=True, listed=True)  # STATE records a at 3
     shutil.copytree(root, twin)
     shutil.copy(backup, log_path(root, "dag", "d", "a"))
     store = Store(root, dag="d")
