@@ -210,7 +210,9 @@ def test_a_child_forked_while_a_thread_holds_states_file_lock_appends_on_its_own
     done_r, done_w = os.pipe()
     child = _in_child(lambda: store.set("b", 2).version == 2 and os.write(done_w, b"x") == 1)
     # A child sharing the parent's lock finishes now; one of its own waits for release.
-    select.select([done_r], [], [], 2)
+    poller = select.poll()  # not select.select: a worker's descriptors may pass FD_SETSIZE
+    poller.register(done_r, select.POLLIN)
+    poller.poll(2000)
     release.set()
     writer.join()
     monkeypatch.undo()
