@@ -128,6 +128,16 @@ def main(path: str) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     os.write(hello, b"ready\n")
     os.close(hello)
+    try:
+        _accept(server, control)
+    finally:  # the directory is this server's own (tests/forkedcli.py): leave nothing in /tmp
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
+
+
+def _accept(server: socket.socket, control: int) -> None:
+    """Fork a child per connection to ``server`` until ``control`` (a pipe) closes."""
     while True:
         ready, _, _ = select.select([server.fileno(), control], [], [])
         if control in ready and not os.read(control, 1):
