@@ -204,7 +204,7 @@ def create(cur: psycopg.Cursor[Any], schema: str) -> bool:
 # rows without ``prev`` (it checked the version once): its inserts are refused, and say why.
 # Not a CHECK: a repair may rewrite a row written at version 1, whose ``prev`` stays null.
 _OLD_WRITERS_REFUSED: Final = (
-    """CREATE FUNCTION {s}.castore_refuse_rows_without_prev() RETURNS trigger
+    """CREATE OR REPLACE FUNCTION {s}.castore_refuse_rows_without_prev() RETURNS trigger
         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'check_violation',
         MESSAGE = 'this store was upgraded to castore schema version 2, which every version '
             'row written since names its prev in: upgrade this castore'; END $$""",
@@ -239,7 +239,9 @@ def upgrade_schema(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, int]:
 
     An upgrade creates a missing store, adds version 2's ``prev`` column to a
     store at version 1 (a change of the catalog only: no row is rewritten),
-    and leaves a current one as it is. Run in one transaction.
+    and leaves a current one as it is, but for the trigger that refuses a
+    version-1 castore's rows, which a store upgraded before that trigger
+    existed gets now. Run in one transaction.
     """
     _lock(cur, schema)
     before = version_of(cur, schema, older=True)
@@ -256,4 +258,28 @@ def upgrade_schema(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, int]:
             ),
             (str(SCHEMA_VERSION),),
         )
+    elif _needs_old_writers_refused(cur, schema):
+        for statement in _OLD_WRITERS_REFUSED:
+            cur.execute(sql.SQL(statement).format(s=sql.Identifier(schema)))
     return before, SCHEMA_VERSION
+
+
+def _needs_old_writers_refused(cur: psycopg.Cursor[Any], schema: str) -> bool:
+    """Whether a version-2 store came from version 1 without the trigger refusing its writers.
+
+    Rows without ``prev`` were written at version 1; the trigger came with castore's
+    upgrade only since 2026-12-06, so a store upgraded before has none (nor its function).
+    """
+    cur.execute(
+        "SELECT EXISTS (SELECT FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+        " AND c.relname = 'versions' AND t.tgname = 'castore_rows_name_prev')",
+        (schema,),
+    )
+    present = cur.fetchone()
+    if present is None or present[0]:
+        return False
+    query = sql.SQL("SELECT EXISTS (SELECT FROM {}.versions WHERE prev IS NULL)")
+    cur.execute(query.format(sql.Identifier(schema)))
+    unchained = cur.fetchone()
+    return unchained is not None and bool(unchained[0])

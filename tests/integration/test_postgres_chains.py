@@ -346,3 +346,44 @@ def test_a_repair_records_lost_versions_in_time_order_for_history_and_audit(
     marker = next(r for r in records if r.operation == "damaged")
     since = list(castore.audit_records(store, since_ns=marker.time_ns))
     assert marker in since
+
+
+def test_an_upgrade_gives_a_store_upgraded_before_the_trigger_existed_its_trigger(
+    postgres_location,
+):
+    # Oracle: DESIGN.md ("no castore writes a row without it afterwards"). A store upgraded
+    # from version 1 by a castore from before that trigger is at version 2 without it: a
+    # schema-1 castore still running wrote rows without prev, and `upgrade` did nothing.
+    store = Store(postgres_location, dag=DAG)
+    fill(store)
+    store.close()
+    query(postgres_location, "ALTER TABLE versions DROP COLUMN prev")
+    query(postgres_location, "UPDATE castore_meta SET value = '1' WHERE name = 'schema_version'")
+    castore.upgrade(postgres_location)
+    query(postgres_location, "DROP TRIGGER castore_rows_name_prev ON versions")
+    query(postgres_location, "DROP FUNCTION castore_refuse_rows_without_prev()")
+    old_insert = (  # a schema-1 castore's row: every column but prev
+        "INSERT INTO versions (ref_id, version, scope, op, time_ns, digest, size, created_ns, "
+        "audit, damaged_from, blob, inline) SELECT ref_id, version + 1, scope, op, time_ns + 1, "
+        "digest, size, created_ns, audit, damaged_from, blob, inline FROM versions "
+        "ORDER BY version DESC LIMIT 1"
+    )
+    report = castore.upgrade(postgres_location)
+    assert (report.from_version, report.to_version) == (2, 2)
+    with pytest.raises(psycopg.errors.CheckViolation, match="upgrade this castore"):
+        query(postgres_location, old_insert)
+    assert castore.upgrade(postgres_location).from_version == 2  # again: nothing to add
+    assert [e.version for e in Store(postgres_location, dag=DAG).history("k").entries] == list(
+        range(LENGTH, 0, -1)
+    )
+
+
+def test_an_upgrade_of_a_store_made_at_version_2_adds_no_trigger(postgres_location):
+    fill(Store(postgres_location, dag=DAG))
+    castore.upgrade(postgres_location)
+    triggers = query(
+        postgres_location,
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'castore_rows_name_prev'"
+        " AND tgrelid = 'versions'::regclass",
+    )
+    assert triggers == [(0,)]
