@@ -18,7 +18,7 @@ import httpx
 
 from castore.errors import BackendUnavailableError, InvalidValueError
 
-__all__ = ["NO_PROXY_UNREAD", "check_proxy_environment"]
+__all__ = ["NO_PROXY_UNREAD", "check_proxy_environment", "proxy_variable"]
 
 NO_PROXY_UNREAD = (  # httpx refuses some entries (an IPv6 address, a CIDR range) only then
     "$NO_PROXY (or $no_proxy) holds an entry this client cannot read (host names,"
@@ -64,3 +64,18 @@ def check_proxy_environment() -> None:
                 f"${name} names a SOCKS proxy, which needs the socksio package:"
                 f" pip install 'httpx[socks]', or unset ${name}"
             )
+
+
+def proxy_variable(client: httpx.Client, url: str) -> str | None:
+    """The variable naming the proxy ``client`` sends requests for ``url`` through, if any.
+
+    httpx's own choice (its mounts: the scheme's proxy, else ``ALL_PROXY``, unless
+    ``NO_PROXY`` exempts the host), so that an error can say a connection that
+    failed was the proxy's, not the server's.
+    """
+    target = httpx.URL(url)
+    if client._transport_for_url(target) is client._transport:
+        return None
+    found = urllib.request.getproxies()
+    scheme = target.scheme if found.get(target.scheme) else "all"
+    return "$" + _variable(scheme, found.get(scheme, ""))

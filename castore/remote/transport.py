@@ -44,7 +44,7 @@ from castore.cluster import Cluster, member_key
 from castore.errors import CastoreError, InvalidValueError
 from castore.remote.failures import MAYBE, failure, unavailable
 from castore.remote.frames import frames
-from castore.remote.proxies import NO_PROXY_UNREAD, check_proxy_environment
+from castore.remote.proxies import NO_PROXY_UNREAD, check_proxy_environment, proxy_variable
 from castore.remote.replies import read as read_reply
 from castore.wire import (
     CALLS,
@@ -333,7 +333,8 @@ class Transport:
                     what = f"the server took {name} and sent no answer within {waited}{maybe}"
                     raise unavailable(url, what) from None
                 if attempt == ATTEMPTS or (lost and not spec.resendable(request)):
-                    raise _lost(url, name, exc, sent and spec.writes) from None
+                    proxy = proxy_variable(self._http(), url)
+                    raise _lost(url, name, exc, sent and spec.writes, proxy) from None
                 if lost and resend is not None:
                     body = msgspec.msgpack.encode(resend)
                 time.sleep(min(_PAUSE * 2 ** (attempt - 1), 2.0))
@@ -369,8 +370,11 @@ def _member(url: str) -> tuple[str, str]:
     return url.partition("://")[0].lower(), member_key(url)
 
 
-def _lost(url: str, name: str, exc: httpx.HTTPError, write_sent: bool) -> CastoreError:
+def _lost(
+    url: str, name: str, exc: httpx.HTTPError, write_sent: bool, proxy: str | None
+) -> CastoreError:
     reason, maybe = type(exc).__name__, MAYBE * write_sent
-    if isinstance(exc, _NOT_SENT):
-        return unavailable(url, f"cannot connect ({reason}, {ATTEMPTS} tries){maybe}")
+    if isinstance(exc, _NOT_SENT):  # through a proxy, the connection that failed was its
+        to = f" to the proxy {proxy} names" if proxy else ""
+        return unavailable(url, f"cannot connect{to} ({reason}, {ATTEMPTS} tries){maybe}")
     return unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")

@@ -92,3 +92,21 @@ def test_a_no_proxy_entry_it_cannot_read_is_a_clear_error(fake, monkeypatch, ent
     with pytest.raises(InvalidValueError, match=r"^invalid value: \$NO_PROXY \(or \$no_proxy\)"):
         Store(fake.url, dag="d").get("k")
     assert fake.calls == []
+
+
+@pytest.mark.parametrize("name", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
+def test_a_proxy_that_cannot_be_reached_is_named_in_the_error(fake, monkeypatch, name):
+    # Found by following docs/SERVER.md as a new user: with a proxy set for the rest of
+    # the machine's traffic (it carries loopback too), a worker whose server was up said
+    # "castore server http://127.0.0.1:P: cannot connect", naming only the server.
+    monkeypatch.setattr("castore.remote.transport.ATTEMPTS", 1)
+    monkeypatch.setenv(name, "http://user:s3cret@127.0.0.1:9")  # nothing listens there
+    fake.answer = lambda call, body: ("200 OK", mp(EntryValue(None, None)))
+    with pytest.raises(CastoreError) as raised:
+        Store(fake.url, dag="d").get("k")
+    message = str(raised.value)
+    assert message.startswith(f"castore server {fake.url}: cannot connect to the proxy ${name} ")
+    assert "s3cret" not in message
+    assert fake.calls == []
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # exempt: straight to the server, as before
+    assert Store(fake.url, dag="d").get("k").value is None
