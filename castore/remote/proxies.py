@@ -40,7 +40,7 @@ def check_proxy_environment() -> None:
 
     Raises:
         InvalidValueError: a proxy variable that is not an ``http://``, ``https://``
-            or ``socks5://`` URL.
+            or ``socks5://`` URL naming a host (``host:port`` is read as ``http://host:port``).
         BackendUnavailableError: a ``socks5://`` proxy, and the ``socksio`` package
             (``httpx[socks]``) is not installed.
     """
@@ -54,6 +54,8 @@ def check_proxy_environment() -> None:
         name = _variable(scheme, url)
         try:
             proxy = httpx.Proxy(url if "://" in url else f"http://{url}")  # as httpx reads it
+            if not proxy.url.host:  # httpx takes one, and every connection then fails
+                raise ValueError("no host")
         except (ValueError, httpx.InvalidURL):
             raise InvalidValueError(
                 f"${name} is not a proxy URL this client can use (http://, https:// or"

@@ -37,6 +37,9 @@ def _no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         ("HTTPS_PROXY=socks5://127.0.0.1:1", BackendUnavailableError),
         ("HTTP_PROXY=ftp://user:s3cret@x:1", InvalidValueError),
         ("http_proxy=http://[::1", InvalidValueError),
+        # No host: httpx took them and every call failed to connect, in 5 s.
+        ("HTTPS_PROXY=http://user:s3cret@", InvalidValueError),
+        ("ALL_PROXY=http://:3128", InvalidValueError),
     ],
 )
 def test_a_proxy_variable_it_cannot_use_is_a_clear_error_naming_it(
