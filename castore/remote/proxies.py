@@ -76,8 +76,9 @@ def proxy_variable(client: httpx.Client, url: str) -> str | None:
     failed was the proxy's, not the server's.
     """
     target = httpx.URL(url)
-    if client._transport_for_url(target) is client._transport:
-        return None
+    mounted = getattr(client, "_transport_for_url", None)  # httpx's own (0.27-0.29): private
+    if mounted is None or mounted(target) is getattr(client, "_transport", None):
+        return None  # no proxy, or an httpx that chooses otherwise: the error names none
     found = urllib.request.getproxies()
     scheme = target.scheme if found.get(target.scheme) else "all"
     return "$" + _variable(scheme, found.get(scheme, ""))

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import cast
 
+import httpx
 import pytest
 
 from castore import CastoreError, Store
 from castore.errors import BackendUnavailableError, InvalidValueError
+from castore.remote.proxies import proxy_variable
 from castore.wire import EntryValue
 from tests.helpers import CASTORE_PATH
 from tests.integration.fakeserver import mp
@@ -113,3 +116,12 @@ def test_a_proxy_that_cannot_be_reached_is_named_in_the_error(fake, monkeypatch,
     assert fake.calls == []
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # exempt: straight to the server, as before
     assert Store(fake.url, dag="d").get("k").value is None
+
+
+def test_an_httpx_that_chooses_proxies_otherwise_names_none(monkeypatch):
+    # proxy_variable asks httpx's private Client._transport_for_url: an httpx without it
+    # must cost the error its proxy's name only, never a traceback (the lead's review).
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with httpx.Client() as client:
+        assert proxy_variable(client, "http://127.0.0.1:7070") == "$HTTP_PROXY"
+    assert proxy_variable(cast(httpx.Client, object()), "http://127.0.0.1:7070") is None
