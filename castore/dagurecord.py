@@ -5,7 +5,9 @@ their JSON names exactly or, failing that, case-insensitively, and the last
 one wins; unknown fields are ignored. A record Dagu wrote has each field
 once, spelled exactly, so :func:`decode_record` refuses a record whose
 fields are spelled otherwise (``"Value"`` beside ``"value"``: Dagu would
-serve one of them, and which depends on their order) instead of guessing.
+serve one of them, and which depends on their order) instead of guessing,
+and one whose field holds a type Go cannot decode into it (``"scope": 5``:
+Go's ``json.Unmarshal`` fails, so Dagu reads neither the key nor its list).
 Values are bounded as Dagu's ``int64`` version and Go times are, and as
 castore keeps them (nanoseconds from 1970 in 63 bits). A value nested as
 deep as Dagu allows is read without recursion. Pure, no I/O.
@@ -149,6 +151,8 @@ def decode_record(data: bytes) -> DaguRecord:
     if missing:
         raise ValueError(f"missing field {missing[0]!r}")
     try:
+        for name in ("scope", "namespace", "key"):  # Go fails the whole record otherwise
+            _string(fields, name)  # the file name says which ref it is (Dagu overrides these)
         return DaguRecord(
             normalized=codec.normalize_json(fields["value"]),
             version=_version(fields["version"].strip()),

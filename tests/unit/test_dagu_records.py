@@ -71,6 +71,12 @@ def test_a_record_deeper_than_dagu_reads_is_skipped(store, tmp_path):
         ("missing value", b'"value":1', b'"valeur":1', "missing field 'value'"),
         ("hash not a string", b'"hash":"', b'"hash":7,"x":"', "hash is not a string"),
         ("two objects", b'"value":1', b'"value":1}{"a":1', "multiple JSON values"),
+        # Found by the Dagu compatibility review: Go's json.Unmarshal fails on these (Dagu
+        # cannot read the key, nor list its namespace); castore imported them.
+        ("scope not a string", b'"scope":"dag"', b'"scope":5', "scope is not a string"),
+        ("namespace not a string", b'"namespace":"daily"', b'"namespace":[]', "namespace is not"),
+        ("key not a string", b'"key":"m"', b'"key":{"k":"m"}', "key is not a string"),
+        ("key as true", b'"key":"m"', b'"key":true', "key is not a string"),
     ],
 )
 def test_records_go_reads_otherwise_are_skipped(store, tmp_path, case, old, new, reason):
