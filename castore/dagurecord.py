@@ -121,6 +121,20 @@ def _string(fields: dict[str, str], name: str) -> str:
     return value or ""
 
 
+def _time_text(fields: dict[str, str], name: str) -> str:
+    r"""A time field's text as Go's ``Time.UnmarshalJSON`` reads it: between the quotes, as written.
+
+    Go does not unescape it, so a time holding an escape (``\u005a`` for ``Z``) fails its
+    parse, and Dagu cannot read the record; neither does castore.
+    """
+    text = fields.get(name, "null").strip(" \t\n\r")
+    if text == "null":  # Go leaves the time zero: refused below, as before 1970
+        return ""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        raise ValueError(f"{name} is not a string")
+    return text[1:-1]
+
+
 def _updated_by(text: str) -> DaguUpdatedBy:
     if text.strip() == "null":
         return DaguUpdatedBy()
@@ -157,8 +171,8 @@ def decode_record(data: bytes) -> DaguRecord:
             normalized=codec.normalize_json(fields["value"]),
             version=_version(fields["version"].strip()),
             hash=_string(fields, "hash"),
-            created_ns=_stored_time(_string(fields, "created_at")),
-            updated_ns=_stored_time(_string(fields, "updated_at")),
+            created_ns=_stored_time(_time_text(fields, "created_at")),
+            updated_ns=_stored_time(_time_text(fields, "updated_at")),
             updated_by=_updated_by(fields.get("updated_by", "null")),
         )
     except (msgspec.DecodeError, RecursionError) as exc:

@@ -77,6 +77,10 @@ def test_a_record_deeper_than_dagu_reads_is_skipped(store, tmp_path):
         ("namespace not a string", b'"namespace":"daily"', b'"namespace":[]', "namespace is not"),
         ("key not a string", b'"key":"m"', b'"key":{"k":"m"}', "key is not a string"),
         ("key as true", b'"key":"m"', b'"key":true', "key is not a string"),
+        # Found by the same review: Go reads a time's bytes as written, unescaped, so an
+        # escape (even of a character a time holds) fails its parse; castore decoded it.
+        ("escaped time", b'00.5Z"', b'00.5\\u005a"', "bad time"),
+        ("escaped digit", b'"2026-05-26T', b'"\\u0032026-05-26T', "bad time"),
     ],
 )
 def test_records_go_reads_otherwise_are_skipped(store, tmp_path, case, old, new, reason):
