@@ -17,7 +17,9 @@ import contextlib
 import fcntl
 import os
 import resource
+import sys
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from castore import forks
@@ -74,7 +76,9 @@ class KeptLogs:
         self._guard = threading.Lock()
         forks.track(self)
 
-    def __del__(self) -> None:
+    def __del__(self, _exiting: Callable[[], bool] = sys.is_finalizing) -> None:
+        if _exiting():  # the kernel closes them at exit; the modules' globals may be gone
+            return
         self.close()  # a handle that is never closed does not hold descriptors forever
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import NamedTuple
 
 from castore import forks
@@ -57,7 +58,9 @@ class _Dir:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def __del__(self) -> None:
+    def __del__(self, _exiting: Callable[[], bool] = sys.is_finalizing) -> None:
+        if _exiting():  # the kernel closes them at exit; the modules' globals may be gone
+            return
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
@@ -113,7 +116,9 @@ class KeptLog:
         # older copy of a removed key's log: judged again once the file changes.
         self.judged: Verified | None = None
 
-    def __del__(self) -> None:
+    def __del__(self, _exiting: Callable[[], bool] = sys.is_finalizing) -> None:
+        if _exiting():  # the kernel closes them at exit; the modules' globals may be gone
+            return
         for fd in (self.fd, self.vix_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):

@@ -34,8 +34,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -98,10 +100,11 @@ class StateIndex:
         self._pending_frames: dict[str, bytes] = {}  # key -> its P frame
         forks.track(self)
 
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            self._drop_fd_locked()  # a handle never closed does not hold it forever
-            self._reader.close()
+    def __del__(self, _exiting: Callable[[], bool] = sys.is_finalizing) -> None:
+        if not _exiting():  # at exit the kernel closes them (and modules' globals may be gone)
+            with contextlib.suppress(OSError, AttributeError):
+                self._drop_fd_locked()  # a handle never closed does not hold it forever
+                self._reader.close()
 
     def close(self) -> None:
         """Close the kept append descriptor and forget the parsed file."""
@@ -157,8 +160,7 @@ class StateIndex:
 
     def settled(self, key: str, entry: Entry | None) -> None:
         """Record ``key``'s newest entry, read under its log's shared lock (quietly)."""
-        row = settled_of(key, entry)
-        if row is not None:
+        if (row := settled_of(key, entry)) is not None:
             with contextlib.suppress(OSError):
                 self._append(encode_frame(KIND_SETTLED, ENCODE(row)))
 

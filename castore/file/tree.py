@@ -13,8 +13,9 @@ import _thread  # threading's own primitives: a CLI get need not load threading
 import contextlib
 import os
 import stat
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from castore.errors import UnsafePathError
 from castore.file.fileio import LOCK_TIMEOUT_SECONDS, SHORT_PAUSES, append, locked, read_at
@@ -84,10 +85,11 @@ class Tree(WholeFiles):
         """In a forked child (:mod:`castore.forks`, through its owner): a new lock."""
         self._lock = _thread.allocate_lock()  # the directories' descriptors hold no lock
 
-    def __del__(self) -> None:
-        for fd in [*getattr(self, "_dirs", {}).values(), *getattr(self, "_retired", [])]:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def __del__(self, _exiting: Callable[[], bool] = sys.is_finalizing) -> None:
+        if not _exiting():  # at exit the kernel closes them (and modules' globals may be gone)
+            for fd in [*getattr(self, "_dirs", {}).values(), *getattr(self, "_retired", [])]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # -- resolution -----------------------------------------------------------------
 
@@ -120,8 +122,7 @@ class Tree(WholeFiles):
         if folder == root:
             return self._root_fd(), False
         rel = folder[len(self._prefix) :]
-        parent, owned = self._root_fd(), False
-        path = root
+        parent, owned, path = self._root_fd(), False, root
         for part in rel.split("/"):
             if part in ("", ".", ".."):
                 raise UnsafePathError(f"{folder}: not a plain path inside the store")
@@ -184,8 +185,7 @@ class Tree(WholeFiles):
             if fd is None:
                 continue
             try:
-                now = os.stat(folder, follow_symlinks=False)
-                held = os.fstat(fd)
+                now, held = os.stat(folder, follow_symlinks=False), os.fstat(fd)
                 same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
             except OSError:
                 same = False
