@@ -40,6 +40,8 @@ from castore.records import Entry, VersionRanges
 __all__ = ["RefLog"]
 
 _APPEND = os.O_RDWR | os.O_CREAT | os.O_APPEND
+# A version index that cannot be written (derived data): a read-only store, a full disk.
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 class RefLog:
@@ -157,8 +159,8 @@ class RefLog:
         try:
             return versionindex.open_caught_up(self.layout.fs, self.vix_path, fd, want)
         except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise  # a read-only store falls back to scans; real I/O errors surface
+            if exc.errno not in _UNWRITABLE:
+                raise  # a read-only store or a full disk falls back to scans; I/O errors surface
         try:
             return self.layout.fs.open(self.vix_path, os.O_RDONLY)
         except FileNotFoundError:
