@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from castore.backend import Current, Decide, NewVersion
-from castore.errors import CorruptionError
+from castore.errors import CastoreError, CorruptionError
 from castore.file import fileio, logread
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
@@ -136,7 +136,13 @@ class Writer:
     def _write(self, log: RefLog, decide: Decide) -> tuple[Entry | None, list[Entry]]:
         self._ensure_dir(os.path.dirname(log.path))
         with self._kept.locked(log) as held:
-            tail, known, mode = self._locked_newest(log, held)
+            try:
+                tail, known, mode = self._locked_newest(log, held)
+            except OSError as exc:  # failed reading it (EMFILE): no empty log left either;
+                # a refusal (a lost log, the store gone) leaves what it found
+                if not isinstance(exc, CastoreError) and not os.fstat(held.fd).st_size:
+                    self.layout.fs.unlink(log.path)
+                raise
             written: list[Entry] = []
             try:
                 view = FileLogView(self.reader, self.layout, log, held.fd, tail, known)
