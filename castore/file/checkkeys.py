@@ -28,23 +28,32 @@ def _names_namespace(fs: Tree, keys_path: str, nsdir: str) -> bool:
 
 
 def _never_written(fs: Tree, nsdir: str) -> bool:
-    """True if ``nsdir`` is empty, or holds only ``STATE`` files that name no key.
+    """True if ``nsdir`` is empty, or holds only empty logs and ``STATE`` files naming no key.
 
     ``STATE`` and its temporary files (one being made or rewritten, or left by a
-    kill): each must be whole and name no key. Any other file may be a key's.
+    kill): each must be whole and name no key. An empty log is what a first write
+    killed before it listed its key leaves (reported apart). Any other file may
+    be a key's.
     """
     for name in fs.listdir(nsdir):
         state = name == STATE_NAME or (
             name.startswith((f"{STATE_NAME}.", f".{STATE_NAME}.")) and name.endswith(".tmp")
         )
+        path = os.path.join(nsdir, name)
         try:
-            if not state or not names_no_key(fs.read_file(os.path.join(nsdir, name))):
+            if name.endswith(".log") and _empty_file(fs.stat(path)):
+                continue
+            if not state or not names_no_key(fs.read_file(path)):
                 return False
         except FileNotFoundError:
             continue  # renamed into place, or removed, since the listing
         except (UnsafePathError, OSError):
             return False  # not a file castore reads (check reports a planted one apart)
     return True
+
+
+def _empty_file(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and not st.st_size
 
 
 def check_keys_header(checker: Checking, scope: str, nsdir: str) -> None:

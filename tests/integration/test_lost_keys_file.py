@@ -282,6 +282,40 @@ def test_a_namespace_only_a_refused_write_and_a_list_saw_is_no_finding(tmp_path:
     assert "KEYS does not name its namespace" in [f.problem for f in removed.check().findings]
 
 
+_KILLED_FIRST_WRITE = """
+import os, sys
+from castore import Store
+from castore.file import namespaces
+def list_key(self, *args, **kwargs):
+    os._exit(9)  # killed after it made the new log, before it lists the key in KEYS
+namespaces.Namespaces.list_key = list_key
+Store(sys.argv[1]).set("k", 1, scope="dag", namespace="fresh")
+"""
+
+
+def test_a_first_write_of_a_namespace_killed_before_keys_leaves_no_error(tmp_path: Path) -> None:
+    """Found by a review (thirty-sixth session): a first write of a new namespace killed
+    after it made its log and before it listed the key left the empty log and no KEYS;
+    check reported "KEYS does not name its namespace" (an error, exit 1, and check --repair
+    exit 1 though it left the store ok). An empty log is no key's: it stays an info finding,
+    removed by the repair, and the namespace is one never written."""
+    root = tmp_path / "store"
+    Store(root, dag="d").set("a", 0)
+    argv = [sys.executable, "-c", _KILLED_FIRST_WRITE, str(root)]
+    child = subprocess.run(argv, check=False, timeout=60)
+    assert child.returncode == 9
+    nsdir = Path(keys_path(root, "dag", "fresh")).parent
+    assert [p.stat().st_size for p in nsdir.iterdir()] == [0]  # the new log, empty
+    report = Store(root).check()
+    assert [(f.problem, f.severity) for f in report.findings] == [
+        ("log without a valid frame (0 bytes)", "info")
+    ]
+    assert report.ok
+    assert Store(root).check(repair=True).ok
+    assert Store(root).check().findings == []
+    assert Store(root).set("k", 2, scope="dag", namespace="fresh").version == 1
+
+
 def _lose_all_but_state(root: Path) -> Path:
     s = Store(root, dag="d")
     s.set("a", 1, namespace="ns2")
