@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import resource
 import sys
 import threading
 from collections.abc import Callable
@@ -34,13 +33,11 @@ __all__ = ["KEPT_MAX", "Held", "KeptLogs"]
 def _kept_max() -> int:
     """How many log descriptors a process keeps: 1/16 of its soft ``RLIMIT_NOFILE``.
 
-    At least 32 and at most 1,024 (a server over a thousand keys reopens none;
-    under the common soft limit of 1,024, 64), shared by all of its handles.
+    At most 1,024 (a server over a thousand keys reopens none; under the common
+    soft limit of 1,024, 64), shared by all of its handles. (It was at least 32:
+    half of a limit of 64, which the other caches then took the rest of.)
     """
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return max(32, min(1024, soft // 16))
+    return fileio.descriptor_share(16, 1024)
 
 
 KEPT_MAX = _kept_max()  # descriptors all handles of a process keep open, together

@@ -13,7 +13,7 @@ import os
 
 from castore.backend import Current
 from castore.errors import CastoreError, CorruptionError, NotFoundError
-from castore.file import logread, versionindex
+from castore.file import fileio, logread, versionindex
 from castore.file.behind import refuse_behind_state
 from castore.file.damage import REPAIR_HINT, gone_error
 from castore.file.graves import Graveyard
@@ -28,7 +28,7 @@ from castore.records import Entry
 
 __all__ = ["STATES_KEPT", "Namespaces"]
 
-STATES_KEPT = 256  # namespaces whose STATE (and its two descriptors) a handle keeps
+STATES_KEPT = 256  # namespaces whose STATE (and its two descriptors) a handle keeps, at most
 
 
 class Namespaces:
@@ -104,13 +104,14 @@ class Namespaces:
     def state(self, scope: str, namespace: str) -> StateIndex:
         """The state index of a namespace (each key's newest version, for list).
 
-        A handle keeps those of at most :data:`STATES_KEPT` namespaces, each with its
+        A handle keeps those of at most :data:`STATES_KEPT` namespaces (1/32 of the soft
+        limit of descriptors, :func:`~castore.file.fileio.descriptor_share`), each with its
         ``STATE`` open: past that, it closes them all and starts over (a server's handle
         would run out of descriptors). One still in use elsewhere reopens its file.
         """
         state = self._states.get((scope, namespace))  # every write: no hashing
         if state is None:
-            if len(self._states) >= STATES_KEPT:
+            if len(self._states) >= fileio.descriptor_share(32, STATES_KEPT):  # 2 fds each
                 states, self._states = self._states, {}
                 for old in states.values():
                     old.close()

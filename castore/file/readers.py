@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from castore import forks
 from castore.errors import CorruptionError
-from castore.file import logread
+from castore.file import fileio, logread
 from castore.file.encode import refuse_other
 from castore.file.tree import Tree
 from castore.file.versionindex import (
@@ -34,7 +34,7 @@ from castore.records import Entry
 
 __all__ = ["KEPT_READERS_MAX", "VERIFIED_MAX_BYTES", "KeptLog", "KeptReaders", "Lookup"]
 
-KEPT_READERS_MAX = 32  # logs a handle keeps open for reading (the oldest kept makes room)
+KEPT_READERS_MAX = 32  # logs a handle keeps open for reading, at most (the oldest makes room)
 _PAGE_BITS = 9
 _PAGE = 1 << _PAGE_BITS  # index records read and kept at a time (4 KiB)
 _PAGES_MAX = 256  # pages kept per log (1 MiB), cleared when full
@@ -271,7 +271,8 @@ class KeptReaders:
         with self._guard:
             kept_now = self._kept
             kept_now.pop(path, None)
-            while len(kept_now) >= KEPT_READERS_MAX:
+            most = fileio.descriptor_share(32, KEPT_READERS_MAX)  # up to 3 descriptors each
+            while len(kept_now) >= most:
                 del kept_now[next(iter(kept_now))]  # the oldest kept
             kept_now[path] = kept
         return kept

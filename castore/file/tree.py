@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from castore.errors import UnsafePathError
+from castore.file import fileio
 from castore.file.fileio import LOCK_TIMEOUT_SECONDS, SHORT_PAUSES, append, locked, read_at
 from castore.file.modes import (
     PRIVATE,
@@ -38,7 +39,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OUT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO never blocks an open
 _NOT_NAMES = frozenset(("", ".", ".."))  # a final component that is no file's name
-_MAX_CACHED_DIRS = 256  # directory descriptors a Tree keeps open; more are opened per call
 
 
 class Tree(WholeFiles):
@@ -65,8 +65,7 @@ class Tree(WholeFiles):
     def close(self, *, root: bool = False) -> None:
         """Close the cached directory descriptors but the root's (it stays usable).
 
-        ``root``: stop using them all, the root's too, without closing them yet
-        (another thread may be in a call on one): they are closed with the rest.
+        ``root``: stop using the root's too, closed later with the rest (a thread may use one).
         """
         with self._lock:
             if root:
@@ -200,7 +199,8 @@ class Tree(WholeFiles):
 
     def _cache(self, path: str, fd: int) -> bool:
         with self._lock:
-            if path in self._dirs or len(self._dirs) >= _MAX_CACHED_DIRS:
+            # at most 256 kept, and 1/16 of the descriptors a process may open; more: per call
+            if path in self._dirs or len(self._dirs) >= fileio.descriptor_share(16, 256):
                 return False
             self._dirs[path] = fd
             return True

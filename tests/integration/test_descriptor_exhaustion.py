@@ -1,4 +1,4 @@
-"""A process out of descriptors (EMFILE): a failed call leaves nothing behind.
+"""A process out of descriptors (EMFILE): caches leave room for calls; a failed one leaves nothing.
 
 A server whose descriptors are all taken (idle keep-alive connections, a burst
 of clients) fails store calls with ``OSError(EMFILE)``, answered 500
@@ -8,6 +8,12 @@ first write of a key that fails writes nothing, and leaves nothing that
 ``prlimit --nofile=64:64``: a first write of a new namespace failing while
 it read its log left the empty log and no ``KEYS``, which ``check`` reported
 as an error it could not repair, exit 1.)
+
+A handle's caches of open descriptors (directories, ``STATE`` files, logs kept
+for reads and for writes) were sized without the process's limit: a server
+under ``--nofile=256:256`` answered every request 500 ``EMFILE`` after reading
+236 namespaces, for good, with no client connected. The oracle there is the
+local store's answer to the same calls.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import shutil
 from typing import Any
 
+import httpx
 import pytest
 
 from castore import Store
 from tests.helpers import tree
+from tests.integration.test_server import Server, base_env
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +72,40 @@ def test_a_first_write_failing_with_emfile_leaves_nothing_check_reports(
             assert [p for p in tree(root) if p.endswith(".log")] == before, nth
             assert not store.get("new", scope="dag", namespace="fresh").found
     assert nth > 5  # the opens of a first write: the one that left an empty log among them
+
+
+def test_a_server_with_few_descriptors_serves_a_store_of_many_namespaces(
+    tmp_path: pathlib.Path,
+) -> None:
+    namespaces = [f"n{i}" for i in range(150)]
+    root = tmp_path / "store"
+    with Store(str(root), durable=False) as store:
+        for namespace in namespaces:
+            store.set("k", 1, scope="dag", namespace=namespace)
+            store.list(scope="dag", namespace=namespace)  # makes STATE there
+    shutil.copytree(root, tmp_path / "twin")
+    # `ulimit -n 128`: the soft and the hard limit, which serve cannot raise then
+    limited = ("sh", "-c", 'ulimit -n 128 && exec "$0" "$@"')
+    server = Server(tmp_path / "server", str(root), env=base_env(tmp_path), prefix=limited)
+    try:
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as client,
+            Store(str(tmp_path / "twin")) as twin,
+        ):
+            for namespace in namespaces:
+                fields = {"dag": namespace, "key": "k"}
+                answer = client.post("/v1/set", json={**fields, "value": 2})
+                assert answer.status_code == 200, (namespace, answer.text)
+                local = twin.set("k", 2, scope="dag", namespace=namespace)
+                assert answer.json()["hash"] == local.hash
+                assert answer.json()["version"] == local.version
+                for op, body in [
+                    ("get", fields),
+                    ("history", fields),
+                    ("list", {"dag": namespace}),
+                ]:
+                    answer = client.post(f"/v1/{op}", json=body)
+                    assert answer.status_code == 200, (namespace, op, answer.text)
+            assert client.get("/healthz").status_code == 200
+    finally:
+        assert server.stop() == 0

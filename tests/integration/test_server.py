@@ -62,12 +62,13 @@ class Server:
         *args: str,
         env: dict[str, str],
         ignore_sigint: bool = False,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.stderr_path = tmp / "stderr"
         self.log_path = tmp / "access.log"
-        argv = [sys.executable, "-m", "castore", "--dir", location, "serve"]
+        argv = [*prefix, sys.executable, "-m", "castore", "--dir", location, "serve"]
         argv += ["--listen", "127.0.0.1:0", "--access-log", str(self.log_path), *args]
         with open(self.stderr_path, "wb") as err:
             if ignore_sigint:  # as a script's `castore serve &` starts it: exec keeps SIG_IGN
