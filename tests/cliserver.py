@@ -19,7 +19,8 @@ server, which forks the command and waits for it, so commands run
 concurrently while the server itself stays single-threaded. The server ends
 when its standard input (the test process's pipe) closes.
 
-Run as ``python -m tests.cliserver SOCKET``.
+Run as ``python -m tests.cliserver NAME``: it listens on the abstract Unix socket
+``NAME`` (Linux: no file, so no path length limit and nothing left behind).
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def _serve(conn: socket.socket) -> None:
     os._exit(0)
 
 
-def main(path: str) -> None:
-    """Listen on ``path``; fork a child per connection until standard input closes."""
+def main(name: str) -> None:
+    """Listen on the abstract socket ``name``; fork a child per connection until stdin closes."""
     _preload()
     control, hello = os.dup(0), os.dup(1)  # the test process's pipes: control closes with it
     null = os.open(os.devnull, os.O_RDWR)
@@ -123,17 +124,12 @@ def main(path: str) -> None:
         os.dup2(null, fd)
     os.close(null)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
+    server.bind("\0" + name)
     server.listen(128)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     os.write(hello, b"ready\n")
     os.close(hello)
-    try:
-        _accept(server, control)
-    finally:  # the directory is this server's own (tests/forkedcli.py): leave nothing in /tmp
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-            os.rmdir(os.path.dirname(path))
+    _accept(server, control)
 
 
 def _accept(server: socket.socket, control: int) -> None:

@@ -13,6 +13,7 @@ import atexit
 import json
 import os
 import pathlib
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,37 +33,43 @@ class _Server:
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
-        self.dir = ""
+        self.address = ""  # the server's socket: a Linux abstract name (a NUL, then the name)
         self.pid = 0  # the process that started the server (a forked child starts its own)
 
     def started(self, env: dict[str, str]) -> str:
-        """The server's socket path (started with ``env``'s start-up variables first)."""
+        """The server's socket address (started with ``env``'s start-up variables first).
+
+        An abstract socket name, not a path: a path below a long ``TMPDIR`` would pass
+        the 108 bytes of an ``AF_UNIX`` address, and nothing is left on disk.
+        """
         with self.lock:
             if self.proc is None or self.proc.poll() is not None or os.getpid() != self.pid:
-                self.dir = tempfile.mkdtemp(prefix="castore-cli-")
+                name = f"castore-cli-{os.getpid()}-{secrets.token_hex(8)}"
                 self.env = {k: v for k, v in env.items() if k.startswith(_START_UP) or k == "PATH"}
-                path = os.path.join(self.dir, "socket")
                 root = str(pathlib.Path(__file__).resolve().parents[1])
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "tests.cliserver", path],
+                    [sys.executable, "-m", "tests.cliserver", name],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
                     env={**self.env, "PYTHONPATH": f"{root}{os.pathsep}{env['PYTHONPATH']}"},
-                    cwd=self.dir,
+                    cwd=root,
                 )
+                self.address = "\0" + name
                 self.pid = os.getpid()
                 assert self.proc.stdout is not None
                 assert self.proc.stdout.readline() == b"ready\n", (
                     "the CLI fork server did not start"
                 )
-            return os.path.join(self.dir, "socket")
+            return self.address
 
     def stop(self) -> None:
         if self.proc is not None and os.getpid() == self.pid:
             assert self.proc.stdin is not None
             self.proc.stdin.close()  # the server ends when its standard input does
             self.proc.wait(30)
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
 
 
 _SERVER = _Server()
@@ -96,7 +103,7 @@ def run(
     argv: list[Any], env: dict[str, str], cwd: Any, feed: bytes | None, timeout: float
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` (``python -m castore ARGS``) forked by the server, as subprocess.run would."""
-    path = _SERVER.started(env)
+    address = _SERVER.started(env)
     with tempfile.TemporaryDirectory(prefix="castore-cmd-") as work:
         out, err = os.path.join(work, "out"), os.path.join(work, "err")
         request = {
@@ -110,7 +117,7 @@ def run(
         }
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
-            conn.connect(path)
+            conn.connect(address)
             conn.sendall(json.dumps(request).encode() + b"\n")
             answers = conn.makefile("rb")
             pid = int(answers.readline())

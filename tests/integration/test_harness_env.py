@@ -1,0 +1,46 @@
+"""The test harness itself under the environments CI may give it.
+
+CI clones the project somewhere unknown, on a machine whose ``TMPDIR``,
+descriptors, users and load are its own: a harness that works only here turns a
+run red for no fault of castore's. Each test puts the harness under one such
+condition and compares with what it does without it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+import castore
+from tests import forkedcli
+from tests.helpers import Cli
+
+pytestmark = pytest.mark.integration
+
+# A directory this long puts any ``AF_UNIX`` path below it past the 108 bytes of one.
+LONG_NAME = "t" * 110
+
+
+def test_the_cli_fork_server_starts_under_a_tmpdir_too_long_for_a_socket_path(
+    tmp_path, monkeypatch
+):
+    """The fork server's socket was a path below ``TMPDIR``: a long one failed every
+    CLI test (``the CLI fork server did not start``)."""
+    long_tmp = tmp_path / LONG_NAME
+    long_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    server = forkedcli._Server()  # not the session's: this one starts below long_tmp
+    monkeypatch.setattr(forkedcli, "_SERVER", server)
+    cli = Cli(tmp_path, tmp_path / "store")
+    assert forkedcli.serves(cli.env, None)
+    try:
+        assert cli.ok("set", "k", "1")["version"] == 1
+        assert server.proc is not None  # the command went through the fork server
+    finally:
+        server.stop()
+    store = castore.Store(tmp_path / "store", dag="d")
+    assert store.get("k").value == 1  # the oracle: the library reads what the command wrote
+    store.close()
+    assert os.listdir(long_tmp) == []  # nothing left below TMPDIR
