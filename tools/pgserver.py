@@ -10,7 +10,8 @@ Run from the checkout root::
 highest version first; ``--install`` installs the ``postgresql`` package with apt
 when they are missing), runs ``initdb`` into ``DIR/data`` with scram-sha-256
 authentication and a superuser ``castore`` with a random password, starts the
-server on a free port of 127.0.0.1 (and a Unix socket in ``DIR/sock``), creates the
+server on a free port of 127.0.0.1 (and a Unix socket in ``DIR/sock`` unless that path
+is too long for one: TCP only then; nothing here uses the socket), creates the
 database ``castore_test`` and prints one line, its URL. ``DIR/url`` holds the same
 URL and ``DIR/env`` a shell line exporting it as ``CASTORE_TEST_POSTGRES``; both
 are readable only by their owner. ``restart`` stops the server abruptly (``-m
@@ -269,11 +270,16 @@ def _conf_string(value: str) -> str:
 
 
 def _write_settings(data: pathlib.Path, sock: pathlib.Path, port: int) -> None:
-    """``DATA/castore.conf``: loopback only, the port, the socket directory, sizes."""
+    """``DATA/castore.conf``: loopback only, the port, the socket directory, sizes.
+
+    No Unix socket where ``sock``'s would pass an ``AF_UNIX`` address's length (a
+    long ``TMPDIR``): the server then listens on TCP only, which is all it is used by.
+    """
+    fits = len(str(sock / f".s.PGSQL.{port}")) <= UNIX_SOCKET_PATH_MAX
     settings = {
         "listen_addresses": _conf_string("127.0.0.1"),
         "port": str(port),
-        "unix_socket_directories": _conf_string(str(sock)),
+        "unix_socket_directories": _conf_string(str(sock) if fits else ""),
         "fsync": "on",  # crash tests need real durability
         "synchronous_commit": "on",
         "full_page_writes": "on",
@@ -417,8 +423,6 @@ def start(
 
 def _start_in(directory: pathlib.Path, bin_dir: pathlib.Path, run_as: _RunAs) -> Server:
     data, sock, log = _layout(directory)
-    if len(str(sock / ".s.PGSQL.65535")) > UNIX_SOCKET_PATH_MAX:
-        raise PgServerError(f"{directory} is too long a path for a Unix socket below it")
     if run_as.uid is not None:
         directory.chmod(0o711)  # the server's user passes through; it lists nothing
     _check_searchable(directory, run_as)

@@ -9,6 +9,8 @@ condition and compares with what it does without it.
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
 import tempfile
 
 import pytest
@@ -44,3 +46,29 @@ def test_the_cli_fork_server_starts_under_a_tmpdir_too_long_for_a_socket_path(
     assert store.get("k").value == 1  # the oracle: the library reads what the command wrote
     store.close()
     assert os.listdir(long_tmp) == []  # nothing left below TMPDIR
+
+
+def test_pgserver_starts_below_a_directory_too_long_for_a_unix_socket():
+    """tools/pgserver.py refused a directory whose socket path would pass 108 bytes, and
+    tests/conftest.py makes the second xdist worker's server below ``TMPDIR``: a long
+    ``TMPDIR`` failed the whole run. The server is reached over TCP only."""
+    from tests.conftest import POSTGRES_DIR, _need_postgres
+    from tools import pgserver
+
+    if not POSTGRES_DIR:  # where tools/pgserver.py started the test server, it works here
+        _need_postgres("CASTORE_TEST_POSTGRES_DIR is not set (tools/pgserver.py start)")
+    import psycopg
+
+    base = pathlib.Path(tempfile.mkdtemp(prefix="castore-pg-long-"))
+    base.chmod(0o711)  # as root the server runs as another user, who must pass through
+    directory = base / LONG_NAME
+    try:
+        server = pgserver.start(directory)
+        try:
+            with psycopg.connect(server.url, connect_timeout=30) as conn:
+                row = conn.execute("SELECT current_database()").fetchone()
+            assert row == ("castore_test",)
+        finally:
+            pgserver.stop(directory)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
