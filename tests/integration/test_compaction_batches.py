@@ -169,7 +169,13 @@ def test_a_writer_stalled_on_one_key_holds_up_no_write_to_the_other_keys(
 
         thread = threading.Thread(target=compaction)
         thread.start()
-        time.sleep(1.0)  # it waits for k20 now
+        # It compacts k00 (not a timed wait: a loaded machine may take seconds), then
+        # waits for k20; the old code held k00 meanwhile, and never got this far.
+        deadline = time.monotonic() + 60
+        with Store(root, dag="d") as reader:
+            while [e.version for e in reader.history("k00").entries] != [2]:
+                assert time.monotonic() < deadline, "k00 was never compacted"
+                time.sleep(0.01)
         with Store(root, dag="d", lock_timeout=3) as writer:
             written = writer.set("k00", {"new": True}).version
         assert reports == []  # still waiting for k20
