@@ -64,6 +64,15 @@ def random_text(size: int, seed: int = 7) -> str:
 # -- history -------------------------------------------------------------------------
 
 
+def process_user() -> str:
+    """The audit's user (docs/CLI.md): ``getpass.getuser()``'s, empty where it finds none
+    (a uid without a password database entry, no ``$LOGNAME`` or ``$USER``)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
 def test_history_lists_every_version_newest_first_with_audit(store_location, monkeypatch):
     monkeypatch.setenv("DAG_NAME", "daily")
     monkeypatch.setenv("DAG_RUN_ID", "env-run")
@@ -92,7 +101,7 @@ def test_history_lists_every_version_newest_first_with_audit(store_location, mon
         assert RFC3339.fullmatch(e.time), e.time
         assert (e.dag_name, e.attempt, e.pid) == ("d", "attempt-1", os.getpid())  # dag= wins
         assert e.host == socket.gethostname()
-        assert e.user == getpass.getuser()
+        assert e.user == process_user()
     times = [parse_go_time(e.time) for e in entries]  # trimmed fractions do not sort as text
     assert times == sorted(times, reverse=True)
     # The environment gives run id, step and actor unless the Store overrides them.
