@@ -269,7 +269,7 @@ def _conf_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _write_settings(data: pathlib.Path, sock: pathlib.Path, port: int) -> None:
+def _write_settings(data: pathlib.Path, sock: pathlib.Path, port: int, run_as: _RunAs) -> None:
     """``DATA/castore.conf``: loopback only, the port, the socket directory, sizes.
 
     No Unix socket where ``sock``'s would pass an ``AF_UNIX`` address's length (a
@@ -287,7 +287,9 @@ def _write_settings(data: pathlib.Path, sock: pathlib.Path, port: int) -> None:
         "max_connections": "200",
     }
     text = "".join(f"{name} = {value}\n" for name, value in settings.items())
-    (data / "castore.conf").write_text(text)
+    conf = data / "castore.conf"
+    conf.write_text(text)
+    _chown(conf, run_as)  # the server's to read, whatever the umask (077: root's alone)
 
 
 def _log_tail(log: pathlib.Path) -> str:
@@ -494,7 +496,7 @@ def _start_on_free_port(directory: pathlib.Path, bin_dir: pathlib.Path, run_as: 
     data, sock, log = _layout(directory)
     for attempt in range(1, START_ATTEMPTS + 1):
         port = _free_port()
-        _write_settings(data, sock, port)
+        _write_settings(data, sock, port, run_as)
         try:
             _pg_ctl_start(bin_dir, directory, run_as)
         except PgServerError:

@@ -48,10 +48,9 @@ def test_the_cli_fork_server_starts_under_a_tmpdir_too_long_for_a_socket_path(
     assert os.listdir(long_tmp) == []  # nothing left below TMPDIR
 
 
-def test_pgserver_starts_below_a_directory_too_long_for_a_unix_socket():
-    """tools/pgserver.py refused a directory whose socket path would pass 108 bytes, and
-    tests/conftest.py makes the second xdist worker's server below ``TMPDIR``: a long
-    ``TMPDIR`` failed the whole run. The server is reached over TCP only."""
+def _pgserver_answers(name: str) -> None:
+    """tools/pgserver.py starts a server in a new directory ``name`` below ``TMPDIR``; it
+    answers a query; it is stopped and its directory removed."""
     from tests.conftest import POSTGRES_DIR, _need_postgres
     from tools import pgserver
 
@@ -59,9 +58,9 @@ def test_pgserver_starts_below_a_directory_too_long_for_a_unix_socket():
         _need_postgres("CASTORE_TEST_POSTGRES_DIR is not set (tools/pgserver.py start)")
     import psycopg
 
-    base = pathlib.Path(tempfile.mkdtemp(prefix="castore-pg-long-"))
+    base = pathlib.Path(tempfile.mkdtemp(prefix="castore-pg-env-"))
     base.chmod(0o711)  # as root the server runs as another user, who must pass through
-    directory = base / LONG_NAME
+    directory = base / name
     try:
         server = pgserver.start(directory)
         try:
@@ -70,5 +69,24 @@ def test_pgserver_starts_below_a_directory_too_long_for_a_unix_socket():
             assert row == ("castore_test",)
         finally:
             pgserver.stop(directory)
+        assert not directory.exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_pgserver_starts_below_a_directory_too_long_for_a_unix_socket():
+    """tools/pgserver.py refused a directory whose socket path would pass 108 bytes, and
+    tests/conftest.py makes the second xdist worker's server below ``TMPDIR``: a long
+    ``TMPDIR`` failed the whole run. The server is reached over TCP only."""
+    _pgserver_answers(LONG_NAME)
+
+
+def test_pgserver_starts_under_umask_077():
+    """As root, tools/pgserver.py wrote the server's ``castore.conf`` as root's: under
+    umask 077 the server's user could not read it, and every start failed (CI's
+    ``.ci/run``, and the second xdist worker's server)."""
+    old = os.umask(0o077)
+    try:
+        _pgserver_answers("server")
+    finally:
+        os.umask(old)
