@@ -20,6 +20,9 @@ connection past it. It maps the driver's errors to castore's:
 * a lock not taken within the handle's ``lock_timeout``:
   :class:`~castore.errors.LockTimeoutError`.
 
+A pipelined write that fails closes its connection: psycopg may count a
+statement the server skipped after the failure as prepared.
+
 A handle used in a forked child makes its own connections there, and leaves
 the parent's alone.
 """
@@ -293,6 +296,13 @@ class Database:
             )
         return StoreUnavailableError(f"{self.location.shown}: {what} failed: {self.clean(exc)}")
 
+    def _repeated(self, what: str) -> CorruptionError:
+        """The error of a write whose version row exists already (rolled back)."""
+        return CorruptionError(
+            f"{self.location.shown}: {what}: a version row already holds the "
+            "version after the key's copy of its newest: run castore check --repair"
+        )
+
     def fetch(self, query: str, params: Sequence[Any] = (), what: str = "reading") -> list[Row]:
         """The rows of one query, run alone (autocommit)."""
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
@@ -382,11 +392,10 @@ class Database:
                     # Only the server's error on a live connection proves a COMMIT rolled back.
                     failure = self._unavailable(exc, what, committing and lost)
                 except pg_errors.UniqueViolation:  # the row was rolled back
-                    failure = CorruptionError(
-                        f"{self.location.shown}: {what}: a version row already holds the "
-                        "version after the key's copy of its newest: run castore check --repair"
-                    )
+                    failure = self._repeated(what)
                 except psycopg.Error as exc:
                     failure = self._unavailable(exc, what, False)
+                if pipeline:  # psycopg may count a statement the server skipped as prepared
+                    session.drop()
                 raise failure  # out of the except block: the driver's words are not kept
             raise AssertionError("unreachable")  # pragma: no cover
