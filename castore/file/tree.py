@@ -123,17 +123,17 @@ class Tree(WholeFiles):
         rel = folder[len(self._prefix) :]
         parent, owned, path = self._root_fd(), False, root
         for part in rel.split("/"):
-            if part in ("", ".", ".."):
-                raise UnsafePathError(f"{folder}: not a plain path inside the store")
             path = f"{path}/{part}"
-            cached = self._dirs.get(path)
-            if cached is not None:
-                child, child_owned = cached, False
-            else:
-                child = self._open_dir(parent, part, path, create=create, durable=durable)
-                child_owned = not self._cache(path, child)
-            if owned:
-                os.close(parent)
+            try:
+                if part in ("", ".", ".."):
+                    raise UnsafePathError(f"{folder}: not a plain path inside the store")
+                child, child_owned = self._dirs.get(path, -1), False
+                if child < 0:
+                    child = self._open_dir(parent, part, path, create=create, durable=durable)
+                    child_owned = not self._cache(path, child)
+            finally:  # one past the cache (a missing child too): this call's to close
+                if owned:
+                    os.close(parent)
             parent, owned = child, child_owned
         return parent, owned
 

@@ -109,3 +109,27 @@ def test_a_server_with_few_descriptors_serves_a_store_of_many_namespaces(
             assert client.get("/healthz").status_code == 200
     finally:
         assert server.stop() == 0
+
+
+def test_reads_of_missing_namespaces_past_the_directory_cache_leak_no_descriptor(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk to a missing directory closes the one it opened on the way (not cached).
+
+    With the directory cache at 1/16 of the soft limit (64 under 1,024), a scope's
+    directory opened once the cache was full was closed by nobody when the
+    namespace below it was missing: each get leaked descriptors (a server under
+    the common limit: 200 gets of new namespaces in another scope, +600).
+    """
+    from castore.file import fileio
+
+    monkeypatch.setattr(fileio, "descriptor_share", lambda share, most: 1)
+    with Store(str(tmp_path / "store")) as store:
+        store.set("k", 1, scope="dag", namespace="a")  # the cache holds refs/ (and the root)
+        store.set("k", 1, scope="global", namespace="x")
+        store.get("k", scope="global", namespace="missing")
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(50):
+            assert not store.get("k", scope="global", namespace=f"missing{i}").found
+            assert store.list(scope="global", namespace=f"missing{i}").entries == []
+        assert len(os.listdir("/proc/self/fd")) == before
