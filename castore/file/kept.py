@@ -27,20 +27,18 @@ from castore.file import fileio
 from castore.file.reflog import RefLog
 from castore.forks import FORKS
 
-__all__ = ["KEPT_MAX", "Held", "KeptLogs"]
+__all__ = ["Held", "KeptLogs", "kept_max"]
 
 
-def _kept_max() -> int:
-    """How many log descriptors a process keeps: 1/16 of its soft ``RLIMIT_NOFILE``.
+def kept_max() -> int:
+    """How many log descriptors a process keeps: 1/16 of its soft ``RLIMIT_NOFILE`` now.
 
     At most 1,024 (a server over a thousand keys reopens none; under the common
     soft limit of 1,024, 64), shared by all of its handles. (It was at least 32:
-    half of a limit of 64, which the other caches then took the rest of.)
+    half of a limit of 64, which the other caches then took the rest of; and it
+    was read once, at import, before ``castore serve`` raised its limit.)
     """
     return fileio.descriptor_share(16, 1024)
-
-
-KEPT_MAX = _kept_max()  # descriptors all handles of a process keep open, together
 
 
 class _Budget:
@@ -62,7 +60,7 @@ forks.track(_BUDGET)
 class KeptLogs:
     """A pool of log descriptors, by path, for the writes of one handle.
 
-    Every handle of a process draws on one budget of :data:`KEPT_MAX`
+    Every handle of a process draws on one budget of :func:`kept_max`
     descriptors: a process that opens many handles does not run out of
     descriptors, and one busy handle (a server's) may keep them all.
     """
@@ -113,7 +111,7 @@ class KeptLogs:
 
     @staticmethod
     def _room() -> bool:
-        return _BUDGET.kept < KEPT_MAX
+        return _BUDGET.kept < kept_max()
 
     def _give(self, path: str, fd: int, forks_seen: int) -> None:
         """Keep ``fd`` for ``path`` if the budget allows (a full pool keeps what it has).
@@ -125,7 +123,7 @@ class KeptLogs:
         with self._guard:
             if path not in self._fds and self._pid == os.getpid():
                 with _BUDGET.lock:
-                    room = _BUDGET.kept < KEPT_MAX
+                    room = _BUDGET.kept < kept_max()
                     if room:
                         _BUDGET.kept += 1
                 if room:

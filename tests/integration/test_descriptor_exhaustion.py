@@ -18,6 +18,7 @@ local store's answer to the same calls.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pathlib
@@ -133,3 +134,33 @@ def test_reads_of_missing_namespaces_past_the_directory_cache_leak_no_descriptor
             assert not store.get("k", scope="global", namespace=f"missing{i}").found
             assert store.list(scope="global", namespace=f"missing{i}").entries == []
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_write_logs_kept_follow_the_limit_as_it_is_now(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept write logs are 1/16 of the soft limit when they are kept, not at import.
+
+    ``castore serve`` raises its limit after castore is imported; the budget was
+    read once then (a server started under 1,024 kept 64 logs after raising it,
+    and a process whose limit fell since kept more than 1/16 of it).
+    """
+    import importlib
+    import resource
+
+    importlib.import_module("castore.file.kept")  # imported, as by serve before it raises it
+    soft = 128  # the limit now: 8 kept write logs (the process's real one is higher)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (soft, soft))
+
+    def logs_open() -> int:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        mine = os.path.realpath(tmp_path) + "/"  # not other tests' handles' logs
+        return sum(name.startswith(mine) and name.endswith(".log") for name in names)
+
+    with Store(str(tmp_path / "store"), durable=False) as store:
+        for i in range(40):
+            store.set(f"k{i}", i, scope="dag", namespace="a")
+        assert logs_open() <= soft // 16

@@ -145,14 +145,14 @@ def test_the_kept_log_descriptors_are_one_budget_for_all_handles(tmp_path):
     stores = [Store(tmp_path / "store", dag=DAG, durable=False) for _ in range(6)]
     try:
         for number, store in enumerate(stores):
-            for key in range(kept.KEPT_MAX // 2 + 8):
+            for key in range(kept.kept_max() // 2 + 8):
                 store.set(f"k{key}", number)
-        assert open_files(".log", tmp_path) <= kept.KEPT_MAX
+        assert open_files(".log", tmp_path) <= kept.kept_max()
     finally:
         for store in stores:
             store.close()
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    assert max(1, min(1024, soft // 16)) == kept.KEPT_MAX
+    assert max(1, min(1024, soft // 16)) == kept.kept_max()
 
 
 def _write_turns(write_end: int) -> None:
