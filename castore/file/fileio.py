@@ -203,17 +203,23 @@ def commit(fd: int, data: bytes, size: int, *, durable: bool, forget: Callable[[
     failpoint("after-append")
 
 
+_LIMIT: list[float] = [0, -1e9]  # the soft RLIMIT_NOFILE as last read, and when read
+_LIMIT_READ_EVERY = 1.0  # seconds: a cache asks per kept descriptor, a write per call
+
+
 def descriptor_share(share: int, most: int) -> int:
     """How many descriptors a cache may keep: the soft ``RLIMIT_NOFILE`` // ``share``.
 
-    At most ``most``, at least 1; read as a cache takes one more (``castore serve`` raises
-    its soft limit after it opened its store). A cache sized without the limit kept the
-    descriptors a process needs for its calls and connections: a server under
-    ``--nofile=256:256`` answered every request ``EMFILE`` after reading 236 namespaces.
+    At most ``most``, at least 1. The limit is read again at most once a second (every
+    write asks; ``castore serve`` raises its limit after it opened its store). A cache
+    sized without the limit kept the descriptors a process needs for its calls and
+    connections: a server under ``--nofile=256:256`` answered every request ``EMFILE``
+    after reading 236 namespaces.
     """
-    import resource  # not on the CLI's quick paths
+    now = time.monotonic()
+    if now - _LIMIT[1] > _LIMIT_READ_EVERY:
+        import resource  # not on the CLI's quick paths
 
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return max(1, min(most, soft // share))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        _LIMIT[:] = [1 << 20 if soft == resource.RLIM_INFINITY else soft, now]
+    return max(1, min(most, int(_LIMIT[0]) // share))

@@ -12,11 +12,10 @@ connection past it. It maps the driver's errors to castore's:
   never its credentials. A connection found broken before the transaction's
   ``COMMIT`` was sent (a server restart while the handle was idle) is made
   again (the pool's idle ones are closed too) and the operation run once
-  more: nothing of it was applied. A
-  connection lost while ``COMMIT`` was in flight is reported as such: the
-  write may or may not have been applied (read the key to know; a retried
-  ``set`` writes a new version, a retried conditional write reports a
-  conflict if the first one was applied);
+  more: nothing of it was applied. A connection lost while ``COMMIT`` was in
+  flight is reported as such: the write may or may not have been applied
+  (read the key to know; a retried ``set`` writes a new version, a retried
+  conditional write reports a conflict if the first one was applied);
 * a lock not taken within the handle's ``lock_timeout``:
   :class:`~castore.errors.LockTimeoutError`.
 
