@@ -240,8 +240,8 @@ def upgrade_schema(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, int]:
     An upgrade creates a missing store, adds version 2's ``prev`` column to a
     store at version 1 (a change of the catalog only: no row is rewritten),
     and leaves a current one as it is, but for the trigger that refuses a
-    version-1 castore's rows, which a store upgraded before that trigger
-    existed gets now. Run in one transaction.
+    version-1 castore's rows, which a version-2 store without it gets (one
+    upgraded before that trigger existed). Run in one transaction.
     """
     _lock(cur, schema)
     before = version_of(cur, schema, older=True)
@@ -265,10 +265,11 @@ def upgrade_schema(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, int]:
 
 
 def _needs_old_writers_refused(cur: psycopg.Cursor[Any], schema: str) -> bool:
-    """Whether a version-2 store came from version 1 without the trigger refusing its writers.
+    """Whether a version-2 store lacks the trigger that refuses a version-1 castore's rows.
 
-    Rows without ``prev`` were written at version 1; the trigger came with castore's
-    upgrade only since 2026-12-06, so a store upgraded before has none (nor its function).
+    The trigger came with castore's upgrade only on 2026-12-06: a store upgraded
+    before has none (an empty one, or one whose old rows compaction dropped, shows
+    no other sign of it), nor does a store made at version 2. Each gets it.
     """
     cur.execute(
         "SELECT EXISTS (SELECT FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
@@ -277,9 +278,4 @@ def _needs_old_writers_refused(cur: psycopg.Cursor[Any], schema: str) -> bool:
         (schema,),
     )
     present = cur.fetchone()
-    if present is None or present[0]:
-        return False
-    query = sql.SQL("SELECT EXISTS (SELECT FROM {}.versions WHERE prev IS NULL)")
-    cur.execute(query.format(sql.Identifier(schema)))
-    unchained = cur.fetchone()
-    return unchained is not None and bool(unchained[0])
+    return present is not None and not present[0]
