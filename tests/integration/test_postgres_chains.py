@@ -46,6 +46,24 @@ def query(location: str, statement: str, params: Any = ()) -> list[tuple[Any, ..
         return cur.fetchall() if cur.description is not None else []
 
 
+OLD_INSERT: Final = (  # a schema-1 castore's row: every column but prev
+    "INSERT INTO versions (ref_id, version, scope, op, time_ns, digest, size, created_ns, "
+    "audit, damaged_from, blob, inline) SELECT ref_id, version + 1, scope, op, time_ns + 1, "
+    "digest, size, created_ns, audit, damaged_from, blob, inline FROM versions "
+    "ORDER BY version DESC LIMIT 1"
+)
+
+
+def upgraded_from_version_1(location: str) -> None:
+    """A filled store made a version-1 one (no ``prev``), then upgraded."""
+    store = Store(location, dag=DAG)
+    fill(store)
+    store.close()
+    query(location, "ALTER TABLE versions DROP COLUMN prev")
+    query(location, "UPDATE castore_meta SET value = '1' WHERE name = 'schema_version'")
+    castore.upgrade(location)
+
+
 def lose(location: str, key: str, version: int) -> None:
     """Delete one version row by hand, as damage would."""
     gone = query(
@@ -290,20 +308,9 @@ def test_a_castore_of_schema_version_1_left_running_across_the_upgrade_writes_no
     # upgrade checked the version once and went on inserting rows without prev; one of
     # them lost read as "no version 5" and check said ok. (tools: the reviewer's script ran
     # the commit before 28dfdb4 as that writer; its inserts are the statement below.)
-    store = Store(postgres_location, dag=DAG)
-    fill(store)
-    store.close()
-    query(postgres_location, "ALTER TABLE versions DROP COLUMN prev")
-    query(postgres_location, "UPDATE castore_meta SET value = '1' WHERE name = 'schema_version'")
-    castore.upgrade(postgres_location)
-    old_insert = (  # a schema-1 castore's row: every column but prev
-        "INSERT INTO versions (ref_id, version, scope, op, time_ns, digest, size, created_ns, "
-        "audit, damaged_from, blob, inline) SELECT ref_id, version + 1, scope, op, time_ns + 1, "
-        "digest, size, created_ns, audit, damaged_from, blob, inline FROM versions "
-        "ORDER BY version DESC LIMIT 1"
-    )
+    upgraded_from_version_1(postgres_location)
     with pytest.raises(psycopg.errors.CheckViolation, match="upgrade this castore"):
-        query(postgres_location, old_insert)
+        query(postgres_location, OLD_INSERT)
     store = Store(postgres_location, dag=DAG)
     written = store.set("k", 7)  # this castore's rows name their prev
     store.set("k", 8)
@@ -354,24 +361,13 @@ def test_an_upgrade_gives_a_store_upgraded_before_the_trigger_existed_its_trigge
     # Oracle: DESIGN.md ("no castore writes a row without it afterwards"). A store upgraded
     # from version 1 by a castore from before that trigger is at version 2 without it: a
     # schema-1 castore still running wrote rows without prev, and `upgrade` did nothing.
-    store = Store(postgres_location, dag=DAG)
-    fill(store)
-    store.close()
-    query(postgres_location, "ALTER TABLE versions DROP COLUMN prev")
-    query(postgres_location, "UPDATE castore_meta SET value = '1' WHERE name = 'schema_version'")
-    castore.upgrade(postgres_location)
+    upgraded_from_version_1(postgres_location)
     query(postgres_location, "DROP TRIGGER castore_rows_name_prev ON versions")
     query(postgres_location, "DROP FUNCTION castore_refuse_rows_without_prev()")
-    old_insert = (  # a schema-1 castore's row: every column but prev
-        "INSERT INTO versions (ref_id, version, scope, op, time_ns, digest, size, created_ns, "
-        "audit, damaged_from, blob, inline) SELECT ref_id, version + 1, scope, op, time_ns + 1, "
-        "digest, size, created_ns, audit, damaged_from, blob, inline FROM versions "
-        "ORDER BY version DESC LIMIT 1"
-    )
     report = castore.upgrade(postgres_location)
     assert (report.from_version, report.to_version) == (2, 2)
     with pytest.raises(psycopg.errors.CheckViolation, match="upgrade this castore"):
-        query(postgres_location, old_insert)
+        query(postgres_location, OLD_INSERT)
     assert castore.upgrade(postgres_location).from_version == 2  # again: nothing to add
     assert [e.version for e in Store(postgres_location, dag=DAG).history("k").entries] == list(
         range(LENGTH, 0, -1)

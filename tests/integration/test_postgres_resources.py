@@ -6,27 +6,14 @@ and one failure never fails the handle's next calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import psycopg
 import pytest
 from psycopg import sql
 
 from castore import Store, StoreUnavailableError
-from tests.conftest import POSTGRES_URL, REQUIRE_POSTGRES, postgres_store_location
+from tests.conftest import POSTGRES_URL
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pg_location(tmp_path: Any) -> Iterator[str]:
-    """A fresh PostgreSQL store location (skipped without a server, unless CI requires one)."""
-    if not POSTGRES_URL:
-        assert not REQUIRE_POSTGRES, "CASTORE_REQUIRE_POSTGRES=1 without CASTORE_TEST_POSTGRES"
-        pytest.skip("no PostgreSQL server: set CASTORE_TEST_POSTGRES (README, Development)")
-    with postgres_store_location(tmp_path) as location:
-        yield location
 
 
 class DiskFull:
@@ -57,7 +44,9 @@ class DiskFull:
         self._run("DELETE FROM {s}.armed")
 
 
-def test_writes_that_failed_on_a_full_disk_do_not_fail_the_next_ones(pg_location: str) -> None:
+def test_writes_that_failed_on_a_full_disk_do_not_fail_the_next_ones(
+    postgres_location: str,
+) -> None:
     """A review found every write after a few failed ones failing on that connection.
 
     psycopg counts a statement queued after the failing one in a pipeline as
@@ -65,9 +54,9 @@ def test_writes_that_failed_on_a_full_disk_do_not_fail_the_next_ones(pg_location
     its sixth use, then failed each later write of the handle with ``prepared
     statement "_pg3_N" does not exist``, after the disk had room again.
     """
-    store = Store(pg_location, dag="d")
+    store = Store(postgres_location, dag="d")
     store.set("k", 1)
-    full = DiskFull(pg_location)
+    full = DiskFull(postgres_location)
     full.install()
     full.arm()
     for _ in range(8):
