@@ -310,3 +310,23 @@ def test_a_zeroed_tail_of_several_entries_gives_none_of_their_versions_again(tmp
     assert Store(root, dag="d").check(repair=True).ok
     assert Store(root, dag="d").check().ok
     assert Store(root, dag="d").set("k", {"a": "new"}).version > 10
+
+
+def test_a_repaired_lost_newest_version_stays_skipped_when_list_answers_from_state(tmp_path):
+    """``k``'s newest entry (version 3) damaged and repaired: its newest version is a lost
+    marker, so ``list`` names ``k`` in ``skipped`` (FORMAT.md §7). That list reads the log
+    and records what it read in ``STATE``; a later list answers from ``STATE`` and must
+    say the same: not ``k`` as live at version 3, nor ``k`` left out as deleted."""
+    root = str(tmp_path / "s")
+    store = Store(root, dag="d")
+    for n in range(1, 4):
+        store.set("k", {"a": n})
+    store.set("j", 1)
+    store.list()  # STATE made: the later lists answer from it
+    _flip_entries(store, "k", {3})
+    assert Store(root, dag="d").check(repair=True).ok
+    with pytest.raises(CorruptionError):
+        Store(root, dag="d").get("k")
+    for _ in range(3):  # the first reads k's log, the later ones STATE's record of it
+        got = Store(root, dag="d").list()
+        assert ([(e.key, e.version) for e in got.entries], got.skipped) == ([("j", 1)], ["k"])
