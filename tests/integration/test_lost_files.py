@@ -34,6 +34,8 @@ DAG: Final = "lost"
 # The two kinds of evidence a lost log leaves, and what errors and findings say of each.
 EVIDENCE: Final = {
     "index": "its version index records versions up to 3",
+    # the index, then a zero-filled extension (a power loss, FORMAT.md §7): unknown, not more
+    "index+zeros": "its version index records versions up to 3",
     "state": "the namespace's STATE records version 3",
 }
 
@@ -43,14 +45,15 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, 
     """An undamaged store, a copy whose key ``k`` lost its log, and the evidence left.
 
     ``index``: a version read built ``k``'s ``.vix``, which remains. ``state``:
-    ``list`` recorded ``k`` in ``STATE``, and the log went with its index.
+    ``list`` recorded ``k`` in ``STATE``, and the log went with its index. ``index+zeros``:
+    the index, zero-filled up to version 100.
     """
     clean = tmp_path / "clean"
     store = Store(clean, dag=DAG)
     for n in range(3):
         store.set("k", {"n": n})
     store.set("other", {"o": 1})
-    if request.param == "index":
+    if request.param.startswith("index"):
         assert store.get("k", version=3).value == {"n": 2}  # builds k's version index
     else:
         assert [e.key for e in store.list().entries] == ["k", "other"]  # into STATE
@@ -58,7 +61,10 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, 
     lost = tmp_path / "lost"
     shutil.copytree(clean, lost)
     log = Path(log_path(lost, "dag", DAG, "k"))
-    assert log.with_suffix(".vix").exists() == (request.param == "index")
+    assert log.with_suffix(".vix").exists() == request.param.startswith("index")
+    if request.param == "index+zeros":
+        with open(log.with_suffix(".vix"), "r+b") as vix:
+            vix.truncate(8 * 100)  # records 0 (unknown) for versions 4..100
     log.unlink()
     return clean, lost, EVIDENCE[request.param]
 
