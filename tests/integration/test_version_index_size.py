@@ -236,3 +236,23 @@ def test_a_cut_at_or_below_the_limit_is_proven_after_reads_above_it(
     with pytest.raises(CorruptionError):
         fresh.set("k", "again")
     assert "no longer holds" in " ".join(f.problem for f in fresh.check().findings)
+
+
+def test_the_index_records_what_format_md_names(tmp_path: Path) -> None:
+    """FORMAT.md §5: version v's ``u64le`` at byte ``8 * (v - 1)`` is the offset of its
+    ``E`` frame, 1 (compacted) or 2 (never in this log: an import started higher).
+    Another castore reads these bytes, so they are the format, not a hint."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    for n in range(4):
+        s.set("c", n)
+    assert s.compact(keep_last=2, prefix="c").versions_dropped == 2
+    _import(root, 3)  # k's versions start at 3
+    s.set("k", "next")
+    for key, marker in (("c", versionindex.COMPACTED), ("k", versionindex.ABSENT)):
+        assert [e.version for e in s.history(key).entries] == [4, 3]  # builds the index
+        frames = scan_frames(Path(log_path(root, "dag", "d", key)).read_bytes())
+        offsets = [f.start for f in frames if f.kind == KIND_ENTRY]
+        data = _vix(root, key).read_bytes()
+        got = [int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data), 8)]
+        assert got == [marker, marker, *offsets], key
