@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from castore import CorruptionError, Store, StoreUnavailableError
+from castore.file.frames import scan_frames
+from castore.file.records import KIND_ENTRY, decode_entry
 from tests.helpers import log_path, ns_dir
 
 pytestmark = pytest.mark.integration
@@ -110,6 +112,33 @@ def test_an_older_longer_copy_of_a_log_is_read_as_the_cut_its_index_proves(tmp_p
     assert not fresh.check().ok
     fresh.check(repair=True)
     assert fresh.set("k", {"v": 5}).version == 5  # never 4 again
+    fresh.close()
+
+
+def test_an_index_record_at_another_version_s_entry_is_evidence_of_a_cut(tmp_path: Path) -> None:
+    # Found by mutation testing: a record of a version above the log's newest entry whose
+    # offset holds an intact E frame of another version (as in an older, longer copy of
+    # the log) must count as a cut (FORMAT.md §7): a check of the frame's kind alone
+    # served the older newest version as current. Oracle: the undamaged twin's answer.
+    twin, root = tmp_path / "twin", tmp_path / "store"
+    store = Store(twin, dag="d")
+    for v in range(1, 7):
+        store.set("k", {"v": v})
+    assert [e.version for e in store.history("k").entries] == [6, 5, 4, 3, 2, 1]  # indexed
+    store.close()
+    shutil.copytree(twin, root)
+    log = Path(log_path(root, "dag", "d", "k"))
+    frames = scan_frames(log.read_bytes())
+    entries = {decode_entry(f.payload).version: f for f in frames if f.kind == KIND_ENTRY}
+    os.truncate(log, entries[5].end)  # version 6 cut off
+    with open(log.with_suffix(".vix"), "r+b") as vix:  # its record: version 3's E frame
+        vix.seek(8 * 5)
+        vix.write(entries[3].start.to_bytes(8, "little"))
+    assert Store(twin, dag="d").get("k").version == 6
+    fresh = Store(root, dag="d")
+    for call in (lambda: fresh.get("k"), lambda: fresh.set("k", {"v": 7})):
+        with pytest.raises(CorruptionError, match="no longer holds versions up to 6"):
+            call()
     fresh.close()
 
 
