@@ -139,6 +139,9 @@ def test_an_index_record_at_another_version_s_entry_is_evidence_of_a_cut(tmp_pat
     for call in (lambda: fresh.get("k"), lambda: fresh.set("k", {"v": 7})):
         with pytest.raises(CorruptionError, match="no longer holds versions up to 6"):
             call()
+    assert not fresh.check().ok  # check reads the index by the same rule
+    fresh.check(repair=True)
+    assert fresh.set("k", {"v": 7}).version == 7  # never 6 again
     fresh.close()
 
 
