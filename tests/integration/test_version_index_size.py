@@ -256,3 +256,33 @@ def test_the_index_records_what_format_md_names(tmp_path: Path) -> None:
         data = _vix(root, key).read_bytes()
         got = [int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data), 8)]
         assert got == [marker, marker, *offsets], key
+
+
+def test_an_index_extended_past_a_damaged_entry_still_proves_a_later_cut(tmp_path: Path) -> None:
+    """Found by mutation testing: the index is extended from its last record only while
+    the log's next versions follow on; version 4's entry damaged (a gap) must not shift
+    versions 5 and 6 into slots 4 and 5, or the index stops in step with the log and
+    never records version 7, and a later cut of version 7 served version 6 as current.
+    Oracle: FORMAT.md §5 (2 for a version the intact frames lack) and §7 (a cut the
+    index proves is refused, never served as an older version)."""
+    root = tmp_path / "store"
+    s = Store(root, dag="d")
+    for v in range(1, 4):
+        s.set("k", {"v": v})
+    s.history("k")  # indexed up to version 3
+    for v in range(4, 7):
+        s.set("k", {"v": v})
+    log = Path(log_path(root, "dag", "d", "k"))
+    data = bytearray(log.read_bytes())
+    frames = scan_frames(bytes(data))
+    entries = {decode_entry(f.payload).version: f for f in frames if f.kind == KIND_ENTRY}
+    data[entries[4].start + 8] ^= 0xFF  # version 4's entry damaged
+    log.write_bytes(bytes(data))
+    assert s.get("k", version=6).value == {"v": 6}  # extends the index past the damage
+    vix = _vix(root, "k").read_bytes()
+    assert vix[24:32] == versionindex.ABSENT.to_bytes(8, "little")
+    assert s.set("k", {"v": 7}).version == 7
+    assert s.history("k", limit=1).entries[0].version == 7  # indexed up to version 7
+    os.truncate(log, entries[6].end)  # version 7 cut off
+    with pytest.raises(CorruptionError, match="no longer holds versions up to 7"):
+        Store(root, dag="d").get("k")
