@@ -29,7 +29,7 @@ from castore.errors import CorruptionError
 from castore.keys import Ref
 from castore.postgres import rows
 from castore.postgres import statements as q
-from castore.postgres.connection import Cursor, Row, snapshot
+from castore.postgres.connection import Cursor, Row
 
 __all__ = ["copy_without_row", "history_page", "versions_page"]
 
@@ -91,7 +91,7 @@ def _checked(cur: Cursor, ref: Ref, read: Callable[[], tuple[list[Row], list[Lin
     def was_dropped(version: int) -> bool:
         return cur.execute(q.COMPACTED, (key, version, version)).fetchone() is not None
 
-    with snapshot(cur):
+    with q.snapshot(cur):
         found, links = read()
         for upper, prev, below in links:
             if _broken(prev, below, was_dropped):

@@ -9,21 +9,20 @@ connection past it. It maps the driver's errors to castore's:
 
 * a connection that cannot be made, or is lost:
   :class:`~castore.errors.StoreUnavailableError`, with the location but
-  never its credentials. A connection found broken before the transaction's
+  never its credentials (one the server has no slot for waits for another
+  of the handle's instead, if it has one). A connection found broken before
   ``COMMIT`` was sent (a server restart while the handle was idle) is made
-  again (the pool's idle ones are closed too) and the operation run once
-  more: nothing of it was applied. A connection lost while ``COMMIT`` was in
-  flight is reported as such: the write may or may not have been applied
-  (read the key to know; a retried ``set`` writes a new version, a retried
+  again (the idle ones are closed too) and the operation run once more:
+  nothing of it was applied. One lost while ``COMMIT`` was in flight is
+  reported as such: the write may or may not have been applied (read the
+  key to know; a retried ``set`` writes a new version, a retried
   conditional write reports a conflict if the first one was applied);
 * a lock not taken within the handle's ``lock_timeout``:
   :class:`~castore.errors.LockTimeoutError`.
 
-A pipelined write that fails closes its connection: psycopg may count a
-statement the server skipped after the failure as prepared.
-
-A handle used in a forked child makes its own connections there, and leaves
-the parent's alone.
+A pipelined write that fails closes its connection (psycopg may count a
+statement the server skipped after the failure as prepared). A handle used
+in a forked child makes its own connections, and leaves the parent's alone.
 """
 
 from __future__ import annotations
@@ -50,14 +49,15 @@ from castore.errors import (
 )
 from castore.postgres import schema as tables
 from castore.postgres.location import Location
-from castore.postgres.pool import Pool, Session
+from castore.postgres.pool import NoSlot, Pool, Session, no_slot
 from castore.waits import lock_wait
 
-__all__ = ["Abandon", "Cursor", "Database", "Row", "snapshot"]
+__all__ = ["Abandon", "Cursor", "Database", "Row"]
 
 T = TypeVar("T")
 Cursor = psycopg.Cursor[Any]
 Row = tuple[Any, ...]
+
 # Pauses between looks at a catalog that lags a store's creation (None: the last look).
 _CATALOG_PAUSES = (0.001, 0.004, 0.016, 0.064, 0.25, None)
 _HANDLES: weakref.WeakSet[Database] = weakref.WeakSet()  # every Database of this process
@@ -127,27 +127,6 @@ def _transaction(
     return result
 
 
-@contextlib.contextmanager
-def snapshot(cur: Cursor) -> Iterator[None]:
-    """Run the block's reads on one snapshot: a read-only repeatable-read transaction.
-
-    In autocommit each statement sees its own snapshot, so reads that must
-    agree with each other (a row's absence and why) race other sessions'
-    commits. Inside a transaction already (a write, under its key's row
-    lock) the block runs as it is.
-    """
-    info = cur.connection.info
-    if info.transaction_status != TransactionStatus.IDLE or info.pipeline_status:
-        yield  # in a transaction (a pipelined write's BEGIN may not be sent yet)
-        return
-    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(psycopg.Error):  # a failed statement's error goes on
-            cur.execute("COMMIT")
-
-
 def _milliseconds(seconds: float) -> str:
     """A ``lock_timeout`` setting of ``seconds`` (at least 1 ms: 0 would mean no limit)."""
     return f"{max(1, int(seconds * 1000))}ms"
@@ -207,12 +186,22 @@ class Database:
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
         return _QUOTED_USER.sub(r'\1 "***"', text)
 
-    def _connect(self, session: Session) -> psycopg.Connection[Any]:
-        conn = self._open()
+    def _connect(
+        self, session: Session, opened: psycopg.Connection[Any] | str | None = None
+    ) -> psycopg.Connection[Any]:
+        conn = self._open() if opened is None else opened
         if isinstance(conn, str):  # raised here, not in an except block: no driver context
             raise StoreUnavailableError(f"{self.location.shown}: {conn}")
         session.attach(self, conn)  # closed when the handle is collected unclosed
         return conn
+
+    def _made(self, session: Session) -> bool:
+        """Make ``session``'s connection; False: no slot on the server (:meth:`Pool.give_way`)."""
+        conn = self._open()
+        if isinstance(conn, NoSlot) and self._pool.give_way(session):
+            return False
+        self._connect(session, conn)
+        return True
 
     def _open(self) -> psycopg.Connection[Any] | str:
         """A connection with its session set up, or what failed (the driver's words cleaned)."""
@@ -221,7 +210,7 @@ class Database:
                 self.location.conninfo, autocommit=True, application_name="castore"
             )
         except psycopg.Error as exc:
-            return f"cannot connect: {self.clean(exc)}"
+            return (NoSlot if no_slot(exc) else str)(f"cannot connect: {self.clean(exc)}")
         try:
             conn.execute(
                 "SELECT set_config('search_path', %s, false), "
@@ -307,37 +296,48 @@ class Database:
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
 
     @contextlib.contextmanager
-    def _turn(self, what: str, ref: str = "") -> Iterator[tuple[Session, float | None]]:
-        """A session of the pool, and a shorter lock wait for its transaction (or None).
+    def _turn(self, what: str, ref: str = "") -> Iterator[tuple[Session, float | None, bool]]:
+        """A session of the pool, connected, a shorter lock wait, whether it connected now.
 
         A call made inside another on the same thread uses the outer call's session.
-        Waiting for a free connection counts toward the lock timeout (the thread's
-        bound, :func:`castore.waits.lock_wait`, or the handle's), and what is left
-        of it, when shorter than the session's, is the transaction's ``lock_timeout``.
+        Waiting for a free connection (also when the server has no slot for a new
+        one and the handle has others: :meth:`Pool.give_way`) counts toward the lock
+        timeout (the thread's bound, :func:`castore.waits.lock_wait`, or the handle's);
+        what is left of it, when shorter than the session's, is the transaction's.
 
         Raises:
             LockTimeoutError: every connection stayed in use for the lock timeout.
+            StoreUnavailableError: no connection could be made (and none to wait for).
         """
         held: Session | None = getattr(self._held, "session", None)
         if held is not None:
-            yield held, None
+            yield held, None, False
             return
         timeout = lock_wait(self.lock_timeout)
-        rest = timeout if timeout < self.lock_timeout else None  # None: the session's
-        session = self._pool.take_now()
-        if session is None:
-            start = time.monotonic()
-            session = self._pool.take(timeout)
-            if session is None:
-                raise LockTimeoutError(f"{self.location.shown}: {what}", timeout, ref)
-            rest = max(0.0, timeout - (time.monotonic() - start))
-            rest = None if rest > self.lock_timeout - 0.001 else rest
-        self._held.session = session
+        deadline = time.monotonic() + timeout
+        session, waited = self._pool.take_now(), False
         try:
-            yield session, rest
+            if session is None:
+                session, waited = self._wait(deadline, what, ref), True
+            fresh = session.conn is None
+            while session.conn is None and not self._made(session):
+                session, waited = self._wait(deadline, what, ref, existing=True), True
+                fresh = session.conn is None
+            rest = max(0.0, deadline - time.monotonic()) if waited else timeout
+            self._held.session = session
+            yield session, None if rest > self.lock_timeout - 0.001 else rest, fresh
         finally:
             self._held.session = None
-            self._pool.give_back(session)
+            if session is not None:
+                self._pool.give_back(session)
+
+    def _wait(self, deadline: float, what: str, ref: str, existing: bool = False) -> Session:
+        """A session given back by ``deadline`` (:meth:`Pool.take`)."""
+        session = self._pool.take(max(0.0, deadline - time.monotonic()), existing)
+        if session is None:
+            waited = lock_wait(self.lock_timeout)
+            raise LockTimeoutError(f"{self.location.shown}: {what}", waited, ref)
+        return session
 
     def run(
         self,
@@ -358,9 +358,9 @@ class Database:
             StoreUnavailableError: the server cannot be reached, or the connection was lost.
             LockTimeoutError: a row lock was not taken within the lock timeout (:meth:`_turn`).
         """
-        with self._turn(what, ref) as (session, shorter):
+        with self._turn(what, ref) as (session, shorter, made):
             for attempt in (1, 2):
-                fresh = session.conn is None
+                fresh = made or session.conn is None
                 conn = session.conn or self._connect(session)
                 cur = session.cur or conn.cursor()
                 committing = False

@@ -7,6 +7,12 @@ idle until the handle is closed. Past the bound, threads queue and are
 served in the order they came. The last session given back is the next one
 taken, so a handle used by one thread at a time keeps using one connection.
 
+When the server has no slot free for a new session's connection,
+:meth:`Pool.give_way` gives the slot back while another session holds a
+connection, and the thread waits for an existing one (``existing=True``):
+the pool shrinks for as long as that takes, never below one connection,
+and a later thread that finds none idle makes a new one again.
+
 A session's connection belongs to the process that made it: in a forked
 child, :meth:`Pool.disown` lets go of every one of them without ending the
 parent's sessions (the child makes its own).
@@ -16,15 +22,34 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import threading
 import weakref
 from typing import Any
 
 import psycopg
 
-__all__ = ["Pool", "Session"]
+__all__ = ["NoSlot", "Pool", "Session", "no_slot"]
 
 Cursor = psycopg.Cursor[Any]
+# The server's words for SQLSTATE 53300 (too_many_connections) at connection time, when
+# libpq keeps no SQLSTATE: max_connections, the reserved slots, a role's or database's limit.
+_NO_SLOT = re.compile(
+    r"FATAL: +(sorry, too many clients already|remaining connection slots are reserved"
+    r"|too many connections for (role|database) )"
+)
+
+
+class NoSlot(str):
+    """Why a new connection failed, when the server had no slot free for it (53300)."""
+
+
+def no_slot(exc: psycopg.Error) -> bool:
+    """Whether a connection was refused for lack of a free slot on the server (53300).
+
+    A server whose messages are translated (``lc_messages``) is not recognized.
+    """
+    return exc.sqlstate == "53300" or _NO_SLOT.search(str(exc)) is not None
 
 
 class Session:
@@ -70,13 +95,14 @@ class Session:
 
 
 class _Waiter:
-    """A thread queued for a session: what it is handed, and its own wake-up."""
+    """A thread queued: what it is handed, its wake-up, whether it waits for an existing one."""
 
-    __slots__ = ("session", "woken")
+    __slots__ = ("existing", "session", "woken")
 
     def __init__(self, lock: threading.Lock) -> None:
         self.session: Session | None = None
         self.woken = threading.Condition(lock)
+        self.existing = False
 
 
 class Pool:
@@ -94,21 +120,24 @@ class Pool:
         self._all: set[Session] = set()  # every slot of this process, idle or taken
         self._pid = os.getpid()
 
-    def take(self, timeout: float | None) -> Session | None:
+    def take(self, timeout: float | None, existing: bool = False) -> Session | None:
         """A session (an idle one if any, else a new slot), or None after ``timeout`` s.
 
         A thread that finds every slot taken queues (``timeout`` None: for as
         long as it takes), and what is given back goes to the thread that has
         waited longest: one that gives a session back and asks again at once
-        never passes a waiting one.
+        never passes a waiting one. ``existing``: after :meth:`give_way`, wait
+        for an idle session; a new slot only once the pool has none left (the
+        threads queued behind wait too).
         """
         if self._pid != os.getpid():
             self.disown()  # forked without os.fork's hooks
         with self._lock:
-            free = self._free()
+            free = self._free(existing)
             if free is not None:
                 return free
             waiter = _Waiter(self._lock)
+            waiter.existing = existing
             self._queue.append(waiter)
             try:
                 if waiter.woken.wait_for(lambda: waiter.session is not None, timeout):
@@ -130,13 +159,17 @@ class Pool:
         with self._lock:
             return self._free()
 
-    def _free(self) -> Session | None:
+    def _free(self, existing: bool = False) -> Session | None:
         """What :meth:`take` gets without queuing (under the lock)."""
         if self._queue:
             return None
         if self._idle:
             return self._idle.pop()
-        return self._new() if len(self._all) < self.size else None
+        return self._new() if self._room(existing) else None
+
+    def _room(self, existing: bool) -> bool:
+        """Whether a new slot may be made (``existing``: only once the pool has none left)."""
+        return len(self._all) < self.size and not (existing and self._all)
 
     def _new(self) -> Session:
         session = Session()
@@ -145,7 +178,7 @@ class Pool:
 
     def _hand_out(self) -> None:
         """Give what is free to the queued threads, oldest first (under the lock)."""
-        while self._queue and (self._idle or len(self._all) < self.size):
+        while self._queue and (self._idle or self._room(self._queue[0].existing)):
             waiter = self._queue.popleft()
             waiter.session = self._idle.pop() if self._idle else self._new()
             waiter.woken.notify()
@@ -166,6 +199,17 @@ class Pool:
                 self._hand_out()
         if dead:
             session.drop()  # outside the lock: closing may wait for the network
+
+    def give_way(self, session: Session) -> bool:
+        """No slot on the server for ``session``'s connection: free its slot if another has one.
+
+        True: wait for an existing one (:meth:`take`, ``existing``); False: none to wait for.
+        """
+        with self._lock:
+            if not any(s.conn is not None and not s.conn.closed for s in self._all):
+                return False
+            self._all.discard(session)  # the pool shrinks for now: ``size`` stays
+            return True  # no hand-out: a queued thread would be refused the slot too
 
     def lost(self, session: Session) -> None:
         """``session``'s connection was lost: close it and every idle one (a restart)."""

@@ -5,12 +5,17 @@ SQL text is built here from constants only; every value is a parameter.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Final
+
+import psycopg
+from psycopg.pq import TransactionStatus
 
 from castore.errors import CorruptionError, NotFoundError
 from castore.keys import Ref
 from castore.postgres import rows
-from castore.postgres.connection import Cursor, snapshot
+from castore.postgres.connection import Cursor
 from castore.records import OP_DAMAGED, BlobLoc, Entry
 from castore.results import rfc3339
 
@@ -43,6 +48,7 @@ __all__ = [
     "copy_refuted",
     "entry_at",
     "params",
+    "snapshot",
     "verified",
 ]
 
@@ -169,6 +175,27 @@ APPEND_NEW_BLOB: Final = f"WITH b AS ({UPSERT_BLOB}), v AS ({INSERT_VERSION}) {_
 # A blob this write inserted already (an import's value given twice): only refreshed.
 APPEND_KNOWN_BLOB: Final = f"WITH b AS ({_TOUCH_BLOB}), v AS ({INSERT_VERSION}) {_SET_HEAD}"
 APPEND_ROW: Final = f"WITH v AS ({INSERT_VERSION}) {_SET_HEAD}"  # inline value, or none
+
+
+@contextlib.contextmanager
+def snapshot(cur: Cursor) -> Iterator[None]:
+    """Run the block's reads on one snapshot: a read-only repeatable-read transaction.
+
+    In autocommit each statement sees its own snapshot, so reads that must
+    agree with each other (a row's absence and why) race other sessions'
+    commits. Inside a transaction already (a write, under its key's row
+    lock) the block runs as it is.
+    """
+    info = cur.connection.info
+    if info.transaction_status != TransactionStatus.IDLE or info.pipeline_status:
+        yield  # in a transaction (a pipelined write's BEGIN may not be sent yet)
+        return
+    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psycopg.Error):  # a failed statement's error goes on
+            cur.execute("COMMIT")
 
 
 class RowView:
