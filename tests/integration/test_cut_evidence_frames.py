@@ -1,0 +1,59 @@
+"""What a version index record above a log's newest entry must point at to be the log's own.
+
+Found by mutation testing of ``castore/file/cuts.py``: FORMAT.md §7 ("A cut
+that the version index proves") counts a record of a version above the
+newest intact entry as evidence of a cut unless the log holds *that
+version's* ``E`` frame at its offset. The oracle: that text, and the
+undamaged twin store's answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from castore import CorruptionError, Store
+from castore.file.frames import Frame, encode_frame, scan_frames
+from castore.file.records import KIND_ENTRY, decode_entry
+from tests.helpers import log_path
+
+pytestmark = pytest.mark.integration
+
+
+def _twin_with_six_versions(twin: Path, root: Path) -> tuple[Path, dict[int, Frame]]:
+    store = Store(twin, dag="d")
+    for v in range(1, 7):
+        store.set("k", {"v": v})
+    assert [e.version for e in store.history("k").entries] == [6, 5, 4, 3, 2, 1]  # indexed
+    store.close()
+    shutil.copytree(twin, root)
+    log = Path(log_path(root, "dag", "d", "k"))
+    frames = scan_frames(log.read_bytes())
+    return log, {decode_entry(f.payload).version: f for f in frames if f.kind == KIND_ENTRY}
+
+
+def test_a_record_at_a_frame_of_another_kind_holding_that_entry_is_a_cut(tmp_path: Path) -> None:
+    # Version 6's E frame is replaced by a frame of a kind readers skip (§3) whose payload
+    # is version 6's entry, and the index records version 6 there: the log does not hold
+    # version 6's E frame, so the newest version (6, the twin's) is unknown. A check of
+    # the payload alone read the record as the log's own and served version 5 as newest.
+    twin, root = tmp_path / "twin", tmp_path / "store"
+    log, entries = _twin_with_six_versions(twin, root)
+    six = entries[6]
+    os.truncate(log, six.start)
+    with open(log, "ab") as f:
+        f.write(encode_frame(ord("X"), six.payload))
+    with open(log.with_suffix(".vix"), "rb") as vix:  # the record still names that offset
+        assert int.from_bytes(vix.read()[8 * 5 : 8 * 6], "little") == six.start
+    assert Store(twin, dag="d").get("k").version == 6
+    fresh = Store(root, dag="d")
+    for call in (lambda: fresh.get("k"), lambda: fresh.set("k", {"v": 7})):
+        with pytest.raises(CorruptionError, match="no longer holds versions up to 6"):
+            call()
+    assert not fresh.check().ok
+    fresh.check(repair=True)
+    assert fresh.set("k", {"v": 7}).version == 7  # never 6 again
+    fresh.close()
