@@ -57,3 +57,21 @@ def test_a_record_at_a_frame_of_another_kind_holding_that_entry_is_a_cut(tmp_pat
     fresh.check(repair=True)
     assert fresh.set("k", {"v": 7}).version == 7  # never 6 again
     fresh.close()
+
+
+def test_a_record_at_the_previous_version_s_entry_is_a_cut(tmp_path: Path) -> None:
+    # Version 6 cut off, its record naming version 5's E frame (the log's newest): the
+    # log does not hold version 6's E frame there, so that is a cut (FORMAT.md §7), not
+    # the log's own record. Oracle: the twin's newest version, 6.
+    twin, root = tmp_path / "twin", tmp_path / "store"
+    log, entries = _twin_with_six_versions(twin, root)
+    os.truncate(log, entries[5].end)
+    with open(log.with_suffix(".vix"), "r+b") as vix:
+        vix.seek(8 * 5)
+        vix.write(entries[5].start.to_bytes(8, "little"))
+    assert Store(twin, dag="d").get("k").version == 6
+    fresh = Store(root, dag="d")
+    for call in (lambda: fresh.get("k"), lambda: fresh.set("k", {"v": 7})):
+        with pytest.raises(CorruptionError, match="no longer holds versions up to 6"):
+            call()
+    fresh.close()
