@@ -75,3 +75,28 @@ def test_a_record_at_the_previous_version_s_entry_is_a_cut(tmp_path: Path) -> No
         with pytest.raises(CorruptionError, match="no longer holds versions up to 6"):
             call()
     fresh.close()
+
+
+def test_a_damaged_entry_below_the_newest_is_damage_not_a_cut(tmp_path: Path) -> None:
+    # Version 3's E frame is damaged in place; 4 and 5 follow it intact. Its record is
+    # below the newest intact entry (5), so by FORMAT.md §7 it proves no cut: check
+    # reports the damaged bytes and nothing lost by the index. Judging the records above
+    # the log's oldest entry instead of its newest read it as a cut too.
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    for v in range(1, 6):
+        store.set("k", {"v": v})
+    assert [e.version for e in store.history("k").entries] == [5, 4, 3, 2, 1]  # indexed
+    store.close()
+    log = Path(log_path(root, "dag", "d", "k"))
+    data = bytearray(log.read_bytes())
+    frames = scan_frames(bytes(data))
+    three = next(f for f in frames if f.kind == KIND_ENTRY and decode_entry(f.payload).version == 3)
+    data[three.start + 10] ^= 0x20
+    log.write_bytes(bytes(data))
+    fresh = Store(root, dag="d")
+    assert fresh.get("k").value == {"v": 5}
+    problems = [f.problem for f in fresh.check().findings]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("damaged bytes"), problems
+    fresh.close()
