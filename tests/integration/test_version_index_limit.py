@@ -1,0 +1,79 @@
+"""The version at an index's limit is indexed, so a cut of it alone is proven.
+
+Found by mutation testing of ``castore/file/versionindex.py``: FORMAT.md §5
+says an index "covers versions up to the last one at or below" its limit
+(131,072 for a log under 1 MiB), and §7 that a cut of a version it records
+is refused by every reader and writer. Leaving out the version exactly at
+the limit (``<`` for ``<=`` where the index is rebuilt, where it is
+extended, or in the check of the next entry's version) passed every test,
+and a fresh reader then served the version below as the newest. The oracle:
+those texts and the undamaged twin's newest version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from castore import CorruptionError, Store
+from castore.file import versionindex
+from castore.file.frames import scan_frames
+from castore.file.records import KIND_ENTRY, decode_entry
+from castore.transfer import export_lines, import_lines
+from tests.helpers import log_path
+
+pytestmark = pytest.mark.integration
+
+LIMIT = versionindex.index_limit(0)  # 131,072
+
+
+def _import_from(root: Path, source_root: Path, first: int, count: int) -> None:
+    """Import key ``k`` with versions ``first`` .. ``first + count - 1``."""
+    source = Store(source_root, dag="d")
+    for n in range(count):
+        source.set("k", {"n": n})
+    lines = []
+    for line in export_lines(source, scope="dag", namespace="d"):
+        record = json.loads(line)
+        old = f'"version":{record.get("version")},'.encode()
+        new = f'"version":{first + record.get("version", 1) - 1},'.encode()
+        lines.append(line.replace(old, new, 1) if "key" in record else line)
+    source.close()
+    import_lines(Store(root, dag="d"), lambda: lines)
+
+
+@pytest.mark.parametrize("how", ["rebuilt", "extended"])
+def test_a_cut_of_the_version_at_the_limit_alone_is_proven(tmp_path: Path, how: str) -> None:
+    twin, root = tmp_path / "twin", tmp_path / "store"
+    first = LIMIT - 3
+    if how == "rebuilt":  # the first read builds the whole index, up to the limit
+        _import_from(twin, tmp_path / "source", first, 4)
+    else:  # the index is built to LIMIT - 1, then extended by one record
+        _import_from(twin, tmp_path / "source", first, 3)
+        store = Store(twin, dag="d")
+        assert store.get("k", version=LIMIT - 1).value == {"n": 2}  # indexed to LIMIT - 1
+        assert store.set("k", {"n": 3}).version == LIMIT
+        store.close()
+    store = Store(twin, dag="d")
+    assert store.get("k", version=LIMIT).value == {"n": 3}  # indexes up to the limit
+    store.close()
+    vix = Path(versionindex.vix_path(str(log_path(twin, "dag", "d", "k"))))
+    assert vix.stat().st_size == 8 * LIMIT  # FORMAT.md §5: the limit's version is covered
+    shutil.copytree(twin, root)
+    log = Path(log_path(root, "dag", "d", "k"))
+    below = next(
+        f.end
+        for f in scan_frames(log.read_bytes())
+        if f.kind == KIND_ENTRY and decode_entry(f.payload).version == LIMIT - 1
+    )
+    os.truncate(log, below)  # only version LIMIT cut off, at a frame boundary
+    assert Store(twin, dag="d").get("k").version == LIMIT
+    fresh = Store(root, dag="d")
+    for call in (lambda: fresh.get("k"), lambda: fresh.set("k", "again")):
+        with pytest.raises(CorruptionError, match=f"no longer holds versions up to {LIMIT},"):
+            call()
+    fresh.close()
