@@ -59,6 +59,27 @@ def test_a_record_at_a_frame_of_another_kind_holding_that_entry_is_a_cut(tmp_pat
     fresh.close()
 
 
+def test_an_index_torn_inside_a_record_and_out_of_step_is_read_as_unknown(
+    tmp_path: Path,
+) -> None:
+    # The index ends 3 bytes into version 6's record and its last whole record (5) names
+    # version 2's frame, so no reader extends it (out of step, FORMAT.md §5): a lookup of
+    # version 6 reads a short record, which is "unknown: scan", never a failure. Oracle:
+    # the twin's value of version 6.
+    twin, root = tmp_path / "twin", tmp_path / "store"
+    _, entries = _twin_with_six_versions(twin, root)
+    vix = Path(log_path(root, "dag", "d", "k")).with_suffix(".vix")
+    data = bytearray(vix.read_bytes()[: 8 * 5 + 3])
+    data[8 * 4 : 8 * 5] = entries[2].start.to_bytes(8, "little")
+    vix.write_bytes(bytes(data))
+    expected = Store(twin, dag="d").get("k", version=6)
+    fresh = Store(root, dag="d")
+    got = fresh.get("k", version=6)
+    assert (got.version, got.value) == (expected.version, expected.value) == (6, {"v": 6})
+    assert vix.read_bytes() == bytes(data)  # left as it is, for check
+    fresh.close()
+
+
 def test_a_record_at_the_previous_version_s_entry_is_a_cut(tmp_path: Path) -> None:
     # Version 6 cut off, its record naming version 5's E frame (the log's newest): the
     # log does not hold version 6's E frame there, so that is a cut (FORMAT.md §7), not
