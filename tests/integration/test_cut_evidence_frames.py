@@ -121,3 +121,24 @@ def test_a_damaged_entry_below_the_newest_is_damage_not_a_cut(tmp_path: Path) ->
     assert len(problems) == 1, problems
     assert problems[0].startswith("damaged bytes"), problems
     fresh.close()
+
+
+def test_a_link_planted_as_the_index_is_no_evidence_and_is_not_followed(tmp_path: Path) -> None:
+    # A symbolic link in place of the .vix (to a file outside the store, its lstat long
+    # enough to "record" versions above the newest) is no index: readers and writers
+    # answer as the twin without it does, and the file outside is never read or written.
+    twin, root = tmp_path / "twin", tmp_path / "store"
+    log, _ = _twin_with_six_versions(twin, root)
+    outside = tmp_path / ("outside-" + "x" * 80)
+    outside.write_bytes(b"not an index")
+    vix = log.with_suffix(".vix")
+    vix.unlink()
+    vix.symlink_to(outside)
+    assert os.lstat(vix).st_size // 8 > 6
+    expected = Store(twin, dag="d").get("k")
+    fresh = Store(root, dag="d")
+    got = fresh.get("k")
+    assert (got.version, got.value) == (expected.version, expected.value) == (6, {"v": 6})
+    assert fresh.set("k", {"v": 7}).version == 7
+    fresh.close()
+    assert outside.read_bytes() == b"not an index"
