@@ -142,3 +142,19 @@ def test_a_link_planted_as_the_index_is_no_evidence_and_is_not_followed(tmp_path
     assert fresh.set("k", {"v": 7}).version == 7
     fresh.close()
     assert outside.read_bytes() == b"not an index"
+
+
+def test_a_wrong_record_of_the_newest_version_is_no_cut(tmp_path: Path) -> None:
+    # The log is intact; the index's record of its newest version (6) names version 3's
+    # frame. Only records above the newest intact entry can prove a cut (FORMAT.md §7):
+    # this one is an index out of step (info), and the reader serves the twin's 6.
+    twin, root = tmp_path / "twin", tmp_path / "store"
+    log, entries = _twin_with_six_versions(twin, root)
+    with open(log.with_suffix(".vix"), "r+b") as vix:
+        vix.seek(8 * 5)
+        vix.write(entries[3].start.to_bytes(8, "little"))
+    fresh = Store(root, dag="d")
+    assert fresh.get("k").version == Store(twin, dag="d").get("k").version == 6
+    found = [(f.severity, f.problem) for f in fresh.check().findings]
+    assert found == [("info", "version index out of step")], found
+    fresh.close()
