@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from castore import CorruptionError, Store
+from castore.file import versionindex
 from castore.file.frames import Frame, encode_frame, scan_frames
 from castore.file.records import KIND_ENTRY, decode_entry
+from castore.file.tree import Tree
 from tests.helpers import log_path
 
 pytestmark = pytest.mark.integration
@@ -142,6 +144,45 @@ def test_a_link_planted_as_the_index_is_no_evidence_and_is_not_followed(tmp_path
     assert fresh.set("k", {"v": 7}).version == 7
     fresh.close()
     assert outside.read_bytes() == b"not an index"
+
+
+class _RewriteOnIndexOpen(Tree):
+    """A tree on which a rewrite replaces the log just before a reader opens its index."""
+
+    def __init__(self, root: str, log: Path, new_log: Path) -> None:
+        super().__init__(root)
+        self.log, self.new_log, self.raced = log, new_log, False
+
+    def open(self, path: str, flags: int, *, unsynced: bool = False) -> int:
+        if path.endswith(".vix") and not self.raced:
+            self.raced = True
+            os.replace(self.new_log, self.log)  # a rewrite: its old index is already gone
+        return super().open(path, flags, unsynced=unsynced)
+
+
+def test_an_index_built_from_a_log_replaced_meanwhile_does_not_outlive_it(
+    tmp_path: Path,
+) -> None:
+    # A reader holds the log's descriptor; a rewrite renames another log over the path
+    # after the reader's check that its log is linked, before it opens the index. What it
+    # builds from its file is not the new log's index and must not stay at the path
+    # (FORMAT.md §5: a stale index cannot outlive its log; it would be evidence of
+    # versions the new log never held). The oracle: no index, the reader told -1 (scan).
+    twin, root = tmp_path / "twin", tmp_path / "store"
+    log, _ = _twin_with_six_versions(twin, root)
+    log.with_suffix(".vix").unlink()
+    new_log = tmp_path / "new.log"
+    new_log.write_bytes(log.read_bytes()[:1])  # what the rewrite made; never read here
+    tree = _RewriteOnIndexOpen(str(root), log, new_log)
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        got = versionindex.open_caught_up(tree, str(log.with_suffix(".vix")), fd, 6)
+    finally:
+        os.close(fd)
+        tree.close()
+    assert tree.raced
+    assert got == -1
+    assert not log.with_suffix(".vix").exists()
 
 
 def test_a_wrong_record_of_the_newest_version_is_no_cut(tmp_path: Path) -> None:
