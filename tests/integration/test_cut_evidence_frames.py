@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from castore.file import versionindex
 from castore.file.frames import Frame, encode_frame, scan_frames
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.tree import Tree
-from tests.helpers import log_path
+from tests.helpers import log_path, ns_dir
 
 pytestmark = pytest.mark.integration
 
@@ -198,4 +199,31 @@ def test_a_wrong_record_of_the_newest_version_is_no_cut(tmp_path: Path) -> None:
     assert fresh.get("k").version == Store(twin, dag="d").get("k").version == 6
     found = [(f.severity, f.problem) for f in fresh.check().findings]
     assert found == [("info", "version index out of step")], found
+    fresh.close()
+
+
+def test_check_counts_no_cut_at_the_last_version_a_compaction_dropped(tmp_path: Path) -> None:
+    # A removed key's emptied log (its C frame dropped 1..3) beside its index from before
+    # the removal (records of 1..3), GRAVES lost: the index's top record is the C frame's
+    # last version, which does not count (FORMAT.md §7): check restores the grave, and
+    # reports no versions lost.
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    store.set("a", 1)
+    store.set("a", 2)
+    store.set("b", 1)  # b's value is a's first: gc keeps a's emptied log
+    store.delete("a")
+    vix = Path(log_path(root, "dag", "d", "a")).with_suffix(".vix")
+    assert store.get("a", version=1).value == 1  # the index records versions 1 to 3
+    older = vix.read_bytes()
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
+    store.close()
+    vix.write_bytes(older)
+    os.remove(Path(ns_dir(root, "dag", "d")) / "GRAVES")
+    fresh = Store(root, dag="d")
+    assert fresh.get("a").found is False
+    problems = [f.problem for f in fresh.check().findings]
+    assert not [p for p in problems if "no longer holds" in p], problems
+    assert any(p.startswith("GRAVES lacks the last version (3)") for p in problems), problems
     fresh.close()
