@@ -1,10 +1,13 @@
-"""What a version index record above a log's newest entry must point at to be the log's own.
+"""Which version index records prove a cut, and which are damage, hints or out of step.
 
-Found by mutation testing of ``castore/file/cuts.py``: FORMAT.md §7 ("A cut
-that the version index proves") counts a record of a version above the
-newest intact entry as evidence of a cut unless the log holds *that
-version's* ``E`` frame at its offset. The oracle: that text, and the
-undamaged twin store's answer.
+Found by mutation testing of ``castore/file/cuts.py`` and
+``castore/file/versionindex.py`` (each test names what it pins). FORMAT.md
+§7 ("A cut that the version index proves") counts a record of a version
+above the newest intact entry as evidence of a cut unless the log holds
+*that version's* ``E`` frame at its offset; records at or below the newest,
+and versions a ``C`` frame covers, prove nothing. §5: a record the index
+lacks is unknown, and an index never outlives its log. The oracle: those
+texts, and the undamaged twin store's answer.
 """
 
 from __future__ import annotations
