@@ -77,3 +77,28 @@ def test_a_cut_of_the_version_at_the_limit_alone_is_proven(tmp_path: Path, how: 
         with pytest.raises(CorruptionError, match=f"no longer holds versions up to {LIMIT},"):
             call()
     fresh.close()
+
+
+def test_an_index_at_its_limit_is_not_extended_for_a_version_above_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FORMAT.md §5 / open_caught_up: an index that holds all an index of this log may
+    # hold costs a reader one open and one fstat; a version above the limit is found by a
+    # scan, without taking the index's lock to try to extend it (mutation V21: every
+    # such read tried).
+    root = tmp_path / "store"
+    _import_from(root, tmp_path / "source", LIMIT - 1, 3)
+    reader = Store(root, dag="d")
+    assert reader.get("k", version=LIMIT).value == {"n": 1}  # indexed up to the limit
+    tries: list[int] = []
+    real = versionindex._extend
+
+    def counted(fd: int, log_fd: int, want: int) -> None:
+        tries.append(want)
+        real(fd, log_fd, want)
+
+    monkeypatch.setattr(versionindex, "_extend", counted)
+    for _ in range(3):
+        assert reader.get("k", version=LIMIT + 1).value == {"n": 2}
+    assert tries == []
+    reader.close()
