@@ -7,7 +7,8 @@ is refused by every reader and writer. Leaving out the version exactly at
 the limit (``<`` for ``<=`` where the index is rebuilt, where it is
 extended, or in the check of the next entry's version) passed every test,
 and a fresh reader then served the version below as the newest. The oracle:
-those texts and the undamaged twin's newest version.
+those texts and the undamaged twin's newest version. Also: what extending
+an index costs and skips (FORMAT.md §5).
 """
 
 from __future__ import annotations
@@ -102,3 +103,32 @@ def test_an_index_at_its_limit_is_not_extended_for_a_version_above_it(
         assert reader.get("k", version=LIMIT + 1).value == {"n": 2}
     assert tries == []
     reader.close()
+
+
+def test_an_index_is_extended_past_a_repeated_entry_of_its_last_version(tmp_path: Path) -> None:
+    # The log holds 1..5, a copy of version 5's E frame, then 6 (only something other
+    # than castore puts a copy there). A reader extending an index that ends at 5 reads
+    # the log after 5's entry, skips the copy (it is no newer) and appends 6's record
+    # (FORMAT.md §5); treating the copy as a gap left 6 unindexed.
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    for n in range(1, 6):
+        store.set("k", {"v": n})
+    assert len(store.history("k").entries) == 5  # the index ends at 5
+    store.delete("k")  # version 6: an entry without a blob
+    store.close()
+    log = Path(log_path(root, "dag", "d", "k"))
+    data = log.read_bytes()
+    entries = {
+        decode_entry(f.payload).version: f for f in scan_frames(data) if f.kind == KIND_ENTRY
+    }
+    five = entries[5]
+    log.write_bytes(data[: five.end] + data[five.start : five.end] + data[five.end :])
+    vix = Path(versionindex.vix_path(str(log)))
+    assert vix.stat().st_size == 8 * 5
+    reader = Store(root, dag="d")
+    assert [e.version for e in reader.history("k", limit=2).entries] == [6, 5]
+    reader.close()
+    records = vix.read_bytes()
+    assert len(records) == 8 * 6
+    assert int.from_bytes(records[40:48], "little") == entries[6].start + (five.end - five.start)
