@@ -565,3 +565,26 @@ def run_threads_for(threads: list[threading.Thread], stop: threading.Event, seco
     stop.set()
     for thread in threads:
         thread.join()
+
+
+def import_starting_at(
+    root: str | os.PathLike[str], source_root: str | os.PathLike[str], first: int, count: int
+) -> None:
+    """Import into ``root`` key ``dag/d/k`` with versions ``first`` .. ``first + count - 1``.
+
+    Written at 1 .. ``count`` in a store at ``source_root`` (values ``{"n": 0}`` ..),
+    exported, and its version numbers raised: a key whose log starts far above 1.
+    """
+    from castore.transfer import export_lines, import_lines
+
+    source = castore.Store(source_root, dag="d")
+    for n in range(count):
+        source.set("k", {"n": n})
+    lines = []
+    for line in export_lines(source, scope="dag", namespace="d"):
+        record = json.loads(line)
+        old = f'"version":{record.get("version")},'.encode()
+        new = f'"version":{first + record.get("version", 1) - 1},'.encode()
+        lines.append(line.replace(old, new, 1) if "key" in record else line)
+    source.close()
+    import_lines(castore.Store(root, dag="d"), lambda: lines)

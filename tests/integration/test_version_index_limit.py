@@ -13,7 +13,6 @@ an index costs and skips (FORMAT.md §5).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,27 +23,11 @@ from castore import CorruptionError, Store
 from castore.file import versionindex
 from castore.file.frames import scan_frames
 from castore.file.records import KIND_ENTRY, decode_entry
-from castore.transfer import export_lines, import_lines
-from tests.helpers import log_path
+from tests.helpers import import_starting_at, log_path
 
 pytestmark = pytest.mark.integration
 
 LIMIT = versionindex.index_limit(0)  # 131,072
-
-
-def _import_from(root: Path, source_root: Path, first: int, count: int) -> None:
-    """Import key ``k`` with versions ``first`` .. ``first + count - 1``."""
-    source = Store(source_root, dag="d")
-    for n in range(count):
-        source.set("k", {"n": n})
-    lines = []
-    for line in export_lines(source, scope="dag", namespace="d"):
-        record = json.loads(line)
-        old = f'"version":{record.get("version")},'.encode()
-        new = f'"version":{first + record.get("version", 1) - 1},'.encode()
-        lines.append(line.replace(old, new, 1) if "key" in record else line)
-    source.close()
-    import_lines(Store(root, dag="d"), lambda: lines)
 
 
 @pytest.mark.parametrize("how", ["rebuilt", "extended"])
@@ -52,9 +35,9 @@ def test_a_cut_of_the_version_at_the_limit_alone_is_proven(tmp_path: Path, how: 
     twin, root = tmp_path / "twin", tmp_path / "store"
     first = LIMIT - 3
     if how == "rebuilt":  # the first read builds the whole index, up to the limit
-        _import_from(twin, tmp_path / "source", first, 4)
+        import_starting_at(twin, tmp_path / "source", first, 4)
     else:  # the index is built to LIMIT - 1, then extended by one record
-        _import_from(twin, tmp_path / "source", first, 3)
+        import_starting_at(twin, tmp_path / "source", first, 3)
         store = Store(twin, dag="d")
         assert store.get("k", version=LIMIT - 1).value == {"n": 2}  # indexed to LIMIT - 1
         assert store.set("k", {"n": 3}).version == LIMIT
@@ -88,7 +71,7 @@ def test_an_index_at_its_limit_is_not_extended_for_a_version_above_it(
     # scan, without taking the index's lock to try to extend it (mutation V21: every
     # such read tried).
     root = tmp_path / "store"
-    _import_from(root, tmp_path / "source", LIMIT - 1, 3)
+    import_starting_at(root, tmp_path / "source", LIMIT - 1, 3)
     reader = Store(root, dag="d")
     assert reader.get("k", version=LIMIT).value == {"n": 1}  # indexed up to the limit
     tries: list[int] = []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -34,7 +33,7 @@ from castore.file import logread, versionindex
 from castore.file.frames import scan_frames
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.transfer import export_lines, import_lines
-from tests.helpers import log_path
+from tests.helpers import import_starting_at, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -201,17 +200,8 @@ def test_a_cut_at_or_below_the_limit_is_proven_after_reads_above_it(
     And by the third: the skip read the next entry's version unverified, so one damaged
     byte in it (reading 931,060) did the same."""
     base = versionindex.index_limit(0) - 12  # 131,060: the log's versions straddle the limit
-    source = Store(tmp_path / "source", dag="d")
-    for n in range(21):
-        source.set("k", {"n": n})
-    lines = []
-    for line in export_lines(source, scope="dag", namespace="d"):
-        record = json.loads(line)
-        old = f'"version":{record.get("version")},'.encode()
-        new = f'"version":{base + record.get("version", 1) - 1},'.encode()
-        lines.append(line.replace(old, new, 1) if "key" in record else line)
     root = tmp_path / "store"
-    import_lines(Store(root, dag="d"), lambda: lines)
+    import_starting_at(root, tmp_path / "source", base, 21)
     log = Path(log_path(root, "dag", "d", "k"))
     if damaged:
         flipped = bytearray(log.read_bytes())
