@@ -36,12 +36,14 @@ KEEP_LAST: Final = 5  # what the maintenance loop's compaction keeps of the coun
 GC_GRACE_SECONDS: Final = 1.0
 
 
-def _writer(root: str, durable: bool, start: Any, results: Any) -> None:
+def _writer(root: str, durable: bool, start: Any, maintained: Any, results: Any) -> None:
     conflicts = 0
     try:
         store = Store(root, dag=DAG, durable=durable)
         start.wait(60)
-        for _ in range(INCREMENTS):
+        for i in range(INCREMENTS):
+            if i == INCREMENTS // 2 and maintained is not None:  # a round overlaps the rest
+                maintained.wait(60)
             while True:
                 cur = store.get(KEY)
                 value = cur.value if cur.found else 0
@@ -86,8 +88,12 @@ def _reader(root: str, start: Any, stop: Any, results: Any) -> None:
         results.put(("reader", os.getpid(), reads, traceback.format_exc()))
 
 
-def _maintainer(root: str, start: Any, stop: Any, results: Any) -> None:
-    """Compact the counter to its last versions and collect garbage, in a loop."""
+def _maintainer(root: str, start: Any, stop: Any, maintained: Any, results: Any) -> None:
+    """Compact the counter to its last versions and collect garbage, in a loop.
+
+    ``maintained`` is set after the first round: the writers wait for it halfway, so
+    that at least one round runs while they write (it once finished after them).
+    """
     rounds = 0
     try:
         store = Store(root, dag=DAG)
@@ -96,6 +102,7 @@ def _maintainer(root: str, start: Any, stop: Any, results: Any) -> None:
             store.compact(keep_last=KEEP_LAST)
             store.gc(grace_seconds=GC_GRACE_SECONDS)
             rounds += 1
+            maintained.set()
         results.put(("maintainer", os.getpid(), rounds, None))
     except BaseException:  # noqa: BLE001 - report everything to the parent
         results.put(("maintainer", os.getpid(), rounds, traceback.format_exc()))
@@ -123,11 +130,14 @@ def test_cas_increments_lose_no_update(store_location, maintenance, record_prope
     start = ctx.Event()
     stop = ctx.Event()
     results = ctx.Queue()
+    maintained = ctx.Event() if maintenance else None
     began = time.monotonic()
     deadline = began + DEADLINE_SECONDS
     with reap_processes() as procs:
         writers = [
-            ctx.Process(target=_writer, args=(root, durable, start, results), daemon=True)
+            ctx.Process(
+                target=_writer, args=(root, durable, start, maintained, results), daemon=True
+            )
             for _ in range(WRITERS)
         ]
         readers = [
@@ -136,7 +146,9 @@ def test_cas_increments_lose_no_update(store_location, maintenance, record_prope
         ]
         if maintenance:
             readers.append(
-                ctx.Process(target=_maintainer, args=(root, start, stop, results), daemon=True)
+                ctx.Process(
+                    target=_maintainer, args=(root, start, stop, maintained, results), daemon=True
+                )
             )
         for proc in writers + readers:
             proc.start()
