@@ -588,3 +588,24 @@ def import_starting_at(
         lines.append(line.replace(old, new, 1) if "key" in record else line)
     source.close()
     import_lines(castore.Store(root, dag="d"), lambda: lines)
+
+
+def twin_with_six_versions(
+    twin: pathlib.Path, root: pathlib.Path
+) -> tuple[pathlib.Path, dict[int, Frame]]:
+    """Key ``dag/d/k`` at versions 1-6 (indexed) in ``twin``, copied to ``root``.
+
+    Returns the copy's log and its ``E`` frames by version: ``twin`` stays the undamaged
+    oracle of what is done to the copy.
+    """
+    import shutil
+
+    store = castore.Store(twin, dag="d")
+    for v in range(1, 7):
+        store.set("k", {"v": v})
+    assert [e.version for e in store.history("k").entries] == [6, 5, 4, 3, 2, 1]  # indexed
+    store.close()
+    shutil.copytree(twin, root)
+    log = pathlib.Path(log_path(root, "dag", "d", "k"))
+    frames = scan_frames(log.read_bytes())
+    return log, {decode_entry(f.payload).version: f for f in frames if f.kind == KIND_ENTRY}

@@ -13,7 +13,6 @@ texts, and the undamaged twin store's answer.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -21,24 +20,12 @@ import pytest
 
 from castore import CorruptionError, Store
 from castore.file import versionindex
-from castore.file.frames import Frame, encode_frame, scan_frames
+from castore.file.frames import encode_frame, scan_frames
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.tree import Tree
-from tests.helpers import log_path, ns_dir
+from tests.helpers import log_path, ns_dir, twin_with_six_versions
 
 pytestmark = pytest.mark.integration
-
-
-def _twin_with_six_versions(twin: Path, root: Path) -> tuple[Path, dict[int, Frame]]:
-    store = Store(twin, dag="d")
-    for v in range(1, 7):
-        store.set("k", {"v": v})
-    assert [e.version for e in store.history("k").entries] == [6, 5, 4, 3, 2, 1]  # indexed
-    store.close()
-    shutil.copytree(twin, root)
-    log = Path(log_path(root, "dag", "d", "k"))
-    frames = scan_frames(log.read_bytes())
-    return log, {decode_entry(f.payload).version: f for f in frames if f.kind == KIND_ENTRY}
 
 
 def test_a_record_at_a_frame_of_another_kind_holding_that_entry_is_a_cut(tmp_path: Path) -> None:
@@ -47,7 +34,7 @@ def test_a_record_at_a_frame_of_another_kind_holding_that_entry_is_a_cut(tmp_pat
     # version 6's E frame, so the newest version (6, the twin's) is unknown. A check of
     # the payload alone read the record as the log's own and served version 5 as newest.
     twin, root = tmp_path / "twin", tmp_path / "store"
-    log, entries = _twin_with_six_versions(twin, root)
+    log, entries = twin_with_six_versions(twin, root)
     six = entries[6]
     os.truncate(log, six.start)
     with open(log, "ab") as f:
@@ -73,7 +60,7 @@ def test_an_index_torn_inside_a_record_and_out_of_step_is_read_as_unknown(
     # version 6 reads a short record, which is "unknown: scan", never a failure. Oracle:
     # the twin's value of version 6.
     twin, root = tmp_path / "twin", tmp_path / "store"
-    _, entries = _twin_with_six_versions(twin, root)
+    _, entries = twin_with_six_versions(twin, root)
     vix = Path(log_path(root, "dag", "d", "k")).with_suffix(".vix")
     data = bytearray(vix.read_bytes()[: 8 * 5 + 3])
     data[8 * 4 : 8 * 5] = entries[2].start.to_bytes(8, "little")
@@ -91,7 +78,7 @@ def test_a_record_at_the_previous_version_s_entry_is_a_cut(tmp_path: Path) -> No
     # log does not hold version 6's E frame there, so that is a cut (FORMAT.md §7), not
     # the log's own record. Oracle: the twin's newest version, 6.
     twin, root = tmp_path / "twin", tmp_path / "store"
-    log, entries = _twin_with_six_versions(twin, root)
+    log, entries = twin_with_six_versions(twin, root)
     os.truncate(log, entries[5].end)
     with open(log.with_suffix(".vix"), "r+b") as vix:
         vix.seek(8 * 5)
@@ -134,7 +121,7 @@ def test_a_link_planted_as_the_index_is_no_evidence_and_is_not_followed(tmp_path
     # enough to "record" versions above the newest) is no index: readers and writers
     # answer as the twin without it does, and the file outside is never read or written.
     twin, root = tmp_path / "twin", tmp_path / "store"
-    log, _ = _twin_with_six_versions(twin, root)
+    log, _ = twin_with_six_versions(twin, root)
     outside = tmp_path / ("outside-" + "x" * 80)
     outside.write_bytes(b"not an index")
     vix = log.with_suffix(".vix")
@@ -173,7 +160,7 @@ def test_an_index_built_from_a_log_replaced_meanwhile_does_not_outlive_it(
     # (FORMAT.md §5: a stale index cannot outlive its log; it would be evidence of
     # versions the new log never held). The oracle: no index, the reader told -1 (scan).
     twin, root = tmp_path / "twin", tmp_path / "store"
-    log, _ = _twin_with_six_versions(twin, root)
+    log, _ = twin_with_six_versions(twin, root)
     log.with_suffix(".vix").unlink()
     new_log = tmp_path / "new.log"
     new_log.write_bytes(log.read_bytes()[:1])  # what the rewrite made; never read here
@@ -194,7 +181,7 @@ def test_a_wrong_record_of_the_newest_version_is_no_cut(tmp_path: Path) -> None:
     # frame. Only records above the newest intact entry can prove a cut (FORMAT.md §7):
     # this one is an index out of step (info), and the reader serves the twin's 6.
     twin, root = tmp_path / "twin", tmp_path / "store"
-    log, entries = _twin_with_six_versions(twin, root)
+    log, entries = twin_with_six_versions(twin, root)
     with open(log.with_suffix(".vix"), "r+b") as vix:
         vix.seek(8 * 5)
         vix.write(entries[3].start.to_bytes(8, "little"))

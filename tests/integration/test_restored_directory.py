@@ -24,9 +24,7 @@ from typing import Any
 import pytest
 
 from castore import CorruptionError, Store, StoreUnavailableError
-from castore.file.frames import scan_frames
-from castore.file.records import KIND_ENTRY, decode_entry
-from tests.helpers import log_path, ns_dir
+from tests.helpers import log_path, ns_dir, twin_with_six_versions
 
 pytestmark = pytest.mark.integration
 
@@ -121,15 +119,7 @@ def test_an_index_record_at_another_version_s_entry_is_evidence_of_a_cut(tmp_pat
     # the log) must count as a cut (FORMAT.md §7): a check of the frame's kind alone
     # served the older newest version as current. Oracle: the undamaged twin's answer.
     twin, root = tmp_path / "twin", tmp_path / "store"
-    store = Store(twin, dag="d")
-    for v in range(1, 7):
-        store.set("k", {"v": v})
-    assert [e.version for e in store.history("k").entries] == [6, 5, 4, 3, 2, 1]  # indexed
-    store.close()
-    shutil.copytree(twin, root)
-    log = Path(log_path(root, "dag", "d", "k"))
-    frames = scan_frames(log.read_bytes())
-    entries = {decode_entry(f.payload).version: f for f in frames if f.kind == KIND_ENTRY}
+    log, entries = twin_with_six_versions(twin, root)
     os.truncate(log, entries[5].end)  # version 6 cut off
     with open(log.with_suffix(".vix"), "r+b") as vix:  # its record: version 3's E frame
         vix.seek(8 * 5)
