@@ -24,10 +24,10 @@ class Handle:
         return self._backend
 
     def close(self) -> None:
-        """Drop cached state and close the cached directory descriptors.
+        """Drop cached state and close the cached descriptors and connections.
 
-        The handle stays usable (they are opened again on use), but ``close``
-        must not run while other threads use the handle.
+        The handle stays usable (they are opened again on use). Safe while other
+        threads use the handle: what their calls use is closed when the last ends.
         """
         self._backend.close()
 

@@ -1,11 +1,9 @@
 """The file backend: the parts of castore/file/ behind the :class:`~castore.backend.Backend` API.
 
-:class:`FileBackend` combines, for one store directory: its
-:class:`~castore.file.layout.Layout` (paths, ``FORMAT``), one
-:class:`~castore.file.reflog.RefLog` per ref (read, lock, append, rewrite),
-the :class:`~castore.file.namespaces.Namespaces` (``KEYS``, ``GRAVES``),
-the blob index and blob reader, and a read cache of each log's newest entry.
-It knows the bytes (docs/FORMAT.md), not Dagu's semantics (``castore/store.py``).
+:class:`FileBackend` combines, for one store directory: its ``Layout`` (paths,
+``FORMAT``), a ``RefLog`` per ref, the ``Namespaces`` (``KEYS``, ``GRAVES``), the blob
+index and reader, a read cache of each log's newest entry, and the calls running
+(``InUse``: a close waits for them). It knows the bytes (docs/FORMAT.md), not Dagu's.
 
 A read never creates a store: on a location that holds none (a missing or empty
 directory) every read finds nothing; the first write creates it (:meth:`Layout.create`).
@@ -35,6 +33,7 @@ from castore.file.rewrite import Transform
 from castore.file.statemarks import pending_rewrite
 from castore.file.tree import Tree
 from castore.file.writer import Writer
+from castore.inuse import InUse, guard
 from castore.keys import Ref
 from castore.records import Entry
 from castore.reports import CheckReport, CompactReport, GCReport, Retention, ScopeStats, StoreStats
@@ -72,6 +71,7 @@ class FileBackend:
         self._cache = ReadCache()
         self._writer = Writer(self.layout, self.names, self._blobs, self.blob_reader, self._cache)
         self.kept_readers = KeptReaders()  # logs kept open for version reads
+        self.in_use = InUse(self._close_now)  # the calls running: close waits for none
 
     # -- the parts, as maintenance reaches them ----------------------------------------
 
@@ -101,7 +101,10 @@ class FileBackend:
         return self.layout.lock_timeout
 
     def close(self) -> None:
-        """Drop cached state; close the cached directory descriptors (see ``Store.close``)."""
+        """Drop cached state, close the cached descriptors: now, or when the last call ends."""
+        self.in_use.close()
+
+    def _close_now(self) -> None:
         self._cache.clear()
         self._logs.clear()
         self._log_bytes = 0
@@ -131,7 +134,7 @@ class FileBackend:
 
     def iter_logs(self) -> Iterator[str]:
         """Paths of every ref log in the store, sorted."""
-        return self.layout.iter_logs()
+        return self.in_use.stepwise(self.layout.iter_logs())
 
     def graveyard(self, scope: str, namespace: str) -> Graveyard:
         """The graveyard of a namespace."""
@@ -198,11 +201,7 @@ class FileBackend:
         return self.names.known(scope, namespace)
 
     def remember(self, scope: str, namespace: str, keys: list[str]) -> None:
-        """Record in ``STATE`` the newest version of ``keys``, read under their logs' locks.
-
-        A log that a writer holds, that is damaged or an older copy put back
-        (:mod:`~castore.file.putback`) is left out: the next list reads it again.
-        """
+        """Record in ``STATE`` keys' newest versions (not held by a writer, damaged, put back)."""
         state = self.names.state(scope, namespace)
         if state.known() is None:
             return
@@ -316,14 +315,14 @@ class FileBackend:
         """Every entry of a ref, oldest first, with its verified value (None for tombstones)."""
         log = self.log(ref)
         hit = self._cache.get(log.path)  # before the log is opened, as in :meth:`current`
-        return logversions.iter_versions(ref, log, self.names, self.blob_reader, hit and hit[1])
+        versions = logversions.iter_versions(ref, log, self.names, self.blob_reader, hit and hit[1])
+        return self.in_use.stepwise(versions)
 
     def _not_cut(self, ref: Ref, hit: tuple[Sig, Current] | None, want: int, got: int) -> None:
         """Read the log again (:meth:`current`) if a read found less than this handle knew.
 
-        ``want``: the highest version the read asked for; ``got``: the highest
-        it found (0: none). A cut this handle saw then raises (and is recorded); a version that is
-        simply absent (an import started higher, a damaged range) passes.
+        ``want``/``got``: the highest version the read asked for/found (0: none). A cut
+        this handle saw raises; a version simply absent (an import started higher) passes.
         """
         known = hit[1].entry if hit is not None else None
         if known is not None and got < min(want, known.version):
@@ -336,14 +335,10 @@ class FileBackend:
     # -- writing (castore/file/writer.py) -----------------------------------------------
 
     def write(self, ref: Ref, decide: Decide) -> tuple[Entry | None, list[Entry]]:
-        """Run ``decide`` on the newest entry under the ref's lock; append what it returns.
+        """:meth:`Backend.write`, under the ref's lock.
 
-        Where there is no store yet, ``decide`` first runs on nothing: a write
-        that would append nothing, or fails its guard, creates nothing;
-        otherwise the store is created and the write runs as usual.
-
-        Returns:
-            (previous newest entry, appended entries; empty when nothing was written).
+        Where there is no store yet, ``decide`` first runs on nothing: only a write
+        that appends something creates one.
         """
         if not self.layout.present and not self.layout.exists():
             if not decide(None, NothingView()):
@@ -398,3 +393,8 @@ class FileBackend:
         from castore.file.stats import stats
 
         return stats(self)
+
+
+guard(FileBackend, "current version history write replace exists keys namespaces removed")
+guard(FileBackend, "listing remember check stats collect_garbage compact rewrite graveyard")
+guard(FileBackend, "rebuild_blob_index")

@@ -42,6 +42,7 @@ import msgspec
 from castore import forks
 from castore.cluster import Cluster, member_key
 from castore.errors import CastoreError, InvalidValueError
+from castore.inuse import InUse
 from castore.remote.failures import MAYBE, failure, unavailable
 from castore.remote.frames import frames
 from castore.remote.proxies import NO_PROXY_UNREAD, check_proxy_environment, proxy_variable
@@ -119,6 +120,7 @@ class Transport:
         self._client: httpx.Client | None = None
         self._tls = False
         self._decoders = {name: msgspec.msgpack.Decoder(CALLS[name].reply) for name in CALLS}
+        self._in_use = InUse(self._close_now)  # a close waits for no call, runs after all
         forks.track(self)
 
     def after_fork_in_child(self) -> None:
@@ -158,7 +160,14 @@ class Transport:
             return self._client
 
     def close(self) -> None:
-        """Close the connections (the transport opens new ones if used again)."""
+        """Close the connections once no call runs (the transport opens new ones if used again).
+
+        A connection closed under a call of another thread would fail it (httpx: "the
+        client has been closed") or leave its socket open.
+        """
+        self._in_use.close()
+
+    def _close_now(self) -> None:
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
@@ -216,15 +225,19 @@ class Transport:
                 ``check`` finds an item wrong.
             CastoreError: the exception that ended it on the server.
         """
-        response = self._send(name, request, keyspace, None, stream=True)
+        self._in_use.enter()  # until the stream ends: its connection is in use
         try:
-            for item in frames(name, response):
-                problem = check(item) if check is not None else None
-                if problem is not None:
-                    raise unavailable(response.url, f"a bad answer to {name}: {problem}")
-                yield item
+            response = self._send(name, request, keyspace, None, stream=True)
+            try:
+                for item in frames(name, response):
+                    problem = check(item) if check is not None else None
+                    if problem is not None:
+                        raise unavailable(response.url, f"a bad answer to {name}: {problem}")
+                    yield item
+            finally:
+                response.close()
         finally:
-            response.close()
+            self._in_use.leave()
 
     def _send(
         self,
@@ -240,6 +253,7 @@ class Transport:
         With ``stream``, its body is still to be read (and the response closed).
         """
         sent = [False]  # an attempt whose answer was lost (maybe applied)
+        self._in_use.enter()
         try:
             return self._until_answered(name, request, where, resend, stream, sent)
         except (CastoreError, OSError) as exc:
@@ -249,6 +263,8 @@ class Transport:
             raise unavailable(
                 url, f"the answer to {name} was lost, and sending it again failed: {exc}{MAYBE}"
             ) from None
+        finally:
+            self._in_use.leave()
 
     def _until_answered(
         self,

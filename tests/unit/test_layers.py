@@ -30,6 +30,7 @@ LAYERS = {
     "digests": 0,  # sha256: CPython's own for names and the CLI's quick get, else OpenSSL
     "waits": 0,  # a thread that refuses to wait for locks, or bounds its waits (castore serve)
     "forks": 0,  # a forked child's new locks, none of its parent's descriptors (at-fork hooks)
+    "inuse": 1,  # the calls running on a handle: its close waits for none, runs after all
     "keys": 1,
     "records": 1,  # what every backend shares
     "urls": 1,  # store locations: the default one; URLs and their redaction

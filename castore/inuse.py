@@ -1,0 +1,157 @@
+"""The calls running on one file-store handle, so that closing it never closes a descriptor in use.
+
+A handle shared by threads caches directory, ``STATE``, log and reader
+descriptors. Closing one while another thread is between looking it up and
+using it let that thread use a closed number, or one the kernel had given
+to another open meanwhile: a log created in the wrong directory of the store
+(``check`` then reports a file in place of a directory), ``EBADF`` errors,
+and in principle a file made through a directory outside the store.
+
+So each call of the handle counts itself in (:meth:`InUse.enter`, a list
+append, atomic under the GIL) and out, and :meth:`InUse.close` closes the
+descriptors only when no call runs: at once if none does, else when the
+last one ends. While it closes, calls that start wait for it (microseconds:
+it only closes descriptors), and a close never waits for a call, so a
+thread closing the handle inside an iteration over one of its streams does
+not deadlock: that stream's step ends, then the close runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
+
+from castore import forks
+
+__all__ = ["InUse", "guard"]
+
+_T = TypeVar("_T")
+
+
+class InUse:
+    """The calls running on one handle, and its close, deferred while any runs.
+
+    Args:
+        close: closes the handle's descriptors and drops its caches; never runs
+            concurrently with a call counted in, nor with itself.
+    """
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self._calls: list[None] = []  # one item per call running: append/pop are atomic
+        self._closing = False  # a close runs: calls starting now wait for it
+        self._wanted = False  # a close was asked: the last call to end runs it
+        self._done = threading.Condition()
+        self._closer = threading.Lock()
+        forks.track(self)
+
+    def enter(self) -> None:
+        """Count a call in; wait first while a close runs."""
+        calls = self._calls
+        calls.append(None)
+        while self._closing:  # seen after counting in: that close waits for this call
+            calls.pop()
+            with self._done:
+                self._done.wait_for(lambda: not self._closing)
+            calls.append(None)
+
+    def leave(self) -> None:
+        """Count a call out; the last to end runs a close asked meanwhile."""
+        with contextlib.suppress(IndexError):  # a call begun in the parent, ending in a child
+            self._calls.pop()
+        self.leave_last()
+
+    def leave_last(self) -> None:
+        """After a call counted out: if it was the last, run a close asked meanwhile."""
+        if self._wanted and not self._calls:
+            self._try_close()
+
+    def close(self) -> None:
+        """Close the handle's descriptors now if no call runs, else when the last one ends."""
+        self._wanted = True
+        self._try_close()
+
+    def _try_close(self) -> None:
+        with self._closer:  # one close at a time
+            if not self._wanted:
+                return
+            self._closing = True  # calls counting in from now wait
+            try:
+                if self._calls:  # counted in before that: the last of them closes
+                    return
+                self._wanted = False
+                self._close()
+            finally:
+                with self._done:
+                    self._closing = False
+                    self._done.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child (:mod:`castore.forks`): no call runs there; new locks."""
+        self._calls = []
+        self._closing = self._wanted = False
+        self._done = threading.Condition()
+        self._closer = threading.Lock()
+
+    def stepwise(self, items: Iterator[_T]) -> Iterator[_T]:
+        """``items``, each step counted in (not the pauses between: a close may run there)."""
+        while True:
+            self.enter()
+            try:
+                item = next(items, _END)
+            finally:
+                self.leave()
+            if item is _END:
+                return
+            yield item
+
+
+_END: Final[Any] = object()
+
+
+def guard(cls: type, methods: str) -> None:
+    """Count each call of ``cls``'s ``methods`` (names, spaced) in ``self.in_use``."""
+    for name in methods.split():
+        method = getattr(cls, name)
+        code = method.__code__
+        kinds = code.co_kwonlyargcount or method.__defaults__ or code.co_flags & 0x0C  # *, **
+        short = code.co_argcount in (2, 3) and not kinds  # self and one or two arguments
+        setattr(cls, name, functools.wraps(method)((_short if short else _any)(method)))
+
+
+def _short(method: Callable[..., _T]) -> Callable[..., _T]:
+    """``method`` counted in, its one or two arguments passed on as they are (every get)."""
+
+    def counted(self: Any, a: Any, b: Any = _END) -> _T:  # no *args: the tuple costs most
+        use: InUse = self.in_use
+        calls = use._calls  # InUse.enter, inlined
+        calls.append(None)
+        if use._closing:
+            calls.pop()
+            use.enter()
+            calls = use._calls
+        try:
+            return method(self, a) if b is _END else method(self, a, b)
+        finally:
+            calls.pop()  # the list it was counted in (a child forked meanwhile has another)
+            if use._wanted:
+                use.leave_last()
+
+    return counted
+
+
+def _any(method: Callable[..., _T]) -> Callable[..., _T]:
+    """``method`` counted in."""
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> _T:
+        use: InUse = self.in_use
+        use.enter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            use.leave()
+
+    return counted
