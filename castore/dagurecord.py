@@ -22,7 +22,7 @@ from typing import Final
 import msgspec
 
 from castore import codec
-from castore.jsonparse import check_depth, object_members
+from castore.jsonparse import check_depth, object_members, without_lone_surrogates
 from castore.jsonrules import GO_REPLACE
 
 __all__ = ["MAX_TIME_NS", "DaguRecord", "DaguUpdatedBy", "decode_record", "parse_go_time"]
@@ -114,8 +114,9 @@ def _fields(members: list[tuple[str, str]], names: tuple[str, ...]) -> dict[str,
 
 
 def _string(fields: dict[str, str], name: str) -> str:
-    text = fields.get(name, "null")  # Go leaves a field that is null or absent empty
-    value = msgspec.json.decode(text)
+    """A string field as Go reads it: null or absent is empty, a lone surrogate escape U+FFFD."""
+    text = fields.get(name, "null").encode()
+    value = msgspec.json.decode(without_lone_surrogates(text) or text)  # msgspec refuses them
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{name} is not a string")
     return value or ""

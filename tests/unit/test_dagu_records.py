@@ -206,3 +206,19 @@ def test_entries_whose_names_are_no_records_are_harmless_whatever_they_are(store
     assert got[linked].problem
     assert got[linked].reason == "symbolic link, not followed"
     assert [e.key for e in store.list().entries] == ["a-good", "z-good"]
+
+
+def test_lone_surrogate_escapes_in_the_audit_read_as_go_reads_them(store, tmp_path):
+    r"""Was (the audit review): skipped as ``corrupt record: Input data was truncated`` (or
+    ``invalid utf-16 surrogate pair``): msgspec refuses a lone surrogate escape, where Go's
+    decoder, and so Dagu, reads each as U+FFFD and serves the record."""
+    d = DaguDir(tmp_path / "dag-state")
+    _around(d)
+    data = dagu_record("dag", "daily", "m", 1, 4, by={"dag_run_id": "R1", "step_name": "S1"})
+    data = data.replace(b'"R1"', b'"\\ud800x"').replace(b'"S1"', b'"a\\udc00"')
+    data = data.replace(b'"scope":"dag"', b'"scope":"\\ud834"')  # Dagu overrides it: ignored
+    rel = d.bad(rel_path("dag", "daily", "m"), data, "")
+    got = run_import(store, d.root)
+    assert got[rel].status == "imported", got[rel]
+    (entry,) = store.history("m").entries
+    assert (entry.run_id, entry.step_name) == ("\ufffdx", "a\ufffd")
