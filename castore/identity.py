@@ -213,7 +213,8 @@ def check_caller(fields: dict[str, object]) -> None:
     Raises:
         TypeError: a field that is not a ``str`` (``pid`` and ``rollback_from``: an ``int``).
         InvalidValueError: a ``pid`` or ``rollback_from`` outside 0 to 2**63-1, or text
-            that is not UTF-8.
+            that is not UTF-8 or too long (named as the caller's, not an environment
+            variable's: a server's own ``$LOGNAME`` is not what was refused).
     """
     for name, value in fields.items():
         number = name in ("pid", "rollback_from")
@@ -222,4 +223,4 @@ def check_caller(fields: dict[str, object]) -> None:
             raise TypeError(f"caller.{name} must be {wanted}, not {type(value).__name__}")
         if number and not 0 <= value < 1 << 63:  # type: ignore[operator]  # an int, just checked
             raise InvalidValueError(f"caller.{name} {value} is out of range")
-    refuse_invalid_text(fields)  # type: ignore[arg-type]  # texts and ints, just checked
+    refuse_invalid_text(fields, sources=False)  # type: ignore[arg-type]  # given, not read

@@ -187,7 +187,7 @@ def test_audit_fields_of_the_handle_are_checked_at_the_write(store_location, fie
     [
         (Audit(pid=-5), "caller.pid -5 is out of range"),
         (Audit(pid=2**70), f"caller.pid {2**70} is out of range"),
-        (Audit(actor="\ud800"), "audit field actor (from $CASTORE_ACTOR unless given) is not"),
+        (Audit(actor="\ud800"), "audit field actor is not valid text"),
     ],
 )
 def test_a_caller_a_write_could_not_record_is_refused(store, caller, error):

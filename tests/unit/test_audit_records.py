@@ -141,3 +141,16 @@ def test_a_user_name_a_write_cannot_record_is_refused_naming_its_variable(
     with pytest.raises(InvalidValueError, match=r"audit field user \(from \$LOGNAME, else \$USER"):
         store.set("k", 2)
     assert [e.version for e in store.history("k").entries] == [1]
+
+
+@pytest.mark.parametrize(("field", "text"), [("user", "u" * 8193), ("run_id", "r\ud800")])
+def test_a_callers_bad_field_is_not_blamed_on_the_servers_environment(tmp_path, field, text):
+    """Was (the audit review): a server answered a caller's 8,193-character ``user`` with
+    ``audit field user (from $LOGNAME, else $USER, …, unless given)``: the field was given."""
+    served = Store(tmp_path, durable=False)
+    with pytest.raises(InvalidValueError) as caught:
+        served.for_caller(Audit(**{field: text}), dag="d")
+    message = str(caught.value)
+    assert f"audit field {field} " in message
+    assert "$" not in message
+    assert "unless given" not in message
