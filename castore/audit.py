@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import msgspec
 
 from castore.argcheck import check_integer, check_text
-from castore.errors import InvalidRefError
+from castore.errors import InvalidRefError, InvalidValueError
 from castore.history import history_entry
-from castore.keys import SCOPES, Ref, resolve_namespace, validate_filters
+from castore.keys import SCOPES, Ref, go_quote, resolve_namespace, validate_filters
 from castore.records import Entry
 from castore.results import PlainResult
 from castore.store import Store, check_store
@@ -89,6 +89,20 @@ def _matches(entry: Entry, run_id: str | None, actor: str | None, step: str | No
     )
 
 
+def _check_utf8(text: str | None, name: str) -> None:
+    """Refuse a filter no record can hold (a lone surrogate: bytes that are not UTF-8).
+
+    Else it matched nothing, and an audit of a mis-encoded actor looked like one of an
+    actor who wrote nothing (the CLI refuses such bytes everywhere else, exit 2).
+    """
+    if text is None or text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValueError(f"audit filter {name} {go_quote(text)}: not valid UTF-8") from None
+
+
 def audit(
     store: Store,
     *,
@@ -111,12 +125,14 @@ def audit(
         TypeError: ``store`` is not a Store, a filter not a str (or None), or a
             time not an int (or None).
         InvalidRefError: bad scope or namespace filter.
+        InvalidValueError: a ``run_id``, ``actor`` or ``step`` that is not UTF-8 text.
         CorruptionError: a log record fails verification (while iterating).
     """
     check_store(store)
     validate_filters(scope, namespace)
     for text, name in ((run_id, "run_id"), (actor, "actor"), (step, "step")):
         check_text(text, name, optional=True)
+        _check_utf8(text, name)
     check_integer(since_ns, "since_ns", optional=True)
     check_integer(until_ns, "until_ns", optional=True)
     return _records(store, scope, namespace, (run_id, actor, step), since_ns, until_ns)

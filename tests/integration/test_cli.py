@@ -543,6 +543,10 @@ INVALID_INPUT: list[tuple[list[str | bytes], str]] = [
     (["set", "k", "NaN"], "invalid value"),
     (["diff", "k", "[1,]"], "invalid value"),
     (["set", "k", ""], "invalid value"),
+    # Found by the audit review: an audit filter that is not UTF-8 matched nothing, exit 0
+    (["audit", "--actor", b"al\xffice"], 'audit filter actor "al\\xffice": not valid UTF-8'),
+    (["audit", "--run-id", b"\xff"], "audit filter run_id"),
+    (["audit", "--step", b"s\xff"], "audit filter step"),
 ]
 
 

@@ -176,6 +176,18 @@ def test_audit_rejects_bad_filters(store_location):
         list(audit(s, namespace="a/b"))
 
 
+@pytest.mark.parametrize("name", ["run_id", "actor", "step"])
+def test_audit_refuses_a_text_filter_that_is_not_utf8(store_location, name):
+    """Was (the audit review): a filter with a lone surrogate (``--actor`` given bytes that
+    are not UTF-8) matched nothing and exited 0, as if that actor had written nothing."""
+    s = handle(store_location, "run-1", actor="alice")
+    s.set("k", 1)
+    with pytest.raises(InvalidValueError, match=f"audit filter {name} .*not valid UTF-8"):
+        audit(s, **{name: "al\udcffice"})  # type: ignore[arg-type]  # checked when called
+    recorded = {"run_id": "run-1", "actor": "alice", "step": "st"}[name]
+    assert [r.key for r in audit(s, **{name: recorded})] == ["k"]  # type: ignore[arg-type]
+
+
 def test_audit_when_the_wall_clock_steps_back(store_location, monkeypatch):
     """FORMAT.md §3: time_ns never decreases within a ref, so audit stays ordered and complete."""
     clock = iter([300, 200, 100, 50])
