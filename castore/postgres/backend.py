@@ -284,6 +284,8 @@ class PostgresBackend:
             if row is not None and row[1] is None and cur.execute(q.HAS_VERSIONS, key).fetchone():
                 cur.execute(q.COPY_NEWEST, key)
                 row = cur.execute(q.LOCK, key).fetchone()
+        if row is not None and row[10]:  # NOT_NEWEST read the rows on its snapshot from
+            row = cur.execute(q.LOCK, key).fetchone()  # before a lock wait: again, locked
         assert row is not None  # noqa: S101 - inserted or found above, under the lock
         newest = rows.entry(row, 1, ref)  # a damaged copy raises
         if row[10] and q.copy_refuted(cur, ref, row[10]):  # never decide on a wrong copy
