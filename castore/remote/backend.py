@@ -30,6 +30,7 @@ from castore.errors import (
     FormatVersionError,
     InvalidValueError,
     LockTimeoutError,
+    NotFoundError,
     StoreUnavailableError,
 )
 from castore.identity import MAX_AUDIT_TEXT
@@ -75,6 +76,10 @@ def _call(ref: Ref) -> RefCall:
     return RefCall(scope=ref.scope, namespace=ref.namespace, key=ref.key)
 
 
+class _SupersededError(Exception):
+    """The newest entry a decision was given is compacted: it is not the newest any more."""
+
+
 class _RemoteView:
     """What a decision reads of its ref: the newest value (read when asked), the rest on demand."""
 
@@ -88,7 +93,10 @@ class _RemoteView:
         if self._newest is None or not self._newest.live:
             return None
         if self._value is None:  # read only when a decision asks: a damaged value raises here
-            self._value = self._backend.version(self._ref, self._newest.version)[1]
+            try:
+                self._value = self._backend.version(self._ref, self._newest.version)[1]
+            except NotFoundError:  # compacted since: newer versions came first
+                raise _SupersededError from None
         return self._value
 
     def entry_at(self, version: int) -> Entry | None:
@@ -289,7 +297,13 @@ class RemoteBackend:
         entry, value = self._newest_to_write(ref)
         deadline = time.monotonic() + self._lock_timeout
         for attempt in itertools.count():
-            decided = decide(entry, _RemoteView(self, ref, entry, value))
+            try:
+                decided = decide(entry, _RemoteView(self, ref, entry, value))
+            except _SupersededError:  # decide again on the newest (its value read with it)
+                if time.monotonic() > deadline:
+                    raise LockTimeoutError(str(ref), self._lock_timeout) from None
+                entry, value = self._newest_to_write(ref)
+                continue
             news = [] if decided is None else decided if isinstance(decided, list) else [decided]
             if not news:
                 return entry, []

@@ -6,11 +6,17 @@ Each test fails on the code before its fix:
   was removing failed with ``CorruptionError`` ("its copy of the newest version
   in refs is behind its version rows (edited)"): the lock statement's check of
   the copy read the version rows on the snapshot taken before the wait, the ones
-  compaction had just deleted. A directory store writes the next version.
+  compaction had just deleted. A directory store writes the next version;
+- over http, a write told that another write came first decided again on the
+  newest entry the server named, reading its value by version: when yet another
+  write and a compaction came meanwhile, that version was compacted, and an
+  ``incr`` of a live key failed with "not found: … version 2 was compacted". A
+  local store decides under the key's lock and never reads a superseded version.
 """
 
 from __future__ import annotations
 
+import pathlib
 import threading
 import time
 from typing import Any
@@ -21,6 +27,8 @@ from psycopg import sql
 
 from castore import Store
 from castore.postgres.location import parse
+from castore.remote.backend import RemoteBackend
+from tests.conftest import remote_file_location
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +127,32 @@ def test_a_write_waiting_for_a_compaction_that_removes_its_key_writes_the_next_v
         assert type(outcomes["write"]).__name__ == "NotFoundError", outcomes["write"]
         assert "was compacted" in str(outcomes["write"])
     assert Store(postgres_location, dag=DAG).check().ok
+
+
+def test_an_http_write_whose_newest_was_compacted_meanwhile_decides_again(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with remote_file_location(tmp_path) as url:
+        client, other = Store(url, dag=DAG), Store(url, dag=DAG)
+        client.set("c", 1)
+        backend = client.backend
+        assert isinstance(backend, RemoteBackend)
+        transport = backend._transport
+        real = transport.call
+        steps: list[str] = []
+
+        def call(name: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+            if name == "append" and not steps:  # another write comes first: stale, at 2
+                steps.append(name)
+                other.set("c", 10)
+            elif name == "version" and steps == ["append"]:  # before version 2 is read:
+                steps.append(name)
+                other.set("c", 20)  # a third write, then a compaction dropping version 2
+                assert other.compact(keep_last=1).versions_dropped == 2
+            return real(name, request, *args, **kwargs)
+
+        monkeypatch.setattr(transport, "call", call)
+        result = client.incr("c")
+        assert steps == ["append", "version"]  # the interleaving happened
+        assert (result.version, result.number) == (4, 21)  # on the newest: 20 + 1
+        assert [e.version for e in other.history("c").entries] == [4, 3]
