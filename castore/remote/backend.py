@@ -76,10 +76,6 @@ def _call(ref: Ref) -> RefCall:
     return RefCall(scope=ref.scope, namespace=ref.namespace, key=ref.key)
 
 
-class _SupersededError(Exception):
-    """The newest entry a decision was given is compacted: it is not the newest any more."""
-
-
 class _RemoteView:
     """What a decision reads of its ref: the newest value (read when asked), the rest on demand."""
 
@@ -93,10 +89,7 @@ class _RemoteView:
         if self._newest is None or not self._newest.live:
             return None
         if self._value is None:  # read only when a decision asks: a damaged value raises here
-            try:
-                self._value = self._backend.version(self._ref, self._newest.version)[1]
-            except NotFoundError:  # compacted since: newer versions came first
-                raise _SupersededError from None
+            self._value = self._backend.version(self._ref, self._newest.version)[1]
         return self._value
 
     def entry_at(self, version: int) -> Entry | None:
@@ -299,10 +292,13 @@ class RemoteBackend:
         for attempt in itertools.count():
             try:
                 decided = decide(entry, _RemoteView(self, ref, entry, value))
-            except _SupersededError:  # decide again on the newest (its value read with it)
+            except NotFoundError:  # a version it read compacted after newer writes came first?
+                newest, value = self._newest_to_write(ref)
+                if (newest.version if newest else 0) == (entry.version if entry else 0):
+                    raise  # no: the answer a local store gives
                 if time.monotonic() > deadline:
                     raise LockTimeoutError(str(ref), self._lock_timeout) from None
-                entry, value = self._newest_to_write(ref)
+                entry = newest  # yes: decide again on the newest, as a local store would
                 continue
             news = [] if decided is None else decided if isinstance(decided, list) else [decided]
             if not news:

@@ -11,7 +11,12 @@ Each test fails on the code before its fix:
   newest entry the server named, reading its value by version: when yet another
   write and a compaction came meanwhile, that version was compacted, and an
   ``incr`` of a live key failed with "not found: … version 2 was compacted". A
-  local store decides under the key's lock and never reads a superseded version.
+  local store decides under the key's lock and never reads a superseded version;
+- likewise a rollback over http with ``expected_version`` failed with "not
+  found: … version 1 was compacted" (exit 4) when another write and a
+  compaction came between its read of the newest entry and its read of the
+  target: a local store answers a conflict there (the key moved on first), or
+  rolls back (it did not), never "not found".
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from castore import Store
+from castore import ConflictError, NotFoundError, Store
 from castore.postgres.location import parse
 from castore.remote.backend import RemoteBackend
 from tests.conftest import remote_file_location
@@ -129,19 +134,29 @@ def test_a_write_waiting_for_a_compaction_that_removes_its_key_writes_the_next_v
     assert Store(postgres_location, dag=DAG).check().ok
 
 
+def _hooked(client: Store, monkeypatch: pytest.MonkeyPatch, hook: Any) -> None:
+    """``hook(name)`` runs before each backend call ``client`` sends."""
+    backend = client.backend
+    assert isinstance(backend, RemoteBackend)
+    transport = backend._transport
+    real = transport.call
+
+    def call(name: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+        hook(name)
+        return real(name, request, *args, **kwargs)
+
+    monkeypatch.setattr(transport, "call", call)
+
+
 def test_an_http_write_whose_newest_was_compacted_meanwhile_decides_again(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with remote_file_location(tmp_path) as url:
         client, other = Store(url, dag=DAG), Store(url, dag=DAG)
         client.set("c", 1)
-        backend = client.backend
-        assert isinstance(backend, RemoteBackend)
-        transport = backend._transport
-        real = transport.call
         steps: list[str] = []
 
-        def call(name: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+        def hook(name: str) -> None:
             if name == "append" and not steps:  # another write comes first: stale, at 2
                 steps.append(name)
                 other.set("c", 10)
@@ -149,10 +164,33 @@ def test_an_http_write_whose_newest_was_compacted_meanwhile_decides_again(
                 steps.append(name)
                 other.set("c", 20)  # a third write, then a compaction dropping version 2
                 assert other.compact(keep_last=1).versions_dropped == 2
-            return real(name, request, *args, **kwargs)
 
-        monkeypatch.setattr(transport, "call", call)
+        _hooked(client, monkeypatch, hook)
         result = client.incr("c")
         assert steps == ["append", "version"]  # the interleaving happened
         assert (result.version, result.number) == (4, 21)  # on the newest: 20 + 1
         assert [e.version for e in other.history("c").entries] == [4, 3]
+
+
+def test_an_http_rollback_whose_target_was_compacted_after_the_key_moved_on_conflicts(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with remote_file_location(tmp_path) as url:
+        client, other = Store(url, dag=DAG), Store(url, dag=DAG)
+        client.set("k", 1)
+        client.set("k", 2)
+        steps: list[str] = []
+
+        def hook(name: str) -> None:
+            if name == "version" and not steps:  # decided on version 2; before 1 is read:
+                steps.append(name)
+                other.set("k", 3)  # the key moves on, then compaction drops version 1
+                assert other.compact(keep_last=2).versions_dropped == 1
+
+        _hooked(client, monkeypatch, hook)
+        with pytest.raises(ConflictError, match="expected version 2, actual version 3"):
+            client.rollback("k", to_version=1, expected_version=2)
+        assert steps == ["version"]
+        with pytest.raises(NotFoundError, match="version 1 was compacted"):  # the key's
+            client.rollback("k", to_version=1)  # newest did not move: not found, as locally
+        assert [e.version for e in other.history("k").entries] == [3, 2]  # nothing written
