@@ -130,8 +130,18 @@ class Invocation:
 
         Raises:
             OptionError: ``--dag`` and ``--root-dag`` given without ``--scope``, or
-                either with ``--namespace`` or another scope (it would narrow nothing).
+                either with ``--namespace`` or another scope (it would narrow nothing);
+                ``--scope`` or ``--namespace`` given blank (an unset variable: not
+                "every one", which leaving the option out means).
         """
+        for what, given, kept in (
+            ("scope", self.args.scope, self.scope_given),
+            ("namespace", self.args.namespace, self.namespace),
+        ):
+            if given is not None and kept is None:
+                raise OptionError(
+                    f"--{what} is blank: name a {what}, or leave it out for every {what}"
+                )
         dag, root_dag = self.args.dag is not None, self.args.root_dag is not None
         if dag or root_dag:
             flag = "--dag" if dag else "--root-dag"

@@ -291,6 +291,29 @@ def test_a_dag_that_cannot_narrow_is_refused_not_ignored(cli, command):
     ] == [2, 1]
 
 
+@pytest.mark.parametrize("command", [["audit"], ["export"], ["compact", "--keep-last", "1"]])
+def test_a_blank_scope_or_namespace_filter_is_refused_not_every_one(cli, command):
+    # Found by a review of retention: a blank filter was trimmed to no filter, so
+    # `castore --namespace "$NS" compact --keep-last 1` with NS unset compacted every
+    # namespace of every scope (a blank --dir is refused for the same reason).
+    for _ in range(2):
+        cli.ok("set", "k", "1", dag="one")
+        cli.ok("set", "k", "1", "--scope", "custom", "--namespace", "feeds")
+    namespace = "--namespace is blank: name a namespace, or leave it out for every namespace"
+    scope = "--scope is blank: name a scope, or leave it out for every scope"
+    cases = {
+        ("--namespace", ""): namespace,
+        ("--namespace", "  "): namespace,
+        ("--scope", "custom", "--namespace", " "): namespace,
+        ("--scope", ""): scope,
+        ("--scope", " ", "--namespace", "feeds"): scope,
+    }
+    for flags, message in cases.items():
+        assert cli.fail(2, *flags, *command, dag=None) == message
+    for flags in (("--dag", "one"), ("--scope", "custom", "--namespace", "feeds")):
+        assert [e["version"] for e in cli.ok("history", "k", *flags)["entries"]] == [2, 1]
+
+
 def test_import_dagu_exits_1_when_it_skipped_corrupt_records(cli, tmp_path):
     source = DaguDir(tmp_path / "dag-state")
     source.record("dag", "daily", "good", 1, 1)
