@@ -321,7 +321,8 @@ class RemoteBackend:
                 raise StoreUnavailableError(
                     f"castore server: the answer to a write of {ref} was lost, and the server no"
                     f" longer tells whether it was applied (more than {RETRY_WINDOW} versions"
-                    " were written since, or one is unreadable): it may or may not have been"
+                    " were written since, or one was compacted or is unreadable): it may or may"
+                    " not have been"
                     " applied; read the key before writing it again"
                 )
             if reply.status != STALE:

@@ -325,3 +325,27 @@ def test_a_resend_the_server_cannot_place_is_never_decided_again(launcher, lose,
     assert local.get("n").value == 2 + between  # the lost increment counted once, not twice
     assert len(local.history("n", limit=500).entries) == 2 + between
     local.close()
+
+
+def test_a_resend_whose_versions_were_compacted_says_so(launcher, lose):
+    # Found by a review: a compaction between the lost answer and the resend left the
+    # server unable to place it ("unknown", rightly); the error blamed only "more than 64
+    # versions written since, or one unreadable", leaving the compaction unnamed.
+    node = launcher.lone()
+    worker = Store(node.url, dag="d")
+    assert worker.incr("n").to_dict()["number"] == 1
+
+    def compacted() -> None:  # the lost increment is applied; one more, then a compaction
+        local = Store(node.store, dag="d")
+        local.incr("n")
+        local.compact(keep_last=1)
+        local.close()
+
+    lose(_once(compacted))
+    with pytest.raises(StoreUnavailableError, match="compacted") as raised:
+        worker.incr("n")
+    assert "may or may not have been applied" in str(raised.value)
+    worker.close()
+    local = Store(node.store, dag="d")
+    assert local.get("n").value == 3  # the lost increment counted once, not twice
+    local.close()
