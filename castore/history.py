@@ -14,6 +14,7 @@ from typing import Any
 from castore import codec
 from castore.argcheck import check_integer
 from castore.backend import Backend, LogView, NewVersion
+from castore.diffbound import opaque_arrays
 from castore.errors import ConflictError, InvalidRefError, InvalidValueError, NotFoundError
 from castore.keys import Ref
 from castore.literals import decode_literal as literal
@@ -34,6 +35,7 @@ __all__ = [
     "get_version",
     "history_entry",
     "history_page",
+    "json_patch",
     "not_found",
     "rollback",
 ]
@@ -245,9 +247,6 @@ def diff_versions(
                 f"{ref} version {version} nests deeper than {DIFF_DEPTH} levels, deeper than "
                 "a version diff compares: compare the values get --version prints"
             )
-    import jsonpatch  # only version diffs use it: not loaded by get/set (CLI start-up)
-
-    patch = jsonpatch.JsonPatch.from_diff(before, after, dumps=_normalized_text).patch
     return VersionDiff(
         scope=ref.scope,
         namespace=ref.namespace,
@@ -256,5 +255,16 @@ def diff_versions(
         to_version=to_version,
         from_hash=old_entry.hash,
         to_hash=new_entry.hash,
-        patch=list(patch),
+        patch=json_patch(before, after),
     )
+
+
+def json_patch(before: Any, after: Any) -> list[dict[str, Any]]:
+    """An RFC 6902 JSON Patch from ``before`` to ``after``, in bounded work.
+
+    The arrays too costly to compare item by item are replaced whole (castore/diffbound.py).
+    """
+    import jsonpatch  # only version diffs use it: not loaded by get/set (CLI start-up)
+
+    source = opaque_arrays(before, after)
+    return list(jsonpatch.JsonPatch.from_diff(source, after, dumps=_normalized_text).patch)

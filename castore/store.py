@@ -392,6 +392,8 @@ class Store(Maintenance):
         :class:`~castore.pyvalues.NumberLiteral`, a float), and a number
         written otherwise (``1.50`` to ``1.5``, ``-0`` to ``0``) is a change:
         applying ``patch`` to the old value gives the new one, byte for byte.
+        Arrays that changed too much to compare item by item in bounded work
+        are replaced whole (:data:`castore.diffbound.DIFF_ARRAY_WORK`).
 
         Raises:
             InvalidRefError: bad scope, namespace, key or version.

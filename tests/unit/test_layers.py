@@ -42,6 +42,7 @@ LAYERS = {
     "jsonparse": 2,
     "pyvalues": 2,
     "literals": 3,  # JSON decoded with its numbers as written (edits, version diffs)
+    "diffbound": 0,  # how far a version diff compares arrays item by item
     "pointers": 2,  # JSON Pointer parts, and why one cannot be followed
     "reports": 2,
     "identity": 2,  # who writes: the audit record
