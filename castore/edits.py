@@ -35,11 +35,11 @@ b'{"n":100000000000000000001}'
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 from typing import Any, Final
 
 from castore import codec
 from castore.errors import InvalidValueError, PatchTestError
+from castore.jsonparse import parse_int
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.literals import decode_literal, equal_literals
 from castore.pointers import ARRAY_INDEX, not_applying, pointer_parts
@@ -59,10 +59,7 @@ _OPERATIONS: Final = frozenset(("add", "remove", "replace", "move", "copy", "tes
 
 
 def _exact_int(literal: str) -> int:
-    try:
-        return int(literal)
-    except ValueError:  # past sys.get_int_max_str_digits(); Decimal has no such limit
-        return int(Decimal(literal))
+    return parse_int(literal)  # any length: int() refuses past 4,300 digits
 
 
 def _is_number(value: object) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "check_depth",
     "object_members",
     "parse_document",
+    "parse_int",
     "parse_iterative",
     "with_deep_members",
     "without_lone_surrogates",
@@ -61,7 +62,7 @@ def _reject_constant(name: str) -> Any:
 _INT_PART: Final = 600  # digits int() converts at once (sys.set_int_max_str_digits takes >= 640)
 
 
-def _parse_int(literal: str) -> int:
+def parse_int(literal: str) -> int:
     """An integer literal of any length, in O(n^1.6) time.
 
     ``int()`` refuses past 4,300 digits, and converting whole is quadratic (a
@@ -93,7 +94,7 @@ def _fixed_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # writes back verbatim; "fixing" decoders replace lone surrogates in object keys.
 DECODERS: Final = {
     (literal, fixing): json.JSONDecoder(
-        parse_int=msgspec.Raw if literal else _parse_int,
+        parse_int=msgspec.Raw if literal else parse_int,
         parse_float=msgspec.Raw if literal else float,
         parse_constant=_reject_constant,
         object_pairs_hook=_fixed_object if fixing else None,

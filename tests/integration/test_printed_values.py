@@ -106,5 +106,5 @@ def test_a_long_integer_literal_decodes_to_its_int(seed: int) -> None:
         expected = int(literal)
     finally:
         sys.set_int_max_str_digits(limit)
-    assert jsonparse._parse_int(literal) == expected
+    assert jsonparse.parse_int(literal) == expected
     assert codec.decode_value(literal.encode()) == expected
