@@ -17,12 +17,17 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-__all__ = ["DIFF_ARRAY_WORK", "LONG_ARRAY", "opaque_arrays"]
+__all__ = ["DIFF_ARRAY_WORK", "DIFF_NODES", "LONG_ARRAY", "opaque_arrays"]
 
 DIFF_ARRAY_WORK = 1 << 30
 """The work a version diff spends on arrays: for each pair of arrays compared,
 the items between their common start and end times the items of both
 (about 0.1 s). Arrays of up to 16,384 items each always fit, on their own."""
+
+DIFF_NODES = 1 << 21
+"""How many values (of any kind) in the arrays compared ``jsonpatch`` may write
+out as JSON to pair their items up, summed over the arrays: an array nested in
+others is written out once for each (about 1 s)."""
 
 LONG_ARRAY = 4096
 """Arrays longer than this are not left for ``jsonpatch`` to pair up as it
@@ -39,25 +44,33 @@ def opaque_arrays(before: Any, after: Any) -> Any:
     return _Walk("\x00castore: compared whole " + secrets.token_hex(16)).pair(before, after)
 
 
-def _items_in_arrays(values: list[Any]) -> int:
-    """How many items the arrays nested in ``values`` hold together (at any depth)."""
-    total, stack = 0, list(values)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            total += len(node)
-            stack.extend(node)
-        elif isinstance(node, dict):
-            stack.extend(node.values())
-    return total
-
-
 class _Walk:
-    """One diff's walk: the token and the work left."""
+    """One diff's walk: the token, the work left, and the sizes of the values met."""
 
     def __init__(self, token: str) -> None:
         self.token = token
         self.left = DIFF_ARRAY_WORK
+        self.nodes_left = DIFF_NODES
+        self.sizes: dict[int, tuple[Any, int, int, int]] = {}  # id: (value, sizes), kept alive
+
+    def _sizes(self, value: Any) -> tuple[int, int, int]:
+        """The values in ``value``; the items of its arrays; the values in its arrays."""
+        if not isinstance(value, (list, dict)):
+            return 1, 0, 0
+        known = self.sizes.get(id(value))
+        if known is not None:
+            return known[1], known[2], known[3]
+        children = value if isinstance(value, list) else value.values()
+        nodes, items, in_arrays = 1, 0, 0
+        for child in children:
+            child_nodes, child_items, child_in_arrays = self._sizes(child)
+            nodes += child_nodes
+            items += child_items
+            in_arrays += child_in_arrays
+        if isinstance(value, list):
+            items, in_arrays = items + len(value), in_arrays + nodes
+        self.sizes[id(value)] = (value, nodes, items, in_arrays)
+        return nodes, items, in_arrays
 
     def pair(self, old: Any, new: Any) -> Any:
         """``old``, or a copy with what is too costly to compare with ``new`` replaced."""
@@ -80,13 +93,16 @@ class _Walk:
             end += 1
         middle_old, middle_new = old[start : len(old) - end], new[start : len(new) - end]
         work = (len(middle_old) + len(middle_new)) * (len(old) + len(new))
-        if work > self.left:
+        nodes = self._sizes(old)[0] + self._sizes(new)[0]  # jsonpatch writes out every item
+        if work > self.left or nodes > self.nodes_left:
             return self.token
-        self.left -= work
+        self.left, self.nodes_left = self.left - work, self.nodes_left - nodes
         # Whichever arrays of the changed items jsonpatch pairs up, their work is at most:
-        nested = (_items_in_arrays(middle_old) + _items_in_arrays(middle_new)) ** 2
-        if nested <= self.left:
-            self.left -= nested
+        inside = [self._sizes(item) for item in (*middle_old, *middle_new)]
+        nested = sum(items for _, items, _ in inside) ** 2
+        written = sum(in_arrays for _, _, in_arrays in inside)
+        if nested <= self.left and written <= self.nodes_left:
+            self.left, self.nodes_left = self.left - nested, self.nodes_left - written
             return old
         out: list[Any] | None = None
         for offset, (item, other) in enumerate(

@@ -57,11 +57,12 @@ json_values = st.recursive(
 
 
 @settings(max_examples=400, deadline=None)
-@given(json_values, json_values, st.integers(0, 200), st.integers(0, 3))
-def test_a_bounded_patch_turns_the_old_value_into_the_new(before, after, work, long):
+@given(json_values, json_values, st.integers(0, 200), st.integers(0, 60), st.integers(0, 3))
+def test_a_bounded_patch_turns_the_old_value_into_the_new(before, after, work, nodes, long):
     kept = normalize(before)
     with pytest.MonkeyPatch.context() as mp:  # small bounds: most arrays are replaced
         mp.setattr(diffbound, "DIFF_ARRAY_WORK", work)
+        mp.setattr(diffbound, "DIFF_NODES", nodes)
         mp.setattr(diffbound, "LONG_ARRAY", long)
         patch = json_patch(before, after)
     assert normalize(before) == kept  # the old value is copied where it is changed
@@ -75,12 +76,26 @@ nested_arrays = st.lists(
 
 
 @settings(max_examples=400, deadline=None)
-@given(nested_arrays, st.data(), st.integers(0, 100), st.integers(0, 2))
-def test_a_bounded_patch_of_arrays_of_arrays_is_valid(before, data, work, long):
+@given(nested_arrays, st.data(), st.integers(0, 100), st.integers(0, 60), st.integers(0, 2))
+def test_a_bounded_patch_of_arrays_of_arrays_is_valid(before, data, work, nodes, long):
     items = st.sampled_from(before) | arrays if before else arrays  # items moved, kept, new
     after = data.draw(st.lists(items, max_size=7))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(diffbound, "DIFF_ARRAY_WORK", work)
+        mp.setattr(diffbound, "DIFF_NODES", nodes)
         mp.setattr(diffbound, "LONG_ARRAY", long)
         patch = json_patch(before, after)
     assert normalize(jsonpatch.apply_patch(before, patch)) == normalize(after)
+
+
+def test_arrays_nested_deep_in_arrays_are_written_out_a_bounded_number_of_times():
+    # jsonpatch writes out each item of every array it compares, nested arrays again at
+    # each level: 60 levels of [...] around 50,000 numbers took 60 times one level's work
+    def nested(value: object, depth: int = 60) -> object:
+        return value if depth == 0 else [nested(value, depth - 1)]
+
+    before, after = nested(list(range(50_000))), nested([*range(49_999), -1])
+    (op,) = json_patch(before, after)
+    assert op["op"] == "replace"
+    assert op["path"].count("/") < 40  # the array holding the change, replaced whole
+    assert jsonpatch.apply_patch(before, [op]) == after
