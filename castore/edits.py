@@ -46,6 +46,7 @@ from castore.pointers import ARRAY_INDEX, not_applying, pointer_parts
 from castore.pyvalues import NumberLiteral
 
 __all__ = [
+    "MAX_COPIED_BYTES",
     "Edit",
     "Increment",
     "JsonPatch",
@@ -56,6 +57,10 @@ __all__ = [
 ]
 
 _OPERATIONS: Final = frozenset(("add", "remove", "replace", "move", "copy", "test"))
+MAX_COPIED_BYTES: Final = 16 * MAX_VALUE_BYTES
+"""What a JSON Patch's ``copy`` operations may copy in all (normalized bytes):
+each deep-copies its member, and a copy and a ``remove`` of it, repeated,
+never make the value larger (15,000 of them of a 600 KB member: 250 s)."""
 
 
 def _exact_int(literal: str) -> int:
@@ -250,6 +255,7 @@ class JsonPatch(Edit):
 
         document = self.document(current)
         copied = 0  # bytes the copies since the value was last measured added (at most)
+        copied_in_all = 0
         for index, op in enumerate(decode_literal(self.patch), 1):
             what = f"operation {index} ({op['op']} {op['path']})"
             if op["op"] == "test":  # ours: jsonpatch's == and its message recurse
@@ -257,6 +263,10 @@ class JsonPatch(Edit):
                 continue
             if op["op"] == "copy":  # each may double the value: 30 would take 2**30 x its size
                 size = _copy_size(document, op["from"], what)
+                copied_in_all += size
+                if copied_in_all > MAX_COPIED_BYTES:
+                    limit = f"{MAX_COPIED_BYTES >> 20} MiB"
+                    raise InvalidValueError(f"JSON Patch {what}: its copies add up past {limit}")
                 if copied + size > MAX_VALUE_BYTES:
                     codec.normalize_python(document)  # ValueTooLargeError if it passed 1 MiB
                     copied = 0
