@@ -32,6 +32,7 @@ __all__ = [
     "commit",
     "descriptor_share",
     "failpoint",
+    "listdir_at",
     "lock",
     "locked",
     "read_at",
@@ -223,3 +224,17 @@ def descriptor_share(share: int, most: int) -> int:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         _LIMIT[:] = [1 << 20 if soft == resource.RLIM_INFINITY else soft, now]
     return max(1, min(most, int(_LIMIT[0]) // share))
+
+
+def listdir_at(dir_fd: int) -> list[str]:
+    """Names in the directory open on ``dir_fd``, read through a descriptor of this call's own.
+
+    ``os.listdir(dir_fd)`` reads through a copy that shares ``dir_fd``'s position: two
+    threads listing one cached descriptor at once each moved the other's, and found
+    no names, or each twice.
+    """
+    own = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return os.listdir(own)
+    finally:
+        os.close(own)

@@ -186,7 +186,12 @@ def _drop_own_temp(dir_fd: int, name: str, info: os.stat_result) -> bool:
     """
     if info.st_nlink != 2:
         return False
-    for entry in os.listdir(dir_fd):
+    own = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:  # not os.listdir(dir_fd): it shares the cached descriptor's position (fileio.listdir_at)
+        names = os.listdir(own)
+    finally:
+        os.close(own)
+    for entry in names:
         if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
             with contextlib.suppress(OSError):
                 other = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)

@@ -319,7 +319,7 @@ class Tree(WholeFiles):
             return os.listdir(path)
         fd, owned = self._dir_fd(path.rstrip("/"))
         try:
-            return os.listdir(fd)
+            return fileio.listdir_at(fd)
         finally:
             if owned:
                 os.close(fd)

@@ -23,6 +23,7 @@ import pytest
 from castore import ConflictError, Store
 from castore.backends import is_postgres
 from castore.errors import CastoreError, NotFoundError
+from castore.file.backend import FileBackend
 from tests.helpers import is_remote_location, run_threads_for, underlying
 
 THREADS = 8
@@ -292,3 +293,33 @@ def test_threads_of_one_handle_making_its_store_at_once_all_succeed(tmp_path: Pa
             thread.join(60)
         store.close()
     assert not failures, failures[:3]
+
+
+@pytest.mark.integration
+def test_threads_listing_one_cached_directory_each_see_every_name(tmp_path: Path) -> None:
+    # os.listdir(fd) reads through a copy of fd that shares its position: two threads
+    # listing the handle's cached descriptor of refs/dag/ moved each other's position,
+    # and namespaces() (so export and audit) found none of them, or each twice.
+    store = Store(str(tmp_path / "s"), dag="d")
+    for n in range(100):
+        store.set("k", n, namespace=f"ns{n:03}")
+    backend = store.backend
+    assert isinstance(backend, FileBackend)
+    scope_dir = os.path.join(backend.refs, "dag")
+    want = sorted(backend.fs.listdir(scope_dir))
+    wrong: list[list[str]] = []
+
+    def lister() -> None:
+        for _ in range(3_000):
+            got = sorted(backend.fs.listdir(scope_dir))
+            if got != want:
+                wrong.append(got)
+                return
+
+    threads = [threading.Thread(target=lister) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(want) == 100
+    assert [len(names) for names in wrong] == []
