@@ -118,12 +118,16 @@ def guard(cls: type, methods: str) -> None:
         method = getattr(cls, name)
         code = method.__code__
         kinds = code.co_kwonlyargcount or method.__defaults__ or code.co_flags & 0x0C  # *, **
-        short = code.co_argcount in (2, 3) and not kinds  # self and one or two arguments
-        setattr(cls, name, functools.wraps(method)((_short if short else _any)(method)))
+        own = code.co_varnames[1 : code.co_argcount]  # the arguments' names, but self's
+        counted = _short(method, own) if len(own) in (1, 2) and not kinds else _any(method)
+        setattr(cls, name, functools.wraps(method)(counted))
 
 
-def _short(method: Callable[..., _T]) -> Callable[..., _T]:
-    """``method`` counted in, its one or two arguments passed on as they are (every get)."""
+def _short(method: Callable[..., _T], own: tuple[str, ...]) -> Callable[..., _T]:
+    """``method`` counted in, its one or two arguments passed on as they are (every get).
+
+    ``counted``'s arguments take ``method``'s names (``own``): a caller may pass them by name.
+    """
 
     def counted(self: Any, a: Any, b: Any = _END) -> _T:  # no *args: the tuple costs most
         use: InUse = self.in_use
@@ -140,6 +144,11 @@ def _short(method: Callable[..., _T]) -> Callable[..., _T]:
             if use._wanted:
                 use.leave_last()
 
+    code = counted.__code__  # its names: self a b use calls
+    names = (code.co_varnames[0], *own, *code.co_varnames[1 + len(own) :])
+    if len(set(names)) < len(names):  # an argument named as one of counted's locals
+        return _any(method)
+    counted.__code__ = code.replace(co_varnames=names)
     return counted
 
 

@@ -1,0 +1,53 @@
+"""The calls counted on a handle (castore/inuse.py): the counting changes no method's arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from castore import Store
+from castore.backend import LogView
+from castore.file.backend import FileBackend
+from castore.inuse import InUse, guard
+from castore.records import Entry
+
+
+def test_the_file_backends_counted_methods_take_their_arguments_by_name(tmp_path: Path) -> None:
+    # The counted wrapper of a one- or two-argument method (every get) took them as
+    # (a, b): current(ref=...) raised TypeError while its signature and mypy accepted it.
+    store = Store(str(tmp_path / "s"), dag="d")
+    store.set("k", {"v": 1})
+    backend = store.backend
+    assert isinstance(backend, FileBackend)
+    ref = store.ref("k")
+
+    def nothing(_previous: Entry | None, _view: LogView) -> None:
+        return None
+
+    assert backend.current(ref=ref) == backend.current(ref)
+    assert backend.version(ref, version=1) == backend.version(ref=ref, version=1)
+    assert backend.version(ref=ref, version=1) == backend.version(ref, 1)
+    assert backend.exists(ref=ref) is True
+    assert backend.namespaces(scope="dag") == backend.namespaces("dag") == ["d"]
+    assert backend.removed(scope="dag") == []
+    assert backend.write(ref=ref, decide=nothing) == backend.write(ref, nothing)
+
+
+class _Named:
+    def __init__(self) -> None:
+        self.in_use = InUse(lambda: None)
+
+    def one(self, use: int) -> int:  # named as one of the wrapper's own locals
+        return use
+
+    def two(self, calls: int, b: int) -> int:
+        return calls - b
+
+
+guard(_Named, "one two")
+
+
+def test_a_counted_method_whose_arguments_share_the_wrappers_names_takes_them_by_name() -> None:
+    named = _Named()
+    assert named.one(use=3) == named.one(3) == 3
+    assert named.two(b=1, calls=5) == named.two(5, 1) == 4
+    assert named.in_use._calls == []
