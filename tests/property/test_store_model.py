@@ -513,6 +513,21 @@ class StoreMachine(RuleBasedStateMachine):
                 self.compacted.add((ref, version))
 
     @rule(h=handles)
+    def compact_removing(self, h):
+        # Nothing kept for its age: each key keeps its newest version, and a key whose
+        # newest is a delete is removed whole; its versions stay reserved (never given again).
+        escaped(lambda: self.stores[h].compact(keep_within_seconds=0))
+        for ref, versions in self.history.items():
+            removed = versions[-1] is TOMBSTONE
+            for version in range(1, len(versions) + removed):
+                self.compacted.add((ref, version))
+            kept = [v for v in range(len(versions), 0, -1) if (ref, v) not in self.compacted]
+            read = functools.partial(  # each key's history, as the other handle reads it
+                self.stores[1 - h].history, ref.key, scope=ref.scope, namespace=ref.namespace
+            )
+            assert [e.version for e in escaped(read).entries] == kept, ref
+
+    @rule(h=handles)
     def gc(self, h):
         report = escaped(lambda: self.stores[h].gc(grace_seconds=0))
         assert report.blobs_kept <= report.blobs_found
