@@ -216,7 +216,9 @@ def test_an_answer_larger_than_any_reply_is_refused_before_it_is_held(fake, size
     with pytest.raises(StoreUnavailableError, match="more than any such answer can be"):
         Store(fake.url, dag="d").get("k")
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10
-    assert grown_mib < 100, f"the client held {grown_mib} MiB for a get"
+    # Up to a get's largest answer (65 MiB) is read, into a buffer that grows by copies
+    # (a CI run measured 110 MiB): well under the 300 MiB sent, never all of it.
+    assert grown_mib < 2 * (ITEM_BYTES_MAX >> 20), f"the client held {grown_mib} MiB for a get"
 
 
 def test_an_answer_at_its_largest_is_read(fake):
