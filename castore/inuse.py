@@ -74,14 +74,19 @@ class InUse:
     def leave_last(self) -> None:
         """After a call counted out: if it was the last, run a close asked meanwhile."""
         if self._wanted and not self._calls:
-            self._try_close()
+            self._try_close(deferred=True)
 
     def close(self) -> None:
         """Close the handle's descriptors now if no call runs, else when the last one ends."""
         self._wanted = True
-        self._try_close()
+        self._try_close(deferred=False)
 
-    def _try_close(self) -> None:
+    def _try_close(self, *, deferred: bool) -> None:
+        """Close if no call runs.
+
+        ``deferred``: run as a call ends, which an ``OSError`` of the close must not
+        fail (a write that call made was applied: its caller would write it again).
+        """
         with self._closer:  # one close at a time
             if not self._wanted:
                 return
@@ -92,6 +97,9 @@ class InUse:
                 self._wanted = False
                 if (close := self._close()) is not None:  # None: its handle is gone
                     close()
+            except OSError:
+                if not deferred:
+                    raise
             finally:
                 with self._done:
                     self._closing = False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from castore import Store
 from castore.backend import LogView
 from castore.file.backend import FileBackend
@@ -51,3 +53,30 @@ def test_a_counted_method_whose_arguments_share_the_wrappers_names_takes_them_by
     assert named.one(use=3) == named.one(3) == 3
     assert named.two(b=1, calls=5) == named.two(5, 1) == 4
     assert named.in_use._calls == []
+
+
+class _FailingClose:
+    def __init__(self) -> None:
+        self.in_use = InUse(self._close_now)
+        self.closes = 0
+
+    def _close_now(self) -> None:
+        self.closes += 1
+        raise OSError(5, "Input/output error")  # as os.close may, on a network file system
+
+    def write(self, value: int) -> int:  # a call that closes its own handle (deferred)
+        self.in_use.close()
+        return value
+
+
+guard(_FailingClose, "write")
+
+
+def test_a_close_that_fails_when_a_call_ends_does_not_fail_that_call() -> None:
+    # The close deferred to the end of a call ran in that call's finally: its OSError
+    # replaced the call's result, so an applied write looked failed (and was made again).
+    handle = _FailingClose()
+    assert handle.write(7) == 7
+    assert handle.closes == 1  # it ran, as the call ended
+    with pytest.raises(OSError, match="Input/output"):  # asked with no call running: raised
+        handle.in_use.close()
