@@ -118,6 +118,7 @@ class Transport:
         self._read_timeout = read_timeout
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
+        self._retired: list[httpx.Client] = []  # replaced (a member list turned https): close
         self._tls = False
         self._decoders = {name: msgspec.msgpack.Decoder(CALLS[name].reply) for name in CALLS}
         self._in_use = InUse(self._close_now)  # a close waits for no call, runs after all
@@ -126,6 +127,7 @@ class Transport:
     def after_fork_in_child(self) -> None:
         """In a forked child (:mod:`castore.forks`): a new lock; the parent's client let go."""
         self._lock, self._client = threading.Lock(), None  # never closed: the parent's sockets
+        self._retired = []
 
     @property
     def cluster(self) -> Cluster:
@@ -145,8 +147,8 @@ class Transport:
         with self._lock:
             tls = any(url.startswith("https://") for url in self._cluster.members)
             if self._client is None or tls != self._tls:
-                if self._client is not None:
-                    self._client.close()
+                if self._client is not None:  # other threads' calls may use it: closed later
+                    self._retired.append(self._client)
                 # Without an https:// member no TLS is spoken, so no CA bundle is loaded
                 # (40 ms of a command's start); one appears (a 421's list): a new client.
                 check_proxy_environment()  # httpx would raise from inside, a traceback
@@ -169,9 +171,10 @@ class Transport:
 
     def _close_now(self) -> None:
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+            clients, self._client, self._retired = [self._client, *self._retired], None, []
+        for client in clients:
+            if client is not None:
+                client.close()
 
     def call(
         self,

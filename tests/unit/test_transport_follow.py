@@ -44,3 +44,20 @@ def test_a_list_of_given_members_is_taken() -> None:
     transport = Transport(GIVEN, "token-0123456789", read_timeout=5.0)
     transport._follow(_misdirected([GIVEN[0]], GIVEN[0]), GIVEN[0])
     assert transport.members == [GIVEN[0]]
+
+
+def test_a_client_replaced_for_an_https_member_is_closed_only_with_the_transport() -> None:
+    # Found by a review: a 421 whose list brings an https:// member made the next call
+    # close the transport's client at once, under the calls other threads were making
+    # with it (httpx: "Cannot send a request, as the client has been closed").
+    mixed = ["http://a.example:7070", "https://b.example:7070"]
+    transport = Transport(mixed, "token-0123456789", read_timeout=5.0)
+    transport._follow(_misdirected([mixed[0]], mixed[0]), mixed[0])  # plain http only
+    first = transport._http()
+    transport._follow(_misdirected(mixed, mixed[0]), mixed[0])  # an https member again
+    second = transport._http()
+    assert second is not first
+    assert not first.is_closed  # another thread's call may still be sending with it
+    transport.close()  # no call runs: both are closed now
+    assert first.is_closed
+    assert second.is_closed
