@@ -19,7 +19,7 @@ not deadlock: that stream's step ends, then the close runs.
 from __future__ import annotations
 
 import functools
-import inspect
+import types
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -44,7 +44,7 @@ class InUse:
 
     def __init__(self, close: Callable[[], None]) -> None:
         self._close: Callable[[], Callable[[], None] | None] = (
-            weakref.WeakMethod(close) if inspect.ismethod(close) else lambda: close
+            weakref.WeakMethod(close) if isinstance(close, types.MethodType) else lambda: close
         )
         self._calls: list[None] = []  # one item per call running: append/pop are atomic
         self._closing = False  # a close runs: calls starting now wait for it
