@@ -19,8 +19,8 @@ not deadlock: that stream's step ends, then the close runs.
 from __future__ import annotations
 
 import functools
-import types
 import threading
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
