@@ -57,7 +57,6 @@ def test_a_client_replaced_for_an_https_member_is_closed_only_with_the_transport
     transport._follow(_misdirected(mixed, mixed[0]), mixed[0])  # an https member again
     second = transport._http()
     assert second is not first
-    assert not first.is_closed  # another thread's call may still be sending with it
+    assert (first.is_closed, second.is_closed) == (False, False)  # another thread's call
     transport.close()  # no call runs: both are closed now
-    assert first.is_closed
-    assert second.is_closed
+    assert (first.is_closed, second.is_closed) == (True, True)
