@@ -39,7 +39,6 @@ from typing import Any, Final
 
 from castore import codec
 from castore.errors import InvalidValueError, PatchTestError
-from castore.jsonparse import parse_int
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.literals import decode_literal, equal_literals
 from castore.pointers import ARRAY_INDEX, not_applying, pointer_parts
@@ -64,7 +63,12 @@ never make the value larger (15,000 of them of a 600 KB member: 250 s)."""
 
 
 def _exact_int(literal: str) -> int:
-    return parse_int(literal)  # any length: int() refuses past 4,300 digits
+    try:
+        return int(literal)
+    except ValueError:  # past 4,300 digits: by halves (castore.jsonparse: not loaded by incr)
+        from castore.jsonparse import parse_int
+
+        return parse_int(literal)
 
 
 def _is_number(value: object) -> bool:
