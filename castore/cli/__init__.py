@@ -207,10 +207,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     try:
         args, extras = parser.parse_known_args(argv)
     except UsageError as exc:
-        from castore.cli.usage import dash_hint, unrecognized
+        from castore.cli.usage import close_command, dash_hint, unrecognized
 
         if not parser.unknown:
-            raise UsageError(dash_hint(str(exc), parser.argv)) from None
+            raise UsageError(close_command(dash_hint(str(exc), parser.argv))) from None
 
         raise UsageError(unrecognized(None, parser.unknown, parser.long_options())) from None
     if extras:  # argparse would say only "unrecognized arguments"

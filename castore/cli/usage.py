@@ -7,11 +7,15 @@ take it. The other commands' parsers are built only on this error path.
 
 from __future__ import annotations
 
+import ast
+import difflib
 from collections.abc import Sequence
 
 from castore.cli.args import SPECS, command_parser
 
-__all__ = ["dash_hint", "unrecognized"]
+__all__ = ["close_command", "dash_hint", "unrecognized"]
+
+_CHOICE = ": invalid choice: "
 
 
 def _takers(option: str) -> list[str]:
@@ -45,8 +49,45 @@ def _note(option: str, command: str | None, own: Sequence[str]) -> str:
         spelled = sorted({o for cmd in SPECS for o in _options(cmd) if o.startswith(option)})
         spelled = [f"{o} of {_names(_takers(o))}" for o in spelled]
     full = f" (options are spelled in full: {'; '.join(spelled)})" if spelled else ""
+    if not full and option[:2] == "--":
+        full = _misspelt(option, command, own)
     dash = f" ({_dash(command, option)})" if command and _dashed(option) and not full else ""
     return f"no command takes {option}{full}{dash}"
+
+
+def _close(word: str, choices: Sequence[str], cutoff: float = 0.8) -> str | None:
+    """The one of ``choices`` that ``word`` is a typo of (``_`` for ``-`` included), if any."""
+    found = difflib.get_close_matches(word.replace("_", "-"), choices, n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def _misspelt(option: str, command: str | None, own: Sequence[str]) -> str:
+    """`` (did you mean --required?)`` for ``--requierd``: the command's own, else any."""
+    meant = _close(option, own)
+    if meant is None:
+        meant = _close(option, sorted({o for cmd in SPECS for o in _options(cmd)}))
+        if meant is None:
+            return ""
+        if command is not None or meant not in own:
+            meant = f"{meant} of {_names(_takers(meant))}"
+    return f" (did you mean {meant}?)"
+
+
+def close_command(message: str) -> str:
+    """The message ``invalid choice: 'gte' (choose from …)``, with the command meant, if any."""
+    head, _, rest = message.partition(_CHOICE)
+    quoted = rest.partition(" (choose from ")[0] if head == "argument COMMAND" else ""
+    try:
+        given = ast.literal_eval(quoted) if quoted else None
+    except (SyntaxError, ValueError):  # argparse worded it otherwise
+        given = None
+    begun = [name for name in SPECS if isinstance(given, str) and name.startswith(given)]
+    # a command is a short word: one letter swapped in three ("gte") is a ratio of 2/3
+    meant = _close(given, list(SPECS), 0.6) if isinstance(given, str) else None
+    meant = begun[0] if len(begun) == 1 else meant  # "hist": history, not list
+    if meant is None:
+        return message
+    return f"{head}{_CHOICE}{quoted}: did you mean {meant!r}?{rest[len(quoted) :]}"
 
 
 def _dash(command: str, arg: str) -> str:

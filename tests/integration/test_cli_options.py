@@ -455,3 +455,47 @@ def test_a_value_may_follow_the_options(cli, args, version):
     if args[0] in ("set", "diff") and version == 2:
         assert got["value"] == json.loads(value)
     assert cli.fail(2, "get", "k", "2") == "unrecognized arguments: 2"  # get takes no VALUE
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ("get", "k", "--requierd"),
+            "unrecognized arguments: --requierd: no command takes --requierd "
+            "(did you mean --required?)",
+        ),
+        (
+            ("set", "k", "2", "--expected_version", "1"),
+            "unrecognized arguments: --expected_version 1: no command takes "
+            "--expected_version (did you mean --expected-version?)",
+        ),
+        (
+            ("get", "k", "--expected_version", "1"),
+            "unrecognized arguments: --expected_version 1: no command takes "
+            "--expected_version (did you mean --expected-version of set, diff, patch, incr "
+            "and rollback?)",
+        ),
+        (
+            ("--dagg", "d", "get", "k"),
+            "unrecognized arguments: --dagg: no command takes --dagg (did you mean --dag?)",
+        ),
+        (
+            ("gte", "k"),
+            "argument COMMAND: invalid choice: 'gte': did you mean 'get'? "
+            "(choose from 'get', 'set', ",
+        ),
+        (
+            ("import_dagu", "x"),
+            "argument COMMAND: invalid choice: 'import_dagu': did you mean 'import-dagu'? "
+            "(choose from 'get', 'set', ",
+        ),
+    ],
+)
+def test_a_typo_is_answered_with_what_was_meant(cli, args, said):
+    """Was: a misspelt option or command was refused without a word on the right one
+    (``--requierd``: "no command takes --requierd"; ``gte``: only the list of commands)."""
+    cli.ok("set", "k", "1")
+    message = one_line_error(cli.raw("--dir", cli.dir, "--dag", "d", *args), 2)
+    assert message.startswith(said), message
+    assert cli.ok("get", "k")["version"] == 1  # nothing written
