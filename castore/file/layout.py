@@ -22,7 +22,7 @@ from castore.file.formatfile import check_format, format_line, read_format
 from castore.file.modes import MODES, PRIVATE, makedirs_plain, modes_of_dir
 from castore.file.rewrite import utc_stamp
 from castore.file.tree import UNCONFINED, Tree
-from castore.keys import Ref, file_id, log_name
+from castore.keys import SCOPES, Ref, file_id, log_name
 from castore.waits import lock_wait
 
 __all__ = ["KEY_BYTES_CACHED", "PATHS_CACHED", "Layout"]
@@ -181,8 +181,14 @@ class Layout:
         names = self.fs.listdir(self.root)
         # A store another process made meanwhile has FORMAT before any other name.
         if any(not n.startswith(".") for n in names) and read_format(self.fs, marker) is None:
+            dagu = {"v1", *SCOPES} & set(names)  # Dagu's dag-state, or its v1/, given as --dir
+            hint = (
+                " (it looks like a Dagu dag-state directory: castore import-dagu "
+                f"{self.root} imports it into a castore store)"
+            )
             raise FormatVersionError(
                 f"{self.root} is not empty and has no FORMAT file: not a castore store"
+                + (hint if dagu else "")
             )
 
     def create(self) -> None:

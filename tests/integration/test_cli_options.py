@@ -499,3 +499,22 @@ def test_a_typo_is_answered_with_what_was_meant(cli, args, said):
     message = one_line_error(cli.raw("--dir", cli.dir, "--dag", "d", *args), 2)
     assert message.startswith(said), message
     assert cli.ok("get", "k")["version"] == 1  # nothing written
+
+
+@pytest.mark.parametrize("given", ["dag-state", "dag-state/v1"])
+def test_a_dagu_directory_given_as_the_store_says_how_to_import_it(tmp_path, given):
+    """Was: ``--dir`` naming Dagu's dag-state said only that it is not a castore store,
+    leaving a user who migrates to guess that ``import-dagu`` reads it."""
+    record = tmp_path / "dag-state" / "v1" / "dag" / "64" / "6b.json"
+    record.parent.mkdir(parents=True)
+    record.write_bytes(b"{}")
+    before = sorted((tmp_path / "dag-state").rglob("*"))
+    cli = Cli(tmp_path, str(tmp_path / given), dag="d")
+    for args in (("get", "k"), ("set", "k", "1"), ("stats",)):
+        message = cli.fail(1, *args)
+        assert message == (
+            f"{tmp_path / given} is not empty and has no FORMAT file: not a castore store "
+            f"(it looks like a Dagu dag-state directory: castore import-dagu {tmp_path / given} "
+            "imports it into a castore store)"
+        ), message
+    assert sorted((tmp_path / "dag-state").rglob("*")) == before  # nothing made in it
