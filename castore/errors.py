@@ -76,7 +76,14 @@ class InvalidRefError(CastoreError, ValueError):
 
 
 class InvalidValueError(CastoreError, ValueError):
-    """Raised when a value is not exactly one JSON value or cannot be normalized."""
+    """Raised when a value is not exactly one JSON value or cannot be normalized.
+
+    ``position``: for JSON text that does not parse, the 1-based line and column
+    (in characters) of what the message names (one past the end for ``unexpected
+    EOF``); None otherwise. The message itself is Go's words, as Dagu's.
+    """
+
+    position: tuple[int, int] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["describe", "number_error", "quote_char"]
+__all__ = ["describe", "describe_at", "number_error", "quote_char"]
 
 _HEX: Final = "0123456789abcdefABCDEF"
 _ESCAPE_TEXT: Final = re.compile(r"\\.", re.DOTALL)
@@ -41,6 +41,7 @@ _GO_CONTEXT: Final = {  # Python json message -> Go scanner wording
 _DIGITS: Final = frozenset("0123456789")
 _NUMBER_CHARS: Final = frozenset("0123456789+-.eE")
 _LITERALS: Final = {"t": "true", "f": "false", "n": "null"}
+_EOF: Final = "unexpected EOF"
 
 
 def number_error(text: str, start: int) -> str | None:
@@ -75,22 +76,26 @@ def number_error(text: str, start: int) -> str | None:
     return "unexpected EOF" if state in ("neg", "dot", "exp", "exp_sign") else None
 
 
-def _token_error(msg: str, text: str, pos: int) -> str | None:
-    """Go's error inside the number or literal at or before ``pos``, where Python stopped."""
+def _token_error(msg: str, text: str, pos: int) -> tuple[str, int] | None:
+    """Go's error inside the number or literal at or before ``pos``, where Python stopped.
+
+    With the index it names (``len(text)`` for ``unexpected EOF``; in a number, ``pos``).
+    """
     if pos > 0 and text[pos] in ".eE" and text[pos - 1] in _DIGITS:  # Python ended the number
         start = pos
         while start > 0 and text[start - 1] in _NUMBER_CHARS:
             start -= 1
-        return number_error(text, start)
+        found = number_error(text, start)
+        return None if found is None else (found, len(text) if found == _EOF else pos)
     word = _LITERALS.get(text[pos]) if msg == "Expecting value" else None
     if word is None:
         return None
     for k in range(1, len(word)):
         if pos + k >= len(text):
-            return "unexpected EOF"
+            return _EOF, len(text)
         if text[pos + k] != word[k]:
             found = quote_char(text[pos + k])
-            return f"invalid character {found} in literal {word} (expecting {word[k]!r})"
+            return f"invalid character {found} in literal {word} (expecting {word[k]!r})", pos + k
     return None
 
 
@@ -100,11 +105,16 @@ def describe(msg: str, text: str, pos: int, raw: bytes | None = None) -> str:
     ``raw``, when given, is the document's bytes: a byte that is not UTF-8 (U+FFFD in
     ``text``) is then named as Go names it.
     """
+    return describe_at(msg, text, pos, raw)[0]
+
+
+def describe_at(msg: str, text: str, pos: int, raw: bytes | None = None) -> tuple[str, int]:
+    """:func:`describe`, and the index in ``text`` of what it names (its end: EOF)."""
     if raw is not None and "\ufffd" in text:
         exact = raw.decode("utf-8", "surrogateescape")  # one character per bad byte, as text
         text = exact if len(exact) == len(text) else text
     if msg.startswith("Unterminated string") or pos >= len(text):
-        return "unexpected EOF"
+        return "unexpected EOF", len(text)
     token = _token_error(msg, text, pos)
     if token is not None:
         return token
@@ -114,15 +124,15 @@ def describe(msg: str, text: str, pos: int, raw: bytes | None = None) -> str:
         digits = text[pos + 1 : pos + 5]
         pos += 1 + len(digits) - len(digits.lstrip(_HEX))
         if pos >= len(text):
-            return "unexpected EOF"
+            return "unexpected EOF", len(text)
     elif msg == "Expecting value" and text[pos] == "-":
         if pos + 1 >= len(text):
-            return "unexpected EOF"
-        return f"invalid character {quote_char(text[pos + 1])} in numeric literal"
+            return "unexpected EOF", len(text)
+        return f"invalid character {quote_char(text[pos + 1])} in numeric literal", pos + 1
     if msg == "Expecting ',' delimiter":
         inside = "array element" if _innermost(text, pos) == "[" else "object key:value pair"
-        return f"invalid character {quote_char(text[pos])} after {inside}"
-    return f"invalid character {quote_char(text[pos])} {_GO_CONTEXT.get(msg, msg)}"
+        return f"invalid character {quote_char(text[pos])} after {inside}", pos
+    return f"invalid character {quote_char(text[pos])} {_GO_CONTEXT.get(msg, msg)}", pos
 
 
 def quote_char(char: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from castore.errors import InvalidValueError
-from castore.goerrors import describe, number_error, quote_char
+from castore.goerrors import describe_at, number_error, quote_char
 from castore.jsonrules import MAX_DEPTH, fix_str
 
 __all__ = [
@@ -190,7 +190,20 @@ def _parse_value(
         except RecursionError:  # the C scanner recurses; deep values take the slow path
             return parse_iterative(text, pos, decoder)
     except json.JSONDecodeError as exc:
-        raise InvalidValueError(describe(exc.msg, text, exc.pos, raw)) from exc
+        raise syntax_error(exc.msg, text, exc.pos, raw) from exc
+
+
+def syntax_error(msg: str, text: str, pos: int, raw: bytes | None = None) -> InvalidValueError:
+    """Go's words for Python's ``msg`` at ``pos``, with the line and column it names."""
+    detail, at = describe_at(msg, text, pos, raw)
+    return located(InvalidValueError(detail), text, at)
+
+
+def located(error: InvalidValueError, text: str, at: int) -> InvalidValueError:
+    """``error``, its ``position`` the line and column of ``text[at]`` (1-based)."""
+    line_start = text.rfind("\n", 0, at) + 1
+    error.position = (text.count("\n", 0, at) + 1, at - line_start + 1)
+    return error
 
 
 def _fix_strings(root: Any) -> Any:
@@ -235,7 +248,8 @@ def parse_document(text: str, raw: bytes, *, literal_numbers: bool) -> Any:
     if pos != len(text):
         _parse_value(text, pos, decoder, raw)  # Go decodes a second value: its error wins
         cut = number_error(text, pos) if text[pos] in "-0123456789" else None
-        raise InvalidValueError(cut or "multiple JSON values")  # Python ends a number sooner
+        # Python ends a number sooner
+        raise located(InvalidValueError(cut or "multiple JSON values"), text, pos)
     return _fix_strings(value) if fixing else value
 
 
@@ -305,14 +319,14 @@ def object_members(text: str) -> list[tuple[str, str]]:
         try:
             key, pos = _read_key(text, pos, decoder)
         except json.JSONDecodeError as exc:
-            raise InvalidValueError(describe(exc.msg, text, exc.pos)) from None
+            raise syntax_error(exc.msg, text, exc.pos) from None
         start = _skip_ws(text, pos)
         _, pos = _parse_value(text, start, decoder)
         members.append((key, text[start:pos]))
         pos = _skip_ws(text, pos)
         closed = text.startswith("}", pos)
         if not closed and not text.startswith(",", pos):
-            raise InvalidValueError(describe("Expecting ',' delimiter", text, pos))
+            raise syntax_error("Expecting ',' delimiter", text, pos)
         pos += not closed
     if _skip_ws(text, pos + 1) != len(text):
         raise InvalidValueError("multiple JSON values")

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import castore
 from castore.cli.args import build_parser
-from castore.cli.errors import OptionError, UnhealthyError, UsageError
+from castore.cli.errors import OptionError, UnhealthyError, UsageError, worded
 from castore.cli.streams import Output, OutputError, discard, say, utf8_names
 from castore.errors import (
     CastoreError,
@@ -238,7 +238,7 @@ def _verdict(exc: BaseException, command: str) -> tuple[str, int] | None:
     """The message and exit code of an error (None: not one the command line words)."""
     for kinds, code in _CODES:
         if isinstance(exc, kinds):
-            return str(exc), code
+            return worded(exc), code
     if isinstance(exc, OutputError):  # the help or the version, not written
         return f"cannot write the output: {exc}", EXIT_FAILURE
     if isinstance(exc, OSError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["OptionError", "UnhealthyError", "UsageError"]
+from castore.errors import InvalidValueError
+
+__all__ = ["OptionError", "UnhealthyError", "UsageError", "worded"]
 
 
 class UsageError(Exception):
@@ -15,3 +17,9 @@ class OptionError(Exception):
 
 class UnhealthyError(Exception):
     """``check`` found problems: its report is printed, then exit 1."""
+
+
+def worded(exc: BaseException) -> str:
+    """The message of ``exc``; for JSON text that does not parse, where (Go's words say not)."""
+    position = exc.position if isinstance(exc, InvalidValueError) else None
+    return f"{exc} (line {position[0]}, column {position[1]})" if position else str(exc)

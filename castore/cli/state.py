@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from castore import codec
-from castore.cli.errors import OptionError, UsageError
+from castore.cli.errors import OptionError, UsageError, worded
 from castore.cli.invocation import Command, Invocation, value_bytes
 from castore.cli.render import render, render_patch_text
 from castore.cli.streams import say
@@ -32,7 +32,7 @@ def _default(text: str | None) -> dict[str, bytes]:
     try:
         return {"default": codec.normalize_json(os.fsencode(text))}
     except InvalidValueError as exc:
-        raise OptionError(f"--default: {exc}") from None
+        raise OptionError(f"--default: {worded(exc)}") from None
 
 
 def _get(cmd: Invocation) -> Iterator[bytes]:

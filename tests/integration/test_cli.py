@@ -664,3 +664,56 @@ def test_an_output_that_cannot_be_written_is_named_as_such(cli):
         " (the command completed: what it wrote is stored)"
     )
     assert cli.ok("get", "k")["value"] == 7  # the write itself was made
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "said"),
+    [
+        (
+            ("set", "k", "{a: 1}"),
+            b"",
+            "invalid value: invalid character 'a' looking for beginning of object key string "
+            "(line 1, column 2)",
+        ),
+        (
+            ("set", "k"),
+            b'{\n  "a": 1\n  "b": 2\n}\n',
+            "invalid value: invalid character '\"' after object key:value pair (line 3, column 3)",
+        ),
+        (("diff", "k", "[1, 2"), b"", "invalid value: unexpected EOF (line 1, column 6)"),
+        (
+            ("set", "k", "trux"),
+            b"",
+            "invalid value: invalid character 'x' in literal true (expecting 'e') "
+            "(line 1, column 4)",
+        ),
+        (
+            ("get", "k", "--default", "{x}"),
+            b"",
+            "--default: invalid value: invalid character 'x' looking for beginning of object "
+            "key string (line 1, column 2)",
+        ),
+        (
+            ("patch", "k", '[{"op": "add" "path": "/a"}]'),
+            b"",
+            "invalid value: invalid character '\"' after object key:value pair (line 1, column 15)",
+        ),
+    ],
+)
+def test_json_that_does_not_parse_is_refused_naming_where(cli, args, stdin, said):
+    """Was: ``castore set k '{a: 1}'`` said Go's words only (``invalid character 'a' looking
+    for beginning of object key string``), never where: in a long value, or one read from
+    standard input over several lines, the user had to hunt for it."""
+    cli.ok("set", "k", "1")
+    assert cli.fail(2, *args, stdin=stdin) == said
+    assert cli.ok("get", "k")["version"] == 1  # nothing written
+
+
+def test_the_library_words_json_errors_as_go_and_gives_the_position_apart(store_location):
+    store = castore.Store(store_location, dag="d")
+    with pytest.raises(castore.InvalidValueError) as caught:
+        store.set("k", b'{\n "a": 1,\n}')
+    assert str(caught.value) == (
+        "invalid value: invalid character '}' looking for beginning of object key string"
+    )
+    assert caught.value.position == (3, 1)
