@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from castore.cli.errors import OptionError, UsageError
-from castore.cli.streams import blocking_reader
+from castore.cli.streams import blocking_reader, say
 from castore.errors import ValueTooLargeError
 from castore.jsonrules import MAX_VALUE_BYTES
 from castore.keys import go_trim_space, resolve_namespace
@@ -230,11 +230,25 @@ def argv_bytes(text: str) -> bytes:
         InputTooLargeError: stdin holds more than :data:`MAX_VALUE_BYTES` bytes.
     """
     if text == "-":
-        data = stdin().read(MAX_VALUE_BYTES + 1)
+        source = stdin()
+        if _at_terminal():  # `castore set k` typed without VALUE: say why it waits
+            say(
+                "castore: reading the value from standard input: end it with Ctrl-D "
+                "(or give it as an argument)\n"
+            )
+        data = source.read(MAX_VALUE_BYTES + 1)
         if len(data) > MAX_VALUE_BYTES:
             raise InputTooLargeError(len(data), MAX_VALUE_BYTES)
         return data
     return os.fsencode(text)
+
+
+def _at_terminal() -> bool:
+    """Both standard input and stderr are a terminal: a person types the value."""
+    try:
+        return sys.stdin is not None and sys.stderr is not None and os.isatty(0) and os.isatty(2)
+    except OSError:
+        return False
 
 
 def progress(unit: str) -> tqdm[Never]:

@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import pathlib
+import pty
+import select
 import signal
 import subprocess
 import threading
@@ -413,3 +415,43 @@ def test_output_to_a_closed_pipe_after_a_write_exits_0(cli: Cli) -> None:
 def test_a_help_to_a_full_device_says_so(cli: Cli) -> None:
     proc = _redirected(cli, ">/dev/full", ["--help"])
     assert one_line_error(proc, 1) == "cannot write the output: No space left on device"
+
+
+def test_a_value_read_from_a_terminal_says_how_to_end_it(tmp_path: pathlib.Path) -> None:
+    """Was: ``castore set k`` at a terminal waited for standard input without a word,
+    so a user who forgot VALUE saw the command hang. It now says it reads the value,
+    on the terminal only (a pipe or a file hears nothing: scripts see one line)."""
+    cli = Cli(tmp_path, str(tmp_path / "store"), dag="d")
+    leader, follower = pty.openpty()
+    try:
+        os.write(leader, b'{"a": 1}\n\x04')  # the line discipline holds it until read
+        proc = subprocess.run(
+            cli.argv(*cli.options(), "set", "k"),
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env=cli.env,
+            timeout=60,
+            check=False,
+        )
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while select.select([leader], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other side is closed, all read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0, shown
+    assert json.loads(proc.stdout)["version"] == 1
+    assert b"castore: reading the value from standard input: end it with Ctrl-D" in shown
+    assert cli.ok("get", "k")["value"] == {"a": 1}
+    piped = cli.run("set", "k", stdin=b"2")  # not a terminal: nothing on stderr
+    assert (piped.returncode, piped.stderr) == (0, b"")
