@@ -148,7 +148,7 @@ class Parser(argparse.ArgumentParser):
 
 
 _STORE_HELP: Final = {
-    "--dir": "store directory",
+    "--dir": "store directory, postgresql:// URL or castore server's http:// URL",
     "--dag": "current DAG name (scope dag)",
     "--root-dag": "root DAG name (scope root_dag)",
     "--scope": "dag (default), root_dag, global or custom",
@@ -190,7 +190,11 @@ def add_store_options(
             continue
         group = parser.add_argument_group(title)
         for flag in flags:
-            if flag == "--no-sync":
+            if flag == "--dir" and parser.prog.endswith(" serve"):  # never a server's URL
+                group.add_argument(
+                    flag, default=argparse.SUPPRESS, help="store directory or postgresql:// URL"
+                )
+            elif flag == "--no-sync":
                 group.add_argument(
                     flag, action="store_true", default=argparse.SUPPRESS, help=helps[flag]
                 )
@@ -205,7 +209,8 @@ def add_global_options(parser: argparse.ArgumentParser, version: str) -> None:
     """Add the options every command accepts before its name (``castore --dir D ... CMD``)."""
     parser.add_argument(
         "--dir",
-        help="store directory, made by the first write (default: $CASTORE_DIR, else XDG data dir)",
+        help="the store: a directory (made by the first write), a postgresql:// URL or a "
+        "castore server's http:// URL (default: $CASTORE_DIR, else XDG data dir)",
     )
     parser.add_argument("--dag", help="current DAG name (default: $DAG_NAME)")
     parser.add_argument(

@@ -518,3 +518,15 @@ def test_a_dagu_directory_given_as_the_store_says_how_to_import_it(tmp_path, giv
             "imports it into a castore store)"
         ), message
     assert sorted((tmp_path / "dag-state").rglob("*")) == before  # nothing made in it
+
+
+@pytest.mark.parametrize("command", [(), ("get",), ("import",), ("serve",)])
+def test_the_help_of_dir_names_every_kind_of_store(cli, command):
+    """Was: ``--help`` said ``--dir DIR  store directory``: a user reading it could not
+    learn that a postgresql:// URL or a castore server's http:// URL goes there too."""
+    proc = cli.raw(*command, "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.decode().split())  # argparse wraps lines
+    said = text.partition("--dir DIR ")[2].split(" --")[0]  # up to the next option
+    assert "postgresql://" in said, said
+    assert ("http://" in said) is (command != ("serve",)), said  # serve refuses a server
