@@ -20,6 +20,7 @@ Locations:
 from __future__ import annotations
 
 import os
+import re
 from typing import Final
 
 from castore.argcheck import check_text
@@ -101,6 +102,11 @@ def _require_driver() -> None:
         )
 
 
+_ADDRESS: Final = r"[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}"
+_ADDRESSES: Final = re.compile(f"{_ADDRESS}(,{_ADDRESS})*")
+"""``host:port`` (or a list): a server's address without ``http://``, not a directory."""
+
+
 def _known_scheme(location: str) -> None:
     """Refuse a URL of no store's scheme (``htps://``): a typo never becomes a directory.
 
@@ -112,6 +118,12 @@ def _known_scheme(location: str) -> None:
         raise InvalidValueError(
             f"{redacted(location)}: no store has the scheme {scheme!r}: give a directory, "
             "a postgresql:// URL or a castore server's http:// or https:// URL"
+        )
+    if _ADDRESSES.fullmatch(location) and not os.path.lexists(location):
+        urls = ",".join(f"http://{address}" for address in location.split(","))
+        raise InvalidValueError(
+            f"{location} names no directory and looks like a server's address: give it as "
+            f"{urls} (a castore server's URL), or as ./{location} for a new directory"
         )
 
 

@@ -358,6 +358,9 @@ def test_a_location_that_names_no_store_is_refused_not_made_a_directory(tmp_path
     for location, fragment in (
         ("htps://host:7070", "no store has the scheme 'htps'"),
         ("", "--dir is empty"),
+        # a server's address without http:// (a new user's slip) became ./localhost:7070
+        ("localhost:7070", "give it as http://localhost:7070 "),
+        ("a:7070,b.example:7071", "give it as http://a:7070,http://b.example:7071 "),
     ):
         if where == "--dir":
             proc = cli.raw("--dir", location, "--dag", "d", *command)
@@ -369,6 +372,16 @@ def test_a_location_that_names_no_store_is_refused_not_made_a_directory(tmp_path
         assert fragment in message, message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
     assert list((tmp_path / "home").iterdir()) == []
+
+
+def test_a_directory_named_like_a_servers_address_is_used_when_it_exists(tmp_path):
+    cli = Cli(tmp_path, None)
+    (tmp_path / "host:7070").mkdir()
+    assert (
+        json.loads(cli.raw("--dir", "host:7070", "--dag", "d", "set", "k", "1").stdout)["version"]
+        == 1
+    )
+    assert (tmp_path / "host:7070" / "FORMAT").exists()
 
 
 def test_import_dagu_of_a_directory_without_v1_is_refused(cli, tmp_path):
