@@ -67,6 +67,24 @@ def query(location: str, statement: str | sql.Composed, params: Any = ()) -> lis
         return cur.fetchall() if cur.description is not None else []
 
 
+def hold_updates(location: str, table: str, lock: int) -> None:
+    """A trigger holding each committed update of ``table`` until advisory ``lock`` is free."""
+    schema = sql.Identifier(parse(location).schema)
+    query(
+        location,
+        sql.SQL(
+            "CREATE FUNCTION {}.hold() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_advisory_xact_lock({}); RETURN NULL; END $$"
+        ).format(schema, sql.Literal(lock)),
+    )
+    query(
+        location,
+        sql.SQL(
+            "CREATE TRIGGER hold AFTER UPDATE ON {}.{} FOR EACH ROW EXECUTE FUNCTION {}.hold()"
+        ).format(schema, sql.Identifier(table), schema),
+    )
+
+
 def tables_of(location: str) -> set[str]:
     rows = query(
         location,
@@ -1172,20 +1190,7 @@ def test_gc_never_deletes_a_blob_a_committing_write_takes_into_use(postgres_loca
     store.set("a", BIG)
     store.set("a", 1)
     assert store.compact(keep_last=1).versions_dropped == 1  # BIG's blob: unreferenced now
-    schema = sql.Identifier(parse(postgres_location).schema)
-    query(
-        postgres_location,
-        sql.SQL(
-            "CREATE FUNCTION {}.hold() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$"
-        ).format(schema),
-    )
-    query(
-        postgres_location,
-        sql.SQL(
-            "CREATE TRIGGER hold AFTER UPDATE ON {}.blobs FOR EACH ROW EXECUTE FUNCTION {}.hold()"
-        ).format(schema, schema),
-    )
+    hold_updates(postgres_location, "blobs", 4242)
     outcomes: dict[str, Any] = {}
 
     def run(name: str, operation: Callable[[], object]) -> None:

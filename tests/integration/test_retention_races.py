@@ -28,25 +28,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from castore import ConflictError, NotFoundError, Store
 from castore.postgres.location import parse
 from castore.remote.backend import RemoteBackend
 from tests.conftest import remote_file_location
+from tests.integration.test_postgres import hold_updates
 
 pytestmark = pytest.mark.integration
 
 DAG = "d"
-
-
-def _run(location: str, statement: sql.Composed) -> None:
-    """Run one statement in the location's schema."""
-    with psycopg.connect(parse(location).conninfo, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("SET search_path TO {}").format(sql.Identifier(parse(location).schema))
-        )
-        conn.execute(statement)
 
 
 def _lock_waiters(location: str) -> int:
@@ -74,21 +65,8 @@ def test_a_write_waiting_for_a_compaction_that_removes_its_key_writes_the_next_v
     store.set("k", 1)
     store.set("other", 1)
     store.delete("k")  # version 2, older than keep-within 0: compaction removes the key
-    schema = sql.Identifier(parse(postgres_location).schema)
     # Compaction holds the key's row lock after it emptied the key, until 4244 is free.
-    _run(
-        postgres_location,
-        sql.SQL(
-            "CREATE FUNCTION {}.hold() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_advisory_xact_lock(4244); RETURN NULL; END $$"
-        ).format(schema),
-    )
-    _run(
-        postgres_location,
-        sql.SQL(
-            "CREATE TRIGGER hold AFTER UPDATE ON {}.refs FOR EACH ROW EXECUTE FUNCTION {}.hold()"
-        ).format(schema, schema),
-    )
+    hold_updates(postgres_location, "refs", 4244)
     outcomes: dict[str, Any] = {}
 
     def run(name: str, operation: Any) -> None:
