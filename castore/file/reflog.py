@@ -308,13 +308,17 @@ class RefLog:
             fd, data, size, durable=self.layout.durable, forget=lambda: fs.unlink(self.vix_path)
         )
 
-    def replace_locked(self, data: bytes, *, repair: bool = False) -> list[Frame]:
+    def replace_locked(
+        self, data: bytes, *, repair: bool = False, sync: bool = True
+    ) -> list[Frame]:
         """Put ``data`` in place of the locked log atomically; rebuild the version index.
 
         The old index goes first: one that outlived a crash after the rename
         would name versions the new log dropped (check reads that as lost bytes).
         Not for a ``repair``: its index may be the only evidence of versions cut
         off the old log, and the repaired log records every version it names.
+        ``sync`` False: a ``durable=False`` write's frames in place of an empty log
+        (``castore.file.writer``): nothing synced, the marks kept.
         """
         fs = self.layout.fs
         if not repair:
@@ -326,11 +330,13 @@ class RefLog:
         # durable write: the other logs holding their values, the KEYS line listing its
         # key, and the namespace's directories if KEYS is marked or missing (a durable=False
         # write made it, or it was lost); a durable rewrite also puts an unmarked log in place.
-        for other in _pointed_into(data, self.layout.rel(self.path)):
+        for other in _pointed_into(data, self.layout.rel(self.path)) if sync else ():
             with contextlib.suppress(FileNotFoundError):  # a stale hint: the index finds it
                 namesync.settle_other(fs, os.path.join(self.layout.refs, other))
-        namesync.settle_log(fs, self.path, self.layout.root, keys_synced=False, name=False)
-        fd = replace_with(fs, self.path, data, data_mark=bool(old_mode & DATA_UNSYNCED))
+        if sync:
+            namesync.settle_log(fs, self.path, self.layout.root, keys_synced=False, name=False)
+        mark = bool(old_mode & DATA_UNSYNCED)
+        fd = replace_with(fs, self.path, data, data_mark=mark, sync=sync)
         try:
             if self.layout.durable:
                 fs.fsync_dir(os.path.dirname(self.path))

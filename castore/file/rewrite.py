@@ -74,7 +74,7 @@ def relaid(frames: list[tuple[int, bytes]]) -> bytes:
     return b"".join(first + blobs + rest)
 
 
-def replace_with(fs: Tree, path: str, data: bytes, *, data_mark: bool) -> int:
+def replace_with(fs: Tree, path: str, data: bytes, *, data_mark: bool, sync: bool = True) -> int:
     """Write ``<path>.<pid>.<n>.tmp`` (fdatasync), rename it over ``path``; no leftover on failure.
 
     Returns a descriptor of the new file (the caller closes it). The file is marked
@@ -82,14 +82,16 @@ def replace_with(fs: Tree, path: str, data: bytes, *, data_mark: bool) -> int:
     over from the file it replaces), and its data is made durable even without
     ``durable``: a rename may outlive a power loss that its file's data does not, and
     the log it replaces held versions that were durable. The caller holds the log's
-    lock, fsyncs the directory afterwards and then clears the name's mark.
+    lock, fsyncs the directory afterwards and then clears the name's mark. Without
+    ``sync`` (a ``durable=False`` import's history in place of an empty log, which held
+    nothing), the data is not synced: the file keeps its marks instead.
     """
     tmp = f"{path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
     fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, unsynced=True)
     try:
         if data_mark:
             namesync.mark_data(fd, os.fstat(fd).st_mode)
-        fileio.append(fd, data, durable=True)
+        fileio.append(fd, data, durable=sync)
         fileio.failpoint("rewrite-before-rename")
         fs.replace(tmp, path)
     except BaseException:

@@ -174,8 +174,12 @@ class Writer:
                 base=base,
             )
             unmarked = self._before_commit(log, fd, previous, mode, size, out.new_blobs)
-            try:
-                log.commit(fd, out.data, size)
+            try:  # an import's history (versions > 1): whole or not at all, by rename
+                if len(new_versions) > 1:
+                    whole = fileio.read_at(fd, 0, size) + out.data
+                    log.replace_locked(whole, sync=bool(size) or self.layout.durable)
+                else:
+                    log.commit(fd, out.data, size)
             except BaseException:  # cut again: a reader of this handle may have cached it
                 self._cache.pop(log.path)
                 raise
