@@ -56,8 +56,14 @@ __all__ = [
 _encoder = msgspec.json.Encoder()
 
 
-def _refs(store: Store, scope: str | None, namespace: str | None) -> Iterator[tuple[Ref, int]]:
-    """Every ref in export order; with 0, or with the last version of a removed key."""
+def _refs(
+    store: Store, scope: str | None, namespace: str | None
+) -> Iterator[tuple[Ref, int, bool]]:
+    """Every ref in export order: the last version of a removed key (or 0), and if listed.
+
+    A removed key may be listed again with no entry (a write killed between its
+    ``KEYS`` line and its append, FORMAT.md §5): its removal is exported then too.
+    """
     for sc in [scope] if scope else sorted(SCOPES):
         removed: dict[str, dict[str, int]] = {}
         for ns, key, top in store.backend.removed(sc):
@@ -67,9 +73,9 @@ def _refs(store: Store, scope: str | None, namespace: str | None) -> Iterator[tu
             # verify: the logs' headers too (export reads every log anyway), so that damage
             # to KEYS never leaves a key out of a backup
             keys = dict.fromkeys(store.backend.keys(sc, ns, "", verify=True), 0)
-            gone = {k: top for k, top in removed.get(ns, {}).items() if k not in keys}
+            gone = removed.get(ns, {})
             for key in sorted({**keys, **gone}, key=str.encode):
-                yield Ref(sc, ns, key), gone.get(key, 0)
+                yield Ref(sc, ns, key), gone.get(key, 0), key in keys
 
 
 def _removed_record(ref: Ref, version: int) -> ExportRecord:
@@ -108,11 +114,12 @@ def _lines(store: Store, scope: str | None, namespace: str | None) -> Iterator[b
     first = next(refs, None)  # the store answers before the first line: nothing if it cannot
     yield _encoder.encode(ExportHeader(format=EXPORT_FORMAT, version=EXPORT_VERSION)) + b"\n"
     count = 0
-    for ref, removed in itertools.chain([first] if first else [], refs):
-        if removed:  # an import puts its tombstone back: the key's versions go on above it
+    for ref, removed, listed in itertools.chain([first] if first else [], refs):
+        if removed and not listed:  # an import puts its tombstone back: versions go on above
             count += 1
             yield _encoder.encode(_removed_record(ref, removed)) + b"\n"
             continue
+        before = count
         for entry, value in store.backend.iter_versions(ref):
             _importable(ref, entry)
             if value is not None:  # never a line an import refuses, nor a partial document
@@ -132,6 +139,9 @@ def _lines(store: Store, scope: str | None, namespace: str | None) -> Iterator[b
             )
             count += 1
             yield _encoder.encode(record) + b"\n"
+        if removed and count == before:  # listed again, not written again
+            count += 1
+            yield _encoder.encode(_removed_record(ref, removed)) + b"\n"
     yield _encoder.encode(ExportEnd(end=EXPORT_FORMAT, versions=count)) + b"\n"  # complete
 
 

@@ -23,7 +23,7 @@ from typing import Any, Final
 import pytest
 
 from castore import Store
-from castore.transfer import export_lines
+from castore.transfer import export_lines, import_lines
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +105,33 @@ def test_import_killed_during_its_append_leaves_each_key_whole(tmp_path, durable
     assert histories(root) == want
     assert Store(root, dag="a").check().ok
     shutil.rmtree(root)
+
+
+def test_export_keeps_the_grave_of_a_key_whose_recreation_was_killed(tmp_path):
+    """A removed key listed again by a write killed before its append is exported as removed.
+
+    The writer lists the key in ``KEYS`` before its append (FORMAT.md §6 step
+    5); killed in between, the key is listed with no entry. Before the fix,
+    export then wrote neither its versions (none) nor its removal record (only
+    for unlisted keys), so an import of the export started the key again at
+    version 1: versions 1-3 given twice.
+    """
+    root = str(tmp_path / "store")
+    store = Store(root, dag="a", durable=False)
+    store.set("gone", {"n": 1})
+    store.set("gone", {"n": 2})
+    store.delete("gone")
+    assert store.compact(keep_last=1, keep_within_seconds=0).keys_removed == 1
+    env = dict(os.environ, CASTORE_FAILPOINTS="before-append", PYTHONPATH=CHECKOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "castore", "--dir", root, "--dag", "a", "set", "gone", "{}"],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert histories(root) == {("dag", "a", "gone"): [(3, "delete", "null")]}
+    copy = Store(str(tmp_path / "copy"), dag="a", durable=False)
+    import_lines(copy, lambda: iter(export_lines(Store(root, dag="a"))))
+    assert copy.set("gone", {"n": 4}).version == 4
+    assert Store(root, dag="a").set("gone", {"n": 4}).version == 4
