@@ -135,3 +135,66 @@ def test_export_keeps_the_grave_of_a_key_whose_recreation_was_killed(tmp_path):
     import_lines(copy, lambda: iter(export_lines(Store(root, dag="a"))))
     assert copy.set("gone", {"n": 4}).version == 4
     assert Store(root, dag="a").set("gone", {"n": 4}).version == 4
+
+
+def _removal_store(root: str) -> None:
+    """Keys to compact (one to remove: deleted) and to overwrite, a value shared across logs."""
+    store = Store(root, dag="a", durable=False)
+    for key in ("k1", "gone"):
+        store.set(key, {"v": 1})
+        store.set(key, BIG)
+    store.delete("gone")
+    store.list()  # STATE exists: every change appends P
+
+
+def _newer_dump(path: str, source: str) -> None:
+    """An export whose k1 is newer than the store's, and a new key: overwrite and append."""
+    store = Store(source, dag="a", durable=False)
+    for version in range(4):
+        store.set("k1", {"imported": version})
+        store.set("new", {"imported": version, "pad": "y" * 300})
+    with open(path, "wb") as fh:
+        fh.writelines(export_lines(store))
+
+
+@pytest.mark.parametrize("command", ["compact", "import"])
+def test_kill_before_every_call_leaves_every_key_before_or_after(tmp_path, command):
+    """Kill before each call that changes a file; each key is as before or as after.
+
+    ``compact`` removes a deleted key (``GRAVES``, ``KEYS``, the rename) and
+    drops versions of another; ``import --on-conflict overwrite`` replaces one
+    key's history and creates another. After each kill: every key as before or
+    after; ``check`` ok, or ok after ``--repair``; a new version of each key
+    above every version it had; and ``check --repair`` then the command again
+    gives what the uninterrupted run gave.
+    """
+    seed, twin = str(tmp_path / "seed"), str(tmp_path / "twin")
+    _removal_store(seed)
+    argv = ["compact", "--keep-last", "1", "--keep-within", "0s"]
+    if command == "import":
+        dump = str(tmp_path / "dump.jsonl")
+        _newer_dump(dump, str(tmp_path / "source"))
+        argv = ["import", "--on-conflict", "overwrite", dump]
+    shutil.copytree(seed, twin)
+    before = histories(seed)
+    assert child(twin, str(tmp_path), ("0", "0"), *argv) == (0, True)
+    after = histories(twin)
+    assert after != before
+    calls = int((tmp_path / "count").read_text())
+    assert calls > 20  # the sweep reaches every step
+    for at in range(1, calls + 1):
+        work = str(tmp_path / f"at{at}")
+        shutil.copytree(seed, work)
+        assert child(work, str(tmp_path), (str(at), "0"), *argv) == (-signal.SIGKILL, False)
+        now = histories(work)
+        for ref in {*before, *after, *now}:
+            assert now.get(ref) in (before.get(ref), after.get(ref)), (at, ref)
+        store = Store(work, dag="a", durable=False)
+        store.check(repair=True)  # also ends a removal stopped after KEYS (info, FORMAT.md §5)
+        assert Store(work, dag="a").check().ok, at
+        assert child(work, str(tmp_path), ("0", "0"), *argv) == (0, True), at
+        assert histories(work) == after, at
+        for (_scope, namespace, key), versions in {**before, **now}.items():
+            top = max(v for v, _op, _value in versions)
+            assert store.set(key, {"after": at}, namespace=namespace).version > top, (at, key)
+        shutil.rmtree(work)
