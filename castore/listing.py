@@ -8,15 +8,18 @@ from castore import codec
 from castore.backend import Backend, Current
 from castore.errors import CorruptionError, RecordError
 from castore.keys import Ref
-from castore.records import Entry
 from castore.results import ListEntry, ListResult, rfc3339
 
 __all__ = ["list_live"]
 
 
 def _entry(
-    scope: str, ns: str, key: str, entry: Entry, current: Current, include_values: bool
-) -> ListEntry:
+    scope: str, ns: str, key: str, current: Current, include_values: bool
+) -> ListEntry | None:
+    """The list entry of a key whose newest record is ``current``; None if it is not live."""
+    entry = current.live
+    if entry is None:
+        return None
     return ListEntry(
         scope=scope,
         namespace=ns,
@@ -30,6 +33,34 @@ def _entry(
         else None,
         value_json=current.value if include_values else None,
     )
+
+
+def _ghost(
+    backend: Backend, where: tuple[str, str, str], rest: list[str], known: Mapping[str, object]
+) -> bool:
+    """Whether a key the index names past a limited list's cut has no record.
+
+    A damaged line of the index may name a key that never was in place of
+    one that is (FORMAT.md §5): past the cut, it would hide that key from
+    the list. ``known`` (what :meth:`Backend.listing` answered) vouches for
+    the keys it holds; each other is looked up (for a directory, a ``stat``)
+    and remembered, so that the next list finds it known.
+    """
+    scope, ns, prefix = where  # the list's
+    if rest and not known:
+        known = backend.listing(scope, ns, prefix)
+    looked: list[str] = []
+    for key in rest:
+        if key not in known:
+            try:
+                if not backend.exists(Ref(scope, ns, key)):
+                    return True
+            except (CorruptionError, RecordError):
+                continue  # a lost log: its key was real (a read of it says why)
+            looked.append(key)
+    if looked:
+        backend.remember(scope, ns, looked)
+    return False
 
 
 def list_live(
@@ -58,7 +89,8 @@ def list_live(
     while candidates:
         rounds += 1
         inconsistent = False
-        for key in candidates:
+        found = 0  # this round's live keys: its candidates ascend, so its first ``limit`` do
+        for at, key in enumerate(candidates):
             if key in known:
                 hit = known[key]
             else:
@@ -71,17 +103,15 @@ def list_live(
                     skipped.append(key)
                     continue
                 inconsistent |= current.entry is None  # the index names a key with no entry
-                entry = current.live
-                hit = (
-                    None
-                    if entry is None
-                    else _entry(scope, ns, key, entry, current, include_values)
-                )
+                hit = _entry(scope, ns, key, current, include_values)
             if hit is not None:
                 entries.append(hit)
-                if limit and len(entries) >= limit:
+                found += 1
+                if limit and found >= limit:  # the index's keys past the cut, in round 1:
+                    rest = candidates[at + 1 :] if rounds == 1 and not inconsistent else []
+                    inconsistent |= _ghost(backend, (scope, ns, prefix), rest, known)
                     break
-        if not inconsistent or (limit and len(entries) >= limit):
+        if not inconsistent:
             break
         done.update(candidates)
         candidates = [k for k in backend.keys(scope, ns, prefix, verify=True) if k not in done]
