@@ -19,12 +19,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Final
 
-__all__ = ["KIND_PENDING", "LENGTH", "LOCK_SECONDS", "STATE_NAME", "append_frame"]
+__all__ = ["KIND_PENDING", "LENGTH", "LOCK_SECONDS", "STATE_NAME", "UNRECORDED_MAX", "append_frame"]
 
 STATE_NAME: Final = "STATE"  # in each namespace directory
 KIND_PENDING: Final = ord("P")
 LENGTH: Final = struct.Struct("<Q")  # the first 8 bytes: the length after the last append
 LOCK_SECONDS: Final = 5.0  # an append waits this long for a rewrite to finish
+# Bytes past the recorded length a reader accepts: an append in flight, or a killed one's
+# frames (each under 5 KiB). More is no append: the file grew (a hole), and is not read.
+UNRECORDED_MAX: Final = 1 << 20
 
 
 def append_frame(

@@ -43,7 +43,7 @@ from typing import Final
 import msgspec
 
 from castore import forks
-from castore.file import fileio
+from castore.file import fileio, stateappend
 from castore.file.frames import encode_frame, frame_at
 from castore.file.keptfile import KeptFile
 from castore.file.stateappend import KIND_PENDING, LENGTH, LOCK_SECONDS, append_frame
@@ -93,8 +93,7 @@ class StateIndex:
         self.path, self.fs, self.scope, self.namespace = path, fs, scope, namespace
         self.damaged = False  # the last read of the file found bytes that are no frame
         self._lock = threading.Lock()
-        self._fd = -1  # append descriptor, kept between writes
-        self._pid = os.getpid()
+        self._fd, self._pid = -1, os.getpid()  # append descriptor (kept between writes), owner
         self._reader = KeptFile(fs, path)  # read descriptor, kept between reads
         self._unparsed()
         self._pending_frames: dict[str, bytes] = {}  # key -> its P frame
@@ -262,8 +261,9 @@ class StateIndex:
         """
         top = fileio.read_at(fd, 0, LENGTH.size + len(self._head))
         st = os.fstat(fd)  # after the length: an append in flight only makes the file longer
-        if len(top) < LENGTH.size or LENGTH.unpack_from(top)[0] > st.st_size:
-            raise _DamagedError(self.path)  # appended records were cut off
+        recorded = LENGTH.unpack_from(top)[0] if len(top) >= LENGTH.size else 0
+        if not max(recorded, self._pos) + stateappend.UNRECORDED_MAX >= st.st_size >= recorded > 0:
+            raise _DamagedError(self.path)  # records cut off, or grown past any append (unread)
         if (
             st.st_ino != self._ino
             or st.st_size < self._pos
