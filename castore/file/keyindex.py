@@ -13,10 +13,9 @@ reads, whatever the number of keys) plus a scan of the short tail. When the
 tail outgrows :data:`TAIL_MAX_BYTES` and :data:`TAIL_MAX_LINES` lines or an
 eighth of the sorted region, the writer that appends rewrites the file sorted
 (atomically, under the file's lock): long keys are not re-sorted every few. Lines that
-lack their newline or are not lowercase hex are ignored. A writer lists a key
-once (it looks under the file's lock), so a line found twice is damage; the
-lines of the sorted region ascend strictly. A file without a ``sorted`` line
-is all tail.
+lack their newline or are not lowercase hex are ignored. A writer lists a key once
+(it looks under the file's lock), so a line found twice is damage; the lines of the
+sorted region ascend strictly. A file without a ``sorted`` line is all tail.
 """
 
 from __future__ import annotations
@@ -170,7 +169,10 @@ class KeyIndex:
         ):
             self._ino, self._tail_pos, self._tail = st.st_ino, layout.end, set()
             self._head = layout.head
-        if st.st_size > self._tail_pos:
+        longest = 2 * max(TAIL_MAX_LINES * _MAX_LINE, layout.end // 8)  # re-sorted before
+        if st.st_size - self._tail_pos > longest:  # no tail: a hole or junk, never read whole
+            self.damaged = True
+        elif st.st_size > self._tail_pos:
             buf = fileio.read_at(fd, self._tail_pos, st.st_size - self._tail_pos)
             complete = buf.rfind(b"\n") + 1  # a line without its newline is still being written
             lines = buf[:complete].split(b"\n")[:-1]
