@@ -75,7 +75,7 @@ def _diff(cmd: Parser) -> None:
     cmd.add_argument("key")
     _value(cmd)
     cmd.add_argument("--no-update", action="store_true", help="compare only, never write")
-    _version(cmd, "--expected-version", "fail unless this is the live version")
+    _version(cmd, "--expected-version", "fail unless this is the live version (0 = absent)")
     _version(cmd, "--from-version", "diff two stored versions: the old one")
     _version(cmd, "--to-version", "diff two stored versions: the new one (default latest)")
     cmd.add_argument("--format", choices=("json", "text"), help="diff output (default json)")
@@ -120,7 +120,7 @@ def _history(cmd: Parser) -> None:
 def _rollback(cmd: Parser) -> None:
     cmd.add_argument("key")
     _version(cmd, "--to-version", "the version to restore", required=True)
-    _version(cmd, "--expected-version", "fail unless this is the live version")
+    _version(cmd, "--expected-version", "fail unless this is the live version (0 = absent)")
     _reason(cmd)
 
 
@@ -381,7 +381,10 @@ def build_parser(version: str = "") -> Parser:
     parser = Parser(
         prog="castore",
         description="Content-addressed, versioned JSON state store (Dagu-compatible).",
-        epilog="Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found, 5 damaged.",
+        epilog=(
+            "Exit codes: 0 ok, 1 failure, 2 invalid input, 3 conflict, 4 not found, 5 damaged,"
+            " 130 interrupted."
+        ),
         formatter_class=Help,
     )
     add_global_options(parser, version)

@@ -543,3 +543,12 @@ def test_the_help_of_dir_names_every_kind_of_store(cli, command):
     said = text.partition("--dir DIR ")[2].split(" --")[0]  # up to the next option
     assert "postgresql://" in said, said
     assert ("http://" in said) is (command != ("serve",)), said  # serve refuses a server
+
+
+def test_every_expected_version_says_that_0_means_absent_and_help_names_exit_130(cli):
+    # Found by the new-user review: set, patch and incr said "(0 = absent)", diff and
+    # rollback did not (it means the same there); the main help left out exit 130.
+    for command in ("set", "diff", "patch", "incr", "rollback"):
+        shown = " ".join(cli.raw(command, "--help").stdout.decode().split())
+        assert "fail unless this is the live version (0 = absent)" in shown, command
+    assert "130 interrupted" in " ".join(cli.raw("--help").stdout.decode().split())
