@@ -267,16 +267,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.stdout is None:  # started with the descriptor closed: do nothing
         return _fail("standard output is closed: nothing was done", EXIT_FAILURE)
     lost: list[str] = []  # why the output could not be written ("": its reader left)
-    command = ""
+    command = value = ""
     try:
         args = _parse(argv)
-        command = args.command
+        command, value = args.command, getattr(args, "value", None) or ""
         _emit(args, Output(sys.stdout), lost)
     except (Exception, KeyboardInterrupt) as exc:
         verdict = _verdict(exc, command)
         if verdict is None:
             raise
         message, code = verdict
+        if isinstance(exc, InvalidValueError) and exc.position and _a_file(value):
+            message += f" (VALUE is JSON text, not a file: castore {command} KEY < {value})"
         if lost and lost[0]:
             message = f"{message}; the output could not be written: {lost[0]}"
         return _fail(message, code)
@@ -284,6 +286,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = " (the command completed: what it wrote is stored)"
         return _fail(f"cannot write the output: {lost[0]}{done * _writes(command)}", EXIT_FAILURE)
     return EXIT_OK
+
+
+def _a_file(value: str) -> bool:
+    """True if ``value`` (a VALUE that is not JSON) names a file: meant as its contents?"""
+    try:
+        return value not in ("", "-") and os.path.isfile(value)
+    except (ValueError, OSError):  # a NUL, a name too long
+        return False
 
 
 def _writes(command: str) -> bool:

@@ -709,6 +709,21 @@ def test_json_that_does_not_parse_is_refused_naming_where(cli, args, stdin, said
     assert cli.ok("get", "k")["version"] == 1  # nothing written
 
 
+def test_a_value_that_names_a_file_says_to_give_the_file_as_input(cli, tmp_path):
+    # Found by the new-user review: `castore set k /tmp/v.json` (the file meant) said only
+    # "invalid character '/' looking for beginning of value".
+    value = tmp_path / "v.json"
+    value.write_text('{"a": 1}')
+    cli.ok("set", "k", "1")
+    assert cli.fail(2, "set", "k", str(value)) == (
+        "invalid value: invalid character '/' looking for beginning of value (line 1, "
+        f"column 1) (VALUE is JSON text, not a file: castore set KEY < {value})"
+    )
+    assert "not a file" not in cli.fail(2, "set", "k", str(tmp_path / "none.json"))
+    assert cli.ok("get", "k")["version"] == 1  # nothing written
+    assert cli.ok("set", "k", stdin=value.read_bytes())["version"] == 2  # as the hint says
+
+
 def test_the_library_words_json_errors_as_go_and_gives_the_position_apart(store_location):
     store = castore.Store(store_location, dag="d")
     with pytest.raises(castore.InvalidValueError) as caught:
