@@ -45,15 +45,22 @@ def _probe(root: Path) -> tuple[list[object], int]:
     return entries, peak
 
 
-def test_a_state_grown_by_a_hole_is_replaced_without_being_read(tmp_path: Path) -> None:
+def _store_and_twin(tmp_path: Path, *, listed: bool) -> tuple[Path, Path]:
+    """A store of 20 keys (one deleted) and its copy; ``listed``: ``STATE`` records them."""
     root, twin = tmp_path / "store", tmp_path / "twin"
     store = Store(root, dag="d")
     for n in range(20):
         store.set(f"k{n}", n)
     store.delete("k3")
-    store.list()  # STATE records every key
+    if listed:
+        store.list()
     store.close()
     shutil.copytree(root, twin)
+    return root, twin
+
+
+def test_a_state_grown_by_a_hole_is_replaced_without_being_read(tmp_path: Path) -> None:
+    root, twin = _store_and_twin(tmp_path, listed=True)
     os.unlink(os.path.join(ns_dir(twin, "dag", "d"), "STATE"))
     state = os.path.join(ns_dir(root, "dag", "d"), "STATE")
     os.truncate(state, PLANTED)
@@ -68,13 +75,7 @@ def test_a_keys_file_grown_by_a_hole_is_not_read_whole(tmp_path: Path) -> None:
     # planted 600 MB hole: 1.7 GB and 2.5 s per list, for good). No writer lets the tail
     # grow past a bound (it re-sorts the file first): past it, the tail is damage, not
     # read, and the list answers from the logs' keys, as for any damage to ``KEYS``.
-    root, twin = tmp_path / "store", tmp_path / "twin"
-    store = Store(root, dag="d")
-    for n in range(20):
-        store.set(f"k{n}", n)
-    store.delete("k3")
-    store.close()
-    shutil.copytree(root, twin)
+    root, twin = _store_and_twin(tmp_path, listed=False)
     os.truncate(os.path.join(ns_dir(root, "dag", "d"), "KEYS"), PLANTED)
     entries, peak = _probe(root)
     assert entries == _probe(twin)[0]
