@@ -89,8 +89,8 @@ def list_live(
     while candidates:
         rounds += 1
         inconsistent = False
-        found = 0  # this round's live keys: its candidates ascend, so its first ``limit`` do
-        for at, key in enumerate(candidates):
+        before = len(entries)  # this round's live keys count: its candidates ascend
+        for key in candidates:
             if key in known:
                 hit = known[key]
             else:
@@ -106,9 +106,9 @@ def list_live(
                 hit = _entry(scope, ns, key, current, include_values)
             if hit is not None:
                 entries.append(hit)
-                found += 1
-                if limit and found >= limit:  # the index's keys past the cut, in round 1:
-                    rest = candidates[at + 1 :] if rounds == 1 and not inconsistent else []
+                if limit and len(entries) - before >= limit:  # the keys past the cut, round 1:
+                    cut = candidates.index(key) + 1  # once: no counter in the loop (list all)
+                    rest = candidates[cut:] if rounds == 1 and not inconsistent else []
                     inconsistent |= _ghost(backend, (scope, ns, prefix), rest, known)
                     break
         if not inconsistent:
