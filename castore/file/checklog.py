@@ -367,7 +367,7 @@ class LogChecker:
         problem, repair, severity = "key missing from KEYS", "add it to KEYS", "error"
         if not newest.live and newest.version <= grave:
             problem = "a deleted key that a compaction stopped after taking out of KEYS"
-            repair, severity = "add it to KEYS, so that compact removes it", "info"
+            repair, severity = "add it to KEYS (the next compact ends the removal)", "info"
         self.found(path, problem, repair, self.repair, severity)
         if self.repair:
             self.backend.names.list_key(Ref(h.scope, h.namespace, h.key), durable=True)

@@ -12,7 +12,9 @@ A key whose newest version is a delete older than ``keep_within`` goes away:
 its last version is recorded in the namespace's ``GRAVES`` file (so a
 re-created key continues after it: versions never repeat), its entries are
 dropped, and it leaves ``KEYS``. Its log survives only as a holder of blob
-frames, which gc removes once nothing uses them.
+frames, which gc removes once nothing uses them. A removal a kill stopped
+after ``KEYS`` (FORMAT.md §5) is ended by the next compaction, whatever its
+policy.
 
 Each log is rewritten atomically under its own lock (FORMAT.md §8), so
 readers and writers carry on while compaction runs.
@@ -27,8 +29,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from castore.backend import Progress
-from castore.errors import LockTimeoutError
-from castore.file import fileio
+from castore.errors import CastoreError, LockTimeoutError, UnsafePathError
+from castore.file import fileio, logread
 from castore.file.frames import LogBytes, classify
 from castore.file.records import (
     KIND_BLOB,
@@ -50,23 +52,66 @@ if TYPE_CHECKING:
 __all__ = ["compact"]
 
 
-def _refs(backend: FileBackend, retention: Retention) -> Iterator[Ref]:
-    """The refs ``retention`` selects: every key ever created, scopes and namespaces sorted."""
+def _refs(backend: FileBackend, retention: Retention) -> Iterator[tuple[Ref, int]]:
+    """The refs ``retention`` selects, scopes and namespaces sorted, each with a grave.
+
+    Every key ``KEYS`` lists (grave 0), then each key whose removal a
+    compaction began and did not end (its grave: ``GRAVES`` records it,
+    ``KEYS`` no longer lists it, its log is still there: FORMAT.md §5).
+    """
     scope, namespace = retention.scope, retention.namespace
     for sc in [scope] if scope else sorted(SCOPES):
         for ns in backend.namespaces(sc):
             if namespace is None or ns == namespace:
-                for key in backend.keys(sc, ns, retention.prefix):
-                    yield Ref(sc, ns, key)
+                listed = backend.keys(sc, ns, retention.prefix)
+                yield from ((Ref(sc, ns, key), 0) for key in listed)
+                yield from _stopped(backend, sc, ns, retention.prefix, set(listed))
+
+
+def _stopped(
+    backend: FileBackend, scope: str, namespace: str, prefix: str, listed: set[str]
+) -> Iterator[tuple[Ref, int]]:
+    """Keys starting with ``prefix`` that ``GRAVES`` records, ``KEYS`` omits, and a log holds."""
+    try:
+        graves = backend.graveyard(scope, namespace).records()
+    except (UnsafePathError, OSError):
+        return  # something planted in place of GRAVES: a removal would fail anyway
+    for key in sorted(k for k in graves if k.startswith(prefix) and k not in listed):
+        ref = Ref(scope, namespace, key)
+        if _ends_in_tombstone(backend.fs, backend.log_path(ref), graves[key]):
+            yield ref, graves[key]
+
+
+def _ends_in_tombstone(fs: Tree, path: str, grave: int) -> bool:
+    """Whether the log at ``path`` ends with a delete at or below ``grave`` (unlocked: a hint).
+
+    A removed log (no entry), a missing or unreadable one is left alone, as
+    every compaction before this one left it.
+    """
+    try:
+        fd = fs.open(path, os.O_RDONLY)
+    except (OSError, CastoreError):
+        return False
+    try:
+        tail = logread.read_tail(fd, os.fstat(fd).st_size)
+    except (OSError, CastoreError):
+        return False
+    finally:
+        os.close(fd)
+    entry = tail.entry if tail is not None else None
+    return entry is not None and not entry.live and entry.version <= grave
 
 
 class _Plan:
     """The decision for one log, made under its lock by :meth:`transform`."""
 
-    def __init__(self, keep_last: int | None, cutoff_ns: int | None, policy: str) -> None:
+    def __init__(
+        self, keep_last: int | None, cutoff_ns: int | None, policy: str, grave: int = 0
+    ) -> None:
         self.keep_last = keep_last
         self.cutoff_ns = cutoff_ns
         self.policy = policy
+        self.grave = grave  # a removal to end: the key's last version in GRAVES (else 0)
         self.dropped = 0
         self.removed: Entry | None = None  # the tombstone of a key that goes away
 
@@ -76,7 +121,12 @@ class _Plan:
         if not entries:
             return None
         newest = entries[-1][1]
-        keep = retained([e for _, e in entries], self.keep_last, self.cutoff_ns)
+        if self.grave:  # end a removal only as begun: its tombstone still the newest entry
+            if newest.live or newest.version > self.grave:
+                return None
+            keep = None
+        else:
+            keep = retained([e for _, e in entries], self.keep_last, self.cutoff_ns)
         if keep is None:
             self.removed = newest
             self.dropped = len(entries)
@@ -102,10 +152,10 @@ class _Plan:
 _BATCH = 32  # the logs of one namespace a compaction holds locked at once
 
 
-def _batch(refs: list[Ref], start: int) -> list[Ref]:
+def _batch(refs: list[tuple[Ref, int]], start: int) -> list[tuple[Ref, int]]:
     """The refs from ``start`` on: at most :data:`_BATCH`, of ``refs[start]``'s namespace."""
     run = refs[start : start + _BATCH]
-    return [ref for ref in run if ref[:2] == run[0][:2]]  # refs come namespace by namespace
+    return [r for r in run if r[0][:2] == run[0][0][:2]]  # refs come namespace by namespace
 
 
 def compact(
@@ -128,8 +178,9 @@ def compact(
     examined = compacted = dropped = removed = before = after = 0
     selected = list(_refs(backend, retention))
     while examined < len(selected):
-        refs = _batch(selected, examined)
-        plans = [_Plan(keep_last, cutoff, policy) for _ in refs]
+        batch = _batch(selected, examined)
+        refs = [ref for ref, _ in batch]
+        plans = [_Plan(keep_last, cutoff, policy, grave) for _, grave in batch]
         if dry_run:
             sizes = [_dry_run(backend, ref, plan) for ref, plan in zip(refs, plans, strict=True)]
         else:

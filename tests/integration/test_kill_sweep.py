@@ -198,3 +198,34 @@ def test_kill_before_every_call_leaves_every_key_before_or_after(tmp_path, comma
             top = max(v for v, _op, _value in versions)
             assert store.set(key, {"after": at}, namespace=namespace).version > top, (at, key)
         shutil.rmtree(work)
+
+
+def test_compaction_run_again_ends_a_removal_a_kill_stopped(tmp_path):
+    """Compaction killed anywhere, then run again (no repair): as if never killed.
+
+    Compaction takes a removed key out of ``KEYS`` before it renames the key's
+    emptied log into place (FORMAT.md §5); killed in between, the old log kept
+    its tombstone while ``KEYS`` no longer listed the key, so no later
+    compaction visited it: the log's versions stayed (``check`` reported it,
+    and only ``check --repair`` listed it again). Compaction now also takes
+    the keys ``GRAVES`` records and ``KEYS`` does not, and ends their removal.
+    """
+    seed, twin = str(tmp_path / "seed"), str(tmp_path / "twin")
+    _removal_store(seed)
+    argv = ["compact", "--keep-last", "1", "--keep-within", "0s"]
+    shutil.copytree(seed, twin)
+    assert child(twin, str(tmp_path), ("0", "0"), *argv) == (0, True)
+    after = histories(twin)
+    calls = int((tmp_path / "count").read_text())
+    again = Store(twin, dag="a").compact(keep_last=1, keep_within_seconds=0)
+    assert (again.refs_examined, again.keys_removed) == (1, 0)  # the removed log: not visited
+    for at in range(1, calls + 1):
+        work = str(tmp_path / f"at{at}")
+        shutil.copytree(seed, work)
+        assert child(work, str(tmp_path), (str(at), "0"), *argv) == (-signal.SIGKILL, False)
+        assert child(work, str(tmp_path), ("0", "0"), *argv) == (0, True), at
+        assert histories(work) == after, at
+        assert Store(work, dag="a").check().findings == [], at
+        for key, version in (("k1", 3), ("gone", 4)):
+            assert Store(work, dag="a").set(key, {"after": at}).version == version, (at, key)
+        shutil.rmtree(work)
