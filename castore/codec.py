@@ -45,6 +45,7 @@ __all__ = [
     "encode_string",
     "hexdigest",
     "is_digest",
+    "line_separators_escaped",
     "normalize",
     "normalize_json",
     "normalize_python",
@@ -102,6 +103,15 @@ def _checked(out: bytes) -> bytes:
     if len(out) > MAX_VALUE_BYTES:
         raise ValueTooLargeError(len(out), MAX_VALUE_BYTES)
     return out
+
+
+def line_separators_escaped(out: bytes) -> bytes:
+    r"""JSON bytes with U+2028 and U+2029 written ``\u2028`` and ``\u2029``, as Go writes them.
+
+    A line of castore's output (a result, an audit or export record) never
+    holds them raw: they end a line for JavaScript and ``str.splitlines``.
+    """
+    return _escape(out, html=False)
 
 
 def _escape(out: bytes, *, html: bool) -> bytes:

@@ -73,16 +73,18 @@ _encoder: Final = msgspec.json.Encoder(enc_hook=_write_field)
 
 def encode_json(value: Any) -> bytes:
     """``value`` as JSON, its numbers decoded as literals written as they were."""
-    return _encoder.encode(value)
+    return codec.line_separators_escaped(_encoder.encode(value))
 
 
 def encode_line(record: msgspec.Struct) -> bytes:
-    """One JSON line (without newline) for a record struct, written as it is."""
-    return _encoder.encode(record)
+    """One JSON line (without newline) for a record struct, written as it is.
+
+    Every string is written as Go writes it (U+2028 and U+2029 escaped), so a
+    line stays one line for any reader of lines.
+    """
+    return codec.line_separators_escaped(_encoder.encode(record))
 
 
 def render_as(result: msgspec.Struct, line_type: type[msgspec.Struct]) -> bytes:
     """One JSON line (without newline): ``result`` converted to ``line_type``, then written."""
-    return _encoder.encode(
-        msgspec.convert(result, line_type, from_attributes=True, dec_hook=_to_field)
-    )
+    return encode_line(msgspec.convert(result, line_type, from_attributes=True, dec_hook=_to_field))

@@ -56,6 +56,11 @@ __all__ = [
 _encoder = msgspec.json.Encoder()
 
 
+def _line(record: msgspec.Struct) -> bytes:
+    """One export line: U+2028 and U+2029 escaped, so that it stays one line for any reader."""
+    return codec.line_separators_escaped(_encoder.encode(record)) + b"\n"
+
+
 def _refs(
     store: Store, scope: str | None, namespace: str | None
 ) -> Iterator[tuple[Ref, int, bool]]:
@@ -112,12 +117,12 @@ def _lines(store: Store, scope: str | None, namespace: str | None) -> Iterator[b
     """:func:`export_lines`' lines, its arguments checked."""
     refs = _refs(store, scope, namespace)
     first = next(refs, None)  # the store answers before the first line: nothing if it cannot
-    yield _encoder.encode(ExportHeader(format=EXPORT_FORMAT, version=EXPORT_VERSION)) + b"\n"
+    yield _line(ExportHeader(format=EXPORT_FORMAT, version=EXPORT_VERSION))
     count = 0
     for ref, removed, listed in itertools.chain([first] if first else [], refs):
         if removed and not listed:  # an import puts its tombstone back: versions go on above
             count += 1
-            yield _encoder.encode(_removed_record(ref, removed)) + b"\n"
+            yield _line(_removed_record(ref, removed))
             continue
         before = count
         for entry, value in store.backend.iter_versions(ref):
@@ -138,11 +143,11 @@ def _lines(store: Store, scope: str | None, namespace: str | None) -> Iterator[b
                 damaged_from=entry.damaged_from,
             )
             count += 1
-            yield _encoder.encode(record) + b"\n"
+            yield _line(record)
         if removed and count == before:  # listed again, not written again
             count += 1
-            yield _encoder.encode(_removed_record(ref, removed)) + b"\n"
-    yield _encoder.encode(ExportEnd(end=EXPORT_FORMAT, versions=count)) + b"\n"  # complete
+            yield _line(_removed_record(ref, removed))
+    yield _line(ExportEnd(end=EXPORT_FORMAT, versions=count))  # complete
 
 
 def _importable(ref: Ref, entry: Entry) -> None:
