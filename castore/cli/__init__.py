@@ -270,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = value = ""
     try:
         args = _parse(argv)
-        command, value = args.command, getattr(args, "value", None) or ""
+        command = args.command
+        value = getattr(args, "value", None) or getattr(args, "patch", None) or ""
         _emit(args, Output(sys.stdout), lost)
     except (Exception, KeyboardInterrupt) as exc:
         verdict = _verdict(exc, command)
@@ -278,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message, code = verdict
         if isinstance(exc, InvalidValueError) and exc.position and _a_file(value):
-            message += f" (VALUE is JSON text, not a file: castore {command} KEY < {value})"
+            what = "PATCH" if command == "patch" else "VALUE"
+            message += f" ({what} is JSON text, not a file: castore {command} KEY < {value})"
         if lost and lost[0]:
             message = f"{message}; the output could not be written: {lost[0]}"
         return _fail(message, code)

@@ -724,6 +724,20 @@ def test_a_value_that_names_a_file_says_to_give_the_file_as_input(cli, tmp_path)
     assert cli.ok("set", "k", stdin=value.read_bytes())["version"] == 2  # as the hint says
 
 
+def test_a_patch_that_names_a_file_says_to_give_the_file_as_input(cli, tmp_path):
+    # Noticed in the thirty-seventh session: `castore patch k /tmp/p.json` got no hint.
+    patch = tmp_path / "p.json"
+    patch.write_text('[{"op": "add", "path": "/a", "value": 1}]')
+    cli.ok("set", "k", "{}")
+    for merge in ([], ["--merge"]):
+        assert cli.fail(2, "patch", *merge, "k", str(patch)) == (
+            "invalid value: invalid character '/' looking for beginning of value (line 1, "
+            f"column 1) (PATCH is JSON text, not a file: castore patch KEY < {patch})"
+        )
+    assert cli.ok("get", "k")["version"] == 1  # nothing written
+    assert cli.ok("patch", "k", stdin=patch.read_bytes())["version"] == 2  # as the hint says
+
+
 def test_the_library_words_json_errors_as_go_and_gives_the_position_apart(store_location):
     store = castore.Store(store_location, dag="d")
     with pytest.raises(castore.InvalidValueError) as caught:
