@@ -42,6 +42,7 @@ __all__ = [
     "create_file",
     "makedirs_plain",
     "modes_of_dir",
+    "owner_below",
     "refused",
     "regular",
     "set_mode",
@@ -72,17 +73,38 @@ def modes_of_dir(st_mode: int) -> Modes:
     return MODES["group"] if shared else PRIVATE
 
 
-def set_mode(fd: int, mode: int) -> None:
-    """``fchmod`` what this process just created; ``fd`` is closed if that fails."""
+def owner_below(root_fd: int) -> tuple[int, int] | None:
+    """Whom what castore creates below the store root open on ``root_fd`` must belong to.
+
+    None (the process's own user) but for the superuser writing a store whose
+    root another user owns (an administrator's ``check --repair``, say): then
+    the root's owner and group, so that the store stays its owner's to write.
+    """
+    if os.geteuid() != 0:
+        return None
+    info = os.fstat(root_fd)
+    return None if info.st_uid == 0 else (info.st_uid, info.st_gid)
+
+
+def set_mode(fd: int, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """``fchmod`` (and ``fchown`` to ``owner``) what this process just created.
+
+    ``fd`` is closed if that fails. The owner is changed first: a change of
+    owner may clear a setgid bit.
+    """
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
         raise
 
 
-def create_file(dir_fd: int | None, name: str, flags: int, mode: int) -> int:
-    """``os.open`` with ``O_CREAT``: a file this call creates gets ``mode`` exactly.
+def create_file(
+    dir_fd: int | None, name: str, flags: int, mode: int, owner: tuple[int, int] | None = None
+) -> int:
+    """``os.open`` with ``O_CREAT``: a file this call creates gets ``mode`` (and ``owner``).
 
     An existing file is opened without ``O_CREAT`` (its mode is left alone);
     a missing one is created with ``O_EXCL``, so this call knows it made it.
@@ -100,7 +122,7 @@ def create_file(dir_fd: int | None, name: str, flags: int, mode: int) -> int:
             if flags & os.O_EXCL:
                 raise
             continue  # another process made it just now: open theirs
-        set_mode(fd, mode)
+        set_mode(fd, mode, owner)
         return fd
     return os.open(name, flags & ~os.O_CREAT, dir_fd=dir_fd)
 

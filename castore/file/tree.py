@@ -26,6 +26,7 @@ from castore.file.modes import (
     Modes,
     create_file,
     makedirs_plain,
+    owner_below,
     refused,
     regular,
     set_mode,
@@ -44,19 +45,17 @@ _NOT_NAMES = frozenset(("", ".", ".."))  # a final component that is no file's n
 class Tree(WholeFiles):
     """The file operations of one store, confined to its root (or to nothing).
 
-    Paths are absolute strings. A path below ``root`` is resolved component by component
-    from the root's descriptor (any link or ``..`` below the root: UnsafePathError); paths
-    outside, and every path of :data:`UNCONFINED`, use plain system calls. Thread-safe;
-    the root may be a link the user chose, opened on first use (until then: no paths).
-
-    Args:
-        root: the store's root directory (absolute), or None.
-        modes: the permission bits of the files and directories it creates.
+    Paths are absolute strings. A path below ``root`` (absolute, or None) is resolved one
+    component at a time from the root's descriptor (any link or ``..`` below the root:
+    UnsafePathError); paths outside, and every path of :data:`UNCONFINED`, use plain system
+    calls. Thread-safe; the root may be a link the user chose, opened on first use (until
+    then: no paths). What it creates below the root gets ``modes`` and :attr:`owner`.
     """
 
     def __init__(self, root: str | None, modes: Modes = PRIVATE) -> None:
         self.root = root
         self.modes = modes
+        self.owner: tuple[int, int] | None = None  # what it creates belongs to (owner_below)
         self._lock = _thread.allocate_lock()
         self._dirs: dict[str, int] = {}
         self._retired: list[int] = []  # no longer used; closed by close()
@@ -104,6 +103,7 @@ class Tree(WholeFiles):
         fd = self._dirs.get(root)
         if fd is None:
             opened = os.open(root, _OUT_FLAGS)
+            self.owner = owner_below(opened)
             with self._lock:
                 fd = self._dirs.setdefault(root, opened)
             if fd != opened:  # another thread opened it first
@@ -155,7 +155,7 @@ class Tree(WholeFiles):
         except OSError as exc:
             raise refused(exc, parent, part, path) from None
         if made:
-            set_mode(fd, self.modes.dir)  # exactly, umask or not (setgid too)
+            set_mode(fd, self.modes.dir, self.owner)  # exactly, umask or not (setgid too)
             if durable:
                 os.fsync(parent)
         return fd
@@ -266,7 +266,8 @@ class Tree(WholeFiles):
 
     def _open_at(self, dir_fd: int | None, name: str, flags: int, mark: int = 0) -> int:
         if flags & os.O_CREAT:  # exactly its mode, whatever the umask
-            return create_file(dir_fd, name, flags, self.modes.file | mark)
+            owner = self.owner if dir_fd is not None else None  # outside the root: the process's
+            return create_file(dir_fd, name, flags, self.modes.file | mark, owner)
         return os.open(name, flags, dir_fd=dir_fd)
 
     def read_file(self, path: str, limit: int = -1) -> bytes:
@@ -379,10 +380,8 @@ class Tree(WholeFiles):
 
         A log may be replaced by rename (compaction, repair, import) while we wait for its
         lock (``pauses``: :func:`~castore.file.fileio.lock`), so with the lock we check that
-        the path still names our file (appends to the old one would be lost), else retry.
-
-        Raises:
-            LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
+        the path still names our file (appends to the old one would be lost), else retry;
+        LockTimeoutError when the lock is not taken within ``timeout`` seconds.
         """
         deadline, left = time.monotonic() + timeout, timeout  # an error names ``timeout``
         while True:
