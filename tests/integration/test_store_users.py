@@ -7,26 +7,40 @@ runs castore's library there. They need root to do that, and fail, never skip, w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import stat
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from castore import Store
 
-OWNER = 48_611  # a uid and gid that no account uses: the store's owner
+OWNER = 48_611  # uids and gids that no account uses: the store's owner,
+OTHER = 48_612  # another member of its group,
+TEAM = 48_613  # and that group
 BIG = {"text": "shared " * 64}  # a value the blob index deduplicates across keys
+
+
+def _reachable(path: str) -> None:
+    """Fail unless any user may reach ``path`` (its parents searchable by all)."""
+    while path != os.path.dirname(path):
+        path = os.path.dirname(path)
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            pytest.fail(f"{path} is not searchable by other users: set TMPDIR to one that is")
 
 
 @pytest.fixture
 def owned_dir() -> Iterator[str]:
-    """A new directory below /tmp, which :data:`OWNER` owns (0700)."""
+    """A new directory below the temporary directory, which :data:`OWNER` owns (0700)."""
     if os.geteuid() != 0:
         pytest.fail("these tests act as other users: run them as root (CI does)")
-    path = tempfile.mkdtemp(prefix="castore-users-")  # /tmp: reachable by any user
+    path = tempfile.mkdtemp(prefix="castore-users-")
+    _reachable(path)
     os.chown(path, OWNER, OWNER)
     try:
         yield path
@@ -34,11 +48,17 @@ def owned_dir() -> Iterator[str]:
         shutil.rmtree(path)
 
 
+_WARM: list[bool] = []
+
+
 def _warm() -> None:
     """Load every module the store's calls load lazily, while root may still read them.
 
-    (The interpreter's own may lie below /root, which the user cannot enter.)
+    (The interpreter's own may lie below /root, which the user cannot enter.) Once.
     """
+    if _WARM:
+        return
+    _WARM.append(True)
     scratch = tempfile.mkdtemp(prefix="castore-warm-")
     try:
         with Store(scratch, dag="d") as store:
@@ -57,8 +77,11 @@ def _warm() -> None:
         shutil.rmtree(scratch)
 
 
-def as_user(uid: int, gid: int, work: Callable[[], None]) -> None:
-    """Run ``work`` in a forked child as ``uid``/``gid`` (no other groups); raise if it failed."""
+def as_user(uid: int, work: Callable[[], object], groups: tuple[int, ...] = ()) -> Any:
+    """``work()`` in a forked child as ``uid`` (its gid too) with ``groups``; raise if it failed.
+
+    Returns what ``work`` returned (JSON).
+    """
     _warm()
     read, write = os.pipe()
     pid = os.fork()
@@ -66,19 +89,21 @@ def as_user(uid: int, gid: int, work: Callable[[], None]) -> None:
         code = 0
         try:
             os.close(read)
-            os.setgroups([])
-            os.setgid(gid)
+            os.setgroups(list(groups))
+            os.setgid(uid)
             os.setuid(uid)
-            work()
+            report = json.dumps({"result": work()})
         except BaseException:  # noqa: BLE001 - reported to the test
-            os.write(write, traceback.format_exc().encode())
-            code = 1
+            report, code = traceback.format_exc(), 1
+        with open(write, "w") as pipe:
+            pipe.write(report)
         os._exit(code)
     os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        report = pipe.read().decode()
+    with os.fdopen(read) as pipe:
+        report = pipe.read()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, f"as uid {uid}:\n{report}"
+    return json.loads(report)["result"]
 
 
 def test_root_maintenance_leaves_the_store_its_owners(owned_dir: str) -> None:
@@ -95,7 +120,7 @@ def test_root_maintenance_leaves_the_store_its_owners(owned_dir: str) -> None:
             own.set("a", BIG)
             own.set("a", {"n": 1})
 
-    as_user(OWNER, OWNER, first)
+    as_user(OWNER, first)
     with Store(store, dag="d") as admin:  # an administrator, as root
         admin.set("b", BIG)
         admin.set("a", {"n": 2})
@@ -123,4 +148,56 @@ def test_root_maintenance_leaves_the_store_its_owners(owned_dir: str) -> None:
             own.gc(grace_seconds=0)
             assert own.check(repair=True).ok
 
-    as_user(OWNER, OWNER, after)
+    as_user(OWNER, after)
+
+
+# What each member does in turn, and whether durably: dedup across users' logs, marks on
+# another user's file (a durable write after a durable=False one), maintenance of both.
+STEPS: tuple[tuple[bool, Callable[[Store], object]], ...] = (
+    (True, lambda s: s.set("a", BIG).version),
+    (False, lambda s: s.set("b", BIG).version),
+    (False, lambda s: s.set("a", {"n": 1}).version),
+    (True, lambda s: s.set("a", {"n": 2}).version),
+    (False, lambda s: s.incr("n").number),
+    (True, lambda s: s.set("b", {"n": 3}).version),
+    (True, lambda s: s.patch("a", {"m": 2}, merge=True).value),
+    (False, lambda s: s.set("c", BIG).version),
+    (True, lambda s: s.incr("n").number),
+    (True, lambda s: s.rollback("b", to_version=1).version),
+    (False, lambda s: s.delete("c").deleted),
+    (True, lambda s: s.compact(keep_last=2).versions_dropped),
+    (True, lambda s: s.gc(grace_seconds=0).blobs_freed),
+    (True, lambda s: s.set("d", BIG).version),
+    (True, lambda s: s.check(repair=True).ok),
+    (True, lambda s: [(e.key, e.version, e.hash) for e in s.list().entries]),
+    (True, lambda s: [(e.version, e.hash) for e in s.history("a").entries]),
+    (True, lambda s: [s.get(k).value for k in "abcdn"]),
+)
+
+
+def test_group_members_take_turns_as_one_user_would(owned_dir: str) -> None:
+    """Two members of a group store, writing and maintaining each other's files.
+
+    Each step, run by the owner and the other member in turn, answers as the same step
+    run by the owner alone on a twin; every file stays writable by the group.
+    """
+    os.chmod(owned_dir, 0o711)  # noqa: S103 - others may pass through to the stores
+    shared, twin = os.path.join(owned_dir, "shared"), os.path.join(owned_dir, "twin")
+    for path in (shared, twin):
+        os.mkdir(path)
+        os.chown(path, OWNER, TEAM)
+        os.chmod(path, 0o2770)  # noqa: S103 - as an administrator prepares one (FORMAT.md §1)
+    for n, (durable, step) in enumerate(STEPS):
+
+        def run(path: str, step: Callable[[Store], object] = step, durable: bool = durable) -> Any:
+            with Store(path, dag="d", durable=durable) as store:
+                return step(store)
+
+        member = (OWNER, OTHER)[n % 2]
+        got = as_user(member, lambda: run(shared), (TEAM,))
+        assert got == as_user(OWNER, lambda: run(twin), (TEAM,)), f"step {n} by {member}"
+    for top, dirs, files in os.walk(shared):
+        for name in [*dirs, *files]:
+            info = os.lstat(os.path.join(top, name))
+            assert info.st_gid == TEAM, (top, name)
+            assert info.st_mode & 0o060 == 0o060, (top, name)
