@@ -20,6 +20,8 @@ import pytest
 
 from castore import Store
 
+pytestmark = pytest.mark.integration
+
 OWNER = 48_611  # uids and gids that no account uses: the store's owner,
 OTHER = 48_612  # another member of its group,
 TEAM = 48_613  # and that group
