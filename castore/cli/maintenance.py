@@ -90,7 +90,8 @@ def _duration(text: str | None, option: str) -> float | None:
     """Seconds from ``90``, ``90s``, ``1.5h``, ``15m``, ``12h``, ``7d`` or ``2w``."""
     if text is None:
         return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    # ASCII digits: ``\d`` matches every script's, and float reads them (``\u0663`` is 3)
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)", text.strip())
     if m is None:
         raise UsageError(f"{option}: bad duration {text!r}: use e.g. 90s, 15m, 12h, 7d, 2w")
     seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]

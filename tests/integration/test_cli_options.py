@@ -90,6 +90,20 @@ def test_a_lock_timeout_takes_ascii_decimal_seconds_only(cli, where):
     assert cli.ok("get", "k")["version"] == 1  # nothing written
 
 
+@pytest.mark.parametrize("option", [("compact", "--keep-within"), ("gc", "--grace")])
+def test_a_duration_takes_ascii_digits_only(cli, option):
+    """Was (the time review): ``\\d`` and ``float`` read other scripts' digits, so
+    ``compact --keep-within \u0660`` compacted with a retention of 0 seconds (version 1
+    dropped) and ``--grace \uff13`` was 3 s, where every other number exits 2."""
+    cli.ok("set", "k", "1")
+    cli.ok("set", "k", "2")
+    before = cli.line("history", "k")
+    for text in ["\u0660", "\u0660s", "\u0663\u0660d", "\uff13", "1\u0660m", "1.\u0665h"]:
+        message = cli.fail(2, *option, text)
+        assert message == f"{option[1]}: bad duration {text!r}: use e.g. 90s, 15m, 12h, 7d, 2w"
+    assert cli.line("history", "k") == before  # nothing compacted
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
