@@ -21,8 +21,12 @@ __all__ = ["COMMANDS"]
 _NS_PER_DAY: Final = 86_400_000_000_000
 
 
-def _time(text: str | None, *, end_of_day: bool = False) -> int | None:
-    """Unix ns of an RFC 3339 time or a date (its start, or with ``end_of_day`` its last ns)."""
+def _time(text: str | None, option: str, *, end_of_day: bool = False) -> int | None:
+    """Unix ns of an RFC 3339 time or a date (its start, or with ``end_of_day`` its last ns).
+
+    Raises:
+        UsageError: ``text`` is neither, naming ``option``.
+    """
     if text is None:
         return None
     date_only = re.fullmatch(r"\d{4}-\d\d-\d\d", text) is not None
@@ -30,7 +34,7 @@ def _time(text: str | None, *, end_of_day: bool = False) -> int | None:
         # RFC 3339 allows a lower-case t and z (Go's parser, for Dagu's records, does not)
         moment = parse_go_time(text + "T00:00:00Z" if date_only else text.upper())
     except ValueError:
-        raise UsageError(f"bad time {text!r}: use RFC 3339 or YYYY-MM-DD") from None
+        raise UsageError(f"{option}: bad time {text!r}: use RFC 3339 or YYYY-MM-DD") from None
     if date_only and end_of_day:
         moment += _NS_PER_DAY - 1
     return moment
@@ -65,7 +69,7 @@ def _rollback(cmd: Invocation) -> Iterator[bytes]:
 
 def _audit(cmd: Invocation) -> Iterator[bytes]:
     a = cmd.args
-    since, until = _time(a.since), _time(a.until, end_of_day=True)
+    since, until = _time(a.since, "--since"), _time(a.until, "--until", end_of_day=True)
     with progress("records") as bar:
         for record in audit(
             cmd.store,

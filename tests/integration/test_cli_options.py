@@ -141,6 +141,19 @@ def test_a_duration_takes_ascii_digits_only(cli, option):
             "--keep-within: '99999999999d' is longer than 9223372036 seconds (292 years)",
         ),
         (("import", ""), "no export file given: give its path (or - for stdin)"),
+        # Were (the time review) "bad time …", not naming which of the two times it was.
+        (
+            ("audit", "--since", "yesterday"),
+            "--since: bad time 'yesterday': use RFC 3339 or YYYY-MM-DD",
+        ),
+        (
+            ("audit", "--until", "2026-02-30"),
+            "--until: bad time '2026-02-30': use RFC 3339 or YYYY-MM-DD",
+        ),
+        (
+            ("audit", "--since", "2026-01-01", "--until", "\u0662\u0660\u0662\u0666-01-01"),
+            "--until: bad time '\u0662\u0660\u0662\u0666-01-01': use RFC 3339 or YYYY-MM-DD",
+        ),
     ],
 )
 def test_a_bad_option_value_is_named_and_changes_nothing(cli, args, message):
