@@ -23,7 +23,7 @@ from castore.backend import LogView, NewVersion
 from castore.errors import CorruptionError, InvalidRefError, InvalidValueError, NotFoundError
 from castore.keys import validate_key, validate_prefix, validate_scope
 from castore.records import OP_DAMAGED, OP_SET, Entry
-from castore.reports import GCReport
+from castore.reports import GCReport, check_seconds
 from castore.server.checks import (
     check_limit,
     checked_versions,
@@ -200,7 +200,7 @@ def _remember(store: Store, call: NamespaceCall) -> None:
 
 
 def _collect_garbage(store: Store, call: GCCall) -> GCReport:
-    check_limit(call.grace_seconds, "grace_seconds")
+    check_seconds(call.grace_seconds, "grace_seconds")  # the library's bound: 292 years
     return store.backend.collect_garbage(
         grace_seconds=call.grace_seconds, dry_run=call.dry_run, progress=None
     )

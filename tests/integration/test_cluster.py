@@ -45,6 +45,7 @@ from castore.wire import (
     Append,
     AppendReply,
     EntryValue,
+    GCCall,
     NamespaceCall,
     RefCall,
     WireVersion,
@@ -1287,6 +1288,16 @@ def test_hostile_input_is_refused_with_its_code_and_writes_nothing(launcher, tmp
         ("append", msgspec.structs.replace(good, namespace=".."), 400, "invalid_ref", ""),
         ("append", msgspec.structs.replace(good, namespace="a/b"), 400, "invalid_ref", ""),
         ("namespaces", enc({"scope": "../refs"}), 400, "invalid_ref", ""),
+        # Was (the time review): grace up to 2**63 s passed, where Store.gc refuses
+        # past MAX_SECONDS (292 years): the same call answered two ways.
+        (
+            "collect_garbage",
+            GCCall(grace_seconds=1e18, dry_run=True),
+            400,
+            "invalid_value",
+            "grace_seconds must be from 0 to 9223372036 seconds (got 1e+18)",
+        ),
+        ("collect_garbage", GCCall(grace_seconds=-1.0), 400, "invalid_value", "grace_seconds"),
         (
             "remember",
             NamespaceCall(scope="custom", namespace="n", keys=["../x"]),
