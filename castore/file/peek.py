@@ -86,6 +86,7 @@ _REQUIRED = frozenset(("version", "op", "time_ns"))  # its fields without a defa
 _AUDIT_INTS = frozenset(("pid", "rollback_from"))  # records.Audit's; the others are str
 _HEX = frozenset("0123456789abcdef")  # a hash is 64 of them (records.decode_entry)
 _NO_VALUE = frozenset(("delete", "damaged"))  # the ops whose hash is empty
+_MAX_NS: Final = (1 << 63) - 1  # the latest time castore stores (records.decode_entry)
 _SEPARATORS: Final = (",", ":")  # compact, as msgspec writes (with non-ASCII as UTF-8)
 
 
@@ -342,6 +343,8 @@ def _entry(payload: bytes) -> dict[str, Any] | None:
         return None
     if not all(_is_int(entry.get(name, 0)) for name in _INT_FIELDS):
         return None
+    if not (0 < entry["time_ns"] <= _MAX_NS and 0 <= entry.get("created_ns", 0) <= _MAX_NS):
+        return None  # a time no castore writes (records.decode_entry): damage
     op, digest = entry.get("op"), entry.get("hash", "")
     if type(op) is not str or type(digest) is not str:
         return None

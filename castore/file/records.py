@@ -14,7 +14,7 @@ Pure: structs, encoders and decoders; no I/O.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -119,6 +119,7 @@ class Header(msgspec.Struct, frozen=True, kw_only=True):
     key: str
 
 
+_MAX_NS: Final = (1 << 63) - 1  # the latest time castore stores (2262-04-11)
 _encoder = msgspec.json.Encoder()
 _entry_decoder = msgspec.json.Decoder(Entry)
 _header_decoder = msgspec.json.Decoder(Header)
@@ -143,9 +144,16 @@ def decode_entry(payload: bytes) -> Entry:
 
     Raises:
         RecordError: when the payload is not a valid entry (a ``hash`` that is
-            not 64 lowercase hex digits included).
+            not 64 lowercase hex digits included, or a time no castore writes).
     """
     entry = _decoded(_entry_decoder, payload, "entry")
+    if not (0 < entry.time_ns <= _MAX_NS and 0 <= entry.created_ns <= _MAX_NS):
+        # What every backend stores (PostgreSQL's bigint; a stored time is never 0): an
+        # export of it must import again, so it is damage, as it is in a PostgreSQL row.
+        raise RecordError(
+            f"bad entry record: version {entry.version}'s time {entry.time_ns} or creation "
+            f"time {entry.created_ns} is out of range (time 1 to 2**63-1, creation 0 to it)"
+        )
     if entry.hash and not is_digest(entry.hash):  # a value's name: what reads turn into bytes
         raise RecordError(f"bad entry record: hash {entry.hash[:80]!r} is not a sha256 digest")
     if not entry.hash and entry.op in (OP_SET, OP_ROLLBACK):  # a version with a value

@@ -13,11 +13,13 @@ import subprocess
 import sys
 from typing import Any, Final
 
+import msgspec
 import pytest
 
 from castore import Store
 from castore.file.frames import encode_frame
-from tests.helpers import CASTORE_PATH, Cli, one_line_error
+from castore.file.records import KIND_ENTRY, decode_entry, encode_record
+from tests.helpers import CASTORE_PATH, Cli, frames_of, one_line_error
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +74,45 @@ def test_an_entry_whose_hash_is_no_digest_is_damage_not_a_traceback(tmp_path):
     cli = Cli(tmp_path, root, dag=DAG)
     for command in (["get", "k"], ["gc"], ["stats"], ["history", "k"]):
         assert "hash 'zz' is not a sha256 digest" in one_line_error(cli.run(*command), 5)
+    report = json.loads(cli.run("check").stdout)
+    assert not report["ok"]
+
+
+@pytest.mark.parametrize(
+    ("field", "number"),
+    [
+        ("time_ns", 0),
+        ("time_ns", -1),
+        ("time_ns", 2**63),
+        ("created_ns", -1),
+        ("created_ns", 2**63),
+    ],
+)
+def test_an_entry_timed_out_of_range_is_damage_not_a_time(tmp_path, field, number):
+    """Was (the time review): an intact entry frame timed -1, 0 or 2**63 was served and
+    printed (``1969-12-31T23:59:59.999999999Z``), ``check`` said ok, and ``export``
+    wrote a line ``import`` refuses (exit 2): the key could not move. Oracle: PostgreSQL,
+    where such a row is ``corrupt store: … out of range`` (exit 5) and check reports it."""
+    root = tmp_path / "store"
+    store = Store(root, dag=DAG)
+    store.set("k", 1)
+    store.set("k", 2)
+    store.close()
+    (log,) = root.glob("refs/dag/*/*.log")
+    frames = [f for f in frames_of(log)[0] if f.kind == KIND_ENTRY]
+    newest = frames[-1]  # last in the log: rewriting it moves no other frame
+    entry = msgspec.structs.replace(decode_entry(newest.payload), **{field: number})
+    with log.open("r+b") as fh:
+        fh.truncate(newest.start)
+        fh.seek(newest.start)
+        fh.write(encode_frame(KIND_ENTRY, encode_record(entry)))  # its checksum holds
+    cli = Cli(tmp_path, root, dag=DAG)
+    said = f"version 2's time {entry.time_ns} or creation time {entry.created_ns} is out of range"
+    for command in (["get", "k"], ["history", "k"], ["audit"], ["set", "k", "3"]):
+        assert said in one_line_error(cli.run(*command), 5)
+    export = cli.run("export")  # its header line is out before the key is read
+    assert (export.returncode, export.stdout.count(b"\n")) == (5, 1)
+    assert said in export.stderr.decode()
     report = json.loads(cli.run("check").stdout)
     assert not report["ok"]
 
