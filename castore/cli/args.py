@@ -28,6 +28,7 @@ from castore.cli.options import (
     RawHelp,
     add_global_options,
     add_store_options,
+    decimal,
     expected_version,
     integer,
     keep_count,
@@ -166,8 +167,8 @@ def _import_dagu(cmd: Parser) -> None:
 def _serve(cmd: Parser) -> None:
     cmd.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:7070)")
     cmd.add_argument("--token-file", help="bearer token file (default: $CASTORE_TOKEN)")
-    cmd.add_argument("--request-timeout", type=float, help="seconds per request (60)")
-    cmd.add_argument("--shutdown-timeout", type=float, help="seconds to finish on SIGTERM (60)")
+    cmd.add_argument("--request-timeout", type=decimal, help="seconds per request (60)")
+    cmd.add_argument("--shutdown-timeout", type=decimal, help="seconds to finish on SIGTERM (60)")
     cmd.add_argument("--access-log", help="append the JSON-lines access log here (stderr)")
     cmd.add_argument("--cluster", help="URL,URL,...: every coordinator of the cluster")
     cmd.add_argument("--self", dest="self_url", help="this server's URL in --cluster")

@@ -255,6 +255,24 @@ def integer(text: str) -> int:
 
 integer.__name__ = "int"  # argparse names the type in its message: "invalid int value: '3_0'"
 
+_FLOAT = re.compile(
+    r"-?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[-+]?[0-9]+)?|inf)|nan", re.ASCII | re.IGNORECASE
+)
+
+
+def decimal(text: str) -> float:
+    """A number option (seconds): ASCII decimal (``0.5``, ``1e3``, ``inf``), as ``float`` reads it.
+
+    ``float`` also takes ``3_0`` (30), ``" 3"`` and other scripts' digits (``٣``):
+    typos, refused as ``--lock-timeout`` refuses them. The range is the option's to check.
+    """
+    if _FLOAT.fullmatch(text) is None:
+        raise ValueError(text)
+    return float(text)
+
+
+decimal.__name__ = "float"  # argparse: "invalid float value: '3_0'", as before for 'abc'
+
 _INT64 = 1 << 63  # Dagu's versions are Go int64s: it refuses any other number
 
 

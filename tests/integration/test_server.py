@@ -922,6 +922,18 @@ def test_timeouts_that_are_not_numbers_of_seconds_are_refused(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_a_timeout_takes_ascii_decimal_seconds_only(tmp_path):
+    """Was (the time review): ``float`` read ``3_0`` as 30 s, ``\u0663`` as 3 s, `` 3`` and
+    ``+3`` as 3 s, and the server started, where ``--lock-timeout`` refuses them as typos.
+    (``--listen`` is bad too, so a server that takes the timeout exits at once.)"""
+    cli = Cli(tmp_path, str(tmp_path / "store"))
+    for option in ("--request-timeout", "--shutdown-timeout"):
+        for given in ("\u0663", "\uff13", "3_0", " 3", "3 ", "+3", "0x3"):
+            message = cli.fail(2, "serve", "--listen", "h:70700", option, given)
+            assert message == f"argument {option}: invalid float value: {given!r}"
+    assert not (tmp_path / "store").exists()
+
+
 @pytest.mark.parametrize(
     "location", ["http://127.0.0.1:9", "HTTPS://coord:7070", "http://127.0.0.1:9,http://[::1]:9"]
 )
