@@ -39,6 +39,7 @@ __all__ = [
     "newest_first",
     "next_entry",
     "overwrite_refusal",
+    "stored_time",
 ]
 
 
@@ -286,8 +287,8 @@ def next_entry(
         raise ConflictError(str(ref), None, floor, "the highest version there is: none can follow")
     # Times never decrease within a ref, even if the wall clock steps back,
     # so history and audit order by time equals version order.
-    not_before = min(previous.time_ns + 1, _MAX_TIME_NS) if previous is not None else 0
-    stamp = new.time_ns or max(now, not_before)
+    not_before = min(previous.time_ns + 1, _MAX_TIME_NS) if previous is not None else 1
+    stamp = new.time_ns or max(stored_time(now), not_before)
     created = 0
     if new.op == OP_DAMAGED:
         created = new.created_ns  # as recorded (an import of a lost version)
@@ -327,12 +328,21 @@ class NothingView:
         return loc
 
 
+def stored_time(now: int) -> int:
+    """The clock's ``now`` as a time every backend stores and reads: 1 to 2**63-1.
+
+    A clock at or before 1970, or past 2262, never stamps a time that readers
+    refuse as damage (``records.decode_entry``, a PostgreSQL row's bigint).
+    """
+    return min(max(now, 1), _MAX_TIME_NS)
+
+
 def lost_marker(first: int, last: int, now: int, reason: str) -> Entry:
     """The ``OP_DAMAGED`` entry recording versions ``first``..``last`` as lost."""
     return Entry(
         version=last,
         op=OP_DAMAGED,
-        time_ns=now,
+        time_ns=stored_time(now),
         damaged_from=first if first < last else 0,
         audit=Audit(actor="castore check --repair", reason=reason),
     )

@@ -197,7 +197,8 @@ def _frames(
         blob = ["", size, len(parts[0])]
     elif blob[0] != "" or blob_value(fd, tail) != normalized:
         raise _DeclinedError  # the same value, but its frame is elsewhere or not intact
-    stamp = max(time.time_ns(), previous["time_ns"] + 1)  # never before the previous version
+    # Never before the previous version, nor past what readers take (records.decode_entry).
+    stamp = max(min(time.time_ns(), _LAST), previous["time_ns"] + 1)
     entry: dict[str, Any] = {
         "version": previous["version"] + 1,
         "op": "set",
