@@ -26,9 +26,13 @@ from castore.file.staterecords import STATE_NAME, Known
 from castore.keys import Ref, file_id
 from castore.records import Entry
 
-__all__ = ["STATES_KEPT", "Namespaces"]
+__all__ = ["NAMESPACES_CACHED", "STATES_KEPT", "Namespaces"]
 
 STATES_KEPT = 256  # namespaces whose STATE (and its two descriptors) a handle keeps, at most
+# namespaces whose KEYS and GRAVES (about 2 KB of memory each) a handle keeps, at most: past
+# that it forgets them all and starts over (a server's handle asked for new namespaces for
+# days grew without end: a get of a namespace that does not exist kept one too)
+NAMESPACES_CACHED = 4096
 
 
 class Namespaces:
@@ -53,6 +57,8 @@ class Namespaces:
         nsdir = self.layout.ns_dir(scope, namespace)
         index = self._keys.get(nsdir)
         if index is None:
+            if len(self._keys) >= NAMESPACES_CACHED:
+                self._keys = {}
             index = self._keys[nsdir] = KeyIndex(os.path.join(nsdir, "KEYS"), self.layout.fs)
         return index
 
@@ -97,6 +103,8 @@ class Namespaces:
         """The graveyard of a namespace (last versions of removed keys)."""
         graves = self._graves.get((scope, namespace))  # every read of a tail: no hashing
         if graves is None:
+            if len(self._graves) >= NAMESPACES_CACHED:  # what it read of GRAVES is forgotten
+                self._graves = {}
             path = os.path.join(self.layout.ns_dir(scope, namespace), "GRAVES")
             graves = self._graves[scope, namespace] = Graveyard(path, self.layout.fs)
         return graves

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from castore.backend import Current, Decide, NewVersion
 from castore.errors import CastoreError, CorruptionError
-from castore.file import fileio, logread
+from castore.file import fileio, logread, namespaces
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
 from castore.file.encode import (
@@ -52,13 +52,9 @@ class FileLogView:
         tail: logread.Tail,
         known: Current | None,
     ) -> None:
-        self._reader = reader
-        self._layout = layout
+        self._reader, self._layout, self._log = reader, layout, log
         self._ref = log.ref or Ref("", "", "")
-        self._log = log
-        self._fd = fd
-        self._tail = tail
-        self._known = known
+        self._fd, self._tail, self._known = fd, tail, known
 
     def value(self) -> bytes | None:
         """The newest entry's value (None for a tombstone or an empty log)."""
@@ -90,11 +86,9 @@ class Writer:
         reader: BlobReader,
         cache: ReadCache,
     ) -> None:
-        self.layout, self.names = layout, names
-        self._blobs = blobs
-        self.reader = reader
-        self._cache = cache
-        self._dirs: set[str] = set()
+        self.layout, self.names, self.reader = layout, names, reader
+        self._blobs, self._cache = blobs, cache
+        self._dirs: set[str] = set()  # made (or found): at most NAMESPACES_CACHED
         self._kept = KeptLogs()
 
     def close(self) -> None:
@@ -111,6 +105,8 @@ class Writer:
         if path not in self._dirs:
             self.layout.not_gone(path)  # never a new store where this handle's went away
             self.layout.fs.makedirs(path, durable=self.layout.durable)
+            if len(self._dirs) >= namespaces.NAMESPACES_CACHED:  # one per namespace: bounded
+                self._dirs = set()
             self._dirs.add(path)
 
     def write(self, log: RefLog, decide: Decide) -> tuple[Entry | None, list[Entry]]:

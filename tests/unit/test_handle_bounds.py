@@ -1,0 +1,38 @@
+"""What a long-lived handle keeps per namespace stays bounded, and its close forgets it.
+
+A server's handle (or a worker's kept for days) asked for new namespaces kept
+each one's ``KEYS`` and ``GRAVES`` and the directory it made, without end: a
+get of a namespace that does not exist kept one too (about 2 KB each).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from castore import Store
+from castore.file import namespaces
+from tests.helpers import file_backend
+
+_BOUND = 8
+
+
+def test_a_handle_asked_for_many_namespaces_keeps_at_most_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # raising=False: without the bound, the test fails on what the handle keeps
+    monkeypatch.setattr(namespaces, "NAMESPACES_CACHED", _BOUND, raising=False)
+    store = Store(tmp_path / "s", dag="d", durable=False)
+    backend = file_backend(store)
+    for i in range(5 * _BOUND):
+        store.set("k", {"i": i}, scope="custom", namespace=f"n{i}")
+        assert store.get("k", scope="custom", namespace=f"missing{i}").found is False
+        assert len(backend.names._keys) <= _BOUND
+        assert len(backend.names._graves) <= _BOUND
+        assert len(backend._writer._dirs) <= _BOUND
+    for i in range(5 * _BOUND):  # forgotten, never wrong: each namespace read again
+        assert store.get("k", scope="custom", namespace=f"n{i}").value == {"i": i}
+        assert [e.key for e in store.list("", scope="custom", namespace=f"n{i}").entries] == ["k"]
+    store.delete("k", scope="custom", namespace="n0")
+    assert store.get("k", scope="custom", namespace="n0").found is False
