@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NoReturn, Self
 
 from castore.backend import Backend
+from castore.keys import RefCache
 
 __all__ = ["Handle"]
 
@@ -17,6 +18,7 @@ class Handle:
     """The life of a :class:`~castore.store.Store` handle (``Store`` sets ``_backend``)."""
 
     _backend: Backend
+    _refs: RefCache  # its refs resolved (shared with its for_caller copies)
 
     @property
     def backend(self) -> Backend:
@@ -30,6 +32,7 @@ class Handle:
         threads use the handle: what their calls use is closed when the last ends.
         """
         self._backend.close()
+        self._refs.clear()
 
     def __enter__(self) -> Self:
         return self

@@ -289,6 +289,10 @@ class RefCache:
         self._size = size
         self._refs: dict[tuple[str, str, str | None, str | None, str | None], Ref] = {}
 
+    def clear(self) -> None:
+        """Forget every answer (a handle's close)."""
+        self._refs = {}
+
     def resolve(
         self, key: str, scope: str, namespace: str | None, dag: str | None, root_dag: str | None
     ) -> Ref:

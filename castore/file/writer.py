@@ -92,8 +92,10 @@ class Writer:
         self._kept = KeptLogs()
 
     def close(self) -> None:
-        """Close the log descriptors kept between writes."""
+        """Close the log descriptors kept between writes; forget the directories and blobs."""
         self._kept.close()
+        self._dirs = set()
+        self._blobs.forget()  # the store's whole blob index, read as writes looked in it
 
     @staticmethod
     def _ref(log: RefLog) -> Ref:

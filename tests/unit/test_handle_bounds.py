@@ -2,7 +2,8 @@
 
 A server's handle (or a worker's kept for days) asked for new namespaces kept
 each one's ``KEYS`` and ``GRAVES`` and the directory it made, without end: a
-get of a namespace that does not exist kept one too (about 2 KB each).
+get of a namespace that does not exist kept one too (about 2 KB each). And
+``close()`` kept the refs it had resolved and the blob index it had read.
 """
 
 from __future__ import annotations
@@ -36,3 +37,19 @@ def test_a_handle_asked_for_many_namespaces_keeps_at_most_the_bound(
         assert [e.key for e in store.list("", scope="custom", namespace=f"n{i}").entries] == ["k"]
     store.delete("k", scope="custom", namespace="n0")
     assert store.get("k", scope="custom", namespace="n0").found is False
+
+
+def test_close_forgets_the_refs_directories_and_blob_index_it_read(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s", dag="d", durable=False)
+    backend = file_backend(store)
+    for i in range(20):  # values of 256 bytes or more are in the blob index
+        store.set(f"k{i}", {"i": i, "pad": "x" * 300}, namespace=f"n{i % 3}")
+    assert backend._writer._dirs
+    assert backend._blobs._shards
+    assert store._refs._refs
+    store.close()
+    assert not backend._writer._dirs
+    assert not backend._blobs._shards
+    assert not store._refs._refs
+    assert store.get("k7", namespace="n1").value == {"i": 7, "pad": "x" * 300}  # still usable
+    assert store.set("k7", {"i": 8, "pad": "x" * 300}, namespace="n1").version == 2
