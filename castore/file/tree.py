@@ -154,7 +154,7 @@ class Tree(WholeFiles):
             fd = os.open(part, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             raise refused(exc, parent, part, path) from None
-        if made:
+        if made and os.fstat(fd).st_uid == os.geteuid():  # not one put in its place since
             set_mode(fd, self.modes.dir, self.owner)  # exactly, umask or not (setgid too)
             if durable:
                 os.fsync(parent)

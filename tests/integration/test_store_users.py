@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 OWNER = 48_611  # uids and gids that no account uses: the store's owner,
 OTHER = 48_612  # another member of its group,
 TEAM = 48_613  # and that group
+VICTIM = 48_614  # a third user, whose directory the owner may move
 BIG = {"text": "shared " * 64}  # a value the blob index deduplicates across keys
 
 
@@ -151,6 +152,41 @@ def test_root_maintenance_leaves_the_store_its_owners(owned_dir: str) -> None:
             assert own.check(repair=True).ok
 
     as_user(OWNER, after)
+
+
+def test_root_never_gives_the_owner_a_directory_put_in_place_of_its_own(
+    owned_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: root made a directory in a user's store, then opened the name and fchown-ed
+    (and fchmod-ed) what it opened: the store's owner, who may rename entries there, could
+    put a third user's directory in place of the new one in between, and root gave that
+    directory to them (mode 0700). Oracle: castore changes only what it made; the third
+    user's directory keeps its owner and mode."""
+    store, victim = os.path.join(owned_dir, "s"), os.path.join(owned_dir, "victim")
+    as_user(OWNER, lambda: Store(store, dag="d").set("a", 1).version)
+    os.mkdir(victim)
+    os.chown(victim, VICTIM, VICTIM)
+    os.chmod(victim, 0o755)  # noqa: S103 - a mode castore must leave alone
+    inode, made = os.stat(victim).st_ino, os.mkdir
+
+    def mkdir(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        made(path, mode, dir_fd=dir_fd)
+        if os.path.exists(victim):  # the owner, between root's mkdir and its open
+            os.rename(path, os.path.join(owned_dir, "moved"), src_dir_fd=dir_fd)
+            os.rename(victim, path, dst_dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with Store(store, dag="other") as admin:  # a namespace root makes
+        admin.set("k", 1)
+    monkeypatch.undo()
+    (moved,) = [  # the third user's directory, where the owner put it
+        os.path.join(top, name)
+        for top, dirs, _ in os.walk(store)
+        for name in dirs
+        if os.stat(os.path.join(top, name)).st_ino == inode
+    ]
+    info = os.stat(moved)
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (VICTIM, VICTIM, 0o755)
 
 
 # What each member does in turn, and whether durably: dedup across users' logs, marks on
