@@ -14,7 +14,7 @@ re-created key continues after it: versions never repeat), its entries are
 dropped, and it leaves ``KEYS``. Its log survives only as a holder of blob
 frames, which gc removes once nothing uses them. A removal a kill stopped
 after ``KEYS`` (FORMAT.md §5) is ended by the next compaction, whatever its
-policy.
+policy; an older copy put back there (§7) is left to ``check``.
 
 Each log is rewritten atomically under its own lock (FORMAT.md §8), so
 readers and writers carry on while compaction runs.
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from castore.backend import Progress
-from castore.errors import CastoreError, LockTimeoutError, UnsafePathError
+from castore.errors import CastoreError, CorruptionError, LockTimeoutError, UnsafePathError
 from castore.file import fileio, logread
 from castore.file.frames import LogBytes, classify
 from castore.file.records import (
@@ -219,8 +219,7 @@ def _dry_run(backend: FileBackend, ref: Ref, plan: _Plan) -> tuple[int, int]:
     else:
         try:  # read as a reader: evidence of a copy is confirmed on ``fd``
             log = classify(fileio.read_at(fd, 0, os.fstat(fd).st_size))
-            _not_a_copy(backend, ref, log, fd)
-            result = plan.transform(log)
+            result = plan.transform(log) if _not_a_copy(backend, ref, plan, log, fd) else None
         finally:
             os.close(fd)
     # sized as the real run lays the log out (relaid re-encodes moved blob locations)
@@ -288,22 +287,30 @@ def _checked(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:
     """``plan.transform``, after the refusal of a log that is an older copy."""
 
     def transform(log: LogBytes) -> list[tuple[int, bytes]] | None:
-        _not_a_copy(backend, ref, log)
-        return plan.transform(log)
+        return plan.transform(log) if _not_a_copy(backend, ref, plan, log) else None
 
     return transform
 
 
-def _not_a_copy(backend: FileBackend, ref: Ref, log: LogBytes, fd: int = -1) -> None:
+def _not_a_copy(backend: FileBackend, ref: Ref, plan: _Plan, log: LogBytes, fd: int = -1) -> bool:
     """Refuse, as a writer does, a log that is an older copy or behind ``STATE`` (FORMAT.md §7).
 
     Compacting it would take its old tombstone for the key's last state, or
     drop versions as if they were the key's oldest. Read under the log's lock
     (``fd`` -1), or by a dry run on ``fd``, which confirms evidence under it.
+    False (left as it is, for ``check``) for a key ``KEYS`` omits that the
+    compaction visits only to end a removal (``plan.grave``): no compaction
+    before that visit failed on it.
     """
     entries = [f for f in log.frames if f.kind == KIND_ENTRY]
     newest = decode_entry(entries[-1].payload) if entries else None
-    backend.names.not_put_back(ref, backend.log_path(ref), newest, fd)
+    try:
+        backend.names.not_put_back(ref, backend.log_path(ref), newest, fd)
+    except CorruptionError:
+        if plan.grave:
+            return False
+        raise
+    return True
 
 
 def _size(fs: Tree, path: str) -> int:
