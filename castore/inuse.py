@@ -7,13 +7,21 @@ to another open meanwhile: a log created in the wrong directory of the store
 (``check`` then reports a file in place of a directory), ``EBADF`` errors,
 and in principle a file made through a directory outside the store.
 
-So each call of the handle counts itself in (:meth:`InUse.enter`, a list
-append, atomic under the GIL) and out, and :meth:`InUse.close` closes the
+So each call of the handle counts itself in (:meth:`InUse.enter`, a set
+add, atomic under the GIL) and out, and :meth:`InUse.close` closes the
 descriptors only when no call runs: at once if none does, else when the
 last one ends. While it closes, calls that start wait for it (microseconds:
 it only closes descriptors), and a close never waits for a call, so a
 thread closing the handle inside an iteration over one of its streams does
 not deadlock: that stream's step ends, then the close runs.
+
+A call counts itself in as an object of its own, inside the ``try`` whose
+``finally`` discards it first thing (one ``set.discard``, no Python call in
+between): a ``KeyboardInterrupt``, or an exception a signal handler raises,
+arriving anywhere leaves nothing counted. (A count appended before the
+``try`` stayed counted when the exception came just after the append, and
+the handle's ``close`` then waited for that call forever: its descriptors
+were never closed.)
 """
 
 from __future__ import annotations
@@ -46,34 +54,29 @@ class InUse:
         self._close: Callable[[], Callable[[], None] | None] = (
             weakref.WeakMethod(close) if isinstance(close, types.MethodType) else lambda: close
         )
-        self._calls: list[None] = []  # one item per call running: append/pop are atomic
+        self.calls: set[object] = set()  # one object per call running: add/discard are atomic
         self._closing = False  # a close runs: calls starting now wait for it
         self._wanted = False  # a close was asked: the last call to end runs it
         self._done = threading.Condition()
         self._closer = threading.Lock()
         forks.track(self)
 
-    def enter(self) -> None:
-        """Count a call in; wait first while a close runs."""
-        calls = self._calls
-        calls.append(None)
+    def enter(self, call: object) -> None:
+        """Count ``call`` in (the caller's own object); wait first while a close runs.
+
+        Call it inside the ``try`` whose ``finally`` starts with ``calls.discard(call)``
+        (then :meth:`leave_last`): interrupted anywhere, nothing stays counted.
+        """
+        self.calls.add(call)
         while self._closing:  # seen after counting in: that close waits for this call
-            calls.pop()
+            self.calls.discard(call)
             with self._done:
                 self._done.wait_for(lambda: not self._closing)
-            calls.append(None)
-
-    def leave(self) -> None:
-        """Count a call out; the last to end runs a close asked meanwhile."""
-        try:  # noqa: SIM105 - contextlib.suppress costs 0.4 µs a call (a third of history's count)
-            self._calls.pop()
-        except IndexError:  # a call begun in the parent, ending in a child
-            pass
-        self.leave_last()
+            self.calls.add(call)
 
     def leave_last(self) -> None:
         """After a call counted out: if it was the last, run a close asked meanwhile."""
-        if self._wanted and not self._calls:
+        if self._wanted and not self.calls:
             self._try_close(deferred=True)
 
     def close(self) -> None:
@@ -92,7 +95,7 @@ class InUse:
                 return
             self._closing = True  # calls counting in from now wait
             try:
-                if self._calls:  # counted in before that: the last of them closes
+                if self.calls:  # counted in before that: the last of them closes
                     return
                 self._wanted = False
                 if (close := self._close()) is not None:  # None: its handle is gone
@@ -107,7 +110,7 @@ class InUse:
 
     def after_fork_in_child(self) -> None:
         """In a forked child (:mod:`castore.forks`): no call runs there; new locks."""
-        self._calls = []
+        self.calls = set()  # a call begun in the parent discards itself from the old set
         self._closing = self._wanted = False
         self._done = threading.Condition()
         self._closer = threading.Lock()
@@ -115,11 +118,14 @@ class InUse:
     def stepwise(self, items: Iterator[_T]) -> Iterator[_T]:
         """``items``, each step counted in (not the pauses between: a close may run there)."""
         while True:
-            self.enter()
+            call = object()
             try:
+                self.enter(call)
                 item = next(items, _END)
             finally:
-                self.leave()
+                self.calls.discard(call)
+                if self._wanted:
+                    self.leave_last()
             if item is _END:
                 return
             yield item
@@ -149,16 +155,14 @@ def _short(method: Callable[..., _T]) -> Callable[..., _T]:
         if named or a is _END:
             return slow(self, *(given for given in (a, b) if given is not _END), **named)
         use: InUse = self.in_use
-        calls = use._calls  # InUse.enter, inlined
-        calls.append(None)
-        if use._closing:
-            calls.pop()
-            use.enter()
-            calls = use._calls
+        call = object()
         try:
+            use.calls.add(call)  # InUse.enter, inlined
+            if use._closing:
+                use.enter(call)
             return method(self, a) if b is _END else method(self, a, b)
         finally:
-            calls.pop()  # the list it was counted in (a child forked meanwhile has another)
+            use.calls.discard(call)  # first: an exception in what follows leaves it counted out
             if use._wanted:
                 use.leave_last()
 
@@ -170,10 +174,13 @@ def _any(method: Callable[..., _T]) -> Callable[..., _T]:
 
     def counted(self: Any, *args: Any, **kwargs: Any) -> _T:
         use: InUse = self.in_use
-        use.enter()
+        call = object()
         try:
+            use.enter(call)
             return method(self, *args, **kwargs)
         finally:
-            use.leave()
+            use.calls.discard(call)
+            if use._wanted:
+                use.leave_last()
 
     return counted

@@ -6,21 +6,19 @@ keyspace goes to its owner (:class:`~castore.cluster.Cluster`), with the
 digest and length of the member list in the ``Castore-Cluster`` and
 ``Castore-Members`` headers; a store-wide call goes to the member it names.
 
-* A connection that could not be made is retried, :data:`ATTEMPTS` times in
-  all with a growing pause (about 5 s). One lost after the request was sent
-  is retried only for a call safe to send again (reads, and appends, which
-  the server knows by their request id); otherwise, and when the tries run
-  out, :class:`~castore.errors.StoreUnavailableError` says it may or may not
-  have been applied. No answer within the read timeout (past the server's
-  own request timeout: the server is stuck) is retried once for a read,
-  never for a write (it may or may not have been applied).
-* 421 ``misdirected``: the server's member list is taken (only from a server
-  in it, naming only members of the list this client was given, never moving
-  a member from https to http) and the call sent to the owner under it, at
-  most :data:`REDIRECTS` times; an append raises :class:`Rerouted` to decide
-  again on the new owner's newest entry, unless an earlier attempt's answer
-  was lost, and so does a survey of every member (``namespaces``, ``removed``),
-  asked of every member again under the new list.
+* A connection that could not be made is retried, :data:`ATTEMPTS` times in all with a growing
+  pause (about 5 s). One lost after the request was sent is retried only for a call safe to send
+  again (reads, and appends, which the server knows by their request id); otherwise, and when
+  the tries run out, :class:`~castore.errors.StoreUnavailableError` says it may or may not have
+  been applied. No answer within the read timeout (past the server's own request timeout: the
+  server is stuck) is retried once for a read, never for a write (it may or may not have been
+  applied).
+* 421 ``misdirected``: the server's member list is taken (only from a server in it, naming only
+  members of the list this client was given, never moving a member from https to http) and the
+  call sent to the owner under it, at most :data:`REDIRECTS` times; an append raises
+  :class:`Rerouted` to decide again on the new owner's newest entry, unless an earlier attempt's
+  answer was lost, and so does a survey of every member (``namespaces``, ``removed``), asked of
+  every member again under the new list.
 * A 503 saying to retry shortly (it wrote nothing): sent again for :data:`MEMBERS_WAIT` s.
 * Once an attempt's answer was lost, every later attempt (after a 421, a 503, another
   lost answer) is the same request marked as a retry: the server applies it once.
@@ -228,8 +226,9 @@ class Transport:
                 ``check`` finds an item wrong.
             CastoreError: the exception that ended it on the server.
         """
-        self._in_use.enter()  # until the stream ends: its connection is in use
+        use, call = self._in_use, object()
         try:
+            use.enter(call)  # until the stream ends: its connection is in use
             response = self._send(name, request, keyspace, None, stream=True)
             try:
                 for item in frames(name, response):
@@ -240,7 +239,8 @@ class Transport:
             finally:
                 response.close()
         finally:
-            self._in_use.leave()
+            use.calls.discard(call)  # first (castore/inuse.py)
+            use.leave_last()
 
     def _send(
         self,
@@ -255,9 +255,9 @@ class Transport:
 
         With ``stream``, its body is still to be read (and the response closed).
         """
-        sent = [False]  # an attempt whose answer was lost (maybe applied)
-        self._in_use.enter()
+        sent, use, call = [False], self._in_use, object()  # sent: an answer lost (maybe applied)
         try:
+            use.enter(call)
             return self._until_answered(name, request, where, resend, stream, sent)
         except (CastoreError, OSError) as exc:
             if not (sent[0] and CALLS[name].writes) or MAYBE in str(exc):
@@ -267,7 +267,8 @@ class Transport:
                 url, f"the answer to {name} was lost, and sending it again failed: {exc}{MAYBE}"
             ) from None
         finally:
-            self._in_use.leave()
+            use.calls.discard(call)  # first (castore/inuse.py)
+            use.leave_last()
 
     def _until_answered(
         self,

@@ -1,0 +1,123 @@
+"""A ``KeyboardInterrupt`` (or a signal handler's exception) anywhere in a call: the handle goes on.
+
+CPython runs a signal's Python handler after a call returns (or as a function
+starts), so the exception can come between any two calls of castore's code.
+These tests raise it at each such point in turn (``sys.setprofile``: each
+``call``, ``return`` and ``c_return`` event of the modules named), keep it
+alive as a REPL does (``sys.last_value``), and then use the same handle.
+"""
+
+from __future__ import annotations
+
+import dis
+import os
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import castore
+from castore import Store
+
+_PACKAGE = os.path.dirname(castore.__file__)
+_GENERATORS = 0x20 | 0x80 | 0x200  # generator, coroutine, async generator: a yield or resume
+_BEFORE_WITH = dis.opmap["BEFORE_WITH"]
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+def _interrupted(call: Callable[[], Any], n: int, modules: tuple[str, ...]) -> _Interrupt | None:
+    """:func:`_where` without where."""
+    return _where(call, n, modules)[0]
+
+
+def _where(
+    call: Callable[[], Any], n: int, modules: tuple[str, ...]
+) -> tuple[_Interrupt | None, str]:
+    """Run ``call`` raising :class:`_Interrupt` at the ``n``-th event in ``modules``; or None.
+
+    A generator's own call and return events (a resume, a yield) are not such points:
+    the ``next`` that returns its item is (its ``c_return``). Nor is the return of an
+    ``__enter__`` to its ``with`` (CPython checks for signals as a call instruction
+    ends, and ``BEFORE_WITH`` is none): the last call inside ``__enter__`` is.
+    """
+    files = tuple(os.path.join(_PACKAGE, m) for m in modules)
+    count, where = 0, ""
+
+    def profile(frame: types.FrameType, event: str, _arg: object) -> None:
+        nonlocal count, where
+        code = frame.f_code
+        if event not in ("call", "return", "c_return") or not code.co_filename.endswith(files):
+            return
+        if event != "c_return" and code.co_flags & _GENERATORS:
+            return
+        if (event == "return" and _entered_by_with(frame)) or code.co_name == "__del__":
+            return  # (an exception raised in __del__ is printed, not raised)
+        count += 1
+        if count == n:
+            where = f"{event} {code.co_name} ({code.co_filename}:{frame.f_lineno})"
+            raise _Interrupt
+
+    sys.setprofile(profile)
+    try:
+        call()
+    except _Interrupt as exc:
+        return exc, where
+    finally:
+        sys.setprofile(None)
+    return None, ""
+
+
+def _entered_by_with(frame: types.FrameType) -> bool:
+    caller = frame.f_back
+    return caller is not None and caller.f_code.co_code[caller.f_lasti] == _BEFORE_WITH
+
+
+def _open_below(root: Path) -> list[str]:
+    """This process's descriptors of files and directories below ``root`` (not ``root`` itself)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if name.startswith(f"{root}/"):
+            names.append(name)
+    return names
+
+
+CALLS: dict[str, Callable[[Store], Any]] = {
+    "get": lambda s: s.get("k"),
+    "set": lambda s: s.set("k", {"v": 2}),
+    "history": lambda s: s.history("k"),
+    "list": lambda s: s.list(""),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_an_interrupted_call_leaves_close_closing_the_handles_descriptors(
+    tmp_path: Path, name: str
+) -> None:
+    # A call counted itself in (castore/inuse.py) before its ``try``: interrupted just
+    # after, it stayed counted, and ``close`` waited for it forever (the descriptors it
+    # caches were never closed: 4 left open after the close of one ``set``).
+    n = 0
+    while True:
+        n += 1
+        root = tmp_path / f"s{n}"
+        store = Store(str(root), dag="d")
+        store.set("k", {"v": 1})
+        interrupt = _interrupted(lambda: CALLS[name](store), n, ("inuse.py",))  # noqa: B023
+        assert _open_below(root), "the handle caches descriptors (else this test proves nothing)"
+        store.close()
+        assert _open_below(root) == [], f"{name}, interrupted at event {n}"
+        assert store.get("k").version == Store(str(root), dag="d").get("k").version
+        store.close()
+        if interrupt is None:
+            break
+    assert n > 3
