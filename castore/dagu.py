@@ -17,14 +17,13 @@ more than that is ever read of one file: memory holds one record at a time.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 from collections.abc import Iterator
 from typing import Final, NamedTuple
 
-from castore import codec
+from castore import codec, exits
 from castore.backend import Decide, LogView, NewVersion
 from castore.dagurecord import decode_record
 from castore.errors import (
@@ -145,7 +144,7 @@ def _subdirs(dir_fd: int, rel: str) -> Iterator[tuple[str, int] | DaguImport]:
             os.close(fd)
 
 
-@contextlib.contextmanager
+@exits.contextmanager
 def _base(root: str) -> Iterator[tuple[int, str]]:
     """The open directory holding the scopes (``root/v1`` if a real directory, else root)."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -15,10 +15,11 @@ the backends wait :func:`lock_wait` of their own.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
+
+from castore import exits
 
 __all__ = [
     "WouldWait",
@@ -44,7 +45,7 @@ class WouldWait(BaseException):  # a signal, not an error
 _refused = threading.local()
 
 
-@contextlib.contextmanager
+@exits.contextmanager
 def no_waiting() -> Iterator[None]:
     """Within the block, a lock this thread would wait for raises :class:`WouldWait`."""
     before = getattr(_refused, "on", False)
@@ -73,7 +74,7 @@ def _bound(seconds: float) -> float | None:
     return before
 
 
-@contextlib.contextmanager
+@exits.contextmanager
 def waiting_at_most(seconds: float) -> Iterator[None]:
     """Within the block, this thread waits at most ``seconds`` for each lock (:func:`lock_wait`)."""
     before = _bound(seconds)

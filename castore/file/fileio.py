@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
+from castore import exits
 from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import LockTimeoutError
 
@@ -121,7 +122,7 @@ def try_lock(fd: int, *, shared: bool) -> bool:
     return True
 
 
-@contextlib.contextmanager
+@exits.contextmanager
 def locked(
     fd: int,
     path: str,

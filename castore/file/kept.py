@@ -167,22 +167,47 @@ class Held:
     is closed (the write may have left it anywhere).
     """
 
-    __slots__ = ("_forks", "_fresh", "_log", "_pool", "fd", "st")
+    __slots__ = ("_forks", "_fresh", "_held", "_log", "_pool", "fd", "st")
     fd: int  # set by __enter__, as ``st``
     st: os.stat_result
 
     def __init__(self, pool: KeptLogs, log: RefLog) -> None:
         self._pool, self._log = pool, log
         self._fresh: contextlib.AbstractContextManager[int] | None = None
+        self._held = False  # ``fd``, from the pool, is locked
         self._forks = FORKS[0]  # before the descriptor leaves the pool (KeptLogs._give)
 
     def __enter__(self) -> Held:
         try:
             return self._enter()
-        except LockTimeoutError as exc:
-            if exc.path == self._log.path and self._log.ref is not None:
-                exc.ref = str(self._log.ref)  # a user names keys, not their logs' hashed paths
+        except BaseException as exc:
+            self._undo(exc)  # a Ctrl-C as ``_enter`` returned: its lock held, no ``__exit__``
+            ref = self._log.ref
+            if isinstance(exc, LockTimeoutError) and exc.path == self._log.path and ref is not None:
+                exc.ref = str(ref)  # a user names keys, not their logs' hashed paths
             raise
+
+    def __del__(self) -> None:
+        """A pool's descriptor still locked: ``__exit__`` was interrupted as it began.
+
+        (CPython runs a signal's handler as a function starts.) Released once this is
+        collected, when the exception's traceback is (a fresh descriptor's generator is).
+        """
+        if getattr(self, "_held", False) and not sys.is_finalizing():  # exit: the kernel does
+            self._held = False
+            with contextlib.suppress(OSError):
+                fileio.unlock_and_close(self.fd)
+
+    def _undo(self, exc: BaseException) -> None:
+        """Release what an interrupted :meth:`_enter` holds (the ``with`` never ran)."""
+        fresh, self._fresh = self._fresh, None
+        if fresh is not None:  # unlocked and closed, whether it was entered or not
+            with contextlib.suppress(Exception):  # the exception raised is ``exc``
+                fresh.__exit__(type(exc), exc, exc.__traceback__)
+        elif self._held:
+            self._held = False
+            with contextlib.suppress(OSError):
+                fileio.unlock_and_close(self.fd)
 
     def _enter(self) -> Held:
         pool, log = self._pool, self._log
@@ -194,17 +219,12 @@ class Held:
                 fileio.unlock_and_close(fd)  # locked if its path's look failed
                 raise
             if st is not None:
-                self.fd, self.st = fd, st
+                self.fd, self.st, self._held = fd, st, True  # no call between: one step
                 return self
             os.close(fd)
-        fresh = log.locked()
+        fresh = self._fresh = log.locked()  # before it locks: undone if interrupted (__enter__)
         self.fd = fresh.__enter__()
-        self._fresh = fresh
-        try:
-            self.st = os.fstat(self.fd)
-        except BaseException as exc:
-            fresh.__exit__(type(exc), exc, exc.__traceback__)
-            raise
+        self.st = os.fstat(self.fd)
         return self
 
     def __exit__(
@@ -215,8 +235,10 @@ class Held:
             try:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             except BaseException:
+                self._held = False
                 os.close(fd)  # the unlock failed: the lock goes with the last copy
                 raise
+            self._held = False
             if kind is None:
                 pool._give(self._log.path, fd, self._forks)
             else:

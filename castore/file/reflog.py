@@ -24,6 +24,7 @@ import errno
 import os
 from collections.abc import Iterator
 
+from castore import exits
 from castore.errors import CorruptionError, LockTimeoutError
 from castore.file import cuts, encode, fileio, logread, namesync, versionindex
 from castore.file.blobindex import BlobIndex
@@ -251,7 +252,7 @@ class RefLog:
 
     # -- writing (under the lock) --------------------------------------------------------
 
-    @contextlib.contextmanager
+    @exits.contextmanager
     def locked(self, flags: int = _APPEND, timeout: float | None = None) -> Iterator[int]:
         """Hold the log's exclusive lock on a descriptor opened with ``flags``.
 

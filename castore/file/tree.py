@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+from castore import exits
 from castore.errors import UnsafePathError
 from castore.file import fileio
 from castore.file.fileio import LOCK_TIMEOUT_SECONDS, SHORT_PAUSES, append, locked, read_at
@@ -205,7 +206,7 @@ class Tree(WholeFiles):
             self._dirs[path] = fd
             return True
 
-    @contextlib.contextmanager
+    @exits.contextmanager
     def _at(
         self, path: str, *, create: bool = False, durable: bool = False
     ) -> Iterator[tuple[int | None, str]]:
@@ -365,7 +366,7 @@ class Tree(WholeFiles):
         if owned:
             os.close(fd)
 
-    @contextlib.contextmanager
+    @exits.contextmanager
     def open_locked(
         self,
         path: str,

@@ -7,22 +7,20 @@ their calls side by side, up to the location's ``pool_max_conns`` (default
 :data:`~castore.postgres.location.DEFAULT_POOL`), and wait for a free
 connection past it. It maps the driver's errors to castore's:
 
-* a connection that cannot be made, or is lost:
-  :class:`~castore.errors.StoreUnavailableError`, with the location but
-  never its credentials (one the server has no slot for waits for another
-  of the handle's instead, if it has one). A connection found broken before
-  ``COMMIT`` was sent (a server restart while the handle was idle) is made
-  again (the idle ones are closed too) and the operation run once more:
-  nothing of it was applied. One lost while ``COMMIT`` was in flight is
-  reported as such: the write may or may not have been applied (read the
-  key to know; a retried ``set`` writes a new version, a retried
-  conditional write reports a conflict if the first one was applied);
+* a connection that cannot be made, or is lost: :class:`~castore.errors.StoreUnavailableError`,
+  with the location but never its credentials (one the server has no slot for waits for another
+  of the handle's instead, if it has one). A connection found broken before ``COMMIT`` was sent
+  (a server restart while the handle was idle) is made again (the idle ones are closed too) and
+  the operation run once more: nothing of it was applied. One lost while ``COMMIT`` was in
+  flight is reported as such: the write may or may not have been applied (read the key to know;
+  a retried ``set`` writes a new version, a retried conditional write reports a conflict if the
+  first one was applied);
 * a lock not taken within the handle's ``lock_timeout``:
   :class:`~castore.errors.LockTimeoutError`.
 
-A pipelined write that fails closes its connection (psycopg may count a
-statement the server skipped after the failure as prepared). A handle used
-in a forked child makes its own connections, and leaves the parent's alone.
+A pipelined write that fails closes its connection (psycopg may count a statement the
+server skipped after the failure as prepared). A handle used in a forked child makes its
+own connections, and leaves the parent's alone.
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from castore import exits
 from castore.errors import (
     CorruptionError,
     FormatVersionError,
@@ -295,7 +294,7 @@ class Database:
         """The rows of one query, run alone (autocommit)."""
         return self.run(lambda cur: cur.execute(query, params).fetchall(), what, transaction=False)
 
-    @contextlib.contextmanager
+    @exits.contextmanager
     def _turn(self, what: str, ref: str = "") -> Iterator[tuple[Session, float | None, bool]]:
         """A session of the pool, connected, a shorter lock wait, whether it connected now.
 

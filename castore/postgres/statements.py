@@ -12,6 +12,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from castore import exits
 from castore.errors import CorruptionError, NotFoundError
 from castore.keys import Ref
 from castore.postgres import rows
@@ -177,7 +178,7 @@ APPEND_KNOWN_BLOB: Final = f"WITH b AS ({_TOUCH_BLOB}), v AS ({INSERT_VERSION}) 
 APPEND_ROW: Final = f"WITH v AS ({INSERT_VERSION}) {_SET_HEAD}"  # inline value, or none
 
 
-@contextlib.contextmanager
+@exits.contextmanager
 def snapshot(cur: Cursor) -> Iterator[None]:
     """Run the block's reads on one snapshot: a read-only repeatable-read transaction.
 

@@ -121,3 +121,37 @@ def test_an_interrupted_call_leaves_close_closing_the_handles_descriptors(
         if interrupt is None:
             break
     assert n > 3
+
+
+def test_an_interrupted_set_never_leaves_the_keys_log_locked(tmp_path: Path) -> None:
+    # An interrupt as contextlib's __enter__ got the generator's item (the log locked)
+    # skipped the ``with``: its ``finally`` ran only once the exception's traceback was
+    # gone (a REPL keeps it), so every write of the key timed out meanwhile, and the late
+    # ``finally`` unlocked and closed whatever descriptor had that number by then. One
+    # as the ``__exit__`` of a log kept open began left it locked until the process ended.
+    # (As any Python ``__exit__`` begins, the lock is held until the traceback is gone.)
+    modules = ("file/kept.py", "file/reflog.py", "file/tree.py", "file/fileio.py", "exits.py")
+    n = 0
+    while True:
+        n += 1
+        root = str(tmp_path / f"s{n}")
+        store = Store(root, dag="d")
+        store.set("k", {"v": 1})
+        store.set("k", {"v": 2})
+        kept, where = _where(lambda: store.set("k", {"v": 3}), n, modules)  # noqa: B023
+        if where.startswith("call __exit__"):
+            del kept  # a REPL's next exception: the ``with``'s objects are collected
+        other = Store(root, dag="d", lock_timeout=0)
+        seen = other.history("k").entries[0].version  # 2, or 3 if the set was written
+        written = other.set("k", {"after": n}).version  # LockTimeoutError while it was locked
+        assert written == seen + 1, where
+        assert store.set("k", {"again": n}).version == written + 1
+        assert store.get("k") == other.get("k")
+        assert other.check().ok
+        done = where == ""
+        kept = None  # then the generator a skipped ``with`` left is collected
+        other.close()
+        store.close()
+        if done:
+            break
+    assert n > 20

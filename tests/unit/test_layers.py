@@ -28,8 +28,9 @@ LAYERS = {
     "decoding": 0,  # whether results decode their values (off where they are only printed)
     "defaults": 0,  # defaults every backend shares (the lock timeout)
     "digests": 0,  # sha256: CPython's own for names and the CLI's quick get, else OpenSSL
-    "waits": 0,  # a thread that refuses to wait for locks, or bounds its waits (castore serve)
+    "waits": 1,  # a thread that refuses to wait for locks, or bounds its waits (castore serve)
     "forks": 0,  # a forked child's new locks, none of its parent's descriptors (at-fork hooks)
+    "exits": 0,  # contextmanager whose cleanup an interrupted ``with`` runs at once, not at GC
     "inuse": 1,  # the calls running on a handle: its close waits for none, runs after all
     "keys": 1,
     "records": 1,  # what every backend shares
