@@ -16,8 +16,9 @@ number by then. Here ``__enter__`` closes the suspended generator at once
 One window stays, as in any ``with`` of a Python context manager: an exception
 delivered as ``__exit__`` begins (CPython runs a signal's handler as a
 function starts). The generator is then closed when it is collected: when the
-exception's traceback is dropped (it never unlocks another descriptor: its
-own is still open).
+exception's traceback is dropped. So such a generator releases only what it
+opened itself (still open then): an ``flock`` on a descriptor its caller
+closes is taken by a class, ``fileio.locked``.
 """
 
 from __future__ import annotations

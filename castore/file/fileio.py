@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from castore import exits
 from castore.defaults import LOCK_TIMEOUT_SECONDS
 from castore.errors import LockTimeoutError
 
@@ -122,25 +122,40 @@ def try_lock(fd: int, *, shared: bool) -> bool:
     return True
 
 
-@exits.contextmanager
-def locked(
-    fd: int,
-    path: str,
-    *,
-    shared: bool = False,
-    timeout: float = LOCK_TIMEOUT_SECONDS,
-    pauses: tuple[float, float] = SHORT_PAUSES,
-) -> Iterator[None]:
+class locked:  # noqa: N801 - used as the function it was: ``with locked(fd, path):``
     """Hold an flock on ``fd`` for the ``with`` block (see :func:`lock`).
+
+    A class, not a generator: an exception delivered as its ``__exit__`` begins
+    (a ``KeyboardInterrupt``, CPython runs a signal's handler as a function starts)
+    leaves the lock on ``fd`` for the caller's close to release. A generator then
+    stayed suspended, and unlocked the number when it was collected, after the
+    caller had closed ``fd``: another descriptor given that number lost its lock.
 
     Raises:
         LockTimeoutError: when the lock is not taken within ``timeout`` seconds.
     """
-    lock(fd, path, shared=shared, timeout=timeout, pauses=pauses)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    __slots__ = ("_fd", "_lock")
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        *,
+        shared: bool = False,
+        timeout: float = LOCK_TIMEOUT_SECONDS,
+        pauses: tuple[float, float] = SHORT_PAUSES,
+    ) -> None:
+        self._fd = fd
+        self._lock = functools.partial(
+            lock, fd, path, shared=shared, timeout=timeout, pauses=pauses
+        )
+
+    def __enter__(self) -> None:
+        self._lock()
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def unlock_and_close(fd: int) -> None:

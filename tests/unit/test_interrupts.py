@@ -9,7 +9,10 @@ alive as a REPL does (``sys.last_value``), and then use the same handle.
 
 from __future__ import annotations
 
+import contextlib
 import dis
+import fcntl
+import gc
 import os
 import sys
 import types
@@ -46,7 +49,7 @@ def _where(
     ``__enter__`` to its ``with`` (CPython checks for signals as a call instruction
     ends, and ``BEFORE_WITH`` is none): the last call inside ``__enter__`` is.
     """
-    files = tuple(os.path.join(_PACKAGE, m) for m in modules)
+    files = tuple(m if os.path.isabs(m) else os.path.join(_PACKAGE, m) for m in modules)
     count, where = 0, ""
 
     def profile(frame: types.FrameType, event: str, _arg: object) -> None:
@@ -153,5 +156,39 @@ def test_an_interrupted_set_never_leaves_the_keys_log_locked(tmp_path: Path) -> 
         other.close()
         store.close()
         if done:
+            break
+    assert n > 20
+
+
+def test_an_interrupted_unlock_never_unlocks_a_descriptor_opened_after(tmp_path: Path) -> None:
+    # fileio.locked was a generator: an interrupt as its ``with`` called ``__exit__`` left
+    # it suspended, the caller closed the descriptor, and once the exception was dropped
+    # the generator unlocked that number: another file's lock, opened meanwhile, was lost.
+    modules = ("file/fileio.py", contextlib.__file__)
+    victims = [str(tmp_path / f"victim{i}") for i in range(8)]
+    n = 0
+    while True:
+        n += 1
+        root = str(tmp_path / f"s{n}")
+        with Store(root, dag="d") as first:
+            first.set("k", {"v": 1})
+        store = Store(root, dag="d")  # no log kept open: the set opens and locks one
+        kept, where = _where(lambda: store.set("k", {"v": 2}), n, modules)  # noqa: B023
+        fds = [os.open(v, os.O_RDWR | os.O_CREAT) for v in victims]  # the lowest free numbers
+        for fd in fds:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        del kept  # as a REPL does at the next exception
+        gc.collect()
+        for victim in victims:
+            probe = os.open(victim, os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):  # still locked by its own descriptor
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(probe)
+        for fd in fds:
+            os.close(fd)
+        store.close()
+        if where == "":
             break
     assert n > 20
