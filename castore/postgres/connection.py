@@ -1,11 +1,10 @@
 """A store handle's PostgreSQL connections: transactions, errors, reconnects.
 
-:class:`Database` runs each operation as one function on a cursor, inside
-one transaction (or as one autocommit statement), on a connection of the
-handle's pool (:mod:`castore.postgres.pool`): threads sharing a handle run
-their calls side by side, up to the location's ``pool_max_conns`` (default
-:data:`~castore.postgres.location.DEFAULT_POOL`), and wait for a free
-connection past it. It maps the driver's errors to castore's:
+:class:`Database` runs each operation as one function on a cursor, inside one transaction (or as
+one autocommit statement), on a connection of the handle's pool (:mod:`castore.postgres.pool`):
+threads sharing a handle run their calls side by side, up to the location's ``pool_max_conns``
+(default :data:`~castore.postgres.location.DEFAULT_POOL`), and wait for a free connection past
+it. It maps the driver's errors to castore's:
 
 * a connection that cannot be made, or is lost: :class:`~castore.errors.StoreUnavailableError`,
   with the location but never its credentials (one the server has no slot for waits for another
@@ -15,8 +14,7 @@ connection past it. It maps the driver's errors to castore's:
   flight is reported as such: the write may or may not have been applied (read the key to know;
   a retried ``set`` writes a new version, a retried conditional write reports a conflict if the
   first one was applied);
-* a lock not taken within the handle's ``lock_timeout``:
-  :class:`~castore.errors.LockTimeoutError`.
+* a lock not taken within the handle's ``lock_timeout``: :class:`~castore.errors.LockTimeoutError`.
 
 A pipelined write that fails closes its connection (psycopg may count a statement the
 server skipped after the failure as prepared). A handle used in a forked child makes its
@@ -48,7 +46,7 @@ from castore.errors import (
 )
 from castore.postgres import schema as tables
 from castore.postgres.location import Location
-from castore.postgres.pool import NoSlot, Pool, Session, no_slot
+from castore.postgres.pool import NoSlot, Pool, Session, Ticket, no_slot
 from castore.waits import lock_wait
 
 __all__ = ["Abandon", "Cursor", "Database", "Row"]
@@ -298,11 +296,11 @@ class Database:
     def _turn(self, what: str, ref: str = "") -> Iterator[tuple[Session, float | None, bool]]:
         """A session of the pool, connected, a shorter lock wait, whether it connected now.
 
-        A call made inside another on the same thread uses the outer call's session.
-        Waiting for a free connection (also when the server has no slot for a new
-        one and the handle has others: :meth:`Pool.give_way`) counts toward the lock
-        timeout (the thread's bound, :func:`castore.waits.lock_wait`, or the handle's);
-        what is left of it, when shorter than the session's, is the transaction's.
+        A call made inside another on the same thread uses the outer call's session. Waiting for
+        a free connection (also when the server has no slot for a new one and the handle has
+        others: :meth:`Pool.give_way`) counts toward the lock timeout (the thread's bound,
+        :func:`castore.waits.lock_wait`, or the handle's); what is left of it, when shorter than
+        the session's, is the transaction's.
 
         Raises:
             LockTimeoutError: every connection stayed in use for the lock timeout.
@@ -314,25 +312,28 @@ class Database:
             return
         timeout = lock_wait(self.lock_timeout)
         deadline = time.monotonic() + timeout
-        session, waited = self._pool.take_now(), False
+        ticket = self._pool.ticket()  # holds the session: an interrupted take loses none
         try:
+            session, waited = self._pool.take_now(ticket), False
             if session is None:
-                session, waited = self._wait(deadline, what, ref), True
+                session, waited = self._wait(deadline, what, ref, ticket), True
             fresh = session.conn is None
             while session.conn is None and not self._made(session):
-                session, waited = self._wait(deadline, what, ref, existing=True), True
+                session, waited = self._wait(deadline, what, ref, ticket, existing=True), True
                 fresh = session.conn is None
             rest = max(0.0, deadline - time.monotonic()) if waited else timeout
             self._held.session = session
             yield session, None if rest > self.lock_timeout - 0.001 else rest, fresh
         finally:
             self._held.session = None
-            if session is not None:
-                self._pool.give_back(session)
+            if ticket.session is not None:
+                self._pool.give_back(ticket.session, ticket)
 
-    def _wait(self, deadline: float, what: str, ref: str, existing: bool = False) -> Session:
-        """A session given back by ``deadline`` (:meth:`Pool.take`)."""
-        session = self._pool.take(max(0.0, deadline - time.monotonic()), existing)
+    def _wait(
+        self, deadline: float, what: str, ref: str, ticket: Ticket, existing: bool = False
+    ) -> Session:
+        """A session given back by ``deadline`` (:meth:`Pool.take`), held on ``ticket``."""
+        session = self._pool.take(max(0.0, deadline - time.monotonic()), existing, ticket)
         if session is None:
             waited = lock_wait(self.lock_timeout)
             raise LockTimeoutError(f"{self.location.shown}: {what}", waited, ref)

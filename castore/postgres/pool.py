@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["NoSlot", "Pool", "Session", "no_slot"]
+__all__ = ["NoSlot", "Pool", "Session", "Ticket", "no_slot"]
 
 Cursor = psycopg.Cursor[Any]
 # The server's words for SQLSTATE 53300 (too_many_connections) at connection time, when
@@ -94,6 +94,28 @@ class Session:
                 os.close(null)
 
 
+class Ticket:
+    """Who holds a session: set by the pool as it takes one out, cleared as it comes back.
+
+    Set with no call in between (CPython runs a signal's handler, which may raise
+    ``KeyboardInterrupt``, only as a call ends or a function starts), so an
+    interrupted take never loses a session: it is idle still, or on the ticket.
+    A ticket dropped holding one (a give-back interrupted as it began) leaves it to
+    the pool's ``orphans``, taken back at the next take (no lock: it may run anywhere).
+    """
+
+    __slots__ = ("orphans", "session")
+
+    def __init__(self, orphans: list[Session] | None = None) -> None:
+        self.session: Session | None = None
+        self.orphans = orphans  # None: the caller gives its session back itself
+
+    def __del__(self) -> None:
+        session = getattr(self, "session", None)  # None: __init__ was interrupted
+        if session is not None and self.orphans is not None:
+            self.orphans.append(session)
+
+
 class _Waiter:
     """A thread queued: what it is handed, its wake-up, whether it waits for an existing one."""
 
@@ -118,9 +140,16 @@ class Pool:
         self._queue: collections.deque[_Waiter] = collections.deque()  # oldest first
         self._idle: list[Session] = []  # given back, newest last
         self._all: set[Session] = set()  # every slot of this process, idle or taken
+        self._orphans: list[Session] = []  # taken, never given back (:class:`Ticket`)
         self._pid = os.getpid()
 
-    def take(self, timeout: float | None, existing: bool = False) -> Session | None:
+    def ticket(self) -> Ticket:
+        """A ticket whose session, if it is never given back, comes back to this pool."""
+        return Ticket(self._orphans)
+
+    def take(
+        self, timeout: float | None, existing: bool = False, ticket: Ticket | None = None
+    ) -> Session | None:
         """A session (an idle one if any, else a new slot), or None after ``timeout`` s.
 
         A thread that finds every slot taken queues (``timeout`` None: for as
@@ -132,8 +161,9 @@ class Pool:
         """
         if self._pid != os.getpid():
             self.disown()  # forked without os.fork's hooks
+        ticket = ticket or Ticket()
         with self._lock:
-            free = self._free(existing)
+            free = self._free(ticket, existing)
             if free is not None:
                 return free
             waiter = _Waiter(self._lock)
@@ -141,7 +171,8 @@ class Pool:
             self._queue.append(waiter)
             try:
                 if waiter.woken.wait_for(lambda: waiter.session is not None, timeout):
-                    return waiter.session
+                    ticket.session = waiter.session
+                    return ticket.session
             except BaseException:  # interrupted (Ctrl-C): what it was handed goes on
                 if waiter.session is None:
                     self._queue.remove(waiter)
@@ -152,20 +183,30 @@ class Pool:
             self._queue.remove(waiter)  # not handed anything: still queued
             return None
 
-    def take_now(self) -> Session | None:
+    def take_now(self, ticket: Ticket | None = None) -> Session | None:
         """A session if one is free and no thread is queued, else None (no wait)."""
         if self._pid != os.getpid():
             self.disown()  # forked without os.fork's hooks
         with self._lock:
-            return self._free()
+            return self._free(ticket or Ticket())
 
-    def _free(self, existing: bool = False) -> Session | None:
-        """What :meth:`take` gets without queuing (under the lock)."""
+    def _free(self, ticket: Ticket, existing: bool = False) -> Session | None:
+        """What :meth:`take` gets without queuing, on ``ticket`` (under the lock)."""
+        while self._orphans:  # sessions of interrupted calls: idle again (or closed)
+            orphan = self._orphans.pop()
+            if orphan in self._all and orphan not in self._idle:
+                self._idle.append(orphan)
         if self._queue:
             return None
         if self._idle:
-            return self._idle.pop()
-        return self._new() if self._room(existing) else None
+            session = ticket.session = self._idle[-1]  # no call between: one step
+            del self._idle[-1]
+            return session
+        if not self._room(existing):
+            return None
+        session = ticket.session = Session()
+        self._all.add(session)
+        return session
 
     def _room(self, existing: bool) -> bool:
         """Whether a new slot may be made (``existing``: only once the pool has none left)."""
@@ -183,11 +224,13 @@ class Pool:
             waiter.session = self._idle.pop() if self._idle else self._new()
             waiter.woken.notify()
 
-    def give_back(self, session: Session) -> None:
-        """Make ``session`` idle again (its slot freed if it holds no live connection)."""
+    def give_back(self, session: Session, ticket: Ticket | None = None) -> None:
+        """Make ``session`` (on ``ticket``) idle again (its slot freed if its connection died)."""
         conn = session.conn
         dead = conn is None or conn.closed or conn.broken
         with self._lock:
+            if ticket is not None:
+                ticket.session = None  # before it is idle: no call between
             if session not in self._all:
                 return  # disowned meanwhile: nothing of it is this pool's
             dead = dead or session.retired  # under the lock: close() sets it
@@ -237,7 +280,7 @@ class Pool:
         every = self._all
         self._lock = threading.Lock()  # a thread may have held it at the fork
         self._queue = collections.deque()
-        self._idle, self._all = [], set()
+        self._idle, self._all, self._orphans = [], set(), []
         self._pid = os.getpid()
         for each in every:
             each.disown()

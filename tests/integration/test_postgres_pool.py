@@ -272,3 +272,31 @@ def test_a_wait_interrupted_after_a_connection_was_handed_over_keeps_it_in_the_p
     thread.join()
     assert len(caught) == 1
     assert pool.take_now() is held  # not lost with the interrupted thread
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # psycopg's:
+# a connection made just before the interrupt is closed when collected, with a ResourceWarning
+def test_an_interrupted_call_never_loses_the_pools_connection(postgres_location: str) -> None:
+    # A KeyboardInterrupt as the pool handed a session out (after it left the idle list,
+    # before the call held it) lost it: with pool_max_conns=1 every later call of the
+    # handle, after close() too, raised LockTimeoutError (with 8: one slot per interrupt).
+    from tests.unit.test_interrupts import _where
+
+    modules = ("postgres/pool.py", "postgres/connection.py", "exits.py")
+    location, first = pooled(postgres_location, 1, lock_timeout=1)
+    first.close()
+    n = 0
+    while True:
+        n += 1
+        store = Store(location, dag="d", lock_timeout=1)
+        kept, where = _where(lambda: store.set("k", n), n, modules)  # noqa: B023
+        if where.startswith(("call __exit__", "call give_back")):
+            kept = None  # as a cleanup begins: held until the traceback is dropped
+        with Store(location, dag="d") as fresh:
+            assert store.get("k") == fresh.get("k"), where
+        store.close()
+        assert store.set("k", "after").version == fresh.get("k").version, where
+        store.close()
+        if kept is None and where == "":
+            break
+    assert n > 20
