@@ -247,9 +247,13 @@ class Held:
         # The same open file: its flock goes with the unlock below. A full pool
         # keeps its logs (a round robin over more keys would only churn it).
         kept = -1
-        if kind is None and pool._room():
-            with contextlib.suppress(OSError):  # none left (EMFILE): the write is done anyway
-                kept = os.dup(fd)
+        try:
+            if kind is None and pool._room():
+                with contextlib.suppress(OSError):  # none left (EMFILE): the write is done anyway
+                    kept = os.dup(fd)
+        except BaseException as stop:  # a Ctrl-C in the pool's calls: the lock still goes now
+            fresh.__exit__(type(stop), stop, stop.__traceback__)
+            raise
         try:
             fresh.__exit__(kind, exc, tb)
         except BaseException:

@@ -126,21 +126,28 @@ def test_an_interrupted_call_leaves_close_closing_the_handles_descriptors(
     assert n > 3
 
 
-def test_an_interrupted_set_never_leaves_the_keys_log_locked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept_open", [True, False], ids=["log-kept-open", "log-opened"])
+def test_an_interrupted_set_never_leaves_the_keys_log_locked(
+    tmp_path: Path, kept_open: bool
+) -> None:
     # An interrupt as contextlib's __enter__ got the generator's item (the log locked)
     # skipped the ``with``: its ``finally`` ran only once the exception's traceback was
     # gone (a REPL keeps it), so every write of the key timed out meanwhile, and the late
     # ``finally`` unlocked and closed whatever descriptor had that number by then. One
-    # as the ``__exit__`` of a log kept open began left it locked until the process ended.
+    # as the ``__exit__`` of a log kept open began left it locked until the process ended;
+    # one in the pool's calls before a log opened was unlocked, until the traceback went.
     # (As any Python ``__exit__`` begins, the lock is held until the traceback is gone.)
     modules = ("file/kept.py", "file/reflog.py", "file/tree.py", "file/fileio.py", "exits.py")
     n = 0
     while True:
         n += 1
         root = str(tmp_path / f"s{n}")
+        with Store(root, dag="d") as first:
+            first.set("k", {"v": 1})
         store = Store(root, dag="d")
-        store.set("k", {"v": 1})
-        store.set("k", {"v": 2})
+        store.set("k", {"v": 2})  # its log kept open by the handle (kept.py)
+        if not kept_open:
+            store.close()  # the set opens and locks it (reflog.locked), then keeps it
         kept, where = _where(lambda: store.set("k", {"v": 3}), n, modules)  # noqa: B023
         if where.startswith("call __exit__"):
             del kept  # a REPL's next exception: the ``with``'s objects are collected
