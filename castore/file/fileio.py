@@ -207,11 +207,19 @@ def commit(fd: int, data: bytes, size: int, *, durable: bool, forget: Callable[[
     error is raised (the write was not acknowledged, and no reader may see it),
     and ``forget`` removes the log's version index (a reader may have indexed
     them meanwhile); errors of both are suppressed in favour of the first.
+    Not after an exception that is no failure of the append (a ``KeyboardInterrupt``,
+    or a signal handler's, delivered as ``fdatasync`` or the last ``write`` returned)
+    once every byte is in the file: the frames stand, as after a kill there. Readers
+    may have read them already (a Ctrl-C during the fdatasync cut a version another
+    handle had read: that handle then failed every read of the key, "acknowledged
+    bytes were cut off", and the next write gave the version again).
     """
     failpoint("before-append")
     try:
         append(fd, data, durable=durable)
-    except BaseException:
+    except BaseException as exc:
+        if not isinstance(exc, OSError) and os.fstat(fd).st_size == size + len(data):
+            raise  # whole: the interrupted write may have written, as its caller is told
         with contextlib.suppress(OSError):
             os.ftruncate(fd, size)  # the bytes after ``size`` are the caller's alone (locked)
         with contextlib.suppress(OSError):

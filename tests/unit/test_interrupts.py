@@ -199,3 +199,36 @@ def test_an_interrupted_unlock_never_unlocks_a_descriptor_opened_after(tmp_path:
         if where == "":
             break
     assert n > 20
+
+
+@pytest.mark.parametrize("after", ["write", "fdatasync"])
+def test_a_set_interrupted_once_its_bytes_are_written_keeps_the_version_a_reader_saw(
+    tmp_path: Path, after: str
+) -> None:
+    # A Ctrl-C during the fdatasync (most of a durable set's time) is delivered as it
+    # returns: the writer cut the appended frames again, so the version another handle
+    # had read meanwhile vanished: that handle failed every read of the key ("acknowledged
+    # bytes were cut off"), and the next set gave the version again, another value.
+    root = str(tmp_path / "s")
+    writer, reader = Store(root, dag="d"), Store(root, dag="d")
+    writer.set("k", {"v": 1})
+    seen: list[tuple[int, Any]] = []
+
+    def profile(frame: types.FrameType, event: str, arg: object) -> None:
+        code, name = frame.f_code, getattr(arg, "__name__", "")
+        ours = code.co_name == "append" and code.co_filename.endswith("fileio.py")
+        if event == "c_return" and name == after and ours:
+            sys.setprofile(None)
+            got = reader.get("k")  # another handle (a process) reading meanwhile
+            seen.append((got.version, got.value))
+            raise _Interrupt
+
+    sys.setprofile(profile)
+    with pytest.raises(_Interrupt):
+        writer.set("k", {"v": 2})
+    sys.setprofile(None)
+    assert seen == [(2, {"v": 2})]
+    assert reader.get("k").version == writer.get("k").version == 2  # it stands: may have written
+    assert writer.set("k", {"v": 3}).version == 3
+    assert reader.get("k").value == {"v": 3}
+    assert Store(root, dag="d").check().ok
