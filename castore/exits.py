@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
-from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import ParamSpec, TypeVar
+
+    _P = ParamSpec("_P")
+    _T = TypeVar("_T")
+else:
+    _T = object  # contextlib's generic alias takes any parameter at run time
 
 __all__ = ["contextmanager"]
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
 class _Closing(contextlib._GeneratorContextManager[_T]):
@@ -40,9 +44,9 @@ class _Closing(contextlib._GeneratorContextManager[_T]):
         try:
             return super().__enter__()
         except BaseException:  # the generator's own exception, or one that came as it yielded
-            if inspect.getgeneratorstate(self.gen) == inspect.GEN_SUSPENDED:  # the latter
+            if getattr(self.gen, "gi_suspended", False):  # the latter: run its cleanup now
                 with contextlib.suppress(Exception):  # the interruption is the error to raise
-                    self.gen.close()  # its ``finally`` runs now
+                    self.gen.close()
             raise
 
 
