@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from castore.file.frames import Frame, scan_frames
+from castore.errors import CorruptionError
+from castore.file.frames import Frame, classify
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.reports import ScopeStats, StoreStats
 
@@ -28,8 +29,29 @@ def _gaps(size: int, frames: list[Frame]) -> list[tuple[int, int]]:
     return gaps
 
 
+def _frames(path: str, data: bytes) -> list[Frame]:
+    """A log's intact frames (a torn tail is left out: reclaimable).
+
+    Raises:
+        CorruptionError: damaged bytes (FORMAT.md §7), as gc: they may hide the key's
+            newest versions and the blobs they reference, so no count would be right.
+    """
+    log = classify(data)
+    if log.damage:
+        start, end = log.damage[0]
+        raise CorruptionError(
+            f"{path} has damaged bytes at offset {start} ({end - start} bytes): "
+            "stats cannot count the versions they held; run castore check --repair first"
+        )
+    return log.frames
+
+
 def stats(backend: FileBackend) -> StoreStats:
-    """Keys, versions, blobs, stored / logical / reclaimable bytes per scope (reads everything)."""
+    """Keys, versions, blobs, stored / logical / reclaimable bytes per scope (reads everything).
+
+    Raises:
+        CorruptionError: a log holds damaged bytes (:func:`_frames`).
+    """
     per: dict[str, ScopeStats] = {}
     live: set[bytes] = set()
     blob_sizes: list[tuple[str, bytes, int]] = []
@@ -37,7 +59,7 @@ def stats(backend: FileBackend) -> StoreStats:
         scope = os.path.basename(os.path.dirname(os.path.dirname(path)))
         st = per.setdefault(scope, ScopeStats())
         data = backend.fs.read_file(path)
-        frames = list(scan_frames(data))
+        frames = _frames(path, data)
         st.stored_bytes += len(data)
         entries = [decode_entry(f.payload) for f in frames if f.kind == KIND_ENTRY]
         st.versions += len(entries)

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from castore import NotFoundError, Store, codec
-from castore.errors import InvalidRefError, InvalidValueError
+from castore.errors import CorruptionError, InvalidRefError, InvalidValueError
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from tests.helpers import assert_clean_log, frames_of, log_path, read_versions, snapshot
 
@@ -686,6 +686,28 @@ def test_stats_counts_damaged_bytes_as_reclaimable(store, root, tmp_path):
     copy = str(tmp_path / "copy")
     shutil.copytree(root, copy)
     assert Store(copy, dag=DAG).stats().total.reclaimable_bytes == 10
+
+
+def test_stats_refuses_a_damaged_log_rather_than_count_an_older_version(store, root):
+    # Found by a review (stats across backends): a flipped byte in a key's newest entry,
+    # a delete, made stats count the key as live (its older version 2: keys 1,
+    # deletedKeys 0, exit 0) where get exits 5 and list skips it; it also counted the
+    # damaged bytes as reclaimable, though gc refuses to free them. Now it refuses, as gc.
+    write_versions(store, "k", [1, 2, None])
+    path = log_path(root, "dag", DAG, "k")
+    newest = frames_of(path)[0][-1]
+    with open(path, "r+b") as fh:
+        fh.seek(newest.start + 20)
+        byte = fh.read(1)
+        fh.seek(newest.start + 20)
+        fh.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(CorruptionError):
+        store.get("k")  # the oracle: the damaged delete is not served as version 2
+    with pytest.raises(CorruptionError, match=r"damaged bytes at offset .*check --repair"):
+        store.stats()
+    assert store.check(repair=True).ok  # version 3 recorded as lost: a key that exists
+    st = store.stats().total
+    assert (st.keys, st.deleted_keys, st.versions, st.reclaimable_bytes) == (1, 0, 3, 0)
 
 
 def test_entries_of_kept_versions_are_unchanged(store, root):
