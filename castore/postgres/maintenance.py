@@ -32,6 +32,7 @@ from castore.backend import Progress
 from castore.codec import check_stored
 from castore.errors import CorruptionError
 from castore.postgres import rows
+from castore.postgres import statements as q
 from castore.postgres.connection import Cursor, Database, Row
 from castore.postgres.integrity import check_chains, check_copies
 from castore.postgres.refnames import check_floors, check_names, check_orphans
@@ -243,6 +244,10 @@ def stats(db: Database) -> StoreStats:
         return StoreStats(scopes={}, total=ScopeStats())
 
     def work(cur: Cursor) -> StoreStats:
+        with q.snapshot(cur):  # one snapshot: a write between two queries splits no count
+            return counts(cur)
+
+    def counts(cur: Cursor) -> StoreStats:
         per: dict[str, ScopeStats] = {}
         cur.execute(
             "SELECT scope, count(*) FILTER (WHERE op <> 'delete'), "

@@ -1602,3 +1602,43 @@ def test_an_upper_case_scheme_is_the_same_store(postgres_location):
     upper = "POSTGRESQL" + postgres_location[len("postgresql") :]
     got = Store(upper, dag="d").get("k")
     assert (got.version, got.value) == (1, {"v": 1})
+
+
+def test_stats_reads_its_counts_on_one_snapshot(postgres_location, monkeypatch):
+    """Was (the stats review): stats ran its per-scope and total queries in autocommit, each
+    on its own snapshot, so a write committed between them made the report disagree with
+    itself (reproduced with a writer thread: total keys 1 where the scopes summed to 0).
+    Here the write is made to land between the first query and the others."""
+    store = Store(postgres_location, dag=DAG)
+    writer = Store(postgres_location, dag=DAG)  # its own connection: commits on its own
+    store.set("a", 1)
+    db = store.backend.db  # type: ignore[attr-defined]
+    run = db.run
+
+    class Between:
+        def __init__(self, cur: Any) -> None:
+            self._cur, self._done = cur, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._cur, name)
+
+        def fetchall(self) -> Any:
+            rows = self._cur.fetchall()
+            if not self._done:
+                self._done = True
+                writer.set("b", 2)  # commits after the first query read
+            return rows
+
+    def spied(work: Callable[[Any], Any], what: str, **kw: Any) -> Any:
+        return run(lambda cur: work(Between(cur)), what, **kw)
+
+    monkeypatch.setattr(db, "run", spied)
+    st = store.stats()
+    for field in ("keys", "versions", "logical_bytes"):
+        summed = sum(getattr(s, field) for s in st.scopes.values())
+        assert (field, summed) == (field, getattr(st.total, field))
+    assert (st.total.keys, writer.get("b").value) == (1, 2)
+    monkeypatch.undo()
+    assert store.stats().total.keys == 2
+    writer.close()
+    store.close()
