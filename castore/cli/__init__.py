@@ -33,6 +33,7 @@ from castore.errors import (
     InvalidValueError,
     NotFoundError,
 )
+from castore.keys import validate_scope
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up)
 if TYPE_CHECKING:
@@ -219,6 +220,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         raise UsageError(unrecognized(args.command, extras))
     if argv is None:  # the process's own command line: bytes the locale decoded
         utf8_names(args)
+    scope = getattr(args, "scope", None)
+    if scope and scope.strip():  # given before a command that takes none: still checked
+        validate_scope(scope.strip())  # trimmed, as Dagu does (a blank one: the commands word it)
     return args
 
 

@@ -346,3 +346,17 @@ def test_an_unreadable_log_is_a_finding_and_the_rest_is_checked(
         )
     assert problems == expected
     assert err == f"castore: {len(expected)} problem(s) found; see the report\n"
+
+
+@pytest.mark.parametrize("command", [["stats"], ["check"], ["gc"], ["gc", "--dry-run"]])
+def test_an_unknown_scope_before_a_command_that_takes_none_is_refused(cli, command):
+    """Was: ``castore --scope bogus stats`` (or check, gc) ignored it, exit 0, every scope.
+
+    Found by the review of stats across backends (thirty-eighth session): an option
+    given before its command is accepted whatever the command, but its value is
+    still checked, as the commands that take it check it.
+    """
+    cli.ok("set", "k", "1")
+    assert cli.fail(2, "--scope", "bogus", *command) == 'invalid ref: unsupported scope "bogus"'
+    assert cli.ok("--scope", " global ", *command)["operation"] == command[0]  # trimmed
+    assert cli.ok("get", "k")["version"] == 1
