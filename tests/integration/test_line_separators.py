@@ -80,3 +80,15 @@ def test_the_server_escapes_line_separators(root: str, path: str) -> None:
     finally:
         server.unmount(url)
         store.close()
+
+
+def test_a_text_diff_escapes_line_separators(tmp_path: os.PathLike[str]) -> None:
+    """Mutation testing found no test of ``diff --format text``'s values (``render._show``)."""
+    location = os.path.join(tmp_path, "s")
+    with Store(location, dag="d") as store:
+        store.set("k", {"a": "x\u2028y", "b\u2029": 1})
+        store.set("k", {"a": "z", "c": "w\u2029v"})
+    out = _castore(location, "diff", "k", "--from-version", "1", "--format", "text")
+    assert not any(raw in out for raw in RAW), out
+    for shown in (b'"x\\u2028y"', b'"w\\u2029v"', b'"/b\\u2029"'):
+        assert shown in out, out
