@@ -154,6 +154,23 @@ def test_root_maintenance_leaves_the_store_its_owners(owned_dir: str) -> None:
     as_user(OWNER, after)
 
 
+def test_root_writing_a_user_s_store_gives_its_files_the_root_s_group(owned_dir: str) -> None:
+    """Mutation testing: the test above gives the owner a group of its uid's number, so a
+    store's files given the owner's uid for their group passed. Here the root's group is
+    another: everything root creates below it gets the root's owner and group."""
+    store = os.path.join(owned_dir, "s")
+    os.mkdir(store, 0o700)
+    os.chown(store, OWNER, TEAM)
+    with Store(store, dag="d") as admin:
+        admin.set("a", BIG)
+        admin.set("b", {"n": 1}, namespace="other")
+        admin.compact(keep_last=1)
+    for top, dirs, files in os.walk(store):
+        for name in [*dirs, *files]:
+            info = os.lstat(os.path.join(top, name))
+            assert (info.st_uid, info.st_gid) == (OWNER, TEAM), os.path.join(top, name)
+
+
 def test_root_never_gives_the_owner_a_directory_put_in_place_of_its_own(
     owned_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
