@@ -21,6 +21,7 @@ import pytest
 
 from castore import Store
 from castore.transfer import export_lines
+from tests.helpers import log_path
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +76,29 @@ def test_the_quick_set_under_a_clock_past_2262_stamps_the_latest_time(
     with Store(root, dag="d") as fresh:
         assert fresh.get("k").value == 3
         assert _times(fresh, "k")[1:] == [MAX_NS, MAX_NS]
+
+
+@pytest.mark.parametrize("clock", [-5, 1 << 64], ids=["before-1970", "past-2262"])
+def test_a_repair_under_a_clock_out_of_range_records_a_time_readers_take(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, clock: int
+) -> None:
+    """Mutation testing: no test stamped a lost-versions marker (``lost_marker``) under such
+    a clock; without its clamp, the repair wrote a record every later read refused."""
+    root = os.path.join(tmp_path, "s")
+    with Store(root, dag="d") as store:
+        store.set("a", {"n": 1})
+        store.set("a", {"n": 2})
+        store.list()  # STATE records version 2
+    path = log_path(root, "dag", "d", "a")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(data[: len(data) // 2])  # both versions cut off
+    monkeypatch.setattr(time, "time_ns", lambda: clock)
+    with Store(root, dag="d") as store:
+        assert store.check(repair=True).findings
+    monkeypatch.undo()
+    with Store(root, dag="d") as fresh:
+        assert fresh.check().ok
+        assert [(e.version, e.operation) for e in fresh.history("a").entries] == [(2, "damaged")]
+        assert all(1 <= t <= MAX_NS for t in _times(fresh, "a"))
