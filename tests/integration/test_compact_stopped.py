@@ -18,6 +18,7 @@ import pytest
 
 from castore import Store
 from castore.file import compact
+from castore.keys import Ref
 from tests.helpers import log_path
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,7 @@ def test_a_stopped_removal_listed_again_is_visited_once(tmp_path: Path) -> None:
     root = tmp_path / "s"
     _stopped_store(root)
     with Store(root, dag="d") as store:
-        assert store.backend.check(repair=True, progress=None).findings  # lists ``a`` again
+        store.backend.names.list_key(Ref("dag", "d", "a"), durable=True)  # as a killed re-creation
         report = store.compact(keep_within_seconds=0)
         assert (report.refs_examined, report.keys_removed) == (2, 1)
         assert store.set("a", 4).version == 4
@@ -112,3 +113,26 @@ def test_a_key_recreated_after_compaction_looked_at_its_log_is_kept(
         got = store.get("a")
         assert (got.version, got.value) == (4, {"again": True})
         assert [e.version for e in store.history("a").entries] == [4, 3, 2, 1]  # none lost
+
+
+def test_check_leaves_a_stopped_removal_to_the_next_compaction_whatever_its_policy(
+    tmp_path: Path,
+) -> None:
+    """Was: ``check --repair`` listed the key again, so a compaction that keeps the last
+    five versions kept versions 1-3 (history ``[3, 2, 1]``), which ``GRAVES`` says were
+    removed, while the report said "the next compact ends the removal" (mutation
+    testing, thirty-eighth session). Now the repair leaves it, and compaction ends it."""
+    root = tmp_path / "s"
+    _stopped_store(root)
+    keys = Path(log_path(root, "dag", "d", "a")).parent / "KEYS"
+    before = keys.read_bytes()
+    with Store(root, dag="d") as store:
+        report = store.check(repair=True)
+        assert report.ok
+        (finding,) = report.findings
+        assert (finding.severity, finding.repaired) == ("info", False)
+        assert finding.repair == "none: the next compact ends the removal"
+        assert keys.read_bytes() == before
+        assert store.compact(keep_last=5).keys_removed == 1
+        assert store.check().findings == []
+        assert store.set("a", 4).version == 4
