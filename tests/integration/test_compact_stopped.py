@@ -18,6 +18,7 @@ import pytest
 
 from castore import Store
 from castore.file import compact
+from castore.file.backend import FileBackend
 from castore.keys import Ref
 from tests.helpers import log_path
 
@@ -67,7 +68,9 @@ def test_a_stopped_removal_listed_again_is_visited_once(tmp_path: Path) -> None:
     root = tmp_path / "s"
     _stopped_store(root)
     with Store(root, dag="d") as store:
-        store.backend.names.list_key(Ref("dag", "d", "a"), durable=True)  # as a killed re-creation
+        backend = store.backend
+        assert isinstance(backend, FileBackend)
+        backend.names.list_key(Ref("dag", "d", "a"), durable=True)  # as a killed re-creation
         report = store.compact(keep_within_seconds=0)
         assert (report.refs_examined, report.keys_removed) == (2, 1)
         assert store.set("a", 4).version == 4
