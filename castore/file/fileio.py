@@ -209,7 +209,8 @@ def commit(fd: int, data: bytes, size: int, *, durable: bool, forget: Callable[[
     them meanwhile); errors of both are suppressed in favour of the first.
     Not after an exception that is no failure of the append (a ``KeyboardInterrupt``,
     or a signal handler's, delivered as ``fdatasync`` or the last ``write`` returned)
-    once every byte is in the file: the frames stand, as after a kill there. Readers
+    once every byte is in the file (fdatasynced then if ``durable``: :func:`_whole`):
+    the frames stand. Readers
     may have read them already (a Ctrl-C during the fdatasync cut a version another
     handle had read: that handle then failed every read of the key, "acknowledged
     bytes were cut off", and the next write gave the version again).
@@ -218,14 +219,32 @@ def commit(fd: int, data: bytes, size: int, *, durable: bool, forget: Callable[[
     try:
         append(fd, data, durable=durable)
     except BaseException as exc:
-        if not isinstance(exc, OSError) and os.fstat(fd).st_size == size + len(data):
-            raise  # whole: the interrupted write may have written, as its caller is told
+        if not isinstance(exc, OSError) and _whole(fd, size + len(data), durable):
+            raise  # the interrupted write may have written, as its caller is told
         with contextlib.suppress(OSError):
             os.ftruncate(fd, size)  # the bytes after ``size`` are the caller's alone (locked)
         with contextlib.suppress(OSError):
             forget()
         raise
     failpoint("after-append")
+
+
+def _whole(fd: int, end: int, durable: bool) -> bool:
+    """Whether an interrupted append left every byte in the file, fdatasynced if ``durable``.
+
+    Synced here if the interruption came before the fdatasync: a durable write's log
+    carries no mark, so a blob left unsynced there could be indexed (gc's rebuild)
+    and pointed at by another key's durable write, which a power loss then broke.
+    False (the frames are cut) if the sync fails or is interrupted too.
+    """
+    try:
+        if os.fstat(fd).st_size != end:
+            return False
+        if durable:
+            os.fdatasync(fd)
+    except BaseException:  # noqa: BLE001 - cut as a failed append is: nothing unsynced stays
+        return False
+    return True
 
 
 _LIMIT: list[float] = [0, -1e9]  # the soft RLIMIT_NOFILE as last read, and when read

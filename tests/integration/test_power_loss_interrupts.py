@@ -1,0 +1,58 @@
+"""Power losses after a write interrupted between its append and its fdatasync."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+
+from castore.file import fileio
+from tests.integration.powerloss import Expect, Handles, newest
+from tests.integration.test_power_loss import BIG, SMALL, Step, call, put, scripted
+
+
+def interrupted_put(key: str, value: object, dag: str = "d") -> Step:
+    """A durable ``set`` whose ``KeyboardInterrupt`` came as its last ``write(2)`` returned.
+
+    Its frames may stay in the log (FORMAT.md §6 step 7): acknowledged as a ``durable=False``
+    write's (they may be lost or kept), whatever the handle.
+    """
+
+    def step(handles: Handles, expect: Expect) -> None:
+        real = fileio.append
+
+        def append(fd: int, data: bytes, *, durable: bool) -> None:
+            if sys._getframe(1).f_code is not fileio.commit.__code__:
+                return real(fd, data, durable=durable)  # KEYS, the blob index
+            real(fd, data, durable=False)
+            raise KeyboardInterrupt
+
+        fileio.append = append
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                handles[dag, True].set(key, value)
+        finally:
+            fileio.append = real
+        version, _ = newest(handles[dag, True], key)  # it may have written: as durable=False
+        expect.ack((dag, key), version, value, False)  # did (may be lost or kept)
+
+    return step
+
+
+def test_an_index_rebuilt_over_an_interrupted_write_points_only_at_durable_values(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the interrupted set's frames stood unsynced in k0's unmarked log; gc's rebuild
+    indexed its blob, k1's durable set pointed at it, and a power loss broke k1's v1."""
+    problems = scripted(
+        tmp_path,
+        monkeypatch,
+        [
+            put("k0", SMALL[0], True),
+            interrupted_put("k0", BIG[0]),  # an unmarked log: its data was synced
+            call(lambda h: h["d", True].gc(grace_seconds=0)),  # rebuilds the blob index
+            put("k1", BIG[0], True),  # deduplicated onto k0's frames by the index
+        ],
+    )
+    assert not problems, problems
