@@ -168,15 +168,16 @@ class Pool:
                 return free
             waiter = _Waiter(self._lock)
             waiter.existing = existing
-            self._queue.append(waiter)
             try:
+                self._queue.append(waiter)  # in the ``try``: an interrupt leaves no one queued
+                self._hand_out()  # idle ones a hand-out interrupted as it began left behind
                 if waiter.woken.wait_for(lambda: waiter.session is not None, timeout):
                     ticket.session = waiter.session
                     return ticket.session
             except BaseException:  # interrupted (Ctrl-C): what it was handed goes on
-                if waiter.session is None:
+                if waiter in self._queue:  # (handed one as a hand-out was interrupted)
                     self._queue.remove(waiter)
-                else:
+                if waiter.session is not None:
                     self._idle.append(waiter.session)
                     self._hand_out()
                 raise
@@ -193,9 +194,10 @@ class Pool:
     def _free(self, ticket: Ticket, existing: bool = False) -> Session | None:
         """What :meth:`take` gets without queuing, on ``ticket`` (under the lock)."""
         while self._orphans:  # sessions of interrupted calls: idle again (or closed)
-            orphan = self._orphans.pop()
+            orphan = self._orphans[-1]  # dropped once idle: an interrupt between loses none
             if orphan in self._all and orphan not in self._idle:
                 self._idle.append(orphan)
+            del self._orphans[-1]
         if self._queue:
             return None
         if self._idle:
@@ -212,17 +214,18 @@ class Pool:
         """Whether a new slot may be made (``existing``: only once the pool has none left)."""
         return len(self._all) < self.size and not (existing and self._all)
 
-    def _new(self) -> Session:
-        session = Session()
-        self._all.add(session)
-        return session
-
     def _hand_out(self) -> None:
         """Give what is free to the queued threads, oldest first (under the lock)."""
         while self._queue and (self._idle or self._room(self._queue[0].existing)):
-            waiter = self._queue.popleft()
-            waiter.session = self._idle.pop() if self._idle else self._new()
-            waiter.woken.notify()
+            waiter = self._queue[0]  # dequeued once handed: an interrupt anywhere loses none
+            if waiter.session is None and self._idle:
+                waiter.session = self._idle[-1]  # no call between: one step
+                del self._idle[-1]
+            elif waiter.session is None:
+                waiter.session = session = Session()
+                self._all.add(session)
+            del self._queue[0]
+            waiter.woken.notify()  # interrupted: the waiter finds it at its timeout
 
     def give_back(self, session: Session, ticket: Ticket | None = None) -> None:
         """Make ``session`` (on ``ticket``) idle again (its slot freed if its connection died)."""

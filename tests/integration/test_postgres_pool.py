@@ -11,6 +11,7 @@ handle's sessions use, seen from the server.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -300,3 +301,70 @@ def test_an_interrupted_call_never_loses_the_pools_connection(postgres_location:
         if kept is None and where == "":
             break
     assert n > 20
+
+
+def test_a_hand_out_interrupted_anywhere_gives_the_connection_to_the_waiting_thread() -> None:
+    # The thread giving a connection back hands it to a queued one (_hand_out): interrupted
+    # as it popped the waiter, that waiter's take raised ValueError at its timeout (not in
+    # the queue); as it popped the idle connection, that was lost for good: with
+    # pool_max_conns=1 every later call of the handle raised LockTimeoutError.
+    n = 0
+    while True:
+        n += 1
+        pool = Pool(1)
+        held = pool.take(None)
+        assert held is not None
+        held.conn = _FakeConnection()  # type: ignore[assignment]
+        got: list[object] = []
+        thread = threading.Thread(target=lambda: got.append(pool.take(0.2)))  # noqa: B023
+        thread.start()
+        while not pool._queue:
+            time.sleep(0.001)
+        count, where = 0, ""
+
+        def profile(frame: Any, event: str, _arg: object) -> None:
+            nonlocal count, where
+            back = frame.f_back  # _hand_out's own calls, and those of what it calls
+            names = (frame.f_code.co_name, back.f_code.co_name if back else "")
+            if "_hand_out" in names and event in ("call", "c_return"):
+                count += 1
+                if count == n:  # noqa: B023
+                    where = f"{event} line {frame.f_lineno}"
+                    raise _Interrupted
+
+        sys.setprofile(profile)
+        with contextlib.suppress(_Interrupted):
+            pool.give_back(held)
+        sys.setprofile(None)
+        thread.join()
+        if got != [held]:  # interrupted as _hand_out began: idle, for the next take
+            assert got == [None], where
+            assert where.startswith("call"), where
+            assert pool.take_now() is held, where
+        if not where:
+            break
+    assert n > 3
+
+
+def test_a_take_interrupted_as_it_queued_leaves_no_waiter_to_hand_a_connection_to() -> None:
+    # The waiter was queued before the ``try`` that takes it out again: interrupted just
+    # after, it stayed queued with no thread behind it, and the next give-back handed it
+    # the connection, lost for good (with pool_max_conns=1 every later call timed out).
+    pool = Pool(1)
+    held = pool.take(None)
+    assert held is not None
+    held.conn = _FakeConnection()  # type: ignore[assignment]
+
+    def profile(frame: Any, event: str, arg: object) -> None:
+        name = getattr(arg, "__name__", "")
+        if event == "c_return" and frame.f_code.co_name == "take" and name == "append":
+            sys.setprofile(None)
+            raise _Interrupted
+
+    sys.setprofile(profile)
+    with contextlib.suppress(_Interrupted):
+        pool.take(0.1)
+    sys.setprofile(None)
+    assert not pool._queue
+    pool.give_back(held)
+    assert pool.take_now() is held
