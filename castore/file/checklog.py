@@ -367,13 +367,12 @@ class LogChecker:
         problem, repair, severity = "key missing from KEYS", "add it to KEYS", "error"
         if not newest.live and newest.version <= grave:
             problem = "a deleted key that a compaction stopped after taking out of KEYS"
-            recorded = self.graves(os.path.dirname(path)).records().get(h.key, 0)
-            if newest.version <= recorded:  # compact ends it (compact._stopped): nothing to do
-                self.found(path, problem, "none: the next compact ends the removal", False, "info")
-                return
             repair, severity = "add it to KEYS (a floor only covers it)", "info"
-        self.found(path, problem, repair, self.repair, severity)
-        if self.repair:
+            if newest.version <= self.graves(os.path.dirname(path)).records().get(h.key, 0):
+                repair = "none: the next compact ends the removal"  # compact._stopped does
+        repairing = self.repair and not repair.startswith("none")
+        self.found(path, problem, repair, repairing, severity)
+        if repairing:
             self.backend.names.list_key(Ref(h.scope, h.namespace, h.key), durable=True)
 
     def lost_evidence(

@@ -245,57 +245,59 @@ def stats(db: Database) -> StoreStats:
 
     def work(cur: Cursor) -> StoreStats:
         with q.snapshot(cur):  # one snapshot: a write between two queries splits no count
-            return counts(cur)
-
-    def counts(cur: Cursor) -> StoreStats:
-        per: dict[str, ScopeStats] = {}
-        cur.execute(
-            "SELECT scope, count(*) FILTER (WHERE op <> 'delete'), "
-            "count(*) FILTER (WHERE op = 'delete') FROM refs WHERE version IS NOT NULL "
-            "GROUP BY scope"
-        )
-        for scope, keys, deleted in cur.fetchall():
-            per[scope] = ScopeStats(keys=keys, deleted_keys=deleted)
-        cur.execute(
-            "SELECT scope, count(*), coalesce(sum(size), 0), count(inline), "
-            "coalesce(sum(octet_length(inline)), 0) FROM versions GROUP BY scope"
-        )
-        for scope, versions, logical, inline, inline_bytes in cur.fetchall():
-            st = per.setdefault(scope, ScopeStats())
-            st.versions, st.logical_bytes = versions, logical
-            st.blobs, st.stored_bytes = inline, inline_bytes  # values kept in their rows
-        cur.execute(
-            "SELECT u.scope, count(*), coalesce(sum(octet_length(b.data)), 0) FROM "
-            "(SELECT DISTINCT scope, blob FROM versions WHERE blob IS NOT NULL) u "
-            "JOIN blobs b ON b.digest = u.blob GROUP BY u.scope"
-        )
-        for scope, blobs, stored in cur.fetchall():
-            st = per.setdefault(scope, ScopeStats())
-            st.blobs += blobs
-            st.stored_bytes += stored
-        cur.execute(
-            "SELECT (SELECT count(*) FROM refs WHERE version IS NOT NULL AND op <> 'delete'), "
-            "(SELECT count(*) FROM refs WHERE op = 'delete'), (SELECT count(*) FROM versions), "
-            "(SELECT count(*) FROM blobs) + (SELECT count(inline) FROM versions), "
-            "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs) "
-            "+ (SELECT coalesce(sum(octet_length(inline)), 0) FROM versions), "
-            "(SELECT coalesce(sum(size), 0) FROM versions), "
-            "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs b WHERE NOT EXISTS "
-            "(SELECT 1 FROM versions v WHERE v.blob = b.digest))"
-        )
-        row = cur.fetchone()
-        assert row is not None  # noqa: S101 - an aggregate row
-        keys, deleted, versions, blobs, stored, logical, reclaimable = row
-        total = ScopeStats(
-            keys=keys,
-            deleted_keys=deleted,
-            versions=versions,
-            blobs=blobs,
-            stored_bytes=stored,
-            logical_bytes=logical,
-            reclaimable_bytes=reclaimable,
-        )
-        return StoreStats(scopes=dict(sorted(per.items())), total=total)
+            return _counts(cur)
 
     result: StoreStats = db.run(work, "stats", transaction=False)
     return result
+
+
+def _counts(cur: Cursor) -> StoreStats:
+    """What :func:`stats` reports, read on ``cur``'s one snapshot."""
+    per: dict[str, ScopeStats] = {}
+    cur.execute(
+        "SELECT scope, count(*) FILTER (WHERE op <> 'delete'), "
+        "count(*) FILTER (WHERE op = 'delete') FROM refs WHERE version IS NOT NULL "
+        "GROUP BY scope"
+    )
+    for scope, keys, deleted in cur.fetchall():
+        per[scope] = ScopeStats(keys=keys, deleted_keys=deleted)
+    cur.execute(
+        "SELECT scope, count(*), coalesce(sum(size), 0), count(inline), "
+        "coalesce(sum(octet_length(inline)), 0) FROM versions GROUP BY scope"
+    )
+    for scope, versions, logical, inline, inline_bytes in cur.fetchall():
+        st = per.setdefault(scope, ScopeStats())
+        st.versions, st.logical_bytes = versions, logical
+        st.blobs, st.stored_bytes = inline, inline_bytes  # values kept in their rows
+    cur.execute(
+        "SELECT u.scope, count(*), coalesce(sum(octet_length(b.data)), 0) FROM "
+        "(SELECT DISTINCT scope, blob FROM versions WHERE blob IS NOT NULL) u "
+        "JOIN blobs b ON b.digest = u.blob GROUP BY u.scope"
+    )
+    for scope, blobs, stored in cur.fetchall():
+        st = per.setdefault(scope, ScopeStats())
+        st.blobs += blobs
+        st.stored_bytes += stored
+    cur.execute(
+        "SELECT (SELECT count(*) FROM refs WHERE version IS NOT NULL AND op <> 'delete'), "
+        "(SELECT count(*) FROM refs WHERE op = 'delete'), (SELECT count(*) FROM versions), "
+        "(SELECT count(*) FROM blobs) + (SELECT count(inline) FROM versions), "
+        "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs) "
+        "+ (SELECT coalesce(sum(octet_length(inline)), 0) FROM versions), "
+        "(SELECT coalesce(sum(size), 0) FROM versions), "
+        "(SELECT coalesce(sum(octet_length(data)), 0) FROM blobs b WHERE NOT EXISTS "
+        "(SELECT 1 FROM versions v WHERE v.blob = b.digest))"
+    )
+    row = cur.fetchone()
+    assert row is not None  # noqa: S101 - an aggregate row
+    keys, deleted, versions, blobs, stored, logical, reclaimable = row
+    total = ScopeStats(
+        keys=keys,
+        deleted_keys=deleted,
+        versions=versions,
+        blobs=blobs,
+        stored_bytes=stored,
+        logical_bytes=logical,
+        reclaimable_bytes=reclaimable,
+    )
+    return StoreStats(scopes=dict(sorted(per.items())), total=total)
