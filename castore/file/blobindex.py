@@ -238,10 +238,11 @@ class BlobIndex:
         return durable and namesync.marked(st.st_mode)
 
     def _durable_bytes(self, path: str) -> bytes:
-        """A log's bytes; a marked log's made durable first (FORMAT.md §6, "Names").
+        """A log's bytes, made durable first (FORMAT.md §6, "Names"): a marked log's name too.
 
         A durable write may point at any value of at least ``DEDUP_MIN_BYTES`` the index
-        names: one a ``durable=False`` write left unsynced is in a log marked so.
+        names: one a ``durable=False`` write left unsynced is in a log marked so, and one
+        a durable write killed before its ``fdatasync`` left is in a log marked by nothing.
         """
         fd = self.fs.open(path, os.O_RDONLY)
         try:
@@ -255,7 +256,7 @@ class BlobIndex:
                 )
             if namesync.marked(st.st_mode):
                 namesync.settle(self.fs, fd, path)  # data, then the name (directory fsync)
-            elif st.st_mode & DATA_UNSYNCED:
+            else:  # unmarked is no proof: a durable write killed before its fdatasync
                 os.fdatasync(fd)
             return fileio.read_at(fd, 0, st.st_size)
         finally:

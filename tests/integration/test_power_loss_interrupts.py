@@ -12,15 +12,19 @@ from tests.integration.powerloss import Expect, Handles, newest
 from tests.integration.test_power_loss import BIG, SMALL, Step, call, put, scripted
 
 
-def interrupted_put(key: str, value: object, dag: str = "d") -> Step:
+def interrupted_put(key: str, value: object, dag: str = "d", *, killed: bool = False) -> Step:
     """A durable ``set`` whose ``KeyboardInterrupt`` came as its last ``write(2)`` returned.
 
     Its frames may stay in the log (FORMAT.md §6 step 7): acknowledged as a ``durable=False``
-    write's (they may be lost or kept), whatever the handle.
+    write's (they may be lost or kept), whatever the handle. ``killed``: a SIGKILL there
+    instead, which leaves the frames whole and unsynced (no ``fdatasync`` on the way out).
     """
 
     def step(handles: Handles, expect: Expect) -> None:
         real = fileio.append
+        monkeypatch = pytest.MonkeyPatch()
+        if killed:
+            monkeypatch.setattr(fileio, "_whole", lambda fd, end, durable: True)
 
         def append(fd: int, data: bytes, *, durable: bool) -> None:
             if sys._getframe(1).f_code is not fileio.commit.__code__:
@@ -34,6 +38,7 @@ def interrupted_put(key: str, value: object, dag: str = "d") -> Step:
                 handles[dag, True].set(key, value)
         finally:
             fileio.append = real
+            monkeypatch.undo()
         version, _ = newest(handles[dag, True], key)  # it may have written: as durable=False
         expect.ack((dag, key), version, value, False)  # did (may be lost or kept)
 
@@ -51,6 +56,27 @@ def test_an_index_rebuilt_over_an_interrupted_write_points_only_at_durable_value
         [
             put("k0", SMALL[0], True),
             interrupted_put("k0", BIG[0]),  # an unmarked log: its data was synced
+            call(lambda h: h["d", True].gc(grace_seconds=0)),  # rebuilds the blob index
+            put("k1", BIG[0], True),  # deduplicated onto k0's frames by the index
+        ],
+    )
+    assert not problems, problems
+
+
+def test_an_index_rebuilt_over_a_killed_write_points_only_at_durable_values(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: a durable set killed between its write and its fdatasync left unsynced frames in
+    an unmarked log (older than the interrupt's case: a kill runs no cleanup); gc's rebuild
+    indexed their blob, k1's durable set pointed at it, and a power loss broke k1's v1.
+    The rebuild now makes every log it indexes durable (found by the review of the
+    interrupt fixes, thirty-eighth session)."""
+    problems = scripted(
+        tmp_path,
+        monkeypatch,
+        [
+            put("k0", SMALL[0], True),
+            interrupted_put("k0", BIG[0], killed=True),  # whole, unsynced, unmarked
             call(lambda h: h["d", True].gc(grace_seconds=0)),  # rebuilds the blob index
             put("k1", BIG[0], True),  # deduplicated onto k0's frames by the index
         ],
