@@ -21,7 +21,7 @@ import msgspec
 
 from castore.backend import lost_marker
 from castore.errors import CorruptionError
-from castore.file.frames import FRAME_OVERHEAD, LogBytes
+from castore.file.frames import FRAME_OVERHEAD, Frame, LogBytes
 from castore.file.records import (
     KIND_BLOB,
     KIND_COMPACTED,
@@ -45,6 +45,7 @@ __all__ = [
     "gone_error",
     "hides_nothing",
     "in_order",
+    "intact_frames",
     "lost_top",
     "marker_time",
     "out_of_order",
@@ -355,3 +356,21 @@ class RepairPlan(NamedTuple):
     grave: int  # the key's last version before compaction removed it
     known: Header | None = None  # the log's own header, when intact
     seen: LogBytes | None = None  # the log as read for this plan (a rewrite of another is refused)
+
+
+def intact_frames(log: LogBytes, path: str, cannot: str) -> list[Frame]:
+    """``log``'s frames, for a whole-store count that damage would make wrong (gc, stats).
+
+    A torn tail is no damage (its bytes are left out). ``cannot``: what the caller
+    cannot know, for the error.
+
+    Raises:
+        CorruptionError: damaged bytes (FORMAT.md §7), which may hide entries and blobs.
+    """
+    if log.damage:
+        start, end = log.damage[0]
+        raise CorruptionError(
+            f"{path} has damaged bytes at offset {start} ({end - start} bytes): "
+            f"{cannot}; run castore check --repair first"
+        )
+    return log.frames

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 from castore.backend import Progress
 from castore.errors import CorruptionError
 from castore.file import fileio
+from castore.file.damage import intact_frames
 from castore.file.frames import Frame, LogBytes, classify
 from castore.file.graves import Graveyard
 from castore.file.records import (
@@ -75,13 +76,7 @@ def _read_frames(fs: Tree, path: str) -> list[Frame]:
         log = classify(fs.read_file(path))
     except FileNotFoundError:
         return []
-    if log.damage:
-        start, end = log.damage[0]
-        raise CorruptionError(
-            f"{path} has damaged bytes at offset {start} ({end - start} bytes): "
-            "gc cannot know which blobs it referenced; run castore check --repair first"
-        )
-    return log.frames
+    return intact_frames(log, path, "gc cannot know which blobs it referenced")
 
 
 def collect_garbage(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from castore.errors import CorruptionError
+from castore.file.damage import intact_frames
 from castore.file.frames import Frame, classify
 from castore.file.records import KIND_BLOB, KIND_ENTRY, decode_entry
 from castore.reports import ScopeStats, StoreStats
@@ -36,14 +36,7 @@ def _frames(path: str, data: bytes) -> list[Frame]:
         CorruptionError: damaged bytes (FORMAT.md §7), as gc: they may hide the key's
             newest versions and the blobs they reference, so no count would be right.
     """
-    log = classify(data)
-    if log.damage:
-        start, end = log.damage[0]
-        raise CorruptionError(
-            f"{path} has damaged bytes at offset {start} ({end - start} bytes): "
-            "stats cannot count the versions they held; run castore check --repair first"
-        )
-    return log.frames
+    return intact_frames(classify(data), path, "stats cannot count the versions they held")
 
 
 def stats(backend: FileBackend) -> StoreStats:
