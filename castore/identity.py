@@ -58,7 +58,12 @@ class ProcessIdentity:
         self._cached: tuple[int, str, str] | None = None
 
     def current(self) -> tuple[int, str, str]:
-        """``(pid, user, host)``; the user is empty when it cannot be looked up."""
+        """``(pid, user, host)``; a user without a name is its uid in decimal.
+
+        As ``ls -l`` and ``ps`` show one: a container's ``--user 1000`` often has no
+        password database entry and no ``$LOGNAME`` or ``$USER`` (the record's user
+        was empty before the thirty-ninth session).
+        """
         pid = os.getpid()
         if self._cached is None or self._cached[0] != pid:
             import getpass  # on the first write only: a CLI get never loads it
@@ -66,7 +71,7 @@ class ProcessIdentity:
             try:
                 user = getpass.getuser()
             except (KeyError, OSError):
-                user = ""
+                user = str(os.getuid())
             # The host name as socket.gethostname() gives it (POSIX gethostname(2) is
             # uname's nodename), without importing socket (CLI start-up).
             self._cached = (pid, _utf8_text(user), _utf8_text(os.uname().nodename))

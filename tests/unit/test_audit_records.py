@@ -154,3 +154,21 @@ def test_a_callers_bad_field_is_not_blamed_on_the_servers_environment(tmp_path, 
     assert f"audit field {field} " in message
     assert "$" not in message
     assert "unless given" not in message
+
+
+def test_a_user_without_a_name_is_recorded_by_its_uid(store_location, monkeypatch):
+    # A container's `--user 1000` has no password database entry and often no
+    # $LOGNAME or $USER: the audit's user was empty, so who wrote was lost. It is
+    # the uid in decimal now, as `ls -l` and `ps` show such a user.
+    import pwd
+
+    def nameless(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", nameless)
+    store = Store(store_location, dag="d", durable=False)
+    store.set("k", 1)
+    store.delete("k")
+    assert [e.user for e in store.history("k").entries] == [str(os.getuid())] * 2

@@ -65,12 +65,12 @@ def random_text(size: int, seed: int = 7) -> str:
 
 
 def process_user() -> str:
-    """The audit's user (docs/CLI.md): ``getpass.getuser()``'s, empty where it finds none
-    (a uid without a password database entry, no ``$LOGNAME`` or ``$USER``)."""
+    """The audit's user (docs/CLI.md): ``getpass.getuser()``'s, the uid in decimal where
+    it finds none (a uid without a password database entry, no ``$LOGNAME`` or ``$USER``)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
-        return ""
+        return str(os.getuid())
 
 
 def test_history_lists_every_version_newest_first_with_audit(store_location, monkeypatch):
