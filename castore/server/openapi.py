@@ -36,7 +36,6 @@ _SIMPLE: Final[dict[type, str]] = {
     mi.NoneType: "null",
 }
 _ERROR_STATUSES: Final = (400, 401, 404, 405, 409, 413, 421, 500, 503)
-_BACKEND_STATUSES: Final = (400, 401, 405, 409, 413, 421, 500, 503)
 
 
 def _summary(doc: str | None) -> str:
@@ -215,7 +214,7 @@ def _backend_operation(name: str, schemas: _Schemas) -> dict[str, Any]:
                 "description": what,
                 "content": {"application/msgpack": {"schema": schemas.of(mi.type_info(reply))}},
             },
-            **{str(s): {"$ref": f"#/components/responses/Error{s}"} for s in _BACKEND_STATUSES},
+            **{str(s): {"$ref": f"#/components/responses/Error{s}"} for s in _ERROR_STATUSES},
         },
     }
 
