@@ -133,9 +133,9 @@ class Layout:
                 )
             if path is not None and (dropped := self.fs.drop_stale(path)):
                 raise StoreUnavailableError(
-                    f"{self.rel(dropped[0])} in the store at {self.root} was replaced under "
-                    "this handle (restored from a copy, moved or removed): nothing was read "
-                    "or written; try again"
+                    f"{os.path.relpath(dropped[0], self.root)} in the store at {self.root}"
+                    " was replaced under this handle (restored from a copy, moved or removed):"
+                    " nothing was read or written; try again"
                 )
             return
         if moved:

@@ -153,3 +153,23 @@ def test_a_handle_never_lowers_a_grave_it_read(tmp_path: Path) -> None:
     os.remove(Path(ns_dir(root, "dag", "d")) / "GRAVES")
     assert store.set("k", "again").version == 4  # above the grave it read, never 1
     store.close()
+
+
+@pytest.mark.parametrize("what", ["namespace", "refs"])
+def test_the_refusal_names_the_directory_that_was_replaced(tmp_path: Path, what: str) -> None:
+    """A review found ``refs/`` replaced named as nothing: " in the store at … was replaced"."""
+    root = tmp_path / "store"
+    with Store(root, dag="d") as store:
+        store.set("a", 1)
+        namespace = Path(ns_dir(root, "dag", "d"))
+        source = namespace if what == "namespace" else root / "refs"
+        # A miss in the namespace holds it open; one in a scope never opened, ``refs/`` only.
+        scope = "dag" if what == "namespace" else "global"
+        assert not store.get("x", scope=scope).found
+        os.rename(source, tmp_path / "moved")
+        with pytest.raises(StoreUnavailableError) as refused:
+            store.get("x", scope=scope)
+    named = os.path.relpath(source, root)
+    assert str(refused.value).startswith(f"{named} in the store at {root} was replaced"), str(
+        refused.value
+    )
