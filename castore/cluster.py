@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from castore.urls import redacted
 
-__all__ = ["Cluster", "member_key", "parse_members"]
+__all__ = ["Cluster", "member_key", "member_of", "parse_members"]
 
 _LOOPBACK = ("localhost", "127.0.0.1", "[::1]")  # localhost is one of the other two
 
@@ -54,6 +54,11 @@ def member_key(url: str) -> str:
     host = parts.hostname.lower()
     host = f"[{host}]" if ":" in host else host
     return f"{host}:{port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def member_of(url: str) -> tuple[str, str]:
+    """A member as a 421's list must match one given: its scheme and ``host:port``."""
+    return url.partition("://")[0].lower(), member_key(url)
 
 
 def parse_members(text: str) -> list[str]:

@@ -20,8 +20,8 @@ digest and length of the member list in the ``Castore-Cluster`` and
   answer was lost, and so does a survey of every member (``namespaces``, ``removed``), asked of
   every member again under the new list.
 * A 503 saying to retry shortly (it wrote nothing): sent again for :data:`MEMBERS_WAIT` s.
-* Once an attempt's answer was lost, every later attempt (after a 421, a 503, another
-  lost answer) is the same request marked as a retry: the server applies it once.
+* Once an attempt's answer was lost, every later attempt (after a 421, a 503, another lost
+  answer) is the same request marked as a retry, applied once; never to another owner.
 * An error body names the exception to raise (:mod:`castore.remote.failures`).
 
 Neither the token nor a value ever appears in an error.
@@ -38,7 +38,7 @@ import httpx
 import msgspec
 
 from castore import forks
-from castore.cluster import Cluster, member_key
+from castore.cluster import Cluster, member_of
 from castore.errors import CastoreError, InvalidValueError
 from castore.inuse import InUse
 from castore.remote.failures import MAYBE, failure, unavailable
@@ -67,6 +67,7 @@ _NEVER_SENDABLE: Final = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
 # No progress for the whole read timeout, past the server's request timeout: a server that
 # took the request and is stuck (stopped, overloaded), not an answer lost on its way.
 _STALLED: Final = (httpx.ReadTimeout, httpx.WriteTimeout)
+_MOVED: Final = "the answer to append was lost, and its keyspace has another owner now" + MAYBE
 
 
 class Rerouted(Exception):  # noqa: N818  # a signal, not an error: the write decides again
@@ -105,7 +106,7 @@ class Transport:
         lock_timeout: float | None = None,
     ) -> None:
         self._cluster = Cluster(members)
-        self._given = frozenset(map(_member, self._cluster.members))  # what a 421 may name
+        self._given = frozenset(map(member_of, self._cluster.members))  # what a 421 may name
         self._headers = {"content-type": _MSGPACK, "accept": _MSGPACK}
         token = _checked_token(token)
         if token:
@@ -280,13 +281,15 @@ class Transport:
         sent: list[bool],
     ) -> httpx.Response:
         """:meth:`_send`'s attempts; ``sent[0]`` is set once an answer was lost."""
-        redirects = 0
+        redirects, lost_at = 0, set[str]()  # lost_at: the members an answer was lost from
         patience = time.monotonic() + MEMBERS_WAIT
         while True:
             url = self._cluster.owner(*where) if isinstance(where, tuple) else where
             outgoing = resend if sent[0] and resend is not None else request
             response, lost = self._post(name, url, outgoing, resend, stream=stream)
             sent[0] = sent[0] or lost
+            if lost:
+                lost_at.add(url)
             if response.status_code == 200:
                 return response
             if response.status_code == 421 and redirects < REDIRECTS and isinstance(where, tuple):
@@ -294,6 +297,8 @@ class Transport:
                 self._follow(response, url)
                 if name == "append" and not sent[0]:
                     raise Rerouted
+                if name == "append" and (owner := self._cluster.owner(*where)) not in lost_at:
+                    raise unavailable(owner, _MOVED)
                 continue
             if response.status_code == 421 and isinstance(where, str) and CALLS[name].survey:
                 self._follow(response, url)  # a survey of every member: asked again, all of them
@@ -376,18 +381,13 @@ class Transport:
             cluster = Cluster(answer.cluster)
         except (msgspec.DecodeError, ValueError, RecursionError):
             raise failure(response.url, 421, response.content) from None
-        unknown = [url for url in cluster.members if _member(url) not in self._given]
+        unknown = [url for url in cluster.members if member_of(url) not in self._given]
         if asked not in cluster.members or unknown:
             named = f"; it names {len(unknown)} member(s) this client was not given" * bool(unknown)
             what = f"refused this client's coordinator list ({answer.message}{named})"
             raise unavailable(asked, f"{what}; update the list")
         with self._lock:
             self._cluster = cluster
-
-
-def _member(url: str) -> tuple[str, str]:
-    """A member as a 421's list must match one given: its scheme and ``host:port``."""
-    return url.partition("://")[0].lower(), member_key(url)
 
 
 def _lost(

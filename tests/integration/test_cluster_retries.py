@@ -349,3 +349,46 @@ def test_a_resend_whose_versions_were_compacted_says_so(launcher, lose):
     local = Store(node.store, dag="d")
     assert local.get("n").value == 3  # the lost increment counted once, not twice
     local.close()
+
+
+def test_a_resend_a_421_sends_to_another_owner_is_never_decided_again(launcher, lose):
+    # Found by a review: the incr was applied on a, its answer lost, and the members
+    # restarted with a list under which c owns the keyspace (c joining): the resend
+    # followed the 421 to c, whose store never saw it, was answered stale there and
+    # decided again: applied on a (number 4) and on c (number 1), acknowledged once.
+    a, b, c = launcher.cluster(3)
+    whole, small = [a.url, b.url, c.url], [a.url, b.url]
+    moving = [Cluster(small).owner, Cluster(whole).owner]
+    namespace = next(
+        f"n{i}"
+        for i in range(100_000)
+        if [owner("custom", f"n{i}") for owner in moving] == [a.url, c.url]
+    )
+    staying = _owned_by_first([small, whole])
+    c.kill()
+    for node in (a, b):
+        node.kill()
+        node.start(small, serving=False)
+    for node in (a, b):
+        node.wait_serving()
+    worker = Store(",".join(whole))
+    worker.incr("x", scope="custom", namespace=staying)  # a 421: the worker takes a's list
+    for _ in range(3):
+        worker.incr("n", scope="custom", namespace=namespace)  # on a
+
+    def grow() -> None:  # c joins last (SERVER.md): now it owns the keyspace
+        for node in (a, b):
+            node.kill()
+            node.start(whole, serving=False)
+        c.start(whole, serving=False)
+        for node in (a, b, c):
+            node.wait_serving()
+
+    lose(_once(grow))
+    with pytest.raises(StoreUnavailableError, match=r"another owner now \(it may or may not"):
+        worker.incr("n", scope="custom", namespace=namespace)
+    history = Store(a.store).history("n", scope="custom", namespace=namespace).entries
+    assert [e.version for e in history] == [4, 3, 2, 1]
+    assert (
+        not Store(c.store).get("n", scope="custom", namespace=namespace).found
+    )  # not decided again
