@@ -56,7 +56,8 @@ def note_behind(checker: LogChecker, path: str, newest: int) -> None:
 
     A change appends ``P`` before it changes the log (FORMAT.md §5), so a
     trusted ``STATE`` whose last record of the key is older than the log
-    missed that ``P``: an older copy of the file. ``STATE`` is read again
+    missed that ``P``: an older copy of the file, or a change by a castore
+    from before ``STATE``, which appends none. ``STATE`` is read again
     first (one read), since a writer may have changed the log after the walk
     read it. ``newest`` 0: the log holds no entry (see :func:`report_behind`).
     """
@@ -86,7 +87,8 @@ def report_behind(checker: LogChecker, nsdir: str) -> None:
         return
     named = ", ".join(behind[:5]) + (f" and {len(behind) - 5} more" if len(behind) > 5 else "")
     problem = (
-        f"an older copy of the file: its last records of {named} name versions below "
+        f"an older copy of the file, or logs changed by a castore from before STATE "
+        f"(2026-12-01): its last records of {named} name versions below "
         "their logs' newest (list answers older versions)"
     )
     repair = "append P for those keys (list reads their logs and records them again)"

@@ -92,6 +92,39 @@ def test_check_finds_and_repairs_an_older_copy_of_state(tmp_path: Path) -> None:
     twin_store.close()
 
 
+def test_logs_changed_by_a_castore_from_before_state_are_found_and_repaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A castore from before ``STATE`` (2026-12-01) appends no ``P`` (FORMAT.md §10).
+
+    Its changes leave ``STATE`` as it was, which ``list`` answers with the older
+    versions; ``check`` names that cause besides an older copy, and ``--repair``
+    makes ``list`` read the logs again. Oracle: the logs, through ``get``.
+    """
+    root = tmp_path / "s"
+    store = Store(root, dag=DAG)
+    store.set("a", 1)
+    store.set("b", 1)
+    store.list()  # both keys settled in STATE
+    store.close()
+    with monkeypatch.context() as m:  # a writer that knows no STATE
+        m.setattr(StateIndex, "pending", lambda self, key: False)
+        old = Store(root, dag=DAG)
+        assert old.set("a", 2).version == 2
+        old.delete("b")
+        old.close()
+    assert [(k, v) for k, v, _ in _listing(root)] == [("a", 1), ("b", 1)]  # what STATE says
+    store = Store(root, dag=DAG)
+    report = store.check()
+    stale = [f for f in report.findings if "STATE" in f.path]
+    assert len(stale) == 1, report.findings
+    assert "a castore from before STATE" in stale[0].problem
+    assert "a, b" in stale[0].problem
+    assert store.check(repair=True).ok
+    store.close()
+    assert [(k, v) for k, v, _ in _listing(root)] == [("a", 2)]
+
+
 def test_an_undamaged_state_is_no_finding_while_writers_write(tmp_path: Path) -> None:
     """A change appends ``P`` before it changes its log: check racing writers finds nothing."""
     root = tmp_path / "s"
