@@ -9,7 +9,8 @@ longer copy of the log put in its place: a review found one defeated the
 rule "before the end: the log still holds it"). A record whose offset holds
 that very version's ``E`` frame is not: the log has it (an older entry
 copied after it is judged as an entry out of order). Versions a compaction
-dropped (its ``C`` frame) do not count.
+dropped (its ``C`` frame) do not count, nor do those at or below the key's
+grave (``GRAVES``), as for ``check``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio, logread
 from castore.file.frames import FRAME_OVERHEAD, Frame, entry_version, frame_at
+from castore.file.graves import Graveyard
 from castore.file.records import KIND_COMPACTED, KIND_ENTRY, decode_compaction
 from castore.file.tree import Tree
 from castore.file.versionindex import (
@@ -133,7 +135,26 @@ def cut_evidence(fs: Tree, path: str, fd: int, newest: int, end: int) -> int:
     done = logread.compaction_of(fd)
     if done is not None and top <= max((high for _, high in done.versions), default=0):
         return 0
+    if top <= _grave(fs, path, fd):  # a removal GRAVES records: check's rule too
+        return 0
     return top if fs.names(path, fd) else 0
+
+
+def _grave(fs: Tree, path: str, fd: int) -> int:
+    """The version ``GRAVES`` records for the key of the log open on ``fd`` (0: none).
+
+    Castores of format 1 and the first of format 2 emptied a removed key's
+    log without a ``C`` frame and rebuilt its index after the rename: killed
+    in between, the index names the removed versions, which the grave
+    covers. The key's own record only: a repair's floor is where a
+    re-created key starts, not a version any key had (it would cover every
+    cut in the namespace).
+    """
+    header = logread.header_of(fd)
+    if header is None:
+        return 0
+    graves = Graveyard(os.path.join(os.path.dirname(path), "GRAVES"), fs, remember=False)
+    return graves.recorded(header.key)
 
 
 def cut_error(what: str, path: str, cut: int, hint: str) -> CorruptionError:

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from castore import Store
-from tests.helpers import log_path
+from castore.file.frames import encode_frame
+from castore.file.records import KIND_COMPACTED
+from tests.helpers import frames_of, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +45,42 @@ def test_an_index_from_before_the_removal_proves_no_cut(tmp_path: Path) -> None:
         assert handle.check().ok
         assert handle.set("a", 5).version == 4
         handle.close()
+
+
+def test_a_removal_by_an_older_castore_killed_before_its_index_is_no_cut(tmp_path: Path) -> None:
+    """The key's grave covers what the index records, as check judges it (FORMAT.md §7).
+
+    Castores of format 1 and the first of format 2 (515648a, not 06fd8f1)
+    emptied a removed key's log to its header and blob frames, no ``C``
+    frame, and rebuilt the index only after the rename: killed in between,
+    its index named the old offsets. That castore answered "not found" and
+    went on above the grave; this one refused every read and write of the
+    key (acknowledged bytes cut off) while check found the index merely out
+    of step, and its repair refused to rebuild it. Found by killing commit
+    515648a at its "rewrite-after-rename" failpoint; the oracle is its answers.
+    """
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    store.set("a", 1)
+    store.set("a", 2)
+    store.set("b", 1)  # b's value is a's first: gc keeps a's emptied log
+    store.delete("a")
+    path = log_path(root, "dag", "d", "a")
+    vix = Path(path[: -len(".log")] + ".vix")
+    assert store.get("a", version=1).value == 1  # the index records versions 1 to 3
+    older = vix.read_bytes()
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
+    store.close()
+    frames, _ = frames_of(path)  # as that castore left it: header and blobs, no C frame
+    Path(path).write_bytes(
+        b"".join(encode_frame(f.kind, f.payload) for f in frames if f.kind != KIND_COMPACTED)
+    )
+    vix.write_bytes(older)  # its records of 1 to 3 name offsets the log no longer holds
+    handle = Store(root, dag="d")
+    assert handle.get("a").found is False
+    assert handle.history("a").entries == []
+    assert handle.check().ok
+    assert handle.check(repair=True).ok
+    assert handle.set("a", 5).version == 4  # above the grave, as that castore went on
+    handle.close()
