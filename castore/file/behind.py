@@ -33,9 +33,13 @@ __all__ = ["refuse_behind_state"]
 
 
 def _behind(state: StateIndex, graves: Graveyard, key: str, newest: Entry) -> int:
-    """The version ``STATE`` records of ``key`` if above ``newest`` and its grave, else 0."""
+    """The version ``STATE`` records of ``key`` if above ``newest`` and its grave, else 0.
+
+    The key's own grave: a log holding an entry is that key's own life, and a
+    repair's floor (where a re-created key starts) would cover every cut below it.
+    """
     top = state.recorded().get(key, 0)
-    if top <= newest.version or top <= graves.version_of(key):
+    if top <= newest.version or top <= graves.recorded(key):
         return 0
     return top
 

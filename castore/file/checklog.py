@@ -20,7 +20,7 @@ from castore.codec import check_stored
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import checkread, cuts, versionindex
 from castore.file.blobsearch import BlobSearch
-from castore.file.checklost import note_behind
+from castore.file.checklost import note_behind, own_grave
 from castore.file.checkremoved import check_put_back, check_removed, names_path
 from castore.file.damage import (
     RepairPlan,
@@ -118,12 +118,13 @@ class LogChecker:
         log = classify(data)
         frames = log.frames
         nsdir = os.path.dirname(path)
-        grave = self.grave_of(path, frames, keys)
-        lost_by_index, lost_why = self.lost_evidence(path, vix, frames, grave)
+        grave = self.grave_of(path, frames, keys)  # a repair's floor too (check_listed)
+        life = own_grave(self, path, frames, grave)  # where this log's own versions may start
+        lost_by_index, lost_why = self.lost_evidence(path, vix, frames, life)
         if not frames and not log.damage and not lost_by_index:
             self.without_frames(path, len(data))
             return
-        problems = self.damage_problems(log, grave)
+        problems = self.damage_problems(log, life)
         bad_blobs = self.bad_blobs(frames, problems)
         header = next((f for f in frames if f.kind == KIND_HEADER), None)
         new_header = None
@@ -159,7 +160,7 @@ class LogChecker:
             self.check_listed(path, own, keys, file, entries[-1], grave)
         if problems or lost_values:
             drop = {*bad_blobs, *disordered}
-            plan = RepairPlan(drop, new_header, lost_by_index, lost_values, grave, own, log)
+            plan = RepairPlan(drop, new_header, lost_by_index, lost_values, life, own, log)
             self.repair_log(path, problems, plan, known_ref=header is not None)
         elif vix is not None and not versionindex.rebuild(frames).startswith(vix):
             # Derived data a crash may leave behind; readers verify it, writers rebuild it.
@@ -380,11 +381,10 @@ class LogChecker:
     ) -> tuple[int, str]:
         """The highest version, above the key's grave, that the log no longer holds, and why.
 
-        Readers' and writers' rules (FORMAT.md §7): a version the log's index
-        records past its newest entry (:func:`cuts.cut_in`), or one
-        ``STATE`` records (:attr:`recorded`) for a log without entries; and
-        check's own: ``STATE``'s last record of a key above its log's newest
-        entry (a cut readers cannot see). (0, "") when nothing is lost.
+        Readers' and writers' rules (FORMAT.md §7): a version the log's index records
+        past its newest entry (:func:`cuts.cut_in`), or one ``STATE`` records for a log
+        without entries; and check's own: ``STATE``'s last record of a key above its
+        log's newest entry (a cut readers cannot see). (0, "") when nothing is lost.
         """
         by_index = cuts.cut_in(vix, frames) if vix is not None else 0
         versions = [decode_entry(f.payload).version for f in frames if f.kind == KIND_ENTRY]

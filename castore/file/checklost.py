@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from castore.errors import CorruptionError
 from castore.file import versionindex
+from castore.file.frames import Frame
+from castore.file.records import KIND_ENTRY, KIND_HEADER, decode_header
 from castore.file.statefile import StateIndex
 from castore.file.staterecords import STATE_NAME
 from castore.file.tree import Tree
@@ -125,6 +127,21 @@ def _report_damaged(checker: LogChecker, nsdir: str) -> None:
             state.reset()
     finally:
         state.close()
+
+
+def own_grave(checker: LogChecker, path: str, frames: list[Frame], grave: int) -> int:
+    """Below which the log of ``frames`` can have lost nothing: ``grave`` (``grave_of``).
+
+    For a log holding an entry, its key's own ``GRAVES`` record: a repair's
+    floor (where a re-created key starts) would hide every cut or damaged
+    version below it of the key's own entries. Without one, ``grave``:
+    the floor stands for records the damage took.
+    """
+    header = next((f for f in frames if f.kind == KIND_HEADER), None)
+    if header is None or not any(f.kind == KIND_ENTRY for f in frames):
+        return grave
+    key = decode_header(header.payload).key
+    return checker.graves(os.path.dirname(path)).recorded(key)
 
 
 def gone_logs(checker: LogChecker, keys: set[str]) -> list[tuple[str, str]]:
