@@ -119,7 +119,7 @@ class LogChecker:
         frames = log.frames
         nsdir = os.path.dirname(path)
         grave = self.grave_of(path, frames, keys)  # a repair's floor too (check_listed)
-        life = own_grave(self, path, frames, grave)  # where this log's own versions may start
+        life = own_grave(self, path, frames, grave, vix, keys)  # its own versions above
         lost_by_index, lost_why = self.lost_evidence(path, vix, frames, life)
         if not frames and not log.damage and not lost_by_index:
             self.without_frames(path, len(data))

@@ -20,8 +20,8 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
-from castore.errors import CorruptionError
-from castore.file import versionindex
+from castore.errors import CorruptionError, UnsafePathError
+from castore.file import cuts, versionindex
 from castore.file.frames import Frame
 from castore.file.records import KIND_ENTRY, KIND_HEADER, decode_header
 from castore.file.statefile import StateIndex
@@ -129,19 +129,40 @@ def _report_damaged(checker: LogChecker, nsdir: str) -> None:
         state.close()
 
 
-def own_grave(checker: LogChecker, path: str, frames: list[Frame], grave: int) -> int:
-    """Below which the log of ``frames`` can have lost nothing: ``grave`` (``grave_of``).
+def own_grave(
+    checker: LogChecker,
+    path: str,
+    frames: list[Frame],
+    grave: int,
+    vix: bytes | None,
+    keys: set[str],
+) -> int:
+    """Below which the log of ``frames`` can have lost nothing: ``grave`` (``grave_of``), or less.
 
-    For a log holding an entry, its key's own ``GRAVES`` record: a repair's
-    floor (where a re-created key starts) would hide every cut or damaged
-    version below it of the key's own entries. Without one, ``grave``:
-    the floor stands for records the damage took.
+    The key's own ``GRAVES`` record for a log holding an entry, or whose index
+    (``vix``, None: none) records an entry's offset above that record: each is a
+    life of the key (compaction marks the versions it drops compacted), and a
+    repair's floor (where a re-created key starts) would hide every version cut or
+    damaged below it. Otherwise ``grave``: the floor stands for records the damage took.
     """
-    header = next((f for f in frames if f.kind == KIND_HEADER), None)
-    if header is None or not any(f.kind == KIND_ENTRY for f in frames):
+    key = _key_of(checker, path, frames, keys)
+    if key is None:
         return grave
-    key = decode_header(header.payload).key
-    return checker.graves(os.path.dirname(path)).recorded(key)
+    own = checker.graves(os.path.dirname(path)).recorded(key)
+    if any(f.kind == KIND_ENTRY for f in frames):
+        return own
+    return own if vix is not None and cuts.cut_in(vix, frames) > own else grave
+
+
+def _key_of(checker: LogChecker, path: str, frames: list[Frame], keys: set[str]) -> str | None:
+    """The key of the log at ``path``: its header's, else the one ``KEYS`` or ``GRAVES`` names."""
+    header = next((f for f in frames if f.kind == KIND_HEADER), None)
+    if header is not None:
+        return decode_header(header.payload).key
+    known = set(keys)
+    with contextlib.suppress(UnsafePathError):  # planted in place of GRAVES: reported
+        known |= set(checker.graves(os.path.dirname(path)).records())
+    return next((k for k in known if file_id(k) + ".log" == os.path.basename(path)), None)
 
 
 def gone_logs(checker: LogChecker, keys: set[str]) -> list[tuple[str, str]]:
@@ -167,9 +188,9 @@ def check_lost_log(checker: LogChecker, path: str, scope: str, keys: set[str]) -
     and lost with the log: reported, and repaired as a log cut to nothing.
     An index that records nothing more is stale and removed.
     """
-    vix = versionindex.vix_path(path)
-    grave = checker.grave_of(path, [], keys)
-    lost, why = checker.lost_evidence(path, checker.vix_bytes(path), [], grave)
+    vix, index = versionindex.vix_path(path), checker.vix_bytes(path)
+    grave = own_grave(checker, path, [], checker.grave_of(path, [], keys), index, keys)
+    lost, why = checker.lost_evidence(path, index, [], grave)
     if not lost:
         checker.found(vix, "version index without its log", "remove it", checker.repair, "info")
         if checker.repair:

@@ -198,22 +198,28 @@ class Namespaces:
         by_index = 0
         if seen is None and fs.exists(versionindex.vix_path(path)):  # one stat, missing key
             by_index = versionindex.lost_log(fs, path, 0)
-        top = max(by_index, self.state(ref.scope, ref.namespace).recorded().get(ref.key, 0))
-        if not top:
+        by_state = self.state(ref.scope, ref.namespace).recorded().get(ref.key, 0)
+        if not by_index and not by_state:
             return
         try:
             st = fs.stat(path)
             now: tuple[int, int] | None = (st.st_ino, st.st_size)
         except FileNotFoundError:
             now = None
-        if now != seen or top <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
-            return  # changed since it was read (a writer, a rewrite), or removed by compaction
-        if by_index >= top:
+        if now != seen:
+            return  # changed since it was read (a writer, a rewrite)
+        graves = self.graveyard(ref.scope, ref.namespace)  # removed by compaction?
+        if by_state <= graves.version_of(ref.key):
+            by_state = 0
+        # An entry's offset in the index is a life of the key (compaction marks what it
+        # drops compacted): only the key's own grave covers it, never a repair's floor.
+        if by_index > graves.recorded(ref.key) and by_index >= by_state:
             raise CorruptionError(
                 f"{ref}: {path} is missing, but its version index records versions "
-                f"up to {top} (the log was lost); {REPAIR_HINT}"
+                f"up to {by_index} (the log was lost); {REPAIR_HINT}"
             )
-        raise gone_error(str(ref), path, top, missing=seen is None)
+        if by_state:
+            raise gone_error(str(ref), path, by_state, missing=seen is None)
 
     def not_below(
         self, ref: Ref, path: str, known: Current | None, tail: Entry | None, end: int, fd: int = -1
@@ -324,7 +330,7 @@ class Namespaces:
             self.not_lost(ref, path, (st.st_ino, st.st_size))
 
     def drop_stale_index(self, ref: Ref, path: str) -> None:
-        """Remove a new log's ``.vix`` if it records only versions the key's grave covers.
+        """Remove a new log's ``.vix`` if it records only versions the key's own grave covers.
 
         Such an index outlived a removed life (a reader rebuilt it from the
         removed log, or compaction stopped before removing it): it is no
@@ -335,7 +341,7 @@ class Namespaces:
             data = self.layout.fs.read_file(vix)
         except FileNotFoundError:
             return
-        grave = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+        grave = self.graveyard(ref.scope, ref.namespace).recorded(ref.key)  # not a floor
         if versionindex.highest_recorded(data) <= grave:
             with contextlib.suppress(FileNotFoundError):
                 self.layout.fs.unlink(vix)
