@@ -20,7 +20,7 @@ from castore.codec import check_stored
 from castore.errors import CastoreError, CorruptionError, UnsafePathError
 from castore.file import checkread, cuts, versionindex
 from castore.file.blobsearch import BlobSearch
-from castore.file.checklost import note_behind, own_grave
+from castore.file.checklost import Recorded, note_behind, own_grave
 from castore.file.checkremoved import check_put_back, check_removed, names_path
 from castore.file.damage import (
     RepairPlan,
@@ -73,7 +73,7 @@ class LogChecker:
         self.top: dict[str, int] = {}  # namespace directory -> highest version seen in it
         self.search = BlobSearch(self.fs, backend.refs)  # a value's copy in any log
         self.unindexed = 0  # values only a rebuilt blob index leads to
-        self.recorded: dict[str, tuple[str, int, bool]] = {}  # log path -> STATE's record
+        self.recorded: dict[str, Recorded] = {}  # log path -> STATE's record
         self.behind: list[str] = []  # keys whose last STATE record is below their log's newest
         self.keys_kept = True  # the namespace's KEYS was a file when its check began
         self._graves: dict[str, Graveyard] = {}  # namespace directory -> its GRAVES
@@ -390,7 +390,7 @@ class LogChecker:
         versions = [decode_entry(f.payload).version for f in frames if f.kind == KIND_ENTRY]
         # The highest version recorded is the last record's when that is settled:
         # versions only grow, and a change appends P first (FORMAT.md §5).
-        _, recorded, settled = self.recorded.get(path, ("", 0, False))
+        _, recorded, settled, _ = self.recorded.get(path, ("", 0, False, False))
         # No entry, or the last record of an unchanged log above its newest entry: a cut.
         by_state = recorded if not versions or (settled and recorded > max(versions)) else 0
         if max(by_index, by_state) <= grave:

@@ -35,20 +35,26 @@ if TYPE_CHECKING:
 __all__ = ["check_lost_log", "gone_logs", "note_behind", "recorded_logs", "report_behind"]
 
 
-def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int, bool]]:
+Recorded = tuple[str, int, bool, bool]  # recorded_logs' answer for one log
+UNRECORDED: Recorded = ("", 0, False, False)
+
+
+def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, Recorded]:
     """Each log path of ``nsdir`` -> what a trusted ``STATE`` records of its key.
 
-    The key, its highest recorded version, and whether that is the key's
-    last record (no ``P`` since: its log has not changed, FORMAT.md §5).
+    The key, its highest recorded version, whether that is the key's last
+    record (no ``P`` since: its log has not changed, FORMAT.md §5), and
+    whether that last record is of a live version (the key was not removed
+    since: a delete appends ``P`` first).
     """
     state = StateIndex(os.path.join(nsdir, STATE_NAME), fs, scope, "")
     try:
         settled = state.known() or {}
         return {
-            os.path.join(nsdir, file_id(k) + ".log"): (k, v, k in settled)
+            os.path.join(nsdir, file_id(k) + ".log"): (k, v, k in settled, bool(settled.get(k)))
             for k, v in state.recorded().items()
             if v
-        }
+        }  # settled: key -> a ListEntry (a Struct: true), or None for a delete
     finally:
         state.close()
 
@@ -63,7 +69,7 @@ def note_behind(checker: LogChecker, path: str, newest: int) -> None:
     first (one read), since a writer may have changed the log after the walk
     read it. ``newest`` 0: the log holds no entry (see :func:`report_behind`).
     """
-    key, version, settled = checker.recorded.get(path, ("", 0, False))
+    key, version, settled, _ = checker.recorded.get(path, UNRECORDED)
     if not settled or version >= newest:
         return
     state = StateIndex(os.path.join(os.path.dirname(path), STATE_NAME), checker.fs, "", "")
@@ -140,16 +146,19 @@ def own_grave(
     """Below which the log of ``frames`` can have lost nothing: ``grave`` (``grave_of``), or less.
 
     The key's own ``GRAVES`` record for a log holding an entry, or whose index
-    (``vix``, None: none) records an entry's offset above that record: each is a
-    life of the key (compaction marks the versions it drops compacted), and a
-    repair's floor (where a re-created key starts) would hide every version cut or
-    damaged below it. Otherwise ``grave``: the floor stands for records the damage took.
+    (``vix``, None: none) records an entry's offset above that record, or whose
+    key ``STATE`` last recorded live above it: each is a life of the key
+    (compaction marks the versions it drops compacted; a delete appends ``P``
+    first), and a repair's floor (where a re-created key starts) would hide
+    every version cut or damaged below it. Otherwise ``grave``: the floor
+    stands for records the damage took.
     """
     key = _key_of(checker, path, frames, keys)
     if key is None:
         return grave
     own = checker.graves(os.path.dirname(path)).recorded(key)
-    if any(f.kind == KIND_ENTRY for f in frames):
+    _, by_state, _, live = checker.recorded.get(path, UNRECORDED)
+    if any(f.kind == KIND_ENTRY for f in frames) or (live and by_state > own):
         return own
     return own if vix is not None and cuts.cut_in(vix, frames) > own else grave
 
@@ -171,14 +180,14 @@ def gone_logs(checker: LogChecker, keys: set[str]) -> list[tuple[str, str]]:
     (path, key) each. A missing log whose index remains is found by the walk
     (``check_lost_log``); a key compaction removed is not lost.
     """
-    fs = checker.fs
-    return [
-        (path, key)
-        for path, (key, version, _) in sorted(checker.recorded.items())
-        if not fs.exists(path)
-        and not fs.exists(versionindex.vix_path(path))
-        and version > checker.grave_of(path, [], keys | {key})
-    ]
+    fs, gone = checker.fs, []
+    for path, (key, version, _, _) in sorted(checker.recorded.items()):
+        if fs.exists(path) or fs.exists(versionindex.vix_path(path)):
+            continue
+        known = keys | {key}
+        if version > own_grave(checker, path, [], checker.grave_of(path, [], known), None, known):
+            gone.append((path, key))
+    return gone
 
 
 def check_lost_log(checker: LogChecker, path: str, scope: str, keys: set[str]) -> None:

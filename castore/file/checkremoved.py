@@ -111,7 +111,7 @@ def check_put_back(
         return False
     ref = f"{header.scope}/{header.namespace}/{header.key}"
     nsdir = os.path.dirname(path)
-    _, recorded, _ = checker.recorded.get(path, ("", 0, False))
+    _, recorded, _, _ = checker.recorded.get(path, ("", 0, False, False))
     listed = header.key in keys or not checker.keys_kept
     lived = max(lost, recorded) > grave or listed
     known = max(grave, lost, recorded, checker.top.get(nsdir, 0))

@@ -198,7 +198,8 @@ class Namespaces:
         by_index = 0
         if seen is None and fs.exists(versionindex.vix_path(path)):  # one stat, missing key
             by_index = versionindex.lost_log(fs, path, 0)
-        by_state = self.state(ref.scope, ref.namespace).recorded().get(ref.key, 0)
+        state = self.state(ref.scope, ref.namespace)
+        by_state = state.recorded().get(ref.key, 0)
         if not by_index and not by_state:
             return
         try:
@@ -208,12 +209,13 @@ class Namespaces:
             now = None
         if now != seen:
             return  # changed since it was read (a writer, a rewrite)
-        graves = self.graveyard(ref.scope, ref.namespace)  # removed by compaction?
-        if by_state <= graves.version_of(ref.key):
+        graves, known = self.graveyard(ref.scope, ref.namespace), state.known() or {}
+        # An entry's offset in the index, or STATE's last record of a live version (a delete
+        # appends P first), is a life of the key: its own grave covers it, never a floor.
+        own = graves.recorded(ref.key)
+        if by_state <= (own if known.get(ref.key) is not None else graves.version_of(ref.key)):
             by_state = 0
-        # An entry's offset in the index is a life of the key (compaction marks what it
-        # drops compacted): only the key's own grave covers it, never a repair's floor.
-        if by_index > graves.recorded(ref.key) and by_index >= by_state:
+        if by_index > own and by_index >= by_state:
             raise CorruptionError(
                 f"{ref}: {path} is missing, but its version index records versions "
                 f"up to {by_index} (the log was lost); {REPAIR_HINT}"

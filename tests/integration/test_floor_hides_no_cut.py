@@ -82,9 +82,12 @@ def test_a_cut_below_a_floor_is_refused_reported_and_repaired(
         store.close()
 
 
-def _lose_the_log(path: str, how: str) -> None:
-    """The log cut to its header or gone; its index the only evidence of versions 1 to 3."""
-    os.unlink(Path(os.path.dirname(path)) / "STATE")  # the index is the only evidence
+def _lose_the_log(path: str, how: str, evidence: str) -> None:
+    """The log cut to its header or gone; ``evidence`` the only record of versions 1 to 3."""
+    if evidence == "index":
+        os.unlink(Path(os.path.dirname(path)) / "STATE")
+    else:
+        os.unlink(path[: -len(".log")] + ".vix")
     if how == "missing":
         os.unlink(path)
     else:
@@ -92,22 +95,22 @@ def _lose_the_log(path: str, how: str) -> None:
         os.truncate(path, next(f for f in frames if f.kind == KIND_HEADER).end)
 
 
+@pytest.mark.parametrize("evidence", ["index", "state"])
 @pytest.mark.parametrize("how", ["header", "missing"])
-def test_a_lost_log_whose_index_outlived_it_is_no_removal_below_a_floor(
-    tmp_path: Path, how: str
-) -> None:
+def test_a_lost_log_is_no_removal_below_a_floor(tmp_path: Path, how: str, evidence: str) -> None:
     # Found by a review: the floor still stood for the grave of a log without entries
-    # (or missing), so a live key whose log lost every entry read as "not found"
-    # (missing) or was refused while check found nothing and --repair failed on it
-    # (header); a set erased the index and went on above the floor. Entry offsets in an
-    # index come from a life of the key (compaction marks what it drops "compacted").
+    # (or missing), so a live key whose log lost every entry read as "not found" (or,
+    # cut to its header with its index, was refused while check found nothing and
+    # --repair failed on it); a set went on above the floor (erasing the index). An
+    # index's entry offsets, and STATE's last record of a live version (a delete appends
+    # P first), come from a life of the key, which no repair's floor covers.
     for floor in (False, True):  # the oracle first
         root = tmp_path / f"floor-{floor}"
-        _lose_the_log(_store(root, floor=floor), how)
+        _lose_the_log(_store(root, floor=floor), how, evidence)
         store = Store(root, dag="d")
-        with pytest.raises(CorruptionError, match="up to 3"):
+        with pytest.raises(CorruptionError, match=r"up to 3|STATE records version 3"):
             store.get("k")
-        with pytest.raises(CorruptionError, match="up to 3"):
+        with pytest.raises(CorruptionError, match=r"up to 3|STATE records version 3"):
             store.set("k", 4)
         report = store.check()
         assert not report.ok, (floor, report.findings)
@@ -116,3 +119,26 @@ def test_a_lost_log_whose_index_outlived_it_is_no_removal_below_a_floor(
             store.get("k")
         assert store.set("k", 4).version == 4  # never 1 to 3 again
         store.close()
+
+
+def test_a_removed_key_whose_grave_the_floor_took_stays_removed(tmp_path: Path) -> None:
+    # The converse: STATE's highest record of a removed key is a live version (its
+    # delete appended P after it), so the floor still covers it when damage took the
+    # key's own record: no lost log, and the key starts again above the floor.
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    store.set("k", 1)
+    store.set("k", 2)
+    store.list()  # STATE records k live at 2, then the delete's P
+    store.delete("k")
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01).keys_removed == 1
+    store.close()
+    graves = Path(os.path.dirname(log_path(root, "dag", "d", "k"))) / "GRAVES"
+    graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+    store = Store(root, dag="d")
+    assert store.check(repair=True).ok
+    assert store.get("k").found is False
+    assert [f for f in store.check().findings if f.severity == "error"] == []
+    assert store.set("k", 3).version > 1_000_000  # above the floor
+    store.close()

@@ -195,7 +195,7 @@ def test_a_state_rewritten_while_check_reads_it_again_is_no_alarm(
     walked = checklost.recorded_logs
     armed: list[bool] = []
 
-    def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, tuple[str, int, bool]]:
+    def recorded_logs(fs: Tree, nsdir: str, scope: str) -> dict[str, checklost.Recorded]:
         found = walked(fs, nsdir, scope)  # the walk read STATE: k settled at 1
         other.set("k", 2)
         other.list()  # then a write and a list: k settled at 2, its log's newest
