@@ -253,7 +253,7 @@ class Namespaces:
             with contextlib.suppress(OSError, CastoreError):
                 fd = self.layout.fs.open(path, os.O_RDONLY)
             try:
-                if top <= self.removed_at(ref, fd):
+                if top <= self.removed_at(ref, fd, own=True):  # a life it saw: no floor
                     return
             finally:
                 if fd >= 0:
@@ -311,17 +311,19 @@ class Namespaces:
                 f"{ref} version {version} was compacted (the key was removed as deleted)"
             )
 
-    def removed_at(self, ref: Ref, fd: int) -> int:
+    def removed_at(self, ref: Ref, fd: int, *, own: bool = False) -> int:
         """The version a key without entries continues after: its removed life's last, or 0.
 
         Its grave, or the ``C`` frame of its log open on ``fd`` (-1: none), which
-        still names the versions when ``GRAVES`` was lost.
+        still names the versions when ``GRAVES`` was lost; ``own``: no repair's floor.
 
         Raises:
             CorruptionError: its ``GRAVES`` record is damaged beyond its twin.
         """
-        top = self.graveyard(ref.scope, ref.namespace).version_of(ref.key)
+        graves = self.graveyard(ref.scope, ref.namespace)
+        top = graves.version_of(ref.key)  # raises for damage, whichever is asked
         done = logread.compaction_of(fd) if fd >= 0 else None
+        top = graves.recorded(ref.key) if own else top
         return max([top, *(high for _, high in done.versions)] if done else [top])
 
     def not_lost_in(self, ref: Ref, path: str, fd: int) -> None:

@@ -173,3 +173,31 @@ def test_a_removed_key_whose_grave_is_damaged_never_repeats_a_version(
     assert store.get("k").found is False
     assert store.set("k", 4).version >= 4  # never 3 again
     store.close()
+
+
+@pytest.mark.parametrize("floor", [False, True])  # the oracle first
+def test_a_handle_that_read_a_version_of_a_lost_log_refuses_below_a_floor(
+    tmp_path: Path, floor: bool
+) -> None:
+    # Found by a review: the log, its index and STATE all lost, the handle that had read
+    # version 3 took a repair's floor for the key's grave (a removal since) and answered
+    # "not found", and its set gave the floor's next version. What it saw is a life of
+    # the key: only the key's own record (or the log's C frame) covers it.
+    root = tmp_path / "store"
+    path = _store(root, floor=floor)
+    handle = Store(root, dag="d")
+    assert handle.get("k").version == 3
+    for gone in (path, path[: -len(".log")] + ".vix", os.path.join(os.path.dirname(path), "STATE")):
+        os.unlink(gone)
+    with pytest.raises(CorruptionError, match="read or wrote version 3"):
+        handle.get("k")
+    with pytest.raises(CorruptionError, match="up to 3"):  # the index it recorded
+        handle.set("k", 4)
+    handle.close()
+    store = Store(root, dag="d")  # the evidence it recorded in the index: every reader's
+    with pytest.raises(CorruptionError, match="up to 3"):
+        store.get("k")
+    assert not store.check().ok
+    assert store.check(repair=True).ok
+    assert store.set("k", 4).version == 4
+    store.close()
