@@ -306,7 +306,7 @@ class Namespaces:
 
     def not_compacted(self, ref: Ref, version: int) -> None:
         """Raise NotFoundError if ``version``, absent, went with its key's removed life."""
-        if version <= self.graveyard(ref.scope, ref.namespace).version_of(ref.key):
+        if version <= self.removed_at(ref, -1, own=True):  # not a floor: where keys start
             raise NotFoundError(
                 f"{ref} version {version} was compacted (the key was removed as deleted)"
             )

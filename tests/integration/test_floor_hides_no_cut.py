@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from castore import CorruptionError, Store
+from castore import CorruptionError, NotFoundError, Store
 from castore.file.records import KIND_BLOB, KIND_HEADER
 from tests.helpers import frames_of, log_path
 
@@ -200,4 +200,19 @@ def test_a_handle_that_read_a_version_of_a_lost_log_refuses_below_a_floor(
     assert not store.check().ok
     assert store.check(repair=True).ok
     assert store.set("k", 4).version == 4
+    store.close()
+
+
+@pytest.mark.parametrize("floor", [False, True])  # the oracle first
+def test_a_version_a_live_key_never_had_is_not_called_compacted_below_a_floor(
+    tmp_path: Path, floor: bool
+) -> None:
+    # Found by a review: in a namespace whose GRAVES a repair rewrote, get --version 5
+    # of a key never removed said "version 5 was compacted (the key was removed as
+    # deleted)": the floor taken for its grave.
+    root = tmp_path / "store"
+    _store(root, floor=floor)
+    store = Store(root, dag="d")
+    with pytest.raises(NotFoundError, match="has no version 5"):
+        store.get("k", version=5)
     store.close()
