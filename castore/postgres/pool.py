@@ -101,7 +101,8 @@ class Ticket:
     ``KeyboardInterrupt``, only as a call ends or a function starts), so an
     interrupted take never loses a session: it is idle still, or on the ticket.
     A ticket dropped holding one (a give-back interrupted as it began) leaves it to
-    the pool's ``orphans``, taken back at the next take (no lock: it may run anywhere).
+    the pool's ``orphans``, taken back at the next take or close (no lock: it may run
+    anywhere); its connection is closed at once if the pool was closed meanwhile.
     """
 
     __slots__ = ("orphans", "session")
@@ -114,6 +115,8 @@ class Ticket:
         session = getattr(self, "session", None)  # None: __init__ was interrupted
         if session is not None and self.orphans is not None:
             self.orphans.append(session)
+            if session.retired:  # its pool was closed meanwhile: no take may come for it
+                session.drop()
 
 
 class _Waiter:
@@ -193,11 +196,7 @@ class Pool:
 
     def _free(self, ticket: Ticket, existing: bool = False) -> Session | None:
         """What :meth:`take` gets without queuing, on ``ticket`` (under the lock)."""
-        while self._orphans:  # sessions of interrupted calls: idle again (or closed)
-            orphan = self._orphans[-1]  # dropped once idle: an interrupt between loses none
-            if orphan in self._all and orphan not in self._idle:
-                self._idle.append(orphan)
-            del self._orphans[-1]
+        self._adopt()
         if self._queue:
             return None
         if self._idle:
@@ -209,6 +208,14 @@ class Pool:
         session = ticket.session = Session()
         self._all.add(session)
         return session
+
+    def _adopt(self) -> None:
+        """Make the sessions of interrupted calls idle again (or closed) (under the lock)."""
+        while self._orphans:
+            orphan = self._orphans[-1]  # dropped once idle: an interrupt between loses none
+            if orphan in self._all and orphan not in self._idle:
+                self._idle.append(orphan)
+            del self._orphans[-1]
 
     def _room(self, existing: bool) -> bool:
         """Whether a new slot may be made (``existing``: only once the pool has none left)."""
@@ -268,8 +275,13 @@ class Pool:
             each.drop()
 
     def close(self) -> None:
-        """Close every idle connection now, and each taken one when it is given back."""
+        """Close every idle connection now, and each taken one when it is given back.
+
+        An interrupted call's session is closed here if its ticket was dropped
+        already, else as it is (:class:`Ticket`).
+        """
         with self._lock:
+            self._adopt()
             idle, self._idle = self._idle, []
             self._all.difference_update(idle)
             for each in self._all:

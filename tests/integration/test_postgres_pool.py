@@ -11,6 +11,7 @@ handle's sessions use, seen from the server.
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 import threading
 import time
@@ -368,3 +369,57 @@ def test_a_take_interrupted_as_it_queued_leaves_no_waiter_to_hand_a_connection_t
     assert not pool._queue
     pool.give_back(held)
     assert pool.take_now() is held
+
+
+@pytest.mark.parametrize("dropped", ["before-close", "after-close"])
+def test_a_give_back_interrupted_as_it_began_never_keeps_a_connection_past_close(
+    postgres_location: str, dropped: str
+) -> None:
+    # Interrupted as give_back began, the session stayed on the call's ticket, which left it
+    # to the pool's orphans once the traceback was dropped, made idle again only by the next
+    # take: a close() of the handle, before or after that, left the connection open (a
+    # server's session) for as long as the closed handle lived.
+    from tests.unit.test_interrupts import _Interrupt
+
+    location, first = pooled(postgres_location, 2, lock_timeout=5)
+    first.close()
+    store = Store(location, dag="d")
+    assert store.get("k").value == 1
+    pid = store.backend.db.backend_pid()  # type: ignore[attr-defined]
+    assert pid is not None
+
+    def profile(frame: Any, event: str, _arg: object) -> None:
+        code = frame.f_code
+        if event == "call" and code.co_name == "give_back" and code.co_filename.endswith("pool.py"):
+            sys.setprofile(None)
+            raise _Interrupt
+
+    kept: Any = None
+    sys.setprofile(profile)
+    try:
+        store.get("k")
+    except _Interrupt as exc:
+        kept = exc
+    finally:
+        sys.setprofile(None)
+    assert kept is not None
+    if dropped == "before-close":
+        kept = None
+        gc.collect()
+    store.close()
+    kept = None
+    gc.collect()
+    assert not _backend_alive(postgres_location, pid), dropped
+    assert store.get("k").value == 1  # the closed handle goes on: a connection made again
+    store.close()
+
+
+def _backend_alive(location: str, pid: int) -> bool:
+    """Whether the server still has a session of process ``pid`` (it ends as it is closed)."""
+    deadline = time.monotonic() + 10  # the server's process ends just after the client closes
+    with psycopg.connect(parse(location).conninfo, autocommit=True) as conn:
+        while True:
+            rows = conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchall()
+            if not rows or time.monotonic() > deadline:
+                return bool(rows)
+            time.sleep(0.01)
