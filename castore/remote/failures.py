@@ -18,10 +18,11 @@ import msgspec
 from castore.errors import CastoreError, StoreUnavailableError
 from castore.wire import WireError, exception_of
 
-__all__ = ["MAYBE", "failure", "origin", "unavailable"]
+__all__ = ["MAYBE", "NOT_SENT", "connection_lost", "failure", "origin", "unavailable"]
 
 # Said of a write whose outcome is not known: an attempt may have been applied.
 MAYBE: Final = " (it may or may not have been applied)"
+NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # nothing sent
 
 
 class _Body(msgspec.Struct, frozen=True):
@@ -59,3 +60,14 @@ def origin(url: Any) -> str:
     host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host  # IPv6, as written
     port = f":{parsed.port}" if parsed.port else ""
     return f"{parsed.scheme}://{host}{port}"
+
+
+def connection_lost(
+    url: str, name: str, exc: httpx.HTTPError, write_sent: bool, proxy: str | None, attempts: int
+) -> CastoreError:
+    """The error of a call whose connection failed (on each of its ``attempts``, if never sent)."""
+    reason, maybe = type(exc).__name__, MAYBE * write_sent
+    if isinstance(exc, NOT_SENT):  # through a proxy, the connection that failed was its
+        to = f" to the proxy {proxy} names" if proxy else ""
+        return unavailable(url, f"cannot connect{to} ({reason}, {attempts} tries){maybe}")
+    return unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")

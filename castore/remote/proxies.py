@@ -6,6 +6,7 @@ makes a client. A proxy it cannot use (a ``socks5://`` one without the
 ``socksio`` package, an ``ftp://`` one, a URL that does not parse) raised
 ImportError or ValueError from inside httpx, a traceback; here it is one
 line naming the variable, never its value (a proxy URL may hold a password).
+So is a ``$CASTORE_TOKEN`` no header can carry.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import httpx
 
 from castore.errors import BackendUnavailableError, InvalidValueError
 
-__all__ = ["NO_PROXY_UNREAD", "check_proxy_environment", "proxy_variable"]
+__all__ = ["NO_PROXY_UNREAD", "check_proxy_environment", "checked_token", "proxy_variable"]
 
 NO_PROXY_UNREAD = (  # httpx refuses some entries (an IPv6 address, a CIDR range) only then
     "$NO_PROXY (or $no_proxy) holds an entry this client cannot read (host names,"
@@ -82,3 +83,10 @@ def proxy_variable(client: httpx.Client, url: str) -> str | None:
     found = urllib.request.getproxies()
     scheme = target.scheme if found.get(target.scheme) else "all"
     return "$" + _variable(scheme, found.get(scheme, ""))
+
+
+def checked_token(token: str | None) -> str | None:
+    """``$CASTORE_TOKEN`` if a header can carry it, else InvalidValueError (never showing it)."""
+    if token and not (token.isascii() and token.isprintable() and " " not in token):
+        raise InvalidValueError("$CASTORE_TOKEN must be printable ASCII without spaces")
+    return token or None

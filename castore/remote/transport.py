@@ -6,22 +6,19 @@ keyspace goes to its owner (:class:`~castore.cluster.Cluster`), with the
 digest and length of the member list in the ``Castore-Cluster`` and
 ``Castore-Members`` headers; a store-wide call goes to the member it names.
 
-* A connection that could not be made is retried, :data:`ATTEMPTS` times in all with a growing
-  pause (about 5 s). One lost after the request was sent is retried only for a call safe to send
-  again (reads, and appends, which the server knows by their request id); otherwise, and when
-  the tries run out, :class:`~castore.errors.StoreUnavailableError` says it may or may not have
-  been applied. No answer within the read timeout (past the server's own request timeout: the
-  server is stuck) is retried once for a read, never for a write (it may or may not have been
-  applied).
+* A connection not made is retried, :data:`ATTEMPTS` times in all with a growing pause (about
+  5 s); one lost after the request was sent only for a call safe to send again (reads; appends,
+  known by their request id), else :class:`~castore.errors.StoreUnavailableError` says it may or
+  may not have been applied. No answer within the read timeout (past the server's: it is stuck)
+  is retried once for a read, never for a write (it may or may not have been applied).
 * 421 ``misdirected``: the server's member list is taken (only from a server in it, naming only
-  members of the list this client was given, never moving a member from https to http) and the
-  call sent to the owner under it, at most :data:`REDIRECTS` times; an append raises
-  :class:`Rerouted` to decide again on the new owner's newest entry, unless an earlier attempt's
-  answer was lost, and so does a survey of every member (``namespaces``, ``removed``), asked of
-  every member again under the new list.
+  members of the list given, never moving one from https to http) and the call sent to the owner
+  under it, at most :data:`REDIRECTS` times; an append raises :class:`Rerouted` to decide again
+  on the new owner's newest entry unless an earlier answer was lost, and so does a survey of
+  every member (``namespaces``, ``removed``), asked of every member again under the new list.
 * A 503 saying to retry shortly (it wrote nothing): sent again for :data:`MEMBERS_WAIT` s.
-* Once an attempt's answer was lost, every later attempt (after a 421, a 503, another lost
-  answer) is the same request marked as a retry, applied once; never to another owner.
+* Once an answer was lost, every later attempt (after a 421, a 503, another lost answer) is the
+  same request marked as a retry, applied once; never to another owner.
 * An error body names the exception to raise (:mod:`castore.remote.failures`).
 
 Neither the token nor a value ever appears in an error.
@@ -41,9 +38,9 @@ from castore import forks
 from castore.cluster import Cluster, member_of
 from castore.errors import CastoreError, InvalidValueError
 from castore.inuse import InUse
-from castore.remote.failures import MAYBE, failure, unavailable
+from castore.remote import proxies
+from castore.remote.failures import MAYBE, NOT_SENT, connection_lost, failure, unavailable
 from castore.remote.frames import frames
-from castore.remote.proxies import NO_PROXY_UNREAD, check_proxy_environment, proxy_variable
 from castore.remote.replies import read as read_reply
 from castore.wire import (
     CALLS,
@@ -62,7 +59,6 @@ MEMBERS_WAIT: Final = 5.0  # seconds a call waits for cluster members to agree (
 _PAUSE: Final = 0.05  # the first pause between tries, doubled each time (at most 2 s)
 _CONNECT_SECONDS: Final = 5.0
 _MSGPACK: Final = "application/msgpack"
-_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _NEVER_SENDABLE: Final = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
 # No progress for the whole read timeout, past the server's request timeout: a server that
 # took the request and is stuck (stopped, overloaded), not an answer lost on its way.
@@ -76,13 +72,6 @@ class Rerouted(Exception):  # noqa: N818  # a signal, not an error: the write de
 
 class _Misdirected(msgspec.Struct, frozen=True):
     error: Misdirected
-
-
-def _checked_token(token: str | None) -> str | None:
-    """``$CASTORE_TOKEN`` if a header can carry it, else InvalidValueError (never showing it)."""
-    if token and not (token.isascii() and token.isprintable() and " " not in token):
-        raise InvalidValueError("$CASTORE_TOKEN must be printable ASCII without spaces")
-    return token or None
 
 
 class Transport:
@@ -108,7 +97,7 @@ class Transport:
         self._cluster = Cluster(members)
         self._given = frozenset(map(member_of, self._cluster.members))  # what a 421 may name
         self._headers = {"content-type": _MSGPACK, "accept": _MSGPACK}
-        token = _checked_token(token)
+        token = proxies.checked_token(token)
         if token:
             self._headers["authorization"] = f"Bearer {token}"
         if lock_timeout is not None:
@@ -150,13 +139,13 @@ class Transport:
                     self._retired.append(self._client)
                 # Without an https:// member no TLS is spoken, so no CA bundle is loaded
                 # (40 ms of a command's start); one appears (a 421's list): a new client.
-                check_proxy_environment()  # httpx would raise from inside, a traceback
+                proxies.check_proxy_environment()  # httpx would raise from inside, a traceback
                 try:
                     self._client = httpx.Client(
                         timeout=self._timeout, headers=self._headers, verify=tls
                     )
                 except (ValueError, httpx.InvalidURL):  # a $NO_PROXY entry httpx cannot read
-                    raise InvalidValueError(NO_PROXY_UNREAD) from None
+                    raise InvalidValueError(proxies.NO_PROXY_UNREAD) from None
                 self._tls = tls
             return self._client
 
@@ -174,6 +163,18 @@ class Transport:
         for client in clients:
             if client is not None:
                 client.close()
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """A call raised ``exc``: if an interruption (in httpcore it may leave a connection
+        half-readied, h11's ``AssertionError`` next, or its pool's lock held), a new client."""
+        if isinstance(exc, Exception | GeneratorExit):  # GeneratorExit: a stream dropped
+            return
+        with self._lock:
+            client, self._client = self._client, None
+            if client is not None and len(self._in_use.calls) > 1:  # another call may use it
+                self._retired.append(client)  # closed with the handle
+            elif client is not None:
+                threading.Thread(target=client.close, daemon=True).start()
 
     def call(
         self,
@@ -239,6 +240,9 @@ class Transport:
                     yield item
             finally:
                 response.close()
+        except BaseException as exc:
+            self._interrupted(exc)
+            raise
         finally:
             use.calls.discard(call)  # first (castore/inuse.py)
             use.leave_last()
@@ -267,6 +271,9 @@ class Transport:
             raise unavailable(
                 url, f"the answer to {name} was lost, and sending it again failed: {exc}{MAYBE}"
             ) from None
+        except BaseException as exc:
+            self._interrupted(exc)
+            raise
         finally:
             use.calls.discard(call)  # first (castore/inuse.py)
             use.leave_last()
@@ -346,7 +353,7 @@ class Transport:
                     response = read_reply(response, name, request)  # bounded: never held whole
                 return response, sent
             except httpx.HTTPError as exc:
-                lost = not isinstance(exc, _NOT_SENT)
+                lost = not isinstance(exc, NOT_SENT)
                 sent = sent or lost
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
                     maybe = MAYBE * (sent and spec.writes)
@@ -358,8 +365,9 @@ class Transport:
                     what = f"the server took {name} and sent no answer within {waited}{maybe}"
                     raise unavailable(url, what) from None
                 if attempt == ATTEMPTS or (lost and not spec.resendable(request)):
-                    proxy = proxy_variable(self._http(), url)
-                    raise _lost(url, name, exc, sent and spec.writes, proxy) from None
+                    proxy = proxies.proxy_variable(self._http(), url)
+                    applied = sent and spec.writes
+                    raise connection_lost(url, name, exc, applied, proxy, ATTEMPTS) from None
                 if lost and resend is not None:
                     body = msgspec.msgpack.encode(resend)
                 time.sleep(min(_PAUSE * 2 ** (attempt - 1), 2.0))
@@ -388,13 +396,3 @@ class Transport:
             raise unavailable(asked, f"{what}; update the list")
         with self._lock:
             self._cluster = cluster
-
-
-def _lost(
-    url: str, name: str, exc: httpx.HTTPError, write_sent: bool, proxy: str | None
-) -> CastoreError:
-    reason, maybe = type(exc).__name__, MAYBE * write_sent
-    if isinstance(exc, _NOT_SENT):  # through a proxy, the connection that failed was its
-        to = f" to the proxy {proxy} names" if proxy else ""
-        return unavailable(url, f"cannot connect{to} ({reason}, {ATTEMPTS} tries){maybe}")
-    return unavailable(url, f"the connection was lost during {name}{maybe}: {reason}")
