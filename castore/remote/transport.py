@@ -165,8 +165,9 @@ class Transport:
                 client.close()
 
     def _interrupted(self, exc: BaseException) -> None:
-        """A call raised ``exc``: if an interruption (in httpcore it may leave a connection
-        half-readied, h11's ``AssertionError`` next, or its pool's lock held), a new client."""
+        """A call raised ``exc``: if an interruption (maybe inside httpx), a new client."""
+        # One in httpcore may leave a connection half-readied (h11's AssertionError next) or
+        # its pool's lock held (later calls waited for ever): the old one is closed apart.
         if isinstance(exc, Exception | GeneratorExit):  # GeneratorExit: a stream dropped
             return
         with self._lock:
