@@ -121,21 +121,32 @@ def test_a_lost_log_is_no_removal_below_a_floor(tmp_path: Path, how: str, eviden
         store.close()
 
 
+def _removed_at_3(root: Path, *, gc: bool, damaged: bool) -> None:
+    """Key ``k`` set at 1 and 2, listed, deleted (version 3) and removed by compaction.
+
+    ``gc``: its emptied log collected too; ``damaged``: both twins of ``GRAVES`` flipped.
+    """
+    store = Store(root, dag="d")
+    store.set("k", 1)
+    store.set("k", 2)
+    store.list()
+    store.delete("k")
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01).keys_removed == 1
+    if gc:
+        store.gc()
+    store.close()
+    graves = Path(os.path.dirname(log_path(root, "dag", "d", "k"))) / "GRAVES"
+    if damaged:
+        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+
+
 def test_a_removed_key_whose_grave_the_floor_took_stays_removed(tmp_path: Path) -> None:
     # The converse: STATE's highest record of a removed key is a live version (its
     # delete appended P after it), so the floor still covers it when damage took the
     # key's own record: no lost log, and the key starts again above the floor.
     root = tmp_path / "store"
-    store = Store(root, dag="d")
-    store.set("k", 1)
-    store.set("k", 2)
-    store.list()  # STATE records k live at 2, then the delete's P
-    store.delete("k")
-    time.sleep(0.02)
-    assert store.compact(keep_within_seconds=0.01).keys_removed == 1
-    store.close()
-    graves = Path(os.path.dirname(log_path(root, "dag", "d", "k"))) / "GRAVES"
-    graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+    _removed_at_3(root, gc=False, damaged=True)  # STATE: k live at 2, then the delete's P
     store = Store(root, dag="d")
     assert store.check(repair=True).ok
     assert store.get("k").found is False
@@ -154,18 +165,7 @@ def test_a_removed_key_whose_grave_is_damaged_never_repeats_a_version(
     # the same run, rewrote it as versions 1-2 lost, and the next set gave version 3
     # again. Until the run's floor stands for the damaged records, such a key is not lost.
     root = tmp_path / "store"
-    store = Store(root, dag="d")
-    store.set("k", 1)
-    store.set("k", 2)
-    store.list()
-    store.delete("k")  # version 3
-    time.sleep(0.02)
-    assert store.compact(keep_within_seconds=0.01).keys_removed == 1
-    store.gc()
-    store.close()
-    graves = Path(os.path.dirname(log_path(root, "dag", "d", "k"))) / "GRAVES"
-    if damaged:
-        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+    _removed_at_3(root, gc=True, damaged=damaged)
     store = Store(root, dag="d")
     report = store.check(repair=True)
     assert [f.problem for f in report.findings if "GRAVES" not in f.path] == []
