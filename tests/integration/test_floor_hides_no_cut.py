@@ -13,6 +13,7 @@ same store without the damaged ``GRAVES`` (the floor alone differs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from castore import CorruptionError, NotFoundError, Store
-from castore.file.records import KIND_BLOB, KIND_HEADER
+from castore.file.records import KIND_BLOB, KIND_ENTRY, KIND_HEADER
 from tests.helpers import frames_of, log_path
 
 pytestmark = pytest.mark.integration
@@ -216,3 +217,71 @@ def test_a_version_a_live_key_never_had_is_not_called_compacted_below_a_floor(
     with pytest.raises(NotFoundError, match="has no version 5"):
         store.get("k", version=5)
     store.close()
+
+
+def _deleted_with_its_tombstone_cut(root: Path, *, floor: bool) -> None:
+    """Key ``k`` at 1 to 3, deleted (4) and listed; its log then loses the delete alone.
+
+    No index: ``STATE``'s last record (a delete) is the only evidence. A floor if asked.
+    """
+    store = Store(root, dag="d")
+    for version in (1, 2, 3):
+        store.set("k", {"v": version})
+    store.delete("k")  # version 4
+    store.set("x", 1)
+    store.delete("x")
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="x").keys_removed == 1
+    store.list()  # STATE: k's last record the delete at 4
+    store.close()
+    path = log_path(root, "dag", "d", "k")
+    if floor:
+        graves = Path(os.path.dirname(path)) / "GRAVES"
+        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+        store = Store(root, dag="d")
+        assert store.check(repair=True).ok
+        store.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path[: -len(".log")] + ".vix")
+    frames, _ = frames_of(path)
+    os.truncate(path, [f for f in frames if f.kind == KIND_ENTRY][-1].start)  # 4 goes
+
+
+@pytest.mark.parametrize("floor", [False, True])  # the oracle first
+def test_a_cut_delete_of_a_log_with_entries_is_reported_below_a_floor(
+    tmp_path: Path, floor: bool
+) -> None:
+    # Found by mutation testing: a log holding entries is its key's own life whatever
+    # STATE's last record is (here a delete, not a live version); without that rule
+    # check took the floor for its grave and found nothing, while readers refused it.
+    root = tmp_path / "store"
+    _deleted_with_its_tombstone_cut(root, floor=floor)
+    store = Store(root, dag="d")
+    with pytest.raises(CorruptionError, match="STATE records version 4"):
+        store.get("k")
+    report = store.check()
+    assert any("STATE records version 4" in f.problem for f in report.findings), report
+    assert store.check(repair=True).ok
+    assert store.set("k", 5).version == 5  # never 4 again
+    store.close()
+
+
+def test_damage_in_a_live_log_names_the_same_versions_below_a_floor(tmp_path: Path) -> None:
+    # Found by mutation testing: check's report of damage in a live key's log names the
+    # versions the damaged bytes may hold counting from the key's own grave; with the
+    # floor taken for it, the versions went unnamed. Oracle: the store without the floor.
+    problems = []
+    for floor in (False, True):
+        root = tmp_path / f"floor-{floor}"
+        path = _store(root, floor=floor)
+        first = next(f for f in frames_of(path)[0] if f.kind == KIND_ENTRY)
+        with open(path, "r+b") as log:  # version 1's entry frame damaged
+            log.seek(first.start + 10)
+            byte = log.read(1)[0]
+            log.seek(first.start + 10)
+            log.write(bytes([byte ^ 0xFF]))
+        store = Store(root, dag="d")
+        problems.append([f.problem for f in store.check().findings if "GRAVES" not in f.path])
+        store.close()
+    assert any("versions 1-1 may be there" in p for p in problems[0]), problems
+    assert problems[1] == problems[0]
