@@ -117,13 +117,23 @@ def test_a_write_to_a_lost_log_is_refused_and_repair_keeps_versions_from_repeati
     store.close()
 
 
-def test_a_version_index_that_records_nothing_more_is_stale_and_removed(tmp_path: Path) -> None:
-    """An index left by a removed life (GRAVES covers it) is no evidence: reported, then removed."""
+@pytest.mark.parametrize("indexed", ["before-delete", "after-delete"])
+def test_a_version_index_that_records_nothing_more_is_stale_and_removed(
+    tmp_path: Path, indexed: str
+) -> None:
+    """An index left by a removed life (GRAVES covers it) is no evidence: reported, then removed.
+
+    Also one recording the delete itself, the grave's own version (found by mutation
+    testing: a writer that kept only an index below the grave refused the set).
+    """
     root = tmp_path / "s"
     store = Store(root, dag=DAG)
     store.set("gone", 1)
-    store.get("gone", version=1)  # an index
+    if indexed == "before-delete":
+        store.get("gone", version=1)  # an index of version 1
     store.delete("gone")
+    if indexed == "after-delete":
+        store.get("gone", version=1)  # an index of versions 1 and 2 (the grave's)
     vix = Path(log_path(root, "dag", DAG, "gone")).with_suffix(".vix")
     kept = vix.read_bytes()
     assert store.compact(keep_within_seconds=0, prefix="gone").keys_removed == 1  # into GRAVES
@@ -156,4 +166,22 @@ def test_a_reader_of_a_removed_log_builds_no_index_for_its_path(tmp_path: Path) 
         assert not os.path.exists(log.vix_path)
     finally:
         os.close(fd)
+    store.close()
+
+
+def test_a_missing_log_with_its_index_and_state_is_reported_once(tmp_path: Path) -> None:
+    # Found by mutation testing: the walk reports a missing log whose index remains;
+    # STATE's gone logs must skip it (only those missing with their index), or check
+    # reports the one loss twice.
+    root = tmp_path / "s"
+    store = Store(root, dag=DAG)
+    for version in (1, 2, 3):
+        store.set("k", version)
+    store.list()  # STATE records 3
+    store.get("k", version=1)  # an index records 1 to 3
+    os.unlink(log_path(root, "dag", DAG, "k"))
+    [finding] = store.check().findings
+    assert "missing, but the version index records versions up to 3" in finding.problem
+    assert store.check(repair=True).ok
+    assert store.set("k", 4).version == 4
     store.close()
