@@ -285,3 +285,38 @@ def test_damage_in_a_live_log_names_the_same_versions_below_a_floor(tmp_path: Pa
         store.close()
     assert any("versions 1-1 may be there" in p for p in problems[0]), problems
     assert problems[1] == problems[0]
+
+
+@pytest.mark.parametrize("damaged", [False, True])  # the oracle first
+def test_a_removed_keys_stale_index_is_no_lost_log_while_graves_is_damaged(
+    tmp_path: Path, damaged: bool
+) -> None:
+    # Found by mutation testing: an index of versions 1-2 outlived k's removal at 3 (its
+    # log collected); with GRAVES' record of k damaged, nothing names the index's key, so
+    # only the damage's "above anything" grave keeps check from judging it a lost log,
+    # which a repair cannot mend (get refused after it) and which would give 3 again.
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    store.set("k", 1)
+    store.set("k", 2)
+    store.get("k", version=1)  # an index of versions 1 and 2
+    vix = Path(log_path(root, "dag", "d", "k")).with_suffix(".vix")
+    kept = vix.read_bytes()
+    store.delete("k")
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01).keys_removed == 1
+    store.gc()
+    store.close()
+    vix.write_bytes(kept)  # as a reader racing gc leaves it
+    if damaged:
+        graves = vix.parent / "GRAVES"
+        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+    store = Store(root, dag="d")
+    report = store.check(repair=True)
+    assert [f.problem for f in report.findings if "GRAVES" not in f.path] == [
+        "version index without its log"
+    ]
+    assert store.check().ok
+    assert store.get("k").found is False
+    assert store.set("k", 4).version >= 4  # never 3 again
+    store.close()
