@@ -156,18 +156,26 @@ def test_a_callers_bad_field_is_not_blamed_on_the_servers_environment(tmp_path, 
     assert "unless given" not in message
 
 
-def test_a_user_without_a_name_is_recorded_by_its_uid(store_location, monkeypatch):
+@pytest.mark.parametrize("python", ["3.11", "3.13"])
+def test_a_user_without_a_name_is_recorded_by_its_uid(store_location, monkeypatch, python):
     # A container's `--user 1000` has no password database entry and often no
     # $LOGNAME or $USER: the audit's user was empty, so who wrote was lost. It is
-    # the uid in decimal now, as `ls -l` and `ps` show such a user.
+    # the uid in decimal now, as `ls -l` and `ps` show such a user. getpass.getuser()
+    # raises KeyError (pwd's) before Python 3.13, OSError from 3.13 on.
+    import getpass
     import pwd
 
     def nameless(uid: int) -> pwd.struct_passwd:
         raise KeyError(f"getpwuid(): uid not found: {uid}")
 
+    def no_user() -> str:
+        raise OSError("No username set in the environment")
+
     for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(pwd, "getpwuid", nameless)
+    if python == "3.13":
+        monkeypatch.setattr(getpass, "getuser", no_user)
     store = Store(store_location, dag="d", durable=False)
     store.set("k", 1)
     store.delete("k")
