@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import cuts, versionindex
 from castore.file.frames import Frame
-from castore.file.records import KIND_ENTRY, KIND_HEADER, decode_header
+from castore.file.records import (
+    KIND_COMPACTED,
+    KIND_ENTRY,
+    KIND_HEADER,
+    decode_compaction,
+    decode_header,
+)
 from castore.file.statefile import StateIndex
 from castore.file.staterecords import STATE_NAME
 from castore.file.tree import Tree
@@ -146,22 +152,41 @@ def own_grave(
 ) -> int:
     """Below which the log of ``frames`` can have lost nothing: ``grave`` (``grave_of``), or less.
 
-    The key's own ``GRAVES`` record for a log holding an entry, or whose index
+    The key's own ``GRAVES`` record (or its log's ``C`` frame's last version,
+    when above) for a log holding an entry, or whose index
     (``vix``, None: none) records an entry's offset above that record, or whose
     key ``STATE`` last recorded live above it: each is a life of the key
     (compaction marks the versions it drops compacted; a delete appends ``P``
     first), and a repair's floor (where a re-created key starts) would hide
     every version cut or damaged below it. Otherwise ``grave``: the floor
-    stands for records the damage took.
+    stands for records the damage took (never below the ``C`` frame's versions,
+    which a damaged ``GRAVES`` leaves no record of: not lost but removed).
     """
     key = _key_of(checker, path, frames, keys)
     if key is None:
         return grave
-    own = checker.graves(os.path.dirname(path)).recorded(key)
+    own = max(checker.graves(os.path.dirname(path)).recorded(key), _compacted(frames))
     _, by_state, _, live = checker.recorded.get(path, UNRECORDED)
     if any(f.kind == KIND_ENTRY for f in frames) or (live and by_state > own):
         return own
-    return own if vix is not None and cuts.cut_in(vix, frames) > own else grave
+    return own if vix is not None and cuts.cut_in(vix, frames) > own else max(grave, own)
+
+
+def _compacted(frames: list[Frame]) -> int:
+    """The highest version a ``C`` frame of ``frames`` names compacted (0: none).
+
+    The versions compaction removed, named still when ``GRAVES`` lost the key's
+    record (as readers count them: ``Namespaces.removed_at``).
+    """
+    return max(
+        (
+            high
+            for f in frames
+            if f.kind == KIND_COMPACTED
+            for _, high in decode_compaction(f.payload).versions
+        ),
+        default=0,
+    )
 
 
 def _key_of(checker: LogChecker, path: str, frames: list[Frame], keys: set[str]) -> str | None:

@@ -320,3 +320,39 @@ def test_a_removed_keys_stale_index_is_no_lost_log_while_graves_is_damaged(
     assert store.get("k").found is False
     assert store.set("k", 4).version >= 4  # never 3 again
     store.close()
+
+
+@pytest.mark.parametrize("listed", ["before-delete", "after-delete"])
+@pytest.mark.parametrize("damaged", [False, True])  # the oracle first
+def test_a_removed_keys_log_is_no_lost_log_while_graves_is_damaged(
+    tmp_path: Path, damaged: bool, listed: str
+) -> None:
+    # Found by mutation testing: compaction removed k (deleted at 3), its log left
+    # holding a C frame naming versions 1-3 and no entry; with both copies of GRAVES'
+    # record damaged, check reported that log as one that lost acknowledged bytes
+    # ("STATE records version 3, which the log no longer holds"), while its C frame
+    # names those versions compacted, as readers count it: the record the damage took,
+    # which the repair writes again. Oracle: the undamaged twin.
+    root = tmp_path / "store"
+    store = Store(root, dag="d")
+    store.set("k", 1)
+    store.set("k", 2)
+    if listed == "before-delete":
+        store.list()  # STATE: k live at 2, then the delete's P
+    store.delete("k")
+    if listed == "after-delete":
+        store.list()  # STATE: k's last record the delete at 3
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01).keys_removed == 1
+    store.close()
+    if damaged:
+        graves = Path(os.path.dirname(log_path(root, "dag", "d", "k"))) / "GRAVES"
+        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+    store = Store(root, dag="d")
+    report = store.check(repair=True)
+    restored = ["GRAVES lacks the last version (3) of dag/d/k, which compaction removed"]
+    assert [f.problem for f in report.findings if "GRAVES" not in f.path] == restored * damaged
+    assert store.check().ok
+    assert store.get("k").found is False
+    assert store.set("k", 4).version >= 4  # never 3 again
+    store.close()
