@@ -27,6 +27,20 @@ from tests.helpers import frames_of, log_path
 pytestmark = pytest.mark.integration
 
 
+def _damage_graves(root: Path) -> None:
+    """Both twins of every record of namespace ``dag/d``'s ``GRAVES`` flipped."""
+    graves = Path(os.path.dirname(log_path(root, "dag", "d", "k"))) / "GRAVES"
+    graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))
+
+
+def _put_a_floor(root: Path) -> None:
+    """``GRAVES`` damaged beyond its twins, then repaired: a floor far above every version."""
+    _damage_graves(root)
+    store = Store(root, dag="d")
+    assert store.check(repair=True).ok
+    store.close()
+
+
 def _store(root: Path, *, floor: bool) -> str:
     """Key ``k`` at versions 1 to 3 (``STATE`` and the index record them); its log's path.
 
@@ -44,11 +58,7 @@ def _store(root: Path, *, floor: bool) -> str:
     store.close()
     path = log_path(root, "dag", "d", "k")
     if floor:
-        graves = Path(os.path.dirname(path)) / "GRAVES"
-        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
-        store = Store(root, dag="d")
-        assert store.check(repair=True).ok
-        store.close()
+        _put_a_floor(root)
     return path
 
 
@@ -137,9 +147,8 @@ def _removed_at_3(root: Path, *, gc: bool, damaged: bool) -> None:
     if gc:
         store.gc()
     store.close()
-    graves = Path(os.path.dirname(log_path(root, "dag", "d", "k"))) / "GRAVES"
     if damaged:
-        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+        _damage_graves(root)
 
 
 def test_a_removed_key_whose_grave_the_floor_took_stays_removed(tmp_path: Path) -> None:
@@ -236,11 +245,7 @@ def _deleted_with_its_tombstone_cut(root: Path, *, floor: bool) -> None:
     store.close()
     path = log_path(root, "dag", "d", "k")
     if floor:
-        graves = Path(os.path.dirname(path)) / "GRAVES"
-        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
-        store = Store(root, dag="d")
-        assert store.check(repair=True).ok
-        store.close()
+        _put_a_floor(root)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path[: -len(".log")] + ".vix")
     frames, _ = frames_of(path)
@@ -309,8 +314,7 @@ def test_a_removed_keys_stale_index_is_no_lost_log_while_graves_is_damaged(
     store.close()
     vix.write_bytes(kept)  # as a reader racing gc leaves it
     if damaged:
-        graves = vix.parent / "GRAVES"
-        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+        _damage_graves(root)
     store = Store(root, dag="d")
     report = store.check(repair=True)
     assert [f.problem for f in report.findings if "GRAVES" not in f.path] == [
@@ -346,8 +350,7 @@ def test_a_removed_keys_log_is_no_lost_log_while_graves_is_damaged(
     assert store.compact(keep_within_seconds=0.01).keys_removed == 1
     store.close()
     if damaged:
-        graves = Path(os.path.dirname(log_path(root, "dag", "d", "k"))) / "GRAVES"
-        graves.write_bytes(bytes(b ^ 0xFF for b in graves.read_bytes()))  # both twins
+        _damage_graves(root)
     store = Store(root, dag="d")
     report = store.check(repair=True)
     restored = ["GRAVES lacks the last version (3) of dag/d/k, which compaction removed"]
