@@ -17,7 +17,13 @@ from castore import forks
 from castore.errors import CorruptionError, UnsafePathError
 from castore.file import fileio
 from castore.file.frames import classify, classify_twinned, encode_frame
-from castore.file.records import KIND_GRAVE, Grave, decode_grave, encode_record
+from castore.file.records import (
+    KIND_GRAVE,
+    Grave,
+    decode_grave,
+    encode_record,
+    grave_key_bytes,
+)
 from castore.file.tree import Tree
 from castore.reports import MAX_COUNT
 
@@ -49,6 +55,7 @@ def twinned(payloads: Iterable[bytes]) -> bytes:
 
 
 _HEAD_BYTES = 64  # the first bytes of GRAVES a handle compares before reading on
+_UNPARSED_LOOKUPS = 64  # keys a handle looks up by the file's bytes before it parses it
 
 
 class Graveyard:
@@ -74,6 +81,8 @@ class Graveyard:
         self._lock = threading.RLock()
         self._seen: dict[str, int] = {}  # what this handle read, kept when the file changes
         self._seen_floor = 0
+        self._unparsed: tuple[tuple[int, int, int, int], bytes] | None = None  # (sig, bytes)
+        self._lookups = 0
         self._forget(0)
         forks.track(self)
 
@@ -135,7 +144,7 @@ class Graveyard:
                 self._head = buf[:_HEAD_BYTES]
         finally:
             os.close(fd)
-        self._sig = sig
+        self._sig, self._unparsed = sig, None
         log = classify_twinned(buf, self._pos)
         last = None
         for frame in log.frames:
@@ -204,8 +213,37 @@ class Graveyard:
         """
         with self._lock:
             with contextlib.suppress(UnsafePathError):
-                self._refresh_locked()
+                if not self._names_none(key):
+                    self._refresh_locked()
             return max(self._versions.get(key, 0), self._seen.get(key, 0))
+
+    def _names_none(self, key: str) -> bool:
+        """True if the file, not yet parsed by this handle, holds no record of ``key``.
+
+        Found by the record's bytes (:func:`~castore.file.records.grave_key_bytes`):
+        a command's first read of a key in a namespace of 20,000 removed keys
+        parsed them all (60 ms) to learn that none was this key. A handle parses
+        the file after :data:`_UNPARSED_LOOKUPS` such lookups (then it reads on).
+        """
+        pattern = grave_key_bytes(key)
+        if pattern is None or self._pos or self._versions or self._lookups >= _UNPARSED_LOOKUPS:
+            return False
+        try:
+            st = self.fs.stat(self.path)
+        except FileNotFoundError:
+            return False  # the parse's case: what was seen stays seen
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._unparsed is None or self._unparsed[0] != sig:
+            fd = self.fs.open(self.path, os.O_RDONLY)
+            try:
+                st = os.fstat(fd)
+                data = fileio.read_at(fd, 0, st.st_size)
+            finally:
+                os.close(fd)
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            self._unparsed = (sig, data)
+        self._lookups += 1
+        return pattern not in self._unparsed[1]
 
     @staticmethod
     def floor_bytes(floor: int) -> bytes:

@@ -46,6 +46,7 @@ __all__ = [
     "decode_header",
     "encode_blob",
     "encode_record",
+    "grave_key_bytes",
 ]
 
 KIND_HEADER = ord("H")
@@ -121,6 +122,7 @@ class Header(msgspec.Struct, frozen=True, kw_only=True):
 
 _MAX_NS: Final = (1 << 63) - 1  # the latest time castore stores (2262-04-11)
 _encoder = msgspec.json.Encoder()
+_UNESCAPED: Final = frozenset("\x7f\u2028\u2029")  # other encoders may escape these
 _entry_decoder = msgspec.json.Decoder(Entry)
 _header_decoder = msgspec.json.Decoder(Header)
 _compaction_decoder = msgspec.json.Decoder(Compaction)
@@ -130,6 +132,25 @@ _grave_decoder = msgspec.json.Decoder(Grave)
 def encode_record(record: Entry | Header | Compaction | Grave) -> bytes:
     """JSON payload for an ``E``, ``H``, ``C`` or ``G`` frame."""
     return _encoder.encode(record)
+
+
+def grave_key_bytes(key: str) -> bytes | None:
+    r"""The bytes that end every ``G`` record of ``key`` (FORMAT.md §5), or None.
+
+    :func:`encode_record` writes ``{"version":N,"key":K}``, ``K`` the key as
+    msgspec writes a string: so a file whose bytes hold no ``,"key":K}`` holds
+    no intact record of the key. None for a key whose string has escapes
+    (``"``, ``\``, control characters), or characters other encoders escape
+    (DEL, U+2028, U+2029): one form is certain only without them.
+    """
+    try:
+        encoded = _encoder.encode(key)
+    except UnicodeEncodeError:  # a lone surrogate: no key castore writes
+        return None
+    plain = encoded[1:-1] == key.encode("utf-8")
+    if not plain or not _UNESCAPED.isdisjoint(key):
+        return None
+    return b',"key":' + encoded + b"}"
 
 
 def _decoded(decoder: msgspec.json.Decoder[T], payload: bytes, what: str) -> T:

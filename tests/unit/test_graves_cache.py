@@ -1,9 +1,15 @@
 """A handle's copy of ``GRAVES`` follows the file, also when a new one reuses its inode."""
 
+import contextlib
 import os
 
+import hypothesis
+from hypothesis import strategies as st
+
 from castore.file.graves import Graveyard
+from castore.file.records import Grave, encode_record, grave_key_bytes
 from castore.file.tree import UNCONFINED
+from castore.reports import MAX_COUNT
 
 
 def test_a_handle_sees_appends_of_another(tmp_path):
@@ -33,3 +39,28 @@ def test_a_new_file_with_the_parsed_files_inode_is_read_whole(tmp_path):
     assert os.stat(path).st_ino == before.st_ino
     assert os.stat(path).st_size >= before.st_size
     assert (mine.version_of("a"), mine.version_of("b")) == (9, 2)
+
+
+@hypothesis.given(st.text(), st.text(), st.integers(0, MAX_COUNT))
+def test_a_keys_record_bytes_end_its_record_and_no_other_keys(key, other, version):
+    """The bytes a handle looks for before parsing ``GRAVES`` (FORMAT.md §5)."""
+    try:
+        record = encode_record(Grave(version=version, key=key))
+    except UnicodeEncodeError:  # a lone surrogate: no key castore takes
+        assert grave_key_bytes(key) is None
+        return
+    pattern = grave_key_bytes(key)
+    if pattern is None:  # escaped by msgspec, or by other encoders
+        plain = record.endswith(b'"' + key.encode("utf-8") + b'"}')
+        assert not plain or set(key) & {"\x7f", "\u2028", "\u2029"}
+        return
+    assert record.endswith(pattern)
+    hypothesis.assume(other != key)
+    with contextlib.suppress(UnicodeEncodeError):
+        assert pattern not in encode_record(Grave(version=version, key=other))
+
+
+def test_keys_with_escapes_have_no_record_bytes():
+    for key in ['q"x', "b\\s", "t\x01", "d\x7f", "l\u2028", "p\u2029"]:
+        assert grave_key_bytes(key) is None
+    assert grave_key_bytes("caf\u00e9/a b") == ',"key":"caf\u00e9/a b"}'.encode()
