@@ -11,18 +11,19 @@ thread of its own, and soon after a request comes with another list's digest.
 It serves the keyspaces it owns only while its last look, started at most
 :data:`LEASE` seconds ago, found every member agreeing. A member agrees when it
 answers with this list's digest, or refuses the connection (it is down: it serves
-nothing), unless it was seen running another list since this process started and
-has not answered with this one since (a member restarted with its old list serves
-at once when it is back). Anything else counts as another list: an answer without
-the digest (not clustered, or a castore from before members checked each other),
-no answer within :data:`DEADLINE` seconds (paused, overloaded, or not reachable
-from here: it may still be serving), a name that does not resolve, a certificate
-this server does not trust, any other failure. Looks ignore proxy settings. So until the first
-look, and whenever looks stall, it refuses (503 ``store_unavailable``): a refusal
-can wait, a split cannot be undone (docs/SERVER.md, "A cluster"). A look carries
-the ``castore-peer`` header and no token, decides on the answer's headers alone (a
-short body is read, undecoded, only to keep the connection for the next look), and
-the access log leaves it out.
+nothing), unless it was seen running another list since this process started and has
+not answered with this one since (a member restarted with its old list serves at
+once when it is back). Anything else counts as another list: an answer without the
+digest (not clustered, or a castore from before members checked each other), no
+answer within :data:`DEADLINE` seconds (paused, overloaded, or not reachable from
+here: it may still be serving), a name that does not resolve, a certificate this
+server does not trust (it trusts what a worker does: ``$SSL_CERT_FILE`` or
+``$SSL_CERT_DIR``, else certifi's bundle), any other failure. Looks ignore proxy
+settings. So until the first look, and whenever looks stall, it refuses (503
+``store_unavailable``): a refusal can wait, a split cannot be undone
+(docs/SERVER.md, "A cluster"). A look carries the ``castore-peer`` header and no
+token, decides on the answer's headers alone (a short body is read, undecoded, only
+to keep the connection for the next look), and the access log leaves it out.
 """
 
 from __future__ import annotations
@@ -134,8 +135,15 @@ class PeerWatch:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         tls = any(url.startswith("https://") for url in self.others)
         headers = {PEER_HEADER: "1", "accept-encoding": "identity"}
+        # trust_env=False leaves the proxy variables out, and with them $SSL_CERT_FILE and
+        # $SSL_CERT_DIR: the CAs a worker trusts (httpx's own reading of them) are given here.
+        verify = httpx.create_ssl_context(trust_env=True) if tls else False
         async with httpx.AsyncClient(
-            timeout=DEADLINE, headers=headers, verify=tls, follow_redirects=False, trust_env=False
+            timeout=DEADLINE,
+            headers=headers,
+            verify=verify,
+            follow_redirects=False,
+            trust_env=False,
         ) as client:
             while True:
                 started = time.monotonic()

@@ -105,6 +105,7 @@ class Node:
         self.runs = 0
         self.start_line: dict[str, Any] = {}
         self._stderr = base / "stderr0"
+        self.env: dict[str, str] = {}  # added to server_env's (e.g. $SSL_CERT_FILE)
 
     def launch(self, members: Sequence[str] | None, *extra: str) -> None:
         """Start the process (not waiting for it): clustered with ``members``, else alone."""
@@ -116,7 +117,10 @@ class Node:
         self.runs += 1
         with open(self._stderr, "wb") as err:
             self.proc = subprocess.Popen(
-                [*argv, *extra], env=server_env(self.base), stdout=subprocess.DEVNULL, stderr=err
+                [*argv, *extra],
+                env={**server_env(self.base), **self.env},
+                stdout=subprocess.DEVNULL,
+                stderr=err,
             )
 
     def wait_listening(self) -> dict[str, Any]:
