@@ -10,6 +10,7 @@ appears in an error.
 from __future__ import annotations
 
 import errno
+import ssl
 from typing import Any, Final
 
 import httpx
@@ -18,7 +19,7 @@ import msgspec
 from castore.errors import CastoreError, StoreUnavailableError
 from castore.wire import WireError, exception_of
 
-__all__ = ["MAYBE", "NOT_SENT", "connection_lost", "failure", "origin", "unavailable"]
+__all__ = ["MAYBE", "NOT_SENT", "connection_lost", "distrust", "failure", "origin", "unavailable"]
 
 # Said of a write whose outcome is not known: an attempt may have been applied.
 MAYBE: Final = " (it may or may not have been applied)"
@@ -60,6 +61,24 @@ def origin(url: Any) -> str:
     host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host  # IPv6, as written
     port = f":{parsed.port}" if parsed.port else ""
     return f"{parsed.scheme}://{host}{port}"
+
+
+def distrust(url: str, exc: BaseException) -> None:
+    """StoreUnavailableError, raised, if ``exc`` is the server's TLS certificate refused.
+
+    Not to be retried: every try meets the same certificate (retries hid the reason behind
+    "cannot connect", the words of a server that is down).
+    """
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, ssl.SSLCertVerificationError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is not None:
+        reason = seen.verify_message or seen.reason or "certificate verify failed"
+        raise unavailable(
+            url,
+            f"its TLS certificate is not trusted ({reason}): give the CA that signed it in"
+            " $SSL_CERT_FILE (docs/SERVER.md, Behind a TLS proxy)",
+        ) from None
 
 
 def connection_lost(

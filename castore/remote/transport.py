@@ -39,7 +39,7 @@ from castore.cluster import Cluster, member_of
 from castore.errors import CastoreError, InvalidValueError
 from castore.inuse import InUse
 from castore.remote import proxies
-from castore.remote.failures import MAYBE, NOT_SENT, connection_lost, failure, unavailable
+from castore.remote.failures import MAYBE, NOT_SENT, connection_lost, distrust, failure, unavailable
 from castore.remote.frames import frames
 from castore.remote.replies import read as read_reply
 from castore.wire import (
@@ -354,6 +354,7 @@ class Transport:
                     response = read_reply(response, name, request)  # bounded: never held whole
                 return response, sent
             except httpx.HTTPError as exc:
+                distrust(url, exc)  # a certificate refused: said at once, never retried
                 lost = not isinstance(exc, NOT_SENT)
                 sent = sent or lost
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):

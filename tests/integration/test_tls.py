@@ -14,9 +14,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from castore import Store
+from castore import Store, StoreUnavailableError
 from tests.integration.test_cluster import START_TIMEOUT, Launcher, Node, free_ports
 from tests.integration.tlsproxy import CA, TlsProxy
+
+TOKEN = "tls-test-token-0123456789abcdef"  # noqa: S105  # a test token
 
 
 @pytest.fixture
@@ -40,6 +42,29 @@ def test_a_worker_reaches_a_server_behind_tls_with_the_ca_of_ssl_cert_file(
         assert store.get("k").value == {"a": 1}
     finally:
         store.close()
+
+
+def test_an_untrusted_certificate_is_named_at_once_without_the_token(
+    launcher: Launcher, proxies: list[TlsProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by a review: "cannot connect (ConnectError, 8 tries)" after 5 s of retries,
+    # the same words as a server that is down; nothing said the certificate was refused.
+    node = launcher.lone()
+    proxies.append(proxy := TlsProxy(node.port))
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("CASTORE_TOKEN", TOKEN)
+    store = Store(proxy.url, dag="d")
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            store.get("k")
+    finally:
+        store.close()
+    message = str(caught.value)
+    assert "certificate" in message, message
+    assert "$SSL_CERT_FILE" in message, message
+    assert "tries" not in message, message  # not retried: the next try meets the same one
+    assert TOKEN not in message
 
 
 def _looked(node: Node) -> dict[str, object]:
