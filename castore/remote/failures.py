@@ -19,11 +19,55 @@ import msgspec
 from castore.errors import CastoreError, StoreUnavailableError
 from castore.wire import WireError, exception_of
 
-__all__ = ["MAYBE", "NOT_SENT", "connection_lost", "distrust", "failure", "origin", "unavailable"]
+__all__ = [
+    "MAYBE",
+    "NOT_SENT",
+    "BadGateway",
+    "GatewayTimeout",
+    "connection_lost",
+    "distrust",
+    "failure",
+    "gateway",
+    "no_answer",
+    "origin",
+    "unavailable",
+]
 
 # Said of a write whose outcome is not known: an attempt may have been applied.
 MAYBE: Final = " (it may or may not have been applied)"
 NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # nothing sent
+
+
+class BadGateway(httpx.ReadError):
+    """A proxy's 502: its connection to the server failed, maybe after the request went."""
+
+
+class GatewayTimeout(httpx.ReadTimeout):
+    """A proxy's 504: the server sent it no answer in time (it may still apply a write)."""
+
+
+def gateway(response: httpx.Response) -> None:
+    """Raise a 502 or 504 (a proxy's: castore answers neither) as the answer lost it is.
+
+    So a proxy in between changes nothing (docs/SERVER.md, "Behind a TLS proxy"): a 502
+    is a connection lost (a call safe to send again is sent again, an append marked as a
+    retry), a 504 the read timeout (a write is not sent again: maybe applied).
+    """
+    if response.status_code == 502:
+        raise BadGateway("a proxy answered HTTP 502", request=response.request)
+    if response.status_code == 504:
+        raise GatewayTimeout("a proxy answered HTTP 504", request=response.request)
+
+
+def no_answer(
+    name: str, exc: httpx.HTTPError, read_timeout: float, times: int, writes: bool
+) -> str:
+    """What went wrong with a call that met ``times`` read timeouts (its own or a proxy's 504)."""
+    waited = f"within {read_timeout:g} s" + ", twice" * (times > 1)
+    if isinstance(exc, GatewayTimeout):  # the proxy's timeout, which the worker cannot know
+        waited = "in time (a proxy answered HTTP 504" + ", twice" * (times > 1) + ")"
+    maybe = f"{MAYBE}; read the key before writing it again" * writes
+    return f"the server took {name} and sent no answer {waited}{maybe}"
 
 
 class _Body(msgspec.Struct, frozen=True):
@@ -86,6 +130,8 @@ def connection_lost(
 ) -> CastoreError:
     """The error of a call whose connection failed (on each of its ``attempts``, if never sent)."""
     reason, maybe = type(exc).__name__, MAYBE * write_sent
+    if isinstance(exc, BadGateway):
+        reason = f"{exc} on each of {attempts} tries"
     if isinstance(exc, NOT_SENT):  # through a proxy, the connection that failed was its
         to = f" to the proxy {proxy} names" if proxy else ""
         return unavailable(url, f"cannot connect{to} ({reason}, {attempts} tries){maybe}")

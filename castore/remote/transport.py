@@ -38,8 +38,8 @@ from castore import forks
 from castore.cluster import Cluster, member_of
 from castore.errors import CastoreError, InvalidValueError
 from castore.inuse import InUse
-from castore.remote import proxies
-from castore.remote.failures import MAYBE, NOT_SENT, connection_lost, distrust, failure, unavailable
+from castore.remote import failures, proxies
+from castore.remote.failures import MAYBE, NOT_SENT, connection_lost, failure, unavailable
 from castore.remote.frames import frames
 from castore.remote.replies import read as read_reply
 from castore.wire import (
@@ -352,9 +352,10 @@ class Transport:
                 response = client.send(outgoing, stream=True)
                 if not (stream and response.status_code == 200):  # else read as it streams
                     response = read_reply(response, name, request)  # bounded: never held whole
+                failures.gateway(response)  # a proxy's 502 or 504: raised as the answer lost it is
                 return response, sent
             except httpx.HTTPError as exc:
-                distrust(url, exc)  # a certificate refused: said at once, never retried
+                failures.distrust(url, exc)  # a certificate refused: said at once, never retried
                 lost = not isinstance(exc, NOT_SENT)
                 sent = sent or lost
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
@@ -362,9 +363,7 @@ class Transport:
                     raise unavailable(url, f"{name} failed: {type(exc).__name__}{maybe}") from None
                 stalled += isinstance(exc, _STALLED)
                 if stalled and (spec.writes or stalled > 1):  # no answer: stuck, not lost
-                    waited = f"{self._read_timeout:g} s" + ", twice" * (stalled > 1)
-                    maybe = f"{MAYBE}; read the key before writing it again" * spec.writes
-                    what = f"the server took {name} and sent no answer within {waited}{maybe}"
+                    what = failures.no_answer(name, exc, self._read_timeout, stalled, spec.writes)
                     raise unavailable(url, what) from None
                 if attempt == ATTEMPTS or (lost and not spec.resendable(request)):
                     proxy = proxies.proxy_variable(self._http(), url)
