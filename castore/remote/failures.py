@@ -70,6 +70,15 @@ def no_answer(
     return f"the server took {name} and sent no answer {waited}{maybe}"
 
 
+# What answers such a status without castore's error body (castore's own 413 has one).
+_BETWEEN: Final = {
+    413: (
+        ": a proxy in between refused the request's size (nothing was applied; nginx:"
+        " client_max_body_size, docs/SERVER.md, Behind a TLS proxy)"
+    ),
+}
+
+
 class _Body(msgspec.Struct, frozen=True):
     error: WireError
 
@@ -79,7 +88,7 @@ def failure(url: Any, status: int, content: bytes, *, token_sent: bool = True) -
     try:
         error = msgspec.json.decode(content, type=_Body).error
     except (msgspec.DecodeError, RecursionError):  # msgspec recurses per level of nesting
-        return unavailable(url, f"HTTP {status} without an error body")
+        return unavailable(url, f"HTTP {status} without an error body{_BETWEEN.get(status, '')}")
     exc = exception_of(error)
     if exc is not None:
         return exc

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from castore import Store, StoreUnavailableError
-from tests.integration.fakeserver import FakeServer
+from castore.wire import EntryValue
+from tests.integration.fakeserver import FakeServer, mp
 from tests.integration.test_cluster import Launcher, Node, every_version
 
 _PAGE = b"<html><head><title>%s</title></head><body>nginx</body></html>"
@@ -106,3 +107,22 @@ def test_a_read_a_proxy_answered_with_502_while_the_server_restarts_is_sent_agai
     finally:
         store.close()
     assert len(fake.calls_of("current")) == 3
+
+
+def test_a_proxys_413_names_its_body_limit(fake: FakeServer) -> None:
+    # Found by a review: behind nginx's default client_max_body_size (1 MiB), a set of a
+    # 1 MiB value, or an import of a key whose history is over 1 MiB, said only "HTTP 413
+    # without an error body" (castore's own 413 has one, and its limits are larger).
+    def answer(call: str, body: bytes) -> tuple[str, bytes]:
+        if call == "append":
+            return "413 Request Entity Too Large", _PAGE % b"413 Request Entity Too Large"
+        return "200 OK", mp(EntryValue(None, None))
+
+    fake.answer = answer
+    store = Store(fake.url, dag="d")
+    try:
+        with pytest.raises(StoreUnavailableError, match="client_max_body_size") as caught:
+            store.set("k", 1)
+    finally:
+        store.close()
+    assert "may or may not" not in str(caught.value)
