@@ -11,7 +11,8 @@ thread of its own, and soon after a request comes with another list's digest.
 It serves the keyspaces it owns only while its last look, started at most
 :data:`LEASE` seconds ago, found every member agreeing. A member agrees when it
 answers with this list's digest, or refuses the connection (it is down: it serves
-nothing), unless it was seen running another list since this process started and has
+nothing; so does a 502 without the digest, its proxy's answer when it is down),
+unless it was seen running another list since this process started and has
 not answered with this one since (a member restarted with its old list serves at
 once when it is back). Anything else counts as another list: an answer without the
 digest (not clustered, or a castore from before members checked each other), no
@@ -157,20 +158,23 @@ class PeerWatch:
     async def _ask(self, client: httpx.AsyncClient, url: str) -> str:
         """Why ``url`` stops this member from serving ("": it agrees, or it is down)."""
         said: str | None = None
-        answered = False  # its headers came: the body does not change the verdict
+        answered = gone = False  # its headers came: the body does not change the verdict
         try:
             async with asyncio.timeout(DEADLINE):
                 async with client.stream("GET", f"{url}/healthz") as answer:
                     said, answered = answer.headers.get(CLUSTER_HEADER), True
+                    gone = said is None and answer.status_code == 502  # castore sends no 502
                     await _drain(answer)  # a short body read whole keeps the connection
         except Exception as exc:  # noqa: BLE001  # whatever it is, the member was not seen
             if answered:  # the body failed after the headers answered
-                return self._verdict(url, said)
+                return self._other.get(url, "") if gone else self._verdict(url, said)
             if _down(exc):  # down: it serves nothing, unless it was seen on another list
                 return self._other.get(url, "")
             if isinstance(exc, httpx.TimeoutException | TimeoutError):
                 return f"{url} did not answer which list it runs within {DEADLINE:g} s"
             return f"{url} was not reached ({type(exc).__name__}: {exc})"
+        if gone:  # its proxy could not reach it (a 502): down, as a refused connection
+            return self._other.get(url, "")
         return self._verdict(url, said)
 
     def _verdict(self, url: str, said: str | None) -> str:

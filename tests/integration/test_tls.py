@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from castore import Store, StoreUnavailableError
+from castore.cluster import Cluster
+from castore.server.peers import INTERVAL
 from tests.integration.test_cluster import START_TIMEOUT, Launcher, Node, free_ports
 from tests.integration.tlsproxy import CA, TlsProxy
 
@@ -103,5 +105,43 @@ def test_members_behind_tls_proxies_trust_the_ca_of_ssl_cert_file(
         for namespace in ("a", "b", "c", "d"):
             assert store.set("k", namespace, namespace=namespace).version == 1
             assert store.get("k", namespace=namespace).value == namespace
+    finally:
+        store.close()
+
+
+def test_a_member_down_behind_its_proxy_stops_no_other_member(
+    launcher: Launcher, proxies: list[TlsProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by a review: a stopped member's proxy answers its peers' looks with 502
+    # (no digest), read as "runs no member list": every other member refused its own
+    # keyspaces while any member was down, where members reached directly go on
+    # serving theirs (a refused connection says a member is down: docs/SERVER.md).
+    nodes = [Node(launcher.tmp / f"down{i}", port) for i, port in enumerate(free_ports(2))]
+    launcher.nodes += nodes
+    proxies += [TlsProxy(node.port) for node in nodes]
+    members = ",".join(proxy.url for proxy in proxies)
+    for node, proxy in zip(nodes, proxies, strict=True):
+        node.env["SSL_CERT_FILE"] = CA
+        node.launch(None, "--cluster", members, "--self", proxy.url)
+    for node in nodes:
+        node.wait_listening()
+        assert _looked(node).get("serving") is True
+    nodes[1].kill()
+    with httpx.Client(verify=False) as client:  # noqa: S501  # the proxy's own answer
+        assert client.get(f"{proxies[1].url}/healthz").status_code == 502
+    time.sleep(3 * INTERVAL)  # the looks since met the proxy's 502
+    health = httpx.get(f"{nodes[0].url}/healthz", timeout=30).json()
+    assert health.get("serving") is True, health
+    cluster = Cluster([proxy.url for proxy in proxies])
+    owned = [ns for ns in "abcdefgh" if cluster.owner("dag", ns) == proxies[0].url]
+    assert 0 < len(owned) < 8
+    monkeypatch.setenv("SSL_CERT_FILE", CA)
+    store = Store(members, dag="d")
+    try:
+        for namespace in owned:
+            assert store.set("k", namespace, namespace=namespace).version == 1
+        stopped = next(ns for ns in "abcdefgh" if ns not in owned)
+        with pytest.raises(StoreUnavailableError):  # until it is back (no failover)
+            store.set("k", stopped, namespace=stopped)
     finally:
         store.close()

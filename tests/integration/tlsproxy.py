@@ -6,7 +6,8 @@ handshake is made with the certificate of ``tests/data/tls`` (``server.pem``, fo
 ``localhost`` and ``127.0.0.1``, signed by ``ca.pem``; both valid 2000-2100, the
 CA's private key discarded), then its bytes are copied both ways to
 ``127.0.0.1:upstream``. A client that does not trust ``ca.pem`` fails the
-handshake, and the connection is closed.
+handshake, and the connection is closed. While the server is down (its port
+refuses), a request is answered 502, as nginx answers it.
 """
 
 from __future__ import annotations
@@ -54,11 +55,28 @@ class TlsProxy:
             return
         try:
             behind = socket.create_connection(("127.0.0.1", self.upstream))
-        except OSError:
-            tls.close()
+        except OSError:  # the server is down: a 502 to the request, as nginx answers
+            _bad_gateway(tls)
             return
         threading.Thread(target=_pump, args=(behind, tls), daemon=True).start()
         _pump(tls, behind)
+
+
+def _bad_gateway(tls: ssl.SSLSocket) -> None:
+    """Answer the request's head with nginx's 502 (no castore header), then close."""
+    head = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            if not (data := tls.recv(4096)):
+                break
+            head += data
+        body = b"<html><head><title>502 Bad Gateway</title></head></html>\r\n"
+        tls.sendall(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+    with contextlib.suppress(OSError):
+        tls.close()
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
