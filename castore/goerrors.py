@@ -37,6 +37,12 @@ _GO_CONTEXT: Final = {  # Python json message -> Go scanner wording
     "Invalid \\escape": "in string escape code",
     "Invalid \\uXXXX escape": "in \\u hexadecimal character escape",
 }
+_TRAILING_COMMA: Final = {  # Python 3.13+ stops at the comma; Go (and 3.11) at what follows
+    "Illegal trailing comma before end of object": (
+        "Expecting property name enclosed in double quotes"
+    ),
+    "Illegal trailing comma before end of array": "Expecting value",
+}
 
 _DIGITS: Final = frozenset("0123456789")
 _NUMBER_CHARS: Final = frozenset("0123456789+-.eE")
@@ -113,6 +119,9 @@ def describe_at(msg: str, text: str, pos: int, raw: bytes | None = None) -> tupl
     if raw is not None and "\ufffd" in text:
         exact = raw.decode("utf-8", "surrogateescape")  # one character per bad byte, as text
         text = exact if len(exact) == len(text) else text
+    if msg in _TRAILING_COMMA:  # `{"a":1,}`: Go names the '}' after the comma
+        msg = _TRAILING_COMMA[msg]
+        pos = len(text) - len(text[pos + 1 :].lstrip(" \t\n\r"))
     if msg.startswith("Unterminated string") or pos >= len(text):
         return "unexpected EOF", len(text)
     token = _token_error(msg, text, pos)

@@ -21,6 +21,7 @@ from castore.codec import (
     normalize_python,
 )
 from castore.errors import InvalidValueError, ValueTooLargeError
+from castore.goerrors import describe_at
 
 FFFD = "\ufffd".encode()
 
@@ -353,6 +354,46 @@ def test_invalid_json(raw, message):
         normalize_json(raw)
     assert message in info.value.detail
     assert not isinstance(info.value, ValueTooLargeError)
+
+
+@pytest.mark.parametrize(
+    ("msg", "text", "pos", "said", "at"),
+    [
+        (
+            "Illegal trailing comma before end of object",
+            '{"a":1,}',
+            6,
+            "'}' looking for beginning of object key string",
+            7,
+        ),
+        (
+            "Illegal trailing comma before end of object",
+            '{"a":1 , }',
+            7,
+            "'}' looking for beginning of object key string",
+            9,
+        ),
+        (
+            "Illegal trailing comma before end of array",
+            "[1,]",
+            2,
+            "']' looking for beginning of value",
+            3,
+        ),
+        (
+            "Illegal trailing comma before end of array",
+            "[1, \n ]",
+            2,
+            "']' looking for beginning of value",
+            6,
+        ),
+    ],
+)
+def test_python_313_trailing_comma_errors_are_worded_as_go_words_them(msg, text, pos, said, at):
+    # Found by a review on Python 3.13: its json says "Illegal trailing comma before end of
+    # object" at the comma, where 3.11 and 3.12 say "Expecting property name ..." at the '}'.
+    # castore said "invalid character ',' Illegal trailing comma ..." (line 1, column 7).
+    assert describe_at(msg, text, pos) == (f"invalid character {said}", at)
 
 
 @pytest.mark.parametrize(
