@@ -19,3 +19,21 @@ def test_msgspec_sorts_keys_and_calls_invalid_utf8_a_decode_error():
     for body in (b'"\xff"', b'{"key":"\xff"}', b'"\xed\xa0\x80"'):
         with pytest.raises(msgspec.DecodeError):
             msgspec.json.decode(body)
+
+
+def test_jsonpatch_applies_an_operation_atomically_on_request():
+    # jsonpatch 1.33 to 1.41 have no apply_patch(..., atomic=...): every castore patch was
+    # refused, "JSON Patch does not apply: operation 1 (...): apply_patch() got an
+    # unexpected keyword argument 'atomic'". pyproject: >=1.42.
+    import jsonpatch
+
+    document = {"a": {"b": 1}}
+    with pytest.raises(jsonpatch.JsonPatchException):
+        jsonpatch.apply_patch(
+            document, [{"op": "move", "from": "/a", "path": "/a/b/c"}], in_place=True, atomic=True
+        )
+    assert document == {"a": {"b": 1}}
+    patched = jsonpatch.apply_patch(
+        document, [{"op": "add", "path": "/c", "value": 2}], atomic=False
+    )
+    assert patched == {"a": {"b": 1}, "c": 2}
