@@ -217,13 +217,26 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if extras:  # argparse would say only "unrecognized arguments"
         from castore.cli.usage import unrecognized
 
-        raise UsageError(unrecognized(args.command, extras))
+        raise UsageError(
+            unrecognized(args.command, extras, after=_after_dashes(parser.argv, extras))
+        )
     if argv is None:  # the process's own command line: bytes the locale decoded
         utf8_names(args)
     scope = getattr(args, "scope", None)
     if scope and scope.strip():  # given before a command that takes none: still checked
         validate_scope(scope.strip())  # trimmed, as Dagu does (a blank one: the commands word it)
     return args
+
+
+def _after_dashes(argv: Sequence[str], extras: Sequence[str]) -> int:
+    """How many of ``extras`` (unconsumed, in order) came after ``--``: its last ones."""
+    if "--" not in argv:
+        return 0
+    rest = list(argv[list(argv).index("--") + 1 :])
+    count = 0
+    while count < len(extras) and count < len(rest) and extras[-1 - count] == rest[-1 - count]:
+        count += 1
+    return count
 
 
 _CODES: Final = (  # in order: the first class that matches gives the exit code

@@ -108,16 +108,25 @@ def dash_hint(message: str, argv: Sequence[str]) -> str:
     return f"{message} ({dashed[0]} is no option; {_dash(command, dashed[0])})"
 
 
-def unrecognized(command: str | None, extras: Sequence[str], own: Sequence[str] = ()) -> str:
+def unrecognized(
+    command: str | None, extras: Sequence[str], own: Sequence[str] = (), after: int = 0
+) -> str:
     """The usage error for ``extras``, arguments ``castore COMMAND`` does not take.
 
     Each option among them is named with the commands that take it, if any, or
     with the options it begins (abbreviations are not taken): the command's,
     else any command's. ``command`` None: ``extras`` came before the command,
-    where ``own`` (the global options) are taken.
+    where ``own`` (the global options) are taken. The last ``after`` of them came
+    after ``--``, where nothing is an option: said so, not named as options.
     """
     own = own if command is None else _options(command)
-    options = [a.partition("=")[0] for a in extras if a.startswith("-") and a != "-"]
+    given = extras[: len(extras) - after]
+    options = [a.partition("=")[0] for a in given if a.startswith("-") and a != "-"]
     notes = [_note(option, command, own) for option in options]
+    if after:
+        notes.append(
+            f"{' '.join(extras[len(given) :])} came after --, where nothing is an option"
+            " (options go before --)"
+        )
     told = f": {'; '.join(notes)}" if notes else ""
     return f"unrecognized arguments: {' '.join(extras)}{told}"

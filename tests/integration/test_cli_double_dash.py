@@ -43,3 +43,20 @@ def test_a_key_that_begins_with_a_dash_given_as_an_option_says_where_it_goes(cli
     said = cli.fail(2, *argv)
     assert said.endswith(f"a key or value that begins with '-' goes after --: {hint})"), said
     assert cli.ok("get", "--", "-k")["found"] is False  # nothing was written
+
+
+@pytest.mark.parametrize(
+    ("argv", "said", "unsaid"),
+    [
+        (("set", "--", "-k", "1", "--dir", "/x"), "--dir /x came after --", "set takes no --dir"),
+        (("set", "--by", "3", "--", "-k", "1", "x"), "1 x came after --", "takes no 1"),
+        (("get", "--", "k", "--required"), "--required came after --", "get takes no"),
+    ],
+)
+def test_arguments_left_over_after_double_dash_are_no_options(cli, argv, said, unsaid):
+    # Found by a review: `set -- -k 1 --dir X` said "set takes no --dir (get, set, ... do)",
+    # a contradiction; after --, --dir is no option but an argument too many.
+    message = cli.fail(2, *argv)
+    assert said in message, message
+    assert unsaid not in message, message
+    assert cli.ok("list")["entries"] == []
