@@ -63,7 +63,9 @@ def rewrite(
     try:
         with contextlib.ExitStack() as held:
             try:
-                fd = held.enter_context(log.locked(os.O_RDWR, 0.0 if busy else None))
+                # Only read and locked (the new log is a new file): a read-only store's
+                # gc --dry-run sizes up every log too
+                fd = held.enter_context(log.locked(os.O_RDONLY, 0.0 if busy else None))
             except LockTimeoutError:
                 if busy is None:
                     raise
