@@ -147,11 +147,11 @@ class Tree(WholeFiles):
         except OSError as exc:
             raise refused(exc, parent, part, path) from None
         made = True
-        try:
-            os.mkdir(part, self.modes.dir, dir_fd=parent)
-        except FileExistsError:
-            made = False
-        try:
+        try:  # a failed mkdir (a read-only store, a full disk) named by its path too
+            try:
+                os.mkdir(part, self.modes.dir, dir_fd=parent)
+            except FileExistsError:
+                made = False
             fd = os.open(part, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             raise refused(exc, parent, part, path) from None

@@ -124,6 +124,7 @@ def test_reads_of_a_read_only_store_answer_as_a_writable_copy(
         (["compact", "--keep-last", "1", "--dry-run"], 0, ""),
         (["check"], 0, ""),
         (["set", "k", "1"], 1, "castore: Read-only file system: "),
+        (["--dag", "new", "set", "k", "1"], 1, "castore: Read-only file system: "),
         (["gc"], 1, "castore: Read-only file system: "),
     ],
 )
@@ -136,3 +137,5 @@ def test_the_command_line_on_a_read_only_store(
     error = result.stderr.decode()
     assert (result.returncode, error[: len(says)]) == (code, says), error
     assert error.count("\n") == (1 if says else 0)  # one line, no traceback
+    if says:  # the file or directory it could not write, by its path in the store
+        assert error.startswith(f"{says}{root}/"), error
