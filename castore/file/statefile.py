@@ -381,8 +381,8 @@ class StateIndex:
             fd = self.fs.open(self.path, os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if not os.fstat(fd).st_nlink:
-                    return  # replaced meanwhile: that rewrite did the job
+                if self.fs.names(self.path, fd) is None:  # not st_nlink: an overlay's lower
+                    return  # replaced meanwhile: that rewrite did the job (file keeps its link)
                 data = epoch_frame(me, self.scope, self.namespace)
                 if snapshot:
                     try:
