@@ -211,8 +211,7 @@ class FileBackend:
                 fd = log.open()
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # no writer in flight
-                    st = os.fstat(fd)
-                    if self.fs.stat(log.path).st_ino != st.st_ino:
+                    if (st := self.fs.names(log.path, fd)) is None:  # device and inode (overlay)
                         continue  # replaced since it was opened: that lock excludes no writer
                     hit = self._cache.get(log.path)  # list's read, if nothing changed since
                     seen = hit[1] if hit is not None and hit[0] == stat_sig(st) else None
