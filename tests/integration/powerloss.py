@@ -223,9 +223,19 @@ class PowerModel:
             self.data[st.st_ino] = self._current_data(st.st_ino)
 
     def _listing(self, fd: int) -> dict[str, int]:
-        """The entries of the directory open as ``fd`` now; every inode they name is held."""
+        """The entries of the directory open as ``fd`` now; every inode they name is held.
+
+        Read through a descriptor of its own: on btrfs, a directory's open file
+        (``fd``'s, shared by ``os.listdir(fd)``) lists no entry made after its last
+        rewind, so the model missed a new log's name that the caller's fsync made durable.
+        """
+        own = self._os_open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        try:
+            names = os.listdir(own)
+        finally:
+            os.close(own)
         out: dict[str, int] = {}
-        for name in os.listdir(fd):
+        for name in names:
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
