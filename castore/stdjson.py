@@ -9,7 +9,9 @@ words any error). It answers only for text that:
 - is valid UTF-8 (the codec replaces invalid bytes as Go does) and holds no
   ``\u0000`` escape (the marker below);
 - parses as one JSON value with :mod:`json` (which follows RFC 8259's grammar,
-  numbers included) without deep nesting, and without a lone surrogate
+  numbers included) without deep nesting (``json``'s own limit follows the
+  interpreter's recursion limit, which a program may raise: text with more
+  than Go's 10,000 brackets is declined first), and without a lone surrogate
   escape in a string (Go writes U+FFFD for it).
 
 :func:`json.dumps` (compact, keys sorted, ``ensure_ascii=False``) then writes
@@ -54,6 +56,7 @@ _ESCAPES: Final = (
     ("\u2029".encode(), b"\\u2029"),
 )
 _SEPARATORS: Final = (",", ":")
+_MAX_DEPTH: Final = 10_000  # castore.jsonrules.MAX_DEPTH (not imported: CLI start-up)
 
 
 class _DeclinedError(Exception):
@@ -68,6 +71,8 @@ def plain_normalized(raw: bytes) -> bytes | None:
     """
     if len(raw) > MAX_PLAIN_BYTES or _MARKER in raw:
         return None
+    if len(raw) > _MAX_DEPTH and raw.count(b"[") + raw.count(b"{") > _MAX_DEPTH:
+        return None  # maybe past Go's depth, which json's own limit need not stop
     numbers: list[str] = []
 
     def number(literal: str) -> str:

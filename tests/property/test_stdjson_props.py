@@ -10,13 +10,16 @@ Unicode string (but a lone surrogate or NUL) is always answered.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from castore import stdjson
 from castore.codec import normalize_json
 from castore.errors import InvalidValueError, ValueTooLargeError
+from castore.jsonrules import MAX_DEPTH
 from castore.stdjson import MAX_PLAIN_BYTES, plain_normalized
 
 _PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '\\"')
@@ -142,3 +145,22 @@ def test_what_it_leaves_to_the_codec():
     assert plain_normalized(b' {"b":[1.50,-0,1E+2],"a":"<&>"} ') == (
         b'{"a":"\\u003c\\u0026\\u003e","b":[1.50,-0,1E+2]}'
     )
+
+
+def test_text_past_gos_depth_is_declined_whatever_the_recursion_limit():
+    # Found by the supported-range review: the quick path relied on json's own limit
+    # (the interpreter's recursion limit, which a program may raise, and which later
+    # Pythons set otherwise) to decline text nested past Go's 10,000, which the codec
+    # refuses; with the limit raised it answered it.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(60_000)
+    try:
+        for raw in (b"[" * 10001 + b"]" * 10001, b'{"a":' * 10001 + b"1" + b"}" * 10001):
+            assert plain_normalized(raw) is None
+        fine = b"[" * 9999 + b"]" * 9999
+        assert plain_normalized(fine) == normalize_json(fine)
+        brackets = b'["' + b"[{" * 6000 + b'"]'  # in a string: declined, or answered alike
+        assert plain_normalized(brackets) in (None, normalize_json(brackets))
+        assert stdjson._MAX_DEPTH == MAX_DEPTH
+    finally:
+        sys.setrecursionlimit(limit)
