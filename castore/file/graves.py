@@ -144,7 +144,10 @@ class Graveyard:
                 self._head = buf[:_HEAD_BYTES]
         finally:
             os.close(fd)
-        self._sig, self._unparsed = sig, None
+        if self._unparsed is not None and self._unparsed[0] == sig:
+            self._unparsed = None  # the bytes just parsed: nothing to keep apart
+        self._keep_unparsed()
+        self._sig = sig
         log = classify_twinned(buf, self._pos)
         last = None
         for frame in log.frames:
@@ -231,9 +234,11 @@ class Graveyard:
         try:
             st = self.fs.stat(self.path)
         except FileNotFoundError:
+            self._keep_unparsed()
             return False  # the parse's case: what was seen stays seen
         sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self._unparsed is None or self._unparsed[0] != sig:
+            self._keep_unparsed()
             fd = self.fs.open(self.path, os.O_RDONLY)
             try:
                 st = os.fstat(fd)
@@ -244,6 +249,25 @@ class Graveyard:
             self._unparsed = (sig, data)
         self._lookups += 1
         return pattern not in self._unparsed[1]
+
+    def _keep_unparsed(self) -> None:
+        """Keep the records of the bytes :meth:`_names_none` read as seen, before they go.
+
+        A handle remembers what the file held when it looked (``remember``), as when
+        it parsed at each look: a record the file loses later (truncated, an older copy
+        put back, removed) still counts for this handle.
+        """
+        if self._unparsed is None:
+            return
+        data, self._unparsed = self._unparsed[1], None
+        if not self._remember:
+            return  # gc: the file as it is at each call
+        log = classify_twinned(data)
+        for grave in (decode_grave(f.payload) for f in log.frames if f.kind == KIND_GRAVE):
+            if grave.key is None:
+                self._seen_floor = max(self._seen_floor, grave.version)
+            else:
+                self._seen[grave.key] = max(self._seen.get(grave.key, 0), grave.version)
 
     @staticmethod
     def floor_bytes(floor: int) -> bytes:

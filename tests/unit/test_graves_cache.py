@@ -64,3 +64,17 @@ def test_keys_with_escapes_have_no_record_bytes():
     for key in ['q"x', "b\\s", "t\x01", "d\x7f", "l\u2028", "p\u2029"]:
         assert grave_key_bytes(key) is None
     assert grave_key_bytes("caf\u00e9/a b") == ',"key":"caf\u00e9/a b"}'.encode()
+
+
+def test_a_handle_keeps_the_records_it_read_by_their_bytes_once_the_file_loses_them(tmp_path):
+    # Found by a review: a handle that looked a key up by GRAVES' bytes (no record of it)
+    # forgot the other records those bytes held once the file lost them (truncated, an
+    # older copy put back, removed). Oracle: a handle that parsed at the same look.
+    path = str(tmp_path / "GRAVES")
+    Graveyard(path, UNCONFINED).bury([("gone", 5)])
+    mine, parsed = Graveyard(path, UNCONFINED), Graveyard(path, UNCONFINED)
+    assert mine.recorded("live") == 0 == parsed.version_of("live")
+    with open(path, "r+b") as fh:
+        fh.truncate(0)
+    assert mine.recorded("gone") == parsed.recorded("gone") == 5
+    assert mine.version_of("gone") == parsed.version_of("gone") == 5
