@@ -116,11 +116,12 @@ def origin(url: Any) -> str:
     return f"{parsed.scheme}://{host}{port}"
 
 
-def distrust(url: str, exc: BaseException) -> None:
+def distrust(url: str, exc: BaseException, maybe: str = "") -> None:
     """StoreUnavailableError, raised, if ``exc`` is the server's TLS certificate refused.
 
     Not to be retried: every try meets the same certificate (retries hid the reason behind
-    "cannot connect", the words of a server that is down).
+    "cannot connect", the words of a server that is down). ``maybe``: :data:`MAYBE` for a
+    write an earlier try of which lost its answer (it may have been applied).
     """
     seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, ssl.SSLCertVerificationError):
@@ -130,7 +131,7 @@ def distrust(url: str, exc: BaseException) -> None:
         raise unavailable(
             url,
             f"its TLS certificate is not trusted ({reason}): give the CA that signed it in"
-            " $SSL_CERT_FILE (docs/SERVER.md, Behind a TLS proxy)",
+            f" $SSL_CERT_FILE (docs/SERVER.md, Behind a TLS proxy){maybe}",
         ) from None
 
 

@@ -355,7 +355,8 @@ class Transport:
                 failures.gateway(response)  # a proxy's 502 or 504: raised as the answer lost it is
                 return response, sent
             except httpx.HTTPError as exc:
-                failures.distrust(url, exc)  # a certificate refused: said at once, never retried
+                # a certificate refused: said at once, never retried (a lost answer still said)
+                failures.distrust(url, exc, MAYBE * (sent and spec.writes))
                 lost = not isinstance(exc, NOT_SENT)
                 sent = sent or lost
                 if isinstance(exc, _NEVER_SENDABLE) or not isinstance(exc, httpx.TransportError):
