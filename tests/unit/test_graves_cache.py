@@ -2,10 +2,14 @@
 
 import contextlib
 import os
+from pathlib import Path
 
 import hypothesis
+import pytest
 from hypothesis import strategies as st
 
+import castore.file.graves as graves_module
+from castore.file import frames
 from castore.file.graves import Graveyard
 from castore.file.records import Grave, encode_record, grave_key_bytes
 from castore.file.tree import UNCONFINED
@@ -78,3 +82,42 @@ def test_a_handle_keeps_the_records_it_read_by_their_bytes_once_the_file_loses_t
         fh.truncate(0)
     assert mine.recorded("gone") == parsed.recorded("gone") == 5
     assert mine.version_of("gone") == parsed.version_of("gone") == 5
+
+
+def test_a_grave_buried_after_a_handles_unparsed_lookup_is_found(tmp_path: Path) -> None:
+    """The file's bytes are read again when it changed: a grave another handle wrote counts."""
+    path = str(tmp_path / "GRAVES")
+    Graveyard(path, UNCONFINED).bury([("a", 3)])
+    mine, other = Graveyard(path, UNCONFINED), Graveyard(path, UNCONFINED)
+    assert mine.recorded("x") == 0  # by the file's bytes: no record of x
+    other.bury([("x", 5)])
+    assert mine.recorded("x") == 5
+    assert Graveyard(path, UNCONFINED).recorded("x") == 5  # the oracle: a new handle
+
+
+def test_a_handle_parses_graves_at_its_65th_lookup_not_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookups by the file's bytes: 64 of them, then one parse, then reads on."""
+    path = str(tmp_path / "GRAVES")
+    Graveyard(path, UNCONFINED).bury([("a", 3)])
+    calls: list[int] = []
+    real = frames.classify_twinned
+
+    def counted(data: bytes, start: int = 0) -> frames.LogBytes:
+        calls.append(len(data))
+        return real(data, start)
+
+    monkeypatch.setattr(graves_module, "classify_twinned", counted)
+    mine = Graveyard(path, UNCONFINED)
+    for i in range(64):  # keys no record names: found so by the file's bytes
+        assert mine.recorded(f"k{i}") == 0
+    assert calls == []
+    assert mine.recorded("k64") == 0  # the 65th: parsed, then read on
+    assert len(calls) == 1
+    assert (mine.recorded("k65"), mine.recorded("a")) == (0, 3)
+    assert len(calls) == 1
+
+
+def test_a_lone_surrogate_has_no_record_bytes() -> None:
+    assert grave_key_bytes("a\ud800") is None
