@@ -51,6 +51,8 @@ def test_a_key_that_begins_with_a_dash_given_as_an_option_says_where_it_goes(cli
         (("set", "--", "-k", "1", "--dir", "/x"), "--dir /x came after --", "set takes no --dir"),
         (("set", "--by", "3", "--", "-k", "1", "x"), "1 x came after --", "takes no 1"),
         (("get", "--", "k", "--required"), "--required came after --", "get takes no"),
+        (("set", "--bogus", "--", "k", "1", "x"), "; x came after --", "--bogus x came after"),
+        (("set", "--", "k", "1", "--", "x"), ": -- x came after --", "takes --"),
     ],
 )
 def test_arguments_left_over_after_double_dash_are_no_options(cli, argv, said, unsaid):
