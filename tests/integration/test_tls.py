@@ -81,14 +81,11 @@ def _looked(node: Node) -> dict[str, object]:
         time.sleep(0.05)
 
 
-def test_members_behind_tls_proxies_trust_the_ca_of_ssl_cert_file(
-    launcher: Launcher, proxies: list[TlsProxy], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Found by a review: a member's looks at the others (castore/server/peers.py) ran
-    # with trust_env=False, which drops $SSL_CERT_FILE too: behind proxies whose
-    # certificates a private CA signed, no member ever served ("certificate verify
-    # failed"), whatever the members' environment said.
-    nodes = [Node(launcher.tmp / f"tls{i}", port) for i, port in enumerate(free_ports(2))]
+def _members_behind_proxies(
+    launcher: Launcher, proxies: list[TlsProxy], name: str
+) -> tuple[list[Node], str]:
+    """Two members, each behind a TLS proxy and listed by its URL, serving: (nodes, list)."""
+    nodes = [Node(launcher.tmp / f"{name}{i}", port) for i, port in enumerate(free_ports(2))]
     launcher.nodes += nodes
     proxies += [TlsProxy(node.port) for node in nodes]
     members = ",".join(proxy.url for proxy in proxies)
@@ -99,6 +96,17 @@ def test_members_behind_tls_proxies_trust_the_ca_of_ssl_cert_file(
         assert "warning" in node.wait_listening()  # --self names the proxy's port
     for node in nodes:
         assert _looked(node).get("serving") is True
+    return nodes, members
+
+
+def test_members_behind_tls_proxies_trust_the_ca_of_ssl_cert_file(
+    launcher: Launcher, proxies: list[TlsProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by a review: a member's looks at the others (castore/server/peers.py) ran
+    # with trust_env=False, which drops $SSL_CERT_FILE too: behind proxies whose
+    # certificates a private CA signed, no member ever served ("certificate verify
+    # failed"), whatever the members' environment said.
+    _, members = _members_behind_proxies(launcher, proxies, "tls")
     monkeypatch.setenv("SSL_CERT_FILE", CA)
     store = Store(members, dag="d")
     try:
@@ -116,16 +124,7 @@ def test_a_member_down_behind_its_proxy_stops_no_other_member(
     # (no digest), read as "runs no member list": every other member refused its own
     # keyspaces while any member was down, where members reached directly go on
     # serving theirs (a refused connection says a member is down: docs/SERVER.md).
-    nodes = [Node(launcher.tmp / f"down{i}", port) for i, port in enumerate(free_ports(2))]
-    launcher.nodes += nodes
-    proxies += [TlsProxy(node.port) for node in nodes]
-    members = ",".join(proxy.url for proxy in proxies)
-    for node, proxy in zip(nodes, proxies, strict=True):
-        node.env["SSL_CERT_FILE"] = CA
-        node.launch(None, "--cluster", members, "--self", proxy.url)
-    for node in nodes:
-        node.wait_listening()
-        assert _looked(node).get("serving") is True
+    nodes, members = _members_behind_proxies(launcher, proxies, "down")
     nodes[1].kill()
     with httpx.Client(verify=False) as client:  # noqa: S501  # the proxy's own answer
         assert client.get(f"{proxies[1].url}/healthz").status_code == 502
