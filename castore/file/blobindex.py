@@ -66,6 +66,19 @@ def shard_frames(fd: int, start: int, end: int) -> Iterator[Frame]:
             carry, base = b"", pos
 
 
+def _holds(fd: int, digest: bytes) -> bool:
+    """Whether the bytes of the file on ``fd`` hold ``digest`` anywhere, read a chunk at a time."""
+    carry, pos = b"", 0
+    while chunk := fileio.read_at(fd, pos, _CHUNK):
+        window = carry + chunk
+        if digest in window:
+            return True
+        pos += len(chunk)
+        carry = window[1 - len(digest) :]  # a digest across two chunks
+    return False
+
+
+_SEARCHES = 64  # digests a handle looks up by a shard's bytes before it parses the shard
 _KEEP_LOCATIONS = 4  # per digest: a rewrite in progress or interrupted leaves the old one valid
 
 
@@ -100,6 +113,7 @@ class BlobIndex:
         # shard path -> (inode, bytes read, digest -> locations newest first)
         self._shards: dict[str, tuple[int, int, dict[bytes, list[BlobLoc]]]] = {}
         self._dir_made = False
+        self._searched = 0  # lookups answered by a shard's bytes (:meth:`_absent`)
         self._lock = threading.Lock()
         forks.track(self)
 
@@ -154,9 +168,32 @@ class BlobIndex:
         try:
             if fresh:
                 self._shards.pop(path, None)
+            elif self._absent(path, digest):
+                return []
             return list(self._refresh(path).get(digest, ()))
         finally:
             self._lock.release()
+
+    def _absent(self, path: str, digest: bytes) -> bool:
+        """True if the shard, which this handle has not parsed, holds no record of ``digest``.
+
+        Found by its bytes (a record begins with the digest), as the parse would answer:
+        a command's new value made a handle parse a 256th of every blob's record to learn
+        that none was its digest (+1.3 ms per 100,000 blobs). After :data:`_SEARCHES`
+        such lookups a handle parses the shards it reads (then reads on).
+        """
+        if path in self._shards or self._searched >= _SEARCHES:
+            return False
+        self._searched += 1
+        would_wait(path)  # reading it may take a while: not on an event loop
+        try:
+            fd = self.fs.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return True  # no shard: no record
+        try:
+            return not _holds(fd, digest)
+        finally:
+            os.close(fd)
 
     def every_location(self, digest: bytes) -> list[BlobLoc]:
         """Every location the shard on disk records for ``digest``, newest first.
