@@ -211,7 +211,9 @@ class _Sweep:
         return None if self.dry_run else self.decided
 
     def _decide(self, frames: list[Frame]) -> list[tuple[int, bytes]] | None:
-        keep = self.live | _live_digests(frames)
+        # The store's live set is only looked into, never copied: a copy per log
+        # made the sweep quadratic in the blobs (100,000 keys: 317 s for a dry run).
+        own = _live_digests(frames)
         seen: set[bytes] = set()
         out: list[tuple[int, bytes]] = []
         freed = 0
@@ -220,7 +222,7 @@ class _Sweep:
                 self.counts["found"] += 1
                 self.counts["bytes_found"] += f.end - f.start
                 digest = f.payload[:32]
-                if digest not in keep or digest in seen:
+                if (digest not in self.live and digest not in own) or digest in seen:
                     freed += 1
                     continue
                 seen.add(digest)
