@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from types import EllipsisType
@@ -200,6 +201,27 @@ def ns_dir(root: str | os.PathLike[str], scope: str, namespace: str) -> str:
 
 def log_path(root: str | os.PathLike[str], scope: str, namespace: str, key: str) -> str:
     return os.path.join(ns_dir(root, scope, namespace), file_id(key) + ".log")
+
+
+def removed_beside_its_index(root: str | os.PathLike[str]) -> tuple[str, pathlib.Path, bytes]:
+    """Key ``a`` (versions 1-2, deleted at 3) compacted away, its emptied log kept by gc.
+
+    Returns the log's path, its version index's path and the index's bytes from
+    before the removal (records of versions 1 to 3), for a test to put back.
+    """
+    store = castore.Store(root, dag="d")
+    store.set("a", 1)
+    store.set("a", 2)
+    store.set("b", 1)  # b's value is a's first: gc keeps a's emptied log
+    store.delete("a")
+    path = log_path(root, "dag", "d", "a")
+    vix = pathlib.Path(path[: -len(".log")] + ".vix")
+    assert store.get("a", version=1).value == 1  # the index records versions 1 to 3
+    older = vix.read_bytes()
+    time.sleep(0.02)
+    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
+    store.close()
+    return path, vix, older
 
 
 def opened_at(store: Store) -> str:

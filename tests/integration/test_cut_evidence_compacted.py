@@ -10,7 +10,6 @@ count. The oracle: the same store with the index compaction left.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -18,24 +17,14 @@ import pytest
 from castore import Store
 from castore.file.frames import encode_frame
 from castore.file.records import KIND_COMPACTED
-from tests.helpers import frames_of, log_path
+from tests.helpers import frames_of, removed_beside_its_index
 
 pytestmark = pytest.mark.integration
 
 
 def test_an_index_from_before_the_removal_proves_no_cut(tmp_path: Path) -> None:
     root, twin = tmp_path / "store", tmp_path / "twin"
-    store = Store(root, dag="d")
-    store.set("a", 1)
-    store.set("a", 2)
-    store.set("b", 1)  # b's value is a's first: gc keeps a's emptied log
-    store.delete("a")
-    vix = Path(log_path(root, "dag", "d", "a")[: -len(".log")] + ".vix")
-    assert store.get("a", version=1).value == 1  # the index records versions 1 to 3
-    older = vix.read_bytes()
-    time.sleep(0.02)
-    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
-    store.close()
+    _, vix, older = removed_beside_its_index(root)
     assert vix.read_bytes() != older
     shutil.copytree(root, twin)
     vix.write_bytes(older)  # its records of 1 to 3 name offsets the log no longer holds
@@ -60,18 +49,7 @@ def test_a_removal_by_an_older_castore_killed_before_its_index_is_no_cut(tmp_pat
     515648a at its "rewrite-after-rename" failpoint; the oracle is its answers.
     """
     root = tmp_path / "store"
-    store = Store(root, dag="d")
-    store.set("a", 1)
-    store.set("a", 2)
-    store.set("b", 1)  # b's value is a's first: gc keeps a's emptied log
-    store.delete("a")
-    path = log_path(root, "dag", "d", "a")
-    vix = Path(path[: -len(".log")] + ".vix")
-    assert store.get("a", version=1).value == 1  # the index records versions 1 to 3
-    older = vix.read_bytes()
-    time.sleep(0.02)
-    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
-    store.close()
+    path, vix, older = removed_beside_its_index(root)
     frames, _ = frames_of(path)  # as that castore left it: header and blobs, no C frame
     Path(path).write_bytes(
         b"".join(encode_frame(f.kind, f.payload) for f in frames if f.kind != KIND_COMPACTED)

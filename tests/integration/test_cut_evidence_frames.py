@@ -13,7 +13,6 @@ texts, and the undamaged twin store's answer.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from castore.file import versionindex
 from castore.file.frames import encode_frame, scan_frames
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.tree import Tree
-from tests.helpers import log_path, ns_dir, twin_with_six_versions
+from tests.helpers import log_path, ns_dir, removed_beside_its_index, twin_with_six_versions
 
 pytestmark = pytest.mark.integration
 
@@ -198,17 +197,7 @@ def test_check_counts_no_cut_at_the_last_version_a_compaction_dropped(tmp_path: 
     # last version, which does not count (FORMAT.md §7): check restores the grave, and
     # reports no versions lost.
     root = tmp_path / "store"
-    store = Store(root, dag="d")
-    store.set("a", 1)
-    store.set("a", 2)
-    store.set("b", 1)  # b's value is a's first: gc keeps a's emptied log
-    store.delete("a")
-    vix = Path(log_path(root, "dag", "d", "a")).with_suffix(".vix")
-    assert store.get("a", version=1).value == 1  # the index records versions 1 to 3
-    older = vix.read_bytes()
-    time.sleep(0.02)
-    assert store.compact(keep_within_seconds=0.01, prefix="a").keys_removed == 1
-    store.close()
+    _, vix, older = removed_beside_its_index(root)
     vix.write_bytes(older)
     os.remove(Path(ns_dir(root, "dag", "d")) / "GRAVES")
     fresh = Store(root, dag="d")
