@@ -12,17 +12,15 @@ directory) every read finds nothing; the first write creates it (:meth:`Layout.c
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
-from castore.errors import CorruptionError
-from castore.file import fileio, logrewrite, logversions
+from castore.file import logrewrite, logversions, settled
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
-from castore.file.frames import Frame, LogBytes
+from castore.file.frames import Frame
 from castore.file.graves import Graveyard
 from castore.file.layout import KEY_BYTES_CACHED, Layout
 from castore.file.namespaces import Namespaces
@@ -30,7 +28,6 @@ from castore.file.readcache import CACHE_MAX_ENTRIES, ReadCache, Sig, stat_sig
 from castore.file.readers import KeptReaders
 from castore.file.reflog import RefLog
 from castore.file.rewrite import Transform
-from castore.file.statemarks import pending_rewrite
 from castore.file.tree import Tree
 from castore.file.writer import Writer
 from castore.inuse import InUse, guard
@@ -147,20 +144,28 @@ class FileBackend:
         *,
         keep_copy: str | None = None,
         gc_held: bool = False,
-        then: Callable[[], None] | None = None,
-        busy: Callable[[], None] | None = None,
     ) -> list[Frame] | None:
         """:func:`logrewrite.rewrite` holding ``gc.lock`` shared unless ``gc_held`` (§8)."""
+        with self.rewriting(path, transform, keep_copy=keep_copy, gc_held=gc_held) as decision:
+            pass
+        return decision.frames
+
+    @contextlib.contextmanager
+    def rewriting(
+        self,
+        path: str,
+        transform: Transform,
+        *,
+        keep_copy: str | None = None,
+        gc_held: bool = False,
+        wait: bool = True,
+    ) -> Iterator[logrewrite.Decision]:
+        """:func:`logrewrite.rewriting` holding ``gc.lock`` shared unless ``gc_held`` (§8)."""
         self._cache.stale(path)
-
-        def marked(log: LogBytes) -> list[tuple[int, bytes]] | None:
-            if (wanted := transform(log)) is not None:  # it changes: its STATE row is pending
-                pending_rewrite(self.fs, path, log)
-            return wanted
-
         with self.layout.gc_locked(shared=True, held=gc_held):
             own = RefLog(self.layout, self._blobs, path)
-            return logrewrite.rewrite(own, marked, keep_copy=keep_copy, then=then, busy=busy)
+            with logrewrite.rewriting(own, transform, keep_copy=keep_copy, wait=wait) as decision:
+                yield decision
 
     def rebuild_blob_index(self, *, gc_held: bool = False) -> int:
         """Rebuild the blob index from every log (count its blobs); ``gc.lock`` as gc holds it."""
@@ -202,24 +207,7 @@ class FileBackend:
 
     def remember(self, scope: str, namespace: str, keys: list[str]) -> None:
         """Record in ``STATE`` keys' newest versions (not held by a writer, damaged, put back)."""
-        state = self.names.state(scope, namespace)
-        if state.known() is None:
-            return
-        for key in keys:
-            log = self.log(Ref(scope, namespace, key))
-            with contextlib.suppress(OSError, CorruptionError):
-                fd = log.open()
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # no writer in flight
-                    if (st := self.fs.names(log.path, fd)) is None:  # device and inode (overlay)
-                        continue  # replaced since it was opened: that lock excludes no writer
-                    hit = self._cache.get(log.path)  # list's read, if nothing changed since
-                    seen = hit[1] if hit is not None and hit[0] == stat_sig(st) else None
-                    entry = seen.entry if seen else log.settled_tail(fd, locked=True).entry
-                    self.names.not_put_back(Ref(scope, namespace, key), log.path, entry)
-                    state.settled(key, entry)
-                finally:
-                    fileio.unlock_and_close(fd)  # a child forked meanwhile has fd: unlocked
+        settled.remember(self.names, self.log, self._cache, Ref(scope, namespace, ""), keys)
 
     @property
     def loop_safe_reads(self) -> bool:

@@ -22,10 +22,11 @@ readers and writers carry on while compaction runs.
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from castore.backend import Progress
@@ -48,6 +49,7 @@ from castore.reports import CompactReport, Retention, retained
 
 if TYPE_CHECKING:
     from castore.file.backend import FileBackend
+    from castore.file.logrewrite import Decision
 
 __all__ = ["compact"]
 
@@ -103,15 +105,27 @@ def _ends_in_tombstone(fs: Tree, path: str, grave: int) -> bool:
 
 
 class _Plan:
-    """The decision for one log, made under its lock by :meth:`transform`."""
+    """The decision for one log, made under its lock by :meth:`transform`.
+
+    Without ``removals``, a key that would go away is left as it is and
+    marked ``deferred`` (removed later, in a batch of removals).
+    """
 
     def __init__(
-        self, keep_last: int | None, cutoff_ns: int | None, policy: str, grave: int = 0
+        self,
+        keep_last: int | None,
+        cutoff_ns: int | None,
+        policy: str,
+        grave: int = 0,
+        *,
+        removals: bool = True,
     ) -> None:
         self.keep_last = keep_last
         self.cutoff_ns = cutoff_ns
         self.policy = policy
         self.grave = grave  # a removal to end: the key's last version in GRAVES (else 0)
+        self.removals = removals
+        self.deferred = False
         self.dropped = 0
         self.removed: Entry | None = None  # the tombstone of a key that goes away
 
@@ -127,6 +141,9 @@ class _Plan:
             keep = None
         else:
             keep = retained([e for _, e in entries], self.keep_last, self.cutoff_ns)
+        if keep is None and not self.removals:
+            self.deferred = True
+            return None
         if keep is None:
             self.removed = newest
             self.dropped = len(entries)
@@ -149,13 +166,42 @@ class _Plan:
         return out
 
 
-_BATCH = 32  # the logs of one namespace a compaction holds locked at once
+_BATCH = 32  # logs of one namespace whose versions a compaction drops, held at once
+_REMOVALS = 1024  # keys of one namespace it removes at once (at most a quarter of the fds)
+_HELD_BYTES = 64 << 20  # a batch ends once the logs it holds passed this many bytes
 
 
-def _batch(refs: list[tuple[Ref, int]], start: int) -> list[tuple[Ref, int]]:
-    """The refs from ``start`` on: at most :data:`_BATCH`, of ``refs[start]``'s namespace."""
-    run = refs[start : start + _BATCH]
-    return [r for r in run if r[0][:2] == run[0][0][:2]]  # refs come namespace by namespace
+class _Tally:
+    """The counts of a :class:`CompactReport`, added up log by log."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.examined = self.compacted = self.dropped = self.removed = 0
+        self.before = self.after = 0
+
+    def add(self, done: list[tuple[_Plan, int, int]]) -> None:
+        for plan, size, size_after in done:
+            self.examined += 1
+            self.before += size
+            self.after += size_after
+            if plan.dropped:
+                self.compacted += 1
+                self.dropped += plan.dropped
+                self.removed += plan.removed is not None
+        if self.progress is not None and done:
+            self.progress(len(done))
+
+    def report(self, policy: str, dry_run: bool) -> CompactReport:
+        return CompactReport(
+            policy=policy,
+            dry_run=dry_run,
+            refs_examined=self.examined,
+            refs_compacted=self.compacted,
+            versions_dropped=self.dropped,
+            keys_removed=self.removed,
+            bytes_before=self.before,
+            bytes_after=self.after,
+        )
 
 
 def compact(
@@ -165,47 +211,39 @@ def compact(
     dry_run: bool = False,
     progress: Progress | None = None,
 ) -> CompactReport:
-    """Apply a retention policy to every ref it selects.
+    """Apply a retention policy to every ref it selects, namespace by namespace.
+
+    A namespace's logs that lose versions are compacted in batches of up to
+    :data:`_BATCH`; the keys that go away are removed after them, in batches
+    of up to :data:`_REMOVALS` with one ``GRAVES`` append and one ``KEYS``
+    rewrite each (FORMAT.md §8).
 
     Raises:
         LockTimeoutError: a ref stayed locked for the lock timeout.
     """
-    keep_last, keep_within_seconds = retention.keep_last, retention.keep_within_seconds
-    policy = retention.policy
     cutoff = None
-    if keep_within_seconds is not None:
-        cutoff = time.time_ns() - int(keep_within_seconds * 1e9)
-    examined = compacted = dropped = removed = before = after = 0
-    selected = list(_refs(backend, retention))
-    while examined < len(selected):
-        batch = _batch(selected, examined)
-        refs = [ref for ref, _ in batch]
-        plans = [_Plan(keep_last, cutoff, policy, grave) for _, grave in batch]
+    if retention.keep_within_seconds is not None:
+        cutoff = time.time_ns() - int(retention.keep_within_seconds * 1e9)
+
+    def plan(grave: int, removals: bool) -> _Plan:
+        return _Plan(retention.keep_last, cutoff, retention.policy, grave, removals=removals)
+
+    tally = _Tally(progress)
+    for _, group in itertools.groupby(_refs(backend, retention), key=lambda r: r[0][:2]):
+        refs = list(group)
         if dry_run:
-            sizes = [_dry_run(backend, ref, plan) for ref, plan in zip(refs, plans, strict=True)]
-        else:
-            with backend.layout.gc_locked(shared=True):  # rewrites move blobs: gc waits (§8)
-                sizes = _compact_batch(backend, refs, plans)  # the first ones, if not all
-        for plan, (size, size_after) in zip(plans, sizes, strict=False):
-            examined += 1
-            before += size
-            after += size_after
-            if plan.dropped:
-                compacted += 1
-                dropped += plan.dropped
-                removed += plan.removed is not None
-        if progress is not None:
-            progress(len(sizes))
-    return CompactReport(
-        policy=policy,
-        dry_run=dry_run,
-        refs_examined=examined,
-        refs_compacted=compacted,
-        versions_dropped=dropped,
-        keys_removed=removed,
-        bytes_before=before,
-        bytes_after=after,
-    )
+            for ref, grave in refs:
+                one = plan(grave, True)
+                tally.add([(one, *_dry_run(backend, ref, one))])
+            continue
+        deferred: list[tuple[Ref, int]] = []  # keys that go away: removed after the others
+        done = 0
+        while done < len(refs):
+            done = _compact_batch(backend, refs, done, plan, tally, deferred)
+        done = 0
+        while done < len(deferred):
+            done = _compact_batch(backend, deferred, done, plan, tally, None)
+    return tally.report(retention.policy, dry_run)
 
 
 def _dry_run(backend: FileBackend, ref: Ref, plan: _Plan) -> tuple[int, int]:
@@ -227,60 +265,81 @@ def _dry_run(backend: FileBackend, ref: Ref, plan: _Plan) -> tuple[int, int]:
 
 
 def _compact_batch(
-    backend: FileBackend, refs: list[Ref], plans: list[_Plan]
-) -> list[tuple[int, int]]:
-    """Apply each plan to its ref's log, the logs of one namespace rewritten nested.
+    backend: FileBackend,
+    refs: list[tuple[Ref, int]],
+    start: int,
+    plan: Callable[[int, bool], _Plan],
+    tally: _Tally,
+    deferred: list[tuple[Ref, int]] | None,
+) -> int:
+    """Compact one batch of ``refs`` (one namespace's) from ``start``; return where it ended.
 
-    Each log's rewrite runs inside the previous one's (``then``): every log
-    is locked and decided before any is written. Then the keys that go away
-    are recorded in ``GRAVES`` (durably, one append) and leave ``KEYS`` (one
-    rewrite), and only then is each new log renamed into place, innermost
-    first: per key the order of FORMAT.md §8 ("Compaction"), with one
-    ``GRAVES`` fdatasync and one ``KEYS`` rewrite per batch instead of per
-    key (a rewrite of ``KEYS`` per removed key made compaction quadratic).
-    A writer re-creating a removed key opens its new log, so it comes after
-    and lists the key again. Only the first log's lock is waited for: a log
-    after it that another holds ends the batch there (``busy``), so the
-    batch never holds locks while it waits (a writer stalled on one key
-    would hold up writers of the keys before it). Returns the size before
-    and after of each log it handled: all of ``refs``, or the first ones.
+    Each log is locked and decided inside the locks of the logs before it
+    that change (one left as it is is unlocked at once), so every log the
+    batch changes is locked and decided before any is written. Then the keys
+    that go away are recorded in ``GRAVES`` (durably, one append) and leave
+    ``KEYS`` (one rewrite), and only then is each new log renamed into place,
+    innermost first: per key the order of FORMAT.md §8 ("Compaction"). A
+    writer re-creating a removed key opens its new log, so it comes after
+    and lists the key again. A lock is waited for only while the batch holds
+    none; one another holds ends the batch there, so it never waits while it
+    holds locks (a writer stalled on one key would hold up writers of the
+    keys before it). With ``deferred``, a key that would go away is left as
+    it is and added there: such batches hold :data:`_BATCH` logs at most and
+    never rewrite ``KEYS``; the removals come after, many per rewrite (one
+    per batch of 32 logs made compaction quadratic in the keys).
     """
-    paths = [backend.log_path(ref) for ref in refs]
-    sizes = [_size(backend.fs, path) for path in paths]
-    scope, namespace = refs[0].scope, refs[0].namespace
+    most = _BATCH if deferred is not None else fileio.descriptor_share(4, _REMOVALS)
+    done: list[tuple[Ref, _Plan, str, int]] = []
+    held = held_bytes = 0
+    i = start
+    # rewrites move blobs: gc waits (§8)
+    with backend.layout.gc_locked(shared=True), contextlib.ExitStack() as batch:
+        while i < len(refs) and held < most and held_bytes < _HELD_BYTES:
+            ref, grave = refs[i]
+            path, one = backend.log_path(ref), plan(grave, deferred is None)
+            size = _size(backend.fs, path)
+            with contextlib.ExitStack() as log:
+                got = log.enter_context(_locked(backend, ref, path, one, wait=not held))
+                if got.busy:
+                    break  # another holds it: the batch ends here, the next one waits
+                if got.changes:  # held until the batch's renames, when the batch ends
+                    batch.push(log.pop_all())
+                    held, held_bytes = held + 1, held_bytes + got.size
+            if one.deferred and deferred is not None:
+                deferred.append(refs[i])
+            else:
+                done.append((ref, one, path, size))
+            i += 1
+        _settle(backend, [(r, p) for r, p, _, _ in done])
+    tally.add([(p, size, _size(backend.fs, path)) for _, p, path, size in done])
+    return i
 
-    def settle() -> None:
-        ends = zip(refs, plans, strict=True)
-        gone = [(r.key, p.removed.version) for r, p in ends if p.removed is not None]
-        if gone:
-            backend.graveyard(scope, namespace).bury(gone)
-            fileio.failpoint("compact-after-bury")
-            keys = {key for key, _ in gone}
-            backend.names.unlist(scope, namespace, keys, durable=backend.durable)
 
-    stop = [len(refs)]  # where the batch ended
-
-    def nest(i: int) -> None:
-        if i == len(refs):
-            settle()
-            return
-
-        def busy() -> None:  # another holds it: the batch ends here, the next one waits
-            stop[0] = i
-            settle()
-
-        transform, first = _checked(backend, refs[i], plans[i]), i == 0
-        then = functools.partial(nest, i + 1)
-        backend.rewrite(paths[i], transform, gc_held=True, then=then, busy=None if first else busy)
-
+@contextlib.contextmanager
+def _locked(
+    backend: FileBackend, ref: Ref, path: str, plan: _Plan, *, wait: bool
+) -> Iterator[Decision]:
+    """``backend.rewriting`` of one log of a batch, a lock timeout naming its key."""
     try:
-        nest(0)
-    except LockTimeoutError as exc:  # only the first log's lock is waited for: name its key
-        if exc.path == paths[0] and not exc.ref:
-            exc.ref = str(refs[0])
+        rewriting = backend.rewriting(path, _checked(backend, ref, plan), gc_held=True, wait=wait)
+        with rewriting as decision:
+            yield decision
+    except LockTimeoutError as exc:  # waited for while holding none: name its key
+        if exc.path == path and not exc.ref:
+            exc.ref = str(ref)
         raise
-    handled = zip(sizes[: stop[0]], paths[: stop[0]], strict=True)
-    return [(size, _size(backend.fs, path)) for size, path in handled]
+
+
+def _settle(backend: FileBackend, done: list[tuple[Ref, _Plan]]) -> None:
+    """Record a batch's removed keys in ``GRAVES`` (durably), then take them out of ``KEYS``."""
+    gone = [(r.key, p.removed.version) for r, p in done if p.removed is not None]
+    if gone:
+        scope, namespace = done[0][0].scope, done[0][0].namespace
+        backend.graveyard(scope, namespace).bury(gone)
+        fileio.failpoint("compact-after-bury")
+        keys = {key for key, _ in gone}
+        backend.names.unlist(scope, namespace, keys, durable=backend.durable)
 
 
 def _checked(backend: FileBackend, ref: Ref, plan: _Plan) -> Transform:

@@ -1,88 +1,107 @@
 """One log's atomic rewrite under its lock (compaction, gc, repair, an import's overwrite).
 
-:func:`rewrite` locks the log, sorts its bytes into frames and damage,
-asks ``transform`` for the new frames, then writes them to a temporary
-file and renames it over the log (docs/FORMAT.md §8). Compaction nests the
-rewrites of a batch of logs (``then``), and tries each log after the
-first without waiting (``busy``), so it never waits for a lock while it
-holds others.
+:func:`rewriting` locks the log, sorts its bytes into frames and damage,
+asks ``transform`` for the new frames and hands the caller a
+:class:`Decision`; when the caller's block ends without an error it
+writes them to a temporary file and renames it over the log
+(docs/FORMAT.md §8). A log that stays as it is was unlocked before the
+block ran. Compaction enters the rewrites of a batch of logs one inside
+the other (a :class:`contextlib.ExitStack`), so the batch's logs are all
+locked and decided before any is written, and tries each lock without
+waiting while it holds another (``wait``), so it never waits for a lock
+while it holds others. :func:`rewrite` is one log's rewrite alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Iterator
 
 from castore.errors import CorruptionError, LockTimeoutError
 from castore.file import fileio, logread
-from castore.file.frames import Frame, scan_frames
+from castore.file.frames import Frame, LogBytes, scan_frames
 from castore.file.records import KIND_BLOB
 from castore.file.reflog import RefLog
 from castore.file.rewrite import Transform, relaid
+from castore.file.statemarks import pending_rewrite
 from castore.records import BlobLoc
 
-__all__ = ["rewrite"]
+__all__ = ["Decision", "rewriting"]
 
 
-def rewrite(
-    log: RefLog,
-    transform: Transform,
-    *,
-    keep_copy: str | None = None,
-    then: Callable[[], None] | None = None,
-    busy: Callable[[], None] | None = None,
-) -> list[Frame] | None:
-    """Atomically replace ``log`` with ``transform`` of its bytes, under its lock.
+class Decision:
+    """What :func:`rewriting` found: whether the log is held to be rewritten.
+
+    Attributes:
+        busy: another held the lock (``wait`` False): nothing was read or written.
+        changes: ``transform`` asked for new frames: the log stays locked until
+            the block ends, then is rewritten.
+        size: the log's bytes as read (0 when busy or missing).
+        frames: once the block ended, the new log's frames ([] when it was
+            removed); None while it runs, or when nothing changed.
+    """
+
+    __slots__ = ("busy", "changes", "frames", "size")
+
+    def __init__(self, *, busy: bool = False, changes: bool = False, size: int = 0) -> None:
+        self.busy = busy
+        self.changes = changes
+        self.size = size
+        self.frames: list[Frame] | None = None
+
+
+@contextlib.contextmanager
+def rewriting(
+    log: RefLog, transform: Transform, *, keep_copy: str | None = None, wait: bool = True
+) -> Iterator[Decision]:
+    """Lock and decide ``log``'s rewrite; the block runs under its lock; then write it.
 
     ``transform`` gets the log's frames and damage (:class:`LogBytes`) and returns
-    the new ``(kind, payload)`` list, or None to leave the log alone; an empty list
+    the new ``(kind, payload)`` list (the key's ``STATE`` row is then marked
+    pending, FORMAT.md §5), or None to leave the log alone; an empty list
     removes the log and its version index. Only a repair (``keep_copy``: the old bytes
     are copied there first) may rewrite a damaged log; a torn tail is quarantined
-    before it is dropped. Moved blob frames get index entries (fsynced) first. Then:
-    temporary file, fsync, rename, fsync the directory, version index (FORMAT.md §8).
-    ``then`` runs once ``transform`` decided, under the lock, before anything is
-    written (also when nothing changes or there is no log): compaction nests the
-    next log's rewrite there. With ``busy``, the lock is not waited for: if another
-    holds it, ``busy()`` runs instead of anything else (``then`` included).
-
-    Returns:
-        The new log's frames, or None when nothing was changed.
+    before it is dropped. When the block ends without an error: moved blob frames
+    get index entries (fsynced) first, then temporary file, fsync, rename, fsync the
+    directory, version index (FORMAT.md §8). An error in the block writes nothing.
+    A log left alone (or missing) is unlocked before the block runs. Without
+    ``wait``, a lock another holds is not waited for: the decision is ``busy``.
 
     Raises:
         CorruptionError: the log is damaged and this is not a repair.
-        LockTimeoutError: the lock stayed taken for the lock timeout (without ``busy``).
+        LockTimeoutError: the lock stayed taken for the lock timeout (with ``wait``).
     """
-    called: list[bool] = []  # then() or busy() ran: never again, whatever it raised
-
-    def decided() -> None:
-        called.append(True)
-        if then is not None:
-            then()
-
-    try:
-        with contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as held:
+        fd, found, wanted = -1, None, None
+        try:
             try:
                 # Only read and locked (the new log is a new file): a read-only store's
                 # gc --dry-run sizes up every log too
-                fd = held.enter_context(log.locked(os.O_RDONLY, 0.0 if busy else None))
+                fd = held.enter_context(log.locked(os.O_RDONLY, None if wait else 0.0))
             except LockTimeoutError:
-                if busy is None:
+                if wait:
                     raise
-                called.append(True)
-                busy()
-                return None
-            return _rewrite_locked(log, fd, transform, keep_copy, decided)
-    except FileNotFoundError:
-        if called or log.layout.fs.exists(log.path):
-            raise
-        decided()
-        return None
+                decision = Decision(busy=True)
+            else:
+                found, wanted = _decide(log, fd, transform, keep_copy)
+                decision = Decision(changes=wanted is not None, size=found.size)
+        except FileNotFoundError:
+            if log.layout.fs.exists(log.path):
+                raise
+            decision = Decision()
+        if found is None or wanted is None:
+            found = None  # not kept while the caller goes on (a batch enters many)
+            held.close()  # unlocked before the block: nothing of it is written
+            yield decision
+            return
+        yield decision
+        decision.frames = _write_locked(log, fd, found, wanted, keep_copy)
 
 
-def _rewrite_locked(
-    log: RefLog, fd: int, transform: Transform, keep_copy: str | None, decided: Callable[[], None]
-) -> list[Frame] | None:
+def _decide(
+    log: RefLog, fd: int, transform: Transform, keep_copy: str | None
+) -> tuple[LogBytes, list[tuple[int, bytes]] | None]:
     found = logread.scan(fd)[1]
     if found.damage and keep_copy is None:
         start, end = found.damage[0]
@@ -92,10 +111,18 @@ def _rewrite_locked(
         )
     if keep_copy is None:  # rewriting would rebuild the index: the evidence would go
         log.refuse_cut(fd, found, "left unchanged")
-    wanted = transform(found)
-    decided()
-    if wanted is None:
-        return None
+    if (wanted := transform(found)) is not None:  # it changes: its STATE row is pending
+        pending_rewrite(log.layout.fs, log.path, found)
+    return found, wanted
+
+
+def _write_locked(
+    log: RefLog,
+    fd: int,
+    found: LogBytes,
+    wanted: list[tuple[int, bytes]],
+    keep_copy: str | None,
+) -> list[Frame]:
     layout = log.layout
     if keep_copy is None and found.torn < found.size:
         torn = fileio.read_at(fd, found.torn, found.size - found.torn)

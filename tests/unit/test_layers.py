@@ -153,6 +153,7 @@ FILE_LAYERS = {
     # reading and writing; maintenance (handed the FileBackend that calls it)
     "kept": 6,
     "logversions": 6,  # every version of one log, for export
+    "settled": 6,  # keys' newest versions recorded in STATE after a list read them
     "readcache": 1,  # each log's newest entry and value, bounded
     "writer": 7,
     "checkremoved": 5,  # logs of keys compaction removed: GRAVES, an older copy put back
