@@ -1,27 +1,40 @@
 """Audit query across keys: every write and delete that matches, newest first, streamed.
 
 Each ref log is read backwards a page at a time; a heap merges the refs by
-time, holding one pending entry per ref (never the whole store). Filters
-on scope and namespace choose which logs are opened at all; ``since`` stops a
-ref's walk at the first older entry.
+time, holding one pending entry per ref, packed (:class:`_Merge`), and the
+pages of a bounded number of refs. Filters on scope and namespace choose which
+logs are opened at all; ``since`` stops a ref's walk at the first older entry.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from typing import Any, Final
 
 import msgspec
 
 from castore.argcheck import check_integer, check_text
+from castore.backend import MAX_VERSION, Backend
 from castore.errors import InvalidRefError, InvalidValueError
 from castore.history import history_entry
 from castore.keys import SCOPES, Ref, go_quote, resolve_namespace, validate_filters
 from castore.records import Entry
-from castore.results import PlainResult
+from castore.results import HistoryEntry, PlainResult
 from castore.store import Store, check_store
 
-__all__ = ["AuditRecord", "audit", "dag_filter"]
+__all__ = ["PAGES_HELD", "PAGE_SIZES", "AuditRecord", "audit", "dag_filter"]
+
+# The entries of one ref's history read at a time: its newest alone (many refs start
+# side by side), then pages as its walk goes on.
+PAGE_SIZES: Final = (1, 16, 256)
+# Refs whose page read is held beyond their next entry: the merge's memory in entries is
+# at most PAGES_HELD * (PAGE_SIZES[-1] - 1), whatever the number of keys.
+PAGES_HELD: Final = 64
+
+_FIELDS: Final = HistoryEntry.__struct_fields__  # a pending record's, packed as an array
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(tuple[str | int, ...]).decode
 
 
 class AuditRecord(PlainResult, frozen=True, kw_only=True, omit_defaults=True, rename="camel"):
@@ -70,13 +83,6 @@ def dag_filter(
     if dag is None and (scope == "dag" or root_dag is None):
         return scope, None
     return scope, resolve_namespace(scope, None, dag=dag, root_dag=root_dag or dag)
-
-
-def _record(ref: Ref, entry: Entry) -> AuditRecord:
-    fields = msgspec.structs.asdict(history_entry(entry))
-    return AuditRecord(
-        scope=ref.scope, namespace=ref.namespace, key=ref.key, time_ns=entry.time_ns, **fields
-    )
 
 
 def _matches(entry: Entry, run_id: str | None, actor: str | None, step: str | None) -> bool:
@@ -146,31 +152,97 @@ def _records(
     since_ns: int | None,
     until_ns: int | None,
 ) -> Iterator[AuditRecord]:
-    """:func:`audit`'s records, its arguments checked."""
-    walks: list[tuple[int, int, Ref, Entry, Iterator[Entry]]] = []
-    order = 0
-
-    def push(ref: Ref, it: Iterator[Entry]) -> None:
-        nonlocal order
-        for entry in it:
-            if since_ns is not None and entry.time_ns < since_ns:
-                return  # older entries of this ref are older still
-            order += 1
-            heapq.heappush(walks, (-entry.time_ns, order, ref, entry, it))
-            return
-
+    """:func:`audit`'s records, its arguments checked (the merge: :class:`_Merge`)."""
+    merge = _Merge(store.backend, wanted, since_ns, until_ns)
     for sc in [scope] if scope else sorted(SCOPES):
         for ns in store.backend.namespaces(sc):
             if namespace is not None and ns != namespace:
                 continue
             for key in store.backend.keys(sc, ns, "", verify=True):  # KEYS may be damaged
-                ref = Ref(sc, ns, key)
-                push(ref, store.backend.iter_newest_first(ref))
-    while walks:
-        _, _, ref, entry, it = heapq.heappop(walks)
-        push(ref, it)
-        if until_ns is not None and entry.time_ns > until_ns:
-            continue
-        if not _matches(entry, *wanted):
-            continue
-        yield _record(ref, entry)
+                merge.start(Ref(sc, ns, key))
+    yield from merge.records()
+
+
+class _Merge:
+    """The refs' walks merged newest first, holding a packed record per ref, not its page.
+
+    Each ref's history is read newest first in pages of :data:`PAGE_SIZES`
+    entries (its first read is its newest entry alone). The heap holds, per
+    ref, only its next entry, packed: the heap key (time, push order) and,
+    for an entry the filters keep, its :class:`HistoryEntry`'s fields as a
+    msgpack array (about 130 bytes, where the decoded entry took 1.7 KB).
+    The rest of a page read is held for at most :data:`PAGES_HELD` refs (the
+    most recently read); a ref whose page was dropped reads on from its
+    popped version, one entry first (docs/DESIGN.md, "Memory of store-wide
+    commands").
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        wanted: tuple[str | None, str | None, str | None],
+        since_ns: int | None,
+        until_ns: int | None,
+    ) -> None:
+        self.backend, self.wanted = backend, wanted
+        self.since_ns, self.until_ns = since_ns, until_ns
+        self.refs: list[Ref] = []
+        self.steps = bytearray()  # per ref: the index in PAGE_SIZES of its next read
+        self.pages: dict[int, list[Entry]] = {}  # per ref: the rest of its page, oldest first
+        self.heap: list[tuple[int, int, int, int, bytes | None]] = []
+        self.order = 0
+
+    def start(self, ref: Ref) -> None:
+        """Walk ``ref`` too: read its newest entry."""
+        self.refs.append(ref)
+        self.steps.append(0)
+        self.advance(len(self.refs) - 1, MAX_VERSION + 1)
+
+    def advance(self, idx: int, before: int) -> None:
+        """Push ref ``idx``'s next entry, below version ``before`` (none: its walk ends)."""
+        page = self.pages.pop(idx, None)
+        if not page:
+            if before <= 1:
+                return  # version 1 was its oldest
+            step = self.steps[idx]
+            page = self.backend.history(self.refs[idx], before, PAGE_SIZES[step])
+            self.steps[idx] = min(step + 1, len(PAGE_SIZES) - 1)
+            if not page:
+                return
+            page.reverse()
+        entry = page.pop()
+        if self.since_ns is not None and entry.time_ns < self.since_ns:
+            return  # older entries of this ref are older still
+        if page:
+            self.hold(idx, page)
+        self.order += 1
+        kept = (self.until_ns is None or entry.time_ns <= self.until_ns) and _matches(
+            entry, *self.wanted
+        )
+        packed = _pack(msgspec.structs.astuple(history_entry(entry))) if kept else None
+        heapq.heappush(self.heap, (-entry.time_ns, self.order, idx, entry.version, packed))
+
+    def hold(self, idx: int, page: list[Entry]) -> None:
+        """Keep the rest of ref ``idx``'s page, dropping the least recently read past the bound."""
+        if len(self.pages) >= PAGES_HELD:
+            dropped = next(iter(self.pages))
+            del self.pages[dropped]
+            self.steps[dropped] = 0  # it reads on one entry first, then pages grow again
+        self.pages[idx] = page
+
+    def records(self) -> Iterator[AuditRecord]:
+        """Pop the newest pending entry, push its ref's next; yield the kept ones."""
+        heap = self.heap
+        while heap:
+            neg_time, _, idx, version, packed = heapq.heappop(heap)
+            self.advance(idx, version)
+            if packed is not None:
+                ref = self.refs[idx]
+                fields: dict[str, Any] = dict(zip(_FIELDS, _unpack(packed), strict=True))
+                yield AuditRecord(
+                    scope=ref.scope,
+                    namespace=ref.namespace,
+                    key=ref.key,
+                    time_ns=-neg_time,
+                    **fields,
+                )

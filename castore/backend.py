@@ -36,7 +36,6 @@ __all__ = [
     "changed_since",
     "lost_error",
     "lost_marker",
-    "newest_first",
     "next_entry",
     "overwrite_refusal",
     "stored_time",
@@ -183,9 +182,6 @@ class Backend(Protocol):
 
     def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
         """Every entry, oldest first, with its verified value (None: tombstone or lost)."""
-
-    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
-        """Every entry, newest first, read lazily (an audit merges many refs)."""
 
     def check(self, *, repair: bool, progress: Progress | None) -> CheckReport:
         """Verify every stored record; with ``repair``, fix what can be fixed."""
@@ -363,22 +359,3 @@ def lost_error(ref: Ref, entry: Entry) -> CorruptionError:
     )
     why = entry.audit.reason or "recorded as lost (no reason given)"  # e.g. an imported line
     return CorruptionError(f"{ref} {lost} lost: {why}; {LOST_HINT}")
-
-
-def newest_first(history: Callable[[int, int], list[Entry]], largest: int = 256) -> Iterator[Entry]:
-    """Every entry of a ref, newest first, read a page at a time (``history(before, limit)``).
-
-    Pages grow (1, 16, 256 entries), so many refs walked side by side (an
-    audit merge) hold little memory each until they are actually consumed. The
-    first page is the newest entry alone, never its value (one a repair recorded
-    as lost is an entry like any other here).
-    """
-    high = MAX_VERSION
-    size = 1
-    while high > 0:
-        page = history(high + 1, size)
-        yield from page
-        if not page:
-            return
-        high = page[-1].version - 1
-        size = min(size * 16, largest)

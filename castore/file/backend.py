@@ -12,11 +12,10 @@ directory) every read finds nothing; the first write creates it (:meth:`Layout.c
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Iterator, Mapping
 
-from castore.backend import Current, Decide, NewVersion, NothingView, Progress, newest_first
+from castore.backend import Current, Decide, NewVersion, NothingView, Progress
 from castore.file import logrewrite, logversions, settled
 from castore.file.blobindex import BlobIndex
 from castore.file.blobs import BlobReader
@@ -110,9 +109,14 @@ class FileBackend:
         self.names.close()
         self.layout.close()
 
-    def log(self, ref: Ref) -> RefLog:
-        """The ref log of ``ref`` (which may not exist yet)."""
+    def log(self, ref: Ref, *, keep: bool = True) -> RefLog:
+        """The ref log of ``ref`` (which may not exist yet), kept unless ``keep`` is False.
+
+        Audit and export read every key's: they keep none (but use one kept already).
+        """
         log = self._logs.get(ref)
+        if log is None and not keep:
+            return RefLog(self.layout, self._blobs, self.layout.log_path(ref, keep=False), ref)
         if log is None:
             if len(self._logs) >= CACHE_MAX_ENTRIES or self._log_bytes >= KEY_BYTES_CACHED:
                 self._logs.clear()
@@ -279,7 +283,7 @@ class FileBackend:
 
     def history(self, ref: Ref, before: int, limit: int) -> list[Entry]:
         """Entries with version < ``before``, newest first, at most ``limit`` (0 = all)."""
-        log = self.log(ref)
+        log = self.log(ref, keep=False)
         hit = self._cache.get(log.path)  # before the log is opened, as in :meth:`current`
         try:
             fd = log.open()
@@ -300,7 +304,7 @@ class FileBackend:
 
     def iter_versions(self, ref: Ref) -> Iterator[tuple[Entry, bytes | None]]:
         """Every entry of a ref, oldest first, with its verified value (None for tombstones)."""
-        log = self.log(ref)
+        log = self.log(ref, keep=False)
         hit = self._cache.get(log.path)  # before the log is opened, as in :meth:`current`
         versions = logversions.iter_versions(ref, log, self.names, self.blob_reader, hit and hit[1])
         return self.in_use.stepwise(versions)
@@ -314,10 +318,6 @@ class FileBackend:
         known = hit[1].entry if hit is not None else None
         if known is not None and got < min(want, known.version):
             self.current(ref)
-
-    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
-        """Every entry of a ref, newest first, a page at a time (:func:`backend.newest_first`)."""
-        return newest_first(functools.partial(self.history, ref))
 
     # -- writing (castore/file/writer.py) -----------------------------------------------
 

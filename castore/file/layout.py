@@ -243,9 +243,11 @@ class Layout:
         """The directory of a namespace's logs, ``KEYS`` and ``GRAVES``."""
         return os.path.join(self.refs, scope, file_id(namespace))
 
-    def log_path(self, ref: Ref) -> str:
-        """The ref log file of ``ref`` (which may not exist yet)."""
+    def log_path(self, ref: Ref, *, keep: bool = True) -> str:
+        """The ref log file of ``ref`` (which may not exist yet); remembered if ``keep``."""
         path = self._paths.get(ref)
+        if path is None and not keep:
+            return os.path.join(self.refs, log_name(ref))
         if path is None:
             if len(self._paths) >= PATHS_CACHED or self._path_bytes >= KEY_BYTES_CACHED:
                 self._paths.clear()

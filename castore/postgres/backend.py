@@ -12,7 +12,6 @@ state: each key is linearizable (docs/DESIGN.md, "The PostgreSQL backend").
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,7 +23,6 @@ from castore.backend import (
     NothingView,
     Progress,
     changed_since,
-    newest_first,
     overwrite_refusal,
 )
 from castore.errors import CorruptionError
@@ -256,10 +254,6 @@ class PostgresBackend:
                 break
             below = page[-1][0]
         self._read(lambda cur: chains.copy_without_row(cur, ref), f"reading {ref}", None)
-
-    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
-        """Every entry, newest first, a page at a time (:func:`~castore.backend.newest_first`)."""
-        return newest_first(functools.partial(self.history, ref), q.PAGE)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from castore.backend import Current, Decide, NewVersion, Progress, newest_first
+from castore.backend import Current, Decide, NewVersion, Progress
 from castore.cluster import Cluster, parse_members
 from castore.errors import (
     CorruptionError,
@@ -64,7 +64,6 @@ from castore.wire import (
 __all__ = ["RemoteBackend"]
 
 _R = TypeVar("_R")
-_MAX_PAGE = 256  # entries per history call of an iteration
 _NEWEST = 2**62  # "below this version": the newest entry of any ref
 _MAX_VERSION = 2**63 - 1  # no backend stores a larger version (nor can the protocol carry one)
 # What an append or a replace adds to its versions: ids, and the entry a replace expects,
@@ -192,10 +191,6 @@ class RemoteBackend:
         """Every entry, oldest first, with its verified value."""
         for item in self._transport.stream("iter_versions", _call(ref), ref[:2], versions_check()):
             yield item.entry, item.value
-
-    def iter_newest_first(self, ref: Ref) -> Iterator[Entry]:
-        """Every entry, newest first, a page at a time."""
-        return newest_first(lambda before, size: self.history(ref, before, size), _MAX_PAGE)
 
     def keys(self, scope: str, namespace: str, prefix: str, *, verify: bool = False) -> list[str]:
         """Keys ever created in a namespace starting with ``prefix``."""
