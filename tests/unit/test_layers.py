@@ -118,6 +118,7 @@ FILE_LAYERS = {
     "tree": 1,
     "keptfile": 2,  # a small file read again and again: descriptor kept, lstat per look
     "damage": 1,
+    "chained": 1,  # a log's frames read in bounded chunks while they chain to its end
     "namesync": 1,  # names made durable before a durable write depends on them
     # the files of the format, each on its own
     "logread": 2,
