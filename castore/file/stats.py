@@ -101,8 +101,8 @@ class _Counts:
                 counted.reclaimable_bytes += sum(e - s for s, e in _gaps(len(data), frames))
         finally:
             os.close(fd)
-        for field in msgspec.structs.fields(ScopeStats):
-            setattr(st, field.name, getattr(st, field.name) + getattr(counted, field.name))
+        for name in ScopeStats.__struct_fields__:  # not structs.fields: it reads annotations
+            setattr(st, name, getattr(st, name) + getattr(counted, name))
 
 
 def stats(backend: FileBackend) -> StoreStats:
