@@ -1,8 +1,8 @@
 """Audit query across keys: every write and delete that matches, newest first, streamed.
 
 Each ref log is read backwards a page at a time; a heap merges the refs by
-time, holding one pending entry per ref, packed (:class:`_Merge`), and the
-pages of a bounded number of refs. Filters on scope and namespace choose which
+time, holding one pending entry per ref, packed (:class:`_Merge`), and pages
+of a bounded number of entries in all. Filters on scope and namespace choose which
 logs are opened at all; ``since`` stops a ref's walk at the first older entry.
 """
 
@@ -23,14 +23,14 @@ from castore.records import Entry
 from castore.results import HistoryEntry, PlainResult
 from castore.store import Store, check_store
 
-__all__ = ["PAGES_HELD", "PAGE_SIZES", "AuditRecord", "audit", "dag_filter"]
+__all__ = ["ENTRIES_HELD", "PAGE_SIZES", "AuditRecord", "audit", "dag_filter"]
 
 # The entries of one ref's history read at a time: its newest alone (many refs start
 # side by side), then pages as its walk goes on.
 PAGE_SIZES: Final = (1, 16, 256)
-# Refs whose page read is held beyond their next entry: the merge's memory in entries is
-# at most PAGES_HELD * (PAGE_SIZES[-1] - 1), whatever the number of keys.
-PAGES_HELD: Final = 64
+# Decoded entries the merge holds at most beyond each ref's next one, whatever the number
+# of keys: a ref's read is at most ENTRIES_HELD // (refs whose walk goes on) entries.
+ENTRIES_HELD: Final = 16384
 
 _FIELDS: Final = HistoryEntry.__struct_fields__  # a pending record's, packed as an array
 _pack = msgspec.msgpack.Encoder().encode
@@ -171,10 +171,13 @@ class _Merge:
     ref, only its next entry, packed: the heap key (time, push order) and,
     for an entry the filters keep, its :class:`HistoryEntry`'s fields as a
     msgpack array (about 130 bytes, where the decoded entry took 1.7 KB).
-    The rest of a page read is held for at most :data:`PAGES_HELD` refs (the
-    most recently read); a ref whose page was dropped reads on from its
-    popped version, one entry first (docs/DESIGN.md, "Memory of store-wide
-    commands").
+    The rest of each page read is held until its entries are popped; a read
+    takes at most :data:`ENTRIES_HELD` // ``live`` entries (the refs whose
+    walk goes on), so the pages hold at most :data:`ENTRIES_HELD` entries in
+    all (``live`` only falls once the walks started: a page read earlier,
+    when it was higher, is smaller). A store of few keys reads in pages of
+    256; one of 100,000 keys one entry at a time (docs/DESIGN.md, "Memory of
+    store-wide commands").
     """
 
     def __init__(
@@ -191,44 +194,40 @@ class _Merge:
         self.pages: dict[int, list[Entry]] = {}  # per ref: the rest of its page, oldest first
         self.heap: list[tuple[int, int, int, int, bytes | None]] = []
         self.order = 0
+        self.live = 0  # refs whose walk goes on
 
     def start(self, ref: Ref) -> None:
         """Walk ``ref`` too: read its newest entry."""
         self.refs.append(ref)
         self.steps.append(0)
+        self.live += 1
         self.advance(len(self.refs) - 1, MAX_VERSION + 1)
 
     def advance(self, idx: int, before: int) -> None:
         """Push ref ``idx``'s next entry, below version ``before`` (none: its walk ends)."""
         page = self.pages.pop(idx, None)
         if not page:
-            if before <= 1:
-                return  # version 1 was its oldest
             step = self.steps[idx]
-            page = self.backend.history(self.refs[idx], before, PAGE_SIZES[step])
+            size = min(PAGE_SIZES[step], max(1, ENTRIES_HELD // self.live))
+            # version 1 was its oldest, or its walk ends here
+            page = self.backend.history(self.refs[idx], before, size) if before > 1 else []
             self.steps[idx] = min(step + 1, len(PAGE_SIZES) - 1)
             if not page:
+                self.live -= 1
                 return
             page.reverse()
         entry = page.pop()
         if self.since_ns is not None and entry.time_ns < self.since_ns:
+            self.live -= 1
             return  # older entries of this ref are older still
         if page:
-            self.hold(idx, page)
+            self.pages[idx] = page
         self.order += 1
         kept = (self.until_ns is None or entry.time_ns <= self.until_ns) and _matches(
             entry, *self.wanted
         )
         packed = _pack(msgspec.structs.astuple(history_entry(entry))) if kept else None
         heapq.heappush(self.heap, (-entry.time_ns, self.order, idx, entry.version, packed))
-
-    def hold(self, idx: int, page: list[Entry]) -> None:
-        """Keep the rest of ref ``idx``'s page, dropping the least recently read past the bound."""
-        if len(self.pages) >= PAGES_HELD:
-            dropped = next(iter(self.pages))
-            del self.pages[dropped]
-            self.steps[dropped] = 0  # it reads on one entry first, then pages grow again
-        self.pages[idx] = page
 
     def records(self) -> Iterator[AuditRecord]:
         """Pop the newest pending entry, push its ref's next; yield the kept ones."""

@@ -1,4 +1,4 @@
-"""The audit merge's memory: a packed record per key, pages for a bounded number of keys.
+"""The audit merge's memory: a packed record per key, pages of a bounded number of entries.
 
 Oracle: the writes as the test made them (a model: every write and delete, in
 the order they were made, newest first), on every backend (``store_location``,
@@ -92,25 +92,48 @@ def counted_audit(store: Store, pages: Pages, **filters: object) -> Iterator[tup
         yield ident(record), pages.held()
 
 
-@pytest.mark.parametrize("held", [1, 2, 64])
-def test_audit_holds_entries_of_a_bounded_number_of_pages(written, monkeypatch, held):
+@pytest.mark.parametrize("held", [1, 20, 300, 16384])
+def test_audit_holds_a_bounded_number_of_entries(written, monkeypatch, held):
     root, want = written
-    monkeypatch.setattr(audit_module, "PAGES_HELD", held, raising=False)
+    monkeypatch.setattr(audit_module, "ENTRIES_HELD", held, raising=False)
     store = handle(root)
     pages = Pages(store, monkeypatch)
     got = list(counted_audit(store, pages))
     assert [w for w, _ in got] == want
     # Before: one decoded entry per key at least (its pending one), and whole pages.
-    assert pages.largest == LARGEST_PAGE
-    assert max(n for _, n in got) <= held * (LARGEST_PAGE - 1)
+    assert max(n for _, n in got) <= held
+    if held == 16384:
+        assert pages.largest == LARGEST_PAGE
     assert pages.held() == 0
+
+
+def test_many_keys_written_in_turn_are_read_in_pages(store_location, monkeypatch):
+    # A first version held the pages of the 64 keys read last: 100 keys written in turn
+    # then lost their page before their turn came again, and were read an entry per call.
+    s = handle(store_location)
+    for v in range(20):
+        for i in range(100):
+            s.set(f"k{i:02d}", v)
+    monkeypatch.setattr(audit_module, "ENTRIES_HELD", 1600, raising=False)
+    store = handle(store_location)
+    calls: list[int] = []
+    history = store.backend.history
+
+    def counted(ref, before, limit):
+        calls.append(limit)
+        return history(ref, before, limit)
+
+    monkeypatch.setattr(store.backend, "history", counted)
+    got = [(r.key, r.version) for r in audit(store)]
+    assert got == [(f"k{i:02d}", v + 1) for v in range(20) for i in range(100)][::-1]
+    assert len(calls) == 100 * 3  # per key: its newest, then 16 (the cap), then the last 3
 
 
 def test_audit_keeps_no_entry_per_key(store_location, monkeypatch):
     s = handle(store_location)
     for i in range(40):
         s.set(f"k{i:02d}", i)
-    monkeypatch.setattr(audit_module, "PAGES_HELD", 4, raising=False)
+    monkeypatch.setattr(audit_module, "ENTRIES_HELD", 4, raising=False)
     store = handle(store_location)
     pages = Pages(store, monkeypatch)
     got = list(counted_audit(store, pages))
@@ -118,10 +141,10 @@ def test_audit_keeps_no_entry_per_key(store_location, monkeypatch):
     assert max(n for _, n in got) == 0  # before: the 39 keys not yet printed, each an entry
 
 
-@pytest.mark.parametrize("held", [1, 64])
-def test_filtered_audits_of_dropped_pages_are_the_models(written, monkeypatch, held):
+@pytest.mark.parametrize("held", [1, 16384])
+def test_filtered_audits_of_small_pages_are_the_models(written, monkeypatch, held):
     root, want = written
-    monkeypatch.setattr(audit_module, "PAGES_HELD", held, raising=False)
+    monkeypatch.setattr(audit_module, "ENTRIES_HELD", held, raising=False)
     store = handle(root)
     every = list(audit(store))
     assert [ident(r) for r in every] == want
