@@ -37,6 +37,7 @@ __all__ = [
     "GO_SPACE",
     "MAX_LIMIT",
     "MAX_NAME_BYTES",
+    "NAME_CHARS_CACHED",
     "SCOPES",
     "Ref",
     "RefCache",
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 SCOPES = ("dag", "root_dag", "global", "custom")
+NAME_CHARS_CACHED: Final = 16 << 20  # of the names a handle's resolved refs were asked by
 _LOG_NAME = re.compile(r"(dag|root_dag|global|custom)/[0-9a-f]{64}/[0-9a-f]{64}\.log")
 
 
@@ -282,16 +284,18 @@ def resolve_namespace(
 class RefCache:
     """Refs already resolved: validation is pure, so a store handle remembers its answers.
 
-    Safe for threads sharing it: each step is one dictionary operation.
+    At most ``size`` refs and :data:`NAME_CHARS_CACHED` characters of names, then emptied.
+    Thread-safe (each step is one dict operation); a request's ``dag`` may hold 1 MB.
     """
 
     def __init__(self, size: int = 65536) -> None:  # as the backend's caches: a working set fits
         self._size = size
         self._refs: dict[tuple[str, str, str | None, str | None, str | None], Ref] = {}
+        self._chars = 0
 
     def clear(self) -> None:
         """Forget every answer (a handle's close)."""
-        self._refs = {}
+        self._refs, self._chars = {}, 0
 
     def resolve(
         self, key: str, scope: str, namespace: str | None, dag: str | None, root_dag: str | None
@@ -301,7 +305,8 @@ class RefCache:
         Raises:
             InvalidRefError: bad scope, namespace or key.
         """
-        asked = (key, scope, namespace, dag, root_dag)
+        dags = (None, None) if namespace else (dag, root_dag)  # kept only where they count
+        asked = (key, scope, namespace, *dags)
         try:
             ref = self._refs.get(asked)
         except TypeError:  # an unhashable argument: validation below names it
@@ -319,8 +324,10 @@ class RefCache:
             check_text(namespace, "namespace", optional=True)
             ns = resolve_namespace(scope, namespace, dag=dag, root_dag=root_dag)
             ref = Ref(scope, ns, validate_key(key))
-            if len(self._refs) >= self._size:
-                self._refs.clear()
+            chars = sum(len(name) for name in asked if name)  # each a str by now
+            if len(self._refs) >= self._size or self._chars + chars > NAME_CHARS_CACHED:
+                self._refs, self._chars = {}, 0
+            self._chars += chars
             self._refs[asked] = ref
         return ref
 
@@ -336,9 +343,7 @@ def file_id(name: str) -> str:
 
 # Dagu's reference to the root run's DAG name (spec 017; older releases put it under
 # ``context.``): a sub-DAG run resolves it, a root run has none and leaves it as written.
-_ROOT_NAME_REFERENCES: Final[frozenset[str]] = frozenset(
-    ("${run.root_name}", "${context.run.root_name}")
-)
+_ROOT_NAME_REFERENCES: Final = frozenset(("${run.root_name}", "${context.run.root_name}"))
 
 
 def _root_dag_name(root_dag: str | None) -> str | None:

@@ -121,7 +121,7 @@ class FileBackend:
             if len(self._logs) >= CACHE_MAX_ENTRIES or self._log_bytes >= KEY_BYTES_CACHED:
                 self._logs.clear()
                 self._log_bytes = 0
-            self._log_bytes += len(ref.key)  # bounded by bytes too: keys may be 4 KiB
+            self._log_bytes += len(ref.key) + len(ref.namespace)  # names may be 4 KiB each
             log = self._logs[ref] = RefLog(self.layout, self._blobs, self.layout.log_path(ref), ref)
         return log
 

@@ -28,7 +28,7 @@ from castore.waits import lock_wait
 __all__ = ["KEY_BYTES_CACHED", "PATHS_CACHED", "Layout"]
 
 PATHS_CACHED = 65536  # ref -> log path entries a handle remembers; cleared wholesale when full
-KEY_BYTES_CACHED = 16 << 20  # and the bytes of their keys (4 KiB keys: 4,096 entries)
+KEY_BYTES_CACHED = 16 << 20  # and the characters of their names (4 KiB keys and namespaces: 2,048)
 forks.track(UNCONFINED)  # tree.py imports no weakref (the CLI's quick paths): its owners do
 
 
@@ -252,7 +252,7 @@ class Layout:
             if len(self._paths) >= PATHS_CACHED or self._path_bytes >= KEY_BYTES_CACHED:
                 self._paths.clear()
                 self._path_bytes = 0
-            self._path_bytes += len(ref.key)
+            self._path_bytes += len(ref.key) + len(ref.namespace)
             path = os.path.join(self.refs, log_name(ref))
             self._paths[ref] = path
         return path

@@ -8,13 +8,16 @@ get of a namespace that does not exist kept one too (about 2 KB each). And
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from castore import Store
+from castore import Audit, Store
 from castore.file import namespaces
 from castore.file.blobindex import _SEARCHES
+from castore.file.layout import KEY_BYTES_CACHED
+from castore.keys import NAME_CHARS_CACHED
 from tests.helpers import file_backend
 
 _BOUND = 8
@@ -55,3 +58,47 @@ def test_close_forgets_the_refs_directories_and_blob_index_it_read(tmp_path: Pat
     assert not store._refs._refs
     assert store.get("k7", namespace="n1").value == {"i": 7, "pad": "x" * 300}  # still usable
     assert store.set("k7", {"i": 8, "pad": "x" * 300}, namespace="n1").version == 2
+
+
+@pytest.mark.parametrize(
+    ("scope", "namespace", "root_dag"), [("custom", "n", ""), ("root_dag", None, "root")]
+)
+def test_the_refs_a_server_handle_resolved_keep_at_most_the_bound_of_their_names(
+    tmp_path: Path, scope: str, namespace: str | None, root_dag: str
+) -> None:
+    # A server's requests each bring a dag of their own (up to a body's megabyte), one the
+    # call may not even use: the refs a handle resolved kept each one, 65,536 of them.
+    store = Store(tmp_path / "s", dag="d", durable=False)
+    store.set("k", 1, scope=scope, namespace=namespace)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(400):  # 400 requests of 100,000-character DAG names: 40 MB
+            worker = store.for_caller(Audit(), dag=f"{i:06}".ljust(100_000, "d"), root_dag=root_dag)
+            assert worker.get(f"k{i}", scope=scope, namespace=namespace).found is False
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < NAME_CHARS_CACHED + (4 << 20)  # the bound, and the small change of 400 calls
+    assert store.get("k", scope=scope, namespace=namespace).value == 1
+
+
+def test_a_handle_asked_for_refs_of_long_namespaces_keeps_at_most_the_bound_of_their_names(
+    tmp_path: Path,
+) -> None:
+    # The handle's caches of log paths and logs counted their keys' bytes, not their
+    # namespaces': a server asked for keys of a 4,000-byte namespace (a new string per
+    # request) kept 65,536 of them, about 300 MB.
+    store = Store(tmp_path / "s", durable=False)
+    store.set("k", 1, scope="custom", namespace="n" * 4000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(16_000):  # 64 MB of namespace names
+            namespace = f"{i:06}".ljust(4000, "n")[6:] + f"{i % 10}" * 6
+            assert store.get(f"k{i}", scope="custom", namespace=namespace).found is False
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2 * KEY_BYTES_CACHED + (8 << 20)  # the caches' bounds (their refs shared)
+    assert store.get("k", scope="custom", namespace="n" * 4000).value == 1
