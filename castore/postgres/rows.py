@@ -8,7 +8,6 @@ copy of the newest one in ``refs``, in the order :func:`entry` reads them.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Any, Final
 
@@ -24,6 +23,8 @@ from castore.results import ListEntry, rfc3339
 
 __all__ = [
     "ENTRY",
+    "IDS_CACHED",
+    "ID_NAMES_CACHED",
     "REF",
     "VALUE",
     "audit_json",
@@ -60,16 +61,38 @@ _audit_decoder = msgspec.json.Decoder(Audit)
 _audit_encoder = msgspec.json.Encoder()
 
 
-@functools.lru_cache(maxsize=65536)
+IDS_CACHED: Final = 65536  # ids a process remembers (two sha256 per call otherwise: 10% of a get)
+ID_NAMES_CACHED: Final = 16 << 20  # and the characters of their names; emptied past either
+_ids: dict[object, bytes] = {}  # (scope, namespace) or a Ref -> its id
+_id_chars = [0]
+
+
+def _remember(asked: object, chars: int, made: bytes) -> bytes:
+    """Keep ``made`` as the id of ``asked`` (whose names hold ``chars`` characters)."""
+    if len(_ids) >= IDS_CACHED or _id_chars[0] + chars > ID_NAMES_CACHED:
+        _ids.clear()  # a server's requests bring new strings: what they hold is bounded
+        _id_chars[0] = 0
+    _id_chars[0] += chars
+    _ids[asked] = made
+    return made
+
+
 def ns_id(scope: str, namespace: str) -> bytes:
     """The id of a namespace's rows: sha256 of its scope, a NUL, and its name."""
-    return hashlib.sha256(b"%s\0%s" % (scope.encode(), namespace.encode("utf-8"))).digest()
+    got = _ids.get((scope, namespace))
+    if got is None:
+        made = hashlib.sha256(b"%s\0%s" % (scope.encode(), namespace.encode("utf-8"))).digest()
+        got = _remember((scope, namespace), len(namespace), made)
+    return got
 
 
-@functools.lru_cache(maxsize=65536)  # two sha256 per call otherwise: 10% of a get
 def ref_id(ref: Ref) -> bytes:
     """The id of a ref's rows: sha256 of its namespace id and key (names may hold NUL)."""
-    return hashlib.sha256(ns_id(ref.scope, ref.namespace) + ref.key.encode("utf-8")).digest()
+    got = _ids.get(ref)
+    if got is None:
+        made = hashlib.sha256(ns_id(ref.scope, ref.namespace) + ref.key.encode("utf-8")).digest()
+        got = _remember(ref, len(ref.key) + len(ref.namespace), made)
+    return got
 
 
 def ref_row(ref: Ref) -> tuple[bytes, str, bytes, bytes, bytes, bytes, bytes]:

@@ -8,6 +8,7 @@ get of a namespace that does not exist kept one too (about 2 KB each). And
 
 from __future__ import annotations
 
+import hashlib
 import tracemalloc
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from castore import Audit, Store
 from castore.file import namespaces
 from castore.file.blobindex import _SEARCHES
 from castore.file.layout import KEY_BYTES_CACHED
-from castore.keys import NAME_CHARS_CACHED
+from castore.keys import NAME_CHARS_CACHED, Ref
+from castore.postgres.rows import ID_NAMES_CACHED, ref_id
 from tests.helpers import file_backend
 
 _BOUND = 8
@@ -102,3 +104,23 @@ def test_a_handle_asked_for_refs_of_long_namespaces_keeps_at_most_the_bound_of_t
         tracemalloc.stop()
     assert kept < 2 * KEY_BYTES_CACHED + (8 << 20)  # the caches' bounds (their refs shared)
     assert store.get("k", scope="custom", namespace="n" * 4000).value == 1
+
+
+def test_the_ids_of_refs_of_long_namespaces_kept_by_a_postgresql_process_are_bounded() -> None:
+    # Each ref's and namespace's id was kept for the last 65,536 asked (functools.lru_cache):
+    # a server's gets of keys of a 4,000-byte namespace kept about 300 MB of names.
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ids = []
+        for i in range(16_000):  # 64 MB of namespace names, each a new string
+            ref = Ref("custom", f"{i:06}".ljust(4000, "n")[6:] + f"{i % 10}" * 6, f"k{i}")
+            ids.append((ref.namespace[-1], ref.key, ref_id(ref)))
+        kept = tracemalloc.get_traced_memory()[0] - before - 16_000 * 200  # less the list
+    finally:
+        tracemalloc.stop()
+    assert kept < ID_NAMES_CACHED + (8 << 20)
+    for digit, key, got in ids[::997]:  # and each id is the one its names give
+        namespace = "n" * 3994 + digit * 6
+        ns = hashlib.sha256(b"custom\0" + namespace.encode()).digest()
+        assert got == hashlib.sha256(ns + key.encode()).digest()
