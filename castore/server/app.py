@@ -87,7 +87,9 @@ class _Calls:
     """The store calls of one server process: run in a pool of worker threads of its own.
 
     A call whose request timed out is abandoned, not cancelled: it runs to its
-    end, and :meth:`drain` (at shutdown) waits for it. The pool is
+    end, and :meth:`drain` (at shutdown) waits for it; one no thread had started
+    yet is dropped (an overloaded server's queue holds no call its request gave
+    up on, so it cannot grow past what arrives within a request timeout). The pool is
     ``concurrent.futures``' (a C queue hands a call to a thread): anyio's worker
     threads cost the event loop a ``Condition`` notify per call, a sixth of a
     server's CPU at 32 clients (docs/PERFORMANCE.md).
@@ -98,11 +100,16 @@ class _Calls:
         self._running: set[asyncio.Future[Any]] = set()
 
     async def run(self, fn: Callable[[], _T]) -> _T:
-        """``fn()`` in a worker thread; if the caller is cancelled, ``fn`` still runs to its end."""
-        future = asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        """``fn()`` in a worker thread; if the caller is cancelled, a started ``fn`` runs on."""
+        job = self._pool.submit(fn)
+        future = asyncio.wrap_future(job)
         self._running.add(future)
         future.add_done_callback(self._running.discard)
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            job.cancel()  # still queued: never run (nothing done); started: no effect
+            raise
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no call runs (at most ``timeout`` seconds), then stop the pool.

@@ -11,6 +11,7 @@ The oracle: the thread the slow decode runs in, and what the store holds.
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import threading
 
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from castore import Store, jsonparse
-from castore.server import checks, operations
+from castore.server import app, checks, operations
 from castore.server.app import create_app
 from tests.helpers import loopback_server
 
@@ -80,3 +81,31 @@ def test_a_body_deeper_than_any_value_is_refused_unparsed(served, monkeypatch) -
     answer = httpx.post(url + "/v1/set", content=body, timeout=60)
     assert answer.status_code == 200, answer.text[:300]
     assert store.get("k", namespace="d").value_json == value
+
+
+def test_a_call_still_queued_when_its_request_gives_up_is_never_run() -> None:
+    """Found by the soak review: every call ran, even one whose request had timed out
+    while it waited for a thread, so clients that sent requests and gave up faster
+    than the server answered them grew its queue (and every answer's wait) without end.
+    A call a thread has started still runs to its end (a write is all or nothing)."""
+    calls = app._Calls(workers=1)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def first() -> None:
+        started.set()
+        release.wait()
+        ran.append("started")
+
+    async def main() -> bool:
+        running = asyncio.ensure_future(calls.run(first))
+        await asyncio.to_thread(started.wait)
+        queued = asyncio.ensure_future(calls.run(lambda: ran.append("queued")))
+        await asyncio.sleep(0)  # submitted: behind the first, the only thread busy
+        running.cancel()  # both requests time out
+        queued.cancel()
+        release.set()
+        return await calls.drain(60)
+
+    assert asyncio.run(main()) is True
+    assert ran == ["started"]
