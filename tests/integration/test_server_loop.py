@@ -104,6 +104,7 @@ def test_a_call_still_queued_when_its_request_gives_up_is_never_run() -> None:
         await asyncio.sleep(0)  # submitted: behind the first, the only thread busy
         running.cancel()  # both requests time out
         queued.cancel()
+        await asyncio.wait([running, queued])  # both given up (the started call runs on)
         release.set()
         return await calls.drain(60)
 
