@@ -234,6 +234,44 @@ def _stopped(pid: int) -> bool:
         return fh.read().rpartition(")")[2].split()[0] in ("T", "t")
 
 
+def _stalled_writer(root: str, key: str) -> subprocess.Popen[bytes]:
+    """A ``set`` of ``key`` stopped holding its log's lock (a paused process, a slow disk)."""
+    env = dict(os.environ, CASTORE_FAILPOINTS="before-append:stop", PYTHONPATH=CASTORE_PATH)
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "castore", "--dir", root, "--dag", "d", "set", key, "3"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not _stopped(slow.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return slow
+
+
+def _compacting(root: str, **policy: Any) -> tuple[threading.Thread, list[Any]]:
+    """A compaction of dag d in a thread (lock timeout 20 s), and where its report goes."""
+    reports: list[Any] = []
+
+    def compaction() -> None:
+        with Store(root, dag="d", lock_timeout=20) as store:
+            reports.append(store.compact(**policy))
+
+    thread = threading.Thread(target=compaction)
+    thread.start()
+    return thread, reports
+
+
+def _until_compacted(root: str, key: str) -> None:
+    """Wait until ``key`` of dag d holds version 2 alone (no timed wait: a loaded machine)."""
+    deadline = time.monotonic() + 60
+    with Store(root, dag="d") as reader:
+        while [e.version for e in reader.history(key).entries] != [2]:
+            assert time.monotonic() < deadline, f"{key} was never compacted"
+            time.sleep(0.01)
+
+
 def test_a_writer_stalled_on_one_key_holds_up_no_write_to_the_other_keys(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -244,33 +282,12 @@ def test_a_writer_stalled_on_one_key_holds_up_no_write_to_the_other_keys(
         for i in range(32):
             store.set(f"k{i:02d}", 1)
             store.set(f"k{i:02d}", 2)  # a version for keep-last 1 to drop
-    env = dict(os.environ, CASTORE_FAILPOINTS="before-append:stop", PYTHONPATH=CASTORE_PATH)
-    slow = subprocess.Popen(  # stops holding k20's lock (a paused process, a slow disk)
-        [sys.executable, "-m", "castore", "--dir", root, "--dag", "d", "set", "k20", "3"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    slow = _stalled_writer(root, "k20")
     try:
-        deadline = time.monotonic() + 20
-        while not _stopped(slow.pid):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        reports: list[Any] = []
-
-        def compaction() -> None:
-            with Store(root, dag="d", lock_timeout=20) as store:
-                reports.append(store.compact(keep_last=1))
-
-        thread = threading.Thread(target=compaction)
-        thread.start()
-        # It compacts k00 (not a timed wait: a loaded machine may take seconds), then
-        # waits for k20; the old code held k00 meanwhile, and never got this far.
-        deadline = time.monotonic() + 60
-        with Store(root, dag="d") as reader:
-            while [e.version for e in reader.history("k00").entries] != [2]:
-                assert time.monotonic() < deadline, "k00 was never compacted"
-                time.sleep(0.01)
+        thread, reports = _compacting(root, keep_last=1)
+        # It compacts k00, then waits for k20; the old code held k00 meanwhile, and
+        # never got this far.
+        _until_compacted(root, "k00")
         with Store(root, dag="d", lock_timeout=3) as writer:
             written = writer.set("k00", {"new": True}).version
         assert reports == []  # still waiting for k20
@@ -301,31 +318,10 @@ def test_a_key_stalled_before_its_removal_holds_up_no_other_write(tmp_path: path
         for i in range(40):
             store.set(f"k{i:02d}", 1)
             store.set(f"k{i:02d}", 2) if i % 2 == 0 else store.delete(f"k{i:02d}")
-    env = dict(os.environ, CASTORE_FAILPOINTS="before-append:stop", PYTHONPATH=CASTORE_PATH)
-    slow = subprocess.Popen(  # stops holding k21's lock
-        [sys.executable, "-m", "castore", "--dir", root, "--dag", "d", "set", "k21", "3"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    slow = _stalled_writer(root, "k21")
     try:
-        deadline = time.monotonic() + 20
-        while not _stopped(slow.pid):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        reports: list[Any] = []
-
-        def compaction() -> None:
-            with Store(root, dag="d", lock_timeout=20) as store:
-                reports.append(store.compact(keep_within_seconds=0))
-
-        thread = threading.Thread(target=compaction)
-        thread.start()
-        deadline = time.monotonic() + 60
-        with Store(root, dag="d") as reader:  # k00-k20 compacted, then it waits for k21
-            while [e.version for e in reader.history("k20").entries] != [2]:
-                assert time.monotonic() < deadline, "k20 was never compacted"
-                time.sleep(0.01)
+        thread, reports = _compacting(root, keep_within_seconds=0)
+        _until_compacted(root, "k20")  # k00-k20 compacted, then it waits for k21
         with Store(root, dag="d", lock_timeout=3) as writer:
             assert writer.set("k01", {"again": True}).version == 3  # put off, not held
             assert writer.set("k00", 3).version == 3
