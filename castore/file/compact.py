@@ -285,7 +285,7 @@ def _compact_batch(
     none; one another holds ends the batch there, so it never waits while it
     holds locks (a writer stalled on one key would hold up writers of the
     keys before it). With ``deferred``, a key that would go away is left as
-    it is and added there: such batches hold :data:`_BATCH` logs at most and
+    it is and added there: such batches examine :data:`_BATCH` logs at most and
     never rewrite ``KEYS``; the removals come after, many per rewrite (one
     per batch of 32 logs made compaction quadratic in the keys).
     """
@@ -295,7 +295,8 @@ def _compact_batch(
     i = start
     # rewrites move blobs: gc waits (§8)
     with backend.layout.gc_locked(shared=True), contextlib.ExitStack() as batch:
-        while i < len(refs) and held < most and held_bytes < _HELD_BYTES:
+        # every log examined counts (one left as it is too): progress, gc.lock's hold
+        while i < len(refs) and i - start < most and held_bytes < _HELD_BYTES:
             ref, grave = refs[i]
             path, one = backend.log_path(ref), plan(grave, deferred is None)
             size = _size(backend.fs, path)

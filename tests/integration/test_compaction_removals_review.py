@@ -26,6 +26,7 @@ import pytest
 
 from castore import Store
 from castore.errors import CorruptionError
+from castore.file import compact as compact_module
 from castore.file.reflog import RefLog
 from tests.helpers import CASTORE_PATH, corrupt, frames_of, log_path
 
@@ -306,3 +307,32 @@ def test_a_key_of_a_removal_batch_is_held_across_at_most_a_batch_of_renames(
             for other in held:
                 held[other] += other != path
     assert most <= 31, most
+
+
+def test_logs_left_as_they_are_end_a_batch_at_its_count(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by this review: logs left as they are did not count, so a namespace with
+    # nothing to drop was one batch: the CLI's progress said nothing until its end, and
+    # gc.lock was held (shared) from its first log to its last (gc waited for all of it).
+    root = str(tmp_path / "s")
+    with Store(root, dag="r", durable=False) as store:
+        for i in range(100):
+            store.set(f"k{i:03d}", i)
+        store.set("k050", "two")  # one log among them that loses a version
+    counted: list[int] = []
+    holds: list[int] = []
+    real = compact_module._compact_batch
+
+    def batch(backend: Any, refs: Any, start: int, *args: Any) -> int:
+        end = real(backend, refs, start, *args)
+        holds.append(end - start)
+        return end
+
+    monkeypatch.setattr(compact_module, "_compact_batch", batch)
+    report = Store(root, dag="r").compact(keep_last=1, progress=counted.append)
+    monkeypatch.undo()
+    assert (report.refs_examined, report.refs_compacted) == (100, 1)
+    assert sum(counted) == 100
+    assert max(counted) <= 32, counted
+    assert max(holds) <= 32, holds  # logs examined under one hold of gc.lock
