@@ -166,8 +166,8 @@ class _Plan:
         return out
 
 
-_BATCH = 32  # logs of one namespace whose versions a compaction drops, held at once
-_REMOVALS = 1024  # keys of one namespace it removes at once (at most a quarter of the fds)
+_BATCH = 32  # logs of one namespace a batch examines (those that lose versions held)
+_REMOVALS = 1024  # put-off keys of one namespace a batch examines (at most a quarter of the fds)
 _HELD_BYTES = 64 << 20  # a batch ends once the logs it holds passed this many bytes
 
 
