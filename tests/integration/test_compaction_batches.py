@@ -83,6 +83,18 @@ def _expected_after(root: str) -> None:
         assert a.check().ok
 
 
+def _killed_compaction(root: str, point: str) -> None:
+    """``castore compact --keep-within 0`` of the store, SIGKILLed at failpoint ``point``."""
+    env = dict(os.environ, CASTORE_FAILPOINTS=point, PYTHONPATH=CASTORE_PATH)
+    done = subprocess.run(
+        [sys.executable, "-m", "castore", "--dir", root, "compact", "--keep-within", "0"],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
 def _count_keys_rewrites(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The namespace directory of every ``KEYS`` rewrite from now on (until ``undo``)."""
     rewrites: list[str] = []
@@ -177,14 +189,7 @@ def test_a_compaction_killed_after_recording_its_removals_loses_nothing(
     before = _answers(root)
     Store(oracle, dag="a").compact(keep_within_seconds=0)
     after = _answers(oracle)
-    env = dict(os.environ, CASTORE_FAILPOINTS="compact-after-bury", PYTHONPATH=CASTORE_PATH)
-    done = subprocess.run(
-        [sys.executable, "-m", "castore", "--dir", root, "compact", "--keep-within", "0"],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr
+    _killed_compaction(root, "compact-after-bury")
     # dag a's live keys were compacted; its removals recorded in GRAVES, nothing else yet
     removing = {f"a:{key}" for key in REMOVED} | {f"b:{key}" for key in ("x", "y", "z")}
     want = {name: before[name] if name in removing else after[name] for name in before}
@@ -202,15 +207,7 @@ def test_a_compaction_killed_before_its_first_rename_loses_nothing(tmp_path: pat
     untouched = str(tmp_path / "copy")
     shutil.copytree(root, untouched)
     before = _answers(root)
-    env = dict(os.environ, CASTORE_FAILPOINTS="rewrite-before-rename")
-    env["PYTHONPATH"] = CASTORE_PATH
-    done = subprocess.run(
-        [sys.executable, "-m", "castore", "--dir", root, "compact", "--keep-within", "0"],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr
+    _killed_compaction(root, "rewrite-before-rename")
     # Killed at the first rename: a live key's, in the first pass (removals come after).
     assert _answers(root) == before == _answers(untouched)
     with Store(root, dag="a") as a:
