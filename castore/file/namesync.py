@@ -36,10 +36,12 @@ __all__ = [
     "mark_data",
     "marked",
     "settle",
+    "settle_answered",
     "settle_log",
     "settle_namespace",
     "settle_other",
     "sync_file",
+    "synced",
 ]
 
 
@@ -167,13 +169,17 @@ def _fdatasync_once(fd: int, st: os.stat_result) -> None:
     times within one clock tick could be skipped, and would then read as a lost
     ``KEYS`` after a power loss (its keys listed from the logs, none hidden).
     """
-    key, sig = (st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if _SYNCED.get(key) == sig:
+    if _SYNCED.get((st.st_dev, st.st_ino)) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
         return
     os.fdatasync(fd)
+    synced(st)
+
+
+def synced(st: os.stat_result) -> None:
+    """Remember that the file of ``st`` (as it is) was fdatasynced by this process."""
     if len(_SYNCED) >= _SYNCED_MAX:
         _SYNCED.clear()
-    _SYNCED[key] = sig
+    _SYNCED[st.st_dev, st.st_ino] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def settle_log(fs: Tree, path: str, root: str, *, keys_synced: bool, name: bool) -> None:
@@ -205,3 +211,23 @@ def settle_log(fs: Tree, path: str, root: str, *, keys_synced: bool, name: bool)
     finally:
         if keys_fd is not None:
             os.close(keys_fd)
+
+
+def settle_answered(fs: Tree, fd: int, path: str, root: str, mode: int, other: str) -> None:
+    """Make a locked log durable as it is: a durable call answers from it, writing nothing.
+
+    A durable ``delete`` that finds the key deleted, or ``diff`` that finds the value
+    stored, reports what the log holds: frames a ``durable=False`` write (or a durable one
+    killed before its fdatasync) left unsynced, and unmarked. So the log is settled as a
+    durable write would settle it (its ``KEYS`` and name if marked), its data fdatasynced
+    unless this process did so since it last changed, its marks cleared (the caller
+    holds its lock), and ``other``, the log holding the newest version's value if not
+    this one (a path, or ""), settled as for a write pointing into it.
+    """
+    if other:
+        settle_other(fs, other)
+    name = marked(mode)
+    if name or mode & DATA_UNSYNCED:
+        settle_log(fs, path, root, keys_synced=False, name=name)
+    _fdatasync_once(fd, os.fstat(fd))
+    clear(fd, mode, UNSYNCED | DATA_UNSYNCED)

@@ -9,7 +9,6 @@ read cache) is updated afterwards and may be lost quietly.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -26,11 +25,21 @@ from castore.file.encode import (
     refuse_lower,
     refuse_other,
 )
+from castore.file.gcshare import GcShare
 from castore.file.kept import Held, KeptLogs
 from castore.file.layout import Layout
 from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from castore.file.namespaces import Namespaces
-from castore.file.namesync import clear, mark_data, marked, settle_log, settle_other, sync_file
+from castore.file.namesync import (
+    clear,
+    mark_data,
+    marked,
+    settle_answered,
+    settle_log,
+    settle_other,
+    sync_file,
+    synced,
+)
 from castore.file.readcache import ReadCache, stat_sig
 from castore.file.records import KIND_ENTRY, decode_entry
 from castore.file.reflog import RefLog
@@ -148,6 +157,12 @@ class Writer:
                 if decided:
                     new = decided if isinstance(decided, list) else [decided]
                     written = self._append(log, held.fd, tail, mode, new)
+                elif tail.size and self.layout.durable:  # an answer from the log as it is
+                    blob = tail.entry.blob if tail.entry is not None else None
+                    other = os.path.join(self.layout.refs, blob.log) if blob and blob.log else ""
+                    settle_answered(
+                        self.layout.fs, held.fd, log.path, self.layout.root, mode, other
+                    )
                 return tail.entry, written
             finally:  # a write that did not happen (refused, or failed) leaves no empty log
                 if not tail.size and not written and not os.fstat(held.fd).st_size:
@@ -159,7 +174,7 @@ class Writer:
         """Append ``new_versions`` after ``tail`` (the locked log's newest entry); commit."""
         ref, size, previous = self._ref(log), tail.size, tail.entry
         base = self.names.removed_at(ref, fd if size else -1) if previous is None else 0
-        share = _GcShare(self.layout)
+        share = GcShare(self.layout)
         try:
             own = self.layout.rel(log.path)
             out = encode_versions(
@@ -283,8 +298,11 @@ class Writer:
                 if unmarked:
                     os.fdatasync(fd)  # another user's log: made durable instead of marked
                 self._blobs.add_many(indexed, durable=False)
+            st = os.fstat(fd)
+            if self.layout.durable:
+                synced(st)  # a durable answer from it as it is needs no fdatasync
             if current.entry is None or current.entry.op != OP_DAMAGED:
-                self._cache.put(path, stat_sig(os.fstat(fd)), current)
+                self._cache.put(path, stat_sig(st), current)
         except OSError:
             return
 
@@ -365,34 +383,3 @@ class Writer:
             except (CorruptionError, FileNotFoundError):
                 continue
         return None
-
-
-class _GcShare:
-    """Takes ``gc.lock`` shared on its first call, if it is free; :meth:`close` releases it.
-
-    Another log's blob frame may only be referenced while holding it, so gc (which
-    holds it exclusively) never drops it (FORMAT.md §8). Never waits for gc: then the
-    call returns False and the writer stores a fresh copy.
-    """
-
-    __slots__ = ("_fd", "_layout")
-
-    def __init__(self, layout: Layout) -> None:
-        self._layout = layout
-        self._fd = -2  # not asked yet; -1: gc holds it
-
-    def __call__(self) -> bool:
-        if self._fd == -2:
-            fd = self._layout.fs.open(self._layout.gc_lock, os.O_RDWR | os.O_CREAT)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                fd = -1
-            self._fd = fd
-        return self._fd >= 0
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -2
-        if fd >= 0:
-            fileio.unlock_and_close(fd)  # not closing alone: a child forked meanwhile has fd

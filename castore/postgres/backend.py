@@ -299,7 +299,13 @@ class PostgresBackend:
             floor, previous, inline = self._lock(cur, ref)
             decided = decide(previous, q.RowView(cur, ref, previous, inline))
             if not decided:
-                raise Abandon((previous, []))
+                if previous is None or not self.durable:
+                    raise Abandon((previous, []))
+                # A durable answer from the row as it is ("already deleted", "unchanged"):
+                # committed, not rolled back. Its row lock wrote WAL under a transaction id,
+                # so this commit waits for the WAL flush, which covers every commit before
+                # it, the ``durable=False`` one that wrote what it answers included.
+                return previous, []
             news = decided if isinstance(decided, list) else [decided]
             return previous, appends.append_all(cur, ref, previous, floor, news)
 

@@ -1642,3 +1642,32 @@ def test_stats_reads_its_counts_on_one_snapshot(postgres_location, monkeypatch):
     assert store.stats().total.keys == 2
     writer.close()
     store.close()
+
+
+@pytest.mark.parametrize("call", ["delete", "diff"])
+def test_a_durable_answer_from_a_no_sync_write_waits_for_the_wal_flush(postgres_location, call):
+    # A durable delete that finds the key deleted, or a diff that finds the value stored,
+    # by a durable=False write (an asynchronous commit) rolled its transaction back: it
+    # waited for no WAL flush, so a server crash could still take what it reported. It
+    # commits now, under its row lock, with synchronous_commit on: its commit's flush
+    # covers every commit before it.
+    quick, durable = Store(postgres_location, dag=DAG, durable=False), Store(postgres_location)
+    durable.set("k", 1, namespace=DAG)
+    if call == "delete":
+        assert quick.delete("k").deleted
+    else:
+        quick.set("k", 2)
+    (written,) = query(postgres_location, "SELECT pg_current_wal_insert_lsn()::text")[0]
+    if call == "delete":
+        assert not durable.delete("k", namespace=DAG).deleted
+    else:
+        assert not durable.diff("k", 2, namespace=DAG).changed
+    ((locker,),) = query(postgres_location, "SELECT xmax::text::bigint FROM refs")
+    ((status, flushed),) = query(
+        postgres_location,
+        "SELECT txid_status((txid_current() >> 32 << 32) + %s), "
+        "pg_current_wal_flush_lsn() >= %s::pg_lsn",
+        (locker, written),
+    )
+    assert (status, flushed) == ("committed", True)
+    assert durable.history("k", namespace=DAG, limit=1).entries[0].version == 2

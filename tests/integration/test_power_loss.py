@@ -131,11 +131,11 @@ def _set(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
 
 
 def _delete(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
-    if not h.delete(op.key).deleted:
-        return _what(op)
+    deleted = h.delete(op.key).deleted
     version, _ = newest(h, op.key)
-    expect.ack((op.dag, op.key), version, None, op.durable)
-    return f"{_what(op)} -> v{version}"
+    if deleted or (op.durable and version):  # a durable "already deleted" is an answer too
+        expect.ack((op.dag, op.key), version, None, op.durable)
+    return f"{_what(op)} -> v{version}{'' if deleted else ' (was deleted)'}"
 
 
 def _compact(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
@@ -277,6 +277,8 @@ def _diff(op: Op, h: Store, handles: Handles, expect: Expect) -> str:
     done = h.diff(op.key, value)
     if done.changed and done.version:
         expect.ack(ref, done.version, value, op.durable)
+    elif not done.changed and op.durable:  # "unchanged": the stored value, made durable
+        expect.ack(ref, newest(h, op.key)[0], value, True)
     return f"{_what(op)} = {str(value)[:14]} changed={done.changed} -> v{done.version}"
 
 
@@ -512,10 +514,26 @@ def put(key: str, value: object, durable: bool, dag: str = "d") -> Step:
 
 
 def delete(key: str, durable: bool, dag: str = "d") -> Step:
+    """A delete; a durable one that finds the key deleted acknowledges its tombstone."""
+
     def step(handles: Handles, expect: Expect) -> None:
         h = handles[dag, durable]
-        if h.delete(key).deleted:
-            expect.ack((dag, key), newest(h, key)[0], None, durable)
+        deleted = h.delete(key).deleted
+        version = newest(h, key)[0]
+        if deleted or (durable and version):
+            expect.ack((dag, key), version, None, durable)
+
+    return step
+
+
+def diff(key: str, value: object, durable: bool, dag: str = "d") -> Step:
+    """A diff with update; a durable one that finds ``value`` stored acknowledges it."""
+
+    def step(handles: Handles, expect: Expect) -> None:
+        h = handles[dag, durable]
+        done = h.diff(key, value)
+        if done.changed or durable:
+            expect.ack((dag, key), newest(h, key)[0], value, durable)
 
     return step
 
@@ -562,6 +580,50 @@ def test_durable_keys_rewrite_settles_a_no_sync_namespace(
             call(lambda h: h["d", True].compact(keep_last=1, keep_within_seconds=0)),
             put("k0", SMALL[2], True),  # acknowledged durable: version 2
         ],
+    )
+    assert not problems, problems
+
+
+def test_a_durable_delete_that_finds_the_key_deleted_makes_that_durable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A durable delete answering "already deleted" leaves the key deleted after a power loss.
+
+    Was: it wrote nothing and synced nothing, so the tombstone a ``durable=False`` delete
+    (or a durable delete killed before its fdatasync: the same unsynced, unmarked frames)
+    had appended was lost with the power, and the key the durable call had reported
+    absent was live again (the thirty-eighth session's review; RELIABILITY.md, "Known
+    limits").
+    """
+    problems = scripted(
+        tmp_path,
+        monkeypatch,
+        [put("k0", SMALL[0], True), delete("k0", False), delete("k0", True)],
+        images=IMAGES,
+    )
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("value", [SMALL[1], BIG[1]], ids=["small", "indexed"])
+def test_a_durable_diff_that_finds_the_value_stored_makes_it_durable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, value: object
+) -> None:
+    """A durable diff answering "unchanged" leaves that value stored after a power loss.
+
+    The indexed value is written first to another key (``k1``) by a ``durable=False``
+    write, so ``k0``'s version points into ``k1``'s log, which the durable diff must
+    make durable too. Was: nothing was synced, and the older version came back.
+    """
+    problems = scripted(
+        tmp_path,
+        monkeypatch,
+        [
+            put("k0", SMALL[0], True),
+            put("k1", value, False),
+            put("k0", value, False),
+            diff("k0", value, True),
+        ],
+        images=IMAGES,
     )
     assert not problems, problems
 

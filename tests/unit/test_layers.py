@@ -133,6 +133,7 @@ FILE_LAYERS = {
     # the version index; the store's layout; blobs across logs; encoding new versions
     "versionindex": 3,
     "layout": 3,
+    "gcshare": 4,  # a write's shared hold of gc.lock, taken only if free
     "peek": 3,  # the newest value of one log, without the library (the CLI's quick get)
     "quickset": 4,  # a set of a small value on an existing key, without the library
     "blobs": 3,

@@ -1,0 +1,96 @@
+"""What a durable call that answers without writing syncs (FORMAT.md §6 step 3).
+
+A durable ``delete`` that finds the key deleted or ``diff`` that finds the value stored
+answers from the log as it is: the log is fdatasynced first, unless this process did
+so since the file last changed (its own durable write included). What a power loss
+then keeps is checked by ``tests/integration/test_power_loss.py``; here, which files
+get an ``fdatasync``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+from castore import Store
+from tests.helpers import ref_log_path
+
+
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The inode numbers of the files ``os.fdatasync`` is called on, in order."""
+    inodes: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        inodes.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return inodes
+
+
+def _inode(store: Store, key: str) -> int:
+    return os.stat(ref_log_path(store, key)).st_ino
+
+
+ANSWERS: dict[str, Callable[[Store], bool]] = {
+    "delete": lambda s: not s.delete("k").deleted,
+    "diff": lambda s: not s.diff("k", {"n": 2}).changed,
+}
+
+
+def _no_sync_write(store: Store, call: str) -> None:
+    store.set("k", {"n": 2})
+    if call == "delete":
+        store.delete("k")
+
+
+@pytest.mark.parametrize("call", sorted(ANSWERS))
+def test_an_answer_from_a_no_sync_write_syncs_its_log_once(tmp_path, synced, call):
+    durable = Store(str(tmp_path / "s"), dag="d")
+    durable.set("k", {"n": 1})
+    quick = Store(str(tmp_path / "s"), dag="d", durable=False)
+    _no_sync_write(quick, call)
+    del synced[:]
+    assert ANSWERS[call](durable)
+    assert synced == [_inode(durable, "k")]  # the log, made durable before the answer
+    del synced[:]
+    assert ANSWERS[call](durable)
+    assert synced == []  # unchanged since: not again
+
+
+@pytest.mark.parametrize("call", sorted(ANSWERS))
+def test_an_answer_from_this_process_s_durable_write_syncs_nothing(tmp_path, synced, call):
+    durable = Store(str(tmp_path / "s"), dag="d")
+    durable.set("k", {"n": 1})
+    _no_sync_write(durable, call)
+    del synced[:]
+    assert ANSWERS[call](durable)
+    assert synced == []
+
+
+@pytest.mark.parametrize("call", sorted(ANSWERS))
+def test_a_no_sync_answer_syncs_nothing(tmp_path, synced, call):
+    quick = Store(str(tmp_path / "s"), dag="d", durable=False)
+    _no_sync_write(quick, call)
+    del synced[:]
+    assert ANSWERS[call](quick)
+    assert synced == []
+
+
+def test_a_diff_whose_value_lives_in_another_log_settles_that_log(tmp_path, synced):
+    # k's newest version points at a value of at least 256 bytes that "other"'s log holds
+    # (a durable=False write indexed it there: the log is marked); the answer rests on it.
+    big = {"report": "x" * 600}
+    quick = Store(str(tmp_path / "s"), dag="d", durable=False)
+    quick.set("other", big)
+    quick.set("k", big)
+    assert os.path.getsize(ref_log_path(quick, "k")) < 600  # pointed into "other"'s log
+    durable = Store(str(tmp_path / "s"), dag="d")
+    del synced[:]
+    assert not durable.diff("k", big).changed
+    assert _inode(durable, "other") in synced
+    assert _inode(durable, "k") in synced
