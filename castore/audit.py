@@ -155,9 +155,7 @@ def _records(
     """:func:`audit`'s records, its arguments checked (the merge: :class:`_Merge`)."""
     merge = _Merge(store.backend, wanted, since_ns, until_ns)
     for sc in [scope] if scope else sorted(SCOPES):
-        for ns in store.backend.namespaces(sc):
-            if namespace is not None and ns != namespace:
-                continue
+        for ns in store.backend.namespaces(sc) if namespace is None else [namespace]:
             for key in store.backend.keys(sc, ns, "", verify=True):  # KEYS may be damaged
                 merge.start(Ref(sc, ns, key))
     yield from merge.records()

@@ -157,10 +157,11 @@ class Backend(Protocol):
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` that hold at least one key, byte-wise sorted."""
 
-    def removed(self, scope: str) -> list[tuple[str, str, int]]:
+    def removed(self, scope: str, namespace: str | None = None) -> list[tuple[str, str, int]]:
         """(namespace, key, last version) of each key of ``scope`` compaction removed.
 
-        A key created again since is listed too (its new versions go on above).
+        Of ``namespace`` only when given (without looking at the others). A key
+        created again since is listed too (its new versions go on above).
         """
 
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:

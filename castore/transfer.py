@@ -71,10 +71,10 @@ def _refs(
     """
     for sc in [scope] if scope else sorted(SCOPES):
         removed: dict[str, dict[str, int]] = {}
-        for ns, key, top in store.backend.removed(sc):
+        for ns, key, top in store.backend.removed(sc, namespace):
             removed.setdefault(ns, {})[key] = top
-        names = sorted({*store.backend.namespaces(sc), *removed}, key=str.encode)
-        for ns in names if namespace is None else [n for n in names if n == namespace]:
+        listed = store.backend.namespaces(sc) if namespace is None else [namespace]
+        for ns in sorted({*listed, *removed}, key=str.encode):
             # verify: the logs' headers too (export reads every log anyway), so that damage
             # to KEYS never leaves a key out of a backup
             keys = dict.fromkeys(store.backend.keys(sc, ns, "", verify=True), 0)

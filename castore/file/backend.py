@@ -200,9 +200,10 @@ class FileBackend:
         """Namespaces of ``scope`` that hold at least one key, sorted byte-wise."""
         return self.names.namespaces(scope)
 
-    def removed(self, scope: str) -> list[tuple[str, str, int]]:
+    def removed(self, scope: str, namespace: str | None = None) -> list[tuple[str, str, int]]:
         """Each key compaction removed: its namespace's ``GRAVES``, and logs waiting for gc."""
-        found = ((ns, self.names.removed(scope, ns)) for ns in self.namespaces(scope))
+        chosen = self.namespaces(scope) if namespace is None else [namespace]
+        found = ((ns, self.names.removed(scope, ns)) for ns in chosen)
         return [(ns, key, top) for ns, keys in found for key, top in sorted(keys.items())]
 
     def listing(self, scope: str, namespace: str, prefix: str) -> Mapping[str, ListEntry | None]:

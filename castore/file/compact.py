@@ -63,11 +63,10 @@ def _refs(backend: FileBackend, retention: Retention) -> Iterator[tuple[Ref, int
     """
     scope, namespace = retention.scope, retention.namespace
     for sc in [scope] if scope else sorted(SCOPES):
-        for ns in backend.namespaces(sc):
-            if namespace is None or ns == namespace:
-                listed = backend.keys(sc, ns, retention.prefix)
-                yield from ((Ref(sc, ns, key), 0) for key in listed)
-                yield from _stopped(backend, sc, ns, retention.prefix, set(listed))
+        for ns in backend.namespaces(sc) if namespace is None else [namespace]:
+            listed = backend.keys(sc, ns, retention.prefix)
+            yield from ((Ref(sc, ns, key), 0) for key in listed)
+            yield from _stopped(backend, sc, ns, retention.prefix, set(listed))
 
 
 def _stopped(

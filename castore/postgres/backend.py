@@ -144,12 +144,13 @@ class PostgresBackend:
         result: list[str] = self._read(work, f"listing {scope}/{namespace}", [])
         return result
 
-    def removed(self, scope: str) -> list[tuple[str, str, int]]:
+    def removed(self, scope: str, namespace: str | None = None) -> list[tuple[str, str, int]]:
         """Each key compaction removed: its row's ``floor`` (:meth:`Backend.removed`)."""
         what = f"listing the keys compaction removed from {scope}"
         found = self._read(lambda cur: cur.execute(q.REMOVED, (scope,)).fetchall(), what, [])
         refs = [(rows.stored_ref(i, scope, n, k), int(v)) for i, n, k, v in found]
-        return [(ref.namespace, ref.key, floor) for ref, floor in refs]
+        chosen = (r for r in refs if namespace is None or r[0].namespace == namespace)
+        return [(ref.namespace, ref.key, floor) for ref, floor in chosen]
 
     def namespaces(self, scope: str) -> list[str]:
         """Namespaces of ``scope`` with a key; CorruptionError if a key's ``refs`` row is lost."""
@@ -301,10 +302,8 @@ class PostgresBackend:
             if not decided:
                 if previous is None or not self.durable:
                     raise Abandon((previous, []))
-                # A durable answer from the row as it is ("already deleted", "unchanged"):
-                # committed, not rolled back. Its row lock wrote WAL under a transaction id,
-                # so this commit waits for the WAL flush, which covers every commit before
-                # it, the ``durable=False`` one that wrote what it answers included.
+                # A durable answer from the row as it is: committed, not rolled back. Its row
+                # lock wrote WAL, so the commit waits for the flush of every commit before it.
                 return previous, []
             news = decided if isinstance(decided, list) else [decided]
             return previous, appends.append_all(cur, ref, previous, floor, news)

@@ -211,13 +211,13 @@ class RemoteBackend:
         }
         return sorted(found, key=lambda name: name.encode("utf-8", "surrogatepass"))
 
-    def removed(self, scope: str) -> list[tuple[str, str, int]]:
+    def removed(self, scope: str, namespace: str | None = None) -> list[tuple[str, str, int]]:
         """Each key compaction removed, each from the member that owns its keyspace."""
         found = {
-            (namespace, key, version)
+            (ns, key, version)
             for cluster, member, removed in self._survey("removed", scope)
-            for namespace, key, version in removed
-            if cluster.owner(scope, namespace) == member
+            for ns, key, version in removed
+            if cluster.owner(scope, ns) == member and namespace in (None, ns)
         }
         return sorted(found, key=lambda r: (r[0].encode("utf-8"), r[1].encode("utf-8")))
 
