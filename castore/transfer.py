@@ -176,6 +176,10 @@ def _only_if_empty(new_versions: list[NewVersion]) -> Decide:
     return decide
 
 
+def _as_it_is(_previous: Entry | None, _view: LogView) -> None:
+    """A decision that writes nothing: a durable store makes the key durable as it is."""
+
+
 def _refusal(
     ref: Ref,
     existing: Entry | None,
@@ -325,6 +329,8 @@ def import_lines(
     overwritten: list[str] = []
     for ref, new_versions in parse_export(read(), _AGAIN_EMPTY):
         if ref in alike or (ref in clash and on_conflict == "skip"):
+            if ref in clash and store.durable:  # reported as it is: made durable as it is
+                store.backend.write(ref, _as_it_is)  # (FORMAT.md §6 step 3)
             skipped.append(str(ref))
             continue
         if ref in clash:  # refused if it changed since the first pass: nothing is erased

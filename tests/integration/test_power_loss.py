@@ -551,6 +551,24 @@ def overwrite(key: str, value: object, durable: bool, dag: str = "d") -> Step:
     return step
 
 
+def skip(key: str, durable: bool, dag: str = "d") -> Step:
+    """``import --on-conflict skip`` of a version after ``key``'s newest: skipped, it exists.
+
+    A durable one acknowledges the newest version as it found it (the key exists).
+    """
+
+    def step(handles: Handles, expect: Expect) -> None:
+        h = handles[dag, durable]
+        lines, _ = overwrite_lines(h, dag, key, SMALL[2])
+        report = import_lines(h, lambda: iter(lines), on_conflict="skip")
+        assert (report.refs, len(report.skipped_refs)) == (0, 1)
+        version, value = expect.newest((dag, key))
+        if durable:
+            expect.ack((dag, key), version, value, True)
+
+    return step
+
+
 def call(fn: Callable[[Handles], object]) -> Step:
     """A maintenance call (it may compact: older versions may be gone)."""
 
@@ -624,6 +642,36 @@ def test_a_durable_diff_that_finds_the_value_stored_makes_it_durable(
             diff("k0", value, True),
         ],
         images=IMAGES,
+    )
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("value", [None, SMALL[1], BIG[1]], ids=["deleted", "small", "indexed"])
+def test_a_durable_import_that_skips_a_key_makes_it_durable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, value: object
+) -> None:
+    """A durable ``import --on-conflict skip`` leaves the key it skipped as it found it.
+
+    It reports the key as existing (skipped): that version must survive a power loss.
+    Was: the skip wrote and synced nothing, and the version a ``durable=False`` write had
+    just appended was lost with the power (the key created by it: gone altogether).
+    """
+    last = delete("k0", False) if value is None else put("k0", value, False)
+    problems = scripted(
+        tmp_path,
+        monkeypatch,
+        [put("k0", SMALL[0], True), put("k1", BIG[1], False), last, skip("k0", True)],
+        images=IMAGES,
+    )
+    assert not problems, problems
+
+
+def test_a_durable_import_that_skips_a_new_key_makes_it_durable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key only a ``durable=False`` write created, skipped by a durable import, stays."""
+    problems = scripted(
+        tmp_path, monkeypatch, [put("k0", SMALL[0], False), skip("k0", True)], images=IMAGES
     )
     assert not problems, problems
 
