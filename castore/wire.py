@@ -124,7 +124,8 @@ class Append(RefCall, frozen=True, kw_only=True):
 
     The newest entry is named by its version, time and hash (``expect`` 0: no
     entry), so an entry of the same number with other content (an import's
-    overwrite, another store's copy) never passes for it.
+    overwrite, another store's copy) never passes for it. No ``versions``: a
+    decision that writes nothing; the server makes that entry durable as it is.
     """
 
     expect: int

@@ -87,12 +87,15 @@ def append_problem(reply: AppendReply, call: Append) -> str | None:
     problem = _written_problem(reply.written, call)
     if problem is not None:
         return problem
-    previous, first = reply.previous, reply.written[0]
+    previous = reply.previous
     expected = (call.expect, call.expect_time_ns, call.expect_hash)
     if reply.status == WRITTEN and expected != (
         (previous.version, previous.time_ns, previous.hash) if previous else (0, 0, "")
     ):
         return "written after another entry than the one the write was decided on"
+    if not reply.written:  # an append of no versions: the entry it named, made durable
+        return None if reply.status == WRITTEN else "no versions applied"
+    first = reply.written[0]
     if previous is not None and first.version <= previous.version:
         return f"version {first.version} written after version {previous.version}"
     return None

@@ -296,9 +296,9 @@ class RemoteBackend:
                 entry = newest  # yes: decide again on the newest, as a local store would
                 continue
             news = [] if decided is None else decided if isinstance(decided, list) else [decided]
-            if not news:
+            if not news and entry is None:
                 return entry, []
-            append = _append(ref, entry, news)
+            append = _append(ref, entry, news)  # none: the server makes ``entry`` durable
             try:
                 reply = self._transport.call(
                     "append",

@@ -119,8 +119,28 @@ def _identity(entry: Entry | None) -> tuple[int, int, str]:
     return (entry.version, entry.time_ns, entry.hash) if entry is not None else (0, 0, "")
 
 
+def _as_it_is(store: Store, call: Append) -> AppendReply:
+    """An append of no versions: the worker answers from the entry it names, writing nothing.
+
+    The store's write runs a decision that writes nothing, so a durable store makes
+    the key durable as it is (docs/FORMAT.md §6 step 3), as a local call answering
+    from it would; ``written`` if the named entry is still the newest, else ``stale``.
+    """
+    request_id_of(call.request_id)
+    expected = (call.expect, call.expect_time_ns, call.expect_hash)
+    previous, _ = store.backend.write(ref_of(call), lambda _previous, _view: None)
+    return AppendReply(
+        status=WRITTEN if _identity(previous) == expected else STALE, previous=previous
+    )
+
+
 def _append(store: Store, call: Append) -> AppendReply:
-    """Append ``call.versions`` if the newest entry is the one named; once per request id."""
+    """Append ``call.versions`` if the newest entry is the one named; once per request id.
+
+    No versions: :func:`_as_it_is`.
+    """
+    if not call.versions:
+        return _as_it_is(store, call)
     ref = ref_of(call)
     request_id = request_id_of(call.request_id)
     explicit = call.expect == 0  # an import-style append may give versions and times

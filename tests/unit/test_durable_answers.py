@@ -9,13 +9,14 @@ get an ``fdatasync``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
 import pytest
 
-from castore import Store
-from tests.helpers import ref_log_path
+from castore import Store, export_lines, import_lines
+from tests.helpers import ref_log_path, served_location
 
 
 @pytest.fixture
@@ -36,9 +37,15 @@ def _inode(store: Store, key: str) -> int:
     return os.stat(ref_log_path(store, key)).st_ino
 
 
+def _import_skip(store: Store) -> bool:
+    lines = list(export_lines(store))
+    return bool(import_lines(store, lambda: iter(lines), on_conflict="skip").skipped_refs)
+
+
 ANSWERS: dict[str, Callable[[Store], bool]] = {
     "delete": lambda s: not s.delete("k").deleted,
     "diff": lambda s: not s.diff("k", {"n": 2}).changed,
+    "import-skip": _import_skip,
 }
 
 
@@ -94,3 +101,22 @@ def test_a_diff_whose_value_lives_in_another_log_settles_that_log(tmp_path, sync
     assert not durable.diff("k", big).changed
     assert _inode(durable, "other") in synced
     assert _inode(durable, "k") in synced
+
+
+@pytest.mark.parametrize("call", sorted(ANSWERS))
+def test_an_answer_over_http_syncs_the_server_s_log(tmp_path, synced, call):
+    # The worker decides on the newest entry it read and, deciding to write nothing,
+    # sent nothing: the server's durable store answered from frames a durable=False
+    # write left unsynced, and synced nothing. Now the worker asks the server to make
+    # the entry it decided on durable (an append of no versions).
+    local = str(tmp_path / "s")
+    durable = Store(local, dag="d")
+    durable.set("k", {"n": 1})
+    _no_sync_write(Store(local, dag="d", durable=False), call)
+    with served_location(contextlib.nullcontext(local)) as url:
+        remote = Store(url, dag="d")
+        del synced[:]
+        assert ANSWERS[call](remote)
+        assert synced == [_inode(durable, "k")]
+        remote.close()
+
