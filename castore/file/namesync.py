@@ -230,4 +230,6 @@ def settle_answered(fs: Tree, fd: int, path: str, root: str, mode: int, other: s
     if name or mode & DATA_UNSYNCED:
         settle_log(fs, path, root, keys_synced=False, name=name)
     _fdatasync_once(fd, os.fstat(fd))
-    clear(fd, mode, UNSYNCED | DATA_UNSYNCED)
+    if mode & (UNSYNCED | DATA_UNSYNCED):
+        clear(fd, mode, UNSYNCED | DATA_UNSYNCED)
+        synced(os.fstat(fd))  # as cleared (a new ctime): the next answer syncs nothing again

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from castore import Store, export_lines, import_lines
+from castore.file.modes import DATA_UNSYNCED, UNSYNCED
 from tests.helpers import ref_log_path, served_location
 
 
@@ -120,3 +121,22 @@ def test_an_answer_over_http_syncs_the_server_s_log(tmp_path, synced, call):
         assert synced == [_inode(durable, "k")]
         remote.close()
 
+
+@pytest.mark.parametrize("call", sorted(ANSWERS))
+def test_an_answer_clears_the_marks_it_settled(tmp_path, synced, call):
+    # The durable=False writes create the key (its name and KEYS line: UNSYNCED) and index
+    # a value of at least 256 bytes in its log (DATA_UNSYNCED). The answer settles both:
+    # its marks go, and the next answer, from the same log, syncs nothing again.
+    quick = Store(str(tmp_path / "s"), dag="d", durable=False)
+    quick.set("k", {"report": "x" * 600})
+    quick.set("k", {"n": 2})
+    if call == "delete":
+        quick.delete("k")
+    log = ref_log_path(quick, "k")
+    assert os.stat(log).st_mode & (UNSYNCED | DATA_UNSYNCED) == UNSYNCED | DATA_UNSYNCED
+    durable = Store(str(tmp_path / "s"), dag="d")
+    assert ANSWERS[call](durable)
+    assert os.stat(log).st_mode & (UNSYNCED | DATA_UNSYNCED) == 0
+    del synced[:]
+    assert ANSWERS[call](durable)
+    assert synced == []
