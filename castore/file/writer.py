@@ -299,7 +299,7 @@ class Writer:
                     os.fdatasync(fd)  # another user's log: made durable instead of marked
                 self._blobs.add_many(indexed, durable=False)
             st = os.fstat(fd)
-            if self.layout.durable:
+            if self.layout.durable and st.st_nlink:  # not a file renamed over (replace_locked)
                 synced(st)  # a durable answer from it as it is needs no fdatasync
             if current.entry is None or current.entry.op != OP_DAMAGED:
                 self._cache.put(path, stat_sig(st), current)

@@ -140,3 +140,24 @@ def test_an_answer_clears_the_marks_it_settled(tmp_path, synced, call):
     del synced[:]
     assert ANSWERS[call](durable)
     assert synced == []
+
+
+def test_only_files_in_the_store_are_recorded_as_synced(tmp_path):
+    # An import's history of several versions is written to a new file renamed over the
+    # log: the descriptor the write held was left on the old, unlinked file, which was
+    # recorded as synced. Its inode number, free once that descriptor closes, may be a
+    # new file's, which an answer within the same clock tick, of the same size, then
+    # trusted to be synced: only a file that still has its name is recorded.
+    from castore.file import namesync
+
+    root = tmp_path / "s"
+    source = Store(str(tmp_path / "src"), dag="d")
+    source.set("k", {"n": 1})
+    source.set("k", {"n": 2})
+    lines = list(export_lines(source))
+    namesync._SYNCED.clear()
+    durable = Store(str(root), dag="d")
+    import_lines(durable, lambda: iter(lines))
+    assert durable.get("k").version == 2
+    named = {(st.st_dev, st.st_ino) for st in map(os.stat, root.rglob("*"))}
+    assert set(namesync._SYNCED) <= named
