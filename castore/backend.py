@@ -112,6 +112,11 @@ class Backend(Protocol):
     :class:`~castore.errors.CorruptionError`.
     """
 
+    #: True if a durable write of nothing on one key (FORMAT.md §6 step 3) makes every
+    #: change committed before it durable too, not only that key's (PostgreSQL: its
+    #: synchronous commit flushes the whole WAL up to it): an import settles its skips once.
+    settles_all_at_once: bool
+
     @property
     def loop_safe_reads(self) -> bool:
         """True if a read can be run on an event loop (``castore serve``).

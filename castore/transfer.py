@@ -180,6 +180,18 @@ def _as_it_is(_previous: Entry | None, _view: LogView) -> None:
     """A decision that writes nothing: a durable store makes the key durable as it is."""
 
 
+def _skipped(store: Store, ref: Ref) -> Ref | None:
+    """Settle a key a durable import skips (FORMAT.md §6 step 3), or return it to settle last.
+
+    On a backend that ``settles_all_at_once`` (PostgreSQL) one settle at the import's end
+    makes every skipped key durable; elsewhere each is settled now.
+    """
+    if store.backend.settles_all_at_once:
+        return ref
+    store.backend.write(ref, _as_it_is)
+    return None
+
+
 def _refusal(
     ref: Ref,
     existing: Entry | None,
@@ -327,10 +339,11 @@ def import_lines(
     refs = versions = 0
     skipped: list[str] = []
     overwritten: list[str] = []
+    unsettled: Ref | None = None  # a skipped key whose settling settles every one before it
     for ref, new_versions in parse_export(read(), _AGAIN_EMPTY):
         if ref in alike or (ref in clash and on_conflict == "skip"):
             if ref in clash and store.durable:  # reported as it is: made durable as it is
-                store.backend.write(ref, _as_it_is)  # (FORMAT.md §6 step 3)
+                unsettled = _skipped(store, ref)
             skipped.append(str(ref))
             continue
         if ref in clash:  # refused if it changed since the first pass: nothing is erased
@@ -345,6 +358,8 @@ def import_lines(
         versions += len(new_versions)
         if progress is not None:
             progress(len(new_versions))
+    if unsettled is not None:
+        store.backend.write(unsettled, _as_it_is)
     return ImportReport(
         refs=refs, versions=versions, skipped_refs=skipped, overwritten_refs=overwritten
     )

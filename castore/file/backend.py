@@ -214,6 +214,8 @@ class FileBackend:
         """Record in ``STATE`` keys' newest versions (not held by a writer, damaged, put back)."""
         settled.remember(self.names, self.log, self._cache, Ref(scope, namespace, ""), keys)
 
+    settles_all_at_once = False  # each log is fdatasynced on its own
+
     @property
     def loop_safe_reads(self) -> bool:
         """True: local files; its locks and whole-file reads honour ``castore.waits``."""

@@ -83,6 +83,8 @@ class PostgresBackend:
 
         return self.db.run(run, what, transaction=False)
 
+    settles_all_at_once = True  # a synchronous commit flushes the WAL of every commit before it
+
     @property
     def loop_safe_reads(self) -> bool:
         """False: a read is a round trip to the database."""
@@ -302,8 +304,7 @@ class PostgresBackend:
             if not decided:
                 if previous is None or not self.durable:
                     raise Abandon((previous, []))
-                # A durable answer from the row as it is: committed, not rolled back. Its row
-                # lock wrote WAL, so the commit waits for the flush of every commit before it.
+                # a durable answer as it is: committed (its row lock wrote WAL), so flushed
                 return previous, []
             news = decided if isinstance(decided, list) else [decided]
             return previous, appends.append_all(cur, ref, previous, floor, news)

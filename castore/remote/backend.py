@@ -136,6 +136,8 @@ class RemoteBackend:
 
     # -- reads -------------------------------------------------------------------------
 
+    settles_all_at_once = False  # the server's store settles each key it is sent
+
     @property
     def loop_safe_reads(self) -> bool:
         """False: a read is an HTTP request."""
