@@ -127,6 +127,8 @@ def _as_it_is(store: Store, call: Append) -> AppendReply:
     from it would; ``written`` if the named entry is still the newest, else ``stale``.
     """
     request_id_of(call.request_id)
+    if not call.expect:  # no entry named: nothing to make durable, and nothing may be made
+        raise InvalidValueError("nothing to append")
     expected = (call.expect, call.expect_time_ns, call.expect_hash)
     previous, _ = store.backend.write(ref_of(call), lambda _previous, _view: None)
     return AppendReply(

@@ -1256,7 +1256,9 @@ def test_hostile_input_is_refused_with_its_code_and_writes_nothing(launcher, tmp
         ),
         ("append", with_version(op="frobnicate"), 400, "invalid_value", "unknown operation"),
         ("append", with_version(normalized=None), 400, "invalid_value", "without a value"),
-        # (an append of no versions is a write of nothing: tests/unit/test_durable_answers.py)
+        # an append of no versions names an entry to make durable (test_durable_answers.py):
+        # naming none, it would only make the key's directories
+        ("append", msgspec.structs.replace(good, versions=[]), 400, "invalid_value", "nothing"),
         # what an import's lines may not do either (castore.transfer), and numbers that fit
         ("append", with_version(version=2**64 - 1), 400, "invalid_value", "out of range"),
         ("append", with_version(time_ns=2**63), 400, "invalid_value", "out of range"),
