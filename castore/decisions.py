@@ -132,6 +132,14 @@ def delete_decision(audit: AuditOf) -> Decide:
     return decide
 
 
+def as_it_is(_previous: Entry | None, _view: LogView) -> None:
+    """A decision that writes nothing: a durable store makes the key durable as it is.
+
+    For a call that reports a key as it stands (an import's skip, a worker's answer
+    sent to its server): FORMAT.md §6 step 3.
+    """
+
+
 def delete_result(ref: Ref, deleted: bool) -> DeleteResult:
     """A delete's result: whether it appended a tombstone."""
     return DeleteResult(scope=ref.scope, namespace=ref.namespace, key=ref.key, deleted=deleted)

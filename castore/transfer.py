@@ -18,6 +18,7 @@ import msgspec
 from castore import codec
 from castore.argcheck import check_callable
 from castore.backend import MAX_VERSION, Decide, LogView, NewVersion, overwrite_refusal
+from castore.decisions import as_it_is
 from castore.errors import ConflictError, CorruptionError, InvalidValueError
 from castore.exportfile import (
     EXPORT_FORMAT,
@@ -176,10 +177,6 @@ def _only_if_empty(new_versions: list[NewVersion]) -> Decide:
     return decide
 
 
-def _as_it_is(_previous: Entry | None, _view: LogView) -> None:
-    """A decision that writes nothing: a durable store makes the key durable as it is."""
-
-
 def _skipped(store: Store, ref: Ref) -> Ref | None:
     """Settle a key a durable import skips (FORMAT.md §6 step 3), or return it to settle last.
 
@@ -188,7 +185,7 @@ def _skipped(store: Store, ref: Ref) -> Ref | None:
     """
     if store.backend.settles_all_at_once:
         return ref
-    store.backend.write(ref, _as_it_is)
+    store.backend.write(ref, as_it_is)
     return None
 
 
@@ -359,7 +356,7 @@ def import_lines(
         if progress is not None:
             progress(len(new_versions))
     if unsettled is not None:
-        store.backend.write(unsettled, _as_it_is)
+        store.backend.write(unsettled, as_it_is)
     return ImportReport(
         refs=refs, versions=versions, skipped_refs=skipped, overwritten_refs=overwritten
     )

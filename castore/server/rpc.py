@@ -20,6 +20,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from castore.backend import LogView, NewVersion
+from castore.decisions import as_it_is
 from castore.errors import CorruptionError, InvalidRefError, InvalidValueError, NotFoundError
 from castore.keys import validate_key, validate_prefix, validate_scope
 from castore.records import OP_DAMAGED, OP_SET, Entry
@@ -130,7 +131,7 @@ def _as_it_is(store: Store, call: Append) -> AppendReply:
     if not call.expect:  # no entry named: nothing to make durable, and nothing may be made
         raise InvalidValueError("nothing to append")
     expected = (call.expect, call.expect_time_ns, call.expect_hash)
-    previous, _ = store.backend.write(ref_of(call), lambda _previous, _view: None)
+    previous, _ = store.backend.write(ref_of(call), as_it_is)
     return AppendReply(
         status=WRITTEN if _identity(previous) == expected else STALE, previous=previous
     )
